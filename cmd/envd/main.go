@@ -1,0 +1,90 @@
+// Command envd is the agent inside every Capsule sandbox. It speaks E2B's
+// envd protocol on port 49983. Started as PID 1 of a guest it also acts as
+// the init system (package guestinit).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/guestinit"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "envd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	port := flag.Int("port", envd.DefaultPort, "TCP port to listen on")
+	addr := flag.String("addr", "", "address to listen on (default all interfaces)")
+	user := flag.String("user", "", "default user until POST /init sets one (default root)")
+	version := flag.Bool("version", false, "print the protocol version and exit")
+	flag.Parse()
+	if *version {
+		fmt.Println(envd.Version)
+		return nil
+	}
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	guest := os.Getpid() == 1
+	var sys *guestinit.System
+	if guest {
+		var err error
+		if sys, err = guestinit.Setup(ctx, log); err != nil {
+			// Keep going: a half-configured guest that still answers is
+			// debuggable; one that panics as PID 1 is not.
+			log.Error("guest setup incomplete", "err", err)
+		}
+	}
+
+	srv := envd.New(envd.Config{
+		Logger:      log,
+		DefaultUser: *user,
+		Guest:       guest,
+		SandboxID:   os.Getenv("E2B_SANDBOX_ID"),
+		TemplateID:  os.Getenv("E2B_TEMPLATE_ID"),
+	})
+	hs := srv.NewHTTPServer(net.JoinHostPort(*addr, strconv.Itoa(*port)))
+	ln, err := net.Listen("tcp", hs.Addr)
+	if err != nil {
+		return err
+	}
+	log.Info("envd listening", "addr", ln.Addr().String(), "version", envd.Version, "init", guest)
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case <-ctx.Done():
+		log.Info("envd shutting down")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	srv.Close()
+	if sys != nil {
+		sys.Shutdown(log) // does not return
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package envd
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// writeJSONError writes envd's REST error shape {"code":status,"message":msg}.
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]any{"code": status, "message": msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleEnvs(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.environ())
+}
+
+// InitRequest is the body of POST /init (spec §7.5).
+type InitRequest struct {
+	EnvVars        map[string]string `json:"envVars,omitempty"`
+	AccessToken    *string           `json:"accessToken,omitempty"`
+	Timestamp      *time.Time        `json:"timestamp,omitempty"`
+	DefaultUser    string            `json:"defaultUser,omitempty"`
+	DefaultWorkdir string            `json:"defaultWorkdir,omitempty"`
+	CABundle       string            `json:"caBundle,omitempty"`
+	VolumeMounts   []VolumeMount     `json:"volumeMounts,omitempty"`
+	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
+	LifecycleID    string            `json:"lifecycleID,omitempty"`
+}
+
+// VolumeMount is an NFS mount requested by /init.
+type VolumeMount struct {
+	NFSTarget string `json:"nfs_target"`
+	Path      string `json:"path"`
+}
+
+// handleInit applies POST /init. A request whose timestamp is not newer than
+// the last applied one changes nothing; one without a timestamp always
+// applies. When a token is already set, a caller presenting a different one
+// in X-Access-Token is refused.
+func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
+	var req InitRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		writeJSONError(w, http.StatusBadRequest, "cannot read request body")
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+			return
+		}
+	}
+	if tok := s.token(); tok != "" {
+		if h := r.Header.Get("X-Access-Token"); h != "" && !equalSecret(h, tok) {
+			writeJSONError(w, http.StatusUnauthorized, msgUnauthorized)
+			return
+		}
+	}
+	if req.DefaultUser != "" {
+		if _, err := lookupAccount(req.DefaultUser); err != nil {
+			writeJSONError(w, http.StatusBadRequest, "unknown defaultUser '"+req.DefaultUser+"'")
+			return
+		}
+	}
+
+	s.mu.Lock()
+	if req.Timestamp != nil && !s.lastInit.IsZero() && !req.Timestamp.After(s.lastInit) {
+		s.mu.Unlock()
+		s.initDone(w)
+		return
+	}
+	if req.Timestamp != nil {
+		s.lastInit = *req.Timestamp
+	}
+	s.envVars = map[string]string{}
+	for k, v := range req.EnvVars {
+		s.envVars[k] = v
+	}
+	s.accessToken = ""
+	if req.AccessToken != nil {
+		s.accessToken = *req.AccessToken
+	}
+	if req.DefaultUser != "" {
+		s.defaultUser = req.DefaultUser
+	}
+	if req.DefaultWorkdir != "" {
+		s.defaultWorkdir = req.DefaultWorkdir
+	}
+	s.mu.Unlock()
+
+	if s.cfg.Guest {
+		if req.Timestamp != nil {
+			s.syncClock(*req.Timestamp)
+		}
+		if req.CABundle != "" {
+			if err := s.installCABundle(req.CABundle); err != nil {
+				s.log.ErrorContext(r.Context(), "install CA bundle", "err", err)
+			}
+		}
+	}
+	s.initDone(w)
+}
+
+func (s *Server) initDone(w http.ResponseWriter) {
+	w.Header().Set("X-Envd-Version", Version)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// syncClock sets the guest clock when it lags the host's timestamp by more
+// than 50 ms or leads it by more than 5 s (a resumed snapshot wakes up in
+// the past).
+func (s *Server) syncClock(ts time.Time) {
+	d := ts.Sub(s.now())
+	if d <= 50*time.Millisecond && d >= -5*time.Second {
+		return
+	}
+	tv := unix.NsecToTimeval(ts.UnixNano())
+	if err := unix.Settimeofday(&tv); err != nil {
+		s.log.Error("set clock", "err", err)
+	}
+}
+
+// installCABundle writes the PEM bundle where update-ca-certificates looks
+// and appends it to the system bundle so that it takes effect at once.
+func (s *Server) installCABundle(pem string) error {
+	dir := s.cfg.CABundleDir
+	if dir == "" {
+		dir = "/usr/local/share/ca-certificates"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "capsule-init.crt"), []byte(pem), 0o644); err != nil {
+		return err
+	}
+	const system = "/etc/ssl/certs/ca-certificates.crt"
+	f, err := os.OpenFile(system, os.O_APPEND|os.O_WRONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.WriteString("\n" + pem + "\n")
+	return err
+}
+
+// Metrics is the body of GET /metrics.
+type Metrics struct {
+	Timestamp  int64   `json:"ts"`
+	CPUCount   int     `json:"cpu_count"`
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	MemTotal   uint64  `json:"mem_total"`
+	MemUsed    uint64  `json:"mem_used"`
+	MemCache   uint64  `json:"mem_cache"`
+	MemTotalMi uint64  `json:"mem_total_mib"`
+	MemUsedMi  uint64  `json:"mem_used_mib"`
+	DiskUsed   uint64  `json:"disk_used"`
+	DiskTotal  uint64  `json:"disk_total"`
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
+	m, err := s.collectMetrics()
+	if err != nil {
+		s.log.Error("collect metrics", "err", err)
+		writeJSONError(w, http.StatusInternalServerError, "cannot collect metrics")
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+// parseUint is strconv.ParseUint for the /proc readers.
+func parseUint(s string) uint64 {
+	n, _ := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	return n
+}
