@@ -37,6 +37,9 @@ type Config struct {
 	SandboxID, TemplateID string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Children, when set, is told about every process envd spawns (the PID 1
+	// reaper of a guest must not steal their exit status).
+	Children ChildTracker
 }
 
 // Server is an envd instance. Create it with New and serve Handler().
