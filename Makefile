@@ -1,0 +1,54 @@
+# Capsule — see README.md. The two set-up commands are `make run` and
+# `make test`; everything else here is for developers.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+GO        ?= go
+BIN       := bin
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w 
+GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.sum
+
+.PHONY: deps build run test lint gotest sdktest bench generate clean
+
+deps:
+	@scripts/deps.sh
+
+# envd runs inside guests: static, no cgo.
+$(BIN)/envd: $(GOSRC)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/envd
+
+$(BIN)/capsule: $(GOSRC)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/capsule
+
+build: $(BIN)/envd $(BIN)/capsule
+
+# For now the platform is envd alone: run it on this machine, in the
+# foreground, on its standard port.
+run: deps build
+	@echo "capsule: envd $(shell $(BIN)/envd -version) listening on http://127.0.0.1:49983 (Ctrl-C stops it)."
+	@echo "capsule: the control plane (capsule serve) is not built yet; envd is what runs today."
+	@echo "capsule: try  curl -i http://127.0.0.1:49983/health"
+	$(BIN)/envd -addr 127.0.0.1
+
+lint:
+	@out=$$(gofmt -l cmd internal gen); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+gotest:
+	@scripts/gotest.sh
+
+sdktest: $(BIN)/envd
+	@ENVD_BIN=$(CURDIR)/$(BIN)/envd tests/e2b-sdk/run.sh
+
+test: deps build lint gotest sdktest
+
+bench: build
+	$(BIN)/capsule bench envd
+
+generate:
+	@scripts/generate.sh
+
+clean:
+	rm -rf $(BIN) .cache

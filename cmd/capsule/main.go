@@ -1,0 +1,96 @@
+// Command capsule is the Capsule platform binary: control plane, host agent,
+// image builder, CLI and benchmarks, as subcommands.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/envd"
+)
+
+const usage = `usage: capsule <command> [flags]
+
+commands:
+  bench envd    measure envd on this host (prints JSON)
+  version       print versions
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "capsule:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "version":
+		fmt.Printf("capsule (envd protocol %s)\n", envd.Version)
+		return nil
+	case "bench":
+		return runBench(ctx, args[1:])
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func runBench(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("bench: name a benchmark (envd)")
+	}
+	switch args[0] {
+	case "envd":
+		fs := flag.NewFlagSet("bench envd", flag.ContinueOnError)
+		o := bench.EnvdOptions{}
+		fs.StringVar(&o.EnvdBin, "envd", siblingBinary("envd"), "envd binary to start")
+		fs.IntVar(&o.Runs, "n", 200, "samples per latency figure")
+		fs.IntVar(&o.BigFileMiB, "size-mib", 256, "size of the throughput file in MiB")
+		fs.StringVar(&o.Dir, "dir", "", "directory for the benchmark files (default: a temporary one)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		res, err := bench.Envd(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	}
+	return fmt.Errorf("bench: unknown benchmark %q", args[0])
+}
+
+// siblingBinary is the path of a binary installed next to this one.
+func siblingBinary(name string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		return name
+	}
+	return filepath.Join(filepath.Dir(exe), name)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

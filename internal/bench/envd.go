@@ -1,0 +1,299 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/capsulehq/capsule/gen/envd/process"
+	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
+)
+
+// EnvdOptions configures the envd benchmark.
+type EnvdOptions struct {
+	// EnvdBin is the envd binary to start on a free loopback port.
+	EnvdBin string
+	// Runs is the number of samples for each latency figure.
+	Runs int
+	// BigFileMiB is the size of the throughput file.
+	BigFileMiB int
+	// Dir holds the benchmark's files; empty means a temporary directory.
+	Dir string
+}
+
+// Envd measures envd on the host: the round trip of running `true`, a
+// 1 KiB file write + read, and upload/download throughput of a large file
+// against `cat` of the same file into the same directory.
+func Envd(ctx context.Context, o EnvdOptions) (map[string]any, error) {
+	if o.Runs <= 0 {
+		o.Runs = 200
+	}
+	if o.BigFileMiB <= 0 {
+		o.BigFileMiB = 256
+	}
+	dir := o.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "capsule-bench-envd-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	base, stop, err := startEnvd(ctx, o.EnvdBin)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, DisableCompression: true}}
+	out := map[string]any{}
+
+	rt, err := commandRoundTrips(ctx, hc, base, o.Runs)
+	if err != nil {
+		return nil, fmt.Errorf("command round trip: %w", err)
+	}
+	out["command_round_trip"] = rt
+
+	small, err := smallFileRoundTrips(ctx, hc, base, dir, o.Runs)
+	if err != nil {
+		return nil, fmt.Errorf("1 KiB file: %w", err)
+	}
+	out["file_write_read_1kib"] = small
+
+	tp, err := throughput(ctx, hc, base, dir, o.BigFileMiB)
+	if err != nil {
+		return nil, fmt.Errorf("throughput: %w", err)
+	}
+	for k, v := range tp {
+		out[k] = v
+	}
+	return out, nil
+}
+
+// startEnvd runs envd on a free loopback port and waits for /health.
+func startEnvd(ctx context.Context, bin string) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.CommandContext(ctx, bin, "-addr", "127.0.0.1", "-port", strconv.Itoa(port))
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	stop := func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNoContent {
+				return base, stop, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, errors.New("envd did not become healthy within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func commandRoundTrips(ctx context.Context, hc *http.Client, base string, n int) (Timing, error) {
+	client := processconnect.NewProcessClient(hc, base)
+	run := func() error {
+		s, err := client.Start(ctx, connect.NewRequest(&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "true"}}))
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		var end *pb.ProcessEvent_EndEvent
+		for s.Receive() {
+			if e := s.Msg().GetEvent().GetEnd(); e != nil {
+				end = e
+			}
+		}
+		if err := s.Err(); err != nil {
+			return err
+		}
+		if end == nil || end.ExitCode != 0 {
+			return fmt.Errorf("unexpected end %v", end)
+		}
+		return nil
+	}
+	return sample(n, run)
+}
+
+func smallFileRoundTrips(ctx context.Context, hc *http.Client, base, dir string, n int) (Timing, error) {
+	payload := make([]byte, 1024)
+	if _, err := rand.Read(payload); err != nil {
+		return Timing{}, err
+	}
+	path := filepath.Join(dir, "small.bin")
+	return sample(n, func() error {
+		if err := upload(ctx, hc, base, path, bytes.NewReader(payload)); err != nil {
+			return err
+		}
+		var got bytes.Buffer
+		if err := download(ctx, hc, base, path, &got); err != nil {
+			return err
+		}
+		if !bytes.Equal(got.Bytes(), payload) {
+			return errors.New("read back different bytes")
+		}
+		return nil
+	})
+}
+
+// throughput compares moving a big file through envd with `cat`.
+func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int) (map[string]any, error) {
+	src := filepath.Join(dir, "big.src")
+	if err := writeRandomFile(src, int64(mib)<<20); err != nil {
+		return nil, err
+	}
+	size := float64(int64(mib) << 20)
+	rate := func(d time.Duration) float64 { return size / (1 << 20) / d.Seconds() }
+
+	catDst := filepath.Join(dir, "big.cat")
+	catTime, err := timed(func() error {
+		return exec.CommandContext(ctx, "sh", "-c", `cat "$1" > "$2"`, "sh", src, catDst).Run()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cat: %w", err)
+	}
+	os.Remove(catDst)
+
+	upDst := filepath.Join(dir, "big.up")
+	upTime, err := timed(func() error {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return upload(ctx, hc, base, upDst, f)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upload: %w", err)
+	}
+	if fi, err := os.Stat(upDst); err != nil || fi.Size() != int64(size) {
+		return nil, fmt.Errorf("uploaded file has the wrong size: %v", err)
+	}
+	os.Remove(upDst)
+
+	downDst := filepath.Join(dir, "big.down")
+	downTime, err := timed(func() error {
+		f, err := os.Create(downDst)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return download(ctx, hc, base, src, f)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("download: %w", err)
+	}
+	if fi, err := os.Stat(downDst); err != nil || fi.Size() != int64(size) {
+		return nil, fmt.Errorf("downloaded file has the wrong size: %v", err)
+	}
+	os.Remove(downDst)
+
+	return map[string]any{
+		"file_size_mib":              mib,
+		"cat_mib_per_s":              Round3(rate(catTime)),
+		"upload_mib_per_s":           Round3(rate(upTime)),
+		"download_mib_per_s":         Round3(rate(downTime)),
+		"upload_vs_cat_throughput":   Round3(catTime.Seconds() / upTime.Seconds()),
+		"download_vs_cat_throughput": Round3(catTime.Seconds() / downTime.Seconds()),
+	}, nil
+}
+
+func upload(ctx context.Context, hc *http.Client, base, path string, body io.Reader) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/files?path="+url.QueryEscape(path), body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("upload: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func download(ctx context.Context, hc *http.Client, base, path string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/files?path="+url.QueryEscape(path), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("download: HTTP %d", resp.StatusCode)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+func writeRandomFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func timed(fn func() error) (time.Duration, error) {
+	t0 := time.Now()
+	err := fn()
+	return time.Since(t0), err
+}
+
+// sample runs fn n times (after a few warm-up runs) and summarizes.
+func sample(n int, fn func() error) (Timing, error) {
+	for range 5 {
+		if err := fn(); err != nil {
+			return Timing{}, err
+		}
+	}
+	d := make([]time.Duration, 0, n)
+	for range n {
+		t, err := timed(fn)
+		if err != nil {
+			return Timing{}, err
+		}
+		d = append(d, t)
+	}
+	return Summarize(d), nil
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need and is missing: Debian
+# packages (scripts/apt-packages.txt) and Go modules. Cached by content hash:
+# a second run with unchanged inputs does nothing but a few checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .cache
+
+die() { echo "deps: $*" >&2; exit 1; }
+
+command -v go >/dev/null || die "Go is not installed (need Go $(sed -n 's/^go //p' go.mod) or newer at /usr/local/go)"
+
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/apt-packages.txt | sed '/^\s*$/d')
+stamp=.cache/apt.$(sha256sum scripts/apt-packages.txt | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  # node and npm may come from elsewhere than Debian (this machine's image).
+  if command -v node >/dev/null && command -v npm >/dev/null; then
+    missing=("${missing[@]/#nodejs/}"); missing=("${missing[@]/#npm/}")
+  fi
+  read -ra missing <<<"${missing[*]:-}"
+  if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing Debian packages (${missing[*]}); run as root"
+    echo "deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  rm -f .cache/apt.*
+  touch "$stamp"
+fi
+
+gostamp=.cache/gomod.$(cat go.mod go.sum | sha256sum | cut -c1-16)
+if [ ! -f "$gostamp" ]; then
+  go mod download
+  rm -f .cache/gomod.*
+  touch "$gostamp"
+fi

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the Go tests. Under CAPSULE_TEST_STRICT=1 a skipped test is a failure
+# (every test must really run in CI); testenv.Skip already fails in that
+# mode, and this catches any plain t.Skip too.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+go test -v "$@" ./... 2>&1 | tee "$log" | grep --line-buffered -E '^(--- |ok |FAIL|panic:|\s+\S+\.go:[0-9]+: )'
+rc=${PIPESTATUS[0]}
+pass=$(grep -c -- '--- PASS' "$log")
+fail=$(grep -c -- '--- FAIL' "$log")
+skip=$(grep -c -- '--- SKIP' "$log")
+if [ "${CAPSULE_TEST_STRICT:-}" = 1 ] && [ "$skip" != 0 ]; then
+  echo "gotest: $skip skipped test(s) under CAPSULE_TEST_STRICT=1:" >&2
+  grep -A1 -- '--- SKIP' "$log" >&2
+  rc=1
+fi
+echo "go: $pass passed, $fail failed, $skip skipped"
+exit "$rc"
