@@ -1,0 +1,118 @@
+// Shared helpers for the E2B JS SDK suite. run.sh starts envd on
+// localhost:49983 and runs node with E2B_DEBUG=true, so the SDK talks to envd
+// directly and never calls a control plane.
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { Sandbox } from 'e2b'
+
+export const DEBUG_SANDBOX_ID = 'debug_sandbox_id'
+export const ENVD_URL = 'http://localhost:49983'
+export const HOME = '/home/user'
+
+if (!/^true$/i.test(process.env.E2B_DEBUG ?? '')) {
+  throw new Error('this suite needs E2B_DEBUG=true and envd on localhost:49983: run tests/e2b-sdk/run.sh')
+}
+
+/** Connects to the debug sandbox (no API call in debug mode). */
+export async function sandbox() {
+  const sbx = await Sandbox.connect(DEBUG_SANDBOX_ID)
+  assert.equal(sbx.sandboxId, DEBUG_SANDBOX_ID)
+  return sbx
+}
+
+/** A name no other test uses. */
+export function uniq(prefix = 't') {
+  return `${prefix}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * Polls fn until it returns a truthy value; fails with `what` after timeoutMs.
+ */
+export async function waitFor(fn, { timeoutMs = 10_000, intervalMs = 50, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  let last
+  for (;;) {
+    try {
+      last = await fn()
+      if (last) return last
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > deadline) {
+      const desc = typeof what === 'function' ? what() : what
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${desc} (last value: ${inspectShort(last)})`)
+    }
+    await sleep(intervalMs)
+  }
+}
+
+function inspectShort(v) {
+  const s = v instanceof Error ? `${v.name}: ${v.message}` : JSON.stringify(v)
+  return s && s.length > 300 ? `${s.slice(0, 300)}…` : s
+}
+
+/** Rejects if p does not settle within ms. */
+export async function within(ms, p, what = 'operation') {
+  let t
+  const timeout = new Promise((_, reject) => {
+    t = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([p, timeout])
+  } finally {
+    clearTimeout(t)
+  }
+}
+
+/** Settles p and returns the rejection reason (fails if it resolved). */
+export async function rejection(p, what = 'promise') {
+  try {
+    const v = await p
+    assert.fail(`${what} resolved (${inspectShort(v)}) but was expected to reject`)
+  } catch (err) {
+    if (err instanceof assert.AssertionError) throw err
+    return err
+  }
+}
+
+/** True when no process with exactly this marker in its argv is alive. */
+export async function processGone(sbx, marker) {
+  const list = await sbx.commands.list()
+  return !list.some((p) => [p.cmd, ...(p.args ?? [])].join(' ').includes(marker))
+}
+
+/** Collects everything a ReadableStream<Uint8Array> yields. */
+export async function readAll(stream) {
+  const chunks = []
+  for await (const chunk of stream) chunks.push(Buffer.from(chunk))
+  return Buffer.concat(chunks)
+}
+
+/** A small text accumulator for onData/onStdout callbacks. */
+export function collector() {
+  const parts = []
+  const decoder = new TextDecoder()
+  const c = {
+    push(data) {
+      parts.push(typeof data === 'string' ? data : decoder.decode(data, { stream: true }))
+    },
+    get text() {
+      return parts.join('')
+    },
+    get count() {
+      return parts.length
+    },
+    reset() {
+      parts.length = 0
+    },
+    async waitFor(needle, timeoutMs = 10_000) {
+      const match = typeof needle === 'string' ? (t) => t.includes(needle) : (t) => needle.test(t)
+      await waitFor(() => match(c.text), { timeoutMs, what: () => `output matching ${needle} (got ${JSON.stringify(c.text.slice(-400))})` })
+      return c.text
+    },
+  }
+  c.push = c.push.bind(c)
+  return c
+}
