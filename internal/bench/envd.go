@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -174,48 +175,25 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 	size := float64(int64(mib) << 20)
 	rate := func(d time.Duration) float64 { return size / (1 << 20) / d.Seconds() }
 
-	catDst := filepath.Join(dir, "big.cat")
-	catTime, err := timed(func() error {
-		return exec.CommandContext(ctx, "sh", "-c", `cat "$1" > "$2"`, "sh", src, catDst).Run()
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cat: %w", err)
-	}
-	os.Remove(catDst)
-
-	upDst := filepath.Join(dir, "big.up")
-	upTime, err := timed(func() error {
-		f, err := os.Open(src)
+	// Three interleaved rounds; the median of each is reported, so that a
+	// one-off stall (writeback, another process) does not decide the ratio.
+	var catT, upT, downT []time.Duration
+	for range 3 {
+		d, err := timeCat(ctx, src, filepath.Join(dir, "big.cat"))
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("cat: %w", err)
 		}
-		defer f.Close()
-		return upload(ctx, hc, base, upDst, f)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("upload: %w", err)
-	}
-	if fi, err := os.Stat(upDst); err != nil || fi.Size() != int64(size) {
-		return nil, fmt.Errorf("uploaded file has the wrong size: %v", err)
-	}
-	os.Remove(upDst)
-
-	downDst := filepath.Join(dir, "big.down")
-	downTime, err := timed(func() error {
-		f, err := os.Create(downDst)
-		if err != nil {
-			return err
+		catT = append(catT, d)
+		if d, err = timeUpload(ctx, hc, base, src, filepath.Join(dir, "big.up"), int64(size)); err != nil {
+			return nil, fmt.Errorf("upload: %w", err)
 		}
-		defer f.Close()
-		return download(ctx, hc, base, src, f)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("download: %w", err)
+		upT = append(upT, d)
+		if d, err = timeDownload(ctx, hc, base, src, filepath.Join(dir, "big.down"), int64(size)); err != nil {
+			return nil, fmt.Errorf("download: %w", err)
+		}
+		downT = append(downT, d)
 	}
-	if fi, err := os.Stat(downDst); err != nil || fi.Size() != int64(size) {
-		return nil, fmt.Errorf("downloaded file has the wrong size: %v", err)
-	}
-	os.Remove(downDst)
+	catTime, upTime, downTime := median(catT), median(upT), median(downT)
 
 	return map[string]any{
 		"file_size_mib":              mib,
@@ -225,6 +203,62 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 		"upload_vs_cat_throughput":   Round3(catTime.Seconds() / upTime.Seconds()),
 		"download_vs_cat_throughput": Round3(catTime.Seconds() / downTime.Seconds()),
 	}, nil
+}
+
+func timeCat(ctx context.Context, src, dst string) (time.Duration, error) {
+	defer os.Remove(dst)
+	return timed(func() error {
+		return exec.CommandContext(ctx, "sh", "-c", `cat "$1" > "$2"`, "sh", src, dst).Run()
+	})
+}
+
+func timeUpload(ctx context.Context, hc *http.Client, base, src, dst string, size int64) (time.Duration, error) {
+	defer os.Remove(dst)
+	d, err := timed(func() error {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return upload(ctx, hc, base, dst, f)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return d, checkSize(dst, size)
+}
+
+func timeDownload(ctx context.Context, hc *http.Client, base, src, dst string, size int64) (time.Duration, error) {
+	defer os.Remove(dst)
+	d, err := timed(func() error {
+		f, err := os.Create(dst)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return download(ctx, hc, base, src, f)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return d, checkSize(dst, size)
+}
+
+func checkSize(path string, want int64) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Size() != want {
+		return fmt.Errorf("%s has %d bytes, want %d", path, fi.Size(), want)
+	}
+	return nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func upload(ctx context.Context, hc *http.Client, base, path string, body io.Reader) error {
