@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -20,6 +21,9 @@ import (
 	"github.com/capsulehq/capsule/internal/envd"
 	"github.com/capsulehq/capsule/internal/guestinit"
 )
+
+// guestinit.Reaper is the process manager's child tracker in a guest.
+var _ envd.ChildTracker = (*guestinit.Reaper)(nil)
 
 func main() {
 	if err := run(); err != nil {
@@ -45,6 +49,13 @@ func run() error {
 	defer stop()
 
 	guest := os.Getpid() == 1
+	if guest && guestinit.InInitramfs() {
+		// First stage: mount the real root and exec its envd (as PID 1).
+		err := guestinit.SwitchRoot(log, guestinit.SwitchRootConfig{})
+		// Only reached on failure: serve from where we are, so that the
+		// host can at least reach the guest.
+		log.Error("switch root failed", "err", err)
+	}
 	var sys *guestinit.System
 	if guest {
 		var err error
@@ -55,13 +66,20 @@ func run() error {
 		}
 	}
 
-	srv := envd.New(envd.Config{
+	cfg := envd.Config{
 		Logger:      log,
 		DefaultUser: *user,
 		Guest:       guest,
-		SandboxID:   os.Getenv("E2B_SANDBOX_ID"),
-		TemplateID:  os.Getenv("E2B_TEMPLATE_ID"),
-	})
+		// capsule.sandbox_id= / capsule.template_id= on the kernel command
+		// line win over the environment.
+		SandboxID:  cmp.Or(sys.Param("sandbox_id"), os.Getenv("E2B_SANDBOX_ID")),
+		TemplateID: cmp.Or(sys.Param("template_id"), os.Getenv("E2B_TEMPLATE_ID")),
+	}
+	if sys != nil {
+		// As PID 1 envd reaps orphans; its own children stay with os/exec.
+		cfg.Children = sys.Reaper
+	}
+	srv := envd.New(cfg)
 	hs := srv.NewHTTPServer(net.JoinHostPort(*addr, strconv.Itoa(*port)))
 	ln, err := net.Listen("tcp", hs.Addr)
 	if err != nil {
