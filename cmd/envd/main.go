@@ -33,11 +33,23 @@ func main() {
 }
 
 func run() error {
-	port := flag.Int("port", envd.DefaultPort, "TCP port to listen on")
-	addr := flag.String("addr", "", "address to listen on (default all interfaces)")
-	user := flag.String("user", "", "default user until POST /init sets one (default root)")
-	version := flag.Bool("version", false, "print the protocol version and exit")
-	flag.Parse()
+	// As PID 1 the kernel passes unrecognised command-line words as
+	// arguments; exiting on them would panic the kernel, so they are only
+	// logged there.
+	fs := flag.NewFlagSet("envd", flag.ContinueOnError)
+	port := fs.Int("port", envd.DefaultPort, "TCP port to listen on")
+	addr := fs.String("addr", "", "address to listen on (default all interfaces)")
+	user := fs.String("user", "", "default user until POST /init sets one (default root)")
+	version := fs.Bool("version", false, "print the protocol version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if os.Getpid() != 1 {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return err
+		}
+		slog.Error("ignoring bad arguments", "args", os.Args[1:], "err", err)
+	}
 	if *version {
 		fmt.Println(envd.Version)
 		return nil
@@ -99,8 +111,12 @@ func run() error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = hs.Shutdown(sctx)
+	// Processes and watchers first: their streams end, so the HTTP server
+	// has no long-lived request left to wait for.
 	srv.Close()
+	if err := hs.Shutdown(sctx); err != nil {
+		_ = hs.Close()
+	}
 	if sys != nil {
 		sys.Shutdown(log) // does not return
 	}
