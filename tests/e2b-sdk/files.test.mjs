@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { gzipSync } from 'node:zlib'
 import { after, before, describe, test } from 'node:test'
-import { FileNotFoundError, FileType, InvalidArgumentError, NotFoundError } from 'e2b'
+import { AuthenticationError, FileNotFoundError, FileType, InvalidArgumentError, NotFoundError } from 'e2b'
 import { ENVD_URL, HOME, readAll, rejection, sandbox, uniq } from './helpers.mjs'
 
 const T = { timeout: 30_000 }
@@ -123,7 +123,7 @@ describe('files', () => {
       const files = Array.from({ length: 25 }, (_, i) => ({ path: `${dir}/many/f${i}.txt`, data: `content ${i}` }))
       const infos = await sbx.files.writeFiles(files)
       assert.equal(infos.length, files.length)
-      const r = await sbx.commands.run(`cat ${dir}/many/f7.txt; ls ${dir}/many | wc -l`)
+      const r = await sbx.commands.run(`cat ${dir}/many/f7.txt; echo; ls ${dir}/many | wc -l`)
       assert.equal(r.stdout, 'content 7\n25\n')
     })
 
@@ -197,6 +197,17 @@ describe('files', () => {
       assert.equal(await sbx.files.read(p), 'raw gzip body')
     })
 
+    test('an upload gives the file to the uploading user, also when it existed', T, async () => {
+      const p = `/tmp/${uniq('chown')}.txt`
+      await sbx.files.write(p, 'by user')
+      assert.equal((await sbx.files.getInfo(p)).owner, 'user')
+      await sbx.files.write(p, 'by root', { user: 'root' })
+      const st = await sbx.files.getInfo(p)
+      assert.equal(st.owner, 'root')
+      assert.equal(st.group, 'root')
+      assert.equal(await sbx.files.read(p), 'by root')
+    })
+
     test('write and read as root', T, async () => {
       const name = `${uniq('root')}.txt`
       const info = await sbx.files.write(name, 'for root', { user: 'root' })
@@ -241,6 +252,67 @@ describe('files', () => {
       await sbx.files.write(p, 'x')
       const err = await rejection(sbx.files.list(p))
       assert.ok(err instanceof InvalidArgumentError, `got ${err?.name}: ${err?.message}`)
+    })
+
+    test('an unknown user is refused with AuthenticationError (/files and RPC)', T, async () => {
+      for (const [what, call] of [
+        ['read', () => sbx.files.read('x.txt', { user: 'ghost-user' })],
+        ['write', () => sbx.files.write('x.txt', 'x', { user: 'ghost-user' })],
+        ['getInfo', () => sbx.files.getInfo('x.txt', { user: 'ghost-user' })],
+      ]) {
+        const err = await rejection(call(), what)
+        assert.ok(err instanceof AuthenticationError, `${what}: got ${err?.name}: ${err?.message}`)
+      }
+    })
+
+    test('~otheruser paths are refused with InvalidArgumentError', T, async () => {
+      for (const [what, call] of [
+        ['getInfo', () => sbx.files.getInfo('~root/x')],
+        ['read', () => sbx.files.read('~root/x')],
+      ]) {
+        const err = await rejection(call(), what)
+        assert.ok(err instanceof InvalidArgumentError, `${what}: got ${err?.name}: ${err?.message}`)
+      }
+    })
+
+    test('malformed uploads are rejected with 400', T, async () => {
+      const url = (q = '') => `${ENVD_URL}/files${q}`
+      const cases = [
+        ['unsupported content type', url(`?path=${encodeURIComponent(`${dir}/bad1`)}`), { 'Content-Type': 'text/plain' }, 'x'],
+        ['octet-stream without path', url(), { 'Content-Type': 'application/octet-stream' }, 'x'],
+        [
+          'unknown content encoding',
+          url(`?path=${encodeURIComponent(`${dir}/bad2`)}`),
+          { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'br' },
+          'x',
+        ],
+        [
+          'metadata key too long',
+          url(`?path=${encodeURIComponent(`${dir}/bad3`)}`),
+          { 'Content-Type': 'application/octet-stream', [`X-Metadata-${'k'.repeat(250)}`]: 'v' },
+          'x',
+        ],
+      ]
+      for (const [what, u, headers, body] of cases) {
+        const res = await fetch(u, { method: 'POST', headers, body })
+        assert.equal(res.status, 400, `${what}: status ${res.status} ${await res.text()}`)
+        const j = await res.json().catch(() => null)
+        if (j) assert.equal(j.code, 400, what)
+      }
+      const form = new FormData()
+      form.append('file', new Blob(['1']), `${dir}/dup.txt`)
+      form.append('file', new Blob(['2']), `${dir}/dup.txt`)
+      const res = await fetch(url(), { method: 'POST', body: form })
+      assert.equal(res.status, 400, `duplicate multipart target: ${res.status} ${await res.text()}`)
+    })
+
+    test('download refusing identity with no supported coding is 406', T, async () => {
+      const p = `${dir}/enc.txt`
+      await sbx.files.write(p, 'enc')
+      const res = await fetch(`${ENVD_URL}/files?path=${encodeURIComponent(p)}`, {
+        headers: { 'Accept-Encoding': 'br, identity;q=0' },
+      })
+      assert.equal(res.status, 406)
     })
 
     test('the raw 404 body follows envd’s REST error shape', T, async () => {
@@ -310,6 +382,11 @@ describe('files', () => {
       assert.equal(one.find((e) => e.name === 'sub').type, FileType.DIR)
 
       assert.deepEqual(names(await sbx.files.list(base, { depth: 2 })), ['a.txt', 'sub', 'sub/b.txt', 'sub/deeper'])
+      // Lexical walk order, not just the same set.
+      assert.deepEqual(
+        (await sbx.files.list(base, { depth: 3 })).map((e) => e.path.slice(base.length + 1)),
+        ['a.txt', 'sub', 'sub/b.txt', 'sub/deeper', 'sub/deeper/c.txt'],
+      )
       assert.deepEqual(names(await sbx.files.list(base, { depth: 3 })), [
         'a.txt',
         'sub',
@@ -319,6 +396,18 @@ describe('files', () => {
       ])
       const deep = (await sbx.files.list(base, { depth: 3 })).find((e) => e.name === 'c.txt')
       assert.equal(deep.size, 3)
+    })
+
+    test('list through a symlinked directory keeps the requested path; symlinked subdirs are not followed', T, async () => {
+      const base = `${dir}/lnk`
+      await sbx.files.write(`${base}/real/inner/f.txt`, 'f')
+      await sbx.commands.run(`cd ${base} && ln -s real alias && ln -s ../../real real/inner/loop`)
+      const entries = await sbx.files.list(`${base}/alias`, { depth: 3 })
+      const paths = entries.map((e) => e.path).sort()
+      assert.deepEqual(paths, [`${base}/alias/inner`, `${base}/alias/inner/f.txt`, `${base}/alias/inner/loop`])
+      const loop = entries.find((e) => e.name === 'loop')
+      assert.equal(loop.type, FileType.DIR)
+      assert.equal(loop.symlinkTarget, `${base}/real`)
     })
 
     test('list of an empty directory is empty', T, async () => {
@@ -342,6 +431,7 @@ describe('files', () => {
       assert.equal(info.type, FileType.FILE)
       assert.equal(await sbx.files.exists(src), false)
       assert.equal(await sbx.files.read(dst), 'moving')
+      assert.equal((await sbx.files.getInfo(`${dir}/renamed/inside`)).owner, 'user', 'created parent must belong to the user')
 
       await sbx.files.write(`${dir}/ren-dir/x.txt`, 'x')
       const d = await sbx.files.rename(`${dir}/ren-dir`, `${dir}/ren-dir2`)

@@ -49,6 +49,18 @@ fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 ((node_major >= 20)) || prereq "node >= 20 is required (found $(node --version))"
 
+# The SDK's debug mode talks to localhost:49983 (IPv6 or IPv4): nothing else
+# may answer there.
+check_port() {
+	local host
+	for host in 127.0.0.1 ::1; do
+		if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+			die "port $port is already in use on $host (another envd?); the E2B SDK's debug mode only talks to localhost:$port"
+		fi
+	done
+}
+check_port
+
 mkdir -p "$state"
 
 # --- node dependencies (reinstalled when package-lock.json changes) --------
@@ -72,9 +84,7 @@ else
 fi
 
 # --- start envd -------------------------------------------------------------
-if (exec 3<>"/dev/tcp/$addr/$port") 2>/dev/null; then
-	die "port $port on $addr is already in use (another envd?); the E2B SDK's debug mode only talks to localhost:$port"
-fi
+check_port
 
 # alive PID: the process exists and is not a zombie.
 alive() {

@@ -71,3 +71,68 @@ describe('sandbox (debug mode)', () => {
     assert.equal(await sbx.isRunning(), true)
   })
 })
+
+// POST /init is the control plane's call (spec §7.5); in debug mode nothing
+// sends it, so the suite calls it itself and restores the state afterwards.
+describe('envd /init and /envs', () => {
+  const init = (body) =>
+    fetch(`${ENVD_URL}/init`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })
+  const envs = async () => (await fetch(`${ENVD_URL}/envs`)).json()
+
+  test('envVars become the global environment of new processes, replacing the previous set', T, async () => {
+    const sbx = await sandbox()
+    try {
+      const res = await init({ envVars: { GLOBAL_A: 'a1', GLOBAL_B: 'b1' } })
+      assert.equal(res.status, 204)
+      assert.match(res.headers.get('x-envd-version') ?? '', /^\d+\.\d+\.\d+/)
+      const e = await envs()
+      assert.equal(e.GLOBAL_A, 'a1')
+      assert.equal(e.GLOBAL_B, 'b1')
+      let r = await sbx.commands.run('echo "$GLOBAL_A|$GLOBAL_B"')
+      assert.equal(r.stdout, 'a1|b1\n')
+      r = await sbx.commands.run('echo "$GLOBAL_A"', { envs: { GLOBAL_A: 'override' } })
+      assert.equal(r.stdout, 'override\n', 'process envs win over global ones')
+      assert.equal((await init({ envVars: { GLOBAL_B: 'b2' } })).status, 204)
+      r = await sbx.commands.run('echo "${GLOBAL_A-unset}|$GLOBAL_B"')
+      assert.equal(r.stdout, 'unset|b2\n')
+    } finally {
+      await init({ envVars: {} })
+    }
+    const e = await envs()
+    assert.equal(e.GLOBAL_A, undefined)
+    assert.equal(e.GLOBAL_B, undefined)
+  })
+
+  test('a request whose timestamp is not newer than the last applied one changes nothing', T, async () => {
+    const sbx = await sandbox()
+    // Slightly in the past: even an envd that syncs the clock (guest mode
+    // only) leaves it alone when it leads the timestamp by less than 5 s.
+    const t = Date.now() - 2_000
+    try {
+      assert.equal((await init({ envVars: { STAMPED: 'new' }, timestamp: new Date(t).toISOString() })).status, 204)
+      assert.equal((await init({ envVars: { STAMPED: 'old' }, timestamp: new Date(t - 1_000).toISOString() })).status, 204)
+      assert.equal((await sbx.commands.run('echo "$STAMPED"')).stdout, 'new\n')
+    } finally {
+      // No timestamp: always applies.
+      await init({ envVars: {} })
+    }
+    assert.equal((await sbx.commands.run('echo "${STAMPED-unset}"')).stdout, 'unset\n')
+  })
+
+  test('defaultUser switches the user of requests that name none', T, async () => {
+    const sbx = await sandbox()
+    try {
+      assert.equal((await init({ defaultUser: 'root' })).status, 204)
+      assert.equal((await sbx.commands.run('whoami')).stdout, 'root\n')
+      assert.equal((await sbx.files.write('who.txt', 'x')).path, '/root/who.txt')
+    } finally {
+      await init({ defaultUser: 'user' })
+    }
+    assert.equal((await sbx.commands.run('whoami')).stdout, 'user\n')
+  })
+
+  test('undecodable JSON is a 400', T, async () => {
+    const res = await fetch(`${ENVD_URL}/init`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{not json' })
+    assert.equal(res.status, 400)
+  })
+})
