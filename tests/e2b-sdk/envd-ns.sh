@@ -4,8 +4,8 @@
 # host: temp copies of /etc/passwd, /etc/group and /etc/shadow that add the
 # non-root user `user` (uid/gid 1000, home /home/user, shell /bin/bash) are
 # bind-mounted over the originals, /home is a fresh tmpfs holding only
-# /home/user, and /tmp and /root are fresh tmpfs too. All of it disappears
-# with the namespace.
+# /home/user, and /tmp and /root are fresh tmpfs too (see isolate). All of it
+# disappears with the namespace.
 #
 # usage: envd-ns.sh ENVD_BINARY STATE_DIR ADDR PORT
 set -euo pipefail
@@ -36,27 +36,37 @@ if [[ -f /etc/shadow ]]; then
 	mount --bind "$state/etc/shadow" /etc/shadow
 fi
 
-# Hide a host directory behind an empty tmpfs unless something we still need
-# (the state dir, the envd binary) lives below it.
-mask() {
-	local dir=$1 mode=$2 p
+# Give a host directory a private, writable view: an empty tmpfs normally;
+# an overlay (host content read-only below, tmpfs above) when something we
+# still need (the state dir, the envd binary) lives below it, e.g. a checkout
+# under /home or /tmp. Either way nothing written there reaches the host.
+isolate() {
+	local dir=$1 mode=$2 p layer
 	for p in "$(realpath "$state")" "$(realpath "$envd_bin")"; do
-		if [[ $p == "$dir" || $p == "$dir"/* ]]; then
-			echo "envd-ns: not masking $dir (holds $p)" >&2
+		if [[ $p == "$dir"/* ]]; then
+			layer="$state/ns${dir//\//-}"
+			mkdir -p "$layer"
+			mount -t tmpfs -o mode=0700 tmpfs "$layer"
+			mkdir "$layer/upper" "$layer/work"
+			chmod "$mode" "$layer/upper"
+			mount -t overlay overlay -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" "$dir"
+			echo "envd-ns: $dir is an overlay over the host's (it holds $p)" >&2
 			return 0
 		fi
 	done
 	mount -t tmpfs -o "mode=$mode" tmpfs "$dir"
 }
 
-mount -t tmpfs -o mode=0755 tmpfs /home
+isolate /home 0755
+mountpoint -q /home # never touch the host's /home
+rm -rf /home/user
 mkdir -m 0755 /home/user
 if [[ -d /etc/skel ]]; then
 	cp -a /etc/skel/. /home/user/
 fi
 chown -R 1000:1000 /home/user
-mask /tmp 1777
-mask /root 0700
+isolate /tmp 1777
+isolate /root 0700
 
 echo "envd-ns: starting $envd_bin on $addr:$port as default user 'user'" >&2
 env -i \
