@@ -1,0 +1,2 @@
+// Package netslot gives every sandbox its own network: a slot.
+package netslot

@@ -1,0 +1,130 @@
+package netslot
+
+import (
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Chain names. The host table and every slot table are called
+// Config.Name; doc.go shows both rulesets in nft syntax.
+const (
+	chainInput       = "input"
+	chainForward     = "forward"
+	chainPrerouting  = "prerouting"
+	chainPostrouting = "postrouting"
+	chainEgress      = "egress" // slot only: empty = egress off, "accept" = on
+)
+
+var (
+	policyAccept = nftables.ChainPolicyAccept
+	policyDrop   = nftables.ChainPolicyDrop
+)
+
+// ruleset accumulates one table's batch on a connection.
+type ruleset struct {
+	cc *nftables.Conn
+	t  *nftables.Table
+}
+
+func newRuleset(cc *nftables.Conn, name string) *ruleset {
+	return &ruleset{cc: cc, t: cc.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: name})}
+}
+
+func (r *ruleset) base(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority, policy *nftables.ChainPolicy) *nftables.Chain {
+	return r.cc.AddChain(&nftables.Chain{Name: name, Table: r.t, Type: typ, Hooknum: hook, Priority: prio, Policy: policy})
+}
+
+func (r *ruleset) add(c *nftables.Chain, exprs []expr.Any) {
+	r.cc.AddRule(&nftables.Rule{Table: r.t, Chain: c, Exprs: exprs})
+}
+
+// addHostTable queues the host table (in the host namespace).
+func (c Config) addHostTable(cc *nftables.Conn) {
+	r := newRuleset(cc, c.Name)
+	slots := ifprefix(c.VethPrefix)
+	eq, ne := expr.CmpOpEq, expr.CmpOpNeq
+
+	// Slots never open connections to the host, except to the resolver.
+	in := r.base(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter, &policyAccept)
+	r.add(in, rule(iif(eq, slots), ctEstablished(), accept()))
+	if c.DNS.IsValid() {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			r.add(in, rule(iif(eq, slots), ipAddr(ipDaddrOff, eq, c.DNS), l4proto(proto), dport(53), accept()))
+		}
+	}
+	r.add(in, rule(iif(eq, slots), drop()))
+
+	fwd := r.base(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter, &policyAccept)
+	r.add(fwd, rule(iif(eq, slots), oif(eq, slots), drop()))                      // slot to slot
+	r.add(fwd, rule(oif(eq, slots), ctEstablished(), accept()))                   // replies to guests
+	r.add(fwd, rule(oif(eq, slots), drop()))                                      // nothing else enters a slot
+	r.add(fwd, rule(iif(eq, slots), ipInNet(ipSaddrOff, ne, c.HostCIDR), drop())) // anti-spoofing
+	for _, p := range c.DenyEgress {
+		r.add(fwd, rule(iif(eq, slots), ipInNet(ipDaddrOff, eq, p), drop()))
+	}
+	r.add(fwd, rule(iif(eq, slots), accept()))
+
+	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
+	r.add(post, rule(oif(ne, slots), ipInNet(ipSaddrOff, eq, c.HostCIDR), masquerade()))
+}
+
+// addSlotTable queues the table of one slot namespace.
+func (pl plan) addSlotTable(cc *nftables.Conn, name string, egress bool) {
+	r := newRuleset(cc, name)
+	veth, tap := ifname(vethName), ifname(tapName)
+	eq, ne := expr.CmpOpEq, expr.CmpOpNeq
+
+	pre := r.base(chainPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, &policyAccept)
+	r.add(pre, rule(iif(eq, veth), ipAddr(ipDaddrOff, eq, pl.hostAddr), natTo(expr.NATTypeDestNAT, pl.guest)))
+
+	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
+	r.add(post, rule(oif(eq, veth), ipAddr(ipSaddrOff, eq, pl.guest), natTo(expr.NATTypeSourceNAT, pl.hostAddr)))
+
+	in := r.base(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter, &policyDrop)
+	r.add(in, rule(ctEstablished(), accept()))
+	r.add(in, rule(iif(eq, ifname("lo")), accept()))
+	r.add(in, rule(icmpEchoRequest(), accept())) // the guest may ping its gateway
+
+	eg := r.cc.AddChain(&nftables.Chain{Name: chainEgress, Table: r.t})
+	if egress {
+		r.add(eg, rule(accept()))
+	}
+
+	fwd := r.base(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter, &policyDrop)
+	r.add(fwd, rule(ctEstablished(), accept()))
+	r.add(fwd, rule(iif(eq, veth), oif(eq, tap), ctDNAT(), accept())) // host to guest
+	r.add(fwd, rule(iif(eq, tap), ipAddr(ipSaddrOff, ne, pl.guest), drop()))
+	r.add(fwd, rule(iif(eq, tap), oif(eq, veth), jump(chainEgress)))
+	r.add(fwd, rule(iif(eq, tap), rejectAdmin()))
+}
+
+// setEgressRule queues the replacement of a slot's egress chain.
+func setEgressRule(cc *nftables.Conn, name string, on bool) {
+	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
+	c := &nftables.Chain{Name: chainEgress, Table: t}
+	cc.FlushChain(c)
+	if on {
+		cc.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: rule(accept())})
+	}
+}
+
+// deleteTable deletes the IPv4 table name in cc's namespace if it exists.
+func deleteTable(cc *nftables.Conn, name string) (bool, error) {
+	tables, err := cc.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			cc.DelTable(t)
+			if err := cc.Flush(); err != nil {
+				return false, fmt.Errorf("delete nftables table %s: %w", name, err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
+}
