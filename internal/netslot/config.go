@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 )
 
@@ -49,8 +50,10 @@ type Config struct {
 	// Default false: no egress until SetEgress(ctx, true).
 	EgressDefault bool
 	// DenyEgress are destinations that no guest reaches even with egress
-	// on. nil selects the default, 169.254.0.0/16 (link-local: cloud
-	// metadata services); an empty non-nil slice denies nothing extra.
+	// on (DNS to Config.DNS excepted). nil selects DefaultDenyEgress: the
+	// private and link-local ranges, so guests reach neither the cloud
+	// metadata service nor the host's LAN (other hosts, the control
+	// plane, databases). An empty non-nil slice denies nothing.
 	DenyEgress []netip.Prefix
 
 	// LockDir holds the pool's lock file (<LockDir>/<Name>.netslot.lock),
@@ -66,6 +69,15 @@ var (
 	DefaultHostCIDR = netip.MustParsePrefix("10.11.0.0/16")
 	DefaultLinkCIDR = netip.MustParsePrefix("10.12.0.0/16")
 	DefaultGuestNet = netip.MustParsePrefix("169.254.0.20/30")
+	// DefaultDenyEgress: RFC 1918 private networks, RFC 6598 shared
+	// address space (carrier-grade NAT) and RFC 3927 link-local.
+	DefaultDenyEgress = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"),
+		netip.MustParsePrefix("100.64.0.0/10"),
+		netip.MustParsePrefix("169.254.0.0/16"),
+	}
 )
 
 const (
@@ -109,7 +121,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxSlots = defaultMaxSlots
 	}
 	if c.DenyEgress == nil {
-		c.DenyEgress = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")}
+		c.DenyEgress = slices.Clone(DefaultDenyEgress)
 	}
 	if c.LockDir == "" {
 		c.LockDir = defaultLockDir

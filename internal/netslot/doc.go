@@ -1,2 +1,163 @@
-// Package netslot gives every sandbox its own network: a slot.
+// Package netslot gives every sandbox its own network: a slot. A slot is
+// a network namespace holding the VM's TAP device and one end of a veth
+// pair whose other end is in the host namespace. NAT inside the namespace
+// lets every guest use the same address, so memory snapshots move freely
+// between slots, while the host reaches each guest at an address of its
+// own.
+//
+// # Address plan
+//
+// With the defaults (every range is configurable, see Config):
+//
+//	guest (VM eth0)      169.254.0.21/30       the same in every slot
+//	gateway (tap0)       169.254.0.22/30       the same in every slot
+//	guest MAC            06:00:a9:fe:00:15     the same in every slot
+//	gateway MAC (tap0)   06:00:a9:fe:00:16     the same in every slot
+//	host address, slot i 10.11.0.0/16 + i      10.11.<i/256>.<i%256>; the host
+//	                                           reaches the guest there
+//	veth /31, slot i     10.12.0.0/16 + 2i     host end cvh<i> (even address),
+//	                                           slot end veth0 (odd address)
+//
+// Slot indices run from 1 to MaxSlots (default 1024). Slot 1: host
+// address 10.11.0.1, cvh1 10.12.0.2/31, veth0 10.12.0.3/31. The host has
+// the route "10.11.0.1 via 10.12.0.3 dev cvh1"; the slot namespace has
+// "default via 10.12.0.2 dev veth0". The guest is configured by the
+// kernel parameter from Slot.KernelIPParam:
+//
+//	ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off[:<dns>]
+//
+// The MACs are fixed because a snapshot holds the guest's MAC in its
+// device state and the gateway's MAC in its ARP cache: a guest restored
+// in another slot finds the same gateway at once. NewPool refuses
+// HostCIDR and LinkCIDR ranges that overlap a route (any table) or an
+// address of the host. The guest network exists only inside slot
+// namespaces, so it cannot clash with the host.
+//
+// # Traffic
+//
+// Host to guest: the host connects to the slot's host address; the route
+// sends it into cvh<i>; in the namespace the prerouting chain translates
+// the destination to the guest (dnat) and the packet leaves through tap0.
+// The guest sees the host's end of the veth (10.12.0.2) as the source.
+//
+// Guest to the internet (egress on): the guest sends to its gateway; the
+// namespace forwards through veth0, translating the source to the slot's
+// host address (snat); the host forwards it out of its own interfaces,
+// masquerading it to their address. net.ipv4.ip_forward is enabled on the
+// host by NewPool and left on (it is never restored: other software may
+// depend on it by then). Slots use whatever resolver Config.DNS names
+// (announced in the ip= parameter); DNS is ordinary egress.
+//
+// # nftables
+//
+// Each namespace holds one IPv4 table named Config.Name ("capsule"). The
+// host's, with the default prefix and ranges (the DNS rules exist only
+// when Config.DNS is set; one deny rule per DenyEgress prefix, by default
+// 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and
+// 169.254.0.0/16):
+//
+//	table ip capsule {
+//		chain input {
+//			type filter hook input priority filter; policy accept;
+//			iifname "cvh*" ct state established,related accept
+//			iifname "cvh*" ip daddr <dns> udp dport 53 accept
+//			iifname "cvh*" ip daddr <dns> tcp dport 53 accept
+//			iifname "cvh*" drop
+//		}
+//		chain forward {
+//			type filter hook forward priority filter; policy accept;
+//			iifname "cvh*" oifname "cvh*" drop
+//			oifname "cvh*" ct state established,related accept
+//			oifname "cvh*" drop
+//			iifname "cvh*" ip saddr != 10.11.0.0/16 drop
+//			iifname "cvh*" ip daddr <dns> udp dport 53 accept
+//			iifname "cvh*" ip daddr <dns> tcp dport 53 accept
+//			iifname "cvh*" ip daddr 10.11.0.0/16 drop     # HostCIDR
+//			iifname "cvh*" ip daddr 10.12.0.0/16 drop     # LinkCIDR
+//			iifname "cvh*" ip daddr 10.0.0.0/8 drop       # DenyEgress...
+//			...
+//			iifname "cvh*" accept
+//		}
+//		chain postrouting {
+//			type nat hook postrouting priority srcnat; policy accept;
+//			oifname != "cvh*" ip saddr 10.11.0.0/16 masquerade
+//		}
+//	}
+//
+// So: a guest never opens a connection to any address of the host (input),
+// only the replies of connections the host opened come back; slots never
+// reach each other (forward, slot to slot, which also covers a guest
+// aiming at another slot's host address); nothing from outside the host
+// opens a connection into a slot; and guests reach no private network.
+// Only traffic from interfaces named VethPrefix+anything is affected:
+// the prefix is reserved for the pool. Nothing outside the table is
+// changed. A host firewall whose forward chain drops by default (Docker
+// sets iptables' FORWARD policy to DROP) must also accept traffic from
+// and to "cvh*" for egress to work.
+//
+// The table of slot 1:
+//
+//	table ip capsule {
+//		chain prerouting {
+//			type nat hook prerouting priority dstnat; policy accept;
+//			iifname "veth0" ip daddr 10.11.0.1 dnat to 169.254.0.21
+//		}
+//		chain postrouting {
+//			type nat hook postrouting priority srcnat; policy accept;
+//			oifname "veth0" ip saddr 169.254.0.21 snat to 10.11.0.1
+//		}
+//		chain input {
+//			type filter hook input priority filter; policy drop;
+//			ct state established,related accept
+//			iifname "lo" accept
+//			icmp type echo-request accept
+//		}
+//		chain egress {
+//			accept          # present only while egress is on
+//		}
+//		chain forward {
+//			type filter hook forward priority filter; policy drop;
+//			ct state established,related accept
+//			iifname "veth0" oifname "tap0" ct status dnat accept
+//			iifname "tap0" ip saddr != 169.254.0.21 drop
+//			iifname "tap0" oifname "veth0" jump egress
+//			iifname "tap0" reject with icmp admin-prohibited
+//		}
+//	}
+//
+// With egress off a guest reaches its gateway (ping) and nothing else: a
+// new connection is rejected at once (EHOSTUNREACH in the guest), while
+// connections the host opened keep working. SetEgress replaces the egress
+// chain in one transaction; turning egress off also deletes the guest's
+// conntrack entries, which cuts its open connections. IPv6 is disabled in
+// slot namespaces.
+//
+// # Lifecycle
+//
+// NewPool takes a lock file (<LockDir>/<Name>.netslot.lock, flock: the
+// kernel drops it when the process dies), removes whatever matches the
+// pool's names (namespaces <Name>-<n> in /run/netns, host interfaces
+// <VethPrefix><n>, the table <Name>) since, holding the lock, it knows a
+// dead pool left them, checks the ranges against the host's routes,
+// installs the host table and enables forwarding.
+//
+// Acquire hands out a released slot when there is one, else creates one
+// at the lowest free index: namespace (bind-mounted at /run/netns/<name>,
+// /run/netns made a shared mount as iproute2 does), sysctls, lo, the
+// persistent TAP (TUNSETPERSIST) with the gateway address, the slot table,
+// the veth pair (created with its peer directly in the namespace), the
+// host end's address and route, the slot end's address and default route.
+// Each step has a rollback; a failure or a cancelled context leaves
+// nothing. Release resets a slot for reuse (egress back to
+// Config.EgressDefault, conntrack flushed in the namespace and for the
+// host address on the host; the TAP stays). Destroy removes a slot and is
+// idempotent. Close destroys every slot and the host table and releases
+// the lock.
+//
+// A VM attaches with Slot.OpenTap, which opens the TAP (IFF_TAP|IFF_NO_PI)
+// from a thread that entered the namespace and returns the descriptor for
+// QEMU's -netdev tap,fd=N; the VMM process itself stays in the host
+// namespace. Every namespace switch happens on a dedicated locked OS
+// thread that exits afterwards, so no goroutine ever runs in a slot
+// namespace by accident.
 package netslot

@@ -185,6 +185,14 @@ func TestAcquireReleaseReuse(t *testing.T) {
 	if !hasRule(t, s, chainEgress) {
 		t.Fatal("egress on, but the egress chain is empty")
 	}
+	vm, err := s.OpenTap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Release(ctx, s); !errors.Is(err, ErrTapBusy) {
+		t.Fatalf("Release with the TAP open: %v, want ErrTapBusy", err)
+	}
+	vm.Close()
 	if err := p.Release(ctx, s); err != nil {
 		t.Fatalf("Release: %v", err)
 	}

@@ -2,6 +2,7 @@ package netslot
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -50,10 +51,8 @@ func (c Config) addHostTable(cc *nftables.Conn) {
 	// Slots never open connections to the host, except to the resolver.
 	in := r.base(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter, &policyAccept)
 	r.add(in, rule(iif(eq, slots), ctEstablished(), accept()))
-	if c.DNS.IsValid() {
-		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-			r.add(in, rule(iif(eq, slots), ipAddr(ipDaddrOff, eq, c.DNS), l4proto(proto), dport(53), accept()))
-		}
+	for _, rl := range c.dnsRules(slots) {
+		r.add(in, rl)
 	}
 	r.add(in, rule(iif(eq, slots), drop()))
 
@@ -62,13 +61,30 @@ func (c Config) addHostTable(cc *nftables.Conn) {
 	r.add(fwd, rule(oif(eq, slots), ctEstablished(), accept()))                   // replies to guests
 	r.add(fwd, rule(oif(eq, slots), drop()))                                      // nothing else enters a slot
 	r.add(fwd, rule(iif(eq, slots), ipInNet(ipSaddrOff, ne, c.HostCIDR), drop())) // anti-spoofing
-	for _, p := range c.DenyEgress {
+	for _, rl := range c.dnsRules(slots) {
+		r.add(fwd, rl)
+	}
+	// The pool's own ranges (unassigned host addresses would otherwise be
+	// routed out of the host), then the configured denials.
+	for _, p := range append([]netip.Prefix{c.HostCIDR, c.LinkCIDR}, c.DenyEgress...) {
 		r.add(fwd, rule(iif(eq, slots), ipInNet(ipDaddrOff, eq, p), drop()))
 	}
 	r.add(fwd, rule(iif(eq, slots), accept()))
 
 	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
 	r.add(post, rule(oif(ne, slots), ipInNet(ipSaddrOff, eq, c.HostCIDR), masquerade()))
+}
+
+// dnsRules: iifname "<slots>*" ip daddr <DNS> udp|tcp dport 53 accept
+func (c Config) dnsRules(slots []byte) [][]expr.Any {
+	if !c.DNS.IsValid() {
+		return nil
+	}
+	var out [][]expr.Any
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		out = append(out, rule(iif(expr.CmpOpEq, slots), ipAddr(ipDaddrOff, expr.CmpOpEq, c.DNS), l4proto(proto), dport(53), accept()))
+	}
+	return out
 }
 
 // addSlotTable queues the table of one slot namespace.

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // Pool owns the network slots of one host: the host nftables table, the
@@ -131,6 +132,9 @@ func (p *Pool) cleanStale() error {
 // Acquire returns a slot for a new sandbox: a released one when there is
 // one, else a new one. The slot's egress is Config.EgressDefault.
 func (p *Pool) Acquire(ctx context.Context) (*Slot, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -175,15 +179,22 @@ func (p *Pool) Acquire(ctx context.Context) (*Slot, error) {
 	return s, nil
 }
 
-// Release returns a slot for reuse after its sandbox stopped (the VM must
-// have closed the TAP). The slot is reset: egress back to
-// Config.EgressDefault and its connection tracking flushed; the TAP stays.
-// When the reset fails the slot is destroyed instead.
+// Release returns a slot for reuse after its sandbox stopped. The slot is
+// reset: egress back to Config.EgressDefault and its connection tracking
+// flushed; the TAP stays. While a VM still holds the TAP, Release fails
+// with an error matching ErrTapBusy and the slot stays acquired. When the
+// reset fails otherwise, the slot is destroyed instead.
 func (p *Pool) Release(ctx context.Context, s *Slot) error {
 	if err := p.begin(s, stateInUse); err != nil {
 		return fmt.Errorf("release %v: %w", s, err)
 	}
 	defer p.ops.Done()
+	if err := s.tapFree(); err != nil {
+		p.mu.Lock()
+		s.state = stateInUse
+		p.mu.Unlock()
+		return fmt.Errorf("release %v: %w", s, err)
+	}
 	err := s.reset(ctx)
 	p.mu.Lock()
 	if err == nil {
@@ -199,6 +210,19 @@ func (p *Pool) Release(ctx context.Context, s *Slot) error {
 		err = errors.Join(err, derr)
 	}
 	return err
+}
+
+// tapFree fails with ErrTapBusy while a descriptor is attached to the
+// slot's TAP. It attaches and detaches once to find out.
+func (s *Slot) tapFree() error {
+	f, err := s.OpenTap()
+	if errors.Is(err, unix.EBUSY) {
+		return ErrTapBusy
+	}
+	if err == nil {
+		f.Close()
+	}
+	return nil // any other problem shows in reset
 }
 
 // reset restores a slot to its initial state.

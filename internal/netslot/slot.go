@@ -166,6 +166,8 @@ var (
 	// ErrNotInUse is returned for a slot that is not acquired from this
 	// pool (released, destroyed or foreign).
 	ErrNotInUse = errors.New("netslot: slot not in use")
+	// ErrTapBusy is returned by Release while a VM still holds the TAP.
+	ErrTapBusy = errors.New("netslot: tap still attached (is the VM still running?)")
 	// ErrLocked is returned by NewPool when another live pool, in this
 	// process or another, owns the same Config.Name.
 	ErrLocked = errors.New("netslot: pool name in use by another pool")
