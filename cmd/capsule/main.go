@@ -21,6 +21,7 @@ const usage = `usage: capsule <command> [flags]
 
 commands:
   bench envd    measure envd on this host (prints JSON)
+  image         build, list and remove template images (capsule image help)
   version       print versions
 `
 
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string) error {
 		return nil
 	case "bench":
 		return runBench(ctx, args[1:])
+	case "image":
+		return runImage(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return nil

@@ -1,0 +1,162 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// CreateOverlay creates a qcow2 overlay at path whose backing file is the
+// raw image base. sizeBytes is the overlay's virtual size: 0 means the
+// base's size; a smaller size than the base's is an error. path must not
+// exist; its directory must.
+func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err error) {
+	absBase, err := filepath.Abs(base)
+	if err != nil {
+		return fmt.Errorf("create overlay %s: %w", path, err)
+	}
+	fi, err := os.Stat(absBase)
+	if err != nil {
+		return fmt.Errorf("create overlay %s: base: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("create overlay %s: base %s is not a regular file", path, absBase)
+	}
+	if sizeBytes < 0 || (sizeBytes > 0 && sizeBytes < fi.Size()) {
+		return fmt.Errorf("create overlay %s: size %d is smaller than the base's %d bytes", path, sizeBytes, fi.Size())
+	}
+	if err := absent(path); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	tmp, err := tempNextTo(path)
+	if err != nil {
+		return fmt.Errorf("create overlay %s: %w", path, err)
+	}
+	defer rollback(ctx, &err, tmp)
+	args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", absBase, tmp}
+	if sizeBytes > 0 {
+		args = append(args, strconv.FormatInt(sizeBytes, 10))
+	}
+	if _, err := qemuImg(ctx, args...); err != nil {
+		return fmt.Errorf("create overlay %s: %w", path, err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return fmt.Errorf("create overlay %s: %w", path, err)
+	}
+	if err := renameNoReplace(tmp, path); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	slog.DebugContext(ctx, "overlay created", "path", path, "base", absBase)
+	return nil
+}
+
+// Flatten writes the content of the disk image src (an overlay with its
+// backing chain, or any image qemu-img reads) to a new sparse raw image
+// at dst, which must not exist. src must not be in use by a running VM.
+func Flatten(ctx context.Context, src, dst string) (err error) {
+	info, err := Inspect(ctx, src)
+	if err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	if err := absent(dst); err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	tmp, err := tempNextTo(dst)
+	if err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	defer rollback(ctx, &err, tmp)
+	// convert skips zero clusters (-S 4k by default), so holes stay holes.
+	if _, err := qemuImg(ctx, "convert", "-f", info.Format, "-O", "raw", src, tmp); err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	if err := renameNoReplace(tmp, dst); err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	slog.DebugContext(ctx, "disk flattened", "src", src, "dst", dst)
+	return nil
+}
+
+// Remove deletes the disk image at path; a missing file is not an error.
+func Remove(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove disk: %w", err)
+	}
+	return nil
+}
+
+// absent fails with fs.ErrExist when path exists.
+func absent(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("%s: %w", path, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// tempNextTo creates an empty temporary file in path's directory (so that
+// the final rename stays on one filesystem) and returns its name.
+func tempNextTo(path string) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	if err := f.Close(); err != nil {
+		os.Remove(name)
+		return "", err
+	}
+	return name, nil
+}
+
+// rollback removes tmp when the step failed (*err is set), adding a
+// failure to remove it to *err.
+func rollback(ctx context.Context, err *error, tmp string) {
+	if *err == nil {
+		return
+	}
+	if rerr := os.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		slog.WarnContext(ctx, "disk rollback failed", "path", tmp, "err", rerr)
+		*err = errors.Join(*err, fmt.Errorf("rollback: %w", rerr))
+	}
+}
+
+// renameNoReplace renames src to dst unless dst exists (then fs.ErrExist).
+// Filesystems without RENAME_NOREPLACE get link + unlink, which is just as
+// exclusive.
+func renameNoReplace(src, dst string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		if err = os.Link(src, dst); err == nil {
+			return os.Remove(src)
+		}
+	}
+	if errors.Is(err, unix.EEXIST) || errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", dst, fs.ErrExist)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: src, New: dst, Err: err}
+	}
+	return nil
+}
+
+// syncFile flushes a file's data to disk.
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
