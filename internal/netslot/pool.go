@@ -319,7 +319,9 @@ func (p *Pool) Close(_ context.Context) error {
 	p.mu.Lock()
 	var all []*Slot
 	for _, s := range p.slots {
-		all = append(all, s)
+		if s != nil {
+			all = append(all, s)
+		}
 	}
 	p.mu.Unlock()
 	var errs []error
