@@ -69,7 +69,7 @@ func (s *Store) runDebootstrap(ctx context.Context, d debootstrapSpec, cache str
 	if err != nil {
 		return err
 	}
-	defer removeTree(work)
+	defer s.dropWorkDir(ctx, work)
 	tree := filepath.Join(work, "tree")
 	s.log.InfoContext(ctx, "running debootstrap (once per package list)", "suite", d.Suite, "mirror", d.Mirror, "packages", len(d.Packages))
 	cmd := exec.CommandContext(ctx, "debootstrap", "--variant="+d.Variant, "--components=main",

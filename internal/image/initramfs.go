@@ -46,7 +46,7 @@ func (s *Store) ensureInitrd(ctx context.Context, k *kernelArtifact, envd, key s
 	if err != nil {
 		return "", err
 	}
-	defer removeTree(work)
+	defer s.dropWorkDir(ctx, work)
 	if err := writeInitramfs(filepath.Join(work, initrdFile), envd, k); err != nil {
 		return "", err
 	}

@@ -109,7 +109,7 @@ func (s *Store) ensureKernel(ctx context.Context, src kernelSource, key string) 
 	if err != nil {
 		return nil, err
 	}
-	defer removeTree(work)
+	defer s.dropWorkDir(ctx, work)
 	out := filepath.Join(work, "out")
 	if err := os.MkdirAll(filepath.Join(out, kernelModDir), 0o755); err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
@@ -160,7 +160,7 @@ func (s *Store) cachedDeb(ctx context.Context, p aptPackage) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer removeTree(dl)
+	defer s.dropWorkDir(ctx, dl)
 	got, err := aptDownload(ctx, s.log, dl, p)
 	if err != nil {
 		return "", err

@@ -2,7 +2,6 @@ package image
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -154,5 +153,68 @@ func TestKernelFromDebianPackage(t *testing.T) {
 	if k2, err := s.ensureKernel(ctx, src2, key2); err != nil || k2.Dir != k.Dir {
 		t.Fatalf("second ensureKernel: %v %v", k2, err)
 	}
-	fmt.Fprintf(os.Stderr, "kernel %s: modules %v\n", k.Version, lines)
+	t.Logf("kernel %s: modules %v", k.Version, lines)
+}
+
+// TestKernelFromFiles builds kernel artifacts from a local .deb and from a
+// bare bzImage (no modules: a kernel with its drivers built in).
+func TestKernelFromFiles(t *testing.T) {
+	for _, c := range []string{"apt-get", "apt-cache", "dpkg-deb"} {
+		testenv.RequireCommand(t, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s := testStore(t)
+	l, err := s.lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.unlock()
+	src, key, err := s.resolveKernel(ctx, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	aptKernel, err := s.ensureKernel(ctx, src, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deb, err := s.cachedDeb(ctx, src.apt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		file    string
+		modules []string
+	}{
+		{"deb", deb, aptKernel.Modules},
+		{"bzImage", filepath.Join(aptKernel.Dir, kernelImageFile), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src, key, err := s.resolveKernel(ctx, BuildOptions{KernelDeb: tt.file})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if key == aptKernel.Key {
+				t.Fatal("a file source has the apt source's key")
+			}
+			k, err := s.ensureKernel(ctx, src, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k.Version != aptKernel.Version || !reflect.DeepEqual(k.Modules, tt.modules) {
+				t.Fatalf("kernel from %s: version %q modules %v; want %q %v", tt.name, k.Version, k.Modules, aptKernel.Version, tt.modules)
+			}
+			if mustHash(t, filepath.Join(k.Dir, kernelImageFile)) != mustHash(t, filepath.Join(aptKernel.Dir, kernelImageFile)) {
+				t.Fatal("different vmlinuz")
+			}
+		})
+	}
+	if _, _, err := s.resolveKernel(ctx, BuildOptions{KernelDeb: "/etc/hostname"}); err == nil {
+		t.Fatal("a text file was accepted as a kernel")
+	}
+	if _, err := bzImageVersion("/etc/passwd"); err == nil {
+		t.Fatal("bzImageVersion accepted /etc/passwd")
+	}
 }

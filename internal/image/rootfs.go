@@ -81,7 +81,7 @@ func (s *Store) ensureRootfs(ctx context.Context, opts BuildOptions, t template,
 	if err != nil {
 		return "", err
 	}
-	defer removeTree(work)
+	defer s.dropWorkDir(ctx, work)
 	root := filepath.Join(work, "root")
 	if err := stageDir(work, "root", 0o755, rootOwner); err != nil {
 		return "", err

@@ -92,6 +92,14 @@ func (s *Store) workDir(what string) (string, error) {
 	return d, nil
 }
 
+// dropWorkDir removes a scratch directory made by workDir; a failure is
+// logged (the next locked builder tries again).
+func (s *Store) dropWorkDir(ctx context.Context, dir string) {
+	if err := removeTree(dir); err != nil {
+		s.log.WarnContext(ctx, "cannot remove build directory", "err", err)
+	}
+}
+
 // lock takes the store's exclusive lock and clears tmp/, which then holds
 // nothing of a live builder.
 func (s *Store) lock(ctx context.Context) (*fileLock, error) {
