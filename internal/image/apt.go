@@ -32,6 +32,9 @@ func aptStateKey(pkg string) string {
 	for _, pattern := range aptStateFiles {
 		matches, _ := filepath.Glob(pattern)
 		for _, m := range matches {
+			if filepath.Base(m) == "lock" {
+				continue // touched by every apt run
+			}
 			if fi, err := os.Stat(m); err == nil && fi.Mode().IsRegular() {
 				k.add("file", m, fmt.Sprint(fi.Size()), fmt.Sprint(fi.ModTime().UnixNano()))
 			}
