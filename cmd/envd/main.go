@@ -40,6 +40,7 @@ func run() error {
 	port := fs.Int("port", envd.DefaultPort, "TCP port to listen on")
 	addr := fs.String("addr", "", "address to listen on (default all interfaces)")
 	user := fs.String("user", "", "default user until POST /init sets one (default root)")
+	notInSandbox := fs.Bool("isnotfc", false, "running outside a sandbox VM (E2B's flag, e.g. for the SDKs' debug mode): E2B_SANDBOX=false")
 	version := fs.Bool("version", false, "print the protocol version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if os.Getpid() != 1 {
@@ -84,8 +85,11 @@ func run() error {
 		Guest:       guest,
 		// capsule.sandbox_id= / capsule.template_id= on the kernel command
 		// line win over the environment.
-		SandboxID:  cmp.Or(sys.Param("sandbox_id"), os.Getenv("E2B_SANDBOX_ID")),
-		TemplateID: cmp.Or(sys.Param("template_id"), os.Getenv("E2B_TEMPLATE_ID")),
+		SandboxID:    cmp.Or(sys.Param("sandbox_id"), os.Getenv("E2B_SANDBOX_ID")),
+		TemplateID:   cmp.Or(sys.Param("template_id"), os.Getenv("E2B_TEMPLATE_ID")),
+		NotInSandbox: *notInSandbox,
+		// E2B's place for the sandbox metadata files processes may read.
+		RunDir: "/run/e2b",
 	}
 	if sys != nil {
 		// As PID 1 envd reaps orphans; its own children stay with os/exec.

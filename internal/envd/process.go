@@ -245,7 +245,12 @@ func (ps *processService) StreamInput(_ context.Context, stream *connect.ClientS
 	return connect.NewResponse(&pb.StreamInputResponse{}), nil
 }
 
-func (ps *processService) SendSignal(_ context.Context, req *connect.Request[pb.SendSignalRequest]) (*connect.Response[pb.SendSignalResponse], error) {
+// killReapTimeout bounds how long SendSignal(SIGKILL) waits for the process
+// to be reaped, so that its pid is gone for whatever the client runs next
+// (E2B's SDK tests probe a killed pid with `kill -0` right away).
+const killReapTimeout = 2 * time.Second
+
+func (ps *processService) SendSignal(ctx context.Context, req *connect.Request[pb.SendSignalRequest]) (*connect.Response[pb.SendSignalResponse], error) {
 	var sig syscall.Signal
 	switch req.Msg.GetSignal() {
 	case pb.Signal_SIGNAL_SIGKILL:
@@ -264,6 +269,11 @@ func (ps *processService) SendSignal(_ context.Context, req *connect.Request[pb.
 			return nil, connect.NewError(connect.CodeNotFound, processNotFound(req.Msg.GetProcess()))
 		}
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("signal pid %d: %w", p.pid, err))
+	}
+	if sig == syscall.SIGKILL && !p.awaitReaped(killReapTimeout) {
+		// Stuck in the kernel (uninterruptible sleep); it dies when it
+		// leaves. The signal was delivered, so this is still a success.
+		ps.s.log.WarnContext(ctx, "killed process not reaped yet", "pid", p.pid, "waited", killReapTimeout)
 	}
 	return connect.NewResponse(&pb.SendSignalResponse{}), nil
 }

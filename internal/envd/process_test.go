@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -698,5 +700,70 @@ func TestProcessEndsDespiteInheritedPipes(t *testing.T) {
 	}
 	if d := time.Since(began); d > 3*time.Second {
 		t.Fatalf("stream lasted %v: it waited for the background child", d)
+	}
+}
+
+// After SendSignal(SIGKILL) returns, the pid is already gone: a process the
+// client starts next (E2B's SDK tests run `kill -0 <pid>`) cannot see it.
+func TestProcessKillReapsBeforeReturning(t *testing.T) {
+	e := newProcEnv(t)
+	ctx := context.Background()
+	for i := range 20 {
+		sctx, cancel := context.WithCancel(ctx)
+		s, err := e.client.Start(sctx, connect.NewRequest(startReq("/bin/sleep", "30")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Receive()
+		pid := s.Msg().GetEvent().GetStart().GetPid()
+		if _, err := e.client.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{Process: pidSel(pid), Signal: pb.Signal_SIGNAL_SIGKILL})); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(int(pid), 0); !errors.Is(err, syscall.ESRCH) {
+			t.Fatalf("round %d: pid %d right after the kill: %v, want ESRCH", i, pid, err)
+		}
+		cancel()
+		s.Close()
+	}
+}
+
+// E2B_SANDBOX says whether envd runs in a sandbox VM; RunDir gets the same
+// facts as files.
+func TestSandboxMarker(t *testing.T) {
+	for _, outside := range []bool{false, true} {
+		dir := filepath.Join(t.TempDir(), "e2b")
+		// A read-only file left by an earlier run is replaced.
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, ".E2B_SANDBOX"), []byte("stale"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+		srv := envd.New(envd.Config{NotInSandbox: outside, RunDir: dir, SandboxID: "isbx1"})
+		ts := httptest.NewServer(srv.Handler())
+		e := &procEnv{url: ts.URL, client: processconnect.NewProcessClient(ts.Client(), ts.URL)}
+		r := e.run(t, sh(`printf '%s' "$E2B_SANDBOX"`))
+		ts.Close()
+		srv.Close()
+		want := fmt.Sprint(!outside)
+		if r.stdout.String() != want {
+			t.Fatalf("outside=%v: E2B_SANDBOX=%q, want %q", outside, r.stdout.String(), want)
+		}
+		for name, v := range map[string]string{".E2B_SANDBOX": want, ".E2B_SANDBOX_ID": "isbx1"} {
+			p := filepath.Join(dir, name)
+			b, err := os.ReadFile(p)
+			if err != nil || string(b) != v {
+				t.Fatalf("outside=%v: %s = %q (%v), want %q", outside, name, b, err, v)
+			}
+			if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o444 {
+				t.Fatalf("%s: %v %v", name, fi, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, ".E2B_TEMPLATE_ID")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf(".E2B_TEMPLATE_ID without a template id: %v", err)
+		}
+		if left, _ := filepath.Glob(filepath.Join(dir, "*tmp*")); len(left) != 0 {
+			t.Fatalf("temporary files left: %v", left)
+		}
 	}
 }

@@ -65,10 +65,11 @@ type proc struct {
 	inMu  sync.Mutex     // serializes writes to stdin/tty and closing stdin
 	hasIn bool           // a stdin pipe was requested
 
-	mu   sync.Mutex
-	subs map[*subscriber]struct{}
-	end  *pb.ProcessEvent_EndEvent // set once, when finished
-	done chan struct{}             // closed once end is set
+	mu     sync.Mutex
+	subs   map[*subscriber]struct{}
+	end    *pb.ProcessEvent_EndEvent // set once, when finished
+	done   chan struct{}             // closed once end is set
+	reaped chan struct{}             // closed once the process was waited for
 }
 
 // subscriber receives the data and end events of one process for one
@@ -102,6 +103,7 @@ func (m *processManager) start(sp spec, sub *subscriber) (*proc, error) {
 		config: sp.config,
 		subs:   map[*subscriber]struct{}{sub: {}},
 		done:   make(chan struct{}),
+		reaped: make(chan struct{}),
 		hasIn:  sp.stdin && sp.pty == nil,
 	}
 	cmd := exec.Command(sp.config.GetCmd(), sp.config.GetArgs()...)
@@ -207,6 +209,7 @@ func (m *processManager) run(p *proc, readers []readerSpec) {
 		}()
 	}
 	err := p.cmd.Wait()
+	close(p.reaped)
 	if m.tracker != nil {
 		m.tracker.Done(int(p.pid))
 	}
@@ -352,6 +355,19 @@ func (p *proc) signal(sig syscall.Signal) error {
 		return errProcessNotFound
 	}
 	return err
+}
+
+// awaitReaped waits up to timeout for the process to be reaped (its pid no
+// longer exists), reporting whether it was.
+func (p *proc) awaitReaped(timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.reaped:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 var (

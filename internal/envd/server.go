@@ -1,9 +1,13 @@
 package envd
 
 import (
+	"errors"
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -35,6 +39,15 @@ type Config struct {
 	// SandboxID and TemplateID are exported to every process as
 	// E2B_SANDBOX_ID and E2B_TEMPLATE_ID when non-empty.
 	SandboxID, TemplateID string
+	// NotInSandbox marks an envd running outside a sandbox VM, as E2B's
+	// envd with -isnotfc (the SDKs' debug mode runs against that):
+	// E2B_SANDBOX is "false" instead of "true".
+	NotInSandbox bool
+	// RunDir, when set, is where New writes E2B's sandbox metadata files
+	// (.E2B_SANDBOX, and .E2B_SANDBOX_ID / .E2B_TEMPLATE_ID when known),
+	// which processes may read instead of the environment. E2B uses
+	// /run/e2b.
+	RunDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Children, when set, is told about every process envd spawns (the PID 1
@@ -75,16 +88,56 @@ func New(cfg Config) *Server {
 		s.defaultUser = "root"
 	}
 	s.envVars = map[string]string{}
-	s.sysEnv = map[string]string{"E2B_SANDBOX": "true"}
+	s.sysEnv = map[string]string{"E2B_SANDBOX": strconv.FormatBool(!cfg.NotInSandbox)}
 	if cfg.SandboxID != "" {
 		s.sysEnv["E2B_SANDBOX_ID"] = cfg.SandboxID
 	}
 	if cfg.TemplateID != "" {
 		s.sysEnv["E2B_TEMPLATE_ID"] = cfg.TemplateID
 	}
+	if cfg.RunDir != "" {
+		if err := writeRunFiles(cfg.RunDir, s.sysEnv); err != nil {
+			s.log.Warn("cannot write sandbox metadata files", "dir", cfg.RunDir, "err", err)
+		}
+	}
 	s.procs = newProcessManager(s)
 	s.watchers = newWatcherRegistry()
 	return s
+}
+
+// writeRunFiles writes each of E2B_SANDBOX, E2B_SANDBOX_ID and
+// E2B_TEMPLATE_ID that env holds to dir/.<name>, readable by every user, as
+// E2B's envd does in /run/e2b.
+func writeRunFiles(dir string, env map[string]string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range []string{"E2B_SANDBOX", "E2B_SANDBOX_ID", "E2B_TEMPLATE_ID"} {
+		if v, ok := env[name]; ok {
+			errs = append(errs, writeFileAtomic(filepath.Join(dir, "."+name), []byte(v), 0o444))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeFileAtomic replaces p with a file holding data: written next to it,
+// then renamed over it, so that a read-only file left by an earlier run is
+// no obstacle and readers never see a partial file.
+func writeFileAtomic(p string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	err = errors.Join(err, f.Chmod(perm), f.Close())
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // Handler returns the complete HTTP handler: CORS, the access-token check,
