@@ -76,6 +76,13 @@ describe('commands', () => {
       assert.equal(r.stdout, 'cat-rc=0\n')
     })
 
+    test('shell punctuation and newlines inside the command string reach bash verbatim', T, async () => {
+      const punct = '[ok] !@#$%^&*()_+ ~{x}'
+      assert.equal((await sbx.commands.run(`echo "${punct}"`)).stdout, `${punct}\n`)
+      assert.equal((await sbx.commands.run('echo "first line\nsecond line"')).stdout, 'first line\nsecond line\n')
+      assert.equal((await sbx.commands.run('for w in a b\ndo\n  echo "w=$w"\ndone')).stdout, 'w=a\nw=b\n')
+    })
+
     test('multi-byte UTF-8 output is decoded intact', T, async () => {
       const text = 'héllo wörld ✓ 日本語 🚀'
       const r = await sbx.commands.run(`printf '%s' '${text}'`)
@@ -98,9 +105,30 @@ describe('commands', () => {
       assert.match(ls, /\/ls$/)
     })
 
-    test('E2B_SANDBOX=true is in the environment', T, async () => {
-      const r = await sbx.commands.run('echo "${E2B_SANDBOX-missing}"')
-      assert.equal(r.stdout, 'true\n')
+    test('outside a VM (-isnotfc, as in E2B’s debug setup) E2B_SANDBOX and /run/e2b/.E2B_SANDBOX say false', T, async () => {
+      const r = await sbx.commands.run('echo "${E2B_SANDBOX-missing}"; cat /run/e2b/.E2B_SANDBOX')
+      assert.equal(r.stdout, 'false\nfalse')
+    })
+
+    test('a command’s envs stay private to it; bash and python3 both see them', T, async () => {
+      const name = `SCOPED_${uniq('v').replace(/-/g, '_')}`
+      const opts = { envs: { [name]: 'only-here' } }
+      assert.equal((await sbx.commands.run(`echo "$${name}"`, opts)).stdout, 'only-here\n')
+      const py = `python3 -c 'import os, sys; print(os.environ.get(sys.argv[1], "absent"))' ${name}`
+      assert.equal((await sbx.commands.run(py, opts)).stdout, 'only-here\n')
+      assert.equal((await sbx.commands.run(`echo "\${${name}-absent}"`)).stdout, 'absent\n')
+      assert.equal((await sbx.commands.run(py)).stdout, 'absent\n')
+    })
+
+    test('sudo works for the default user (setuid binaries run) and sees no earlier command’s envs', T, async (t) => {
+      if (!(await sbx.commands.run('command -v sudo || true')).stdout.trim()) {
+        t.skip('sudo is not installed on this host (E2B’s base template has it)')
+        return
+      }
+      const name = `SUDO_${uniq('v').replace(/-/g, '_')}`
+      await sbx.commands.run('true', { envs: { [name]: 'leaked' } })
+      const r = await sbx.commands.run(`sudo -n sh -c 'echo "$(id -un):\${${name}-absent}"'; sudo echo "[$${name}]"`)
+      assert.equal(r.stdout, 'root:absent\n[]\n')
     })
 
     test('default user is "user" with cwd /home/user', T, async () => {
@@ -275,6 +303,16 @@ describe('commands', () => {
       assert.equal(await sbx.commands.kill(h.pid), false, 'killing a dead pid returns false')
     })
 
+    test('the pid of a killed command is gone for the very next command (kill -0 fails)', T, async () => {
+      for (let i = 0; i < 3; i++) {
+        const h = await sbx.commands.run('sleep 30', { background: true, timeoutMs: 20_000 })
+        assert.equal(await sbx.commands.kill(h.pid), true)
+        const err = await rejection(sbx.commands.run(`kill -0 ${h.pid}`), `kill -0 ${h.pid}`)
+        assert.ok(err instanceof CommandExitError, `got ${err?.name}: ${err?.message}`)
+        assert.match(err.stderr, /No such process/)
+      }
+    })
+
     test('commands.kill(pid) of an unknown pid returns false', T, async () => {
       assert.equal(await sbx.commands.kill(4_000_000), false)
     })
@@ -335,6 +373,17 @@ describe('commands', () => {
       } finally {
         await h.kill()
       }
+    })
+
+    test('empty stdin writes are accepted and deliver nothing; punctuation and newlines pass verbatim', T, async () => {
+      const h = await sbx.commands.run('cat; echo "[eof]"', { background: true, stdin: true, timeoutMs: 20_000 })
+      await sbx.commands.sendStdin(h.pid, '')
+      await h.sendStdin(new Uint8Array(0))
+      await sbx.commands.sendStdin(h.pid, 'one !@#$%^&*()_+\ntwo')
+      await sbx.commands.sendStdin(h.pid, '')
+      await h.closeStdin()
+      const r = await within(5_000, h.wait(), 'cat after closeStdin')
+      assert.equal(r.stdout, 'one !@#$%^&*()_+\ntwo[eof]\n')
     })
 
     test('closeStdin sends EOF so the command can finish', T, async () => {

@@ -4,8 +4,11 @@
 # host: temp copies of /etc/passwd, /etc/group and /etc/shadow that add the
 # non-root user `user` (uid/gid 1000, home /home/user, shell /bin/bash) are
 # bind-mounted over the originals, /home is a fresh tmpfs holding only
-# /home/user, and /tmp and /root are fresh tmpfs too (see isolate). All of it
-# disappears with the namespace.
+# /home/user, /tmp and /root are fresh tmpfs too, and /run is a private
+# overlay (see isolate). When the host has sudo, `user` gets passwordless
+# sudo through a private copy of /etc/sudoers.d. envd runs with -isnotfc, as
+# E2B's envd does in the SDKs' debug setup. All of it disappears with the
+# namespace.
 #
 # usage: envd-ns.sh ENVD_BINARY STATE_DIR ADDR PORT
 set -euo pipefail
@@ -39,22 +42,29 @@ fi
 # Give a host directory a private, writable view: an empty tmpfs normally;
 # an overlay (host content read-only below, tmpfs above) when something we
 # still need (the state dir, the envd binary) lives below it, e.g. a checkout
-# under /home or /tmp. Either way nothing written there reaches the host.
+# under /home or /tmp, or when the third argument is "keep". Either way
+# nothing written there reaches the host.
 isolate() {
-	local dir=$1 mode=$2 p layer
+	local dir=$1 mode=$2 why='' p layer
+	if [[ ${3:-} == keep ]]; then
+		why="its content is kept"
+	fi
 	for p in "$(realpath "$state")" "$(realpath "$envd_bin")"; do
 		if [[ $p == "$dir"/* ]]; then
-			layer="$state/ns${dir//\//-}"
-			mkdir -p "$layer"
-			mount -t tmpfs -o mode=0700 tmpfs "$layer"
-			mkdir "$layer/upper" "$layer/work"
-			chmod "$mode" "$layer/upper"
-			mount -t overlay overlay -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" "$dir"
-			echo "envd-ns: $dir is an overlay over the host's (it holds $p)" >&2
-			return 0
+			why="it holds $p"
 		fi
 	done
-	mount -t tmpfs -o "mode=$mode" tmpfs "$dir"
+	if [[ -z $why ]]; then
+		mount -t tmpfs -o "mode=$mode" tmpfs "$dir"
+		return 0
+	fi
+	layer="$state/ns${dir//\//-}"
+	mkdir -p "$layer"
+	mount -t tmpfs -o mode=0700 tmpfs "$layer"
+	mkdir "$layer/upper" "$layer/work"
+	chmod "$mode" "$layer/upper"
+	mount -t overlay overlay -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" "$dir"
+	echo "envd-ns: $dir is an overlay over the host's ($why)" >&2
 }
 
 isolate /home 0755
@@ -67,12 +77,27 @@ fi
 chown -R 1000:1000 /home/user
 isolate /tmp 1777
 isolate /root 0700
+# envd writes E2B's sandbox metadata files to /run/e2b; the rest of /run
+# (resolver, sudo state) stays visible.
+isolate /run 0755 keep
+
+# Passwordless sudo for `user`, as in E2B's base template (when the host has
+# sudo at all): a private copy of /etc/sudoers.d with one more rule.
+if command -v sudo >/dev/null 2>&1 && [[ -d /etc/sudoers.d ]]; then
+	rm -rf "$state/etc/sudoers.d"
+	mkdir -p "$state/etc/sudoers.d"
+	cp -a /etc/sudoers.d/. "$state/etc/sudoers.d/"
+	echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' >"$state/etc/sudoers.d/e2b-user"
+	chmod 0440 "$state/etc/sudoers.d/e2b-user"
+	mount --bind "$state/etc/sudoers.d" /etc/sudoers.d
+fi
 
 echo "envd-ns: starting $envd_bin on $addr:$port as default user 'user'" >&2
+# -isnotfc: like E2B's envd in the SDKs' debug setup (E2B_SANDBOX=false).
 env -i \
 	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 \
-	"$envd_bin" -addr "$addr" -port "$port" -user user &
+	"$envd_bin" -addr "$addr" -port "$port" -user user -isnotfc &
 child=$!
 
 # As PID 1 we only receive the signals we handle: pass TERM/INT on to envd.

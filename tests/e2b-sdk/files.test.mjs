@@ -119,6 +119,30 @@ describe('files', () => {
       assert.deepEqual([...(await sbx.files.read(`${dir}/multi/c.bin`, { format: 'bytes' }))], [0, 1, 2, 255])
     })
 
+    test('a multi-file write may target directories the user could not create; all go to the user', T, async () => {
+      // E2B's envd writes as root and hands the result to the user (its SDK
+      // test writes /<n>/file as `user`); a root-owned directory stands in.
+      const locked = `/tmp/${uniq('rootdir')}`
+      await sbx.commands.run(`mkdir -m 0755 ${locked}`, { user: 'root' })
+      const entries = [
+        { path: `${locked}/sub/one.txt`, data: 'one' },
+        { path: `${HOME}/${uniq('multi')}.txt`, data: 'two' },
+        { path: `${locked}/three.txt`, data: 'three' },
+      ]
+      const infos = await sbx.files.write(entries)
+      assert.equal(infos.length, entries.length)
+      for (const [i, e] of entries.entries()) {
+        assert.equal(infos[i].path, e.path)
+        assert.equal(infos[i].name, e.path.split('/').pop())
+        assert.equal(infos[i].type, FileType.FILE)
+        assert.equal(await sbx.files.exists(e.path), true)
+        assert.equal(await sbx.files.read(e.path), e.data)
+        assert.equal((await sbx.files.getInfo(e.path)).owner, 'user')
+      }
+      assert.equal((await sbx.files.getInfo(`${locked}/sub`)).owner, 'user')
+      await sbx.files.remove(entries[1].path)
+    })
+
     test('writeFiles with many files', T, async () => {
       const files = Array.from({ length: 25 }, (_, i) => ({ path: `${dir}/many/f${i}.txt`, data: `content ${i}` }))
       const infos = await sbx.files.writeFiles(files)
@@ -175,6 +199,16 @@ describe('files', () => {
       assert.equal(await sbx.files.read(p), text)
     })
 
+    test('writeFiles with gzip: one compressed upload per file, each readable with and without gzip', T, async () => {
+      const entries = [1, 2, 3].map((i) => ({ path: `${dir}/gzm/${i}.txt`, data: `gzip entry ${i} `.repeat(i * 100) }))
+      const infos = await sbx.files.writeFiles(entries, { gzip: true })
+      assert.deepEqual(infos.map((i) => i.path), entries.map((e) => e.path))
+      for (const e of entries) {
+        assert.equal(await sbx.files.read(e.path), e.data)
+        assert.equal(new TextDecoder().decode(await sbx.files.read(e.path, { format: 'bytes', gzip: true })), e.data)
+      }
+    })
+
     test('gzip download answers with Content-Encoding: gzip', T, async () => {
       const p = `${dir}/gz2.txt`
       await sbx.files.write(p, 'x'.repeat(10_000))
@@ -220,6 +254,13 @@ describe('files', () => {
   })
 
   describe('errors', () => {
+    test('a file emptied or created by a command reads as empty text and bytes', T, async () => {
+      const p = `${dir}/touched.txt`
+      await sbx.commands.run(`touch ${p}`)
+      assert.equal(await sbx.files.read(p), '')
+      assert.equal((await sbx.files.read(p, { format: 'bytes' })).length, 0)
+    })
+
     test('reading a missing file throws FileNotFoundError', T, async () => {
       const err = await rejection(sbx.files.read(`${dir}/does-not-exist.txt`))
       assert.ok(err instanceof FileNotFoundError, `got ${err?.name}: ${err?.message}`)
@@ -497,6 +538,26 @@ describe('files', () => {
       assert.equal(home.group, 'user')
     })
 
+    test('makeDir entry details: 0755, drwxr-xr-x, owned by the user, non-zero size; files listed without symlinkTarget', T, async () => {
+      const p = `${dir}/details`
+      await sbx.files.makeDir(`${p}/sub`)
+      await sbx.files.write(`${p}/f.txt`, 'Hello, World!')
+      const d = await sbx.files.getInfo(`${p}/sub`)
+      assert.equal(d.type, FileType.DIR)
+      assert.equal(d.mode, 0o755)
+      assert.equal(d.permissions, 'drwxr-xr-x')
+      assert.equal(d.owner, 'user')
+      assert.equal(d.group, 'user')
+      assert.ok(d.size > 0, `directory size ${d.size}`)
+      const listed = await sbx.files.list(p)
+      assert.deepEqual(listed.map((e) => [e.name, e.type]), [['f.txt', FileType.FILE], ['sub', FileType.DIR]])
+      const f = listed[0]
+      assert.equal(f.size, 13)
+      assert.equal(f.mode, 0o644)
+      assert.equal(f.symlinkTarget, undefined)
+      assert.ok(f.modifiedTime instanceof Date)
+    })
+
     test('symlinks: target type, symlinkTarget, L permissions; dangling links are not listed', T, async () => {
       const base = `${dir}/links`
       await sbx.files.write(`${base}/target.txt`, 'target')
@@ -523,6 +584,22 @@ describe('files', () => {
         `python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.e2b.author').decode())" ${p} 2>/dev/null || getfattr --only-values -n user.e2b.author ${p}`,
       )
       assert.equal(xattr.stdout.trim(), 'me')
+    })
+
+    test('rename keeps metadata and reports it; xattrs set by a command show up as metadata', T, async () => {
+      const src = `${dir}/meta-ren-a.txt`
+      const dst = `${dir}/meta-ren-b.txt`
+      await sbx.files.write(src, 'x', { metadata: { stage: 'moved' } })
+      const info = await sbx.files.rename(src, dst)
+      assert.deepEqual(info.metadata, { stage: 'moved' })
+
+      const p = `${dir}/meta-cmd.txt`
+      await sbx.files.write(p, 'no metadata yet')
+      await sbx.commands.run(
+        `setfattr -n user.e2b.origin -v command ${p} 2>/dev/null || ` +
+          `python3 -c "import os,sys; os.setxattr(sys.argv[1], 'user.e2b.origin', b'command')" ${p}`,
+      )
+      assert.deepEqual((await sbx.files.getInfo(p)).metadata, { origin: 'command' })
     })
 
     test('an upload without metadata clears earlier metadata', T, async () => {

@@ -125,6 +125,14 @@ describe('pty', () => {
     assert.equal(await sbx.pty.kill(h.pid), false)
   })
 
+  test('the pid of a killed PTY is gone for the very next command (kill -0 fails)', T, async () => {
+    const h = await sbx.pty.create({ cols: 80, rows: 24, timeoutMs: 25_000, onData: () => {} })
+    assert.equal(await sbx.pty.kill(h.pid), true)
+    const err = await rejection(sbx.commands.run(`kill -0 ${h.pid}`), `kill -0 ${h.pid}`)
+    assert.ok(err instanceof CommandExitError, `got ${err?.name}: ${err?.message}`)
+    assert.match(err.stderr, /No such process/)
+  })
+
   test('connect() re-attaches to a PTY after disconnect', T, async () => {
     const first = collector()
     const h = await sbx.pty.create({ cols: 80, rows: 24, timeoutMs: 25_000, onData: first.push })

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { Sandbox } from 'e2b'
-import { DEBUG_SANDBOX_ID, ENVD_URL, sandbox } from './helpers.mjs'
+import { DEBUG_SANDBOX_ID, ENVD_URL, sandbox, waitFor } from './helpers.mjs'
 
 const T = { timeout: 20_000 }
 
@@ -62,6 +62,26 @@ describe('sandbox (debug mode)', () => {
     })
     assert.ok(res.status === 200 || res.status === 204, `status ${res.status}`)
     assert.ok(['*', 'https://example.test'].includes(res.headers.get('access-control-allow-origin')))
+  })
+
+  test('a server started by a background command is reachable at getHost(port)', T, async () => {
+    const sbx = await sandbox()
+    const port = 20_000 + Math.floor(Math.random() * 20_000)
+    const h = await sbx.commands.run(`python3 -m http.server ${port} --bind 127.0.0.1`, { background: true, cwd: '/tmp', timeoutMs: 15_000 })
+    try {
+      const host = sbx.getHost(port)
+      assert.equal(host, `localhost:${port}`)
+      const res = await waitFor(
+        async () => {
+          const r = await fetch(`http://${host}/`)
+          return r.status === 200 ? r : undefined
+        },
+        { timeoutMs: 10_000, intervalMs: 200, what: `python3 http.server on ${host}` },
+      )
+      assert.equal(res.status, 200)
+    } finally {
+      await h.kill()
+    }
   })
 
   test('kill() and setTimeout() are no-ops in debug mode; envd keeps running', T, async () => {
