@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -14,9 +15,10 @@ import (
 )
 
 // CreateOverlay creates a qcow2 overlay at path whose backing file is the
-// raw image base. sizeBytes is the overlay's virtual size: 0 means the
-// base's size; a smaller size than the base's is an error. path must not
-// exist; its directory must.
+// image base (raw, or itself a qcow2 overlay: snapshot templates chain
+// onto their source's disk). sizeBytes is the overlay's virtual size: 0
+// means the base's size; a smaller size than the base's is an error. path
+// must not exist; its directory must.
 func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err error) {
 	absBase, err := filepath.Abs(base)
 	if err != nil {
@@ -29,8 +31,16 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("create overlay %s: base %s is not a regular file", path, absBase)
 	}
-	if sizeBytes < 0 || (sizeBytes > 0 && sizeBytes < fi.Size()) {
-		return fmt.Errorf("create overlay %s: size %d is smaller than the base's %d bytes", path, sizeBytes, fi.Size())
+	format, baseSize := "raw", fi.Size()
+	if isQcow2(absBase) {
+		info, err := Inspect(ctx, absBase)
+		if err != nil {
+			return fmt.Errorf("create overlay %s: %w", path, err)
+		}
+		format, baseSize = info.Format, info.VirtualSize
+	}
+	if sizeBytes < 0 || (sizeBytes > 0 && sizeBytes < baseSize) {
+		return fmt.Errorf("create overlay %s: size %d is smaller than the base's %d bytes", path, sizeBytes, baseSize)
 	}
 	if err := absent(path); err != nil {
 		return fmt.Errorf("create overlay: %w", err)
@@ -40,7 +50,7 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err
 		return fmt.Errorf("create overlay %s: %w", path, err)
 	}
 	defer rollback(ctx, &err, tmp)
-	args := []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", absBase, tmp}
+	args := []string{"create", "-q", "-f", "qcow2", "-F", format, "-b", absBase, tmp}
 	if sizeBytes > 0 {
 		args = append(args, strconv.FormatInt(sizeBytes, 10))
 	}
@@ -159,4 +169,16 @@ func syncFile(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// isQcow2 reports whether the file at path starts with the qcow2 magic.
+func isQcow2(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var magic [4]byte
+	_, err = io.ReadFull(f, magic[:])
+	return err == nil && string(magic[:]) == "QFI\xfb"
 }

@@ -237,3 +237,31 @@ func TestFlattenRoundTrip(t *testing.T) {
 		t.Errorf("overlay still there: %v", err)
 	}
 }
+
+// TestCreateOverlayOnOverlay: a snapshot template's disk is an overlay, and
+// sandboxes created from it chain another overlay onto it.
+func TestCreateOverlayOnOverlay(t *testing.T) {
+	requireQemuImg(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	sparseFile(t, base, 64*mib, nil)
+	mid := filepath.Join(dir, "mid.qcow2")
+	if err := CreateOverlay(ctx, base, mid, 128*mib); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(dir, "top.qcow2")
+	if err := CreateOverlay(ctx, mid, top, 0); err != nil {
+		t.Fatal(err)
+	}
+	info, err := Inspect(ctx, top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.BackingFile != mid || info.BackingFmt != "qcow2" || info.VirtualSize != 128*mib {
+		t.Fatalf("overlay on an overlay: %+v", info)
+	}
+	if err := CreateOverlay(ctx, mid, filepath.Join(dir, "small.qcow2"), 64*mib); err == nil {
+		t.Fatal("an overlay smaller than its qcow2 base was created")
+	}
+}
