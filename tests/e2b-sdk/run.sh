@@ -191,3 +191,8 @@ fi
 if ((test_rc != 0)); then
 	die "node --test exited with status $test_rc"
 fi
+skipped=$(sed -n 's/^# skipped \([0-9]*\)$/\1/p' "$tap" | tail -n 1)
+if [[ ${CAPSULE_TEST_STRICT:-} == 1 && ${skipped:-0} != 0 ]]; then
+	grep -B2 '# SKIP' "$tap" >&2 || true
+	die "$skipped test(s) skipped under CAPSULE_TEST_STRICT=1"
+fi
