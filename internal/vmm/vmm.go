@@ -44,6 +44,15 @@ type Spec struct {
 
 	// ConsoleLog receives the serial console; empty means Dir/console.log.
 	ConsoleLog string
+
+	// CopyMemory applies to Restore only. By default a restored machine
+	// maps the snapshot's memory lazily and copy-on-write, shared with
+	// every other machine restored from the same snapshot: O(1) to start,
+	// the right choice for snapshot templates. With CopyMemory the machine
+	// gets its own copy instead (the restore reads the memory the snapshot
+	// uses), which makes this machine's own later snapshots cheaper: the
+	// right choice to resume a pause. It is a hint; a driver may ignore it.
+	CopyMemory bool
 }
 
 // Disk is a block device, in order: the first is /dev/vda.
@@ -62,14 +71,24 @@ type NetAttachment struct {
 	MAC string
 }
 
-// Snapshot is a saved machine on disk: memory and device state. Disks are
-// not part of it; the caller saves them alongside.
+// Snapshot is a saved machine on disk: memory and device state, and where
+// the disk contents that go with them are.
 type Snapshot struct {
 	// Dir holds the snapshot's files (driver-specific layout).
 	Dir string
 	// MemoryMB and VCPUs are those of the saved machine; a restore must
 	// use the same.
 	MemoryMB, VCPUs int
+	// Disks are the machine's disks as they were when its memory was
+	// saved, in Spec order. Without keepRunning they are the machine's own
+	// disk files, left untouched once the VMM exited. With keepRunning the
+	// guest writes on, so the driver copies each writable disk into Dir
+	// while the guest is paused (a qcow2 overlay keeps its backing file
+	// reference, which must be an absolute path); read-only disks are
+	// listed as they are. A restore needs disks with these contents: the
+	// files themselves (resuming a pause in place) or copy-on-write
+	// overlays on them (one per restored machine, for templates).
+	Disks []Disk
 }
 
 // Driver starts machines.
@@ -83,7 +102,11 @@ type Driver interface {
 	// was saved. Restoring the same snapshot many times yields independent
 	// machines (snapshot templates); the snapshot files are not modified
 	// and guest memory is mapped lazily (copy-on-write), so a restore does
-	// not read the whole memory.
+	// not read the whole memory (unless spec.CopyMemory). Spec's kernel
+	// and initrd are ignored; MemoryMB and VCPUs may be 0 (the snapshot's)
+	// or must match it, and the disks and network must match the saved
+	// machine's devices. The snapshot's files may be deleted while machines
+	// restored from them run, but never modified.
 	Restore(ctx context.Context, spec Spec, snap Snapshot) (Machine, error)
 }
 
@@ -93,9 +116,12 @@ type Machine interface {
 	PID() int
 	// Done is closed when the VMM process has exited.
 	Done() <-chan struct{}
-	// Snapshot saves memory and device state into dir (created if needed).
-	// With keepRunning the guest resumes afterwards (a snapshot template of
-	// a live sandbox); without, the VMM exits (pause: CPU and RAM freed).
+	// Snapshot saves memory and device state into dir (created if needed;
+	// files there are replaced atomically, so dir may be the snapshot this
+	// machine was restored from). With keepRunning the guest resumes
+	// afterwards (a snapshot template of a live sandbox); without, the VMM
+	// exits (pause: CPU and RAM freed). The guest's clock does not advance
+	// while it is saved: whoever resumes it sets the time (envd's /init).
 	Snapshot(ctx context.Context, dir string, keepRunning bool) (Snapshot, error)
 	// Kill stops the VMM at once. Killing an exited machine is a no-op.
 	Kill(ctx context.Context) error

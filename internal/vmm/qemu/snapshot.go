@@ -1,0 +1,370 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/capsulehq/capsule/internal/vmm"
+)
+
+// Files of a snapshot directory. The state, memory and disk file names
+// carry a generation suffix (state-<gen>, memory-<gen>, disk0-<gen>.qcow2)
+// so that snapshotting into an existing snapshot directory never
+// overwrites a file in place: machines restored from the old generation
+// keep mapping its memory file, and a crash leaves the old or the new
+// snapshot whole (snapshot.json is renamed last).
+const snapMetaFile = "snapshot.json"
+
+// snapshotFormat identifies the layout described in the package doc.
+const snapshotFormat = "capsule-qemu-snapshot/1"
+
+// snapshotMeta is snapshot.json.
+type snapshotMeta struct {
+	Format      string     `json:"format"`
+	QEMUVersion string     `json:"qemuVersion"`
+	Accel       vmm.Accel  `json:"accel"`
+	CPU         string     `json:"cpu"`
+	MemoryMB    int        `json:"memoryMB"`
+	VCPUs       int        `json:"vcpus"`
+	State       string     `json:"state"`  // migration stream without guest RAM
+	Memory      string     `json:"memory"` // guest RAM image, sparse
+	Disks       []vmm.Disk `json:"disks"`
+	Net         string     `json:"net,omitempty"`
+	MAC         string     `json:"mac,omitempty"`
+	// Source is how the saved machine's RAM was mapped (memShared or
+	// memPrivate), which decided how the memory file was written.
+	Source      string    `json:"source"`
+	StateBytes  int64     `json:"stateBytes"`
+	MemoryBytes int64     `json:"memoryBytes"` // allocated
+	Paused      float64   `json:"pausedSeconds"`
+	Created     time.Time `json:"created"`
+}
+
+func readSnapshotMeta(dir string) (*snapshotMeta, error) {
+	b, err := os.ReadFile(filepath.Join(dir, snapMetaFile))
+	if err != nil {
+		return nil, err
+	}
+	var m snapshotMeta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", snapMetaFile, err)
+	}
+	if m.Format != snapshotFormat {
+		return nil, fmt.Errorf("%s: unsupported format %q", snapMetaFile, m.Format)
+	}
+	if m.State == "" || m.Memory == "" || strings.ContainsRune(m.State+m.Memory, '/') {
+		return nil, fmt.Errorf("%s: bad file names", snapMetaFile)
+	}
+	return &m, nil
+}
+
+// ReadSnapshot describes the snapshot in dir.
+func ReadSnapshot(dir string) (vmm.Snapshot, error) {
+	m, err := readSnapshotMeta(dir)
+	if err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("qemu: read snapshot %s: %w", dir, err)
+	}
+	return vmm.Snapshot{Dir: dir, MemoryMB: m.MemoryMB, VCPUs: m.VCPUs, Disks: m.Disks}, nil
+}
+
+// migration parameters for snapshots: no bandwidth limit (the guest is
+// stopped, so there is nothing to throttle).
+const maxBandwidth = 1 << 40
+
+// Snapshot saves the machine into dir (see the package doc for the
+// procedure and the layout).
+func (m *Machine) Snapshot(ctx context.Context, dir string, keepRunning bool) (vmm.Snapshot, error) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if m.exited() {
+		return vmm.Snapshot{}, fmt.Errorf("qemu: snapshot %s: %w", m.rec.ID, vmm.ErrExited)
+	}
+	snap, err := m.snapshot(ctx, dir, keepRunning)
+	if err != nil {
+		if m.exited() {
+			err = fmt.Errorf("%w (%w)", err, vmm.ErrExited)
+		}
+		return vmm.Snapshot{}, fmt.Errorf("qemu: snapshot %s: %w", m.rec.ID, err)
+	}
+	return snap, nil
+}
+
+func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_ vmm.Snapshot, err error) {
+	start := time.Now()
+	if dir, err = filepath.Abs(dir); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	gen := newGeneration()
+	meta := &snapshotMeta{
+		Format: snapshotFormat, QEMUVersion: m.d.version, Accel: m.rec.Accel, CPU: cpuModel(m.rec.Accel),
+		MemoryMB: m.rec.MemoryMB, VCPUs: m.rec.VCPUs, Net: m.rec.Net, MAC: m.rec.MAC, Source: m.rec.Memory,
+		State: "state-" + gen, Memory: "memory-" + gen,
+	}
+	// Disks: copies for keepRunning (the guest writes on), else the
+	// machine's own files.
+	type diskCopy struct{ src, dst string }
+	var copies []diskCopy
+	for i, dk := range m.rec.Disks {
+		if keepRunning && !dk.ReadOnly {
+			name := fmt.Sprintf("disk%d-%s.%s", i, gen, dk.Format)
+			copies = append(copies, diskCopy{dk.Path, filepath.Join(dir, name)})
+			dk.Path = filepath.Join(dir, name)
+		}
+		meta.Disks = append(meta.Disks, dk)
+	}
+
+	// Everything is written to temporary names first.
+	var tmps []*os.File
+	defer func() {
+		for _, f := range tmps {
+			f.Close()
+			if err != nil {
+				os.Remove(f.Name())
+			}
+		}
+	}()
+	newTmp := func(final string) (*os.File, error) {
+		f, err := os.OpenFile(filepath.Join(dir, "."+final+".tmp"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err == nil {
+			tmps = append(tmps, f)
+		}
+		return f, err
+	}
+	stateF, err := newTmp(meta.State)
+	if err != nil {
+		return vmm.Snapshot{}, err
+	}
+	memF, err := newTmp(meta.Memory)
+	if err != nil {
+		return vmm.Snapshot{}, err
+	}
+	memSize := int64(m.rec.MemoryMB) << 20
+	if err := memF.Truncate(memSize); err != nil {
+		return vmm.Snapshot{}, err
+	}
+
+	if err := m.setMigrationCaps(ctx); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if err := m.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil); err != nil {
+		return vmm.Snapshot{}, err
+	}
+
+	// From here on the guest is stopped; every failure resumes it.
+	if err := m.qmp.Execute(ctx, "stop", nil, nil); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	stopped := time.Now()
+	resumed := false
+	defer func() {
+		if err != nil && !resumed && !m.exited() {
+			if cerr := m.qmp.Execute(context.Background(), "cont", nil, nil); cerr != nil {
+				m.log.Error("resume after a failed snapshot", "err", cerr)
+			}
+		}
+	}()
+
+	// Shared RAM is copied from the memfd while QEMU writes the device
+	// state; private RAM comes through the stream.
+	copyDone := make(chan error, 1)
+	if m.memfd != nil {
+		go func() {
+			_, err := copySparse(memF, m.memfd, memSize)
+			copyDone <- err
+		}()
+	} else {
+		copyDone <- nil
+	}
+	stats, err := m.saveState(ctx, stateF, memF)
+	if cerr := <-copyDone; err == nil && cerr != nil {
+		err = fmt.Errorf("copy guest memory: %w", cerr)
+	}
+	if err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if m.memfd != nil && stats.PagesMoved != 0 {
+		return vmm.Snapshot{}, fmt.Errorf("shared guest memory came in the stream (%d pages)", stats.PagesMoved)
+	}
+	if stats.BlockLength != memSize {
+		return vmm.Snapshot{}, fmt.Errorf("guest memory block of %d bytes in the stream, want %d", stats.BlockLength, memSize)
+	}
+	saved := time.Now()
+
+	// The migration left the disks flushed and inactive: copies taken now
+	// match the memory.
+	for _, c := range copies {
+		f, err := newTmp(filepath.Base(c.dst))
+		if err != nil {
+			return vmm.Snapshot{}, err
+		}
+		if err := copyFile(f, c.src); err != nil {
+			return vmm.Snapshot{}, fmt.Errorf("copy disk %s: %w", c.src, err)
+		}
+	}
+	if keepRunning {
+		if err := m.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+			return vmm.Snapshot{}, err
+		}
+		resumed = true
+	}
+	paused := time.Since(stopped)
+
+	// Make the files durable, then publish them.
+	for _, f := range tmps {
+		if err := f.Sync(); err != nil {
+			return vmm.Snapshot{}, err
+		}
+	}
+	meta.StateBytes = stats.StateBytes
+	meta.MemoryBytes = allocatedBytes(memF)
+	meta.Paused = paused.Seconds()
+	meta.Created = time.Now().UTC()
+	for _, f := range tmps {
+		final := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f.Name()), "."), ".tmp")
+		if err := os.Rename(f.Name(), filepath.Join(dir, final)); err != nil {
+			return vmm.Snapshot{}, err
+		}
+	}
+	old, _ := readSnapshotMeta(dir)
+	if err := writeJSONAtomic(filepath.Join(dir, snapMetaFile), meta); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	syncDir(dir)
+	if old != nil {
+		removeGeneration(dir, old, meta)
+	}
+
+	if !keepRunning {
+		// The guest is saved: end the VMM (its disks are flushed).
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = m.qmp.Execute(qctx, "quit", nil, nil)
+		select {
+		case <-m.done:
+		case <-qctx.Done():
+			_ = m.Kill(ctx)
+		}
+	}
+	m.log.Info("machine snapshotted", "dir", dir, "keepRunning", keepRunning, "memory", m.rec.Memory,
+		"save", saved.Sub(stopped).Round(time.Millisecond), "paused", paused.Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond), "stateBytes", meta.StateBytes, "memoryBytes", meta.MemoryBytes)
+	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
+}
+
+// saveState runs the migration of the stopped guest into a pipe and splits
+// the stream into state and memory (see splitStream).
+func (m *Machine) saveState(ctx context.Context, state, mem *os.File) (splitStats, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return splitStats{}, err
+	}
+	defer pr.Close()
+	const fdName = "capsule-snapshot"
+	err = m.qmp.ExecuteFD(ctx, "getfd", map[string]any{"fdname": fdName}, pw)
+	pw.Close()
+	if err != nil {
+		return splitStats{}, err
+	}
+	type result struct {
+		stats splitStats
+		err   error
+	}
+	ev, unsubscribe := m.qmp.subscribe()
+	defer unsubscribe()
+	split := make(chan result, 1)
+	go func() {
+		st, err := splitStream(pr, state, mem, memBackend)
+		if err != nil {
+			// Unblock QEMU's writer, which then fails the migration.
+			pr.Close()
+		}
+		split <- result{st, err}
+	}()
+	if err := m.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
+		_ = m.qmp.Execute(context.Background(), "closefd", map[string]any{"fdname": fdName}, nil)
+		pr.Close()
+		<-split
+		return splitStats{}, err
+	}
+	var res result
+	select {
+	case res = <-split:
+	case <-ctx.Done():
+		_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+		pr.Close()
+		<-split
+		return splitStats{}, ctx.Err()
+	}
+	// QEMU closed the stream; wait for it to say how the migration ended.
+	if res.err != nil {
+		_ = m.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+		_ = m.waitMigration(ctx, ev)
+		return splitStats{}, res.err
+	}
+	if err := m.waitMigration(ctx, ev); err != nil {
+		return splitStats{}, err
+	}
+	return res.stats, nil
+}
+
+// copyFile copies the file at src into dst (an open, empty file): by
+// reflink where the filesystem can, else sparse-aware.
+func copyFile(dst *os.File, src string) error {
+	s, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(s.Fd())); err == nil {
+		return nil
+	}
+	fi, err := s.Stat()
+	if err != nil {
+		return err
+	}
+	if err := dst.Truncate(fi.Size()); err != nil {
+		return err
+	}
+	_, err = copySparse(dst, s, fi.Size())
+	return err
+}
+
+// newGeneration returns a short unique suffix for snapshot files.
+func newGeneration() string {
+	b := make([]byte, 4)
+	_, _ = io.ReadFull(rand.Reader, b)
+	return time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b)
+}
+
+// removeGeneration deletes the state and memory files of the old snapshot
+// generation. Machines restored lazily from it keep their mapping of the
+// unlinked memory file. Old disk copies stay: overlays of other machines
+// may name them as backing files; they are the caller's to remove.
+func removeGeneration(dir string, old, cur *snapshotMeta) {
+	for _, name := range []string{old.State, old.Memory} {
+		if name != cur.State && name != cur.Memory {
+			os.Remove(filepath.Join(dir, name))
+		}
+	}
+}
+
+// syncDir makes renames in dir durable.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
