@@ -92,8 +92,9 @@ func (c *Client) Init(ctx context.Context, req envd.InitRequest) error {
 	}
 	for {
 		err = c.initOnce(ctx, body)
-		if err == nil {
-			return nil
+		var refused *refusedError
+		if err == nil || errors.As(err, &refused) {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -119,10 +120,19 @@ func (c *Client) initOnce(ctx context.Context, body []byte) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("envd init: HTTP %d: %s", resp.StatusCode, b)
+		err := fmt.Errorf("envd init: HTTP %d: %s", resp.StatusCode, b)
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			return &refusedError{err}
+		}
+		return err
 	}
 	return nil
 }
+
+// refusedError is an answer that retrying does not change (4xx).
+type refusedError struct{ error }
+
+func (e *refusedError) Unwrap() error { return e.error }
 
 // Result is the outcome of Run.
 type Result struct {

@@ -68,3 +68,30 @@ func TestWaitHealthyAborts(t *testing.T) {
 		t.Fatal("WaitHealthy returned nil for a dead machine")
 	}
 }
+
+func TestInitRefusedIsNotRetried(t *testing.T) {
+	srv := envd.New(envd.Config{})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok := "first"
+	if err := envdclient.New(ts.URL, "").Init(ctx, envd.InitRequest{AccessToken: &tok}); err != nil {
+		t.Fatal(err)
+	}
+	// A caller presenting another token is refused at once, not retried
+	// until the deadline.
+	began := time.Now()
+	next := "second"
+	if err := envdclient.New(ts.URL, "wrong").Init(ctx, envd.InitRequest{AccessToken: &next}); err == nil {
+		t.Fatal("init with a wrong token succeeded")
+	}
+	if time.Since(began) > 5*time.Second {
+		t.Fatalf("refused init took %v", time.Since(began))
+	}
+	// The holder of the current token may replace it.
+	if err := envdclient.New(ts.URL, "first").Init(ctx, envd.InitRequest{AccessToken: &next}); err != nil {
+		t.Fatal(err)
+	}
+}

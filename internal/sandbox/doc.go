@@ -1,0 +1,20 @@
+// Package sandbox is the host-side lifecycle manager: it turns templates
+// into running microVMs and back. A Manager owns, per sandbox, a directory
+// in DataDir/sandboxes/<id> (state.json, the qcow2 disk overlay, the
+// console log and, while paused, the memory snapshot), a network slot and a
+// VMM process.
+//
+// Templates live in DataDir/templates/<name>: an image template is a raw
+// root filesystem plus the kernel and initramfs of a guest image (cold
+// boot); a snapshot template adds the memory and device state of a saved
+// machine, restored lazily so that creating a sandbox from it costs about
+// the same whatever its size.
+//
+// Every step that creates something has a rollback, state is persisted
+// before and after each transition, and New recovers what an agent that
+// died left behind: paused sandboxes are adopted, VMMs whose sandbox
+// cannot be resumed are killed and their resources released.
+//
+// Errors carry one of ErrNotFound, ErrConflict, ErrInvalid or ErrCapacity
+// (errors.Is) so that the API edge can map them to statuses.
+package sandbox

@@ -1,0 +1,221 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/vmm"
+)
+
+// Pause saves a running sandbox's memory and stops its machine: CPU and
+// memory are given back, the disk and the snapshot stay. Pausing a paused
+// sandbox is a conflict.
+func (m *Manager) Pause(ctx context.Context, id string) error {
+	b, err := m.lock(id)
+	if err != nil {
+		return err
+	}
+	defer b.op.Unlock()
+	return m.pauseLocked(ctx, b)
+}
+
+func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
+	b.mu.Lock()
+	if b.rec.State != StateRunning {
+		st := b.rec.State
+		b.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %s is %s", ErrConflict, b.rec.ID, st)
+	}
+	b.rec.State = StatePausing
+	b.rec.Generation++
+	rec := *b.rec
+	machine, slot, client := b.machine, b.slot, b.client
+	b.mu.Unlock()
+
+	dir := m.sandboxDir(rec.ID)
+	snapDir := generationDir(dir, rec.Generation)
+	started := m.now()
+	snap, err := machine.Snapshot(ctx, snapDir, false)
+	if err != nil {
+		// The machine may still run: back to running, nothing lost.
+		_ = os.RemoveAll(snapDir)
+		b.mu.Lock()
+		b.rec.State, b.rec.Generation = StateRunning, b.rec.Generation-1
+		b.mu.Unlock()
+		return fmt.Errorf("pause %s: %w", rec.ID, err)
+	}
+	_ = machine.Kill(ctx) // the VMM exits after saving; make sure
+	client.Close()
+	if err := m.cfg.Slots.Release(ctx, slot); err != nil {
+		m.log.ErrorContext(ctx, "release network slot", "id", rec.ID, "err", err)
+	}
+	_ = os.RemoveAll(m.runDir(rec.ID))
+	m.release(&rec, false)
+
+	old := rec.Snapshot
+	b.mu.Lock()
+	b.machine, b.slot, b.client = nil, nil, nil
+	b.rec.State, b.rec.Snapshot, b.rec.VMMPid, b.rec.SlotIndex = StatePaused, snap.Dir, 0, 0
+	rec = *b.rec
+	b.mu.Unlock()
+	if err := writeRecord(dir, &rec); err != nil {
+		return err
+	}
+	if old != "" && old != snap.Dir {
+		_ = os.RemoveAll(old)
+	}
+	m.log.InfoContext(ctx, "sandbox paused", "id", rec.ID, "took", m.now().Sub(started))
+	return nil
+}
+
+// Resume restores a paused sandbox into a new machine (and network slot);
+// its ID, access token, files and memory are as they were.
+func (m *Manager) Resume(ctx context.Context, id string) (*Info, error) {
+	b, err := m.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer b.op.Unlock()
+	if err := m.resumeLocked(ctx, b); err != nil {
+		return nil, err
+	}
+	return m.info(b), nil
+}
+
+func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
+	b.mu.Lock()
+	if b.rec.State != StatePaused {
+		st := b.rec.State
+		b.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %s is %s", ErrConflict, b.rec.ID, st)
+	}
+	rec := *b.rec
+	b.mu.Unlock()
+
+	m.mu.Lock()
+	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	var undo rollback
+	defer func() {
+		if err != nil {
+			undo.run(m.log)
+			b.setState(StatePaused)
+		}
+	}()
+	undo.add("release capacity", func() error { m.release(&rec, false); return nil })
+	b.setState(StateResuming)
+	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
+	if err := m.start(ctx, b, &snap, rec.AccessToken, &undo); err != nil {
+		return fmt.Errorf("resume %s: %w", rec.ID, err)
+	}
+	m.log.InfoContext(ctx, "sandbox resumed", "id", rec.ID)
+	return nil
+}
+
+// Destroy stops a sandbox and deletes everything it had. Destroying an
+// unknown sandbox is ErrNotFound; callers that want idempotence treat that
+// as success.
+func (m *Manager) Destroy(ctx context.Context, id string) error {
+	b, err := m.lock(id)
+	if err != nil {
+		return err
+	}
+	defer b.op.Unlock()
+	b.mu.Lock()
+	rec := *b.rec
+	machine, slot, client := b.machine, b.slot, b.client
+	b.gone = true
+	b.machine, b.slot, b.client = nil, nil, nil
+	b.mu.Unlock()
+
+	var errs []error
+	if machine != nil {
+		errs = append(errs, machine.Kill(ctx))
+		client.Close()
+		m.release(&rec, false)
+	}
+	if slot != nil {
+		// A slot whose guest was destroyed may hold its connections:
+		// Release resets it for the next sandbox.
+		errs = append(errs, m.cfg.Slots.Release(ctx, slot))
+	}
+	errs = append(errs, os.RemoveAll(m.runDir(id)), os.RemoveAll(m.sandboxDir(id)))
+	m.mu.Lock()
+	m.used.release(0, 0, rec.DiskMB)
+	delete(m.boxes, id)
+	m.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		m.log.ErrorContext(ctx, "sandbox destroyed with errors", "id", id, "err", err)
+		return fmt.Errorf("destroy %s: %w", id, err)
+	}
+	m.log.InfoContext(ctx, "sandbox destroyed", "id", id)
+	return nil
+}
+
+// Close stops the manager's background work. Machines keep running; a new
+// Manager on the same DataDir recovers them.
+func (m *Manager) Close() {
+	m.stopReaper()
+	<-m.reaperDone
+}
+
+// Shutdown destroys every sandbox, then closes the manager.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, in := range m.List() {
+		if err := m.Destroy(ctx, in.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	m.Close()
+	return errors.Join(errs...)
+}
+
+// reap pauses sandboxes idle for longer than their timeout; if the pause
+// fails the sandbox is destroyed, so that it does not run forever.
+func (m *Manager) reap(ctx context.Context) {
+	defer close(m.reaperDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, id := range m.idle() {
+			err := m.Pause(ctx, id)
+			switch {
+			case err == nil:
+				m.log.Info("idle sandbox paused", "id", id)
+			case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
+			default:
+				m.log.Error("auto-pause failed; destroying the sandbox", "id", id, "err", err)
+				_ = m.Destroy(ctx, id)
+			}
+		}
+	}
+}
+
+// idle lists running sandboxes past their idle timeout.
+func (m *Manager) idle() []string {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for id, b := range m.boxes {
+		b.mu.Lock()
+		if b.rec.State == StateRunning && b.rec.TimeoutSec > 0 &&
+			now.Sub(b.lastActive) > time.Duration(b.rec.TimeoutSec)*time.Second {
+			ids = append(ids, id)
+		}
+		b.mu.Unlock()
+	}
+	return ids
+}

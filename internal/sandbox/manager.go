@@ -1,0 +1,563 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/vmm"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// DataDir holds sandboxes/ and templates/ (default /var/lib/capsule).
+	DataDir string
+	// RunDir holds the VMMs' runtime directories (default /run/capsule).
+	RunDir string
+
+	Driver vmm.Driver
+	Images *image.Store
+	Slots  *netslot.Pool
+
+	Capacity Capacity
+	// Defaults for requests that leave them out.
+	DefaultVCPUs    int // 1
+	DefaultMemoryMB int // 256
+	// BootTimeout bounds a cold boot or restore until envd answers
+	// (default 90 s: TCG is slow).
+	BootTimeout time.Duration
+	// KernelArgs are appended to every guest command line.
+	KernelArgs string
+
+	Log *slog.Logger
+	Now func() time.Time
+}
+
+// Manager runs the sandboxes of one host. It is safe for concurrent use;
+// operations on one sandbox are serialized, different sandboxes proceed in
+// parallel.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+
+	mu    sync.Mutex
+	boxes map[string]*box
+	used  usage
+
+	stopReaper context.CancelFunc
+	reaperDone chan struct{}
+}
+
+// box is one sandbox: its persisted record and, while it runs, its machine.
+type box struct {
+	op sync.Mutex // serializes lifecycle operations on this sandbox
+
+	mu         sync.Mutex // guards the fields below
+	rec        *record
+	machine    vmm.Machine
+	slot       *netslot.Slot
+	client     *envdclient.Client
+	lastActive time.Time
+	gone       bool // destroyed; the entry is being removed
+}
+
+// New creates a Manager and recovers the sandboxes found in DataDir.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Driver == nil || cfg.Images == nil || cfg.Slots == nil {
+		return nil, errors.New("sandbox: Driver, Images and Slots are required")
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "/var/lib/capsule"
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = "/run/capsule"
+	}
+	if cfg.DefaultVCPUs == 0 {
+		cfg.DefaultVCPUs = 1
+	}
+	if cfg.DefaultMemoryMB == 0 {
+		cfg.DefaultMemoryMB = 256
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 90 * time.Second
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	m.log = m.log.With("component", "sandbox")
+	if m.now == nil {
+		m.now = time.Now
+	}
+	for _, d := range []string{m.sandboxesDir(), m.templatesDir(), cfg.RunDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+	}
+	if err := m.recover(ctx); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	m.stopReaper, m.reaperDone = cancel, make(chan struct{})
+	go m.reap(rctx)
+	return m, nil
+}
+
+func (m *Manager) sandboxesDir() string        { return filepath.Join(m.cfg.DataDir, "sandboxes") }
+func (m *Manager) templatesDir() string        { return filepath.Join(m.cfg.DataDir, "templates") }
+func (m *Manager) sandboxDir(id string) string { return filepath.Join(m.sandboxesDir(), id) }
+func (m *Manager) runDir(id string) string     { return filepath.Join(m.cfg.RunDir, id) }
+
+// CreateOptions describe a new sandbox.
+type CreateOptions struct {
+	// ID is the sandbox ID ([a-z0-9]+); empty generates one.
+	ID string
+	// Template is a snapshot template or an image template (by name or
+	// image ID).
+	Template    string
+	VCPUs       int
+	MemoryMB    int
+	DiskMB      int // 0: the template's size
+	Egress      bool
+	AccessToken string
+	DefaultUser string
+	EnvVars     map[string]string
+	Metadata    map[string]string
+	// Timeout is the idle time after which the sandbox is paused (0: never).
+	Timeout time.Duration
+}
+
+// Info describes a sandbox.
+type Info struct {
+	ID         string            `json:"id"`
+	State      State             `json:"state"`
+	Template   string            `json:"template"`
+	VCPUs      int               `json:"vcpus"`
+	MemoryMB   int               `json:"memoryMB"`
+	DiskMB     int               `json:"diskMB"`
+	Egress     bool              `json:"egress"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	LastActive time.Time         `json:"lastActive"`
+	// EnvdURL reaches the sandbox's envd from the host while it runs.
+	EnvdURL string `json:"envdUrl,omitempty"`
+	// HostAddr is the address by which the host reaches the guest.
+	HostAddr string `json:"hostAddr,omitempty"`
+	VMMPid   int    `json:"vmmPid,omitempty"`
+}
+
+var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
+
+// NewID returns a fresh sandbox ID: "i" and 20 characters of [a-z0-9].
+func NewID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 20)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return "i" + string(b)
+}
+
+// Create starts a sandbox and returns once its envd has been initialized.
+func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err error) {
+	if o.ID == "" {
+		o.ID = NewID()
+	}
+	if !idRe.MatchString(o.ID) {
+		return nil, fmt.Errorf("%w: sandbox ID %q must match [a-z0-9]{1,63}", ErrInvalid, o.ID)
+	}
+	tpl, err := m.resolveTemplate(ctx, o.Template)
+	if err != nil {
+		return nil, err
+	}
+	rec := &record{
+		ID: o.ID, State: StateStarting, Template: tpl.Name, ImageID: tpl.ImageID,
+		Kernel: tpl.Kernel, Initrd: tpl.Initrd,
+		VCPUs: o.VCPUs, MemoryMB: o.MemoryMB, DiskMB: o.DiskMB, Egress: o.Egress,
+		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser,
+		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
+		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
+	}
+	if rec.VCPUs == 0 {
+		rec.VCPUs = m.cfg.DefaultVCPUs
+	}
+	if rec.MemoryMB == 0 {
+		rec.MemoryMB = m.cfg.DefaultMemoryMB
+	}
+	if tpl.isSnapshot() {
+		// A snapshot's machine shape is fixed.
+		if (o.VCPUs != 0 && o.VCPUs != tpl.VCPUs) || (o.MemoryMB != 0 && o.MemoryMB != tpl.MemoryMB) {
+			return nil, fmt.Errorf("%w: snapshot template %s has %d vCPUs and %d MiB", ErrInvalid, tpl.Name, tpl.VCPUs, tpl.MemoryMB)
+		}
+		rec.VCPUs, rec.MemoryMB = tpl.VCPUs, tpl.MemoryMB
+	}
+	if rec.VCPUs < 1 || rec.VCPUs > 64 || rec.MemoryMB < 64 || rec.MemoryMB > 1<<20 {
+		return nil, fmt.Errorf("%w: vcpus must be 1..64 and memory_mb 64..1048576", ErrInvalid)
+	}
+	baseMB := int((tpl.RootfsSize + (1<<20 - 1)) >> 20)
+	if rec.DiskMB == 0 {
+		rec.DiskMB = baseMB
+	}
+	if rec.DiskMB < baseMB {
+		return nil, fmt.Errorf("%w: disk_mb %d is smaller than the template's %d MiB", ErrInvalid, rec.DiskMB, baseMB)
+	}
+
+	b := &box{rec: rec, lastActive: m.now()}
+	b.op.Lock()
+	defer b.op.Unlock()
+	if err := m.admit(o.ID, b); err != nil {
+		return nil, err
+	}
+	var undo rollback
+	defer func() {
+		if err != nil {
+			undo.run(m.log)
+			m.forget(o.ID, b)
+		}
+	}()
+	undo.add("release capacity", func() error { m.release(rec, true); return nil })
+
+	dir := m.sandboxDir(o.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox dir: %w", err)
+	}
+	undo.add("remove sandbox dir", func() error { return os.RemoveAll(dir) })
+	if err := disk.CreateOverlay(ctx, tpl.Rootfs, m.diskPath(o.ID), int64(rec.DiskMB)<<20); err != nil {
+		return nil, err
+	}
+	if err := writeRecord(dir, rec); err != nil {
+		return nil, err
+	}
+	var snap *vmm.Snapshot
+	if tpl.isSnapshot() {
+		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
+	}
+	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo); err != nil {
+		return nil, err
+	}
+	m.log.InfoContext(ctx, "sandbox created", "id", o.ID, "template", tpl.Name, "restored", snap != nil)
+	return m.info(b), nil
+}
+
+// start boots or restores the machine of b, waits for envd and sends
+// /init; on success the sandbox is running and persisted. heldToken is the
+// access token a restored envd still holds (it must be presented to
+// replace it). Called with b.op held.
+func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback) error {
+	rec := b.snapshotRecord()
+	slot, err := m.cfg.Slots.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
+	}
+	undo.add("release network slot", func() error { return m.cfg.Slots.Release(context.Background(), slot) })
+	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
+		return err
+	}
+	tap, err := slot.OpenTap()
+	if err != nil {
+		return err
+	}
+	defer tap.Close()
+
+	rd := m.runDir(rec.ID)
+	if err := os.MkdirAll(rd, 0o700); err != nil {
+		return err
+	}
+	undo.add("remove run dir", func() error { return os.RemoveAll(rd) })
+	spec := vmm.Spec{
+		ID:         rec.ID,
+		Dir:        rd,
+		Kernel:     rec.Kernel,
+		Initrd:     rec.Initrd,
+		Cmdline:    m.cmdline(rec, slot),
+		VCPUs:      rec.VCPUs,
+		MemoryMB:   rec.MemoryMB,
+		Disks:      []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
+		Net:        &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
+		ConsoleLog: filepath.Join(m.sandboxDir(rec.ID), "console.log"),
+		// A resumed sandbox gets its own copy of its memory: its next
+		// pause then saves cheaply. Clones of a template map it lazily.
+		CopyMemory: snap != nil && rec.State == StateResuming,
+	}
+	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+	var machine vmm.Machine
+	if snap != nil {
+		machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
+	} else {
+		machine, err = m.cfg.Driver.Boot(bctx, spec)
+	}
+	if err != nil {
+		return fmt.Errorf("start machine: %w", err)
+	}
+	undo.add("kill machine", func() error { return machine.Kill(context.Background()) })
+
+	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String()
+	client := envdclient.New(base, rec.AccessToken)
+	initClient := client
+	if heldToken != rec.AccessToken {
+		initClient = envdclient.New(base, heldToken)
+		defer initClient.Close()
+	}
+	if err := client.WaitHealthy(bctx, machine.Done()); err != nil {
+		return fmt.Errorf("%w (console: %s)", err, spec.ConsoleLog)
+	}
+	env := maps.Clone(rec.EnvVars)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env["E2B_SANDBOX_ID"] = rec.ID
+	env["E2B_TEMPLATE_ID"] = rec.Template
+	now := m.now().UTC()
+	tok := rec.AccessToken
+	if err := initClient.Init(bctx, envd.InitRequest{
+		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser,
+	}); err != nil {
+		return err
+	}
+
+	b.mu.Lock()
+	b.machine, b.slot, b.client = machine, slot, client
+	b.rec.State, b.rec.VMMPid, b.rec.SlotIndex = StateRunning, machine.PID(), slot.Index
+	b.lastActive = m.now()
+	rec = *b.rec
+	b.mu.Unlock()
+	if err := writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+		return err
+	}
+	go m.watchMachine(b, machine)
+	return nil
+}
+
+// cmdline is the guest kernel command line of a sandbox.
+func (m *Manager) cmdline(rec record, slot *netslot.Slot) string {
+	parts := []string{
+		"root=/dev/vda", "rw", slot.KernelIPParam(),
+		"capsule.sandbox_id=" + rec.ID, "capsule.template_id=" + rec.Template,
+	}
+	if m.cfg.KernelArgs != "" {
+		parts = append(parts, m.cfg.KernelArgs)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (m *Manager) diskPath(id string) string { return filepath.Join(m.sandboxDir(id), "rootfs.qcow2") }
+
+// watchMachine notices a VMM that exits on its own (guest poweroff, crash)
+// and releases what the sandbox held.
+func (m *Manager) watchMachine(b *box, machine vmm.Machine) {
+	<-machine.Done()
+	b.mu.Lock()
+	current := b.machine == machine && b.rec.State == StateRunning
+	b.mu.Unlock()
+	if !current {
+		return // paused, destroyed or replaced: the operation cleaned up
+	}
+	m.log.Warn("sandbox machine exited unexpectedly; destroying the sandbox", "id", b.id())
+	_ = m.Destroy(context.Background(), b.id())
+}
+
+// admit registers a new sandbox and reserves its resources.
+func (m *Manager) admit(id string, b *box) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.boxes[id]; ok {
+		return fmt.Errorf("%w: sandbox %s already exists", ErrConflict, id)
+	}
+	if err := m.used.reserve(m.cfg.Capacity, b.rec.VCPUs, b.rec.MemoryMB, b.rec.DiskMB); err != nil {
+		return err
+	}
+	m.boxes[id] = b
+	return nil
+}
+
+func (m *Manager) forget(id string, b *box) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.boxes[id] == b {
+		delete(m.boxes, id)
+	}
+}
+
+// release gives back a sandbox's CPU and memory (and disk with withDisk).
+func (m *Manager) release(rec *record, withDisk bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := 0
+	if withDisk {
+		d = rec.DiskMB
+	}
+	m.used.release(rec.VCPUs, rec.MemoryMB, d)
+}
+
+func (m *Manager) get(id string) (*box, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: sandbox %s", ErrNotFound, id)
+	}
+	return b, nil
+}
+
+// lock takes the operation lock of a live sandbox.
+func (m *Manager) lock(id string) (*box, error) {
+	b, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	b.op.Lock()
+	if b.isGone() {
+		b.op.Unlock()
+		return nil, fmt.Errorf("%w: sandbox %s", ErrNotFound, id)
+	}
+	return b, nil
+}
+
+// Get describes a sandbox.
+func (m *Manager) Get(id string) (*Info, error) {
+	b, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	return m.info(b), nil
+}
+
+// List describes every sandbox, ordered by ID.
+func (m *Manager) List() []*Info {
+	m.mu.Lock()
+	boxes := slices.Collect(maps.Values(m.boxes))
+	m.mu.Unlock()
+	out := make([]*Info, 0, len(boxes))
+	for _, b := range boxes {
+		out = append(out, m.info(b))
+	}
+	slices.SortFunc(out, func(a, b *Info) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Client returns the envd client of a running sandbox.
+func (m *Manager) Client(id string) (*envdclient.Client, error) {
+	b, err := m.get(id)
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rec.State != StateRunning || b.client == nil {
+		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, b.rec.State)
+	}
+	return b.client, nil
+}
+
+// Ping marks a sandbox active (it resets the idle timeout).
+func (m *Manager) Ping(id string) error {
+	b, err := m.get(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.lastActive = m.now()
+	b.mu.Unlock()
+	return nil
+}
+
+// SetTimeout changes the idle timeout of a sandbox (0: never pause).
+func (m *Manager) SetTimeout(id string, d time.Duration) error {
+	b, err := m.get(id)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.rec.TimeoutSec = int(d / time.Second)
+	b.lastActive = m.now()
+	rec := *b.rec
+	b.mu.Unlock()
+	return writeRecord(m.sandboxDir(id), &rec)
+}
+
+func (m *Manager) info(b *box) *Info {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.rec
+	in := &Info{
+		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
+		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
+		CreatedAt: r.CreatedAt, LastActive: b.lastActive,
+	}
+	if r.State == StateRunning && b.slot != nil {
+		in.HostAddr = b.slot.HostAddr.String()
+		in.EnvdURL = b.client.Base()
+		in.VMMPid = b.machine.PID()
+	}
+	return in
+}
+
+func (b *box) id() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.rec.ID
+}
+
+func (b *box) isGone() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.gone
+}
+
+func (b *box) snapshotRecord() record {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return *b.rec
+}
+
+func (b *box) setState(s State) {
+	b.mu.Lock()
+	b.rec.State = s
+	b.mu.Unlock()
+}
+
+// rollback runs undo steps in reverse order.
+type rollback struct {
+	steps []undoStep
+}
+
+type undoStep struct {
+	name string
+	fn   func() error
+}
+
+func (r *rollback) add(name string, fn func() error) { r.steps = append(r.steps, undoStep{name, fn}) }
+
+func (r *rollback) run(log *slog.Logger) {
+	for i := len(r.steps) - 1; i >= 0; i-- {
+		if err := r.steps[i].fn(); err != nil {
+			log.Error("rollback step failed", "step", r.steps[i].name, "err", err)
+		}
+	}
+	r.steps = nil
+}
+
+// generationDir names the directory of a sandbox's n-th pause snapshot.
+func generationDir(dir string, n int) string {
+	return filepath.Join(dir, "snapshot-"+strconv.Itoa(n))
+}

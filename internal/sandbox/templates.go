@@ -1,0 +1,307 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/disk"
+)
+
+// Template kinds.
+const (
+	KindImage    = "image"    // root filesystem only: sandboxes cold-boot
+	KindSnapshot = "snapshot" // root filesystem + memory: sandboxes restore
+)
+
+// Template is something a sandbox can be created from.
+type Template struct {
+	Name       string    `json:"name"`
+	Kind       string    `json:"kind"`
+	ImageID    string    `json:"imageId"`
+	Kernel     string    `json:"kernel"`
+	Initrd     string    `json:"initrd"`
+	Rootfs     string    `json:"rootfs"`
+	RootfsSize int64     `json:"rootfsSize"`
+	Snapshot   string    `json:"snapshot,omitempty"`
+	VCPUs      int       `json:"vcpus,omitempty"`
+	MemoryMB   int       `json:"memoryMB,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+	// FromSandbox is the sandbox the template was made from.
+	FromSandbox string `json:"fromSandbox,omitempty"`
+	// Dir holds the template's files (rootfs, snapshot).
+	Dir string `json:"dir,omitempty"`
+	// EnvdToken is the access token the saved envd holds in memory; a
+	// restore presents it to hand envd the new sandbox's token.
+	EnvdToken string `json:"envdToken,omitempty"`
+}
+
+func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
+
+// nameRe is what template names may be: no path separators, no "..".
+var nameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$`)
+
+// ValidTemplateName reports whether name is a safe template name.
+func ValidTemplateName(name string) bool { return nameRe.MatchString(name) }
+
+func (m *Manager) templateIndex(name string) string {
+	return filepath.Join(m.templatesDir(), name+".json")
+}
+
+// resolveTemplate finds a template saved by this manager, else an image
+// of the image store.
+func (m *Manager) resolveTemplate(ctx context.Context, name string) (*Template, error) {
+	if name == "" {
+		name = "minimal"
+	}
+	if !ValidTemplateName(name) {
+		return nil, fmt.Errorf("%w: template name %q", ErrInvalid, name)
+	}
+	if t, err := m.readTemplate(name); err == nil {
+		return t, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	img, err := m.cfg.Images.Get(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: template %s: %v", ErrNotFound, name, err)
+	}
+	fi, err := os.Stat(img.Rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	return &Template{
+		Name: img.Template, Kind: KindImage, ImageID: img.ID, Kernel: img.Kernel, Initrd: img.Initrd,
+		Rootfs: img.Rootfs, RootfsSize: fi.Size(), CreatedAt: img.Created,
+	}, nil
+}
+
+func (m *Manager) readTemplate(name string) (*Template, error) {
+	b, err := os.ReadFile(m.templateIndex(name))
+	if err != nil {
+		return nil, err
+	}
+	var t Template
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	return &t, nil
+}
+
+// Templates lists the templates saved by this manager.
+func (m *Manager) Templates() ([]*Template, error) {
+	entries, err := os.ReadDir(m.templatesDir())
+	if err != nil {
+		return nil, err
+	}
+	var out []*Template
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || e.IsDir() {
+			continue
+		}
+		if t, err := m.readTemplate(name); err == nil {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Template) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// CreateSnapshot makes a snapshot template named name from a sandbox: its
+// memory and disk as they are now. A running sandbox is paused for the
+// moment of the copy and resumed; a paused one stays paused. An existing
+// template of that name is replaced.
+func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*Template, error) {
+	return m.makeTemplate(ctx, id, name, KindSnapshot)
+}
+
+// FlattenRootfs makes an image template named name from a sandbox's disk
+// (no memory: sandboxes created from it cold-boot).
+func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*Template, error) {
+	return m.makeTemplate(ctx, id, name, KindImage)
+}
+
+func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string) (tpl *Template, err error) {
+	if !ValidTemplateName(name) || name == "minimal" || name == "base" {
+		return nil, fmt.Errorf("%w: template name %q (letters, digits, '-' and '_'; not an image name)", ErrInvalid, name)
+	}
+	b, err := m.lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer b.op.Unlock()
+	rec := b.snapshotRecord()
+	if rec.State != StateRunning && rec.State != StatePaused {
+		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, rec.State)
+	}
+
+	dir, err := os.MkdirTemp(m.templatesDir(), name+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	tpl = &Template{
+		Name: name, Kind: kind, ImageID: rec.ImageID, Kernel: rec.Kernel, Initrd: rec.Initrd,
+		CreatedAt: m.now().UTC(), FromSandbox: rec.ID, Dir: dir,
+	}
+	// The machine state and the disk as they are now: a running machine
+	// saves both while its guest is stopped for a moment and goes on; a
+	// paused one already has them at rest.
+	snapDir := filepath.Join(dir, "snapshot")
+	diskNow := m.diskPath(rec.ID)
+	if rec.State == StateRunning {
+		b.mu.Lock()
+		machine := b.machine
+		b.mu.Unlock()
+		snap, err := machine.Snapshot(ctx, snapDir, true)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", id, err)
+		}
+		if len(snap.Disks) == 0 {
+			return nil, fmt.Errorf("snapshot %s: the driver saved no disk", id)
+		}
+		diskNow = snap.Disks[0].Path
+	} else if kind == KindSnapshot {
+		// Snapshot files are never modified in place (each pause writes a
+		// new generation), so hard links share them safely.
+		if err := linkTree(rec.Snapshot, snapDir); err != nil {
+			return nil, fmt.Errorf("snapshot files: %w", err)
+		}
+	}
+
+	switch kind {
+	case KindSnapshot:
+		tpl.Snapshot, tpl.VCPUs, tpl.MemoryMB, tpl.EnvdToken = snapDir, rec.VCPUs, rec.MemoryMB, rec.AccessToken
+		// Sandboxes chain their overlays onto a frozen copy of the disk.
+		tpl.Rootfs = diskNow
+		if rec.State == StatePaused {
+			tpl.Rootfs = filepath.Join(dir, "rootfs.qcow2")
+			if err := copyFile(diskNow, tpl.Rootfs); err != nil {
+				return nil, err
+			}
+		}
+		info, err := disk.Inspect(ctx, tpl.Rootfs)
+		if err != nil {
+			return nil, err
+		}
+		tpl.RootfsSize = info.VirtualSize
+	case KindImage:
+		tpl.Rootfs = filepath.Join(dir, "rootfs.raw")
+		if err := disk.Flatten(ctx, diskNow, tpl.Rootfs); err != nil {
+			return nil, err
+		}
+		// The memory saved on the way is not part of an image template.
+		_ = os.RemoveAll(snapDir)
+		fi, err := os.Stat(tpl.Rootfs)
+		if err != nil {
+			return nil, err
+		}
+		tpl.RootfsSize = fi.Size()
+	}
+	if err := m.publishTemplate(tpl); err != nil {
+		return nil, err
+	}
+	m.log.InfoContext(ctx, "template saved", "name", name, "kind", kind, "from", rec.ID, "state", rec.State)
+	return tpl, nil
+}
+
+// publishTemplate makes tpl the template of its name, replacing an older
+// one whose files go once no sandbox uses them.
+func (m *Manager) publishTemplate(tpl *Template) error {
+	old, _ := m.readTemplate(tpl.Name)
+	b, err := json.MarshalIndent(tpl, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := m.templateIndex(tpl.Name) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, m.templateIndex(tpl.Name)); err != nil {
+		return err
+	}
+	if old != nil && old.Dir != tpl.Dir {
+		m.dropTemplateDir(old.Dir)
+	}
+	return nil
+}
+
+// DeleteTemplate removes a saved template. Its files stay while sandboxes
+// created from it still use them.
+func (m *Manager) DeleteTemplate(name string) error {
+	if !ValidTemplateName(name) {
+		return fmt.Errorf("%w: template name %q", ErrInvalid, name)
+	}
+	t, err := m.readTemplate(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: template %s", ErrNotFound, name)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(m.templateIndex(name)); err != nil {
+		return err
+	}
+	m.dropTemplateDir(t.Dir)
+	return nil
+}
+
+// dropTemplateDir removes a template's files unless a sandbox's disk still
+// has them as its backing file. Leftovers are collected at the next start.
+func (m *Manager) dropTemplateDir(dir string) {
+	if dir == "" || m.templateInUse(dir) {
+		return
+	}
+	_ = os.RemoveAll(dir)
+}
+
+func (m *Manager) templateInUse(dir string) bool {
+	for _, in := range m.List() {
+		if info, err := disk.Inspect(context.Background(), m.diskPath(in.ID)); err == nil &&
+			strings.HasPrefix(info.BackingFile, dir+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
+}
+
+// linkTree hard-links every file of src into a new directory dst.
+func linkTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o700)
+		}
+		return os.Link(p, target)
+	})
+}
+
+// copyFile copies a (sparse) disk file, preserving holes.
+func copyFile(src, dst string) error {
+	out, err := exec.Command("cp", "--sparse=always", "--reflink=auto", src, dst).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("copy %s: %w: %s", src, err, out)
+	}
+	return nil
+}
