@@ -40,11 +40,11 @@ const (
 
 // record is what Spec.Dir/vmm.json says about a running VMM.
 type record struct {
-	Version   int    `json:"version"`
-	ID        string `json:"id"`
-	PID       int    `json:"pid"`
-	StartTime uint64 `json:"startTime"` // /proc/<pid>/stat field 22
-	Binary    string `json:"binary"`
+	Version   int       `json:"version"`
+	ID        string    `json:"id"`
+	PID       int       `json:"pid"`
+	StartTime uint64    `json:"startTime"` // /proc/<pid>/stat field 22
+	Binary    string    `json:"binary"`
 	Args      []string  `json:"args"`
 	Accel     vmm.Accel `json:"accel"`
 	MemoryMB  int       `json:"memoryMB"`

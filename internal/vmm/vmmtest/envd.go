@@ -197,3 +197,10 @@ func (c *envdClient) readFile(ctx context.Context, path string) ([]byte, error) 
 	}
 	return b, nil
 }
+
+// RunInGuest runs sh -c script through the envd at envdURL and returns its
+// standard output; a non-zero exit is an error. For drivers' own tests and
+// benchmarks.
+func RunInGuest(ctx context.Context, envdURL, script string) (string, error) {
+	return newEnvdClient(envdURL).mustRun(ctx, script)
+}
