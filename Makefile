@@ -46,6 +46,7 @@ test: deps build lint gotest sdktest
 
 bench: build
 	$(BIN)/capsule bench envd
+	$(BIN)/capsule bench vm
 
 generate:
 	@scripts/generate.sh

@@ -21,6 +21,7 @@ const usage = `usage: capsule <command> [flags]
 
 commands:
   bench envd    measure envd on this host (prints JSON)
+  bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   image         build, list and remove template images (capsule image help)
   version       print versions
 `
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string) error {
 
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("bench: name a benchmark (envd)")
+		return errors.New("bench: name a benchmark (envd, vm)")
 	}
 	switch args[0] {
 	case "envd":
@@ -75,6 +76,20 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := bench.Envd(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "vm":
+		fs := flag.NewFlagSet("bench vm", flag.ContinueOnError)
+		o := bench.VMOptions{}
+		fs.StringVar(&o.EnvdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
+		fs.StringVar(&o.DataDir, "data-dir", "/var/lib/capsule", "data directory (its image store is reused)")
+		fs.IntVar(&o.Runs, "n", 5, "samples per figure")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		res, err := bench.VM(ctx, o)
 		if err != nil {
 			return err
 		}
