@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/vmm"
@@ -60,6 +61,10 @@ type Driver struct {
 	userNet     bool
 	pdeathsig   bool
 	log         *slog.Logger
+
+	// streamSnapshots makes snapshots use a migration stream instead of
+	// device state alone: set when QEMU lacks the command, or by tests.
+	streamSnapshots atomic.Bool
 }
 
 var _ vmm.Driver = (*Driver)(nil)

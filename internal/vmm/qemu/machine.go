@@ -54,6 +54,8 @@ type record struct {
 	Memory      string     `json:"memory"`
 	MemoryFD    int        `json:"memoryFD,omitempty"`
 	MemoryPath  string     `json:"memoryPath,omitempty"`
+	MemoryDev   uint64     `json:"memoryDev,omitempty"` // of MemoryPath's file when mapped
+	MemoryIno   uint64     `json:"memoryIno,omitempty"`
 	Disks       []vmm.Disk `json:"disks"`
 	Net         string     `json:"net,omitempty"` // "", "tap" or "user"
 	MAC         string     `json:"mac,omitempty"`
@@ -331,7 +333,14 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 		rec.Memory, rec.MemoryFD = memShared, addFile(cfg.memfd)
 		mem += ",share=on,mem-path=/dev/fd/" + itoa(rec.MemoryFD)
 	} else {
-		rec.Memory, rec.MemoryPath = memPrivate, cfg.privateMem
+		var st unix.Stat_t
+		if err := unix.Stat(cfg.privateMem, &st); err != nil {
+			return nil, fmt.Errorf("snapshot memory: %w", err)
+		}
+		if st.Size != int64(spec.MemoryMB)<<20 {
+			return nil, fmt.Errorf("snapshot memory file has %d bytes, want %d", st.Size, int64(spec.MemoryMB)<<20)
+		}
+		rec.Memory, rec.MemoryPath, rec.MemoryDev, rec.MemoryIno = memPrivate, cfg.privateMem, st.Dev, st.Ino
 		mem += ",share=off,mem-path=" + optEscape(cfg.privateMem)
 	}
 	args = append(args, "-object", mem)
@@ -365,7 +374,12 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	}
 	if cfg.incoming != nil {
 		addFile(cfg.incoming) // its number goes to migrate-incoming
-		args = append(args, "-incoming", "defer")
+		// -S: the guest stays stopped after the load until cont.
+		args = append(args, "-S", "-incoming", "defer")
+		if cfg.meta.StateFormat == stateDevices {
+			// A device-state-only stream has no configuration section.
+			args = append(args, "-global", "migration.send-configuration=off")
+		}
 	}
 	rec.Args = args
 

@@ -89,6 +89,17 @@ func TestConformance(t *testing.T) {
 	vmmtest.Run(t, d, g)
 }
 
+// TestConformanceStream runs the suite with snapshots taken through a
+// migration stream (the fallback when QEMU cannot save device state
+// alone), which splitStream takes apart.
+func TestConformanceStream(t *testing.T) {
+	d, img := setup(t)
+	qemu.SetStreamSnapshots(d, true)
+	g := guest(img)
+	g.PauseCycles = 2
+	vmmtest.Run(t, d, g)
+}
+
 // bootSpec is a machine on a fresh overlay of the image's rootfs.
 func bootSpec(t *testing.T, img *image.Image, dir, id string, memMB int) vmm.Spec {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +29,16 @@ const snapMetaFile = "snapshot.json"
 // snapshotFormat identifies the layout described in the package doc.
 const snapshotFormat = "capsule-qemu-snapshot/1"
 
+// State file formats.
+const (
+	// stateDevices is the output of xen-save-devices-state: every device's
+	// state and no RAM section (nor the configuration section).
+	stateDevices = "devices"
+	// stateMigration is a migration stream (x-ignore-shared) whose guest
+	// RAM pages were moved to the memory file by splitStream.
+	stateMigration = "migration"
+)
+
 // snapshotMeta is snapshot.json.
 type snapshotMeta struct {
 	Format      string     `json:"format"`
@@ -36,8 +47,9 @@ type snapshotMeta struct {
 	CPU         string     `json:"cpu"`
 	MemoryMB    int        `json:"memoryMB"`
 	VCPUs       int        `json:"vcpus"`
-	State       string     `json:"state"`  // migration stream without guest RAM
-	Memory      string     `json:"memory"` // guest RAM image, sparse
+	State       string     `json:"state"`       // migration stream without guest RAM
+	StateFormat string     `json:"stateFormat"` // stateDevices or stateMigration
+	Memory      string     `json:"memory"`      // guest RAM image, sparse
 	Disks       []vmm.Disk `json:"disks"`
 	Net         string     `json:"net,omitempty"`
 	MAC         string     `json:"mac,omitempty"`
@@ -61,6 +73,9 @@ func readSnapshotMeta(dir string) (*snapshotMeta, error) {
 	}
 	if m.Format != snapshotFormat {
 		return nil, fmt.Errorf("%s: unsupported format %q", snapMetaFile, m.Format)
+	}
+	if m.StateFormat != stateDevices && m.StateFormat != stateMigration {
+		return nil, fmt.Errorf("%s: unknown state format %q", snapMetaFile, m.StateFormat)
 	}
 	if m.State == "" || m.Memory == "" || strings.ContainsRune(m.State+m.Memory, '/') {
 		return nil, fmt.Errorf("%s: bad file names", snapMetaFile)
@@ -156,13 +171,6 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 		return vmm.Snapshot{}, err
 	}
 
-	if err := m.setMigrationCaps(ctx); err != nil {
-		return vmm.Snapshot{}, err
-	}
-	if err := m.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil); err != nil {
-		return vmm.Snapshot{}, err
-	}
-
 	// From here on the guest is stopped; every failure resumes it.
 	if err := m.qmp.Execute(ctx, "stop", nil, nil); err != nil {
 		return vmm.Snapshot{}, err
@@ -176,35 +184,13 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 			}
 		}
 	}()
-
-	// Shared RAM is copied from the memfd while QEMU writes the device
-	// state; private RAM comes through the stream.
-	copyDone := make(chan error, 1)
-	if m.memfd != nil {
-		go func() {
-			_, err := copySparse(memF, m.memfd, memSize)
-			copyDone <- err
-		}()
-	} else {
-		copyDone <- nil
-	}
-	stats, err := m.saveState(ctx, stateF, memF)
-	if cerr := <-copyDone; err == nil && cerr != nil {
-		err = fmt.Errorf("copy guest memory: %w", cerr)
-	}
-	if err != nil {
+	if meta.StateFormat, err = m.saveMemoryAndState(ctx, stateF, memF, memSize); err != nil {
 		return vmm.Snapshot{}, err
-	}
-	if m.memfd != nil && stats.PagesMoved != 0 {
-		return vmm.Snapshot{}, fmt.Errorf("shared guest memory came in the stream (%d pages)", stats.PagesMoved)
-	}
-	if stats.BlockLength != memSize {
-		return vmm.Snapshot{}, fmt.Errorf("guest memory block of %d bytes in the stream, want %d", stats.BlockLength, memSize)
 	}
 	saved := time.Now()
 
-	// The migration left the disks flushed and inactive: copies taken now
-	// match the memory.
+	// Stopping the guest drained and flushed its disks (a migration also
+	// inactivated them): copies taken now match the memory.
 	for _, c := range copies {
 		f, err := newTmp(filepath.Base(c.dst))
 		if err != nil {
@@ -228,7 +214,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 			return vmm.Snapshot{}, err
 		}
 	}
-	meta.StateBytes = stats.StateBytes
+	if fi, err := stateF.Stat(); err == nil {
+		meta.StateBytes = fi.Size()
+	}
 	meta.MemoryBytes = allocatedBytes(memF)
 	meta.Paused = paused.Seconds()
 	meta.Created = time.Now().UTC()
@@ -262,6 +250,82 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 		"save", saved.Sub(stopped).Round(time.Millisecond), "paused", paused.Round(time.Millisecond),
 		"took", time.Since(start).Round(time.Millisecond), "stateBytes", meta.StateBytes, "memoryBytes", meta.MemoryBytes)
 	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
+}
+
+// saveMemoryAndState writes the stopped guest's device state and memory.
+// It saves the device state alone where QEMU can (xen-save-devices-state,
+// which despite its name is generic: a millisecond, no RAM) and the
+// memory from the memfd or, for a private mapping, with
+// copyPrivateMemory. Otherwise, or if that fails, it falls back to a
+// migration stream split by splitStream.
+func (m *Machine) saveMemoryAndState(ctx context.Context, stateF, memF *os.File, memSize int64) (string, error) {
+	if !m.d.streamSnapshots.Load() {
+		err := m.saveDevices(ctx, stateF.Name())
+		if err == nil {
+			if m.memfd != nil {
+				_, err = copySparse(memF, m.memfd, memSize)
+			} else {
+				_, err = copyPrivateMemory(memF, m.rec.PID, m.rec.MemoryDev, m.rec.MemoryIno, memSize)
+			}
+			if err == nil {
+				return stateDevices, nil
+			}
+		}
+		if errors.Is(err, errNoDeviceSave) {
+			m.d.streamSnapshots.Store(true)
+		}
+		m.log.Warn("device-state snapshot failed, using a migration stream", "err", err)
+		for _, f := range []*os.File{stateF, memF} {
+			if err := f.Truncate(0); err != nil {
+				return "", err
+			}
+		}
+		if err := memF.Truncate(memSize); err != nil {
+			return "", err
+		}
+	}
+	if err := m.setMigrationCaps(ctx); err != nil {
+		return "", err
+	}
+	if err := m.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil); err != nil {
+		return "", err
+	}
+	// Shared RAM is copied from the memfd while QEMU writes the device
+	// state; private RAM comes through the stream.
+	copyDone := make(chan error, 1)
+	if m.memfd != nil {
+		go func() {
+			_, err := copySparse(memF, m.memfd, memSize)
+			copyDone <- err
+		}()
+	} else {
+		copyDone <- nil
+	}
+	stats, err := m.saveState(ctx, stateF, memF)
+	if cerr := <-copyDone; err == nil && cerr != nil {
+		err = fmt.Errorf("copy guest memory: %w", cerr)
+	}
+	if err != nil {
+		return "", err
+	}
+	if m.memfd != nil && stats.PagesMoved != 0 {
+		return "", fmt.Errorf("shared guest memory came in the stream (%d pages)", stats.PagesMoved)
+	}
+	if stats.BlockLength != memSize {
+		return "", fmt.Errorf("guest memory block of %d bytes in the stream, want %d", stats.BlockLength, memSize)
+	}
+	return stateMigration, nil
+}
+
+// saveDevices writes the device state (no RAM) of the stopped guest to
+// path, which QEMU opens and truncates.
+func (m *Machine) saveDevices(ctx context.Context, path string) error {
+	err := m.qmp.Execute(ctx, "xen-save-devices-state", map[string]any{"filename": path, "live": false}, nil)
+	var qe *QMPError
+	if errors.As(err, &qe) && qe.Class == "CommandNotFound" {
+		return fmt.Errorf("%w: %w", errNoDeviceSave, err)
+	}
+	return err
 }
 
 // saveState runs the migration of the stopped guest into a pipe and splits
