@@ -108,6 +108,10 @@ type Driver interface {
 	// machine's devices. The snapshot's files may be deleted while machines
 	// restored from them run, but never modified.
 	Restore(ctx context.Context, spec Spec, snap Snapshot) (Machine, error)
+	// Cleanup kills the VMM that a previous process of the agent started
+	// with runtime directory dir, if it still runs, and removes the
+	// driver's files there. It is a no-op when nothing runs.
+	Cleanup(ctx context.Context, dir string) error
 }
 
 // Machine is a running VMM process.

@@ -69,90 +69,170 @@ func findRAMMapping(pid int, dev, ino uint64, size int64) (ramMapping, error) {
 	return ramMapping{}, fmt.Errorf("no %d-byte mapping of inode %s:%d in process %d", size, want, ino, pid)
 }
 
-// copyPrivateMemory writes the guest memory of the stopped machine (a
-// private mapping of the file dev/ino) into dst, which has size bytes.
-func copyPrivateMemory(dst *os.File, pid int, dev, ino uint64, size int64) (dirty int64, err error) {
+// privateMemory is the guest memory of a stopped machine whose RAM is a
+// private file mapping.
+type privateMemory struct {
+	pid  int
+	mp   ramMapping
+	size int64
+	base *os.File // the mapped file
+}
+
+// openPrivateMemory finds the guest RAM mapping (of the file dev/ino) of
+// process pid and opens the mapped file.
+func openPrivateMemory(pid int, dev, ino uint64, size int64) (*privateMemory, error) {
 	mp, err := findRAMMapping(pid, dev, ino, size)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	base, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, mp.start, mp.end))
 	if err != nil {
-		return 0, fmt.Errorf("open the mapped memory file: %w", err)
+		return nil, fmt.Errorf("open the mapped memory file: %w", err)
 	}
-	defer base.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(base.Fd()), &st); err != nil {
-		return 0, err
+		base.Close()
+		return nil, err
 	}
 	if st.Ino != ino || st.Size != size {
-		return 0, fmt.Errorf("mapped memory file changed (inode %d, %d bytes)", st.Ino, st.Size)
+		base.Close()
+		return nil, fmt.Errorf("mapped memory file changed (inode %d, %d bytes)", st.Ino, st.Size)
 	}
-	// The file's contents first: a reflink where the filesystem allows,
-	// else a sparse copy.
-	if err := unix.IoctlFileClone(int(dst.Fd()), int(base.Fd())); err != nil {
-		if _, err := copySparse(dst, base, size); err != nil {
-			return 0, err
-		}
+	return &privateMemory{pid: pid, mp: mp, size: size, base: base}, nil
+}
+
+func (p *privateMemory) Close() error { return p.base.Close() }
+
+// copyBase writes the mapped file's contents into dst (a reflink where the
+// filesystem allows, else a sparse copy). The file never changes, so this
+// may run while the guest runs.
+func (p *privateMemory) copyBase(dst *os.File) error {
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(p.base.Fd())); err == nil {
+		return nil
 	}
-	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	_, err := copySparse(dst, p.base, p.size)
+	return err
+}
+
+// dirtyPages calls fn for every run of pages that the guest owns (those
+// that pagemap reports present and not file-backed, or swapped out), with
+// their offset in guest memory and their contents, read from
+// /proc/<pid>/mem. It returns the bytes in those pages.
+func (p *privateMemory) dirtyPages(fn func(off int64, data []byte) error) (int64, error) {
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", p.pid))
 	if err != nil {
 		return 0, err
 	}
 	defer pm.Close()
-	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", p.pid))
 	if err != nil {
 		return 0, err
 	}
 	defer mem.Close()
-
 	const page = 4096
 	const batch = 4096 // pages per pagemap read (16 MiB of guest memory)
 	entries := make([]byte, 8*batch)
 	buf := make([]byte, batch*page)
-	zero := make([]byte, page)
-	pages := size / page
+	var total int64
+	pages := p.size / page
 	for first := int64(0); first < pages; first += batch {
 		n := min(batch, pages-first)
-		if _, err := pm.ReadAt(entries[:8*n], int64(mp.start/page+uint64(first))*8); err != nil {
-			return dirty, fmt.Errorf("read pagemap: %w", err)
+		if _, err := pm.ReadAt(entries[:8*n], int64(p.mp.start/page+uint64(first))*8); err != nil {
+			return total, fmt.Errorf("read pagemap: %w", err)
 		}
-		isDirty := func(i int64) bool {
+		owned := func(i int64) bool {
 			v := binary.LittleEndian.Uint64(entries[8*i:])
 			return v&pmSwapped != 0 || (v&pmPresent != 0 && v&pmFilePage == 0)
 		}
 		for i := int64(0); i < n; {
-			if !isDirty(i) {
+			if !owned(i) {
 				i++
 				continue
 			}
 			j := i + 1
-			for j < n && isDirty(j) {
+			for j < n && owned(j) {
 				j++
 			}
-			// Pages [i, j) are the guest's own: copy them over.
 			chunk := buf[:(j-i)*page]
-			if _, err := mem.ReadAt(chunk, int64(mp.start)+(first+i)*page); err != nil {
-				return dirty, fmt.Errorf("read guest memory: %w", err)
+			off := (first + i) * page
+			if _, err := mem.ReadAt(chunk, int64(p.mp.start)+off); err != nil {
+				return total, fmt.Errorf("read guest memory: %w", err)
 			}
-			for k := int64(0); k < j-i; k++ {
-				p := chunk[k*page : (k+1)*page]
-				off := (first + i + k) * page
-				if bytes.Equal(p, zero) {
-					err = unix.Fallocate(int(dst.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, page)
-				} else {
-					_, err = dst.WriteAt(p, off)
-				}
-				if err != nil {
-					return dirty, fmt.Errorf("write memory file: %w", err)
-				}
+			if err := fn(off, chunk); err != nil {
+				return total, err
 			}
-			dirty += j - i
+			total += int64(len(chunk))
 			i = j
 		}
 	}
-	return dirty * page, nil
+	return total, nil
 }
+
+// writePages writes data at off into f page by page: zero pages become
+// holes, the others are written.
+func writePages(f *os.File, off int64, data []byte) error {
+	const page = 4096
+	var zero [page]byte
+	for k := 0; k < len(data); k += page {
+		p := data[k : k+page]
+		var err error
+		if bytes.Equal(p, zero[:]) {
+			err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off+int64(k), page)
+		} else {
+			_, err = f.WriteAt(p, off+int64(k))
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// capturedPages holds guest-owned pages taken while the guest was stopped,
+// to be written over a copy of the base once it runs again.
+type capturedPages struct {
+	f    *os.File // memfd: the pages at their guest offsets
+	runs [][2]int64
+}
+
+// capture copies the guest-owned pages into a memfd (RAM speed).
+func (p *privateMemory) capture() (*capturedPages, error) {
+	f, err := newMemfd("capsule-capture", p.size)
+	if err != nil {
+		return nil, err
+	}
+	c := &capturedPages{f: f}
+	_, err = p.dirtyPages(func(off int64, data []byte) error {
+		c.runs = append(c.runs, [2]int64{off, int64(len(data))})
+		_, err := f.WriteAt(data, off)
+		return err
+	})
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// apply writes the captured pages into dst.
+func (c *capturedPages) apply(dst *os.File) error {
+	buf := make([]byte, 1<<20)
+	for _, r := range c.runs {
+		for done := int64(0); done < r[1]; {
+			n := min(int64(len(buf)), r[1]-done)
+			if _, err := c.f.ReadAt(buf[:n], r[0]+done); err != nil {
+				return err
+			}
+			if err := writePages(dst, r[0]+done, buf[:n]); err != nil {
+				return err
+			}
+			done += n
+		}
+	}
+	return nil
+}
+
+func (c *capturedPages) Close() error { return c.f.Close() }
 
 // errNoDeviceSave reports a QEMU without xen-save-devices-state.
 var errNoDeviceSave = errors.New("QEMU cannot save device state alone")

@@ -184,9 +184,12 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 			}
 		}
 	}()
-	if meta.StateFormat, err = m.saveMemoryAndState(ctx, stateF, memF, memSize); err != nil {
+	memDone, err := m.saveMemoryAndState(ctx, stateF, memF, memSize, keepRunning)
+	if err != nil {
 		return vmm.Snapshot{}, err
 	}
+	defer memDone.close()
+	meta.StateFormat = memDone.format
 	saved := time.Now()
 
 	// Stopping the guest drained and flushed its disks (a migration also
@@ -207,6 +210,9 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 		resumed = true
 	}
 	paused := time.Since(stopped)
+	if err := memDone.finish(); err != nil {
+		return vmm.Snapshot{}, fmt.Errorf("write guest memory: %w", err)
+	}
 
 	// Make the files durable, then publish them.
 	for _, f := range tmps {
@@ -252,24 +258,35 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
 }
 
-// saveMemoryAndState writes the stopped guest's device state and memory.
-// It saves the device state alone where QEMU can (xen-save-devices-state,
-// which despite its name is generic: a millisecond, no RAM) and the
-// memory from the memfd or, for a private mapping, with
-// copyPrivateMemory. Otherwise, or if that fails, it falls back to a
-// migration stream split by splitStream.
-func (m *Machine) saveMemoryAndState(ctx context.Context, stateF, memF *os.File, memSize int64) (string, error) {
+// savedMemory completes a snapshot's memory file: finish writes what
+// was not written while the guest was stopped; close releases what was
+// held for it.
+type savedMemory struct {
+	format string
+	finish func() error
+	close  func()
+}
+
+// saveMemoryAndState writes the stopped guest's device state, and its
+// memory or what it takes to write it later. It saves the device state
+// alone where QEMU can (xen-save-devices-state, which despite its name is
+// generic: a millisecond, no RAM). The memory then comes from the memfd,
+// or for a private mapping from the mapped file plus the pages the guest
+// owns (see privateMemory). Without keepRunning it is all written while
+// the guest is stopped: a failure then resumes the guest, and the pause is
+// only final once the snapshot is complete. With keepRunning only what the
+// guest can change is taken while it is stopped, into RAM (the memfd's
+// allocated pages, or the guest-owned pages of a private mapping), and
+// finish writes the file after the guest resumed, so the guest's pause does
+// not include disk writes. Without device-state saving, or if it fails,
+// it falls back to a migration stream split by splitStream, all while
+// stopped.
+func (m *Machine) saveMemoryAndState(ctx context.Context, stateF, memF *os.File, memSize int64, keepRunning bool) (savedMemory, error) {
+	noop := func() {}
 	if !m.d.streamSnapshots.Load() {
-		err := m.saveDevices(ctx, stateF.Name())
+		sm, err := m.saveDevicesAndMemory(ctx, stateF, memF, memSize, keepRunning)
 		if err == nil {
-			if m.memfd != nil {
-				_, err = copySparse(memF, m.memfd, memSize)
-			} else {
-				_, err = copyPrivateMemory(memF, m.rec.PID, m.rec.MemoryDev, m.rec.MemoryIno, memSize)
-			}
-			if err == nil {
-				return stateDevices, nil
-			}
+			return sm, nil
 		}
 		if errors.Is(err, errNoDeviceSave) {
 			m.d.streamSnapshots.Store(true)
@@ -277,18 +294,18 @@ func (m *Machine) saveMemoryAndState(ctx context.Context, stateF, memF *os.File,
 		m.log.Warn("device-state snapshot failed, using a migration stream", "err", err)
 		for _, f := range []*os.File{stateF, memF} {
 			if err := f.Truncate(0); err != nil {
-				return "", err
+				return savedMemory{}, err
 			}
 		}
 		if err := memF.Truncate(memSize); err != nil {
-			return "", err
+			return savedMemory{}, err
 		}
 	}
 	if err := m.setMigrationCaps(ctx); err != nil {
-		return "", err
+		return savedMemory{}, err
 	}
 	if err := m.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": maxBandwidth}, nil); err != nil {
-		return "", err
+		return savedMemory{}, err
 	}
 	// Shared RAM is copied from the memfd while QEMU writes the device
 	// state; private RAM comes through the stream.
@@ -306,15 +323,73 @@ func (m *Machine) saveMemoryAndState(ctx context.Context, stateF, memF *os.File,
 		err = fmt.Errorf("copy guest memory: %w", cerr)
 	}
 	if err != nil {
-		return "", err
+		return savedMemory{}, err
 	}
 	if m.memfd != nil && stats.PagesMoved != 0 {
-		return "", fmt.Errorf("shared guest memory came in the stream (%d pages)", stats.PagesMoved)
+		return savedMemory{}, fmt.Errorf("shared guest memory came in the stream (%d pages)", stats.PagesMoved)
 	}
 	if stats.BlockLength != memSize {
-		return "", fmt.Errorf("guest memory block of %d bytes in the stream, want %d", stats.BlockLength, memSize)
+		return savedMemory{}, fmt.Errorf("guest memory block of %d bytes in the stream, want %d", stats.BlockLength, memSize)
 	}
-	return stateMigration, nil
+	return savedMemory{format: stateMigration, finish: func() error { return nil }, close: noop}, nil
+}
+
+// saveDevicesAndMemory is the device-state path of saveMemoryAndState.
+func (m *Machine) saveDevicesAndMemory(ctx context.Context, stateF, memF *os.File, memSize int64, keepRunning bool) (savedMemory, error) {
+	if err := m.saveDevices(ctx, stateF.Name()); err != nil {
+		return savedMemory{}, err
+	}
+	sm := savedMemory{format: stateDevices, close: func() {}}
+	switch {
+	case m.memfd != nil && !keepRunning:
+		_, err := copySparse(memF, m.memfd, memSize)
+		sm.finish = func() error { return nil }
+		return sm, err
+	case m.memfd != nil:
+		tmp, err := newMemfd("capsule-capture", memSize)
+		if err != nil {
+			return savedMemory{}, err
+		}
+		if _, err := copySparse(tmp, m.memfd, memSize); err != nil {
+			tmp.Close()
+			return savedMemory{}, err
+		}
+		sm.finish = func() error {
+			_, err := copySparse(memF, tmp, memSize)
+			return err
+		}
+		sm.close = func() { tmp.Close() }
+		return sm, nil
+	}
+	pm, err := openPrivateMemory(m.rec.PID, m.rec.MemoryDev, m.rec.MemoryIno, memSize)
+	if err != nil {
+		return savedMemory{}, err
+	}
+	if !keepRunning {
+		defer pm.Close()
+		if err := pm.copyBase(memF); err != nil {
+			return savedMemory{}, err
+		}
+		_, err := pm.dirtyPages(func(off int64, data []byte) error { return writePages(memF, off, data) })
+		sm.finish = func() error { return nil }
+		return sm, err
+	}
+	captured, err := pm.capture()
+	if err != nil {
+		pm.Close()
+		return savedMemory{}, err
+	}
+	sm.finish = func() error {
+		if err := pm.copyBase(memF); err != nil {
+			return err
+		}
+		return captured.apply(memF)
+	}
+	sm.close = func() {
+		captured.Close()
+		pm.Close()
+	}
+	return sm, nil
 }
 
 // saveDevices writes the device state (no RAM) of the stopped guest to
