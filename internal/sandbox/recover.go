@@ -6,10 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
-	"time"
 )
 
 // recover adopts what a previous agent left in DataDir. Paused sandboxes
@@ -40,7 +37,9 @@ func (m *Manager) recover(ctx context.Context) error {
 			m.log.InfoContext(ctx, "adopted paused sandbox", "id", rec.ID)
 			continue
 		}
-		killVMM(rec.VMMPid, m.runDir(rec.ID))
+		if err := m.cfg.Driver.Cleanup(ctx, m.runDir(rec.ID)); err != nil {
+			m.log.ErrorContext(ctx, "kill a machine left by the previous agent", "id", rec.ID, "err", err)
+		}
 		_ = os.RemoveAll(m.runDir(rec.ID))
 		_ = os.RemoveAll(dir)
 		m.log.WarnContext(ctx, "removed a sandbox whose machine did not survive the agent", "id", rec.ID, "state", rec.State)
@@ -49,31 +48,16 @@ func (m *Manager) recover(ctx context.Context) error {
 	if runs, err := os.ReadDir(m.cfg.RunDir); err == nil {
 		for _, e := range runs {
 			if _, ok := m.boxes[e.Name()]; !ok {
-				_ = os.RemoveAll(filepath.Join(m.cfg.RunDir, e.Name()))
+				dir := filepath.Join(m.cfg.RunDir, e.Name())
+				if err := m.cfg.Driver.Cleanup(ctx, dir); err != nil {
+					m.log.ErrorContext(ctx, "kill a machine left by the previous agent", "dir", dir, "err", err)
+				}
+				_ = os.RemoveAll(dir)
 			}
 		}
 	}
 	m.collectTemplateDirs()
 	return nil
-}
-
-// killVMM kills pid if it is still the VMM of runDir (its command line
-// names that directory), so that a recycled pid is never hit.
-func killVMM(pid int, runDir string) {
-	if pid <= 0 {
-		return
-	}
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil || !strings.Contains(string(cmdline), runDir) {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	for range 100 {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // collectTemplateDirs deletes template directories that no template index

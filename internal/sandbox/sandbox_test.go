@@ -54,7 +54,7 @@ func newEnv(t *testing.T) *env {
 		if err := e.pool.Close(ctx); err != nil {
 			t.Errorf("close pool: %v", err)
 		}
-		assertNoVMM(t, e.runDir)
+		assertNoVMM(t, e.runDir, e.dataDir)
 	})
 	return e
 }
@@ -411,7 +411,7 @@ func TestConcurrentCreatesAndNoLeaks(t *testing.T) {
 			t.Fatalf("second destroy: %v", err)
 		}
 	}
-	assertNoVMM(t, e.runDir)
+	assertNoVMM(t, e.runDir, e.dataDir)
 	if entries, _ := os.ReadDir(filepath.Join(e.dataDir, "sandboxes")); len(entries) != 0 {
 		t.Fatalf("sandbox directories left: %v", entries)
 	}
@@ -471,7 +471,7 @@ func TestAgentRestartAdoptsPausedAndCleansRunning(t *testing.T) {
 		defer cancel()
 		_ = e.mgr.Shutdown(ctx)
 		_ = e.pool.Close(ctx)
-		assertNoVMM(t, runDir)
+		assertNoVMM(t, runDir, dataDir)
 	})
 	ctx := testCtx(t, 4*time.Minute)
 	if _, err := e.mgr.Get(running); !errors.Is(err, sandbox.ErrNotFound) {
@@ -480,7 +480,7 @@ func TestAgentRestartAdoptsPausedAndCleansRunning(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dataDir, "sandboxes", running)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("running sandbox's files were not cleaned: %v", err)
 	}
-	assertNoVMM(t, runDir)
+	assertNoVMM(t, runDir, dataDir)
 	if _, err := e.mgr.Resume(ctx, paused); err != nil {
 		t.Fatalf("resume adopted sandbox: %v", err)
 	}
@@ -513,14 +513,17 @@ func TestHelperAgent(t *testing.T) {
 	select {} // wait for SIGKILL
 }
 
-// assertNoVMM fails if a VMM process whose command line names runDir is
-// still alive.
-func assertNoVMM(t *testing.T, runDir string) {
+// assertNoVMM fails if a VMM process of a test directory is still alive
+// (its command line names its console log, under the data directory, or
+// its runtime directory).
+func assertNoVMM(t *testing.T, dirs ...string) {
 	t.Helper()
 	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
 	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, runDir) {
-			t.Errorf("VMM left running: %s", line)
+		for _, d := range dirs {
+			if strings.Contains(line, d) {
+				t.Errorf("VMM left running: %.300s", line)
+			}
 		}
 	}
 }
