@@ -118,11 +118,13 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	return nil
 }
 
-// Destroy stops a sandbox and deletes everything it had. Destroying an
-// unknown sandbox is ErrNotFound; callers that want idempotence treat that
-// as success.
+// Destroy stops a sandbox and deletes everything it had. It is
+// idempotent: destroying an unknown or already destroyed sandbox succeeds.
 func (m *Manager) Destroy(ctx context.Context, id string) error {
 	b, err := m.lock(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -169,7 +171,7 @@ func (m *Manager) Close() {
 func (m *Manager) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, in := range m.List() {
-		if err := m.Destroy(ctx, in.ID); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := m.Destroy(ctx, in.ID); err != nil {
 			errs = append(errs, err)
 		}
 	}
