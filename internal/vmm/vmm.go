@@ -49,9 +49,12 @@ type Spec struct {
 	// maps the snapshot's memory lazily and copy-on-write, shared with
 	// every other machine restored from the same snapshot: O(1) to start,
 	// the right choice for snapshot templates. With CopyMemory the machine
-	// gets its own copy instead (the restore reads the memory the snapshot
-	// uses), which makes this machine's own later snapshots cheaper: the
-	// right choice to resume a pause. It is a hint; a driver may ignore it.
+	// gets its own copy instead: the restore reads all the memory the
+	// snapshot uses, and the machine no longer reads the snapshot's memory
+	// file (whose disk space a lazily restored machine keeps in use even
+	// after the file is deleted). A reasonable choice to resume a pause
+	// whose snapshot is deleted next. It is a hint; a driver may ignore
+	// it.
 	CopyMemory bool
 }
 

@@ -41,56 +41,78 @@
 //     machine restored from one snapshot shares its page cache; writes go
 //     to anonymous pages of that machine. The snapshot file is never
 //     written (not readonly=on, which makes the guest's RAM read-only on
-//     QEMU 7.2). x-ignore-shared does not apply to private RAM, so a
-//     snapshot of such a machine carries all its RAM in the migration
-//     stream; see below for how that still yields a lazy snapshot.
+//     QEMU 7.2).
 //
 // # Snapshots
 //
-// Machine.Snapshot(dir, keepRunning) does, with the guest stopped (QMP
-// stop) from the first step to the resume:
+// Machine.Snapshot(dir, keepRunning) stops the guest (QMP stop, which also
+// drains and flushes its disks), then:
 //
-//  1. migrate, with x-ignore-shared and no bandwidth limit, into a pipe
-//     whose reading end goes through splitStream (stream.go): pages of the
-//     "mem" RAM block are written into the new memory file at their
-//     offsets (zero pages stay holes), everything else (the RAM block list,
-//     the few pages of ROM blocks, all device state) into the new state
-//     file. For shared RAM the stream has no guest page and the driver
-//     copies the memfd into the memory file meanwhile, reading only its
-//     allocated ranges and writing only non-zero pages.
-//  2. With keepRunning, copy each writable disk into dir (reflink when the
-//     filesystem can, else a sparse copy): the migration left the disks
-//     flushed and inactive, so the copies match the memory. Then cont.
-//  3. fsync the files, rename them into place, write snapshot.json last.
-//  4. Without keepRunning, quit (Done closes; CPU and RAM are freed). The
-//     snapshot then lists the machine's own disk files, untouched since.
+//  1. Saves the device state alone with xen-save-devices-state: despite
+//     its name a generic command (COLO uses it too) that writes every
+//     device's state and no RAM, in about a millisecond (≈ 15 KB).
+//  2. Writes the guest memory into the new memory file. Shared RAM: a
+//     sparse copy of the memfd (allocated ranges only, zero pages left as
+//     holes). Private RAM: the mapped file (reopened through
+//     /proc/<pid>/map_files, so it may have been unlinked or replaced),
+//     reflinked or sparse-copied, then the pages the guest owns, which
+//     /proc/<pid>/pagemap reports as anonymous (present and not
+//     file-backed, or swapped), read from /proc/<pid>/mem and written over
+//     it (private.go). Either way the cost is the memory in use, not the
+//     RAM size. With keepRunning only what the guest could change is taken
+//     while it is stopped, into RAM (a memfd: the shared memfd's pages, or
+//     the private mapping's anonymous pages), and the file is written
+//     after it resumed, so the guest's pause has no disk I/O in it.
+//  3. With keepRunning, copies each writable disk into dir (reflink when
+//     the filesystem can, else a sparse copy) while the guest is still
+//     stopped, then resumes it (cont).
+//  4. Fsyncs the files, renames them into place and writes snapshot.json
+//     last; removes the state and memory files of the snapshot it
+//     replaced in dir, if any.
+//  5. Without keepRunning, quits QEMU (Done closes; CPU and RAM are
+//     freed). Until then any failure resumes the guest instead: a pause
+//     that fails leaves a running sandbox, not a lost one.
 //
-// Every snapshot thus has one layout, whatever the machine's memory mode,
-// and Driver.Restore always restores it the same way: a new QEMU with
-// -incoming defer, the memory backend in the mode Spec.CopyMemory asks
-// for, x-ignore-shared, migrate-incoming from the state file (the stream
-// holds no guest page, so the memory is whatever the backend maps), cont.
-// A restored machine can be snapshotted again and restored again any
-// number of times (the conformance suite runs 20 pause/resume cycles,
-// alternating the two restore modes, into one snapshot directory).
+// A QEMU without xen-save-devices-state gets the fallback (also run by the
+// tests): a migration with x-ignore-shared into a pipe, whose stream
+// splitStream takes apart on the fly (stream.go): the pages of the guest
+// RAM block go into the memory file, the rest into the state file. That
+// is slower for private RAM, which x-ignore-shared does not skip: QEMU
+// reads every page of the mapping (≈ 6 s for an idle 2 GiB guest here).
 //
-// Costs (measured here, TCG, 2 cores, guests of 256 MiB with about 115
-// MiB in use):
-// pausing a machine with shared RAM ≈ 0.15–0.3 s (tiny state, memfd
-// copy, fsync); pausing one with private RAM ≈ 0.4–0.7 s (QEMU streams
-// its RAM at ≈ 250–500 MB/s); a lazy restore ≈ 45–85 ms to a running
-// guest whatever the RAM size; a CopyMemory restore ≈ 100 ms per 115 MiB
-// in use. Hence the advice on Spec.CopyMemory: lazy for templates (O(1),
-// shared page cache), copy to resume a pause (the next pause is cheap).
+// Driver.Restore always proceeds the same way: a new QEMU with -S and
+// -incoming defer (with migration.send-configuration=off for a device-only
+// state, which has no configuration section; QEMU then logs "Expected
+// vmdescription section, but got 0", which is harmless), the memory
+// backend in the mode Spec.CopyMemory asks for, migrate-incoming from the
+// state file, cont. The state holds no guest page, so the guest's memory
+// is whatever the backend maps, and no ROM is written into it while a
+// migration is incoming. A restored machine can be snapshotted and
+// restored again any number of times (the conformance suite runs 20
+// pause/resume cycles, alternating the two restore modes, into one
+// snapshot directory).
+//
+// Costs measured here (TCG, 2 cores, an idle guest has ≈ 105 MiB of
+// 256 MiB or ≈ 135 MiB of 2 GiB in use; BenchmarkLifecycle): cold boot to
+// envd ≈ 4–6.5 s; pause ≈ 0.15–0.35 s whatever the RAM size (≈ 4–5 s with
+// 1 GiB in use, bound by writing and syncing it to disk); lazy restore ≈
+// 40–85 ms to a running guest, ≈ 0.2–0.3 s to envd answering, whatever
+// the RAM size and use; CopyMemory restore ≈ 0.1 s per 130 MiB in use;
+// keepRunning pause seen by the guest ≈ 60–200 ms idle, ≈ 2.7 s with 1 GiB
+// in use (a RAM copy on this machine). Hence: restore templates lazily
+// (O(1), shared page cache); to resume a pause either mode works, and
+// CopyMemory frees the pause's memory file from the machine.
 //
 // Snapshot directory layout (gen is a timestamp and random suffix, new
 // for every snapshot, so a snapshot can replace an older one in the same
 // directory, even the one the machine runs from: old files are unlinked,
 // never overwritten, and mappings of them stay valid):
 //
-//	snapshot.json          format, QEMU version, accel, CPU model, memory,
-//	                       vCPUs, disks, network kind and MAC, file names
-//	state-<gen>            QEMU migration stream without guest RAM (≈ 60 KB)
+//	snapshot.json          format, state format, QEMU version, accel, CPU
+//	                       model, memory, vCPUs, disks, network kind and
+//	                       MAC, file names, sizes, the guest's pause
+//	state-<gen>            device state (≈ 15 KB; or, with the fallback, a
+//	                       migration stream without guest RAM, ≈ 60 KB)
 //	memory-<gen>           guest RAM image, sparse (allocated ≈ RAM in use)
 //	disk<i>-<gen>.<fmt>    disk copies (keepRunning only)
 //
