@@ -27,7 +27,15 @@ const runPrefix = "capsule-vmm-run-"
 
 var runDir = filepath.Join(os.TempDir(), runPrefix+strconv.Itoa(os.Getpid()))
 
+// envRunDir passes the run directory to a re-executed test binary (see
+// TestTapNetwork), which then leaves it to its parent.
+const envRunDir = "CAPSULE_VMM_TEST_RUN_DIR"
+
 func TestMain(m *testing.M) {
+	if d := os.Getenv(envRunDir); d != "" {
+		runDir = d
+		os.Exit(m.Run())
+	}
 	// Remove the run directories of test binaries that died early.
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), runPrefix+"*"))
 	for _, d := range dirs {

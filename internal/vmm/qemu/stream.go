@@ -13,15 +13,15 @@ import (
 )
 
 // The migration stream, as QEMU 7.2 writes it (migration/savevm.c,
-// migration/ram.c), is what a snapshot's state file holds. Snapshots of a
-// machine whose RAM is a private mapping (one restored lazily) carry all of
-// its RAM in the stream, because x-ignore-shared only skips shared memory.
-// splitStream takes that stream apart on the fly: the pages of the guest
-// RAM block go into the snapshot's memory file at their offsets, and the
-// rest (the RAM block list, the pages of small ROM blocks, all device
-// state) into the state file. The result has the same layout as the
-// snapshot of a machine with shared RAM, so every snapshot is restored the
-// same lazy way.
+// migration/ram.c), is the fallback snapshot format, for a QEMU that
+// cannot save device state alone. A machine whose RAM is a private mapping
+// (one restored lazily) then has all of its RAM in the stream, because
+// x-ignore-shared only skips shared memory. splitStream takes that stream
+// apart on the fly: the pages of the guest RAM block go into the
+// snapshot's memory file at their offsets, and the rest (the RAM block
+// list, the pages of small ROM blocks, all device state) into the state
+// file. The result is restored like any other snapshot: lazily, with the
+// memory file mapped.
 //
 // Only the parts of the format before the device state are parsed: the
 // header, the configuration section, and the "ram" sections, whose records
