@@ -82,6 +82,7 @@ type Machine struct {
 
 	stateMu  sync.Mutex
 	shutdown string // reason of the SHUTDOWN event, if any
+	finished bool   // finish ran: attach closes what it is given
 
 	done     chan struct{}
 	exitOnce sync.Once
@@ -158,22 +159,63 @@ func (m *Machine) Kill(ctx context.Context) error {
 func (m *Machine) finish(err error) {
 	m.exitOnce.Do(func() {
 		m.exitErr = err
-		if m.qmp != nil {
-			m.qmp.Close()
+		m.stateMu.Lock()
+		m.finished = true
+		reason := m.shutdown
+		qmp, memfd := m.qmp, m.memfd
+		m.stateMu.Unlock()
+		if qmp != nil {
+			qmp.Close()
 		}
-		if m.memfd != nil {
-			m.memfd.Close()
+		if memfd != nil {
+			memfd.Close()
 		}
 		if m.pidfd >= 0 {
 			unix.Close(m.pidfd)
 		}
 		removeRuntimeFiles(m.dir, m.rec.PID)
-		m.stateMu.Lock()
-		reason := m.shutdown
-		m.stateMu.Unlock()
 		m.log.Info("machine exited", "pid", m.rec.PID, "shutdown", reason, "err", err)
 		close(m.done)
 	})
+}
+
+// Detach lets go of a running machine without stopping it, so that
+// another process (a restarted or upgraded agent) can Adopt it: it closes
+// the QMP connection, since QEMU serves one client at a time. Snapshot
+// fails afterwards; Kill and Done still work.
+func (m *Machine) Detach() {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.stateMu.Lock()
+	qmp := m.qmp
+	m.stateMu.Unlock()
+	if qmp != nil {
+		qmp.Close()
+	}
+}
+
+// attach gives the machine its QMP connection and memfd (either may be
+// nil), which start and Adopt obtain after the exit watcher runs. It
+// returns false, having closed them, when the machine already exited.
+func (m *Machine) attach(qmp *qmpClient, memfd *os.File) bool {
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	if m.finished {
+		if qmp != nil {
+			qmp.Close()
+		}
+		if memfd != nil {
+			memfd.Close()
+		}
+		return false
+	}
+	if qmp != nil {
+		m.qmp = qmp
+	}
+	if memfd != nil {
+		m.memfd = memfd
+	}
+	return true
 }
 
 // watchEvents logs the machine's QMP events and remembers why it shut
@@ -439,8 +481,12 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	}
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if m.qmp, err = dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), m.log, m.done); err != nil {
+	qmp, err := dialQMP(qctx, filepath.Join(spec.Dir, qmpSocket), m.log, m.done)
+	if err != nil {
 		return fail(err)
+	}
+	if !m.attach(qmp, nil) {
+		return fail(errors.New("the VMM exited"))
 	}
 	go m.watchEvents()
 	if cfg.incoming != nil {
@@ -480,19 +526,28 @@ func (d *Driver) Adopt(ctx context.Context, dir string) (*Machine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: adopt %s: %w", dir, err)
 	}
-	m := &Machine{d: d, log: d.log.With("machine", rec.ID), dir: dir, rec: rec, pidfd: pidfd, done: make(chan struct{})}
-	go m.watchPidfd()
+	log := d.log.With("machine", rec.ID)
+	fail := func(err error) (*Machine, error) {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("qemu: adopt %s: %w", dir, err)
+	}
+	var memfd *os.File
 	if rec.Memory == memShared {
-		if m.memfd, err = os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", rec.PID, rec.MemoryFD), os.O_RDWR, 0); err != nil {
-			_ = m.Kill(ctx)
-			return nil, fmt.Errorf("qemu: adopt %s: reopen guest memory: %w", dir, err)
+		if memfd, err = os.OpenFile(fmt.Sprintf("/proc/%d/fd/%d", rec.PID, rec.MemoryFD), os.O_RDWR, 0); err != nil {
+			return fail(fmt.Errorf("reopen guest memory: %w", err))
 		}
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if m.qmp, err = dialQMP(qctx, filepath.Join(dir, qmpSocket), m.log, m.done); err != nil {
-		return nil, fmt.Errorf("qemu: adopt %s: %w", dir, err)
+	qmp, err := dialQMP(qctx, filepath.Join(dir, qmpSocket), log, nil)
+	if err != nil {
+		if memfd != nil {
+			memfd.Close()
+		}
+		return fail(err)
 	}
+	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, done: make(chan struct{})}
+	go m.watchPidfd()
 	go m.watchEvents()
 	m.log.Info("machine adopted", "pid", rec.PID)
 	return m, nil

@@ -145,6 +145,7 @@ func TestAdoptAndCleanup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Detach() // as when the agent that started it exits
 	a, err := d2.Adopt(ctx, m.Dir())
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +173,7 @@ func TestAdoptAndCleanup(t *testing.T) {
 	}
 
 	// The snapshot taken through the adopted handle restores.
-	ov := filepath.Join(dir, "restored.qcow2")
+	ov := filepath.Join(dir, "restored-root.qcow2")
 	if err := disk.CreateOverlay(ctx, snap.Disks[0].Path, ov, 0); err != nil {
 		t.Fatal(err)
 	}
