@@ -128,6 +128,7 @@ func (d *Driver) Version() string { return d.version }
 
 // Boot cold-boots a machine.
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
+	spec = ownSpec(spec)
 	if err := d.checkSpec(&spec, true); err != nil {
 		return nil, err
 	}
@@ -145,6 +146,7 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 // Restore starts a machine from a snapshot (see package doc).
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (vmm.Machine, error) {
 	start := time.Now()
+	spec = ownSpec(spec)
 	meta, err := readSnapshotMeta(snap.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
@@ -194,6 +196,17 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) 
 	return m, nil
 }
 
+// ownSpec copies what spec points to that the driver fills in, so that
+// the caller's values stay as they are.
+func ownSpec(spec vmm.Spec) vmm.Spec {
+	spec.Disks = append([]vmm.Disk(nil), spec.Disks...)
+	if spec.Net != nil {
+		n := *spec.Net
+		spec.Net = &n
+	}
+	return spec
+}
+
 // checkSpec validates spec and fills in defaults.
 func (d *Driver) checkSpec(spec *vmm.Spec, boot bool) error {
 	if spec.ID == "" || spec.Dir == "" {
@@ -230,13 +243,26 @@ func (d *Driver) checkSpec(spec *vmm.Spec, boot bool) error {
 			return fmt.Errorf("qemu: %s: %w", spec.ID, err)
 		}
 	}
-	abs, err := filepath.Abs(spec.Dir)
-	if err != nil {
-		return fmt.Errorf("qemu: %s: %w", spec.ID, err)
-	}
-	spec.Dir = abs
+	// QEMU runs in spec.Dir: every path it gets must be absolute.
 	if spec.ConsoleLog == "" {
 		spec.ConsoleLog = filepath.Join(spec.Dir, consoleFile)
+	}
+	paths := []*string{&spec.Dir, &spec.ConsoleLog}
+	if boot {
+		paths = append(paths, &spec.Kernel)
+		if spec.Initrd != "" {
+			paths = append(paths, &spec.Initrd)
+		}
+	}
+	for i := range spec.Disks {
+		paths = append(paths, &spec.Disks[i].Path)
+	}
+	for _, p := range paths {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return fmt.Errorf("qemu: %s: %w", spec.ID, err)
+		}
+		*p = abs
 	}
 	return nil
 }

@@ -47,7 +47,7 @@ type snapshotMeta struct {
 	CPU         string     `json:"cpu"`
 	MemoryMB    int        `json:"memoryMB"`
 	VCPUs       int        `json:"vcpus"`
-	State       string     `json:"state"`       // migration stream without guest RAM
+	State       string     `json:"state"`       // device state, no guest RAM
 	StateFormat string     `json:"stateFormat"` // stateDevices or stateMigration
 	Memory      string     `json:"memory"`      // guest RAM image, sparse
 	Disks       []vmm.Disk `json:"disks"`
