@@ -333,7 +333,9 @@ func (d *Driver) launch(ctx context.Context, cfg launchConfig) (*Machine, error)
 			return nil, fmt.Errorf("a VMM (pid %d) already runs in %s", r.PID, cfg.spec.Dir)
 		}
 	}
-	removeRuntimeFiles(cfg.spec.Dir, 0)
+	// Whatever ran here before is gone.
+	os.Remove(filepath.Join(cfg.spec.Dir, recordFile))
+	os.Remove(filepath.Join(cfg.spec.Dir, qmpSocket))
 	for attempt := 0; ; attempt++ {
 		m, err := d.start(ctx, cfg)
 		if errors.Is(err, errPortBusy) && attempt < 3 {
@@ -512,7 +514,7 @@ func (m *Machine) loadIncoming(ctx context.Context, fd int) error {
 	if err := m.waitMigration(ctx, ev); err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
-	// The guest was stopped when it was saved, so it waits for cont.
+	// QEMU runs with -S: the guest waits for cont.
 	return m.qmp.Execute(ctx, "cont", nil, nil)
 }
 
