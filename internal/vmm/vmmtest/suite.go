@@ -422,6 +422,7 @@ func (s *suite) testTemplate(t *testing.T) {
 	e.mustRun(sc, "echo saved > /root/saved")
 
 	snapDir := filepath.Join(e.dir, "template")
+	atSnapshot := e.counter(sc) // a lower bound of the count saved
 	t0 := time.Now()
 	snap, err := src.Snapshot(e.ctx, snapDir, true)
 	e.must(err)
@@ -429,7 +430,6 @@ func (s *suite) testTemplate(t *testing.T) {
 	if snap.MemoryMB != s.g.MemoryMB || snap.VCPUs != s.g.VCPUs || len(snap.Disks) != 1 {
 		t.Fatalf("snapshot %+v", snap)
 	}
-	atSnapshot := e.counter(sc)
 	// The source goes on, and what it does now is not in the snapshot.
 	e.checkCounter(sc, pid, atSnapshot)
 	e.mustRun(sc, "echo after > /root/after && sync")
