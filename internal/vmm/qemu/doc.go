@@ -145,6 +145,8 @@
 // (Options.DieWithParent is for tests): a restarted agent calls
 // Driver.Adopt on each machine directory it wants to keep (the process
 // must be the recorded one: same pid and start time; the memfd is reopened
-// through /proc/<pid>/fd) and Cleanup on the others, which kills through
-// a pidfd and needs no working QMP.
+// through /proc/<pid>/fd) and Driver.Cleanup on the others, which kills
+// through a pidfd and needs no working QMP. QEMU serves one QMP client at
+// a time, so an agent that hands machines over without exiting calls
+// Machine.Detach first.
 package qemu

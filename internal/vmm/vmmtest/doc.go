@@ -14,6 +14,8 @@
 //
 //   - KillWhileBooting: Kill right after Boot; Done closes, the process is
 //     gone, a second Kill is a no-op, Snapshot reports vmm.ErrExited.
+//   - Cleanup: Driver.Cleanup of a machine's directory kills it; of a
+//     directory where nothing runs, it does nothing.
 //   - BootRunPauseResumePoweroff: cold boot to envd's /health; a process
 //     run through envd's process service (stdout, stderr, exit code); a
 //     file written and read back through /files; then Guest.PauseCycles

@@ -71,6 +71,7 @@ func Run(t *testing.T, d vmm.Driver, g Guest) {
 	s := &suite{d: d, g: g}
 	t.Logf("driver %s, accelerator %s", d.Name(), d.Accel())
 	t.Run("KillWhileBooting", s.testKillWhileBooting)
+	t.Run("Cleanup", s.testCleanup)
 	t.Run("BootRunPauseResumePoweroff", s.testLifecycle)
 	t.Run("SnapshotTemplate", s.testTemplate)
 }
@@ -327,6 +328,27 @@ func (s *suite) testKillWhileBooting(t *testing.T) {
 	if _, err := m.Snapshot(e.ctx, filepath.Join(e.dir, "snap"), false); !errors.Is(err, vmm.ErrExited) {
 		t.Fatalf("Snapshot of a killed machine: %v, want ErrExited", err)
 	}
+}
+
+// testCleanup kills a machine through Driver.Cleanup of its directory,
+// as an agent does with what its previous process left.
+func (s *suite) testCleanup(t *testing.T) {
+	e := s.begin(t)
+	empty := filepath.Join(e.dir, "empty")
+	e.must(os.Mkdir(empty, 0o700))
+	e.must(s.d.Cleanup(e.ctx, empty)) // nothing runs there: a no-op
+	m := e.boot("cleanup")
+	dir := filepath.Join(e.dir, "cleanup")
+	e.must(s.d.Cleanup(e.ctx, dir))
+	select {
+	case <-m.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the machine still runs after Cleanup")
+	}
+	if processAlive(m.PID()) {
+		t.Fatalf("VMM process %d alive after Cleanup", m.PID())
+	}
+	e.must(s.d.Cleanup(e.ctx, dir)) // again: a no-op
 }
 
 // testLifecycle boots a machine, runs processes and moves files, pauses
