@@ -1,0 +1,39 @@
+-- name: CreateAPIKey :one
+INSERT INTO team_api_keys (team_id, name, prefix, key_hash, created_by)
+VALUES (@team_id, @name, @prefix, @key_hash, sqlc.narg('created_by'))
+RETURNING *;
+
+-- name: AuthenticateAPIKey :one
+-- Finds a live key of a live team by the SHA-256 of the presented key and
+-- records its use. last_used_at is written at most once a minute per key, so
+-- a busy key does not turn every request into a write; the returned row
+-- carries the value from before this call.
+WITH k AS (
+  SELECT team_api_keys.*
+  FROM team_api_keys
+  JOIN teams ON teams.id = team_api_keys.team_id
+  WHERE team_api_keys.key_hash = @key_hash
+    AND team_api_keys.revoked_at IS NULL
+    AND teams.deleted_at IS NULL
+), touched AS (
+  UPDATE team_api_keys SET last_used_at = now()
+  WHERE team_api_keys.id = (SELECT k.id FROM k)
+    AND (team_api_keys.last_used_at IS NULL OR team_api_keys.last_used_at < now() - interval '1 minute')
+  RETURNING team_api_keys.id
+)
+SELECT k.id, k.team_id, k.name, k.prefix, k.key_hash, k.created_by, k.created_at, k.last_used_at, k.revoked_at
+FROM k;
+
+-- name: GetAPIKey :one
+SELECT * FROM team_api_keys WHERE id = @id AND team_id = @team_id;
+
+-- name: ListAPIKeys :many
+-- The team's live keys, newest first.
+SELECT * FROM team_api_keys
+WHERE team_id = @team_id AND revoked_at IS NULL
+ORDER BY created_at DESC, id DESC;
+
+-- name: RevokeAPIKey :one
+UPDATE team_api_keys SET revoked_at = now()
+WHERE id = @id AND team_id = @team_id AND revoked_at IS NULL
+RETURNING *;

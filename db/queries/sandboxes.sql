@@ -1,0 +1,108 @@
+-- name: InsertSandbox :one
+-- id NULL: generated. end_at is set when the sandbox enters running.
+INSERT INTO sandboxes (
+  id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec,
+  auto_pause, auto_resume, allow_internet_access, metadata, env_vars, created_by
+) VALUES (
+  COALESCE(sqlc.narg('id')::uuid, gen_random_uuid()), @team_id, sqlc.narg('host_id'), @template, @state,
+  @vcpus, @memory_mb, @disk_mb, @timeout_sec, @auto_pause, @auto_resume, @allow_internet_access,
+  @metadata, sqlc.narg('env_vars'), sqlc.narg('created_by')
+)
+RETURNING *;
+
+-- name: GetSandbox :one
+-- Team-scoped: another team's sandbox is not found.
+SELECT * FROM sandboxes WHERE id = @id AND team_id = @team_id;
+
+-- name: GetSandboxByID :one
+-- Not team-scoped: for the control plane's own loops (reaper, reconciler).
+SELECT * FROM sandboxes WHERE id = @id;
+
+-- name: ListSandboxes :many
+-- A team's sandboxes newest first, keyset-paginated on (created_at, id):
+-- pass the last row's created_at and id as after_created_at/after_id for the
+-- next page. states empty: any state; metadata NULL: any metadata, else the
+-- sandbox's metadata must contain it (jsonb @>).
+SELECT * FROM sandboxes
+WHERE team_id = @team_id
+  AND (COALESCE(cardinality(@states::text[]), 0) = 0 OR state = ANY(@states::text[]))
+  AND (sqlc.narg('metadata')::jsonb IS NULL OR metadata @> sqlc.narg('metadata')::jsonb)
+  AND (sqlc.narg('after_created_at')::timestamptz IS NULL
+       OR (created_at, id) < (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT @page_size;
+
+-- name: UpdateSandboxState :one
+-- An optimistic transition: only from one of expected_states (no row: the
+-- sandbox is gone or in another state; store.TransitionSandbox tells which).
+-- Entering running starts the TTL (end_at = now + timeout_sec) and the
+-- activity clock; paused and stopped record their time.
+UPDATE sandboxes SET
+  state          = @new_state::text,
+  state_reason   = @reason::text,
+  started_at     = CASE WHEN @new_state::text = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
+  last_active_at = CASE WHEN @new_state::text = 'running' THEN now() ELSE last_active_at END,
+  end_at         = CASE WHEN @new_state::text = 'running' AND timeout_sec > 0
+                        THEN now() + make_interval(secs => timeout_sec) ELSE end_at END,
+  paused_at      = CASE WHEN @new_state::text = 'paused' THEN now() ELSE paused_at END,
+  stopped_at     = CASE WHEN @new_state::text = 'stopped' THEN now() ELSE stopped_at END
+WHERE id = @id AND state = ANY(@expected_states::text[])
+RETURNING *;
+
+-- name: SetSandboxHost :one
+UPDATE sandboxes SET host_id = sqlc.narg('host_id') WHERE id = @id RETURNING *;
+
+-- name: SetSandboxTimeout :one
+-- A new timeout counted from now; 0 clears the TTL.
+UPDATE sandboxes SET
+  timeout_sec = @timeout_sec::integer,
+  end_at = CASE WHEN @timeout_sec::integer > 0 THEN now() + make_interval(secs => @timeout_sec::integer) ELSE NULL END
+WHERE id = @id AND team_id = @team_id AND state <> 'stopped'
+RETURNING *;
+
+-- name: TouchSandbox :one
+-- Activity (ping, exec, file access) of a running sandbox: restarts its
+-- inactivity TTL.
+UPDATE sandboxes SET
+  last_active_at = now(),
+  end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
+WHERE id = @id AND team_id = @team_id AND state = 'running'
+RETURNING *;
+
+-- name: MarkSandboxStopped :one
+-- Final state, from any other state.
+UPDATE sandboxes SET state = 'stopped', state_reason = @reason::text, stopped_at = now()
+WHERE id = @id AND state <> 'stopped'
+RETURNING *;
+
+-- name: DeleteSandbox :execrows
+DELETE FROM sandboxes WHERE id = @id AND team_id = @team_id;
+
+-- name: ListExpiredSandboxes :many
+-- Running sandboxes whose TTL has passed, oldest deadline first.
+SELECT * FROM sandboxes
+WHERE state = 'running' AND end_at IS NOT NULL AND end_at < now()
+ORDER BY end_at, id
+LIMIT @max_results;
+
+-- name: CountTeamSandboxUsage :one
+-- What a team's sandboxes in the given states hold, for quota checks (run it
+-- after LockTeam in the transaction that inserts the sandbox).
+SELECT count(*)::integer                    AS sandboxes,
+       COALESCE(sum(vcpus), 0)::integer     AS vcpus,
+       COALESCE(sum(memory_mb), 0)::bigint  AS memory_mb
+FROM sandboxes
+WHERE team_id = @team_id AND state = ANY(@states::text[]);
+
+-- name: ListSandboxesByHost :many
+-- A host's sandboxes (states empty: any), for reconciliation.
+SELECT * FROM sandboxes
+WHERE host_id = @host_id
+  AND (COALESCE(cardinality(@states::text[]), 0) = 0 OR state = ANY(@states::text[]))
+ORDER BY created_at, id;
+
+-- name: MarkHostSandboxesMissing :many
+-- A host stopped answering: its live sandboxes become missing (reversible).
+UPDATE sandboxes SET state = 'missing', state_reason = @reason::text
+WHERE host_id = @host_id AND state IN ('starting', 'running', 'pausing', 'resuming')
+RETURNING id;
