@@ -172,6 +172,15 @@ func SwitchRoot(log *slog.Logger, cfg SwitchRootConfig) error {
 	if err := unix.Mount(cfg.Device, cfg.NewRoot, cfg.FSType, flags, cfg.Options); err != nil {
 		return fmt.Errorf("switch root: mount %s (%s) on %s: %w", cfg.Device, cfg.FSType, cfg.NewRoot, err)
 	}
+	if !cfg.ReadOnly && cfg.FSType == "ext4" {
+		// A sandbox disk may be larger than its template's filesystem:
+		// give the guest the space it was promised.
+		if grown, err := GrowExt4(cfg.Device, cfg.NewRoot); err != nil {
+			log.Warn("switch root: cannot grow the root filesystem", "err", err)
+		} else if grown > 0 {
+			log.Info("switch root: root filesystem grown", "bytes", grown)
+		}
+	}
 	if fi, err := os.Stat(filepath.Join(cfg.NewRoot, cfg.Init)); err != nil || fi.Mode()&0o111 == 0 || !fi.Mode().IsRegular() {
 		_ = unix.Unmount(cfg.NewRoot, 0)
 		return fmt.Errorf("switch root: %s is not an executable file on %s", cfg.Init, cfg.Device)
