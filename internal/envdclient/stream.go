@@ -1,0 +1,103 @@
+package envdclient
+
+// Streaming access for the host agent (package agent): the authenticated
+// process service client, and file transfers that neither buffer whole
+// files nor lose envd's HTTP status.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
+)
+
+// Process is the envd process service, authenticated with the sandbox's
+// access token. A request runs as envd's default user unless its
+// Authorization header names another (UserAuthorization).
+func (c *Client) Process() processconnect.ProcessClient { return c.proc }
+
+// UserAuthorization is the Authorization header value by which envd's RPCs
+// select the user to act as.
+func UserAuthorization(user string) string { return basicAuth(user) }
+
+// StatusError is an envd /files answer other than success.
+type StatusError struct {
+	Op     string // "read" or "write"
+	Path   string
+	Status int    // HTTP status
+	Msg    string // envd's message
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: HTTP %d: %s", e.Op, e.Path, e.Status, e.Msg)
+}
+
+// Upload writes data to path as user (empty: the default user) and returns
+// the absolute path envd wrote.
+func (c *Client) Upload(ctx context.Context, path, user string, data io.Reader) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.filesURL(path, user), data)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	c.auth(req)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", statusError("write", path, resp)
+	}
+	var entries []struct {
+		Path string `json:"path"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&entries); err != nil || len(entries) == 0 {
+		return path, nil // written; the answer only names it
+	}
+	return entries[0].Path, nil
+}
+
+// Download opens path for reading as user (empty: the default user). The
+// caller closes the reader.
+func (c *Client) Download(ctx context.Context, path, user string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.filesURL(path, user), nil)
+	if err != nil {
+		return nil, err
+	}
+	c.auth(req)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, statusError("read", path, resp)
+	}
+	return resp.Body, nil
+}
+
+func (c *Client) filesURL(path, user string) string {
+	q := url.Values{"path": {path}}
+	if user != "" {
+		q.Set("username", user)
+	}
+	return c.base + "/files?" + q.Encode()
+}
+
+func statusError(op, path string, resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	msg := strings.TrimSpace(string(b))
+	var body struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(b, &body) == nil && body.Message != "" {
+		msg = body.Message
+	}
+	return &StatusError{Op: op, Path: path, Status: resp.StatusCode, Msg: msg}
+}
