@@ -1,0 +1,153 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/vmm"
+)
+
+// Revision is the revision of hostagent.v1 this agent implements (see
+// GetHostInfoResponse.revision).
+const Revision = 1
+
+// MaxMessageBytes bounds one RPC message either way (file chunks are at
+// most 4 MiB).
+const MaxMessageBytes = 8 << 20
+
+// Config configures an Agent.
+type Config struct {
+	// Manager runs the host's sandboxes. Required.
+	Manager *sandbox.Manager
+	// Token is the shared secret that callers present as a bearer token
+	// (at least MinTokenLength characters). Required unless Verifier is set.
+	Token string
+	// Verifier, when set, replaces Token's StaticToken.
+	Verifier Verifier
+
+	// Images, when set, lists the image store's templates ("minimal",
+	// "base") in ListTemplates as built-in templates.
+	Images *image.Store
+	// Driver, when set, names the VMM and accelerator in GetHostInfo.
+	Driver vmm.Driver
+	// Capacity is reported by GetHostInfo: it should be the Manager's.
+	Capacity sandbox.Capacity
+	// Version is the agent's version (default: the binary's module
+	// version).
+	Version string
+
+	// Log receives the agent's logs (default slog.Default()).
+	Log *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Agent serves hostagent.v1 over HTTP. It is an http.Handler; serve it
+// with NewServer (or with Protocols()) so that HTTP/2 works in cleartext.
+type Agent struct {
+	cfg     Config
+	mgr     *sandbox.Manager
+	log     *slog.Logger
+	now     func() time.Time
+	started time.Time
+	mux     *http.ServeMux
+}
+
+// New returns the agent's handler.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Manager == nil {
+		return nil, errors.New("agent: Manager is required")
+	}
+	v := cfg.Verifier
+	if v == nil {
+		st, err := NewStaticToken(cfg.Token)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		v = st
+	}
+	a := &Agent{cfg: cfg, mgr: cfg.Manager, log: cfg.Log, now: cfg.Now}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	a.log = a.log.With("component", "agent")
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.cfg.Version == "" {
+		a.cfg.Version = binaryVersion()
+	}
+	a.started = a.now()
+	path, h := hostagentv1connect.NewHostAgentHandler(&service{a},
+		connect.WithInterceptors(&authInterceptor{v: v, log: a.log}),
+		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithSendMaxBytes(MaxMessageBytes),
+		connect.WithRecover(a.recovered),
+	)
+	a.mux = http.NewServeMux()
+	a.mux.Handle(path, h)
+	return a, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// recovered turns a handler's panic into an internal error.
+func (a *Agent) recovered(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+	id := errorID()
+	a.log.ErrorContext(ctx, "handler panicked", "procedure", spec.Procedure, "error_id", id,
+		"panic", p, "stack", string(debug.Stack()))
+	return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error (error id %s)", id))
+}
+
+// Protocols are what the agent serves: HTTP/1.1, HTTP/2 over TLS and
+// cleartext HTTP/2 with prior knowledge (h2c), which streaming RPCs need on
+// the host network.
+func Protocols() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	return p
+}
+
+// NewServer returns an http.Server for h on addr that speaks Protocols.
+// Its timeouts bound slow clients, not RPCs: streams may last long.
+func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		Protocols:         Protocols(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func binaryVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return s.Value[:12]
+			}
+		}
+		if bi.Main.Version != "" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}

@@ -1,0 +1,24 @@
+// Package agent is the host agent's RPC server: it serves the
+// hostagent.v1 HostAgent service (proto/hostagent/v1) on top of a
+// sandbox.Manager, so that the control plane drives a host's sandboxes,
+// templates, processes and files through one authenticated contract, on a
+// single node as on many.
+//
+// New returns an http.Handler. Streaming RPCs want HTTP/2; the agent speaks
+// it in cleartext (h2c, prior knowledge) on the host network: serve the
+// handler with NewServer, or with an http.Server whose Protocols are
+// Protocols(). HTTP/1.1 serves every RPC except client streams.
+//
+// Every RPC needs "Authorization: Bearer <token>". A Verifier decides
+// whether a token may call; StaticToken, a shared secret compared in
+// constant time, is the only implementation today. A verifier of the JWTs
+// that host registration will issue replaces it later without touching the
+// handlers (Config.Verifier).
+//
+// Errors are mapped to Connect codes in one place (errors.go):
+// sandbox.ErrNotFound → NotFound, ErrConflict → FailedPrecondition (or
+// AlreadyExists when creating), ErrInvalid → InvalidArgument, ErrCapacity →
+// ResourceExhausted; envd's own answers keep their meaning; anything else is
+// Internal with only an error ID in the message, and the agent's log holds
+// the details under that ID.
+package agent
