@@ -2,8 +2,6 @@ package guestinit
 
 import (
 	"bufio"
-	"bytes"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capsulehq/capsule/internal/kmod"
 )
 
 // ModulesOrderFile, in a modules directory, lists module files one per line
@@ -27,22 +27,9 @@ type Module struct {
 	Depends []string // canonical names from .modinfo "depends=", when readable
 }
 
-// moduleExts are the module file name endings LoadModules accepts;
-// compressed ones need a kernel that decompresses (MODULE_INIT_COMPRESSED_FILE).
-var moduleExts = []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"}
-
 // ModuleName returns the canonical module name of a file name or module
 // name: "virtio-net.ko.xz" and "virtio_net" both give "virtio_net".
-func ModuleName(file string) string {
-	n := filepath.Base(strings.TrimSpace(file))
-	for _, ext := range moduleExts {
-		if strings.HasSuffix(n, ext) {
-			n = strings.TrimSuffix(n, ext)
-			break
-		}
-	}
-	return strings.ReplaceAll(n, "-", "_")
-}
+func ModuleName(file string) string { return kmod.Name(file) }
 
 func compressedModule(path string) bool {
 	return !strings.HasSuffix(path, ".ko")
@@ -60,65 +47,18 @@ func ScanModules(dir string) ([]Module, error) {
 		if e.IsDir() {
 			continue
 		}
-		ok := false
-		for _, ext := range moduleExts {
-			ok = ok || strings.HasSuffix(e.Name(), ext)
-		}
-		if !ok {
+		if !kmod.IsModuleFile(e.Name()) {
 			continue
 		}
-		m := Module{Name: ModuleName(e.Name()), Path: filepath.Join(dir, e.Name())}
+		m := Module{Name: kmod.Name(e.Name()), Path: filepath.Join(dir, e.Name())}
 		if !compressedModule(m.Path) {
-			if info, err := readModinfo(m.Path); err == nil {
-				if n := info["name"]; n != "" {
-					m.Name = ModuleName(n)
-				}
-				m.Depends = splitDepends(info["depends"])
+			if info, err := kmod.ReadInfo(m.Path); err == nil {
+				m.Name, m.Depends = info.Name, info.Depends
 			}
 		}
 		mods = append(mods, m)
 	}
 	return mods, nil
-}
-
-// readModinfo reads the key=value pairs of a module's .modinfo section.
-func readModinfo(path string) (map[string]string, error) {
-	f, err := elf.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sec := f.Section(".modinfo")
-	if sec == nil {
-		return nil, fmt.Errorf("%s: no .modinfo section", path)
-	}
-	data, err := sec.Data()
-	if err != nil {
-		return nil, fmt.Errorf("%s: read .modinfo: %w", path, err)
-	}
-	return parseModinfo(data), nil
-}
-
-// parseModinfo splits a .modinfo section (NUL-separated key=value
-// strings). Repeated keys (alias=) keep their last value.
-func parseModinfo(data []byte) map[string]string {
-	out := map[string]string{}
-	for _, kv := range bytes.Split(data, []byte{0}) {
-		if k, v, ok := strings.Cut(string(kv), "="); ok && k != "" {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-func splitDepends(s string) []string {
-	var out []string
-	for _, d := range strings.Split(s, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			out = append(out, ModuleName(d))
-		}
-	}
-	return out
 }
 
 // readModulesOrder reads a modules.order file; a missing file is no order.

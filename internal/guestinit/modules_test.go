@@ -206,14 +206,3 @@ func TestScanModulesAndOrderFile(t *testing.T) {
 		t.Error("ScanModules of a missing directory succeeded")
 	}
 }
-
-func TestParseModinfo(t *testing.T) {
-	got := parseModinfo([]byte("alias=a\x00alias=b\x00depends=x,y\x00\x00=novalue\x00noequals\x00name=m\x00"))
-	want := map[string]string{"alias": "b", "depends": "x,y", "name": "m"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %v, want %v", got, want)
-	}
-	if got := splitDepends(" a, b-c ,,"); !reflect.DeepEqual(got, []string{"a", "b_c"}) {
-		t.Errorf("splitDepends = %v", got)
-	}
-}

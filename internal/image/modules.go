@@ -1,13 +1,13 @@
 package image
 
 import (
-	"bytes"
-	"debug/elf"
 	"fmt"
 	"io/fs"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/capsulehq/capsule/internal/kmod"
 )
 
 // GuestModules are the kernel modules a guest needs for QEMU's microvm
@@ -16,18 +16,15 @@ import (
 // module's .modinfo; a module the kernel has built in is skipped.
 var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net"}
 
-// kmod is a kernel module file and what it depends on.
-type kmod struct {
+// moduleFile is a kernel module file and what it depends on.
+type moduleFile struct {
 	Name    string   // canonical name: file name without .ko, '-' as '_'
 	Path    string   // the .ko file
 	Depends []string // canonical names from .modinfo "depends="
 }
 
 // moduleName is the canonical module name of a file or module name.
-func moduleName(file string) string {
-	n := strings.TrimSuffix(filepath.Base(file), ".ko")
-	return strings.ReplaceAll(n, "-", "_")
-}
+func moduleName(file string) string { return kmod.Name(file) }
 
 // indexModules maps canonical module names to their .ko files under dir
 // (a kernel's lib/modules/<version>). Compressed modules are reported as
@@ -55,44 +52,8 @@ func indexModules(dir string) (map[string]string, error) {
 
 // readModuleDepends returns the dependencies of the module file at path.
 func readModuleDepends(path string) ([]string, error) {
-	_, deps, err := readModinfo(path)
-	return deps, err
-}
-
-// readModinfo reads a module's canonical name and dependencies from its
-// ELF .modinfo section (NUL-separated key=value strings).
-func readModinfo(path string) (name string, depends []string, err error) {
-	f, err := elf.Open(path)
-	if err != nil {
-		return "", nil, fmt.Errorf("read module %s: %w", path, err)
-	}
-	defer f.Close()
-	sec := f.Section(".modinfo")
-	if sec == nil {
-		return "", nil, fmt.Errorf("read module %s: no .modinfo section", path)
-	}
-	data, err := sec.Data()
-	if err != nil {
-		return "", nil, fmt.Errorf("read module %s: %w", path, err)
-	}
-	name = moduleName(path)
-	for _, kv := range bytes.Split(data, []byte{0}) {
-		k, v, ok := strings.Cut(string(kv), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "name":
-			name = moduleName(v)
-		case "depends":
-			for _, d := range strings.Split(v, ",") {
-				if d = strings.TrimSpace(d); d != "" {
-					depends = append(depends, moduleName(d))
-				}
-			}
-		}
-	}
-	return name, depends, nil
+	info, err := kmod.ReadInfo(path)
+	return info.Depends, err
 }
 
 // moduleClosure returns the modules in want plus everything they depend
@@ -101,8 +62,8 @@ func readModinfo(path string) (name string, depends []string, err error) {
 // dependencies by name). A wanted module absent from idx is taken as built
 // into the kernel and skipped; a missing dependency or a cycle is an
 // error.
-func moduleClosure(idx map[string]string, want []string, dependsOf func(path string) ([]string, error)) ([]kmod, error) {
-	var out []kmod
+func moduleClosure(idx map[string]string, want []string, dependsOf func(path string) ([]string, error)) ([]moduleFile, error) {
+	var out []moduleFile
 	state := map[string]int{} // 1: visiting, 2: done
 	var visit func(name string, chain []string) error
 	visit = func(name string, chain []string) error {
@@ -129,7 +90,7 @@ func moduleClosure(idx map[string]string, want []string, dependsOf func(path str
 			}
 		}
 		state[name] = 2
-		out = append(out, kmod{Name: name, Path: path, Depends: deps})
+		out = append(out, moduleFile{Name: name, Path: path, Depends: deps})
 		return nil
 	}
 	for _, w := range want {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/kmod"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
@@ -122,7 +123,8 @@ func TestKernelFromDebianPackage(t *testing.T) {
 		if !wantSet[file] {
 			t.Errorf("unexpected module %s", file)
 		}
-		name, deps, err := readModinfo(filepath.Join(k.modulesDir(), file))
+		info, err := kmod.ReadInfo(filepath.Join(k.modulesDir(), file))
+		name, deps := info.Name, info.Depends
 		if err != nil {
 			t.Fatal(err)
 		}
