@@ -1,0 +1,538 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/testenv"
+	"github.com/capsulehq/capsule/internal/vmm"
+	"github.com/capsulehq/capsule/internal/vmm/qemu"
+)
+
+// The agent's tests run their own pool of network slots, with names and
+// address ranges that no other package's tests use.
+var (
+	testHostCIDR = netip.MustParsePrefix("198.18.80.0/24")
+	testLinkCIDR = netip.MustParsePrefix("198.18.81.0/24")
+)
+
+const token = "agent-integration-test-token"
+
+var (
+	imagesOnce sync.Once
+	images     *image.Store
+	imagesErr  error
+)
+
+// testImages is the image store shared with the other packages' VM tests
+// (content-addressed: an unchanged envd reuses everything), holding the
+// minimal template built from this tree's envd.
+func testImages(t *testing.T) *image.Store {
+	t.Helper()
+	imagesOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		bin := filepath.Join(os.TempDir(), "capsule-agent-test-envd")
+		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "github.com/capsulehq/capsule/cmd/envd")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			imagesErr = fmt.Errorf("build envd: %w: %s", err, out)
+			return
+		}
+		images, imagesErr = image.Open(filepath.Join(os.TempDir(), "capsule-test-store"), nil)
+		if imagesErr != nil {
+			return
+		}
+		_, imagesErr = images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: bin})
+	})
+	if imagesErr != nil {
+		t.Fatalf("test images: %v", imagesErr)
+	}
+	return images
+}
+
+// env is an agent over a real sandbox manager, served over h2c, and a
+// client of it.
+type env struct {
+	client  *agentclient.Client
+	url     string
+	driver  vmm.Driver
+	dataDir string
+	runDir  string
+	logs    *syncBuffer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "qemu-system-x86_64")
+	testenv.RequireCommand(t, "qemu-img")
+	imgs := testImages(t)
+	img, err := imgs.Get(context.Background(), "minimal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{dataDir: t.TempDir(), runDir: t.TempDir(), logs: &syncBuffer{}}
+	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	drv, err := qemu.New(context.Background(), qemu.Options{ProbeKernel: img.Kernel, Logger: log})
+	if err != nil {
+		t.Fatalf("qemu driver: %v", err)
+	}
+	e.driver = drv
+	pool, err := netslot.NewPool(context.Background(), netslot.Config{
+		Name: "cat", VethPrefix: "catv", HostCIDR: testHostCIDR, LinkCIDR: testLinkCIDR, MaxSlots: 8,
+		Logger: log,
+	})
+	if err != nil {
+		t.Fatalf("network pool: %v", err)
+	}
+	capacity := sandbox.Capacity{VCPUs: 8, MemoryMB: 2048}
+	mgr, err := sandbox.New(context.Background(), sandbox.Config{
+		DataDir: e.dataDir, RunDir: e.runDir, Driver: drv, Images: imgs, Slots: pool,
+		Capacity: capacity, Log: log,
+	})
+	if err != nil {
+		_ = pool.Close(context.Background())
+		t.Fatalf("manager: %v", err)
+	}
+	a, err := agent.New(agent.Config{
+		Manager: mgr, Token: token, Images: imgs, Driver: drv, Capacity: capacity, Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(a)
+	srv.Config.Protocols = agent.Protocols()
+	srv.Start()
+	e.url = srv.URL
+	e.client = e.newClient(t, token)
+	t.Cleanup(func() {
+		srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := mgr.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := pool.Close(ctx); err != nil {
+			t.Errorf("close pool: %v", err)
+		}
+		assertNoVMM(t, e.runDir, e.dataDir)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", e.logs.String())
+		}
+	})
+	return e
+}
+
+func (e *env) newClient(t *testing.T, tok string) *agentclient.Client {
+	t.Helper()
+	c, err := agentclient.New(agentclient.Endpoint{URL: e.url, Token: tok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// assertNoVMM fails if a VMM process of a test directory is still alive.
+func assertNoVMM(t *testing.T, dirs ...string) {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, d := range dirs {
+			if strings.Contains(line, d) {
+				t.Errorf("VMM left running: %.300s", line)
+			}
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// execResult is a collected Exec stream.
+type execResult struct {
+	pid                 uint32
+	stdout, stderr, pty string
+	ended               *pb.ExecEnded
+}
+
+func run(ctx context.Context, c *agentclient.Client, req *pb.ExecRequest) (*execResult, error) {
+	st, err := c.Exec(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return collect(st)
+}
+
+func collect(st *connect.ServerStreamForClient[pb.ExecResponse]) (*execResult, error) {
+	r := &execResult{}
+	var out, errb, pty strings.Builder
+	for st.Receive() {
+		switch ev := st.Msg().Event.(type) {
+		case *pb.ExecResponse_Started:
+			r.pid = ev.Started.Pid
+		case *pb.ExecResponse_Output:
+			out.Write(ev.Output.GetStdout())
+			errb.Write(ev.Output.GetStderr())
+			pty.Write(ev.Output.GetPty())
+		case *pb.ExecResponse_Ended:
+			r.ended = ev.Ended
+		}
+	}
+	if err := st.Err(); err != nil {
+		return nil, err
+	}
+	if r.ended == nil {
+		return nil, errors.New("no end event")
+	}
+	r.stdout, r.stderr, r.pty = out.String(), errb.String(), pty.String()
+	return r, nil
+}
+
+func shell(t *testing.T, ctx context.Context, c *agentclient.Client, id, script string) string {
+	t.Helper()
+	r, err := run(ctx, c, &pb.ExecRequest{SandboxId: id, Cmd: "/bin/sh", Args: []string{"-c", script}})
+	if err != nil {
+		t.Fatalf("exec %q: %v", script, err)
+	}
+	if r.ended.ExitCode != 0 {
+		t.Fatalf("exec %q: exit %d: %s%s", script, r.ended.ExitCode, r.stdout, r.stderr)
+	}
+	return strings.TrimSpace(r.stdout)
+}
+
+func writeFile(ctx context.Context, c *agentclient.Client, id, path string, data []byte, chunk int) (*pb.WriteFileResponse, error) {
+	ws := c.WriteFile(ctx)
+	if err := ws.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{SandboxId: id, Path: path}}}); err != nil {
+		_, err = ws.CloseAndReceive()
+		return nil, err
+	}
+	for off := 0; off < len(data); off += chunk {
+		end := min(off+chunk, len(data))
+		if err := ws.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Chunk{Chunk: data[off:end]}}); err != nil {
+			break // the error comes with CloseAndReceive
+		}
+	}
+	res, err := ws.CloseAndReceive()
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
+}
+
+func readFile(ctx context.Context, c *agentclient.Client, id, path string) ([]byte, int, error) {
+	st, err := c.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: id, Path: path}))
+	if err != nil {
+		return nil, 0, err
+	}
+	defer st.Close()
+	var b bytes.Buffer
+	msgs := 0
+	for st.Receive() {
+		b.Write(st.Msg().Chunk)
+		msgs++
+	}
+	return b.Bytes(), msgs, st.Err()
+}
+
+// must returns a call's response message, failing the test on an error:
+// must(c.Call(ctx, req))(t, "call").
+func must[T any](res *connect.Response[T], err error) func(t *testing.T, what string) *T {
+	return func(t *testing.T, what string) *T {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return res.Msg
+	}
+}
+
+func wantErr(t *testing.T, what string, err, kind error) {
+	t.Helper()
+	if !errors.Is(err, kind) {
+		t.Fatalf("%s: got %v, want %v", what, err, kind)
+	}
+}
+
+// TestAgentLifecycle drives a real sandbox through the agent, as the
+// control plane will: create → exec → files → pause → resume → snapshot
+// template → create from it → destroy.
+func TestAgentLifecycle(t *testing.T) {
+	e := newEnv(t)
+	c := e.client
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	// Authentication: a wrong or missing token gets nothing.
+	for _, tok := range []string{"wrong-token-0123456789", token + "x"} {
+		_, err := e.newClient(t, tok).ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{}))
+		wantErr(t, "list with a wrong token", err, agentclient.ErrUnauthenticated)
+	}
+
+	hi := must(c.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{})))(t, "host info")
+	if hi.Revision != agent.Revision || hi.Vmm != "qemu" || hi.Accel == "" || hi.Capacity.GetVcpus() != 8 ||
+		hi.Capacity.GetMemoryMb() != 2048 || hi.Used.GetVcpus() != 0 || hi.EnvdVersion == "" {
+		t.Fatalf("host info: %v", hi)
+	}
+
+	// Create.
+	id := "agt" + strings.ToLower(rand.Text()[:12])
+	create := &pb.CreateSandboxRequest{
+		SandboxId: id, Template: "minimal", Vcpus: 1, MemoryMb: 256,
+		EnvVars:     map[string]string{"GREETING": "hello"},
+		AccessToken: "envd-token-" + id,
+		Metadata:    map[string]string{"team": "t1"},
+		Timeout:     durationpb.New(time.Hour),
+	}
+	sb := must(c.CreateSandbox(ctx, connect.NewRequest(create)))(t, "create").Sandbox
+	if sb.Id != id || sb.State != pb.SandboxState_SANDBOX_STATE_RUNNING || sb.EnvdUrl == "" ||
+		sb.HostAddr == "" || sb.Metadata["team"] != "t1" || sb.Template != "minimal" || sb.Vcpus != 1 || sb.MemoryMb != 256 {
+		t.Fatalf("created: %v", sb)
+	}
+	_, err := c.CreateSandbox(ctx, connect.NewRequest(create))
+	wantErr(t, "create with a used ID", err, agentclient.ErrAlreadyExists)
+	_, err = c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "Bad-ID"}))
+	wantErr(t, "create with a bad ID", err, agentclient.ErrInvalid)
+	_, err = c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{Template: "no-such-template"}))
+	wantErr(t, "create from a missing template", err, agentclient.ErrNotFound)
+	_, err = c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{MemoryMb: 4096}))
+	wantErr(t, "create beyond capacity", err, agentclient.ErrCapacity)
+	hi = must(c.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{})))(t, "host info")
+	if hi.Used.GetVcpus() != 1 || hi.Used.GetMemoryMb() != 256 || hi.RunningSandboxes != 1 {
+		t.Fatalf("host info with a sandbox: %v", hi)
+	}
+
+	// Exec: output, exit code, environment.
+	r, err := run(ctx, c, &pb.ExecRequest{SandboxId: id, Cmd: "/bin/sh",
+		Args: []string{"-c", `echo "$GREETING $E2B_SANDBOX_ID $EXTRA"; echo oops >&2; exit 3`},
+		Envs: map[string]string{"EXTRA": "x"}, Cwd: "/tmp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.pid == 0 || r.stdout != "hello "+id+" x\n" || r.stderr != "oops\n" || r.ended.ExitCode != 3 || !r.ended.Exited {
+		t.Fatalf("exec: pid %d stdout %q stderr %q end %v", r.pid, r.stdout, r.stderr, r.ended)
+	}
+	_, err = run(ctx, c, &pb.ExecRequest{SandboxId: id, Cmd: "/no/such/binary"})
+	wantErr(t, "exec of a missing binary", err, agentclient.ErrInvalid)
+	_, err = run(ctx, c, &pb.ExecRequest{SandboxId: "nosuchsandbox", Cmd: "true"})
+	wantErr(t, "exec in a missing sandbox", err, agentclient.ErrNotFound)
+
+	// Exec with stdin, fed through SendExecInput and closed.
+	st, err := c.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: id, Cmd: "/bin/sh",
+		Args: []string{"-c", "tr a-z A-Z"}, Stdin: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Receive() || st.Msg().GetStarted() == nil {
+		t.Fatalf("no start event: %v", st.Err())
+	}
+	pid := st.Msg().GetStarted().Pid
+	for _, chunk := range []string{"hello ", "stdin\n"} {
+		must(c.SendExecInput(ctx, connect.NewRequest(&pb.SendExecInputRequest{SandboxId: id, Pid: pid, Data: []byte(chunk)})))(t, "send input")
+	}
+	must(c.CloseExecInput(ctx, connect.NewRequest(&pb.CloseExecInputRequest{SandboxId: id, Pid: pid})))(t, "close input")
+	r, err = collect(st)
+	st.Close()
+	if err != nil || r.stdout != "HELLO STDIN\n" || r.ended.ExitCode != 0 {
+		t.Fatalf("stdin exec: %+v %v", r, err)
+	}
+
+	// A PTY, resized while the process runs.
+	st, err = c.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: id, Cmd: "/bin/sh",
+		Args: []string{"-c", "read x; stty size"}, Pty: &pb.PtySize{Cols: 80, Rows: 24}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Receive() || st.Msg().GetStarted() == nil {
+		t.Fatalf("no start event: %v", st.Err())
+	}
+	pid = st.Msg().GetStarted().Pid
+	must(c.ResizeExec(ctx, connect.NewRequest(&pb.ResizeExecRequest{SandboxId: id, Pid: pid, Size: &pb.PtySize{Cols: 100, Rows: 30}})))(t, "resize")
+	must(c.SendExecInput(ctx, connect.NewRequest(&pb.SendExecInputRequest{SandboxId: id, Pid: pid, Data: []byte("go\n"), Pty: true})))(t, "pty input")
+	r, err = collect(st)
+	st.Close()
+	if err != nil || !strings.Contains(r.pty, "30 100") || r.ended.ExitCode != 0 {
+		t.Fatalf("pty exec: %+v %v", r, err)
+	}
+
+	// A signal ends a process; a timeout kills one.
+	st, err = c.Exec(ctx, connect.NewRequest(&pb.ExecRequest{SandboxId: id, Cmd: "sleep", Args: []string{"600"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Receive() || st.Msg().GetStarted() == nil {
+		t.Fatalf("no start event: %v", st.Err())
+	}
+	must(c.SignalExec(ctx, connect.NewRequest(&pb.SignalExecRequest{SandboxId: id, Pid: st.Msg().GetStarted().Pid, Signal: pb.Signal_SIGNAL_SIGKILL})))(t, "signal")
+	r, err = collect(st)
+	st.Close()
+	if err != nil || r.ended.Exited {
+		t.Fatalf("killed exec: %+v %v", r, err)
+	}
+	_, err = c.SignalExec(ctx, connect.NewRequest(&pb.SignalExecRequest{SandboxId: id, Pid: 999999, Signal: pb.Signal_SIGNAL_SIGTERM}))
+	wantErr(t, "signal to a missing process", err, agentclient.ErrNotFound)
+	started := time.Now()
+	r, err = run(ctx, c, &pb.ExecRequest{SandboxId: id, Cmd: "sleep", Args: []string{"600"}, Timeout: durationpb.New(2 * time.Second)})
+	if err != nil || !r.ended.TimedOut || time.Since(started) > time.Minute {
+		t.Fatalf("exec with a timeout: %+v %v after %v", r, err, time.Since(started))
+	}
+
+	// Files: a multi-chunk upload, read back in chunks.
+	data := make([]byte, 3<<20+12345)
+	_, _ = rand.Read(data)
+	wres, err := writeFile(ctx, c, id, "/root/dir/blob.bin", data, 1<<20)
+	if err != nil || wres.BytesWritten != uint64(len(data)) || wres.Path != "/root/dir/blob.bin" {
+		t.Fatalf("write: %v %v", wres, err)
+	}
+	got, msgs, err := readFile(ctx, c, id, "/root/dir/blob.bin")
+	if err != nil || !bytes.Equal(got, data) || msgs < 2 {
+		t.Fatalf("read: %d bytes in %d messages (want %d), %v", len(got), msgs, len(data), err)
+	}
+	if sum := shell(t, ctx, c, id, "wc -c < /root/dir/blob.bin"); sum != fmt.Sprint(len(data)) {
+		t.Fatalf("size in the guest: %s", sum)
+	}
+	if _, err := writeFile(ctx, c, id, "/root/empty", nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := readFile(ctx, c, id, "/root/empty"); err != nil || len(got) != 0 {
+		t.Fatalf("empty file: %q %v", got, err)
+	}
+	_, _, err = readFile(ctx, c, id, "/root/missing")
+	wantErr(t, "read of a missing file", err, agentclient.ErrNotFound)
+	_, _, err = readFile(ctx, c, id, "/root/dir")
+	wantErr(t, "read of a directory", err, agentclient.ErrInvalid)
+
+	// Ping and timeout.
+	must(c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: id})))(t, "ping")
+	must(c.SetSandboxTimeout(ctx, connect.NewRequest(&pb.SetSandboxTimeoutRequest{SandboxId: id, Timeout: durationpb.New(30 * time.Minute)})))(t, "set timeout")
+	_, err = c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: "nosuchsandbox"}))
+	wantErr(t, "ping of a missing sandbox", err, agentclient.ErrNotFound)
+
+	// Pause: the machine stops; exec and a second pause are refused.
+	shell(t, ctx, c, id, "echo before-pause > /root/state.txt")
+	sb = must(c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id})))(t, "pause").Sandbox
+	if sb.State != pb.SandboxState_SANDBOX_STATE_PAUSED || sb.EnvdUrl != "" {
+		t.Fatalf("paused: %v", sb)
+	}
+	_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
+	wantErr(t, "pause of a paused sandbox", err, agentclient.ErrConflict)
+	_, err = run(ctx, c, &pb.ExecRequest{SandboxId: id, Cmd: "true"})
+	wantErr(t, "exec in a paused sandbox", err, agentclient.ErrConflict)
+	_, err = writeFile(ctx, c, id, "/root/x", []byte("x"), 1)
+	wantErr(t, "write in a paused sandbox", err, agentclient.ErrConflict)
+	list := must(c.ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{})))(t, "list").Sandboxes
+	if len(list) != 1 || list[0].Id != id || list[0].State != pb.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Fatalf("list: %v", list)
+	}
+	hi = must(c.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{})))(t, "host info")
+	if hi.Used.GetVcpus() != 0 || hi.PausedSandboxes != 1 || hi.Used.GetDiskMb() == 0 {
+		t.Fatalf("host info with a paused sandbox: %v", hi)
+	}
+
+	// Resume: memory and files as they were.
+	sb = must(c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: id, Timeout: durationpb.New(time.Hour)})))(t, "resume").Sandbox
+	if sb.State != pb.SandboxState_SANDBOX_STATE_RUNNING || sb.EnvdUrl == "" {
+		t.Fatalf("resumed: %v", sb)
+	}
+	_, err = c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: id}))
+	wantErr(t, "resume of a running sandbox", err, agentclient.ErrConflict)
+	if got := shell(t, ctx, c, id, "cat /root/state.txt"); got != "before-pause" {
+		t.Fatalf("after resume: %q", got)
+	}
+	if got, _, err := readFile(ctx, c, id, "/root/dir/blob.bin"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("blob after resume: %d bytes, %v", len(got), err)
+	}
+
+	// Snapshot template, and a sandbox from it that sees the state.
+	shell(t, ctx, c, id, "echo in-template > /root/tpl.txt")
+	tpl := must(c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: id, Name: "agent-test-tpl"})))(t, "snapshot").Template
+	if tpl.Name != "agent-test-tpl" || tpl.Kind != pb.TemplateKind_TEMPLATE_KIND_SNAPSHOT || tpl.FromSandbox != id ||
+		tpl.Vcpus != 1 || tpl.MemoryMb != 256 || tpl.DiskSizeBytes == 0 || tpl.StoredBytes == 0 || tpl.Builtin {
+		t.Fatalf("template: %v", tpl)
+	}
+	_, err = c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: id, Name: "../etc"}))
+	wantErr(t, "snapshot with a bad name", err, agentclient.ErrInvalid)
+	tpls := must(c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{})))(t, "templates").Templates
+	var names []string
+	for _, tp := range tpls {
+		names = append(names, fmt.Sprintf("%s/%v/%v", tp.Name, tp.Kind, tp.Builtin))
+	}
+	if strings.Join(names, " ") != "agent-test-tpl/TEMPLATE_KIND_SNAPSHOT/false minimal/TEMPLATE_KIND_IMAGE/true" {
+		t.Fatalf("templates: %v", names)
+	}
+	clone := must(c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{
+		Template: "agent-test-tpl", AccessToken: "clone-token",
+	})))(t, "create from the template").Sandbox
+	if clone.Id == "" || clone.Id == id || clone.Template != "agent-test-tpl" || clone.State != pb.SandboxState_SANDBOX_STATE_RUNNING {
+		t.Fatalf("clone: %v", clone)
+	}
+	if got := shell(t, ctx, c, clone.Id, "cat /root/tpl.txt /root/state.txt"); got != "in-template\nbefore-pause" {
+		t.Fatalf("clone sees %q", got)
+	}
+	shell(t, ctx, c, clone.Id, "echo clone > /root/tpl.txt")
+	if got := shell(t, ctx, c, id, "cat /root/tpl.txt"); got != "in-template" {
+		t.Fatalf("the source sees the clone's write: %q", got)
+	}
+
+	// Built-in images are not deletable; a template is, once.
+	_, err = c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: "minimal"}))
+	wantErr(t, "delete of a built-in image", err, agentclient.ErrConflict)
+	must(c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: "agent-test-tpl"})))(t, "delete template")
+	_, err = c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: "agent-test-tpl"}))
+	wantErr(t, "second delete of a template", err, agentclient.ErrNotFound)
+	if got := shell(t, ctx, c, clone.Id, "cat /root/tpl.txt"); got != "clone" {
+		t.Fatalf("the clone after its template was deleted: %q", got)
+	}
+
+	// Destroy is idempotent.
+	for _, sid := range []string{clone.Id, id, id, "neverexisted"} {
+		must(c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: sid})))(t, "destroy "+sid)
+	}
+	_, err = c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: id}))
+	wantErr(t, "get of a destroyed sandbox", err, agentclient.ErrNotFound)
+	if list := must(c.ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{})))(t, "list").Sandboxes; len(list) != 0 {
+		t.Fatalf("left after destroy: %v", list)
+	}
+	assertNoVMM(t, e.runDir, e.dataDir)
+	if strings.Contains(e.logs.String(), "envd-token-") {
+		t.Fatal("an access token was logged")
+	}
+}
