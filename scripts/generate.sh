@@ -17,3 +17,10 @@ protoc -I proto -I /usr/include \
   --connect-go_out=gen --connect-go_opt=module=github.com/capsulehq/capsule/gen \
   $(cd proto && find . -name "*.proto" | sed "s,^\./,proto/," | sort)
 gofmt -l gen
+
+# sqlc: db/queries over the schema in db/migrations -> internal/store/db
+# (sqlc.yaml). Pinned; built once into Go's cache (it needs cgo: gcc).
+SQLC_VERSION=v1.31.1
+rm -rf internal/store/db
+go run "github.com/sqlc-dev/sqlc/cmd/sqlc@$SQLC_VERSION" generate
+gofmt -l internal/store/db

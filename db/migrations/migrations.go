@@ -19,6 +19,31 @@ import (
 	"github.com/pressly/goose/v3/lock"
 )
 
+// advisoryLock is a session-level advisory lock that a waiter blocks on
+// (goose's own polls every 5 s): the second of two control planes starting
+// together proceeds as soon as the first has migrated. ctx bounds the wait.
+type advisoryLock struct{ id int64 }
+
+var _ lock.SessionLocker = advisoryLock{}
+
+func (l advisoryLock) SessionLock(ctx context.Context, conn *sql.Conn) error {
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", l.id); err != nil {
+		return fmt.Errorf("migrations: take advisory lock: %w", err)
+	}
+	return nil
+}
+
+func (l advisoryLock) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
+	var ok bool
+	if err := conn.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", l.id).Scan(&ok); err != nil {
+		return fmt.Errorf("migrations: release advisory lock: %w", err)
+	}
+	if !ok {
+		return errors.New("migrations: the advisory lock was not held")
+	}
+	return nil
+}
+
 // FS holds the migration files.
 //
 //go:embed *.sql
@@ -68,12 +93,8 @@ func Version(ctx context.Context, db *sql.DB) (current, latest int64, err error)
 }
 
 func provider(db *sql.DB, log *slog.Logger) (*goose.Provider, error) {
-	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(LockID))
-	if err != nil {
-		return nil, fmt.Errorf("migrations: %w", err)
-	}
 	opts := []goose.ProviderOption{
-		goose.WithSessionLocker(locker),
+		goose.WithSessionLocker(advisoryLock{LockID}),
 		goose.WithDisableGlobalRegistry(true),
 	}
 	if log != nil {

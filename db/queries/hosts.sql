@@ -1,6 +1,7 @@
 -- name: RegisterHost :one
 -- An agent announcing itself (on every start): creates the host or updates
--- the one of that name, and marks it online.
+-- the one of that name, and marks it online (a draining host stays
+-- draining). A name taken by another team's host: no row (store.ErrNotFound).
 INSERT INTO hosts (team_id, name, address, status, version, arch, total_vcpus, total_memory_mb,
                    total_disk_mb, labels, last_heartbeat_at)
 VALUES (@team_id, @name, @address, 'online', @version, @arch, @total_vcpus, @total_memory_mb,

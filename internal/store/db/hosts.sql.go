@@ -193,7 +193,8 @@ type RegisterHostParams struct {
 }
 
 // An agent announcing itself (on every start): creates the host or updates
-// the one of that name, and marks it online.
+// the one of that name, and marks it online (a draining host stays
+// draining). A name taken by another team's host: no row (store.ErrNotFound).
 func (q *Queries) RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error) {
 	row := q.db.QueryRow(ctx, registerHost,
 		arg.TeamID,

@@ -118,7 +118,7 @@ type Team struct {
 	ID                    pgtype.UUID        `json:"id"`
 	Name                  string             `json:"name"`
 	Slug                  string             `json:"slug"`
-	IsByoc                bool               `json:"is_byoc"`
+	IsBYOC                bool               `json:"is_byoc"`
 	MaxRunningSandboxes   pgtype.Int4        `json:"max_running_sandboxes"`
 	MaxVCPUsPerSandbox    pgtype.Int4        `json:"max_vcpus_per_sandbox"`
 	MaxMemoryMBPerSandbox pgtype.Int4        `json:"max_memory_mb_per_sandbox"`

@@ -92,7 +92,8 @@ type Querier interface {
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
 	// An agent announcing itself (on every start): creates the host or updates
-	// the one of that name, and marks it online.
+	// the one of that name, and marks it online (a draining host stays
+	// draining). A name taken by another team's host: no row (store.ErrNotFound).
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)

@@ -32,7 +32,7 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -69,7 +69,7 @@ func (q *Queries) GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID)
 		&i.Team.ID,
 		&i.Team.Name,
 		&i.Team.Slug,
-		&i.Team.IsByoc,
+		&i.Team.IsBYOC,
 		&i.Team.MaxRunningSandboxes,
 		&i.Team.MaxVCPUsPerSandbox,
 		&i.Team.MaxMemoryMBPerSandbox,
@@ -95,7 +95,7 @@ func (q *Queries) GetTeam(ctx context.Context, id pgtype.UUID) (Team, error) {
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -119,7 +119,7 @@ func (q *Queries) GetTeamBySlug(ctx context.Context, slug string) (Team, error) 
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -160,7 +160,7 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]L
 			&i.Team.ID,
 			&i.Team.Name,
 			&i.Team.Slug,
-			&i.Team.IsByoc,
+			&i.Team.IsBYOC,
 			&i.Team.MaxRunningSandboxes,
 			&i.Team.MaxVCPUsPerSandbox,
 			&i.Team.MaxMemoryMBPerSandbox,
@@ -195,7 +195,7 @@ func (q *Queries) LockTeam(ctx context.Context, id pgtype.UUID) (Team, error) {
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -224,7 +224,7 @@ func (q *Queries) RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, e
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -242,18 +242,18 @@ UPDATE teams SET is_byoc = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING id,
 `
 
 type SetTeamBYOCParams struct {
-	IsByoc bool        `json:"is_byoc"`
+	IsBYOC bool        `json:"is_byoc"`
 	ID     pgtype.UUID `json:"id"`
 }
 
 func (q *Queries) SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team, error) {
-	row := q.db.QueryRow(ctx, setTeamBYOC, arg.IsByoc, arg.ID)
+	row := q.db.QueryRow(ctx, setTeamBYOC, arg.IsBYOC, arg.ID)
 	var i Team
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -301,7 +301,7 @@ func (q *Queries) SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (T
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
@@ -328,7 +328,7 @@ func (q *Queries) SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, err
 		&i.ID,
 		&i.Name,
 		&i.Slug,
-		&i.IsByoc,
+		&i.IsBYOC,
 		&i.MaxRunningSandboxes,
 		&i.MaxVCPUsPerSandbox,
 		&i.MaxMemoryMBPerSandbox,
