@@ -20,6 +20,7 @@ import (
 const usage = `usage: capsule <command> [flags]
 
 commands:
+  agent         run the host agent: this machine's sandboxes over hostagent.v1 (root; capsule agent -h)
   bench envd    measure envd on this host (prints JSON)
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   image         build, list and remove template images (capsule image help)
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string) error {
 	case "version":
 		fmt.Printf("capsule (envd protocol %s)\n", envd.Version)
 		return nil
+	case "agent":
+		return runAgent(ctx, args[1:])
 	case "bench":
 		return runBench(ctx, args[1:])
 	case "image":

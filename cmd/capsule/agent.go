@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/vmm/qemu"
+)
+
+const agentUsage = `usage: capsule agent [flags]
+
+Runs the host agent: the sandboxes of this machine, served to the control
+plane over Connect RPC (hostagent.v1, HTTP/1.1 and cleartext HTTP/2) with a
+bearer token. Needs root. Every flag can also be set by the environment
+variable in brackets.
+
+flags:
+`
+
+// agentEnv maps the agent's flags to environment variables.
+var agentEnv = map[string]string{
+	"data-dir":      "CAPSULE_DATA_DIR",
+	"run-dir":       "CAPSULE_RUN_DIR",
+	"listen":        "CAPSULE_AGENT_LISTEN",
+	"token-file":    "CAPSULE_AGENT_TOKEN_FILE",
+	"envd":          "CAPSULE_ENVD",
+	"base":          "CAPSULE_AGENT_BASE",
+	"max-vcpus":     "CAPSULE_AGENT_MAX_VCPUS",
+	"max-memory-mb": "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"max-disk-mb":   "CAPSULE_AGENT_MAX_DISK_MB",
+	"net-name":      "CAPSULE_AGENT_NET_NAME",
+	"net-host-cidr": "CAPSULE_AGENT_NET_HOST_CIDR",
+	"net-link-cidr": "CAPSULE_AGENT_NET_LINK_CIDR",
+	"net-max-slots": "CAPSULE_AGENT_NET_MAX_SLOTS",
+	"v":             "CAPSULE_AGENT_VERBOSE",
+}
+
+// agentOptions are the agent's settings.
+type agentOptions struct {
+	dataDir, runDir string
+	listen          string
+	tokenFile       string
+	envdBin         string
+	base            bool
+	capacity        sandbox.Capacity
+	netName         string
+	netHostCIDR     string
+	netLinkCIDR     string
+	netMaxSlots     int
+	verbose         bool
+}
+
+// parseAgentFlags reads flags, then the environment for flags left unset.
+func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, error) {
+	o := &agentOptions{}
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), agentUsage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory: images, templates, sandboxes [CAPSULE_DATA_DIR]")
+	fs.StringVar(&o.runDir, "run-dir", "/run/capsule", "runtime directory of the VMMs [CAPSULE_RUN_DIR]")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "address to serve on (cleartext: keep it on a private network) [CAPSULE_AGENT_LISTEN]")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token; created (mode 0600) with a random token if absent (default DATA-DIR/agent.token) [CAPSULE_AGENT_TOKEN_FILE]")
+	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
+	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
+	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
+	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
+	fs.IntVar(&o.capacity.DiskMB, "max-disk-mb", 0, "sandbox disk space in MiB (default unlimited) [CAPSULE_AGENT_MAX_DISK_MB]")
+	fs.StringVar(&o.netName, "net-name", "", "name of the network slot pool (default capsule) [CAPSULE_AGENT_NET_NAME]")
+	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
+	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
+	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
+	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_AGENT_VERBOSE]")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("agent: unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, env := range agentEnv {
+		if v := getenv(env); v != "" && !set[name] {
+			if err := fs.Set(name, v); err != nil {
+				return nil, fmt.Errorf("agent: %s=%q: %w", env, v, err)
+			}
+		}
+	}
+	if o.tokenFile == "" {
+		o.tokenFile = filepath.Join(o.dataDir, "agent.token")
+	}
+	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.capacity.DiskMB < 0 {
+		return nil, errors.New("agent: capacities must not be negative")
+	}
+	if o.capacity.VCPUs == 0 {
+		o.capacity.VCPUs = 4 * runtime.NumCPU()
+	}
+	if o.capacity.MemoryMB == 0 {
+		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
+	}
+	return o, nil
+}
+
+// runAgent is `capsule agent`.
+func runAgent(ctx context.Context, args []string) error {
+	o, err := parseAgentFlags(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if os.Geteuid() != 0 {
+		return errors.New("agent: needs root (network namespaces, TAP devices, nftables)")
+	}
+	if err := warnIfPublic(o.listen, log); err != nil {
+		return err
+	}
+	token, created, err := loadOrCreateToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.InfoContext(ctx, "generated the agent's bearer token", "file", o.tokenFile)
+	}
+
+	// Images: minimal always (tests, probes), base unless disabled. Both
+	// are rebuilt only when their inputs change.
+	images, err := image.Open(o.dataDir, log)
+	if err != nil {
+		return err
+	}
+	minimal, err := images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: o.envdBin})
+	if err != nil {
+		return fmt.Errorf("agent: minimal image: %w", err)
+	}
+	if o.base {
+		if _, err := images.Build(ctx, image.BuildOptions{Template: "base", EnvdBin: o.envdBin}); err != nil {
+			return fmt.Errorf("agent: base image (start with --base=false to go without it): %w", err)
+		}
+	}
+
+	driver, err := qemu.New(ctx, qemu.Options{ProbeKernel: minimal.Kernel, Logger: log})
+	if err != nil {
+		return fmt.Errorf("agent: qemu: %w", err)
+	}
+	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
+	if o.netHostCIDR != "" {
+		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
+			return fmt.Errorf("agent: --net-host-cidr: %w", err)
+		}
+	}
+	if o.netLinkCIDR != "" {
+		if netCfg.LinkCIDR, err = netip.ParsePrefix(o.netLinkCIDR); err != nil {
+			return fmt.Errorf("agent: --net-link-cidr: %w", err)
+		}
+	}
+	if o.netName != "" {
+		// A second pool on the host needs its own interface names too.
+		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
+	}
+	slots, err := netslot.NewPool(ctx, netCfg)
+	if err != nil {
+		return fmt.Errorf("agent: network slots: %w", err)
+	}
+	mgr, err := sandbox.New(ctx, sandbox.Config{
+		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
+		Capacity: o.capacity, Log: log,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	// Machines outlive the agent: the next agent on this data directory
+	// recovers what it can. Their network slots stay with them; with no
+	// machine running the pool is closed, leaving the host clean.
+	defer func() {
+		mgr.Close()
+		for _, in := range mgr.List() {
+			if in.State != sandbox.StatePaused {
+				log.Info("leaving running sandboxes and their network to the next agent", "sandboxes", len(mgr.List()))
+				return
+			}
+		}
+		if err := slots.Close(context.Background()); err != nil {
+			log.Error("close the network slot pool", "err", err)
+		}
+	}()
+
+	a, err := agent.New(agent.Config{
+		Manager: mgr, Token: token, Images: images, Driver: driver, Capacity: o.capacity, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	srv := agent.NewServer(o.listen, a, log)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.InfoContext(ctx, "agent listening", "url", "http://"+ln.Addr().String(), "token_file", o.tokenFile,
+		"accel", driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
+		"max_disk_mb", o.capacity.DiskMB)
+	fmt.Printf("capsule agent: listening on http://%s\n", ln.Addr())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("agent: serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("agent stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		// Streams still open (an exec that runs on): cut them.
+		log.Warn("closing the calls still in progress", "err", err)
+		_ = srv.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("serve", "err", err)
+	}
+	return nil
+}
+
+// warnIfPublic logs a warning when the agent listens beyond loopback: it
+// serves cleartext, so the network in between must be private.
+func warnIfPublic(addr string, log *slog.Logger) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("agent: --listen %q: %w", addr, err)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() || host == "localhost" {
+		return nil
+	}
+	log.Warn("the agent serves cleartext HTTP beyond loopback: keep that network private or firewalled", "listen", addr)
+	return nil
+}
+
+// loadOrCreateToken reads the bearer token from path, or creates path with
+// a random token (mode 0600) if it does not exist. A token file that other
+// users can read is refused.
+func loadOrCreateToken(path string) (token string, created bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return createToken(path)
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", false, fmt.Errorf("agent token: %s is accessible to other users (mode %04o): chmod 600 it", path, fi.Mode().Perm())
+	}
+	token = strings.TrimSpace(string(b))
+	if len(token) < agent.MinTokenLength {
+		return "", false, fmt.Errorf("agent token: %s holds fewer than %d characters", path, agent.MinTokenLength)
+	}
+	return token, false, nil
+}
+
+func createToken(path string) (string, bool, error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	token := base64.RawURLEncoding.EncodeToString(raw)
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	// Written aside, then linked into place: the file appears complete or
+	// not at all, and of two agents starting at once one token wins.
+	f, err := os.CreateTemp(dir, ".agent-token-*")
+	if err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(token + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	if err := os.Link(f.Name(), path); errors.Is(err, fs.ErrExist) {
+		return loadOrCreateToken(path)
+	} else if err != nil {
+		return "", false, fmt.Errorf("agent token: %w", err)
+	}
+	return token, true, nil
+}
+
+// hostMemoryMB is the host's RAM in MiB.
+func hostMemoryMB() int {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
+}
