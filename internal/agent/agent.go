@@ -138,16 +138,33 @@ func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
+// binaryVersion is the VCS revision the binary was built from (with
+// "-dirty" for a modified tree), else its module version, else "dev".
 func binaryVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				return s.Value[:12]
-			}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
 		}
-		if bi.Main.Version != "" {
-			return bi.Main.Version
+	}
+	switch {
+	case rev != "":
+		if len(rev) > 12 {
+			rev = rev[:12]
 		}
+		if dirty {
+			rev += "-dirty"
+		}
+		return rev
+	case bi.Main.Version != "" && bi.Main.Version != "(devel)":
+		return bi.Main.Version
 	}
 	return "dev"
 }
