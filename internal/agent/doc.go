@@ -4,10 +4,11 @@
 // templates, processes and files through one authenticated contract, on a
 // single node as on many.
 //
-// New returns an http.Handler. Streaming RPCs want HTTP/2; the agent speaks
-// it in cleartext (h2c, prior knowledge) on the host network: serve the
-// handler with NewServer, or with an http.Server whose Protocols are
-// Protocols(). HTTP/1.1 serves every RPC except client streams.
+// New returns an http.Handler. The control plane speaks HTTP/2 to it in
+// cleartext (h2c, prior knowledge) on the host network, so that many
+// streams share a connection: serve the handler with NewServer, or with an
+// http.Server whose Protocols are Protocols(). HTTP/1.1 still serves every
+// RPC (there are no bidirectional streams), for curl and scripts.
 //
 // Every RPC needs "Authorization: Bearer <token>". A Verifier decides
 // whether a token may call; StaticToken, a shared secret compared in
