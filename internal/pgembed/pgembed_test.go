@@ -86,6 +86,12 @@ func queryString(t *testing.T, c *pgx.Conn, q string, args ...any) string {
 func TestStartRestartAndClose(t *testing.T) {
 	requireBinaries(t)
 	dir := dataDir(t)
+	// Debris of an initdb that was interrupted: redone.
+	for _, d := range []string{"postgres/data.initdb/base", "postgres/data/global"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := start(t, testConfig(dir))
 
 	c := connect(t, s.DSN())
@@ -280,6 +286,44 @@ func TestParentDeath(t *testing.T) {
 	// It shut down cleanly (fast shutdown removes the lock file).
 	if _, err := os.Stat(filepath.Join(pgdata, "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("postmaster.pid after the parent's death: %v", err)
+	}
+}
+
+// A cluster of a version whose binaries are missing is not touched.
+func TestClusterVersionMismatch(t *testing.T) {
+	requireBinaries(t)
+	dir := dataDir(t)
+	pgdata := filepath.Join(dir, "postgres", "data")
+	if err := os.MkdirAll(pgdata, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pgdata, "PG_VERSION"), []byte("9.6\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Start(context.Background(), testConfig(dir))
+	if err == nil || !strings.Contains(err.Error(), "PostgreSQL 9.6") {
+		t.Fatalf("err = %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(pgdata, "PG_VERSION")); string(b) != "9.6\n" {
+		t.Error("the cluster was changed")
+	}
+}
+
+// As root, postgres runs as another user, which must be able to reach the
+// data directory: Start says which directory is in the way.
+func TestUnreachableDataDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		return // postgres runs as the current user: nothing can be in the way
+	}
+	requireBinaries(t)
+	d := dataDir(t)
+	private := filepath.Join(d, "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Start(context.Background(), testConfig(filepath.Join(private, "capsule")))
+	if err == nil || !strings.Contains(err.Error(), "chmod o+x "+private) {
+		t.Fatalf("err = %v", err)
 	}
 }
 
