@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -139,6 +140,7 @@ func newEnv(t *testing.T) *env {
 			t.Errorf("close pool: %v", err)
 		}
 		assertNoVMM(t, e.runDir, e.dataDir)
+		assertNoSlots(t, "cat-", "catv")
 		if t.Failed() {
 			t.Logf("agent log:\n%s", e.logs.String())
 		}
@@ -165,6 +167,28 @@ func assertNoVMM(t *testing.T, dirs ...string) {
 			if strings.Contains(line, d) {
 				t.Errorf("VMM left running: %.300s", line)
 			}
+		}
+	}
+}
+
+// assertNoSlots fails if a network namespace or host interface of the
+// test pool is left.
+func assertNoSlots(t *testing.T, netnsPrefix, vethPrefix string) {
+	t.Helper()
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), netnsPrefix) {
+				t.Errorf("network namespace left: %s", e.Name())
+			}
+		}
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ifaces {
+		if strings.HasPrefix(i.Name, vethPrefix) {
+			t.Errorf("interface left: %s", i.Name)
 		}
 	}
 }
