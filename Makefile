@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w 
 GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.sum
 
-.PHONY: deps build run test lint gotest sdktest bench generate clean
+.PHONY: deps build run test lint gotest sdktest bench generate check-generated clean
 
 deps:
 	@scripts/deps.sh
@@ -50,6 +50,10 @@ bench: build
 
 generate:
 	@scripts/generate.sh
+
+# Fails when the committed generated code is not what `make generate` makes.
+check-generated:
+	@scripts/check-generated.sh
 
 clean:
 	rm -rf $(BIN) .cache
