@@ -26,6 +26,12 @@ if [ ! -f "$stamp" ]; then
     [ "$(id -u)" = 0 ] || die "missing Debian packages (${missing[*]}); run as root"
     echo "deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Capsule runs its own PostgreSQL (internal/pgembed): the Debian package
+    # must not create and start a system-wide cluster on port 5432.
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
