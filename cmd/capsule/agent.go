@@ -192,10 +192,16 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	// Machines outlive the agent: the next agent on this data directory
-	// recovers what it can. Their network slots stay with them; with no
-	// machine running the pool is closed, leaving the host clean.
+	// A graceful stop pauses every sandbox first, so the next agent on this
+	// data directory resumes them without loss. Sandboxes that could not be
+	// paused keep running with their network slots; with none left the
+	// pool is closed, leaving the host clean.
 	defer func() {
+		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if err := mgr.PauseAll(pctx); err != nil {
+			log.Error("pause sandboxes before stopping", "err", err)
+		}
+		cancel()
 		mgr.Close()
 		for _, in := range mgr.List() {
 			if in.State != sandbox.StatePaused {

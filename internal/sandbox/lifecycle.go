@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/vmm"
@@ -220,4 +221,34 @@ func (m *Manager) idle() []string {
 		b.mu.Unlock()
 	}
 	return ids
+}
+
+// PauseAll pauses every running sandbox (an agent that stops gracefully
+// leaves nothing whose memory a restart would lose). Sandboxes that fail to
+// pause are reported in the error and keep running.
+func (m *Manager) PauseAll(ctx context.Context) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 4)
+	)
+	for _, in := range m.List() {
+		if in.State != StateRunning {
+			continue
+		}
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := m.Pause(ctx, id); err != nil && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}(in.ID)
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -627,6 +627,15 @@ func TestIdleTimeoutPauses(t *testing.T) {
 	if err := e.mgr.SetTimeout(busy.ID, 0); err != nil {
 		t.Fatal(err)
 	}
+	// A graceful agent stop pauses whatever still runs.
+	if err := e.mgr.PauseAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range e.mgr.List() {
+		if in.State != sandbox.StatePaused {
+			t.Fatalf("after PauseAll %s is %s", in.ID, in.State)
+		}
+	}
 }
 
 // TestConcurrentOperationsOnOneSandbox: pause, resume and destroy racing
