@@ -15,11 +15,13 @@ import (
 
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/store"
 )
 
 const usage = `usage: capsule <command> [flags]
 
 commands:
+  migrate       apply the database schema (migrate [up|status]; DATABASE_URL or the embedded PostgreSQL)
   agent         run the host agent: this machine's sandboxes over hostagent.v1 (root; capsule agent -h)
   bench envd    measure envd on this host (prints JSON)
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
@@ -51,6 +53,8 @@ func run(ctx context.Context, args []string) error {
 		return nil
 	case "agent":
 		return runAgent(ctx, args[1:])
+	case "migrate":
+		return store.RunMigrateCommand(ctx, args[1:], os.Stdout)
 	case "bench":
 		return runBench(ctx, args[1:])
 	case "image":
