@@ -1,0 +1,283 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// Principal is who a request speaks for, established from the database:
+// a user (session JWT) acting in one of its teams, or a team's API key.
+type Principal struct {
+	// UserID is the user (invalid for an API key without a creator).
+	UserID pgtype.UUID
+	// TeamID is the team every team-scoped call acts in.
+	TeamID pgtype.UUID
+	// APIKeyID is the key used (invalid for a session).
+	APIKeyID pgtype.UUID
+	// Role is the user's role in TeamID (from the database; "" for an API
+	// key).
+	Role string
+}
+
+// Accounts: users, teams (the default one), sessions and API keys.
+type Accounts struct {
+	st       *store.Store
+	hasher   *auth.PasswordHasher
+	sessions *auth.SessionManager
+	log      *slog.Logger
+}
+
+// AccountsConfig configures NewAccounts.
+type AccountsConfig struct {
+	Store    *store.Store
+	Hasher   *auth.PasswordHasher
+	Sessions *auth.SessionManager
+	Log      *slog.Logger
+}
+
+// NewAccounts returns the accounts service.
+func NewAccounts(cfg AccountsConfig) (*Accounts, error) {
+	if cfg.Store == nil || cfg.Hasher == nil || cfg.Sessions == nil {
+		return nil, errors.New("service: accounts need a store, a password hasher and a session manager")
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Accounts{st: cfg.Store, hasher: cfg.Hasher, sessions: cfg.Sessions, log: log.With("component", "accounts")}, nil
+}
+
+// Signup is a new account's request.
+type Signup struct {
+	Email    string
+	Password string
+	Name     string
+	// IsAdmin makes the user a platform admin (bootstrap only, never from
+	// the API).
+	IsAdmin bool
+}
+
+// Account is a user with its default team and role there.
+type Account struct {
+	User db.User
+	Team db.Team
+	Role string
+}
+
+func validateEmail(email string) (string, error) {
+	email = strings.TrimSpace(email)
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Address != email || len(email) > 320 {
+		return "", errorf(ErrInvalid, "invalid e-mail address")
+	}
+	return email, nil
+}
+
+// Signup creates a user, its default team and its owner membership in one
+// transaction. A registered e-mail address is ErrConflict.
+func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
+	email, err := validateEmail(s.Email)
+	if err != nil {
+		return Account{}, err
+	}
+	if err := auth.CheckPasswordPolicy(s.Password); err != nil {
+		return Account{}, &Error{Kind: ErrInvalid, Msg: "password: " + err.Error()}
+	}
+	name := strings.TrimSpace(s.Name)
+	if len(name) > 128 {
+		return Account{}, errorf(ErrInvalid, "name: at most 128 characters")
+	}
+	hash, err := a.hasher.Hash(ctx, s.Password)
+	if err != nil {
+		return Account{}, fmt.Errorf("signup: hash password: %w", err)
+	}
+	teamName := name
+	if teamName == "" {
+		teamName = email[:strings.IndexByte(email, '@')]
+	}
+	teamName += "'s team"
+	if len(teamName) > 128 {
+		teamName = teamName[:128]
+	}
+	var acc Account
+	err = a.st.Tx(ctx, func(q *db.Queries) error {
+		u, err := q.CreateUser(ctx, db.CreateUserParams{
+			Email: email, Name: name, PasswordHash: pgtype.Text{String: hash, Valid: true}, IsAdmin: s.IsAdmin,
+		})
+		if err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return &Error{Kind: ErrConflict, Msg: "this e-mail address is already registered", Err: err}
+			}
+			return fmt.Errorf("create user: %w", err)
+		}
+		t, err := q.CreateTeam(ctx, db.CreateTeamParams{Name: teamName})
+		if err != nil {
+			return fmt.Errorf("create team: %w", err)
+		}
+		if _, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: u.ID, TeamID: t.ID, Role: "owner"}); err != nil {
+			return fmt.Errorf("add owner: %w", err)
+		}
+		if err := q.SetUserDefaultTeam(ctx, db.SetUserDefaultTeamParams{TeamID: t.ID, ID: u.ID}); err != nil {
+			return fmt.Errorf("default team: %w", err)
+		}
+		u.DefaultTeamID = t.ID
+		acc = Account{User: u, Team: t, Role: "owner"}
+		return nil
+	})
+	if err != nil {
+		return Account{}, err
+	}
+	a.log.InfoContext(ctx, "signup", "user", wireid.Format(wireid.User, acc.User.ID), "team", wireid.Format(wireid.Team, acc.Team.ID))
+	return acc, nil
+}
+
+// Session is a logged-in user's token.
+type Session struct {
+	Token     string
+	ExpiresAt time.Time
+	Account   Account
+}
+
+var errBadLogin = errorf(ErrUnauthorized, "wrong e-mail address or password")
+
+// Login checks the password (argon2id; the same work is done for an
+// unknown address) and issues a session JWT for the user's default team.
+func (a *Accounts) Login(ctx context.Context, email, password string) (Session, error) {
+	u, err := a.st.Queries().GetUserByEmail(ctx, strings.TrimSpace(email))
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !u.PasswordHash.Valid) {
+		if _, derr := a.hasher.VerifyDummy(ctx, password); derr != nil {
+			return Session{}, fmt.Errorf("login: %w", derr)
+		}
+		return Session{}, errBadLogin
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("login: %w", err)
+	}
+	ok, rehash, err := a.hasher.Verify(ctx, password, u.PasswordHash.String)
+	if err != nil {
+		return Session{}, fmt.Errorf("login: verify: %w", err)
+	}
+	if !ok {
+		return Session{}, errBadLogin
+	}
+	if rehash {
+		if h, err := a.hasher.Hash(ctx, password); err == nil {
+			if err := a.st.Queries().SetUserPassword(ctx, db.SetUserPasswordParams{PasswordHash: pgtype.Text{String: h, Valid: true}, ID: u.ID}); err != nil {
+				a.log.WarnContext(ctx, "rehash password", "err", err)
+			}
+		}
+	}
+	acc := Account{User: u}
+	su := auth.SessionUser{UserID: wireid.Format(wireid.User, u.ID), Name: u.Name, Email: u.Email, IsAdmin: u.IsAdmin}
+	if row, err := a.st.Queries().GetDefaultTeamForUser(ctx, u.ID); err == nil {
+		acc.Team, acc.Role = row.Team, row.Role
+		su.TeamID, su.Role = wireid.Format(wireid.Team, row.Team.ID), row.Role
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return Session{}, fmt.Errorf("login: default team: %w", err)
+	}
+	token, claims, err := a.sessions.Issue(su)
+	if err != nil {
+		return Session{}, fmt.Errorf("login: issue token: %w", err)
+	}
+	return Session{Token: token, ExpiresAt: claims.ExpiresAt, Account: acc}, nil
+}
+
+// AuthenticateJWT verifies a session token and checks in the database that
+// the user is still a member of the token's team (the token's role is only
+// a hint; the principal's role comes from the database).
+func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal, error) {
+	claims, err := a.sessions.Verify(token)
+	if err != nil {
+		return Principal{}, &Error{Kind: ErrUnauthorized, Msg: "invalid or expired session token", Err: err}
+	}
+	uid, err := wireid.Parse(wireid.User, claims.UserID)
+	if err != nil {
+		return Principal{}, errorf(ErrUnauthorized, "invalid session token")
+	}
+	tid, err := wireid.Parse(wireid.Team, claims.TeamID)
+	if err != nil {
+		return Principal{}, errorf(ErrForbidden, "the session has no team")
+	}
+	m, err := a.st.Queries().GetMembership(ctx, db.GetMembershipParams{UserID: uid, TeamID: tid})
+	if errors.Is(err, store.ErrNotFound) {
+		return Principal{}, errorf(ErrUnauthorized, "the session's team is no longer yours")
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("authenticate session: %w", err)
+	}
+	return Principal{UserID: uid, TeamID: tid, Role: m.Role}, nil
+}
+
+// AuthenticateAPIKey finds the live key of a live team and records its use
+// (at most once a minute).
+func (a *Accounts) AuthenticateAPIKey(ctx context.Context, key string) (Principal, error) {
+	if err := auth.ValidateAPIKey(key); err != nil {
+		return Principal{}, errorf(ErrUnauthorized, "invalid API key")
+	}
+	k, err := a.st.Queries().AuthenticateAPIKey(ctx, auth.HashAPIKey(key))
+	if errors.Is(err, store.ErrNotFound) {
+		return Principal{}, errorf(ErrUnauthorized, "invalid API key")
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("authenticate API key: %w", err)
+	}
+	return Principal{UserID: k.CreatedBy, TeamID: k.TeamID, APIKeyID: k.ID}, nil
+}
+
+// NewAPIKey is a created key: Plaintext is shown once and never stored.
+type NewAPIKey struct {
+	Key       db.TeamAPIKey
+	Plaintext string
+}
+
+// CreateAPIKey creates a named key of p's team (the name is unique among
+// the team's live keys: ErrConflict).
+func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (NewAPIKey, error) {
+	name = strings.TrimSpace(name)
+	if name == "" || len(name) > 128 {
+		return NewAPIKey{}, errorf(ErrInvalid, "name: 1 to 128 characters")
+	}
+	gen := auth.GenerateAPIKey()
+	k, err := a.st.Queries().CreateAPIKey(ctx, db.CreateAPIKeyParams{
+		TeamID: p.TeamID, Name: name, Prefix: gen.DisplayPrefix, KeyHash: gen.Hash, CreatedBy: p.UserID,
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return NewAPIKey{}, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("an API key named %q exists already", name), Err: err}
+	}
+	if err != nil {
+		return NewAPIKey{}, fmt.Errorf("create API key: %w", err)
+	}
+	a.log.InfoContext(ctx, "API key created", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, k.ID))
+	return NewAPIKey{Key: k, Plaintext: gen.Plaintext}, nil
+}
+
+// ListAPIKeys lists the live keys of p's team, newest first.
+func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKey, error) {
+	ks, err := a.st.Queries().ListAPIKeys(ctx, p.TeamID)
+	if err != nil {
+		return nil, fmt.Errorf("list API keys: %w", err)
+	}
+	return ks, nil
+}
+
+// RevokeAPIKey revokes a key of p's team; another team's key, or a revoked
+// one, is ErrNotFound.
+func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID) error {
+	if _, err := a.st.Queries().RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID}); err != nil {
+		return notFound(err, "API key")
+	}
+	a.log.InfoContext(ctx, "API key revoked", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, id))
+	return nil
+}

@@ -1,0 +1,598 @@
+package service
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgtype"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// LocalHost is the name of the single node's host agent.
+const LocalHost = "local"
+
+// Quotas are a team's limits; a team's NULL column takes the value of
+// Config.DefaultQuotas.
+type Quotas struct {
+	MaxRunningSandboxes   int32
+	MaxVCPUsPerSandbox    int32
+	MaxMemoryMBPerSandbox int32
+	MaxTotalVCPUs         int32
+	MaxTotalMemoryMB      int64
+}
+
+// DefaultQuotas are the platform defaults.
+var DefaultQuotas = Quotas{
+	MaxRunningSandboxes:   20,
+	MaxVCPUsPerSandbox:    8,
+	MaxMemoryMBPerSandbox: 8192,
+	MaxTotalVCPUs:         32,
+	MaxTotalMemoryMB:      32768,
+}
+
+// Sandbox defaults when a request leaves them zero.
+const (
+	DefaultTemplate = "base"
+	DefaultVCPUs    = 1
+	DefaultMemoryMB = 512
+	// BaseTemplateUser is the default user of processes in the base
+	// template (as in E2B).
+	BaseTemplateUser = "user"
+	maxPageSize      = 200
+	defaultPageSize  = 50
+)
+
+// activeStates hold resources on the host and count against quotas.
+var activeStates = []string{store.SandboxStarting, store.SandboxRunning, store.SandboxPausing, store.SandboxResuming}
+
+// SandboxesConfig configures NewSandboxes.
+type SandboxesConfig struct {
+	Store *store.Store
+	// Agents reaches the host agents; Host names the one to use.
+	Agents *agentclient.Pool
+	// Host is the agent's name in Agents and in the hosts table
+	// (LocalHost when empty).
+	Host string
+	// Secret is the server secret the envd access tokens derive from.
+	Secret []byte
+	// Quotas are the platform defaults (DefaultQuotas when zero).
+	Quotas Quotas
+	Log    *slog.Logger
+}
+
+// Sandboxes: the sandbox lifecycle.
+type Sandboxes struct {
+	st     *store.Store
+	agents *agentclient.Pool
+	host   string
+	hostID pgtype.UUID
+	secret []byte
+	quotas Quotas
+	log    *slog.Logger
+}
+
+// NewSandboxes registers the host (a row of the platform team in hosts,
+// status online) and returns the sandbox service.
+func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) {
+	if cfg.Store == nil || cfg.Agents == nil {
+		return nil, errors.New("service: sandboxes need a store and an agent pool")
+	}
+	if err := auth.ValidateSecret(cfg.Secret); err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, quotas: cfg.Quotas, log: cfg.Log}
+	if s.host == "" {
+		s.host = LocalHost
+	}
+	if s.quotas == (Quotas{}) {
+		s.quotas = DefaultQuotas
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "sandboxes")
+	h, err := cfg.Store.Queries().RegisterHost(ctx, db.RegisterHostParams{
+		TeamID: store.PlatformTeamID, Name: s.host, Labels: json.RawMessage(`{}`),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("service: register host %s: %w", s.host, err)
+	}
+	s.hostID = h.ID
+	return s, nil
+}
+
+// Sandbox is a sandbox's record and, while it runs and when asked, where
+// its envd is.
+type Sandbox struct {
+	db.Sandbox
+	// EnvdAccessToken is what envd requires of every request.
+	EnvdAccessToken string
+	// EnvdURL and HostAddr come from the agent (empty unless running and
+	// fetched).
+	EnvdURL  string
+	HostAddr string
+}
+
+// CreateSandbox is a create request; zero values take the defaults.
+type CreateSandbox struct {
+	Template   string
+	VCPUs      int32
+	MemoryMB   int32
+	TimeoutSec int32
+	EnvVars    map[string]string
+	Metadata   map[string]string
+	// Internet allows egress (nil: true).
+	Internet *bool
+}
+
+var (
+	templateRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	envNameRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
+)
+
+const (
+	maxMetadataEntries = 64
+	maxMetadataLen     = 512
+	maxEnvVars         = 256
+	maxTimeoutSec      = 30 * 24 * 3600
+)
+
+func validateMetadata(m map[string]string) error {
+	if len(m) > maxMetadataEntries {
+		return errorf(ErrInvalid, "metadata: at most %d entries", maxMetadataEntries)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > maxMetadataLen || len(v) > maxMetadataLen {
+			return errorf(ErrInvalid, "metadata: keys of 1 to %d bytes, values of at most %d", maxMetadataLen, maxMetadataLen)
+		}
+	}
+	return nil
+}
+
+func (r *CreateSandbox) normalize() error {
+	if r.Template == "" {
+		r.Template = DefaultTemplate
+	}
+	if !templateRe.MatchString(r.Template) {
+		return errorf(ErrInvalid, "template: invalid name")
+	}
+	if r.VCPUs == 0 {
+		r.VCPUs = DefaultVCPUs
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = DefaultMemoryMB
+	}
+	if r.VCPUs < 0 || r.MemoryMB < 0 {
+		return errorf(ErrInvalid, "vcpus and memory_mb must be positive")
+	}
+	if r.TimeoutSec < 0 || r.TimeoutSec > maxTimeoutSec {
+		return errorf(ErrInvalid, "timeout_sec: 0 to %d", maxTimeoutSec)
+	}
+	if len(r.EnvVars) > maxEnvVars {
+		return errorf(ErrInvalid, "env_vars: at most %d", maxEnvVars)
+	}
+	for k := range r.EnvVars {
+		if !envNameRe.MatchString(k) {
+			return errorf(ErrInvalid, "env_vars: invalid name %q", k)
+		}
+	}
+	return validateMetadata(r.Metadata)
+}
+
+func (s *Sandboxes) teamQuotas(t db.Team) Quotas {
+	q := s.quotas
+	if t.MaxRunningSandboxes.Valid {
+		q.MaxRunningSandboxes = t.MaxRunningSandboxes.Int32
+	}
+	if t.MaxVCPUsPerSandbox.Valid {
+		q.MaxVCPUsPerSandbox = t.MaxVCPUsPerSandbox.Int32
+	}
+	if t.MaxMemoryMBPerSandbox.Valid {
+		q.MaxMemoryMBPerSandbox = t.MaxMemoryMBPerSandbox.Int32
+	}
+	if t.MaxTotalVCPUs.Valid {
+		q.MaxTotalVCPUs = t.MaxTotalVCPUs.Int32
+	}
+	if t.MaxTotalMemoryMB.Valid {
+		q.MaxTotalMemoryMB = t.MaxTotalMemoryMB.Int64
+	}
+	return q
+}
+
+// checkQuotas refuses a sandbox of vcpus and memoryMB that would exceed
+// the team's quotas, given what its active sandboxes hold. Run it after
+// LockTeam in the transaction that inserts or resumes the sandbox.
+func (s *Sandboxes) checkQuotas(ctx context.Context, q *db.Queries, t db.Team, vcpus, memoryMB int32) error {
+	lim := s.teamQuotas(t)
+	if vcpus > lim.MaxVCPUsPerSandbox {
+		return errorf(ErrQuota, "vcpus: %d requested, at most %d per sandbox", vcpus, lim.MaxVCPUsPerSandbox)
+	}
+	if memoryMB > lim.MaxMemoryMBPerSandbox {
+		return errorf(ErrQuota, "memory_mb: %d requested, at most %d per sandbox", memoryMB, lim.MaxMemoryMBPerSandbox)
+	}
+	use, err := q.CountTeamSandboxUsage(ctx, db.CountTeamSandboxUsageParams{TeamID: t.ID, States: activeStates})
+	if err != nil {
+		return fmt.Errorf("quota usage: %w", err)
+	}
+	if use.Sandboxes+1 > lim.MaxRunningSandboxes {
+		return errorf(ErrQuota, "the team runs %d sandboxes, its quota is %d", use.Sandboxes, lim.MaxRunningSandboxes)
+	}
+	if use.VCPUs+vcpus > lim.MaxTotalVCPUs {
+		return errorf(ErrQuota, "the team's sandboxes use %d vCPUs, %d more would exceed its quota of %d", use.VCPUs, vcpus, lim.MaxTotalVCPUs)
+	}
+	if use.MemoryMB+int64(memoryMB) > lim.MaxTotalMemoryMB {
+		return errorf(ErrQuota, "the team's sandboxes use %d MiB, %d more would exceed its quota of %d MiB", use.MemoryMB, memoryMB, lim.MaxTotalMemoryMB)
+	}
+	return nil
+}
+
+// ID returns the wire (and agent) ID of a sandbox.
+func ID(id pgtype.UUID) string { return wireid.Format(wireid.Sandbox, id) }
+
+func (s *Sandboxes) client(ctx context.Context) (*agentclient.Client, error) {
+	c, err := s.agents.Get(ctx, s.host)
+	if err != nil {
+		return nil, &Error{Kind: ErrUnavailable, Msg: "the sandbox host is unreachable", Err: err}
+	}
+	return c, nil
+}
+
+// Create checks the team's quotas, persists the sandbox as starting, asks
+// the agent to create it, and persists it as running. When the agent
+// fails, the sandbox is persisted as error (with the reason; it no longer
+// counts against quotas) and destroyed on the agent in case it got that
+// far.
+func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) (Sandbox, error) {
+	if err := req.normalize(); err != nil {
+		return Sandbox{}, err
+	}
+	meta, err := json.Marshal(orEmpty(req.Metadata))
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("metadata: %w", err)
+	}
+	internet := req.Internet == nil || *req.Internet
+	var row db.Sandbox
+	err = s.st.Tx(ctx, func(q *db.Queries) error {
+		t, err := q.LockTeam(ctx, p.TeamID)
+		if err != nil {
+			return notFound(err, "team")
+		}
+		if err := s.checkQuotas(ctx, q, t, req.VCPUs, req.MemoryMB); err != nil {
+			return err
+		}
+		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{
+			TeamID: p.TeamID, HostID: s.hostID, Template: req.Template, State: store.SandboxStarting,
+			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
+			AllowInternetAccess: internet, Metadata: meta, CreatedBy: p.UserID,
+		})
+		if err != nil {
+			return fmt.Errorf("insert sandbox: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Sandbox{}, err
+	}
+	id := ID(row.ID)
+	log := s.log.With("sandbox", id, "team", wireid.Format(wireid.Team, p.TeamID))
+	fail := func(cause error) (Sandbox, error) {
+		// The request may be gone; the bookkeeping must still happen.
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if _, err := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxStarting}, store.SandboxError, truncate(cause.Error(), 1024)); err != nil {
+			log.ErrorContext(bg, "persist the failed create", "err", err)
+		}
+		if c, err := s.client(bg); err == nil {
+			if _, err := c.DestroySandbox(bg, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+				log.ErrorContext(bg, "roll back the failed create on the agent", "err", err)
+			}
+		}
+		log.WarnContext(ctx, "sandbox create failed", "err", cause)
+		return Sandbox{}, cause
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	user := ""
+	if req.Template == DefaultTemplate {
+		user = BaseTemplateUser
+	}
+	areq := &pb.CreateSandboxRequest{
+		SandboxId: id, Template: req.Template, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
+		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: user,
+		Egress: internet, Metadata: req.Metadata,
+	}
+	if req.TimeoutSec > 0 {
+		areq.Timeout = durationpb.New(time.Duration(req.TimeoutSec) * time.Second)
+	}
+	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
+	if err != nil {
+		return fail(agentError(err, "create"))
+	}
+	row, err = s.st.TransitionSandbox(ctx, nil, row.ID, []string{store.SandboxStarting}, store.SandboxRunning, "")
+	if err != nil {
+		return fail(fmt.Errorf("persist running: %w", err))
+	}
+	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
+	return s.view(row, resp.Msg.GetSandbox()), nil
+}
+
+func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
+	v := Sandbox{Sandbox: row, EnvdAccessToken: auth.EnvdAccessToken(s.secret, ID(row.ID))}
+	if a != nil && row.State == store.SandboxRunning {
+		v.EnvdURL, v.HostAddr = a.GetEnvdUrl(), a.GetHostAddr()
+	}
+	return v
+}
+
+func (s *Sandboxes) get(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, error) {
+	row, err := s.st.Queries().GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: p.TeamID})
+	if err != nil {
+		return db.Sandbox{}, notFound(err, "sandbox")
+	}
+	return row, nil
+}
+
+// Get returns a sandbox of p's team; a running one with its envd address
+// from the agent (omitted, and logged, when the agent does not answer).
+func (s *Sandboxes) Get(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+	row, err := s.get(ctx, p, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if row.State != store.SandboxRunning {
+		return s.view(row, nil), nil
+	}
+	c, err := s.client(ctx)
+	if err == nil {
+		var resp *connect.Response[pb.GetSandboxResponse]
+		if resp, err = c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)})); err == nil {
+			return s.view(row, resp.Msg.GetSandbox()), nil
+		}
+	}
+	s.log.WarnContext(ctx, "sandbox address from the agent", "sandbox", ID(id), "err", err)
+	return s.view(row, nil), nil
+}
+
+// ListFilter filters List.
+type ListFilter struct {
+	// States: any of them (empty: any state).
+	States []string
+	// Metadata: the sandbox's metadata contains all of these.
+	Metadata map[string]string
+	// Cursor continues a previous listing ("" from the start).
+	Cursor string
+	// Limit is the page size (0: 50; at most 200).
+	Limit int
+}
+
+var validStates = map[string]bool{
+	store.SandboxStarting: true, store.SandboxRunning: true, store.SandboxPausing: true, store.SandboxPaused: true,
+	store.SandboxResuming: true, store.SandboxStopped: true, store.SandboxMissing: true, store.SandboxError: true,
+}
+
+// List lists p's team's sandboxes newest first, a page at a time; next is
+// the cursor of the next page ("" after the last).
+func (s *Sandboxes) List(ctx context.Context, p Principal, f ListFilter) (items []Sandbox, next string, err error) {
+	for _, st := range f.States {
+		if !validStates[st] {
+			return nil, "", errorf(ErrInvalid, "state: unknown state %q", st)
+		}
+	}
+	if err := validateMetadata(f.Metadata); err != nil {
+		return nil, "", err
+	}
+	if f.Limit < 0 || f.Limit > maxPageSize {
+		return nil, "", errorf(ErrInvalid, "limit: 1 to %d", maxPageSize)
+	}
+	if f.Limit == 0 {
+		f.Limit = defaultPageSize
+	}
+	params := db.ListSandboxesParams{TeamID: p.TeamID, States: f.States, PageSize: int32(f.Limit) + 1}
+	if params.States == nil {
+		params.States = []string{}
+	}
+	if len(f.Metadata) > 0 {
+		if params.Metadata, err = json.Marshal(f.Metadata); err != nil {
+			return nil, "", fmt.Errorf("metadata: %w", err)
+		}
+	}
+	if f.Cursor != "" {
+		if params.AfterCreatedAt, params.AfterID, err = decodeCursor(f.Cursor); err != nil {
+			return nil, "", err
+		}
+	}
+	rows, err := s.st.Queries().ListSandboxes(ctx, params)
+	if err != nil {
+		return nil, "", fmt.Errorf("list sandboxes: %w", err)
+	}
+	if len(rows) > f.Limit {
+		rows = rows[:f.Limit]
+		last := rows[len(rows)-1]
+		next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	items = make([]Sandbox, len(rows))
+	for i, r := range rows {
+		items[i] = s.view(r, nil)
+	}
+	return items, next, nil
+}
+
+func encodeCursor(t time.Time, id pgtype.UUID) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "." + ID(id)))
+}
+
+func decodeCursor(c string) (pgtype.Timestamptz, pgtype.UUID, error) {
+	bad := errorf(ErrInvalid, "cursor: malformed")
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return pgtype.Timestamptz{}, pgtype.UUID{}, bad
+	}
+	ts, idStr, ok := strings.Cut(string(b), ".")
+	if !ok {
+		return pgtype.Timestamptz{}, pgtype.UUID{}, bad
+	}
+	us, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return pgtype.Timestamptz{}, pgtype.UUID{}, bad
+	}
+	id, err := wireid.Parse(wireid.Sandbox, idStr)
+	if err != nil {
+		return pgtype.Timestamptz{}, pgtype.UUID{}, bad
+	}
+	return pgtype.Timestamptz{Time: time.UnixMicro(us), Valid: true}, id, nil
+}
+
+// Destroy destroys a sandbox of p's team: idempotent (a stopped sandbox
+// is destroyed already; a sandbox the agent does not know is gone).
+func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) error {
+	row, err := s.get(ctx, p, id)
+	if err != nil {
+		return err
+	}
+	if row.State == store.SandboxStopped {
+		return nil
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+		return agentError(err, "destroy")
+	}
+	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("persist stopped: %w", err)
+	}
+	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
+	return nil
+}
+
+// transition moves a sandbox of p's team through from → mid (persisted),
+// the agent call, then mid → to; when the agent fails it goes back to
+// from[0].
+func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID, from, mid, to string,
+	call func(c *agentclient.Client) (*pb.Sandbox, error), op string) (Sandbox, error) {
+	if _, err := s.get(ctx, p, id); err != nil {
+		return Sandbox{}, err
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if _, err := s.st.TransitionSandbox(ctx, nil, id, []string{from}, mid, ""); err != nil {
+		var se *store.StateError
+		if errors.As(err, &se) {
+			return Sandbox{}, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox is %s, not %s", se.State, from), Err: err}
+		}
+		return Sandbox{}, notFound(err, "sandbox")
+	}
+	a, err := call(c)
+	if err != nil {
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if _, terr := s.st.TransitionSandbox(bg, nil, id, []string{mid}, from, truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
+			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", ID(id), "err", terr)
+		}
+		return Sandbox{}, agentError(err, op)
+	}
+	row, err := s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
+	}
+	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
+	return s.view(row, a), nil
+}
+
+// Pause pauses a running sandbox of p's team.
+func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
+		func(c *agentclient.Client) (*pb.Sandbox, error) {
+			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(id)}))
+			if err != nil {
+				return nil, err
+			}
+			return r.Msg.GetSandbox(), nil
+		}, "pause")
+}
+
+// Resume resumes a paused sandbox of p's team, within its quotas.
+func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+	row, err := s.get(ctx, p, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if row.State == store.SandboxPaused {
+		err = s.st.Tx(ctx, func(q *db.Queries) error {
+			t, err := q.LockTeam(ctx, p.TeamID)
+			if err != nil {
+				return notFound(err, "team")
+			}
+			return s.checkQuotas(ctx, q, t, row.VCPUs, row.MemoryMB)
+		})
+		if err != nil {
+			return Sandbox{}, err
+		}
+	}
+	return s.transition(ctx, p, id, store.SandboxPaused, store.SandboxResuming, store.SandboxRunning,
+		func(c *agentclient.Client) (*pb.Sandbox, error) {
+			req := &pb.ResumeSandboxRequest{SandboxId: ID(id)}
+			if row.TimeoutSec > 0 {
+				req.Timeout = durationpb.New(time.Duration(row.TimeoutSec) * time.Second)
+			}
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(req))
+			if err != nil {
+				return nil, err
+			}
+			return r.Msg.GetSandbox(), nil
+		}, "resume")
+}
+
+// PauseAll pauses every running sandbox of the host (graceful shutdown),
+// through the same path as Pause. It returns the first error.
+func (s *Sandboxes) PauseAll(ctx context.Context) error {
+	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
+	if err != nil {
+		return fmt.Errorf("pause all: %w", err)
+	}
+	var first error
+	for _, r := range rows {
+		if _, err := s.Pause(ctx, Principal{TeamID: r.TeamID}, r.ID); err != nil {
+			s.log.ErrorContext(ctx, "pause at shutdown", "sandbox", ID(r.ID), "err", err)
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+func orEmpty(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
