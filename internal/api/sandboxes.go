@@ -1,0 +1,186 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+type createSandboxJSON struct {
+	Template   string            `json:"template"`
+	VCPUs      int32             `json:"vcpus"`
+	MemoryMB   int32             `json:"memory_mb"`
+	TimeoutSec int32             `json:"timeout_sec"`
+	EnvVars    map[string]string `json:"env_vars"`
+	Metadata   map[string]string `json:"metadata"`
+	Internet   *bool             `json:"allow_internet_access"`
+}
+
+type sandboxJSON struct {
+	// ID is the sandbox's E2B-form ID (32 lowercase hex digits).
+	ID                  string            `json:"id"`
+	Template            string            `json:"template"`
+	State               string            `json:"state"`
+	StateReason         string            `json:"state_reason,omitempty"`
+	VCPUs               int32             `json:"vcpus"`
+	MemoryMB            int32             `json:"memory_mb"`
+	TimeoutSec          int32             `json:"timeout_sec"`
+	AllowInternetAccess bool              `json:"allow_internet_access"`
+	Metadata            map[string]string `json:"metadata"`
+	CreatedAt           time.Time         `json:"created_at"`
+	StartedAt           *time.Time        `json:"started_at,omitempty"`
+	EndAt               *time.Time        `json:"end_at,omitempty"`
+	PausedAt            *time.Time        `json:"paused_at,omitempty"`
+	StoppedAt           *time.Time        `json:"stopped_at,omitempty"`
+	EnvdAccessToken     string            `json:"envd_access_token,omitempty"`
+	EnvdURL             string            `json:"envd_url,omitempty"`
+}
+
+func tsPtr(valid bool, t time.Time) *time.Time {
+	if !valid {
+		return nil
+	}
+	return &t
+}
+
+func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
+	out := sandboxJSON{
+		ID: service.ID(sb.ID), Template: sb.Template, State: sb.State, StateReason: sb.StateReason,
+		VCPUs: sb.VCPUs, MemoryMB: sb.MemoryMB, TimeoutSec: sb.TimeoutSec, AllowInternetAccess: sb.AllowInternetAccess,
+		CreatedAt: sb.CreatedAt, EnvdURL: sb.EnvdURL,
+		StartedAt: tsPtr(sb.StartedAt.Valid, sb.StartedAt.Time), EndAt: tsPtr(sb.EndAt.Valid, sb.EndAt.Time),
+		PausedAt: tsPtr(sb.PausedAt.Valid, sb.PausedAt.Time), StoppedAt: tsPtr(sb.StoppedAt.Valid, sb.StoppedAt.Time),
+	}
+	if err := json.Unmarshal(sb.Metadata, &out.Metadata); err != nil || out.Metadata == nil {
+		out.Metadata = map[string]string{}
+	}
+	if withToken {
+		out.EnvdAccessToken = sb.EnvdAccessToken
+	}
+	return out
+}
+
+// sandboxID parses the {id} path value; a malformed ID cannot name any
+// sandbox, so it is 404 like another team's.
+func sandboxID(r *http.Request) (id [16]byte, err error) {
+	u, err := wireid.Parse(wireid.Sandbox, r.PathValue("id"))
+	if err != nil {
+		return id, &service.Error{Kind: service.ErrNotFound, Msg: "sandbox not found"}
+	}
+	return u.Bytes, nil
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	var req createSandboxJSON
+	if err := decode(r, w, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := s.cfg.Sandboxes.Create(r.Context(), p, service.CreateSandbox{
+		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
+		EnvVars: req.EnvVars, Metadata: req.Metadata, Internet: req.Internet,
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sandboxOf(sb, true))
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+		return s.cfg.Sandboxes.Get(r.Context(), p, id)
+	}, http.StatusOK)
+}
+
+func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+		return s.cfg.Sandboxes.Pause(r.Context(), p, id)
+	}, http.StatusOK)
+}
+
+func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+		return s.cfg.Sandboxes.Resume(r.Context(), p, id)
+	}, http.StatusOK)
+}
+
+func (s *Server) withSandbox(w http.ResponseWriter, r *http.Request, _ service.Principal,
+	fn func(id wireUUID) (service.Sandbox, error), status int) {
+	b, err := sandboxID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sb, err := fn(wireUUID{Bytes: b, Valid: true})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, status, sandboxOf(sb, true))
+}
+
+func (s *Server) destroySandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	b, err := sandboxID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.cfg.Sandboxes.Destroy(r.Context(), p, wireUUID{Bytes: b, Valid: true}); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// listSandboxes: ?state=running,paused (or repeated), ?metadata=k=v&metadata=…,
+// ?limit=, ?cursor=.
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	q := r.URL.Query()
+	f := service.ListFilter{Cursor: q.Get("cursor")}
+	for _, v := range q["state"] {
+		for st := range strings.SplitSeq(v, ",") {
+			if st = strings.TrimSpace(st); st != "" {
+				f.States = append(f.States, st)
+			}
+		}
+	}
+	for _, kv := range q["metadata"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "metadata: want key=value"})
+			return
+		}
+		if f.Metadata == nil {
+			f.Metadata = map[string]string{}
+		}
+		f.Metadata[k] = v
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "limit: a positive integer"})
+			return
+		}
+		f.Limit = n
+	}
+	items, next, err := s.cfg.Sandboxes.List(r.Context(), p, f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := make([]sandboxJSON, len(items))
+	for i, it := range items {
+		out[i] = sandboxOf(it, false)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out, "next_cursor": next})
+}
+
+type wireUUID = pgtype.UUID

@@ -1,0 +1,176 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+)
+
+// maxBody bounds a request body.
+const maxBody = 1 << 20
+
+// Config configures New.
+type Config struct {
+	Accounts  *service.Accounts
+	Sandboxes *service.Sandboxes
+	// Store answers /healthz (a ping).
+	Store *store.Store
+	// TrustedProxies may set X-Forwarded-For (rate limits per client).
+	TrustedProxies []netip.Prefix
+	// LoginLimit, LoginEmailLimit and SignupLimit default to the auth
+	// package's suggestions.
+	LoginLimit, LoginEmailLimit, SignupLimit auth.RateLimit
+	Log                                      *slog.Logger
+}
+
+// Server is the /v1 API's http.Handler.
+type Server struct {
+	cfg        Config
+	log        *slog.Logger
+	mux        *http.ServeMux
+	loginIP    *auth.Limiter
+	loginEmail *auth.Limiter
+	signupIP   *auth.Limiter
+}
+
+// New returns the API handler.
+func New(cfg Config) (*Server, error) {
+	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Store == nil {
+		return nil, errors.New("api: accounts, sandboxes and store are required")
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "api")
+	var err error
+	for _, l := range []struct {
+		dst *(*auth.Limiter)
+		lim auth.RateLimit
+		def auth.RateLimit
+	}{
+		{&s.loginIP, cfg.LoginLimit, auth.LoginLimitPerIP},
+		{&s.loginEmail, cfg.LoginEmailLimit, auth.LoginLimitPerEmail},
+		{&s.signupIP, cfg.SignupLimit, auth.SignupLimitPerIP},
+	} {
+		if l.lim == (auth.RateLimit{}) {
+			l.lim = l.def
+		}
+		if *l.dst, err = auth.NewLimiter(auth.LimiterConfig{Limit: l.lim}); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// handler is an authenticated handler.
+type handler func(w http.ResponseWriter, r *http.Request, p service.Principal)
+
+func (s *Server) routes() {
+	ip := auth.IPKeyFunc(s.cfg.TrustedProxies)
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.Handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
+	s.mux.Handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
+	s.mux.HandleFunc("GET /v1/api-keys", s.authed(s.listKeys))
+	s.mux.HandleFunc("POST /v1/api-keys", s.authed(s.createKey))
+	s.mux.HandleFunc("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
+	s.mux.HandleFunc("POST /v1/sandboxes", s.authed(s.createSandbox))
+	s.mux.HandleFunc("GET /v1/sandboxes", s.authed(s.listSandboxes))
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
+	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, "no such route")
+	})
+}
+
+// authed authenticates the request (X-API-Key, else a Bearer session
+// token) before calling h.
+func (s *Server) authed(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authenticate(r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+var errNoCredentials = &service.Error{Kind: service.ErrUnauthorized, Msg: "authentication required: send X-API-Key or Authorization: Bearer <session token>"}
+
+func (s *Server) authenticate(r *http.Request) (service.Principal, error) {
+	key, err := auth.APIKeyFromHeader(r.Header)
+	switch {
+	case err == nil:
+		return s.cfg.Accounts.AuthenticateAPIKey(r.Context(), key)
+	case !errors.Is(err, auth.ErrNoAPIKey):
+		return service.Principal{}, &service.Error{Kind: service.ErrUnauthorized, Msg: "invalid API key"}
+	}
+	if tok, ok := auth.BearerToken(r.Header); ok {
+		return s.cfg.Accounts.AuthenticateJWT(r.Context(), tok)
+	}
+	return service.Principal{}, errNoCredentials
+}
+
+// decode reads a JSON body into v: unknown fields and trailing data are
+// refused.
+func decode(r *http.Request, w http.ResponseWriter, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return &service.Error{Kind: service.ErrInvalid, Msg: "Content-Type must be application/json"}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &service.Error{Kind: service.ErrInvalid, Msg: "invalid JSON body: " + jsonProblem(err)}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return &service.Error{Kind: service.ErrInvalid, Msg: "invalid JSON body: trailing data"}
+	}
+	return nil
+}
+
+// jsonProblem describes a decoding error without echoing Go internals.
+func jsonProblem(err error) string {
+	var mbe *http.MaxBytesError
+	var ute *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &mbe):
+		return "too large"
+	case errors.As(err, &ute):
+		return fmt.Sprintf("field %q has the wrong type", ute.Field)
+	case errors.As(err, &se):
+		return "syntax error"
+	case errors.Is(err, io.EOF):
+		return "empty"
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "malformed"
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2e9)
+	defer cancel()
+	if err := s.cfg.Store.Ping(ctx); err != nil {
+		s.log.WarnContext(ctx, "health check", "err", err)
+		writeProblem(w, http.StatusServiceUnavailable, "database unavailable")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
