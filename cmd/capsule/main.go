@@ -21,6 +21,7 @@ import (
 const usage = `usage: capsule <command> [flags]
 
 commands:
+  serve         run the control plane (API on :8080) with an embedded agent and PostgreSQL (root; capsule serve -h)
   migrate       apply the database schema (migrate [up|status]; DATABASE_URL or the embedded PostgreSQL)
   agent         run the host agent: this machine's sandboxes over hostagent.v1 (root; capsule agent -h)
   bench envd    measure envd on this host (prints JSON)
@@ -53,6 +54,8 @@ func run(ctx context.Context, args []string) error {
 		return nil
 	case "agent":
 		return runAgent(ctx, args[1:])
+	case "serve":
+		return runServe(ctx, args[1:])
 	case "migrate":
 		return store.RunMigrateCommand(ctx, args[1:], os.Stdout)
 	case "bench":

@@ -1,0 +1,402 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/api"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/vmm/qemu"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+const serveUsage = `usage: capsule serve [flags]
+
+Runs the control plane (the /v1 REST API) and an embedded host agent in
+one process. With no database URL it runs its own PostgreSQL in
+DATA-DIR/postgres. On first start it creates a platform admin, its team
+and an API key, prints them once and stores them in DATA-DIR/admin.json
+(mode 0600). Needs root (the agent's VMs and network). Every flag can
+also be set by the environment variable in brackets.
+
+flags:
+`
+
+var serveEnv = map[string]string{
+	"listen":        "CAPSULE_LISTEN",
+	"data-dir":      "CAPSULE_DATA_DIR",
+	"run-dir":       "CAPSULE_RUN_DIR",
+	"database-url":  "DATABASE_URL",
+	"pg-bin-dir":    "CAPSULE_PG_BIN_DIR",
+	"envd":          "CAPSULE_ENVD",
+	"base":          "CAPSULE_AGENT_BASE",
+	"admin-email":   "CAPSULE_ADMIN_EMAIL",
+	"max-vcpus":     "CAPSULE_AGENT_MAX_VCPUS",
+	"max-memory-mb": "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"net-name":      "CAPSULE_AGENT_NET_NAME",
+	"net-host-cidr": "CAPSULE_AGENT_NET_HOST_CIDR",
+	"net-link-cidr": "CAPSULE_AGENT_NET_LINK_CIDR",
+	"net-max-slots": "CAPSULE_AGENT_NET_MAX_SLOTS",
+	"v":             "CAPSULE_VERBOSE",
+}
+
+type serveOptions struct {
+	listen, dataDir, runDir string
+	databaseURL, pgBinDir   string
+	envdBin                 string
+	base                    bool
+	adminEmail              string
+	capacity                sandbox.Capacity
+	netName                 string
+	netHostCIDR             string
+	netLinkCIDR             string
+	netMaxSlots             int
+	verbose                 bool
+}
+
+func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, error) {
+	o := &serveOptions{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), serveUsage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.listen, "listen", ":8080", "address of the API [CAPSULE_LISTEN]")
+	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory: database, images, sandboxes, secrets [CAPSULE_DATA_DIR]")
+	fs.StringVar(&o.runDir, "run-dir", "/run/capsule", "runtime directory of the VMMs [CAPSULE_RUN_DIR]")
+	fs.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL (empty: the embedded server in DATA-DIR/postgres) [DATABASE_URL]")
+	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres for the embedded server (default: the newest installed) [CAPSULE_PG_BIN_DIR]")
+	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
+	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
+	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
+	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
+	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
+	fs.StringVar(&o.netName, "net-name", "", "name of the network slot pool (default capsule) [CAPSULE_AGENT_NET_NAME]")
+	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
+	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
+	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
+	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_VERBOSE]")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, env := range serveEnv {
+		if v := getenv(env); v != "" && !set[name] {
+			if err := fs.Set(name, v); err != nil {
+				return nil, fmt.Errorf("serve: %s=%q: %w", env, v, err)
+			}
+		}
+	}
+	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
+		return nil, errors.New("serve: capacities must not be negative")
+	}
+	if o.capacity.VCPUs == 0 {
+		o.capacity.VCPUs = 4 * runtime.NumCPU()
+	}
+	if o.capacity.MemoryMB == 0 {
+		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
+	}
+	return o, nil
+}
+
+// adminFile is DATA-DIR/admin.json, written once on first start.
+type adminFile struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+	UserID   string `json:"user_id"`
+	TeamID   string `json:"team_id"`
+	APIKey   string `json:"api_key"`
+}
+
+func runServe(ctx context.Context, args []string) (err error) {
+	o, err := parseServeFlags(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if os.Geteuid() != 0 {
+		return errors.New("serve: needs root (the embedded agent's network namespaces, TAP devices, nftables)")
+	}
+	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	// The database.
+	dsn := o.databaseURL
+	if dsn == "" {
+		pg, err := pgembed.Start(ctx, pgembed.Config{DataDir: o.dataDir, BinDir: o.pgBinDir, Logger: log})
+		if err != nil {
+			return fmt.Errorf("serve: embedded PostgreSQL: %w", err)
+		}
+		defer func() {
+			if cerr := pg.Close(); cerr != nil {
+				log.Error("stop PostgreSQL", "err", cerr)
+			}
+		}()
+		dsn = pg.DSN()
+	}
+	st, err := store.Open(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer st.Close()
+	st.SetLogger(log)
+	if err := st.Migrate(ctx); err != nil {
+		return fmt.Errorf("serve: migrate: %w", err)
+	}
+	secret, _, err := loadOrCreateToken(filepath.Join(o.dataDir, "server.secret"))
+	if err != nil {
+		return fmt.Errorf("serve: server secret: %w", err)
+	}
+
+	// The embedded host agent, reached over loopback like a remote one.
+	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, o, log)
+	if err != nil {
+		return err
+	}
+	defer stopAgent()
+	pool := agentclient.NewPool(agentclient.Options{Log: log})
+	defer pool.Close()
+	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: agentURL, Token: agentToken}); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+
+	// The services and the API.
+	hasher, err := auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU())
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: []byte(secret)})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Log: log})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Log: log})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if err := bootstrapAdmin(ctx, o, st, accounts, log); err != nil {
+		return err
+	}
+	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Store: st, Log: log})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "data_dir", o.dataDir)
+	fmt.Printf("capsule serve: API on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()))
+
+	select {
+	case err = <-served:
+		err = fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("capsule serve: stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		_ = srv.Close()
+	}
+	cancel()
+	// Pause every running sandbox through the agent path, so that the
+	// database records them as paused.
+	pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	if perr := sandboxes.PauseAll(pctx); perr != nil {
+		log.Error("pause sandboxes at shutdown", "err", perr)
+	}
+	cancel()
+	return err
+}
+
+func displayAddr(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil || !ap.Addr().IsUnspecified() {
+		return a.String()
+	}
+	return fmt.Sprintf("127.0.0.1:%d", ap.Port())
+}
+
+// startEmbeddedAgent assembles the host agent as `capsule agent` does
+// (image store, QEMU driver, network slots, sandbox manager) and serves it
+// on a loopback port with a token generated for this run.
+func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) (url, token string, stop func(), err error) {
+	images, ierr := image.Open(o.dataDir, log)
+	if ierr != nil {
+		return "", "", nil, fmt.Errorf("serve: %w", ierr)
+	}
+	minimal, err := images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: o.envdBin})
+	if err != nil {
+		return "", "", nil, fmt.Errorf("serve: minimal image: %w", err)
+	}
+	if o.base {
+		if _, err := images.Build(ctx, image.BuildOptions{Template: "base", EnvdBin: o.envdBin}); err != nil {
+			return "", "", nil, fmt.Errorf("serve: base image (start with --base=false to go without it): %w", err)
+		}
+	}
+	driver, err := qemu.New(ctx, qemu.Options{ProbeKernel: minimal.Kernel, Logger: log})
+	if err != nil {
+		return "", "", nil, fmt.Errorf("serve: qemu: %w", err)
+	}
+	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
+	if o.netHostCIDR != "" {
+		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
+			return "", "", nil, fmt.Errorf("serve: --net-host-cidr: %w", err)
+		}
+	}
+	if o.netLinkCIDR != "" {
+		if netCfg.LinkCIDR, err = netip.ParsePrefix(o.netLinkCIDR); err != nil {
+			return "", "", nil, fmt.Errorf("serve: --net-link-cidr: %w", err)
+		}
+	}
+	if o.netName != "" {
+		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
+	}
+	slots, err := netslot.NewPool(ctx, netCfg)
+	if err != nil {
+		return "", "", nil, fmt.Errorf("serve: network slots: %w", err)
+	}
+	mgr, err := sandbox.New(ctx, sandbox.Config{
+		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
+		Capacity: o.capacity, Log: log,
+	})
+	if err != nil {
+		_ = slots.Close(context.Background())
+		return "", "", nil, fmt.Errorf("serve: %w", err)
+	}
+	closeMgr := func() {
+		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if err := mgr.PauseAll(pctx); err != nil {
+			log.Error("pause sandboxes before stopping", "err", err)
+		}
+		cancel()
+		mgr.Close()
+		for _, in := range mgr.List() {
+			if in.State != sandbox.StatePaused {
+				log.Info("leaving running sandboxes and their network to the next start", "sandboxes", len(mgr.List()))
+				return
+			}
+		}
+		if err := slots.Close(context.Background()); err != nil {
+			log.Error("close the network slot pool", "err", err)
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		closeMgr()
+		return "", "", nil, fmt.Errorf("serve: agent token: %w", err)
+	}
+	token = base64.RawURLEncoding.EncodeToString(raw)
+	a, err := agent.New(agent.Config{Manager: mgr, Token: token, Images: images, Driver: driver, Capacity: o.capacity, Log: log})
+	if err != nil {
+		closeMgr()
+		return "", "", nil, fmt.Errorf("serve: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		closeMgr()
+		return "", "", nil, fmt.Errorf("serve: agent listener: %w", err)
+	}
+	srv := agent.NewServer(ln.Addr().String(), a, log)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+ln.Addr().String(), "accel", driver.Accel())
+	stop = func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
+		cancel()
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("agent serve", "err", err)
+		}
+		closeMgr()
+	}
+	return "http://" + ln.Addr().String(), token, stop, nil
+}
+
+// bootstrapAdmin creates, on first start (no user yet), a platform admin
+// with a random password, its team and an API key; prints them once and
+// stores them in DATA-DIR/admin.json (mode 0600).
+func bootstrapAdmin(ctx context.Context, o *serveOptions, st *store.Store, accounts *service.Accounts, log *slog.Logger) error {
+	path := filepath.Join(o.dataDir, "admin.json")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	n, err := st.Queries().CountUsers(ctx)
+	if err != nil {
+		return fmt.Errorf("serve: count users: %w", err)
+	}
+	if n > 0 {
+		log.WarnContext(ctx, "users exist but admin.json is missing: no admin created", "file", path)
+		return nil
+	}
+	raw := make([]byte, 18)
+	if _, err := rand.Read(raw); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	password := base64.RawURLEncoding.EncodeToString(raw)
+	acc, err := accounts.Signup(ctx, service.Signup{Email: o.adminEmail, Password: password, Name: "Admin", IsAdmin: true})
+	if err != nil {
+		return fmt.Errorf("serve: create the admin: %w", err)
+	}
+	key, err := accounts.CreateAPIKey(ctx, service.Principal{UserID: acc.User.ID, TeamID: acc.Team.ID, Role: acc.Role}, "admin")
+	if err != nil {
+		return fmt.Errorf("serve: create the admin's API key: %w", err)
+	}
+	af := adminFile{
+		Email: acc.User.Email, Password: password, UserID: wireid.Format(wireid.User, acc.User.ID),
+		TeamID: wireid.Format(wireid.Team, acc.Team.ID), APIKey: key.Plaintext,
+	}
+	b, err := json.MarshalIndent(af, "", "  ")
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	fmt.Printf("capsule serve: created the platform admin (shown once, also in %s):\n", path)
+	fmt.Printf("  email:    %s\n  password: %s\n  API key:  %s\n", af.Email, af.Password, af.APIKey)
+	return nil
+}
