@@ -23,13 +23,10 @@ $(BIN)/capsule: $(GOSRC)
 
 build: $(BIN)/envd $(BIN)/capsule
 
-# For now the platform is envd alone: run it on this machine, in the
-# foreground, on its standard port.
+# The platform on this machine, in the foreground: the control plane (API on
+# :8080) with its embedded PostgreSQL and host agent. Ctrl-C stops it.
 run: deps build
-	@echo "capsule: envd $(shell $(BIN)/envd -version) listening on http://127.0.0.1:49983 (Ctrl-C stops it)."
-	@echo "capsule: the control plane (capsule serve) is not built yet; envd is what runs today."
-	@echo "capsule: try  curl -i http://127.0.0.1:49983/health"
-	$(BIN)/envd -addr 127.0.0.1
+	$(BIN)/capsule serve
 
 lint:
 	@out=$$(gofmt -l cmd internal gen); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
