@@ -28,6 +28,12 @@ type env struct {
 // or that an unreachable agent is handled.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvAgent(t, "http://127.0.0.1:1", "unused")
+}
+
+// newEnvAgent is newEnv with the agent at url.
+func newEnvAgent(t *testing.T, url, token string) *env {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, pgembed.StartForTest(t))
 	if err != nil {
@@ -48,7 +54,7 @@ func newEnv(t *testing.T) *env {
 	}
 	pool := agentclient.NewPool(agentclient.Options{})
 	t.Cleanup(pool.Close)
-	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: "http://127.0.0.1:1", Token: "unused"}); err != nil {
+	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: url, Token: token}); err != nil {
 		t.Fatal(err)
 	}
 	sbx, err := NewSandboxes(ctx, SandboxesConfig{Store: st, Agents: pool, Secret: testSecret})

@@ -1,0 +1,107 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/store"
+)
+
+// TestSandboxLifecycleRealAgent drives real VMs through a real agent:
+// create (persisted running, envd reachable with the derived access
+// token), get, pause, resume, destroy (twice: idempotent), and a destroy
+// the agent no longer knows.
+func TestSandboxLifecycleRealAgent(t *testing.T) {
+	url := agenttest.Start(t, agenttest.Pool{
+		Name: "csvc", Veth: "csvcv",
+		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
+	})
+	e := newEnvAgent(t, url, agenttest.Token)
+	ctx := context.Background()
+	_, p := e.signup(t, "vm@example.com")
+	_, other := e.signup(t, "other@example.com")
+
+	sb, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256, TimeoutSec: 600,
+		Metadata: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
+	if sb.State != store.SandboxRunning || sb.EnvdURL == "" || !sb.EndAt.Valid || sb.EnvdAccessToken == "" {
+		t.Fatalf("created: %+v", sb)
+	}
+	// envd answers, and wants the access token the service derived.
+	req, _ := http.NewRequestWithContext(ctx, "GET", sb.EnvdURL+"/files?path=/etc/hostname", nil)
+	req.Header.Set("X-Access-Token", sb.EnvdAccessToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("envd with the token: %d", resp.StatusCode)
+	}
+	if _, err := e.sbx.Get(ctx, other, sb.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("another team's Get: %v", err)
+	}
+	got, err := e.sbx.Get(ctx, p, sb.ID)
+	if err != nil || got.EnvdURL != sb.EnvdURL {
+		t.Fatalf("Get = %+v, %v", got, err)
+	}
+	paused, err := e.sbx.Pause(ctx, p, sb.ID)
+	if err != nil || paused.State != store.SandboxPaused {
+		t.Fatalf("Pause = %+v, %v", paused.State, err)
+	}
+	if _, err := e.sbx.Pause(ctx, p, sb.ID); !errors.Is(err, ErrConflict) {
+		t.Fatalf("second Pause: %v", err)
+	}
+	resumed, err := e.sbx.Resume(ctx, p, sb.ID)
+	if err != nil || resumed.State != store.SandboxRunning || resumed.EnvdURL == "" {
+		t.Fatalf("Resume = %+v, %v", resumed, err)
+	}
+	for range 2 {
+		if err := e.sbx.Destroy(ctx, p, sb.ID); err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+	}
+	row, err := e.sbx.Get(ctx, p, sb.ID)
+	if err != nil || row.State != store.SandboxStopped {
+		t.Fatalf("after destroy: %+v, %v", row.State, err)
+	}
+
+	// A sandbox the agent lost: destroying it still succeeds.
+	sb2, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb2.ID)})); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.sbx.Destroy(ctx, p, sb2.ID); err != nil {
+		t.Fatalf("Destroy of a sandbox the agent lost: %v", err)
+	}
+
+	// An agent refusal is persisted as error and frees the quota.
+	if _, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "no-such-template"}); err == nil {
+		t.Fatal("Create from a missing template succeeded")
+	}
+	items, _, err := e.sbx.List(ctx, p, ListFilter{States: []string{store.SandboxError}})
+	if err != nil || len(items) != 1 || items[0].Template != "no-such-template" {
+		t.Fatalf("error sandboxes: %+v, %v", items, err)
+	}
+}
