@@ -272,7 +272,7 @@ func TestSandboxAuthorization(t *testing.T) {
 	}
 }
 
-// TestInternalErrorsDoNotLeak: an agent that cannot be reached is a 503
+// TestAgentDownIsAClassifiedError: an agent that cannot be reached is a 503
 // with a plain message; nothing of the dial error reaches the client.
 func TestAgentDownIsAClassifiedError(t *testing.T) {
 	e := newAPI(t, "", "")
