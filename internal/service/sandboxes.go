@@ -487,8 +487,11 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 // transition moves a sandbox of p's team through from → mid (persisted),
 // the agent call, then mid → to; when the agent fails it goes back to
 // from[0].
+// check, when not nil, runs in the transaction of the first transition,
+// after it (quota checks: it runs under the team's row lock).
 func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID, from, mid, to string,
-	call func(c *agentclient.Client) (*pb.Sandbox, error), op string) (Sandbox, error) {
+	check func(q *db.Queries, row db.Sandbox) error,
+	call func(c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
 	if _, err := s.get(ctx, p, id); err != nil {
 		return Sandbox{}, err
 	}
@@ -496,14 +499,30 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		return Sandbox{}, err
 	}
-	if _, err := s.st.TransitionSandbox(ctx, nil, id, []string{from}, mid, ""); err != nil {
-		var se *store.StateError
-		if errors.As(err, &se) {
-			return Sandbox{}, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox is %s, not %s", se.State, from), Err: err}
+	var row db.Sandbox
+	err = s.st.Tx(ctx, func(q *db.Queries) error {
+		if check != nil {
+			if _, err := q.LockTeam(ctx, p.TeamID); err != nil {
+				return notFound(err, "team")
+			}
 		}
-		return Sandbox{}, notFound(err, "sandbox")
+		var err error
+		if row, err = s.st.TransitionSandbox(ctx, q, id, []string{from}, mid, ""); err != nil {
+			var se *store.StateError
+			if errors.As(err, &se) {
+				return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox is %s, not %s", se.State, from), Err: err}
+			}
+			return notFound(err, "sandbox")
+		}
+		if check != nil {
+			return check(q, row)
+		}
+		return nil
+	})
+	if err != nil {
+		return Sandbox{}, err
 	}
-	a, err := call(c)
+	a, err := call(c, row)
 	if err != nil {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
@@ -512,7 +531,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 		}
 		return Sandbox{}, agentError(err, op)
 	}
-	row, err := s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
+	row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
@@ -522,8 +541,8 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 
 // Pause pauses a running sandbox of p's team.
 func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
-	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
-		func(c *agentclient.Client) (*pb.Sandbox, error) {
+	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused, nil,
+		func(c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
 			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(id)}))
 			if err != nil {
 				return nil, err
@@ -532,26 +551,18 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 		}, "pause")
 }
 
-// Resume resumes a paused sandbox of p's team, within its quotas.
+// Resume resumes a paused sandbox of p's team, within its quotas (checked
+// under the team's row lock, in the transaction that marks it resuming).
 func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
-	row, err := s.get(ctx, p, id)
-	if err != nil {
-		return Sandbox{}, err
-	}
-	if row.State == store.SandboxPaused {
-		err = s.st.Tx(ctx, func(q *db.Queries) error {
-			t, err := q.LockTeam(ctx, p.TeamID)
+	return s.transition(ctx, p, id, store.SandboxPaused, store.SandboxResuming, store.SandboxRunning,
+		func(q *db.Queries, _ db.Sandbox) error {
+			t, err := q.GetTeam(ctx, p.TeamID)
 			if err != nil {
 				return notFound(err, "team")
 			}
-			return s.checkQuotas(ctx, q, t, row.VCPUs, row.MemoryMB)
-		})
-		if err != nil {
-			return Sandbox{}, err
-		}
-	}
-	return s.transition(ctx, p, id, store.SandboxPaused, store.SandboxResuming, store.SandboxRunning,
-		func(c *agentclient.Client) (*pb.Sandbox, error) {
+			return s.checkResumeQuotas(ctx, q, t)
+		},
+		func(c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
 			req := &pb.ResumeSandboxRequest{SandboxId: ID(id)}
 			if row.TimeoutSec > 0 {
 				req.Timeout = durationpb.New(time.Duration(row.TimeoutSec) * time.Second)
@@ -562,6 +573,25 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 			}
 			return r.Msg.GetSandbox(), nil
 		}, "resume")
+}
+
+// checkResumeQuotas checks the team's totals once the resuming sandbox
+// counts (resuming is an active state).
+func (s *Sandboxes) checkResumeQuotas(ctx context.Context, q *db.Queries, t db.Team) error {
+	lim := s.teamQuotas(t)
+	use, err := q.CountTeamSandboxUsage(ctx, db.CountTeamSandboxUsageParams{TeamID: t.ID, States: activeStates})
+	if err != nil {
+		return fmt.Errorf("quota usage: %w", err)
+	}
+	switch {
+	case use.Sandboxes > lim.MaxRunningSandboxes:
+		return errorf(ErrQuota, "the team runs %d sandboxes, its quota is %d", use.Sandboxes-1, lim.MaxRunningSandboxes)
+	case use.VCPUs > lim.MaxTotalVCPUs:
+		return errorf(ErrQuota, "resuming would bring the team's sandboxes to %d vCPUs, over its quota of %d", use.VCPUs, lim.MaxTotalVCPUs)
+	case use.MemoryMB > lim.MaxTotalMemoryMB:
+		return errorf(ErrQuota, "resuming would bring the team's sandboxes to %d MiB, over its quota of %d MiB", use.MemoryMB, lim.MaxTotalMemoryMB)
+	}
+	return nil
 }
 
 // PauseAll pauses every running sandbox of the host (graceful shutdown),

@@ -363,3 +363,32 @@ func TestSandboxTeamScope(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeQuota: resuming is refused over quota, under the team lock,
+// before any agent call; the sandbox stays paused.
+func TestResumeQuota(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a, p := e.signup(t, "r@example.com")
+	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{ID: a.Team.ID, MaxRunningSandboxes: pgtype.Int4{Int32: 1, Valid: true}}); err != nil {
+		t.Fatal(err)
+	}
+	ins := func(state string) db.Sandbox {
+		r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
+			TeamID: a.Team.ID, Template: "base", State: state, VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{}`),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ins(store.SandboxRunning)
+	paused := ins(store.SandboxPaused)
+	if _, err := e.sbx.Resume(ctx, p, paused.ID); !errors.Is(err, ErrQuota) {
+		t.Fatalf("Resume over quota = %v, want ErrQuota", err)
+	}
+	got, err := e.st.Queries().GetSandboxByID(ctx, paused.ID)
+	if err != nil || got.State != store.SandboxPaused {
+		t.Fatalf("after a refused resume: %q, %v", got.State, err)
+	}
+}
