@@ -37,10 +37,10 @@
 // The JWT code is a small HS256-only implementation on the standard
 // library rather than github.com/golang-jwt/jwt/v5. Capsule only ever
 // verifies its own tokens with one algorithm; a hand-written verifier of
-// ~150 lines has no algorithm agility to misconfigure (the classic
-// alg-confusion bugs come from key functions that accept what the header
-// asks for), verifies the MAC before any claim parsing, takes the clock as
-// a plain func, and adds no dependency. The tests pin the negative cases
+// about a hundred lines has no algorithm agility to misconfigure (the
+// classic alg-confusion bugs come from key functions that accept what the
+// header asks for), verifies the MAC before any claim parsing, takes the
+// clock as a plain func, and adds no dependency. The tests pin the negative cases
 // that a library would otherwise be trusted for.
 //
 // API keys (apikey.go). "e2b_" + 40 lowercase hex digits (160 bits from

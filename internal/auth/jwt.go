@@ -59,6 +59,7 @@ type registeredClaims struct {
 // registered gives access to the registered claims of a payload type.
 type registered interface{ reg() *registeredClaims }
 
+// reg implements registered.
 func (r *registeredClaims) reg() *registeredClaims { return r }
 
 // b64 is the unpadded base64url encoding of JWS compact serialization; its

@@ -35,9 +35,9 @@ type SessionUser struct {
 // SessionClaims are the verified contents of a session token.
 type SessionClaims struct {
 	SessionUser
-	// IssuedAt is the "iat" claim.
+	// IssuedAt is the "iat" claim (UTC, whole seconds).
 	IssuedAt time.Time
-	// ExpiresAt is the "exp" claim.
+	// ExpiresAt is the "exp" claim (UTC, whole seconds).
 	ExpiresAt time.Time
 	// ID is the "jti" claim: 128 random bits in hex, unique per token, for
 	// logs and a future revocation list.
@@ -143,8 +143,8 @@ func (p *sessionPayload) claims() SessionClaims {
 			Email:   p.Email,
 			IsAdmin: p.IsAdmin,
 		},
-		IssuedAt:  time.Unix(p.IssuedAt, 0),
-		ExpiresAt: time.Unix(p.ExpiresAt, 0),
+		IssuedAt:  time.Unix(p.IssuedAt, 0).UTC(),
+		ExpiresAt: time.Unix(p.ExpiresAt, 0).UTC(),
 		ID:        p.ID,
 	}
 }

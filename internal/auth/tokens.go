@@ -239,8 +239,8 @@ func (t *HostTokens) VerifyAccessToken(token string) (HostClaims, error) {
 func (p *hostPayload) claims() HostClaims {
 	return HostClaims{
 		HostID:    p.Subject,
-		IssuedAt:  time.Unix(p.IssuedAt, 0),
-		ExpiresAt: time.Unix(p.ExpiresAt, 0),
+		IssuedAt:  time.Unix(p.IssuedAt, 0).UTC(),
+		ExpiresAt: time.Unix(p.ExpiresAt, 0).UTC(),
 		ID:        p.ID,
 	}
 }
