@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -22,8 +21,6 @@ import (
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
-	"github.com/capsulehq/capsule/internal/sandbox"
-	"github.com/capsulehq/capsule/internal/vmm/qemu"
 )
 
 const agentUsage = `usage: capsule agent [flags]
@@ -56,17 +53,10 @@ var agentEnv = map[string]string{
 
 // agentOptions are the agent's settings.
 type agentOptions struct {
-	dataDir, runDir string
-	listen          string
-	tokenFile       string
-	envdBin         string
-	base            bool
-	capacity        sandbox.Capacity
-	netName         string
-	netHostCIDR     string
-	netLinkCIDR     string
-	netMaxSlots     int
-	verbose         bool
+	hostOptions
+	listen    string
+	tokenFile string
+	verbose   bool
 }
 
 // parseAgentFlags reads flags, then the environment for flags left unset.
@@ -112,12 +102,7 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.capacity.DiskMB < 0 {
 		return nil, errors.New("agent: capacities must not be negative")
 	}
-	if o.capacity.VCPUs == 0 {
-		o.capacity.VCPUs = 4 * runtime.NumCPU()
-	}
-	if o.capacity.MemoryMB == 0 {
-		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
-	}
+	o.defaultCapacity()
 	return o, nil
 }
 
@@ -146,76 +131,14 @@ func runAgent(ctx context.Context, args []string) error {
 		log.InfoContext(ctx, "generated the agent's bearer token", "file", o.tokenFile)
 	}
 
-	// Images: minimal always (tests, probes), base unless disabled. Both
-	// are rebuilt only when their inputs change.
-	images, err := image.Open(o.dataDir, log)
-	if err != nil {
-		return err
-	}
-	minimal, err := images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: o.envdBin})
-	if err != nil {
-		return fmt.Errorf("agent: minimal image: %w", err)
-	}
-	if o.base {
-		if _, err := images.Build(ctx, image.BuildOptions{Template: "base", EnvdBin: o.envdBin}); err != nil {
-			return fmt.Errorf("agent: base image (start with --base=false to go without it): %w", err)
-		}
-	}
-
-	driver, err := qemu.New(ctx, qemu.Options{ProbeKernel: minimal.Kernel, Logger: log})
-	if err != nil {
-		return fmt.Errorf("agent: qemu: %w", err)
-	}
-	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
-	if o.netHostCIDR != "" {
-		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
-			return fmt.Errorf("agent: --net-host-cidr: %w", err)
-		}
-	}
-	if o.netLinkCIDR != "" {
-		if netCfg.LinkCIDR, err = netip.ParsePrefix(o.netLinkCIDR); err != nil {
-			return fmt.Errorf("agent: --net-link-cidr: %w", err)
-		}
-	}
-	if o.netName != "" {
-		// A second pool on the host needs its own interface names too.
-		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
-	}
-	slots, err := netslot.NewPool(ctx, netCfg)
-	if err != nil {
-		return fmt.Errorf("agent: network slots: %w", err)
-	}
-	mgr, err := sandbox.New(ctx, sandbox.Config{
-		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, Log: log,
-	})
+	host, err := startHost(ctx, &o.hostOptions, log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	// A graceful stop pauses every sandbox first, so the next agent on this
-	// data directory resumes them without loss. Sandboxes that could not be
-	// paused keep running with their network slots; with none left the
-	// pool is closed, leaving the host clean.
-	defer func() {
-		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if err := mgr.PauseAll(pctx); err != nil {
-			log.Error("pause sandboxes before stopping", "err", err)
-		}
-		cancel()
-		mgr.Close()
-		for _, in := range mgr.List() {
-			if in.State != sandbox.StatePaused {
-				log.Info("leaving running sandboxes and their network to the next agent", "sandboxes", len(mgr.List()))
-				return
-			}
-		}
-		if err := slots.Close(context.Background()); err != nil {
-			log.Error("close the network slot pool", "err", err)
-		}
-	}()
+	defer host.stop()
 
 	a, err := agent.New(agent.Config{
-		Manager: mgr, Token: token, Images: images, Driver: driver, Capacity: o.capacity, Log: log,
+		Manager: host.mgr, Token: token, Images: host.images, Driver: host.driver, Capacity: o.capacity, Log: log,
 	})
 	if err != nil {
 		return err
@@ -228,7 +151,7 @@ func runAgent(ctx context.Context, args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.InfoContext(ctx, "agent listening", "url", "http://"+ln.Addr().String(), "token_file", o.tokenFile,
-		"accel", driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
+		"accel", host.driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
 		"max_disk_mb", o.capacity.DiskMB)
 	fmt.Printf("capsule agent: listening on http://%s\n", ln.Addr())
 

@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
@@ -26,10 +25,8 @@ import (
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
-	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
-	"github.com/capsulehq/capsule/internal/vmm/qemu"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
@@ -64,17 +61,11 @@ var serveEnv = map[string]string{
 }
 
 type serveOptions struct {
-	listen, dataDir, runDir string
-	databaseURL, pgBinDir   string
-	envdBin                 string
-	base                    bool
-	adminEmail              string
-	capacity                sandbox.Capacity
-	netName                 string
-	netHostCIDR             string
-	netLinkCIDR             string
-	netMaxSlots             int
-	verbose                 bool
+	hostOptions
+	listen                string
+	databaseURL, pgBinDir string
+	adminEmail            string
+	verbose               bool
 }
 
 func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, error) {
@@ -117,12 +108,7 @@ func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, 
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
 		return nil, errors.New("serve: capacities must not be negative")
 	}
-	if o.capacity.VCPUs == 0 {
-		o.capacity.VCPUs = 4 * runtime.NumCPU()
-	}
-	if o.capacity.MemoryMB == 0 {
-		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
-	}
+	o.defaultCapacity()
 	return o, nil
 }
 
@@ -260,86 +246,30 @@ func displayAddr(a net.Addr) string {
 // (image store, QEMU driver, network slots, sandbox manager) and serves it
 // on a loopback port with a token generated for this run.
 func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) (url, token string, stop func(), err error) {
-	images, ierr := image.Open(o.dataDir, log)
-	if ierr != nil {
-		return "", "", nil, fmt.Errorf("serve: %w", ierr)
-	}
-	minimal, err := images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: o.envdBin})
+	host, err := startHost(ctx, &o.hostOptions, log)
 	if err != nil {
-		return "", "", nil, fmt.Errorf("serve: minimal image: %w", err)
-	}
-	if o.base {
-		if _, err := images.Build(ctx, image.BuildOptions{Template: "base", EnvdBin: o.envdBin}); err != nil {
-			return "", "", nil, fmt.Errorf("serve: base image (start with --base=false to go without it): %w", err)
-		}
-	}
-	driver, err := qemu.New(ctx, qemu.Options{ProbeKernel: minimal.Kernel, Logger: log})
-	if err != nil {
-		return "", "", nil, fmt.Errorf("serve: qemu: %w", err)
-	}
-	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
-	if o.netHostCIDR != "" {
-		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
-			return "", "", nil, fmt.Errorf("serve: --net-host-cidr: %w", err)
-		}
-	}
-	if o.netLinkCIDR != "" {
-		if netCfg.LinkCIDR, err = netip.ParsePrefix(o.netLinkCIDR); err != nil {
-			return "", "", nil, fmt.Errorf("serve: --net-link-cidr: %w", err)
-		}
-	}
-	if o.netName != "" {
-		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
-	}
-	slots, err := netslot.NewPool(ctx, netCfg)
-	if err != nil {
-		return "", "", nil, fmt.Errorf("serve: network slots: %w", err)
-	}
-	mgr, err := sandbox.New(ctx, sandbox.Config{
-		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, Log: log,
-	})
-	if err != nil {
-		_ = slots.Close(context.Background())
 		return "", "", nil, fmt.Errorf("serve: %w", err)
-	}
-	closeMgr := func() {
-		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if err := mgr.PauseAll(pctx); err != nil {
-			log.Error("pause sandboxes before stopping", "err", err)
-		}
-		cancel()
-		mgr.Close()
-		for _, in := range mgr.List() {
-			if in.State != sandbox.StatePaused {
-				log.Info("leaving running sandboxes and their network to the next start", "sandboxes", len(mgr.List()))
-				return
-			}
-		}
-		if err := slots.Close(context.Background()); err != nil {
-			log.Error("close the network slot pool", "err", err)
-		}
 	}
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
-		closeMgr()
+		host.stop()
 		return "", "", nil, fmt.Errorf("serve: agent token: %w", err)
 	}
 	token = base64.RawURLEncoding.EncodeToString(raw)
-	a, err := agent.New(agent.Config{Manager: mgr, Token: token, Images: images, Driver: driver, Capacity: o.capacity, Log: log})
+	a, err := agent.New(agent.Config{Manager: host.mgr, Token: token, Images: host.images, Driver: host.driver, Capacity: o.capacity, Log: log})
 	if err != nil {
-		closeMgr()
+		host.stop()
 		return "", "", nil, fmt.Errorf("serve: %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		closeMgr()
+		host.stop()
 		return "", "", nil, fmt.Errorf("serve: agent listener: %w", err)
 	}
 	srv := agent.NewServer(ln.Addr().String(), a, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+ln.Addr().String(), "accel", driver.Accel())
+	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+ln.Addr().String(), "accel", host.driver.Accel())
 	stop = func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := srv.Shutdown(sctx); err != nil {
@@ -349,7 +279,7 @@ func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) 
 		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("agent serve", "err", err)
 		}
-		closeMgr()
+		host.stop()
 	}
 	return "http://" + ln.Addr().String(), token, stop, nil
 }

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/vmm/qemu"
+)
+
+// hostOptions are the settings of a host's sandbox stack, shared by
+// `capsule agent` and the agent embedded in `capsule serve`.
+type hostOptions struct {
+	dataDir, runDir string
+	envdBin         string
+	base            bool
+	capacity        sandbox.Capacity
+	netName         string
+	netHostCIDR     string
+	netLinkCIDR     string
+	netMaxSlots     int
+}
+
+// defaultCapacity fills unset capacities from the host: 4 vCPUs per host
+// CPU and 3/4 of its memory.
+func (o *hostOptions) defaultCapacity() {
+	if o.capacity.VCPUs == 0 {
+		o.capacity.VCPUs = 4 * runtime.NumCPU()
+	}
+	if o.capacity.MemoryMB == 0 {
+		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
+	}
+}
+
+// hostStack is one machine's sandbox stack: guest images, the VMM driver,
+// the network slots and the sandbox manager over them.
+type hostStack struct {
+	images *image.Store
+	driver *qemu.Driver
+	slots  *netslot.Pool
+	mgr    *sandbox.Manager
+	log    *slog.Logger
+}
+
+// startHost builds (or reuses) the guest images and starts the stack. The
+// manager recovers what an earlier agent left in the data directory.
+func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStack, error) {
+	images, err := image.Open(o.dataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	// minimal always (tests, probes), base unless disabled; both are
+	// rebuilt only when their inputs change.
+	minimal, err := images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: o.envdBin})
+	if err != nil {
+		return nil, fmt.Errorf("minimal image: %w", err)
+	}
+	if o.base {
+		if _, err := images.Build(ctx, image.BuildOptions{Template: "base", EnvdBin: o.envdBin}); err != nil {
+			return nil, fmt.Errorf("base image (start with --base=false to go without it): %w", err)
+		}
+	}
+	driver, err := qemu.New(ctx, qemu.Options{ProbeKernel: minimal.Kernel, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
+	if o.netHostCIDR != "" {
+		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
+			return nil, fmt.Errorf("--net-host-cidr: %w", err)
+		}
+	}
+	if o.netLinkCIDR != "" {
+		if netCfg.LinkCIDR, err = netip.ParsePrefix(o.netLinkCIDR); err != nil {
+			return nil, fmt.Errorf("--net-link-cidr: %w", err)
+		}
+	}
+	if o.netName != "" {
+		// A second pool on the host needs its own interface names too.
+		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
+	}
+	slots, err := netslot.NewPool(ctx, netCfg)
+	if err != nil {
+		return nil, fmt.Errorf("network slots: %w", err)
+	}
+	mgr, err := sandbox.New(ctx, sandbox.Config{
+		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
+		Capacity: o.capacity, Log: log,
+	})
+	if err != nil {
+		_ = slots.Close(context.Background())
+		return nil, err
+	}
+	return &hostStack{images: images, driver: driver, slots: slots, mgr: mgr, log: log}, nil
+}
+
+// stop pauses every sandbox, so that the next start resumes them without
+// loss, then stops the manager. Sandboxes that could not be paused keep
+// running with their network slots; with none left the pool is closed,
+// leaving the host clean.
+func (h *hostStack) stop() {
+	pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	if err := h.mgr.PauseAll(pctx); err != nil {
+		h.log.Error("pause sandboxes before stopping", "err", err)
+	}
+	cancel()
+	h.mgr.Close()
+	for _, in := range h.mgr.List() {
+		if in.State != sandbox.StatePaused {
+			h.log.Info("leaving running sandboxes and their network to the next start", "sandboxes", len(h.mgr.List()))
+			return
+		}
+	}
+	if err := h.slots.Close(context.Background()); err != nil {
+		h.log.Error("close the network slot pool", "err", err)
+	}
+}
