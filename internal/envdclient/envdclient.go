@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"time"
 
 	"connectrpc.com/connect"
@@ -194,43 +193,20 @@ func (c *Client) Shell(ctx context.Context, script string) (*Result, error) {
 	return c.Run(ctx, Command{Cmd: "/bin/sh", Args: []string{"-c", script}})
 }
 
-// WriteFile uploads data to path (as the default user).
+// WriteFile uploads data to path as the default user (see Upload).
 func (c *Client) WriteFile(ctx context.Context, path string, data io.Reader) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/files?path="+url.QueryEscape(path), data)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	c.auth(req)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("write %s: HTTP %d: %s", path, resp.StatusCode, b)
-	}
-	return nil
+	_, err := c.Upload(ctx, path, "", data)
+	return err
 }
 
-// ReadFile downloads path.
+// ReadFile downloads path as the default user (see Download).
 func (c *Client) ReadFile(ctx context.Context, path string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/files?path="+url.QueryEscape(path), nil)
+	r, err := c.Download(ctx, path, "")
 	if err != nil {
 		return nil, err
 	}
-	c.auth(req)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("read %s: HTTP %d: %s", path, resp.StatusCode, b)
-	}
-	return io.ReadAll(resp.Body)
+	defer r.Close()
+	return io.ReadAll(r)
 }
 
 func (c *Client) auth(r *http.Request) {
