@@ -180,44 +180,45 @@ func (b *vmBench) snapshotFigures(ctx context.Context, out map[string]any) error
 // diskSizeRatio compares creating from snapshot templates whose disks are
 // 64 MiB and 2 GiB.
 func (b *vmBench) diskSizeRatio(ctx context.Context, out map[string]any, small, big string) error {
-	if err := b.template(ctx, "bench-disk-64m", sandbox.CreateOptions{Template: small}); err != nil {
-		return err
-	}
-	if err := b.template(ctx, "bench-disk-2g", sandbox.CreateOptions{Template: big}); err != nil {
-		return err
-	}
-	ts, err := b.creates(ctx, sandbox.CreateOptions{Template: "bench-disk-64m"})
-	if err != nil {
-		return err
-	}
-	tb, err := b.creates(ctx, sandbox.CreateOptions{Template: "bench-disk-2g"})
-	if err != nil {
-		return err
-	}
-	out["create_from_64mib_template"], out["create_from_2gib_template"] = ts, tb
-	out["create_2gib_vs_64mib_template"] = Round3(tb.P50 / ts.P50)
-	return nil
+	return b.compareTemplates(ctx, out,
+		sizedTemplate{"bench-disk-64m", "create_from_64mib_template", sandbox.CreateOptions{Template: small}},
+		sizedTemplate{"bench-disk-2g", "create_from_2gib_template", sandbox.CreateOptions{Template: big}},
+		"create_2gib_vs_64mib_template")
 }
 
 // memorySizeRatio compares restoring snapshot templates of 256 MiB and
 // 2 GiB guests.
 func (b *vmBench) memorySizeRatio(ctx context.Context, out map[string]any, img string) error {
-	if err := b.template(ctx, "bench-mem-256m", sandbox.CreateOptions{Template: img, MemoryMB: 256}); err != nil {
-		return err
+	return b.compareTemplates(ctx, out,
+		sizedTemplate{"bench-mem-256m", "restore_256mib_ram_template", sandbox.CreateOptions{Template: img, MemoryMB: 256}},
+		sizedTemplate{"bench-mem-2g", "restore_2gib_ram_template", sandbox.CreateOptions{Template: img, MemoryMB: 2048}},
+		"restore_2gib_vs_256mib_ram")
+}
+
+// sizedTemplate is a snapshot template made from a sandbox created with
+// opts, and the key its create timing is reported under.
+type sizedTemplate struct {
+	name, key string
+	opts      sandbox.CreateOptions
+}
+
+// compareTemplates times creating from a small and a big template and
+// reports both and the p50 ratio big/small under ratioKey.
+func (b *vmBench) compareTemplates(ctx context.Context, out map[string]any, small, big sizedTemplate, ratioKey string) error {
+	var p50 [2]float64
+	for _, t := range []sizedTemplate{small, big} {
+		if err := b.template(ctx, t.name, t.opts); err != nil {
+			return err
+		}
 	}
-	if err := b.template(ctx, "bench-mem-2g", sandbox.CreateOptions{Template: img, MemoryMB: 2048}); err != nil {
-		return err
+	for i, t := range []sizedTemplate{small, big} {
+		tm, err := b.creates(ctx, sandbox.CreateOptions{Template: t.name})
+		if err != nil {
+			return err
+		}
+		out[t.key], p50[i] = tm, tm.P50
 	}
-	ts, err := b.creates(ctx, sandbox.CreateOptions{Template: "bench-mem-256m"})
-	if err != nil {
-		return err
-	}
-	tb, err := b.creates(ctx, sandbox.CreateOptions{Template: "bench-mem-2g"})
-	if err != nil {
-		return err
-	}
-	out["restore_256mib_ram_template"], out["restore_2gib_ram_template"] = ts, tb
-	out["restore_2gib_vs_256mib_ram"] = Round3(tb.P50 / ts.P50)
+	out[ratioKey] = Round3(p50[1] / p50[0])
 	return nil
 }
 
