@@ -187,18 +187,19 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Log: log})
+	audit := service.NewAudit(st, log)
+	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Log: log})
+	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Audit: audit, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	if err := bootstrapAdmin(ctx, o, st, accounts, log); err != nil {
 		return err
 	}
-	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Store: st, Log: log})
+	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Store: st, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -61,7 +61,7 @@ func newAPI(t *testing.T, agentURL, agentToken string) *apiEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(Config{Accounts: acc, Sandboxes: sbx, Store: st,
+	h, err := New(Config{Accounts: acc, Sandboxes: sbx, Audit: service.NewAudit(st, nil), Store: st,
 		LoginEmailLimit: auth.RateLimit{Burst: 3, Interval: time.Hour}, SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)

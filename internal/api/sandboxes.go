@@ -3,7 +3,6 @@ package api
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -145,13 +144,7 @@ func (s *Server) destroySandbox(w http.ResponseWriter, r *http.Request, p servic
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	q := r.URL.Query()
 	f := service.ListFilter{Cursor: q.Get("cursor")}
-	for _, v := range q["state"] {
-		for st := range strings.SplitSeq(v, ",") {
-			if st = strings.TrimSpace(st); st != "" {
-				f.States = append(f.States, st)
-			}
-		}
-	}
+	f.States = multi(q, "state")
 	for _, kv := range q["metadata"] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -163,13 +156,10 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service
 		}
 		f.Metadata[k] = v
 	}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 {
-			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "limit: a positive integer"})
-			return
-		}
-		f.Limit = n
+	var err error
+	if f.Limit, err = pageLimit(q); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	items, next, err := s.cfg.Sandboxes.List(r.Context(), p, f)
 	if err != nil {

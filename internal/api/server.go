@@ -23,6 +23,7 @@ const maxBody = 1 << 20
 type Config struct {
 	Accounts  *service.Accounts
 	Sandboxes *service.Sandboxes
+	Audit     *service.Audit
 	// Store answers /healthz (a ping).
 	Store *store.Store
 	// TrustedProxies may set X-Forwarded-For (rate limits per client).
@@ -45,8 +46,8 @@ type Server struct {
 
 // New returns the API handler.
 func New(cfg Config) (*Server, error) {
-	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Store == nil {
-		return nil, errors.New("api: accounts, sandboxes and store are required")
+	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil {
+		return nil, errors.New("api: accounts, sandboxes, audit and store are required")
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
 	if s.log == nil {
@@ -93,6 +94,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.mux.HandleFunc("GET /v1/audit-logs", s.authed(s.listAuditLogs))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})

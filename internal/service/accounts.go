@@ -29,6 +29,9 @@ type Principal struct {
 	// Role is the user's role in TeamID (from the database; "" for an API
 	// key).
 	Role string
+	// ActorName names the principal in the audit log: the user's e-mail
+	// address, or the API key's name.
+	ActorName string
 }
 
 // Accounts: users, teams (the default one), sessions and API keys.
@@ -36,6 +39,7 @@ type Accounts struct {
 	st       *store.Store
 	hasher   *auth.PasswordHasher
 	sessions *auth.SessionManager
+	audit    *Audit
 	log      *slog.Logger
 }
 
@@ -44,7 +48,9 @@ type AccountsConfig struct {
 	Store    *store.Store
 	Hasher   *auth.PasswordHasher
 	Sessions *auth.SessionManager
-	Log      *slog.Logger
+	// Audit records API-key events (a new one over Store when nil).
+	Audit *Audit
+	Log   *slog.Logger
 }
 
 // NewAccounts returns the accounts service.
@@ -56,7 +62,11 @@ func NewAccounts(cfg AccountsConfig) (*Accounts, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Accounts{st: cfg.Store, hasher: cfg.Hasher, sessions: cfg.Sessions, log: log.With("component", "accounts")}, nil
+	audit := cfg.Audit
+	if audit == nil {
+		audit = NewAudit(cfg.Store, log)
+	}
+	return &Accounts{st: cfg.Store, hasher: cfg.Hasher, sessions: cfg.Sessions, audit: audit, log: log.With("component", "accounts")}, nil
 }
 
 // Signup is a new account's request.
@@ -217,7 +227,7 @@ func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate session: %w", err)
 	}
-	return Principal{UserID: uid, TeamID: tid, Role: m.Role}, nil
+	return Principal{UserID: uid, TeamID: tid, Role: m.Role, ActorName: claims.Email}, nil
 }
 
 // AuthenticateAPIKey finds the live key of a live team and records its use
@@ -233,7 +243,7 @@ func (a *Accounts) AuthenticateAPIKey(ctx context.Context, key string) (Principa
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate API key: %w", err)
 	}
-	return Principal{UserID: k.CreatedBy, TeamID: k.TeamID, APIKeyID: k.ID}, nil
+	return Principal{UserID: k.CreatedBy, TeamID: k.TeamID, APIKeyID: k.ID, ActorName: k.Name}, nil
 }
 
 // NewAPIKey is a created key: Plaintext is shown once and never stored.
@@ -250,8 +260,18 @@ func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (
 		return NewAPIKey{}, errorf(ErrInvalid, "name: 1 to 128 characters")
 	}
 	gen := auth.GenerateAPIKey()
-	k, err := a.st.Queries().CreateAPIKey(ctx, db.CreateAPIKeyParams{
-		TeamID: p.TeamID, Name: name, Prefix: gen.DisplayPrefix, KeyHash: gen.Hash, CreatedBy: p.UserID,
+	var k db.TeamAPIKey
+	err := a.st.Tx(ctx, func(q *db.Queries) error {
+		var err error
+		k, err = q.CreateAPIKey(ctx, db.CreateAPIKeyParams{
+			TeamID: p.TeamID, Name: name, Prefix: gen.DisplayPrefix, KeyHash: gen.Hash, CreatedBy: p.UserID,
+		})
+		if err != nil {
+			return err
+		}
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
+			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.create", Scope: ScopeAdmin,
+			Metadata: map[string]any{"name": name, "prefix": gen.DisplayPrefix}})
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return NewAPIKey{}, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("an API key named %q exists already", name), Err: err}
@@ -275,8 +295,17 @@ func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKe
 // RevokeAPIKey revokes a key of p's team; another team's key, or a revoked
 // one, is ErrNotFound.
 func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID) error {
-	if _, err := a.st.Queries().RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID}); err != nil {
-		return notFound(err, "API key")
+	err := a.st.Tx(ctx, func(q *db.Queries) error {
+		k, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID})
+		if err != nil {
+			return notFound(err, "API key")
+		}
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
+			ResourceID: wireid.Format(wireid.APIKey, id), Action: "api_key.revoke", Scope: ScopeAdmin,
+			Metadata: map[string]any{"name": k.Name}})
+	})
+	if err != nil {
+		return err
 	}
 	a.log.InfoContext(ctx, "API key revoked", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, id))
 	return nil

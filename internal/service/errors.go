@@ -90,3 +90,12 @@ func agentError(err error, op string) error {
 	}
 	return fmt.Errorf("agent %s: %w", op, err)
 }
+
+// PublicText is err's public message, or "internal error" when it has
+// none (audit metadata must not carry internal details either).
+func PublicText(err error) string {
+	if msg, ok := PublicMessage(err); ok {
+		return msg
+	}
+	return "internal error"
+}

@@ -73,7 +73,9 @@ type SandboxesConfig struct {
 	Secret []byte
 	// Quotas are the platform defaults (DefaultQuotas when zero).
 	Quotas Quotas
-	Log    *slog.Logger
+	// Audit records lifecycle events (a new one over Store when nil).
+	Audit *Audit
+	Log   *slog.Logger
 }
 
 // Sandboxes: the sandbox lifecycle.
@@ -84,6 +86,7 @@ type Sandboxes struct {
 	hostID pgtype.UUID
 	secret []byte
 	quotas Quotas
+	audit  *Audit
 	log    *slog.Logger
 }
 
@@ -107,6 +110,9 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "sandboxes")
+	if s.audit = cfg.Audit; s.audit == nil {
+		s.audit = NewAudit(cfg.Store, cfg.Log)
+	}
 	h, err := cfg.Store.Queries().RegisterHost(ctx, db.RegisterHostParams{
 		TeamID: store.PlatformTeamID, Name: s.host, Labels: json.RawMessage(`{}`),
 	})
@@ -304,6 +310,8 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			}
 		}
 		log.WarnContext(ctx, "sandbox create failed", "err", cause)
+		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+			Status: AuditError, Metadata: map[string]any{"template": req.Template, "error": PublicText(cause)}})
 		return Sandbox{}, cause
 	}
 	c, err := s.client(ctx)
@@ -331,6 +339,8 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return fail(fmt.Errorf("persist running: %w", err))
 	}
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
+	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+		Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
 	return s.view(row, resp.Msg.GetSandbox()), nil
 }
 
@@ -481,6 +491,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 		return fmt.Errorf("persist stopped: %w", err)
 	}
 	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
+	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox.destroy"})
 	return nil
 }
 
@@ -529,13 +540,17 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 		if _, terr := s.st.TransitionSandbox(bg, nil, id, []string{mid}, from, truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
 			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", ID(id), "err", terr)
 		}
-		return Sandbox{}, agentError(err, op)
+		err = agentError(err, op)
+		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox." + op,
+			Status: AuditError, Metadata: map[string]any{"error": PublicText(err)}})
+		return Sandbox{}, err
 	}
 	row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
 	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
+	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox." + op})
 	return s.view(row, a), nil
 }
 
