@@ -20,6 +20,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/envd"
 	"github.com/capsulehq/capsule/internal/guestinit"
+	"github.com/capsulehq/capsule/internal/portfwd"
 )
 
 // guestinit.Reaper is the process manager's child tracker in a guest.
@@ -40,6 +41,7 @@ func run() error {
 	port := fs.Int("port", envd.DefaultPort, "TCP port to listen on")
 	addr := fs.String("addr", "", "address to listen on (default all interfaces)")
 	user := fs.String("user", "", "default user until POST /init sets one (default root)")
+	forward := fs.Bool("forward-loopback", true, "in a guest: make servers that listen on loopback only reachable on the guest's external address (package portfwd)")
 	notInSandbox := fs.Bool("isnotfc", false, "running outside a sandbox VM (E2B's flag, e.g. for the SDKs' debug mode): E2B_SANDBOX=false")
 	version := fs.Bool("version", false, "print the protocol version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -105,6 +107,10 @@ func run() error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	if guest && *forward && !*notInSandbox {
+		fwd := portfwd.New(portfwd.Config{Exclude: []uint16{uint16(*port)}, Log: log})
+		go func() { _ = fwd.Run(ctx) }()
+	}
 	select {
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
