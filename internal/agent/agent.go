@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
 	"runtime/debug"
 	"time"
 
@@ -61,6 +62,9 @@ type Agent struct {
 	now     func() time.Time
 	started time.Time
 	mux     *http.ServeMux
+	// verifier checks the control plane's token (RPCs and proxy).
+	verifier Verifier
+	proxy    *httputil.ReverseProxy
 }
 
 // New returns the agent's handler.
@@ -76,7 +80,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		v = st
 	}
-	a := &Agent{cfg: cfg, mgr: cfg.Manager, log: cfg.Log, now: cfg.Now}
+	a := &Agent{cfg: cfg, mgr: cfg.Manager, log: cfg.Log, now: cfg.Now, verifier: v}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -96,11 +100,19 @@ func New(cfg Config) (*Agent, error) {
 	)
 	a.mux = http.NewServeMux()
 	a.mux.Handle(path, h)
+	a.proxy = a.newReverseProxy()
 	return a, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler: sandbox traffic (requests with
+// ProxySandboxHeader) goes to the proxy, the rest to the RPC handler.
+func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get(ProxySandboxHeader) != "" {
+		a.serveProxy(w, r)
+		return
+	}
+	a.mux.ServeHTTP(w, r)
+}
 
 // recovered turns a handler's panic into an internal error.
 func (a *Agent) recovered(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {

@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/sandbox"
+)
+
+// The traffic proxy's headers. A request to the agent that carries
+// ProxySandboxHeader is sandbox traffic, whatever its path: the agent
+// forwards it, path, query, body and the other headers unchanged, to
+// ProxyPortHeader of that sandbox's guest. The caller (the control plane's
+// proxy, which has checked the client's access) authenticates with
+// ProxyTokenHeader ("Bearer <agent token>"), not Authorization, which
+// belongs to the client's request. The three are removed before the
+// request is forwarded.
+const (
+	ProxySandboxHeader = "Capsule-Proxy-Sandbox"
+	ProxyPortHeader    = "Capsule-Proxy-Port"
+	ProxyTokenHeader   = "Capsule-Proxy-Authorization"
+)
+
+// proxyError is E2B's proxy error body (spec §3.2): the SDKs read its
+// fields.
+type proxyError struct {
+	SandboxID string `json:"sandboxId,omitempty"`
+	Message   string `json:"message"`
+	Port      int    `json:"port,omitempty"`
+	Code      int    `json:"code"`
+}
+
+// WriteProxyError writes an E2B-shaped proxy error.
+func WriteProxyError(w http.ResponseWriter, status int, sandboxID string, port int, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(proxyError{SandboxID: sandboxID, Message: msg, Port: port, Code: status})
+}
+
+// Messages of the proxy errors the SDKs recognise.
+const (
+	MsgSandboxNotFound = "The sandbox was not found"
+	MsgPortClosed      = "The sandbox is running but port is not open"
+)
+
+func newProxyTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   128,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // long polls and slow servers are the guest's business
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+}
+
+type proxyTarget struct {
+	sandboxID string
+	port      int
+	url       *url.URL
+}
+
+type proxyTargetKey struct{}
+
+// serveProxy forwards sandbox traffic to the guest.
+func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get(ProxySandboxHeader)
+	token, ok := bearerValue(r.Header.Get(ProxyTokenHeader))
+	if !ok || a.verifier.Verify(r.Context(), token) != nil {
+		a.log.WarnContext(r.Context(), "proxy request refused: bad token", "remote", r.RemoteAddr)
+		WriteProxyError(w, http.StatusUnauthorized, "", 0, "unauthenticated")
+		return
+	}
+	port, err := strconv.Atoi(r.Header.Get(ProxyPortHeader))
+	if err != nil || port < 1 || port > 65535 {
+		WriteProxyError(w, http.StatusBadRequest, id, 0, "Invalid sandbox port")
+		return
+	}
+	info, err := a.mgr.Get(id)
+	if err != nil || info.State != sandbox.StateRunning || info.HostAddr == "" {
+		WriteProxyError(w, http.StatusBadGateway, id, 0, MsgSandboxNotFound)
+		return
+	}
+	addr, err := netip.ParseAddr(info.HostAddr)
+	if err != nil {
+		WriteProxyError(w, http.StatusBadGateway, id, 0, MsgSandboxNotFound)
+		return
+	}
+	_ = a.mgr.Ping(id) // traffic is activity
+	t := &proxyTarget{sandboxID: id, port: port, url: &url.URL{Scheme: "http", Host: netip.AddrPortFrom(addr, uint16(port)).String()}}
+	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), proxyTargetKey{}, t)))
+}
+
+// newReverseProxy returns the one ReverseProxy of the agent: it streams
+// (no buffering: server-sent events and long downloads flow), passes
+// WebSocket and other upgrades through, and keeps the client's Host.
+func (a *Agent) newReverseProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			t := pr.In.Context().Value(proxyTargetKey{}).(*proxyTarget)
+			pr.SetURL(t.url)
+			pr.Out.Host = pr.In.Host
+			for _, h := range []string{ProxySandboxHeader, ProxyPortHeader, ProxyTokenHeader} {
+				pr.Out.Header.Del(h)
+			}
+		},
+		Transport:     newProxyTransport(),
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			t := r.Context().Value(proxyTargetKey{}).(*proxyTarget)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				WriteProxyError(w, http.StatusBadGateway, t.sandboxID, t.port, MsgPortClosed)
+				return
+			}
+			if r.Context().Err() != nil {
+				return // the client went away
+			}
+			a.log.WarnContext(r.Context(), "proxy", "sandbox", t.sandboxID, "port", t.port, "err", err)
+			WriteProxyError(w, http.StatusBadGateway, t.sandboxID, t.port, MsgPortClosed)
+		},
+	}
+}
+
+// bearerValue extracts the token of "Bearer <token>".
+func bearerValue(v string) (string, bool) {
+	h := http.Header{}
+	h.Set("Authorization", v)
+	return bearerToken(h)
+}
