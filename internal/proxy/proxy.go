@@ -1,0 +1,292 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/agent"
+)
+
+// EnvdPort is envd's port in every guest.
+const EnvdPort = 49983
+
+// E2B's routing and access headers.
+const (
+	HeaderSandboxID    = "E2b-Sandbox-Id"
+	HeaderSandboxPort  = "E2b-Sandbox-Port"
+	HeaderTrafficToken = "E2b-Traffic-Access-Token"
+	HeaderAccessToken  = "X-Access-Token"
+	HeaderAPIKey       = "X-Api-Key"
+)
+
+// ErrNotFound: no such sandbox, or it is not running (and cannot be
+// resumed): 502 "The sandbox was not found".
+var ErrNotFound = errors.New("sandbox not found")
+
+// Route is where a sandbox's traffic goes and who may send it.
+type Route struct {
+	// SandboxID is the sandbox's ID as the client named it.
+	SandboxID string
+	// AgentURL and AgentToken reach the host agent running the sandbox.
+	AgentURL   string
+	AgentToken string
+	// EnvdAccessToken is what envd's port requires.
+	EnvdAccessToken string
+	// TrafficToken guards the other ports ("" when public).
+	TrafficToken string
+	// Public opens the other ports to anyone.
+	Public bool
+	// Team owns the sandbox: its API keys may reach every port.
+	Team string
+}
+
+// Resolver finds the running sandbox behind an ID.
+type Resolver interface {
+	// Resolve returns the sandbox's route, resuming a paused sandbox that
+	// was created with auto-resume; ErrNotFound when it is unknown,
+	// stopped, or paused without auto-resume.
+	Resolve(ctx context.Context, sandboxID string) (Route, error)
+	// APIKeyTeam returns the team of a live API key ("" and an error when
+	// it is not one).
+	APIKeyTeam(ctx context.Context, key string) (string, error)
+	// Touch records traffic as activity (for the TTL); cheap, may be
+	// rate-limited by the implementation.
+	Touch(ctx context.Context, sandboxID string)
+}
+
+// Config configures New.
+type Config struct {
+	// Domain is the sandbox domain: hosts are {port}-{id}.{Domain}.
+	Domain   string
+	Resolver Resolver
+	Log      *slog.Logger
+}
+
+// Handler is the proxy's http.Handler.
+type Handler struct {
+	cfg   Config
+	log   *slog.Logger
+	proxy *httputil.ReverseProxy
+}
+
+// New returns the proxy handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Resolver == nil {
+		return nil, errors.New("proxy: a resolver is required")
+	}
+	h := &Handler{cfg: cfg, log: cfg.Log}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	h.log = h.log.With("component", "proxy")
+	h.proxy = &httputil.ReverseProxy{
+		Rewrite:       h.rewrite,
+		Transport:     newTransport(),
+		FlushInterval: -1,
+		ErrorHandler:  h.forwardError,
+	}
+	return h, nil
+}
+
+// Matches reports whether r is sandbox traffic for this proxy: it carries
+// E2B's routing headers, or its Host is {port}-{id}.{domain}. The API
+// server sends such requests here and serves the rest itself.
+func (h *Handler) Matches(r *http.Request) bool {
+	if r.Header.Get(HeaderSandboxID) != "" || r.Header.Get(HeaderSandboxPort) != "" {
+		return true
+	}
+	host := hostname(r.Host)
+	if h.cfg.Domain == "" || !strings.HasSuffix(host, "."+h.cfg.Domain) {
+		return false
+	}
+	label := strings.TrimSuffix(host, "."+h.cfg.Domain)
+	return !strings.Contains(label, ".") && strings.Contains(label, "-")
+}
+
+var sandboxIDRe = regexp.MustCompile(`^[a-z0-9]+$`)
+
+// target parses the sandbox ID and port of r (spec §3.1 steps 1–3); the
+// error text is the plain-text 400 body E2B's proxy sends.
+func target(r *http.Request) (id string, port int, errText string) {
+	host := hostname(r.Host)
+	hdrID, hdrPort := r.Header.Get(HeaderSandboxID), r.Header.Get(HeaderSandboxPort)
+	_, ipErr := netip.ParseAddr(host)
+	byHeader := host == "localhost" || ipErr == nil || (strings.HasPrefix(host, "sandbox.") && len(host) > len("sandbox."))
+	if byHeader && (hdrID != "" || hdrPort != "") {
+		if hdrID == "" || hdrPort == "" {
+			return "", 0, "missing header"
+		}
+		id, portText := hdrID, hdrPort
+		p, err := strconv.Atoi(portText)
+		if err != nil || p < 1 || p > 65535 {
+			return "", 0, "Invalid sandbox port"
+		}
+		port = p
+		if !sandboxIDRe.MatchString(id) {
+			return "", 0, "Invalid sandbox ID"
+		}
+		return id, port, ""
+	}
+	label, _, ok := strings.Cut(host, ".")
+	if !ok {
+		return "", 0, "Invalid host"
+	}
+	parts := strings.Split(label, "-")
+	if len(parts) < 2 {
+		return "", 0, "Invalid host"
+	}
+	p, err := strconv.Atoi(parts[0])
+	if err != nil || p < 1 || p > 65535 {
+		return "", 0, "Invalid sandbox port"
+	}
+	if !sandboxIDRe.MatchString(parts[1]) {
+		return "", 0, "Invalid sandbox ID"
+	}
+	return parts[1], p, ""
+}
+
+func hostname(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return strings.ToLower(h)
+	}
+	return strings.ToLower(strings.Trim(hostport, "[]"))
+}
+
+// internalRoutes of envd are for the control plane only (spec §3.1 step 4).
+var internalRoutes = map[string]bool{
+	"/init": true, "/freeze": true, "/unfreeze": true, "/fsfreeze": true, "/fsthaw": true, "/collapse": true, "/upgrade": true,
+}
+
+type routeKey struct{}
+
+type routed struct {
+	route Route
+	port  int
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id, port, bad := target(r)
+	if bad != "" {
+		http.Error(w, bad, http.StatusBadRequest)
+		return
+	}
+	if port == EnvdPort && internalRoutes[path.Clean("/"+r.URL.Path)] {
+		writeJSON(w, http.StatusNotFound, map[string]any{
+			"message": "This endpoint is reserved for the E2B control plane and is not reachable through the sandbox URL",
+			"path":    r.URL.Path, "code": http.StatusNotFound,
+		})
+		return
+	}
+	rt, err := h.cfg.Resolver.Resolve(r.Context(), id)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			h.log.WarnContext(r.Context(), "resolve sandbox", "sandbox", id, "err", err)
+		}
+		agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+		return
+	}
+	if status, body := h.authorize(r, rt, port); status != 0 {
+		writeJSON(w, status, body)
+		return
+	}
+	h.cfg.Resolver.Touch(r.Context(), id)
+	h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{rt, port})))
+}
+
+// authorize applies the access rules; a zero status lets r through.
+func (h *Handler) authorize(r *http.Request, rt Route, port int) (int, any) {
+	if port == EnvdPort {
+		if tok, ok := r.Header[http.CanonicalHeaderKey(HeaderAccessToken)]; ok {
+			if len(tok) == 1 && rt.EnvdAccessToken != "" && equal(tok[0], rt.EnvdAccessToken) {
+				return 0, nil
+			}
+			return http.StatusUnauthorized, map[string]any{"code": 401, "message": "access token present in header but does not match"}
+		}
+		p := path.Clean("/" + r.URL.Path)
+		switch {
+		case r.Method == http.MethodGet && p == "/health":
+			return 0, nil
+		case (r.Method == http.MethodGet || r.Method == http.MethodPost) && p == "/files" && r.URL.Query().Get("signature") != "":
+			return 0, nil // envd verifies the signature
+		}
+		return http.StatusUnauthorized, map[string]any{"code": 401, "message": "unauthorized access, please provide a valid access token or method signing if supported"}
+	}
+	if rt.Public {
+		return 0, nil
+	}
+	if key := r.Header.Get(HeaderAPIKey); key != "" {
+		if team, err := h.cfg.Resolver.APIKeyTeam(r.Context(), key); err == nil && team != "" && team == rt.Team {
+			return 0, nil
+		}
+	}
+	tok, ok := r.Header[http.CanonicalHeaderKey(HeaderTrafficToken)]
+	if !ok {
+		return http.StatusForbidden, map[string]any{"sandboxId": rt.SandboxID, "code": 403,
+			"message": "Sandbox is secured with traffic access token. Token header 'e2b-traffic-access-token' is missing"}
+	}
+	if len(tok) != 1 || rt.TrafficToken == "" || !equal(tok[0], rt.TrafficToken) {
+		return http.StatusForbidden, map[string]any{"sandboxId": rt.SandboxID, "code": 403,
+			"message": "Sandbox is secured with traffic access token. Provided token in header 'e2b-traffic-access-token' is invalid"}
+	}
+	return 0, nil
+}
+
+func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+
+// rewrite sends the request to the agent with the proxy headers; the
+// client's API key stays here.
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	rt := pr.In.Context().Value(routeKey{}).(*routed)
+	u, err := url.Parse(rt.route.AgentURL)
+	if err != nil {
+		u = &url.URL{Scheme: "http", Host: "invalid."}
+	}
+	pr.SetURL(u)
+	pr.Out.Host = pr.In.Host
+	pr.Out.Header.Del(HeaderAPIKey)
+	pr.Out.Header.Set(agent.ProxySandboxHeader, rt.route.SandboxID)
+	pr.Out.Header.Set(agent.ProxyPortHeader, strconv.Itoa(rt.port))
+	pr.Out.Header.Set(agent.ProxyTokenHeader, "Bearer "+rt.route.AgentToken)
+	pr.SetXForwarded()
+}
+
+func (h *Handler) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	rt := r.Context().Value(routeKey{}).(*routed)
+	if r.Context().Err() != nil {
+		return
+	}
+	h.log.WarnContext(r.Context(), "forward to the agent", "sandbox", rt.route.SandboxID, "port", rt.port, "err", err)
+	agent.WriteProxyError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agent.MsgSandboxNotFound)
+}
+
+func newTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		// HTTP/1.1 to the agent: upgrades (WebSocket) need it.
+		ForceAttemptHTTP2: false,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
