@@ -199,6 +199,13 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err := bootstrapAdmin(ctx, o, st, accounts, log); err != nil {
 		return err
 	}
+	// The records follow what the agent runs after a crash of either
+	// (nothing else acts on the host's sandboxes yet).
+	if rep, err := sandboxes.Reconcile(ctx); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	} else if rep != (service.ReconcileReport{}) {
+		log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
+	}
 	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Store: st, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)

@@ -1,0 +1,105 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+)
+
+// TestReconcileRealAgent: after the agent and the records diverge (as a
+// crash between an agent call and its bookkeeping leaves them), Reconcile
+// makes the records follow the agent, marks what the agent lost, fails an
+// interrupted create, destroys orphans, and audits each change as the
+// system. A second run changes nothing.
+func TestReconcileRealAgent(t *testing.T) {
+	url := agenttest.Start(t, agenttest.Pool{
+		Name: "csvc", Veth: "csvcv",
+		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
+	})
+	e := newEnvAgent(t, url, agenttest.Token)
+	ctx := context.Background()
+	_, p := e.signup(t, "reconcile@example.com")
+	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	lost, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pausedBehind, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, pausedBehind.ID) })
+	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(lost.ID)})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(pausedBehind.ID)})); err != nil {
+		t.Fatal(err)
+	}
+	// A create interrupted after its first bookkeeping step.
+	interrupted, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
+		TeamID: p.TeamID, HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A sandbox the agent runs that no record owns.
+	if _, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "orphan1", Template: "minimal", MemoryMb: 256})); err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err := e.sbx.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep != (ReconcileReport{Changed: 3, Orphans: 1}) {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, tc := range []struct {
+		name string
+		sb   Sandbox
+		want string
+	}{
+		{"lost by the agent", lost, store.SandboxMissing},
+		{"paused behind the records", pausedBehind, store.SandboxPaused},
+		{"interrupted create", Sandbox{Sandbox: interrupted}, store.SandboxError},
+	} {
+		got, err := e.sbx.Get(ctx, p, tc.sb.ID)
+		if err != nil || got.State != tc.want {
+			t.Errorf("%s: state %q (%v), want %q", tc.name, got.State, err, tc.want)
+		}
+	}
+	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "orphan1"})); err == nil {
+		t.Error("the orphan still runs")
+	}
+	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
+	if err != nil || len(logs) != 3 {
+		t.Fatalf("reconcile audit: %d rows, %v", len(logs), err)
+	}
+	for _, l := range logs {
+		if l.ActorType != ActorSystem {
+			t.Errorf("audit actor %q", l.ActorType)
+		}
+	}
+	// The paused one resumes normally; a second reconcile is a no-op.
+	if _, err := e.sbx.Resume(ctx, p, pausedBehind.ID); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := e.sbx.Reconcile(ctx); err != nil || rep != (ReconcileReport{}) {
+		t.Fatalf("second reconcile: %+v, %v", rep, err)
+	}
+}
