@@ -767,3 +767,31 @@ func TestSandboxMarker(t *testing.T) {
 		}
 	}
 }
+
+// A clone of a snapshot template is told its own identity by /init: the
+// run files and the E2B_* variables follow it.
+func TestInitRenamesSandbox(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "e2b")
+	srv := envd.New(envd.Config{RunDir: dir, SandboxID: "isource", TemplateID: "tpl1"})
+	defer srv.Close()
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	resp, err := http.Post(ts.URL+"/init", "application/json",
+		strings.NewReader(`{"envVars":{"E2B_SANDBOX_ID":"iclone","E2B_TEMPLATE_ID":"tpl1","K":"v"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("/init: %d", resp.StatusCode)
+	}
+	for name, want := range map[string]string{".E2B_SANDBOX_ID": "iclone", ".E2B_TEMPLATE_ID": "tpl1"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != want {
+			t.Fatalf("%s = %q (%v), want %q", name, b, err, want)
+		}
+	}
+	e := &procEnv{url: ts.URL, client: processconnect.NewProcessClient(ts.Client(), ts.URL)}
+	if r := e.run(t, sh(`printf '%s %s' "$E2B_SANDBOX_ID" "$K"`)); r.stdout.String() != "iclone v" {
+		t.Fatalf("environment: %q", r.stdout.String())
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -106,7 +107,22 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 	if req.DefaultWorkdir != "" {
 		s.defaultWorkdir = req.DefaultWorkdir
 	}
+	// A sandbox restored from a snapshot template inherits the identity
+	// of the sandbox the snapshot was taken of: the control plane's
+	// E2B_SANDBOX_ID / E2B_TEMPLATE_ID replace it, in the run files too.
+	renamed := false
+	for _, k := range []string{"E2B_SANDBOX_ID", "E2B_TEMPLATE_ID"} {
+		if v, ok := req.EnvVars[k]; ok && v != "" && v != s.sysEnv[k] {
+			s.sysEnv[k], renamed = v, true
+		}
+	}
+	sysEnv := maps.Clone(s.sysEnv)
 	s.mu.Unlock()
+	if renamed && s.cfg.RunDir != "" {
+		if err := writeRunFiles(s.cfg.RunDir, sysEnv); err != nil {
+			s.log.ErrorContext(r.Context(), "rewrite the sandbox's run files", "err", err)
+		}
+	}
 
 	if s.cfg.Guest {
 		if req.Timestamp != nil {
