@@ -41,6 +41,7 @@ var agentEnv = map[string]string{
 	"token-file":    "CAPSULE_AGENT_TOKEN_FILE",
 	"envd":          "CAPSULE_ENVD",
 	"base":          "CAPSULE_AGENT_BASE",
+	"warm-images":   "CAPSULE_AGENT_WARM_IMAGES",
 	"max-vcpus":     "CAPSULE_AGENT_MAX_VCPUS",
 	"max-memory-mb": "CAPSULE_AGENT_MAX_MEMORY_MB",
 	"max-disk-mb":   "CAPSULE_AGENT_MAX_DISK_MB",
@@ -73,6 +74,7 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token; created (mode 0600) with a random token if absent (default DATA-DIR/agent.token) [CAPSULE_AGENT_TOKEN_FILE]")
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
 	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
+	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
 	fs.IntVar(&o.capacity.DiskMB, "max-disk-mb", 0, "sandbox disk space in MiB (default unlimited) [CAPSULE_AGENT_MAX_DISK_MB]")

@@ -21,6 +21,7 @@ type hostOptions struct {
 	dataDir, runDir string
 	envdBin         string
 	base            bool
+	warmImages      bool
 	capacity        sandbox.Capacity
 	netName         string
 	netHostCIDR     string
@@ -92,7 +93,7 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	}
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, Log: log,
+		Capacity: o.capacity, WarmImages: o.warmImages, Log: log,
 	})
 	if err != nil {
 		_ = slots.Close(context.Background())

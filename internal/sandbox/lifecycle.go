@@ -164,6 +164,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 // Close stops the manager's background work. Machines keep running; a new
 // Manager on the same DataDir recovers them.
 func (m *Manager) Close() {
+	m.warm.stop()
 	m.stopReaper()
 	<-m.reaperDone
 }

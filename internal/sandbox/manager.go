@@ -45,6 +45,10 @@ type Config struct {
 	BootTimeout time.Duration
 	// KernelArgs are appended to every guest command line.
 	KernelArgs string
+	// WarmImages keeps hidden snapshot templates of the image templates
+	// per machine shape, so that creates restore instead of booting
+	// (warm.go).
+	WarmImages bool
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -64,6 +68,7 @@ type Manager struct {
 
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
+	warm       *warmer
 }
 
 // box is one sandbox: its persisted record and, while it runs, its machine.
@@ -99,7 +104,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}}
+	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, warm: newWarmer()}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -114,6 +119,14 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if err := m.recover(ctx); err != nil {
 		return nil, err
+	}
+	// Warm-up sandboxes a crashed manager left are of no use.
+	for _, in := range m.List() {
+		if strings.HasPrefix(in.ID, warmSandboxPrefix) {
+			if err := m.Destroy(ctx, in.ID); err != nil {
+				m.log.WarnContext(ctx, "destroy a leftover warm-up sandbox", "id", in.ID, "err", err)
+			}
+		}
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	m.stopReaper, m.reaperDone = cancel, make(chan struct{})
@@ -143,6 +156,9 @@ type CreateOptions struct {
 	Metadata    map[string]string
 	// Timeout is the idle time after which the sandbox is paused (0: never).
 	Timeout time.Duration
+
+	// noWarm: a warm-up build's own sandbox (boots cold, starts no build).
+	noWarm bool
 }
 
 // Info describes a sandbox.
@@ -161,7 +177,10 @@ type Info struct {
 	EnvdURL string `json:"envdUrl,omitempty"`
 	// HostAddr is the address by which the host reaches the guest.
 	HostAddr string `json:"hostAddr,omitempty"`
-	VMMPid   int    `json:"vmmPid,omitempty"`
+	// RestoredFrom names the snapshot template the sandbox was created
+	// from ("" for a cold boot; a warm snapshot for a restored image).
+	RestoredFrom string `json:"restoredFrom,omitempty"`
+	VMMPid       int    `json:"vmmPid,omitempty"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -184,6 +203,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	}
 	if !idRe.MatchString(o.ID) {
 		return nil, fmt.Errorf("%w: sandbox ID %q must match [a-z0-9]{1,63}", ErrInvalid, o.ID)
+	}
+	if strings.HasPrefix(o.ID, warmSandboxPrefix) && !o.noWarm {
+		return nil, fmt.Errorf("%w: sandbox IDs starting with %q are reserved", ErrInvalid, warmSandboxPrefix)
 	}
 	tpl, err := m.resolveTemplate(ctx, o.Template)
 	if err != nil {
@@ -212,6 +234,21 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	}
 	if rec.VCPUs < 1 || rec.VCPUs > 64 || rec.MemoryMB < 64 || rec.MemoryMB > 1<<20 {
 		return nil, fmt.Errorf("%w: vcpus must be 1..64 and memory_mb 64..1048576", ErrInvalid)
+	}
+	// An image template with a warm snapshot of this shape restores from
+	// it; without one, it boots cold and a warm snapshot is built for next
+	// time.
+	image := tpl
+	if !o.noWarm {
+		if w := m.warmTemplate(tpl, o, rec.VCPUs, rec.MemoryMB); w != nil {
+			tpl = w
+		} else {
+			defer func() {
+				if err == nil {
+					m.startWarming(image, rec.VCPUs, rec.MemoryMB)
+				}
+			}()
+		}
 	}
 	baseMB := int((tpl.RootfsSize + (1<<20 - 1)) >> 20)
 	if rec.DiskMB == 0 {
@@ -250,6 +287,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	var snap *vmm.Snapshot
 	if tpl.isSnapshot() {
 		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
+		rec.RestoredFrom = tpl.Name
 	}
 	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo); err != nil {
 		return nil, err
@@ -502,7 +540,7 @@ func (m *Manager) info(b *box) *Info {
 	in := &Info{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
 		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
-		CreatedAt: r.CreatedAt, LastActive: b.lastActive,
+		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
 	}
 	if r.State == StateRunning && b.slot != nil {
 		in.HostAddr = b.slot.HostAddr.String()

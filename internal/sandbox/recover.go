@@ -69,7 +69,7 @@ func (m *Manager) collectTemplateDirs() {
 		return
 	}
 	live := map[string]bool{}
-	if ts, err := m.Templates(); err == nil {
+	if ts, err := m.allTemplates(); err == nil {
 		for _, t := range ts {
 			live[t.Dir] = true
 		}

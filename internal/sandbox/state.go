@@ -38,6 +38,9 @@ type record struct {
 	Metadata    map[string]string `json:"metadata,omitempty"`
 	TimeoutSec  int               `json:"timeoutSec,omitempty"`
 	CreatedAt   time.Time         `json:"createdAt"`
+	// RestoredFrom names the snapshot template the sandbox was restored
+	// from at creation ("" for a cold boot).
+	RestoredFrom string `json:"restoredFrom,omitempty"`
 	// Snapshot is the directory of the current memory snapshot while
 	// paused (a new generation per pause).
 	Snapshot   string `json:"snapshot,omitempty"`

@@ -66,6 +66,9 @@ func (m *Manager) resolveTemplate(ctx context.Context, name string) (*Template, 
 	if !ValidTemplateName(name) {
 		return nil, fmt.Errorf("%w: template name %q", ErrInvalid, name)
 	}
+	if isWarm(name) {
+		return nil, fmt.Errorf("%w: template %s", ErrNotFound, name)
+	}
 	if t, err := m.readTemplate(name); err == nil {
 		return t, nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -97,8 +100,17 @@ func (m *Manager) readTemplate(name string) (*Template, error) {
 	return &t, nil
 }
 
-// Templates lists the templates saved by this manager.
+// Templates lists the templates saved by this manager (not the warm
+// snapshots, which are its own business).
 func (m *Manager) Templates() ([]*Template, error) {
+	all, err := m.allTemplates()
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(t *Template) bool { return isWarm(t.Name) }), nil
+}
+
+func (m *Manager) allTemplates() ([]*Template, error) {
 	entries, err := os.ReadDir(m.templatesDir())
 	if err != nil {
 		return nil, err
@@ -122,18 +134,19 @@ func (m *Manager) Templates() ([]*Template, error) {
 // moment of the copy and resumed; a paused one stays paused. An existing
 // template of that name is replaced.
 func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*Template, error) {
-	return m.makeTemplate(ctx, id, name, KindSnapshot)
+	return m.makeTemplate(ctx, id, name, KindSnapshot, false)
 }
 
 // FlattenRootfs makes an image template named name from a sandbox's disk
 // (no memory: sandboxes created from it cold-boot).
 func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*Template, error) {
-	return m.makeTemplate(ctx, id, name, KindImage)
+	return m.makeTemplate(ctx, id, name, KindImage, false)
 }
 
-func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string) (tpl *Template, err error) {
-	if !ValidTemplateName(name) || name == "minimal" || name == "base" {
-		return nil, fmt.Errorf("%w: template name %q (letters, digits, '-' and '_'; not an image name)", ErrInvalid, name)
+// warm marks a warm snapshot (warm.go), whose names users cannot take.
+func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm bool) (tpl *Template, err error) {
+	if !ValidTemplateName(name) || name == "minimal" || name == "base" || isWarm(name) != warm {
+		return nil, fmt.Errorf("%w: template name %q (letters, digits, '-' and '_'; not an image name, not %q…)", ErrInvalid, name, warmPrefix)
 	}
 	b, err := m.lock(id)
 	if err != nil {

@@ -1,0 +1,128 @@
+package sandbox_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/sandbox"
+)
+
+// TestWarmSnapshots: with WarmImages, the first create of an image boots
+// cold and leaves a warm snapshot behind; the next create of that shape
+// restores from it, with its own identity and environment; another shape
+// or a bigger disk boots cold; the warm snapshot and its build stay
+// hidden; a rebuilt manager finds it again.
+func TestWarmSnapshots(t *testing.T) {
+	e := newEnv(t)
+	e.mgr.Close()
+	mk := func() *sandbox.Manager {
+		m, err := sandbox.New(context.Background(), sandbox.Config{
+			DataDir: e.dataDir, RunDir: e.runDir,
+			Driver: testDriver(t), Images: testImages(t), Slots: e.pool,
+			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, WarmImages: true,
+		})
+		if err != nil {
+			t.Fatalf("manager: %v", err)
+		}
+		return m
+	}
+	e.mgr = mk()
+	ctx := testCtx(t, 6*time.Minute)
+
+	first, _ := e.create(ctx, sandbox.CreateOptions{MemoryMB: 256, EnvVars: map[string]string{"FIRST": "1"}})
+	if first.RestoredFrom != "" {
+		t.Fatalf("first create restored from %q", first.RestoredFrom)
+	}
+	warm := waitWarm(t, e.dataDir, "warm-minimal-1c256m-")
+	if err := e.mgr.Destroy(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	second, c := e.create(ctx, sandbox.CreateOptions{MemoryMB: 256, EnvVars: map[string]string{"SECOND": "2"}})
+	if second.RestoredFrom != warm || second.Template != "minimal" {
+		t.Fatalf("second create: restored from %q (want %q), template %q", second.RestoredFrom, warm, second.Template)
+	}
+	got := sh(t, ctx, c, `echo "$E2B_SANDBOX_ID $E2B_TEMPLATE_ID first=$FIRST second=$SECOND $(cat /run/e2b/.E2B_SANDBOX_ID)"`)
+	if want := second.ID + " minimal first= second=2 " + second.ID; got != want {
+		t.Fatalf("clone identity %q, want %q", got, want)
+	}
+	other, _ := e.create(ctx, sandbox.CreateOptions{MemoryMB: 320})
+	if other.RestoredFrom != "" {
+		t.Fatalf("another shape restored from %q", other.RestoredFrom)
+	}
+	bigger, _ := e.create(ctx, sandbox.CreateOptions{MemoryMB: 256, DiskMB: 512})
+	if bigger.RestoredFrom != "" {
+		t.Fatalf("a bigger disk restored from %q", bigger.RestoredFrom)
+	}
+	// Hidden: not a listed template, not a usable name, not a usable ID.
+	ts, err := e.mgr.Templates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tpl := range ts {
+		if strings.HasPrefix(tpl.Name, "warm-") {
+			t.Fatalf("warm snapshot listed: %s", tpl.Name)
+		}
+	}
+	if _, err := e.mgr.Create(ctx, sandbox.CreateOptions{Template: warm}); !errors.Is(err, sandbox.ErrNotFound) {
+		t.Fatalf("create from the warm snapshot by name: %v", err)
+	}
+	if _, err := e.mgr.Create(ctx, sandbox.CreateOptions{ID: "warmabc"}); !errors.Is(err, sandbox.ErrInvalid) {
+		t.Fatalf("create with a reserved ID: %v", err)
+	}
+	if _, err := e.mgr.CreateSnapshot(ctx, second.ID, "warm-mine"); !errors.Is(err, sandbox.ErrInvalid) {
+		t.Fatalf("snapshot with a reserved name: %v", err)
+	}
+	// Let the builds started by the two cold creates finish, then check
+	// that their sandboxes are gone.
+	waitWarm(t, e.dataDir, "warm-minimal-1c320m-")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		n := 0
+		for _, in := range e.mgr.List() {
+			if strings.HasPrefix(in.ID, "warm") {
+				n++
+			}
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d warm-up sandboxes left", n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, id := range []string{second.ID, other.ID, bigger.ID} {
+		if err := e.mgr.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A new manager on the same data dir restores from it at once.
+	e.mgr.Close()
+	e.mgr = mk()
+	third, _ := e.create(ctx, sandbox.CreateOptions{MemoryMB: 256})
+	if third.RestoredFrom != warm {
+		t.Fatalf("after a restart: restored from %q", third.RestoredFrom)
+	}
+}
+
+// waitWarm waits for the warm snapshot whose name starts with prefix and
+// returns its name.
+func waitWarm(t *testing.T, dataDir, prefix string) string {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		m, _ := filepath.Glob(filepath.Join(dataDir, "templates", prefix+"*.json"))
+		if len(m) == 1 {
+			return strings.TrimSuffix(filepath.Base(m[0]), ".json")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warm snapshot %s… (%v)", prefix, m)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
