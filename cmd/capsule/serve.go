@@ -208,6 +208,15 @@ func runServe(ctx context.Context, args []string) (err error) {
 	} else if rep != (service.ReconcileReport{}) {
 		log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
 	}
+	// The TTL reaper pauses sandboxes past their timeout until the API
+	// stops (it must not race the shutdown's PauseAll).
+	reapCtx, stopReaper := context.WithCancel(ctx)
+	reaperDone := make(chan struct{})
+	go func() {
+		defer close(reaperDone)
+		service.NewReaper(sandboxes, service.ReaperConfig{}).Run(reapCtx)
+	}()
+	defer func() { stopReaper(); <-reaperDone }()
 	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Store: st, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -234,6 +243,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 		_ = srv.Close()
 	}
 	cancel()
+	stopReaper()
+	<-reaperDone
 	// Pause every running sandbox through the agent path, so that the
 	// database records them as paused.
 	pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -262,6 +262,9 @@ CREATE TABLE sandboxes (
   env_vars              bytea,
   -- Why the sandbox is in state error (or missing); empty otherwise.
   state_reason          text        NOT NULL DEFAULT '',
+  -- Where the host reaches the sandbox's envd while it runs (set when it
+  -- becomes running, cleared when it leaves running): reads need no agent.
+  envd_url              text        NOT NULL DEFAULT '',
   created_by            uuid        REFERENCES users (id) ON DELETE SET NULL,
   created_at            timestamptz NOT NULL DEFAULT now(),
   updated_at            timestamptz NOT NULL DEFAULT now(),

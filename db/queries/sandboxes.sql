@@ -36,14 +36,19 @@ LIMIT @page_size;
 -- An optimistic transition: only from one of expected_states (no row: the
 -- sandbox is gone or in another state; store.TransitionSandbox tells which).
 -- Entering running starts the TTL (end_at = now + timeout_sec) and the
--- activity clock; paused and stopped record their time.
+-- activity clock; paused and stopped record their time. Leaving running
+-- clears envd_url (SetSandboxEnvdURL sets it once running); paused, stopped
+-- and error clear end_at (only a running sandbox has a deadline).
 UPDATE sandboxes SET
   state          = @new_state::text,
   state_reason   = @reason::text,
   started_at     = CASE WHEN @new_state::text = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
   last_active_at = CASE WHEN @new_state::text = 'running' THEN now() ELSE last_active_at END,
   end_at         = CASE WHEN @new_state::text = 'running' AND timeout_sec > 0
-                        THEN now() + make_interval(secs => timeout_sec) ELSE end_at END,
+                          THEN now() + make_interval(secs => timeout_sec)
+                        WHEN @new_state::text IN ('running', 'paused', 'stopped', 'error') THEN NULL
+                        ELSE end_at END,
+  envd_url       = CASE WHEN @new_state::text = 'running' THEN envd_url ELSE '' END,
   paused_at      = CASE WHEN @new_state::text = 'paused' THEN now() ELSE paused_at END,
   stopped_at     = CASE WHEN @new_state::text = 'stopped' THEN now() ELSE stopped_at END
 WHERE id = @id AND state = ANY(@expected_states::text[])
@@ -53,11 +58,20 @@ RETURNING *;
 UPDATE sandboxes SET host_id = sqlc.narg('host_id') WHERE id = @id RETURNING *;
 
 -- name: SetSandboxTimeout :one
--- A new timeout counted from now; 0 clears the TTL.
+-- A new timeout counted from now; 0 clears the TTL. Only a running sandbox
+-- gets a deadline (another one's starts when it enters running).
 UPDATE sandboxes SET
   timeout_sec = @timeout_sec::integer,
-  end_at = CASE WHEN @timeout_sec::integer > 0 THEN now() + make_interval(secs => @timeout_sec::integer) ELSE NULL END
+  end_at = CASE WHEN @timeout_sec::integer > 0 AND state = 'running'
+                THEN now() + make_interval(secs => @timeout_sec::integer) ELSE NULL END
 WHERE id = @id AND team_id = @team_id AND state <> 'stopped'
+RETURNING *;
+
+-- name: SetSandboxEnvdURL :one
+-- Where a running sandbox's envd is (run in the transaction that made it
+-- running).
+UPDATE sandboxes SET envd_url = @envd_url::text
+WHERE id = @id AND state = 'running'
 RETURNING *;
 
 -- name: TouchSandbox :one
@@ -69,9 +83,18 @@ UPDATE sandboxes SET
 WHERE id = @id AND team_id = @team_id AND state = 'running'
 RETURNING *;
 
+-- name: TouchSandboxByID :execrows
+-- TouchSandbox for callers that checked the team already (exec, files):
+-- one UPDATE, no row returned.
+UPDATE sandboxes SET
+  last_active_at = now(),
+  end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
+WHERE id = @id AND state = 'running';
+
 -- name: MarkSandboxStopped :one
--- Final state, from any other state.
-UPDATE sandboxes SET state = 'stopped', state_reason = @reason::text, stopped_at = now()
+-- Final state, from any other state; no deadline, no envd.
+UPDATE sandboxes SET state = 'stopped', state_reason = @reason::text, stopped_at = now(),
+  end_at = NULL, envd_url = ''
 WHERE id = @id AND state <> 'stopped'
 RETURNING *;
 
@@ -79,11 +102,27 @@ RETURNING *;
 DELETE FROM sandboxes WHERE id = @id AND team_id = @team_id;
 
 -- name: ListExpiredSandboxes :many
--- Running sandboxes whose TTL has passed, oldest deadline first.
+-- Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
+-- deadline first.
 SELECT * FROM sandboxes
-WHERE state = 'running' AND end_at IS NOT NULL AND end_at < now()
+WHERE state = 'running' AND end_at IS NOT NULL AND end_at < @now::timestamptz
 ORDER BY end_at, id
 LIMIT @max_results;
+
+-- name: ClaimExpiredSandbox :one
+-- The reaper's guarded running -> pausing: only while the sandbox is still
+-- running and still past its deadline at now (activity since the listing,
+-- or another replica's reaper, make it no row).
+UPDATE sandboxes SET state = 'pausing', state_reason = @reason::text
+WHERE id = @id AND state = 'running' AND end_at IS NOT NULL AND end_at < @now::timestamptz
+RETURNING *;
+
+-- name: RevertSandboxPausing :one
+-- A pause that did not happen: back to running with the deadline it had
+-- (the next reaper pass tries again).
+UPDATE sandboxes SET state = 'running', state_reason = @reason::text
+WHERE id = @id AND state = 'pausing'
+RETURNING *;
 
 -- name: CountTeamSandboxUsage :one
 -- What a team's sandboxes in the given states hold, for quota checks (run it

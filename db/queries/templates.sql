@@ -33,3 +33,12 @@ ORDER BY name, (team_id = @team_id) DESC;
 -- name: DeleteTemplate :one
 -- Only the team's own templates (public ones belong to the platform team).
 DELETE FROM templates WHERE team_id = @team_id AND name = @name RETURNING *;
+
+-- name: InsertTemplate :one
+-- A new template of a team with the given id (the host knows its files by
+-- that id); a name the team uses already is a conflict.
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id,
+                       source_sandbox_id, metadata, created_by)
+VALUES (@id, @team_id, @name, @kind, @vcpus, @memory_mb, @disk_mb, @size_bytes, sqlc.narg('host_id'),
+        sqlc.narg('source_sandbox_id'), @metadata, sqlc.narg('created_by'))
+RETURNING *;

@@ -111,6 +111,42 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request, p service
 	}, http.StatusOK)
 }
 
+// pingSandbox marks a running sandbox active (409 unless running).
+func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+		return s.cfg.Sandboxes.Ping(r.Context(), p, id)
+	}, http.StatusOK)
+}
+
+type timeoutJSON struct {
+	// TimeoutSec is required: 0 means never.
+	TimeoutSec *int32 `json:"timeout_sec"`
+}
+
+// setSandboxTimeout: {"timeout_sec": N} counted from now (0: never).
+func (s *Server) setSandboxTimeout(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	b, err := sandboxID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var req timeoutJSON
+	if err := decode(r, w, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.TimeoutSec == nil {
+		s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "timeout_sec: required (0: never)"})
+		return
+	}
+	sb, err := s.cfg.Sandboxes.SetTimeout(r.Context(), p, wireUUID{Bytes: b, Valid: true}, *req.TimeoutSec)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sandboxOf(sb, true))
+}
+
 func (s *Server) withSandbox(w http.ResponseWriter, r *http.Request, _ service.Principal,
 	fn func(id wireUUID) (service.Sandbox, error), status int) {
 	b, err := sandboxID(r)

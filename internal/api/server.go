@@ -94,6 +94,12 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
+	s.mux.HandleFunc("POST /v1/snapshots", s.authed(s.createSnapshot))
+	s.mux.HandleFunc("GET /v1/snapshots", s.authed(s.listSnapshots))
+	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))
+	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.authed(s.deleteSnapshot))
 	s.mux.HandleFunc("GET /v1/audit-logs", s.authed(s.listAuditLogs))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")

@@ -15,4 +15,19 @@
 // team's row lock) before the agent is asked to create it, and becomes
 // running, or error, after. In single-node mode there is one host agent,
 // named "local", reached through an agentclient.Pool like a remote one.
+//
+// The TTL is the control plane's: a running sandbox's end_at is its last
+// activity plus timeout_sec (create and resume start it, Ping and touch
+// push it, SetTimeout replaces it), and the Reaper pauses running
+// sandboxes past it as the system (audit action sandbox.auto_pause); the
+// agent gets no timeout. A running sandbox's envd address is kept in the
+// record (envd_url), so reads need no agent. A sandbox's env vars are
+// stored sealed with auth.FieldCipher, bound to its ID, and never returned.
+//
+// Snapshots (snapshots.go) are templates named per team in the database;
+// the agent knows each by its row's ID (TemplateID), so names never
+// collide between teams there. A sandbox's template name resolves to the
+// team's own template, then a public one (store.PlatformTeamID), then a
+// built-in image. Deleting a public template is ErrForbidden: public
+// templates are visible to every team, so that leaks nothing.
 package service

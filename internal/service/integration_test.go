@@ -96,12 +96,13 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 		t.Fatalf("Destroy of a sandbox the agent lost: %v", err)
 	}
 
-	// An agent refusal is persisted as error and frees the quota.
-	if _, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "no-such-template"}); err == nil {
-		t.Fatal("Create from a missing template succeeded")
+	// An agent refusal (too little memory for the agent) is persisted as
+	// error and frees the quota.
+	if _, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 32}); err == nil {
+		t.Fatal("Create with 32 MiB succeeded")
 	}
 	items, _, err := e.sbx.List(ctx, p, ListFilter{States: []string{store.SandboxError}})
-	if err != nil || len(items) != 1 || items[0].Template != "no-such-template" {
+	if err != nil || len(items) != 1 || items[0].MemoryMB != 32 {
 		t.Fatalf("error sandboxes: %+v, %v", items, err)
 	}
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,11 +11,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgtype"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
@@ -85,10 +86,19 @@ type Sandboxes struct {
 	host   string
 	hostID pgtype.UUID
 	secret []byte
-	quotas Quotas
-	audit  *Audit
-	log    *slog.Logger
+	// envCipher seals the env vars stored with a sandbox.
+	envCipher *auth.FieldCipher
+	quotas    Quotas
+	audit     *Audit
+	log       *slog.Logger
+
+	// touched is when touch last wrote a sandbox's activity.
+	touchMu sync.Mutex
+	touched map[pgtype.UUID]time.Time
 }
+
+// envVarsPurpose names the key that seals sandboxes.env_vars.
+const envVarsPurpose = "sandbox-env-vars"
 
 // NewSandboxes registers the host (a row of the platform team in hosts,
 // status online) and returns the sandbox service.
@@ -99,7 +109,12 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	if err := auth.ValidateSecret(cfg.Secret); err != nil {
 		return nil, fmt.Errorf("service: %w", err)
 	}
-	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, quotas: cfg.Quotas, log: cfg.Log}
+	envCipher, err := auth.NewFieldCipher(envVarsPurpose, cfg.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, envCipher: envCipher,
+		quotas: cfg.Quotas, log: cfg.Log, touched: map[pgtype.UUID]time.Time{}}
 	if s.host == "" {
 		s.host = LocalHost
 	}
@@ -123,15 +138,15 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	return s, nil
 }
 
-// Sandbox is a sandbox's record and, while it runs and when asked, where
-// its envd is.
+// Sandbox is a sandbox's record and, while it runs, where its envd is.
 type Sandbox struct {
 	db.Sandbox
 	// EnvdAccessToken is what envd requires of every request.
 	EnvdAccessToken string
-	// EnvdURL and HostAddr come from the agent (empty unless running and
-	// fetched).
-	EnvdURL  string
+	// EnvdURL is the record's envd_url (empty unless running).
+	EnvdURL string
+	// HostAddr comes from the agent's answer to the call that made the
+	// sandbox running (empty otherwise).
 	HostAddr string
 }
 
@@ -171,18 +186,14 @@ func validateMetadata(m map[string]string) error {
 	return nil
 }
 
+// normalize validates r and fills in the template's name; the machine
+// shape's defaults depend on the template (withShape).
 func (r *CreateSandbox) normalize() error {
 	if r.Template == "" {
 		r.Template = DefaultTemplate
 	}
 	if !templateRe.MatchString(r.Template) {
 		return errorf(ErrInvalid, "template: invalid name")
-	}
-	if r.VCPUs == 0 {
-		r.VCPUs = DefaultVCPUs
-	}
-	if r.MemoryMB == 0 {
-		r.MemoryMB = DefaultMemoryMB
 	}
 	if r.VCPUs < 0 || r.MemoryMB < 0 {
 		return errorf(ErrInvalid, "vcpus and memory_mb must be positive")
@@ -199,6 +210,69 @@ func (r *CreateSandbox) normalize() error {
 		}
 	}
 	return validateMetadata(r.Metadata)
+}
+
+// withShape fills in the machine shape: a snapshot template's is fixed
+// (zero means the template's; other values are refused), an image's
+// defaults to DefaultVCPUs and DefaultMemoryMB.
+func (r *CreateSandbox) withShape(tpl resolvedTemplate) error {
+	if t := tpl.row; t != nil && t.Kind == store.TemplateSnapshot {
+		if (r.VCPUs != 0 && r.VCPUs != t.VCPUs) || (r.MemoryMB != 0 && r.MemoryMB != t.MemoryMB) {
+			return errorf(ErrInvalid, "template %q is a snapshot of a machine with %d vCPUs and %d MiB: leave vcpus and memory_mb out or give those values",
+				r.Template, t.VCPUs, t.MemoryMB)
+		}
+		r.VCPUs, r.MemoryMB = t.VCPUs, t.MemoryMB
+		return nil
+	}
+	if r.VCPUs == 0 {
+		r.VCPUs = DefaultVCPUs
+	}
+	if r.MemoryMB == 0 {
+		r.MemoryMB = DefaultMemoryMB
+	}
+	return nil
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID() pgtype.UUID {
+	u := pgtype.UUID{Valid: true}
+	_, _ = rand.Read(u.Bytes[:])
+	u.Bytes[6] = u.Bytes[6]&0x0f | 0x40
+	u.Bytes[8] = u.Bytes[8]&0x3f | 0x80
+	return u
+}
+
+// envVarsAD binds a sealed env_vars value to its sandbox: a value copied
+// to another row does not open.
+func envVarsAD(id pgtype.UUID) []byte { return []byte("sandboxes.env_vars:" + ID(id)) }
+
+// sealEnvVars encrypts a create request's env vars for sandbox id (nil
+// when there are none).
+func (s *Sandboxes) sealEnvVars(id pgtype.UUID, env map[string]string) ([]byte, error) {
+	if len(env) == 0 {
+		return nil, nil
+	}
+	plain, err := json.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("env vars: %w", err)
+	}
+	return s.envCipher.Encrypt(plain, envVarsAD(id)), nil
+}
+
+// openEnvVars decrypts the env vars stored with a sandbox (nil when none).
+func (s *Sandboxes) openEnvVars(row db.Sandbox) (map[string]string, error) {
+	if len(row.EnvVars) == 0 {
+		return nil, nil
+	}
+	plain, err := s.envCipher.Decrypt(row.EnvVars, envVarsAD(row.ID))
+	if err != nil {
+		return nil, fmt.Errorf("env vars of %s: %w", ID(row.ID), err)
+	}
+	var env map[string]string
+	if err := json.Unmarshal(plain, &env); err != nil {
+		return nil, fmt.Errorf("env vars of %s: %w", ID(row.ID), err)
+	}
+	return env, nil
 }
 
 func (s *Sandboxes) teamQuotas(t db.Team) Quotas {
@@ -268,11 +342,23 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err := req.normalize(); err != nil {
 		return Sandbox{}, err
 	}
+	tpl, err := s.resolveTemplate(ctx, p.TeamID, req.Template)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if err := req.withShape(tpl); err != nil {
+		return Sandbox{}, err
+	}
 	meta, err := json.Marshal(orEmpty(req.Metadata))
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("metadata: %w", err)
 	}
 	internet := req.Internet == nil || *req.Internet
+	newID := newUUID()
+	sealedEnv, err := s.sealEnvVars(newID, req.EnvVars)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		t, err := q.LockTeam(ctx, p.TeamID)
@@ -283,9 +369,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			return err
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{
-			TeamID: p.TeamID, HostID: s.hostID, Template: req.Template, State: store.SandboxStarting,
+			ID: newID, TeamID: p.TeamID, HostID: s.hostID, Template: req.Template, State: store.SandboxStarting,
 			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
-			AllowInternetAccess: internet, Metadata: meta, CreatedBy: p.UserID,
+			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: p.UserID,
 		})
 		if err != nil {
 			return fmt.Errorf("insert sandbox: %w", err)
@@ -318,23 +404,18 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return fail(err)
 	}
-	user := ""
-	if req.Template == DefaultTemplate {
-		user = BaseTemplateUser
-	}
+	// No timeout for the agent: the control plane's reaper owns the TTL
+	// (the record's end_at), so the agent never pauses behind its back.
 	areq := &pb.CreateSandboxRequest{
-		SandboxId: id, Template: req.Template, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
-		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: user,
+		SandboxId: id, Template: tpl.agentName, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
+		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
 		Egress: internet, Metadata: req.Metadata,
-	}
-	if req.TimeoutSec > 0 {
-		areq.Timeout = durationpb.New(time.Duration(req.TimeoutSec) * time.Second)
 	}
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
-	row, err = s.st.TransitionSandbox(ctx, nil, row.ID, []string{store.SandboxStarting}, store.SandboxRunning, "")
+	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, resp.Msg.GetSandbox())
 	if err != nil {
 		return fail(fmt.Errorf("persist running: %w", err))
 	}
@@ -344,10 +425,30 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	return s.view(row, resp.Msg.GetSandbox()), nil
 }
 
+// persistRunning moves sandbox id from state from to running and records
+// where its envd is (a's address), in one transaction.
+func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from string, a *pb.Sandbox) (db.Sandbox, error) {
+	var row db.Sandbox
+	err := s.st.Tx(ctx, func(q *db.Queries) error {
+		var err error
+		if row, err = s.st.TransitionSandbox(ctx, q, id, []string{from}, store.SandboxRunning, ""); err != nil {
+			return err
+		}
+		if url := a.GetEnvdUrl(); url != "" {
+			row, err = q.SetSandboxEnvdURL(ctx, db.SetSandboxEnvdURLParams{ID: id, EnvdURL: url})
+		}
+		return err
+	})
+	return row, err
+}
+
 func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
 	v := Sandbox{Sandbox: row, EnvdAccessToken: auth.EnvdAccessToken(s.secret, ID(row.ID))}
-	if a != nil && row.State == store.SandboxRunning {
-		v.EnvdURL, v.HostAddr = a.GetEnvdUrl(), a.GetHostAddr()
+	if row.State == store.SandboxRunning {
+		v.EnvdURL = row.EnvdURL
+		if a != nil {
+			v.HostAddr = a.GetHostAddr()
+		}
 	}
 	return v
 }
@@ -360,24 +461,13 @@ func (s *Sandboxes) get(ctx context.Context, p Principal, id pgtype.UUID) (db.Sa
 	return row, nil
 }
 
-// Get returns a sandbox of p's team; a running one with its envd address
-// from the agent (omitted, and logged, when the agent does not answer).
+// Get returns a sandbox of p's team, a running one with its envd address
+// (from the record: no agent round trip).
 func (s *Sandboxes) Get(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, err
 	}
-	if row.State != store.SandboxRunning {
-		return s.view(row, nil), nil
-	}
-	c, err := s.client(ctx)
-	if err == nil {
-		var resp *connect.Response[pb.GetSandboxResponse]
-		if resp, err = c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)})); err == nil {
-			return s.view(row, resp.Msg.GetSandbox()), nil
-		}
-	}
-	s.log.WarnContext(ctx, "sandbox address from the agent", "sandbox", ID(id), "err", err)
 	return s.view(row, nil), nil
 }
 
@@ -545,7 +635,11 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 			Status: AuditError, Metadata: map[string]any{"error": PublicText(err)}})
 		return Sandbox{}, err
 	}
-	row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
+	if to == store.SandboxRunning {
+		row, err = s.persistRunning(ctx, id, mid, a)
+	} else {
+		row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
+	}
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
@@ -577,12 +671,10 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 			}
 			return s.checkResumeQuotas(ctx, q, t)
 		},
-		func(c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
-			req := &pb.ResumeSandboxRequest{SandboxId: ID(id)}
-			if row.TimeoutSec > 0 {
-				req.Timeout = durationpb.New(time.Duration(row.TimeoutSec) * time.Second)
-			}
-			r, err := c.ResumeSandbox(ctx, connect.NewRequest(req))
+		func(c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
+			// No timeout: the TTL is the control plane's (entering running
+			// restarts it in the record).
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id)}))
 			if err != nil {
 				return nil, err
 			}

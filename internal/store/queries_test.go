@@ -771,11 +771,11 @@ func TestSandboxTimeoutsAndActivity(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	exp := must[[]db.Sandbox](t)(q.ListExpiredSandboxes(ctx(t), 10))
+	exp := must[[]db.Sandbox](t)(q.ListExpiredSandboxes(ctx(t), db.ListExpiredSandboxesParams{Now: time.Now(), MaxResults: 10}))
 	if len(exp) != 2 || exp[0].ID != expired1.ID || exp[1].ID != expired2.ID {
 		t.Errorf("expired = %v", ids(exp))
 	}
-	if exp := must[[]db.Sandbox](t)(q.ListExpiredSandboxes(ctx(t), 1)); len(exp) != 1 {
+	if exp := must[[]db.Sandbox](t)(q.ListExpiredSandboxes(ctx(t), db.ListExpiredSandboxesParams{Now: time.Now(), MaxResults: 1})); len(exp) != 1 {
 		t.Errorf("limit: %d", len(exp))
 	}
 	// Touching a running sandbox whose deadline passed is not possible once

@@ -21,6 +21,9 @@ const (
 	User   = "usr-"
 	Team   = "team-"
 	APIKey = "key-"
+	// Template is a template's (snapshot's) ID; also the name the host
+	// agent knows the template by, so two teams' names never collide there.
+	Template = "tpl-"
 	// Sandbox has no prefix (see the package doc).
 	Sandbox = ""
 )

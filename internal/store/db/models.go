@@ -86,6 +86,7 @@ type Sandbox struct {
 	Metadata            json.RawMessage    `json:"metadata"`
 	EnvVars             []byte             `json:"env_vars"`
 	StateReason         string             `json:"state_reason"`
+	EnvdURL             string             `json:"envd_url"`
 	CreatedBy           pgtype.UUID        `json:"created_by"`
 	CreatedAt           time.Time          `json:"created_at"`
 	UpdatedAt           time.Time          `json:"updated_at"`

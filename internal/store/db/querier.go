@@ -18,6 +18,10 @@ type Querier interface {
 	// a busy key does not turn every request into a write; the returned row
 	// carries the value from before this call.
 	AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error)
+	// The reaper's guarded running -> pausing: only while the sandbox is still
+	// running and still past its deadline at now (activity since the listing,
+	// or another replica's reaper, make it no row).
+	ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandboxParams) (Sandbox, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
@@ -56,6 +60,9 @@ type Querier interface {
 	InsertAuditLog(ctx context.Context, arg InsertAuditLogParams) (AuditLog, error)
 	// id NULL: generated. end_at is set when the sandbox enters running.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	// A new template of a team with the given id (the host knows its files by
+	// that id); a name the team uses already is a conflict.
+	InsertTemplate(ctx context.Context, arg InsertTemplateParams) (Template, error)
 	// An identity already linked (to anyone): a unique violation (store.ErrConflict).
 	LinkOAuthProvider(ctx context.Context, arg LinkOAuthProviderParams) (OAuthProvider, error)
 	// The team's live keys, newest first.
@@ -67,8 +74,9 @@ type Querier interface {
 	// 200 a page. Each filter list empty: no filter; scopes ['team'] is what a
 	// plain member may see.
 	ListAuditLogs(ctx context.Context, arg ListAuditLogsParams) ([]AuditLog, error)
-	// Running sandboxes whose TTL has passed, oldest deadline first.
-	ListExpiredSandboxes(ctx context.Context, maxResults int32) ([]Sandbox, error)
+	// Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
+	// deadline first.
+	ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
@@ -87,7 +95,7 @@ type Querier interface {
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	// A host stopped answering: its live sandboxes become missing (reversible).
 	MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSandboxesMissingParams) ([]pgtype.UUID, error)
-	// Final state, from any other state.
+	// Final state, from any other state; no deadline, no envd.
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
@@ -97,13 +105,20 @@ type Querier interface {
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
+	// A pause that did not happen: back to running with the deadline it had
+	// (the next reaper pass tries again).
+	RevertSandboxPausing(ctx context.Context, arg RevertSandboxPausingParams) (Sandbox, error)
 	RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (TeamAPIKey, error)
 	// The add-member typeahead. LIKE metacharacters (\ % _) in prefix are escaped
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.
 	SearchUsersByEmailPrefix(ctx context.Context, arg SearchUsersByEmailPrefixParams) ([]SearchUsersByEmailPrefixRow, error)
+	// Where a running sandbox's envd is (run in the transaction that made it
+	// running).
+	SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error)
 	SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) (Sandbox, error)
-	// A new timeout counted from now; 0 clears the TTL.
+	// A new timeout counted from now; 0 clears the TTL. Only a running sandbox
+	// gets a deadline (another one's starts when it enters running).
 	SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutParams) (Sandbox, error)
 	SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team, error)
 	// NULL: the platform default.
@@ -116,10 +131,15 @@ type Querier interface {
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)
+	// TouchSandbox for callers that checked the team already (exec, files):
+	// one UPDATE, no row returned.
+	TouchSandboxByID(ctx context.Context, id pgtype.UUID) (int64, error)
 	// An optimistic transition: only from one of expected_states (no row: the
 	// sandbox is gone or in another state; store.TransitionSandbox tells which).
 	// Entering running starts the TTL (end_at = now + timeout_sec) and the
-	// activity clock; paused and stopped record their time.
+	// activity clock; paused and stopped record their time. Leaving running
+	// clears envd_url (SetSandboxEnvdURL sets it once running); paused, stopped
+	// and error clear end_at (only a running sandbox has a deadline).
 	UpdateSandboxState(ctx context.Context, arg UpdateSandboxStateParams) (Sandbox, error)
 	UpdateTeamMemberRole(ctx context.Context, arg UpdateTeamMemberRoleParams) (Membership, error)
 	UpdateUserName(ctx context.Context, arg UpdateUserNameParams) (User, error)

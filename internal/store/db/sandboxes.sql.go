@@ -8,9 +8,57 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
+
+const claimExpiredSandbox = `-- name: ClaimExpiredSandbox :one
+UPDATE sandboxes SET state = 'pausing', state_reason = $1::text
+WHERE id = $2 AND state = 'running' AND end_at IS NOT NULL AND end_at < $3::timestamptz
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+`
+
+type ClaimExpiredSandboxParams struct {
+	Reason string      `json:"reason"`
+	ID     pgtype.UUID `json:"id"`
+	Now    time.Time   `json:"now"`
+}
+
+// The reaper's guarded running -> pausing: only while the sandbox is still
+// running and still past its deadline at now (activity since the listing,
+// or another replica's reaper, make it no row).
+func (q *Queries) ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandboxParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, claimExpiredSandbox, arg.Reason, arg.ID, arg.Now)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+	)
+	return i, err
+}
 
 const countTeamSandboxUsage = `-- name: CountTeamSandboxUsage :one
 SELECT count(*)::integer                    AS sandboxes,
@@ -58,7 +106,7 @@ func (q *Queries) DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (i
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -86,6 +134,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -99,7 +148,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1
 `
 
 // Not team-scoped: for the control plane's own loops (reaper, reconciler).
@@ -122,6 +171,7 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -143,7 +193,7 @@ INSERT INTO sandboxes (
   $6, $7, $8, $9, $10, $11, $12,
   $13, $14, $15
 )
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type InsertSandboxParams struct {
@@ -200,6 +250,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -213,15 +264,21 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 }
 
 const listExpiredSandboxes = `-- name: ListExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
-WHERE state = 'running' AND end_at IS NOT NULL AND end_at < now()
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+WHERE state = 'running' AND end_at IS NOT NULL AND end_at < $1::timestamptz
 ORDER BY end_at, id
-LIMIT $1
+LIMIT $2
 `
 
-// Running sandboxes whose TTL has passed, oldest deadline first.
-func (q *Queries) ListExpiredSandboxes(ctx context.Context, maxResults int32) ([]Sandbox, error) {
-	rows, err := q.db.Query(ctx, listExpiredSandboxes, maxResults)
+type ListExpiredSandboxesParams struct {
+	Now        time.Time `json:"now"`
+	MaxResults int32     `json:"max_results"`
+}
+
+// Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
+// deadline first.
+func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listExpiredSandboxes, arg.Now, arg.MaxResults)
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +302,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, maxResults int32) ([
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
+			&i.EnvdURL,
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
@@ -265,7 +323,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, maxResults int32) ([
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -320,6 +378,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
+			&i.EnvdURL,
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
@@ -340,7 +399,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSandboxesByHost = `-- name: ListSandboxesByHost :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
 WHERE host_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
 ORDER BY created_at, id
@@ -377,6 +436,7 @@ func (q *Queries) ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHo
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
+			&i.EnvdURL,
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
@@ -429,9 +489,10 @@ func (q *Queries) MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSand
 }
 
 const markSandboxStopped = `-- name: MarkSandboxStopped :one
-UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now()
+UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now(),
+  end_at = NULL, envd_url = ''
 WHERE id = $2 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type MarkSandboxStoppedParams struct {
@@ -439,7 +500,7 @@ type MarkSandboxStoppedParams struct {
 	ID     pgtype.UUID `json:"id"`
 }
 
-// Final state, from any other state.
+// Final state, from any other state; no deadline, no envd.
 func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, markSandboxStopped, arg.Reason, arg.ID)
 	var i Sandbox
@@ -459,6 +520,97 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+	)
+	return i, err
+}
+
+const revertSandboxPausing = `-- name: RevertSandboxPausing :one
+UPDATE sandboxes SET state = 'running', state_reason = $1::text
+WHERE id = $2 AND state = 'pausing'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+`
+
+type RevertSandboxPausingParams struct {
+	Reason string      `json:"reason"`
+	ID     pgtype.UUID `json:"id"`
+}
+
+// A pause that did not happen: back to running with the deadline it had
+// (the next reaper pass tries again).
+func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPausingParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, revertSandboxPausing, arg.Reason, arg.ID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+	)
+	return i, err
+}
+
+const setSandboxEnvdURL = `-- name: SetSandboxEnvdURL :one
+UPDATE sandboxes SET envd_url = $1::text
+WHERE id = $2 AND state = 'running'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+`
+
+type SetSandboxEnvdURLParams struct {
+	EnvdURL string      `json:"envd_url"`
+	ID      pgtype.UUID `json:"id"`
+}
+
+// Where a running sandbox's envd is (run in the transaction that made it
+// running).
+func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, setSandboxEnvdURL, arg.EnvdURL, arg.ID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -472,7 +624,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 }
 
 const setSandboxHost = `-- name: SetSandboxHost :one
-UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type SetSandboxHostParams struct {
@@ -499,6 +651,7 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -514,9 +667,10 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 const setSandboxTimeout = `-- name: SetSandboxTimeout :one
 UPDATE sandboxes SET
   timeout_sec = $1::integer,
-  end_at = CASE WHEN $1::integer > 0 THEN now() + make_interval(secs => $1::integer) ELSE NULL END
+  end_at = CASE WHEN $1::integer > 0 AND state = 'running'
+                THEN now() + make_interval(secs => $1::integer) ELSE NULL END
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type SetSandboxTimeoutParams struct {
@@ -525,7 +679,8 @@ type SetSandboxTimeoutParams struct {
 	TeamID     pgtype.UUID `json:"team_id"`
 }
 
-// A new timeout counted from now; 0 clears the TTL.
+// A new timeout counted from now; 0 clears the TTL. Only a running sandbox
+// gets a deadline (another one's starts when it enters running).
 func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, setSandboxTimeout, arg.TimeoutSec, arg.ID, arg.TeamID)
 	var i Sandbox
@@ -545,6 +700,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -562,7 +718,7 @@ UPDATE sandboxes SET
   last_active_at = now(),
   end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
 WHERE id = $1 AND team_id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type TouchSandboxParams struct {
@@ -591,6 +747,7 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
@@ -603,6 +760,23 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 	return i, err
 }
 
+const touchSandboxByID = `-- name: TouchSandboxByID :execrows
+UPDATE sandboxes SET
+  last_active_at = now(),
+  end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
+WHERE id = $1 AND state = 'running'
+`
+
+// TouchSandbox for callers that checked the team already (exec, files):
+// one UPDATE, no row returned.
+func (q *Queries) TouchSandboxByID(ctx context.Context, id pgtype.UUID) (int64, error) {
+	result, err := q.db.Exec(ctx, touchSandboxByID, id)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const updateSandboxState = `-- name: UpdateSandboxState :one
 UPDATE sandboxes SET
   state          = $1::text,
@@ -610,11 +784,14 @@ UPDATE sandboxes SET
   started_at     = CASE WHEN $1::text = 'running' THEN COALESCE(started_at, now()) ELSE started_at END,
   last_active_at = CASE WHEN $1::text = 'running' THEN now() ELSE last_active_at END,
   end_at         = CASE WHEN $1::text = 'running' AND timeout_sec > 0
-                        THEN now() + make_interval(secs => timeout_sec) ELSE end_at END,
+                          THEN now() + make_interval(secs => timeout_sec)
+                        WHEN $1::text IN ('running', 'paused', 'stopped', 'error') THEN NULL
+                        ELSE end_at END,
+  envd_url       = CASE WHEN $1::text = 'running' THEN envd_url ELSE '' END,
   paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE paused_at END,
   stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END
 WHERE id = $3 AND state = ANY($4::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type UpdateSandboxStateParams struct {
@@ -627,7 +804,9 @@ type UpdateSandboxStateParams struct {
 // An optimistic transition: only from one of expected_states (no row: the
 // sandbox is gone or in another state; store.TransitionSandbox tells which).
 // Entering running starts the TTL (end_at = now + timeout_sec) and the
-// activity clock; paused and stopped record their time.
+// activity clock; paused and stopped record their time. Leaving running
+// clears envd_url (SetSandboxEnvdURL sets it once running); paused, stopped
+// and error clear end_at (only a running sandbox has a deadline).
 func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxStateParams) (Sandbox, error) {
 	row := q.db.QueryRow(ctx, updateSandboxState,
 		arg.NewState,
@@ -652,6 +831,7 @@ func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxState
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
+		&i.EnvdURL,
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,

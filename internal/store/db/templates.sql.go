@@ -79,6 +79,66 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 	return i, err
 }
 
+const insertTemplate = `-- name: InsertTemplate :one
+INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id,
+                       source_sandbox_id, metadata, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+        $10, $11, $12)
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at
+`
+
+type InsertTemplateParams struct {
+	ID              pgtype.UUID     `json:"id"`
+	TeamID          pgtype.UUID     `json:"team_id"`
+	Name            string          `json:"name"`
+	Kind            string          `json:"kind"`
+	VCPUs           int32           `json:"vcpus"`
+	MemoryMB        int32           `json:"memory_mb"`
+	DiskMB          int32           `json:"disk_mb"`
+	SizeBytes       int64           `json:"size_bytes"`
+	HostID          pgtype.UUID     `json:"host_id"`
+	SourceSandboxID pgtype.UUID     `json:"source_sandbox_id"`
+	Metadata        json.RawMessage `json:"metadata"`
+	CreatedBy       pgtype.UUID     `json:"created_by"`
+}
+
+// A new template of a team with the given id (the host knows its files by
+// that id); a name the team uses already is a conflict.
+func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) (Template, error) {
+	row := q.db.QueryRow(ctx, insertTemplate,
+		arg.ID,
+		arg.TeamID,
+		arg.Name,
+		arg.Kind,
+		arg.VCPUs,
+		arg.MemoryMB,
+		arg.DiskMB,
+		arg.SizeBytes,
+		arg.HostID,
+		arg.SourceSandboxID,
+		arg.Metadata,
+		arg.CreatedBy,
+	)
+	var i Template
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Name,
+		&i.Kind,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.SizeBytes,
+		&i.HostID,
+		&i.SourceSandboxID,
+		&i.Metadata,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
+}
+
 const listTemplates = `-- name: ListTemplates :many
 SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates
 WHERE team_id IN ($1, '00000000-0000-0000-0000-000000000000')

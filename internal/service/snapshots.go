@@ -1,0 +1,283 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// Templates (snapshots) are team-scoped by name in the database; the host
+// agent, which keys templates by name alone, knows each one by its row's
+// wire ID (TemplateID: "tpl-" and 32 hex digits), so two teams' "my-snap"
+// never meet there. Public templates belong to store.PlatformTeamID.
+
+// TemplateID returns the wire ID of a template, which is also its name on
+// the host agent.
+func TemplateID(id pgtype.UUID) string { return wireid.Format(wireid.Template, id) }
+
+// resolvedTemplate is what a sandbox's template name means for a team.
+type resolvedTemplate struct {
+	// agentName names it on the agent.
+	agentName string
+	// defaultUser runs processes when a request names none.
+	defaultUser string
+	// row is the template's record (nil for a built-in image).
+	row *db.Template
+}
+
+// templateMeta is what templates.metadata holds for a snapshot.
+type templateMeta struct {
+	DefaultUser string `json:"default_user,omitempty"`
+}
+
+// isBuiltinTemplate reports whether name is one of the host's built-in
+// images ("base", "minimal").
+func isBuiltinTemplate(name string) bool { return slices.Contains(image.Templates(), name) }
+
+// resolveTemplate finds what team means by name: its own template, else a
+// public one, else a built-in image; ErrNotFound otherwise.
+func (s *Sandboxes) resolveTemplate(ctx context.Context, team pgtype.UUID, name string) (resolvedTemplate, error) {
+	t, err := s.st.Queries().GetTemplate(ctx, db.GetTemplateParams{TeamID: team, Name: name})
+	if err == nil {
+		var m templateMeta
+		_ = json.Unmarshal(t.Metadata, &m) // written by CreateSnapshot; absent keys are fine
+		return resolvedTemplate{agentName: TemplateID(t.ID), defaultUser: m.DefaultUser, row: &t}, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return resolvedTemplate{}, fmt.Errorf("template %s: %w", name, err)
+	}
+	if isBuiltinTemplate(name) {
+		user := ""
+		if name == DefaultTemplate {
+			user = BaseTemplateUser
+		}
+		return resolvedTemplate{agentName: name, defaultUser: user}, nil
+	}
+	return resolvedTemplate{}, errorf(ErrNotFound, "template %q not found", name)
+}
+
+// ValidateSnapshotName checks a snapshot's name: the templates table's
+// pattern (1 to 128 letters, digits, '.', '_' and '-', starting with a
+// letter or digit), nothing path-like, and not a built-in image's name.
+func ValidateSnapshotName(name string) error {
+	switch {
+	case name == "":
+		return errorf(ErrInvalid, "name: required")
+	case strings.ContainsAny(name, "/\\\x00") || strings.Contains(name, ".."):
+		return errorf(ErrInvalid, "name: must not contain '/', '\\', '..' or NUL")
+	case !templateRe.MatchString(name):
+		return errorf(ErrInvalid, "name: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	case isBuiltinTemplate(strings.ToLower(name)):
+		return errorf(ErrInvalid, "name: %q is a built-in template", name)
+	}
+	return nil
+}
+
+// Snapshot is a template as a team sees it.
+type Snapshot struct {
+	db.Template
+	// Public: a platform template every team can use (and none delete).
+	Public bool
+}
+
+func snapshotOf(t db.Template) Snapshot {
+	return Snapshot{Template: t, Public: t.TeamID == store.PlatformTeamID}
+}
+
+// CreateSnapshotRequest asks for a snapshot template of a running sandbox.
+type CreateSnapshotRequest struct {
+	SandboxID pgtype.UUID
+	Name      string
+	// Overwrite replaces the team's snapshot of that name (else it is a
+	// conflict).
+	Overwrite bool
+}
+
+// CreateSnapshot makes a snapshot template (memory and disk) named
+// req.Name of a running sandbox of p's team, which goes on running.
+// replaced tells that it took the place of the team's snapshot of that
+// name (req.Overwrite): the new record replaces the old one in one
+// transaction, then the old files are deleted on the host, which keeps
+// them while sandboxes created from them still run.
+func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateSnapshotRequest) (snap Snapshot, replaced bool, err error) {
+	if err := ValidateSnapshotName(req.Name); err != nil {
+		return Snapshot{}, false, err
+	}
+	src, err := s.get(ctx, p, req.SandboxID)
+	if err != nil {
+		return Snapshot{}, false, err
+	}
+	if src.State != store.SandboxRunning {
+		return Snapshot{}, false, errorf(ErrConflict, "the sandbox is %s, not running", src.State)
+	}
+	q := s.st.Queries()
+	cur, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: req.Name})
+	switch {
+	case err == nil && cur.TeamID == p.TeamID && !req.Overwrite:
+		return Snapshot{}, false, errorf(ErrConflict, "a snapshot named %q exists: set overwrite to replace it", req.Name)
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return Snapshot{}, false, fmt.Errorf("snapshot %s: %w", req.Name, err)
+	}
+	// Sandboxes created from the snapshot run as the source did.
+	var meta templateMeta
+	if t, err := s.resolveTemplate(ctx, p.TeamID, src.Template); err == nil {
+		meta.DefaultUser = t.defaultUser
+	}
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		return Snapshot{}, false, fmt.Errorf("snapshot metadata: %w", err)
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return Snapshot{}, false, err
+	}
+	newID := newUUID()
+	agentName := TemplateID(newID)
+	auditEv := AuditEvent{ResourceType: "snapshot", ResourceID: req.Name, Action: "snapshot.create",
+		Metadata: map[string]any{"id": agentName, "sandbox_id": ID(src.ID)}}
+	resp, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(src.ID), Name: agentName}))
+	if err != nil {
+		err = agentError(err, "snapshot")
+		auditEv.Status, auditEv.Metadata["error"] = AuditError, PublicText(err)
+		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), auditEv)
+		return Snapshot{}, false, err
+	}
+	if terr := s.touch(ctx, src.ID); terr != nil {
+		s.log.WarnContext(ctx, "sandbox activity", "sandbox", ID(src.ID), "err", terr)
+	}
+	at := resp.Msg.GetTemplate()
+	params := db.InsertTemplateParams{
+		ID: newID, TeamID: p.TeamID, Name: req.Name, Kind: store.TemplateSnapshot,
+		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((at.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
+		SizeBytes: int64(at.GetStoredBytes()), HostID: s.hostID, SourceSandboxID: src.ID, Metadata: metaJSON,
+		CreatedBy: p.UserID,
+	}
+	if v := at.GetVcpus(); v > 0 {
+		params.VCPUs = int32(v)
+	}
+	if m := at.GetMemoryMb(); m > 0 {
+		params.MemoryMB = int32(m)
+	}
+	var row db.Template
+	var old *db.Template
+	err = s.st.Tx(ctx, func(q *db.Queries) error {
+		if req.Overwrite {
+			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: p.TeamID, Name: req.Name})
+			switch {
+			case err == nil:
+				old = &o
+				auditEv.Action, auditEv.Metadata["replaced_id"] = "snapshot.overwrite", TemplateID(o.ID)
+			case !errors.Is(err, store.ErrNotFound):
+				return fmt.Errorf("replace snapshot: %w", err)
+			}
+		}
+		var err error
+		if row, err = q.InsertTemplate(ctx, params); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("a snapshot named %q exists: set overwrite to replace it", req.Name), Err: err}
+			}
+			return fmt.Errorf("insert snapshot: %w", err)
+		}
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
+	})
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err != nil {
+		// Nothing refers to the new files: delete them.
+		s.deleteAgentTemplate(bg, c, agentName)
+		return Snapshot{}, false, err
+	}
+	if old != nil {
+		s.deleteAgentTemplate(bg, c, TemplateID(old.ID))
+	}
+	s.log.InfoContext(ctx, "snapshot created", "snapshot", agentName, "name", req.Name, "sandbox", ID(src.ID),
+		"team", wireid.Format(wireid.Team, p.TeamID), "replaced", old != nil)
+	return snapshotOf(row), old != nil, nil
+}
+
+// deleteAgentTemplate deletes a template's files on the host, logging a
+// failure (the record is gone already; the files are only space).
+func (s *Sandboxes) deleteAgentTemplate(ctx context.Context, c *agentclient.Client, name string) {
+	if _, err := c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: name})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+		s.log.ErrorContext(ctx, "delete a template on the host", "snapshot", name, "err", err)
+	}
+}
+
+// ListSnapshots lists p's team's templates and the public ones by name
+// (the team's first when both have a name).
+func (s *Sandboxes) ListSnapshots(ctx context.Context, p Principal) ([]Snapshot, error) {
+	rows, err := s.st.Queries().ListTemplates(ctx, p.TeamID)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	out := make([]Snapshot, len(rows))
+	for i, r := range rows {
+		out[i] = snapshotOf(r)
+	}
+	return out, nil
+}
+
+// GetSnapshot returns the template p's team means by name: its own, else
+// a public one.
+func (s *Sandboxes) GetSnapshot(ctx context.Context, p Principal, name string) (Snapshot, error) {
+	if !templateRe.MatchString(name) {
+		return Snapshot{}, errorf(ErrNotFound, "snapshot not found")
+	}
+	t, err := s.st.Queries().GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: name})
+	if err != nil {
+		return Snapshot{}, notFound(err, "snapshot")
+	}
+	return snapshotOf(t), nil
+}
+
+// DeleteSnapshot deletes p's team's template of that name, on the host
+// too (sandboxes created from it keep running). A public template cannot
+// be deleted by a team: ErrForbidden (it is visible to every team, so
+// saying so leaks nothing); a name the team cannot see is ErrNotFound.
+func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string) error {
+	if !templateRe.MatchString(name) {
+		return errorf(ErrNotFound, "snapshot not found")
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	return s.st.Tx(ctx, func(q *db.Queries) error {
+		row, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: p.TeamID, Name: name})
+		if errors.Is(err, store.ErrNotFound) {
+			if t, gerr := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: name}); gerr == nil && t.TeamID == store.PlatformTeamID {
+				return errorf(ErrForbidden, "%q is a public snapshot: it cannot be deleted", name)
+			}
+			return notFound(err, "snapshot")
+		}
+		if err != nil {
+			return fmt.Errorf("delete snapshot: %w", err)
+		}
+		if err := s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
+			Action: "snapshot.delete", Metadata: map[string]any{"id": TemplateID(row.ID)}}); err != nil {
+			return err
+		}
+		// The host first, in the transaction: if it cannot delete, the
+		// record stays and the caller can try again.
+		if _, err := c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: TemplateID(row.ID)})); err != nil &&
+			!errors.Is(err, agentclient.ErrNotFound) {
+			return agentError(err, "delete template")
+		}
+		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", wireid.Format(wireid.Team, p.TeamID))
+		return nil
+	})
+}

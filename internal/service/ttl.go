@@ -1,0 +1,281 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// The TTL of a sandbox is the control plane's: the record's end_at is the
+// last activity plus timeout_sec (NULL: no timeout, or not running).
+// Entering running (create, resume) starts it, activity (Ping, touch)
+// pushes it, SetTimeout replaces it, and the Reaper pauses running
+// sandboxes past it. The agent is given no timeout.
+
+// touchEvery is how often touch writes a sandbox's activity at most.
+const touchEvery = time.Second
+
+// Ping marks a running sandbox of p's team active (its TTL starts again)
+// on the agent and in the record; ErrConflict unless it is running.
+func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+	row, err := s.get(ctx, p, id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if row.State != store.SandboxRunning {
+		return Sandbox{}, errorf(ErrConflict, "the sandbox is %s, not running", row.State)
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: ID(id)})); err != nil {
+		return Sandbox{}, agentError(err, "ping")
+	}
+	row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: id, TeamID: p.TeamID})
+	if errors.Is(err, store.ErrNotFound) {
+		// It left running (paused, destroyed) since the check.
+		return Sandbox{}, errorf(ErrConflict, "the sandbox is no longer running")
+	}
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("ping: %w", err)
+	}
+	s.noteTouched(id, time.Now())
+	return s.view(row, nil), nil
+}
+
+// SetTimeout gives a sandbox of p's team a new timeout (0: never), counted
+// from now when it runs (from when it next runs otherwise). Refused for a
+// stopped sandbox.
+func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id pgtype.UUID, timeoutSec int32) (Sandbox, error) {
+	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
+		return Sandbox{}, errorf(ErrInvalid, "timeout_sec: 0 to %d", maxTimeoutSec)
+	}
+	var row db.Sandbox
+	err := s.st.Tx(ctx, func(q *db.Queries) error {
+		var err error
+		row, err = q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		if errors.Is(err, store.ErrNotFound) {
+			cur, gerr := q.GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: p.TeamID})
+			if gerr != nil {
+				return notFound(gerr, "sandbox")
+			}
+			return errorf(ErrConflict, "the sandbox is %s", cur.State)
+		}
+		if err != nil {
+			return fmt.Errorf("set timeout: %w", err)
+		}
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id),
+			Action: "sandbox.set_timeout", Metadata: map[string]any{"timeout_sec": timeoutSec}})
+	})
+	if err != nil {
+		return Sandbox{}, err
+	}
+	return s.view(row, nil), nil
+}
+
+// touch records activity of a running sandbox (exec, file operations): its
+// TTL starts again. Callers have checked the team. It writes at most once
+// a second per sandbox (one UPDATE); a sandbox that is not running is left
+// as it is.
+func (s *Sandboxes) touch(ctx context.Context, id pgtype.UUID) error {
+	now := time.Now()
+	s.touchMu.Lock()
+	last, ok := s.touched[id]
+	s.touchMu.Unlock()
+	if ok && now.Sub(last) < touchEvery {
+		return nil
+	}
+	if _, err := s.st.Queries().TouchSandboxByID(ctx, id); err != nil {
+		return fmt.Errorf("touch %s: %w", ID(id), err)
+	}
+	s.noteTouched(id, now)
+	return nil
+}
+
+// noteTouched remembers when a sandbox's activity was written, forgetting
+// entries too old to matter once the map grows.
+func (s *Sandboxes) noteTouched(id pgtype.UUID, at time.Time) {
+	s.touchMu.Lock()
+	defer s.touchMu.Unlock()
+	if len(s.touched) >= 4096 {
+		for k, t := range s.touched {
+			if at.Sub(t) >= touchEvery {
+				delete(s.touched, k)
+			}
+		}
+	}
+	s.touched[id] = at
+}
+
+// ReaperConfig configures NewReaper.
+type ReaperConfig struct {
+	// Now is the reaper's clock (time.Now when nil): a sandbox is expired
+	// when its end_at is before Now().
+	Now func() time.Time
+	// Interval is the time between passes (5 s when zero).
+	Interval time.Duration
+	// Batch is the most sandboxes one pass handles (100 when zero).
+	Batch int32
+}
+
+// Reaper pauses running sandboxes past their TTL (end_at), as the system.
+// Several replicas may run one each: a sandbox is claimed with a guarded
+// transition (running and still expired → pausing), so each is paused once
+// and one that is being paused, or was active since, is skipped.
+type Reaper struct {
+	s   *Sandboxes
+	cfg ReaperConfig
+	log *slog.Logger
+}
+
+// NewReaper returns the TTL reaper of s's sandboxes.
+func NewReaper(s *Sandboxes, cfg ReaperConfig) *Reaper {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 100
+	}
+	return &Reaper{s: s, cfg: cfg, log: s.log.With("component", "reaper")}
+}
+
+// Run runs a pass every interval until ctx ends.
+func (r *Reaper) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := r.Pass(ctx); err != nil && ctx.Err() == nil {
+			r.log.ErrorContext(ctx, "reaper pass", "err", err)
+		}
+	}
+}
+
+// ReapResult counts what a pass did.
+type ReapResult struct {
+	// Paused sandboxes; Destroyed ones could not be paused (or the host had
+	// lost them); Skipped ones were claimed elsewhere, active again, or
+	// could not be reached (tried again next pass).
+	Paused, Destroyed, Skipped int
+}
+
+// Pass handles the sandboxes expired at the reaper's Now, oldest deadline
+// first: each is paused through the persisted running → pausing → paused
+// transition and audited as sandbox.auto_pause by the system. A sandbox
+// whose pause the agent refuses is destroyed (as the agent's own reaper
+// does: it must not run forever) and audited so; one the agent cannot be
+// asked about goes back to running, its deadline unchanged.
+func (r *Reaper) Pass(ctx context.Context) (ReapResult, error) {
+	var res ReapResult
+	now := r.cfg.Now()
+	rows, err := r.s.st.Queries().ListExpiredSandboxes(ctx, db.ListExpiredSandboxesParams{Now: now, MaxResults: r.cfg.Batch})
+	if err != nil {
+		return res, fmt.Errorf("reaper: expired sandboxes: %w", err)
+	}
+	for _, row := range rows {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		switch r.reap(ctx, row, now) {
+		case reapPaused:
+			res.Paused++
+		case reapDestroyed:
+			res.Destroyed++
+		default:
+			res.Skipped++
+		}
+	}
+	return res, nil
+}
+
+type reapOutcome int
+
+const (
+	reapSkipped reapOutcome = iota
+	reapPaused
+	reapDestroyed
+)
+
+func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOutcome {
+	s, id := r.s, ID(row.ID)
+	log := r.log.With("sandbox", id, "team", wireid.Format(wireid.Team, row.TeamID))
+	claimed, err := s.st.Queries().ClaimExpiredSandbox(ctx, db.ClaimExpiredSandboxParams{ID: row.ID, Now: now, Reason: "timeout"})
+	if errors.Is(err, store.ErrNotFound) {
+		return reapSkipped // active again, or claimed by another replica
+	}
+	if err != nil {
+		log.ErrorContext(ctx, "claim an expired sandbox", "err", err)
+		return reapSkipped
+	}
+	meta := map[string]any{"timeout_sec": claimed.TimeoutSec}
+	if claimed.EndAt.Valid {
+		meta["end_at"] = claimed.EndAt.Time.UTC().Format(time.RFC3339)
+	}
+	ev := AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.auto_pause", Metadata: meta}
+	// The bookkeeping after the agent call must happen even if ctx ends.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+
+	c, err := s.client(ctx)
+	if err == nil {
+		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
+	}
+	if err == nil {
+		if _, err := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxPaused, "timeout"); err != nil {
+			log.ErrorContext(bg, "persist the auto-pause", "err", err)
+		}
+		log.InfoContext(ctx, "sandbox paused at its timeout")
+		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		return reapPaused
+	}
+
+	perr := agentError(err, "auto-pause")
+	ev.Status, meta["error"] = AuditError, PublicText(perr)
+	if c == nil || errors.Is(perr, ErrUnavailable) || errors.Is(perr, ErrConflict) || ctx.Err() != nil {
+		// Not refused, or not in the state we thought: try again later.
+		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
+			Reason: truncate("auto-pause failed: "+err.Error(), 1024)}); rerr != nil {
+			log.ErrorContext(bg, "persist the failed auto-pause", "err", rerr)
+		}
+		log.WarnContext(ctx, "auto-pause failed; will retry", "err", err)
+		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		return reapSkipped
+	}
+	// Refused (or the agent lost it): destroy it so that it does not run on.
+	log.ErrorContext(ctx, "auto-pause failed; destroying the sandbox", "err", err)
+	if _, derr := c.DestroySandbox(bg, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id})); derr != nil && !errors.Is(derr, agentclient.ErrNotFound) {
+		log.ErrorContext(bg, "destroy after a failed auto-pause", "err", derr)
+		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
+			Reason: truncate("auto-pause and destroy failed: "+derr.Error(), 1024)}); rerr != nil {
+			log.ErrorContext(bg, "persist the failed auto-pause", "err", rerr)
+		}
+		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		return reapSkipped
+	}
+	if _, merr := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID,
+		Reason: truncate("destroyed: the pause at its timeout failed: "+PublicText(perr), 1024)}); merr != nil {
+		log.ErrorContext(bg, "persist the destroy after a failed auto-pause", "err", merr)
+	}
+	meta["destroyed"] = true
+	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+	return reapDestroyed
+}
