@@ -101,7 +101,9 @@ func (f *sbxFixture) testExec(t *testing.T) {
 		check func(execOut) bool
 	}{
 		{"stdout, stderr, exit code", map[string]any{"cmd": "echo out; echo err >&2; exit 3"},
-			func(o execOut) bool { return o.Stdout == "out\n" && o.Stderr == "err\n" && o.ExitCode == 3 && !o.TimedOut && o.Signal == "" }},
+			func(o execOut) bool {
+				return o.Stdout == "out\n" && o.Stderr == "err\n" && o.ExitCode == 3 && !o.TimedOut && o.Signal == ""
+			}},
 		{"argv, env, cwd", map[string]any{"argv": []string{"sh", "-c", `echo "$FOO"; pwd`}, "env": map[string]string{"FOO": "a b"}, "cwd": "/tmp/../tmp"},
 			func(o execOut) bool { return o.Stdout == "a b\n/tmp\n" && o.ExitCode == 0 }},
 		{"default user", map[string]any{"cmd": "id -un"}, func(o execOut) bool { return o.Stdout == "root\n" }},
@@ -111,7 +113,9 @@ func (f *sbxFixture) testExec(t *testing.T) {
 		{"killed by a signal", map[string]any{"cmd": "kill -TERM $$"},
 			func(o execOut) bool { return o.Signal == "SIGTERM" && o.ExitCode == -1 && !o.TimedOut }},
 		{"timeout", map[string]any{"cmd": "sleep 60", "timeout_sec": 1},
-			func(o execOut) bool { return o.TimedOut && o.Signal == "SIGKILL" && o.DurationMS >= 1000 && o.DurationMS < 20000 }},
+			func(o execOut) bool {
+				return o.TimedOut && o.Signal == "SIGKILL" && o.DurationMS >= 1000 && o.DurationMS < 20000
+			}},
 		{"truncation", map[string]any{"cmd": "yes | head -c 9000000; echo done >&2"},
 			func(o execOut) bool {
 				return o.Truncated && len(o.Stdout) == service.MaxExecOutput && strings.Trim(o.Stdout, "y\n") == "" && o.Stderr == "done\n" && o.ExitCode == 0
