@@ -13,17 +13,7 @@ import (
 	"github.com/capsulehq/capsule/internal/service"
 )
 
-// Files of a running sandbox (paths are absolute guest paths; ?user= picks
-// the guest user that owns or reads them, default the sandbox's):
-//
-//	PUT    /v1/sandboxes/{id}/files?path=/x/y     raw body, streamed, any size → 200 {path,size}
-//	POST   /v1/sandboxes/{id}/files?dir=/x        multipart/form-data, each part's filename
-//	                                              relative to dir → 200 [{path,size}]
-//	GET    /v1/sandboxes/{id}/files?path=/x/y     the content (application/octet-stream)
-//	GET    /v1/sandboxes/{id}/files/list?path=/x&depth=1 → {entries:[…]}
-//	POST   /v1/sandboxes/{id}/files/mkdir {path,user?} → 201 entry; 409 when
-//	                                              the directory exists, 400 when a file does
-//	DELETE /v1/sandboxes/{id}/files?path=/x       recursive → 204; 404 when nothing is there
+// The file routes; their contract is in the package documentation.
 
 type fileInfoJSON struct {
 	Path string `json:"path"`
@@ -132,6 +122,9 @@ func (s *Server) downloadFile(w http.ResponseWriter, r *http.Request, p service.
 		h.Set("Content-Length", strconv.FormatInt(f.Size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
 	if _, err := io.Copy(w, f); err != nil {
 		// The status is out: breaking the connection is all that tells
 		// the client its copy is short.

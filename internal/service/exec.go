@@ -479,12 +479,12 @@ func (pr *Process) CloseInput(ctx context.Context) error {
 	return nil
 }
 
-// Signals are the signals Signal sends.
-var Signals = map[string]pb.Signal{"SIGTERM": pb.Signal_SIGNAL_SIGTERM, "SIGKILL": pb.Signal_SIGNAL_SIGKILL}
+// signals are the signals Signal sends.
+var signals = map[string]pb.Signal{"SIGTERM": pb.Signal_SIGNAL_SIGTERM, "SIGKILL": pb.Signal_SIGNAL_SIGKILL}
 
-// Signal sends a signal (a name of Signals) to the process.
+// Signal sends a signal, "SIGTERM" or "SIGKILL", to the process.
 func (pr *Process) Signal(ctx context.Context, name string) error {
-	sig, ok := Signals[name]
+	sig, ok := signals[name]
 	if !ok {
 		return errorf(ErrInvalid, "signal: %q is not supported (SIGTERM or SIGKILL)", name)
 	}

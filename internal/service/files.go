@@ -281,6 +281,10 @@ func (s *Sandboxes) ListDir(ctx context.Context, p Principal, id pgtype.UUID, di
 		return nil, err
 	}
 	res, err := c.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{SandboxId: ID(id), Path: dirPath, Depth: uint32(max(depth, 1)), User: user}))
+	if errors.Is(err, agentclient.ErrCapacity) {
+		// The answer exceeds the agent's message size.
+		return nil, &Error{Kind: ErrInvalid, Msg: "the listing is too large: list fewer levels", Err: err}
+	}
 	if err != nil {
 		return nil, guestError(err, "list directory")
 	}
