@@ -7,7 +7,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	fspb "github.com/capsulehq/capsule/gen/envd/filesystem"
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/envdclient"
 )
 
 // readChunk is the size of ReadFile's messages.
@@ -93,17 +95,24 @@ func (s *service) ReadFile(ctx context.Context, req *connect.Request[pb.ReadFile
 	if err != nil {
 		return err
 	}
-	rc, err := c.Download(ctx, m.GetPath(), m.GetUser())
+	rc, size, err := c.Open(ctx, m.GetPath(), m.GetUser())
 	if err != nil {
 		return s.a.failState(ctx, err)
 	}
 	defer rc.Close()
 	buf := make([]byte, readChunk)
+	first := true
 	for {
 		n, err := fill(rc, buf)
-		if n > 0 {
+		if n > 0 || (first && size >= 0 && errors.Is(err, io.EOF)) {
 			// Send marshals at once: buf can be reused.
-			if err := stream.Send(&pb.ReadFileResponse{Chunk: buf[:n]}); err != nil {
+			msg := &pb.ReadFileResponse{Chunk: buf[:n]}
+			if first && size >= 0 {
+				sz := uint64(size)
+				msg.Size = &sz
+			}
+			first = false
+			if err := stream.Send(msg); err != nil {
 				return err
 			}
 		}
@@ -128,4 +137,99 @@ func fill(r io.Reader, buf []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// maxListDepth bounds ListDir's depth.
+const maxListDepth = 32
+
+// fsRequest is an envd filesystem request acting as user (empty: the
+// sandbox's default user).
+func fsRequest[T any](msg *T, user string) *connect.Request[T] {
+	req := connect.NewRequest(msg)
+	if user != "" {
+		req.Header().Set("Authorization", envdclient.UserAuthorization(user))
+	}
+	return req
+}
+
+func (s *service) ListDir(ctx context.Context, req *connect.Request[pb.ListDirRequest]) (*connect.Response[pb.ListDirResponse], error) {
+	m := req.Msg
+	if m.GetPath() == "" {
+		return nil, s.a.failState(ctx, invalid("path is required"))
+	}
+	if m.GetDepth() > maxListDepth {
+		return nil, s.a.failState(ctx, invalid("depth: at most %d", maxListDepth))
+	}
+	c, err := s.envd(ctx, m.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Filesystem().ListDir(ctx, fsRequest(&fspb.ListDirRequest{Path: m.GetPath(), Depth: max(m.GetDepth(), 1)}, m.GetUser()))
+	if err != nil {
+		return nil, s.a.failState(ctx, err)
+	}
+	out := &pb.ListDirResponse{Entries: make([]*pb.FileEntry, len(res.Msg.GetEntries()))}
+	for i, e := range res.Msg.GetEntries() {
+		out.Entries[i] = fileEntry(e)
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (s *service) MakeDir(ctx context.Context, req *connect.Request[pb.MakeDirRequest]) (*connect.Response[pb.MakeDirResponse], error) {
+	m := req.Msg
+	if m.GetPath() == "" {
+		return nil, s.a.failState(ctx, invalid("path is required"))
+	}
+	c, err := s.envd(ctx, m.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Filesystem().MakeDir(ctx, fsRequest(&fspb.MakeDirRequest{Path: m.GetPath()}, m.GetUser()))
+	if err != nil {
+		return nil, s.a.failState(ctx, err)
+	}
+	return connect.NewResponse(&pb.MakeDirResponse{Entry: fileEntry(res.Msg.GetEntry())}), nil
+}
+
+// Remove checks that the path exists (envd's Remove does not say), then
+// removes it.
+func (s *service) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
+	m := req.Msg
+	if m.GetPath() == "" {
+		return nil, s.a.failState(ctx, invalid("path is required"))
+	}
+	c, err := s.envd(ctx, m.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Filesystem().Stat(ctx, fsRequest(&fspb.StatRequest{Path: m.GetPath()}, m.GetUser())); err != nil {
+		return nil, s.a.failState(ctx, err)
+	}
+	if _, err := c.Filesystem().Remove(ctx, fsRequest(&fspb.RemoveRequest{Path: m.GetPath()}, m.GetUser())); err != nil {
+		return nil, s.a.failState(ctx, err)
+	}
+	return connect.NewResponse(&pb.RemoveResponse{}), nil
+}
+
+var fileTypes = map[fspb.FileType]pb.FileType{
+	fspb.FileType_FILE_TYPE_FILE:      pb.FileType_FILE_TYPE_FILE,
+	fspb.FileType_FILE_TYPE_DIRECTORY: pb.FileType_FILE_TYPE_DIRECTORY,
+	fspb.FileType_FILE_TYPE_SYMLINK:   pb.FileType_FILE_TYPE_SYMLINK,
+}
+
+// fileEntry converts envd's entry. envd reports a symlink by its target's
+// type and sets symlink_target; here a symlink is a symlink.
+func fileEntry(e *fspb.EntryInfo) *pb.FileEntry {
+	if e == nil {
+		return nil
+	}
+	out := &pb.FileEntry{
+		Name: e.GetName(), Path: e.GetPath(), Type: fileTypes[e.GetType()], Size: uint64(max(e.GetSize(), 0)),
+		Mode: e.GetMode(), ModifiedAt: e.GetModifiedTime(), Owner: e.GetOwner(), Group: e.GetGroup(),
+	}
+	if e.SymlinkTarget != nil {
+		out.Type = pb.FileType_FILE_TYPE_SYMLINK
+		out.SymlinkTarget = e.GetSymlinkTarget()
+	}
+	return out
 }

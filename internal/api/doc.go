@@ -16,4 +16,78 @@
 // wire is its bare 32 lowercase hex digits, the [a-z0-9] form of E2B's
 // sandbox IDs, so that the native API, the E2B facade and the host agent
 // all name a sandbox the same way.
+//
+// # Exec and files
+//
+// Processes and files of a running sandbox go through the host agent.
+// Another team's sandbox is 404; one that is not running is 409 and the
+// message names its state.
+//
+// POST /v1/sandboxes/{id}/exec runs a command to its end:
+// {cmd (run by /bin/sh -c) | argv [program, args…] (exactly one), env {},
+// cwd (absolute), user, stdin (the whole input; absent: none), timeout_sec
+// (default 60, at most 3600)} → 200 {stdout, stderr, exit_code, signal
+// ("SIGKILL"; when a signal ended it, exit_code is then -1), timed_out,
+// duration_ms, truncated, error?}. stdout and stderr keep the first 8 MiB
+// each (the rest is read and dropped, truncated is true) and are UTF-8
+// strings: invalid bytes become U+FFFD, so binary output needs the stream.
+// At its timeout the process is killed (timed_out, signal SIGKILL). A
+// client that goes away kills it. The JSON body, stdin included, is at most
+// 1 MiB.
+//
+// GET /v1/sandboxes/{id}/exec/stream is a WebSocket. Messages are JSON
+// text; data fields are base64. The client's first message, within 30 s:
+//
+//	{"type":"start", "cmd":"…" | "argv":[…], "env":{}, "cwd":"/…", "user":"…",
+//	 "pty":{"cols":80,"rows":24}?, "timeout_sec":0, "stdin":true}
+//
+// (timeout_sec 0: no limit but the connection's, at most 86400; stdin false
+// starts the process with its input closed). Then, from the client:
+//
+//	{"type":"stdin","data":"…"}        input (to the terminal with a pty)
+//	{"type":"close_stdin"}             EOF on stdin
+//	{"type":"signal","signal":"SIGTERM"}   SIGTERM or SIGKILL
+//	{"type":"resize","cols":…,"rows":…}    a pty's size
+//
+// and from the server:
+//
+//	{"type":"started","pid":123}
+//	{"type":"stdout"|"stderr"|"pty","data":"…"}
+//	{"type":"exit","exit_code":0,"signal":"SIGTERM"?,"timed_out":true?,"error":"…"?}
+//	{"type":"error","code":400,"message":"…"}
+//
+// The server closes the connection normally (1000) after "exit". An error
+// message carries the HTTP status the same failure would have; one about
+// the start is followed by a close (1008 for a 4xx, 1011 for a 5xx), one
+// about a later message (a bad signal, an unknown type) is not: the stream
+// goes on. The refusals that can be known before the upgrade (401, 404,
+// 409) are plain HTTP answers. Output is sent one message at a time as the
+// process makes it: a slow client slows the process' output down (the
+// agent, envd and the process' pipes apply back-pressure) and nothing is
+// buffered beyond a message; a client that takes nothing for a minute, or
+// does not answer pings (every 30 s), is dropped. When the connection ends
+// before the process, the process is killed.
+//
+// Authentication is X-API-Key or Authorization as everywhere. A browser,
+// which cannot set headers on a WebSocket, offers two subprotocols instead:
+// "capsule.exec.v1" and "capsule.token.<API key or session token>"; the
+// server selects "capsule.exec.v1" (it never echoes the token), and reads
+// the token only when no credential header is present. Cross-origin
+// browser connections are refused (the Origin must be the API's host).
+//
+// Files (paths are absolute guest paths, cleaned; ?user= picks the guest
+// user that owns what is written and reads, default the sandbox's):
+//
+//	PUT    …/files?path=/x/y     raw body streamed to the file (any size; parents
+//	                              created) → 200 {path,size}
+//	POST   …/files?dir=/x        multipart/form-data; each part's filename is a path
+//	                              relative to dir without ".." → 200 [{path,size}],
+//	                              streamed part by part; the first bad part stops it
+//	GET    …/files?path=/x/y     the content, application/octet-stream with its
+//	                              Content-Length; a directory 400, missing 404
+//	GET    …/files/list?path=/x&depth=1   {entries:[{name,path,type (file, dir,
+//	                              symlink, other),size,mode,modified_at,symlink_target?}]}
+//	POST   …/files/mkdir {path,user?}     201 with the entry; 409 when the
+//	                              directory exists, 400 when a file does
+//	DELETE …/files?path=/x       204, recursive; 404 when nothing is there
 package api

@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/capsulehq/capsule/gen/envd/filesystem/filesystemconnect"
 	pb "github.com/capsulehq/capsule/gen/envd/process"
 	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
 	"github.com/capsulehq/capsule/internal/envd"
@@ -27,6 +28,7 @@ type Client struct {
 	token string
 	hc    *http.Client
 	proc  processconnect.ProcessClient
+	fs    filesystemconnect.FilesystemClient
 }
 
 // New returns a client for the envd at base (e.g. http://10.11.0.2:49983).
@@ -39,6 +41,7 @@ func New(base, token string) *Client {
 	}}
 	c := &Client{base: base, token: token, hc: hc}
 	c.proc = processconnect.NewProcessClient(hc, base, connect.WithInterceptors(tokenInterceptor(token)))
+	c.fs = filesystemconnect.NewFilesystemClient(hc, base, connect.WithInterceptors(tokenInterceptor(token)))
 	return c
 }
 

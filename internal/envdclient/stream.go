@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/capsulehq/capsule/gen/envd/filesystem/filesystemconnect"
 	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
 )
 
@@ -20,6 +21,10 @@ import (
 // access token. A request runs as envd's default user unless its
 // Authorization header names another (UserAuthorization).
 func (c *Client) Process() processconnect.ProcessClient { return c.proc }
+
+// Filesystem is the envd filesystem service, authenticated like Process
+// (the Authorization header selects the user).
+func (c *Client) Filesystem() filesystemconnect.FilesystemClient { return c.fs }
 
 // UserAuthorization is the Authorization header value by which envd's RPCs
 // select the user to act as.
@@ -66,20 +71,31 @@ func (c *Client) Upload(ctx context.Context, path, user string, data io.Reader) 
 // Download opens path for reading as user (empty: the default user). The
 // caller closes the reader.
 func (c *Client) Download(ctx context.Context, path, user string) (io.ReadCloser, error) {
+	rc, _, err := c.Open(ctx, path, user)
+	return rc, err
+}
+
+// Open is Download that also returns the file's size as envd announced it
+// (-1 when unknown). The caller closes the reader.
+func (c *Client) Open(ctx context.Context, path, user string) (io.ReadCloser, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.filesURL(path, user), nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	c.auth(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		return nil, statusError("read", path, resp)
+		return nil, 0, statusError("read", path, resp)
 	}
-	return resp.Body, nil
+	size := resp.ContentLength
+	if resp.Uncompressed || resp.Header.Get("Content-Encoding") != "" {
+		size = -1
+	}
+	return resp.Body, size, nil
 }
 
 func (c *Client) filesURL(path, user string) string {

@@ -220,6 +220,58 @@ func (Signal) EnumDescriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
 }
 
+type FileType int32
+
+const (
+	FileType_FILE_TYPE_UNSPECIFIED FileType = 0
+	FileType_FILE_TYPE_FILE        FileType = 1
+	FileType_FILE_TYPE_DIRECTORY   FileType = 2
+	FileType_FILE_TYPE_SYMLINK     FileType = 3
+)
+
+// Enum value maps for FileType.
+var (
+	FileType_name = map[int32]string{
+		0: "FILE_TYPE_UNSPECIFIED",
+		1: "FILE_TYPE_FILE",
+		2: "FILE_TYPE_DIRECTORY",
+		3: "FILE_TYPE_SYMLINK",
+	}
+	FileType_value = map[string]int32{
+		"FILE_TYPE_UNSPECIFIED": 0,
+		"FILE_TYPE_FILE":        1,
+		"FILE_TYPE_DIRECTORY":   2,
+		"FILE_TYPE_SYMLINK":     3,
+	}
+)
+
+func (x FileType) Enum() *FileType {
+	p := new(FileType)
+	*p = x
+	return p
+}
+
+func (x FileType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FileType) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[3].Descriptor()
+}
+
+func (FileType) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[3]
+}
+
+func (x FileType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FileType.Descriptor instead.
+func (FileType) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+}
+
 type GetHostInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -261,7 +313,8 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 1.
+	// implements (see the file comment); this file describes revision 2.
+	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -3033,8 +3086,11 @@ func (x *ReadFileRequest) GetUser() string {
 type ReadFileResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// chunk is the next piece of the content; a file of zero bytes yields
-	// no message.
-	Chunk         []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// no message (or one message with only size).
+	Chunk []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// size, on the first message only and only when the agent knows it, is
+	// the file's size in bytes: the sum of the chunks that follow.
+	Size          *uint64 `protobuf:"varint,2,opt,name=size,proto3,oneof" json:"size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3074,6 +3130,443 @@ func (x *ReadFileResponse) GetChunk() []byte {
 		return x.Chunk
 	}
 	return nil
+}
+
+func (x *ReadFileResponse) GetSize() uint64 {
+	if x != nil && x.Size != nil {
+		return *x.Size
+	}
+	return 0
+}
+
+type FileEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the entry's base name, path its absolute path.
+	Name string   `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path string   `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Type FileType `protobuf:"varint,3,opt,name=type,proto3,enum=hostagent.v1.FileType" json:"type,omitempty"`
+	// size in bytes (of the link itself for a symlink).
+	Size uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// mode holds the permission bits (of the target for a symlink).
+	Mode       uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	ModifiedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=modified_at,json=modifiedAt,proto3" json:"modified_at,omitempty"`
+	// symlink_target is where a symlink resolves to.
+	SymlinkTarget string `protobuf:"bytes,7,opt,name=symlink_target,json=symlinkTarget,proto3" json:"symlink_target,omitempty"`
+	Owner         string `protobuf:"bytes,8,opt,name=owner,proto3" json:"owner,omitempty"`
+	Group         string `protobuf:"bytes,9,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileEntry) Reset() {
+	*x = FileEntry{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileEntry) ProtoMessage() {}
+
+func (x *FileEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
+func (*FileEntry) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *FileEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileEntry) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileEntry) GetType() FileType {
+	if x != nil {
+		return x.Type
+	}
+	return FileType_FILE_TYPE_UNSPECIFIED
+}
+
+func (x *FileEntry) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileEntry) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FileEntry) GetModifiedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ModifiedAt
+	}
+	return nil
+}
+
+func (x *FileEntry) GetSymlinkTarget() string {
+	if x != nil {
+		return x.SymlinkTarget
+	}
+	return ""
+}
+
+func (x *FileEntry) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *FileEntry) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type ListDirRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// path: absolute, or relative to the user's home directory.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// depth: how many levels below path to list (zero: 1).
+	Depth uint32 `protobuf:"varint,3,opt,name=depth,proto3" json:"depth,omitempty"`
+	// user lists; empty means the sandbox's default user.
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirRequest) Reset() {
+	*x = ListDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirRequest) ProtoMessage() {}
+
+func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
+func (*ListDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetDepth() uint32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *ListDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type ListDirResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries in lexical walk order (a directory before what it holds).
+	Entries       []*FileEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirResponse) Reset() {
+	*x = ListDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirResponse) ProtoMessage() {}
+
+func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
+func (*ListDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ListDirResponse) GetEntries() []*FileEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type MakeDirRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path      string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// user owns the directories created; empty means the sandbox's default
+	// user.
+	User          string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeDirRequest) Reset() {
+	*x = MakeDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeDirRequest) ProtoMessage() {}
+
+func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
+func (*MakeDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *MakeDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *MakeDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MakeDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type MakeDirResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entry         *FileEntry             `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MakeDirResponse) Reset() {
+	*x = MakeDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MakeDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MakeDirResponse) ProtoMessage() {}
+
+func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
+func (*MakeDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *MakeDirResponse) GetEntry() *FileEntry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+type RemoveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRequest) Reset() {
+	*x = RemoveRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRequest) ProtoMessage() {}
+
+func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *RemoveRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *RemoveRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RemoveRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type RemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveResponse) Reset() {
+	*x = RemoveResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveResponse) ProtoMessage() {}
+
+func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
+func (*RemoveResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -3279,9 +3772,43 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"(\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"J\n" +
 	"\x10ReadFileResponse\x12\x14\n" +
-	"\x05chunk\x18\x01 \x01(\fR\x05chunk*\xb5\x01\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\x12\x17\n" +
+	"\x04size\x18\x02 \x01(\x04H\x00R\x04size\x88\x01\x01B\a\n" +
+	"\x05_size\"\x97\x02\n" +
+	"\tFileEntry\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12*\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x16.hostagent.v1.FileTypeR\x04type\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\rR\x04mode\x12;\n" +
+	"\vmodified_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"modifiedAt\x12%\n" +
+	"\x0esymlink_target\x18\a \x01(\tR\rsymlinkTarget\x12\x14\n" +
+	"\x05owner\x18\b \x01(\tR\x05owner\x12\x14\n" +
+	"\x05group\x18\t \x01(\tR\x05group\"m\n" +
+	"\x0eListDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05depth\x18\x03 \x01(\rR\x05depth\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"D\n" +
+	"\x0fListDirResponse\x121\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.hostagent.v1.FileEntryR\aentries\"W\n" +
+	"\x0eMakeDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"@\n" +
+	"\x0fMakeDirResponse\x12-\n" +
+	"\x05entry\x18\x01 \x01(\v2\x17.hostagent.v1.FileEntryR\x05entry\"V\n" +
+	"\rRemoveRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"\x10\n" +
+	"\x0eRemoveResponse*\xb5\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -3296,7 +3823,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x06Signal\x12\x16\n" +
 	"\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSIGNAL_SIGKILL\x10\t\x12\x12\n" +
-	"\x0eSIGNAL_SIGTERM\x10\x0f2\xd1\r\n" +
+	"\x0eSIGNAL_SIGTERM\x10\x0f*i\n" +
+	"\bFileType\x12\x19\n" +
+	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
+	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x032\xa6\x0f\n" +
 	"\tHostAgent\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n" +
@@ -3320,7 +3852,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"ResizeExec\x12\x1f.hostagent.v1.ResizeExecRequest\x1a .hostagent.v1.ResizeExecResponse\x12N\n" +
 	"\tWriteFile\x12\x1e.hostagent.v1.WriteFileRequest\x1a\x1f.hostagent.v1.WriteFileResponse(\x01\x12K\n" +
-	"\bReadFile\x12\x1d.hostagent.v1.ReadFileRequest\x1a\x1e.hostagent.v1.ReadFileResponse0\x01B;Z9github.com/capsulehq/capsule/gen/hostagent/v1;hostagentv1b\x06proto3"
+	"\bReadFile\x12\x1d.hostagent.v1.ReadFileRequest\x1a\x1e.hostagent.v1.ReadFileResponse0\x01\x12F\n" +
+	"\aListDir\x12\x1c.hostagent.v1.ListDirRequest\x1a\x1d.hostagent.v1.ListDirResponse\x12F\n" +
+	"\aMakeDir\x12\x1c.hostagent.v1.MakeDirRequest\x1a\x1d.hostagent.v1.MakeDirResponse\x12C\n" +
+	"\x06Remove\x12\x1b.hostagent.v1.RemoveRequest\x1a\x1c.hostagent.v1.RemoveResponseB;Z9github.com/capsulehq/capsule/gen/hostagent/v1;hostagentv1b\x06proto3"
 
 var (
 	file_hostagent_v1_hostagent_proto_rawDescOnce sync.Once
@@ -3334,146 +3869,164 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 	return file_hostagent_v1_hostagent_proto_rawDescData
 }
 
-var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(TemplateKind)(0),                 // 1: hostagent.v1.TemplateKind
 	(Signal)(0),                       // 2: hostagent.v1.Signal
-	(*GetHostInfoRequest)(nil),        // 3: hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),       // 4: hostagent.v1.GetHostInfoResponse
-	(*Resources)(nil),                 // 5: hostagent.v1.Resources
-	(*Sandbox)(nil),                   // 6: hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),      // 7: hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 8: hostagent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),     // 9: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 10: hostagent.v1.DestroySandboxResponse
-	(*PauseSandboxRequest)(nil),       // 11: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 12: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 13: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 14: hostagent.v1.ResumeSandboxResponse
-	(*GetSandboxRequest)(nil),         // 15: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 16: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 17: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 18: hostagent.v1.ListSandboxesResponse
-	(*PingSandboxRequest)(nil),        // 19: hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 20: hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 21: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 22: hostagent.v1.SetSandboxTimeoutResponse
-	(*Template)(nil),                  // 23: hostagent.v1.Template
-	(*CreateSnapshotRequest)(nil),     // 24: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 25: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 26: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 27: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 28: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 29: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 30: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 31: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 32: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 33: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 34: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 35: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 36: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 37: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 38: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 39: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 40: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 41: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 42: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 43: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 44: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 45: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 46: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 47: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 48: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 49: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 50: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 51: hostagent.v1.ReadFileResponse
-	nil,                               // 52: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 53: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 54: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 55: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 56: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 57: google.protobuf.Duration
+	(FileType)(0),                     // 3: hostagent.v1.FileType
+	(*GetHostInfoRequest)(nil),        // 4: hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),       // 5: hostagent.v1.GetHostInfoResponse
+	(*Resources)(nil),                 // 6: hostagent.v1.Resources
+	(*Sandbox)(nil),                   // 7: hostagent.v1.Sandbox
+	(*CreateSandboxRequest)(nil),      // 8: hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 9: hostagent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),     // 10: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 11: hostagent.v1.DestroySandboxResponse
+	(*PauseSandboxRequest)(nil),       // 12: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 13: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 14: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 15: hostagent.v1.ResumeSandboxResponse
+	(*GetSandboxRequest)(nil),         // 16: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 17: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 18: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 19: hostagent.v1.ListSandboxesResponse
+	(*PingSandboxRequest)(nil),        // 20: hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 21: hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 22: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 23: hostagent.v1.SetSandboxTimeoutResponse
+	(*Template)(nil),                  // 24: hostagent.v1.Template
+	(*CreateSnapshotRequest)(nil),     // 25: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 26: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 27: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 28: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 29: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 30: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 31: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 32: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 33: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 34: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 35: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 36: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 37: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 38: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 39: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 40: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 41: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 42: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 43: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 44: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 45: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 46: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 47: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 48: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 49: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 50: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 51: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 52: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 53: hostagent.v1.FileEntry
+	(*ListDirRequest)(nil),            // 54: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 55: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 56: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 57: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 58: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 59: hostagent.v1.RemoveResponse
+	nil,                               // 60: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 61: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 62: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 63: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 64: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 65: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
-	5,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
-	5,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	56, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	6,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
+	6,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
+	64, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	52, // 4: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	56, // 5: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	56, // 6: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
-	57, // 7: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	53, // 8: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	54, // 9: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
-	6,  // 10: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	6,  // 11: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	57, // 12: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	6,  // 13: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	6,  // 14: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	6,  // 15: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	57, // 16: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	60, // 4: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	64, // 5: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	64, // 6: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	65, // 7: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	61, // 8: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	62, // 9: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	7,  // 10: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	7,  // 11: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	65, // 12: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	7,  // 13: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	7,  // 14: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	7,  // 15: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	65, // 16: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
 	1,  // 17: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	56, // 18: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	23, // 19: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	23, // 20: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	23, // 21: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	55, // 22: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	32, // 23: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	57, // 24: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	35, // 25: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	36, // 26: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	37, // 27: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	38, // 28: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	64, // 18: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	24, // 19: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	24, // 20: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	24, // 21: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	63, // 22: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	33, // 23: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	65, // 24: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	36, // 25: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	37, // 26: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	38, // 27: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	39, // 28: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
 	2,  // 29: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	32, // 30: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	48, // 31: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	3,  // 32: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	7,  // 33: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	9,  // 34: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	11, // 35: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	13, // 36: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	15, // 37: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	17, // 38: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	19, // 39: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	21, // 40: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	24, // 41: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	26, // 42: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	28, // 43: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	30, // 44: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	33, // 45: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	39, // 46: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	41, // 47: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	43, // 48: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	45, // 49: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	47, // 50: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	50, // 51: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	4,  // 52: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	8,  // 53: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	10, // 54: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	12, // 55: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	14, // 56: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	16, // 57: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	18, // 58: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	20, // 59: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	22, // 60: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	25, // 61: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	27, // 62: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	29, // 63: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	31, // 64: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	34, // 65: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	40, // 66: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	42, // 67: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	44, // 68: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	46, // 69: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	49, // 70: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	51, // 71: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	52, // [52:72] is the sub-list for method output_type
-	32, // [32:52] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	33, // 30: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	49, // 31: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	3,  // 32: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	64, // 33: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	53, // 34: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	53, // 35: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	4,  // 36: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	8,  // 37: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	10, // 38: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	12, // 39: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	14, // 40: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	16, // 41: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	18, // 42: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	20, // 43: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	22, // 44: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	25, // 45: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	27, // 46: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	29, // 47: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	31, // 48: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	34, // 49: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	40, // 50: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	42, // 51: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	44, // 52: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	46, // 53: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	48, // 54: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	51, // 55: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	54, // 56: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	56, // 57: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	58, // 58: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	5,  // 59: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	9,  // 60: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	11, // 61: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	13, // 62: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	15, // 63: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	17, // 64: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	19, // 65: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	21, // 66: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	23, // 67: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	26, // 68: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	28, // 69: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	30, // 70: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	32, // 71: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	35, // 72: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	41, // 73: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	43, // 74: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	45, // 75: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	47, // 76: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	50, // 77: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	52, // 78: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	55, // 79: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	57, // 80: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	59, // 81: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	59, // [59:82] is the sub-list for method output_type
+	36, // [36:59] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -3496,13 +4049,14 @@ func file_hostagent_v1_hostagent_proto_init() {
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
+	file_hostagent_v1_hostagent_proto_msgTypes[48].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   53,
+			NumEnums:      4,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

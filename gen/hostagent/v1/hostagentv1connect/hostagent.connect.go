@@ -117,6 +117,12 @@ const (
 	HostAgentWriteFileProcedure = "/hostagent.v1.HostAgent/WriteFile"
 	// HostAgentReadFileProcedure is the fully-qualified name of the HostAgent's ReadFile RPC.
 	HostAgentReadFileProcedure = "/hostagent.v1.HostAgent/ReadFile"
+	// HostAgentListDirProcedure is the fully-qualified name of the HostAgent's ListDir RPC.
+	HostAgentListDirProcedure = "/hostagent.v1.HostAgent/ListDir"
+	// HostAgentMakeDirProcedure is the fully-qualified name of the HostAgent's MakeDir RPC.
+	HostAgentMakeDirProcedure = "/hostagent.v1.HostAgent/MakeDir"
+	// HostAgentRemoveProcedure is the fully-qualified name of the HostAgent's Remove RPC.
+	HostAgentRemoveProcedure = "/hostagent.v1.HostAgent/Remove"
 )
 
 // HostAgentClient is a client for the hostagent.v1.HostAgent service.
@@ -179,8 +185,21 @@ type HostAgentClient interface {
 	// message is the header, the others carry the content in order. Parent
 	// directories are created.
 	WriteFile(context.Context) *connect.ClientStreamForClient[v1.WriteFileRequest, v1.WriteFileResponse]
-	// ReadFile streams a file of a running sandbox in chunks.
+	// ReadFile streams a file of a running sandbox in chunks. NotFound when
+	// it does not exist, InvalidArgument when it is a directory or not a
+	// regular file.
 	ReadFile(context.Context, *connect.Request[v1.ReadFileRequest]) (*connect.ServerStreamForClient[v1.ReadFileResponse], error)
+	// ListDir lists a directory of a running sandbox, up to depth levels
+	// below it (revision 2). InvalidArgument when the path is not a
+	// directory.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	// MakeDir creates a directory and its missing parents, owned by the user
+	// (revision 2). AlreadyExists when the directory exists; InvalidArgument
+	// when the path exists and is not a directory.
+	MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error)
+	// Remove deletes a file, a symlink or a directory with all it holds
+	// (revision 2). NotFound when nothing is at the path.
+	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
 }
 
 // NewHostAgentClient constructs a client for the hostagent.v1.HostAgent service. By default, it
@@ -314,6 +333,24 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("ReadFile")),
 			connect.WithClientOptions(opts...),
 		),
+		listDir: connect.NewClient[v1.ListDirRequest, v1.ListDirResponse](
+			httpClient,
+			baseURL+HostAgentListDirProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ListDir")),
+			connect.WithClientOptions(opts...),
+		),
+		makeDir: connect.NewClient[v1.MakeDirRequest, v1.MakeDirResponse](
+			httpClient,
+			baseURL+HostAgentMakeDirProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("MakeDir")),
+			connect.WithClientOptions(opts...),
+		),
+		remove: connect.NewClient[v1.RemoveRequest, v1.RemoveResponse](
+			httpClient,
+			baseURL+HostAgentRemoveProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("Remove")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -339,6 +376,9 @@ type hostAgentClient struct {
 	resizeExec        *connect.Client[v1.ResizeExecRequest, v1.ResizeExecResponse]
 	writeFile         *connect.Client[v1.WriteFileRequest, v1.WriteFileResponse]
 	readFile          *connect.Client[v1.ReadFileRequest, v1.ReadFileResponse]
+	listDir           *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
+	makeDir           *connect.Client[v1.MakeDirRequest, v1.MakeDirResponse]
+	remove            *connect.Client[v1.RemoveRequest, v1.RemoveResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgent.GetHostInfo.
@@ -441,6 +481,21 @@ func (c *hostAgentClient) ReadFile(ctx context.Context, req *connect.Request[v1.
 	return c.readFile.CallServerStream(ctx, req)
 }
 
+// ListDir calls hostagent.v1.HostAgent.ListDir.
+func (c *hostAgentClient) ListDir(ctx context.Context, req *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return c.listDir.CallUnary(ctx, req)
+}
+
+// MakeDir calls hostagent.v1.HostAgent.MakeDir.
+func (c *hostAgentClient) MakeDir(ctx context.Context, req *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error) {
+	return c.makeDir.CallUnary(ctx, req)
+}
+
+// Remove calls hostagent.v1.HostAgent.Remove.
+func (c *hostAgentClient) Remove(ctx context.Context, req *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error) {
+	return c.remove.CallUnary(ctx, req)
+}
+
 // HostAgentHandler is an implementation of the hostagent.v1.HostAgent service.
 type HostAgentHandler interface {
 	// GetHostInfo describes the host: versions, accelerator, capacity and
@@ -501,8 +556,21 @@ type HostAgentHandler interface {
 	// message is the header, the others carry the content in order. Parent
 	// directories are created.
 	WriteFile(context.Context, *connect.ClientStream[v1.WriteFileRequest]) (*connect.Response[v1.WriteFileResponse], error)
-	// ReadFile streams a file of a running sandbox in chunks.
+	// ReadFile streams a file of a running sandbox in chunks. NotFound when
+	// it does not exist, InvalidArgument when it is a directory or not a
+	// regular file.
 	ReadFile(context.Context, *connect.Request[v1.ReadFileRequest], *connect.ServerStream[v1.ReadFileResponse]) error
+	// ListDir lists a directory of a running sandbox, up to depth levels
+	// below it (revision 2). InvalidArgument when the path is not a
+	// directory.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	// MakeDir creates a directory and its missing parents, owned by the user
+	// (revision 2). AlreadyExists when the directory exists; InvalidArgument
+	// when the path exists and is not a directory.
+	MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error)
+	// Remove deletes a file, a symlink or a directory with all it holds
+	// (revision 2). NotFound when nothing is at the path.
+	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
 }
 
 // NewHostAgentHandler builds an HTTP handler from the service implementation. It returns the path
@@ -632,6 +700,24 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("ReadFile")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentListDirHandler := connect.NewUnaryHandler(
+		HostAgentListDirProcedure,
+		svc.ListDir,
+		connect.WithSchema(hostAgentMethods.ByName("ListDir")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentMakeDirHandler := connect.NewUnaryHandler(
+		HostAgentMakeDirProcedure,
+		svc.MakeDir,
+		connect.WithSchema(hostAgentMethods.ByName("MakeDir")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentRemoveHandler := connect.NewUnaryHandler(
+		HostAgentRemoveProcedure,
+		svc.Remove,
+		connect.WithSchema(hostAgentMethods.ByName("Remove")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgent/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentGetHostInfoProcedure:
@@ -674,6 +760,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentWriteFileHandler.ServeHTTP(w, r)
 		case HostAgentReadFileProcedure:
 			hostAgentReadFileHandler.ServeHTTP(w, r)
+		case HostAgentListDirProcedure:
+			hostAgentListDirHandler.ServeHTTP(w, r)
+		case HostAgentMakeDirProcedure:
+			hostAgentMakeDirHandler.ServeHTTP(w, r)
+		case HostAgentRemoveProcedure:
+			hostAgentRemoveHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -761,4 +853,16 @@ func (UnimplementedHostAgentHandler) WriteFile(context.Context, *connect.ClientS
 
 func (UnimplementedHostAgentHandler) ReadFile(context.Context, *connect.Request[v1.ReadFileRequest], *connect.ServerStream[v1.ReadFileResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ReadFile is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ListDir is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) MakeDir(context.Context, *connect.Request[v1.MakeDirRequest]) (*connect.Response[v1.MakeDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.MakeDir is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.Remove is not implemented"))
 }
