@@ -13,15 +13,18 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
@@ -43,22 +46,25 @@ flags:
 `
 
 var serveEnv = map[string]string{
-	"listen":        "CAPSULE_LISTEN",
-	"data-dir":      "CAPSULE_DATA_DIR",
-	"run-dir":       "CAPSULE_RUN_DIR",
-	"database-url":  "DATABASE_URL",
-	"pg-bin-dir":    "CAPSULE_PG_BIN_DIR",
-	"envd":          "CAPSULE_ENVD",
-	"base":          "CAPSULE_AGENT_BASE",
-	"warm-images":   "CAPSULE_AGENT_WARM_IMAGES",
-	"admin-email":   "CAPSULE_ADMIN_EMAIL",
-	"max-vcpus":     "CAPSULE_AGENT_MAX_VCPUS",
-	"max-memory-mb": "CAPSULE_AGENT_MAX_MEMORY_MB",
-	"net-name":      "CAPSULE_AGENT_NET_NAME",
-	"net-host-cidr": "CAPSULE_AGENT_NET_HOST_CIDR",
-	"net-link-cidr": "CAPSULE_AGENT_NET_LINK_CIDR",
-	"net-max-slots": "CAPSULE_AGENT_NET_MAX_SLOTS",
-	"v":             "CAPSULE_VERBOSE",
+	"listen":               "CAPSULE_LISTEN",
+	"data-dir":             "CAPSULE_DATA_DIR",
+	"run-dir":              "CAPSULE_RUN_DIR",
+	"database-url":         "DATABASE_URL",
+	"pg-bin-dir":           "CAPSULE_PG_BIN_DIR",
+	"envd":                 "CAPSULE_ENVD",
+	"base":                 "CAPSULE_AGENT_BASE",
+	"warm-images":          "CAPSULE_AGENT_WARM_IMAGES",
+	"admin-email":          "CAPSULE_ADMIN_EMAIL",
+	"max-vcpus":            "CAPSULE_AGENT_MAX_VCPUS",
+	"max-memory-mb":        "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"net-name":             "CAPSULE_AGENT_NET_NAME",
+	"net-host-cidr":        "CAPSULE_AGENT_NET_HOST_CIDR",
+	"net-link-cidr":        "CAPSULE_AGENT_NET_LINK_CIDR",
+	"net-max-slots":        "CAPSULE_AGENT_NET_MAX_SLOTS",
+	"v":                    "CAPSULE_VERBOSE",
+	"public-url":           "CAPSULE_PUBLIC_URL",
+	"github-client-id":     "CAPSULE_GITHUB_CLIENT_ID",
+	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
 }
 
 type serveOptions struct {
@@ -67,6 +73,9 @@ type serveOptions struct {
 	databaseURL, pgBinDir string
 	adminEmail            string
 	verbose               bool
+	// publicURL is where browsers reach the API (OAuth callbacks).
+	publicURL                          string
+	githubClientID, githubClientSecret string
 }
 
 func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, error) {
@@ -92,6 +101,9 @@ func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, 
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_VERBOSE]")
+	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
+	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
+	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -109,6 +121,14 @@ func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, 
 	}
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
 		return nil, errors.New("serve: capacities must not be negative")
+	}
+	u, err := url.Parse(o.publicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("serve: -public-url %q: want an http(s) origin such as https://capsule.example.com", o.publicURL)
+	}
+	o.publicURL = strings.TrimSuffix(o.publicURL, "/")
+	if (o.githubClientID == "") != (o.githubClientSecret == "") {
+		return nil, errors.New("serve: GitHub login needs both -github-client-id and -github-client-secret")
 	}
 	o.defaultCapacity()
 	return o, nil
@@ -217,7 +237,19 @@ func runServe(ctx context.Context, args []string) (err error) {
 		service.NewReaper(sandboxes, service.ReaperConfig{}).Run(reapCtx)
 	}()
 	defer func() { stopReaper(); <-reaperDone }()
-	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Store: st, Log: log})
+	teams, err := service.NewTeams(service.TeamsConfig{Store: st, Sandboxes: sandboxes, Audit: audit, Log: log})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	providers, states, err := oauthProviders(o, []byte(secret))
+	if err != nil {
+		return err
+	}
+	for _, name := range providers.Names() {
+		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", o.publicURL+"/v1/auth/oauth/"+name+"/callback")
+	}
+	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Teams: teams, Store: st,
+		OAuth: providers, OAuthStates: states, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -253,6 +285,28 @@ func runServe(ctx context.Context, args []string) (err error) {
 	}
 	cancel()
 	return err
+}
+
+// oauthProviders registers the configured OAuth providers (GitHub when
+// its client ID and secret are set) and the state manager of their flows.
+// The state cookie is Secure unless the public URL is plain http.
+func oauthProviders(o *serveOptions, secret []byte) (*oauth.Registry, *oauth.StateManager, error) {
+	reg := oauth.NewRegistry()
+	states, err := oauth.NewStateManager(oauth.StateConfig{Secret: secret, Insecure: strings.HasPrefix(o.publicURL, "http://")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("serve: %w", err)
+	}
+	if o.githubClientID != "" {
+		gh, err := oauth.NewGitHub(oauth.GitHubConfig{ClientID: o.githubClientID, ClientSecret: o.githubClientSecret,
+			RedirectURL: o.publicURL + "/v1/auth/oauth/github/callback"})
+		if err != nil {
+			return nil, nil, fmt.Errorf("serve: %w", err)
+		}
+		if err := reg.Register("github", gh); err != nil {
+			return nil, nil, fmt.Errorf("serve: %w", err)
+		}
+	}
+	return reg, states, nil
 }
 
 func displayAddr(a net.Addr) string {

@@ -31,6 +31,12 @@ type apiEnv struct {
 // host agent ("" : a closed port, for tests that never reach it).
 func newAPI(t *testing.T, agentURL, agentToken string) *apiEnv {
 	t.Helper()
+	return newAPIWith(t, agentURL, agentToken, nil)
+}
+
+// newAPIWith is newAPI with edit applied to the API's configuration.
+func newAPIWith(t *testing.T, agentURL, agentToken string, edit func(*Config)) *apiEnv {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, pgembed.StartForTest(t))
 	if err != nil {
@@ -61,8 +67,12 @@ func newAPI(t *testing.T, agentURL, agentToken string) *apiEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(Config{Accounts: acc, Sandboxes: sbx, Audit: service.NewAudit(st, nil), Store: st,
-		LoginEmailLimit: auth.RateLimit{Burst: 3, Interval: time.Hour}, SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}})
+	cfg := Config{Accounts: acc, Sandboxes: sbx, Audit: service.NewAudit(st, nil), Store: st,
+		LoginEmailLimit: auth.RateLimit{Burst: 3, Interval: time.Hour}, SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}}
+	if edit != nil {
+		edit(&cfg)
+	}
+	h, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,13 @@
 //
 // Authentication is an API key in X-API-Key or a session JWT in
 // "Authorization: Bearer …"; both resolve to a service.Principal checked
-// against the database.
+// against the database. The routes that act for a user rather than in a
+// team (/v1/teams…, /v1/me, /v1/users/search, /v1/auth/switch-team, OAuth
+// linking) take a session only: an API key, which belongs to one team, is
+// refused with 403. A team route acts on the team of its path, with the
+// caller's role there read from the database (not a member: 404). OAuth
+// login and its outcomes (token in the URL fragment, #error=… or a JSON
+// 400 for a state that does not verify) are described in oauth.go.
 //
 // IDs: users, teams and API keys travel as prefixed IDs (usr-…, team-…,
 // key-…, see internal/wireid), converted only here. A sandbox's ID on the

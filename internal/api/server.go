@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 )
@@ -24,6 +25,13 @@ type Config struct {
 	Accounts  *service.Accounts
 	Sandboxes *service.Sandboxes
 	Audit     *service.Audit
+	// Teams manages teams and members (a new one over Store, Sandboxes
+	// and Audit when nil).
+	Teams *service.Teams
+	// OAuth holds the login providers (none when nil); OAuthStates, which
+	// guards their flows, is required with it.
+	OAuth       *oauth.Registry
+	OAuthStates *oauth.StateManager
 	// Store answers /healthz (a ping).
 	Store *store.Store
 	// TrustedProxies may set X-Forwarded-For (rate limits per client).
@@ -42,6 +50,8 @@ type Server struct {
 	loginIP    *auth.Limiter
 	loginEmail *auth.Limiter
 	signupIP   *auth.Limiter
+	teams      *service.Teams
+	oauth      *oauth.Registry
 }
 
 // New returns the API handler.
@@ -49,12 +59,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil {
 		return nil, errors.New("api: accounts, sandboxes, audit and store are required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, oauth: cfg.OAuth}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.log = s.log.With("component", "api")
+	if s.oauth == nil {
+		s.oauth = oauth.NewRegistry()
+	} else if cfg.OAuthStates == nil {
+		return nil, errors.New("api: OAuth providers need a state manager")
+	}
 	var err error
+	if s.teams == nil {
+		if s.teams, err = service.NewTeams(service.TeamsConfig{Store: cfg.Store, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
+	s.log = s.log.With("component", "api")
 	for _, l := range []struct {
 		dst *(*auth.Limiter)
 		lim auth.RateLimit
@@ -109,6 +129,24 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}/files", s.authed(s.removeFile))
 	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/list", s.authed(s.listFiles))
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/mkdir", s.authed(s.makeDir))
+	s.mux.HandleFunc("POST /v1/teams", s.userAuthed(s.createTeam))
+	s.mux.HandleFunc("GET /v1/teams", s.userAuthed(s.listTeams))
+	s.mux.HandleFunc("GET /v1/teams/{id}", s.userAuthed(s.getTeam))
+	s.mux.HandleFunc("PATCH /v1/teams/{id}", s.userAuthed(s.renameTeam))
+	s.mux.HandleFunc("DELETE /v1/teams/{id}", s.userAuthed(s.deleteTeam))
+	s.mux.HandleFunc("GET /v1/teams/{id}/members", s.userAuthed(s.listMembers))
+	s.mux.HandleFunc("POST /v1/teams/{id}/members", s.userAuthed(s.addMember))
+	s.mux.HandleFunc("PATCH /v1/teams/{id}/members/{user_id}", s.userAuthed(s.setMemberRole))
+	s.mux.HandleFunc("DELETE /v1/teams/{id}/members/{user_id}", s.userAuthed(s.removeMember))
+	s.mux.HandleFunc("POST /v1/teams/{id}/leave", s.userAuthed(s.leaveTeam))
+	s.mux.HandleFunc("POST /v1/auth/switch-team", s.userAuthed(s.switchTeam))
+	s.mux.HandleFunc("GET /v1/me", s.userAuthed(s.getMe))
+	s.mux.HandleFunc("PATCH /v1/me", s.userAuthed(s.updateMe))
+	s.mux.HandleFunc("GET /v1/users/search", s.userAuthed(s.searchUsers))
+	s.mux.HandleFunc("GET /v1/auth/oauth/{provider}/login", s.oauthLogin)
+	s.mux.HandleFunc("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
+	// A callback costs calls to the provider: limited as logins are.
+	s.mux.Handle("GET /v1/auth/oauth/{provider}/callback", s.loginIP.Middleware(ip)(http.HandlerFunc(s.oauthCallback)))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})

@@ -6,19 +6,24 @@
 //
 // # Flow
 //
-//	GET /v1/auth/oauth/{name}
+//	GET /v1/auth/oauth/{name}/login
 //	    p, err := registry.Get(name)             // 404 on ErrUnknownProvider
-//	    state, err := states.Set(w, name)        // signed cookie
+//	    state, err := states.SetWith(w, name, data) // signed cookie (+ data)
 //	    redirect to p.AuthCodeURL(state)
 //	GET /v1/auth/oauth/{name}/callback
 //	    code, _, err := oauth.ParseCallback(r)   // ErrAccessDenied, ErrInvalidCode
-//	    err = states.Verify(w, r, name)          // ErrState…, before Exchange
+//	    data, err := states.VerifyWith(w, r, name) // ErrState…, before Exchange
 //	    profile, err := p.Exchange(ctx, code)     // ErrInvalidCode, ErrNoVerifiedEmail, ErrProvider
 //	    link by (name, profile.ProviderUserID); else by profile.Email only
 //	    if profile.EmailVerified; else create the user
 //
 // Verify must be called even when ParseCallback reports an error, so the
-// cookie is consumed and deleted.
+// cookie is consumed and deleted. The data that SetWith binds to a state
+// (where to go afterwards, which signed-in user started a linking flow)
+// is covered by the cookie's MAC, so it cannot be altered or moved to
+// another state; it is not secret.
+//
+// Package oauthtest is a local fake GitHub for tests.
 //
 // # GitHub
 //

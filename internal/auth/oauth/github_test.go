@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/capsulehq/capsule/internal/auth/oauth/oauthtest"
 )
 
 func ptr(s string) *string { return &s }
@@ -16,32 +18,45 @@ func ptr(s string) *string { return &s }
 var secret = []byte("0123456789abcdef0123456789abcdef")
 
 // octocat has a public, verified, primary address.
-var octocat = &fakeUser{id: 583231, login: "octocat", name: ptr("The Octocat"), email: ptr("octocat@github.com"),
-	emails: []githubEmail{{Email: "octocat@github.com", Primary: true, Verified: true}}}
+var octocat = &oauthtest.User{ID: 583231, Login: "octocat", Name: ptr("The Octocat"), PublicEmail: ptr("octocat@github.com"),
+	Emails: []oauthtest.Email{{Email: "octocat@github.com", Primary: true, Verified: true}}}
 
-// noReplyOnly keeps its address private (/user has email null): the
+// privateEmail keeps its address private (/user has email null): the
 // address must come from /user/emails.
-var privateEmail = &fakeUser{id: 2, login: "private", email: nil,
-	emails: []githubEmail{{Email: "old@example.com", Verified: false}, {Email: "me@example.com", Primary: true, Verified: true}}}
+var privateEmail = &oauthtest.User{ID: 2, Login: "private", PublicEmail: nil,
+	Emails: []oauthtest.Email{{Email: "old@example.com", Verified: false}, {Email: "me@example.com", Primary: true, Verified: true}}}
 
 // unverified has only unverified addresses, one of them public.
-var unverified = &fakeUser{id: 3, login: "unverified", name: ptr("U"), email: ptr("u@example.com"),
-	emails: []githubEmail{{Email: "u@example.com", Primary: true, Verified: false}}}
+var unverified = &oauthtest.User{ID: 3, Login: "unverified", Name: ptr("U"), PublicEmail: ptr("u@example.com"),
+	Emails: []oauthtest.Email{{Email: "u@example.com", Primary: true, Verified: false}}}
 
 // noScope's token cannot read /user/emails.
-var noScope = &fakeUser{id: 4, login: "noscope", email: ptr("n@example.com"), emailsStatus: http.StatusForbidden}
+var noScope = &oauthtest.User{ID: 4, Login: "noscope", PublicEmail: ptr("n@example.com"), EmailsStatus: http.StatusForbidden}
 
 // secondary's primary address is unverified, its public one verified.
-var secondary = &fakeUser{id: 5, login: "secondary", email: ptr("public@example.com"),
-	emails: []githubEmail{{Email: "first@example.com", Verified: true}, {Email: "primary@example.com", Primary: true}, {Email: "public@example.com", Verified: true}}}
+var secondary = &oauthtest.User{ID: 5, Login: "secondary", PublicEmail: ptr("public@example.com"),
+	Emails: []oauthtest.Email{{Email: "first@example.com", Verified: true}, {Email: "primary@example.com", Primary: true}, {Email: "public@example.com", Verified: true}}}
 
-func newGitHubForTest(t *testing.T) (*fakeGitHub, *GitHub) {
-	t.Helper()
-	f := newFakeGitHub(t)
-	for _, u := range []*fakeUser{octocat, privateEmail, unverified, noScope, secondary} {
-		f.addUser(u)
+// fakeConfig returns a provider configuration pointing at the fake.
+func fakeConfig(f *oauthtest.GitHub) GitHubConfig {
+	return GitHubConfig{
+		ClientID:     oauthtest.ClientID,
+		ClientSecret: oauthtest.ClientSecret,
+		RedirectURL:  "https://capsule.test/v1/auth/oauth/github/callback",
+		AuthURL:      f.AuthURL(),
+		TokenURL:     f.TokenURL(),
+		APIURL:       f.APIURL(),
+		HTTPClient:   f.Client(),
 	}
-	g, err := NewGitHub(f.config())
+}
+
+func newGitHubForTest(t *testing.T) (*oauthtest.GitHub, *GitHub) {
+	t.Helper()
+	f := oauthtest.NewGitHub(t)
+	for _, u := range []*oauthtest.User{octocat, privateEmail, unverified, noScope, secondary} {
+		f.AddUser(u)
+	}
+	g, err := NewGitHub(fakeConfig(f))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,13 +76,11 @@ func TestGitHubLoginFlow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	noRedirect := f.srv.Client()
+	noRedirect := f.Client()
 	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 	login := func(t *testing.T, user string, deny bool) (Profile, error) {
-		f.mu.Lock()
-		f.signIn, f.deny = user, deny
-		f.mu.Unlock()
+		f.SignIn(user, deny)
 
 		// 1. GET /v1/auth/oauth/github: set the cookie, redirect.
 		p, err := reg.Get("github")
@@ -134,7 +147,7 @@ func TestGitHubLoginFlow(t *testing.T) {
 
 func TestGitHubExchangeErrors(t *testing.T) {
 	f, g := newGitHubForTest(t)
-	redirect := f.config().RedirectURL
+	redirect := fakeConfig(f).RedirectURL
 	ctx := context.Background()
 
 	t.Run("bad code", func(t *testing.T) {
@@ -148,7 +161,7 @@ func TestGitHubExchangeErrors(t *testing.T) {
 		}
 	})
 	t.Run("code used twice", func(t *testing.T) {
-		code := f.issueCode("octocat", redirect)
+		code := f.IssueCode("octocat", redirect)
 		if _, err := g.Exchange(ctx, code); err != nil {
 			t.Fatal(err)
 		}
@@ -157,16 +170,16 @@ func TestGitHubExchangeErrors(t *testing.T) {
 		}
 	})
 	t.Run("code issued for another redirect URI", func(t *testing.T) {
-		code := f.issueCode("octocat", "https://evil.test/callback")
+		code := f.IssueCode("octocat", "https://evil.test/callback")
 		if _, err := g.Exchange(ctx, code); !errors.Is(err, ErrInvalidCode) {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("wrong client secret", func(t *testing.T) {
-		cfg := f.config()
+		cfg := fakeConfig(f)
 		cfg.ClientSecret = "wrong"
 		bad, _ := NewGitHub(cfg)
-		_, err := bad.Exchange(ctx, f.issueCode("octocat", redirect))
+		_, err := bad.Exchange(ctx, f.IssueCode("octocat", redirect))
 		if !errors.Is(err, ErrProvider) || !strings.Contains(err.Error(), "incorrect_client_credentials") {
 			t.Fatalf("err = %v", err)
 		}
@@ -175,25 +188,21 @@ func TestGitHubExchangeErrors(t *testing.T) {
 		}
 	})
 	t.Run("token endpoint down", func(t *testing.T) {
-		f.mu.Lock()
-		f.tokenStatus = http.StatusBadGateway
-		f.mu.Unlock()
-		defer func() { f.mu.Lock(); f.tokenStatus = 0; f.mu.Unlock() }()
-		if _, err := g.Exchange(ctx, f.issueCode("octocat", redirect)); !errors.Is(err, ErrProvider) {
+		f.SetTokenStatus(http.StatusBadGateway)
+		defer f.SetTokenStatus(0)
+		if _, err := g.Exchange(ctx, f.IssueCode("octocat", redirect)); !errors.Is(err, ErrProvider) {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("api down", func(t *testing.T) {
-		f.mu.Lock()
-		f.userStatus = http.StatusInternalServerError
-		f.mu.Unlock()
-		defer func() { f.mu.Lock(); f.userStatus = 0; f.mu.Unlock() }()
-		if _, err := g.Exchange(ctx, f.issueCode("octocat", redirect)); !errors.Is(err, ErrProvider) {
+		f.SetUserStatus(http.StatusInternalServerError)
+		defer f.SetUserStatus(0)
+		if _, err := g.Exchange(ctx, f.IssueCode("octocat", redirect)); !errors.Is(err, ErrProvider) {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("unreachable", func(t *testing.T) {
-		cfg := f.config()
+		cfg := fakeConfig(f)
 		cfg.TokenURL = "http://127.0.0.1:1/token"
 		dead, _ := NewGitHub(cfg)
 		if _, err := dead.Exchange(ctx, "x"); !errors.Is(err, ErrProvider) {
@@ -203,7 +212,7 @@ func TestGitHubExchangeErrors(t *testing.T) {
 	t.Run("cancelled context", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		_, err := g.Exchange(cctx, f.issueCode("octocat", redirect))
+		_, err := g.Exchange(cctx, f.IssueCode("octocat", redirect))
 		if !errors.Is(err, ErrProvider) || !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v", err)
 		}

@@ -146,19 +146,40 @@ func NewStateManager(cfg StateConfig) (*StateManager, error) {
 // prefix when it applies).
 func (m *StateManager) CookieName() string { return m.name }
 
+// MaxStateData bounds the data SetWith binds to a state.
+const MaxStateData = 1024
+
 // Set starts a login with provider: it creates a random state (256 bits,
 // base64url), sets the state cookie on w, and returns the state to pass to
 // Provider.AuthCodeURL.
 func (m *StateManager) Set(w http.ResponseWriter, provider string) (string, error) {
+	return m.SetWith(w, provider, nil)
+}
+
+// SetWith is Set with data bound to the state: the data (at most
+// MaxStateData bytes; where to go after the login, who started a linking
+// flow) travels in the cookie under the same MAC, so it cannot be changed
+// or moved to another state, and VerifyWith returns it. It is signed, not
+// encrypted: the browser can read it.
+func (m *StateManager) SetWith(w http.ResponseWriter, provider string, data []byte) (string, error) {
 	if provider == "" {
 		return "", errors.New("oauth: empty provider name")
+	}
+	if len(data) > MaxStateData {
+		return "", fmt.Errorf("oauth: state data over %d bytes", MaxStateData)
 	}
 	b := make([]byte, stateBytes)
 	_, _ = rand.Read(b) // crypto/rand never fails
 	state := base64.RawURLEncoding.EncodeToString(b)
 	expires := m.now().Add(m.ttl)
 	exp := strconv.FormatInt(expires.Unix(), 10)
-	value := state + "." + exp + "." + base64.RawURLEncoding.EncodeToString(m.mac(provider, state, exp))
+	value := state + "." + exp + "."
+	if len(data) > 0 {
+		d := base64.RawURLEncoding.EncodeToString(data)
+		value += d + "." + base64.RawURLEncoding.EncodeToString(m.macData(provider, state, exp, d))
+	} else {
+		value += base64.RawURLEncoding.EncodeToString(m.mac(provider, state, exp))
+	}
 	http.SetCookie(w, &http.Cookie{
 		Name:     m.name,
 		Value:    value,
@@ -173,12 +194,19 @@ func (m *StateManager) Set(w http.ResponseWriter, provider string) (string, erro
 }
 
 // Verify checks the callback request r of a login with provider: exactly
-// one state cookie, a correct MAC over (provider, state, expiry), not
-// expired, the query parameter "state" equal to the cookie's state
+// one state cookie, a correct MAC over (provider, state, expiry[, data]),
+// not expired, the query parameter "state" equal to the cookie's state
 // (constant-time comparisons throughout), and the state not used before.
 // It always deletes the cookie when one was sent, so a state is good for
 // one try. Errors wrap ErrState.
 func (m *StateManager) Verify(w http.ResponseWriter, r *http.Request, provider string) error {
+	_, err := m.VerifyWith(w, r, provider)
+	return err
+}
+
+// VerifyWith is Verify that also returns the data SetWith bound to the
+// state (nil when none).
+func (m *StateManager) VerifyWith(w http.ResponseWriter, r *http.Request, provider string) ([]byte, error) {
 	var values []string
 	for _, c := range r.Cookies() {
 		if c.Name == m.name {
@@ -191,45 +219,57 @@ func (m *StateManager) Verify(w http.ResponseWriter, r *http.Request, provider s
 	query := r.URL.Query().Get("state")
 	switch {
 	case len(values) == 0 || query == "":
-		return ErrStateMissing
+		return nil, ErrStateMissing
 	case len(values) > 1:
 		// Two cookies of our name: one was planted (cookie tossing from a
 		// sibling domain); trust neither.
-		return ErrStateMismatch
+		return nil, ErrStateMismatch
 	}
-	state, exp, ok := m.parse(values[0], provider)
+	state, exp, data, ok := m.parse(values[0], provider)
 	if !ok {
-		return ErrStateMismatch
+		return nil, ErrStateMismatch
 	}
 	if subtle.ConstantTimeCompare([]byte(query), []byte(state)) != 1 {
-		return ErrStateMismatch
+		return nil, ErrStateMismatch
 	}
 	now := m.now()
 	if !now.Before(exp) {
-		return ErrStateExpired
+		return nil, ErrStateExpired
 	}
 	if !m.markUsed(state, exp, now) {
-		return ErrStateReplayed
+		return nil, ErrStateReplayed
 	}
-	return nil
+	return data, nil
 }
 
-// parse checks a cookie value "state.expiry.mac" and returns its state and
-// expiry when the MAC is right.
-func (m *StateManager) parse(value, provider string) (string, time.Time, bool) {
+// parse checks a cookie value "state.expiry.mac" or
+// "state.expiry.data.mac" and returns its state, expiry and data when the
+// MAC is right.
+func (m *StateManager) parse(value, provider string) (string, time.Time, []byte, bool) {
 	parts := strings.Split(value, ".")
-	if len(parts) != 3 || len(parts[0]) != base64.RawURLEncoding.EncodedLen(stateBytes) {
-		return "", time.Time{}, false
+	if (len(parts) != 3 && len(parts) != 4) || len(parts[0]) != base64.RawURLEncoding.EncodedLen(stateBytes) {
+		return "", time.Time{}, nil, false
 	}
-	sig, err := base64.RawURLEncoding.Strict().DecodeString(parts[2])
-	if err != nil || !hmac.Equal(sig, m.mac(provider, parts[0], parts[1])) {
-		return "", time.Time{}, false
+	sig, err := base64.RawURLEncoding.Strict().DecodeString(parts[len(parts)-1])
+	if err != nil {
+		return "", time.Time{}, nil, false
+	}
+	var data []byte
+	if len(parts) == 4 {
+		if parts[2] == "" || !hmac.Equal(sig, m.macData(provider, parts[0], parts[1], parts[2])) {
+			return "", time.Time{}, nil, false
+		}
+		if data, err = base64.RawURLEncoding.Strict().DecodeString(parts[2]); err != nil {
+			return "", time.Time{}, nil, false
+		}
+	} else if !hmac.Equal(sig, m.mac(provider, parts[0], parts[1])) {
+		return "", time.Time{}, nil, false
 	}
 	secs, err := strconv.ParseInt(parts[1], 10, 64)
 	if err != nil {
-		return "", time.Time{}, false
+		return "", time.Time{}, nil, false
 	}
-	return parts[0], time.Unix(secs, 0), true
+	return parts[0], time.Unix(secs, 0), data, true
 }
 
 // mac returns HMAC-SHA256 over a domain-separated encoding of the signed
@@ -238,6 +278,13 @@ func (m *StateManager) parse(value, provider string) (string, time.Time, bool) {
 func (m *StateManager) mac(provider, state, exp string) []byte {
 	h := hmac.New(sha256.New, m.key)
 	h.Write([]byte("capsule-oauth-state-v1\x00" + provider + "\x00" + state + "\x00" + exp))
+	return h.Sum(nil)
+}
+
+// macData is mac with the base64url data, under its own domain label.
+func (m *StateManager) macData(provider, state, exp, data string) []byte {
+	h := hmac.New(sha256.New, m.key)
+	h.Write([]byte("capsule-oauth-state-data-v1\x00" + provider + "\x00" + state + "\x00" + exp + "\x00" + data))
 	return h.Sum(nil)
 }
 

@@ -237,3 +237,57 @@ func TestStateConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestStateData: data bound with SetWith comes back from VerifyWith, and
+// cannot be changed, dropped or moved to another state.
+func TestStateData(t *testing.T) {
+	c := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+	m := newStates(t, c, nil)
+	startWith := func(data string) (string, *http.Cookie) {
+		w := httptest.NewRecorder()
+		state, err := m.SetWith(w, "github", []byte(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return state, w.Result().Cookies()[0]
+	}
+	withValue := func(ck *http.Cookie, v string) *http.Cookie { cp := *ck; cp.Value = v; return &cp }
+
+	s, ck := startWith(`{"r":"/x"}`)
+	if data, err := m.VerifyWith(httptest.NewRecorder(), callback(s, ck), "github"); err != nil || string(data) != `{"r":"/x"}` {
+		t.Fatalf("VerifyWith = %q, %v", data, err)
+	}
+	// No data: the plain three-part cookie, nil data.
+	s, ck = start(t, m, "github")
+	if strings.Count(ck.Value, ".") != 2 {
+		t.Fatalf("cookie without data %q", ck.Value)
+	}
+	if data, err := m.VerifyWith(httptest.NewRecorder(), callback(s, ck), "github"); err != nil || data != nil {
+		t.Fatalf("VerifyWith = %q, %v", data, err)
+	}
+
+	s, ck = startWith("link:alice")
+	parts := strings.Split(ck.Value, ".")
+	s2, ck2 := startWith("link:mallory")
+	parts2 := strings.Split(ck2.Value, ".")
+	for name, req := range map[string]*http.Request{
+		"changed data":                callback(s, withValue(ck, strings.Join([]string{parts[0], parts[1], parts2[2], parts[3]}, "."))),
+		"data moved to another state": callback(s, withValue(ck, strings.Join([]string{parts[0], parts[1], parts2[2], parts2[3]}, "."))),
+		"data dropped":                callback(s, withValue(ck, strings.Join([]string{parts[0], parts[1], parts[3]}, "."))),
+		"empty data":                  callback(s, withValue(ck, strings.Join([]string{parts[0], parts[1], "", parts[3]}, "."))),
+		"other provider": func() *http.Request {
+			return callback(s2, ck2)
+		}(),
+	} {
+		provider := "github"
+		if name == "other provider" {
+			provider = "gitlab"
+		}
+		if _, err := m.VerifyWith(httptest.NewRecorder(), req, provider); !errors.Is(err, ErrStateMismatch) {
+			t.Errorf("%s: %v, want ErrStateMismatch", name, err)
+		}
+	}
+	if _, err := m.SetWith(httptest.NewRecorder(), "github", make([]byte, MaxStateData+1)); err == nil {
+		t.Fatal("oversized data accepted")
+	}
+}

@@ -1,4 +1,9 @@
-package oauth
+// Package oauthtest is a local fake of GitHub's OAuth web flow and of the
+// parts of its REST API the oauth package's provider uses, with GitHub's
+// quirks (token errors answered with status 200), for the tests of the
+// oauth package and of the API routes that use it. It does not import the
+// oauth package, so that package's own tests can use it.
+package oauthtest
 
 import (
 	"encoding/json"
@@ -11,16 +16,31 @@ import (
 	"testing"
 )
 
-// fakeUser is an account on the fake GitHub.
-type fakeUser struct {
-	id     int64
-	login  string
-	name   *string // JSON null when nil
-	email  *string // the public e-mail of /user; JSON null when nil
-	emails []githubEmail
-	// emailsStatus, when not 0, is the status /user/emails answers with
+// The fake's OAuth app credentials.
+const (
+	ClientID     = "Iv1.client"
+	ClientSecret = "client-secret"
+)
+
+// Email is an element of GET /user/emails.
+type Email struct {
+	Email    string
+	Primary  bool
+	Verified bool
+}
+
+// User is an account on the fake GitHub.
+type User struct {
+	ID    int64
+	Login string
+	// Name is the display name (JSON null when nil).
+	Name *string
+	// PublicEmail is the public address of /user (JSON null when nil).
+	PublicEmail *string
+	Emails      []Email
+	// EmailsStatus, when not 0, is the status /user/emails answers with
 	// (403 = the token lacks the user:email scope).
-	emailsStatus int
+	EmailsStatus int
 }
 
 // grant is an issued authorization code.
@@ -29,17 +49,13 @@ type grant struct {
 	redirectURI string
 }
 
-// fakeGitHub is a local stand-in for github.com and api.github.com that
-// implements the parts of the OAuth web flow and REST API that the
-// provider uses, with GitHub's quirks (token errors with status 200).
-type fakeGitHub struct {
-	t            *testing.T
-	srv          *httptest.Server
-	clientID     string
-	clientSecret string
+// GitHub is a local stand-in for github.com (/login/oauth/…) and
+// api.github.com (under /api).
+type GitHub struct {
+	srv *httptest.Server
 
 	mu     sync.Mutex
-	users  map[string]*fakeUser
+	users  map[string]*User
 	signIn string // the login of the user who "signs in" at /authorize
 	deny   bool   // the user presses "Cancel" at /authorize
 	codes  map[string]grant
@@ -52,11 +68,9 @@ type fakeGitHub struct {
 	tokenStatus int
 }
 
-func newFakeGitHub(t *testing.T) *fakeGitHub {
-	f := &fakeGitHub{
-		t: t, clientID: "Iv1.client", clientSecret: "client-secret",
-		users: map[string]*fakeUser{}, codes: map[string]grant{}, tokens: map[string]string{},
-	}
+// NewGitHub starts a fake GitHub, closed when t ends.
+func NewGitHub(t testing.TB) *GitHub {
+	f := &GitHub{users: map[string]*User{}, codes: map[string]grant{}, tokens: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /login/oauth/authorize", f.authorize)
 	mux.HandleFunc("POST /login/oauth/access_token", f.accessToken)
@@ -67,27 +81,45 @@ func newFakeGitHub(t *testing.T) *fakeGitHub {
 	return f
 }
 
-func (f *fakeGitHub) addUser(u *fakeUser) {
+// AuthURL, TokenURL and APIURL are the fake's endpoints.
+func (f *GitHub) AuthURL() string  { return f.srv.URL + "/login/oauth/authorize" }
+func (f *GitHub) TokenURL() string { return f.srv.URL + "/login/oauth/access_token" }
+func (f *GitHub) APIURL() string   { return f.srv.URL + "/api" }
+
+// Client is an HTTP client for the fake.
+func (f *GitHub) Client() *http.Client { return f.srv.Client() }
+
+// AddUser adds (or replaces) an account.
+func (f *GitHub) AddUser(u *User) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.users[u.login] = u
+	f.users[u.Login] = u
 }
 
-// config returns a provider configuration pointing at the fake.
-func (f *fakeGitHub) config() GitHubConfig {
-	return GitHubConfig{
-		ClientID:     f.clientID,
-		ClientSecret: f.clientSecret,
-		RedirectURL:  "https://capsule.test/v1/auth/oauth/github/callback",
-		AuthURL:      f.srv.URL + "/login/oauth/authorize",
-		TokenURL:     f.srv.URL + "/login/oauth/access_token",
-		APIURL:       f.srv.URL + "/api",
-		HTTPClient:   f.srv.Client(),
-	}
+// SignIn sets who signs in at /authorize, and whether they refuse.
+func (f *GitHub) SignIn(login string, deny bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.signIn, f.deny = login, deny
 }
 
-// issueCode mints an authorization code for login, as /authorize would.
-func (f *fakeGitHub) issueCode(login, redirectURI string) string {
+// SetUserStatus makes /user fail with status (0: work again).
+func (f *GitHub) SetUserStatus(status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.userStatus = status
+}
+
+// SetTokenStatus makes the token endpoint fail with status and an HTML
+// body (0: work again).
+func (f *GitHub) SetTokenStatus(status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokenStatus = status
+}
+
+// IssueCode mints an authorization code for login, as /authorize would.
+func (f *GitHub) IssueCode(login, redirectURI string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.serial++
@@ -96,10 +128,10 @@ func (f *fakeGitHub) issueCode(login, redirectURI string) string {
 	return code
 }
 
-func (f *fakeGitHub) authorize(w http.ResponseWriter, r *http.Request) {
+func (f *GitHub) authorize(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	redirect, err := url.Parse(q.Get("redirect_uri"))
-	if q.Get("client_id") != f.clientID || err != nil || q.Get("state") == "" || !strings.Contains(q.Get("scope"), "user:email") {
+	if q.Get("client_id") != ClientID || err != nil || q.Get("state") == "" || !strings.Contains(q.Get("scope"), "user:email") {
 		http.Error(w, "bad authorization request", http.StatusBadRequest)
 		return
 	}
@@ -111,13 +143,13 @@ func (f *fakeGitHub) authorize(w http.ResponseWriter, r *http.Request) {
 		back.Set("error", "access_denied")
 		back.Set("error_description", "The user has denied your application access.")
 	} else {
-		back.Set("code", f.issueCode(login, q.Get("redirect_uri")))
+		back.Set("code", f.IssueCode(login, q.Get("redirect_uri")))
 	}
 	redirect.RawQuery = back.Encode()
 	http.Redirect(w, r, redirect.String(), http.StatusFound)
 }
 
-func (f *fakeGitHub) accessToken(w http.ResponseWriter, r *http.Request) {
+func (f *GitHub) accessToken(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.tokenStatus != 0 {
@@ -134,7 +166,7 @@ func (f *fakeGitHub) accessToken(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(v)
 	}
-	if r.PostForm.Get("client_id") != f.clientID || r.PostForm.Get("client_secret") != f.clientSecret {
+	if r.PostForm.Get("client_id") != ClientID || r.PostForm.Get("client_secret") != ClientSecret {
 		reply(map[string]string{"error": "incorrect_client_credentials", "error_description": "The client_id and/or client_secret passed are incorrect."})
 		return
 	}
@@ -152,7 +184,7 @@ func (f *fakeGitHub) accessToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // authUser returns the user of the request's bearer token, or answers 401.
-func (f *fakeGitHub) authUser(w http.ResponseWriter, r *http.Request) *fakeUser {
+func (f *GitHub) authUser(w http.ResponseWriter, r *http.Request) *User {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -164,7 +196,7 @@ func (f *fakeGitHub) authUser(w http.ResponseWriter, r *http.Request) *fakeUser 
 	return f.users[login]
 }
 
-func (f *fakeGitHub) user(w http.ResponseWriter, r *http.Request) {
+func (f *GitHub) user(w http.ResponseWriter, r *http.Request) {
 	u := f.authUser(w, r)
 	if u == nil {
 		return
@@ -177,16 +209,16 @@ func (f *fakeGitHub) user(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"id": u.id, "login": u.login, "name": u.name, "email": u.email, "type": "User"})
+	_ = json.NewEncoder(w).Encode(map[string]any{"id": u.ID, "login": u.Login, "name": u.Name, "email": u.PublicEmail, "type": "User"})
 }
 
-func (f *fakeGitHub) userEmails(w http.ResponseWriter, r *http.Request) {
+func (f *GitHub) userEmails(w http.ResponseWriter, r *http.Request) {
 	u := f.authUser(w, r)
 	if u == nil {
 		return
 	}
-	if u.emailsStatus != 0 {
-		http.Error(w, `{"message":"Resource not accessible by integration"}`, u.emailsStatus)
+	if u.EmailsStatus != 0 {
+		http.Error(w, `{"message":"Resource not accessible by integration"}`, u.EmailsStatus)
 		return
 	}
 	type email struct {
@@ -196,7 +228,7 @@ func (f *fakeGitHub) userEmails(w http.ResponseWriter, r *http.Request) {
 		Visibility *string `json:"visibility"`
 	}
 	out := []email{}
-	for _, e := range u.emails {
+	for _, e := range u.Emails {
 		out = append(out, email{Email: e.Email, Primary: e.Primary, Verified: e.Verified})
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -1,0 +1,233 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// OAuth login and linking through the providers of Config.OAuth.
+//
+//	GET  /v1/auth/oauth/{provider}/login?redirect=/path  → 302 to the provider
+//	POST /v1/auth/oauth/{provider}/link?redirect=/path   → {"url": …} (session only)
+//	GET  /v1/auth/oauth/{provider}/callback?code&state  → 302 to the redirect
+//
+// The state cookie (oauth.StateManager: signed, single use, 10 minutes)
+// carries, under its MAC, where to go afterwards and, for a linking flow,
+// the user whose session started it: a link can only be completed in the
+// browser that the signed-in user started it from, and only for that
+// user. Linking starts with a POST carrying the bearer token (no cookie
+// authenticates it, so another site cannot start it for the user).
+//
+// Outcomes. Success: 302 to the redirect (a relative path, "/" by
+// default) with the session in the URL fragment, never in the query (the
+// fragment is not sent to servers, nor in Referer):
+// "#token=…&expires_at=<RFC 3339>" (and "&linked=<provider>" after a
+// link). An unknown provider is a 404, an invalid redirect a 400, and a
+// state that does not verify (missing, forged, expired, replayed) a JSON
+// 400: there is no trustworthy redirect to send the browser to. Any later
+// failure is a 302 to the redirect with "#error=<code>&error_description=
+// <message>", code one of access_denied, invalid_request, invalid_code,
+// unverified_email, provider_error, unauthorized, forbidden, conflict,
+// server_error.
+
+// oauthFlow is the data bound to a login's state.
+type oauthFlow struct {
+	// Redirect is the validated relative path to land on.
+	Redirect string `json:"r"`
+	// Link is the wire ID of the user linking the identity ("" for a
+	// login).
+	Link string `json:"l,omitempty"`
+}
+
+const maxRedirectLen = 512
+
+var errBadRedirect = &service.Error{Kind: service.ErrInvalid, Msg: "redirect: a relative path such as /dashboard (no scheme, host or fragment)"}
+
+// safeRedirect validates a post-login redirect: a path relative to this
+// origin ("/" when empty). Scheme-relative ("//host"), backslashed
+// (browsers read "/\host" as "//host"), fragment-carrying and
+// control-character paths are refused.
+func safeRedirect(s string) (string, error) {
+	if s == "" {
+		return "/", nil
+	}
+	if len(s) > maxRedirectLen || s[0] != '/' || strings.HasPrefix(s, "//") || strings.ContainsAny(s, `\#`) ||
+		strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) >= 0 {
+		return "", errBadRedirect
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
+		return "", errBadRedirect
+	}
+	return s, nil
+}
+
+// oauthProvider resolves the path's provider, answering 404 when unknown.
+func (s *Server) oauthProvider(w http.ResponseWriter, r *http.Request) (string, oauth.Provider, bool) {
+	name := r.PathValue("provider")
+	p, err := s.oauth.Get(name)
+	if err != nil {
+		writeProblem(w, http.StatusNotFound, "unknown OAuth provider")
+		return "", nil, false
+	}
+	return name, p, true
+}
+
+// oauthStart sets the state cookie bound to flow and returns the
+// provider's authorization URL.
+func (s *Server) oauthStart(w http.ResponseWriter, name string, p oauth.Provider, flow oauthFlow) (string, error) {
+	data, err := json.Marshal(flow)
+	if err != nil {
+		return "", err
+	}
+	state, err := s.cfg.OAuthStates.SetWith(w, name, data)
+	if err != nil {
+		return "", err
+	}
+	return p.AuthCodeURL(state), nil
+}
+
+func (s *Server) oauthLogin(w http.ResponseWriter, r *http.Request) {
+	name, p, ok := s.oauthProvider(w, r)
+	if !ok {
+		return
+	}
+	redirect, err := safeRedirect(r.URL.Query().Get("redirect"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	to, err := s.oauthStart(w, name, p, oauthFlow{Redirect: redirect})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	found(w, to)
+}
+
+// oauthLink starts linking the provider to the session's user: it sets
+// the state cookie (bound to the user) and answers the URL to send the
+// browser to.
+func (s *Server) oauthLink(w http.ResponseWriter, r *http.Request, pr service.Principal) {
+	name, p, ok := s.oauthProvider(w, r)
+	if !ok {
+		return
+	}
+	redirect, err := safeRedirect(r.URL.Query().Get("redirect"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	to, err := s.oauthStart(w, name, p, oauthFlow{Redirect: redirect, Link: wireid.Format(wireid.User, pr.UserID)})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, map[string]string{"url": to})
+}
+
+var errOAuthState = &service.Error{Kind: service.ErrInvalid,
+	Msg: "the login could not be verified (expired, already used, or started in another browser): start it again"}
+
+func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
+	name, p, ok := s.oauthProvider(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	ctx := r.Context()
+	// The state is checked (and consumed) whatever the callback says.
+	code, _, perr := oauth.ParseCallback(r)
+	data, err := s.cfg.OAuthStates.VerifyWith(w, r, name)
+	if err != nil {
+		s.log.InfoContext(ctx, "oauth callback refused", "provider", name, "err", err)
+		s.writeError(w, r, errOAuthState)
+		return
+	}
+	var flow oauthFlow
+	if err := json.Unmarshal(data, &flow); err != nil {
+		s.writeError(w, r, errOAuthState)
+		return
+	}
+	if flow.Redirect, err = safeRedirect(flow.Redirect); err != nil {
+		flow.Redirect = "/"
+	}
+	fail := func(code, msg string) {
+		frag := url.Values{"error": {code}, "error_description": {msg}}
+		found(w, flow.Redirect+"#"+frag.Encode())
+	}
+	if perr != nil {
+		if errors.Is(perr, oauth.ErrAccessDenied) {
+			fail("access_denied", "the authorization was declined")
+		} else {
+			fail("invalid_request", "the provider sent no authorization code")
+		}
+		return
+	}
+	prof, err := p.Exchange(ctx, code)
+	switch {
+	case errors.Is(err, oauth.ErrInvalidCode):
+		fail("invalid_code", "the authorization code is invalid or expired: start again")
+		return
+	case errors.Is(err, oauth.ErrNoVerifiedEmail):
+		fail("unverified_email", "your account at the provider has no verified e-mail address (or does not let Capsule read it)")
+		return
+	case err != nil:
+		s.log.WarnContext(ctx, "oauth exchange", "provider", name, "err", err)
+		fail("provider_error", "the provider could not be reached or answered wrongly: try again later")
+		return
+	}
+	var link pgtype.UUID
+	if flow.Link != "" {
+		if link, err = wireid.Parse(wireid.User, flow.Link); err != nil {
+			fail("invalid_request", "invalid linking request")
+			return
+		}
+	}
+	res, err := s.cfg.Accounts.OAuthLogin(ctx, name, prof, link)
+	if err != nil {
+		msg, public := service.PublicMessage(err)
+		code := "server_error"
+		switch st := statusOf(err); {
+		case !public || st >= 500:
+			s.log.ErrorContext(ctx, "oauth login", "provider", name, "err", err)
+			msg = "internal error"
+		case st == http.StatusBadRequest:
+			code = "invalid_request"
+		case st == http.StatusUnauthorized:
+			code = "unauthorized"
+		case st == http.StatusForbidden:
+			code = "forbidden"
+		case st == http.StatusConflict:
+			code = "conflict"
+		}
+		fail(code, msg)
+		return
+	}
+	frag := url.Values{"token": {res.Session.Token}, "expires_at": {res.Session.ExpiresAt.UTC().Format(time.RFC3339)}}
+	if link.Valid {
+		frag.Set("linked", name)
+	}
+	found(w, flow.Redirect+"#"+frag.Encode())
+}
+
+// found answers 302 to loc as is (http.Redirect would clean the path,
+// fragment included).
+func found(w http.ResponseWriter, loc string) {
+	w.Header().Set("Location", loc)
+	w.WriteHeader(http.StatusFound)
+}
