@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/capsulehq/capsule/internal/auth"
@@ -42,6 +43,8 @@ type Server struct {
 	loginIP    *auth.Limiter
 	loginEmail *auth.Limiter
 	signupIP   *auth.Limiter
+	// routes are the registered patterns ("METHOD /path"), in order.
+	routes []string
 }
 
 // New returns the API handler.
@@ -71,7 +74,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 	}
-	s.routes()
+	s.register()
 	return s, nil
 }
 
@@ -80,25 +83,45 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // handler is an authenticated handler.
 type handler func(w http.ResponseWriter, r *http.Request, p service.Principal)
 
-func (s *Server) routes() {
+// register registers every route through handle, then the JSON 404 for
+// everything else (the mux's fallback, not a route).
+func (s *Server) register() {
 	ip := auth.IPKeyFunc(s.cfg.TrustedProxies)
-	s.mux.HandleFunc("GET /healthz", s.healthz)
-	s.mux.Handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
-	s.mux.Handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
-	s.mux.HandleFunc("GET /v1/api-keys", s.authed(s.listKeys))
-	s.mux.HandleFunc("POST /v1/api-keys", s.authed(s.createKey))
-	s.mux.HandleFunc("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
-	s.mux.HandleFunc("POST /v1/sandboxes", s.authed(s.createSandbox))
-	s.mux.HandleFunc("GET /v1/sandboxes", s.authed(s.listSandboxes))
-	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
-	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
-	s.mux.HandleFunc("GET /v1/audit-logs", s.authed(s.listAuditLogs))
+	s.handle("GET /healthz", http.HandlerFunc(s.healthz))
+	s.handle("GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML))
+	s.handle("GET /openapi.json", http.HandlerFunc(s.serveOpenAPIJSON))
+	s.handle("GET /docs", http.HandlerFunc(s.serveDocs))
+	s.handle("GET /docs/{file...}", http.HandlerFunc(s.serveDocs))
+	s.handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
+	s.handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
+	s.handle("GET /v1/api-keys", s.authed(s.listKeys))
+	s.handle("POST /v1/api-keys", s.authed(s.createKey))
+	s.handle("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
+	s.handle("POST /v1/sandboxes", s.authed(s.createSandbox))
+	s.handle("GET /v1/sandboxes", s.authed(s.listSandboxes))
+	s.handle("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
+	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
+	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
+	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.handle("GET /v1/audit-logs", s.authed(s.listAuditLogs))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})
 }
+
+// handle registers a route: pattern is "METHOD /path" (net/http's pattern
+// syntax, always with a method). Every route must be documented in
+// openapi.yaml (TestOpenAPICoversRoutes walks Routes).
+func (s *Server) handle(pattern string, h http.Handler) {
+	if method, _, ok := strings.Cut(pattern, " "); !ok || method == "" || strings.ToUpper(method) != method {
+		panic("api: route pattern without a method: " + pattern)
+	}
+	s.routes = append(s.routes, pattern)
+	s.mux.Handle(pattern, h)
+}
+
+// Routes returns the registered route patterns ("METHOD /path/{param}").
+func (s *Server) Routes() []string { return slices.Clone(s.routes) }
 
 // authed authenticates the request (X-API-Key, else a Bearer session
 // token) before calling h.

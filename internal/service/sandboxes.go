@@ -133,6 +133,9 @@ type Sandbox struct {
 	// fetched).
 	EnvdURL  string
 	HostAddr string
+	// AgentTime is how long the request's host agent call took (set by
+	// Create): the rest of the request's time is the control plane's own.
+	AgentTime time.Duration
 }
 
 // CreateSandbox is a create request; zero values take the defaults.
@@ -330,7 +333,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if req.TimeoutSec > 0 {
 		areq.Timeout = durationpb.New(time.Duration(req.TimeoutSec) * time.Second)
 	}
+	agentStart := time.Now()
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
+	agentTime := time.Since(agentStart)
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
@@ -341,7 +346,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
 	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 		Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
-	return s.view(row, resp.Msg.GetSandbox()), nil
+	v := s.view(row, resp.Msg.GetSandbox())
+	v.AgentTime = agentTime
+	return v, nil
 }
 
 func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
