@@ -53,6 +53,7 @@ test: deps build lint gotest sdktest
 bench: build
 	$(BIN)/capsule bench envd
 	$(BIN)/capsule bench vm
+	$(BIN)/capsule bench api
 
 generate:
 	@scripts/generate.sh
