@@ -8,6 +8,11 @@ BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w 
 GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.sum
+# Files capsule embeds besides Go code: the OpenAPI document and the /docs
+# page; APIDOCS stands for the Swagger UI assets scripts/apidocs.sh copies
+# from npm swagger-ui-dist (gitignored, so a fresh clone makes them here).
+EMBED     := internal/api/openapi.yaml internal/api/apidocs/index.html internal/api/apidocs/capsule-docs.js
+APIDOCS   := internal/api/apidocs/dist/swagger-ui-bundle.js
 
 .PHONY: deps build run test lint gotest sdktest bench generate check-generated clean
 
@@ -18,7 +23,11 @@ deps:
 $(BIN)/envd: $(GOSRC)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/envd
 
-$(BIN)/capsule: $(GOSRC)
+$(APIDOCS): scripts/apidocs.sh web/apidocs/package.json web/apidocs/package-lock.json
+	@scripts/apidocs.sh
+	@touch $@
+
+$(BIN)/capsule: $(GOSRC) $(EMBED) $(APIDOCS)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/capsule
 
 build: $(BIN)/envd $(BIN)/capsule
@@ -44,6 +53,7 @@ test: deps build lint gotest sdktest
 bench: build
 	$(BIN)/capsule bench envd
 	$(BIN)/capsule bench vm
+	$(BIN)/capsule bench api
 
 generate:
 	@scripts/generate.sh

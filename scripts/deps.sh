@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make run` and `make test` need and is missing: Debian
-# packages (scripts/apt-packages.txt) and Go modules. Cached by content hash:
+# packages (scripts/apt-packages.txt), Go modules and npm swagger-ui-dist
+# (scripts/apidocs.sh). Cached by content hash:
 # a second run with unchanged inputs does nothing but a few checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,3 +46,6 @@ if [ ! -f "$gostamp" ]; then
   rm -f .cache/gomod.*
   touch "$gostamp"
 fi
+
+# The Swagger UI assets capsule embeds at /docs (npm swagger-ui-dist).
+scripts/apidocs.sh

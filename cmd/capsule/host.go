@@ -19,14 +19,20 @@ import (
 // `capsule agent` and the agent embedded in `capsule serve`.
 type hostOptions struct {
 	dataDir, runDir string
-	envdBin         string
-	base            bool
-	warmImages      bool
-	capacity        sandbox.Capacity
-	netName         string
-	netHostCIDR     string
-	netLinkCIDR     string
-	netMaxSlots     int
+	// imagesDir holds the image store (dataDir when empty): `capsule bench
+	// api` shares the platform's images but keeps its sandboxes apart.
+	imagesDir   string
+	envdBin     string
+	base        bool
+	warmImages  bool
+	capacity    sandbox.Capacity
+	netName     string
+	netHostCIDR string
+	netLinkCIDR string
+	netMaxSlots int
+	// netVethPrefix names the pool's host interfaces (derived from netName
+	// when empty).
+	netVethPrefix string
 }
 
 // defaultCapacity fills unset capacities from the host: 4 vCPUs per host
@@ -53,7 +59,11 @@ type hostStack struct {
 // startHost builds (or reuses) the guest images and starts the stack. The
 // manager recovers what an earlier agent left in the data directory.
 func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStack, error) {
-	images, err := image.Open(o.dataDir, log)
+	imagesDir := o.imagesDir
+	if imagesDir == "" {
+		imagesDir = o.dataDir
+	}
+	images, err := image.Open(imagesDir, log)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +93,10 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 			return nil, fmt.Errorf("--net-link-cidr: %w", err)
 		}
 	}
-	if o.netName != "" {
+	switch {
+	case o.netVethPrefix != "":
+		netCfg.VethPrefix = o.netVethPrefix
+	case o.netName != "":
 		// A second pool on the host needs its own interface names too.
 		netCfg.VethPrefix = strings.ReplaceAll(o.netName, "-", "") + "v"
 	}

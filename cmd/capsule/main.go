@@ -26,6 +26,7 @@ commands:
   agent         run the host agent: this machine's sandboxes over hostagent.v1 (root; capsule agent -h)
   bench envd    measure envd on this host (prints JSON)
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
+  bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
   image         build, list and remove template images (capsule image help)
   version       print versions
 `
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string) error {
 
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("bench: name a benchmark (envd, vm)")
+		return errors.New("bench: name a benchmark (envd, vm, api)")
 	}
 	switch args[0] {
 	case "envd":
@@ -100,6 +101,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := bench.VM(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "api":
+		o, err := parseBenchAPIFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchAPI(ctx, o)
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/api"
@@ -39,8 +41,13 @@ Runs the control plane (the /v1 REST API) and an embedded host agent in
 one process. With no database URL it runs its own PostgreSQL in
 DATA-DIR/postgres. On first start it creates a platform admin, its team
 and an API key, prints them once and stores them in DATA-DIR/admin.json
-(mode 0600). Needs root (the agent's VMs and network). Every flag can
-also be set by the environment variable in brackets.
+(mode 0600). Needs root (the agent's VMs and network).
+
+Every flag can also be set by the environment variable in brackets, or
+as a key of the same name in a YAML configuration file (-config FILE,
+CAPSULE_CONFIG, or /etc/capsule/capsule.yaml when it exists), e.g.
+"listen: ':8080'" or "data-dir: /srv/capsule". A flag wins over the
+environment, which wins over the file.
 
 flags:
 `
@@ -67,6 +74,10 @@ var serveEnv = map[string]string{
 	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
 }
 
+// defaultConfigFile is read when it exists and neither -config nor
+// CAPSULE_CONFIG names a file.
+const defaultConfigFile = "/etc/capsule/capsule.yaml"
+
 type serveOptions struct {
 	hostOptions
 	listen                string
@@ -76,9 +87,14 @@ type serveOptions struct {
 	// publicURL is where browsers reach the API (OAuth callbacks).
 	publicURL                          string
 	githubClientID, githubClientSecret string
+	// configFile is the configuration file read ("" when none).
+	configFile string
 }
 
-func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, error) {
+// parseServeFlags reads the settings: flags, then the environment, then
+// the configuration file (defaultConfig when it exists and no other is
+// named), then the defaults.
+func parseServeFlags(args []string, getenv func(string) string, defaultConfig string) (*serveOptions, error) {
 	o := &serveOptions{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -104,6 +120,7 @@ func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, 
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
 	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
+	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -112,6 +129,31 @@ func parseServeFlags(args []string, getenv func(string) string) (*serveOptions, 
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["config"] {
+		o.configFile = getenv("CAPSULE_CONFIG")
+	}
+	if o.configFile == "" && defaultConfig != "" {
+		if _, err := os.Stat(defaultConfig); err == nil {
+			o.configFile = defaultConfig
+		}
+	}
+	if o.configFile != "" {
+		values, err := readConfigFile(o.configFile)
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		for _, kv := range values {
+			if fs.Lookup(kv.key) == nil || kv.key == "config" {
+				return nil, fmt.Errorf("serve: %s: line %d: unknown key %q (the keys are the flag names of capsule serve -h)", o.configFile, kv.line, kv.key)
+			}
+			if set[kv.key] {
+				continue
+			}
+			if err := fs.Set(kv.key, kv.value); err != nil {
+				return nil, fmt.Errorf("serve: %s: line %d: %s: %w", o.configFile, kv.line, kv.key, err)
+			}
+		}
+	}
 	for name, env := range serveEnv {
 		if v := getenv(env); v != "" && !set[name] {
 			if err := fs.Set(name, v); err != nil {
@@ -144,7 +186,7 @@ type adminFile struct {
 }
 
 func runServe(ctx context.Context, args []string) (err error) {
-	o, err := parseServeFlags(args, os.Getenv)
+	o, err := parseServeFlags(args, os.Getenv, defaultConfigFile)
 	if err != nil {
 		return err
 	}
@@ -153,6 +195,9 @@ func runServe(ctx context.Context, args []string) (err error) {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if o.configFile != "" {
+		log.InfoContext(ctx, "configuration file", "file", o.configFile)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("serve: needs root (the embedded agent's network namespaces, TAP devices, nftables)")
 	}
@@ -404,4 +449,48 @@ func bootstrapAdmin(ctx context.Context, o *serveOptions, st *store.Store, accou
 	fmt.Printf("capsule serve: created the platform admin (shown once, also in %s):\n", path)
 	fmt.Printf("  email:    %s\n  password: %s\n  API key:  %s\n", af.Email, af.Password, af.APIKey)
 	return nil
+}
+
+// configValue is a key of a configuration file and its value as a flag's
+// text.
+type configValue struct {
+	key, value string
+	line       int
+}
+
+// readConfigFile reads a YAML mapping of flag names to scalar values (an
+// empty file sets nothing).
+func readConfigFile(path string) ([]configValue, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("configuration file: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s: want a mapping of settings (key: value)", path)
+	}
+	var out []configValue
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("%s: line %d: a key must be a name", path, k.Line)
+		}
+		if seen[k.Value] {
+			return nil, fmt.Errorf("%s: line %d: %q is set twice", path, k.Line, k.Value)
+		}
+		seen[k.Value] = true
+		if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+			return nil, fmt.Errorf("%s: line %d: %s: want a single value (string, number or boolean)", path, v.Line, k.Value)
+		}
+		out = append(out, configValue{key: k.Value, value: v.Value, line: k.Line})
+	}
+	return out, nil
 }

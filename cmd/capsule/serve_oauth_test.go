@@ -20,7 +20,7 @@ func TestParseServeOAuthFlags(t *testing.T) {
 		{name: "public URL without scheme", args: []string{"-public-url", "capsule.example.com"}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o, err := parseServeFlags(tc.args, func(k string) string { return tc.env[k] })
+			o, err := parseServeFlags(tc.args, func(k string) string { return tc.env[k] }, "")
 			if tc.wantErr {
 				if err == nil {
 					t.Fatal("no error")

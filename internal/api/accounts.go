@@ -115,10 +115,12 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, p service.Prin
 	writeJSON(w, http.StatusOK, map[string]any{"api_keys": out})
 }
 
+type createKeyJSON struct {
+	Name string `json:"name"`
+}
+
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	var req struct {
-		Name string `json:"name"`
-	}
+	var req createKeyJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
 		return

@@ -24,6 +24,7 @@ var testSecret = []byte("0123456789abcdef0123456789abcdef-api-test")
 
 type apiEnv struct {
 	st  *store.Store
+	h   *Server
 	srv *httptest.Server
 }
 
@@ -78,7 +79,7 @@ func newAPIWith(t *testing.T, agentURL, agentToken string, edit func(*Config)) *
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &apiEnv{st: st, srv: srv}
+	return &apiEnv{st: st, h: h, srv: srv}
 }
 
 type creds map[string]string

@@ -96,4 +96,15 @@
 //	POST   …/files/mkdir {path,user?}     201 with the entry; 409 when the
 //	                              directory exists, 400 when a file does
 //	DELETE …/files?path=/x       204, recursive; 404 when nothing is there
+//
+// Routes: every route is registered through Server.handle, which records
+// it (Server.Routes), and documented in openapi.yaml (OpenAPI 3.1, served
+// at /openapi.yaml and /openapi.json, browsable with the embedded Swagger
+// UI at /docs). TestOpenAPICoversRoutes fails on a registered route that
+// the document lacks and on a documented one that is not registered;
+// TestOpenAPISchemasMatchJSONTypes compares the schemas with the Go types
+// the handlers encode. To add a route: handle it in register, add its
+// path and operation (operationId, parameters, responses, errors as
+// #/components/responses/…) to openapi.yaml, and the schema of any new
+// JSON type to the table of that test.
 package api

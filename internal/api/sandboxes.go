@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -90,6 +91,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 		s.writeError(w, r, err)
 		return
 	}
+	w.Header().Set("Server-Timing", serverTimingAgent(sb.AgentTime))
 	writeJSON(w, http.StatusCreated, sandboxOf(sb, true))
 }
 
@@ -210,3 +212,9 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service
 }
 
 type wireUUID = pgtype.UUID
+
+// serverTimingAgent is the Server-Timing value naming the host agent's
+// share of a request, in milliseconds.
+func serverTimingAgent(d time.Duration) string {
+	return "agent;dur=" + strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+}

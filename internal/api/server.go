@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/capsulehq/capsule/internal/auth"
@@ -52,6 +53,8 @@ type Server struct {
 	signupIP   *auth.Limiter
 	teams      *service.Teams
 	oauth      *oauth.Registry
+	// routes are the registered patterns ("METHOD /path"), in order.
+	routes []string
 }
 
 // New returns the API handler.
@@ -91,7 +94,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 	}
-	s.routes()
+	s.register()
 	return s, nil
 }
 
@@ -100,57 +103,77 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // handler is an authenticated handler.
 type handler func(w http.ResponseWriter, r *http.Request, p service.Principal)
 
-func (s *Server) routes() {
+// register registers every route through handle, then the JSON 404 for
+// everything else (the mux's fallback, not a route).
+func (s *Server) register() {
 	ip := auth.IPKeyFunc(s.cfg.TrustedProxies)
-	s.mux.HandleFunc("GET /healthz", s.healthz)
-	s.mux.Handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
-	s.mux.Handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
-	s.mux.HandleFunc("GET /v1/api-keys", s.authed(s.listKeys))
-	s.mux.HandleFunc("POST /v1/api-keys", s.authed(s.createKey))
-	s.mux.HandleFunc("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
-	s.mux.HandleFunc("POST /v1/sandboxes", s.authed(s.createSandbox))
-	s.mux.HandleFunc("GET /v1/sandboxes", s.authed(s.listSandboxes))
-	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
-	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
-	s.mux.HandleFunc("POST /v1/snapshots", s.authed(s.createSnapshot))
-	s.mux.HandleFunc("GET /v1/snapshots", s.authed(s.listSnapshots))
-	s.mux.HandleFunc("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))
-	s.mux.HandleFunc("DELETE /v1/snapshots/{name}", s.authed(s.deleteSnapshot))
-	s.mux.HandleFunc("GET /v1/audit-logs", s.authed(s.listAuditLogs))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.authed(s.execSync))
-	s.mux.HandleFunc("GET /v1/sandboxes/{id}/exec/stream", s.wsAuthed(s.execStream))
-	s.mux.HandleFunc("PUT /v1/sandboxes/{id}/files", s.authed(s.uploadFile))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files", s.authed(s.uploadFiles))
-	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files", s.authed(s.downloadFile))
-	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}/files", s.authed(s.removeFile))
-	s.mux.HandleFunc("GET /v1/sandboxes/{id}/files/list", s.authed(s.listFiles))
-	s.mux.HandleFunc("POST /v1/sandboxes/{id}/files/mkdir", s.authed(s.makeDir))
-	s.mux.HandleFunc("POST /v1/teams", s.userAuthed(s.createTeam))
-	s.mux.HandleFunc("GET /v1/teams", s.userAuthed(s.listTeams))
-	s.mux.HandleFunc("GET /v1/teams/{id}", s.userAuthed(s.getTeam))
-	s.mux.HandleFunc("PATCH /v1/teams/{id}", s.userAuthed(s.renameTeam))
-	s.mux.HandleFunc("DELETE /v1/teams/{id}", s.userAuthed(s.deleteTeam))
-	s.mux.HandleFunc("GET /v1/teams/{id}/members", s.userAuthed(s.listMembers))
-	s.mux.HandleFunc("POST /v1/teams/{id}/members", s.userAuthed(s.addMember))
-	s.mux.HandleFunc("PATCH /v1/teams/{id}/members/{user_id}", s.userAuthed(s.setMemberRole))
-	s.mux.HandleFunc("DELETE /v1/teams/{id}/members/{user_id}", s.userAuthed(s.removeMember))
-	s.mux.HandleFunc("POST /v1/teams/{id}/leave", s.userAuthed(s.leaveTeam))
-	s.mux.HandleFunc("POST /v1/auth/switch-team", s.userAuthed(s.switchTeam))
-	s.mux.HandleFunc("GET /v1/me", s.userAuthed(s.getMe))
-	s.mux.HandleFunc("PATCH /v1/me", s.userAuthed(s.updateMe))
-	s.mux.HandleFunc("GET /v1/users/search", s.userAuthed(s.searchUsers))
-	s.mux.HandleFunc("GET /v1/auth/oauth/{provider}/login", s.oauthLogin)
-	s.mux.HandleFunc("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
+	s.handle("GET /healthz", http.HandlerFunc(s.healthz))
+	s.handle("GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML))
+	s.handle("GET /openapi.json", http.HandlerFunc(s.serveOpenAPIJSON))
+	s.handle("GET /docs", http.HandlerFunc(s.serveDocs))
+	s.handle("GET /docs/{file...}", http.HandlerFunc(s.serveDocs))
+	s.handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
+	s.handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
+	s.handle("GET /v1/api-keys", s.authed(s.listKeys))
+	s.handle("POST /v1/api-keys", s.authed(s.createKey))
+	s.handle("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
+	s.handle("POST /v1/sandboxes", s.authed(s.createSandbox))
+	s.handle("GET /v1/sandboxes", s.authed(s.listSandboxes))
+	s.handle("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
+	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
+	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
+	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.handle("GET /v1/audit-logs", s.authed(s.listAuditLogs))
+	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
+	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
+	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
+	s.handle("GET /v1/snapshots", s.authed(s.listSnapshots))
+	s.handle("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))
+	s.handle("DELETE /v1/snapshots/{name}", s.authed(s.deleteSnapshot))
+	s.handle("POST /v1/sandboxes/{id}/exec", s.authed(s.execSync))
+	s.handle("GET /v1/sandboxes/{id}/exec/stream", s.wsAuthed(s.execStream))
+	s.handle("PUT /v1/sandboxes/{id}/files", s.authed(s.uploadFile))
+	s.handle("POST /v1/sandboxes/{id}/files", s.authed(s.uploadFiles))
+	s.handle("GET /v1/sandboxes/{id}/files", s.authed(s.downloadFile))
+	s.handle("DELETE /v1/sandboxes/{id}/files", s.authed(s.removeFile))
+	s.handle("GET /v1/sandboxes/{id}/files/list", s.authed(s.listFiles))
+	s.handle("POST /v1/sandboxes/{id}/files/mkdir", s.authed(s.makeDir))
+	s.handle("POST /v1/teams", s.userAuthed(s.createTeam))
+	s.handle("GET /v1/teams", s.userAuthed(s.listTeams))
+	s.handle("GET /v1/teams/{id}", s.userAuthed(s.getTeam))
+	s.handle("PATCH /v1/teams/{id}", s.userAuthed(s.renameTeam))
+	s.handle("DELETE /v1/teams/{id}", s.userAuthed(s.deleteTeam))
+	s.handle("GET /v1/teams/{id}/members", s.userAuthed(s.listMembers))
+	s.handle("POST /v1/teams/{id}/members", s.userAuthed(s.addMember))
+	s.handle("PATCH /v1/teams/{id}/members/{user_id}", s.userAuthed(s.setMemberRole))
+	s.handle("DELETE /v1/teams/{id}/members/{user_id}", s.userAuthed(s.removeMember))
+	s.handle("POST /v1/teams/{id}/leave", s.userAuthed(s.leaveTeam))
+	s.handle("POST /v1/auth/switch-team", s.userAuthed(s.switchTeam))
+	s.handle("GET /v1/me", s.userAuthed(s.getMe))
+	s.handle("PATCH /v1/me", s.userAuthed(s.updateMe))
+	s.handle("GET /v1/users/search", s.userAuthed(s.searchUsers))
+	s.handle("GET /v1/auth/oauth/{provider}/login", http.HandlerFunc(s.oauthLogin))
+	s.handle("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
 	// A callback costs calls to the provider: limited as logins are.
-	s.mux.Handle("GET /v1/auth/oauth/{provider}/callback", s.loginIP.Middleware(ip)(http.HandlerFunc(s.oauthCallback)))
+	s.handle("GET /v1/auth/oauth/{provider}/callback", s.loginIP.Middleware(ip)(http.HandlerFunc(s.oauthCallback)))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})
 }
+
+// handle registers a route: pattern is "METHOD /path" (net/http's pattern
+// syntax, always with a method). Every route must be documented in
+// openapi.yaml (TestOpenAPICoversRoutes walks Routes).
+func (s *Server) handle(pattern string, h http.Handler) {
+	if method, _, ok := strings.Cut(pattern, " "); !ok || method == "" || strings.ToUpper(method) != method {
+		panic("api: route pattern without a method: " + pattern)
+	}
+	s.routes = append(s.routes, pattern)
+	s.mux.Handle(pattern, h)
+}
+
+// Routes returns the registered route patterns ("METHOD /path/{param}").
+func (s *Server) Routes() []string { return slices.Clone(s.routes) }
 
 // authed authenticates the request (X-API-Key, else a Bearer session
 // token) before calling h.

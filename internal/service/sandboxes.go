@@ -148,6 +148,9 @@ type Sandbox struct {
 	// HostAddr comes from the agent's answer to the call that made the
 	// sandbox running (empty otherwise).
 	HostAddr string
+	// AgentTime is how long the request's host agent call took (set by
+	// Create): the rest of the request's time is the control plane's own.
+	AgentTime time.Duration
 }
 
 // CreateSandbox is a create request; zero values take the defaults.
@@ -411,7 +414,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
 		Egress: internet, Metadata: req.Metadata,
 	}
+	agentStart := time.Now()
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
+	agentTime := time.Since(agentStart)
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
@@ -422,7 +427,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
 	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 		Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
-	return s.view(row, resp.Msg.GetSandbox()), nil
+	v := s.view(row, resp.Msg.GetSandbox())
+	v.AgentTime = agentTime
+	return v, nil
 }
 
 // persistRunning moves sandbox id from state from to running and records

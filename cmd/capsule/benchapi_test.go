@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/testenv"
+)
+
+func TestAgentTiming(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"agent;dur=12.5", 12500 * time.Microsecond, true},
+		{"db;dur=1, agent;desc=\"host\";dur=0.250", 250 * time.Microsecond, true},
+		{"", 0, false},
+		{"agent", 0, false},
+		{"agent;dur=x", 0, false},
+		{"db;dur=3", 0, false},
+	} {
+		got, err := agentTiming(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("%q: %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// TestBenchAPI runs `capsule bench api` small: a real host agent (network
+// pool capsule-bench), an embedded PostgreSQL, the API over HTTP. It checks
+// the figures are there and sane (creates carry Server-Timing).
+func TestBenchAPI(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "qemu-system-x86_64")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	envd := filepath.Join(t.TempDir(), "envd")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", envd, "github.com/capsulehq/capsule/cmd/envd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build envd: %v: %s", err, out)
+	}
+	o, err := parseBenchAPIFlags([]string{"-envd", envd, "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+		"-rows", "120", "-list-n", "10", "-create-n", "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := benchAPI(ctx, o)
+	if err != nil {
+		t.Fatalf("%v (so far %v)", err, out)
+	}
+	list, _ := out["list_sandboxes_120"].(bench.Timing)
+	over, _ := out["create_overhead"].(bench.Timing)
+	api, _ := out["create_api"].(bench.Timing)
+	agent, _ := out["create_agent"].(bench.Timing)
+	if list.N != 10 || list.P50 <= 0 || over.N != 2 || over.P50 <= 0 || agent.P50 <= 0 || api.P50 < agent.P50 {
+		t.Fatalf("figures: %+v", out)
+	}
+	t.Logf("%+v", out)
+}
