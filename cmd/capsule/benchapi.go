@@ -18,9 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"connectrpc.com/connect"
-
-	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
@@ -322,19 +319,19 @@ func (b *apiBench) destroy(ctx context.Context, id string) error {
 	return nil
 }
 
-// creates makes a snapshot template of "minimal" (through the agent), then
-// times creating from it through the API, destroying each sandbox.
+// creates makes a snapshot template of "minimal" (through the API's
+// /v1/snapshots), then times creating from it through the API, destroying
+// each sandbox.
 func (b *apiBench) creates(ctx context.Context, out map[string]any) error {
 	const template = "bench-api-minimal"
 	src, _, _, err := b.create(ctx, "minimal")
 	if err != nil {
 		return err
 	}
-	c, err := b.agents.Get(ctx, service.LocalHost)
-	if err != nil {
-		return err
+	resp, data, snapErr := b.do(ctx, "POST", "/v1/snapshots", fmt.Appendf(nil, `{"sandbox_id":%q,"name":%q,"overwrite":true}`, src.ID, template))
+	if snapErr == nil && resp.StatusCode != 201 && resp.StatusCode != 200 {
+		snapErr = fmt.Errorf("POST /v1/snapshots: %d: %.200s", resp.StatusCode, data)
 	}
-	_, snapErr := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: src.ID, Name: template}))
 	if err := b.destroy(ctx, src.ID); err != nil {
 		return err
 	}
@@ -342,7 +339,11 @@ func (b *apiBench) creates(ctx context.Context, out map[string]any) error {
 		return fmt.Errorf("snapshot template: %w", snapErr)
 	}
 	defer func() {
-		if _, err := c.DeleteTemplate(context.WithoutCancel(ctx), connect.NewRequest(&pb.DeleteTemplateRequest{Name: template})); err != nil {
+		resp, data, err := b.do(context.WithoutCancel(ctx), "DELETE", "/v1/snapshots/"+template, nil)
+		if err == nil && resp.StatusCode != 204 {
+			err = fmt.Errorf("%d: %.200s", resp.StatusCode, data)
+		}
+		if err != nil {
 			b.o.log.Warn("delete the benchmark template", "err", err)
 		}
 	}()

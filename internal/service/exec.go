@@ -162,6 +162,10 @@ func (s *Sandboxes) running(ctx context.Context, p Principal, id pgtype.UUID) (d
 	if err != nil {
 		return db.Sandbox{}, nil, err
 	}
+	// Exec and file calls are activity: the TTL starts again.
+	if err := s.touch(ctx, row.ID); err != nil {
+		s.log.WarnContext(ctx, "record activity", "sandbox", ID(row.ID), "err", err)
+	}
 	return row, c, nil
 }
 

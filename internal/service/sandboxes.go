@@ -420,21 +420,25 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
-	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, resp.Msg.GetSandbox())
+	// The running state and the audit record commit together (one commit
+	// less on the request's path).
+	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, resp.Msg.GetSandbox(), func(q *db.Queries) error {
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+			Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
+	})
 	if err != nil {
 		return fail(fmt.Errorf("persist running: %w", err))
 	}
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
-	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
-		Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
 	v := s.view(row, resp.Msg.GetSandbox())
 	v.AgentTime = agentTime
 	return v, nil
 }
 
 // persistRunning moves sandbox id from state from to running and records
-// where its envd is (a's address), in one transaction.
-func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from string, a *pb.Sandbox) (db.Sandbox, error) {
+// where its envd is (a's address), and then runs also (when not nil), in
+// one transaction.
+func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from string, a *pb.Sandbox, also func(q *db.Queries) error) (db.Sandbox, error) {
 	var row db.Sandbox
 	err := s.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
@@ -442,9 +446,14 @@ func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from str
 			return err
 		}
 		if url := a.GetEnvdUrl(); url != "" {
-			row, err = q.SetSandboxEnvdURL(ctx, db.SetSandboxEnvdURLParams{ID: id, EnvdURL: url})
+			if row, err = q.SetSandboxEnvdURL(ctx, db.SetSandboxEnvdURLParams{ID: id, EnvdURL: url}); err != nil {
+				return err
+			}
 		}
-		return err
+		if also != nil {
+			return also(q)
+		}
+		return nil
 	})
 	return row, err
 }
@@ -643,7 +652,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 		return Sandbox{}, err
 	}
 	if to == store.SandboxRunning {
-		row, err = s.persistRunning(ctx, id, mid, a)
+		row, err = s.persistRunning(ctx, id, mid, a, nil)
 	} else {
 		row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
 	}
