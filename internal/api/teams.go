@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -24,8 +25,17 @@ var errNeedsSession = &service.Error{Kind: service.ErrForbidden, Msg: "this rout
 // before calling h.
 func (s *Server) userAuthed(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, err := auth.APIKeyFromHeader(r.Header); err == nil {
+		// An API key is refused here, but only once it is known to be one:
+		// a wrong credential is 401 on every route.
+		if key, err := auth.APIKeyFromHeader(r.Header); err == nil {
+			if _, err := s.cfg.Accounts.AuthenticateAPIKey(r.Context(), key); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
 			s.writeError(w, r, errNeedsSession)
+			return
+		} else if !errors.Is(err, auth.ErrNoAPIKey) {
+			s.writeError(w, r, &service.Error{Kind: service.ErrUnauthorized, Msg: "invalid API key"})
 			return
 		}
 		tok, ok := auth.BearerToken(r.Header)
