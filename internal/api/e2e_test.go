@@ -26,7 +26,7 @@ func TestEndToEndRealVM(t *testing.T) {
 	})
 	e := newAPI(t, url, agenttest.Token)
 	jwt, key, _ := e.account(t, "e2e@example.com")
-	_, keyB, _ := e.account(t, "intruder@example.com")
+	jwtB, keyB, _ := e.account(t, "intruder@example.com")
 
 	var sb sandboxJSON
 	if c := e.do(t, "POST", "/v1/sandboxes", key, map[string]any{
@@ -184,7 +184,7 @@ func TestEndToEndRealVM(t *testing.T) {
 	if !slices.Equal(actions, want) {
 		t.Fatalf("audit trail:\n got %v\nwant %v", actions, want)
 	}
-	if c := e.do(t, "GET", "/v1/audit-logs?resource_type=sandbox,snapshot", keyB, nil, &logs); c != 200 || len(logs.AuditLogs) != 0 {
+	if c := e.do(t, "GET", "/v1/audit-logs?resource_type=sandbox,snapshot", jwtB, nil, &logs); c != 200 || len(logs.AuditLogs) != 0 {
 		t.Fatalf("the other team's audit log: %d, %d events", c, len(logs.AuditLogs))
 	}
 }

@@ -123,7 +123,7 @@ func (s *Server) register() {
 	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
 	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
 	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
-	s.handle("GET /v1/audit-logs", s.authed(s.listAuditLogs))
+	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
 	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
 	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
