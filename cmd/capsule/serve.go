@@ -30,6 +30,7 @@ import (
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -72,6 +73,7 @@ var serveEnv = map[string]string{
 	"public-url":           "CAPSULE_PUBLIC_URL",
 	"github-client-id":     "CAPSULE_GITHUB_CLIENT_ID",
 	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
+	"domain":               "CAPSULE_DOMAIN",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -84,6 +86,9 @@ type serveOptions struct {
 	databaseURL, pgBinDir string
 	adminEmail            string
 	verbose               bool
+	// domain is the sandbox domain: {port}-{sandbox}.{domain} reaches a
+	// sandbox's port through the proxy.
+	domain string
 	// publicURL is where browsers reach the API (OAuth callbacks).
 	publicURL                          string
 	githubClientID, githubClientSecret string
@@ -117,6 +122,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_VERBOSE]")
+	fs.StringVar(&o.domain, "domain", "localhost", "sandbox domain: requests for {port}-{sandbox-id}.DOMAIN go to that port of the sandbox [CAPSULE_DOMAIN]")
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
 	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
@@ -302,7 +308,14 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	px, err := proxy.New(proxy.Config{Domain: o.domain, Log: log, Resolver: trafficResolver{
+		sandboxes: sandboxes, accounts: accounts,
+		agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
+	}})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	srv := &http.Server{Handler: rootHandler(px, h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -257,6 +257,9 @@ CREATE TABLE sandboxes (
   auto_pause            boolean     NOT NULL DEFAULT false,
   auto_resume           boolean     NOT NULL DEFAULT false,
   allow_internet_access boolean     NOT NULL DEFAULT true,
+  -- Ports other than envd's are open to anyone (else: the traffic token or
+  -- a team API key).
+  allow_public_traffic  boolean     NOT NULL DEFAULT false,
   metadata              jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(metadata) = 'object'),
   -- Environment variables, encrypted by the service layer (opaque here).
   env_vars              bytea,

@@ -2,11 +2,11 @@
 -- id NULL: generated. end_at is set when the sandbox enters running.
 INSERT INTO sandboxes (
   id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec,
-  auto_pause, auto_resume, allow_internet_access, metadata, env_vars, created_by
+  auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
 ) VALUES (
   COALESCE(sqlc.narg('id')::uuid, gen_random_uuid()), @team_id, sqlc.narg('host_id'), @template, @state,
   @vcpus, @memory_mb, @disk_mb, @timeout_sec, @auto_pause, @auto_resume, @allow_internet_access,
-  @metadata, sqlc.narg('env_vars'), sqlc.narg('created_by')
+  @allow_public_traffic, @metadata, sqlc.narg('env_vars'), sqlc.narg('created_by')
 )
 RETURNING *;
 
@@ -145,3 +145,12 @@ ORDER BY created_at, id;
 UPDATE sandboxes SET state = 'missing', state_reason = @reason::text
 WHERE host_id = @host_id AND state IN ('starting', 'running', 'pausing', 'resuming')
 RETURNING id;
+
+-- name: ExtendSandboxTimeout :one
+-- E2B's connect: the deadline only ever moves later (now + timeout_sec at
+-- the least) and the idle window only ever grows. Running sandboxes only.
+UPDATE sandboxes SET
+  timeout_sec = GREATEST(timeout_sec, @timeout_sec::integer),
+  end_at = GREATEST(COALESCE(end_at, now()), now() + make_interval(secs => @timeout_sec::integer))
+WHERE id = @id AND team_id = @team_id AND state = 'running' AND @timeout_sec::integer > 0
+RETURNING *;

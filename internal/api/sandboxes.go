@@ -21,6 +21,12 @@ type createSandboxJSON struct {
 	EnvVars    map[string]string `json:"env_vars"`
 	Metadata   map[string]string `json:"metadata"`
 	Internet   *bool             `json:"allow_internet_access"`
+	// AutoPause: pause at the timeout (default), else destroy.
+	AutoPause *bool `json:"auto_pause"`
+	// AutoResume: proxied traffic resumes the sandbox when paused.
+	AutoResume bool `json:"auto_resume"`
+	// PublicTraffic opens the sandbox's ports (not envd's) to anyone.
+	PublicTraffic bool `json:"allow_public_traffic"`
 }
 
 type sandboxJSON struct {
@@ -33,6 +39,9 @@ type sandboxJSON struct {
 	MemoryMB            int32             `json:"memory_mb"`
 	TimeoutSec          int32             `json:"timeout_sec"`
 	AllowInternetAccess bool              `json:"allow_internet_access"`
+	AllowPublicTraffic  bool              `json:"allow_public_traffic"`
+	AutoPause           bool              `json:"auto_pause"`
+	AutoResume          bool              `json:"auto_resume"`
 	Metadata            map[string]string `json:"metadata"`
 	CreatedAt           time.Time         `json:"created_at"`
 	StartedAt           *time.Time        `json:"started_at,omitempty"`
@@ -40,6 +49,7 @@ type sandboxJSON struct {
 	PausedAt            *time.Time        `json:"paused_at,omitempty"`
 	StoppedAt           *time.Time        `json:"stopped_at,omitempty"`
 	EnvdAccessToken     string            `json:"envd_access_token,omitempty"`
+	TrafficAccessToken  string            `json:"traffic_access_token,omitempty"`
 	EnvdURL             string            `json:"envd_url,omitempty"`
 }
 
@@ -54,6 +64,7 @@ func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
 	out := sandboxJSON{
 		ID: service.ID(sb.ID), Template: sb.Template, State: sb.State, StateReason: sb.StateReason,
 		VCPUs: sb.VCPUs, MemoryMB: sb.MemoryMB, TimeoutSec: sb.TimeoutSec, AllowInternetAccess: sb.AllowInternetAccess,
+		AllowPublicTraffic: sb.AllowPublicTraffic, AutoPause: sb.AutoPause, AutoResume: sb.AutoResume,
 		CreatedAt: sb.CreatedAt, EnvdURL: sb.EnvdURL,
 		StartedAt: tsPtr(sb.StartedAt.Valid, sb.StartedAt.Time), EndAt: tsPtr(sb.EndAt.Valid, sb.EndAt.Time),
 		PausedAt: tsPtr(sb.PausedAt.Valid, sb.PausedAt.Time), StoppedAt: tsPtr(sb.StoppedAt.Valid, sb.StoppedAt.Time),
@@ -62,7 +73,7 @@ func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
 		out.Metadata = map[string]string{}
 	}
 	if withToken {
-		out.EnvdAccessToken = sb.EnvdAccessToken
+		out.EnvdAccessToken, out.TrafficAccessToken = sb.EnvdAccessToken, sb.TrafficToken
 	}
 	return out
 }
@@ -86,6 +97,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 	sb, err := s.cfg.Sandboxes.Create(r.Context(), p, service.CreateSandbox{
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 		EnvVars: req.EnvVars, Metadata: req.Metadata, Internet: req.Internet,
+		AutoPause: req.AutoPause, AutoResume: req.AutoResume, PublicTraffic: req.PublicTraffic,
 	})
 	if err != nil {
 		s.writeError(w, r, err)

@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgtype"
+	"golang.org/x/sync/singleflight"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
@@ -95,6 +96,8 @@ type Sandboxes struct {
 	// touched is when touch last wrote a sandbox's activity.
 	touchMu sync.Mutex
 	touched map[pgtype.UUID]time.Time
+	// resumes makes concurrent auto-resumes of one sandbox one.
+	resumes singleflight.Group
 }
 
 // envVarsPurpose names the key that seals sandboxes.env_vars.
@@ -151,6 +154,9 @@ type Sandbox struct {
 	// AgentTime is how long the request's host agent call took (set by
 	// Create): the rest of the request's time is the control plane's own.
 	AgentTime time.Duration
+	// TrafficToken opens the sandbox's ports other than envd's (empty when
+	// they are public).
+	TrafficToken string
 }
 
 // CreateSandbox is a create request; zero values take the defaults.
@@ -163,6 +169,15 @@ type CreateSandbox struct {
 	Metadata   map[string]string
 	// Internet allows egress (nil: true).
 	Internet *bool
+	// AutoPause: at its timeout the sandbox is paused (nil: true), else
+	// destroyed (E2B's default).
+	AutoPause *bool
+	// AutoResume: traffic through the proxy resumes the sandbox when it is
+	// paused.
+	AutoResume bool
+	// PublicTraffic opens its ports other than envd's to anyone (else they
+	// need the traffic token or a team API key).
+	PublicTraffic bool
 }
 
 var (
@@ -375,6 +390,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			ID: newID, TeamID: p.TeamID, HostID: s.hostID, Template: req.Template, State: store.SandboxStarting,
 			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: p.UserID,
+			AutoPause: req.AutoPause == nil || *req.AutoPause, AutoResume: req.AutoResume, AllowPublicTraffic: req.PublicTraffic,
 		})
 		if err != nil {
 			return fmt.Errorf("insert sandbox: %w", err)
@@ -460,6 +476,10 @@ func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from str
 
 func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
 	v := Sandbox{Sandbox: row, EnvdAccessToken: auth.EnvdAccessToken(s.secret, ID(row.ID))}
+	if !row.AllowPublicTraffic {
+		// The secret was validated at start: this cannot fail.
+		v.TrafficToken, _ = auth.TrafficAccessToken(s.secret, ID(row.ID))
+	}
 	if row.State == store.SandboxRunning {
 		v.EnvdURL = row.EnvdURL
 		if a != nil {

@@ -23,6 +23,7 @@ func insertSandbox(t *testing.T, e *env, team pgtype.UUID, state string, timeout
 	ctx := context.Background()
 	r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
 		TeamID: team, Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, TimeoutSec: timeoutSec, Metadata: []byte(`{}`),
+		AutoPause: true,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -236,6 +236,9 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	defer cancel()
 
 	c, err := s.client(ctx)
+	if !claimed.AutoPause {
+		return r.destroyExpired(ctx, bg, log, c, err, claimed, meta)
+	}
 	if err == nil {
 		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
 	}
@@ -276,6 +279,38 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		log.ErrorContext(bg, "persist the destroy after a failed auto-pause", "err", merr)
 	}
 	meta["destroyed"] = true
+	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+	return reapDestroyed
+}
+
+// destroyExpired ends a sandbox created to be killed at its timeout
+// (E2B's default): destroyed on the agent, stopped, audited as
+// sandbox.auto_destroy by the system. One the agent cannot be asked about
+// goes back to running for the next pass.
+func (r *Reaper) destroyExpired(ctx, bg context.Context, log *slog.Logger, c *agentclient.Client, cerr error, row db.Sandbox, meta map[string]any) reapOutcome {
+	s, id := r.s, ID(row.ID)
+	ev := AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.auto_destroy", Metadata: meta}
+	err := cerr
+	if err == nil {
+		_, err = c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id}))
+		if errors.Is(err, agentclient.ErrNotFound) {
+			err = nil
+		}
+	}
+	if err != nil {
+		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
+			Reason: truncate("destroy at the timeout failed: "+err.Error(), 1024)}); rerr != nil {
+			log.ErrorContext(bg, "persist the failed destroy", "err", rerr)
+		}
+		log.WarnContext(ctx, "destroy at the timeout failed; will retry", "err", err)
+		ev.Status, meta["error"] = AuditError, PublicText(agentError(err, "destroy"))
+		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		return reapSkipped
+	}
+	if _, err := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID, Reason: "timeout"}); err != nil {
+		log.ErrorContext(bg, "persist the destroy at the timeout", "err", err)
+	}
+	log.InfoContext(ctx, "sandbox destroyed at its timeout")
 	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
 	return reapDestroyed
 }

@@ -83,6 +83,7 @@ type Sandbox struct {
 	AutoPause           bool               `json:"auto_pause"`
 	AutoResume          bool               `json:"auto_resume"`
 	AllowInternetAccess bool               `json:"allow_internet_access"`
+	AllowPublicTraffic  bool               `json:"allow_public_traffic"`
 	Metadata            json.RawMessage    `json:"metadata"`
 	EnvVars             []byte             `json:"env_vars"`
 	StateReason         string             `json:"state_reason"`

@@ -35,6 +35,9 @@ type Querier interface {
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
+	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
+	// the least) and the idle window only ever grows. Running sandboxes only.
+	ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error)
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
 	// The team a login lands in: users.default_team_id if the user is still a
 	// member and the team is live, else the oldest live membership.

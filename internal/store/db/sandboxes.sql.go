@@ -16,7 +16,7 @@ import (
 const claimExpiredSandbox = `-- name: ClaimExpiredSandbox :one
 UPDATE sandboxes SET state = 'pausing', state_reason = $1::text
 WHERE id = $2 AND state = 'running' AND end_at IS NOT NULL AND end_at < $3::timestamptz
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type ClaimExpiredSandboxParams struct {
@@ -44,6 +44,7 @@ func (q *Queries) ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandb
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -105,8 +106,57 @@ func (q *Queries) DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (i
 	return result.RowsAffected(), nil
 }
 
+const extendSandboxTimeout = `-- name: ExtendSandboxTimeout :one
+UPDATE sandboxes SET
+  timeout_sec = GREATEST(timeout_sec, $1::integer),
+  end_at = GREATEST(COALESCE(end_at, now()), now() + make_interval(secs => $1::integer))
+WHERE id = $2 AND team_id = $3 AND state = 'running' AND $1::integer > 0
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+`
+
+type ExtendSandboxTimeoutParams struct {
+	TimeoutSec int32       `json:"timeout_sec"`
+	ID         pgtype.UUID `json:"id"`
+	TeamID     pgtype.UUID `json:"team_id"`
+}
+
+// E2B's connect: the deadline only ever moves later (now + timeout_sec at
+// the least) and the idle window only ever grows. Running sandboxes only.
+func (q *Queries) ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, extendSandboxTimeout, arg.TimeoutSec, arg.ID, arg.TeamID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+	)
+	return i, err
+}
+
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -131,6 +181,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -148,7 +199,7 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1
 `
 
 // Not team-scoped: for the control plane's own loops (reaper, reconciler).
@@ -168,6 +219,7 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -187,13 +239,13 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (
   id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec,
-  auto_pause, auto_resume, allow_internet_access, metadata, env_vars, created_by
+  auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
 ) VALUES (
   COALESCE($1::uuid, gen_random_uuid()), $2, $3, $4, $5,
   $6, $7, $8, $9, $10, $11, $12,
-  $13, $14, $15
+  $13, $14, $15, $16
 )
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type InsertSandboxParams struct {
@@ -209,6 +261,7 @@ type InsertSandboxParams struct {
 	AutoPause           bool            `json:"auto_pause"`
 	AutoResume          bool            `json:"auto_resume"`
 	AllowInternetAccess bool            `json:"allow_internet_access"`
+	AllowPublicTraffic  bool            `json:"allow_public_traffic"`
 	Metadata            json.RawMessage `json:"metadata"`
 	EnvVars             []byte          `json:"env_vars"`
 	CreatedBy           pgtype.UUID     `json:"created_by"`
@@ -229,6 +282,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.AutoPause,
 		arg.AutoResume,
 		arg.AllowInternetAccess,
+		arg.AllowPublicTraffic,
 		arg.Metadata,
 		arg.EnvVars,
 		arg.CreatedBy,
@@ -247,6 +301,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -264,7 +319,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 }
 
 const listExpiredSandboxes = `-- name: ListExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
 WHERE state = 'running' AND end_at IS NOT NULL AND end_at < $1::timestamptz
 ORDER BY end_at, id
 LIMIT $2
@@ -299,6 +354,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 			&i.AutoPause,
 			&i.AutoResume,
 			&i.AllowInternetAccess,
+			&i.AllowPublicTraffic,
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
@@ -323,7 +379,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -375,6 +431,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.AutoPause,
 			&i.AutoResume,
 			&i.AllowInternetAccess,
+			&i.AllowPublicTraffic,
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
@@ -399,7 +456,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSandboxesByHost = `-- name: ListSandboxesByHost :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
 WHERE host_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
 ORDER BY created_at, id
@@ -433,6 +490,7 @@ func (q *Queries) ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHo
 			&i.AutoPause,
 			&i.AutoResume,
 			&i.AllowInternetAccess,
+			&i.AllowPublicTraffic,
 			&i.Metadata,
 			&i.EnvVars,
 			&i.StateReason,
@@ -492,7 +550,7 @@ const markSandboxStopped = `-- name: MarkSandboxStopped :one
 UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now(),
   end_at = NULL, envd_url = ''
 WHERE id = $2 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type MarkSandboxStoppedParams struct {
@@ -517,6 +575,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -536,7 +595,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 const revertSandboxPausing = `-- name: RevertSandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type RevertSandboxPausingParams struct {
@@ -562,6 +621,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -581,7 +641,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 const setSandboxEnvdURL = `-- name: SetSandboxEnvdURL :one
 UPDATE sandboxes SET envd_url = $1::text
 WHERE id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type SetSandboxEnvdURLParams struct {
@@ -607,6 +667,7 @@ func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLPa
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -624,7 +685,7 @@ func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLPa
 }
 
 const setSandboxHost = `-- name: SetSandboxHost :one
-UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type SetSandboxHostParams struct {
@@ -648,6 +709,7 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -670,7 +732,7 @@ UPDATE sandboxes SET
   end_at = CASE WHEN $1::integer > 0 AND state = 'running'
                 THEN now() + make_interval(secs => $1::integer) ELSE NULL END
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type SetSandboxTimeoutParams struct {
@@ -697,6 +759,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -718,7 +781,7 @@ UPDATE sandboxes SET
   last_active_at = now(),
   end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
 WHERE id = $1 AND team_id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type TouchSandboxParams struct {
@@ -744,6 +807,7 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,
@@ -791,7 +855,7 @@ UPDATE sandboxes SET
   paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE paused_at END,
   stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END
 WHERE id = $3 AND state = ANY($4::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
 `
 
 type UpdateSandboxStateParams struct {
@@ -828,6 +892,7 @@ func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxState
 		&i.AutoPause,
 		&i.AutoResume,
 		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
 		&i.Metadata,
 		&i.EnvVars,
 		&i.StateReason,

@@ -1,0 +1,156 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// Connect is E2B's connect: a running sandbox of p's team gets at least
+// timeoutSec more (its deadline and idle window only ever grow); a paused
+// one is resumed first (resumed is then true). A stopped, failed or lost
+// sandbox is not found; one in transition is a conflict.
+func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, timeoutSec int32) (sb Sandbox, resumed bool, err error) {
+	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
+		return Sandbox{}, false, errorf(ErrInvalid, "timeout: 0 to %d seconds", maxTimeoutSec)
+	}
+	row, err := s.get(ctx, p, id)
+	if err != nil {
+		return Sandbox{}, false, err
+	}
+	switch row.State {
+	case store.SandboxRunning:
+	case store.SandboxPaused:
+		if _, err := s.Resume(ctx, p, id); err != nil {
+			return Sandbox{}, false, err
+		}
+		resumed = true
+	case store.SandboxStopped, store.SandboxError, store.SandboxMissing:
+		return Sandbox{}, false, errorf(ErrNotFound, "sandbox not found")
+	default:
+		return Sandbox{}, false, errorf(ErrConflict, "the sandbox is %s", row.State)
+	}
+	if timeoutSec > 0 {
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		if errors.Is(err, store.ErrNotFound) {
+			return Sandbox{}, false, errorf(ErrConflict, "the sandbox is no longer running")
+		}
+		if err != nil {
+			return Sandbox{}, false, fmt.Errorf("extend timeout: %w", err)
+		}
+	} else if row, err = s.get(ctx, p, id); err != nil {
+		return Sandbox{}, false, err
+	}
+	return s.view(row, nil), resumed, nil
+}
+
+// TrafficRoute is what the traffic proxy needs to know of a running
+// sandbox.
+type TrafficRoute struct {
+	// SandboxID is the wire ID.
+	SandboxID string
+	// Host names the agent that runs it (in the agent pool).
+	Host string
+	// EnvdAccessToken guards envd's port; TrafficToken the others unless
+	// Public.
+	EnvdAccessToken, TrafficToken string
+	Public                        bool
+	// Team owns the sandbox (wire ID).
+	Team string
+}
+
+// ErrNotRunning: the sandbox exists but is not running (and cannot be
+// resumed by traffic); the proxy answers it as not found.
+var ErrNotRunning = errors.New("sandbox not running")
+
+// ResolveTraffic returns the route of a running sandbox by its wire ID. A
+// paused sandbox created with auto-resume is resumed first (once, however
+// many requests arrive together), as the system. Unknown IDs are
+// ErrNotFound; sandboxes that are not running are ErrNotRunning.
+func (s *Sandboxes) ResolveTraffic(ctx context.Context, sandboxID string) (TrafficRoute, error) {
+	id, err := wireid.Parse(wireid.Sandbox, sandboxID)
+	if err != nil {
+		return TrafficRoute{}, errorf(ErrNotFound, "sandbox not found")
+	}
+	row, err := s.st.Queries().GetSandboxByID(ctx, id)
+	if err != nil {
+		return TrafficRoute{}, notFound(err, "sandbox")
+	}
+	if row.State != store.SandboxRunning && row.AutoResume && (row.State == store.SandboxPaused || row.State == store.SandboxResuming) {
+		if row, err = s.autoResume(ctx, row); err != nil {
+			return TrafficRoute{}, err
+		}
+	}
+	if row.State != store.SandboxRunning {
+		return TrafficRoute{}, fmt.Errorf("%w: %s", ErrNotRunning, row.State)
+	}
+	rt := TrafficRoute{
+		SandboxID: sandboxID, Host: s.host, Public: row.AllowPublicTraffic,
+		EnvdAccessToken: auth.EnvdAccessToken(s.secret, sandboxID), Team: wireid.Format(wireid.Team, row.TeamID),
+	}
+	if !row.AllowPublicTraffic {
+		if rt.TrafficToken, err = auth.TrafficAccessToken(s.secret, sandboxID); err != nil {
+			return TrafficRoute{}, err
+		}
+	}
+	return rt, nil
+}
+
+// autoResume resumes a paused sandbox for traffic: one resume per sandbox
+// at a time (the others wait for its outcome); a resume already under way
+// elsewhere is waited for.
+func (s *Sandboxes) autoResume(ctx context.Context, row db.Sandbox) (db.Sandbox, error) {
+	key := ID(row.ID)
+	v, err, _ := s.resumes.Do(key, func() (any, error) {
+		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		p := Principal{TeamID: row.TeamID}
+		if row.State == store.SandboxPaused {
+			_, err := s.Resume(bg, p, row.ID)
+			if err == nil || !errors.Is(err, ErrConflict) {
+				if err != nil {
+					return nil, err
+				}
+				return s.get(bg, p, row.ID)
+			}
+		}
+		// Resuming elsewhere: wait for it to settle.
+		for {
+			cur, err := s.get(bg, p, row.ID)
+			if err != nil {
+				return nil, err
+			}
+			if cur.State != store.SandboxResuming {
+				return cur, nil
+			}
+			select {
+			case <-bg.Done():
+				return nil, errorf(ErrUnavailable, "the sandbox is still resuming")
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		return db.Sandbox{}, err
+	}
+	return v.(db.Sandbox), nil
+}
+
+// TouchTraffic records proxied traffic as activity of a running sandbox.
+func (s *Sandboxes) TouchTraffic(ctx context.Context, sandboxID string) {
+	id, err := wireid.Parse(wireid.Sandbox, sandboxID)
+	if err != nil {
+		return
+	}
+	if err := s.touch(ctx, id); err != nil {
+		s.log.WarnContext(ctx, "record traffic activity", "sandbox", sandboxID, "err", err)
+	}
+}
