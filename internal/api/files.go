@@ -160,16 +160,19 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request, p service.Pri
 	writeJSON(w, http.StatusOK, map[string]any{"entries": out})
 }
 
+// mkdirJSON is makeDir's body.
+type mkdirJSON struct {
+	Path string `json:"path"`
+	User string `json:"user"`
+}
+
 // makeDir: POST …/files/mkdir {path, user}.
 func (s *Server) makeDir(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	id, ok := s.pathSandbox(w, r)
 	if !ok {
 		return
 	}
-	var req struct {
-		Path string `json:"path"`
-		User string `json:"user"`
-	}
+	var req mkdirJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
 		return

@@ -192,6 +192,12 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, p service.P
 	writeJSON(w, http.StatusOK, map[string]any{"members": out})
 }
 
+// addMemberJSON is addMember's body.
+type addMemberJSON struct {
+	Email string `json:"email"`
+	Role  string `json:"role"`
+}
+
 // addMember: {"email": …, "role": "member"|"admin"|"owner"} (role
 // defaults to member).
 func (s *Server) addMember(w http.ResponseWriter, r *http.Request, p service.Principal) {
@@ -200,10 +206,7 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request, p service.Pri
 		s.writeError(w, r, err)
 		return
 	}
-	var req struct {
-		Email string `json:"email"`
-		Role  string `json:"role"`
-	}
+	var req addMemberJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -228,15 +231,18 @@ func memberIDs(r *http.Request) (team, user pgtype.UUID, err error) {
 	return
 }
 
+// memberRoleJSON is setMemberRole's body.
+type memberRoleJSON struct {
+	Role string `json:"role"`
+}
+
 func (s *Server) setMemberRole(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	team, user, err := memberIDs(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	var req struct {
-		Role string `json:"role"`
-	}
+	var req memberRoleJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -273,12 +279,15 @@ func (s *Server) leaveTeam(w http.ResponseWriter, r *http.Request, p service.Pri
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// switchTeamJSON is switchTeam's body.
+type switchTeamJSON struct {
+	TeamID string `json:"team_id"`
+}
+
 // switchTeam: {"team_id": …} → a session for that team, shaped as login's
 // answer.
 func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	var req struct {
-		TeamID string `json:"team_id"`
-	}
+	var req switchTeamJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
 		return
