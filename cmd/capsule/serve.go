@@ -308,9 +308,9 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	px, err := proxy.New(proxy.Config{Domain: o.domain, Log: log, Resolver: trafficResolver{
-		sandboxes: sandboxes, accounts: accounts,
-		agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
+	px, err := proxy.New(proxy.Config{Domain: o.domain, Log: log, Resolver: proxy.ServiceResolver{
+		Sandboxes: sandboxes, Accounts: accounts,
+		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 	}})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)

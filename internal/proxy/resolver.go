@@ -1,0 +1,53 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/wireid"
+)
+
+// ServiceResolver is the Resolver over the control plane's services:
+// sandboxes (and auto-resume) from service.Sandboxes, API keys from
+// service.Accounts, agents' addresses from Agents (by host name).
+type ServiceResolver struct {
+	Sandboxes *service.Sandboxes
+	Accounts  *service.Accounts
+	Agents    map[string]agentclient.Endpoint
+}
+
+// Resolve implements Resolver.
+func (t ServiceResolver) Resolve(ctx context.Context, sandboxID string) (Route, error) {
+	rt, err := t.Sandboxes.ResolveTraffic(ctx, sandboxID)
+	if errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrNotRunning) {
+		return Route{}, ErrNotFound
+	}
+	if err != nil {
+		return Route{}, err
+	}
+	ep, ok := t.Agents[rt.Host]
+	if !ok {
+		return Route{}, fmt.Errorf("no address for host agent %q", rt.Host)
+	}
+	return Route{
+		SandboxID: rt.SandboxID, AgentURL: ep.URL, AgentToken: ep.Token,
+		EnvdAccessToken: rt.EnvdAccessToken, TrafficToken: rt.TrafficToken, Public: rt.Public, Team: rt.Team,
+	}, nil
+}
+
+// APIKeyTeam implements Resolver.
+func (t ServiceResolver) APIKeyTeam(ctx context.Context, key string) (string, error) {
+	p, err := t.Accounts.AuthenticateAPIKey(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	return wireid.Format(wireid.Team, p.TeamID), nil
+}
+
+// Touch implements Resolver.
+func (t ServiceResolver) Touch(ctx context.Context, sandboxID string) {
+	t.Sandboxes.TouchTraffic(ctx, sandboxID)
+}

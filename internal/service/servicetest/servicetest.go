@@ -1,0 +1,87 @@
+// Package servicetest builds the control plane's services over a fresh,
+// migrated PostgreSQL (pgembed.StartForTest) for the tests of the packages
+// above the service layer (api, proxy, e2bapi): one place that knows how
+// the services are wired, with test-speed password hashing.
+package servicetest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+)
+
+// Secret is the server secret of the services (envd and traffic tokens
+// derive from it).
+var Secret = []byte("0123456789abcdef0123456789abcdef-servicetest")
+
+// Env is the services over one database.
+type Env struct {
+	Store     *store.Store
+	Sessions  *auth.SessionManager
+	Accounts  *service.Accounts
+	Sandboxes *service.Sandboxes
+	Audit     *service.Audit
+	// Agent is the host agent's endpoint (a closed port when none).
+	Agent agentclient.Endpoint
+}
+
+// New returns the services; agentURL and agentToken name the host agent
+// ("": a closed port, for tests that never reach one).
+func New(t testing.TB, agentURL, agentToken string) *Env {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, pgembed.StartForTest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: Secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := service.NewAudit(st, nil)
+	acc, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agentURL == "" {
+		agentURL, agentToken = "http://127.0.0.1:1", "unused"
+	}
+	ep := agentclient.Endpoint{URL: agentURL, Token: agentToken}
+	pool := agentclient.NewPool(agentclient.Options{})
+	t.Cleanup(pool.Close)
+	if err := pool.Set(service.LocalHost, ep); err != nil {
+		t.Fatal(err)
+	}
+	sbx, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: Secret, Audit: audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Env{Store: st, Sessions: sessions, Accounts: acc, Sandboxes: sbx, Audit: audit, Agent: ep}
+}
+
+// Account signs a user up and returns its principal (the owner of its
+// new team) and an API key of that team.
+func (e *Env) Account(t testing.TB, email string) (service.Principal, string) {
+	t.Helper()
+	ctx := context.Background()
+	a, err := e.Accounts.Signup(ctx, service.Signup{Email: email, Password: "correct horse battery"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := service.Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role, ActorName: email}
+	k, err := e.Accounts.CreateAPIKey(ctx, p, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, k.Plaintext
+}
