@@ -9,21 +9,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/api"
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -84,93 +78,13 @@ func benchAPI(ctx context.Context, o apiBenchOptions) (out map[string]any, err e
 	if o.log == nil {
 		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
-		return nil, err
-	}
-	work, err := os.MkdirTemp(o.dataDir, "bench-api-")
+	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir, log: o.log}, "bench-api-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
-	// PostgreSQL runs as its own user: it must reach its directory.
-	if err := os.Chmod(work, 0o755); err != nil {
-		return nil, err
-	}
-
-	pg, err := pgembed.Start(ctx, pgembed.Config{DataDir: work, BinDir: o.pgBinDir, Logger: o.log})
-	if err != nil {
-		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
-	}
-	defer pg.Close()
-	st, err := store.Open(ctx, pg.DSN())
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	st.SetLogger(o.log)
-	if err := st.Migrate(ctx); err != nil {
-		return nil, err
-	}
-
-	// The host agent, as capsule serve embeds it, with the benchmark's own
-	// network slot pool and sandbox directory (images shared).
-	so := &serveOptions{hostOptions: hostOptions{
-		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, netName: "capsule-bench", netVethPrefix: "cbv",
-		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
-	}}
-	so.defaultCapacity()
-	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, so, o.log)
-	if err != nil {
-		return nil, err
-	}
-	defer stopAgent()
-	pool := agentclient.NewPool(agentclient.Options{Log: o.log})
-	defer pool.Close()
-	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: agentURL, Token: agentToken}); err != nil {
-		return nil, err
-	}
-
-	secret := []byte("capsule-bench-api-secret-0123456789abcdef")
-	hasher, err := auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU())
-	if err != nil {
-		return nil, err
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: secret})
-	if err != nil {
-		return nil, err
-	}
-	audit := service.NewAudit(st, o.log)
-	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: o.log})
-	if err != nil {
-		return nil, err
-	}
-	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: secret, Audit: audit, Log: o.log})
-	if err != nil {
-		return nil, err
-	}
-	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Store: st, Log: o.log})
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-
-	acc, err := accounts.Signup(ctx, service.Signup{Email: "bench@capsule.local", Password: "bench-api-password", Name: "Bench"})
-	if err != nil {
-		return nil, err
-	}
-	key, err := accounts.CreateAPIKey(ctx, service.Principal{UserID: acc.User.ID, TeamID: acc.Team.ID, Role: acc.Role}, "bench")
-	if err != nil {
-		return nil, err
-	}
-	b := &apiBench{o: o, st: st, agents: pool, url: "http://" + ln.Addr().String(), key: key.Plaintext, team: acc.Team,
-		client: &http.Client{Timeout: 2 * time.Minute}}
+	defer stack.close()
+	b := &apiBench{o: o, st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	acc := stack.account
 
 	out = map[string]any{"rows": o.rows}
 	if err := b.insertRows(ctx, acc.User); err != nil {

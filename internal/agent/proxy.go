@@ -30,6 +30,13 @@ const (
 	ProxyTokenHeader   = "Capsule-Proxy-Authorization"
 )
 
+// ProxyErrorHeader marks the agent's own proxy errors (the control plane
+// strips it): ProxyErrorNotFound when the agent does not run the sandbox.
+const (
+	ProxyErrorHeader   = "Capsule-Proxy-Error"
+	ProxyErrorNotFound = "sandbox-not-found"
+)
+
 // proxyError is E2B's proxy error body (spec §3.2): the SDKs read its
 // fields.
 type proxyError struct {
@@ -89,6 +96,7 @@ func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := a.mgr.Get(id)
 	if err != nil || info.State != sandbox.StateRunning || info.HostAddr == "" {
+		w.Header().Set(ProxyErrorHeader, ProxyErrorNotFound)
 		WriteProxyError(w, http.StatusBadGateway, id, 0, MsgSandboxNotFound)
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
@@ -72,6 +73,11 @@ type Config struct {
 	// Domain is the sandbox domain: hosts are {port}-{id}.{Domain}.
 	Domain   string
 	Resolver Resolver
+	// RouteTTL is how long a resolved route is reused (default 2 s; a
+	// negative value: never). Routes only change when a sandbox stops
+	// running, and the agent answers for a sandbox it no longer runs, so a
+	// short reuse saves a database round trip per request safely.
+	RouteTTL time.Duration
 	Log      *slog.Logger
 }
 
@@ -80,6 +86,14 @@ type Handler struct {
 	cfg   Config
 	log   *slog.Logger
 	proxy *httputil.ReverseProxy
+
+	mu     sync.Mutex
+	routes map[string]cachedRoute
+}
+
+type cachedRoute struct {
+	route   Route
+	expires time.Time
 }
 
 // New returns the proxy handler.
@@ -87,7 +101,10 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Resolver == nil {
 		return nil, errors.New("proxy: a resolver is required")
 	}
-	h := &Handler{cfg: cfg, log: cfg.Log}
+	if cfg.RouteTTL == 0 {
+		cfg.RouteTTL = 2 * time.Second
+	}
+	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -97,6 +114,13 @@ func New(cfg Config) (*Handler, error) {
 		Transport:     newTransport(),
 		FlushInterval: -1,
 		ErrorHandler:  h.forwardError,
+		// The agent's "sandbox not found" means the route went stale.
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agent.ProxyErrorHeader) == agent.ProxyErrorNotFound {
+				h.forget(resp.Request.Header.Get(agent.ProxySandboxHeader))
+			}
+			return nil
+		},
 	}
 	return h, nil
 }
@@ -191,20 +215,133 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	rt, err := h.cfg.Resolver.Resolve(r.Context(), id)
-	if err != nil {
-		if !errors.Is(err, ErrNotFound) {
-			h.log.WarnContext(r.Context(), "resolve sandbox", "sandbox", id, "err", err)
+	// A reused route may be stale (the sandbox was paused since): a
+	// request without a body is then sent again on a fresh route (which
+	// resumes an auto-resume sandbox); one with a body always resolves
+	// afresh, since its body cannot be sent twice.
+	reuse := r.ContentLength == 0 && (r.Body == nil || r.Body == http.NoBody)
+	for attempt := 0; ; attempt++ {
+		rt, cached, err := h.resolve(r.Context(), id, reuse && attempt == 0)
+		if err != nil {
+			if !errors.Is(err, ErrNotFound) {
+				h.log.WarnContext(r.Context(), "resolve sandbox", "sandbox", id, "err", err)
+			}
+			agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+			return
 		}
-		agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+		if status, body := h.authorize(r, rt, port); status != 0 {
+			writeJSON(w, status, body)
+			return
+		}
+		h.cfg.Resolver.Touch(r.Context(), id)
+		rw := w
+		var sw *staleWriter
+		if cached {
+			sw = &staleWriter{w: w}
+			rw = sw
+		}
+		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{rt, port})))
+		if sw == nil || !sw.stale {
+			return
+		}
+		h.forget(id)
+	}
+}
+
+// staleWriter passes a response on unless it is the agent's "sandbox not
+// found" (the reused route was stale), which it swallows, headers and
+// all, so that the request can be sent again.
+type staleWriter struct {
+	w       http.ResponseWriter
+	header  http.Header
+	stale   bool
+	decided bool
+}
+
+func (s *staleWriter) Header() http.Header {
+	if s.header == nil {
+		s.header = http.Header{}
+	}
+	return s.header
+}
+
+func (s *staleWriter) WriteHeader(code int) {
+	if s.decided {
+		if !s.stale {
+			s.w.WriteHeader(code)
+		}
 		return
 	}
-	if status, body := h.authorize(r, rt, port); status != 0 {
-		writeJSON(w, status, body)
+	s.decided = true
+	h := s.Header()
+	if code == http.StatusBadGateway && h.Get(agent.ProxyErrorHeader) == agent.ProxyErrorNotFound {
+		s.stale = true
 		return
 	}
-	h.cfg.Resolver.Touch(r.Context(), id)
-	h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{rt, port})))
+	h.Del(agent.ProxyErrorHeader)
+	dst := s.w.Header()
+	for k, v := range h {
+		dst[k] = v
+	}
+	s.w.WriteHeader(code)
+}
+
+func (s *staleWriter) Write(b []byte) (int, error) {
+	if !s.decided {
+		s.WriteHeader(http.StatusOK)
+	}
+	if s.stale {
+		return len(b), nil
+	}
+	return s.w.Write(b)
+}
+
+// FlushError flushes a response that is passed on (the reverse proxy
+// flushes after every write).
+func (s *staleWriter) FlushError() error {
+	if !s.decided || s.stale {
+		return nil
+	}
+	return http.NewResponseController(s.w).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the real writer (upgrades).
+func (s *staleWriter) Unwrap() http.ResponseWriter { return s.w }
+
+// resolve returns the route of sandbox id, reusing (when reuse) one
+// resolved less than RouteTTL ago; cached tells which it did.
+func (h *Handler) resolve(ctx context.Context, id string, reuse bool) (rt Route, cached bool, err error) {
+	now := time.Now()
+	if reuse {
+		h.mu.Lock()
+		c, ok := h.routes[id]
+		h.mu.Unlock()
+		if ok && now.Before(c.expires) {
+			return c.route, true, nil
+		}
+	}
+	rt, err = h.cfg.Resolver.Resolve(ctx, id)
+	if err != nil || h.cfg.RouteTTL < 0 {
+		return rt, false, err
+	}
+	h.mu.Lock()
+	if len(h.routes) >= 10000 {
+		for k, v := range h.routes {
+			if now.After(v.expires) {
+				delete(h.routes, k)
+			}
+		}
+	}
+	h.routes[id] = cachedRoute{route: rt, expires: now.Add(h.cfg.RouteTTL)}
+	h.mu.Unlock()
+	return rt, false, nil
+}
+
+// forget drops the reused route of id (the agent no longer runs it).
+func (h *Handler) forget(id string) {
+	h.mu.Lock()
+	delete(h.routes, id)
+	h.mu.Unlock()
 }
 
 // authorize applies the access rules; a zero status lets r through.

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/proxy"
+)
+
+// proxyBenchOptions configures `capsule bench proxy`.
+type proxyBenchOptions struct {
+	envdBin  string
+	dataDir  string
+	pgBinDir string
+	// workers send requests concurrently for each round of duration;
+	// rounds alternate direct and proxied.
+	workers  int
+	duration time.Duration
+	rounds   int
+	log      *slog.Logger
+}
+
+func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
+	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
+	o := proxyBenchOptions{}
+	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
+	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory (its image store is reused)")
+	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres (default: the newest installed)")
+	fs.IntVar(&o.workers, "c", 8, "concurrent clients")
+	fs.DurationVar(&o.duration, "d", 4*time.Second, "duration of each round")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds per path (interleaved; the median round counts)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if o.workers < 1 || o.duration <= 0 || o.rounds < 1 {
+		return o, errors.New("bench proxy: -c, -d and -rounds must be positive")
+	}
+	return o, nil
+}
+
+// roundResult is one load round against one path.
+type roundResult struct {
+	rps       float64
+	latencies []time.Duration
+}
+
+// benchProxy measures the traffic proxy: requests per second and latency
+// of GET /health on a sandbox's envd (an HTTP server in the guest, with
+// keep-alive) through the proxy (the E2B routing headers on the API's
+// port) and straight at the guest's address from the host, in
+// interleaved rounds of o.workers concurrent clients.
+func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench proxy: needs root (the host agent's VMs and network)")
+	}
+	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir, log: o.log}, "bench-proxy-")
+	if err != nil {
+		return nil, err
+	}
+	defer stack.close()
+	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	resp, data, err := b.do(ctx, "POST", "/v1/sandboxes", []byte(`{"template":"minimal","memory_mb":256,"allow_public_traffic":true}`))
+	if err != nil {
+		return nil, err
+	}
+	var sb struct {
+		ID      string `json:"id"`
+		EnvdURL string `json:"envd_url"`
+	}
+	if resp.StatusCode != 201 || json.Unmarshal(data, &sb) != nil || sb.EnvdURL == "" {
+		return nil, fmt.Errorf("POST /v1/sandboxes: %d: %.300s", resp.StatusCode, data)
+	}
+	defer func() { _ = b.destroy(context.WithoutCancel(ctx), sb.ID) }()
+
+	direct := func() (*http.Request, error) { return http.NewRequestWithContext(ctx, "GET", sb.EnvdURL+"/health", nil) }
+	proxied := func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", stack.url+"/health", nil)
+		if err == nil {
+			req.Header.Set(proxy.HeaderSandboxID, sb.ID)
+			req.Header.Set(proxy.HeaderSandboxPort, "49983")
+		}
+		return req, err
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: o.workers * 2, DisableCompression: true}}
+	// Warm both paths up.
+	for _, mk := range []func() (*http.Request, error){direct, proxied} {
+		if _, err := loadRound(ctx, client, mk, o.workers, 500*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	var directs, proxies []roundResult
+	for range o.rounds {
+		d, err := loadRound(ctx, client, direct, o.workers, o.duration)
+		if err != nil {
+			return nil, fmt.Errorf("direct: %w", err)
+		}
+		p, err := loadRound(ctx, client, proxied, o.workers, o.duration)
+		if err != nil {
+			return nil, fmt.Errorf("proxied: %w", err)
+		}
+		directs, proxies = append(directs, d), append(proxies, p)
+	}
+	dm, pm := medianRound(directs), medianRound(proxies)
+	return map[string]any{
+		"proxy_rps":              bench.Round3(pm.rps),
+		"direct_rps":             bench.Round3(dm.rps),
+		"proxy_throughput_ratio": bench.Round3(pm.rps / dm.rps),
+		"proxy_latency":          bench.Summarize(pm.latencies),
+		"direct_latency":         bench.Summarize(dm.latencies),
+		"concurrency":            o.workers,
+	}, nil
+}
+
+// loadRound sends requests from workers clients for d and counts the
+// successful ones; any failure ends the round with an error.
+func loadRound(ctx context.Context, client *http.Client, mk func() (*http.Request, error), workers int, d time.Duration) (roundResult, error) {
+	var (
+		mu    sync.Mutex
+		lat   []time.Duration
+		first error
+		wg    sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				req, err := mk()
+				if err == nil {
+					t0 := time.Now()
+					var resp *http.Response
+					if resp, err = client.Do(req); err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode >= 300 {
+							err = fmt.Errorf("status %d", resp.StatusCode)
+						}
+						mine = append(mine, time.Since(t0))
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					first = errors.Join(first, err)
+					mu.Unlock()
+					return
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return roundResult{}, first
+	}
+	return roundResult{rps: float64(len(lat)) / time.Since(start).Seconds(), latencies: lat}, nil
+}
+
+func medianRound(rs []roundResult) roundResult {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b roundResult) int {
+		switch {
+		case a.rps < b.rps:
+			return -1
+		case a.rps > b.rps:
+			return 1
+		}
+		return 0
+	})
+	return s[len(s)/2]
+}

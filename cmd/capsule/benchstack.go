@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/api"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/proxy"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+)
+
+// benchStackOptions configures startBenchStack.
+type benchStackOptions struct {
+	envdBin  string
+	dataDir  string // its image store is reused; the rest lives in a temporary directory below it
+	pgBinDir string
+	log      *slog.Logger
+}
+
+// benchStack is the platform running in this process for the benches, as
+// `capsule serve` assembles it: an embedded PostgreSQL in a temporary
+// directory, a real host agent with its own network slot pool, the
+// services, and the API and the traffic proxy over real HTTP on a
+// loopback port; plus a signed-up team with an API key.
+type benchStack struct {
+	st        *store.Store
+	pool      *agentclient.Pool
+	accounts  *service.Accounts
+	sandboxes *service.Sandboxes
+	url       string
+	domain    string
+	key       string
+	team      db.Team
+	account   service.Account
+	client    *http.Client
+	closers   []func()
+}
+
+func (b *benchStack) close() {
+	for i := len(b.closers) - 1; i >= 0; i-- {
+		b.closers[i]()
+	}
+}
+
+func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b *benchStack, err error) {
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp(o.dataDir, prefix)
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, func() { os.RemoveAll(work) })
+	// PostgreSQL runs as its own user: it must reach its directory.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return nil, err
+	}
+	pg, err := pgembed.Start(ctx, pgembed.Config{DataDir: work, BinDir: o.pgBinDir, Logger: o.log})
+	if err != nil {
+		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
+	}
+	b.closers = append(b.closers, func() { pg.Close() })
+	if b.st, err = store.Open(ctx, pg.DSN()); err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, b.st.Close)
+	b.st.SetLogger(o.log)
+	if err := b.st.Migrate(ctx); err != nil {
+		return nil, err
+	}
+
+	// The host agent, as capsule serve embeds it, with the benchmark's own
+	// network slot pool and sandbox directory (images shared).
+	so := &serveOptions{hostOptions: hostOptions{
+		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
+		envdBin: o.envdBin, netName: "capsule-bench", netVethPrefix: "cbv",
+		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
+	}}
+	so.defaultCapacity()
+	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, so, o.log)
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, stopAgent)
+	agentEP := agentclient.Endpoint{URL: agentURL, Token: agentToken}
+	b.pool = agentclient.NewPool(agentclient.Options{Log: o.log})
+	b.closers = append(b.closers, b.pool.Close)
+	if err := b.pool.Set(service.LocalHost, agentEP); err != nil {
+		return nil, err
+	}
+
+	secret := []byte("capsule-bench-api-secret-0123456789abcdef")
+	hasher, err := auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU())
+	if err != nil {
+		return nil, err
+	}
+	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: secret})
+	if err != nil {
+		return nil, err
+	}
+	audit := service.NewAudit(b.st, o.log)
+	if b.accounts, err = service.NewAccounts(service.AccountsConfig{Store: b.st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: o.log}); err != nil {
+		return nil, err
+	}
+	if b.sandboxes, err = service.NewSandboxes(ctx, service.SandboxesConfig{Store: b.st, Agents: b.pool, Secret: secret, Audit: audit, Log: o.log}); err != nil {
+		return nil, err
+	}
+	h, err := api.New(api.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Audit: audit, Store: b.st, Log: o.log})
+	if err != nil {
+		return nil, err
+	}
+	px, err := proxy.New(proxy.Config{Domain: b.domain, Log: o.log, Resolver: proxy.ServiceResolver{
+		Sandboxes: b.sandboxes, Accounts: b.accounts, Agents: map[string]agentclient.Endpoint{service.LocalHost: agentEP},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: rootHandler(px, h), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	b.closers = append(b.closers, func() { srv.Close() })
+	b.url = "http://" + ln.Addr().String()
+
+	if b.account, err = b.accounts.Signup(ctx, service.Signup{Email: "bench@capsule.local", Password: "bench-api-password", Name: "Bench"}); err != nil {
+		return nil, err
+	}
+	b.team = b.account.Team
+	key, err := b.accounts.CreateAPIKey(ctx, service.Principal{UserID: b.account.User.ID, TeamID: b.team.ID, Role: b.account.Role}, "bench")
+	if err != nil {
+		return nil, err
+	}
+	b.key = key.Plaintext
+	return b, nil
+}
