@@ -40,12 +40,7 @@ func TestBenchAPI(t *testing.T) {
 	testenv.RequireCommand(t, "qemu-system-x86_64")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	envd := filepath.Join(t.TempDir(), "envd")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", envd, "github.com/capsulehq/capsule/cmd/envd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build envd: %v: %s", err, out)
-	}
+	envd := buildEnvd(t, ctx)
 	o, err := parseBenchAPIFlags([]string{"-envd", envd, "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
 		"-rows", "120", "-list-n", "10", "-create-n", "2"})
 	if err != nil {
@@ -60,6 +55,42 @@ func TestBenchAPI(t *testing.T) {
 	api, _ := out["create_api"].(bench.Timing)
 	agent, _ := out["create_agent"].(bench.Timing)
 	if list.N != 10 || list.P50 <= 0 || over.N != 2 || over.P50 <= 0 || agent.P50 <= 0 || api.P50 < agent.P50 {
+		t.Fatalf("figures: %+v", out)
+	}
+	t.Logf("%+v", out)
+}
+
+func buildEnvd(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	envd := filepath.Join(t.TempDir(), "envd")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", envd, "github.com/capsulehq/capsule/cmd/envd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build envd: %v: %s", err, out)
+	}
+	return envd
+}
+
+// TestBenchProxy runs `capsule bench proxy` small and checks its figures
+// are there and sane.
+func TestBenchProxy(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "qemu-system-x86_64")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	o, err := parseBenchProxyFlags([]string{"-envd", buildEnvd(t, ctx), "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+		"-c", "2", "-d", "300ms", "-rounds", "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := benchProxy(ctx, o)
+	if err != nil {
+		t.Fatalf("%v (so far %v)", err, out)
+	}
+	pl, _ := out["proxy_latency"].(bench.Timing)
+	dl, _ := out["direct_latency"].(bench.Timing)
+	ratio, _ := out["proxy_throughput_ratio"].(float64)
+	if pl.N < 10 || dl.N < 10 || ratio <= 0 || ratio > 5 {
 		t.Fatalf("figures: %+v", out)
 	}
 	t.Logf("%+v", out)
