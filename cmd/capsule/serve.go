@@ -57,6 +57,7 @@ var serveEnv = map[string]string{
 	"listen":               "CAPSULE_LISTEN",
 	"data-dir":             "CAPSULE_DATA_DIR",
 	"run-dir":              "CAPSULE_RUN_DIR",
+	"images-dir":           "CAPSULE_IMAGES_DIR",
 	"database-url":         "DATABASE_URL",
 	"pg-bin-dir":           "CAPSULE_PG_BIN_DIR",
 	"envd":                 "CAPSULE_ENVD",
@@ -109,6 +110,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.listen, "listen", ":8080", "address of the API [CAPSULE_LISTEN]")
 	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory: database, images, sandboxes, secrets [CAPSULE_DATA_DIR]")
 	fs.StringVar(&o.runDir, "run-dir", "/run/capsule", "runtime directory of the VMMs [CAPSULE_RUN_DIR]")
+	fs.StringVar(&o.imagesDir, "images-dir", "", "directory of the guest image store (default: DATA-DIR; several data directories may share one) [CAPSULE_IMAGES_DIR]")
 	fs.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL URL (empty: the embedded server in DATA-DIR/postgres) [DATABASE_URL]")
 	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres for the embedded server (default: the newest installed) [CAPSULE_PG_BIN_DIR]")
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
