@@ -14,7 +14,7 @@ GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.s
 EMBED     := internal/api/openapi.yaml internal/api/apidocs/index.html internal/api/apidocs/capsule-docs.js
 APIDOCS   := internal/api/apidocs/dist/swagger-ui-bundle.js
 
-.PHONY: deps build run test lint gotest sdktest bench generate check-generated clean
+.PHONY: deps build run test lint gotest sdktest sdkfull bench generate check-generated clean
 
 deps:
 	@scripts/deps.sh
@@ -48,12 +48,17 @@ gotest:
 sdktest: $(BIN)/envd
 	@ENVD_BIN=$(CURDIR)/$(BIN)/envd tests/e2b-sdk/run.sh
 
-test: deps build lint gotest sdktest
+# The unmodified E2B SDK against a real `capsule serve` (real VMs).
+sdkfull: build
+	@tests/e2b-sdk/fullstack/run.sh
+
+test: deps build lint gotest sdktest sdkfull
 
 bench: build
 	$(BIN)/capsule bench envd
 	$(BIN)/capsule bench vm
 	$(BIN)/capsule bench api
+	$(BIN)/capsule bench proxy
 
 generate:
 	@scripts/generate.sh

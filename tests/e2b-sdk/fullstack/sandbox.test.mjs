@@ -1,0 +1,168 @@
+// The unmodified E2B JS SDK (npm e2b@2.51.0) against a real `capsule
+// serve`: run.sh points E2B_API_URL, E2B_SANDBOX_URL and E2B_DOMAIN at it.
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import http from 'node:http'
+import { after, describe, test } from 'node:test'
+import { Sandbox } from 'e2b'
+
+const CAPSULE_URL = process.env.CAPSULE_URL
+if (!CAPSULE_URL || process.env.E2B_DEBUG) {
+  throw new Error('run this suite with tests/e2b-sdk/fullstack/run.sh')
+}
+const TEMPLATE = 'base'
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+const uniq = (p) => `${p}-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`
+
+const created = []
+async function create(opts = {}) {
+  const sbx = await Sandbox.create(TEMPLATE, { timeoutMs: 300_000, ...opts })
+  created.push(sbx)
+  return sbx
+}
+after(async () => {
+  for (const sbx of created) {
+    await sbx.kill().catch(() => {})
+  }
+})
+
+async function waitFor(fn, { timeoutMs = 30_000, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  let last
+  for (;;) {
+    try {
+      last = await fn()
+      if (last) return last
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${last}`)
+    await sleep(200)
+  }
+}
+
+/** GET through the server's proxy by host name, as a browser would at
+ * http://{getHost(port)}/ once *.capsule.test resolves to the server. */
+function getViaHost(host, path = '/', headers = {}) {
+  const url = new URL(CAPSULE_URL)
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname: url.hostname, port: url.port, path, setHost: false,
+      headers: { Host: host, ...headers } }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (c) => { body += c })
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+describe('sandbox lifecycle through capsule serve', () => {
+  test('create with metadata and env vars, then commands and files', async () => {
+    const tag = uniq('meta')
+    const sbx = await create({ metadata: { suite: 'fullstack', tag }, envs: { GREETING: 'hello capsule' } })
+    assert.match(sbx.sandboxId, /^[a-z0-9]+$/)
+    const r = await sbx.commands.run('echo "$GREETING" && whoami && pwd')
+    assert.equal(r.exitCode, 0)
+    assert.equal(r.stdout, 'hello capsule\nuser\n/home/user\n')
+    const fail = await sbx.commands.run('exit 7').catch((e) => e)
+    assert.equal(fail.exitCode, 7)
+
+    await sbx.files.write('notes/hello.txt', 'written by the SDK')
+    assert.equal(await sbx.files.read('notes/hello.txt'), 'written by the SDK')
+    const entries = await sbx.files.list('notes')
+    assert.deepEqual(entries.map((e) => e.name), ['hello.txt'])
+    assert.equal(await sbx.files.exists('/home/user/notes/hello.txt'), true)
+
+    const info = await sbx.getInfo()
+    assert.equal(info.sandboxId, sbx.sandboxId)
+    assert.equal(info.state, 'running')
+    assert.equal(info.metadata.tag, tag)
+    assert.equal(info.templateId !== undefined || info.name !== undefined, true)
+
+    // list with a metadata filter finds exactly it
+    const page = await Sandbox.list({ query: { metadata: { tag } } }).nextItems()
+    assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId])
+  })
+
+  test('pty', async () => {
+    const sbx = await create()
+    let out = ''
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += new TextDecoder().decode(d) }, timeoutMs: 60_000 })
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('echo pty-$((6*7))\nexit\n'))
+    await pty.wait().catch(() => {})
+    assert.match(out, /pty-42/)
+  })
+
+  test('getMetrics', async () => {
+    const sbx = await create()
+    const metrics = await waitFor(async () => {
+      const m = await sbx.getMetrics()
+      return m.length > 0 ? m : null
+    }, { what: 'a metrics sample' })
+    const m = metrics[metrics.length - 1]
+    assert.ok(m.cpuCount >= 1)
+    assert.ok(m.memTotal > 0 && m.memUsed > 0 && m.memUsed <= m.memTotal)
+    assert.ok(m.diskTotal > 0)
+    assert.ok(m.timestamp instanceof Date && !Number.isNaN(m.timestamp.getTime()))
+  })
+
+  test('pause, then connect: memory intact (a background process keeps counting)', async () => {
+    const sbx = await create()
+    await sbx.commands.run(`bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done'`, { background: true, timeoutMs: 0 })
+    await sleep(1500)
+    const before = Number((await sbx.files.read('/tmp/counter')).trim())
+    assert.ok(before > 0)
+    assert.equal(await sbx.pause(), true)
+    assert.equal(await sbx.isRunning(), false)
+    assert.equal((await sbx.getInfo()).state, 'paused')
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await again.isRunning(), true)
+    const resumed = Number((await again.files.read('/tmp/counter')).trim())
+    assert.ok(resumed >= before, `counter ${resumed} went back from ${before}`)
+    await sleep(1000)
+    const later = Number((await again.files.read('/tmp/counter')).trim())
+    assert.ok(later > resumed, `counter stuck at ${later} after the resume`)
+  })
+
+  test('getHost reaches a server started inside the sandbox (loopback only)', async () => {
+    const sbx = await create()
+    await sbx.files.write('/tmp/www/index.html', 'served from the sandbox')
+    await sbx.commands.run('python3 -m http.server 3000 --bind 127.0.0.1 --directory /tmp/www', { background: true, timeoutMs: 0 })
+    const host = sbx.getHost(3000)
+    assert.equal(host, `3000-${sbx.sandboxId}.capsule.test`)
+    const res = await waitFor(async () => {
+      const r = await getViaHost(host)
+      return r.status === 200 ? r : null
+    }, { what: 'the server through the proxy' })
+    assert.equal(res.body, 'served from the sandbox')
+    // an unknown sandbox is E2B's 502
+    const unknown = await getViaHost(`3000-${'0'.repeat(32)}.capsule.test`)
+    assert.equal(unknown.status, 502)
+    assert.equal(JSON.parse(unknown.body).message, 'The sandbox was not found')
+  })
+
+  test('setTimeout expiry kills the sandbox', async () => {
+    const sbx = await create()
+    await sbx.setTimeout(3_000)
+    await waitFor(async () => !(await sbx.isRunning()), { timeoutMs: 30_000, what: 'the sandbox to stop' })
+    await assert.rejects(() => sbx.getInfo(), (e) => e.name === 'SandboxNotFoundError' || /not found/i.test(e.message))
+  })
+
+  test('setTimeout expiry pauses a sandbox created with onTimeout pause', async () => {
+    const sbx = await create({ lifecycle: { onTimeout: 'pause' } })
+    await sbx.files.write('/tmp/kept', 'kept across the auto-pause')
+    await sbx.setTimeout(3_000)
+    await waitFor(async () => (await sbx.getInfo()).state === 'paused', { timeoutMs: 30_000, what: 'the auto-pause' })
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await again.files.read('/tmp/kept'), 'kept across the auto-pause')
+  })
+
+  test('kill', async () => {
+    const sbx = await create()
+    assert.equal(await sbx.kill(), true)
+    assert.equal(await sbx.isRunning(), false)
+    assert.equal(await Sandbox.kill(sbx.sandboxId), false)
+  })
+})
