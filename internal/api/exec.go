@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -263,11 +264,20 @@ func (ws *wsSession) send(ctx context.Context, m wsServerMessage) error {
 	return ws.conn.Write(wctx, websocket.MessageText, b)
 }
 
+// errWSGone: the WebSocket connection ended without a close handshake.
+var errWSGone = errors.New("websocket connection gone")
+
 func (ws *wsSession) read(ctx context.Context) (wsClientMessage, error) {
 	var m wsClientMessage
 	typ, b, err := ws.conn.Read(ctx)
 	if err != nil {
-		return m, err
+		var ce websocket.CloseError
+		if errors.As(err, &ce) || errors.Is(err, context.DeadlineExceeded) {
+			return m, err
+		}
+		// The connection is gone (or the library closed it over a
+		// protocol violation): nobody is left to tell.
+		return m, fmt.Errorf("%w: %w", errWSGone, err)
 	}
 	if typ != websocket.MessageText {
 		return m, &service.Error{Kind: service.ErrInvalid, Msg: "messages are JSON text"}
@@ -284,6 +294,9 @@ func (ws *wsSession) readStart(ctx context.Context) (wsClientMessage, error) {
 	sctx, cancel := context.WithTimeout(ctx, wsStartTimeout)
 	defer cancel()
 	m, err := ws.read(sctx)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return m, &service.Error{Kind: service.ErrInvalid, Msg: "no start message in time"}
+	}
 	if err != nil {
 		return m, err
 	}
@@ -354,7 +367,7 @@ func (ws *wsSession) report(ctx context.Context, err error) {
 // fail reports err and closes the connection.
 func (ws *wsSession) fail(ctx context.Context, err error) {
 	var ce websocket.CloseError
-	if errors.As(err, &ce) || ctx.Err() != nil {
+	if errors.As(err, &ce) || errors.Is(err, errWSGone) || ctx.Err() != nil {
 		return
 	}
 	ws.report(ctx, err)
