@@ -11,16 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/service/servicetest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef-api-test")
+var testSecret = servicetest.Secret
 
 type apiEnv struct {
 	st  *store.Store
@@ -38,37 +37,9 @@ func newAPI(t *testing.T, agentURL, agentToken string) *apiEnv {
 // newAPIWith is newAPI with edit applied to the API's configuration.
 func newAPIWith(t *testing.T, agentURL, agentToken string, edit func(*Config)) *apiEnv {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, pgembed.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if agentURL == "" {
-		agentURL, agentToken = "http://127.0.0.1:1", "unused"
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
-	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: agentURL, Token: agentToken}); err != nil {
-		t.Fatal(err)
-	}
-	sbx, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Accounts: acc, Sandboxes: sbx, Audit: service.NewAudit(st, nil), Store: st,
+	se := servicetest.New(t, agentURL, agentToken)
+	st, acc, sbx := se.Store, se.Accounts, se.Sandboxes
+	cfg := Config{Accounts: acc, Sandboxes: sbx, Audit: se.Audit, Store: st,
 		LoginEmailLimit: auth.RateLimit{Burst: 3, Interval: time.Hour}, SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}}
 	if edit != nil {
 		edit(&cfg)
