@@ -20,5 +20,6 @@
 //     X-API-Key (removed before forwarding: the guest never sees it).
 //
 // A paused sandbox created with auto-resume is resumed by the Resolver on
-// first traffic; proxied requests count as activity for the TTL.
+// first traffic; proxied requests count as activity for the TTL (except
+// envd's GET /health, a liveness probe the SDKs poll).
 package proxy

@@ -233,7 +233,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, status, body)
 			return
 		}
-		h.cfg.Resolver.Touch(r.Context(), id)
+		// Traffic is activity, but not envd's health checks (the SDKs'
+		// isRunning polls would keep an idle sandbox alive forever).
+		if port != EnvdPort || path.Clean("/"+r.URL.Path) != "/health" {
+			h.cfg.Resolver.Touch(r.Context(), id)
+		}
 		rw := w
 		var sw *staleWriter
 		if cached {

@@ -22,7 +22,7 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, ti
 	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
 		return Sandbox{}, false, errorf(ErrInvalid, "timeout: 0 to %d seconds", maxTimeoutSec)
 	}
-	row, err := s.get(ctx, p, id)
+	row, err := s.settled(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, false, err
 	}
@@ -50,6 +50,32 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, ti
 		return Sandbox{}, false, err
 	}
 	return s.view(row, nil), resumed, nil
+}
+
+// settled returns a sandbox of p's team once it is not in transition
+// (starting, pausing, resuming), waiting up to a minute for that: a client
+// that saw it paused may connect while the pause is still being recorded.
+func (s *Sandboxes) settled(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		row, err := s.get(ctx, p, id)
+		if err != nil {
+			return db.Sandbox{}, err
+		}
+		switch row.State {
+		case store.SandboxStarting, store.SandboxPausing, store.SandboxResuming:
+		default:
+			return row, nil
+		}
+		if time.Now().After(deadline) {
+			return row, nil
+		}
+		select {
+		case <-ctx.Done():
+			return db.Sandbox{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // TrafficRoute is what the traffic proxy needs to know of a running
