@@ -14,6 +14,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
@@ -137,11 +138,15 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	if err != nil {
 		return nil, err
 	}
+	e2b, err := e2bapi.New(e2bapi.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Domain: b.domain, Log: o.log})
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: rootHandler(px, h), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: rootHandler(px, e2b, h), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	b.closers = append(b.closers, func() { srv.Close() })
 	b.url = "http://" + ln.Addr().String()

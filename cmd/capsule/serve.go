@@ -27,6 +27,7 @@ import (
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
@@ -317,7 +318,11 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	srv := &http.Server{Handler: rootHandler(px, h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	e2b, err := e2bapi.New(e2bapi.Config{Accounts: accounts, Sandboxes: sandboxes, Domain: o.domain, Log: log})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	srv := &http.Server{Handler: rootHandler(px, e2b, h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -3,16 +3,21 @@ package main
 import (
 	"net/http"
 
+	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/proxy"
 )
 
-// rootHandler sends sandbox traffic to the proxy and the rest to the API.
-func rootHandler(px *proxy.Handler, api http.Handler) http.Handler {
+// rootHandler sends sandbox traffic to the proxy, E2B's control-plane
+// paths to the E2B facade, and the rest to the native API.
+func rootHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if px.Matches(r) {
+		switch {
+		case px.Matches(r):
 			px.ServeHTTP(w, r)
-			return
+		case e2b.Matches(r):
+			e2b.ServeHTTP(w, r)
+		default:
+			api.ServeHTTP(w, r)
 		}
-		api.ServeHTTP(w, r)
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -193,4 +194,25 @@ func (s *service) ListTemplates(ctx context.Context, _ *connect.Request[pb.ListT
 	}
 	slices.SortFunc(out.Templates, func(x, y *pb.Template) int { return strings.Compare(x.Name, y.Name) })
 	return connect.NewResponse(out), nil
+}
+
+// GetSandboxMetrics asks the sandbox's envd for a sample; it does not mark
+// the sandbox active.
+func (s *service) GetSandboxMetrics(ctx context.Context, req *connect.Request[pb.GetSandboxMetricsRequest]) (*connect.Response[pb.GetSandboxMetricsResponse], error) {
+	c, err := s.a.mgr.Client(req.Msg.GetSandboxId())
+	if err != nil {
+		return nil, s.a.failState(ctx, err)
+	}
+	m, err := c.Metrics(ctx)
+	if err != nil {
+		return nil, s.a.failState(ctx, fmt.Errorf("metrics of %s: %w", req.Msg.GetSandboxId(), err))
+	}
+	at := s.a.now()
+	if m.Timestamp > 0 {
+		at = time.Unix(m.Timestamp, 0)
+	}
+	return connect.NewResponse(&pb.GetSandboxMetricsResponse{Metrics: &pb.SandboxMetrics{
+		Timestamp: timestamp(at), CpuCount: uint32(max(m.CPUCount, 0)), CpuUsedPct: m.CPUUsedPct,
+		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
+	}}), nil
 }

@@ -286,8 +286,8 @@ func TestStatusMapping(t *testing.T) {
 		{&service.Error{Kind: service.ErrUnavailable}, 503},
 		{io.ErrUnexpectedEOF, 500},
 	} {
-		if got := statusOf(tc.err); got != tc.want {
-			t.Errorf("statusOf(%v) = %d, want %d", tc.err, got, tc.want)
+		if got := StatusOf(tc.err); got != tc.want {
+			t.Errorf("StatusOf(%v) = %d, want %d", tc.err, got, tc.want)
 		}
 	}
 	// An internal error is answered generically.

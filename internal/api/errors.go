@@ -29,8 +29,9 @@ var statuses = []struct {
 	{service.ErrUnavailable, http.StatusServiceUnavailable},
 }
 
-// statusOf maps a service error to its HTTP status (500 when unclassified).
-func statusOf(err error) int {
+// StatusOf maps a service error to its HTTP status (500 when unclassified):
+// the one mapping, which the E2B facade (internal/e2bapi) shares.
+func StatusOf(err error) int {
 	for _, s := range statuses {
 		if errors.Is(err, s.kind) {
 			return s.status
@@ -40,7 +41,7 @@ func statusOf(err error) int {
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	status := statusOf(err)
+	status := StatusOf(err)
 	msg, ok := service.PublicMessage(err)
 	if status == http.StatusInternalServerError || !ok {
 		var b [8]byte

@@ -381,7 +381,7 @@ func (ws *wsSession) fail(ctx context.Context, err error) {
 // problem is the status and public message of err, as writeError answers
 // it (an internal error is logged under an ID).
 func (s *Server) problem(r *http.Request, err error) (int, string) {
-	status := statusOf(err)
+	status := StatusOf(err)
 	msg, ok := service.PublicMessage(err)
 	if status == http.StatusInternalServerError || !ok {
 		var b [8]byte

@@ -202,7 +202,7 @@ func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		msg, public := service.PublicMessage(err)
 		code := "server_error"
-		switch st := statusOf(err); {
+		switch st := StatusOf(err); {
 		case !public || st >= 500:
 			s.log.ErrorContext(ctx, "oauth login", "provider", name, "err", err)
 			msg = "internal error"

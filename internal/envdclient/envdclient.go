@@ -251,3 +251,25 @@ func (h headerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc)
 func (h headerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
 }
+
+// Metrics samples the guest's resource use (GET /metrics).
+func (c *Client) Metrics(ctx context.Context) (*envd.Metrics, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	c.auth(req)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError("metrics", "", resp)
+	}
+	var m envd.Metrics
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&m); err != nil {
+		return nil, fmt.Errorf("envd metrics: %w", err)
+	}
+	return &m, nil
+}

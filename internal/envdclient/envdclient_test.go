@@ -58,6 +58,17 @@ func TestClientAgainstEnvd(t *testing.T) {
 	if on, _ := os.ReadFile(p); !bytes.Equal(on, data) {
 		t.Fatal("file on disk differs")
 	}
+
+	m, err := c.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.CPUCount < 1 || m.MemTotal == 0 || m.MemUsed == 0 || m.MemUsed > m.MemTotal || m.DiskTotal == 0 || m.Timestamp == 0 {
+		t.Fatalf("metrics %+v", m)
+	}
+	if _, err := envdclient.New(ts.URL, "wrong").Metrics(ctx); err == nil {
+		t.Fatal("metrics without the token")
+	}
 }
 
 func TestWaitHealthyAborts(t *testing.T) {

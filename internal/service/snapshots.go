@@ -281,3 +281,34 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 		return nil
 	})
 }
+
+// BuiltinTemplates returns the names of the hosts' built-in images, which
+// every team can create sandboxes from.
+func BuiltinTemplates() []string { return image.Templates() }
+
+// TemplateRef is what a template name means for a team (resolveTemplate's
+// order: its own template, a public one, a built-in image).
+type TemplateRef struct {
+	Name string
+	// Public: a platform template or a built-in image.
+	Public bool
+	// Snapshot is the template's record (nil for a built-in image).
+	Snapshot *Snapshot
+}
+
+// LookupTemplate tells what p's team means by a template name; a name it
+// cannot create sandboxes from is ErrNotFound.
+func (s *Sandboxes) LookupTemplate(ctx context.Context, p Principal, name string) (TemplateRef, error) {
+	if !templateRe.MatchString(name) {
+		return TemplateRef{}, errorf(ErrNotFound, "template %q not found", name)
+	}
+	t, err := s.resolveTemplate(ctx, p.TeamID, name)
+	if err != nil {
+		return TemplateRef{}, err
+	}
+	if t.row == nil {
+		return TemplateRef{Name: name, Public: true}, nil
+	}
+	snap := snapshotOf(*t.row)
+	return TemplateRef{Name: name, Public: snap.Public, Snapshot: &snap}, nil
+}

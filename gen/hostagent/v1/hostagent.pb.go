@@ -313,8 +313,9 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 2.
-	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size.
+	// implements (see the file comment); this file describes revision 3.
+	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
+	// revision 3 GetSandboxMetrics.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -1426,6 +1427,203 @@ func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
+type GetSandboxMetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxMetricsRequest) Reset() {
+	*x = GetSandboxMetricsRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxMetricsRequest) ProtoMessage() {}
+
+func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetSandboxMetricsRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+// SandboxMetrics is one sample of a sandbox's resource use.
+type SandboxMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// timestamp is when the guest took the sample (the guest's clock, set
+	// from the host's at every start and resume).
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// cpu_count is the guest's number of vCPUs; cpu_used_pct the share of
+	// them in use (0 to 100) since the previous sample (since boot for the
+	// first).
+	CpuCount   uint32  `protobuf:"varint,2,opt,name=cpu_count,json=cpuCount,proto3" json:"cpu_count,omitempty"`
+	CpuUsedPct float64 `protobuf:"fixed64,3,opt,name=cpu_used_pct,json=cpuUsedPct,proto3" json:"cpu_used_pct,omitempty"`
+	// Memory in bytes: mem_used is total minus available; mem_cache the page
+	// cache and buffers.
+	MemUsed  uint64 `protobuf:"varint,4,opt,name=mem_used,json=memUsed,proto3" json:"mem_used,omitempty"`
+	MemTotal uint64 `protobuf:"varint,5,opt,name=mem_total,json=memTotal,proto3" json:"mem_total,omitempty"`
+	MemCache uint64 `protobuf:"varint,6,opt,name=mem_cache,json=memCache,proto3" json:"mem_cache,omitempty"`
+	// Root filesystem, in bytes.
+	DiskUsed      uint64 `protobuf:"varint,7,opt,name=disk_used,json=diskUsed,proto3" json:"disk_used,omitempty"`
+	DiskTotal     uint64 `protobuf:"varint,8,opt,name=disk_total,json=diskTotal,proto3" json:"disk_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxMetrics) Reset() {
+	*x = SandboxMetrics{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxMetrics) ProtoMessage() {}
+
+func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
+func (*SandboxMetrics) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SandboxMetrics) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *SandboxMetrics) GetCpuCount() uint32 {
+	if x != nil {
+		return x.CpuCount
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetCpuUsedPct() float64 {
+	if x != nil {
+		return x.CpuUsedPct
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetMemUsed() uint64 {
+	if x != nil {
+		return x.MemUsed
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetMemTotal() uint64 {
+	if x != nil {
+		return x.MemTotal
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetMemCache() uint64 {
+	if x != nil {
+		return x.MemCache
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetDiskUsed() uint64 {
+	if x != nil {
+		return x.DiskUsed
+	}
+	return 0
+}
+
+func (x *SandboxMetrics) GetDiskTotal() uint64 {
+	if x != nil {
+		return x.DiskTotal
+	}
+	return 0
+}
+
+type GetSandboxMetricsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Metrics       *SandboxMetrics        `protobuf:"bytes,1,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxMetricsResponse) Reset() {
+	*x = GetSandboxMetricsResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxMetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxMetricsResponse) ProtoMessage() {}
+
+func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetSandboxMetricsResponse) GetMetrics() *SandboxMetrics {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
 type Template struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1449,7 +1647,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1659,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1672,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Template) GetName() string {
@@ -1551,7 +1749,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1761,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1774,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -1602,7 +1800,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1812,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1825,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() *Template {
@@ -1647,7 +1845,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1857,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1870,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -1698,7 +1896,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1908,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1921,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FlattenRootfsResponse) GetTemplate() *Template {
@@ -1742,7 +1940,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1952,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1965,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteTemplateRequest) GetName() string {
@@ -1785,7 +1983,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1995,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2008,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 type ListTemplatesRequest struct {
@@ -1821,7 +2019,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +2031,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +2044,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 type ListTemplatesResponse struct {
@@ -1859,7 +2057,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +2069,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +2082,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -1904,7 +2102,7 @@ type PtySize struct {
 
 func (x *PtySize) Reset() {
 	*x = PtySize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2114,7 @@ func (x *PtySize) String() string {
 func (*PtySize) ProtoMessage() {}
 
 func (x *PtySize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2127,7 @@ func (x *PtySize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtySize.ProtoReflect.Descriptor instead.
 func (*PtySize) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PtySize) GetCols() uint32 {
@@ -1973,7 +2171,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2183,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2196,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -2079,7 +2277,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2289,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2302,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -2188,7 +2386,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2398,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2411,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -2237,7 +2435,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2447,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2460,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ExecOutput) GetData() isExecOutput_Data {
@@ -2339,7 +2537,7 @@ type ExecEnded struct {
 
 func (x *ExecEnded) Reset() {
 	*x = ExecEnded{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2549,7 @@ func (x *ExecEnded) String() string {
 func (*ExecEnded) ProtoMessage() {}
 
 func (x *ExecEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2562,7 @@ func (x *ExecEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecEnded.ProtoReflect.Descriptor instead.
 func (*ExecEnded) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ExecEnded) GetExitCode() int32 {
@@ -2410,7 +2608,7 @@ type ExecKeepalive struct {
 
 func (x *ExecKeepalive) Reset() {
 	*x = ExecKeepalive{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2620,7 @@ func (x *ExecKeepalive) String() string {
 func (*ExecKeepalive) ProtoMessage() {}
 
 func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2633,7 @@ func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecKeepalive.ProtoReflect.Descriptor instead.
 func (*ExecKeepalive) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 type SendExecInputRequest struct {
@@ -2451,7 +2649,7 @@ type SendExecInputRequest struct {
 
 func (x *SendExecInputRequest) Reset() {
 	*x = SendExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2463,7 +2661,7 @@ func (x *SendExecInputRequest) String() string {
 func (*SendExecInputRequest) ProtoMessage() {}
 
 func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2476,7 +2674,7 @@ func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputRequest.ProtoReflect.Descriptor instead.
 func (*SendExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SendExecInputRequest) GetSandboxId() string {
@@ -2515,7 +2713,7 @@ type SendExecInputResponse struct {
 
 func (x *SendExecInputResponse) Reset() {
 	*x = SendExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2527,7 +2725,7 @@ func (x *SendExecInputResponse) String() string {
 func (*SendExecInputResponse) ProtoMessage() {}
 
 func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2540,7 +2738,7 @@ func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputResponse.ProtoReflect.Descriptor instead.
 func (*SendExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 type CloseExecInputRequest struct {
@@ -2553,7 +2751,7 @@ type CloseExecInputRequest struct {
 
 func (x *CloseExecInputRequest) Reset() {
 	*x = CloseExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2763,7 @@ func (x *CloseExecInputRequest) String() string {
 func (*CloseExecInputRequest) ProtoMessage() {}
 
 func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2776,7 @@ func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputRequest.ProtoReflect.Descriptor instead.
 func (*CloseExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CloseExecInputRequest) GetSandboxId() string {
@@ -2603,7 +2801,7 @@ type CloseExecInputResponse struct {
 
 func (x *CloseExecInputResponse) Reset() {
 	*x = CloseExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2615,7 +2813,7 @@ func (x *CloseExecInputResponse) String() string {
 func (*CloseExecInputResponse) ProtoMessage() {}
 
 func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2628,7 +2826,7 @@ func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputResponse.ProtoReflect.Descriptor instead.
 func (*CloseExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 type SignalExecRequest struct {
@@ -2642,7 +2840,7 @@ type SignalExecRequest struct {
 
 func (x *SignalExecRequest) Reset() {
 	*x = SignalExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2852,7 @@ func (x *SignalExecRequest) String() string {
 func (*SignalExecRequest) ProtoMessage() {}
 
 func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2865,7 @@ func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecRequest.ProtoReflect.Descriptor instead.
 func (*SignalExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SignalExecRequest) GetSandboxId() string {
@@ -2699,7 +2897,7 @@ type SignalExecResponse struct {
 
 func (x *SignalExecResponse) Reset() {
 	*x = SignalExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2711,7 +2909,7 @@ func (x *SignalExecResponse) String() string {
 func (*SignalExecResponse) ProtoMessage() {}
 
 func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2724,7 +2922,7 @@ func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecResponse.ProtoReflect.Descriptor instead.
 func (*SignalExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 type ResizeExecRequest struct {
@@ -2738,7 +2936,7 @@ type ResizeExecRequest struct {
 
 func (x *ResizeExecRequest) Reset() {
 	*x = ResizeExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2948,7 @@ func (x *ResizeExecRequest) String() string {
 func (*ResizeExecRequest) ProtoMessage() {}
 
 func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2961,7 @@ func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecRequest.ProtoReflect.Descriptor instead.
 func (*ResizeExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ResizeExecRequest) GetSandboxId() string {
@@ -2795,7 +2993,7 @@ type ResizeExecResponse struct {
 
 func (x *ResizeExecResponse) Reset() {
 	*x = ResizeExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +3005,7 @@ func (x *ResizeExecResponse) String() string {
 func (*ResizeExecResponse) ProtoMessage() {}
 
 func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +3018,7 @@ func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecResponse.ProtoReflect.Descriptor instead.
 func (*ResizeExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 type WriteFileRequest struct {
@@ -2836,7 +3034,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2848,7 +3046,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2861,7 +3059,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WriteFileRequest) GetMsg() isWriteFileRequest_Msg {
@@ -2920,7 +3118,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3130,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3143,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *WriteFileHeader) GetSandboxId() string {
@@ -2980,7 +3178,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2992,7 +3190,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3005,7 +3203,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -3034,7 +3232,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3244,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3257,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -3097,7 +3295,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +3307,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +3320,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReadFileResponse) GetChunk() []byte {
@@ -3160,7 +3358,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3172,7 +3370,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3185,7 +3383,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *FileEntry) GetName() string {
@@ -3266,7 +3464,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3278,7 +3476,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3291,7 +3489,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -3332,7 +3530,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3344,7 +3542,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3357,7 +3555,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -3380,7 +3578,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3392,7 +3590,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3405,7 +3603,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -3438,7 +3636,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3450,7 +3648,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3463,7 +3661,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -3484,7 +3682,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3496,7 +3694,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3509,7 +3707,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RemoveRequest) GetSandboxId() string {
@@ -3541,7 +3739,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3751,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3764,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -3664,7 +3862,23 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x1b\n" +
-	"\x19SetSandboxTimeoutResponse\"\xc4\x02\n" +
+	"\x19SetSandboxTimeoutResponse\"9\n" +
+	"\x18GetSandboxMetricsRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x9a\x02\n" +
+	"\x0eSandboxMetrics\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1b\n" +
+	"\tcpu_count\x18\x02 \x01(\rR\bcpuCount\x12 \n" +
+	"\fcpu_used_pct\x18\x03 \x01(\x01R\n" +
+	"cpuUsedPct\x12\x19\n" +
+	"\bmem_used\x18\x04 \x01(\x04R\amemUsed\x12\x1b\n" +
+	"\tmem_total\x18\x05 \x01(\x04R\bmemTotal\x12\x1b\n" +
+	"\tmem_cache\x18\x06 \x01(\x04R\bmemCache\x12\x1b\n" +
+	"\tdisk_used\x18\a \x01(\x04R\bdiskUsed\x12\x1d\n" +
+	"\n" +
+	"disk_total\x18\b \x01(\x04R\tdiskTotal\"S\n" +
+	"\x19GetSandboxMetricsResponse\x126\n" +
+	"\ametrics\x18\x01 \x01(\v2\x1c.hostagent.v1.SandboxMetricsR\ametrics\"\xc4\x02\n" +
 	"\bTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.hostagent.v1.TemplateKindR\x04kind\x12\x18\n" +
@@ -3828,7 +4042,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
 	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
-	"\x11FILE_TYPE_SYMLINK\x10\x032\xa6\x0f\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x032\x8c\x10\n" +
 	"\tHostAgent\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n" +
@@ -3839,7 +4053,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"GetSandbox\x12\x1f.hostagent.v1.GetSandboxRequest\x1a .hostagent.v1.GetSandboxResponse\x12X\n" +
 	"\rListSandboxes\x12\".hostagent.v1.ListSandboxesRequest\x1a#.hostagent.v1.ListSandboxesResponse\x12R\n" +
 	"\vPingSandbox\x12 .hostagent.v1.PingSandboxRequest\x1a!.hostagent.v1.PingSandboxResponse\x12d\n" +
-	"\x11SetSandboxTimeout\x12&.hostagent.v1.SetSandboxTimeoutRequest\x1a'.hostagent.v1.SetSandboxTimeoutResponse\x12[\n" +
+	"\x11SetSandboxTimeout\x12&.hostagent.v1.SetSandboxTimeoutRequest\x1a'.hostagent.v1.SetSandboxTimeoutResponse\x12d\n" +
+	"\x11GetSandboxMetrics\x12&.hostagent.v1.GetSandboxMetricsRequest\x1a'.hostagent.v1.GetSandboxMetricsResponse\x12[\n" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rFlattenRootfs\x12\".hostagent.v1.FlattenRootfsRequest\x1a#.hostagent.v1.FlattenRootfsResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n" +
@@ -3870,7 +4085,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(TemplateKind)(0),                 // 1: hostagent.v1.TemplateKind
@@ -3896,137 +4111,144 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*PingSandboxResponse)(nil),       // 21: hostagent.v1.PingSandboxResponse
 	(*SetSandboxTimeoutRequest)(nil),  // 22: hostagent.v1.SetSandboxTimeoutRequest
 	(*SetSandboxTimeoutResponse)(nil), // 23: hostagent.v1.SetSandboxTimeoutResponse
-	(*Template)(nil),                  // 24: hostagent.v1.Template
-	(*CreateSnapshotRequest)(nil),     // 25: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 26: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 27: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 28: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 29: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 30: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 31: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 32: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 33: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 34: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 35: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 36: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 37: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 38: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 39: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 40: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 41: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 42: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 43: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 44: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 45: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 46: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 47: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 48: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 49: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 50: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 51: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 52: hostagent.v1.ReadFileResponse
-	(*FileEntry)(nil),                 // 53: hostagent.v1.FileEntry
-	(*ListDirRequest)(nil),            // 54: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 55: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 56: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 57: hostagent.v1.MakeDirResponse
-	(*RemoveRequest)(nil),             // 58: hostagent.v1.RemoveRequest
-	(*RemoveResponse)(nil),            // 59: hostagent.v1.RemoveResponse
-	nil,                               // 60: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 61: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 62: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 63: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 64: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 65: google.protobuf.Duration
+	(*GetSandboxMetricsRequest)(nil),  // 24: hostagent.v1.GetSandboxMetricsRequest
+	(*SandboxMetrics)(nil),            // 25: hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsResponse)(nil), // 26: hostagent.v1.GetSandboxMetricsResponse
+	(*Template)(nil),                  // 27: hostagent.v1.Template
+	(*CreateSnapshotRequest)(nil),     // 28: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 29: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 30: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 31: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 32: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 33: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 34: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 35: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 36: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 37: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 38: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 39: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 40: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 41: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 42: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 43: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 44: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 45: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 46: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 47: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 48: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 49: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 50: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 51: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 52: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 53: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 54: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 55: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 56: hostagent.v1.FileEntry
+	(*ListDirRequest)(nil),            // 57: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 58: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 59: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 60: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 61: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 62: hostagent.v1.RemoveResponse
+	nil,                               // 63: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 64: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 65: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 66: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 67: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 68: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	6,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
 	6,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	64, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	67, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
 	0,  // 3: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	60, // 4: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	64, // 5: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	64, // 6: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
-	65, // 7: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	61, // 8: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	62, // 9: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	63, // 4: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	67, // 5: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	67, // 6: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	68, // 7: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	64, // 8: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	65, // 9: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	7,  // 10: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
 	7,  // 11: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	65, // 12: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	68, // 12: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
 	7,  // 13: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
 	7,  // 14: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
 	7,  // 15: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	65, // 16: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 17: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	64, // 18: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	24, // 19: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	24, // 20: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	24, // 21: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	63, // 22: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	33, // 23: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	65, // 24: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	36, // 25: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	37, // 26: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	38, // 27: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	39, // 28: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	2,  // 29: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	33, // 30: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	49, // 31: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	3,  // 32: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	64, // 33: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	53, // 34: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	53, // 35: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	4,  // 36: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	8,  // 37: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	10, // 38: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	12, // 39: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	14, // 40: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	16, // 41: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	18, // 42: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	20, // 43: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	22, // 44: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	25, // 45: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	27, // 46: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	29, // 47: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	31, // 48: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	34, // 49: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	40, // 50: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	42, // 51: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	44, // 52: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	46, // 53: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	48, // 54: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	51, // 55: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	54, // 56: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	56, // 57: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	58, // 58: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	5,  // 59: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	9,  // 60: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	11, // 61: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	13, // 62: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	15, // 63: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	17, // 64: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	19, // 65: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	21, // 66: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	23, // 67: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	26, // 68: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	28, // 69: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	30, // 70: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	32, // 71: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	35, // 72: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	41, // 73: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	43, // 74: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	45, // 75: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	47, // 76: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	50, // 77: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	52, // 78: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	55, // 79: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	57, // 80: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	59, // 81: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	59, // [59:82] is the sub-list for method output_type
-	36, // [36:59] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	68, // 16: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	67, // 17: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	25, // 18: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	1,  // 19: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	67, // 20: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	27, // 21: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	27, // 22: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	27, // 23: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	66, // 24: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	36, // 25: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	68, // 26: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	39, // 27: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	40, // 28: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	41, // 29: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	42, // 30: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	2,  // 31: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	36, // 32: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	52, // 33: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	3,  // 34: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	67, // 35: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	56, // 36: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	56, // 37: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	4,  // 38: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	8,  // 39: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	10, // 40: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	12, // 41: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	14, // 42: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	16, // 43: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	18, // 44: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	20, // 45: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	22, // 46: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	24, // 47: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	28, // 48: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	30, // 49: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	32, // 50: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	34, // 51: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	37, // 52: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	43, // 53: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	45, // 54: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	47, // 55: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	49, // 56: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	51, // 57: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	54, // 58: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	57, // 59: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	59, // 60: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	61, // 61: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	5,  // 62: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	9,  // 63: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	11, // 64: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	13, // 65: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	15, // 66: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	17, // 67: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	19, // 68: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	21, // 69: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	23, // 70: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	26, // 71: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	29, // 72: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	31, // 73: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	33, // 74: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	35, // 75: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	38, // 76: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	44, // 77: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	46, // 78: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	48, // 79: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	50, // 80: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	53, // 81: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	55, // 82: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	58, // 83: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	60, // 84: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	62, // 85: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	62, // [62:86] is the sub-list for method output_type
+	38, // [38:62] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -4034,29 +4256,29 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[31].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[34].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Ended)(nil),
 		(*ExecResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[33].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Pty)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[44].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[47].OneofWrappers = []any{
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[48].OneofWrappers = []any{}
+	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   60,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

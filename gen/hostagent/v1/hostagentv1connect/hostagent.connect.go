@@ -92,6 +92,9 @@ const (
 	// HostAgentSetSandboxTimeoutProcedure is the fully-qualified name of the HostAgent's
 	// SetSandboxTimeout RPC.
 	HostAgentSetSandboxTimeoutProcedure = "/hostagent.v1.HostAgent/SetSandboxTimeout"
+	// HostAgentGetSandboxMetricsProcedure is the fully-qualified name of the HostAgent's
+	// GetSandboxMetrics RPC.
+	HostAgentGetSandboxMetricsProcedure = "/hostagent.v1.HostAgent/GetSandboxMetrics"
 	// HostAgentCreateSnapshotProcedure is the fully-qualified name of the HostAgent's CreateSnapshot
 	// RPC.
 	HostAgentCreateSnapshotProcedure = "/hostagent.v1.HostAgent/CreateSnapshot"
@@ -154,6 +157,10 @@ type HostAgentClient interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// GetSandboxMetrics samples a running sandbox's resource use, as its
+	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// It does not count as activity.
+	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -267,6 +274,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
 			connect.WithClientOptions(opts...),
 		),
+		getSandboxMetrics: connect.NewClient[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse](
+			httpClient,
+			baseURL+HostAgentGetSandboxMetricsProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
+			connect.WithClientOptions(opts...),
+		),
 		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
 			httpClient,
 			baseURL+HostAgentCreateSnapshotProcedure,
@@ -365,6 +378,7 @@ type hostAgentClient struct {
 	listSandboxes     *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
 	pingSandbox       *connect.Client[v1.PingSandboxRequest, v1.PingSandboxResponse]
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
+	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
 	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
@@ -424,6 +438,11 @@ func (c *hostAgentClient) PingSandbox(ctx context.Context, req *connect.Request[
 // SetSandboxTimeout calls hostagent.v1.HostAgent.SetSandboxTimeout.
 func (c *hostAgentClient) SetSandboxTimeout(ctx context.Context, req *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return c.setSandboxTimeout.CallUnary(ctx, req)
+}
+
+// GetSandboxMetrics calls hostagent.v1.HostAgent.GetSandboxMetrics.
+func (c *hostAgentClient) GetSandboxMetrics(ctx context.Context, req *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
+	return c.getSandboxMetrics.CallUnary(ctx, req)
 }
 
 // CreateSnapshot calls hostagent.v1.HostAgent.CreateSnapshot.
@@ -525,6 +544,10 @@ type HostAgentHandler interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// GetSandboxMetrics samples a running sandbox's resource use, as its
+	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// It does not count as activity.
+	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -634,6 +657,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentGetSandboxMetricsHandler := connect.NewUnaryHandler(
+		HostAgentGetSandboxMetricsProcedure,
+		svc.GetSandboxMetrics,
+		connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentCreateSnapshotHandler := connect.NewUnaryHandler(
 		HostAgentCreateSnapshotProcedure,
 		svc.CreateSnapshot,
@@ -738,6 +767,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentPingSandboxHandler.ServeHTTP(w, r)
 		case HostAgentSetSandboxTimeoutProcedure:
 			hostAgentSetSandboxTimeoutHandler.ServeHTTP(w, r)
+		case HostAgentGetSandboxMetricsProcedure:
+			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
 			hostAgentCreateSnapshotHandler.ServeHTTP(w, r)
 		case HostAgentFlattenRootfsProcedure:
@@ -809,6 +840,10 @@ func (UnimplementedHostAgentHandler) PingSandbox(context.Context, *connect.Reque
 
 func (UnimplementedHostAgentHandler) SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.SetSandboxTimeout is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.GetSandboxMetrics is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {

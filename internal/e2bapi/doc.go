@@ -1,0 +1,92 @@
+// Package e2bapi is the E2B-compatible control-plane API: E2B's
+// unprefixed REST paths (/sandboxes, /v2/sandboxes, /snapshots,
+// /templates, /health) over the same service layer as the native /v1 API,
+// so that the unmodified E2B SDKs (npm e2b 2.51.0, Python e2b 2.45) work
+// against a Capsule server with
+//
+//	E2B_API_URL=http://HOST:8080 E2B_SANDBOX_URL=http://HOST:8080 E2B_DOMAIN=<domain> E2B_API_KEY=<key>
+//
+// The wire contract is ../../shared/spec/e2b-compat.md (§4): JSON names,
+// status codes and the error branches the SDKs take. capsule serve mounts
+// the Handler between the traffic proxy (requests for a sandbox, by Host
+// or E2B's routing headers) and the native API (Matches picks E2B's paths
+// by their first segment, none of which the native API uses).
+//
+// # Mapping
+//
+//   - Auth: the team API key in X-API-KEY (any case; e2b_ + 40 hex
+//     digits, the form older SDKs validate). Everything but GET /health
+//     needs it; without it, 401.
+//   - Errors: {"code": <HTTP status>, "message": …}. Service errors get the
+//     native API's status (api.StatusOf: invalid 400, unauthorized 401,
+//     forbidden 403, not found 404, conflict 409, quota 429, unavailable
+//     503); anything unclassified is a 500 naming only an error ID that the
+//     log explains. Another team's sandbox is a 404, like a missing one.
+//   - IDs: the sandbox ID is the service's wire ID (32 lowercase hex
+//     digits: [a-z0-9], stable across pause and resume). E2B's legacy
+//     "{id}-{clientID}" path IDs count by the part before '-'. clientID is
+//     always "6532622b".
+//   - States: E2B knows "running" (our starting, running, resuming) and
+//     "paused" (pausing, paused); a stopped, failed or lost sandbox is
+//     unknown to E2B: 404 for get, pause, timeout, snapshots; kill of a
+//     stopped sandbox is 404 (the SDK's kill() returns false), of a failed
+//     or lost one 204 (it is destroyed).
+//   - Templates: templateID is a template name the team can use (its own
+//     snapshot, a public one, a built-in image such as "base"); a ":tag"
+//     suffix is stripped when it is ":default", any other tag names nothing
+//     (404). templateID and alias in responses are that name.
+//   - Create (POST /v2/sandboxes; POST /sandboxes with timeout default 15
+//     and secure, which changes nothing: every sandbox has an envd access
+//     token): answered 201 only once envd runs with /init applied. timeout
+//     defaults to 300 s, ≤ 0 is 400. E2B's defaults differ from /v1's:
+//     autoPause false (killed at the timeout; true pauses), public traffic
+//     on (network.allowPublicTraffic false gives a trafficAccessToken).
+//     allow_internet_access false, or network.denyOut ["0.0.0.0/0"], cut
+//     egress; other allowOut/denyOut rules, mcp and volumeMounts are 400
+//     (not supported); autoPauseMemory false is accepted where E2B accepts
+//     it (pauses always keep memory here); other unknown fields are
+//     ignored. The machine shape is the template's (service defaults for
+//     images).
+//   - Sandbox (create, connect, resume): envdVersion is envd.Version,
+//     envdAccessToken the service's HMAC of the sandbox ID (stable for its
+//     whole life), trafficAccessToken null unless traffic is private,
+//     domain the configured sandbox domain (null when none; E2B's own
+//     domains are refused at start).
+//   - Connect (v2 and v1): running → 200 and the deadline moves to at
+//     least now + timeout (300 by default in v2, required in v1); paused →
+//     resumed, 201; in transition → 409. memory false (a cold boot) is
+//     served as a memory resume.
+//   - Lists: GET /v2/sandboxes filters by state (running,paused; repeated
+//     or comma-separated) and metadata (E2B's double-encoded form: decode
+//     the query value once more, split on '&' into key=value pairs, decode
+//     each), pages newest first with limit 1..100 (100) and nextToken,
+//     whose next value is in X-Next-Token only when there is another page.
+//     order=asc, startedAfter and template are refused (400) rather than
+//     ignored. GET /sandboxes lists every running sandbox (metadata filter).
+//   - endAt is the sandbox's deadline; a paused sandbox's is when it was
+//     paused, a running one without a timeout's is 9999-12-31T23:59:59Z.
+//   - Timeouts: POST /sandboxes/{id}/timeout sets the deadline to now +
+//     timeout (shorter or longer; ≤ 0 is 400). POST …/refreshes moves it to
+//     at least now + duration (0..3600; absent: the sandbox's own timeout).
+//     At the deadline the reaper (service.Reaper) kills or pauses the
+//     sandbox as it was created to.
+//   - Pause: 204; already paused (or pausing) 409, which the SDK reads as
+//     false. Resume (deprecated): 201 with a Sandbox, 409 unless paused.
+//   - Metrics: one sample taken now by the guest's envd through the host
+//     agent (GetSandboxMetrics) for a running sandbox; [] while it is
+//     paused or in transition. GET /sandboxes/metrics?sandbox_ids=a,b (≤
+//     100) maps each running sandbox to its sample; unknown IDs are left
+//     out. start/end are ignored (there is no history).
+//   - Snapshots: POST /sandboxes/{id}/snapshots makes a snapshot template
+//     of a running sandbox (it keeps running); snapshotID is its name
+//     (usable as templateID; a name given again is taken over by the new
+//     snapshot; none given: "snapshot-" and 12 hex digits). GET /snapshots
+//     lists the team's own by name (sandboxID, name filters; limit,
+//     nextToken paging). DELETE /templates/{templateID} deletes one (204,
+//     404; a public one is 403).
+//   - Templates: GET /templates lists the built-in images and the team's
+//     and public snapshot templates; GET /templates/aliases/{alias} is
+//     {templateID, public} or 404.
+//   - Not supported: fork, network updates, logs and template builds
+//     answer 501, not a 404 that the SDK would read as "sandbox not found".
+package e2bapi
