@@ -84,7 +84,9 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 	}
 	defer func() { _ = b.destroy(context.WithoutCancel(ctx), sb.ID) }()
 
-	direct := func() (*http.Request, error) { return http.NewRequestWithContext(ctx, "GET", sb.EnvdURL+"/health", nil) }
+	direct := func() (*http.Request, error) {
+		return http.NewRequestWithContext(ctx, "GET", sb.EnvdURL+"/health", nil)
+	}
 	proxied := func() (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, "GET", stack.url+"/health", nil)
 		if err == nil {
