@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -60,12 +61,19 @@ const (
 )
 
 func newProxyTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			t, ok := ctx.Value(proxyTargetKey{}).(*proxyTarget)
+			if !ok {
+				return nil, errors.New("proxy: no target")
+			}
+			return d.DialContext(ctx, network, t.dial.String())
+		},
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       30 * time.Second,
 		ResponseHeaderTimeout: 0, // long polls and slow servers are the guest's business
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
@@ -76,6 +84,9 @@ type proxyTarget struct {
 	sandboxID string
 	port      int
 	url       *url.URL
+	// dial is where the guest's port is; url's host only names the
+	// connection pool (see serveProxy).
+	dial netip.AddrPort
 }
 
 type proxyTargetKey struct{}
@@ -106,7 +117,12 @@ func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = a.mgr.Ping(id) // traffic is activity
-	t := &proxyTarget{sandboxID: id, port: port, url: &url.URL{Scheme: "http", Host: netip.AddrPortFrom(addr, uint16(port)).String()}}
+	// Connections are pooled per machine: a network slot (and so the host
+	// address) is reused by the next sandbox, and a resumed sandbox is a
+	// new machine, so kept-alive connections must never outlive theirs.
+	pool := fmt.Sprintf("%s-%d-%d.guest", id, info.VMMPid, port)
+	t := &proxyTarget{sandboxID: id, port: port, url: &url.URL{Scheme: "http", Host: pool},
+		dial: netip.AddrPortFrom(addr, uint16(port))}
 	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), proxyTargetKey{}, t)))
 }
 

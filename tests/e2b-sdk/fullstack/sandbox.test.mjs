@@ -147,7 +147,16 @@ describe('sandbox lifecycle through capsule serve', () => {
     const sbx = await create()
     await sbx.setTimeout(3_000)
     await waitFor(async () => !(await sbx.isRunning()), { timeoutMs: 30_000, what: 'the sandbox to stop' })
-    await assert.rejects(() => sbx.getInfo(), (e) => e.name === 'SandboxNotFoundError' || /not found/i.test(e.message))
+    // killed, not paused: it is gone for good
+    await waitFor(async () => {
+      try {
+        await sbx.getInfo()
+        return false
+      } catch (e) {
+        return e.name === 'SandboxNotFoundError' || /not found/i.test(e.message)
+      }
+    }, { timeoutMs: 15_000, what: 'getInfo to answer not found' })
+    assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   })
 
   test('setTimeout expiry pauses a sandbox created with onTimeout pause', async () => {
