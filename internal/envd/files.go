@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -454,7 +455,7 @@ func writeUserFile(p string, a *account, src io.Reader, md map[string]string) (e
 	if err := mkdirAllOwned(filepath.Dir(p), a); err != nil {
 		return fsHTTPError(err, classifyCreateError("create parent directories of", p, err))
 	}
-	f, created, err := createOrTruncate(p)
+	f, created, owned, err := createOwnedOrTruncate(p, a)
 	if err != nil {
 		return fsHTTPError(err, classifyCreateError("write", p, err))
 	}
@@ -466,7 +467,7 @@ func writeUserFile(p string, a *account, src io.Reader, md map[string]string) (e
 			}
 		}
 	}()
-	if os.Geteuid() == 0 {
+	if os.Geteuid() == 0 && !owned {
 		if err := f.Chown(int(a.UID), int(a.GID)); err != nil {
 			return fsHTTPError(err, classifyFSError("change owner of", p, err))
 		}
@@ -485,6 +486,35 @@ func writeUserFile(p string, a *account, src io.Reader, md map[string]string) (e
 		return fsHTTPError(err, classifyFSError("write", p, err))
 	}
 	return nil
+}
+
+// createOwnedOrTruncate is createOrTruncate, except that a file it creates
+// as root belongs to a from its first instant: it is created with the
+// thread's file-system user and group set to a's (setfsuid, on a locked
+// thread), so that a watcher that looks at it on its create event never
+// sees root as its owner. owned tells whether that was done; when a may
+// not create files there (a root-only directory), it is created as root
+// and the caller changes the owner, as before.
+func createOwnedOrTruncate(p string, a *account) (f *os.File, created, owned bool, err error) {
+	if os.Geteuid() == 0 {
+		if f, err := createAs(p, a); err == nil {
+			return f, true, true, nil
+		}
+	}
+	f, created, err = createOrTruncate(p)
+	return f, created, false, err
+}
+
+// createAs creates p (O_EXCL) with the file-system identity of a.
+func createAs(p string, a *account) (*os.File, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prevUID, _ := unix.SetfsuidRetUid(int(a.UID))
+	prevGID, _ := unix.SetfsgidRetGid(int(a.GID))
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
+	unix.SetfsgidRetGid(prevGID)
+	unix.SetfsuidRetUid(prevUID)
+	return f, err
 }
 
 // createOrTruncate opens p for writing, creating it (reported by created)

@@ -9,7 +9,7 @@ import {
   SandboxError,
   TimeoutError,
 } from 'e2b'
-import { HOME, collector, processGone, rejection, sandbox, uniq, waitFor, within } from './helpers.mjs'
+import { FULLSTACK, HOME, collector, processGone, rejection, sandbox, uniq, waitFor, within } from './helpers.mjs'
 
 const T = { timeout: 30_000 }
 
@@ -105,9 +105,15 @@ describe('commands', () => {
       assert.match(ls, /\/ls$/)
     })
 
-    test('outside a VM (-isnotfc, as in E2B’s debug setup) E2B_SANDBOX and /run/e2b/.E2B_SANDBOX say false', T, async () => {
+    test('E2B_SANDBOX and /run/e2b/.E2B_SANDBOX say whether envd runs in a sandbox VM (false with -isnotfc, as in E2B’s debug setup)', T, async () => {
       const r = await sbx.commands.run('echo "${E2B_SANDBOX-missing}"; cat /run/e2b/.E2B_SANDBOX')
-      assert.equal(r.stdout, 'false\nfalse')
+      const inVM = String(FULLSTACK)
+      assert.equal(r.stdout, `${inVM}\n${inVM}`)
+      if (FULLSTACK) {
+        // and the sandbox knows its own identity
+        const id = await sbx.commands.run('echo "$E2B_SANDBOX_ID"; cat /run/e2b/.E2B_SANDBOX_ID')
+        assert.equal(id.stdout, `${sbx.sandboxId}\n${sbx.sandboxId}`)
+      }
     })
 
     test('a command’s envs stay private to it; bash and python3 both see them', T, async () => {

@@ -2,6 +2,7 @@
 // localhost:49983 and runs node with E2B_DEBUG=true, so the SDK talks to envd
 // directly and never calls a control plane.
 import assert from 'node:assert/strict'
+import { after } from 'node:test'
 import { randomBytes } from 'node:crypto'
 import { Sandbox } from 'e2b'
 
@@ -9,12 +10,32 @@ export const DEBUG_SANDBOX_ID = 'debug_sandbox_id'
 export const ENVD_URL = 'http://localhost:49983'
 export const HOME = '/home/user'
 
-if (!/^true$/i.test(process.env.E2B_DEBUG ?? '')) {
-  throw new Error('this suite needs E2B_DEBUG=true and envd on localhost:49983: run tests/e2b-sdk/run.sh')
+/**
+ * FULLSTACK: the suite runs against a real `capsule serve`
+ * (fullstack/run.sh sets CAPSULE_URL and the E2B_* variables) instead of a
+ * bare envd in debug mode; sandbox() is then one real `base` sandbox per
+ * test file, killed when the file is done.
+ */
+export const FULLSTACK = Boolean(process.env.CAPSULE_URL) && !process.env.E2B_DEBUG
+if (!FULLSTACK && !/^true$/i.test(process.env.E2B_DEBUG ?? '')) {
+  throw new Error('this suite needs E2B_DEBUG=true and envd on localhost:49983 (tests/e2b-sdk/run.sh), or a capsule serve (tests/e2b-sdk/fullstack/run.sh)')
 }
 
-/** Connects to the debug sandbox (no API call in debug mode). */
+let shared
+if (FULLSTACK) {
+  after(async () => {
+    if (shared) await (await shared).kill().catch(() => {})
+  })
+}
+
+/** Connects to the debug sandbox (no API call in debug mode), or to this
+ * file's real sandbox (FULLSTACK). */
 export async function sandbox() {
+  if (FULLSTACK) {
+    shared ??= Sandbox.create('base', { timeoutMs: 1_800_000 })
+    const sbx = await shared
+    return Sandbox.connect(sbx.sandboxId)
+  }
   const sbx = await Sandbox.connect(DEBUG_SANDBOX_ID)
   assert.equal(sbx.sandboxId, DEBUG_SANDBOX_ID)
   return sbx

@@ -69,6 +69,9 @@ describe('pty', () => {
       await new Promise((r) => setTimeout(r, 300))
       const t0 = Date.now()
       await type('\x03')
+      // bash discards what was typed ahead of its new prompt after an
+      // interrupt (readline flushes its input): wait for the prompt.
+      await out.waitFor(/\^C[\s\S]*\$ $/, 5_000)
       await type('echo "alive-$((2+2))"\n')
       await out.waitFor('alive-4', 5_000)
       assert.ok(Date.now() - t0 < 5_000)
