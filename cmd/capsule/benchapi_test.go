@@ -79,7 +79,7 @@ func TestBenchProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	o, err := parseBenchProxyFlags([]string{"-envd", buildEnvd(t, ctx), "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
-		"-c", "2", "-d", "300ms", "-rounds", "1"})
+		"-c", "2", "-d", "300ms", "-rounds", "1", "-sdk", ""})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -29,7 +33,11 @@ type proxyBenchOptions struct {
 	workers  int
 	duration time.Duration
 	rounds   int
-	log      *slog.Logger
+	// sdkDir holds the E2B SDK (node_modules) and fullstack/bench-create.mjs
+	// ("": the SDK figure is not measured); sdkN is its number of samples.
+	sdkDir string
+	sdkN   int
+	log    *slog.Logger
 }
 
 func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
@@ -41,6 +49,8 @@ func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
 	fs.IntVar(&o.workers, "c", 8, "concurrent clients")
 	fs.DurationVar(&o.duration, "d", 4*time.Second, "duration of each round")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds per path (interleaved; the median round counts)")
+	fs.StringVar(&o.sdkDir, "sdk", "tests/e2b-sdk", `directory of the E2B JS SDK suite (node_modules, fullstack/bench-create.mjs) for the SDK create → first command figure ("": skip it)`)
+	fs.IntVar(&o.sdkN, "sdk-n", 10, "SDK create → first command samples")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -65,7 +75,8 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench proxy: needs root (the host agent's VMs and network)")
 	}
-	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir, log: o.log}, "bench-proxy-")
+	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir,
+		base: o.sdkDir != "", log: o.log}, "bench-proxy-")
 	if err != nil {
 		return nil, err
 	}
@@ -116,14 +127,53 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 		directs, proxies = append(directs, d), append(proxies, p)
 	}
 	dm, pm := medianRound(directs), medianRound(proxies)
-	return map[string]any{
+	out := map[string]any{
 		"proxy_rps":              bench.Round3(pm.rps),
 		"direct_rps":             bench.Round3(dm.rps),
 		"proxy_throughput_ratio": bench.Round3(pm.rps / dm.rps),
 		"proxy_latency":          bench.Summarize(pm.latencies),
 		"direct_latency":         bench.Summarize(dm.latencies),
 		"concurrency":            o.workers,
-	}, nil
+	}
+	if o.sdkDir != "" {
+		t, err := sdkCreateToFirstCommand(ctx, o, stack)
+		if err != nil {
+			return out, fmt.Errorf("SDK create → first command: %w", err)
+		}
+		out["sdk_create_to_first_command"] = t
+	}
+	return out, nil
+}
+
+// sdkCreateToFirstCommand runs fullstack/bench-create.mjs: the unmodified
+// E2B SDK creating a `base` sandbox and running its first command, against
+// this process' server.
+func sdkCreateToFirstCommand(ctx context.Context, o proxyBenchOptions, stack *benchStack) (bench.Timing, error) {
+	script := filepath.Join(o.sdkDir, "fullstack", "bench-create.mjs")
+	if _, err := os.Stat(filepath.Join(o.sdkDir, "node_modules", "e2b")); err != nil {
+		return bench.Timing{}, fmt.Errorf("the E2B SDK is not installed in %s (make deps, or -sdk \"\" to skip): %w", o.sdkDir, err)
+	}
+	cmd := exec.CommandContext(ctx, "node", script, strconv.Itoa(o.sdkN), "base")
+	cmd.Dir = filepath.Dir(script)
+	cmd.Env = append(os.Environ(), "E2B_API_URL="+stack.url, "E2B_SANDBOX_URL="+stack.url,
+		"E2B_DOMAIN="+stack.domain, "E2B_API_KEY="+stack.key, "NODE_NO_WARNINGS=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return bench.Timing{}, fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	var res struct {
+		Samples []float64 `json:"samples_ms"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil || len(res.Samples) == 0 {
+		return bench.Timing{}, fmt.Errorf("bench-create.mjs printed %q", out)
+	}
+	d := make([]time.Duration, len(res.Samples))
+	for i, ms := range res.Samples {
+		d[i] = time.Duration(ms * float64(time.Millisecond))
+	}
+	return bench.Summarize(d), nil
 }
 
 // loadRound sends requests from workers clients for d and counts the

@@ -27,7 +27,9 @@ type benchStackOptions struct {
 	envdBin  string
 	dataDir  string // its image store is reused; the rest lives in a temporary directory below it
 	pgBinDir string
-	log      *slog.Logger
+	// base builds the base image too (the E2B SDK's default template).
+	base bool
+	log  *slog.Logger
 }
 
 // benchStack is the platform running in this process for the benches, as
@@ -96,7 +98,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// network slot pool and sandbox directory (images shared).
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, netName: "capsule-bench", netVethPrefix: "cbv",
+		envdBin: o.envdBin, base: o.base, warmImages: true, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	so.defaultCapacity()
