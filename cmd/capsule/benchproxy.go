@@ -149,7 +149,10 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 // E2B SDK creating a `base` sandbox and running its first command, against
 // this process' server.
 func sdkCreateToFirstCommand(ctx context.Context, o proxyBenchOptions, stack *benchStack) (bench.Timing, error) {
-	script := filepath.Join(o.sdkDir, "fullstack", "bench-create.mjs")
+	script, err := filepath.Abs(filepath.Join(o.sdkDir, "fullstack", "bench-create.mjs"))
+	if err != nil {
+		return bench.Timing{}, err
+	}
 	if _, err := os.Stat(filepath.Join(o.sdkDir, "node_modules", "e2b")); err != nil {
 		return bench.Timing{}, fmt.Errorf("the E2B SDK is not installed in %s (make deps, or -sdk \"\" to skip): %w", o.sdkDir, err)
 	}
