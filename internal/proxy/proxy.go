@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/envd"
 )
 
 // EnvdPort is envd's port in every guest.
@@ -66,6 +67,9 @@ type Resolver interface {
 	// Touch records traffic as activity (for the TTL); cheap, may be
 	// rate-limited by the implementation.
 	Touch(ctx context.Context, sandboxID string)
+	// SignedBy returns the running sandbox whose envd access token match
+	// accepts (ErrNotFound when none): signed file URLs carry no routing.
+	SignedBy(ctx context.Context, match func(envdToken string) bool) (string, error)
 }
 
 // Config configures New.
@@ -132,6 +136,9 @@ func (h *Handler) Matches(r *http.Request) bool {
 	if r.Header.Get(HeaderSandboxID) != "" || r.Header.Get(HeaderSandboxPort) != "" {
 		return true
 	}
+	if isSignedFileURL(r) {
+		return true
+	}
 	host := hostname(r.Host)
 	if h.cfg.Domain == "" || !strings.HasSuffix(host, "."+h.cfg.Domain) {
 		return false
@@ -189,6 +196,51 @@ func hostname(hostport string) string {
 	return strings.ToLower(strings.Trim(hostport, "[]"))
 }
 
+// isSignedFileURL: a request to envd's /files with a v1 signature and no
+// routing, on a host that is not a sandbox's ({port}-{id}.…): what the
+// SDKs' downloadUrl/uploadUrl become with E2B_SANDBOX_URL set (spec §2,
+// §7.6).
+func isSignedFileURL(r *http.Request) bool {
+	if r.Header.Get(HeaderSandboxID) != "" || r.Header.Get(HeaderSandboxPort) != "" {
+		return false
+	}
+	if r.URL.Path != "/files" || (r.Method != http.MethodGet && r.Method != http.MethodPost) {
+		return false
+	}
+	if !strings.HasPrefix(r.URL.Query().Get("signature"), "v1_") {
+		return false
+	}
+	label, _, _ := strings.Cut(hostname(r.Host), ".")
+	return !strings.Contains(label, "-")
+}
+
+// signedFileTarget finds the sandbox whose envd token made the request's
+// signature: the one sandbox it can be for.
+func (h *Handler) signedFileTarget(r *http.Request) (string, int, string) {
+	q := r.URL.Query()
+	op := "read"
+	if r.Method == http.MethodPost {
+		op = "write"
+	}
+	var exp *int64
+	if v := q.Get("signature_expiration"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return "", 0, "Invalid signature expiration"
+		}
+		exp = &n
+	}
+	sig, path, user := q.Get("signature"), q.Get("path"), q.Get("username")
+	id, err := h.cfg.Resolver.SignedBy(r.Context(), func(tok string) bool {
+		return equal(envd.FileSignature(path, op, user, tok, exp), sig)
+	})
+	if err != nil {
+		// No sandbox signed it: E2B's answer for a sandbox it cannot find.
+		return "0", EnvdPort, ""
+	}
+	return id, EnvdPort, ""
+}
+
 // internalRoutes of envd are for the control plane only (spec §3.1 step 4).
 var internalRoutes = map[string]bool{
 	"/init": true, "/freeze": true, "/unfreeze": true, "/fsfreeze": true, "/fsthaw": true, "/collapse": true, "/upgrade": true,
@@ -204,6 +256,9 @@ type routed struct {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, port, bad := target(r)
+	if bad != "" && isSignedFileURL(r) {
+		id, port, bad = h.signedFileTarget(r)
+	}
 	if bad != "" {
 		http.Error(w, bad, http.StatusBadRequest)
 		return

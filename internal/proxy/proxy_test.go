@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/envd"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/service/agenttest"
@@ -208,6 +210,22 @@ func TestProxyAccessRules(t *testing.T) {
 	}
 	if c, body = f.do("GET", "localhost", "/", map[string]string{proxy.HeaderSandboxID: id}, nil); c != 400 || !strings.Contains(body, "missing header") {
 		t.Fatalf("one routing header: %d %s", c, body)
+	}
+
+	// Signed file URLs on the plain server address (what the SDKs'
+	// downloadUrl/uploadUrl are with E2B_SANDBOX_URL): routed by the
+	// sandbox whose token signed them.
+	read := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", private.EnvdAccessToken, nil))
+	if c, body = f.do("GET", "localhost", read, nil, nil); c != 200 || body == "" {
+		t.Fatalf("signed download URL: %d %s", c, body)
+	}
+	forged := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", "not-the-token", nil))
+	if c, body = f.do("GET", "localhost", forged, nil, nil); c != 502 {
+		t.Fatalf("forged signed URL: %d %s", c, body)
+	}
+	// A read signature does not make a write URL.
+	if c, body = f.do("POST", "localhost", strings.Replace(read, "/files?", "/files?", 1), nil, []byte("x")); c != 502 {
+		t.Fatalf("read signature used to write: %d %s", c, body)
 	}
 
 	// Unknown IDs and closed ports: E2B's 502 bodies.

@@ -51,3 +51,12 @@ func (t ServiceResolver) APIKeyTeam(ctx context.Context, key string) (string, er
 func (t ServiceResolver) Touch(ctx context.Context, sandboxID string) {
 	t.Sandboxes.TouchTraffic(ctx, sandboxID)
 }
+
+// SignedBy implements Resolver.
+func (t ServiceResolver) SignedBy(ctx context.Context, match func(envdToken string) bool) (string, error) {
+	id, err := t.Sandboxes.FindRunningSandbox(ctx, match)
+	if errors.Is(err, service.ErrNotFound) {
+		return "", ErrNotFound
+	}
+	return id, err
+}

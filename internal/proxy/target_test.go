@@ -82,3 +82,6 @@ type nilResolver struct{}
 func (nilResolver) Resolve(context.Context, string) (Route, error)     { return Route{}, ErrNotFound }
 func (nilResolver) APIKeyTeam(context.Context, string) (string, error) { return "", ErrNotFound }
 func (nilResolver) Touch(context.Context, string)                      {}
+func (nilResolver) SignedBy(context.Context, func(string) bool) (string, error) {
+	return "", ErrNotFound
+}

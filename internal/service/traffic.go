@@ -180,3 +180,22 @@ func (s *Sandboxes) TouchTraffic(ctx context.Context, sandboxID string) {
 		s.log.WarnContext(ctx, "record traffic activity", "sandbox", sandboxID, "err", err)
 	}
 }
+
+// FindRunningSandbox returns the wire ID of the host's running sandbox
+// whose envd access token match accepts (ErrNotFound when none does). The
+// proxy routes E2B's signed file URLs with it: the SDKs build them on
+// E2B_SANDBOX_URL without any routing information, and the signature is
+// keyed by the sandbox's token. It costs one HMAC per running sandbox.
+func (s *Sandboxes) FindRunningSandbox(ctx context.Context, match func(envdToken string) bool) (string, error) {
+	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
+	if err != nil {
+		return "", fmt.Errorf("running sandboxes: %w", err)
+	}
+	for _, r := range rows {
+		id := ID(r.ID)
+		if match(auth.EnvdAccessToken(s.secret, id)) {
+			return id, nil
+		}
+	}
+	return "", errorf(ErrNotFound, "no sandbox signed this URL")
+}

@@ -86,6 +86,26 @@ describe('sandbox lifecycle through capsule serve', () => {
     assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId])
   })
 
+  test('signed download and upload URLs work on E2B_SANDBOX_URL (no routing headers)', async () => {
+    const sbx = await create()
+    await sbx.files.write('signed/in.txt', 'via a signed URL')
+    const down = await sbx.downloadUrl('signed/in.txt', { useSignatureExpiration: 60 })
+    assert.ok(down.startsWith(CAPSULE_URL + '/files?'), down)
+    const res = await fetch(down)
+    assert.equal(res.status, 200)
+    assert.equal(await res.text(), 'via a signed URL')
+    const up = await sbx.uploadUrl('signed/out.txt')
+    const form = new FormData()
+    form.append('file', new Blob(['uploaded with a signed URL']), 'out.txt')
+    const put = await fetch(up, { method: 'POST', body: form })
+    assert.equal(put.status, 200)
+    assert.equal(await sbx.files.read('signed/out.txt'), 'uploaded with a signed URL')
+    // a URL for another path does not read this one
+    const other = new URL(down)
+    other.searchParams.set('path', 'signed/out.txt')
+    assert.notEqual((await fetch(other)).status, 200)
+  })
+
   test('pty', async () => {
     const sbx = await create()
     let out = ''
