@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { gzipSync } from 'node:zlib'
 import { after, before, describe, test } from 'node:test'
 import { AuthenticationError, FileNotFoundError, FileType, InvalidArgumentError, NotFoundError } from 'e2b'
-import { ENVD_URL, HOME, readAll, rejection, sandbox, uniq } from './helpers.mjs'
+import { ENVD_URL, FULLSTACK, HOME, envdFetch, readAll, rejection, sandbox, uniq } from './helpers.mjs'
 
 const T = { timeout: 30_000 }
 
@@ -212,7 +212,7 @@ describe('files', () => {
     test('gzip download answers with Content-Encoding: gzip', T, async () => {
       const p = `${dir}/gz2.txt`
       await sbx.files.write(p, 'x'.repeat(10_000))
-      const res = await fetch(`${ENVD_URL}/files?path=${encodeURIComponent(p)}`, { headers: { 'Accept-Encoding': 'gzip' } })
+      const res = await envdFetch(sbx, `/files?path=${encodeURIComponent(p)}`, { headers: { 'Accept-Encoding': 'gzip' } })
       assert.equal(res.status, 200)
       assert.equal(res.headers.get('content-encoding'), 'gzip')
       assert.equal(await res.text(), 'x'.repeat(10_000)) // fetch decodes transparently
@@ -220,7 +220,7 @@ describe('files', () => {
 
     test('raw gzip octet-stream POST is decompressed by envd', T, async () => {
       const p = `${dir}/raw-gz.txt`
-      const res = await fetch(`${ENVD_URL}/files?path=${encodeURIComponent(p)}`, {
+      const res = await envdFetch(sbx, `/files?path=${encodeURIComponent(p)}`, {
         method: 'POST',
         headers: { 'Content-Type': 'application/octet-stream', 'Content-Encoding': 'gzip' },
         body: gzipSync(Buffer.from('raw gzip body')),
@@ -317,7 +317,7 @@ describe('files', () => {
     })
 
     test('malformed uploads are rejected with 400', T, async () => {
-      const url = (q = '') => `${ENVD_URL}/files${q}`
+      const url = (q = '') => `/files${q}`
       const cases = [
         ['unsupported content type', url(`?path=${encodeURIComponent(`${dir}/bad1`)}`), { 'Content-Type': 'text/plain' }, 'x'],
         ['octet-stream without path', url(), { 'Content-Type': 'application/octet-stream' }, 'x'],
@@ -335,7 +335,7 @@ describe('files', () => {
         ],
       ]
       for (const [what, u, headers, body] of cases) {
-        const res = await fetch(u, { method: 'POST', headers, body })
+        const res = await envdFetch(sbx, u, { method: 'POST', headers, body })
         assert.equal(res.status, 400, `${what}: status ${res.status} ${await res.text()}`)
         const j = await res.json().catch(() => null)
         if (j) assert.equal(j.code, 400, what)
@@ -343,21 +343,21 @@ describe('files', () => {
       const form = new FormData()
       form.append('file', new Blob(['1']), `${dir}/dup.txt`)
       form.append('file', new Blob(['2']), `${dir}/dup.txt`)
-      const res = await fetch(url(), { method: 'POST', body: form })
+      const res = await envdFetch(sbx, url(), { method: 'POST', body: form })
       assert.equal(res.status, 400, `duplicate multipart target: ${res.status} ${await res.text()}`)
     })
 
     test('download refusing identity with no supported coding is 406', T, async () => {
       const p = `${dir}/enc.txt`
       await sbx.files.write(p, 'enc')
-      const res = await fetch(`${ENVD_URL}/files?path=${encodeURIComponent(p)}`, {
+      const res = await envdFetch(sbx, `/files?path=${encodeURIComponent(p)}`, {
         headers: { 'Accept-Encoding': 'br, identity;q=0' },
       })
       assert.equal(res.status, 406)
     })
 
     test('the raw 404 body follows envd’s REST error shape', T, async () => {
-      const res = await fetch(`${ENVD_URL}/files?path=${encodeURIComponent(`${dir}/nope.txt`)}`)
+      const res = await envdFetch(sbx, `/files?path=${encodeURIComponent(`${dir}/nope.txt`)}`)
       assert.equal(res.status, 404)
       assert.match(res.headers.get('content-type') ?? '', /application\/json/)
       const body = await res.json()
@@ -627,16 +627,18 @@ describe('files', () => {
     })
   })
 
-  describe('uploadUrl / downloadUrl (debug: unsigned)', () => {
+  describe('uploadUrl / downloadUrl (unsigned in debug mode, signed on a server)', () => {
     test('downloadUrl is a plain /files URL that serves the file', T, async () => {
       const p = `${dir}/dl.txt`
       await sbx.files.write(p, 'download me')
       const url = await sbx.downloadUrl(p)
       const u = new URL(url)
-      assert.equal(u.origin, ENVD_URL)
+      assert.equal(u.origin, FULLSTACK ? process.env.E2B_SANDBOX_URL : ENVD_URL)
       assert.equal(u.pathname, '/files')
       assert.equal(u.searchParams.get('path'), p)
-      assert.equal(u.searchParams.get('signature'), null)
+      // signed when the sandbox has an access token (always, on a server)
+      if (FULLSTACK) assert.match(u.searchParams.get('signature'), /^v1_/)
+      else assert.equal(u.searchParams.get('signature'), null)
       const res = await fetch(url)
       assert.equal(res.status, 200)
       assert.equal(await res.text(), 'download me')
@@ -654,7 +656,8 @@ describe('files', () => {
     test('uploadUrl accepts a multipart POST and reports the stored path', T, async () => {
       const name = `${uniq('up')}.txt`
       const url = await sbx.uploadUrl(name)
-      assert.equal(new URL(url).searchParams.get('signature'), null)
+      if (FULLSTACK) assert.match(new URL(url).searchParams.get('signature'), /^v1_/)
+      else assert.equal(new URL(url).searchParams.get('signature'), null)
       const form = new FormData()
       form.append('file', new Blob(['uploaded via url']))
       const res = await fetch(url, { method: 'POST', body: form })
@@ -684,7 +687,7 @@ describe('files', () => {
       form.append('file', new Blob(['one']), `${dir}/mp/one.txt`)
       form.append('file', new Blob(['two']), `${dir}/mp/two.txt`)
       form.append('other', 'ignored')
-      const res = await fetch(`${ENVD_URL}/files`, { method: 'POST', body: form })
+      const res = await envdFetch(sbx, `/files`, { method: 'POST', body: form })
       assert.equal(res.status, 200, await res.clone().text())
       const body = await res.json()
       assert.deepEqual(
@@ -694,8 +697,15 @@ describe('files', () => {
       assert.equal(await sbx.files.read(`${dir}/mp/two.txt`), 'two')
     })
 
-    test('signature expiration needs a secured sandbox (client-side check)', T, async () => {
-      await assert.rejects(sbx.downloadUrl('x', { useSignatureExpiration: 60 }), InvalidArgumentError)
+    test('signature expiration needs a secured sandbox (client-side check); a server sandbox is one', T, async () => {
+      if (!FULLSTACK) {
+        await assert.rejects(sbx.downloadUrl('x', { useSignatureExpiration: 60 }), InvalidArgumentError)
+        return
+      }
+      const p = `${dir}/exp.txt`
+      await sbx.files.write(p, 'expiring')
+      const res = await fetch(await sbx.downloadUrl(p, { useSignatureExpiration: 60 }))
+      assert.equal(await res.text(), 'expiring')
     })
   })
 })

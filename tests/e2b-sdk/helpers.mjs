@@ -41,6 +41,21 @@ export async function sandbox() {
   return sbx
 }
 
+/**
+ * A raw request to the sandbox's envd, as the SDK would send it: straight
+ * to the local envd in debug mode; in FULLSTACK through the server's proxy
+ * (E2B_SANDBOX_URL) with E2B's routing headers and the sandbox's envd
+ * access token.
+ */
+export function envdFetch(sbx, pathAndQuery, init = {}) {
+  if (!FULLSTACK) return fetch(`${ENVD_URL}${pathAndQuery}`, init)
+  const headers = new Headers(init.headers ?? {})
+  headers.set('E2b-Sandbox-Id', sbx.sandboxId)
+  headers.set('E2b-Sandbox-Port', '49983')
+  if (sbx.envdAccessToken) headers.set('X-Access-Token', sbx.envdAccessToken)
+  return fetch(`${process.env.E2B_SANDBOX_URL}${pathAndQuery}`, { ...init, headers })
+}
+
 /** A name no other test uses. */
 export function uniq(prefix = 't') {
   return `${prefix}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`
