@@ -118,7 +118,17 @@ func (c Config) withDefaults() (Config, error) {
 		c.GuestNet = DefaultGuestNet
 	}
 	if c.MaxSlots == 0 {
+		// As many as the CIDRs address, up to the default.
 		c.MaxSlots = defaultMaxSlots
+		// (Invalid CIDRs are reported by the validation below.)
+		if c.HostCIDR.Addr().Is4() && c.LinkCIDR.Addr().Is4() {
+			hostCap, linkCap := int64(size(c.HostCIDR))-2, int64(size(c.LinkCIDR))/2-1
+			for _, n := range []int64{hostCap, linkCap} {
+				if n > 0 && n < int64(c.MaxSlots) {
+					c.MaxSlots = int(n)
+				}
+			}
+		}
 	}
 	if c.DenyEgress == nil {
 		c.DenyEgress = slices.Clone(DefaultDenyEgress)

@@ -104,3 +104,23 @@ func TestParseIndex(t *testing.T) {
 		}
 	}
 }
+
+// An unset MaxSlots is as many as the CIDRs address, up to the default.
+func TestConfigDefaultMaxSlotsFitsTheCIDRs(t *testing.T) {
+	for _, tc := range []struct {
+		host, link string
+		want       int
+	}{
+		{"198.18.114.0/24", "198.18.115.0/24", 127},
+		{"198.18.114.0/26", "198.18.128.0/20", 62},
+		{"10.11.0.0/16", "10.12.0.0/16", 1024},
+	} {
+		c, err := Config{Name: "t", HostCIDR: netip.MustParsePrefix(tc.host), LinkCIDR: netip.MustParsePrefix(tc.link)}.withDefaults()
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.host, tc.link, err)
+		}
+		if c.MaxSlots != tc.want {
+			t.Errorf("%s %s: MaxSlots %d, want %d", tc.host, tc.link, c.MaxSlots, tc.want)
+		}
+	}
+}
