@@ -24,6 +24,9 @@ func (noSandboxes) APIKeyTeam(context.Context, string) (string, error) {
 	return "", errors.New("no keys")
 }
 func (noSandboxes) Touch(context.Context, string) {}
+func (noSandboxes) SignedBy(context.Context, func(string) bool) (string, error) {
+	return "", proxy.ErrNotFound
+}
 
 // TestRootHandlerDispatch: sandbox traffic (by Host or E2B's routing
 // headers) goes to the proxy first, E2B's control-plane paths to the E2B
@@ -53,6 +56,8 @@ func TestRootHandlerDispatch(t *testing.T) {
 		{"proxy by headers", "localhost:8080", "/health", map[string]string{"E2b-Sandbox-Id": "abc", "E2b-Sandbox-Port": "49983"},
 			502, "The sandbox was not found"},
 		{"proxy by host", "49983-abc.localhost:8080", "/sandboxes", nil, 502, "The sandbox was not found"},
+		{"proxy: a signed file URL", "localhost:8080", "/files?path=x&signature=v1_abc", nil, 502, "The sandbox was not found"},
+		{"native: /files without a signature", "localhost:8080", "/files?path=x", nil, http.StatusTeapot, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := httptest.NewRequest("GET", "http://"+tc.host+tc.path, nil)
