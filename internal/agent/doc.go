@@ -16,6 +16,13 @@
 // that host registration will issue replaces it later without touching the
 // handlers (Config.Verifier).
 //
+// Besides the RPCs, the agent proxies sandbox traffic (proxy.go): a
+// request carrying ProxySandboxHeader goes, path, body and headers
+// unchanged, to ProxyPortHeader of that sandbox's guest; the control
+// plane's proxy (internal/proxy) authenticates with ProxyTokenHeader, so
+// the client's own Authorization header reaches the guest untouched.
+// Connections to guests are pooled per machine.
+//
 // Errors are mapped to Connect codes in one place (errors.go):
 // sandbox.ErrNotFound → NotFound, ErrConflict → FailedPrecondition (or
 // AlreadyExists when creating), ErrInvalid → InvalidArgument, ErrCapacity →

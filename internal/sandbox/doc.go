@@ -8,7 +8,11 @@
 // root filesystem plus the kernel and initramfs of a guest image (cold
 // boot); a snapshot template adds the memory and device state of a saved
 // machine, restored lazily so that creating a sandbox from it costs about
-// the same whatever its size.
+// the same whatever its size. With Config.WarmImages the manager also
+// keeps a hidden snapshot template of each image per machine shape
+// ("warm-<image>-<vcpus>c<mem>m-<image id>", built in the background after
+// the first cold create), so that creates of an image restore instead of
+// booting (warm.go).
 //
 // Every step that creates something has a rollback, state is persisted
 // before and after each transition, and New recovers what an agent that
