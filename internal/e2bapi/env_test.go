@@ -2,7 +2,6 @@ package e2bapi
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -14,10 +13,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/service/servicetest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
@@ -29,7 +27,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef-e2bapi-test")
+var testSecret = servicetest.Secret
 
 const testDomain = "sbx.example.test"
 
@@ -39,65 +37,27 @@ type env struct {
 	sbx *service.Sandboxes
 	h   *Handler
 	srv *httptest.Server
+	se  *servicetest.Env
 }
 
 // newEnv serves the facade over a fresh database; agentURL/token name the
 // host agent ("": a closed port, for tests that never reach it).
 func newEnv(t *testing.T, agentURL, agentToken string) *env {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, pgembed.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if agentURL == "" {
-		agentURL, agentToken = "http://127.0.0.1:1", "unused"
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
-	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: agentURL, Token: agentToken}); err != nil {
-		t.Fatal(err)
-	}
-	sbx, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := New(Config{Accounts: acc, Sandboxes: sbx, Domain: testDomain})
+	se := servicetest.New(t, agentURL, agentToken)
+	h, err := New(Config{Accounts: se.Accounts, Sandboxes: se.Sandboxes, Domain: testDomain})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &env{st: st, acc: acc, sbx: sbx, h: h, srv: srv}
+	return &env{st: se.Store, acc: se.Accounts, sbx: se.Sandboxes, h: h, srv: srv, se: se}
 }
 
 // account signs up a user and returns its team's principal and an API key.
 func (e *env) account(t *testing.T, email string) (service.Principal, string) {
 	t.Helper()
-	ctx := context.Background()
-	a, err := e.acc.Signup(ctx, service.Signup{Email: email, Password: "correct horse battery"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := service.Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role, ActorName: email}
-	k, err := e.acc.CreateAPIKey(ctx, p, "sdk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, k.Plaintext
+	return e.se.Account(t, email)
 }
 
 type resp struct {
