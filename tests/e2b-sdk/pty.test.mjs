@@ -66,7 +66,9 @@ describe('pty', () => {
   test('Ctrl-C interrupts the foreground job', T, async () => {
     await withPty({}, async ({ out, type }) => {
       await type('sleep 30; echo "after-$((1+1))"\n')
-      await new Promise((r) => setTimeout(r, 300))
+      // interrupt the sleep itself, not bash still starting it (slow guests)
+      await waitFor(async () => (await sbx.commands.run('pgrep -x sleep', { user: 'root' }).catch((e) => e)).exitCode === 0,
+        { what: 'the sleep to run' })
       const t0 = Date.now()
       await type('\x03')
       // bash discards what was typed ahead of its new prompt after an
