@@ -197,9 +197,10 @@ func hostname(hostport string) string {
 }
 
 // isSignedFileURL: a request to envd's /files with a v1 signature and no
-// routing, on a host that is not a sandbox's ({port}-{id}.…): what the
-// SDKs' downloadUrl/uploadUrl become with E2B_SANDBOX_URL set (spec §2,
-// §7.6).
+// routing headers: what the SDKs' downloadUrl/uploadUrl become with
+// E2B_SANDBOX_URL set (spec §2, §7.6). A host of the {port}-{id} form still
+// routes it; any other host (localhost, an IP, my-server.example.com)
+// leaves it to the signature.
 func isSignedFileURL(r *http.Request) bool {
 	if r.Header.Get(HeaderSandboxID) != "" || r.Header.Get(HeaderSandboxPort) != "" {
 		return false
@@ -207,11 +208,7 @@ func isSignedFileURL(r *http.Request) bool {
 	if r.URL.Path != "/files" || (r.Method != http.MethodGet && r.Method != http.MethodPost) {
 		return false
 	}
-	if !strings.HasPrefix(r.URL.Query().Get("signature"), "v1_") {
-		return false
-	}
-	label, _, _ := strings.Cut(hostname(r.Host), ".")
-	return !strings.Contains(label, "-")
+	return strings.HasPrefix(r.URL.Query().Get("signature"), "v1_")
 }
 
 // signedFileTarget finds the sandbox whose envd token made the request's

@@ -85,3 +85,28 @@ func (nilResolver) Touch(context.Context, string)                      {}
 func (nilResolver) SignedBy(context.Context, func(string) bool) (string, error) {
 	return "", ErrNotFound
 }
+
+// Signed file URLs carry no routing: the proxy takes them on any host.
+func TestMatchesSignedFileURLs(t *testing.T) {
+	h, err := New(Config{Domain: "capsule.test", Resolver: nilResolver{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		method, host, target string
+		want                 bool
+	}{
+		{"GET", "localhost:8080", "/files?path=x&signature=v1_abc", true},
+		{"POST", "my-server.example.com", "/files?signature=v1_abc", true},
+		{"GET", "10.0.0.1", "/files?path=x", false},
+		{"GET", "localhost", "/files?signature=v2_abc", false},
+		{"PUT", "localhost", "/files?signature=v1_abc", false},
+		{"GET", "localhost", "/v1/sandboxes?signature=v1_abc", false},
+	} {
+		r := httptest.NewRequest(tc.method, tc.target, nil)
+		r.Host = tc.host
+		if got := h.Matches(r); got != tc.want {
+			t.Errorf("%s %s%s: Matches = %v, want %v", tc.method, tc.host, tc.target, got, tc.want)
+		}
+	}
+}
