@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 
 	"github.com/capsulehq/capsule/internal/service"
@@ -41,18 +42,29 @@ func StatusOf(err error) int {
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	status := StatusOf(err)
+	status, msg := Problem(s.log, r, err)
+	writeJSON(w, status, errorBody{Code: status, Message: msg})
+}
+
+// Problem is what a client is told of err: its HTTP status (StatusOf) and
+// public message. An unclassified error, or one without a public message,
+// is logged under a fresh error ID and answered 500 with only that ID; a
+// classified 5xx is logged as a warning. Every error answer of the APIs
+// (this one, the WebSocket stream, the E2B facade) comes from here.
+func Problem(log *slog.Logger, r *http.Request, err error) (status int, msg string) {
+	status = StatusOf(err)
 	msg, ok := service.PublicMessage(err)
 	if status == http.StatusInternalServerError || !ok {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
 		id := hex.EncodeToString(b[:])
-		s.log.ErrorContext(r.Context(), "internal error", "error_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
-		status, msg = http.StatusInternalServerError, "internal error (id "+id+")"
-	} else if status >= 500 {
-		s.log.WarnContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		log.ErrorContext(r.Context(), "internal error", "error_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
+		return http.StatusInternalServerError, "internal error (id " + id + ")"
 	}
-	writeJSON(w, status, errorBody{Code: status, Message: msg})
+	if status >= 500 {
+		log.WarnContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	return status, msg
 }
 
 func writeProblem(w http.ResponseWriter, status int, msg string) {

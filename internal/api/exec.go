@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -358,10 +356,11 @@ func (ws *wsSession) pingLoop(ctx context.Context, cancel context.CancelFunc) {
 }
 
 // report sends an error message: the HTTP status the error would have,
-// and its public message.
-func (ws *wsSession) report(ctx context.Context, err error) {
-	code, msg := ws.s.problem(ws.r, err)
+// and its public message; it returns the status.
+func (ws *wsSession) report(ctx context.Context, err error) int {
+	code, msg := Problem(ws.s.log, ws.r, err)
 	_ = ws.send(ctx, wsServerMessage{Type: "error", Code: code, Message: msg})
+	return code
 }
 
 // fail reports err and closes the connection.
@@ -370,27 +369,11 @@ func (ws *wsSession) fail(ctx context.Context, err error) {
 	if errors.As(err, &ce) || errors.Is(err, errWSGone) || ctx.Err() != nil {
 		return
 	}
-	ws.report(ctx, err)
 	status := websocket.StatusInternalError
-	if code, _ := ws.s.problem(ws.r, err); code < 500 {
+	if ws.report(ctx, err) < 500 {
 		status = websocket.StatusPolicyViolation
 	}
 	_ = ws.conn.Close(status, "")
-}
-
-// problem is the status and public message of err, as writeError answers
-// it (an internal error is logged under an ID).
-func (s *Server) problem(r *http.Request, err error) (int, string) {
-	status := StatusOf(err)
-	msg, ok := service.PublicMessage(err)
-	if status == http.StatusInternalServerError || !ok {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		id := hex.EncodeToString(b[:])
-		s.log.ErrorContext(r.Context(), "internal error", "error_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
-		return http.StatusInternalServerError, "internal error (id " + id + ")"
-	}
-	return status, msg
 }
 
 func jsonQuote(s string) string {

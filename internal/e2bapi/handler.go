@@ -2,8 +2,6 @@ package e2bapi
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -170,21 +168,10 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, errorBody{Code: status, Message: msg})
 }
 
-// fail answers a service error with the status the native API gives it
-// (api.StatusOf); an unclassified error is logged under an ID and
-// answered 500 with only that ID.
+// fail answers a service error as the native API does (api.Problem: its
+// status, or 500 with only an error ID, logged).
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	status := api.StatusOf(err)
-	msg, ok := service.PublicMessage(err)
-	if status == http.StatusInternalServerError || !ok {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		id := hex.EncodeToString(b[:])
-		h.log.ErrorContext(r.Context(), "internal error", "error_id", id, "method", r.Method, "path", r.URL.Path, "err", err)
-		status, msg = http.StatusInternalServerError, "internal error (id "+id+")"
-	} else if status >= 500 {
-		h.log.WarnContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	}
+	status, msg := api.Problem(h.log, r, err)
 	writeError(w, status, msg)
 }
 
