@@ -140,29 +140,13 @@ func (s *Sandboxes) autoResume(ctx context.Context, row db.Sandbox) (db.Sandbox,
 		defer cancel()
 		p := Principal{TeamID: row.TeamID}
 		if row.State == store.SandboxPaused {
-			_, err := s.Resume(bg, p, row.ID)
-			if err == nil || !errors.Is(err, ErrConflict) {
-				if err != nil {
-					return nil, err
-				}
-				return s.get(bg, p, row.ID)
-			}
-		}
-		// Resuming elsewhere: wait for it to settle.
-		for {
-			cur, err := s.get(bg, p, row.ID)
-			if err != nil {
+			if _, err := s.Resume(bg, p, row.ID); err != nil && !errors.Is(err, ErrConflict) {
 				return nil, err
 			}
-			if cur.State != store.SandboxResuming {
-				return cur, nil
-			}
-			select {
-			case <-bg.Done():
-				return nil, errorf(ErrUnavailable, "the sandbox is still resuming")
-			case <-time.After(100 * time.Millisecond):
-			}
 		}
+		// Resumed here, or resuming elsewhere (a conflict): its settled
+		// record.
+		return s.settled(bg, p, row.ID)
 	})
 	if err != nil {
 		return db.Sandbox{}, err
