@@ -17,7 +17,6 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/bench"
-	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -25,21 +24,16 @@ import (
 
 // apiBenchOptions configures `capsule bench api`.
 type apiBenchOptions struct {
-	envdBin  string
-	dataDir  string // its image store is reused; the rest lives in a temporary directory below it
-	pgBinDir string
-	rows     int // sandbox rows of the team in the database
-	listN    int
-	createN  int
-	log      *slog.Logger
+	benchStackOptions
+	rows    int // sandbox rows of the team in the database
+	listN   int
+	createN int
 }
 
 func parseBenchAPIFlags(args []string) (apiBenchOptions, error) {
 	fs := flag.NewFlagSet("bench api", flag.ContinueOnError)
 	o := apiBenchOptions{}
-	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
-	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory (its image store is reused)")
-	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres (default: the newest installed)")
+	o.benchStackOptions.flags(fs)
 	fs.IntVar(&o.rows, "rows", 1000, "sandbox rows of the team in the database")
 	fs.IntVar(&o.listN, "list-n", 500, "GET /v1/sandboxes samples")
 	fs.IntVar(&o.createN, "create-n", 20, "POST /v1/sandboxes samples (each sandbox destroyed after)")
@@ -78,7 +72,7 @@ func benchAPI(ctx context.Context, o apiBenchOptions) (out map[string]any, err e
 	if o.log == nil {
 		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir, log: o.log}, "bench-api-")
+	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-api-")
 	if err != nil {
 		return nil, err
 	}

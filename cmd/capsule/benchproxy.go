@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,15 +18,12 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/bench"
-	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/proxy"
 )
 
 // proxyBenchOptions configures `capsule bench proxy`.
 type proxyBenchOptions struct {
-	envdBin  string
-	dataDir  string
-	pgBinDir string
+	benchStackOptions
 	// workers send requests concurrently for each round of duration;
 	// rounds alternate direct and proxied.
 	workers  int
@@ -37,15 +33,12 @@ type proxyBenchOptions struct {
 	// ("": the SDK figure is not measured); sdkN is its number of samples.
 	sdkDir string
 	sdkN   int
-	log    *slog.Logger
 }
 
 func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
 	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
 	o := proxyBenchOptions{}
-	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
-	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory (its image store is reused)")
-	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres (default: the newest installed)")
+	o.benchStackOptions.flags(fs)
 	fs.IntVar(&o.workers, "c", 8, "concurrent clients")
 	fs.DurationVar(&o.duration, "d", 4*time.Second, "duration of each round")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds per path (interleaved; the median round counts)")
@@ -75,8 +68,9 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench proxy: needs root (the host agent's VMs and network)")
 	}
-	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir, pgBinDir: o.pgBinDir,
-		base: o.sdkDir != "", log: o.log}, "bench-proxy-")
+	so := o.benchStackOptions
+	so.base = o.sdkDir != ""
+	stack, err := startBenchStack(ctx, so, "bench-proxy-")
 	if err != nil {
 		return nil, err
 	}

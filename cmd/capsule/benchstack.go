@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
@@ -49,6 +51,13 @@ type benchStack struct {
 	account   service.Account
 	client    *http.Client
 	closers   []func()
+}
+
+// flags registers the options every bench of the stack takes.
+func (o *benchStackOptions) flags(fs *flag.FlagSet) {
+	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
+	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory (its image store is reused)")
+	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres (default: the newest installed)")
 }
 
 func (b *benchStack) close() {
