@@ -34,9 +34,9 @@ func auditLogOf(l db.AuditLog) auditLogJSON {
 	}
 }
 
-// multi collects a multi-value query parameter: repeated and/or
-// comma-separated (?action=a,b&action=c).
-func multi(q map[string][]string, name string) []string {
+// MultiValue collects a multi-value query parameter: repeated and/or
+// comma-separated (?action=a,b&action=c), blanks dropped.
+func MultiValue(q map[string][]string, name string) []string {
 	var out []string
 	for _, v := range q[name] {
 		for x := range strings.SplitSeq(v, ",") {
@@ -74,7 +74,7 @@ func (s *Server) listAuditLogs(w http.ResponseWriter, r *http.Request, p service
 		return
 	}
 	items, next, err := s.cfg.Audit.List(r.Context(), p, service.AuditFilter{
-		ResourceTypes: multi(q, "resource_type"), Actions: multi(q, "action"), Cursor: q.Get("cursor"), Limit: limit,
+		ResourceTypes: MultiValue(q, "resource_type"), Actions: MultiValue(q, "action"), Cursor: q.Get("cursor"), Limit: limit,
 	})
 	if err != nil {
 		s.writeError(w, r, err)

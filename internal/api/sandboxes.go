@@ -194,7 +194,7 @@ func (s *Server) destroySandbox(w http.ResponseWriter, r *http.Request, p servic
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	q := r.URL.Query()
 	f := service.ListFilter{Cursor: q.Get("cursor")}
-	f.States = multi(q, "state")
+	f.States = MultiValue(q, "state")
 	for _, kv := range q["metadata"] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/envd"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -39,14 +40,7 @@ func (h *Handler) metrics(w http.ResponseWriter, r *http.Request, p service.Prin
 // metricsMany: the latest sample of each running sandbox named in
 // sandbox_ids (comma-separated, at most 100); others are left out.
 func (h *Handler) metricsMany(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	var ids []string
-	for _, v := range r.URL.Query()["sandbox_ids"] {
-		for s := range strings.SplitSeq(v, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				ids = append(ids, s)
-			}
-		}
-	}
+	ids := api.MultiValue(r.URL.Query(), "sandbox_ids")
 	if len(ids) == 0 || len(ids) > maxMetricsIDs {
 		h.fail(w, r, invalid("sandbox_ids: 1 to %d comma-separated sandbox IDs", maxMetricsIDs))
 		return
