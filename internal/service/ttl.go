@@ -265,18 +265,11 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	}
 	// Refused (or the agent lost it): destroy it so that it does not run on.
 	log.ErrorContext(ctx, "auto-pause failed; destroying the sandbox", "err", err)
-	if _, derr := c.DestroySandbox(bg, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id})); derr != nil && !errors.Is(derr, agentclient.ErrNotFound) {
+	if derr := r.destroyClaimed(bg, bg, log, c, row, "destroyed: the pause at its timeout failed: "+PublicText(perr),
+		"auto-pause and destroy failed: "); derr != nil {
 		log.ErrorContext(bg, "destroy after a failed auto-pause", "err", derr)
-		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
-			Reason: truncate("auto-pause and destroy failed: "+derr.Error(), 1024)}); rerr != nil {
-			log.ErrorContext(bg, "persist the failed auto-pause", "err", rerr)
-		}
 		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
 		return reapSkipped
-	}
-	if _, merr := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID,
-		Reason: truncate("destroyed: the pause at its timeout failed: "+PublicText(perr), 1024)}); merr != nil {
-		log.ErrorContext(bg, "persist the destroy after a failed auto-pause", "err", merr)
 	}
 	meta["destroyed"] = true
 	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
@@ -292,25 +285,38 @@ func (r *Reaper) destroyExpired(ctx, bg context.Context, log *slog.Logger, c *ag
 	ev := AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.auto_destroy", Metadata: meta}
 	err := cerr
 	if err == nil {
-		_, err = c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id}))
-		if errors.Is(err, agentclient.ErrNotFound) {
-			err = nil
-		}
+		err = r.destroyClaimed(ctx, bg, log, c, row, "timeout", "destroy at the timeout failed: ")
+	} else if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
+		Reason: truncate("destroy at the timeout failed: "+err.Error(), 1024)}); rerr != nil {
+		log.ErrorContext(bg, "persist the failed destroy", "err", rerr)
 	}
 	if err != nil {
-		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
-			Reason: truncate("destroy at the timeout failed: "+err.Error(), 1024)}); rerr != nil {
-			log.ErrorContext(bg, "persist the failed destroy", "err", rerr)
-		}
 		log.WarnContext(ctx, "destroy at the timeout failed; will retry", "err", err)
 		ev.Status, meta["error"] = AuditError, PublicText(agentError(err, "destroy"))
 		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
 		return reapSkipped
 	}
-	if _, err := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID, Reason: "timeout"}); err != nil {
-		log.ErrorContext(bg, "persist the destroy at the timeout", "err", err)
-	}
 	log.InfoContext(ctx, "sandbox destroyed at its timeout")
 	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
 	return reapDestroyed
+}
+
+// destroyClaimed destroys a claimed (pausing) sandbox on the agent (one it
+// no longer has counts as destroyed) with ctx, then records it, with bg:
+// stopped with stopReason, or, when the agent fails, back to running with
+// failPrefix and the error as its reason, for the next pass to retry.
+func (r *Reaper) destroyClaimed(ctx, bg context.Context, log *slog.Logger, c *agentclient.Client, row db.Sandbox, stopReason, failPrefix string) error {
+	q := r.s.st.Queries()
+	_, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(row.ID)}))
+	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+		if _, rerr := q.RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
+			Reason: truncate(failPrefix+err.Error(), 1024)}); rerr != nil {
+			log.ErrorContext(bg, "persist the failed destroy", "err", rerr)
+		}
+		return err
+	}
+	if _, err := q.MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID, Reason: truncate(stopReason, 1024)}); err != nil {
+		log.ErrorContext(bg, "persist the destroy", "err", err)
+	}
+	return nil
 }
