@@ -250,7 +250,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 			}()
 		}
 	}
-	baseMB := int((tpl.RootfsSize + (1<<20 - 1)) >> 20)
+	baseMB := tpl.diskMB()
 	if rec.DiskMB == 0 {
 		rec.DiskMB = baseMB
 	}

@@ -47,6 +47,10 @@ type Template struct {
 
 func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
 
+// diskMB is the size of the root file system a sandbox of t sees, in MiB
+// (rounded up).
+func (t *Template) diskMB() int { return int((t.RootfsSize + (1<<20 - 1)) >> 20) }
+
 // nameRe is what template names may be: no path separators, no "..".
 var nameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$`)
 

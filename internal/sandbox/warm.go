@@ -69,8 +69,7 @@ func (m *Manager) warmTemplate(tpl *Template, o CreateOptions, vcpus, memoryMB i
 	if !m.cfg.WarmImages || tpl.isSnapshot() || !tpl.warmable() {
 		return nil
 	}
-	baseMB := int((tpl.RootfsSize + (1<<20 - 1)) >> 20)
-	if o.DiskMB != 0 && o.DiskMB != baseMB {
+	if o.DiskMB != 0 && o.DiskMB != tpl.diskMB() {
 		return nil
 	}
 	w, err := m.readTemplate(warmName(tpl.Name, tpl.ImageID, vcpus, memoryMB))
