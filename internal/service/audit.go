@@ -63,7 +63,7 @@ func (p Principal) Actor() Actor {
 
 // IsTeamAdmin reports whether p administers its team (owner or admin; the
 // role comes from the database, never from a token).
-func (p Principal) IsTeamAdmin() bool { return p.Role == RoleOwner || p.Role == RoleAdmin }
+func (p Principal) IsTeamAdmin() bool { return adminRole(p.Role) }
 
 // Team roles.
 const (

@@ -80,6 +80,9 @@ type TeamDeletion struct {
 
 var roleRank = map[string]int{RoleMember: 1, RoleAdmin: 2, RoleOwner: 3}
 
+// adminRole reports whether role administers a team (admin or owner).
+func adminRole(role string) bool { return roleRank[role] >= roleRank[RoleAdmin] }
+
 func validateRole(role string) error {
 	if roleRank[role] == 0 {
 		return errorf(ErrInvalid, "role: one of owner, admin, member")
@@ -231,7 +234,7 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id pgtype.UUID, name st
 		if err != nil {
 			return err
 		}
-		if roleRank[m.Role] < roleRank[RoleAdmin] {
+		if !adminRole(m.Role) {
 			return errorf(ErrForbidden, "renaming a team needs the admin or owner role")
 		}
 		renamed, err := q.RenameTeam(ctx, db.RenameTeamParams{Name: name, ID: id})
@@ -333,7 +336,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id pgtype.UUID, emai
 		if err != nil {
 			return err
 		}
-		if roleRank[m.Role] < roleRank[RoleAdmin] {
+		if !adminRole(m.Role) {
 			return errorf(ErrForbidden, "adding members needs the admin or owner role")
 		}
 		if role == RoleOwner && m.Role != RoleOwner {
@@ -402,7 +405,7 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.
 		if err != nil {
 			return err
 		}
-		if roleRank[m.Role] < roleRank[RoleAdmin] {
+		if !adminRole(m.Role) {
 			return errorf(ErrForbidden, "changing roles needs the admin or owner role")
 		}
 		tm, u, err := target(ctx, q, id, user)
@@ -447,7 +450,7 @@ func (t *Teams) RemoveMember(ctx context.Context, p Principal, id, user pgtype.U
 		if err != nil {
 			return err
 		}
-		if roleRank[m.Role] < roleRank[RoleAdmin] {
+		if !adminRole(m.Role) {
 			return errorf(ErrForbidden, "removing members needs the admin or owner role")
 		}
 		tm, u, err := target(ctx, q, id, user)
