@@ -191,6 +191,12 @@ func (s *Server) authed(h handler) http.HandlerFunc {
 var errNoCredentials = &service.Error{Kind: service.ErrUnauthorized, Msg: "authentication required: send X-API-Key or Authorization: Bearer <session token>"}
 
 func (s *Server) authenticate(r *http.Request) (service.Principal, error) {
+	return s.authenticateWith(r, s.cfg.Accounts.AuthenticateJWT)
+}
+
+// authenticateWith authenticates X-API-Key, else a Bearer session token
+// with session.
+func (s *Server) authenticateWith(r *http.Request, session func(context.Context, string) (service.Principal, error)) (service.Principal, error) {
 	key, err := auth.APIKeyFromHeader(r.Header)
 	switch {
 	case err == nil:
@@ -199,7 +205,7 @@ func (s *Server) authenticate(r *http.Request) (service.Principal, error) {
 		return service.Principal{}, &service.Error{Kind: service.ErrUnauthorized, Msg: "invalid API key"}
 	}
 	if tok, ok := auth.BearerToken(r.Header); ok {
-		return s.cfg.Accounts.AuthenticateJWT(r.Context(), tok)
+		return session(r.Context(), tok)
 	}
 	return service.Principal{}, errNoCredentials
 }

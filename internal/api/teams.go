@@ -1,13 +1,11 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -27,23 +25,10 @@ func (s *Server) userAuthed(h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		// An API key is refused here, but only once it is known to be one:
 		// a wrong credential is 401 on every route.
-		if key, err := auth.APIKeyFromHeader(r.Header); err == nil {
-			if _, err := s.cfg.Accounts.AuthenticateAPIKey(r.Context(), key); err != nil {
-				s.writeError(w, r, err)
-				return
-			}
-			s.writeError(w, r, errNeedsSession)
-			return
-		} else if !errors.Is(err, auth.ErrNoAPIKey) {
-			s.writeError(w, r, &service.Error{Kind: service.ErrUnauthorized, Msg: "invalid API key"})
-			return
+		p, err := s.authenticateWith(r, s.cfg.Accounts.AuthenticateUser)
+		if err == nil && p.APIKeyID.Valid {
+			err = errNeedsSession
 		}
-		tok, ok := auth.BearerToken(r.Header)
-		if !ok {
-			s.writeError(w, r, errNoCredentials)
-			return
-		}
-		p, err := s.cfg.Accounts.AuthenticateUser(r.Context(), tok)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
