@@ -142,24 +142,32 @@ type wsServerMessage struct {
 func (s *Server) wsAuthed(h handler) http.HandlerFunc {
 	authed := s.authed(h)
 	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get(auth.APIKeyHeader) == "" && r.Header.Get("Authorization") == "" {
-			for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
-				for _, proto := range strings.Split(v, ",") {
-					if tok, ok := strings.CutPrefix(strings.TrimSpace(proto), wsTokenPrefix); ok && tok != "" {
-						r = r.Clone(r.Context())
-						if strings.HasPrefix(tok, auth.APIKeyPrefix) {
-							r.Header.Set(auth.APIKeyHeader, tok)
-						} else {
-							r.Header.Set("Authorization", "Bearer "+tok)
-						}
-						authed(w, r)
-						return
-					}
-				}
+		if tok := wsProtocolToken(r); tok != "" {
+			r = r.Clone(r.Context())
+			if strings.HasPrefix(tok, auth.APIKeyPrefix) {
+				r.Header.Set(auth.APIKeyHeader, tok)
+			} else {
+				r.Header.Set("Authorization", "Bearer "+tok)
 			}
 		}
 		authed(w, r)
 	}
+}
+
+// wsProtocolToken is the token a browser offered as the subprotocol
+// "capsule.token.<token>", when the request has no credential header ("").
+func wsProtocolToken(r *http.Request) string {
+	if r.Header.Get(auth.APIKeyHeader) != "" || r.Header.Get("Authorization") != "" {
+		return ""
+	}
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for proto := range strings.SplitSeq(v, ",") {
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(proto), wsTokenPrefix); ok && tok != "" {
+				return tok
+			}
+		}
+	}
+	return ""
 }
 
 // execStream: GET /v1/sandboxes/{id}/exec/stream, the WebSocket exec (see
