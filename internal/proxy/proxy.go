@@ -300,7 +300,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if sw == nil || !sw.stale {
 			return
 		}
-		h.forget(id)
+		// The stale route is forgotten already (ModifyResponse); the next
+		// attempt resolves afresh.
 	}
 }
 
