@@ -65,6 +65,10 @@ type Agent struct {
 	// verifier checks the control plane's token (RPCs and proxy).
 	verifier Verifier
 	proxy    *httputil.ReverseProxy
+	// proxying cancels the proxied requests of each sandbox (streams,
+	// WebSockets) when it stops: its machine is gone and would never
+	// close their connections.
+	proxying proxyCalls
 }
 
 // New returns the agent's handler.

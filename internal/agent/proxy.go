@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -123,7 +124,9 @@ func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 	pool := fmt.Sprintf("%s-%d-%d.guest", id, info.VMMPid, port)
 	t := &proxyTarget{sandboxID: id, port: port, url: &url.URL{Scheme: "http", Host: pool},
 		dial: netip.AddrPortFrom(addr, uint16(port))}
-	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), proxyTargetKey{}, t)))
+	ctx, done := a.proxying.add(r.Context(), id)
+	defer done()
+	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, proxyTargetKey{}, t)))
 }
 
 // newReverseProxy returns the one ReverseProxy of the agent: it streams
@@ -161,4 +164,45 @@ func bearerValue(v string) (string, bool) {
 	h := http.Header{}
 	h.Set("Authorization", v)
 	return bearerToken(h)
+}
+
+// proxyCalls are the proxied requests in flight, by sandbox.
+type proxyCalls struct {
+	mu    sync.Mutex
+	calls map[string]map[*context.CancelFunc]struct{}
+}
+
+// add registers a request to sandbox id: its context ends when the request
+// does (done) or when end(id) is called.
+func (p *proxyCalls) add(parent context.Context, id string) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(parent)
+	p.mu.Lock()
+	if p.calls == nil {
+		p.calls = map[string]map[*context.CancelFunc]struct{}{}
+	}
+	if p.calls[id] == nil {
+		p.calls[id] = map[*context.CancelFunc]struct{}{}
+	}
+	p.calls[id][&cancel] = struct{}{}
+	p.mu.Unlock()
+	return ctx, func() {
+		p.mu.Lock()
+		delete(p.calls[id], &cancel)
+		if len(p.calls[id]) == 0 {
+			delete(p.calls, id)
+		}
+		p.mu.Unlock()
+		cancel()
+	}
+}
+
+// end cancels the proxied requests of sandbox id (it stopped).
+func (p *proxyCalls) end(id string) {
+	p.mu.Lock()
+	calls := p.calls[id]
+	delete(p.calls, id)
+	p.mu.Unlock()
+	for c := range calls {
+		(*c)()
+	}
 }

@@ -32,7 +32,9 @@ func TestAgentProxy(t *testing.T) {
 	defer c.DestroySandbox(context.Background(), connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id}))
 	shell(t, ctx, c, id, `mkdir -p /tmp/www/cgi-bin && echo hello-from-guest > /tmp/www/index.html &&
 printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "auth=$HTTP_AUTHORIZATION proxy=$HTTP_CAPSULE_PROXY_AUTHORIZATION host=$HTTP_HOST"\ncat\n' > /tmp/www/cgi-bin/echo &&
-chmod +x /tmp/www/cgi-bin/echo && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
+chmod +x /tmp/www/cgi-bin/echo &&
+printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho started\nsleep 300\n' > /tmp/www/cgi-bin/hang &&
+chmod +x /tmp/www/cgi-bin/hang && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 
 	do := func(method, path, port, sandbox, token string, body io.Reader) (*http.Response, string) {
 		t.Helper()
@@ -112,7 +114,29 @@ chmod +x /tmp/www/cgi-bin/echo && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 	resp, body = do("GET", "/", "99999", id, token, nil)
 	check("bad port", resp, body, 400, errBody{id, "Invalid sandbox port", 0, 400})
 
+	// A request in flight (a response that never ends) is ended when the
+	// sandbox stops: its machine would never close the connection.
+	hreq, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/cgi-bin/hang", nil)
+	hreq.Header.Set(agent.ProxySandboxHeader, id)
+	hreq.Header.Set(agent.ProxyPortHeader, "8080")
+	hreq.Header.Set(agent.ProxyTokenHeader, "Bearer "+token)
+	hresp, err := http.DefaultClient.Do(hreq)
+	if err != nil || hresp.StatusCode != 200 {
+		t.Fatalf("hanging request: %v %v", hresp, err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, hresp.Body)
+		hresp.Body.Close()
+		ended <- err
+	}()
+
 	must(c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id})))(t, "pause")
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a proxied response of the paused sandbox is still open")
+	}
 	resp, body = do("GET", "/", "8080", id, token, nil)
 	check("paused sandbox", resp, body, 502, errBody{id, agent.MsgSandboxNotFound, 0, 502})
 }

@@ -81,6 +81,7 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.De
 	if err := s.a.mgr.Destroy(ctx, req.Msg.GetSandboxId()); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
+	s.a.proxying.end(req.Msg.GetSandboxId())
 	return connect.NewResponse(&pb.DestroySandboxResponse{}), nil
 }
 
@@ -89,6 +90,7 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 	if err := s.a.mgr.Pause(ctx, id); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
+	s.a.proxying.end(id)
 	info, err := s.a.mgr.Get(id)
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
