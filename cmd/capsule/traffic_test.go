@@ -24,9 +24,11 @@ func (noSandboxes) APIKeyTeam(context.Context, string) (string, error) {
 	return "", errors.New("no keys")
 }
 func (noSandboxes) Touch(context.Context, string) {}
-func (noSandboxes) SignedBy(context.Context, func(string) bool) (string, error) {
-	return "", proxy.ErrNotFound
+func (noSandboxes) Wake(context.Context, string) (proxy.Route, error) {
+	return proxy.Route{}, proxy.ErrNotFound
 }
+func (noSandboxes) RunningSandboxes(context.Context) ([]string, error) { return nil, nil }
+func (noSandboxes) EnvdToken(string) string                            { return "" }
 
 // TestRootHandlerDispatch: sandbox traffic (by Host or E2B's routing
 // headers) goes to the proxy first, E2B's control-plane paths to the E2B
