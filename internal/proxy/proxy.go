@@ -365,6 +365,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, status, body)
 			return
 		}
+		if rt.Asleep && port == EnvdPort && r.Header.Get(HeaderAccessToken) == "" && !isFilesPath(r.URL.Path) {
+			// envd's open /health (the SDKs' liveness probe) is no reason
+			// to resume a sandbox: it is not running.
+			agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+			return
+		}
 		if rt.Asleep {
 			// Authorized against the record: only now may it be resumed.
 			if rt, err = h.wake(r.Context(), id); err != nil {
