@@ -160,6 +160,7 @@ func (s *Sandboxes) trafficRoute(sandboxID string, row db.Sandbox, asleep bool) 
 	}
 	return rt, nil
 }
+
 // autoResume resumes a paused sandbox for traffic: one resume per sandbox
 // at a time (the others wait for its outcome); a resume already under way
 // elsewhere is waited for.
