@@ -292,13 +292,18 @@ func signatureExpiration(q url.Values) (*int64, bool) {
 func isFilesPath(p string) bool { return path.Clean("/"+p) == "/files" }
 
 // hardenFileResponse makes an answer of envd's /files inert in a browser:
-// a download (never rendered inline, whatever its type), not sniffed, and
+// a download (never rendered inline, whatever its type; named as envd
+// named it, else by the requested path), not sniffed, and
 // sandboxed by CSP should it be rendered anyway. Signed file URLs share the
 // sandbox listener's origin across sandboxes; nothing a sandbox wrote may
 // run there.
 func hardenFileResponse(hdr http.Header, filePath string) {
 	disp := "attachment"
-	if name := path.Base(filePath); name != "" && name != "." && name != "/" {
+	name := path.Base(filePath)
+	if _, params, err := mime.ParseMediaType(hdr.Get("Content-Disposition")); err == nil && params["filename"] != "" {
+		name = params["filename"] // envd's own name for the file
+	}
+	if name != "" && name != "." && name != "/" {
 		if d := mime.FormatMediaType("attachment", map[string]string{"filename": name}); d != "" {
 			disp = d
 		}
