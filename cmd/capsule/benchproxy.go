@@ -61,8 +61,8 @@ type roundResult struct {
 
 // benchProxy measures the traffic proxy: requests per second and latency
 // of GET /health on a sandbox's envd (an HTTP server in the guest, with
-// keep-alive) through the proxy (the E2B routing headers on the API's
-// port) and straight at the guest's address from the host, in
+// keep-alive) through the proxy (the E2B routing headers on the sandbox
+// listener) and straight at the guest's address from the host, in
 // interleaved rounds of o.workers concurrent clients.
 func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error) {
 	if os.Geteuid() != 0 {
