@@ -61,8 +61,8 @@ type roundResult struct {
 
 // benchProxy measures the traffic proxy: requests per second and latency
 // of GET /health on a sandbox's envd (an HTTP server in the guest, with
-// keep-alive) through the proxy (the E2B routing headers on the API's
-// port) and straight at the guest's address from the host, in
+// keep-alive) through the proxy (the E2B routing headers on the sandbox
+// listener) and straight at the guest's address from the host, in
 // interleaved rounds of o.workers concurrent clients.
 func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error) {
 	if os.Geteuid() != 0 {
@@ -93,7 +93,7 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 		return http.NewRequestWithContext(ctx, "GET", sb.EnvdURL+"/health", nil)
 	}
 	proxied := func() (*http.Request, error) {
-		req, err := http.NewRequestWithContext(ctx, "GET", stack.url+"/health", nil)
+		req, err := http.NewRequestWithContext(ctx, "GET", stack.sandboxURL+"/health", nil)
 		if err == nil {
 			req.Header.Set(proxy.HeaderSandboxID, sb.ID)
 			req.Header.Set(proxy.HeaderSandboxPort, "49983")
@@ -152,7 +152,7 @@ func sdkCreateToFirstCommand(ctx context.Context, o proxyBenchOptions, stack *be
 	}
 	cmd := exec.CommandContext(ctx, "node", script, strconv.Itoa(o.sdkN), "base")
 	cmd.Dir = filepath.Dir(script)
-	cmd.Env = append(os.Environ(), "E2B_API_URL="+stack.url, "E2B_SANDBOX_URL="+stack.url,
+	cmd.Env = append(os.Environ(), "E2B_API_URL="+stack.url, "E2B_SANDBOX_URL="+stack.sandboxURL,
 		"E2B_DOMAIN="+stack.domain, "E2B_API_KEY="+stack.key, "NODE_NO_WARNINGS=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

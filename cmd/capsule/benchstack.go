@@ -45,12 +45,14 @@ type benchStack struct {
 	accounts  *service.Accounts
 	sandboxes *service.Sandboxes
 	url       string
-	domain    string
-	key       string
-	team      db.Team
-	account   service.Account
-	client    *http.Client
-	closers   []func()
+	// sandboxURL is the sandbox traffic listener (the proxy).
+	sandboxURL string
+	domain     string
+	key        string
+	team       db.Team
+	account    service.Account
+	client     *http.Client
+	closers    []func()
 }
 
 // flags registers the options every bench of the stack takes.
@@ -149,7 +151,16 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	if err != nil {
 		return nil, err
 	}
-	e2b, err := e2bapi.New(e2bapi.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Domain: b.domain, Log: o.log})
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	ssrv := &http.Server{Handler: sandboxHandler(px), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = ssrv.Serve(sln) }()
+	b.closers = append(b.closers, func() { ssrv.Close() })
+	b.sandboxURL = "http://" + sln.Addr().String()
+	sandboxDomain := advertisedDomain(b.domain, sln.Addr())
+	e2b, err := e2bapi.New(e2bapi.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Domain: sandboxDomain, Log: o.log})
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +168,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: rootHandler(px, e2b, h), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: apiHandler(px, e2b, h, sandboxDomain), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	b.closers = append(b.closers, func() { srv.Close() })
 	b.url = "http://" + ln.Addr().String()

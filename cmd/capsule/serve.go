@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +57,7 @@ flags:
 
 var serveEnv = map[string]string{
 	"listen":               "CAPSULE_LISTEN",
+	"sandbox-listen":       "CAPSULE_SANDBOX_LISTEN",
 	"data-dir":             "CAPSULE_DATA_DIR",
 	"run-dir":              "CAPSULE_RUN_DIR",
 	"images-dir":           "CAPSULE_IMAGES_DIR",
@@ -84,7 +86,10 @@ const defaultConfigFile = "/etc/capsule/capsule.yaml"
 
 type serveOptions struct {
 	hostOptions
-	listen                string
+	listen string
+	// sandboxListen is the address of the sandbox traffic listener: the
+	// proxy alone, never on the API's origin.
+	sandboxListen         string
 	databaseURL, pgBinDir string
 	adminEmail            string
 	verbose               bool
@@ -109,6 +114,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.listen, "listen", ":8080", "address of the API [CAPSULE_LISTEN]")
+	fs.StringVar(&o.sandboxListen, "sandbox-listen", ":8081", "address of the sandbox traffic proxy (its own origin: no sandbox byte is served on the API's) [CAPSULE_SANDBOX_LISTEN]")
 	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory: database, images, sandboxes, secrets [CAPSULE_DATA_DIR]")
 	fs.StringVar(&o.runDir, "run-dir", "/run/capsule", "runtime directory of the VMMs [CAPSULE_RUN_DIR]")
 	fs.StringVar(&o.imagesDir, "images-dir", "", "directory of the guest image store (default: DATA-DIR; several data directories may share one) [CAPSULE_IMAGES_DIR]")
@@ -125,7 +131,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_VERBOSE]")
-	fs.StringVar(&o.domain, "domain", "localhost", "sandbox domain: requests for {port}-{sandbox-id}.DOMAIN go to that port of the sandbox [CAPSULE_DOMAIN]")
+	fs.StringVar(&o.domain, "domain", "localhost", "sandbox domain: requests for {port}-{sandbox-id}.DOMAIN on the sandbox listener go to that port of the sandbox; DOMAIN may end in :PORT, the port clients reach the sandbox listener at (default: the listener's own, unless 80 or 443) [CAPSULE_DOMAIN]")
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
 	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
@@ -168,6 +174,14 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 			if err := fs.Set(name, v); err != nil {
 				return nil, fmt.Errorf("serve: %s=%q: %w", env, v, err)
 			}
+		}
+	}
+	if o.sandboxListen == o.listen {
+		return nil, fmt.Errorf("serve: -sandbox-listen %q is the API's address: sandbox traffic needs its own listener", o.sandboxListen)
+	}
+	if h, p, err := net.SplitHostPort(o.domain); err == nil {
+		if n, perr := strconv.Atoi(p); h == "" || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("serve: -domain %q: want a domain, optionally with :PORT", o.domain)
 		}
 	}
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
@@ -311,23 +325,35 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	px, err := proxy.New(proxy.Config{Domain: o.domain, Log: log, Resolver: proxy.ServiceResolver{
+	defer ln.Close()
+	sln, err := net.Listen("tcp", o.sandboxListen)
+	if err != nil {
+		return fmt.Errorf("serve: sandbox listener: %w", err)
+	}
+	defer sln.Close()
+	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, Resolver: proxy.ServiceResolver{
 		Sandboxes: sandboxes, Accounts: accounts,
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 	}})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	e2b, err := e2bapi.New(e2bapi.Config{Accounts: accounts, Sandboxes: sandboxes, Domain: o.domain, Log: log})
+	sandboxDomain := advertisedDomain(o.domain, sln.Addr())
+	e2b, err := e2bapi.New(e2bapi.Config{Accounts: accounts, Sandboxes: sandboxes, Domain: sandboxDomain, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	srv := &http.Server{Handler: rootHandler(px, e2b, h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	served := make(chan error, 1)
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	srv := &http.Server{Handler: apiHandler(px, e2b, h, sandboxDomain), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: errLog}
+	ssrv := &http.Server{Handler: sandboxHandler(px), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: errLog}
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
-	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "data_dir", o.dataDir)
-	fmt.Printf("capsule serve: API on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()))
+	go func() { served <- ssrv.Serve(sln) }()
+	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
+		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir)
+	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
 
 	select {
 	case err = <-served:
@@ -336,8 +362,10 @@ func runServe(ctx context.Context, args []string) (err error) {
 	}
 	log.Info("capsule serve: stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	if serr := srv.Shutdown(sctx); serr != nil {
-		_ = srv.Close()
+	for _, s := range []*http.Server{srv, ssrv} {
+		if serr := s.Shutdown(sctx); serr != nil {
+			_ = s.Close()
+		}
 	}
 	cancel()
 	stopReaper()
@@ -372,6 +400,29 @@ func oauthProviders(o *serveOptions, secret []byte) (*oauth.Registry, *oauth.Sta
 		}
 	}
 	return reg, states, nil
+}
+
+// bareDomain is the sandbox domain without a port.
+func bareDomain(domain string) string {
+	if h, _, err := net.SplitHostPort(domain); err == nil {
+		return h
+	}
+	return domain
+}
+
+// advertisedDomain is the sandbox domain the E2B facade answers to the
+// SDKs, whose getHost(port) is "{port}-{id}.DOMAIN": the -domain setting as
+// is when it names a port, else with the sandbox listener's port unless
+// that is 80 or 443 (then a URL needs none).
+func advertisedDomain(domain string, sandboxAddr net.Addr) string {
+	if domain == "" || bareDomain(domain) != domain {
+		return domain
+	}
+	ap, err := netip.ParseAddrPort(sandboxAddr.String())
+	if err != nil || ap.Port() == 80 || ap.Port() == 443 {
+		return domain
+	}
+	return net.JoinHostPort(domain, strconv.Itoa(int(ap.Port())))
 }
 
 func displayAddr(a net.Addr) string {

@@ -23,6 +23,10 @@ func TestParseServeFlags(t *testing.T) {
 		{name: "admin e-mail", args: []string{"--admin-email", "me@example.com"}, listen: ":8080", adminEmail: "me@example.com"},
 		{name: "negative capacity", args: []string{"--max-vcpus", "-1"}, wantErr: true},
 		{name: "stray argument", args: []string{"extra"}, wantErr: true},
+		{name: "sandbox traffic on the API's listener", args: []string{"--sandbox-listen", ":8080"}, wantErr: true},
+		{name: "sandbox listener set apart", args: []string{"--sandbox-listen", ":9000"}, listen: ":8080", adminEmail: "admin@capsule.local"},
+		{name: "domain with a port", args: []string{"--domain", "sandbox.example.com:443"}, listen: ":8080", adminEmail: "admin@capsule.local"},
+		{name: "domain with a bad port", args: []string{"--domain", "sandbox.example.com:x"}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o, err := parseServeFlags(tc.args, func(k string) string { return tc.env[k] }, "")

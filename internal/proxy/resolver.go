@@ -21,7 +21,15 @@ type ServiceResolver struct {
 
 // Resolve implements Resolver.
 func (t ServiceResolver) Resolve(ctx context.Context, sandboxID string) (Route, error) {
-	rt, err := t.Sandboxes.ResolveTraffic(ctx, sandboxID)
+	return t.route(t.Sandboxes.ResolveTraffic(ctx, sandboxID))
+}
+
+// Wake implements Resolver.
+func (t ServiceResolver) Wake(ctx context.Context, sandboxID string) (Route, error) {
+	return t.route(t.Sandboxes.WakeTraffic(ctx, sandboxID))
+}
+
+func (t ServiceResolver) route(rt service.TrafficRoute, err error) (Route, error) {
 	if errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrNotRunning) {
 		return Route{}, ErrNotFound
 	}
@@ -33,7 +41,7 @@ func (t ServiceResolver) Resolve(ctx context.Context, sandboxID string) (Route, 
 		return Route{}, fmt.Errorf("no address for host agent %q", rt.Host)
 	}
 	return Route{
-		SandboxID: rt.SandboxID, AgentURL: ep.URL, AgentToken: ep.Token,
+		SandboxID: rt.SandboxID, AgentURL: ep.URL, AgentToken: ep.Token, Asleep: rt.Asleep,
 		EnvdAccessToken: rt.EnvdAccessToken, TrafficToken: rt.TrafficToken, Public: rt.Public, Team: rt.Team,
 	}, nil
 }
@@ -52,11 +60,12 @@ func (t ServiceResolver) Touch(ctx context.Context, sandboxID string) {
 	t.Sandboxes.TouchTraffic(ctx, sandboxID)
 }
 
-// SignedBy implements Resolver.
-func (t ServiceResolver) SignedBy(ctx context.Context, match func(envdToken string) bool) (string, error) {
-	id, err := t.Sandboxes.FindRunningSandbox(ctx, match)
-	if errors.Is(err, service.ErrNotFound) {
-		return "", ErrNotFound
-	}
-	return id, err
+// RunningSandboxes implements Resolver.
+func (t ServiceResolver) RunningSandboxes(ctx context.Context) ([]string, error) {
+	return t.Sandboxes.RunningSandboxIDs(ctx)
+}
+
+// EnvdToken implements Resolver.
+func (t ServiceResolver) EnvdToken(sandboxID string) string {
+	return t.Sandboxes.EnvdAccessToken(sandboxID)
 }

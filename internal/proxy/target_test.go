@@ -80,11 +80,11 @@ func TestMatches(t *testing.T) {
 type nilResolver struct{}
 
 func (nilResolver) Resolve(context.Context, string) (Route, error)     { return Route{}, ErrNotFound }
+func (nilResolver) Wake(context.Context, string) (Route, error)        { return Route{}, ErrNotFound }
 func (nilResolver) APIKeyTeam(context.Context, string) (string, error) { return "", ErrNotFound }
 func (nilResolver) Touch(context.Context, string)                      {}
-func (nilResolver) SignedBy(context.Context, func(string) bool) (string, error) {
-	return "", ErrNotFound
-}
+func (nilResolver) RunningSandboxes(context.Context) ([]string, error) { return nil, nil }
+func (nilResolver) EnvdToken(string) string                            { return "" }
 
 // Signed file URLs carry no routing: the proxy takes them on any host.
 func TestMatchesSignedFileURLs(t *testing.T) {

@@ -78,8 +78,8 @@ func (s *Sandboxes) settled(ctx context.Context, p Principal, id pgtype.UUID) (d
 	}
 }
 
-// TrafficRoute is what the traffic proxy needs to know of a running
-// sandbox.
+// TrafficRoute is what the traffic proxy needs to know of a sandbox to
+// authorize and forward its traffic.
 type TrafficRoute struct {
 	// SandboxID is the wire ID.
 	SandboxID string
@@ -91,17 +91,43 @@ type TrafficRoute struct {
 	Public                        bool
 	// Team owns the sandbox (wire ID).
 	Team string
+	// Asleep: the sandbox is paused (or resuming) and was created with
+	// auto-resume. Nothing forwards to it before WakeTraffic; the proxy
+	// authorizes the request against this route first, so that only
+	// traffic that may reach the sandbox resumes it.
+	Asleep bool
 }
 
 // ErrNotRunning: the sandbox exists but is not running (and cannot be
 // resumed by traffic); the proxy answers it as not found.
 var ErrNotRunning = errors.New("sandbox not running")
 
-// ResolveTraffic returns the route of a running sandbox by its wire ID. A
-// paused sandbox created with auto-resume is resumed first (once, however
-// many requests arrive together), as the system. Unknown IDs are
-// ErrNotFound; sandboxes that are not running are ErrNotRunning.
+// ResolveTraffic returns the route of a sandbox by its wire ID, read from
+// its record; it changes nothing. A running sandbox's route is ready; a
+// paused (or resuming) one created with auto-resume is Asleep (WakeTraffic
+// resumes it). Unknown IDs are ErrNotFound; sandboxes that are neither are
+// ErrNotRunning.
 func (s *Sandboxes) ResolveTraffic(ctx context.Context, sandboxID string) (TrafficRoute, error) {
+	id, err := wireid.Parse(wireid.Sandbox, sandboxID)
+	if err != nil {
+		return TrafficRoute{}, errorf(ErrNotFound, "sandbox not found")
+	}
+	row, err := s.st.Queries().GetSandboxByID(ctx, id)
+	if err != nil {
+		return TrafficRoute{}, notFound(err, "sandbox")
+	}
+	asleep := row.State != store.SandboxRunning && row.AutoResume && (row.State == store.SandboxPaused || row.State == store.SandboxResuming)
+	if row.State != store.SandboxRunning && !asleep {
+		return TrafficRoute{}, fmt.Errorf("%w: %s", ErrNotRunning, row.State)
+	}
+	return s.trafficRoute(sandboxID, row, asleep)
+}
+
+// WakeTraffic resumes a sandbox that ResolveTraffic found Asleep (once,
+// however many requests arrive together), as the system, and returns its
+// running route. The caller has authorized the traffic against the asleep
+// route: an unauthenticated request must never get here.
+func (s *Sandboxes) WakeTraffic(ctx context.Context, sandboxID string) (TrafficRoute, error) {
 	id, err := wireid.Parse(wireid.Sandbox, sandboxID)
 	if err != nil {
 		return TrafficRoute{}, errorf(ErrNotFound, "sandbox not found")
@@ -118,11 +144,16 @@ func (s *Sandboxes) ResolveTraffic(ctx context.Context, sandboxID string) (Traff
 	if row.State != store.SandboxRunning {
 		return TrafficRoute{}, fmt.Errorf("%w: %s", ErrNotRunning, row.State)
 	}
+	return s.trafficRoute(sandboxID, row, false)
+}
+
+func (s *Sandboxes) trafficRoute(sandboxID string, row db.Sandbox, asleep bool) (TrafficRoute, error) {
 	rt := TrafficRoute{
-		SandboxID: sandboxID, Host: s.host, Public: row.AllowPublicTraffic,
+		SandboxID: sandboxID, Host: s.host, Public: row.AllowPublicTraffic, Asleep: asleep,
 		EnvdAccessToken: auth.EnvdAccessToken(s.secret, sandboxID), Team: wireid.Format(wireid.Team, row.TeamID),
 	}
 	if !row.AllowPublicTraffic {
+		var err error
 		if rt.TrafficToken, err = auth.TrafficAccessToken(s.secret, sandboxID); err != nil {
 			return TrafficRoute{}, err
 		}
@@ -165,21 +196,24 @@ func (s *Sandboxes) TouchTraffic(ctx context.Context, sandboxID string) {
 	}
 }
 
-// FindRunningSandbox returns the wire ID of the host's running sandbox
-// whose envd access token match accepts (ErrNotFound when none does). The
-// proxy routes E2B's signed file URLs with it: the SDKs build them on
-// E2B_SANDBOX_URL without any routing information, and the signature is
-// keyed by the sandbox's token. It costs one HMAC per running sandbox.
-func (s *Sandboxes) FindRunningSandbox(ctx context.Context, match func(envdToken string) bool) (string, error) {
+// RunningSandboxIDs returns the wire IDs of the host's running sandboxes:
+// the candidates of a signed file URL that names no sandbox (the proxy
+// keeps them, with their envd tokens, in an index it refreshes at a
+// bounded rate, never per request).
+func (s *Sandboxes) RunningSandboxIDs(ctx context.Context) ([]string, error) {
 	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
 	if err != nil {
-		return "", fmt.Errorf("running sandboxes: %w", err)
+		return nil, fmt.Errorf("running sandboxes: %w", err)
 	}
-	for _, r := range rows {
-		id := ID(r.ID)
-		if match(auth.EnvdAccessToken(s.secret, id)) {
-			return id, nil
-		}
+	ids := make([]string, len(rows))
+	for i, r := range rows {
+		ids[i] = ID(r.ID)
 	}
-	return "", errorf(ErrNotFound, "no sandbox signed this URL")
+	return ids, nil
+}
+
+// EnvdAccessToken returns the envd access token of a sandbox by its wire
+// ID (an HMAC of the ID under the server secret).
+func (s *Sandboxes) EnvdAccessToken(sandboxID string) string {
+	return auth.EnvdAccessToken(s.secret, sandboxID)
 }

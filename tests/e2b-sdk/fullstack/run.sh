@@ -2,8 +2,9 @@
 # Runs the full-stack E2B JS SDK suite: a real `capsule serve` (its own
 # embedded PostgreSQL in a temporary data directory, its own network slot
 # pool, real VMs) driven by the unmodified npm e2b@2.51.0 through
-# E2B_API_URL / E2B_SANDBOX_URL / E2B_DOMAIN, exactly as a user points the
-# SDK at a Capsule server.
+# E2B_API_URL (the API listener) / E2B_SANDBOX_URL (the sandbox traffic
+# listener, -sandbox-listen) / E2B_DOMAIN, exactly as a user points the SDK
+# at a Capsule server.
 #
 #   bash tests/e2b-sdk/fullstack/run.sh [node --test arguments]
 #
@@ -47,7 +48,10 @@ fi
 work=$(mktemp -d /tmp/capsule-sdk-XXXXXX)
 chmod 755 "$work" # the embedded PostgreSQL runs as its own user
 log="$work/serve.log"
-port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+port=$(free_port)
+sandbox_port=$(free_port)
+while [[ $sandbox_port == "$port" ]]; do sandbox_port=$(free_port); done
 serve_pid=
 cleanup() {
 	local rc=$? i
@@ -81,8 +85,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-say "starting capsule serve on 127.0.0.1:$port (data $work, log $log)"
-"$capsule" serve -listen "127.0.0.1:$port" -data-dir "$work/data" -run-dir "$work/run" \
+say "starting capsule serve on 127.0.0.1:$port, sandbox traffic on 127.0.0.1:$sandbox_port (data $work, log $log)"
+"$capsule" serve -listen "127.0.0.1:$port" -sandbox-listen "127.0.0.1:$sandbox_port" -data-dir "$work/data" -run-dir "$work/run" \
 	-images-dir "${CAPSULE_IMAGES_DIR:-/var/lib/capsule}" -domain capsule.test \
 	-net-name capsule-sdk -net-host-cidr 198.18.112.0/24 -net-link-cidr 198.18.113.0/24 -net-max-slots 32 \
 	-max-vcpus 16 -max-memory-mb 8192 >"$log" 2>&1 &
@@ -113,7 +117,7 @@ set +e
 (
 	cd "$here" &&
 		env -u E2B_DEBUG -u E2B_ACCESS_TOKEN \
-			E2B_API_URL="http://127.0.0.1:$port" E2B_SANDBOX_URL="http://127.0.0.1:$port" \
+			E2B_API_URL="http://127.0.0.1:$port" E2B_SANDBOX_URL="http://127.0.0.1:$sandbox_port" \
 			E2B_DOMAIN=capsule.test E2B_API_KEY="$key" CAPSULE_URL="http://127.0.0.1:$port" \
 			NODE_NO_WARNINGS=1 node "${node_args[@]}"
 )

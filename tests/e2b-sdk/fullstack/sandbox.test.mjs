@@ -1,5 +1,6 @@
 // The unmodified E2B JS SDK (npm e2b@2.51.0) against a real `capsule
-// serve`: run.sh points E2B_API_URL, E2B_SANDBOX_URL and E2B_DOMAIN at it.
+// serve`: run.sh points E2B_API_URL (the API listener), E2B_SANDBOX_URL (the
+// sandbox traffic listener) and E2B_DOMAIN at it.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import http from 'node:http'
@@ -7,7 +8,8 @@ import { after, describe, test } from 'node:test'
 import { Sandbox } from 'e2b'
 
 const CAPSULE_URL = process.env.CAPSULE_URL
-if (!CAPSULE_URL || process.env.E2B_DEBUG) {
+const SANDBOX_URL = process.env.E2B_SANDBOX_URL
+if (!CAPSULE_URL || !SANDBOX_URL || SANDBOX_URL === CAPSULE_URL || process.env.E2B_DEBUG) {
   throw new Error('run this suite with tests/e2b-sdk/fullstack/run.sh')
 }
 const TEMPLATE = 'base'
@@ -41,10 +43,11 @@ async function waitFor(fn, { timeoutMs = 30_000, what = 'condition' } = {}) {
   }
 }
 
-/** GET through the server's proxy by host name, as a browser would at
- * http://{getHost(port)}/ once *.capsule.test resolves to the server. */
+/** GET through the server's sandbox listener by host name, as a browser
+ * would at http://{getHost(port)}/ once *.capsule.test resolves to the
+ * server. */
 function getViaHost(host, path = '/', headers = {}) {
-  const url = new URL(CAPSULE_URL)
+  const url = new URL(SANDBOX_URL)
   return new Promise((resolve, reject) => {
     const req = http.request({ hostname: url.hostname, port: url.port, path, setHost: false,
       headers: { Host: host, ...headers } }, (res) => {
@@ -90,10 +93,23 @@ describe('sandbox lifecycle through capsule serve', () => {
     const sbx = await create()
     await sbx.files.write('signed/in.txt', 'via a signed URL')
     const down = await sbx.downloadUrl('signed/in.txt', { useSignatureExpiration: 60 })
-    assert.ok(down.startsWith(CAPSULE_URL + '/files?'), down)
+    assert.ok(down.startsWith(SANDBOX_URL + '/files?'), down)
     const res = await fetch(down)
     assert.equal(res.status, 200)
     assert.equal(await res.text(), 'via a signed URL')
+    // a download, inert in a browser
+    assert.equal(res.headers.get('content-disposition'), 'attachment; filename=in.txt')
+    assert.equal(res.headers.get('x-content-type-options'), 'nosniff')
+    assert.match(res.headers.get('content-security-policy'), /^sandbox/)
+    // the same URL on the API's origin serves no sandbox byte
+    const onAPI = new URL(down)
+    const api = new URL(CAPSULE_URL)
+    onAPI.protocol = api.protocol
+    onAPI.host = api.host
+    const refused = await fetch(onAPI)
+    const refusedBody = await refused.text()
+    assert.equal(refused.status, 421, refusedBody)
+    assert.ok(!refusedBody.includes('via a signed URL'), refusedBody)
     const up = await sbx.uploadUrl('signed/out.txt')
     const form = new FormData()
     form.append('file', new Blob(['uploaded with a signed URL']), 'out.txt')
@@ -151,7 +167,8 @@ describe('sandbox lifecycle through capsule serve', () => {
     await sbx.files.write('/tmp/www/index.html', 'served from the sandbox')
     await sbx.commands.run('python3 -m http.server 3000 --bind 127.0.0.1 --directory /tmp/www', { background: true, timeoutMs: 0 })
     const host = sbx.getHost(3000)
-    assert.equal(host, `3000-${sbx.sandboxId}.capsule.test`)
+    // the domain answered to the SDK carries the sandbox listener's port
+    assert.equal(host, `3000-${sbx.sandboxId}.capsule.test:${new URL(SANDBOX_URL).port}`)
     const res = await waitFor(async () => {
       const r = await getViaHost(host)
       return r.status === 200 ? r : null
