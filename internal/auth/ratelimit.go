@@ -39,6 +39,10 @@ var (
 	LoginLimitPerEmail = RateLimit{Burst: 5, Interval: time.Minute}
 	// SignupLimitPerIP: 5 signups at once, then 1 every 10 minutes.
 	SignupLimitPerIP = RateLimit{Burst: 5, Interval: 10 * time.Minute}
+	// UserSearchLimitPerUser: 20 searches at once, then 1 every 3 s
+	// (20/min) per user, which bounds how fast a session can enumerate
+	// registered e-mail addresses by prefix.
+	UserSearchLimitPerUser = RateLimit{Burst: 20, Interval: 3 * time.Second}
 )
 
 // DefaultMaxKeys is the default bound on the number of keys a Limiter
