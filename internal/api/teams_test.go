@@ -295,17 +295,25 @@ func TestTeamAuthorizationMatrix(t *testing.T) {
 		{"remove a non-member", "DELETE", func(tm, _ string) string { return "/v1/teams/" + tm + "/members/" + outsider.id }, nil, [6]int{401, 403, 404, 403, 404, 404}},
 		{"leave", "POST", func(tm, _ string) string { return "/v1/teams/" + tm + "/leave" }, nil, [6]int{401, 403, 404, 204, 204, 409}},
 		{"invite a member", "POST", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations" },
-			func(who string) any { return map[string]string{"email": "invited-" + strings.ReplaceAll(who, " ", "-") + "@example.com"} }, [6]int{401, 403, 404, 403, 201, 201}},
+			func(who string) any {
+				return map[string]string{"email": "invited-" + strings.ReplaceAll(who, " ", "-") + "@example.com"}
+			}, [6]int{401, 403, 404, 403, 201, 201}},
 		{"invite an owner", "POST", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations" },
-			func(who string) any { return map[string]string{"email": "invited-" + strings.ReplaceAll(who, " ", "-") + "@example.com", "role": "owner"} }, [6]int{401, 403, 404, 403, 403, 201}},
+			func(who string) any {
+				return map[string]string{"email": "invited-" + strings.ReplaceAll(who, " ", "-") + "@example.com", "role": "owner"}
+			}, [6]int{401, 403, 404, 403, 403, 201}},
 		{"invite a registered address", "POST", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations" },
 			func(string) any { return map[string]string{"email": outsider.email} }, [6]int{401, 403, 404, 403, 409, 409}},
 		{"invite, bad role", "POST", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations" },
 			func(string) any { return map[string]string{"email": "z@example.com", "role": "god"} }, [6]int{401, 403, 400, 400, 400, 400}},
 		{"list invitations", "GET", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations" }, nil, [6]int{401, 403, 404, 403, 200, 200}},
-		{"revoke an invitation", "DELETE", func(tm, who string) string { return "/v1/teams/" + tm + "/invitations/" + e.invite(t, tm, owner, "revoked-"+strings.ReplaceAll(who, " ", "-")+"@example.com") },
+		{"revoke an invitation", "DELETE", func(tm, who string) string {
+			return "/v1/teams/" + tm + "/invitations/" + e.invite(t, tm, owner, "revoked-"+strings.ReplaceAll(who, " ", "-")+"@example.com")
+		},
 			nil, [6]int{401, 403, 404, 403, 204, 204}},
-		{"revoke an unknown invitation", "DELETE", func(tm, _ string) string { return "/v1/teams/" + tm + "/invitations/inv-00000000000000000000000000000001" },
+		{"revoke an unknown invitation", "DELETE", func(tm, _ string) string {
+			return "/v1/teams/" + tm + "/invitations/inv-00000000000000000000000000000001"
+		},
 			nil, [6]int{401, 403, 404, 403, 404, 404}},
 	} {
 		t.Run(row.name, func(t *testing.T) {

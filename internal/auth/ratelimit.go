@@ -249,7 +249,9 @@ func IPKeyFunc(trustedProxies []netip.Prefix) func(r *http.Request) (string, boo
 // (r.RemoteAddr) unless the peer is in trustedProxies; then X-Forwarded-For
 // is read right to left, skipping trusted proxies, and the first address
 // not among them is the client. Entries that a client wrote itself (left of
-// that one) are never believed. The zero Addr means unknown.
+// that one) are never believed. The Forwarded header (RFC 7239) is not read:
+// a proxy that appends to X-Forwarded-For passes a client's Forwarded
+// through unchanged (see the package doc). The zero Addr means unknown.
 func ClientIP(r *http.Request, trustedProxies []netip.Prefix) netip.Addr {
 	peer := parseRemoteAddr(r.RemoteAddr)
 	if !peer.IsValid() || !inPrefixes(peer, trustedProxies) {
