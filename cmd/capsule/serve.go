@@ -78,6 +78,8 @@ var serveEnv = map[string]string{
 	"github-client-id":     "CAPSULE_GITHUB_CLIENT_ID",
 	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
 	"domain":               "CAPSULE_DOMAIN",
+	"signup":               "CAPSULE_SIGNUP",
+	"trusted-proxies":      "CAPSULE_TRUSTED_PROXIES",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -99,6 +101,13 @@ type serveOptions struct {
 	// publicURL is where browsers reach the API (OAuth callbacks).
 	publicURL                          string
 	githubClientID, githubClientSecret string
+	// signup is who may sign up (open, invite, closed).
+	signup     string
+	signupMode service.SignupPolicy
+	// trustedProxies is the comma-separated list of reverse proxies
+	// (CIDRs or addresses) whose X-Forwarded-For the rate limits believe.
+	trustedProxies string
+	proxies        []netip.Prefix
 	// configFile is the configuration file read ("" when none).
 	configFile string
 }
@@ -135,6 +144,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
 	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
+	fs.StringVar(&o.signup, "signup", string(service.SignupInvite), "who may sign up: open (anyone), invite (with a team invitation from an owner or admin), closed (nobody; the platform admin is still created on first start) [CAPSULE_SIGNUP]")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of the reverse proxies in front of the API; their X-Forwarded-For gives the client address that rate limits see (empty: none is trusted) [CAPSULE_TRUSTED_PROXIES]")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -195,8 +206,37 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	if (o.githubClientID == "") != (o.githubClientSecret == "") {
 		return nil, errors.New("serve: GitHub login needs both -github-client-id and -github-client-secret")
 	}
+	if o.signupMode, err = service.ParseSignupPolicy(o.signup); err != nil {
+		return nil, fmt.Errorf("serve: -signup %q: want open, invite or closed", o.signup)
+	}
+	if o.proxies, err = parsePrefixes(o.trustedProxies); err != nil {
+		return nil, fmt.Errorf("serve: -trusted-proxies: %w", err)
+	}
 	o.defaultCapacity()
 	return o, nil
+}
+
+// parsePrefixes parses a comma-separated list of CIDRs and addresses (an
+// address is its own /32 or /128).
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", f)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // adminFile is DATA-DIR/admin.json, written once on first start.
@@ -278,7 +318,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	audit := service.NewAudit(st, log)
-	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: log})
+	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit,
+		Signup: o.signupMode, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -317,7 +358,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", o.publicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
 	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Teams: teams, Store: st,
-		OAuth: providers, OAuthStates: states, Log: log})
+		OAuth: providers, OAuthStates: states, TrustedProxies: o.proxies, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -352,7 +393,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- ssrv.Serve(sln) }()
 	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
-		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir)
+		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
 	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
 
 	select {

@@ -30,4 +30,14 @@
 // team's own template, then a public one (store.PlatformTeamID), then a
 // built-in image. Deleting a public template is ErrForbidden: public
 // templates are visible to every team, so that leaks nothing.
+//
+// Accounts (accounts.go, invitations.go): who may sign up is a
+// SignupPolicy — open, invite (the default: only with a team invitation,
+// created by the team's admins and owners, stored as the SHA-256 of its
+// one-time token and redeemed under its row lock in the sign-up's
+// transaction) or closed; the bootstrap admin is exempt, and a first OAuth
+// login registers a user only when sign-up is open. API keys are created
+// and revoked with a user's session only; a member revokes only their own
+// keys; a key lives as long as its creator's membership of its team (see
+// Accounts).
 package service

@@ -143,6 +143,19 @@ type TeamAPIKey struct {
 	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
 }
 
+type TeamInvitation struct {
+	ID         pgtype.UUID        `json:"id"`
+	TeamID     pgtype.UUID        `json:"team_id"`
+	Email      string             `json:"email"`
+	Role       string             `json:"role"`
+	TokenHash  []byte             `json:"token_hash"`
+	CreatedBy  pgtype.UUID        `json:"created_by"`
+	CreatedAt  time.Time          `json:"created_at"`
+	ExpiresAt  time.Time          `json:"expires_at"`
+	RedeemedAt pgtype.Timestamptz `json:"redeemed_at"`
+	RedeemedBy pgtype.UUID        `json:"redeemed_by"`
+}
+
 type Template struct {
 	ID              pgtype.UUID     `json:"id"`
 	TeamID          pgtype.UUID     `json:"team_id"`
