@@ -9,7 +9,8 @@
 # instrumentation (go test -c -fuzz), and the binary itself lists its
 # targets (-test.list), so a new target runs the day it is written.
 # `-fuzz` takes one target per run: each runs on its own, from its
-# package's directory (where its testdata/ corpus is).
+# package's directory (where its testdata/ corpus is). Seeds (f.Add) and
+# committed corpus entries also run in plain `go test`.
 #
 #   FUZZTIME=30s scripts/fuzz.sh                 # longer runs
 #   scripts/fuzz.sh ./internal/envd ./internal/proxy   # some packages
@@ -21,7 +22,6 @@ patterns=("$@")
 [ ${#patterns[@]} -eq 0 ] && patterns=(./...)
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 cache="$(go env GOCACHE)/fuzz"
 start=$SECONDS
 
@@ -37,18 +37,40 @@ mapfile -t pkgs < <(go list -f '{{.ImportPath}} {{.Dir}}{{range .TestGoFiles}} {
     done
   done)
 
+binary() { echo "$work/$(echo "$1" | tr '/.' '__').test"; }
+
+# The binaries are built one after another in the background while the
+# targets of those already built run: fuzzing runs for a fixed time, so
+# the builds cost little wall time. <binary>.ok or .fail marks each end.
+(
+  for entry in "${pkgs[@]}"; do
+    path=${entry%% *}
+    bin=$(binary "$path")
+    t0=$SECONDS
+    if go test -c -fuzz=. -o "$bin" "$path" >"$bin.log" 2>&1; then
+      echo "$((SECONDS - t0))" >"$bin.ok"
+    else
+      touch "$bin.fail"
+    fi
+  done
+) &
+builder=$!
+trap 'kill "$builder" 2>/dev/null; wait "$builder" 2>/dev/null; rm -rf "$work"' EXIT
+
 failed=()
 ran=0
 for entry in "${pkgs[@]}"; do
   path=${entry%% *} dir=${entry#* }
-  bin="$work/$(echo "$path" | tr '/.' '__').test"
-  t0=$SECONDS
-  if ! go test -c -fuzz=. -o "$bin" "$path"; then
+  bin=$(binary "$path")
+  while [ ! -e "$bin.ok" ] && [ ! -e "$bin.fail" ]; do sleep 0.2; done
+  if [ -e "$bin.fail" ]; then
+    echo "FAIL $path: build"
+    sed 's/^/    /' "$bin.log"
     failed+=("$path (build)")
     continue
   fi
   mapfile -t targets < <(cd "$dir" && "$bin" -test.list '^Fuzz' | grep -E '^Fuzz')
-  echo "fuzz: $path: built in $((SECONDS - t0))s; ${#targets[@]} target(s), $fuzztime each"
+  echo "fuzz: $path: built in $(cat "$bin.ok")s; ${#targets[@]} target(s), $fuzztime each"
   for t in "${targets[@]}"; do
     t0=$SECONDS
     log="$work/out"

@@ -18,8 +18,14 @@ func FuzzReadConfigFile(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	// One file per fuzzing process (t.TempDir per input is slow).
+	dir, err := os.MkdirTemp("", "capsule-config-fuzz")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "capsule.yaml")
 	f.Fuzz(func(t *testing.T, content string) {
-		p := filepath.Join(t.TempDir(), "capsule.yaml")
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
