@@ -132,4 +132,3 @@ func FuzzSandboxIDPath(f *testing.F) {
 		}
 	})
 }
-
