@@ -3,6 +3,8 @@ package envd
 import (
 	"encoding/base64"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -175,6 +177,40 @@ func FuzzKeepaliveInterval(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v string) {
 		if d := keepaliveInterval(http.Header{"Keepalive-Ping-Interval": {v}}); d <= 0 {
 			t.Fatalf("keepaliveInterval(%q) = %v", v, d)
+		}
+	})
+}
+
+// FuzzInit: POST /init (the control plane's call, through envd's whole
+// handler) answers a 2xx or a 4xx for any body and access header, never a
+// 5xx or a panic; a refused call changes nothing.
+func FuzzInit(f *testing.F) {
+	for _, s := range []string{
+		`{"envVars":{"A":"b"},"accessToken":"tok","defaultUser":"root","defaultWorkdir":"/tmp","timestamp":"2026-01-01T00:00:00Z"}`,
+		`{"accessToken":null}`, `{"defaultUser":"no-such-user-here"}`, `{"timestamp":"yesterday"}`, `{"envVars":[]}`,
+		`{"volumeMounts":[{"nfs_target":"x","path":"/mnt"}],"hyperloopIP":"1.2.3.4"}`, `{"caBundle":"-----BEGIN"}`, `[]`, `{`, ``,
+	} {
+		f.Add(s, "")
+		f.Add(s, "old-token")
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, body, header string) {
+		s := New(Config{Logger: quiet})
+		s.accessToken = "old-token"
+		r := httptest.NewRequest(http.MethodPost, "/init", strings.NewReader(body))
+		if header != "" {
+			r.Header.Set("X-Access-Token", header)
+		}
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		switch {
+		case w.Code >= 200 && w.Code < 300:
+		case w.Code >= 400 && w.Code < 500:
+			if s.token() != "old-token" {
+				t.Fatalf("/init %q answered %d but changed the token", body, w.Code)
+			}
+		default:
+			t.Fatalf("/init %q (X-Access-Token %q) answered %d: %s", body, header, w.Code, w.Body)
 		}
 	})
 }

@@ -199,3 +199,38 @@ func FuzzExecCommand(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCreateSandbox: a create request that normalizes names a template of
+// the templates table's form, has a bounded timeout and valid variable
+// names and metadata; a refused one is ErrInvalid.
+func FuzzCreateSandbox(f *testing.F) {
+	f.Add("base", int32(60), "PATH", "k", "v", int32(1), int32(512))
+	f.Add("", int32(0), "", "", "", int32(0), int32(0))
+	f.Add("a/../b", int32(0), "", "", "", int32(0), int32(0))
+	f.Add("base", int32(-1), "1X", "", strings.Repeat("v", 513), int32(-1), int32(0))
+	f.Add("base", int32(maxTimeoutSec+1), "A", strings.Repeat("k", 513), "v", int32(0), int32(-5))
+	f.Fuzz(func(t *testing.T, tpl string, timeout int32, env, mdKey, mdVal string, vcpus, mem int32) {
+		r := CreateSandbox{Template: tpl, TimeoutSec: timeout, VCPUs: vcpus, MemoryMB: mem,
+			EnvVars: map[string]string{env: "x"}, Metadata: map[string]string{mdKey: mdVal}}
+		if err := r.normalize(); err != nil {
+			if !isInvalid(err) {
+				t.Fatalf("normalize(%+v) = %v, want an ErrInvalid", r, err)
+			}
+			return
+		}
+		if !templateRe.MatchString(r.Template) || strings.Contains(r.Template, "/") || r.TimeoutSec < 0 || r.TimeoutSec > maxTimeoutSec ||
+			r.VCPUs < 0 || r.MemoryMB < 0 {
+			t.Fatalf("normalize accepted %+v", r)
+		}
+		for k := range r.EnvVars {
+			if !envNameRe.MatchString(k) {
+				t.Fatalf("normalize accepted the variable %q", k)
+			}
+		}
+		for k, v := range r.Metadata {
+			if k == "" || len(k) > maxMetadataLen || len(v) > maxMetadataLen {
+				t.Fatalf("normalize accepted the metadata %q=%q", k, v)
+			}
+		}
+	})
+}
