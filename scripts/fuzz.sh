@@ -79,6 +79,17 @@ for entry in "${pkgs[@]}"; do
     rc=$?
     ran=$((ran + 1))
     execs=$(grep -oE 'execs: [0-9]+' "$log" | tail -1)
+    # Go 1.26's fuzzing coordinator can fail a target with a bare "context
+    # deadline exceeded" when -fuzztime ends while a worker is busy (a
+    # loaded machine; go.dev/issue/75804, fixed in Go 1.27). That is no
+    # finding: no input is written. It counts as a pass only when the
+    # target's seeds and corpus then replay cleanly.
+    if [ $rc -ne 0 ] && grep -q 'context deadline exceeded' "$log" &&
+      ! grep -qE 'Failing input written|panic:|fuzz_test\.go:[0-9]+:' "$log" &&
+      (cd "$dir" && "$bin" -test.run="^${t}\$" >>"$log" 2>&1); then
+      echo "ok   $path $t ($((SECONDS - t0))s, ${execs:-no execs}; coordinator deadline race, corpus replayed)"
+      continue
+    fi
     if [ $rc -ne 0 ]; then
       failed+=("$path $t")
       echo "FAIL $path $t ($((SECONDS - t0))s)"
