@@ -76,8 +76,17 @@ func (fuzzResolver) APIKeyTeam(_ context.Context, key string) (string, error) {
 
 func (fuzzResolver) Touch(context.Context, string) {}
 
-func (fuzzResolver) SignedBy(context.Context, func(string) bool) (string, error) {
-	return "", ErrNotFound
+func (z fuzzResolver) Wake(ctx context.Context, id string) (Route, error) { return z.Resolve(ctx, id) }
+
+func (fuzzResolver) RunningSandboxes(context.Context) ([]string, error) {
+	return []string{"abc123"}, nil
+}
+
+func (fuzzResolver) EnvdToken(id string) string {
+	if id == "abc123" {
+		return fuzzEnvdToken
+	}
+	return ""
 }
 
 // FuzzServeHTTP feeds the proxy requests as a client writes them (any
