@@ -66,6 +66,7 @@ var serveEnv = map[string]string{
 	"envd":                 "CAPSULE_ENVD",
 	"base":                 "CAPSULE_AGENT_BASE",
 	"warm-images":          "CAPSULE_AGENT_WARM_IMAGES",
+	"console-log-max-mb":   "CAPSULE_AGENT_CONSOLE_LOG_MAX_MB",
 	"admin-email":          "CAPSULE_ADMIN_EMAIL",
 	"max-vcpus":            "CAPSULE_AGENT_MAX_VCPUS",
 	"max-memory-mb":        "CAPSULE_AGENT_MAX_MEMORY_MB",
@@ -132,6 +133,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
 	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
 	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
+	fs.IntVar(&o.consoleLogMaxMB, "console-log-max-mb", 4, "cap of each sandbox's serial console log in MiB; past it the log is rotated into console.log.1 [CAPSULE_AGENT_CONSOLE_LOG_MAX_MB]")
 	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")

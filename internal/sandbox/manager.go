@@ -49,6 +49,10 @@ type Config struct {
 	// per machine shape, so that creates restore instead of booting
 	// (warm.go).
 	WarmImages bool
+	// ConsoleLogMax caps each sandbox's console log (console.log in its
+	// directory, rotated into console.log.1); 0 means
+	// vmm.DefaultConsoleLogMax.
+	ConsoleLogMax int64
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -88,6 +92,9 @@ type box struct {
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Driver == nil || cfg.Images == nil || cfg.Slots == nil {
 		return nil, errors.New("sandbox: Driver, Images and Slots are required")
+	}
+	if cfg.ConsoleLogMax < 0 {
+		return nil, fmt.Errorf("sandbox: negative console log cap %d", cfg.ConsoleLogMax)
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = "/var/lib/capsule"
@@ -322,16 +329,17 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	}
 	undo.add("remove run dir", func() error { return os.RemoveAll(rd) })
 	spec := vmm.Spec{
-		ID:         rec.ID,
-		Dir:        rd,
-		Kernel:     rec.Kernel,
-		Initrd:     rec.Initrd,
-		Cmdline:    m.cmdline(rec, slot),
-		VCPUs:      rec.VCPUs,
-		MemoryMB:   rec.MemoryMB,
-		Disks:      []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
-		Net:        &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
-		ConsoleLog: filepath.Join(m.sandboxDir(rec.ID), "console.log"),
+		ID:            rec.ID,
+		Dir:           rd,
+		Kernel:        rec.Kernel,
+		Initrd:        rec.Initrd,
+		Cmdline:       m.cmdline(rec, slot),
+		VCPUs:         rec.VCPUs,
+		MemoryMB:      rec.MemoryMB,
+		Disks:         []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
+		Net:           &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
+		ConsoleLog:    filepath.Join(m.sandboxDir(rec.ID), "console.log"),
+		ConsoleLogMax: m.cfg.ConsoleLogMax,
 		// A resumed sandbox gets its own copy of its memory: its next
 		// pause then saves cheaply. Clones of a template map it lazily.
 		CopyMemory: snap != nil && rec.State == StateResuming,
