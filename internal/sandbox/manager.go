@@ -66,6 +66,12 @@ type Manager struct {
 	boxes map[string]*box
 	used  usage
 
+	// gcMu guards orphans: template directories given up (deleted or
+	// replaced templates) that something still backed onto when they were
+	// (collectTemplates).
+	gcMu    sync.Mutex
+	orphans map[string]bool
+
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
 	warm       *warmer
@@ -104,7 +110,14 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, warm: newWarmer()}
+	// Absolute, so that template directories compare equal to the paths
+	// disks record as their backing files.
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	cfg.DataDir = dataDir
+	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, orphans: map[string]bool{}, warm: newWarmer()}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
