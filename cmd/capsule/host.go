@@ -26,6 +26,9 @@ type hostOptions struct {
 	base        bool
 	warmImages  bool
 	capacity    sandbox.Capacity
+	// diskHeadroomMB is the free space the data disk keeps (creates,
+	// pauses and snapshots that would leave less are refused).
+	diskHeadroomMB int64
 	netName     string
 	netHostCIDR string
 	netLinkCIDR string
@@ -106,7 +109,7 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	}
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, WarmImages: o.warmImages, Log: log,
+		Capacity: o.capacity, DiskHeadroomMB: o.diskHeadroomMB, WarmImages: o.warmImages, Log: log,
 	})
 	if err != nil {
 		_ = slots.Close(context.Background())

@@ -37,6 +37,7 @@
 // died left behind: paused sandboxes are adopted, VMMs whose sandbox
 // cannot be resumed are killed and their resources released.
 //
-// Errors carry one of ErrNotFound, ErrConflict, ErrInvalid or ErrCapacity
+// Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
+// ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)
 // (errors.Is) so that the API edge can map them to statuses.
 package sandbox

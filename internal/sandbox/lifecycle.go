@@ -20,6 +20,9 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 		return err
 	}
 	defer b.op.Unlock()
+	if err := m.checkDisk("pause", int64(b.snapshotRecord().MemoryMB)); err != nil {
+		return fmt.Errorf("pause %s: %w", id, err)
+	}
 	return m.pauseLocked(ctx, b)
 }
 

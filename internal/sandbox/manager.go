@@ -37,6 +37,10 @@ type Config struct {
 	Slots  *netslot.Pool
 
 	Capacity Capacity
+	// DiskHeadroomMB is the free space (MiB) the data directory's
+	// filesystem keeps: creates, pauses and snapshots that would leave
+	// less are refused with ErrNoSpace (capacity.go). 0: no check.
+	DiskHeadroomMB int64
 	// Defaults for requests that leave them out.
 	DefaultVCPUs    int // 1
 	DefaultMemoryMB int // 256
@@ -271,6 +275,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		return nil, fmt.Errorf("%w: disk_mb %d is smaller than the template's %d MiB", ErrInvalid, rec.DiskMB, baseMB)
 	}
 
+	if err := m.checkDisk("create", 0); err != nil {
+		return nil, err
+	}
 	b := &box{rec: rec, lastActive: m.now()}
 	b.op.Lock()
 	defer b.op.Unlock()

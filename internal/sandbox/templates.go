@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/capsulehq/capsule/internal/disk"
 )
 
@@ -161,6 +163,19 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 	rec := b.snapshotRecord()
 	if rec.State != StateRunning && rec.State != StatePaused {
 		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, rec.State)
+	}
+	// The memory (a running machine's) and a copy of the disk's overlay
+	// (a flattened image template holds the whole disk: its virtual size
+	// bounds it).
+	need := allocatedMB(m.diskPath(id))
+	if kind == KindImage {
+		need = int64(rec.DiskMB)
+	}
+	if rec.State == StateRunning {
+		need += int64(rec.MemoryMB)
+	}
+	if err := m.checkDisk("snapshot", need); err != nil {
+		return nil, err
 	}
 
 	dir, err := os.MkdirTemp(m.templatesDir(), name+"-")
@@ -359,6 +374,16 @@ func (m *Manager) referencedTemplateDirs() map[string]bool {
 		mark(m.diskPath(id))
 	}
 	return refs
+}
+
+// allocatedMB is the space a file takes on its filesystem, in MiB (0 when
+// it cannot be read).
+func allocatedMB(path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512 >> 20
 }
 
 // linkTree hard-links every file of src into a new directory dst.
