@@ -136,6 +136,8 @@ type Querier interface {
 	SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team, error)
 	// NULL: the platform default.
 	SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (Team, error)
+	// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+	SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error)
 	SetUserAdmin(ctx context.Context, arg SetUserAdminParams) error
 	SetUserDefaultTeam(ctx context.Context, arg SetUserDefaultTeamParams) error
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error

@@ -332,6 +332,43 @@ func (q *Queries) SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (T
 	return i, err
 }
 
+const setTeamStorageQuotas = `-- name: SetTeamStorageQuotas :one
+UPDATE teams SET
+  max_paused_sandboxes = $1,
+  max_stored_mb        = $2
+WHERE id = $3 AND deleted_at IS NULL
+RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
+`
+
+type SetTeamStorageQuotasParams struct {
+	MaxPausedSandboxes pgtype.Int4 `json:"max_paused_sandboxes"`
+	MaxStoredMB        pgtype.Int8 `json:"max_stored_mb"`
+	ID                 pgtype.UUID `json:"id"`
+}
+
+// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+func (q *Queries) SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error) {
+	row := q.db.QueryRow(ctx, setTeamStorageQuotas, arg.MaxPausedSandboxes, arg.MaxStoredMB, arg.ID)
+	var i Team
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.Slug,
+		&i.IsBYOC,
+		&i.MaxRunningSandboxes,
+		&i.MaxVCPUsPerSandbox,
+		&i.MaxMemoryMBPerSandbox,
+		&i.MaxTotalVCPUs,
+		&i.MaxTotalMemoryMB,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
+	)
+	return i, err
+}
+
 const softDeleteTeam = `-- name: SoftDeleteTeam :one
 UPDATE teams SET deleted_at = now()
 WHERE id = $1 AND deleted_at IS NULL AND id <> '00000000-0000-0000-0000-000000000000'
