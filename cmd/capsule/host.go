@@ -21,18 +21,18 @@ type hostOptions struct {
 	dataDir, runDir string
 	// imagesDir holds the image store (dataDir when empty): `capsule bench
 	// api` shares the platform's images but keeps its sandboxes apart.
-	imagesDir   string
-	envdBin     string
-	base        bool
-	warmImages  bool
-	capacity    sandbox.Capacity
+	imagesDir  string
+	envdBin    string
+	base       bool
+	warmImages bool
+	capacity   sandbox.Capacity
 	// diskHeadroomMB is the free space the data disk keeps (creates,
 	// pauses and snapshots that would leave less are refused).
 	diskHeadroomMB int64
-	netName     string
-	netHostCIDR string
-	netLinkCIDR string
-	netMaxSlots int
+	netName        string
+	netHostCIDR    string
+	netLinkCIDR    string
+	netMaxSlots    int
 	// netVethPrefix names the pool's host interfaces (derived from netName
 	// when empty).
 	netVethPrefix string

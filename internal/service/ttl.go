@@ -298,7 +298,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		// The host no longer has it: there is nothing left to keep.
 		log.WarnContext(ctx, "auto-pause: the host no longer has the sandbox")
 		if _, err := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID,
-			Reason: "the host no longer has this sandbox"}); err != nil {
+			Reason: "destroyed: the host no longer has this sandbox"}); err != nil {
 			log.ErrorContext(bg, "persist the lost sandbox", "err", err)
 		}
 		meta["destroyed"] = true
