@@ -333,9 +333,6 @@ func (m *Manager) collectTemplates() {
 	}
 }
 
-// templateInUse reports whether a template directory is still referenced.
-func (m *Manager) templateInUse(dir string) bool { return m.referencedTemplateDirs()[dir] }
-
 // referencedTemplateDirs is the set of template directories that must stay:
 // that of every indexed template, and every one that an indexed
 // template's root filesystem or a sandbox's disk (running, paused, or
