@@ -50,7 +50,8 @@ func (u *usage) release(vcpus, memMB, diskMB int) {
 // takes no new sandbox. Pauses and snapshots pass the memory they write
 // (and the disk copy of a snapshot). A headroom of 0 checks nothing.
 func (m *Manager) checkDisk(op string, needMB int64) error {
-	if m.cfg.DiskHeadroomMB <= 0 {
+	headroom := m.headroomMB.Load()
+	if headroom <= 0 {
 		return nil
 	}
 	var st unix.Statfs_t
@@ -58,9 +59,9 @@ func (m *Manager) checkDisk(op string, needMB int64) error {
 		return fmt.Errorf("%s: free space of %s: %w", op, m.cfg.DataDir, err)
 	}
 	freeMB := int64(st.Bavail) * int64(st.Bsize) >> 20
-	if freeMB-needMB < m.cfg.DiskHeadroomMB {
+	if freeMB-needMB < headroom {
 		return fmt.Errorf("%w: %s needs about %d MiB; the host's data disk has %d MiB free and keeps %d MiB free",
-			ErrNoSpace, op, needMB, freeMB, m.cfg.DiskHeadroomMB)
+			ErrNoSpace, op, needMB, freeMB, headroom)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
@@ -75,6 +76,8 @@ type Manager struct {
 	// (collectTemplates).
 	gcMu    sync.Mutex
 	orphans map[string]bool
+	// headroomMB is Config.DiskHeadroomMB (tests change it on the fly).
+	headroomMB atomic.Int64
 
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
@@ -122,6 +125,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	cfg.DataDir = dataDir
 	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, orphans: map[string]bool{}, warm: newWarmer()}
+	m.headroomMB.Store(cfg.DiskHeadroomMB)
 	if m.log == nil {
 		m.log = slog.Default()
 	}
