@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/capsulehq/capsule/db/migrations"
 	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -168,11 +170,12 @@ func TestMigrateConcurrent(t *testing.T) {
 	if err := stores[0].Pool().QueryRow(ctx(t), "SELECT count(*) FROM goose_db_version WHERE version_id > 0").Scan(&applied); err != nil {
 		t.Fatal(err)
 	}
-	if applied != 1 {
-		t.Errorf("%d migrations recorded, want 1", applied)
+	want := len(migrationFiles(t))
+	if applied != want {
+		t.Errorf("%d migrations recorded, want %d", applied, want)
 	}
-	if c := strings.Count(logBuf.String(), "migration applied"); c != 1 {
-		t.Errorf("the migration was applied %d times:\n%s", c, logBuf.String())
+	if c := strings.Count(logBuf.String(), "migration applied"); c != want {
+		t.Errorf("%d migrations applied, want each of the %d once:\n%s", c, want, logBuf.String())
 	}
 }
 
@@ -310,14 +313,15 @@ func TestRunMigrateCommand(t *testing.T) {
 	if err := store.RunMigrateCommand(ctx(t), []string{"status", "--database-url", dsn}, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "schema version 0 (newest 1)") {
+	newest := newestMigration(t)
+	if !strings.Contains(out.String(), fmt.Sprintf("schema version 0 (newest %d)", newest)) {
 		t.Errorf("status: %q", out.String())
 	}
 	out.Reset()
 	if err := store.RunMigrateCommand(ctx(t), []string{"--database-url", dsn}, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "schema version 1 (newest 1)") {
+	if !strings.Contains(out.String(), fmt.Sprintf("schema version %d (newest %d)", newest, newest)) {
 		t.Errorf("up: %q", out.String())
 	}
 	if err := store.RunMigrateCommand(ctx(t), []string{"sideways"}, &out); err == nil {
@@ -339,9 +343,30 @@ func TestRunMigrateCommandEmbedded(t *testing.T) {
 	if err := store.RunMigrateCommand(ctx(t), []string{"up", "--data-dir", d}, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "schema version 1 (newest 1)") {
+	if n := newestMigration(t); !strings.Contains(out.String(), fmt.Sprintf("schema version %d (newest %d)", n, n)) {
 		t.Errorf("up: %q", out.String())
 	}
+}
+
+// migrationFiles lists the embedded migrations.
+func migrationFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("embedded migrations: %v, %v", files, err)
+	}
+	return files
+}
+
+// newestMigration is the version of the newest embedded migration.
+func newestMigration(t *testing.T) int {
+	t.Helper()
+	files := migrationFiles(t)
+	var v int
+	if _, err := fmt.Sscanf(files[len(files)-1], "%05d_", &v); err != nil {
+		t.Fatalf("migration file name %q: %v", files[len(files)-1], err)
+	}
+	return v
 }
 
 func TestStateErrorMessage(t *testing.T) {
