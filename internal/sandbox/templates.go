@@ -319,7 +319,10 @@ func (m *Manager) collectTemplates() {
 	if len(m.orphans) == 0 {
 		return
 	}
-	refs := m.referencedTemplateDirs()
+	refs, ok := m.referencedTemplateDirs()
+	if !ok {
+		return // not sure what is referenced: delete nothing this time
+	}
 	for dir := range m.orphans {
 		if refs[dir] {
 			continue
@@ -340,29 +343,36 @@ func (m *Manager) collectTemplates() {
 // snapshot template's disk is a copy of its source sandbox's overlay, so
 // it backs onto what that sandbox backed onto: a chain template → parent
 // template → … → image. Only disks chain; a template's memory file is
-// copied, never referenced, by what is made from it.
-func (m *Manager) referencedTemplateDirs() map[string]bool {
-	refs := map[string]bool{}
+// copied, never referenced, by what is made from it. ok is false when a
+// template list or a chain could not be read (a missing disk, of a
+// sandbox being created or destroyed, is no reference): the set may then
+// be incomplete, and nothing must be deleted on its strength.
+func (m *Manager) referencedTemplateDirs() (refs map[string]bool, ok bool) {
+	refs, ok = map[string]bool{}, true
 	root := m.templatesDir() + string(filepath.Separator)
 	mark := func(image string) {
 		chain, err := disk.BackingChain(image)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			m.log.Warn("read a disk's backing chain", "disk", image, "err", err)
+			ok = false
 		}
 		for _, p := range chain {
-			if rel, ok := strings.CutPrefix(p, root); ok {
+			if rel, under := strings.CutPrefix(p, root); under {
 				first, _, _ := strings.Cut(rel, string(filepath.Separator))
 				refs[filepath.Join(m.templatesDir(), first)] = true
 			}
 		}
 	}
-	if ts, err := m.allTemplates(); err == nil {
-		for _, t := range ts {
-			if t.Dir != "" {
-				refs[t.Dir] = true
-			}
-			mark(t.Rootfs)
+	ts, err := m.allTemplates()
+	if err != nil {
+		m.log.Warn("list templates", "err", err)
+		return nil, false
+	}
+	for _, t := range ts {
+		if t.Dir != "" {
+			refs[t.Dir] = true
 		}
+		mark(t.Rootfs)
 	}
 	m.mu.Lock()
 	ids := slices.Collect(maps.Keys(m.boxes))
@@ -370,7 +380,7 @@ func (m *Manager) referencedTemplateDirs() map[string]bool {
 	for _, id := range ids {
 		mark(m.diskPath(id))
 	}
-	return refs
+	return refs, ok
 }
 
 // allocatedMB is the space a file takes on its filesystem, in MiB (0 when
