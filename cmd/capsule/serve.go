@@ -70,6 +70,9 @@ var serveEnv = map[string]string{
 	"admin-email":          "CAPSULE_ADMIN_EMAIL",
 	"max-vcpus":            "CAPSULE_AGENT_MAX_VCPUS",
 	"max-memory-mb":        "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"disk-headroom-mb":     "CAPSULE_AGENT_DISK_HEADROOM_MB",
+	"quota-paused":         "CAPSULE_QUOTA_PAUSED",
+	"quota-stored-mb":      "CAPSULE_QUOTA_STORED_MB",
 	"net-name":             "CAPSULE_AGENT_NET_NAME",
 	"net-host-cidr":        "CAPSULE_AGENT_NET_HOST_CIDR",
 	"net-link-cidr":        "CAPSULE_AGENT_NET_LINK_CIDR",
@@ -111,13 +114,38 @@ type serveOptions struct {
 	proxies        []netip.Prefix
 	// configFile is the configuration file read ("" when none).
 	configFile string
+	// quotas are the platform's default team quotas.
+	quotas service.Quotas
+}
+
+// intFlag and int64Flag parse a non-negative number into *p.
+func intFlag(p *int32) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number ≥ 0, not %q", v)
+		}
+		*p = int32(n)
+		return nil
+	}
+}
+
+func int64Flag(p *int64) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number ≥ 0, not %q", v)
+		}
+		*p = n
+		return nil
+	}
 }
 
 // parseServeFlags reads the settings: flags, then the environment, then
 // the configuration file (defaultConfig when it exists and no other is
 // named), then the defaults.
 func parseServeFlags(args []string, getenv func(string) string, defaultConfig string) (*serveOptions, error) {
-	o := &serveOptions{}
+	o := &serveOptions{quotas: service.DefaultQuotas}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), serveUsage)
@@ -137,6 +165,9 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
+	fs.Int64Var(&o.diskHeadroomMB, "disk-headroom-mb", 1024, "free space (MiB) the data directory's disk keeps: creates, pauses and snapshots that would leave less are refused (507); 0 turns the check off [CAPSULE_AGENT_DISK_HEADROOM_MB]")
+	fs.Func("quota-paused", fmt.Sprintf("paused sandboxes a team may keep (default %d; a team's own quota wins) [CAPSULE_QUOTA_PAUSED]", service.DefaultQuotas.MaxPausedSandboxes), intFlag(&o.quotas.MaxPausedSandboxes))
+	fs.Func("quota-stored-mb", fmt.Sprintf("MiB a team may keep stored: paused sandboxes' memory and snapshot templates (default %d; a team's own quota wins) [CAPSULE_QUOTA_STORED_MB]", service.DefaultQuotas.MaxStoredMB), int64Flag(&o.quotas.MaxStoredMB))
 	fs.StringVar(&o.netName, "net-name", "", "name of the network slot pool (default capsule) [CAPSULE_AGENT_NET_NAME]")
 	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
@@ -197,8 +228,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 			return nil, fmt.Errorf("serve: -domain %q: want a domain, optionally with :PORT", o.domain)
 		}
 	}
-	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
-		return nil, errors.New("serve: capacities must not be negative")
+	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.diskHeadroomMB < 0 {
+		return nil, errors.New("serve: capacities and the disk headroom must not be negative")
 	}
 	u, err := url.Parse(o.publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
@@ -325,7 +356,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Audit: audit, Log: log})
+	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Quotas: o.quotas, Audit: audit, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -96,6 +96,7 @@ type Sandbox struct {
 	LastActiveAt        pgtype.Timestamptz `json:"last_active_at"`
 	PausedAt            pgtype.Timestamptz `json:"paused_at"`
 	StoppedAt           pgtype.Timestamptz `json:"stopped_at"`
+	PauseFailures       int32              `json:"pause_failures"`
 }
 
 type SandboxMetric struct {
@@ -129,6 +130,8 @@ type Team struct {
 	CreatedAt             time.Time          `json:"created_at"`
 	UpdatedAt             time.Time          `json:"updated_at"`
 	DeletedAt             pgtype.Timestamptz `json:"deleted_at"`
+	MaxPausedSandboxes    pgtype.Int4        `json:"max_paused_sandboxes"`
+	MaxStoredMB           pgtype.Int8        `json:"max_stored_mb"`
 }
 
 type TeamAPIKey struct {

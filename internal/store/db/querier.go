@@ -28,6 +28,10 @@ type Querier interface {
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
 	CountTeamSandboxUsage(ctx context.Context, arg CountTeamSandboxUsageParams) (CountTeamSandboxUsageRow, error)
+	// What a team keeps on disk, for the paused and stored-bytes quotas: its
+	// paused sandboxes (count, and their memory, which a pause writes out) and
+	// the bytes of its snapshot templates.
+	CountTeamStoredUsage(ctx context.Context, teamID pgtype.UUID) (CountTeamStoredUsageRow, error)
 	CountUsers(ctx context.Context) (int64, error)
 	CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (TeamAPIKey, error)
 	CreateInvitation(ctx context.Context, arg CreateInvitationParams) (TeamInvitation, error)
@@ -43,6 +47,9 @@ type Querier interface {
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
 	// the least) and the idle window only ever grows. Running sandboxes only.
 	ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error)
+	// An auto-pause refused once too often: the sandbox is left in error, with
+	// its disk kept on the host (nothing is destroyed); no deadline.
+	FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error)
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
 	// The team a login lands in: users.default_team_id if the user is still a
 	// member and the team is live, else the oldest live membership.
@@ -120,6 +127,9 @@ type Querier interface {
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
+	// An auto-pause the host refused: back to running with one more failure
+	// and the deadline moved to retry_at (the reaper's back-off).
+	RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error)
 	// A pause that did not happen: back to running with the deadline it had
 	// (the next reaper pass tries again).
 	RevertSandboxPausing(ctx context.Context, arg RevertSandboxPausingParams) (Sandbox, error)
@@ -141,6 +151,8 @@ type Querier interface {
 	SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team, error)
 	// NULL: the platform default.
 	SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (Team, error)
+	// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+	SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error)
 	SetUserAdmin(ctx context.Context, arg SetUserAdminParams) error
 	SetUserDefaultTeam(ctx context.Context, arg SetUserDefaultTeamParams) error
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error
