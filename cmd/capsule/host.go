@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/dirlock"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
@@ -135,4 +137,19 @@ func (h *hostStack) stop() {
 	if err := h.slots.Close(context.Background()); err != nil {
 		h.log.Error("close the network slot pool", "err", err)
 	}
+}
+
+// lockDataDir makes this process the only instance on dataDir (created if
+// missing): `capsule serve` and `capsule agent` call it before anything
+// else, so that a second instance exits having changed nothing. The
+// returned function releases the lock.
+func lockDataDir(dataDir string) (func(), error) {
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, err
+	}
+	l, err := dirlock.Acquire(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = l.Release() }, nil
 }
