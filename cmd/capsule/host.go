@@ -84,7 +84,9 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
+	// Slots of machines that outlived an earlier agent are kept for the
+	// manager to adopt (it drops the rest).
+	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log, KeepSlots: true}
 	if o.netHostCIDR != "" {
 		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
 			return nil, fmt.Errorf("--net-host-cidr: %w", err)
@@ -129,7 +131,7 @@ func (h *hostStack) stop() {
 	cancel()
 	h.mgr.Close()
 	for _, in := range h.mgr.List() {
-		if in.State != sandbox.StatePaused {
+		if in.State != sandbox.StatePaused && in.State != sandbox.StateStopped && in.State != sandbox.StateError {
 			h.log.Info("leaving running sandboxes and their network to the next start", "sandboxes", len(h.mgr.List()))
 			return
 		}

@@ -188,6 +188,7 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", id, err)
 		}
+		crashPoint("snapshot-saved")
 		if len(snap.Disks) == 0 {
 			return nil, fmt.Errorf("snapshot %s: the driver saved no disk", id)
 		}
@@ -244,11 +245,7 @@ func (m *Manager) publishTemplate(tpl *Template) error {
 	if err != nil {
 		return err
 	}
-	tmp := m.templateIndex(tpl.Name) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, m.templateIndex(tpl.Name)); err != nil {
+	if err := writeFileDurable(m.templateIndex(tpl.Name), b); err != nil {
 		return err
 	}
 	if old != nil && old.Dir != tpl.Dir {

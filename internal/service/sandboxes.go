@@ -698,8 +698,16 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 
 // Resume resumes a paused sandbox of p's team, within its quotas (checked
 // under the team's row lock, in the transaction that marks it resuming).
+//
+// A sandbox in error whose host kept its disk (its machine died: see
+// Reconcile) is resumed the same way: the host boots it cold from its
+// disk (its files are there, its memory is not).
 func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
-	return s.transition(ctx, p, id, store.SandboxPaused, store.SandboxResuming, store.SandboxRunning,
+	from := store.SandboxPaused
+	if row, err := s.get(ctx, p, id); err == nil && row.State == store.SandboxError {
+		from = store.SandboxError
+	}
+	return s.transition(ctx, p, id, from, store.SandboxResuming, store.SandboxRunning,
 		func(q *db.Queries, _ db.Sandbox) error {
 			t, err := q.GetTeam(ctx, p.TeamID)
 			if err != nil {
