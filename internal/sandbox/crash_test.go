@@ -72,6 +72,9 @@ func runHelperAgent(t *testing.T, dataDir, runDir, crashAt string) helperIDs {
 	return h
 }
 
+// helperToken is the envd access token of the helper's running sandbox.
+const helperToken = "tok-helper-running-secret"
+
 // TestHelperAgent is the agent that the restart tests kill; on its own it
 // does nothing. With a crash point it runs the operation that reaches
 // that point and kills itself there with SIGKILL.
@@ -85,7 +88,8 @@ func TestHelperAgent(t *testing.T) {
 	e.pool = newPool(t)
 	e.mgr = e.manager(t)
 	ctx := testCtx(t, 8*time.Minute)
-	running, c := e.create(ctx, sandbox.CreateOptions{ID: "running", EnvVars: map[string]string{"SECRET_ENV": "env-plaintext-value"}})
+	running, c := e.create(ctx, sandbox.CreateOptions{ID: "running", AccessToken: helperToken,
+		EnvVars: map[string]string{"SECRET_ENV": "env-plaintext-value"}})
 	startBackground(t, ctx, c, counterScript)
 	sh(t, ctx, c, "echo alive > /root/synced.txt; sync")
 	paused, c := e.create(ctx, sandbox.CreateOptions{ID: "paused"})
@@ -224,6 +228,33 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 				if got := sh(t, ctx, c, "echo $SECRET_ENV"); got != "env-plaintext-value" {
 					t.Fatalf("env var after adoption: %q", got)
+				}
+			})
+			t.Run("no secrets in state files or template metadata", func(t *testing.T) {
+				// A template from the running sandbox: its metadata holds
+				// the token its saved envd has, sealed.
+				if _, err := e.mgr.CreateSnapshot(ctx, h.running, "secretcheck"); err != nil {
+					t.Fatal(err)
+				}
+				var checked int
+				_ = filepath.WalkDir(dataDir, func(p string, d os.DirEntry, err error) error {
+					if err != nil || d.IsDir() || !strings.HasSuffix(p, ".json") || strings.Contains(p, "/snapshot") {
+						return nil
+					}
+					b, _ := os.ReadFile(p)
+					checked++
+					for _, secret := range []string{helperToken, "env-plaintext-value"} {
+						if strings.Contains(string(b), secret) {
+							t.Errorf("%s holds %q in plaintext", p, secret)
+						}
+					}
+					return nil
+				})
+				if checked < 3 {
+					t.Fatalf("only %d metadata files checked", checked)
+				}
+				if err := e.mgr.DeleteTemplate("secretcheck"); err != nil {
+					t.Fatal(err)
 				}
 			})
 			t.Run("paused sandbox", func(t *testing.T) {

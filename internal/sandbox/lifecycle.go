@@ -48,11 +48,11 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 		b.rec.State, b.rec.Generation, b.rec.PendingSnapshot = StateRunning, b.rec.Generation-1, ""
 		r := *b.rec
 		b.mu.Unlock()
-		if err := writeRecord(dir, &r); err != nil {
+		if err := m.writeRecord(dir, &r); err != nil {
 			m.log.ErrorContext(ctx, "persist a failed pause", "id", r.ID, "err", err)
 		}
 	}
-	if err := writeRecord(dir, &rec); err != nil {
+	if err := m.writeRecord(dir, &rec); err != nil {
 		back()
 		return fmt.Errorf("pause %s: %w", rec.ID, err)
 	}
@@ -79,7 +79,7 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	b.rec.State, b.rec.Snapshot, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StatePaused, snap.Dir, 0, 0, ""
 	rec = *b.rec
 	b.mu.Unlock()
-	if err := writeRecord(dir, &rec); err != nil {
+	if err := m.writeRecord(dir, &rec); err != nil {
 		return err
 	}
 	if old != "" && old != snap.Dir {
@@ -136,13 +136,13 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	// that recover adopts (or stops), never one resumed twice from the
 	// same snapshot while its disk moved on.
 	rec.State = StateResuming
-	if err := writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
 	undo.add("record paused", func() error {
 		r := rec
 		r.State = StatePaused
-		return writeRecord(m.sandboxDir(rec.ID), &r)
+		return m.writeRecord(m.sandboxDir(rec.ID), &r)
 	})
 	crashPoint("resume-recorded")
 	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
@@ -182,7 +182,7 @@ func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (er
 	b.mu.Unlock()
 	if old != "" {
 		// A snapshot older than the disk can never be resumed again.
-		_ = writeRecord(m.sandboxDir(rec.ID), &r)
+		_ = m.writeRecord(m.sandboxDir(rec.ID), &r)
 		_ = os.RemoveAll(old)
 	}
 	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "id", rec.ID)

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -62,6 +63,8 @@ type Manager struct {
 	log *slog.Logger
 	now func() time.Time
 
+	key cipher.AEAD // seals secrets at rest (seal.go)
+
 	mu    sync.Mutex
 	boxes map[string]*box
 	used  usage
@@ -117,6 +120,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
+	key, err := loadKey(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: secrets key: %w", err)
+	}
+	m.key = key
 	if err := m.recover(ctx); err != nil {
 		return nil, err
 	}
@@ -283,7 +291,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if err := disk.CreateOverlay(ctx, tpl.Rootfs, m.diskPath(o.ID), int64(rec.DiskMB)<<20); err != nil {
 		return nil, err
 	}
-	if err := writeRecord(dir, rec); err != nil {
+	if err := m.writeRecord(dir, rec); err != nil {
 		return nil, err
 	}
 	var snap *vmm.Snapshot
@@ -371,7 +379,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	b.lastActive = m.now()
 	rec = *b.rec
 	b.mu.Unlock()
-	if err := writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
 	go m.watchMachine(b, machine)
@@ -461,7 +469,7 @@ func (m *Manager) stopLocked(ctx context.Context, b *box, reason string) {
 		}
 	}
 	_ = os.RemoveAll(m.runDir(rec.ID))
-	if err := writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		m.log.ErrorContext(ctx, "persist a stopped sandbox", "id", rec.ID, "err", err)
 	}
 }
@@ -582,7 +590,7 @@ func (m *Manager) SetTimeout(id string, d time.Duration) error {
 	b.lastActive = m.now()
 	rec := *b.rec
 	b.mu.Unlock()
-	return writeRecord(m.sandboxDir(id), &rec)
+	return m.writeRecord(m.sandboxDir(id), &rec)
 }
 
 func (m *Manager) info(b *box) *Info {

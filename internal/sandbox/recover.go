@@ -43,7 +43,7 @@ func (m *Manager) recover(ctx context.Context) error {
 			m.log.WarnContext(ctx, "leaving alone a directory that names no sandbox", "dir", dir)
 			continue
 		}
-		rec, err := readRecord(dir)
+		rec, err := m.readRecord(dir)
 		if err != nil {
 			m.recoverUnreadable(ctx, e.Name(), err)
 			continue
@@ -104,7 +104,7 @@ func (m *Manager) recoverSandbox(ctx context.Context, rec *record) {
 	m.used.diskMB += rec.DiskMB
 	dir := m.sandboxDir(rec.ID)
 	persist := func() {
-		if err := writeRecord(dir, rec); err != nil {
+		if err := m.writeRecord(dir, rec); err != nil {
 			m.log.ErrorContext(ctx, "persist a recovered sandbox", "sandbox", rec.ID, "err", err)
 		}
 	}

@@ -31,22 +31,27 @@ const (
 // record is what state.json holds: everything needed to resume or clean a
 // sandbox after the agent restarts.
 type record struct {
-	ID          string            `json:"id"`
-	State       State             `json:"state"`
-	Template    string            `json:"template"`
-	ImageID     string            `json:"imageId"`
-	Kernel      string            `json:"kernel"`
-	Initrd      string            `json:"initrd"`
-	VCPUs       int               `json:"vcpus"`
-	MemoryMB    int               `json:"memoryMB"`
-	DiskMB      int               `json:"diskMB"`
-	Egress      bool              `json:"egress"`
-	AccessToken string            `json:"accessToken,omitempty"`
+	ID       string `json:"id"`
+	State    State  `json:"state"`
+	Template string `json:"template"`
+	ImageID  string `json:"imageId"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd"`
+	VCPUs    int    `json:"vcpus"`
+	MemoryMB int    `json:"memoryMB"`
+	DiskMB   int    `json:"diskMB"`
+	Egress   bool   `json:"egress"`
+	// AccessToken and EnvVars are sealed on disk (Sealed, seal.go).
+	AccessToken string            `json:"-"`
 	DefaultUser string            `json:"defaultUser,omitempty"`
-	EnvVars     map[string]string `json:"envVars,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	TimeoutSec  int               `json:"timeoutSec,omitempty"`
-	CreatedAt   time.Time         `json:"createdAt"`
+	EnvVars     map[string]string `json:"-"`
+	Sealed      string            `json:"sealed,omitempty"`
+	// Plaintext fields of state files written before sealing, read once.
+	LegacyAccessToken string            `json:"accessToken,omitempty"`
+	LegacyEnvVars     map[string]string `json:"envVars,omitempty"`
+	Metadata          map[string]string `json:"metadata,omitempty"`
+	TimeoutSec        int               `json:"timeoutSec,omitempty"`
+	CreatedAt         time.Time         `json:"createdAt"`
 	// RestoredFrom names the snapshot template the sandbox was restored
 	// from at creation ("" for a cold boot).
 	RestoredFrom string `json:"restoredFrom,omitempty"`
@@ -68,8 +73,17 @@ type record struct {
 // writeRecord replaces dir/state.json durably: a temporary file, synced,
 // renamed over the old one, and the directory synced, so that a crash at
 // any moment leaves the old record or the new one, complete.
-func writeRecord(dir string, r *record) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+func (m *Manager) writeRecord(dir string, r *record) error {
+	disk := *r
+	disk.LegacyAccessToken, disk.LegacyEnvVars, disk.Sealed = "", nil, ""
+	if r.AccessToken != "" || len(r.EnvVars) > 0 {
+		sealed, err := seal(m.key, "sandbox:"+r.ID, recordSecrets{AccessToken: r.AccessToken, EnvVars: r.EnvVars})
+		if err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+		disk.Sealed = sealed
+	}
+	b, err := json.MarshalIndent(&disk, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -125,7 +139,7 @@ func quarantineRecord(dir string, now time.Time) (string, error) {
 	return name, syncDir(dir)
 }
 
-func readRecord(dir string) (*record, error) {
+func (m *Manager) readRecord(dir string) (*record, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if err != nil {
 		return nil, err
@@ -133,6 +147,15 @@ func readRecord(dir string) (*record, error) {
 	var r record
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("parse %s/state.json: %w", dir, err)
+	}
+	r.AccessToken, r.EnvVars = r.LegacyAccessToken, r.LegacyEnvVars
+	r.LegacyAccessToken, r.LegacyEnvVars = "", nil
+	if r.Sealed != "" {
+		var sec recordSecrets
+		if err := unseal(m.key, "sandbox:"+r.ID, r.Sealed, &sec); err != nil {
+			return nil, fmt.Errorf("%s/state.json: %w", dir, err)
+		}
+		r.AccessToken, r.EnvVars = sec.AccessToken, sec.EnvVars
 	}
 	return &r, nil
 }

@@ -42,7 +42,12 @@ type Template struct {
 	Dir string `json:"dir,omitempty"`
 	// EnvdToken is the access token the saved envd holds in memory; a
 	// restore presents it to hand envd the new sandbox's token.
-	EnvdToken string `json:"envdToken,omitempty"`
+	// It is sealed on disk (SealedToken, seal.go).
+	EnvdToken   string `json:"-"`
+	SealedToken string `json:"sealedToken,omitempty"`
+	// LegacyToken is the plaintext token of metadata written before
+	// sealing, read once.
+	LegacyToken string `json:"envdToken,omitempty"`
 }
 
 func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
@@ -100,6 +105,12 @@ func (m *Manager) readTemplate(name string) (*Template, error) {
 	var t Template
 	if err := json.Unmarshal(b, &t); err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	t.EnvdToken, t.LegacyToken = t.LegacyToken, ""
+	if t.SealedToken != "" {
+		if err := unseal(m.key, "template:"+t.Name, t.SealedToken, &t.EnvdToken); err != nil {
+			return nil, fmt.Errorf("template %s: %w", name, err)
+		}
 	}
 	return &t, nil
 }
@@ -241,7 +252,16 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 // one whose files go once no sandbox uses them.
 func (m *Manager) publishTemplate(tpl *Template) error {
 	old, _ := m.readTemplate(tpl.Name)
-	b, err := json.MarshalIndent(tpl, "", "  ")
+	disk := *tpl
+	disk.LegacyToken, disk.SealedToken = "", ""
+	if tpl.EnvdToken != "" {
+		sealed, err := seal(m.key, "template:"+tpl.Name, tpl.EnvdToken)
+		if err != nil {
+			return err
+		}
+		disk.SealedToken = sealed
+	}
+	b, err := json.MarshalIndent(&disk, "", "  ")
 	if err != nil {
 		return err
 	}
