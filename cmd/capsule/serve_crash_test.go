@@ -294,3 +294,117 @@ func TestSecondServeOnADataDirInUse(t *testing.T) {
 		t.Fatalf("first serve exited %d:\n%s", code, first.logText())
 	}
 }
+
+// crashSandbox is what the API says of a sandbox.
+type crashSandbox struct {
+	ID              string `json:"id"`
+	State           string `json:"state"`
+	StateReason     string `json:"state_reason"`
+	EnvdAccessToken string `json:"envd_access_token"`
+}
+
+// execIn runs cmd in sandbox id through the API and returns its stdout.
+func (p *serveProc) execIn(t *testing.T, ctx context.Context, key, id, cmd string) string {
+	t.Helper()
+	var res struct {
+		Stdout   string `json:"stdout"`
+		Stderr   string `json:"stderr"`
+		ExitCode int    `json:"exit_code"`
+	}
+	if code := p.call(t, ctx, key, "POST", "/v1/sandboxes/"+id+"/exec", map[string]any{"cmd": cmd, "timeout_sec": 60}, &res); code != http.StatusOK {
+		t.Fatalf("exec %q in %s: status %d", cmd, id, code)
+	}
+	if res.ExitCode != 0 {
+		t.Fatalf("exec %q in %s: exit %d: %s%s", cmd, id, res.ExitCode, res.Stdout, res.Stderr)
+	}
+	return strings.TrimSpace(res.Stdout)
+}
+
+// proxyFile reads a file of sandbox id through the traffic proxy (envd's
+// /files, authorized by the sandbox's envd access token).
+func (p *serveProc) proxyFile(t *testing.T, ctx context.Context, sb crashSandbox, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.url+"/files?username=root&path="+path, nil)
+	req.Host = "49983-" + sb.ID + ".crash.test"
+	req.Header.Set("X-Access-Token", sb.EnvdAccessToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+// TestServeKilledKeepsSandboxesRunning: `capsule serve` is killed with
+// SIGKILL while it runs two sandboxes (one counting in memory, one with a
+// synced file) and started again on the same directories: the sandboxes
+// are running, the counter kept counting, the file is there, exec and the
+// proxy work; after a final stop nothing is left (VMMs, namespaces).
+func TestServeKilledKeepsSandboxesRunning(t *testing.T) {
+	bin := serveBinary(t)
+	d := newServeDirs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	first := d.start(t, bin)
+	first.waitHealthy(ctx)
+	key := d.apiKey(t)
+
+	var counter, files crashSandbox
+	for _, sb := range []*crashSandbox{&counter, &files} {
+		if code := first.call(t, ctx, key, "POST", "/v1/sandboxes", map[string]any{"template": "minimal", "timeout_sec": 3600}, sb); code != http.StatusCreated {
+			t.Fatalf("create: %d\n%s", code, first.logText())
+		}
+	}
+	first.execIn(t, ctx, key, counter.ID, `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/c; sleep 0.2; done' >/dev/null 2>&1 </dev/null &`)
+	first.execIn(t, ctx, key, files.ID, "echo synced > /root/synced.txt; sync")
+	before := 0
+	for before < 3 {
+		fmt.Sscan(first.execIn(t, ctx, key, counter.ID, "cat /tmp/c 2>/dev/null || echo 0"), &before)
+	}
+	first.kill9()
+
+	second := d.start(t, bin)
+	second.waitHealthy(ctx)
+	if strings.Contains(second.logText(), "did not survive") {
+		t.Errorf("the restarted agent lost a machine:\n%s", second.logText())
+	}
+	t.Run("sandboxes still running", func(t *testing.T) {
+		for _, sb := range []crashSandbox{counter, files} {
+			var got crashSandbox
+			if code := second.call(t, ctx, key, "GET", "/v1/sandboxes/"+sb.ID, nil, &got); code != http.StatusOK || got.State != "running" {
+				t.Fatalf("%s after the restart: %d %+v", sb.ID, code, got)
+			}
+		}
+	})
+	t.Run("counter kept counting", func(t *testing.T) {
+		var now int
+		fmt.Sscan(second.execIn(t, ctx, key, counter.ID, "cat /tmp/c"), &now)
+		if now <= before {
+			t.Fatalf("counter %d after the restart, %d before: memory lost or stopped", now, before)
+		}
+	})
+	t.Run("synced file there", func(t *testing.T) {
+		if got := second.execIn(t, ctx, key, files.ID, "cat /root/synced.txt"); got != "synced" {
+			t.Fatalf("file: %q", got)
+		}
+	})
+	t.Run("proxy and envd token work", func(t *testing.T) {
+		code, body := second.proxyFile(t, ctx, files, "/root/synced.txt")
+		if code != http.StatusOK || body != "synced" {
+			t.Fatalf("through the proxy: %d %q", code, body)
+		}
+	})
+	second.stop()
+	if code := second.wait(ctx); code != 0 {
+		t.Fatalf("serve exited %d:\n%s", code, second.logText())
+	}
+	t.Run("nothing left", func(t *testing.T) {
+		if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+d.root).Output(); len(out) > 0 {
+			t.Fatalf("VMMs left: %s", out)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "ccrash-") {
+			t.Fatalf("network namespaces left: %s", out)
+		}
+	})
+}
