@@ -124,6 +124,10 @@ func TestHelperAgent(t *testing.T) {
 	})
 	var err error
 	switch {
+	case strings.HasPrefix(crashAt, "create-"):
+		_, err = e.mgr.Create(ctx, sandbox.CreateOptions{ID: "crashme", Template: "minimal", AccessToken: "tok-crashme"})
+	case strings.HasPrefix(crashAt, "destroy-"):
+		err = e.mgr.Destroy(ctx, paused.ID)
 	case strings.HasPrefix(crashAt, "pause-"):
 		err = e.mgr.Pause(ctx, running.ID)
 	case strings.HasPrefix(crashAt, "resume-"):
@@ -155,6 +159,12 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 		{"pause-recorded", sandbox.StateRunning, sandbox.StatePaused},
 		{"pause-snapshotted", sandbox.StatePaused, sandbox.StatePaused},
 		{"resume-recorded", sandbox.StateRunning, sandbox.StatePaused},
+		{"resume-machine-started", sandbox.StateRunning, sandbox.StateRunning},
+		{"create-recorded", sandbox.StateRunning, sandbox.StatePaused},
+		{"create-machine-started", sandbox.StateRunning, sandbox.StatePaused},
+		// A destroy that released the machine (none: it is paused) but
+		// removed nothing yet leaves the sandbox as it was.
+		{"destroy-released", sandbox.StateRunning, sandbox.StatePaused},
 		{"snapshot-saved", sandbox.StateRunning, sandbox.StatePaused},
 	} {
 		name := tc.crashAt
@@ -261,8 +271,10 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				if in := state(h.paused); in.State != tc.paused {
 					t.Fatalf("state %s (%s), want %s", in.State, in.StateReason, tc.paused)
 				}
-				if _, err := e.mgr.Resume(ctx, h.paused); err != nil {
-					t.Fatalf("resume: %v", err)
+				if tc.paused == sandbox.StatePaused {
+					if _, err := e.mgr.Resume(ctx, h.paused); err != nil {
+						t.Fatalf("resume: %v", err)
+					}
 				}
 				if got := sh(t, ctx, mustClient(t, e, h.paused), "cat /root/kept.txt"); got != "kept" {
 					t.Fatalf("file: %q", got)
@@ -299,6 +311,17 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 					t.Fatalf("resume of a sandbox in error: %v", err)
 				}
 			})
+			if strings.HasPrefix(tc.crashAt, "create-") {
+				t.Run("interrupted create leaves a stopped sandbox with its disk", func(t *testing.T) {
+					in := state("crashme")
+					if in.State != sandbox.StateStopped || in.StateReason == "" {
+						t.Fatalf("state %s (%q), want stopped with a reason", in.State, in.StateReason)
+					}
+					if _, err := os.Stat(filepath.Join(dataDir, "sandboxes", "crashme", "rootfs.qcow2")); err != nil {
+						t.Fatalf("disk: %v", err)
+					}
+				})
+			}
 			t.Run("interrupted snapshot leaves no template", func(t *testing.T) {
 				ts, err := e.mgr.Templates()
 				if err != nil {

@@ -218,6 +218,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		// Release resets it for the next sandbox.
 		errs = append(errs, m.cfg.Slots.Release(ctx, slot))
 	}
+	crashPoint("destroy-released")
 	errs = append(errs, os.RemoveAll(m.runDir(id)), os.RemoveAll(m.sandboxDir(id)))
 	m.mu.Lock()
 	m.used.release(0, 0, rec.DiskMB)

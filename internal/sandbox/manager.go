@@ -294,6 +294,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if err := m.writeRecord(dir, rec); err != nil {
 		return nil, err
 	}
+	crashPoint("create-recorded")
 	var snap *vmm.Snapshot
 	if tpl.isSnapshot() {
 		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
@@ -358,6 +359,12 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		return fmt.Errorf("start machine: %w", err)
 	}
 	undo.add("kill machine", func() error { return machine.Kill(context.Background()) })
+	switch rec.State {
+	case StateStarting:
+		crashPoint("create-machine-started")
+	case StateResuming:
+		crashPoint("resume-machine-started")
+	}
 
 	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String()
 	client := envdclient.New(base, rec.AccessToken)
