@@ -673,6 +673,9 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	if row.State == store.SandboxStopped {
 		return nil
 	}
+	// A destroy the client walks away from still completes.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
+	defer cancel()
 	c, err := s.client(ctx)
 	if err != nil {
 		return err
