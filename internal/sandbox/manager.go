@@ -318,6 +318,21 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
 	}
 	undo.add("release network slot", func() error { return m.cfg.Slots.Release(context.Background(), slot) })
+	// The slot is recorded before the machine starts: an agent that dies
+	// from here on finds it again with the machine (recover adopts both).
+	b.mu.Lock()
+	b.rec.SlotIndex = slot.Index
+	withSlot := *b.rec
+	b.mu.Unlock()
+	undo.add("forget network slot", func() error {
+		b.mu.Lock()
+		b.rec.SlotIndex = 0
+		b.mu.Unlock()
+		return nil
+	})
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &withSlot); err != nil {
+		return err
+	}
 	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
 		return err
 	}
