@@ -739,7 +739,8 @@ func readRecord(dir string) (record, error) {
 	return r, nil
 }
 
-// writeJSONAtomic writes v to path through a temporary file and a rename.
+// writeJSONAtomic writes v to path through a synced temporary file, a
+// rename and a sync of the directory.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -763,6 +764,7 @@ func writeJSONAtomic(path string, v any) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	syncDir(filepath.Dir(path)) // the rename too is durable
 	return nil
 }
 
