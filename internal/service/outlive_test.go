@@ -62,6 +62,26 @@ func TestAgentCallsOutliveTheClient(t *testing.T) {
 	})
 	t.Cleanup(func() { _ = e.sbx.Destroy(bg, p, created.ID) })
 
+	t.Run("a machine that died is found by the next pause", func(t *testing.T) {
+		sb, err := e.sbx.Create(bg, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.sbx.Destroy(bg, p, sb.ID) }()
+		killVMM(t, ID(sb.ID))
+		waitAgentState(t, c, ID(sb.ID), pb.SandboxState_SANDBOX_STATE_STOPPED)
+		var se *Error
+		if _, err := e.sbx.Pause(bg, p, sb.ID); !errors.As(err, &se) || se.Kind != ErrConflict {
+			t.Fatalf("pause of a sandbox whose machine died: %v, want a conflict", err)
+		}
+		got, err := e.sbx.Get(bg, p, sb.ID)
+		if err != nil || got.State != store.SandboxError || got.StateReason == "" {
+			t.Fatalf("record: %q %q %v, want error with a reason", got.State, got.StateReason, err)
+		}
+		if got, err := e.sbx.Resume(bg, p, sb.ID); err != nil || got.State != store.SandboxRunning {
+			t.Fatalf("resume (cold boot): %q %v", got.State, err)
+		}
+	})
 	t.Run("ambiguous outcome asks the agent", func(t *testing.T) {
 		for _, tc := range []struct {
 			name    string

@@ -505,6 +505,16 @@ func (s *Sandboxes) askAgent(ctx context.Context, c *agentclient.Client, id pgty
 	return nil, callErr
 }
 
+// keptWithoutMachine asks the agent whether sandbox id is stopped or in
+// error there (its machine died; its disk is kept), and why.
+func (s *Sandboxes) keptWithoutMachine(ctx context.Context, c *agentclient.Client, id pgtype.UUID) (bool, string) {
+	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)}))
+	if err != nil || !keptOnAgent(resp.Msg.GetSandbox()) {
+		return false, ""
+	}
+	return true, resp.Msg.GetSandbox().GetStateReason()
+}
+
 // ambiguous reports whether an agent call's error leaves its outcome
 // unknown (the agent may have done it).
 func ambiguous(err error) bool {
@@ -737,6 +747,17 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	a, err := call(actx, c, row)
 	if err != nil {
 		a, err = s.askAgent(actx, c, id, err, to)
+	}
+	if err != nil && errors.Is(err, agentclient.ErrConflict) {
+		if died, reason := s.keptWithoutMachine(actx, c, id); died {
+			// The machine died behind the record's back: the record says so
+			// now (error, disk kept on the host; resuming boots it cold).
+			if _, terr := s.st.TransitionSandbox(actx, nil, id, []string{mid}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+				s.log.ErrorContext(actx, "persist a sandbox whose machine died", "sandbox", ID(id), "err", terr)
+			}
+			s.log.WarnContext(actx, "sandbox machine died; record set to error, disk kept", "sandbox", ID(id), "reason", reason)
+			return Sandbox{}, &Error{Kind: ErrConflict, Msg: "the sandbox's machine stopped unexpectedly; its disk is kept: resume boots it cold from its disk", Err: err}
+		}
 	}
 	if err != nil {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
