@@ -145,7 +145,7 @@ type HostAgentClient interface {
 	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
 	// ResumeSandbox restores a paused sandbox into a new machine, or boots
 	// a stopped one cold from its disk.
-	// FailedPrecondition unless it is paused.
+	// FailedPrecondition unless it is paused or stopped.
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	// ListSandboxes lists every sandbox on the host, running or paused. A
@@ -533,7 +533,7 @@ type HostAgentHandler interface {
 	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
 	// ResumeSandbox restores a paused sandbox into a new machine, or boots
 	// a stopped one cold from its disk.
-	// FailedPrecondition unless it is paused.
+	// FailedPrecondition unless it is paused or stopped.
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	// ListSandboxes lists every sandbox on the host, running or paused. A
