@@ -118,6 +118,11 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := lockDataDir(o.dataDir)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer unlock()
 	level := slog.LevelInfo
 	if o.verbose {
 		level = slog.LevelDebug

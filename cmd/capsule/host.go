@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/dirlock"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
@@ -87,7 +89,9 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log}
+	// Slots of machines that outlived an earlier agent are kept for the
+	// manager to adopt (it drops the rest).
+	netCfg := netslot.Config{Name: o.netName, MaxSlots: o.netMaxSlots, Logger: log, KeepSlots: true}
 	if o.netHostCIDR != "" {
 		if netCfg.HostCIDR, err = netip.ParsePrefix(o.netHostCIDR); err != nil {
 			return nil, fmt.Errorf("--net-host-cidr: %w", err)
@@ -132,7 +136,7 @@ func (h *hostStack) stop() {
 	cancel()
 	h.mgr.Close()
 	for _, in := range h.mgr.List() {
-		if in.State != sandbox.StatePaused {
+		if in.State != sandbox.StatePaused && in.State != sandbox.StateStopped && in.State != sandbox.StateError {
 			h.log.Info("leaving running sandboxes and their network to the next start", "sandboxes", len(h.mgr.List()))
 			return
 		}
@@ -140,4 +144,19 @@ func (h *hostStack) stop() {
 	if err := h.slots.Close(context.Background()); err != nil {
 		h.log.Error("close the network slot pool", "err", err)
 	}
+}
+
+// lockDataDir makes this process the only instance on dataDir (created if
+// missing): `capsule serve` and `capsule agent` call it before anything
+// else, so that a second instance exits having changed nothing. The
+// returned function releases the lock.
+func lockDataDir(dataDir string) (func(), error) {
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, err
+	}
+	l, err := dirlock.Acquire(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = l.Release() }, nil
 }

@@ -286,6 +286,13 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	// The data directory is ours before anything else happens: a second
+	// instance must not stop the first one's PostgreSQL or network.
+	unlock, err := lockDataDir(o.dataDir)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer unlock()
 	level := slog.LevelInfo
 	if o.verbose {
 		level = slog.LevelDebug
@@ -296,9 +303,6 @@ func runServe(ctx context.Context, args []string) (err error) {
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("serve: needs root (the embedded agent's network namespaces, TAP devices, nftables)")
-	}
-	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
-		return fmt.Errorf("serve: %w", err)
 	}
 
 	// The database.

@@ -21,6 +21,8 @@ var states = map[sandbox.State]pb.SandboxState{
 	sandbox.StatePausing:  pb.SandboxState_SANDBOX_STATE_PAUSING,
 	sandbox.StatePaused:   pb.SandboxState_SANDBOX_STATE_PAUSED,
 	sandbox.StateResuming: pb.SandboxState_SANDBOX_STATE_RESUMING,
+	sandbox.StateStopped:  pb.SandboxState_SANDBOX_STATE_STOPPED,
+	sandbox.StateError:    pb.SandboxState_SANDBOX_STATE_ERROR,
 }
 
 func sandboxToProto(in *sandbox.Info) *pb.Sandbox {
@@ -37,6 +39,7 @@ func sandboxToProto(in *sandbox.Info) *pb.Sandbox {
 		LastActiveAt: timestamp(in.LastActive),
 		EnvdUrl:      in.EnvdURL,
 		HostAddr:     in.HostAddr,
+		StateReason:  in.StateReason,
 	}
 }
 

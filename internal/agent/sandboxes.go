@@ -45,8 +45,8 @@ func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHost
 	// that run or are on their way, disk for every sandbox.
 	for _, in := range a.mgr.List() {
 		out.Used.DiskMb += uint64(in.DiskMB)
-		if in.State == sandbox.StatePaused {
-			out.PausedSandboxes++
+		if in.State == sandbox.StatePaused || in.State == sandbox.StateStopped || in.State == sandbox.StateError {
+			out.PausedSandboxes++ // no machine: disk only
 			continue
 		}
 		out.RunningSandboxes++

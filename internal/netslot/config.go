@@ -63,6 +63,12 @@ type Config struct {
 	LockDir string
 	// Logger receives the pool's logs. Default slog.Default().
 	Logger *slog.Logger
+	// KeepSlots makes NewPool keep the complete slots that a previous
+	// pool of the same name left (their VMs may have outlived an agent
+	// restart) instead of removing them: the owner takes them back with
+	// Claim, and DropUnclaimed then removes the ones nobody claimed.
+	// Half-made slots are removed either way.
+	KeepSlots bool
 }
 
 // Defaults.

@@ -155,7 +155,10 @@
 // pool's names (namespaces <Name>-<n> in /run/netns, host interfaces
 // <VethPrefix><n>, the table <Name>) since, holding the lock, it knows a
 // dead pool left them, checks the ranges against the host's routes,
-// installs the host table and enables forwarding.
+// installs the host table and enables forwarding. With Config.KeepSlots
+// (the agent's setting) it keeps instead the complete slots it finds —
+// VMs that outlived the agent still use them — for their owner to take
+// back with Claim; DropUnclaimed then removes the rest.
 //
 // Acquire hands out a released slot when there is one, else creates one
 // at the lowest free index: namespace (bind-mounted at /run/netns/<name>,

@@ -35,9 +35,10 @@ func lockPool(c Config) (*os.File, error) {
 }
 
 // checkHostRanges fails when HostCIDR or LinkCIDR overlaps a route (in any
-// routing table, default routes aside) or an address of the host. Run it
-// after the stale slots are gone: their routes are ours.
-func checkHostRanges(c Config) error {
+// routing table, default routes aside) or an address of the host, except
+// on the interfaces of own (kept slots). Run it after the stale slots are
+// gone: their routes are ours.
+func checkHostRanges(c Config, own map[int]bool) error {
 	ranges := []struct {
 		name string
 		p    netip.Prefix
@@ -56,7 +57,7 @@ func checkHostRanges(c Config) error {
 		return fmt.Errorf("list host routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil {
+		if r.Dst == nil || own[r.LinkIndex] {
 			continue
 		}
 		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
@@ -70,6 +71,9 @@ func checkHostRanges(c Config) error {
 		return fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range addrs {
+		if own[a.LinkIndex] {
+			continue
+		}
 		if p, ok := prefixOf(a.IP, a.Mask); ok {
 			clash("address", p)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -129,4 +130,61 @@ func TestRangesClashingWithHostRoutesAreRefused(t *testing.T) {
 		t.Errorf("routes: %d before, %d after", len(routes), len(after))
 	}
 	newTestPool(t, nil) // the lock was released
+}
+
+// TestCrashKeptSlotsAreClaimed: with KeepSlots, a pool that restarts after
+// a crash keeps the slots it finds (their VMs may still run): a claimed
+// slot keeps its guest reachable on the same host address, a new slot
+// takes a free index, and DropUnclaimed removes the slots nobody took.
+func TestCrashKeptSlotsAreClaimed(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	old, err := NewPool(ctx, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, dead := acquire(t, old), acquire(t, old)
+	g := startGuest(t, live)
+	serve(t, g.path, netip.AddrPortFrom(live.GuestAddr, guestPort).String(), "survivor")
+	old.crash()
+
+	p := newTestPool(t, func(c *Config) { c.KeepSlots = true })
+	t.Run("claimed slot keeps its guest reachable", func(t *testing.T) {
+		s, err := p.Claim(live.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.HostAddr != live.HostAddr {
+			t.Fatalf("claimed slot's host address %s, was %s", s.HostAddr, live.HostAddr)
+		}
+		if ident, _ := mustReach(t, "", netip.AddrPortFrom(s.HostAddr, guestPort)); ident != "survivor" {
+			t.Fatalf("answered by %q", ident)
+		}
+		if _, err := p.Claim(live.Index); !errors.Is(err, ErrNotInUse) {
+			t.Fatalf("second claim: %v, want ErrNotInUse", err)
+		}
+	})
+	t.Run("new slots take free indexes", func(t *testing.T) {
+		s := acquire(t, p)
+		if s.Index == live.Index || s.Index == dead.Index {
+			t.Fatalf("new slot took kept index %d", s.Index)
+		}
+		if err := p.Release(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("unclaimed slots are dropped", func(t *testing.T) {
+		if err := p.DropUnclaimed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(netnsPath(dead.Name)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("unclaimed slot's namespace: %v", err)
+		}
+		if _, err := os.Stat(netnsPath(live.Name)); err != nil {
+			t.Fatalf("claimed slot's namespace: %v", err)
+		}
+		if _, err := p.Claim(dead.Index); !errors.Is(err, ErrNotInUse) {
+			t.Fatalf("claim of a dropped slot: %v", err)
+		}
+	})
 }

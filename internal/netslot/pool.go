@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,7 +70,7 @@ func (p *Pool) init(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkHostRanges(p.cfg); err != nil {
+	if err := checkHostRanges(p.cfg, p.keptLinks()); err != nil {
 		return err
 	}
 	cc, err := nftables.New()
@@ -107,10 +108,22 @@ func (p *Pool) cleanStale() error {
 	}
 	idx := slices.Compact(slices.Sorted(slices.Values(append(nsIdx, linkIdx...))))
 	var errs []error
+	var kept []int
 	for _, i := range idx {
+		if p.cfg.KeepSlots && i <= p.cfg.MaxSlots && slices.Contains(nsIdx, i) && slices.Contains(linkIdx, i) {
+			s := newSlot(p, p.cfg.plan(i))
+			s.state = stateKept
+			p.slots[i] = s
+			kept = append(kept, i)
+			continue
+		}
 		if err := p.destroySlot(p.cfg.plan(i)); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	idx = slices.DeleteFunc(idx, func(i int) bool { return slices.Contains(kept, i) })
+	if len(kept) > 0 {
+		p.log.Info("kept the network slots of a previous pool for their sandboxes", "slots", kept)
 	}
 	cc, err := nftables.New()
 	if err != nil {
@@ -127,6 +140,60 @@ func (p *Pool) cleanStale() error {
 		return fmt.Errorf("clean stale slots: %w", err)
 	}
 	return nil
+}
+
+// keptLinks returns the host interface indexes of the kept slots (their
+// addresses and routes are the pool's own, not a clash with the host).
+func (p *Pool) keptLinks() map[int]bool {
+	out := map[int]bool{}
+	for _, s := range p.slots {
+		if s != nil && s.state == stateKept {
+			if l, err := netlink.LinkByName(s.HostVeth); err == nil {
+				out[l.Attrs().Index] = true
+			}
+		}
+	}
+	return out
+}
+
+// Claim takes back slot index that NewPool kept (Config.KeepSlots) for
+// the VM that still uses it; the slot is then acquired, as if by
+// Acquire. Its egress is what it was; set it with SetEgress.
+func (p *Pool) Claim(index int) (*Slot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	s := p.slots[index]
+	if s == nil || s.state != stateKept {
+		return nil, fmt.Errorf("claim slot %d: %w", index, ErrNotInUse)
+	}
+	s.state = stateInUse
+	p.log.Info("slot claimed", "slot", index)
+	return s, nil
+}
+
+// DropUnclaimed removes the kept slots that nobody claimed.
+func (p *Pool) DropUnclaimed(_ context.Context) error {
+	p.mu.Lock()
+	var drop []*Slot
+	for _, s := range p.slots {
+		if s != nil && s.state == stateKept {
+			s.state = stateBusy
+			drop = append(drop, s)
+		}
+	}
+	p.ops.Add(1)
+	p.mu.Unlock()
+	defer p.ops.Done()
+	var errs []error
+	for _, s := range drop {
+		if err := p.destroy(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Acquire returns a slot for a new sandbox: a released one when there is

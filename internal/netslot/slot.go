@@ -52,6 +52,7 @@ const (
 	stateBusy      // being reset or destroyed
 	stateBroken    // a reset or destroy failed; Destroy or Close retry
 	stateDestroyed // gone
+	stateKept      // left by a previous pool (Config.KeepSlots), not yet claimed
 )
 
 func newSlot(p *Pool, pl plan) *Slot {

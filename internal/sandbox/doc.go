@@ -33,9 +33,15 @@
 // while something still uses them, so chains are kept.
 //
 // Every step that creates something has a rollback, state is persisted
-// before and after each transition, and New recovers what an agent that
-// died left behind: paused sandboxes are adopted, VMMs whose sandbox
-// cannot be resumed are killed and their resources released.
+// durably (fsync of file and directory) before and after each transition,
+// and New recovers what an agent that died left behind without deleting
+// any sandbox's disk (recover.go): machines that outlived the agent are
+// adopted with their network slots and keep running, paused sandboxes
+// stay paused, a sandbox whose machine died is kept stopped with its disk
+// (Resume boots it cold), an interrupted pause ends as the old state or
+// the new one, and an unreadable state file is set aside with the sandbox
+// in error. Access tokens and environment variables are sealed at rest
+// with a key of the manager's (seal.go).
 //
 // Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
 // ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)

@@ -3,3 +3,6 @@ package sandbox
 // SetDiskHeadroom changes a manager's Config.DiskHeadroomMB (tests fill
 // the disk on paper instead of for real).
 func SetDiskHeadroom(m *Manager, mb int64) { m.headroomMB.Store(mb) }
+
+// SetCrashHook sets the hook called at each crash point (tests only).
+func SetCrashHook(f func(point string)) { crashHook = f }

@@ -42,15 +42,32 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	dir := m.sandboxDir(rec.ID)
 	snapDir := generationDir(dir, rec.Generation)
 	started := m.now()
+	// The pause is recorded before it starts: a crash from here on leaves
+	// the old state (running) or, once the snapshot is complete, the new
+	// one (recover decides which).
+	rec.PendingSnapshot = snapDir
+	back := func() {
+		b.mu.Lock()
+		b.rec.State, b.rec.Generation, b.rec.PendingSnapshot = StateRunning, b.rec.Generation-1, ""
+		r := *b.rec
+		b.mu.Unlock()
+		if err := m.writeRecord(dir, &r); err != nil {
+			m.log.ErrorContext(ctx, "persist a failed pause", "id", r.ID, "err", err)
+		}
+	}
+	if err := m.writeRecord(dir, &rec); err != nil {
+		back()
+		return fmt.Errorf("pause %s: %w", rec.ID, err)
+	}
+	crashPoint("pause-recorded")
 	snap, err := machine.Snapshot(ctx, snapDir, false)
 	if err != nil {
 		// The machine may still run: back to running, nothing lost.
 		_ = os.RemoveAll(snapDir)
-		b.mu.Lock()
-		b.rec.State, b.rec.Generation = StateRunning, b.rec.Generation-1
-		b.mu.Unlock()
+		back()
 		return fmt.Errorf("pause %s: %w", rec.ID, err)
 	}
+	crashPoint("pause-snapshotted")
 	_ = machine.Kill(ctx) // the VMM exits after saving; make sure
 	client.Close()
 	if err := m.cfg.Slots.Release(ctx, slot); err != nil {
@@ -62,10 +79,10 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	old := rec.Snapshot
 	b.mu.Lock()
 	b.machine, b.slot, b.client = nil, nil, nil
-	b.rec.State, b.rec.Snapshot, b.rec.VMMPid, b.rec.SlotIndex = StatePaused, snap.Dir, 0, 0
+	b.rec.State, b.rec.Snapshot, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StatePaused, snap.Dir, 0, 0, ""
 	rec = *b.rec
 	b.mu.Unlock()
-	if err := writeRecord(dir, &rec); err != nil {
+	if err := m.writeRecord(dir, &rec); err != nil {
 		return err
 	}
 	if old != "" && old != snap.Dir {
@@ -91,13 +108,17 @@ func (m *Manager) Resume(ctx context.Context, id string) (*Info, error) {
 
 func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	b.mu.Lock()
-	if b.rec.State != StatePaused {
+	if b.rec.State != StatePaused && b.rec.State != StateStopped {
 		st := b.rec.State
 		b.mu.Unlock()
 		return fmt.Errorf("%w: sandbox %s is %s", ErrConflict, b.rec.ID, st)
 	}
 	rec := *b.rec
 	b.mu.Unlock()
+	from := rec.State
+	if from == StateStopped {
+		return m.bootStoppedLocked(ctx, b, rec)
+	}
 
 	m.mu.Lock()
 	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
@@ -114,11 +135,60 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	}()
 	undo.add("release capacity", func() error { m.release(&rec, false); return nil })
 	b.setState(StateResuming)
+	// Recorded: a crash while the restored guest runs leaves a sandbox
+	// that recover adopts (or stops), never one resumed twice from the
+	// same snapshot while its disk moved on.
+	rec.State = StateResuming
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+		return err
+	}
+	undo.add("record paused", func() error {
+		r := rec
+		r.State = StatePaused
+		return m.writeRecord(m.sandboxDir(rec.ID), &r)
+	})
+	crashPoint("resume-recorded")
 	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
 	if err := m.start(ctx, b, &snap, rec.AccessToken, &undo); err != nil {
 		return fmt.Errorf("resume %s: %w", rec.ID, err)
 	}
 	m.log.InfoContext(ctx, "sandbox resumed", "id", rec.ID)
+	return nil
+}
+
+// bootStoppedLocked boots a stopped sandbox (its machine died, its
+// memory is lost) cold from its disk: the guest starts afresh on the
+// files it had. Called with b.op held.
+func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (err error) {
+	m.mu.Lock()
+	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	var undo rollback
+	defer func() {
+		if err != nil {
+			undo.run(m.log)
+			b.setState(StateStopped)
+		}
+	}()
+	undo.add("release capacity", func() error { m.release(&rec, false); return nil })
+	b.setState(StateStarting)
+	if err := m.start(ctx, b, nil, "", &undo); err != nil {
+		return fmt.Errorf("boot stopped sandbox %s: %w", rec.ID, err)
+	}
+	b.mu.Lock()
+	old := b.rec.Snapshot
+	b.rec.Snapshot = ""
+	r := *b.rec
+	b.mu.Unlock()
+	if old != "" {
+		// A snapshot older than the disk can never be resumed again.
+		_ = m.writeRecord(m.sandboxDir(rec.ID), &r)
+		_ = os.RemoveAll(old)
+	}
+	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "id", rec.ID)
 	return nil
 }
 
@@ -151,6 +221,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		// Release resets it for the next sandbox.
 		errs = append(errs, m.cfg.Slots.Release(ctx, slot))
 	}
+	crashPoint("destroy-released")
 	errs = append(errs, os.RemoveAll(m.runDir(id)), os.RemoveAll(m.sandboxDir(id)))
 	m.mu.Lock()
 	m.used.release(0, 0, rec.DiskMB)

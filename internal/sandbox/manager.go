@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -70,6 +71,8 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 	now func() time.Time
+
+	key cipher.AEAD // seals secrets at rest (seal.go)
 
 	mu    sync.Mutex
 	boxes map[string]*box
@@ -145,6 +148,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
+	key, err := loadKey(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: secrets key: %w", err)
+	}
+	m.key = key
 	if err := m.recover(ctx); err != nil {
 		return nil, err
 	}
@@ -209,6 +217,8 @@ type Info struct {
 	// from ("" for a cold boot; a warm snapshot for a restored image).
 	RestoredFrom string `json:"restoredFrom,omitempty"`
 	VMMPid       int    `json:"vmmPid,omitempty"`
+	// StateReason says why a sandbox is stopped or in error.
+	StateReason string `json:"stateReason,omitempty"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -312,9 +322,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if err := disk.CreateOverlay(ctx, tpl.Rootfs, m.diskPath(o.ID), int64(rec.DiskMB)<<20); err != nil {
 		return nil, err
 	}
-	if err := writeRecord(dir, rec); err != nil {
+	if err := m.writeRecord(dir, rec); err != nil {
 		return nil, err
 	}
+	crashPoint("create-recorded")
 	var snap *vmm.Snapshot
 	if tpl.isSnapshot() {
 		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
@@ -338,6 +349,21 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
 	}
 	undo.add("release network slot", func() error { return m.cfg.Slots.Release(context.Background(), slot) })
+	// The slot is recorded before the machine starts: an agent that dies
+	// from here on finds it again with the machine (recover adopts both).
+	b.mu.Lock()
+	b.rec.SlotIndex = slot.Index
+	withSlot := *b.rec
+	b.mu.Unlock()
+	undo.add("forget network slot", func() error {
+		b.mu.Lock()
+		b.rec.SlotIndex = 0
+		b.mu.Unlock()
+		return nil
+	})
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &withSlot); err != nil {
+		return err
+	}
 	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
 		return err
 	}
@@ -380,6 +406,12 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		return fmt.Errorf("start machine: %w", err)
 	}
 	undo.add("kill machine", func() error { return machine.Kill(context.Background()) })
+	switch rec.State {
+	case StateStarting:
+		crashPoint("create-machine-started")
+	case StateResuming:
+		crashPoint("resume-machine-started")
+	}
 
 	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String()
 	client := envdclient.New(base, rec.AccessToken)
@@ -391,6 +423,27 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := client.WaitHealthy(bctx, machine.Done()); err != nil {
 		return fmt.Errorf("%w (console: %s)", err, spec.ConsoleLog)
 	}
+	if err := m.initEnvd(bctx, initClient, &rec); err != nil {
+		return err
+	}
+
+	b.mu.Lock()
+	b.machine, b.slot, b.client = machine, slot, client
+	b.rec.State, b.rec.VMMPid, b.rec.SlotIndex, b.rec.StateReason = StateRunning, machine.PID(), slot.Index, ""
+	b.lastActive = m.now()
+	rec = *b.rec
+	b.mu.Unlock()
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+		return err
+	}
+	go m.watchMachine(b, machine)
+	return nil
+}
+
+// initEnvd sends envd its /init: the sandbox's environment, access token
+// and the time. Sending it again is harmless (an adopted machine whose
+// resume was interrupted gets it again).
+func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *record) error {
 	env := maps.Clone(rec.EnvVars)
 	if env == nil {
 		env = map[string]string{}
@@ -399,23 +452,9 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	env["E2B_TEMPLATE_ID"] = rec.Template
 	now := m.now().UTC()
 	tok := rec.AccessToken
-	if err := initClient.Init(bctx, envd.InitRequest{
+	return c.Init(ctx, envd.InitRequest{
 		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser,
-	}); err != nil {
-		return err
-	}
-
-	b.mu.Lock()
-	b.machine, b.slot, b.client = machine, slot, client
-	b.rec.State, b.rec.VMMPid, b.rec.SlotIndex = StateRunning, machine.PID(), slot.Index
-	b.lastActive = m.now()
-	rec = *b.rec
-	b.mu.Unlock()
-	if err := writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
-		return err
-	}
-	go m.watchMachine(b, machine)
-	return nil
+	})
 }
 
 // cmdline is the guest kernel command line of a sandbox.
@@ -432,18 +471,61 @@ func (m *Manager) cmdline(rec record, slot *netslot.Slot) string {
 
 func (m *Manager) diskPath(id string) string { return filepath.Join(m.sandboxDir(id), "rootfs.qcow2") }
 
-// watchMachine notices a VMM that exits on its own (guest poweroff, crash)
-// and releases what the sandbox held.
+// watchMachine notices a VMM that exits on its own (guest poweroff, VMM
+// crash or kill) and releases what the machine held; the sandbox stays,
+// stopped, with its disk (Resume boots it cold, Destroy removes it).
 func (m *Manager) watchMachine(b *box, machine vmm.Machine) {
 	<-machine.Done()
+	b.op.Lock()
+	defer b.op.Unlock()
 	b.mu.Lock()
-	current := b.machine == machine && b.rec.State == StateRunning
+	current := b.machine == machine && b.rec.State == StateRunning && !b.gone
 	b.mu.Unlock()
 	if !current {
 		return // paused, destroyed or replaced: the operation cleaned up
 	}
-	m.log.Warn("sandbox machine exited unexpectedly; destroying the sandbox", "id", b.id())
-	_ = m.Destroy(context.Background(), b.id())
+	reason := "its machine exited unexpectedly"
+	if err := vmmErr(machine); err != nil {
+		reason += ": " + err.Error()
+	}
+	m.log.Warn("sandbox machine exited unexpectedly; sandbox stopped, disk kept", "id", b.id(), "reason", reason)
+	m.stopLocked(context.Background(), b, reason)
+}
+
+// vmmErr is the exit error of a machine that reports one.
+func vmmErr(machine vmm.Machine) error {
+	if e, ok := machine.(interface{ Err() error }); ok {
+		return e.Err()
+	}
+	return nil
+}
+
+// stopLocked releases the machine of b (which has exited or must go) and
+// records the sandbox as stopped with reason; its disk stays. Called with
+// b.op held.
+func (m *Manager) stopLocked(ctx context.Context, b *box, reason string) {
+	b.mu.Lock()
+	machine, slot, client := b.machine, b.slot, b.client
+	b.machine, b.slot, b.client = nil, nil, nil
+	b.rec.State, b.rec.StateReason, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StateStopped, reason, 0, 0, ""
+	rec := *b.rec
+	b.mu.Unlock()
+	if machine != nil {
+		_ = machine.Kill(ctx)
+		m.release(&rec, false)
+	}
+	if client != nil {
+		client.Close()
+	}
+	if slot != nil {
+		if err := m.cfg.Slots.Release(ctx, slot); err != nil {
+			m.log.ErrorContext(ctx, "release network slot", "id", rec.ID, "err", err)
+		}
+	}
+	_ = os.RemoveAll(m.runDir(rec.ID))
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
+		m.log.ErrorContext(ctx, "persist a stopped sandbox", "id", rec.ID, "err", err)
+	}
 }
 
 // admit registers a new sandbox and reserves its resources.
@@ -562,7 +644,7 @@ func (m *Manager) SetTimeout(id string, d time.Duration) error {
 	b.lastActive = m.now()
 	rec := *b.rec
 	b.mu.Unlock()
-	return writeRecord(m.sandboxDir(id), &rec)
+	return m.writeRecord(m.sandboxDir(id), &rec)
 }
 
 func (m *Manager) info(b *box) *Info {
@@ -573,6 +655,7 @@ func (m *Manager) info(b *box) *Info {
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
 		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
 		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
+		StateReason: r.StateReason,
 	}
 	if r.State == StateRunning && b.slot != nil {
 		in.HostAddr = b.slot.HostAddr.String()

@@ -63,6 +63,7 @@ func newPool(t *testing.T) *netslot.Pool {
 	t.Helper()
 	p, err := netslot.NewPool(context.Background(), netslot.Config{
 		Name: "cst", VethPrefix: "cstv", HostCIDR: testHostCIDR, LinkCIDR: testLinkCIDR, MaxSlots: 16,
+		KeepSlots: true, // an agent restarted by a test adopts its machines
 	})
 	if err != nil {
 		t.Fatalf("network pool: %v", err)
@@ -437,85 +438,6 @@ func TestCapacityRefusesOvercommit(t *testing.T) {
 	if _, err := e.mgr.Create(ctx, sandbox.CreateOptions{ID: "Bad-ID"}); !errors.Is(err, sandbox.ErrInvalid) {
 		t.Fatalf("bad id: %v", err)
 	}
-}
-
-func TestAgentRestartAdoptsPausedAndCleansRunning(t *testing.T) {
-	testenv.RequireRoot(t)
-	dataDir, runDir := t.TempDir(), t.TempDir()
-	ids := filepath.Join(t.TempDir(), "ids")
-	// The first agent runs in a child process that is SIGKILLed once it
-	// has a running and a paused sandbox.
-	agent := exec.Command(os.Args[0], "-test.run=^TestHelperAgent$", "-test.v")
-	agent.Env = append(os.Environ(), "CAPSULE_HELPER_AGENT="+dataDir+","+runDir+","+ids)
-	out := &strings.Builder{}
-	agent.Stdout, agent.Stderr = out, out
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var running, paused string
-	deadline := time.Now().Add(5 * time.Minute)
-	for running == "" {
-		if b, err := os.ReadFile(ids); err == nil {
-			fmt.Sscan(string(b), &running, &paused)
-		}
-		if time.Now().After(deadline) {
-			_ = agent.Process.Kill()
-			_ = agent.Wait()
-			t.Fatalf("the first agent did not get ready:\n%s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	_ = agent.Process.Kill()
-	_ = agent.Wait()
-
-	e := &env{t: t, dataDir: dataDir, runDir: runDir}
-	e.pool = newPool(t)
-	e.mgr = e.manager(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		_ = e.mgr.Shutdown(ctx)
-		_ = e.pool.Close(ctx)
-		assertNoVMM(t, runDir, dataDir)
-	})
-	ctx := testCtx(t, 4*time.Minute)
-	if _, err := e.mgr.Get(running); !errors.Is(err, sandbox.ErrNotFound) {
-		t.Fatalf("running sandbox after restart: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(dataDir, "sandboxes", running)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("running sandbox's files were not cleaned: %v", err)
-	}
-	assertNoVMM(t, runDir, dataDir)
-	if _, err := e.mgr.Resume(ctx, paused); err != nil {
-		t.Fatalf("resume adopted sandbox: %v", err)
-	}
-	if got := sh(t, ctx, mustClient(t, e, paused), "cat /root/kept.txt"); got != "kept" {
-		t.Fatalf("adopted sandbox: %q", got)
-	}
-}
-
-// TestHelperAgent is the agent that TestAgentRestart kills; on its own it
-// does nothing.
-func TestHelperAgent(t *testing.T) {
-	arg := os.Getenv("CAPSULE_HELPER_AGENT")
-	if arg == "" {
-		return
-	}
-	parts := strings.Split(arg, ",")
-	e := &env{t: t, dataDir: parts[0], runDir: parts[1]}
-	e.pool = newPool(t)
-	e.mgr = e.manager(t)
-	ctx := testCtx(t, 5*time.Minute)
-	running, _ := e.create(ctx, sandbox.CreateOptions{})
-	paused, c := e.create(ctx, sandbox.CreateOptions{})
-	sh(t, ctx, c, "echo kept > /root/kept.txt")
-	if err := e.mgr.Pause(ctx, paused.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(parts[2], []byte(running.ID+" "+paused.ID), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	select {} // wait for SIGKILL
 }
 
 // assertNoVMM fails if a VMM process of a test directory is still alive

@@ -45,7 +45,12 @@ type Template struct {
 	Dir string `json:"dir,omitempty"`
 	// EnvdToken is the access token the saved envd holds in memory; a
 	// restore presents it to hand envd the new sandbox's token.
-	EnvdToken string `json:"envdToken,omitempty"`
+	// It is sealed on disk (SealedToken, seal.go).
+	EnvdToken   string `json:"-"`
+	SealedToken string `json:"sealedToken,omitempty"`
+	// LegacyToken is the plaintext token of metadata written before
+	// sealing, read once.
+	LegacyToken string `json:"envdToken,omitempty"`
 }
 
 func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
@@ -103,6 +108,12 @@ func (m *Manager) readTemplate(name string) (*Template, error) {
 	var t Template
 	if err := json.Unmarshal(b, &t); err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
+	}
+	t.EnvdToken, t.LegacyToken = t.LegacyToken, ""
+	if t.SealedToken != "" {
+		if err := unseal(m.key, "template:"+t.Name, t.SealedToken, &t.EnvdToken); err != nil {
+			return nil, fmt.Errorf("template %s: %w", name, err)
+		}
 	}
 	return &t, nil
 }
@@ -204,6 +215,7 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", id, err)
 		}
+		crashPoint("snapshot-saved")
 		if len(snap.Disks) == 0 {
 			return nil, fmt.Errorf("snapshot %s: the driver saved no disk", id)
 		}
@@ -256,15 +268,20 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 // one whose files go once nothing backs onto them (dropTemplateDir).
 func (m *Manager) publishTemplate(tpl *Template) error {
 	old, _ := m.readTemplate(tpl.Name)
-	b, err := json.MarshalIndent(tpl, "", "  ")
+	disk := *tpl
+	disk.LegacyToken, disk.SealedToken = "", ""
+	if tpl.EnvdToken != "" {
+		sealed, err := seal(m.key, "template:"+tpl.Name, tpl.EnvdToken)
+		if err != nil {
+			return err
+		}
+		disk.SealedToken = sealed
+	}
+	b, err := json.MarshalIndent(&disk, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := m.templateIndex(tpl.Name) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, m.templateIndex(tpl.Name)); err != nil {
+	if err := writeFileDurable(m.templateIndex(tpl.Name), b); err != nil {
 		return err
 	}
 	if old != nil && old.Dir != tpl.Dir {

@@ -27,7 +27,9 @@ type ReconcileReport struct {
 // its agent runs, after a crash or a restart of either: every state is
 // persisted before and after each agent call, so a record can be left
 // starting, pausing or resuming, or running while the agent paused or
-// lost the sandbox. Records follow the agent (running or paused); records
+// lost the sandbox. Records follow the agent (running or paused; error,
+// with the agent's reason, for a sandbox whose machine died and whose
+// disk the agent keeps — resuming it boots it cold); records
 // of sandboxes the agent does not have become missing (error for a
 // create that never finished); sandboxes of the agent without a live
 // record are destroyed. Each change is audited as done by the system.
@@ -62,6 +64,8 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		delete(onAgent, id)
 		var to, reason string
 		switch {
+		case row.State == store.SandboxError && ok && keptOnAgent(a):
+			continue // its disk is kept: the user resumes (cold boot) or destroys it
 		case row.State == store.SandboxError:
 			// A failed create the agent still holds goes; a sandbox that
 			// ran (an auto-pause that kept failing) is kept with its disk.
@@ -77,6 +81,10 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			to = store.SandboxRunning
 		case a.GetState() == pb.SandboxState_SANDBOX_STATE_PAUSED:
 			to = store.SandboxPaused
+		case keptOnAgent(a):
+			// Its machine died (memory lost) or the agent cannot use it:
+			// the disk is kept; resuming boots it cold from that disk.
+			to, reason = store.SandboxError, "on the host: "+a.GetStateReason()
 		default:
 			continue // transitional on the agent: the next start-up sees it settled
 		}
@@ -104,6 +112,12 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		s.destroyOnAgent(ctx, c, id, "no live record")
 	}
 	return rep, nil
+}
+
+// keptOnAgent: the agent keeps the sandbox's disk but runs no machine
+// for it (stopped: its machine died; error: unusable state).
+func keptOnAgent(a *pb.Sandbox) bool {
+	return a.GetState() == pb.SandboxState_SANDBOX_STATE_STOPPED || a.GetState() == pb.SandboxState_SANDBOX_STATE_ERROR
 }
 
 func (s *Sandboxes) destroyOnAgent(ctx context.Context, c *agentclient.Client, id, why string) {

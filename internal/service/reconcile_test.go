@@ -4,7 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -43,6 +48,14 @@ func TestReconcileRealAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, pausedBehind.ID) })
+	died, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, died.ID) })
+	// Its machine dies: the agent keeps the sandbox, stopped, with its disk.
+	killVMM(t, ID(died.ID))
+	waitAgentState(t, c, ID(died.ID), pb.SandboxState_SANDBOX_STATE_STOPPED)
 	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(lost.ID)})); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +79,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (ReconcileReport{Changed: 3, Orphans: 1}) {
+	if rep != (ReconcileReport{Changed: 4, Orphans: 1}) {
 		t.Fatalf("report %+v", rep)
 	}
 	for _, tc := range []struct {
@@ -77,6 +90,7 @@ func TestReconcileRealAgent(t *testing.T) {
 		{"lost by the agent", lost, store.SandboxMissing},
 		{"paused behind the records", pausedBehind, store.SandboxPaused},
 		{"interrupted create", Sandbox{Sandbox: interrupted}, store.SandboxError},
+		{"machine died, disk kept", died, store.SandboxError},
 	} {
 		got, err := e.sbx.Get(ctx, p, tc.sb.ID)
 		if err != nil || got.State != tc.want {
@@ -87,7 +101,7 @@ func TestReconcileRealAgent(t *testing.T) {
 		t.Error("the orphan still runs")
 	}
 	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
-	if err != nil || len(logs) != 3 {
+	if err != nil || len(logs) != 4 {
 		t.Fatalf("reconcile audit: %d rows, %v", len(logs), err)
 	}
 	for _, l := range logs {
@@ -101,5 +115,45 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	if rep, err := e.sbx.Reconcile(ctx); err != nil || rep != (ReconcileReport{}) {
 		t.Fatalf("second reconcile: %+v, %v", rep, err)
+	}
+	// The one whose machine died is still on the agent (its disk kept),
+	// and resuming it boots it cold.
+	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(died.ID)})); err != nil {
+		t.Fatalf("the sandbox whose machine died is gone from the agent: %v", err)
+	}
+	if got, err := e.sbx.Resume(ctx, p, died.ID); err != nil || got.State != store.SandboxRunning {
+		t.Fatalf("resume (cold boot) of the sandbox whose machine died: %q %v", got.State, err)
+	}
+}
+
+// killVMM kills the QEMU process of sandbox id (its command line names
+// the sandbox's directory).
+func killVMM(t *testing.T, id string) {
+	t.Helper()
+	out, err := exec.Command("pgrep", "-f", "qemu-system.*/sandboxes/"+id+"/").Output()
+	if err != nil {
+		t.Fatalf("find the VMM of %s: %v", id, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		pid, _ := strconv.Atoi(f)
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// waitAgentState waits until the agent reports sandbox id in state want.
+func waitAgentState(t *testing.T, c *agentclient.Client, id string, want pb.SandboxState) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := c.GetSandbox(context.Background(), connect.NewRequest(&pb.GetSandboxRequest{SandboxId: id}))
+		if err == nil && resp.Msg.GetSandbox().GetState() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s: want %s on the agent, got %v (%v)", id, want, resp, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -474,15 +474,26 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
 		Egress: internet, Metadata: req.Metadata,
 	}
+	// The create and its bookkeeping outlive a client that leaves: a
+	// machine is never left half made because a request was cancelled.
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
+	defer acancel()
+	ctx = actx
 	agentStart := time.Now()
+	var created *pb.Sandbox
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
+	if err == nil {
+		created = resp.Msg.GetSandbox()
+	} else {
+		created, err = s.askAgent(ctx, c, row.ID, err, store.SandboxRunning)
+	}
 	agentTime := time.Since(agentStart)
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
 	// The running state and the audit record commit together (one commit
 	// less on the request's path).
-	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, resp.Msg.GetSandbox(), func(q *db.Queries) error {
+	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, created, func(q *db.Queries) error {
 		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 			Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
 	})
@@ -490,9 +501,75 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return fail(fmt.Errorf("persist running: %w", err))
 	}
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
-	v := s.view(row, resp.Msg.GetSandbox())
+	v := s.view(row, created)
 	v.AgentTime = agentTime
 	return v, nil
+}
+
+// agentCallTimeout bounds a lifecycle call to the agent (a cold boot
+// under TCG with a slow start, a pause of a large memory).
+const agentCallTimeout = 10 * time.Minute
+
+// askAgent settles an agent call whose outcome is unknown (the agent
+// timed out, was unreachable, or the connection broke): instead of rolling
+// the record back it asks the agent for the sandbox, and when the sandbox
+// reached want ("running" or "paused") the call is taken as done. Any
+// other answer, or a call that failed clearly, returns callErr.
+func (s *Sandboxes) askAgent(ctx context.Context, c *agentclient.Client, id pgtype.UUID, callErr error, want string) (*pb.Sandbox, error) {
+	if !ambiguous(callErr) {
+		return nil, callErr
+	}
+	var wantState pb.SandboxState
+	switch want {
+	case store.SandboxRunning:
+		wantState = pb.SandboxState_SANDBOX_STATE_RUNNING
+	case store.SandboxPaused:
+		wantState = pb.SandboxState_SANDBOX_STATE_PAUSED
+	default:
+		return nil, callErr
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)}))
+		if err == nil {
+			if a := resp.Msg.GetSandbox(); a.GetState() == wantState {
+				s.log.WarnContext(ctx, "agent call failed ambiguously but the sandbox reached its state", "sandbox", ID(id), "state", want, "err", callErr)
+				return a, nil
+			}
+			return nil, callErr
+		}
+		if !ambiguous(err) {
+			return nil, callErr
+		}
+		select {
+		case <-ctx.Done():
+			return nil, callErr
+		case <-time.After(time.Second << attempt):
+		}
+	}
+	return nil, callErr
+}
+
+// keptWithoutMachine asks the agent whether sandbox id is stopped or in
+// error there (its machine died; its disk is kept), and why.
+func (s *Sandboxes) keptWithoutMachine(ctx context.Context, c *agentclient.Client, id pgtype.UUID) (bool, string) {
+	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)}))
+	if err != nil || !keptOnAgent(resp.Msg.GetSandbox()) {
+		return false, ""
+	}
+	return true, resp.Msg.GetSandbox().GetStateReason()
+}
+
+// ambiguous reports whether an agent call's error leaves its outcome
+// unknown (the agent may have done it).
+func ambiguous(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, agentclient.ErrUnavailable) {
+		return true
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeDeadlineExceeded, connect.CodeUnavailable, connect.CodeCanceled, connect.CodeAborted:
+		return true
+	}
+	return false
 }
 
 // persistRunning moves sandbox id from state from to running and records
@@ -650,6 +727,9 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	if row.State == store.SandboxStopped {
 		return nil
 	}
+	// A destroy the client walks away from still completes.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
+	defer cancel()
 	c, err := s.client(ctx)
 	if err != nil {
 		return err
@@ -672,7 +752,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 // after it (quota checks: it runs under the team's row lock).
 func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID, from, mid, to string,
 	check func(q *db.Queries, row db.Sandbox) error,
-	call func(c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
+	call func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
 	if _, err := s.get(ctx, p, id); err != nil {
 		return Sandbox{}, err
 	}
@@ -703,7 +783,26 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		return Sandbox{}, err
 	}
-	a, err := call(c, row)
+	// The agent call and the bookkeeping after it outlive a client that
+	// leaves: a pause or resume is not cut off half way.
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
+	defer acancel()
+	ctx = actx
+	a, err := call(actx, c, row)
+	if err != nil {
+		a, err = s.askAgent(actx, c, id, err, to)
+	}
+	if err != nil && errors.Is(err, agentclient.ErrConflict) {
+		if died, reason := s.keptWithoutMachine(actx, c, id); died {
+			// The machine died behind the record's back: the record says so
+			// now (error, disk kept on the host; resuming boots it cold).
+			if _, terr := s.st.TransitionSandbox(actx, nil, id, []string{mid}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+				s.log.ErrorContext(actx, "persist a sandbox whose machine died", "sandbox", ID(id), "err", terr)
+			}
+			s.log.WarnContext(actx, "sandbox machine died; record set to error, disk kept", "sandbox", ID(id), "reason", reason)
+			return Sandbox{}, &Error{Kind: ErrConflict, Msg: "the sandbox's machine stopped unexpectedly; its disk is kept: resume boots it cold from its disk", Err: err}
+		}
+	}
 	if err != nil {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
@@ -735,7 +834,7 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 		func(q *db.Queries, row db.Sandbox) error {
 			return s.checkStoredQuotas(ctx, q, p.TeamID, true, int64(row.MemoryMB))
 		},
-		func(c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
+		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
 			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(id)}))
 			if err != nil {
 				return nil, err
@@ -746,8 +845,16 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 
 // Resume resumes a paused sandbox of p's team, within its quotas (checked
 // under the team's row lock, in the transaction that marks it resuming).
+//
+// A sandbox in error whose host kept its disk (its machine died: see
+// Reconcile) is resumed the same way: the host boots it cold from its
+// disk (its files are there, its memory is not).
 func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
-	return s.transition(ctx, p, id, store.SandboxPaused, store.SandboxResuming, store.SandboxRunning,
+	from := store.SandboxPaused
+	if row, err := s.get(ctx, p, id); err == nil && row.State == store.SandboxError {
+		from = store.SandboxError
+	}
+	return s.transition(ctx, p, id, from, store.SandboxResuming, store.SandboxRunning,
 		func(q *db.Queries, _ db.Sandbox) error {
 			t, err := q.GetTeam(ctx, p.TeamID)
 			if err != nil {
@@ -755,9 +862,9 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 			}
 			return s.checkResumeQuotas(ctx, q, t)
 		},
-		func(c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
-			// No timeout: the TTL is the control plane's (entering running
-			// restarts it in the record).
+		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
+			// The TTL is the control plane's (entering running restarts it
+			// in the record).
 			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id)}))
 			if err != nil {
 				return nil, err

@@ -157,6 +157,9 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	agentName := TemplateID(newID)
 	auditEv := AuditEvent{ResourceType: "snapshot", ResourceID: req.Name, Action: "snapshot.create",
 		Metadata: map[string]any{"id": agentName, "sandbox_id": ID(src.ID)}}
+	// The snapshot and its bookkeeping outlive a client that leaves.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
+	defer cancel()
 	resp, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(src.ID), Name: agentName}))
 	if err != nil {
 		err = agentError(err, "snapshot")

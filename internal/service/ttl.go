@@ -284,6 +284,17 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 
 	perr := agentError(err, "auto-pause")
 	ev.Status, meta["error"] = AuditError, PublicText(perr)
+	if c != nil && errors.Is(perr, ErrConflict) {
+		if died, reason := s.keptWithoutMachine(bg, c, row.ID); died {
+			// Its machine died: error, disk kept (resuming boots it cold).
+			if _, terr := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+				log.ErrorContext(bg, "persist a sandbox whose machine died", "err", terr)
+			}
+			log.WarnContext(ctx, "sandbox machine died; record set to error, disk kept", "reason", reason)
+			s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+			return reapSkipped
+		}
+	}
 	if c == nil || errors.Is(perr, ErrUnavailable) || errors.Is(perr, ErrConflict) || ctx.Err() != nil {
 		// Not refused, or not in the state we thought: try again later.
 		if _, rerr := s.st.Queries().RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,

@@ -125,6 +125,20 @@ type Driver interface {
 	Cleanup(ctx context.Context, dir string) error
 }
 
+// Adopter is a Driver whose machines outlive the process that started
+// them (an agent restart): AdoptMachine takes over the machine that runs
+// in runtime directory dir, as recorded there when it was started. A
+// guest that an interrupted Snapshot left stopped runs again. It fails
+// (wrapping ErrExited when the VMM is gone) when nothing can be adopted;
+// Cleanup then removes what is left.
+type Adopter interface {
+	AdoptMachine(ctx context.Context, dir string) (Machine, error)
+	// SnapshotComplete reports whether dir holds a complete snapshot (a
+	// Snapshot interrupted by a crash leaves an incomplete one, which a
+	// restore would refuse).
+	SnapshotComplete(dir string) bool
+}
+
 // Machine is a running VMM process.
 type Machine interface {
 	// PID is the VMM process (for metrics and cleanup).

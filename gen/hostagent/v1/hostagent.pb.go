@@ -71,6 +71,12 @@ const (
 	SandboxState_SANDBOX_STATE_PAUSING     SandboxState = 3
 	SandboxState_SANDBOX_STATE_PAUSED      SandboxState = 4
 	SandboxState_SANDBOX_STATE_RESUMING    SandboxState = 5
+	// Its machine died (or the agent stopped while starting it): memory
+	// lost, disk kept. ResumeSandbox boots it cold from that disk.
+	SandboxState_SANDBOX_STATE_STOPPED SandboxState = 6
+	// The agent cannot use it (an unreadable state file, set aside); its
+	// directory is kept for an operator. Only DestroySandbox applies.
+	SandboxState_SANDBOX_STATE_ERROR SandboxState = 7
 )
 
 // Enum value maps for SandboxState.
@@ -82,6 +88,8 @@ var (
 		3: "SANDBOX_STATE_PAUSING",
 		4: "SANDBOX_STATE_PAUSED",
 		5: "SANDBOX_STATE_RESUMING",
+		6: "SANDBOX_STATE_STOPPED",
+		7: "SANDBOX_STATE_ERROR",
 	}
 	SandboxState_value = map[string]int32{
 		"SANDBOX_STATE_UNSPECIFIED": 0,
@@ -90,6 +98,8 @@ var (
 		"SANDBOX_STATE_PAUSING":     3,
 		"SANDBOX_STATE_PAUSED":      4,
 		"SANDBOX_STATE_RESUMING":    5,
+		"SANDBOX_STATE_STOPPED":     6,
+		"SANDBOX_STATE_ERROR":       7,
 	}
 )
 
@@ -522,7 +532,9 @@ type Sandbox struct {
 	EnvdUrl string `protobuf:"bytes,11,opt,name=envd_url,json=envdUrl,proto3" json:"envd_url,omitempty"`
 	// host_addr is the address by which the host reaches the guest (any
 	// port) while it runs.
-	HostAddr      string `protobuf:"bytes,12,opt,name=host_addr,json=hostAddr,proto3" json:"host_addr,omitempty"`
+	HostAddr string `protobuf:"bytes,12,opt,name=host_addr,json=hostAddr,proto3" json:"host_addr,omitempty"`
+	// state_reason says why a sandbox is stopped or in error.
+	StateReason   string `protobuf:"bytes,13,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -637,6 +649,13 @@ func (x *Sandbox) GetEnvdUrl() string {
 func (x *Sandbox) GetHostAddr() string {
 	if x != nil {
 		return x.HostAddr
+	}
+	return ""
+}
+
+func (x *Sandbox) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
 	}
 	return ""
 }
@@ -3790,7 +3809,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1b\n" +
 	"\tmemory_mb\x18\x02 \x01(\x04R\bmemoryMb\x12\x17\n" +
-	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xfe\x03\n" +
+	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xa1\x04\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05state\x12\x1a\n" +
@@ -3805,7 +3824,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x0elast_active_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\flastActiveAt\x12\x19\n" +
 	"\benvd_url\x18\v \x01(\tR\aenvdUrl\x12\x1b\n" +
-	"\thost_addr\x18\f \x01(\tR\bhostAddr\x1a;\n" +
+	"\thost_addr\x18\f \x01(\tR\bhostAddr\x12!\n" +
+	"\fstate_reason\x18\r \x01(\tR\vstateReason\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x04\n" +
@@ -4022,14 +4042,16 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04user\x18\x03 \x01(\tR\x04user\"\x10\n" +
-	"\x0eRemoveResponse*\xb5\x01\n" +
+	"\x0eRemoveResponse*\xe9\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
 	"\x15SANDBOX_STATE_RUNNING\x10\x02\x12\x19\n" +
 	"\x15SANDBOX_STATE_PAUSING\x10\x03\x12\x18\n" +
 	"\x14SANDBOX_STATE_PAUSED\x10\x04\x12\x1a\n" +
-	"\x16SANDBOX_STATE_RESUMING\x10\x05*b\n" +
+	"\x16SANDBOX_STATE_RESUMING\x10\x05\x12\x19\n" +
+	"\x15SANDBOX_STATE_STOPPED\x10\x06\x12\x17\n" +
+	"\x13SANDBOX_STATE_ERROR\x10\a*b\n" +
 	"\fTemplateKind\x12\x1d\n" +
 	"\x19TEMPLATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TEMPLATE_KIND_IMAGE\x10\x01\x12\x1a\n" +

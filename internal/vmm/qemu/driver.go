@@ -67,7 +67,10 @@ type Driver struct {
 	streamSnapshots atomic.Bool
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver  = (*Driver)(nil)
+	_ vmm.Adopter = (*Driver)(nil)
+)
 
 // New returns a driver after checking the QEMU binary and deciding the
 // accelerator.

@@ -591,8 +591,74 @@ func (d *Driver) Adopt(ctx context.Context, dir string) (*Machine, error) {
 	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, console: con, done: make(chan struct{})}
 	go m.watchPidfd()
 	go m.watchEvents()
+	if err := m.resumeInterrupted(qctx); err != nil {
+		_ = m.Kill(context.Background())
+		return nil, fmt.Errorf("qemu: adopt %s: %w", dir, err)
+	}
 	m.log.Info("machine adopted", "pid", rec.PID)
 	return m, nil
+}
+
+// AdoptMachine is Adopt as vmm.Adopter has it.
+func (d *Driver) AdoptMachine(ctx context.Context, dir string) (vmm.Machine, error) {
+	m, err := d.Adopt(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// SnapshotComplete reports whether dir holds a complete snapshot: its
+// metadata, written last, and the files it names.
+func (d *Driver) SnapshotComplete(dir string) bool {
+	meta, err := readSnapshotMeta(dir)
+	if err != nil {
+		return false
+	}
+	for _, f := range []string{meta.State, meta.Memory} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// resumeInterrupted undoes a snapshot that the previous agent did not
+// finish: a migration still running is cancelled, and a guest left
+// stopped by it (paused, or done migrating) runs again. An adopted
+// machine runs, whatever happened to the process that last drove it.
+func (m *Machine) resumeInterrupted(ctx context.Context) error {
+	for {
+		var mig struct{ Status string }
+		if err := m.qmp.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+			return err
+		}
+		if mig.Status != "setup" && mig.Status != "active" && mig.Status != "device" && mig.Status != "cancelling" && mig.Status != "pre-switchover" {
+			break
+		}
+		m.log.Warn("cancelling the migration of an interrupted snapshot", "status", mig.Status)
+		if err := m.qmp.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	var st struct{ Status string }
+	if err := m.qmp.Execute(ctx, "query-status", nil, &st); err != nil {
+		return err
+	}
+	switch st.Status {
+	case "running":
+		return nil
+	case "paused", "postmigrate", "finish-migrate":
+		m.log.Warn("resuming a guest that an interrupted snapshot left stopped", "status", st.Status)
+		return m.qmp.Execute(ctx, "cont", nil, nil)
+	default:
+		return fmt.Errorf("guest is %s", st.Status)
+	}
 }
 
 // Cleanup kills the VMM that runs in dir, if any, and removes the files
@@ -713,7 +779,8 @@ func readRecord(dir string) (record, error) {
 	return r, nil
 }
 
-// writeJSONAtomic writes v to path through a temporary file and a rename.
+// writeJSONAtomic writes v to path through a synced temporary file, a
+// rename and a sync of the directory.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -737,6 +804,7 @@ func writeJSONAtomic(path string, v any) error {
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	syncDir(filepath.Dir(path)) // the rename too is durable
 	return nil
 }
 

@@ -143,8 +143,9 @@ type HostAgentClient interface {
 	// PauseSandbox saves a running sandbox's memory and disk and stops its
 	// machine. FailedPrecondition unless it is running.
 	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
-	// ResumeSandbox restores a paused sandbox into a new machine.
-	// FailedPrecondition unless it is paused.
+	// ResumeSandbox restores a paused sandbox into a new machine, or boots
+	// a stopped one cold from its disk.
+	// FailedPrecondition unless it is paused or stopped.
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	// ListSandboxes lists every sandbox on the host, running or paused. A
@@ -530,8 +531,9 @@ type HostAgentHandler interface {
 	// PauseSandbox saves a running sandbox's memory and disk and stops its
 	// machine. FailedPrecondition unless it is running.
 	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
-	// ResumeSandbox restores a paused sandbox into a new machine.
-	// FailedPrecondition unless it is paused.
+	// ResumeSandbox restores a paused sandbox into a new machine, or boots
+	// a stopped one cold from its disk.
+	// FailedPrecondition unless it is paused or stopped.
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	GetSandbox(context.Context, *connect.Request[v1.GetSandboxRequest]) (*connect.Response[v1.GetSandboxResponse], error)
 	// ListSandboxes lists every sandbox on the host, running or paused. A
