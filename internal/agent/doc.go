@@ -17,9 +17,9 @@
 // handlers (Config.Verifier).
 //
 // Besides the RPCs, the agent proxies sandbox traffic (proxy.go): a
-// request carrying ProxySandboxHeader goes, path, body and headers
-// unchanged, to ProxyPortHeader of that sandbox's guest; the control
-// plane's proxy (internal/proxy) authenticates with ProxyTokenHeader, so
+// request carrying agentproxy.SandboxHeader goes, path, body and headers
+// unchanged, to agentproxy.PortHeader of that sandbox's guest; the control
+// plane's proxy (internal/proxy) authenticates with agentproxy.TokenHeader, so
 // the client's own Authorization header reaches the guest untouched.
 // Connections to guests are pooled per machine.
 //

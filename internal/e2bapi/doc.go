@@ -48,7 +48,7 @@
 //     it (pauses always keep memory here); other unknown fields are
 //     ignored. The machine shape is the template's (service defaults for
 //     images).
-//   - Sandbox (create, connect, resume): envdVersion is envd.Version,
+//   - Sandbox (create, connect, resume): envdVersion is envdapi.Version,
 //     envdAccessToken the service's HMAC of the sandbox ID (stable for its
 //     whole life), trafficAccessToken null unless traffic is private,
 //     domain the configured sandbox domain with the sandbox listener's port

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
@@ -349,7 +349,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	}
 	undo.add("kill machine", func() error { return machine.Kill(context.Background()) })
 
-	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String()
+	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envdapi.DefaultPort).String()
 	client := envdclient.New(base, rec.AccessToken)
 	initClient := client
 	if heldToken != rec.AccessToken {
@@ -367,7 +367,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	env["E2B_TEMPLATE_ID"] = rec.Template
 	now := m.now().UTC()
 	tok := rec.AccessToken
-	if err := initClient.Init(bctx, envd.InitRequest{
+	if err := initClient.Init(bctx, envdapi.InitRequest{
 		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser,
 	}); err != nil {
 		return err
