@@ -15,7 +15,6 @@ import (
 
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/envd"
-	"github.com/capsulehq/capsule/internal/store"
 )
 
 const usage = `usage: capsule <command> [flags]
@@ -59,7 +58,7 @@ func run(ctx context.Context, args []string) error {
 	case "serve":
 		return runServe(ctx, args[1:])
 	case "migrate":
-		return store.RunMigrateCommand(ctx, args[1:], os.Stdout)
+		return runMigrate(ctx, args[1:], os.Stdout)
 	case "bench":
 		return runBench(ctx, args[1:])
 	case "image":

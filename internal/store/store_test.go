@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,14 +19,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	pgembed.StopTestServer()
+	pgtest.StopTestServer()
 	os.Exit(code)
 }
 
@@ -41,7 +40,7 @@ func ctx(t *testing.T) context.Context {
 // newStore opens a fresh migrated database.
 func newStore(t *testing.T) *store.Store {
 	t.Helper()
-	st, err := store.Open(ctx(t), pgembed.StartForTest(t))
+	st, err := store.Open(ctx(t), pgtest.StartForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +78,7 @@ func must[T any](t *testing.T) func(T, error) T {
 }
 
 func TestMigrateFromScratchAndIdempotent(t *testing.T) {
-	st, err := store.Open(ctx(t), pgembed.EmptyDatabaseForTest(t))
+	st, err := store.Open(ctx(t), pgtest.EmptyDatabaseForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +137,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 // Control planes starting together migrate once: they serialize on the
 // advisory lock and the later ones find nothing to do.
 func TestMigrateConcurrent(t *testing.T) {
-	dsn := pgembed.EmptyDatabaseForTest(t)
+	dsn := pgtest.EmptyDatabaseForTest(t)
 	const n = 4
 	stores := make([]*store.Store, n)
 	var logMu sync.Mutex
@@ -301,46 +300,6 @@ func TestTx(t *testing.T) {
 	}
 	if err := st.Ping(ctx(t)); err != nil {
 		t.Error(err)
-	}
-}
-
-func TestRunMigrateCommand(t *testing.T) {
-	dsn := pgembed.EmptyDatabaseForTest(t)
-	var out bytes.Buffer
-	if err := store.RunMigrateCommand(ctx(t), []string{"status", "--database-url", dsn}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "schema version 0 (newest 1)") {
-		t.Errorf("status: %q", out.String())
-	}
-	out.Reset()
-	if err := store.RunMigrateCommand(ctx(t), []string{"--database-url", dsn}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "schema version 1 (newest 1)") {
-		t.Errorf("up: %q", out.String())
-	}
-	if err := store.RunMigrateCommand(ctx(t), []string{"sideways"}, &out); err == nil {
-		t.Error("an unknown argument was accepted")
-	}
-}
-
-// With no database URL, `capsule migrate` runs the embedded server.
-func TestRunMigrateCommandEmbedded(t *testing.T) {
-	pgembed.TestServer(t) // skips without PostgreSQL binaries
-	d := t.TempDir()
-	for _, p := range []string{d, filepath.Dir(d)} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Setenv("DATABASE_URL", "")
-	var out bytes.Buffer
-	if err := store.RunMigrateCommand(ctx(t), []string{"up", "--data-dir", d}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "schema version 1 (newest 1)") {
-		t.Errorf("up: %q", out.String())
 	}
 }
 
