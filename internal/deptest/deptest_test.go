@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -138,6 +139,7 @@ func violations(g graph, rules []rule) []string {
 			}
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 
