@@ -19,4 +19,8 @@
 // import graph with `go list -deps -json`; a violation fails it with
 // "package X must not depend on Y (X → … → Y): <reason>". It runs with the
 // other Go tests (`make test`).
+//
+// A second test keeps the README's architecture list whole: it walks
+// internal/ and cmd/ and wants a line of that list for every package (and
+// no line for a package that is gone).
 package deptest
