@@ -33,8 +33,8 @@
 // subscribers (the machine's log and each migration) and typed errors
 // (QMPError with QEMU's class). That is most of qmp.go; the rest, the
 // greeting and qmp_capabilities, is a few lines. So the client stays ours,
-// tested in qmp_test.go against a scripted monitor and in the driver's
-// tests against QEMU.
+// tested in qmp_test.go against a fake monitor that answers out of order,
+// and in the driver's tests against QEMU.
 //
 // # Memory model
 //
