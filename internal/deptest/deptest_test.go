@@ -31,7 +31,7 @@ var (
 	// testSupport are the test helpers, which link testing (and, for
 	// agenttest, a real host agent) by design.
 	testSupport = []string{"internal/service/servicetest", "internal/service/agenttest",
-		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv"}
+		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv", "internal/vmm/vmmtest"}
 	hostAndGuest = []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot",
 		"internal/envd", "github.com/google/nftables", "github.com/creack/pty"}
 	testingPkgs = []string{"testing", "internal/testenv", "internal/pgembed/pgtest"}
@@ -58,6 +58,15 @@ var rules = []rule{
 		Not: append(append([]string{"internal/agent", "internal/agentclient", "internal/sandbox", "internal/vmm",
 			"internal/netslot", "internal/pgembed", "github.com/jackc/pgx"}, controlPlane...), testingPkgs...),
 		Reason: "envd runs inside guests: a static binary of the guest side only",
+	},
+	{
+		Name: "host code links no envd server, control plane or testing",
+		From: []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot", "internal/disk",
+			"internal/image", "internal/envdclient"},
+		Except: testSupport,
+		Not: append(append([]string{"internal/envd", "github.com/creack/pty", "internal/pgembed",
+			"github.com/jackc/pgx"}, controlPlane...), testingPkgs...),
+		Reason: "the host agent talks to guests through envdapi and envdclient, and to nothing of the control plane",
 	},
 	{
 		Name:   "wire contracts import nothing of Capsule's",
