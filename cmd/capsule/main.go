@@ -14,7 +14,7 @@ import (
 	"syscall"
 
 	"github.com/capsulehq/capsule/internal/bench"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 const usage = `usage: capsule <command> [flags]
@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	switch args[0] {
 	case "version":
-		fmt.Printf("capsule (envd protocol %s)\n", envd.Version)
+		fmt.Printf("capsule (envd protocol %s)\n", envdapi.Version)
 		return nil
 	case "agent":
 		return runAgent(ctx, args[1:])

@@ -20,7 +20,9 @@
 // request carrying agentproxy.SandboxHeader goes, path, body and headers
 // unchanged, to agentproxy.PortHeader of that sandbox's guest; the control
 // plane's proxy (internal/proxy) authenticates with agentproxy.TokenHeader, so
-// the client's own Authorization header reaches the guest untouched.
+// the client's own Authorization header reaches the guest untouched. The
+// headers and the error body are package agentproxy, the contract both
+// proxies import (the control plane never imports this package).
 // Connections to guests are pooled per machine.
 //
 // Errors are mapped to Connect codes in one place (errors.go):
