@@ -14,7 +14,7 @@ GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.s
 EMBED     := internal/api/openapi.yaml internal/api/apidocs/index.html internal/api/apidocs/capsule-docs.js
 APIDOCS   := internal/api/apidocs/dist/swagger-ui-bundle.js
 
-.PHONY: deps build run test lint gotest sdktest sdkfull bench generate check-generated clean
+.PHONY: deps build run test lint gotest fuzz sdktest sdkfull bench generate check-generated clean
 
 deps:
 	@scripts/deps.sh
@@ -45,6 +45,10 @@ lint:
 gotest:
 	@scripts/gotest.sh
 
+# Every Go fuzz target for FUZZTIME each (default 2s); a crash fails.
+fuzz:
+	@scripts/fuzz.sh
+
 sdktest: $(BIN)/envd
 	@ENVD_BIN=$(CURDIR)/$(BIN)/envd tests/e2b-sdk/run.sh
 
@@ -52,7 +56,7 @@ sdktest: $(BIN)/envd
 sdkfull: build
 	@tests/e2b-sdk/fullstack/run.sh
 
-test: deps build lint gotest sdktest sdkfull
+test: deps build lint gotest fuzz sdktest sdkfull
 
 bench: build
 	$(BIN)/capsule bench envd

@@ -35,21 +35,23 @@ flags:
 
 // agentEnv maps the agent's flags to environment variables.
 var agentEnv = map[string]string{
-	"data-dir":      "CAPSULE_DATA_DIR",
-	"run-dir":       "CAPSULE_RUN_DIR",
-	"listen":        "CAPSULE_AGENT_LISTEN",
-	"token-file":    "CAPSULE_AGENT_TOKEN_FILE",
-	"envd":          "CAPSULE_ENVD",
-	"base":          "CAPSULE_AGENT_BASE",
-	"warm-images":   "CAPSULE_AGENT_WARM_IMAGES",
-	"max-vcpus":     "CAPSULE_AGENT_MAX_VCPUS",
-	"max-memory-mb": "CAPSULE_AGENT_MAX_MEMORY_MB",
-	"max-disk-mb":   "CAPSULE_AGENT_MAX_DISK_MB",
-	"net-name":      "CAPSULE_AGENT_NET_NAME",
-	"net-host-cidr": "CAPSULE_AGENT_NET_HOST_CIDR",
-	"net-link-cidr": "CAPSULE_AGENT_NET_LINK_CIDR",
-	"net-max-slots": "CAPSULE_AGENT_NET_MAX_SLOTS",
-	"v":             "CAPSULE_AGENT_VERBOSE",
+	"data-dir":           "CAPSULE_DATA_DIR",
+	"run-dir":            "CAPSULE_RUN_DIR",
+	"listen":             "CAPSULE_AGENT_LISTEN",
+	"token-file":         "CAPSULE_AGENT_TOKEN_FILE",
+	"envd":               "CAPSULE_ENVD",
+	"base":               "CAPSULE_AGENT_BASE",
+	"warm-images":        "CAPSULE_AGENT_WARM_IMAGES",
+	"console-log-max-mb": "CAPSULE_AGENT_CONSOLE_LOG_MAX_MB",
+	"max-vcpus":          "CAPSULE_AGENT_MAX_VCPUS",
+	"max-memory-mb":      "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"disk-headroom-mb":   "CAPSULE_AGENT_DISK_HEADROOM_MB",
+	"max-disk-mb":        "CAPSULE_AGENT_MAX_DISK_MB",
+	"net-name":           "CAPSULE_AGENT_NET_NAME",
+	"net-host-cidr":      "CAPSULE_AGENT_NET_HOST_CIDR",
+	"net-link-cidr":      "CAPSULE_AGENT_NET_LINK_CIDR",
+	"net-max-slots":      "CAPSULE_AGENT_NET_MAX_SLOTS",
+	"v":                  "CAPSULE_AGENT_VERBOSE",
 }
 
 // agentOptions are the agent's settings.
@@ -75,9 +77,11 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
 	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
 	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
+	fs.IntVar(&o.consoleLogMaxMB, "console-log-max-mb", 4, "cap of each sandbox's serial console log in MiB; past it the log is rotated into console.log.1 [CAPSULE_AGENT_CONSOLE_LOG_MAX_MB]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
 	fs.IntVar(&o.capacity.DiskMB, "max-disk-mb", 0, "sandbox disk space in MiB (default unlimited) [CAPSULE_AGENT_MAX_DISK_MB]")
+	fs.Int64Var(&o.diskHeadroomMB, "disk-headroom-mb", 1024, "free space (MiB) the data directory's disk keeps: creates, pauses and snapshots that would leave less are refused; 0 turns the check off [CAPSULE_AGENT_DISK_HEADROOM_MB]")
 	fs.StringVar(&o.netName, "net-name", "", "name of the network slot pool (default capsule) [CAPSULE_AGENT_NET_NAME]")
 	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
@@ -101,8 +105,8 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	if o.tokenFile == "" {
 		o.tokenFile = filepath.Join(o.dataDir, "agent.token")
 	}
-	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.capacity.DiskMB < 0 {
-		return nil, errors.New("agent: capacities must not be negative")
+	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.capacity.DiskMB < 0 || o.diskHeadroomMB < 0 {
+		return nil, errors.New("agent: capacities and the disk headroom must not be negative")
 	}
 	o.defaultCapacity()
 	return o, nil

@@ -135,7 +135,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	audit := service.NewAudit(b.st, o.log)
-	if b.accounts, err = service.NewAccounts(service.AccountsConfig{Store: b.st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: o.log}); err != nil {
+	if b.accounts, err = service.NewAccounts(service.AccountsConfig{Store: b.st, Hasher: hasher, Sessions: sessions, Audit: audit, Signup: service.SignupOpen, Log: o.log}); err != nil {
 		return nil, err
 	}
 	if b.sandboxes, err = service.NewSandboxes(ctx, service.SandboxesConfig{Store: b.st, Agents: b.pool, Secret: secret, Audit: audit, Log: o.log}); err != nil {

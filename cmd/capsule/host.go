@@ -21,15 +21,20 @@ type hostOptions struct {
 	dataDir, runDir string
 	// imagesDir holds the image store (dataDir when empty): `capsule bench
 	// api` shares the platform's images but keeps its sandboxes apart.
-	imagesDir   string
-	envdBin     string
-	base        bool
-	warmImages  bool
-	capacity    sandbox.Capacity
-	netName     string
-	netHostCIDR string
-	netLinkCIDR string
-	netMaxSlots int
+	imagesDir  string
+	envdBin    string
+	base       bool
+	warmImages bool
+	// consoleLogMaxMB caps each sandbox's console log (MiB).
+	consoleLogMaxMB int
+	capacity        sandbox.Capacity
+	// diskHeadroomMB is the free space the data disk keeps (creates,
+	// pauses and snapshots that would leave less are refused).
+	diskHeadroomMB int64
+	netName        string
+	netHostCIDR    string
+	netLinkCIDR    string
+	netMaxSlots    int
 	// netVethPrefix names the pool's host interfaces (derived from netName
 	// when empty).
 	netVethPrefix string
@@ -106,7 +111,7 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	}
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, WarmImages: o.warmImages, Log: log,
+		Capacity: o.capacity, DiskHeadroomMB: o.diskHeadroomMB, WarmImages: o.warmImages, ConsoleLogMax: int64(o.consoleLogMaxMB) << 20, Log: log,
 	})
 	if err != nil {
 		_ = slots.Close(context.Background())

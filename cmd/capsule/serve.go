@@ -66,9 +66,13 @@ var serveEnv = map[string]string{
 	"envd":                 "CAPSULE_ENVD",
 	"base":                 "CAPSULE_AGENT_BASE",
 	"warm-images":          "CAPSULE_AGENT_WARM_IMAGES",
+	"console-log-max-mb":   "CAPSULE_AGENT_CONSOLE_LOG_MAX_MB",
 	"admin-email":          "CAPSULE_ADMIN_EMAIL",
 	"max-vcpus":            "CAPSULE_AGENT_MAX_VCPUS",
 	"max-memory-mb":        "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"disk-headroom-mb":     "CAPSULE_AGENT_DISK_HEADROOM_MB",
+	"quota-paused":         "CAPSULE_QUOTA_PAUSED",
+	"quota-stored-mb":      "CAPSULE_QUOTA_STORED_MB",
 	"net-name":             "CAPSULE_AGENT_NET_NAME",
 	"net-host-cidr":        "CAPSULE_AGENT_NET_HOST_CIDR",
 	"net-link-cidr":        "CAPSULE_AGENT_NET_LINK_CIDR",
@@ -78,6 +82,8 @@ var serveEnv = map[string]string{
 	"github-client-id":     "CAPSULE_GITHUB_CLIENT_ID",
 	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
 	"domain":               "CAPSULE_DOMAIN",
+	"signup":               "CAPSULE_SIGNUP",
+	"trusted-proxies":      "CAPSULE_TRUSTED_PROXIES",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -99,15 +105,47 @@ type serveOptions struct {
 	// publicURL is where browsers reach the API (OAuth callbacks).
 	publicURL                          string
 	githubClientID, githubClientSecret string
+	// signup is who may sign up (open, invite, closed).
+	signup     string
+	signupMode service.SignupPolicy
+	// trustedProxies is the comma-separated list of reverse proxies
+	// (CIDRs or addresses) whose X-Forwarded-For the rate limits believe.
+	trustedProxies string
+	proxies        []netip.Prefix
 	// configFile is the configuration file read ("" when none).
 	configFile string
+	// quotas are the platform's default team quotas.
+	quotas service.Quotas
+}
+
+// intFlag and int64Flag parse a non-negative number into *p.
+func intFlag(p *int32) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number ≥ 0, not %q", v)
+		}
+		*p = int32(n)
+		return nil
+	}
+}
+
+func int64Flag(p *int64) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number ≥ 0, not %q", v)
+		}
+		*p = n
+		return nil
+	}
 }
 
 // parseServeFlags reads the settings: flags, then the environment, then
 // the configuration file (defaultConfig when it exists and no other is
 // named), then the defaults.
 func parseServeFlags(args []string, getenv func(string) string, defaultConfig string) (*serveOptions, error) {
-	o := &serveOptions{}
+	o := &serveOptions{quotas: service.DefaultQuotas}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), serveUsage)
@@ -123,9 +161,13 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
 	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
 	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
+	fs.IntVar(&o.consoleLogMaxMB, "console-log-max-mb", 4, "cap of each sandbox's serial console log in MiB; past it the log is rotated into console.log.1 [CAPSULE_AGENT_CONSOLE_LOG_MAX_MB]")
 	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
+	fs.Int64Var(&o.diskHeadroomMB, "disk-headroom-mb", 1024, "free space (MiB) the data directory's disk keeps: creates, pauses and snapshots that would leave less are refused (507); 0 turns the check off [CAPSULE_AGENT_DISK_HEADROOM_MB]")
+	fs.Func("quota-paused", fmt.Sprintf("paused sandboxes a team may keep (default %d; a team's own quota wins) [CAPSULE_QUOTA_PAUSED]", service.DefaultQuotas.MaxPausedSandboxes), intFlag(&o.quotas.MaxPausedSandboxes))
+	fs.Func("quota-stored-mb", fmt.Sprintf("MiB a team may keep stored: paused sandboxes' memory and snapshot templates (default %d; a team's own quota wins) [CAPSULE_QUOTA_STORED_MB]", service.DefaultQuotas.MaxStoredMB), int64Flag(&o.quotas.MaxStoredMB))
 	fs.StringVar(&o.netName, "net-name", "", "name of the network slot pool (default capsule) [CAPSULE_AGENT_NET_NAME]")
 	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
@@ -135,6 +177,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
 	fs.StringVar(&o.githubClientID, "github-client-id", "", "GitHub OAuth app client ID (GitHub login is on when it and the secret are set) [CAPSULE_GITHUB_CLIENT_ID]")
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
+	fs.StringVar(&o.signup, "signup", string(service.SignupInvite), "who may sign up: open (anyone), invite (with a team invitation from an owner or admin), closed (nobody; the platform admin is still created on first start) [CAPSULE_SIGNUP]")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of the reverse proxies in front of the API; their X-Forwarded-For gives the client address that rate limits see (empty: none is trusted) [CAPSULE_TRUSTED_PROXIES]")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -184,8 +228,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 			return nil, fmt.Errorf("serve: -domain %q: want a domain, optionally with :PORT", o.domain)
 		}
 	}
-	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 {
-		return nil, errors.New("serve: capacities must not be negative")
+	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.diskHeadroomMB < 0 {
+		return nil, errors.New("serve: capacities and the disk headroom must not be negative")
 	}
 	u, err := url.Parse(o.publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
@@ -195,8 +239,37 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	if (o.githubClientID == "") != (o.githubClientSecret == "") {
 		return nil, errors.New("serve: GitHub login needs both -github-client-id and -github-client-secret")
 	}
+	if o.signupMode, err = service.ParseSignupPolicy(o.signup); err != nil {
+		return nil, fmt.Errorf("serve: -signup %q: want open, invite or closed", o.signup)
+	}
+	if o.proxies, err = parsePrefixes(o.trustedProxies); err != nil {
+		return nil, fmt.Errorf("serve: -trusted-proxies: %w", err)
+	}
 	o.defaultCapacity()
 	return o, nil
+}
+
+// parsePrefixes parses a comma-separated list of CIDRs and addresses (an
+// address is its own /32 or /128).
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR nor an address", f)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // adminFile is DATA-DIR/admin.json, written once on first start.
@@ -278,11 +351,12 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	audit := service.NewAudit(st, log)
-	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Log: log})
+	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit,
+		Signup: o.signupMode, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Audit: audit, Log: log})
+	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Quotas: o.quotas, Audit: audit, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -317,7 +391,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", o.publicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
 	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Teams: teams, Store: st,
-		OAuth: providers, OAuthStates: states, Log: log})
+		OAuth: providers, OAuthStates: states, TrustedProxies: o.proxies, Log: log})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -352,7 +426,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- ssrv.Serve(sln) }()
 	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
-		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir)
+		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
 	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
 
 	select {

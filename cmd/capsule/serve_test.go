@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/capsulehq/capsule/internal/service"
 )
 
 func TestParseServeFlags(t *testing.T) {
@@ -172,5 +175,42 @@ func TestServeConfigDocumented(t *testing.T) {
 	}
 	if !strings.Contains(string(readme), "`CAPSULE_CONFIG`") {
 		t.Error("CAPSULE_CONFIG: not in the README")
+	}
+}
+
+// TestServeSignupAndProxies: -signup defaults to invite and takes only the
+// three policies; -trusted-proxies takes CIDRs and bare addresses.
+func TestServeSignupAndProxies(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		signup  service.SignupPolicy
+		proxies string
+		wantErr bool
+	}{
+		{name: "defaults", signup: service.SignupInvite, proxies: "[]"},
+		{name: "open", args: []string{"-signup", "open"}, signup: service.SignupOpen, proxies: "[]"},
+		{name: "closed from the environment", env: map[string]string{"CAPSULE_SIGNUP": "closed"}, signup: service.SignupClosed, proxies: "[]"},
+		{name: "unknown policy", args: []string{"-signup", "yes"}, wantErr: true},
+		{name: "proxies", args: []string{"-trusted-proxies", " 10.1.2.3/8, 192.0.2.7 ,2001:db8::/32,::ffff:198.51.100.1"}, signup: service.SignupInvite,
+			proxies: "[10.0.0.0/8 192.0.2.7/32 2001:db8::/32 198.51.100.1/32]"},
+		{name: "bad proxy", args: []string{"-trusted-proxies", "10.0.0.0/8,example.com"}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parseServeFlags(tc.args, func(k string) string { return tc.env[k] }, "")
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.signupMode != tc.signup || fmt.Sprint(o.proxies) != tc.proxies {
+				t.Fatalf("signup %q, proxies %v; want %q, %s", o.signupMode, o.proxies, tc.signup, tc.proxies)
+			}
+		})
 	}
 }

@@ -5,13 +5,17 @@ RETURNING *;
 
 -- name: AuthenticateAPIKey :one
 -- Finds a live key of a live team by the SHA-256 of the presented key and
--- records its use. last_used_at is written at most once a minute per key, so
+-- records its use. The key's creator must still be a member of the key's
+-- team: a key dies with its creator's membership (leaving, removal, a
+-- deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
 -- a busy key does not turn every request into a write; the returned row
 -- carries the value from before this call.
 WITH k AS (
   SELECT team_api_keys.*
   FROM team_api_keys
   JOIN teams ON teams.id = team_api_keys.team_id
+  JOIN users_teams ON users_teams.user_id = team_api_keys.created_by
+                  AND users_teams.team_id = team_api_keys.team_id
   WHERE team_api_keys.key_hash = @key_hash
     AND team_api_keys.revoked_at IS NULL
     AND teams.deleted_at IS NULL
@@ -36,4 +40,11 @@ ORDER BY created_at DESC, id DESC;
 -- name: RevokeAPIKey :one
 UPDATE team_api_keys SET revoked_at = now()
 WHERE id = @id AND team_id = @team_id AND revoked_at IS NULL
+RETURNING *;
+
+-- name: RevokeAPIKeysOfCreator :many
+-- Revokes the live keys that a user created in a team (the user leaves it
+-- or is removed from it).
+UPDATE team_api_keys SET revoked_at = now()
+WHERE team_id = @team_id AND created_by = @created_by AND revoked_at IS NULL
 RETURNING *;

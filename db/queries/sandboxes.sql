@@ -50,7 +50,8 @@ UPDATE sandboxes SET
                         ELSE end_at END,
   envd_url       = CASE WHEN @new_state::text = 'running' THEN envd_url ELSE '' END,
   paused_at      = CASE WHEN @new_state::text = 'paused' THEN now() ELSE paused_at END,
-  stopped_at     = CASE WHEN @new_state::text = 'stopped' THEN now() ELSE stopped_at END
+  stopped_at     = CASE WHEN @new_state::text = 'stopped' THEN now() ELSE stopped_at END,
+  pause_failures = CASE WHEN @new_state::text = 'paused' THEN 0 ELSE pause_failures END
 WHERE id = @id AND state = ANY(@expected_states::text[])
 RETURNING *;
 
@@ -123,6 +124,34 @@ RETURNING *;
 UPDATE sandboxes SET state = 'running', state_reason = @reason::text
 WHERE id = @id AND state = 'pausing'
 RETURNING *;
+
+-- name: RetrySandboxPausing :one
+-- An auto-pause the host refused: back to running with one more failure
+-- and the deadline moved to retry_at (the reaper's back-off).
+UPDATE sandboxes SET state = 'running', state_reason = @reason::text,
+  pause_failures = pause_failures + 1, end_at = @retry_at::timestamptz
+WHERE id = @id AND state = 'pausing'
+RETURNING *;
+
+-- name: FailSandboxPausing :one
+-- An auto-pause refused once too often: the sandbox is left in error, with
+-- its disk kept on the host (nothing is destroyed); no deadline.
+UPDATE sandboxes SET state = 'error', state_reason = @reason::text,
+  pause_failures = pause_failures + 1, end_at = NULL
+WHERE id = @id AND state = 'pausing'
+RETURNING *;
+
+-- name: CountTeamStoredUsage :one
+-- What a team keeps on disk, for the paused and stored-bytes quotas: its
+-- paused sandboxes (count, and their memory, which a pause writes out) and
+-- the bytes of its snapshot templates.
+SELECT
+  (SELECT count(*) FROM sandboxes s
+    WHERE s.team_id = @team_id AND s.state IN ('paused', 'pausing'))::integer AS paused,
+  (SELECT COALESCE(sum(s.memory_mb), 0) FROM sandboxes s
+    WHERE s.team_id = @team_id AND s.state IN ('paused', 'pausing'))::bigint AS paused_memory_mb,
+  (SELECT COALESCE(sum(t.size_bytes), 0) FROM templates t
+    WHERE t.team_id = @team_id)::bigint AS template_bytes;
 
 -- name: CountTeamSandboxUsage :one
 -- What a team's sandboxes in the given states hold, for quota checks (run it

@@ -40,6 +40,14 @@ UPDATE teams SET
 WHERE id = @id AND deleted_at IS NULL
 RETURNING *;
 
+-- name: SetTeamStorageQuotas :one
+-- The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+UPDATE teams SET
+  max_paused_sandboxes = sqlc.narg('max_paused_sandboxes'),
+  max_stored_mb        = sqlc.narg('max_stored_mb')
+WHERE id = @id AND deleted_at IS NULL
+RETURNING *;
+
 -- name: ListTeamsForUser :many
 -- The user's live teams with the user's role in each, oldest membership first.
 SELECT sqlc.embed(teams), users_teams.role, users_teams.created_at AS joined_at

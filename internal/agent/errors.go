@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
@@ -32,7 +33,7 @@ func classify(err error, conflict connect.Code) (code connect.Code, public bool)
 		return conflict, true
 	case errors.Is(err, sandbox.ErrInvalid):
 		return connect.CodeInvalidArgument, true
-	case errors.Is(err, sandbox.ErrCapacity):
+	case errors.Is(err, sandbox.ErrCapacity), errors.Is(err, sandbox.ErrNoSpace):
 		return connect.CodeResourceExhausted, true
 	case errors.As(err, &ce):
 		// An envd RPC answer (or one of ours): the codes that describe the
@@ -94,7 +95,13 @@ func (a *Agent) fail(ctx context.Context, err error, conflict connect.Code) erro
 	code, public := classify(err, conflict)
 	if public {
 		a.log.DebugContext(ctx, "call refused", "procedure", procedure, "code", code, "err", err)
-		return connect.NewError(code, publicMessage(err))
+		ce := connect.NewError(code, publicMessage(err))
+		if errors.Is(err, sandbox.ErrNoSpace) {
+			// ResourceExhausted either way; the class tells a full data
+			// disk from exhausted CPU or memory (agentclient.ErrNoSpace).
+			ce.Meta().Set(agentapi.ErrorClassHeader, agentapi.ClassNoSpace)
+		}
+		return ce
 	}
 	id := errorID()
 	a.log.ErrorContext(ctx, "call failed", "procedure", procedure, "error_id", id, "err", err)

@@ -31,6 +31,7 @@ func TestClassify(t *testing.T) {
 		{"conflict: create", wrap(sandbox.ErrConflict), connect.CodeAlreadyExists, connect.CodeAlreadyExists, true},
 		{"invalid", wrap(sandbox.ErrInvalid), connect.CodeFailedPrecondition, connect.CodeInvalidArgument, true},
 		{"capacity", wrap(sandbox.ErrCapacity), connect.CodeFailedPrecondition, connect.CodeResourceExhausted, true},
+		{"no space", wrap(sandbox.ErrNoSpace), connect.CodeFailedPrecondition, connect.CodeResourceExhausted, true},
 		{"canceled", wrap(context.Canceled), connect.CodeFailedPrecondition, connect.CodeCanceled, true},
 		{"deadline", wrap(context.DeadlineExceeded), connect.CodeFailedPrecondition, connect.CodeDeadlineExceeded, true},
 		{"plain", errors.New("disk on fire"), connect.CodeFailedPrecondition, connect.CodeInternal, false},

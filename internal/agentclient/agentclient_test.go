@@ -19,6 +19,8 @@ import (
 
 func TestClassify(t *testing.T) {
 	cerr := func(code connect.Code) error { return connect.NewError(code, errors.New("x")) }
+	noSpace := connect.NewError(connect.CodeResourceExhausted, errors.New("insufficient storage"))
+	noSpace.Meta().Set(ErrorClassHeader, ClassNoSpace)
 	for _, tc := range []struct {
 		err  error
 		kind error
@@ -30,6 +32,7 @@ func TestClassify(t *testing.T) {
 		{cerr(connect.CodeInvalidArgument), ErrInvalid},
 		{cerr(connect.CodeOutOfRange), ErrInvalid},
 		{cerr(connect.CodeResourceExhausted), ErrCapacity},
+		{noSpace, ErrNoSpace},
 		{cerr(connect.CodePermissionDenied), ErrPermissionDenied},
 		{cerr(connect.CodeUnauthenticated), ErrUnauthenticated},
 		{cerr(connect.CodeUnavailable), ErrUnavailable},

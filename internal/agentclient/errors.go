@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"connectrpc.com/connect"
+
+	"github.com/capsulehq/capsule/internal/agentapi"
 )
 
 // Error classes of agent failures, for errors.Is.
@@ -20,6 +22,9 @@ var (
 	ErrInvalid = errors.New("agent: invalid request")
 	// ErrCapacity: the host has no room for the request.
 	ErrCapacity = errors.New("agent: host capacity exhausted")
+	// ErrNoSpace: the host's data disk is at its headroom (a create,
+	// pause or snapshot would fill it); nothing was written.
+	ErrNoSpace = errors.New("agent: insufficient storage")
 	// ErrPermissionDenied: the sandbox's user may not do that (files).
 	ErrPermissionDenied = errors.New("agent: permission denied")
 	// ErrUnauthenticated: the agent refused the bearer token.
@@ -43,6 +48,14 @@ func (e *Error) Error() string { return e.Err.Error() }
 // Unwrap makes both the class and the Connect error visible to errors.Is
 // and errors.As.
 func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+// ErrorClassHeader is the error metadata key by which the agent refines a
+// Connect code: ClassNoSpace on ResourceExhausted is ErrNoSpace. The
+// contract is package agentapi's, which the agent imports.
+const (
+	ErrorClassHeader = agentapi.ErrorClassHeader
+	ClassNoSpace     = agentapi.ClassNoSpace
+)
 
 // kinds maps Connect codes to classes.
 var kinds = map[connect.Code]error{
@@ -82,6 +95,9 @@ func Classify(err error) error {
 	kind, ok := kinds[ce.Code()]
 	if !ok {
 		kind = ErrInternal
+	}
+	if ce.Code() == connect.CodeResourceExhausted && ce.Meta().Get(ErrorClassHeader) == ClassNoSpace {
+		kind = ErrNoSpace
 	}
 	return &Error{Kind: kind, Err: ce}
 }

@@ -16,6 +16,13 @@ type credentials struct {
 	Name     string `json:"name,omitempty"`
 }
 
+type signupJSON struct {
+	credentials
+	// Invitation is a team invitation's token (required when the server's
+	// sign-up policy is "invite").
+	Invitation string `json:"invitation,omitempty"`
+}
+
 type userJSON struct {
 	ID      string `json:"id"`
 	Email   string `json:"email"`
@@ -46,12 +53,12 @@ func accountOf(a service.Account) accountJSON {
 }
 
 func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
-	var c credentials
+	var c signupJSON
 	if err := decode(r, w, &c); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	a, err := s.cfg.Accounts.Signup(r.Context(), service.Signup{Email: c.Email, Password: c.Password, Name: c.Name})
+	a, err := s.cfg.Accounts.Signup(r.Context(), service.Signup{Email: c.Email, Password: c.Password, Name: c.Name, Invitation: c.Invitation})
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -284,6 +284,7 @@ func TestStatusMapping(t *testing.T) {
 		{&service.Error{Kind: service.ErrConflict}, 409},
 		{&service.Error{Kind: service.ErrQuota}, 429},
 		{&service.Error{Kind: service.ErrUnavailable}, 503},
+		{&service.Error{Kind: service.ErrInsufficientStorage}, 507},
 		{io.ErrUnexpectedEOF, 500},
 	} {
 		if got := StatusOf(tc.err); got != tc.want {

@@ -55,7 +55,7 @@ func TestEveryRouteAuthorization(t *testing.T) {
 			continue
 		}
 		path := strings.NewReplacer("{id}", sbID, "{name}", "some-name", "{user_id}", "usr-00000000000000000000000000000000",
-			"{provider}", "github").Replace(pattern)
+			"{provider}", "github", "{invitation_id}", "inv-00000000000000000000000000000000").Replace(pattern)
 		// Plausible queries and bodies: the refusal must come first anyway.
 		if strings.Contains(path, "/files") {
 			path += "?path=/tmp/x&dir=/tmp"

@@ -12,13 +12,15 @@
 // against the database. The routes that act for a user rather than in a
 // team (/v1/teams…, /v1/me, /v1/users/search, /v1/auth/switch-team, OAuth
 // linking) take a session only: an API key, which belongs to one team, is
-// refused with 403. A team route acts on the team of its path, with the
+// refused with 403, as it is by POST /v1/api-keys and DELETE
+// /v1/api-keys/{id} (a leaked key mints or revokes no keys). A team route
+// acts on the team of its path, with the
 // caller's role there read from the database (not a member: 404). OAuth
 // login and its outcomes (token in the URL fragment, #error=… or a JSON
 // 400 for a state that does not verify) are described in oauth.go.
 //
-// IDs: users, teams and API keys travel as prefixed IDs (usr-…, team-…,
-// key-…, see internal/wireid), converted only here. A sandbox's ID on the
+// IDs: users, teams, API keys and invitations travel as prefixed IDs
+// (usr-…, team-…, key-…, inv-…, see internal/wireid), converted only here. A sandbox's ID on the
 // wire is its bare 32 lowercase hex digits, the [a-z0-9] form of E2B's
 // sandbox IDs, so that the native API, the E2B facade and the host agent
 // all name a sandbox the same way.

@@ -28,6 +28,7 @@ var statuses = []struct {
 	{service.ErrConflict, http.StatusConflict},
 	{service.ErrQuota, http.StatusTooManyRequests},
 	{service.ErrUnavailable, http.StatusServiceUnavailable},
+	{service.ErrInsufficientStorage, http.StatusInsufficientStorage},
 }
 
 // StatusOf maps a service error to its HTTP status (500 when unclassified):

@@ -35,12 +35,14 @@ type Config struct {
 	OAuthStates *oauth.StateManager
 	// Store answers /healthz (a ping).
 	Store *store.Store
-	// TrustedProxies may set X-Forwarded-For (rate limits per client).
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
+	// believed (see auth.ClientIP): the per-client rate limits see the
+	// real client behind them. Empty: the peer address is the client.
 	TrustedProxies []netip.Prefix
-	// LoginLimit, LoginEmailLimit and SignupLimit default to the auth
-	// package's suggestions.
-	LoginLimit, LoginEmailLimit, SignupLimit auth.RateLimit
-	Log                                      *slog.Logger
+	// LoginLimit, LoginEmailLimit, SignupLimit and SearchLimit (user
+	// search, per user) default to the auth package's suggestions.
+	LoginLimit, LoginEmailLimit, SignupLimit, SearchLimit auth.RateLimit
+	Log                                                   *slog.Logger
 }
 
 // Server is the /v1 API's http.Handler.
@@ -51,6 +53,7 @@ type Server struct {
 	loginIP    *auth.Limiter
 	loginEmail *auth.Limiter
 	signupIP   *auth.Limiter
+	searchUser *auth.Limiter
 	teams      *service.Teams
 	oauth      *oauth.Registry
 	// routes are the registered patterns ("METHOD /path"), in order.
@@ -86,6 +89,7 @@ func New(cfg Config) (*Server, error) {
 		{&s.loginIP, cfg.LoginLimit, auth.LoginLimitPerIP},
 		{&s.loginEmail, cfg.LoginEmailLimit, auth.LoginLimitPerEmail},
 		{&s.signupIP, cfg.SignupLimit, auth.SignupLimitPerIP},
+		{&s.searchUser, cfg.SearchLimit, auth.UserSearchLimitPerUser},
 	} {
 		if l.lim == (auth.RateLimit{}) {
 			l.lim = l.def
@@ -148,6 +152,9 @@ func (s *Server) register() {
 	s.handle("PATCH /v1/teams/{id}/members/{user_id}", s.userAuthed(s.setMemberRole))
 	s.handle("DELETE /v1/teams/{id}/members/{user_id}", s.userAuthed(s.removeMember))
 	s.handle("POST /v1/teams/{id}/leave", s.userAuthed(s.leaveTeam))
+	s.handle("POST /v1/teams/{id}/invitations", s.userAuthed(s.createInvitation))
+	s.handle("GET /v1/teams/{id}/invitations", s.userAuthed(s.listInvitations))
+	s.handle("DELETE /v1/teams/{id}/invitations/{invitation_id}", s.userAuthed(s.revokeInvitation))
 	s.handle("POST /v1/auth/switch-team", s.userAuthed(s.switchTeam))
 	s.handle("GET /v1/me", s.userAuthed(s.getMe))
 	s.handle("PATCH /v1/me", s.userAuthed(s.updateMe))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -338,7 +339,14 @@ type userHitJSON struct {
 // searchUsers: ?email_prefix= (at least 3 characters; at most 10 results).
 // Only the admins and owners of the session's team may search (403 for a
 // member): they are who can add members.
+//
+// Rate limited per user (auth.UserSearchLimitPerUser): 429 with
+// Retry-After.
 func (s *Server) searchUsers(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	if ok, wait := s.searchUser.Allow("user:" + wireid.Format(wireid.User, p.UserID)); !ok {
+		auth.WriteTooManyRequests(w, wait)
+		return
+	}
 	hits, err := s.cfg.Accounts.SearchUsers(r.Context(), p, r.URL.Query().Get("email_prefix"))
 	if err != nil {
 		s.writeError(w, r, err)

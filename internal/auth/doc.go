@@ -79,9 +79,15 @@
 // bound on keys (least recently used is forgotten first). Middleware
 // answers 429 with Retry-After (whole seconds, rounded up) and the API's
 // error shape {"code":429,"message":"…"}. ClientIP believes
-// X-Forwarded-For only from configured proxies, and IPKey groups IPv6
-// clients by /64. Suggested limits: LoginLimitPerIP, LoginLimitPerEmail,
-// SignupLimitPerIP.
+// X-Forwarded-For only from configured proxies (capsule serve
+// -trusted-proxies), reading it right to left up to the first address that
+// is not a trusted proxy: entries left of it were written by the client.
+// The RFC 7239 Forwarded header is ignored on purpose: a proxy appends to
+// one of the two headers and passes the other through as the client sent
+// it, so believing both would let a client choose its own address; every
+// common proxy writes X-Forwarded-For. IPKey groups IPv6 clients by /64.
+// Suggested limits: LoginLimitPerIP, LoginLimitPerEmail, SignupLimitPerIP,
+// UserSearchLimitPerUser.
 //
 // The token bucket is not golang.org/x/time/rate: rate.Limiter is one
 // bucket, and what the limiter needs around its buckets is the map of keys,
@@ -107,7 +113,7 @@
 // # Threat model
 //
 //   - Database leak: passwords are argon2id; API keys, registration and
-//     refresh tokens are stored only as SHA-256 digests of 160–256-bit
+//     refresh tokens and team invitations are stored only as SHA-256 digests of 160–256-bit
 //     random values; secret fields are encrypted with a key that is not in
 //     the database. An attacker with the dump alone can use none of them.
 //   - Database write access without the server secret: encrypted fields

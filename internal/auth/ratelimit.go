@@ -39,6 +39,10 @@ var (
 	LoginLimitPerEmail = RateLimit{Burst: 5, Interval: time.Minute}
 	// SignupLimitPerIP: 5 signups at once, then 1 every 10 minutes.
 	SignupLimitPerIP = RateLimit{Burst: 5, Interval: 10 * time.Minute}
+	// UserSearchLimitPerUser: 20 searches at once, then 1 every 3 s
+	// (20/min) per user, which bounds how fast a session can enumerate
+	// registered e-mail addresses by prefix.
+	UserSearchLimitPerUser = RateLimit{Burst: 20, Interval: 3 * time.Second}
 )
 
 // DefaultMaxKeys is the default bound on the number of keys a Limiter
@@ -245,7 +249,9 @@ func IPKeyFunc(trustedProxies []netip.Prefix) func(r *http.Request) (string, boo
 // (r.RemoteAddr) unless the peer is in trustedProxies; then X-Forwarded-For
 // is read right to left, skipping trusted proxies, and the first address
 // not among them is the client. Entries that a client wrote itself (left of
-// that one) are never believed. The zero Addr means unknown.
+// that one) are never believed. The Forwarded header (RFC 7239) is not read:
+// a proxy that appends to X-Forwarded-For passes a client's Forwarded
+// through unchanged (see the package doc). The zero Addr means unknown.
 func ClientIP(r *http.Request, trustedProxies []netip.Prefix) netip.Addr {
 	peer := parseRemoteAddr(r.RemoteAddr)
 	if !peer.IsValid() || !inPrefixes(peer, trustedProxies) {

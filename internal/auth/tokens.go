@@ -59,6 +59,8 @@ func hmacHex(key []byte, msg string) string {
 const (
 	HostRegistrationTokenPrefix = "chreg_"
 	HostRefreshTokenPrefix      = "chref_"
+	// InvitationTokenPrefix starts a team invitation's one-time token.
+	InvitationTokenPrefix = "cinv_"
 	// opaqueTokenBytes is the entropy of every opaque token.
 	opaqueTokenBytes = 32
 )
@@ -105,6 +107,19 @@ func ValidateHostRegistrationToken(token string) error {
 // refresh token.
 func ValidateHostRefreshToken(token string) error {
 	return validateOpaqueToken(HostRefreshTokenPrefix, token)
+}
+
+// NewInvitationToken returns a one-time team invitation token ("cinv_" +
+// 64 hex digits) expiring at expires. The database keeps its Hash only and
+// must redeem it atomically (a row lock or a conditional UPDATE).
+func NewInvitationToken(expires time.Time) OpaqueToken {
+	return newOpaqueToken(InvitationTokenPrefix, expires)
+}
+
+// ValidateInvitationToken reports whether token has the format of an
+// invitation token, so garbage is refused before a lookup.
+func ValidateInvitationToken(token string) error {
+	return validateOpaqueToken(InvitationTokenPrefix, token)
 }
 
 // Defaults of HostTokenConfig, after the seeds: a 7-day access JWT and a

@@ -21,7 +21,7 @@
 //   - Errors: {"code": <HTTP status>, "message": …}. Service errors get the
 //     native API's status (api.StatusOf: invalid 400, unauthorized 401,
 //     forbidden 403, not found 404, conflict 409, quota 429, unavailable
-//     503); anything unclassified is a 500 naming only an error ID that the
+//     503, a host's data disk at its headroom 507); anything unclassified is a 500 naming only an error ID that the
 //     log explains. Another team's sandbox is a 404, like a missing one.
 //   - IDs: the sandbox ID is the service's wire ID (32 lowercase hex
 //     digits: [a-z0-9], stable across pause and resume). E2B's legacy

@@ -14,7 +14,8 @@ import (
 const msgUnauthorized = "unauthorized access, please provide a valid access token or method signing if supported"
 
 // tokenExempt lists the routes reachable without X-Access-Token (spec §5.4).
-// /files does its own check (header or signature) in checkFilesAuth.
+// /files does its own check (header or signature) in checkFilesAuth, and
+// /init in handleInit (the token is required there too once one is set).
 var tokenExempt = map[string]bool{
 	"GET /health": true,
 	"GET /files":  true,

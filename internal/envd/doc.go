@@ -12,7 +12,10 @@
 // Server holds the mutable agent state that POST /init sets (access token,
 // global environment, default user and workdir). Every request passes through
 // the access-token check in auth.go; users and paths are resolved as E2B does
-// (users.go).
+// (users.go). The first /init may set a token; after that /init itself
+// requires it (X-Access-Token, compared in constant time), so the token
+// cannot be replaced, and the sandbox's environment, user and clock cannot
+// be changed, by anyone who merely reaches the guest's port.
 //
 // The server runs as an ordinary process on a host (tests, benchmarks) or as
 // PID 1 of a guest (see package guestinit); Config.Guest enables the side

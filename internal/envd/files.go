@@ -294,7 +294,7 @@ func parseAcceptEncoding(v string) []acceptedCoding {
 			k, val, _ := strings.Cut(param, "=")
 			if strings.EqualFold(strings.TrimSpace(k), "q") {
 				q, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-				if err != nil || q < 0 || q > 1 {
+				if err != nil || !(q >= 0 && q <= 1) { // NaN too
 					q = 0
 				}
 				c.q = q

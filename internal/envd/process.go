@@ -306,11 +306,19 @@ func (ps *processService) Update(_ context.Context, req *connect.Request[pb.Upda
 	return connect.NewResponse(&pb.UpdateResponse{}), nil
 }
 
-// keepaliveInterval reads Keepalive-Ping-Interval (whole seconds).
+// maxKeepalive bounds Keepalive-Ping-Interval: larger values would
+// overflow time.Duration.
+const maxKeepalive = 24 * time.Hour
+
+// keepaliveInterval reads Keepalive-Ping-Interval (whole seconds, at most
+// maxKeepalive).
 func keepaliveInterval(h http.Header) time.Duration {
 	n, err := strconv.Atoi(h.Get("Keepalive-Ping-Interval"))
 	if err != nil || n <= 0 {
 		return defaultKeepalive
+	}
+	if n > int(maxKeepalive/time.Second) {
+		return maxKeepalive
 	}
 	return time.Duration(n) * time.Second
 }

@@ -45,9 +45,19 @@ type VolumeMount = envdapi.VolumeMount
 
 // handleInit applies POST /init. A request whose timestamp is not newer than
 // the last applied one changes nothing; one without a timestamp always
-// applies. When a token is already set, a caller presenting a different one
-// in X-Access-Token is refused.
+// applies. Once a token is set, only a caller presenting it in
+// X-Access-Token may init again: anyone else (a missing header as much as
+// a wrong one) gets 401 and changes nothing, so whoever reaches the
+// guest's port cannot take over its token, environment, user or clock.
+// The host presents the token it set (a restore presents the one the
+// saved envd holds, see sandbox.Template.EnvdToken) to hand over a new one.
 func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
+	// Refused before the body is even read; checked again under the lock
+	// below, since a concurrent /init may replace the token meanwhile.
+	if !s.initAllowed(r) {
+		writeJSONError(w, http.StatusUnauthorized, msgUnauthorized)
+		return
+	}
 	var req InitRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
 	if err != nil {
@@ -60,12 +70,6 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if tok := s.token(); tok != "" {
-		if h := r.Header.Get("X-Access-Token"); h != "" && !equalSecret(h, tok) {
-			writeJSONError(w, http.StatusUnauthorized, msgUnauthorized)
-			return
-		}
-	}
 	if req.DefaultUser != "" {
 		if _, err := lookupAccount(req.DefaultUser); err != nil {
 			writeJSONError(w, http.StatusBadRequest, "unknown defaultUser '"+req.DefaultUser+"'")
@@ -74,6 +78,11 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.mu.Lock()
+	if !s.initAllowedLocked(r) {
+		s.mu.Unlock()
+		writeJSONError(w, http.StatusUnauthorized, msgUnauthorized)
+		return
+	}
 	if req.Timestamp != nil && !s.lastInit.IsZero() && !req.Timestamp.After(s.lastInit) {
 		s.mu.Unlock()
 		s.initDone(w)
@@ -124,6 +133,18 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.initDone(w)
+}
+
+// initAllowed reports whether r may apply /init: no token is set yet, or
+// r presents the current one.
+func (s *Server) initAllowed(r *http.Request) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.initAllowedLocked(r)
+}
+
+func (s *Server) initAllowedLocked(r *http.Request) bool {
+	return s.accessToken == "" || equalSecret(r.Header.Get("X-Access-Token"), s.accessToken)
 }
 
 func (s *Server) initDone(w http.ResponseWriter) {

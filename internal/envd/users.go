@@ -50,13 +50,17 @@ func lookupAccount(name string) (*account, error) {
 var errTildeUser = errors.New("paths of the form ~user are not supported")
 
 // resolvePath maps a request path to an absolute one (spec §5.4): empty ⇒
-// the default workdir (else the user's home), "~" or "~/x" ⇒ home-relative,
-// absolute ⇒ cleaned, relative ⇒ joined to the user's home.
+// the default workdir, itself resolved by these rules (else the user's
+// home), "~" or "~/x" ⇒ home-relative, absolute ⇒ cleaned, relative ⇒
+// joined to the user's home.
 func resolvePath(p string, a *account, workdir string) (string, error) {
 	switch {
 	case p == "":
 		if workdir != "" {
-			return filepath.Clean(workdir), nil
+			// The default workdir is resolved as if the client had
+			// named it: a relative one is home-relative, never
+			// relative to envd's own working directory.
+			return resolvePath(workdir, a, "")
 		}
 		return a.Home, nil
 	case p == "~":

@@ -83,8 +83,11 @@ func ParseModinfo(data []byte) map[string]string {
 func splitDepends(s string) []string {
 	var out []string
 	for _, d := range strings.Split(s, ",") {
-		if d = strings.TrimSpace(d); d != "" {
-			out = append(out, Name(d))
+		if d = strings.TrimSpace(d); d == "" {
+			continue
+		}
+		if n := Name(d); n != "" { // ".ko" alone names no module
+			out = append(out, n)
 		}
 	}
 	return out

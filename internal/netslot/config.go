@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -194,6 +195,11 @@ func (c Config) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// agentUID is the only user whose sockets may open connections to the
+// slots (the host table's output chain): the user the pool runs as, that
+// is the agent's (root, or a user holding CAP_NET_ADMIN).
+func (c Config) agentUID() uint32 { return uint32(os.Geteuid()) }
 
 // size is the number of addresses in p (IPv4).
 func size(p netip.Prefix) uint64 { return 1 << (32 - p.Bits()) }

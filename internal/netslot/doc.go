@@ -82,13 +82,29 @@
 //			type nat hook postrouting priority srcnat; policy accept;
 //			oifname != "cvh*" ip saddr 10.11.0.0/16 masquerade
 //		}
+//		chain output {
+//			type filter hook output priority filter; policy accept;
+//			ct state established,related accept
+//			ip daddr 10.11.0.0/16 meta skuid != <uid> meta l4proto tcp reject with tcp reset
+//			ip daddr 10.11.0.0/16 meta skuid != <uid> reject with icmp admin-prohibited
+//			ip daddr 10.12.0.0/16 ...                      # the same two for LinkCIDR
+//		}
 //	}
 //
 // So: a guest never opens a connection to any address of the host (input),
 // only the replies of connections the host opened come back; slots never
 // reach each other (forward, slot to slot, which also covers a guest
 // aiming at another slot's host address); nothing from outside the host
-// opens a connection into a slot; and guests reach no private network.
+// opens a connection into a slot; guests reach no private network; and
+// on the host itself only the agent's user (the effective uid of the
+// process that created the pool: root in practice) opens connections to
+// the slots (output): another local user's connect is refused, so
+// an unprivileged process on the host cannot talk to a guest's envd or
+// ports behind the proxy's back. The match is the socket's owner, not a
+// mark set by the agent's dialers: every dialer of the agent (envd
+// client, proxy, health checks) works unchanged, and a mark would add
+// nothing against root, who can rewrite the table anyway. Replies (a host
+// resolver answering a guest) and the kernel's own packets pass.
 // Only traffic from interfaces named VethPrefix+anything is affected:
 // the prefix is reserved for the pool. Nothing outside the table is
 // changed. A host firewall whose forward chain drops by default (Docker

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -445,4 +447,24 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(e)
+}
+
+// connectAs runs a process as user uid (and group gid) on the host that
+// opens a TCP connection to addr and reads the first line; it returns
+// that line or the process's error output. It is how another local user,
+// not the agent, would try to reach a guest.
+func connectAs(t *testing.T, uid, gid uint32, addr netip.AddrPort) (string, error) {
+	t.Helper()
+	bash := testenv.RequireCommand(t, "bash")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	script := fmt.Sprintf("exec 3<>/dev/tcp/%s/%d && head -n1 <&3", addr.Addr(), addr.Port())
+	cmd := exec.CommandContext(ctx, bash, "-c", script)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return strings.TrimSpace(string(out)), nil
 }

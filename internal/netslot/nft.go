@@ -16,6 +16,7 @@ const (
 	chainForward     = "forward"
 	chainPrerouting  = "prerouting"
 	chainPostrouting = "postrouting"
+	chainOutput      = "output" // host only: who may open connections to slots
 	chainEgress      = "egress" // slot only: empty = egress off, "accept" = on
 )
 
@@ -73,6 +74,20 @@ func (c Config) addHostTable(cc *nftables.Conn) {
 
 	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
 	r.add(post, rule(oif(ne, slots), ipInNet(ipSaddrOff, eq, c.HostCIDR), masquerade()))
+
+	// Only the agent's user opens connections to the slots' addresses:
+	// packets of every other local socket are rejected on their way out
+	// (a TCP connect fails at once with ECONNREFUSED). Replies pass (a
+	// resolver on the host, running as its own user, answers guests), and
+	// so do packets without a socket (the kernel's own), which meta skuid
+	// does not match.
+	out := r.base(chainOutput, nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityFilter, &policyAccept)
+	r.add(out, rule(ctEstablished(), accept()))
+	for _, p := range []netip.Prefix{c.HostCIDR, c.LinkCIDR} {
+		others := rule(ipInNet(ipDaddrOff, eq, p), skuid(ne, c.agentUID()))
+		r.add(out, rule(others, l4proto(unix.IPPROTO_TCP), rejectReset()))
+		r.add(out, rule(others, rejectAdmin()))
+	}
 }
 
 // dnsRules: iifname "<slots>*" ip daddr <DNS> udp|tcp dport 53 accept

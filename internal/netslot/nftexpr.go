@@ -91,6 +91,15 @@ func ipInNet(off uint32, op expr.CmpOp, p netip.Prefix) []expr.Any {
 	}
 }
 
+// skuid: meta skuid <op> <uid> (the user owning the packet's socket; a
+// packet without one does not match)
+func skuid(op expr.CmpOp, uid uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: binaryutil.NativeEndian.PutUint32(uid)},
+	}
+}
+
 // l4proto: meta l4proto <proto>
 func l4proto(proto byte) []expr.Any {
 	return []expr.Any{
@@ -140,6 +149,9 @@ const icmpPktFiltered = 13
 func rejectAdmin() expr.Any {
 	return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpPktFiltered}
 }
+
+// rejectReset: reject with tcp reset (after a tcp match)
+func rejectReset() expr.Any { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
 
 // rule concatenates matches and statements.
 func rule(parts ...any) []expr.Any {

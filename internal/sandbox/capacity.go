@@ -1,6 +1,10 @@
 package sandbox
 
-import "fmt"
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
 
 // Capacity is what a host may give to sandboxes. Zero fields are
 // unlimited.
@@ -37,4 +41,27 @@ func (u *usage) release(vcpus, memMB, diskMB int) {
 	u.vcpus -= vcpus
 	u.memMB -= memMB
 	u.diskMB -= diskMB
+}
+
+// checkDisk refuses an operation that writes about needMB MiB into the
+// data directory when its filesystem would then have less than
+// Config.DiskHeadroomMB free (ErrNoSpace). Creates pass 0: an overlay is
+// small, but the guest's writes land in it, so a host at its headroom
+// takes no new sandbox. Pauses and snapshots pass the memory they write
+// (and the disk copy of a snapshot). A headroom of 0 checks nothing.
+func (m *Manager) checkDisk(op string, needMB int64) error {
+	headroom := m.headroomMB.Load()
+	if headroom <= 0 {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(m.cfg.DataDir, &st); err != nil {
+		return fmt.Errorf("%s: free space of %s: %w", op, m.cfg.DataDir, err)
+	}
+	freeMB := int64(st.Bavail) * int64(st.Bsize) >> 20
+	if freeMB-needMB < headroom {
+		return fmt.Errorf("%w: %s needs about %d MiB; the host's data disk has %d MiB free and keeps %d MiB free",
+			ErrNoSpace, op, needMB, freeMB, headroom)
+	}
+	return nil
 }

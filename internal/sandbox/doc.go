@@ -14,11 +14,30 @@
 // the first cold create), so that creates of an image restore instead of
 // booting (warm.go).
 //
+// Template chains. A snapshot template's disk is a copy of its source
+// sandbox's qcow2 overlay, which backs onto the template that sandbox was
+// created from: templates made of sandboxes of templates form a backing
+// chain (template → parent template → … → image). A template directory
+// therefore stays, after its template is deleted or replaced, for as long
+// as anything reads through it: an indexed template's root filesystem or
+// a sandbox's disk (running or paused), directly or down its chain
+// (disk.BackingChain reads the qcow2 headers). Such directories are
+// collected when the last dependant goes (template delete or replace,
+// sandbox destroy) and at start-up (collectTemplateDirs), by the same rule.
+// The alternative, self-contained snapshot disks, was measured on a
+// base-sized root filesystem (443 MB allocated, a 20 MiB parent and a
+// 20 MiB child delta): the chained copy takes 0.32 s and 21 MB per
+// snapshot, a qemu-img convert of the whole chain 6.3 s and 411 MB, a
+// rebase onto the image 0.89 s and 42 MB (every ancestor's delta, again
+// per snapshot). Keeping parents costs only the bytes of deleted parents
+// while something still uses them, so chains are kept.
+//
 // Every step that creates something has a rollback, state is persisted
 // before and after each transition, and New recovers what an agent that
 // died left behind: paused sandboxes are adopted, VMMs whose sandbox
 // cannot be resumed are killed and their resources released.
 //
-// Errors carry one of ErrNotFound, ErrConflict, ErrInvalid or ErrCapacity
+// Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
+// ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)
 // (errors.Is) so that the API edge can map them to statuses.
 package sandbox

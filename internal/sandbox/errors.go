@@ -8,4 +8,8 @@ var (
 	ErrConflict = errors.New("conflict")
 	ErrInvalid  = errors.New("invalid")
 	ErrCapacity = errors.New("capacity exhausted")
+	// ErrNoSpace: the data directory's filesystem would keep less free
+	// space than Config.DiskHeadroomMB after the operation (a create,
+	// pause or snapshot); nothing was written.
+	ErrNoSpace = errors.New("insufficient storage")
 )

@@ -20,6 +20,9 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 		return err
 	}
 	defer b.op.Unlock()
+	if err := m.checkDisk("pause", int64(b.snapshotRecord().MemoryMB)); err != nil {
+		return fmt.Errorf("pause %s: %w", id, err)
+	}
 	return m.pauseLocked(ctx, b)
 }
 
@@ -153,6 +156,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	m.used.release(0, 0, rec.DiskMB)
 	delete(m.boxes, id)
 	m.mu.Unlock()
+	m.collectTemplates() // a deleted template it backed onto may go now
 	if err := errors.Join(errs...); err != nil {
 		m.log.ErrorContext(ctx, "sandbox destroyed with errors", "id", id, "err", err)
 		return fmt.Errorf("destroy %s: %w", id, err)
@@ -181,8 +185,10 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// reap pauses sandboxes idle for longer than their timeout; if the pause
-// fails the sandbox is destroyed, so that it does not run forever.
+// reap pauses sandboxes idle for longer than their timeout. A pause that
+// fails never destroys the sandbox: it runs on, and the next attempt comes
+// one timeout later (the control plane's reaper, which owns the timeouts
+// of a served host, backs off and then marks the record error).
 func (m *Manager) reap(ctx context.Context) {
 	defer close(m.reaperDone)
 	t := time.NewTicker(time.Second)
@@ -200,8 +206,8 @@ func (m *Manager) reap(ctx context.Context) {
 				m.log.Info("idle sandbox paused", "id", id)
 			case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
 			default:
-				m.log.Error("auto-pause failed; destroying the sandbox", "id", id, "err", err)
-				_ = m.Destroy(ctx, id)
+				m.log.Error("auto-pause failed; the sandbox runs on", "id", id, "err", err)
+				_ = m.Ping(id)
 			}
 		}
 	}

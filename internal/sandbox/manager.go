@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
@@ -37,6 +38,10 @@ type Config struct {
 	Slots  *netslot.Pool
 
 	Capacity Capacity
+	// DiskHeadroomMB is the free space (MiB) the data directory's
+	// filesystem keeps: creates, pauses and snapshots that would leave
+	// less are refused with ErrNoSpace (capacity.go). 0: no check.
+	DiskHeadroomMB int64
 	// Defaults for requests that leave them out.
 	DefaultVCPUs    int // 1
 	DefaultMemoryMB int // 256
@@ -49,6 +54,10 @@ type Config struct {
 	// per machine shape, so that creates restore instead of booting
 	// (warm.go).
 	WarmImages bool
+	// ConsoleLogMax caps each sandbox's console log (console.log in its
+	// directory, rotated into console.log.1); 0 means
+	// vmm.DefaultConsoleLogMax.
+	ConsoleLogMax int64
 
 	Log *slog.Logger
 	Now func() time.Time
@@ -65,6 +74,14 @@ type Manager struct {
 	mu    sync.Mutex
 	boxes map[string]*box
 	used  usage
+
+	// gcMu guards orphans: template directories given up (deleted or
+	// replaced templates) that something still backed onto when they were
+	// (collectTemplates).
+	gcMu    sync.Mutex
+	orphans map[string]bool
+	// headroomMB is Config.DiskHeadroomMB (tests change it on the fly).
+	headroomMB atomic.Int64
 
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
@@ -89,6 +106,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Driver == nil || cfg.Images == nil || cfg.Slots == nil {
 		return nil, errors.New("sandbox: Driver, Images and Slots are required")
 	}
+	if cfg.ConsoleLogMax < 0 {
+		return nil, fmt.Errorf("sandbox: negative console log cap %d", cfg.ConsoleLogMax)
+	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = "/var/lib/capsule"
 	}
@@ -104,7 +124,15 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 90 * time.Second
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, warm: newWarmer()}
+	// Absolute, so that template directories compare equal to the paths
+	// disks record as their backing files.
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	cfg.DataDir = dataDir
+	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, orphans: map[string]bool{}, warm: newWarmer()}
+	m.headroomMB.Store(cfg.DiskHeadroomMB)
 	if m.log == nil {
 		m.log = slog.Default()
 	}
@@ -258,6 +286,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		return nil, fmt.Errorf("%w: disk_mb %d is smaller than the template's %d MiB", ErrInvalid, rec.DiskMB, baseMB)
 	}
 
+	if err := m.checkDisk("create", 0); err != nil {
+		return nil, err
+	}
 	b := &box{rec: rec, lastActive: m.now()}
 	b.op.Lock()
 	defer b.op.Unlock()
@@ -322,16 +353,17 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	}
 	undo.add("remove run dir", func() error { return os.RemoveAll(rd) })
 	spec := vmm.Spec{
-		ID:         rec.ID,
-		Dir:        rd,
-		Kernel:     rec.Kernel,
-		Initrd:     rec.Initrd,
-		Cmdline:    m.cmdline(rec, slot),
-		VCPUs:      rec.VCPUs,
-		MemoryMB:   rec.MemoryMB,
-		Disks:      []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
-		Net:        &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
-		ConsoleLog: filepath.Join(m.sandboxDir(rec.ID), "console.log"),
+		ID:            rec.ID,
+		Dir:           rd,
+		Kernel:        rec.Kernel,
+		Initrd:        rec.Initrd,
+		Cmdline:       m.cmdline(rec, slot),
+		VCPUs:         rec.VCPUs,
+		MemoryMB:      rec.MemoryMB,
+		Disks:         []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
+		Net:           &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
+		ConsoleLog:    filepath.Join(m.sandboxDir(rec.ID), "console.log"),
+		ConsoleLogMax: m.cfg.ConsoleLogMax,
 		// A resumed sandbox gets its own copy of its memory: its next
 		// pause then saves cheaply. Clones of a template map it lazily.
 		CopyMemory: snap != nil && rec.State == StateResuming,

@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,9 +58,13 @@ func (m *Manager) recover(ctx context.Context) error {
 	return nil
 }
 
-// collectTemplateDirs deletes template directories that no template index
-// names and no sandbox disk uses (left by an overwrite or delete while
-// sandboxes still used them, or by a crash).
+// collectTemplateDirs is the start-up collection of template directories:
+// every directory that no template index names (left by a delete or an
+// overwrite while something still backed onto it, or by a crash half way
+// through makeTemplate) is given up, and deleted unless a template or a
+// sandbox still reads through it, directly or down its backing chain
+// (referencedTemplateDirs) — the rule DeleteTemplate follows. Temporary
+// index files are removed.
 func (m *Manager) collectTemplateDirs() {
 	entries, err := os.ReadDir(m.templatesDir())
 	if err != nil {
@@ -74,17 +76,19 @@ func (m *Manager) collectTemplateDirs() {
 			live[t.Dir] = true
 		}
 	}
+	m.gcMu.Lock()
 	for _, e := range entries {
 		dir := filepath.Join(m.templatesDir(), e.Name())
-		if !e.IsDir() || live[dir] {
+		if !e.IsDir() {
 			if strings.HasSuffix(e.Name(), ".tmp") {
 				_ = os.Remove(dir)
 			}
 			continue
 		}
-		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-			continue
+		if !live[dir] {
+			m.orphans[dir] = true
 		}
-		m.dropTemplateDir(dir)
 	}
+	m.gcMu.Unlock()
+	m.collectTemplates()
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/capsulehq/capsule/internal/disk"
 )
@@ -161,6 +164,19 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 	if rec.State != StateRunning && rec.State != StatePaused {
 		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, rec.State)
 	}
+	// The memory (a running machine's) and a copy of the disk's overlay
+	// (a flattened image template holds the whole disk: its virtual size
+	// bounds it).
+	need := allocatedMB(m.diskPath(id))
+	if kind == KindImage {
+		need = int64(rec.DiskMB)
+	}
+	if rec.State == StateRunning {
+		need += int64(rec.MemoryMB)
+	}
+	if err := m.checkDisk("snapshot", need); err != nil {
+		return nil, err
+	}
 
 	dir, err := os.MkdirTemp(m.templatesDir(), name+"-")
 	if err != nil {
@@ -237,7 +253,7 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 }
 
 // publishTemplate makes tpl the template of its name, replacing an older
-// one whose files go once no sandbox uses them.
+// one whose files go once nothing backs onto them (dropTemplateDir).
 func (m *Manager) publishTemplate(tpl *Template) error {
 	old, _ := m.readTemplate(tpl.Name)
 	b, err := json.MarshalIndent(tpl, "", "  ")
@@ -257,8 +273,10 @@ func (m *Manager) publishTemplate(tpl *Template) error {
 	return nil
 }
 
-// DeleteTemplate removes a saved template. Its files stay while sandboxes
-// created from it still use them.
+// DeleteTemplate removes a saved template: its name is free at once. Its
+// files stay while anything backs onto them — sandboxes created from it
+// (running or paused), templates snapshotted from those, and what was
+// created from those in turn — and go with the last of them.
 func (m *Manager) DeleteTemplate(name string) error {
 	if !ValidTemplateName(name) {
 		return fmt.Errorf("%w: template name %q", ErrInvalid, name)
@@ -277,23 +295,102 @@ func (m *Manager) DeleteTemplate(name string) error {
 	return nil
 }
 
-// dropTemplateDir removes a template's files unless a sandbox's disk still
-// has them as its backing file. Leftovers are collected at the next start.
+// dropTemplateDir gives up a template directory (its index is gone or
+// names another directory): it is deleted as soon as nothing backs onto
+// it (collectTemplates), which may be now or when the last sandbox or
+// template chained onto it goes.
 func (m *Manager) dropTemplateDir(dir string) {
-	if dir == "" || m.templateInUse(dir) {
+	if dir == "" {
 		return
 	}
-	_ = os.RemoveAll(dir)
+	m.gcMu.Lock()
+	m.orphans[dir] = true
+	m.gcMu.Unlock()
+	m.collectTemplates()
 }
 
-func (m *Manager) templateInUse(dir string) bool {
-	for _, in := range m.List() {
-		if info, err := disk.Inspect(context.Background(), m.diskPath(in.ID)); err == nil &&
-			strings.HasPrefix(info.BackingFile, dir+string(filepath.Separator)) {
-			return true
+// collectTemplates deletes the given-up template directories (orphans)
+// that nothing references any more (referencedTemplateDirs). It runs
+// after every template delete or replace and every sandbox destroy, so a
+// parent goes with its last dependant.
+func (m *Manager) collectTemplates() {
+	m.gcMu.Lock()
+	defer m.gcMu.Unlock()
+	if len(m.orphans) == 0 {
+		return
+	}
+	refs, ok := m.referencedTemplateDirs()
+	if !ok {
+		return // not sure what is referenced: delete nothing this time
+	}
+	for dir := range m.orphans {
+		if refs[dir] {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			m.log.Error("remove a template directory", "dir", dir, "err", err)
+			continue
+		}
+		delete(m.orphans, dir)
+		m.log.Info("template files removed", "dir", dir)
+	}
+}
+
+// referencedTemplateDirs is the set of template directories that must stay:
+// that of every indexed template, and every one that an indexed
+// template's root filesystem or a sandbox's disk (running, paused, or
+// being created) reads through, directly or down its backing chain. A
+// snapshot template's disk is a copy of its source sandbox's overlay, so
+// it backs onto what that sandbox backed onto: a chain template → parent
+// template → … → image. Only disks chain; a template's memory file is
+// copied, never referenced, by what is made from it. ok is false when a
+// template list or a chain could not be read (a missing disk, of a
+// sandbox being created or destroyed, is no reference): the set may then
+// be incomplete, and nothing must be deleted on its strength.
+func (m *Manager) referencedTemplateDirs() (refs map[string]bool, ok bool) {
+	refs, ok = map[string]bool{}, true
+	root := m.templatesDir() + string(filepath.Separator)
+	mark := func(image string) {
+		chain, err := disk.BackingChain(image)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			m.log.Warn("read a disk's backing chain", "disk", image, "err", err)
+			ok = false
+		}
+		for _, p := range chain {
+			if rel, under := strings.CutPrefix(p, root); under {
+				first, _, _ := strings.Cut(rel, string(filepath.Separator))
+				refs[filepath.Join(m.templatesDir(), first)] = true
+			}
 		}
 	}
-	return false
+	ts, err := m.allTemplates()
+	if err != nil {
+		m.log.Warn("list templates", "err", err)
+		return nil, false
+	}
+	for _, t := range ts {
+		if t.Dir != "" {
+			refs[t.Dir] = true
+		}
+		mark(t.Rootfs)
+	}
+	m.mu.Lock()
+	ids := slices.Collect(maps.Keys(m.boxes))
+	m.mu.Unlock()
+	for _, id := range ids {
+		mark(m.diskPath(id))
+	}
+	return refs, ok
+}
+
+// allocatedMB is the space a file takes on its filesystem, in MiB (0 when
+// it cannot be read).
+func allocatedMB(path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512 >> 20
 }
 
 // linkTree hard-links every file of src into a new directory dst.

@@ -35,12 +35,24 @@ type Principal struct {
 }
 
 // Accounts: users, teams (the default one), sessions and API keys.
+//
+// API keys are a team's credentials for programs: creating or revoking one
+// takes a user's session (a leaked key cannot mint more keys or revoke the
+// others), and a member revokes only the keys they created (admins and
+// owners any key of the team). A key lives as long as its creator's
+// membership: leaving or being removed from the team revokes the keys the
+// user created there (audited, in the same transaction), and the
+// authentication query joins the creator's membership as well, so that a
+// key whose creator is gone by any other path (a deleted user) does not
+// authenticate either.
 type Accounts struct {
 	st       *store.Store
 	hasher   *auth.PasswordHasher
 	sessions *auth.SessionManager
 	audit    *Audit
 	log      *slog.Logger
+	signup   SignupPolicy
+	now      func() time.Time
 }
 
 // AccountsConfig configures NewAccounts.
@@ -50,7 +62,12 @@ type AccountsConfig struct {
 	Sessions *auth.SessionManager
 	// Audit records API-key events (a new one over Store when nil).
 	Audit *Audit
-	Log   *slog.Logger
+	// Signup is who may sign up through Signup (SignupInvite when empty;
+	// the bootstrap admin is exempt).
+	Signup SignupPolicy
+	// Now is the clock of invitation expiry; time.Now when nil.
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // NewAccounts returns the accounts service.
@@ -66,8 +83,23 @@ func NewAccounts(cfg AccountsConfig) (*Accounts, error) {
 	if audit == nil {
 		audit = NewAudit(cfg.Store, log)
 	}
-	return &Accounts{st: cfg.Store, hasher: cfg.Hasher, sessions: cfg.Sessions, audit: audit, log: log.With("component", "accounts")}, nil
+	policy := cfg.Signup
+	if policy == "" {
+		policy = SignupInvite
+	}
+	if _, err := ParseSignupPolicy(string(policy)); err != nil {
+		return nil, err
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Accounts{st: cfg.Store, hasher: cfg.Hasher, sessions: cfg.Sessions, audit: audit, signup: policy, now: now,
+		log: log.With("component", "accounts")}, nil
 }
+
+// SignupPolicy returns who may sign up.
+func (a *Accounts) SignupPolicy() SignupPolicy { return a.signup }
 
 // Signup is a new account's request.
 type Signup struct {
@@ -75,8 +107,11 @@ type Signup struct {
 	Password string
 	Name     string
 	// IsAdmin makes the user a platform admin (bootstrap only, never from
-	// the API).
+	// the API); it is exempt from the sign-up policy.
 	IsAdmin bool
+	// Invitation is a team invitation's token (see Teams.CreateInvitation):
+	// required when the policy is SignupInvite, optional when SignupOpen.
+	Invitation string
 }
 
 // Account is a user with its default team and role there.
@@ -95,9 +130,30 @@ func validateEmail(email string) (string, error) {
 	return email, nil
 }
 
-// Signup creates a user, its default team and its owner membership in one
-// transaction. A registered e-mail address is ErrConflict.
+// Signup creates a user in one transaction, under the sign-up policy:
+// SignupClosed refuses every sign-up, SignupInvite every one without a
+// valid invitation (ErrForbidden, and nothing is written).
+//
+// Without an invitation the user gets its own team, as its owner. With
+// one, the invitation is redeemed under its row lock (two sign-ups with one
+// token: one wins, the other sees it used): it must be unused, unexpired,
+// of a live team and issued for the sign-up's e-mail address (compared
+// case-insensitively); the user joins the invitation's team with its role,
+// which becomes the default team, and gets no team of its own (it may
+// create teams like any user). A registered e-mail address is ErrConflict
+// (the invitation stays unused).
 func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
+	if !s.IsAdmin {
+		switch {
+		case a.signup == SignupClosed:
+			return Account{}, errorf(ErrForbidden, "sign-up is closed on this server: ask an administrator for an account")
+		case a.signup == SignupInvite && s.Invitation == "":
+			return Account{}, errorf(ErrForbidden, "sign-up is by invitation only: ask a team owner or admin for an invitation")
+		}
+	}
+	if s.Invitation != "" && auth.ValidateInvitationToken(s.Invitation) != nil {
+		return Account{}, errInvitation
+	}
 	email, err := validateEmail(s.Email)
 	if err != nil {
 		return Account{}, err
@@ -113,16 +169,14 @@ func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
 	if err != nil {
 		return Account{}, fmt.Errorf("signup: hash password: %w", err)
 	}
-	teamName := name
-	if teamName == "" {
-		teamName = email[:strings.IndexByte(email, '@')]
-	}
-	teamName += "'s team"
-	if len(teamName) > 128 {
-		teamName = teamName[:128]
-	}
 	var acc Account
 	err = a.st.Tx(ctx, func(q *db.Queries) error {
+		var inv db.TeamInvitation
+		if s.Invitation != "" {
+			if inv, err = a.lockInvitation(ctx, q, s.Invitation, email); err != nil {
+				return err
+			}
+		}
 		u, err := q.CreateUser(ctx, db.CreateUserParams{
 			Email: email, Name: name, PasswordHash: pgtype.Text{String: hash, Valid: true}, IsAdmin: s.IsAdmin,
 		})
@@ -132,7 +186,11 @@ func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
 			}
 			return fmt.Errorf("create user: %w", err)
 		}
-		t, err := q.CreateTeam(ctx, db.CreateTeamParams{Name: teamName})
+		if inv.ID.Valid {
+			acc, err = a.redeemInvitation(ctx, q, inv, u)
+			return err
+		}
+		t, err := q.CreateTeam(ctx, db.CreateTeamParams{Name: defaultTeamName(name, email)})
 		if err != nil {
 			return fmt.Errorf("create team: %w", err)
 		}
@@ -149,7 +207,8 @@ func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
 	if err != nil {
 		return Account{}, err
 	}
-	a.log.InfoContext(ctx, "signup", "user", wireid.Format(wireid.User, acc.User.ID), "team", wireid.Format(wireid.Team, acc.Team.ID))
+	a.log.InfoContext(ctx, "signup", "user", wireid.Format(wireid.User, acc.User.ID), "team", wireid.Format(wireid.Team, acc.Team.ID),
+		"invited", s.Invitation != "")
 	return acc, nil
 }
 
@@ -255,6 +314,9 @@ type NewAPIKey struct {
 // CreateAPIKey creates a named key of p's team (the name is unique among
 // the team's live keys: ErrConflict).
 func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (NewAPIKey, error) {
+	if err := requireUser(p); err != nil {
+		return NewAPIKey{}, &Error{Kind: ErrForbidden, Msg: "creating an API key needs a user session (Authorization: Bearer <session token>), not an API key"}
+	}
 	name = strings.TrimSpace(name)
 	if name == "" || len(name) > 128 {
 		return NewAPIKey{}, errorf(ErrInvalid, "name: 1 to 128 characters")
@@ -292,12 +354,32 @@ func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKe
 	return ks, nil
 }
 
-// RevokeAPIKey revokes a key of p's team; another team's key, or a revoked
-// one, is ErrNotFound.
+// RevokeAPIKey revokes a key of p's team (a session only: ErrForbidden for
+// an API key). A member revokes the keys they created; revoking another's
+// key takes the admin or owner role (ErrForbidden; the role is read in the
+// transaction). Another team's key, or a revoked one, is ErrNotFound.
 func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID) error {
+	if err := requireUser(p); err != nil {
+		return &Error{Kind: ErrForbidden, Msg: "revoking an API key needs a user session (Authorization: Bearer <session token>), not an API key"}
+	}
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
-		k, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID})
+		k, err := q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: id, TeamID: p.TeamID})
 		if err != nil {
+			return notFound(err, "API key")
+		}
+		if k.RevokedAt.Valid {
+			return errorf(ErrNotFound, "API key not found")
+		}
+		if k.CreatedBy != p.UserID {
+			m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: p.TeamID})
+			if err != nil {
+				return notFound(err, "API key")
+			}
+			if !adminRole(m.Role) {
+				return errorf(ErrForbidden, "revoking an API key that another member created needs the admin or owner role")
+			}
+		}
+		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID}); err != nil {
 			return notFound(err, "API key")
 		}
 		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
@@ -308,5 +390,23 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID
 		return err
 	}
 	a.log.InfoContext(ctx, "API key revoked", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, id))
+	return nil
+}
+
+// revokeCreatorKeys revokes, in q's transaction, the live keys that user
+// created in team (the user is leaving it or removed from it), recording
+// each revocation with reason (the member event that caused it).
+func revokeCreatorKeys(ctx context.Context, q *db.Queries, audit *Audit, team, user pgtype.UUID, actor Actor, reason string) error {
+	ks, err := q.RevokeAPIKeysOfCreator(ctx, db.RevokeAPIKeysOfCreatorParams{TeamID: team, CreatedBy: user})
+	if err != nil {
+		return fmt.Errorf("revoke the member's API keys: %w", err)
+	}
+	for _, k := range ks {
+		if err := audit.Record(ctx, q, team, actor, AuditEvent{ResourceType: "api_key",
+			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.revoke", Scope: ScopeAdmin,
+			Metadata: map[string]any{"name": k.Name, "reason": reason, "created_by": userID(user)}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }

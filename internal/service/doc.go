@@ -20,7 +20,13 @@
 // activity plus timeout_sec (create and resume start it, Ping and touch
 // push it, SetTimeout replaces it), and the Reaper pauses running
 // sandboxes past it as the system (audit action sandbox.auto_pause); the
-// agent gets no timeout. A running sandbox's envd address is kept in the
+// agent gets no timeout. A failed pause never destroys a sandbox: an
+// auto-pause the agent refuses (a full data disk, a failing save) is
+// retried after ReaperConfig.PauseBackoff, doubled per failure
+// (sandboxes.pause_failures), and after PauseRetries refusals the record
+// is left in error with the reason while the host keeps the sandbox and
+// its disk (reconciliation leaves a sandbox in error that ran alone; the
+// team can destroy it). A running sandbox's envd address is kept in the
 // record (envd_url), so reads need no agent. A sandbox's env vars are
 // stored sealed with auth.FieldCipher, bound to its ID, and never returned.
 //
@@ -29,5 +35,28 @@
 // collide between teams there. A sandbox's template name resolves to the
 // team's own template, then a public one (store.PlatformTeamID), then a
 // built-in image. Deleting a public template is ErrForbidden: public
-// templates are visible to every team, so that leaks nothing.
+// templates are visible to every team, so that leaks nothing. Deleting a
+// snapshot frees its name at once; its files stay on the host while
+// anything chains onto them (snapshots of sandboxes created from it, and
+// their sandboxes: see package sandbox), and go with the last of them.
+//
+// Storage quotas (Quotas.MaxPausedSandboxes, MaxStoredMB; per team in
+// teams.max_paused_sandboxes and max_stored_mb, NULL: the platform
+// default): a team's paused sandboxes, and the MiB it stores — the memory
+// of its paused sandboxes plus its snapshots' bytes. A pause or a
+// snapshot over them is ErrQuota (429) and changes nothing; the reaper's
+// auto-pause is not refused (pausing keeps the data; the alternatives are
+// running on for ever or losing it) and is audited with over_quota. A
+// host whose data disk is at its headroom refuses creates, pauses and
+// snapshots: ErrInsufficientStorage (507).
+//
+// Accounts (accounts.go, invitations.go): who may sign up is a
+// SignupPolicy — open, invite (the default: only with a team invitation,
+// created by the team's admins and owners, stored as the SHA-256 of its
+// one-time token and redeemed under its row lock in the sign-up's
+// transaction) or closed; the bootstrap admin is exempt, and a first OAuth
+// login registers a user only when sign-up is open. API keys are created
+// and revoked with a user's session only; a member revokes only their own
+// keys; a key lives as long as its creator's membership of its team (see
+// Accounts).
 package service

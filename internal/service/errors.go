@@ -26,6 +26,9 @@ var (
 	// ErrUnavailable: the sandbox host cannot serve the request now (no
 	// capacity, unreachable).
 	ErrUnavailable = errors.New("unavailable")
+	// ErrInsufficientStorage: the sandbox host's data disk is at its
+	// headroom; nothing was written (HTTP 507).
+	ErrInsufficientStorage = errors.New("insufficient storage")
 )
 
 // Error is a classified error: Kind is one of the sentinels, Msg is safe to
@@ -77,6 +80,8 @@ func notFound(err error, what string) error {
 // agentError classifies an agent failure for the caller.
 func agentError(err error, op string) error {
 	switch {
+	case errors.Is(err, agentclient.ErrNoSpace):
+		return &Error{Kind: ErrInsufficientStorage, Msg: "the sandbox host is low on disk space: " + op + " refused, nothing was written", Err: err}
 	case errors.Is(err, agentclient.ErrCapacity):
 		return &Error{Kind: ErrUnavailable, Msg: "the sandbox host has no capacity left", Err: err}
 	case errors.Is(err, agentclient.ErrUnavailable):

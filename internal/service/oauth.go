@@ -49,7 +49,8 @@ const oauthAttempts = 4
 // attacker pre-registering a victim's address) share the account with
 // its real owner. Such an account is ErrConflict: its owner logs in with
 // the password and links the provider. Otherwise a new user with the
-// verified address and a default team is registered. An unverified
+// verified address and a default team is registered, when the sign-up
+// policy is SignupOpen (ErrForbidden otherwise). An unverified
 // address is ErrForbidden. Registration is race-safe: concurrent
 // callbacks for one new identity create exactly one user (the unique
 // constraints on e-mail and identity make the losers retry as logins).
@@ -124,6 +125,9 @@ func (a *Accounts) oauthLogin(ctx context.Context, provider string, prof oauth.P
 		return OAuthResult{}, fmt.Errorf("oauth login: user by e-mail: %w", err)
 	}
 
+	if a.signup != SignupOpen {
+		return OAuthResult{}, errorf(ErrForbidden, "no account is registered with this e-mail address, and sign-up is %s on this server: sign up with an invitation first, then link %s", signupWord(a.signup), provider)
+	}
 	name := displayName(prof)
 	var (
 		u    db.User
@@ -213,6 +217,14 @@ func displayName(prof oauth.Profile) string {
 		return r
 	}, name)
 	return truncateUTF8(name, 128)
+}
+
+// signupWord describes a policy that is not open.
+func signupWord(p SignupPolicy) string {
+	if p == SignupClosed {
+		return "closed"
+	}
+	return "by invitation only"
 }
 
 // defaultTeamName names a new user's first team, as Signup does.

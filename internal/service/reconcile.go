@@ -63,7 +63,9 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		var to, reason string
 		switch {
 		case row.State == store.SandboxError:
-			if ok { // a failed create the agent still holds
+			// A failed create the agent still holds goes; a sandbox that
+			// ran (an auto-pause that kept failing) is kept with its disk.
+			if ok && !row.StartedAt.Valid {
 				s.destroyOnAgent(ctx, c, id, "left by a failed create")
 			}
 			continue

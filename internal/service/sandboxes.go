@@ -37,6 +37,11 @@ type Quotas struct {
 	MaxMemoryMBPerSandbox int32
 	MaxTotalVCPUs         int32
 	MaxTotalMemoryMB      int64
+	// MaxPausedSandboxes and MaxStoredMB bound what a team keeps on
+	// disk: paused sandboxes, and the MiB of their memory plus its
+	// snapshot templates (checkStoredQuotas).
+	MaxPausedSandboxes int32
+	MaxStoredMB        int64
 }
 
 // DefaultQuotas are the platform defaults.
@@ -46,6 +51,8 @@ var DefaultQuotas = Quotas{
 	MaxMemoryMBPerSandbox: 8192,
 	MaxTotalVCPUs:         32,
 	MaxTotalMemoryMB:      32768,
+	MaxPausedSandboxes:    20,
+	MaxStoredMB:           51200,
 }
 
 // Sandbox defaults when a request leaves them zero.
@@ -310,6 +317,12 @@ func (s *Sandboxes) teamQuotas(t db.Team) Quotas {
 	if t.MaxTotalMemoryMB.Valid {
 		q.MaxTotalMemoryMB = t.MaxTotalMemoryMB.Int64
 	}
+	if t.MaxPausedSandboxes.Valid {
+		q.MaxPausedSandboxes = t.MaxPausedSandboxes.Int32
+	}
+	if t.MaxStoredMB.Valid {
+		q.MaxStoredMB = t.MaxStoredMB.Int64
+	}
 	return q
 }
 
@@ -336,6 +349,37 @@ func (s *Sandboxes) checkQuotas(ctx context.Context, q *db.Queries, t db.Team, v
 	}
 	if use.MemoryMB+int64(memoryMB) > lim.MaxTotalMemoryMB {
 		return errorf(ErrQuota, "the team's sandboxes use %d MiB, %d more would exceed its quota of %d MiB", use.MemoryMB, memoryMB, lim.MaxTotalMemoryMB)
+	}
+	return nil
+}
+
+// checkStoredQuotas refuses, with ErrQuota, a pause (pausedMB: the
+// sandbox's memory, which the pause writes out; paused: one more paused
+// sandbox) or a snapshot (pausedMB 0, paused false, snapshotMB its
+// expected size) that would take the team past its paused-sandboxes or
+// stored-MiB quota. Stored is what the team keeps on disk: the memory of
+// its paused sandboxes plus the bytes of its snapshot templates. Run it
+// after LockTeam, in the transaction of the transition it guards.
+func (s *Sandboxes) checkStoredQuotas(ctx context.Context, q *db.Queries, teamID pgtype.UUID, paused bool, addMB int64) error {
+	t, err := q.GetTeam(ctx, teamID)
+	if err != nil {
+		return notFound(err, "team")
+	}
+	lim := s.teamQuotas(t)
+	use, err := q.CountTeamStoredUsage(ctx, teamID)
+	if err != nil {
+		return fmt.Errorf("quota usage: %w", err)
+	}
+	// The sandbox being paused is in pausing already: it counts once.
+	if paused && use.Paused > lim.MaxPausedSandboxes {
+		return errorf(ErrQuota, "the team keeps %d paused sandboxes, its quota is %d: resume or destroy one first", use.Paused-1, lim.MaxPausedSandboxes)
+	}
+	stored := use.PausedMemoryMB + (use.TemplateBytes+(1<<20-1))>>20
+	if paused {
+		stored -= addMB // counted in pausing already
+	}
+	if stored+addMB > lim.MaxStoredMB {
+		return errorf(ErrQuota, "the team stores %d MiB (paused sandboxes and snapshots), %d more would exceed its quota of %d MiB", stored, addMB, lim.MaxStoredMB)
 	}
 	return nil
 }
@@ -684,9 +728,13 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	return s.view(row, a), nil
 }
 
-// Pause pauses a running sandbox of p's team.
+// Pause pauses a running sandbox of p's team, within its paused and
+// stored quotas (ErrQuota; the sandbox runs on).
 func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
-	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused, nil,
+	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
+		func(q *db.Queries, row db.Sandbox) error {
+			return s.checkStoredQuotas(ctx, q, p.TeamID, true, int64(row.MemoryMB))
+		},
 		func(c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
 			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(id)}))
 			if err != nil {

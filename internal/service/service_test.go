@@ -48,7 +48,7 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, err := NewAccounts(AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions})
+	acc, err := NewAccounts(AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Signup: SignupOpen})
 	if err != nil {
 		t.Fatal(err)
 	}

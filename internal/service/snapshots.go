@@ -108,7 +108,10 @@ type CreateSnapshotRequest struct {
 }
 
 // CreateSnapshot makes a snapshot template (memory and disk) named
-// req.Name of a running sandbox of p's team, which goes on running.
+// req.Name of a running sandbox of p's team, which goes on running. Its
+// bytes count against the team's stored quota (ErrQuota: refused before
+// the host writes when the team is at it, and the new files deleted when
+// they would take it over).
 // replaced tells that it took the place of the team's snapshot of that
 // name (req.Overwrite): the new record replaces the old one in one
 // transaction, then the old files are deleted on the host, which keeps
@@ -140,6 +143,11 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	metaJSON, err := json.Marshal(meta)
 	if err != nil {
 		return Snapshot{}, false, fmt.Errorf("snapshot metadata: %w", err)
+	}
+	// A team at its stored quota is refused before the host writes
+	// anything; the new snapshot's own size is checked once known, below.
+	if err := s.checkStoredQuotas(ctx, s.st.Queries(), p.TeamID, false, 0); err != nil {
+		return Snapshot{}, false, err
 	}
 	c, err := s.client(ctx)
 	if err != nil {
@@ -175,6 +183,9 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	var row db.Template
 	var old *db.Template
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
+		if _, err := q.LockTeam(ctx, p.TeamID); err != nil {
+			return notFound(err, "team")
+		}
 		if req.Overwrite {
 			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: p.TeamID, Name: req.Name})
 			switch {
@@ -184,6 +195,9 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 			case !errors.Is(err, store.ErrNotFound):
 				return fmt.Errorf("replace snapshot: %w", err)
 			}
+		}
+		if err := s.checkStoredQuotas(ctx, q, p.TeamID, false, (params.SizeBytes+(1<<20-1))>>20); err != nil {
+			return err
 		}
 		var err error
 		if row, err = q.InsertTemplate(ctx, params); err != nil {

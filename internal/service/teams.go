@@ -30,6 +30,7 @@ type Teams struct {
 	sandboxes *Sandboxes
 	audit     *Audit
 	log       *slog.Logger
+	now       func() time.Time
 }
 
 // TeamsConfig configures NewTeams.
@@ -40,7 +41,9 @@ type TeamsConfig struct {
 	// Audit records team and member events (a new one over Store when
 	// nil).
 	Audit *Audit
-	Log   *slog.Logger
+	// Now is the clock of invitation expiry; time.Now when nil.
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // NewTeams returns the teams service.
@@ -56,7 +59,11 @@ func NewTeams(cfg TeamsConfig) (*Teams, error) {
 	if audit == nil {
 		audit = NewAudit(cfg.Store, log)
 	}
-	return &Teams{st: cfg.Store, sandboxes: cfg.Sandboxes, audit: audit, log: log.With("component", "teams")}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Teams{st: cfg.Store, sandboxes: cfg.Sandboxes, audit: audit, now: now, log: log.With("component", "teams")}, nil
 }
 
 // TeamRole is a team and the caller's role in it.
@@ -440,7 +447,8 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.
 }
 
 // RemoveMember removes a member from a team: admins remove members, owners
-// anyone; the last owner cannot be removed (ErrConflict).
+// anyone; the last owner cannot be removed (ErrConflict). The API keys the
+// member created in the team are revoked with it.
 func (t *Teams) RemoveMember(ctx context.Context, p Principal, id, user pgtype.UUID) error {
 	if err := requireUser(p); err != nil {
 		return err
@@ -472,12 +480,16 @@ func (t *Teams) RemoveMember(ctx context.Context, p Principal, id, user pgtype.U
 		} else if n == 0 {
 			return errorf(ErrNotFound, "member not found")
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(user),
-			Action: "member.remove", Metadata: map[string]any{"email": u.Email, "role": tm.Role}})
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(user),
+			Action: "member.remove", Metadata: map[string]any{"email": u.Email, "role": tm.Role}}); err != nil {
+			return err
+		}
+		return revokeCreatorKeys(ctx, q, t.audit, id, user, p.Actor(), "member.remove")
 	})
 }
 
 // Leave takes p out of a team; the last owner cannot leave (ErrConflict).
+// The API keys p created in the team are revoked with it.
 func (t *Teams) Leave(ctx context.Context, p Principal, id pgtype.UUID) error {
 	if err := requireUser(p); err != nil {
 		return err
@@ -497,7 +509,10 @@ func (t *Teams) Leave(ctx context.Context, p Principal, id pgtype.UUID) error {
 		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: p.UserID, TeamID: id}); err != nil {
 			return fmt.Errorf("leave: %w", err)
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(p.UserID),
-			Action: "member.leave", Metadata: map[string]any{"role": m.Role}})
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(p.UserID),
+			Action: "member.leave", Metadata: map[string]any{"role": m.Role}}); err != nil {
+			return err
+		}
+		return revokeCreatorKeys(ctx, q, t.audit, id, p.UserID, p.Actor(), "member.leave")
 	})
 }

@@ -128,6 +128,11 @@ type ReaperConfig struct {
 	Interval time.Duration
 	// Batch is the most sandboxes one pass handles (100 when zero).
 	Batch int32
+	// PauseRetries is how many refused auto-pauses in a row leave a
+	// sandbox in error (3 when zero); PauseBackoff is the wait before the
+	// first retry, doubled after each further failure (30 s when zero).
+	PauseRetries int32
+	PauseBackoff time.Duration
 }
 
 // Reaper pauses running sandboxes past their TTL (end_at), as the system.
@@ -151,6 +156,12 @@ func NewReaper(s *Sandboxes, cfg ReaperConfig) *Reaper {
 	if cfg.Batch <= 0 {
 		cfg.Batch = 100
 	}
+	if cfg.PauseRetries <= 0 {
+		cfg.PauseRetries = 3
+	}
+	if cfg.PauseBackoff <= 0 {
+		cfg.PauseBackoff = 30 * time.Second
+	}
 	return &Reaper{s: s, cfg: cfg, log: s.log.With("component", "reaper")}
 }
 
@@ -172,18 +183,29 @@ func (r *Reaper) Run(ctx context.Context) {
 
 // ReapResult counts what a pass did.
 type ReapResult struct {
-	// Paused sandboxes; Destroyed ones could not be paused (or the host had
-	// lost them); Skipped ones were claimed elsewhere, active again, or
-	// could not be reached (tried again next pass).
-	Paused, Destroyed, Skipped int
+	// Paused sandboxes; Destroyed ones the host had lost (or, created to
+	// be killed at their timeout, were destroyed); Retried ones the host
+	// refused to pause, tried again after a back-off; Failed ones were
+	// refused PauseRetries times in a row and left in error, their disk
+	// kept; Skipped ones were claimed elsewhere, active again, or could
+	// not be reached (tried again next pass).
+	Paused, Destroyed, Retried, Failed, Skipped int
 }
 
 // Pass handles the sandboxes expired at the reaper's Now, oldest deadline
 // first: each is paused through the persisted running → pausing → paused
-// transition and audited as sandbox.auto_pause by the system. A sandbox
-// whose pause the agent refuses is destroyed (as the agent's own reaper
-// does: it must not run forever) and audited so; one the agent cannot be
-// asked about goes back to running, its deadline unchanged.
+// transition and audited as sandbox.auto_pause by the system. A failed
+// pause never destroys a sandbox (a pause that fails leaves the machine
+// running, and a full disk must not cost a team its work): one the agent
+// refuses (a full data disk, a failing save) goes back to running with
+// its deadline moved PauseBackoff·2^(failures-1) later, and after
+// PauseRetries refusals in a row is left in state error with the reason,
+// its disk and files kept on the host for the team to destroy. One the
+// agent cannot be asked about goes back to running, its deadline
+// unchanged; one the agent no longer has is recorded stopped. The stored
+// quotas do not stop an auto-pause (pausing keeps the team's data; the
+// alternatives are running on or losing it): a pause over them happens
+// and its audit event says so (over_quota).
 func (r *Reaper) Pass(ctx context.Context) (ReapResult, error) {
 	var res ReapResult
 	now := r.cfg.Now()
@@ -200,6 +222,10 @@ func (r *Reaper) Pass(ctx context.Context) (ReapResult, error) {
 			res.Paused++
 		case reapDestroyed:
 			res.Destroyed++
+		case reapRetried:
+			res.Retried++
+		case reapFailed:
+			res.Failed++
 		default:
 			res.Skipped++
 		}
@@ -213,6 +239,8 @@ const (
 	reapSkipped reapOutcome = iota
 	reapPaused
 	reapDestroyed
+	reapRetried
+	reapFailed
 )
 
 func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOutcome {
@@ -239,6 +267,9 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	if !claimed.AutoPause {
 		return r.destroyExpired(ctx, bg, log, c, err, claimed, meta)
 	}
+	if qerr := s.checkStoredQuotas(ctx, s.st.Queries(), row.TeamID, true, int64(claimed.MemoryMB)); errors.Is(qerr, ErrQuota) {
+		meta["over_quota"] = PublicText(qerr)
+	}
 	if err == nil {
 		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
 	}
@@ -263,17 +294,41 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
 		return reapSkipped
 	}
-	// Refused (or the agent lost it): destroy it so that it does not run on.
-	log.ErrorContext(ctx, "auto-pause failed; destroying the sandbox", "err", err)
-	if derr := r.destroyClaimed(bg, bg, log, c, row, "destroyed: the pause at its timeout failed: "+PublicText(perr),
-		"auto-pause and destroy failed: "); derr != nil {
-		log.ErrorContext(bg, "destroy after a failed auto-pause", "err", derr)
+	if errors.Is(err, agentclient.ErrNotFound) {
+		// The host no longer has it: there is nothing left to keep.
+		log.WarnContext(ctx, "auto-pause: the host no longer has the sandbox")
+		if _, err := s.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: row.ID,
+			Reason: "destroyed: the host no longer has this sandbox"}); err != nil {
+			log.ErrorContext(bg, "persist the lost sandbox", "err", err)
+		}
+		meta["destroyed"] = true
 		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
-		return reapSkipped
+		return reapDestroyed
 	}
-	meta["destroyed"] = true
+	// Refused: never destroyed. Retried after a back-off, then kept in
+	// error.
+	failures := claimed.PauseFailures + 1
+	meta["failures"] = failures
+	if failures >= r.cfg.PauseRetries {
+		reason := fmt.Sprintf("auto-pause failed %d times (%s); the sandbox and its disk are kept: destroy it, or free space and contact the operator",
+			failures, PublicText(perr))
+		if _, ferr := s.st.Queries().FailSandboxPausing(bg, db.FailSandboxPausingParams{ID: row.ID, Reason: truncate(reason, 1024)}); ferr != nil {
+			log.ErrorContext(bg, "persist the failed auto-pause", "err", ferr)
+		}
+		log.ErrorContext(ctx, "auto-pause failed for the last time; the sandbox is left in error, its disk kept", "failures", failures, "err", err)
+		meta["kept"] = true
+		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		return reapFailed
+	}
+	retryAt := now.Add(r.cfg.PauseBackoff << (failures - 1))
+	if _, rerr := s.st.Queries().RetrySandboxPausing(bg, db.RetrySandboxPausingParams{ID: row.ID, RetryAt: retryAt,
+		Reason: truncate(fmt.Sprintf("auto-pause failed (%d of %d): %s", failures, r.cfg.PauseRetries, PublicText(perr)), 1024)}); rerr != nil {
+		log.ErrorContext(bg, "persist the failed auto-pause", "err", rerr)
+	}
+	log.WarnContext(ctx, "auto-pause failed; will retry", "failures", failures, "retry_at", retryAt, "err", err)
+	meta["retry_at"] = retryAt.UTC().Format(time.RFC3339)
 	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
-	return reapDestroyed
+	return reapRetried
 }
 
 // destroyExpired ends a sandbox created to be killed at its timeout

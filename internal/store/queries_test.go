@@ -1112,3 +1112,47 @@ func TestHosts(t *testing.T) {
 	_, err = q.HeartbeatHost(ctx(t), newUUID(t))
 	mustIs(t, err, store.ErrNotFound)
 }
+
+// TestAPIKeyCreatorMembership: a key authenticates only while its creator
+// is a member of its team; RevokeAPIKeysOfCreator revokes exactly that
+// creator's live keys in that team.
+func TestAPIKeyCreatorMembership(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	q := f.q
+	bob := f.mkUser(t, "bob@example.com")
+	must[db.Membership](t)(q.AddTeamMember(ctx(t), db.AddTeamMemberParams{UserID: bob.ID, TeamID: f.team.ID, Role: store.RoleMember}))
+	other := f.mkTeam(t, "Other", bob.ID)
+	mk := func(team, creator pgtype.UUID, secret string) db.TeamAPIKey {
+		return must[db.TeamAPIKey](t)(q.CreateAPIKey(ctx(t), db.CreateAPIKeyParams{
+			TeamID: team, Name: secret, Prefix: "e2b_", KeyHash: keyHash(secret), CreatedBy: creator}))
+	}
+	ownerKey := mk(f.team.ID, f.user.ID, "owner's")
+	bobKey := mk(f.team.ID, bob.ID, "bob's")
+	bobOther := mk(other.ID, bob.ID, "bob's elsewhere")
+	orphan := mk(f.team.ID, pgtype.UUID{}, "no creator")
+	for _, k := range []db.TeamAPIKey{ownerKey, bobKey, bobOther} {
+		must[db.AuthenticateAPIKeyRow](t)(q.AuthenticateAPIKey(ctx(t), k.KeyHash))
+	}
+	_, err := q.AuthenticateAPIKey(ctx(t), orphan.KeyHash)
+	mustIs(t, err, store.ErrNotFound)
+
+	// Bob leaves team A: his key there stops (the join), even before the
+	// revocation.
+	if n := must[int64](t)(q.RemoveTeamMember(ctx(t), db.RemoveTeamMemberParams{UserID: bob.ID, TeamID: f.team.ID})); n != 1 {
+		t.Fatalf("removed %d", n)
+	}
+	_, err = q.AuthenticateAPIKey(ctx(t), bobKey.KeyHash)
+	mustIs(t, err, store.ErrNotFound)
+	revoked := must[[]db.TeamAPIKey](t)(q.RevokeAPIKeysOfCreator(ctx(t), db.RevokeAPIKeysOfCreatorParams{TeamID: f.team.ID, CreatedBy: bob.ID}))
+	if len(revoked) != 1 || revoked[0].ID != bobKey.ID || !revoked[0].RevokedAt.Valid {
+		t.Fatalf("revoked %+v, want bob's key of team A", revoked)
+	}
+	// Back in the team, the revoked key stays dead; the others live.
+	must[db.Membership](t)(q.AddTeamMember(ctx(t), db.AddTeamMemberParams{UserID: bob.ID, TeamID: f.team.ID, Role: store.RoleMember}))
+	_, err = q.AuthenticateAPIKey(ctx(t), bobKey.KeyHash)
+	mustIs(t, err, store.ErrNotFound)
+	for _, k := range []db.TeamAPIKey{ownerKey, bobOther} {
+		must[db.AuthenticateAPIKeyRow](t)(q.AuthenticateAPIKey(ctx(t), k.KeyHash))
+	}
+}

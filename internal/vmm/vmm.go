@@ -24,6 +24,9 @@ const (
 	AccelTCG Accel = "tcg" // software emulation (QEMU only)
 )
 
+// DefaultConsoleLogMax is the cap of a console log (Spec.ConsoleLogMax).
+const DefaultConsoleLogMax = 4 << 20
+
 // Spec describes a machine to boot or restore.
 type Spec struct {
 	// ID names the machine in logs and process titles.
@@ -43,7 +46,12 @@ type Spec struct {
 	Net   *NetAttachment // nil: no network device
 
 	// ConsoleLog receives the serial console; empty means Dir/console.log.
-	ConsoleLog string
+	// It never grows past ConsoleLogMax bytes: the driver then renames it
+	// to ConsoleLog+".1" (replacing the previous one) and starts a new
+	// one, so a guest that prints without end takes at most twice the cap
+	// of disk. 0 means DefaultConsoleLogMax.
+	ConsoleLog    string
+	ConsoleLogMax int64
 
 	// CopyMemory applies to Restore only. By default a restored machine
 	// maps the snapshot's memory lazily and copy-on-write, shared with

@@ -21,6 +21,8 @@ const (
 	User   = "usr-"
 	Team   = "team-"
 	APIKey = "key-"
+	// Invitation is a team invitation's ID.
+	Invitation = "inv-"
 	// Template is a template's (snapshot's) ID; also the name the host
 	// agent knows the template by, so two teams' names never collide there.
 	Template = "tpl-"

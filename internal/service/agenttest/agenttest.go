@@ -74,7 +74,9 @@ func testImages(t testing.TB) *image.Store {
 
 // Start runs an agent for t (skipped without root or QEMU, failed under
 // CAPSULE_TEST_STRICT=1) and returns its URL; the agent stops when t ends.
-func Start(t testing.TB, p Pool) string {
+// Each of configure may change the manager's configuration (a data
+// directory of the test's own, a disk headroom) before it starts.
+func Start(t testing.TB, p Pool, configure ...func(*sandbox.Config)) string {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "qemu-system-x86_64")
@@ -98,9 +100,14 @@ func Start(t testing.TB, p Pool) string {
 		t.Fatalf("network pool: %v", err)
 	}
 	capacity := sandbox.Capacity{VCPUs: 8, MemoryMB: 2048}
-	mgr, err := sandbox.New(context.Background(), sandbox.Config{
+	cfg := sandbox.Config{
 		DataDir: dataDir, RunDir: runDir, Driver: drv, Images: imgs, Slots: slots, Capacity: capacity, Log: log,
-	})
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	dataDir = cfg.DataDir
+	mgr, err := sandbox.New(context.Background(), cfg)
 	if err != nil {
 		_ = slots.Close(context.Background())
 		t.Fatalf("manager: %v", err)

@@ -31,8 +31,16 @@ type Env struct {
 }
 
 // New returns the services; agentURL and agentToken name the host agent
-// ("": a closed port, for tests that never reach one).
+// ("": a closed port, for tests that never reach one). Sign-up is open
+// (the tests make accounts freely); NewWith changes that.
 func New(t testing.TB, agentURL, agentToken string) *Env {
+	t.Helper()
+	return NewWith(t, agentURL, agentToken, nil)
+}
+
+// NewWith is New with edit applied to the accounts' configuration (for
+// example another sign-up policy or clock).
+func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.AccountsConfig)) *Env {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, pgtest.StartForTest(t))
@@ -49,7 +57,11 @@ func New(t testing.TB, agentURL, agentToken string) *Env {
 		t.Fatal(err)
 	}
 	audit := service.NewAudit(st, nil)
-	acc, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit})
+	cfg := service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Signup: service.SignupOpen}
+	if edit != nil {
+		edit(&cfg)
+	}
+	acc, err := service.NewAccounts(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

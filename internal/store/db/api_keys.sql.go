@@ -17,6 +17,8 @@ WITH k AS (
   SELECT team_api_keys.id, team_api_keys.team_id, team_api_keys.name, team_api_keys.prefix, team_api_keys.key_hash, team_api_keys.created_by, team_api_keys.created_at, team_api_keys.last_used_at, team_api_keys.revoked_at
   FROM team_api_keys
   JOIN teams ON teams.id = team_api_keys.team_id
+  JOIN users_teams ON users_teams.user_id = team_api_keys.created_by
+                  AND users_teams.team_id = team_api_keys.team_id
   WHERE team_api_keys.key_hash = $1
     AND team_api_keys.revoked_at IS NULL
     AND teams.deleted_at IS NULL
@@ -43,7 +45,9 @@ type AuthenticateAPIKeyRow struct {
 }
 
 // Finds a live key of a live team by the SHA-256 of the presented key and
-// records its use. last_used_at is written at most once a minute per key, so
+// records its use. The key's creator must still be a member of the key's
+// team: a key dies with its creator's membership (leaving, removal, a
+// deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
 // a busy key does not turn every request into a write; the returned row
 // carries the value from before this call.
 func (q *Queries) AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error) {
@@ -189,4 +193,47 @@ func (q *Queries) RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (Tea
 		&i.RevokedAt,
 	)
 	return i, err
+}
+
+const revokeAPIKeysOfCreator = `-- name: RevokeAPIKeysOfCreator :many
+UPDATE team_api_keys SET revoked_at = now()
+WHERE team_id = $1 AND created_by = $2 AND revoked_at IS NULL
+RETURNING id, team_id, name, prefix, key_hash, created_by, created_at, last_used_at, revoked_at
+`
+
+type RevokeAPIKeysOfCreatorParams struct {
+	TeamID    pgtype.UUID `json:"team_id"`
+	CreatedBy pgtype.UUID `json:"created_by"`
+}
+
+// Revokes the live keys that a user created in a team (the user leaves it
+// or is removed from it).
+func (q *Queries) RevokeAPIKeysOfCreator(ctx context.Context, arg RevokeAPIKeysOfCreatorParams) ([]TeamAPIKey, error) {
+	rows, err := q.db.Query(ctx, revokeAPIKeysOfCreator, arg.TeamID, arg.CreatedBy)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TeamAPIKey{}
+	for rows.Next() {
+		var i TeamAPIKey
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Prefix,
+			&i.KeyHash,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.LastUsedAt,
+			&i.RevokedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -96,6 +96,7 @@ type Sandbox struct {
 	LastActiveAt        pgtype.Timestamptz `json:"last_active_at"`
 	PausedAt            pgtype.Timestamptz `json:"paused_at"`
 	StoppedAt           pgtype.Timestamptz `json:"stopped_at"`
+	PauseFailures       int32              `json:"pause_failures"`
 }
 
 type SandboxMetric struct {
@@ -129,6 +130,8 @@ type Team struct {
 	CreatedAt             time.Time          `json:"created_at"`
 	UpdatedAt             time.Time          `json:"updated_at"`
 	DeletedAt             pgtype.Timestamptz `json:"deleted_at"`
+	MaxPausedSandboxes    pgtype.Int4        `json:"max_paused_sandboxes"`
+	MaxStoredMB           pgtype.Int8        `json:"max_stored_mb"`
 }
 
 type TeamAPIKey struct {
@@ -141,6 +144,19 @@ type TeamAPIKey struct {
 	CreatedAt  time.Time          `json:"created_at"`
 	LastUsedAt pgtype.Timestamptz `json:"last_used_at"`
 	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
+}
+
+type TeamInvitation struct {
+	ID         pgtype.UUID        `json:"id"`
+	TeamID     pgtype.UUID        `json:"team_id"`
+	Email      string             `json:"email"`
+	Role       string             `json:"role"`
+	TokenHash  []byte             `json:"token_hash"`
+	CreatedBy  pgtype.UUID        `json:"created_by"`
+	CreatedAt  time.Time          `json:"created_at"`
+	ExpiresAt  time.Time          `json:"expires_at"`
+	RedeemedAt pgtype.Timestamptz `json:"redeemed_at"`
+	RedeemedBy pgtype.UUID        `json:"redeemed_by"`
 }
 
 type Template struct {

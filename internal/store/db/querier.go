@@ -14,7 +14,9 @@ type Querier interface {
 	// Already a member: a unique violation (store.ErrConflict).
 	AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (Membership, error)
 	// Finds a live key of a live team by the SHA-256 of the presented key and
-	// records its use. last_used_at is written at most once a minute per key, so
+	// records its use. The key's creator must still be a member of the key's
+	// team: a key dies with its creator's membership (leaving, removal, a
+	// deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
 	// a busy key does not turn every request into a write; the returned row
 	// carries the value from before this call.
 	AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error)
@@ -26,18 +28,28 @@ type Querier interface {
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
 	CountTeamSandboxUsage(ctx context.Context, arg CountTeamSandboxUsageParams) (CountTeamSandboxUsageRow, error)
+	// What a team keeps on disk, for the paused and stored-bytes quotas: its
+	// paused sandboxes (count, and their memory, which a pause writes out) and
+	// the bytes of its snapshot templates.
+	CountTeamStoredUsage(ctx context.Context, teamID pgtype.UUID) (CountTeamStoredUsageRow, error)
 	CountUsers(ctx context.Context) (int64, error)
 	CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (TeamAPIKey, error)
+	CreateInvitation(ctx context.Context, arg CreateInvitationParams) (TeamInvitation, error)
 	// slug NULL: a random one (team_slug()). A slug collision is a unique
 	// violation (store.ErrConflict): retry.
 	CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, error)
 	CreateUser(ctx context.Context, arg CreateUserParams) (User, error)
+	// Revokes an invitation not yet redeemed (a redeemed one is history).
+	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
 	// the least) and the idle window only ever grows. Running sandboxes only.
 	ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error)
+	// An auto-pause refused once too often: the sandbox is left in error, with
+	// its disk kept on the host (nothing is destroyed); no deadline.
+	FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error)
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
 	// The team a login lands in: users.default_team_id if the user is still a
 	// member and the team is live, else the oldest live membership.
@@ -80,6 +92,8 @@ type Querier interface {
 	// Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
 	// deadline first.
 	ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error)
+	// A team's invitations, newest first (redeemed and expired ones included).
+	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
@@ -93,6 +107,10 @@ type Querier interface {
 	ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]ListTeamsForUserRow, error)
 	// The team's templates and the public ones, by name (the team's first on a tie).
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
+	// The invitation of a token, with its team's liveness, row-locked for the
+	// sign-up that redeems it: a concurrent sign-up with the same token waits
+	// here and then sees redeemed_at set.
+	LockInvitationByTokenHash(ctx context.Context, tokenHash []byte) (LockInvitationByTokenHashRow, error)
 	// Locks the team's row for the rest of the transaction: serializes quota
 	// checks and owner-invariant checks of one team.
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
@@ -102,16 +120,23 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	RedeemInvitation(ctx context.Context, arg RedeemInvitationParams) (int64, error)
 	// An agent announcing itself (on every start): creates the host or updates
 	// the one of that name, and marks it online (a draining host stays
 	// draining). A name taken by another team's host: no row (store.ErrNotFound).
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
+	// An auto-pause the host refused: back to running with one more failure
+	// and the deadline moved to retry_at (the reaper's back-off).
+	RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error)
 	// A pause that did not happen: back to running with the deadline it had
 	// (the next reaper pass tries again).
 	RevertSandboxPausing(ctx context.Context, arg RevertSandboxPausingParams) (Sandbox, error)
 	RevokeAPIKey(ctx context.Context, arg RevokeAPIKeyParams) (TeamAPIKey, error)
+	// Revokes the live keys that a user created in a team (the user leaves it
+	// or is removed from it).
+	RevokeAPIKeysOfCreator(ctx context.Context, arg RevokeAPIKeysOfCreatorParams) ([]TeamAPIKey, error)
 	// The add-member typeahead. LIKE metacharacters (\ % _) in prefix are escaped
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.
@@ -126,6 +151,8 @@ type Querier interface {
 	SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team, error)
 	// NULL: the platform default.
 	SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (Team, error)
+	// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+	SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error)
 	SetUserAdmin(ctx context.Context, arg SetUserAdminParams) error
 	SetUserDefaultTeam(ctx context.Context, arg SetUserDefaultTeamParams) error
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error

@@ -16,7 +16,7 @@ import (
 const claimExpiredSandbox = `-- name: ClaimExpiredSandbox :one
 UPDATE sandboxes SET state = 'pausing', state_reason = $1::text
 WHERE id = $2 AND state = 'running' AND end_at IS NOT NULL AND end_at < $3::timestamptz
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type ClaimExpiredSandboxParams struct {
@@ -57,6 +57,7 @@ func (q *Queries) ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandb
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -89,6 +90,32 @@ func (q *Queries) CountTeamSandboxUsage(ctx context.Context, arg CountTeamSandbo
 	return i, err
 }
 
+const countTeamStoredUsage = `-- name: CountTeamStoredUsage :one
+SELECT
+  (SELECT count(*) FROM sandboxes s
+    WHERE s.team_id = $1 AND s.state IN ('paused', 'pausing'))::integer AS paused,
+  (SELECT COALESCE(sum(s.memory_mb), 0) FROM sandboxes s
+    WHERE s.team_id = $1 AND s.state IN ('paused', 'pausing'))::bigint AS paused_memory_mb,
+  (SELECT COALESCE(sum(t.size_bytes), 0) FROM templates t
+    WHERE t.team_id = $1)::bigint AS template_bytes
+`
+
+type CountTeamStoredUsageRow struct {
+	Paused         int32 `json:"paused"`
+	PausedMemoryMB int64 `json:"paused_memory_mb"`
+	TemplateBytes  int64 `json:"template_bytes"`
+}
+
+// What a team keeps on disk, for the paused and stored-bytes quotas: its
+// paused sandboxes (count, and their memory, which a pause writes out) and
+// the bytes of its snapshot templates.
+func (q *Queries) CountTeamStoredUsage(ctx context.Context, teamID pgtype.UUID) (CountTeamStoredUsageRow, error) {
+	row := q.db.QueryRow(ctx, countTeamStoredUsage, teamID)
+	var i CountTeamStoredUsageRow
+	err := row.Scan(&i.Paused, &i.PausedMemoryMB, &i.TemplateBytes)
+	return i, err
+}
+
 const deleteSandbox = `-- name: DeleteSandbox :execrows
 DELETE FROM sandboxes WHERE id = $1 AND team_id = $2
 `
@@ -111,7 +138,7 @@ UPDATE sandboxes SET
   timeout_sec = GREATEST(timeout_sec, $1::integer),
   end_at = GREATEST(COALESCE(end_at, now()), now() + make_interval(secs => $1::integer))
 WHERE id = $2 AND team_id = $3 AND state = 'running' AND $1::integer > 0
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type ExtendSandboxTimeoutParams struct {
@@ -151,12 +178,61 @@ func (q *Queries) ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTim
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
+	)
+	return i, err
+}
+
+const failSandboxPausing = `-- name: FailSandboxPausing :one
+UPDATE sandboxes SET state = 'error', state_reason = $1::text,
+  pause_failures = pause_failures + 1, end_at = NULL
+WHERE id = $2 AND state = 'pausing'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+`
+
+type FailSandboxPausingParams struct {
+	Reason string      `json:"reason"`
+	ID     pgtype.UUID `json:"id"`
+}
+
+// An auto-pause refused once too often: the sandbox is left in error, with
+// its disk kept on the host (nothing is destroyed); no deadline.
+func (q *Queries) FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, failSandboxPausing, arg.Reason, arg.ID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -194,12 +270,13 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes WHERE id = $1
 `
 
 // Not team-scoped: for the control plane's own loops (reaper, reconciler).
@@ -232,6 +309,7 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -245,7 +323,7 @@ INSERT INTO sandboxes (
   $6, $7, $8, $9, $10, $11, $12,
   $13, $14, $15, $16
 )
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type InsertSandboxParams struct {
@@ -314,12 +392,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
 
 const listExpiredSandboxes = `-- name: ListExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
 WHERE state = 'running' AND end_at IS NOT NULL AND end_at < $1::timestamptz
 ORDER BY end_at, id
 LIMIT $2
@@ -367,6 +446,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 			&i.LastActiveAt,
 			&i.PausedAt,
 			&i.StoppedAt,
+			&i.PauseFailures,
 		); err != nil {
 			return nil, err
 		}
@@ -379,7 +459,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -444,6 +524,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.LastActiveAt,
 			&i.PausedAt,
 			&i.StoppedAt,
+			&i.PauseFailures,
 		); err != nil {
 			return nil, err
 		}
@@ -456,7 +537,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSandboxesByHost = `-- name: ListSandboxesByHost :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
 WHERE host_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
 ORDER BY created_at, id
@@ -503,6 +584,7 @@ func (q *Queries) ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHo
 			&i.LastActiveAt,
 			&i.PausedAt,
 			&i.StoppedAt,
+			&i.PauseFailures,
 		); err != nil {
 			return nil, err
 		}
@@ -550,7 +632,7 @@ const markSandboxStopped = `-- name: MarkSandboxStopped :one
 UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now(),
   end_at = NULL, envd_url = ''
 WHERE id = $2 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type MarkSandboxStoppedParams struct {
@@ -588,6 +670,56 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
+	)
+	return i, err
+}
+
+const retrySandboxPausing = `-- name: RetrySandboxPausing :one
+UPDATE sandboxes SET state = 'running', state_reason = $1::text,
+  pause_failures = pause_failures + 1, end_at = $2::timestamptz
+WHERE id = $3 AND state = 'pausing'
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+`
+
+type RetrySandboxPausingParams struct {
+	Reason  string      `json:"reason"`
+	RetryAt time.Time   `json:"retry_at"`
+	ID      pgtype.UUID `json:"id"`
+}
+
+// An auto-pause the host refused: back to running with one more failure
+// and the deadline moved to retry_at (the reaper's back-off).
+func (q *Queries) RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error) {
+	row := q.db.QueryRow(ctx, retrySandboxPausing, arg.Reason, arg.RetryAt, arg.ID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.DiskMB,
+		&i.TimeoutSec,
+		&i.AutoPause,
+		&i.AutoResume,
+		&i.AllowInternetAccess,
+		&i.AllowPublicTraffic,
+		&i.Metadata,
+		&i.EnvVars,
+		&i.StateReason,
+		&i.EnvdURL,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.StartedAt,
+		&i.EndAt,
+		&i.LastActiveAt,
+		&i.PausedAt,
+		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -595,7 +727,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 const revertSandboxPausing = `-- name: RevertSandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type RevertSandboxPausingParams struct {
@@ -634,6 +766,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -641,7 +774,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 const setSandboxEnvdURL = `-- name: SetSandboxEnvdURL :one
 UPDATE sandboxes SET envd_url = $1::text
 WHERE id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type SetSandboxEnvdURLParams struct {
@@ -680,12 +813,13 @@ func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLPa
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
 
 const setSandboxHost = `-- name: SetSandboxHost :one
-UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type SetSandboxHostParams struct {
@@ -722,6 +856,7 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -732,7 +867,7 @@ UPDATE sandboxes SET
   end_at = CASE WHEN $1::integer > 0 AND state = 'running'
                 THEN now() + make_interval(secs => $1::integer) ELSE NULL END
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type SetSandboxTimeoutParams struct {
@@ -772,6 +907,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -781,7 +917,7 @@ UPDATE sandboxes SET
   last_active_at = now(),
   end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
 WHERE id = $1 AND team_id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type TouchSandboxParams struct {
@@ -820,6 +956,7 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }
@@ -853,9 +990,10 @@ UPDATE sandboxes SET
                         ELSE end_at END,
   envd_url       = CASE WHEN $1::text = 'running' THEN envd_url ELSE '' END,
   paused_at      = CASE WHEN $1::text = 'paused' THEN now() ELSE paused_at END,
-  stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END
+  stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END,
+  pause_failures = CASE WHEN $1::text = 'paused' THEN 0 ELSE pause_failures END
 WHERE id = $3 AND state = ANY($4::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
 `
 
 type UpdateSandboxStateParams struct {
@@ -905,6 +1043,7 @@ func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxState
 		&i.LastActiveAt,
 		&i.PausedAt,
 		&i.StoppedAt,
+		&i.PauseFailures,
 	)
 	return i, err
 }

@@ -15,7 +15,7 @@ import (
 const createTeam = `-- name: CreateTeam :one
 INSERT INTO teams (name, slug)
 VALUES ($1, COALESCE($2::text, team_slug()))
-RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at
+RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
 `
 
 type CreateTeamParams struct {
@@ -41,12 +41,14 @@ func (q *Queries) CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, e
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
 
 const getDefaultTeamForUser = `-- name: GetDefaultTeamForUser :one
-SELECT teams.id, teams.name, teams.slug, teams.is_byoc, teams.max_running_sandboxes, teams.max_vcpus_per_sandbox, teams.max_memory_mb_per_sandbox, teams.max_total_vcpus, teams.max_total_memory_mb, teams.created_at, teams.updated_at, teams.deleted_at, users_teams.role
+SELECT teams.id, teams.name, teams.slug, teams.is_byoc, teams.max_running_sandboxes, teams.max_vcpus_per_sandbox, teams.max_memory_mb_per_sandbox, teams.max_total_vcpus, teams.max_total_memory_mb, teams.created_at, teams.updated_at, teams.deleted_at, teams.max_paused_sandboxes, teams.max_stored_mb, users_teams.role
 FROM users_teams
 JOIN teams ON teams.id = users_teams.team_id
 JOIN users ON users.id = users_teams.user_id
@@ -78,13 +80,15 @@ func (q *Queries) GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID)
 		&i.Team.CreatedAt,
 		&i.Team.UpdatedAt,
 		&i.Team.DeletedAt,
+		&i.Team.MaxPausedSandboxes,
+		&i.Team.MaxStoredMB,
 		&i.Role,
 	)
 	return i, err
 }
 
 const getTeam = `-- name: GetTeam :one
-SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at FROM teams WHERE id = $1 AND deleted_at IS NULL
+SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb FROM teams WHERE id = $1 AND deleted_at IS NULL
 `
 
 // Soft-deleted teams are not found.
@@ -104,12 +108,14 @@ func (q *Queries) GetTeam(ctx context.Context, id pgtype.UUID) (Team, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
 
 const getTeamBySlug = `-- name: GetTeamBySlug :one
-SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at FROM teams WHERE slug = $1 AND deleted_at IS NULL
+SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb FROM teams WHERE slug = $1 AND deleted_at IS NULL
 `
 
 func (q *Queries) GetTeamBySlug(ctx context.Context, slug string) (Team, error) {
@@ -128,12 +134,14 @@ func (q *Queries) GetTeamBySlug(ctx context.Context, slug string) (Team, error) 
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
 
 const listTeamsForUser = `-- name: ListTeamsForUser :many
-SELECT teams.id, teams.name, teams.slug, teams.is_byoc, teams.max_running_sandboxes, teams.max_vcpus_per_sandbox, teams.max_memory_mb_per_sandbox, teams.max_total_vcpus, teams.max_total_memory_mb, teams.created_at, teams.updated_at, teams.deleted_at, users_teams.role, users_teams.created_at AS joined_at
+SELECT teams.id, teams.name, teams.slug, teams.is_byoc, teams.max_running_sandboxes, teams.max_vcpus_per_sandbox, teams.max_memory_mb_per_sandbox, teams.max_total_vcpus, teams.max_total_memory_mb, teams.created_at, teams.updated_at, teams.deleted_at, teams.max_paused_sandboxes, teams.max_stored_mb, users_teams.role, users_teams.created_at AS joined_at
 FROM users_teams
 JOIN teams ON teams.id = users_teams.team_id
 WHERE users_teams.user_id = $1 AND teams.deleted_at IS NULL
@@ -169,6 +177,8 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]L
 			&i.Team.CreatedAt,
 			&i.Team.UpdatedAt,
 			&i.Team.DeletedAt,
+			&i.Team.MaxPausedSandboxes,
+			&i.Team.MaxStoredMB,
 			&i.Role,
 			&i.JoinedAt,
 		); err != nil {
@@ -183,7 +193,7 @@ func (q *Queries) ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]L
 }
 
 const lockTeam = `-- name: LockTeam :one
-SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at FROM teams WHERE id = $1 AND deleted_at IS NULL FOR UPDATE
+SELECT id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb FROM teams WHERE id = $1 AND deleted_at IS NULL FOR UPDATE
 `
 
 // Locks the team's row for the rest of the transaction: serializes quota
@@ -204,12 +214,14 @@ func (q *Queries) LockTeam(ctx context.Context, id pgtype.UUID) (Team, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
 
 const renameTeam = `-- name: RenameTeam :one
-UPDATE teams SET name = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at
+UPDATE teams SET name = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
 `
 
 type RenameTeamParams struct {
@@ -233,12 +245,14 @@ func (q *Queries) RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, e
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
 
 const setTeamBYOC = `-- name: SetTeamBYOC :one
-UPDATE teams SET is_byoc = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at
+UPDATE teams SET is_byoc = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
 `
 
 type SetTeamBYOCParams struct {
@@ -262,6 +276,8 @@ func (q *Queries) SetTeamBYOC(ctx context.Context, arg SetTeamBYOCParams) (Team,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
@@ -274,7 +290,7 @@ UPDATE teams SET
   max_total_vcpus           = $4,
   max_total_memory_mb       = $5
 WHERE id = $6 AND deleted_at IS NULL
-RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at
+RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
 `
 
 type SetTeamQuotasParams struct {
@@ -310,6 +326,45 @@ func (q *Queries) SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (T
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
+	)
+	return i, err
+}
+
+const setTeamStorageQuotas = `-- name: SetTeamStorageQuotas :one
+UPDATE teams SET
+  max_paused_sandboxes = $1,
+  max_stored_mb        = $2
+WHERE id = $3 AND deleted_at IS NULL
+RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
+`
+
+type SetTeamStorageQuotasParams struct {
+	MaxPausedSandboxes pgtype.Int4 `json:"max_paused_sandboxes"`
+	MaxStoredMB        pgtype.Int8 `json:"max_stored_mb"`
+	ID                 pgtype.UUID `json:"id"`
+}
+
+// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
+func (q *Queries) SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error) {
+	row := q.db.QueryRow(ctx, setTeamStorageQuotas, arg.MaxPausedSandboxes, arg.MaxStoredMB, arg.ID)
+	var i Team
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.Slug,
+		&i.IsBYOC,
+		&i.MaxRunningSandboxes,
+		&i.MaxVCPUsPerSandbox,
+		&i.MaxMemoryMBPerSandbox,
+		&i.MaxTotalVCPUs,
+		&i.MaxTotalMemoryMB,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }
@@ -317,7 +372,7 @@ func (q *Queries) SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (T
 const softDeleteTeam = `-- name: SoftDeleteTeam :one
 UPDATE teams SET deleted_at = now()
 WHERE id = $1 AND deleted_at IS NULL AND id <> '00000000-0000-0000-0000-000000000000'
-RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at
+RETURNING id, name, slug, is_byoc, max_running_sandboxes, max_vcpus_per_sandbox, max_memory_mb_per_sandbox, max_total_vcpus, max_total_memory_mb, created_at, updated_at, deleted_at, max_paused_sandboxes, max_stored_mb
 `
 
 // The slug stays reserved. The platform team cannot be deleted.
@@ -337,6 +392,8 @@ func (q *Queries) SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, err
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.MaxPausedSandboxes,
+		&i.MaxStoredMB,
 	)
 	return i, err
 }

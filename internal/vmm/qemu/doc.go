@@ -6,7 +6,8 @@
 //
 // A machine is one QEMU process with, in this order of flags: guest RAM
 // as the memory backend "mem" (see below), -cpu host (KVM) or max (TCG),
-// the serial console appended to Spec.ConsoleLog, the kernel and initramfs
+// the serial console on a unix socket that the driver copies into
+// Spec.ConsoleLog (capped and rotated, see console.go), the kernel and initramfs
 // (cold boots only), one virtio-blk-device per disk (virtio-mmio devices,
 // which the guest finds through ACPI: the Debian cloud kernel lacks
 // VIRTIO_MMIO_CMDLINE_DEVICES), and a virtio-net-device on the TAP
@@ -153,13 +154,16 @@
 //
 // Spec.Dir holds vmm.json (pid, process start time, arguments, memory
 // mode and memfd number, devices; written atomically when QEMU starts,
-// removed when it exits), qmp.sock, qemu.log (QEMU's stdout and stderr)
-// and, by default, console.log. VMMs are not tied to the agent's life
+// removed when it exits), qmp.sock, console.sock, qemu.log (QEMU's stdout
+// and stderr) and, by default, console.log. VMMs are not tied to the agent's life
 // (Options.DieWithParent is for tests): a restarted agent calls
 // Driver.Adopt on each machine directory it wants to keep (the process
 // must be the recorded one: same pid and start time; the memfd is reopened
 // through /proc/<pid>/fd) and Driver.Cleanup on the others, which kills
-// through a pidfd and needs no working QMP. QEMU serves one QMP client at
-// a time, so an agent that hands machines over without exiting calls
-// Machine.Detach first.
+// through a pidfd and needs no working QMP. QEMU serves one QMP client
+// (and one console client) at a time, so an agent that hands machines over
+// without exiting calls Machine.Detach first. An adopted machine's console
+// is logged again (appended, under the recorded cap); what the guest
+// printed while no agent was attached is lost, by design: QEMU drops
+// console output that no client reads rather than stall the guest.
 package qemu

@@ -247,6 +247,9 @@ func (d *Driver) checkSpec(spec *vmm.Spec, boot bool) error {
 	if spec.ConsoleLog == "" {
 		spec.ConsoleLog = filepath.Join(spec.Dir, consoleFile)
 	}
+	if spec.ConsoleLogMax < 0 {
+		return fmt.Errorf("qemu: %s: negative console log cap %d", spec.ID, spec.ConsoleLogMax)
+	}
 	paths := []*string{&spec.Dir, &spec.ConsoleLog}
 	if boot {
 		paths = append(paths, &spec.Kernel)

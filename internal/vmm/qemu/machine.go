@@ -61,10 +61,19 @@ type record struct {
 	MAC         string     `json:"mac,omitempty"`
 	HostForward string     `json:"hostForward,omitempty"`
 	ConsoleLog  string     `json:"consoleLog"`
+	ConsoleMax  int64      `json:"consoleMax,omitempty"` // 0: vmm.DefaultConsoleLogMax
 	Started     time.Time  `json:"started"`
 }
 
 const recordVersion = 1
+
+// consoleMax is the cap of the machine's console log.
+func (r *record) consoleMax() int64 {
+	if r.ConsoleMax > 0 {
+		return r.ConsoleMax
+	}
+	return vmm.DefaultConsoleLogMax
+}
 
 // Machine is a running QEMU process.
 type Machine struct {
@@ -77,6 +86,9 @@ type Machine struct {
 	pidfd int         // adopted machines: a pidfd to signal and watch; else -1
 	qmp   *qmpClient
 	memfd *os.File // shared memory; nil for a private mapping
+	// console copies the serial console into its log; set before the
+	// exit watcher starts.
+	console *console
 
 	opMu sync.Mutex // one Snapshot at a time
 
@@ -173,6 +185,10 @@ func (m *Machine) finish(err error) {
 		if m.pidfd >= 0 {
 			unix.Close(m.pidfd)
 		}
+		if m.console != nil {
+			// What QEMU wrote before it exited is still to be read.
+			m.console.close(2 * time.Second)
+		}
 		removeRuntimeFiles(m.dir, m.rec.PID)
 		m.log.Info("machine exited", "pid", m.rec.PID, "shutdown", reason, "err", err)
 		close(m.done)
@@ -181,8 +197,9 @@ func (m *Machine) finish(err error) {
 
 // Detach lets go of a running machine without stopping it, so that
 // another process (a restarted or upgraded agent) can Adopt it: it closes
-// the QMP connection, since QEMU serves one client at a time. Snapshot
-// fails afterwards; Kill and Done still work.
+// the QMP and console connections, since QEMU serves one client at a
+// time. Snapshot fails afterwards, and the console is no longer logged
+// (QEMU drops it until the next Adopt); Kill and Done still work.
 func (m *Machine) Detach() {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -191,6 +208,9 @@ func (m *Machine) Detach() {
 	m.stateMu.Unlock()
 	if qmp != nil {
 		qmp.Close()
+	}
+	if m.console != nil {
+		m.console.close(0)
 	}
 }
 
@@ -300,6 +320,7 @@ func removeRuntimeFiles(dir string, pid int) {
 	}
 	os.Remove(filepath.Join(dir, recordFile))
 	os.Remove(filepath.Join(dir, qmpSocket))
+	os.Remove(filepath.Join(dir, consoleSocket))
 }
 
 // launchConfig is a machine to start: a cold boot, or a restore when
@@ -336,6 +357,7 @@ func (d *Driver) launch(ctx context.Context, cfg launchConfig) (*Machine, error)
 	// Whatever ran here before is gone.
 	os.Remove(filepath.Join(cfg.spec.Dir, recordFile))
 	os.Remove(filepath.Join(cfg.spec.Dir, qmpSocket))
+	os.Remove(filepath.Join(cfg.spec.Dir, consoleSocket))
 	for attempt := 0; ; attempt++ {
 		m, err := d.start(ctx, cfg)
 		if errors.Is(err, errPortBusy) && attempt < 3 {
@@ -361,16 +383,16 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 		"-smp", itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-chardev", "file,id=con0,append=on,path=" + optEscape(spec.ConsoleLog),
+		// Sockets relative to the process's working directory (spec.Dir):
+		// a unix socket path must stay short. The console: see console.go.
+		"-chardev", "socket,id=con0,path=" + consoleSocket + ",server=on,wait=off",
 		"-serial", "chardev:con0",
-		// Relative to the process's working directory (spec.Dir): a unix
-		// socket path must stay short.
 		"-qmp", "unix:" + qmpSocket + ",server=on,wait=off",
 	}
 	rec := record{
 		Version: recordVersion, ID: spec.ID, Binary: d.binary, Accel: d.accel,
 		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs, Disks: spec.Disks,
-		ConsoleLog: spec.ConsoleLog, Net: netKind(spec.Net),
+		ConsoleLog: spec.ConsoleLog, ConsoleMax: spec.ConsoleLogMax, Net: netKind(spec.Net),
 	}
 	mem := "memory-backend-file,id=" + memBackend + ",size=" + itoa(spec.MemoryMB) + "M"
 	if cfg.memfd != nil {
@@ -449,8 +471,18 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 		memfd = os.NewFile(uintptr(fd), cfg.memfd.Name())
 	}
 	logStart, _ := logf.Seek(0, 2)
+	mlog := d.log.With("machine", spec.ID)
+	// Connecting before QEMU starts: it retries until the socket exists.
+	con, err := followConsole(spec.Dir, spec.ConsoleLog, rec.consoleMax(), mlog)
+	if err != nil {
+		if memfd != nil {
+			memfd.Close()
+		}
+		return nil, err
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
+		con.close(0)
 		if memfd != nil {
 			memfd.Close()
 		}
@@ -459,8 +491,8 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	rec.PID = cmd.Process.Pid
 	rec.Started = start
 	m := &Machine{
-		d: d, log: d.log.With("machine", spec.ID), dir: spec.Dir, rec: rec,
-		proc: cmd.Process, pidfd: -1, memfd: memfd, done: make(chan struct{}),
+		d: d, log: mlog, dir: spec.Dir, rec: rec,
+		proc: cmd.Process, pidfd: -1, memfd: memfd, console: con, done: make(chan struct{}),
 	}
 	go func() { m.finish(cmd.Wait()) }()
 
@@ -548,7 +580,15 @@ func (d *Driver) Adopt(ctx context.Context, dir string) (*Machine, error) {
 		}
 		return fail(err)
 	}
-	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, done: make(chan struct{})}
+	con, err := followConsole(dir, rec.ConsoleLog, rec.consoleMax(), log)
+	if err != nil {
+		qmp.Close()
+		if memfd != nil {
+			memfd.Close()
+		}
+		return fail(err)
+	}
+	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, console: con, done: make(chan struct{})}
 	go m.watchPidfd()
 	go m.watchEvents()
 	m.log.Info("machine adopted", "pid", rec.PID)

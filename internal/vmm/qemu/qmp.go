@@ -174,6 +174,7 @@ func (c *qmpClient) read(greeting chan<- error) {
 			first = false
 			if m.Greeting == nil {
 				err = fmt.Errorf("unexpected first message")
+				greeting <- err
 				break
 			}
 			greeting <- nil
