@@ -14,8 +14,7 @@ import (
 	"syscall"
 
 	"github.com/capsulehq/capsule/internal/bench"
-	"github.com/capsulehq/capsule/internal/envd"
-	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 const usage = `usage: capsule <command> [flags]
@@ -52,14 +51,14 @@ func run(ctx context.Context, args []string) error {
 	}
 	switch args[0] {
 	case "version":
-		fmt.Printf("capsule (envd protocol %s)\n", envd.Version)
+		fmt.Printf("capsule (envd protocol %s)\n", envdapi.Version)
 		return nil
 	case "agent":
 		return runAgent(ctx, args[1:])
 	case "serve":
 		return runServe(ctx, args[1:])
 	case "migrate":
-		return store.RunMigrateCommand(ctx, args[1:], os.Stdout)
+		return runMigrate(ctx, args[1:], os.Stdout)
 	case "bench":
 		return runBench(ctx, args[1:])
 	case "image":

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/testenv"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -59,7 +59,7 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		t.Fatal(err)
 	}
 	signed := "/files?path=%2Fhome%2Fuser%2Fsteal.html&username=user&signature=" +
-		url.QueryEscape(envd.FileSignature("/home/user/steal.html", "read", "user", sb.EnvdToken, nil))
+		url.QueryEscape(envdapi.FileSignature("/home/user/steal.html", "read", "user", sb.EnvdToken, nil))
 	get := func(t *testing.T, base, path string, hdr map[string]string) (int, string, http.Header) {
 		t.Helper()
 		req, err := http.NewRequestWithContext(ctx, "GET", base+path, nil)

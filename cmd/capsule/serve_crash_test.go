@@ -25,14 +25,6 @@ import (
 // with SIGKILL. Their network slot pool (ccrash, 198.18.124.0/24 +
 // 198.18.125.0/24) is their own.
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if serveBinDir != "" {
-		os.RemoveAll(serveBinDir)
-	}
-	os.Exit(code)
-}
-
 var (
 	serveBinOnce sync.Once
 	serveBinDir  string

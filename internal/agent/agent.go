@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
+	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/vmm"
@@ -109,9 +110,9 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // ServeHTTP implements http.Handler: sandbox traffic (requests with
-// ProxySandboxHeader) goes to the proxy, the rest to the RPC handler.
+// agentproxy.SandboxHeader) goes to the proxy, the rest to the RPC handler.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get(ProxySandboxHeader) != "" {
+	if r.Header.Get(agentproxy.SandboxHeader) != "" {
 		a.serveProxy(w, r)
 		return
 	}

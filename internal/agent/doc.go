@@ -17,10 +17,12 @@
 // handlers (Config.Verifier).
 //
 // Besides the RPCs, the agent proxies sandbox traffic (proxy.go): a
-// request carrying ProxySandboxHeader goes, path, body and headers
-// unchanged, to ProxyPortHeader of that sandbox's guest; the control
-// plane's proxy (internal/proxy) authenticates with ProxyTokenHeader, so
-// the client's own Authorization header reaches the guest untouched.
+// request carrying agentproxy.SandboxHeader goes, path, body and headers
+// unchanged, to agentproxy.PortHeader of that sandbox's guest; the control
+// plane's proxy (internal/proxy) authenticates with agentproxy.TokenHeader, so
+// the client's own Authorization header reaches the guest untouched. The
+// headers and the error body are package agentproxy, the contract both
+// proxies import (the control plane never imports this package).
 // Connections to guests are pooled per machine.
 //
 // Errors are mapped to Connect codes in one place (errors.go):

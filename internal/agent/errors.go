@@ -10,7 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
@@ -99,7 +99,7 @@ func (a *Agent) fail(ctx context.Context, err error, conflict connect.Code) erro
 		if errors.Is(err, sandbox.ErrNoSpace) {
 			// ResourceExhausted either way; the class tells a full data
 			// disk from exhausted CPU or memory (agentclient.ErrNoSpace).
-			ce.Meta().Set(agentclient.ErrorClassHeader, agentclient.ClassNoSpace)
+			ce.Meta().Set(agentapi.ErrorClassHeader, agentapi.ClassNoSpace)
 		}
 		return ce
 	}

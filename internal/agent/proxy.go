@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,50 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/sandbox"
-)
-
-// The traffic proxy's headers. A request to the agent that carries
-// ProxySandboxHeader is sandbox traffic, whatever its path: the agent
-// forwards it, path, query, body and the other headers unchanged, to
-// ProxyPortHeader of that sandbox's guest. The caller (the control plane's
-// proxy, which has checked the client's access) authenticates with
-// ProxyTokenHeader ("Bearer <agent token>"), not Authorization, which
-// belongs to the client's request. The three are removed before the
-// request is forwarded.
-const (
-	ProxySandboxHeader = "Capsule-Proxy-Sandbox"
-	ProxyPortHeader    = "Capsule-Proxy-Port"
-	ProxyTokenHeader   = "Capsule-Proxy-Authorization"
-)
-
-// ProxyErrorHeader marks the agent's own proxy errors (the control plane
-// strips it): ProxyErrorNotFound when the agent does not run the sandbox.
-const (
-	ProxyErrorHeader   = "Capsule-Proxy-Error"
-	ProxyErrorNotFound = "sandbox-not-found"
-)
-
-// proxyError is E2B's proxy error body (spec §3.2): the SDKs read its
-// fields.
-type proxyError struct {
-	SandboxID string `json:"sandboxId,omitempty"`
-	Message   string `json:"message"`
-	Port      int    `json:"port,omitempty"`
-	Code      int    `json:"code"`
-}
-
-// WriteProxyError writes an E2B-shaped proxy error.
-func WriteProxyError(w http.ResponseWriter, status int, sandboxID string, port int, msg string) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(proxyError{SandboxID: sandboxID, Message: msg, Port: port, Code: status})
-}
-
-// Messages of the proxy errors the SDKs recognise.
-const (
-	MsgSandboxNotFound = "The sandbox was not found"
-	MsgPortClosed      = "The sandbox is running but port is not open"
 )
 
 func newProxyTransport() *http.Transport {
@@ -94,27 +51,27 @@ type proxyTargetKey struct{}
 
 // serveProxy forwards sandbox traffic to the guest.
 func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
-	id := r.Header.Get(ProxySandboxHeader)
-	token, ok := bearerValue(r.Header.Get(ProxyTokenHeader))
+	id := r.Header.Get(agentproxy.SandboxHeader)
+	token, ok := bearerValue(r.Header.Get(agentproxy.TokenHeader))
 	if !ok || a.verifier.Verify(r.Context(), token) != nil {
 		a.log.WarnContext(r.Context(), "proxy request refused: bad token", "remote", r.RemoteAddr)
-		WriteProxyError(w, http.StatusUnauthorized, "", 0, "unauthenticated")
+		agentproxy.WriteError(w, http.StatusUnauthorized, "", 0, "unauthenticated")
 		return
 	}
-	port, err := strconv.Atoi(r.Header.Get(ProxyPortHeader))
+	port, err := strconv.Atoi(r.Header.Get(agentproxy.PortHeader))
 	if err != nil || port < 1 || port > 65535 {
-		WriteProxyError(w, http.StatusBadRequest, id, 0, "Invalid sandbox port")
+		agentproxy.WriteError(w, http.StatusBadRequest, id, 0, "Invalid sandbox port")
 		return
 	}
 	info, err := a.mgr.Get(id)
 	if err != nil || info.State != sandbox.StateRunning || info.HostAddr == "" {
-		w.Header().Set(ProxyErrorHeader, ProxyErrorNotFound)
-		WriteProxyError(w, http.StatusBadGateway, id, 0, MsgSandboxNotFound)
+		w.Header().Set(agentproxy.ErrorHeader, agentproxy.ErrorNotFound)
+		agentproxy.WriteError(w, http.StatusBadGateway, id, 0, agentproxy.MsgSandboxNotFound)
 		return
 	}
 	addr, err := netip.ParseAddr(info.HostAddr)
 	if err != nil {
-		WriteProxyError(w, http.StatusBadGateway, id, 0, MsgSandboxNotFound)
+		agentproxy.WriteError(w, http.StatusBadGateway, id, 0, agentproxy.MsgSandboxNotFound)
 		return
 	}
 	_ = a.mgr.Ping(id) // traffic is activity
@@ -138,7 +95,7 @@ func (a *Agent) newReverseProxy() *httputil.ReverseProxy {
 			t := pr.In.Context().Value(proxyTargetKey{}).(*proxyTarget)
 			pr.SetURL(t.url)
 			pr.Out.Host = pr.In.Host
-			for _, h := range []string{ProxySandboxHeader, ProxyPortHeader, ProxyTokenHeader} {
+			for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader} {
 				pr.Out.Header.Del(h)
 			}
 		},
@@ -147,14 +104,14 @@ func (a *Agent) newReverseProxy() *httputil.ReverseProxy {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			t := r.Context().Value(proxyTargetKey{}).(*proxyTarget)
 			if errors.Is(err, syscall.ECONNREFUSED) {
-				WriteProxyError(w, http.StatusBadGateway, t.sandboxID, t.port, MsgPortClosed)
+				agentproxy.WriteError(w, http.StatusBadGateway, t.sandboxID, t.port, agentproxy.MsgPortClosed)
 				return
 			}
 			if r.Context().Err() != nil {
 				return // the client went away
 			}
 			a.log.WarnContext(r.Context(), "proxy", "sandbox", t.sandboxID, "port", t.port, "err", err)
-			WriteProxyError(w, http.StatusBadGateway, t.sandboxID, t.port, MsgPortClosed)
+			agentproxy.WriteError(w, http.StatusBadGateway, t.sandboxID, t.port, agentproxy.MsgPortClosed)
 		},
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
-	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/agentproxy"
 )
 
 // TestAgentProxy: sandbox traffic through the agent's proxy reaches a
@@ -40,11 +40,11 @@ chmod +x /tmp/www/cgi-bin/hang && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, method, e.url+path, body)
 		req.Host = port + "-" + sandbox + ".capsule.test"
-		req.Header.Set(agent.ProxySandboxHeader, sandbox)
-		req.Header.Set(agent.ProxyPortHeader, port)
+		req.Header.Set(agentproxy.SandboxHeader, sandbox)
+		req.Header.Set(agentproxy.PortHeader, port)
 		req.Header.Set("Authorization", "Bearer client-own-token")
 		if token != "" {
-			req.Header.Set(agent.ProxyTokenHeader, "Bearer "+token)
+			req.Header.Set(agentproxy.TokenHeader, "Bearer "+token)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -104,9 +104,9 @@ chmod +x /tmp/www/cgi-bin/hang && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 		}
 	}
 	resp, body = do("GET", "/", "8081", id, token, nil)
-	check("closed port", resp, body, 502, errBody{id, agent.MsgPortClosed, 8081, 502})
+	check("closed port", resp, body, 502, errBody{id, agentproxy.MsgPortClosed, 8081, 502})
 	resp, body = do("GET", "/", "8080", "nosuchsandbox", token, nil)
-	check("unknown sandbox", resp, body, 502, errBody{"nosuchsandbox", agent.MsgSandboxNotFound, 0, 502})
+	check("unknown sandbox", resp, body, 502, errBody{"nosuchsandbox", agentproxy.MsgSandboxNotFound, 0, 502})
 	resp, body = do("GET", "/", "8080", id, "", nil)
 	check("no proxy token", resp, body, 401, errBody{"", "unauthenticated", 0, 401})
 	resp, body = do("GET", "/", "8080", id, token+"x", nil)
@@ -117,9 +117,9 @@ chmod +x /tmp/www/cgi-bin/hang && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 	// A request in flight (a response that never ends) is ended when the
 	// sandbox stops: its machine would never close the connection.
 	hreq, _ := http.NewRequestWithContext(ctx, "GET", e.url+"/cgi-bin/hang", nil)
-	hreq.Header.Set(agent.ProxySandboxHeader, id)
-	hreq.Header.Set(agent.ProxyPortHeader, "8080")
-	hreq.Header.Set(agent.ProxyTokenHeader, "Bearer "+token)
+	hreq.Header.Set(agentproxy.SandboxHeader, id)
+	hreq.Header.Set(agentproxy.PortHeader, "8080")
+	hreq.Header.Set(agentproxy.TokenHeader, "Bearer "+token)
 	hresp, err := http.DefaultClient.Do(hreq)
 	if err != nil || hresp.StatusCode != 200 {
 		t.Fatalf("hanging request: %v %v", hresp, err)
@@ -138,5 +138,5 @@ chmod +x /tmp/www/cgi-bin/hang && busybox httpd -p 127.0.0.1:8080 -h /tmp/www`)
 		t.Fatal("a proxied response of the paused sandbox is still open")
 	}
 	resp, body = do("GET", "/", "8080", id, token, nil)
-	check("paused sandbox", resp, body, 502, errBody{id, agent.MsgSandboxNotFound, 0, 502})
+	check("paused sandbox", resp, body, 502, errBody{id, agentproxy.MsgSandboxNotFound, 0, 502})
 }

@@ -11,7 +11,7 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -32,7 +32,7 @@ func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHost
 	out := &pb.GetHostInfoResponse{
 		AgentVersion: a.cfg.Version,
 		Revision:     Revision,
-		EnvdVersion:  envd.Version,
+		EnvdVersion:  envdapi.Version,
 		Hostname:     hostname(),
 		Capacity:     &pb.Resources{Vcpus: uint32(c.VCPUs), MemoryMb: uint64(c.MemoryMB), DiskMb: uint64(c.DiskMB)},
 		Used:         &pb.Resources{},

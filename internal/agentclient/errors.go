@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"connectrpc.com/connect"
+
+	"github.com/capsulehq/capsule/internal/agentapi"
 )
 
 // Error classes of agent failures, for errors.Is.
@@ -48,10 +50,11 @@ func (e *Error) Error() string { return e.Err.Error() }
 func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
 
 // ErrorClassHeader is the error metadata key by which the agent refines a
-// Connect code: ClassNoSpace on ResourceExhausted is ErrNoSpace.
+// Connect code: ClassNoSpace on ResourceExhausted is ErrNoSpace. The
+// contract is package agentapi's, which the agent imports.
 const (
-	ErrorClassHeader = "Capsule-Error-Class"
-	ClassNoSpace     = "no-space"
+	ErrorClassHeader = agentapi.ErrorClassHeader
+	ClassNoSpace     = agentapi.ClassNoSpace
 )
 
 // kinds maps Connect codes to classes.

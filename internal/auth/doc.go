@@ -89,6 +89,15 @@
 // Suggested limits: LoginLimitPerIP, LoginLimitPerEmail, SignupLimitPerIP,
 // UserSearchLimitPerUser.
 //
+// The token bucket is not golang.org/x/time/rate: rate.Limiter is one
+// bucket, and what the limiter needs around its buckets is the map of keys,
+// the bound on them, the eviction of refilled ones and the Retry-After
+// computation, all of which would stay here. Its bucket arithmetic, which
+// the library would replace, is a few lines of GCRA over one timestamp per
+// key (a rate.Limiter per key would hold a mutex and four fields for each
+// of up to DefaultMaxKeys keys). The tests pin the refill, burst and
+// eviction behaviour with an injected clock.
+//
 // # Secrets and key separation
 //
 // One server secret (≥ 32 bytes, MinSecretLen) can feed everything: each

@@ -8,7 +8,7 @@
 //
 // (E2B_SANDBOX_URL is the sandbox listener, capsule serve -sandbox-listen:
 // sandbox traffic is never served on the API's origin.)
-// The wire contract is ../../shared/spec/e2b-compat.md (§4): JSON names,
+// The wire contract is docs/e2b-compat.md (§4): JSON names,
 // status codes and the error branches the SDKs take. capsule serve mounts
 // the Handler on the API listener, before the native API (Matches picks E2B's paths
 // by their first segment, none of which the native API uses).
@@ -48,7 +48,7 @@
 //     it (pauses always keep memory here); other unknown fields are
 //     ignored. The machine shape is the template's (service defaults for
 //     images).
-//   - Sandbox (create, connect, resume): envdVersion is envd.Version,
+//   - Sandbox (create, connect, resume): envdVersion is envdapi.Version,
 //     envdAccessToken the service's HMAC of the sandbox ID (stable for its
 //     whole life), trafficAccessToken null unless traffic is private,
 //     domain the configured sandbox domain with the sandbox listener's port

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/service/servicetest"
 	"github.com/capsulehq/capsule/internal/store"
@@ -23,7 +23,7 @@ import (
 // TestMain stops this process's PostgreSQL test server after the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	pgembed.StopTestServer()
+	pgtest.StopTestServer()
 	os.Exit(code)
 }
 

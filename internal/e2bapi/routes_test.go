@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -125,7 +125,7 @@ func TestGetSandbox(t *testing.T) {
 	r.expect(t, 200, &got)
 	checkKeys(t, "SandboxDetail", r.body, detailKeys...)
 	if got.SandboxID != f.running || got.TemplateID != "minimal" || got.Alias != "minimal" || got.ClientID != clientID ||
-		got.State != "running" || got.EnvdVersion != envd.Version || got.CPUCount != 1 || got.MemoryMB != 256 ||
+		got.State != "running" || got.EnvdVersion != envdapi.Version || got.CPUCount != 1 || got.MemoryMB != 256 ||
 		got.EnvdAccessToken != auth.EnvdAccessToken(testSecret, f.running) || got.Domain == nil || *got.Domain != testDomain ||
 		got.Metadata["a b"] != "c&d" || got.Lifecycle != (lifecycleJSON{OnTimeout: "pause"}) || !got.Network.AllowPublicTraffic ||
 		!got.AllowInternetAccess || !got.EndAt.Equal(noDeadline) {
@@ -401,7 +401,7 @@ func TestLifecycleRoutesWithoutAgent(t *testing.T) {
 	r.expect(t, 200, &sb)
 	checkKeys(t, "Sandbox", r.body, sandboxKeys...)
 	if sb.SandboxID != f.running || sb.EnvdAccessToken != auth.EnvdAccessToken(testSecret, f.running) || sb.TrafficAccessToken != nil ||
-		sb.Domain == nil || *sb.Domain != testDomain || sb.EnvdVersion != envd.Version || sb.ClientID != clientID {
+		sb.Domain == nil || *sb.Domain != testDomain || sb.EnvdVersion != envdapi.Version || sb.ClientID != clientID {
 		t.Fatalf("connect: %+v", sb)
 	}
 	if end := get(f.running).EndAt.Time; time.Until(end) < 290*time.Second {

@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/capsulehq/capsule/internal/api"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
@@ -192,7 +192,7 @@ func (h *Handler) listTemplates(w http.ResponseWriter, r *http.Request, p servic
 		out = append(out, templateJSON{
 			TemplateID: name, BuildID: name, CPUCount: service.DefaultVCPUs, MemoryMB: service.DefaultMemoryMB,
 			Public: true, Aliases: []string{name}, Names: []string{name}, BuildCount: 1,
-			EnvdVersion: envd.Version, BuildStatus: "ready",
+			EnvdVersion: envdapi.Version, BuildStatus: "ready",
 		})
 	}
 	seen := map[string]bool{}
@@ -205,7 +205,7 @@ func (h *Handler) listTemplates(w http.ResponseWriter, r *http.Request, p servic
 			TemplateID: s.Name, BuildID: service.TemplateID(s.ID), CPUCount: s.VCPUs, MemoryMB: s.MemoryMB,
 			DiskSizeMB: s.DiskMB, Public: s.Public, Aliases: []string{s.Name}, Names: []string{s.Name},
 			CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.CreatedAt.UTC(), BuildCount: 1,
-			EnvdVersion: envd.Version, BuildStatus: "ready",
+			EnvdVersion: envdapi.Version, BuildStatus: "ready",
 		})
 	}
 	writeJSON(w, http.StatusOK, out)

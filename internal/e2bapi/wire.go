@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 )
@@ -125,7 +125,7 @@ var e2bStates = map[string][]string{
 func (h *Handler) sandboxOf(sb service.Sandbox) sandboxJSON {
 	out := sandboxJSON{
 		TemplateID: sb.Template, Alias: sb.Template, SandboxID: service.ID(sb.ID), ClientID: clientID,
-		EnvdVersion: envd.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: h.domain,
+		EnvdVersion: envdapi.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: h.domain,
 	}
 	if sb.TrafficToken != "" {
 		tok := sb.TrafficToken
@@ -139,7 +139,7 @@ func listedOf(sb service.Sandbox) listedSandboxJSON {
 	out := listedSandboxJSON{
 		TemplateID: sb.Template, Alias: sb.Template, SandboxID: service.ID(sb.ID), ClientID: clientID,
 		StartedAt: sb.CreatedAt.UTC(), CPUCount: sb.VCPUs, MemoryMB: sb.MemoryMB, DiskSizeMB: sb.DiskMB,
-		State: state, EnvdVersion: envd.Version,
+		State: state, EnvdVersion: envdapi.Version,
 	}
 	if sb.StartedAt.Valid {
 		out.StartedAt = sb.StartedAt.Time.UTC()

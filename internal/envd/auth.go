@@ -1,14 +1,14 @@
 package envd
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 const msgUnauthorized = "unauthorized access, please provide a valid access token or method signing if supported"
@@ -88,33 +88,16 @@ func (s *Server) checkFilesAuth(r *http.Request, operation string) error {
 	return nil
 }
 
-// FileSignature computes the v1 signature of a /files URL: "v1_" + unpadded
-// standard base64 of SHA-256("path:operation:username:token[:expiration]").
-// operation is "read" or "write".
+// FileSignature computes the v1 signature of a /files URL
+// (envdapi.FileSignature, where clients find it).
 func FileSignature(path, operation, username, token string, expiration *int64) string {
-	in := path + ":" + operation + ":" + username + ":" + token
-	if expiration != nil {
-		in += ":" + strconv.FormatInt(*expiration, 10)
-	}
-	sum := sha256.Sum256([]byte(in))
-	return "v1_" + strings.TrimRight(base64.StdEncoding.EncodeToString(sum[:]), "=")
+	return envdapi.FileSignature(path, operation, username, token, expiration)
 }
 
 // SignedFilesQuery returns the query string of a signed /files URL, as the
-// SDK builds it (useful to hosts that hand out download links).
+// SDK builds it (envdapi.SignedFilesQuery).
 func SignedFilesQuery(path, operation, username, token string, expiration *int64) string {
-	v := url.Values{}
-	if username != "" {
-		v.Set("username", username)
-	}
-	if path != "" {
-		v.Set("path", path)
-	}
-	v.Set("signature", FileSignature(path, operation, username, token, expiration))
-	if expiration != nil {
-		v.Set("signature_expiration", strconv.FormatInt(*expiration, 10))
-	}
-	return v.Encode()
+	return envdapi.SignedFilesQuery(path, operation, username, token, expiration)
 }
 
 var errNoBasicUser = errors.New("no user in Authorization header")

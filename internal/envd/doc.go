@@ -1,5 +1,5 @@
 // Package envd is the in-sandbox agent. It speaks E2B's envd protocol exactly
-// (spec/e2b-compat.md §5–§7) so that the unmodified E2B SDKs can drive a
+// (docs/e2b-compat.md §5–§7) so that the unmodified E2B SDKs can drive a
 // Capsule sandbox:
 //
 //   - process.Process (process.go, procman.go): start, attach, signal and feed

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 // writeJSONError writes envd's REST error shape {"code":status,"message":msg}.
@@ -35,24 +37,11 @@ func (s *Server) handleEnvs(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.environ())
 }
 
-// InitRequest is the body of POST /init (spec §7.5).
-type InitRequest struct {
-	EnvVars        map[string]string `json:"envVars,omitempty"`
-	AccessToken    *string           `json:"accessToken,omitempty"`
-	Timestamp      *time.Time        `json:"timestamp,omitempty"`
-	DefaultUser    string            `json:"defaultUser,omitempty"`
-	DefaultWorkdir string            `json:"defaultWorkdir,omitempty"`
-	CABundle       string            `json:"caBundle,omitempty"`
-	VolumeMounts   []VolumeMount     `json:"volumeMounts,omitempty"`
-	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
-	LifecycleID    string            `json:"lifecycleID,omitempty"`
-}
+// InitRequest is the body of POST /init; its wire shape is envdapi's.
+type InitRequest = envdapi.InitRequest
 
 // VolumeMount is an NFS mount requested by /init.
-type VolumeMount struct {
-	NFSTarget string `json:"nfs_target"`
-	Path      string `json:"path"`
-}
+type VolumeMount = envdapi.VolumeMount
 
 // handleInit applies POST /init. A request whose timestamp is not newer than
 // the last applied one changes nothing; one without a timestamp always
@@ -204,19 +193,8 @@ func (s *Server) installCABundle(pem string) error {
 	return err
 }
 
-// Metrics is the body of GET /metrics.
-type Metrics struct {
-	Timestamp  int64   `json:"ts"`
-	CPUCount   int     `json:"cpu_count"`
-	CPUUsedPct float64 `json:"cpu_used_pct"`
-	MemTotal   uint64  `json:"mem_total"`
-	MemUsed    uint64  `json:"mem_used"`
-	MemCache   uint64  `json:"mem_cache"`
-	MemTotalMi uint64  `json:"mem_total_mib"`
-	MemUsedMi  uint64  `json:"mem_used_mib"`
-	DiskUsed   uint64  `json:"disk_used"`
-	DiskTotal  uint64  `json:"disk_total"`
-}
+// Metrics is the body of GET /metrics; its wire shape is envdapi's.
+type Metrics = envdapi.Metrics
 
 func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	m, err := s.collectMetrics()

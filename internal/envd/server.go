@@ -13,15 +13,16 @@ import (
 
 	"github.com/capsulehq/capsule/gen/envd/filesystem/filesystemconnect"
 	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 // Version is the envd protocol version this agent implements and advertises
-// (spec §8). 0.6.13 is the E2B reference; every SDK 2.51.0 feature gate
-// (≤ 0.6.4) is implemented.
-const Version = "0.6.13"
+// (envdapi.Version, where clients read it).
+const Version = envdapi.Version
 
-// DefaultPort is the TCP port envd listens on in every sandbox.
-const DefaultPort = 49983
+// DefaultPort is the TCP port envd listens on in every sandbox
+// (envdapi.DefaultPort).
+const DefaultPort = envdapi.DefaultPort
 
 // Config configures a Server.
 type Config struct {

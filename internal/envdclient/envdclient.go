@@ -19,7 +19,7 @@ import (
 	"github.com/capsulehq/capsule/gen/envd/filesystem/filesystemconnect"
 	pb "github.com/capsulehq/capsule/gen/envd/process"
 	"github.com/capsulehq/capsule/gen/envd/process/processconnect"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 // Client talks to one envd.
@@ -87,7 +87,7 @@ func (c *Client) WaitHealthy(ctx context.Context, abort <-chan struct{}) error {
 }
 
 // Init sends POST /init, retrying until it is accepted or ctx ends.
-func (c *Client) Init(ctx context.Context, req envd.InitRequest) error {
+func (c *Client) Init(ctx context.Context, req envdapi.InitRequest) error {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return err
@@ -253,7 +253,7 @@ func (h headerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFun
 }
 
 // Metrics samples the guest's resource use (GET /metrics).
-func (c *Client) Metrics(ctx context.Context) (*envd.Metrics, error) {
+func (c *Client) Metrics(ctx context.Context) (*envdapi.Metrics, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
 	if err != nil {
 		return nil, err
@@ -267,7 +267,7 @@ func (c *Client) Metrics(ctx context.Context) (*envd.Metrics, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError("metrics", "", resp)
 	}
-	var m envd.Metrics
+	var m envdapi.Metrics
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&m); err != nil {
 		return nil, fmt.Errorf("envd metrics: %w", err)
 	}

@@ -41,7 +41,7 @@
 //     BasePackages, user "user" (uid 1000, /bin/bash, member of sudo,
 //     NOPASSWD in /etc/sudoers.d/user), /home/user from /etc/skel, /code
 //     owned by user, /usr/local writable by all, envd; no mcp-gateway —
-//     what E2B's SDK tests expect of "base" (spec/e2b-compat.md §10). 2 GiB
+//     what E2B's SDK tests expect of "base" (docs/e2b-compat.md §10). 2 GiB
 //     by default.
 //
 // The size is the filesystem's size, so the free space inside is real;

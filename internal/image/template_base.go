@@ -12,7 +12,7 @@ const BaseSuite = "bookworm"
 
 // BasePackages are installed into the base template on top of
 // debootstrap's minbase variant: what the E2B SDKs' tests expect of a
-// template called "base" (spec/e2b-compat.md §10) and a usable shell.
+// template called "base" (docs/e2b-compat.md §10) and a usable shell.
 var BasePackages = []string{
 	"bash", "ca-certificates", "coreutils", "curl", "git", "iproute2", "less",
 	"netbase", "procps", "python-is-python3", "python3", "sudo", "util-linux",

@@ -45,6 +45,8 @@
 //
 // # Tests
 //
-// StartForTest gives each test a fresh, migrated database cloned from a
-// template database on one server per test process (see testing.go).
+// The test helpers are in package pgembed/pgtest (pgtest.StartForTest gives
+// each test a fresh, migrated database cloned from a template database on
+// one server per test process), so that this package, which capsule serve
+// links, does not link the testing package.
 package pgembed

@@ -228,9 +228,7 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv("PGEMBED_PDEATHSIG_DIR"); dir != "" {
 		pdeathsigHelper(dir)
 	}
-	code := m.Run()
-	StopTestServer()
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // pdeathsigHelper is the child of TestParentDeath: it starts a server,
@@ -389,29 +387,5 @@ func TestQuoteDSN(t *testing.T) {
 	}
 	if cfg.Host != "/tmp/a b'c" {
 		t.Errorf("host = %q", cfg.Host)
-	}
-}
-
-func TestStartForTest(t *testing.T) {
-	a := StartForTest(t)
-	b := StartForTest(t)
-	if a == b {
-		t.Fatal("two tests share a database")
-	}
-	ca, cb := connect(t, a), connect(t, b)
-	if _, err := ca.Exec(context.Background(), "INSERT INTO users (email) VALUES ('a@example.com')"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*pgx.Conn{ca, cb} {
-		if got := queryString(t, c, "SELECT name FROM teams WHERE id = '00000000-0000-0000-0000-000000000000'"); got != "Platform" {
-			t.Errorf("platform team name = %q", got)
-		}
-	}
-	if got := queryString(t, cb, "SELECT count(*)::text FROM users"); got != "0" {
-		t.Errorf("b sees %s users of a", got)
-	}
-	e := connect(t, EmptyDatabaseForTest(t))
-	if got := queryString(t, e, "SELECT count(*)::text FROM pg_tables WHERE schemaname = 'public'"); got != "0" {
-		t.Errorf("empty database has %s tables", got)
 	}
 }

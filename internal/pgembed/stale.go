@@ -111,6 +111,10 @@ func processIn(pid int, dir string) bool {
 	return cwd == want || cwd == dir
 }
 
+// Running reports whether postgres processes work in the data directory
+// pgdata (a server that is up, or still shutting down).
+func Running(pgdata string) bool { return len(processesIn(pgdata)) > 0 }
+
 // processesIn lists the postgres processes working in dir.
 func processesIn(dir string) []int {
 	ents, err := os.ReadDir("/proc")

@@ -1,6 +1,6 @@
 // Package proxy is the control plane's sandbox traffic proxy: it routes
 // a request to a port of a sandbox's guest the way E2B's proxy does
-// (../shared/spec/e2b-compat.md §3), checks who may reach that port, and
+// (docs/e2b-compat.md §3), checks who may reach that port, and
 // forwards it through the host agent that runs the sandbox (the agent's
 // proxy, internal/agent/proxy.go, relays it to the guest).
 //

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/agentproxy"
 )
 
 // FuzzTarget: whatever Host and routing headers a client sends, target
@@ -153,11 +153,11 @@ func FuzzServeHTTP(f *testing.F) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, up := range got {
-			port, _ := strconv.Atoi(up.Header.Get(agent.ProxyPortHeader))
+			port, _ := strconv.Atoi(up.Header.Get(agentproxy.PortHeader))
 			p := path.Clean("/" + up.URL.Path)
 			switch {
-			case up.Header.Get(agent.ProxySandboxHeader) != "abc123":
-				t.Fatalf("%q reached the agent for sandbox %q", raw.String(), up.Header.Get(agent.ProxySandboxHeader))
+			case up.Header.Get(agentproxy.SandboxHeader) != "abc123":
+				t.Fatalf("%q reached the agent for sandbox %q", raw.String(), up.Header.Get(agentproxy.SandboxHeader))
 			case up.Header.Get(HeaderAPIKey) != "":
 				t.Fatalf("%q: the API key reached the agent", raw.String())
 			case port == EnvdPort && internalRoutes[p]:
@@ -168,7 +168,7 @@ func FuzzServeHTTP(f *testing.F) {
 					t.Fatalf("%q reached envd without its access token", raw.String())
 				}
 			case port < 1 || port > 65535:
-				t.Fatalf("%q reached the agent for port %q", raw.String(), up.Header.Get(agent.ProxyPortHeader))
+				t.Fatalf("%q reached the agent for port %q", raw.String(), up.Header.Get(agentproxy.PortHeader))
 			default:
 				if up.Header.Get(HeaderTrafficToken) != fuzzTrafficToken && apiKey != fuzzAPIKey {
 					t.Fatalf("%q reached port %d without the traffic token or the team's API key", raw.String(), port)

@@ -19,8 +19,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/agent"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/agentproxy"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 // EnvdPort is envd's port in every guest.
@@ -153,8 +153,8 @@ func New(cfg Config) (*Handler, error) {
 		ErrorHandler:  h.forwardError,
 		// The agent's "sandbox not found" means the route went stale.
 		ModifyResponse: func(resp *http.Response) error {
-			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agent.ProxyErrorHeader) == agent.ProxyErrorNotFound {
-				h.forget(resp.Request.Header.Get(agent.ProxySandboxHeader))
+			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agentproxy.ErrorHeader) == agentproxy.ErrorNotFound {
+				h.forget(resp.Request.Header.Get(agentproxy.SandboxHeader))
 			}
 			if rt, ok := resp.Request.Context().Value(routeKey{}).(*routed); ok && rt.files {
 				hardenFileResponse(resp.Header, rt.filePath)
@@ -336,7 +336,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if id = h.signedFileTarget(r); id == "" {
 			// No running sandbox signed it: E2B's answer for a sandbox it
 			// cannot find.
-			agent.WriteProxyError(w, http.StatusBadGateway, "", 0, agent.MsgSandboxNotFound)
+			agentproxy.WriteError(w, http.StatusBadGateway, "", 0, agentproxy.MsgSandboxNotFound)
 			return
 		}
 		port, bad = EnvdPort, ""
@@ -363,7 +363,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if !errors.Is(err, ErrNotFound) {
 				h.log.WarnContext(r.Context(), "resolve sandbox", "sandbox", id, "err", err)
 			}
-			agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+			agentproxy.WriteError(w, http.StatusBadGateway, id, 0, agentproxy.MsgSandboxNotFound)
 			return
 		}
 		if status, body := h.authorize(r, rt, port); status != 0 {
@@ -373,7 +373,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rt.Asleep && port == EnvdPort && r.Header.Get(HeaderAccessToken) == "" && !isFilesPath(r.URL.Path) {
 			// envd's open /health (the SDKs' liveness probe) is no reason
 			// to resume a sandbox: it is not running.
-			agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+			agentproxy.WriteError(w, http.StatusBadGateway, id, 0, agentproxy.MsgSandboxNotFound)
 			return
 		}
 		if rt.Asleep {
@@ -382,7 +382,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if !errors.Is(err, ErrNotFound) {
 					h.log.WarnContext(r.Context(), "resume sandbox for traffic", "sandbox", id, "err", err)
 				}
-				agent.WriteProxyError(w, http.StatusBadGateway, id, 0, agent.MsgSandboxNotFound)
+				agentproxy.WriteError(w, http.StatusBadGateway, id, 0, agentproxy.MsgSandboxNotFound)
 				return
 			}
 		}
@@ -434,11 +434,11 @@ func (s *staleWriter) WriteHeader(code int) {
 	}
 	s.decided = true
 	h := s.Header()
-	if code == http.StatusBadGateway && h.Get(agent.ProxyErrorHeader) == agent.ProxyErrorNotFound {
+	if code == http.StatusBadGateway && h.Get(agentproxy.ErrorHeader) == agentproxy.ErrorNotFound {
 		s.stale = true
 		return
 	}
-	h.Del(agent.ProxyErrorHeader)
+	h.Del(agentproxy.ErrorHeader)
 	dst := s.w.Header()
 	for k, v := range h {
 		dst[k] = v
@@ -577,7 +577,7 @@ func (h *Handler) checkSignature(r *http.Request, rt Route) string {
 	if !ok {
 		return "invalid signature expiration"
 	}
-	if rt.EnvdAccessToken == "" || !equal(q.Get("signature"), envd.FileSignature(q.Get("path"), fileOperation(r.Method), q.Get("username"), rt.EnvdAccessToken, exp)) {
+	if rt.EnvdAccessToken == "" || !equal(q.Get("signature"), envdapi.FileSignature(q.Get("path"), fileOperation(r.Method), q.Get("username"), rt.EnvdAccessToken, exp)) {
 		return "invalid signature"
 	}
 	if exp != nil && *exp < h.cfg.Now().Unix() {
@@ -599,9 +599,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(u)
 	pr.Out.Host = pr.In.Host
 	pr.Out.Header.Del(HeaderAPIKey)
-	pr.Out.Header.Set(agent.ProxySandboxHeader, rt.route.SandboxID)
-	pr.Out.Header.Set(agent.ProxyPortHeader, strconv.Itoa(rt.port))
-	pr.Out.Header.Set(agent.ProxyTokenHeader, "Bearer "+rt.route.AgentToken)
+	pr.Out.Header.Set(agentproxy.SandboxHeader, rt.route.SandboxID)
+	pr.Out.Header.Set(agentproxy.PortHeader, strconv.Itoa(rt.port))
+	pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
 	pr.SetXForwarded()
 }
 
@@ -611,7 +611,7 @@ func (h *Handler) forwardError(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	h.log.WarnContext(r.Context(), "forward to the agent", "sandbox", rt.route.SandboxID, "port", rt.port, "err", err)
-	agent.WriteProxyError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agent.MsgSandboxNotFound)
+	agentproxy.WriteError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agentproxy.MsgSandboxNotFound)
 }
 
 func newTransport() *http.Transport {

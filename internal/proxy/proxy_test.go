@@ -21,7 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/service/agenttest"
@@ -222,11 +222,11 @@ func TestProxyAccessRules(t *testing.T) {
 	// Signed file URLs on the plain server address (what the SDKs'
 	// downloadUrl/uploadUrl are with E2B_SANDBOX_URL): routed by the
 	// sandbox whose token signed them.
-	read := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", private.EnvdAccessToken, nil))
+	read := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envdapi.FileSignature("/etc/hostname", "read", "", private.EnvdAccessToken, nil))
 	if c, body = f.do("GET", "localhost", read, nil, nil); c != 200 || body == "" {
 		t.Fatalf("signed download URL: %d %s", c, body)
 	}
-	forged := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", "not-the-token", nil))
+	forged := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envdapi.FileSignature("/etc/hostname", "read", "", "not-the-token", nil))
 	if c, body = f.do("GET", "localhost", forged, nil, nil); c != 502 {
 		t.Fatalf("forged signed URL: %d %s", c, body)
 	}
@@ -244,7 +244,7 @@ func TestProxyAccessRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Minute).Unix()
-	signedHTML := "/files?path=%2Fhome%2Fuser%2Fevil.html&signature=" + url.QueryEscape(envd.FileSignature("/home/user/evil.html", "read", "", private.EnvdAccessToken, &exp)) +
+	signedHTML := "/files?path=%2Fhome%2Fuser%2Fevil.html&signature=" + url.QueryEscape(envdapi.FileSignature("/home/user/evil.html", "read", "", private.EnvdAccessToken, &exp)) +
 		"&signature_expiration=" + fmt.Sprint(exp)
 	for _, tc := range []struct {
 		name, host, path string
@@ -344,7 +344,7 @@ func TestProxyAccessRules(t *testing.T) {
 	if _, err := f.env.Sandboxes.Pause(f.ctx, f.team, sleeper.ID); err != nil {
 		t.Fatal(err)
 	}
-	forgedSig := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envd.FileSignature("/etc/hostname", "read", "", "forged", nil))
+	forgedSig := "/files?path=%2Fetc%2Fhostname&signature=" + url.QueryEscape(envdapi.FileSignature("/etc/hostname", "read", "", "forged", nil))
 	for _, tc := range []struct {
 		name, path string
 		port       int

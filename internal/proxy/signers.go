@@ -15,7 +15,7 @@ import (
 
 // A signed file URL built on E2B_SANDBOX_URL names no sandbox: its only
 // link to one is the signature, SHA-256("path:operation:username:TOKEN
-// [:expiration]") of the sandbox's envd token (envd.FileSignature), which
+// [:expiration]") of the sandbox's envd token (envdapi.FileSignature), which
 // cannot be inverted. Finding its sandbox means trying the running
 // sandboxes' tokens; the signer index bounds what that costs an
 // unauthenticated request:

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
 // countingResolver runs many sandboxes and counts what the signer index
@@ -60,7 +60,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 func signedFor(t *testing.T, path, op, user, token string, exp *int64) fileSig {
 	t.Helper()
-	f, ok := newFileSig(path, op, user, exp, envd.FileSignature(path, op, user, token, exp))
+	f, ok := newFileSig(path, op, user, exp, envdapi.FileSignature(path, op, user, token, exp))
 	if !ok {
 		t.Fatalf("newFileSig refused envd's own signature of %q", path)
 	}
@@ -180,10 +180,10 @@ func TestFileSigMatchesEnvd(t *testing.T) {
 					if f.matches("tok2") || f.matches("to") {
 						t.Fatal("another token matches")
 					}
-					if g, _ := newFileSig(path, "write", user, e, envd.FileSignature(path, "read", user, "tok", e)); g.matches("tok") {
+					if g, _ := newFileSig(path, "write", user, e, envdapi.FileSignature(path, "read", user, "tok", e)); g.matches("tok") {
 						t.Fatal("a read signature matches a write")
 					}
-					if g, _ := newFileSig(path, "read", user, &other, envd.FileSignature(path, "read", user, "tok", e)); g.matches("tok") {
+					if g, _ := newFileSig(path, "read", user, &other, envdapi.FileSignature(path, "read", user, "tok", e)); g.matches("tok") {
 						t.Fatal("another expiration matches")
 					}
 				})

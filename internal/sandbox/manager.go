@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
@@ -413,7 +413,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		crashPoint("resume-machine-started")
 	}
 
-	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String()
+	base := "http://" + netip.AddrPortFrom(slot.HostAddr, envdapi.DefaultPort).String()
 	client := envdclient.New(base, rec.AccessToken)
 	initClient := client
 	if heldToken != rec.AccessToken {
@@ -452,7 +452,7 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	env["E2B_TEMPLATE_ID"] = rec.Template
 	now := m.now().UTC()
 	tok := rec.AccessToken
-	return c.Init(ctx, envd.InitRequest{
+	return c.Init(ctx, envdapi.InitRequest{
 		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser,
 	})
 }

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/capsulehq/capsule/internal/envd"
+	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
@@ -205,7 +205,7 @@ func (m *Manager) adopt(ctx context.Context, b *box, resuming bool) error {
 	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
 		return fail(err)
 	}
-	client := envdclient.New("http://"+netip.AddrPortFrom(slot.HostAddr, envd.DefaultPort).String(), rec.AccessToken)
+	client := envdclient.New("http://"+netip.AddrPortFrom(slot.HostAddr, envdapi.DefaultPort).String(), rec.AccessToken)
 	if resuming {
 		ictx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 		err := client.WaitHealthy(ictx, machine.Done())

@@ -10,7 +10,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -35,7 +35,7 @@ func newEnv(t *testing.T) *env {
 func newEnvAgent(t *testing.T, url, token string) *env {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, pgembed.StartForTest(t))
+	st, err := store.Open(ctx, pgtest.StartForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}

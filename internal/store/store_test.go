@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,14 +21,14 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/db/migrations"
-	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	pgembed.StopTestServer()
+	pgtest.StopTestServer()
 	os.Exit(code)
 }
 
@@ -43,7 +42,7 @@ func ctx(t *testing.T) context.Context {
 // newStore opens a fresh migrated database.
 func newStore(t *testing.T) *store.Store {
 	t.Helper()
-	st, err := store.Open(ctx(t), pgembed.StartForTest(t))
+	st, err := store.Open(ctx(t), pgtest.StartForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +80,7 @@ func must[T any](t *testing.T) func(T, error) T {
 }
 
 func TestMigrateFromScratchAndIdempotent(t *testing.T) {
-	st, err := store.Open(ctx(t), pgembed.EmptyDatabaseForTest(t))
+	st, err := store.Open(ctx(t), pgtest.EmptyDatabaseForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +139,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 // Control planes starting together migrate once: they serialize on the
 // advisory lock and the later ones find nothing to do.
 func TestMigrateConcurrent(t *testing.T) {
-	dsn := pgembed.EmptyDatabaseForTest(t)
+	dsn := pgtest.EmptyDatabaseForTest(t)
 	const n = 4
 	stores := make([]*store.Store, n)
 	var logMu sync.Mutex
@@ -307,47 +306,6 @@ func TestTx(t *testing.T) {
 	}
 }
 
-func TestRunMigrateCommand(t *testing.T) {
-	dsn := pgembed.EmptyDatabaseForTest(t)
-	var out bytes.Buffer
-	if err := store.RunMigrateCommand(ctx(t), []string{"status", "--database-url", dsn}, &out); err != nil {
-		t.Fatal(err)
-	}
-	newest := newestMigration(t)
-	if !strings.Contains(out.String(), fmt.Sprintf("schema version 0 (newest %d)", newest)) {
-		t.Errorf("status: %q", out.String())
-	}
-	out.Reset()
-	if err := store.RunMigrateCommand(ctx(t), []string{"--database-url", dsn}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), fmt.Sprintf("schema version %d (newest %d)", newest, newest)) {
-		t.Errorf("up: %q", out.String())
-	}
-	if err := store.RunMigrateCommand(ctx(t), []string{"sideways"}, &out); err == nil {
-		t.Error("an unknown argument was accepted")
-	}
-}
-
-// With no database URL, `capsule migrate` runs the embedded server.
-func TestRunMigrateCommandEmbedded(t *testing.T) {
-	pgembed.TestServer(t) // skips without PostgreSQL binaries
-	d := t.TempDir()
-	for _, p := range []string{d, filepath.Dir(d)} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Setenv("DATABASE_URL", "")
-	var out bytes.Buffer
-	if err := store.RunMigrateCommand(ctx(t), []string{"up", "--data-dir", d}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if n := newestMigration(t); !strings.Contains(out.String(), fmt.Sprintf("schema version %d (newest %d)", n, n)) {
-		t.Errorf("up: %q", out.String())
-	}
-}
-
 // migrationFiles lists the embedded migrations.
 func migrationFiles(t *testing.T) []string {
 	t.Helper()
@@ -356,17 +314,6 @@ func migrationFiles(t *testing.T) []string {
 		t.Fatalf("embedded migrations: %v, %v", files, err)
 	}
 	return files
-}
-
-// newestMigration is the version of the newest embedded migration.
-func newestMigration(t *testing.T) int {
-	t.Helper()
-	files := migrationFiles(t)
-	var v int
-	if _, err := fmt.Sscanf(files[len(files)-1], "%05d_", &v); err != nil {
-		t.Fatalf("migration file name %q: %v", files[len(files)-1], err)
-	}
-	return v
 }
 
 func TestStateErrorMessage(t *testing.T) {

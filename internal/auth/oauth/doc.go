@@ -40,6 +40,20 @@
 // their GitHub profile). The access token is used for two calls and
 // dropped; it is never stored or returned.
 //
+// The code exchange is hand-written rather than golang.org/x/oauth2's
+// Config.Exchange. Capsule uses one grant (authorization code), once per
+// login, without refresh tokens or a TokenSource; what surrounds the POST
+// is GitHub-specific and would stay with the library: GitHub answers JSON
+// only with Accept: application/json (x/oauth2 sets no Accept, so the
+// client would need a header-setting transport), reports errors with
+// status 200, and its error codes must be sorted into ErrInvalidCode (a
+// refused or replayed code: the user's) and ErrProvider (our
+// configuration), which x/oauth2 hands back as *oauth2.RetrieveError to
+// unpack the same way. x/oauth2 also accepts form-encoded token answers,
+// which this code refuses. The exchange is about sixty lines, and
+// TestGitHubTokenResponses and TestGitHubExchangeErrors pin every answer
+// of the token endpoint it handles.
+//
 // # State cookie and threat model
 //
 // The state defends against login CSRF: an attacker completing the flow

@@ -1,5 +1,5 @@
 // Package servicetest builds the control plane's services over a fresh,
-// migrated PostgreSQL (pgembed.StartForTest) for the tests of the packages
+// migrated PostgreSQL (pgtest.StartForTest) for the tests of the packages
 // above the service layer (api, proxy, e2bapi): one place that knows how
 // the services are wired, with test-speed password hashing.
 package servicetest
@@ -10,7 +10,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 )
@@ -43,7 +43,7 @@ func New(t testing.TB, agentURL, agentToken string) *Env {
 func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.AccountsConfig)) *Env {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, pgembed.StartForTest(t))
+	st, err := store.Open(ctx, pgtest.StartForTest(t))
 	if err != nil {
 		t.Fatal(err)
 	}

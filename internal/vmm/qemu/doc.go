@@ -24,6 +24,19 @@
 // A machine logs SHUTDOWN (with its reason) and GUEST_PANICKED, and
 // migrations wait on MIGRATION events.
 //
+// Why not a QMP library: the Go one in use elsewhere,
+// github.com/digitalocean/go-qemu/qmp (pseudo-versions only, no releases),
+// runs a command as Run([]byte) without a context, one at a time, and
+// streams events to one Events consumer. The driver needs commands that a
+// context cancels (a migration wait must end when the caller gives up),
+// that fail at once when the VMM exits (the exited channel, from a pidfd),
+// overlapping commands matched by id, events fanned out to several
+// subscribers (the machine's log and each migration) and typed errors
+// (QMPError with QEMU's class). That is most of qmp.go; the rest, the
+// greeting and qmp_capabilities, is a few lines. So the client stays ours,
+// tested in qmp_test.go against a fake monitor that answers out of order,
+// and in the driver's tests against QEMU.
+//
 // # Memory model
 //
 // Every machine's RAM is a memory-backend-file, in one of two modes:

@@ -1,4 +1,12 @@
-package pgembed
+// Package pgtest is the PostgreSQL of Capsule's tests: one embedded server
+// (package pgembed) per test process, started on first use in a temporary
+// directory with durability off, and a database per test, cloned from a
+// template migrated once (db/migrations).
+//
+// It is test support and links the testing package, so production code
+// never imports it (internal/deptest checks that the binaries do not link
+// testing); tests and the test helpers (service/servicetest) do.
+package pgtest
 
 import (
 	"context"
@@ -19,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/capsulehq/capsule/db/migrations"
+	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
@@ -27,7 +36,7 @@ import (
 // its own database, cloned from a template database migrated once.
 var shared struct {
 	once sync.Once
-	srv  *Server
+	srv  *pgembed.Server
 	dir  string
 	err  error
 
@@ -42,14 +51,14 @@ const testTemplateDB = "capsule_test_template"
 // TestServer returns this test process's PostgreSQL server, starting it on
 // first use. Without PostgreSQL server binaries the test is skipped (failed
 // under CAPSULE_TEST_STRICT=1).
-func TestServer(t testing.TB) *Server {
+func TestServer(t testing.TB) *pgembed.Server {
 	t.Helper()
-	if _, err := FindBinDir(os.Getenv("CAPSULE_PG_BIN_DIR"), ""); err != nil {
+	if _, err := pgembed.FindBinDir(os.Getenv("CAPSULE_PG_BIN_DIR"), ""); err != nil {
 		testenv.Skip(t, "needs PostgreSQL server binaries (apt-get install postgresql-15): "+err.Error())
 	}
 	shared.once.Do(startShared)
 	if shared.err != nil {
-		t.Fatalf("pgembed: test server: %v", shared.err)
+		t.Fatalf("pgtest: test server: %v", shared.err)
 	}
 	return shared.srv
 }
@@ -74,7 +83,7 @@ func startShared() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	shared.srv, shared.err = Start(ctx, Config{
+	shared.srv, shared.err = pgembed.Start(ctx, pgembed.Config{
 		DataDir:   dir,
 		BinDir:    os.Getenv("CAPSULE_PG_BIN_DIR"),
 		Ephemeral: true,
@@ -101,7 +110,7 @@ func sweepTestDirs() {
 				continue // still running
 			}
 		}
-		if len(processesIn(filepath.Join(d, "postgres", "data"))) > 0 {
+		if pgembed.Running(filepath.Join(d, "postgres", "data")) {
 			continue // its postgres is still shutting down
 		}
 		_ = os.RemoveAll(d)
@@ -113,7 +122,7 @@ func sweepTestDirs() {
 //
 //	func TestMain(m *testing.M) {
 //		code := m.Run()
-//		pgembed.StopTestServer()
+//		pgtest.StopTestServer()
 //		os.Exit(code)
 //	}
 //
@@ -137,7 +146,7 @@ func StartForTest(t testing.TB) string {
 	srv := TestServer(t)
 	shared.tmplOnce.Do(func() { shared.tmplErr = migrateTemplate(srv) })
 	if shared.tmplErr != nil {
-		t.Fatalf("pgembed: template database: %v", shared.tmplErr)
+		t.Fatalf("pgtest: template database: %v", shared.tmplErr)
 	}
 	return newTestDatabase(t, srv, testTemplateDB)
 }
@@ -149,19 +158,19 @@ func EmptyDatabaseForTest(t testing.TB) string {
 	return newTestDatabase(t, TestServer(t), "")
 }
 
-func newTestDatabase(t testing.TB, srv *Server, template string) string {
+func newTestDatabase(t testing.TB, srv *pgembed.Server, template string) string {
 	t.Helper()
 	name := fmt.Sprintf("t%d_%s", shared.seq.Add(1), dbNamePart(t.Name()))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.CreateDatabase(ctx, name, template); err != nil {
-		t.Fatalf("pgembed: %v", err)
+		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := srv.DropDatabase(ctx, name); err != nil {
-			t.Errorf("pgembed: %v", err)
+			t.Errorf("pgtest: %v", err)
 		}
 	})
 	return srv.DatabaseDSN(name)
@@ -183,7 +192,7 @@ func dbNamePart(s string) string {
 	return b.String()
 }
 
-func migrateTemplate(srv *Server) error {
+func migrateTemplate(srv *pgembed.Server) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := srv.CreateDatabase(ctx, testTemplateDB, ""); err != nil {
@@ -191,7 +200,7 @@ func migrateTemplate(srv *Server) error {
 	}
 	cfg, err := pgx.ParseConfig(srv.DatabaseDSN(testTemplateDB))
 	if err != nil {
-		return fmt.Errorf("pgembed: %w", err)
+		return fmt.Errorf("pgtest: %w", err)
 	}
 	db := stdlib.OpenDB(*cfg)
 	_, err = migrations.Up(ctx, db, nil)

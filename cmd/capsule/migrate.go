@@ -1,4 +1,4 @@
-package store
+package main
 
 import (
 	"context"
@@ -9,10 +9,11 @@ import (
 	"os"
 
 	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/store"
 )
 
-// MigrateUsage describes RunMigrateCommand's arguments.
-const MigrateUsage = `usage: capsule migrate [up|status] [--database-url URL] [--data-dir DIR] [--pg-bin-dir DIR]
+// migrateUsage describes runMigrate's arguments.
+const migrateUsage = `usage: capsule migrate [up|status] [--database-url URL] [--data-dir DIR] [--pg-bin-dir DIR]
 
   up       apply pending migrations (default)
   status   print the applied and the newest migration version
@@ -20,12 +21,12 @@ const MigrateUsage = `usage: capsule migrate [up|status] [--database-url URL] [-
 Without --database-url (or DATABASE_URL) the embedded PostgreSQL in
 DIR/postgres is started for the duration of the command.`
 
-// RunMigrateCommand implements `capsule migrate`: args are the arguments
-// after "migrate"; progress goes to out.
-func RunMigrateCommand(ctx context.Context, args []string, out io.Writer) error {
+// runMigrate implements `capsule migrate`: args are the arguments after
+// "migrate"; progress goes to out.
+func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.Usage = func() { fmt.Fprintln(out, MigrateUsage) }
+	fs.Usage = func() { fmt.Fprintln(out, migrateUsage) }
 	dsn := fs.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (default $DATABASE_URL; empty: the embedded server)")
 	dataDir := fs.String("data-dir", "/var/lib/capsule", "data directory of the embedded server")
 	binDir := fs.String("pg-bin-dir", "", "directory of initdb and postgres (default: the newest in /usr/lib/postgresql)")
@@ -40,7 +41,7 @@ func RunMigrateCommand(ctx context.Context, args []string, out io.Writer) error 
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("migrate: unexpected argument %q\n%s", fs.Arg(0), MigrateUsage)
+		return fmt.Errorf("migrate: unexpected argument %q\n%s", fs.Arg(0), migrateUsage)
 	}
 	if *dsn == "" {
 		srv, err := pgembed.Start(ctx, pgembed.Config{DataDir: *dataDir, BinDir: *binDir})
@@ -50,7 +51,7 @@ func RunMigrateCommand(ctx context.Context, args []string, out io.Writer) error 
 		defer srv.Close()
 		*dsn = srv.DSN()
 	}
-	st, err := Open(ctx, *dsn)
+	st, err := store.Open(ctx, *dsn)
 	if err != nil {
 		return err
 	}
