@@ -26,7 +26,7 @@ type rule struct {
 }
 
 var (
-	controlPlane = []string{"internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
+	controlPlane = []string{"internal/controlplane", "internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
 		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid"}
 	// testSupport are the test helpers, which link testing (and, for
 	// agenttest, a real host agent) by design.

@@ -20,7 +20,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
@@ -49,7 +48,7 @@ func newFixture(t *testing.T) *fixture {
 	env := servicetest.New(t, url, agenttest.Token)
 	h, err := proxy.New(proxy.Config{Domain: domain, Resolver: proxy.ServiceResolver{
 		Sandboxes: env.Sandboxes, Accounts: env.Accounts,
-		Agents: map[string]agentclient.Endpoint{service.LocalHost: env.Agent},
+		Agents: env.Agents,
 	}})
 	if err != nil {
 		t.Fatal(err)

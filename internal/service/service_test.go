@@ -44,23 +44,16 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := NewAccounts(AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Signup: SignupOpen})
-	if err != nil {
-		t.Fatal(err)
-	}
 	pool := agentclient.NewPool(agentclient.Options{})
 	t.Cleanup(pool.Close)
 	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: url, Token: token}); err != nil {
 		t.Fatal(err)
 	}
-	sbx, err := NewSandboxes(ctx, SandboxesConfig{Store: st, Agents: pool, Secret: testSecret})
+	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen})
 	if err != nil {
 		t.Fatal(err)
 	}
+	acc, sbx := s.Accounts, s.Sandboxes
 	return &env{st: st, acc: acc, sbx: sbx}
 }
 
