@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
@@ -111,7 +112,7 @@ func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	port := freeTCPPort(t)
 	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", hosttest.StoreDir,
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
 		"-net-name", "ccrash", "-net-host-cidr", "198.18.124.0/24", "-net-link-cidr", "198.18.125.0/24", "-net-max-slots", "8",
 		"-max-vcpus", "8", "-max-memory-mb", "2048")

@@ -21,9 +21,9 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 	"github.com/capsulehq/capsule/internal/service/servicetest"
 	"github.com/capsulehq/capsule/internal/store"
 )
@@ -41,11 +41,11 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "cpx", Veth: "cpxv",
 		HostCIDR: netip.MustParsePrefix("198.18.108.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.109.0/24"),
-	})
-	env := servicetest.New(t, url, agenttest.Token)
+	}).URL
+	env := servicetest.New(t, url, hosttest.AgentToken)
 	h, err := proxy.New(proxy.Config{Domain: domain, Resolver: proxy.ServiceResolver{
 		Sandboxes: env.Sandboxes, Accounts: env.Accounts,
 		Agents: env.Agents,

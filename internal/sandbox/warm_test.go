@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -22,7 +23,7 @@ func TestWarmSnapshots(t *testing.T) {
 	mk := func() *sandbox.Manager {
 		m, err := sandbox.New(context.Background(), sandbox.Config{
 			DataDir: e.dataDir, RunDir: e.runDir,
-			Driver: testDriver(t), Images: testImages(t), Slots: e.pool,
+			Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
 			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, WarmImages: true,
 		})
 		if err != nil {

@@ -12,7 +12,7 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -21,11 +21,11 @@ import (
 // token), get, pause, resume, destroy (twice: idempotent), and a destroy
 // the agent no longer knows.
 func TestSandboxLifecycleRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "csvc", Veth: "csvcv",
 		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	}).URL
+	e := newEnvAgent(t, url, hosttest.AgentToken)
 	ctx := context.Background()
 	_, p := e.signup(t, "vm@example.com")
 	_, other := e.signup(t, "other@example.com")
@@ -84,7 +84,7 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: hosttest.AgentToken})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -20,13 +20,13 @@ import (
 // on the agent and in the record), and an agent call whose outcome is
 // unknown is settled by asking the agent rather than by rolling back.
 func TestAgentCallsOutliveTheClient(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "csvc", Veth: "csvcv",
 		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	}).URL
+	e := newEnvAgent(t, url, hosttest.AgentToken)
 	_, p := e.signup(t, "outlive@example.com")
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: hosttest.AgentToken})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -26,14 +26,14 @@ import (
 // interrupted create, destroys orphans, and audits each change as the
 // system. A second run changes nothing.
 func TestReconcileRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "csvc", Veth: "csvcv",
 		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	}).URL
+	e := newEnvAgent(t, url, hosttest.AgentToken)
 	ctx := context.Background()
 	_, p := e.signup(t, "reconcile@example.com")
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: hosttest.AgentToken})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,8 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/testenv"
@@ -45,15 +45,15 @@ func shell(t *testing.T, ctx context.Context, sb Sandbox, script string) string 
 // stored quota are refused with ErrQuota and change nothing, and the
 // reaper's auto-pause is not (it keeps the data) but records it.
 func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "cch", Veth: "cchv",
 		HostCIDR: netip.MustParsePrefix("198.18.174.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.175.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	}).URL
+	e := newEnvAgent(t, url, hosttest.AgentToken)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "chain@example.com")
-	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: hosttest.AgentToken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,15 +198,15 @@ func TestFailedAutoPauseKeepsSandboxRealAgent(t *testing.T) {
 			t.Errorf("umount: %v: %s", err, out)
 		}
 	})
-	url := agenttest.Start(t, agenttest.Pool{
+	url := hosttest.StartAgent(t, hosttest.Pool{
 		Name: "cfp", Veth: "cfpv",
 		HostCIDR: netip.MustParsePrefix("198.18.176.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.177.0/24"),
-	}, func(c *sandbox.Config) { c.DataDir = dataDir })
-	e := newEnvAgent(t, url, agenttest.Token)
+	}, func(c *sandbox.Config) { c.DataDir = dataDir }).URL
+	e := newEnvAgent(t, url, hosttest.AgentToken)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "full@example.com")
-	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
+	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: hosttest.AgentToken})
 	if err != nil {
 		t.Fatal(err)
 	}
