@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -23,10 +22,7 @@ import (
 
 // The agent's tests run their own pool of network slots, with names and
 // address ranges that no other package's tests use.
-var testPool = hosttest.Pool{
-	Name: "cat", Veth: "catv",
-	HostCIDR: netip.MustParsePrefix("198.18.80.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.81.0/24"),
-}
+var testPool = hosttest.AgentPool
 
 const token = hosttest.AgentToken
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -20,10 +19,7 @@ import (
 // refused (404) at every step and the audit log checked at the end. Its
 // network slot pool (capi, 198.18.86.0/24 + 198.18.87.0/24) is its own.
 func TestEndToEndRealVM(t *testing.T) {
-	url := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "capi", Veth: "capiv",
-		HostCIDR: netip.MustParsePrefix("198.18.86.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.87.0/24"),
-	}).URL
+	url := hosttest.StartAgent(t, hosttest.APIPool).URL
 	e := newAPI(t, url, hosttest.AgentToken)
 	jwt, key, _ := e.account(t, "e2e@example.com")
 	jwtB, keyB, _ := e.account(t, "intruder@example.com")

@@ -12,7 +12,6 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
-	"net/netip"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -33,10 +32,7 @@ import (
 // one agent, whose network slot pool (ctb, 198.18.102.0/24 +
 // 198.18.103.0/24) is its own.
 func TestExecAndFilesRealVM(t *testing.T) {
-	agentURL := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "ctb", Veth: "ctbv",
-		HostCIDR: netip.MustParsePrefix("198.18.102.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.103.0/24"),
-	}).URL
+	agentURL := hosttest.StartAgent(t, hosttest.APIExecPool).URL
 	e := newAPI(t, agentURL, hosttest.AgentToken)
 	f := &sbxFixture{apiEnv: e}
 	var team string

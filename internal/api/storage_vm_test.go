@@ -1,7 +1,6 @@
 package api
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,10 +18,7 @@ import (
 // network slot pool (cdh, 198.18.172.0/24 + 198.18.173.0/24) is its own.
 func TestDiskHeadroomRefusesCreateRealVM(t *testing.T) {
 	dataDir := t.TempDir()
-	url := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "cdh", Veth: "cdhv",
-		HostCIDR: netip.MustParsePrefix("198.18.172.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.173.0/24"),
-	}, func(c *sandbox.Config) { c.DataDir, c.DiskHeadroomMB = dataDir, 1<<40 }).URL
+	url := hosttest.StartAgent(t, hosttest.APIDiskPool, func(c *sandbox.Config) { c.DataDir, c.DiskHeadroomMB = dataDir, 1<<40 }).URL
 	e := newAPI(t, url, hosttest.AgentToken)
 	_, key, _ := e.account(t, "disk@example.com")
 

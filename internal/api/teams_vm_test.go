@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"testing"
 
 	"github.com/capsulehq/capsule/internal/hosttest"
@@ -18,10 +17,7 @@ import (
 // sandbox is left alone. Its network slot pool (cta, 198.18.100.0/24 +
 // 198.18.101.0/24) is its own.
 func TestTeamDeleteDestroysSandboxesRealVM(t *testing.T) {
-	url := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "cta", Veth: "ctav",
-		HostCIDR: netip.MustParsePrefix("198.18.100.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.101.0/24"),
-	}).URL
+	url := hosttest.StartAgent(t, hosttest.APITeamsPool).URL
 	e := newAPI(t, url, hosttest.AgentToken)
 	ctx := context.Background()
 	owner := e.user(t, "vm-owner@example.com")

@@ -3,7 +3,6 @@ package e2bapi
 import (
 	"context"
 	"encoding/json"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,10 +23,7 @@ import (
 // created without. Its network slot pool (cte, 198.18.106.0/24 +
 // 198.18.107.0/24) is its own.
 func TestE2BFlowRealVM(t *testing.T) {
-	url := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "cte", Veth: "ctev",
-		HostCIDR: netip.MustParsePrefix("198.18.106.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.107.0/24"),
-	}).URL
+	url := hosttest.StartAgent(t, hosttest.E2BPool).URL
 	e := newEnv(t, url, hosttest.AgentToken)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

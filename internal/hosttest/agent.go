@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
+	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/testenv"
 	"github.com/capsulehq/capsule/internal/vmm"
@@ -27,6 +28,22 @@ type Agent struct {
 	// Logs holds everything the agent logged (at debug level); it is
 	// printed when the test fails.
 	Logs *SyncBuffer
+}
+
+// Endpoint is the agent's address and token.
+func (a *Agent) Endpoint() agentclient.Endpoint {
+	return agentclient.Endpoint{URL: a.URL, Token: AgentToken}
+}
+
+// Client returns a client of the agent, closed when t ends.
+func (a *Agent) Client(t testing.TB) *agentclient.Client {
+	t.Helper()
+	c, err := agentclient.New(a.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }
 
 // StartAgent runs an agent for t (skipped without root or QEMU, failed

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -41,10 +40,7 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
-	url := hosttest.StartAgent(t, hosttest.Pool{
-		Name: "cpx", Veth: "cpxv",
-		HostCIDR: netip.MustParsePrefix("198.18.108.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.109.0/24"),
-	}).URL
+	url := hosttest.StartAgent(t, hosttest.ProxyPool).URL
 	env := servicetest.New(t, url, hosttest.AgentToken)
 	h, err := proxy.New(proxy.Config{Domain: domain, Resolver: proxy.ServiceResolver{
 		Sandboxes: env.Sandboxes, Accounts: env.Accounts,

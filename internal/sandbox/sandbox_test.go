@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +24,11 @@ import (
 // their own pool of network slots in a test-only address range. The slots
 // outlive a pool's Close: an agent restarted by a test adopts its
 // machines.
-var testPool = hosttest.Pool{
-	Name: "cst", Veth: "cstv", MaxSlots: 16, KeepSlots: true,
-	HostCIDR: netip.MustParsePrefix("198.18.64.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.65.0/24"),
-}
+var testPool = func() hosttest.Pool {
+	p := hosttest.SandboxPool
+	p.MaxSlots, p.KeepSlots = 16, true
+	return p
+}()
 
 type env struct {
 	t       *testing.T
