@@ -22,7 +22,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/controlplane"
@@ -431,32 +430,19 @@ func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) 
 		return "", "", nil, fmt.Errorf("serve: agent token: %w", err)
 	}
 	token = base64.RawURLEncoding.EncodeToString(raw)
-	a, err := agent.New(agent.Config{Manager: host.mgr, Token: token, Images: host.images, Driver: host.driver, Capacity: o.capacity, Log: log})
+	sa, err := host.serveAgent("127.0.0.1:0", token, o.capacity, log)
 	if err != nil {
 		host.stop()
-		return "", "", nil, fmt.Errorf("serve: %w", err)
+		return "", "", nil, fmt.Errorf("serve: embedded agent: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		host.stop()
-		return "", "", nil, fmt.Errorf("serve: agent listener: %w", err)
-	}
-	srv := agent.NewServer(ln.Addr().String(), a, log)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+ln.Addr().String(), "accel", host.driver.Accel())
+	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+sa.addr.String(), "accel", host.driver.Accel())
 	stop = func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-		}
-		cancel()
-		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := sa.stop(log); err != nil {
 			log.Error("agent serve", "err", err)
 		}
 		host.stop()
 	}
-	return "http://" + ln.Addr().String(), token, stop, nil
+	return "http://" + sa.addr.String(), token, stop, nil
 }
 
 // bootstrapAdmin creates, on first start (no user yet), a platform admin
