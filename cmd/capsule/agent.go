@@ -121,11 +121,7 @@ func runAgent(ctx context.Context, args []string) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer unlock()
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := commandLogger(o.verbose)
 	if os.Geteuid() != 0 {
 		return errors.New("agent: needs root (network namespaces, TAP devices, nftables)")
 	}

@@ -204,3 +204,13 @@ func (s *servedAgent) stop(log *slog.Logger) error {
 	}
 	return nil
 }
+
+// commandLogger is the logger of `capsule serve` and `capsule agent`: text
+// on stderr, debug with -v.
+func commandLogger(verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}

@@ -288,11 +288,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer unlock()
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := commandLogger(o.verbose)
 	if o.configFile != "" {
 		log.InfoContext(ctx, "configuration file", "file", o.configFile)
 	}
