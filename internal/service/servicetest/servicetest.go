@@ -1,7 +1,9 @@
 // Package servicetest builds the control plane's services over a fresh,
 // migrated PostgreSQL (pgtest.StartForTest) for the tests of the packages
-// above the service layer (api, proxy, e2bapi): one place that knows how
-// the services are wired, with test-speed password hashing.
+// above the service layer (api, proxy, e2bapi), with test-speed password
+// hashing. The wiring itself is service.NewServices, the one the control
+// plane's composition root (internal/controlplane) uses; those packages'
+// own tests cannot import that root, which imports them.
 package servicetest
 
 import (
