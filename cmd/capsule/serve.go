@@ -409,7 +409,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: sandbox listener: %w", err)
 	}
 	defer sln.Close()
-	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, Resolver: proxy.ServiceResolver{
+	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, TrustedProxies: o.proxies, Resolver: proxy.ServiceResolver{
 		Sandboxes: sandboxes, Accounts: accounts,
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 	}})

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agentproxy"
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
@@ -101,6 +103,14 @@ type Config struct {
 	// two reloads (default 250 ms): a URL that matches no sandbox waits
 	// for the next reload allowed, and is looked up once more.
 	SignerTTL, SignerRefresh time.Duration
+	// ScanLimit bounds, per client address, the signed file URLs whose
+	// signature the proxy has not seen match before (each costs a pass
+	// over the running sandboxes' tokens); default a burst of 64, then 20
+	// a second. Past it the client gets 429.
+	ScanLimit auth.RateLimit
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client (auth.ClientIP).
+	TrustedProxies []netip.Prefix
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -116,6 +126,7 @@ type Handler struct {
 	routes map[string]cachedRoute
 
 	signers *signerIndex
+	scans   *auth.Limiter
 }
 
 type cachedRoute struct {
@@ -140,7 +151,14 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}}
+	if cfg.ScanLimit == (auth.RateLimit{}) {
+		cfg.ScanLimit = auth.RateLimit{Burst: 64, Interval: 50 * time.Millisecond}
+	}
+	scans, err := auth.NewLimiter(auth.LimiterConfig{Limit: cfg.ScanLimit, Now: cfg.Now})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}, scans: scans}
 	h.signers = &signerIndex{res: cfg.Resolver, now: cfg.Now, ttl: cfg.SignerTTL, refresh: cfg.SignerRefresh}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -249,22 +267,32 @@ func isSignedFileURL(r *http.Request) bool {
 
 // signedFileTarget finds the running sandbox whose envd token made the
 // request's signature (the one sandbox it can be for) in the signer index:
-// no database query and no HMAC per request ("" when none did).
-func (h *Handler) signedFileTarget(r *http.Request) string {
+// no database query and no HMAC per request ("" when none did). When the
+// client has used up its scans, it returns "" and how long until the next
+// one is allowed.
+func (h *Handler) signedFileTarget(r *http.Request) (id string, retryAfter time.Duration) {
 	q := r.URL.Query()
 	exp, ok := signatureExpiration(q)
 	if !ok {
-		return ""
+		return "", 0
 	}
 	sig, ok := newFileSig(q.Get("path"), fileOperation(r.Method), q.Get("username"), exp, q.Get("signature"))
 	if !ok {
-		return ""
+		return "", 0
 	}
-	id, err := h.signers.lookup(r.Context(), sig)
+	allowScan := func() bool {
+		var ok bool
+		ok, retryAfter = h.scans.Allow(auth.IPKey(auth.ClientIP(r, h.cfg.TrustedProxies)))
+		return ok
+	}
+	id, err := h.signers.lookup(r.Context(), sig, allowScan)
+	if errors.Is(err, errScanLimited) {
+		return "", max(retryAfter, time.Second)
+	}
 	if err != nil && !errors.Is(err, ErrNotFound) && r.Context().Err() == nil {
 		h.log.WarnContext(r.Context(), "signed file URL: running sandboxes", "err", err)
 	}
-	return id
+	return id, 0
 }
 
 // fileOperation is the signature's operation of a /files request.
@@ -333,7 +361,12 @@ type routed struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, port, bad := target(r)
 	if bad != "" && isSignedFileURL(r) {
-		if id = h.signedFileTarget(r); id == "" {
+		var retryAfter time.Duration
+		if id, retryAfter = h.signedFileTarget(r); retryAfter > 0 {
+			auth.WriteTooManyRequests(w, retryAfter)
+			return
+		}
+		if id == "" {
 			// No running sandbox signed it: E2B's answer for a sandbox it
 			// cannot find.
 			agentproxy.WriteError(w, http.StatusBadGateway, "", 0, agentproxy.MsgSandboxNotFound)
