@@ -13,8 +13,10 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
@@ -111,7 +113,16 @@ func New(cfg Config) (*Agent, error) {
 
 // ServeHTTP implements http.Handler: sandbox traffic (requests with
 // agentproxy.SandboxHeader) goes to the proxy, the rest to the RPC handler.
+//
+// The request's context carries the control plane's request ID
+// (agentapi.RequestIDHeader, when well-formed; else a fresh one), so that
+// every log line of the call carries it (logctx).
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := r.Header.Get(agentapi.RequestIDHeader)
+	if !logctx.ValidID(id) {
+		id = logctx.NewID()
+	}
+	r = r.WithContext(logctx.WithRequestID(r.Context(), id))
 	if r.Header.Get(agentproxy.SandboxHeader) != "" {
 		a.serveProxy(w, r)
 		return
