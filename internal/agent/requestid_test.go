@@ -3,7 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -12,6 +16,7 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
 	"github.com/capsulehq/capsule/internal/agentapi"
+	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/logctx"
 )
 
@@ -89,5 +94,30 @@ func TestRequestIDReachesTheAgent(t *testing.T) {
 				t.Errorf("the handler's context has request ID %q, the log line %q", s.requestIDs[0], got)
 			}
 		})
+	}
+}
+
+// TestProxyStripsTheControlPlaneHeaders: what the control plane adds for
+// the agent (routing, token, request ID) never reaches the guest; the
+// client's own X-Request-Id does.
+func TestProxyStripsTheControlPlaneHeaders(t *testing.T) {
+	a := &Agent{log: slog.New(slog.DiscardHandler)}
+	rp := a.newReverseProxy()
+	u, _ := url.Parse("http://guest.invalid:8080")
+	in := httptest.NewRequest("GET", "http://8080-sbx1.capsule.test/", nil)
+	for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader, agentapi.RequestIDHeader} {
+		in.Header.Set(h, "control-plane")
+	}
+	in.Header.Set("X-Request-Id", "client-1")
+	in = in.WithContext(context.WithValue(in.Context(), proxyTargetKey{}, &proxyTarget{sandboxID: "sbx1", port: 8080, url: u}))
+	out := in.Clone(in.Context())
+	rp.Rewrite(&httputil.ProxyRequest{In: in, Out: out})
+	for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader, agentapi.RequestIDHeader} {
+		if v := out.Header.Get(h); v != "" {
+			t.Errorf("the guest would get %s: %q", h, v)
+		}
+	}
+	if v := out.Header.Get("X-Request-Id"); v != "client-1" {
+		t.Errorf("the guest gets X-Request-Id %q, want the client's %q", v, "client-1")
 	}
 }
