@@ -84,6 +84,10 @@ func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 		dial: netip.AddrPortFrom(addr, uint16(port))}
 	ctx, done := a.proxying.add(r.Context(), id)
 	defer done()
+	// A guest may answer while its request body still arrives (an echo,
+	// a streaming upload handler): without full duplex, Go's HTTP/1
+	// server would end the body's reads at the answer's first bytes.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, proxyTargetKey{}, t)))
 }
 

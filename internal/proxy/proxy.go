@@ -371,6 +371,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, reqID := logctx.FromHTTP(r)
 	r = r.WithContext(ctx)
 	w.Header().Set(logctx.Header, reqID)
+	// Bodies stream both ways at once: a sandbox may answer while its
+	// request body still arrives (Go's HTTP/1 server would otherwise end
+	// the body's reads at the answer's first bytes).
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	id, port, bad := target(r)
 	if bad != "" && isSignedFileURL(r) {
 		var retryAfter time.Duration
