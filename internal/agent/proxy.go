@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
@@ -99,7 +100,7 @@ func (a *Agent) newReverseProxy() *httputil.ReverseProxy {
 			t := pr.In.Context().Value(proxyTargetKey{}).(*proxyTarget)
 			pr.SetURL(t.url)
 			pr.Out.Host = pr.In.Host
-			for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader} {
+			for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader, agentapi.RequestIDHeader} {
 				pr.Out.Header.Del(h)
 			}
 		},

@@ -20,9 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/logctx"
 )
 
 // EnvdPort is envd's port in every guest.
@@ -173,6 +175,9 @@ func New(cfg Config) (*Handler, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agentproxy.ErrorHeader) == agentproxy.ErrorNotFound {
 				h.forget(resp.Request.Header.Get(agentproxy.SandboxHeader))
+			}
+			if resp.Header.Get(logctx.Header) == "" {
+				resp.Header.Set(logctx.Header, logctx.RequestID(resp.Request.Context()))
 			}
 			if rt, ok := resp.Request.Context().Value(routeKey{}).(*routed); ok && rt.files {
 				hardenFileResponse(resp.Header, rt.filePath)
@@ -358,7 +363,14 @@ type routed struct {
 }
 
 // ServeHTTP implements http.Handler.
+//
+// Every request gets a request ID in its context (logctx.FromHTTP), sent
+// on to the agent (agentapi.RequestIDHeader) and echoed in the response's
+// X-Request-Id unless the sandbox's server sets its own.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, reqID := logctx.FromHTTP(r)
+	r = r.WithContext(ctx)
+	w.Header().Set(logctx.Header, reqID)
 	// Bodies stream both ways at once: a sandbox may answer while its
 	// request body still arrives (Go's HTTP/1 server would otherwise end
 	// the body's reads at the answer's first bytes).
@@ -434,12 +446,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			sw = &staleWriter{w: w}
 			rw = sw
 		}
-		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{
+		// The response's X-Request-Id: ModifyResponse sets it unless the
+		// sandbox's server sent its own, forwardError sets it on errors.
+		w.Header().Del(logctx.Header)
+		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(logctx.WithSandbox(r.Context(), id), routeKey{}, &routed{
 			route: rt, port: port, files: port == EnvdPort && isFilesPath(r.URL.Path), filePath: r.URL.Query().Get("path"),
 		})))
 		if sw == nil || !sw.stale {
 			return
 		}
+		w.Header().Set(logctx.Header, reqID)
 		// The stale route is forgotten already (ModifyResponse); the next
 		// attempt resolves afresh.
 	}
@@ -639,6 +655,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set(agentproxy.SandboxHeader, rt.route.SandboxID)
 	pr.Out.Header.Set(agentproxy.PortHeader, strconv.Itoa(rt.port))
 	pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	pr.Out.Header.Set(agentapi.RequestIDHeader, logctx.RequestID(pr.In.Context()))
 	pr.SetXForwarded()
 }
 
@@ -648,6 +665,7 @@ func (h *Handler) forwardError(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	h.log.WarnContext(r.Context(), "forward to the agent", "sandbox", rt.route.SandboxID, "port", rt.port, "err", err)
+	w.Header().Set(logctx.Header, logctx.RequestID(r.Context()))
 	agentproxy.WriteError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agentproxy.MsgSandboxNotFound)
 }
 
