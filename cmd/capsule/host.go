@@ -16,6 +16,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/dirlock"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/vmm/qemu"
@@ -206,11 +207,12 @@ func (s *servedAgent) stop(log *slog.Logger) error {
 }
 
 // commandLogger is the logger of `capsule serve` and `capsule agent`: text
-// on stderr, debug with -v.
+// on stderr, debug with -v, with the request ID, team and sandbox of the
+// context on every line (logctx).
 func commandLogger(verbose bool) *slog.Logger {
 	level := slog.LevelInfo
 	if verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 }

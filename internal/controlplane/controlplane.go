@@ -40,7 +40,7 @@ type Config struct {
 	// OAuth configures the login providers.
 	OAuth OAuthConfig
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For the
-	// API's rate limits believe.
+	// API's and the proxy's rate limits believe.
 	TrustedProxies []netip.Prefix
 	// Domain is the sandbox domain ({port}-{sandbox}.{domain}); it may end
 	// in :PORT, the port clients reach the sandbox listener at.
@@ -150,7 +150,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, Resolver: proxy.ServiceResolver{
+	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies, Resolver: proxy.ServiceResolver{
 		Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
 	}}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
