@@ -10,9 +10,10 @@
 //   - Driver: the QEMU driver, probed once per process with the minimal
 //     image's kernel.
 //   - Pool and NewSlots: a network slot pool of the caller's own. go test
-//     runs packages in parallel, so each package's tests use a pool name,
-//     interface prefix and address ranges no other package uses (the
-//     tests' comments name them).
+//     runs packages in parallel, so each package's tests use a pool of
+//     the one table in pools.go (SandboxPool, AgentPool, ServicePool…),
+//     whose names, interface prefixes and address ranges a test
+//     (TestPoolsDisjoint) keeps apart.
 //   - StartAgent: a sandbox.Manager over those, and the host agent serving
 //     it over h2c (httptest) with AgentToken; cleanup shuts it down and
 //     checks that no VMM, network namespace or interface of the pool is
