@@ -367,94 +367,73 @@ func (d *Driver) launch(ctx context.Context, cfg launchConfig) (*Machine, error)
 	}
 }
 
-func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) {
+// prepare describes the machine cfg asks for: its record (without the
+// process), and QEMU's arguments with the files the process inherits.
+func (d *Driver) prepare(cfg launchConfig) (rec record, files []*os.File, err error) {
 	spec := cfg.spec
-	var files []*os.File
 	addFile := func(f *os.File) int {
 		files = append(files, f)
 		return 2 + len(files)
 	}
-	args := []string{
-		"-name", optEscape(spec.ID) + ",process=capsule-vm",
-		"-M", "microvm,acpi=on,memory-backend=" + memBackend,
-		"-accel", string(d.accel),
-		"-cpu", cpuModel(d.accel),
-		"-m", itoa(spec.MemoryMB),
-		"-smp", itoa(spec.VCPUs),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		// Sockets relative to the process's working directory (spec.Dir):
-		// a unix socket path must stay short. The console: see console.go.
-		"-chardev", "socket,id=con0,path=" + consoleSocket + ",server=on,wait=off",
-		"-serial", "chardev:con0",
-		"-qmp", "unix:" + qmpSocket + ",server=on,wait=off",
-	}
-	rec := record{
+	rec = record{
 		Version: recordVersion, ID: spec.ID, Binary: d.binary, Accel: d.accel,
 		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs, Disks: spec.Disks,
 		ConsoleLog: spec.ConsoleLog, ConsoleMax: spec.ConsoleLogMax, Net: netKind(spec.Net),
 	}
-	mem := "memory-backend-file,id=" + memBackend + ",size=" + itoa(spec.MemoryMB) + "M"
+	qc := qemuCommand{spec: spec, accel: d.accel}
 	if cfg.memfd != nil {
 		rec.Memory, rec.MemoryFD = memShared, addFile(cfg.memfd)
-		mem += ",share=on,mem-path=/dev/fd/" + itoa(rec.MemoryFD)
+		qc.memoryFD = rec.MemoryFD
 	} else {
 		var st unix.Stat_t
 		if err := unix.Stat(cfg.privateMem, &st); err != nil {
-			return nil, fmt.Errorf("snapshot memory: %w", err)
+			return record{}, nil, fmt.Errorf("snapshot memory: %w", err)
 		}
 		if st.Size != int64(spec.MemoryMB)<<20 {
-			return nil, fmt.Errorf("snapshot memory file has %d bytes, want %d", st.Size, int64(spec.MemoryMB)<<20)
+			return record{}, nil, fmt.Errorf("snapshot memory file has %d bytes, want %d", st.Size, int64(spec.MemoryMB)<<20)
 		}
 		rec.Memory, rec.MemoryPath, rec.MemoryDev, rec.MemoryIno = memPrivate, cfg.privateMem, st.Dev, st.Ino
-		mem += ",share=off,mem-path=" + optEscape(cfg.privateMem)
+		qc.privateMem = cfg.privateMem
 	}
-	args = append(args, "-object", mem)
 	if cfg.incoming == nil {
-		args = append(args, "-kernel", spec.Kernel)
-		if spec.Initrd != "" {
-			args = append(args, "-initrd", spec.Initrd)
-		}
-		args = append(args, "-append", d.kernelCmdline(spec))
-	}
-	for i, dk := range spec.Disks {
-		drive := fmt.Sprintf("id=d%d,if=none,file=%s,format=%s,discard=unmap", i, optEscape(dk.Path), dk.Format)
-		if dk.ReadOnly {
-			drive += ",readonly=on"
-		}
-		args = append(args, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=d%d", i))
+		qc.cmdline = d.kernelCmdline(spec)
 	}
 	if spec.Net != nil {
 		rec.MAC = spec.Net.MAC
 		if spec.Net.Tap != nil {
-			args = append(args, "-netdev", "tap,id=n0,fd="+itoa(addFile(spec.Net.Tap)))
+			qc.tapFD = addFile(spec.Net.Tap)
 		} else {
 			port, err := freePort()
 			if err != nil {
-				return nil, fmt.Errorf("user network: %w", err)
+				return record{}, nil, fmt.Errorf("user network: %w", err)
 			}
 			rec.HostForward = "127.0.0.1:" + itoa(port)
-			args = append(args, "-netdev", fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d", port, EnvdPort))
+			qc.hostPort = port
 		}
-		args = append(args, "-device", "virtio-net-device,netdev=n0,mac="+spec.Net.MAC)
 	}
 	if cfg.incoming != nil {
 		addFile(cfg.incoming) // its number goes to migrate-incoming
-		// -S: the guest stays stopped after the load until cont.
-		args = append(args, "-S", "-incoming", "defer")
-		if cfg.meta.StateFormat == stateDevices {
-			// A device-state-only stream has no configuration section.
-			args = append(args, "-global", "migration.send-configuration=off")
-		}
+		qc.incoming = true
+		qc.devicesOnly = cfg.meta.StateFormat == stateDevices
 	}
-	rec.Args = args
+	rec.Args = qemuArgs(qc)
+	return rec, files, nil
+}
 
+// start runs QEMU for cfg and waits until its QMP monitor answers (and,
+// for a restore, the state is loaded and the guest resumed).
+func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) {
+	spec := cfg.spec
+	rec, files, err := d.prepare(cfg)
+	if err != nil {
+		return nil, err
+	}
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, qemuLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(d.binary, args...)
+	cmd := exec.Command(d.binary, rec.Args...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = files
