@@ -92,6 +92,21 @@ func ReadSnapshot(dir string) (vmm.Snapshot, error) {
 	return vmm.Snapshot{Dir: dir, MemoryMB: m.MemoryMB, VCPUs: m.VCPUs, Disks: m.Disks}, nil
 }
 
+// SnapshotComplete reports whether dir holds a complete snapshot: its
+// metadata, written last, and the files it names.
+func (d *Driver) SnapshotComplete(dir string) bool {
+	meta, err := readSnapshotMeta(dir)
+	if err != nil {
+		return false
+	}
+	for _, f := range []string{meta.State, meta.Memory} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // migration parameters for snapshots: no bandwidth limit (the guest is
 // stopped, so there is nothing to throttle).
 const maxBandwidth = 1 << 40
