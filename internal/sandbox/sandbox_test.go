@@ -88,12 +88,7 @@ func (e *env) manager(t *testing.T) *sandbox.Manager {
 // reporting to it (e.create fails the step), and reports whether it
 // passed. Steps build on each other: callers stop at the first that fails.
 func (e *env) step(name string, fn func(t *testing.T)) bool {
-	parent := e.t
-	defer func() { e.t = parent }()
-	return parent.Run(name, func(t *testing.T) {
-		e.t = t
-		fn(t)
-	})
+	return testenv.Step(&e.t, name, fn)
 }
 
 func (e *env) create(ctx context.Context, o sandbox.CreateOptions) (*sandbox.Info, *envdclient.Client) {

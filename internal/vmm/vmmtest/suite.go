@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/testenv"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -179,12 +180,7 @@ func (e *env) track(m vmm.Machine) {
 // reporting to it, and reports whether it passed. Steps build on each
 // other: the test stops at the first that fails.
 func (e *env) step(name string, fn func(t *testing.T)) bool {
-	parent := e.t
-	defer func() { e.t = parent }()
-	return parent.Run(name, func(t *testing.T) {
-		e.t = t
-		fn(t)
-	})
+	return testenv.Step(&e.t, name, fn)
 }
 
 // boot cold-boots a machine on an overlay of the guest's rootfs.
