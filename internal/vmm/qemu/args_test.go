@@ -36,6 +36,20 @@ func TestQemuArgs(t *testing.T) {
 	rootfs := vmm.Disk{Path: "/data/sb-1/rootfs.qcow2", Format: "qcow2"}
 	net := &vmm.NetAttachment{MAC: "02:00:00:00:00:01"}
 	cat := func(parts ...[]string) []string { return slices.Concat(parts...) }
+	// The expected arguments of the rootfs, a tap and user networking.
+	rootfsArgs := []string{
+		"-drive", "id=d0,if=none,file=/data/sb-1/rootfs.qcow2,format=qcow2,discard=unmap",
+		"-device", "virtio-blk-device,drive=d0",
+	}
+	netDevice := []string{"-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01"}
+	tapArgs := func(fd string) []string { return cat([]string{"-netdev", "tap,id=n0,fd=" + fd}, netDevice) }
+	userNetArgs := func(port string) []string {
+		return cat([]string{"-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:" + port + "-:49983"}, netDevice)
+	}
+	bootArgs := func(cmdline string) []string {
+		return []string{"-kernel", "/img/vmlinux", "-initrd", "/img/initrd", "-append", cmdline}
+	}
+	sharedMem := []string{"-object", "memory-backend-file,id=mem,size=512M,share=on,mem-path=/dev/fd/3"}
 
 	tests := []struct {
 		name string
@@ -48,15 +62,7 @@ func TestQemuArgs(t *testing.T) {
 				spec: spec(net, rootfs), accel: vmm.AccelKVM,
 				cmdline: "console=ttyS0 panic=-1", memoryFD: 3, tapFD: 4,
 			},
-			want: cat(common("sb-1", vmm.AccelKVM, "host"), []string{
-				"-object", "memory-backend-file,id=mem,size=512M,share=on,mem-path=/dev/fd/3",
-				"-kernel", "/img/vmlinux", "-initrd", "/img/initrd",
-				"-append", "console=ttyS0 panic=-1",
-				"-drive", "id=d0,if=none,file=/data/sb-1/rootfs.qcow2,format=qcow2,discard=unmap",
-				"-device", "virtio-blk-device,drive=d0",
-				"-netdev", "tap,id=n0,fd=4",
-				"-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01",
-			}),
+			want: cat(common("sb-1", vmm.AccelKVM, "host"), sharedMem, bootArgs("console=ttyS0 panic=-1"), rootfsArgs, tapArgs("4")),
 		},
 		{
 			name: "cold boot under TCG with user networking",
@@ -64,15 +70,7 @@ func TestQemuArgs(t *testing.T) {
 				spec: spec(net, rootfs), accel: vmm.AccelTCG,
 				cmdline: "console=ttyS0 panic=-1 no_timer_check", memoryFD: 3, hostPort: 40123,
 			},
-			want: cat(common("sb-1", vmm.AccelTCG, "max"), []string{
-				"-object", "memory-backend-file,id=mem,size=512M,share=on,mem-path=/dev/fd/3",
-				"-kernel", "/img/vmlinux", "-initrd", "/img/initrd",
-				"-append", "console=ttyS0 panic=-1 no_timer_check",
-				"-drive", "id=d0,if=none,file=/data/sb-1/rootfs.qcow2,format=qcow2,discard=unmap",
-				"-device", "virtio-blk-device,drive=d0",
-				"-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40123-:49983",
-				"-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01",
-			}),
+			want: cat(common("sb-1", vmm.AccelTCG, "max"), sharedMem, bootArgs("console=ttyS0 panic=-1 no_timer_check"), rootfsArgs, userNetArgs("40123")),
 		},
 		{
 			// A template's machine boots on shared memory too, so that its
@@ -89,8 +87,7 @@ func TestQemuArgs(t *testing.T) {
 				},
 				accel: vmm.AccelKVM, cmdline: "console=ttyS0 panic=-1 init=/sbin/envd", memoryFD: 3,
 			},
-			want: cat(common("tpl,,1", vmm.AccelKVM, "host"), []string{
-				"-object", "memory-backend-file,id=mem,size=512M,share=on,mem-path=/dev/fd/3",
+			want: cat(common("tpl,,1", vmm.AccelKVM, "host"), sharedMem, []string{
 				"-kernel", "/img/vmlinux",
 				"-append", "console=ttyS0 panic=-1 init=/sbin/envd",
 				"-drive", "id=d0,if=none,file=/img/base,,v1.raw,format=raw,discard=unmap,readonly=on",
@@ -110,10 +107,7 @@ func TestQemuArgs(t *testing.T) {
 			},
 			want: cat(common("sb-1", vmm.AccelKVM, "host"), []string{
 				"-object", "memory-backend-file,id=mem,size=512M,share=off,mem-path=/data/templates/t1/memory-20261207T041500-abcd",
-				"-drive", "id=d0,if=none,file=/data/sb-1/rootfs.qcow2,format=qcow2,discard=unmap",
-				"-device", "virtio-blk-device,drive=d0",
-				"-netdev", "tap,id=n0,fd=3",
-				"-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01",
+			}, rootfsArgs, tapArgs("3"), []string{
 				"-S", "-incoming", "defer",
 				"-global", "migration.send-configuration=off",
 			}),
@@ -127,14 +121,8 @@ func TestQemuArgs(t *testing.T) {
 				spec: spec(net, rootfs), accel: vmm.AccelTCG,
 				cmdline: "ignored on restore", memoryFD: 3, hostPort: 40124, incoming: true,
 			},
-			want: cat(common("sb-1", vmm.AccelTCG, "max"), []string{
-				"-object", "memory-backend-file,id=mem,size=512M,share=on,mem-path=/dev/fd/3",
-				"-drive", "id=d0,if=none,file=/data/sb-1/rootfs.qcow2,format=qcow2,discard=unmap",
-				"-device", "virtio-blk-device,drive=d0",
-				"-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40124-:49983",
-				"-device", "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01",
-				"-S", "-incoming", "defer",
-			}),
+			want: cat(common("sb-1", vmm.AccelTCG, "max"), sharedMem, rootfsArgs, userNetArgs("40124"),
+				[]string{"-S", "-incoming", "defer"}),
 		},
 		{
 			name: "private memory path with a comma is escaped",
