@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the Go tests. Under CAPSULE_TEST_STRICT=1 a skipped test is a failure
 # (every test must really run in CI); testenv.Skip already fails in that
-# mode, and this catches any plain t.Skip too.
+# mode, and this catches any plain t.Skip too. The VM packages take minutes
+# under TCG (the sandbox package with its fault injection about ten): the
+# timeout is 30 minutes per package.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-go test -v "$@" ./... 2>&1 | tee "$log" | grep --line-buffered -E '^(--- |ok |FAIL|panic:|\s+\S+\.go:[0-9]+: )'
+go test -v -timeout 30m "$@" ./... 2>&1 | tee "$log" | grep --line-buffered -E '^(--- |ok |FAIL|panic:|\s+\S+\.go:[0-9]+: )'
 rc=${PIPESTATUS[0]}
 pass=$(grep -c -- '--- PASS' "$log")
 fail=$(grep -c -- '--- FAIL' "$log")

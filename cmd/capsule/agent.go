@@ -20,6 +20,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 )
 
@@ -127,7 +128,7 @@ func runAgent(ctx context.Context, args []string) error {
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	if os.Geteuid() != 0 {
 		return errors.New("agent: needs root (network namespaces, TAP devices, nftables)")
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/proxy"
@@ -297,7 +298,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	if o.configFile != "" {
 		log.InfoContext(ctx, "configuration file", "file", o.configFile)
 	}
@@ -409,7 +410,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: sandbox listener: %w", err)
 	}
 	defer sln.Close()
-	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, Resolver: proxy.ServiceResolver{
+	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, TrustedProxies: o.proxies, Resolver: proxy.ServiceResolver{
 		Sandboxes: sandboxes, Accounts: accounts,
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 	}})

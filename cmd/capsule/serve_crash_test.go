@@ -87,12 +87,14 @@ func newServeDirs(t *testing.T) *serveDirs {
 
 // serveProc is one running `capsule serve`.
 type serveProc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	url  string
-	log  *bytes.Buffer
-	done chan struct{}
-	err  error
+	t   *testing.T
+	cmd *exec.Cmd
+	url string
+	// sandboxURL is its sandbox traffic listener (-sandbox-listen).
+	sandboxURL string
+	log        *bytes.Buffer
+	done       chan struct{}
+	err        error
 }
 
 func freeTCPPort(t *testing.T) int {
@@ -108,9 +110,10 @@ func freeTCPPort(t *testing.T) int {
 // start runs `capsule serve` on d without waiting for it.
 func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	t.Helper()
-	port := freeTCPPort(t)
-	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port),
+	port, sport := freeTCPPort(t), freeTCPPort(t)
+	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), sandboxURL: fmt.Sprintf("http://127.0.0.1:%d", sport),
+		log: &bytes.Buffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", sport),
 		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
 		"-net-name", "ccrash", "-net-host-cidr", "198.18.124.0/24", "-net-link-cidr", "198.18.125.0/24", "-net-max-slots", "8",
@@ -324,7 +327,7 @@ func (p *serveProc) execIn(t *testing.T, ctx context.Context, key, id, cmd strin
 // /files, authorized by the sandbox's envd access token).
 func (p *serveProc) proxyFile(t *testing.T, ctx context.Context, sb crashSandbox, path string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, "GET", p.url+"/files?username=root&path="+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.sandboxURL+"/files?username=root&path="+path, nil)
 	req.Host = "49983-" + sb.ID + ".crash.test"
 	req.Header.Set("X-Access-Token", sb.EnvdAccessToken)
 	resp, err := http.DefaultClient.Do(req)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/proxy"
 )
 
@@ -21,9 +22,10 @@ import (
 //   - the sandbox listener (sandboxHandler): the traffic proxy alone.
 
 // apiHandler serves the API listener: E2B's control-plane paths to the
-// E2B facade, the rest to the native API; sandbox traffic is refused.
+// E2B facade, the rest to the native API; sandbox traffic is refused. Every
+// response, the refusals too, carries the request's X-Request-Id (logctx).
 func apiHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler, sandboxDomain string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return logctx.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case px.Matches(r):
 			w.Header().Set("Content-Type", "application/json; charset=utf-8")
@@ -37,7 +39,7 @@ func apiHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler, sandbo
 		default:
 			api.ServeHTTP(w, r)
 		}
-	})
+	}))
 }
 
 // sandboxHandler serves the sandbox listener: the proxy and nothing else.

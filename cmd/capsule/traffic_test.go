@@ -76,11 +76,16 @@ func TestListenerDispatch(t *testing.T) {
 				for k, v := range tc.headers {
 					req.Header.Set(k, v)
 				}
+				req.Header.Set("X-Request-Id", "dispatch-1")
 				rec := httptest.NewRecorder()
 				l.h.ServeHTTP(rec, req)
 				body, _ := io.ReadAll(rec.Body)
 				if rec.Code != l.status || !strings.Contains(string(body), l.body) {
 					t.Fatalf("%s listener: %d %s, want %d with %q", l.name, rec.Code, body, l.status, l.body)
+				}
+				// Every answer, refusals too, names the request.
+				if got := rec.Header().Values("X-Request-Id"); len(got) != 1 || got[0] != "dispatch-1" {
+					t.Errorf("%s listener: X-Request-Id %q, want [dispatch-1]", l.name, got)
 				}
 			}
 		})

@@ -13,8 +13,10 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
@@ -111,12 +113,34 @@ func New(cfg Config) (*Agent, error) {
 
 // ServeHTTP implements http.Handler: sandbox traffic (requests with
 // agentproxy.SandboxHeader) goes to the proxy, the rest to the RPC handler.
+// Both run with the control plane's request ID in the context
+// (CarryRequestID).
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = r.WithContext(requestContext(r))
 	if r.Header.Get(agentproxy.SandboxHeader) != "" {
 		a.serveProxy(w, r)
 		return
 	}
 	a.mux.ServeHTTP(w, r)
+}
+
+// CarryRequestID serves next with the control plane's request ID in the
+// context (agentapi.RequestIDHeader when well-formed, else a fresh one), so
+// that every log line of the call carries it (logctx). The Agent does it
+// for every request; it is exported for servers that put the agent's
+// handler behind their own.
+func CarryRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(requestContext(r)))
+	})
+}
+
+func requestContext(r *http.Request) context.Context {
+	id := r.Header.Get(agentapi.RequestIDHeader)
+	if !logctx.ValidID(id) {
+		id = logctx.NewID()
+	}
+	return logctx.WithRequestID(r.Context(), id)
 }
 
 // recovered turns a handler's panic into an internal error.

@@ -17,6 +17,7 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
 	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -78,11 +79,15 @@ type stub struct {
 	a   *Agent
 	err error
 
-	mu     sync.Mutex
-	protos []string // of the HTTP requests served
+	mu         sync.Mutex
+	protos     []string // of the HTTP requests served
+	requestIDs []string // the request IDs of GetSandbox's contexts
 }
 
 func (s *stub) GetSandbox(ctx context.Context, req *connect.Request[pb.GetSandboxRequest]) (*connect.Response[pb.GetSandboxResponse], error) {
+	s.mu.Lock()
+	s.requestIDs = append(s.requestIDs, logctx.RequestID(ctx))
+	s.mu.Unlock()
 	if s.err != nil {
 		return nil, s.a.failState(ctx, s.err)
 	}
@@ -110,25 +115,26 @@ func (s *stub) WriteFile(ctx context.Context, stream *connect.ClientStream[pb.Wr
 	return connect.NewResponse(&pb.WriteFileResponse{BytesWritten: n}), nil
 }
 
-// stubServer serves a stub behind the agent's interceptor over h2c, as New
-// does, and returns the agent whose log it writes to.
+// stubServer serves a stub behind the agent's interceptor and ServeHTTP
+// over h2c, as New does, and returns the agent's URL and its log (through
+// logctx's handler, as the binaries' is).
 func stubServer(t *testing.T, s *stub) (url string, logs *bytes.Buffer) {
 	t.Helper()
 	logs = &bytes.Buffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(logctx.NewHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	v, err := NewStaticToken(testToken)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.a = &Agent{log: log}
 	path, h := hostagentv1connect.NewHostAgentHandler(s, connect.WithInterceptors(&authInterceptor{v: v, log: log}))
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
+	s.a = &Agent{log: log, mux: mux}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.protos = append(s.protos, r.Proto)
 		s.mu.Unlock()
-		mux.ServeHTTP(w, r)
+		s.a.ServeHTTP(w, r)
 	}))
 	srv.Config.Protocols = Protocols()
 	srv.Start()

@@ -31,4 +31,10 @@
 // ResourceExhausted; envd's own answers keep their meaning; anything else is
 // Internal with only an error ID in the message, and the agent's log holds
 // the details under that ID.
+//
+// Request IDs: every request (RPC or traffic) runs with the control
+// plane's request ID in its context (agentapi.RequestIDHeader when
+// well-formed, else a fresh one; CarryRequestID), so that the agent's log
+// lines of a call carry the request_id of the API request that caused it
+// (package logctx). The header never reaches a guest.
 package agent

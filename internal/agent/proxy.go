@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
@@ -83,6 +84,10 @@ func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 		dial: netip.AddrPortFrom(addr, uint16(port))}
 	ctx, done := a.proxying.add(r.Context(), id)
 	defer done()
+	// A guest may answer while its request body still arrives (an echo,
+	// a streaming upload handler): without full duplex, Go's HTTP/1
+	// server would end the body's reads at the answer's first bytes.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, proxyTargetKey{}, t)))
 }
 
@@ -95,7 +100,7 @@ func (a *Agent) newReverseProxy() *httputil.ReverseProxy {
 			t := pr.In.Context().Value(proxyTargetKey{}).(*proxyTarget)
 			pr.SetURL(t.url)
 			pr.Out.Host = pr.In.Host
-			for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader} {
+			for _, h := range []string{agentproxy.SandboxHeader, agentproxy.PortHeader, agentproxy.TokenHeader, agentapi.RequestIDHeader} {
 				pr.Out.Header.Del(h)
 			}
 		},

@@ -13,6 +13,8 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
+	"github.com/capsulehq/capsule/internal/agentapi"
+	"github.com/capsulehq/capsule/internal/logctx"
 )
 
 // MaxMessageBytes bounds one RPC message either way, as the agent does.
@@ -93,8 +95,9 @@ func newTransport(tlsCfg *tls.Config) *http.Transport {
 	}
 }
 
-// clientInterceptor adds the bearer token to every call and classifies
-// every error (see Classify).
+// clientInterceptor adds the bearer token and the context's request ID
+// (logctx, in agentapi.RequestIDHeader) to every call and classifies every
+// error (see Classify).
 type clientInterceptor struct {
 	token string
 }
@@ -102,6 +105,9 @@ type clientInterceptor struct {
 func (i *clientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		req.Header().Set("Authorization", "Bearer "+i.token)
+		if id := logctx.RequestID(ctx); id != "" {
+			req.Header().Set(agentapi.RequestIDHeader, id)
+		}
 		res, err := next(ctx, req)
 		return res, Classify(err)
 	}
@@ -111,6 +117,9 @@ func (i *clientInterceptor) WrapStreamingClient(next connect.StreamingClientFunc
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
 		conn.RequestHeader().Set("Authorization", "Bearer "+i.token)
+		if id := logctx.RequestID(ctx); id != "" {
+			conn.RequestHeader().Set(agentapi.RequestIDHeader, id)
+		}
 		return &classifyingConn{conn}
 	}
 }

@@ -12,4 +12,8 @@
 // of this package's classes (ErrNotFound, ErrConflict, …): the service
 // layer classifies agent failures without knowing Connect codes.
 // errors.As still finds the underlying *connect.Error.
+//
+// Every call sends the context's request ID (package logctx) in
+// agentapi.RequestIDHeader, so that the agent logs the call under the
+// request_id of the API request that made it.
 package agentclient

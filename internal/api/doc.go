@@ -109,4 +109,10 @@
 // path and operation (operationId, parameters, responses, errors as
 // #/components/responses/…) to openapi.yaml, and the schema of any new
 // JSON type to the table of that test.
+//
+// Request IDs: ServeHTTP takes the client's well-formed X-Request-Id or
+// makes one, echoes it in the response's X-Request-Id and puts it in the
+// request's context (package logctx), with the team of the credential once
+// authenticated; every log line of the request carries them, and the host
+// agent's lines of the calls it makes carry the same request_id.
 package api

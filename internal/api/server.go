@@ -14,8 +14,10 @@ import (
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // maxBody bounds a request body.
@@ -102,7 +104,15 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Every request gets a request ID in
+// its context (the client's well-formed X-Request-Id, else a fresh one),
+// echoed in the response's X-Request-Id; every log line of the request,
+// here and on the host agent, carries it (logctx).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, id := logctx.FromHTTP(r)
+	w.Header().Set(logctx.Header, id)
+	s.mux.ServeHTTP(w, r.WithContext(ctx))
+}
 
 // handler is an authenticated handler.
 type handler func(w http.ResponseWriter, r *http.Request, p service.Principal)
@@ -191,7 +201,7 @@ func (s *Server) authed(h handler) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		h(w, r, p)
+		h(w, r.WithContext(logctx.WithTeam(r.Context(), wireid.Format(wireid.Team, p.TeamID))), p)
 	}
 }
 

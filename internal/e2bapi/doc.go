@@ -91,4 +91,8 @@
 //     {templateID, public} or 404.
 //   - Not supported: fork, network updates, logs and template builds
 //     answer 501, not a 404 that the SDK would read as "sandbox not found".
+//
+// Request IDs: as the native API (package logctx), every answer echoes the
+// request's X-Request-Id (the client's when well-formed, else a fresh one)
+// and the log lines of the request, here and on the host agent, carry it.
 package e2bapi

@@ -16,6 +16,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
@@ -86,7 +87,13 @@ func (h *Handler) Matches(r *http.Request) bool {
 	return slices.Contains(prefixes, first)
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler, with a request ID in the context
+// (logctx.FromHTTP) echoed in the response's X-Request-Id.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, id := logctx.FromHTTP(r)
+	w.Header().Set(logctx.Header, id)
+	h.mux.ServeHTTP(w, r.WithContext(ctx))
+}
 
 // Routes returns the registered route patterns ("METHOD /path/{param}").
 func (h *Handler) Routes() []string { return slices.Clone(h.routes) }
@@ -150,7 +157,7 @@ func (h *Handler) authed(next handler) http.HandlerFunc {
 			h.fail(w, r, err)
 			return
 		}
-		next(w, r, p)
+		next(w, r.WithContext(logctx.WithTeam(r.Context(), wireid.Format(wireid.Team, p.TeamID))), p)
 	}
 }
 

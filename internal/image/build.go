@@ -81,7 +81,7 @@ func (s *Store) Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 	idk.add("artifacts", kkey, ikey, rkey)
 	id := idk.sum()
 	if img, err := s.readRecord(id); err == nil && s.complete(img) {
-		log.InfoContext(ctx, "image up to date", "id", id, "took", time.Since(start).Round(time.Millisecond))
+		log.InfoContext(ctx, "image up to date", "image", id, "took", time.Since(start).Round(time.Millisecond))
 		return img, nil
 	}
 
@@ -106,7 +106,7 @@ func (s *Store) Build(ctx context.Context, opts BuildOptions) (*Image, error) {
 		return nil, err
 	}
 	img := s.image(r)
-	log.InfoContext(ctx, "image built", "id", id, "took", time.Since(start).Round(time.Millisecond))
+	log.InfoContext(ctx, "image built", "image", id, "took", time.Since(start).Round(time.Millisecond))
 	return img, nil
 }
 

@@ -131,7 +131,7 @@ func (s *Store) List(ctx context.Context) ([]*Image, error) {
 		}
 		img, err := s.readRecord(id)
 		if err != nil {
-			s.log.WarnContext(ctx, "skipping unreadable image record", "id", id, "err", err)
+			s.log.WarnContext(ctx, "skipping unreadable image record", "image", id, "err", err)
 			continue
 		}
 		out = append(out, img)
@@ -247,7 +247,7 @@ func (s *Store) Remove(ctx context.Context, ref string) ([]*Image, error) {
 		if err := os.Remove(s.recordPath(img.ID)); err != nil {
 			return nil, fmt.Errorf("remove image %s: %w", img.ID, err)
 		}
-		s.log.InfoContext(ctx, "image removed", "id", img.ID, "template", img.Template)
+		s.log.InfoContext(ctx, "image removed", "image", img.ID, "template", img.Template)
 	}
 	if err := syncDir(filepath.Join(s.dir, dirImages)); err != nil {
 		return nil, err

@@ -19,18 +19,18 @@ import (
 func forgetGuestFlows(log *slog.Logger, guest netip.Addr) {
 	f := &netlink.ConntrackFilter{}
 	if err := f.AddIP(netlink.ConntrackOrigSrcIP, net.IP(guest.AsSlice())); err != nil {
-		log.Warn("conntrack filter", "error", err)
+		log.Warn("conntrack filter", "err", err)
 		return
 	}
 	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f); err != nil {
-		log.Warn("forget guest flows", "error", err)
+		log.Warn("forget guest flows", "err", err)
 	}
 }
 
 // flushFlows deletes every flow of the calling thread's namespace.
 func flushFlows(log *slog.Logger) {
 	if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
-		log.Warn("flush slot flows", "error", err)
+		log.Warn("flush slot flows", "err", err)
 	}
 }
 
@@ -40,14 +40,14 @@ func forgetHostFlows(log *slog.Logger, hostAddr netip.Addr) {
 	ip := net.IP(hostAddr.AsSlice())
 	to, from := &netlink.ConntrackFilter{}, &netlink.ConntrackFilter{}
 	if err := to.AddIP(netlink.ConntrackOrigDstIP, ip); err != nil {
-		log.Warn("conntrack filter", "error", err)
+		log.Warn("conntrack filter", "err", err)
 		return
 	}
 	if err := from.AddIP(netlink.ConntrackOrigSrcIP, ip); err != nil {
-		log.Warn("conntrack filter", "error", err)
+		log.Warn("conntrack filter", "err", err)
 		return
 	}
 	if _, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, to, from); err != nil {
-		log.Warn("forget host flows", "host_addr", hostAddr, "error", err)
+		log.Warn("forget host flows", "host_addr", hostAddr, "err", err)
 	}
 }

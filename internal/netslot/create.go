@@ -39,7 +39,7 @@ func (p *Pool) createSlot(ctx context.Context, pl plan) (err error) {
 	defer func() {
 		if err != nil {
 			if uerr := undo.run(); uerr != nil {
-				p.log.Error("slot rollback failed; the next pool start cleans it", "slot", pl.index, "error", uerr)
+				p.log.Error("slot rollback failed; the next pool start cleans it", "slot", pl.index, "err", uerr)
 				err = errors.Join(err, fmt.Errorf("rollback: %w", uerr))
 			}
 			err = fmt.Errorf("create slot %d: %w", pl.index, err)

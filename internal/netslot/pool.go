@@ -408,7 +408,7 @@ func (p *Pool) Close(_ context.Context) error {
 		errs = append(errs, fmt.Errorf("release lock: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
-		p.log.Error("network slot pool closed with errors; the next pool start cleans the rest", "error", err)
+		p.log.Error("network slot pool closed with errors; the next pool start cleans the rest", "err", err)
 		return fmt.Errorf("close pool: %w", err)
 	}
 	p.log.Info("network slot pool closed", "slots_destroyed", len(all))

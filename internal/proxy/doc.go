@@ -43,4 +43,11 @@
 // X-Content-Type-Options: nosniff and Content-Security-Policy: sandbox;
 // default-src 'none' (signed file URLs of every sandbox share the sandbox
 // listener's origin).
+//
+// Request IDs: the proxy takes the client's well-formed X-Request-Id or
+// makes one (package logctx), logs with it, sends it to the agent in
+// agentapi.RequestIDHeader (replacing whatever the client put there) and
+// echoes it in the response's X-Request-Id, unless the sandbox's server
+// answers with its own; the client's X-Request-Id reaches the guest as it
+// was sent.
 package proxy

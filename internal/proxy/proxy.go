@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net"
@@ -19,8 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/logctx"
 )
 
 // EnvdPort is envd's port in every guest.
@@ -101,6 +105,14 @@ type Config struct {
 	// two reloads (default 250 ms): a URL that matches no sandbox waits
 	// for the next reload allowed, and is looked up once more.
 	SignerTTL, SignerRefresh time.Duration
+	// ScanLimit bounds, per client address, the signed file URLs whose
+	// signature the proxy has not seen match before (each costs a pass
+	// over the running sandboxes' tokens); default a burst of 64, then 20
+	// a second. Past it the client gets 429.
+	ScanLimit auth.RateLimit
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client (auth.ClientIP).
+	TrustedProxies []netip.Prefix
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -116,6 +128,7 @@ type Handler struct {
 	routes map[string]cachedRoute
 
 	signers *signerIndex
+	scans   *auth.Limiter
 }
 
 type cachedRoute struct {
@@ -140,7 +153,14 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}}
+	if cfg.ScanLimit == (auth.RateLimit{}) {
+		cfg.ScanLimit = auth.RateLimit{Burst: 64, Interval: 50 * time.Millisecond}
+	}
+	scans, err := auth.NewLimiter(auth.LimiterConfig{Limit: cfg.ScanLimit, Now: cfg.Now})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	h := &Handler{cfg: cfg, log: cfg.Log, routes: map[string]cachedRoute{}, scans: scans}
 	h.signers = &signerIndex{res: cfg.Resolver, now: cfg.Now, ttl: cfg.SignerTTL, refresh: cfg.SignerRefresh}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -155,6 +175,9 @@ func New(cfg Config) (*Handler, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.StatusCode == http.StatusBadGateway && resp.Header.Get(agentproxy.ErrorHeader) == agentproxy.ErrorNotFound {
 				h.forget(resp.Request.Header.Get(agentproxy.SandboxHeader))
+			}
+			if resp.Header.Get(logctx.Header) == "" {
+				resp.Header.Set(logctx.Header, logctx.RequestID(resp.Request.Context()))
 			}
 			if rt, ok := resp.Request.Context().Value(routeKey{}).(*routed); ok && rt.files {
 				hardenFileResponse(resp.Header, rt.filePath)
@@ -249,22 +272,32 @@ func isSignedFileURL(r *http.Request) bool {
 
 // signedFileTarget finds the running sandbox whose envd token made the
 // request's signature (the one sandbox it can be for) in the signer index:
-// no database query and no HMAC per request ("" when none did).
-func (h *Handler) signedFileTarget(r *http.Request) string {
+// no database query and no HMAC per request ("" when none did). When the
+// client has used up its scans, it returns "" and how long until the next
+// one is allowed.
+func (h *Handler) signedFileTarget(r *http.Request) (id string, retryAfter time.Duration) {
 	q := r.URL.Query()
 	exp, ok := signatureExpiration(q)
 	if !ok {
-		return ""
+		return "", 0
 	}
 	sig, ok := newFileSig(q.Get("path"), fileOperation(r.Method), q.Get("username"), exp, q.Get("signature"))
 	if !ok {
-		return ""
+		return "", 0
 	}
-	id, err := h.signers.lookup(r.Context(), sig)
+	allowScan := func() bool {
+		var ok bool
+		ok, retryAfter = h.scans.Allow(auth.IPKey(auth.ClientIP(r, h.cfg.TrustedProxies)))
+		return ok
+	}
+	id, err := h.signers.lookup(r.Context(), sig, allowScan)
+	if errors.Is(err, errScanLimited) {
+		return "", max(retryAfter, time.Second)
+	}
 	if err != nil && !errors.Is(err, ErrNotFound) && r.Context().Err() == nil {
 		h.log.WarnContext(r.Context(), "signed file URL: running sandboxes", "err", err)
 	}
-	return id
+	return id, 0
 }
 
 // fileOperation is the signature's operation of a /files request.
@@ -330,10 +363,26 @@ type routed struct {
 }
 
 // ServeHTTP implements http.Handler.
+//
+// Every request gets a request ID in its context (logctx.FromHTTP), sent
+// on to the agent (agentapi.RequestIDHeader) and echoed in the response's
+// X-Request-Id unless the sandbox's server sets its own.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, reqID := logctx.FromHTTP(r)
+	r = r.WithContext(ctx)
+	w.Header().Set(logctx.Header, reqID)
+	// Bodies stream both ways at once: a sandbox may answer while its
+	// request body still arrives (Go's HTTP/1 server would otherwise end
+	// the body's reads at the answer's first bytes).
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	id, port, bad := target(r)
 	if bad != "" && isSignedFileURL(r) {
-		if id = h.signedFileTarget(r); id == "" {
+		var retryAfter time.Duration
+		if id, retryAfter = h.signedFileTarget(r); retryAfter > 0 {
+			auth.WriteTooManyRequests(w, retryAfter)
+			return
+		}
+		if id == "" {
 			// No running sandbox signed it: E2B's answer for a sandbox it
 			// cannot find.
 			agentproxy.WriteError(w, http.StatusBadGateway, "", 0, agentproxy.MsgSandboxNotFound)
@@ -397,12 +446,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			sw = &staleWriter{w: w}
 			rw = sw
 		}
-		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), routeKey{}, &routed{
+		// The response's X-Request-Id: ModifyResponse sets it unless the
+		// sandbox's server sent its own, forwardError sets it on errors.
+		w.Header().Del(logctx.Header)
+		h.proxy.ServeHTTP(rw, r.WithContext(context.WithValue(logctx.WithSandbox(r.Context(), id), routeKey{}, &routed{
 			route: rt, port: port, files: port == EnvdPort && isFilesPath(r.URL.Path), filePath: r.URL.Query().Get("path"),
 		})))
 		if sw == nil || !sw.stale {
 			return
 		}
+		w.Header().Set(logctx.Header, reqID)
 		// The stale route is forgotten already (ModifyResponse); the next
 		// attempt resolves afresh.
 	}
@@ -602,6 +655,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set(agentproxy.SandboxHeader, rt.route.SandboxID)
 	pr.Out.Header.Set(agentproxy.PortHeader, strconv.Itoa(rt.port))
 	pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	pr.Out.Header.Set(agentapi.RequestIDHeader, logctx.RequestID(pr.In.Context()))
 	pr.SetXForwarded()
 }
 
@@ -611,6 +665,7 @@ func (h *Handler) forwardError(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	h.log.WarnContext(r.Context(), "forward to the agent", "sandbox", rt.route.SandboxID, "port", rt.port, "err", err)
+	w.Header().Set(logctx.Header, logctx.RequestID(r.Context()))
 	agentproxy.WriteError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agentproxy.MsgSandboxNotFound)
 }
 

@@ -3,11 +3,15 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
@@ -83,7 +87,7 @@ func TestSignerIndexCost(t *testing.T) {
 	t.Run("hits: one list and one HMAC per sandbox, for any number of requests", func(t *testing.T) {
 		for i := range 300 {
 			id := res.ids[(i*37)%n]
-			got, err := x.lookup(ctx, signedFor(t, fmt.Sprintf("/home/user/f%d.html", i), "read", "user", "token-of-"+id, nil))
+			got, err := x.lookup(ctx, signedFor(t, fmt.Sprintf("/home/user/f%d.html", i), "read", "user", "token-of-"+id, nil), allowAll)
 			if err != nil || got != id {
 				t.Fatalf("request %d: %q, %v; want %q", i, got, err, id)
 			}
@@ -98,7 +102,7 @@ func TestSignerIndexCost(t *testing.T) {
 		res.ids = append(res.ids, id)
 		res.mu.Unlock()
 		exp := int64(1_700_000_060)
-		got, err := x.lookup(ctx, signedFor(t, "out.txt", "write", "", "token-of-"+id, &exp))
+		got, err := x.lookup(ctx, signedFor(t, "out.txt", "write", "", "token-of-"+id, &exp), allowAll)
 		if err != nil || got != id {
 			t.Fatalf("%q, %v", got, err)
 		}
@@ -109,7 +113,7 @@ func TestSignerIndexCost(t *testing.T) {
 	t.Run("forged signatures: not found, no HMAC, at most one reload each", func(t *testing.T) {
 		lists0, _ := res.counts()
 		for i := range 50 {
-			_, err := x.lookup(ctx, signedFor(t, "/etc/passwd", "read", "", fmt.Sprintf("guess-%d", i), nil))
+			_, err := x.lookup(ctx, signedFor(t, "/etc/passwd", "read", "", fmt.Sprintf("guess-%d", i), nil), allowAll)
 			if err != ErrNotFound {
 				t.Fatalf("forged %d: %v", i, err)
 			}
@@ -123,7 +127,7 @@ func TestSignerIndexCost(t *testing.T) {
 		clock.Advance(3 * time.Second)
 		for i := range 20 {
 			id := res.ids[i]
-			if got, err := x.lookup(ctx, signedFor(t, "a", "read", "", "token-of-"+id, nil)); err != nil || got != id {
+			if got, err := x.lookup(ctx, signedFor(t, "a", "read", "", "token-of-"+id, nil), allowAll); err != nil || got != id {
 				t.Fatalf("%q, %v", got, err)
 			}
 		}
@@ -137,7 +141,7 @@ func TestSignerIndexCost(t *testing.T) {
 		res.ids = res.ids[1:]
 		res.mu.Unlock()
 		clock.Advance(3 * time.Second)
-		if got, err := x.lookup(ctx, signedFor(t, "a", "read", "", "token-of-"+id, nil)); err != ErrNotFound {
+		if got, err := x.lookup(ctx, signedFor(t, "a", "read", "", "token-of-"+id, nil), allowAll); err != ErrNotFound {
 			t.Fatalf("%q, %v", got, err)
 		}
 	})
@@ -150,12 +154,12 @@ func TestSignerIndexRefreshWaits(t *testing.T) {
 	res := &countingResolver{ids: []string{"a"}}
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	x := &signerIndex{res: res, now: clock.Now, ttl: time.Hour, refresh: time.Hour}
-	if _, err := x.lookup(context.Background(), signedFor(t, "p", "read", "", "token-of-a", nil)); err != nil {
+	if _, err := x.lookup(context.Background(), signedFor(t, "p", "read", "", "token-of-a", nil), allowAll); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := x.lookup(ctx, signedFor(t, "p", "read", "", "forged", nil)); err != context.Canceled {
+	if _, err := x.lookup(ctx, signedFor(t, "p", "read", "", "forged", nil), allowAll); err != context.Canceled {
 		t.Fatalf("a miss inside the refresh window: %v, want it to wait (here: canceled)", err)
 	}
 	if lists, _ := res.counts(); lists != 1 {
@@ -194,5 +198,74 @@ func TestFileSigMatchesEnvd(t *testing.T) {
 		if _, ok := newFileSig("p", "read", "", nil, bad); ok {
 			t.Errorf("signature %q accepted", bad)
 		}
+	}
+}
+
+// allowAll lets every lookup scan.
+func allowAll() bool { return true }
+
+// TestSignerIndexRemembersSignatures: a signature that matched once is
+// found again through its one sandbox, without a pass over the others
+// (the scan is refused, and the lookup still succeeds); the same digest
+// under another path is not trusted from memory.
+func TestSignerIndexRemembersSignatures(t *testing.T) {
+	res := &countingResolver{}
+	for i := range 100 {
+		res.ids = append(res.ids, fmt.Sprintf("%032x", i))
+	}
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	x := &signerIndex{res: res, now: clock.Now, ttl: time.Hour, refresh: time.Nanosecond}
+	ctx := context.Background()
+	id := res.ids[42]
+	sig := signedFor(t, "/home/user/report.html", "read", "user", "token-of-"+id, nil)
+	if got, err := x.lookup(ctx, sig, allowAll); err != nil || got != id {
+		t.Fatalf("first lookup = %q, %v; want %q", got, err, id)
+	}
+	noScan := func() bool { return false }
+	for i := range 5 {
+		if got, err := x.lookup(ctx, sig, noScan); err != nil || got != id {
+			t.Fatalf("lookup %d of a remembered signature = %q, %v; want %q without a scan", i, got, err, id)
+		}
+	}
+	// The same signature bytes on another path: the remembered sandbox's
+	// token does not make it, and a scan is needed (refused here).
+	moved, ok := newFileSig("/etc/shadow", "read", "user", nil, envdapi.FileSignature("/home/user/report.html", "read", "user", "token-of-"+id, nil))
+	if !ok {
+		t.Fatal("newFileSig refused a well-formed signature")
+	}
+	if got, err := x.lookup(ctx, moved, noScan); err != errScanLimited || got != "" {
+		t.Fatalf("a remembered digest on another path = %q, %v; want errScanLimited", got, err)
+	}
+}
+
+// TestSignedURLScansLimitedPerClient: forged signatures from one client
+// are answered 429 with Retry-After once its scans are used up, while
+// another client is still served (502: no sandbox signed its URL).
+func TestSignedURLScansLimitedPerClient(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	h, err := New(Config{Domain: "capsule.test", Resolver: nilResolver{}, Now: clock.Now,
+		SignerRefresh: time.Nanosecond, ScanLimit: auth.RateLimit{Burst: 3, Interval: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := func(client string, i int) *httptest.ResponseRecorder {
+		sig := envdapi.FileSignature("/etc/passwd", "read", "", fmt.Sprintf("guess-%d", i), nil)
+		r := httptest.NewRequest(http.MethodGet, "/files?path=/etc/passwd&signature="+url.QueryEscape(sig), nil)
+		r.RemoteAddr = client + ":40000"
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	for i := range 3 {
+		if w := forged("192.0.2.1", i); w.Code != http.StatusBadGateway {
+			t.Fatalf("forged URL %d within the burst: %d, want 502", i, w.Code)
+		}
+	}
+	w := forged("192.0.2.1", 3)
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("forged URL past the burst: %d (Retry-After %q), want 429 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+	if w := forged("192.0.2.2", 0); w.Code != http.StatusBadGateway {
+		t.Fatalf("another client: %d, want 502", w.Code)
 	}
 }

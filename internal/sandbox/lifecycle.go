@@ -52,7 +52,7 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 		r := *b.rec
 		b.mu.Unlock()
 		if err := m.writeRecord(dir, &r); err != nil {
-			m.log.ErrorContext(ctx, "persist a failed pause", "id", r.ID, "err", err)
+			m.log.ErrorContext(ctx, "persist a failed pause", "sandbox", r.ID, "err", err)
 		}
 	}
 	if err := m.writeRecord(dir, &rec); err != nil {
@@ -71,7 +71,7 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	_ = machine.Kill(ctx) // the VMM exits after saving; make sure
 	client.Close()
 	if err := m.cfg.Slots.Release(ctx, slot); err != nil {
-		m.log.ErrorContext(ctx, "release network slot", "id", rec.ID, "err", err)
+		m.log.ErrorContext(ctx, "release network slot", "sandbox", rec.ID, "err", err)
 	}
 	_ = os.RemoveAll(m.runDir(rec.ID))
 	m.release(&rec, false)
@@ -88,7 +88,7 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	if old != "" && old != snap.Dir {
 		_ = os.RemoveAll(old)
 	}
-	m.log.InfoContext(ctx, "sandbox paused", "id", rec.ID, "took", m.now().Sub(started))
+	m.log.InfoContext(ctx, "sandbox paused", "sandbox", rec.ID, "took", m.now().Sub(started))
 	return nil
 }
 
@@ -152,7 +152,7 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	if err := m.start(ctx, b, &snap, rec.AccessToken, &undo); err != nil {
 		return fmt.Errorf("resume %s: %w", rec.ID, err)
 	}
-	m.log.InfoContext(ctx, "sandbox resumed", "id", rec.ID)
+	m.log.InfoContext(ctx, "sandbox resumed", "sandbox", rec.ID)
 	return nil
 }
 
@@ -188,7 +188,7 @@ func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (er
 		_ = m.writeRecord(m.sandboxDir(rec.ID), &r)
 		_ = os.RemoveAll(old)
 	}
-	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "id", rec.ID)
+	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "sandbox", rec.ID)
 	return nil
 }
 
@@ -229,10 +229,10 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	m.collectTemplates() // a deleted template it backed onto may go now
 	if err := errors.Join(errs...); err != nil {
-		m.log.ErrorContext(ctx, "sandbox destroyed with errors", "id", id, "err", err)
+		m.log.ErrorContext(ctx, "sandbox destroyed with errors", "sandbox", id, "err", err)
 		return fmt.Errorf("destroy %s: %w", id, err)
 	}
-	m.log.InfoContext(ctx, "sandbox destroyed", "id", id)
+	m.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id)
 	return nil
 }
 
@@ -274,10 +274,10 @@ func (m *Manager) reap(ctx context.Context) {
 			err := m.Pause(ctx, id)
 			switch {
 			case err == nil:
-				m.log.Info("idle sandbox paused", "id", id)
+				m.log.Info("idle sandbox paused", "sandbox", id)
 			case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
 			default:
-				m.log.Error("auto-pause failed; the sandbox runs on", "id", id, "err", err)
+				m.log.Error("auto-pause failed; the sandbox runs on", "sandbox", id, "err", err)
 				_ = m.Ping(id)
 			}
 		}

@@ -160,7 +160,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	for _, in := range m.List() {
 		if strings.HasPrefix(in.ID, warmSandboxPrefix) {
 			if err := m.Destroy(ctx, in.ID); err != nil {
-				m.log.WarnContext(ctx, "destroy a leftover warm-up sandbox", "id", in.ID, "err", err)
+				m.log.WarnContext(ctx, "destroy a leftover warm-up sandbox", "sandbox", in.ID, "err", err)
 			}
 		}
 	}
@@ -334,7 +334,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo); err != nil {
 		return nil, err
 	}
-	m.log.InfoContext(ctx, "sandbox created", "id", o.ID, "template", tpl.Name, "restored", snap != nil)
+	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil)
 	return m.info(b), nil
 }
 
@@ -488,7 +488,7 @@ func (m *Manager) watchMachine(b *box, machine vmm.Machine) {
 	if err := vmmErr(machine); err != nil {
 		reason += ": " + err.Error()
 	}
-	m.log.Warn("sandbox machine exited unexpectedly; sandbox stopped, disk kept", "id", b.id(), "reason", reason)
+	m.log.Warn("sandbox machine exited unexpectedly; sandbox stopped, disk kept", "sandbox", b.id(), "reason", reason)
 	m.stopLocked(context.Background(), b, reason)
 }
 
@@ -519,12 +519,12 @@ func (m *Manager) stopLocked(ctx context.Context, b *box, reason string) {
 	}
 	if slot != nil {
 		if err := m.cfg.Slots.Release(ctx, slot); err != nil {
-			m.log.ErrorContext(ctx, "release network slot", "id", rec.ID, "err", err)
+			m.log.ErrorContext(ctx, "release network slot", "sandbox", rec.ID, "err", err)
 		}
 	}
 	_ = os.RemoveAll(m.runDir(rec.ID))
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
-		m.log.ErrorContext(ctx, "persist a stopped sandbox", "id", rec.ID, "err", err)
+		m.log.ErrorContext(ctx, "persist a stopped sandbox", "sandbox", rec.ID, "err", err)
 	}
 }
 

@@ -141,7 +141,7 @@ func (m *Manager) buildWarm(ctx context.Context, tpl *Template, name string, vcp
 		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
 		defer dcancel()
 		if err := m.Destroy(dctx, id); err != nil && !errors.Is(err, ErrNotFound) {
-			m.log.ErrorContext(dctx, "destroy the warm-up sandbox", "id", id, "err", err)
+			m.log.ErrorContext(dctx, "destroy the warm-up sandbox", "sandbox", id, "err", err)
 		}
 	}()
 	_, err := m.makeTemplate(ctx, id, name, KindSnapshot, true)

@@ -195,7 +195,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) 
 	if err != nil {
 		return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
 	}
-	d.log.Info("machine restored", "id", spec.ID, "snapshot", snap.Dir, "copyMemory", spec.CopyMemory, "took", time.Since(start).Round(time.Millisecond))
+	d.log.Info("machine restored", "machine", spec.ID, "snapshot", snap.Dir, "copyMemory", spec.CopyMemory, "took", time.Since(start).Round(time.Millisecond))
 	return m, nil
 }
 

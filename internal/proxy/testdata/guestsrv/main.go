@@ -27,6 +27,14 @@ func main() {
 			r.Host, r.Header.Get("X-Api-Key"), r.Header.Get("E2b-Traffic-Access-Token"))
 	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		// Echoing while the body still arrives needs full duplex: without
+		// it, Go's HTTP/1 server ends the body's reads once the answer's
+		// first bytes are flushed (and the echo came back truncated when
+		// the proxy delivered the body slower than the guest answered).
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		_, _ = io.Copy(w, r.Body)
 	})
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
