@@ -202,7 +202,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				assertNoVMM(t, runDir, dataDir)
 			})
 			ctx := testCtx(t, 6*time.Minute)
-			state := func(id string) *sandbox.Info {
+			state := func(t *testing.T, id string) *sandbox.Info {
 				t.Helper()
 				in, err := e.mgr.Get(id)
 				if err != nil {
@@ -212,7 +212,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 			}
 
 			t.Run("running sandbox", func(t *testing.T) {
-				in := state(h.running)
+				in := state(t, h.running)
 				if in.State != tc.running {
 					t.Fatalf("state %s (%s), want %s", in.State, in.StateReason, tc.running)
 				}
@@ -268,7 +268,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("paused sandbox", func(t *testing.T) {
-				if in := state(h.paused); in.State != tc.paused {
+				if in := state(t, h.paused); in.State != tc.paused {
 					t.Fatalf("state %s (%s), want %s", in.State, in.StateReason, tc.paused)
 				}
 				if tc.paused == sandbox.StatePaused {
@@ -281,7 +281,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("dead machine leaves a stopped sandbox with its disk", func(t *testing.T) {
-				in := state(h.victim)
+				in := state(t, h.victim)
 				if in.State != sandbox.StateStopped || in.StateReason == "" {
 					t.Fatalf("state %s (%q), want stopped with a reason", in.State, in.StateReason)
 				}
@@ -296,7 +296,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("unreadable state is set aside", func(t *testing.T) {
-				in := state("corrupt")
+				in := state(t, "corrupt")
 				if in.State != sandbox.StateError || !strings.Contains(in.StateReason, "state.json.corrupt-") {
 					t.Fatalf("state %s (%q), want error naming the set-aside file", in.State, in.StateReason)
 				}
@@ -313,7 +313,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 			})
 			if strings.HasPrefix(tc.crashAt, "create-") {
 				t.Run("interrupted create leaves a stopped sandbox with its disk", func(t *testing.T) {
-					in := state("crashme")
+					in := state(t, "crashme")
 					if in.State != sandbox.StateStopped || in.StateReason == "" {
 						t.Fatalf("state %s (%q), want stopped with a reason", in.State, in.StateReason)
 					}
