@@ -6,8 +6,14 @@
 //     processes, with or without a PTY;
 //   - filesystem.Filesystem (filesystem.go, watch.go): stat, list, move,
 //     remove, make directories and watch them;
-//   - HTTP routes (files.go, routes.go): /files upload and download, /health,
-//     /init, /envs, /metrics.
+//   - HTTP routes (routes.go): /health, /init, /envs, /metrics;
+//   - the /files routes, one concern a file: download.go (GET /files),
+//     upload.go (POST /files, multipart or octet-stream), compose.go
+//     (POST /files/compose), encoding.go (Accept-Encoding negotiation and
+//     gzip request bodies), metadata.go (X-Metadata-* headers stored as
+//     user.e2b.* xattrs), and files.go (their REST errors, user and path
+//     resolution, and the pooled copy buffer); their signatures are checked
+//     in auth.go.
 //
 // Server holds the mutable agent state that POST /init sets (access token,
 // global environment, default user and workdir). Every request passes through

@@ -337,69 +337,92 @@ func TestFilesMetadata(t *testing.T) {
 	requireCond(t, xattrsSupported(t, e.dir), "the temp filesystem has no user xattrs")
 	p := e.path("meta.txt")
 
-	st, body := e.upload(t, e.filesURL("path", p), map[string]string{"X-Metadata-Author": "me", "x-metadata-Project-ID": "p 1"}, part{"file", "", "x"})
-	if st != http.StatusOK {
-		t.Fatalf("upload: %d %s", st, body)
-	}
 	want := map[string]string{"author": "me", "project-id": "p 1"}
-	if r := decodeReply(t, body); fmt.Sprint(r[0].Metadata) != fmt.Sprint(want) {
-		t.Errorf("reply metadata %v", r[0].Metadata)
-	}
 	buf := make([]byte, 64)
-	if n, err := unix.Getxattr(p, "user.e2b.author", buf); err != nil || string(buf[:n]) != "me" {
-		t.Errorf("xattr user.e2b.author = %q, %v", buf[:n], err)
-	}
-	// A foreign xattr survives replacement; Stat reports only user.e2b.*.
-	if err := unix.Setxattr(p, "user.other", []byte("keep"), 0); err != nil {
-		t.Fatal(err)
-	}
-	res, err := e.client.Stat(context.Background(), as(&pb.StatRequest{Path: p}, ""))
-	if err != nil || fmt.Sprint(res.Msg.GetEntry().GetMetadata()) != fmt.Sprint(want) {
-		t.Fatalf("stat metadata %v %v", res.Msg.GetEntry().GetMetadata(), err)
-	}
-
-	// The next upload replaces the whole set.
-	st, body = e.upload(t, e.filesURL("path", p), map[string]string{"X-Metadata-Author": "you"}, part{"file", "", "y"})
-	if st != 200 || !strings.Contains(body, `"metadata":{"author":"you"}`) {
-		t.Fatalf("second upload: %d %s", st, body)
-	}
-	res, _ = e.client.Stat(context.Background(), as(&pb.StatRequest{Path: p}, ""))
-	if fmt.Sprint(res.Msg.GetEntry().GetMetadata()) != "map[author:you]" {
-		t.Errorf("metadata after replace %v", res.Msg.GetEntry().GetMetadata())
-	}
-	st, body = e.upload(t, e.filesURL("path", p), nil, part{"file", "", "z"})
-	if st != 200 || strings.Contains(body, "metadata") {
-		t.Fatalf("upload without metadata: %d %s", st, body)
-	}
-	res, _ = e.client.Stat(context.Background(), as(&pb.StatRequest{Path: p}, ""))
-	if res.Msg.GetEntry().GetMetadata() != nil {
-		t.Errorf("metadata not cleared: %v", res.Msg.GetEntry().GetMetadata())
-	}
-	if n, err := unix.Getxattr(p, "user.other", buf); err != nil || string(buf[:n]) != "keep" {
-		t.Errorf("foreign xattr: %q %v", buf[:n], err)
-	}
-
-	tests := []struct {
-		name string
-		hdr  map[string]string
-	}{
-		{"non-ASCII value", map[string]string{"X-Metadata-Author": "j\u00f6rg"}},
-		{"control character", map[string]string{"X-Metadata-Author": "a\tb"}},
-		{"key too long", map[string]string{"X-Metadata-" + strings.Repeat("k", 247): "v"}},
-		{"too large", map[string]string{"X-Metadata-A": strings.Repeat("v", 2100), "X-Metadata-B": strings.Repeat("v", 2100)}},
-	}
-	for _, tc := range tests {
-		st, body := e.upload(t, e.filesURL("path", e.path("bad-meta.txt")), tc.hdr, part{"file", "", "x"})
-		if st != 400 {
-			t.Errorf("%s: %d %s", tc.name, st, body)
+	stat := func(t *testing.T) map[string]string {
+		t.Helper()
+		res, err := e.client.Stat(context.Background(), as(&pb.StatRequest{Path: p}, ""))
+		if err != nil {
+			t.Fatalf("stat: %v", err)
 		}
+		return res.Msg.GetEntry().GetMetadata()
 	}
-	if _, err := os.Stat(e.path("bad-meta.txt")); !errors.Is(err, os.ErrNotExist) {
-		t.Error("an upload with invalid metadata stored a file")
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"an upload stores its metadata as user.e2b xattrs", func(t *testing.T) {
+			st, body := e.upload(t, e.filesURL("path", p), map[string]string{"X-Metadata-Author": "me", "x-metadata-Project-ID": "p 1"}, part{"file", "", "x"})
+			if st != http.StatusOK {
+				t.Fatalf("upload: %d %s", st, body)
+			}
+			if r := decodeReply(t, body); fmt.Sprint(r[0].Metadata) != fmt.Sprint(want) {
+				t.Errorf("reply metadata %v", r[0].Metadata)
+			}
+			if n, err := unix.Getxattr(p, "user.e2b.author", buf); err != nil || string(buf[:n]) != "me" {
+				t.Errorf("xattr user.e2b.author = %q, %v", buf[:n], err)
+			}
+		}},
+		{"stat reports only user.e2b xattrs", func(t *testing.T) {
+			if err := unix.Setxattr(p, "user.other", []byte("keep"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if md := stat(t); fmt.Sprint(md) != fmt.Sprint(want) {
+				t.Fatalf("stat metadata %v, want %v", md, want)
+			}
+		}},
+		{"the next upload replaces the whole set", func(t *testing.T) {
+			st, body := e.upload(t, e.filesURL("path", p), map[string]string{"X-Metadata-Author": "you"}, part{"file", "", "y"})
+			if st != 200 || !strings.Contains(body, `"metadata":{"author":"you"}`) {
+				t.Fatalf("second upload: %d %s", st, body)
+			}
+			if md := stat(t); fmt.Sprint(md) != "map[author:you]" {
+				t.Errorf("metadata after replace %v", md)
+			}
+		}},
+		{"an upload without metadata clears it and keeps foreign xattrs", func(t *testing.T) {
+			st, body := e.upload(t, e.filesURL("path", p), nil, part{"file", "", "z"})
+			if st != 200 || strings.Contains(body, "metadata") {
+				t.Fatalf("upload without metadata: %d %s", st, body)
+			}
+			if md := stat(t); md != nil {
+				t.Errorf("metadata not cleared: %v", md)
+			}
+			if n, err := unix.Getxattr(p, "user.other", buf); err != nil || string(buf[:n]) != "keep" {
+				t.Errorf("foreign xattr: %q %v", buf[:n], err)
+			}
+		}},
+		{"invalid metadata is refused and stores nothing", func(t *testing.T) {
+			tests := []struct {
+				name string
+				hdr  map[string]string
+			}{
+				{"non-ASCII value", map[string]string{"X-Metadata-Author": "j\u00f6rg"}},
+				{"control character", map[string]string{"X-Metadata-Author": "a\tb"}},
+				{"key too long", map[string]string{"X-Metadata-" + strings.Repeat("k", 247): "v"}},
+				{"too large", map[string]string{"X-Metadata-A": strings.Repeat("v", 2100), "X-Metadata-B": strings.Repeat("v", 2100)}},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					if st, body := e.upload(t, e.filesURL("path", e.path("bad-meta.txt")), tc.hdr, part{"file", "", "x"}); st != 400 {
+						t.Errorf("%d %s, want 400", st, body)
+					}
+				})
+			}
+			if _, err := os.Stat(e.path("bad-meta.txt")); !errors.Is(err, os.ErrNotExist) {
+				t.Error("an upload with invalid metadata stored a file")
+			}
+		}},
+		{"246 bytes is the longest key", func(t *testing.T) {
+			if st, body := e.upload(t, e.filesURL("path", e.path("long.txt")), map[string]string{"X-Metadata-" + strings.Repeat("k", 246): "v"}, part{"file", "", "x"}); st != 200 {
+				t.Errorf("longest key: %d %s", st, body)
+			}
+		}},
 	}
-	// 246 bytes is the longest key.
-	if st, body := e.upload(t, e.filesURL("path", e.path("long.txt")), map[string]string{"X-Metadata-" + strings.Repeat("k", 246): "v"}, part{"file", "", "x"}); st != 200 {
-		t.Errorf("longest key: %d %s", st, body)
+	for _, st := range steps {
+		if !t.Run(st.name, st.run) {
+			return
+		}
 	}
 }
 

@@ -342,7 +342,7 @@ func TestProcessPTY(t *testing.T) {
 		}
 	}()
 	var out bytes.Buffer
-	waitFor := func(want string) {
+	waitFor := func(t *testing.T, want string) {
 		t.Helper()
 		deadline := time.After(20 * time.Second)
 		for !strings.Contains(out.String(), want) {
@@ -357,33 +357,51 @@ func TestProcessPTY(t *testing.T) {
 			}
 		}
 	}
-	input := func(s string) {
+	input := func(t *testing.T, s string) {
 		t.Helper()
 		_, err := e.client.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: pidSel(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: []byte(s)}}}))
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	input("echo $((6*7))\n")
-	waitFor("42")
-	if _, err := e.client.Update(ctx, connect.NewRequest(&pb.UpdateRequest{Process: pidSel(pid), Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: 100, Rows: 30}}})); err != nil {
-		t.Fatal(err)
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"input reaches the shell", func(t *testing.T) {
+			input(t, "echo $((6*7))\n")
+			waitFor(t, "42")
+		}},
+		{"the terminal is resized", func(t *testing.T) {
+			if _, err := e.client.Update(ctx, connect.NewRequest(&pb.UpdateRequest{Process: pidSel(pid), Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: 100, Rows: 30}}})); err != nil {
+				t.Fatal(err)
+			}
+			input(t, "stty size\n")
+			waitFor(t, "30 100")
+		}},
+		{"CloseStdin is unknown for a PTY", func(t *testing.T) {
+			// Callers send EOT instead.
+			if _, err := e.client.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: pidSel(pid)})); connect.CodeOf(err) != connect.CodeUnknown {
+				t.Fatalf("CloseStdin on a PTY: %v", err)
+			}
+		}},
+		{"the exit code is kept after the exit", func(t *testing.T) {
+			input(t, "exit 5\n")
+			for range events {
+			}
+			r, err := e.client.Connect(ctx, connect.NewRequest(&pb.ConnectRequest{Process: pidSel(pid)}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res := collect[*pb.ConnectResponse](r); res.end == nil || res.end.ExitCode != 5 {
+				t.Fatalf("retained end after exit: %+v %v", res.end, res.err)
+			}
+		}},
 	}
-	input("stty size\n")
-	waitFor("30 100")
-	// CloseStdin is "unknown" for a PTY process: callers send EOT instead.
-	if _, err := e.client.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: pidSel(pid)})); connect.CodeOf(err) != connect.CodeUnknown {
-		t.Fatalf("CloseStdin on a PTY: %v", err)
-	}
-	input("exit 5\n")
-	for range events {
-	}
-	r, err := e.client.Connect(ctx, connect.NewRequest(&pb.ConnectRequest{Process: pidSel(pid)}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res := collect[*pb.ConnectResponse](r); res.end == nil || res.end.ExitCode != 5 {
-		t.Fatalf("retained end after exit: %+v %v", res.end, res.err)
+	for _, st := range steps {
+		if !t.Run(st.name, st.run) {
+			return
+		}
 	}
 }
 

@@ -117,7 +117,7 @@ func TestTemplateChainSurvivesParentDelete(t *testing.T) {
 		}},
 	}
 	for _, s := range steps {
-		if !t.Run(s.name, s.run) {
+		if !e.step(s.name, s.run) {
 			return
 		}
 	}

@@ -203,7 +203,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				hosttest.AssertNoVMM(t, runDir, dataDir)
 			})
 			ctx := testCtx(t, 6*time.Minute)
-			state := func(id string) *sandbox.Info {
+			state := func(t *testing.T, id string) *sandbox.Info {
 				t.Helper()
 				in, err := e.mgr.Get(id)
 				if err != nil {
@@ -213,7 +213,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 			}
 
 			t.Run("running sandbox", func(t *testing.T) {
-				in := state(h.running)
+				in := state(t, h.running)
 				if in.State != tc.running {
 					t.Fatalf("state %s (%s), want %s", in.State, in.StateReason, tc.running)
 				}
@@ -269,7 +269,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("paused sandbox", func(t *testing.T) {
-				if in := state(h.paused); in.State != tc.paused {
+				if in := state(t, h.paused); in.State != tc.paused {
 					t.Fatalf("state %s (%s), want %s", in.State, in.StateReason, tc.paused)
 				}
 				if tc.paused == sandbox.StatePaused {
@@ -282,7 +282,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("dead machine leaves a stopped sandbox with its disk", func(t *testing.T) {
-				in := state(h.victim)
+				in := state(t, h.victim)
 				if in.State != sandbox.StateStopped || in.StateReason == "" {
 					t.Fatalf("state %s (%q), want stopped with a reason", in.State, in.StateReason)
 				}
@@ -297,7 +297,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				}
 			})
 			t.Run("unreadable state is set aside", func(t *testing.T) {
-				in := state("corrupt")
+				in := state(t, "corrupt")
 				if in.State != sandbox.StateError || !strings.Contains(in.StateReason, "state.json.corrupt-") {
 					t.Fatalf("state %s (%q), want error naming the set-aside file", in.State, in.StateReason)
 				}
@@ -314,7 +314,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 			})
 			if strings.HasPrefix(tc.crashAt, "create-") {
 				t.Run("interrupted create leaves a stopped sandbox with its disk", func(t *testing.T) {
-					in := state("crashme")
+					in := state(t, "crashme")
 					if in.State != sandbox.StateStopped || in.StateReason == "" {
 						t.Fatalf("state %s (%q), want stopped with a reason", in.State, in.StateReason)
 					}

@@ -80,6 +80,13 @@ func (e *env) manager(t *testing.T) *sandbox.Manager {
 	return m
 }
 
+// step runs fn as the named step (a subtest) of the test, with e
+// reporting to it (e.create fails the step), and reports whether it
+// passed. Steps build on each other: callers stop at the first that fails.
+func (e *env) step(name string, fn func(t *testing.T)) bool {
+	return testenv.Step(&e.t, name, fn)
+}
+
 func (e *env) create(ctx context.Context, o sandbox.CreateOptions) (*sandbox.Info, *envdclient.Client) {
 	e.t.Helper()
 	if o.Template == "" {
@@ -157,37 +164,42 @@ func TestPauseResumeKeepsMemoryAndFiles(t *testing.T) {
 	sh(t, ctx, c, "echo persistent > /root/state.txt; head -c 1048576 /dev/urandom > /root/blob; md5sum /root/blob | cut -d' ' -f1 > /root/blob.md5")
 	last := 0
 	for cycle := range 20 {
-		time.Sleep(500 * time.Millisecond)
-		before := atoi(t, sh(t, ctx, c, "cat /tmp/counter.now"))
-		if before <= last {
-			t.Fatalf("cycle %d: counter %d did not advance past %d", cycle, before, last)
+		// Each cycle starts from the state the previous one left.
+		if !t.Run(fmt.Sprintf("cycle %02d", cycle), func(t *testing.T) {
+			time.Sleep(500 * time.Millisecond)
+			before := atoi(t, sh(t, ctx, c, "cat /tmp/counter.now"))
+			if before <= last {
+				t.Fatalf("counter %d did not advance past %d", before, last)
+			}
+			if err := e.mgr.Pause(ctx, info.ID); err != nil {
+				t.Fatalf("pause: %v", err)
+			}
+			if err := e.mgr.Pause(ctx, info.ID); !errors.Is(err, sandbox.ErrConflict) {
+				t.Fatalf("pausing a paused sandbox: %v", err)
+			}
+			if in, _ := e.mgr.Get(info.ID); in.State != sandbox.StatePaused || in.VMMPid != 0 {
+				t.Fatalf("after pause: %+v", in)
+			}
+			if _, err := e.mgr.Resume(ctx, info.ID); err != nil {
+				t.Fatalf("resume: %v", err)
+			}
+			c2, err := e.mgr.Client(info.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c = c2
+			now := atoi(t, sh(t, ctx, c, "cat /tmp/counter.now"))
+			if now < before {
+				t.Fatalf("counter went back from %d to %d: process memory lost", before, now)
+			}
+			got := strings.Split(sh(t, ctx, c, "cat /root/state.txt; md5sum /root/blob | cut -d' ' -f1; cat /root/blob.md5"), "\n")
+			if len(got) != 3 || got[0] != "persistent" || got[1] != got[2] {
+				t.Fatalf("files changed: %q", got)
+			}
+			last = now
+		}) {
+			return
 		}
-		if err := e.mgr.Pause(ctx, info.ID); err != nil {
-			t.Fatalf("cycle %d: pause: %v", cycle, err)
-		}
-		if err := e.mgr.Pause(ctx, info.ID); !errors.Is(err, sandbox.ErrConflict) {
-			t.Fatalf("pausing a paused sandbox: %v", err)
-		}
-		if in, _ := e.mgr.Get(info.ID); in.State != sandbox.StatePaused || in.VMMPid != 0 {
-			t.Fatalf("after pause: %+v", in)
-		}
-		if _, err := e.mgr.Resume(ctx, info.ID); err != nil {
-			t.Fatalf("cycle %d: resume: %v", cycle, err)
-		}
-		c2, err := e.mgr.Client(info.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c = c2
-		now := atoi(t, sh(t, ctx, c, "cat /tmp/counter.now"))
-		if now < before {
-			t.Fatalf("cycle %d: counter went back from %d to %d: process memory lost", cycle, before, now)
-		}
-		got := strings.Split(sh(t, ctx, c, "cat /root/state.txt; md5sum /root/blob | cut -d' ' -f1; cat /root/blob.md5"), "\n")
-		if len(got) != 3 || got[0] != "persistent" || got[1] != got[2] {
-			t.Fatalf("cycle %d: files changed: %q", cycle, got)
-		}
-		last = now
 	}
 }
 

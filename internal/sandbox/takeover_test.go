@@ -83,7 +83,7 @@ func TestGuestCannotBeTakenOver(t *testing.T) {
 		untouched(t, c)
 	})
 
-	t.Run("clones and resumes hand over their own tokens", func(t *testing.T) {
+	e.step("clones and resumes hand over their own tokens", func(t *testing.T) {
 		if _, err := e.mgr.CreateSnapshot(ctx, src.ID, "takeover"); err != nil {
 			t.Fatal(err)
 		}

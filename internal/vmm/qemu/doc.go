@@ -18,6 +18,13 @@
 // changes), -no-reboot (a guest reboot or poweroff ends the process and
 // closes Done) and its working directory in Spec.Dir.
 //
+// The command line is built by one pure function, qemuArgs (args.go), from
+// a qemuCommand that launch.go fills in (opening the memory, network and
+// state descriptors the process inherits); args_test.go asserts the exact
+// arguments of every kind of start. The running machine is machine.go, its
+// runtime record (vmm.json) record.go, and taking over or cleaning up a
+// machine that outlived its agent adopt.go.
+//
 // QMP is our own small client (qmp.go): greeting, qmp_capabilities,
 // commands with ids (so they may overlap), descriptors passed with
 // SCM_RIGHTS (getfd), and asynchronous events fanned out to subscribers.

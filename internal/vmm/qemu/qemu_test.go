@@ -140,70 +140,93 @@ func TestAdoptAndCleanup(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	m := boot(t, d, bootSpec(t, img, dir, "adopted", 256))
-
-	d2, err := qemu.New(ctx, qemu.Options{UserNet: true, Accel: d.Accel(), Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
+	var (
+		d2   *qemu.Driver
+		a    *qemu.Machine
+		snap vmm.Snapshot
+		r    vmm.Machine
+	)
+	t.Cleanup(func() {
+		if r != nil {
+			_ = r.Kill(ctx)
+		}
+	})
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"another driver adopts a detached machine", func(t *testing.T) {
+			var err error
+			d2, err = qemu.New(ctx, qemu.Options{UserNet: true, Accel: d.Accel(), Logger: testLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Detach() // as when the agent that started it exits
+			if a, err = d2.Adopt(ctx, m.Dir()); err != nil {
+				t.Fatal(err)
+			}
+			if a.PID() != m.PID() || a.HostForward() != m.HostForward() {
+				t.Fatalf("adopted pid %d fwd %s, want %d %s", a.PID(), a.HostForward(), m.PID(), m.HostForward())
+			}
+		}},
+		{"snapshot through the adopted machine", func(t *testing.T) {
+			var err error
+			if snap, err = a.Snapshot(ctx, filepath.Join(dir, "snap"), true); err != nil {
+				t.Fatalf("snapshot through the adopted machine: %v", err)
+			}
+		}},
+		{"kill through the adopted machine", func(t *testing.T) {
+			if err := a.Kill(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-m.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the original handle did not see the exit")
+			}
+			if _, err := os.Stat(filepath.Join(m.Dir(), "vmm.json")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("vmm.json left after exit: %v", err)
+			}
+			if _, err := d2.Adopt(ctx, m.Dir()); err == nil {
+				t.Fatal("adopted an exited machine")
+			}
+		}},
+		{"the snapshot taken through the adopted handle restores", func(t *testing.T) {
+			ov := filepath.Join(dir, "restored-root.qcow2")
+			if err := disk.CreateOverlay(ctx, snap.Disks[0].Path, ov, 0); err != nil {
+				t.Fatal(err)
+			}
+			spec := bootSpec(t, img, dir, "restored", 256)
+			spec.Disks = []vmm.Disk{{Path: ov, Format: "qcow2"}}
+			var err error
+			if r, err = d.Restore(ctx, spec, snap); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"Cleanup kills what runs in a directory without QMP", func(t *testing.T) {
+			if err := qemu.Cleanup(ctx, r.(*qemu.Machine).Dir()); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-r.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("Cleanup left the machine running")
+			}
+			if err := qemu.Cleanup(ctx, r.(*qemu.Machine).Dir()); err != nil {
+				t.Fatalf("second Cleanup: %v", err)
+			}
+			if err := qemu.Cleanup(ctx, t.TempDir()); err != nil {
+				t.Fatalf("Cleanup of an empty directory: %v", err)
+			}
+		}},
 	}
-	m.Detach() // as when the agent that started it exits
-	a, err := d2.Adopt(ctx, m.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.PID() != m.PID() || a.HostForward() != m.HostForward() {
-		t.Fatalf("adopted pid %d fwd %s, want %d %s", a.PID(), a.HostForward(), m.PID(), m.HostForward())
-	}
-	snap, err := a.Snapshot(ctx, filepath.Join(dir, "snap"), true)
-	if err != nil {
-		t.Fatalf("snapshot through the adopted machine: %v", err)
-	}
-	if err := a.Kill(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-m.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the original handle did not see the exit")
-	}
-	if _, err := os.Stat(filepath.Join(m.Dir(), "vmm.json")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("vmm.json left after exit: %v", err)
-	}
-	if _, err := d2.Adopt(ctx, m.Dir()); err == nil {
-		t.Fatal("adopted an exited machine")
-	}
-
-	// The snapshot taken through the adopted handle restores.
-	ov := filepath.Join(dir, "restored-root.qcow2")
-	if err := disk.CreateOverlay(ctx, snap.Disks[0].Path, ov, 0); err != nil {
-		t.Fatal(err)
-	}
-	spec := bootSpec(t, img, dir, "restored", 256)
-	spec.Disks = []vmm.Disk{{Path: ov, Format: "qcow2"}}
-	r, err := d.Restore(ctx, spec, snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Kill(ctx) })
-
-	// Cleanup kills what runs in a directory without QMP.
-	if err := qemu.Cleanup(ctx, r.(*qemu.Machine).Dir()); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-r.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Cleanup left the machine running")
-	}
-	if err := qemu.Cleanup(ctx, r.(*qemu.Machine).Dir()); err != nil {
-		t.Fatalf("second Cleanup: %v", err)
-	}
-	if err := qemu.Cleanup(ctx, t.TempDir()); err != nil {
-		t.Fatalf("Cleanup of an empty directory: %v", err)
+	for _, s := range steps {
+		if !t.Run(s.name, s.run) {
+			return
+		}
 	}
 }
 
-// TestRestoreRejectsMismatch checks that a restore with other resources
-// than the saved machine fails before starting anything.
 func TestRestoreRejectsMismatch(t *testing.T) {
 	d, img := setup(t)
 	ctx := context.Background()

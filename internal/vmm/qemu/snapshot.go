@@ -92,6 +92,21 @@ func ReadSnapshot(dir string) (vmm.Snapshot, error) {
 	return vmm.Snapshot{Dir: dir, MemoryMB: m.MemoryMB, VCPUs: m.VCPUs, Disks: m.Disks}, nil
 }
 
+// SnapshotComplete reports whether dir holds a complete snapshot: its
+// metadata, written last, and the files it names.
+func (d *Driver) SnapshotComplete(dir string) bool {
+	meta, err := readSnapshotMeta(dir)
+	if err != nil {
+		return false
+	}
+	for _, f := range []string{meta.State, meta.Memory} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // migration parameters for snapshots: no bandwidth limit (the guest is
 // stopped, so there is nothing to throttle).
 const maxBandwidth = 1 << 40
@@ -114,6 +129,10 @@ func (m *Machine) Snapshot(ctx context.Context, dir string, keepRunning bool) (v
 	return snap, nil
 }
 
+// snapshot runs the phases of a snapshot (see the package doc): prepare
+// the files, stop the guest, save its device state and memory, copy the
+// disks, resume the guest (keepRunning), finish the memory file, publish
+// the files and their metadata, and end the VMM (!keepRunning).
 func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_ vmm.Snapshot, err error) {
 	start := time.Now()
 	if dir, err = filepath.Abs(dir); err != nil {
@@ -122,52 +141,12 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return vmm.Snapshot{}, err
 	}
-	gen := newGeneration()
-	meta := &snapshotMeta{
-		Format: snapshotFormat, QEMUVersion: m.d.version, Accel: m.rec.Accel, CPU: cpuModel(m.rec.Accel),
-		MemoryMB: m.rec.MemoryMB, VCPUs: m.rec.VCPUs, Net: m.rec.Net, MAC: m.rec.MAC, Source: m.rec.Memory,
-		State: "state-" + gen, Memory: "memory-" + gen,
-	}
-	// Disks: copies for keepRunning (the guest writes on), else the
-	// machine's own files.
-	type diskCopy struct{ src, dst string }
-	var copies []diskCopy
-	for i, dk := range m.rec.Disks {
-		if keepRunning && !dk.ReadOnly {
-			name := fmt.Sprintf("disk%d-%s.%s", i, gen, dk.Format)
-			copies = append(copies, diskCopy{dk.Path, filepath.Join(dir, name)})
-			dk.Path = filepath.Join(dir, name)
-		}
-		meta.Disks = append(meta.Disks, dk)
-	}
-
-	// Everything is written to temporary names first.
-	var tmps []*os.File
-	defer func() {
-		for _, f := range tmps {
-			f.Close()
-			if err != nil {
-				os.Remove(f.Name())
-			}
-		}
-	}()
-	newTmp := func(final string) (*os.File, error) {
-		f, err := os.OpenFile(filepath.Join(dir, "."+final+".tmp"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err == nil {
-			tmps = append(tmps, f)
-		}
-		return f, err
-	}
-	stateF, err := newTmp(meta.State)
-	if err != nil {
-		return vmm.Snapshot{}, err
-	}
-	memF, err := newTmp(meta.Memory)
-	if err != nil {
-		return vmm.Snapshot{}, err
-	}
+	meta, copies := m.newSnapshotMeta(dir, keepRunning)
+	files := &snapshotFiles{dir: dir}
+	defer func() { files.close(err != nil) }()
 	memSize := int64(m.rec.MemoryMB) << 20
-	if err := memF.Truncate(memSize); err != nil {
+	stateF, memF, err := files.createStateAndMemory(meta, memSize)
+	if err != nil {
 		return vmm.Snapshot{}, err
 	}
 
@@ -179,9 +158,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	resumed := false
 	defer func() {
 		if err != nil && !resumed && !m.exited() {
-			if cerr := m.qmp.Execute(context.Background(), "cont", nil, nil); cerr != nil {
-				m.log.Error("resume after a failed snapshot", "err", cerr)
-			}
+			m.resumeAfterFailedSnapshot()
 		}
 	}()
 	memDone, err := m.saveMemoryAndState(ctx, stateF, memF, memSize, keepRunning)
@@ -191,17 +168,8 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	defer memDone.close()
 	meta.StateFormat = memDone.format
 	saved := time.Now()
-
-	// Stopping the guest drained and flushed its disks (a migration also
-	// inactivated them): copies taken now match the memory.
-	for _, c := range copies {
-		f, err := newTmp(filepath.Base(c.dst))
-		if err != nil {
-			return vmm.Snapshot{}, err
-		}
-		if err := copyFile(f, c.src); err != nil {
-			return vmm.Snapshot{}, fmt.Errorf("copy disk %s: %w", c.src, err)
-		}
+	if err := files.copyDisks(copies); err != nil {
+		return vmm.Snapshot{}, err
 	}
 	if keepRunning {
 		if err := m.qmp.Execute(ctx, "cont", nil, nil); err != nil {
@@ -214,10 +182,100 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 		return vmm.Snapshot{}, fmt.Errorf("write guest memory: %w", err)
 	}
 
-	// Make the files durable, then publish them.
-	for _, f := range tmps {
+	if err := files.publish(meta, stateF, memF, paused); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if err := publishSnapshotMeta(dir, meta); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if !keepRunning {
+		m.quitSaved(ctx)
+	}
+	m.log.Info("machine snapshotted", "dir", dir, "keepRunning", keepRunning, "memory", m.rec.Memory,
+		"save", saved.Sub(stopped).Round(time.Millisecond), "paused", paused.Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond), "stateBytes", meta.StateBytes, "memoryBytes", meta.MemoryBytes)
+	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
+}
+
+// diskCopy is a disk that a snapshot copies (src) into its directory
+// (dst).
+type diskCopy struct{ src, dst string }
+
+// newSnapshotMeta starts the metadata of a snapshot of m into dir, with
+// a new generation's file names. Its disks are copies for keepRunning (the
+// guest writes on), which it returns, else the machine's own files.
+func (m *Machine) newSnapshotMeta(dir string, keepRunning bool) (*snapshotMeta, []diskCopy) {
+	gen := newGeneration()
+	meta := &snapshotMeta{
+		Format: snapshotFormat, QEMUVersion: m.d.version, Accel: m.rec.Accel, CPU: cpuModel(m.rec.Accel),
+		MemoryMB: m.rec.MemoryMB, VCPUs: m.rec.VCPUs, Net: m.rec.Net, MAC: m.rec.MAC, Source: m.rec.Memory,
+		State: "state-" + gen, Memory: "memory-" + gen,
+	}
+	var copies []diskCopy
+	for i, dk := range m.rec.Disks {
+		if keepRunning && !dk.ReadOnly {
+			name := fmt.Sprintf("disk%d-%s.%s", i, gen, dk.Format)
+			copies = append(copies, diskCopy{dk.Path, filepath.Join(dir, name)})
+			dk.Path = filepath.Join(dir, name)
+		}
+		meta.Disks = append(meta.Disks, dk)
+	}
+	return meta, copies
+}
+
+// snapshotFiles are the files of a snapshot being written: everything is
+// written to temporary names first (.<name>.tmp), renamed by publish.
+type snapshotFiles struct {
+	dir  string
+	tmps []*os.File
+}
+
+// create opens the temporary file of final.
+func (s *snapshotFiles) create(final string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, "."+final+".tmp"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		s.tmps = append(s.tmps, f)
+	}
+	return f, err
+}
+
+// createStateAndMemory opens the state file and the memory file, sized
+// memSize, of meta.
+func (s *snapshotFiles) createStateAndMemory(meta *snapshotMeta, memSize int64) (stateF, memF *os.File, err error) {
+	if stateF, err = s.create(meta.State); err != nil {
+		return nil, nil, err
+	}
+	if memF, err = s.create(meta.Memory); err != nil {
+		return nil, nil, err
+	}
+	if err := memF.Truncate(memSize); err != nil {
+		return nil, nil, err
+	}
+	return stateF, memF, nil
+}
+
+// copyDisks copies the disks of a keepRunning snapshot. Stopping the guest
+// drained and flushed its disks (a migration also inactivated them):
+// copies taken while it is stopped match the memory.
+func (s *snapshotFiles) copyDisks(copies []diskCopy) error {
+	for _, c := range copies {
+		f, err := s.create(filepath.Base(c.dst))
+		if err != nil {
+			return err
+		}
+		if err := copyFile(f, c.src); err != nil {
+			return fmt.Errorf("copy disk %s: %w", c.src, err)
+		}
+	}
+	return nil
+}
+
+// publish makes the files durable, completes meta with their sizes and
+// the guest's pause, and renames them to their final names.
+func (s *snapshotFiles) publish(meta *snapshotMeta, stateF, memF *os.File, paused time.Duration) error {
+	for _, f := range s.tmps {
 		if err := f.Sync(); err != nil {
-			return vmm.Snapshot{}, err
+			return err
 		}
 	}
 	if fi, err := stateF.Stat(); err == nil {
@@ -226,36 +284,58 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	meta.MemoryBytes = allocatedBytes(memF)
 	meta.Paused = paused.Seconds()
 	meta.Created = time.Now().UTC()
-	for _, f := range tmps {
+	for _, f := range s.tmps {
 		final := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f.Name()), "."), ".tmp")
-		if err := os.Rename(f.Name(), filepath.Join(dir, final)); err != nil {
-			return vmm.Snapshot{}, err
+		if err := os.Rename(f.Name(), filepath.Join(s.dir, final)); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// close closes the files, and removes those of a failed snapshot.
+func (s *snapshotFiles) close(failed bool) {
+	for _, f := range s.tmps {
+		f.Close()
+		if failed {
+			os.Remove(f.Name())
+		}
+	}
+}
+
+// publishSnapshotMeta writes snapshot.json, which makes the snapshot in
+// dir the new generation, and removes the previous generation's files.
+func publishSnapshotMeta(dir string, meta *snapshotMeta) error {
 	old, _ := readSnapshotMeta(dir)
 	if err := writeJSONAtomic(filepath.Join(dir, snapMetaFile), meta); err != nil {
-		return vmm.Snapshot{}, err
+		return err
 	}
 	syncDir(dir)
 	if old != nil {
 		removeGeneration(dir, old, meta)
 	}
+	return nil
+}
 
-	if !keepRunning {
-		// The guest is saved: end the VMM (its disks are flushed).
-		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		_ = m.qmp.Execute(qctx, "quit", nil, nil)
-		select {
-		case <-m.done:
-		case <-qctx.Done():
-			_ = m.Kill(ctx)
-		}
+// resumeAfterFailedSnapshot lets the guest that a failed snapshot stopped
+// run again.
+func (m *Machine) resumeAfterFailedSnapshot() {
+	if err := m.qmp.Execute(context.Background(), "cont", nil, nil); err != nil {
+		m.log.Error("resume after a failed snapshot", "err", err)
 	}
-	m.log.Info("machine snapshotted", "dir", dir, "keepRunning", keepRunning, "memory", m.rec.Memory,
-		"save", saved.Sub(stopped).Round(time.Millisecond), "paused", paused.Round(time.Millisecond),
-		"took", time.Since(start).Round(time.Millisecond), "stateBytes", meta.StateBytes, "memoryBytes", meta.MemoryBytes)
-	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
+}
+
+// quitSaved ends the VMM of a guest that is saved (its disks are
+// flushed), killing it if it does not quit in time.
+func (m *Machine) quitSaved(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = m.qmp.Execute(qctx, "quit", nil, nil)
+	select {
+	case <-m.done:
+	case <-qctx.Done():
+		_ = m.Kill(ctx)
+	}
 }
 
 // savedMemory completes a snapshot's memory file: finish writes what

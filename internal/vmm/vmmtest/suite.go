@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/testenv"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -90,8 +91,12 @@ func qcow2Overlay(ctx context.Context, base vmm.Disk, path string) (vmm.Disk, er
 }
 
 // env is one test's world: its directory and the machines it started.
+// t is the test or the step (see step) that runs; root is the test, which
+// outlives the steps: the machines a step starts are killed when the test
+// ends.
 type env struct {
 	t        *testing.T
+	root     *testing.T
 	s        *suite
 	ctx      context.Context
 	dir      string
@@ -100,7 +105,7 @@ type env struct {
 }
 
 func (s *suite) begin(t *testing.T) *env {
-	e := &env{t: t, s: s, dir: t.TempDir(), shm: listDir("/dev/shm")}
+	e := &env{t: t, root: t, s: s, dir: t.TempDir(), shm: listDir("/dev/shm")}
 	ctx, cancel := context.WithTimeout(context.Background(), s.g.Timeout)
 	e.ctx = ctx
 	// Cleanups run last-in first-out: machines are killed (registered as
@@ -166,11 +171,18 @@ func (e *env) overlay(name string, base vmm.Disk) vmm.Disk {
 
 func (e *env) track(m vmm.Machine) {
 	e.machines = append(e.machines, m)
-	e.t.Cleanup(func() {
+	e.root.Cleanup(func() {
 		if err := m.Kill(context.Background()); err != nil {
-			e.t.Errorf("kill machine (pid %d): %v", m.PID(), err)
+			e.root.Errorf("kill machine (pid %d): %v", m.PID(), err)
 		}
 	})
+}
+
+// step runs fn as the named step (a subtest) of the test, with e
+// reporting to it, and reports whether it passed. Steps build on each
+// other: the test stops at the first that fails.
+func (e *env) step(name string, fn func(t *testing.T)) bool {
+	return testenv.Step(&e.t, name, fn)
 }
 
 // boot cold-boots a machine on an overlay of the guest's rootfs.
@@ -359,78 +371,99 @@ func (s *suite) testCleanup(t *testing.T) {
 // from inside.
 func (s *suite) testLifecycle(t *testing.T) {
 	e := s.begin(t)
-	start := time.Now()
-	m := e.boot("life")
-	c := e.envd(m)
-	t.Logf("cold boot to envd health: %v", time.Since(start).Round(time.Millisecond))
-
-	// Processes and files.
-	r, err := c.run(e.ctx, "echo out; echo err >&2; exit 7")
-	e.must(err)
-	if r.Stdout != "out\n" || r.Stderr != "err\n" || r.ExitCode != 7 {
-		t.Fatalf("run: stdout %q stderr %q exit %d", r.Stdout, r.Stderr, r.ExitCode)
+	var (
+		m       vmm.Machine
+		c       *envdClient
+		pid     uint32
+		payload = bytes.Repeat([]byte("capsule\x00\xff"), 10000)
+	)
+	if !e.step("cold boot to envd health", func(t *testing.T) {
+		start := time.Now()
+		m = e.boot("life")
+		c = e.envd(m)
+		t.Logf("cold boot to envd health: %v", time.Since(start).Round(time.Millisecond))
+	}) {
+		return
 	}
-	payload := bytes.Repeat([]byte("capsule\x00\xff"), 10000)
-	e.must(c.writeFile(e.ctx, "/root/payload.bin", payload))
-	if got := e.readFile(c, "/root/payload.bin"); got != string(payload) {
-		t.Fatalf("payload read back differs (%d bytes, want %d)", len(got), len(payload))
+	if !e.step("processes and files", func(t *testing.T) {
+		r, err := c.run(e.ctx, "echo out; echo err >&2; exit 7")
+		e.must(err)
+		if r.Stdout != "out\n" || r.Stderr != "err\n" || r.ExitCode != 7 {
+			t.Fatalf("run: stdout %q stderr %q exit %d", r.Stdout, r.Stderr, r.ExitCode)
+		}
+		e.must(c.writeFile(e.ctx, "/root/payload.bin", payload))
+		if got := e.readFile(c, "/root/payload.bin"); got != string(payload) {
+			t.Fatalf("payload read back differs (%d bytes, want %d)", len(got), len(payload))
+		}
+		if got := e.mustRun(c, "wc -c < /root/payload.bin"); strings.TrimSpace(got) != strconv.Itoa(len(payload)) {
+			t.Fatalf("the guest sees %s bytes, want %d", got, len(payload))
+		}
+		// A file only in guest memory (tmpfs) and one on the disk.
+		e.must(c.writeFile(e.ctx, "/dev/shm/in-memory", []byte("ram")))
+		e.mustRun(c, "echo disk > /root/on-disk && sync")
+		pid = e.startCounter(c)
+	}) {
+		return
 	}
-	if got := e.mustRun(c, "wc -c < /root/payload.bin"); strings.TrimSpace(got) != strconv.Itoa(len(payload)) {
-		t.Fatalf("the guest sees %s bytes, want %d", got, len(payload))
-	}
-	// A file only in guest memory (tmpfs) and one on the disk.
-	e.must(c.writeFile(e.ctx, "/dev/shm/in-memory", []byte("ram")))
-	e.mustRun(c, "echo disk > /root/on-disk && sync")
-	pid := e.startCounter(c)
 
 	snapDir := filepath.Join(e.dir, "pause")
 	for i := range s.g.PauseCycles {
-		before := e.counter(c)
-		e.must(c.writeFile(e.ctx, fmt.Sprintf("/dev/shm/cycle-%d", i), []byte(strconv.Itoa(i))))
-		t0 := time.Now()
-		snap, err := m.Snapshot(e.ctx, snapDir, false)
-		if err != nil {
-			t.Fatalf("cycle %d: pause: %v", i, err)
-		}
-		paused := time.Since(t0)
-		select {
-		case <-m.Done():
-		case <-time.After(10 * time.Second):
-			t.Fatalf("cycle %d: the VMM is still running after a pause", i)
-		}
-		if len(snap.Disks) != 1 {
-			t.Fatalf("cycle %d: snapshot lists %d disks", i, len(snap.Disks))
-		}
 		copyMemory := i%2 == 1
-		t0 = time.Now()
-		m = e.restore(fmt.Sprintf("life-%d", i+1), snap, snap.Disks, copyMemory)
-		restored := time.Since(t0)
-		c = e.envd(m)
-		t.Logf("cycle %d: pause %v; resume (copyMemory=%v) %v, to envd health %v", i,
-			paused.Round(time.Millisecond), copyMemory, restored.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
-		e.checkCounter(c, pid, before)
-		e.wantFile(c, "/dev/shm/in-memory", "ram")
-		e.wantFile(c, "/root/on-disk", "disk\n")
-		for j := 0; j <= i; j++ {
-			e.wantFile(c, fmt.Sprintf("/dev/shm/cycle-%d", j), strconv.Itoa(j))
+		if !e.step(fmt.Sprintf("pause and resume %d (copyMemory=%v)", i, copyMemory), func(t *testing.T) {
+			before := e.counter(c)
+			e.must(c.writeFile(e.ctx, fmt.Sprintf("/dev/shm/cycle-%d", i), []byte(strconv.Itoa(i))))
+			t0 := time.Now()
+			snap, err := m.Snapshot(e.ctx, snapDir, false)
+			if err != nil {
+				t.Fatalf("pause: %v", err)
+			}
+			paused := time.Since(t0)
+			select {
+			case <-m.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the VMM is still running after a pause")
+			}
+			if len(snap.Disks) != 1 {
+				t.Fatalf("snapshot lists %d disks", len(snap.Disks))
+			}
+			t0 = time.Now()
+			m = e.restore(fmt.Sprintf("life-%d", i+1), snap, snap.Disks, copyMemory)
+			restored := time.Since(t0)
+			c = e.envd(m)
+			t.Logf("pause %v; resume (copyMemory=%v) %v, to envd health %v",
+				paused.Round(time.Millisecond), copyMemory, restored.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+			e.checkCounter(c, pid, before)
+			e.wantFile(c, "/dev/shm/in-memory", "ram")
+			e.wantFile(c, "/root/on-disk", "disk\n")
+			for j := 0; j <= i; j++ {
+				e.wantFile(c, fmt.Sprintf("/dev/shm/cycle-%d", j), strconv.Itoa(j))
+			}
+		}) {
+			return
 		}
 	}
-	if got := e.readFile(c, "/root/payload.bin"); got != string(payload) {
-		t.Fatal("payload changed across the pauses")
+	if !e.step("payload kept across the pauses", func(t *testing.T) {
+		if got := e.readFile(c, "/root/payload.bin"); got != string(payload) {
+			t.Fatal("payload changed across the pauses")
+		}
+	}) {
+		return
 	}
 
-	// Power off from inside: envd (PID 1) shuts the guest down on SIGTERM.
-	if _, err := c.startBackground(e.ctx, "kill -TERM 1"); err != nil {
-		t.Logf("poweroff request: %v (the guest may have gone first)", err)
-	}
-	select {
-	case <-m.Done():
-	case <-time.After(time.Minute):
-		t.Fatal("Done stayed open after the guest powered off")
-	}
-	if processAlive(m.PID()) {
-		t.Fatalf("VMM process %d alive after poweroff", m.PID())
-	}
+	e.step("poweroff from inside", func(t *testing.T) {
+		// envd (PID 1) shuts the guest down on SIGTERM.
+		if _, err := c.startBackground(e.ctx, "kill -TERM 1"); err != nil {
+			t.Logf("poweroff request: %v (the guest may have gone first)", err)
+		}
+		select {
+		case <-m.Done():
+		case <-time.After(time.Minute):
+			t.Fatal("Done stayed open after the guest powered off")
+		}
+		if processAlive(m.PID()) {
+			t.Fatalf("VMM process %d alive after poweroff", m.PID())
+		}
+	})
 }
 
 // testTemplate snapshots a running machine and starts three machines from
@@ -439,80 +472,105 @@ func (s *suite) testLifecycle(t *testing.T) {
 // snapshots one of those restored machines and restores that too.
 func (s *suite) testTemplate(t *testing.T) {
 	e := s.begin(t)
-	src := e.boot("src")
-	sc := e.envd(src)
-	pid := e.startCounter(sc)
-	e.must(sc.writeFile(e.ctx, "/dev/shm/saved", []byte("in memory")))
-	e.mustRun(sc, "echo saved > /root/saved")
-
+	var (
+		sc         *envdClient
+		pid        uint32
+		atSnapshot int // a lower bound of the count saved
+		snap       vmm.Snapshot
+		sums       map[string]string
+		clones     []*envdClient
+		cloneMs    []vmm.Machine
+	)
 	snapDir := filepath.Join(e.dir, "template")
-	atSnapshot := e.counter(sc) // a lower bound of the count saved
-	t0 := time.Now()
-	snap, err := src.Snapshot(e.ctx, snapDir, true)
-	e.must(err)
-	t.Logf("snapshot of a running machine (keepRunning): %v", time.Since(t0).Round(time.Millisecond))
-	if snap.MemoryMB != s.g.MemoryMB || snap.VCPUs != s.g.VCPUs || len(snap.Disks) != 1 {
-		t.Fatalf("snapshot %+v", snap)
+	var src vmm.Machine
+	if !e.step("boot the source", func(t *testing.T) {
+		src = e.boot("src")
+		sc = e.envd(src)
+		pid = e.startCounter(sc)
+		e.must(sc.writeFile(e.ctx, "/dev/shm/saved", []byte("in memory")))
+		e.mustRun(sc, "echo saved > /root/saved")
+	}) {
+		return
 	}
-	// The source goes on, and what it does now is not in the snapshot.
-	e.checkCounter(sc, pid, atSnapshot)
-	e.mustRun(sc, "echo after > /root/after && sync")
-	e.must(sc.writeFile(e.ctx, "/dev/shm/after", []byte("after")))
-
-	sums := hashDir(t, snapDir)
-
-	var clones []*envdClient
-	var cloneMachines []vmm.Machine
-	for i := range 3 {
-		id := fmt.Sprintf("clone-%d", i)
-		root := e.overlay(id+"-root.qcow2", snap.Disks[0])
+	if !e.step("snapshot keeps the source running", func(t *testing.T) {
+		atSnapshot = e.counter(sc)
 		t0 := time.Now()
-		m := e.restore(id, snap, []vmm.Disk{root}, false)
-		restored := time.Since(t0)
-		c := e.envd(m)
-		t.Logf("%s: template restore %v, to envd health %v", id, restored.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
-		clones = append(clones, c)
-		cloneMachines = append(cloneMachines, m)
+		var err error
+		snap, err = src.Snapshot(e.ctx, snapDir, true)
+		e.must(err)
+		t.Logf("snapshot of a running machine (keepRunning): %v", time.Since(t0).Round(time.Millisecond))
+		if snap.MemoryMB != s.g.MemoryMB || snap.VCPUs != s.g.VCPUs || len(snap.Disks) != 1 {
+			t.Fatalf("snapshot %+v", snap)
+		}
+		// The source goes on, and what it does now is not in the snapshot.
+		e.checkCounter(sc, pid, atSnapshot)
+		e.mustRun(sc, "echo after > /root/after && sync")
+		e.must(sc.writeFile(e.ctx, "/dev/shm/after", []byte("after")))
+		sums = hashDir(t, snapDir)
+	}) {
+		return
 	}
-	for i, c := range clones {
-		e.wantFile(c, "/dev/shm/saved", "in memory")
-		e.wantFile(c, "/root/saved", "saved\n")
-		e.wantNoFile(c, "/root/after")
-		e.wantNoFile(c, "/dev/shm/after")
-		e.checkCounter(c, pid, atSnapshot)
-		e.mustRun(c, fmt.Sprintf("echo %d > /root/mine && echo %d > /root/only-%d && sync", i, i, i))
-		e.must(c.writeFile(e.ctx, "/dev/shm/mine", []byte(strconv.Itoa(i))))
+	if !e.step("restore three clones", func(t *testing.T) {
+		for i := range 3 {
+			id := fmt.Sprintf("clone-%d", i)
+			root := e.overlay(id+"-root.qcow2", snap.Disks[0])
+			t0 := time.Now()
+			m := e.restore(id, snap, []vmm.Disk{root}, false)
+			restored := time.Since(t0)
+			c := e.envd(m)
+			t.Logf("%s: template restore %v, to envd health %v", id, restored.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+			clones = append(clones, c)
+			cloneMs = append(cloneMs, m)
+		}
+	}) {
+		return
 	}
-	for i, c := range clones {
-		e.wantFile(c, "/root/mine", fmt.Sprintf("%d\n", i))
-		e.wantFile(c, "/dev/shm/mine", strconv.Itoa(i))
-		for j := range clones {
-			if j != i {
-				e.wantNoFile(c, fmt.Sprintf("/root/only-%d", j))
+	if !e.step("clones see the saved state and diverge", func(t *testing.T) {
+		for i, c := range clones {
+			e.wantFile(c, "/dev/shm/saved", "in memory")
+			e.wantFile(c, "/root/saved", "saved\n")
+			e.wantNoFile(c, "/root/after")
+			e.wantNoFile(c, "/dev/shm/after")
+			e.checkCounter(c, pid, atSnapshot)
+			e.mustRun(c, fmt.Sprintf("echo %d > /root/mine && echo %d > /root/only-%d && sync", i, i, i))
+			e.must(c.writeFile(e.ctx, "/dev/shm/mine", []byte(strconv.Itoa(i))))
+		}
+		for i, c := range clones {
+			e.wantFile(c, "/root/mine", fmt.Sprintf("%d\n", i))
+			e.wantFile(c, "/dev/shm/mine", strconv.Itoa(i))
+			for j := range clones {
+				if j != i {
+					e.wantNoFile(c, fmt.Sprintf("/root/only-%d", j))
+				}
 			}
 		}
+		e.wantNoFile(sc, "/root/mine")
+		e.wantNoFile(sc, "/dev/shm/mine")
+	}) {
+		return
 	}
-	e.wantNoFile(sc, "/root/mine")
-	e.wantNoFile(sc, "/dev/shm/mine")
-
-	// A restored machine is a template source too.
-	snap2, err := cloneMachines[0].Snapshot(e.ctx, filepath.Join(e.dir, "template-2"), true)
-	e.must(err)
-	root := e.overlay("second-root.qcow2", snap2.Disks[0])
-	m2 := e.restore("second", snap2, []vmm.Disk{root}, false)
-	c2 := e.envd(m2)
-	e.wantFile(c2, "/root/mine", "0\n")
-	e.wantFile(c2, "/dev/shm/mine", "0")
-	e.wantFile(c2, "/dev/shm/saved", "in memory")
-	e.checkCounter(c2, pid, atSnapshot)
-	e.checkCounter(clones[0], pid, atSnapshot) // and the source of that snapshot goes on
-
-	for _, m := range e.machines {
-		e.must(m.Kill(e.ctx))
+	if !e.step("a restored machine is a template source too", func(t *testing.T) {
+		snap2, err := cloneMs[0].Snapshot(e.ctx, filepath.Join(e.dir, "template-2"), true)
+		e.must(err)
+		root := e.overlay("second-root.qcow2", snap2.Disks[0])
+		m2 := e.restore("second", snap2, []vmm.Disk{root}, false)
+		c2 := e.envd(m2)
+		e.wantFile(c2, "/root/mine", "0\n")
+		e.wantFile(c2, "/dev/shm/mine", "0")
+		e.wantFile(c2, "/dev/shm/saved", "in memory")
+		e.checkCounter(c2, pid, atSnapshot)
+		e.checkCounter(clones[0], pid, atSnapshot) // and the source of that snapshot goes on
+	}) {
+		return
 	}
-	if after := hashDir(t, snapDir); !equalMaps(sums, after) {
-		t.Fatalf("restores modified the snapshot:\nbefore %v\nafter  %v", sums, after)
-	}
+	e.step("restores leave the snapshot unchanged", func(t *testing.T) {
+		for _, m := range e.machines {
+			e.must(m.Kill(e.ctx))
+		}
+		if after := hashDir(t, snapDir); !equalMaps(sums, after) {
+			t.Fatalf("restores modified the snapshot:\nbefore %v\nafter  %v", sums, after)
+		}
+	})
 }
 
 // hashDir returns name → size/mtime/sha256 of every file in dir.
