@@ -10,17 +10,14 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 )
 
@@ -124,11 +121,7 @@ func runAgent(ctx context.Context, args []string) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer unlock()
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	log := commandLogger(o.verbose)
 	if os.Geteuid() != 0 {
 		return errors.New("agent: needs root (network namespaces, TAP devices, nftables)")
 	}
@@ -149,38 +142,22 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	defer host.stop()
 
-	a, err := agent.New(agent.Config{
-		Manager: host.mgr, Token: token, Images: host.images, Driver: host.driver, Capacity: o.capacity, Log: log,
-	})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", o.listen)
+	sa, err := host.serveAgent(o.listen, token, o.capacity, log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	srv := agent.NewServer(o.listen, a, log)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.InfoContext(ctx, "agent listening", "url", "http://"+ln.Addr().String(), "token_file", o.tokenFile,
+	log.InfoContext(ctx, "agent listening", "url", "http://"+sa.addr.String(), "token_file", o.tokenFile,
 		"accel", host.driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
 		"max_disk_mb", o.capacity.DiskMB)
-	fmt.Printf("capsule agent: listening on http://%s\n", ln.Addr())
+	fmt.Printf("capsule agent: listening on http://%s\n", sa.addr)
 
 	select {
-	case err := <-served:
+	case err := <-sa.served:
 		return fmt.Errorf("agent: serve: %w", err)
 	case <-ctx.Done():
 	}
 	log.Info("agent stopping")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		// Streams still open (an exec that runs on): cut them.
-		log.Warn("closing the calls still in progress", "err", err)
-		_ = srv.Close()
-	}
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := sa.stop(log); err != nil {
 		log.Error("serve", "err", err)
 	}
 	return nil

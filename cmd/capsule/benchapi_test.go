@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
@@ -40,8 +38,8 @@ func TestBenchAPI(t *testing.T) {
 	testenv.RequireCommand(t, "qemu-system-x86_64")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	envd := buildEnvd(t, ctx)
-	o, err := parseBenchAPIFlags([]string{"-envd", envd, "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+	envd := hosttest.Envd(t)
+	o, err := parseBenchAPIFlags([]string{"-envd", envd, "-data-dir", hosttest.StoreDir,
 		"-rows", "120", "-list-n", "10", "-create-n", "2"})
 	if err != nil {
 		t.Fatal(err)
@@ -60,17 +58,6 @@ func TestBenchAPI(t *testing.T) {
 	t.Logf("%+v", out)
 }
 
-func buildEnvd(t *testing.T, ctx context.Context) string {
-	t.Helper()
-	envd := filepath.Join(t.TempDir(), "envd")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", envd, "github.com/capsulehq/capsule/cmd/envd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build envd: %v: %s", err, out)
-	}
-	return envd
-}
-
 // TestBenchProxy runs `capsule bench proxy` small and checks its figures
 // are there and sane.
 func TestBenchProxy(t *testing.T) {
@@ -78,7 +65,7 @@ func TestBenchProxy(t *testing.T) {
 	testenv.RequireCommand(t, "qemu-system-x86_64")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	o, err := parseBenchProxyFlags([]string{"-envd", buildEnvd(t, ctx), "-data-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+	o, err := parseBenchProxyFlags([]string{"-envd", hosttest.Envd(t), "-data-dir", hosttest.StoreDir,
 		"-c", "2", "-d", "300ms", "-rounds", "1", "-sdk", ""})
 	if err != nil {
 		t.Fatal(err)

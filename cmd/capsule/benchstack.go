@@ -9,16 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/api"
-	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/pgembed"
-	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -34,11 +30,12 @@ type benchStackOptions struct {
 	log  *slog.Logger
 }
 
-// benchStack is the platform running in this process for the benches, as
-// `capsule serve` assembles it: an embedded PostgreSQL in a temporary
-// directory, a real host agent with its own network slot pool, the
-// services, and the API and the traffic proxy over real HTTP on a
-// loopback port; plus a signed-up team with an API key.
+// benchStack is the platform running in this process for the benches, the
+// control plane `capsule serve` runs (internal/controlplane: the services,
+// reconciliation, the reaper, the API, the traffic proxy, the E2B facade)
+// over an embedded PostgreSQL in a temporary directory and a real host
+// agent with its own network slot pool, both listeners on loopback ports;
+// plus a signed-up team with an API key.
 type benchStack struct {
 	st        *store.Store
 	pool      *agentclient.Pool
@@ -96,14 +93,6 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
 	}
 	b.closers = append(b.closers, func() { pg.Close() })
-	if b.st, err = store.Open(ctx, pg.DSN()); err != nil {
-		return nil, err
-	}
-	b.closers = append(b.closers, b.st.Close)
-	b.st.SetLogger(o.log)
-	if err := b.st.Migrate(ctx); err != nil {
-		return nil, err
-	}
 
 	// The host agent, as capsule serve embeds it, with the benchmark's own
 	// network slot pool and sandbox directory (images shared).
@@ -118,60 +107,40 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, stopAgent)
-	agentEP := agentclient.Endpoint{URL: agentURL, Token: agentToken}
-	b.pool = agentclient.NewPool(agentclient.Options{Log: o.log})
-	b.closers = append(b.closers, b.pool.Close)
-	if err := b.pool.Set(service.LocalHost, agentEP); err != nil {
-		return nil, err
-	}
 
-	secret := []byte("capsule-bench-api-secret-0123456789abcdef")
-	hasher, err := auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU())
-	if err != nil {
-		return nil, err
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: secret})
-	if err != nil {
-		return nil, err
-	}
-	audit := service.NewAudit(b.st, o.log)
-	if b.accounts, err = service.NewAccounts(service.AccountsConfig{Store: b.st, Hasher: hasher, Sessions: sessions, Audit: audit, Signup: service.SignupOpen, Log: o.log}); err != nil {
-		return nil, err
-	}
-	if b.sandboxes, err = service.NewSandboxes(ctx, service.SandboxesConfig{Store: b.st, Agents: b.pool, Secret: secret, Audit: audit, Log: o.log}); err != nil {
-		return nil, err
-	}
-	h, err := api.New(api.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Audit: audit, Store: b.st, Log: o.log})
-	if err != nil {
-		return nil, err
-	}
-	px, err := proxy.New(proxy.Config{Domain: b.domain, Log: o.log, Resolver: proxy.ServiceResolver{
-		Sandboxes: b.sandboxes, Accounts: b.accounts, Agents: map[string]agentclient.Endpoint{service.LocalHost: agentEP},
-	}})
-	if err != nil {
-		return nil, err
-	}
-	sln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	ssrv := &http.Server{Handler: sandboxHandler(px), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = ssrv.Serve(sln) }()
-	b.closers = append(b.closers, func() { ssrv.Close() })
-	b.sandboxURL = "http://" + sln.Addr().String()
-	sandboxDomain := advertisedDomain(b.domain, sln.Addr())
-	e2b, err := e2bapi.New(e2bapi.Config{Accounts: b.accounts, Sandboxes: b.sandboxes, Domain: sandboxDomain, Log: o.log})
-	if err != nil {
-		return nil, err
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: apiHandler(px, e2b, h, sandboxDomain), ReadHeaderTimeout: 10 * time.Second}
+	b.closers = append(b.closers, func() { ln.Close() })
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, func() { sln.Close() })
+	b.url, b.sandboxURL = "http://"+ln.Addr().String(), "http://"+sln.Addr().String()
+
+	// The control plane, built as capsule serve builds it; sign-up is open
+	// for the bench's account.
+	cp, err := controlplane.New(ctx, controlplane.Config{
+		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
+		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
+		Signup: service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
+		Domain: b.domain, SandboxAddr: sln.Addr(), Log: o.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, cp.Close)
+	b.st, b.pool, b.accounts, b.sandboxes = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes
+	if err := cp.Start(ctx); err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: cp.APIHandler(), ReadHeaderTimeout: 10 * time.Second}
+	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	b.closers = append(b.closers, func() { srv.Close() })
-	b.url = "http://" + ln.Addr().String()
+	go func() { _ = ssrv.Serve(sln) }()
+	b.closers = append(b.closers, func() { srv.Close(); ssrv.Close() })
 
 	if b.account, err = b.accounts.Signup(ctx, service.Signup{Email: "bench@capsule.local", Password: "bench-api-password", Name: "Bench"}); err != nil {
 		return nil, err

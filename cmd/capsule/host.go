@@ -2,16 +2,21 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"runtime"
 	"strings"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/dirlock"
 	"github.com/capsulehq/capsule/internal/image"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/vmm/qemu"
@@ -159,4 +164,55 @@ func lockDataDir(dataDir string) (func(), error) {
 		return nil, err
 	}
 	return func() { _ = l.Release() }, nil
+}
+
+// servedAgent is a host's agent served over HTTP (h2c) on a listener.
+type servedAgent struct {
+	srv    *http.Server
+	addr   net.Addr
+	served chan error
+}
+
+// serveAgent serves the host's agent, with its bearer token, on addr:
+// `capsule agent` on its -listen address, `capsule serve` on a loopback
+// port.
+func (h *hostStack) serveAgent(addr, token string, capacity sandbox.Capacity, log *slog.Logger) (*servedAgent, error) {
+	a, err := agent.New(agent.Config{Manager: h.mgr, Token: token, Images: h.images, Driver: h.driver, Capacity: capacity, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &servedAgent{srv: agent.NewServer(addr, a, log), addr: ln.Addr(), served: make(chan error, 1)}
+	go func() { s.served <- s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// stop shuts the server down, cutting the calls still in progress (an
+// exec that runs on) after 10 s, and returns the error serving ended with
+// (none when it was the shutdown).
+func (s *servedAgent) stop(log *slog.Logger) error {
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(sctx); err != nil {
+		log.Warn("closing the calls still in progress", "err", err)
+		_ = s.srv.Close()
+	}
+	if err := <-s.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// commandLogger is the logger of `capsule serve` and `capsule agent`: text
+// on stderr, debug with -v, with the request ID, team and sandbox of the
+// context on every line (logctx).
+func commandLogger(verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 }

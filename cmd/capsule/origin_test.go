@@ -7,13 +7,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/testenv"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -31,8 +30,8 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 	testenv.RequireCommand(t, "qemu-system-x86_64")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: buildEnvd(t, ctx),
-		dataDir: filepath.Join(os.TempDir(), "capsule-test-store")}, "origin-")
+	stack, err := startBenchStack(ctx, benchStackOptions{envdBin: hosttest.Envd(t),
+		dataDir: hosttest.StoreDir}, "origin-")
 	if err != nil {
 		t.Fatal(err)
 	}

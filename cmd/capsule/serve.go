@@ -16,24 +16,18 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/api"
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
-	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
-	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -294,11 +288,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer unlock()
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(logctx.NewHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	log := commandLogger(o.verbose)
 	if o.configFile != "" {
 		log.InfoContext(ctx, "configuration file", "file", o.configFile)
 	}
@@ -320,15 +310,6 @@ func runServe(ctx context.Context, args []string) (err error) {
 		}()
 		dsn = pg.DSN()
 	}
-	st, err := store.Open(ctx, dsn)
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	defer st.Close()
-	st.SetLogger(log)
-	if err := st.Migrate(ctx); err != nil {
-		return fmt.Errorf("serve: migrate: %w", err)
-	}
 	secret, _, err := loadOrCreateToken(filepath.Join(o.dataDir, "server.secret"))
 	if err != nil {
 		return fmt.Errorf("serve: server secret: %w", err)
@@ -340,66 +321,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	defer stopAgent()
-	pool := agentclient.NewPool(agentclient.Options{Log: log})
-	defer pool.Close()
-	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: agentURL, Token: agentToken}); err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
 
-	// The services and the API.
-	hasher, err := auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU())
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: []byte(secret)})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	audit := service.NewAudit(st, log)
-	accounts, err := service.NewAccounts(service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit,
-		Signup: o.signupMode, Log: log})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	sandboxes, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: []byte(secret), Quotas: o.quotas, Audit: audit, Log: log})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	if err := bootstrapAdmin(ctx, o, st, accounts, log); err != nil {
-		return err
-	}
-	// The records follow what the agent runs after a crash of either
-	// (nothing else acts on the host's sandboxes yet).
-	if rep, err := sandboxes.Reconcile(ctx); err != nil {
-		return fmt.Errorf("serve: %w", err)
-	} else if rep != (service.ReconcileReport{}) {
-		log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
-	}
-	// The TTL reaper pauses sandboxes past their timeout until the API
-	// stops (it must not race the shutdown's PauseAll).
-	reapCtx, stopReaper := context.WithCancel(ctx)
-	reaperDone := make(chan struct{})
-	go func() {
-		defer close(reaperDone)
-		service.NewReaper(sandboxes, service.ReaperConfig{}).Run(reapCtx)
-	}()
-	defer func() { stopReaper(); <-reaperDone }()
-	teams, err := service.NewTeams(service.TeamsConfig{Store: st, Sandboxes: sandboxes, Audit: audit, Log: log})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	providers, states, err := oauthProviders(o, []byte(secret))
-	if err != nil {
-		return err
-	}
-	for _, name := range providers.Names() {
-		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", o.publicURL+"/v1/auth/oauth/"+name+"/callback")
-	}
-	h, err := api.New(api.Config{Accounts: accounts, Sandboxes: sandboxes, Audit: audit, Teams: teams, Store: st,
-		OAuth: providers, OAuthStates: states, TrustedProxies: o.proxies, Log: log})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -410,28 +332,37 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: sandbox listener: %w", err)
 	}
 	defer sln.Close()
-	px, err := proxy.New(proxy.Config{Domain: bareDomain(o.domain), Log: log, TrustedProxies: o.proxies, Resolver: proxy.ServiceResolver{
-		Sandboxes: sandboxes, Accounts: accounts,
+
+	// The control plane: services, reaper, reconciliation, API, proxy,
+	// E2B facade.
+	cp, err := controlplane.New(ctx, controlplane.Config{
+		DSN: dsn, Secret: []byte(secret),
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
-	}})
+		Signup: o.signupMode, Quotas: o.quotas, OAuth: o.oauthConfig(), TrustedProxies: o.proxies,
+		Domain: o.domain, SandboxAddr: sln.Addr(), Log: log,
+	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	sandboxDomain := advertisedDomain(o.domain, sln.Addr())
-	e2b, err := e2bapi.New(e2bapi.Config{Accounts: accounts, Sandboxes: sandboxes, Domain: sandboxDomain, Log: log})
-	if err != nil {
+	defer cp.Close()
+	if err := bootstrapAdmin(ctx, o, cp.Store, cp.Accounts, log); err != nil {
+		return err
+	}
+	// The records follow what the agent runs after a crash of either, and
+	// the TTL reaper pauses sandboxes past their timeout until shutdown.
+	if err := cp.Start(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	srv := &http.Server{Handler: apiHandler(px, e2b, h, sandboxDomain), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	srv := &http.Server{Handler: cp.APIHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
-	ssrv := &http.Server{Handler: sandboxHandler(px), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	go func() { served <- ssrv.Serve(sln) }()
 	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
-		"sandbox_domain", sandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
+		"sandbox_domain", cp.SandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
 	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
 
 	select {
@@ -447,61 +378,30 @@ func runServe(ctx context.Context, args []string) (err error) {
 		}
 	}
 	cancel()
-	stopReaper()
-	<-reaperDone
-	// Pause every running sandbox through the agent path, so that the
-	// database records them as paused.
+	// Stop the reaper, then pause every running sandbox through the agent
+	// path, so that the database records them as paused.
 	pctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	if perr := sandboxes.PauseAll(pctx); perr != nil {
+	if perr := cp.Shutdown(pctx); perr != nil {
 		log.Error("pause sandboxes at shutdown", "err", perr)
 	}
 	cancel()
 	return err
 }
 
+// oauthConfig is the OAuth part of the settings.
+func (o *serveOptions) oauthConfig() controlplane.OAuthConfig {
+	return controlplane.OAuthConfig{PublicURL: o.publicURL, GitHubClientID: o.githubClientID, GitHubClientSecret: o.githubClientSecret}
+}
+
 // oauthProviders registers the configured OAuth providers (GitHub when
-// its client ID and secret are set) and the state manager of their flows.
-// The state cookie is Secure unless the public URL is plain http.
+// its client ID and secret are set) and the state manager of their flows,
+// as the control plane does.
 func oauthProviders(o *serveOptions, secret []byte) (*oauth.Registry, *oauth.StateManager, error) {
-	reg := oauth.NewRegistry()
-	states, err := oauth.NewStateManager(oauth.StateConfig{Secret: secret, Insecure: strings.HasPrefix(o.publicURL, "http://")})
+	reg, states, err := controlplane.NewOAuth(o.oauthConfig(), secret)
 	if err != nil {
 		return nil, nil, fmt.Errorf("serve: %w", err)
 	}
-	if o.githubClientID != "" {
-		gh, err := oauth.NewGitHub(oauth.GitHubConfig{ClientID: o.githubClientID, ClientSecret: o.githubClientSecret,
-			RedirectURL: o.publicURL + "/v1/auth/oauth/github/callback"})
-		if err != nil {
-			return nil, nil, fmt.Errorf("serve: %w", err)
-		}
-		if err := reg.Register("github", gh); err != nil {
-			return nil, nil, fmt.Errorf("serve: %w", err)
-		}
-	}
 	return reg, states, nil
-}
-
-// bareDomain is the sandbox domain without a port.
-func bareDomain(domain string) string {
-	if h, _, err := net.SplitHostPort(domain); err == nil {
-		return h
-	}
-	return domain
-}
-
-// advertisedDomain is the sandbox domain the E2B facade answers to the
-// SDKs, whose getHost(port) is "{port}-{id}.DOMAIN": the -domain setting as
-// is when it names a port, else with the sandbox listener's port unless
-// that is 80 or 443 (then a URL needs none).
-func advertisedDomain(domain string, sandboxAddr net.Addr) string {
-	if domain == "" || bareDomain(domain) != domain {
-		return domain
-	}
-	ap, err := netip.ParseAddrPort(sandboxAddr.String())
-	if err != nil || ap.Port() == 80 || ap.Port() == 443 {
-		return domain
-	}
-	return net.JoinHostPort(domain, strconv.Itoa(int(ap.Port())))
 }
 
 func displayAddr(a net.Addr) string {
@@ -526,32 +426,19 @@ func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) 
 		return "", "", nil, fmt.Errorf("serve: agent token: %w", err)
 	}
 	token = base64.RawURLEncoding.EncodeToString(raw)
-	a, err := agent.New(agent.Config{Manager: host.mgr, Token: token, Images: host.images, Driver: host.driver, Capacity: o.capacity, Log: log})
+	sa, err := host.serveAgent("127.0.0.1:0", token, o.capacity, log)
 	if err != nil {
 		host.stop()
-		return "", "", nil, fmt.Errorf("serve: %w", err)
+		return "", "", nil, fmt.Errorf("serve: embedded agent: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		host.stop()
-		return "", "", nil, fmt.Errorf("serve: agent listener: %w", err)
-	}
-	srv := agent.NewServer(ln.Addr().String(), a, log)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+ln.Addr().String(), "accel", host.driver.Accel())
+	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+sa.addr.String(), "accel", host.driver.Accel())
 	stop = func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-		}
-		cancel()
-		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := sa.stop(log); err != nil {
 			log.Error("agent serve", "err", err)
 		}
 		host.stop()
 	}
-	return "http://" + ln.Addr().String(), token, stop, nil
+	return "http://" + sa.addr.String(), token, stop, nil
 }
 
 // bootstrapAdmin creates, on first start (no user yet), a platform admin

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
@@ -114,9 +115,10 @@ func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), sandboxURL: fmt.Sprintf("http://127.0.0.1:%d", sport),
 		log: &bytes.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", sport),
-		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
+		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", hosttest.StoreDir,
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
-		"-net-name", "ccrash", "-net-host-cidr", "198.18.124.0/24", "-net-link-cidr", "198.18.125.0/24", "-net-max-slots", "8",
+		"-net-name", hosttest.CrashPool.Name, "-net-host-cidr", hosttest.CrashPool.HostCIDR.String(),
+		"-net-link-cidr", hosttest.CrashPool.LinkCIDR.String(), "-net-max-slots", "8",
 		"-max-vcpus", "8", "-max-memory-mb", "2048")
 	p.cmd.Env = append(os.Environ(), "CAPSULE_CONFIG=/dev/null")
 	p.cmd.Stdout, p.cmd.Stderr = syncWriter(p.log), syncWriter(p.log)
@@ -406,7 +408,7 @@ func TestServeKilledKeepsSandboxesRunning(t *testing.T) {
 		if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+d.root).Output(); len(out) > 0 {
 			t.Fatalf("VMMs left: %s", out)
 		}
-		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "ccrash-") {
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), hosttest.CrashPool.Name+"-") {
 			t.Fatalf("network namespaces left: %s", out)
 		}
 	})

@@ -6,15 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http/httptest"
-	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,55 +16,15 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/netslot"
-	"github.com/capsulehq/capsule/internal/sandbox"
-	"github.com/capsulehq/capsule/internal/testenv"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/vmm"
-	"github.com/capsulehq/capsule/internal/vmm/qemu"
 )
 
 // The agent's tests run their own pool of network slots, with names and
 // address ranges that no other package's tests use.
-var (
-	testHostCIDR = netip.MustParsePrefix("198.18.80.0/24")
-	testLinkCIDR = netip.MustParsePrefix("198.18.81.0/24")
-)
+var testPool = hosttest.AgentPool
 
-const token = "agent-integration-test-token"
-
-var (
-	imagesOnce sync.Once
-	images     *image.Store
-	imagesErr  error
-)
-
-// testImages is the image store shared with the other packages' VM tests
-// (content-addressed: an unchanged envd reuses everything), holding the
-// minimal template built from this tree's envd.
-func testImages(t *testing.T) *image.Store {
-	t.Helper()
-	imagesOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		bin := filepath.Join(os.TempDir(), "capsule-agent-test-envd")
-		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "github.com/capsulehq/capsule/cmd/envd")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			imagesErr = fmt.Errorf("build envd: %w: %s", err, out)
-			return
-		}
-		images, imagesErr = image.Open(filepath.Join(os.TempDir(), "capsule-test-store"), nil)
-		if imagesErr != nil {
-			return
-		}
-		_, imagesErr = images.Build(ctx, image.BuildOptions{Template: "minimal", EnvdBin: bin})
-	})
-	if imagesErr != nil {
-		t.Fatalf("test images: %v", imagesErr)
-	}
-	return images
-}
+const token = hosttest.AgentToken
 
 // env is an agent over a real sandbox manager, served over h2c, and a
 // client of it.
@@ -82,69 +34,14 @@ type env struct {
 	driver  vmm.Driver
 	dataDir string
 	runDir  string
-	logs    *syncBuffer
+	logs    *hosttest.SyncBuffer
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireCommand(t, "qemu-system-x86_64")
-	testenv.RequireCommand(t, "qemu-img")
-	imgs := testImages(t)
-	img, err := imgs.Get(context.Background(), "minimal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{dataDir: t.TempDir(), runDir: t.TempDir(), logs: &syncBuffer{}}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	drv, err := qemu.New(context.Background(), qemu.Options{ProbeKernel: img.Kernel, Logger: log})
-	if err != nil {
-		t.Fatalf("qemu driver: %v", err)
-	}
-	e.driver = drv
-	pool, err := netslot.NewPool(context.Background(), netslot.Config{
-		Name: "cat", VethPrefix: "catv", HostCIDR: testHostCIDR, LinkCIDR: testLinkCIDR, MaxSlots: 8,
-		Logger: log,
-	})
-	if err != nil {
-		t.Fatalf("network pool: %v", err)
-	}
-	capacity := sandbox.Capacity{VCPUs: 8, MemoryMB: 2048}
-	mgr, err := sandbox.New(context.Background(), sandbox.Config{
-		DataDir: e.dataDir, RunDir: e.runDir, Driver: drv, Images: imgs, Slots: pool,
-		Capacity: capacity, Log: log,
-	})
-	if err != nil {
-		_ = pool.Close(context.Background())
-		t.Fatalf("manager: %v", err)
-	}
-	a, err := agent.New(agent.Config{
-		Manager: mgr, Token: token, Images: imgs, Driver: drv, Capacity: capacity, Log: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(a)
-	srv.Config.Protocols = agent.Protocols()
-	srv.Start()
-	e.url = srv.URL
+	a := hosttest.StartAgent(t, testPool)
+	e := &env{url: a.URL, driver: a.Driver, dataDir: a.DataDir, runDir: a.RunDir, logs: a.Logs}
 	e.client = e.newClient(t, token)
-	t.Cleanup(func() {
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := mgr.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := pool.Close(ctx); err != nil {
-			t.Errorf("close pool: %v", err)
-		}
-		assertNoVMM(t, e.runDir, e.dataDir)
-		assertNoSlots(t, "cat-", "catv")
-		if t.Failed() {
-			t.Logf("agent log:\n%s", e.logs.String())
-		}
-	})
 	return e
 }
 
@@ -156,58 +53,6 @@ func (e *env) newClient(t *testing.T, tok string) *agentclient.Client {
 	}
 	t.Cleanup(c.Close)
 	return c
-}
-
-// assertNoVMM fails if a VMM process of a test directory is still alive.
-func assertNoVMM(t *testing.T, dirs ...string) {
-	t.Helper()
-	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		for _, d := range dirs {
-			if strings.Contains(line, d) {
-				t.Errorf("VMM left running: %.300s", line)
-			}
-		}
-	}
-}
-
-// assertNoSlots fails if a network namespace or host interface of the
-// test pool is left.
-func assertNoSlots(t *testing.T, netnsPrefix, vethPrefix string) {
-	t.Helper()
-	if entries, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), netnsPrefix) {
-				t.Errorf("network namespace left: %s", e.Name())
-			}
-		}
-	}
-	ifaces, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, i := range ifaces {
-		if strings.HasPrefix(i.Name, vethPrefix) {
-			t.Errorf("interface left: %s", i.Name)
-		}
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // execResult is a collected Exec stream.
@@ -555,7 +400,7 @@ func TestAgentLifecycle(t *testing.T) {
 	if list := must(c.ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{})))(t, "list").Sandboxes; len(list) != 0 {
 		t.Fatalf("left after destroy: %v", list)
 	}
-	assertNoVMM(t, e.runDir, e.dataDir)
+	hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 	if strings.Contains(e.logs.String(), "envd-token-") {
 		t.Fatal("an access token was logged")
 	}

@@ -199,3 +199,55 @@ func TestPool(t *testing.T) {
 		t.Fatal("Get after Close succeeded")
 	}
 }
+
+// TestPoolEndpoint: the pool answers a host's endpoint as Set registered
+// it, else as the resolver finds it; an unknown host is ErrUnknownHost.
+func TestPoolEndpoint(t *testing.T) {
+	ctx := context.Background()
+	set := Endpoint{URL: "http://127.0.0.1:1", Token: "set"}
+	resolved := Endpoint{URL: "http://127.0.0.1:2", Token: "resolved"}
+	withResolver := NewPool(Options{Resolve: func(_ context.Context, id string) (Endpoint, error) {
+		if id == "far" {
+			return resolved, nil
+		}
+		return Endpoint{}, fmt.Errorf("%w: %s", ErrUnknownHost, id)
+	}})
+	defer withResolver.Close()
+	static := NewPool(Options{})
+	defer static.Close()
+	for _, p := range []*Pool{withResolver, static} {
+		if err := p.Set("local", set); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		pool    *Pool
+		host    string
+		want    Endpoint
+		unknown bool
+	}{
+		{"set", withResolver, "local", set, false},
+		{"resolved", withResolver, "far", resolved, false},
+		{"unknown to the resolver", withResolver, "nowhere", Endpoint{}, true},
+		{"set, no resolver", static, "local", set, false},
+		{"no resolver", static, "far", Endpoint{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.pool.Endpoint(ctx, tc.host)
+			if tc.unknown {
+				if !errors.Is(err, ErrUnknownHost) {
+					t.Fatalf("Endpoint(%q) = %+v, %v; want ErrUnknownHost", tc.host, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Endpoint(%q) = %+v, %v; want %+v", tc.host, got, err, tc.want)
+			}
+		})
+	}
+	static.Evict("local")
+	if _, err := static.Endpoint(ctx, "local"); !errors.Is(err, ErrUnknownHost) {
+		t.Fatalf("after Evict: %v, want ErrUnknownHost", err)
+	}
+}

@@ -68,6 +68,27 @@ func (p *Pool) Set(hostID string, ep Endpoint) error {
 	return nil
 }
 
+// Endpoint returns the address and token of a host: the one Set
+// registered, else what the Resolver finds. Everything that reaches an
+// agent (the services' clients, the traffic proxy) takes it from here, so
+// that an agent's address is registered in one place.
+func (p *Pool) Endpoint(ctx context.Context, hostID string) (Endpoint, error) {
+	p.mu.Lock()
+	ep, static := p.static[hostID]
+	p.mu.Unlock()
+	if static {
+		return ep, nil
+	}
+	if p.opts.Resolve == nil {
+		return Endpoint{}, fmt.Errorf("%w: %s", ErrUnknownHost, hostID)
+	}
+	ep, err := p.opts.Resolve(ctx, hostID)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("resolve host %s: %w", hostID, err)
+	}
+	return ep, nil
+}
+
 // Get returns the client of a host, creating it on first use.
 func (p *Pool) Get(ctx context.Context, hostID string) (*Client, error) {
 	p.mu.Lock()
@@ -79,17 +100,10 @@ func (p *Pool) Get(ctx context.Context, hostID string) (*Client, error) {
 		p.mu.Unlock()
 		return c, nil
 	}
-	ep, static := p.static[hostID]
 	p.mu.Unlock()
-
-	if !static {
-		if p.opts.Resolve == nil {
-			return nil, fmt.Errorf("%w: %s", ErrUnknownHost, hostID)
-		}
-		var err error
-		if ep, err = p.opts.Resolve(ctx, hostID); err != nil {
-			return nil, fmt.Errorf("resolve host %s: %w", hostID, err)
-		}
+	ep, err := p.Endpoint(ctx, hostID)
+	if err != nil {
+		return nil, err
 	}
 	c, err := New(ep, p.opts.ClientOptions...)
 	if err != nil {

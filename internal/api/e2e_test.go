@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 )
 
 // TestEndToEndRealVM is the user's whole path over HTTP with a real agent
@@ -20,11 +19,8 @@ import (
 // refused (404) at every step and the audit log checked at the end. Its
 // network slot pool (capi, 198.18.86.0/24 + 198.18.87.0/24) is its own.
 func TestEndToEndRealVM(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "capi", Veth: "capiv",
-		HostCIDR: netip.MustParsePrefix("198.18.86.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.87.0/24"),
-	})
-	e := newAPI(t, url, agenttest.Token)
+	url := hosttest.StartAgent(t, hosttest.APIPool).URL
+	e := newAPI(t, url, hosttest.AgentToken)
 	jwt, key, _ := e.account(t, "e2e@example.com")
 	jwtB, keyB, _ := e.account(t, "intruder@example.com")
 

@@ -12,7 +12,6 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
-	"net/netip"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -21,8 +20,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -33,11 +32,8 @@ import (
 // one agent, whose network slot pool (ctb, 198.18.102.0/24 +
 // 198.18.103.0/24) is its own.
 func TestExecAndFilesRealVM(t *testing.T) {
-	agentURL := agenttest.Start(t, agenttest.Pool{
-		Name: "ctb", Veth: "ctbv",
-		HostCIDR: netip.MustParsePrefix("198.18.102.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.103.0/24"),
-	})
-	e := newAPI(t, agentURL, agenttest.Token)
+	agentURL := hosttest.StartAgent(t, hosttest.APIExecPool).URL
+	e := newAPI(t, agentURL, hosttest.AgentToken)
 	f := &sbxFixture{apiEnv: e}
 	var team string
 	_, f.key, team = e.account(t, "exec@example.com")

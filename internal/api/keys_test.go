@@ -43,12 +43,8 @@ func (c *testClock) Advance(d time.Duration) {
 // invitation expiry.
 func newAPIPolicy(t *testing.T, policy service.SignupPolicy, clock *testClock) (*apiEnv, *servicetest.Env) {
 	t.Helper()
-	se := servicetest.NewWith(t, "", "", func(c *service.AccountsConfig) { c.Signup, c.Now = policy, clock.Now })
-	teams, err := service.NewTeams(service.TeamsConfig{Store: se.Store, Sandboxes: se.Sandboxes, Audit: se.Audit, Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := New(Config{Accounts: se.Accounts, Sandboxes: se.Sandboxes, Audit: se.Audit, Store: se.Store, Teams: teams,
+	se := servicetest.NewWith(t, "", "", func(c *service.ServicesConfig) { c.Signup, c.Now = policy, clock.Now })
+	h, err := New(Config{Accounts: se.Accounts, Sandboxes: se.Sandboxes, Audit: se.Audit, Store: se.Store, Teams: se.Teams,
 		SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)

@@ -1,14 +1,13 @@
 package api
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 )
 
 // TestDiskHeadroomRefusesCreateRealVM performs issue 9.6's full data disk
@@ -19,11 +18,8 @@ import (
 // network slot pool (cdh, 198.18.172.0/24 + 198.18.173.0/24) is its own.
 func TestDiskHeadroomRefusesCreateRealVM(t *testing.T) {
 	dataDir := t.TempDir()
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cdh", Veth: "cdhv",
-		HostCIDR: netip.MustParsePrefix("198.18.172.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.173.0/24"),
-	}, func(c *sandbox.Config) { c.DataDir, c.DiskHeadroomMB = dataDir, 1<<40 })
-	e := newAPI(t, url, agenttest.Token)
+	url := hosttest.StartAgent(t, hosttest.APIDiskPool, func(c *sandbox.Config) { c.DataDir, c.DiskHeadroomMB = dataDir, 1<<40 }).URL
+	e := newAPI(t, url, hosttest.AgentToken)
 	_, key, _ := e.account(t, "disk@example.com")
 
 	for _, tc := range []struct {

@@ -3,10 +3,9 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"testing"
 
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -18,11 +17,8 @@ import (
 // sandbox is left alone. Its network slot pool (cta, 198.18.100.0/24 +
 // 198.18.101.0/24) is its own.
 func TestTeamDeleteDestroysSandboxesRealVM(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cta", Veth: "ctav",
-		HostCIDR: netip.MustParsePrefix("198.18.100.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.101.0/24"),
-	})
-	e := newAPI(t, url, agenttest.Token)
+	url := hosttest.StartAgent(t, hosttest.APITeamsPool).URL
+	e := newAPI(t, url, hosttest.AgentToken)
 	ctx := context.Background()
 	owner := e.user(t, "vm-owner@example.com")
 

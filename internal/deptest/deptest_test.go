@@ -26,11 +26,11 @@ type rule struct {
 }
 
 var (
-	controlPlane = []string{"internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
+	controlPlane = []string{"internal/controlplane", "internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
 		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid"}
 	// testSupport are the test helpers, which link testing (and, for
-	// agenttest, a real host agent) by design.
-	testSupport = []string{"internal/service/servicetest", "internal/service/agenttest",
+	// hosttest, real host code) by design.
+	testSupport = []string{"internal/service/servicetest", "internal/hosttest",
 		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv", "internal/vmm/vmmtest"}
 	hostAndGuest = []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot",
 		"internal/envd", "github.com/google/nftables", "github.com/creack/pty"}

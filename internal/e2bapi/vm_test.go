@@ -3,7 +3,6 @@ package e2bapi
 import (
 	"context"
 	"encoding/json"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,8 +10,8 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 )
 
 // TestE2BFlowRealVM drives the facade as the SDK does, with a real agent
@@ -24,11 +23,8 @@ import (
 // created without. Its network slot pool (cte, 198.18.106.0/24 +
 // 198.18.107.0/24) is its own.
 func TestE2BFlowRealVM(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cte", Veth: "ctev",
-		HostCIDR: netip.MustParsePrefix("198.18.106.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.107.0/24"),
-	})
-	e := newEnv(t, url, agenttest.Token)
+	url := hosttest.StartAgent(t, hosttest.E2BPool).URL
+	e := newEnv(t, url, hosttest.AgentToken)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	p, key := e.account(t, "sdk@example.com")

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,11 +19,10 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 	"github.com/capsulehq/capsule/internal/service/servicetest"
 	"github.com/capsulehq/capsule/internal/store"
 )
@@ -42,14 +40,11 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cpx", Veth: "cpxv",
-		HostCIDR: netip.MustParsePrefix("198.18.108.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.109.0/24"),
-	})
-	env := servicetest.New(t, url, agenttest.Token)
+	url := hosttest.StartAgent(t, hosttest.ProxyPool).URL
+	env := servicetest.New(t, url, hosttest.AgentToken)
 	h, err := proxy.New(proxy.Config{Domain: domain, Resolver: proxy.ServiceResolver{
 		Sandboxes: env.Sandboxes, Accounts: env.Accounts,
-		Agents: map[string]agentclient.Endpoint{service.LocalHost: env.Agent},
+		Agents: env.Agents,
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -12,33 +12,36 @@ import (
 
 // ServiceResolver is the Resolver over the control plane's services:
 // sandboxes (and auto-resume) from service.Sandboxes, API keys from
-// service.Accounts, agents' addresses from Agents (by host name).
+// service.Accounts, agents' addresses from Agents (by host name: the pool
+// the services reach the agents with, so an address is registered once).
 type ServiceResolver struct {
 	Sandboxes *service.Sandboxes
 	Accounts  *service.Accounts
-	Agents    map[string]agentclient.Endpoint
+	Agents    *agentclient.Pool
 }
 
 // Resolve implements Resolver.
 func (t ServiceResolver) Resolve(ctx context.Context, sandboxID string) (Route, error) {
-	return t.route(t.Sandboxes.ResolveTraffic(ctx, sandboxID))
+	rt, err := t.Sandboxes.ResolveTraffic(ctx, sandboxID)
+	return t.route(ctx, rt, err)
 }
 
 // Wake implements Resolver.
 func (t ServiceResolver) Wake(ctx context.Context, sandboxID string) (Route, error) {
-	return t.route(t.Sandboxes.WakeTraffic(ctx, sandboxID))
+	rt, err := t.Sandboxes.WakeTraffic(ctx, sandboxID)
+	return t.route(ctx, rt, err)
 }
 
-func (t ServiceResolver) route(rt service.TrafficRoute, err error) (Route, error) {
+func (t ServiceResolver) route(ctx context.Context, rt service.TrafficRoute, err error) (Route, error) {
 	if errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrNotRunning) {
 		return Route{}, ErrNotFound
 	}
 	if err != nil {
 		return Route{}, err
 	}
-	ep, ok := t.Agents[rt.Host]
-	if !ok {
-		return Route{}, fmt.Errorf("no address for host agent %q", rt.Host)
+	ep, err := t.Agents.Endpoint(ctx, rt.Host)
+	if err != nil {
+		return Route{}, fmt.Errorf("no address for host agent %q: %w", rt.Host, err)
 	}
 	return Route{
 		SandboxID: rt.SandboxID, AgentURL: ep.URL, AgentToken: ep.Token, Asleep: rt.Asleep,

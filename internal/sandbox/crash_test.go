@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
@@ -199,7 +200,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				ctx := testCtx(t, time.Minute)
 				_ = e.mgr.Shutdown(ctx)
 				_ = e.pool.Close(ctx)
-				assertNoVMM(t, runDir, dataDir)
+				hosttest.AssertNoVMM(t, runDir, dataDir)
 			})
 			ctx := testCtx(t, 6*time.Minute)
 			state := func(t *testing.T, id string) *sandbox.Info {
@@ -343,7 +344,7 @@ func TestAgentKilledAtEachStepKeepsSandboxes(t *testing.T) {
 				if len(left) != 0 {
 					t.Fatalf("sandbox directories left: %v", left)
 				}
-				assertNoVMM(t, runDir, dataDir)
+				hosttest.AssertNoVMM(t, runDir, dataDir)
 				if n := netnsCount(t, "cst-"); n > 0 {
 					// Released slots stay in the pool for reuse; the pool's
 					// Close at cleanup removes them.

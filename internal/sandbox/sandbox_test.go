@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,17 +14,21 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/testenv"
 )
 
 // The tests share one image store (built once per content hash) and run
-// their own pool of network slots in a test-only address range.
-var (
-	testHostCIDR = netip.MustParsePrefix("198.18.64.0/24")
-	testLinkCIDR = netip.MustParsePrefix("198.18.65.0/24")
-)
+// their own pool of network slots in a test-only address range. The slots
+// outlive a pool's Close: an agent restarted by a test adopts its
+// machines.
+var testPool = func() hosttest.Pool {
+	p := hosttest.SandboxPool
+	p.MaxSlots, p.KeepSlots = 16, true
+	return p
+}()
 
 type env struct {
 	t       *testing.T
@@ -54,28 +57,21 @@ func newEnv(t *testing.T) *env {
 		if err := e.pool.Close(ctx); err != nil {
 			t.Errorf("close pool: %v", err)
 		}
-		assertNoVMM(t, e.runDir, e.dataDir)
+		hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 	})
 	return e
 }
 
 func newPool(t *testing.T) *netslot.Pool {
 	t.Helper()
-	p, err := netslot.NewPool(context.Background(), netslot.Config{
-		Name: "cst", VethPrefix: "cstv", HostCIDR: testHostCIDR, LinkCIDR: testLinkCIDR, MaxSlots: 16,
-		KeepSlots: true, // an agent restarted by a test adopts its machines
-	})
-	if err != nil {
-		t.Fatalf("network pool: %v", err)
-	}
-	return p
+	return hosttest.NewSlots(t, testPool, nil)
 }
 
 func (e *env) manager(t *testing.T) *sandbox.Manager {
 	t.Helper()
 	m, err := sandbox.New(context.Background(), sandbox.Config{
 		DataDir: e.dataDir, RunDir: e.runDir,
-		Driver: testDriver(t), Images: testImages(t), Slots: e.pool,
+		Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
 		Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096},
 	})
 	if err != nil {
@@ -429,7 +425,7 @@ func TestConcurrentCreatesAndNoLeaks(t *testing.T) {
 			t.Fatalf("get after destroy: %v", err)
 		}
 	}
-	assertNoVMM(t, e.runDir, e.dataDir)
+	hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 	if entries, _ := os.ReadDir(filepath.Join(e.dataDir, "sandboxes")); len(entries) != 0 {
 		t.Fatalf("sandbox directories left: %v", entries)
 	}
@@ -449,21 +445,6 @@ func TestCapacityRefusesOvercommit(t *testing.T) {
 	}
 	if _, err := e.mgr.Create(ctx, sandbox.CreateOptions{ID: "Bad-ID"}); !errors.Is(err, sandbox.ErrInvalid) {
 		t.Fatalf("bad id: %v", err)
-	}
-}
-
-// assertNoVMM fails if a VMM process of a test directory is still alive
-// (its command line names its console log, under the data directory, or
-// its runtime directory).
-func assertNoVMM(t *testing.T, dirs ...string) {
-	t.Helper()
-	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		for _, d := range dirs {
-			if strings.Contains(line, d) {
-				t.Errorf("VMM left running: %.300s", line)
-			}
-		}
 	}
 }
 
@@ -492,7 +473,7 @@ func TestCreateDestroyCyclesLeakNothing(t *testing.T) {
 			t.Fatalf("cycle %d: destroy: %v", i, err)
 		}
 	}
-	assertNoVMM(t, e.runDir, e.dataDir)
+	hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 	if entries, _ := os.ReadDir(filepath.Join(e.dataDir, "sandboxes")); len(entries) != 0 {
 		t.Fatalf("sandbox directories left: %d", len(entries))
 	}
@@ -604,5 +585,5 @@ func TestConcurrentOperationsOnOneSandbox(t *testing.T) {
 	if _, err := e.mgr.Get(info.ID); !errors.Is(err, sandbox.ErrNotFound) {
 		t.Fatalf("after destroy: %v", err)
 	}
-	assertNoVMM(t, e.runDir, e.dataDir)
+	hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 }

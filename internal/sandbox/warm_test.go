@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -23,7 +24,7 @@ func TestWarmSnapshots(t *testing.T) {
 	mk := func(t *testing.T) *sandbox.Manager {
 		m, err := sandbox.New(context.Background(), sandbox.Config{
 			DataDir: e.dataDir, RunDir: e.runDir,
-			Driver: testDriver(t), Images: testImages(t), Slots: e.pool,
+			Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
 			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, WarmImages: true,
 		})
 		if err != nil {

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/netip"
 	"testing"
 
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
-	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -21,11 +19,7 @@ import (
 // token), get, pause, resume, destroy (twice: idempotent), and a destroy
 // the agent no longer knows.
 func TestSandboxLifecycleRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "csvc", Veth: "csvcv",
-		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, c := newEnvHost(t, hosttest.ServicePool)
 	ctx := context.Background()
 	_, p := e.signup(t, "vm@example.com")
 	_, other := e.signup(t, "other@example.com")
@@ -84,11 +78,6 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb2.ID)})); err != nil {
 		t.Fatal(err)
 	}

@@ -3,15 +3,13 @@ package service
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
-	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -20,17 +18,8 @@ import (
 // on the agent and in the record), and an agent call whose outcome is
 // unknown is settled by asking the agent rather than by rolling back.
 func TestAgentCallsOutliveTheClient(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "csvc", Veth: "csvcv",
-		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, c := newEnvHost(t, hosttest.ServicePool)
 	_, p := e.signup(t, "outlive@example.com")
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	bg := context.Background()
 
 	var created Sandbox
@@ -48,6 +37,7 @@ func TestAgentCallsOutliveTheClient(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}()
+		var err error
 		created, err = e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
 		if err != nil {
 			t.Fatalf("create with a departed client: %v", err)

@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,7 +14,7 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -26,18 +25,9 @@ import (
 // interrupted create, destroys orphans, and audits each change as the
 // system. A second run changes nothing.
 func TestReconcileRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "csvc", Veth: "csvcv",
-		HostCIDR: netip.MustParsePrefix("198.18.84.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.85.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, c := newEnvHost(t, hosttest.ServicePool)
 	ctx := context.Background()
 	_, p := e.signup(t, "reconcile@example.com")
-	c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 
 	lost, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", MemoryMB: 256})
 	if err != nil {

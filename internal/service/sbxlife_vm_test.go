@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -13,9 +12,8 @@ import (
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/envdclient"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -30,20 +28,11 @@ import (
 // (audited by the system), resume restarting the clock, delete, and the
 // reaper destroying a sandbox the agent lost.
 func TestTTLAndSnapshotsRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "ctc", Veth: "ctcv",
-		HostCIDR: netip.MustParsePrefix("198.18.104.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.105.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, agent := newEnvHost(t, hosttest.ServiceTTLPool)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "ttl@example.com")
 	_, other := e.signup(t, "other@example.com")
-	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
 	agentTemplates := func() []string {
 		t.Helper()
 		r, err := agent.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))

@@ -10,7 +10,9 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
+	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -44,24 +46,25 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc, err := NewAccounts(AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Signup: SignupOpen})
-	if err != nil {
-		t.Fatal(err)
-	}
 	pool := agentclient.NewPool(agentclient.Options{})
 	t.Cleanup(pool.Close)
 	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: url, Token: token}); err != nil {
 		t.Fatal(err)
 	}
-	sbx, err := NewSandboxes(ctx, SandboxesConfig{Store: st, Agents: pool, Secret: testSecret})
+	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen})
 	if err != nil {
 		t.Fatal(err)
 	}
+	acc, sbx := s.Accounts, s.Sandboxes
 	return &env{st: st, acc: acc, sbx: sbx}
+}
+
+// newEnvHost is newEnvAgent over a real agent (hosttest) on the network
+// slot pool p, and a client of that agent.
+func newEnvHost(t *testing.T, p hosttest.Pool, configure ...func(*sandbox.Config)) (*env, *agentclient.Client) {
+	t.Helper()
+	a := hosttest.StartAgent(t, p, configure...)
+	return newEnvAgent(t, a.URL, hosttest.AgentToken), a.Client(t)
 }
 
 func (e *env) signup(t *testing.T, email string) (Account, Principal) {

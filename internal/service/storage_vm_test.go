@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,10 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
-	"github.com/capsulehq/capsule/internal/service/agenttest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/testenv"
@@ -45,19 +43,10 @@ func shell(t *testing.T, ctx context.Context, sb Sandbox, script string) string 
 // stored quota are refused with ErrQuota and change nothing, and the
 // reaper's auto-pause is not (it keeps the data) but records it.
 func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cch", Veth: "cchv",
-		HostCIDR: netip.MustParsePrefix("198.18.174.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.175.0/24"),
-	})
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, agent := newEnvHost(t, hosttest.ServiceChainPool)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "chain@example.com")
-	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
 	agentTemplates := func() int {
 		t.Helper()
 		r, err := agent.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
@@ -198,19 +187,10 @@ func TestFailedAutoPauseKeepsSandboxRealAgent(t *testing.T) {
 			t.Errorf("umount: %v: %s", err, out)
 		}
 	})
-	url := agenttest.Start(t, agenttest.Pool{
-		Name: "cfp", Veth: "cfpv",
-		HostCIDR: netip.MustParsePrefix("198.18.176.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.177.0/24"),
-	}, func(c *sandbox.Config) { c.DataDir = dataDir })
-	e := newEnvAgent(t, url, agenttest.Token)
+	e, agent := newEnvHost(t, hosttest.ServiceFullDiskPool, func(c *sandbox.Config) { c.DataDir = dataDir })
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "full@example.com")
-	agent, err := agentclient.New(agentclient.Endpoint{URL: url, Token: agenttest.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer agent.Close()
 
 	sb, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256, TimeoutSec: 10})
 	if err != nil {

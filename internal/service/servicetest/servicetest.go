@@ -1,7 +1,9 @@
 // Package servicetest builds the control plane's services over a fresh,
 // migrated PostgreSQL (pgtest.StartForTest) for the tests of the packages
-// above the service layer (api, proxy, e2bapi): one place that knows how
-// the services are wired, with test-speed password hashing.
+// above the service layer (api, proxy, e2bapi), with test-speed password
+// hashing. The wiring itself is service.NewServices, the one the control
+// plane's composition root (internal/controlplane) uses; those packages'
+// own tests cannot import that root, which imports them.
 package servicetest
 
 import (
@@ -21,12 +23,9 @@ var Secret = []byte("0123456789abcdef0123456789abcdef-servicetest")
 
 // Env is the services over one database.
 type Env struct {
-	Store     *store.Store
-	Sessions  *auth.SessionManager
-	Accounts  *service.Accounts
-	Sandboxes *service.Sandboxes
-	Audit     *service.Audit
-	// Agent is the host agent's endpoint (a closed port when none).
+	*service.Services
+	// Agent is the host agent's endpoint (a closed port when none),
+	// registered in Agents as service.LocalHost.
 	Agent agentclient.Endpoint
 }
 
@@ -38,9 +37,9 @@ func New(t testing.TB, agentURL, agentToken string) *Env {
 	return NewWith(t, agentURL, agentToken, nil)
 }
 
-// NewWith is New with edit applied to the accounts' configuration (for
+// NewWith is New with edit applied to the services' configuration (for
 // example another sign-up policy or clock).
-func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.AccountsConfig)) *Env {
+func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.ServicesConfig)) *Env {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, pgtest.StartForTest(t))
@@ -49,19 +48,6 @@ func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.Accou
 	}
 	t.Cleanup(st.Close)
 	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: Secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	audit := service.NewAudit(st, nil)
-	cfg := service.AccountsConfig{Store: st, Hasher: hasher, Sessions: sessions, Audit: audit, Signup: service.SignupOpen}
-	if edit != nil {
-		edit(&cfg)
-	}
-	acc, err := service.NewAccounts(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,11 +60,15 @@ func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.Accou
 	if err := pool.Set(service.LocalHost, ep); err != nil {
 		t.Fatal(err)
 	}
-	sbx, err := service.NewSandboxes(ctx, service.SandboxesConfig{Store: st, Agents: pool, Secret: Secret, Audit: audit})
+	cfg := service.ServicesConfig{Store: st, Agents: pool, Secret: Secret, Hasher: hasher, Signup: service.SignupOpen}
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := service.NewServices(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Env{Store: st, Sessions: sessions, Accounts: acc, Sandboxes: sbx, Audit: audit, Agent: ep}
+	return &Env{Services: s, Agent: ep}
 }
 
 // Account signs a user up and returns its principal (the owner of its

@@ -1,8 +1,11 @@
-package main
+package controlplane
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 
 	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/logctx"
@@ -44,3 +47,26 @@ func apiHandler(px *proxy.Handler, e2b *e2bapi.Handler, api http.Handler, sandbo
 
 // sandboxHandler serves the sandbox listener: the proxy and nothing else.
 func sandboxHandler(px *proxy.Handler) http.Handler { return px }
+
+// bareDomain is the sandbox domain without a port.
+func bareDomain(domain string) string {
+	if h, _, err := net.SplitHostPort(domain); err == nil {
+		return h
+	}
+	return domain
+}
+
+// advertisedDomain is the sandbox domain the E2B facade answers to the
+// SDKs, whose getHost(port) is "{port}-{id}.DOMAIN": the -domain setting as
+// is when it names a port, else with the sandbox listener's port unless
+// that is 80 or 443 (then a URL needs none).
+func advertisedDomain(domain string, sandboxAddr net.Addr) string {
+	if domain == "" || bareDomain(domain) != domain {
+		return domain
+	}
+	ap, err := netip.ParseAddrPort(sandboxAddr.String())
+	if err != nil || ap.Port() == 80 || ap.Port() == 443 {
+		return domain
+	}
+	return net.JoinHostPort(domain, strconv.Itoa(int(ap.Port())))
+}

@@ -1,0 +1,222 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/api"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/proxy"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+)
+
+// Config is what the control plane is built from.
+type Config struct {
+	// DSN is the PostgreSQL URL; New migrates the database.
+	DSN string
+	// Secret is the server secret (sessions, OAuth state, envd and
+	// traffic tokens derive from it).
+	Secret []byte
+	// Agents are the host agents' endpoints by host name, registered once
+	// in the pool that the services and the proxy share.
+	Agents map[string]agentclient.Endpoint
+	// Hasher hashes passwords (default auth.DefaultArgon2Params).
+	Hasher *auth.PasswordHasher
+	// Signup is who may sign up (service.SignupInvite when empty).
+	Signup service.SignupPolicy
+	// Quotas are the default team quotas (service.DefaultQuotas when zero).
+	Quotas service.Quotas
+	// OAuth configures the login providers.
+	OAuth OAuthConfig
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For the
+	// API's and the proxy's rate limits believe.
+	TrustedProxies []netip.Prefix
+	// Domain is the sandbox domain ({port}-{sandbox}.{domain}); it may end
+	// in :PORT, the port clients reach the sandbox listener at.
+	Domain string
+	// SandboxAddr is the sandbox listener's address: without a port in
+	// Domain, the E2B facade advertises this one's (unless 80 or 443).
+	SandboxAddr net.Addr
+	// Reaper configures the TTL reaper.
+	Reaper service.ReaperConfig
+	Log    *slog.Logger
+}
+
+// OAuthConfig configures the OAuth login providers.
+type OAuthConfig struct {
+	// PublicURL is where browsers reach the API (the callbacks); the state
+	// cookie is Secure unless it is plain http.
+	PublicURL string
+	// GitHubClientID and GitHubClientSecret turn GitHub login on when
+	// both are set.
+	GitHubClientID, GitHubClientSecret string
+}
+
+// NewOAuth registers the configured OAuth providers and the state
+// manager of their flows.
+func NewOAuth(c OAuthConfig, secret []byte) (*oauth.Registry, *oauth.StateManager, error) {
+	reg := oauth.NewRegistry()
+	states, err := oauth.NewStateManager(oauth.StateConfig{Secret: secret, Insecure: strings.HasPrefix(c.PublicURL, "http://")})
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.GitHubClientID != "" {
+		gh, err := oauth.NewGitHub(oauth.GitHubConfig{ClientID: c.GitHubClientID, ClientSecret: c.GitHubClientSecret,
+			RedirectURL: c.PublicURL + "/v1/auth/oauth/github/callback"})
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := reg.Register("github", gh); err != nil {
+			return nil, nil, err
+		}
+	}
+	return reg, states, nil
+}
+
+// ControlPlane is the assembled control plane.
+type ControlPlane struct {
+	*service.Services
+	API   *api.Server
+	Proxy *proxy.Handler
+	E2B   *e2bapi.Handler
+	// SandboxDomain is the sandbox domain the E2B facade answers to the
+	// SDKs (Domain with the sandbox listener's port when it names none).
+	SandboxDomain string
+
+	cfg      Config
+	log      *slog.Logger
+	mu       sync.Mutex
+	stopReap context.CancelFunc
+	reapDone chan struct{}
+}
+
+// New builds the control plane of cfg. On error, what it opened is closed.
+func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if len(cfg.Agents) == 0 {
+		return nil, errors.New("controlplane: no host agent")
+	}
+	if cfg.SandboxAddr == nil {
+		return nil, errors.New("controlplane: no sandbox listener address")
+	}
+	st, err := store.Open(ctx, cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	pool := agentclient.NewPool(agentclient.Options{Log: log})
+	defer func() {
+		if err != nil {
+			pool.Close()
+			st.Close()
+		}
+	}()
+	st.SetLogger(log)
+	if err := st.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("controlplane: migrate: %w", err)
+	}
+	for host, ep := range cfg.Agents {
+		if err := pool.Set(host, ep); err != nil {
+			return nil, fmt.Errorf("controlplane: %w", err)
+		}
+	}
+	svc, err := service.NewServices(ctx, service.ServicesConfig{Store: st, Agents: pool, Secret: cfg.Secret, Hasher: cfg.Hasher,
+		Signup: cfg.Signup, Quotas: cfg.Quotas, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	cp = &ControlPlane{Services: svc, cfg: cfg, log: log}
+	providers, states, err := NewOAuth(cfg.OAuth, cfg.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	for _, name := range providers.Names() {
+		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
+	}
+	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Store: st,
+		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies, Resolver: proxy.ServiceResolver{
+		Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
+	}}); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
+	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain, Log: log}); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	return cp, nil
+}
+
+// APIHandler serves the API listener: the native API, the E2B facade,
+// and a refusal of sandbox traffic.
+func (cp *ControlPlane) APIHandler() http.Handler {
+	return apiHandler(cp.Proxy, cp.E2B, cp.API, cp.SandboxDomain)
+}
+
+// SandboxHandler serves the sandbox listener: the traffic proxy alone.
+func (cp *ControlPlane) SandboxHandler() http.Handler { return sandboxHandler(cp.Proxy) }
+
+// Start brings the sandbox records in line with what the agents run
+// (after a crash of either) and starts the TTL reaper, which runs until
+// ctx ends, Shutdown or Close.
+func (cp *ControlPlane) Start(ctx context.Context) error {
+	if rep, err := cp.Sandboxes.Reconcile(ctx); err != nil {
+		return fmt.Errorf("controlplane: %w", err)
+	} else if rep != (service.ReconcileReport{}) {
+		cp.log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.stopReap != nil {
+		return errors.New("controlplane: started twice")
+	}
+	reapCtx, stop := context.WithCancel(ctx)
+	cp.stopReap, cp.reapDone = stop, make(chan struct{})
+	go func() {
+		defer close(cp.reapDone)
+		service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(reapCtx)
+	}()
+	return nil
+}
+
+// stopReaper stops the reaper and waits for it (a no-op when it does not
+// run).
+func (cp *ControlPlane) stopReaper() {
+	cp.mu.Lock()
+	stop, done := cp.stopReap, cp.reapDone
+	cp.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// Shutdown stops the reaper (it must not race the pauses) and pauses
+// every running sandbox through the agent path, so that the database
+// records them as paused. Call it once the listeners stopped.
+func (cp *ControlPlane) Shutdown(ctx context.Context) error {
+	cp.stopReaper()
+	return cp.Sandboxes.PauseAll(ctx)
+}
+
+// Close stops the reaper and releases the agent pool and the store.
+func (cp *ControlPlane) Close() {
+	cp.stopReaper()
+	cp.Agents.Close()
+	cp.Store.Close()
+}

@@ -1,0 +1,45 @@
+package hosttest
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// The network slot pools of the VM tests, one table for the whole tree:
+// go test runs packages in parallel, and two packages' pools must share no
+// namespace prefix, interface prefix or address (TestPoolsDisjoint). A
+// pool of slot test T names its namespaces T-…, its interfaces Tv…, hosts
+// in 198.18.N.0/24 and veth links in 198.18.N+1.0/24. The tests of one
+// package run one after the other, so they may share a pool; each package
+// uses its own.
+var (
+	SandboxPool = pool("cst", 64)  // internal/sandbox
+	AgentPool   = pool("cat", 80)  // internal/agent
+	ServicePool = pool("csvc", 84) // internal/service: lifecycle, reconciliation, calls outliving clients
+	APIPool     = pool("capi", 86) // internal/api: end to end
+	// APITeamsPool, APIExecPool and APIDiskPool are internal/api's too.
+	APITeamsPool        = pool("cta", 100)
+	APIExecPool         = pool("ctb", 102)
+	ServiceTTLPool      = pool("ctc", 104) // internal/service: TTL and snapshots
+	E2BPool             = pool("cte", 106) // internal/e2bapi
+	ProxyPool           = pool("cpx", 108) // internal/proxy
+	CrashPool           = pool("ccrash", 124)
+	APIDiskPool         = pool("cdh", 172)
+	ServiceChainPool    = pool("cch", 174) // internal/service: snapshot chains and stored quotas
+	ServiceFullDiskPool = pool("cfp", 176) // internal/service: a full data disk
+)
+
+// reserved are ranges used outside the tests: `capsule bench` (its
+// network pool capsule-bench, interfaces cbv…), which a test may run.
+var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
+	HostCIDR: netip.MustParsePrefix("198.18.96.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.97.0/24")}}
+
+// pools is the table TestPoolsDisjoint checks.
+var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
+	ProxyPool, CrashPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
+
+func pool(name string, n int) Pool {
+	return Pool{Name: name, Veth: name + "v",
+		HostCIDR: netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", n)),
+		LinkCIDR: netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", n+1))}
+}

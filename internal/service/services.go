@@ -1,0 +1,81 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/store"
+)
+
+// ServicesConfig is what the control plane's services share.
+type ServicesConfig struct {
+	Store *store.Store
+	// Agents reaches the host agents; their endpoints are registered in
+	// it once, and everything else (the traffic proxy) reads them there.
+	Agents *agentclient.Pool
+	// Secret is the server secret: sessions, envd and traffic tokens
+	// derive from it.
+	Secret []byte
+	// Hasher hashes passwords (default auth.DefaultArgon2Params, one
+	// hash per CPU at a time).
+	Hasher *auth.PasswordHasher
+	// Signup is who may sign up (SignupInvite when empty).
+	Signup SignupPolicy
+	// Quotas are the platform's default team quotas (DefaultQuotas when
+	// zero).
+	Quotas Quotas
+	// Now is the clock of sessions, API keys and invitations (time.Now
+	// when nil).
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Services are the control plane's services over one store and one agent
+// pool, wired once: the composition root (internal/controlplane) and the
+// test fixtures (servicetest, this package's tests) build them here.
+type Services struct {
+	Store     *store.Store
+	Agents    *agentclient.Pool
+	Sessions  *auth.SessionManager
+	Audit     *Audit
+	Accounts  *Accounts
+	Sandboxes *Sandboxes
+	Teams     *Teams
+}
+
+// NewServices builds the services of cfg.
+func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
+	if cfg.Store == nil || cfg.Agents == nil {
+		return nil, errors.New("service: the services need a store and an agent pool")
+	}
+	hasher := cfg.Hasher
+	if hasher == nil {
+		var err error
+		if hasher, err = auth.NewPasswordHasher(auth.DefaultArgon2Params, runtime.NumCPU()); err != nil {
+			return nil, fmt.Errorf("service: %w", err)
+		}
+	}
+	sessions, err := auth.NewSessionManager(auth.SessionConfig{Secret: cfg.Secret})
+	if err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	s := &Services{Store: cfg.Store, Agents: cfg.Agents, Sessions: sessions, Audit: NewAudit(cfg.Store, cfg.Log)}
+	if s.Accounts, err = NewAccounts(AccountsConfig{Store: cfg.Store, Hasher: hasher, Sessions: sessions, Audit: s.Audit,
+		Signup: cfg.Signup, Now: cfg.Now, Log: cfg.Log}); err != nil {
+		return nil, err
+	}
+	if s.Sandboxes, err = NewSandboxes(ctx, SandboxesConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret,
+		Quotas: cfg.Quotas, Audit: s.Audit, Log: cfg.Log}); err != nil {
+		return nil, err
+	}
+	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
