@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -126,7 +127,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 		Signup: service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
-		Domain: b.domain, SandboxAddr: sln.Addr(), Log: o.log,
+		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log,
 	})
 	if err != nil {
 		return nil, err
@@ -152,4 +153,14 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b.key = key.Plaintext
 	return b, nil
+}
+
+// benchQuotas are the platform's default quotas without the stored ones:
+// bench api seeds its team with a thousand sandbox rows (paused ones
+// among them) that hold no bytes on any host, and must still be able to
+// snapshot.
+func benchQuotas() service.Quotas {
+	q := service.DefaultQuotas
+	q.MaxPausedSandboxes, q.MaxStoredMB = math.MaxInt32, math.MaxInt64
+	return q
 }
