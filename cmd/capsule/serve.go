@@ -372,7 +372,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if rep, err := sandboxes.Reconcile(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	} else if rep != (service.ReconcileReport{}) {
-		log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
+		log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans,
+			"orphan_templates", rep.OrphanTemplates)
 	}
 	// The TTL reaper pauses sandboxes past their timeout until the API
 	// stops (it must not race the shutdown's PauseAll).

@@ -23,7 +23,8 @@ import (
 // TestReconcileRealAgent: after the agent and the records diverge (as a
 // crash between an agent call and its bookkeeping leaves them), Reconcile
 // makes the records follow the agent, marks what the agent lost, fails an
-// interrupted create, destroys orphans, and audits each change as the
+// interrupted create, destroys orphans (sandboxes, and snapshot templates
+// no record owns), and audits each change as the
 // system. A second run changes nothing.
 func TestReconcileRealAgent(t *testing.T) {
 	url := agenttest.Start(t, agenttest.Pool{
@@ -59,6 +60,16 @@ func TestReconcileRealAgent(t *testing.T) {
 	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(lost.ID)})); err != nil {
 		t.Fatal(err)
 	}
+	// A snapshot, and one the agent saved but whose record was never
+	// written (the control plane died in between).
+	kept, _, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: pausedBehind.ID, Name: "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphanTpl := TemplateID(newUUID())
+	if _, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(pausedBehind.ID), Name: orphanTpl})); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(pausedBehind.ID)})); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +90,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (ReconcileReport{Changed: 4, Orphans: 1}) {
+	if rep != (ReconcileReport{Changed: 4, Orphans: 1, OrphanTemplates: 1}) {
 		t.Fatalf("report %+v", rep)
 	}
 	for _, tc := range []struct {
@@ -99,6 +110,17 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "orphan1"})); err == nil {
 		t.Error("the orphan still runs")
+	}
+	tpls, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	onAgent := map[string]bool{}
+	for _, tpl := range tpls.Msg.GetTemplates() {
+		onAgent[tpl.GetName()] = true
+	}
+	if onAgent[orphanTpl] || !onAgent[TemplateID(kept.ID)] || !onAgent["minimal"] {
+		t.Errorf("templates on the agent after the reconcile: %v (orphan %s, kept %s)", onAgent, orphanTpl, TemplateID(kept.ID))
 	}
 	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
 	if err != nil || len(logs) != 4 {
