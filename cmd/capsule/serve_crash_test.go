@@ -301,6 +301,7 @@ type crashSandbox struct {
 	State           string `json:"state"`
 	StateReason     string `json:"state_reason"`
 	EnvdAccessToken string `json:"envd_access_token"`
+	EnvdURL         string `json:"envd_url"`
 }
 
 // execIn runs cmd in sandbox id through the API and returns its stdout.

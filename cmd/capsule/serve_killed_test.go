@@ -218,7 +218,9 @@ func (r *killRig) checkAgreement(t *testing.T) map[string]crashSandbox {
 	t.Helper()
 	api := r.apiSandboxes(t)
 	want := map[string][]string{
-		"running": {"running"}, "paused": {"paused"}, "error": {"stopped", "error"},
+		// An interrupted create is error with nothing on the host; a
+		// tracked sandbox's disk is checked by settle.
+		"running": {"running"}, "paused": {"paused"}, "error": {"stopped", "error", ""},
 		"stopped": {""}, "missing": {""},
 	}
 	for id, sb := range api {
@@ -266,6 +268,10 @@ func (r *killRig) settle(t *testing.T) {
 		default:
 			t.Fatalf("tracked sandbox %s is %s (%s)", id, sb.State, sb.StateReason)
 		}
+		var now crashSandbox
+		if code := r.call(t, "GET", "/v1/sandboxes/"+id, nil, &now); code != http.StatusOK || now.State != "running" || now.EnvdURL == "" {
+			t.Errorf("%s (was %s) once settled: %d %+v (running, with its envd_url)", id, sb.State, code, now)
+		}
 		if got := r.exec(t, id, "cat /root/synced.txt"); got != "synced" {
 			t.Fatalf("%s (was %s): synced file %q", id, sb.State, got)
 		}
@@ -276,12 +282,12 @@ func (r *killRig) settle(t *testing.T) {
 			r.startCounter(t, k)
 			continue
 		}
-		var now int
-		fmt.Sscan(r.exec(t, id, "cat /tmp/c"), &now)
-		if now < k.counter || (sb.State == "running" && now == k.counter) {
-			t.Fatalf("%s (was %s): counter %d, %d before the kill", id, sb.State, now, k.counter)
+		var n int
+		fmt.Sscan(r.exec(t, id, "cat /tmp/c"), &n)
+		if n < k.counter || (sb.State == "running" && n == k.counter) {
+			t.Fatalf("%s (was %s): counter %d, %d before the kill", id, sb.State, n, k.counter)
 		}
-		k.counter = now
+		k.counter = n
 	}
 }
 

@@ -96,9 +96,22 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			continue // transitional on the agent: the next start-up sees it settled
 		}
 		if row.State == to {
+			if to == store.SandboxRunning && a.GetEnvdUrl() != "" && row.EnvdURL != a.GetEnvdUrl() {
+				if _, err := s.st.Queries().SetSandboxEnvdURL(ctx, db.SetSandboxEnvdURLParams{ID: row.ID, EnvdURL: a.GetEnvdUrl()}); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+			}
 			continue
 		}
-		if _, err := s.st.TransitionSandbox(ctx, nil, row.ID, []string{row.State}, to, reason); err != nil {
+		var err error
+		if to == store.SandboxRunning {
+			// Where its envd is, as a create or resume that finished
+			// would have recorded.
+			_, err = s.persistRunning(ctx, row.ID, row.State, a, nil)
+		} else {
+			_, err = s.st.TransitionSandbox(ctx, nil, row.ID, []string{row.State}, to, reason)
+		}
+		if err != nil {
 			var se *store.StateError
 			if errors.As(err, &se) {
 				continue // changed meanwhile

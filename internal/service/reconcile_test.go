@@ -81,6 +81,19 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A create interrupted after the agent made the sandbox.
+	madeOnAgent, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
+		TeamID: p.TeamID, HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	made, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: ID(madeOnAgent.ID), Template: "minimal", MemoryMb: 256}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, madeOnAgent.ID) })
 	// A sandbox the agent runs that no record owns.
 	if _, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "orphan1", Template: "minimal", MemoryMb: 256})); err != nil {
 		t.Fatal(err)
@@ -90,7 +103,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (ReconcileReport{Changed: 4, Orphans: 1, OrphanTemplates: 1}) {
+	if rep != (ReconcileReport{Changed: 5, Orphans: 1, OrphanTemplates: 1}) {
 		t.Fatalf("report %+v", rep)
 	}
 	for _, tc := range []struct {
@@ -102,11 +115,17 @@ func TestReconcileRealAgent(t *testing.T) {
 		{"paused behind the records", pausedBehind, store.SandboxPaused},
 		{"interrupted create", Sandbox{Sandbox: interrupted}, store.SandboxError},
 		{"machine died, disk kept", died, store.SandboxError},
+		{"create interrupted after the agent's", Sandbox{Sandbox: madeOnAgent}, store.SandboxRunning},
 	} {
 		got, err := e.sbx.Get(ctx, p, tc.sb.ID)
 		if err != nil || got.State != tc.want {
 			t.Errorf("%s: state %q (%v), want %q", tc.name, got.State, err, tc.want)
 		}
+	}
+	// The record of the one made running says where its envd is, as a
+	// finished create's does.
+	if got, err := e.sbx.Get(ctx, p, madeOnAgent.ID); err != nil || got.EnvdURL == "" || got.EnvdURL != made.Msg.GetSandbox().GetEnvdUrl() {
+		t.Errorf("the reconciled create's envd_url %q (%v), the agent's %q", got.EnvdURL, err, made.Msg.GetSandbox().GetEnvdUrl())
 	}
 	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "orphan1"})); err == nil {
 		t.Error("the orphan still runs")
@@ -123,7 +142,7 @@ func TestReconcileRealAgent(t *testing.T) {
 		t.Errorf("templates on the agent after the reconcile: %v (orphan %s, kept %s)", onAgent, orphanTpl, TemplateID(kept.ID))
 	}
 	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
-	if err != nil || len(logs) != 4 {
+	if err != nil || len(logs) != 5 {
 		t.Fatalf("reconcile audit: %d rows, %v", len(logs), err)
 	}
 	for _, l := range logs {
