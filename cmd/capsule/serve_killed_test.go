@@ -395,6 +395,10 @@ func TestServeKilledAtEachStep(t *testing.T) {
 				}
 				switch sb.State {
 				case "running":
+					var got crashSandbox
+					if r.call(t, "GET", "/v1/sandboxes/"+id, nil, &got); got.EnvdURL == "" {
+						t.Errorf("the interrupted create's sandbox %s runs without an envd_url: %+v", id, got)
+					}
 					if got := r.exec(t, id, "echo ok"); got != "ok" {
 						t.Fatalf("the interrupted create's sandbox %s: exec %q", id, got)
 					}
