@@ -64,6 +64,9 @@ func serveBinary(t *testing.T) string {
 // several serve processes in turn (or at once) may use.
 type serveDirs struct {
 	root, data, run string
+	// pool is the network slot pool's name, host and link CIDRs (ccrash
+	// unless a test sets its own, to run beside the others).
+	pool [3]string
 }
 
 func newServeDirs(t *testing.T) *serveDirs {
@@ -76,7 +79,8 @@ func newServeDirs(t *testing.T) *serveDirs {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d := &serveDirs{root: root, data: filepath.Join(root, "data"), run: filepath.Join(root, "run")}
+	d := &serveDirs{root: root, data: filepath.Join(root, "data"), run: filepath.Join(root, "run"),
+		pool: [3]string{"ccrash", "198.18.124.0/24", "198.18.125.0/24"}}
 	t.Cleanup(func() {
 		if !t.Failed() {
 			os.RemoveAll(root)
@@ -113,7 +117,8 @@ func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
-		"-net-name", "ccrash", "-net-host-cidr", "198.18.124.0/24", "-net-link-cidr", "198.18.125.0/24", "-net-max-slots", "8",
+		"-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t)),
+		"-net-name", d.pool[0], "-net-host-cidr", d.pool[1], "-net-link-cidr", d.pool[2], "-net-max-slots", "8",
 		"-max-vcpus", "8", "-max-memory-mb", "2048")
 	p.cmd.Env = append(os.Environ(), "CAPSULE_CONFIG=/dev/null")
 	p.cmd.Stdout, p.cmd.Stderr = syncWriter(p.log), syncWriter(p.log)

@@ -17,7 +17,8 @@ import (
 	"time"
 )
 
-// The fault-injection test of `capsule serve` (and of the agent it
+// The fault-injection test of `capsule serve` (network slot pool ckill,
+// 198.18.126.0/24 + 198.18.127.0/24) (and of the agent it
 // embeds): the real binary is killed with SIGKILL while an operation of
 // the API is under way, at moments derived from the measured duration of
 // the same operation in the same run (a production binary has no crash
@@ -364,6 +365,7 @@ func (r *killRig) checkTemplates(t *testing.T) {
 func TestServeKilledAtEachStep(t *testing.T) {
 	bin := serveBinary(t)
 	d := newServeDirs(t)
+	d.pool = [3]string{"ckill", "198.18.126.0/24", "198.18.127.0/24"}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	r := &killRig{top: t, ctx: ctx, bin: bin, d: d, tracked: map[string]*killTracked{}}
@@ -515,7 +517,7 @@ func TestServeKilledAtEachStep(t *testing.T) {
 		if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+d.root).Output(); len(out) > 0 {
 			t.Errorf("VMMs left: %s", out)
 		}
-		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "ccrash-") {
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "ckill-") {
 			t.Errorf("network namespaces left: %s", out)
 		}
 		for _, dir := range []string{d.run, filepath.Join(d.data, "sandboxes"), filepath.Join(d.data, "templates")} {
