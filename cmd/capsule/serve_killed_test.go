@@ -113,7 +113,8 @@ func (r *killRig) prepare(t *testing.T, sb crashSandbox) *killTracked {
 
 func (r *killRig) startCounter(t *testing.T, k *killTracked) {
 	t.Helper()
-	r.exec(t, k.sb.ID, `sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/c; sleep 0.2; done' >/dev/null 2>&1 </dev/null &`)
+	// /tmp may be on the disk: a cold boot finds the old count there.
+	r.exec(t, k.sb.ID, `rm -f /tmp/c; sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/c; sleep 0.2; done' >/dev/null 2>&1 </dev/null &`)
 	k.counting, k.counter = true, 0
 	for k.counter < 2 {
 		fmt.Sscan(r.exec(t, k.sb.ID, "cat /tmp/c 2>/dev/null || echo 0"), &k.counter)
