@@ -388,6 +388,14 @@ func TestServeKilledAtEachStep(t *testing.T) {
 
 	after := func(t *testing.T) map[string]crashSandbox {
 		t.Helper()
+		// What the start-up recovery did, for the record of the run.
+		for _, line := range strings.Split(r.srv.logText(), "\n") {
+			for _, what := range []string{"orphan snapshot template deleted", "cut short", "did not survive", "sandbox reconciled"} {
+				if strings.Contains(line, what) {
+					t.Logf("restarted serve: %s", line)
+				}
+			}
+		}
 		api := r.checkAgreement(t)
 		r.checkTemplates(t)
 		r.settle(t)
