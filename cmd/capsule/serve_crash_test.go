@@ -91,12 +91,14 @@ func newServeDirs(t *testing.T) *serveDirs {
 
 // serveProc is one running `capsule serve`.
 type serveProc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	url  string
-	log  *bytes.Buffer
-	done chan struct{}
-	err  error
+	t   *testing.T
+	cmd *exec.Cmd
+	url string
+	// sandboxURL is the sandbox traffic proxy's listener.
+	sandboxURL string
+	log        *bytes.Buffer
+	done       chan struct{}
+	err        error
 }
 
 func freeTCPPort(t *testing.T) int {
@@ -113,11 +115,12 @@ func freeTCPPort(t *testing.T) int {
 func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	t.Helper()
 	port := freeTCPPort(t)
-	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
+	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{}),
+		sandboxURL: fmt.Sprintf("http://127.0.0.1:%d", freeTCPPort(t))}
 	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", filepath.Join(os.TempDir(), "capsule-test-store"),
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
-		"-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t)),
+		"-sandbox-listen", strings.TrimPrefix(p.sandboxURL, "http://"),
 		"-net-name", d.pool[0], "-net-host-cidr", d.pool[1], "-net-link-cidr", d.pool[2], "-net-max-slots", "8",
 		"-max-vcpus", "8", "-max-memory-mb", "2048")
 	p.cmd.Env = append(os.Environ(), "CAPSULE_CONFIG=/dev/null")
@@ -330,7 +333,7 @@ func (p *serveProc) execIn(t *testing.T, ctx context.Context, key, id, cmd strin
 // /files, authorized by the sandbox's envd access token).
 func (p *serveProc) proxyFile(t *testing.T, ctx context.Context, sb crashSandbox, path string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, "GET", p.url+"/files?username=root&path="+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.sandboxURL+"/files?username=root&path="+path, nil)
 	req.Host = "49983-" + sb.ID + ".crash.test"
 	req.Header.Set("X-Access-Token", sb.EnvdAccessToken)
 	resp, err := http.DefaultClient.Do(req)
