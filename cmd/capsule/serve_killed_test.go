@@ -393,6 +393,7 @@ func TestServeKilledAtEachStep(t *testing.T) {
 			for _, what := range []string{"orphan snapshot template deleted", "cut short", "did not survive", "sandbox reconciled"} {
 				if strings.Contains(line, what) {
 					t.Logf("restarted serve: %s", line)
+					break
 				}
 			}
 		}
