@@ -23,8 +23,8 @@ import (
 
 // The tests of this file run the real `capsule serve` binary (built from
 // this tree, with its envd) as a child process, so that it can be killed
-// with SIGKILL. Their network slot pool (ccrash, 198.18.124.0/24 +
-// 198.18.125.0/24) is their own.
+// with SIGKILL. Their network slot pools are hosttest.CrashPool and
+// hosttest.KillPool.
 
 var (
 	serveBinOnce sync.Once
@@ -65,6 +65,9 @@ func serveBinary(t *testing.T) string {
 // several serve processes in turn (or at once) may use.
 type serveDirs struct {
 	root, data, run string
+	// pool is the network slot pool (hosttest.CrashPool unless a test
+	// sets its own, to run beside the others).
+	pool hosttest.Pool
 }
 
 func newServeDirs(t *testing.T) *serveDirs {
@@ -77,7 +80,8 @@ func newServeDirs(t *testing.T) *serveDirs {
 	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	d := &serveDirs{root: root, data: filepath.Join(root, "data"), run: filepath.Join(root, "run")}
+	d := &serveDirs{root: root, data: filepath.Join(root, "data"), run: filepath.Join(root, "run"),
+		pool: hosttest.CrashPool}
 	t.Cleanup(func() {
 		if !t.Failed() {
 			os.RemoveAll(root)
@@ -117,8 +121,8 @@ func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", sport),
 		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", hosttest.StoreDir,
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
-		"-net-name", hosttest.CrashPool.Name, "-net-host-cidr", hosttest.CrashPool.HostCIDR.String(),
-		"-net-link-cidr", hosttest.CrashPool.LinkCIDR.String(), "-net-max-slots", "8",
+		"-net-name", d.pool.Name, "-net-host-cidr", d.pool.HostCIDR.String(),
+		"-net-link-cidr", d.pool.LinkCIDR.String(), "-net-max-slots", "8",
 		"-max-vcpus", "8", "-max-memory-mb", "2048")
 	p.cmd.Env = append(os.Environ(), "CAPSULE_CONFIG=/dev/null")
 	p.cmd.Stdout, p.cmd.Stderr = syncWriter(p.log), syncWriter(p.log)
@@ -306,6 +310,7 @@ type crashSandbox struct {
 	State           string `json:"state"`
 	StateReason     string `json:"state_reason"`
 	EnvdAccessToken string `json:"envd_access_token"`
+	EnvdURL         string `json:"envd_url"`
 }
 
 // execIn runs cmd in sandbox id through the API and returns its stdout.

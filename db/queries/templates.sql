@@ -42,3 +42,7 @@ INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_
 VALUES (@id, @team_id, @name, @kind, @vcpus, @memory_mb, @disk_mb, @size_bytes, sqlc.narg('host_id'),
         sqlc.narg('source_sandbox_id'), @metadata, sqlc.narg('created_by'))
 RETURNING *;
+
+-- name: ListTemplatesByHost :many
+-- The templates whose files a host keeps (snapshots), for reconciliation.
+SELECT * FROM templates WHERE host_id = @host_id ORDER BY id;

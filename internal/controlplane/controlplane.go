@@ -178,7 +178,8 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 	if rep, err := cp.Sandboxes.Reconcile(ctx); err != nil {
 		return fmt.Errorf("controlplane: %w", err)
 	} else if rep != (service.ReconcileReport{}) {
-		cp.log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans)
+		cp.log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans,
+			"orphan_templates", rep.OrphanTemplates)
 	}
 	cp.mu.Lock()
 	defer cp.mu.Unlock()

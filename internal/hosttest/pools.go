@@ -20,10 +20,11 @@ var (
 	// APITeamsPool, APIExecPool and APIDiskPool are internal/api's too.
 	APITeamsPool        = pool("cta", 100)
 	APIExecPool         = pool("ctb", 102)
-	ServiceTTLPool      = pool("ctc", 104) // internal/service: TTL and snapshots
-	E2BPool             = pool("cte", 106) // internal/e2bapi
-	ProxyPool           = pool("cpx", 108) // internal/proxy
-	CrashPool           = pool("ccrash", 124)
+	ServiceTTLPool      = pool("ctc", 104)    // internal/service: TTL and snapshots
+	E2BPool             = pool("cte", 106)    // internal/e2bapi
+	ProxyPool           = pool("cpx", 108)    // internal/proxy
+	CrashPool           = pool("ccrash", 124) // cmd/capsule: serve killed at idle, a second serve
+	KillPool            = pool("ckill", 126)  // cmd/capsule: serve killed at each step
 	APIDiskPool         = pool("cdh", 172)
 	ServiceChainPool    = pool("cch", 174) // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176) // internal/service: a full data disk
@@ -36,7 +37,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

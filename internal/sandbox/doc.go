@@ -39,7 +39,8 @@
 // adopted with their network slots and keep running, paused sandboxes
 // stay paused, a sandbox whose machine died is kept stopped with its disk
 // (Resume boots it cold), an interrupted pause ends as the old state or
-// the new one, and an unreadable state file is set aside with the sandbox
+// the new one, a resume cut short before its guest ran stays paused
+// (vmm.ErrNeverRan: the snapshot is still its state), and an unreadable state file is set aside with the sandbox
 // in error. Access tokens and environment variables are sealed at rest
 // with a key of the manager's (seal.go).
 //

@@ -165,6 +165,19 @@ func (m *Manager) recoverSandbox(ctx context.Context, rec *record) {
 		}
 	}
 	if err := m.adopt(ctx, b, resuming); err != nil {
+		if resuming && errors.Is(err, vmm.ErrNeverRan) && rec.Snapshot != "" && m.snapshotComplete(rec.Snapshot) {
+			// The restore was cut short before the guest ran: its
+			// snapshot is still its state (and its disk untouched), so
+			// it is the old state, paused, memory kept.
+			if err := m.cfg.Driver.Cleanup(ctx, m.runDir(rec.ID)); err != nil {
+				m.log.ErrorContext(ctx, "kill the machine of an interrupted resume", "sandbox", rec.ID, "err", err)
+			}
+			_ = os.RemoveAll(m.runDir(rec.ID))
+			rec.State, rec.StateReason, rec.VMMPid, rec.SlotIndex = StatePaused, "", 0, 0
+			persist()
+			m.log.InfoContext(ctx, "adopted paused sandbox (its resume was cut short before the guest ran)", "sandbox", rec.ID)
+			return
+		}
 		stop(fmt.Sprintf("its machine did not survive the agent: %v", err))
 		return
 	}

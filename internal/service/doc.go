@@ -39,6 +39,9 @@
 // snapshot frees its name at once; its files stay on the host while
 // anything chains onto them (snapshots of sandboxes created from it, and
 // their sandboxes: see package sandbox), and go with the last of them.
+// A snapshot the agent saved but whose record was never written (the
+// control plane died in between) is deleted on the host by the start-up
+// reconciliation (Reconcile), which owns the host's tpl- templates.
 //
 // Storage quotas (Quotas.MaxPausedSandboxes, MaxStoredMB; per team in
 // teams.max_paused_sandboxes and max_stored_mb, NULL: the platform

@@ -11,6 +11,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // ReconcileReport says what Reconcile changed.
@@ -21,6 +22,9 @@ type ReconcileReport struct {
 	// Orphans counts sandboxes the agent ran that no live record owns
 	// (destroyed).
 	Orphans int
+	// OrphanTemplates counts snapshot templates the agent kept that no
+	// record owns (deleted).
+	OrphanTemplates int
 }
 
 // Reconcile brings the records of the host's sandboxes in line with what
@@ -33,6 +37,9 @@ type ReconcileReport struct {
 // of sandboxes the agent does not have become missing (error for a
 // create that never finished); sandboxes of the agent without a live
 // record are destroyed. Each change is audited as done by the system.
+// Snapshot templates of the agent that no template record owns (a
+// snapshot whose record was never written: the control plane died
+// after the agent saved it) are deleted.
 //
 // Run it when nothing else acts on the host's sandboxes (at start-up,
 // before serving): it cannot tell a create in flight from one that was
@@ -89,9 +96,22 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			continue // transitional on the agent: the next start-up sees it settled
 		}
 		if row.State == to {
+			if to == store.SandboxRunning && a.GetEnvdUrl() != "" && row.EnvdURL != a.GetEnvdUrl() {
+				if _, err := s.st.Queries().SetSandboxEnvdURL(ctx, db.SetSandboxEnvdURLParams{ID: row.ID, EnvdURL: a.GetEnvdUrl()}); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return rep, fmt.Errorf("reconcile %s: %w", id, err)
+				}
+			}
 			continue
 		}
-		if _, err := s.st.TransitionSandbox(ctx, nil, row.ID, []string{row.State}, to, reason); err != nil {
+		var err error
+		if to == store.SandboxRunning {
+			// Where its envd is, as a create or resume that finished
+			// would have recorded.
+			_, err = s.persistRunning(ctx, row.ID, row.State, a, nil)
+		} else {
+			_, err = s.st.TransitionSandbox(ctx, nil, row.ID, []string{row.State}, to, reason)
+		}
+		if err != nil {
 			var se *store.StateError
 			if errors.As(err, &se) {
 				continue // changed meanwhile
@@ -111,7 +131,38 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		rep.Orphans++
 		s.destroyOnAgent(ctx, c, id, "no live record")
 	}
-	return rep, nil
+	n, err := s.reconcileTemplates(ctx, c)
+	rep.OrphanTemplates = n
+	return rep, err
+}
+
+// reconcileTemplates deletes the agent's snapshot templates (named by a
+// template ID) that no template record of the host owns and returns how
+// many.
+func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client) (int, error) {
+	resp, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+	if err != nil {
+		return 0, fmt.Errorf("reconcile: list the agent's templates: %w", err)
+	}
+	rows, err := s.st.Queries().ListTemplatesByHost(ctx, s.hostID)
+	if err != nil {
+		return 0, fmt.Errorf("reconcile: list the host's templates: %w", err)
+	}
+	owned := map[string]bool{}
+	for _, row := range rows {
+		owned[TemplateID(row.ID)] = true
+	}
+	n := 0
+	for _, t := range resp.Msg.GetTemplates() {
+		name := t.GetName()
+		if _, err := wireid.Parse(wireid.Template, name); err != nil || owned[name] {
+			continue // a built-in or hidden template of the agent's, or a snapshot's
+		}
+		n++
+		s.log.WarnContext(ctx, "orphan snapshot template deleted", "snapshot", name)
+		s.deleteAgentTemplate(ctx, c, name)
+	}
+	return n, nil
 }
 
 // keptOnAgent: the agent keeps the sandbox's disk but runs no machine

@@ -22,7 +22,8 @@ import (
 // TestReconcileRealAgent: after the agent and the records diverge (as a
 // crash between an agent call and its bookkeeping leaves them), Reconcile
 // makes the records follow the agent, marks what the agent lost, fails an
-// interrupted create, destroys orphans, and audits each change as the
+// interrupted create, destroys orphans (sandboxes, and snapshot templates
+// no record owns), and audits each change as the
 // system. A second run changes nothing.
 func TestReconcileRealAgent(t *testing.T) {
 	e, c := newEnvHost(t, hosttest.ServicePool)
@@ -49,6 +50,16 @@ func TestReconcileRealAgent(t *testing.T) {
 	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(lost.ID)})); err != nil {
 		t.Fatal(err)
 	}
+	// A snapshot, and one the agent saved but whose record was never
+	// written (the control plane died in between).
+	kept, _, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: pausedBehind.ID, Name: "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphanTpl := TemplateID(newUUID())
+	if _, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(pausedBehind.ID), Name: orphanTpl})); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(pausedBehind.ID)})); err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +71,19 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A create interrupted after the agent made the sandbox.
+	madeOnAgent, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
+		TeamID: p.TeamID, HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	made, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: ID(madeOnAgent.ID), Template: "minimal", MemoryMb: 256}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, madeOnAgent.ID) })
 	// A sandbox the agent runs that no record owns.
 	if _, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "orphan1", Template: "minimal", MemoryMb: 256})); err != nil {
 		t.Fatal(err)
@@ -69,7 +93,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (ReconcileReport{Changed: 4, Orphans: 1}) {
+	if rep != (ReconcileReport{Changed: 5, Orphans: 1, OrphanTemplates: 1}) {
 		t.Fatalf("report %+v", rep)
 	}
 	for _, tc := range []struct {
@@ -81,17 +105,34 @@ func TestReconcileRealAgent(t *testing.T) {
 		{"paused behind the records", pausedBehind, store.SandboxPaused},
 		{"interrupted create", Sandbox{Sandbox: interrupted}, store.SandboxError},
 		{"machine died, disk kept", died, store.SandboxError},
+		{"create interrupted after the agent's", Sandbox{Sandbox: madeOnAgent}, store.SandboxRunning},
 	} {
 		got, err := e.sbx.Get(ctx, p, tc.sb.ID)
 		if err != nil || got.State != tc.want {
 			t.Errorf("%s: state %q (%v), want %q", tc.name, got.State, err, tc.want)
 		}
 	}
+	// The record of the one made running says where its envd is, as a
+	// finished create's does.
+	if got, err := e.sbx.Get(ctx, p, madeOnAgent.ID); err != nil || got.EnvdURL == "" || got.EnvdURL != made.Msg.GetSandbox().GetEnvdUrl() {
+		t.Errorf("the reconciled create's envd_url %q (%v), the agent's %q", got.EnvdURL, err, made.Msg.GetSandbox().GetEnvdUrl())
+	}
 	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "orphan1"})); err == nil {
 		t.Error("the orphan still runs")
 	}
+	tpls, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	onAgent := map[string]bool{}
+	for _, tpl := range tpls.Msg.GetTemplates() {
+		onAgent[tpl.GetName()] = true
+	}
+	if onAgent[orphanTpl] || !onAgent[TemplateID(kept.ID)] || !onAgent["minimal"] {
+		t.Errorf("templates on the agent after the reconcile: %v (orphan %s, kept %s)", onAgent, orphanTpl, TemplateID(kept.ID))
+	}
 	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
-	if err != nil || len(logs) != 4 {
+	if err != nil || len(logs) != 5 {
 		t.Fatalf("reconcile audit: %d rows, %v", len(logs), err)
 	}
 	for _, l := range logs {

@@ -158,3 +158,8 @@ type Machine interface {
 
 // ErrExited is returned for operations on a machine whose VMM has exited.
 var ErrExited = errors.New("vmm: machine has exited")
+
+// ErrNeverRan is returned by an adoption of a machine whose guest never
+// ran: its restore from a snapshot was interrupted before the guest was
+// continued, so the snapshot it was restored from is still its state.
+var ErrNeverRan = errors.New("vmm: the guest never ran (its restore was interrupted)")

@@ -107,6 +107,8 @@ type Querier interface {
 	ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]ListTeamsForUserRow, error)
 	// The team's templates and the public ones, by name (the team's first on a tie).
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
+	// The templates whose files a host keeps (snapshots), for reconciliation.
+	ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.

@@ -181,6 +181,46 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Temp
 	return items, nil
 }
 
+const listTemplatesByHost = `-- name: ListTemplatesByHost :many
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates WHERE host_id = $1 ORDER BY id
+`
+
+// The templates whose files a host keeps (snapshots), for reconciliation.
+func (q *Queries) ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error) {
+	rows, err := q.db.Query(ctx, listTemplatesByHost, hostID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Template{}
+	for rows.Next() {
+		var i Template
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Kind,
+			&i.VCPUs,
+			&i.MemoryMB,
+			&i.DiskMB,
+			&i.SizeBytes,
+			&i.HostID,
+			&i.SourceSandboxID,
+			&i.Metadata,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const upsertTemplate = `-- name: UpsertTemplate :one
 INSERT INTO templates (team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id,
                        source_sandbox_id, metadata, created_by)

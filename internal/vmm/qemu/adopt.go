@@ -104,6 +104,10 @@ func (m *Machine) resumeInterrupted(ctx context.Context) error {
 	case "paused", "postmigrate", "finish-migrate":
 		m.log.Warn("resuming a guest that an interrupted snapshot left stopped", "status", st.Status)
 		return m.qmp.Execute(ctx, "cont", nil, nil)
+	case "inmigrate", "prelaunch":
+		// A restore that the previous agent did not see through: the
+		// guest has not run a single instruction.
+		return fmt.Errorf("guest is %s: %w", st.Status, vmm.ErrNeverRan)
 	default:
 		return fmt.Errorf("guest is %s", st.Status)
 	}
