@@ -141,12 +141,9 @@ func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id pgtype.UUI
 	}
 	var out NewInvitation
 	err = t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lock(ctx, q, p, id)
+		_, m, err := lockAdmin(ctx, q, p, id, "inviting")
 		if err != nil {
 			return err
-		}
-		if !adminRole(m.Role) {
-			return errorf(ErrForbidden, "inviting needs the admin or owner role")
 		}
 		if role == RoleOwner && m.Role != RoleOwner {
 			return errorf(ErrForbidden, "only owners can invite owners")
@@ -201,12 +198,9 @@ func (t *Teams) RevokeInvitation(ctx context.Context, p Principal, id, invitatio
 		return err
 	}
 	return t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lock(ctx, q, p, id)
+		_, _, err := lockAdmin(ctx, q, p, id, "revoking invitations")
 		if err != nil {
 			return err
-		}
-		if !adminRole(m.Role) {
-			return errorf(ErrForbidden, "revoking invitations needs the admin or owner role")
 		}
 		inv, err := q.DeletePendingInvitation(ctx, db.DeletePendingInvitationParams{ID: invitation, TeamID: id})
 		if err != nil {
