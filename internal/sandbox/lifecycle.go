@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -222,7 +224,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 		errs = append(errs, m.cfg.Slots.Release(ctx, slot))
 	}
 	crashPoint("destroy-released")
-	errs = append(errs, os.RemoveAll(m.runDir(id)), os.RemoveAll(m.sandboxDir(id)))
+	errs = append(errs, os.RemoveAll(m.runDir(id)), m.removeSandboxDir(id))
 	m.mu.Lock()
 	m.used.release(0, 0, rec.DiskMB)
 	delete(m.boxes, id)
@@ -235,6 +237,27 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	m.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id)
 	return nil
 }
+
+// removeSandboxDir deletes the directory of sandbox id all at once as far
+// as a crash can tell: it is first renamed to a tombstone (destroyPrefix),
+// durably, then removed; recovery removes a tombstone it finds. A destroy
+// cut short never leaves a half-removed sandbox directory behind.
+func (m *Manager) removeSandboxDir(id string) error {
+	dir, tomb := m.sandboxDir(id), filepath.Join(m.sandboxesDir(), destroyPrefix+id)
+	if err := os.Rename(dir, tomb); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if err := syncDir(m.sandboxesDir()); err != nil {
+		return err
+	}
+	return os.RemoveAll(tomb)
+}
+
+// destroyPrefix names the tombstone of a sandbox directory being removed.
+const destroyPrefix = ".destroying-"
 
 // Close stops the manager's background work. Machines keep running; a new
 // Manager on the same DataDir recovers them.

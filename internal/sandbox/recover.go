@@ -39,6 +39,13 @@ func (m *Manager) recover(ctx context.Context) error {
 			continue
 		}
 		dir := filepath.Join(m.sandboxesDir(), e.Name())
+		if strings.HasPrefix(e.Name(), destroyPrefix) {
+			// A destroy that had decided, cut short while removing.
+			if err := os.RemoveAll(dir); err != nil {
+				m.log.ErrorContext(ctx, "finish removing a destroyed sandbox", "dir", dir, "err", err)
+			}
+			continue
+		}
 		if !idRe.MatchString(e.Name()) {
 			m.log.WarnContext(ctx, "leaving alone a directory that names no sandbox", "dir", dir)
 			continue
