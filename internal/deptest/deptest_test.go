@@ -75,6 +75,12 @@ var rules = []rule{
 		Reason: "both sides of a contract import it; it must not pull either side in",
 	},
 	{
+		Name:   "the Go SDK links nothing of the platform's",
+		From:   []string{"sdk/go"},
+		Not:    append([]string{"internal", "gen", "cmd"}, testingPkgs...),
+		Reason: "users import the SDK: it speaks only the public API (its wire layer is generated from openapi.yaml)",
+	},
+	{
 		Name:   "binaries link no testing",
 		From:   []string{"cmd/capsule", "cmd/envd"},
 		Not:    testingPkgs,
@@ -93,7 +99,7 @@ type graph map[string][]string
 
 // expand turns a rule pattern into an import path.
 func expand(p string) string {
-	if strings.HasPrefix(p, "internal") || strings.HasPrefix(p, "cmd") || strings.HasPrefix(p, "gen") {
+	if strings.HasPrefix(p, "internal") || strings.HasPrefix(p, "cmd") || strings.HasPrefix(p, "gen") || strings.HasPrefix(p, "sdk") {
 		return mod + p
 	}
 	return p
