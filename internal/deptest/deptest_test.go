@@ -30,7 +30,7 @@ var (
 		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid"}
 	// testSupport are the test helpers, which link testing (and, for
 	// hosttest, real host code) by design.
-	testSupport = []string{"internal/service/servicetest", "internal/hosttest",
+	testSupport = []string{"internal/service/servicetest", "internal/hosttest", "internal/controlplane/cptest",
 		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv", "internal/vmm/vmmtest"}
 	hostAndGuest = []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot",
 		"internal/envd", "github.com/google/nftables", "github.com/creack/pty"}

@@ -5,24 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/controlplane"
+	"github.com/capsulehq/capsule/internal/controlplane/cptest"
 	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
-	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/sdk/go/capsule"
 )
 
@@ -30,88 +23,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	pgtest.StopTestServer()
 	os.Exit(code)
-}
-
-// stack is a real control plane (the composition root `capsule serve`
-// uses, over a real PostgreSQL) and a real host agent running QEMU VMs.
-type stack struct {
-	url string
-}
-
-func startStack(t *testing.T) *stack {
-	t.Helper()
-	ctx := context.Background()
-	agent := hosttest.StartAgent(t, hosttest.SDKPool)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sbxLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := controlplane.New(ctx, controlplane.Config{
-		DSN: pgtest.StartForTest(t), Secret: []byte("0123456789abcdef0123456789abcdef-sdk-test"), Hasher: hasher,
-		Signup: service.SignupOpen, Agents: map[string]agentclient.Endpoint{service.LocalHost: agent.Endpoint()},
-		OAuth: controlplane.OAuthConfig{PublicURL: "http://localhost"}, Domain: "localhost", SandboxAddr: sbxLn.Addr(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cp.Start(ctx); err != nil {
-		cp.Close()
-		t.Fatal(err)
-	}
-	api := httptest.NewServer(cp.APIHandler())
-	sbx := httptest.NewUnstartedServer(cp.SandboxHandler())
-	sbx.Listener.Close()
-	sbx.Listener = sbxLn
-	sbx.Start()
-	t.Cleanup(func() {
-		api.Close()
-		sbx.Close()
-		cp.Close()
-	})
-	return &stack{url: api.URL}
-}
-
-// account signs a user up over the API and returns a session token and a
-// new API key of the user's team.
-func (s *stack) account(t *testing.T, email string) (session, key string) {
-	t.Helper()
-	creds := map[string]string{"email": email, "password": "correct horse battery"}
-	var acc struct{}
-	s.post(t, "/v1/auth/signup", "", creds, http.StatusCreated, &acc)
-	var sess struct {
-		Token string `json:"token"`
-	}
-	s.post(t, "/v1/auth/login", "", creds, http.StatusOK, &sess)
-	var k struct {
-		Key string `json:"key"`
-	}
-	s.post(t, "/v1/api-keys", sess.Token, map[string]string{"name": "sdk"}, http.StatusCreated, &k)
-	return sess.Token, k.Key
-}
-
-func (s *stack) post(t *testing.T, path, bearer string, body any, want int, out any) {
-	t.Helper()
-	b, _ := json.Marshal(body)
-	req, _ := http.NewRequest(http.MethodPost, s.url+path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != want {
-		t.Fatalf("POST %s: %d", path, resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // output collects a callback's chunks.
@@ -142,15 +53,15 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // TestSDKAgainstRealStack drives every SDK method against a real control
 // plane, PostgreSQL and QEMU sandboxes, as a user's program would.
 func TestSDKAgainstRealStack(t *testing.T) {
-	s := startStack(t)
+	s := cptest.Start(t, hosttest.SDKPool)
 	ctx := context.Background()
-	session, key := s.account(t, "sdk@example.com")
-	_, otherKey := s.account(t, "intruder@example.com")
-	c, err := capsule.New(s.url, capsule.WithAPIKey(key))
+	session, key := s.Account(t, "sdk@example.com")
+	_, otherKey := s.Account(t, "intruder@example.com")
+	c, err := capsule.New(s.URL, capsule.WithAPIKey(key))
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := capsule.New(s.url, capsule.WithAPIKey(otherKey))
+	other, err := capsule.New(s.URL, capsule.WithAPIKey(otherKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +344,7 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		}
 	})
 	t.Run("API keys", func(t *testing.T) {
-		admin, err := capsule.New(s.url, capsule.WithAPIKey(session))
+		admin, err := capsule.New(s.URL, capsule.WithAPIKey(session))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -445,7 +356,7 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		if err != nil || !strings.HasPrefix(k.Key, "e2b_") {
 			t.Fatalf("key = %+v, %v", k, err)
 		}
-		ci, err := capsule.New(s.url, capsule.WithAPIKey(k.Key))
+		ci, err := capsule.New(s.URL, capsule.WithAPIKey(k.Key))
 		if err != nil {
 			t.Fatal(err)
 		}
