@@ -9,9 +9,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"sync"
 	"testing"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
@@ -28,6 +31,9 @@ type Stack struct {
 	URL string
 	// SandboxURL is the sandbox traffic listener's.
 	SandboxURL string
+
+	mu       sync.Mutex
+	accounts int
 }
 
 // Start runs a platform for t whose agent uses the network slot pool p (the
@@ -50,6 +56,10 @@ func Start(t testing.TB, p hosttest.Pool) *Stack {
 		DSN: pgtest.StartForTest(t), Secret: []byte("0123456789abcdef0123456789abcdef-cptest"), Hasher: hasher,
 		Signup: service.SignupOpen, Agents: map[string]agentclient.Endpoint{service.LocalHost: agent.Endpoint()},
 		OAuth: controlplane.OAuthConfig{PublicURL: "http://localhost"}, Domain: "localhost", SandboxAddr: sbxLn.Addr(),
+		// The test is the reverse proxy: each Account signs up from an
+		// address of its own, as distinct users do, so that the per-client
+		// sign-up limit applies to each, not to the test.
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 	})
 	if err != nil {
 		sbxLn.Close()
@@ -81,27 +91,32 @@ const Password = "correct horse battery"
 // that team.
 func (s *Stack) Account(t testing.TB, email string) (session, apiKey string) {
 	t.Helper()
+	s.mu.Lock()
+	s.accounts++
+	client := fmt.Sprintf("203.0.113.%d", s.accounts%250+1)
+	s.mu.Unlock()
 	creds := map[string]string{"email": email, "password": Password}
-	s.post(t, "/v1/auth/signup", "", creds, http.StatusCreated, nil)
+	s.post(t, client, "/v1/auth/signup", "", creds, http.StatusCreated, nil)
 	var sess struct {
 		Token string `json:"token"`
 	}
-	s.post(t, "/v1/auth/login", "", creds, http.StatusOK, &sess)
+	s.post(t, client, "/v1/auth/login", "", creds, http.StatusOK, &sess)
 	var k struct {
 		Key string `json:"key"`
 	}
-	s.post(t, "/v1/api-keys", sess.Token, map[string]string{"name": "test"}, http.StatusCreated, &k)
+	s.post(t, client, "/v1/api-keys", sess.Token, map[string]string{"name": "test"}, http.StatusCreated, &k)
 	if sess.Token == "" || k.Key == "" {
 		t.Fatalf("account %s: no session token or API key", email)
 	}
 	return sess.Token, k.Key
 }
 
-func (s *Stack) post(t testing.TB, path, bearer string, body any, want int, out any) {
+func (s *Stack) post(t testing.TB, client, path, bearer string, body any, want int, out any) {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest(http.MethodPost, s.URL+path, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Forwarded-For", client)
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}

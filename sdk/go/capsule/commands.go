@@ -66,15 +66,16 @@ type StartOptions struct {
 // CommandResult is how a process ended.
 type CommandResult struct {
 	// ExitCode is the exit status; -1 when a signal ended the process.
-	ExitCode int
+	ExitCode int `json:"exit_code"`
 	// Signal is the signal that ended it ("" when it exited).
-	Signal string
+	Signal string `json:"signal,omitempty"`
 	// TimedOut: it was killed at its Timeout.
-	TimedOut bool
+	TimedOut bool `json:"timed_out,omitempty"`
 	// Error says why it did not run normally, when known.
-	Error string
+	Error string `json:"error,omitempty"`
 	// Stdout and Stderr are the whole output (Run only).
-	Stdout, Stderr []byte
+	Stdout []byte `json:"stdout,omitempty"`
+	Stderr []byte `json:"stderr,omitempty"`
 }
 
 // CommandService runs processes in sandboxes (Client.Commands).

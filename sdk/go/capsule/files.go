@@ -19,17 +19,17 @@ type FileService struct{ c *Client }
 
 // FileEntry is an entry of a directory listing.
 type FileEntry struct {
-	Name string
+	Name string `json:"name"`
 	// Path is the absolute guest path.
-	Path string
+	Path string `json:"path"`
 	// Type is "file", "dir", "symlink" or "other" (a device, socket or
 	// pipe).
-	Type       string
-	Size       int64
-	Mode       os.FileMode
-	ModifiedAt time.Time
+	Type       string      `json:"type"`
+	Size       int64       `json:"size"`
+	Mode       os.FileMode `json:"mode"`
+	ModifiedAt time.Time   `json:"modified_at"`
 	// SymlinkTarget is a symlink's target.
-	SymlinkTarget string
+	SymlinkTarget string `json:"symlink_target,omitempty"`
 }
 
 // File is an open download: read it, then close it. A download that fails

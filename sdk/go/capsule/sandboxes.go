@@ -2,6 +2,7 @@ package capsule
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"iter"
 	"net/http"
@@ -27,31 +28,45 @@ const (
 	StateMissing State = "missing"
 )
 
-// Sandbox is a sandbox as the platform describes it.
+// Sandbox is a sandbox as the platform describes it. Its JSON form (for
+// programs that print it) uses the API's field names; Timeout is in
+// seconds there.
 type Sandbox struct {
-	ID          string
-	Template    string
-	State       State
-	StateReason string
-	VCPUs       int
-	MemoryMB    int
+	ID          string `json:"id"`
+	Template    string `json:"template"`
+	State       State  `json:"state"`
+	StateReason string `json:"state_reason,omitempty"`
+	VCPUs       int    `json:"vcpus"`
+	MemoryMB    int    `json:"memory_mb"`
 	// Timeout is how long the sandbox may stay idle before it is paused
 	// (AutoPause) or destroyed; 0: never.
-	Timeout             time.Duration
-	AllowInternetAccess bool
-	AllowPublicTraffic  bool
-	AutoPause           bool
-	AutoResume          bool
-	Metadata            map[string]string
-	CreatedAt           time.Time
+	Timeout             time.Duration     `json:"-"`
+	AllowInternetAccess bool              `json:"allow_internet_access"`
+	AllowPublicTraffic  bool              `json:"allow_public_traffic"`
+	AutoPause           bool              `json:"auto_pause"`
+	AutoResume          bool              `json:"auto_resume"`
+	Metadata            map[string]string `json:"metadata"`
+	CreatedAt           time.Time         `json:"created_at"`
 	// StartedAt, EndAt, PausedAt and StoppedAt are zero when they do not
 	// apply.
-	StartedAt, EndAt, PausedAt, StoppedAt time.Time
+	StartedAt time.Time `json:"started_at,omitzero"`
+	EndAt     time.Time `json:"end_at,omitzero"`
+	PausedAt  time.Time `json:"paused_at,omitzero"`
+	StoppedAt time.Time `json:"stopped_at,omitzero"`
 	// EnvdAccessToken authenticates to the sandbox's envd directly (E2B's
 	// X-Access-Token); TrafficAccessToken opens its non-public ports
 	// through the proxy. Both are absent from lists.
-	EnvdAccessToken    string
-	TrafficAccessToken string
+	EnvdAccessToken    string `json:"envd_access_token,omitempty"`
+	TrafficAccessToken string `json:"traffic_access_token,omitempty"`
+}
+
+// MarshalJSON adds timeout_sec (Timeout in seconds).
+func (s Sandbox) MarshalJSON() ([]byte, error) {
+	type plain Sandbox
+	return json.Marshal(struct {
+		plain
+		TimeoutSec int `json:"timeout_sec"`
+	}{plain(s), int(s.Timeout / time.Second)})
 }
 
 func sandboxFrom(w wire.Sandbox) Sandbox {

@@ -11,20 +11,21 @@ import (
 // Snapshot is a template: a snapshot of a sandbox (memory and disk: new
 // sandboxes start where it was) or an image (a disk that boots).
 type Snapshot struct {
-	ID   string
-	Name string
+	ID   string `json:"id"`
+	Name string `json:"name"`
 	// Kind is "snapshot" or "image".
-	Kind     string
-	VCPUs    int
-	MemoryMB int
-	DiskMB   int
+	Kind     string `json:"kind"`
+	VCPUs    int    `json:"vcpus"`
+	MemoryMB int    `json:"memory_mb"`
+	DiskMB   int    `json:"disk_mb"`
 	// SizeBytes is what its files take on the host.
-	SizeBytes int64
+	SizeBytes int64 `json:"size_bytes"`
 	// Public: a platform template every team can use and none can delete.
-	Public bool
+	Public bool `json:"public"`
 	// SourceSandboxID is the sandbox it was taken from ("" for an image).
-	SourceSandboxID      string
-	CreatedAt, UpdatedAt time.Time
+	SourceSandboxID string    `json:"source_sandbox_id,omitempty"`
+	CreatedAt       time.Time `json:"created_at"`
+	UpdatedAt       time.Time `json:"updated_at"`
 }
 
 func snapshotFrom(w wire.Snapshot) Snapshot {

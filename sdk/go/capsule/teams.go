@@ -11,12 +11,12 @@ import (
 // APIKey is a team API key. Key is set only in the answer that creates it:
 // the platform keeps only a hash.
 type APIKey struct {
-	ID         string
-	Name       string
-	Prefix     string
-	Key        string
-	CreatedAt  time.Time
-	LastUsedAt time.Time
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Prefix     string    `json:"prefix"`
+	Key        string    `json:"key,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
 }
 
 func keyFrom(w wire.ApiKey) APIKey {
@@ -59,15 +59,15 @@ func (s *KeyService) Revoke(ctx context.Context, id string) error {
 
 // Team is a team of the user.
 type Team struct {
-	ID   string
-	Name string
-	Slug string
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Slug string `json:"slug"`
 	// Role is the user's: owner, admin or member.
-	Role string
+	Role string `json:"role"`
 	// BYOC: the team brings its own sandbox hosts.
-	BYOC      bool
-	CreatedAt time.Time
-	JoinedAt  time.Time
+	BYOC      bool      `json:"is_byoc"`
+	CreatedAt time.Time `json:"created_at"`
+	JoinedAt  time.Time `json:"joined_at"`
 }
 
 // TeamService reads the user's teams (Client.Teams; needs a session
