@@ -81,6 +81,12 @@ var rules = []rule{
 		Reason: "users import the SDK: it speaks only the public API (its wire layer is generated from openapi.yaml)",
 	},
 	{
+		Name:   "the command line is a client of the public API",
+		From:   []string{"internal/cli"},
+		Not:    append(append(append([]string{"gen"}, controlPlane...), hostAndGuest...), testingPkgs...),
+		Reason: "capsule's client commands speak only the public API, through the Go SDK",
+	},
+	{
 		Name:   "binaries link no testing",
 		From:   []string{"cmd/capsule", "cmd/envd"},
 		Not:    testingPkgs,
