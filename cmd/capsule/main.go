@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/cli"
 	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
@@ -29,9 +31,21 @@ commands:
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   image         build, list and remove template images (capsule image help)
   version       print versions
+
+client commands (through the API; capsule login first; capsule <command> --help):
+  login         save the platform's URL and an API key in a profile
+  sandbox       create, list, get, exec, shell, cp, pause, resume, snapshot, timeout, kill
+  template      list and remove templates
+  keys          create, list and revoke API keys
+  completion    shell completion for bash, zsh, fish, powershell
 `
 
 func main() {
+	// The client commands (login, sandbox, template, keys, completion)
+	// handle their own signals: Ctrl-C during exec goes to the sandbox.
+	if len(os.Args) > 1 && slices.Contains(cli.Commands, os.Args[1]) {
+		os.Exit(cli.Main(context.Background(), os.Args[1:], cli.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()
