@@ -110,3 +110,63 @@ func TestAgentToken(t *testing.T) {
 		t.Fatal("a short token was accepted")
 	}
 }
+
+// TestAgentFlagsDocumented: the README's `capsule agent` table lists every
+// flag of the agent with its environment variable.
+func TestAgentFlagsDocumented(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, env := range agentEnv {
+		if !strings.Contains(string(readme), "| `--"+name+"` | `"+env+"` |") {
+			t.Errorf("--%s [%s]: not in the README's capsule agent table", name, env)
+		}
+	}
+}
+
+// TestParseAgentRegistrationFlags: --control-plane needs --address, which
+// is then the listen address unless --listen is set; the registration
+// flags are refused without --control-plane.
+func TestParseAgentRegistrationFlags(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		wantErr    bool
+		wantListen string
+	}{
+		{name: "standalone", args: nil, wantListen: "127.0.0.1:7070"},
+		{name: "registered listens on the address", args: []string{"--control-plane", "https://cp:8080", "--register", "tok", "--address", "10.0.0.5:7070"},
+			wantListen: "10.0.0.5:7070"},
+		{name: "an explicit listen wins", args: []string{"--control-plane", "https://cp:8080", "--address", "203.0.113.5:7070", "--listen", "0.0.0.0:7070"},
+			wantListen: "0.0.0.0:7070"},
+		{name: "from the environment", env: map[string]string{"CAPSULE_AGENT_CONTROL_PLANE": "https://cp", "CAPSULE_AGENT_ADDRESS": "10.0.0.6:7070"},
+			wantListen: "10.0.0.6:7070"},
+		{name: "control plane without address", args: []string{"--control-plane", "https://cp:8080"}, wantErr: true},
+		{name: "bad address", args: []string{"--control-plane", "https://cp:8080", "--address", "nope"}, wantErr: true},
+		{name: "register without control plane", args: []string{"--register", "tok"}, wantErr: true},
+		{name: "address without control plane", args: []string{"--address", "10.0.0.5:7070"}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			getenv := none
+			if tc.env != nil {
+				getenv = func(k string) string { return tc.env[k] }
+			}
+			o, err := parseAgentFlags(tc.args, getenv)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("accepted %v: %+v", tc.args, o)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.listen != tc.wantListen {
+				t.Fatalf("listen %q, want %q", o.listen, tc.wantListen)
+			}
+		})
+	}
+}

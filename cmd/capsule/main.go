@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/capsulehq/capsule/internal/agentreg"
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/envdapi"
 )
@@ -40,6 +41,9 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "capsule:", err)
+		if errors.Is(err, agentreg.ErrHostDeleted) {
+			os.Exit(exitHostDeleted)
+		}
 		os.Exit(1)
 	}
 }

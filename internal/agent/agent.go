@@ -108,7 +108,7 @@ func New(cfg Config) (*Agent, error) {
 		a.now = time.Now
 	}
 	if a.cfg.Version == "" {
-		a.cfg.Version = binaryVersion()
+		a.cfg.Version = BinaryVersion()
 	}
 	a.started = a.now()
 	path, h := hostagentv1connect.NewHostAgentHandler(&service{a},
@@ -197,9 +197,9 @@ func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// binaryVersion is the VCS revision the binary was built from (with
+// BinaryVersion is the VCS revision the binary was built from (with
 // "-dirty" for a modified tree), else its module version, else "dev".
-func binaryVersion() string {
+func BinaryVersion() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "dev"
