@@ -9,6 +9,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"sync/atomic"
@@ -99,3 +101,5 @@ func (ca *testCA) clientCert(t testing.TB, cn string, usage ...x509.ExtKeyUsage)
 func (ca *testCA) controlPlaneCert(t testing.TB) tls.Certificate {
 	return ca.clientCert(t, hostapi.ControlPlaneCommonName, x509.ExtKeyUsageClientAuth)
 }
+
+func newDiscardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
