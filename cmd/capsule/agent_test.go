@@ -1,12 +1,17 @@
 package main
 
 import (
+	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/capsulehq/capsule/internal/agentreg"
 )
 
 func TestParseAgentFlags(t *testing.T) {
@@ -168,5 +173,28 @@ func TestParseAgentRegistrationFlags(t *testing.T) {
 				t.Fatalf("listen %q, want %q", o.listen, tc.wantListen)
 			}
 		})
+	}
+}
+
+// TestExitCodes: an agent whose host was deleted exits with its own status.
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"success", nil, 0},
+		{"usage", flag.ErrHelp, 2},
+		{"host deleted", fmt.Errorf("agent: %w", errors.Join(agentreg.ErrHostDeleted, errors.New("destroy x: busy"))), exitHostDeleted},
+		{"other", errors.New("boom"), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := exitCode(tc.err); got != tc.want {
+				t.Fatalf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
+			}
+		})
+	}
+	if exitHostDeleted == 1 || exitHostDeleted == 2 {
+		t.Fatal("the host-deleted status must differ from the others")
 	}
 }
