@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -125,6 +126,11 @@ func Open(cfg Config) (*Client, error) {
 		c.log = slog.Default()
 	}
 	c.log = c.log.With("component", "agentreg")
+	if base.Scheme == "http" {
+		if ip := net.ParseIP(base.Hostname()); (ip == nil || !ip.IsLoopback()) && base.Hostname() != "localhost" {
+			c.log.Warn("the control plane's URL is cleartext HTTP: the host's tokens cross the network readable; use https", "url", base.String())
+		}
+	}
 	if c.clock == nil {
 		c.clock = RealClock{}
 	}
@@ -295,8 +301,7 @@ func (c *Client) Beat(ctx context.Context) (time.Duration, error) {
 	if c.unsaved {
 		c.saveCreds(ctx)
 	}
-	now := c.clock.Now()
-	if exp := c.creds.AccessTokenExpiresAt; !exp.IsZero() && now.After(c.creds.ReceivedAt.Add(exp.Sub(c.creds.ReceivedAt)*2/3)) {
+	if c.clock.Now().After(c.refreshAt()) {
 		if err := c.refresh(ctx); err != nil {
 			return c.failed(ctx, err)
 		}
@@ -328,6 +333,19 @@ func (c *Client) Beat(ctx context.Context) (time.Duration, error) {
 	}
 	c.install(ctx, resp.Certificate, resp.CA)
 	return c.interval, nil
+}
+
+// refreshAt is when the access token has a third of its life left (its
+// life counted from when the agent received it).
+func (c *Client) refreshAt() time.Time {
+	exp, got := c.creds.AccessTokenExpiresAt, c.creds.ReceivedAt
+	if exp.IsZero() {
+		return time.Unix(1<<40, 0) // no expiry: refreshed on a 401 only
+	}
+	if got.IsZero() || got.After(exp) {
+		got = exp.Add(-hostapi.AccessTokenTTL)
+	}
+	return got.Add(exp.Sub(got) * 2 / 3)
 }
 
 // classify turns a non-200 status into the error the agent acts on.

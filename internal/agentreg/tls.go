@@ -39,6 +39,10 @@ func (c *Client) TLSConfig() *tls.Config {
 				ClientAuth:       tls.RequireAndVerifyClientCert,
 				ClientCAs:        ca.pool,
 				VerifyConnection: func(cs tls.ConnectionState) error { return hostapi.VerifyControlPlane(&cs) },
+				// Every connection shows its client certificate to the
+				// CA of the moment: no resumption of a session verified
+				// before a rotation.
+				SessionTicketsDisabled: true,
 			}, nil
 		},
 	}
