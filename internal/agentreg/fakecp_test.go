@@ -58,6 +58,8 @@ type fakeCP struct {
 	interval int
 	// answerCert: whether a heartbeat's CSR is answered.
 	answerCert bool
+	// caAnswer, when set, is sent as the CA in the next heartbeat answer.
+	caAnswer string
 
 	registers, refreshes int
 	beats                []hostapi.Heartbeat
@@ -218,7 +220,8 @@ func (f *fakeCP) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		f.beats = append(f.beats, hb)
 		f.beatTokens = append(f.beatTokens, tok)
-		resp := hostapi.HeartbeatResponse{Status: "online", IntervalSeconds: f.interval}
+		resp := hostapi.HeartbeatResponse{Status: "online", IntervalSeconds: f.interval, CA: f.caAnswer}
+		f.caAnswer = ""
 		if hb.CSR != "" && f.answerCert {
 			now := f.clock.Now()
 			cert, err := f.ca.signCSR(hb.CSR, now.Add(-time.Minute), now.Add(f.certLife))

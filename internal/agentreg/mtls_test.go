@@ -212,3 +212,62 @@ func TestCertificateRenewal(t *testing.T) {
 		}
 	}
 }
+
+// TestCARotation: a CA bundle in a heartbeat answer is stored and trusted
+// from the next handshake on: the control plane's certificate of the new
+// CA is accepted beside the old one's; an unusable bundle changes nothing.
+func TestCARotation(t *testing.T) {
+	e := newEnv(t)
+	c := e.registered(t)
+	addr := serveMTLS(t, c)
+	next := newTestCA(t, "capsule test CA 2")
+	oldCP, newCP := e.ca.controlPlaneCert(t), next.controlPlaneCert(t)
+	call := func(cert tls.Certificate) error {
+		_, err := dialServed(t, addr, e.ca, cert, e.clock.Now)
+		return err
+	}
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"before the rotation the new CA is not trusted", func(t *testing.T) {
+			if err := call(oldCP); err != nil {
+				t.Fatal(err)
+			}
+			if err := call(newCP); err == nil {
+				t.Fatal("a certificate of the next CA was accepted before the rotation")
+			}
+		}},
+		{"an unusable CA changes nothing", func(t *testing.T) {
+			e.cp.set(func(f *fakeCP) { f.caAnswer = "not a PEM" })
+			beat(t, c, nil)
+			if err := call(oldCP); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the bundle of both is trusted without a restart", func(t *testing.T) {
+			e.cp.set(func(f *fakeCP) { f.caAnswer = e.ca.pem + next.pem })
+			beat(t, c, nil)
+			for _, cert := range []tls.Certificate{oldCP, newCP} {
+				if err := call(cert); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"a restart trusts the stored bundle", func(t *testing.T) {
+			stored, _ := os.ReadFile(filepath.Join(e.dir, agentreg.CAFile))
+			if string(stored) != e.ca.pem+next.pem {
+				t.Fatal("the CA bundle was not stored")
+			}
+			addr2 := serveMTLS(t, e.open(t))
+			if _, err := dialServed(t, addr2, e.ca, newCP, e.clock.Now); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.run) {
+			return
+		}
+	}
+}
