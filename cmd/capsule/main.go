@@ -14,6 +14,7 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/capsulehq/capsule/internal/agentreg"
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/cli"
 	"github.com/capsulehq/capsule/internal/envdapi"
@@ -49,13 +50,24 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "capsule:", err)
-		os.Exit(1)
 	}
+	os.Exit(exitCode(err))
+}
+
+// exitCode is the exit status for run's error: 0, 2 for a usage error, 3
+// for an agent whose host the control plane deleted, 1 otherwise.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	case errors.Is(err, agentreg.ErrHostDeleted):
+		return exitHostDeleted
+	}
+	return 1
 }
 
 func run(ctx context.Context, args []string) error {

@@ -32,7 +32,7 @@ var (
 	// hosttest, real host code) by design.
 	testSupport = []string{"internal/service/servicetest", "internal/hosttest", "internal/controlplane/cptest",
 		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv", "internal/vmm/vmmtest"}
-	hostAndGuest = []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot",
+	hostAndGuest = []string{"internal/agent", "internal/agentreg", "internal/sandbox", "internal/vmm", "internal/netslot",
 		"internal/envd", "github.com/google/nftables", "github.com/creack/pty"}
 	testingPkgs = []string{"testing", "internal/testenv", "internal/pgembed/pgtest"}
 )
@@ -61,7 +61,7 @@ var rules = []rule{
 	},
 	{
 		Name: "host code links no envd server, control plane or testing",
-		From: []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot", "internal/disk",
+		From: []string{"internal/agent", "internal/agentreg", "internal/sandbox", "internal/vmm", "internal/netslot", "internal/disk",
 			"internal/image", "internal/envdclient"},
 		Except: testSupport,
 		Not: append(append([]string{"internal/envd", "github.com/creack/pty", "internal/pgembed",
