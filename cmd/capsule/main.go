@@ -30,6 +30,7 @@ commands:
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
+  bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
   image         build, list and remove template images (capsule image help)
   version       print versions
 
@@ -137,6 +138,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchAPI(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "sdk":
+		o, err := parseBenchSDKFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchSDK(ctx, o)
 		if err != nil {
 			return err
 		}
