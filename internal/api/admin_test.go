@@ -270,7 +270,7 @@ func TestAdminUserRoutes(t *testing.T) {
 			{"email_prefix=AD", []string{"ada@example.com", "adam@example.com"}},
 			{"email_prefix=ada@", []string{"ada@example.com"}},
 			{"email_prefix=a_", []string{"a_b@example.com"}}, // _ is literal
-			{"email_prefix=%25", nil},                         // so is %
+			{"email_prefix=%25", nil}, // so is %
 			{"email_prefix=zzz", nil},
 		} {
 			t.Run(tc.query, func(t *testing.T) {
@@ -358,8 +358,8 @@ func TestAdminUserRoutes(t *testing.T) {
 	t.Run("refusals", func(t *testing.T) {
 		for _, tc := range []struct {
 			name, id string
-			body any
-			want int
+			body     any
+			want     int
 		}{
 			{"self", admin.id, map[string]any{"disabled": true}, 409},
 			{"missing user", "usr-" + strings.Repeat("f", 32), map[string]any{"disabled": true}, 404},
