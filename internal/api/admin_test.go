@@ -592,3 +592,38 @@ func TestAdminListRoutes(t *testing.T) {
 		}
 	})
 }
+
+// TestDisabledUserOAuthLogin: a disabled user's OAuth login issues no
+// session (the callback lands with error=forbidden); once re-enabled, the
+// same identity logs in again.
+func TestDisabledUserOAuthLogin(t *testing.T) {
+	e := newOAuthAPI(t)
+	admin := e.platformAdmin(t, "root@example.com")
+	first := e.login(t, "", "octocat")
+	me := e.me(t, first.frag.Get("token"))
+	for _, step := range []struct {
+		name     string
+		disabled bool
+		want     string // the landing's error ("" : a session)
+	}{
+		{"disabled", true, "forbidden"},
+		{"re-enabled", false, ""},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if c := e.do(t, "PUT", "/v1/admin/users/"+me.User.ID+"/disabled", admin.jwt, map[string]any{"disabled": step.disabled}, nil); c != 200 {
+				t.Fatalf("set disabled: %d", c)
+			}
+			l := e.login(t, "", "octocat")
+			if l.frag.Get("error") != step.want || (l.frag.Get("token") != "") != (step.want == "") {
+				t.Fatalf("landing %+v, want error %q", l, step.want)
+			}
+			wantMe := 200
+			if step.disabled {
+				wantMe = 403
+			}
+			if c := e.do(t, "GET", "/v1/me", first.frag.Get("token"), nil, nil); c != wantMe {
+				t.Fatalf("the first session: %d, want %d", c, wantMe)
+			}
+		})
+	}
+}
