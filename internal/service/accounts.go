@@ -300,7 +300,7 @@ func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate session: %w", err)
 	}
-	return Principal{UserID: uid, TeamID: tid, Role: m.Role, ActorName: claims.Email}, nil
+	return Principal{UserID: uid, TeamID: tid, Role: m.Role, ActorName: u.Email}, nil
 }
 
 // AuthenticateAPIKey finds the live key of a live team and records its use
