@@ -110,7 +110,7 @@ func TestEveryRouteAuthorization(t *testing.T) {
 
 // TestAdminRouteAuthorization walks the router's /v1/admin routes: only an
 // active platform admin's session gets through. The team's owner, admin
-// and member, the platform admin's own API key, a disabled admin and an
+// and member, an outsider, the platform admin's own API key, a disabled admin and an
 // admin demoted in the database after logging in all get 403 (never 404:
 // the admin routes are documented), before anything else is checked (a
 // malformed ID too), and nothing changes; then the platform admin's
@@ -123,6 +123,7 @@ func TestAdminRouteAuthorization(t *testing.T) {
 	owner := e.user(t, "owner@example.com")
 	teamAdmin := e.user(t, "team-admin@example.com")
 	member := e.user(t, "member@example.com")
+	outsider := e.user(t, "outsider@example.com")
 	e.join(t, teamAdmin, owner.team, "admin")
 	e.join(t, member, owner.team, "member")
 	disabled := e.platformAdmin(t, "disabled@example.com")
@@ -138,7 +139,7 @@ func TestAdminRouteAuthorization(t *testing.T) {
 	refused := []struct {
 		name, cred string
 	}{
-		{"team owner", owner.jwt}, {"team admin", teamAdmin.jwt}, {"team member", member.jwt},
+		{"team owner", owner.jwt}, {"team admin", teamAdmin.jwt}, {"team member", member.jwt}, {"outsider", outsider.jwt},
 		{"platform admin's API key", root.key}, {"disabled admin", disabled.jwt}, {"demoted admin", demoted.jwt},
 	}
 	cases := map[string]struct {
