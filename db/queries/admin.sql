@@ -77,3 +77,15 @@ WHERE (sqlc.narg('team_id')::uuid IS NULL OR team_id = sqlc.narg('team_id')::uui
        OR (created_at, id) < (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT LEAST(GREATEST(@page_size::integer, 1), 200);
+
+-- name: GetSessionUser :one
+-- A session's authentication in one round trip: the user (no row: gone),
+-- whether it is disabled, and its role in the live team team_id (empty: not
+-- a member, or the team is deleted).
+SELECT users.email, users.disabled_at,
+       COALESCE((SELECT users_teams.role FROM users_teams
+                 JOIN teams ON teams.id = users_teams.team_id
+                 WHERE users_teams.user_id = users.id AND users_teams.team_id = @team_id
+                   AND teams.deleted_at IS NULL), '')::text AS role
+FROM users
+WHERE users.id = @user_id;

@@ -283,24 +283,20 @@ func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal
 	if err != nil {
 		return Principal{}, errorf(ErrForbidden, "the session has no team")
 	}
-	u, err := a.st.Queries().GetUser(ctx, uid)
+	u, err := a.st.Queries().GetSessionUser(ctx, db.GetSessionUserParams{TeamID: tid, UserID: uid})
 	if errors.Is(err, store.ErrNotFound) {
 		return Principal{}, errorf(ErrUnauthorized, "the session's user no longer exists")
 	}
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate session: %w", err)
 	}
-	if err := checkEnabled(u); err != nil {
-		return Principal{}, err
+	if u.DisabledAt.Valid {
+		return Principal{}, errDisabled
 	}
-	m, err := a.st.Queries().GetMembership(ctx, db.GetMembershipParams{UserID: uid, TeamID: tid})
-	if errors.Is(err, store.ErrNotFound) {
+	if u.Role == "" {
 		return Principal{}, errorf(ErrUnauthorized, "the session's team is no longer yours")
 	}
-	if err != nil {
-		return Principal{}, fmt.Errorf("authenticate session: %w", err)
-	}
-	return Principal{UserID: uid, TeamID: tid, Role: m.Role, ActorName: u.Email}, nil
+	return Principal{UserID: uid, TeamID: tid, Role: u.Role, ActorName: u.Email}, nil
 }
 
 // AuthenticateAPIKey finds the live key of a live team and records its use

@@ -297,6 +297,37 @@ func (q *Queries) GetActiveAdmin(ctx context.Context, id pgtype.UUID) (User, err
 	return i, err
 }
 
+const getSessionUser = `-- name: GetSessionUser :one
+SELECT users.email, users.disabled_at,
+       COALESCE((SELECT users_teams.role FROM users_teams
+                 JOIN teams ON teams.id = users_teams.team_id
+                 WHERE users_teams.user_id = users.id AND users_teams.team_id = $1
+                   AND teams.deleted_at IS NULL), '')::text AS role
+FROM users
+WHERE users.id = $2
+`
+
+type GetSessionUserParams struct {
+	TeamID pgtype.UUID `json:"team_id"`
+	UserID pgtype.UUID `json:"user_id"`
+}
+
+type GetSessionUserRow struct {
+	Email      string             `json:"email"`
+	DisabledAt pgtype.Timestamptz `json:"disabled_at"`
+	Role       string             `json:"role"`
+}
+
+// A session's authentication in one round trip: the user (no row: gone),
+// whether it is disabled, and its role in the live team team_id (empty: not
+// a member, or the team is deleted).
+func (q *Queries) GetSessionUser(ctx context.Context, arg GetSessionUserParams) (GetSessionUserRow, error) {
+	row := q.db.QueryRow(ctx, getSessionUser, arg.TeamID, arg.UserID)
+	var i GetSessionUserRow
+	err := row.Scan(&i.Email, &i.DisabledAt, &i.Role)
+	return i, err
+}
+
 const lockActiveAdmins = `-- name: LockActiveAdmins :many
 SELECT id FROM users WHERE is_admin AND disabled_at IS NULL ORDER BY id FOR UPDATE
 `

@@ -85,6 +85,10 @@ type Querier interface {
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
 	// Not team-scoped: for the control plane's own loops (reaper, reconciler).
 	GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, error)
+	// A session's authentication in one round trip: the user (no row: gone),
+	// whether it is disabled, and its role in the live team team_id (empty: not
+	// a member, or the team is deleted).
+	GetSessionUser(ctx context.Context, arg GetSessionUserParams) (GetSessionUserRow, error)
 	// Soft-deleted teams are not found.
 	GetTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	GetTeamBySlug(ctx context.Context, slug string) (Team, error)
