@@ -6,7 +6,7 @@
 INSERT INTO hosts (team_id, name, address, status, tags, registration_token_hash,
                    registration_token_issued_at, registration_token_expires_at, created_by)
 VALUES (@team_id, @name, @address, 'pending', @tags::text[], @token_hash, now(),
-        now() + make_interval(secs => @token_ttl_seconds::double precision), @created_by)
+        @token_expires_at::timestamptz, @created_by)
 RETURNING *;
 
 -- name: SetHostRegistrationToken :one
@@ -15,7 +15,7 @@ RETURNING *;
 UPDATE hosts SET
   registration_token_hash = @token_hash,
   registration_token_issued_at = now(),
-  registration_token_expires_at = now() + make_interval(secs => @token_ttl_seconds::double precision),
+  registration_token_expires_at = @token_expires_at::timestamptz,
   registration_token_used_at = NULL
 WHERE id = @id AND status = 'pending'
 RETURNING *;

@@ -95,18 +95,18 @@ const createHostRecord = `-- name: CreateHostRecord :one
 INSERT INTO hosts (team_id, name, address, status, tags, registration_token_hash,
                    registration_token_issued_at, registration_token_expires_at, created_by)
 VALUES ($1, $2, $3, 'pending', $4::text[], $5, now(),
-        now() + make_interval(secs => $6::double precision), $7)
+        $6::timestamptz, $7)
 RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
 `
 
 type CreateHostRecordParams struct {
-	TeamID          pgtype.UUID `json:"team_id"`
-	Name            string      `json:"name"`
-	Address         string      `json:"address"`
-	Tags            []string    `json:"tags"`
-	TokenHash       []byte      `json:"token_hash"`
-	TokenTTLSeconds float64     `json:"token_ttl_seconds"`
-	CreatedBy       pgtype.UUID `json:"created_by"`
+	TeamID         pgtype.UUID `json:"team_id"`
+	Name           string      `json:"name"`
+	Address        string      `json:"address"`
+	Tags           []string    `json:"tags"`
+	TokenHash      []byte      `json:"token_hash"`
+	TokenExpiresAt time.Time   `json:"token_expires_at"`
+	CreatedBy      pgtype.UUID `json:"created_by"`
 }
 
 // Hosts created by an administrator and registered by their agent (issue 11).
@@ -119,7 +119,7 @@ func (q *Queries) CreateHostRecord(ctx context.Context, arg CreateHostRecordPara
 		arg.Address,
 		arg.Tags,
 		arg.TokenHash,
-		arg.TokenTTLSeconds,
+		arg.TokenExpiresAt,
 		arg.CreatedBy,
 	)
 	var i Host
@@ -632,22 +632,22 @@ const setHostRegistrationToken = `-- name: SetHostRegistrationToken :one
 UPDATE hosts SET
   registration_token_hash = $1,
   registration_token_issued_at = now(),
-  registration_token_expires_at = now() + make_interval(secs => $2::double precision),
+  registration_token_expires_at = $2::timestamptz,
   registration_token_used_at = NULL
 WHERE id = $3 AND status = 'pending'
 RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
 `
 
 type SetHostRegistrationTokenParams struct {
-	TokenHash       []byte      `json:"token_hash"`
-	TokenTTLSeconds float64     `json:"token_ttl_seconds"`
-	ID              pgtype.UUID `json:"id"`
+	TokenHash      []byte      `json:"token_hash"`
+	TokenExpiresAt time.Time   `json:"token_expires_at"`
+	ID             pgtype.UUID `json:"id"`
 }
 
 // A new registration token for a host that is still pending (no row
 // otherwise).
 func (q *Queries) SetHostRegistrationToken(ctx context.Context, arg SetHostRegistrationTokenParams) (Host, error) {
-	row := q.db.QueryRow(ctx, setHostRegistrationToken, arg.TokenHash, arg.TokenTTLSeconds, arg.ID)
+	row := q.db.QueryRow(ctx, setHostRegistrationToken, arg.TokenHash, arg.TokenExpiresAt, arg.ID)
 	var i Host
 	err := row.Scan(
 		&i.ID,
