@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -554,4 +556,98 @@ func TestHostRegistrationTokenRules(t *testing.T) {
 			t.Fatalf("refresh with an expired refresh token: %d, want 401", c)
 		}
 	})
+}
+
+// postJSON posts v and returns the status and body (safe off the test's
+// goroutine).
+func (e *hostEnv) postJSON(path string, v any) (int, []byte, error) {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.Post(e.srv.URL+path, "application/json", bytes.NewReader(buf))
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// TestHostTokensUnderConcurrency: agents racing with one registration
+// token register once; racing with one refresh token, one wins and the
+// others are replays, which revoke the family (the winner's new token too).
+func TestHostTokensUnderConcurrency(t *testing.T) {
+	e := newHostAPI(t)
+	adminJWT, _ := e.admin(t, "root@example.com")
+	var created createdHostJSON
+	if c := e.do(t, "POST", "/v1/hosts", adminJWT, map[string]any{"name": "host-c", "type": "regular", "address": "192.0.2.3:7443"}, &created); c != 201 {
+		t.Fatalf("create: %d", c)
+	}
+	const racers = 4
+	race := func(path string, body func(i int) any) ([]int, [][]byte) {
+		codes, bodies := make([]int, racers), make([][]byte, racers)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range racers {
+			wg.Go(func() {
+				<-start
+				var err error
+				if codes[i], bodies[i], err = e.postJSON(path, body(i)); err != nil {
+					codes[i] = -1
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		return codes, bodies
+	}
+	count := func(codes []int, c int) (n int) {
+		for _, x := range codes {
+			if x == c {
+				n++
+			}
+		}
+		return n
+	}
+	csrs := make([]string, racers)
+	for i := range csrs {
+		_, csrs[i] = agentCSR(t)
+	}
+	codes, bodies := race(hostapi.PathRegister, func(i int) any { return registration(created.RegistrationToken, csrs[i]) })
+	if count(codes, 201) != 1 || count(codes, 409) != racers-1 {
+		t.Fatalf("concurrent registrations with one token: %v, want one 201 and the rest 409", codes)
+	}
+	var reg hostapi.RegisterResponse
+	for i, c := range codes {
+		if c == 201 {
+			if err := json.Unmarshal(bodies[i], &reg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if row := e.hostRow(t, created.Host.ID); row.CertSerial != serialOf(t, reg.Certificate) {
+		t.Fatalf("the host records certificate %s, the winner got %s", row.CertSerial, serialOf(t, reg.Certificate))
+	}
+	codes, bodies = race(hostapi.PathRefresh, func(int) any { return hostapi.RefreshRequest{RefreshToken: reg.RefreshToken} })
+	if count(codes, 200) != 1 || count(codes, 401) != racers-1 {
+		t.Fatalf("concurrent refreshes with one token: %v, want one 200 and the rest 401", codes)
+	}
+	for i, c := range codes {
+		if c != 200 {
+			continue
+		}
+		var cr hostapi.Credentials
+		if err := json.Unmarshal(bodies[i], &cr); err != nil {
+			t.Fatal(err)
+		}
+		if c := e.do(t, "POST", hostapi.PathRefresh, "", hostapi.RefreshRequest{RefreshToken: cr.RefreshToken}, nil); c != 401 {
+			t.Fatalf("the winner's token after the replays: %d, want 401 (its family is revoked)", c)
+		}
+	}
+}
+
+func serialOf(t *testing.T, chain string) string {
+	t.Helper()
+	return parseChain(t, chain).SerialNumber.Text(16)
 }
