@@ -26,10 +26,11 @@ SELECT * FROM hosts WHERE registration_token_hash = @token_hash FOR UPDATE;
 
 -- name: CompleteHostRegistration :one
 -- Consumes the registration token and records what the agent reported;
--- address (the declared one) is left alone.
+-- address (the declared one) is left alone. registered_at is the service's
+-- clock (the access tokens' iat is compared with it).
 UPDATE hosts SET
   registration_token_used_at = now(),
-  registered_at = now(),
+  registered_at = @registered_at::timestamptz,
   claimed_address = @claimed_address,
   version = @version,
   arch = @arch,

@@ -300,7 +300,7 @@ func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errNoHostToken)
 		return
 	}
-	if _, err := s.cfg.Hosts.AuthenticateHost(tok); err != nil {
+	if _, _, err := s.cfg.Hosts.AuthenticateHost(tok); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

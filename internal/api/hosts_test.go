@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
@@ -546,6 +547,30 @@ func TestHostRegistrationTokenRules(t *testing.T) {
 			t.Fatalf("certificate SANs %v %v, want only the declared host-b.internal", cert.DNSNames, cert.IPAddresses)
 		}
 	})
+	t.Run("a new registration kills the old credentials", func(t *testing.T) {
+		// The host never beat, so it is still pending: its administrator
+		// may hand out another token, and the agent that uses it replaces
+		// the first registration.
+		var again createdHostJSON
+		if c := e.do(t, "POST", "/v1/hosts/"+created.Host.ID+"/token", adminJWT, nil, &again); c != 201 {
+			t.Fatalf("regenerate: %d", c)
+		}
+		e.clk.Advance(2 * time.Second)
+		var reg2 hostapi.RegisterResponse
+		if c := e.do(t, "POST", hostapi.PathRegister, "", registration(again.RegistrationToken, csr), &reg2); c != 201 {
+			t.Fatalf("register again: %d", c)
+		}
+		if c := e.do(t, "POST", hostapi.PathHeartbeat, reg.AccessToken, hostapi.Heartbeat{}, nil); c != 401 {
+			t.Fatalf("heartbeat with the first registration's access token: %d, want 401", c)
+		}
+		if c := e.do(t, "POST", hostapi.PathRefresh, "", hostapi.RefreshRequest{RefreshToken: reg.RefreshToken}, nil); c != 401 {
+			t.Fatalf("refresh with the first registration's refresh token: %d, want 401", c)
+		}
+		if c := e.do(t, "POST", hostapi.PathHeartbeat, reg2.AccessToken, hostapi.Heartbeat{}, nil); c != 200 {
+			t.Fatalf("heartbeat with the new access token: %d", c)
+		}
+		reg = reg2
+	})
 	t.Run("expired access and refresh tokens", func(t *testing.T) {
 		e.clk.Advance(hostapi.AccessTokenTTL + time.Hour)
 		if c := e.do(t, "POST", hostapi.PathHeartbeat, reg.AccessToken, hostapi.Heartbeat{}, nil); c != 401 {
@@ -650,4 +675,50 @@ func TestHostTokensUnderConcurrency(t *testing.T) {
 func serialOf(t *testing.T, chain string) string {
 	t.Helper()
 	return parseChain(t, chain).SerialNumber.Text(16)
+}
+
+// TestHostForceDeleteUnreachableAgent: a forced delete of a host whose
+// agent cannot be reached still stops its sandboxes' records and deletes
+// it, and says that nothing was destroyed on the host.
+func TestHostForceDeleteUnreachableAgent(t *testing.T) {
+	e := newHostAPI(t)
+	ctx := context.Background()
+	adminJWT, _ := e.admin(t, "root@example.com")
+	_, _, team := e.account(t, "user@example.com")
+	var created createdHostJSON
+	// Port 1 on the loopback: nothing listens there.
+	if c := e.do(t, "POST", "/v1/hosts", adminJWT, map[string]any{"name": "host-d", "type": "regular", "address": "127.0.0.1:1"}, &created); c != 201 {
+		t.Fatalf("create: %d", c)
+	}
+	_, csr := agentCSR(t)
+	if c := e.do(t, "POST", hostapi.PathRegister, "", registration(created.RegistrationToken, csr), nil); c != 201 {
+		t.Fatalf("register: %d", c)
+	}
+	tid, _ := wireid.Parse(wireid.Team, team)
+	hid, _ := wireid.Parse(wireid.Host, created.Host.ID)
+	var ids []pgtype.UUID
+	for _, state := range []string{store.SandboxRunning, store.SandboxPaused} {
+		row, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{TeamID: tid, HostID: hid, Template: "minimal",
+			State: state, VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, row.ID)
+	}
+	var del hostDeletionJSON
+	if c := e.do(t, "DELETE", "/v1/hosts/"+created.Host.ID+"?force=true", adminJWT, nil, &del); c != 200 {
+		t.Fatalf("force delete: %d", c)
+	}
+	if del.SandboxesDestroyed != 0 || del.SandboxesNotDestroyed != 2 || len(del.Sandboxes) != 2 {
+		t.Fatalf("deletion = %+v", del)
+	}
+	for _, id := range ids {
+		row, err := e.st.Queries().GetSandboxByID(ctx, id)
+		if err != nil || row.State != store.SandboxStopped {
+			t.Fatalf("sandbox after the delete: %s, %v", row.State, err)
+		}
+	}
+	if c := e.do(t, "GET", "/v1/hosts/"+created.Host.ID, adminJWT, nil, nil); c != 404 {
+		t.Fatalf("get after delete: %d", c)
+	}
 }

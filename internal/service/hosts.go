@@ -536,17 +536,22 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 	}
 	log := h.log.With("host", HostID(id))
 	if len(res.Sandboxes) > 0 {
-		// The agent calls and their bookkeeping outlive a client that leaves.
-		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), hostDestroyTimeout)
+		// The agent calls and their bookkeeping outlive a client that
+		// leaves; the agent calls are bounded, the bookkeeping is not.
+		bg := context.WithoutCancel(ctx)
+		actx, cancel := context.WithTimeout(bg, hostDestroyTimeout)
 		defer cancel()
-		c := h.agentOf(bg, row)
+		c := h.agentOf(actx, row)
 		for _, sb := range res.Sandboxes {
 			destroyed := false
 			if c != nil {
-				_, err := c.DestroySandbox(bg, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb.ID)}))
+				_, err := c.DestroySandbox(actx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb.ID)}))
 				destroyed = err == nil || errors.Is(err, agentclient.ErrNotFound)
 				if !destroyed {
 					log.WarnContext(bg, "destroy a deleted host's sandbox on its agent", "sandbox", ID(sb.ID), "err", err)
+				}
+				if errors.Is(err, agentclient.ErrUnavailable) || actx.Err() != nil {
+					c = nil // the agent is down: the rest are only marked stopped
 				}
 			}
 			if destroyed {
@@ -715,6 +720,7 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 			return err
 		}
 		row, err = q.CompleteHostRegistration(ctx, db.CompleteHostRegistrationParams{ID: cur.ID, ClaimedAddress: req.Address,
+			RegisteredAt: h.now(),
 			Version: req.Version, Arch: req.Arch, TotalVCPUs: req.VCPUs, TotalMemoryMB: req.MemoryMB, TotalDiskMB: req.DiskMB,
 			CertSerial: cert.Serial, CertExpiresAt: pgtype.Timestamptz{Time: cert.NotAfter, Valid: true}})
 		if err != nil {
@@ -817,17 +823,18 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 }
 
 // AuthenticateHost verifies a host access JWT (never a user's session:
-// another key and audience) and returns the host's ID.
-func (h *Hosts) AuthenticateHost(token string) (pgtype.UUID, error) {
+// another key and audience) and returns the host's ID and the token's
+// issue time.
+func (h *Hosts) AuthenticateHost(token string) (pgtype.UUID, time.Time, error) {
 	claims, err := h.tokens.VerifyAccessToken(token)
 	if err != nil {
-		return pgtype.UUID{}, &Error{Kind: ErrUnauthorized, Msg: errAccessToken.Error(), Err: err}
+		return pgtype.UUID{}, time.Time{}, &Error{Kind: ErrUnauthorized, Msg: errAccessToken.Error(), Err: err}
 	}
 	id, err := wireid.Parse(wireid.Host, claims.HostID)
 	if err != nil {
-		return pgtype.UUID{}, errAccessToken
+		return pgtype.UUID{}, time.Time{}, errAccessToken
 	}
-	return id, nil
+	return id, claims.IssuedAt, nil
 }
 
 func validateResources(r hostapi.Resources) bool {
@@ -839,7 +846,7 @@ func validateResources(r hostapi.Resources) bool {
 // are kept, and a CSR gets a new certificate for the declared address. A
 // deleted host is ErrNotFound; an offline one ErrForbidden.
 func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.Heartbeat) (hostapi.HeartbeatResponse, error) {
-	id, err := h.AuthenticateHost(accessToken)
+	id, issuedAt, err := h.AuthenticateHost(accessToken)
 	if err != nil {
 		return hostapi.HeartbeatResponse{}, err
 	}
@@ -859,6 +866,11 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 		}
 		if err != nil {
 			return fmt.Errorf("lock host: %w", err)
+		}
+		// A token of an earlier registration of the host is dead (iat
+		// has whole seconds).
+		if !cur.RegisteredAt.Valid || issuedAt.Before(cur.RegisteredAt.Time.Truncate(time.Second)) {
+			return errAccessToken
 		}
 		if cur.Status == store.HostOffline {
 			return errorf(ErrForbidden, "the host is offline")

@@ -15,20 +15,21 @@ import (
 const completeHostRegistration = `-- name: CompleteHostRegistration :one
 UPDATE hosts SET
   registration_token_used_at = now(),
-  registered_at = now(),
-  claimed_address = $1,
-  version = $2,
-  arch = $3,
-  total_vcpus = $4,
-  total_memory_mb = $5,
-  total_disk_mb = $6,
-  cert_serial = $7,
-  cert_expires_at = $8
-WHERE id = $9 AND registration_token_used_at IS NULL
+  registered_at = $1::timestamptz,
+  claimed_address = $2,
+  version = $3,
+  arch = $4,
+  total_vcpus = $5,
+  total_memory_mb = $6,
+  total_disk_mb = $7,
+  cert_serial = $8,
+  cert_expires_at = $9
+WHERE id = $10 AND registration_token_used_at IS NULL
 RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
 `
 
 type CompleteHostRegistrationParams struct {
+	RegisteredAt   time.Time          `json:"registered_at"`
 	ClaimedAddress string             `json:"claimed_address"`
 	Version        string             `json:"version"`
 	Arch           string             `json:"arch"`
@@ -41,9 +42,11 @@ type CompleteHostRegistrationParams struct {
 }
 
 // Consumes the registration token and records what the agent reported;
-// address (the declared one) is left alone.
+// address (the declared one) is left alone. registered_at is the service's
+// clock (the access tokens' iat is compared with it).
 func (q *Queries) CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error) {
 	row := q.db.QueryRow(ctx, completeHostRegistration,
+		arg.RegisteredAt,
 		arg.ClaimedAddress,
 		arg.Version,
 		arg.Arch,

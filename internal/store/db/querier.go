@@ -25,7 +25,8 @@ type Querier interface {
 	// or another replica's reaper, make it no row).
 	ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandboxParams) (Sandbox, error)
 	// Consumes the registration token and records what the agent reported;
-	// address (the declared one) is left alone.
+	// address (the declared one) is left alone. registered_at is the service's
+	// clock (the access tokens' iat is compared with it).
 	CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
