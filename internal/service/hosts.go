@@ -720,9 +720,8 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 			return err
 		}
 		row, err = q.CompleteHostRegistration(ctx, db.CompleteHostRegistrationParams{ID: cur.ID, ClaimedAddress: req.Address,
-			RegisteredAt: h.now(),
-			Version:      req.Version, Arch: req.Arch, TotalVCPUs: req.VCPUs, TotalMemoryMB: req.MemoryMB, TotalDiskMB: req.DiskMB,
-			CertSerial: cert.Serial, CertExpiresAt: pgtype.Timestamptz{Time: cert.NotAfter, Valid: true}})
+			Version: req.Version, Arch: req.Arch, TotalVCPUs: req.VCPUs, TotalMemoryMB: req.MemoryMB, TotalDiskMB: req.DiskMB,
+			CertSerial: cert.Serial, CertExpiresAt: pgtype.Timestamptz{Time: cert.NotAfter, Valid: true}, RegisteredAt: h.now()})
 		if err != nil {
 			return fmt.Errorf("complete the registration: %w", err)
 		}
