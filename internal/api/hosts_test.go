@@ -433,7 +433,7 @@ func TestHostLifecycleOverHTTP(t *testing.T) {
 		srv.EnableHTTP2 = true
 		srv.TLS = cfg
 		srv.StartTLS()
-		defer srv.Close()
+		defer func() { srv.CloseClientConnections(); srv.Close() }()
 
 		var del hostDeletionJSON
 		if c := e.do(t, "DELETE", "/v1/hosts/"+hostID+"?force=true", adminJWT, nil, &del); c != 200 {

@@ -340,7 +340,7 @@ func TestAgentClientMutualTLS(t *testing.T) {
 		srv.EnableHTTP2 = true
 		srv.TLS = cfg
 		srv.StartTLS()
-		t.Cleanup(srv.Close)
+		t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
 		t.Cleanup(func() {
 			if seenCN != "" && seenCN != pki.ClientCommonName {
 				t.Errorf("the agent saw client CN %q", seenCN)
@@ -348,6 +348,12 @@ func TestAgentClientMutualTLS(t *testing.T) {
 		})
 		return srv.URL
 	}
+	otherKey := p256(t)
+	otherIss, err := ca.IssueHost(csr(t, otherKey, nil, nil), "127.0.0.1:7444")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherHost := tls.Certificate{Certificate: [][]byte{otherIss.Cert.Raw}, PrivateKey: otherKey, Leaf: otherIss.Cert}
 	call := func(url string, tlsCfg *tls.Config) error {
 		c, err := agentclient.New(agentclient.Endpoint{URL: url, Token: "t", TLS: tlsCfg})
 		if err != nil {
@@ -366,6 +372,11 @@ func TestAgentClientMutualTLS(t *testing.T) {
 		{"declared address, client certificate", "127.0.0.1:7443", func() *tls.Config { return ca.AgentClientTLS(cc) }, true},
 		{"certified for another address", "127.0.0.2:7443", func() *tls.Config { return ca.AgentClientTLS(cc) }, false},
 		{"no client certificate", "127.0.0.1:7443", func() *tls.Config { return &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13} }, false},
+		// Another host's server certificate, from the same CA, does not
+		// pass for the control plane's (server auth only).
+		{"a host certificate as the client's", "127.0.0.1:7443", func() *tls.Config {
+			return &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{otherHost}}
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := call(serve(t, tc.declared), tc.tls())
