@@ -19,9 +19,6 @@ import (
 // what they do are public (this document), so hiding them would hide
 // nothing. The refusal comes before anything else is read or checked.
 
-// hostIDPrefix is the wire prefix of a host's ID.
-const hostIDPrefix = "host-"
-
 // registerAdmin registers the /v1/admin routes.
 func (s *Server) registerAdmin() {
 	s.handle("GET /v1/admin/teams", s.adminAuthed(s.adminListTeams))
@@ -246,7 +243,7 @@ func (s *Server) adminListHosts(w http.ResponseWriter, r *http.Request, p servic
 	}
 	out := make([]adminHostJSON, len(items))
 	for i, h := range items {
-		out[i] = adminHostJSON{ID: wireid.Format(hostIDPrefix, h.ID), Name: h.Name, TeamID: wireid.Format(wireid.Team, h.TeamID),
+		out[i] = adminHostJSON{ID: wireid.Format(wireid.Host, h.ID), Name: h.Name, TeamID: wireid.Format(wireid.Team, h.TeamID),
 			TeamName: h.TeamName, BYOC: h.TeamID != store.PlatformTeamID, Address: h.Address, Status: h.Status, Version: h.Version,
 			Arch: h.Arch, TotalVCPUs: h.TotalVCPUs, TotalMemoryMB: h.TotalMemoryMB, TotalDiskMB: h.TotalDiskMB,
 			SandboxCount: h.SandboxCount, LastHeartbeatAt: tsPtr(h.LastHeartbeatAt.Valid, h.LastHeartbeatAt.Time),

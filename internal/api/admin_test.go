@@ -480,16 +480,16 @@ func TestAdminListRoutes(t *testing.T) {
 		}
 		got := map[string]adminHostJSON{}
 		for _, h := range p.Hosts {
-			if !strings.HasPrefix(h.ID, hostIDPrefix) {
+			if !strings.HasPrefix(h.ID, wireid.Host) {
 				t.Errorf("host ID %q", h.ID)
 			}
 			got[h.Name] = h
 		}
-		if h := got["byoc-1"]; h.ID != wireid.Format(hostIDPrefix, byocHost) || h.TeamID != owner.team || h.TeamName != ownerTeam.Name || !h.BYOC || h.SandboxCount != 1 ||
+		if h := got["byoc-1"]; h.ID != wireid.Format(wireid.Host, byocHost) || h.TeamID != owner.team || h.TeamName != ownerTeam.Name || !h.BYOC || h.SandboxCount != 1 ||
 			h.TotalVCPUs != 4 || h.Status != "online" || h.LastHeartbeatAt == nil {
 			t.Errorf("BYOC host: %+v", h)
 		}
-		if h := got["platform-1"]; h.ID != wireid.Format(hostIDPrefix, platformHost) || h.TeamID != platform || h.TeamName != "Platform" || h.BYOC || h.SandboxCount != 0 {
+		if h := got["platform-1"]; h.ID != wireid.Format(wireid.Host, platformHost) || h.TeamID != platform || h.TeamName != "Platform" || h.BYOC || h.SandboxCount != 0 {
 			t.Errorf("platform host: %+v", h)
 		}
 		var walked []adminHostJSON

@@ -39,7 +39,7 @@ func newAPIWith(t *testing.T, agentURL, agentToken string, edit func(*Config)) *
 	t.Helper()
 	se := servicetest.New(t, agentURL, agentToken)
 	st, acc, sbx := se.Store, se.Accounts, se.Sandboxes
-	cfg := Config{Accounts: acc, Sandboxes: sbx, Audit: se.Audit, Store: st,
+	cfg := Config{Accounts: acc, Sandboxes: sbx, Audit: se.Audit, Store: st, Hosts: se.Hosts,
 		LoginEmailLimit: auth.RateLimit{Burst: 3, Interval: time.Hour}, SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}}
 	if edit != nil {
 		edit(&cfg)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -232,4 +233,193 @@ func cmpBool(a, b bool) int {
 		return 1
 	}
 	return -1
+}
+
+// TestHostAuthorizationMatrix: who may do what to which host. Regular
+// hosts are the platform administrators'; a BYOC host is its team's
+// (owners and admins manage, members see); anyone else gets 404 for it,
+// and a refused request changes nothing.
+func TestHostAuthorizationMatrix(t *testing.T) {
+	e := newHostAPI(t)
+	adminJWT, _ := e.admin(t, "root@example.com")
+	ownerJWT, ownerKey, byocTeam := e.account(t, "owner@example.com")
+	e.enableBYOC(t, byocTeam)
+	teamAdminJWT := e.member(t, ownerJWT, byocTeam, "teamadmin@example.com", "admin")
+	memberJWT := e.member(t, ownerJWT, byocTeam, "member@example.com", "member")
+	outsiderJWT, _, outsiderTeam := e.account(t, "outsider@example.com")
+	e.enableBYOC(t, outsiderTeam)
+	plainJWT, _, _ := e.account(t, "plain@example.com") // a team without BYOC
+
+	create := func(t *testing.T, jwt, name, typ string) (createdHostJSON, int) {
+		t.Helper()
+		var c createdHostJSON
+		code := e.do(t, "POST", "/v1/hosts", jwt, map[string]any{"name": name, "type": typ, "address": "192.0.2.1:7443"}, &c)
+		return c, code
+	}
+	t.Run("create", func(t *testing.T) {
+		for _, tc := range []struct {
+			who, jwt, typ string
+			want          int
+		}{
+			{"owner regular", ownerJWT, "regular", 403},
+			{"outsider regular", outsiderJWT, "regular", 403},
+			{"member byoc", memberJWT, "byoc", 403},
+			{"team without BYOC", plainJWT, "byoc", 403},
+			{"bad type", ownerJWT, "other", 400},
+			{"API key", ownerKey, "byoc", 403},
+		} {
+			if _, c := create(t, tc.jwt, "refused-"+strings.ToLower(strings.ReplaceAll(tc.who, " ", "-")), tc.typ); c != tc.want {
+				t.Errorf("%s: %d, want %d", tc.who, c, tc.want)
+			}
+		}
+		var n int
+		if err := e.st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM hosts WHERE name LIKE 'refused-%'").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("refused creates made %d hosts (%v)", n, err)
+		}
+		if _, c := create(t, teamAdminJWT, "byoc-by-admin", "byoc"); c != 201 {
+			t.Fatalf("team admin byoc: %d", c)
+		}
+	})
+	regular, c := create(t, adminJWT, "regular-1", "regular")
+	if c != 201 {
+		t.Fatalf("admin regular: %d", c)
+	}
+	byoc, c := create(t, ownerJWT, "byoc-1", "byoc")
+	if c != 201 || byoc.Host.Type != "byoc" || byoc.Host.TeamID != byocTeam {
+		t.Fatalf("owner byoc: %d %+v", c, byoc.Host)
+	}
+	if _, c := create(t, ownerJWT, "byoc-1", "byoc"); c != 409 {
+		t.Fatalf("a second host of the same name: %d, want 409", c)
+	}
+
+	t.Run("list", func(t *testing.T) {
+		names := func(jwt string) string {
+			var l struct {
+				Hosts []hostJSON `json:"hosts"`
+			}
+			if c := e.do(t, "GET", "/v1/hosts", jwt, nil, &l); c != 200 {
+				t.Fatalf("list: %d", c)
+			}
+			var out []string
+			for _, h := range l.Hosts {
+				out = append(out, h.Name)
+			}
+			return strings.Join(out, ",")
+		}
+		for _, tc := range []struct{ who, jwt, want string }{
+			{"admin", adminJWT, "byoc-1,byoc-by-admin,local,regular-1"},
+			{"owner", ownerJWT, "byoc-1,byoc-by-admin"},
+			{"member", memberJWT, "byoc-1,byoc-by-admin"},
+			{"outsider", outsiderJWT, ""},
+		} {
+			if got := names(tc.jwt); got != tc.want {
+				t.Errorf("%s sees %q, want %q", tc.who, got, tc.want)
+			}
+		}
+		if c := e.do(t, "GET", "/v1/hosts", ownerKey, nil, nil); c != 403 {
+			t.Errorf("API key: %d, want 403", c)
+		}
+	})
+
+	// The routes of one host, walked from the live route table (a new
+	// route is covered the day it is added): a member of the host's team
+	// may only read it; everyone else of another team, and anyone but an
+	// administrator for a regular host, gets the answer of a missing host.
+	type call struct {
+		route, method, suffix string
+		memberReads           bool
+	}
+	var calls []call
+	for _, route := range e.h.Routes() {
+		method, pattern, _ := strings.Cut(route, " ")
+		suffix, ok := strings.CutPrefix(pattern, "/v1/hosts/{id}")
+		if !ok {
+			continue
+		}
+		calls = append(calls, call{route: route, method: method, suffix: suffix, memberReads: route == "GET /v1/hosts/{id}"})
+	}
+	if len(calls) < 5 {
+		t.Fatalf("only %d host routes walked", len(calls))
+	}
+	bodies := map[string]any{"PATCH /v1/hosts/{id}": map[string]any{"tags": []string{"x"}}}
+	for _, tc := range []struct {
+		host string
+		who  string
+		jwt  string
+		// want is the answer to every route, member the answer to the
+		// routes a member may use (0: want).
+		want, member int
+	}{
+		{regular.Host.ID, "owner on regular", ownerJWT, 404, 0},
+		{regular.Host.ID, "member on regular", memberJWT, 404, 0},
+		{byoc.Host.ID, "outsider on byoc", outsiderJWT, 404, 0},
+		{byoc.Host.ID, "owner of a team without BYOC on byoc", plainJWT, 404, 0},
+		{byoc.Host.ID, "member on byoc", memberJWT, 403, 200},
+		{byoc.Host.ID, "API key on byoc", ownerKey, 403, 0},
+	} {
+		t.Run(tc.who, func(t *testing.T) {
+			before := e.hostRow(t, tc.host)
+			missing := "host-" + strings.Repeat("f", 32)
+			for _, cl := range calls {
+				want := tc.want
+				if cl.memberReads && tc.member != 0 {
+					want = tc.member
+				}
+				if c := e.do(t, cl.method, "/v1/hosts/"+tc.host+cl.suffix, tc.jwt, bodies[cl.route], nil); c != want {
+					t.Errorf("%s: %d, want %d", cl.route, c, want)
+				}
+				if want == 404 {
+					if c := e.do(t, cl.method, "/v1/hosts/"+missing+cl.suffix, tc.jwt, bodies[cl.route], nil); c != 404 {
+						t.Errorf("%s on a missing host: %d, want the same 404", cl.route, c)
+					}
+				}
+			}
+			after := e.hostRow(t, tc.host)
+			if !after.UpdatedAt.Equal(before.UpdatedAt) || string(after.RegistrationTokenHash) != string(before.RegistrationTokenHash) {
+				t.Fatal("refused requests changed the host")
+			}
+		})
+	}
+	for _, tc := range []struct {
+		host, who, jwt string
+	}{
+		{byoc.Host.ID, "team admin on byoc", teamAdminJWT},
+		{byoc.Host.ID, "owner on byoc", ownerJWT},
+		{byoc.Host.ID, "platform admin on byoc", adminJWT},
+		{regular.Host.ID, "platform admin on regular", adminJWT},
+	} {
+		t.Run(tc.who, func(t *testing.T) {
+			if c := e.do(t, "GET", "/v1/hosts/"+tc.host, tc.jwt, nil, nil); c != 200 {
+				t.Errorf("GET: %d", c)
+			}
+			if c := e.do(t, "PATCH", "/v1/hosts/"+tc.host, tc.jwt, map[string]any{"tags": []string{"by-" + strings.Fields(tc.who)[0]}}, nil); c != 200 {
+				t.Errorf("PATCH: %d", c)
+			}
+			if c := e.do(t, "GET", "/v1/hosts/"+tc.host+"/delete-preview", tc.jwt, nil, nil); c != 200 {
+				t.Errorf("delete-preview: %d", c)
+			}
+			if c := e.do(t, "POST", "/v1/hosts/"+tc.host+"/token", tc.jwt, nil, nil); c != 201 {
+				t.Errorf("token: %d", c)
+			}
+		})
+	}
+	t.Run("delete", func(t *testing.T) {
+		if c := e.do(t, "DELETE", "/v1/hosts/"+byoc.Host.ID, ownerJWT, nil, nil); c != 200 {
+			t.Fatalf("owner deletes the BYOC host: %d", c)
+		}
+		if c := e.do(t, "DELETE", "/v1/hosts/"+regular.Host.ID, adminJWT, nil, nil); c != 200 {
+			t.Fatalf("admin deletes the regular host: %d", c)
+		}
+		var local struct {
+			Hosts []hostJSON `json:"hosts"`
+		}
+		e.do(t, "GET", "/v1/hosts", adminJWT, nil, &local)
+		for _, h := range local.Hosts {
+			if h.Name == service.LocalHost {
+				if c := e.do(t, "DELETE", "/v1/hosts/"+h.ID+"?force=true", adminJWT, nil, nil); c != 409 {
+					t.Fatalf("delete the embedded host: %d, want 409", c)
+				}
+			}
+		}
+	})
 }

@@ -26,8 +26,18 @@
 // included, gets 403 before anything else is checked. 403 rather than
 // 404: the routes are documented, so hiding them would hide nothing.
 //
-// IDs: users, teams, API keys, invitations and hosts travel as prefixed
-// IDs (usr-…, team-…, key-…, inv-…, host-…, see internal/wireid), converted only here. A sandbox's ID on the
+// Hosts (hosts.go): /v1/hosts and /v1/hosts/{id}… are session-only
+// routes; the platform administrator flag and team roles come from the
+// database (service.Hosts). The agents' calls (/v1/hosts/register,
+// /refresh, /heartbeat: internal/hostapi) take no user credential: the
+// registration or refresh token travels in the body, the heartbeat takes
+// the host's access JWT, which no user route accepts (nor does the
+// heartbeat accept a session or an API key). A refused DELETE names the
+// host's live sandboxes in its 409 message (at most 20; the full list is
+// at delete-preview): the error keeps the one JSON shape.
+//
+// IDs: users, teams, API keys, invitations and hosts travel as prefixed IDs
+// (usr-…, team-…, key-…, inv-…, host-…, see internal/wireid), converted only here. A sandbox's ID on the
 // wire is its bare 32 lowercase hex digits, the [a-z0-9] form of E2B's
 // sandbox IDs, so that the native API, the E2B facade and the host agent
 // all name a sandbox the same way.

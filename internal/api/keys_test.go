@@ -44,7 +44,7 @@ func (c *testClock) Advance(d time.Duration) {
 func newAPIPolicy(t *testing.T, policy service.SignupPolicy, clock *testClock) (*apiEnv, *servicetest.Env) {
 	t.Helper()
 	se := servicetest.NewWith(t, "", "", func(c *service.ServicesConfig) { c.Signup, c.Now = policy, clock.Now })
-	h, err := New(Config{Accounts: se.Accounts, Sandboxes: se.Sandboxes, Audit: se.Audit, Store: se.Store, Teams: se.Teams,
+	h, err := New(Config{Accounts: se.Accounts, Sandboxes: se.Sandboxes, Audit: se.Audit, Store: se.Store, Teams: se.Teams, Hosts: se.Hosts,
 		SignupLimit: auth.RateLimit{Burst: 100, Interval: time.Hour}})
 	if err != nil {
 		t.Fatal(err)

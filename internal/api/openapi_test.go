@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/capsulehq/capsule/internal/hostapi"
 )
 
 // The OpenAPI document as the tests read it.
@@ -383,6 +385,20 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"SetUserDisabledRequest", disabledJSON{}, false},
 		{"AdminHost", adminHostJSON{}, true},
 		{"AdminAuditLog", adminAuditLogJSON{}, true},
+		{"Host", hostJSON{}, true},
+		{"HostResources", hostResourcesJSON{}, true},
+		{"CreateHostRequest", createHostJSON{}, false},
+		{"CreatedHost", createdHostJSON{}, true},
+		{"UpdateHostRequest", updateHostJSON{}, false},
+		{"HostSandbox", hostSandboxJSON{}, true},
+		{"HostDeletion", hostDeletionJSON{}, true},
+		{"HostRegisterRequest", hostapi.RegisterRequest{}, false},
+		{"HostRegisterResponse", hostapi.RegisterResponse{}, true},
+		{"HostCredentials", hostapi.Credentials{}, true},
+		{"HostRefreshRequest", hostapi.RefreshRequest{}, false},
+		{"HostHeartbeat", hostapi.Heartbeat{}, false},
+		{"HostHeartbeatResponse", hostapi.HeartbeatResponse{}, true},
+		{"HostResources", hostapi.Resources{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

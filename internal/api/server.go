@@ -34,6 +34,9 @@ type Config struct {
 	// Admin serves /v1/admin (a new one over Store, Teams, Sandboxes and
 	// Audit when nil).
 	Admin *service.Admin
+	// Hosts manages the host records and answers the agents'
+	// registration, refresh and heartbeat (required).
+	Hosts *service.Hosts
 	// OAuth holds the login providers (none when nil); OAuthStates, which
 	// guards their flows, is required with it.
 	OAuth       *oauth.Registry
@@ -68,8 +71,8 @@ type Server struct {
 
 // New returns the API handler.
 func New(cfg Config) (*Server, error) {
-	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil {
-		return nil, errors.New("api: accounts, sandboxes, audit and store are required")
+	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil || cfg.Hosts == nil {
+		return nil, errors.New("api: accounts, sandboxes, audit, hosts and store are required")
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, admin: cfg.Admin, oauth: cfg.OAuth}
 	if s.log == nil {
@@ -183,6 +186,7 @@ func (s *Server) register() {
 	s.handle("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
 	// A callback costs calls to the provider: limited as logins are.
 	s.handle("GET /v1/auth/oauth/{provider}/callback", s.loginIP.Middleware(ip)(http.HandlerFunc(s.oauthCallback)))
+	s.registerHostRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})

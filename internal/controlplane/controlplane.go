@@ -117,7 +117,15 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	pool := agentclient.NewPool(agentclient.Options{Log: log})
+	// Registered hosts (by wire ID) resolve through the hosts table, with
+	// mutual TLS from the internal CA; the services exist only below.
+	var hosts *service.Hosts
+	pool := agentclient.NewPool(agentclient.Options{Log: log, Resolve: func(ctx context.Context, id string) (agentclient.Endpoint, error) {
+		if hosts == nil {
+			return agentclient.Endpoint{}, fmt.Errorf("%w: %s", agentclient.ErrUnknownHost, id)
+		}
+		return hosts.Resolve(ctx, id)
+	}})
 	defer func() {
 		if err != nil {
 			pool.Close()
@@ -138,6 +146,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
+	hosts = svc.Hosts
 	cp = &ControlPlane{Services: svc, cfg: cfg, log: log}
 	providers, states, err := NewOAuth(cfg.OAuth, cfg.Secret)
 	if err != nil {
@@ -146,7 +155,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	for _, name := range providers.Names() {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
-	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Store: st,
+	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -72,6 +73,24 @@ func TestNewWiresOneServer(t *testing.T) {
 	defer cp.Close()
 	if ep, err := cp.Agents.Endpoint(ctx, service.LocalHost); err != nil || ep != cfg.Agents[service.LocalHost] {
 		t.Fatalf("pool endpoint = %+v, %v; want %+v", ep, err, cfg.Agents[service.LocalHost])
+	}
+	// A host created through the hosts service resolves by its wire ID to
+	// its declared address, with the internal CA's mutual TLS.
+	admin, err := cp.Accounts.Signup(ctx, service.Signup{Email: "root@example.com", Password: "correct horse battery", IsAdmin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := cp.Hosts.Create(ctx, service.Principal{UserID: admin.User.ID, TeamID: admin.Team.ID, Role: admin.Role},
+		service.CreateHost{Name: "host-a", Type: service.HostRegular, Address: "192.0.2.7:7443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := cp.Agents.Endpoint(ctx, service.HostID(h.ID))
+	if err != nil || ep.URL != "https://192.0.2.7:7443" || ep.TLS == nil || ep.TLS.RootCAs == nil || ep.TLS.GetClientCertificate == nil {
+		t.Fatalf("a registered host's endpoint = %+v, %v", ep, err)
+	}
+	if _, err := cp.Agents.Endpoint(ctx, "host-"+strings.Repeat("0", 32)); !errors.Is(err, agentclient.ErrUnknownHost) {
+		t.Fatalf("an unknown host's endpoint: %v", err)
 	}
 	if cp.SandboxDomain != "localhost:8081" {
 		t.Fatalf("sandbox domain %q, want localhost:8081", cp.SandboxDomain)

@@ -21,7 +21,10 @@
 //	     (it pauses its sandboxes and waits for a new registration token)
 //	403  the token is valid but the host may not do this (e.g. it is offline)
 //	404  the host record was deleted → the agent destroys its sandboxes and exits
+//	     (the heartbeat says so: a deleted host's refresh tokens are gone
+//	     with it, so a refresh answers 401)
 //	409  the registration token was already used
+//	400  the request is malformed (e.g. a bad CSR); nothing was consumed
 //
 // The other direction is mutual TLS. The agent serves hostagent.v1 (and
 // its traffic proxy) over HTTPS with the server certificate it received

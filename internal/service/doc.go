@@ -76,4 +76,28 @@
 // and disables or re-enables users (never oneself, never the last active
 // admin: the active admins' rows are locked together). Every change is
 // audited with scope admin and the admin as the actor.
+//
+// Hosts (hosts.go): a host is created by a platform administrator
+// (regular: the platform team's) or by an owner or admin of a team with
+// BYOC enabled (byoc: that team's), pending, with a one-time registration
+// token (chreg_, its SHA-256 stored, 24 h, regenerable while pending) and
+// the address the control plane will dial (HOST:PORT). users.is_admin and
+// the caller's role are read from the database on every call; another
+// team's host, and a regular host for a non-administrator, is ErrNotFound.
+// The agent's side is internal/hostapi: Register consumes the token under
+// the host's row lock (a used token ErrConflict, an unknown or expired one
+// ErrUnauthorized, bad input ErrInvalid with nothing consumed), records
+// what the agent reports but never its address, has the internal CA
+// (internal/pki) certify the declared address from the agent's CSR, and
+// issues a host JWT (auth.HostTokens: its own key and audience, so never a
+// user session) and a refresh token of a new family; Refresh stores the
+// new refresh token before it revokes the old one (one transaction) and,
+// when a revoked token comes back, revokes its whole family; Heartbeat
+// makes a pending or unreachable host online (draining stays), keeps the
+// reported usage and renews the certificate on a CSR. Deleting a host
+// with live sandboxes is ErrConflict unless forced (drain, destroy each on
+// the agent when reachable, mark its record stopped); the row is removed,
+// so the agent's next heartbeat is ErrNotFound, and the agent is evicted
+// from the pool. Hosts.Resolve is the agentclient.Resolver of registered
+// hosts: https://ADDRESS with the CA's mutual TLS.
 package service

@@ -10,6 +10,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/pki"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -48,6 +49,10 @@ type Services struct {
 	Sandboxes *Sandboxes
 	Teams     *Teams
 	Admin     *Admin
+	// Hosts are the host records, their agents' registration,
+	// credentials and heartbeats (hosts.go); CA is the internal CA.
+	Hosts *Hosts
+	CA    *pki.CA
 }
 
 // NewServices builds the services of cfg.
@@ -73,6 +78,13 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 	}
 	if s.Sandboxes, err = NewSandboxes(ctx, SandboxesConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret,
 		Quotas: cfg.Quotas, Audit: s.Audit, Log: cfg.Log}); err != nil {
+		return nil, err
+	}
+	if s.CA, err = pki.Load(ctx, cfg.Store.Queries(), cfg.Secret, pki.Options{Now: cfg.Now}); err != nil {
+		return nil, fmt.Errorf("service: %w", err)
+	}
+	if s.Hosts, err = NewHosts(HostsConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret, CA: s.CA, Audit: s.Audit,
+		Now: cfg.Now, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {

@@ -27,21 +27,36 @@ type AuditLog struct {
 }
 
 type Host struct {
-	ID                    pgtype.UUID        `json:"id"`
-	TeamID                pgtype.UUID        `json:"team_id"`
-	Name                  string             `json:"name"`
-	Address               string             `json:"address"`
-	Status                string             `json:"status"`
-	Version               string             `json:"version"`
-	Arch                  string             `json:"arch"`
-	TotalVCPUs            int32              `json:"total_vcpus"`
-	TotalMemoryMB         int64              `json:"total_memory_mb"`
-	TotalDiskMB           int64              `json:"total_disk_mb"`
-	Labels                json.RawMessage    `json:"labels"`
-	RegistrationTokenHash []byte             `json:"registration_token_hash"`
-	LastHeartbeatAt       pgtype.Timestamptz `json:"last_heartbeat_at"`
-	CreatedAt             time.Time          `json:"created_at"`
-	UpdatedAt             time.Time          `json:"updated_at"`
+	ID                         pgtype.UUID        `json:"id"`
+	TeamID                     pgtype.UUID        `json:"team_id"`
+	Name                       string             `json:"name"`
+	Address                    string             `json:"address"`
+	Status                     string             `json:"status"`
+	Version                    string             `json:"version"`
+	Arch                       string             `json:"arch"`
+	TotalVCPUs                 int32              `json:"total_vcpus"`
+	TotalMemoryMB              int64              `json:"total_memory_mb"`
+	TotalDiskMB                int64              `json:"total_disk_mb"`
+	Labels                     json.RawMessage    `json:"labels"`
+	RegistrationTokenHash      []byte             `json:"registration_token_hash"`
+	LastHeartbeatAt            pgtype.Timestamptz `json:"last_heartbeat_at"`
+	CreatedAt                  time.Time          `json:"created_at"`
+	UpdatedAt                  time.Time          `json:"updated_at"`
+	Tags                       []string           `json:"tags"`
+	ClaimedAddress             string             `json:"claimed_address"`
+	RegistrationTokenIssuedAt  pgtype.Timestamptz `json:"registration_token_issued_at"`
+	RegistrationTokenExpiresAt pgtype.Timestamptz `json:"registration_token_expires_at"`
+	RegistrationTokenUsedAt    pgtype.Timestamptz `json:"registration_token_used_at"`
+	RegisteredAt               pgtype.Timestamptz `json:"registered_at"`
+	UsedVCPUs                  int32              `json:"used_vcpus"`
+	UsedMemoryMB               int64              `json:"used_memory_mb"`
+	UsedDiskMB                 int64              `json:"used_disk_mb"`
+	RunningSandboxes           int32              `json:"running_sandboxes"`
+	PausedSandboxes            int32              `json:"paused_sandboxes"`
+	SandboxCount               int32              `json:"sandbox_count"`
+	CertSerial                 string             `json:"cert_serial"`
+	CertExpiresAt              pgtype.Timestamptz `json:"cert_expires_at"`
+	CreatedBy                  pgtype.UUID        `json:"created_by"`
 }
 
 type HostRefreshToken struct {
@@ -52,6 +67,14 @@ type HostRefreshToken struct {
 	ExpiresAt  time.Time          `json:"expires_at"`
 	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
 	ReplacedBy pgtype.UUID        `json:"replaced_by"`
+	FamilyID   pgtype.UUID        `json:"family_id"`
+}
+
+type InternalCa struct {
+	ID        int32     `json:"id"`
+	CertPem   string    `json:"cert_pem"`
+	KeySealed []byte    `json:"key_sealed"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 type Membership struct {

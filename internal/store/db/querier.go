@@ -41,6 +41,10 @@ type Querier interface {
 	// running and still past its deadline at now (activity since the listing,
 	// or another replica's reaper, make it no row).
 	ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandboxParams) (Sandbox, error)
+	// Consumes the registration token and records what the agent reported;
+	// address (the declared one) is left alone. registered_at is the service's
+	// clock (the access tokens' iat is compared with it).
+	CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
@@ -51,11 +55,16 @@ type Querier interface {
 	CountTeamStoredUsage(ctx context.Context, teamID pgtype.UUID) (CountTeamStoredUsageRow, error)
 	CountUsers(ctx context.Context) (int64, error)
 	CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (TeamAPIKey, error)
+	// Hosts created by an administrator and registered by their agent (issue 11).
+	// A pending host with its registration token (hash only). A name in use:
+	// a unique violation (store.ErrConflict).
+	CreateHostRecord(ctx context.Context, arg CreateHostRecordParams) (Host, error)
 	CreateInvitation(ctx context.Context, arg CreateInvitationParams) (TeamInvitation, error)
 	// slug NULL: a random one (team_slug()). A slug collision is a unique
 	// violation (store.ErrConflict): retry.
 	CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, error)
 	CreateUser(ctx context.Context, arg CreateUserParams) (User, error)
+	DeleteHostRecord(ctx context.Context, id pgtype.UUID) (int64, error)
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
@@ -78,6 +87,7 @@ type Querier interface {
 	// member and the team is live, else the oldest live membership.
 	GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID) (GetDefaultTeamForUserRow, error)
 	GetHost(ctx context.Context, id pgtype.UUID) (Host, error)
+	GetInternalCA(ctx context.Context) (InternalCa, error)
 	// The user's role in a live team: the basis of every authorization decision.
 	GetMembership(ctx context.Context, arg GetMembershipParams) (Membership, error)
 	GetOAuthProvider(ctx context.Context, arg GetOAuthProviderParams) (OAuthProvider, error)
@@ -97,9 +107,15 @@ type Querier interface {
 	GetUser(ctx context.Context, id pgtype.UUID) (User, error)
 	// E-mail addresses compare case-insensitively.
 	GetUserByEmail(ctx context.Context, email string) (User, error)
+	// Whether a user is a platform administrator, read on every call that
+	// needs it (never from a token).
+	GetUserIsAdmin(ctx context.Context, id pgtype.UUID) (bool, error)
 	// An unreachable or offline host that beats again is online; draining stays.
 	HeartbeatHost(ctx context.Context, id pgtype.UUID) (Host, error)
 	InsertAuditLog(ctx context.Context, arg InsertAuditLogParams) (AuditLog, error)
+	InsertHostRefreshToken(ctx context.Context, arg InsertHostRefreshTokenParams) (HostRefreshToken, error)
+	// The first start's CA; another replica's won when no row was inserted.
+	InsertInternalCA(ctx context.Context, arg InsertInternalCAParams) (int64, error)
 	// id NULL: generated. end_at is set when the sandbox enters running.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
 	// A new template of a team with the given id (the host knows its files by
@@ -112,6 +128,7 @@ type Querier interface {
 	// Hosts that may take new sandboxes: online with a heartbeat in the last
 	// stale_seconds.
 	ListActiveHosts(ctx context.Context, staleSeconds float64) ([]Host, error)
+	ListAllHosts(ctx context.Context) ([]Host, error)
 	// A team's events newest first, keyset-paginated on (created_at, id), at most
 	// 200 a page. Each filter list empty: no filter; scopes ['team'] is what a
 	// plain member may see.
@@ -119,6 +136,8 @@ type Querier interface {
 	// Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
 	// deadline first.
 	ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error)
+	// What deleting a host affects: its sandboxes that are not stopped.
+	ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID) ([]Sandbox, error)
 	// A team's invitations, newest first (redeemed and expired ones included).
 	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
@@ -129,6 +148,7 @@ type Querier interface {
 	ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error)
 	// A host's sandboxes (states empty: any), for reconciliation.
 	ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHostParams) ([]Sandbox, error)
+	ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host, error)
 	ListTeamMembers(ctx context.Context, teamID pgtype.UUID) ([]ListTeamMembersRow, error)
 	// The user's live teams with the user's role in each, oldest membership first.
 	ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]ListTeamsForUserRow, error)
@@ -139,6 +159,10 @@ type Querier interface {
 	// Locks every active platform admin's row, in ID order (two admins
 	// disabling each other serialize here), and returns their IDs.
 	LockActiveAdmins(ctx context.Context) ([]pgtype.UUID, error)
+	LockHost(ctx context.Context, id pgtype.UUID) (Host, error)
+	// The host a registration token belongs to, locked for its consumption.
+	LockHostByRegistrationToken(ctx context.Context, tokenHash []byte) (Host, error)
+	LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.
@@ -153,6 +177,9 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// A heartbeat: pending and unreachable hosts become online, draining and
+	// offline stay as they are.
+	RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error)
 	RedeemInvitation(ctx context.Context, arg RedeemInvitationParams) (int64, error)
 	// An agent announcing itself (on every start): creates the host or updates
 	// the one of that name, and marks it online (a draining host stays
@@ -170,10 +197,20 @@ type Querier interface {
 	// Revokes the live keys that a user created in a team (the user leaves it
 	// or is removed from it).
 	RevokeAPIKeysOfCreator(ctx context.Context, arg RevokeAPIKeysOfCreatorParams) ([]TeamAPIKey, error)
+	// A revoked token was presented again: every token of its family dies.
+	RevokeHostRefreshFamily(ctx context.Context, familyID pgtype.UUID) (int64, error)
+	// Rotation: the old token, once its successor is stored.
+	RevokeHostRefreshToken(ctx context.Context, arg RevokeHostRefreshTokenParams) error
+	// A new registration of the host: the credentials of the old one die.
+	RevokeHostRefreshTokens(ctx context.Context, hostID pgtype.UUID) (int64, error)
 	// The add-member typeahead. LIKE metacharacters (\ % _) in prefix are escaped
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.
 	SearchUsersByEmailPrefix(ctx context.Context, arg SearchUsersByEmailPrefixParams) ([]SearchUsersByEmailPrefixRow, error)
+	SetHostCertificate(ctx context.Context, arg SetHostCertificateParams) error
+	// A new registration token for a host that is still pending (no row
+	// otherwise).
+	SetHostRegistrationToken(ctx context.Context, arg SetHostRegistrationTokenParams) (Host, error)
 	// Where a running sandbox's envd is (run in the transaction that made it
 	// running).
 	SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error)
@@ -199,6 +236,9 @@ type Querier interface {
 	// TouchSandbox for callers that checked the team already (exec, files):
 	// one UPDATE, no row returned.
 	TouchSandboxByID(ctx context.Context, id pgtype.UUID) (int64, error)
+	// An administrator's change of tags and status (the caller checks the
+	// transition).
+	UpdateHostSettings(ctx context.Context, arg UpdateHostSettingsParams) (Host, error)
 	// An optimistic transition: only from one of expected_states (no row: the
 	// sandbox is gone or in another state; store.TransitionSandbox tells which).
 	// Entering running starts the TTL (end_at = now + timeout_sec) and the

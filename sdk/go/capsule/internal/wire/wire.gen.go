@@ -41,6 +41,99 @@ func (e AddMemberRequestRole) Valid() bool {
 	}
 }
 
+// Defines values for AdminAuditLogActorType.
+const (
+	AdminAuditLogActorTypeApiKey AdminAuditLogActorType = "api_key"
+	AdminAuditLogActorTypeHost   AdminAuditLogActorType = "host"
+	AdminAuditLogActorTypeSystem AdminAuditLogActorType = "system"
+	AdminAuditLogActorTypeUser   AdminAuditLogActorType = "user"
+)
+
+// Valid indicates whether the value is a known member of the AdminAuditLogActorType enum.
+func (e AdminAuditLogActorType) Valid() bool {
+	switch e {
+	case AdminAuditLogActorTypeApiKey:
+		return true
+	case AdminAuditLogActorTypeHost:
+		return true
+	case AdminAuditLogActorTypeSystem:
+		return true
+	case AdminAuditLogActorTypeUser:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AdminAuditLogScope.
+const (
+	AdminAuditLogScopeAdmin AdminAuditLogScope = "admin"
+	AdminAuditLogScopeTeam  AdminAuditLogScope = "team"
+)
+
+// Valid indicates whether the value is a known member of the AdminAuditLogScope enum.
+func (e AdminAuditLogScope) Valid() bool {
+	switch e {
+	case AdminAuditLogScopeAdmin:
+		return true
+	case AdminAuditLogScopeTeam:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AdminAuditLogStatus.
+const (
+	AdminAuditLogStatusError   AdminAuditLogStatus = "error"
+	AdminAuditLogStatusInfo    AdminAuditLogStatus = "info"
+	AdminAuditLogStatusSuccess AdminAuditLogStatus = "success"
+	AdminAuditLogStatusWarning AdminAuditLogStatus = "warning"
+)
+
+// Valid indicates whether the value is a known member of the AdminAuditLogStatus enum.
+func (e AdminAuditLogStatus) Valid() bool {
+	switch e {
+	case AdminAuditLogStatusError:
+		return true
+	case AdminAuditLogStatusInfo:
+		return true
+	case AdminAuditLogStatusSuccess:
+		return true
+	case AdminAuditLogStatusWarning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AdminHostStatus.
+const (
+	AdminHostStatusDraining    AdminHostStatus = "draining"
+	AdminHostStatusOffline     AdminHostStatus = "offline"
+	AdminHostStatusOnline      AdminHostStatus = "online"
+	AdminHostStatusPending     AdminHostStatus = "pending"
+	AdminHostStatusUnreachable AdminHostStatus = "unreachable"
+)
+
+// Valid indicates whether the value is a known member of the AdminHostStatus enum.
+func (e AdminHostStatus) Valid() bool {
+	switch e {
+	case AdminHostStatusDraining:
+		return true
+	case AdminHostStatusOffline:
+		return true
+	case AdminHostStatusOnline:
+		return true
+	case AdminHostStatusPending:
+		return true
+	case AdminHostStatusUnreachable:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AuditLogActorType.
 const (
 	AuditLogActorTypeApiKey AuditLogActorType = "api_key"
@@ -101,6 +194,24 @@ func (e AuditLogStatus) Valid() bool {
 	case AuditLogStatusSuccess:
 		return true
 	case AuditLogStatusWarning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CreateHostRequestType.
+const (
+	CreateHostRequestTypeByoc    CreateHostRequestType = "byoc"
+	CreateHostRequestTypeRegular CreateHostRequestType = "regular"
+)
+
+// Valid indicates whether the value is a known member of the CreateHostRequestType enum.
+func (e CreateHostRequestType) Valid() bool {
+	switch e {
+	case CreateHostRequestTypeByoc:
+		return true
+	case CreateHostRequestTypeRegular:
 		return true
 	default:
 		return false
@@ -242,6 +353,93 @@ func (e HealthStatus) Valid() bool {
 	}
 }
 
+// Defines values for HostStatus.
+const (
+	HostStatusDraining    HostStatus = "draining"
+	HostStatusOffline     HostStatus = "offline"
+	HostStatusOnline      HostStatus = "online"
+	HostStatusPending     HostStatus = "pending"
+	HostStatusUnreachable HostStatus = "unreachable"
+)
+
+// Valid indicates whether the value is a known member of the HostStatus enum.
+func (e HostStatus) Valid() bool {
+	switch e {
+	case HostStatusDraining:
+		return true
+	case HostStatusOffline:
+		return true
+	case HostStatusOnline:
+		return true
+	case HostStatusPending:
+		return true
+	case HostStatusUnreachable:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HostType.
+const (
+	HostTypeByoc    HostType = "byoc"
+	HostTypeRegular HostType = "regular"
+)
+
+// Valid indicates whether the value is a known member of the HostType enum.
+func (e HostType) Valid() bool {
+	switch e {
+	case HostTypeByoc:
+		return true
+	case HostTypeRegular:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HostDeletionDeleted.
+const (
+	HostDeletionDeletedTrue HostDeletionDeleted = true
+)
+
+// Valid indicates whether the value is a known member of the HostDeletionDeleted enum.
+func (e HostDeletionDeleted) Valid() bool {
+	switch e {
+	case HostDeletionDeletedTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for HostHeartbeatResponseStatus.
+const (
+	HostHeartbeatResponseStatusDraining    HostHeartbeatResponseStatus = "draining"
+	HostHeartbeatResponseStatusOffline     HostHeartbeatResponseStatus = "offline"
+	HostHeartbeatResponseStatusOnline      HostHeartbeatResponseStatus = "online"
+	HostHeartbeatResponseStatusPending     HostHeartbeatResponseStatus = "pending"
+	HostHeartbeatResponseStatusUnreachable HostHeartbeatResponseStatus = "unreachable"
+)
+
+// Valid indicates whether the value is a known member of the HostHeartbeatResponseStatus enum.
+func (e HostHeartbeatResponseStatus) Valid() bool {
+	switch e {
+	case HostHeartbeatResponseStatusDraining:
+		return true
+	case HostHeartbeatResponseStatusOffline:
+		return true
+	case HostHeartbeatResponseStatusOnline:
+		return true
+	case HostHeartbeatResponseStatusPending:
+		return true
+	case HostHeartbeatResponseStatusUnreachable:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for InvitationRole.
 const (
 	InvitationRoleAdmin  InvitationRole = "admin"
@@ -265,19 +463,19 @@ func (e InvitationRole) Valid() bool {
 
 // Defines values for InvitationStatus.
 const (
-	Expired  InvitationStatus = "expired"
-	Pending  InvitationStatus = "pending"
-	Redeemed InvitationStatus = "redeemed"
+	InvitationStatusExpired  InvitationStatus = "expired"
+	InvitationStatusPending  InvitationStatus = "pending"
+	InvitationStatusRedeemed InvitationStatus = "redeemed"
 )
 
 // Valid indicates whether the value is a known member of the InvitationStatus enum.
 func (e InvitationStatus) Valid() bool {
 	switch e {
-	case Expired:
+	case InvitationStatusExpired:
 		return true
-	case Pending:
+	case InvitationStatusPending:
 		return true
-	case Redeemed:
+	case InvitationStatusRedeemed:
 		return true
 	default:
 		return false
@@ -403,13 +601,13 @@ func (e TeamRole) Valid() bool {
 
 // Defines values for TeamDeletionDeleted.
 const (
-	True TeamDeletionDeleted = true
+	TeamDeletionDeletedTrue TeamDeletionDeleted = true
 )
 
 // Valid indicates whether the value is a known member of the TeamDeletionDeleted enum.
 func (e TeamDeletionDeleted) Valid() bool {
 	switch e {
-	case True:
+	case TeamDeletionDeletedTrue:
 		return true
 	default:
 		return false
@@ -437,6 +635,24 @@ func (e TeamDetailRole) Valid() bool {
 	}
 }
 
+// Defines values for UpdateHostRequestStatus.
+const (
+	UpdateHostRequestStatusDraining UpdateHostRequestStatus = "draining"
+	UpdateHostRequestStatusOnline   UpdateHostRequestStatus = "online"
+)
+
+// Valid indicates whether the value is a known member of the UpdateHostRequestStatus enum.
+func (e UpdateHostRequestStatus) Valid() bool {
+	switch e {
+	case UpdateHostRequestStatusDraining:
+		return true
+	case UpdateHostRequestStatusOnline:
+		return true
+	default:
+		return false
+	}
+}
+
 // Account defines model for Account.
 type Account struct {
 	// Team the user's default team (absent when it has none)
@@ -453,6 +669,138 @@ type AddMemberRequest struct {
 
 // AddMemberRequestRole defines model for AddMemberRequest.Role.
 type AddMemberRequestRole string
+
+// AdminAuditLog an audit log event (see AuditLog) with its team
+type AdminAuditLog struct {
+	// Action `<resource>.<verb>`
+	//
+	// Examples: user.disable
+	Action string `json:"action"`
+
+	// ActorId a wire ID (`usr-…`, `key-…`) or `system`
+	ActorId string `json:"actor_id"`
+
+	// ActorName the user's e-mail address or the API key's name
+	ActorName string                 `json:"actor_name"`
+	ActorType AdminAuditLogActorType `json:"actor_type"`
+	CreatedAt time.Time              `json:"created_at"`
+	Id        string                 `json:"id"`
+
+	// Metadata free-form detail
+	Metadata   map[string]interface{} `json:"metadata"`
+	ResourceId string                 `json:"resource_id"`
+
+	// ResourceType Examples: team, user
+	ResourceType string              `json:"resource_type"`
+	Scope        AdminAuditLogScope  `json:"scope"`
+	Status       AdminAuditLogStatus `json:"status"`
+
+	// TeamId the team whose log holds it (the platform team's for user events)
+	TeamId string `json:"team_id"`
+}
+
+// AdminAuditLogActorType defines model for AdminAuditLog.ActorType.
+type AdminAuditLogActorType string
+
+// AdminAuditLogScope defines model for AdminAuditLog.Scope.
+type AdminAuditLogScope string
+
+// AdminAuditLogStatus defines model for AdminAuditLog.Status.
+type AdminAuditLogStatus string
+
+// AdminAuditLogPage defines model for AdminAuditLogPage.
+type AdminAuditLogPage struct {
+	AuditLogs []AdminAuditLog `json:"audit_logs"`
+
+	// NextCursor "" on the last page
+	NextCursor string `json:"next_cursor"`
+}
+
+// AdminHost defines model for AdminHost.
+type AdminHost struct {
+	// Address where the control plane reaches the agent (empty until registered)
+	Address string `json:"address"`
+	Arch    string `json:"arch"`
+
+	// Byoc a team's own host (not the platform team's)
+	Byoc      bool      `json:"byoc"`
+	CreatedAt time.Time `json:"created_at"`
+	Id        string    `json:"id"`
+
+	// LastHeartbeatAt absent before the first
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
+	Name            string     `json:"name"`
+
+	// SandboxCount the host's sandboxes that are not stopped
+	SandboxCount int             `json:"sandbox_count"`
+	Status       AdminHostStatus `json:"status"`
+	TeamId       string          `json:"team_id"`
+
+	// TeamName the owning team's name (`Platform` for the platform's hosts)
+	TeamName      string `json:"team_name"`
+	TotalDiskMb   int    `json:"total_disk_mb"`
+	TotalMemoryMb int    `json:"total_memory_mb"`
+	TotalVcpus    int    `json:"total_vcpus"`
+	Version       string `json:"version"`
+}
+
+// AdminHostStatus defines model for AdminHost.Status.
+type AdminHostStatus string
+
+// AdminHostPage defines model for AdminHostPage.
+type AdminHostPage struct {
+	Hosts []AdminHost `json:"hosts"`
+
+	// NextCursor "" on the last page
+	NextCursor string `json:"next_cursor"`
+}
+
+// AdminTeam defines model for AdminTeam.
+type AdminTeam struct {
+	CreatedAt time.Time `json:"created_at"`
+	Id        string    `json:"id"`
+
+	// IsByoc the team brings its own sandbox hosts
+	IsByoc      bool   `json:"is_byoc"`
+	MemberCount int    `json:"member_count"`
+	Name        string `json:"name"`
+
+	// SandboxCount the team's sandboxes that are not stopped
+	SandboxCount int    `json:"sandbox_count"`
+	Slug         string `json:"slug"`
+}
+
+// AdminTeamPage defines model for AdminTeamPage.
+type AdminTeamPage struct {
+	// NextCursor "" on the last page
+	NextCursor string      `json:"next_cursor"`
+	Teams      []AdminTeam `json:"teams"`
+}
+
+// AdminUser defines model for AdminUser.
+type AdminUser struct {
+	CreatedAt time.Time `json:"created_at"`
+	Disabled  bool      `json:"disabled"`
+
+	// DisabledAt since when (absent when enabled)
+	DisabledAt *time.Time          `json:"disabled_at,omitempty"`
+	Email      openapi_types.Email `json:"email"`
+	Id         string              `json:"id"`
+
+	// IsAdmin a platform admin
+	IsAdmin bool   `json:"is_admin"`
+	Name    string `json:"name"`
+
+	// TeamCount the user's live teams
+	TeamCount int `json:"team_count"`
+}
+
+// AdminUserPage defines model for AdminUserPage.
+type AdminUserPage struct {
+	// NextCursor "" on the last page
+	NextCursor string      `json:"next_cursor"`
+	Users      []AdminUser `json:"users"`
+}
 
 // ApiKey defines model for ApiKey.
 type ApiKey struct {
@@ -529,6 +877,20 @@ type CreateApiKeyRequest struct {
 	Name string `json:"name"`
 }
 
+// CreateHostRequest defines model for CreateHostRequest.
+type CreateHostRequest struct {
+	// Address HOST:PORT, HOST an IP address or a DNS name
+	//
+	// Examples: 10.0.0.7:7443, host-a.internal:7443
+	Address string                `json:"address"`
+	Name    string                `json:"name"`
+	Tags    *[]string             `json:"tags,omitempty"`
+	Type    CreateHostRequestType `json:"type"`
+}
+
+// CreateHostRequestType defines model for CreateHostRequest.Type.
+type CreateHostRequestType string
+
 // CreateInvitationRequest defines model for CreateInvitationRequest.
 type CreateInvitationRequest struct {
 	// Email the invitee's address (not registered yet)
@@ -576,6 +938,15 @@ type CreateSnapshotRequest struct {
 	// Overwrite replace the team's snapshot of that name
 	Overwrite *bool     `json:"overwrite,omitempty"`
 	SandboxId SandboxID `json:"sandbox_id"`
+}
+
+// CreatedHost defines model for CreatedHost.
+type CreatedHost struct {
+	Host Host `json:"host"`
+
+	// RegistrationToken shown once
+	RegistrationToken          string    `json:"registration_token"`
+	RegistrationTokenExpiresAt time.Time `json:"registration_token_expires_at"`
 }
 
 // Error every error's body
@@ -779,6 +1150,182 @@ type Health struct {
 // HealthStatus defines model for Health.Status.
 type HealthStatus string
 
+// Host defines model for Host.
+type Host struct {
+	// Address the declared HOST:PORT the control plane dials and the host's certificate names
+	//
+	// Examples: 10.0.0.7:7443
+	Address string `json:"address"`
+
+	// Arch reported at registration
+	//
+	// Examples: amd64
+	Arch string `json:"arch"`
+
+	// CertExpiresAt expiry of the server certificate last issued to the host
+	CertExpiresAt *time.Time `json:"cert_expires_at"`
+
+	// ClaimedAddress what the agent said its address was (never dialled)
+	ClaimedAddress  string     `json:"claimed_address"`
+	CreatedAt       time.Time  `json:"created_at"`
+	Id              string     `json:"id"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+
+	// Name Examples: host-a
+	Name string `json:"name"`
+
+	// Paused paused sandboxes at the last heartbeat
+	Paused       int        `json:"paused"`
+	RegisteredAt *time.Time `json:"registered_at"`
+
+	// Running running sandboxes at the last heartbeat
+	Running int `json:"running"`
+
+	// Sandboxes all sandboxes at the last heartbeat
+	Sandboxes int        `json:"sandboxes"`
+	Status    HostStatus `json:"status"`
+	Tags      []string   `json:"tags"`
+
+	// TeamId the platform team for a regular host
+	TeamId string        `json:"team_id"`
+	Total  HostResources `json:"total"`
+	Type   HostType      `json:"type"`
+	Used   HostResources `json:"used"`
+
+	// Version the agent's version
+	Version string `json:"version"`
+}
+
+// HostStatus defines model for Host.Status.
+type HostStatus string
+
+// HostType defines model for Host.Type.
+type HostType string
+
+// HostCredentials defines model for HostCredentials.
+type HostCredentials struct {
+	// AccessToken the host JWT (7 days)
+	AccessToken          string    `json:"access_token"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
+	HostId               string    `json:"host_id"`
+
+	// RefreshToken 60 days; rotates on every refresh
+	RefreshToken          string    `json:"refresh_token"`
+	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at"`
+}
+
+// HostDeletion defines model for HostDeletion.
+type HostDeletion struct {
+	Deleted HostDeletionDeleted `json:"deleted"`
+	Id      string              `json:"id"`
+
+	// Sandboxes the sandboxes the deletion stopped
+	Sandboxes []HostSandbox `json:"sandboxes"`
+
+	// SandboxesDestroyed destroyed on the host's agent
+	SandboxesDestroyed int `json:"sandboxes_destroyed"`
+
+	// SandboxesNotDestroyed marked stopped without the agent (it was unreachable)
+	SandboxesNotDestroyed int `json:"sandboxes_not_destroyed"`
+}
+
+// HostDeletionDeleted defines model for HostDeletion.Deleted.
+type HostDeletionDeleted bool
+
+// HostHeartbeat defines model for HostHeartbeat.
+type HostHeartbeat struct {
+	// Csr a PEM CERTIFICATE REQUEST when the agent wants a new certificate
+	Csr       *string       `json:"csr,omitempty"`
+	Paused    int           `json:"paused"`
+	Running   int           `json:"running"`
+	Sandboxes int           `json:"sandboxes"`
+	Total     HostResources `json:"total"`
+	Used      HostResources `json:"used"`
+	Version   string        `json:"version"`
+}
+
+// HostHeartbeatResponse defines model for HostHeartbeatResponse.
+type HostHeartbeatResponse struct {
+	// Ca the CA's PEM (with a new certificate)
+	Ca *string `json:"ca,omitempty"`
+
+	// Certificate the new certificate's PEM chain (when the heartbeat carried a CSR)
+	Certificate *string `json:"certificate,omitempty"`
+
+	// IntervalSeconds when to beat next
+	IntervalSeconds int                         `json:"interval_seconds"`
+	Status          HostHeartbeatResponseStatus `json:"status"`
+}
+
+// HostHeartbeatResponseStatus defines model for HostHeartbeatResponse.Status.
+type HostHeartbeatResponseStatus string
+
+// HostList defines model for HostList.
+type HostList struct {
+	Hosts []Host `json:"hosts"`
+}
+
+// HostRefreshRequest defines model for HostRefreshRequest.
+type HostRefreshRequest struct {
+	RefreshToken string `json:"refresh_token"`
+}
+
+// HostRegisterRequest defines model for HostRegisterRequest.
+type HostRegisterRequest struct {
+	// Address what the agent claims (recorded
+	Address string `json:"address"`
+	Arch    string `json:"arch"`
+
+	// Csr a PEM CERTIFICATE REQUEST for the agent's server key (ECDSA P-256/P-384, Ed25519 or RSA ≥ 2048)
+	Csr      string `json:"csr"`
+	DiskMb   int    `json:"disk_mb"`
+	MemoryMb int    `json:"memory_mb"`
+	Token    string `json:"token"`
+	Vcpus    int    `json:"vcpus"`
+	Version  string `json:"version"`
+}
+
+// HostRegisterResponse defines model for HostRegisterResponse.
+type HostRegisterResponse struct {
+	// AccessToken the host JWT (7 days)
+	AccessToken          string    `json:"access_token"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at"`
+
+	// Address the declared address
+	Address string `json:"address"`
+
+	// Ca PEM of the internal CA (verifies the control plane's client certificate)
+	Ca string `json:"ca"`
+
+	// Certificate PEM chain of the agent's server certificate for the declared address
+	Certificate string `json:"certificate"`
+	HostId      string `json:"host_id"`
+
+	// RefreshToken 60 days; rotates on every refresh
+	RefreshToken          string    `json:"refresh_token"`
+	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at"`
+}
+
+// HostResources defines model for HostResources.
+type HostResources struct {
+	DiskMb   int `json:"disk_mb"`
+	MemoryMb int `json:"memory_mb"`
+	Vcpus    int `json:"vcpus"`
+}
+
+// HostSandbox defines model for HostSandbox.
+type HostSandbox struct {
+	Id       SandboxID `json:"id"`
+	State    string    `json:"state"`
+	TeamId   string    `json:"team_id"`
+	Template string    `json:"template"`
+}
+
+// HostSandboxList defines model for HostSandboxList.
+type HostSandboxList struct {
+	Sandboxes []HostSandbox `json:"sandboxes"`
+}
+
 // Invitation defines model for Invitation.
 type Invitation struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -928,10 +1475,20 @@ type SetMemberRoleRequest struct {
 // SetMemberRoleRequestRole defines model for SetMemberRoleRequest.Role.
 type SetMemberRoleRequestRole string
 
+// SetTeamBYOCRequest defines model for SetTeamBYOCRequest.
+type SetTeamBYOCRequest struct {
+	Enabled bool `json:"enabled"`
+}
+
 // SetTimeoutRequest defines model for SetTimeoutRequest.
 type SetTimeoutRequest struct {
 	// TimeoutSec idle seconds from now before the sandbox is paused (0 never)
 	TimeoutSec int `json:"timeout_sec"`
+}
+
+// SetUserDisabledRequest defines model for SetUserDisabledRequest.
+type SetUserDisabledRequest struct {
+	Disabled bool `json:"disabled"`
 }
 
 // SignupRequest defines model for SignupRequest.
@@ -1001,6 +1558,13 @@ type Team struct {
 // TeamRole the user's role in the team
 type TeamRole string
 
+// TeamBYOC defines model for TeamBYOC.
+type TeamBYOC struct {
+	Id     string `json:"id"`
+	IsByoc bool   `json:"is_byoc"`
+	Name   string `json:"name"`
+}
+
 // TeamDeletion defines model for TeamDeletion.
 type TeamDeletion struct {
 	Deleted TeamDeletionDeleted `json:"deleted"`
@@ -1051,6 +1615,15 @@ type TeamNameRequest struct {
 	Name string `json:"name"`
 }
 
+// UpdateHostRequest defines model for UpdateHostRequest.
+type UpdateHostRequest struct {
+	Status *UpdateHostRequestStatus `json:"status,omitempty"`
+	Tags   *[]string                `json:"tags,omitempty"`
+}
+
+// UpdateHostRequestStatus defines model for UpdateHostRequest.Status.
+type UpdateHostRequestStatus string
+
 // UpdateMeRequest defines model for UpdateMeRequest.
 type UpdateMeRequest struct {
 	// Name the display name: trimmed, at most 128 bytes, no control characters; "" clears it
@@ -1079,6 +1652,17 @@ type UserSearchResult struct {
 	Users []UserHit `json:"users"`
 }
 
+// UserState defines model for UserState.
+type UserState struct {
+	Disabled bool `json:"disabled"`
+
+	// DisabledAt since when (absent when enabled)
+	DisabledAt *time.Time          `json:"disabled_at,omitempty"`
+	Email      openapi_types.Email `json:"email"`
+	Id         string              `json:"id"`
+	IsAdmin    bool                `json:"is_admin"`
+}
+
 // ApiKeyID defines model for ApiKeyID.
 type ApiKeyID = string
 
@@ -1087,6 +1671,9 @@ type Cursor = string
 
 // GuestFilePath Examples: /home/user/data.csv
 type GuestFilePath = string
+
+// HostID defines model for HostID.
+type HostID = string
 
 // Limit defines model for Limit.
 type Limit = int
@@ -1133,6 +1720,12 @@ type GuestNotFound = Error
 // GuestUnavailable every error's body
 type GuestUnavailable = Error
 
+// HostForbidden every error's body
+type HostForbidden = Error
+
+// HostNotFound every error's body
+type HostNotFound = Error
+
 // HostUnavailable every error's body
 type HostUnavailable = Error
 
@@ -1154,6 +1747,9 @@ type NeedsSession = Error
 // NotFound every error's body
 type NotFound = Error
 
+// NotPlatformAdmin every error's body
+type NotPlatformAdmin = Error
+
 // NotRunning every error's body
 type NotRunning = Error
 
@@ -1171,6 +1767,70 @@ type Unauthorized = Error
 
 // UnknownOAuthProvider every error's body
 type UnknownOAuthProvider = Error
+
+// AdminListAuditLogsParams defines parameters for AdminListAuditLogs.
+type AdminListAuditLogsParams struct {
+	// TeamId only this team's events
+	TeamId *string `form:"team_id,omitempty" json:"team_id,omitempty"`
+
+	// ResourceType any of these resource types (comma-separated and/or repeated; at most 32)
+	ResourceType *[]AuditWord `form:"resource_type,omitempty" json:"resource_type,omitempty"`
+
+	// Action any of these actions, e.g. `user.disable` (comma-separated and/or repeated; at most 32)
+	Action *[]AuditWord `form:"action,omitempty" json:"action,omitempty"`
+
+	// Limit page size
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AdminListHostsParams defines parameters for AdminListHosts.
+type AdminListHostsParams struct {
+	// Limit page size
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AdminListSandboxesParams defines parameters for AdminListSandboxes.
+type AdminListSandboxesParams struct {
+	// State any of these states (comma-separated and/or repeated)
+	State *[]SandboxState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Metadata `key=value`: the sandbox's metadata has this entry (repeat for several, all must match)
+	Metadata *[]string `form:"metadata,omitempty" json:"metadata,omitempty"`
+
+	// Limit page size
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AdminListTeamsParams defines parameters for AdminListTeams.
+type AdminListTeamsParams struct {
+	// Limit page size
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AdminListUsersParams defines parameters for AdminListUsers.
+type AdminListUsersParams struct {
+	// EmailPrefix only users whose e-mail address starts with this (case-insensitively; `%` and `_`
+	// match literally); all when absent
+	EmailPrefix *string `form:"email_prefix,omitempty" json:"email_prefix,omitempty"`
+
+	// Limit page size
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
 
 // ListAuditLogsParams defines parameters for ListAuditLogs.
 type ListAuditLogsParams struct {
@@ -1211,6 +1871,12 @@ type OauthLoginParams struct {
 	// Redirect where the browser lands afterwards: a path of this origin such as `/dashboard` (no
 	// scheme, host, fragment, backslash, space or control character; not `//…`)
 	Redirect *OAuthRedirect `form:"redirect,omitempty" json:"redirect,omitempty"`
+}
+
+// DeleteHostParams defines parameters for DeleteHost.
+type DeleteHostParams struct {
+	// Force destroy the host's sandboxes
+	Force *bool `form:"force,omitempty" json:"force,omitempty"`
 }
 
 // ListSandboxesParams defines parameters for ListSandboxes.
@@ -1292,6 +1958,12 @@ type SearchUsersParams struct {
 	EmailPrefix string `form:"email_prefix" json:"email_prefix"`
 }
 
+// AdminSetTeamBYOCJSONRequestBody defines body for AdminSetTeamBYOC for application/json ContentType.
+type AdminSetTeamBYOCJSONRequestBody = SetTeamBYOCRequest
+
+// AdminSetUserDisabledJSONRequestBody defines body for AdminSetUserDisabled for application/json ContentType.
+type AdminSetUserDisabledJSONRequestBody = SetUserDisabledRequest
+
 // CreateApiKeyJSONRequestBody defines body for CreateApiKey for application/json ContentType.
 type CreateApiKeyJSONRequestBody = CreateApiKeyRequest
 
@@ -1303,6 +1975,21 @@ type SignupJSONRequestBody = SignupRequest
 
 // SwitchTeamJSONRequestBody defines body for SwitchTeam for application/json ContentType.
 type SwitchTeamJSONRequestBody = SwitchTeamRequest
+
+// CreateHostJSONRequestBody defines body for CreateHost for application/json ContentType.
+type CreateHostJSONRequestBody = CreateHostRequest
+
+// HostAgentHeartbeatJSONRequestBody defines body for HostAgentHeartbeat for application/json ContentType.
+type HostAgentHeartbeatJSONRequestBody = HostHeartbeat
+
+// RefreshHostAgentJSONRequestBody defines body for RefreshHostAgent for application/json ContentType.
+type RefreshHostAgentJSONRequestBody = HostRefreshRequest
+
+// RegisterHostAgentJSONRequestBody defines body for RegisterHostAgent for application/json ContentType.
+type RegisterHostAgentJSONRequestBody = HostRegisterRequest
+
+// UpdateHostJSONRequestBody defines body for UpdateHost for application/json ContentType.
+type UpdateHostJSONRequestBody = UpdateHostRequest
 
 // UpdateMeJSONRequestBody defines body for UpdateMe for application/json ContentType.
 type UpdateMeJSONRequestBody = UpdateMeRequest
@@ -1442,6 +2129,98 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /openapi.yaml (the `GetOpenAPIYAML` operationId).
 	GetOpenAPIYAML(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminListAuditLogs The platform-wide audit log, newest first (platform admins)
+	//
+	// Every team's events of every scope (deleted teams' included), with the filters and
+	// paging of `GET /v1/audit-logs`, each event with its team.
+	//
+	// Corresponds with GET /v1/admin/audit-logs (the `AdminListAuditLogs` operationId).
+	AdminListAuditLogs(ctx context.Context, params *AdminListAuditLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminListHosts Every sandbox host with its team's name, newest first (platform admins)
+	//
+	// The platform's hosts (team `Platform`) and every team's BYOC hosts.
+	//
+	// Corresponds with GET /v1/admin/hosts (the `AdminListHosts` operationId).
+	AdminListHosts(ctx context.Context, params *AdminListHostsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminListSandboxes The platform team's sandboxes, newest first (platform admins)
+	//
+	// The filters and paging of `GET /v1/sandboxes`, over the platform team.
+	//
+	// Corresponds with GET /v1/admin/sandboxes (the `AdminListSandboxes` operationId).
+	AdminListSandboxes(ctx context.Context, params *AdminListSandboxesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminListTeams Every live team with its member and sandbox counts, newest first (platform admins)
+	//
+	// Corresponds with GET /v1/admin/teams (the `AdminListTeams` operationId).
+	AdminListTeams(ctx context.Context, params *AdminListTeamsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminDeleteTeam Delete any team and destroy its sandboxes (platform admins)
+	//
+	// What `DELETE /v1/teams/{id}` does for the team's owner, done by a platform admin who need
+	// not be a member: the team is deleted at once (its API keys and sessions stop working),
+	// then its sandboxes are destroyed (audited with the admin as the actor; `team.delete`
+	// carries `platform_admin: true`). The platform team cannot be deleted (403).
+	//
+	// Corresponds with DELETE /v1/admin/teams/{id} (the `AdminDeleteTeam` operationId).
+	AdminDeleteTeam(ctx context.Context, id TeamID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminSetTeamBYOCWithBody Enable or disable bring-your-own-compute for a team (platform admins)
+	//
+	// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+	// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+	// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+	// be a BYOC team (400).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+	AdminSetTeamBYOCWithBody(ctx context.Context, id TeamID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminSetTeamBYOC Enable or disable bring-your-own-compute for a team (platform admins)
+	//
+	// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+	// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+	// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+	// be a BYOC team (400).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+	AdminSetTeamBYOC(ctx context.Context, id TeamID, body AdminSetTeamBYOCJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminListUsers Users by e-mail address, a page at a time (platform admins)
+	//
+	// Corresponds with GET /v1/admin/users (the `AdminListUsers` operationId).
+	AdminListUsers(ctx context.Context, params *AdminListUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminSetUserDisabledWithBody Disable or re-enable a user (platform admins)
+	//
+	// A disabled user cannot log in (403), and their session tokens and the API keys they
+	// created are refused (403) from the next call on; re-enabling restores them, keys
+	// included. An admin cannot disable their own account, and the last active platform admin
+	// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+	// `user.enable`, scope admin, in the platform team's log).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+	AdminSetUserDisabledWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AdminSetUserDisabled Disable or re-enable a user (platform admins)
+	//
+	// A disabled user cannot log in (403), and their session tokens and the API keys they
+	// created are refused (403) from the next call on; re-enabling restores them, keys
+	// included. An admin cannot disable their own account, and the last active platform admin
+	// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+	// `user.enable`, scope admin, in the platform team's log).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+	AdminSetUserDisabled(ctx context.Context, id string, body AdminSetUserDisabledJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListApiKeys The team's live API keys, newest first
 	//
@@ -1599,6 +2378,165 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/auth/switch-team (the `SwitchTeam` operationId).
 	SwitchTeam(ctx context.Context, body SwitchTeamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListHosts The hosts the user sees (session only)
+	//
+	// Platform administrators see every host; anyone else the BYOC hosts of the session's team.
+	//
+	// Corresponds with GET /v1/hosts (the `ListHosts` operationId).
+	ListHosts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateHostWithBody Create a host record and its one-time registration token (session only)
+	//
+	// A `regular` host belongs to the platform and serves every team: only platform
+	// administrators (`users.is_admin`, read from the database on every call) create one. A
+	// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+	// its owners and admins. The host starts `pending`; its agent registers with the token
+	// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+	// expires after 24 hours and works once. `address` is where the control plane reaches the
+	// agent (and what its certificate names); the agent cannot change it.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+	CreateHostWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateHost Create a host record and its one-time registration token (session only)
+	//
+	// A `regular` host belongs to the platform and serves every team: only platform
+	// administrators (`users.is_admin`, read from the database on every call) create one. A
+	// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+	// its owners and admins. The host starts `pending`; its agent registers with the token
+	// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+	// expires after 24 hours and works once. `address` is where the control plane reaches the
+	// agent (and what its certificate names); the agent cannot change it.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+	CreateHost(ctx context.Context, body CreateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HostAgentHeartbeatWithBody An agent's periodic report
+	//
+	// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+	// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+	// address.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+	HostAgentHeartbeatWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// HostAgentHeartbeat An agent's periodic report
+	//
+	// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+	// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+	// address.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+	HostAgentHeartbeat(ctx context.Context, body HostAgentHeartbeatJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RefreshHostAgentWithBody An agent exchanges its refresh token for new credentials
+	//
+	// The new refresh token is stored before the old one is revoked. A revoked refresh token
+	// presented again revokes every token rotated from the same registration (401): the agent
+	// then needs a new registration token.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+	RefreshHostAgentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RefreshHostAgent An agent exchanges its refresh token for new credentials
+	//
+	// The new refresh token is stored before the old one is revoked. A revoked refresh token
+	// presented again revokes every token rotated from the same registration (401): the agent
+	// then needs a new registration token.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+	RefreshHostAgent(ctx context.Context, body RefreshHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RegisterHostAgentWithBody An agent registers with its host's one-time token
+	//
+	// The token (in the body) is consumed; what the agent reports is recorded, except its
+	// address: the control plane dials, and certifies, the address the administrator declared.
+	// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+	// its refresh token (60 days, rotating), its server certificate for the declared address
+	// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+	// credentials are revoked. Contract: internal/hostapi.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+	RegisterHostAgentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RegisterHostAgent An agent registers with its host's one-time token
+	//
+	// The token (in the body) is consumed; what the agent reports is recorded, except its
+	// address: the control plane dials, and certifies, the address the administrator declared.
+	// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+	// its refresh token (60 days, rotating), its server certificate for the declared address
+	// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+	// credentials are revoked. Contract: internal/hostapi.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+	RegisterHostAgent(ctx context.Context, body RegisterHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteHost Delete a host (session only)
+	//
+	// A host with sandboxes that are not stopped answers 409, naming them (the full list is at
+	// `delete-preview`), unless `force=true`: then the host is drained, each sandbox is
+	// destroyed on its agent (when reachable) and its record marked stopped, and the host's row
+	// is removed. Its agent's next heartbeat answers 404, upon which the agent destroys what it
+	// still has and exits. capsule serve's embedded host (`local`) cannot be deleted (409).
+	//
+	// Corresponds with DELETE /v1/hosts/{id} (the `DeleteHost` operationId).
+	DeleteHost(ctx context.Context, id HostID, params *DeleteHostParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetHost A host (session only)
+	//
+	// Corresponds with GET /v1/hosts/{id} (the `GetHost` operationId).
+	GetHost(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateHostWithBody Change a host's tags, or drain it and back (session only)
+	//
+	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// fields stay as they are.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+	UpdateHostWithBody(ctx context.Context, id HostID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateHost Change a host's tags, or drain it and back (session only)
+	//
+	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// fields stay as they are.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+	UpdateHost(ctx context.Context, id HostID, body UpdateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PreviewHostDeletion The sandboxes deleting the host would destroy (session only)
+	//
+	// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
+	PreviewHostDeletion(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RegenerateHostToken A new registration token for a pending host (session only)
+	//
+	// The previous token stops working. Once the host has left `pending`, 409.
+	//
+	// Corresponds with POST /v1/hosts/{id}/token (the `RegenerateHostToken` operationId).
+	RegenerateHostToken(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetMe The session's user, its teams and the session's team (session only)
 	//
@@ -2133,6 +3071,198 @@ func (c *Client) GetOpenAPIYAML(ctx context.Context, reqEditors ...RequestEditor
 	return c.Client.Do(req)
 }
 
+// AdminListAuditLogs The platform-wide audit log, newest first (platform admins)
+//
+// Every team's events of every scope (deleted teams' included), with the filters and
+// paging of `GET /v1/audit-logs`, each event with its team.
+//
+// Corresponds with GET /v1/admin/audit-logs (the `AdminListAuditLogs` operationId).
+func (c *Client) AdminListAuditLogs(ctx context.Context, params *AdminListAuditLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminListAuditLogsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminListHosts Every sandbox host with its team's name, newest first (platform admins)
+//
+// The platform's hosts (team `Platform`) and every team's BYOC hosts.
+//
+// Corresponds with GET /v1/admin/hosts (the `AdminListHosts` operationId).
+func (c *Client) AdminListHosts(ctx context.Context, params *AdminListHostsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminListHostsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminListSandboxes The platform team's sandboxes, newest first (platform admins)
+//
+// The filters and paging of `GET /v1/sandboxes`, over the platform team.
+//
+// Corresponds with GET /v1/admin/sandboxes (the `AdminListSandboxes` operationId).
+func (c *Client) AdminListSandboxes(ctx context.Context, params *AdminListSandboxesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminListSandboxesRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminListTeams Every live team with its member and sandbox counts, newest first (platform admins)
+//
+// Corresponds with GET /v1/admin/teams (the `AdminListTeams` operationId).
+func (c *Client) AdminListTeams(ctx context.Context, params *AdminListTeamsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminListTeamsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminDeleteTeam Delete any team and destroy its sandboxes (platform admins)
+//
+// What `DELETE /v1/teams/{id}` does for the team's owner, done by a platform admin who need
+// not be a member: the team is deleted at once (its API keys and sessions stop working),
+// then its sandboxes are destroyed (audited with the admin as the actor; `team.delete`
+// carries `platform_admin: true`). The platform team cannot be deleted (403).
+//
+// Corresponds with DELETE /v1/admin/teams/{id} (the `AdminDeleteTeam` operationId).
+func (c *Client) AdminDeleteTeam(ctx context.Context, id TeamID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminDeleteTeamRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminSetTeamBYOCWithBody Enable or disable bring-your-own-compute for a team (platform admins)
+//
+// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+// be a BYOC team (400).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+func (c *Client) AdminSetTeamBYOCWithBody(ctx context.Context, id TeamID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminSetTeamBYOCRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminSetTeamBYOC Enable or disable bring-your-own-compute for a team (platform admins)
+//
+// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+// be a BYOC team (400).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+func (c *Client) AdminSetTeamBYOC(ctx context.Context, id TeamID, body AdminSetTeamBYOCJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminSetTeamBYOCRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminListUsers Users by e-mail address, a page at a time (platform admins)
+//
+// Corresponds with GET /v1/admin/users (the `AdminListUsers` operationId).
+func (c *Client) AdminListUsers(ctx context.Context, params *AdminListUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminListUsersRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminSetUserDisabledWithBody Disable or re-enable a user (platform admins)
+//
+// A disabled user cannot log in (403), and their session tokens and the API keys they
+// created are refused (403) from the next call on; re-enabling restores them, keys
+// included. An admin cannot disable their own account, and the last active platform admin
+// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+// `user.enable`, scope admin, in the platform team's log).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+func (c *Client) AdminSetUserDisabledWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminSetUserDisabledRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AdminSetUserDisabled Disable or re-enable a user (platform admins)
+//
+// A disabled user cannot log in (403), and their session tokens and the API keys they
+// created are refused (403) from the next call on; re-enabling restores them, keys
+// included. An admin cannot disable their own account, and the last active platform admin
+// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+// `user.enable`, scope admin, in the platform team's log).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+func (c *Client) AdminSetUserDisabled(ctx context.Context, id string, body AdminSetUserDisabledJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAdminSetUserDisabledRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ListApiKeys The team's live API keys, newest first
 //
 // Corresponds with GET /v1/api-keys (the `ListApiKeys` operationId).
@@ -2420,6 +3550,315 @@ func (c *Client) SwitchTeamWithBody(ctx context.Context, contentType string, bod
 // Corresponds with POST /v1/auth/switch-team (the `SwitchTeam` operationId).
 func (c *Client) SwitchTeam(ctx context.Context, body SwitchTeamJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewSwitchTeamRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListHosts The hosts the user sees (session only)
+//
+// Platform administrators see every host; anyone else the BYOC hosts of the session's team.
+//
+// Corresponds with GET /v1/hosts (the `ListHosts` operationId).
+func (c *Client) ListHosts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListHostsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateHostWithBody Create a host record and its one-time registration token (session only)
+//
+// A `regular` host belongs to the platform and serves every team: only platform
+// administrators (`users.is_admin`, read from the database on every call) create one. A
+// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+// its owners and admins. The host starts `pending`; its agent registers with the token
+// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+// expires after 24 hours and works once. `address` is where the control plane reaches the
+// agent (and what its certificate names); the agent cannot change it.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+func (c *Client) CreateHostWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateHostRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateHost Create a host record and its one-time registration token (session only)
+//
+// A `regular` host belongs to the platform and serves every team: only platform
+// administrators (`users.is_admin`, read from the database on every call) create one. A
+// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+// its owners and admins. The host starts `pending`; its agent registers with the token
+// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+// expires after 24 hours and works once. `address` is where the control plane reaches the
+// agent (and what its certificate names); the agent cannot change it.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+func (c *Client) CreateHost(ctx context.Context, body CreateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateHostRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HostAgentHeartbeatWithBody An agent's periodic report
+//
+// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+// address.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+func (c *Client) HostAgentHeartbeatWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHostAgentHeartbeatRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// HostAgentHeartbeat An agent's periodic report
+//
+// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+// address.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+func (c *Client) HostAgentHeartbeat(ctx context.Context, body HostAgentHeartbeatJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewHostAgentHeartbeatRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RefreshHostAgentWithBody An agent exchanges its refresh token for new credentials
+//
+// The new refresh token is stored before the old one is revoked. A revoked refresh token
+// presented again revokes every token rotated from the same registration (401): the agent
+// then needs a new registration token.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+func (c *Client) RefreshHostAgentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRefreshHostAgentRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RefreshHostAgent An agent exchanges its refresh token for new credentials
+//
+// The new refresh token is stored before the old one is revoked. A revoked refresh token
+// presented again revokes every token rotated from the same registration (401): the agent
+// then needs a new registration token.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+func (c *Client) RefreshHostAgent(ctx context.Context, body RefreshHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRefreshHostAgentRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RegisterHostAgentWithBody An agent registers with its host's one-time token
+//
+// The token (in the body) is consumed; what the agent reports is recorded, except its
+// address: the control plane dials, and certifies, the address the administrator declared.
+// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+// its refresh token (60 days, rotating), its server certificate for the declared address
+// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+// credentials are revoked. Contract: internal/hostapi.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+func (c *Client) RegisterHostAgentWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRegisterHostAgentRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RegisterHostAgent An agent registers with its host's one-time token
+//
+// The token (in the body) is consumed; what the agent reports is recorded, except its
+// address: the control plane dials, and certifies, the address the administrator declared.
+// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+// its refresh token (60 days, rotating), its server certificate for the declared address
+// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+// credentials are revoked. Contract: internal/hostapi.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+func (c *Client) RegisterHostAgent(ctx context.Context, body RegisterHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRegisterHostAgentRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteHost Delete a host (session only)
+//
+// A host with sandboxes that are not stopped answers 409, naming them (the full list is at
+// `delete-preview`), unless `force=true`: then the host is drained, each sandbox is
+// destroyed on its agent (when reachable) and its record marked stopped, and the host's row
+// is removed. Its agent's next heartbeat answers 404, upon which the agent destroys what it
+// still has and exits. capsule serve's embedded host (`local`) cannot be deleted (409).
+//
+// Corresponds with DELETE /v1/hosts/{id} (the `DeleteHost` operationId).
+func (c *Client) DeleteHost(ctx context.Context, id HostID, params *DeleteHostParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteHostRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetHost A host (session only)
+//
+// Corresponds with GET /v1/hosts/{id} (the `GetHost` operationId).
+func (c *Client) GetHost(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetHostRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateHostWithBody Change a host's tags, or drain it and back (session only)
+//
+// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// fields stay as they are.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+func (c *Client) UpdateHostWithBody(ctx context.Context, id HostID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateHostRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateHost Change a host's tags, or drain it and back (session only)
+//
+// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// fields stay as they are.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+func (c *Client) UpdateHost(ctx context.Context, id HostID, body UpdateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateHostRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PreviewHostDeletion The sandboxes deleting the host would destroy (session only)
+//
+// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
+func (c *Client) PreviewHostDeletion(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPreviewHostDeletionRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RegenerateHostToken A new registration token for a pending host (session only)
+//
+// The previous token stops working. Once the host has left `pending`, 409.
+//
+// Corresponds with POST /v1/hosts/{id}/token (the `RegenerateHostToken` operationId).
+func (c *Client) RegenerateHostToken(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRegenerateHostTokenRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -3495,6 +4934,536 @@ func NewGetOpenAPIYAMLRequest(server string) (*http.Request, error) {
 	return req, nil
 }
 
+// NewAdminListAuditLogsRequest constructs an http.Request for the AdminListAuditLogs method
+func NewAdminListAuditLogsRequest(server string, params *AdminListAuditLogsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/audit-logs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.TeamId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "team_id", *params.TeamId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ResourceType != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "resource_type", *params.ResourceType, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Action != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "action", *params.Action, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminListHostsRequest constructs an http.Request for the AdminListHosts method
+func NewAdminListHostsRequest(server string, params *AdminListHostsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/hosts")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminListSandboxesRequest constructs an http.Request for the AdminListSandboxes method
+func NewAdminListSandboxesRequest(server string, params *AdminListSandboxesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/sandboxes")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.State != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", *params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Metadata != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "metadata", *params.Metadata, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminListTeamsRequest constructs an http.Request for the AdminListTeams method
+func NewAdminListTeamsRequest(server string, params *AdminListTeamsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/teams")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminDeleteTeamRequest constructs an http.Request for the AdminDeleteTeam method
+func NewAdminDeleteTeamRequest(server string, id TeamID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/teams/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminSetTeamBYOCRequest calls the generic AdminSetTeamBYOC builder with application/json body
+func NewAdminSetTeamBYOCRequest(server string, id TeamID, body AdminSetTeamBYOCJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewAdminSetTeamBYOCRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewAdminSetTeamBYOCRequestWithBody constructs an http.Request for the AdminSetTeamBYOC method, with any body, and a specified content type
+func NewAdminSetTeamBYOCRequestWithBody(server string, id TeamID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/teams/%s/byoc", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewAdminListUsersRequest constructs an http.Request for the AdminListUsers method
+func NewAdminListUsersRequest(server string, params *AdminListUsersParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/users")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.EmailPrefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "email_prefix", *params.EmailPrefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAdminSetUserDisabledRequest calls the generic AdminSetUserDisabled builder with application/json body
+func NewAdminSetUserDisabledRequest(server string, id string, body AdminSetUserDisabledJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewAdminSetUserDisabledRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewAdminSetUserDisabledRequestWithBody constructs an http.Request for the AdminSetUserDisabled method, with any body, and a specified content type
+func NewAdminSetUserDisabledRequestWithBody(server string, id string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/admin/users/%s/disabled", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewListApiKeysRequest constructs an http.Request for the ListApiKeys method
 func NewListApiKeysRequest(server string) (*http.Request, error) {
 	var err error
@@ -4009,6 +5978,403 @@ func NewSwitchTeamRequestWithBody(server string, contentType string, body io.Rea
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListHostsRequest constructs an http.Request for the ListHosts method
+func NewListHostsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateHostRequest calls the generic CreateHost builder with application/json body
+func NewCreateHostRequest(server string, body CreateHostJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateHostRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateHostRequestWithBody constructs an http.Request for the CreateHost method, with any body, and a specified content type
+func NewCreateHostRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewHostAgentHeartbeatRequest calls the generic HostAgentHeartbeat builder with application/json body
+func NewHostAgentHeartbeatRequest(server string, body HostAgentHeartbeatJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewHostAgentHeartbeatRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewHostAgentHeartbeatRequestWithBody constructs an http.Request for the HostAgentHeartbeat method, with any body, and a specified content type
+func NewHostAgentHeartbeatRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/heartbeat")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRefreshHostAgentRequest calls the generic RefreshHostAgent builder with application/json body
+func NewRefreshHostAgentRequest(server string, body RefreshHostAgentJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRefreshHostAgentRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewRefreshHostAgentRequestWithBody constructs an http.Request for the RefreshHostAgent method, with any body, and a specified content type
+func NewRefreshHostAgentRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/refresh")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRegisterHostAgentRequest calls the generic RegisterHostAgent builder with application/json body
+func NewRegisterHostAgentRequest(server string, body RegisterHostAgentJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRegisterHostAgentRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewRegisterHostAgentRequestWithBody constructs an http.Request for the RegisterHostAgent method, with any body, and a specified content type
+func NewRegisterHostAgentRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/register")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeleteHostRequest constructs an http.Request for the DeleteHost method
+func NewDeleteHostRequest(server string, id HostID, params *DeleteHostParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Force != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "force", *params.Force, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetHostRequest constructs an http.Request for the GetHost method
+func NewGetHostRequest(server string, id HostID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewUpdateHostRequest calls the generic UpdateHost builder with application/json body
+func NewUpdateHostRequest(server string, id HostID, body UpdateHostJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateHostRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewUpdateHostRequestWithBody constructs an http.Request for the UpdateHost method, with any body, and a specified content type
+func NewUpdateHostRequestWithBody(server string, id HostID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewPreviewHostDeletionRequest constructs an http.Request for the PreviewHostDeletion method
+func NewPreviewHostDeletionRequest(server string, id HostID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s/delete-preview", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRegenerateHostTokenRequest constructs an http.Request for the RegenerateHostToken method
+func NewRegenerateHostTokenRequest(server string, id HostID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s/token", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -5713,6 +8079,110 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /openapi.yaml (the `GetOpenAPIYAML` operationId).
 	GetOpenAPIYAMLWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetOpenAPIYAMLResponse, error)
 
+	// AdminListAuditLogsWithResponse The platform-wide audit log, newest first (platform admins)
+	//
+	// Every team's events of every scope (deleted teams' included), with the filters and
+	// paging of `GET /v1/audit-logs`, each event with its team.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/audit-logs (the `AdminListAuditLogs` operationId).
+	AdminListAuditLogsWithResponse(ctx context.Context, params *AdminListAuditLogsParams, reqEditors ...RequestEditorFn) (*AdminListAuditLogsResponse, error)
+
+	// AdminListHostsWithResponse Every sandbox host with its team's name, newest first (platform admins)
+	//
+	// The platform's hosts (team `Platform`) and every team's BYOC hosts.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/hosts (the `AdminListHosts` operationId).
+	AdminListHostsWithResponse(ctx context.Context, params *AdminListHostsParams, reqEditors ...RequestEditorFn) (*AdminListHostsResponse, error)
+
+	// AdminListSandboxesWithResponse The platform team's sandboxes, newest first (platform admins)
+	//
+	// The filters and paging of `GET /v1/sandboxes`, over the platform team.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/sandboxes (the `AdminListSandboxes` operationId).
+	AdminListSandboxesWithResponse(ctx context.Context, params *AdminListSandboxesParams, reqEditors ...RequestEditorFn) (*AdminListSandboxesResponse, error)
+
+	// AdminListTeamsWithResponse Every live team with its member and sandbox counts, newest first (platform admins)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/teams (the `AdminListTeams` operationId).
+	AdminListTeamsWithResponse(ctx context.Context, params *AdminListTeamsParams, reqEditors ...RequestEditorFn) (*AdminListTeamsResponse, error)
+
+	// AdminDeleteTeamWithResponse Delete any team and destroy its sandboxes (platform admins)
+	//
+	// What `DELETE /v1/teams/{id}` does for the team's owner, done by a platform admin who need
+	// not be a member: the team is deleted at once (its API keys and sessions stop working),
+	// then its sandboxes are destroyed (audited with the admin as the actor; `team.delete`
+	// carries `platform_admin: true`). The platform team cannot be deleted (403).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/admin/teams/{id} (the `AdminDeleteTeam` operationId).
+	AdminDeleteTeamWithResponse(ctx context.Context, id TeamID, reqEditors ...RequestEditorFn) (*AdminDeleteTeamResponse, error)
+
+	// AdminSetTeamBYOCWithBodyWithResponse Enable or disable bring-your-own-compute for a team (platform admins)
+	//
+	// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+	// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+	// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+	// be a BYOC team (400).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+	AdminSetTeamBYOCWithBodyWithResponse(ctx context.Context, id TeamID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AdminSetTeamBYOCResponse, error)
+
+	// AdminSetTeamBYOCWithResponse Enable or disable bring-your-own-compute for a team (platform admins)
+	//
+	// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+	// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+	// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+	// be a BYOC team (400).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+	AdminSetTeamBYOCWithResponse(ctx context.Context, id TeamID, body AdminSetTeamBYOCJSONRequestBody, reqEditors ...RequestEditorFn) (*AdminSetTeamBYOCResponse, error)
+
+	// AdminListUsersWithResponse Users by e-mail address, a page at a time (platform admins)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/admin/users (the `AdminListUsers` operationId).
+	AdminListUsersWithResponse(ctx context.Context, params *AdminListUsersParams, reqEditors ...RequestEditorFn) (*AdminListUsersResponse, error)
+
+	// AdminSetUserDisabledWithBodyWithResponse Disable or re-enable a user (platform admins)
+	//
+	// A disabled user cannot log in (403), and their session tokens and the API keys they
+	// created are refused (403) from the next call on; re-enabling restores them, keys
+	// included. An admin cannot disable their own account, and the last active platform admin
+	// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+	// `user.enable`, scope admin, in the platform team's log).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+	AdminSetUserDisabledWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AdminSetUserDisabledResponse, error)
+
+	// AdminSetUserDisabledWithResponse Disable or re-enable a user (platform admins)
+	//
+	// A disabled user cannot log in (403), and their session tokens and the API keys they
+	// created are refused (403) from the next call on; re-enabling restores them, keys
+	// included. An admin cannot disable their own account, and the last active platform admin
+	// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+	// `user.enable`, scope admin, in the platform team's log).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+	AdminSetUserDisabledWithResponse(ctx context.Context, id string, body AdminSetUserDisabledJSONRequestBody, reqEditors ...RequestEditorFn) (*AdminSetUserDisabledResponse, error)
+
 	// ListApiKeysWithResponse The team's live API keys, newest first
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -5881,6 +8351,175 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/auth/switch-team (the `SwitchTeam` operationId).
 	SwitchTeamWithResponse(ctx context.Context, body SwitchTeamJSONRequestBody, reqEditors ...RequestEditorFn) (*SwitchTeamResponse, error)
+
+	// ListHostsWithResponse The hosts the user sees (session only)
+	//
+	// Platform administrators see every host; anyone else the BYOC hosts of the session's team.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/hosts (the `ListHosts` operationId).
+	ListHostsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListHostsResponse, error)
+
+	// CreateHostWithBodyWithResponse Create a host record and its one-time registration token (session only)
+	//
+	// A `regular` host belongs to the platform and serves every team: only platform
+	// administrators (`users.is_admin`, read from the database on every call) create one. A
+	// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+	// its owners and admins. The host starts `pending`; its agent registers with the token
+	// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+	// expires after 24 hours and works once. `address` is where the control plane reaches the
+	// agent (and what its certificate names); the agent cannot change it.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+	CreateHostWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHostResponse, error)
+
+	// CreateHostWithResponse Create a host record and its one-time registration token (session only)
+	//
+	// A `regular` host belongs to the platform and serves every team: only platform
+	// administrators (`users.is_admin`, read from the database on every call) create one. A
+	// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+	// its owners and admins. The host starts `pending`; its agent registers with the token
+	// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+	// expires after 24 hours and works once. `address` is where the control plane reaches the
+	// agent (and what its certificate names); the agent cannot change it.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+	CreateHostWithResponse(ctx context.Context, body CreateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHostResponse, error)
+
+	// HostAgentHeartbeatWithBodyWithResponse An agent's periodic report
+	//
+	// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+	// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+	// address.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+	HostAgentHeartbeatWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*HostAgentHeartbeatResponse, error)
+
+	// HostAgentHeartbeatWithResponse An agent's periodic report
+	//
+	// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+	// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+	// address.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+	HostAgentHeartbeatWithResponse(ctx context.Context, body HostAgentHeartbeatJSONRequestBody, reqEditors ...RequestEditorFn) (*HostAgentHeartbeatResponse, error)
+
+	// RefreshHostAgentWithBodyWithResponse An agent exchanges its refresh token for new credentials
+	//
+	// The new refresh token is stored before the old one is revoked. A revoked refresh token
+	// presented again revokes every token rotated from the same registration (401): the agent
+	// then needs a new registration token.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+	RefreshHostAgentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RefreshHostAgentResponse, error)
+
+	// RefreshHostAgentWithResponse An agent exchanges its refresh token for new credentials
+	//
+	// The new refresh token is stored before the old one is revoked. A revoked refresh token
+	// presented again revokes every token rotated from the same registration (401): the agent
+	// then needs a new registration token.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+	RefreshHostAgentWithResponse(ctx context.Context, body RefreshHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*RefreshHostAgentResponse, error)
+
+	// RegisterHostAgentWithBodyWithResponse An agent registers with its host's one-time token
+	//
+	// The token (in the body) is consumed; what the agent reports is recorded, except its
+	// address: the control plane dials, and certifies, the address the administrator declared.
+	// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+	// its refresh token (60 days, rotating), its server certificate for the declared address
+	// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+	// credentials are revoked. Contract: internal/hostapi.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+	RegisterHostAgentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterHostAgentResponse, error)
+
+	// RegisterHostAgentWithResponse An agent registers with its host's one-time token
+	//
+	// The token (in the body) is consumed; what the agent reports is recorded, except its
+	// address: the control plane dials, and certifies, the address the administrator declared.
+	// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+	// its refresh token (60 days, rotating), its server certificate for the declared address
+	// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+	// credentials are revoked. Contract: internal/hostapi.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+	RegisterHostAgentWithResponse(ctx context.Context, body RegisterHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterHostAgentResponse, error)
+
+	// DeleteHostWithResponse Delete a host (session only)
+	//
+	// A host with sandboxes that are not stopped answers 409, naming them (the full list is at
+	// `delete-preview`), unless `force=true`: then the host is drained, each sandbox is
+	// destroyed on its agent (when reachable) and its record marked stopped, and the host's row
+	// is removed. Its agent's next heartbeat answers 404, upon which the agent destroys what it
+	// still has and exits. capsule serve's embedded host (`local`) cannot be deleted (409).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/hosts/{id} (the `DeleteHost` operationId).
+	DeleteHostWithResponse(ctx context.Context, id HostID, params *DeleteHostParams, reqEditors ...RequestEditorFn) (*DeleteHostResponse, error)
+
+	// GetHostWithResponse A host (session only)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/hosts/{id} (the `GetHost` operationId).
+	GetHostWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*GetHostResponse, error)
+
+	// UpdateHostWithBodyWithResponse Change a host's tags, or drain it and back (session only)
+	//
+	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// fields stay as they are.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+	UpdateHostWithBodyWithResponse(ctx context.Context, id HostID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateHostResponse, error)
+
+	// UpdateHostWithResponse Change a host's tags, or drain it and back (session only)
+	//
+	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// fields stay as they are.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+	UpdateHostWithResponse(ctx context.Context, id HostID, body UpdateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateHostResponse, error)
+
+	// PreviewHostDeletionWithResponse The sandboxes deleting the host would destroy (session only)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
+	PreviewHostDeletionWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*PreviewHostDeletionResponse, error)
+
+	// RegenerateHostTokenWithResponse A new registration token for a pending host (session only)
+	//
+	// The previous token stops working. Once the host has left `pending`, 409.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/{id}/token (the `RegenerateHostToken` operationId).
+	RegenerateHostTokenWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*RegenerateHostTokenResponse, error)
 
 	// GetMeWithResponse The session's user, its teams and the session's team (session only)
 	//
@@ -6608,6 +9247,579 @@ func (r GetOpenAPIYAMLResponse) ContentType() string {
 	return ""
 }
 
+type AdminListAuditLogsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AdminAuditLogPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminListAuditLogsResponse) GetJSON200() *AdminAuditLogPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminListAuditLogsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminListAuditLogsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminListAuditLogsResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminListAuditLogsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminListAuditLogsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminListAuditLogsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminListAuditLogsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminListAuditLogsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminListHostsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AdminHostPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminListHostsResponse) GetJSON200() *AdminHostPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminListHostsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminListHostsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminListHostsResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminListHostsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminListHostsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminListHostsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminListHostsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminListHostsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminListSandboxesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SandboxPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminListSandboxesResponse) GetJSON200() *SandboxPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminListSandboxesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminListSandboxesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminListSandboxesResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminListSandboxesResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminListSandboxesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminListSandboxesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminListSandboxesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminListSandboxesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminListTeamsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AdminTeamPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminListTeamsResponse) GetJSON200() *AdminTeamPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminListTeamsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminListTeamsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminListTeamsResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminListTeamsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminListTeamsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminListTeamsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminListTeamsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminListTeamsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminDeleteTeamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TeamDeletion
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminDeleteTeamResponse) GetJSON200() *TeamDeletion {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminDeleteTeamResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminDeleteTeamResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AdminDeleteTeamResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminDeleteTeamResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminDeleteTeamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminDeleteTeamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminDeleteTeamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminDeleteTeamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminSetTeamBYOCResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TeamBYOC
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON200() *TeamBYOC {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminSetTeamBYOCResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminSetTeamBYOCResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminSetTeamBYOCResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminSetTeamBYOCResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminSetTeamBYOCResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminListUsersResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AdminUserPage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminListUsersResponse) GetJSON200() *AdminUserPage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminListUsersResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminListUsersResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminListUsersResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminListUsersResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminListUsersResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminListUsersResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminListUsersResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminListUsersResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AdminSetUserDisabledResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *UserState
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NotPlatformAdmin
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON200() *UserState {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON403() *NotPlatformAdmin {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r AdminSetUserDisabledResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r AdminSetUserDisabledResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AdminSetUserDisabledResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AdminSetUserDisabledResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AdminSetUserDisabledResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ListApiKeysResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -6891,6 +10103,8 @@ type LoginResponse struct {
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
 	// JSON429 the response for an HTTP 429 `application/json` response
 	JSON429 *RateLimited
 	// JSON500 the response for an HTTP 500 `application/json` response
@@ -6912,6 +10126,11 @@ func (r LoginResponse) GetJSON400() *BadRequest {
 // GetJSON401 returns the response for an HTTP 401 `application/json` response
 func (r LoginResponse) GetJSON401() *Error {
 	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r LoginResponse) GetJSON403() *Error {
+	return r.JSON403
 }
 
 // GetJSON429 returns the response for an HTTP 429 `application/json` response
@@ -7322,6 +10541,759 @@ func (r SwitchTeamResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r SwitchTeamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListHostsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NeedsSession
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListHostsResponse) GetJSON200() *HostList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListHostsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListHostsResponse) GetJSON403() *NeedsSession {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ListHostsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r ListHostsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListHostsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListHostsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListHostsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateHostResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *CreatedHost
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *TeamNotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateHostResponse) GetJSON201() *CreatedHost {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateHostResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateHostResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateHostResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateHostResponse) GetJSON404() *TeamNotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateHostResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateHostResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateHostResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateHostResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateHostResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateHostResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type HostAgentHeartbeatResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostHeartbeatResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON200() *HostHeartbeatResponse {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r HostAgentHeartbeatResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r HostAgentHeartbeatResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r HostAgentHeartbeatResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r HostAgentHeartbeatResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r HostAgentHeartbeatResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RefreshHostAgentResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostCredentials
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON200() *HostCredentials {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RefreshHostAgentResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r RefreshHostAgentResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RefreshHostAgentResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RefreshHostAgentResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RefreshHostAgentResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RegisterHostAgentResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *HostRegisterResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON201() *HostRegisterResponse {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RegisterHostAgentResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r RegisterHostAgentResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RegisterHostAgentResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RegisterHostAgentResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RegisterHostAgentResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteHostResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostDeletion
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeleteHostResponse) GetJSON200() *HostDeletion {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteHostResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteHostResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteHostResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteHostResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteHostResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteHostResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteHostResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteHostResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteHostResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteHostResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetHostResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Host
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NeedsSession
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetHostResponse) GetJSON200() *Host {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetHostResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetHostResponse) GetJSON403() *NeedsSession {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetHostResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetHostResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetHostResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetHostResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetHostResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetHostResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type UpdateHostResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Host
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateHostResponse) GetJSON200() *Host {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r UpdateHostResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r UpdateHostResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r UpdateHostResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r UpdateHostResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r UpdateHostResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r UpdateHostResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateHostResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateHostResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateHostResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateHostResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type PreviewHostDeletionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostSandboxList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PreviewHostDeletionResponse) GetJSON200() *HostSandboxList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PreviewHostDeletionResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r PreviewHostDeletionResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PreviewHostDeletionResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r PreviewHostDeletionResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r PreviewHostDeletionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PreviewHostDeletionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PreviewHostDeletionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PreviewHostDeletionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RegenerateHostTokenResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *CreatedHost
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON201() *CreatedHost {
+	return r.JSON201
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r RegenerateHostTokenResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r RegenerateHostTokenResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RegenerateHostTokenResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RegenerateHostTokenResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RegenerateHostTokenResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10261,6 +14233,170 @@ func (c *ClientWithResponses) GetOpenAPIYAMLWithResponse(ctx context.Context, re
 	return ParseGetOpenAPIYAMLResponse(rsp)
 }
 
+// AdminListAuditLogsWithResponse The platform-wide audit log, newest first (platform admins)
+//
+// Every team's events of every scope (deleted teams' included), with the filters and
+// paging of `GET /v1/audit-logs`, each event with its team.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/audit-logs (the `AdminListAuditLogs` operationId).
+func (c *ClientWithResponses) AdminListAuditLogsWithResponse(ctx context.Context, params *AdminListAuditLogsParams, reqEditors ...RequestEditorFn) (*AdminListAuditLogsResponse, error) {
+	rsp, err := c.AdminListAuditLogs(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminListAuditLogsResponse(rsp)
+}
+
+// AdminListHostsWithResponse Every sandbox host with its team's name, newest first (platform admins)
+//
+// The platform's hosts (team `Platform`) and every team's BYOC hosts.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/hosts (the `AdminListHosts` operationId).
+func (c *ClientWithResponses) AdminListHostsWithResponse(ctx context.Context, params *AdminListHostsParams, reqEditors ...RequestEditorFn) (*AdminListHostsResponse, error) {
+	rsp, err := c.AdminListHosts(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminListHostsResponse(rsp)
+}
+
+// AdminListSandboxesWithResponse The platform team's sandboxes, newest first (platform admins)
+//
+// The filters and paging of `GET /v1/sandboxes`, over the platform team.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/sandboxes (the `AdminListSandboxes` operationId).
+func (c *ClientWithResponses) AdminListSandboxesWithResponse(ctx context.Context, params *AdminListSandboxesParams, reqEditors ...RequestEditorFn) (*AdminListSandboxesResponse, error) {
+	rsp, err := c.AdminListSandboxes(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminListSandboxesResponse(rsp)
+}
+
+// AdminListTeamsWithResponse Every live team with its member and sandbox counts, newest first (platform admins)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/teams (the `AdminListTeams` operationId).
+func (c *ClientWithResponses) AdminListTeamsWithResponse(ctx context.Context, params *AdminListTeamsParams, reqEditors ...RequestEditorFn) (*AdminListTeamsResponse, error) {
+	rsp, err := c.AdminListTeams(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminListTeamsResponse(rsp)
+}
+
+// AdminDeleteTeamWithResponse Delete any team and destroy its sandboxes (platform admins)
+//
+// What `DELETE /v1/teams/{id}` does for the team's owner, done by a platform admin who need
+// not be a member: the team is deleted at once (its API keys and sessions stop working),
+// then its sandboxes are destroyed (audited with the admin as the actor; `team.delete`
+// carries `platform_admin: true`). The platform team cannot be deleted (403).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/admin/teams/{id} (the `AdminDeleteTeam` operationId).
+func (c *ClientWithResponses) AdminDeleteTeamWithResponse(ctx context.Context, id TeamID, reqEditors ...RequestEditorFn) (*AdminDeleteTeamResponse, error) {
+	rsp, err := c.AdminDeleteTeam(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminDeleteTeamResponse(rsp)
+}
+
+// AdminSetTeamBYOCWithBodyWithResponse Enable or disable bring-your-own-compute for a team (platform admins)
+//
+// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+// be a BYOC team (400).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+func (c *ClientWithResponses) AdminSetTeamBYOCWithBodyWithResponse(ctx context.Context, id TeamID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AdminSetTeamBYOCResponse, error) {
+	rsp, err := c.AdminSetTeamBYOCWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminSetTeamBYOCResponse(rsp)
+}
+
+// AdminSetTeamBYOCWithResponse Enable or disable bring-your-own-compute for a team (platform admins)
+//
+// A BYOC team may register its own sandbox hosts; `GET /v1/teams/{id}` shows the flag as
+// `is_byoc`. Idempotent; every call is audited (`team.byoc_enable` / `team.byoc_disable`,
+// scope admin, in the team's log). The platform team owns the platform's hosts and cannot
+// be a BYOC team (400).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/admin/teams/{id}/byoc (the `AdminSetTeamBYOC` operationId).
+func (c *ClientWithResponses) AdminSetTeamBYOCWithResponse(ctx context.Context, id TeamID, body AdminSetTeamBYOCJSONRequestBody, reqEditors ...RequestEditorFn) (*AdminSetTeamBYOCResponse, error) {
+	rsp, err := c.AdminSetTeamBYOC(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminSetTeamBYOCResponse(rsp)
+}
+
+// AdminListUsersWithResponse Users by e-mail address, a page at a time (platform admins)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/admin/users (the `AdminListUsers` operationId).
+func (c *ClientWithResponses) AdminListUsersWithResponse(ctx context.Context, params *AdminListUsersParams, reqEditors ...RequestEditorFn) (*AdminListUsersResponse, error) {
+	rsp, err := c.AdminListUsers(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminListUsersResponse(rsp)
+}
+
+// AdminSetUserDisabledWithBodyWithResponse Disable or re-enable a user (platform admins)
+//
+// A disabled user cannot log in (403), and their session tokens and the API keys they
+// created are refused (403) from the next call on; re-enabling restores them, keys
+// included. An admin cannot disable their own account, and the last active platform admin
+// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+// `user.enable`, scope admin, in the platform team's log).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+func (c *ClientWithResponses) AdminSetUserDisabledWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*AdminSetUserDisabledResponse, error) {
+	rsp, err := c.AdminSetUserDisabledWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminSetUserDisabledResponse(rsp)
+}
+
+// AdminSetUserDisabledWithResponse Disable or re-enable a user (platform admins)
+//
+// A disabled user cannot log in (403), and their session tokens and the API keys they
+// created are refused (403) from the next call on; re-enabling restores them, keys
+// included. An admin cannot disable their own account, and the last active platform admin
+// is never disabled (409). Idempotent; every call is audited (`user.disable` /
+// `user.enable`, scope admin, in the platform team's log).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/admin/users/{id}/disabled (the `AdminSetUserDisabled` operationId).
+func (c *ClientWithResponses) AdminSetUserDisabledWithResponse(ctx context.Context, id string, body AdminSetUserDisabledJSONRequestBody, reqEditors ...RequestEditorFn) (*AdminSetUserDisabledResponse, error) {
+	rsp, err := c.AdminSetUserDisabled(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAdminSetUserDisabledResponse(rsp)
+}
+
 // ListApiKeysWithResponse The team's live API keys, newest first
 //
 // Returns a wrapper object for the known response body format(s).
@@ -10512,6 +14648,265 @@ func (c *ClientWithResponses) SwitchTeamWithResponse(ctx context.Context, body S
 		return nil, err
 	}
 	return ParseSwitchTeamResponse(rsp)
+}
+
+// ListHostsWithResponse The hosts the user sees (session only)
+//
+// Platform administrators see every host; anyone else the BYOC hosts of the session's team.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/hosts (the `ListHosts` operationId).
+func (c *ClientWithResponses) ListHostsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListHostsResponse, error) {
+	rsp, err := c.ListHosts(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListHostsResponse(rsp)
+}
+
+// CreateHostWithBodyWithResponse Create a host record and its one-time registration token (session only)
+//
+// A `regular` host belongs to the platform and serves every team: only platform
+// administrators (`users.is_admin`, read from the database on every call) create one. A
+// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+// its owners and admins. The host starts `pending`; its agent registers with the token
+// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+// expires after 24 hours and works once. `address` is where the control plane reaches the
+// agent (and what its certificate names); the agent cannot change it.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+func (c *ClientWithResponses) CreateHostWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateHostResponse, error) {
+	rsp, err := c.CreateHostWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateHostResponse(rsp)
+}
+
+// CreateHostWithResponse Create a host record and its one-time registration token (session only)
+//
+// A `regular` host belongs to the platform and serves every team: only platform
+// administrators (`users.is_admin`, read from the database on every call) create one. A
+// `byoc` host belongs to the session's team, which must have BYOC enabled, and is created by
+// its owners and admins. The host starts `pending`; its agent registers with the token
+// (`capsule agent --register TOKEN`), which is shown this once, is stored as its SHA-256 only,
+// expires after 24 hours and works once. `address` is where the control plane reaches the
+// agent (and what its certificate names); the agent cannot change it.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts (the `CreateHost` operationId).
+func (c *ClientWithResponses) CreateHostWithResponse(ctx context.Context, body CreateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateHostResponse, error) {
+	rsp, err := c.CreateHost(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateHostResponse(rsp)
+}
+
+// HostAgentHeartbeatWithBodyWithResponse An agent's periodic report
+//
+// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+// address.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+func (c *ClientWithResponses) HostAgentHeartbeatWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*HostAgentHeartbeatResponse, error) {
+	rsp, err := c.HostAgentHeartbeatWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHostAgentHeartbeatResponse(rsp)
+}
+
+// HostAgentHeartbeatWithResponse An agent's periodic report
+//
+// A `pending` or `unreachable` host becomes `online`; `draining` stays. Used resources and
+// sandbox counts are recorded. A `csr` gets a new server certificate for the declared
+// address.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/heartbeat (the `HostAgentHeartbeat` operationId).
+func (c *ClientWithResponses) HostAgentHeartbeatWithResponse(ctx context.Context, body HostAgentHeartbeatJSONRequestBody, reqEditors ...RequestEditorFn) (*HostAgentHeartbeatResponse, error) {
+	rsp, err := c.HostAgentHeartbeat(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHostAgentHeartbeatResponse(rsp)
+}
+
+// RefreshHostAgentWithBodyWithResponse An agent exchanges its refresh token for new credentials
+//
+// The new refresh token is stored before the old one is revoked. A revoked refresh token
+// presented again revokes every token rotated from the same registration (401): the agent
+// then needs a new registration token.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+func (c *ClientWithResponses) RefreshHostAgentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RefreshHostAgentResponse, error) {
+	rsp, err := c.RefreshHostAgentWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRefreshHostAgentResponse(rsp)
+}
+
+// RefreshHostAgentWithResponse An agent exchanges its refresh token for new credentials
+//
+// The new refresh token is stored before the old one is revoked. A revoked refresh token
+// presented again revokes every token rotated from the same registration (401): the agent
+// then needs a new registration token.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/refresh (the `RefreshHostAgent` operationId).
+func (c *ClientWithResponses) RefreshHostAgentWithResponse(ctx context.Context, body RefreshHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*RefreshHostAgentResponse, error) {
+	rsp, err := c.RefreshHostAgent(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRefreshHostAgentResponse(rsp)
+}
+
+// RegisterHostAgentWithBodyWithResponse An agent registers with its host's one-time token
+//
+// The token (in the body) is consumed; what the agent reports is recorded, except its
+// address: the control plane dials, and certifies, the address the administrator declared.
+// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+// its refresh token (60 days, rotating), its server certificate for the declared address
+// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+// credentials are revoked. Contract: internal/hostapi.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+func (c *ClientWithResponses) RegisterHostAgentWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RegisterHostAgentResponse, error) {
+	rsp, err := c.RegisterHostAgentWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRegisterHostAgentResponse(rsp)
+}
+
+// RegisterHostAgentWithResponse An agent registers with its host's one-time token
+//
+// The token (in the body) is consumed; what the agent reports is recorded, except its
+// address: the control plane dials, and certifies, the address the administrator declared.
+// The answer carries the host's access token (a JWT, 7 days, usable only on the heartbeat),
+// its refresh token (60 days, rotating), its server certificate for the declared address
+// (signed from the CSR by the internal CA) and the CA. An earlier registration's
+// credentials are revoked. Contract: internal/hostapi.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/register (the `RegisterHostAgent` operationId).
+func (c *ClientWithResponses) RegisterHostAgentWithResponse(ctx context.Context, body RegisterHostAgentJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterHostAgentResponse, error) {
+	rsp, err := c.RegisterHostAgent(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRegisterHostAgentResponse(rsp)
+}
+
+// DeleteHostWithResponse Delete a host (session only)
+//
+// A host with sandboxes that are not stopped answers 409, naming them (the full list is at
+// `delete-preview`), unless `force=true`: then the host is drained, each sandbox is
+// destroyed on its agent (when reachable) and its record marked stopped, and the host's row
+// is removed. Its agent's next heartbeat answers 404, upon which the agent destroys what it
+// still has and exits. capsule serve's embedded host (`local`) cannot be deleted (409).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/hosts/{id} (the `DeleteHost` operationId).
+func (c *ClientWithResponses) DeleteHostWithResponse(ctx context.Context, id HostID, params *DeleteHostParams, reqEditors ...RequestEditorFn) (*DeleteHostResponse, error) {
+	rsp, err := c.DeleteHost(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteHostResponse(rsp)
+}
+
+// GetHostWithResponse A host (session only)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/hosts/{id} (the `GetHost` operationId).
+func (c *ClientWithResponses) GetHostWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*GetHostResponse, error) {
+	rsp, err := c.GetHost(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetHostResponse(rsp)
+}
+
+// UpdateHostWithBodyWithResponse Change a host's tags, or drain it and back (session only)
+//
+// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// fields stay as they are.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+func (c *ClientWithResponses) UpdateHostWithBodyWithResponse(ctx context.Context, id HostID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateHostResponse, error) {
+	rsp, err := c.UpdateHostWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateHostResponse(rsp)
+}
+
+// UpdateHostWithResponse Change a host's tags, or drain it and back (session only)
+//
+// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
+// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// fields stay as they are.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/hosts/{id} (the `UpdateHost` operationId).
+func (c *ClientWithResponses) UpdateHostWithResponse(ctx context.Context, id HostID, body UpdateHostJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateHostResponse, error) {
+	rsp, err := c.UpdateHost(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateHostResponse(rsp)
+}
+
+// PreviewHostDeletionWithResponse The sandboxes deleting the host would destroy (session only)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
+func (c *ClientWithResponses) PreviewHostDeletionWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*PreviewHostDeletionResponse, error) {
+	rsp, err := c.PreviewHostDeletion(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePreviewHostDeletionResponse(rsp)
+}
+
+// RegenerateHostTokenWithResponse A new registration token for a pending host (session only)
+//
+// The previous token stops working. Once the host has left `pending`, 409.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/{id}/token (the `RegenerateHostToken` operationId).
+func (c *ClientWithResponses) RegenerateHostTokenWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*RegenerateHostTokenResponse, error) {
+	rsp, err := c.RegenerateHostToken(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRegenerateHostTokenResponse(rsp)
 }
 
 // GetMeWithResponse The session's user, its teams and the session's team (session only)
@@ -11446,6 +15841,459 @@ func ParseGetOpenAPIYAMLResponse(rsp *http.Response) (*GetOpenAPIYAMLResponse, e
 	return response, nil
 }
 
+// ParseAdminListAuditLogsResponse parses an HTTP response from a AdminListAuditLogsWithResponse call
+func ParseAdminListAuditLogsResponse(rsp *http.Response) (*AdminListAuditLogsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminListAuditLogsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AdminAuditLogPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminListHostsResponse parses an HTTP response from a AdminListHostsWithResponse call
+func ParseAdminListHostsResponse(rsp *http.Response) (*AdminListHostsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminListHostsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AdminHostPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminListSandboxesResponse parses an HTTP response from a AdminListSandboxesWithResponse call
+func ParseAdminListSandboxesResponse(rsp *http.Response) (*AdminListSandboxesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminListSandboxesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SandboxPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminListTeamsResponse parses an HTTP response from a AdminListTeamsWithResponse call
+func ParseAdminListTeamsResponse(rsp *http.Response) (*AdminListTeamsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminListTeamsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AdminTeamPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminDeleteTeamResponse parses an HTTP response from a AdminDeleteTeamWithResponse call
+func ParseAdminDeleteTeamResponse(rsp *http.Response) (*AdminDeleteTeamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminDeleteTeamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TeamDeletion
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminSetTeamBYOCResponse parses an HTTP response from a AdminSetTeamBYOCWithResponse call
+func ParseAdminSetTeamBYOCResponse(rsp *http.Response) (*AdminSetTeamBYOCResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminSetTeamBYOCResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TeamBYOC
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminListUsersResponse parses an HTTP response from a AdminListUsersWithResponse call
+func ParseAdminListUsersResponse(rsp *http.Response) (*AdminListUsersResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminListUsersResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AdminUserPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAdminSetUserDisabledResponse parses an HTTP response from a AdminSetUserDisabledWithResponse call
+func ParseAdminSetUserDisabledResponse(rsp *http.Response) (*AdminSetUserDisabledResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AdminSetUserDisabledResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest UserState
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NotPlatformAdmin
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseListApiKeysResponse parses an HTTP response from a ListApiKeysWithResponse call
 func ParseListApiKeysResponse(rsp *http.Response) (*ListApiKeysResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -11692,6 +16540,13 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 			return nil, err
 		}
 		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest RateLimited
@@ -12057,6 +16912,609 @@ func ParseSwitchTeamResponse(rsp *http.Response) (*SwitchTeamResponse, error) {
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListHostsResponse parses an HTTP response from a ListHostsWithResponse call
+func ParseListHostsResponse(rsp *http.Response) (*ListHostsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListHostsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NeedsSession
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateHostResponse parses an HTTP response from a CreateHostWithResponse call
+func ParseCreateHostResponse(rsp *http.Response) (*CreateHostResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateHostResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest CreatedHost
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest TeamNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseHostAgentHeartbeatResponse parses an HTTP response from a HostAgentHeartbeatWithResponse call
+func ParseHostAgentHeartbeatResponse(rsp *http.Response) (*HostAgentHeartbeatResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &HostAgentHeartbeatResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostHeartbeatResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRefreshHostAgentResponse parses an HTTP response from a RefreshHostAgentWithResponse call
+func ParseRefreshHostAgentResponse(rsp *http.Response) (*RefreshHostAgentResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RefreshHostAgentResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostCredentials
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRegisterHostAgentResponse parses an HTTP response from a RegisterHostAgentWithResponse call
+func ParseRegisterHostAgentResponse(rsp *http.Response) (*RegisterHostAgentResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RegisterHostAgentResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest HostRegisterResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteHostResponse parses an HTTP response from a DeleteHostWithResponse call
+func ParseDeleteHostResponse(rsp *http.Response) (*DeleteHostResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteHostResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostDeletion
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetHostResponse parses an HTTP response from a GetHostWithResponse call
+func ParseGetHostResponse(rsp *http.Response) (*GetHostResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetHostResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Host
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NeedsSession
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseUpdateHostResponse parses an HTTP response from a UpdateHostWithResponse call
+func ParseUpdateHostResponse(rsp *http.Response) (*UpdateHostResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateHostResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Host
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParsePreviewHostDeletionResponse parses an HTTP response from a PreviewHostDeletionWithResponse call
+func ParsePreviewHostDeletionResponse(rsp *http.Response) (*PreviewHostDeletionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PreviewHostDeletionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostSandboxList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRegenerateHostTokenResponse parses an HTTP response from a RegenerateHostTokenWithResponse call
+func ParseRegenerateHostTokenResponse(rsp *http.Response) (*RegenerateHostTokenResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RegenerateHostTokenResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest CreatedHost
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest InternalError
