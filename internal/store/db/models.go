@@ -54,6 +54,13 @@ type HostRefreshToken struct {
 	ReplacedBy pgtype.UUID        `json:"replaced_by"`
 }
 
+type HostTemplate struct {
+	HostID     pgtype.UUID `json:"host_id"`
+	TemplateID pgtype.UUID `json:"template_id"`
+	SizeBytes  int64       `json:"size_bytes"`
+	LastUsedAt time.Time   `json:"last_used_at"`
+}
+
 type Membership struct {
 	UserID    pgtype.UUID `json:"user_id"`
 	TeamID    pgtype.UUID `json:"team_id"`
