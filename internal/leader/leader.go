@@ -28,7 +28,8 @@ type Config struct {
 	RetryInterval time.Duration
 	// Grace is how long a new leader waits before it runs fn (default
 	// CheckInterval + CheckTimeout: the longest an old leader takes to see
-	// that its session ended).
+	// that its session ended). Negative: no wait, for a database no other
+	// replica can reach (capsule serve's embedded PostgreSQL).
 	Grace time.Duration
 	// SessionTimeout is the campaign session's idle_session_timeout: the
 	// server ends the session of a leader that stopped checking (default
@@ -68,8 +69,11 @@ func New(cfg Config) (*Elector, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = DefaultRetryInterval
 	}
-	if cfg.Grace <= 0 {
+	switch {
+	case cfg.Grace == 0:
 		cfg.Grace = cfg.CheckInterval + cfg.CheckTimeout
+	case cfg.Grace < 0:
+		cfg.Grace = 0
 	}
 	if cfg.SessionTimeout <= 0 {
 		cfg.SessionTimeout = DefaultSessionTimeout
@@ -173,7 +177,7 @@ func (e *Elector) campaign(ctx context.Context, conn *pgx.Conn, name string, key
 // term is one leadership: wait out the grace, run fn until the session
 // ends, ctx ends or fn returns.
 func (e *Elector) term(ctx context.Context, conn *pgx.Conn, fn func(context.Context), log *slog.Logger) {
-	if !e.sleepWatching(ctx, conn, e.cfg.Grace) {
+	if e.cfg.Grace > 0 && !e.sleepWatching(ctx, conn, e.cfg.Grace) {
 		if ctx.Err() == nil {
 			log.WarnContext(ctx, "leader: lost the session during the grace period")
 		}
