@@ -135,3 +135,40 @@ func candidatesSQL(t *testing.T) string {
 	}
 	return q
 }
+
+// TestHostsBench runs the hosts benchmark small over a test database: its
+// JSON has the scheduling decision's timing with every decision counted,
+// the fleet's size, and no figure it does not measure.
+func TestHostsBench(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, pgtest.StartForTest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	fleet := Fleet{Hosts: 40, Live: 400, Stopped: 100, Teams: 5, Templates: 10}
+	out, err := Hosts(ctx, st, HostsOptions{Fleet: fleet, N: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := out["scheduling_decision"].(Timing)
+	if !ok || d.N != 30 || d.P50 <= 0 || d.P99 < d.P50 {
+		t.Fatalf("scheduling_decision = %+v; want 30 samples with 0 < p50 <= p99", out["scheduling_decision"])
+	}
+	if out["hosts"] != 40 || out["sandboxes"] != 500 {
+		t.Fatalf("fleet in the JSON: hosts %v, sandboxes %v; want 40, 500", out["hosts"], out["sandboxes"])
+	}
+	// Every host holds one template in ten, and one host in ten of the
+	// online ones at least: affinity must win some decisions.
+	if r, _ := out["affinity_ratio"].(float64); r <= 0 || r > 1 {
+		t.Fatalf("affinity_ratio = %v; want in (0, 1]", out["affinity_ratio"])
+	}
+	for k := range out {
+		switch k {
+		case "scheduling_decision", "hosts", "sandboxes", "live_sandboxes", "affinity_ratio":
+		default:
+			t.Errorf("unexpected figure %q (not measured by this bench)", k)
+		}
+	}
+}
