@@ -127,15 +127,22 @@ func (e *Elector) Run(ctx context.Context, name string, fn func(ctx context.Cont
 // dial takes a connection out of the pool for a campaign and bounds its
 // life on the server's side.
 func (e *Elector) dial(ctx context.Context) (*pgx.Conn, error) {
-	pc, err := e.cfg.Pool.Acquire(ctx)
+	// A server that accepts but never answers must not hold the campaign.
+	actx, cancel := context.WithTimeout(ctx, 5*e.cfg.CheckTimeout)
+	defer cancel()
+	pc, err := e.cfg.Pool.Acquire(actx)
 	if err != nil {
 		return nil, err
 	}
 	conn := pc.Hijack()
 	qctx, cancel := context.WithTimeout(ctx, e.cfg.CheckTimeout)
 	defer cancel()
-	// Keepalives matter on TCP only (ignored on a Unix socket).
-	_, err = conn.Exec(qctx, `SELECT set_config('idle_session_timeout', $1, false),
+	// Keepalives matter on TCP only (ignored on a Unix socket);
+	// idle_session_timeout exists from PostgreSQL 14 on (before, a silent
+	// leader's lock waits for the keepalives).
+	_, err = conn.Exec(qctx, `SELECT
+		CASE WHEN current_setting('server_version_num')::integer >= 140000
+		     THEN set_config('idle_session_timeout', $1, false) END,
 		set_config('tcp_keepalives_idle', '5', false), set_config('tcp_keepalives_interval', '2', false),
 		set_config('tcp_keepalives_count', '3', false), set_config('application_name', 'capsule leader', false)`,
 		strconv.FormatInt(e.cfg.SessionTimeout.Milliseconds(), 10))
