@@ -50,3 +50,28 @@ SELECT host_id FROM host_templates WHERE template_id = @template_id ORDER BY hos
 -- name: DeleteHostTemplate :execrows
 -- A host no longer holds a template (evicted or deleted).
 DELETE FROM host_templates WHERE host_id = @host_id AND template_id = @template_id;
+
+-- name: LockHostForPlacement :one
+-- The chosen host with what its sandboxes reserve, its row locked until
+-- the end of the transaction that inserts the sandbox: creates that chose
+-- the same host re-check admission (scheduler.Fits) one after the other,
+-- so two of them never overcommit it together. Sums as in
+-- ListSchedulingCandidates.
+SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
+       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb
+FROM hosts h
+CROSS JOIN LATERAL (
+  SELECT
+    COALESCE(sum(s.vcpus) FILTER (WHERE s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing')), 0)::bigint
+      AS reserved_vcpus,
+    COALESCE(sum(s.memory_mb) FILTER (WHERE s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing')), 0)::bigint
+      AS reserved_memory_mb,
+    COALESCE(sum(s.disk_mb + CASE WHEN s.state = 'paused' THEN s.memory_mb ELSE 0 END), 0)::bigint
+      AS reserved_disk_mb
+  FROM sandboxes s
+  WHERE s.host_id = h.id
+    AND s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing', 'paused', 'error')
+) r
+WHERE h.id = @id
+FOR UPDATE OF h;

@@ -37,6 +37,21 @@ func Candidates(rows []db.ListSchedulingCandidatesRow, req Request) []Host {
 	return hosts
 }
 
+// Locked converts the row of Queries.LockHostForPlacement (the chosen host,
+// locked, with its current reservations) for the admission re-check:
+// s.Admissible(&h, req, now) in the transaction that inserts the sandbox.
+// The host's templates are not in it (affinity does not matter any more).
+func Locked(r db.LockHostForPlacementRow) Host {
+	h := Host{ID: r.ID.Bytes, Name: r.Name, Team: r.TeamID.Bytes, Status: r.Status,
+		Total:    Resources{VCPUs: int64(r.TotalVCPUs), MemoryMB: r.TotalMemoryMB, DiskMB: r.TotalDiskMB},
+		Reserved: Resources{VCPUs: r.ReservedVCPUs, MemoryMB: r.ReservedMemoryMB, DiskMB: r.ReservedDiskMB},
+		Tags:     labels(r.Labels)}
+	if r.LastHeartbeatAt.Valid {
+		h.LastHeartbeat = r.LastHeartbeatAt.Time
+	}
+	return h
+}
+
 // labels are a host's tags: the string values of its labels object (other
 // values are not tags).
 func labels(raw json.RawMessage) map[string]string {

@@ -10,6 +10,7 @@ import (
 	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -142,6 +143,85 @@ func TestCandidatesQuery(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLockHostForPlacement: the placement re-check locks the chosen host's
+// row (a second transaction cannot lock it meanwhile) and sums its
+// reservations as the candidates query does, so admission of two creates
+// racing for the last room of a host is decided one after the other.
+func TestLockHostForPlacement(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, pgtest.StartForTest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	pool := st.Pool()
+	var host, team pgtype.UUID
+	if err := pool.QueryRow(ctx, `INSERT INTO teams (name) VALUES ('t') RETURNING id`).Scan(&team); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO hosts (name, status, total_vcpus, total_memory_mb, total_disk_mb, last_heartbeat_at)
+	    VALUES ('h', 'online', 2, 4096, 10000, now()) RETURNING id`).Scan(&host); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO sandboxes (team_id, host_id, template, state, vcpus, memory_mb, disk_mb)
+	    VALUES ($1, $2, 'base', 'running', 1, 3072, 10), ($1, $2, 'base', 'paused', 1, 512, 10)`, team, host); err != nil {
+		t.Fatal(err)
+	}
+	req := scheduler.Request{Team: team.Bytes, Resources: scheduler.Resources{VCPUs: 1, MemoryMB: 1024}}
+	s := scheduler.New(scheduler.Config{})
+
+	tx1, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx1.Rollback(ctx)
+	row, err := st.Queries().WithTx(tx1).LockHostForPlacement(ctx, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := scheduler.Locked(row)
+	if want := (scheduler.Resources{VCPUs: 1, MemoryMB: 3072, DiskMB: 10 + 10 + 512}); h.Reserved != want {
+		t.Fatalf("reserved %+v; want %+v", h.Reserved, want)
+	}
+	if !s.Admissible(&h, req, time.Now()) {
+		t.Fatal("1024 MiB on a host with 1024 MiB free: not admissible")
+	}
+
+	t.Run("a second placement waits for the first", func(t *testing.T) {
+		tx2, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx2.Rollback(ctx)
+		if _, err := tx2.Exec(ctx, "SET LOCAL lock_timeout = '200ms'"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Queries().WithTx(tx2).LockHostForPlacement(ctx, host)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available
+			t.Fatalf("a second transaction's lock = %v; want a lock timeout while the first holds it", err)
+		}
+	})
+	t.Run("after the first inserted its sandbox, the second sees it", func(t *testing.T) {
+		if _, err := tx1.Exec(ctx, `INSERT INTO sandboxes (team_id, host_id, template, state, vcpus, memory_mb)
+		    VALUES ($1, $2, 'base', 'starting', 1, 1024)`, team, host); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx1.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		row, err := st.Queries().LockHostForPlacement(ctx, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := scheduler.Locked(row)
+		if s.Admissible(&h, req, time.Now()) {
+			t.Fatalf("host full (%+v reserved of %+v) still admits 1024 MiB", h.Reserved, h.Total)
+		}
+	})
 }
 
 func equal(a, b []string) bool {

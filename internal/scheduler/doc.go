@@ -52,6 +52,14 @@
 // loads are in [0, 1]). Consequently, among hosts with the same affinity
 // the chosen one always has the lowest load.
 //
+// # Placing
+//
+// Choose reads a snapshot: two creates may choose the same host for its
+// last room. The transaction that inserts the sandbox re-checks the chosen
+// host under its row lock (Queries.LockHostForPlacement, converted by
+// Locked, then Admissible) and, when it no longer fits, chooses again
+// without it.
+//
 // # Failure
 //
 // When no host is admissible, Choose returns a *NoHostError (errors.Is

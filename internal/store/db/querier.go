@@ -128,6 +128,12 @@ type Querier interface {
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
 	// The templates whose files a host keeps (snapshots), for reconciliation.
 	ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error)
+	// The chosen host with what its sandboxes reserve, its row locked until
+	// the end of the transaction that inserts the sandbox: creates that chose
+	// the same host re-check admission (scheduler.Fits) one after the other,
+	// so two of them never overcommit it together. Sums as in
+	// ListSchedulingCandidates.
+	LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.

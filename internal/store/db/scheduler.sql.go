@@ -175,6 +175,67 @@ func (q *Queries) ListTemplateHosts(ctx context.Context, templateID pgtype.UUID)
 	return items, nil
 }
 
+const lockHostForPlacement = `-- name: LockHostForPlacement :one
+SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
+       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb
+FROM hosts h
+CROSS JOIN LATERAL (
+  SELECT
+    COALESCE(sum(s.vcpus) FILTER (WHERE s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing')), 0)::bigint
+      AS reserved_vcpus,
+    COALESCE(sum(s.memory_mb) FILTER (WHERE s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing')), 0)::bigint
+      AS reserved_memory_mb,
+    COALESCE(sum(s.disk_mb + CASE WHEN s.state = 'paused' THEN s.memory_mb ELSE 0 END), 0)::bigint
+      AS reserved_disk_mb
+  FROM sandboxes s
+  WHERE s.host_id = h.id
+    AND s.state IN ('starting', 'running', 'pausing', 'resuming', 'missing', 'paused', 'error')
+) r
+WHERE h.id = $1
+FOR UPDATE OF h
+`
+
+type LockHostForPlacementRow struct {
+	ID               pgtype.UUID        `json:"id"`
+	Name             string             `json:"name"`
+	TeamID           pgtype.UUID        `json:"team_id"`
+	Status           string             `json:"status"`
+	LastHeartbeatAt  pgtype.Timestamptz `json:"last_heartbeat_at"`
+	TotalVCPUs       int32              `json:"total_vcpus"`
+	TotalMemoryMB    int64              `json:"total_memory_mb"`
+	TotalDiskMB      int64              `json:"total_disk_mb"`
+	Labels           json.RawMessage    `json:"labels"`
+	ReservedVCPUs    int64              `json:"reserved_vcpus"`
+	ReservedMemoryMB int64              `json:"reserved_memory_mb"`
+	ReservedDiskMB   int64              `json:"reserved_disk_mb"`
+}
+
+// The chosen host with what its sandboxes reserve, its row locked until
+// the end of the transaction that inserts the sandbox: creates that chose
+// the same host re-check admission (scheduler.Fits) one after the other,
+// so two of them never overcommit it together. Sums as in
+// ListSchedulingCandidates.
+func (q *Queries) LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error) {
+	row := q.db.QueryRow(ctx, lockHostForPlacement, id)
+	var i LockHostForPlacementRow
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.TeamID,
+		&i.Status,
+		&i.LastHeartbeatAt,
+		&i.TotalVCPUs,
+		&i.TotalMemoryMB,
+		&i.TotalDiskMB,
+		&i.Labels,
+		&i.ReservedVCPUs,
+		&i.ReservedMemoryMB,
+		&i.ReservedDiskMB,
+	)
+	return i, err
+}
+
 const upsertHostTemplate = `-- name: UpsertHostTemplate :exec
 INSERT INTO host_templates (host_id, template_id, size_bytes, last_used_at)
 VALUES ($1, $2, $3, now())
