@@ -68,17 +68,7 @@ func TestCandidatesQueryPlanAtScale(t *testing.T) {
 		ExecutionTime float64  `json:"Execution Time"`
 	}
 	var raw []byte
-	conn, err := st.Pool().Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	if v := os.Getenv("CAPSULE_TEST_PLAN_SET"); v != "" {
-		if _, err := conn.Exec(ctx, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := conn.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+candidatesSQL(t), tpl, store.PlatformTeamID).Scan(&raw); err != nil {
+	if err := st.Pool().QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+candidatesSQL(t), tpl, store.PlatformTeamID).Scan(&raw); err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(raw, &plan); err != nil || len(plan) != 1 {
