@@ -46,10 +46,10 @@
 // template is preferred unless it is more than 25 points of utilisation
 // tighter than the best host without it: copying a template (up to
 // gigabytes) costs more than a slightly busier host, but not more than
-// piling every sandbox of a popular template on its first host. Weight 0
-// ignores affinity (AffinityWeight < 0 is rejected by Config's validation);
-// weight ≥ 1 makes it absolute (any holder before any non-holder, since
-// loads are in [0, 1]). Consequently, among hosts with the same affinity
+// piling every sandbox of a popular template on its first host. A negative
+// AffinityWeight turns affinity off (0 means the default); a weight ≥ 1
+// makes it absolute (any holder before any non-holder, since loads are in
+// [0, 1]). Consequently, among hosts with the same affinity
 // the chosen one always has the lowest load.
 //
 // # Placing
