@@ -38,7 +38,7 @@ run: deps build
 	$(BIN)/capsule serve
 
 lint:
-	@out=$$(gofmt -l cmd internal gen); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal gen sdk); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 

@@ -16,12 +16,12 @@ done
 (cd "$tmp/tree" && scripts/generate.sh >/dev/null)
 
 rc=0
-for d in gen internal/store/db; do
+for d in gen internal/store/db sdk/go/capsule/internal/wire; do
   if ! diff -r "$d" "$tmp/tree/$d" >"$tmp/diff" 2>&1; then
     echo "check-generated: $d is not what scripts/generate.sh makes (run make generate):" >&2
     head -50 "$tmp/diff" >&2
     rc=1
   fi
 done
-[ "$rc" = 0 ] && echo "check-generated: gen/ and internal/store/db/ are up to date"
+[ "$rc" = 0 ] && echo "check-generated: gen/, internal/store/db/ and the SDK wire layer are up to date"
 exit "$rc"

@@ -24,3 +24,8 @@ SQLC_VERSION=v1.31.1
 rm -rf internal/store/db
 go run "github.com/sqlc-dev/sqlc/cmd/sqlc@$SQLC_VERSION" generate
 gofmt -l internal/store/db
+
+# oapi-codegen: the Go SDK's wire layer from the OpenAPI document (pinned
+# in go.mod's tool block).
+(cd sdk/go/capsule/internal/wire && go tool oapi-codegen -config oapi-codegen.yaml ../../../../../internal/api/openapi.yaml)
+gofmt -l sdk/go/capsule/internal/wire

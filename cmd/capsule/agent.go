@@ -24,9 +24,16 @@ import (
 const agentUsage = `usage: capsule agent [flags]
 
 Runs the host agent: the sandboxes of this machine, served to the control
-plane over Connect RPC (hostagent.v1, HTTP/1.1 and cleartext HTTP/2) with a
-bearer token. Needs root. Every flag can also be set by the environment
-variable in brackets.
+plane over Connect RPC (hostagent.v1). Needs root. Every flag can also be set
+by the environment variable in brackets.
+
+Alone (no --control-plane) it serves HTTP/1.1 and cleartext HTTP/2 with a
+bearer token (--token-file). With --control-plane it registers with the
+control plane (--register TOKEN, once: the credentials are kept in
+DATA-DIR/agent), beats every 15 s, and serves HTTPS on --address with the
+certificate the platform's CA issued, to the control plane's client
+certificate only. It exits with status 3 when the control plane deleted
+the host (after destroying its sandboxes).
 
 flags:
 `
@@ -50,6 +57,10 @@ var agentEnv = map[string]string{
 	"net-link-cidr":      "CAPSULE_AGENT_NET_LINK_CIDR",
 	"net-max-slots":      "CAPSULE_AGENT_NET_MAX_SLOTS",
 	"v":                  "CAPSULE_AGENT_VERBOSE",
+	"control-plane":      "CAPSULE_AGENT_CONTROL_PLANE",
+	"register":           "CAPSULE_AGENT_REGISTER",
+	"address":            "CAPSULE_AGENT_ADDRESS",
+	"ca-file":            "CAPSULE_AGENT_CA_FILE",
 }
 
 // agentOptions are the agent's settings.
@@ -58,6 +69,12 @@ type agentOptions struct {
 	listen    string
 	tokenFile string
 	verbose   bool
+	// controlPlane, when set, makes the agent register with it and serve
+	// mTLS on address (or listen, when set explicitly).
+	controlPlane  string
+	registerToken string
+	address       string
+	caFile        string
 }
 
 // parseAgentFlags reads flags, then the environment for flags left unset.
@@ -85,6 +102,10 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_AGENT_VERBOSE]")
+	fs.StringVar(&o.controlPlane, "control-plane", "", "URL of the control plane to register with and beat to (https://HOST:PORT); unset: a standalone agent with a bearer token [CAPSULE_AGENT_CONTROL_PLANE]")
+	fs.StringVar(&o.registerToken, "register", "", "one-time registration token of this host (needed once: ignored while DATA-DIR/agent holds credentials) [CAPSULE_AGENT_REGISTER]")
+	fs.StringVar(&o.address, "address", "", "HOST:PORT this agent listens on (unless --listen is set) and claims at registration; required with --control-plane [CAPSULE_AGENT_ADDRESS]")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA certificates to trust for the control plane's HTTPS (default: the system's roots) [CAPSULE_AGENT_CA_FILE]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -102,6 +123,21 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	}
 	if o.tokenFile == "" {
 		o.tokenFile = filepath.Join(o.dataDir, "agent.token")
+	}
+	if o.controlPlane == "" {
+		if o.registerToken != "" || o.address != "" || o.caFile != "" {
+			return nil, errors.New("agent: --register, --address and --ca-file need --control-plane")
+		}
+	} else {
+		if o.address == "" {
+			return nil, errors.New("agent: --control-plane needs --address HOST:PORT (the address this agent listens on and claims)")
+		}
+		if _, _, err := net.SplitHostPort(o.address); err != nil {
+			return nil, fmt.Errorf("agent: --address %q: %w", o.address, err)
+		}
+		if !set["listen"] && getenv(agentEnv["listen"]) == "" {
+			o.listen = o.address
+		}
 	}
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.capacity.DiskMB < 0 || o.diskHeadroomMB < 0 {
 		return nil, errors.New("agent: capacities and the disk headroom must not be negative")
@@ -124,6 +160,9 @@ func runAgent(ctx context.Context, args []string) error {
 	log := commandLogger(o.verbose)
 	if os.Geteuid() != 0 {
 		return errors.New("agent: needs root (network namespaces, TAP devices, nftables)")
+	}
+	if o.controlPlane != "" {
+		return runRegisteredAgent(ctx, o, log)
 	}
 	if err := warnIfPublic(o.listen, log); err != nil {
 		return err

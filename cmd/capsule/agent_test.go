@@ -1,12 +1,17 @@
 package main
 
 import (
+	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/capsulehq/capsule/internal/agentreg"
 )
 
 func TestParseAgentFlags(t *testing.T) {
@@ -108,5 +113,88 @@ func TestAgentToken(t *testing.T) {
 	}
 	if _, _, err := loadOrCreateToken(short); err == nil {
 		t.Fatal("a short token was accepted")
+	}
+}
+
+// TestAgentFlagsDocumented: the README's `capsule agent` table lists every
+// flag of the agent with its environment variable.
+func TestAgentFlagsDocumented(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, env := range agentEnv {
+		if !strings.Contains(string(readme), "| `--"+name+"` | `"+env+"` |") {
+			t.Errorf("--%s [%s]: not in the README's capsule agent table", name, env)
+		}
+	}
+}
+
+// TestParseAgentRegistrationFlags: --control-plane needs --address, which
+// is then the listen address unless --listen is set; the registration
+// flags are refused without --control-plane.
+func TestParseAgentRegistrationFlags(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		wantErr    bool
+		wantListen string
+	}{
+		{name: "standalone", args: nil, wantListen: "127.0.0.1:7070"},
+		{name: "registered listens on the address", args: []string{"--control-plane", "https://cp:8080", "--register", "tok", "--address", "10.0.0.5:7070"},
+			wantListen: "10.0.0.5:7070"},
+		{name: "an explicit listen wins", args: []string{"--control-plane", "https://cp:8080", "--address", "203.0.113.5:7070", "--listen", "0.0.0.0:7070"},
+			wantListen: "0.0.0.0:7070"},
+		{name: "from the environment", env: map[string]string{"CAPSULE_AGENT_CONTROL_PLANE": "https://cp", "CAPSULE_AGENT_ADDRESS": "10.0.0.6:7070"},
+			wantListen: "10.0.0.6:7070"},
+		{name: "control plane without address", args: []string{"--control-plane", "https://cp:8080"}, wantErr: true},
+		{name: "bad address", args: []string{"--control-plane", "https://cp:8080", "--address", "nope"}, wantErr: true},
+		{name: "register without control plane", args: []string{"--register", "tok"}, wantErr: true},
+		{name: "address without control plane", args: []string{"--address", "10.0.0.5:7070"}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			getenv := none
+			if tc.env != nil {
+				getenv = func(k string) string { return tc.env[k] }
+			}
+			o, err := parseAgentFlags(tc.args, getenv)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("accepted %v: %+v", tc.args, o)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.listen != tc.wantListen {
+				t.Fatalf("listen %q, want %q", o.listen, tc.wantListen)
+			}
+		})
+	}
+}
+
+// TestExitCodes: an agent whose host was deleted exits with its own status.
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"success", nil, 0},
+		{"usage", flag.ErrHelp, 2},
+		{"host deleted", fmt.Errorf("agent: %w", errors.Join(agentreg.ErrHostDeleted, errors.New("destroy x: busy"))), exitHostDeleted},
+		{"other", errors.New("boom"), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := exitCode(tc.err); got != tc.want {
+				t.Fatalf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
+			}
+		})
+	}
+	if exitHostDeleted == 1 || exitHostDeleted == 2 {
+		t.Fatal("the host-deleted status must differ from the others")
 	}
 }

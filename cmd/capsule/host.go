@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -181,11 +182,22 @@ func (h *hostStack) serveAgent(addr, token string, capacity sandbox.Capacity, lo
 	if err != nil {
 		return nil, err
 	}
+	return serveAgentHandler(addr, a, nil, log)
+}
+
+// serveAgentHandler serves an agent's handler on addr: over TLS with
+// tlsCfg (a registered agent's mTLS), else cleartext (h2c).
+func serveAgentHandler(addr string, a *agent.Agent, tlsCfg *tls.Config, log *slog.Logger) (*servedAgent, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	s := &servedAgent{srv: agent.NewServer(addr, a, log), addr: ln.Addr(), served: make(chan error, 1)}
+	if tlsCfg != nil {
+		s.srv.TLSConfig = tlsCfg
+		go func() { s.served <- s.srv.ServeTLS(ln, "", "") }()
+		return s, nil
+	}
 	go func() { s.served <- s.srv.Serve(ln) }()
 	return s, nil
 }

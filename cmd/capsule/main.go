@@ -11,9 +11,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
+	"github.com/capsulehq/capsule/internal/agentreg"
 	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/cli"
 	"github.com/capsulehq/capsule/internal/envdapi"
 )
 
@@ -27,22 +30,46 @@ commands:
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
+  bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
   bench hosts   measure the scheduling decision with 1,000 hosts in a fresh PostgreSQL (prints JSON)
   image         build, list and remove template images (capsule image help)
   version       print versions
+
+client commands (through the API; capsule login first; capsule <command> --help):
+  login         save the platform's URL and an API key in a profile
+  sandbox       create, list, get, exec, shell, cp, pause, resume, snapshot, timeout, kill
+  template      list and remove templates
+  keys          create, list and revoke API keys
+  completion    shell completion for bash, zsh, fish, powershell
 `
 
 func main() {
+	// The client commands (login, sandbox, template, keys, completion)
+	// handle their own signals: Ctrl-C during exec goes to the sandbox.
+	if len(os.Args) > 1 && slices.Contains(cli.Commands, os.Args[1]) {
+		os.Exit(cli.Main(context.Background(), os.Args[1:], cli.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "capsule:", err)
-		os.Exit(1)
 	}
+	os.Exit(exitCode(err))
+}
+
+// exitCode is the exit status for run's error: 0, 2 for a usage error, 3
+// for an agent whose host the control plane deleted, 1 otherwise.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	case errors.Is(err, agentreg.ErrHostDeleted):
+		return exitHostDeleted
+	}
+	return 1
 }
 
 func run(ctx context.Context, args []string) error {
@@ -112,6 +139,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchAPI(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "sdk":
+		o, err := parseBenchSDKFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchSDK(ctx, o)
 		if err != nil {
 			return err
 		}

@@ -7,12 +7,15 @@ RETURNING *;
 -- Finds a live key of a live team by the SHA-256 of the presented key and
 -- records its use. The key's creator must still be a member of the key's
 -- team: a key dies with its creator's membership (leaving, removal, a
--- deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
+-- deleted user), whatever path ended it. creator_disabled_at is the
+-- creator's users.disabled_at: a disabled user's keys are refused (and work
+-- again once the user is re-enabled). last_used_at is written at most once a minute per key, so
 -- a busy key does not turn every request into a write; the returned row
 -- carries the value from before this call.
 WITH k AS (
-  SELECT team_api_keys.*
+  SELECT team_api_keys.*, users.disabled_at AS creator_disabled_at
   FROM team_api_keys
+  JOIN users ON users.id = team_api_keys.created_by
   JOIN teams ON teams.id = team_api_keys.team_id
   JOIN users_teams ON users_teams.user_id = team_api_keys.created_by
                   AND users_teams.team_id = team_api_keys.team_id
@@ -21,11 +24,12 @@ WITH k AS (
     AND teams.deleted_at IS NULL
 ), touched AS (
   UPDATE team_api_keys SET last_used_at = now()
-  WHERE team_api_keys.id = (SELECT k.id FROM k)
+  WHERE team_api_keys.id = (SELECT k.id FROM k WHERE k.creator_disabled_at IS NULL)
     AND (team_api_keys.last_used_at IS NULL OR team_api_keys.last_used_at < now() - interval '1 minute')
   RETURNING team_api_keys.id
 )
-SELECT k.id, k.team_id, k.name, k.prefix, k.key_hash, k.created_by, k.created_at, k.last_used_at, k.revoked_at
+SELECT k.id, k.team_id, k.name, k.prefix, k.key_hash, k.created_by, k.created_at, k.last_used_at, k.revoked_at,
+       k.creator_disabled_at
 FROM k;
 
 -- name: GetAPIKey :one

@@ -15,6 +15,7 @@ import (
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
 	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/agentproxy"
+	"github.com/capsulehq/capsule/internal/hostapi"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/sandbox"
@@ -38,6 +39,15 @@ type Config struct {
 	Token string
 	// Verifier, when set, replaces Token's StaticToken.
 	Verifier Verifier
+	// ClientCertAuth authenticates callers by their TLS client
+	// certificate instead of a bearer token: every request (RPC or
+	// traffic) must come over a TLS connection whose verified client
+	// certificate is the control plane's (hostapi.VerifyControlPlane);
+	// Token and Verifier are not used. The server's tls.Config must
+	// require and verify client certificates against the internal CA
+	// (agentreg.Client.TLSConfig); on any other connection every request
+	// is refused.
+	ClientCertAuth bool
 
 	// Images, when set, lists the image store's templates ("minimal",
 	// "base") in ListTemplates as built-in templates.
@@ -80,7 +90,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, errors.New("agent: Manager is required")
 	}
 	v := cfg.Verifier
-	if v == nil {
+	if cfg.ClientCertAuth {
+		v = nil
+	} else if v == nil {
 		st, err := NewStaticToken(cfg.Token)
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
@@ -96,11 +108,11 @@ func New(cfg Config) (*Agent, error) {
 		a.now = time.Now
 	}
 	if a.cfg.Version == "" {
-		a.cfg.Version = binaryVersion()
+		a.cfg.Version = BinaryVersion()
 	}
 	a.started = a.now()
 	path, h := hostagentv1connect.NewHostAgentHandler(&service{a},
-		connect.WithInterceptors(&authInterceptor{v: v, log: a.log}),
+		connect.WithInterceptors(&authInterceptor{v: v, log: a.log, certAuth: cfg.ClientCertAuth}),
 		connect.WithReadMaxBytes(MaxMessageBytes),
 		connect.WithSendMaxBytes(MaxMessageBytes),
 		connect.WithRecover(a.recovered),
@@ -117,6 +129,12 @@ func New(cfg Config) (*Agent, error) {
 // (CarryRequestID).
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(requestContext(r))
+	if a.cfg.ClientCertAuth {
+		if err := hostapi.VerifyControlPlane(r.TLS); err != nil {
+			a.refuseConn(w, r, err)
+			return
+		}
+	}
 	if r.Header.Get(agentproxy.SandboxHeader) != "" {
 		a.serveProxy(w, r)
 		return
@@ -179,9 +197,9 @@ func NewServer(addr string, h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// binaryVersion is the VCS revision the binary was built from (with
+// BinaryVersion is the VCS revision the binary was built from (with
 // "-dirty" for a modified tree), else its module version, else "dev".
-func binaryVersion() string {
+func BinaryVersion() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "dev"

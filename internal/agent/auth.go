@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+
+	"github.com/capsulehq/capsule/internal/agentproxy"
 )
 
 // Verifier decides whether a bearer token may call the agent. It is the
@@ -70,9 +72,15 @@ func bearerToken(h http.Header) (string, bool) {
 type authInterceptor struct {
 	v   Verifier
 	log *slog.Logger
+	// certAuth: the caller was authenticated by its client certificate
+	// before the request reached the handler (Agent.ServeHTTP).
+	certAuth bool
 }
 
 func (a *authInterceptor) check(ctx context.Context, spec connect.Spec, peer connect.Peer, h http.Header) error {
+	if a.certAuth {
+		return nil
+	}
 	token, ok := bearerToken(h)
 	var err error
 	if !ok {
@@ -111,4 +119,18 @@ func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 		}
 		return next(ctx, conn)
 	}
+}
+
+// refuseConn answers a request whose connection did not authenticate the
+// control plane (Config.ClientCertAuth): traffic with the proxy's error
+// body, RPCs with Connect's unauthenticated error (HTTP 401).
+func (a *Agent) refuseConn(w http.ResponseWriter, r *http.Request, reason error) {
+	a.log.WarnContext(r.Context(), "request refused: no control-plane client certificate", "remote", r.RemoteAddr, "reason", reason)
+	if r.Header.Get(agentproxy.SandboxHeader) != "" {
+		agentproxy.WriteError(w, http.StatusUnauthorized, "", 0, "unauthenticated")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = w.Write([]byte(`{"code":"unauthenticated","message":"a client certificate of the control plane is required"}`))
 }

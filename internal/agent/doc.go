@@ -16,6 +16,15 @@
 // that host registration will issue replaces it later without touching the
 // handlers (Config.Verifier).
 //
+// A registered agent (`capsule agent --control-plane …`, package
+// agentreg) serves HTTPS instead, and there the caller's TLS client
+// certificate is the authentication (Config.ClientCertAuth): the TLS layer
+// requires a certificate that chains to the internal CA, and every request,
+// RPC or traffic, is refused unless that verified certificate is the
+// control plane's (client-auth usage, common name
+// hostapi.ControlPlaneCommonName; hostapi.VerifyControlPlane). The agent
+// embedded in `capsule serve` keeps the static token over loopback h2c.
+//
 // Besides the RPCs, the agent proxies sandbox traffic (proxy.go): a
 // request carrying agentproxy.SandboxHeader goes, path, body and headers
 // unchanged, to agentproxy.PortHeader of that sandbox's guest; the control

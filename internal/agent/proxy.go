@@ -54,7 +54,7 @@ type proxyTargetKey struct{}
 func (a *Agent) serveProxy(w http.ResponseWriter, r *http.Request) {
 	id := r.Header.Get(agentproxy.SandboxHeader)
 	token, ok := bearerValue(r.Header.Get(agentproxy.TokenHeader))
-	if !ok || a.verifier.Verify(r.Context(), token) != nil {
+	if !a.cfg.ClientCertAuth && (!ok || a.verifier.Verify(r.Context(), token) != nil) {
 		a.log.WarnContext(r.Context(), "proxy request refused: bad token", "remote", r.RemoteAddr)
 		agentproxy.WriteError(w, http.StatusUnauthorized, "", 0, "unauthenticated")
 		return

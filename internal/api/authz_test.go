@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,4 +106,130 @@ func TestEveryRouteAuthorization(t *testing.T) {
 	if err != nil || after.State != store.SandboxRunning || !after.UpdatedAt.Equal(row.UpdatedAt) {
 		t.Fatalf("the sandbox changed: %+v, %v", after, err)
 	}
+}
+
+// TestAdminRouteAuthorization walks the router's /v1/admin routes: only an
+// active platform admin's session gets through. The team's owner, admin
+// and member, an outsider, the platform admin's own API key, a disabled admin and an
+// admin demoted in the database after logging in all get 403 (never 404:
+// the admin routes are documented), before anything else is checked (a
+// malformed ID too), and nothing changes; then the platform admin's
+// session succeeds.
+func TestAdminRouteAuthorization(t *testing.T) {
+	e := newAPI(t, "", "")
+	ctx := context.Background()
+	q := e.st.Queries()
+	root := e.platformAdmin(t, "root@example.com")
+	owner := e.user(t, "owner@example.com")
+	teamAdmin := e.user(t, "team-admin@example.com")
+	member := e.user(t, "member@example.com")
+	outsider := e.user(t, "outsider@example.com")
+	e.join(t, teamAdmin, owner.team, "admin")
+	e.join(t, member, owner.team, "member")
+	disabled := e.platformAdmin(t, "disabled@example.com")
+	if _, err := q.SetUserDisabled(ctx, db.SetUserDisabledParams{Disabled: true, ID: mustUUID(t, wireid.User, disabled.id)}); err != nil {
+		t.Fatal(err)
+	}
+	demoted := e.platformAdmin(t, "demoted@example.com")
+	if c := e.do(t, "GET", "/v1/admin/teams", demoted.jwt, nil, nil); c != 200 {
+		t.Fatalf("the admin before demotion: %d", c)
+	}
+	e.setAdmin(t, demoted, false)
+
+	refused := []struct {
+		name, cred string
+	}{
+		{"team owner", owner.jwt}, {"team admin", teamAdmin.jwt}, {"team member", member.jwt}, {"outsider", outsider.jwt},
+		{"platform admin's API key", root.key}, {"disabled admin", disabled.jwt}, {"demoted admin", demoted.jwt},
+	}
+	cases := map[string]struct {
+		path string
+		body any
+		want int
+	}{
+		"GET /v1/admin/teams":               {"/v1/admin/teams", nil, 200},
+		"PUT /v1/admin/teams/{id}/byoc":     {"/v1/admin/teams/" + owner.team + "/byoc", map[string]any{"enabled": true}, 200},
+		"DELETE /v1/admin/teams/{id}":       {"/v1/admin/teams/" + owner.team, nil, 200},
+		"GET /v1/admin/users":               {"/v1/admin/users?email_prefix=member", nil, 200},
+		"PUT /v1/admin/users/{id}/disabled": {"/v1/admin/users/" + member.id + "/disabled", map[string]any{"disabled": true}, 200},
+		"GET /v1/admin/hosts":               {"/v1/admin/hosts", nil, 200},
+		"GET /v1/admin/audit-logs":          {"/v1/admin/audit-logs?team_id=" + owner.team, nil, 200},
+		"GET /v1/admin/sandboxes":           {"/v1/admin/sandboxes", nil, 200},
+	}
+	junk := strings.NewReplacer(owner.team, "team-x", member.id, "usr-x")
+	// state is what an admin route may change: the team's BYOC flag and
+	// liveness, the member's disabled state, the admin events recorded.
+	type state struct {
+		byoc, teamDeleted, memberDisabled bool
+		adminEvents                       int
+	}
+	snapshot := func(t *testing.T) state {
+		t.Helper()
+		var s state
+		if err := e.st.Pool().QueryRow(ctx, `SELECT is_byoc, deleted_at IS NOT NULL FROM teams WHERE id = $1`,
+			mustUUID(t, wireid.Team, owner.team)).Scan(&s.byoc, &s.teamDeleted); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.st.Pool().QueryRow(ctx, `SELECT disabled_at IS NOT NULL FROM users WHERE id = $1`,
+			mustUUID(t, wireid.User, member.id)).Scan(&s.memberDisabled); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.st.Pool().QueryRow(ctx, `SELECT count(*) FROM audit_logs WHERE action IN
+			('team.byoc_enable', 'team.byoc_disable', 'team.delete', 'user.disable', 'user.enable')`).Scan(&s.adminEvents); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	walked := 0
+	// Deleting the team goes last: the other routes act on it.
+	routes := e.h.Routes()
+	slices.SortStableFunc(routes, func(a, b string) int {
+		return cmpBool(a == "DELETE /v1/admin/teams/{id}", b == "DELETE /v1/admin/teams/{id}")
+	})
+	for _, route := range routes {
+		method, pattern, _ := strings.Cut(route, " ")
+		if !strings.HasPrefix(pattern, "/v1/admin/") {
+			continue
+		}
+		walked++
+		tc, ok := cases[route]
+		if !ok {
+			t.Errorf("admin route %s has no case in this test", route)
+			continue
+		}
+		t.Run(route, func(t *testing.T) {
+			before := snapshot(t)
+			for _, r := range refused {
+				if c := e.do(t, method, tc.path, r.cred, tc.body, nil); c != 403 {
+					t.Errorf("%s: %d, want 403", r.name, c)
+				}
+				if c := e.do(t, method, junk.Replace(tc.path), r.cred, tc.body, nil); c != 403 {
+					t.Errorf("%s, a malformed ID: %d, want 403", r.name, c)
+				}
+			}
+			if after := snapshot(t); after != before {
+				t.Fatalf("refused requests changed %+v to %+v", before, after)
+			}
+			if c := e.do(t, method, tc.path, root.jwt, tc.body, nil); c != tc.want {
+				t.Errorf("platform admin: %d, want %d", c, tc.want)
+			}
+		})
+	}
+	if walked != len(cases) {
+		t.Fatalf("walked %d admin routes, the cases name %d", walked, len(cases))
+	}
+	// The platform admin's calls did what the refused ones did not.
+	if got, want := snapshot(t), (state{byoc: true, teamDeleted: true, memberDisabled: true, adminEvents: 3}); got != want {
+		t.Fatalf("after the platform admin's calls: %+v, want %+v", got, want)
+	}
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

@@ -17,10 +17,17 @@
 // acts on the team of its path, with the
 // caller's role there read from the database (not a member: 404). OAuth
 // login and its outcomes (token in the URL fragment, #error=… or a JSON
-// 400 for a state that does not verify) are described in oauth.go.
+// 400 for a state that does not verify) are described in oauth.go. A
+// disabled user's session or API key is 403 on every route.
 //
-// IDs: users, teams, API keys and invitations travel as prefixed IDs
-// (usr-…, team-…, key-…, inv-…, see internal/wireid), converted only here. A sandbox's ID on the
+// The platform admin's routes, /v1/admin/… (admin.go), take the session
+// of an active platform admin (service.Admin checks users.is_admin in the
+// database on every call); anyone else who is authenticated, an API key
+// included, gets 403 before anything else is checked. 403 rather than
+// 404: the routes are documented, so hiding them would hide nothing.
+//
+// IDs: users, teams, API keys, invitations and hosts travel as prefixed
+// IDs (usr-…, team-…, key-…, inv-…, host-…, see internal/wireid), converted only here. A sandbox's ID on the
 // wire is its bare 32 lowercase hex digits, the [a-z0-9] form of E2B's
 // sandbox IDs, so that the native API, the E2B facade and the host agent
 // all name a sandbox the same way.

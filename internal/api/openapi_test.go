@@ -375,6 +375,14 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"MakeDirRequest", mkdirJSON{}, false},
 		{"CreateSnapshotRequest", createSnapshotJSON{}, false},
 		{"Snapshot", snapshotJSON{}, true},
+		{"AdminTeam", adminTeamJSON{}, true},
+		{"TeamBYOC", teamBYOCJSON{}, true},
+		{"SetTeamBYOCRequest", enabledJSON{}, false},
+		{"AdminUser", adminUserJSON{}, true},
+		{"UserState", userStateJSON{}, true},
+		{"SetUserDisabledRequest", disabledJSON{}, false},
+		{"AdminHost", adminHostJSON{}, true},
+		{"AdminAuditLog", adminAuditLogJSON{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

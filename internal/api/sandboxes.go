@@ -192,22 +192,8 @@ func (s *Server) destroySandbox(w http.ResponseWriter, r *http.Request, p servic
 // listSandboxes: ?state=running,paused (or repeated), ?metadata=k=v&metadata=…,
 // ?limit=, ?cursor=.
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	q := r.URL.Query()
-	f := service.ListFilter{Cursor: q.Get("cursor")}
-	f.States = MultiValue(q, "state")
-	for _, kv := range q["metadata"] {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "metadata: want key=value"})
-			return
-		}
-		if f.Metadata == nil {
-			f.Metadata = map[string]string{}
-		}
-		f.Metadata[k] = v
-	}
-	var err error
-	if f.Limit, err = pageLimit(q); err != nil {
+	f, err := sandboxFilter(r)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -216,6 +202,34 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service
 		s.writeError(w, r, err)
 		return
 	}
+	writeSandboxList(w, items, next)
+}
+
+// sandboxFilter parses a sandbox listing's ?state= (multi-value),
+// ?metadata=key=value (repeated), ?limit= and ?cursor=.
+func sandboxFilter(r *http.Request) (service.ListFilter, error) {
+	q := r.URL.Query()
+	f := service.ListFilter{Cursor: q.Get("cursor")}
+	f.States = MultiValue(q, "state")
+	for _, kv := range q["metadata"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return service.ListFilter{}, &service.Error{Kind: service.ErrInvalid, Msg: "metadata: want key=value"}
+		}
+		if f.Metadata == nil {
+			f.Metadata = map[string]string{}
+		}
+		f.Metadata[k] = v
+	}
+	var err error
+	if f.Limit, err = pageLimit(q); err != nil {
+		return service.ListFilter{}, err
+	}
+	return f, nil
+}
+
+// writeSandboxList answers a page of sandboxes (without their tokens).
+func writeSandboxList(w http.ResponseWriter, items []service.Sandbox, next string) {
 	out := make([]sandboxJSON, len(items))
 	for i, it := range items {
 		out[i] = sandboxOf(it, false)

@@ -31,6 +31,9 @@ type Config struct {
 	// Teams manages teams and members (a new one over Store, Sandboxes
 	// and Audit when nil).
 	Teams *service.Teams
+	// Admin serves /v1/admin (a new one over Store, Teams, Sandboxes and
+	// Audit when nil).
+	Admin *service.Admin
 	// OAuth holds the login providers (none when nil); OAuthStates, which
 	// guards their flows, is required with it.
 	OAuth       *oauth.Registry
@@ -57,6 +60,7 @@ type Server struct {
 	signupIP   *auth.Limiter
 	searchUser *auth.Limiter
 	teams      *service.Teams
+	admin      *service.Admin
 	oauth      *oauth.Registry
 	// routes are the registered patterns ("METHOD /path"), in order.
 	routes []string
@@ -67,7 +71,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil {
 		return nil, errors.New("api: accounts, sandboxes, audit and store are required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, oauth: cfg.OAuth}
+	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, admin: cfg.Admin, oauth: cfg.OAuth}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -79,6 +83,11 @@ func New(cfg Config) (*Server, error) {
 	var err error
 	if s.teams == nil {
 		if s.teams, err = service.NewTeams(service.TeamsConfig{Store: cfg.Store, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
+	if s.admin == nil {
+		if s.admin, err = service.NewAdmin(service.AdminConfig{Store: cfg.Store, Teams: s.teams, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 	}
@@ -169,6 +178,7 @@ func (s *Server) register() {
 	s.handle("GET /v1/me", s.userAuthed(s.getMe))
 	s.handle("PATCH /v1/me", s.userAuthed(s.updateMe))
 	s.handle("GET /v1/users/search", s.userAuthed(s.searchUsers))
+	s.registerAdmin()
 	s.handle("GET /v1/auth/oauth/{provider}/login", http.HandlerFunc(s.oauthLogin))
 	s.handle("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
 	// A callback costs calls to the provider: limited as logins are.

@@ -152,7 +152,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	for _, name := range providers.Names() {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
-	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Store: st,
+	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Store: st,
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}

@@ -30,9 +30,9 @@ var (
 		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid", "internal/scheduler", "internal/leader"}
 	// testSupport are the test helpers, which link testing (and, for
 	// hosttest, real host code) by design.
-	testSupport = []string{"internal/service/servicetest", "internal/hosttest",
+	testSupport = []string{"internal/service/servicetest", "internal/hosttest", "internal/controlplane/cptest",
 		"internal/auth/oauth/oauthtest", "internal/pgembed/pgtest", "internal/testenv", "internal/vmm/vmmtest"}
-	hostAndGuest = []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot",
+	hostAndGuest = []string{"internal/agent", "internal/agentreg", "internal/sandbox", "internal/vmm", "internal/netslot",
 		"internal/envd", "github.com/google/nftables", "github.com/creack/pty"}
 	testingPkgs = []string{"testing", "internal/testenv", "internal/pgembed/pgtest"}
 )
@@ -61,7 +61,7 @@ var rules = []rule{
 	},
 	{
 		Name: "host code links no envd server, control plane or testing",
-		From: []string{"internal/agent", "internal/sandbox", "internal/vmm", "internal/netslot", "internal/disk",
+		From: []string{"internal/agent", "internal/agentreg", "internal/sandbox", "internal/vmm", "internal/netslot", "internal/disk",
 			"internal/image", "internal/envdclient"},
 		Except: testSupport,
 		Not: append(append([]string{"internal/envd", "github.com/creack/pty", "internal/pgembed",
@@ -73,6 +73,18 @@ var rules = []rule{
 		From:   []string{"internal/envdapi", "internal/agentproxy", "internal/agentapi", "internal/hostapi"},
 		Not:    []string{"internal", "gen", "cmd"},
 		Reason: "both sides of a contract import it; it must not pull either side in",
+	},
+	{
+		Name:   "the Go SDK links nothing of the platform's",
+		From:   []string{"sdk/go"},
+		Not:    append([]string{"internal", "gen", "cmd"}, testingPkgs...),
+		Reason: "users import the SDK: it speaks only the public API (its wire layer is generated from openapi.yaml)",
+	},
+	{
+		Name:   "the command line is a client of the public API",
+		From:   []string{"internal/cli"},
+		Not:    append(append(append([]string{"gen"}, controlPlane...), hostAndGuest...), testingPkgs...),
+		Reason: "capsule's client commands speak only the public API, through the Go SDK",
 	},
 	{
 		Name:   "binaries link no testing",
@@ -93,7 +105,7 @@ type graph map[string][]string
 
 // expand turns a rule pattern into an import path.
 func expand(p string) string {
-	if strings.HasPrefix(p, "internal") || strings.HasPrefix(p, "cmd") || strings.HasPrefix(p, "gen") {
+	if strings.HasPrefix(p, "internal") || strings.HasPrefix(p, "cmd") || strings.HasPrefix(p, "gen") || strings.HasPrefix(p, "sdk") {
 		return mod + p
 	}
 	return p

@@ -13,12 +13,12 @@ import (
 // root is the repository's root, from this package's directory.
 const root = "../.."
 
-// goPackageDirs lists the directories under internal/ and cmd/ that hold Go
+// goPackageDirs lists the directories under internal/, cmd/ and sdk/ that hold Go
 // files (testdata and hidden directories excluded, as the go tool does).
 func goPackageDirs(t *testing.T) []string {
 	t.Helper()
 	seen := map[string]bool{}
-	for _, top := range []string{"internal", "cmd"} {
+	for _, top := range []string{"internal", "cmd", "sdk"} {
 		err := filepath.WalkDir(filepath.Join(root, top), func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err

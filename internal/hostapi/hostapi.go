@@ -23,12 +23,28 @@
 //	404  the host record was deleted → the agent destroys its sandboxes and exits
 //	409  the registration token was already used
 //
+// The other direction is mutual TLS. The agent serves hostagent.v1 (and
+// its traffic proxy) over HTTPS with the server certificate it received
+// here, and requires a client certificate that chains to the internal CA,
+// carries the client-auth extended key usage and has the common name
+// ControlPlaneCommonName: that certificate is the control plane's
+// authentication (no bearer token). CA is a PEM bundle: while the CA
+// rotates it holds the old and the new certificate, and the agent trusts
+// every certificate in it.
+//
 // Both sides import this package: the control plane's handlers
 // (internal/api) and the agent's registration client (internal/agentreg).
 // It imports nothing of Capsule's.
 package hostapi
 
-import "time"
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
 
 // Paths of the calls, relative to the control plane's base URL.
 const (
@@ -52,6 +68,10 @@ const (
 	MissedBeatsBeforePause = 3
 )
 
+// ControlPlaneCommonName is the subject common name of the control plane's
+// client certificate; an agent refuses a client certificate with another.
+const ControlPlaneCommonName = "capsule-control-plane"
+
 // RegisterRequest is what an agent says of itself when it registers with a
 // one-time token. Address is what the agent claims; the control plane dials
 // (and certifies) the address the administrator declared on the host
@@ -73,6 +93,14 @@ type RegisterRequest struct {
 // returns a new one and revokes the old (the new one is stored before the
 // old is revoked, so a crash between the two never locks a host out); a
 // revoked refresh token presented again revokes its whole family.
+//
+// An agent stores new credentials durably before it uses them. An agent
+// that dies after the control plane answered a refresh but before it
+// stored the answer comes back with the previous refresh token: the
+// control plane accepts that token once more as long as nothing of the
+// new credentials has been used (a heartbeat with the new access token or
+// a refresh with the new refresh token revokes it for good); otherwise it
+// is a reuse and the host needs a new registration token.
 type Credentials struct {
 	HostID                string    `json:"host_id"`
 	AccessToken           string    `json:"access_token"`
@@ -133,4 +161,27 @@ type HeartbeatResponse struct {
 	// when the CA rotated.
 	Certificate string `json:"certificate,omitempty"`
 	CA          string `json:"ca,omitempty"`
+}
+
+// VerifyControlPlane checks, on the agent's side of a mutual TLS
+// connection, that the client presented a certificate the TLS layer
+// verified against the internal CA, that it is meant for client
+// authentication (the client-auth extended key usage, explicitly: a
+// certificate without extended key usages is refused too) and that it is
+// the control plane's (ControlPlaneCommonName).
+func VerifyControlPlane(cs *tls.ConnectionState) error {
+	if cs == nil {
+		return errors.New("not a TLS connection")
+	}
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return errors.New("no verified client certificate")
+	}
+	leaf := cs.VerifiedChains[0][0]
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return errors.New("the client certificate is not for client authentication")
+	}
+	if leaf.Subject.CommonName != ControlPlaneCommonName {
+		return fmt.Errorf("client certificate of %q, not of the control plane", leaf.Subject.CommonName)
+	}
+	return nil
 }

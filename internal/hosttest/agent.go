@@ -25,6 +25,9 @@ type Agent struct {
 	Driver vmm.Driver
 	// DataDir and RunDir are the sandbox manager's directories.
 	DataDir, RunDir string
+	// Manager is the sandbox manager the agent serves (tests that drive
+	// it directly, or serve it otherwise).
+	Manager *sandbox.Manager
 	// Logs holds everything the agent logged (at debug level); it is
 	// printed when the test fails.
 	Logs *SyncBuffer
@@ -78,6 +81,7 @@ func StartAgent(t testing.TB, p Pool, configure ...func(*sandbox.Config)) *Agent
 		_ = slots.Close(context.Background())
 		t.Fatalf("manager: %v", err)
 	}
+	a.Manager = mgr
 	h, err := agent.New(agent.Config{Manager: mgr, Token: AgentToken, Images: imgs, Driver: a.Driver, Capacity: capacity, Log: log})
 	if err != nil {
 		t.Fatal(err)

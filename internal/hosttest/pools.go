@@ -26,8 +26,11 @@ var (
 	CrashPool           = pool("ccrash", 124) // cmd/capsule: serve killed at idle, a second serve
 	KillPool            = pool("ckill", 126)  // cmd/capsule: serve killed at each step
 	APIDiskPool         = pool("cdh", 172)
-	ServiceChainPool    = pool("cch", 174) // internal/service: snapshot chains and stored quotas
-	ServiceFullDiskPool = pool("cfp", 176) // internal/service: a full data disk
+	ServiceChainPool    = pool("cch", 174)  // internal/service: snapshot chains and stored quotas
+	ServiceFullDiskPool = pool("cfp", 176)  // internal/service: a full data disk
+	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
+	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
+	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
 )
 
 // reserved are ranges used outside the tests: `capsule bench` (its
@@ -37,7 +40,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -44,6 +44,16 @@
 // in error. Access tokens and environment variables are sealed at rest
 // with a key of the manager's (seal.go).
 //
+// Guest time. A pause stops the guest as a suspend stops a machine: its
+// processes and their timers are kept, CLOCK_MONOTONIC does not count the
+// pause (a timer goes on with the time it had left) and the resume's /init
+// steps the wall clock to the host's (initEnvd). A snapshot template of a
+// running sandbox stops its guest too (for as long as its memory takes to
+// save: seconds with much memory in use), so the manager sends the source
+// its /init again afterwards (resyncClock); sandboxes created from the
+// template get theirs at create. Why the monotonic clock is not advanced
+// by the pause instead is in package qemu's documentation (Snapshots).
+//
 // Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
 // ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)
 // (errors.Is) so that the API edge can map them to statuses.

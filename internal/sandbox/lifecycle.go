@@ -269,14 +269,9 @@ func (m *Manager) Close() {
 
 // Shutdown destroys every sandbox, then closes the manager.
 func (m *Manager) Shutdown(ctx context.Context) error {
-	var errs []error
-	for _, in := range m.List() {
-		if err := m.Destroy(ctx, in.ID); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err := m.DestroyAll(ctx)
 	m.Close()
-	return errors.Join(errs...)
+	return err
 }
 
 // reap pauses sandboxes idle for longer than their timeout. A pause that

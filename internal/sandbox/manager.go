@@ -457,6 +457,24 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	})
 }
 
+// resyncClock sets the clock of a guest that goes on after a snapshot
+// (Machine.Snapshot with keepRunning): its clocks stood still while it was
+// saved, so its wall clock lags the host's by the guest's pause (seconds
+// with much memory in use) and nothing else would ever set it again. A
+// failure is logged, not returned: the snapshot is complete and the
+// sandbox runs; only its clock is late.
+func (m *Manager) resyncClock(ctx context.Context, b *box, rec *record) {
+	b.mu.Lock()
+	client := b.client
+	b.mu.Unlock()
+	if client == nil {
+		return
+	}
+	if err := m.initEnvd(ctx, client, rec); err != nil {
+		m.log.WarnContext(ctx, "set the clock of a sandbox after its snapshot", "sandbox", rec.ID, "err", err)
+	}
+}
+
 // cmdline is the guest kernel command line of a sandbox.
 func (m *Manager) cmdline(rec record, slot *netslot.Slot) string {
 	parts := []string{

@@ -215,6 +215,9 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", id, err)
 		}
+		if !warm { // a warm snapshot's source is destroyed next
+			m.resyncClock(ctx, b, &rec)
+		}
 		crashPoint("snapshot-saved")
 		if len(snap.Disks) == 0 {
 			return nil, fmt.Errorf("snapshot %s: the driver saved no disk", id)

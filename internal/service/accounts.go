@@ -241,6 +241,9 @@ func (a *Accounts) Login(ctx context.Context, email, password string) (Session, 
 	if !ok {
 		return Session{}, errBadLogin
 	}
+	if err := checkEnabled(u); err != nil {
+		return Session{}, err
+	}
 	if rehash {
 		if h, err := a.hasher.Hash(ctx, password); err == nil {
 			if err := a.st.Queries().SetUserPassword(ctx, db.SetUserPasswordParams{PasswordHash: pgtype.Text{String: h, Valid: true}, ID: u.ID}); err != nil {
@@ -264,8 +267,9 @@ func (a *Accounts) Login(ctx context.Context, email, password string) (Session, 
 }
 
 // AuthenticateJWT verifies a session token and checks in the database that
-// the user is still a member of the token's team (the token's role is only
-// a hint; the principal's role comes from the database).
+// the user exists, is not disabled (ErrForbidden) and is still a member of
+// the token's team (the token's role is only a hint; the principal's role
+// comes from the database).
 func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal, error) {
 	claims, err := a.sessions.Verify(token)
 	if err != nil {
@@ -279,18 +283,25 @@ func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal
 	if err != nil {
 		return Principal{}, errorf(ErrForbidden, "the session has no team")
 	}
-	m, err := a.st.Queries().GetMembership(ctx, db.GetMembershipParams{UserID: uid, TeamID: tid})
+	u, err := a.st.Queries().GetSessionUser(ctx, db.GetSessionUserParams{TeamID: tid, UserID: uid})
 	if errors.Is(err, store.ErrNotFound) {
-		return Principal{}, errorf(ErrUnauthorized, "the session's team is no longer yours")
+		return Principal{}, errorf(ErrUnauthorized, "the session's user no longer exists")
 	}
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate session: %w", err)
 	}
-	return Principal{UserID: uid, TeamID: tid, Role: m.Role, ActorName: claims.Email}, nil
+	if u.DisabledAt.Valid {
+		return Principal{}, errDisabled
+	}
+	if u.Role == "" {
+		return Principal{}, errorf(ErrUnauthorized, "the session's team is no longer yours")
+	}
+	return Principal{UserID: uid, TeamID: tid, Role: u.Role, ActorName: u.Email}, nil
 }
 
 // AuthenticateAPIKey finds the live key of a live team and records its use
-// (at most once a minute).
+// (at most once a minute). The key of a disabled user is refused
+// (ErrForbidden) until the user is re-enabled.
 func (a *Accounts) AuthenticateAPIKey(ctx context.Context, key string) (Principal, error) {
 	if err := auth.ValidateAPIKey(key); err != nil {
 		return Principal{}, errorf(ErrUnauthorized, "invalid API key")
@@ -301,6 +312,9 @@ func (a *Accounts) AuthenticateAPIKey(ctx context.Context, key string) (Principa
 	}
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate API key: %w", err)
+	}
+	if k.CreatorDisabledAt.Valid {
+		return Principal{}, errorf(ErrForbidden, "the API key's creator is disabled: ask a platform admin")
 	}
 	return Principal{UserID: k.CreatedBy, TeamID: k.TeamID, APIKeyID: k.ID, ActorName: k.Name}, nil
 }

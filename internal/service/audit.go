@@ -158,25 +158,45 @@ type AuditFilter struct {
 
 var auditWordRe = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
 
-// List lists p's team's events newest first, a page at a time; next is the
-// cursor of the next page ("" after the last). Members (and API keys) see
-// ScopeTeam events; owners and admins see every event.
-func (a *Audit) List(ctx context.Context, p Principal, f AuditFilter) (items []db.AuditLog, next string, err error) {
+// normalize checks f's filters and page size, and sets the default page
+// size when it is 0.
+func (f *AuditFilter) normalize() error {
 	for _, l := range [][]string{f.ResourceTypes, f.Actions} {
 		if len(l) > 32 {
-			return nil, "", errorf(ErrInvalid, "filters: at most 32 values each")
+			return errorf(ErrInvalid, "filters: at most 32 values each")
 		}
 		for _, v := range l {
 			if !auditWordRe.MatchString(v) {
-				return nil, "", errorf(ErrInvalid, "filters: invalid value %q", v)
+				return errorf(ErrInvalid, "filters: invalid value %q", v)
 			}
 		}
 	}
 	if f.Limit < 0 || f.Limit > maxPageSize {
-		return nil, "", errorf(ErrInvalid, "limit: 1 to %d", maxPageSize)
+		return errorf(ErrInvalid, "limit: 1 to %d", maxPageSize)
 	}
 	if f.Limit == 0 {
 		f.Limit = defaultPageSize
+	}
+	return nil
+}
+
+// auditPage cuts rows (fetched with one row more than limit) to a page and
+// returns the cursor of the next one ("" after the last).
+func auditPage(rows []db.AuditLog, limit int) ([]db.AuditLog, string) {
+	if len(rows) <= limit {
+		return rows, ""
+	}
+	rows = rows[:limit]
+	last := rows[len(rows)-1]
+	return rows, encodeCursor(last.CreatedAt, last.ID)
+}
+
+// List lists p's team's events newest first, a page at a time; next is the
+// cursor of the next page ("" after the last). Members (and API keys) see
+// ScopeTeam events; owners and admins see every event.
+func (a *Audit) List(ctx context.Context, p Principal, f AuditFilter) (items []db.AuditLog, next string, err error) {
+	if err := f.normalize(); err != nil {
+		return nil, "", err
 	}
 	params := db.ListAuditLogsParams{
 		TeamID: p.TeamID, Scopes: []string{ScopeTeam}, ResourceTypes: orEmptySlice(f.ResourceTypes),
@@ -194,12 +214,8 @@ func (a *Audit) List(ctx context.Context, p Principal, f AuditFilter) (items []d
 	if err != nil {
 		return nil, "", fmt.Errorf("list audit logs: %w", err)
 	}
-	if len(rows) > f.Limit {
-		rows = rows[:f.Limit]
-		last := rows[len(rows)-1]
-		next = encodeCursor(last.CreatedAt, last.ID)
-	}
-	return rows, next, nil
+	items, next = auditPage(rows, f.Limit)
+	return items, next, nil
 }
 
 func orEmptySlice(s []string) []string {

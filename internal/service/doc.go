@@ -61,5 +61,19 @@
 // login registers a user only when sign-up is open. API keys are created
 // and revoked with a user's session only; a member revokes only their own
 // keys; a key lives as long as its creator's membership of its team (see
-// Accounts).
+// Accounts). A user disabled by a platform admin (users.disabled_at) gets
+// no session (password or OAuth login), and the authentication of their
+// sessions and of the keys they created refuses them (ErrForbidden) on
+// every call until they are re-enabled: nothing is revoked, so
+// re-enabling restores them.
+//
+// Platform admins (admin.go): users.is_admin, created at install (the
+// bootstrap admin of `capsule serve`), checked in the database on every
+// Admin call and held FOR SHARE through each change, never taken from a
+// token. Admin lists every team, user and host, the platform-wide audit
+// log and the platform team's sandboxes; it switches a team's BYOC flag,
+// deletes a team through the owner's deletion path (Teams.deleteTeam),
+// and disables or re-enables users (never oneself, never the last active
+// admin: the active admins' rows are locked together). Every change is
+// audited with scope admin and the admin as the actor.
 package service

@@ -47,6 +47,7 @@ type Services struct {
 	Accounts  *Accounts
 	Sandboxes *Sandboxes
 	Teams     *Teams
+	Admin     *Admin
 }
 
 // NewServices builds the services of cfg.
@@ -75,6 +76,9 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		return nil, err
 	}
 	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {
+		return nil, err
+	}
+	if s.Admin, err = NewAdmin(AdminConfig{Store: cfg.Store, Teams: s.Teams, Sandboxes: s.Sandboxes, Audit: s.Audit, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -281,17 +281,28 @@ func (t *Teams) Delete(ctx context.Context, p Principal, id pgtype.UUID) (TeamDe
 	if err := requireUser(p); err != nil {
 		return TeamDeletion{}, err
 	}
-	var team db.Team
-	err := t.st.Tx(ctx, func(q *db.Queries) error {
-		var (
-			m   db.Membership
-			err error
-		)
-		if team, m, err = lock(ctx, q, p, id); err != nil {
-			return err
+	return t.deleteTeam(ctx, p, id, func(q *db.Queries) (db.Team, error) {
+		team, m, err := lock(ctx, q, p, id)
+		if err != nil {
+			return db.Team{}, err
 		}
 		if m.Role != RoleOwner {
-			return errorf(ErrForbidden, "deleting a team needs the owner role")
+			return db.Team{}, errorf(ErrForbidden, "deleting a team needs the owner role")
+		}
+		return team, nil
+	}, nil)
+}
+
+// deleteTeam deletes team id as p once authorize allows it: authorize runs
+// first in the transaction, locks the live team's row (LockTeam) and
+// checks p's right to delete it. The audit event team.delete carries
+// meta besides the team's name and slug. Then the team's sandboxes are
+// destroyed as p (see Delete); Admin.DeleteTeam takes this path too.
+func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, authorize func(q *db.Queries) (db.Team, error), meta map[string]any) (TeamDeletion, error) {
+	err := t.st.Tx(ctx, func(q *db.Queries) error {
+		team, err := authorize(q)
+		if err != nil {
+			return err
 		}
 		if id == store.PlatformTeamID {
 			return errorf(ErrForbidden, "the platform team cannot be deleted")
@@ -299,8 +310,12 @@ func (t *Teams) Delete(ctx context.Context, p Principal, id pgtype.UUID) (TeamDe
 		if _, err := q.SoftDeleteTeam(ctx, id); err != nil {
 			return notFound(err, "team")
 		}
+		md := map[string]any{"name": team.Name, "slug": team.Slug}
+		for k, v := range meta {
+			md[k] = v
+		}
 		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
-			Action: "team.delete", Scope: ScopeAdmin, Metadata: map[string]any{"name": team.Name, "slug": team.Slug}})
+			Action: "team.delete", Scope: ScopeAdmin, Metadata: md})
 	})
 	if err != nil {
 		return TeamDeletion{}, err

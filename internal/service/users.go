@@ -17,7 +17,7 @@ import (
 
 // AuthenticateUser verifies a session token for the routes that act for
 // the user rather than in a team (the user's profile, teams, team
-// switching): the user must exist; the token's team is kept (with the
+// switching): the user must exist and not be disabled; the token's team is kept (with the
 // role from the database) only while the user is still a member of it,
 // else the principal has no team. Unlike AuthenticateJWT it does not
 // refuse a session whose team was left or deleted, so that its user can
@@ -39,6 +39,9 @@ func (a *Accounts) AuthenticateUser(ctx context.Context, token string) (Principa
 	if err != nil {
 		return Principal{}, fmt.Errorf("authenticate session: %w", err)
 	}
+	if err := checkEnabled(u); err != nil {
+		return Principal{}, err
+	}
 	p := Principal{UserID: uid, ActorName: u.Email}
 	if tid, err := wireid.Parse(wireid.Team, claims.TeamID); err == nil {
 		m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: uid, TeamID: tid})
@@ -53,8 +56,11 @@ func (a *Accounts) AuthenticateUser(ctx context.Context, token string) (Principa
 }
 
 // issueSession issues a session token for u in team (with role), or with
-// no team when team is invalid.
+// no team when team is invalid; a disabled user gets none (ErrForbidden).
 func (a *Accounts) issueSession(u db.User, team db.Team, role string) (Session, error) {
+	if err := checkEnabled(u); err != nil {
+		return Session{}, err
+	}
 	su := auth.SessionUser{UserID: userID(u.ID), Name: u.Name, Email: u.Email, IsAdmin: u.IsAdmin}
 	acc := Account{User: u}
 	if team.ID.Valid {

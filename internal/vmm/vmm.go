@@ -149,8 +149,10 @@ type Machine interface {
 	// files there are replaced atomically, so dir may be the snapshot this
 	// machine was restored from). With keepRunning the guest resumes
 	// afterwards (a snapshot template of a live sandbox); without, the VMM
-	// exits (pause: CPU and RAM freed). The guest's clock does not advance
-	// while it is saved: whoever resumes it sets the time (envd's /init).
+	// exits (pause: CPU and RAM freed). The guest's clocks do not advance
+	// while it is saved: whoever resumes it sets the time (envd's /init),
+	// and so does, with keepRunning, whoever keeps using the machine (its
+	// wall clock is behind by the pause).
 	Snapshot(ctx context.Context, dir string, keepRunning bool) (Snapshot, error)
 	// Kill stops the VMM at once. Killing an exited machine is a no-op.
 	Kill(ctx context.Context) error

@@ -14,8 +14,9 @@ import (
 
 const authenticateAPIKey = `-- name: AuthenticateAPIKey :one
 WITH k AS (
-  SELECT team_api_keys.id, team_api_keys.team_id, team_api_keys.name, team_api_keys.prefix, team_api_keys.key_hash, team_api_keys.created_by, team_api_keys.created_at, team_api_keys.last_used_at, team_api_keys.revoked_at
+  SELECT team_api_keys.id, team_api_keys.team_id, team_api_keys.name, team_api_keys.prefix, team_api_keys.key_hash, team_api_keys.created_by, team_api_keys.created_at, team_api_keys.last_used_at, team_api_keys.revoked_at, users.disabled_at AS creator_disabled_at
   FROM team_api_keys
+  JOIN users ON users.id = team_api_keys.created_by
   JOIN teams ON teams.id = team_api_keys.team_id
   JOIN users_teams ON users_teams.user_id = team_api_keys.created_by
                   AND users_teams.team_id = team_api_keys.team_id
@@ -24,30 +25,34 @@ WITH k AS (
     AND teams.deleted_at IS NULL
 ), touched AS (
   UPDATE team_api_keys SET last_used_at = now()
-  WHERE team_api_keys.id = (SELECT k.id FROM k)
+  WHERE team_api_keys.id = (SELECT k.id FROM k WHERE k.creator_disabled_at IS NULL)
     AND (team_api_keys.last_used_at IS NULL OR team_api_keys.last_used_at < now() - interval '1 minute')
   RETURNING team_api_keys.id
 )
-SELECT k.id, k.team_id, k.name, k.prefix, k.key_hash, k.created_by, k.created_at, k.last_used_at, k.revoked_at
+SELECT k.id, k.team_id, k.name, k.prefix, k.key_hash, k.created_by, k.created_at, k.last_used_at, k.revoked_at,
+       k.creator_disabled_at
 FROM k
 `
 
 type AuthenticateAPIKeyRow struct {
-	ID         pgtype.UUID        `json:"id"`
-	TeamID     pgtype.UUID        `json:"team_id"`
-	Name       string             `json:"name"`
-	Prefix     string             `json:"prefix"`
-	KeyHash    []byte             `json:"key_hash"`
-	CreatedBy  pgtype.UUID        `json:"created_by"`
-	CreatedAt  time.Time          `json:"created_at"`
-	LastUsedAt pgtype.Timestamptz `json:"last_used_at"`
-	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
+	ID                pgtype.UUID        `json:"id"`
+	TeamID            pgtype.UUID        `json:"team_id"`
+	Name              string             `json:"name"`
+	Prefix            string             `json:"prefix"`
+	KeyHash           []byte             `json:"key_hash"`
+	CreatedBy         pgtype.UUID        `json:"created_by"`
+	CreatedAt         time.Time          `json:"created_at"`
+	LastUsedAt        pgtype.Timestamptz `json:"last_used_at"`
+	RevokedAt         pgtype.Timestamptz `json:"revoked_at"`
+	CreatorDisabledAt pgtype.Timestamptz `json:"creator_disabled_at"`
 }
 
 // Finds a live key of a live team by the SHA-256 of the presented key and
 // records its use. The key's creator must still be a member of the key's
 // team: a key dies with its creator's membership (leaving, removal, a
-// deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
+// deleted user), whatever path ended it. creator_disabled_at is the
+// creator's users.disabled_at: a disabled user's keys are refused (and work
+// again once the user is re-enabled). last_used_at is written at most once a minute per key, so
 // a busy key does not turn every request into a write; the returned row
 // carries the value from before this call.
 func (q *Queries) AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error) {
@@ -63,6 +68,7 @@ func (q *Queries) AuthenticateAPIKey(ctx context.Context, keyHash []byte) (Authe
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.CreatorDisabledAt,
 	)
 	return i, err
 }

@@ -208,12 +208,13 @@ type TemplateBuild struct {
 }
 
 type User struct {
-	ID            pgtype.UUID `json:"id"`
-	Email         string      `json:"email"`
-	Name          string      `json:"name"`
-	PasswordHash  pgtype.Text `json:"password_hash"`
-	IsAdmin       bool        `json:"is_admin"`
-	DefaultTeamID pgtype.UUID `json:"default_team_id"`
-	CreatedAt     time.Time   `json:"created_at"`
-	UpdatedAt     time.Time   `json:"updated_at"`
+	ID            pgtype.UUID        `json:"id"`
+	Email         string             `json:"email"`
+	Name          string             `json:"name"`
+	PasswordHash  pgtype.Text        `json:"password_hash"`
+	IsAdmin       bool               `json:"is_admin"`
+	DefaultTeamID pgtype.UUID        `json:"default_team_id"`
+	CreatedAt     time.Time          `json:"created_at"`
+	UpdatedAt     time.Time          `json:"updated_at"`
+	DisabledAt    pgtype.Timestamptz `json:"disabled_at"`
 }

@@ -13,10 +13,27 @@ import (
 type Querier interface {
 	// Already a member: a unique violation (store.ErrConflict).
 	AddTeamMember(ctx context.Context, arg AddTeamMemberParams) (Membership, error)
+	// The platform-wide audit log (every team, every scope) newest first, as
+	// ListAuditLogs pages it; team_id NULL: every team.
+	AdminListAuditLogs(ctx context.Context, arg AdminListAuditLogsParams) ([]AuditLog, error)
+	// Every host with its team's name, newest first, keyset-paginated on
+	// (created_at, id). Explicit columns: hosts gains columns in other
+	// migrations.
+	AdminListHosts(ctx context.Context, arg AdminListHostsParams) ([]AdminListHostsRow, error)
+	// Every live team newest first with its member count and its sandboxes
+	// that are not stopped, keyset-paginated on (created_at, id).
+	AdminListTeams(ctx context.Context, arg AdminListTeamsParams) ([]AdminListTeamsRow, error)
+	// Users by e-mail address (case-insensitively, which is unique), keyset-
+	// paginated on it: prefix '' matches all; LIKE metacharacters in prefix
+	// match literally. after_email: the last row's lower(email). No password
+	// hashes.
+	AdminListUsers(ctx context.Context, arg AdminListUsersParams) ([]AdminListUsersRow, error)
 	// Finds a live key of a live team by the SHA-256 of the presented key and
 	// records its use. The key's creator must still be a member of the key's
 	// team: a key dies with its creator's membership (leaving, removal, a
-	// deleted user), whatever path ended it. last_used_at is written at most once a minute per key, so
+	// deleted user), whatever path ended it. creator_disabled_at is the
+	// creator's users.disabled_at: a disabled user's keys are refused (and work
+	// again once the user is re-enabled). last_used_at is written at most once a minute per key, so
 	// a busy key does not turn every request into a write; the returned row
 	// carries the value from before this call.
 	AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error)
@@ -53,6 +70,12 @@ type Querier interface {
 	// its disk kept on the host (nothing is destroyed); no deadline.
 	FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error)
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
+	// The platform admin's queries (/v1/admin/…). The caller checks that the
+	// user is an active platform admin (GetActiveAdmin) first.
+	// The user when it is an active (not disabled) platform admin; no row
+	// otherwise. FOR SHARE: a change made as that admin commits only while
+	// the admin is still one (a concurrent demotion or disabling waits).
+	GetActiveAdmin(ctx context.Context, id pgtype.UUID) (User, error)
 	// The team a login lands in: users.default_team_id if the user is still a
 	// member and the team is live, else the oldest live membership.
 	GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID) (GetDefaultTeamForUserRow, error)
@@ -64,6 +87,10 @@ type Querier interface {
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
 	// Not team-scoped: for the control plane's own loops (reaper, reconciler).
 	GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, error)
+	// A session's authentication in one round trip: the user (no row: gone),
+	// whether it is disabled, and its role in the live team team_id (empty: not
+	// a member, or the team is deleted).
+	GetSessionUser(ctx context.Context, arg GetSessionUserParams) (GetSessionUserRow, error)
 	// Soft-deleted teams are not found.
 	GetTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	GetTeamBySlug(ctx context.Context, slug string) (Team, error)
@@ -128,6 +155,9 @@ type Querier interface {
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
 	// The templates whose files a host keeps (snapshots), for reconciliation.
 	ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error)
+	// Locks every active platform admin's row, in ID order (two admins
+	// disabling each other serialize here), and returns their IDs.
+	LockActiveAdmins(ctx context.Context) ([]pgtype.UUID, error)
 	// The chosen host with what its sandboxes reserve, its row locked until
 	// the end of the transaction that inserts the sandbox: creates that chose
 	// the same host re-check admission (scheduler.Fits) one after the other,
@@ -141,6 +171,7 @@ type Querier interface {
 	// Locks the team's row for the rest of the transaction: serializes quota
 	// checks and owner-invariant checks of one team.
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
+	LockUser(ctx context.Context, id pgtype.UUID) (User, error)
 	// A host stopped answering: its live sandboxes become missing (reversible).
 	MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSandboxesMissingParams) ([]pgtype.UUID, error)
 	// Final state, from any other state; no deadline, no envd.
@@ -182,6 +213,8 @@ type Querier interface {
 	SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error)
 	SetUserAdmin(ctx context.Context, arg SetUserAdminParams) error
 	SetUserDefaultTeam(ctx context.Context, arg SetUserDefaultTeamParams) error
+	// disabled: disabled since now (kept when disabled already); else enabled.
+	SetUserDisabled(ctx context.Context, arg SetUserDisabledParams) (User, error)
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error
 	// The slug stays reserved. The platform team cannot be deleted.
 	SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, error)

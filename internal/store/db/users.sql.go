@@ -25,7 +25,7 @@ func (q *Queries) CountUsers(ctx context.Context) (int64, error) {
 const createUser = `-- name: CreateUser :one
 INSERT INTO users (email, name, password_hash, is_admin)
 VALUES ($1, $2, $3, $4)
-RETURNING id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at
+RETURNING id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at, disabled_at
 `
 
 type CreateUserParams struct {
@@ -52,12 +52,13 @@ func (q *Queries) CreateUser(ctx context.Context, arg CreateUserParams) (User, e
 		&i.DefaultTeamID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.DisabledAt,
 	)
 	return i, err
 }
 
 const getUser = `-- name: GetUser :one
-SELECT id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at FROM users WHERE id = $1
+SELECT id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at, disabled_at FROM users WHERE id = $1
 `
 
 func (q *Queries) GetUser(ctx context.Context, id pgtype.UUID) (User, error) {
@@ -72,12 +73,13 @@ func (q *Queries) GetUser(ctx context.Context, id pgtype.UUID) (User, error) {
 		&i.DefaultTeamID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.DisabledAt,
 	)
 	return i, err
 }
 
 const getUserByEmail = `-- name: GetUserByEmail :one
-SELECT id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at FROM users WHERE lower(email) = lower($1::text)
+SELECT id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at, disabled_at FROM users WHERE lower(email) = lower($1::text)
 `
 
 // E-mail addresses compare case-insensitively.
@@ -93,6 +95,7 @@ func (q *Queries) GetUserByEmail(ctx context.Context, email string) (User, error
 		&i.DefaultTeamID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.DisabledAt,
 	)
 	return i, err
 }
@@ -182,7 +185,7 @@ func (q *Queries) SetUserPassword(ctx context.Context, arg SetUserPasswordParams
 }
 
 const updateUserName = `-- name: UpdateUserName :one
-UPDATE users SET name = $1 WHERE id = $2 RETURNING id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at
+UPDATE users SET name = $1 WHERE id = $2 RETURNING id, email, name, password_hash, is_admin, default_team_id, created_at, updated_at, disabled_at
 `
 
 type UpdateUserNameParams struct {
@@ -202,6 +205,7 @@ func (q *Queries) UpdateUserName(ctx context.Context, arg UpdateUserNameParams) 
 		&i.DefaultTeamID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.DisabledAt,
 	)
 	return i, err
 }

@@ -143,6 +143,23 @@
 // network presence; the guest's clock stands still while it is saved, so
 // whoever resumes it sets the time (envd's /init).
 //
+// Guest time across a snapshot. Under TCG the guest's TSC and QEMU's
+// virtual clock (the LAPIC timer's) are both saved in the device state
+// ("timer" section) as they were at stop, and continue from there at cont:
+// the guest's CLOCK_MONOTONIC does not count the pause, pending timers
+// keep what they had left and fire after it (measured: a `sleep 2` started
+// just before a 3 s pause took 2.0–2.3 s of guest monotonic time; a
+// `sleep 0.1` loop's only long gap is the one across the pause). This is
+// the semantics of a suspended Linux machine and of Firecracker's default
+// restore. Advancing both clocks by the pause instead (rewriting the timer
+// section on restore) was rejected: the guest's clocksource is the TSC
+// (no kvm-clock under TCG), and Debian 12's 6.1 kernel converts TSC deltas
+// with a 64-bit multiply that overflows past its max_cycles (the guest
+// logs 0x1e368d1db5c here: 16.5 min at 2.1 GHz), so a longer pause would
+// hand out wrong times until the next tick, and the soft-lockup detector
+// would report every pause longer than its 20 s as a stuck CPU. Whatever keeps running a stopped guest sets its
+// wall clock again (package sandbox does, with /init).
+//
 // # Accelerator and deterministic boots
 //
 // New picks the accelerator (DetectAccel): CAPSULE_ACCEL, else TCG

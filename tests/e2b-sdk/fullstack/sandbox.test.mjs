@@ -162,6 +162,24 @@ describe('sandbox lifecycle through capsule serve', () => {
     assert.ok(later > resumed, `counter stuck at ${later} after the resume`)
   })
 
+  test('a background sleep started just before a pause is the same live process after the resume and finishes', async () => {
+    const sbx = await create()
+    const cmd = await sbx.commands.run('sleep 2 && echo done > f', { background: true })
+    assert.equal(await sbx.pause(), true)
+    const again = await Sandbox.connect(sbx.sandboxId)
+    const resumed = Date.now()
+    // The guest's clock stood still while it was paused, as a suspended
+    // machine's: the sleep has its remaining time left, so it still runs.
+    const running = await again.commands.list()
+    assert.ok(running.some((p) => p.pid === cmd.pid), `pid ${cmd.pid} is not running after the resume: ${JSON.stringify(running)}`)
+    // It finishes: about two seconds later on an idle machine (TCG runs a
+    // freshly restored guest slowly, the more so on a loaded host).
+    await waitFor(async () => (await again.files.read('f')) === 'done\n', { timeoutMs: 60_000, what: 'f, written by the sleeper' })
+    console.log(`sleeper finished ${Date.now() - resumed} ms after the resume`)
+    const handle = await again.commands.connect(cmd.pid)
+    assert.equal((await handle.wait()).exitCode, 0)
+  })
+
   test('getHost reaches a server started inside the sandbox (loopback only)', async () => {
     const sbx = await create()
     await sbx.files.write('/tmp/www/index.html', 'served from the sandbox')

@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func (a *app) templateCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "template",
+		Aliases: []string{"templates"},
+		Short:   "List and remove the templates the team can use",
+		Example: "  capsule template list\n  capsule template rm warm-python",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the team's snapshots and the public images",
+		Example: "  capsule template list --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.newClient()
+			if err != nil {
+				return err
+			}
+			list, err := c.Snapshots.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(list)
+			}
+			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKIND\tVCPUS\tMEMORY\tSIZE\tPUBLIC\tCREATED")
+			for _, s := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d MiB\t%s\t%v\t%s\n", s.Name, s.Kind, s.VCPUs, s.MemoryMB, size(s.SizeBytes), s.Public,
+					s.CreatedAt.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use:     "rm NAME...",
+		Short:   "Remove the team's snapshots",
+		Example: "  capsule template rm warm-python",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.newClient()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if err := c.Snapshots.Delete(cmd.Context(), name); err != nil {
+					return fmt.Errorf("rm %s: %w", name, err)
+				}
+				if !a.json {
+					fmt.Fprintf(a.stdio.Out, "%s removed\n", name)
+				}
+			}
+			if a.json {
+				return a.printJSON(map[string][]string{"removed": args})
+			}
+			return nil
+		},
+	})
+	return cmd
+}
+
+func (a *app) keysCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "keys",
+		Short:   "Create, list and revoke the team's API keys",
+		Example: "  capsule keys create ci\n  capsule keys list\n  capsule keys revoke key-…",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the team's API keys (never their secret)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.newClient()
+			if err != nil {
+				return err
+			}
+			keys, err := c.Keys.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(keys)
+			}
+			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tCREATED\tLAST USED")
+			for _, k := range keys {
+				last := "never"
+				if !k.LastUsedAt.IsZero() {
+					last = k.LastUsedAt.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, k.CreatedAt.Local().Format(time.DateTime), last)
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use:     "create NAME",
+		Short:   "Create an API key and print it (shown this once)",
+		Example: "  capsule keys create ci",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.newClient()
+			if err != nil {
+				return err
+			}
+			k, err := c.Keys.Create(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(k)
+			}
+			fmt.Fprintln(a.stdio.Out, k.Key)
+			fmt.Fprintln(a.stdio.Err, "Keep it now: the platform keeps only a hash and cannot show it again.")
+			return nil
+		},
+	}, &cobra.Command{
+		Use:     "revoke ID...",
+		Short:   "Revoke API keys (they stop working at once)",
+		Example: "  capsule keys revoke key-1a2b…",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.newClient()
+			if err != nil {
+				return err
+			}
+			for _, id := range args {
+				if err := c.Keys.Revoke(cmd.Context(), id); err != nil {
+					return fmt.Errorf("revoke %s: %w", id, err)
+				}
+				if !a.json {
+					fmt.Fprintf(a.stdio.Out, "%s revoked\n", id)
+				}
+			}
+			if a.json {
+				return a.printJSON(map[string][]string{"revoked": args})
+			}
+			return nil
+		},
+	})
+	return cmd
+}

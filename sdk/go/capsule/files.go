@@ -1,0 +1,115 @@
+package capsule
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/capsulehq/capsule/sdk/go/capsule/internal/wire"
+)
+
+// FileService reads and writes files in running sandboxes
+// (Client.Files). Paths are absolute guest paths; user is a guest user
+// name ("" : the sandbox's user), who owns what is written and whose
+// rights reads are checked against.
+type FileService struct{ c *Client }
+
+// FileEntry is an entry of a directory listing.
+type FileEntry struct {
+	Name string `json:"name"`
+	// Path is the absolute guest path.
+	Path string `json:"path"`
+	// Type is "file", "dir", "symlink" or "other" (a device, socket or
+	// pipe).
+	Type       string      `json:"type"`
+	Size       int64       `json:"size"`
+	Mode       os.FileMode `json:"mode"`
+	ModifiedAt time.Time   `json:"modified_at"`
+	// SymlinkTarget is a symlink's target.
+	SymlinkTarget string `json:"symlink_target,omitempty"`
+}
+
+// File is an open download: read it, then close it. A download that fails
+// once the content has started ends in a read error, never short.
+type File struct {
+	io.ReadCloser
+	// Size is the file's size, or -1 when the platform did not say.
+	Size int64
+}
+
+// Open streams the file at path out of the sandbox.
+func (s *FileService) Open(ctx context.Context, sandboxID, path, user string) (*File, error) {
+	resp, err := s.c.wire.DownloadFile(ctx, sandboxID, &wire.DownloadFileParams{Path: path, User: ptrOrNil(user)})
+	if err != nil {
+		return nil, fmt.Errorf("capsule: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFrom(resp)
+	}
+	return &File{ReadCloser: resp.Body, Size: resp.ContentLength}, nil
+}
+
+// Read returns the whole content of the file at path.
+func (s *FileService) Read(ctx context.Context, sandboxID, path, user string) ([]byte, error) {
+	f, err := s.Open(ctx, sandboxID, path, user)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("capsule: reading %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// Write streams r into the file at path, which is created or replaced
+// (with its missing parent directories), owned by user, and returns the
+// number of bytes written. An upload cut short (r fails, ctx ends) leaves
+// no partial file in its place.
+func (s *FileService) Write(ctx context.Context, sandboxID, path, user string, r io.Reader) (int64, error) {
+	var info wire.FileInfo
+	resp, err := s.c.wire.UploadFileWithBody(ctx, sandboxID, &wire.UploadFileParams{Path: path, User: ptrOrNil(user)},
+		"application/octet-stream", r)
+	if err := decode(resp, err, http.StatusOK, &info); err != nil {
+		return 0, err
+	}
+	return int64(info.Size), nil
+}
+
+// List lists the directory dir, depth levels deep (0: 1).
+func (s *FileService) List(ctx context.Context, sandboxID, dir, user string, depth int) ([]FileEntry, error) {
+	var out wire.FileList
+	resp, err := s.c.wire.ListFiles(ctx, sandboxID, &wire.ListFilesParams{Path: dir, Depth: ptrOrNil(depth), User: ptrOrNil(user)})
+	if err := decode(resp, err, http.StatusOK, &out); err != nil {
+		return nil, err
+	}
+	entries := make([]FileEntry, len(out.Entries))
+	for i, e := range out.Entries {
+		entries[i] = FileEntry{Name: e.Name, Path: e.Path, Type: string(e.Type), Size: int64(e.Size), Mode: os.FileMode(e.Mode),
+			ModifiedAt: e.ModifiedAt, SymlinkTarget: deref(e.SymlinkTarget)}
+	}
+	return entries, nil
+}
+
+// MakeDir creates the directory path and its missing parents.
+func (s *FileService) MakeDir(ctx context.Context, sandboxID, path, user string) error {
+	resp, err := s.c.wire.MakeDir(ctx, sandboxID, wire.MakeDirRequest{Path: path, User: ptrOrNil(user)})
+	if err != nil {
+		return fmt.Errorf("capsule: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusNoContent {
+		return errorFrom(resp)
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Remove removes the file or directory (recursively) at path.
+func (s *FileService) Remove(ctx context.Context, sandboxID, path, user string) error {
+	resp, err := s.c.wire.RemoveFile(ctx, sandboxID, &wire.RemoveFileParams{Path: path, User: ptrOrNil(user)})
+	return decode(resp, err, http.StatusNoContent, nil)
+}
