@@ -63,6 +63,7 @@ bench: build
 	$(BIN)/capsule bench vm
 	$(BIN)/capsule bench api
 	$(BIN)/capsule bench proxy
+	$(BIN)/capsule bench hosts
 
 generate:
 	@scripts/generate.sh

@@ -127,7 +127,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 		Signup: service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
-		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log,
+		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log, SingleReplica: true,
 	})
 	if err != nil {
 		return nil, err

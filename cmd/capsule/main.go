@@ -31,6 +31,7 @@ commands:
   bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
+  bench hosts   measure the scheduling decision with 1,000 hosts in a fresh PostgreSQL (prints JSON)
   image         build, list and remove template images (capsule image help)
   version       print versions
 
@@ -100,7 +101,7 @@ func run(ctx context.Context, args []string) error {
 
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("bench: name a benchmark (envd, vm, api)")
+		return errors.New("bench: name a benchmark (envd, vm, api, proxy, hosts)")
 	}
 	switch args[0] {
 	case "envd":
@@ -148,6 +149,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchSDK(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "hosts":
+		o, err := parseBenchHostsFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchHosts(ctx, o)
 		if err != nil {
 			return err
 		}

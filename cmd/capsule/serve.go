@@ -340,6 +340,9 @@ func runServe(ctx context.Context, args []string) (err error) {
 		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
 		Signup: o.signupMode, Quotas: o.quotas, OAuth: o.oauthConfig(), TrustedProxies: o.proxies,
 		Domain: o.domain, SandboxAddr: sln.Addr(), Log: log,
+		// The embedded PostgreSQL is this process's alone (its data
+		// directory is locked): no other replica shares it.
+		SingleReplica: o.databaseURL == "",
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)

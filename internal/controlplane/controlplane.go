@@ -16,6 +16,7 @@ import (
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/e2bapi"
+	"github.com/capsulehq/capsule/internal/leader"
 	"github.com/capsulehq/capsule/internal/proxy"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
@@ -50,7 +51,12 @@ type Config struct {
 	SandboxAddr net.Addr
 	// Reaper configures the TTL reaper.
 	Reaper service.ReaperConfig
-	Log    *slog.Logger
+	// SingleReplica says that no other control plane can share the
+	// database (capsule serve's embedded PostgreSQL): the background
+	// loops' leadership is then taken without the grace period that
+	// fences off a previous leader (package leader).
+	SingleReplica bool
+	Log           *slog.Logger
 }
 
 // OAuthConfig configures the OAuth login providers.
@@ -180,32 +186,88 @@ func (cp *ControlPlane) APIHandler() http.Handler {
 // SandboxHandler serves the sandbox listener: the traffic proxy alone.
 func (cp *ControlPlane) SandboxHandler() http.Handler { return sandboxHandler(cp.Proxy) }
 
-// Start brings the sandbox records in line with what the agents run
-// (after a crash of either) and starts the TTL reaper, which runs until
-// ctx ends, Shutdown or Close.
+// BackgroundLeadership is the leadership (package leader) under which a
+// control plane runs its background loops: of the replicas sharing a
+// database, only its holder reconciles and reaps.
+const BackgroundLeadership = "controlplane.background"
+
+// Start campaigns for the background loops' leadership until ctx ends,
+// Shutdown or Close. Each term of this replica brings the sandbox records
+// in line with what the agents run (after a crash of either, or of the
+// previous leader) and then runs the TTL reaper. Start returns once the
+// first term's reconciliation is done (its error, if it failed), or at
+// once when another replica leads.
 func (cp *ControlPlane) Start(ctx context.Context) error {
-	if rep, err := cp.Sandboxes.Reconcile(ctx); err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	} else if rep != (service.ReconcileReport{}) {
-		cp.log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans,
-			"orphan_templates", rep.OrphanTemplates)
-	}
 	cp.mu.Lock()
-	defer cp.mu.Unlock()
 	if cp.stopReap != nil {
+		cp.mu.Unlock()
 		return errors.New("controlplane: started twice")
 	}
-	reapCtx, stop := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	following := make(chan struct{})
+	var followOnce sync.Once
+	lcfg := leader.Config{Pool: cp.Store.Pool(), Log: cp.log,
+		OnFollow: func(string) { followOnce.Do(func() { close(following) }) }}
+	if cp.cfg.SingleReplica {
+		lcfg.Grace = -1
+	}
+	el, err := leader.New(lcfg)
+	if err != nil {
+		cp.mu.Unlock()
+		return fmt.Errorf("controlplane: %w", err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
 	cp.stopReap, cp.reapDone = stop, make(chan struct{})
 	go func() {
 		defer close(cp.reapDone)
-		service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(reapCtx)
+		terms := 0 // the terms of one Run follow each other
+		el.Run(runCtx, BackgroundLeadership, func(ctx context.Context) {
+			terms++
+			err := cp.reconcile(ctx)
+			if terms == 1 {
+				first <- err
+				if err != nil {
+					return // Start fails and stops the campaign
+				}
+			} // a later term's failure is logged; the reaper runs
+			service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(ctx)
+		})
 	}()
+	cp.mu.Unlock()
+	select {
+	case err := <-first:
+		if err != nil {
+			cp.stopReaper()
+			cp.mu.Lock()
+			cp.stopReap, cp.reapDone = nil, nil
+			cp.mu.Unlock()
+			return err
+		}
+	case <-following:
+		cp.log.InfoContext(ctx, "another control plane runs the background loops; this one follows")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	return nil
 }
 
-// stopReaper stops the reaper and waits for it (a no-op when it does not
-// run).
+func (cp *ControlPlane) reconcile(ctx context.Context) error {
+	rep, err := cp.Sandboxes.Reconcile(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			cp.log.ErrorContext(ctx, "reconciling the sandbox records with the agents failed", "err", err)
+		}
+		return fmt.Errorf("controlplane: %w", err)
+	}
+	if rep != (service.ReconcileReport{}) {
+		cp.log.InfoContext(ctx, "sandbox records reconciled with the agent", "changed", rep.Changed, "orphans", rep.Orphans,
+			"orphan_templates", rep.OrphanTemplates)
+	}
+	return nil
+}
+
+// stopReaper stops the background loops' campaign (and the reaper, when
+// this replica leads) and waits for it (a no-op when it does not run).
 func (cp *ControlPlane) stopReaper() {
 	cp.mu.Lock()
 	stop, done := cp.stopReap, cp.reapDone

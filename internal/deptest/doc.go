@@ -4,7 +4,7 @@
 // host code into the control plane or the testing package into a binary:
 //
 //   - the control plane (api, e2bapi, proxy, service, store, auth,
-//     agentclient, wireid) links no host or guest code (agent, sandbox, vmm,
+//     agentclient, wireid, scheduler, leader) links no host or guest code (agent, sandbox, vmm,
 //     netslot, envd, nftables, PTYs) and not testing: it reaches hosts only
 //     through hostagent.v1 (agentclient) and the wire contracts (envdapi,
 //     agentproxy);

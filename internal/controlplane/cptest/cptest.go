@@ -60,6 +60,8 @@ func Start(t testing.TB, p hosttest.Pool) *Stack {
 		// address of its own, as distinct users do, so that the per-client
 		// sign-up limit applies to each, not to the test.
 		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+		// The test's own database: no other replica (no leadership grace).
+		SingleReplica: true,
 	})
 	if err != nil {
 		sbxLn.Close()

@@ -70,6 +70,13 @@ type HostRefreshToken struct {
 	FamilyID   pgtype.UUID        `json:"family_id"`
 }
 
+type HostTemplate struct {
+	HostID     pgtype.UUID `json:"host_id"`
+	TemplateID pgtype.UUID `json:"template_id"`
+	SizeBytes  int64       `json:"size_bytes"`
+	LastUsedAt time.Time   `json:"last_used_at"`
+}
+
 type InternalCa struct {
 	ID        int32     `json:"id"`
 	CertPem   string    `json:"cert_pem"`

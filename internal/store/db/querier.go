@@ -65,6 +65,8 @@ type Querier interface {
 	CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, error)
 	CreateUser(ctx context.Context, arg CreateUserParams) (User, error)
 	DeleteHostRecord(ctx context.Context, id pgtype.UUID) (int64, error)
+	// A host no longer holds a template (evicted or deleted).
+	DeleteHostTemplate(ctx context.Context, arg DeleteHostTemplateParams) (int64, error)
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
@@ -138,6 +140,8 @@ type Querier interface {
 	ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error)
 	// What deleting a host affects: its sandboxes that are not stopped.
 	ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID) ([]Sandbox, error)
+	// A host's templates, least recently used first (eviction order).
+	ListHostTemplatesLRU(ctx context.Context, hostID pgtype.UUID) ([]HostTemplate, error)
 	// A team's invitations, newest first (redeemed and expired ones included).
 	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
@@ -148,10 +152,25 @@ type Querier interface {
 	ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error)
 	// A host's sandboxes (states empty: any), for reconciliation.
 	ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHostParams) ([]Sandbox, error)
+	// The hosts of team_id (the platform team for a regular team, the team
+	// itself for a BYOC one) with what the sandboxes recorded on each reserve,
+	// and whether the host holds template_id (NULL: no template to look for),
+	// in one round trip. Reserving states and amounts are those of
+	// scheduler.Reservation: starting, running, pausing, resuming and missing
+	// reserve vCPUs, memory and disk; paused its disk and its saved memory (on
+	// disk); error its disk. Sums are computed for online hosts only (the
+	// scheduler takes no other); the others come back with zeros, for the
+	// scheduler's explanation of a refusal. Served by hosts_team_idx, the
+	// partial covering index sandboxes_host_reservation_idx (index-only) and
+	// host_templates' primary key. The sums are of integer columns (bigint
+	// results, not numeric: 2–3× cheaper).
+	ListSchedulingCandidates(ctx context.Context, arg ListSchedulingCandidatesParams) ([]ListSchedulingCandidatesRow, error)
 	ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host, error)
 	ListTeamMembers(ctx context.Context, teamID pgtype.UUID) ([]ListTeamMembersRow, error)
 	// The user's live teams with the user's role in each, oldest membership first.
 	ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]ListTeamsForUserRow, error)
+	// The hosts that hold a template.
+	ListTemplateHosts(ctx context.Context, templateID pgtype.UUID) ([]pgtype.UUID, error)
 	// The team's templates and the public ones, by name (the team's first on a tie).
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
 	// The templates whose files a host keeps (snapshots), for reconciliation.
@@ -162,6 +181,12 @@ type Querier interface {
 	LockHost(ctx context.Context, id pgtype.UUID) (Host, error)
 	// The host a registration token belongs to, locked for its consumption.
 	LockHostByRegistrationToken(ctx context.Context, tokenHash []byte) (Host, error)
+	// The chosen host with what its sandboxes reserve, its row locked until
+	// the end of the transaction that inserts the sandbox: creates that chose
+	// the same host re-check admission (scheduler.Fits) one after the other,
+	// so two of them never overcommit it together. Sums as in
+	// ListSchedulingCandidates.
+	LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error)
 	LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
@@ -248,6 +273,8 @@ type Querier interface {
 	UpdateSandboxState(ctx context.Context, arg UpdateSandboxStateParams) (Sandbox, error)
 	UpdateTeamMemberRole(ctx context.Context, arg UpdateTeamMemberRoleParams) (Membership, error)
 	UpdateUserName(ctx context.Context, arg UpdateUserNameParams) (User, error)
+	// A host holds (or just used) a template's files.
+	UpsertHostTemplate(ctx context.Context, arg UpsertHostTemplateParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)

@@ -1,0 +1,101 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/leader"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestBackgroundLoopsRunOnOneReplica: while another replica holds the
+// background loops' leadership, Start follows — it returns at once without
+// reconciling (which would fail here: the agent does not answer) and runs
+// no reaper; when that replica goes, this one takes the leadership over and
+// its term starts by reconciling.
+func TestBackgroundLoopsRunOnOneReplica(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := testConfig(t)
+	logs := &syncBuffer{}
+	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+	cp, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Close()
+
+	// The other replica: its own pool and elector, leading first.
+	pool, err := pgxpool.New(ctx, cfg.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	el, err := leader.New(leader.Config{Pool: pool, Grace: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCtx, stopOther := context.WithCancel(ctx)
+	leading, otherDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(otherDone)
+		el.Run(otherCtx, BackgroundLeadership, func(ctx context.Context) { close(leading); <-ctx.Done() })
+	}()
+	defer func() { stopOther(); <-otherDone }()
+	select {
+	case <-leading:
+	case <-ctx.Done():
+		t.Fatal("the other replica never led")
+	}
+
+	if !t.Run("Start follows the other replica", func(t *testing.T) {
+		if err := cp.Start(ctx); err != nil {
+			t.Fatalf("Start = %v; want nil (another replica leads: no reconciliation here)", err)
+		}
+		if strings.Contains(logs.String(), "reconciling") {
+			t.Fatalf("the follower reconciled:\n%s", logs.String())
+		}
+	}) {
+		return
+	}
+
+	t.Run("the follower takes over when the leader goes", func(t *testing.T) {
+		stopOther()
+		<-otherDone
+		// Takeover: a campaign retry, the grace (CheckInterval +
+		// CheckTimeout) and a reconciliation that fails on the silent agent.
+		deadline := time.Now().Add(leader.DefaultRetryInterval + leader.DefaultCheckInterval + leader.DefaultCheckTimeout + 30*time.Second)
+		for !strings.Contains(logs.String(), "reconciling the sandbox records with the agents failed") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no reconciliation after the takeover; logs:\n%s", logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !strings.Contains(logs.String(), "leader: leading") {
+			t.Fatalf("reconciled without leading; logs:\n%s", logs.String())
+		}
+	})
+}
