@@ -62,4 +62,11 @@
 // and revoked with a user's session only; a member revokes only their own
 // keys; a key lives as long as its creator's membership of its team (see
 // Accounts).
+//
+// The sandbox lifecycle is split by concern: sandboxes.go (the Sandboxes
+// service and its Sandbox view), create.go (the create request and
+// Create), transitions.go (Destroy, Pause, Resume, PauseAll and the one
+// transition they share), list.go (Get, List and its cursor), quotas.go
+// (Quotas and their checks), sealing.go (the sealed env vars) and
+// agentcalls.go (how an agent call that failed or timed out is settled).
 package service
