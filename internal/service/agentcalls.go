@@ -87,7 +87,7 @@ func (s *Sandboxes) persistRunning(ctx context.Context, id pgtype.UUID, from str
 	var row db.Sandbox
 	err := s.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
-		if row, err = s.st.TransitionSandbox(ctx, q, id, []string{from}, store.SandboxRunning, ""); err != nil {
+		if row, err = s.setState(ctx, q, id, State(from), StateRunning, ""); err != nil {
 			return err
 		}
 		if url := a.GetEnvdUrl(); url != "" {

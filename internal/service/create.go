@@ -176,7 +176,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		// The request may be gone; the bookkeeping must still happen.
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if _, err := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxStarting}, store.SandboxError, truncate(cause.Error(), 1024)); err != nil {
+		if _, err := s.setState(bg, nil, row.ID, StateStarting, StateError, truncate(cause.Error(), 1024)); err != nil {
 			log.ErrorContext(bg, "persist the failed create", "err", err)
 		}
 		if c, err := s.client(bg); err == nil {

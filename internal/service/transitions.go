@@ -67,7 +67,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 			}
 		}
 		var err error
-		if row, err = s.st.TransitionSandbox(ctx, q, id, []string{from}, mid, ""); err != nil {
+		if row, err = s.setState(ctx, q, id, State(from), State(mid), ""); err != nil {
 			var se *store.StateError
 			if errors.As(err, &se) {
 				return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox is %s, not %s", se.State, from), Err: err}
@@ -95,7 +95,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 		if died, reason := s.keptWithoutMachine(actx, c, id); died {
 			// The machine died behind the record's back: the record says so
 			// now (error, disk kept on the host; resuming boots it cold).
-			if _, terr := s.st.TransitionSandbox(actx, nil, id, []string{mid}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+			if _, terr := s.setState(actx, nil, id, State(mid), StateError, truncate("on the host: "+reason, 1024)); terr != nil {
 				s.log.ErrorContext(actx, "persist a sandbox whose machine died", "sandbox", ID(id), "err", terr)
 			}
 			s.log.WarnContext(actx, "sandbox machine died; record set to error, disk kept", "sandbox", ID(id), "reason", reason)
@@ -105,7 +105,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if _, terr := s.st.TransitionSandbox(bg, nil, id, []string{mid}, from, truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
+		if _, terr := s.setState(bg, nil, id, State(mid), State(from), truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
 			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", ID(id), "err", terr)
 		}
 		err = agentError(err, op)
@@ -116,7 +116,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	if to == store.SandboxRunning {
 		row, err = s.persistRunning(ctx, id, mid, a, nil)
 	} else {
-		row, err = s.st.TransitionSandbox(ctx, nil, id, []string{mid}, to, "")
+		row, err = s.setState(ctx, nil, id, State(mid), State(to), "")
 	}
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)

@@ -274,7 +274,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
 	}
 	if err == nil {
-		if _, err := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxPaused, "timeout"); err != nil {
+		if _, err := s.setState(bg, nil, row.ID, StatePausing, StatePaused, "timeout"); err != nil {
 			log.ErrorContext(bg, "persist the auto-pause", "err", err)
 		}
 		log.InfoContext(ctx, "sandbox paused at its timeout")
@@ -287,7 +287,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	if c != nil && errors.Is(perr, ErrConflict) {
 		if died, reason := s.keptWithoutMachine(bg, c, row.ID); died {
 			// Its machine died: error, disk kept (resuming boots it cold).
-			if _, terr := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+			if _, terr := s.setState(bg, nil, row.ID, StatePausing, StateError, truncate("on the host: "+reason, 1024)); terr != nil {
 				log.ErrorContext(bg, "persist a sandbox whose machine died", "err", terr)
 			}
 			log.WarnContext(ctx, "sandbox machine died; record set to error, disk kept", "reason", reason)
