@@ -75,6 +75,20 @@ var rules = []rule{
 		Reason: "both sides of a contract import it; it must not pull either side in",
 	},
 	{
+		Name:   "error classes import nothing of Capsule's",
+		From:   []string{"internal/errdefs"},
+		Except: []string{"internal/errdefs/errconnect"},
+		Not:    []string{"internal", "gen", "cmd"},
+		Reason: "every layer, from the store to the APIs and the host agent, classifies its errors with errdefs",
+	},
+	{
+		Name:   "errdefs' Connect codec imports only errdefs",
+		From:   []string{"internal/errdefs/errconnect"},
+		Except: []string{},
+		Not:    []string{"internal/agent", "internal/agentclient", "internal/agentapi", "internal/service", "internal/store", "gen", "cmd"},
+		Reason: "the agent and agentclient both use the codec; it must not pull either side in",
+	},
+	{
 		Name:   "binaries link no testing",
 		From:   []string{"cmd/capsule", "cmd/envd"},
 		Not:    testingPkgs,

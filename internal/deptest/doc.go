@@ -14,6 +14,8 @@
 //     links no envd server, no control plane and not testing;
 //   - the wire contracts (envdapi, agentproxy, agentapi) import nothing of
 //     Capsule's;
+//   - the error classes (errdefs) import nothing of Capsule's, and their
+//     Connect codec (errdefs/errconnect) only errdefs;
 //   - the binaries (cmd/capsule, cmd/envd) do not link testing or the test
 //     helpers.
 //
