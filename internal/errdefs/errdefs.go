@@ -158,3 +158,16 @@ func HTTPStatus(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+// Sentinel makes a package's own sentinel error of a class: its text is
+// text (as errors.New(text) would say), and errors.Is finds the class
+// through it (errors.Is(store.ErrNotFound, ErrNotFound)).
+func Sentinel(text string, class error) error { return &sentinel{text: text, class: class} }
+
+type sentinel struct {
+	text  string
+	class error
+}
+
+func (s *sentinel) Error() string { return s.text }
+func (s *sentinel) Unwrap() error { return s.class }

@@ -24,6 +24,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/errdefs"
 	"github.com/capsulehq/capsule/internal/logctx"
 )
 
@@ -41,7 +42,7 @@ const (
 
 // ErrNotFound: no such sandbox, or it is not running (and cannot be
 // resumed): 502 "The sandbox was not found".
-var ErrNotFound = errors.New("sandbox not found")
+var ErrNotFound = errdefs.Sentinel("sandbox not found", errdefs.ErrNotFound)
 
 // Route is where a sandbox's traffic goes and who may send it.
 type Route struct {
