@@ -46,6 +46,13 @@ var rules = []rule{
 		Reason: "the control plane reaches hosts only through hostagent.v1 (agentclient) and the wire contracts (envdapi, agentproxy)",
 	},
 	{
+		Name:   "the service learns the built-in templates from the agent",
+		From:   controlPlane,
+		Except: testSupport,
+		Not:    []string{"internal/image"},
+		Reason: "the built-in template names come from the host agent's GetHostInfo (builtin_templates), not from the image store",
+	},
+	{
 		Name:   "control plane links no testing",
 		From:   controlPlane,
 		Except: testSupport,
@@ -228,7 +235,7 @@ func TestDependencyRules(t *testing.T) {
 // rule; a package outside a rule, or excepted from it, is left alone.
 func TestViolationsFindForbiddenImports(t *testing.T) {
 	proxy, agentproxy, agent, sandbox := mod+"internal/proxy", mod+"internal/agentproxy", mod+"internal/agent", mod+"internal/sandbox"
-	servicetest, image := mod+"internal/service/servicetest", mod+"internal/image"
+	servicetest, image, disk, service := mod+"internal/service/servicetest", mod+"internal/image", mod+"internal/disk", mod+"internal/service"
 	for _, tc := range []struct {
 		name string
 		g    graph
@@ -237,8 +244,10 @@ func TestViolationsFindForbiddenImports(t *testing.T) {
 		{name: "contract only", g: graph{proxy: {agentproxy, "net/http"}, agentproxy: {"net/http"}}},
 		{name: "direct import", g: graph{proxy: {agent}, agent: {}},
 			want: []string{"package internal/proxy must not depend on internal/agent (internal/proxy → internal/agent)", "control plane links no host or guest code"}},
-		{name: "through another package", g: graph{proxy: {image}, image: {agent}, agent: {sandbox}, sandbox: {}},
-			want: []string{"internal/proxy → internal/image → internal/agent"}},
+		{name: "through another package", g: graph{proxy: {disk}, disk: {agent}, agent: {sandbox}, sandbox: {}},
+			want: []string{"internal/proxy → internal/disk → internal/agent"}},
+		{name: "built-in templates from the image store", g: graph{service: {image}, image: {}},
+			want: []string{"package internal/service must not depend on internal/image", "the service learns the built-in templates from the agent"}},
 		{name: "testing", g: graph{proxy: {"testing"}, "testing": {}},
 			want: []string{"package internal/proxy must not depend on testing", "control plane links no testing"}},
 		{name: "test support excepted", g: graph{servicetest: {"testing", agent}, agent: {}, "testing": {}}},

@@ -7,7 +7,8 @@
 //     agentclient, wireid) links no host or guest code (agent, sandbox, vmm,
 //     netslot, envd, nftables, PTYs) and not testing: it reaches hosts only
 //     through hostagent.v1 (agentclient) and the wire contracts (envdapi,
-//     agentproxy);
+//     agentproxy); nor the image store (internal/image): the service
+//     learns the built-in template names from the agent's GetHostInfo;
 //   - envd and its guest-side packages (guestinit, portfwd) link no
 //     control-plane or host code;
 //   - host code (agent, sandbox, vmm, netslot, disk, image, envdclient)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -622,7 +623,7 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 			t.Fatalf("template %+v", tp)
 		}
 	}
-	for _, want := range append(service.BuiltinTemplates(), "s1", "s2", "s3", "pub") {
+	for _, want := range append(image.Templates(), "s1", "s2", "s3", "pub") {
 		if !slices.Contains(names, want) {
 			t.Fatalf("templates %v lack %s", names, want)
 		}

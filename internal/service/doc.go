@@ -34,7 +34,9 @@
 // the agent knows each by its row's ID (TemplateID), so names never
 // collide between teams there. A sandbox's template name resolves to the
 // team's own template, then a public one (store.PlatformTeamID), then a
-// built-in image. Deleting a public template is ErrForbidden: public
+// built-in image, whose names the service learns from the host agent
+// (GetHostInfo.builtin_templates; Sandboxes.BuiltinTemplates): the control
+// plane links no image code. Deleting a public template is ErrForbidden: public
 // templates are visible to every team, so that leaks nothing. Deleting a
 // snapshot frees its name at once; its files stay on the host while
 // anything chains onto them (snapshots of sandboxes created from it, and

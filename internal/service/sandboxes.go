@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,6 +47,11 @@ type SandboxesConfig struct {
 	// Host is the agent's name in Agents and in the hosts table
 	// (LocalHost when empty).
 	Host string
+	// BuiltinTemplates, when set, are the host's built-in template names
+	// known in advance (tests whose agent is unreachable); otherwise the
+	// service learns them from the agent (GetHostInfo) when it first
+	// needs them.
+	BuiltinTemplates []string
 	// Secret is the server secret the envd access tokens derive from.
 	Secret []byte
 	// Quotas are the platform defaults (DefaultQuotas when zero).
@@ -73,6 +79,10 @@ type Sandboxes struct {
 	touched map[pgtype.UUID]time.Time
 	// resumes makes concurrent auto-resumes of one sandbox one.
 	resumes singleflight.Group
+	// builtin holds the host's built-in template names once learnt
+	// (builtinTemplates).
+	builtinMu sync.Mutex
+	builtin   []string
 }
 
 // envVarsPurpose names the key that seals sandboxes.env_vars.
@@ -92,7 +102,8 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, envCipher: envCipher,
-		quotas: cfg.Quotas, log: cfg.Log, touched: map[pgtype.UUID]time.Time{}}
+		quotas: cfg.Quotas, log: cfg.Log, touched: map[pgtype.UUID]time.Time{},
+		builtin: slices.Clone(cfg.BuiltinTemplates)}
 	if s.host == "" {
 		s.host = LocalHost
 	}

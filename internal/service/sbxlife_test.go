@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -149,7 +150,7 @@ func TestSnapshotNameValidation(t *testing.T) {
 		{"Base", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := ValidateSnapshotName(tc.name)
+			err := ValidateSnapshotName(tc.name, image.Templates())
 			if tc.ok != (err == nil) {
 				t.Fatalf("ValidateSnapshotName(%q) = %v", tc.name, err)
 			}
