@@ -525,7 +525,7 @@ func (s *staleWriter) Unwrap() http.ResponseWriter { return s.w }
 // resolve returns the route of sandbox id, reusing (when reuse) one
 // resolved less than RouteTTL ago; cached tells which it did.
 func (h *Handler) resolve(ctx context.Context, id string, reuse bool) (rt Route, cached bool, err error) {
-	now := time.Now()
+	now := h.cfg.Now()
 	if reuse {
 		h.mu.Lock()
 		c, ok := h.routes[id]
@@ -560,7 +560,7 @@ func (h *Handler) remember(id string, rt Route) {
 	if h.cfg.RouteTTL < 0 {
 		return
 	}
-	now := time.Now()
+	now := h.cfg.Now()
 	h.mu.Lock()
 	if len(h.routes) >= 10000 {
 		for k, v := range h.routes {

@@ -52,6 +52,9 @@ type SandboxesConfig struct {
 	// service learns them from the agent (GetHostInfo) when it first
 	// needs them.
 	BuiltinTemplates []string
+	// Now is the clock of activity (the once-a-second throttle of
+	// touch); time.Now when nil.
+	Now func() time.Time
 	// Secret is the server secret the envd access tokens derive from.
 	Secret []byte
 	// Quotas are the platform defaults (DefaultQuotas when zero).
@@ -74,6 +77,8 @@ type Sandboxes struct {
 	audit     *Audit
 	log       *slog.Logger
 
+	// now is the clock (SandboxesConfig.Now).
+	now func() time.Time
 	// touched is when touch last wrote a sandbox's activity.
 	touchMu sync.Mutex
 	touched map[pgtype.UUID]time.Time
@@ -103,7 +108,10 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	}
 	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, envCipher: envCipher,
 		quotas: cfg.Quotas, log: cfg.Log, touched: map[pgtype.UUID]time.Time{},
-		builtin: slices.Clone(cfg.BuiltinTemplates)}
+		builtin: slices.Clone(cfg.BuiltinTemplates), now: cfg.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
 	if s.host == "" {
 		s.host = LocalHost
 	}

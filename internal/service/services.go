@@ -35,8 +35,8 @@ type ServicesConfig struct {
 	// service learns them from the agent (GetHostInfo) when it first
 	// needs them.
 	BuiltinTemplates []string
-	// Now is the clock of sessions, API keys and invitations (time.Now
-	// when nil).
+	// Now is the clock of sessions, API keys, invitations and sandbox
+	// activity (time.Now when nil).
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -76,7 +76,7 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		return nil, err
 	}
 	if s.Sandboxes, err = NewSandboxes(ctx, SandboxesConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret,
-		Quotas: cfg.Quotas, BuiltinTemplates: cfg.BuiltinTemplates, Audit: s.Audit, Log: cfg.Log}); err != nil {
+		Quotas: cfg.Quotas, BuiltinTemplates: cfg.BuiltinTemplates, Now: cfg.Now, Audit: s.Audit, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {

@@ -51,7 +51,7 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sand
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("ping: %w", err)
 	}
-	s.noteTouched(id, time.Now())
+	s.noteTouched(id, s.now())
 	return s.view(row, nil), nil
 }
 
@@ -90,7 +90,7 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id pgtype.UUID,
 // a second per sandbox (one UPDATE); a sandbox that is not running is left
 // as it is.
 func (s *Sandboxes) touch(ctx context.Context, id pgtype.UUID) error {
-	now := time.Now()
+	now := s.now()
 	s.touchMu.Lock()
 	last, ok := s.touched[id]
 	s.touchMu.Unlock()
