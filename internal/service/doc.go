@@ -6,9 +6,10 @@
 // team's resources, the caller's Principal: a resource of another team is
 // ErrNotFound, never ErrForbidden, so its existence does not leak.
 //
-// Errors are classified with the sentinel errors of errors.go (test with
-// errors.Is); anything else is an internal error that the API logs and
-// hides.
+// Errors are classified with the error classes of package errdefs
+// (errors.go names them; test with errors.Is): an *Error carries a public
+// message and a cause for the logs; anything else is an internal error
+// that the API logs and hides.
 //
 // Sandboxes are persisted before and after every agent call: a sandbox is
 // inserted as starting (after the team's quotas are checked under the
@@ -64,6 +65,13 @@
 // and revoked with a user's session only; a member revokes only their own
 // keys; a key lives as long as its creator's membership of its team (see
 // Accounts).
+//
+// A sandbox's state is a State (state.go); every change the service makes
+// is in one table (transitions, CanTransition), which setState checks
+// before the store's conditional UPDATE applies it. Time comes from the
+// injected clock (ServicesConfig.Now, ReaperConfig.Now), never from
+// time.Now directly, where it decides something (expiry, the activity
+// throttle), so tests drive it instead of sleeping.
 //
 // The sandbox lifecycle is split by concern: sandboxes.go (the Sandboxes
 // service and its Sandbox view), create.go (the create request and
