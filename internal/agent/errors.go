@@ -12,6 +12,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/errdefs/errconnect"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -27,14 +28,13 @@ func classify(err error, conflict connect.Code) (code connect.Code, public bool)
 		return connect.CodeCanceled, true
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.CodeDeadlineExceeded, true
-	case errors.Is(err, sandbox.ErrNotFound):
-		return connect.CodeNotFound, true
 	case errors.Is(err, sandbox.ErrConflict):
 		return conflict, true
-	case errors.Is(err, sandbox.ErrInvalid):
-		return connect.CodeInvalidArgument, true
-	case errors.Is(err, sandbox.ErrCapacity), errors.Is(err, sandbox.ErrNoSpace):
-		return connect.CodeResourceExhausted, true
+	case errors.Is(err, sandbox.ErrNotFound), errors.Is(err, sandbox.ErrInvalid),
+		errors.Is(err, sandbox.ErrCapacity), errors.Is(err, sandbox.ErrNoSpace):
+		// The manager's classes, sent with the one codec (errconnect):
+		// NotFound, InvalidArgument, ResourceExhausted.
+		return sandboxCode(err), true
 	case errors.As(err, &ce):
 		// An envd RPC answer (or one of ours): the codes that describe the
 		// caller's request keep their meaning.
@@ -66,6 +66,19 @@ func classify(err error, conflict connect.Code) (code connect.Code, public bool)
 		}
 	}
 	return connect.CodeInternal, false
+}
+
+// sandboxCode is the Connect code of a sandbox manager error: that of the
+// first of its sentinels err wraps, in the order classify always tested
+// them.
+func sandboxCode(err error) connect.Code {
+	for _, s := range []error{sandbox.ErrNotFound, sandbox.ErrInvalid, sandbox.ErrCapacity, sandbox.ErrNoSpace} {
+		if errors.Is(err, s) {
+			code, _ := errconnect.Code(s)
+			return code
+		}
+	}
+	return connect.CodeInternal
 }
 
 // publicMessage is what the caller is told of a classified error.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -178,7 +180,8 @@ func TestAgentLifecycle(t *testing.T) {
 
 	hi := must(c.GetHostInfo(ctx, connect.NewRequest(&pb.GetHostInfoRequest{})))(t, "host info")
 	if hi.Revision != agent.Revision || hi.Vmm != "qemu" || hi.Accel == "" || hi.Capacity.GetVcpus() != 8 ||
-		hi.Capacity.GetMemoryMb() != 2048 || hi.Used.GetVcpus() != 0 || hi.EnvdVersion == "" {
+		hi.Capacity.GetMemoryMb() != 2048 || hi.Used.GetVcpus() != 0 || hi.EnvdVersion == "" ||
+		!slices.Equal(hi.BuiltinTemplates, image.Templates()) {
 		t.Fatalf("host info: %v", hi)
 	}
 

@@ -12,6 +12,7 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -22,21 +23,23 @@ type service struct {
 
 var _ hostagentv1connect.HostAgentHandler = (*service)(nil)
 
-// builtinTemplates are the image store's templates, which cannot be
-// deleted through the API.
-var builtinTemplates = []string{"minimal", "base"}
+// builtinTemplates are the image store's templates (image.Templates),
+// which cannot be deleted through the API; GetHostInfo tells them to the
+// control plane.
+var builtinTemplates = image.Templates()
 
 func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHostInfoRequest]) (*connect.Response[pb.GetHostInfoResponse], error) {
 	a := s.a
 	c := a.cfg.Capacity
 	out := &pb.GetHostInfoResponse{
-		AgentVersion: a.cfg.Version,
-		Revision:     Revision,
-		EnvdVersion:  envdapi.Version,
-		Hostname:     hostname(),
-		Capacity:     &pb.Resources{Vcpus: uint32(c.VCPUs), MemoryMb: uint64(c.MemoryMB), DiskMb: uint64(c.DiskMB)},
-		Used:         &pb.Resources{},
-		StartedAt:    timestamp(a.started),
+		AgentVersion:     a.cfg.Version,
+		Revision:         Revision,
+		EnvdVersion:      envdapi.Version,
+		Hostname:         hostname(),
+		Capacity:         &pb.Resources{Vcpus: uint32(c.VCPUs), MemoryMb: uint64(c.MemoryMB), DiskMb: uint64(c.DiskMB)},
+		Used:             &pb.Resources{},
+		StartedAt:        timestamp(a.started),
+		BuiltinTemplates: builtinTemplates,
 	}
 	if d := a.cfg.Driver; d != nil {
 		out.Vmm, out.Accel = d.Name(), string(d.Accel())

@@ -8,29 +8,32 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/capsulehq/capsule/internal/agentapi"
+	"github.com/capsulehq/capsule/internal/errdefs"
+	"github.com/capsulehq/capsule/internal/errdefs/errconnect"
 )
 
-// Error classes of agent failures, for errors.Is.
+// Error classes of agent failures, for errors.Is; each wraps its errdefs
+// class (the agent's own: unauthenticated, internal, have none).
 var (
 	// ErrNotFound: the sandbox, template, process or file does not exist.
-	ErrNotFound = errors.New("agent: not found")
+	ErrNotFound = errdefs.Sentinel("agent: not found", errdefs.ErrNotFound)
 	// ErrAlreadyExists: a sandbox with that ID already exists.
-	ErrAlreadyExists = errors.New("agent: already exists")
+	ErrAlreadyExists = errdefs.Sentinel("agent: already exists", errdefs.ErrConflict)
 	// ErrConflict: the sandbox is in the wrong state for the call.
-	ErrConflict = errors.New("agent: wrong state")
+	ErrConflict = errdefs.Sentinel("agent: wrong state", errdefs.ErrConflict)
 	// ErrInvalid: the request is malformed.
-	ErrInvalid = errors.New("agent: invalid request")
+	ErrInvalid = errdefs.Sentinel("agent: invalid request", errdefs.ErrInvalid)
 	// ErrCapacity: the host has no room for the request.
-	ErrCapacity = errors.New("agent: host capacity exhausted")
+	ErrCapacity = errdefs.Sentinel("agent: host capacity exhausted", errdefs.ErrQuota)
 	// ErrNoSpace: the host's data disk is at its headroom (a create,
 	// pause or snapshot would fill it); nothing was written.
-	ErrNoSpace = errors.New("agent: insufficient storage")
+	ErrNoSpace = errdefs.Sentinel("agent: insufficient storage", errdefs.ErrInsufficientStorage)
 	// ErrPermissionDenied: the sandbox's user may not do that (files).
-	ErrPermissionDenied = errors.New("agent: permission denied")
+	ErrPermissionDenied = errdefs.Sentinel("agent: permission denied", errdefs.ErrForbidden)
 	// ErrUnauthenticated: the agent refused the bearer token.
 	ErrUnauthenticated = errors.New("agent: unauthenticated")
 	// ErrUnavailable: the agent cannot be reached.
-	ErrUnavailable = errors.New("agent: unavailable")
+	ErrUnavailable = errdefs.Sentinel("agent: unavailable", errdefs.ErrUnavailable)
 	// ErrInternal: the agent failed; its log explains the error ID.
 	ErrInternal = errors.New("agent: internal error")
 )
@@ -57,24 +60,41 @@ const (
 	ClassNoSpace     = agentapi.ClassNoSpace
 )
 
-// kinds maps Connect codes to classes.
-var kinds = map[connect.Code]error{
-	connect.CodeNotFound:           ErrNotFound,
-	connect.CodeAlreadyExists:      ErrAlreadyExists,
-	connect.CodeFailedPrecondition: ErrConflict,
-	connect.CodeAborted:            ErrConflict,
-	connect.CodeInvalidArgument:    ErrInvalid,
-	connect.CodeOutOfRange:         ErrInvalid,
-	connect.CodeResourceExhausted:  ErrCapacity,
-	connect.CodePermissionDenied:   ErrPermissionDenied,
-	connect.CodeUnauthenticated:    ErrUnauthenticated,
-	connect.CodeUnavailable:        ErrUnavailable,
-	connect.CodeUnimplemented:      errors.ErrUnsupported,
-	connect.CodeCanceled:           context.Canceled,
-	connect.CodeDeadlineExceeded:   context.DeadlineExceeded,
-	connect.CodeInternal:           ErrInternal,
-	connect.CodeUnknown:            ErrInternal,
-	connect.CodeDataLoss:           ErrInternal,
+// byClass names this package's sentinel of each errdefs class, which the
+// one Connect codec (errconnect.Class) reads a code as.
+var byClass = map[error]error{
+	errdefs.ErrNotFound:     ErrNotFound,
+	errdefs.ErrConflict:     ErrConflict,
+	errdefs.ErrInvalid:      ErrInvalid,
+	errdefs.ErrQuota:        ErrCapacity,
+	errdefs.ErrForbidden:    ErrPermissionDenied,
+	errdefs.ErrUnauthorized: ErrUnauthenticated,
+	errdefs.ErrUnavailable:  ErrUnavailable,
+}
+
+// kindOf is the class of a Connect error: the codec's class, refined
+// where the agent says more (an existing sandbox, a full data disk), and
+// the codes of no class (an RPC not implemented, a cancelled or timed out
+// call, internal failures).
+func kindOf(ce *connect.Error) error {
+	switch ce.Code() {
+	case connect.CodeAlreadyExists:
+		return ErrAlreadyExists
+	case connect.CodeResourceExhausted:
+		if ce.Meta().Get(ErrorClassHeader) == ClassNoSpace {
+			return ErrNoSpace
+		}
+	case connect.CodeUnimplemented:
+		return errors.ErrUnsupported
+	case connect.CodeCanceled:
+		return context.Canceled
+	case connect.CodeDeadlineExceeded:
+		return context.DeadlineExceeded
+	}
+	if kind, ok := byClass[errconnect.Class(ce.Code())]; ok {
+		return kind
+	}
+	return ErrInternal
 }
 
 // Classify returns err as an *Error of its class. nil, io.EOF (the end of
@@ -92,12 +112,5 @@ func Classify(err error) error {
 	if !errors.As(err, &ce) {
 		ce = connect.NewError(connect.CodeUnknown, err)
 	}
-	kind, ok := kinds[ce.Code()]
-	if !ok {
-		kind = ErrInternal
-	}
-	if ce.Code() == connect.CodeResourceExhausted && ce.Meta().Get(ErrorClassHeader) == ClassNoSpace {
-		kind = ErrNoSpace
-	}
-	return &Error{Kind: kind, Err: ce}
+	return &Error{Kind: kindOf(ce), Err: ce}
 }

@@ -4,11 +4,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net/http"
 
-	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/errdefs"
 )
 
 // errorBody is the one JSON error shape; Code equals the HTTP status.
@@ -17,30 +16,10 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
-var statuses = []struct {
-	kind   error
-	status int
-}{
-	{service.ErrInvalid, http.StatusBadRequest},
-	{service.ErrUnauthorized, http.StatusUnauthorized},
-	{service.ErrForbidden, http.StatusForbidden},
-	{service.ErrNotFound, http.StatusNotFound},
-	{service.ErrConflict, http.StatusConflict},
-	{service.ErrQuota, http.StatusTooManyRequests},
-	{service.ErrUnavailable, http.StatusServiceUnavailable},
-	{service.ErrInsufficientStorage, http.StatusInsufficientStorage},
-}
-
 // StatusOf maps a service error to its HTTP status (500 when unclassified):
-// the one mapping, which the E2B facade (internal/e2bapi) shares.
-func StatusOf(err error) int {
-	for _, s := range statuses {
-		if errors.Is(err, s.kind) {
-			return s.status
-		}
-	}
-	return http.StatusInternalServerError
-}
+// errdefs' one codec (errdefs.HTTPStatus), which the E2B facade
+// (internal/e2bapi) shares through Problem.
+func StatusOf(err error) int { return errdefs.HTTPStatus(err) }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := Problem(s.log, r, err)
@@ -54,7 +33,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // (this one, the WebSocket stream, the E2B facade) comes from here.
 func Problem(log *slog.Logger, r *http.Request, err error) (status int, msg string) {
 	status = StatusOf(err)
-	msg, ok := service.PublicMessage(err)
+	msg, ok := errdefs.PublicMessage(err)
 	if status == http.StatusInternalServerError || !ok {
 		var b [8]byte
 		_, _ = rand.Read(b[:])

@@ -31,13 +31,21 @@ func TestMain(m *testing.M) {
 	if os.Getenv(asCapsule) == "1" {
 		os.Exit(Main(context.Background(), os.Args[1:], Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
 	}
-	code := testscript.RunMain(m, map[string]func() int{
-		"capsule": func() int {
-			return Main(context.Background(), os.Args[1:], Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr})
+	testscript.Main(stopsPostgres{m}, map[string]func(){
+		"capsule": func() {
+			os.Exit(Main(context.Background(), os.Args[1:], Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
 		},
 	})
+}
+
+// stopsPostgres stops this process' PostgreSQL test server after the
+// tests.
+type stopsPostgres struct{ m *testing.M }
+
+func (s stopsPostgres) Run() int {
+	code := s.m.Run()
 	pgtest.StopTestServer()
-	os.Exit(code)
+	return code
 }
 
 // TestScripts runs testdata/script/*.txtar against a real platform: each

@@ -46,6 +46,13 @@ var rules = []rule{
 		Reason: "the control plane reaches hosts only through hostagent.v1 (agentclient) and the wire contracts (envdapi, agentproxy)",
 	},
 	{
+		Name:   "the service learns the built-in templates from the agent",
+		From:   controlPlane,
+		Except: testSupport,
+		Not:    []string{"internal/image"},
+		Reason: "the built-in template names come from the host agent's GetHostInfo (builtin_templates), not from the image store",
+	},
+	{
 		Name:   "control plane links no testing",
 		From:   controlPlane,
 		Except: testSupport,
@@ -85,6 +92,20 @@ var rules = []rule{
 		From:   []string{"internal/cli"},
 		Not:    append(append(append([]string{"gen"}, controlPlane...), hostAndGuest...), testingPkgs...),
 		Reason: "capsule's client commands speak only the public API, through the Go SDK",
+	},
+	{
+		Name:   "error classes import nothing of Capsule's",
+		From:   []string{"internal/errdefs"},
+		Except: []string{"internal/errdefs/errconnect"},
+		Not:    []string{"internal", "gen", "cmd"},
+		Reason: "every layer, from the store to the APIs and the host agent, classifies its errors with errdefs",
+	},
+	{
+		Name:   "errdefs' Connect codec imports only errdefs",
+		From:   []string{"internal/errdefs/errconnect"},
+		Except: []string{},
+		Not:    []string{"internal/agent", "internal/agentclient", "internal/agentapi", "internal/service", "internal/store", "gen", "cmd"},
+		Reason: "the agent and agentclient both use the codec; it must not pull either side in",
 	},
 	{
 		Name:   "binaries link no testing",
@@ -226,7 +247,7 @@ func TestDependencyRules(t *testing.T) {
 // rule; a package outside a rule, or excepted from it, is left alone.
 func TestViolationsFindForbiddenImports(t *testing.T) {
 	proxy, agentproxy, agent, sandbox := mod+"internal/proxy", mod+"internal/agentproxy", mod+"internal/agent", mod+"internal/sandbox"
-	servicetest, image := mod+"internal/service/servicetest", mod+"internal/image"
+	servicetest, image, disk, service := mod+"internal/service/servicetest", mod+"internal/image", mod+"internal/disk", mod+"internal/service"
 	for _, tc := range []struct {
 		name string
 		g    graph
@@ -235,8 +256,10 @@ func TestViolationsFindForbiddenImports(t *testing.T) {
 		{name: "contract only", g: graph{proxy: {agentproxy, "net/http"}, agentproxy: {"net/http"}}},
 		{name: "direct import", g: graph{proxy: {agent}, agent: {}},
 			want: []string{"package internal/proxy must not depend on internal/agent (internal/proxy → internal/agent)", "control plane links no host or guest code"}},
-		{name: "through another package", g: graph{proxy: {image}, image: {agent}, agent: {sandbox}, sandbox: {}},
-			want: []string{"internal/proxy → internal/image → internal/agent"}},
+		{name: "through another package", g: graph{proxy: {disk}, disk: {agent}, agent: {sandbox}, sandbox: {}},
+			want: []string{"internal/proxy → internal/disk → internal/agent"}},
+		{name: "built-in templates from the image store", g: graph{service: {image}, image: {}},
+			want: []string{"package internal/service must not depend on internal/image", "the service learns the built-in templates from the agent"}},
 		{name: "testing", g: graph{proxy: {"testing"}, "testing": {}},
 			want: []string{"package internal/proxy must not depend on testing", "control plane links no testing"}},
 		{name: "test support excepted", g: graph{servicetest: {"testing", agent}, agent: {}, "testing": {}}},

@@ -7,13 +7,16 @@
 //     agentclient, wireid, scheduler, leader) links no host or guest code (agent, sandbox, vmm,
 //     netslot, envd, nftables, PTYs) and not testing: it reaches hosts only
 //     through hostagent.v1 (agentclient) and the wire contracts (envdapi,
-//     agentproxy);
+//     agentproxy); nor the image store (internal/image): the service
+//     learns the built-in template names from the agent's GetHostInfo;
 //   - envd and its guest-side packages (guestinit, portfwd) link no
 //     control-plane or host code;
 //   - host code (agent, sandbox, vmm, netslot, disk, image, envdclient)
 //     links no envd server, no control plane and not testing;
 //   - the wire contracts (envdapi, agentproxy, agentapi) import nothing of
 //     Capsule's;
+//   - the error classes (errdefs) import nothing of Capsule's, and their
+//     Connect codec (errdefs/errconnect) only errdefs;
 //   - the binaries (cmd/capsule, cmd/envd) do not link testing or the test
 //     helpers.
 //

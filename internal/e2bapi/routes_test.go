@@ -15,6 +15,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -39,6 +40,7 @@ func newFixture(t *testing.T) *fixture {
 	var pB service.Principal
 	f.teamA, f.keyA = e.account(t, "a@example.com")
 	pB, f.keyB = e.account(t, "b@example.com")
+	created := time.Now().Add(-time.Hour)
 	ins := func(team pgtype.UUID, state, meta string, autoPause bool) string {
 		t.Helper()
 		r, err := e.st.Queries().InsertSandbox(context.Background(), db.InsertSandboxParams{
@@ -48,7 +50,12 @@ func newFixture(t *testing.T) *fixture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond) // distinct creation times: a stable order
+		// Distinct creation times, a millisecond apart in insertion
+		// order: a stable order.
+		created = created.Add(time.Millisecond)
+		if _, err := e.st.Pool().Exec(context.Background(), "UPDATE sandboxes SET created_at = $2 WHERE id = $1", r.ID, created); err != nil {
+			t.Fatal(err)
+		}
 		return service.ID(r.ID)
 	}
 	a := f.teamA.TeamID
@@ -622,7 +629,7 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 			t.Fatalf("template %+v", tp)
 		}
 	}
-	for _, want := range append(service.BuiltinTemplates(), "s1", "s2", "s3", "pub") {
+	for _, want := range append(image.Templates(), "s1", "s2", "s3", "pub") {
 		if !slices.Contains(names, want) {
 			t.Fatalf("templates %v lack %s", names, want)
 		}

@@ -187,8 +187,13 @@ func (h *Handler) listTemplates(w http.ResponseWriter, r *http.Request, p servic
 		h.fail(w, r, err)
 		return
 	}
+	builtin, err := h.cfg.Sandboxes.BuiltinTemplates(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	out := []templateJSON{}
-	for _, name := range service.BuiltinTemplates() {
+	for _, name := range builtin {
 		out = append(out, templateJSON{
 			TemplateID: name, BuildID: name, CPUCount: service.DefaultVCPUs, MemoryMB: service.DefaultMemoryMB,
 			Public: true, Aliases: []string{name}, Names: []string{name}, BuildCount: 1,

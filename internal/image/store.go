@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/capsulehq/capsule/internal/errdefs"
 )
 
 // DefaultDataDir is Capsule's data directory; the store is its images/
@@ -190,7 +192,7 @@ func (s *Store) readRecord(id string) (*Image, error) {
 }
 
 // ErrNotFound is returned (wrapped) when no image matches a name or ID.
-var ErrNotFound = errors.New("image not found")
+var ErrNotFound = errdefs.Sentinel("image not found", errdefs.ErrNotFound)
 
 // Get returns the image a reference names: an image ID, a unique prefix
 // of one (at least 6 hex digits), or a template name (its newest image).

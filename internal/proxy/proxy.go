@@ -24,6 +24,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentproxy"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdapi"
+	"github.com/capsulehq/capsule/internal/errdefs"
 	"github.com/capsulehq/capsule/internal/logctx"
 )
 
@@ -41,7 +42,7 @@ const (
 
 // ErrNotFound: no such sandbox, or it is not running (and cannot be
 // resumed): 502 "The sandbox was not found".
-var ErrNotFound = errors.New("sandbox not found")
+var ErrNotFound = errdefs.Sentinel("sandbox not found", errdefs.ErrNotFound)
 
 // Route is where a sandbox's traffic goes and who may send it.
 type Route struct {
@@ -524,7 +525,7 @@ func (s *staleWriter) Unwrap() http.ResponseWriter { return s.w }
 // resolve returns the route of sandbox id, reusing (when reuse) one
 // resolved less than RouteTTL ago; cached tells which it did.
 func (h *Handler) resolve(ctx context.Context, id string, reuse bool) (rt Route, cached bool, err error) {
-	now := time.Now()
+	now := h.cfg.Now()
 	if reuse {
 		h.mu.Lock()
 		c, ok := h.routes[id]
@@ -559,7 +560,7 @@ func (h *Handler) remember(id string, rt Route) {
 	if h.cfg.RouteTTL < 0 {
 		return
 	}
-	now := time.Now()
+	now := h.cfg.Now()
 	h.mu.Lock()
 	if len(h.routes) >= 10000 {
 		for k, v := range h.routes {

@@ -37,11 +37,34 @@ type fixture struct {
 	bin  string
 	team service.Principal
 	key  string
+	// clock is the services' clock (real time plus what the test
+	// advanced it by).
+	clock *offsetClock
+}
+
+// offsetClock is real time moved forward by Advance: the services' clock
+// in these tests, so that a throttle's second passes without a sleep.
+type offsetClock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *offsetClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *offsetClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.off += d
 }
 
 func newFixture(t *testing.T) *fixture {
 	url := hosttest.StartAgent(t, hosttest.ProxyPool).URL
-	env := servicetest.New(t, url, hosttest.AgentToken)
+	clock := &offsetClock{}
+	env := servicetest.NewWith(t, url, hosttest.AgentToken, func(c *service.ServicesConfig) { c.Now = clock.Now })
 	h, err := proxy.New(proxy.Config{Domain: domain, Resolver: proxy.ServiceResolver{
 		Sandboxes: env.Sandboxes, Accounts: env.Accounts,
 		Agents: env.Agents,
@@ -60,7 +83,7 @@ func newFixture(t *testing.T) *fixture {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	t.Cleanup(cancel)
 	p, key := env.Account(t, "proxy@example.com")
-	return &fixture{t: t, env: env, srv: srv, ctx: ctx, bin: bin, team: p, key: key}
+	return &fixture{t: t, env: env, srv: srv, ctx: ctx, bin: bin, team: p, key: key, clock: clock}
 }
 
 // sandbox creates a sandbox running the guest server on 127.0.0.1:8080.
@@ -289,7 +312,7 @@ func TestProxyAccessRules(t *testing.T) {
 
 	// Traffic is activity: the deadline moves.
 	before := row(t, f, public)
-	time.Sleep(1100 * time.Millisecond)
+	f.clock.Advance(1100 * time.Millisecond) // past the once-a-second throttle of activity
 	if c, _ = f.get(pid, 8080, "/", nil); c != 200 {
 		t.Fatal(c)
 	}

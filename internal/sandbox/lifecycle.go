@@ -122,20 +122,11 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 		return m.bootStoppedLocked(ctx, b, rec)
 	}
 
-	m.mu.Lock()
-	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
-	m.mu.Unlock()
+	undo, finish, err := m.reserveRestoring(b, &rec, StatePaused)
 	if err != nil {
 		return err
 	}
-	var undo rollback
-	defer func() {
-		if err != nil {
-			undo.run(m.log)
-			b.setState(StatePaused)
-		}
-	}()
-	undo.add("release capacity", func() error { m.release(&rec, false); return nil })
+	defer func() { finish(err) }()
 	b.setState(StateResuming)
 	// Recorded: a crash while the restored guest runs leaves a sandbox
 	// that recover adopts (or stops), never one resumed twice from the
@@ -151,7 +142,7 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	})
 	crashPoint("resume-recorded")
 	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
-	if err := m.start(ctx, b, &snap, rec.AccessToken, &undo); err != nil {
+	if err := m.start(ctx, b, &snap, rec.AccessToken, undo); err != nil {
 		return fmt.Errorf("resume %s: %w", rec.ID, err)
 	}
 	m.log.InfoContext(ctx, "sandbox resumed", "sandbox", rec.ID)
@@ -162,22 +153,13 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 // memory is lost) cold from its disk: the guest starts afresh on the
 // files it had. Called with b.op held.
 func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (err error) {
-	m.mu.Lock()
-	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
-	m.mu.Unlock()
+	undo, finish, err := m.reserveRestoring(b, &rec, StateStopped)
 	if err != nil {
 		return err
 	}
-	var undo rollback
-	defer func() {
-		if err != nil {
-			undo.run(m.log)
-			b.setState(StateStopped)
-		}
-	}()
-	undo.add("release capacity", func() error { m.release(&rec, false); return nil })
+	defer func() { finish(err) }()
 	b.setState(StateStarting)
-	if err := m.start(ctx, b, nil, "", &undo); err != nil {
+	if err := m.start(ctx, b, nil, "", undo); err != nil {
 		return fmt.Errorf("boot stopped sandbox %s: %w", rec.ID, err)
 	}
 	b.mu.Lock()
@@ -192,6 +174,29 @@ func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (er
 	}
 	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "sandbox", rec.ID)
 	return nil
+}
+
+// reserveRestoring reserves the capacity rec needs for a machine that
+// starts again (resume, cold boot of a stopped sandbox). It returns the
+// rollback that releases it (later steps add to it) and finish, which the
+// caller defers with its result: on an error it runs the rollback and
+// puts the sandbox back in restore, the state it had before.
+func (m *Manager) reserveRestoring(b *box, rec *record, restore State) (undo *rollback, finish func(error), err error) {
+	m.mu.Lock()
+	err = m.used.reserve(m.cfg.Capacity, rec.VCPUs, rec.MemoryMB, 0)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = &rollback{}
+	undo.add("release capacity", func() error { m.release(rec, false); return nil })
+	finish = func(err error) {
+		if err != nil {
+			undo.run(m.log)
+			b.setState(restore)
+		}
+	}
+	return undo, finish, nil
 }
 
 // Destroy stops a sandbox and deletes everything it had. It is

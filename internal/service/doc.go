@@ -6,9 +6,10 @@
 // team's resources, the caller's Principal: a resource of another team is
 // ErrNotFound, never ErrForbidden, so its existence does not leak.
 //
-// Errors are classified with the sentinel errors of errors.go (test with
-// errors.Is); anything else is an internal error that the API logs and
-// hides.
+// Errors are classified with the error classes of package errdefs
+// (errors.go names them; test with errors.Is): an *Error carries a public
+// message and a cause for the logs; anything else is an internal error
+// that the API logs and hides.
 //
 // Sandboxes are persisted before and after every agent call: a sandbox is
 // inserted as starting (after the team's quotas are checked under the
@@ -34,7 +35,9 @@
 // the agent knows each by its row's ID (TemplateID), so names never
 // collide between teams there. A sandbox's template name resolves to the
 // team's own template, then a public one (store.PlatformTeamID), then a
-// built-in image. Deleting a public template is ErrForbidden: public
+// built-in image, whose names the service learns from the host agent
+// (GetHostInfo.builtin_templates; Sandboxes.BuiltinTemplates): the control
+// plane links no image code. Deleting a public template is ErrForbidden: public
 // templates are visible to every team, so that leaks nothing. Deleting a
 // snapshot frees its name at once; its files stay on the host while
 // anything chains onto them (snapshots of sandboxes created from it, and
@@ -100,4 +103,18 @@
 // so the agent's next heartbeat is ErrNotFound, and the agent is evicted
 // from the pool. Hosts.Resolve is the agentclient.Resolver of registered
 // hosts: https://ADDRESS with the CA's mutual TLS.
+//
+// A sandbox's state is a State (state.go); every change the service makes
+// is in one table (transitions, CanTransition), which setState checks
+// before the store's conditional UPDATE applies it. Time comes from the
+// injected clock (ServicesConfig.Now, ReaperConfig.Now), never from
+// time.Now directly, where it decides something (expiry, the activity
+// throttle), so tests drive it instead of sleeping.
+//
+// The sandbox lifecycle is split by concern: sandboxes.go (the Sandboxes
+// service and its Sandbox view), create.go (the create request and
+// Create), transitions.go (Destroy, Pause, Resume, PauseAll and the one
+// transition they share), list.go (Get, List and its cursor), quotas.go
+// (Quotas and their checks), sealing.go (the sealed env vars) and
+// agentcalls.go (how an agent call that failed or timed out is settled).
 package service

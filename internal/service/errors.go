@@ -5,68 +5,44 @@ import (
 	"fmt"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
+	"github.com/capsulehq/capsule/internal/errdefs"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
-// Sentinel errors; test with errors.Is. The message of an error that wraps
-// one of them is meant for the caller (no internal detail).
+// The error classes (package errdefs); test with errors.Is. The message
+// of an *Error that wraps one of them is meant for the caller (no
+// internal detail).
 var (
 	// ErrNotFound: the resource does not exist or belongs to another team.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = errdefs.ErrNotFound
 	// ErrConflict: the resource exists already or is in the wrong state.
-	ErrConflict = errors.New("conflict")
+	ErrConflict = errdefs.ErrConflict
 	// ErrInvalid: the request is malformed.
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = errdefs.ErrInvalid
 	// ErrUnauthorized: no or bad credentials.
-	ErrUnauthorized = errors.New("unauthorized")
+	ErrUnauthorized = errdefs.ErrUnauthorized
 	// ErrForbidden: authenticated, but not allowed to.
-	ErrForbidden = errors.New("forbidden")
+	ErrForbidden = errdefs.ErrForbidden
 	// ErrQuota: the team's quota refuses the request.
-	ErrQuota = errors.New("quota exceeded")
+	ErrQuota = errdefs.ErrQuota
 	// ErrUnavailable: the sandbox host cannot serve the request now (no
 	// capacity, unreachable).
-	ErrUnavailable = errors.New("unavailable")
+	ErrUnavailable = errdefs.ErrUnavailable
 	// ErrInsufficientStorage: the sandbox host's data disk is at its
 	// headroom; nothing was written (HTTP 507).
-	ErrInsufficientStorage = errors.New("insufficient storage")
+	ErrInsufficientStorage = errdefs.ErrInsufficientStorage
 )
 
-// Error is a classified error: Kind is one of the sentinels, Msg is safe to
-// show to the caller, Err (optional) the cause, kept for logs.
-type Error struct {
-	Kind error
-	Msg  string
-	Err  error
-}
-
-func (e *Error) Error() string {
-	if e.Err != nil {
-		return e.Msg + ": " + e.Err.Error()
-	}
-	return e.Msg
-}
-
-// Unwrap exposes both the kind and the cause to errors.Is and errors.As.
-func (e *Error) Unwrap() []error {
-	if e.Err == nil {
-		return []error{e.Kind}
-	}
-	return []error{e.Kind, e.Err}
-}
+// Error is a classified error (errdefs.Error): Kind is one of the classes,
+// Msg is safe to show to the caller, Err (optional) the cause, kept for
+// logs.
+type Error = errdefs.Error
 
 // PublicMessage returns the message of err that may be shown to the
 // caller, and false when err is not classified (an internal error).
-func PublicMessage(err error) (string, bool) {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Msg, true
-	}
-	return "", false
-}
+func PublicMessage(err error) (string, bool) { return errdefs.PublicMessage(err) }
 
-func errorf(kind error, format string, args ...any) error {
-	return &Error{Kind: kind, Msg: fmt.Sprintf(format, args...)}
-}
+func errorf(kind error, format string, args ...any) error { return errdefs.Newf(kind, format, args...) }
 
 // notFound turns a store.ErrNotFound into ErrNotFound (with what), and
 // wraps any other error with context.

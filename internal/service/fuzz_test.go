@@ -4,11 +4,13 @@ import (
 	"errors"
 	"net/mail"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -27,7 +29,7 @@ func FuzzValidateSnapshotName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		err := ValidateSnapshotName(name)
+		err := ValidateSnapshotName(name, image.Templates())
 		if err != nil {
 			if !isInvalid(err) {
 				t.Fatalf("ValidateSnapshotName(%q) = %v, want an ErrInvalid", name, err)
@@ -35,7 +37,7 @@ func FuzzValidateSnapshotName(f *testing.F) {
 			return
 		}
 		if name == "" || len(name) > 128 || strings.ContainsAny(name, "/\\\x00") || strings.Contains(name, "..") ||
-			name[0] == '.' || name[0] == '-' || isBuiltinTemplate(strings.ToLower(name)) || !utf8.ValidString(name) {
+			name[0] == '.' || name[0] == '-' || slices.Contains(image.Templates(), strings.ToLower(name)) || !utf8.ValidString(name) {
 			t.Fatalf("accepted %q", name)
 		}
 		if path.Clean(name) != name || path.Base(name) != name {

@@ -5,17 +5,19 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"testing"
 
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
 // TestSandboxLifecycleRealAgent drives real VMs through a real agent:
-// create (persisted running, envd reachable with the derived access
+// the built-in templates learnt from the agent (GetHostInfo), create (persisted running, envd reachable with the derived access
 // token), get, pause, resume, destroy (twice: idempotent), and a destroy
 // the agent no longer knows.
 func TestSandboxLifecycleRealAgent(t *testing.T) {
@@ -23,6 +25,12 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 	ctx := context.Background()
 	_, p := e.signup(t, "vm@example.com")
 	_, other := e.signup(t, "other@example.com")
+
+	// Nothing seeded: the service asks the agent which templates are
+	// built in.
+	if names, err := e.sbx.BuiltinTemplates(ctx); err != nil || !slices.Equal(names, image.Templates()) {
+		t.Fatalf("BuiltinTemplates = %v, %v; want the agent's %v", names, err, image.Templates())
+	}
 
 	sb, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256, TimeoutSec: 600,
 		Metadata: map[string]string{"k": "v"}})

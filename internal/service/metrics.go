@@ -82,6 +82,6 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, se
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("refresh: %w", err)
 	}
-	s.noteTouched(id, time.Now())
+	s.noteTouched(id, s.now())
 	return s.view(row, nil), nil
 }

@@ -109,7 +109,7 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			// would have recorded.
 			_, err = s.persistRunning(ctx, row.ID, row.State, a, nil)
 		} else {
-			_, err = s.st.TransitionSandbox(ctx, nil, row.ID, []string{row.State}, to, reason)
+			_, err = s.setState(ctx, nil, row.ID, State(row.State), State(to), reason)
 		}
 		if err != nil {
 			var se *store.StateError

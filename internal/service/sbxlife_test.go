@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -149,7 +150,7 @@ func TestSnapshotNameValidation(t *testing.T) {
 		{"Base", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := ValidateSnapshotName(tc.name)
+			err := ValidateSnapshotName(tc.name, image.Templates())
 			if tc.ok != (err == nil) {
 				t.Fatalf("ValidateSnapshotName(%q) = %v", tc.name, err)
 			}
@@ -412,7 +413,10 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 		t.Fatalf("audit = %v", got)
 	}
 
-	// touch pushes the deadline of a running sandbox, at most once a second.
+	// touch pushes the deadline of a running sandbox, at most once a second
+	// (of the service's clock, driven here).
+	clock := time.Now()
+	e.sbx.now = func() time.Time { return clock }
 	if _, err := e.sbx.SetTimeout(ctx, p, running.ID, 60); err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +439,7 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 	if d := time.Until(sandboxRow(t, e, running.ID).EndAt.Time); d > 5*time.Second {
 		t.Fatalf("a second touch within a second wrote (deadline %v ahead)", d)
 	}
-	time.Sleep(touchEvery)
+	clock = clock.Add(touchEvery)
 	if err := e.sbx.touch(ctx, running.ID); err != nil {
 		t.Fatal(err)
 	}

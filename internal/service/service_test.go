@@ -11,6 +11,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/store"
@@ -30,8 +31,11 @@ type env struct {
 // or that an unreachable agent is handled.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	return newEnvAgent(t, "http://127.0.0.1:1", "unused")
+	return newEnvAgent(t, unreachable, "unused")
 }
+
+// unreachable is the agent URL of newEnv: a closed port.
+const unreachable = "http://127.0.0.1:1"
 
 // newEnvAgent is newEnv with the agent at url.
 func newEnvAgent(t *testing.T, url, token string) *env {
@@ -51,7 +55,12 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: url, Token: token}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen})
+	cfg := ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen}
+	if url == unreachable {
+		// No agent to ask: the built-in templates an agent would report.
+		cfg.BuiltinTemplates = image.Templates()
+	}
+	s, err := NewServices(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

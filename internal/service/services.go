@@ -31,8 +31,13 @@ type ServicesConfig struct {
 	// Quotas are the platform's default team quotas (DefaultQuotas when
 	// zero).
 	Quotas Quotas
-	// Now is the clock of sessions, API keys and invitations (time.Now
-	// when nil).
+	// BuiltinTemplates, when set, are the host's built-in template names
+	// known in advance (tests whose agent is unreachable); otherwise the
+	// service learns them from the agent (GetHostInfo) when it first
+	// needs them.
+	BuiltinTemplates []string
+	// Now is the clock of sessions, API keys, invitations and sandbox
+	// activity (time.Now when nil).
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -77,7 +82,7 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		return nil, err
 	}
 	if s.Sandboxes, err = NewSandboxes(ctx, SandboxesConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret,
-		Quotas: cfg.Quotas, Audit: s.Audit, Log: cfg.Log}); err != nil {
+		Quotas: cfg.Quotas, BuiltinTemplates: cfg.BuiltinTemplates, Now: cfg.Now, Audit: s.Audit, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if s.CA, err = pki.Load(ctx, cfg.Store.Queries(), cfg.Secret, pki.Options{Now: cfg.Now}); err != nil {

@@ -14,7 +14,6 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -44,9 +43,42 @@ type templateMeta struct {
 	DefaultUser string `json:"default_user,omitempty"`
 }
 
+// BuiltinTemplates returns the names of the host's built-in images, which
+// every team can create sandboxes from: what the host agent reports
+// (GetHostInfo.builtin_templates), asked once and kept. ErrUnavailable
+// while the agent cannot be asked.
+func (s *Sandboxes) BuiltinTemplates(ctx context.Context) ([]string, error) {
+	s.builtinMu.Lock()
+	defer s.builtinMu.Unlock()
+	if s.builtin != nil {
+		return s.builtin, nil
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithTimeout(ctx, builtinAskTimeout)
+	defer cancel()
+	r, err := c.GetHostInfo(actx, connect.NewRequest(&pb.GetHostInfoRequest{}))
+	if err != nil {
+		return nil, agentError(err, "host info")
+	}
+	s.builtin = append([]string{}, r.Msg.GetBuiltinTemplates()...)
+	return s.builtin, nil
+}
+
+// builtinAskTimeout bounds BuiltinTemplates' question to the agent.
+const builtinAskTimeout = 30 * time.Second
+
 // isBuiltinTemplate reports whether name is one of the host's built-in
-// images ("base", "minimal").
-func isBuiltinTemplate(name string) bool { return slices.Contains(image.Templates(), name) }
+// images ("base", "minimal"; BuiltinTemplates).
+func (s *Sandboxes) isBuiltinTemplate(ctx context.Context, name string) (bool, error) {
+	names, err := s.BuiltinTemplates(ctx)
+	if err != nil {
+		return false, err
+	}
+	return slices.Contains(names, name), nil
+}
 
 // resolveTemplate finds what team means by name: its own template, else a
 // public one, else a built-in image; ErrNotFound otherwise.
@@ -60,7 +92,11 @@ func (s *Sandboxes) resolveTemplate(ctx context.Context, team pgtype.UUID, name 
 	if !errors.Is(err, store.ErrNotFound) {
 		return resolvedTemplate{}, fmt.Errorf("template %s: %w", name, err)
 	}
-	if isBuiltinTemplate(name) {
+	builtin, err := s.isBuiltinTemplate(ctx, name)
+	if err != nil {
+		return resolvedTemplate{}, err
+	}
+	if builtin {
 		user := ""
 		if name == DefaultTemplate {
 			user = BaseTemplateUser
@@ -72,8 +108,9 @@ func (s *Sandboxes) resolveTemplate(ctx context.Context, team pgtype.UUID, name 
 
 // ValidateSnapshotName checks a snapshot's name: the templates table's
 // pattern (1 to 128 letters, digits, '.', '_' and '-', starting with a
-// letter or digit), nothing path-like, and not a built-in image's name.
-func ValidateSnapshotName(name string) error {
+// letter or digit) and nothing path-like. builtin are the host's built-in
+// images (BuiltinTemplates), whose names no snapshot may take.
+func ValidateSnapshotName(name string, builtin []string) error {
 	switch {
 	case name == "":
 		return errorf(ErrInvalid, "name: required")
@@ -81,7 +118,7 @@ func ValidateSnapshotName(name string) error {
 		return errorf(ErrInvalid, "name: must not contain '/', '\\', '..' or NUL")
 	case !templateRe.MatchString(name):
 		return errorf(ErrInvalid, "name: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-	case isBuiltinTemplate(strings.ToLower(name)):
+	case slices.Contains(builtin, strings.ToLower(name)):
 		return errorf(ErrInvalid, "name: %q is a built-in template", name)
 	}
 	return nil
@@ -117,7 +154,16 @@ type CreateSnapshotRequest struct {
 // transaction, then the old files are deleted on the host, which keeps
 // them while sandboxes created from them still run.
 func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateSnapshotRequest) (snap Snapshot, replaced bool, err error) {
-	if err := ValidateSnapshotName(req.Name); err != nil {
+	// The pattern first, refused before any agent call; then the host's
+	// built-in names.
+	if err := ValidateSnapshotName(req.Name, nil); err != nil {
+		return Snapshot{}, false, err
+	}
+	builtin, err := s.BuiltinTemplates(ctx)
+	if err != nil {
+		return Snapshot{}, false, err
+	}
+	if err := ValidateSnapshotName(req.Name, builtin); err != nil {
 		return Snapshot{}, false, err
 	}
 	src, err := s.get(ctx, p, req.SandboxID)
@@ -298,10 +344,6 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 		return nil
 	})
 }
-
-// BuiltinTemplates returns the names of the hosts' built-in images, which
-// every team can create sandboxes from.
-func BuiltinTemplates() []string { return image.Templates() }
 
 // TemplateRef is what a template name means for a team (resolveTemplate's
 // order: its own template, a public one, a built-in image).

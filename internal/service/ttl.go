@@ -51,7 +51,7 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sand
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("ping: %w", err)
 	}
-	s.noteTouched(id, time.Now())
+	s.noteTouched(id, s.now())
 	return s.view(row, nil), nil
 }
 
@@ -90,7 +90,7 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id pgtype.UUID,
 // a second per sandbox (one UPDATE); a sandbox that is not running is left
 // as it is.
 func (s *Sandboxes) touch(ctx context.Context, id pgtype.UUID) error {
-	now := time.Now()
+	now := s.now()
 	s.touchMu.Lock()
 	last, ok := s.touched[id]
 	s.touchMu.Unlock()
@@ -274,7 +274,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
 	}
 	if err == nil {
-		if _, err := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxPaused, "timeout"); err != nil {
+		if _, err := s.setState(bg, nil, row.ID, StatePausing, StatePaused, "timeout"); err != nil {
 			log.ErrorContext(bg, "persist the auto-pause", "err", err)
 		}
 		log.InfoContext(ctx, "sandbox paused at its timeout")
@@ -287,7 +287,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	if c != nil && errors.Is(perr, ErrConflict) {
 		if died, reason := s.keptWithoutMachine(bg, c, row.ID); died {
 			// Its machine died: error, disk kept (resuming boots it cold).
-			if _, terr := s.st.TransitionSandbox(bg, nil, row.ID, []string{store.SandboxPausing}, store.SandboxError, truncate("on the host: "+reason, 1024)); terr != nil {
+			if _, terr := s.setState(bg, nil, row.ID, StatePausing, StateError, truncate("on the host: "+reason, 1024)); terr != nil {
 				log.ErrorContext(bg, "persist a sandbox whose machine died", "err", terr)
 			}
 			log.WarnContext(ctx, "sandbox machine died; record set to error, disk kept", "reason", reason)

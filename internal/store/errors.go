@@ -6,21 +6,22 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/capsulehq/capsule/internal/errdefs"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// Sentinel errors; test with errors.Is.
+// Sentinel errors, each of its errdefs class; test with errors.Is.
 var (
 	// ErrNotFound: the row does not exist (or is not visible to the team).
-	ErrNotFound = errors.New("store: not found")
+	ErrNotFound = errdefs.Sentinel("store: not found", errdefs.ErrNotFound)
 	// ErrConflict: a unique, exclusion or foreign-key violation, or an
 	// optimistic state transition from an unexpected state.
-	ErrConflict = errors.New("store: conflict")
+	ErrConflict = errdefs.Sentinel("store: conflict", errdefs.ErrConflict)
 	// ErrInvalid: the data violates a check or not-null constraint or is
 	// malformed for its column.
-	ErrInvalid = errors.New("store: invalid")
+	ErrInvalid = errdefs.Sentinel("store: invalid", errdefs.ErrInvalid)
 )
 
 // Classify wraps err with the sentinel error its kind maps to (see the

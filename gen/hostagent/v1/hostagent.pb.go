@@ -323,9 +323,9 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 3.
+	// implements (see the file comment); this file describes revision 4.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
-	// revision 3 GetSandboxMetrics.
+	// revision 3 GetSandboxMetrics; revision 4 builtin_templates.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -341,6 +341,10 @@ type GetHostInfoResponse struct {
 	RunningSandboxes uint32                 `protobuf:"varint,9,opt,name=running_sandboxes,json=runningSandboxes,proto3" json:"running_sandboxes,omitempty"`
 	PausedSandboxes  uint32                 `protobuf:"varint,10,opt,name=paused_sandboxes,json=pausedSandboxes,proto3" json:"paused_sandboxes,omitempty"`
 	StartedAt        *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// builtin_templates are the names of the host's built-in images, which
+	// every team can create sandboxes from and no snapshot may take (the
+	// control plane learns them here).
+	BuiltinTemplates []string `protobuf:"bytes,12,rep,name=builtin_templates,json=builtinTemplates,proto3" json:"builtin_templates,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -448,6 +452,13 @@ func (x *GetHostInfoResponse) GetPausedSandboxes() uint32 {
 func (x *GetHostInfoResponse) GetStartedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *GetHostInfoResponse) GetBuiltinTemplates() []string {
+	if x != nil {
+		return x.BuiltinTemplates
 	}
 	return nil
 }
@@ -3791,7 +3802,7 @@ var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xb2\x03\n" +
+	"\x12GetHostInfoRequest\"\xdf\x03\n" +
 	"\x13GetHostInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\rR\brevision\x12!\n" +
@@ -3805,7 +3816,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x10paused_sandboxes\x18\n" +
 	" \x01(\rR\x0fpausedSandboxes\x129\n" +
 	"\n" +
-	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"W\n" +
+	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12+\n" +
+	"\x11builtin_templates\x18\f \x03(\tR\x10builtinTemplates\"W\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1b\n" +
 	"\tmemory_mb\x18\x02 \x01(\x04R\bmemoryMb\x12\x17\n" +

@@ -12,6 +12,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
@@ -51,8 +52,10 @@ func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.Servi
 	if err != nil {
 		t.Fatal(err)
 	}
+	var builtin []string
 	if agentURL == "" {
-		agentURL, agentToken = "http://127.0.0.1:1", "unused"
+		// No agent to ask: the built-in templates an agent would report.
+		agentURL, agentToken, builtin = "http://127.0.0.1:1", "unused", image.Templates()
 	}
 	ep := agentclient.Endpoint{URL: agentURL, Token: agentToken}
 	pool := agentclient.NewPool(agentclient.Options{})
@@ -60,7 +63,8 @@ func NewWith(t testing.TB, agentURL, agentToken string, edit func(*service.Servi
 	if err := pool.Set(service.LocalHost, ep); err != nil {
 		t.Fatal(err)
 	}
-	cfg := service.ServicesConfig{Store: st, Agents: pool, Secret: Secret, Hasher: hasher, Signup: service.SignupOpen}
+	cfg := service.ServicesConfig{Store: st, Agents: pool, Secret: Secret, Hasher: hasher, Signup: service.SignupOpen,
+		BuiltinTemplates: builtin}
 	if edit != nil {
 		edit(&cfg)
 	}
