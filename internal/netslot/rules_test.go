@@ -1,0 +1,471 @@
+package netslot
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/capsulehq/capsule/internal/egress"
+)
+
+// The test internet for egress rules: besides inetAddr, the internet
+// namespace holds the "public" addresses of webNet (routed from the host
+// through inetHostIf) and a few special ones (a private address, the
+// cloud metadata address, a CGNAT address), each serving HTTP-ish echo
+// on port 80, and a DNS server on inetAddr:53 that knows the names below.
+var (
+	webNet     = netip.MustParsePrefix("198.19.1.0/24")
+	webAllowed = netip.MustParseAddr("198.19.1.1") // allowed.test
+	webWildA   = netip.MustParseAddr("198.19.1.2") // a.wild.test
+	webWildB   = netip.MustParseAddr("198.19.1.3") // b.wild.test
+	webDenied  = netip.MustParseAddr("198.19.1.4") // denied.test
+	webCIDR    = netip.MustParseAddr("198.19.1.5") // no name
+	webDenied2 = netip.MustParseAddr("198.19.1.6") // sub.denied.test
+	// Special ranges, reachable from the host (routes below), never from a
+	// guest.
+	specials = map[string]netip.Addr{
+		"private":  netip.MustParseAddr("192.168.251.1"),
+		"metadata": netip.MustParseAddr("169.254.169.254"),
+		"cgnat":    netip.MustParseAddr("100.64.251.1"),
+	}
+	testNames = map[string]netip.Addr{
+		"allowed.test":    webAllowed,
+		"a.wild.test":     webWildA,
+		"b.wild.test":     webWildB,
+		"wild.test":       webCIDR,
+		"denied.test":     webDenied,
+		"sub.denied.test": webDenied2,
+	}
+)
+
+// startWebInternet starts the internet namespace with its web servers and
+// DNS server (answering testNames with TTL 300; it counts the queries it
+// gets).
+func startWebInternet(t *testing.T) (*internet, *dnsCounter) {
+	t.Helper()
+	in := startInternet(t)
+	addrs := []netip.Addr{webAllowed, webWildA, webWildB, webDenied, webCIDR, webDenied2}
+	for _, a := range specials {
+		addrs = append(addrs, a)
+	}
+	err := inNetNS(in.path, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(a, 32)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("internet addresses: %v", err)
+	}
+	link, err := netlink.LinkByName(inetHostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsts := []netip.Prefix{webNet}
+	for _, a := range specials {
+		dsts = append(dsts, netip.PrefixFrom(a, 32))
+	}
+	for _, d := range dsts {
+		// Removed with the interface.
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(d.Addr(), d.Bits()), Gw: ipNet(inetAddr, 32).IP}
+		if err := netlink.RouteAdd(r); err != nil {
+			t.Fatalf("route %s: %v", d, err)
+		}
+	}
+	for _, a := range addrs {
+		serve(t, in.path, netip.AddrPortFrom(a, 80).String(), "web-"+a.String())
+	}
+	serve(t, in.path, netip.AddrPortFrom(inetAddr, 853).String(), "dot")
+	return in, serveDNS(t, in.path, netip.AddrPortFrom(inetAddr, 53))
+}
+
+type dnsCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *dnsCounter) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// serveDNS answers A queries for testNames (NXDOMAIN otherwise) over UDP
+// and TCP.
+func serveDNS(t *testing.T, nsPath string, addr netip.AddrPort) *dnsCounter {
+	t.Helper()
+	var (
+		uc *net.UDPConn
+		tl *net.TCPListener
+	)
+	err := inNetNS(nsPath, func() error {
+		var err error
+		if uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr)); err != nil {
+			return err
+		}
+		tl, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dns server: %v", err)
+	}
+	ctr := &dnsCounter{}
+	answer := func(q []byte) []byte {
+		ctr.mu.Lock()
+		ctr.n++
+		ctr.mu.Unlock()
+		var p dnsmessage.Parser
+		h, err := p.Start(q)
+		if err != nil {
+			return nil
+		}
+		qs, err := p.AllQuestions()
+		if err != nil || len(qs) != 1 {
+			return nil
+		}
+		a, ok := testNames[egress.Canonical(qs[0].Name.String())]
+		rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired}
+		if !ok {
+			rh.RCode = dnsmessage.RCodeNameError
+		}
+		b := dnsmessage.NewBuilder(nil, rh)
+		_ = b.StartQuestions()
+		_ = b.Question(qs[0])
+		if ok && qs[0].Type == dnsmessage.TypeA {
+			_ = b.StartAnswers()
+			_ = b.AResource(dnsmessage.ResourceHeader{Name: qs[0].Name, Class: dnsmessage.ClassINET, TTL: 300}, dnsmessage.AResource{A: a.As4()})
+		}
+		out, _ := b.Finish()
+		return out
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := uc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if out := answer(buf[:n]); out != nil {
+				_, _ = uc.WriteToUDPAddrPort(out, from)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if q, err := readTCPMsg(c); err == nil {
+				if out := answer(q); out != nil {
+					_ = writeTCPMsg(c, out)
+				}
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		uc.Close()
+		tl.Close()
+		wg.Wait()
+	})
+	return ctr
+}
+
+// lookup sends an A query for name to server from the namespace at nsPath
+// and returns the answer's rcode and addresses.
+func lookup(nsPath string, server netip.AddrPort, name string, viaTCP bool) (dnsmessage.RCode, []netip.Addr, error) {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 4242, RecursionDesired: true})
+	_ = b.StartQuestions()
+	_ = b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(name + "."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+	q, _ := b.Finish()
+	var resp []byte
+	err := inNetNS(nsPath, func() error {
+		network := "udp4"
+		if viaTCP {
+			network = "tcp4"
+		}
+		c, err := net.DialTimeout(network, server.String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if viaTCP {
+			if err := writeTCPMsg(c, q); err != nil {
+				return err
+			}
+			resp, err = readTCPMsg(bufio.NewReader(c))
+			return err
+		}
+		if _, err := c.Write(q); err != nil {
+			return err
+		}
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		resp = buf[:n]
+		return err
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	var p dnsmessage.Parser
+	h, err := p.Start(resp)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := p.SkipAllQuestions(); err != nil {
+		return 0, nil, err
+	}
+	var out []netip.Addr
+	for {
+		rh, err := p.AnswerHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			break
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		if rh.Type != dnsmessage.TypeA {
+			_ = p.SkipAnswer()
+			continue
+		}
+		a, err := p.AResource()
+		if err != nil {
+			return 0, nil, err
+		}
+		out = append(out, netip.AddrFrom4(a.A))
+	}
+	return h.RCode, out, nil
+}
+
+func mustResolve(t *testing.T, nsPath string, server netip.AddrPort, name string, viaTCP bool) netip.Addr {
+	t.Helper()
+	rc, addrs, err := lookup(nsPath, server, name, viaTCP)
+	if err != nil || rc != dnsmessage.RCodeSuccess || len(addrs) != 1 {
+		t.Fatalf("resolve %s at %s (tcp %t): rcode %v, %v, %v; want one address", name, server, viaTCP, rc, addrs, err)
+	}
+	if want := testNames[name]; addrs[0] != want {
+		t.Fatalf("resolve %s: %s, want %s", name, addrs[0], want)
+	}
+	return addrs[0]
+}
+
+func mustNotResolve(t *testing.T, nsPath string, server netip.AddrPort, name string, viaTCP bool) {
+	t.Helper()
+	rc, addrs, err := lookup(nsPath, server, name, viaTCP)
+	if err == nil && rc == dnsmessage.RCodeSuccess && len(addrs) > 0 {
+		t.Fatalf("resolve %s at %s (tcp %t): %v, want refused", name, server, viaTCP, addrs)
+	}
+	t.Logf("resolve %s at %s (tcp %t): rcode %v, err %v", name, server, viaTCP, rc, err)
+}
+
+func web(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 80) }
+
+func setRules(t *testing.T, s *Slot, r egress.Rules) {
+	t.Helper()
+	if err := s.SetRules(context.Background(), r); err != nil {
+		t.Fatalf("SetRules(%+v): %v", r, err)
+	}
+}
+
+func newRulesPool(t *testing.T) *Pool {
+	return newTestPool(t, func(c *Config) {
+		c.DNSUpstream = []netip.AddrPort{netip.AddrPortFrom(inetAddr, 53)}
+		// No host-level denials: what is denied below is denied by the
+		// slot's rules alone.
+		c.DenyEgress = []netip.Prefix{}
+	})
+}
+
+func TestEgressRules(t *testing.T) {
+	p := newRulesPool(t)
+	_, dnsSeen := startWebInternet(t)
+	theirDNS := netip.AddrPortFrom(inetAddr, 53)
+	s := acquire(t, p)
+	g := startGuest(t, s)
+
+	t.Run("deny by default, allowed names and CIDRs", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowOut: []string{"allowed.test", "*.wild.test", webCIDR.String() + "/32"}})
+		// The guest asks "its own" resolver (the internet's DNS server):
+		// the slot's resolver answers, over UDP and TCP.
+		mustResolve(t, g.path, theirDNS, "allowed.test", false)
+		if ident, _ := mustReach(t, g.path, web(webAllowed)); ident != "web-"+webAllowed.String() {
+			t.Errorf("answered by %q", ident)
+		}
+		// A wildcard name's address is closed until the guest resolves it.
+		mustNotReach(t, g.path, web(webWildA))
+		mustResolve(t, g.path, theirDNS, "a.wild.test", true)
+		mustReach(t, g.path, web(webWildA))
+		mustNotReach(t, g.path, web(webWildB)) // not resolved
+		// The CIDR needs no name.
+		mustReach(t, g.path, web(webCIDR))
+	})
+	t.Run("denied names do not resolve, whatever server the guest asks", func(t *testing.T) {
+		before := dnsSeen.count()
+		for _, name := range []string{"denied.test", "wild.test", "unknown.test"} {
+			mustNotResolve(t, g.path, theirDNS, name, false)
+			mustNotResolve(t, g.path, theirDNS, name, true)
+			mustNotResolve(t, g.path, netip.AddrPortFrom(webCIDR, 53), name, false) // an allowed address
+		}
+		if n := dnsSeen.count(); n != before {
+			t.Errorf("the internet's DNS server got %d queries for denied names, want none (the slot's resolver refuses them)", n-before)
+		}
+	})
+	t.Run("raw IP of a denied name is blocked", func(t *testing.T) {
+		mustNotReach(t, g.path, web(webDenied))
+	})
+	t.Run("DNS over TLS is blocked", func(t *testing.T) {
+		mustNotReach(t, g.path, netip.AddrPortFrom(inetAddr, 853))
+	})
+	t.Run("deny beats a wildcard allow for names", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowOut: []string{"*.wild.test"}, DenyOut: []string{"b.wild.test"}})
+		mustResolve(t, g.path, theirDNS, "a.wild.test", false)
+		mustNotResolve(t, g.path, theirDNS, "b.wild.test", false)
+		mustNotReach(t, g.path, web(webWildB))
+	})
+	t.Run("allow by default, denied names and CIDRs", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowInternet: true, DenyOut: []string{"*.denied.test", "denied.test", webCIDR.String()}})
+		mustResolve(t, g.path, theirDNS, "allowed.test", false)
+		mustReach(t, g.path, web(webAllowed))
+		mustReach(t, g.path, web(webWildB)) // never resolved: allowed by default
+		mustNotReach(t, g.path, web(webCIDR))
+		// Asking for a denied name fails, and its addresses close.
+		mustReach(t, g.path, web(webDenied2))
+		mustNotResolve(t, g.path, theirDNS, "sub.denied.test", false)
+		mustNotResolve(t, g.path, theirDNS, "denied.test", false)
+		mustNotReach(t, g.path, web(webDenied2))
+		mustNotReach(t, g.path, web(webDenied))
+	})
+	t.Run("private ranges and the host stay closed whatever the rules", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowInternet: true, AllowOut: []string{egress.AllTraffic}})
+		serve(t, "", "0.0.0.0:17003", "host-service")
+		for name, a := range specials {
+			// Reachable from the host: only the slot's rules stop the guest.
+			if ident, _ := mustReach(t, "", web(a)); ident != "web-"+a.String() {
+				t.Fatalf("host -> %s (%s): %q", a, name, ident)
+			}
+			mustNotReach(t, g.path, web(a))
+		}
+		mustNotReach(t, g.path, netip.AddrPortFrom(inetHostAddr, 17003))
+		mustNotReach(t, g.path, netip.AddrPortFrom(s.plan.linkHost, 17003))
+		mustReach(t, g.path, web(webDenied)) // everything else is open
+	})
+	t.Run("rules without names stop the resolver", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowInternet: true})
+		// DNS is ordinary egress again: the internet's server answers
+		// denied.test itself.
+		mustResolve(t, g.path, theirDNS, "denied.test", false)
+		if _, _, err := lookup(g.path, netip.AddrPortFrom(s.Gateway, 53), "allowed.test", false); err == nil {
+			t.Error("the slot's resolver still answers with rules that name no domain")
+		}
+	})
+	t.Run("invalid rules change nothing", func(t *testing.T) {
+		err := s.SetRules(context.Background(), egress.Rules{AllowOut: []string{"not a domain"}})
+		if !errors.Is(err, ErrInvalidRules) {
+			t.Fatalf("SetRules: %v, want ErrInvalidRules", err)
+		}
+		if r := s.Rules(); !r.Equal(egress.Open()) {
+			t.Errorf("rules after a refused change: %+v", r)
+		}
+		mustReach(t, g.path, web(webDenied))
+	})
+}
+
+// A rules change applies to open connections within 2 s: a connection the
+// new rules deny is cut (reset), one they allow goes on.
+func TestEgressRulesLiveUpdate(t *testing.T) {
+	p := newRulesPool(t)
+	_, _ = startWebInternet(t)
+	theirDNS := netip.AddrPortFrom(inetAddr, 53)
+	s := acquire(t, p)
+	g := startGuest(t, s)
+	setRules(t, s, egress.Rules{AllowOut: []string{"allowed.test", "a.wild.test"}})
+	mustResolve(t, g.path, theirDNS, "allowed.test", false)
+	mustResolve(t, g.path, theirDNS, "a.wild.test", false)
+
+	open := func(a netip.Addr) *conn {
+		c, err := dial(g.path, web(a), 5*time.Second)
+		if err != nil {
+			t.Fatalf("guest -> %s: %v", a, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, _, err := c.hello(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.echo("before", 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	stays, cut := open(webAllowed), open(webWildA)
+
+	steps := []struct {
+		name  string
+		rules egress.Rules
+	}{
+		{"drop a name", egress.Rules{AllowOut: []string{"allowed.test"}}},
+		{"same rules again", egress.Rules{AllowOut: []string{"allowed.test"}}},
+	}
+	for i, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			setRules(t, s, st.rules)
+			if err := stays.echo("after "+st.name, 2*time.Second); err != nil {
+				t.Errorf("allowed connection after the change: %v", err)
+			}
+			if i == 0 {
+				err := cut.echo("after", 2*time.Second)
+				if err == nil {
+					t.Fatal("the denied connection still echoes after the change")
+				}
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Errorf("denied connection: %v; want it reset, not left hanging", err)
+				}
+				t.Logf("denied connection: %v", err)
+				mustNotReach(t, g.path, web(webWildA))
+			}
+		})
+	}
+	t.Run("deny everything", func(t *testing.T) {
+		setRules(t, s, egress.Closed())
+		if err := stays.echo("closed", 2*time.Second); err == nil {
+			t.Fatal("connection survives egress.Closed")
+		}
+		mustNotResolve(t, g.path, theirDNS, "allowed.test", false)
+	})
+	t.Run("destroy stops the resolver", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowOut: []string{"allowed.test"}})
+		if err := p.Destroy(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		res := s.res
+		s.mu.Unlock()
+		if res != nil {
+			t.Error("a destroyed slot keeps its resolver")
+		}
+		s2 := acquire(t, p)
+		if r := s2.Rules(); !r.Equal(egress.Closed()) || s2.Egress() {
+			t.Errorf("new slot's rules: %+v", r)
+		}
+	})
+}
