@@ -65,6 +65,7 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 		MemoryMB:    int(m.GetMemoryMb()),
 		DiskMB:      int(m.GetDiskMb()),
 		Egress:      m.GetEgress(),
+		Network:     createRules(m),
 		AccessToken: m.GetAccessToken(),
 		DefaultUser: m.GetDefaultUser(),
 		EnvVars:     m.GetEnvVars(),

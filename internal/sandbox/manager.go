@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
@@ -186,6 +187,9 @@ type CreateOptions struct {
 	MemoryMB    int
 	DiskMB      int // 0: the template's size
 	Egress      bool
+	// Network, when set, are the sandbox's egress rules (Egress is then
+	// ignored); nil: egress.Open() when Egress, else egress.Closed().
+	Network     *egress.Rules
 	AccessToken string
 	DefaultUser string
 	EnvVars     map[string]string
@@ -206,6 +210,8 @@ type Info struct {
 	MemoryMB   int               `json:"memoryMB"`
 	DiskMB     int               `json:"diskMB"`
 	Egress     bool              `json:"egress"`
+	// Network are the sandbox's egress rules.
+	Network    egress.Rules      `json:"network"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	CreatedAt  time.Time         `json:"createdAt"`
 	LastActive time.Time         `json:"lastActive"`
@@ -242,6 +248,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if !idRe.MatchString(o.ID) {
 		return nil, fmt.Errorf("%w: sandbox ID %q must match [a-z0-9]{1,63}", ErrInvalid, o.ID)
 	}
+	if err := checkRules(o.Network); err != nil {
+		return nil, err
+	}
+	if o.Network != nil {
+		o.Egress = o.Network.AllowInternet
+	}
 	if strings.HasPrefix(o.ID, warmSandboxPrefix) && !o.noWarm {
 		return nil, fmt.Errorf("%w: sandbox IDs starting with %q are reserved", ErrInvalid, warmSandboxPrefix)
 	}
@@ -253,6 +265,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		ID: o.ID, State: StateStarting, Template: tpl.Name, ImageID: tpl.ImageID,
 		Kernel: tpl.Kernel, Initrd: tpl.Initrd,
 		VCPUs: o.VCPUs, MemoryMB: o.MemoryMB, DiskMB: o.DiskMB, Egress: o.Egress,
+		Network:     cloneRules(o.Network),
 		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser,
 		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
 		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
@@ -364,7 +377,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &withSlot); err != nil {
 		return err
 	}
-	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
+	if err := slot.SetRules(ctx, rec.rules()); err != nil {
 		return err
 	}
 	tap, err := slot.OpenTap()
@@ -653,7 +666,7 @@ func (m *Manager) info(b *box) *Info {
 	r := b.rec
 	in := &Info{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
-		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
+		DiskMB: r.DiskMB, Egress: r.Egress, Network: r.rules(), Metadata: maps.Clone(r.Metadata),
 		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
 		StateReason: r.StateReason,
 	}

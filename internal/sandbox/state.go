@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"encoding/json"
+
+	"github.com/capsulehq/capsule/internal/egress"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,6 +43,9 @@ type record struct {
 	MemoryMB int    `json:"memoryMB"`
 	DiskMB   int    `json:"diskMB"`
 	Egress   bool   `json:"egress"`
+	// Network are the egress rules; nil (state files from before rules,
+	// and sandboxes created without) means Egress on or off.
+	Network *egress.Rules `json:"network,omitempty"`
 	// AccessToken and EnvVars are sealed on disk (Sealed, seal.go).
 	AccessToken string            `json:"-"`
 	DefaultUser string            `json:"defaultUser,omitempty"`
