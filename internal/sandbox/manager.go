@@ -187,15 +187,16 @@ type CreateOptions struct {
 	MemoryMB    int
 	DiskMB      int // 0: the template's size
 	Egress      bool
-	// Network, when set, are the sandbox's egress rules (Egress is then
-	// ignored); nil: egress.Open() when Egress, else egress.Closed().
-	Network     *egress.Rules
 	AccessToken string
 	DefaultUser string
 	EnvVars     map[string]string
 	Metadata    map[string]string
 	// Timeout is the idle time after which the sandbox is paused (0: never).
 	Timeout time.Duration
+
+	// Network, when set, are the sandbox's egress rules (Egress is then
+	// ignored); nil: egress.Open() when Egress, else egress.Closed().
+	Network *egress.Rules
 
 	// noWarm: a warm-up build's own sandbox (boots cold, starts no build).
 	noWarm bool
@@ -210,8 +211,6 @@ type Info struct {
 	MemoryMB   int               `json:"memoryMB"`
 	DiskMB     int               `json:"diskMB"`
 	Egress     bool              `json:"egress"`
-	// Network are the sandbox's egress rules.
-	Network    egress.Rules      `json:"network"`
 	Metadata   map[string]string `json:"metadata,omitempty"`
 	CreatedAt  time.Time         `json:"createdAt"`
 	LastActive time.Time         `json:"lastActive"`
@@ -225,6 +224,9 @@ type Info struct {
 	VMMPid       int    `json:"vmmPid,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+
+	// Network are the sandbox's egress rules.
+	Network egress.Rules `json:"network"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)

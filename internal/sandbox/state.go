@@ -2,12 +2,12 @@ package sandbox
 
 import (
 	"encoding/json"
-
-	"github.com/capsulehq/capsule/internal/egress"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/capsulehq/capsule/internal/egress"
 )
 
 // State is a sandbox's lifecycle state.
@@ -43,9 +43,6 @@ type record struct {
 	MemoryMB int    `json:"memoryMB"`
 	DiskMB   int    `json:"diskMB"`
 	Egress   bool   `json:"egress"`
-	// Network are the egress rules; nil (state files from before rules,
-	// and sandboxes created without) means Egress on or off.
-	Network *egress.Rules `json:"network,omitempty"`
 	// AccessToken and EnvVars are sealed on disk (Sealed, seal.go).
 	AccessToken string            `json:"-"`
 	DefaultUser string            `json:"defaultUser,omitempty"`
@@ -73,6 +70,10 @@ type record struct {
 	PendingSnapshot string `json:"pendingSnapshot,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+
+	// Network are the egress rules; nil (state files from before rules,
+	// and sandboxes created without) means Egress on or off.
+	Network *egress.Rules `json:"network,omitempty"`
 }
 
 // writeRecord replaces dir/state.json durably: a temporary file, synced,
