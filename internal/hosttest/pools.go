@@ -30,6 +30,9 @@ var (
 	ServiceFullDiskPool = pool("cfp", 176) // internal/service: a full data disk
 )
 
+// EgressPool is internal/sandbox's pool for egress rules in real sandboxes.
+var EgressPool = pool("cegr", 190)
+
 // reserved are ranges used outside the tests: `capsule bench` (its
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
@@ -37,7 +40,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool,
+	EgressPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",
