@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/capsulehq/capsule/internal/egress"
+	"github.com/capsulehq/capsule/internal/testenv"
 )
 
 // The test internet for egress rules: besides inetAddr, the internet
@@ -467,5 +468,68 @@ func TestEgressRulesLiveUpdate(t *testing.T) {
 		if r := s2.Rules(); !r.Equal(egress.Closed()) || s2.Egress() {
 			t.Errorf("new slot's rules: %+v", r)
 		}
+	})
+}
+
+// An agent that restarts claims its slots back and sets their recorded
+// rules again: the guest's open connections and what the resolver had
+// learned stay, and a later change applies as usual.
+func TestEgressRulesSurviveAgentRestart(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	cfg := testConfig(t)
+	cfg.DNSUpstream = []netip.AddrPort{netip.AddrPortFrom(inetAddr, 53)}
+	cfg.DenyEgress = []netip.Prefix{}
+	old, err := NewPool(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = startWebInternet(t)
+	theirDNS := netip.AddrPortFrom(inetAddr, 53)
+	live := acquire(t, old)
+	g := startGuest(t, live)
+	rules := egress.Rules{AllowOut: []string{"allowed.test", "*.wild.test"}}
+	setRules(t, live, rules)
+	mustResolve(t, g.path, theirDNS, "allowed.test", false)
+	mustResolve(t, g.path, theirDNS, "a.wild.test", false)
+	c, err := dial(g.path, web(webAllowed), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, _, err := c.hello(); err != nil {
+		t.Fatal(err)
+	}
+	old.crash()
+	live.closeResolver() // the dead agent's sockets die with it
+
+	p := newTestPool(t, func(c *Config) {
+		c.KeepSlots = true
+		c.DNSUpstream = cfg.DNSUpstream
+		c.DenyEgress = cfg.DenyEgress
+	})
+	s, err := p.Claim(live.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setRules(t, s, rules)
+	t.Run("open connections and learned addresses stay", func(t *testing.T) {
+		if err := c.echo("after the restart", 2*time.Second); err != nil {
+			t.Fatalf("open connection: %v", err)
+		}
+		mustReach(t, g.path, web(webWildA)) // resolved before the restart
+		mustNotReach(t, g.path, web(webWildB))
+	})
+	t.Run("the resolver answers again", func(t *testing.T) {
+		mustResolve(t, g.path, theirDNS, "b.wild.test", false)
+		mustReach(t, g.path, web(webWildB))
+		mustNotResolve(t, g.path, theirDNS, "denied.test", false)
+	})
+	t.Run("a change applies", func(t *testing.T) {
+		setRules(t, s, egress.Rules{AllowOut: []string{"b.wild.test"}})
+		if err := c.echo("after the change", 2*time.Second); err == nil {
+			t.Fatal("the connection to a name no longer allowed survives the change")
+		}
+		mustReach(t, g.path, web(webWildB))
 	})
 }

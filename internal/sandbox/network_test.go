@@ -30,7 +30,7 @@ import (
 // "web-<addr>" and echoes lines on :81; 198.19.4.2:53 is a DNS server
 // that knows eNames.
 const (
-	eInetNS   = "cegr-inet"
+	eInetNS   = "cegrx-inet"
 	eInetIf   = "cegrinet"
 	eHostSide = "198.19.4.1"
 	eDNS      = "198.19.4.2"
