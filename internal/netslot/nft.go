@@ -129,6 +129,8 @@ func (pl plan) addSlotTable(cc *nftables.Conn, name string, dnsAddr netip.Addr, 
 
 	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
 	r.add(post, rule(oif(eq, veth), ipAddr(ipSaddrOff, eq, pl.guest), natTo(expr.NATTypeSourceNAT, pl.hostAddr)))
+	// The peeker's connections (opened in the namespace) leave as the guest's.
+	r.add(post, rule(oif(eq, veth), ipAddr(ipSaddrOff, eq, pl.linkSlot), natTo(expr.NATTypeSourceNAT, pl.hostAddr)))
 
 	in := r.base(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter, &policyDrop)
 	r.add(in, rule(ctEstablished(), accept()))
@@ -137,6 +139,9 @@ func (pl plan) addSlotTable(cc *nftables.Conn, name string, dnsAddr netip.Addr, 
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		// The slot's resolver (listening only while the rules name domains).
 		r.add(in, rule(iif(eq, tap), ipAddr(ipDaddrOff, eq, pl.gateway), l4proto(proto), dport(53), accept()))
+	}
+	for _, port := range []uint16{peekHTTPPort, peekTLSPort} {
+		r.add(in, rule(iif(eq, tap), ipAddr(ipDaddrOff, eq, pl.gateway), l4proto(unix.IPPROTO_TCP), dport(port), accept()))
 	}
 
 	addLearnedSets(cc, r.t)

@@ -19,7 +19,8 @@ import (
 	"github.com/capsulehq/capsule/internal/egress"
 )
 
-// A resolver is a slot's DNS server while its rules name domains. It
+// A resolver is a slot's DNS server while its rules name domains (and
+// the peeker of its HTTP and HTTPS connections, peek.go). It
 // listens on the gateway's port 53 inside the slot's namespace (the dns
 // chain sends every DNS query of the guest there, whatever server the
 // guest asked), answers NXDOMAIN for names the rules do not allow, and
@@ -39,9 +40,11 @@ type resolver struct {
 	tcp      *net.TCPListener
 	wg       sync.WaitGroup
 
-	connMu sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	connMu  sync.Mutex
+	conns   map[net.Conn]struct{} // DNS over TCP
+	proxied map[*proxied]struct{} // peek.go
+	closed  bool
+	peekLns []*net.TCPListener
 
 	// mu guards policy and names, and serializes set updates with
 	// SetRules (which holds it while it replaces the sets).
@@ -63,6 +66,7 @@ func startResolver(s *Slot) (*resolver, error) {
 		log:      s.pool.log.With("slot", s.Index, "component", "netslot-dns"),
 		upstream: s.pool.cfg.DNSUpstream,
 		conns:    map[net.Conn]struct{}{},
+		proxied:  map[*proxied]struct{}{},
 		names:    map[netip.Addr]map[string]time.Time{},
 		policy:   s.policy,
 	}
@@ -90,6 +94,10 @@ func startResolver(s *Slot) (*resolver, error) {
 	r.wg.Add(2)
 	go r.serveUDP()
 	go r.serveTCP()
+	if err := r.startPeekers(); err != nil {
+		r.close()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -99,7 +107,17 @@ func (r *resolver) close() {
 	for c := range r.conns {
 		c.Close()
 	}
+	var cut []*proxied
+	for p := range r.proxied {
+		cut = append(cut, p)
+	}
 	r.connMu.Unlock()
+	for _, p := range cut {
+		p.close()
+	}
+	for _, l := range r.peekLns {
+		l.Close()
+	}
 	r.udp.Close()
 	r.tcp.Close()
 	r.wg.Wait()

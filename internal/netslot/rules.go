@@ -62,6 +62,10 @@ func (pl plan) queueRules(cc *nftables.Conn, t *nftables.Table, dnsAddr netip.Ad
 		for _, proto := range []byte{udp, tcp} {
 			add(dns, rule(iif(eq, tap), l4proto(proto), dport(53), natToPort(pl.gateway, 53)))
 		}
+		// HTTP and HTTPS go through the peeker, which checks the name
+		// in the connection (peek.go).
+		add(dns, rule(iif(eq, tap), l4proto(tcp), dport(80), natToPort(pl.gateway, peekHTTPPort)))
+		add(dns, rule(iif(eq, tap), l4proto(tcp), dport(443), natToPort(pl.gateway, peekTLSPort)))
 		add(eg, rule(l4proto(tcp), dport(853), deny))
 	} else if dnsAddr.IsValid() && !closed(p) {
 		for _, proto := range []byte{udp, tcp} {
@@ -220,6 +224,8 @@ func (s *Slot) applyRules(r egress.Rules, p egress.Policy) error {
 	if res != nil {
 		if err != nil {
 			res.policy = s.policy // still the old rules
+		} else {
+			res.closeDisallowedLocked()
 		}
 		res.mu.Unlock()
 	}

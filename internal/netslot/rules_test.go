@@ -3,8 +3,17 @@ package netslot
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
+	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"testing"
@@ -88,7 +97,8 @@ func startWebInternet(t *testing.T) (*internet, *dnsCounter) {
 		}
 	}
 	for _, a := range addrs {
-		serve(t, in.path, netip.AddrPortFrom(a, 80).String(), "web-"+a.String())
+		serve(t, in.path, netip.AddrPortFrom(a, 81).String(), "web-"+a.String())
+		serveHTTP(t, in.path, a)
 	}
 	serve(t, in.path, netip.AddrPortFrom(inetAddr, 853).String(), "dot")
 	return in, serveDNS(t, in.path, netip.AddrPortFrom(inetAddr, 53))
@@ -280,7 +290,74 @@ func mustNotResolve(t *testing.T, nsPath string, server netip.AddrPort, name str
 	t.Logf("resolve %s at %s (tcp %t): rcode %v, err %v", name, server, viaTCP, rc, err)
 }
 
-func web(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 80) }
+// web is a's raw TCP service (port 81: address rules only); its HTTP and
+// HTTPS services (80, 443) go through the slot's name check.
+func web(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 81) }
+
+var (
+	testCertOnce sync.Once
+	testCert     tls.Certificate
+)
+
+// serveHTTP answers HTTP on a:80 and HTTPS on a:443 (a self-signed
+// certificate for any name) with "web-<a> <Host>".
+func serveHTTP(t *testing.T, nsPath string, a netip.Addr) {
+	t.Helper()
+	testCertOnce.Do(func() {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"*.test", "allowed.test", "denied.test"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		der, _ := x509.CreateCertificate(rand.Reader, tpl, tpl, &key.PublicKey, key)
+		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "web-%s %s", a, r.Host) })
+	for _, port := range []uint16{80, 443} {
+		var ln net.Listener
+		if err := inNetNS(nsPath, func() (err error) { ln, err = net.Listen("tcp4", netip.AddrPortFrom(a, port).String()); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if port == 443 {
+			ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{testCert}})
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Close() })
+	}
+}
+
+// fetch GETs http(s)://addr/ from the namespace at nsPath naming host (in
+// the Host header, and as the TLS server name), on a fresh connection.
+func fetch(nsPath string, addr netip.Addr, host string, https bool) (string, error) {
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	tr := &http.Transport{
+		// The transport dials on goroutines of its own: enter the
+		// namespace there.
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			var c net.Conn
+			err := inNetNS(nsPath, func() (err error) { c, err = d.DialContext(ctx, network, a); return err })
+			return c, err
+		},
+		TLSClientConfig:   &tls.Config{ServerName: host, InsecureSkipVerify: true},
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	scheme := "http"
+	if https {
+		scheme = "https"
+	}
+	req, err := http.NewRequest("GET", scheme+"://"+addr.String()+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	req.Host = host
+	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
 
 func setRules(t *testing.T, s *Slot, r egress.Rules) {
 	t.Helper()
@@ -337,6 +414,29 @@ func TestEgressRules(t *testing.T) {
 	})
 	t.Run("DNS over TLS is blocked", func(t *testing.T) {
 		mustNotReach(t, g.path, netip.AddrPortFrom(inetAddr, 853))
+	})
+	t.Run("HTTP and HTTPS are checked by the name they carry", func(t *testing.T) {
+		// allowed.test's address, with another name in the request: the
+		// case of a CDN serving an allowed and a denied name.
+		for _, https := range []bool{false, true} {
+			body, err := fetch(g.path, webAllowed, "allowed.test", https)
+			if err != nil || body != "web-"+webAllowed.String()+" allowed.test" {
+				t.Errorf("https %t: allowed.test at its address: %q, %v", https, body, err)
+			}
+			for _, host := range []string{"denied.test", "unknown.test", webAllowed.String()} {
+				if body, err := fetch(g.path, webAllowed, host, https); err == nil {
+					t.Errorf("https %t: %s at allowed.test's address: %q, want refused", https, host, body)
+				}
+			}
+			// An allowed name at an address that is not its own.
+			if body, err := fetch(g.path, webDenied, "allowed.test", https); err == nil {
+				t.Errorf("https %t: allowed.test at denied.test's address: %q, want refused", https, body)
+			}
+		}
+		// An allowed CIDR needs no name.
+		if body, err := fetch(g.path, webCIDR, webCIDR.String(), false); err != nil {
+			t.Errorf("the allowed CIDR over HTTP: %q, %v", body, err)
+		}
 	})
 	t.Run("deny beats a wildcard allow for names", func(t *testing.T) {
 		setRules(t, s, egress.Rules{AllowOut: []string{"*.wild.test"}, DenyOut: []string{"b.wild.test"}})
