@@ -121,6 +121,8 @@
 //			# while the rules name domains (else empty):
 //			iifname "tap0" udp dport 53 dnat to 169.254.0.22:53
 //			iifname "tap0" tcp dport 53 dnat to 169.254.0.22:53
+//			iifname "tap0" tcp dport 80 dnat to 169.254.0.22:18080   # name check
+//			iifname "tap0" tcp dport 443 dnat to 169.254.0.22:18443
 //		}
 //		chain prerouting {
 //			type nat hook prerouting priority dstnat; policy accept;
@@ -130,6 +132,7 @@
 //		chain postrouting {
 //			type nat hook postrouting priority srcnat; policy accept;
 //			oifname "veth0" ip saddr 169.254.0.21 snat to 10.11.0.1
+//			oifname "veth0" ip saddr 10.12.0.3 snat to 10.11.0.1   # the name check's connections
 //		}
 //		chain input {
 //			type filter hook input priority filter; policy drop;
@@ -137,6 +140,7 @@
 //			iifname "lo" accept
 //			icmp type echo-request accept
 //			iifname "tap0" ip daddr 169.254.0.22 udp|tcp dport 53 accept
+//			iifname "tap0" ip daddr 169.254.0.22 tcp dport 18080|18443 accept
 //		}
 //		chain deny {
 //			meta l4proto tcp reject with tcp reset
@@ -189,9 +193,12 @@
 // CIDRs are all a guest reaches: a raw IP of a denied name, or an answer
 // from a resolver of its own, gets it nowhere. With the "allow" default the
 // resolver also resolves a denied name it refuses, and its addresses join
-// "denied". Not done: the names in connections (TLS SNI, HTTP Host) are
-// not checked, so an address shared by an allowed and a denied name (a
-// CDN) is open for both.
+// "denied". Connections to ports 80 and 443 are also checked by the name
+// they carry (peek.go): they go to the slot's peeker, which reads the HTTP
+// Host or the TLS server name and splices the connection through only
+// when the rules allow that name at that address, so an address shared by
+// an allowed and a denied name (a CDN) does not open the denied one. Other
+// ports are checked by address only.
 //
 // A change applies to open connections too: the guest's conntrack entries
 // are deleted, so the next packet of each of its flows is checked again

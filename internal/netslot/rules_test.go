@@ -519,6 +519,28 @@ func TestEgressRulesLiveUpdate(t *testing.T) {
 		return c
 	}
 	stays, cut := open(webAllowed), open(webWildA)
+	// A kept-alive HTTP connection to a.wild.test, through the name check.
+	hc, err := dial(g.path, netip.AddrPortFrom(webWildA, 80), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hc.Close() })
+	get := func() error {
+		_ = hc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(hc, "GET / HTTP/1.1\r\nHost: a.wild.test\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(hc.r, nil)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatalf("HTTP through the name check: %v", err)
+	}
 
 	steps := []struct {
 		name  string
@@ -543,6 +565,11 @@ func TestEgressRulesLiveUpdate(t *testing.T) {
 				}
 				t.Logf("denied connection: %v", err)
 				mustNotReach(t, g.path, web(webWildA))
+				if err := get(); err == nil {
+					t.Error("the kept-alive HTTP connection to a name no longer allowed still answers")
+				} else {
+					t.Logf("HTTP connection: %v", err)
+				}
 			}
 		})
 	}

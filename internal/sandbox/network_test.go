@@ -1,11 +1,13 @@
 package sandbox_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"runtime"
@@ -26,9 +28,9 @@ import (
 // The egress test's internet: namespace cegr-inet behind the host's veth
 // cegrinet (198.19.4.1 host, 198.19.4.2 there), with the "public"
 // addresses of 198.19.5.0/24 and a private one (192.168.252.1) on its
-// loopback, routed from the host. Every address answers TCP :80 with
-// "web-<addr>" and echoes lines on :81; 198.19.4.2:53 is a DNS server
-// that knows eNames.
+// loopback, routed from the host. Every address answers HTTP on :80 with
+// "web-<addr> <Host>", greets with "web-<addr>" on :81 and echoes lines on
+// :82; 198.19.4.2:53 is a DNS server that knows eNames.
 const (
 	eInetNS   = "cegrx-inet"
 	eInetIf   = "cegrinet"
@@ -122,8 +124,16 @@ func startEgressInternet(t *testing.T) {
 		})
 	}
 	for _, a := range webs {
-		serveTCP(a+":80", func(c net.Conn) { fmt.Fprintf(c, "web-%s\n", a) })
-		serveTCP(a+":81", func(c net.Conn) { _, _ = io.Copy(c, c) })
+		serveTCP(a+":80", func(c net.Conn) {
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				return
+			}
+			body := fmt.Sprintf("web-%s %s\n", a, req.Host)
+			fmt.Fprintf(c, "HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		})
+		serveTCP(a+":81", func(c net.Conn) { fmt.Fprintf(c, "web-%s\n", a) })
+		serveTCP(a+":82", func(c net.Conn) { _, _ = io.Copy(c, c) })
 	}
 	var uc *net.UDPConn
 	if err := inNS(eInetNS, func() (err error) {
@@ -218,9 +228,17 @@ func TestEgressRulesInSandbox(t *testing.T) {
 	}
 	reach := func(t *testing.T, addr string, want bool) {
 		t.Helper()
-		out, _ := run(t, "nc -w 3 "+addr+" 80 </dev/null")
+		out, _ := run(t, "nc -w 3 "+addr+" 81 </dev/null")
 		if got := strings.Contains(out, "web-"+addr); got != want {
-			t.Fatalf("guest -> %s:80: %q, want reached %t", addr, out, want)
+			t.Fatalf("guest -> %s:81: %q, want reached %t", addr, out, want)
+		}
+	}
+	// reachHTTP sends an HTTP request naming host to addr:80.
+	reachHTTP := func(t *testing.T, addr, host string, want bool) {
+		t.Helper()
+		out, _ := run(t, `printf 'GET / HTTP/1.0\r\nHost: `+host+`\r\n\r\n' | nc -w 3 `+addr+` 80`)
+		if got := strings.Contains(out, "web-"+addr+" "+host); got != want {
+			t.Fatalf("guest -> http://%s (Host %s): %q, want reached %t", addr, host, out, want)
 		}
 	}
 	resolves := func(t *testing.T, name, server string, want bool) {
@@ -241,6 +259,11 @@ func TestEgressRulesInSandbox(t *testing.T) {
 			resolves(t, "allowed.test", eDNS, true)
 			reach(t, eAllowed, true)
 			reach(t, eCIDR, true)
+			reachHTTP(t, eAllowed, "allowed.test", true)
+		}},
+		{"HTTP naming a denied host at an allowed address is refused", func(t *testing.T) {
+			reachHTTP(t, eAllowed, "denied.test", false) // a CDN serving both
+			reachHTTP(t, eDenied, "allowed.test", false)
 		}},
 		{"a denied name does not resolve, whatever server the guest asks", func(t *testing.T) {
 			resolves(t, "denied.test", eDNS, false)
@@ -251,7 +274,7 @@ func TestEgressRulesInSandbox(t *testing.T) {
 			reach(t, eDenied, false)
 		}},
 		{"a change cuts an open connection within 2 s", func(t *testing.T) {
-			run(t, "rm -f /tmp/echo /tmp/ncdone; setsid sh -c 'while sleep 0.2; do echo x; done | nc "+eAllowed+" 81 >/tmp/echo; echo done >/tmp/ncdone' >/dev/null 2>&1 </dev/null &")
+			run(t, "rm -f /tmp/echo /tmp/ncdone; setsid sh -c 'while sleep 0.2; do echo x; done | nc "+eAllowed+" 82 >/tmp/echo; echo done >/tmp/ncdone' >/dev/null 2>&1 </dev/null &")
 			if out, code := run(t, "for i in $(seq 50); do [ -s /tmp/echo ] && break; sleep 0.1; done; wc -c </tmp/echo"); code != 0 || strings.TrimSpace(out) == "0" {
 				t.Fatalf("the connection echoes nothing: %q", out)
 			}
