@@ -101,6 +101,11 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
 	id := req.Msg.GetSandboxId()
+	if n := req.Msg.GetNetwork(); n != nil {
+		if err := s.a.mgr.SetNetwork(ctx, id, rulesFromProto(n)); err != nil {
+			return nil, s.a.failState(ctx, err)
+		}
+	}
 	info, err := s.a.mgr.Resume(ctx, id)
 	if err != nil {
 		return nil, s.a.failState(ctx, err)

@@ -56,6 +56,10 @@ func (m *Manager) SetNetwork(ctx context.Context, id string, r egress.Rules) err
 	}
 	defer b.op.Unlock()
 	b.mu.Lock()
+	if b.rec.rules().Equal(r) {
+		b.mu.Unlock()
+		return nil // (a resume sends the record's rules every time)
+	}
 	prev, prevEgress := b.rec.Network, b.rec.Egress
 	b.rec.Network, b.rec.Egress = cloneRules(&r), r.AllowInternet
 	rec := *b.rec

@@ -1098,7 +1098,10 @@ type ResumeSandboxRequest struct {
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	// timeout, when present, replaces the sandbox's idle timeout (the
 	// control plane's record is authoritative across pauses).
-	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// network, when present, replaces the sandbox's egress rules before it
+	// runs again (the control plane's record is authoritative).
+	Network       *NetworkRules `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1143,6 +1146,13 @@ func (x *ResumeSandboxRequest) GetSandboxId() string {
 func (x *ResumeSandboxRequest) GetTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.Timeout
+	}
+	return nil
+}
+
+func (x *ResumeSandboxRequest) GetNetwork() *NetworkRules {
+	if x != nil {
+		return x.Network
 	}
 	return nil
 }
@@ -4036,11 +4046,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"G\n" +
 	"\x14PauseSandboxResponse\x12/\n" +
-	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"j\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"\xa0\x01\n" +
 	"\x14ResumeSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
-	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"H\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
+	"\anetwork\x18\x03 \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\"H\n" +
 	"\x15ResumeSandboxResponse\x12/\n" +
 	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"2\n" +
 	"\x11GetSandboxRequest\x12\x1d\n" +
@@ -4381,87 +4392,88 @@ var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	7,  // 12: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
 	7,  // 13: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
 	71, // 14: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	7,  // 15: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	7,  // 16: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	7,  // 17: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	71, // 18: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	70, // 19: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
-	26, // 20: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
-	1,  // 21: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	70, // 22: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	28, // 23: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	28, // 24: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	28, // 25: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	69, // 26: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	37, // 27: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	71, // 28: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	40, // 29: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	41, // 30: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	42, // 31: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	43, // 32: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	2,  // 33: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	37, // 34: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	53, // 35: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	3,  // 36: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	70, // 37: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	57, // 38: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	57, // 39: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	8,  // 40: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
-	4,  // 41: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	9,  // 42: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	11, // 43: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	13, // 44: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	15, // 45: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	17, // 46: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	19, // 47: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	21, // 48: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	23, // 49: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	64, // 50: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	25, // 51: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	29, // 52: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	31, // 53: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	33, // 54: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	35, // 55: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	38, // 56: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	44, // 57: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	46, // 58: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	48, // 59: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	50, // 60: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	52, // 61: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	55, // 62: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	58, // 63: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	60, // 64: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	62, // 65: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	5,  // 66: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	10, // 67: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	12, // 68: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	14, // 69: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	16, // 70: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	18, // 71: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	20, // 72: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	22, // 73: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	24, // 74: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	65, // 75: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	27, // 76: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	30, // 77: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	32, // 78: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	34, // 79: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	36, // 80: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	39, // 81: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	45, // 82: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	47, // 83: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	49, // 84: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	51, // 85: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	54, // 86: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	56, // 87: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	59, // 88: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	61, // 89: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	63, // 90: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	66, // [66:91] is the sub-list for method output_type
-	41, // [41:66] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	8,  // 15: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	7,  // 16: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	7,  // 17: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	7,  // 18: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	71, // 19: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	70, // 20: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	26, // 21: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	1,  // 22: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	70, // 23: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	28, // 24: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	28, // 25: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	28, // 26: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	69, // 27: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	37, // 28: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	71, // 29: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 30: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	41, // 31: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	42, // 32: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	43, // 33: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	2,  // 34: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	37, // 35: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	53, // 36: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	3,  // 37: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	70, // 38: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	57, // 39: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	57, // 40: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	8,  // 41: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
+	4,  // 42: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	9,  // 43: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	11, // 44: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	13, // 45: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	15, // 46: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	17, // 47: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	19, // 48: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	21, // 49: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	23, // 50: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	64, // 51: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	25, // 52: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	29, // 53: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	31, // 54: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	33, // 55: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	35, // 56: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	38, // 57: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	44, // 58: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	46, // 59: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	48, // 60: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	50, // 61: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	52, // 62: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	55, // 63: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	58, // 64: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	60, // 65: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	62, // 66: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	5,  // 67: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	10, // 68: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	12, // 69: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	14, // 70: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	16, // 71: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	18, // 72: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	20, // 73: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	22, // 74: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	24, // 75: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	65, // 76: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	27, // 77: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	30, // 78: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	32, // 79: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	34, // 80: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	36, // 81: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	39, // 82: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	45, // 83: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	47, // 84: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	49, // 85: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	51, // 86: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	54, // 87: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	56, // 88: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	59, // 89: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	61, // 90: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	63, // 91: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	67, // [67:92] is the sub-list for method output_type
+	42, // [42:67] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
