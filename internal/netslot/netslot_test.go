@@ -202,26 +202,6 @@ func egressOpen(t *testing.T, s *Slot) bool {
 	return ok && v.Kind == expr.VerdictAccept
 }
 
-// hasRule reports whether chain of slot s's table has rules.
-func hasRule(t *testing.T, s *Slot, chain string) bool {
-	t.Helper()
-	n := 0
-	err := inNetNS(s.NetNSPath, func() error {
-		cc, err := nftables.New()
-		if err != nil {
-			return err
-		}
-		tb := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: s.pool.cfg.Name}
-		rules, err := cc.GetRules(tb, &nftables.Chain{Name: chain, Table: tb})
-		n = len(rules)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("rules of %s: %v", chain, err)
-	}
-	return n > 0
-}
-
 func TestAcquireReleaseReuse(t *testing.T) {
 	p := newTestPool(t, nil)
 	ctx := context.Background()
