@@ -519,28 +519,33 @@ func TestEgressRulesLiveUpdate(t *testing.T) {
 		return c
 	}
 	stays, cut := open(webAllowed), open(webWildA)
-	// A kept-alive HTTP connection to a.wild.test, through the name check.
-	hc, err := dial(g.path, netip.AddrPortFrom(webWildA, 80), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hc.Close() })
-	get := func() error {
-		_ = hc.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := fmt.Fprintf(hc, "GET / HTTP/1.1\r\nHost: a.wild.test\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(hc.r, nil)
+	// Kept-alive HTTP connections through the name check: to a.wild.test
+	// (cut below) and allowed.test (kept).
+	keptAlive := func(a netip.Addr, host string) func() error {
+		hc, err := dial(g.path, netip.AddrPortFrom(a, 80), 5*time.Second)
 		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hc.Close() })
+		get := func() error {
+			_ = hc.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := fmt.Fprintf(hc, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host); err != nil {
+				return err
+			}
+			resp, err := http.ReadResponse(hc.r, nil)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
 			return err
 		}
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return err
+		if err := get(); err != nil {
+			t.Fatalf("HTTP through the name check: %v", err)
+		}
+		return get
 	}
-	if err := get(); err != nil {
-		t.Fatalf("HTTP through the name check: %v", err)
-	}
+	get, getKept := keptAlive(webWildA, "a.wild.test"), keptAlive(webAllowed, "allowed.test")
 
 	steps := []struct {
 		name  string
@@ -554,6 +559,9 @@ func TestEgressRulesLiveUpdate(t *testing.T) {
 			setRules(t, s, st.rules)
 			if err := stays.echo("after "+st.name, 2*time.Second); err != nil {
 				t.Errorf("allowed connection after the change: %v", err)
+			}
+			if err := getKept(); err != nil {
+				t.Errorf("allowed HTTP connection after the change: %v", err)
 			}
 			if i == 0 {
 				err := cut.echo("after", 2*time.Second)
