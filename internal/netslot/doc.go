@@ -147,7 +147,8 @@
 //			reject with icmp admin-prohibited
 //		}
 //		chain egress {                                  # the rules, see below
-//			tcp dport 853 goto deny                     # with domains: no DNS over TLS
+//			tcp dport 853 goto deny                     # with domains: no DNS over TLS,
+//			udp dport 443 goto deny                     # no QUIC (its name is not readable)
 //			ip daddr 10.0.0.0/8 goto deny               # egress.AlwaysDenied ...
 //			ip daddr <allowOut CIDR> accept             # ...
 //			ip daddr <denyOut CIDR> goto deny           # ...
@@ -198,7 +199,10 @@
 // Host or the TLS server name and splices the connection through only
 // when the rules allow that name at that address, so an address shared by
 // an allowed and a denied name (a CDN) does not open the denied one. Other
-// ports are checked by address only.
+// ports are checked by address only; QUIC (udp 443) is refused while the
+// rules name domains. A TLS client that names an allowed server but asks
+// a shared front end for another site inside the encrypted stream (domain
+// fronting) is not detected.
 //
 // A change applies to open connections too: the guest's conntrack entries
 // are deleted, so the next packet of each of its flows is checked again

@@ -67,6 +67,9 @@ func (pl plan) queueRules(cc *nftables.Conn, t *nftables.Table, dnsAddr netip.Ad
 		add(dns, rule(iif(eq, tap), l4proto(tcp), dport(80), natToPort(pl.gateway, peekHTTPPort)))
 		add(dns, rule(iif(eq, tap), l4proto(tcp), dport(443), natToPort(pl.gateway, peekTLSPort)))
 		add(eg, rule(l4proto(tcp), dport(853), deny))
+		// QUIC (HTTP/3) carries its name where the peeker cannot read it:
+		// refused, clients fall back to TCP.
+		add(eg, rule(l4proto(udp), dport(443), deny))
 	} else if dnsAddr.IsValid() && !closed(p) {
 		for _, proto := range []byte{udp, tcp} {
 			add(eg, rule(ipAddr(ipDaddrOff, eq, dnsAddr), l4proto(proto), dport(53), accept()))

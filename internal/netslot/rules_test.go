@@ -101,6 +101,9 @@ func startWebInternet(t *testing.T) (*internet, *dnsCounter) {
 		serveHTTP(t, in.path, a)
 	}
 	serve(t, in.path, netip.AddrPortFrom(inetAddr, 853).String(), "dot")
+	for _, port := range []uint16{443, 444} {
+		serveUDPEcho(t, in.path, netip.AddrPortFrom(webAllowed, port))
+	}
 	return in, serveDNS(t, in.path, netip.AddrPortFrom(inetAddr, 53))
 }
 
@@ -292,6 +295,49 @@ func mustNotResolve(t *testing.T, nsPath string, server netip.AddrPort, name str
 
 // web is a's raw TCP service (port 81: address rules only); its HTTP and
 // HTTPS services (80, 443) go through the slot's name check.
+// serveUDPEcho echoes UDP datagrams at addr.
+func serveUDPEcho(t *testing.T, nsPath string, addr netip.AddrPort) {
+	t.Helper()
+	var uc *net.UDPConn
+	if err := inNetNS(nsPath, func() (err error) { uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := uc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = uc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { uc.Close(); <-done })
+}
+
+// udpEchoes reports whether a datagram to addr from nsPath comes back.
+func udpEchoes(nsPath string, addr netip.AddrPort) bool {
+	ok := false
+	_ = inNetNS(nsPath, func() error {
+		c, err := net.Dial("udp4", addr.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(700 * time.Millisecond))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		ok = err == nil && string(buf[:n]) == "ping"
+		return nil
+	})
+	return ok
+}
+
 func web(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, 81) }
 
 var (
@@ -412,8 +458,14 @@ func TestEgressRules(t *testing.T) {
 	t.Run("raw IP of a denied name is blocked", func(t *testing.T) {
 		mustNotReach(t, g.path, web(webDenied))
 	})
-	t.Run("DNS over TLS is blocked", func(t *testing.T) {
+	t.Run("DNS over TLS and QUIC are blocked", func(t *testing.T) {
 		mustNotReach(t, g.path, netip.AddrPortFrom(inetAddr, 853))
+		if udpEchoes(g.path, netip.AddrPortFrom(webAllowed, 443)) {
+			t.Error("QUIC's port reaches allowed.test's address")
+		}
+		if !udpEchoes(g.path, netip.AddrPortFrom(webAllowed, 444)) {
+			t.Error("other UDP to allowed.test's address is blocked")
+		}
 	})
 	t.Run("HTTP and HTTPS are checked by the name they carry", func(t *testing.T) {
 		// allowed.test's address, with another name in the request: the
