@@ -68,6 +68,7 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 		MemoryMB:    int(m.GetMemoryMb()),
 		DiskMB:      int(m.GetDiskMb()),
 		Egress:      m.GetEgress(),
+		Network:     createRules(m),
 		AccessToken: m.GetAccessToken(),
 		DefaultUser: m.GetDefaultUser(),
 		EnvVars:     m.GetEnvVars(),
@@ -103,6 +104,11 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
 	id := req.Msg.GetSandboxId()
+	if n := req.Msg.GetNetwork(); n != nil {
+		if err := s.a.mgr.SetNetwork(ctx, id, rulesFromProto(n)); err != nil {
+			return nil, s.a.failState(ctx, err)
+		}
+	}
 	info, err := s.a.mgr.Resume(ctx, id)
 	if err != nil {
 		return nil, s.a.failState(ctx, err)

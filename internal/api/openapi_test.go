@@ -367,6 +367,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"SetMemberRoleRequest", memberRoleJSON{}, false},
 		{"SwitchTeamRequest", switchTeamJSON{}, false},
 		{"SetTimeoutRequest", timeoutJSON{}, false},
+		{"NetworkRules", networkJSON{}, true},
 		{"ExecRequest", execJSON{}, false},
 		{"ExecResult", execResultJSON{}, true},
 		{"ExecStreamPTY", wsPTY{}, false},

@@ -152,6 +152,8 @@ func (s *Server) register() {
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
 	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
+	s.handle("GET /v1/sandboxes/{id}/network", s.authed(s.getSandboxNetwork))
+	s.handle("PUT /v1/sandboxes/{id}/network", s.authed(s.setSandboxNetwork))
 	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
 	s.handle("GET /v1/snapshots", s.authed(s.listSnapshots))
 	s.handle("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))

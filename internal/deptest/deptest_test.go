@@ -77,7 +77,7 @@ var rules = []rule{
 	},
 	{
 		Name:   "wire contracts import nothing of Capsule's",
-		From:   []string{"internal/envdapi", "internal/agentproxy", "internal/agentapi", "internal/hostapi"},
+		From:   []string{"internal/envdapi", "internal/agentproxy", "internal/agentapi", "internal/hostapi", "internal/egress"},
 		Not:    []string{"internal", "gen", "cmd"},
 		Reason: "both sides of a contract import it; it must not pull either side in",
 	},

@@ -200,6 +200,22 @@ func TestE2BFlowRealVM(t *testing.T) {
 	e.do(t, "GET", "/sandboxes/"+c.SandboxID, key, nil).expect(t, 404, nil)
 	e.do(t, "POST", "/v2/sandboxes/"+c.SandboxID+"/connect", key, nil).expect(t, 404, nil)
 
+	// Egress rules, replaced live (updateNetwork) and shown in the detail;
+	// another team's sandbox and a killed one are not found, bad rules 400.
+	rules := map[string]any{"allowOut": []string{"api.example.com", "*.pypi.org", "1.1.1.1"}, "denyOut": []string{"0.0.0.0/0"}}
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", keyB, rules).expect(t, 404, nil)
+	e.do(t, "PUT", "/sandboxes/"+c.SandboxID+"/network", key, rules).expect(t, 404, nil)
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, map[string]any{"allowOut": []string{"api.example.com"}}).expect(t, 400, nil)
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, rules).expect(t, 204, nil)
+	if _, d := info(b.SandboxID, key); !slices.Equal(d.Network.AllowOut, rules["allowOut"].([]string)) ||
+		!slices.Equal(d.Network.DenyOut, []string{"0.0.0.0/0"}) {
+		t.Fatalf("B's network after updateNetwork: %+v", d.Network)
+	}
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, map[string]any{}).expect(t, 204, nil) // clears
+	if _, d := info(b.SandboxID, key); len(d.Network.AllowOut)+len(d.Network.DenyOut) != 0 || !d.AllowInternetAccess {
+		t.Fatalf("B's network after clearing: %+v", d)
+	}
+
 	// The timeout, an hour later: A (autoPause) is paused, B is killed.
 	later := time.Now().Add(time.Hour)
 	res, err := service.NewReaper(e.sbx, service.ReaperConfig{Now: func() time.Time { return later }}).Pass(ctx)

@@ -33,6 +33,9 @@ var (
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
 )
 
+// EgressPool is internal/sandbox's pool for egress rules in real sandboxes.
+var EgressPool = pool("cegr", 190)
+
 // reserved are ranges used outside the tests: `capsule bench` (its
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
@@ -40,7 +43,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
+	EgressPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
@@ -193,6 +194,10 @@ type CreateOptions struct {
 	// Timeout is the idle time after which the sandbox is paused (0: never).
 	Timeout time.Duration
 
+	// Network, when set, are the sandbox's egress rules (Egress is then
+	// ignored); nil: egress.Open() when Egress, else egress.Closed().
+	Network *egress.Rules
+
 	// noWarm: a warm-up build's own sandbox (boots cold, starts no build).
 	noWarm bool
 }
@@ -219,6 +224,9 @@ type Info struct {
 	VMMPid       int    `json:"vmmPid,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+
+	// Network are the sandbox's egress rules.
+	Network egress.Rules `json:"network"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -242,6 +250,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if !idRe.MatchString(o.ID) {
 		return nil, fmt.Errorf("%w: sandbox ID %q must match [a-z0-9]{1,63}", ErrInvalid, o.ID)
 	}
+	if err := checkRules(o.Network); err != nil {
+		return nil, err
+	}
+	if o.Network != nil {
+		o.Egress = o.Network.AllowInternet
+	}
 	if strings.HasPrefix(o.ID, warmSandboxPrefix) && !o.noWarm {
 		return nil, fmt.Errorf("%w: sandbox IDs starting with %q are reserved", ErrInvalid, warmSandboxPrefix)
 	}
@@ -253,6 +267,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		ID: o.ID, State: StateStarting, Template: tpl.Name, ImageID: tpl.ImageID,
 		Kernel: tpl.Kernel, Initrd: tpl.Initrd,
 		VCPUs: o.VCPUs, MemoryMB: o.MemoryMB, DiskMB: o.DiskMB, Egress: o.Egress,
+		Network:     cloneRules(o.Network),
 		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser,
 		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
 		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
@@ -364,7 +379,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &withSlot); err != nil {
 		return err
 	}
-	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
+	if err := slot.SetRules(ctx, rec.rules()); err != nil {
 		return err
 	}
 	tap, err := slot.OpenTap()
@@ -671,7 +686,7 @@ func (m *Manager) info(b *box) *Info {
 	r := b.rec
 	in := &Info{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
-		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
+		DiskMB: r.DiskMB, Egress: r.Egress, Network: r.rules(), Metadata: maps.Clone(r.Metadata),
 		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
 		StateReason: r.StateReason,
 	}

@@ -161,10 +161,10 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 			}
 			return s.checkResumeQuotas(ctx, q, t)
 		},
-		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
+		func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
 			// The TTL is the control plane's (entering running restarts it
-			// in the record).
-			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id)}))
+			// in the record), and so are the egress rules.
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id), Network: rulesToProto(NetworkOf(row))}))
 			if err != nil {
 				return nil, err
 			}

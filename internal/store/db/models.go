@@ -127,6 +127,7 @@ type Sandbox struct {
 	PausedAt            pgtype.Timestamptz `json:"paused_at"`
 	StoppedAt           pgtype.Timestamptz `json:"stopped_at"`
 	PauseFailures       int32              `json:"pause_failures"`
+	Network             json.RawMessage    `json:"network"`
 }
 
 type SandboxMetric struct {

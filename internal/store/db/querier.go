@@ -240,6 +240,8 @@ type Querier interface {
 	// running).
 	SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error)
 	SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) (Sandbox, error)
+	// Replaces a sandbox's egress rules (allow_internet_access follows them).
+	SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkParams) (Sandbox, error)
 	// A new timeout counted from now; 0 clears the TTL. Only a running sandbox
 	// gets a deadline (another one's starts when it enters running).
 	SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutParams) (Sandbox, error)

@@ -92,6 +92,9 @@ const (
 	// HostAgentSetSandboxTimeoutProcedure is the fully-qualified name of the HostAgent's
 	// SetSandboxTimeout RPC.
 	HostAgentSetSandboxTimeoutProcedure = "/hostagent.v1.HostAgent/SetSandboxTimeout"
+	// HostAgentSetSandboxNetworkProcedure is the fully-qualified name of the HostAgent's
+	// SetSandboxNetwork RPC.
+	HostAgentSetSandboxNetworkProcedure = "/hostagent.v1.HostAgent/SetSandboxNetwork"
 	// HostAgentGetSandboxMetricsProcedure is the fully-qualified name of the HostAgent's
 	// GetSandboxMetrics RPC.
 	HostAgentGetSandboxMetricsProcedure = "/hostagent.v1.HostAgent/GetSandboxMetrics"
@@ -158,6 +161,11 @@ type HostAgentClient interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// SetSandboxNetwork replaces a sandbox's egress rules (all of them). A
+	// running sandbox gets them within the call, open connections included;
+	// a paused or stopped one when it runs again. InvalidArgument for rules
+	// that do not parse, NotFound for an unknown sandbox.
+	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
 	// GetSandboxMetrics samples a running sandbox's resource use, as its
 	// guest sees it (revision 3). FailedPrecondition unless it is running.
 	// It does not count as activity.
@@ -275,6 +283,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
 			connect.WithClientOptions(opts...),
 		),
+		setSandboxNetwork: connect.NewClient[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse](
+			httpClient,
+			baseURL+HostAgentSetSandboxNetworkProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("SetSandboxNetwork")),
+			connect.WithClientOptions(opts...),
+		),
 		getSandboxMetrics: connect.NewClient[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse](
 			httpClient,
 			baseURL+HostAgentGetSandboxMetricsProcedure,
@@ -379,6 +393,7 @@ type hostAgentClient struct {
 	listSandboxes     *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
 	pingSandbox       *connect.Client[v1.PingSandboxRequest, v1.PingSandboxResponse]
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
+	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
 	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
@@ -439,6 +454,11 @@ func (c *hostAgentClient) PingSandbox(ctx context.Context, req *connect.Request[
 // SetSandboxTimeout calls hostagent.v1.HostAgent.SetSandboxTimeout.
 func (c *hostAgentClient) SetSandboxTimeout(ctx context.Context, req *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return c.setSandboxTimeout.CallUnary(ctx, req)
+}
+
+// SetSandboxNetwork calls hostagent.v1.HostAgent.SetSandboxNetwork.
+func (c *hostAgentClient) SetSandboxNetwork(ctx context.Context, req *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error) {
+	return c.setSandboxNetwork.CallUnary(ctx, req)
 }
 
 // GetSandboxMetrics calls hostagent.v1.HostAgent.GetSandboxMetrics.
@@ -546,6 +566,11 @@ type HostAgentHandler interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
+	// SetSandboxNetwork replaces a sandbox's egress rules (all of them). A
+	// running sandbox gets them within the call, open connections included;
+	// a paused or stopped one when it runs again. InvalidArgument for rules
+	// that do not parse, NotFound for an unknown sandbox.
+	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
 	// GetSandboxMetrics samples a running sandbox's resource use, as its
 	// guest sees it (revision 3). FailedPrecondition unless it is running.
 	// It does not count as activity.
@@ -659,6 +684,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentSetSandboxNetworkHandler := connect.NewUnaryHandler(
+		HostAgentSetSandboxNetworkProcedure,
+		svc.SetSandboxNetwork,
+		connect.WithSchema(hostAgentMethods.ByName("SetSandboxNetwork")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentGetSandboxMetricsHandler := connect.NewUnaryHandler(
 		HostAgentGetSandboxMetricsProcedure,
 		svc.GetSandboxMetrics,
@@ -769,6 +800,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentPingSandboxHandler.ServeHTTP(w, r)
 		case HostAgentSetSandboxTimeoutProcedure:
 			hostAgentSetSandboxTimeoutHandler.ServeHTTP(w, r)
+		case HostAgentSetSandboxNetworkProcedure:
+			hostAgentSetSandboxNetworkHandler.ServeHTTP(w, r)
 		case HostAgentGetSandboxMetricsProcedure:
 			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
@@ -842,6 +875,10 @@ func (UnimplementedHostAgentHandler) PingSandbox(context.Context, *connect.Reque
 
 func (UnimplementedHostAgentHandler) SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.SetSandboxTimeout is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.SetSandboxNetwork is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {

@@ -921,7 +921,10 @@ type CreateSandboxRequest struct {
 	// MemoryMb MiB; 0 takes the default
 	MemoryMb *int      `json:"memory_mb,omitempty"`
 	Metadata *Metadata `json:"metadata,omitempty"`
-	Template *string   `json:"template,omitempty"`
+
+	// Network egress rules (PUT /v1/sandboxes/{id}/network says what they mean); in a create body, allow_internet_access defaults to the body's own allow_internet_access
+	Network  *NetworkRules `json:"network,omitempty"`
+	Template *string       `json:"template,omitempty"`
 
 	// TimeoutSec the sandbox is paused after this many idle seconds (0 never)
 	TimeoutSec *int `json:"timeout_sec,omitempty"`
@@ -1399,6 +1402,13 @@ type MemberList struct {
 
 // Metadata defines model for Metadata.
 type Metadata map[string]string
+
+// NetworkRules egress rules (PUT /v1/sandboxes/{id}/network says what they mean); in a create body, allow_internet_access defaults to the body's own allow_internet_access
+type NetworkRules struct {
+	AllowInternetAccess *bool    `json:"allow_internet_access,omitempty"`
+	AllowOut            []string `json:"allow_out"`
+	DenyOut             []string `json:"deny_out"`
+}
 
 // OAuthLinkStart defines model for OAuthLinkStart.
 type OAuthLinkStart struct {
@@ -2005,6 +2015,9 @@ type UploadFilesMultipartRequestBody UploadFilesMultipartBody
 
 // MakeDirJSONRequestBody defines body for MakeDir for application/json ContentType.
 type MakeDirJSONRequestBody = MakeDirRequest
+
+// SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
+type SetSandboxNetworkJSONRequestBody = NetworkRules
 
 // SetSandboxTimeoutJSONRequestBody defines body for SetSandboxTimeout for application/json ContentType.
 type SetSandboxTimeoutJSONRequestBody = SetTimeoutRequest
@@ -2741,6 +2754,49 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxNetwork A sandbox's egress rules
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+	GetSandboxNetwork(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetSandboxNetworkWithBody Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetSandboxNetwork Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// PauseSandbox Pause a running sandbox (memory and disk kept)
 	//
@@ -4243,6 +4299,79 @@ func (c *Client) MakeDirWithBody(ctx context.Context, id SandboxID, contentType 
 // Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 func (c *Client) MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMakeDirRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxNetwork A sandbox's egress rules
+//
+// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+func (c *Client) GetSandboxNetwork(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxNetworkRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetSandboxNetworkWithBody Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *Client) SetSandboxNetworkWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetSandboxNetworkRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetSandboxNetwork Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *Client) SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetSandboxNetworkRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -7148,6 +7277,87 @@ func NewMakeDirRequestWithBody(server string, id SandboxID, contentType string, 
 	return req, nil
 }
 
+// NewGetSandboxNetworkRequest constructs an http.Request for the GetSandboxNetwork method
+func NewGetSandboxNetworkRequest(server string, id SandboxID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/network", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSetSandboxNetworkRequest calls the generic SetSandboxNetwork builder with application/json body
+func NewSetSandboxNetworkRequest(server string, id SandboxID, body SetSandboxNetworkJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSetSandboxNetworkRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewSetSandboxNetworkRequestWithBody constructs an http.Request for the SetSandboxNetwork method, with any body, and a specified content type
+func NewSetSandboxNetworkRequestWithBody(server string, id SandboxID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/network", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewPauseSandboxRequest constructs an http.Request for the PauseSandbox method
 func NewPauseSandboxRequest(server string, id SandboxID) (*http.Request, error) {
 	var err error
@@ -8740,6 +8950,51 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDirWithResponse(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*MakeDirResponse, error)
+
+	// GetSandboxNetworkWithResponse A sandbox's egress rules
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+	GetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*GetSandboxNetworkResponse, error)
+
+	// SetSandboxNetworkWithBodyWithResponse Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error)
+
+	// SetSandboxNetworkWithResponse Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error)
 
 	// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
 	//
@@ -12471,6 +12726,158 @@ func (r MakeDirResponse) ContentType() string {
 	return ""
 }
 
+type GetSandboxNetworkResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NetworkRules
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON200() *NetworkRules {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSandboxNetworkResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSandboxNetworkResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSandboxNetworkResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSandboxNetworkResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SetSandboxNetworkResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NetworkRules
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON200() *NetworkRules {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r SetSandboxNetworkResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SetSandboxNetworkResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SetSandboxNetworkResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SetSandboxNetworkResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type PauseSandboxResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -15235,6 +15642,69 @@ func (c *ClientWithResponses) MakeDirWithResponse(ctx context.Context, id Sandbo
 		return nil, err
 	}
 	return ParseMakeDirResponse(rsp)
+}
+
+// GetSandboxNetworkWithResponse A sandbox's egress rules
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+func (c *ClientWithResponses) GetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*GetSandboxNetworkResponse, error) {
+	rsp, err := c.GetSandboxNetwork(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSandboxNetworkResponse(rsp)
+}
+
+// SetSandboxNetworkWithBodyWithResponse Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *ClientWithResponses) SetSandboxNetworkWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error) {
+	rsp, err := c.SetSandboxNetworkWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetSandboxNetworkResponse(rsp)
+}
+
+// SetSandboxNetworkWithResponse Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *ClientWithResponses) SetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error) {
+	rsp, err := c.SetSandboxNetwork(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetSandboxNetworkResponse(rsp)
 }
 
 // PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
@@ -18522,6 +18992,128 @@ func ParseMakeDirResponse(rsp *http.Response) (*MakeDirResponse, error) {
 			return nil, err
 		}
 		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetSandboxNetworkResponse parses an HTTP response from a GetSandboxNetworkWithResponse call
+func ParseGetSandboxNetworkResponse(rsp *http.Response) (*GetSandboxNetworkResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSandboxNetworkResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NetworkRules
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSetSandboxNetworkResponse parses an HTTP response from a SetSandboxNetworkWithResponse call
+func ParseSetSandboxNetworkResponse(rsp *http.Response) (*SetSandboxNetworkResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SetSandboxNetworkResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NetworkRules
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
 
 	}
 
