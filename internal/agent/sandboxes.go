@@ -13,6 +13,7 @@ import (
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 )
 
 // service implements the HostAgent handlers.
@@ -37,6 +38,7 @@ func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHost
 		Capacity:     &pb.Resources{Vcpus: uint32(c.VCPUs), MemoryMb: uint64(c.MemoryMB), DiskMb: uint64(c.DiskMB)},
 		Used:         &pb.Resources{},
 		StartedAt:    timestamp(a.started),
+		Sampler:      a.samplerCost(),
 	}
 	if d := a.cfg.Driver; d != nil {
 		out.Vmm, out.Accel = d.Name(), string(d.Accel())
@@ -78,11 +80,19 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 }
 
 func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.DestroySandboxRequest]) (*connect.Response[pb.DestroySandboxResponse], error) {
+	// The history is taken before the sandbox goes and read after: its
+	// last samples are in the answer (the control plane keeps the 24 h
+	// tier).
+	series, _ := s.a.mgr.Metrics(req.Msg.GetSandboxId())
 	if err := s.a.mgr.Destroy(ctx, req.Msg.GetSandboxId()); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
 	s.a.proxying.end(req.Msg.GetSandboxId())
-	return connect.NewResponse(&pb.DestroySandboxResponse{}), nil
+	out := &pb.DestroySandboxResponse{}
+	if series != nil {
+		out.Metrics = seriesToProto(series, metrics.Tier24h, time.Time{}, time.Time{})
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
@@ -95,7 +105,11 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
-	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: sandboxToProto(info)}), nil
+	out := &pb.PauseSandboxResponse{Sandbox: sandboxToProto(info)}
+	if series, err := s.a.mgr.Metrics(id); err == nil {
+		out.Metrics = allTiers(series)
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
@@ -196,25 +210,4 @@ func (s *service) ListTemplates(ctx context.Context, _ *connect.Request[pb.ListT
 	}
 	slices.SortFunc(out.Templates, func(x, y *pb.Template) int { return strings.Compare(x.Name, y.Name) })
 	return connect.NewResponse(out), nil
-}
-
-// GetSandboxMetrics asks the sandbox's envd for a sample; it does not mark
-// the sandbox active.
-func (s *service) GetSandboxMetrics(ctx context.Context, req *connect.Request[pb.GetSandboxMetricsRequest]) (*connect.Response[pb.GetSandboxMetricsResponse], error) {
-	c, err := s.a.mgr.Client(req.Msg.GetSandboxId())
-	if err != nil {
-		return nil, s.a.failState(ctx, err)
-	}
-	m, err := c.Metrics(ctx)
-	if err != nil {
-		return nil, s.a.failState(ctx, fmt.Errorf("metrics of %s: %w", req.Msg.GetSandboxId(), err))
-	}
-	at := s.a.now()
-	if m.Timestamp > 0 {
-		at = time.Unix(m.Timestamp, 0)
-	}
-	return connect.NewResponse(&pb.GetSandboxMetricsResponse{Metrics: &pb.SandboxMetrics{
-		Timestamp: timestamp(at), CpuCount: uint32(max(m.CPUCount, 0)), CpuUsedPct: m.CPUUsedPct,
-		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
-	}}), nil
 }
