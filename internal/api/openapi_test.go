@@ -375,6 +375,9 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"MakeDirRequest", mkdirJSON{}, false},
 		{"CreateSnapshotRequest", createSnapshotJSON{}, false},
 		{"Snapshot", snapshotJSON{}, true},
+		{"SandboxMetricSeries", metricSeriesJSON{}, true},
+		{"SandboxMetricPoint", metricPointJSON{}, true},
+		{"SandboxGuestMetric", guestMetricJSON{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

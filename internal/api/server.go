@@ -139,6 +139,7 @@ func (s *Server) register() {
 	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
+	s.handle("GET /v1/sandboxes/{id}/metrics", s.authed(s.sandboxMetrics))
 	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
 	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
 	s.handle("GET /v1/snapshots", s.authed(s.listSnapshots))

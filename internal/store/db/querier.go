@@ -6,6 +6,7 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -42,6 +43,9 @@ type Querier interface {
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
+	// Drops a sandbox's tiers other than keep_tier (a destroyed sandbox keeps
+	// its 24 h tier only).
+	DeleteSandboxMetricsExcept(ctx context.Context, arg DeleteSandboxMetricsExceptParams) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
@@ -95,6 +99,9 @@ type Querier interface {
 	// A team's invitations, newest first (redeemed and expired ones included).
 	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
+	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
+	// first: one range scan of the primary key.
+	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
 	// next page. states empty: any state; metadata NULL: any metadata, else the
@@ -122,6 +129,8 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// Retention: drops every point older than before.
+	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
 	RedeemInvitation(ctx context.Context, arg RedeemInvitationParams) (int64, error)
 	// An agent announcing itself (on every start): creates the host or updates
 	// the one of that name, and marks it online (a draining host stays
@@ -175,6 +184,11 @@ type Querier interface {
 	UpdateSandboxState(ctx context.Context, arg UpdateSandboxStateParams) (Sandbox, error)
 	UpdateTeamMemberRole(ctx context.Context, arg UpdateTeamMemberRoleParams) (Membership, error)
 	UpdateUserName(ctx context.Context, arg UpdateUserNameParams) (User, error)
+	// Stores points of one tier of a sandbox (arrays of equal length, one
+	// element per point); a point already stored at the same time is replaced
+	// (the newest point of a coarse tier is its open bucket, whose mean moves
+	// until it closes). has_guest false: the guest_ columns stay NULL.
+	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)
