@@ -7,6 +7,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capsulehq/capsule/internal/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -50,11 +53,14 @@ var agentEnv = map[string]string{
 	"net-link-cidr":      "CAPSULE_AGENT_NET_LINK_CIDR",
 	"net-max-slots":      "CAPSULE_AGENT_NET_MAX_SLOTS",
 	"v":                  "CAPSULE_AGENT_VERBOSE",
+	"metrics-listen":     "CAPSULE_AGENT_METRICS_LISTEN",
+	"metrics-token":      "CAPSULE_AGENT_METRICS_TOKEN",
 }
 
 // agentOptions are the agent's settings.
 type agentOptions struct {
 	hostOptions
+	metricsOptions
 	listen    string
 	tokenFile string
 	verbose   bool
@@ -85,6 +91,7 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_AGENT_VERBOSE]")
+	o.metricsOptions.register(fs, "CAPSULE_AGENT_")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -99,6 +106,9 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 				return nil, fmt.Errorf("agent: %s=%q: %w", env, v, err)
 			}
 		}
+	}
+	if err := o.metricsOptions.check(fs); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if o.tokenFile == "" {
 		o.tokenFile = filepath.Join(o.dataDir, "agent.token")
@@ -150,6 +160,16 @@ func runAgent(ctx context.Context, args []string) error {
 		"accel", host.driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
 		"max_disk_mb", o.capacity.DiskMB)
 	fmt.Printf("capsule agent: listening on http://%s\n", sa.addr)
+	// Prometheus: the host's capacity and use, its sandboxes, the metrics
+	// sampler's cost, on the private metrics listener.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), sa.agent.Collector())
+	stopMetrics, err := o.serveMetrics(ctx, telemetry.Handler(reg, o.metricsToken), log)
+	if err != nil {
+		_ = sa.stop(log)
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer stopMetrics()
 
 	select {
 	case err := <-sa.served:

@@ -168,6 +168,7 @@ func lockDataDir(dataDir string) (func(), error) {
 
 // servedAgent is a host's agent served over HTTP (h2c) on a listener.
 type servedAgent struct {
+	agent  *agent.Agent
 	srv    *http.Server
 	addr   net.Addr
 	served chan error
@@ -185,7 +186,7 @@ func (h *hostStack) serveAgent(addr, token string, capacity sandbox.Capacity, lo
 	if err != nil {
 		return nil, err
 	}
-	s := &servedAgent{srv: agent.NewServer(addr, a, log), addr: ln.Addr(), served: make(chan error, 1)}
+	s := &servedAgent{agent: a, srv: agent.NewServer(addr, a, log), addr: ln.Addr(), served: make(chan error, 1)}
 	go func() { s.served <- s.srv.Serve(ln) }()
 	return s, nil
 }

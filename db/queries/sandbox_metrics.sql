@@ -45,3 +45,11 @@ DELETE FROM sandbox_metrics WHERE sandbox_id = @sandbox_id AND tier <> @keep_tie
 -- name: PruneSandboxMetrics :execrows
 -- Retention: drops every point older than before.
 DELETE FROM sandbox_metrics WHERE ts < @before;
+
+-- name: CountSandboxesByTeamState :many
+-- Sandboxes by team and state, stopped ones left out (Prometheus, at
+-- scrape time).
+SELECT team_id, state, count(*)::bigint AS n
+FROM sandboxes WHERE state <> 'stopped'
+GROUP BY team_id, state
+ORDER BY team_id, state;

@@ -44,7 +44,10 @@ type Config struct {
 	// LoginLimit, LoginEmailLimit, SignupLimit and SearchLimit (user
 	// search, per user) default to the auth package's suggestions.
 	LoginLimit, LoginEmailLimit, SignupLimit, SearchLimit auth.RateLimit
-	Log                                                   *slog.Logger
+	// Instrument, when set, wraps each route's handler with the pattern
+	// it is registered with (Prometheus, package telemetry).
+	Instrument func(pattern string, h http.Handler) http.Handler
+	Log        *slog.Logger
 }
 
 // Server is the /v1 API's http.Handler.
@@ -187,6 +190,9 @@ func (s *Server) handle(pattern string, h http.Handler) {
 		panic("api: route pattern without a method: " + pattern)
 	}
 	s.routes = append(s.routes, pattern)
+	if s.cfg.Instrument != nil {
+		h = s.cfg.Instrument(pattern, h)
+	}
 	s.mux.Handle(pattern, h)
 }
 

@@ -28,6 +28,7 @@ var (
 	APIDiskPool         = pool("cdh", 172)
 	ServiceChainPool    = pool("cch", 174) // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176) // internal/service: a full data disk
+	ServiceMetricsPool  = pool("cmx", 214) // internal/service: the metrics history
 )
 
 // reserved are ranges used outside the tests: `capsule bench` (its
@@ -37,7 +38,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, ServiceMetricsPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -14,6 +14,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // A sandbox's metrics history. The host agent samples each running
@@ -255,4 +256,25 @@ func (s *Sandboxes) PruneMetrics(ctx context.Context, before time.Time) (int64, 
 		return 0, fmt.Errorf("prune metrics: %w", err)
 	}
 	return n, nil
+}
+
+// TeamStateCount is how many sandboxes of a team are in a state.
+type TeamStateCount struct {
+	Team  string // wire ID
+	State string
+	N     int64
+}
+
+// CountByTeamState counts the sandboxes that are not stopped by team and
+// state (the Prometheus gauge, read from the table at scrape time).
+func (s *Sandboxes) CountByTeamState(ctx context.Context) ([]TeamStateCount, error) {
+	rows, err := s.st.Queries().CountSandboxesByTeamState(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("count sandboxes: %w", err)
+	}
+	out := make([]TeamStateCount, len(rows))
+	for i, r := range rows {
+		out[i] = TeamStateCount{Team: wireid.Format(wireid.Team, r.TeamID), State: r.State, N: r.N}
+	}
+	return out, nil
 }

@@ -25,6 +25,9 @@ type Querier interface {
 	// running and still past its deadline at now (activity since the listing,
 	// or another replica's reaper, make it no row).
 	ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandboxParams) (Sandbox, error)
+	// Sandboxes by team and state, stopped ones left out (Prometheus, at
+	// scrape time).
+	CountSandboxesByTeamState(ctx context.Context) ([]CountSandboxesByTeamStateRow, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).

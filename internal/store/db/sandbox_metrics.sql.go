@@ -12,6 +12,41 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const countSandboxesByTeamState = `-- name: CountSandboxesByTeamState :many
+SELECT team_id, state, count(*)::bigint AS n
+FROM sandboxes WHERE state <> 'stopped'
+GROUP BY team_id, state
+ORDER BY team_id, state
+`
+
+type CountSandboxesByTeamStateRow struct {
+	TeamID pgtype.UUID `json:"team_id"`
+	State  string      `json:"state"`
+	N      int64       `json:"n"`
+}
+
+// Sandboxes by team and state, stopped ones left out (Prometheus, at
+// scrape time).
+func (q *Queries) CountSandboxesByTeamState(ctx context.Context) ([]CountSandboxesByTeamStateRow, error) {
+	rows, err := q.db.Query(ctx, countSandboxesByTeamState)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []CountSandboxesByTeamStateRow{}
+	for rows.Next() {
+		var i CountSandboxesByTeamStateRow
+		if err := rows.Scan(&i.TeamID, &i.State, &i.N); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const deleteSandboxMetricsExcept = `-- name: DeleteSandboxMetricsExcept :exec
 DELETE FROM sandbox_metrics WHERE sandbox_id = $1 AND tier <> $2
 `
