@@ -27,7 +27,7 @@ type rule struct {
 
 var (
 	controlPlane = []string{"internal/controlplane", "internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
-		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid"}
+		"internal/store", "internal/auth", "internal/agentclient", "internal/wireid", "internal/telemetry"}
 	// testSupport are the test helpers, which link testing (and, for
 	// hosttest, real host code) by design.
 	testSupport = []string{"internal/service/servicetest", "internal/hosttest",
