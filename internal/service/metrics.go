@@ -27,7 +27,7 @@ type Metric struct {
 // stored while it is paused. The window is clipped to the sandbox's life,
 // so a window before it existed has no sample. Its length picks the tier
 // (up to 10 min: every 0.5 s; up to 2 h: 30 s means; longer: 5 min means),
-// and a coarser one when that has nothing there. A stopped, failed or lost
+// then a coarser one, then a finer one, when that has nothing there. A stopped, failed or lost
 // sandbox is not found. Reading is not activity: it does not push the
 // sandbox's TTL.
 func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, start, end time.Time) ([]Metric, error) {
@@ -45,12 +45,14 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, st
 	if end.Before(start) {
 		return []Metric{}, nil
 	}
+	// The tier that fits the window, then the coarser ones, then the
+	// finer ones (a sandbox with only part of its history somewhere).
 	tiers := []string{MetricTier10m, MetricTier2h, MetricTier24h}
 	switch d := end.Sub(start); {
 	case d > 2*time.Hour:
-		tiers = tiers[2:]
+		tiers = []string{MetricTier24h, MetricTier2h, MetricTier10m}
 	case d > 10*time.Minute:
-		tiers = tiers[1:]
+		tiers = []string{MetricTier2h, MetricTier24h, MetricTier10m}
 	}
 	var pts []MetricPoint
 	for _, tier := range tiers {
