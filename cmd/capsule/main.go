@@ -26,6 +26,7 @@ commands:
   bench envd    measure envd on this host (prints JSON)
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
+  bench metrics measure the metrics sampler's CPU and the metrics endpoint (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   image         build, list and remove template images (capsule image help)
   version       print versions
@@ -111,6 +112,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchAPI(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "metrics":
+		o, err := parseBenchMetricsFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchMetrics(ctx, o)
 		if err != nil {
 			return err
 		}
