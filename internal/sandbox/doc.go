@@ -44,6 +44,11 @@
 // in error. Access tokens and environment variables are sealed at rest
 // with a key of the manager's (seal.go).
 //
+// Metrics: one sampler (package sandbox/metrics) samples every running
+// sandbox every 0.5 s into the sandbox's three-tier history, which lives
+// as long as the sandbox on this host (across pauses); Manager.Metrics
+// returns it (metrics.go).
+//
 // Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
 // ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)
 // (errors.Is) so that the API edge can map them to statuses.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,26 +140,25 @@ func TestSamplerReadsTheProcess(t *testing.T) {
 		}
 	})
 	t.Run("a busy process shows its CPU", func(t *testing.T) {
-		stop := make(chan struct{})
-		defer close(stop)
+		// The figure is the process' CPU time over the wall time between
+		// two samples: it must match what getrusage says of the same
+		// window (whatever share of a core the loaded host gives us).
+		var stop atomic.Bool
+		defer stop.Store(true)
 		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for !stop.Load() { // burn CPU
 			}
 		}()
-		deadline := time.Now().Add(10 * time.Second)
-		var p Point
-		for time.Now().Before(deadline) {
-			time.Sleep(200 * time.Millisecond) // a CPU share needs wall time to show
-			if p = sample(); p.CPUPct > 50 {
-				return
-			}
+		cpu0, wall0 := selfCPU(), time.Now()
+		s.SampleAll(wall0)
+		time.Sleep(time.Second) // a CPU share needs wall time to show
+		cpu1, wall1 := selfCPU(), time.Now()
+		s.SampleAll(wall1)
+		p, _ := series.Last()
+		want := 100 * (cpu1 - cpu0).Seconds() / wall1.Sub(wall0).Seconds()
+		if p.CPUPct < 5 || p.CPUPct < want-10 || p.CPUPct > want+10 {
+			t.Errorf("CPU %.1f%%, getrusage says %.1f%% over the same second", p.CPUPct, want)
 		}
-		t.Errorf("CPU stayed at %.1f%% with a goroutine spinning", p.CPUPct)
 	})
 	t.Run("a removed target is no longer sampled", func(t *testing.T) {
 		n := len(series.Points(nil, Tier10m, time.Time{}, time.Time{}))
@@ -195,4 +195,10 @@ func TestSampleAllocatesNothing(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("a round over one sandbox allocates %v times, want 0", allocs)
 	}
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
