@@ -117,7 +117,7 @@ func (b *apiBench) storedHistories(ctx context.Context, n int) (string, error) {
 					INSERT INTO sandbox_metrics (sandbox_id, tier, ts, cpu_pct, mem_rss_bytes, mem_pss_bytes, disk_used_bytes,
 					  guest_cpu_count, guest_cpu_pct, guest_mem_used_bytes, guest_mem_total_bytes, guest_mem_cache_bytes,
 					  guest_disk_used_bytes, guest_disk_total_bytes)
-					SELECT $1, $2, now() - make_interval(secs => g * $3), random() * 100, 300 << 20, 250 << 20, 20 << 20,
+					SELECT $1, $2, now() - make_interval(secs => g * $3::float8), random() * 100, 300 << 20, 250 << 20, 20 << 20,
 					  1, random() * 100, 100 << 20, 230 << 20, 50 << 20, 30 << 20, 1 << 30
 					FROM generate_series(1, $4) AS g`, row.ID, t.tier, t.stepS, t.n); err != nil {
 					return err
