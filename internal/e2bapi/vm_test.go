@@ -3,9 +3,9 @@ package e2bapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
