@@ -113,13 +113,14 @@ func (b *apiBench) storedHistories(ctx context.Context, n int) (string, error) {
 				n     int
 				stepS float64
 			}{{service.MetricTier10m, 1200, 0.5}, {service.MetricTier2h, 240, 30}, {service.MetricTier24h, 288, 300}} {
-				if _, err := pool.Exec(ctx, `
+				if _, err := pool.Exec(ctx, fmt.Sprintf(`
 					INSERT INTO sandbox_metrics (sandbox_id, tier, ts, cpu_pct, mem_rss_bytes, mem_pss_bytes, disk_used_bytes,
 					  guest_cpu_count, guest_cpu_pct, guest_mem_used_bytes, guest_mem_total_bytes, guest_mem_cache_bytes,
 					  guest_disk_used_bytes, guest_disk_total_bytes)
-					SELECT $1, $2, now() - make_interval(secs => g * $3::float8), random() * 100, 300 << 20, 250 << 20, 20 << 20,
+					SELECT $1, $2, date_trunc('second', now()) - make_interval(secs => g * %g), random() * 100, 300 << 20, 250 << 20, 20 << 20,
 					  1, random() * 100, 100 << 20, 230 << 20, 50 << 20, 30 << 20, 1 << 30
-					FROM generate_series(1, $4) AS g`, row.ID, t.tier, t.stepS, t.n); err != nil {
+					FROM generate_series(1, %d) AS g
+					ON CONFLICT DO NOTHING`, t.stepS, t.n), row.ID, t.tier); err != nil {
 					return err
 				}
 			}

@@ -34,6 +34,10 @@ type Target struct {
 type Config struct {
 	// Interval between samples (default 500 ms, tier 0's step).
 	Interval time.Duration
+	// PSSEvery is how often a sandbox's PSS is read (smaps_rollup walks
+	// the VMM's page tables: too costly for every sample); samples in
+	// between carry the last reading. Default 30 s (tier 1's step).
+	PSSEvery time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	Log *slog.Logger
@@ -67,6 +71,9 @@ type target struct {
 
 	prevTicks uint64
 	prevAt    time.Time
+	// pss is the last PSS reading, taken at pssAt.
+	pss   int64
+	pssAt time.Time
 
 	guestBusy atomic.Bool
 	guest     atomic.Pointer[guestReading]
@@ -82,6 +89,9 @@ type guestReading struct {
 func New(cfg Config) *Sampler {
 	if cfg.Interval <= 0 {
 		cfg.Interval = Tiers[Tier10m].Step
+	}
+	if cfg.PSSEvery <= 0 {
+		cfg.PSSEvery = Tiers[Tier2h].Step
 	}
 	s := &Sampler{cfg: cfg, now: cfg.Now, log: cfg.Log, targets: map[string]*target{}}
 	if s.now == nil {
@@ -205,8 +215,13 @@ func (s *Sampler) sample(t *target, now time.Time) {
 	p := Point{TS: now}
 	ticks, err := t.p.cpuTicks()
 	if err == nil {
-		p.MemRSS, p.MemPSS, err = t.p.memory()
+		p.MemRSS, err = t.p.rss()
 	}
+	if err == nil && (t.pssAt.IsZero() || now.Sub(t.pssAt) >= s.cfg.PSSEvery || now.Before(t.pssAt)) {
+		_, t.pss, err = t.p.memory()
+		t.pssAt = now
+	}
+	p.MemPSS = t.pss
 	if err == nil {
 		p.DiskUsed, err = t.p.diskBytes()
 	}

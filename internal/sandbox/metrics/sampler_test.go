@@ -81,7 +81,7 @@ func TestSamplerReadsTheProcess(t *testing.T) {
 		return &envdapi.Metrics{CPUCount: 2, CPUUsedPct: 12.5, MemUsed: 64 << 20, MemTotal: 256 << 20, DiskUsed: 1 << 20, DiskTotal: 1 << 30}, nil
 	}
 	series := NewSeries()
-	s := New(Config{})
+	s := New(Config{PSSEvery: time.Nanosecond}) // PSS read at every sample here
 	if err := s.Add(Target{ID: "self", PID: os.Getpid(), Disks: []string{overlay}, Guest: guest, Series: series}); err != nil {
 		t.Fatal(err)
 	}
@@ -201,4 +201,75 @@ func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestParseStatm(t *testing.T) {
+	page := int64(os.Getpagesize())
+	for _, c := range []struct {
+		name string
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"kernel format", "12345 678 90 1 0 2 0\n", 678 * page, true},
+		{"one field", "12345", 0, false},
+		{"malformed", "1 x 3", 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := parseStatm([]byte(c.in))
+			if (err == nil) != c.ok || got != c.want {
+				t.Errorf("parseStatm = %d, %v; want %d, ok %v", got, err, c.want, c.ok)
+			}
+		})
+	}
+}
+
+// TestPSSIsReadEveryPSSEvery: PSS (smaps_rollup, costly) is read at the
+// first sample and then once per PSSEvery of the injected clock; the
+// samples in between carry it, RSS is read every time.
+func TestPSSIsReadEveryPSSEvery(t *testing.T) {
+	s := New(Config{PSSEvery: 30 * time.Second})
+	series := NewSeries()
+	if err := s.Add(Target{ID: "self", PID: os.Getpid(), Series: series}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Remove("self")
+	var keep [][]byte
+	steps := []struct {
+		name    string
+		at      time.Duration
+		allocMB int
+		fresh   bool
+	}{
+		{"first sample reads PSS", 0, 0, true},
+		{"10 s later: carried", 10 * time.Second, 32, false},
+		{"29.5 s later: carried", 29500 * time.Millisecond, 0, false},
+		{"30 s later: read again", 30 * time.Second, 0, true},
+		{"31 s later: carried", 31 * time.Second, 32, false},
+	}
+	var last Point
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			if st.allocMB > 0 {
+				b := make([]byte, st.allocMB<<20)
+				for i := 0; i < len(b); i += 4096 {
+					b[i] = 1
+				}
+				keep = append(keep, b)
+			}
+			s.SampleAll(t0.Add(st.at))
+			p, _ := series.Last()
+			if !st.fresh && p.MemPSS != last.MemPSS {
+				t.Errorf("PSS changed to %d between readings (was %d)", p.MemPSS, last.MemPSS)
+			}
+			if st.fresh && st.at > 0 && p.MemPSS-last.MemPSS < 24<<20 {
+				t.Errorf("PSS %d → %d after 32 MiB allocated: not read again", last.MemPSS, p.MemPSS)
+			}
+			if st.allocMB > 0 && p.MemRSS-last.MemRSS < int64(st.allocMB-8)<<20 {
+				t.Errorf("RSS %d → %d after %d MiB: RSS must be read at every sample", last.MemRSS, p.MemRSS, st.allocMB)
+			}
+			last = p
+		})
+	}
+	runtime.KeepAlive(keep)
 }
