@@ -79,7 +79,8 @@
 //     paused) within start..end (unix seconds; defaults: its creation and
 //     now), clipped to its life — a window before it existed has no
 //     sample; up to 10 min every 0.5 s, up to 2 h 30 s means, beyond 5 min
-//     means. The guest's figures when envd answered, else the host's.
+//     means. Only samples with the guest's figures (envd answered) are
+//     served: E2B's metrics are the guest's view.
 //     GET /sandboxes/metrics?sandbox_ids=a,b (≤ 100) maps each sandbox to
 //     its sample of the last 10 s; unknown IDs and sandboxes without one
 //     are left out.

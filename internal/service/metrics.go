@@ -27,6 +27,8 @@ type Metric struct {
 // stored while it is paused. The window is clipped to the sandbox's life,
 // so a window before it existed has no sample. Its length picks the tier
 // (up to 10 min: every 0.5 s; up to 2 h: 30 s means; longer: 5 min means),
+// whose points with the guest's figures are answered (E2B's metrics are
+// the guest's view; a sample whose envd read failed is left out),
 // then a coarser one, then a finer one, when that has nothing there. A stopped, failed or lost
 // sandbox is not found. Reading is not activity: it does not push the
 // sandbox's TTL.
@@ -63,24 +65,14 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, st
 			break
 		}
 	}
-	out := make([]Metric, len(pts))
-	for i, pt := range pts {
-		out[i] = e2bMetric(row, pt)
+	out := make([]Metric, 0, len(pts))
+	for _, pt := range pts {
+		if g := pt.Guest; g != nil {
+			out = append(out, Metric{Timestamp: pt.Timestamp, CPUCount: g.CPUCount, CPUUsedPct: g.CPUPct,
+				MemUsed: g.MemUsed, MemTotal: g.MemTotal, MemCache: g.MemCache, DiskUsed: g.DiskUsed, DiskTotal: g.DiskTotal})
+		}
 	}
 	return out, nil
-}
-
-// e2bMetric is a point as the guest sees it: envd's figures, or, when
-// envd did not answer, the host's (the VMM's CPU spread over the vCPUs,
-// its RSS as memory used, the overlay's blocks as disk used).
-func e2bMetric(row db.Sandbox, p MetricPoint) Metric {
-	if g := p.Guest; g != nil {
-		return Metric{Timestamp: p.Timestamp, CPUCount: g.CPUCount, CPUUsedPct: g.CPUPct,
-			MemUsed: g.MemUsed, MemTotal: g.MemTotal, MemCache: g.MemCache, DiskUsed: g.DiskUsed, DiskTotal: g.DiskTotal}
-	}
-	vcpus := max(row.VCPUs, 1)
-	return Metric{Timestamp: p.Timestamp, CPUCount: vcpus, CPUUsedPct: min(p.CPUPct/float64(vcpus), 100),
-		MemUsed: p.MemRSS, MemTotal: int64(row.MemoryMB) << 20, DiskUsed: p.DiskUsed, DiskTotal: int64(row.DiskMB) << 20}
 }
 
 // Refresh keeps a running sandbox of p's team alive: its deadline moves to
