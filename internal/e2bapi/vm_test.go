@@ -102,10 +102,17 @@ func TestE2BFlowRealVM(t *testing.T) {
 	}
 	e.do(t, "GET", "/sandboxes/"+a.SandboxID, keyB, nil).expect(t, 404, nil)
 
-	// Metrics, one and many.
-	r = e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil)
+	// Metrics, one and many: the host samples every 0.5 s, the guest's
+	// figures come with the sample after envd answered.
 	var ms []metricJSON
-	r.expect(t, 200, &ms)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		r = e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil)
+		r.expect(t, 200, &ms)
+		if len(ms) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond) // the next sample
+	}
 	var raws []json.RawMessage
 	_ = json.Unmarshal(r.body, &raws)
 	if len(ms) < 1 {
