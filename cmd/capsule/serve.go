@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capsulehq/capsule/internal/agent"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -79,6 +80,8 @@ var serveEnv = map[string]string{
 	"domain":               "CAPSULE_DOMAIN",
 	"signup":               "CAPSULE_SIGNUP",
 	"trusted-proxies":      "CAPSULE_TRUSTED_PROXIES",
+	"metrics-listen":       "CAPSULE_METRICS_LISTEN",
+	"metrics-token":        "CAPSULE_METRICS_TOKEN",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -87,7 +90,11 @@ const defaultConfigFile = "/etc/capsule/capsule.yaml"
 
 type serveOptions struct {
 	hostOptions
-	listen string
+	metricsOptions
+	// onAgent, when set, receives the embedded agent (its Prometheus
+	// collector joins the control plane's).
+	onAgent func(*agent.Agent)
+	listen  string
 	// sandboxListen is the address of the sandbox traffic listener: the
 	// proxy alone, never on the API's origin.
 	sandboxListen         string
@@ -174,6 +181,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
 	fs.StringVar(&o.signup, "signup", string(service.SignupInvite), "who may sign up: open (anyone), invite (with a team invitation from an owner or admin), closed (nobody; the platform admin is still created on first start) [CAPSULE_SIGNUP]")
 	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of the reverse proxies in front of the API; their X-Forwarded-For gives the client address that rate limits see (empty: none is trusted) [CAPSULE_TRUSTED_PROXIES]")
+	o.metricsOptions.register(fs, "CAPSULE_")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -214,6 +222,9 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 				return nil, fmt.Errorf("serve: %s=%q: %w", env, v, err)
 			}
 		}
+	}
+	if err := o.metricsOptions.check(fs); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
 	}
 	if o.sandboxListen == o.listen {
 		return nil, fmt.Errorf("serve: -sandbox-listen %q is the API's address: sandbox traffic needs its own listener", o.sandboxListen)
@@ -316,6 +327,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 	}
 
 	// The embedded host agent, reached over loopback like a remote one.
+	var embedded *agent.Agent
+	o.onAgent = func(a *agent.Agent) { embedded = a }
 	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, o, log)
 	if err != nil {
 		return err
@@ -356,8 +369,23 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err := cp.Start(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
+	// Prometheus: the control plane's metrics and the embedded agent's,
+	// on the private listener and, with a scrape token, the API's.
+	if embedded != nil {
+		cp.Telemetry.Registry.MustRegister(embedded.Collector())
+	}
+	metrics := cp.MetricsHandler(o.metricsToken)
+	stopMetrics, err := o.serveMetrics(ctx, metrics, log)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer stopMetrics()
+	apiHandler := cp.APIHandler()
+	if o.metricsToken != "" {
+		apiHandler = withMetrics(apiHandler, metrics)
+	}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	srv := &http.Server{Handler: cp.APIHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	srv := &http.Server{Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
 	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
@@ -433,6 +461,9 @@ func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) 
 	if err != nil {
 		host.stop()
 		return "", "", nil, fmt.Errorf("serve: embedded agent: %w", err)
+	}
+	if o.onAgent != nil {
+		o.onAgent(sa.agent)
 	}
 	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+sa.addr.String(), "accel", host.driver.Accel())
 	stop = func() {

@@ -400,6 +400,9 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"HostHeartbeat", hostapi.Heartbeat{}, false},
 		{"HostHeartbeatResponse", hostapi.HeartbeatResponse{}, true},
 		{"HostResources", hostapi.Resources{}, true},
+		{"SandboxMetricSeries", metricSeriesJSON{}, true},
+		{"SandboxMetricPoint", metricPointJSON{}, true},
+		{"SandboxGuestMetric", guestMetricJSON{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

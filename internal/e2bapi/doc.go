@@ -76,11 +76,16 @@
 //     sandbox as it was created to.
 //   - Pause: 204; already paused (or pausing) 409, which the SDK reads as
 //     false. Resume (deprecated): 201 with a Sandbox, 409 unless paused.
-//   - Metrics: one sample taken now by the guest's envd through the host
-//     agent (GetSandboxMetrics) for a running sandbox; [] while it is
-//     paused or in transition. GET /sandboxes/metrics?sandbox_ids=a,b (≤
-//     100) maps each running sandbox to its sample; unknown IDs are left
-//     out. start/end are ignored (there is no history).
+//   - Metrics: the sandbox's metrics history (service.Sandboxes.Metrics:
+//     live from the host agent while it runs, stored at its pause while
+//     paused) within start..end (unix seconds; defaults: its creation and
+//     now), clipped to its life — a window before it existed has no
+//     sample; up to 10 min every 0.5 s, up to 2 h 30 s means, beyond 5 min
+//     means. Only samples with the guest's figures (envd answered) are
+//     served: E2B's metrics are the guest's view.
+//     GET /sandboxes/metrics?sandbox_ids=a,b (≤ 100) maps each sandbox to
+//     its sample of the last 10 s; unknown IDs and sandboxes without one
+//     are left out.
 //   - Snapshots: POST /sandboxes/{id}/snapshots makes a snapshot template
 //     of a running sandbox (it keeps running); snapshotID is its name
 //     (usable as templateID; a name given again is taken over by the new

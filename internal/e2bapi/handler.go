@@ -37,7 +37,10 @@ type Config struct {
 	// empty); it may end in the sandbox listener's :PORT, which the SDK's
 	// getHost then carries. E2B's own domains are refused.
 	Domain string
-	Log    *slog.Logger
+	// Instrument, when set, wraps each route's handler with the pattern
+	// it is registered with (Prometheus, package telemetry).
+	Instrument func(pattern string, h http.Handler) http.Handler
+	Log        *slog.Logger
 }
 
 // Handler serves E2B's control-plane paths.
@@ -138,6 +141,9 @@ func (h *Handler) register() {
 
 func (h *Handler) handle(pattern string, hd http.Handler) {
 	h.routes = append(h.routes, pattern)
+	if h.cfg.Instrument != nil {
+		hd = h.cfg.Instrument(pattern, hd)
+	}
 	h.mux.Handle(pattern, hd)
 }
 

@@ -28,6 +28,7 @@ var (
 	APIDiskPool         = pool("cdh", 172)
 	ServiceChainPool    = pool("cch", 174)  // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176)  // internal/service: a full data disk
+	ServiceMetricsPool  = pool("cmx", 214)  // internal/service: the metrics history
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
@@ -44,7 +45,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
-	EgressPool}
+	EgressPool, ServiceMetricsPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -25,6 +25,7 @@ import (
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	// per machine shape, so that creates restore instead of booting
 	// (warm.go).
 	WarmImages bool
+	// MetricsInterval is the sampling interval of the running sandboxes'
+	// metrics (default 500 ms; metrics.go).
+	MetricsInterval time.Duration
 	// ConsoleLogMax caps each sandbox's console log (console.log in its
 	// directory, rotated into console.log.1); 0 means
 	// vmm.DefaultConsoleLogMax.
@@ -90,6 +94,9 @@ type Manager struct {
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
 	warm       *warmer
+
+	sampler     *metrics.Sampler
+	stopSampler func()
 }
 
 // box is one sandbox: its persisted record and, while it runs, its machine.
@@ -103,6 +110,8 @@ type box struct {
 	client     *envdclient.Client
 	lastActive time.Time
 	gone       bool // destroyed; the entry is being removed
+	// series is the sandbox's metrics history (metrics.go).
+	series *metrics.Series
 }
 
 // New creates a Manager and recovers the sandboxes found in DataDir.
@@ -154,7 +163,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("sandbox: secrets key: %w", err)
 	}
 	m.key = key
+	m.startSampler()
 	if err := m.recover(ctx); err != nil {
+		m.stopSampler()
 		return nil, err
 	}
 	// Warm-up sandboxes a crashed manager left are of no use.
@@ -451,7 +462,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
-	go m.watchMachine(b, machine)
+	m.running(b, machine)
 	return nil
 }
 
@@ -543,6 +554,7 @@ func (m *Manager) stopLocked(ctx context.Context, b *box, reason string) {
 	b.rec.State, b.rec.StateReason, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StateStopped, reason, 0, 0, ""
 	rec := *b.rec
 	b.mu.Unlock()
+	m.sampler.Remove(rec.ID)
 	if machine != nil {
 		_ = machine.Kill(ctx)
 		m.release(&rec, false)

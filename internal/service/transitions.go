@@ -33,8 +33,12 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	if err != nil {
 		return err
 	}
-	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)}))
+	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 		return agentError(err, "destroy")
+	}
+	if dr != nil {
+		s.storeMetrics(ctx, id, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
 	}
 	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("persist stopped: %w", err)
@@ -138,6 +142,7 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 			if err != nil {
 				return nil, err
 			}
+			s.storeMetrics(ctx, id, r.Msg.GetMetrics(), "")
 			return r.Msg.GetSandbox(), nil
 		}, "pause")
 }

@@ -131,12 +131,20 @@ type Sandbox struct {
 }
 
 type SandboxMetric struct {
-	SandboxID pgtype.UUID `json:"sandbox_id"`
-	Tier      string      `json:"tier"`
-	Ts        time.Time   `json:"ts"`
-	CpuPct    float64     `json:"cpu_pct"`
-	MemBytes  int64       `json:"mem_bytes"`
-	DiskBytes int64       `json:"disk_bytes"`
+	SandboxID           pgtype.UUID   `json:"sandbox_id"`
+	Tier                string        `json:"tier"`
+	Ts                  time.Time     `json:"ts"`
+	CpuPct              float64       `json:"cpu_pct"`
+	MemRssBytes         int64         `json:"mem_rss_bytes"`
+	DiskUsedBytes       int64         `json:"disk_used_bytes"`
+	MemPssBytes         int64         `json:"mem_pss_bytes"`
+	GuestCpuCount       pgtype.Int4   `json:"guest_cpu_count"`
+	GuestCpuPct         pgtype.Float8 `json:"guest_cpu_pct"`
+	GuestMemUsedBytes   pgtype.Int8   `json:"guest_mem_used_bytes"`
+	GuestMemTotalBytes  pgtype.Int8   `json:"guest_mem_total_bytes"`
+	GuestMemCacheBytes  pgtype.Int8   `json:"guest_mem_cache_bytes"`
+	GuestDiskUsedBytes  pgtype.Int8   `json:"guest_disk_used_bytes"`
+	GuestDiskTotalBytes pgtype.Int8   `json:"guest_disk_total_bytes"`
 }
 
 type SandboxMetricsSnapshot struct {

@@ -6,6 +6,7 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -45,6 +46,9 @@ type Querier interface {
 	// address (the declared one) is left alone. registered_at is the service's
 	// clock (the access tokens' iat is compared with it).
 	CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error)
+	// Sandboxes by team and state, stopped ones left out (Prometheus, at
+	// scrape time).
+	CountSandboxesByTeamState(ctx context.Context) ([]CountSandboxesByTeamStateRow, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
@@ -70,6 +74,9 @@ type Querier interface {
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
+	// Drops a sandbox's tiers other than keep_tier (a destroyed sandbox keeps
+	// its 24 h tier only).
+	DeleteSandboxMetricsExcept(ctx context.Context, arg DeleteSandboxMetricsExceptParams) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
@@ -145,6 +152,9 @@ type Querier interface {
 	// A team's invitations, newest first (redeemed and expired ones included).
 	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
+	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
+	// first: one range scan of the primary key.
+	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
 	// next page. states empty: any state; metadata NULL: any metadata, else the
@@ -202,6 +212,8 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// Retention: drops every point older than before.
+	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
 	// A heartbeat: pending and unreachable hosts become online, draining and
 	// offline stay as they are.
 	RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error)
@@ -277,6 +289,11 @@ type Querier interface {
 	UpdateUserName(ctx context.Context, arg UpdateUserNameParams) (User, error)
 	// A host holds (or just used) a template's files.
 	UpsertHostTemplate(ctx context.Context, arg UpsertHostTemplateParams) error
+	// Stores points of one tier of a sandbox (arrays of equal length, one
+	// element per point); a point already stored at the same time is replaced
+	// (the newest point of a coarse tier is its open bucket, whose mean moves
+	// until it closes). has_guest false: the guest_ columns stay NULL.
+	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)

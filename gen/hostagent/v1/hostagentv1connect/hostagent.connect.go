@@ -166,9 +166,17 @@ type HostAgentClient interface {
 	// a paused or stopped one when it runs again. InvalidArgument for rules
 	// that do not parse, NotFound for an unknown sandbox.
 	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
-	// GetSandboxMetrics samples a running sandbox's resource use, as its
-	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// GetSandboxMetrics returns a sandbox's metrics history on this host
+	// (revision 6: the points of one tier, optionally within [from, to])
+	// and its latest guest sample (revision 3). The history of a paused
+	// sandbox stays readable here; the latest guest sample needs it
+	// running (metrics is then absent). NotFound for an unknown sandbox.
 	// It does not count as activity.
+	//
+	// Flushes. The host keeps the history in memory only. What the control
+	// plane must keep comes with the answers of the calls that end a
+	// sampling period, so nothing is lost between two calls: PauseSandbox's
+	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
@@ -571,9 +579,17 @@ type HostAgentHandler interface {
 	// a paused or stopped one when it runs again. InvalidArgument for rules
 	// that do not parse, NotFound for an unknown sandbox.
 	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
-	// GetSandboxMetrics samples a running sandbox's resource use, as its
-	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// GetSandboxMetrics returns a sandbox's metrics history on this host
+	// (revision 6: the points of one tier, optionally within [from, to])
+	// and its latest guest sample (revision 3). The history of a paused
+	// sandbox stays readable here; the latest guest sample needs it
+	// running (metrics is then absent). NotFound for an unknown sandbox.
 	// It does not count as activity.
+	//
+	// Flushes. The host keeps the history in memory only. What the control
+	// plane must keep comes with the answers of the calls that end a
+	// sampling period, so nothing is lost between two calls: PauseSandbox's
+	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
