@@ -188,6 +188,7 @@ type Querier interface {
 	// ListSchedulingCandidates.
 	LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error)
 	LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error)
+	LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) (HostRefreshToken, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.
@@ -196,6 +197,9 @@ type Querier interface {
 	// checks and owner-invariant checks of one team.
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	LockUser(ctx context.Context, id pgtype.UUID) (User, error)
+	// A heartbeat with the access token access_token_id: the live refresh
+	// token issued with it is used, which ends its predecessor's grace.
+	MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefreshTokenUsedParams) error
 	// A host stopped answering: its live sandboxes become missing (reversible).
 	MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSandboxesMissingParams) ([]pgtype.UUID, error)
 	// Final state, from any other state; no deadline, no envd.
@@ -212,6 +216,9 @@ type Querier interface {
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
+	// The grace of a rotated token is spent: it was accepted once more, and
+	// its successor is now next.
+	ReplayHostRefreshToken(ctx context.Context, arg ReplayHostRefreshTokenParams) error
 	// An auto-pause the host refused: back to running with one more failure
 	// and the deadline moved to retry_at (the reaper's back-off).
 	RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error)
