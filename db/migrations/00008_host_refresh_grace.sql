@@ -9,17 +9,19 @@
 --     heartbeat with that access token). Its predecessor is then past its
 --     grace. (A refresh with the token itself revokes it, which ends the
 --     grace too.)
---   * replayed_at: this (revoked) token was accepted once more, its grace
---     is spent; presented again it is a reuse and revokes the family.
+--   * grace_spent_at: this revoked token has no grace (left): it was
+--     accepted once more already, or it was the unused successor a replay
+--     of its predecessor replaced. Presented again it is a reuse and
+--     revokes the family.
 
 -- +goose Up
 ALTER TABLE host_refresh_tokens
   ADD COLUMN access_token_id text NOT NULL DEFAULT '',
   ADD COLUMN used_at         timestamptz,
-  ADD COLUMN replayed_at     timestamptz;
+  ADD COLUMN grace_spent_at  timestamptz;
 
 -- +goose Down
 ALTER TABLE host_refresh_tokens
-  DROP COLUMN IF EXISTS replayed_at,
+  DROP COLUMN IF EXISTS grace_spent_at,
   DROP COLUMN IF EXISTS used_at,
   DROP COLUMN IF EXISTS access_token_id;

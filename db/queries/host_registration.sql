@@ -99,11 +99,11 @@ WHERE id = @id AND revoked_at IS NULL;
 -- name: LockHostRefreshTokenByID :one
 SELECT * FROM host_refresh_tokens WHERE id = @id FOR UPDATE;
 
--- name: ReplayHostRefreshToken :exec
--- The grace of a rotated token is spent: it was accepted once more, and
--- its successor is now next.
-UPDATE host_refresh_tokens SET replayed_at = now(), replaced_by = @replaced_by
-WHERE id = @id AND replayed_at IS NULL;
+-- name: SpendHostRefreshGrace :exec
+-- A revoked token has no grace (left): it was accepted once more, or it is
+-- the unused successor that replay replaced; next is its successor now.
+UPDATE host_refresh_tokens SET grace_spent_at = now(), replaced_by = @replaced_by
+WHERE id = @id AND grace_spent_at IS NULL;
 
 -- name: MarkHostRefreshTokenUsed :exec
 -- A heartbeat with the access token access_token_id: the live refresh

@@ -845,7 +845,7 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 // accepted; false means old is a reuse.
 func (h *Hosts) refreshGrace(ctx context.Context, q *db.Queries, row db.Host, old db.HostRefreshToken, next auth.OpaqueToken,
 	accessID string) (bool, error) {
-	if old.ReplayedAt.Valid || !old.ReplacedBy.Valid || !h.now().Before(old.ExpiresAt) {
+	if old.GraceSpentAt.Valid || !old.ReplacedBy.Valid || !h.now().Before(old.ExpiresAt) {
 		return false, nil
 	}
 	succ, err := q.LockHostRefreshTokenByID(ctx, old.ReplacedBy)
@@ -866,11 +866,15 @@ func (h *Hosts) refreshGrace(ctx context.Context, q *db.Queries, row db.Host, ol
 	if err != nil {
 		return false, fmt.Errorf("store the refresh token: %w", err)
 	}
+	// The successor is revoked without a grace of its own (whoever holds
+	// it now got it from an answer the agent lost), old's grace is spent.
 	if err := q.RevokeHostRefreshToken(ctx, db.RevokeHostRefreshTokenParams{ID: succ.ID, ReplacedBy: created.ID}); err != nil {
 		return false, fmt.Errorf("revoke the unused successor token: %w", err)
 	}
-	if err := q.ReplayHostRefreshToken(ctx, db.ReplayHostRefreshTokenParams{ID: old.ID, ReplacedBy: created.ID}); err != nil {
-		return false, fmt.Errorf("spend the token's grace: %w", err)
+	for _, id := range []pgtype.UUID{succ.ID, old.ID} {
+		if err := q.SpendHostRefreshGrace(ctx, db.SpendHostRefreshGraceParams{ID: id, ReplacedBy: created.ID}); err != nil {
+			return false, fmt.Errorf("spend the grace: %w", err)
+		}
 	}
 	h.log.InfoContext(ctx, "a rotated host refresh token was replayed before its successor was used: accepted once",
 		"host", HostID(row.ID))

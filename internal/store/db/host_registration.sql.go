@@ -189,7 +189,7 @@ func (q *Queries) GetUserIsAdmin(ctx context.Context, id pgtype.UUID) (bool, err
 const insertHostRefreshToken = `-- name: InsertHostRefreshToken :one
 INSERT INTO host_refresh_tokens (host_id, token_hash, expires_at, family_id, access_token_id)
 VALUES ($1, $2, $3, $4, $5)
-RETURNING id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, replayed_at
+RETURNING id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at
 `
 
 type InsertHostRefreshTokenParams struct {
@@ -220,7 +220,7 @@ func (q *Queries) InsertHostRefreshToken(ctx context.Context, arg InsertHostRefr
 		&i.FamilyID,
 		&i.AccessTokenID,
 		&i.UsedAt,
-		&i.ReplayedAt,
+		&i.GraceSpentAt,
 	)
 	return i, err
 }
@@ -474,7 +474,7 @@ func (q *Queries) LockHostByRegistrationToken(ctx context.Context, tokenHash []b
 }
 
 const lockHostRefreshToken = `-- name: LockHostRefreshToken :one
-SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, replayed_at FROM host_refresh_tokens WHERE token_hash = $1 FOR UPDATE
+SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at FROM host_refresh_tokens WHERE token_hash = $1 FOR UPDATE
 `
 
 func (q *Queries) LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error) {
@@ -491,13 +491,13 @@ func (q *Queries) LockHostRefreshToken(ctx context.Context, tokenHash []byte) (H
 		&i.FamilyID,
 		&i.AccessTokenID,
 		&i.UsedAt,
-		&i.ReplayedAt,
+		&i.GraceSpentAt,
 	)
 	return i, err
 }
 
 const lockHostRefreshTokenByID = `-- name: LockHostRefreshTokenByID :one
-SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, replayed_at FROM host_refresh_tokens WHERE id = $1 FOR UPDATE
+SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at FROM host_refresh_tokens WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) (HostRefreshToken, error) {
@@ -514,7 +514,7 @@ func (q *Queries) LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) 
 		&i.FamilyID,
 		&i.AccessTokenID,
 		&i.UsedAt,
-		&i.ReplayedAt,
+		&i.GraceSpentAt,
 	)
 	return i, err
 }
@@ -619,23 +619,6 @@ func (q *Queries) RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbe
 		&i.CreatedBy,
 	)
 	return i, err
-}
-
-const replayHostRefreshToken = `-- name: ReplayHostRefreshToken :exec
-UPDATE host_refresh_tokens SET replayed_at = now(), replaced_by = $1
-WHERE id = $2 AND replayed_at IS NULL
-`
-
-type ReplayHostRefreshTokenParams struct {
-	ReplacedBy pgtype.UUID `json:"replaced_by"`
-	ID         pgtype.UUID `json:"id"`
-}
-
-// The grace of a rotated token is spent: it was accepted once more, and
-// its successor is now next.
-func (q *Queries) ReplayHostRefreshToken(ctx context.Context, arg ReplayHostRefreshTokenParams) error {
-	_, err := q.db.Exec(ctx, replayHostRefreshToken, arg.ReplacedBy, arg.ID)
-	return err
 }
 
 const revokeHostRefreshFamily = `-- name: RevokeHostRefreshFamily :execrows
@@ -751,6 +734,23 @@ func (q *Queries) SetHostRegistrationToken(ctx context.Context, arg SetHostRegis
 		&i.CreatedBy,
 	)
 	return i, err
+}
+
+const spendHostRefreshGrace = `-- name: SpendHostRefreshGrace :exec
+UPDATE host_refresh_tokens SET grace_spent_at = now(), replaced_by = $1
+WHERE id = $2 AND grace_spent_at IS NULL
+`
+
+type SpendHostRefreshGraceParams struct {
+	ReplacedBy pgtype.UUID `json:"replaced_by"`
+	ID         pgtype.UUID `json:"id"`
+}
+
+// A revoked token has no grace (left): it was accepted once more, or it is
+// the unused successor that replay replaced; next is its successor now.
+func (q *Queries) SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error {
+	_, err := q.db.Exec(ctx, spendHostRefreshGrace, arg.ReplacedBy, arg.ID)
+	return err
 }
 
 const updateHostSettings = `-- name: UpdateHostSettings :one

@@ -70,7 +70,7 @@ type HostRefreshToken struct {
 	FamilyID      pgtype.UUID        `json:"family_id"`
 	AccessTokenID string             `json:"access_token_id"`
 	UsedAt        pgtype.Timestamptz `json:"used_at"`
-	ReplayedAt    pgtype.Timestamptz `json:"replayed_at"`
+	GraceSpentAt  pgtype.Timestamptz `json:"grace_spent_at"`
 }
 
 type HostTemplate struct {

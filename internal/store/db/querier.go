@@ -216,9 +216,6 @@ type Querier interface {
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
-	// The grace of a rotated token is spent: it was accepted once more, and
-	// its successor is now next.
-	ReplayHostRefreshToken(ctx context.Context, arg ReplayHostRefreshTokenParams) error
 	// An auto-pause the host refused: back to running with one more failure
 	// and the deadline moved to retry_at (the reaper's back-off).
 	RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error)
@@ -262,6 +259,9 @@ type Querier interface {
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error
 	// The slug stays reserved. The platform team cannot be deleted.
 	SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, error)
+	// A revoked token has no grace (left): it was accepted once more, or it is
+	// the unused successor that replay replaced; next is its successor now.
+	SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)
