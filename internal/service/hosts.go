@@ -45,12 +45,10 @@ type HostsConfig struct {
 	// CA issues the hosts' server certificates.
 	CA *pki.CA
 	// ClientCert is the control plane's client certificate for the agents
-	// (Resolve's endpoints); a new one from CA when nil.
+	// (Resolve's endpoints, which carry no bearer token: the agents
+	// authenticate the control plane by this certificate); a new one from
+	// CA when nil.
 	ClientCert *pki.ClientCert
-	// AgentToken is the bearer token Resolve's endpoints carry (the
-	// agents authenticate the control plane by its client certificate;
-	// agentclient requires a token all the same). "mtls" when empty.
-	AgentToken string
 	Audit      *Audit
 	// RegistrationTTL is the lifetime of a registration token
 	// (auth.DefaultHostRegistrationTTL when zero).
@@ -82,7 +80,6 @@ type Hosts struct {
 	agents     *agentclient.Pool
 	ca         *pki.CA
 	clientCert *pki.ClientCert
-	agentToken string
 	tokens     *auth.HostTokens
 	audit      *Audit
 	regTTL     time.Duration
@@ -95,16 +92,13 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 	if cfg.Store == nil || cfg.Agents == nil || cfg.CA == nil {
 		return nil, errors.New("service: hosts need a store, an agent pool and a CA")
 	}
-	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert, agentToken: cfg.AgentToken,
+	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert,
 		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, now: cfg.Now, log: cfg.Log}
 	if h.now == nil {
 		h.now = time.Now
 	}
 	if h.regTTL == 0 {
 		h.regTTL = auth.DefaultHostRegistrationTTL
-	}
-	if h.agentToken == "" {
-		h.agentToken = "mtls"
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -628,7 +622,7 @@ func (h *Hosts) Resolve(ctx context.Context, hostID string) (agentclient.Endpoin
 	if err != nil {
 		return agentclient.Endpoint{}, fmt.Errorf("get host: %w", err)
 	}
-	return agentclient.Endpoint{URL: "https://" + row.Address, Token: h.agentToken, TLS: h.AgentTLS()}, nil
+	return agentclient.Endpoint{URL: "https://" + row.Address, TLS: h.AgentTLS()}, nil
 }
 
 // AgentTLS is the TLS configuration of calls to agents: the internal CA
