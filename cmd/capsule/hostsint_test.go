@@ -89,6 +89,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 
 	dirs := newServeDirs(t)
 	dirs.pool = hosttest.HostsIntPool
+	top := t // the agent outlives the step that starts it
 	startAgent := func(t *testing.T, args ...string) *serveProc {
 		t.Helper()
 		p := &serveProc{t: t, log: &bytes.Buffer{}, done: make(chan struct{})}
@@ -103,7 +104,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() { p.err = p.cmd.Wait(); close(p.done) }()
-		t.Cleanup(p.stop)
+		top.Cleanup(p.stop)
 		return p
 	}
 	hostRow := func(t *testing.T) db.Host {
