@@ -36,9 +36,10 @@ import (
 // process with its own data directory and network pool
 // (hosttest.HostsIntPool). An administrator creates a host; the agent
 // registers with the token and comes online with its first heartbeat; the
-// control plane calls it over mutual TLS; the token is not reusable; the
-// agent restarts on its stored credentials; a forced delete makes its next
-// heartbeat a 404, whereupon it exits with exitHostDeleted.
+// control plane calls it over mutual TLS (and creates a sandbox there); the
+// token is not reusable; the agent restarts on its stored credentials with
+// its sandbox; a forced delete makes its next heartbeat a 404, whereupon it
+// destroys the sandbox and its credentials and exits with exitHostDeleted.
 func TestRegisteredAgentEndToEnd(t *testing.T) {
 	bin := serveBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -145,8 +146,27 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		return res.Msg, nil
 	}
 
+	// sandboxes lists the agent's sandboxes over mTLS.
+	sandboxes := func(t *testing.T) []string {
+		t.Helper()
+		c, err := cp.Agents.Get(ctx, hostID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := c.ListSandboxes(ctx, connect.NewRequest(&pb.ListSandboxesRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, sb := range res.Msg.GetSandboxes() {
+			ids = append(ids, sb.GetId())
+		}
+		return ids
+	}
+
 	var agent *serveProc
 	var registeredAt time.Time
+	var sandboxID string
 	if !testenv.Step(&t, "register and come online", func(t *testing.T) {
 		agent = startAgent(t, "--register", created.RegistrationToken)
 		waitFor(t, agent, "host online", func() bool { return hostRow(t).Status == "online" })
@@ -172,9 +192,21 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		if info.AgentVersion == "" || info.Vmm != "qemu" {
 			t.Fatalf("GetHostInfo = %v", info)
 		}
+		// A sandbox on the host, created over the same mTLS: the agent
+		// keeps it across its restart and destroys it when the host is
+		// deleted.
+		c, err := cp.Agents.Get(ctx, hostID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{Template: "minimal", AccessToken: "tok-hostsint"}))
+		if err != nil {
+			t.Fatalf("create a sandbox over mTLS: %v\n%s", err, agent.logText())
+		}
+		sandboxID = res.Msg.GetSandbox().GetId()
 		// Without the control plane's client certificate, and whatever the
 		// bearer token, the agent refuses.
-		c, err := agentclient.New(agentclient.Endpoint{URL: "https://" + addr, Token: "0123456789abcdef-any-token",
+		c, err = agentclient.New(agentclient.Endpoint{URL: "https://" + addr, Token: "0123456789abcdef-any-token",
 			TLS: &tls.Config{RootCAs: cp.Hosts.CA().Pool()}})
 		if err != nil {
 			t.Fatal(err)
@@ -212,6 +244,9 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		if row := hostRow(t); !row.RegisteredAt.Time.Equal(registeredAt) || row.Status != "online" {
 			t.Fatalf("after the restart: registered at %v (was %v), status %s", row.RegisteredAt.Time, registeredAt, row.Status)
 		}
+		if ids := sandboxes(t); len(ids) != 1 || ids[0] != sandboxID {
+			t.Fatalf("the restarted agent's sandboxes: %v, want [%s]", ids, sandboxID)
+		}
 	}) {
 		return
 	}
@@ -227,6 +262,16 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		}
 		if _, err := cp.Hosts.Get(ctx, admin, created.ID); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("the deleted host: %v", err)
+		}
+		// It destroyed its sandbox before it exited, and its credentials.
+		if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+sandboxID).Output(); len(out) > 0 {
+			t.Fatalf("the sandbox's VMM outlived the agent: %s", out)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), dirs.pool.Name+"-") {
+			t.Fatalf("network namespaces left: %s", out)
+		}
+		if _, err := os.Stat(filepath.Join(dirs.data, "agent", "credentials.json")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the deleted host's credentials: %v", err)
 		}
 	})
 }
