@@ -31,7 +31,7 @@ var (
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
-	HostsIntPool        = pool("chi", 190)  // cmd/capsule: a registered agent process and a real control plane
+	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
 )
 
 // reserved are ranges used outside the tests: `capsule bench` (its
