@@ -32,6 +32,7 @@ var (
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
+	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
 )
 
 // EgressPool is internal/sandbox's pool for egress rules in real sandboxes.
@@ -45,7 +46,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
-	EgressPool, ServiceMetricsPool}
+	EgressPool, ServiceMetricsPool, HostsIntPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

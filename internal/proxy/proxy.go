@@ -655,7 +655,11 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Del(HeaderAPIKey)
 	pr.Out.Header.Set(agentproxy.SandboxHeader, rt.route.SandboxID)
 	pr.Out.Header.Set(agentproxy.PortHeader, strconv.Itoa(rt.port))
-	pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	if rt.route.AgentToken != "" {
+		pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	} else {
+		pr.Out.Header.Del(agentproxy.TokenHeader) // mutual TLS: none of the client's
+	}
 	pr.Out.Header.Set(agentapi.RequestIDHeader, logctx.RequestID(pr.In.Context()))
 	pr.SetXForwarded()
 }

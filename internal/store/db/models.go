@@ -60,14 +60,17 @@ type Host struct {
 }
 
 type HostRefreshToken struct {
-	ID         pgtype.UUID        `json:"id"`
-	HostID     pgtype.UUID        `json:"host_id"`
-	TokenHash  []byte             `json:"token_hash"`
-	CreatedAt  time.Time          `json:"created_at"`
-	ExpiresAt  time.Time          `json:"expires_at"`
-	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
-	ReplacedBy pgtype.UUID        `json:"replaced_by"`
-	FamilyID   pgtype.UUID        `json:"family_id"`
+	ID            pgtype.UUID        `json:"id"`
+	HostID        pgtype.UUID        `json:"host_id"`
+	TokenHash     []byte             `json:"token_hash"`
+	CreatedAt     time.Time          `json:"created_at"`
+	ExpiresAt     time.Time          `json:"expires_at"`
+	RevokedAt     pgtype.Timestamptz `json:"revoked_at"`
+	ReplacedBy    pgtype.UUID        `json:"replaced_by"`
+	FamilyID      pgtype.UUID        `json:"family_id"`
+	AccessTokenID string             `json:"access_token_id"`
+	UsedAt        pgtype.Timestamptz `json:"used_at"`
+	GraceSpentAt  pgtype.Timestamptz `json:"grace_spent_at"`
 }
 
 type HostTemplate struct {

@@ -198,6 +198,7 @@ type Querier interface {
 	// ListSchedulingCandidates.
 	LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error)
 	LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error)
+	LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) (HostRefreshToken, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.
@@ -206,6 +207,9 @@ type Querier interface {
 	// checks and owner-invariant checks of one team.
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	LockUser(ctx context.Context, id pgtype.UUID) (User, error)
+	// A heartbeat with the access token access_token_id: the live refresh
+	// token issued with it is used, which ends its predecessor's grace.
+	MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefreshTokenUsedParams) error
 	// A host stopped answering: its live sandboxes become missing (reversible).
 	MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSandboxesMissingParams) ([]pgtype.UUID, error)
 	// Final state, from any other state; no deadline, no envd.
@@ -269,6 +273,9 @@ type Querier interface {
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error
 	// The slug stays reserved. The platform team cannot be deleted.
 	SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, error)
+	// A revoked token has no grace (left): it was accepted once more, or it is
+	// the unused successor that replay replaced; next is its successor now.
+	SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)
