@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/store"
@@ -27,7 +26,7 @@ type Metric struct {
 // none while it is starting, paused or in transition (there is no history
 // yet). A stopped, failed or lost sandbox is not found. Sampling is not
 // activity: it does not push the sandbox's TTL.
-func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID) ([]Metric, error) {
+func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id SandboxID) ([]Metric, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return nil, err
@@ -43,7 +42,7 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID) ([
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: ID(id)}))
+	resp, err := c.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: id.String()}))
 	if err != nil {
 		err = agentError(err, "metrics")
 		if errors.Is(err, ErrConflict) {
@@ -63,7 +62,7 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID) ([
 // at least now + sec (sec 0: now + its own timeout, as activity does); it
 // is never brought earlier. A sandbox that is not running is not found
 // (there is nothing to keep alive).
-func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, sec int32) (Sandbox, error) {
+func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id SandboxID, sec int32) (Sandbox, error) {
 	if sec < 0 || sec > maxTimeoutSec {
 		return Sandbox{}, errorf(ErrInvalid, "duration: 0 to %d seconds", maxTimeoutSec)
 	}
@@ -72,9 +71,9 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, se
 		err error
 	)
 	if sec == 0 {
-		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: id, TeamID: p.TeamID})
+		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: p.TeamID})
 	} else {
-		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: sec})
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: p.TeamID, TimeoutSec: sec})
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return Sandbox{}, errorf(ErrNotFound, "sandbox not found or not running")
@@ -82,6 +81,6 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, se
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("refresh: %w", err)
 	}
-	s.noteTouched(id, s.now())
+	s.noteTouched(pgUUID(id), s.now())
 	return s.view(row, nil), nil
 }

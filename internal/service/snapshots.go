@@ -137,7 +137,7 @@ func snapshotOf(t db.Template) Snapshot {
 
 // CreateSnapshotRequest asks for a snapshot template of a running sandbox.
 type CreateSnapshotRequest struct {
-	SandboxID pgtype.UUID
+	SandboxID SandboxID
 	Name      string
 	// Overwrite replaces the team's snapshot of that name (else it is a
 	// conflict).
