@@ -27,7 +27,7 @@ func (s *Server) userAuthed(h handler) http.HandlerFunc {
 		// An API key is refused here, but only once it is known to be one:
 		// a wrong credential is 401 on every route.
 		p, err := s.authenticateWith(r, s.cfg.Accounts.AuthenticateUser)
-		if err == nil && p.APIKeyID.Valid {
+		if err == nil && !p.APIKeyID.IsZero() {
 			err = errNeedsSession
 		}
 		if err != nil {
@@ -310,8 +310,8 @@ func (s *Server) getMe(w http.ResponseWriter, r *http.Request, p service.Princip
 		return
 	}
 	out := meJSON{User: userOf(me.User), Teams: teamsOf(me.Teams)}
-	if p.TeamID.Valid {
-		out.TeamID = wireid.Format(wireid.Team, p.TeamID)
+	if !p.TeamID.IsZero() {
+		out.TeamID = p.TeamID.String()
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -343,7 +343,7 @@ type userHitJSON struct {
 // Rate limited per user (auth.UserSearchLimitPerUser): 429 with
 // Retry-After.
 func (s *Server) searchUsers(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	if ok, wait := s.searchUser.Allow("user:" + wireid.Format(wireid.User, p.UserID)); !ok {
+	if ok, wait := s.searchUser.Allow("user:" + p.UserID.String()); !ok {
 		auth.WriteTooManyRequests(w, wait)
 		return
 	}

@@ -155,7 +155,7 @@ func (h *Handler) authed(next handler) http.HandlerFunc {
 			h.fail(w, r, err)
 			return
 		}
-		next(w, r.WithContext(logctx.WithTeam(r.Context(), wireid.Format(wireid.Team, p.TeamID))), p)
+		next(w, r.WithContext(logctx.WithTeam(r.Context(), p.TeamID.String())), p)
 	}
 }
 

@@ -41,8 +41,9 @@ func newFixture(t *testing.T) *fixture {
 	f.teamA, f.keyA = e.account(t, "a@example.com")
 	pB, f.keyB = e.account(t, "b@example.com")
 	created := time.Now().Add(-time.Hour)
-	ins := func(team pgtype.UUID, state, meta string, autoPause bool) string {
+	ins := func(teamID service.TeamID, state, meta string, autoPause bool) string {
 		t.Helper()
+		team := teamUUID(teamID)
 		r, err := e.st.Queries().InsertSandbox(context.Background(), db.InsertSandboxParams{
 			TeamID: team, Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, TimeoutSec: 60,
 			Metadata: []byte(meta), AutoPause: autoPause, AllowInternetAccess: true, AllowPublicTraffic: true,
@@ -554,11 +555,11 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk(f.teamA.TeamID, "s1", srcA)
-	mk(f.teamA.TeamID, "s2", uuidOf(t, f.running2))
-	mk(f.teamA.TeamID, "s3", srcA)
+	mk(teamUUID(f.teamA.TeamID), "s1", srcA)
+	mk(teamUUID(f.teamA.TeamID), "s2", uuidOf(t, f.running2))
+	mk(teamUUID(f.teamA.TeamID), "s3", srcA)
 	mk(store.PlatformTeamID, "pub", service.SandboxID{})
-	mk(teamB.TeamID, "sb", uuidOf(t, f.otherTeam))
+	mk(teamUUID(teamB.TeamID), "sb", uuidOf(t, f.otherTeam))
 
 	list := func(q, key string) ([]string, string) {
 		t.Helper()
@@ -668,4 +669,10 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	if got, _ := list("", keyB); !slices.Equal(got, []string{"sb"}) {
 		t.Fatalf("team B's snapshot after team A's delete: %v", got)
 	}
+}
+
+// teamUUID is the store's UUID of a team (for rows the test inserts).
+func teamUUID(id service.TeamID) pgtype.UUID {
+	b, ok := id.UUID()
+	return pgtype.UUID{Bytes: b, Valid: ok}
 }

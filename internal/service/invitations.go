@@ -155,7 +155,7 @@ func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id pgtype.UUI
 		}
 		tok := auth.NewInvitationToken(t.now().Add(ttl))
 		inv, err := q.CreateInvitation(ctx, db.CreateInvitationParams{TeamID: id, Email: email, Role: role,
-			TokenHash: tok.Hash, CreatedBy: p.UserID, ExpiresAt: tok.ExpiresAt})
+			TokenHash: tok.Hash, CreatedBy: pgUUID(p.UserID), ExpiresAt: tok.ExpiresAt})
 		if err != nil {
 			return fmt.Errorf("create invitation: %w", err)
 		}

@@ -17,7 +17,7 @@ import (
 )
 
 func (s *Sandboxes) get(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, error) {
-	row, err := s.st.Queries().GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: p.TeamID})
+	row, err := s.st.Queries().GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	if err != nil {
 		return db.Sandbox{}, notFound(err, "sandbox")
 	}
@@ -68,7 +68,7 @@ func (s *Sandboxes) List(ctx context.Context, p Principal, f ListFilter) (items 
 	if f.Limit == 0 {
 		f.Limit = defaultPageSize
 	}
-	params := db.ListSandboxesParams{TeamID: p.TeamID, States: f.States, PageSize: int32(f.Limit) + 1}
+	params := db.ListSandboxesParams{TeamID: pgUUID(p.TeamID), States: f.States, PageSize: int32(f.Limit) + 1}
 	if params.States == nil {
 		params.States = []string{}
 	}

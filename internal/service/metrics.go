@@ -71,9 +71,9 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id SandboxID, sec 
 		err error
 	)
 	if sec == 0 {
-		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: p.TeamID})
+		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	} else {
-		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: p.TeamID, TimeoutSec: sec})
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: sec})
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return Sandbox{}, errorf(ErrNotFound, "sandbox not found or not running")

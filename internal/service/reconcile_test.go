@@ -65,16 +65,16 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	// A create interrupted after its first bookkeeping step.
 	interrupted, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: p.TeamID, HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
-		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A create interrupted after the agent made the sandbox.
 	madeOnAgent, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: p.TeamID, HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
-		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -100,7 +100,7 @@ func TestEnvVarsEncryptedAtRest(t *testing.T) {
 		t.Fatalf("openEnvVars = %v, %v", got, err)
 	}
 	// A sandbox without env vars stores none.
-	other := insertSandbox(t, e, p.TeamID, store.SandboxStopped, 0, 0)
+	other := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxStopped, 0, 0)
 	if got, err := e.sbx.openEnvVars(other); err != nil || got != nil {
 		t.Fatalf("no env vars: %v, %v", got, err)
 	}
@@ -125,7 +125,7 @@ func TestSnapshotNameValidation(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	_, p := e.signup(t, "names@example.com")
-	sb := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 0, 0)
+	sb := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 0, 0)
 	for _, tc := range []struct {
 		name string
 		ok   bool
@@ -298,10 +298,10 @@ func TestReaperAgentUnreachable(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	_, p := e.signup(t, "reap@example.com")
-	expired := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, -time.Minute)
-	future := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 3600, time.Hour)
-	never := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 0, 0)
-	pausing := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, -time.Hour)
+	expired := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, -time.Minute)
+	future := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 3600, time.Hour)
+	never := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 0, 0)
+	pausing := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, -time.Hour)
 	if _, err := e.st.TransitionSandbox(ctx, nil, pausing.ID, []string{store.SandboxRunning}, store.SandboxPausing, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -366,9 +366,9 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 	ctx := context.Background()
 	_, p := e.signup(t, "ping@example.com")
 	_, other := e.signup(t, "other@example.com")
-	running := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, time.Second)
-	paused := insertSandbox(t, e, p.TeamID, store.SandboxPaused, 60, 0)
-	stopped := insertSandbox(t, e, p.TeamID, store.SandboxStopped, 60, 0)
+	running := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, time.Second)
+	paused := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxPaused, 60, 0)
+	stopped := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxStopped, 60, 0)
 
 	if _, err := e.sbx.Ping(ctx, p, sandboxIDOf(paused.ID)); !errors.Is(err, ErrConflict) {
 		t.Errorf("Ping of a paused sandbox = %v", err)

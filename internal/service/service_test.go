@@ -82,7 +82,7 @@ func (e *env) signup(t *testing.T, email string) (Account, Principal) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role}
+	return a, Principal{UserID: userIDOf(a.User.ID), TeamID: teamIDOf(a.Team.ID), Role: a.Role}
 }
 
 func TestSignupLogin(t *testing.T) {
@@ -122,7 +122,7 @@ func TestSignupLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || p.UserID != a.User.ID || p.TeamID != a.Team.ID || p.Role != "owner" {
+	if err != nil || p.UserID != userIDOf(a.User.ID) || p.TeamID != teamIDOf(a.Team.ID) || p.Role != "owner" {
 		t.Fatalf("AuthenticateJWT = %+v, %v", p, err)
 	}
 	for _, tc := range []struct{ email, pw string }{
@@ -168,7 +168,7 @@ func TestAPIKeys(t *testing.T) {
 		t.Fatalf("empty name: %v", err)
 	}
 	got, err := e.acc.AuthenticateAPIKey(ctx, k.Plaintext)
-	if err != nil || got.TeamID != p.TeamID || got.APIKeyID != k.Key.ID || got.UserID != p.UserID {
+	if err != nil || got.TeamID != p.TeamID || got.APIKeyID != apiKeyIDOf(k.Key.ID) || got.UserID != p.UserID {
 		t.Fatalf("AuthenticateAPIKey = %+v, %v", got, err)
 	}
 	ks, err := e.acc.ListAPIKeys(ctx, p)

@@ -64,7 +64,7 @@ func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
 	setQuotas := func(paused, storedMB *int64) {
 		t.Helper()
 		var par db.SetTeamStorageQuotasParams
-		par.ID = p.TeamID
+		par.ID = pgUUID(p.TeamID)
 		if paused != nil {
 			par.MaxPausedSandboxes = pgtype.Int4{Int32: int32(*paused), Valid: true}
 		}

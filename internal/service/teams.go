@@ -113,7 +113,7 @@ func validateTeamName(name string) (string, error) {
 // requireUser refuses principals that are not a user's session: teams
 // are a user's business, an API key belongs to one team.
 func requireUser(p Principal) error {
-	if !p.UserID.Valid || p.APIKeyID.Valid {
+	if p.UserID.IsZero() || !p.APIKeyID.IsZero() {
 		return errorf(ErrForbidden, "this needs a user session (Authorization: Bearer <session token>), not an API key")
 	}
 	return nil
@@ -127,7 +127,7 @@ var errTeamNotFound = errorf(ErrNotFound, "team not found")
 // membership returns p's role in the live team id; ErrNotFound when p is
 // not a member or the team is deleted.
 func membership(ctx context.Context, q *db.Queries, p Principal, id pgtype.UUID) (db.Membership, error) {
-	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: id})
+	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: id})
 	if errors.Is(err, store.ErrNotFound) {
 		return db.Membership{}, errTeamNotFound
 	}
@@ -187,7 +187,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 			if err != nil {
 				return fmt.Errorf("create team: %w", err)
 			}
-			m, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: p.UserID, TeamID: team.ID, Role: RoleOwner})
+			m, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: team.ID, Role: RoleOwner})
 			if err != nil {
 				return fmt.Errorf("add owner: %w", err)
 			}
@@ -202,7 +202,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 	if err != nil {
 		return TeamRole{}, err
 	}
-	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", userID(p.UserID))
+	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", p.UserID.String())
 	return out, nil
 }
 
@@ -212,7 +212,7 @@ func (t *Teams) List(ctx context.Context, p Principal) ([]TeamRole, error) {
 	if err := requireUser(p); err != nil {
 		return nil, err
 	}
-	rows, err := t.st.Queries().ListTeamsForUser(ctx, p.UserID)
+	rows, err := t.st.Queries().ListTeamsForUser(ctx, pgUUID(p.UserID))
 	if err != nil {
 		return nil, fmt.Errorf("list teams: %w", err)
 	}
@@ -320,10 +320,10 @@ func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, aut
 	if err != nil {
 		return TeamDeletion{}, err
 	}
-	t.log.InfoContext(ctx, "team deleted", "team", teamID(id), "user", userID(p.UserID))
+	t.log.InfoContext(ctx, "team deleted", "team", teamID(id), "user", p.UserID.String())
 	// The team is deleted: no sandbox can be created in it any more
 	// (Create locks the live team), so this sweep sees every one.
-	tp := Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner, ActorName: p.ActorName}
+	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner, ActorName: p.ActorName}
 	n, failed, derr := t.sandboxes.DestroyTeamSandboxes(context.WithoutCancel(ctx), tp)
 	if derr != nil {
 		t.log.ErrorContext(ctx, "destroy the deleted team's sandboxes", "team", teamID(id), "err", derr)
@@ -523,13 +523,13 @@ func (t *Teams) Leave(ctx context.Context, p Principal, id pgtype.UUID) error {
 				return errorf(ErrConflict, "you are the last owner of this team: make another member owner first, or delete the team")
 			}
 		}
-		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: p.UserID, TeamID: id}); err != nil {
+		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: id}); err != nil {
 			return fmt.Errorf("leave: %w", err)
 		}
-		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(p.UserID),
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
 			Action: "member.leave", Metadata: map[string]any{"role": m.Role}}); err != nil {
 			return err
 		}
-		return revokeCreatorKeys(ctx, q, t.audit, id, p.UserID, p.Actor(), "member.leave")
+		return revokeCreatorKeys(ctx, q, t.audit, id, pgUUID(p.UserID), p.Actor(), "member.leave")
 	})
 }

@@ -26,10 +26,10 @@ func newTeams(t *testing.T, e *env) *Teams {
 // addMember puts u into team with role, straight into the database.
 func addMember(t *testing.T, e *env, u Principal, team pgtype.UUID, role string) Principal {
 	t.Helper()
-	if _, err := e.st.Queries().AddTeamMember(context.Background(), db.AddTeamMemberParams{UserID: u.UserID, TeamID: team, Role: role}); err != nil {
+	if _, err := e.st.Queries().AddTeamMember(context.Background(), db.AddTeamMemberParams{UserID: pgUUID(u.UserID), TeamID: team, Role: role}); err != nil {
 		t.Fatal(err)
 	}
-	return Principal{UserID: u.UserID, TeamID: team, Role: role, ActorName: u.ActorName}
+	return Principal{UserID: u.UserID, TeamID: teamIDOf(team), Role: role, ActorName: u.ActorName}
 }
 
 func TestTeamLifecycle(t *testing.T) {
@@ -49,7 +49,7 @@ func TestTeamLifecycle(t *testing.T) {
 			t.Errorf("Create(%q) = %v, want ErrInvalid", name, err)
 		}
 	}
-	if _, err := ts.Create(ctx, Principal{TeamID: id, APIKeyID: id}, "x"); !errors.Is(err, ErrForbidden) {
+	if _, err := ts.Create(ctx, Principal{TeamID: teamIDOf(id), APIKeyID: apiKeyIDOf(id)}, "x"); !errors.Is(err, ErrForbidden) {
 		t.Errorf("Create by an API key: %v", err)
 	}
 	list, err := ts.List(ctx, p)
@@ -74,7 +74,7 @@ func TestTeamLifecycle(t *testing.T) {
 	if _, err := ts.AddMember(ctx, p, id, "ADMIN@example.com", RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
-	admin.TeamID, member.TeamID = id, id
+	admin.TeamID, member.TeamID = teamIDOf(id), teamIDOf(id)
 	for _, tc := range []struct {
 		name  string
 		p     Principal
@@ -125,7 +125,7 @@ func TestTeamLifecycle(t *testing.T) {
 		{"back", admin, p, RoleOwner, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ts.SetMemberRole(ctx, tc.p, id, tc.target.UserID, tc.role)
+			_, err := ts.SetMemberRole(ctx, tc.p, id, pgUUID(tc.target.UserID), tc.role)
 			if (tc.want == nil) != (err == nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("SetMemberRole = %v, want %v", err, tc.want)
 			}
@@ -133,7 +133,7 @@ func TestTeamLifecycle(t *testing.T) {
 	}
 	// Now p and admin are owners, member a member. A member cannot remove
 	// anyone; of two owners one may leave, the last one may not.
-	if err := ts.RemoveMember(ctx, member, id, p.UserID); !errors.Is(err, ErrForbidden) {
+	if err := ts.RemoveMember(ctx, member, id, pgUUID(p.UserID)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("member removes the owner: %v", err)
 	}
 	if err := ts.Leave(ctx, admin, id); err != nil {
@@ -142,10 +142,10 @@ func TestTeamLifecycle(t *testing.T) {
 	if err := ts.Leave(ctx, p, id); !errors.Is(err, ErrConflict) {
 		t.Fatalf("last owner leaves: %v", err)
 	}
-	if err := ts.RemoveMember(ctx, p, id, p.UserID); !errors.Is(err, ErrConflict) {
+	if err := ts.RemoveMember(ctx, p, id, pgUUID(p.UserID)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("last owner removed: %v", err)
 	}
-	if err := ts.RemoveMember(ctx, p, id, member.UserID); err != nil {
+	if err := ts.RemoveMember(ctx, p, id, pgUUID(member.UserID)); err != nil {
 		t.Fatalf("owner removes a member: %v", err)
 	}
 	if err := ts.Leave(ctx, member, id); !errors.Is(err, ErrNotFound) {
@@ -153,7 +153,7 @@ func TestTeamLifecycle(t *testing.T) {
 	}
 
 	// The audit trail, in the team's log, oldest first.
-	logs, _, err := e.acc.audit.List(ctx, Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner}, AuditFilter{Limit: 200})
+	logs, _, err := e.acc.audit.List(ctx, Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}, AuditFilter{Limit: 200})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestOwnerInvariantRace(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := tr.Team.ID
-		pa := Principal{UserID: a.UserID, TeamID: id}
+		pa := Principal{UserID: a.UserID, TeamID: teamIDOf(id)}
 		pb := addMember(t, e, b, id, RoleOwner)
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
@@ -196,8 +196,8 @@ func TestOwnerInvariantRace(t *testing.T) {
 			}()
 		}
 		if round%2 == 0 {
-			op(0, func() error { _, err := ts.SetMemberRole(ctx, pa, id, b.UserID, RoleMember); return err })
-			op(1, func() error { _, err := ts.SetMemberRole(ctx, pb, id, a.UserID, RoleMember); return err })
+			op(0, func() error { _, err := ts.SetMemberRole(ctx, pa, id, pgUUID(b.UserID), RoleMember); return err })
+			op(1, func() error { _, err := ts.SetMemberRole(ctx, pb, id, pgUUID(a.UserID), RoleMember); return err })
 		} else {
 			op(0, func() error { return ts.Leave(ctx, pa, id) })
 			op(1, func() error { return ts.Leave(ctx, pb, id) })
@@ -234,7 +234,7 @@ func TestTeamDelete(t *testing.T) {
 	}
 	id := tr.Team.ID
 	addMember(t, e, admin, id, RoleAdmin)
-	tp := Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner}
+	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}
 	key, err := e.acc.CreateAPIKey(ctx, tp, "ci")
 	if err != nil {
 		t.Fatal(err)
@@ -346,14 +346,14 @@ func TestMeSwitchAndSearch(t *testing.T) {
 		t.Fatalf("SwitchTeam = %+v, %v", sess.Account, err)
 	}
 	sp, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || sp.TeamID != tr.Team.ID {
+	if err != nil || sp.TeamID != teamIDOf(tr.Team.ID) {
 		t.Fatalf("switched session: %+v, %v", sp, err)
 	}
-	if u, _ := e.st.Queries().GetUser(ctx, p.UserID); u.DefaultTeamID != tr.Team.ID {
+	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); u.DefaultTeamID != tr.Team.ID {
 		t.Fatal("default team not moved")
 	}
 	_, other := e.signup(t, "other@example.com")
-	if _, err := e.acc.SwitchTeam(ctx, p, other.TeamID); !errors.Is(err, ErrNotFound) {
+	if _, err := e.acc.SwitchTeam(ctx, p, pgUUID(other.TeamID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("switch to a foreign team: %v", err)
 	}
 	me, err := e.acc.Me(ctx, p)
@@ -367,7 +367,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 		t.Fatal(err)
 	}
 	up, err := e.acc.AuthenticateUser(ctx, sess.Token)
-	if err != nil || up.TeamID.Valid || up.UserID != p.UserID {
+	if err != nil || !up.TeamID.IsZero() || up.UserID != p.UserID {
 		t.Fatalf("AuthenticateUser after the team's deletion = %+v, %v", up, err)
 	}
 	if _, err := e.acc.AuthenticateJWT(ctx, sess.Token); !errors.Is(err, ErrUnauthorized) {
@@ -407,17 +407,17 @@ func TestOAuthLoginService(t *testing.T) {
 		t.Fatalf("password account: %v", err)
 	}
 	// ...its owner links it from a session instead.
-	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pw.UserID)
-	if err != nil || !r.Linked || r.Session.Account.User.ID != pw.UserID {
+	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pgUUID(pw.UserID))
+	if err != nil || !r.Linked || userIDOf(r.Session.Account.User.ID) != pw.UserID {
 		t.Fatalf("link: %+v, %v", r, err)
 	}
-	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pw.UserID); err != nil || r.Linked {
+	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pgUUID(pw.UserID)); err != nil || r.Linked {
 		t.Fatalf("link again: %+v, %v", r, err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link someone else's identity: %v", err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link a second identity of the provider: %v", err)
 	}
 	// An OAuth-only account (no password) with the verified address is

@@ -37,7 +37,7 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id SandboxID, time
 		return Sandbox{}, false, errorf(ErrConflict, "the sandbox is %s", row.State)
 	}
 	if timeoutSec > 0 {
-		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: timeoutSec})
 		if errors.Is(err, store.ErrNotFound) {
 			return Sandbox{}, false, errorf(ErrConflict, "the sandbox is no longer running")
 		}
@@ -167,7 +167,7 @@ func (s *Sandboxes) autoResume(ctx context.Context, row db.Sandbox) (db.Sandbox,
 	v, err, _ := s.resumes.Do(key, func() (any, error) {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		p := Principal{TeamID: row.TeamID}
+		p := Principal{TeamID: teamIDOf(row.TeamID)}
 		if row.State == store.SandboxPaused {
 			if _, err := s.Resume(bg, p, sandboxIDOf(row.ID)); err != nil && !errors.Is(err, ErrConflict) {
 				return nil, err

@@ -12,7 +12,6 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // Destroy destroys a sandbox of p's team: idempotent (a stopped sandbox
@@ -38,8 +37,8 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: pgUUID(id), Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("persist stopped: %w", err)
 	}
-	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id.String(), "team", wireid.Format(wireid.Team, p.TeamID))
-	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox.destroy"})
+	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id.String(), "team", p.TeamID.String())
+	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox.destroy"})
 	return nil
 }
 
@@ -61,7 +60,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		if check != nil {
-			if _, err := q.LockTeam(ctx, p.TeamID); err != nil {
+			if _, err := q.LockTeam(ctx, pgUUID(p.TeamID)); err != nil {
 				return notFound(err, "team")
 			}
 		}
@@ -108,7 +107,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", id.String(), "err", terr)
 		}
 		err = agentError(err, op)
-		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op,
+		s.audit.RecordAfter(bg, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op,
 			Status: AuditError, Metadata: map[string]any{"error": PublicText(err)}})
 		return Sandbox{}, err
 	}
@@ -120,8 +119,8 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
-	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", id.String(), "team", wireid.Format(wireid.Team, p.TeamID))
-	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op})
+	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", id.String(), "team", p.TeamID.String())
+	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op})
 	return s.view(row, a), nil
 }
 
@@ -130,7 +129,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 func (s *Sandboxes) Pause(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
 	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		func(q *db.Queries, row db.Sandbox) error {
-			return s.checkStoredQuotas(ctx, q, p.TeamID, true, int64(row.MemoryMB))
+			return s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), true, int64(row.MemoryMB))
 		},
 		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
 			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id.String()}))
@@ -154,7 +153,7 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id SandboxID) (Sand
 	}
 	return s.transition(ctx, p, id, from, store.SandboxResuming, store.SandboxRunning,
 		func(q *db.Queries, _ db.Sandbox) error {
-			t, err := q.GetTeam(ctx, p.TeamID)
+			t, err := q.GetTeam(ctx, pgUUID(p.TeamID))
 			if err != nil {
 				return notFound(err, "team")
 			}
@@ -180,7 +179,7 @@ func (s *Sandboxes) PauseAll(ctx context.Context) error {
 	}
 	var first error
 	for _, r := range rows {
-		if _, err := s.Pause(ctx, Principal{TeamID: r.TeamID}, sandboxIDOf(r.ID)); err != nil {
+		if _, err := s.Pause(ctx, Principal{TeamID: teamIDOf(r.TeamID)}, sandboxIDOf(r.ID)); err != nil {
 			s.log.ErrorContext(ctx, "pause at shutdown", "sandbox", ID(r.ID), "err", err)
 			if first == nil {
 				first = err

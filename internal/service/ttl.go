@@ -43,7 +43,7 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id SandboxID) (Sandbo
 	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: id.String()})); err != nil {
 		return Sandbox{}, agentError(err, "ping")
 	}
-	row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: p.TeamID})
+	row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	if errors.Is(err, store.ErrNotFound) {
 		// It left running (paused, destroyed) since the check.
 		return Sandbox{}, errorf(ErrConflict, "the sandbox is no longer running")
@@ -65,9 +65,9 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id SandboxID, t
 	var row db.Sandbox
 	err := s.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
-		row, err = q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: pgUUID(id), TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		row, err = q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: timeoutSec})
 		if errors.Is(err, store.ErrNotFound) {
-			cur, gerr := q.GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: p.TeamID})
+			cur, gerr := q.GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 			if gerr != nil {
 				return notFound(gerr, "sandbox")
 			}
@@ -76,7 +76,7 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id SandboxID, t
 		if err != nil {
 			return fmt.Errorf("set timeout: %w", err)
 		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
+		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
 			Action: "sandbox.set_timeout", Metadata: map[string]any{"timeout_sec": timeoutSec}})
 	})
 	if err != nil {
