@@ -377,12 +377,12 @@ func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKe
 // an API key). A member revokes the keys they created; revoking another's
 // key takes the admin or owner role (ErrForbidden; the role is read in the
 // transaction). Another team's key, or a revoked one, is ErrNotFound.
-func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID) error {
+func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id APIKeyID) error {
 	if err := requireUser(p); err != nil {
 		return &Error{Kind: ErrForbidden, Msg: "revoking an API key needs a user session (Authorization: Bearer <session token>), not an API key"}
 	}
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
-		k, err := q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: id, TeamID: pgUUID(p.TeamID)})
+		k, err := q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 		if err != nil {
 			return notFound(err, "API key")
 		}
@@ -398,17 +398,17 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID
 				return errorf(ErrForbidden, "revoking an API key that another member created needs the admin or owner role")
 			}
 		}
-		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: pgUUID(p.TeamID)}); err != nil {
+		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)}); err != nil {
 			return notFound(err, "API key")
 		}
 		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
-			ResourceID: wireid.Format(wireid.APIKey, id), Action: "api_key.revoke", Scope: ScopeAdmin,
+			ResourceID: id.String(), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name}})
 	})
 	if err != nil {
 		return err
 	}
-	a.log.InfoContext(ctx, "API key revoked", "team", p.TeamID.String(), "key", wireid.Format(wireid.APIKey, id))
+	a.log.InfoContext(ctx, "API key revoked", "team", p.TeamID.String(), "key", id.String())
 	return nil
 }
 

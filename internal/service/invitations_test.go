@@ -80,7 +80,7 @@ func TestAPIKeyPrincipalRefused(t *testing.T) {
 	if _, err := e.acc.CreateAPIKey(ctx, kp, "minted"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("create with a key: %v", err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, kp, k.Key.ID); !errors.Is(err, ErrForbidden) {
+	if err := e.acc.RevokeAPIKey(ctx, kp, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("revoke with a key: %v", err)
 	}
 	if ks, _ := e.acc.ListAPIKeys(ctx, p); len(ks) != 1 {

@@ -178,13 +178,13 @@ func TestAPIKeys(t *testing.T) {
 	if ks, _ := e.acc.ListAPIKeys(ctx, other); len(ks) != 0 {
 		t.Fatalf("another team sees %d keys", len(ks))
 	}
-	if err := e.acc.RevokeAPIKey(ctx, other, k.Key.ID); !errors.Is(err, ErrNotFound) {
+	if err := e.acc.RevokeAPIKey(ctx, other, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("revoke by another team: %v", err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, p, k.Key.ID); err != nil {
+	if err := e.acc.RevokeAPIKey(ctx, p, apiKeyIDOf(k.Key.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, p, k.Key.ID); !errors.Is(err, ErrNotFound) {
+	if err := e.acc.RevokeAPIKey(ctx, p, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second revoke: %v", err)
 	}
 	for _, key := range []string{k.Plaintext, "e2b_" + strings.Repeat("0", 40), "garbage", ""} {

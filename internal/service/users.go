@@ -7,8 +7,6 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -89,7 +87,7 @@ func (a *Accounts) sessionForUser(ctx context.Context, u db.User) (Session, erro
 
 // SwitchTeam issues a new session token of p's user for team (a team p is
 // a member of: else ErrNotFound) and makes it the user's default team.
-func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team pgtype.UUID) (Session, error) {
+func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team TeamID) (Session, error) {
 	if err := requireUser(p); err != nil {
 		return Session{}, err
 	}
@@ -100,13 +98,13 @@ func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team pgtype.UUID
 	)
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
-		if m, err = membership(ctx, q, p, team); err != nil {
+		if m, err = membership(ctx, q, p, pgUUID(team)); err != nil {
 			return err
 		}
-		if t, err = q.GetTeam(ctx, team); err != nil {
+		if t, err = q.GetTeam(ctx, pgUUID(team)); err != nil {
 			return notFound(err, "team")
 		}
-		if err := q.SetUserDefaultTeam(ctx, db.SetUserDefaultTeamParams{TeamID: team, ID: pgUUID(p.UserID)}); err != nil {
+		if err := q.SetUserDefaultTeam(ctx, db.SetUserDefaultTeamParams{TeamID: pgUUID(team), ID: pgUUID(p.UserID)}); err != nil {
 			return fmt.Errorf("default team: %w", err)
 		}
 		if u, err = q.GetUser(ctx, pgUUID(p.UserID)); err != nil {
