@@ -227,7 +227,7 @@ func sandboxIDOf(u pgtype.UUID) SandboxID {
 func teamIDOf(u pgtype.UUID) TeamID        { return wireid.FromUUID[wireid.KindTeam](u.Bytes, u.Valid) }
 func userIDOf(u pgtype.UUID) UserID        { return wireid.FromUUID[wireid.KindUser](u.Bytes, u.Valid) }
 func hostIDOf(u pgtype.UUID) wireid.HostID { return wireid.FromUUID[wireid.KindHost](u.Bytes, u.Valid) }
-func apiKeyIDOf(u pgtype.UUID) APIKeyID { return wireid.FromUUID[wireid.KindAPIKey](u.Bytes, u.Valid) }
+func apiKeyIDOf(u pgtype.UUID) APIKeyID    { return wireid.FromUUID[wireid.KindAPIKey](u.Bytes, u.Valid) }
 
 // ID returns the wire (and agent) ID of a sandbox.
 func ID(id pgtype.UUID) string { return wireid.Format(wireid.Sandbox, id) }
