@@ -350,7 +350,7 @@ func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (
 		if err != nil {
 			return err
 		}
-		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
 			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.create", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": name, "prefix": gen.DisplayPrefix}})
 	})
@@ -401,7 +401,7 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id APIKeyID) e
 		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)}); err != nil {
 			return notFound(err, "API key")
 		}
-		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
 			ResourceID: id.String(), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name}})
 	})
@@ -421,7 +421,7 @@ func revokeCreatorKeys(ctx context.Context, q *db.Queries, audit *Audit, team, u
 		return fmt.Errorf("revoke the member's API keys: %w", err)
 	}
 	for _, k := range ks {
-		if err := audit.Record(ctx, q, team, actor, AuditEvent{ResourceType: "api_key",
+		if err := audit.Record(ctx, q, teamIDOf(team), actor, AuditEvent{ResourceType: "api_key",
 			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name, "reason": reason, "created_by": userID(user)}}); err != nil {
 			return err

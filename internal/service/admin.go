@@ -174,7 +174,7 @@ func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, typed TeamID, enab
 		if enabled {
 			action = "team.byoc_enable"
 		}
-		return a.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
+		return a.audit.Record(ctx, q, typed, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
 			Action: action, Scope: ScopeAdmin, Metadata: map[string]any{"name": t.Name, "was_byoc": t.IsBYOC, "platform_admin": true}})
 	})
 	if err != nil {
@@ -277,7 +277,7 @@ func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, typed UserID, 
 		if disabled {
 			action = "user.disable"
 		}
-		return a.audit.Record(ctx, q, store.PlatformTeamID, p.Actor(), AuditEvent{ResourceType: "user", ResourceID: userID(id),
+		return a.audit.Record(ctx, q, teamIDOf(store.PlatformTeamID), p.Actor(), AuditEvent{ResourceType: "user", ResourceID: userID(id),
 			Action: action, Scope: ScopeAdmin, Metadata: map[string]any{"email": u.Email, "was_disabled": u.DisabledAt.Valid}})
 	})
 	if err != nil {

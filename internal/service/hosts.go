@@ -338,7 +338,7 @@ func (h *Hosts) Create(ctx context.Context, p Principal, req CreateHost) (NewHos
 		if err != nil {
 			return fmt.Errorf("create host: %w", err)
 		}
-		return h.audit.Record(ctx, q, team, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID), Action: "host.created",
+		return h.audit.Record(ctx, q, teamIDOf(team), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID), Action: "host.created",
 			Scope: ScopeAdmin, Metadata: map[string]any{"name": row.Name, "type": req.Type, "address": addr}})
 	})
 	if err != nil {
@@ -365,7 +365,7 @@ func (h *Hosts) RegenerateToken(ctx context.Context, p Principal, hostID wireid.
 		if row, err = q.SetHostRegistrationToken(ctx, db.SetHostRegistrationTokenParams{ID: id, TokenHash: tok.Hash, TokenExpiresAt: tok.ExpiresAt}); err != nil {
 			return fmt.Errorf("set registration token: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
 			Action: "host.token_regenerated", Scope: ScopeAdmin})
 	})
 	if err != nil {
@@ -465,13 +465,13 @@ func (h *Hosts) Update(ctx context.Context, p Principal, hostID wireid.HostID, r
 			return fmt.Errorf("update host: %w", err)
 		}
 		if action != "" {
-			if err := h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: action,
+			if err := h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: action,
 				Scope: ScopeAdmin, Metadata: map[string]any{"from": cur.Status, "to": status}}); err != nil {
 				return err
 			}
 		}
 		if req.Tags != nil && !slices.Equal(cur.Tags, row.Tags) {
-			return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.updated",
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.updated",
 				Scope: ScopeAdmin, Metadata: map[string]any{"tags": row.Tags}})
 		}
 		return nil
@@ -570,7 +570,7 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, hostID wireid.HostID, f
 			if _, err := h.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: pgUUID(sb.ID), Reason: "host deleted"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return res, fmt.Errorf("persist stopped: %w", err)
 			}
-			h.audit.RecordAfter(bg, pgUUID(sb.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: sb.ID.String(), Action: "sandbox.destroy",
+			h.audit.RecordAfter(bg, sb.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: sb.ID.String(), Action: "sandbox.destroy",
 				Metadata: map[string]any{"reason": "host deleted", "host": hostWireID(id), "on_host": destroyed}})
 		}
 		ctx = bg
@@ -599,7 +599,7 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, hostID wireid.HostID, f
 		if _, err := q.DeleteHostRecord(ctx, id); err != nil {
 			return fmt.Errorf("delete host: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.deleted",
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.deleted",
 			Scope: ScopeAdmin, Metadata: map[string]any{"name": row.Name, "sandboxes": len(res.Sandboxes) + len(left),
 				"destroyed_on_host": res.Destroyed, "force": force}})
 	})
@@ -750,7 +750,7 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 			ExpiresAt: refresh.ExpiresAt, FamilyID: family, AccessTokenID: claims.ID}); err != nil {
 			return fmt.Errorf("store the refresh token: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 			Action: "host.registered", Scope: ScopeAdmin, Metadata: map[string]any{"arch": req.Arch, "vcpus": req.VCPUs,
 				"memory_mb": req.MemoryMB, "disk_mb": req.DiskMB, "version": truncate(req.Version, 64),
 				"claimed_address": truncate(req.Address, 128), "address": row.Address, "cert_serial": cert.Serial}})
@@ -819,7 +819,7 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 				return fmt.Errorf("revoke the token family: %w", err)
 			}
 			reused = true
-			return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 				Action: "host.refresh_token_reused", Scope: ScopeAdmin, Status: AuditWarning, Metadata: map[string]any{"revoked": n}})
 		}
 		if !h.now().Before(old.ExpiresAt) {
@@ -888,7 +888,7 @@ func (h *Hosts) refreshGrace(ctx context.Context, q *db.Queries, row db.Host, ol
 	}
 	h.log.InfoContext(ctx, "a rotated host refresh token was replayed before its successor was used: accepted once",
 		"host", hostWireID(row.ID))
-	return true, h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
+	return true, h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 		Action: "host.refresh_token_replayed", Scope: ScopeAdmin, Status: AuditInfo})
 }
 
@@ -974,7 +974,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 			return fmt.Errorf("record the heartbeat: %w", err)
 		}
 		if was == store.HostPending {
-			return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
 				Action: "host.online", Scope: ScopeAdmin, Status: AuditInfo})
 		}
 		return nil

@@ -210,7 +210,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if err != nil {
 		err = agentError(err, "snapshot")
 		auditEv.Status, auditEv.Metadata["error"] = AuditError, PublicText(err)
-		s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), auditEv)
+		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), auditEv)
 		return Snapshot{}, false, err
 	}
 	if terr := s.touch(ctx, src.ID); terr != nil {
@@ -255,7 +255,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 			}
 			return fmt.Errorf("insert snapshot: %w", err)
 		}
-		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), auditEv)
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
 	})
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
@@ -330,7 +330,7 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 		if err != nil {
 			return fmt.Errorf("delete snapshot: %w", err)
 		}
-		if err := s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
+		if err := s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
 			Action: "snapshot.delete", Metadata: map[string]any{"id": TemplateID(row.ID)}}); err != nil {
 			return err
 		}

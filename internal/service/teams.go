@@ -192,7 +192,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 				return fmt.Errorf("add owner: %w", err)
 			}
 			out = TeamRole{Team: team, Role: RoleOwner, JoinedAt: m.CreatedAt}
-			return t.audit.Record(ctx, q, team.ID, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(team.ID),
+			return t.audit.Record(ctx, q, teamIDOf(team.ID), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(team.ID),
 				Action: "team.create", Metadata: map[string]any{"name": name, "slug": team.Slug}})
 		})
 		if err == nil || !errors.Is(err, store.ErrConflict) || store.ConstraintName(err) != "teams_slug_key" || attempt == 2 {
@@ -263,7 +263,7 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id TeamID, name string)
 		if renamed.Name == team.Name {
 			return nil
 		}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: id.String(),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: id.String(),
 			Action: "team.rename", Metadata: map[string]any{"old_name": team.Name, "name": name}})
 	})
 	if err != nil {
@@ -314,7 +314,7 @@ func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, aut
 		for k, v := range meta {
 			md[k] = v
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
+		return t.audit.Record(ctx, q, teamIDOf(id), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
 			Action: "team.delete", Scope: ScopeAdmin, Metadata: md})
 	})
 	if err != nil {
@@ -387,7 +387,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id TeamID, email, ro
 			return fmt.Errorf("add member: %w", err)
 		}
 		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
 			Action: "member.add", Metadata: map[string]any{"email": u.Email, "role": role}})
 	})
 	if err != nil {
@@ -457,7 +457,7 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id TeamID, user 
 			return notFound(err, "member")
 		}
 		out.Role = role
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.role_change", Metadata: map[string]any{"email": u.Email, "old_role": tm.Role, "role": role}})
 	})
 	if err != nil {
@@ -497,7 +497,7 @@ func (t *Teams) RemoveMember(ctx context.Context, p Principal, id TeamID, user U
 		} else if n == 0 {
 			return errorf(ErrNotFound, "member not found")
 		}
-		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.remove", Metadata: map[string]any{"email": u.Email, "role": tm.Role}}); err != nil {
 			return err
 		}
@@ -526,7 +526,7 @@ func (t *Teams) Leave(ctx context.Context, p Principal, id TeamID) error {
 		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(id)}); err != nil {
 			return fmt.Errorf("leave: %w", err)
 		}
-		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
 			Action: "member.leave", Metadata: map[string]any{"role": m.Role}}); err != nil {
 			return err
 		}
