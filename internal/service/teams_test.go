@@ -382,7 +382,7 @@ func ghProfile(id, email string) oauth.Profile {
 func TestOAuthLoginService(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	none := pgtype.UUID{}
+	none := UserID{}
 
 	// A new identity registers a user with a default team.
 	r, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "octo@example.com"), none)
@@ -407,17 +407,17 @@ func TestOAuthLoginService(t *testing.T) {
 		t.Fatalf("password account: %v", err)
 	}
 	// ...its owner links it from a session instead.
-	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pgUUID(pw.UserID))
+	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pw.UserID)
 	if err != nil || !r.Linked || userIDOf(r.Session.Account.User.ID) != pw.UserID {
 		t.Fatalf("link: %+v, %v", r, err)
 	}
-	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pgUUID(pw.UserID)); err != nil || r.Linked {
+	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pw.UserID); err != nil || r.Linked {
 		t.Fatalf("link again: %+v, %v", r, err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link someone else's identity: %v", err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link a second identity of the provider: %v", err)
 	}
 	// An OAuth-only account (no password) with the verified address is
@@ -446,7 +446,7 @@ func TestOAuthRegistrationRace(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				r, err := e.acc.OAuthLogin(ctx, "github", prof, pgtype.UUID{})
+				r, err := e.acc.OAuthLogin(ctx, "github", prof, UserID{})
 				ids[i], errs[i], created[i] = r.Session.Account.User.ID, err, r.Created
 			}()
 		}
