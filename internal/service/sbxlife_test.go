@@ -204,7 +204,7 @@ func TestSnapshotTeamScope(t *testing.T) {
 		}
 		var out []string
 		for _, s := range items {
-			out = append(out, TemplateID(s.ID)+map[bool]string{true: "/public", false: ""}[s.Public])
+			out = append(out, s.ID.String()+map[bool]string{true: "/public", false: ""}[s.Public])
 		}
 		return out
 	}
@@ -221,8 +221,8 @@ func TestSnapshotTeamScope(t *testing.T) {
 	}{
 		{pa, "snap-a", snapA.ID}, {pb, "snap-a", pubSame.ID}, {pa, "pub", pub.ID}, {pb, "only-b", onlyB.ID},
 	} {
-		if got, err := e.sbx.GetSnapshot(ctx, tc.p, tc.name); err != nil || got.ID != tc.want {
-			t.Errorf("GetSnapshot(%s) = %v, %v", tc.name, TemplateID(got.ID), err)
+		if got, err := e.sbx.GetSnapshot(ctx, tc.p, tc.name); err != nil || pgUUID(got.ID) != tc.want {
+			t.Errorf("GetSnapshot(%s) = %v, %v", tc.name, got.ID.String(), err)
 		}
 	}
 	for _, name := range []string{"only-b", "nope", "../x", ""} {

@@ -126,13 +126,33 @@ func ValidateSnapshotName(name string, builtin []string) error {
 
 // Snapshot is a template as a team sees it.
 type Snapshot struct {
-	db.Template
+	ID     wireid.TemplateID
+	TeamID TeamID
+	Name   string
+	Kind   string
+	// The resources a sandbox of the snapshot gets.
+	VCPUs, MemoryMB, DiskMB int32
+	SizeBytes               int64
+	// HostID is the host holding the snapshot's files.
+	HostID          wireid.HostID
+	SourceSandboxID SandboxID
+	// Metadata is the snapshot's metadata (a JSON object).
+	Metadata  json.RawMessage
+	CreatedBy UserID
+	CreatedAt time.Time
+	UpdatedAt time.Time
 	// Public: a platform template every team can use (and none delete).
 	Public bool
 }
 
 func snapshotOf(t db.Template) Snapshot {
-	return Snapshot{Template: t, Public: t.TeamID == store.PlatformTeamID}
+	return Snapshot{
+		ID: wireid.FromUUID[wireid.KindTemplate](t.ID.Bytes, t.ID.Valid), TeamID: teamIDOf(t.TeamID),
+		Name: t.Name, Kind: t.Kind, VCPUs: t.VCPUs, MemoryMB: t.MemoryMB, DiskMB: t.DiskMB, SizeBytes: t.SizeBytes,
+		HostID: hostIDOf(t.HostID), SourceSandboxID: sandboxIDOf(t.SourceSandboxID), Metadata: t.Metadata,
+		CreatedBy: userIDOf(t.CreatedBy), CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
+		Public: t.TeamID == store.PlatformTeamID,
+	}
 }
 
 // CreateSnapshotRequest asks for a snapshot template of a running sandbox.
