@@ -68,7 +68,7 @@ type memberJSON struct {
 }
 
 func memberOf(m service.Member) memberJSON {
-	return memberJSON{UserID: wireid.Format(wireid.User, m.UserID), Email: m.Email, Name: m.Name, Role: m.Role, JoinedAt: m.JoinedAt}
+	return memberJSON{UserID: m.UserID.String(), Email: m.Email, Name: m.Name, Role: m.Role, JoinedAt: m.JoinedAt}
 }
 
 // typedPathID parses the wire ID of kind K in path segment name; a

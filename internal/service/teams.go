@@ -75,7 +75,14 @@ type TeamRole struct {
 }
 
 // Member is a member of a team.
-type Member = db.ListTeamMembersRow
+type Member struct {
+	UserID UserID
+	Email  string
+	Name   string
+	Role   string
+	// JoinedAt is when the user became a member.
+	JoinedAt time.Time
+}
 
 // TeamDeletion reports a team deletion: the team is deleted (its API
 // keys stop working at once); Destroyed of its sandboxes were destroyed,
@@ -341,9 +348,13 @@ func (t *Teams) Members(ctx context.Context, p Principal, id TeamID) ([]Member, 
 	if _, err := membership(ctx, q, p, pgUUID(id)); err != nil {
 		return nil, err
 	}
-	ms, err := q.ListTeamMembers(ctx, pgUUID(id))
+	rows, err := q.ListTeamMembers(ctx, pgUUID(id))
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
+	}
+	ms := make([]Member, len(rows))
+	for i, r := range rows {
+		ms[i] = Member{UserID: userIDOf(r.UserID), Email: r.Email, Name: r.Name, Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return ms, nil
 }
@@ -386,7 +397,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id TeamID, email, ro
 		if err != nil {
 			return fmt.Errorf("add member: %w", err)
 		}
-		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
+		out = Member{UserID: userIDOf(u.ID), Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
 		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
 			Action: "member.add", Metadata: map[string]any{"email": u.Email, "role": role}})
 	})
@@ -442,7 +453,7 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id TeamID, user 
 		if (tm.Role == RoleOwner || role == RoleOwner) && m.Role != RoleOwner {
 			return errorf(ErrForbidden, "only owners can grant or take away the owner role")
 		}
-		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: tm.Role, JoinedAt: tm.CreatedAt}
+		out = Member{UserID: userIDOf(u.ID), Email: u.Email, Name: u.Name, Role: tm.Role, JoinedAt: tm.CreatedAt}
 		if tm.Role == role {
 			return nil
 		}
