@@ -47,7 +47,7 @@ type teamDetailJSON struct {
 }
 
 func teamOf(t service.TeamRole) teamDetailJSON {
-	return teamDetailJSON{ID: wireid.Format(wireid.Team, t.Team.ID), Name: t.Team.Name, Slug: t.Team.Slug, Role: t.Role,
+	return teamDetailJSON{ID: t.Team.ID.String(), Name: t.Team.Name, Slug: t.Team.Slug, Role: t.Role,
 		IsBYOC: t.Team.IsBYOC, CreatedAt: t.Team.CreatedAt, JoinedAt: t.JoinedAt}
 }
 

@@ -66,9 +66,23 @@ func NewTeams(cfg TeamsConfig) (*Teams, error) {
 	return &Teams{st: cfg.Store, sandboxes: cfg.Sandboxes, audit: audit, now: now, log: log.With("component", "teams")}, nil
 }
 
+// Team is a team as the service shows it.
+type Team struct {
+	ID        TeamID
+	Name      string
+	Slug      string
+	IsBYOC    bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+func teamView(t db.Team) Team {
+	return Team{ID: teamIDOf(t.ID), Name: t.Name, Slug: t.Slug, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
+}
+
 // TeamRole is a team and the caller's role in it.
 type TeamRole struct {
-	Team db.Team
+	Team Team
 	Role string
 	// JoinedAt is when the caller became a member.
 	JoinedAt time.Time
@@ -198,7 +212,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 			if err != nil {
 				return fmt.Errorf("add owner: %w", err)
 			}
-			out = TeamRole{Team: team, Role: RoleOwner, JoinedAt: m.CreatedAt}
+			out = TeamRole{Team: teamView(team), Role: RoleOwner, JoinedAt: m.CreatedAt}
 			return t.audit.Record(ctx, q, teamIDOf(team.ID), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(team.ID),
 				Action: "team.create", Metadata: map[string]any{"name": name, "slug": team.Slug}})
 		})
@@ -209,7 +223,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 	if err != nil {
 		return TeamRole{}, err
 	}
-	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", p.UserID.String())
+	t.log.InfoContext(ctx, "team created", "team", out.Team.ID.String(), "user", p.UserID.String())
 	return out, nil
 }
 
@@ -225,7 +239,7 @@ func (t *Teams) List(ctx context.Context, p Principal) ([]TeamRole, error) {
 	}
 	out := make([]TeamRole, len(rows))
 	for i, r := range rows {
-		out[i] = TeamRole{Team: r.Team, Role: r.Role, JoinedAt: r.JoinedAt}
+		out[i] = TeamRole{Team: teamView(r.Team), Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return out, nil
 }
@@ -244,7 +258,7 @@ func (t *Teams) Get(ctx context.Context, p Principal, id TeamID) (TeamRole, erro
 	if err != nil {
 		return TeamRole{}, notFound(err, "team")
 	}
-	return TeamRole{Team: team, Role: m.Role, JoinedAt: m.CreatedAt}, nil
+	return TeamRole{Team: teamView(team), Role: m.Role, JoinedAt: m.CreatedAt}, nil
 }
 
 // Rename renames a team (admins and owners). The slug does not change.
@@ -266,7 +280,7 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id TeamID, name string)
 		if err != nil {
 			return notFound(err, "team")
 		}
-		out = TeamRole{Team: renamed, Role: m.Role, JoinedAt: m.CreatedAt}
+		out = TeamRole{Team: teamView(renamed), Role: m.Role, JoinedAt: m.CreatedAt}
 		if renamed.Name == team.Name {
 			return nil
 		}

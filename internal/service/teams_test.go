@@ -43,7 +43,7 @@ func TestTeamLifecycle(t *testing.T) {
 	if err != nil || tr.Team.Name != "Research" || tr.Role != RoleOwner || tr.Team.Slug == "" {
 		t.Fatalf("Create = %+v, %v", tr, err)
 	}
-	id := tr.Team.ID
+	id := pgUUID(tr.Team.ID)
 	for _, name := range []string{"", "   ", string(make([]byte, 129)), "a\x00b"} {
 		if _, err := ts.Create(ctx, p, name); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Create(%q) = %v, want ErrInvalid", name, err)
@@ -53,7 +53,7 @@ func TestTeamLifecycle(t *testing.T) {
 		t.Errorf("Create by an API key: %v", err)
 	}
 	list, err := ts.List(ctx, p)
-	if err != nil || len(list) != 2 || list[1].Team.ID != id {
+	if err != nil || len(list) != 2 || pgUUID(list[1].Team.ID) != id {
 		t.Fatalf("List = %+v, %v", list, err)
 	}
 	if _, err := ts.Get(ctx, stranger, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
@@ -181,7 +181,7 @@ func TestOwnerInvariantRace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := tr.Team.ID
+		id := pgUUID(tr.Team.ID)
 		pa := Principal{UserID: a.UserID, TeamID: teamIDOf(id)}
 		pb := addMember(t, e, b, id, RoleOwner)
 		var wg sync.WaitGroup
@@ -232,7 +232,7 @@ func TestTeamDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := tr.Team.ID
+	id := pgUUID(tr.Team.ID)
 	addMember(t, e, admin, id, RoleAdmin)
 	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}
 	key, err := e.acc.CreateAPIKey(ctx, tp, "ci")
@@ -341,15 +341,15 @@ func TestMeSwitchAndSearch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := e.acc.SwitchTeam(ctx, p, teamIDOf(tr.Team.ID))
-	if err != nil || sess.Account.Team.ID != tr.Team.ID || sess.Account.Role != RoleOwner {
+	sess, err := e.acc.SwitchTeam(ctx, p, tr.Team.ID)
+	if err != nil || teamIDOf(sess.Account.Team.ID) != tr.Team.ID || sess.Account.Role != RoleOwner {
 		t.Fatalf("SwitchTeam = %+v, %v", sess.Account, err)
 	}
 	sp, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || sp.TeamID != teamIDOf(tr.Team.ID) {
+	if err != nil || sp.TeamID != tr.Team.ID {
 		t.Fatalf("switched session: %+v, %v", sp, err)
 	}
-	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); u.DefaultTeamID != tr.Team.ID {
+	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); teamIDOf(u.DefaultTeamID) != tr.Team.ID {
 		t.Fatal("default team not moved")
 	}
 	_, other := e.signup(t, "other@example.com")
@@ -363,7 +363,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 
 	// AuthenticateUser keeps a session alive once its team is gone, with no
 	// team; AuthenticateJWT refuses it.
-	if _, err := ts.Delete(ctx, p, teamIDOf(tr.Team.ID)); err != nil {
+	if _, err := ts.Delete(ctx, p, tr.Team.ID); err != nil {
 		t.Fatal(err)
 	}
 	up, err := e.acc.AuthenticateUser(ctx, sess.Token)

@@ -140,7 +140,7 @@ func (a *Accounts) Me(ctx context.Context, p Principal) (Me, error) {
 	}
 	out := Me{User: u, Teams: make([]TeamRole, len(rows))}
 	for i, r := range rows {
-		out.Teams[i] = TeamRole{Team: r.Team, Role: r.Role, JoinedAt: r.JoinedAt}
+		out.Teams[i] = TeamRole{Team: teamView(r.Team), Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return out, nil
 }
