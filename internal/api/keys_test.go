@@ -266,7 +266,7 @@ func TestSignupPolicy(t *testing.T) {
 		t.Fatalf("admin login: %d", c)
 	}
 	admin := sess.Token
-	team := wireid.Format(wireid.Team, adm.Team.ID)
+	team := adm.Team.ID.String()
 	invite := func(t *testing.T, email, role string, hours int) invitationJSON {
 		t.Helper()
 		var inv invitationJSON

@@ -109,7 +109,7 @@ func (a *Accounts) redeemInvitation(ctx context.Context, q *db.Queries, inv Invi
 		Action: "invitation.redeem", Metadata: map[string]any{"email": u.Email, "role": inv.Role}}); err != nil {
 		return Account{}, err
 	}
-	return Account{User: u, Team: team, Role: inv.Role}, nil
+	return Account{User: u, Team: teamView(team), Role: inv.Role}, nil
 }
 
 // Now is the clock that invitations expire by.

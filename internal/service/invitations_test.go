@@ -49,7 +49,7 @@ func TestSignupPolicyService(t *testing.T) {
 				t.Fatalf("bootstrap admin: %+v, %v", admin, err)
 			}
 			// The admin's key (as capsule serve makes it) works.
-			p := Principal{UserID: userIDOf(admin.User.ID), TeamID: teamIDOf(admin.Team.ID), Role: admin.Role}
+			p := Principal{UserID: userIDOf(admin.User.ID), TeamID: admin.Team.ID, Role: admin.Role}
 			k, err := a.CreateAPIKey(ctx, p, "admin")
 			if err != nil {
 				t.Fatal(err)

@@ -324,7 +324,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 	}
 	// A plain member of the session's team may not search.
 	_, m := e.signup(t, "plain@example.com")
-	if _, err := e.acc.SearchUsers(ctx, addMember(t, e, m, acc.Team.ID, RoleMember), "many"); !errors.Is(err, ErrForbidden) {
+	if _, err := e.acc.SearchUsers(ctx, addMember(t, e, m, pgUUID(acc.Team.ID), RoleMember), "many"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("member searches: %v", err)
 	}
 
@@ -342,7 +342,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 		t.Fatal(err)
 	}
 	sess, err := e.acc.SwitchTeam(ctx, p, tr.Team.ID)
-	if err != nil || teamIDOf(sess.Account.Team.ID) != tr.Team.ID || sess.Account.Role != RoleOwner {
+	if err != nil || sess.Account.Team.ID != tr.Team.ID || sess.Account.Role != RoleOwner {
 		t.Fatalf("SwitchTeam = %+v, %v", sess.Account, err)
 	}
 	sp, err := e.acc.AuthenticateJWT(ctx, sess.Token)

@@ -63,7 +63,7 @@ func (a *Accounts) issueSession(u db.User, team db.Team, role string) (Session, 
 	acc := Account{User: u}
 	if team.ID.Valid {
 		su.TeamID, su.Role = teamID(team.ID), role
-		acc.Team, acc.Role = team, role
+		acc.Team, acc.Role = teamView(team), role
 	}
 	token, claims, err := a.sessions.Issue(su)
 	if err != nil {
