@@ -116,7 +116,7 @@ func (s *Server) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request, p serv
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, teamBYOCJSON{ID: wireid.Format(wireid.Team, t.ID), Name: t.Name, IsBYOC: t.IsBYOC})
+	writeJSON(w, http.StatusOK, teamBYOCJSON{ID: t.ID.String(), Name: t.Name, IsBYOC: t.IsBYOC})
 }
 
 // adminDeleteTeam deletes a team as its owner would (DELETE /v1/teams/{id}

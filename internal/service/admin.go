@@ -153,7 +153,7 @@ func (a *Admin) Teams(ctx context.Context, p Principal, pg Page) (items []AdminT
 // (ErrNotFound when there is none; the platform team owns the platform's
 // hosts and is never a BYOC team: ErrInvalid). Idempotent; every call is
 // audited (team.byoc_enable or team.byoc_disable, with the previous value).
-func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, typed TeamID, enabled bool) (db.Team, error) {
+func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, typed TeamID, enabled bool) (Team, error) {
 	id := pgUUID(typed)
 	var out db.Team
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
@@ -178,10 +178,10 @@ func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, typed TeamID, enab
 			Action: action, Scope: ScopeAdmin, Metadata: map[string]any{"name": t.Name, "was_byoc": t.IsBYOC, "platform_admin": true}})
 	})
 	if err != nil {
-		return db.Team{}, err
+		return Team{}, err
 	}
 	a.log.InfoContext(ctx, "team BYOC set", "team", teamID(id), "byoc", enabled, "user", p.UserID.String())
-	return out, nil
+	return teamView(out), nil
 }
 
 // DeleteTeam deletes a live team as its owner would (Teams.Delete's path:
