@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/image"
@@ -146,7 +148,10 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	if b.account, err = b.accounts.Signup(ctx, service.Signup{Email: "bench@capsule.local", Password: "bench-api-password", Name: "Bench"}); err != nil {
 		return nil, err
 	}
-	b.team = b.account.Team
+	tb, tv := b.account.Team.ID.UUID()
+	if b.team, err = b.st.Queries().GetTeam(ctx, pgtype.UUID{Bytes: tb, Valid: tv}); err != nil {
+		return nil, err
+	}
 	key, err := b.accounts.CreateAPIKey(ctx, b.account.Principal(), "bench")
 	if err != nil {
 		return nil, err

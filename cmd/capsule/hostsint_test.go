@@ -28,6 +28,7 @@ import (
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/testenv"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // TestRegisteredAgentEndToEnd runs the two sides of host registration
@@ -87,7 +88,8 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hostID := service.HostID(created.ID)
+	hid := wireid.FromUUID[wireid.KindHost](created.ID.Bytes, created.ID.Valid)
+	hostID := hid.String()
 
 	dirs := newServeDirs(t)
 	dirs.pool = hosttest.HostsIntPool
@@ -111,7 +113,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 	}
 	hostRow := func(t *testing.T) db.Host {
 		t.Helper()
-		h, err := cp.Hosts.Get(ctx, admin, created.ID)
+		h, err := cp.Hosts.Get(ctx, admin, hid)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +254,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		return
 	}
 	testenv.Step(&t, "a force-deleted host's agent exits", func(t *testing.T) {
-		if _, err := cp.Hosts.Delete(ctx, admin, created.ID, true); err != nil {
+		if _, err := cp.Hosts.Delete(ctx, admin, hid, true); err != nil {
 			t.Fatal(err)
 		}
 		// Its next heartbeat (within hostapi.HeartbeatInterval) is a 404.
@@ -261,7 +263,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 		if code := agent.wait(wctx); code != exitHostDeleted {
 			t.Fatalf("the agent of a deleted host exited %d, want %d:\n%s", code, exitHostDeleted, agent.logText())
 		}
-		if _, err := cp.Hosts.Get(ctx, admin, created.ID); !errors.Is(err, service.ErrNotFound) {
+		if _, err := cp.Hosts.Get(ctx, admin, hid); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("the deleted host: %v", err)
 		}
 		// It destroyed its sandbox before it exited, and its credentials.

@@ -508,7 +508,7 @@ func bootstrapAdmin(ctx context.Context, o *serveOptions, st *store.Store, accou
 	}
 	af := adminFile{
 		Email: acc.User.Email, Password: password, UserID: wireid.Format(wireid.User, acc.User.ID),
-		TeamID: wireid.Format(wireid.Team, acc.Team.ID), APIKey: key.Plaintext,
+		TeamID: acc.Team.ID.String(), APIKey: key.Plaintext,
 	}
 	b, err := json.MarshalIndent(af, "", "  ")
 	if err != nil {

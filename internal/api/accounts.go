@@ -46,8 +46,8 @@ func accountOf(a service.Account) accountJSON {
 	out := accountJSON{User: userJSON{
 		ID: wireid.Format(wireid.User, a.User.ID), Email: a.User.Email, Name: a.User.Name, IsAdmin: a.User.IsAdmin,
 	}}
-	if a.Team.ID.Valid {
-		out.Team = &teamJSON{ID: wireid.Format(wireid.Team, a.Team.ID), Name: a.Team.Name, Slug: a.Team.Slug, Role: a.Role}
+	if !a.Team.ID.IsZero() {
+		out.Team = &teamJSON{ID: a.Team.ID.String(), Name: a.Team.Name, Slug: a.Team.Slug, Role: a.Role}
 	}
 	return out
 }

@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -99,7 +97,7 @@ type enabledJSON struct {
 
 // adminSetTeamBYOC: {"enabled": bool}; answers the team.
 func (s *Server) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -118,13 +116,13 @@ func (s *Server) adminSetTeamBYOC(w http.ResponseWriter, r *http.Request, p serv
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, teamBYOCJSON{ID: wireid.Format(wireid.Team, t.ID), Name: t.Name, IsBYOC: t.IsBYOC})
+	writeJSON(w, http.StatusOK, teamBYOCJSON{ID: t.ID.String(), Name: t.Name, IsBYOC: t.IsBYOC})
 }
 
 // adminDeleteTeam deletes a team as its owner would (DELETE /v1/teams/{id}
 // and its answer).
 func (s *Server) adminDeleteTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -135,7 +133,7 @@ func (s *Server) adminDeleteTeam(w http.ResponseWriter, r *http.Request, p servi
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
-		"id": wireid.Format(wireid.Team, id), "deleted": true,
+		"id": id.String(), "deleted": true,
 		"sandboxes_destroyed": res.Destroyed, "sandboxes_not_destroyed": res.NotDestroyed,
 	})
 }
@@ -188,7 +186,7 @@ type disabledJSON struct {
 
 // adminSetUserDisabled: {"disabled": bool}; answers the user.
 func (s *Server) adminSetUserDisabled(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.User, "user")
+	id, err := typedPathID[wireid.KindUser](r, "id", "user")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -266,9 +264,9 @@ func (s *Server) adminListAuditLogs(w http.ResponseWriter, r *http.Request, p se
 		s.writeError(w, r, err)
 		return
 	}
-	var team pgtype.UUID
+	var team service.TeamID
 	if v := q.Get("team_id"); v != "" {
-		if team, err = wireid.Parse(wireid.Team, v); err != nil {
+		if team, err = wireid.ParseTeamID(v); err != nil {
 			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "team_id: not a team ID"})
 			return
 		}

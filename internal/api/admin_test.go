@@ -36,7 +36,7 @@ func (e *apiEnv) platformAdmin(t *testing.T, email string) user {
 	if c := e.do(t, "POST", "/v1/api-keys", s.Token, map[string]string{"name": "admin"}, &k); c != 201 {
 		t.Fatalf("admin key: %d", c)
 	}
-	return user{jwt: s.Token, key: k.Key, team: wireid.Format(wireid.Team, acc.Team.ID), id: wireid.Format(wireid.User, acc.User.ID), email: email}
+	return user{jwt: s.Token, key: k.Key, team: acc.Team.ID.String(), id: wireid.Format(wireid.User, acc.User.ID), email: email}
 }
 
 // setAdmin sets or clears users.is_admin straight in the database.

@@ -8,7 +8,6 @@ import (
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/hostapi"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
@@ -75,7 +74,7 @@ func hostOf(h service.Host) hostJSON {
 		tags = []string{}
 	}
 	return hostJSON{
-		ID: service.HostID(h.ID), Name: h.Name, Type: h.Type, TeamID: wireid.Format(wireid.Team, h.TeamID), Address: h.Address,
+		ID: wireid.Format(wireid.Host, h.ID), Name: h.Name, Type: h.Type, TeamID: wireid.Format(wireid.Team, h.TeamID), Address: h.Address,
 		Status: h.Status, Tags: tags, Arch: h.Arch, Version: h.Version, ClaimedAddress: h.ClaimedAddress,
 		Total:   hostResourcesJSON{VCPUs: h.TotalVCPUs, MemoryMB: h.TotalMemoryMB, DiskMB: h.TotalDiskMB},
 		Used:    hostResourcesJSON{VCPUs: h.UsedVCPUs, MemoryMB: h.UsedMemoryMB, DiskMB: h.UsedDiskMB},
@@ -119,10 +118,10 @@ type hostSandboxJSON struct {
 	State    string `json:"state"`
 }
 
-func hostSandboxesOf(sbs []db.Sandbox) []hostSandboxJSON {
+func hostSandboxesOf(sbs []service.Sandbox) []hostSandboxJSON {
 	out := make([]hostSandboxJSON, len(sbs))
 	for i, sb := range sbs {
-		out[i] = hostSandboxJSON{ID: service.ID(sb.ID), TeamID: wireid.Format(wireid.Team, sb.TeamID), Template: sb.Template, State: sb.State}
+		out[i] = hostSandboxJSON{ID: sb.ID.String(), TeamID: sb.TeamID.String(), Template: sb.Template, State: string(sb.State)}
 	}
 	return out
 }
@@ -163,7 +162,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request, p service.Pri
 }
 
 func (s *Server) getHost(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Host, "host")
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
 	if err == nil {
 		var h service.Host
 		if h, err = s.cfg.Hosts.Get(r.Context(), p, id); err == nil {
@@ -175,7 +174,7 @@ func (s *Server) getHost(w http.ResponseWriter, r *http.Request, p service.Princ
 }
 
 func (s *Server) updateHost(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Host, "host")
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -194,7 +193,7 @@ func (s *Server) updateHost(w http.ResponseWriter, r *http.Request, p service.Pr
 }
 
 func (s *Server) hostDeletePreview(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Host, "host")
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -212,7 +211,7 @@ const maxListedSandboxes = 20
 
 // deleteHost: 409 naming the affected sandboxes unless ?force=true.
 func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Host, "host")
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -235,19 +234,19 @@ func (s *Server) deleteHost(w http.ResponseWriter, r *http.Request, p service.Pr
 					ids = append(ids, "…")
 					break
 				}
-				ids = append(ids, service.ID(sb.ID))
+				ids = append(ids, sb.ID.String())
 			}
 			err = &service.Error{Kind: service.ErrConflict, Msg: msg + "; affected sandboxes: " + strings.Join(ids, ", "), Err: err}
 		}
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, hostDeletionJSON{ID: service.HostID(id), Deleted: true, Sandboxes: hostSandboxesOf(res.Sandboxes),
+	writeJSON(w, http.StatusOK, hostDeletionJSON{ID: id.String(), Deleted: true, Sandboxes: hostSandboxesOf(res.Sandboxes),
 		SandboxesDestroyed: res.Destroyed, SandboxesNotDestroyed: len(res.Sandboxes) - res.Destroyed})
 }
 
 func (s *Server) regenerateHostToken(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Host, "host")
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/service/servicetest"
@@ -266,7 +268,7 @@ func TestSignupPolicy(t *testing.T) {
 		t.Fatalf("admin login: %d", c)
 	}
 	admin := sess.Token
-	team := wireid.Format(wireid.Team, adm.Team.ID)
+	team := adm.Team.ID.String()
 	invite := func(t *testing.T, email, role string, hours int) invitationJSON {
 		t.Helper()
 		var inv invitationJSON
@@ -419,8 +421,9 @@ func TestSignupClosed(t *testing.T) {
 		t.Fatalf("bootstrap admin under the closed policy: %v", err)
 	}
 	tok := auth.NewInvitationToken(clock.Now().Add(time.Hour))
+	admTeam, _ := adm.Team.ID.UUID()
 	if _, err := e.st.Pool().Exec(ctx, "INSERT INTO team_invitations (team_id, email, role, token_hash, expires_at) VALUES ($1, 'x@example.com', 'member', $2, $3)",
-		adm.Team.ID, tok.Hash, tok.ExpiresAt); err != nil {
+		pgtype.UUID{Bytes: admTeam, Valid: true}, tok.Hash, tok.ExpiresAt); err != nil {
 		t.Fatal(err)
 	}
 	for name, body := range map[string]map[string]string{

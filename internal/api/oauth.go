@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -215,9 +213,9 @@ func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
 		fail("provider_error", "the provider could not be reached or answered wrongly: try again later")
 		return
 	}
-	var link pgtype.UUID
+	var link service.UserID
 	if flow.Link != "" {
-		if link, err = wireid.Parse(wireid.User, flow.Link); err != nil {
+		if link, err = wireid.ParseUserID(flow.Link); err != nil {
 			fail("invalid_request", "invalid linking request")
 			return
 		}
@@ -243,7 +241,7 @@ func (s *Server) oauthCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	frag := url.Values{"token": {res.Session.Token}, "expires_at": {res.Session.ExpiresAt.UTC().Format(time.RFC3339)}}
-	if link.Valid {
+	if !link.IsZero() {
 		frag.Set("linked", name)
 	}
 	found(w, flow.Redirect+"#"+frag.Encode())

@@ -33,8 +33,8 @@ type snapshotJSON struct {
 
 func snapshotOf(t service.Snapshot) snapshotJSON {
 	return snapshotJSON{
-		ID: service.TemplateID(t.ID), Name: t.Name, Kind: t.Kind, VCPUs: t.VCPUs, MemoryMB: t.MemoryMB,
-		DiskMB: t.DiskMB, SizeBytes: t.SizeBytes, SourceSandboxID: wireid.Format(wireid.Sandbox, t.SourceSandboxID),
+		ID: t.ID.String(), Name: t.Name, Kind: t.Kind, VCPUs: t.VCPUs, MemoryMB: t.MemoryMB,
+		DiskMB: t.DiskMB, SizeBytes: t.SizeBytes, SourceSandboxID: t.SourceSandboxID.String(),
 		Public: t.Public, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -49,7 +47,7 @@ type teamDetailJSON struct {
 }
 
 func teamOf(t service.TeamRole) teamDetailJSON {
-	return teamDetailJSON{ID: wireid.Format(wireid.Team, t.Team.ID), Name: t.Team.Name, Slug: t.Team.Slug, Role: t.Role,
+	return teamDetailJSON{ID: t.Team.ID.String(), Name: t.Team.Name, Slug: t.Team.Slug, Role: t.Role,
 		IsBYOC: t.Team.IsBYOC, CreatedAt: t.Team.CreatedAt, JoinedAt: t.JoinedAt}
 }
 
@@ -70,20 +68,11 @@ type memberJSON struct {
 }
 
 func memberOf(m service.Member) memberJSON {
-	return memberJSON{UserID: wireid.Format(wireid.User, m.UserID), Email: m.Email, Name: m.Name, Role: m.Role, JoinedAt: m.JoinedAt}
+	return memberJSON{UserID: m.UserID.String(), Email: m.Email, Name: m.Name, Role: m.Role, JoinedAt: m.JoinedAt}
 }
 
-// pathID parses the wire ID in path segment name; a malformed one is
-// ErrNotFound (what).
-func pathID(r *http.Request, name, prefix, what string) (pgtype.UUID, error) {
-	id, err := wireid.Parse(prefix, r.PathValue(name))
-	if err != nil {
-		return pgtype.UUID{}, &service.Error{Kind: service.ErrNotFound, Msg: what + " not found"}
-	}
-	return id, nil
-}
-
-// typedPathID is pathID for a typed ID of kind K.
+// typedPathID parses the wire ID of kind K in path segment name; a
+// malformed one is ErrNotFound (what).
 func typedPathID[K wireid.Kind](r *http.Request, name, what string) (wireid.ID[K], error) {
 	id, err := wireid.ParseID[K](r.PathValue(name))
 	if err != nil {

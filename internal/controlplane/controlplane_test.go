@@ -14,6 +14,7 @@ import (
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef-controlplane")
@@ -85,7 +86,7 @@ func TestNewWiresOneServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := cp.Agents.Endpoint(ctx, service.HostID(h.ID))
+	ep, err := cp.Agents.Endpoint(ctx, wireid.Format(wireid.Host, h.ID))
 	if err != nil || ep.URL != "https://192.0.2.7:7443" || ep.TLS == nil || ep.TLS.RootCAs == nil || ep.TLS.GetClientCertificate == nil {
 		t.Fatalf("a registered host's endpoint = %+v, %v", ep, err)
 	}

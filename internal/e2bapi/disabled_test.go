@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/service"
 )
 
@@ -20,8 +18,6 @@ func TestDisabledUsersKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin := acc.Principal()
-	userBytes, userValid := f.teamA.UserID.UUID()
-	userUUID := pgtype.UUID{Bytes: userBytes, Valid: userValid}
 	admin.ActorName = acc.User.Email
 	path := "/sandboxes/" + f.running
 	for _, step := range []struct {
@@ -33,7 +29,7 @@ func TestDisabledUsersKey(t *testing.T) {
 		{"re-enabled", false, 200},
 	} {
 		t.Run(step.name, func(t *testing.T) {
-			if _, err := f.se.Admin.SetUserDisabled(ctx, admin, userUUID, step.disabled); err != nil {
+			if _, err := f.se.Admin.SetUserDisabled(ctx, admin, f.teamA.UserID, step.disabled); err != nil {
 				t.Fatal(err)
 			}
 			if r := f.do(t, "GET", path, f.keyA, nil); r.status != step.want {

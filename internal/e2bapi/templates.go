@@ -169,7 +169,7 @@ func (h *Handler) listSnapshots(w http.ResponseWriter, r *http.Request, p servic
 	for _, s := range all { // by name
 		switch {
 		case s.Public, s.Name <= after && after != "",
-			source != "" && service.ID(s.SourceSandboxID) != source,
+			source != "" && s.SourceSandboxID.String() != source,
 			name != "" && s.Name != name:
 			continue
 		}
@@ -228,7 +228,7 @@ func (h *Handler) listTemplates(w http.ResponseWriter, r *http.Request, p servic
 		}
 		seen[s.Name] = true
 		out = append(out, templateJSON{
-			TemplateID: s.Name, BuildID: service.TemplateID(s.ID), CPUCount: s.VCPUs, MemoryMB: s.MemoryMB,
+			TemplateID: s.Name, BuildID: s.ID.String(), CPUCount: s.VCPUs, MemoryMB: s.MemoryMB,
 			DiskSizeMB: s.DiskMB, Public: s.Public, Aliases: []string{s.Name}, Names: []string{s.Name},
 			CreatedAt: s.CreatedAt.UTC(), UpdatedAt: s.CreatedAt.UTC(), BuildCount: 1,
 			EnvdVersion: envdapi.Version, BuildStatus: "ready",

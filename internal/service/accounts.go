@@ -117,13 +117,13 @@ type Signup struct {
 // Account is a user with its default team and role there.
 type Account struct {
 	User db.User
-	Team db.Team
+	Team Team
 	Role string
 }
 
 // Principal is the account's user acting in its team (ActorName unset).
 func (a Account) Principal() Principal {
-	return Principal{UserID: userIDOf(a.User.ID), TeamID: teamIDOf(a.Team.ID), Role: a.Role}
+	return Principal{UserID: userIDOf(a.User.ID), TeamID: a.Team.ID, Role: a.Role}
 }
 
 func validateEmail(email string) (string, error) {
@@ -206,13 +206,13 @@ func (a *Accounts) Signup(ctx context.Context, s Signup) (Account, error) {
 			return fmt.Errorf("default team: %w", err)
 		}
 		u.DefaultTeamID = t.ID
-		acc = Account{User: u, Team: t, Role: "owner"}
+		acc = Account{User: u, Team: teamView(t), Role: "owner"}
 		return nil
 	})
 	if err != nil {
 		return Account{}, err
 	}
-	a.log.InfoContext(ctx, "signup", "user", wireid.Format(wireid.User, acc.User.ID), "team", wireid.Format(wireid.Team, acc.Team.ID),
+	a.log.InfoContext(ctx, "signup", "user", wireid.Format(wireid.User, acc.User.ID), "team", acc.Team.ID.String(),
 		"invited", s.Invitation != "")
 	return acc, nil
 }
@@ -259,7 +259,7 @@ func (a *Accounts) Login(ctx context.Context, email, password string) (Session, 
 	acc := Account{User: u}
 	su := auth.SessionUser{UserID: wireid.Format(wireid.User, u.ID), Name: u.Name, Email: u.Email, IsAdmin: u.IsAdmin}
 	if row, err := a.st.Queries().GetDefaultTeamForUser(ctx, u.ID); err == nil {
-		acc.Team, acc.Role = row.Team, row.Role
+		acc.Team, acc.Role = teamView(row.Team), row.Role
 		su.TeamID, su.Role = wireid.Format(wireid.Team, row.Team.ID), row.Role
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return Session{}, fmt.Errorf("login: default team: %w", err)
@@ -350,7 +350,7 @@ func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (
 		if err != nil {
 			return err
 		}
-		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
 			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.create", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": name, "prefix": gen.DisplayPrefix}})
 	})
@@ -401,7 +401,7 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id APIKeyID) e
 		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)}); err != nil {
 			return notFound(err, "API key")
 		}
-		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
 			ResourceID: id.String(), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name}})
 	})
@@ -421,7 +421,7 @@ func revokeCreatorKeys(ctx context.Context, q *db.Queries, audit *Audit, team, u
 		return fmt.Errorf("revoke the member's API keys: %w", err)
 	}
 	for _, k := range ks {
-		if err := audit.Record(ctx, q, team, actor, AuditEvent{ResourceType: "api_key",
+		if err := audit.Record(ctx, q, teamIDOf(team), actor, AuditEvent{ResourceType: "api_key",
 			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name, "reason": reason, "created_by": userID(user)}}); err != nil {
 			return err

@@ -153,7 +153,8 @@ func (a *Admin) Teams(ctx context.Context, p Principal, pg Page) (items []AdminT
 // (ErrNotFound when there is none; the platform team owns the platform's
 // hosts and is never a BYOC team: ErrInvalid). Idempotent; every call is
 // audited (team.byoc_enable or team.byoc_disable, with the previous value).
-func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, id pgtype.UUID, enabled bool) (db.Team, error) {
+func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, typed TeamID, enabled bool) (Team, error) {
+	id := pgUUID(typed)
 	var out db.Team
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
 		if _, err := a.authorize(ctx, q, p); err != nil {
@@ -173,14 +174,14 @@ func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, id pgtype.UUID, en
 		if enabled {
 			action = "team.byoc_enable"
 		}
-		return a.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
+		return a.audit.Record(ctx, q, typed, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
 			Action: action, Scope: ScopeAdmin, Metadata: map[string]any{"name": t.Name, "was_byoc": t.IsBYOC, "platform_admin": true}})
 	})
 	if err != nil {
-		return db.Team{}, err
+		return Team{}, err
 	}
 	a.log.InfoContext(ctx, "team BYOC set", "team", teamID(id), "byoc", enabled, "user", p.UserID.String())
-	return out, nil
+	return teamView(out), nil
 }
 
 // DeleteTeam deletes a live team as its owner would (Teams.Delete's path:
@@ -188,7 +189,8 @@ func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, id pgtype.UUID, en
 // the admin; team.delete is audited in the team's log). The platform team
 // cannot be deleted (ErrForbidden); a missing or deleted team is
 // ErrNotFound.
-func (a *Admin) DeleteTeam(ctx context.Context, p Principal, id pgtype.UUID) (TeamDeletion, error) {
+func (a *Admin) DeleteTeam(ctx context.Context, p Principal, typed TeamID) (TeamDeletion, error) {
+	id := pgUUID(typed)
 	return a.teams.deleteTeam(ctx, p, id, func(q *db.Queries) (db.Team, error) {
 		if _, err := a.authorize(ctx, q, p); err != nil {
 			return db.Team{}, err
@@ -245,7 +247,8 @@ func (a *Admin) Users(ctx context.Context, p Principal, prefix string, pg Page) 
 // the active admins' rows are locked together, so two admins disabling
 // each other at once cannot both succeed. Idempotent; every call is
 // audited (user.disable or user.enable, in the platform team's log).
-func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, id pgtype.UUID, disabled bool) (db.User, error) {
+func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, typed UserID, disabled bool) (db.User, error) {
+	id := pgUUID(typed)
 	var out db.User
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
 		admins, err := q.LockActiveAdmins(ctx)
@@ -260,7 +263,7 @@ func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, id pgtype.UUID
 			return notFound(err, "user")
 		}
 		if disabled {
-			if userIDOf(id) == p.UserID {
+			if typed == p.UserID {
 				return errorf(ErrConflict, "you cannot disable your own account")
 			}
 			if u.IsAdmin && !u.DisabledAt.Valid && len(admins) <= 1 {
@@ -274,7 +277,7 @@ func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, id pgtype.UUID
 		if disabled {
 			action = "user.disable"
 		}
-		return a.audit.Record(ctx, q, store.PlatformTeamID, p.Actor(), AuditEvent{ResourceType: "user", ResourceID: userID(id),
+		return a.audit.Record(ctx, q, teamIDOf(store.PlatformTeamID), p.Actor(), AuditEvent{ResourceType: "user", ResourceID: userID(id),
 			Action: action, Scope: ScopeAdmin, Metadata: map[string]any{"email": u.Email, "was_disabled": u.DisabledAt.Valid}})
 	})
 	if err != nil {
@@ -317,15 +320,15 @@ func (a *Admin) Hosts(ctx context.Context, p Principal, pg Page) (items []AdminH
 
 // AuditLogs lists the platform-wide audit log (every team's events of
 // every scope, deleted teams' included) newest first, with the filters
-// and paging of Audit.List; team, when valid, keeps one team's events.
-func (a *Admin) AuditLogs(ctx context.Context, p Principal, team pgtype.UUID, f AuditFilter) (items []db.AuditLog, next string, err error) {
+// and paging of Audit.List; team, unless zero, keeps one team's events.
+func (a *Admin) AuditLogs(ctx context.Context, p Principal, team TeamID, f AuditFilter) (items []db.AuditLog, next string, err error) {
 	if err := a.Authorize(ctx, p); err != nil {
 		return nil, "", err
 	}
 	if err := f.normalize(); err != nil {
 		return nil, "", err
 	}
-	params := db.AdminListAuditLogsParams{TeamID: team, ResourceTypes: orEmptySlice(f.ResourceTypes),
+	params := db.AdminListAuditLogsParams{TeamID: pgUUID(team), ResourceTypes: orEmptySlice(f.ResourceTypes),
 		Actions: orEmptySlice(f.Actions), PageSize: int32(f.Limit) + 1}
 	if f.Cursor != "" {
 		if params.AfterCreatedAt, params.AfterID, err = decodeCursor(f.Cursor); err != nil {

@@ -7,11 +7,8 @@ import (
 	"log/slog"
 	"regexp"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // Actor types of audit events.
@@ -107,7 +104,7 @@ func NewAudit(st *store.Store, log *slog.Logger) *Audit {
 // Record appends ev to team's log as actor did it. q, when not nil, is the
 // transaction of the change itself, so that the change and its record
 // commit together.
-func (a *Audit) Record(ctx context.Context, q *db.Queries, team pgtype.UUID, actor Actor, ev AuditEvent) error {
+func (a *Audit) Record(ctx context.Context, q *db.Queries, team TeamID, actor Actor, ev AuditEvent) error {
 	if q == nil {
 		q = a.st.Queries()
 	}
@@ -125,7 +122,7 @@ func (a *Audit) Record(ctx context.Context, q *db.Queries, team pgtype.UUID, act
 		}
 	}
 	_, err := q.InsertAuditLog(ctx, db.InsertAuditLogParams{
-		TeamID: team, ActorType: actor.Type, ActorID: actor.ID, ActorName: truncate(actor.Name, 320),
+		TeamID: pgUUID(team), ActorType: actor.Type, ActorID: actor.ID, ActorName: truncate(actor.Name, 320),
 		ResourceType: ev.ResourceType, ResourceID: ev.ResourceID, Action: ev.Action,
 		Scope: ev.Scope, Status: ev.Status, Metadata: meta,
 	})
@@ -138,11 +135,11 @@ func (a *Audit) Record(ctx context.Context, q *db.Queries, team pgtype.UUID, act
 // RecordAfter records an event of a change that has already happened
 // (after an agent call): a failure to record cannot undo it, so it is
 // logged at error level instead of returned.
-func (a *Audit) RecordAfter(ctx context.Context, team pgtype.UUID, actor Actor, ev AuditEvent) {
+func (a *Audit) RecordAfter(ctx context.Context, team TeamID, actor Actor, ev AuditEvent) {
 	bg := context.WithoutCancel(ctx)
 	if err := a.Record(bg, nil, team, actor, ev); err != nil {
 		a.log.ErrorContext(bg, "audit record lost", "action", ev.Action, "resource", ev.ResourceID,
-			"team", wireid.Format(wireid.Team, team), "err", err)
+			"team", team.String(), "err", err)
 	}
 }
 

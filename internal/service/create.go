@@ -200,7 +200,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			}
 		}
 		log.WarnContext(ctx, "sandbox create failed", "err", cause)
-		s.audit.RecordAfter(bg, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 			Status: AuditError, Metadata: map[string]any{"template": req.Template, "error": PublicText(cause)}})
 		return Sandbox{}, cause
 	}
@@ -235,7 +235,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	// The running state and the audit record commit together (one commit
 	// less on the request's path).
 	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, created, func(q *db.Queries) error {
-		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 			Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
 	})
 	if err != nil {

@@ -120,8 +120,17 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 	return h, nil
 }
 
-// HostID returns the wire ID of a host ("host-…").
-func HostID(id pgtype.UUID) string { return wireid.Format(wireid.Host, id) }
+// sandboxesOf returns the service's view of sandbox rows.
+func sandboxesOf(rows []db.Sandbox) []Sandbox {
+	out := make([]Sandbox, len(rows))
+	for i, r := range rows {
+		out[i] = sandboxOf(r)
+	}
+	return out
+}
+
+// hostWireID returns the wire ID of a host ("host-…").
+func hostWireID(id pgtype.UUID) string { return hostIDOf(id).String() }
 
 // Host is a host's record and its type.
 type Host struct {
@@ -329,19 +338,20 @@ func (h *Hosts) Create(ctx context.Context, p Principal, req CreateHost) (NewHos
 		if err != nil {
 			return fmt.Errorf("create host: %w", err)
 		}
-		return h.audit.Record(ctx, q, team, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID), Action: "host.created",
+		return h.audit.Record(ctx, q, teamIDOf(team), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID), Action: "host.created",
 			Scope: ScopeAdmin, Metadata: map[string]any{"name": row.Name, "type": req.Type, "address": addr}})
 	})
 	if err != nil {
 		return NewHost{}, err
 	}
-	h.log.InfoContext(ctx, "host created", "host", HostID(row.ID), "team", teamID(row.TeamID), "name", row.Name, "address", addr)
+	h.log.InfoContext(ctx, "host created", "host", hostWireID(row.ID), "team", teamID(row.TeamID), "name", row.Name, "address", addr)
 	return NewHost{Host: hostView(row), RegistrationToken: tok.Plaintext, RegistrationTokenExpiresAt: row.RegistrationTokenExpiresAt.Time}, nil
 }
 
 // RegenerateToken replaces a pending host's registration token (the old
 // one stops working); ErrConflict once the host is past pending.
-func (h *Hosts) RegenerateToken(ctx context.Context, p Principal, id pgtype.UUID) (NewHost, error) {
+func (h *Hosts) RegenerateToken(ctx context.Context, p Principal, hostID wireid.HostID) (NewHost, error) {
+	id := pgUUID(hostID)
 	tok := h.tokens.NewRegistrationToken()
 	var row db.Host
 	err := h.st.Tx(ctx, func(q *db.Queries) error {
@@ -355,7 +365,7 @@ func (h *Hosts) RegenerateToken(ctx context.Context, p Principal, id pgtype.UUID
 		if row, err = q.SetHostRegistrationToken(ctx, db.SetHostRegistrationTokenParams{ID: id, TokenHash: tok.Hash, TokenExpiresAt: tok.ExpiresAt}); err != nil {
 			return fmt.Errorf("set registration token: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: HostID(id),
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
 			Action: "host.token_regenerated", Scope: ScopeAdmin})
 	})
 	if err != nil {
@@ -400,7 +410,8 @@ func (h *Hosts) List(ctx context.Context, p Principal) ([]Host, error) {
 }
 
 // Get returns a host p may see.
-func (h *Hosts) Get(ctx context.Context, p Principal, id pgtype.UUID) (Host, error) {
+func (h *Hosts) Get(ctx context.Context, p Principal, hostID wireid.HostID) (Host, error) {
+	id := pgUUID(hostID)
 	row, err := h.access(ctx, h.st.Queries(), p, id, false, false)
 	if err != nil {
 		return Host{}, err
@@ -417,7 +428,8 @@ type UpdateHost struct {
 }
 
 // Update changes a host's tags or drains it (and back).
-func (h *Hosts) Update(ctx context.Context, p Principal, id pgtype.UUID, req UpdateHost) (Host, error) {
+func (h *Hosts) Update(ctx context.Context, p Principal, hostID wireid.HostID, req UpdateHost) (Host, error) {
+	id := pgUUID(hostID)
 	var tags []string
 	if req.Tags != nil {
 		var err error
@@ -453,13 +465,13 @@ func (h *Hosts) Update(ctx context.Context, p Principal, id pgtype.UUID, req Upd
 			return fmt.Errorf("update host: %w", err)
 		}
 		if action != "" {
-			if err := h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: HostID(id), Action: action,
+			if err := h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: action,
 				Scope: ScopeAdmin, Metadata: map[string]any{"from": cur.Status, "to": status}}); err != nil {
 				return err
 			}
 		}
 		if req.Tags != nil && !slices.Equal(cur.Tags, row.Tags) {
-			return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: HostID(id), Action: "host.updated",
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.updated",
 				Scope: ScopeAdmin, Metadata: map[string]any{"tags": row.Tags}})
 		}
 		return nil
@@ -472,22 +484,23 @@ func (h *Hosts) Update(ctx context.Context, p Principal, id pgtype.UUID, req Upd
 
 // DeletePreview lists the sandboxes deleting the host would destroy (its
 // sandboxes that are not stopped).
-func (h *Hosts) DeletePreview(ctx context.Context, p Principal, id pgtype.UUID) ([]db.Sandbox, error) {
+func (h *Hosts) DeletePreview(ctx context.Context, p Principal, hostID wireid.HostID) ([]Sandbox, error) {
+	id := pgUUID(hostID)
 	q := h.st.Queries()
 	if _, err := h.access(ctx, q, p, id, true, false); err != nil {
 		return nil, err
 	}
-	sbs, err := q.ListHostLiveSandboxes(ctx, id)
+	rows, err := q.ListHostLiveSandboxes(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("list the host's sandboxes: %w", err)
 	}
-	return sbs, nil
+	return sandboxesOf(rows), nil
 }
 
 // HostDeletion is what deleting a host did, or (with ErrConflict) would do.
 type HostDeletion struct {
 	// Sandboxes are the affected sandboxes (as they were before).
-	Sandboxes []db.Sandbox
+	Sandboxes []Sandbox
 	// Destroyed counts those the host's agent destroyed; the others'
 	// records were marked stopped without it (it was unreachable).
 	Destroyed int
@@ -502,7 +515,8 @@ const hostDestroyTimeout = 2 * time.Minute
 // the agent (best effort) and marks its record stopped, then deletes the
 // row and evicts the agent from the pool. The embedded agent's host
 // (LocalHost) cannot be deleted.
-func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force bool) (HostDeletion, error) {
+func (h *Hosts) Delete(ctx context.Context, p Principal, hostID wireid.HostID, force bool) (HostDeletion, error) {
+	id := pgUUID(hostID)
 	var res HostDeletion
 	var row db.Host
 	err := h.st.Tx(ctx, func(q *db.Queries) error {
@@ -513,9 +527,11 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 		if row.Name == LocalHost && row.TeamID == store.PlatformTeamID {
 			return errorf(ErrConflict, "the host %q is capsule serve's embedded agent: it cannot be deleted", LocalHost)
 		}
-		if res.Sandboxes, err = q.ListHostLiveSandboxes(ctx, id); err != nil {
+		rows, err := q.ListHostLiveSandboxes(ctx, id)
+		if err != nil {
 			return fmt.Errorf("list the host's sandboxes: %w", err)
 		}
+		res.Sandboxes = sandboxesOf(rows)
 		if len(res.Sandboxes) > 0 && !force {
 			return errorf(ErrConflict, "the host has %d sandboxes that are not stopped: delete it with force=true to destroy them", len(res.Sandboxes))
 		}
@@ -528,7 +544,7 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 	if err != nil {
 		return res, err
 	}
-	log := h.log.With("host", HostID(id))
+	log := h.log.With("host", hostWireID(id))
 	if len(res.Sandboxes) > 0 {
 		// The agent calls and their bookkeeping outlive a client that
 		// leaves; the agent calls are bounded, the bookkeeping is not.
@@ -539,10 +555,10 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 		for _, sb := range res.Sandboxes {
 			destroyed := false
 			if c != nil {
-				_, err := c.DestroySandbox(actx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb.ID)}))
+				_, err := c.DestroySandbox(actx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: sb.ID.String()}))
 				destroyed = err == nil || errors.Is(err, agentclient.ErrNotFound)
 				if !destroyed {
-					log.WarnContext(bg, "destroy a deleted host's sandbox on its agent", "sandbox", ID(sb.ID), "err", err)
+					log.WarnContext(bg, "destroy a deleted host's sandbox on its agent", "sandbox", sb.ID.String(), "err", err)
 				}
 				if errors.Is(err, agentclient.ErrUnavailable) || actx.Err() != nil {
 					c = nil // the agent is down: the rest are only marked stopped
@@ -551,11 +567,11 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 			if destroyed {
 				res.Destroyed++
 			}
-			if _, err := h.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: sb.ID, Reason: "host deleted"}); err != nil && !errors.Is(err, store.ErrNotFound) {
+			if _, err := h.st.Queries().MarkSandboxStopped(bg, db.MarkSandboxStoppedParams{ID: pgUUID(sb.ID), Reason: "host deleted"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return res, fmt.Errorf("persist stopped: %w", err)
 			}
-			h.audit.RecordAfter(bg, sb.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(sb.ID), Action: "sandbox.destroy",
-				Metadata: map[string]any{"reason": "host deleted", "host": HostID(id), "on_host": destroyed}})
+			h.audit.RecordAfter(bg, sb.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: sb.ID.String(), Action: "sandbox.destroy",
+				Metadata: map[string]any{"reason": "host deleted", "host": hostWireID(id), "on_host": destroyed}})
 		}
 		ctx = bg
 	}
@@ -572,7 +588,7 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 			return fmt.Errorf("list the host's sandboxes: %w", err)
 		}
 		if len(left) > 0 && !force {
-			res.Sandboxes = left
+			res.Sandboxes = sandboxesOf(left)
 			return errorf(ErrConflict, "the host has %d sandboxes that are not stopped: delete it with force=true to destroy them", len(left))
 		}
 		for _, sb := range left {
@@ -583,14 +599,14 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 		if _, err := q.DeleteHostRecord(ctx, id); err != nil {
 			return fmt.Errorf("delete host: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, p.Actor(), AuditEvent{ResourceType: "host", ResourceID: HostID(id), Action: "host.deleted",
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), p.Actor(), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id), Action: "host.deleted",
 			Scope: ScopeAdmin, Metadata: map[string]any{"name": row.Name, "sandboxes": len(res.Sandboxes) + len(left),
 				"destroyed_on_host": res.Destroyed, "force": force}})
 	})
 	if err != nil {
 		return res, err
 	}
-	h.agents.Evict(HostID(id))
+	h.agents.Evict(hostWireID(id))
 	h.agents.Evict(row.Name)
 	log.InfoContext(ctx, "host deleted", "team", teamID(row.TeamID), "sandboxes", len(res.Sandboxes), "destroyed", res.Destroyed)
 	return res, nil
@@ -599,7 +615,7 @@ func (h *Hosts) Delete(ctx context.Context, p Principal, id pgtype.UUID, force b
 // agentOf returns the pool's client of a host (by wire ID, else by name),
 // nil when the pool cannot reach it.
 func (h *Hosts) agentOf(ctx context.Context, row db.Host) *agentclient.Client {
-	for _, key := range []string{HostID(row.ID), row.Name} {
+	for _, key := range []string{hostWireID(row.ID), row.Name} {
 		if c, err := h.agents.Get(ctx, key); err == nil {
 			return c
 		}
@@ -726,7 +742,7 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 		}
 		// The access token is issued here: its "jti" goes with the
 		// refresh token (the grace of Refresh).
-		if access, claims, err = h.tokens.IssueAccessToken(HostID(row.ID)); err != nil {
+		if access, claims, err = h.tokens.IssueAccessToken(hostWireID(row.ID)); err != nil {
 			return fmt.Errorf("issue the access token: %w", err)
 		}
 		family := newUUID()
@@ -734,7 +750,7 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 			ExpiresAt: refresh.ExpiresAt, FamilyID: family, AccessTokenID: claims.ID}); err != nil {
 			return fmt.Errorf("store the refresh token: %w", err)
 		}
-		return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID),
+		return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 			Action: "host.registered", Scope: ScopeAdmin, Metadata: map[string]any{"arch": req.Arch, "vcpus": req.VCPUs,
 				"memory_mb": req.MemoryMB, "disk_mb": req.DiskMB, "version": truncate(req.Version, 64),
 				"claimed_address": truncate(req.Address, 128), "address": row.Address, "cert_serial": cert.Serial}})
@@ -742,17 +758,17 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 	if err != nil {
 		return hostapi.RegisterResponse{}, err
 	}
-	h.log.InfoContext(ctx, "host registered", "host", HostID(row.ID), "team", teamID(row.TeamID), "address", row.Address,
+	h.log.InfoContext(ctx, "host registered", "host", hostWireID(row.ID), "team", teamID(row.TeamID), "address", row.Address,
 		"claimed_address", req.Address)
 	return hostapi.RegisterResponse{
-		Credentials: hostapi.Credentials{HostID: HostID(row.ID), AccessToken: access, AccessTokenExpiresAt: claims.ExpiresAt,
+		Credentials: hostapi.Credentials{HostID: hostWireID(row.ID), AccessToken: access, AccessTokenExpiresAt: claims.ExpiresAt,
 			RefreshToken: refresh.Plaintext, RefreshTokenExpiresAt: refresh.ExpiresAt.UTC()},
 		Address: row.Address, Certificate: cert.PEM, CA: h.ca.CertPEM(),
 	}, nil
 }
 
 func (h *Hosts) hostActor(row db.Host) Actor {
-	return Actor{Type: ActorHost, ID: HostID(row.ID), Name: row.Name}
+	return Actor{Type: ActorHost, ID: hostWireID(row.ID), Name: row.Name}
 }
 
 // Refresh exchanges a refresh token for new credentials. The new refresh
@@ -791,7 +807,7 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 		}
 		// Issued here (not used unless this succeeds): its "jti" goes
 		// with the new refresh token.
-		if access, claims, err = h.tokens.IssueAccessToken(HostID(row.ID)); err != nil {
+		if access, claims, err = h.tokens.IssueAccessToken(hostWireID(row.ID)); err != nil {
 			return fmt.Errorf("issue the access token: %w", err)
 		}
 		if old.RevokedAt.Valid {
@@ -803,7 +819,7 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 				return fmt.Errorf("revoke the token family: %w", err)
 			}
 			reused = true
-			return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID),
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 				Action: "host.refresh_token_reused", Scope: ScopeAdmin, Status: AuditWarning, Metadata: map[string]any{"revoked": n}})
 		}
 		if !h.now().Before(old.ExpiresAt) {
@@ -826,10 +842,10 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 		return hostapi.Credentials{}, err
 	}
 	if reused {
-		h.log.WarnContext(ctx, "a revoked host refresh token was presented: its family is revoked", "host", HostID(row.ID))
+		h.log.WarnContext(ctx, "a revoked host refresh token was presented: its family is revoked", "host", hostWireID(row.ID))
 		return hostapi.Credentials{}, errRefreshToken
 	}
-	return hostapi.Credentials{HostID: HostID(row.ID), AccessToken: access, AccessTokenExpiresAt: claims.ExpiresAt,
+	return hostapi.Credentials{HostID: hostWireID(row.ID), AccessToken: access, AccessTokenExpiresAt: claims.ExpiresAt,
 		RefreshToken: next.Plaintext, RefreshTokenExpiresAt: next.ExpiresAt.UTC()}, nil
 }
 
@@ -871,17 +887,17 @@ func (h *Hosts) refreshGrace(ctx context.Context, q *db.Queries, row db.Host, ol
 		}
 	}
 	h.log.InfoContext(ctx, "a rotated host refresh token was replayed before its successor was used: accepted once",
-		"host", HostID(row.ID))
-	return true, h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID),
+		"host", hostWireID(row.ID))
+	return true, h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(row.ID),
 		Action: "host.refresh_token_replayed", Scope: ScopeAdmin, Status: AuditInfo})
 }
 
 // AuthenticateHost verifies a host access JWT (never a user's session:
 // another key and audience) and returns the host's ID and the token's
 // issue time.
-func (h *Hosts) AuthenticateHost(token string) (pgtype.UUID, time.Time, error) {
+func (h *Hosts) AuthenticateHost(token string) (wireid.HostID, time.Time, error) {
 	id, claims, err := h.authenticateHost(token)
-	return id, claims.IssuedAt, err
+	return hostIDOf(id), claims.IssuedAt, err
 }
 
 func (h *Hosts) authenticateHost(token string) (pgtype.UUID, auth.HostClaims, error) {
@@ -958,7 +974,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 			return fmt.Errorf("record the heartbeat: %w", err)
 		}
 		if was == store.HostPending {
-			return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(id),
+			return h.audit.Record(ctx, q, teamIDOf(row.TeamID), h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: hostWireID(id),
 				Action: "host.online", Scope: ScopeAdmin, Status: AuditInfo})
 		}
 		return nil
@@ -967,7 +983,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 		return hostapi.HeartbeatResponse{}, err
 	}
 	if was != row.Status {
-		h.log.InfoContext(ctx, "host status", "host", HostID(id), "from", was, "to", row.Status)
+		h.log.InfoContext(ctx, "host status", "host", hostWireID(id), "from", was, "to", row.Status)
 	}
 	resp := hostapi.HeartbeatResponse{Status: row.Status, IntervalSeconds: int(hostapi.HeartbeatInterval / time.Second)}
 	if cert.PEM != "" {

@@ -105,11 +105,11 @@ func (a *Accounts) redeemInvitation(ctx context.Context, q *db.Queries, inv Invi
 		return Account{}, fmt.Errorf("invitation's team: %w", err)
 	}
 	actor := Actor{Type: ActorUser, ID: userID(u.ID), Name: u.Email}
-	if err := a.audit.Record(ctx, q, inv.TeamID, actor, AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
+	if err := a.audit.Record(ctx, q, teamIDOf(inv.TeamID), actor, AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
 		Action: "invitation.redeem", Metadata: map[string]any{"email": u.Email, "role": inv.Role}}); err != nil {
 		return Account{}, err
 	}
-	return Account{User: u, Team: team, Role: inv.Role}, nil
+	return Account{User: u, Team: teamView(team), Role: inv.Role}, nil
 }
 
 // Now is the clock that invitations expire by.
@@ -160,7 +160,7 @@ func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id TeamID, em
 			return fmt.Errorf("create invitation: %w", err)
 		}
 		out = NewInvitation{Invitation: inv, Token: tok.Plaintext}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
 			Action: "invitation.create", Metadata: map[string]any{"email": email, "role": role, "expires_at": tok.ExpiresAt.UTC()}})
 	})
 	if err != nil {
@@ -206,7 +206,7 @@ func (t *Teams) RevokeInvitation(ctx context.Context, p Principal, id TeamID, in
 		if err != nil {
 			return notFound(err, "invitation")
 		}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
 			Action: "invitation.revoke", Metadata: map[string]any{"email": inv.Email, "role": inv.Role}})
 	})
 }

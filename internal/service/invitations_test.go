@@ -5,8 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -40,7 +38,7 @@ func TestSignupPolicyService(t *testing.T) {
 			if _, err := a.Signup(ctx, Signup{Email: email, Password: "correct horse battery"}); !errors.Is(err, ErrForbidden) {
 				t.Fatalf("signup: %v, want ErrForbidden", err)
 			}
-			if _, err := a.OAuthLogin(ctx, "github", ghProfile("id-"+string(p), email), pgtype.UUID{}); !errors.Is(err, ErrForbidden) {
+			if _, err := a.OAuthLogin(ctx, "github", ghProfile("id-"+string(p), email), UserID{}); !errors.Is(err, ErrForbidden) {
 				t.Fatalf("OAuth registration: %v, want ErrForbidden", err)
 			}
 			if _, err := e.st.Queries().GetUserByEmail(ctx, email); !errors.Is(err, store.ErrNotFound) {
@@ -51,7 +49,7 @@ func TestSignupPolicyService(t *testing.T) {
 				t.Fatalf("bootstrap admin: %+v, %v", admin, err)
 			}
 			// The admin's key (as capsule serve makes it) works.
-			p := Principal{UserID: userIDOf(admin.User.ID), TeamID: teamIDOf(admin.Team.ID), Role: admin.Role}
+			p := Principal{UserID: userIDOf(admin.User.ID), TeamID: admin.Team.ID, Role: admin.Role}
 			k, err := a.CreateAPIKey(ctx, p, "admin")
 			if err != nil {
 				t.Fatal(err)

@@ -104,7 +104,7 @@ func (s *Sandboxes) SetNetwork(ctx context.Context, p Principal, id SandboxID, r
 			}
 			return fmt.Errorf("set network: %w", err)
 		}
-		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
 			Action: "sandbox.set_network", Metadata: map[string]any{"allow_internet": r.AllowInternet,
 				"allow_out": len(r.AllowOut), "deny_out": len(r.DenyOut)}})
 	})

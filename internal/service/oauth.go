@@ -54,7 +54,7 @@ const oauthAttempts = 4
 // address is ErrForbidden. Registration is race-safe: concurrent
 // callbacks for one new identity create exactly one user (the unique
 // constraints on e-mail and identity make the losers retry as logins).
-func (a *Accounts) OAuthLogin(ctx context.Context, provider string, prof oauth.Profile, link pgtype.UUID) (OAuthResult, error) {
+func (a *Accounts) OAuthLogin(ctx context.Context, provider string, prof oauth.Profile, link UserID) (OAuthResult, error) {
 	if !oauth.ValidProviderName(provider) || prof.ProviderUserID == "" {
 		return OAuthResult{}, errors.New("oauth login: invalid provider or profile")
 	}
@@ -63,8 +63,8 @@ func (a *Accounts) OAuthLogin(ctx context.Context, provider string, prof oauth.P
 			res OAuthResult
 			err error
 		)
-		if link.Valid {
-			res, err = a.oauthLink(ctx, provider, prof, link)
+		if !link.IsZero() {
+			res, err = a.oauthLink(ctx, provider, prof, pgUUID(link))
 		} else {
 			res, err = a.oauthLogin(ctx, provider, prof)
 		}

@@ -124,7 +124,7 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		if to == store.SandboxMissing || to == store.SandboxError {
 			status = AuditWarning
 		}
-		s.audit.RecordAfter(ctx, row.TeamID, SystemActor, AuditEvent{ResourceType: "sandbox", ResourceID: id,
+		s.audit.RecordAfter(ctx, teamIDOf(row.TeamID), SystemActor, AuditEvent{ResourceType: "sandbox", ResourceID: id,
 			Action: "sandbox.reconcile", Status: status, Metadata: map[string]any{"from": row.State, "to": to, "reason": reason}})
 	}
 	for id := range onAgent {

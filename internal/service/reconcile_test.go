@@ -128,8 +128,8 @@ func TestReconcileRealAgent(t *testing.T) {
 	for _, tpl := range tpls.Msg.GetTemplates() {
 		onAgent[tpl.GetName()] = true
 	}
-	if onAgent[orphanTpl] || !onAgent[TemplateID(kept.ID)] || !onAgent["minimal"] {
-		t.Errorf("templates on the agent after the reconcile: %v (orphan %s, kept %s)", onAgent, orphanTpl, TemplateID(kept.ID))
+	if onAgent[orphanTpl] || !onAgent[kept.ID.String()] || !onAgent["minimal"] {
+		t.Errorf("templates on the agent after the reconcile: %v (orphan %s, kept %s)", onAgent, orphanTpl, kept.ID.String())
 	}
 	logs, _, err := e.sbx.audit.List(ctx, Principal{TeamID: p.TeamID, Role: RoleOwner}, AuditFilter{Actions: []string{"sandbox.reconcile"}})
 	if err != nil || len(logs) != 5 {

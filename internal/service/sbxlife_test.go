@@ -192,10 +192,10 @@ func TestSnapshotTeamScope(t *testing.T) {
 		}
 		return r
 	}
-	snapA := mk(a.Team.ID, "snap-a", 2, 512)
+	snapA := mk(pgUUID(a.Team.ID), "snap-a", 2, 512)
 	pubSame := mk(store.PlatformTeamID, "snap-a", 1, 256)
 	pub := mk(store.PlatformTeamID, "pub", 1, 256)
-	onlyB := mk(b.Team.ID, "only-b", 1, 256)
+	onlyB := mk(pgUUID(b.Team.ID), "only-b", 1, 256)
 
 	list := func(p Principal) []string {
 		items, err := e.sbx.ListSnapshots(ctx, p)
@@ -204,7 +204,7 @@ func TestSnapshotTeamScope(t *testing.T) {
 		}
 		var out []string
 		for _, s := range items {
-			out = append(out, TemplateID(s.ID)+map[bool]string{true: "/public", false: ""}[s.Public])
+			out = append(out, s.ID.String()+map[bool]string{true: "/public", false: ""}[s.Public])
 		}
 		return out
 	}
@@ -221,8 +221,8 @@ func TestSnapshotTeamScope(t *testing.T) {
 	}{
 		{pa, "snap-a", snapA.ID}, {pb, "snap-a", pubSame.ID}, {pa, "pub", pub.ID}, {pb, "only-b", onlyB.ID},
 	} {
-		if got, err := e.sbx.GetSnapshot(ctx, tc.p, tc.name); err != nil || got.ID != tc.want {
-			t.Errorf("GetSnapshot(%s) = %v, %v", tc.name, TemplateID(got.ID), err)
+		if got, err := e.sbx.GetSnapshot(ctx, tc.p, tc.name); err != nil || pgUUID(got.ID) != tc.want {
+			t.Errorf("GetSnapshot(%s) = %v, %v", tc.name, got.ID.String(), err)
 		}
 	}
 	for _, name := range []string{"only-b", "nope", "../x", ""} {
@@ -259,7 +259,7 @@ func TestSnapshotTeamScope(t *testing.T) {
 			if _, err := e.sbx.Create(ctx, pa, tc.req); !errors.Is(err, tc.want) {
 				t.Fatalf("Create = %v, want %v", err, tc.want)
 			}
-			if n := countSandboxes(t, e, a.Team.ID); n != 0 {
+			if n := countSandboxes(t, e, pgUUID(a.Team.ID)); n != 0 {
 				t.Fatalf("%d sandboxes after a refused create", n)
 			}
 		})

@@ -112,10 +112,10 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 
 	// Snapshot of the running sandbox: it keeps running.
 	snap, replaced, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: a.ID, Name: "my-snap"})
-	if err != nil || replaced || snap.Name != "my-snap" || snap.VCPUs != 1 || snap.MemoryMB != 256 || snap.Public || sandboxIDOf(snap.SourceSandboxID) != a.ID {
+	if err != nil || replaced || snap.Name != "my-snap" || snap.VCPUs != 1 || snap.MemoryMB != 256 || snap.Public || snap.SourceSandboxID != a.ID {
 		t.Fatalf("CreateSnapshot = %+v, %v, %v", snap, replaced, err)
 	}
-	if got := agentTemplates(); !slices.Equal(got, []string{TemplateID(snap.ID)}) {
+	if got := agentTemplates(); !slices.Equal(got, []string{snap.ID.String()}) {
 		t.Fatalf("agent templates %v, want the snapshot's ID", got)
 	}
 	if got := sandboxRow(t, e, pgUUID(a.ID)); got.State != store.SandboxRunning {
@@ -164,9 +164,9 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 	}
 	snap2, replaced, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: a.ID, Name: "my-snap", Overwrite: true})
 	if err != nil || !replaced || snap2.ID == snap.ID {
-		t.Fatalf("overwrite = %v, %v, %v", TemplateID(snap2.ID), replaced, err)
+		t.Fatalf("overwrite = %v, %v, %v", snap2.ID.String(), replaced, err)
 	}
-	if got := agentTemplates(); !slices.Equal(got, []string{TemplateID(snap2.ID)}) {
+	if got := agentTemplates(); !slices.Equal(got, []string{snap2.ID.String()}) {
 		t.Fatalf("agent templates after the overwrite: %v", got)
 	}
 	if res, err := envd(b).Shell(ctx, `cat /tmp/mark; echo; echo ok`); err != nil || string(res.Stdout) != "before the snapshot\nok\n" {

@@ -82,17 +82,17 @@ func (e *env) signup(t *testing.T, email string) (Account, Principal) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, Principal{UserID: userIDOf(a.User.ID), TeamID: teamIDOf(a.Team.ID), Role: a.Role}
+	return a, Principal{UserID: userIDOf(a.User.ID), TeamID: a.Team.ID, Role: a.Role}
 }
 
 func TestSignupLogin(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	a, _ := e.signup(t, "Ada@example.com")
-	if a.Role != "owner" || !a.Team.ID.Valid || a.User.DefaultTeamID != a.Team.ID {
+	if a.Role != "owner" || a.Team.ID.IsZero() || teamIDOf(a.User.DefaultTeamID) != a.Team.ID {
 		t.Fatalf("account = %+v", a)
 	}
-	m, err := e.st.Queries().GetMembership(ctx, db.GetMembershipParams{UserID: a.User.ID, TeamID: a.Team.ID})
+	m, err := e.st.Queries().GetMembership(ctx, db.GetMembershipParams{UserID: a.User.ID, TeamID: pgUUID(a.Team.ID)})
 	if err != nil || m.Role != "owner" {
 		t.Fatalf("membership = %+v, %v", m, err)
 	}
@@ -122,7 +122,7 @@ func TestSignupLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || p.UserID != userIDOf(a.User.ID) || p.TeamID != teamIDOf(a.Team.ID) || p.Role != "owner" {
+	if err != nil || p.UserID != userIDOf(a.User.ID) || p.TeamID != a.Team.ID || p.Role != "owner" {
 		t.Fatalf("AuthenticateJWT = %+v, %v", p, err)
 	}
 	for _, tc := range []struct{ email, pw string }{
@@ -137,7 +137,7 @@ func TestSignupLogin(t *testing.T) {
 		t.Errorf("tampered JWT: %v", err)
 	}
 	// Membership is checked in the database, not taken from the token.
-	if _, err := e.st.Queries().RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: a.User.ID, TeamID: a.Team.ID}); err != nil {
+	if _, err := e.st.Queries().RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: a.User.ID, TeamID: pgUUID(a.Team.ID)}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.acc.AuthenticateJWT(ctx, sess.Token); !errors.Is(err, ErrUnauthorized) {
@@ -210,7 +210,7 @@ func TestCreateRefusals(t *testing.T) {
 	ctx := context.Background()
 	a, p := e.signup(t, "q@example.com")
 	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{
-		ID:                    a.Team.ID,
+		ID:                    pgUUID(a.Team.ID),
 		MaxRunningSandboxes:   pgtype.Int4{Int32: 5, Valid: true},
 		MaxVCPUsPerSandbox:    pgtype.Int4{Int32: 4, Valid: true},
 		MaxMemoryMBPerSandbox: pgtype.Int4{Int32: 2048, Valid: true},
@@ -222,7 +222,7 @@ func TestCreateRefusals(t *testing.T) {
 	// Two running sandboxes hold 4 vCPUs and 3072 MiB.
 	for range 2 {
 		if _, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-			TeamID: a.Team.ID, Template: "base", State: store.SandboxRunning, VCPUs: 2, MemoryMB: 1536, Metadata: []byte(`{}`),
+			TeamID: pgUUID(a.Team.ID), Template: "base", State: store.SandboxRunning, VCPUs: 2, MemoryMB: 1536, Metadata: []byte(`{}`),
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -249,12 +249,12 @@ func TestCreateRefusals(t *testing.T) {
 			if msg, ok := PublicMessage(err); !ok || msg == "" {
 				t.Fatalf("no public message in %v", err)
 			}
-			if n := countSandboxes(t, e, a.Team.ID); n != 2 {
+			if n := countSandboxes(t, e, pgUUID(a.Team.ID)); n != 2 {
 				t.Fatalf("%d sandboxes after a refused create, want 2", n)
 			}
 		})
 	}
-	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{ID: a.Team.ID, MaxRunningSandboxes: pgtype.Int4{Int32: 2, Valid: true}}); err != nil {
+	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{ID: pgUUID(a.Team.ID), MaxRunningSandboxes: pgtype.Int4{Int32: 2, Valid: true}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.sbx.Create(ctx, p, CreateSandbox{}); !errors.Is(err, ErrQuota) {
@@ -272,14 +272,14 @@ func TestCreateAgentUnreachable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Create = %v, want ErrUnavailable", err)
 	}
-	rows, err := e.st.Queries().ListSandboxes(ctx, db.ListSandboxesParams{TeamID: a.Team.ID, States: []string{}, PageSize: 10})
+	rows, err := e.st.Queries().ListSandboxes(ctx, db.ListSandboxesParams{TeamID: pgUUID(a.Team.ID), States: []string{}, PageSize: 10})
 	if err != nil || len(rows) != 1 {
 		t.Fatalf("rows = %v, %v", rows, err)
 	}
 	if rows[0].State != store.SandboxError || rows[0].StateReason == "" {
 		t.Fatalf("state %q (%q), want error with a reason", rows[0].State, rows[0].StateReason)
 	}
-	use, _ := e.st.Queries().CountTeamSandboxUsage(ctx, db.CountTeamSandboxUsageParams{TeamID: a.Team.ID, States: activeStates})
+	use, _ := e.st.Queries().CountTeamSandboxUsage(ctx, db.CountTeamSandboxUsageParams{TeamID: pgUUID(a.Team.ID), States: activeStates})
 	if use.Sandboxes != 0 {
 		t.Fatalf("a failed sandbox holds quota: %+v", use)
 	}
@@ -298,7 +298,7 @@ func TestSandboxTeamScope(t *testing.T) {
 	var ids []pgtype.UUID
 	for i := range 3 {
 		r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-			TeamID: a.Team.ID, Template: "base", State: []string{store.SandboxStopped, store.SandboxPaused, store.SandboxStopped}[i],
+			TeamID: pgUUID(a.Team.ID), Template: "base", State: []string{store.SandboxStopped, store.SandboxPaused, store.SandboxStopped}[i],
 			VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{"i":"` + string(rune('0'+i)) + `"}`),
 		})
 		if err != nil {
@@ -382,12 +382,12 @@ func TestResumeQuota(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	a, p := e.signup(t, "r@example.com")
-	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{ID: a.Team.ID, MaxRunningSandboxes: pgtype.Int4{Int32: 1, Valid: true}}); err != nil {
+	if _, err := e.st.Queries().SetTeamQuotas(ctx, db.SetTeamQuotasParams{ID: pgUUID(a.Team.ID), MaxRunningSandboxes: pgtype.Int4{Int32: 1, Valid: true}}); err != nil {
 		t.Fatal(err)
 	}
 	ins := func(state string) db.Sandbox {
 		r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-			TeamID: a.Team.ID, Template: "base", State: state, VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{}`),
+			TeamID: pgUUID(a.Team.ID), Template: "base", State: state, VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{}`),
 		})
 		if err != nil {
 			t.Fatal(err)

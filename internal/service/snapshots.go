@@ -126,13 +126,33 @@ func ValidateSnapshotName(name string, builtin []string) error {
 
 // Snapshot is a template as a team sees it.
 type Snapshot struct {
-	db.Template
+	ID     wireid.TemplateID
+	TeamID TeamID
+	Name   string
+	Kind   string
+	// The resources a sandbox of the snapshot gets.
+	VCPUs, MemoryMB, DiskMB int32
+	SizeBytes               int64
+	// HostID is the host holding the snapshot's files.
+	HostID          wireid.HostID
+	SourceSandboxID SandboxID
+	// Metadata is the snapshot's metadata (a JSON object).
+	Metadata  json.RawMessage
+	CreatedBy UserID
+	CreatedAt time.Time
+	UpdatedAt time.Time
 	// Public: a platform template every team can use (and none delete).
 	Public bool
 }
 
 func snapshotOf(t db.Template) Snapshot {
-	return Snapshot{Template: t, Public: t.TeamID == store.PlatformTeamID}
+	return Snapshot{
+		ID: wireid.FromUUID[wireid.KindTemplate](t.ID.Bytes, t.ID.Valid), TeamID: teamIDOf(t.TeamID),
+		Name: t.Name, Kind: t.Kind, VCPUs: t.VCPUs, MemoryMB: t.MemoryMB, DiskMB: t.DiskMB, SizeBytes: t.SizeBytes,
+		HostID: hostIDOf(t.HostID), SourceSandboxID: sandboxIDOf(t.SourceSandboxID), Metadata: t.Metadata,
+		CreatedBy: userIDOf(t.CreatedBy), CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
+		Public: t.TeamID == store.PlatformTeamID,
+	}
 }
 
 // CreateSnapshotRequest asks for a snapshot template of a running sandbox.
@@ -210,7 +230,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if err != nil {
 		err = agentError(err, "snapshot")
 		auditEv.Status, auditEv.Metadata["error"] = AuditError, PublicText(err)
-		s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), auditEv)
+		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), auditEv)
 		return Snapshot{}, false, err
 	}
 	if terr := s.touch(ctx, src.ID); terr != nil {
@@ -255,7 +275,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 			}
 			return fmt.Errorf("insert snapshot: %w", err)
 		}
-		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), auditEv)
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
 	})
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
@@ -330,7 +350,7 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 		if err != nil {
 			return fmt.Errorf("delete snapshot: %w", err)
 		}
-		if err := s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
+		if err := s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
 			Action: "snapshot.delete", Metadata: map[string]any{"id": TemplateID(row.ID)}}); err != nil {
 			return err
 		}

@@ -66,16 +66,37 @@ func NewTeams(cfg TeamsConfig) (*Teams, error) {
 	return &Teams{st: cfg.Store, sandboxes: cfg.Sandboxes, audit: audit, now: now, log: log.With("component", "teams")}, nil
 }
 
+// Team is a team as the service shows it.
+type Team struct {
+	ID        TeamID
+	Name      string
+	Slug      string
+	IsBYOC    bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+func teamView(t db.Team) Team {
+	return Team{ID: teamIDOf(t.ID), Name: t.Name, Slug: t.Slug, IsBYOC: t.IsBYOC, CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
+}
+
 // TeamRole is a team and the caller's role in it.
 type TeamRole struct {
-	Team db.Team
+	Team Team
 	Role string
 	// JoinedAt is when the caller became a member.
 	JoinedAt time.Time
 }
 
 // Member is a member of a team.
-type Member = db.ListTeamMembersRow
+type Member struct {
+	UserID UserID
+	Email  string
+	Name   string
+	Role   string
+	// JoinedAt is when the user became a member.
+	JoinedAt time.Time
+}
 
 // TeamDeletion reports a team deletion: the team is deleted (its API
 // keys stop working at once); Destroyed of its sandboxes were destroyed,
@@ -191,8 +212,8 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 			if err != nil {
 				return fmt.Errorf("add owner: %w", err)
 			}
-			out = TeamRole{Team: team, Role: RoleOwner, JoinedAt: m.CreatedAt}
-			return t.audit.Record(ctx, q, team.ID, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(team.ID),
+			out = TeamRole{Team: teamView(team), Role: RoleOwner, JoinedAt: m.CreatedAt}
+			return t.audit.Record(ctx, q, teamIDOf(team.ID), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(team.ID),
 				Action: "team.create", Metadata: map[string]any{"name": name, "slug": team.Slug}})
 		})
 		if err == nil || !errors.Is(err, store.ErrConflict) || store.ConstraintName(err) != "teams_slug_key" || attempt == 2 {
@@ -202,7 +223,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 	if err != nil {
 		return TeamRole{}, err
 	}
-	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", p.UserID.String())
+	t.log.InfoContext(ctx, "team created", "team", out.Team.ID.String(), "user", p.UserID.String())
 	return out, nil
 }
 
@@ -218,7 +239,7 @@ func (t *Teams) List(ctx context.Context, p Principal) ([]TeamRole, error) {
 	}
 	out := make([]TeamRole, len(rows))
 	for i, r := range rows {
-		out[i] = TeamRole{Team: r.Team, Role: r.Role, JoinedAt: r.JoinedAt}
+		out[i] = TeamRole{Team: teamView(r.Team), Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return out, nil
 }
@@ -237,7 +258,7 @@ func (t *Teams) Get(ctx context.Context, p Principal, id TeamID) (TeamRole, erro
 	if err != nil {
 		return TeamRole{}, notFound(err, "team")
 	}
-	return TeamRole{Team: team, Role: m.Role, JoinedAt: m.CreatedAt}, nil
+	return TeamRole{Team: teamView(team), Role: m.Role, JoinedAt: m.CreatedAt}, nil
 }
 
 // Rename renames a team (admins and owners). The slug does not change.
@@ -259,11 +280,11 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id TeamID, name string)
 		if err != nil {
 			return notFound(err, "team")
 		}
-		out = TeamRole{Team: renamed, Role: m.Role, JoinedAt: m.CreatedAt}
+		out = TeamRole{Team: teamView(renamed), Role: m.Role, JoinedAt: m.CreatedAt}
 		if renamed.Name == team.Name {
 			return nil
 		}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: id.String(),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: id.String(),
 			Action: "team.rename", Metadata: map[string]any{"old_name": team.Name, "name": name}})
 	})
 	if err != nil {
@@ -314,7 +335,7 @@ func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, aut
 		for k, v := range meta {
 			md[k] = v
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
+		return t.audit.Record(ctx, q, teamIDOf(id), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
 			Action: "team.delete", Scope: ScopeAdmin, Metadata: md})
 	})
 	if err != nil {
@@ -341,9 +362,13 @@ func (t *Teams) Members(ctx context.Context, p Principal, id TeamID) ([]Member, 
 	if _, err := membership(ctx, q, p, pgUUID(id)); err != nil {
 		return nil, err
 	}
-	ms, err := q.ListTeamMembers(ctx, pgUUID(id))
+	rows, err := q.ListTeamMembers(ctx, pgUUID(id))
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
+	}
+	ms := make([]Member, len(rows))
+	for i, r := range rows {
+		ms[i] = Member{UserID: userIDOf(r.UserID), Email: r.Email, Name: r.Name, Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return ms, nil
 }
@@ -386,8 +411,8 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id TeamID, email, ro
 		if err != nil {
 			return fmt.Errorf("add member: %w", err)
 		}
-		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
+		out = Member{UserID: userIDOf(u.ID), Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
 			Action: "member.add", Metadata: map[string]any{"email": u.Email, "role": role}})
 	})
 	if err != nil {
@@ -442,7 +467,7 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id TeamID, user 
 		if (tm.Role == RoleOwner || role == RoleOwner) && m.Role != RoleOwner {
 			return errorf(ErrForbidden, "only owners can grant or take away the owner role")
 		}
-		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: tm.Role, JoinedAt: tm.CreatedAt}
+		out = Member{UserID: userIDOf(u.ID), Email: u.Email, Name: u.Name, Role: tm.Role, JoinedAt: tm.CreatedAt}
 		if tm.Role == role {
 			return nil
 		}
@@ -457,7 +482,7 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id TeamID, user 
 			return notFound(err, "member")
 		}
 		out.Role = role
-		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
+		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.role_change", Metadata: map[string]any{"email": u.Email, "old_role": tm.Role, "role": role}})
 	})
 	if err != nil {
@@ -497,7 +522,7 @@ func (t *Teams) RemoveMember(ctx context.Context, p Principal, id TeamID, user U
 		} else if n == 0 {
 			return errorf(ErrNotFound, "member not found")
 		}
-		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.remove", Metadata: map[string]any{"email": u.Email, "role": tm.Role}}); err != nil {
 			return err
 		}
@@ -526,7 +551,7 @@ func (t *Teams) Leave(ctx context.Context, p Principal, id TeamID) error {
 		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(id)}); err != nil {
 			return fmt.Errorf("leave: %w", err)
 		}
-		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
+		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
 			Action: "member.leave", Metadata: map[string]any{"role": m.Role}}); err != nil {
 			return err
 		}

@@ -43,7 +43,7 @@ func TestTeamLifecycle(t *testing.T) {
 	if err != nil || tr.Team.Name != "Research" || tr.Role != RoleOwner || tr.Team.Slug == "" {
 		t.Fatalf("Create = %+v, %v", tr, err)
 	}
-	id := tr.Team.ID
+	id := pgUUID(tr.Team.ID)
 	for _, name := range []string{"", "   ", string(make([]byte, 129)), "a\x00b"} {
 		if _, err := ts.Create(ctx, p, name); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Create(%q) = %v, want ErrInvalid", name, err)
@@ -53,7 +53,7 @@ func TestTeamLifecycle(t *testing.T) {
 		t.Errorf("Create by an API key: %v", err)
 	}
 	list, err := ts.List(ctx, p)
-	if err != nil || len(list) != 2 || list[1].Team.ID != id {
+	if err != nil || len(list) != 2 || pgUUID(list[1].Team.ID) != id {
 		t.Fatalf("List = %+v, %v", list, err)
 	}
 	if _, err := ts.Get(ctx, stranger, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
@@ -181,7 +181,7 @@ func TestOwnerInvariantRace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := tr.Team.ID
+		id := pgUUID(tr.Team.ID)
 		pa := Principal{UserID: a.UserID, TeamID: teamIDOf(id)}
 		pb := addMember(t, e, b, id, RoleOwner)
 		var wg sync.WaitGroup
@@ -232,7 +232,7 @@ func TestTeamDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := tr.Team.ID
+	id := pgUUID(tr.Team.ID)
 	addMember(t, e, admin, id, RoleAdmin)
 	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}
 	key, err := e.acc.CreateAPIKey(ctx, tp, "ci")
@@ -324,7 +324,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 	}
 	// A plain member of the session's team may not search.
 	_, m := e.signup(t, "plain@example.com")
-	if _, err := e.acc.SearchUsers(ctx, addMember(t, e, m, acc.Team.ID, RoleMember), "many"); !errors.Is(err, ErrForbidden) {
+	if _, err := e.acc.SearchUsers(ctx, addMember(t, e, m, pgUUID(acc.Team.ID), RoleMember), "many"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("member searches: %v", err)
 	}
 
@@ -341,15 +341,15 @@ func TestMeSwitchAndSearch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := e.acc.SwitchTeam(ctx, p, teamIDOf(tr.Team.ID))
+	sess, err := e.acc.SwitchTeam(ctx, p, tr.Team.ID)
 	if err != nil || sess.Account.Team.ID != tr.Team.ID || sess.Account.Role != RoleOwner {
 		t.Fatalf("SwitchTeam = %+v, %v", sess.Account, err)
 	}
 	sp, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || sp.TeamID != teamIDOf(tr.Team.ID) {
+	if err != nil || sp.TeamID != tr.Team.ID {
 		t.Fatalf("switched session: %+v, %v", sp, err)
 	}
-	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); u.DefaultTeamID != tr.Team.ID {
+	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); teamIDOf(u.DefaultTeamID) != tr.Team.ID {
 		t.Fatal("default team not moved")
 	}
 	_, other := e.signup(t, "other@example.com")
@@ -363,7 +363,7 @@ func TestMeSwitchAndSearch(t *testing.T) {
 
 	// AuthenticateUser keeps a session alive once its team is gone, with no
 	// team; AuthenticateJWT refuses it.
-	if _, err := ts.Delete(ctx, p, teamIDOf(tr.Team.ID)); err != nil {
+	if _, err := ts.Delete(ctx, p, tr.Team.ID); err != nil {
 		t.Fatal(err)
 	}
 	up, err := e.acc.AuthenticateUser(ctx, sess.Token)
@@ -382,7 +382,7 @@ func ghProfile(id, email string) oauth.Profile {
 func TestOAuthLoginService(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	none := pgtype.UUID{}
+	none := UserID{}
 
 	// A new identity registers a user with a default team.
 	r, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "octo@example.com"), none)
@@ -407,17 +407,17 @@ func TestOAuthLoginService(t *testing.T) {
 		t.Fatalf("password account: %v", err)
 	}
 	// ...its owner links it from a session instead.
-	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pgUUID(pw.UserID))
+	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pw.UserID)
 	if err != nil || !r.Linked || userIDOf(r.Session.Account.User.ID) != pw.UserID {
 		t.Fatalf("link: %+v, %v", r, err)
 	}
-	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pgUUID(pw.UserID)); err != nil || r.Linked {
+	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pw.UserID); err != nil || r.Linked {
 		t.Fatalf("link again: %+v, %v", r, err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link someone else's identity: %v", err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link a second identity of the provider: %v", err)
 	}
 	// An OAuth-only account (no password) with the verified address is
@@ -446,7 +446,7 @@ func TestOAuthRegistrationRace(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				r, err := e.acc.OAuthLogin(ctx, "github", prof, pgtype.UUID{})
+				r, err := e.acc.OAuthLogin(ctx, "github", prof, UserID{})
 				ids[i], errs[i], created[i] = r.Session.Account.User.ID, err, r.Created
 			}()
 		}

@@ -42,7 +42,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 		return fmt.Errorf("persist stopped: %w", err)
 	}
 	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id.String(), "team", p.TeamID.String())
-	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox.destroy"})
+	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox.destroy"})
 	return nil
 }
 
@@ -111,7 +111,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", id.String(), "err", terr)
 		}
 		err = agentError(err, op)
-		s.audit.RecordAfter(bg, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op,
+		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op,
 			Status: AuditError, Metadata: map[string]any{"error": PublicText(err)}})
 		return Sandbox{}, err
 	}
@@ -124,7 +124,7 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
 	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", id.String(), "team", p.TeamID.String())
-	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op})
+	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op})
 	return s.view(row, a), nil
 }
 

@@ -76,7 +76,7 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id SandboxID, t
 		if err != nil {
 			return fmt.Errorf("set timeout: %w", err)
 		}
-		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
 			Action: "sandbox.set_timeout", Metadata: map[string]any{"timeout_sec": timeoutSec}})
 	})
 	if err != nil {
@@ -281,7 +281,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 			log.ErrorContext(bg, "persist the auto-pause", "err", err)
 		}
 		log.InfoContext(ctx, "sandbox paused at its timeout")
-		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 		return reapPaused
 	}
 
@@ -294,7 +294,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 				log.ErrorContext(bg, "persist a sandbox whose machine died", "err", terr)
 			}
 			log.WarnContext(ctx, "sandbox machine died; record set to error, disk kept", "reason", reason)
-			s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+			s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 			return reapSkipped
 		}
 	}
@@ -305,7 +305,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 			log.ErrorContext(bg, "persist the failed auto-pause", "err", rerr)
 		}
 		log.WarnContext(ctx, "auto-pause failed; will retry", "err", err)
-		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 		return reapSkipped
 	}
 	if errors.Is(err, agentclient.ErrNotFound) {
@@ -316,7 +316,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 			log.ErrorContext(bg, "persist the lost sandbox", "err", err)
 		}
 		meta["destroyed"] = true
-		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 		return reapDestroyed
 	}
 	// Refused: never destroyed. Retried after a back-off, then kept in
@@ -331,7 +331,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		}
 		log.ErrorContext(ctx, "auto-pause failed for the last time; the sandbox is left in error, its disk kept", "failures", failures, "err", err)
 		meta["kept"] = true
-		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 		return reapFailed
 	}
 	retryAt := now.Add(r.cfg.PauseBackoff << (failures - 1))
@@ -341,7 +341,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	}
 	log.WarnContext(ctx, "auto-pause failed; will retry", "failures", failures, "retry_at", retryAt, "err", err)
 	meta["retry_at"] = retryAt.UTC().Format(time.RFC3339)
-	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+	s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 	return reapRetried
 }
 
@@ -362,11 +362,11 @@ func (r *Reaper) destroyExpired(ctx, bg context.Context, log *slog.Logger, c *ag
 	if err != nil {
 		log.WarnContext(ctx, "destroy at the timeout failed; will retry", "err", err)
 		ev.Status, meta["error"] = AuditError, PublicText(agentError(err, "destroy"))
-		s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+		s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 		return reapSkipped
 	}
 	log.InfoContext(ctx, "sandbox destroyed at its timeout")
-	s.audit.RecordAfter(bg, row.TeamID, SystemActor, ev)
+	s.audit.RecordAfter(bg, teamIDOf(row.TeamID), SystemActor, ev)
 	return reapDestroyed
 }
 

@@ -63,7 +63,7 @@ func (a *Accounts) issueSession(u db.User, team db.Team, role string) (Session, 
 	acc := Account{User: u}
 	if team.ID.Valid {
 		su.TeamID, su.Role = teamID(team.ID), role
-		acc.Team, acc.Role = team, role
+		acc.Team, acc.Role = teamView(team), role
 	}
 	token, claims, err := a.sessions.Issue(su)
 	if err != nil {
@@ -140,7 +140,7 @@ func (a *Accounts) Me(ctx context.Context, p Principal) (Me, error) {
 	}
 	out := Me{User: u, Teams: make([]TeamRole, len(rows))}
 	for i, r := range rows {
-		out.Teams[i] = TeamRole{Team: r.Team, Role: r.Role, JoinedAt: r.JoinedAt}
+		out.Teams[i] = TeamRole{Team: teamView(r.Team), Role: r.Role, JoinedAt: r.JoinedAt}
 	}
 	return out, nil
 }
