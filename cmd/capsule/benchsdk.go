@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -139,12 +140,12 @@ func benchSDK(ctx context.Context, o sdkBenchOptions) (map[string]any, error) {
 	}
 	dirs := []dir{
 		{"up", func() error {
-			n, err := c.Files.Write(ctx, sb.ID, path, "", onlyReader{bytesReader(data)})
+			n, err := c.Files.Write(ctx, sb.ID, path, "", onlyReader{bytes.NewReader(data)})
 			if err == nil && n != int64(len(data)) {
 				err = fmt.Errorf("wrote %d bytes", n)
 			}
 			return err
-		}, func() error { return rawDo(http.MethodPut, onlyReader{bytesReader(data)}) }},
+		}, func() error { return rawDo(http.MethodPut, onlyReader{bytes.NewReader(data)}) }},
 		{"down", func() error {
 			f, err := c.Files.Open(ctx, sb.ID, path, "")
 			if err != nil {
@@ -191,16 +192,3 @@ func median(v []float64) float64 {
 // onlyReader hides every method but Read, so that neither side of the copy
 // knows the length or can replay the body: both stream the same way.
 type onlyReader struct{ io.Reader }
-
-func bytesReader(b []byte) io.Reader { return &sliceReader{b: b} }
-
-type sliceReader struct{ b []byte }
-
-func (r *sliceReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}

@@ -106,14 +106,7 @@ Ctrl-C sends SIGTERM to the command, a second one SIGKILL.`,
 			if res.TimedOut {
 				fmt.Fprintf(a.stdio.Err, "capsule: the command timed out after %s\n", timeout)
 			}
-			if res.ExitCode != 0 {
-				code := res.ExitCode
-				if code < 0 || code > 255 {
-					code = 128 + 9 // killed
-				}
-				return &exitError{code: code}
-			}
-			return nil
+			return exitStatus(res)
 		},
 	}
 	f := cmd.Flags()
@@ -230,14 +223,7 @@ given): the local terminal is put in raw mode, its size follows the window's
 			if err != nil {
 				return err
 			}
-			if res.ExitCode != 0 {
-				code := res.ExitCode
-				if code < 0 || code > 255 {
-					code = 128 + 9
-				}
-				return &exitError{code: code}
-			}
-			return nil
+			return exitStatus(res)
 		},
 	}
 	f := cmd.Flags()
@@ -245,4 +231,18 @@ given): the local terminal is put in raw mode, its size follows the window's
 	f.StringVarP(&cwd, "cwd", "w", "", "working directory (default: the user's home)")
 	f.StringVarP(&user, "user", "u", "", "guest user (default: the sandbox's)")
 	return cmd
+}
+
+// exitStatus is the error that gives capsule the exit code of a command
+// that ended in a sandbox (nil for 0); one a signal ended, or a code out of
+// a process' range, is 137, as a shell reports a killed process.
+func exitStatus(res capsule.CommandResult) error {
+	code := res.ExitCode
+	if code == 0 {
+		return nil
+	}
+	if code < 0 || code > 255 {
+		code = 128 + 9
+	}
+	return &exitError{code: code}
 }
