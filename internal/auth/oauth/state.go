@@ -250,7 +250,7 @@ func (m *StateManager) parse(value, provider string) (string, time.Time, []byte,
 	if (len(parts) != 3 && len(parts) != 4) || len(parts[0]) != base64.RawURLEncoding.EncodedLen(stateBytes) {
 		return "", time.Time{}, nil, false
 	}
-	sig, err := base64.RawURLEncoding.Strict().DecodeString(parts[len(parts)-1])
+	sig, err := decodeCanonical(parts[len(parts)-1])
 	if err != nil {
 		return "", time.Time{}, nil, false
 	}
@@ -259,7 +259,7 @@ func (m *StateManager) parse(value, provider string) (string, time.Time, []byte,
 		if parts[2] == "" || !hmac.Equal(sig, m.macData(provider, parts[0], parts[1], parts[2])) {
 			return "", time.Time{}, nil, false
 		}
-		if data, err = base64.RawURLEncoding.Strict().DecodeString(parts[2]); err != nil {
+		if data, err = decodeCanonical(parts[2]); err != nil {
 			return "", time.Time{}, nil, false
 		}
 	} else if !hmac.Equal(sig, m.mac(provider, parts[0], parts[1])) {
@@ -270,6 +270,21 @@ func (m *StateManager) parse(value, provider string) (string, time.Time, []byte,
 		return "", time.Time{}, nil, false
 	}
 	return parts[0], time.Unix(secs, 0), data, true
+}
+
+// decodeCanonical decodes unpadded base64url and refuses every spelling
+// but the one EncodeToString gives: the decoder alone skips CR and LF and
+// the Strict form only checks trailing bits, so "sig" and "si\rg" would
+// both verify.
+func decodeCanonical(s string) ([]byte, error) {
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	if base64.RawURLEncoding.EncodeToString(b) != s {
+		return nil, errors.New("oauth: non-canonical base64url")
+	}
+	return b, nil
 }
 
 // mac returns HMAC-SHA256 over a domain-separated encoding of the signed
