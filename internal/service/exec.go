@@ -158,7 +158,7 @@ func (s *Sandboxes) running(ctx context.Context, p Principal, id pgtype.UUID) (d
 	if row.State != store.SandboxRunning {
 		return db.Sandbox{}, nil, errorf(ErrConflict, "the sandbox is %s, not running", row.State)
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return db.Sandbox{}, nil, err
 	}

@@ -840,8 +840,9 @@ func validateResources(r hostapi.Resources) bool {
 	return r.VCPUs >= 0 && r.MemoryMB >= 0 && r.DiskMB >= 0
 }
 
-// Heartbeat records a host's report: pending and unreachable hosts become
-// online (draining stays draining), the used resources and sandbox counts
+// Heartbeat records a host's report: a pending host becomes online (an
+// unreachable one stays unreachable until the host monitor reconciled it:
+// Monitor.Pass; draining stays draining), the used resources and sandbox counts
 // are kept, and a CSR gets a new certificate for the declared address. A
 // deleted host is ErrNotFound; an offline one ErrForbidden.
 func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.Heartbeat) (hostapi.HeartbeatResponse, error) {

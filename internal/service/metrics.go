@@ -39,7 +39,7 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID) ([
 	default:
 		return []Metric{}, nil
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return nil, err
 	}

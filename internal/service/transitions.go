@@ -29,7 +29,15 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	// A destroy the client walks away from still completes.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer cancel()
-	c, err := s.client(ctx)
+	if !row.HostID.Valid {
+		// Its host was deleted (and with it whatever ran there).
+		if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("persist stopped: %w", err)
+		}
+		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox.destroy"})
+		return nil
+	}
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return err
 	}
@@ -52,10 +60,11 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID, from, mid, to string,
 	check func(q *db.Queries, row db.Sandbox) error,
 	call func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
-	if _, err := s.get(ctx, p, id); err != nil {
+	cur, err := s.get(ctx, p, id)
+	if err != nil {
 		return Sandbox{}, err
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, cur.HostID)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -172,12 +181,29 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 		}, "resume")
 }
 
-// PauseAll pauses every running sandbox of the host (graceful shutdown),
-// through the same path as Pause. It returns the first error.
+// PauseAll pauses every running sandbox of the hosts whose agents stop
+// with this process (graceful shutdown): the static hosts and
+// EmbeddedHosts, through the same path as Pause. It returns the first
+// error.
 func (s *Sandboxes) PauseAll(ctx context.Context) error {
-	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
-	if err != nil {
-		return fmt.Errorf("pause all: %w", err)
+	hosts := s.StaticHosts()
+	for _, name := range s.embedded {
+		h, err := s.st.Queries().GetHostByName(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pause all: %w", err)
+		}
+		hosts = append(hosts, h.ID)
+	}
+	var rows []db.Sandbox
+	for _, h := range hosts {
+		r, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: h, States: []string{store.SandboxRunning}})
+		if err != nil {
+			return fmt.Errorf("pause all: %w", err)
+		}
+		rows = append(rows, r...)
 	}
 	var first error
 	for _, r := range rows {
