@@ -103,11 +103,11 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	so.defaultCapacity()
-	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, so, o.log)
+	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {
 		return nil, err
 	}
-	b.closers = append(b.closers, stopAgent)
+	b.closers = append(b.closers, hs.stop)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -125,14 +125,20 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// for the bench's account.
 	cp, err := controlplane.New(ctx, controlplane.Config{
 		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
-		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
-		Signup: service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
+		EmbeddedHosts: []string{service.LocalHost},
+		Signup:        service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
 		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log, SingleReplica: true,
 	})
 	if err != nil {
 		return nil, err
 	}
 	b.closers = append(b.closers, cp.Close)
+	// The agent registers as capsule serve's does.
+	emb, err := startEmbeddedAgent(ctx, so, hs, cp, o.log)
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, func() { emb.close(o.log) })
 	b.st, b.pool, b.accounts, b.sandboxes = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes
 	if err := cp.Start(ctx); err != nil {
 		return nil, err

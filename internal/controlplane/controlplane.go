@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/api"
@@ -45,6 +46,9 @@ type Config struct {
 	// Monitor tunes the host monitor (how long without a heartbeat makes
 	// a host unreachable, how often it looks).
 	Monitor service.MonitorConfig
+	// HeartbeatInterval is how often registered agents are asked to beat
+	// (hostapi.HeartbeatInterval when zero).
+	HeartbeatInterval time.Duration
 	// Hasher hashes passwords (default auth.DefaultArgon2Params).
 	Hasher *auth.PasswordHasher
 	// Signup is who may sign up (service.SignupInvite when empty).
@@ -158,7 +162,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		}
 	}
 	svc, err := service.NewServices(ctx, service.ServicesConfig{Store: st, Agents: pool, Secret: cfg.Secret, Hasher: cfg.Hasher,
-		Signup: cfg.Signup, Quotas: cfg.Quotas, Scheduler: cfg.Scheduler, EmbeddedHosts: cfg.EmbeddedHosts, Log: log})
+		Signup: cfg.Signup, Quotas: cfg.Quotas, Scheduler: cfg.Scheduler, EmbeddedHosts: cfg.EmbeddedHosts,
+		HeartbeatInterval: cfg.HeartbeatInterval, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}

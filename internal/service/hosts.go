@@ -55,6 +55,10 @@ type HostsConfig struct {
 	// RegistrationTTL is the lifetime of a registration token
 	// (auth.DefaultHostRegistrationTTL when zero).
 	RegistrationTTL time.Duration
+	// HeartbeatInterval is the interval the heartbeats' answers ask the
+	// agents to beat at (hostapi.HeartbeatInterval when zero; whole
+	// seconds).
+	HeartbeatInterval time.Duration
 	// Now is the clock of token expiry and certificates (time.Now when nil).
 	Now func() time.Time
 	Log *slog.Logger
@@ -86,6 +90,7 @@ type Hosts struct {
 	tokens     *auth.HostTokens
 	audit      *Audit
 	regTTL     time.Duration
+	beatEvery  time.Duration
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -96,12 +101,15 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 		return nil, errors.New("service: hosts need a store, an agent pool and a CA")
 	}
 	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert, agentToken: cfg.AgentToken,
-		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, now: cfg.Now, log: cfg.Log}
+		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, beatEvery: cfg.HeartbeatInterval, now: cfg.Now, log: cfg.Log}
 	if h.now == nil {
 		h.now = time.Now
 	}
 	if h.regTTL == 0 {
 		h.regTTL = auth.DefaultHostRegistrationTTL
+	}
+	if h.beatEvery < time.Second {
+		h.beatEvery = hostapi.HeartbeatInterval
 	}
 	if h.agentToken == "" {
 		h.agentToken = "mtls"
@@ -904,7 +912,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 	if was != row.Status {
 		h.log.InfoContext(ctx, "host status", "host", HostID(id), "from", was, "to", row.Status)
 	}
-	resp := hostapi.HeartbeatResponse{Status: row.Status, IntervalSeconds: int(hostapi.HeartbeatInterval / time.Second)}
+	resp := hostapi.HeartbeatResponse{Status: row.Status, IntervalSeconds: int(h.beatEvery / time.Second)}
 	if cert.PEM != "" {
 		resp.Certificate, resp.CA = cert.PEM, h.ca.CertPEM()
 	}

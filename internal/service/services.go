@@ -42,6 +42,9 @@ type ServicesConfig struct {
 	// EmbeddedHosts name the hosts whose agent stops with this process
 	// (SandboxesConfig.EmbeddedHosts).
 	EmbeddedHosts []string
+	// HeartbeatInterval is how often the agents are asked to beat
+	// (HostsConfig.HeartbeatInterval).
+	HeartbeatInterval time.Duration
 	// Now is the clock of sessions, API keys, invitations and sandbox
 	// activity (time.Now when nil).
 	Now func() time.Time
@@ -96,7 +99,7 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	if s.Hosts, err = NewHosts(HostsConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret, CA: s.CA, Audit: s.Audit,
-		Now: cfg.Now, Log: cfg.Log}); err != nil {
+		HeartbeatInterval: cfg.HeartbeatInterval, Now: cfg.Now, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {

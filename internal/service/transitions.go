@@ -64,10 +64,6 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		return Sandbox{}, err
 	}
-	c, err := s.agentFor(ctx, cur.HostID)
-	if err != nil {
-		return Sandbox{}, err
-	}
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		if check != nil {
@@ -96,11 +92,15 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer acancel()
 	ctx = actx
-	a, err := call(actx, c, row)
-	if err != nil {
-		a, err = s.askAgent(actx, c, id, err, to)
+	// The agent of the sandbox's host (the quota checks come first).
+	c, err := s.agentFor(actx, cur.HostID)
+	var a *pb.Sandbox
+	if err == nil {
+		if a, err = call(actx, c, row); err != nil {
+			a, err = s.askAgent(actx, c, id, err, to)
+		}
 	}
-	if err != nil && errors.Is(err, agentclient.ErrConflict) {
+	if err != nil && c != nil && errors.Is(err, agentclient.ErrConflict) {
 		if died, reason := s.keptWithoutMachine(actx, c, id); died {
 			// The machine died behind the record's back: the record says so
 			// now (error, disk kept on the host; resuming boots it cold).
