@@ -18,7 +18,8 @@ type MonitorConfig struct {
 	// UnreachableAfter is how long without a heartbeat makes a host
 	// unreachable (hostapi.UnreachableAfter when zero).
 	UnreachableAfter time.Duration
-	// Interval is how often a pass runs (5 s when zero).
+	// Interval is how often a pass runs (when zero: a sixth of
+	// UnreachableAfter, from 0.5 to 5 s).
 	Interval time.Duration
 	Log      *slog.Logger
 }
@@ -41,7 +42,9 @@ func NewMonitor(s *Sandboxes, cfg MonitorConfig) *Monitor {
 		cfg.UnreachableAfter = hostapi.UnreachableAfter
 	}
 	if cfg.Interval <= 0 {
-		cfg.Interval = 5 * time.Second
+		// A host is seen unreachable within a sixth of the window after
+		// it became so (5 s at most).
+		cfg.Interval = min(5*time.Second, max(cfg.UnreachableAfter/6, 500*time.Millisecond))
 	}
 	log := cfg.Log
 	if log == nil {
@@ -143,6 +146,11 @@ func (m *Monitor) Pass(ctx context.Context) (MonitorReport, error) {
 		rep.Reconciled.Changed += r.Changed
 		rep.Reconciled.Orphans += r.Orphans
 		rep.Reconciled.OrphanTemplates += r.OrphanTemplates
+		if err == nil && r.Unsettled > 0 {
+			m.log.InfoContext(ctx, "a returning host has sandboxes between two states: it stays unreachable until they settle",
+				"host", s.hostKey(h.ID), "unsettled", r.Unsettled)
+			continue
+		}
 		if err != nil {
 			m.log.WarnContext(ctx, "a returning host could not be reconciled: it stays unreachable", "host", s.hostKey(h.ID), "err", err)
 			if first == nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, agentclient.ErrUnavailable) {

@@ -27,6 +27,10 @@ type ReconcileReport struct {
 	// OrphanTemplates counts snapshot templates the agent kept that no
 	// record owns (deleted).
 	OrphanTemplates int
+	// Unsettled counts records left as they were because the agent's
+	// sandbox was between two states (a pause under way): a returning host
+	// stays unreachable until a later pass sees them settled.
+	Unsettled int
 }
 
 // Reconcile brings the records of every reporting host's sandboxes (online
@@ -46,6 +50,7 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		rep.Changed += r.Changed
 		rep.Orphans += r.Orphans
 		rep.OrphanTemplates += r.OrphanTemplates
+		rep.Unsettled += r.Unsettled
 		if errors.Is(err, ErrUnavailable) || errors.Is(err, agentclient.ErrUnavailable) {
 			s.log.WarnContext(ctx, "reconcile: the host's agent is unreachable", "host", s.hostKey(h.ID), "err", err)
 			continue
@@ -128,7 +133,8 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 			// the disk is kept; resuming boots it cold from that disk.
 			to, reason = store.SandboxError, "on the host: "+a.GetStateReason()
 		default:
-			continue // transitional on the agent: the next start-up sees it settled
+			rep.Unsettled++
+			continue // transitional on the agent: a later pass sees it settled
 		}
 		if row.State == to {
 			if to == store.SandboxRunning && a.GetEnvdUrl() != "" && row.EnvdURL != a.GetEnvdUrl() {
