@@ -172,6 +172,11 @@ func (c clusterClient) do(method, path string, in, out any) int {
 	return resp.StatusCode
 }
 
+type createdClusterHost struct {
+	Host              clusterHost `json:"host"`
+	RegistrationToken string      `json:"registration_token"`
+}
+
 type clusterHost struct {
 	ID     string `json:"id"`
 	Name   string `json:"name"`
@@ -225,23 +230,23 @@ func TestMultiHostCluster(t *testing.T) {
 	adminTeam := sess.Team.ID
 
 	hostOf := func(id string) clusterHost {
-		t.Helper()
+		admin.t.Helper()
 		var h clusterHost
 		if code := admin.do("GET", "/v1/hosts/"+id, nil, &h); code != 200 {
-			t.Fatalf("GET host %s: %d", id, code)
+			admin.t.Fatalf("GET host %s: %d", id, code)
 		}
 		return h
 	}
 	// where lists the live sandboxes of host id.
 	where := func(id string) map[string]bool {
-		t.Helper()
+		admin.t.Helper()
 		var prev struct {
 			Sandboxes []struct {
 				ID string `json:"id"`
 			} `json:"sandboxes"`
 		}
 		if code := admin.do("GET", "/v1/hosts/"+id+"/delete-preview", nil, &prev); code != 200 {
-			t.Fatalf("delete preview of %s: %d", id, code)
+			admin.t.Fatalf("delete preview of %s: %d", id, code)
 		}
 		out := map[string]bool{}
 		for _, s := range prev.Sandboxes {
@@ -250,29 +255,29 @@ func TestMultiHostCluster(t *testing.T) {
 		return out
 	}
 	sandbox := func(c clusterClient, id string) crashSandbox {
-		t.Helper()
+		c.t.Helper()
 		var sb crashSandbox
 		if code := c.do("GET", "/v1/sandboxes/"+id, nil, &sb); code != 200 {
-			t.Fatalf("GET sandbox %s: %d", id, code)
+			c.t.Fatalf("GET sandbox %s: %d", id, code)
 		}
 		return sb
 	}
 	execIn := func(c clusterClient, id, cmd string) string {
-		t.Helper()
+		c.t.Helper()
 		var res struct {
 			Stdout   string `json:"stdout"`
 			ExitCode int    `json:"exit_code"`
 		}
 		if code := c.do("POST", "/v1/sandboxes/"+id+"/exec", map[string]any{"cmd": cmd, "timeout_sec": 60}, &res); code != 200 || res.ExitCode != 0 {
-			t.Fatalf("exec %q in %s: %d, exit %d", cmd, id, code, res.ExitCode)
+			c.t.Fatalf("exec %q in %s: %d, exit %d", cmd, id, code, res.ExitCode)
 		}
 		return strings.TrimSpace(res.Stdout)
 	}
 	create := func(c clusterClient) crashSandbox {
-		t.Helper()
+		c.t.Helper()
 		var sb crashSandbox
 		if code := c.do("POST", "/v1/sandboxes", map[string]any{"template": "minimal", "memory_mb": 256, "timeout_sec": 3600}, &sb); code != 201 {
-			t.Fatalf("create: %d\n%s", code, srv.logText())
+			c.t.Fatalf("create: %d\n%s", code, srv.logText())
 		}
 		return sb
 	}
@@ -294,15 +299,12 @@ func TestMultiHostCluster(t *testing.T) {
 		for n := 1; n <= 3; n++ {
 			a := newClusterAgent(t, root, n)
 			agents[n] = a
-			var nh struct {
-				clusterHost
-				RegistrationToken string `json:"registration_token"`
-			}
+			var nh createdClusterHost
 			if code := admin.do("POST", "/v1/hosts", map[string]any{"name": fmt.Sprintf("node-%d", n), "type": "regular",
 				"address": a.address()}, &nh); code != 201 {
 				t.Fatalf("create host %d: %d", n, code)
 			}
-			a.hostID, tokens[n] = nh.ID, nh.RegistrationToken
+			a.hostID, tokens[n] = nh.Host.ID, nh.RegistrationToken
 			a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		}
 		for _, a := range agents[1:] {
@@ -310,11 +312,13 @@ func TestMultiHostCluster(t *testing.T) {
 		}
 		// The embedded host takes no sandbox from here on: the spread is
 		// the three agents'.
-		var hosts []clusterHost
+		var hosts struct {
+			Hosts []clusterHost `json:"hosts"`
+		}
 		if code := admin.do("GET", "/v1/hosts", nil, &hosts); code != 200 {
 			t.Fatalf("list hosts: %d", code)
 		}
-		for _, h := range hosts {
+		for _, h := range hosts.Hosts {
 			if h.Name == "local" {
 				if code := admin.do("PATCH", "/v1/hosts/"+h.ID, map[string]any{"status": "draining"}, nil); code != 200 {
 					t.Fatalf("drain local: %d", code)
@@ -446,14 +450,11 @@ func TestMultiHostCluster(t *testing.T) {
 		}
 		a := agents[3]
 		a.data += "-byoc"
-		var nh struct {
-			clusterHost
-			RegistrationToken string `json:"registration_token"`
-		}
+		var nh createdClusterHost
 		if code := admin.do("POST", "/v1/hosts", map[string]any{"name": "byoc-1", "type": "byoc", "address": a.address()}, &nh); code != 201 {
 			t.Fatalf("create BYOC host: %d", code)
 		}
-		a.hostID = nh.ID
+		a.hostID = nh.Host.ID
 		a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		until(t, 3*time.Minute, "BYOC host online", func() bool { return hostOf(a.hostID).Status == "online" })
 
@@ -468,6 +469,7 @@ func TestMultiHostCluster(t *testing.T) {
 			t.Fatalf("login: %d", code)
 		}
 		team := clusterClient{t: t, ctx: ctx, url: srv.url, token: other.Token}
+		anon.t = t
 		mine := []crashSandbox{create(admin), create(admin)}
 		theirs := []crashSandbox{create(team), create(team)}
 		onBYOC := where(a.hostID)
