@@ -64,8 +64,9 @@ func ipCmd(t *testing.T, name string, args ...string) {
 	}
 }
 
-// newClusterAgent makes agent n's namespace and link (removed at cleanup).
-func newClusterAgent(t *testing.T, root string, n int) *clusterAgent {
+// newClusterAgent makes agent n's namespace and link (removed at top's
+// cleanup: they outlive t, the step).
+func newClusterAgent(t, top *testing.T, root string, n int) *clusterAgent {
 	t.Helper()
 	base := hosttest.MultiHostLinks.HostCIDR.Addr().As4()
 	base[3] = byte(4 * n)
@@ -79,7 +80,7 @@ func newClusterAgent(t *testing.T, root string, n int) *clusterAgent {
 	_ = exec.Command("ip", "netns", "del", a.ns).Run()
 	_ = exec.Command("ip", "link", "del", a.hostVeth).Run()
 	ipCmd(t, "ip", "netns", "add", a.ns)
-	t.Cleanup(func() {
+	top.Cleanup(func() {
 		_ = exec.Command("ip", "link", "del", a.hostVeth).Run()
 		_ = exec.Command("ip", "netns", "del", a.ns).Run()
 	})
@@ -95,8 +96,8 @@ func newClusterAgent(t *testing.T, root string, n int) *clusterAgent {
 }
 
 // start runs `capsule agent` in the agent's namespace, registering with
-// token when not empty.
-func (a *clusterAgent) start(t *testing.T, bin, cpURL, token string) {
+// token when not empty; the process is stopped at top's cleanup.
+func (a *clusterAgent) start(t, top *testing.T, bin, cpURL, token string) {
 	t.Helper()
 	args := []string{"netns", "exec", a.ns, bin, "agent", "--control-plane", cpURL, "--address", a.address(),
 		"--data-dir", a.data, "--run-dir", a.data + "-run", "--images-dir", hosttest.StoreDir,
@@ -112,9 +113,14 @@ func (a *clusterAgent) start(t *testing.T, bin, cpURL, token string) {
 	if err := a.proc.Start(); err != nil {
 		t.Fatal(err)
 	}
-	proc, done := a.proc, a.done
+	proc, done, logBuf := a.proc, a.done, a.log
 	go func() { _ = proc.Wait(); close(done) }()
-	t.Cleanup(func() {
+	top.Cleanup(func() {
+		if top.Failed() {
+			logMu.Lock()
+			top.Logf("agent %d (%s):\n%s", a.n, a.ns, logBuf.String())
+			logMu.Unlock()
+		}
 		select {
 		case <-done:
 			return
@@ -199,6 +205,7 @@ func until(t *testing.T, d time.Duration, what string, cond func() bool) time.Du
 
 func TestMultiHostCluster(t *testing.T) {
 	bin := serveBinary(t)
+	top := t
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 
@@ -297,7 +304,7 @@ func TestMultiHostCluster(t *testing.T) {
 	t.Run("register three agents", func(t *testing.T) {
 		admin.t = t
 		for n := 1; n <= 3; n++ {
-			a := newClusterAgent(t, root, n)
+			a := newClusterAgent(t, top, root, n)
 			agents[n] = a
 			var nh createdClusterHost
 			if code := admin.do("POST", "/v1/hosts", map[string]any{"name": fmt.Sprintf("node-%d", n), "type": "regular",
@@ -305,7 +312,7 @@ func TestMultiHostCluster(t *testing.T) {
 				t.Fatalf("create host %d: %d", n, code)
 			}
 			a.hostID, tokens[n] = nh.Host.ID, nh.RegistrationToken
-			a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
+			a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		}
 		for _, a := range agents[1:] {
 			until(t, 3*time.Minute, "host "+a.hostID+" online", func() bool { return hostOf(a.hostID).Status == "online" })
@@ -358,7 +365,7 @@ func TestMultiHostCluster(t *testing.T) {
 				t.Errorf("sandbox %s of the unreachable host is %s, want missing", id, st)
 			}
 		}
-		a.start(t, bin, "http://"+a.hostIP.String()+":"+port, "")
+		a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, "")
 		until(t, 3*time.Minute, "host back online", func() bool { return hostOf(a.hostID).Status == "online" })
 		for id := range on {
 			if st := sandbox(admin, id).State; st != "running" {
@@ -455,7 +462,7 @@ func TestMultiHostCluster(t *testing.T) {
 			t.Fatalf("create BYOC host: %d", code)
 		}
 		a.hostID = nh.Host.ID
-		a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
+		a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		until(t, 3*time.Minute, "BYOC host online", func() bool { return hostOf(a.hostID).Status == "online" })
 
 		var other struct {

@@ -180,7 +180,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies, Resolver: proxy.ServiceResolver{
+	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies,
+		AgentTLS: svc.Hosts.AgentTLS(), Resolver: proxy.ServiceResolver{
 		Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
 	}}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
