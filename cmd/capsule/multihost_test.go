@@ -99,7 +99,12 @@ func newClusterAgent(t, top *testing.T, root string, n int) *clusterAgent {
 // token when not empty; the process is stopped at top's cleanup.
 func (a *clusterAgent) start(t, top *testing.T, bin, cpURL, token string) {
 	t.Helper()
-	args := []string{"netns", "exec", a.ns, bin, "agent", "--control-plane", cpURL, "--address", a.address(),
+	// nsenter joins the network namespace only (setns, then exec): the
+	// agent's slot namespaces are bind-mounted in the machine's mount
+	// namespace, where a restarted agent finds them (ip netns exec would
+	// give each agent process a mount namespace of its own, whose mounts
+	// die with it).
+	args := []string{"--net=/run/netns/" + a.ns, bin, "agent", "--control-plane", cpURL, "--address", a.address(),
 		"--data-dir", a.data, "--run-dir", a.data + "-run", "--images-dir", hosttest.StoreDir,
 		"--base=false", "--warm-images=false", "--net-name", a.pool.Name, "--net-host-cidr", a.pool.HostCIDR.String(),
 		"--net-link-cidr", a.pool.LinkCIDR.String(), "--net-max-slots", "8", "--max-vcpus", "8", "--max-memory-mb", "2048"}
@@ -107,7 +112,7 @@ func (a *clusterAgent) start(t, top *testing.T, bin, cpURL, token string) {
 		args = append(args, "--register", token)
 	}
 	a.log, a.done = &bytes.Buffer{}, make(chan struct{})
-	a.proc = exec.Command("ip", args...)
+	a.proc = exec.Command("nsenter", args...)
 	a.proc.Env = os.Environ()
 	a.proc.Stdout, a.proc.Stderr = syncWriter(a.log), syncWriter(a.log)
 	if err := a.proc.Start(); err != nil {
