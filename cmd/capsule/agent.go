@@ -7,6 +7,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/capsulehq/capsule/internal/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -62,11 +65,14 @@ var agentEnv = map[string]string{
 	"register":           "CAPSULE_AGENT_REGISTER",
 	"address":            "CAPSULE_AGENT_ADDRESS",
 	"ca-file":            "CAPSULE_AGENT_CA_FILE",
+	"metrics-listen":     "CAPSULE_AGENT_METRICS_LISTEN",
+	"metrics-token":      "CAPSULE_AGENT_METRICS_TOKEN",
 }
 
 // agentOptions are the agent's settings.
 type agentOptions struct {
 	hostOptions
+	metricsOptions
 	listen    string
 	tokenFile string
 	verbose   bool
@@ -108,6 +114,7 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	fs.StringVar(&o.registerToken, "register", "", "one-time registration token of this host (needed once: ignored while DATA-DIR/agent holds credentials) [CAPSULE_AGENT_REGISTER]")
 	fs.StringVar(&o.address, "address", "", "HOST:PORT this agent listens on (unless --listen is set) and claims at registration; required with --control-plane [CAPSULE_AGENT_ADDRESS]")
 	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA certificates to trust for the control plane's HTTPS (default: the system's roots) [CAPSULE_AGENT_CA_FILE]")
+	o.metricsOptions.register(fs, "CAPSULE_AGENT_")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -122,6 +129,9 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 				return nil, fmt.Errorf("agent: %s=%q: %w", env, v, err)
 			}
 		}
+	}
+	if err := o.metricsOptions.check(fs); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if o.tokenFile == "" {
 		o.tokenFile = filepath.Join(o.dataDir, "agent.token")
@@ -191,6 +201,16 @@ func runAgent(ctx context.Context, args []string) error {
 		"accel", host.driver.Accel(), "max_vcpus", o.capacity.VCPUs, "max_memory_mb", o.capacity.MemoryMB,
 		"max_disk_mb", o.capacity.DiskMB)
 	fmt.Printf("capsule agent: listening on http://%s\n", sa.addr)
+	// Prometheus: the host's capacity and use, its sandboxes, the metrics
+	// sampler's cost, on the private metrics listener.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), sa.agent.Collector())
+	stopMetrics, err := o.serveMetrics(ctx, telemetry.Handler(reg, o.metricsToken), log)
+	if err != nil {
+		_ = sa.stop(log)
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer stopMetrics()
 
 	select {
 	case err := <-sa.served:

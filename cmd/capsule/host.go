@@ -169,6 +169,7 @@ func lockDataDir(dataDir string) (func(), error) {
 
 // servedAgent is a host's agent served over HTTP (h2c) on a listener.
 type servedAgent struct {
+	agent  *agent.Agent
 	srv    *http.Server
 	addr   net.Addr
 	served chan error
@@ -197,7 +198,7 @@ func serveAgentHandler(addr string, a *agent.Agent, tlsCfg *tls.Config, log *slo
 
 // serveAgentOn serves an agent's handler on ln, as serveAgentHandler.
 func serveAgentOn(ln net.Listener, a *agent.Agent, tlsCfg *tls.Config, log *slog.Logger) *servedAgent {
-	s := &servedAgent{srv: agent.NewServer(ln.Addr().String(), a, log), addr: ln.Addr(), served: make(chan error, 1)}
+	s := &servedAgent{agent: a, srv: agent.NewServer(ln.Addr().String(), a, log), addr: ln.Addr(), served: make(chan error, 1)}
 	if tlsCfg != nil {
 		s.srv.TLSConfig = tlsCfg
 		go func() { s.served <- s.srv.ServeTLS(ln, "", "") }()

@@ -29,6 +29,7 @@ commands:
   bench envd    measure envd on this host (prints JSON)
   bench vm      measure the sandbox lifecycle with real VMs (prints JSON; root)
   bench api     measure the control plane's API in-process with a real agent (prints JSON; root)
+  bench metrics measure the metrics sampler's CPU and the metrics endpoint (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
   bench hosts   measure the scheduling decision with 1,000 hosts in a fresh PostgreSQL (prints JSON)
@@ -149,6 +150,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchSDK(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "metrics":
+		o, err := parseBenchMetricsFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchMetrics(ctx, o)
 		if err != nil {
 			return err
 		}

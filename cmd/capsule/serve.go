@@ -85,6 +85,8 @@ var serveEnv = map[string]string{
 	"affinity-weight":         "CAPSULE_AFFINITY_WEIGHT",
 	"host-heartbeat-interval": "CAPSULE_HOST_HEARTBEAT_INTERVAL",
 	"host-unreachable-after":  "CAPSULE_HOST_UNREACHABLE_AFTER",
+	"metrics-listen":          "CAPSULE_METRICS_LISTEN",
+	"metrics-token":           "CAPSULE_METRICS_TOKEN",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -93,6 +95,7 @@ const defaultConfigFile = "/etc/capsule/capsule.yaml"
 
 type serveOptions struct {
 	hostOptions
+	metricsOptions
 	listen string
 	// sandboxListen is the address of the sandbox traffic listener: the
 	// proxy alone, never on the API's origin.
@@ -189,6 +192,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.Float64Var(&o.affinityWeight, "affinity-weight", scheduler.DefaultAffinityWeight, "load discount of a host that already holds a sandbox's template (0 to 1; negative: no template affinity) [CAPSULE_AFFINITY_WEIGHT]")
 	fs.DurationVar(&o.heartbeatInterval, "host-heartbeat-interval", hostapi.HeartbeatInterval, "how often host agents are asked to beat (whole seconds) [CAPSULE_HOST_HEARTBEAT_INTERVAL]")
 	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
+	o.metricsOptions.register(fs, "CAPSULE_")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -229,6 +233,9 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 				return nil, fmt.Errorf("serve: %s=%q: %w", env, v, err)
 			}
 		}
+	}
+	if err := o.metricsOptions.check(fs); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
 	}
 	if o.sandboxListen == o.listen {
 		return nil, fmt.Errorf("serve: -sandbox-listen %q is the API's address: sandbox traffic needs its own listener", o.sandboxListen)
@@ -396,8 +403,23 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err := cp.Start(ctx); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
+	// Prometheus: the control plane's metrics and the embedded agent's,
+	// on the private listener and, with a scrape token, the API's.
+	if emb.served.agent != nil {
+		cp.Telemetry.Registry.MustRegister(emb.served.agent.Collector())
+	}
+	metrics := cp.MetricsHandler(o.metricsToken)
+	stopMetrics, err := o.serveMetrics(ctx, metrics, log)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer stopMetrics()
+	apiHandler := cp.APIHandler()
+	if o.metricsToken != "" {
+		apiHandler = withMetrics(apiHandler, metrics)
+	}
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	srv := &http.Server{Handler: cp.APIHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	srv := &http.Server{Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
 	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}

@@ -85,8 +85,8 @@ RETURNING *;
 UPDATE hosts SET cert_serial = @cert_serial, cert_expires_at = @cert_expires_at WHERE id = @id;
 
 -- name: InsertHostRefreshToken :one
-INSERT INTO host_refresh_tokens (host_id, token_hash, expires_at, family_id)
-VALUES (@host_id, @token_hash, @expires_at, @family_id)
+INSERT INTO host_refresh_tokens (host_id, token_hash, expires_at, family_id, access_token_id)
+VALUES (@host_id, @token_hash, @expires_at, @family_id, @access_token_id)
 RETURNING *;
 
 -- name: LockHostRefreshToken :one
@@ -96,6 +96,22 @@ SELECT * FROM host_refresh_tokens WHERE token_hash = @token_hash FOR UPDATE;
 -- Rotation: the old token, once its successor is stored.
 UPDATE host_refresh_tokens SET revoked_at = now(), replaced_by = @replaced_by
 WHERE id = @id AND revoked_at IS NULL;
+
+-- name: LockHostRefreshTokenByID :one
+SELECT * FROM host_refresh_tokens WHERE id = @id FOR UPDATE;
+
+-- name: SpendHostRefreshGrace :exec
+-- A revoked token has no grace (left): it was accepted once more, or it is
+-- the unused successor that replay replaced; next is its successor now.
+UPDATE host_refresh_tokens SET grace_spent_at = now(), replaced_by = @replaced_by
+WHERE id = @id AND grace_spent_at IS NULL;
+
+-- name: MarkHostRefreshTokenUsed :exec
+-- A heartbeat with the access token access_token_id: the live refresh
+-- token issued with it is used, which ends its predecessor's grace.
+UPDATE host_refresh_tokens SET used_at = now()
+WHERE host_id = @host_id AND access_token_id = @access_token_id AND access_token_id <> ''
+  AND revoked_at IS NULL AND used_at IS NULL;
 
 -- name: RevokeHostRefreshFamily :execrows
 -- A revoked token was presented again: every token of its family dies.

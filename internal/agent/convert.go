@@ -40,6 +40,7 @@ func sandboxToProto(in *sandbox.Info) *pb.Sandbox {
 		EnvdUrl:      in.EnvdURL,
 		HostAddr:     in.HostAddr,
 		StateReason:  in.StateReason,
+		Network:      rulesToProto(in.Network),
 	}
 }
 

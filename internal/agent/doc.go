@@ -46,4 +46,12 @@
 // well-formed, else a fresh one; CarryRequestID), so that the agent's log
 // lines of a call carry the request_id of the API request that caused it
 // (package logctx). The header never reaches a guest.
+//
+// Metrics (metrics.go, revision 4): GetSandboxMetrics reads a tier of a
+// sandbox's history from the manager's sampler; PauseSandbox's answer
+// carries every tier and DestroySandbox's the 24 h tier (read from the
+// series taken before the destroy), so that the control plane stores them
+// with no second call in between. Collector (telemetry.go) is the agent's
+// Prometheus collector: capacity, use, sandboxes by state and the
+// sampler's cost, read at scrape time.
 package agent

@@ -14,6 +14,7 @@ import (
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 )
 
 // service implements the HostAgent handlers.
@@ -40,6 +41,7 @@ func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHost
 		Used:             &pb.Resources{},
 		StartedAt:        timestamp(a.started),
 		BuiltinTemplates: builtinTemplates,
+		Sampler:          a.samplerCost(),
 	}
 	if d := a.cfg.Driver; d != nil {
 		out.Vmm, out.Accel = d.Name(), string(d.Accel())
@@ -68,6 +70,7 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 		MemoryMB:    int(m.GetMemoryMb()),
 		DiskMB:      int(m.GetDiskMb()),
 		Egress:      m.GetEgress(),
+		Network:     createRules(m),
 		AccessToken: m.GetAccessToken(),
 		DefaultUser: m.GetDefaultUser(),
 		EnvVars:     m.GetEnvVars(),
@@ -81,11 +84,19 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 }
 
 func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.DestroySandboxRequest]) (*connect.Response[pb.DestroySandboxResponse], error) {
+	// The history is taken before the sandbox goes and read after: its
+	// last samples are in the answer (the control plane keeps the 24 h
+	// tier).
+	series, _ := s.a.mgr.Metrics(req.Msg.GetSandboxId())
 	if err := s.a.mgr.Destroy(ctx, req.Msg.GetSandboxId()); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
 	s.a.proxying.end(req.Msg.GetSandboxId())
-	return connect.NewResponse(&pb.DestroySandboxResponse{}), nil
+	out := &pb.DestroySandboxResponse{}
+	if series != nil {
+		out.Metrics = seriesToProto(series, metrics.Tier24h, time.Time{}, time.Time{})
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
@@ -98,11 +109,20 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
-	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: sandboxToProto(info)}), nil
+	out := &pb.PauseSandboxResponse{Sandbox: sandboxToProto(info)}
+	if series, err := s.a.mgr.Metrics(id); err == nil {
+		out.Metrics = allTiers(series)
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
 	id := req.Msg.GetSandboxId()
+	if n := req.Msg.GetNetwork(); n != nil {
+		if err := s.a.mgr.SetNetwork(ctx, id, rulesFromProto(n)); err != nil {
+			return nil, s.a.failState(ctx, err)
+		}
+	}
 	info, err := s.a.mgr.Resume(ctx, id)
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
@@ -199,25 +219,4 @@ func (s *service) ListTemplates(ctx context.Context, _ *connect.Request[pb.ListT
 	}
 	slices.SortFunc(out.Templates, func(x, y *pb.Template) int { return strings.Compare(x.Name, y.Name) })
 	return connect.NewResponse(out), nil
-}
-
-// GetSandboxMetrics asks the sandbox's envd for a sample; it does not mark
-// the sandbox active.
-func (s *service) GetSandboxMetrics(ctx context.Context, req *connect.Request[pb.GetSandboxMetricsRequest]) (*connect.Response[pb.GetSandboxMetricsResponse], error) {
-	c, err := s.a.mgr.Client(req.Msg.GetSandboxId())
-	if err != nil {
-		return nil, s.a.failState(ctx, err)
-	}
-	m, err := c.Metrics(ctx)
-	if err != nil {
-		return nil, s.a.failState(ctx, fmt.Errorf("metrics of %s: %w", req.Msg.GetSandboxId(), err))
-	}
-	at := s.a.now()
-	if m.Timestamp > 0 {
-		at = time.Unix(m.Timestamp, 0)
-	}
-	return connect.NewResponse(&pb.GetSandboxMetricsResponse{Metrics: &pb.SandboxMetrics{
-		Timestamp: timestamp(at), CpuCount: uint32(max(m.CPUCount, 0)), CpuUsedPct: m.CPUUsedPct,
-		MemUsed: m.MemUsed, MemTotal: m.MemTotal, MemCache: m.MemCache, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
-	}}), nil
 }

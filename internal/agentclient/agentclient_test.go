@@ -2,6 +2,7 @@ package agentclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -250,4 +251,43 @@ func TestPoolEndpoint(t *testing.T) {
 	if _, err := static.Endpoint(ctx, "local"); !errors.Is(err, ErrUnknownHost) {
 		t.Fatalf("after Evict: %v, want ErrUnknownHost", err)
 	}
+}
+
+// TestEndpointToken: a bearer token is required unless the endpoint is
+// https with a client certificate (mutual TLS), and a client without a
+// token sends no Authorization header.
+func TestEndpointToken(t *testing.T) {
+	withCert := &tls.Config{GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return &tls.Certificate{}, nil
+	}}
+	for _, tc := range []struct {
+		name string
+		ep   Endpoint
+		ok   bool
+	}{
+		{"http with a token", Endpoint{URL: "http://127.0.0.1:1", Token: "t"}, true},
+		{"http without a token", Endpoint{URL: "http://127.0.0.1:1"}, false},
+		{"https without a token or TLS", Endpoint{URL: "https://127.0.0.1:1"}, false},
+		{"https without a client certificate", Endpoint{URL: "https://127.0.0.1:1", TLS: &tls.Config{}}, false},
+		{"http with a client certificate", Endpoint{URL: "http://127.0.0.1:1", TLS: withCert}, false},
+		{"https with a client certificate", Endpoint{URL: "https://127.0.0.1:1", TLS: withCert}, true},
+		{"https with certificates", Endpoint{URL: "https://127.0.0.1:1", TLS: &tls.Config{Certificates: []tls.Certificate{{}}}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.ep.validate(); (err == nil) != tc.ok {
+				t.Fatalf("validate: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+	t.Run("no token, no header", func(t *testing.T) {
+		h := http.Header{}
+		setToken(h, "")
+		if _, ok := h["Authorization"]; ok {
+			t.Fatalf("Authorization set without a token: %v", h)
+		}
+		setToken(h, "t")
+		if h.Get("Authorization") != "Bearer t" {
+			t.Fatalf("Authorization = %q", h.Get("Authorization"))
+		}
+	})
 }

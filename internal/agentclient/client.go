@@ -24,7 +24,11 @@ const MaxMessageBytes = 8 << 20
 type Endpoint struct {
 	// URL is the agent's base URL: http://host:7070 (h2c) or https://….
 	URL string
-	// Token is sent as "Authorization: Bearer <Token>".
+	// Token is sent as "Authorization: Bearer <Token>". It may be empty
+	// only for an https:// endpoint whose TLS presents a client
+	// certificate: an agent in mutual TLS (agent.Config.ClientCertAuth)
+	// authenticates the control plane by that certificate alone, and no
+	// Authorization header is sent.
 	Token string
 	// TLS configures https:// endpoints (nil: the system's roots).
 	TLS *tls.Config
@@ -38,10 +42,23 @@ func (e Endpoint) validate() error {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("agent URL %q: want http://HOST:PORT or https://HOST:PORT", e.URL)
 	}
-	if e.Token == "" {
-		return errors.New("agent endpoint: a token is required")
+	if e.Token == "" && (u.Scheme != "https" || !hasClientCert(e.TLS)) {
+		return errors.New("agent endpoint: a token is required (or https with a client certificate)")
 	}
 	return nil
+}
+
+// hasClientCert reports whether c presents a client certificate.
+func hasClientCert(c *tls.Config) bool {
+	return c != nil && (len(c.Certificates) > 0 || c.GetClientCertificate != nil)
+}
+
+// setToken sets the Authorization header of a call (none without a token:
+// mutual TLS).
+func setToken(h http.Header, token string) {
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
 }
 
 // Client is the client of one host agent.
@@ -104,7 +121,7 @@ type clientInterceptor struct {
 
 func (i *clientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+i.token)
+		setToken(req.Header(), i.token)
 		if id := logctx.RequestID(ctx); id != "" {
 			req.Header().Set(agentapi.RequestIDHeader, id)
 		}
@@ -116,7 +133,7 @@ func (i *clientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc 
 func (i *clientInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+i.token)
+		setToken(conn.RequestHeader(), i.token)
 		if id := logctx.RequestID(ctx); id != "" {
 			conn.RequestHeader().Set(agentapi.RequestIDHeader, id)
 		}

@@ -2,8 +2,10 @@
 // clients of host agents, pooled by host ID.
 //
 // A Pool creates a host's client when it is first asked for it, from the
-// endpoint (URL and bearer token) that its Resolver finds for the host (the
-// hosts table, in the control plane) or that Set registered, and keeps it
+// endpoint (URL and bearer token, or for a registered host no token but
+// mutual TLS with the control plane's client certificate) that its
+// Resolver finds for the host (the hosts table, in the control plane) or
+// that Set registered, and keeps it
 // until Evict (the host was deleted, moved or got a new token). Clients
 // speak HTTP/2 in cleartext (h2c) to http:// agents, HTTP/2 over TLS to
 // https:// ones, so that every kind of RPC works, streams included.

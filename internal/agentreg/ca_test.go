@@ -20,8 +20,13 @@ import (
 	"github.com/capsulehq/capsule/internal/hostapi"
 )
 
-// testCA plays the platform's internal CA with crypto/x509 (the lead
-// switches these tests to internal/pki at merge).
+// testCA plays the platform's internal CA with crypto/x509. It stays so on
+// purpose: these tests need certificates internal/pki never issues (other
+// names, server-only or no extended key usage, lifetimes of seconds for
+// the renewal, a second CA for the rotation), and pki's CA exists only in
+// PostgreSQL (pki.Load). internal/deptest would not object (`go list
+// -deps` without -test ignores test imports); the real pki against a real
+// agent is TestRegisteredAgentEndToEnd in cmd/capsule.
 type testCA struct {
 	cert   *x509.Certificate
 	key    *ecdsa.PrivateKey

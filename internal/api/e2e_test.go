@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"connectrpc.com/connect"
+
+	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/hosttest"
 )
 
@@ -19,7 +22,8 @@ import (
 // refused (404) at every step and the audit log checked at the end. Its
 // network slot pool (capi, 198.18.86.0/24 + 198.18.87.0/24) is its own.
 func TestEndToEndRealVM(t *testing.T) {
-	url := hosttest.StartAgent(t, hosttest.APIPool).URL
+	agent := hosttest.StartAgent(t, hosttest.APIPool)
+	url := agent.URL
 	e := newAPI(t, url, hosttest.AgentToken)
 	jwt, key, _ := e.account(t, "e2e@example.com")
 	jwtB, keyB, _ := e.account(t, "intruder@example.com")
@@ -104,6 +108,36 @@ func TestEndToEndRealVM(t *testing.T) {
 		fmt.Sscan(r.Stdout, &n)
 		return n
 	}
+	// Egress rules: replaced, read back; another team's and bad rules
+	// change nothing. The host's copy is made to differ while paused: the
+	// resume gives it the record's rules again.
+	rules := map[string]any{"allow_internet_access": false, "allow_out": []string{"*.example.com", "1.1.1.1/32"}, "deny_out": []string{"secret.example.com"}}
+	var nw networkJSON
+	if c := e.do(t, "PUT", base+"/network", key, rules, &nw); c != 200 || *nw.AllowInternetAccess || len(nw.AllowOut) != 2 {
+		t.Fatalf("set network: %d %+v", c, nw)
+	}
+	if c := e.do(t, "PUT", base+"/network", keyB, map[string]any{}, nil); c != 404 {
+		t.Fatalf("set network by another team: %d", c)
+	}
+	if c := e.do(t, "PUT", base+"/network", key, map[string]any{"allow_out": []string{"example.com"}}, nil); c != 400 {
+		t.Fatalf("names with internet access on: %d", c)
+	}
+	if c := e.do(t, "PUT", base+"/network", key, map[string]any{"deny_out": []string{"10.0.0.0/40"}}, nil); c != 400 {
+		t.Fatalf("bad CIDR: %d", c)
+	}
+	agentRules := func() *pb.NetworkRules {
+		t.Helper()
+		r, err := agent.Client(t).GetSandbox(t.Context(), connect.NewRequest(&pb.GetSandboxRequest{SandboxId: sb.ID}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Msg.GetSandbox().GetNetwork()
+	}
+	if c := e.do(t, "GET", base+"/network", key, nil, &nw); c != 200 || *nw.AllowInternetAccess || !slices.Equal(nw.DenyOut, []string{"secret.example.com"}) ||
+		!slices.Equal(agentRules().GetAllowOut(), nw.AllowOut) {
+		t.Fatalf("get network: %d %+v, on the host %+v", c, nw, agentRules())
+	}
+
 	before := counter()
 	if c := e.do(t, "POST", base+"/pause", key, nil, &got); c != 200 || got.State != "paused" {
 		t.Fatalf("pause: %d %+v", c, got)
@@ -111,8 +145,15 @@ func TestEndToEndRealVM(t *testing.T) {
 	if c := e.do(t, "POST", base+"/exec", key, map[string]any{"cmd": "true"}, nil); c != 409 {
 		t.Fatalf("exec while paused: %d", c)
 	}
+	if _, err := agent.Client(t).SetSandboxNetwork(t.Context(), connect.NewRequest(&pb.SetSandboxNetworkRequest{SandboxId: sb.ID,
+		Network: &pb.NetworkRules{AllowInternet: true}})); err != nil {
+		t.Fatal(err)
+	}
 	if c := e.do(t, "POST", base+"/resume", key, nil, &got); c != 200 || got.State != "running" {
 		t.Fatalf("resume: %d %+v", c, got)
+	}
+	if r := agentRules(); r.GetAllowInternet() || !slices.Equal(r.GetAllowOut(), nw.AllowOut) {
+		t.Fatalf("the host's rules after the resume: %+v, want the record's %+v", r, nw)
 	}
 	if after := counter(); after < before {
 		t.Fatalf("counter went back from %d to %d across pause/resume", before, after)
@@ -174,7 +215,7 @@ func TestEndToEndRealVM(t *testing.T) {
 		actions = append(actions, l.Action+":"+shortID(l.ResourceID, sb.ID, clone.ID))
 	}
 	want := []string{
-		"sandbox.create:sb", "sandbox.pause:sb", "sandbox.resume:sb", "snapshot.create:e2e-snap",
+		"sandbox.create:sb", "sandbox.set_network:sb", "sandbox.pause:sb", "sandbox.resume:sb", "snapshot.create:e2e-snap",
 		"sandbox.create:clone", "sandbox.destroy:sb", "sandbox.destroy:clone", "snapshot.delete:e2e-snap",
 	}
 	if !slices.Equal(actions, want) {

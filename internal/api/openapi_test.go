@@ -367,6 +367,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"SetMemberRoleRequest", memberRoleJSON{}, false},
 		{"SwitchTeamRequest", switchTeamJSON{}, false},
 		{"SetTimeoutRequest", timeoutJSON{}, false},
+		{"NetworkRules", networkJSON{}, true},
 		{"ExecRequest", execJSON{}, false},
 		{"ExecResult", execResultJSON{}, true},
 		{"ExecStreamPTY", wsPTY{}, false},
@@ -399,6 +400,9 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"HostHeartbeat", hostapi.Heartbeat{}, false},
 		{"HostHeartbeatResponse", hostapi.HeartbeatResponse{}, true},
 		{"HostResources", hostapi.Resources{}, true},
+		{"SandboxMetricSeries", metricSeriesJSON{}, true},
+		{"SandboxMetricPoint", metricPointJSON{}, true},
+		{"SandboxGuestMetric", guestMetricJSON{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

@@ -27,6 +27,8 @@ type createSandboxJSON struct {
 	AutoResume bool `json:"auto_resume"`
 	// PublicTraffic opens the sandbox's ports (not envd's) to anyone.
 	PublicTraffic bool `json:"allow_public_traffic"`
+	// Network are egress rules (network.go).
+	Network *networkJSON `json:"network"`
 }
 
 type sandboxJSON struct {
@@ -98,6 +100,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 		EnvVars: req.EnvVars, Metadata: req.Metadata, Internet: req.Internet,
 		AutoPause: req.AutoPause, AutoResume: req.AutoResume, PublicTraffic: req.PublicTraffic,
+		Network: req.createNetwork(),
 	})
 	if err != nil {
 		s.writeError(w, r, err)

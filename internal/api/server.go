@@ -50,7 +50,10 @@ type Config struct {
 	// LoginLimit, LoginEmailLimit, SignupLimit and SearchLimit (user
 	// search, per user) default to the auth package's suggestions.
 	LoginLimit, LoginEmailLimit, SignupLimit, SearchLimit auth.RateLimit
-	Log                                                   *slog.Logger
+	// Instrument, when set, wraps each route's handler with the pattern
+	// it is registered with (Prometheus, package telemetry).
+	Instrument func(pattern string, h http.Handler) http.Handler
+	Log        *slog.Logger
 }
 
 // Server is the /v1 API's http.Handler.
@@ -151,7 +154,10 @@ func (s *Server) register() {
 	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
+	s.handle("GET /v1/sandboxes/{id}/metrics", s.authed(s.sandboxMetrics))
 	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
+	s.handle("GET /v1/sandboxes/{id}/network", s.authed(s.getSandboxNetwork))
+	s.handle("PUT /v1/sandboxes/{id}/network", s.authed(s.setSandboxNetwork))
 	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
 	s.handle("GET /v1/snapshots", s.authed(s.listSnapshots))
 	s.handle("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))
@@ -200,6 +206,9 @@ func (s *Server) handle(pattern string, h http.Handler) {
 		panic("api: route pattern without a method: " + pattern)
 	}
 	s.routes = append(s.routes, pattern)
+	if s.cfg.Instrument != nil {
+		h = s.cfg.Instrument(pattern, h)
+	}
 	s.mux.Handle(pattern, h)
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/telemetry"
 )
 
 // Config is what the control plane is built from.
@@ -73,7 +74,10 @@ type Config struct {
 	// loops' leadership is then taken without the grace period that
 	// fences off a previous leader (package leader).
 	SingleReplica bool
-	Log           *slog.Logger
+	// MetricsCacheFor is how long the sandboxes-by-state gauge keeps a
+	// read of the table (default 5 s).
+	MetricsCacheFor time.Duration
+	Log             *slog.Logger
 }
 
 // OAuthConfig configures the OAuth login providers.
@@ -116,6 +120,9 @@ type ControlPlane struct {
 	// SandboxDomain is the sandbox domain the E2B facade answers to the
 	// SDKs (Domain with the sandbox listener's port when it names none).
 	SandboxDomain string
+	// Telemetry holds the control plane's Prometheus metrics (MetricsHandler
+	// serves them).
+	Telemetry *telemetry.ControlPlane
 
 	cfg      Config
 	log      *slog.Logger
@@ -169,6 +176,14 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	}
 	hosts = svc.Hosts
 	cp = &ControlPlane{Services: svc, cfg: cfg, log: log}
+	cp.Telemetry = telemetry.NewControlPlane(func(ctx context.Context) ([]telemetry.StateCount, error) {
+		counts, err := svc.Sandboxes.CountByTeamState(ctx)
+		out := make([]telemetry.StateCount, len(counts))
+		for i, c := range counts {
+			out[i] = telemetry.StateCount{Team: c.Team, State: c.State, N: c.N}
+		}
+		return out, err
+	}, cfg.MetricsCacheFor)
 	providers, states, err := NewOAuth(cfg.OAuth, cfg.Secret)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
@@ -177,7 +192,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
 	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
-		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Log: log}); err != nil {
+		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies,
@@ -187,7 +202,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
-	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain, Log: log}); err != nil {
+	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain,
+		Instrument: cp.Telemetry.Route, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	return cp, nil
@@ -199,8 +215,18 @@ func (cp *ControlPlane) APIHandler() http.Handler {
 	return apiHandler(cp.Proxy, cp.E2B, cp.API, cp.SandboxDomain)
 }
 
-// SandboxHandler serves the sandbox listener: the traffic proxy alone.
-func (cp *ControlPlane) SandboxHandler() http.Handler { return sandboxHandler(cp.Proxy) }
+// SandboxHandler serves the sandbox listener: the traffic proxy alone
+// (its requests and bytes counted).
+func (cp *ControlPlane) SandboxHandler() http.Handler {
+	return cp.Telemetry.Proxy(sandboxHandler(cp.Proxy))
+}
+
+// MetricsHandler serves the control plane's Prometheus metrics (and those
+// of collectors registered on cp.Telemetry.Registry); with a token, only
+// to scrapes bearing it.
+func (cp *ControlPlane) MetricsHandler(token string) http.Handler {
+	return telemetry.Handler(cp.Telemetry.Registry, token)
+}
 
 // BackgroundLeadership is the leadership (package leader) under which a
 // control plane runs its background loops: of the replicas sharing a
@@ -253,10 +279,14 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 				mcfg.Log = cp.log
 			}
 			var wg sync.WaitGroup
-			wg.Add(1)
+			wg.Add(2)
 			go func() {
 				defer wg.Done()
 				service.NewMonitor(cp.Sandboxes, mcfg).Run(ctx)
+			}()
+			go func() {
+				defer wg.Done()
+				cp.pruneMetrics(ctx)
 			}()
 			service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(ctx)
 			wg.Wait()
@@ -320,4 +350,25 @@ func (cp *ControlPlane) Close() {
 	cp.stopReaper()
 	cp.Agents.Close()
 	cp.Store.Close()
+}
+
+// pruneMetrics deletes stored metric points past their retention
+// (service.MetricsRetention) at start and then every hour, until ctx ends.
+func (cp *ControlPlane) pruneMetrics(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := cp.Sandboxes.PruneMetrics(ctx, time.Now().Add(-service.MetricsRetention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			cp.log.ErrorContext(ctx, "prune stored metrics", "err", err)
+		case n > 0:
+			cp.log.InfoContext(ctx, "stored metrics pruned", "points", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -27,7 +27,8 @@ type rule struct {
 
 var (
 	controlPlane = []string{"internal/controlplane", "internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
-		"internal/store", "internal/auth", "internal/pki", "internal/agentclient", "internal/wireid", "internal/scheduler", "internal/leader"}
+		"internal/store", "internal/auth", "internal/pki", "internal/agentclient", "internal/wireid", "internal/scheduler", "internal/leader",
+		"internal/telemetry"}
 	// testSupport are the test helpers, which link testing (and, for
 	// hosttest, real host code) by design.
 	testSupport = []string{"internal/service/servicetest", "internal/hosttest", "internal/controlplane/cptest",
@@ -77,7 +78,7 @@ var rules = []rule{
 	},
 	{
 		Name:   "wire contracts import nothing of Capsule's",
-		From:   []string{"internal/envdapi", "internal/agentproxy", "internal/agentapi", "internal/hostapi"},
+		From:   []string{"internal/envdapi", "internal/agentproxy", "internal/agentapi", "internal/hostapi", "internal/egress"},
 		Not:    []string{"internal", "gen", "cmd"},
 		Reason: "both sides of a contract import it; it must not pull either side in",
 	},

@@ -13,8 +13,8 @@
 //     control-plane or host code;
 //   - host code (agent, sandbox, vmm, netslot, disk, image, envdclient)
 //     links no envd server, no control plane and not testing;
-//   - the wire contracts (envdapi, agentproxy, agentapi) import nothing of
-//     Capsule's;
+//   - the wire contracts (envdapi, agentproxy, agentapi, hostapi) and the
+//     egress rules both sides check (egress) import nothing of Capsule's;
 //   - the error classes (errdefs) import nothing of Capsule's, and their
 //     Connect codec (errdefs/errconnect) only errdefs;
 //   - the binaries (cmd/capsule, cmd/envd) do not link testing or the test

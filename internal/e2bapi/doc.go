@@ -42,9 +42,11 @@
 //     defaults to 300 s, ≤ 0 is 400. E2B's defaults differ from /v1's:
 //     autoPause false (killed at the timeout; true pauses), public traffic
 //     on (network.allowPublicTraffic false gives a trafficAccessToken).
-//     allow_internet_access false, or network.denyOut ["0.0.0.0/0"], cut
-//     egress; other allowOut/denyOut rules, mcp and volumeMounts are 400
-//     (not supported); autoPauseMemory false is accepted where E2B accepts
+//     allow_internet_access and network.allowOut/denyOut are the egress
+//     rules (package egress: CIDRs, IPs, domain names and "*.domain";
+//     denyOut ["0.0.0.0/0"] is ALL_TRAFFIC; domains in allowOut need it or
+//     allow_internet_access false, as in E2B); bad rules, network.rules,
+//     network.egressProxy, mcp and volumeMounts are 400; autoPauseMemory false is accepted where E2B accepts
 //     it (pauses always keep memory here); other unknown fields are
 //     ignored. The machine shape is the template's (service defaults for
 //     images).
@@ -74,11 +76,16 @@
 //     sandbox as it was created to.
 //   - Pause: 204; already paused (or pausing) 409, which the SDK reads as
 //     false. Resume (deprecated): 201 with a Sandbox, 409 unless paused.
-//   - Metrics: one sample taken now by the guest's envd through the host
-//     agent (GetSandboxMetrics) for a running sandbox; [] while it is
-//     paused or in transition. GET /sandboxes/metrics?sandbox_ids=a,b (≤
-//     100) maps each running sandbox to its sample; unknown IDs are left
-//     out. start/end are ignored (there is no history).
+//   - Metrics: the sandbox's metrics history (service.Sandboxes.Metrics:
+//     live from the host agent while it runs, stored at its pause while
+//     paused) within start..end (unix seconds; defaults: its creation and
+//     now), clipped to its life — a window before it existed has no
+//     sample; up to 10 min every 0.5 s, up to 2 h 30 s means, beyond 5 min
+//     means. Only samples with the guest's figures (envd answered) are
+//     served: E2B's metrics are the guest's view.
+//     GET /sandboxes/metrics?sandbox_ids=a,b (≤ 100) maps each sandbox to
+//     its sample of the last 10 s; unknown IDs and sandboxes without one
+//     are left out.
 //   - Snapshots: POST /sandboxes/{id}/snapshots makes a snapshot template
 //     of a running sandbox (it keeps running); snapshotID is its name
 //     (usable as templateID; a name given again is taken over by the new
@@ -89,8 +96,14 @@
 //   - Templates: GET /templates lists the built-in images and the team's
 //     and public snapshot templates; GET /templates/aliases/{alias} is
 //     {templateID, public} or 404.
-//   - Not supported: fork, network updates, logs and template builds
-//     answer 501, not a 404 that the SDK would read as "sandbox not found".
+//   - PUT /sandboxes/{id}/network {allowOut, denyOut,
+//     allow_internet_access} replaces the egress rules (left out: cleared;
+//     allow_internet_access left out is true): 204, applied to a running
+//     sandbox's open connections within the call; 404 for another team's
+//     or a killed sandbox; rules and egressProxy are 400. The detail's
+//     network shows allowOut and denyOut.
+//   - Not supported: fork, logs and template builds answer 501, not a 404
+//     that the SDK would read as "sandbox not found".
 //
 // Request IDs: as the native API (package logctx), every answer echoes the
 // request's X-Request-Id (the client's when well-formed, else a fresh one)

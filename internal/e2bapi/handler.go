@@ -37,7 +37,10 @@ type Config struct {
 	// empty); it may end in the sandbox listener's :PORT, which the SDK's
 	// getHost then carries. E2B's own domains are refused.
 	Domain string
-	Log    *slog.Logger
+	// Instrument, when set, wraps each route's handler with the pattern
+	// it is registered with (Prometheus, package telemetry).
+	Instrument func(pattern string, h http.Handler) http.Handler
+	Log        *slog.Logger
 }
 
 // Handler serves E2B's control-plane paths.
@@ -117,6 +120,7 @@ func (h *Handler) register() {
 	h.handle("POST /sandboxes/{id}/refreshes", h.authed(h.refresh))
 	h.handle("GET /sandboxes/{id}/metrics", h.authed(h.metrics))
 	h.handle("GET /sandboxes/metrics", h.authed(h.metricsMany))
+	h.handle("PUT /sandboxes/{id}/network", h.authed(h.updateNetwork))
 	h.handle("POST /sandboxes/{id}/snapshots", h.authed(h.createSnapshot))
 	h.handle("GET /snapshots", h.authed(h.listSnapshots))
 	h.handle("DELETE /templates/{templateID}", h.authed(h.deleteTemplate))
@@ -125,7 +129,7 @@ func (h *Handler) register() {
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
 	for _, p := range []string{
-		"POST /sandboxes/{id}/fork", "PUT /sandboxes/{id}/network", "GET /sandboxes/{id}/logs",
+		"POST /sandboxes/{id}/fork", "GET /sandboxes/{id}/logs",
 		"GET /v2/sandboxes/{id}/logs", "POST /v3/templates", "POST /v2/templates/{templateID}/builds/{buildID}",
 	} {
 		h.handle(p, h.authed(h.unsupported))
@@ -137,6 +141,9 @@ func (h *Handler) register() {
 
 func (h *Handler) handle(pattern string, hd http.Handler) {
 	h.routes = append(h.routes, pattern)
+	if h.cfg.Instrument != nil {
+		hd = h.cfg.Instrument(pattern, hd)
+	}
 	h.mux.Handle(pattern, hd)
 }
 

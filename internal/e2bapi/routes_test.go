@@ -3,6 +3,7 @@ package e2bapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/service"
@@ -101,7 +103,7 @@ func TestHealthAuthAndRouting(t *testing.T) {
 	f.do(t, "GET", "/sandboxes/"+f.running+"/nope", f.keyA, nil).expect(t, 404, nil)
 	f.do(t, "PATCH", "/sandboxes/"+f.running, f.keyA, map[string]any{}).expect(t, 404, nil)
 	f.do(t, "POST", "/sandboxes/"+f.running+"/fork", f.keyA, map[string]any{}).expect(t, 501, nil)
-	f.do(t, "PUT", "/sandboxes/"+f.running+"/network", f.keyA, map[string]any{}).expect(t, 501, nil)
+	f.do(t, "PUT", "/sandboxes/"+f.running+"/network", f.keyA, map[string]any{"allowOut": []string{"not a name"}}).expect(t, 400, nil)
 	f.do(t, "POST", "/sandboxes/"+f.running+"/fork", "", nil).expect(t, 401, nil)
 
 	for _, tc := range []struct {
@@ -471,8 +473,12 @@ func TestCreateValidation(t *testing.T) {
 		{"filesystem-only pause without autoPause", map[string]any{"templateID": "minimal", "autoPauseMemory": false}, 400},
 		{"filesystem-only pause with autoResume", map[string]any{"templateID": "minimal", "autoPause": true, "autoPauseMemory": false,
 			"autoResume": map[string]any{"enabled": true}}, 400},
-		{"allowOut", map[string]any{"templateID": "minimal", "network": map[string]any{"allowOut": []string{"1.1.1.1"}}}, 400},
-		{"denyOut rule", map[string]any{"templateID": "minimal", "network": map[string]any{"denyOut": []string{"10.0.0.0/8"}}}, 400},
+		{"allowOut: bad entry", map[string]any{"templateID": "minimal", "network": map[string]any{"allowOut": []string{"1.1.1.1/40"}}}, 400},
+		{"denyOut: bad domain", map[string]any{"templateID": "minimal", "network": map[string]any{"denyOut": []string{"-x.example.com"}}}, 400},
+		{"allowOut domain with internet allowed", map[string]any{"templateID": "minimal", "network": map[string]any{"allowOut": []string{"example.com"}}}, 400},
+		{"too many rules", map[string]any{"templateID": "minimal", "network": map[string]any{"denyOut": manyCIDRs(257)}}, 400},
+		{"header transforms", map[string]any{"templateID": "minimal", "network": map[string]any{"rules": map[string]any{"example.com": []any{map[string]any{"transform": map[string]any{}}}}}}, 400},
+		{"egress proxy", map[string]any{"templateID": "minimal", "network": map[string]any{"egressProxy": map[string]any{"address": "socks5://x:1080"}}}, 400},
 		{"bad env var", map[string]any{"templateID": "minimal", "envVars": map[string]string{"1X": "y"}}, 400},
 		{"wrong type", map[string]any{"templateID": "minimal", "metadata": []string{"x"}}, 400},
 	} {
@@ -509,6 +515,8 @@ func TestCreateValidation(t *testing.T) {
 			service.CreateSandbox{Template: "base", TimeoutSec: 60, AutoResume: true, PublicTraffic: true}, true, false},
 		{"private traffic, deny all", `{"templateID":"base","network":{"allowPublicTraffic":false,"denyOut":["0.0.0.0/0"]}}`, 300,
 			service.CreateSandbox{Template: "base", TimeoutSec: 300}, true, true},
+		{"allowed domains only", `{"templateID":"base","network":{"allowOut":["api.example.com","*.pypi.org","1.1.1.1"],"denyOut":["0.0.0.0/0"]}}`, 300,
+			service.CreateSandbox{Template: "base", TimeoutSec: 300, PublicTraffic: true}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var body newSandboxJSON
@@ -523,8 +531,19 @@ func TestCreateValidation(t *testing.T) {
 			if got.AutoPause == nil || *got.AutoPause != wantPause {
 				t.Fatalf("autoPause %v, want %v", got.AutoPause, wantPause)
 			}
-			if tc.noInet != (got.Internet != nil && !*got.Internet) {
-				t.Fatalf("internet %v", got.Internet)
+			closed := got.Internet != nil && !*got.Internet
+			if got.Network != nil {
+				p, err := egress.Parse(*got.Network)
+				if err != nil {
+					t.Fatal(err)
+				}
+				closed = p.DenyByDefault && len(p.AllowNets) == 0 && len(p.AllowNames) == 0
+			}
+			if tc.noInet != closed {
+				t.Fatalf("internet %v, network %+v", got.Internet, got.Network)
+			}
+			if strings.Contains(tc.body, "allowOut") && (got.Network == nil || len(got.Network.AllowOut) == 0) {
+				t.Fatalf("network %+v: allowOut lost", got.Network)
 			}
 			if got.Template != tc.want.Template || got.TimeoutSec != tc.want.TimeoutSec || got.AutoResume != tc.want.AutoResume ||
 				got.PublicTraffic != tc.want.PublicTraffic {
@@ -667,4 +686,12 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	if got, _ := list("", keyB); !slices.Equal(got, []string{"sb"}) {
 		t.Fatalf("team B's snapshot after team A's delete: %v", got)
 	}
+}
+
+func manyCIDRs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("198.51.%d.%d/32", i/256, i%256)
+	}
+	return out
 }

@@ -38,9 +38,8 @@ type newSandboxJSON struct {
 		Enabled bool `json:"enabled"`
 	} `json:"autoResume"`
 	Network *struct {
-		AllowPublicTraffic *bool    `json:"allowPublicTraffic"`
-		AllowOut           []string `json:"allowOut"`
-		DenyOut            []string `json:"denyOut"`
+		AllowPublicTraffic *bool `json:"allowPublicTraffic"`
+		egressJSON
 	} `json:"network"`
 	MCP          json.RawMessage `json:"mcp"`
 	VolumeMounts json.RawMessage `json:"volumeMounts"`
@@ -109,19 +108,12 @@ func createRequest(req newSandboxJSON, defaultTimeout int32) (service.CreateSand
 		if n.AllowPublicTraffic != nil {
 			out.PublicTraffic = *n.AllowPublicTraffic
 		}
-		// Egress is all or nothing here: denying every address is the
-		// only rule there is.
-		switch {
-		case len(n.AllowOut) > 0:
-			return service.CreateSandbox{}, invalid("network.allowOut: per-destination egress rules are not supported by this server")
-		case len(n.DenyOut) == 1 && n.DenyOut[0] == "0.0.0.0/0":
-			if out.Internet != nil && *out.Internet {
-				return service.CreateSandbox{}, invalid("network.denyOut contradicts allow_internet_access")
-			}
-			no := false
-			out.Internet = &no
-		case len(n.DenyOut) > 0:
-			return service.CreateSandbox{}, invalid(`network.denyOut: only ["0.0.0.0/0"] (no egress) is supported by this server`)
+		rules, err := n.rules(out.Internet)
+		if err != nil {
+			return service.CreateSandbox{}, err
+		}
+		if len(rules.AllowOut) > 0 || len(rules.DenyOut) > 0 {
+			out.Network = &rules
 		}
 	}
 	return out, nil

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/envdapi"
@@ -18,14 +19,32 @@ import (
 // maxMetricsIDs bounds GET /sandboxes/metrics?sandbox_ids=.
 const maxMetricsIDs = 100
 
-// metrics: the sandbox's samples (one while it runs, none while paused).
+// metrics: the sandbox's samples within start..end (unix seconds; both
+// optional), from its metrics history.
 func (h *Handler) metrics(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	id, err := sandboxID(r)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	ms, err := h.cfg.Sandboxes.Metrics(r.Context(), p, id)
+	var window [2]time.Time
+	for i, name := range []string{"start", "end"} {
+		v := r.URL.Query().Get(name)
+		if v == "" {
+			continue
+		}
+		sec, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || sec < 0 || sec > 1<<40 {
+			h.fail(w, r, invalid("%s: unix seconds", name))
+			return
+		}
+		window[i] = time.Unix(sec, 0)
+	}
+	if !window[0].IsZero() && !window[1].IsZero() && window[1].Before(window[0]) {
+		h.fail(w, r, invalid("end is before start"))
+		return
+	}
+	ms, err := h.cfg.Sandboxes.Metrics(r.Context(), p, id, window[0], window[1])
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -52,7 +71,9 @@ func (h *Handler) metricsMany(w http.ResponseWriter, r *http.Request, p service.
 		if err != nil {
 			continue
 		}
-		ms, err := h.cfg.Sandboxes.Metrics(r.Context(), p, id)
+		// The latest sample: the last 10 seconds.
+		now := time.Now()
+		ms, err := h.cfg.Sandboxes.Metrics(r.Context(), p, id, now.Add(-10*time.Second), now)
 		if errors.Is(err, service.ErrNotFound) {
 			continue
 		}

@@ -3,6 +3,7 @@ package e2bapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,27 +102,41 @@ func TestE2BFlowRealVM(t *testing.T) {
 	}
 	e.do(t, "GET", "/sandboxes/"+a.SandboxID, keyB, nil).expect(t, 404, nil)
 
-	// Metrics, one and many.
-	r = e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil)
+	// Metrics, one and many: the host samples every 0.5 s, the guest's
+	// figures come with the sample after envd answered.
 	var ms []metricJSON
-	r.expect(t, 200, &ms)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		r = e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil)
+		r.expect(t, 200, &ms)
+		if len(ms) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond) // the next sample
+	}
 	var raws []json.RawMessage
 	_ = json.Unmarshal(r.body, &raws)
-	if len(ms) != 1 {
+	if len(ms) < 1 {
 		t.Fatalf("metrics: %s", r.body)
 	}
 	checkKeys(t, "SandboxMetric", raws[0], metricKeys...)
-	if m := ms[0]; m.CPUCount < 1 || m.MemTotal < 100<<20 || m.MemUsed <= 0 || m.MemUsed > m.MemTotal || m.DiskTotal <= 0 ||
+	if m := ms[len(ms)-1]; m.CPUCount < 1 || m.MemTotal < 100<<20 || m.MemUsed <= 0 || m.MemUsed > m.MemTotal || m.DiskTotal <= 0 ||
 		m.DiskUsed <= 0 || m.CPUUsedPct < 0 || m.CPUUsedPct > 100 || m.TimestampUnix != m.Timestamp.Unix() ||
 		time.Since(m.Timestamp).Abs() > time.Minute {
 		t.Fatalf("metric %+v", m)
 	}
 	e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", keyB, nil).expect(t, 404, nil)
+	// getMetrics({start, end}) for a window before the sandbox existed:
+	// no sample (it used to answer the sample of now).
+	created := ms[0].Timestamp.Unix()
+	r = e.do(t, "GET", fmt.Sprintf("/sandboxes/%s/metrics?start=%d&end=%d", a.SandboxID, created-3600, created-600), key, nil)
+	if r.expect(t, 200, nil); strings.TrimSpace(string(r.body)) != "[]" {
+		t.Fatalf("metrics of a window before the sandbox existed: %s", r.body)
+	}
 	var many struct {
 		Sandboxes map[string]metricJSON `json:"sandboxes"`
 	}
 	e.do(t, "GET", "/sandboxes/metrics?sandbox_ids="+a.SandboxID, key, nil).expect(t, 200, &many)
-	if m, ok := many.Sandboxes[a.SandboxID]; !ok || m.MemTotal != ms[0].MemTotal || len(many.Sandboxes) != 1 {
+	if m, ok := many.Sandboxes[a.SandboxID]; !ok || m.MemTotal != ms[len(ms)-1].MemTotal || len(many.Sandboxes) != 1 {
 		t.Fatalf("metrics many: %+v", many)
 	}
 
@@ -136,8 +151,12 @@ func TestE2BFlowRealVM(t *testing.T) {
 	if _, d := info(a.SandboxID, key); d.State != "paused" {
 		t.Fatalf("after pause: %+v", d)
 	}
-	if r := e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil); strings.TrimSpace(string(r.body)) != "[]" {
-		t.Fatalf("metrics of a paused sandbox: %d %s", r.status, r.body)
+	// Paused: the history stored at the pause, which holds at least
+	// what was read while it ran.
+	var stored []metricJSON
+	e.do(t, "GET", "/sandboxes/"+a.SandboxID+"/metrics", key, nil).expect(t, 200, &stored)
+	if len(stored) < len(ms) || !stored[0].Timestamp.Equal(ms[0].Timestamp.Truncate(time.Microsecond)) || stored[0].MemTotal != ms[0].MemTotal {
+		t.Fatalf("metrics of a paused sandbox: %d samples from %v, %d while it ran from %v", len(stored), stored, len(ms), ms[0])
 	}
 	if got := ids(t, e.do(t, "GET", "/v2/sandboxes?state=paused", key, nil)); !slices.Equal(got, []string{a.SandboxID}) {
 		t.Fatalf("paused list: %v", got)
@@ -199,6 +218,22 @@ func TestE2BFlowRealVM(t *testing.T) {
 	e.do(t, "DELETE", "/sandboxes/"+c.SandboxID, key, nil).expect(t, 404, nil)
 	e.do(t, "GET", "/sandboxes/"+c.SandboxID, key, nil).expect(t, 404, nil)
 	e.do(t, "POST", "/v2/sandboxes/"+c.SandboxID+"/connect", key, nil).expect(t, 404, nil)
+
+	// Egress rules, replaced live (updateNetwork) and shown in the detail;
+	// another team's sandbox and a killed one are not found, bad rules 400.
+	rules := map[string]any{"allowOut": []string{"api.example.com", "*.pypi.org", "1.1.1.1"}, "denyOut": []string{"0.0.0.0/0"}}
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", keyB, rules).expect(t, 404, nil)
+	e.do(t, "PUT", "/sandboxes/"+c.SandboxID+"/network", key, rules).expect(t, 404, nil)
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, map[string]any{"allowOut": []string{"api.example.com"}}).expect(t, 400, nil)
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, rules).expect(t, 204, nil)
+	if _, d := info(b.SandboxID, key); !slices.Equal(d.Network.AllowOut, rules["allowOut"].([]string)) ||
+		!slices.Equal(d.Network.DenyOut, []string{"0.0.0.0/0"}) {
+		t.Fatalf("B's network after updateNetwork: %+v", d.Network)
+	}
+	e.do(t, "PUT", "/sandboxes/"+b.SandboxID+"/network", key, map[string]any{}).expect(t, 204, nil) // clears
+	if _, d := info(b.SandboxID, key); len(d.Network.AllowOut)+len(d.Network.DenyOut) != 0 || !d.AllowInternetAccess {
+		t.Fatalf("B's network after clearing: %+v", d)
+	}
 
 	// The timeout, an hour later: A (autoPause) is paused, B is killed.
 	later := time.Now().Add(time.Hour)

@@ -56,6 +56,9 @@ type sandboxDetailJSON struct {
 
 type networkJSON struct {
 	AllowPublicTraffic bool `json:"allowPublicTraffic"`
+	// AllowOut and DenyOut are the egress rules (absent: none).
+	AllowOut []string `json:"allowOut,omitempty"`
+	DenyOut  []string `json:"denyOut,omitempty"`
 }
 
 type lifecycleJSON struct {
@@ -166,7 +169,7 @@ func (h *Handler) detailOf(sb service.Sandbox) sandboxDetailJSON {
 	}
 	return sandboxDetailJSON{
 		listedSandboxJSON: listedOf(sb), EnvdAccessToken: sb.EnvdAccessToken, AllowInternetAccess: sb.AllowInternetAccess,
-		Domain: h.domain, Network: networkJSON{AllowPublicTraffic: sb.AllowPublicTraffic},
+		Domain: h.domain, Network: networkOf(sb),
 		Lifecycle: lifecycleJSON{AutoResume: sb.AutoResume, OnTimeout: onTimeout},
 	}
 }

@@ -12,8 +12,13 @@
 //     (POST /files/compose), encoding.go (Accept-Encoding negotiation and
 //     gzip request bodies), metadata.go (X-Metadata-* headers stored as
 //     user.e2b.* xattrs), and files.go (their REST errors, user and path
-//     resolution, and the pooled copy buffer); their signatures are checked
-//     in auth.go.
+//     resolution, and the pooled 256 KiB copy buffers); their signatures are
+//     checked in auth.go. Transfers avoid small copies: an upload is written
+//     to its file in full 256 KiB buffers, a multipart body is parsed behind
+//     a 256 KiB reader (mime/multipart's own is 4 KiB), and a regular file
+//     is downloaded with http.ServeContent straight on the connection's
+//     ResponseWriter, which sends it with sendfile(2) — wrapping that
+//     ResponseWriter would lose it.
 //
 // Server holds the mutable agent state that POST /init sets (access token,
 // global environment, default user and workdir). Every request passes through

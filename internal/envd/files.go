@@ -1,6 +1,7 @@
 package envd
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -96,15 +97,61 @@ func (s *Server) filesPath(p string, a *account) (string, error) {
 	return abs, nil
 }
 
+// copyBufSize is the size of the buffers that stream file bodies.
+const copyBufSize = 256 << 10
+
 // copyBufPool holds the buffers that stream file bodies; large buffers keep
 // the number of write syscalls (and inotify events) low.
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// copyBuffered copies src to dst through a pooled buffer.
+// copyBuffered copies src to dst through a pooled buffer. Each write is a
+// full buffer (but the last): a request body yields a few KiB a read (a
+// TCP segment train, an HTTP chunk, what a multipart part has buffered),
+// and writing every such piece at once would cost a syscall (and an
+// inotify event) per piece. dst's ReadFrom is not used: it would fall back
+// to a 32 KiB buffer for sources that are neither files nor sockets.
 func copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
-	buf := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(buf)
-	// Hide dst's ReadFrom, which would fall back to a 32 KiB buffer for
-	// sources that are neither files nor sockets.
-	return io.CopyBuffer(struct{ io.Writer }{dst}, src, *buf)
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
+	var written int64
+	for {
+		n, rerr := fill(src, buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			written += int64(w)
+			if werr == nil && w != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
 }
+
+// fill reads into buf until it is full, src ends (io.EOF) or fails.
+func fill(src io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := src.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// partReaderPool holds the read buffers multipart uploads are parsed
+// from. mime/multipart reads its input through its own 4 KiB buffer: fed
+// straight from the request body, every 4 KiB of a part would cost a
+// socket read. Behind a large buffer, the socket is read in large pieces
+// and multipart's refills are memory copies.
+var partReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, copyBufSize) }}

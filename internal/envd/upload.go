@@ -1,6 +1,7 @@
 package envd
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -60,7 +61,11 @@ func (s *Server) upload(r *http.Request) ([]uploadedFile, error) {
 		if params["boundary"] == "" {
 			return nil, badRequest("multipart body without boundary")
 		}
-		err = u.storeParts(multipart.NewReader(body, params["boundary"]), target)
+		br := partReaderPool.Get().(*bufio.Reader)
+		br.Reset(body)
+		err = u.storeParts(multipart.NewReader(br, params["boundary"]), target)
+		br.Reset(nil)
+		partReaderPool.Put(br)
 	case err == nil && mt == "application/octet-stream":
 		if target == "" {
 			return nil, badRequest("the path query parameter is required for application/octet-stream uploads")

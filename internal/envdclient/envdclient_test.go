@@ -3,9 +3,14 @@ package envdclient_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +109,81 @@ func TestInitRefusedIsNotRetried(t *testing.T) {
 	// The holder of the current token may replace it.
 	if err := envdclient.New(ts.URL, "first").Init(ctx, envd.InitRequest{AccessToken: &next}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestClientStreamedUpload uploads bodies of unknown length (a pipe fed in
+// odd pieces, as the agent's WriteFile does): 64 MiB arrive byte for byte,
+// and a body that fails midway leaves no file.
+func TestClientStreamedUpload(t *testing.T) {
+	srv := envd.New(envd.Config{})
+	h := srv.Handler()
+	uploaded := make(chan struct{}, 1) // an upload's handler returned
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if r.Method == http.MethodPost {
+			uploaded <- struct{}{}
+		}
+	}))
+	defer ts.Close()
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c := envdclient.New(ts.URL, "")
+	defer c.Close()
+
+	data := make([]byte, 64<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	feed := func(pw *io.PipeWriter, upTo int, end error) {
+		sizes := []int{1, 7 << 10, 256 << 10, 300<<10 + 3}
+		for off, i := 0, 0; off < upTo; i++ {
+			n := min(sizes[i%len(sizes)], upTo-off)
+			if _, err := pw.Write(data[off : off+n]); err != nil {
+				return
+			}
+			off += n
+		}
+		pw.CloseWithError(end)
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		upTo int
+		end  error
+	}{
+		{"whole", len(data), nil},
+		{"fails midway", 5 << 20, errors.New("sender gave up")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			pr, pw := io.Pipe()
+			go feed(pw, tc.upTo, tc.end)
+			got, err := c.Upload(ctx, p, "", pr)
+			pr.CloseWithError(errors.New("upload returned"))
+			<-uploaded
+			if tc.end != nil {
+				if err == nil {
+					t.Fatal("an upload whose body failed succeeded")
+				}
+				if _, err := os.Stat(p); !os.IsNotExist(err) {
+					t.Fatalf("after the failed upload: stat %v, want no file", err)
+				}
+				return
+			}
+			if err != nil || got != p {
+				t.Fatalf("upload: %q, %v", got, err)
+			}
+			rc, size, err := c.Open(ctx, p, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			back, err := io.ReadAll(rc)
+			if err != nil || size != int64(len(data)) || !bytes.Equal(back, data) {
+				t.Fatalf("read back %d bytes (size %d), equal %v, %v", len(back), size, bytes.Equal(back, data), err)
+			}
+		})
 	}
 }

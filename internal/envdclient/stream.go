@@ -7,6 +7,7 @@ package envdclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,6 +49,11 @@ func (c *Client) Upload(ctx context.Context, path, user string, data io.Reader) 
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.filesURL(path, user), data)
 	if err != nil {
 		return "", err
+	}
+	if req.GetBody == nil && req.Body != nil && req.Body != http.NoBody {
+		// A stream of unknown length goes out chunked, a chunk per
+		// io.Copy buffer (32 KiB) unless the body copies itself.
+		req.Body = io.NopCloser(bulkReader{data})
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	c.auth(req)
@@ -116,4 +122,49 @@ func statusError(op, path string, resp *http.Response) error {
 		msg = body.Message
 	}
 	return &StatusError{Op: op, Path: path, Status: resp.StatusCode, Msg: msg}
+}
+
+// uploadBufSize is the chunk size of uploads of unknown length.
+const uploadBufSize = 256 << 10
+
+// bulkReader sends an upload body in full 256 KiB chunks: the transport
+// copies a body with WriteTo when it has one, and with a 32 KiB buffer
+// (a chunk header and a write each) otherwise.
+type bulkReader struct{ r io.Reader }
+
+func (b bulkReader) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b bulkReader) WriteTo(w io.Writer) (int64, error) {
+	buf := make([]byte, uploadBufSize)
+	var written int64
+	for {
+		n, rerr := fill(b.r, buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// fill reads into buf until it is full, r ends (io.EOF) or fails; unlike
+// io.ReadFull it tells a clean end from a failure.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }

@@ -128,6 +128,8 @@ type Pool struct {
 	// KeepSlots leaves the slots in place at Close, for a manager
 	// restarted by the test to adopt its machines.
 	KeepSlots bool
+	// DNSUpstream is the slots' resolvers' upstream (netslot.Config).
+	DNSUpstream []netip.AddrPort
 }
 
 // NewSlots creates the network slot pool p; the caller closes it.
@@ -135,7 +137,7 @@ func NewSlots(t testing.TB, p Pool, log *slog.Logger) *netslot.Pool {
 	t.Helper()
 	slots, err := netslot.NewPool(context.Background(), netslot.Config{
 		Name: p.Name, VethPrefix: p.Veth, HostCIDR: p.HostCIDR, LinkCIDR: p.LinkCIDR, MaxSlots: p.MaxSlots,
-		KeepSlots: p.KeepSlots, Logger: log,
+		KeepSlots: p.KeepSlots, Logger: log, DNSUpstream: p.DNSUpstream,
 	})
 	if err != nil {
 		t.Fatalf("network pool: %v", err)

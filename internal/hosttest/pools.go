@@ -28,9 +28,11 @@ var (
 	APIDiskPool         = pool("cdh", 172)
 	ServiceChainPool    = pool("cch", 174)  // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176)  // internal/service: a full data disk
+	ServiceMetricsPool  = pool("cmx", 214)  // internal/service: the metrics history
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
+	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
 	// MultiHostPools are cmd/capsule's cluster test: capsule serve's
 	// embedded agent (0) and three agents, each in a network namespace
 	// of its own (1–3).
@@ -43,6 +45,9 @@ var (
 var MultiHostLinks = Pool{Name: "cmhns", Veth: "cmhn",
 	HostCIDR: netip.MustParsePrefix("198.18.228.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.229.0/24")}
 
+// EgressPool is internal/sandbox's pool for egress rules in real sandboxes.
+var EgressPool = pool("cegr", 190)
+
 // reserved are ranges used outside the tests: `capsule bench` (its
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
@@ -51,6 +56,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
+	EgressPool, ServiceMetricsPool, HostsIntPool,
 	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks}
 
 func pool(name string, n int) Pool {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Config describes a Pool. The zero value of every field selects the
@@ -47,6 +48,11 @@ type Config struct {
 	// has no DNS. When DNS is an address of the host itself, the host input
 	// rules accept new connections to its port 53 from the slots.
 	DNS netip.Addr
+	// DNSUpstream are the servers a slot's resolver asks (in turn) while
+	// the slot's egress rules name domains (SetRules); it asks them from
+	// the host's namespace. nil selects the IPv4 nameservers of the host's
+	// /etc/resolv.conf (port 53).
+	DNSUpstream []netip.AddrPort
 	// EgressDefault is the egress state of a new or released slot.
 	// Default false: no egress until SetEgress(ctx, true).
 	EgressDefault bool
@@ -139,6 +145,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DenyEgress == nil {
 		c.DenyEgress = slices.Clone(DefaultDenyEgress)
+	}
+	if c.DNSUpstream == nil {
+		c.DNSUpstream = hostResolvers("/etc/resolv.conf")
 	}
 	if c.LockDir == "" {
 		c.LockDir = defaultLockDir
@@ -279,3 +288,22 @@ func macFor(a netip.Addr) net.HardwareAddr {
 
 // netmask renders a prefix length as a dotted IPv4 netmask.
 func netmask(bits int) string { return net.IP(net.CIDRMask(bits, 32)).String() }
+
+// hostResolvers returns the IPv4 nameservers of a resolv.conf file (none
+// when it cannot be read).
+func hostResolvers(path string) []netip.AddrPort {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return []netip.AddrPort{}
+	}
+	out := []netip.AddrPort{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Is4() {
+				out = append(out, netip.AddrPortFrom(a, 53))
+			}
+		}
+	}
+	return out
+}

@@ -149,7 +149,7 @@ func (p *Pool) setupInside(pl plan) error {
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	pl.addSlotTable(cc, p.cfg.Name, p.cfg.EgressDefault)
+	pl.addSlotTable(cc, p.cfg.Name, p.cfg.DNS, policyOf(p.cfg.EgressDefault))
 	if err := cc.Flush(); err != nil {
 		return fmt.Errorf("install slot nftables table: %w", err)
 	}

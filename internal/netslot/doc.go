@@ -46,7 +46,8 @@
 // masquerading it to their address. net.ipv4.ip_forward is enabled on the
 // host by NewPool and left on (it is never restored: other software may
 // depend on it by then). Slots use whatever resolver Config.DNS names
-// (announced in the ip= parameter); DNS is ordinary egress.
+// (announced in the ip= parameter); DNS is ordinary egress, except while
+// the slot's rules name domains (see "Egress rules").
 //
 // # nftables
 //
@@ -114,22 +115,45 @@
 // The table of slot 1:
 //
 //	table ip capsule {
+//		set allowed { type ipv4_addr; flags timeout; }   # learned by the slot's resolver
+//		set denied  { type ipv4_addr; flags timeout; }
+//		chain dns {
+//			# while the rules name domains (else empty):
+//			iifname "tap0" udp dport 53 dnat to 169.254.0.22:53
+//			iifname "tap0" tcp dport 53 dnat to 169.254.0.22:53
+//			iifname "tap0" tcp dport 80 dnat to 169.254.0.22:18080   # name check
+//			iifname "tap0" tcp dport 443 dnat to 169.254.0.22:18443
+//		}
 //		chain prerouting {
 //			type nat hook prerouting priority dstnat; policy accept;
-//			iifname "veth0" ip daddr 10.11.0.1 dnat to 169.254.0.21
+//			iifname "tap0" jump dns
+//			iifname "veth0" ip saddr 10.12.0.2 ip daddr 10.11.0.1 dnat to 169.254.0.21
 //		}
 //		chain postrouting {
 //			type nat hook postrouting priority srcnat; policy accept;
 //			oifname "veth0" ip saddr 169.254.0.21 snat to 10.11.0.1
+//			oifname "veth0" ip saddr 10.12.0.3 snat to 10.11.0.1   # the name check's connections
 //		}
 //		chain input {
 //			type filter hook input priority filter; policy drop;
 //			ct state established,related accept
 //			iifname "lo" accept
 //			icmp type echo-request accept
+//			iifname "tap0" ip daddr 169.254.0.22 udp|tcp dport 53 accept
+//			iifname "tap0" ip daddr 169.254.0.22 tcp dport 18080|18443 accept
 //		}
-//		chain egress {
-//			accept          # present only while egress is on
+//		chain deny {
+//			meta l4proto tcp reject with tcp reset
+//			reject with icmp admin-prohibited
+//		}
+//		chain egress {                                  # the rules, see below
+//			tcp dport 853 goto deny                     # with domains: no DNS over TLS,
+//			udp dport 443 goto deny                     # no QUIC (its name is not readable)
+//			ip daddr 10.0.0.0/8 goto deny               # egress.AlwaysDenied ...
+//			ip daddr <allowOut CIDR> accept             # ...
+//			ip daddr <denyOut CIDR> goto deny           # ...
+//			ip daddr @allowed accept; goto deny         # "deny" default, or
+//			ip daddr @denied goto deny; accept          # "allow" default
 //		}
 //		chain forward {
 //			type filter hook forward priority filter; policy drop;
@@ -142,11 +166,52 @@
 //	}
 //
 // With egress off a guest reaches its gateway (ping) and nothing else: a
-// new connection is rejected at once (EHOSTUNREACH in the guest), while
-// connections the host opened keep working. SetEgress replaces the egress
-// chain in one transaction; turning egress off also deletes the guest's
-// conntrack entries, which cuts its open connections. IPv6 is disabled in
-// slot namespaces.
+// new connection is refused at once (ECONNREFUSED for TCP, EHOSTUNREACH
+// otherwise), while connections the host opened keep working. IPv6 is
+// disabled in slot namespaces. Only connections from the host's end of the
+// veth are translated to the guest, so nothing from outside opens a flow
+// into the slot, even when the guest's flows were just forgotten.
+//
+// # Egress rules
+//
+// SetRules gives a slot its egress rules (package egress: allow and deny
+// lists of CIDRs, addresses and domain names, and a default; SetEgress is
+// SetRules with egress.Open or egress.Closed). They are enforced here, in
+// the slot's namespace, outside the guest: the egress chain above, built
+// from the rules and replaced in one transaction with the dns chain and the
+// learned sets. Private and special ranges (egress.AlwaysDenied) are
+// refused before any rule, and the host's own addresses by the host's input
+// chain, so no rule opens them.
+//
+// Domain names work through the slot's resolver (resolver.go), which runs
+// while the rules name domains: every DNS query of the guest (udp and tcp
+// port 53, whatever server it names) is translated to it, on the gateway's
+// port 53 in the slot's namespace, and DNS over TLS is refused. It answers
+// NXDOMAIN for names the rules do not allow and forwards the others to
+// Config.DNSUpstream (from the host's namespace); before the guest gets an
+// answer, its addresses join the set "allowed" for the record's TTL
+// (bounded to [1 min, 1 h]). With the "deny" default, those and the allowed
+// CIDRs are all a guest reaches: a raw IP of a denied name, or an answer
+// from a resolver of its own, gets it nowhere. With the "allow" default the
+// resolver also resolves a denied name it refuses, and its addresses join
+// "denied". Connections to ports 80 and 443 are also checked by the name
+// they carry (peek.go): they go to the slot's peeker, which reads the HTTP
+// Host or the TLS server name and splices the connection through only
+// when the rules allow that name at that address, so an address shared by
+// an allowed and a denied name (a CDN) does not open the denied one. Other
+// ports are checked by address only; QUIC (udp 443) is refused while the
+// rules name domains. A TLS client that names an allowed server but asks
+// a shared front end for another site inside the encrypted stream (domain
+// fronting) is not detected.
+//
+// A change applies to open connections too: the guest's conntrack entries
+// are deleted, so the next packet of each of its flows is checked again
+// as new (conntrack picks TCP up mid-stream) and a flow the new rules deny
+// is refused (a TCP connection is reset). What the resolver learned stays
+// for the rest of its TTL when the new rules still allow the name. Setting
+// the rules a slot has already is a no-op; the first SetRules on a slot
+// taken back with Claim rewrites the chains without touching the sets or
+// the flows (the agent re-applying its record after a restart).
 //
 // # Lifecycle
 //
@@ -167,8 +232,8 @@
 // the veth pair (created with its peer directly in the namespace), the
 // host end's address and route, the slot end's address and default route.
 // Each step has a rollback; a failure or a cancelled context leaves
-// nothing. Release resets a slot for reuse (egress back to
-// Config.EgressDefault, conntrack flushed in the namespace and for the
+// nothing. Release resets a slot for reuse (rules back to
+// Config.EgressDefault, its resolver stopped, conntrack flushed in the namespace and for the
 // host address on the host; the TAP stays). Destroy removes a slot and is
 // idempotent. Close destroys every slot and the host table and releases
 // the lock.

@@ -7,6 +7,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/capsulehq/capsule/internal/egress"
 )
 
 // Chain names. The host table and every slot table are called
@@ -17,7 +19,13 @@ const (
 	chainPrerouting  = "prerouting"
 	chainPostrouting = "postrouting"
 	chainOutput      = "output" // host only: who may open connections to slots
-	chainEgress      = "egress" // slot only: empty = egress off, "accept" = on
+	chainEgress      = "egress" // slot only: the egress rules (rules.go)
+	chainDNS         = "dns"    // slot only: guest DNS to the slot's resolver (rules.go)
+	chainDeny        = "deny"   // slot only: how a denied packet is refused
+
+	// The slot's sets of addresses learned by its resolver (rules.go).
+	setAllowed = "allowed"
+	setDenied  = "denied"
 )
 
 var (
@@ -103,26 +111,45 @@ func (c Config) dnsRules(slots []byte) [][]expr.Any {
 }
 
 // addSlotTable queues the table of one slot namespace.
-func (pl plan) addSlotTable(cc *nftables.Conn, name string, egress bool) {
+// Its egress and dns chains hold the rules of policy p.
+func (pl plan) addSlotTable(cc *nftables.Conn, name string, dnsAddr netip.Addr, p egress.Policy) {
 	r := newRuleset(cc, name)
 	veth, tap := ifname(vethName), ifname(tapName)
 	eq, ne := expr.CmpOpEq, expr.CmpOpNeq
 
+	// Only connections the host opens (from its end of the veth) are
+	// translated to the guest: a packet of the outside world that arrives
+	// after the guest's flows were forgotten (a rules change) must not
+	// open a flow to the guest that its replies would then follow past
+	// the egress rules.
+	r.cc.AddChain(&nftables.Chain{Name: chainDNS, Table: r.t})
 	pre := r.base(chainPrerouting, nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest, &policyAccept)
-	r.add(pre, rule(iif(eq, veth), ipAddr(ipDaddrOff, eq, pl.hostAddr), natTo(expr.NATTypeDestNAT, pl.guest)))
+	r.add(pre, rule(iif(eq, tap), jump(chainDNS)))
+	r.add(pre, rule(iif(eq, veth), ipAddr(ipSaddrOff, eq, pl.linkHost), ipAddr(ipDaddrOff, eq, pl.hostAddr), natTo(expr.NATTypeDestNAT, pl.guest)))
 
 	post := r.base(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource, &policyAccept)
 	r.add(post, rule(oif(eq, veth), ipAddr(ipSaddrOff, eq, pl.guest), natTo(expr.NATTypeSourceNAT, pl.hostAddr)))
+	// The peeker's connections (opened in the namespace) leave as the guest's.
+	r.add(post, rule(oif(eq, veth), ipAddr(ipSaddrOff, eq, pl.linkSlot), natTo(expr.NATTypeSourceNAT, pl.hostAddr)))
 
 	in := r.base(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter, &policyDrop)
 	r.add(in, rule(ctEstablished(), accept()))
 	r.add(in, rule(iif(eq, ifname("lo")), accept()))
 	r.add(in, rule(icmpEchoRequest(), accept())) // the guest may ping its gateway
-
-	eg := r.cc.AddChain(&nftables.Chain{Name: chainEgress, Table: r.t})
-	if egress {
-		r.add(eg, rule(accept()))
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		// The slot's resolver (listening only while the rules name domains).
+		r.add(in, rule(iif(eq, tap), ipAddr(ipDaddrOff, eq, pl.gateway), l4proto(proto), dport(53), accept()))
 	}
+	for _, port := range []uint16{peekHTTPPort, peekTLSPort} {
+		r.add(in, rule(iif(eq, tap), ipAddr(ipDaddrOff, eq, pl.gateway), l4proto(unix.IPPROTO_TCP), dport(port), accept()))
+	}
+
+	addLearnedSets(cc, r.t)
+	deny := r.cc.AddChain(&nftables.Chain{Name: chainDeny, Table: r.t})
+	r.add(deny, rule(l4proto(unix.IPPROTO_TCP), rejectReset())) // also cuts an open connection
+	r.add(deny, rule(rejectAdmin()))
+	r.cc.AddChain(&nftables.Chain{Name: chainEgress, Table: r.t})
+	pl.queueRules(cc, r.t, dnsAddr, p, nil)
 
 	fwd := r.base(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter, &policyDrop)
 	r.add(fwd, rule(ctEstablished(), accept()))
@@ -130,16 +157,6 @@ func (pl plan) addSlotTable(cc *nftables.Conn, name string, egress bool) {
 	r.add(fwd, rule(iif(eq, tap), ipAddr(ipSaddrOff, ne, pl.guest), drop()))
 	r.add(fwd, rule(iif(eq, tap), oif(eq, veth), jump(chainEgress)))
 	r.add(fwd, rule(iif(eq, tap), rejectAdmin()))
-}
-
-// setEgressRule queues the replacement of a slot's egress chain.
-func setEgressRule(cc *nftables.Conn, name string, on bool) {
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: name}
-	c := &nftables.Chain{Name: chainEgress, Table: t}
-	cc.FlushChain(c)
-	if on {
-		cc.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: rule(accept())})
-	}
 }
 
 // deleteTable deletes the IPv4 table name in cc's namespace if it exists.

@@ -113,6 +113,7 @@ func (p *Pool) cleanStale() error {
 		if p.cfg.KeepSlots && i <= p.cfg.MaxSlots && slices.Contains(nsIdx, i) && slices.Contains(linkIdx, i) {
 			s := newSlot(p, p.cfg.plan(i))
 			s.state = stateKept
+			s.kept, s.applied = true, false // its rules are what its table holds
 			p.slots[i] = s
 			kept = append(kept, i)
 			continue
@@ -299,7 +300,7 @@ func (s *Slot) reset(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.applyEgress(s.pool.cfg.EgressDefault); err != nil {
+	if err := s.applyRules(rulesOf(s.pool.cfg.EgressDefault), policyOf(s.pool.cfg.EgressDefault)); err != nil {
 		return err
 	}
 	log := s.pool.log.With("slot", s.Index)
@@ -333,6 +334,7 @@ func (p *Pool) destroy(s *Slot) error {
 	s.state = stateBusy
 	p.free = slices.DeleteFunc(p.free, func(f *Slot) bool { return f == s })
 	p.mu.Unlock()
+	s.closeResolver()
 	err := p.destroySlot(s.plan)
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -8,7 +8,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/google/nftables"
+	"github.com/capsulehq/capsule/internal/egress"
 )
 
 // Slot is one sandbox's network: a namespace holding the VM's TAP and one
@@ -38,9 +38,14 @@ type Slot struct {
 	pool *Pool
 	plan plan
 
-	mu     sync.Mutex // serializes egress changes
-	egress bool       // guarded by mu
-	state  slotState  // guarded by pool.mu
+	mu      sync.Mutex    // serializes egress changes
+	egress  bool          // guarded by mu: the rules let something out
+	rules   egress.Rules  // guarded by mu
+	policy  egress.Policy // guarded by mu: rules, parsed
+	applied bool          // guarded by mu: the table holds rules (false for a kept slot until its first SetRules)
+	kept    bool          // left by a previous pool and claimed
+	res     *resolver     // guarded by mu: the slot's DNS resolver while the rules name domains
+	state   slotState     // guarded by pool.mu
 }
 
 type slotState int
@@ -69,6 +74,9 @@ func newSlot(p *Pool, pl plan) *Slot {
 		pool:      p,
 		plan:      pl,
 		egress:    p.cfg.EgressDefault,
+		rules:     rulesOf(p.cfg.EgressDefault),
+		policy:    policyOf(p.cfg.EgressDefault),
+		applied:   true,
 	}
 }
 
@@ -93,54 +101,21 @@ func (s *Slot) OpenTap() (*os.File, error) {
 	return f, nil
 }
 
-// Egress reports whether the guest may reach beyond its gateway.
+// Egress reports whether the slot's rules let the guest reach anything
+// beyond its gateway.
 func (s *Slot) Egress() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.egress
 }
 
-// SetEgress allows (on) or forbids (off) connections from the guest to
-// anything beyond its gateway. It takes effect at once: turning egress
+// SetEgress allows (on: egress.Open) or forbids (off: egress.Closed)
+// connections from the guest to anything beyond its gateway, replacing
+// the slot's rules (SetRules). It takes effect at once: turning egress
 // off also drops the connections the guest had opened. Connections the
 // host opened to the guest are never affected.
 func (s *Slot) SetEgress(ctx context.Context, on bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.pool.live(s) {
-		return fmt.Errorf("slot %d: %w", s.Index, ErrNotInUse)
-	}
-	if err := s.applyEgress(on); err != nil {
-		return err
-	}
-	s.pool.log.Debug("slot egress", "slot", s.Index, "egress", on)
-	return nil
-}
-
-// applyEgress sets the egress chain; s.mu must be held.
-func (s *Slot) applyEgress(on bool) error {
-	err := inNetNS(s.NetNSPath, func() error {
-		cc, err := nftables.New()
-		if err != nil {
-			return err
-		}
-		setEgressRule(cc, s.pool.cfg.Name, on)
-		if err := cc.Flush(); err != nil {
-			return err
-		}
-		if !on {
-			forgetGuestFlows(s.pool.log, s.plan.guest)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("slot %d: set egress %t: %w", s.Index, on, err)
-	}
-	s.egress = on
-	return nil
+	return s.SetRules(ctx, rulesOf(on))
 }
 
 // KernelIPParam is the guest kernel's ip= parameter for eth0:
@@ -169,6 +144,8 @@ var (
 	ErrNotInUse = errors.New("netslot: slot not in use")
 	// ErrTapBusy is returned by Release while a VM still holds the TAP.
 	ErrTapBusy = errors.New("netslot: tap still attached (is the VM still running?)")
+	// ErrInvalidRules is returned by SetRules for rules that do not parse.
+	ErrInvalidRules = errors.New("netslot: invalid egress rules")
 	// ErrLocked is returned by NewPool when another live pool, in this
 	// process or another, owns the same Config.Name.
 	ErrLocked = errors.New("netslot: pool name in use by another pool")

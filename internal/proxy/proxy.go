@@ -176,6 +176,7 @@ func New(cfg Config) (*Handler, error) {
 		Rewrite:       h.rewrite,
 		Transport:     newTransport(cfg.AgentTLS),
 		FlushInterval: -1,
+		BufferPool:    copyBuffers{},
 		ErrorHandler:  h.forwardError,
 		// The agent's "sandbox not found" means the route went stale.
 		ModifyResponse: func(resp *http.Response) error {
@@ -660,7 +661,11 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Del(HeaderAPIKey)
 	pr.Out.Header.Set(agentproxy.SandboxHeader, rt.route.SandboxID)
 	pr.Out.Header.Set(agentproxy.PortHeader, strconv.Itoa(rt.port))
-	pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	if rt.route.AgentToken != "" {
+		pr.Out.Header.Set(agentproxy.TokenHeader, "Bearer "+rt.route.AgentToken)
+	} else {
+		pr.Out.Header.Del(agentproxy.TokenHeader) // mutual TLS: none of the client's
+	}
 	pr.Out.Header.Set(agentapi.RequestIDHeader, logctx.RequestID(pr.In.Context()))
 	pr.SetXForwarded()
 }
@@ -693,3 +698,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// copyBuffers lends the reverse proxy 256 KiB copy buffers instead of its
+// 32 KiB default: with FlushInterval -1 every read is a write and a flush,
+// and a large file moves in eight times fewer of them.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+func (copyBuffers) Get() []byte  { return *copyBufferPool.Get().(*[]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(&b) }

@@ -53,6 +53,10 @@
 // its /init again afterwards (resyncClock); sandboxes created from the
 // template get theirs at create. Why the monotonic clock is not advanced
 // by the pause instead is in package qemu's documentation (Snapshots).
+// Metrics: one sampler (package sandbox/metrics) samples every running
+// sandbox every 0.5 s into the sandbox's three-tier history, which lives
+// as long as the sandbox on this host (across pauses); Manager.Metrics
+// returns it (metrics.go).
 //
 // Errors carry one of ErrNotFound, ErrConflict, ErrInvalid, ErrCapacity or
 // ErrNoSpace (the data disk's headroom, Config.DiskHeadroomMB)

@@ -40,6 +40,9 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	rec := *b.rec
 	machine, slot, client := b.machine, b.slot, b.client
 	b.mu.Unlock()
+	// A stopped machine has nothing to sample; a failed pause samples
+	// again.
+	m.sampler.Remove(rec.ID)
 
 	dir := m.sandboxDir(rec.ID)
 	snapDir := generationDir(dir, rec.Generation)
@@ -53,6 +56,7 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 		b.rec.State, b.rec.Generation, b.rec.PendingSnapshot = StateRunning, b.rec.Generation-1, ""
 		r := *b.rec
 		b.mu.Unlock()
+		m.sampleBox(b)
 		if err := m.writeRecord(dir, &r); err != nil {
 			m.log.ErrorContext(ctx, "persist a failed pause", "sandbox", r.ID, "err", err)
 		}
@@ -216,6 +220,7 @@ func (m *Manager) Destroy(ctx context.Context, id string) error {
 	b.gone = true
 	b.machine, b.slot, b.client = nil, nil, nil
 	b.mu.Unlock()
+	m.sampler.Remove(id)
 
 	var errs []error
 	if machine != nil {
@@ -270,6 +275,7 @@ func (m *Manager) Close() {
 	m.warm.stop()
 	m.stopReaper()
 	<-m.reaperDone
+	m.stopSampler()
 }
 
 // Shutdown destroys every sandbox, then closes the manager.

@@ -20,10 +20,12 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/disk"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/envdapi"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -55,6 +57,9 @@ type Config struct {
 	// per machine shape, so that creates restore instead of booting
 	// (warm.go).
 	WarmImages bool
+	// MetricsInterval is the sampling interval of the running sandboxes'
+	// metrics (default 500 ms; metrics.go).
+	MetricsInterval time.Duration
 	// ConsoleLogMax caps each sandbox's console log (console.log in its
 	// directory, rotated into console.log.1); 0 means
 	// vmm.DefaultConsoleLogMax.
@@ -89,6 +94,9 @@ type Manager struct {
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
 	warm       *warmer
+
+	sampler     *metrics.Sampler
+	stopSampler func()
 }
 
 // box is one sandbox: its persisted record and, while it runs, its machine.
@@ -102,6 +110,8 @@ type box struct {
 	client     *envdclient.Client
 	lastActive time.Time
 	gone       bool // destroyed; the entry is being removed
+	// series is the sandbox's metrics history (metrics.go).
+	series *metrics.Series
 }
 
 // New creates a Manager and recovers the sandboxes found in DataDir.
@@ -153,7 +163,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("sandbox: secrets key: %w", err)
 	}
 	m.key = key
+	m.startSampler()
 	if err := m.recover(ctx); err != nil {
+		m.stopSampler()
 		return nil, err
 	}
 	// Warm-up sandboxes a crashed manager left are of no use.
@@ -193,6 +205,10 @@ type CreateOptions struct {
 	// Timeout is the idle time after which the sandbox is paused (0: never).
 	Timeout time.Duration
 
+	// Network, when set, are the sandbox's egress rules (Egress is then
+	// ignored); nil: egress.Open() when Egress, else egress.Closed().
+	Network *egress.Rules
+
 	// noWarm: a warm-up build's own sandbox (boots cold, starts no build).
 	noWarm bool
 }
@@ -219,6 +235,9 @@ type Info struct {
 	VMMPid       int    `json:"vmmPid,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+
+	// Network are the sandbox's egress rules.
+	Network egress.Rules `json:"network"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -242,6 +261,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if !idRe.MatchString(o.ID) {
 		return nil, fmt.Errorf("%w: sandbox ID %q must match [a-z0-9]{1,63}", ErrInvalid, o.ID)
 	}
+	if err := checkRules(o.Network); err != nil {
+		return nil, err
+	}
+	if o.Network != nil {
+		o.Egress = o.Network.AllowInternet
+	}
 	if strings.HasPrefix(o.ID, warmSandboxPrefix) && !o.noWarm {
 		return nil, fmt.Errorf("%w: sandbox IDs starting with %q are reserved", ErrInvalid, warmSandboxPrefix)
 	}
@@ -253,6 +278,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		ID: o.ID, State: StateStarting, Template: tpl.Name, ImageID: tpl.ImageID,
 		Kernel: tpl.Kernel, Initrd: tpl.Initrd,
 		VCPUs: o.VCPUs, MemoryMB: o.MemoryMB, DiskMB: o.DiskMB, Egress: o.Egress,
+		Network:     cloneRules(o.Network),
 		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser,
 		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
 		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
@@ -364,7 +390,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &withSlot); err != nil {
 		return err
 	}
-	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
+	if err := slot.SetRules(ctx, rec.rules()); err != nil {
 		return err
 	}
 	tap, err := slot.OpenTap()
@@ -436,7 +462,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
-	go m.watchMachine(b, machine)
+	m.running(b, machine)
 	return nil
 }
 
@@ -528,6 +554,7 @@ func (m *Manager) stopLocked(ctx context.Context, b *box, reason string) {
 	b.rec.State, b.rec.StateReason, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StateStopped, reason, 0, 0, ""
 	rec := *b.rec
 	b.mu.Unlock()
+	m.sampler.Remove(rec.ID)
 	if machine != nil {
 		_ = machine.Kill(ctx)
 		m.release(&rec, false)
@@ -671,7 +698,7 @@ func (m *Manager) info(b *box) *Info {
 	r := b.rec
 	in := &Info{
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
-		DiskMB: r.DiskMB, Egress: r.Egress, Metadata: maps.Clone(r.Metadata),
+		DiskMB: r.DiskMB, Egress: r.Egress, Network: r.rules(), Metadata: maps.Clone(r.Metadata),
 		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
 		StateReason: r.StateReason,
 	}

@@ -222,7 +222,7 @@ func (m *Manager) adopt(ctx context.Context, b *box, resuming bool) error {
 		}
 		return err
 	}
-	if err := slot.SetEgress(ctx, rec.Egress); err != nil {
+	if err := slot.SetRules(ctx, rec.rules()); err != nil {
 		return fail(err)
 	}
 	client := envdclient.New("http://"+netip.AddrPortFrom(slot.HostAddr, envdapi.DefaultPort).String(), rec.AccessToken)
@@ -242,7 +242,7 @@ func (m *Manager) adopt(ctx context.Context, b *box, resuming bool) error {
 	m.used.memMB += rec.MemoryMB
 	b.machine, b.slot, b.client = machine, slot, client
 	rec.State, rec.StateReason, rec.VMMPid, rec.SlotIndex = StateRunning, "", machine.PID(), slot.Index
-	go m.watchMachine(b, machine)
+	m.running(b, machine)
 	return nil
 }
 

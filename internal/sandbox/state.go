@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/capsulehq/capsule/internal/egress"
 )
 
 // State is a sandbox's lifecycle state.
@@ -68,6 +70,10 @@ type record struct {
 	PendingSnapshot string `json:"pendingSnapshot,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+
+	// Network are the egress rules; nil (state files from before rules,
+	// and sandboxes created without) means Egress on or off.
+	Network *egress.Rules `json:"network,omitempty"`
 }
 
 // writeRecord replaces dir/state.json durably: a temporary file, synced,

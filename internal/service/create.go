@@ -15,6 +15,7 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -30,6 +31,9 @@ type CreateSandbox struct {
 	Metadata   map[string]string
 	// Internet allows egress (nil: true).
 	Internet *bool
+	// Network, when set, are the sandbox's egress rules (Internet is then
+	// ignored; see network.go).
+	Network *egress.Rules
 	// AutoPause: at its timeout the sandbox is paused (nil: true), else
 	// destroyed (E2B's default).
 	AutoPause *bool
@@ -144,6 +148,13 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return Sandbox{}, fmt.Errorf("metadata: %w", err)
 	}
 	internet := req.Internet == nil || *req.Internet
+	netJSON, err := req.network()
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if req.Network != nil {
+		internet = req.Network.AllowInternet
+	}
 	newID := newUUID()
 	sealedEnv, err := s.sealEnvVars(newID, req.EnvVars)
 	if err != nil {
@@ -181,6 +192,11 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		if err != nil {
 			return fmt.Errorf("insert sandbox: %w", err)
 		}
+		if netJSON != nil {
+			if row, err = q.SetSandboxNetwork(ctx, db.SetSandboxNetworkParams{ID: row.ID, TeamID: p.TeamID, Network: netJSON, AllowInternetAccess: internet}); err != nil {
+				return fmt.Errorf("sandbox network: %w", err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -214,7 +230,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	areq := &pb.CreateSandboxRequest{
 		SandboxId: id, Template: tpl.agentName, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
 		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
-		Egress: internet, Metadata: req.Metadata,
+		Egress: internet, Metadata: req.Metadata, Network: req.networkProto(),
 	}
 	// The create and its bookkeeping outlive a client that leaves: a
 	// machine is never left half made because a request was cancelled.

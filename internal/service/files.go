@@ -224,6 +224,28 @@ func (f *FileReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes the rest of the file to w a message at a time (256 KiB),
+// without the copy and the 32 KiB writes of io.Copy's buffer.
+func (f *FileReader) WriteTo(w io.Writer) (int64, error) {
+	var written int64
+	for {
+		if len(f.buf) > 0 {
+			n, err := w.Write(f.buf)
+			written += int64(n)
+			f.buf = f.buf[n:]
+			if err != nil {
+				return written, err
+			}
+		}
+		if _, err := f.Read(nil); err != nil { // the next message
+			if errors.Is(err, io.EOF) {
+				return written, nil
+			}
+			return written, err
+		}
+	}
+}
+
 // Close ends the download.
 func (f *FileReader) Close() error {
 	f.cancel()

@@ -45,12 +45,10 @@ type HostsConfig struct {
 	// CA issues the hosts' server certificates.
 	CA *pki.CA
 	// ClientCert is the control plane's client certificate for the agents
-	// (Resolve's endpoints); a new one from CA when nil.
+	// (Resolve's endpoints, which carry no bearer token: the agents
+	// authenticate the control plane by this certificate); a new one from
+	// CA when nil.
 	ClientCert *pki.ClientCert
-	// AgentToken is the bearer token Resolve's endpoints carry (the
-	// agents authenticate the control plane by its client certificate;
-	// agentclient requires a token all the same). "mtls" when empty.
-	AgentToken string
 	Audit      *Audit
 	// RegistrationTTL is the lifetime of a registration token
 	// (auth.DefaultHostRegistrationTTL when zero).
@@ -86,7 +84,6 @@ type Hosts struct {
 	agents     *agentclient.Pool
 	ca         *pki.CA
 	clientCert *pki.ClientCert
-	agentToken string
 	tokens     *auth.HostTokens
 	audit      *Audit
 	regTTL     time.Duration
@@ -100,7 +97,7 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 	if cfg.Store == nil || cfg.Agents == nil || cfg.CA == nil {
 		return nil, errors.New("service: hosts need a store, an agent pool and a CA")
 	}
-	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert, agentToken: cfg.AgentToken,
+	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert,
 		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, beatEvery: cfg.HeartbeatInterval, now: cfg.Now, log: cfg.Log}
 	if h.now == nil {
 		h.now = time.Now
@@ -110,9 +107,6 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 	}
 	if h.beatEvery < time.Second {
 		h.beatEvery = hostapi.HeartbeatInterval
-	}
-	if h.agentToken == "" {
-		h.agentToken = "mtls"
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -636,7 +630,7 @@ func (h *Hosts) Resolve(ctx context.Context, hostID string) (agentclient.Endpoin
 	if err != nil {
 		return agentclient.Endpoint{}, fmt.Errorf("get host: %w", err)
 	}
-	return agentclient.Endpoint{URL: "https://" + row.Address, Token: h.agentToken, TLS: h.AgentTLS()}, nil
+	return agentclient.Endpoint{URL: "https://" + row.Address, TLS: h.AgentTLS()}, nil
 }
 
 // AgentTLS is the TLS configuration of calls to agents: the internal CA
@@ -707,6 +701,8 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 	refresh := h.tokens.NewRefreshToken()
 	var row db.Host
 	var cert pki.Issued
+	var access string
+	var claims auth.HostClaims
 	err := h.st.Tx(ctx, func(q *db.Queries) error {
 		cur, err := q.LockHostByRegistrationToken(ctx, auth.HashToken(req.Token))
 		if errors.Is(err, store.ErrNotFound) {
@@ -736,9 +732,14 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 		if _, err := q.RevokeHostRefreshTokens(ctx, row.ID); err != nil {
 			return fmt.Errorf("revoke earlier credentials: %w", err)
 		}
+		// The access token is issued here: its "jti" goes with the
+		// refresh token (the grace of Refresh).
+		if access, claims, err = h.tokens.IssueAccessToken(HostID(row.ID)); err != nil {
+			return fmt.Errorf("issue the access token: %w", err)
+		}
 		family := newUUID()
 		if _, err := q.InsertHostRefreshToken(ctx, db.InsertHostRefreshTokenParams{HostID: row.ID, TokenHash: refresh.Hash,
-			ExpiresAt: refresh.ExpiresAt, FamilyID: family}); err != nil {
+			ExpiresAt: refresh.ExpiresAt, FamilyID: family, AccessTokenID: claims.ID}); err != nil {
 			return fmt.Errorf("store the refresh token: %w", err)
 		}
 		return h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID),
@@ -748,10 +749,6 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 	})
 	if err != nil {
 		return hostapi.RegisterResponse{}, err
-	}
-	access, claims, err := h.tokens.IssueAccessToken(HostID(row.ID))
-	if err != nil {
-		return hostapi.RegisterResponse{}, fmt.Errorf("issue the access token: %w", err)
 	}
 	h.log.InfoContext(ctx, "host registered", "host", HostID(row.ID), "team", teamID(row.TeamID), "address", row.Address,
 		"claimed_address", req.Address)
@@ -768,15 +765,26 @@ func (h *Hosts) hostActor(row db.Host) Actor {
 
 // Refresh exchanges a refresh token for new credentials. The new refresh
 // token is stored before the old one is revoked (one transaction), so a
-// crash never leaves the host without a live token. A revoked token
-// presented again means it leaked (or an agent replayed it): every token
-// of its family is revoked and the answer is ErrUnauthorized.
+// crash never leaves the host without a live token.
+//
+// The grace (hostapi.Credentials): an agent that died after this answer
+// but before it stored it comes back with the previous token. A rotated
+// token is accepted once more while nothing of its successor's
+// credentials was used (no refresh with the successor, no heartbeat with
+// the access token issued with it, whose "jti" the token's row keeps);
+// the successor is then revoked in favour of the new token. Any other
+// revoked token presented again — a second replay, a replay after the new
+// credentials were used — means it leaked: every token of its family is
+// revoked and the answer is ErrUnauthorized. The token's row lock
+// serialises concurrent replays, so at most one of them succeeds.
 func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials, error) {
 	if auth.ValidateHostRefreshToken(token) != nil {
 		return hostapi.Credentials{}, errRefreshToken
 	}
 	next := h.tokens.NewRefreshToken()
 	var row db.Host
+	var access string
+	var claims auth.HostClaims
 	reused := false
 	err := h.st.Tx(ctx, func(q *db.Queries) error {
 		old, err := q.LockHostRefreshToken(ctx, auth.HashToken(token))
@@ -789,7 +797,15 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 		if row, err = q.GetHost(ctx, old.HostID); err != nil {
 			return notFound(err, "host")
 		}
+		// Issued here (not used unless this succeeds): its "jti" goes
+		// with the new refresh token.
+		if access, claims, err = h.tokens.IssueAccessToken(HostID(row.ID)); err != nil {
+			return fmt.Errorf("issue the access token: %w", err)
+		}
 		if old.RevokedAt.Valid {
+			if ok, err := h.refreshGrace(ctx, q, row, old, next, claims.ID); err != nil || ok {
+				return err
+			}
 			n, err := q.RevokeHostRefreshFamily(ctx, old.FamilyID)
 			if err != nil {
 				return fmt.Errorf("revoke the token family: %w", err)
@@ -805,7 +821,7 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 			return errorf(ErrForbidden, "the host is offline")
 		}
 		created, err := q.InsertHostRefreshToken(ctx, db.InsertHostRefreshTokenParams{HostID: row.ID, TokenHash: next.Hash,
-			ExpiresAt: next.ExpiresAt, FamilyID: old.FamilyID})
+			ExpiresAt: next.ExpiresAt, FamilyID: old.FamilyID, AccessTokenID: claims.ID})
 		if err != nil {
 			return fmt.Errorf("store the refresh token: %w", err)
 		}
@@ -821,27 +837,71 @@ func (h *Hosts) Refresh(ctx context.Context, token string) (hostapi.Credentials,
 		h.log.WarnContext(ctx, "a revoked host refresh token was presented: its family is revoked", "host", HostID(row.ID))
 		return hostapi.Credentials{}, errRefreshToken
 	}
-	access, claims, err := h.tokens.IssueAccessToken(HostID(row.ID))
-	if err != nil {
-		return hostapi.Credentials{}, fmt.Errorf("issue the access token: %w", err)
-	}
 	return hostapi.Credentials{HostID: HostID(row.ID), AccessToken: access, AccessTokenExpiresAt: claims.ExpiresAt,
 		RefreshToken: next.Plaintext, RefreshTokenExpiresAt: next.ExpiresAt.UTC()}, nil
+}
+
+// refreshGrace accepts old, a rotated refresh token, once more when
+// nothing of its successor was used: next is stored, the successor is
+// revoked in its favour, and old's grace is spent. It reports whether it
+// accepted; false means old is a reuse.
+func (h *Hosts) refreshGrace(ctx context.Context, q *db.Queries, row db.Host, old db.HostRefreshToken, next auth.OpaqueToken,
+	accessID string) (bool, error) {
+	if old.GraceSpentAt.Valid || !old.ReplacedBy.Valid || !h.now().Before(old.ExpiresAt) {
+		return false, nil
+	}
+	succ, err := q.LockHostRefreshTokenByID(ctx, old.ReplacedBy)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("find the successor token: %w", err)
+	}
+	if succ.RevokedAt.Valid || succ.UsedAt.Valid {
+		return false, nil
+	}
+	if row.Status == store.HostOffline {
+		return false, errorf(ErrForbidden, "the host is offline")
+	}
+	created, err := q.InsertHostRefreshToken(ctx, db.InsertHostRefreshTokenParams{HostID: row.ID, TokenHash: next.Hash,
+		ExpiresAt: next.ExpiresAt, FamilyID: old.FamilyID, AccessTokenID: accessID})
+	if err != nil {
+		return false, fmt.Errorf("store the refresh token: %w", err)
+	}
+	// The successor is revoked without a grace of its own (whoever holds
+	// it now got it from an answer the agent lost), old's grace is spent.
+	if err := q.RevokeHostRefreshToken(ctx, db.RevokeHostRefreshTokenParams{ID: succ.ID, ReplacedBy: created.ID}); err != nil {
+		return false, fmt.Errorf("revoke the unused successor token: %w", err)
+	}
+	for _, id := range []pgtype.UUID{succ.ID, old.ID} {
+		if err := q.SpendHostRefreshGrace(ctx, db.SpendHostRefreshGraceParams{ID: id, ReplacedBy: created.ID}); err != nil {
+			return false, fmt.Errorf("spend the grace: %w", err)
+		}
+	}
+	h.log.InfoContext(ctx, "a rotated host refresh token was replayed before its successor was used: accepted once",
+		"host", HostID(row.ID))
+	return true, h.audit.Record(ctx, q, row.TeamID, h.hostActor(row), AuditEvent{ResourceType: "host", ResourceID: HostID(row.ID),
+		Action: "host.refresh_token_replayed", Scope: ScopeAdmin, Status: AuditInfo})
 }
 
 // AuthenticateHost verifies a host access JWT (never a user's session:
 // another key and audience) and returns the host's ID and the token's
 // issue time.
 func (h *Hosts) AuthenticateHost(token string) (pgtype.UUID, time.Time, error) {
+	id, claims, err := h.authenticateHost(token)
+	return id, claims.IssuedAt, err
+}
+
+func (h *Hosts) authenticateHost(token string) (pgtype.UUID, auth.HostClaims, error) {
 	claims, err := h.tokens.VerifyAccessToken(token)
 	if err != nil {
-		return pgtype.UUID{}, time.Time{}, &Error{Kind: ErrUnauthorized, Msg: errAccessToken.Error(), Err: err}
+		return pgtype.UUID{}, auth.HostClaims{}, &Error{Kind: ErrUnauthorized, Msg: errAccessToken.Error(), Err: err}
 	}
 	id, err := wireid.Parse(wireid.Host, claims.HostID)
 	if err != nil {
-		return pgtype.UUID{}, time.Time{}, errAccessToken
+		return pgtype.UUID{}, auth.HostClaims{}, errAccessToken
 	}
-	return id, claims.IssuedAt, nil
+	return id, claims, nil
 }
 
 func validateResources(r hostapi.Resources) bool {
@@ -854,10 +914,11 @@ func validateResources(r hostapi.Resources) bool {
 // are kept, and a CSR gets a new certificate for the declared address. A
 // deleted host is ErrNotFound; an offline one ErrForbidden.
 func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.Heartbeat) (hostapi.HeartbeatResponse, error) {
-	id, issuedAt, err := h.AuthenticateHost(accessToken)
+	id, claims, err := h.authenticateHost(accessToken)
 	if err != nil {
 		return hostapi.HeartbeatResponse{}, err
 	}
+	issuedAt := claims.IssuedAt
 	if !validateResources(hb.Total) || !validateResources(hb.Used) || hb.Running < 0 || hb.Paused < 0 || hb.Sandboxes < 0 {
 		return hostapi.HeartbeatResponse{}, errorf(ErrInvalid, "resources and counts must not be negative")
 	}
@@ -884,6 +945,11 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 			return errorf(ErrForbidden, "the host is offline")
 		}
 		was = cur.Status
+		// The credentials issued with the refresh token of this access
+		// token are in use: its predecessor's grace ends (Refresh).
+		if err := q.MarkHostRefreshTokenUsed(ctx, db.MarkHostRefreshTokenUsedParams{HostID: id, AccessTokenID: claims.ID}); err != nil {
+			return fmt.Errorf("mark the refresh token used: %w", err)
+		}
 		if hb.CSR != "" {
 			if cert, err = h.issueHostCert(cur, hb.CSR); err != nil {
 				return err

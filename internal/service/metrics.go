@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -23,40 +21,58 @@ type Metric struct {
 	MemUsed, MemTotal, MemCache, DiskUsed, DiskTotal int64
 }
 
-// Metrics samples a sandbox of p's team now: one sample while it runs,
-// none while it is starting, paused or in transition (there is no history
-// yet). A stopped, failed or lost sandbox is not found. Sampling is not
-// activity: it does not push the sandbox's TTL.
-func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID) ([]Metric, error) {
-	row, err := s.get(ctx, p, id)
+// Metrics returns the samples of a sandbox of p's team within [start,
+// end] (E2B's getMetrics; zero start: since the sandbox was created, zero
+// end: now), from the same history as MetricsRange: live while it runs,
+// stored while it is paused. The window is clipped to the sandbox's life,
+// so a window before it existed has no sample. Its length picks the tier
+// (up to 10 min: every 0.5 s; up to 2 h: 30 s means; longer: 5 min means),
+// whose points with the guest's figures are answered (E2B's metrics are
+// the guest's view; a sample whose envd read failed is left out),
+// then a coarser one, then a finer one, when that has nothing there. A stopped, failed or lost
+// sandbox is not found. Reading is not activity: it does not push the
+// sandbox's TTL.
+func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, start, end time.Time) ([]Metric, error) {
+	row, err := s.metricsRow(ctx, p, id)
 	if err != nil {
 		return nil, err
 	}
-	switch row.State {
-	case store.SandboxStopped, store.SandboxError, store.SandboxMissing:
-		return nil, errorf(ErrNotFound, "sandbox not found")
-	case store.SandboxRunning:
-	default:
+	now := metricsNow().UTC()
+	if end.IsZero() || end.After(now) {
+		end = now
+	}
+	if start.IsZero() || start.Before(row.CreatedAt) {
+		start = row.CreatedAt
+	}
+	if end.Before(start) {
 		return []Metric{}, nil
 	}
-	c, err := s.agentFor(ctx, row.HostID)
-	if err != nil {
-		return nil, err
+	// The tier that fits the window, then the coarser ones, then the
+	// finer ones (a sandbox with only part of its history somewhere).
+	tiers := []string{MetricTier10m, MetricTier2h, MetricTier24h}
+	switch d := end.Sub(start); {
+	case d > 2*time.Hour:
+		tiers = []string{MetricTier24h, MetricTier2h, MetricTier10m}
+	case d > 10*time.Minute:
+		tiers = []string{MetricTier2h, MetricTier24h, MetricTier10m}
 	}
-	resp, err := c.GetSandboxMetrics(ctx, connect.NewRequest(&pb.GetSandboxMetricsRequest{SandboxId: ID(id)}))
-	if err != nil {
-		err = agentError(err, "metrics")
-		if errors.Is(err, ErrConflict) {
-			return []Metric{}, nil // it left running since the read
+	var pts []MetricPoint
+	for _, tier := range tiers {
+		if pts, _, err = s.metricPoints(ctx, row, tier, start, end); err != nil {
+			return nil, err
 		}
-		return nil, err
+		if len(pts) > 0 {
+			break
+		}
 	}
-	m := resp.Msg.GetMetrics()
-	return []Metric{{
-		Timestamp: m.GetTimestamp().AsTime().UTC(), CPUCount: int32(m.GetCpuCount()), CPUUsedPct: m.GetCpuUsedPct(),
-		MemUsed: int64(m.GetMemUsed()), MemTotal: int64(m.GetMemTotal()), MemCache: int64(m.GetMemCache()),
-		DiskUsed: int64(m.GetDiskUsed()), DiskTotal: int64(m.GetDiskTotal()),
-	}}, nil
+	out := make([]Metric, 0, len(pts))
+	for _, pt := range pts {
+		if g := pt.Guest; g != nil {
+			out = append(out, Metric{Timestamp: pt.Timestamp, CPUCount: g.CPUCount, CPUUsedPct: g.CPUPct,
+				MemUsed: g.MemUsed, MemTotal: g.MemTotal, MemCache: g.MemCache, DiskUsed: g.DiskUsed, DiskTotal: g.DiskTotal})
+		}
+	}
+	return out, nil
 }
 
 // Refresh keeps a running sandbox of p's team alive: its deadline moves to

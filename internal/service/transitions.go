@@ -41,8 +41,12 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	if err != nil {
 		return err
 	}
-	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)}))
+	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 		return agentError(err, "destroy")
+	}
+	if dr != nil {
+		s.storeMetrics(ctx, id, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
 	}
 	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("persist stopped: %w", err)
@@ -147,6 +151,7 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 			if err != nil {
 				return nil, err
 			}
+			s.storeMetrics(ctx, id, r.Msg.GetMetrics(), "")
 			return r.Msg.GetSandbox(), nil
 		}, "pause")
 }
@@ -170,10 +175,10 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 			}
 			return s.checkResumeQuotas(ctx, q, t)
 		},
-		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
+		func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
 			// The TTL is the control plane's (entering running restarts it
-			// in the record).
-			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id)}))
+			// in the record), and so are the egress rules.
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id), Network: rulesToProto(NetworkOf(row))}))
 			if err != nil {
 				return nil, err
 			}

@@ -271,7 +271,10 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 		meta["over_quota"] = PublicText(qerr)
 	}
 	if err == nil {
-		_, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id}))
+		var pr *connect.Response[pb.PauseSandboxResponse]
+		if pr, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id})); err == nil {
+			s.storeMetrics(bg, row.ID, pr.Msg.GetMetrics(), "")
+		}
 	}
 	if err == nil {
 		if _, err := s.setState(bg, nil, row.ID, StatePausing, StatePaused, "timeout"); err != nil {
@@ -373,7 +376,10 @@ func (r *Reaper) destroyExpired(ctx, bg context.Context, log *slog.Logger, c *ag
 // failPrefix and the error as its reason, for the next pass to retry.
 func (r *Reaper) destroyClaimed(ctx, bg context.Context, log *slog.Logger, c *agentclient.Client, row db.Sandbox, stopReason, failPrefix string) error {
 	q := r.s.st.Queries()
-	_, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(row.ID)}))
+	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(row.ID)}))
+	if err == nil {
+		r.s.storeMetrics(bg, row.ID, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+	}
 	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 		if _, rerr := q.RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,
 			Reason: truncate(failPrefix+err.Error(), 1024)}); rerr != nil {

@@ -130,6 +130,62 @@ func (SandboxState) EnumDescriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{0}
 }
 
+// MetricTier is a resolution of a sandbox's history.
+type MetricTier int32
+
+const (
+	MetricTier_METRIC_TIER_UNSPECIFIED MetricTier = 0
+	// The raw samples: every 0.5 s, the last 10 minutes.
+	MetricTier_METRIC_TIER_10M MetricTier = 1
+	// 30 s averages, the last 2 hours.
+	MetricTier_METRIC_TIER_2H MetricTier = 2
+	// 5 min averages, the last 24 hours.
+	MetricTier_METRIC_TIER_24H MetricTier = 3
+)
+
+// Enum value maps for MetricTier.
+var (
+	MetricTier_name = map[int32]string{
+		0: "METRIC_TIER_UNSPECIFIED",
+		1: "METRIC_TIER_10M",
+		2: "METRIC_TIER_2H",
+		3: "METRIC_TIER_24H",
+	}
+	MetricTier_value = map[string]int32{
+		"METRIC_TIER_UNSPECIFIED": 0,
+		"METRIC_TIER_10M":         1,
+		"METRIC_TIER_2H":          2,
+		"METRIC_TIER_24H":         3,
+	}
+)
+
+func (x MetricTier) Enum() *MetricTier {
+	p := new(MetricTier)
+	*p = x
+	return p
+}
+
+func (x MetricTier) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MetricTier) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[1].Descriptor()
+}
+
+func (MetricTier) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[1]
+}
+
+func (x MetricTier) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MetricTier.Descriptor instead.
+func (MetricTier) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+}
+
 type TemplateKind int32
 
 const (
@@ -165,11 +221,11 @@ func (x TemplateKind) String() string {
 }
 
 func (TemplateKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_hostagent_v1_hostagent_proto_enumTypes[1].Descriptor()
+	return file_hostagent_v1_hostagent_proto_enumTypes[2].Descriptor()
 }
 
 func (TemplateKind) Type() protoreflect.EnumType {
-	return &file_hostagent_v1_hostagent_proto_enumTypes[1]
+	return &file_hostagent_v1_hostagent_proto_enumTypes[2]
 }
 
 func (x TemplateKind) Number() protoreflect.EnumNumber {
@@ -178,7 +234,7 @@ func (x TemplateKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TemplateKind.Descriptor instead.
 func (TemplateKind) EnumDescriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
 }
 
 type Signal int32
@@ -214,11 +270,11 @@ func (x Signal) String() string {
 }
 
 func (Signal) Descriptor() protoreflect.EnumDescriptor {
-	return file_hostagent_v1_hostagent_proto_enumTypes[2].Descriptor()
+	return file_hostagent_v1_hostagent_proto_enumTypes[3].Descriptor()
 }
 
 func (Signal) Type() protoreflect.EnumType {
-	return &file_hostagent_v1_hostagent_proto_enumTypes[2]
+	return &file_hostagent_v1_hostagent_proto_enumTypes[3]
 }
 
 func (x Signal) Number() protoreflect.EnumNumber {
@@ -227,7 +283,7 @@ func (x Signal) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Signal.Descriptor instead.
 func (Signal) EnumDescriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
 }
 
 type FileType int32
@@ -266,11 +322,11 @@ func (x FileType) String() string {
 }
 
 func (FileType) Descriptor() protoreflect.EnumDescriptor {
-	return file_hostagent_v1_hostagent_proto_enumTypes[3].Descriptor()
+	return file_hostagent_v1_hostagent_proto_enumTypes[4].Descriptor()
 }
 
 func (FileType) Type() protoreflect.EnumType {
-	return &file_hostagent_v1_hostagent_proto_enumTypes[3]
+	return &file_hostagent_v1_hostagent_proto_enumTypes[4]
 }
 
 func (x FileType) Number() protoreflect.EnumNumber {
@@ -279,7 +335,7 @@ func (x FileType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FileType.Descriptor instead.
 func (FileType) EnumDescriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
 }
 
 type GetHostInfoRequest struct {
@@ -323,9 +379,12 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 4.
+	// implements (see the file comment); this file describes revision 6.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
-	// revision 3 GetSandboxMetrics; revision 4 builtin_templates.
+	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
+	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
+	// resume; revision 6 the metrics history (GetSandboxMetrics' tiers, the
+	// series in the pause and destroy answers, GetHostInfoResponse.sampler).
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -345,8 +404,10 @@ type GetHostInfoResponse struct {
 	// every team can create sandboxes from and no snapshot may take (the
 	// control plane learns them here).
 	BuiltinTemplates []string `protobuf:"bytes,12,rep,name=builtin_templates,json=builtinTemplates,proto3" json:"builtin_templates,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// sampler is the cost of the metrics sampler so far (revision 6).
+	Sampler       *SamplerCost `protobuf:"bytes,13,opt,name=sampler,proto3" json:"sampler,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostInfoResponse) Reset() {
@@ -463,6 +524,75 @@ func (x *GetHostInfoResponse) GetBuiltinTemplates() []string {
 	return nil
 }
 
+func (x *GetHostInfoResponse) GetSampler() *SamplerCost {
+	if x != nil {
+		return x.Sampler
+	}
+	return nil
+}
+
+type SamplerCost struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rounds the sampler made; cpu the CPU time they took.
+	Rounds uint64               `protobuf:"varint,1,opt,name=rounds,proto3" json:"rounds,omitempty"`
+	Cpu    *durationpb.Duration `protobuf:"bytes,2,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	// sandboxes being sampled now.
+	Sandboxes     uint32 `protobuf:"varint,3,opt,name=sandboxes,proto3" json:"sandboxes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SamplerCost) Reset() {
+	*x = SamplerCost{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SamplerCost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SamplerCost) ProtoMessage() {}
+
+func (x *SamplerCost) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SamplerCost.ProtoReflect.Descriptor instead.
+func (*SamplerCost) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SamplerCost) GetRounds() uint64 {
+	if x != nil {
+		return x.Rounds
+	}
+	return 0
+}
+
+func (x *SamplerCost) GetCpu() *durationpb.Duration {
+	if x != nil {
+		return x.Cpu
+	}
+	return nil
+}
+
+func (x *SamplerCost) GetSandboxes() uint32 {
+	if x != nil {
+		return x.Sandboxes
+	}
+	return 0
+}
+
 type Resources struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Vcpus         uint32                 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
@@ -474,7 +604,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +616,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +629,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Resources) GetVcpus() uint32 {
@@ -545,14 +675,16 @@ type Sandbox struct {
 	// port) while it runs.
 	HostAddr string `protobuf:"bytes,12,opt,name=host_addr,json=hostAddr,proto3" json:"host_addr,omitempty"`
 	// state_reason says why a sandbox is stopped or in error.
-	StateReason   string `protobuf:"bytes,13,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	StateReason string `protobuf:"bytes,13,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// network are its egress rules.
+	Network       *NetworkRules `protobuf:"bytes,14,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +696,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +709,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Sandbox) GetId() string {
@@ -671,6 +803,77 @@ func (x *Sandbox) GetStateReason() string {
 	return ""
 }
 
+func (x *Sandbox) GetNetwork() *NetworkRules {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+// NetworkRules are a sandbox's egress rules (package egress of the agent
+// says what they mean): E2B's allow_internet_access, allowOut and
+// denyOut. allow_out and deny_out hold IPv4 addresses, CIDRs and domain
+// names ("*.example.com" wildcards too).
+type NetworkRules struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AllowInternet bool                   `protobuf:"varint,1,opt,name=allow_internet,json=allowInternet,proto3" json:"allow_internet,omitempty"`
+	AllowOut      []string               `protobuf:"bytes,2,rep,name=allow_out,json=allowOut,proto3" json:"allow_out,omitempty"`
+	DenyOut       []string               `protobuf:"bytes,3,rep,name=deny_out,json=denyOut,proto3" json:"deny_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRules) Reset() {
+	*x = NetworkRules{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRules) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRules) ProtoMessage() {}
+
+func (x *NetworkRules) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRules.ProtoReflect.Descriptor instead.
+func (*NetworkRules) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NetworkRules) GetAllowInternet() bool {
+	if x != nil {
+		return x.AllowInternet
+	}
+	return false
+}
+
+func (x *NetworkRules) GetAllowOut() []string {
+	if x != nil {
+		return x.AllowOut
+	}
+	return nil
+}
+
+func (x *NetworkRules) GetDenyOut() []string {
+	if x != nil {
+		return x.DenyOut
+	}
+	return nil
+}
+
 type CreateSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sandbox_id names the new sandbox ([a-z0-9]{1,63}); empty lets the
@@ -695,16 +898,19 @@ type CreateSandboxRequest struct {
 	// default_user runs processes and owns files when a request names no
 	// user (empty: envd's default, "root").
 	DefaultUser string `protobuf:"bytes,9,opt,name=default_user,json=defaultUser,proto3" json:"default_user,omitempty"`
-	// egress allows connections to the internet.
-	Egress        bool              `protobuf:"varint,10,opt,name=egress,proto3" json:"egress,omitempty"`
-	Metadata      map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// egress allows connections to the internet (when network is absent).
+	Egress   bool              `protobuf:"varint,10,opt,name=egress,proto3" json:"egress,omitempty"`
+	Metadata map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// network, when set, are the sandbox's egress rules (egress is then
+	// ignored).
+	Network       *NetworkRules `protobuf:"bytes,12,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +922,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +935,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateSandboxRequest) GetSandboxId() string {
@@ -809,6 +1015,13 @@ func (x *CreateSandboxRequest) GetMetadata() map[string]string {
 	return nil
 }
 
+func (x *CreateSandboxRequest) GetNetwork() *NetworkRules {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type CreateSandboxResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
@@ -818,7 +1031,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1043,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1056,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
@@ -862,7 +1075,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1087,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1100,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -898,14 +1111,17 @@ func (x *DestroySandboxRequest) GetSandboxId() string {
 }
 
 type DestroySandboxResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metrics is the sandbox's 24 h tier as it was destroyed (revision 6;
+	// absent when the host did not know the sandbox).
+	Metrics       *MetricSeries `protobuf:"bytes,1,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1133,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1146,14 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DestroySandboxResponse) GetMetrics() *MetricSeries {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
 }
 
 type PauseSandboxRequest struct {
@@ -942,7 +1165,7 @@ type PauseSandboxRequest struct {
 
 func (x *PauseSandboxRequest) Reset() {
 	*x = PauseSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1177,7 @@ func (x *PauseSandboxRequest) String() string {
 func (*PauseSandboxRequest) ProtoMessage() {}
 
 func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1190,7 @@ func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PauseSandboxRequest) GetSandboxId() string {
@@ -978,15 +1201,18 @@ func (x *PauseSandboxRequest) GetSandboxId() string {
 }
 
 type PauseSandboxResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// metrics are every tier of the sandbox's history as it was paused
+	// (revision 6).
+	Metrics       []*MetricSeries `protobuf:"bytes,2,rep,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PauseSandboxResponse) Reset() {
 	*x = PauseSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1224,7 @@ func (x *PauseSandboxResponse) String() string {
 func (*PauseSandboxResponse) ProtoMessage() {}
 
 func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1237,7 @@ func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
@@ -1021,19 +1247,29 @@ func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
 	return nil
 }
 
+func (x *PauseSandboxResponse) GetMetrics() []*MetricSeries {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
 type ResumeSandboxRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	// timeout, when present, replaces the sandbox's idle timeout (the
 	// control plane's record is authoritative across pauses).
-	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// network, when present, replaces the sandbox's egress rules before it
+	// runs again (the control plane's record is authoritative).
+	Network       *NetworkRules `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeSandboxRequest) Reset() {
 	*x = ResumeSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1281,7 @@ func (x *ResumeSandboxRequest) String() string {
 func (*ResumeSandboxRequest) ProtoMessage() {}
 
 func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1294,7 @@ func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResumeSandboxRequest) GetSandboxId() string {
@@ -1075,6 +1311,13 @@ func (x *ResumeSandboxRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *ResumeSandboxRequest) GetNetwork() *NetworkRules {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type ResumeSandboxResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
@@ -1084,7 +1327,7 @@ type ResumeSandboxResponse struct {
 
 func (x *ResumeSandboxResponse) Reset() {
 	*x = ResumeSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1339,7 @@ func (x *ResumeSandboxResponse) String() string {
 func (*ResumeSandboxResponse) ProtoMessage() {}
 
 func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1352,7 @@ func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
@@ -1128,7 +1371,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1383,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1396,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -1172,7 +1415,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1427,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1440,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -1215,7 +1458,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1470,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1483,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 type ListSandboxesResponse struct {
@@ -1253,7 +1496,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1508,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1521,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -1297,7 +1540,7 @@ type PingSandboxRequest struct {
 
 func (x *PingSandboxRequest) Reset() {
 	*x = PingSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1552,7 @@ func (x *PingSandboxRequest) String() string {
 func (*PingSandboxRequest) ProtoMessage() {}
 
 func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1565,7 @@ func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PingSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PingSandboxRequest) GetSandboxId() string {
@@ -1340,7 +1583,7 @@ type PingSandboxResponse struct {
 
 func (x *PingSandboxResponse) Reset() {
 	*x = PingSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1595,7 @@ func (x *PingSandboxResponse) String() string {
 func (*PingSandboxResponse) ProtoMessage() {}
 
 func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1608,7 @@ func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PingSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 type SetSandboxTimeoutRequest struct {
@@ -1379,7 +1622,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1391,7 +1634,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1404,7 +1647,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1429,7 +1672,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1684,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,19 +1697,26 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 type GetSandboxMetricsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// tier selects the history's resolution (revision 6; unspecified: no
+	// history, only the latest guest sample).
+	Tier MetricTier `protobuf:"varint,2,opt,name=tier,proto3,enum=hostagent.v1.MetricTier" json:"tier,omitempty"`
+	// from and to bound the points' timestamps (inclusive; absent:
+	// unbounded).
+	From          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	To            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetSandboxMetricsRequest) Reset() {
 	*x = GetSandboxMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1728,7 @@ func (x *GetSandboxMetricsRequest) String() string {
 func (*GetSandboxMetricsRequest) ProtoMessage() {}
 
 func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1741,7 @@ func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSandboxMetricsRequest) GetSandboxId() string {
@@ -1499,6 +1749,173 @@ func (x *GetSandboxMetricsRequest) GetSandboxId() string {
 		return x.SandboxId
 	}
 	return ""
+}
+
+func (x *GetSandboxMetricsRequest) GetTier() MetricTier {
+	if x != nil {
+		return x.Tier
+	}
+	return MetricTier_METRIC_TIER_UNSPECIFIED
+}
+
+func (x *GetSandboxMetricsRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *GetSandboxMetricsRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+// MetricPoint is one sample (tier 10M) or the mean of a bucket's samples
+// (its timestamp is the bucket's start; the newest point of tiers 2H and
+// 24H is the bucket being filled, whose value moves until it closes).
+type MetricPoint struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	// cpu_pct is the VMM process' CPU use in percent of one core (a machine
+	// with two busy vCPUs shows about 200).
+	CpuPct float64 `protobuf:"fixed64,2,opt,name=cpu_pct,json=cpuPct,proto3" json:"cpu_pct,omitempty"`
+	// Bytes: the VMM process' resident and proportional set sizes, and the
+	// host disk blocks the sandbox's copy-on-write overlay takes.
+	MemRss   uint64 `protobuf:"varint,3,opt,name=mem_rss,json=memRss,proto3" json:"mem_rss,omitempty"`
+	MemPss   uint64 `protobuf:"varint,4,opt,name=mem_pss,json=memPss,proto3" json:"mem_pss,omitempty"`
+	DiskUsed uint64 `protobuf:"varint,5,opt,name=disk_used,json=diskUsed,proto3" json:"disk_used,omitempty"`
+	// guest is what the guest's envd reported (absent when it did not
+	// answer; its timestamp is unset).
+	Guest         *SandboxMetrics `protobuf:"bytes,6,opt,name=guest,proto3" json:"guest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricPoint) Reset() {
+	*x = MetricPoint{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricPoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricPoint) ProtoMessage() {}
+
+func (x *MetricPoint) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
+func (*MetricPoint) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MetricPoint) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *MetricPoint) GetCpuPct() float64 {
+	if x != nil {
+		return x.CpuPct
+	}
+	return 0
+}
+
+func (x *MetricPoint) GetMemRss() uint64 {
+	if x != nil {
+		return x.MemRss
+	}
+	return 0
+}
+
+func (x *MetricPoint) GetMemPss() uint64 {
+	if x != nil {
+		return x.MemPss
+	}
+	return 0
+}
+
+func (x *MetricPoint) GetDiskUsed() uint64 {
+	if x != nil {
+		return x.DiskUsed
+	}
+	return 0
+}
+
+func (x *MetricPoint) GetGuest() *SandboxMetrics {
+	if x != nil {
+		return x.Guest
+	}
+	return nil
+}
+
+// MetricSeries is the points of one tier, oldest first.
+type MetricSeries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tier          MetricTier             `protobuf:"varint,1,opt,name=tier,proto3,enum=hostagent.v1.MetricTier" json:"tier,omitempty"`
+	Points        []*MetricPoint         `protobuf:"bytes,2,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricSeries) Reset() {
+	*x = MetricSeries{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricSeries) ProtoMessage() {}
+
+func (x *MetricSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricSeries.ProtoReflect.Descriptor instead.
+func (*MetricSeries) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *MetricSeries) GetTier() MetricTier {
+	if x != nil {
+		return x.Tier
+	}
+	return MetricTier_METRIC_TIER_UNSPECIFIED
+}
+
+func (x *MetricSeries) GetPoints() []*MetricPoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
 }
 
 // SandboxMetrics is one sample of a sandbox's resource use.
@@ -1526,7 +1943,7 @@ type SandboxMetrics struct {
 
 func (x *SandboxMetrics) Reset() {
 	*x = SandboxMetrics{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1955,7 @@ func (x *SandboxMetrics) String() string {
 func (*SandboxMetrics) ProtoMessage() {}
 
 func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1968,7 @@ func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
 func (*SandboxMetrics) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SandboxMetrics) GetTimestamp() *timestamppb.Timestamp {
@@ -1611,15 +2028,18 @@ func (x *SandboxMetrics) GetDiskTotal() uint64 {
 }
 
 type GetSandboxMetricsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Metrics       *SandboxMetrics        `protobuf:"bytes,1,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metrics is the guest's latest sample (absent unless running).
+	Metrics *SandboxMetrics `protobuf:"bytes,1,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	// series is the requested tier (revision 6).
+	Series        *MetricSeries `protobuf:"bytes,2,opt,name=series,proto3" json:"series,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +2051,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,12 +2064,19 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetSandboxMetricsResponse) GetMetrics() *SandboxMetrics {
 	if x != nil {
 		return x.Metrics
+	}
+	return nil
+}
+
+func (x *GetSandboxMetricsResponse) GetSeries() *MetricSeries {
+	if x != nil {
+		return x.Series
 	}
 	return nil
 }
@@ -1677,7 +2104,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +2116,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +2129,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Template) GetName() string {
@@ -1779,7 +2206,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +2218,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +2231,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -1830,7 +2257,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2269,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2282,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() *Template {
@@ -1875,7 +2302,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2314,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2327,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -1926,7 +2353,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2365,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2378,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FlattenRootfsResponse) GetTemplate() *Template {
@@ -1970,7 +2397,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2409,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2422,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteTemplateRequest) GetName() string {
@@ -2013,7 +2440,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2452,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2465,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 type ListTemplatesRequest struct {
@@ -2049,7 +2476,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2488,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2501,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 type ListTemplatesResponse struct {
@@ -2087,7 +2514,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2526,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2539,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -2132,7 +2559,7 @@ type PtySize struct {
 
 func (x *PtySize) Reset() {
 	*x = PtySize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2571,7 @@ func (x *PtySize) String() string {
 func (*PtySize) ProtoMessage() {}
 
 func (x *PtySize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2584,7 @@ func (x *PtySize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtySize.ProtoReflect.Descriptor instead.
 func (*PtySize) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PtySize) GetCols() uint32 {
@@ -2201,7 +2628,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2640,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2653,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -2307,7 +2734,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2746,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2759,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -2416,7 +2843,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2855,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2868,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -2465,7 +2892,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2904,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2917,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ExecOutput) GetData() isExecOutput_Data {
@@ -2567,7 +2994,7 @@ type ExecEnded struct {
 
 func (x *ExecEnded) Reset() {
 	*x = ExecEnded{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +3006,7 @@ func (x *ExecEnded) String() string {
 func (*ExecEnded) ProtoMessage() {}
 
 func (x *ExecEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +3019,7 @@ func (x *ExecEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecEnded.ProtoReflect.Descriptor instead.
 func (*ExecEnded) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ExecEnded) GetExitCode() int32 {
@@ -2638,7 +3065,7 @@ type ExecKeepalive struct {
 
 func (x *ExecKeepalive) Reset() {
 	*x = ExecKeepalive{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +3077,7 @@ func (x *ExecKeepalive) String() string {
 func (*ExecKeepalive) ProtoMessage() {}
 
 func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +3090,7 @@ func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecKeepalive.ProtoReflect.Descriptor instead.
 func (*ExecKeepalive) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 type SendExecInputRequest struct {
@@ -2679,7 +3106,7 @@ type SendExecInputRequest struct {
 
 func (x *SendExecInputRequest) Reset() {
 	*x = SendExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +3118,7 @@ func (x *SendExecInputRequest) String() string {
 func (*SendExecInputRequest) ProtoMessage() {}
 
 func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +3131,7 @@ func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputRequest.ProtoReflect.Descriptor instead.
 func (*SendExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SendExecInputRequest) GetSandboxId() string {
@@ -2743,7 +3170,7 @@ type SendExecInputResponse struct {
 
 func (x *SendExecInputResponse) Reset() {
 	*x = SendExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +3182,7 @@ func (x *SendExecInputResponse) String() string {
 func (*SendExecInputResponse) ProtoMessage() {}
 
 func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +3195,7 @@ func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputResponse.ProtoReflect.Descriptor instead.
 func (*SendExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 type CloseExecInputRequest struct {
@@ -2781,7 +3208,7 @@ type CloseExecInputRequest struct {
 
 func (x *CloseExecInputRequest) Reset() {
 	*x = CloseExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2793,7 +3220,7 @@ func (x *CloseExecInputRequest) String() string {
 func (*CloseExecInputRequest) ProtoMessage() {}
 
 func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2806,7 +3233,7 @@ func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputRequest.ProtoReflect.Descriptor instead.
 func (*CloseExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CloseExecInputRequest) GetSandboxId() string {
@@ -2831,7 +3258,7 @@ type CloseExecInputResponse struct {
 
 func (x *CloseExecInputResponse) Reset() {
 	*x = CloseExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +3270,7 @@ func (x *CloseExecInputResponse) String() string {
 func (*CloseExecInputResponse) ProtoMessage() {}
 
 func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +3283,7 @@ func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputResponse.ProtoReflect.Descriptor instead.
 func (*CloseExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 type SignalExecRequest struct {
@@ -2870,7 +3297,7 @@ type SignalExecRequest struct {
 
 func (x *SignalExecRequest) Reset() {
 	*x = SignalExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +3309,7 @@ func (x *SignalExecRequest) String() string {
 func (*SignalExecRequest) ProtoMessage() {}
 
 func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +3322,7 @@ func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecRequest.ProtoReflect.Descriptor instead.
 func (*SignalExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SignalExecRequest) GetSandboxId() string {
@@ -2927,7 +3354,7 @@ type SignalExecResponse struct {
 
 func (x *SignalExecResponse) Reset() {
 	*x = SignalExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3366,7 @@ func (x *SignalExecResponse) String() string {
 func (*SignalExecResponse) ProtoMessage() {}
 
 func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3379,7 @@ func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecResponse.ProtoReflect.Descriptor instead.
 func (*SignalExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 type ResizeExecRequest struct {
@@ -2966,7 +3393,7 @@ type ResizeExecRequest struct {
 
 func (x *ResizeExecRequest) Reset() {
 	*x = ResizeExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3405,7 @@ func (x *ResizeExecRequest) String() string {
 func (*ResizeExecRequest) ProtoMessage() {}
 
 func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3418,7 @@ func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecRequest.ProtoReflect.Descriptor instead.
 func (*ResizeExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ResizeExecRequest) GetSandboxId() string {
@@ -3023,7 +3450,7 @@ type ResizeExecResponse struct {
 
 func (x *ResizeExecResponse) Reset() {
 	*x = ResizeExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3035,7 +3462,7 @@ func (x *ResizeExecResponse) String() string {
 func (*ResizeExecResponse) ProtoMessage() {}
 
 func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3048,7 +3475,7 @@ func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecResponse.ProtoReflect.Descriptor instead.
 func (*ResizeExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 type WriteFileRequest struct {
@@ -3064,7 +3491,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3076,7 +3503,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3089,7 +3516,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WriteFileRequest) GetMsg() isWriteFileRequest_Msg {
@@ -3148,7 +3575,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3587,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3600,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WriteFileHeader) GetSandboxId() string {
@@ -3208,7 +3635,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3220,7 +3647,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3233,7 +3660,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -3262,7 +3689,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3701,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3714,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -3325,7 +3752,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3337,7 +3764,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3350,7 +3777,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ReadFileResponse) GetChunk() []byte {
@@ -3388,7 +3815,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3400,7 +3827,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3840,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *FileEntry) GetName() string {
@@ -3494,7 +3921,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3506,7 +3933,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3519,7 +3946,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -3560,7 +3987,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3572,7 +3999,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3585,7 +4012,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -3608,7 +4035,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3620,7 +4047,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3633,7 +4060,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -3666,7 +4093,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3678,7 +4105,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3691,7 +4118,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -3712,7 +4139,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +4151,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +4164,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RemoveRequest) GetSandboxId() string {
@@ -3769,7 +4196,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3781,7 +4208,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3794,7 +4221,95 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+}
+
+type SetSandboxNetworkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Network       *NetworkRules          `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxNetworkRequest) Reset() {
+	*x = SetSandboxNetworkRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxNetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxNetworkRequest) ProtoMessage() {}
+
+func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxNetworkRequest.ProtoReflect.Descriptor instead.
+func (*SetSandboxNetworkRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *SetSandboxNetworkRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *SetSandboxNetworkRequest) GetNetwork() *NetworkRules {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+type SetSandboxNetworkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSandboxNetworkResponse) Reset() {
+	*x = SetSandboxNetworkResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSandboxNetworkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSandboxNetworkResponse) ProtoMessage() {}
+
+func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSandboxNetworkResponse.ProtoReflect.Descriptor instead.
+func (*SetSandboxNetworkResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -3802,7 +4317,7 @@ var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"\x1chostagent/v1/hostagent.proto\x12\fhostagent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
-	"\x12GetHostInfoRequest\"\xdf\x03\n" +
+	"\x12GetHostInfoRequest\"\x94\x04\n" +
 	"\x13GetHostInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\rR\brevision\x12!\n" +
@@ -3817,11 +4332,16 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	" \x01(\rR\x0fpausedSandboxes\x129\n" +
 	"\n" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12+\n" +
-	"\x11builtin_templates\x18\f \x03(\tR\x10builtinTemplates\"W\n" +
+	"\x11builtin_templates\x18\f \x03(\tR\x10builtinTemplates\x123\n" +
+	"\asampler\x18\r \x01(\v2\x19.hostagent.v1.SamplerCostR\asampler\"p\n" +
+	"\vSamplerCost\x12\x16\n" +
+	"\x06rounds\x18\x01 \x01(\x04R\x06rounds\x12+\n" +
+	"\x03cpu\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03cpu\x12\x1c\n" +
+	"\tsandboxes\x18\x03 \x01(\rR\tsandboxes\"W\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1b\n" +
 	"\tmemory_mb\x18\x02 \x01(\x04R\bmemoryMb\x12\x17\n" +
-	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xa1\x04\n" +
+	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xd7\x04\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05state\x12\x1a\n" +
@@ -3837,10 +4357,15 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\flastActiveAt\x12\x19\n" +
 	"\benvd_url\x18\v \x01(\tR\aenvdUrl\x12\x1b\n" +
 	"\thost_addr\x18\f \x01(\tR\bhostAddr\x12!\n" +
-	"\fstate_reason\x18\r \x01(\tR\vstateReason\x1a;\n" +
+	"\fstate_reason\x18\r \x01(\tR\vstateReason\x124\n" +
+	"\anetwork\x18\x0e \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
+	"\fNetworkRules\x12%\n" +
+	"\x0eallow_internet\x18\x01 \x01(\bR\rallowInternet\x12\x1b\n" +
+	"\tallow_out\x18\x02 \x03(\tR\ballowOut\x12\x19\n" +
+	"\bdeny_out\x18\x03 \x03(\tR\adenyOut\"\xf9\x04\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -3854,7 +4379,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fdefault_user\x18\t \x01(\tR\vdefaultUser\x12\x16\n" +
 	"\x06egress\x18\n" +
 	" \x01(\bR\x06egress\x12L\n" +
-	"\bmetadata\x18\v \x03(\v20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x1a:\n" +
+	"\bmetadata\x18\v \x03(\v20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x124\n" +
+	"\anetwork\x18\f \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x1a:\n" +
 	"\fEnvVarsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -3865,17 +4391,20 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"6\n" +
 	"\x15DestroySandboxRequest\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x18\n" +
-	"\x16DestroySandboxResponse\"4\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"N\n" +
+	"\x16DestroySandboxResponse\x124\n" +
+	"\ametrics\x18\x01 \x01(\v2\x1a.hostagent.v1.MetricSeriesR\ametrics\"4\n" +
 	"\x13PauseSandboxRequest\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"G\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"}\n" +
 	"\x14PauseSandboxResponse\x12/\n" +
-	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"j\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\x124\n" +
+	"\ametrics\x18\x02 \x03(\v2\x1a.hostagent.v1.MetricSeriesR\ametrics\"\xa0\x01\n" +
 	"\x14ResumeSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
-	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"H\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
+	"\anetwork\x18\x03 \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\"H\n" +
 	"\x15ResumeSandboxResponse\x12/\n" +
 	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"2\n" +
 	"\x11GetSandboxRequest\x12\x1d\n" +
@@ -3894,10 +4423,23 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x1b\n" +
-	"\x19SetSandboxTimeoutResponse\"9\n" +
+	"\x19SetSandboxTimeoutResponse\"\xc3\x01\n" +
 	"\x18GetSandboxMetricsRequest\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x9a\x02\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12,\n" +
+	"\x04tier\x18\x02 \x01(\x0e2\x18.hostagent.v1.MetricTierR\x04tier\x12.\n" +
+	"\x04from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\"\xe3\x01\n" +
+	"\vMetricPoint\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x17\n" +
+	"\acpu_pct\x18\x02 \x01(\x01R\x06cpuPct\x12\x17\n" +
+	"\amem_rss\x18\x03 \x01(\x04R\x06memRss\x12\x17\n" +
+	"\amem_pss\x18\x04 \x01(\x04R\x06memPss\x12\x1b\n" +
+	"\tdisk_used\x18\x05 \x01(\x04R\bdiskUsed\x122\n" +
+	"\x05guest\x18\x06 \x01(\v2\x1c.hostagent.v1.SandboxMetricsR\x05guest\"o\n" +
+	"\fMetricSeries\x12,\n" +
+	"\x04tier\x18\x01 \x01(\x0e2\x18.hostagent.v1.MetricTierR\x04tier\x121\n" +
+	"\x06points\x18\x02 \x03(\v2\x19.hostagent.v1.MetricPointR\x06points\"\x9a\x02\n" +
 	"\x0eSandboxMetrics\x128\n" +
 	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x12\x1b\n" +
 	"\tcpu_count\x18\x02 \x01(\rR\bcpuCount\x12 \n" +
@@ -3908,9 +4450,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tmem_cache\x18\x06 \x01(\x04R\bmemCache\x12\x1b\n" +
 	"\tdisk_used\x18\a \x01(\x04R\bdiskUsed\x12\x1d\n" +
 	"\n" +
-	"disk_total\x18\b \x01(\x04R\tdiskTotal\"S\n" +
+	"disk_total\x18\b \x01(\x04R\tdiskTotal\"\x87\x01\n" +
 	"\x19GetSandboxMetricsResponse\x126\n" +
-	"\ametrics\x18\x01 \x01(\v2\x1c.hostagent.v1.SandboxMetricsR\ametrics\"\xc4\x02\n" +
+	"\ametrics\x18\x01 \x01(\v2\x1c.hostagent.v1.SandboxMetricsR\ametrics\x122\n" +
+	"\x06series\x18\x02 \x01(\v2\x1a.hostagent.v1.MetricSeriesR\x06series\"\xc4\x02\n" +
 	"\bTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1a.hostagent.v1.TemplateKindR\x04kind\x12\x18\n" +
@@ -4054,7 +4597,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04user\x18\x03 \x01(\tR\x04user\"\x10\n" +
-	"\x0eRemoveResponse*\xe9\x01\n" +
+	"\x0eRemoveResponse\"o\n" +
+	"\x18SetSandboxNetworkRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x124\n" +
+	"\anetwork\x18\x02 \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\"\x1b\n" +
+	"\x19SetSandboxNetworkResponse*\xe9\x01\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -4063,7 +4611,13 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x14SANDBOX_STATE_PAUSED\x10\x04\x12\x1a\n" +
 	"\x16SANDBOX_STATE_RESUMING\x10\x05\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\x06\x12\x17\n" +
-	"\x13SANDBOX_STATE_ERROR\x10\a*b\n" +
+	"\x13SANDBOX_STATE_ERROR\x10\a*g\n" +
+	"\n" +
+	"MetricTier\x12\x1b\n" +
+	"\x17METRIC_TIER_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fMETRIC_TIER_10M\x10\x01\x12\x12\n" +
+	"\x0eMETRIC_TIER_2H\x10\x02\x12\x13\n" +
+	"\x0fMETRIC_TIER_24H\x10\x03*b\n" +
 	"\fTemplateKind\x12\x1d\n" +
 	"\x19TEMPLATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TEMPLATE_KIND_IMAGE\x10\x01\x12\x1a\n" +
@@ -4076,7 +4630,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
 	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
-	"\x11FILE_TYPE_SYMLINK\x10\x032\x8c\x10\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x032\xf2\x10\n" +
 	"\tHostAgent\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n" +
@@ -4088,6 +4642,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\rListSandboxes\x12\".hostagent.v1.ListSandboxesRequest\x1a#.hostagent.v1.ListSandboxesResponse\x12R\n" +
 	"\vPingSandbox\x12 .hostagent.v1.PingSandboxRequest\x1a!.hostagent.v1.PingSandboxResponse\x12d\n" +
 	"\x11SetSandboxTimeout\x12&.hostagent.v1.SetSandboxTimeoutRequest\x1a'.hostagent.v1.SetSandboxTimeoutResponse\x12d\n" +
+	"\x11SetSandboxNetwork\x12&.hostagent.v1.SetSandboxNetworkRequest\x1a'.hostagent.v1.SetSandboxNetworkResponse\x12d\n" +
 	"\x11GetSandboxMetrics\x12&.hostagent.v1.GetSandboxMetricsRequest\x1a'.hostagent.v1.GetSandboxMetricsResponse\x12[\n" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rFlattenRootfs\x12\".hostagent.v1.FlattenRootfsRequest\x1a#.hostagent.v1.FlattenRootfsResponse\x12[\n" +
@@ -4118,171 +4673,196 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 	return file_hostagent_v1_hostagent_proto_rawDescData
 }
 
-var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
-	(TemplateKind)(0),                 // 1: hostagent.v1.TemplateKind
-	(Signal)(0),                       // 2: hostagent.v1.Signal
-	(FileType)(0),                     // 3: hostagent.v1.FileType
-	(*GetHostInfoRequest)(nil),        // 4: hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),       // 5: hostagent.v1.GetHostInfoResponse
-	(*Resources)(nil),                 // 6: hostagent.v1.Resources
-	(*Sandbox)(nil),                   // 7: hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),      // 8: hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 9: hostagent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),     // 10: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 11: hostagent.v1.DestroySandboxResponse
-	(*PauseSandboxRequest)(nil),       // 12: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 13: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 14: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 15: hostagent.v1.ResumeSandboxResponse
-	(*GetSandboxRequest)(nil),         // 16: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 17: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 18: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 19: hostagent.v1.ListSandboxesResponse
-	(*PingSandboxRequest)(nil),        // 20: hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 21: hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 22: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 23: hostagent.v1.SetSandboxTimeoutResponse
-	(*GetSandboxMetricsRequest)(nil),  // 24: hostagent.v1.GetSandboxMetricsRequest
-	(*SandboxMetrics)(nil),            // 25: hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsResponse)(nil), // 26: hostagent.v1.GetSandboxMetricsResponse
-	(*Template)(nil),                  // 27: hostagent.v1.Template
-	(*CreateSnapshotRequest)(nil),     // 28: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 29: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 30: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 31: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 32: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 33: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 34: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 35: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 36: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 37: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 38: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 39: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 40: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 41: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 42: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 43: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 44: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 45: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 46: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 47: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 48: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 49: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 50: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 51: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 52: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 53: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 54: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 55: hostagent.v1.ReadFileResponse
-	(*FileEntry)(nil),                 // 56: hostagent.v1.FileEntry
-	(*ListDirRequest)(nil),            // 57: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 58: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 59: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 60: hostagent.v1.MakeDirResponse
-	(*RemoveRequest)(nil),             // 61: hostagent.v1.RemoveRequest
-	(*RemoveResponse)(nil),            // 62: hostagent.v1.RemoveResponse
-	nil,                               // 63: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 64: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 65: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 66: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 67: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 68: google.protobuf.Duration
+	(MetricTier)(0),                   // 1: hostagent.v1.MetricTier
+	(TemplateKind)(0),                 // 2: hostagent.v1.TemplateKind
+	(Signal)(0),                       // 3: hostagent.v1.Signal
+	(FileType)(0),                     // 4: hostagent.v1.FileType
+	(*GetHostInfoRequest)(nil),        // 5: hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),       // 6: hostagent.v1.GetHostInfoResponse
+	(*SamplerCost)(nil),               // 7: hostagent.v1.SamplerCost
+	(*Resources)(nil),                 // 8: hostagent.v1.Resources
+	(*Sandbox)(nil),                   // 9: hostagent.v1.Sandbox
+	(*NetworkRules)(nil),              // 10: hostagent.v1.NetworkRules
+	(*CreateSandboxRequest)(nil),      // 11: hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 12: hostagent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),     // 13: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 14: hostagent.v1.DestroySandboxResponse
+	(*PauseSandboxRequest)(nil),       // 15: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 16: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 17: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 18: hostagent.v1.ResumeSandboxResponse
+	(*GetSandboxRequest)(nil),         // 19: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 20: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 21: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 22: hostagent.v1.ListSandboxesResponse
+	(*PingSandboxRequest)(nil),        // 23: hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 24: hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 25: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 26: hostagent.v1.SetSandboxTimeoutResponse
+	(*GetSandboxMetricsRequest)(nil),  // 27: hostagent.v1.GetSandboxMetricsRequest
+	(*MetricPoint)(nil),               // 28: hostagent.v1.MetricPoint
+	(*MetricSeries)(nil),              // 29: hostagent.v1.MetricSeries
+	(*SandboxMetrics)(nil),            // 30: hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsResponse)(nil), // 31: hostagent.v1.GetSandboxMetricsResponse
+	(*Template)(nil),                  // 32: hostagent.v1.Template
+	(*CreateSnapshotRequest)(nil),     // 33: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 34: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 35: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 36: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 37: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 38: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 39: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 40: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 41: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 42: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 43: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 44: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 45: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 46: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 47: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 48: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 49: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 50: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 51: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 52: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 53: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 54: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 55: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 56: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 57: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 58: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 59: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 60: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 61: hostagent.v1.FileEntry
+	(*ListDirRequest)(nil),            // 62: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 63: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 64: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 65: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 66: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 67: hostagent.v1.RemoveResponse
+	(*SetSandboxNetworkRequest)(nil),  // 68: hostagent.v1.SetSandboxNetworkRequest
+	(*SetSandboxNetworkResponse)(nil), // 69: hostagent.v1.SetSandboxNetworkResponse
+	nil,                               // 70: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 71: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 72: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 73: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 74: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 75: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
-	6,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
-	6,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	67, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
-	0,  // 3: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	63, // 4: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	67, // 5: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	67, // 6: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
-	68, // 7: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	64, // 8: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	65, // 9: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
-	7,  // 10: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	7,  // 11: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	68, // 12: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	7,  // 13: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	7,  // 14: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	7,  // 15: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	68, // 16: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	67, // 17: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
-	25, // 18: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
-	1,  // 19: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	67, // 20: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	27, // 21: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	27, // 22: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	27, // 23: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	66, // 24: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	36, // 25: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	68, // 26: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	39, // 27: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	40, // 28: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	41, // 29: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	42, // 30: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	2,  // 31: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	36, // 32: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	52, // 33: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	3,  // 34: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	67, // 35: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	56, // 36: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	56, // 37: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	4,  // 38: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	8,  // 39: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	10, // 40: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	12, // 41: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	14, // 42: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	16, // 43: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	18, // 44: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	20, // 45: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	22, // 46: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	24, // 47: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	28, // 48: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	30, // 49: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	32, // 50: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	34, // 51: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	37, // 52: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	43, // 53: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	45, // 54: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	47, // 55: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	49, // 56: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	51, // 57: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	54, // 58: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	57, // 59: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	59, // 60: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	61, // 61: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	5,  // 62: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	9,  // 63: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	11, // 64: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	13, // 65: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	15, // 66: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	17, // 67: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	19, // 68: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	21, // 69: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	23, // 70: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	26, // 71: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	29, // 72: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	31, // 73: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	33, // 74: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	35, // 75: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	38, // 76: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	44, // 77: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	46, // 78: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	48, // 79: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	50, // 80: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	53, // 81: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	55, // 82: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	58, // 83: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	60, // 84: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	62, // 85: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	62, // [62:86] is the sub-list for method output_type
-	38, // [38:62] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	8,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
+	8,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
+	74, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 3: hostagent.v1.GetHostInfoResponse.sampler:type_name -> hostagent.v1.SamplerCost
+	75, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
+	0,  // 5: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
+	70, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	74, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	74, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	10, // 9: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkRules
+	75, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	71, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	72, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	10, // 13: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	9,  // 14: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	29, // 15: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	9,  // 16: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	29, // 17: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	75, // 18: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 19: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	9,  // 20: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 21: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 22: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	75, // 23: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	1,  // 24: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
+	74, // 25: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
+	74, // 26: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
+	74, // 27: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
+	30, // 28: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
+	1,  // 29: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
+	28, // 30: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
+	74, // 31: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	30, // 32: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	29, // 33: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
+	2,  // 34: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	74, // 35: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	32, // 36: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	32, // 37: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	32, // 38: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	73, // 39: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	41, // 40: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	75, // 41: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	44, // 42: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	45, // 43: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	46, // 44: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	47, // 45: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	3,  // 46: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	41, // 47: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	57, // 48: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	4,  // 49: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	74, // 50: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	61, // 51: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	61, // 52: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	10, // 53: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
+	5,  // 54: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	11, // 55: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	13, // 56: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	15, // 57: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	17, // 58: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	19, // 59: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	21, // 60: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	23, // 61: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	25, // 62: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	68, // 63: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	27, // 64: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	33, // 65: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	35, // 66: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	37, // 67: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	39, // 68: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	42, // 69: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	48, // 70: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	50, // 71: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	52, // 72: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	54, // 73: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	56, // 74: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	59, // 75: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	62, // 76: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	64, // 77: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	66, // 78: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	6,  // 79: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	12, // 80: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	14, // 81: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	16, // 82: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	18, // 83: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	20, // 84: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	22, // 85: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	24, // 86: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	26, // 87: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	69, // 88: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	31, // 89: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	34, // 90: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	36, // 91: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	38, // 92: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	40, // 93: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	43, // 94: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	49, // 95: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	51, // 96: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	53, // 97: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	55, // 98: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	58, // 99: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	60, // 100: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	63, // 101: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	65, // 102: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	67, // 103: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	79, // [79:104] is the sub-list for method output_type
+	54, // [54:79] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -4290,29 +4870,29 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[34].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[38].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Ended)(nil),
 		(*ExecResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[40].OneofWrappers = []any{
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Pty)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[47].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{}
+	file_hostagent_v1_hostagent_proto_msgTypes[55].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   63,
+			NumEnums:      5,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

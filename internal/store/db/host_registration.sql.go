@@ -187,16 +187,17 @@ func (q *Queries) GetUserIsAdmin(ctx context.Context, id pgtype.UUID) (bool, err
 }
 
 const insertHostRefreshToken = `-- name: InsertHostRefreshToken :one
-INSERT INTO host_refresh_tokens (host_id, token_hash, expires_at, family_id)
-VALUES ($1, $2, $3, $4)
-RETURNING id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id
+INSERT INTO host_refresh_tokens (host_id, token_hash, expires_at, family_id, access_token_id)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at
 `
 
 type InsertHostRefreshTokenParams struct {
-	HostID    pgtype.UUID `json:"host_id"`
-	TokenHash []byte      `json:"token_hash"`
-	ExpiresAt time.Time   `json:"expires_at"`
-	FamilyID  pgtype.UUID `json:"family_id"`
+	HostID        pgtype.UUID `json:"host_id"`
+	TokenHash     []byte      `json:"token_hash"`
+	ExpiresAt     time.Time   `json:"expires_at"`
+	FamilyID      pgtype.UUID `json:"family_id"`
+	AccessTokenID string      `json:"access_token_id"`
 }
 
 func (q *Queries) InsertHostRefreshToken(ctx context.Context, arg InsertHostRefreshTokenParams) (HostRefreshToken, error) {
@@ -205,6 +206,7 @@ func (q *Queries) InsertHostRefreshToken(ctx context.Context, arg InsertHostRefr
 		arg.TokenHash,
 		arg.ExpiresAt,
 		arg.FamilyID,
+		arg.AccessTokenID,
 	)
 	var i HostRefreshToken
 	err := row.Scan(
@@ -216,6 +218,9 @@ func (q *Queries) InsertHostRefreshToken(ctx context.Context, arg InsertHostRefr
 		&i.RevokedAt,
 		&i.ReplacedBy,
 		&i.FamilyID,
+		&i.AccessTokenID,
+		&i.UsedAt,
+		&i.GraceSpentAt,
 	)
 	return i, err
 }
@@ -276,7 +281,7 @@ func (q *Queries) ListAllHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listHostLiveSandboxes = `-- name: ListHostLiveSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes WHERE host_id = $1 AND state <> 'stopped'
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE host_id = $1 AND state <> 'stopped'
 ORDER BY created_at, id
 `
 
@@ -317,6 +322,7 @@ func (q *Queries) ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID)
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.PauseFailures,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -469,7 +475,7 @@ func (q *Queries) LockHostByRegistrationToken(ctx context.Context, tokenHash []b
 }
 
 const lockHostRefreshToken = `-- name: LockHostRefreshToken :one
-SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id FROM host_refresh_tokens WHERE token_hash = $1 FOR UPDATE
+SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at FROM host_refresh_tokens WHERE token_hash = $1 FOR UPDATE
 `
 
 func (q *Queries) LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error) {
@@ -484,8 +490,52 @@ func (q *Queries) LockHostRefreshToken(ctx context.Context, tokenHash []byte) (H
 		&i.RevokedAt,
 		&i.ReplacedBy,
 		&i.FamilyID,
+		&i.AccessTokenID,
+		&i.UsedAt,
+		&i.GraceSpentAt,
 	)
 	return i, err
+}
+
+const lockHostRefreshTokenByID = `-- name: LockHostRefreshTokenByID :one
+SELECT id, host_id, token_hash, created_at, expires_at, revoked_at, replaced_by, family_id, access_token_id, used_at, grace_spent_at FROM host_refresh_tokens WHERE id = $1 FOR UPDATE
+`
+
+func (q *Queries) LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) (HostRefreshToken, error) {
+	row := q.db.QueryRow(ctx, lockHostRefreshTokenByID, id)
+	var i HostRefreshToken
+	err := row.Scan(
+		&i.ID,
+		&i.HostID,
+		&i.TokenHash,
+		&i.CreatedAt,
+		&i.ExpiresAt,
+		&i.RevokedAt,
+		&i.ReplacedBy,
+		&i.FamilyID,
+		&i.AccessTokenID,
+		&i.UsedAt,
+		&i.GraceSpentAt,
+	)
+	return i, err
+}
+
+const markHostRefreshTokenUsed = `-- name: MarkHostRefreshTokenUsed :exec
+UPDATE host_refresh_tokens SET used_at = now()
+WHERE host_id = $1 AND access_token_id = $2 AND access_token_id <> ''
+  AND revoked_at IS NULL AND used_at IS NULL
+`
+
+type MarkHostRefreshTokenUsedParams struct {
+	HostID        pgtype.UUID `json:"host_id"`
+	AccessTokenID string      `json:"access_token_id"`
+}
+
+// A heartbeat with the access token access_token_id: the live refresh
+// token issued with it is used, which ends its predecessor's grace.
+func (q *Queries) MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefreshTokenUsedParams) error {
+	_, err := q.db.Exec(ctx, markHostRefreshTokenUsed, arg.HostID, arg.AccessTokenID)
+	return err
 }
 
 const recordHostHeartbeat = `-- name: RecordHostHeartbeat :one
@@ -686,6 +736,23 @@ func (q *Queries) SetHostRegistrationToken(ctx context.Context, arg SetHostRegis
 		&i.CreatedBy,
 	)
 	return i, err
+}
+
+const spendHostRefreshGrace = `-- name: SpendHostRefreshGrace :exec
+UPDATE host_refresh_tokens SET grace_spent_at = now(), replaced_by = $1
+WHERE id = $2 AND grace_spent_at IS NULL
+`
+
+type SpendHostRefreshGraceParams struct {
+	ReplacedBy pgtype.UUID `json:"replaced_by"`
+	ID         pgtype.UUID `json:"id"`
+}
+
+// A revoked token has no grace (left): it was accepted once more, or it is
+// the unused successor that replay replaced; next is its successor now.
+func (q *Queries) SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error {
+	_, err := q.db.Exec(ctx, spendHostRefreshGrace, arg.ReplacedBy, arg.ID)
+	return err
 }
 
 const updateHostSettings = `-- name: UpdateHostSettings :one

@@ -60,14 +60,17 @@ type Host struct {
 }
 
 type HostRefreshToken struct {
-	ID         pgtype.UUID        `json:"id"`
-	HostID     pgtype.UUID        `json:"host_id"`
-	TokenHash  []byte             `json:"token_hash"`
-	CreatedAt  time.Time          `json:"created_at"`
-	ExpiresAt  time.Time          `json:"expires_at"`
-	RevokedAt  pgtype.Timestamptz `json:"revoked_at"`
-	ReplacedBy pgtype.UUID        `json:"replaced_by"`
-	FamilyID   pgtype.UUID        `json:"family_id"`
+	ID            pgtype.UUID        `json:"id"`
+	HostID        pgtype.UUID        `json:"host_id"`
+	TokenHash     []byte             `json:"token_hash"`
+	CreatedAt     time.Time          `json:"created_at"`
+	ExpiresAt     time.Time          `json:"expires_at"`
+	RevokedAt     pgtype.Timestamptz `json:"revoked_at"`
+	ReplacedBy    pgtype.UUID        `json:"replaced_by"`
+	FamilyID      pgtype.UUID        `json:"family_id"`
+	AccessTokenID string             `json:"access_token_id"`
+	UsedAt        pgtype.Timestamptz `json:"used_at"`
+	GraceSpentAt  pgtype.Timestamptz `json:"grace_spent_at"`
 }
 
 type HostTemplate struct {
@@ -127,15 +130,24 @@ type Sandbox struct {
 	PausedAt            pgtype.Timestamptz `json:"paused_at"`
 	StoppedAt           pgtype.Timestamptz `json:"stopped_at"`
 	PauseFailures       int32              `json:"pause_failures"`
+	Network             json.RawMessage    `json:"network"`
 }
 
 type SandboxMetric struct {
-	SandboxID pgtype.UUID `json:"sandbox_id"`
-	Tier      string      `json:"tier"`
-	Ts        time.Time   `json:"ts"`
-	CpuPct    float64     `json:"cpu_pct"`
-	MemBytes  int64       `json:"mem_bytes"`
-	DiskBytes int64       `json:"disk_bytes"`
+	SandboxID           pgtype.UUID   `json:"sandbox_id"`
+	Tier                string        `json:"tier"`
+	Ts                  time.Time     `json:"ts"`
+	CpuPct              float64       `json:"cpu_pct"`
+	MemRssBytes         int64         `json:"mem_rss_bytes"`
+	DiskUsedBytes       int64         `json:"disk_used_bytes"`
+	MemPssBytes         int64         `json:"mem_pss_bytes"`
+	GuestCpuCount       pgtype.Int4   `json:"guest_cpu_count"`
+	GuestCpuPct         pgtype.Float8 `json:"guest_cpu_pct"`
+	GuestMemUsedBytes   pgtype.Int8   `json:"guest_mem_used_bytes"`
+	GuestMemTotalBytes  pgtype.Int8   `json:"guest_mem_total_bytes"`
+	GuestMemCacheBytes  pgtype.Int8   `json:"guest_mem_cache_bytes"`
+	GuestDiskUsedBytes  pgtype.Int8   `json:"guest_disk_used_bytes"`
+	GuestDiskTotalBytes pgtype.Int8   `json:"guest_disk_total_bytes"`
 }
 
 type SandboxMetricsSnapshot struct {

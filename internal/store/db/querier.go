@@ -6,6 +6,7 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -51,6 +52,9 @@ type Querier interface {
 	// address (the declared one) is left alone. registered_at is the service's
 	// clock (the access tokens' iat is compared with it).
 	CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error)
+	// Sandboxes by team and state, stopped ones left out (Prometheus, at
+	// scrape time).
+	CountSandboxesByTeamState(ctx context.Context) ([]CountSandboxesByTeamStateRow, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
@@ -76,6 +80,9 @@ type Querier interface {
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)
+	// Drops a sandbox's tiers other than keep_tier (a destroyed sandbox keeps
+	// its 24 h tier only).
+	DeleteSandboxMetricsExcept(ctx context.Context, arg DeleteSandboxMetricsExceptParams) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
@@ -161,6 +168,9 @@ type Querier interface {
 	// Every running sandbox, whatever its host (the traffic proxy's index of
 	// signed file URLs).
 	ListRunningSandboxIDs(ctx context.Context) ([]pgtype.UUID, error)
+	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
+	// first: one range scan of the primary key.
+	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
 	// next page. states empty: any state; metadata NULL: any metadata, else the
@@ -204,6 +214,7 @@ type Querier interface {
 	// ListSchedulingCandidates.
 	LockHostForPlacement(ctx context.Context, id pgtype.UUID) (LockHostForPlacementRow, error)
 	LockHostRefreshToken(ctx context.Context, tokenHash []byte) (HostRefreshToken, error)
+	LockHostRefreshTokenByID(ctx context.Context, id pgtype.UUID) (HostRefreshToken, error)
 	// The invitation of a token, with its team's liveness, row-locked for the
 	// sign-up that redeems it: a concurrent sign-up with the same token waits
 	// here and then sees redeemed_at set.
@@ -212,6 +223,9 @@ type Querier interface {
 	// checks and owner-invariant checks of one team.
 	LockTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	LockUser(ctx context.Context, id pgtype.UUID) (User, error)
+	// A heartbeat with the access token access_token_id: the live refresh
+	// token issued with it is used, which ends its predecessor's grace.
+	MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefreshTokenUsedParams) error
 	// The sandboxes of a host that stopped reporting become missing
 	// (reversible): those whose machine runs, or may run, there. A starting
 	// one is left to its create (which fails or finishes on its own).
@@ -233,6 +247,8 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// Retention: drops every point older than before.
+	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
 	// A heartbeat: a pending host becomes online; an unreachable one stays
 	// unreachable until the host monitor reconciled its records with its agent
 	// (MarkHostUp); draining and offline stay as they are.
@@ -276,6 +292,8 @@ type Querier interface {
 	// running).
 	SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error)
 	SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) (Sandbox, error)
+	// Replaces a sandbox's egress rules (allow_internet_access follows them).
+	SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkParams) (Sandbox, error)
 	// A new timeout counted from now; 0 clears the TTL. Only a running sandbox
 	// gets a deadline (another one's starts when it enters running).
 	SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutParams) (Sandbox, error)
@@ -291,6 +309,9 @@ type Querier interface {
 	SetUserPassword(ctx context.Context, arg SetUserPasswordParams) error
 	// The slug stays reserved. The platform team cannot be deleted.
 	SoftDeleteTeam(ctx context.Context, id pgtype.UUID) (Team, error)
+	// A revoked token has no grace (left): it was accepted once more, or it is
+	// the unused successor that replay replaced; next is its successor now.
+	SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)
@@ -311,6 +332,11 @@ type Querier interface {
 	UpdateUserName(ctx context.Context, arg UpdateUserNameParams) (User, error)
 	// A host holds (or just used) a template's files.
 	UpsertHostTemplate(ctx context.Context, arg UpsertHostTemplateParams) error
+	// Stores points of one tier of a sandbox (arrays of equal length, one
+	// element per point); a point already stored at the same time is replaced
+	// (the newest point of a coarse tier is its open bucket, whose mean moves
+	// until it closes). has_guest false: the guest_ columns stay NULL.
+	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)

@@ -16,7 +16,7 @@ import (
 const claimExpiredSandbox = `-- name: ClaimExpiredSandbox :one
 UPDATE sandboxes SET state = 'pausing', state_reason = $1::text
 WHERE id = $2 AND state = 'running' AND end_at IS NOT NULL AND end_at < $3::timestamptz
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type ClaimExpiredSandboxParams struct {
@@ -58,6 +58,7 @@ func (q *Queries) ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandb
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -138,7 +139,7 @@ UPDATE sandboxes SET
   timeout_sec = GREATEST(timeout_sec, $1::integer),
   end_at = GREATEST(COALESCE(end_at, now()), now() + make_interval(secs => $1::integer))
 WHERE id = $2 AND team_id = $3 AND state = 'running' AND $1::integer > 0
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type ExtendSandboxTimeoutParams struct {
@@ -179,6 +180,7 @@ func (q *Queries) ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTim
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -187,7 +189,7 @@ const failSandboxPausing = `-- name: FailSandboxPausing :one
 UPDATE sandboxes SET state = 'error', state_reason = $1::text,
   pause_failures = pause_failures + 1, end_at = NULL
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type FailSandboxPausingParams struct {
@@ -227,12 +229,13 @@ func (q *Queries) FailSandboxPausing(ctx context.Context, arg FailSandboxPausing
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -271,12 +274,13 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE id = $1
 `
 
 // Not team-scoped: for the control plane's own loops (reaper, reconciler).
@@ -310,6 +314,7 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -323,7 +328,7 @@ INSERT INTO sandboxes (
   $6, $7, $8, $9, $10, $11, $12,
   $13, $14, $15, $16
 )
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type InsertSandboxParams struct {
@@ -393,12 +398,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
 
 const listExpiredSandboxes = `-- name: ListExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
 WHERE state = 'running' AND end_at IS NOT NULL AND end_at < $1::timestamptz
 ORDER BY end_at, id
 LIMIT $2
@@ -447,6 +453,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.PauseFailures,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -459,7 +466,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -525,6 +532,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.PauseFailures,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -537,7 +545,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSandboxesByHost = `-- name: ListSandboxesByHost :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
 WHERE host_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
 ORDER BY created_at, id
@@ -585,6 +593,7 @@ func (q *Queries) ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHo
 			&i.PausedAt,
 			&i.StoppedAt,
 			&i.PauseFailures,
+			&i.Network,
 		); err != nil {
 			return nil, err
 		}
@@ -632,7 +641,7 @@ const markSandboxStopped = `-- name: MarkSandboxStopped :one
 UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now(),
   end_at = NULL, envd_url = ''
 WHERE id = $2 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type MarkSandboxStoppedParams struct {
@@ -671,6 +680,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -679,7 +689,7 @@ const retrySandboxPausing = `-- name: RetrySandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text,
   pause_failures = pause_failures + 1, end_at = $2::timestamptz
 WHERE id = $3 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type RetrySandboxPausingParams struct {
@@ -720,6 +730,7 @@ func (q *Queries) RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausi
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -727,7 +738,7 @@ func (q *Queries) RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausi
 const revertSandboxPausing = `-- name: RevertSandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type RevertSandboxPausingParams struct {
@@ -767,6 +778,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -774,7 +786,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 const setSandboxEnvdURL = `-- name: SetSandboxEnvdURL :one
 UPDATE sandboxes SET envd_url = $1::text
 WHERE id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type SetSandboxEnvdURLParams struct {
@@ -814,12 +826,13 @@ func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLPa
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
 
 const setSandboxHost = `-- name: SetSandboxHost :one
-UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type SetSandboxHostParams struct {
@@ -857,6 +870,7 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -867,7 +881,7 @@ UPDATE sandboxes SET
   end_at = CASE WHEN $1::integer > 0 AND state = 'running'
                 THEN now() + make_interval(secs => $1::integer) ELSE NULL END
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type SetSandboxTimeoutParams struct {
@@ -908,6 +922,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -917,7 +932,7 @@ UPDATE sandboxes SET
   last_active_at = now(),
   end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
 WHERE id = $1 AND team_id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type TouchSandboxParams struct {
@@ -957,6 +972,7 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }
@@ -993,7 +1009,7 @@ UPDATE sandboxes SET
   stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END,
   pause_failures = CASE WHEN $1::text = 'paused' THEN 0 ELSE pause_failures END
 WHERE id = $3 AND state = ANY($4::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
 `
 
 type UpdateSandboxStateParams struct {
@@ -1044,6 +1060,7 @@ func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxState
 		&i.PausedAt,
 		&i.StoppedAt,
 		&i.PauseFailures,
+		&i.Network,
 	)
 	return i, err
 }

@@ -223,6 +223,31 @@ describe('sandbox lifecycle through capsule serve', () => {
     assert.equal(await again.files.read('/tmp/kept'), 'kept across the auto-pause')
   })
 
+  test('network rules: create with allowOut/denyOut, updateNetwork, DNS through the platform', async () => {
+    const { SandboxNotFoundError } = await import('e2b')
+    const sbx = await create({ network: { allowOut: ['example.com', '*.pypi.org', '1.1.1.1'], denyOut: ['0.0.0.0/0'] } })
+    let info = await sbx.getInfo()
+    assert.deepEqual(info.network.allowOut, ['example.com', '*.pypi.org', '1.1.1.1'])
+    assert.deepEqual(info.network.denyOut, ['0.0.0.0/0'])
+    // The guest asks a DNS server of its choosing for a name the rules
+    // deny: the platform's resolver answers NXDOMAIN (rcode 3) itself.
+    const ask = `python3 -c "
+import socket, struct
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b''.join(bytes([len(l)]) + l.encode() for l in 'denied.invalid'.split('.')) + b'\\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(q, ('8.8.8.8', 53))
+print('rcode', s.recv(512)[3] & 15)"`
+    assert.match((await sbx.commands.run(ask)).stdout, /rcode 3/)
+    await sbx.updateNetwork({ denyOut: ['198.51.100.0/24'] })
+    info = await sbx.getInfo()
+    assert.deepEqual(info.network.denyOut, ['198.51.100.0/24'])
+    assert.equal(info.network.allowOut, undefined)
+    assert.equal(info.allowInternetAccess, true)
+    await assert.rejects(sbx.updateNetwork({ allowOut: ['not a name!'] }))
+    assert.deepEqual((await sbx.getInfo()).network.denyOut, ['198.51.100.0/24'])
+    await sbx.kill()
+    await assert.rejects(Sandbox.updateNetwork(sbx.sandboxId, {}), SandboxNotFoundError)
+  })
+
   test('kill', async () => {
     const sbx = await create()
     assert.equal(await sbx.kill(), true)

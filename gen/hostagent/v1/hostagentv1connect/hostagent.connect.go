@@ -92,6 +92,9 @@ const (
 	// HostAgentSetSandboxTimeoutProcedure is the fully-qualified name of the HostAgent's
 	// SetSandboxTimeout RPC.
 	HostAgentSetSandboxTimeoutProcedure = "/hostagent.v1.HostAgent/SetSandboxTimeout"
+	// HostAgentSetSandboxNetworkProcedure is the fully-qualified name of the HostAgent's
+	// SetSandboxNetwork RPC.
+	HostAgentSetSandboxNetworkProcedure = "/hostagent.v1.HostAgent/SetSandboxNetwork"
 	// HostAgentGetSandboxMetricsProcedure is the fully-qualified name of the HostAgent's
 	// GetSandboxMetrics RPC.
 	HostAgentGetSandboxMetricsProcedure = "/hostagent.v1.HostAgent/GetSandboxMetrics"
@@ -158,9 +161,22 @@ type HostAgentClient interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
-	// GetSandboxMetrics samples a running sandbox's resource use, as its
-	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// SetSandboxNetwork replaces a sandbox's egress rules (all of them). A
+	// running sandbox gets them within the call, open connections included;
+	// a paused or stopped one when it runs again. InvalidArgument for rules
+	// that do not parse, NotFound for an unknown sandbox.
+	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
+	// GetSandboxMetrics returns a sandbox's metrics history on this host
+	// (revision 6: the points of one tier, optionally within [from, to])
+	// and its latest guest sample (revision 3). The history of a paused
+	// sandbox stays readable here; the latest guest sample needs it
+	// running (metrics is then absent). NotFound for an unknown sandbox.
 	// It does not count as activity.
+	//
+	// Flushes. The host keeps the history in memory only. What the control
+	// plane must keep comes with the answers of the calls that end a
+	// sampling period, so nothing is lost between two calls: PauseSandbox's
+	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
@@ -275,6 +291,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
 			connect.WithClientOptions(opts...),
 		),
+		setSandboxNetwork: connect.NewClient[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse](
+			httpClient,
+			baseURL+HostAgentSetSandboxNetworkProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("SetSandboxNetwork")),
+			connect.WithClientOptions(opts...),
+		),
 		getSandboxMetrics: connect.NewClient[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse](
 			httpClient,
 			baseURL+HostAgentGetSandboxMetricsProcedure,
@@ -379,6 +401,7 @@ type hostAgentClient struct {
 	listSandboxes     *connect.Client[v1.ListSandboxesRequest, v1.ListSandboxesResponse]
 	pingSandbox       *connect.Client[v1.PingSandboxRequest, v1.PingSandboxResponse]
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
+	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
 	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
@@ -439,6 +462,11 @@ func (c *hostAgentClient) PingSandbox(ctx context.Context, req *connect.Request[
 // SetSandboxTimeout calls hostagent.v1.HostAgent.SetSandboxTimeout.
 func (c *hostAgentClient) SetSandboxTimeout(ctx context.Context, req *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return c.setSandboxTimeout.CallUnary(ctx, req)
+}
+
+// SetSandboxNetwork calls hostagent.v1.HostAgent.SetSandboxNetwork.
+func (c *hostAgentClient) SetSandboxNetwork(ctx context.Context, req *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error) {
+	return c.setSandboxNetwork.CallUnary(ctx, req)
 }
 
 // GetSandboxMetrics calls hostagent.v1.HostAgent.GetSandboxMetrics.
@@ -546,9 +574,22 @@ type HostAgentHandler interface {
 	// SetSandboxTimeout changes the idle timeout after which the agent
 	// pauses a sandbox (zero: never) and marks it active.
 	SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error)
-	// GetSandboxMetrics samples a running sandbox's resource use, as its
-	// guest sees it (revision 3). FailedPrecondition unless it is running.
+	// SetSandboxNetwork replaces a sandbox's egress rules (all of them). A
+	// running sandbox gets them within the call, open connections included;
+	// a paused or stopped one when it runs again. InvalidArgument for rules
+	// that do not parse, NotFound for an unknown sandbox.
+	SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error)
+	// GetSandboxMetrics returns a sandbox's metrics history on this host
+	// (revision 6: the points of one tier, optionally within [from, to])
+	// and its latest guest sample (revision 3). The history of a paused
+	// sandbox stays readable here; the latest guest sample needs it
+	// running (metrics is then absent). NotFound for an unknown sandbox.
 	// It does not count as activity.
+	//
+	// Flushes. The host keeps the history in memory only. What the control
+	// plane must keep comes with the answers of the calls that end a
+	// sampling period, so nothing is lost between two calls: PauseSandbox's
+	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
@@ -657,6 +698,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		HostAgentSetSandboxTimeoutProcedure,
 		svc.SetSandboxTimeout,
 		connect.WithSchema(hostAgentMethods.ByName("SetSandboxTimeout")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentSetSandboxNetworkHandler := connect.NewUnaryHandler(
+		HostAgentSetSandboxNetworkProcedure,
+		svc.SetSandboxNetwork,
+		connect.WithSchema(hostAgentMethods.ByName("SetSandboxNetwork")),
 		connect.WithHandlerOptions(opts...),
 	)
 	hostAgentGetSandboxMetricsHandler := connect.NewUnaryHandler(
@@ -769,6 +816,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentPingSandboxHandler.ServeHTTP(w, r)
 		case HostAgentSetSandboxTimeoutProcedure:
 			hostAgentSetSandboxTimeoutHandler.ServeHTTP(w, r)
+		case HostAgentSetSandboxNetworkProcedure:
+			hostAgentSetSandboxNetworkHandler.ServeHTTP(w, r)
 		case HostAgentGetSandboxMetricsProcedure:
 			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
@@ -842,6 +891,10 @@ func (UnimplementedHostAgentHandler) PingSandbox(context.Context, *connect.Reque
 
 func (UnimplementedHostAgentHandler) SetSandboxTimeout(context.Context, *connect.Request[v1.SetSandboxTimeoutRequest]) (*connect.Response[v1.SetSandboxTimeoutResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.SetSandboxTimeout is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) SetSandboxNetwork(context.Context, *connect.Request[v1.SetSandboxNetworkRequest]) (*connect.Response[v1.SetSandboxNetworkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.SetSandboxNetwork is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {

@@ -503,6 +503,78 @@ func (e MemberRole) Valid() bool {
 	}
 }
 
+// Defines values for SandboxMetricSeriesRange.
+const (
+	SandboxMetricSeriesRangeN10m SandboxMetricSeriesRange = "10m"
+	SandboxMetricSeriesRangeN12h SandboxMetricSeriesRange = "12h"
+	SandboxMetricSeriesRangeN1h  SandboxMetricSeriesRange = "1h"
+	SandboxMetricSeriesRangeN24h SandboxMetricSeriesRange = "24h"
+	SandboxMetricSeriesRangeN2h  SandboxMetricSeriesRange = "2h"
+	SandboxMetricSeriesRangeN5m  SandboxMetricSeriesRange = "5m"
+	SandboxMetricSeriesRangeN6h  SandboxMetricSeriesRange = "6h"
+)
+
+// Valid indicates whether the value is a known member of the SandboxMetricSeriesRange enum.
+func (e SandboxMetricSeriesRange) Valid() bool {
+	switch e {
+	case SandboxMetricSeriesRangeN10m:
+		return true
+	case SandboxMetricSeriesRangeN12h:
+		return true
+	case SandboxMetricSeriesRangeN1h:
+		return true
+	case SandboxMetricSeriesRangeN24h:
+		return true
+	case SandboxMetricSeriesRangeN2h:
+		return true
+	case SandboxMetricSeriesRangeN5m:
+		return true
+	case SandboxMetricSeriesRangeN6h:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SandboxMetricSeriesSource.
+const (
+	Live   SandboxMetricSeriesSource = "live"
+	Stored SandboxMetricSeriesSource = "stored"
+)
+
+// Valid indicates whether the value is a known member of the SandboxMetricSeriesSource enum.
+func (e SandboxMetricSeriesSource) Valid() bool {
+	switch e {
+	case Live:
+		return true
+	case Stored:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SandboxMetricSeriesTier.
+const (
+	SandboxMetricSeriesTierN10m SandboxMetricSeriesTier = "10m"
+	SandboxMetricSeriesTierN24h SandboxMetricSeriesTier = "24h"
+	SandboxMetricSeriesTierN2h  SandboxMetricSeriesTier = "2h"
+)
+
+// Valid indicates whether the value is a known member of the SandboxMetricSeriesTier enum.
+func (e SandboxMetricSeriesTier) Valid() bool {
+	switch e {
+	case SandboxMetricSeriesTierN10m:
+		return true
+	case SandboxMetricSeriesTierN24h:
+		return true
+	case SandboxMetricSeriesTierN2h:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SandboxState.
 const (
 	SandboxStateError    SandboxState = "error"
@@ -647,6 +719,39 @@ func (e UpdateHostRequestStatus) Valid() bool {
 	case UpdateHostRequestStatusDraining:
 		return true
 	case UpdateHostRequestStatusOnline:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetSandboxMetricsParamsRange.
+const (
+	GetSandboxMetricsParamsRangeN10m GetSandboxMetricsParamsRange = "10m"
+	GetSandboxMetricsParamsRangeN12h GetSandboxMetricsParamsRange = "12h"
+	GetSandboxMetricsParamsRangeN1h  GetSandboxMetricsParamsRange = "1h"
+	GetSandboxMetricsParamsRangeN24h GetSandboxMetricsParamsRange = "24h"
+	GetSandboxMetricsParamsRangeN2h  GetSandboxMetricsParamsRange = "2h"
+	GetSandboxMetricsParamsRangeN5m  GetSandboxMetricsParamsRange = "5m"
+	GetSandboxMetricsParamsRangeN6h  GetSandboxMetricsParamsRange = "6h"
+)
+
+// Valid indicates whether the value is a known member of the GetSandboxMetricsParamsRange enum.
+func (e GetSandboxMetricsParamsRange) Valid() bool {
+	switch e {
+	case GetSandboxMetricsParamsRangeN10m:
+		return true
+	case GetSandboxMetricsParamsRangeN12h:
+		return true
+	case GetSandboxMetricsParamsRangeN1h:
+		return true
+	case GetSandboxMetricsParamsRangeN24h:
+		return true
+	case GetSandboxMetricsParamsRangeN2h:
+		return true
+	case GetSandboxMetricsParamsRangeN5m:
+		return true
+	case GetSandboxMetricsParamsRangeN6h:
 		return true
 	default:
 		return false
@@ -921,7 +1026,10 @@ type CreateSandboxRequest struct {
 	// MemoryMb MiB; 0 takes the default
 	MemoryMb *int      `json:"memory_mb,omitempty"`
 	Metadata *Metadata `json:"metadata,omitempty"`
-	Template *string   `json:"template,omitempty"`
+
+	// Network egress rules (PUT /v1/sandboxes/{id}/network says what they mean); in a create body, allow_internet_access defaults to the body's own allow_internet_access
+	Network  *NetworkRules `json:"network,omitempty"`
+	Template *string       `json:"template,omitempty"`
 
 	// TimeoutSec the sandbox is paused after this many idle seconds (0 never)
 	TimeoutSec *int `json:"timeout_sec,omitempty"`
@@ -1400,6 +1508,13 @@ type MemberList struct {
 // Metadata defines model for Metadata.
 type Metadata map[string]string
 
+// NetworkRules egress rules (PUT /v1/sandboxes/{id}/network says what they mean); in a create body, allow_internet_access defaults to the body's own allow_internet_access
+type NetworkRules struct {
+	AllowInternetAccess *bool    `json:"allow_internet_access,omitempty"`
+	AllowOut            []string `json:"allow_out"`
+	DenyOut             []string `json:"deny_out"`
+}
+
 // OAuthLinkStart defines model for OAuthLinkStart.
 type OAuthLinkStart struct {
 	// Url the provider's authorization URL: send the browser there
@@ -1442,8 +1557,64 @@ type Sandbox struct {
 	Vcpus              int     `json:"vcpus"`
 }
 
+// SandboxGuestMetric defines model for SandboxGuestMetric.
+type SandboxGuestMetric struct {
+	CpuCount int `json:"cpu_count"`
+
+	// CpuPct percent of the guest's vCPUs
+	CpuPct         float32 `json:"cpu_pct"`
+	DiskTotalBytes int     `json:"disk_total_bytes"`
+	DiskUsedBytes  int     `json:"disk_used_bytes"`
+	MemCacheBytes  int     `json:"mem_cache_bytes"`
+	MemTotalBytes  int     `json:"mem_total_bytes"`
+	MemUsedBytes   int     `json:"mem_used_bytes"`
+}
+
 // SandboxID defines model for SandboxID.
 type SandboxID = string
+
+// SandboxMetricPoint defines model for SandboxMetricPoint.
+type SandboxMetricPoint struct {
+	// CpuPct the VMM process' CPU in percent of one host core
+	CpuPct float32 `json:"cpu_pct"`
+
+	// DiskUsedBytes host disk blocks the copy-on-write layer takes
+	DiskUsedBytes int `json:"disk_used_bytes"`
+
+	// Guest what the guest's envd reported; null when it did not answer
+	Guest       *SandboxGuestMetric `json:"guest"`
+	MemPssBytes int                 `json:"mem_pss_bytes"`
+	MemRssBytes int                 `json:"mem_rss_bytes"`
+
+	// Ts the sample's time
+	Ts time.Time `json:"ts"`
+}
+
+// SandboxMetricSeries defines model for SandboxMetricSeries.
+type SandboxMetricSeries struct {
+	From   time.Time                `json:"from"`
+	Points []SandboxMetricPoint     `json:"points"`
+	Range  SandboxMetricSeriesRange `json:"range"`
+
+	// Source live from the host
+	Source SandboxMetricSeriesSource `json:"source"`
+
+	// StepMs the tier's resolution (500
+	StepMs int `json:"step_ms"`
+
+	// Tier the tier read (its span)
+	Tier SandboxMetricSeriesTier `json:"tier"`
+	To   time.Time               `json:"to"`
+}
+
+// SandboxMetricSeriesRange defines model for SandboxMetricSeries.Range.
+type SandboxMetricSeriesRange string
+
+// SandboxMetricSeriesSource live from the host
+type SandboxMetricSeriesSource string
+
+// SandboxMetricSeriesTier the tier read (its span)
+type SandboxMetricSeriesTier string
 
 // SandboxPage defines model for SandboxPage.
 type SandboxPage struct {
@@ -1952,6 +2123,14 @@ type ListFilesParams struct {
 	User *GuestUser `form:"user,omitempty" json:"user,omitempty"`
 }
 
+// GetSandboxMetricsParams defines parameters for GetSandboxMetrics.
+type GetSandboxMetricsParams struct {
+	Range *GetSandboxMetricsParamsRange `form:"range,omitempty" json:"range,omitempty"`
+}
+
+// GetSandboxMetricsParamsRange defines parameters for GetSandboxMetrics.
+type GetSandboxMetricsParamsRange string
+
 // SearchUsersParams defines parameters for SearchUsers.
 type SearchUsersParams struct {
 	// EmailPrefix at least 3 characters (surrounding spaces trimmed)
@@ -2005,6 +2184,9 @@ type UploadFilesMultipartRequestBody UploadFilesMultipartBody
 
 // MakeDirJSONRequestBody defines body for MakeDir for application/json ContentType.
 type MakeDirJSONRequestBody = MakeDirRequest
+
+// SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
+type SetSandboxNetworkJSONRequestBody = NetworkRules
 
 // SetSandboxTimeoutJSONRequestBody defines body for SetSandboxTimeout for application/json ContentType.
 type SetSandboxTimeoutJSONRequestBody = SetTimeoutRequest
@@ -2741,6 +2923,62 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxMetrics A sandbox's resource use over a range
+	//
+	// The host samples every running sandbox every 0.5 s: the CPU, RSS and PSS of its VMM
+	// process, the host disk blocks its copy-on-write layer takes, and the guest's own figures
+	// (envd's CPU, memory and disk). Each range reads one tier: `5m` and `10m` the raw samples,
+	// `1h` and `2h` 30 s averages, `6h`, `12h` and `24h` 5 min averages (the newest point of an
+	// averaged tier is the bucket being filled). A running sandbox's series comes live from its
+	// host (`source: live`), a paused one's from the database, stored at its pause (`stored`).
+	// A stopped (destroyed) sandbox is not found. Reading is not activity.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/metrics (the `GetSandboxMetrics` operationId).
+	GetSandboxMetrics(ctx context.Context, id SandboxID, params *GetSandboxMetricsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxNetwork A sandbox's egress rules
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+	GetSandboxNetwork(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetSandboxNetworkWithBody Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetSandboxNetwork Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// PauseSandbox Pause a running sandbox (memory and disk kept)
 	//
@@ -4243,6 +4481,102 @@ func (c *Client) MakeDirWithBody(ctx context.Context, id SandboxID, contentType 
 // Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 func (c *Client) MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMakeDirRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxMetrics A sandbox's resource use over a range
+//
+// The host samples every running sandbox every 0.5 s: the CPU, RSS and PSS of its VMM
+// process, the host disk blocks its copy-on-write layer takes, and the guest's own figures
+// (envd's CPU, memory and disk). Each range reads one tier: `5m` and `10m` the raw samples,
+// `1h` and `2h` 30 s averages, `6h`, `12h` and `24h` 5 min averages (the newest point of an
+// averaged tier is the bucket being filled). A running sandbox's series comes live from its
+// host (`source: live`), a paused one's from the database, stored at its pause (`stored`).
+// A stopped (destroyed) sandbox is not found. Reading is not activity.
+//
+// Corresponds with GET /v1/sandboxes/{id}/metrics (the `GetSandboxMetrics` operationId).
+func (c *Client) GetSandboxMetrics(ctx context.Context, id SandboxID, params *GetSandboxMetricsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxMetricsRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxNetwork A sandbox's egress rules
+//
+// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+func (c *Client) GetSandboxNetwork(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxNetworkRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetSandboxNetworkWithBody Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *Client) SetSandboxNetworkWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetSandboxNetworkRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetSandboxNetwork Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *Client) SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetSandboxNetworkRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -7148,6 +7482,148 @@ func NewMakeDirRequestWithBody(server string, id SandboxID, contentType string, 
 	return req, nil
 }
 
+// NewGetSandboxMetricsRequest constructs an http.Request for the GetSandboxMetrics method
+func NewGetSandboxMetricsRequest(server string, id SandboxID, params *GetSandboxMetricsParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/metrics", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Range != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "range", *params.Range, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetSandboxNetworkRequest constructs an http.Request for the GetSandboxNetwork method
+func NewGetSandboxNetworkRequest(server string, id SandboxID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/network", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSetSandboxNetworkRequest calls the generic SetSandboxNetwork builder with application/json body
+func NewSetSandboxNetworkRequest(server string, id SandboxID, body SetSandboxNetworkJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSetSandboxNetworkRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewSetSandboxNetworkRequestWithBody constructs an http.Request for the SetSandboxNetwork method, with any body, and a specified content type
+func NewSetSandboxNetworkRequestWithBody(server string, id SandboxID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/network", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewPauseSandboxRequest constructs an http.Request for the PauseSandbox method
 func NewPauseSandboxRequest(server string, id SandboxID) (*http.Request, error) {
 	var err error
@@ -8740,6 +9216,66 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDirWithResponse(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*MakeDirResponse, error)
+
+	// GetSandboxMetricsWithResponse A sandbox's resource use over a range
+	//
+	// The host samples every running sandbox every 0.5 s: the CPU, RSS and PSS of its VMM
+	// process, the host disk blocks its copy-on-write layer takes, and the guest's own figures
+	// (envd's CPU, memory and disk). Each range reads one tier: `5m` and `10m` the raw samples,
+	// `1h` and `2h` 30 s averages, `6h`, `12h` and `24h` 5 min averages (the newest point of an
+	// averaged tier is the bucket being filled). A running sandbox's series comes live from its
+	// host (`source: live`), a paused one's from the database, stored at its pause (`stored`).
+	// A stopped (destroyed) sandbox is not found. Reading is not activity.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/metrics (the `GetSandboxMetrics` operationId).
+	GetSandboxMetricsWithResponse(ctx context.Context, id SandboxID, params *GetSandboxMetricsParams, reqEditors ...RequestEditorFn) (*GetSandboxMetricsResponse, error)
+
+	// GetSandboxNetworkWithResponse A sandbox's egress rules
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+	GetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*GetSandboxNetworkResponse, error)
+
+	// SetSandboxNetworkWithBodyWithResponse Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error)
+
+	// SetSandboxNetworkWithResponse Replace a sandbox's egress rules
+	//
+	// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+	// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+	// running sandbox gets them within the call, its open connections included (a TCP
+	// connection they deny is reset); a paused one when it resumes. Precedence: with
+	// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+	// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+	// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+	// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+	// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+	// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+	// the host stay unreachable whatever the rules say.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+	SetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error)
 
 	// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
 	//
@@ -12471,6 +13007,241 @@ func (r MakeDirResponse) ContentType() string {
 	return ""
 }
 
+type GetSandboxMetricsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SandboxMetricSeries
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *HostUnavailable
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON200() *SandboxMetricSeries {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetSandboxMetricsResponse) GetJSON503() *HostUnavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSandboxMetricsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSandboxMetricsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSandboxMetricsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSandboxMetricsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetSandboxNetworkResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NetworkRules
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON200() *NetworkRules {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetSandboxNetworkResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSandboxNetworkResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSandboxNetworkResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSandboxNetworkResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSandboxNetworkResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SetSandboxNetworkResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NetworkRules
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON200() *NetworkRules {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r SetSandboxNetworkResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r SetSandboxNetworkResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SetSandboxNetworkResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SetSandboxNetworkResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SetSandboxNetworkResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type PauseSandboxResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -15235,6 +16006,90 @@ func (c *ClientWithResponses) MakeDirWithResponse(ctx context.Context, id Sandbo
 		return nil, err
 	}
 	return ParseMakeDirResponse(rsp)
+}
+
+// GetSandboxMetricsWithResponse A sandbox's resource use over a range
+//
+// The host samples every running sandbox every 0.5 s: the CPU, RSS and PSS of its VMM
+// process, the host disk blocks its copy-on-write layer takes, and the guest's own figures
+// (envd's CPU, memory and disk). Each range reads one tier: `5m` and `10m` the raw samples,
+// `1h` and `2h` 30 s averages, `6h`, `12h` and `24h` 5 min averages (the newest point of an
+// averaged tier is the bucket being filled). A running sandbox's series comes live from its
+// host (`source: live`), a paused one's from the database, stored at its pause (`stored`).
+// A stopped (destroyed) sandbox is not found. Reading is not activity.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/metrics (the `GetSandboxMetrics` operationId).
+func (c *ClientWithResponses) GetSandboxMetricsWithResponse(ctx context.Context, id SandboxID, params *GetSandboxMetricsParams, reqEditors ...RequestEditorFn) (*GetSandboxMetricsResponse, error) {
+	rsp, err := c.GetSandboxMetrics(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSandboxMetricsResponse(rsp)
+}
+
+// GetSandboxNetworkWithResponse A sandbox's egress rules
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/network (the `GetSandboxNetwork` operationId).
+func (c *ClientWithResponses) GetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*GetSandboxNetworkResponse, error) {
+	rsp, err := c.GetSandboxNetwork(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSandboxNetworkResponse(rsp)
+}
+
+// SetSandboxNetworkWithBodyWithResponse Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *ClientWithResponses) SetSandboxNetworkWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error) {
+	rsp, err := c.SetSandboxNetworkWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetSandboxNetworkResponse(rsp)
+}
+
+// SetSandboxNetworkWithResponse Replace a sandbox's egress rules
+//
+// Replaces all of the sandbox's egress rules (what the body leaves out is cleared;
+// `allow_internet_access` left out is true). The host enforces them outside the guest: a
+// running sandbox gets them within the call, its open connections included (a TCP
+// connection they deny is reset); a paused one when it resumes. Precedence: with
+// `allow_internet_access` false or `0.0.0.0/0` in `deny_out`, only what `allow_out` names is
+// reachable, else everything but what `deny_out` names; an address or CIDR in `allow_out` beats
+// one in `deny_out`; a name in `deny_out` beats a wildcard in `allow_out`. Domain names are
+// answered by the platform's resolver only (every DNS query of the guest goes to it, DNS over
+// TLS is refused) and the guest reaches only the addresses it answered for allowed names.
+// Private ranges (RFC 1918, link-local with 169.254.169.254, CGNAT, loopback, multicast) and
+// the host stay unreachable whatever the rules say.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
+func (c *ClientWithResponses) SetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error) {
+	rsp, err := c.SetSandboxNetwork(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetSandboxNetworkResponse(rsp)
 }
 
 // PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
@@ -18522,6 +19377,196 @@ func ParseMakeDirResponse(rsp *http.Response) (*MakeDirResponse, error) {
 			return nil, err
 		}
 		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetSandboxMetricsResponse parses an HTTP response from a GetSandboxMetricsWithResponse call
+func ParseGetSandboxMetricsResponse(rsp *http.Response) (*GetSandboxMetricsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSandboxMetricsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SandboxMetricSeries
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest HostUnavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetSandboxNetworkResponse parses an HTTP response from a GetSandboxNetworkWithResponse call
+func ParseGetSandboxNetworkResponse(rsp *http.Response) (*GetSandboxNetworkResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSandboxNetworkResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NetworkRules
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSetSandboxNetworkResponse parses an HTTP response from a SetSandboxNetworkWithResponse call
+func ParseSetSandboxNetworkResponse(rsp *http.Response) (*SetSandboxNetworkResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SetSandboxNetworkResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NetworkRules
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
 
 	}
 

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
+)
+
+// metricsBenchOptions configures `capsule bench metrics`.
+type metricsBenchOptions struct {
+	benchStackOptions
+	sampler bench.SamplerOptions
+	n       int // metrics endpoint samples per figure
+	// others is how many other sandboxes' stored histories fill the table.
+	others int
+}
+
+func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
+	fs := flag.NewFlagSet("bench metrics", flag.ContinueOnError)
+	o := metricsBenchOptions{}
+	o.benchStackOptions.flags(fs)
+	fs.IntVar(&o.sampler.Sandboxes, "sandboxes", 20, "stand-in sandboxes the sampler samples")
+	fs.IntVar(&o.sampler.MemoryMiB, "memory-mib", 256, "memory each stand-in VMM process holds resident (MiB)")
+	fs.DurationVar(&o.sampler.Duration, "duration", 30*time.Second, "how long the sampler's CPU time is measured")
+	fs.IntVar(&o.n, "n", 300, "GET /v1/sandboxes/{id}/metrics?range=24h samples per figure")
+	fs.IntVar(&o.others, "others", 200, "other sandboxes whose stored 24 h histories fill sandbox_metrics")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if o.n < 1 || o.others < 0 {
+		return o, errors.New("bench metrics: -n must be positive, -others not negative")
+	}
+	o.sampler.EnvdBin = o.envdBin
+	return o, nil
+}
+
+// benchMetrics measures the metrics history: the agent's sampler's CPU
+// overhead (bench.SamplerOverhead), and the latency of the control
+// plane's GET /v1/sandboxes/{id}/metrics?range=24h over the API, for a
+// running sandbox (live from its agent) and for a paused one whose full
+// history (every tier) is stored among o.others other histories.
+func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]any, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench metrics: needs root (the host agent's VMs and network)")
+	}
+	out = map[string]any{}
+	sampler, err := bench.SamplerOverhead(ctx, o.sampler)
+	if err != nil {
+		return nil, fmt.Errorf("sampler: %w", err)
+	}
+	out["sampler"] = sampler
+	if o.log == nil {
+		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-metrics-")
+	if err != nil {
+		return nil, err
+	}
+	defer stack.close()
+	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+
+	// Paused: a full history stored, among others'.
+	paused, err := b.storedHistories(ctx, o.others)
+	if err != nil {
+		return out, fmt.Errorf("store histories: %w", err)
+	}
+	if out["metrics_24h_paused"], err = b.metricsReads(ctx, paused, o.n); err != nil {
+		return out, err
+	}
+	// Running: live from the agent.
+	sb, _, _, err := b.create(ctx, "minimal")
+	if err != nil {
+		return out, err
+	}
+	defer func() { _ = b.destroy(context.Background(), sb.ID) }()
+	time.Sleep(2 * time.Second) // a few samples
+	if out["metrics_24h_running"], err = b.metricsReads(ctx, sb.ID, o.n); err != nil {
+		return out, err
+	}
+	out["stored_rows"] = (o.others + 1) * (1200 + 240 + 288)
+	return out, nil
+}
+
+// storedHistories inserts n+1 paused sandboxes with every tier of a 24 h
+// history stored (1200 + 240 + 288 points, as a pause stores them) and
+// returns the wire ID of the last.
+func (b *apiBench) storedHistories(ctx context.Context, n int) (string, error) {
+	var last string
+	q, pool := b.st.Queries(), b.st.Pool()
+	err := func() error {
+		for range n + 1 {
+			row, err := q.InsertSandbox(ctx, db.InsertSandboxParams{TeamID: b.team.ID, Template: "minimal", State: store.SandboxPaused,
+				VCPUs: 1, MemoryMB: 256, Metadata: json.RawMessage(`{}`), AllowInternetAccess: true})
+			if err != nil {
+				return err
+			}
+			if _, err := pool.Exec(ctx, `UPDATE sandboxes SET created_at = now() - interval '25 hours' WHERE id = $1`, row.ID); err != nil {
+				return err
+			}
+			for _, t := range []struct {
+				tier  string
+				n     int
+				stepS float64
+			}{{service.MetricTier10m, 1200, 0.5}, {service.MetricTier2h, 240, 30}, {service.MetricTier24h, 288, 300}} {
+				if _, err := pool.Exec(ctx, fmt.Sprintf(`
+					INSERT INTO sandbox_metrics (sandbox_id, tier, ts, cpu_pct, mem_rss_bytes, mem_pss_bytes, disk_used_bytes,
+					  guest_cpu_count, guest_cpu_pct, guest_mem_used_bytes, guest_mem_total_bytes, guest_mem_cache_bytes,
+					  guest_disk_used_bytes, guest_disk_total_bytes)
+					SELECT $1, $2, date_trunc('second', now()) - make_interval(secs => g * %g), random() * 100, 300 << 20, 250 << 20, 20 << 20,
+					  1, random() * 100, 100 << 20, 230 << 20, 50 << 20, 30 << 20, 1 << 30
+					FROM generate_series(1, %d) AS g
+					ON CONFLICT DO NOTHING`, t.stepS, t.n), row.ID, t.tier); err != nil {
+					return err
+				}
+			}
+			last = service.ID(row.ID)
+		}
+		return nil
+	}()
+	if err == nil {
+		_, err = b.st.Pool().Exec(ctx, `ANALYZE sandbox_metrics`)
+	}
+	return last, err
+}
+
+// metricsReads times GET /v1/sandboxes/{id}/metrics?range=24h.
+func (b *apiBench) metricsReads(ctx context.Context, id string, n int) (bench.Timing, error) {
+	samples := make([]time.Duration, 0, n)
+	for i := range n + 10 {
+		t0 := time.Now()
+		resp, data, err := b.do(ctx, "GET", "/v1/sandboxes/"+id+"/metrics?range=24h", nil)
+		d := time.Since(t0)
+		if err != nil {
+			return bench.Timing{}, err
+		}
+		var s struct {
+			Points []json.RawMessage `json:"points"`
+		}
+		if resp.StatusCode != 200 || json.Unmarshal(data, &s) != nil || len(s.Points) == 0 {
+			return bench.Timing{}, fmt.Errorf("GET metrics of %s: %d: %.300s", id, resp.StatusCode, data)
+		}
+		if i >= 10 { // warm-up
+			samples = append(samples, d)
+		}
+	}
+	return bench.Summarize(samples), nil
+}
