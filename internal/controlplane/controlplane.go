@@ -197,8 +197,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	}
 	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies,
 		AgentTLS: svc.Hosts.AgentTLS(), Resolver: proxy.ServiceResolver{
-		Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
-	}}); err != nil {
+			Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
+		}}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
