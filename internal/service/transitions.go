@@ -29,14 +29,6 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	// A destroy the client walks away from still completes.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer cancel()
-	if !row.HostID.Valid {
-		// Its host was deleted (and with it whatever ran there).
-		if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("persist stopped: %w", err)
-		}
-		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox.destroy"})
-		return nil
-	}
 	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return err
