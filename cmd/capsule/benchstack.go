@@ -28,7 +28,9 @@ type benchStackOptions struct {
 	pgBinDir string
 	// base builds the base image too (the E2B SDK's default template).
 	base bool
-	log  *slog.Logger
+	// apiListen is the API's address (127.0.0.1:0 when empty).
+	apiListen string
+	log       *slog.Logger
 }
 
 // benchStack is the platform running in this process for the benches, the
@@ -42,6 +44,7 @@ type benchStack struct {
 	pool      *agentclient.Pool
 	accounts  *service.Accounts
 	sandboxes *service.Sandboxes
+	hosts     *service.Hosts
 	url       string
 	// sandboxURL is the sandbox traffic listener (the proxy).
 	sandboxURL string
@@ -109,7 +112,11 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b.closers = append(b.closers, hs.stop)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	apiListen := o.apiListen
+	if apiListen == "" {
+		apiListen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", apiListen)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +126,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, func() { sln.Close() })
-	b.url, b.sandboxURL = "http://"+ln.Addr().String(), "http://"+sln.Addr().String()
+	b.url, b.sandboxURL = "http://"+displayAddr(ln.Addr()), "http://"+sln.Addr().String()
 
 	// The control plane, built as capsule serve builds it; sign-up is open
 	// for the bench's account.
@@ -139,7 +146,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, func() { emb.close(o.log) })
-	b.st, b.pool, b.accounts, b.sandboxes = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes
+	b.st, b.pool, b.accounts, b.sandboxes, b.hosts = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes, cp.Hosts
 	if err := cp.Start(ctx); err != nil {
 		return nil, err
 	}

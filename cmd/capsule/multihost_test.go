@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,113 +29,41 @@ const (
 	clusterUnreachable = 6 * time.Second
 )
 
-// clusterAgent is one agent of the cluster: its namespace, directories
-// and process.
+// clusterAgent is one agent of the cluster and its host's ID.
 type clusterAgent struct {
-	n        int
-	ns       string
-	hostVeth string
-	hostIP   netip.Addr // the host's end of the link: the control plane
-	ip       netip.Addr // the agent's end: its declared address
-	data     string
-	pool     hosttest.Pool
-	hostID   string
-	proc     *exec.Cmd
-	log      *bytes.Buffer
-	done     chan struct{}
+	*nsAgent
+	hostID string
 }
 
-func (a *clusterAgent) address() string { return a.ip.String() + ":7070" }
-
-func (a *clusterAgent) logText() string {
-	logMu.Lock()
-	defer logMu.Unlock()
-	return a.log.String()
-}
-
-// ipCmd runs a command, failing t on error.
-func ipCmd(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-// newClusterAgent makes agent n's namespace and link (removed at top's
-// cleanup: they outlive t, the step).
+// newClusterAgent makes agent n's namespace and link; the agent is
+// stopped and they are removed at top's cleanup (they outlive t, the
+// step).
 func newClusterAgent(t, top *testing.T, root string, n int) *clusterAgent {
 	t.Helper()
-	base := hosttest.MultiHostLinks.HostCIDR.Addr().As4()
-	base[3] = byte(4 * n)
-	net30 := netip.AddrFrom4(base)
-	a := &clusterAgent{n: n, ns: fmt.Sprintf("%s%d", hosttest.MultiHostLinks.Name, n),
-		hostVeth: fmt.Sprintf("%s%dh", hosttest.MultiHostLinks.Veth, n),
-		hostIP:   net30.Next(), ip: net30.Next().Next(),
-		data: filepath.Join(root, fmt.Sprintf("agent%d", n)), pool: hosttest.MultiHostPools[n]}
-	peer := fmt.Sprintf("%s%da", hosttest.MultiHostLinks.Veth, n)
-	// Leftovers of a crashed run go first.
-	_ = exec.Command("ip", "netns", "del", a.ns).Run()
-	_ = exec.Command("ip", "link", "del", a.hostVeth).Run()
-	ipCmd(t, "ip", "netns", "add", a.ns)
-	top.Cleanup(func() {
-		_ = exec.Command("ip", "link", "del", a.hostVeth).Run()
-		_ = exec.Command("ip", "netns", "del", a.ns).Run()
-	})
-	ipCmd(t, "ip", "link", "add", a.hostVeth, "type", "veth", "peer", "name", peer)
-	ipCmd(t, "ip", "link", "set", peer, "netns", a.ns)
-	ipCmd(t, "ip", "addr", "add", a.hostIP.String()+"/30", "dev", a.hostVeth)
-	ipCmd(t, "ip", "link", "set", a.hostVeth, "up")
-	ipCmd(t, "ip", "-n", a.ns, "addr", "add", a.ip.String()+"/30", "dev", peer)
-	ipCmd(t, "ip", "-n", a.ns, "link", "set", peer, "up")
-	ipCmd(t, "ip", "-n", a.ns, "link", "set", "lo", "up")
-	ipCmd(t, "ip", "-n", a.ns, "route", "add", "default", "via", a.hostIP.String())
-	return a
-}
-
-// start runs `capsule agent` in the agent's namespace, registering with
-// token when not empty; the process is stopped at top's cleanup.
-func (a *clusterAgent) start(t, top *testing.T, bin, cpURL, token string) {
-	t.Helper()
-	// nsenter joins the network namespace only (setns, then exec): the
-	// agent's slot namespaces are bind-mounted in the machine's mount
-	// namespace, where a restarted agent finds them (ip netns exec would
-	// give each agent process a mount namespace of its own, whose mounts
-	// die with it).
-	args := []string{"--net=/run/netns/" + a.ns, bin, "agent", "--control-plane", cpURL, "--address", a.address(),
-		"--data-dir", a.data, "--run-dir", a.data + "-run", "--images-dir", hosttest.StoreDir,
-		"--base=false", "--warm-images=false", "--net-name", a.pool.Name, "--net-host-cidr", a.pool.HostCIDR.String(),
-		"--net-link-cidr", a.pool.LinkCIDR.String(), "--net-max-slots", "8", "--max-vcpus", "8", "--max-memory-mb", "2048"}
-	if token != "" {
-		args = append(args, "--register", token)
-	}
-	a.log, a.done = &bytes.Buffer{}, make(chan struct{})
-	a.proc = exec.Command("nsenter", args...)
-	a.proc.Env = os.Environ()
-	a.proc.Stdout, a.proc.Stderr = syncWriter(a.log), syncWriter(a.log)
-	if err := a.proc.Start(); err != nil {
+	p := hosttest.MultiHostPools[n]
+	l := hosttest.MultiHostLinks
+	a, err := newNSAgent(root, n, l.HostCIDR, l.Name, l.Veth, nsSlotNet{name: p.Name, hostCIDR: p.HostCIDR, linkCIDR: p.LinkCIDR})
+	if err != nil {
 		t.Fatal(err)
 	}
-	proc, done, logBuf := a.proc, a.done, a.log
-	go func() { _ = proc.Wait(); close(done) }()
 	top.Cleanup(func() {
+		a.stop()
 		if top.Failed() {
-			logMu.Lock()
-			top.Logf("agent %d (%s):\n%s", a.n, a.ns, logBuf.String())
-			logMu.Unlock()
+			top.Logf("agent %d (%s):\n%s", a.n, a.ns, a.logText())
 		}
-		select {
-		case <-done:
-			return
-		default:
-		}
-		_ = proc.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(2 * time.Minute):
-			_ = proc.Process.Kill()
-			<-done
-		}
+		a.remove()
 	})
+	return &clusterAgent{nsAgent: a}
+}
+
+// start runs the agent against the control plane at cpURL, registering
+// with token when not empty.
+func (a *clusterAgent) start(t *testing.T, bin, cpURL, token string) {
+	t.Helper()
+	if err := a.nsAgent.start(bin, cpURL, token, hosttest.StoreDir, "--base=false", "--warm-images=false",
+		"--net-max-slots", "8", "--max-vcpus", "8", "--max-memory-mb", "2048"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // clusterClient calls the API with a session token.
@@ -317,7 +242,7 @@ func TestMultiHostCluster(t *testing.T) {
 				t.Fatalf("create host %d: %d", n, code)
 			}
 			a.hostID, tokens[n] = nh.Host.ID, nh.RegistrationToken
-			a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
+			a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		}
 		for _, a := range agents[1:] {
 			until(t, 3*time.Minute, "host "+a.hostID+" online", func() bool { return hostOf(a.hostID).Status == "online" })
@@ -360,8 +285,7 @@ func TestMultiHostCluster(t *testing.T) {
 		admin.t = t
 		a := agents[1]
 		on := where(a.hostID)
-		_ = a.proc.Process.Signal(syscall.SIGKILL)
-		<-a.done
+		a.kill()
 		killed := time.Now()
 		until(t, clusterUnreachable+30*time.Second, "host unreachable", func() bool { return hostOf(a.hostID).Status == "unreachable" })
 		killToUnreachable = time.Since(killed)
@@ -370,7 +294,7 @@ func TestMultiHostCluster(t *testing.T) {
 				t.Errorf("sandbox %s of the unreachable host is %s, want missing", id, st)
 			}
 		}
-		a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, "")
+		a.start(t, bin, "http://"+a.hostIP.String()+":"+port, "")
 		until(t, 3*time.Minute, "host back online", func() bool { return hostOf(a.hostID).Status == "online" })
 		for id := range on {
 			if st := sandbox(admin, id).State; st != "running" {
@@ -388,13 +312,17 @@ func TestMultiHostCluster(t *testing.T) {
 		a := agents[2]
 		on := where(a.hostID)
 		logFrom := len(a.logText())
-		ipCmd(t, "ip", "link", "set", a.hostVeth, "down")
+		if err := a.setLink(false); err != nil {
+			t.Fatal(err)
+		}
 		until(t, clusterUnreachable+30*time.Second, "host unreachable", func() bool { return hostOf(a.hostID).Status == "unreachable" })
 		// The agent pauses after three missed beats; give the pauses time.
 		until(t, 2*time.Minute, "the agent paused its sandboxes", func() bool {
 			return strings.Count(a.logText()[logFrom:], "sandbox paused") >= len(on)
 		})
-		ipCmd(t, "ip", "link", "set", a.hostVeth, "up")
+		if err := a.setLink(true); err != nil {
+			t.Fatal(err)
+		}
 		until(t, 3*time.Minute, "host back online", func() bool { return hostOf(a.hostID).Status == "online" })
 		for id := range on {
 			if st := sandbox(admin, id).State; st != "paused" {
@@ -446,11 +374,11 @@ func TestMultiHostCluster(t *testing.T) {
 			}
 		}
 		select {
-		case <-a.done:
+		case <-a.exited():
 		case <-time.After(2 * time.Minute):
 			t.Fatalf("the deleted host's agent did not exit:\n%s", a.logText())
 		}
-		if code := a.proc.ProcessState.ExitCode(); code != exitHostDeleted {
+		if code := a.exitCode(); code != exitHostDeleted {
 			t.Errorf("the deleted host's agent exited %d, want %d", code, exitHostDeleted)
 		}
 	})
@@ -467,7 +395,7 @@ func TestMultiHostCluster(t *testing.T) {
 			t.Fatalf("create BYOC host: %d", code)
 		}
 		a.hostID = nh.Host.ID
-		a.start(t, top, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
+		a.start(t, bin, "http://"+a.hostIP.String()+":"+port, nh.RegistrationToken)
 		until(t, 3*time.Minute, "BYOC host online", func() bool { return hostOf(a.hostID).Status == "online" })
 
 		var other struct {
