@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-go test -v -timeout 30m "$@" ./... 2>&1 | tee "$log" | grep --line-buffered -E '^(--- |ok |FAIL|panic:|\s+\S+\.go:[0-9]+: )'
+go test -v -timeout 30m "$@" ./... 2>&1 | tee "$log" | grep --line-buffered -E '^(--- |ok |FAIL|panic:|\s+\S+\.go:[0-9]+: |\s+(> |FAIL: |\[stdout\]|\[stderr\]|\[exit status))'
 rc=${PIPESTATUS[0]}
 pass=$(grep -c -- '--- PASS' "$log")
 fail=$(grep -c -- '--- FAIL' "$log")

@@ -71,7 +71,7 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 	if _, err := b.st.Pool().Exec(ctx, `UPDATE users SET is_admin = true WHERE id = $1`, b.account.User.ID); err != nil {
 		return nil, err
 	}
-	admin := service.Principal{UserID: b.account.User.ID, TeamID: b.team.ID, Role: b.account.Role}
+	admin := b.account.Principal()
 	root, err := os.MkdirTemp(o.dataDir, "bench-cluster-agents-")
 	if err != nil {
 		return nil, err

@@ -160,7 +160,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.team = b.account.Team
-	key, err := b.accounts.CreateAPIKey(ctx, service.Principal{UserID: b.account.User.ID, TeamID: b.team.ID, Role: b.account.Role}, "bench")
+	key, err := b.accounts.CreateAPIKey(ctx, b.account.Principal(), "bench")
 	if err != nil {
 		return nil, err
 	}

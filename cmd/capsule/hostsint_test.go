@@ -80,7 +80,8 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 	if err := cp.Store.Queries().SetUserAdmin(ctx, db.SetUserAdminParams{ID: acct.User.ID, IsAdmin: true}); err != nil {
 		t.Fatal(err)
 	}
-	admin := service.Principal{UserID: acct.User.ID, TeamID: acct.Team.ID, Role: acct.Role, ActorName: "root@example.com"}
+	admin := acct.Principal()
+	admin.ActorName = "root@example.com"
 	addr := fmt.Sprintf("127.0.0.1:%d", freeTCPPort(t))
 	created, err := cp.Hosts.Create(ctx, admin, service.CreateHost{Name: "host-e2e", Type: service.HostRegular, Address: addr})
 	if err != nil {

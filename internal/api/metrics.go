@@ -51,7 +51,7 @@ func (s *Server) sandboxMetrics(w http.ResponseWriter, r *http.Request, p servic
 	if rng == "" {
 		rng = "10m"
 	}
-	ms, err := s.cfg.Sandboxes.MetricsRange(r.Context(), p, wireUUID{Bytes: b, Valid: true}, rng)
+	ms, err := s.cfg.Sandboxes.MetricsRange(r.Context(), p, b, rng)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -45,7 +45,7 @@ func (s *Server) getSandboxNetwork(w http.ResponseWriter, r *http.Request, p ser
 		s.writeError(w, r, err)
 		return
 	}
-	rules, err := s.cfg.Sandboxes.GetNetwork(r.Context(), p, wireUUID{Bytes: b, Valid: true})
+	rules, err := s.cfg.Sandboxes.GetNetwork(r.Context(), p, b)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -65,7 +65,7 @@ func (s *Server) setSandboxNetwork(w http.ResponseWriter, r *http.Request, p ser
 		s.writeError(w, r, err)
 		return
 	}
-	rules, err := s.cfg.Sandboxes.SetNetwork(r.Context(), p, wireUUID{Bytes: b, Valid: true}, req.rules(nil))
+	rules, err := s.cfg.Sandboxes.SetNetwork(r.Context(), p, b, req.rules(nil))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

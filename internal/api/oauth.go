@@ -154,7 +154,7 @@ func (s *Server) oauthLink(w http.ResponseWriter, r *http.Request, pr service.Pr
 		s.writeError(w, r, err)
 		return
 	}
-	to, err := s.oauthStart(w, name, p, oauthFlow{Redirect: redirect, Link: wireid.Format(wireid.User, pr.UserID)})
+	to, err := s.oauthStart(w, name, p, oauthFlow{Redirect: redirect, Link: pr.UserID.String()})
 	if err != nil {
 		s.writeError(w, r, err)
 		return

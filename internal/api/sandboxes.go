@@ -1,13 +1,10 @@
 package api
 
 import (
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -62,17 +59,17 @@ func tsPtr(valid bool, t time.Time) *time.Time {
 	return &t
 }
 
+// timePtr is t, nil when zero (absent).
+func timePtr(t time.Time) *time.Time { return tsPtr(!t.IsZero(), t) }
+
 func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
 	out := sandboxJSON{
-		ID: service.ID(sb.ID), Template: sb.Template, State: sb.State, StateReason: sb.StateReason,
+		ID: sb.ID.String(), Template: sb.Template, State: string(sb.State), StateReason: sb.StateReason,
 		VCPUs: sb.VCPUs, MemoryMB: sb.MemoryMB, TimeoutSec: sb.TimeoutSec, AllowInternetAccess: sb.AllowInternetAccess,
 		AllowPublicTraffic: sb.AllowPublicTraffic, AutoPause: sb.AutoPause, AutoResume: sb.AutoResume,
 		CreatedAt: sb.CreatedAt, EnvdURL: sb.EnvdURL,
-		StartedAt: tsPtr(sb.StartedAt.Valid, sb.StartedAt.Time), EndAt: tsPtr(sb.EndAt.Valid, sb.EndAt.Time),
-		PausedAt: tsPtr(sb.PausedAt.Valid, sb.PausedAt.Time), StoppedAt: tsPtr(sb.StoppedAt.Valid, sb.StoppedAt.Time),
-	}
-	if err := json.Unmarshal(sb.Metadata, &out.Metadata); err != nil || out.Metadata == nil {
-		out.Metadata = map[string]string{}
+		StartedAt: timePtr(sb.StartedAt), EndAt: timePtr(sb.EndAt),
+		PausedAt: timePtr(sb.PausedAt), StoppedAt: timePtr(sb.StoppedAt), Metadata: sb.Metadata,
 	}
 	if withToken {
 		out.EnvdAccessToken, out.TrafficAccessToken = sb.EnvdAccessToken, sb.TrafficToken
@@ -82,12 +79,12 @@ func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
 
 // sandboxID parses the {id} path value; a malformed ID cannot name any
 // sandbox, so it is 404 like another team's.
-func sandboxID(r *http.Request) (id [16]byte, err error) {
-	u, err := wireid.Parse(wireid.Sandbox, r.PathValue("id"))
+func sandboxID(r *http.Request) (service.SandboxID, error) {
+	id, err := wireid.ParseSandboxID(r.PathValue("id"))
 	if err != nil {
 		return id, &service.Error{Kind: service.ErrNotFound, Msg: "sandbox not found"}
 	}
-	return u.Bytes, nil
+	return id, nil
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
@@ -111,26 +108,26 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
 		return s.cfg.Sandboxes.Get(r.Context(), p, id)
 	}, http.StatusOK)
 }
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
 		return s.cfg.Sandboxes.Pause(r.Context(), p, id)
 	}, http.StatusOK)
 }
 
 func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
 		return s.cfg.Sandboxes.Resume(r.Context(), p, id)
 	}, http.StatusOK)
 }
 
 // pingSandbox marks a running sandbox active (409 unless running).
 func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id wireUUID) (service.Sandbox, error) {
+	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
 		return s.cfg.Sandboxes.Ping(r.Context(), p, id)
 	}, http.StatusOK)
 }
@@ -156,7 +153,7 @@ func (s *Server) setSandboxTimeout(w http.ResponseWriter, r *http.Request, p ser
 		s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "timeout_sec: required (0: never)"})
 		return
 	}
-	sb, err := s.cfg.Sandboxes.SetTimeout(r.Context(), p, wireUUID{Bytes: b, Valid: true}, *req.TimeoutSec)
+	sb, err := s.cfg.Sandboxes.SetTimeout(r.Context(), p, b, *req.TimeoutSec)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -165,13 +162,13 @@ func (s *Server) setSandboxTimeout(w http.ResponseWriter, r *http.Request, p ser
 }
 
 func (s *Server) withSandbox(w http.ResponseWriter, r *http.Request, _ service.Principal,
-	fn func(id wireUUID) (service.Sandbox, error), status int) {
+	fn func(id service.SandboxID) (service.Sandbox, error), status int) {
 	b, err := sandboxID(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	sb, err := fn(wireUUID{Bytes: b, Valid: true})
+	sb, err := fn(b)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -185,7 +182,7 @@ func (s *Server) destroySandbox(w http.ResponseWriter, r *http.Request, p servic
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.cfg.Sandboxes.Destroy(r.Context(), p, wireUUID{Bytes: b, Valid: true}); err != nil {
+	if err := s.cfg.Sandboxes.Destroy(r.Context(), p, b); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -239,8 +236,6 @@ func writeSandboxList(w http.ResponseWriter, items []service.Sandbox, next strin
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out, "next_cursor": next})
 }
-
-type wireUUID = pgtype.UUID
 
 // serverTimingAgent is the Server-Timing value naming the host agent's
 // share of a request, in milliseconds.

@@ -17,7 +17,6 @@ import (
 	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // maxBody bounds a request body.
@@ -224,7 +223,7 @@ func (s *Server) authed(h handler) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		h(w, r.WithContext(logctx.WithTeam(r.Context(), wireid.Format(wireid.Team, p.TeamID))), p)
+		h(w, r.WithContext(logctx.WithTeam(r.Context(), p.TeamID.String())), p)
 	}
 }
 

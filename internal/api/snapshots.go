@@ -47,7 +47,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request, p servic
 		s.writeError(w, r, err)
 		return
 	}
-	id, err := wireid.Parse(wireid.Sandbox, req.SandboxID)
+	id, err := wireid.ParseSandboxID(req.SandboxID)
 	if err != nil {
 		s.writeError(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "sandbox not found"})
 		return

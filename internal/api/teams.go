@@ -27,7 +27,7 @@ func (s *Server) userAuthed(h handler) http.HandlerFunc {
 		// An API key is refused here, but only once it is known to be one:
 		// a wrong credential is 401 on every route.
 		p, err := s.authenticateWith(r, s.cfg.Accounts.AuthenticateUser)
-		if err == nil && p.APIKeyID.Valid {
+		if err == nil && !p.APIKeyID.IsZero() {
 			err = errNeedsSession
 		}
 		if err != nil {
@@ -83,6 +83,15 @@ func pathID(r *http.Request, name, prefix, what string) (pgtype.UUID, error) {
 	return id, nil
 }
 
+// typedPathID is pathID for a typed ID of kind K.
+func typedPathID[K wireid.Kind](r *http.Request, name, what string) (wireid.ID[K], error) {
+	id, err := wireid.ParseID[K](r.PathValue(name))
+	if err != nil {
+		return id, &service.Error{Kind: service.ErrNotFound, Msg: what + " not found"}
+	}
+	return id, nil
+}
+
 type nameBody struct {
 	Name string `json:"name"`
 }
@@ -111,7 +120,7 @@ func (s *Server) listTeams(w http.ResponseWriter, r *http.Request, p service.Pri
 }
 
 func (s *Server) getTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err == nil {
 		var t service.TeamRole
 		if t, err = s.teams.Get(r.Context(), p, id); err == nil {
@@ -123,7 +132,7 @@ func (s *Server) getTeam(w http.ResponseWriter, r *http.Request, p service.Princ
 }
 
 func (s *Server) renameTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -144,7 +153,7 @@ func (s *Server) renameTeam(w http.ResponseWriter, r *http.Request, p service.Pr
 // deleteTeam answers 200 with how many of the team's sandboxes were
 // destroyed and how many could not be (the team is deleted either way).
 func (s *Server) deleteTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -155,13 +164,13 @@ func (s *Server) deleteTeam(w http.ResponseWriter, r *http.Request, p service.Pr
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
-		"id": wireid.Format(wireid.Team, id), "deleted": true,
+		"id": id.String(), "deleted": true,
 		"sandboxes_destroyed": res.Destroyed, "sandboxes_not_destroyed": res.NotDestroyed,
 	})
 }
 
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -187,7 +196,7 @@ type addMemberJSON struct {
 // addMember: {"email": …, "role": "member"|"admin"|"owner"} (role
 // defaults to member).
 func (s *Server) addMember(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -209,11 +218,11 @@ func (s *Server) addMember(w http.ResponseWriter, r *http.Request, p service.Pri
 }
 
 // memberIDs parses the team and member IDs of the path.
-func memberIDs(r *http.Request) (team, user pgtype.UUID, err error) {
-	if team, err = pathID(r, "id", wireid.Team, "team"); err != nil {
+func memberIDs(r *http.Request) (team service.TeamID, user service.UserID, err error) {
+	if team, err = typedPathID[wireid.KindTeam](r, "id", "team"); err != nil {
 		return
 	}
-	user, err = pathID(r, "user_id", wireid.User, "member")
+	user, err = typedPathID[wireid.KindUser](r, "user_id", "member")
 	return
 }
 
@@ -254,7 +263,7 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request, p service.
 }
 
 func (s *Server) leaveTeam(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, err := pathID(r, "id", wireid.Team, "team")
+	id, err := typedPathID[wireid.KindTeam](r, "id", "team")
 	if err == nil {
 		err = s.teams.Leave(r.Context(), p, id)
 	}
@@ -278,7 +287,7 @@ func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request, p service.Pr
 		s.writeError(w, r, err)
 		return
 	}
-	id, err := wireid.Parse(wireid.Team, req.TeamID)
+	id, err := wireid.ParseTeamID(req.TeamID)
 	if err != nil {
 		s.writeError(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "team not found"})
 		return
@@ -310,8 +319,8 @@ func (s *Server) getMe(w http.ResponseWriter, r *http.Request, p service.Princip
 		return
 	}
 	out := meJSON{User: userOf(me.User), Teams: teamsOf(me.Teams)}
-	if p.TeamID.Valid {
-		out.TeamID = wireid.Format(wireid.Team, p.TeamID)
+	if !p.TeamID.IsZero() {
+		out.TeamID = p.TeamID.String()
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -343,7 +352,7 @@ type userHitJSON struct {
 // Rate limited per user (auth.UserSearchLimitPerUser): 429 with
 // Retry-After.
 func (s *Server) searchUsers(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	if ok, wait := s.searchUser.Allow("user:" + wireid.Format(wireid.User, p.UserID)); !ok {
+	if ok, wait := s.searchUser.Allow("user:" + p.UserID.String()); !ok {
 		auth.WriteTooManyRequests(w, wait)
 		return
 	}

@@ -80,7 +80,7 @@ func TestNewWiresOneServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := cp.Hosts.Create(ctx, service.Principal{UserID: admin.User.ID, TeamID: admin.Team.ID, Role: admin.Role},
+	h, err := cp.Hosts.Create(ctx, admin.Principal(),
 		service.CreateHost{Name: "host-a", Type: service.HostRegular, Address: "192.0.2.7:7443"})
 	if err != nil {
 		t.Fatal(err)

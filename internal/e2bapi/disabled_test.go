@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/capsulehq/capsule/internal/service"
 )
 
@@ -17,7 +19,10 @@ func TestDisabledUsersKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := service.Principal{UserID: acc.User.ID, TeamID: acc.Team.ID, Role: acc.Role, ActorName: acc.User.Email}
+	admin := acc.Principal()
+	userBytes, userValid := f.teamA.UserID.UUID()
+	userUUID := pgtype.UUID{Bytes: userBytes, Valid: userValid}
+	admin.ActorName = acc.User.Email
 	path := "/sandboxes/" + f.running
 	for _, step := range []struct {
 		name     string
@@ -28,7 +33,7 @@ func TestDisabledUsersKey(t *testing.T) {
 		{"re-enabled", false, 200},
 	} {
 		t.Run(step.name, func(t *testing.T) {
-			if _, err := f.se.Admin.SetUserDisabled(ctx, admin, f.teamA.UserID, step.disabled); err != nil {
+			if _, err := f.se.Admin.SetUserDisabled(ctx, admin, userUUID, step.disabled); err != nil {
 				t.Fatal(err)
 			}
 			if r := f.do(t, "GET", path, f.keyA, nil); r.status != step.want {

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/service/servicetest"
@@ -170,9 +168,9 @@ var (
 )
 
 // uuidOf parses a sandbox's wire ID.
-func uuidOf(t *testing.T, id string) pgtype.UUID {
+func uuidOf(t *testing.T, id string) service.SandboxID {
 	t.Helper()
-	u, err := wireid.Parse(wireid.Sandbox, id)
+	u, err := wireid.ParseSandboxID(id)
 	if err != nil {
 		t.Fatal(err)
 	}

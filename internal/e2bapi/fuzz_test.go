@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/capsulehq/capsule/internal/api"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -127,8 +126,8 @@ func FuzzSandboxIDPath(f *testing.F) {
 			}
 			return
 		}
-		if before, _, _ := strings.Cut(raw, "-"); wireid.Format(wireid.Sandbox, id) != before {
-			t.Fatalf("id %q named sandbox %s", raw, wireid.Format(wireid.Sandbox, id))
+		if before, _, _ := strings.Cut(raw, "-"); id.String() != before {
+			t.Fatalf("id %q named sandbox %s", raw, id.String())
 		}
 	})
 }

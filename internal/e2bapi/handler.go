@@ -12,8 +12,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/logctx"
@@ -164,7 +162,7 @@ func (h *Handler) authed(next handler) http.HandlerFunc {
 			h.fail(w, r, err)
 			return
 		}
-		next(w, r.WithContext(logctx.WithTeam(r.Context(), wireid.Format(wireid.Team, p.TeamID))), p)
+		next(w, r.WithContext(logctx.WithTeam(r.Context(), p.TeamID.String())), p)
 	}
 }
 
@@ -235,11 +233,11 @@ func decode(w http.ResponseWriter, r *http.Request, v any) (present bool, err er
 // sandboxID parses the {id} path value: a sandbox ID, or E2B's legacy
 // composite "{id}-{clientID}" (the part before '-' counts). A malformed ID
 // names no sandbox: 404.
-func sandboxID(r *http.Request) (pgtype.UUID, error) {
+func sandboxID(r *http.Request) (service.SandboxID, error) {
 	raw, _, _ := strings.Cut(r.PathValue("id"), "-")
-	id, err := wireid.Parse(wireid.Sandbox, raw)
+	id, err := wireid.ParseSandboxID(raw)
 	if err != nil {
-		return pgtype.UUID{}, errSandboxNotFound
+		return service.SandboxID{}, errSandboxNotFound
 	}
 	return id, nil
 }

@@ -70,6 +70,6 @@ func (h *Handler) updateNetwork(w http.ResponseWriter, r *http.Request, p servic
 
 // networkOf is a sandbox's network configuration as E2B shows it.
 func networkOf(sb service.Sandbox) networkJSON {
-	r := service.NetworkOf(sb.Sandbox)
+	r := sb.Network
 	return networkJSON{AllowPublicTraffic: sb.AllowPublicTraffic, AllowOut: r.AllowOut, DenyOut: r.DenyOut}
 }

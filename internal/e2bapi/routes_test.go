@@ -43,8 +43,9 @@ func newFixture(t *testing.T) *fixture {
 	f.teamA, f.keyA = e.account(t, "a@example.com")
 	pB, f.keyB = e.account(t, "b@example.com")
 	created := time.Now().Add(-time.Hour)
-	ins := func(team pgtype.UUID, state, meta string, autoPause bool) string {
+	ins := func(teamID service.TeamID, state, meta string, autoPause bool) string {
 		t.Helper()
+		team := teamUUID(teamID)
 		r, err := e.st.Queries().InsertSandbox(context.Background(), db.InsertSandboxParams{
 			TeamID: team, Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, TimeoutSec: 60,
 			Metadata: []byte(meta), AutoPause: autoPause, AllowInternetAccess: true, AllowPublicTraffic: true,
@@ -395,12 +396,12 @@ func TestLifecycleRoutesWithoutAgent(t *testing.T) {
 
 	// Timeout: the deadline is now + timeout.
 	f.do(t, "POST", "/sandboxes/"+f.running+"/timeout", f.keyA, map[string]any{"timeout": 120}).expect(t, 204, nil)
-	if sb := get(f.running); !sb.EndAt.Valid || time.Until(sb.EndAt.Time) < 110*time.Second || time.Until(sb.EndAt.Time) > 130*time.Second {
+	if sb := get(f.running); sb.EndAt.IsZero() || time.Until(sb.EndAt) < 110*time.Second || time.Until(sb.EndAt) > 130*time.Second {
 		t.Fatalf("end_at after setTimeout(120): %v", sb.EndAt)
 	}
 	// ... and may shorten it.
 	f.do(t, "POST", "/sandboxes/"+f.running+"-"+clientID+"/timeout", f.keyA, map[string]any{"timeout": 30}).expect(t, 204, nil)
-	if sb := get(f.running); time.Until(sb.EndAt.Time) > 40*time.Second {
+	if sb := get(f.running); time.Until(sb.EndAt) > 40*time.Second {
 		t.Fatalf("end_at after setTimeout(30): %v", sb.EndAt)
 	}
 	// Connect v2 on a running sandbox: 200, the deadline moves to now + 300
@@ -413,16 +414,16 @@ func TestLifecycleRoutesWithoutAgent(t *testing.T) {
 		sb.Domain == nil || *sb.Domain != testDomain || sb.EnvdVersion != envdapi.Version || sb.ClientID != clientID {
 		t.Fatalf("connect: %+v", sb)
 	}
-	if end := get(f.running).EndAt.Time; time.Until(end) < 290*time.Second {
+	if end := get(f.running).EndAt; time.Until(end) < 290*time.Second {
 		t.Fatalf("end_at after connect: %v", end)
 	}
 	f.do(t, "POST", "/sandboxes/"+f.running+"/connect", f.keyA, map[string]any{"timeout": 10}).expect(t, 200, nil)
-	if end := get(f.running).EndAt.Time; time.Until(end) < 290*time.Second {
+	if end := get(f.running).EndAt; time.Until(end) < 290*time.Second {
 		t.Fatalf("connect shortened the deadline: %v", end)
 	}
 	// Refresh: at least now + duration.
 	f.do(t, "POST", "/sandboxes/"+f.running2+"/refreshes", f.keyA, map[string]any{"duration": 600}).expect(t, 204, nil)
-	if end := get(f.running2).EndAt.Time; time.Until(end) < 590*time.Second {
+	if end := get(f.running2).EndAt; time.Until(end) < 590*time.Second {
 		t.Fatalf("end_at after refresh: %v", end)
 	}
 	f.do(t, "POST", "/sandboxes/"+f.running2+"/refreshes", f.keyA, nil).expect(t, 204, nil)
@@ -559,12 +560,13 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	keyB := f.keyB
 	srcA := uuidOf(t, f.running)
 	n := byte(0)
-	mk := func(team pgtype.UUID, name string, src pgtype.UUID) {
+	mk := func(team pgtype.UUID, name string, src service.SandboxID) {
 		t.Helper()
 		n++
+		srcBytes, srcValid := src.UUID()
 		if _, err := f.st.Queries().InsertTemplate(ctx, db.InsertTemplateParams{ID: pgtype.UUID{Bytes: [16]byte{15: n}, Valid: true},
 			TeamID: team, Name: name, Kind: store.TemplateSnapshot, VCPUs: 2, MemoryMB: 512, DiskMB: 128, SizeBytes: 4096,
-			SourceSandboxID: src, Metadata: []byte(`{}`)}); err != nil {
+			SourceSandboxID: pgtype.UUID{Bytes: srcBytes, Valid: srcValid}, Metadata: []byte(`{}`)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -572,11 +574,11 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk(f.teamA.TeamID, "s1", srcA)
-	mk(f.teamA.TeamID, "s2", uuidOf(t, f.running2))
-	mk(f.teamA.TeamID, "s3", srcA)
-	mk(store.PlatformTeamID, "pub", pgtype.UUID{})
-	mk(teamB.TeamID, "sb", uuidOf(t, f.otherTeam))
+	mk(teamUUID(f.teamA.TeamID), "s1", srcA)
+	mk(teamUUID(f.teamA.TeamID), "s2", uuidOf(t, f.running2))
+	mk(teamUUID(f.teamA.TeamID), "s3", srcA)
+	mk(store.PlatformTeamID, "pub", service.SandboxID{})
+	mk(teamUUID(teamB.TeamID), "sb", uuidOf(t, f.otherTeam))
 
 	list := func(q, key string) ([]string, string) {
 		t.Helper()
@@ -694,4 +696,10 @@ func manyCIDRs(n int) []string {
 		out[i] = fmt.Sprintf("198.51.%d.%d/32", i/256, i%256)
 	}
 	return out
+}
+
+// teamUUID is the store's UUID of a team (for rows the test inserts).
+func teamUUID(id service.TeamID) pgtype.UUID {
+	b, ok := id.UUID()
+	return pgtype.UUID{Bytes: b, Valid: ok}
 }

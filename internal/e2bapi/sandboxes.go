@@ -7,10 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/store"
 )
 
 // Timeout defaults of the create paths (spec §4.3).
@@ -150,7 +147,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Princ
 
 // visible returns a sandbox of p's team that E2B would know (not stopped,
 // failed or lost: those are 404).
-func (h *Handler) visible(r *http.Request, p service.Principal) (pgtype.UUID, service.Sandbox, error) {
+func (h *Handler) visible(r *http.Request, p service.Principal) (service.SandboxID, service.Sandbox, error) {
 	id, err := sandboxID(r)
 	if err != nil {
 		return id, service.Sandbox{}, err
@@ -159,7 +156,7 @@ func (h *Handler) visible(r *http.Request, p service.Principal) (pgtype.UUID, se
 	if err != nil {
 		return id, service.Sandbox{}, err
 	}
-	if _, ok := e2bState(sb.State); !ok {
+	if _, ok := e2bState(string(sb.State)); !ok {
 		return id, service.Sandbox{}, errSandboxNotFound
 	}
 	return id, sb, nil
@@ -378,7 +375,7 @@ func (h *Handler) kill(w http.ResponseWriter, r *http.Request, p service.Princip
 	}
 	// Killed already: 404 (the SDK's kill() then returns false). A failed
 	// or lost one is destroyed, whatever is left of it.
-	if sb.State == store.SandboxStopped {
+	if sb.State == service.StateStopped {
 		h.fail(w, r, errSandboxNotFound)
 		return
 	}
@@ -435,7 +432,7 @@ func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p service.Princi
 		h.fail(w, r, err)
 		return
 	}
-	if state, _ := e2bState(sb.State); state == "paused" {
+	if state, _ := e2bState(string(sb.State)); state == "paused" {
 		h.fail(w, r, &service.Error{Kind: service.ErrConflict, Msg: "the sandbox is already paused"})
 		return
 	}
@@ -469,8 +466,8 @@ func (h *Handler) resume(w http.ResponseWriter, r *http.Request, p service.Princ
 			return
 		}
 	}
-	if sb.State != store.SandboxPaused {
-		h.fail(w, r, &service.Error{Kind: service.ErrConflict, Msg: "the sandbox is " + sb.State + ", not paused"})
+	if sb.State != service.StatePaused {
+		h.fail(w, r, &service.Error{Kind: service.ErrConflict, Msg: "the sandbox is " + string(sb.State) + ", not paused"})
 		return
 	}
 	sb, resumed, err := h.cfg.Sandboxes.Connect(r.Context(), p, id, timeout)

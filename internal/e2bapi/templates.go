@@ -67,7 +67,7 @@ func (h *Handler) metricsMany(w http.ResponseWriter, r *http.Request, p service.
 	out := map[string]metricJSON{}
 	for _, raw := range ids {
 		wire, _, _ := strings.Cut(raw, "-")
-		id, err := wireid.Parse(wireid.Sandbox, wire)
+		id, err := wireid.ParseSandboxID(wire)
 		if err != nil {
 			continue
 		}

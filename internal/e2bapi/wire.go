@@ -1,7 +1,6 @@
 package e2bapi
 
 import (
-	"encoding/json"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdapi"
@@ -127,7 +126,7 @@ var e2bStates = map[string][]string{
 
 func (h *Handler) sandboxOf(sb service.Sandbox) sandboxJSON {
 	out := sandboxJSON{
-		TemplateID: sb.Template, Alias: sb.Template, SandboxID: service.ID(sb.ID), ClientID: clientID,
+		TemplateID: sb.Template, Alias: sb.Template, SandboxID: sb.ID.String(), ClientID: clientID,
 		EnvdVersion: envdapi.Version, EnvdAccessToken: sb.EnvdAccessToken, Domain: h.domain,
 	}
 	if sb.TrafficToken != "" {
@@ -138,27 +137,25 @@ func (h *Handler) sandboxOf(sb service.Sandbox) sandboxJSON {
 }
 
 func listedOf(sb service.Sandbox) listedSandboxJSON {
-	state, _ := e2bState(sb.State)
+	state, _ := e2bState(string(sb.State))
 	out := listedSandboxJSON{
-		TemplateID: sb.Template, Alias: sb.Template, SandboxID: service.ID(sb.ID), ClientID: clientID,
+		TemplateID: sb.Template, Alias: sb.Template, SandboxID: sb.ID.String(), ClientID: clientID,
 		StartedAt: sb.CreatedAt.UTC(), CPUCount: sb.VCPUs, MemoryMB: sb.MemoryMB, DiskSizeMB: sb.DiskMB,
 		State: state, EnvdVersion: envdapi.Version,
 	}
-	if sb.StartedAt.Valid {
-		out.StartedAt = sb.StartedAt.Time.UTC()
+	if !sb.StartedAt.IsZero() {
+		out.StartedAt = sb.StartedAt.UTC()
 	}
 	switch {
-	case sb.EndAt.Valid:
-		out.EndAt = sb.EndAt.Time.UTC()
-	case state == "paused" && sb.PausedAt.Valid:
+	case !sb.EndAt.IsZero():
+		out.EndAt = sb.EndAt.UTC()
+	case state == "paused" && !sb.PausedAt.IsZero():
 		// It stopped running then.
-		out.EndAt = sb.PausedAt.Time.UTC()
+		out.EndAt = sb.PausedAt.UTC()
 	default:
 		out.EndAt = noDeadline
 	}
-	if err := json.Unmarshal(sb.Metadata, &out.Metadata); err != nil || out.Metadata == nil {
-		out.Metadata = map[string]string{}
-	}
+	out.Metadata = sb.Metadata
 	return out
 }
 

@@ -111,7 +111,7 @@ func (f *fixture) sandbox(req service.CreateSandbox) service.Sandbox {
 	// envd's forwarder picks the loopback listener up within a second.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, _ := f.get(service.ID(sb.ID), 8080, "/", map[string]string{"X-API-Key": f.key})
+		resp, _ := f.get(sb.ID.String(), 8080, "/", map[string]string{"X-API-Key": f.key})
 		if resp == 200 {
 			return sb
 		}
@@ -175,7 +175,7 @@ func decodeErr(t *testing.T, body string) errBody {
 func TestProxyAccessRules(t *testing.T) {
 	f := newFixture(t)
 	private := f.sandbox(service.CreateSandbox{})
-	id := service.ID(private.ID)
+	id := private.ID.String()
 	_, otherKey := f.env.Account(t, "other@example.com")
 
 	// The user port of a private sandbox.
@@ -302,7 +302,7 @@ func TestProxyAccessRules(t *testing.T) {
 
 	// A public sandbox's ports are open to anyone; envd's is not.
 	public := f.sandbox(service.CreateSandbox{PublicTraffic: true, TimeoutSec: 600})
-	pid := service.ID(public.ID)
+	pid := public.ID.String()
 	if c, body = f.get(pid, 8080, "/", nil); c != 200 {
 		t.Fatalf("public sandbox: %d %s", c, body)
 	}
@@ -316,8 +316,8 @@ func TestProxyAccessRules(t *testing.T) {
 	if c, _ = f.get(pid, 8080, "/", nil); c != 200 {
 		t.Fatal(c)
 	}
-	if after := row(t, f, public); !after.EndAt.Time.After(before.EndAt.Time) {
-		t.Fatalf("deadline %v → %v after traffic", before.EndAt.Time, after.EndAt.Time)
+	if after := row(t, f, public); !after.EndAt.After(before.EndAt) {
+		t.Fatalf("deadline %v → %v after traffic", before.EndAt, after.EndAt)
 	}
 
 	// Paused: 502, unless created with auto-resume, which traffic resumes
@@ -329,7 +329,7 @@ func TestProxyAccessRules(t *testing.T) {
 		t.Fatalf("paused sandbox: %d %s", c, body)
 	}
 	auto := f.sandbox(service.CreateSandbox{PublicTraffic: true, AutoResume: true})
-	aid := service.ID(auto.ID)
+	aid := auto.ID.String()
 	if _, err := f.env.Sandboxes.Pause(f.ctx, f.team, auto.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +358,7 @@ func TestProxyAccessRules(t *testing.T) {
 	// record before it is resumed. No unauthenticated request (nor a forged
 	// credential, nor envd's open /health) resumes it; a valid one does.
 	sleeper := f.sandbox(service.CreateSandbox{AutoResume: true})
-	sid := service.ID(sleeper.ID)
+	sid := sleeper.ID.String()
 	if _, err := f.env.Sandboxes.Pause(f.ctx, f.team, sleeper.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func row(t *testing.T, f *fixture, sb service.Sandbox) service.Sandbox {
 func TestProxyStreamsAndWebSockets(t *testing.T) {
 	f := newFixture(t)
 	sb := f.sandbox(service.CreateSandbox{PublicTraffic: true, TimeoutSec: 600})
-	host := fmt.Sprintf("8080-%s.%s", service.ID(sb.ID), domain)
+	host := fmt.Sprintf("8080-%s.%s", sb.ID.String(), domain)
 
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
 	if c, body := f.do("POST", host, "/echo", nil, payload); c != 200 || body != string(payload) {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // ServiceResolver is the Resolver over the control plane's services:
@@ -55,7 +54,7 @@ func (t ServiceResolver) APIKeyTeam(ctx context.Context, key string) (string, er
 	if err != nil {
 		return "", err
 	}
-	return wireid.Format(wireid.Team, p.TeamID), nil
+	return p.TeamID.String(), nil
 }
 
 // Touch implements Resolver.

@@ -21,11 +21,11 @@ import (
 // a user (session JWT) acting in one of its teams, or a team's API key.
 type Principal struct {
 	// UserID is the user (invalid for an API key without a creator).
-	UserID pgtype.UUID
+	UserID UserID
 	// TeamID is the team every team-scoped call acts in.
-	TeamID pgtype.UUID
+	TeamID TeamID
 	// APIKeyID is the key used (invalid for a session).
-	APIKeyID pgtype.UUID
+	APIKeyID APIKeyID
 	// Role is the user's role in TeamID (from the database; "" for an API
 	// key).
 	Role string
@@ -119,6 +119,11 @@ type Account struct {
 	User db.User
 	Team db.Team
 	Role string
+}
+
+// Principal is the account's user acting in its team (ActorName unset).
+func (a Account) Principal() Principal {
+	return Principal{UserID: userIDOf(a.User.ID), TeamID: teamIDOf(a.Team.ID), Role: a.Role}
 }
 
 func validateEmail(email string) (string, error) {
@@ -296,7 +301,7 @@ func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal
 	if u.Role == "" {
 		return Principal{}, errorf(ErrUnauthorized, "the session's team is no longer yours")
 	}
-	return Principal{UserID: uid, TeamID: tid, Role: u.Role, ActorName: u.Email}, nil
+	return Principal{UserID: userIDOf(uid), TeamID: teamIDOf(tid), Role: u.Role, ActorName: u.Email}, nil
 }
 
 // AuthenticateAPIKey finds the live key of a live team and records its use
@@ -316,7 +321,7 @@ func (a *Accounts) AuthenticateAPIKey(ctx context.Context, key string) (Principa
 	if k.CreatorDisabledAt.Valid {
 		return Principal{}, errorf(ErrForbidden, "the API key's creator is disabled: ask a platform admin")
 	}
-	return Principal{UserID: k.CreatedBy, TeamID: k.TeamID, APIKeyID: k.ID, ActorName: k.Name}, nil
+	return Principal{UserID: userIDOf(k.CreatedBy), TeamID: teamIDOf(k.TeamID), APIKeyID: apiKeyIDOf(k.ID), ActorName: k.Name}, nil
 }
 
 // NewAPIKey is a created key: Plaintext is shown once and never stored.
@@ -340,12 +345,12 @@ func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
 		k, err = q.CreateAPIKey(ctx, db.CreateAPIKeyParams{
-			TeamID: p.TeamID, Name: name, Prefix: gen.DisplayPrefix, KeyHash: gen.Hash, CreatedBy: p.UserID,
+			TeamID: pgUUID(p.TeamID), Name: name, Prefix: gen.DisplayPrefix, KeyHash: gen.Hash, CreatedBy: pgUUID(p.UserID),
 		})
 		if err != nil {
 			return err
 		}
-		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
+		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
 			ResourceID: wireid.Format(wireid.APIKey, k.ID), Action: "api_key.create", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": name, "prefix": gen.DisplayPrefix}})
 	})
@@ -355,13 +360,13 @@ func (a *Accounts) CreateAPIKey(ctx context.Context, p Principal, name string) (
 	if err != nil {
 		return NewAPIKey{}, fmt.Errorf("create API key: %w", err)
 	}
-	a.log.InfoContext(ctx, "API key created", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, k.ID))
+	a.log.InfoContext(ctx, "API key created", "team", p.TeamID.String(), "key", wireid.Format(wireid.APIKey, k.ID))
 	return NewAPIKey{Key: k, Plaintext: gen.Plaintext}, nil
 }
 
 // ListAPIKeys lists the live keys of p's team, newest first.
 func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKey, error) {
-	ks, err := a.st.Queries().ListAPIKeys(ctx, p.TeamID)
+	ks, err := a.st.Queries().ListAPIKeys(ctx, pgUUID(p.TeamID))
 	if err != nil {
 		return nil, fmt.Errorf("list API keys: %w", err)
 	}
@@ -372,20 +377,20 @@ func (a *Accounts) ListAPIKeys(ctx context.Context, p Principal) ([]db.TeamAPIKe
 // an API key). A member revokes the keys they created; revoking another's
 // key takes the admin or owner role (ErrForbidden; the role is read in the
 // transaction). Another team's key, or a revoked one, is ErrNotFound.
-func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID) error {
+func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id APIKeyID) error {
 	if err := requireUser(p); err != nil {
 		return &Error{Kind: ErrForbidden, Msg: "revoking an API key needs a user session (Authorization: Bearer <session token>), not an API key"}
 	}
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
-		k, err := q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: id, TeamID: p.TeamID})
+		k, err := q.GetAPIKey(ctx, db.GetAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 		if err != nil {
 			return notFound(err, "API key")
 		}
 		if k.RevokedAt.Valid {
 			return errorf(ErrNotFound, "API key not found")
 		}
-		if k.CreatedBy != p.UserID {
-			m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: p.TeamID})
+		if userIDOf(k.CreatedBy) != p.UserID {
+			m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(p.TeamID)})
 			if err != nil {
 				return notFound(err, "API key")
 			}
@@ -393,17 +398,17 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, p Principal, id pgtype.UUID
 				return errorf(ErrForbidden, "revoking an API key that another member created needs the admin or owner role")
 			}
 		}
-		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: id, TeamID: p.TeamID}); err != nil {
+		if _, err := q.RevokeAPIKey(ctx, db.RevokeAPIKeyParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)}); err != nil {
 			return notFound(err, "API key")
 		}
-		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "api_key",
-			ResourceID: wireid.Format(wireid.APIKey, id), Action: "api_key.revoke", Scope: ScopeAdmin,
+		return a.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "api_key",
+			ResourceID: id.String(), Action: "api_key.revoke", Scope: ScopeAdmin,
 			Metadata: map[string]any{"name": k.Name}})
 	})
 	if err != nil {
 		return err
 	}
-	a.log.InfoContext(ctx, "API key revoked", "team", wireid.Format(wireid.Team, p.TeamID), "key", wireid.Format(wireid.APIKey, id))
+	a.log.InfoContext(ctx, "API key revoked", "team", p.TeamID.String(), "key", id.String())
 	return nil
 }
 

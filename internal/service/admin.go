@@ -81,10 +81,10 @@ func checkEnabled(u db.User) error {
 // authorize returns p's user when it is an active platform admin, read
 // with q (in a transaction: FOR SHARE until it ends); else ErrForbidden.
 func (a *Admin) authorize(ctx context.Context, q *db.Queries, p Principal) (db.User, error) {
-	if !p.UserID.Valid || p.APIKeyID.Valid {
+	if p.UserID.IsZero() || !p.APIKeyID.IsZero() {
 		return db.User{}, errNotPlatformAdmin
 	}
-	u, err := q.GetActiveAdmin(ctx, p.UserID)
+	u, err := q.GetActiveAdmin(ctx, pgUUID(p.UserID))
 	if errors.Is(err, store.ErrNotFound) {
 		return db.User{}, errNotPlatformAdmin
 	}
@@ -179,7 +179,7 @@ func (a *Admin) SetTeamBYOC(ctx context.Context, p Principal, id pgtype.UUID, en
 	if err != nil {
 		return db.Team{}, err
 	}
-	a.log.InfoContext(ctx, "team BYOC set", "team", teamID(id), "byoc", enabled, "user", userID(p.UserID))
+	a.log.InfoContext(ctx, "team BYOC set", "team", teamID(id), "byoc", enabled, "user", p.UserID.String())
 	return out, nil
 }
 
@@ -260,7 +260,7 @@ func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, id pgtype.UUID
 			return notFound(err, "user")
 		}
 		if disabled {
-			if id == p.UserID {
+			if userIDOf(id) == p.UserID {
 				return errorf(ErrConflict, "you cannot disable your own account")
 			}
 			if u.IsAdmin && !u.DisabledAt.Valid && len(admins) <= 1 {
@@ -280,7 +280,7 @@ func (a *Admin) SetUserDisabled(ctx context.Context, p Principal, id pgtype.UUID
 	if err != nil {
 		return db.User{}, err
 	}
-	a.log.InfoContext(ctx, "user disabled set", "target", userID(id), "disabled", disabled, "user", userID(p.UserID))
+	a.log.InfoContext(ctx, "user disabled set", "target", userID(id), "disabled", disabled, "user", p.UserID.String())
 	return out, nil
 }
 
@@ -346,5 +346,5 @@ func (a *Admin) Sandboxes(ctx context.Context, p Principal, f ListFilter) (items
 	if err := a.Authorize(ctx, p); err != nil {
 		return nil, "", err
 	}
-	return a.sandboxes.List(ctx, Principal{UserID: p.UserID, TeamID: store.PlatformTeamID, ActorName: p.ActorName}, f)
+	return a.sandboxes.List(ctx, Principal{UserID: p.UserID, TeamID: teamIDOf(store.PlatformTeamID), ActorName: p.ActorName}, f)
 }

@@ -52,11 +52,11 @@ var SystemActor = Actor{Type: ActorSystem, ID: "system", Name: "system"}
 // Actor returns who p is for the audit log: the API key when one was used,
 // else the user.
 func (p Principal) Actor() Actor {
-	if p.APIKeyID.Valid {
-		return Actor{Type: ActorAPIKey, ID: wireid.Format(wireid.APIKey, p.APIKeyID), Name: p.ActorName}
+	if !p.APIKeyID.IsZero() {
+		return Actor{Type: ActorAPIKey, ID: p.APIKeyID.String(), Name: p.ActorName}
 	}
-	if p.UserID.Valid {
-		return Actor{Type: ActorUser, ID: wireid.Format(wireid.User, p.UserID), Name: p.ActorName}
+	if !p.UserID.IsZero() {
+		return Actor{Type: ActorUser, ID: p.UserID.String(), Name: p.ActorName}
 	}
 	return SystemActor
 }
@@ -199,10 +199,10 @@ func (a *Audit) List(ctx context.Context, p Principal, f AuditFilter) (items []d
 		return nil, "", err
 	}
 	params := db.ListAuditLogsParams{
-		TeamID: p.TeamID, Scopes: []string{ScopeTeam}, ResourceTypes: orEmptySlice(f.ResourceTypes),
+		TeamID: pgUUID(p.TeamID), Scopes: []string{ScopeTeam}, ResourceTypes: orEmptySlice(f.ResourceTypes),
 		Actions: orEmptySlice(f.Actions), PageSize: int32(f.Limit) + 1,
 	}
-	if p.IsTeamAdmin() && !p.APIKeyID.Valid {
+	if p.IsTeamAdmin() && p.APIKeyID.IsZero() {
 		params.Scopes = []string{}
 	}
 	if f.Cursor != "" {

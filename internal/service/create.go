@@ -18,7 +18,6 @@ import (
 	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // CreateSandbox is a create request; zero values take the defaults.
@@ -136,7 +135,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err := req.normalize(); err != nil {
 		return Sandbox{}, err
 	}
-	tpl, err := s.resolveTemplate(ctx, p.TeamID, req.Template)
+	tpl, err := s.resolveTemplate(ctx, pgUUID(p.TeamID), req.Template)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -160,7 +159,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
-	team, err := s.st.Queries().GetTeam(ctx, p.TeamID)
+	team, err := s.st.Queries().GetTeam(ctx, pgUUID(p.TeamID))
 	if err != nil {
 		return Sandbox{}, notFound(err, "team")
 	}
@@ -172,7 +171,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	}
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
-		t, err := q.LockTeam(ctx, p.TeamID)
+		t, err := q.LockTeam(ctx, pgUUID(p.TeamID))
 		if err != nil {
 			return notFound(err, "team")
 		}
@@ -184,16 +183,16 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			return err
 		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{
-			ID: newID, TeamID: p.TeamID, HostID: hostID, Template: req.Template, State: store.SandboxStarting,
+			ID: newID, TeamID: pgUUID(p.TeamID), HostID: hostID, Template: req.Template, State: store.SandboxStarting,
 			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
-			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: p.UserID,
+			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: pgUUID(p.UserID),
 			AutoPause: req.AutoPause == nil || *req.AutoPause, AutoResume: req.AutoResume, AllowPublicTraffic: req.PublicTraffic,
 		})
 		if err != nil {
 			return fmt.Errorf("insert sandbox: %w", err)
 		}
 		if netJSON != nil {
-			if row, err = q.SetSandboxNetwork(ctx, db.SetSandboxNetworkParams{ID: row.ID, TeamID: p.TeamID, Network: netJSON, AllowInternetAccess: internet}); err != nil {
+			if row, err = q.SetSandboxNetwork(ctx, db.SetSandboxNetworkParams{ID: row.ID, TeamID: pgUUID(p.TeamID), Network: netJSON, AllowInternetAccess: internet}); err != nil {
 				return fmt.Errorf("sandbox network: %w", err)
 			}
 		}
@@ -203,7 +202,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return Sandbox{}, err
 	}
 	id := ID(row.ID)
-	log := s.log.With("sandbox", id, "team", wireid.Format(wireid.Team, p.TeamID), "host", s.hostKey(row.HostID))
+	log := s.log.With("sandbox", id, "team", p.TeamID.String(), "host", s.hostKey(row.HostID))
 	fail := func(cause error) (Sandbox, error) {
 		// The request may be gone; the bookkeeping must still happen.
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -217,7 +216,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			}
 		}
 		log.WarnContext(ctx, "sandbox create failed", "err", cause)
-		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+		s.audit.RecordAfter(bg, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 			Status: AuditError, Metadata: map[string]any{"template": req.Template, "error": PublicText(cause)}})
 		return Sandbox{}, cause
 	}
@@ -252,7 +251,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	// The running state and the audit record commit together (one commit
 	// less on the request's path).
 	row, err = s.persistRunning(ctx, row.ID, store.SandboxStarting, created, func(q *db.Queries) error {
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
+		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id, Action: "sandbox.create",
 			Metadata: map[string]any{"template": req.Template, "vcpus": req.VCPUs, "memory_mb": req.MemoryMB}})
 	})
 	if err != nil {

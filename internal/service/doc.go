@@ -6,6 +6,14 @@
 // team's resources, the caller's Principal: a resource of another team is
 // ErrNotFound, never ErrForbidden, so its existence does not leak.
 //
+// The service speaks its own vocabulary, not the store's: typed IDs
+// (SandboxID, TeamID, UserID, APIKeyID, InvitationID: package wireid's, so
+// that the API, the E2B facade and the proxy share them without importing
+// the store) and its own Sandbox, built from the row by sandboxOf. The
+// store's UUIDs meet the typed IDs only in pgUUID and the …IDOf
+// conversions. (Hosts, templates and the admin calls still take the
+// store's UUIDs.)
+//
 // Errors are classified with the error classes of package errdefs
 // (errors.go names them; test with errors.Is): an *Error carries a public
 // message and a cause for the logs; anything else is an internal error

@@ -17,7 +17,6 @@ import (
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -150,7 +149,7 @@ func GuestPath(p string) (string, error) {
 // running returns a running sandbox of p's team and the client of its
 // host agent: every exec and file operation goes through it. Another
 // team's sandbox is ErrNotFound; one that is not running ErrConflict.
-func (s *Sandboxes) running(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, *agentclient.Client, error) {
+func (s *Sandboxes) running(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, *agentclient.Client, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return db.Sandbox{}, nil, err
@@ -171,7 +170,7 @@ func (s *Sandboxes) running(ctx context.Context, p Principal, id pgtype.UUID) (d
 
 // CheckRunning reports, as running would, whether a sandbox of p's team
 // runs: the exec stream asks before it upgrades the connection.
-func (s *Sandboxes) CheckRunning(ctx context.Context, p Principal, id pgtype.UUID) error {
+func (s *Sandboxes) CheckRunning(ctx context.Context, p Principal, id SandboxID) error {
 	_, _, err := s.running(ctx, p, id)
 	return err
 }
@@ -239,7 +238,7 @@ type ExecResult struct {
 // Run runs a command in a running sandbox of p's team to its end, with
 // stdin (nil: none), and collects its output (MaxExecOutput of each
 // stream). When ctx ends first the process is killed.
-func (s *Sandboxes) Run(ctx context.Context, p Principal, id pgtype.UUID, cmd ExecCommand, stdin []byte, withStdin bool) (ExecResult, error) {
+func (s *Sandboxes) Run(ctx context.Context, p Principal, id SandboxID, cmd ExecCommand, stdin []byte, withStdin bool) (ExecResult, error) {
 	if err := cmd.normalize(DefaultExecTimeoutSec, MaxExecTimeoutSec); err != nil {
 		return ExecResult{}, err
 	}
@@ -297,7 +296,7 @@ type PTYSize struct{ Cols, Rows uint32 }
 // once it runs. stdin keeps its input open for SendInput; pty, when not
 // nil, runs it on a terminal. The caller reads its events with Next and
 // must Close it, which kills the process unless it has ended.
-func (s *Sandboxes) StartExec(ctx context.Context, p Principal, id pgtype.UUID, cmd ExecCommand, stdin bool, pty *PTYSize) (*Process, error) {
+func (s *Sandboxes) StartExec(ctx context.Context, p Principal, id SandboxID, cmd ExecCommand, stdin bool, pty *PTYSize) (*Process, error) {
 	if err := cmd.normalize(0, MaxStreamTimeoutSec); err != nil {
 		return nil, err
 	}
@@ -314,12 +313,12 @@ func validPTY(sz *PTYSize) error {
 	return nil
 }
 
-func (s *Sandboxes) startExec(ctx context.Context, p Principal, id pgtype.UUID, cmd ExecCommand, stdin bool, pty *PTYSize) (*Process, error) {
+func (s *Sandboxes) startExec(ctx context.Context, p Principal, id SandboxID, cmd ExecCommand, stdin bool, pty *PTYSize) (*Process, error) {
 	_, c, err := s.running(ctx, p, id)
 	if err != nil {
 		return nil, err
 	}
-	req := &pb.ExecRequest{SandboxId: ID(id), Envs: cmd.Env, Cwd: cmd.Cwd, User: cmd.User, Stdin: stdin}
+	req := &pb.ExecRequest{SandboxId: id.String(), Envs: cmd.Env, Cwd: cmd.Cwd, User: cmd.User, Stdin: stdin}
 	if cmd.Cmd != "" {
 		req.Cmd, req.Args = "/bin/sh", []string{"-c", cmd.Cmd}
 	} else {
@@ -338,7 +337,7 @@ func (s *Sandboxes) startExec(ctx context.Context, p Principal, id pgtype.UUID, 
 		cancel()
 		return nil, guestError(err, "exec")
 	}
-	pr := &Process{c: c, sandbox: ID(id), stream: stream, cancel: cancel, bg: context.WithoutCancel(ctx), log: s.log, pty: pty != nil}
+	pr := &Process{c: c, sandbox: id.String(), stream: stream, cancel: cancel, bg: context.WithoutCancel(ctx), log: s.log, pty: pty != nil}
 	// The first event is the start, with the pid.
 	for stream.Receive() {
 		if st := stream.Msg().GetStarted(); st != nil {

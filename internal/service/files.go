@@ -11,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
@@ -81,7 +80,7 @@ func fileArgs(p, user string) (string, error) {
 // WriteFile streams r into the file at the absolute guest path p of a
 // running sandbox of p's team (created or replaced, parents created),
 // owned by user (empty: the sandbox's default user).
-func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id pgtype.UUID, filePath, user string, r io.Reader) (FileInfo, error) {
+func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id SandboxID, filePath, user string, r io.Reader) (FileInfo, error) {
 	filePath, err := fileArgs(filePath, user)
 	if err != nil {
 		return FileInfo{}, err
@@ -90,7 +89,7 @@ func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id pgtype.UUID, 
 	if err != nil {
 		return FileInfo{}, err
 	}
-	return writeFile(ctx, c, ID(id), filePath, user, r, make([]byte, uploadChunk))
+	return writeFile(ctx, c, id.String(), filePath, user, r, make([]byte, uploadChunk))
 }
 
 // FilePart is the next file of a multi-file upload: its name relative to
@@ -101,7 +100,7 @@ type FilePart func() (name string, content io.Reader, err error)
 // absolute guest directory dir. A part's name must be relative and stay
 // below dir (no ".." element). The first failure stops the upload; the
 // files written before it stay.
-func (s *Sandboxes) WriteFiles(ctx context.Context, p Principal, id pgtype.UUID, dir, user string, next FilePart) ([]FileInfo, error) {
+func (s *Sandboxes) WriteFiles(ctx context.Context, p Principal, id SandboxID, dir, user string, next FilePart) ([]FileInfo, error) {
 	dir, err := fileArgs(dir, user)
 	if err != nil {
 		return nil, fmt.Errorf("dir: %w", err)
@@ -124,7 +123,7 @@ func (s *Sandboxes) WriteFiles(ctx context.Context, p Principal, id pgtype.UUID,
 		if err != nil {
 			return nil, err
 		}
-		fi, err := writeFile(ctx, c, ID(id), path.Join(dir, rel), user, content, buf)
+		fi, err := writeFile(ctx, c, id.String(), path.Join(dir, rel), user, content, buf)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", rel, err)
 		}
@@ -255,7 +254,7 @@ func (f *FileReader) Close() error {
 // ReadFile opens the file at the absolute guest path filePath of a running
 // sandbox of p's team, read as user (empty: the sandbox's default user).
 // A missing file is ErrNotFound, a directory ErrInvalid, before any byte.
-func (s *Sandboxes) ReadFile(ctx context.Context, p Principal, id pgtype.UUID, filePath, user string) (*FileReader, error) {
+func (s *Sandboxes) ReadFile(ctx context.Context, p Principal, id SandboxID, filePath, user string) (*FileReader, error) {
 	filePath, err := fileArgs(filePath, user)
 	if err != nil {
 		return nil, err
@@ -265,7 +264,7 @@ func (s *Sandboxes) ReadFile(ctx context.Context, p Principal, id pgtype.UUID, f
 		return nil, err
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	st, err := c.ReadFile(rctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: ID(id), Path: filePath, User: user}))
+	st, err := c.ReadFile(rctx, connect.NewRequest(&pb.ReadFileRequest{SandboxId: id.String(), Path: filePath, User: user}))
 	if err != nil {
 		cancel()
 		return nil, guestError(err, "read file")
@@ -290,7 +289,7 @@ func (s *Sandboxes) ReadFile(ctx context.Context, p Principal, id pgtype.UUID, f
 
 // ListDir lists the guest directory dirPath of a running sandbox of p's
 // team, depth levels deep (0: 1; at most MaxListDepth), as user.
-func (s *Sandboxes) ListDir(ctx context.Context, p Principal, id pgtype.UUID, dirPath, user string, depth int) ([]FileEntry, error) {
+func (s *Sandboxes) ListDir(ctx context.Context, p Principal, id SandboxID, dirPath, user string, depth int) ([]FileEntry, error) {
 	dirPath, err := fileArgs(dirPath, user)
 	if err != nil {
 		return nil, err
@@ -302,7 +301,7 @@ func (s *Sandboxes) ListDir(ctx context.Context, p Principal, id pgtype.UUID, di
 	if err != nil {
 		return nil, err
 	}
-	res, err := c.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{SandboxId: ID(id), Path: dirPath, Depth: uint32(max(depth, 1)), User: user}))
+	res, err := c.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{SandboxId: id.String(), Path: dirPath, Depth: uint32(max(depth, 1)), User: user}))
 	if errors.Is(err, agentclient.ErrCapacity) {
 		// The answer exceeds the agent's message size.
 		return nil, &Error{Kind: ErrInvalid, Msg: "the listing is too large: list fewer levels", Err: err}
@@ -320,7 +319,7 @@ func (s *Sandboxes) ListDir(ctx context.Context, p Principal, id pgtype.UUID, di
 // MakeDir creates the guest directory dirPath and its missing parents in a
 // running sandbox of p's team, owned by user. An existing directory is
 // ErrConflict; an existing file ErrInvalid.
-func (s *Sandboxes) MakeDir(ctx context.Context, p Principal, id pgtype.UUID, dirPath, user string) (FileEntry, error) {
+func (s *Sandboxes) MakeDir(ctx context.Context, p Principal, id SandboxID, dirPath, user string) (FileEntry, error) {
 	dirPath, err := fileArgs(dirPath, user)
 	if err != nil {
 		return FileEntry{}, err
@@ -329,7 +328,7 @@ func (s *Sandboxes) MakeDir(ctx context.Context, p Principal, id pgtype.UUID, di
 	if err != nil {
 		return FileEntry{}, err
 	}
-	res, err := c.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{SandboxId: ID(id), Path: dirPath, User: user}))
+	res, err := c.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{SandboxId: id.String(), Path: dirPath, User: user}))
 	if err != nil {
 		return FileEntry{}, guestError(err, "make directory")
 	}
@@ -339,7 +338,7 @@ func (s *Sandboxes) MakeDir(ctx context.Context, p Principal, id pgtype.UUID, di
 // RemoveFile removes the guest file or directory (recursively) at
 // filePath of a running sandbox of p's team. Nothing there is ErrNotFound;
 // "/" cannot be removed.
-func (s *Sandboxes) RemoveFile(ctx context.Context, p Principal, id pgtype.UUID, filePath, user string) error {
+func (s *Sandboxes) RemoveFile(ctx context.Context, p Principal, id SandboxID, filePath, user string) error {
 	filePath, err := fileArgs(filePath, user)
 	if err != nil {
 		return err
@@ -351,7 +350,7 @@ func (s *Sandboxes) RemoveFile(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		return err
 	}
-	if _, err := c.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{SandboxId: ID(id), Path: filePath, User: user})); err != nil {
+	if _, err := c.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{SandboxId: id.String(), Path: filePath, User: user})); err != nil {
 		return guestError(err, "remove")
 	}
 	return nil

@@ -255,14 +255,14 @@ func (h *Hosts) access(ctx context.Context, q *db.Queries, p Principal, id pgtyp
 	if err != nil {
 		return db.Host{}, fmt.Errorf("get host: %w", err)
 	}
-	admin, err := isPlatformAdmin(ctx, q, p.UserID)
+	admin, err := isPlatformAdmin(ctx, q, pgUUID(p.UserID))
 	if err != nil || admin {
 		return row, err
 	}
-	if row.TeamID == store.PlatformTeamID || row.TeamID != p.TeamID {
+	if row.TeamID == store.PlatformTeamID || teamIDOf(row.TeamID) != p.TeamID {
 		return db.Host{}, errHostNotFound
 	}
-	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: row.TeamID})
+	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: row.TeamID})
 	if errors.Is(err, store.ErrNotFound) {
 		return db.Host{}, errHostNotFound
 	}
@@ -297,7 +297,7 @@ func (h *Hosts) Create(ctx context.Context, p Principal, req CreateHost) (NewHos
 	tok := h.tokens.NewRegistrationToken()
 	var row db.Host
 	err = h.st.Tx(ctx, func(q *db.Queries) error {
-		admin, err := isPlatformAdmin(ctx, q, p.UserID)
+		admin, err := isPlatformAdmin(ctx, q, pgUUID(p.UserID))
 		if err != nil {
 			return err
 		}
@@ -307,14 +307,14 @@ func (h *Hosts) Create(ctx context.Context, p Principal, req CreateHost) (NewHos
 				return errorf(ErrForbidden, "only platform administrators create regular hosts")
 			}
 		} else {
-			t, err := q.LockTeam(ctx, p.TeamID)
+			t, err := q.LockTeam(ctx, pgUUID(p.TeamID))
 			if errors.Is(err, store.ErrNotFound) {
 				return errTeamNotFound
 			}
 			if err != nil {
 				return fmt.Errorf("lock team: %w", err)
 			}
-			m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: p.TeamID})
+			m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(p.TeamID)})
 			if errors.Is(err, store.ErrNotFound) {
 				return errTeamNotFound
 			}
@@ -330,7 +330,7 @@ func (h *Hosts) Create(ctx context.Context, p Principal, req CreateHost) (NewHos
 			team = t.ID
 		}
 		row, err = q.CreateHostRecord(ctx, db.CreateHostRecordParams{TeamID: team, Name: req.Name, Address: addr, Tags: tags,
-			TokenHash: tok.Hash, TokenExpiresAt: tok.ExpiresAt, CreatedBy: p.UserID})
+			TokenHash: tok.Hash, TokenExpiresAt: tok.ExpiresAt, CreatedBy: pgUUID(p.UserID)})
 		if errors.Is(err, store.ErrConflict) {
 			return errorf(ErrConflict, "a host named %q exists", req.Name)
 		}
@@ -379,7 +379,7 @@ func (h *Hosts) List(ctx context.Context, p Principal) ([]Host, error) {
 		return nil, err
 	}
 	q := h.st.Queries()
-	admin, err := isPlatformAdmin(ctx, q, p.UserID)
+	admin, err := isPlatformAdmin(ctx, q, pgUUID(p.UserID))
 	if err != nil {
 		return nil, err
 	}
@@ -387,15 +387,15 @@ func (h *Hosts) List(ctx context.Context, p Principal) ([]Host, error) {
 	switch {
 	case admin:
 		rows, err = q.ListAllHosts(ctx)
-	case !p.TeamID.Valid || p.TeamID == store.PlatformTeamID:
+	case p.TeamID.IsZero() || p.TeamID == teamIDOf(store.PlatformTeamID):
 		rows = nil
 	default:
-		if _, err = q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: p.TeamID}); errors.Is(err, store.ErrNotFound) {
+		if _, err = q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(p.TeamID)}); errors.Is(err, store.ErrNotFound) {
 			return []Host{}, nil
 		} else if err != nil {
 			return nil, fmt.Errorf("membership: %w", err)
 		}
-		rows, err = q.ListTeamHosts(ctx, p.TeamID)
+		rows, err = q.ListTeamHosts(ctx, pgUUID(p.TeamID))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)

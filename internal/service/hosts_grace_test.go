@@ -56,7 +56,7 @@ func newGraceEnv(t *testing.T) *graceEnv {
 	if err := st.Queries().SetUserAdmin(ctx, db.SetUserAdminParams{ID: a.User.ID, IsAdmin: true}); err != nil {
 		t.Fatal(err)
 	}
-	return &graceEnv{st: st, hosts: s.Hosts, admin: Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role}}
+	return &graceEnv{st: st, hosts: s.Hosts, admin: a.Principal()}
 }
 
 // register creates a regular host and registers it: its first credentials.

@@ -38,7 +38,7 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
-	if sb.State != store.SandboxRunning || sb.EnvdURL == "" || !sb.EndAt.Valid || sb.EnvdAccessToken == "" {
+	if sb.State != store.SandboxRunning || sb.EnvdURL == "" || sb.EndAt.IsZero() || sb.EnvdAccessToken == "" {
 		t.Fatalf("created: %+v", sb)
 	}
 	// envd answers, and wants the access token the service derived.
@@ -86,7 +86,7 @@ func TestSandboxLifecycleRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(sb2.ID)})); err != nil {
+	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: sb2.ID.String()})); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.sbx.Destroy(ctx, p, sb2.ID); err != nil {

@@ -122,7 +122,7 @@ func invitationID(id pgtype.UUID) string { return wireid.Format(wireid.Invitatio
 // owners invite; only owners invite owners. An address registered already
 // is ErrConflict (add that user as a member instead). The token is
 // returned once; only its SHA-256 is stored.
-func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id pgtype.UUID, email, role string, ttl time.Duration) (NewInvitation, error) {
+func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id TeamID, email, role string, ttl time.Duration) (NewInvitation, error) {
 	if err := requireUser(p); err != nil {
 		return NewInvitation{}, err
 	}
@@ -141,7 +141,7 @@ func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id pgtype.UUI
 	}
 	var out NewInvitation
 	err = t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lockAdmin(ctx, q, p, id, "inviting")
+		_, m, err := lockAdmin(ctx, q, p, pgUUID(id), "inviting")
 		if err != nil {
 			return err
 		}
@@ -154,37 +154,37 @@ func (t *Teams) CreateInvitation(ctx context.Context, p Principal, id pgtype.UUI
 			return fmt.Errorf("find user: %w", err)
 		}
 		tok := auth.NewInvitationToken(t.now().Add(ttl))
-		inv, err := q.CreateInvitation(ctx, db.CreateInvitationParams{TeamID: id, Email: email, Role: role,
-			TokenHash: tok.Hash, CreatedBy: p.UserID, ExpiresAt: tok.ExpiresAt})
+		inv, err := q.CreateInvitation(ctx, db.CreateInvitationParams{TeamID: pgUUID(id), Email: email, Role: role,
+			TokenHash: tok.Hash, CreatedBy: pgUUID(p.UserID), ExpiresAt: tok.ExpiresAt})
 		if err != nil {
 			return fmt.Errorf("create invitation: %w", err)
 		}
 		out = NewInvitation{Invitation: inv, Token: tok.Plaintext}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
+		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
 			Action: "invitation.create", Metadata: map[string]any{"email": email, "role": role, "expires_at": tok.ExpiresAt.UTC()}})
 	})
 	if err != nil {
 		return NewInvitation{}, err
 	}
-	t.log.InfoContext(ctx, "invitation created", "team", teamID(id), "invitation", invitationID(out.Invitation.ID))
+	t.log.InfoContext(ctx, "invitation created", "team", id.String(), "invitation", invitationID(out.Invitation.ID))
 	return out, nil
 }
 
 // Invitations lists a team's invitations, newest first (admins and
 // owners; ErrForbidden for a member).
-func (t *Teams) Invitations(ctx context.Context, p Principal, id pgtype.UUID) ([]Invitation, error) {
+func (t *Teams) Invitations(ctx context.Context, p Principal, id TeamID) ([]Invitation, error) {
 	if err := requireUser(p); err != nil {
 		return nil, err
 	}
 	q := t.st.Queries()
-	m, err := membership(ctx, q, p, id)
+	m, err := membership(ctx, q, p, pgUUID(id))
 	if err != nil {
 		return nil, err
 	}
 	if !adminRole(m.Role) {
 		return nil, errorf(ErrForbidden, "listing invitations needs the admin or owner role")
 	}
-	invs, err := q.ListInvitations(ctx, id)
+	invs, err := q.ListInvitations(ctx, pgUUID(id))
 	if err != nil {
 		return nil, fmt.Errorf("list invitations: %w", err)
 	}
@@ -193,20 +193,20 @@ func (t *Teams) Invitations(ctx context.Context, p Principal, id pgtype.UUID) ([
 
 // RevokeInvitation deletes an invitation not yet redeemed (admins and
 // owners); a redeemed one, or another team's, is ErrNotFound.
-func (t *Teams) RevokeInvitation(ctx context.Context, p Principal, id, invitation pgtype.UUID) error {
+func (t *Teams) RevokeInvitation(ctx context.Context, p Principal, id TeamID, invitation InvitationID) error {
 	if err := requireUser(p); err != nil {
 		return err
 	}
 	return t.st.Tx(ctx, func(q *db.Queries) error {
-		_, _, err := lockAdmin(ctx, q, p, id, "revoking invitations")
+		_, _, err := lockAdmin(ctx, q, p, pgUUID(id), "revoking invitations")
 		if err != nil {
 			return err
 		}
-		inv, err := q.DeletePendingInvitation(ctx, db.DeletePendingInvitationParams{ID: invitation, TeamID: id})
+		inv, err := q.DeletePendingInvitation(ctx, db.DeletePendingInvitationParams{ID: pgUUID(invitation), TeamID: pgUUID(id)})
 		if err != nil {
 			return notFound(err, "invitation")
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
+		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "invitation", ResourceID: invitationID(inv.ID),
 			Action: "invitation.revoke", Metadata: map[string]any{"email": inv.Email, "role": inv.Role}})
 	})
 }

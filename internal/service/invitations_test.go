@@ -51,7 +51,7 @@ func TestSignupPolicyService(t *testing.T) {
 				t.Fatalf("bootstrap admin: %+v, %v", admin, err)
 			}
 			// The admin's key (as capsule serve makes it) works.
-			p := Principal{UserID: admin.User.ID, TeamID: admin.Team.ID, Role: admin.Role}
+			p := Principal{UserID: userIDOf(admin.User.ID), TeamID: teamIDOf(admin.Team.ID), Role: admin.Role}
 			k, err := a.CreateAPIKey(ctx, p, "admin")
 			if err != nil {
 				t.Fatal(err)
@@ -80,7 +80,7 @@ func TestAPIKeyPrincipalRefused(t *testing.T) {
 	if _, err := e.acc.CreateAPIKey(ctx, kp, "minted"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("create with a key: %v", err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, kp, k.Key.ID); !errors.Is(err, ErrForbidden) {
+	if err := e.acc.RevokeAPIKey(ctx, kp, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("revoke with a key: %v", err)
 	}
 	if ks, _ := e.acc.ListAPIKeys(ctx, p); len(ks) != 1 {

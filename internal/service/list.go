@@ -16,8 +16,8 @@ import (
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
-func (s *Sandboxes) get(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, error) {
-	row, err := s.st.Queries().GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: p.TeamID})
+func (s *Sandboxes) get(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, error) {
+	row, err := s.st.Queries().GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	if err != nil {
 		return db.Sandbox{}, notFound(err, "sandbox")
 	}
@@ -26,7 +26,7 @@ func (s *Sandboxes) get(ctx context.Context, p Principal, id pgtype.UUID) (db.Sa
 
 // Get returns a sandbox of p's team, a running one with its envd address
 // (from the record: no agent round trip).
-func (s *Sandboxes) Get(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+func (s *Sandboxes) Get(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, err
@@ -68,7 +68,7 @@ func (s *Sandboxes) List(ctx context.Context, p Principal, f ListFilter) (items 
 	if f.Limit == 0 {
 		f.Limit = defaultPageSize
 	}
-	params := db.ListSandboxesParams{TeamID: p.TeamID, States: f.States, PageSize: int32(f.Limit) + 1}
+	params := db.ListSandboxesParams{TeamID: pgUUID(p.TeamID), States: f.States, PageSize: int32(f.Limit) + 1}
 	if params.States == nil {
 		params.States = []string{}
 	}

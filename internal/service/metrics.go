@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -32,7 +30,7 @@ type Metric struct {
 // then a coarser one, then a finer one, when that has nothing there. A stopped, failed or lost
 // sandbox is not found. Reading is not activity: it does not push the
 // sandbox's TTL.
-func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, start, end time.Time) ([]Metric, error) {
+func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id SandboxID, start, end time.Time) ([]Metric, error) {
 	row, err := s.metricsRow(ctx, p, id)
 	if err != nil {
 		return nil, err
@@ -79,7 +77,7 @@ func (s *Sandboxes) Metrics(ctx context.Context, p Principal, id pgtype.UUID, st
 // at least now + sec (sec 0: now + its own timeout, as activity does); it
 // is never brought earlier. A sandbox that is not running is not found
 // (there is nothing to keep alive).
-func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, sec int32) (Sandbox, error) {
+func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id SandboxID, sec int32) (Sandbox, error) {
 	if sec < 0 || sec > maxTimeoutSec {
 		return Sandbox{}, errorf(ErrInvalid, "duration: 0 to %d seconds", maxTimeoutSec)
 	}
@@ -88,9 +86,9 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, se
 		err error
 	)
 	if sec == 0 {
-		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: id, TeamID: p.TeamID})
+		row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	} else {
-		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: sec})
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: sec})
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return Sandbox{}, errorf(ErrNotFound, "sandbox not found or not running")
@@ -98,6 +96,6 @@ func (s *Sandboxes) Refresh(ctx context.Context, p Principal, id pgtype.UUID, se
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("refresh: %w", err)
 	}
-	s.noteTouched(id, s.now())
+	s.noteTouched(pgUUID(id), s.now())
 	return s.view(row, nil), nil
 }

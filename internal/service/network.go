@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/egress"
@@ -57,7 +56,7 @@ func rulesToProto(r egress.Rules) *pb.NetworkRules {
 }
 
 // GetNetwork returns the egress rules of a sandbox of p's team.
-func (s *Sandboxes) GetNetwork(ctx context.Context, p Principal, id pgtype.UUID) (egress.Rules, error) {
+func (s *Sandboxes) GetNetwork(ctx context.Context, p Principal, id SandboxID) (egress.Rules, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return egress.Rules{}, err
@@ -73,7 +72,7 @@ func (s *Sandboxes) GetNetwork(ctx context.Context, p Principal, id pgtype.UUID)
 // running sandbox within the call, open connections included — then the
 // record keeps them. A destroyed sandbox is not found; one in error or
 // whose host lost it is a conflict.
-func (s *Sandboxes) SetNetwork(ctx context.Context, p Principal, id pgtype.UUID, r egress.Rules) (egress.Rules, error) {
+func (s *Sandboxes) SetNetwork(ctx context.Context, p Principal, id SandboxID, r egress.Rules) (egress.Rules, error) {
 	if err := CheckNetwork(r); err != nil {
 		return egress.Rules{}, err
 	}
@@ -95,24 +94,24 @@ func (s *Sandboxes) SetNetwork(ctx context.Context, p Principal, id pgtype.UUID,
 	if err != nil {
 		return egress.Rules{}, err
 	}
-	if _, err := c.SetSandboxNetwork(ctx, connect.NewRequest(&pb.SetSandboxNetworkRequest{SandboxId: ID(id), Network: rulesToProto(r)})); err != nil {
+	if _, err := c.SetSandboxNetwork(ctx, connect.NewRequest(&pb.SetSandboxNetworkRequest{SandboxId: id.String(), Network: rulesToProto(r)})); err != nil {
 		return egress.Rules{}, agentError(err, "set network")
 	}
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
-		if _, err := q.SetSandboxNetwork(ctx, db.SetSandboxNetworkParams{ID: id, TeamID: p.TeamID, Network: js, AllowInternetAccess: r.AllowInternet}); err != nil {
+		if _, err := q.SetSandboxNetwork(ctx, db.SetSandboxNetworkParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), Network: js, AllowInternetAccess: r.AllowInternet}); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				return notFound(err, "sandbox")
 			}
 			return fmt.Errorf("set network: %w", err)
 		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id),
+		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
 			Action: "sandbox.set_network", Metadata: map[string]any{"allow_internet": r.AllowInternet,
 				"allow_out": len(r.AllowOut), "deny_out": len(r.DenyOut)}})
 	})
 	if err != nil {
 		return egress.Rules{}, err
 	}
-	s.log.InfoContext(ctx, "sandbox network rules set", "sandbox", ID(id), "allow_internet", r.AllowInternet,
+	s.log.InfoContext(ctx, "sandbox network rules set", "sandbox", id.String(), "allow_internet", r.AllowInternet,
 		"allow_out", len(r.AllowOut), "deny_out", len(r.DenyOut))
 	return r, nil
 }

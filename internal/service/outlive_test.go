@@ -58,8 +58,8 @@ func TestAgentCallsOutliveTheClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = e.sbx.Destroy(bg, p, sb.ID) }()
-		killVMM(t, ID(sb.ID))
-		waitAgentState(t, c, ID(sb.ID), pb.SandboxState_SANDBOX_STATE_STOPPED)
+		killVMM(t, sb.ID.String())
+		waitAgentState(t, c, sb.ID.String(), pb.SandboxState_SANDBOX_STATE_STOPPED)
 		var se *Error
 		if _, err := e.sbx.Pause(bg, p, sb.ID); !errors.As(err, &se) || se.Kind != ErrConflict {
 			t.Fatalf("pause of a sandbox whose machine died: %v, want a conflict", err)
@@ -85,7 +85,7 @@ func TestAgentCallsOutliveTheClient(t *testing.T) {
 			{"clear failure is not second-guessed", connect.NewError(connect.CodeFailedPrecondition, errors.New("no")), store.SandboxRunning, false},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				a, err := e.sbx.askAgent(bg, c, created.ID, tc.callErr, tc.want)
+				a, err := e.sbx.askAgent(bg, c, pgUUID(created.ID), tc.callErr, tc.want)
 				if tc.ok && (err != nil || a.GetState() != pb.SandboxState_SANDBOX_STATE_RUNNING) {
 					t.Fatalf("askAgent: %v %v, want the running sandbox", a, err)
 				}

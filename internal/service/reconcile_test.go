@@ -45,9 +45,9 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, died.ID) })
 	// Its machine dies: the agent keeps the sandbox, stopped, with its disk.
-	killVMM(t, ID(died.ID))
-	waitAgentState(t, c, ID(died.ID), pb.SandboxState_SANDBOX_STATE_STOPPED)
-	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(lost.ID)})); err != nil {
+	killVMM(t, died.ID.String())
+	waitAgentState(t, c, died.ID.String(), pb.SandboxState_SANDBOX_STATE_STOPPED)
+	if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: lost.ID.String()})); err != nil {
 		t.Fatal(err)
 	}
 	// A snapshot, and one the agent saved but whose record was never
@@ -57,24 +57,24 @@ func TestReconcileRealAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphanTpl := TemplateID(newUUID())
-	if _, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(pausedBehind.ID), Name: orphanTpl})); err != nil {
+	if _, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: pausedBehind.ID.String(), Name: orphanTpl})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(pausedBehind.ID)})); err != nil {
+	if _, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: pausedBehind.ID.String()})); err != nil {
 		t.Fatal(err)
 	}
 	// A create interrupted after its first bookkeeping step.
 	interrupted, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: p.TeamID, HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
-		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A create interrupted after the agent made the sandbox.
 	madeOnAgent, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: p.TeamID, HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
-		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: p.UserID,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
+		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +83,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, madeOnAgent.ID) })
+	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sandboxIDOf(madeOnAgent.ID)) })
 	// A sandbox the agent runs that no record owns.
 	if _, err := c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{SandboxId: "orphan1", Template: "minimal", MemoryMb: 256})); err != nil {
 		t.Fatal(err)
@@ -103,18 +103,18 @@ func TestReconcileRealAgent(t *testing.T) {
 	}{
 		{"lost by the agent", lost, store.SandboxMissing},
 		{"paused behind the records", pausedBehind, store.SandboxPaused},
-		{"interrupted create", Sandbox{Sandbox: interrupted}, store.SandboxError},
+		{"interrupted create", Sandbox{ID: sandboxIDOf(interrupted.ID)}, store.SandboxError},
 		{"machine died, disk kept", died, store.SandboxError},
-		{"create interrupted after the agent's", Sandbox{Sandbox: madeOnAgent}, store.SandboxRunning},
+		{"create interrupted after the agent's", Sandbox{ID: sandboxIDOf(madeOnAgent.ID)}, store.SandboxRunning},
 	} {
 		got, err := e.sbx.Get(ctx, p, tc.sb.ID)
-		if err != nil || got.State != tc.want {
+		if err != nil || string(got.State) != tc.want {
 			t.Errorf("%s: state %q (%v), want %q", tc.name, got.State, err, tc.want)
 		}
 	}
 	// The record of the one made running says where its envd is, as a
 	// finished create's does.
-	if got, err := e.sbx.Get(ctx, p, madeOnAgent.ID); err != nil || got.EnvdURL == "" || got.EnvdURL != made.Msg.GetSandbox().GetEnvdUrl() {
+	if got, err := e.sbx.Get(ctx, p, sandboxIDOf(madeOnAgent.ID)); err != nil || got.EnvdURL == "" || got.EnvdURL != made.Msg.GetSandbox().GetEnvdUrl() {
 		t.Errorf("the reconciled create's envd_url %q (%v), the agent's %q", got.EnvdURL, err, made.Msg.GetSandbox().GetEnvdUrl())
 	}
 	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: "orphan1"})); err == nil {
@@ -149,7 +149,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	// The one whose machine died is still on the agent (its disk kept),
 	// and resuming it boots it cold.
-	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(died.ID)})); err != nil {
+	if _, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: died.ID.String()})); err != nil {
 		t.Fatalf("the sandbox whose machine died is gone from the agent: %v", err)
 	}
 	if got, err := e.sbx.Resume(ctx, p, died.ID); err != nil || got.State != store.SandboxRunning {

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/egress"
 	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -144,9 +146,46 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	return s, nil
 }
 
+// The service's IDs (see wireid): what its API speaks instead of the
+// store's UUIDs. (Hosts and templates: wireid.HostID and wireid.TemplateID,
+// since HostID and TemplateID name their formatting functions here.)
+type (
+	SandboxID    = wireid.SandboxID
+	TeamID       = wireid.TeamID
+	UserID       = wireid.UserID
+	APIKeyID     = wireid.APIKeyID
+	InvitationID = wireid.InvitationID
+)
+
 // Sandbox is a sandbox's record and, while it runs, where its envd is.
+// sandboxOf builds it from the store's row; the sealed env vars stay
+// inside the service.
 type Sandbox struct {
-	db.Sandbox
+	ID       SandboxID
+	TeamID   TeamID
+	HostID   wireid.HostID
+	Template string
+	State    State
+	// StateReason says why the sandbox entered its state (empty when
+	// nothing needs saying).
+	StateReason         string
+	VCPUs               int32
+	MemoryMB            int32
+	DiskMB              int32
+	TimeoutSec          int32
+	AutoPause           bool
+	AutoResume          bool
+	AllowInternetAccess bool
+	AllowPublicTraffic  bool
+	// Metadata is the caller's metadata (empty, never nil).
+	Metadata map[string]string
+	// Network are its egress rules (network.go).
+	Network egress.Rules
+	// CreatedBy is the user who created it (absent for an API key
+	// without a creator).
+	CreatedBy UserID
+	// The times; zero when absent.
+	CreatedAt, UpdatedAt, StartedAt, EndAt, LastActiveAt, PausedAt, StoppedAt time.Time
 	// EnvdAccessToken is what envd requires of every request.
 	EnvdAccessToken string
 	// EnvdURL is the record's envd_url (empty unless running).
@@ -162,6 +201,47 @@ type Sandbox struct {
 	TrafficToken string
 }
 
+// sandboxOf is the record part of a Sandbox, from the store's row.
+func sandboxOf(row db.Sandbox) Sandbox {
+	md := map[string]string{}
+	if err := json.Unmarshal(row.Metadata, &md); err != nil || md == nil {
+		md = map[string]string{}
+	}
+	return Sandbox{
+		ID: sandboxIDOf(row.ID), TeamID: teamIDOf(row.TeamID), HostID: hostIDOf(row.HostID),
+		Template: row.Template, State: State(row.State), StateReason: row.StateReason,
+		VCPUs: row.VCPUs, MemoryMB: row.MemoryMB, DiskMB: row.DiskMB, TimeoutSec: row.TimeoutSec,
+		AutoPause: row.AutoPause, AutoResume: row.AutoResume,
+		AllowInternetAccess: row.AllowInternetAccess, AllowPublicTraffic: row.AllowPublicTraffic,
+		Metadata: md, Network: NetworkOf(row), CreatedBy: userIDOf(row.CreatedBy),
+		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt, StartedAt: timeOf(row.StartedAt), EndAt: timeOf(row.EndAt),
+		LastActiveAt: timeOf(row.LastActiveAt), PausedAt: timeOf(row.PausedAt), StoppedAt: timeOf(row.StoppedAt),
+	}
+}
+
+// timeOf is t's time, zero when NULL.
+func timeOf(t pgtype.Timestamptz) time.Time {
+	if !t.Valid {
+		return time.Time{}
+	}
+	return t.Time
+}
+
+// Conversions between the service's IDs and the store's UUIDs: the only
+// place they meet.
+func pgUUID[K wireid.Kind](id wireid.ID[K]) pgtype.UUID {
+	b, ok := id.UUID()
+	return pgtype.UUID{Bytes: b, Valid: ok}
+}
+
+func sandboxIDOf(u pgtype.UUID) SandboxID {
+	return wireid.FromUUID[wireid.KindSandbox](u.Bytes, u.Valid)
+}
+func teamIDOf(u pgtype.UUID) TeamID        { return wireid.FromUUID[wireid.KindTeam](u.Bytes, u.Valid) }
+func userIDOf(u pgtype.UUID) UserID        { return wireid.FromUUID[wireid.KindUser](u.Bytes, u.Valid) }
+func hostIDOf(u pgtype.UUID) wireid.HostID { return wireid.FromUUID[wireid.KindHost](u.Bytes, u.Valid) }
+func apiKeyIDOf(u pgtype.UUID) APIKeyID    { return wireid.FromUUID[wireid.KindAPIKey](u.Bytes, u.Valid) }
+
 // ID returns the wire (and agent) ID of a sandbox.
 func ID(id pgtype.UUID) string { return wireid.Format(wireid.Sandbox, id) }
 
@@ -169,7 +249,8 @@ func ID(id pgtype.UUID) string { return wireid.Format(wireid.Sandbox, id) }
 func (s *Sandboxes) Scheduler() *scheduler.Scheduler { return s.sched }
 
 func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
-	v := Sandbox{Sandbox: row, EnvdAccessToken: auth.EnvdAccessToken(s.secret, ID(row.ID))}
+	v := sandboxOf(row)
+	v.EnvdAccessToken = auth.EnvdAccessToken(s.secret, ID(row.ID))
 	if !row.AllowPublicTraffic {
 		// The secret was validated at start: this cannot fail.
 		v.TrafficToken, _ = auth.TrafficAccessToken(s.secret, ID(row.ID))

@@ -92,7 +92,7 @@ var metricsNow = time.Now
 // MetricsRange returns the series of a sandbox of p's team over rng (a
 // key of MetricRanges) up to now: live while it runs, stored otherwise;
 // a stopped, failed or lost sandbox is not found.
-func (s *Sandboxes) MetricsRange(ctx context.Context, p Principal, id pgtype.UUID, rng string) (MetricSeries, error) {
+func (s *Sandboxes) MetricsRange(ctx context.Context, p Principal, id SandboxID, rng string) (MetricSeries, error) {
 	r, ok := MetricRanges[rng]
 	if !ok {
 		return MetricSeries{}, errorf(ErrInvalid, "range: one of 5m, 10m, 1h, 2h, 6h, 12h, 24h")
@@ -109,7 +109,7 @@ func (s *Sandboxes) MetricsRange(ctx context.Context, p Principal, id pgtype.UUI
 
 // metricsRow is the record of a sandbox of p's team whose metrics can be
 // read.
-func (s *Sandboxes) metricsRow(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, error) {
+func (s *Sandboxes) metricsRow(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return db.Sandbox{}, err

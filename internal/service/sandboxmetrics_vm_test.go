@@ -172,19 +172,19 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 	t.Run("a range read scans only its rows of the primary key", func(t *testing.T) {
 		// Hours of stored history of another sandbox of the team and of
 		// this one: the 6 h read must not touch what is outside it.
-		filler := insertSandbox(t, e, p.TeamID, "paused", 0, 0)
+		filler := insertSandbox(t, e, pgUUID(p.TeamID), "paused", 0, 0)
 		if _, err := e.st.Pool().Exec(ctx, `
 			INSERT INTO sandbox_metrics (sandbox_id, tier, ts, cpu_pct, mem_rss_bytes, mem_pss_bytes, disk_used_bytes)
 			SELECT s, t, now() - make_interval(secs => g * 300), 1, 1, 1, 1
 			FROM unnest($1::uuid[]) AS s, unnest(ARRAY['10m', '2h', '24h']) AS t, generate_series(1, 2000) AS g`,
-			[]any{filler.ID, sb.ID}); err != nil {
+			[]any{filler.ID, pgUUID(sb.ID)}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := e.st.Pool().Exec(ctx, `ANALYZE sandbox_metrics`); err != nil {
 			t.Fatal(err)
 		}
 		from, to := time.Now().Add(-6*time.Hour), time.Now()
-		rows, err := e.st.Queries().ListSandboxMetrics(ctx, db.ListSandboxMetricsParams{SandboxID: sb.ID, Tier: MetricTier24h, FromTs: from, ToTs: to})
+		rows, err := e.st.Queries().ListSandboxMetrics(ctx, db.ListSandboxMetricsParams{SandboxID: pgUUID(sb.ID), Tier: MetricTier24h, FromTs: from, ToTs: to})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +192,7 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 		var raw []byte
 		if err := e.st.Pool().QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON)
 			SELECT * FROM sandbox_metrics WHERE sandbox_id = $1 AND tier = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts`,
-			sb.ID, MetricTier24h, from, to).Scan(&raw); err != nil {
+			pgUUID(sb.ID), MetricTier24h, from, to).Scan(&raw); err != nil {
 			t.Fatal(err)
 		}
 		if err := json.Unmarshal(raw, &plan); err != nil {
@@ -230,7 +230,7 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 		if int(pkeyRows) != len(rows) || len(rows) < 70 {
 			t.Errorf("the primary key produced %v rows, the range has %d (≥ 72 expected in 6 h): %s", pkeyRows, len(rows), raw)
 		}
-		if _, err := e.st.Pool().Exec(ctx, `DELETE FROM sandbox_metrics WHERE sandbox_id = $1 AND cpu_pct = 1 AND mem_rss_bytes = 1`, sb.ID); err != nil {
+		if _, err := e.st.Pool().Exec(ctx, `DELETE FROM sandbox_metrics WHERE sandbox_id = $1 AND cpu_pct = 1 AND mem_rss_bytes = 1`, pgUUID(sb.ID)); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -242,7 +242,7 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 			t.Fatalf("MetricsRange of a destroyed sandbox = %v, want not found", err)
 		}
 		var tiers []string
-		r, err := e.st.Pool().Query(ctx, `SELECT DISTINCT tier FROM sandbox_metrics WHERE sandbox_id = $1`, sb.ID)
+		r, err := e.st.Pool().Query(ctx, `SELECT DISTINCT tier FROM sandbox_metrics WHERE sandbox_id = $1`, pgUUID(sb.ID))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -82,7 +82,7 @@ func TestEnvVarsEncryptedAtRest(t *testing.T) {
 	if err != nil || len(items) != 1 {
 		t.Fatalf("List = %d, %v", len(items), err)
 	}
-	row := sandboxRow(t, e, items[0].ID)
+	row := sandboxRow(t, e, pgUUID(items[0].ID))
 	var raw []byte
 	if err := e.st.Pool().QueryRow(ctx, "SELECT env_vars FROM sandboxes WHERE id = $1", row.ID).Scan(&raw); err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func TestEnvVarsEncryptedAtRest(t *testing.T) {
 		t.Fatalf("openEnvVars = %v, %v", got, err)
 	}
 	// A sandbox without env vars stores none.
-	other := insertSandbox(t, e, p.TeamID, store.SandboxStopped, 0, 0)
+	other := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxStopped, 0, 0)
 	if got, err := e.sbx.openEnvVars(other); err != nil || got != nil {
 		t.Fatalf("no env vars: %v, %v", got, err)
 	}
@@ -125,7 +125,7 @@ func TestSnapshotNameValidation(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	_, p := e.signup(t, "names@example.com")
-	sb := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 0, 0)
+	sb := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 0, 0)
 	for _, tc := range []struct {
 		name string
 		ok   bool
@@ -164,7 +164,7 @@ func TestSnapshotNameValidation(t *testing.T) {
 				t.Fatalf("no public message: %v", err)
 			}
 			// Refused before anything else: no agent call, nothing stored.
-			if _, _, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: sb.ID, Name: tc.name, Overwrite: true}); !errors.Is(err, ErrInvalid) {
+			if _, _, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: sandboxIDOf(sb.ID), Name: tc.name, Overwrite: true}); !errors.Is(err, ErrInvalid) {
 				t.Fatalf("CreateSnapshot = %v, want ErrInvalid", err)
 			}
 		})
@@ -298,10 +298,10 @@ func TestReaperAgentUnreachable(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	_, p := e.signup(t, "reap@example.com")
-	expired := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, -time.Minute)
-	future := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 3600, time.Hour)
-	never := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 0, 0)
-	pausing := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, -time.Hour)
+	expired := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, -time.Minute)
+	future := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 3600, time.Hour)
+	never := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 0, 0)
+	pausing := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, -time.Hour)
 	if _, err := e.st.TransitionSandbox(ctx, nil, pausing.ID, []string{store.SandboxRunning}, store.SandboxPausing, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -366,17 +366,17 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 	ctx := context.Background()
 	_, p := e.signup(t, "ping@example.com")
 	_, other := e.signup(t, "other@example.com")
-	running := insertSandbox(t, e, p.TeamID, store.SandboxRunning, 60, time.Second)
-	paused := insertSandbox(t, e, p.TeamID, store.SandboxPaused, 60, 0)
-	stopped := insertSandbox(t, e, p.TeamID, store.SandboxStopped, 60, 0)
+	running := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxRunning, 60, time.Second)
+	paused := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxPaused, 60, 0)
+	stopped := insertSandbox(t, e, pgUUID(p.TeamID), store.SandboxStopped, 60, 0)
 
-	if _, err := e.sbx.Ping(ctx, p, paused.ID); !errors.Is(err, ErrConflict) {
+	if _, err := e.sbx.Ping(ctx, p, sandboxIDOf(paused.ID)); !errors.Is(err, ErrConflict) {
 		t.Errorf("Ping of a paused sandbox = %v", err)
 	}
-	if _, err := e.sbx.Ping(ctx, other, running.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := e.sbx.Ping(ctx, other, sandboxIDOf(running.ID)); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Ping by another team = %v", err)
 	}
-	if _, err := e.sbx.Ping(ctx, p, running.ID); !errors.Is(err, ErrUnavailable) {
+	if _, err := e.sbx.Ping(ctx, p, sandboxIDOf(running.ID)); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Ping with the agent down = %v", err)
 	}
 
@@ -393,20 +393,20 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 		{"stopped", p, stopped.ID, 10, ErrConflict},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := e.sbx.SetTimeout(ctx, tc.p, tc.id, tc.sec); !errors.Is(err, tc.want) {
+			if _, err := e.sbx.SetTimeout(ctx, tc.p, sandboxIDOf(tc.id), tc.sec); !errors.Is(err, tc.want) {
 				t.Fatalf("SetTimeout = %v, want %v", err, tc.want)
 			}
 		})
 	}
-	sb, err := e.sbx.SetTimeout(ctx, p, running.ID, 120)
-	if d := time.Until(sb.EndAt.Time); err != nil || sb.TimeoutSec != 120 || d < 100*time.Second || d > 130*time.Second {
+	sb, err := e.sbx.SetTimeout(ctx, p, sandboxIDOf(running.ID), 120)
+	if d := time.Until(sb.EndAt); err != nil || sb.TimeoutSec != 120 || d < 100*time.Second || d > 130*time.Second {
 		t.Fatalf("SetTimeout(120) = %v (%v), %v", sb.EndAt, d, err)
 	}
-	if sb, err := e.sbx.SetTimeout(ctx, p, running.ID, 0); err != nil || sb.EndAt.Valid || sb.TimeoutSec != 0 {
+	if sb, err := e.sbx.SetTimeout(ctx, p, sandboxIDOf(running.ID), 0); err != nil || !sb.EndAt.IsZero() || sb.TimeoutSec != 0 {
 		t.Fatalf("SetTimeout(0) = %+v, %v", sb.EndAt, err)
 	}
 	// A paused sandbox keeps no deadline; its clock starts when it resumes.
-	if sb, err := e.sbx.SetTimeout(ctx, p, paused.ID, 30); err != nil || sb.EndAt.Valid || sb.TimeoutSec != 30 {
+	if sb, err := e.sbx.SetTimeout(ctx, p, sandboxIDOf(paused.ID), 30); err != nil || !sb.EndAt.IsZero() || sb.TimeoutSec != 30 {
 		t.Fatalf("SetTimeout of a paused sandbox = %+v, %v", sb.EndAt, err)
 	}
 	if got := auditActions(t, e, p); len(got) != 3 || got[0] != "sandbox.set_timeout/success/user" {
@@ -417,7 +417,7 @@ func TestPingTimeoutTouchNoAgent(t *testing.T) {
 	// (of the service's clock, driven here).
 	clock := time.Now()
 	e.sbx.now = func() time.Time { return clock }
-	if _, err := e.sbx.SetTimeout(ctx, p, running.ID, 60); err != nil {
+	if _, err := e.sbx.SetTimeout(ctx, p, sandboxIDOf(running.ID), 60); err != nil {
 		t.Fatal(err)
 	}
 	setEnd := func(id pgtype.UUID) {

@@ -69,10 +69,10 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, a.ID) })
-	if a.EnvdURL == "" || a.EnvdURL != a.Sandbox.EnvdURL || !a.EndAt.Valid {
-		t.Fatalf("created: envd %q (record %q), end_at %v", a.EnvdURL, a.Sandbox.EnvdURL, a.EndAt)
+	if a.EnvdURL == "" || a.EnvdURL != sandboxRow(t, e, pgUUID(a.ID)).EnvdURL || a.EndAt.IsZero() {
+		t.Fatalf("created: envd %q (record %q), end_at %v", a.EnvdURL, sandboxRow(t, e, pgUUID(a.ID)).EnvdURL, a.EndAt)
 	}
-	if d := a.EndAt.Time.Sub(a.LastActiveAt.Time); d != 60*time.Second {
+	if d := a.EndAt.Sub(a.LastActiveAt); d != 60*time.Second {
 		t.Fatalf("end_at is %v after the last activity, want 60 s", d)
 	}
 	// Reads need no agent: the record has the address.
@@ -83,7 +83,7 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 	if err != nil || string(res.Stdout) != "s3cr3t-value" {
 		t.Fatalf("env var in the sandbox: %+v, %v", res, err)
 	}
-	if raw := sandboxRow(t, e, a.ID).EnvVars; len(raw) == 0 || bytes.Contains(raw, []byte("s3cr3t-value")) {
+	if raw := sandboxRow(t, e, pgUUID(a.ID)).EnvVars; len(raw) == 0 || bytes.Contains(raw, []byte("s3cr3t-value")) {
 		t.Fatalf("env_vars column: %q", raw)
 	}
 
@@ -91,34 +91,34 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 	pass(ReapResult{})
 	time.Sleep(20 * time.Millisecond)
 	pinged, err := e.sbx.Ping(ctx, p, a.ID)
-	if err != nil || !pinged.EndAt.Time.After(a.EndAt.Time) {
+	if err != nil || !pinged.EndAt.After(a.EndAt) {
 		t.Fatalf("Ping = %v (was %v), %v", pinged.EndAt, a.EndAt, err)
 	}
-	now = a.EndAt.Time.Add(pinged.EndAt.Time.Sub(a.EndAt.Time) / 2)
+	now = a.EndAt.Add(pinged.EndAt.Sub(a.EndAt) / 2)
 	pass(ReapResult{})
 	if _, err := e.sbx.Ping(ctx, other, a.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Ping by another team: %v", err)
 	}
 	// No timeout: never expires; then 30 s from now.
-	if sb, err := e.sbx.SetTimeout(ctx, p, a.ID, 0); err != nil || sb.EndAt.Valid {
+	if sb, err := e.sbx.SetTimeout(ctx, p, a.ID, 0); err != nil || !sb.EndAt.IsZero() {
 		t.Fatalf("SetTimeout(0) = %v, %v", sb.EndAt, err)
 	}
 	now = time.Now().Add(24 * time.Hour)
 	pass(ReapResult{})
 	withT, err := e.sbx.SetTimeout(ctx, p, a.ID, 30)
-	if d := time.Until(withT.EndAt.Time); err != nil || withT.TimeoutSec != 30 || d < 15*time.Second || d > 31*time.Second {
-		t.Fatalf("SetTimeout(30) = %+v, %v", withT.Sandbox, err)
+	if d := time.Until(withT.EndAt); err != nil || withT.TimeoutSec != 30 || d < 15*time.Second || d > 31*time.Second {
+		t.Fatalf("SetTimeout(30) = %+v, %v", withT, err)
 	}
 
 	// Snapshot of the running sandbox: it keeps running.
 	snap, replaced, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: a.ID, Name: "my-snap"})
-	if err != nil || replaced || snap.Name != "my-snap" || snap.VCPUs != 1 || snap.MemoryMB != 256 || snap.Public || snap.SourceSandboxID != a.ID {
+	if err != nil || replaced || snap.Name != "my-snap" || snap.VCPUs != 1 || snap.MemoryMB != 256 || snap.Public || sandboxIDOf(snap.SourceSandboxID) != a.ID {
 		t.Fatalf("CreateSnapshot = %+v, %v, %v", snap, replaced, err)
 	}
 	if got := agentTemplates(); !slices.Equal(got, []string{TemplateID(snap.ID)}) {
 		t.Fatalf("agent templates %v, want the snapshot's ID", got)
 	}
-	if got := sandboxRow(t, e, a.ID); got.State != store.SandboxRunning {
+	if got := sandboxRow(t, e, pgUUID(a.ID)); got.State != store.SandboxRunning {
 		t.Fatalf("source after the snapshot: %s", got.State)
 	}
 	if _, _, err := e.sbx.CreateSnapshot(ctx, p, CreateSnapshotRequest{SandboxID: a.ID, Name: "my-snap"}); !errors.Is(err, ErrConflict) {
@@ -180,28 +180,28 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 	// The deadline passes: the reaper pauses A (B has no timeout), as the system.
 	// (Snapshots are activity: the deadline moved on from withT's, unless
 	// the last activity was written less than a second before.)
-	endA := sandboxRow(t, e, a.ID).EndAt
-	if endA.Time.Before(withT.EndAt.Time) {
+	endA := sandboxRow(t, e, pgUUID(a.ID)).EndAt
+	if endA.Time.Before(withT.EndAt) {
 		t.Fatalf("deadline after the snapshots %v, before them %v", endA, withT.EndAt)
 	}
 	now = endA.Time.Add(-time.Millisecond)
 	pass(ReapResult{})
 	now = endA.Time.Add(time.Millisecond)
 	pass(ReapResult{Paused: 1})
-	pausedA := sandboxRow(t, e, a.ID)
+	pausedA := sandboxRow(t, e, pgUUID(a.ID))
 	if pausedA.State != store.SandboxPaused || pausedA.EndAt.Valid || pausedA.EnvdURL != "" {
 		t.Fatalf("after the auto-pause: %s end_at %v envd %q", pausedA.State, pausedA.EndAt, pausedA.EnvdURL)
 	}
-	r, err := agent.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(a.ID)}))
+	r, err := agent.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: a.ID.String()}))
 	if err != nil || r.Msg.GetSandbox().GetState() != pb.SandboxState_SANDBOX_STATE_PAUSED {
 		t.Fatalf("agent state: %v, %v", r, err)
 	}
 	pass(ReapResult{})
 	// Resume restarts the clock.
 	resumed, err := e.sbx.Resume(ctx, p, a.ID)
-	if err != nil || resumed.EnvdURL == "" || resumed.Sandbox.EnvdURL != resumed.EnvdURL || !resumed.EndAt.Valid ||
-		resumed.EndAt.Time.Sub(resumed.LastActiveAt.Time) != 30*time.Second || !resumed.LastActiveAt.Time.After(pausedA.PausedAt.Time) {
-		t.Fatalf("Resume = %+v, %v", resumed.Sandbox, err)
+	if err != nil || resumed.EnvdURL == "" || sandboxRow(t, e, pgUUID(resumed.ID)).EnvdURL != resumed.EnvdURL || resumed.EndAt.IsZero() ||
+		resumed.EndAt.Sub(resumed.LastActiveAt) != 30*time.Second || !resumed.LastActiveAt.After(pausedA.PausedAt.Time) {
+		t.Fatalf("Resume = %+v, %v", resumed, err)
 	}
 	pass(ReapResult{})
 	if _, err := e.sbx.SetTimeout(ctx, p, a.ID, 3600); err != nil {
@@ -226,23 +226,23 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 	}
 
 	// The agent lost B: its auto-pause fails and the reaper destroys it.
-	if _, err := agent.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(b.ID)})); err != nil {
+	if _, err := agent.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: b.ID.String()})); err != nil {
 		t.Fatal(err)
 	}
 	bT, err := e.sbx.SetTimeout(ctx, p, b.ID, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now = bT.EndAt.Time.Add(time.Second)
+	now = bT.EndAt.Add(time.Second)
 	pass(ReapResult{Destroyed: 1})
-	if got := sandboxRow(t, e, b.ID); got.State != store.SandboxStopped || got.EndAt.Valid || got.EnvdURL != "" || !strings.Contains(got.StateReason, "destroyed") {
+	if got := sandboxRow(t, e, pgUUID(b.ID)); got.State != store.SandboxStopped || got.EndAt.Valid || got.EnvdURL != "" || !strings.Contains(got.StateReason, "destroyed") {
 		t.Fatalf("B after the failed auto-pause: %s %v %q %q", got.State, got.EndAt, got.EnvdURL, got.StateReason)
 	}
 	// A's hour has not run out: it runs on. Destroy clears its deadline and address.
 	if err := e.sbx.Destroy(ctx, p, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := sandboxRow(t, e, a.ID); got.State != store.SandboxStopped || got.EndAt.Valid || got.EnvdURL != "" {
+	if got := sandboxRow(t, e, pgUUID(a.ID)); got.State != store.SandboxStopped || got.EndAt.Valid || got.EnvdURL != "" {
 		t.Fatalf("A after destroy: %s %v %q", got.State, got.EndAt, got.EnvdURL)
 	}
 
@@ -263,7 +263,7 @@ func TestTTLAndSnapshotsRealAgent(t *testing.T) {
 			ev = r
 		}
 	}
-	if ev.ActorID != "system" || ev.ResourceID != ID(a.ID) {
+	if ev.ActorID != "system" || ev.ResourceID != a.ID.String() {
 		t.Fatalf("auto-pause event: %+v", ev)
 	}
 }

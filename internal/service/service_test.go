@@ -82,7 +82,7 @@ func (e *env) signup(t *testing.T, email string) (Account, Principal) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a, Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role}
+	return a, Principal{UserID: userIDOf(a.User.ID), TeamID: teamIDOf(a.Team.ID), Role: a.Role}
 }
 
 func TestSignupLogin(t *testing.T) {
@@ -122,7 +122,7 @@ func TestSignupLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || p.UserID != a.User.ID || p.TeamID != a.Team.ID || p.Role != "owner" {
+	if err != nil || p.UserID != userIDOf(a.User.ID) || p.TeamID != teamIDOf(a.Team.ID) || p.Role != "owner" {
 		t.Fatalf("AuthenticateJWT = %+v, %v", p, err)
 	}
 	for _, tc := range []struct{ email, pw string }{
@@ -168,7 +168,7 @@ func TestAPIKeys(t *testing.T) {
 		t.Fatalf("empty name: %v", err)
 	}
 	got, err := e.acc.AuthenticateAPIKey(ctx, k.Plaintext)
-	if err != nil || got.TeamID != p.TeamID || got.APIKeyID != k.Key.ID || got.UserID != p.UserID {
+	if err != nil || got.TeamID != p.TeamID || got.APIKeyID != apiKeyIDOf(k.Key.ID) || got.UserID != p.UserID {
 		t.Fatalf("AuthenticateAPIKey = %+v, %v", got, err)
 	}
 	ks, err := e.acc.ListAPIKeys(ctx, p)
@@ -178,13 +178,13 @@ func TestAPIKeys(t *testing.T) {
 	if ks, _ := e.acc.ListAPIKeys(ctx, other); len(ks) != 0 {
 		t.Fatalf("another team sees %d keys", len(ks))
 	}
-	if err := e.acc.RevokeAPIKey(ctx, other, k.Key.ID); !errors.Is(err, ErrNotFound) {
+	if err := e.acc.RevokeAPIKey(ctx, other, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("revoke by another team: %v", err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, p, k.Key.ID); err != nil {
+	if err := e.acc.RevokeAPIKey(ctx, p, apiKeyIDOf(k.Key.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.acc.RevokeAPIKey(ctx, p, k.Key.ID); !errors.Is(err, ErrNotFound) {
+	if err := e.acc.RevokeAPIKey(ctx, p, apiKeyIDOf(k.Key.ID)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second revoke: %v", err)
 	}
 	for _, key := range []string{k.Plaintext, "e2b_" + strings.Repeat("0", 40), "garbage", ""} {
@@ -285,7 +285,7 @@ func TestCreateAgentUnreachable(t *testing.T) {
 	}
 	// Destroying it needs no agent answer... but the agent is unreachable:
 	// the error says so and nothing changes.
-	if err := e.sbx.Destroy(ctx, p, rows[0].ID); !errors.Is(err, ErrUnavailable) {
+	if err := e.sbx.Destroy(ctx, p, sandboxIDOf(rows[0].ID)); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Destroy with the agent down = %v", err)
 	}
 }
@@ -307,25 +307,25 @@ func TestSandboxTeamScope(t *testing.T) {
 		ids = append(ids, r.ID)
 	}
 	for _, id := range ids {
-		if _, err := e.sbx.Get(ctx, other, id); !errors.Is(err, ErrNotFound) {
+		if _, err := e.sbx.Get(ctx, other, sandboxIDOf(id)); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get by another team: %v", err)
 		}
-		if err := e.sbx.Destroy(ctx, other, id); !errors.Is(err, ErrNotFound) {
+		if err := e.sbx.Destroy(ctx, other, sandboxIDOf(id)); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Destroy by another team: %v", err)
 		}
-		if _, err := e.sbx.Pause(ctx, other, id); !errors.Is(err, ErrNotFound) {
+		if _, err := e.sbx.Pause(ctx, other, sandboxIDOf(id)); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Pause by another team: %v", err)
 		}
-		if _, err := e.sbx.Resume(ctx, other, id); !errors.Is(err, ErrNotFound) {
+		if _, err := e.sbx.Resume(ctx, other, sandboxIDOf(id)); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Resume by another team: %v", err)
 		}
 	}
 	// Destroying a stopped sandbox is a no-op, with no agent call.
-	if err := e.sbx.Destroy(ctx, p, ids[0]); err != nil {
+	if err := e.sbx.Destroy(ctx, p, sandboxIDOf(ids[0])); err != nil {
 		t.Fatalf("Destroy of a stopped sandbox: %v", err)
 	}
 	// Pausing a stopped sandbox is a conflict, persisted nothing.
-	if _, err := e.sbx.Pause(ctx, p, ids[0]); !errors.Is(err, ErrConflict) && !errors.Is(err, ErrUnavailable) {
+	if _, err := e.sbx.Pause(ctx, p, sandboxIDOf(ids[0])); !errors.Is(err, ErrConflict) && !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Pause of a stopped sandbox: %v", err)
 	}
 	if items, _, _ := e.sbx.List(ctx, other, ListFilter{}); len(items) != 0 {
@@ -359,7 +359,7 @@ func TestSandboxTeamScope(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, it := range items {
-			seen = append(seen, it.ID)
+			seen = append(seen, pgUUID(it.ID))
 		}
 		if next == "" {
 			break
@@ -396,7 +396,7 @@ func TestResumeQuota(t *testing.T) {
 	}
 	ins(store.SandboxRunning)
 	paused := ins(store.SandboxPaused)
-	if _, err := e.sbx.Resume(ctx, p, paused.ID); !errors.Is(err, ErrQuota) {
+	if _, err := e.sbx.Resume(ctx, p, sandboxIDOf(paused.ID)); !errors.Is(err, ErrQuota) {
 		t.Fatalf("Resume over quota = %v, want ErrQuota", err)
 	}
 	got, err := e.st.Queries().GetSandboxByID(ctx, paused.ID)

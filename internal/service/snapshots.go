@@ -137,7 +137,7 @@ func snapshotOf(t db.Template) Snapshot {
 
 // CreateSnapshotRequest asks for a snapshot template of a running sandbox.
 type CreateSnapshotRequest struct {
-	SandboxID pgtype.UUID
+	SandboxID SandboxID
 	Name      string
 	// Overwrite replaces the team's snapshot of that name (else it is a
 	// conflict).
@@ -174,16 +174,16 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 		return Snapshot{}, false, errorf(ErrConflict, "the sandbox is %s, not running", src.State)
 	}
 	q := s.st.Queries()
-	cur, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: req.Name})
+	cur, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: req.Name})
 	switch {
-	case err == nil && cur.TeamID == p.TeamID && !req.Overwrite:
+	case err == nil && teamIDOf(cur.TeamID) == p.TeamID && !req.Overwrite:
 		return Snapshot{}, false, errorf(ErrConflict, "a snapshot named %q exists: set overwrite to replace it", req.Name)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return Snapshot{}, false, fmt.Errorf("snapshot %s: %w", req.Name, err)
 	}
 	// Sandboxes created from the snapshot run as the source did.
 	var meta templateMeta
-	if t, err := s.resolveTemplate(ctx, p.TeamID, src.Template); err == nil {
+	if t, err := s.resolveTemplate(ctx, pgUUID(p.TeamID), src.Template); err == nil {
 		meta.DefaultUser = t.defaultUser
 	}
 	metaJSON, err := json.Marshal(meta)
@@ -192,7 +192,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	}
 	// A team at its stored quota is refused before the host writes
 	// anything; the new snapshot's own size is checked once known, below.
-	if err := s.checkStoredQuotas(ctx, s.st.Queries(), p.TeamID, false, 0); err != nil {
+	if err := s.checkStoredQuotas(ctx, s.st.Queries(), pgUUID(p.TeamID), false, 0); err != nil {
 		return Snapshot{}, false, err
 	}
 	c, err := s.agentFor(ctx, src.HostID)
@@ -210,7 +210,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if err != nil {
 		err = agentError(err, "snapshot")
 		auditEv.Status, auditEv.Metadata["error"] = AuditError, PublicText(err)
-		s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), auditEv)
+		s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), auditEv)
 		return Snapshot{}, false, err
 	}
 	if terr := s.touch(ctx, src.ID); terr != nil {
@@ -218,10 +218,10 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	}
 	at := resp.Msg.GetTemplate()
 	params := db.InsertTemplateParams{
-		ID: newID, TeamID: p.TeamID, Name: req.Name, Kind: store.TemplateSnapshot,
+		ID: newID, TeamID: pgUUID(p.TeamID), Name: req.Name, Kind: store.TemplateSnapshot,
 		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((at.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
 		SizeBytes: int64(at.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: metaJSON,
-		CreatedBy: p.UserID,
+		CreatedBy: pgUUID(p.UserID),
 	}
 	if v := at.GetVcpus(); v > 0 {
 		params.VCPUs = int32(v)
@@ -232,11 +232,11 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	var row db.Template
 	var old *db.Template
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
-		if _, err := q.LockTeam(ctx, p.TeamID); err != nil {
+		if _, err := q.LockTeam(ctx, pgUUID(p.TeamID)); err != nil {
 			return notFound(err, "team")
 		}
 		if req.Overwrite {
-			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: p.TeamID, Name: req.Name})
+			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: req.Name})
 			switch {
 			case err == nil:
 				old = &o
@@ -245,7 +245,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 				return fmt.Errorf("replace snapshot: %w", err)
 			}
 		}
-		if err := s.checkStoredQuotas(ctx, q, p.TeamID, false, (params.SizeBytes+(1<<20-1))>>20); err != nil {
+		if err := s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), false, (params.SizeBytes+(1<<20-1))>>20); err != nil {
 			return err
 		}
 		var err error
@@ -261,7 +261,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 				return fmt.Errorf("record the host's template: %w", err)
 			}
 		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
+		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), auditEv)
 	})
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
@@ -276,7 +276,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 		}
 	}
 	s.log.InfoContext(ctx, "snapshot created", "snapshot", agentName, "name", req.Name, "sandbox", ID(src.ID),
-		"team", wireid.Format(wireid.Team, p.TeamID), "replaced", old != nil)
+		"team", p.TeamID.String(), "replaced", old != nil)
 	return snapshotOf(row), old != nil, nil
 }
 
@@ -291,7 +291,7 @@ func (s *Sandboxes) deleteAgentTemplate(ctx context.Context, c *agentclient.Clie
 // ListSnapshots lists p's team's templates and the public ones by name
 // (the team's first when both have a name).
 func (s *Sandboxes) ListSnapshots(ctx context.Context, p Principal) ([]Snapshot, error) {
-	rows, err := s.st.Queries().ListTemplates(ctx, p.TeamID)
+	rows, err := s.st.Queries().ListTemplates(ctx, pgUUID(p.TeamID))
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
 	}
@@ -308,7 +308,7 @@ func (s *Sandboxes) GetSnapshot(ctx context.Context, p Principal, name string) (
 	if !templateRe.MatchString(name) {
 		return Snapshot{}, errorf(ErrNotFound, "snapshot not found")
 	}
-	t, err := s.st.Queries().GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: name})
+	t, err := s.st.Queries().GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: name})
 	if err != nil {
 		return Snapshot{}, notFound(err, "snapshot")
 	}
@@ -325,7 +325,7 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 	}
 	var holders []pgtype.UUID
 	return s.st.Tx(ctx, func(q *db.Queries) error {
-		if t, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: name}); err == nil && t.TeamID == p.TeamID {
+		if t, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: name}); err == nil && t.TeamID == pgUUID(p.TeamID) {
 			// The hosts that hold its files, read before the delete
 			// takes their host_templates rows with it.
 			holders, err = q.ListTemplateHosts(ctx, t.ID)
@@ -333,9 +333,9 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 				return fmt.Errorf("the template's hosts: %w", err)
 			}
 		}
-		row, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: p.TeamID, Name: name})
+		row, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: name})
 		if errors.Is(err, store.ErrNotFound) {
-			if t, gerr := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: p.TeamID, Name: name}); gerr == nil && t.TeamID == store.PlatformTeamID {
+			if t, gerr := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: name}); gerr == nil && t.TeamID == store.PlatformTeamID {
 				return errorf(ErrForbidden, "%q is a public snapshot: it cannot be deleted", name)
 			}
 			return notFound(err, "snapshot")
@@ -343,7 +343,7 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 		if err != nil {
 			return fmt.Errorf("delete snapshot: %w", err)
 		}
-		if err := s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
+		if err := s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "snapshot", ResourceID: name,
 			Action: "snapshot.delete", Metadata: map[string]any{"id": TemplateID(row.ID)}}); err != nil {
 			return err
 		}
@@ -372,7 +372,7 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 				}
 			}
 		}
-		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", wireid.Format(wireid.Team, p.TeamID))
+		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", p.TeamID.String())
 		return nil
 	})
 }
@@ -393,7 +393,7 @@ func (s *Sandboxes) LookupTemplate(ctx context.Context, p Principal, name string
 	if !templateRe.MatchString(name) {
 		return TemplateRef{}, errorf(ErrNotFound, "template %q not found", name)
 	}
-	t, err := s.resolveTemplate(ctx, p.TeamID, name)
+	t, err := s.resolveTemplate(ctx, pgUUID(p.TeamID), name)
 	if err != nil {
 		return TemplateRef{}, err
 	}

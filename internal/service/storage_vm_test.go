@@ -64,7 +64,7 @@ func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
 	setQuotas := func(paused, storedMB *int64) {
 		t.Helper()
 		var par db.SetTeamStorageQuotasParams
-		par.ID = p.TeamID
+		par.ID = pgUUID(p.TeamID)
 		if paused != nil {
 			par.MaxPausedSandboxes = pgtype.Int4{Int32: int32(*paused), Valid: true}
 		}
@@ -129,7 +129,7 @@ func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
 			if _, err := e.sbx.Pause(ctx, p, b.ID); !errors.Is(err, ErrQuota) {
 				t.Fatalf("Pause with a paused quota of 0: %v, want ErrQuota", err)
 			}
-			if st := sandboxRow(t, e, b.ID).State; st != store.SandboxRunning {
+			if st := sandboxRow(t, e, pgUUID(b.ID)).State; st != store.SandboxRunning {
 				t.Fatalf("state after the refused pause: %s", st)
 			}
 			shell(t, ctx, b, "true")
@@ -156,7 +156,7 @@ func TestSnapshotChainAndStoredQuotasRealAgent(t *testing.T) {
 			if got, err := r.Pass(ctx); err != nil || got.Paused != 1 {
 				t.Fatalf("reaper pass = %+v, %v; want one pause", got, err)
 			}
-			if st := sandboxRow(t, e, b.ID).State; st != store.SandboxPaused {
+			if st := sandboxRow(t, e, pgUUID(b.ID)).State; st != store.SandboxPaused {
 				t.Fatalf("state after the auto-pause: %s", st)
 			}
 		}},
@@ -199,15 +199,15 @@ func TestFailedAutoPauseKeepsSandboxRealAgent(t *testing.T) {
 	t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
 	// An idle guest has about 100 MiB of memory in use, which the pause
 	// must write out: more than the tmpfs holds.
-	diskFile := filepath.Join(dataDir, "sandboxes", ID(sb.ID), "rootfs.qcow2")
-	now := sb.EndAt.Time.Add(time.Second)
+	diskFile := filepath.Join(dataDir, "sandboxes", sb.ID.String(), "rootfs.qcow2")
+	now := sb.EndAt.Add(time.Second)
 	r := NewReaper(e.sbx, ReaperConfig{Now: func() time.Time { return now }, PauseRetries: 2, PauseBackoff: time.Minute})
 	kept := func(t *testing.T) {
 		t.Helper()
 		if _, err := os.Stat(diskFile); err != nil {
 			t.Fatalf("the sandbox's disk on the host: %v", err)
 		}
-		if _, err := agent.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(sb.ID)})); err != nil {
+		if _, err := agent.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: sb.ID.String()})); err != nil {
 			t.Fatalf("the agent no longer has the sandbox: %v", err)
 		}
 	}
@@ -225,7 +225,7 @@ func TestFailedAutoPauseKeepsSandboxRealAgent(t *testing.T) {
 			if err != nil || got != step.want {
 				t.Fatalf("reaper pass at %v = %+v, %v; want %+v", now, got, err, step.want)
 			}
-			row := sandboxRow(t, e, sb.ID)
+			row := sandboxRow(t, e, pgUUID(sb.ID))
 			if row.State != step.state {
 				t.Fatalf("state %s (%q), want %s", row.State, row.StateReason, step.state)
 			}
@@ -255,7 +255,7 @@ func TestFailedAutoPauseKeepsSandboxRealAgent(t *testing.T) {
 		if err := e.sbx.Destroy(ctx, p, sb.ID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := os.Stat(filepath.Join(dataDir, "sandboxes", ID(sb.ID))); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dataDir, "sandboxes", sb.ID.String())); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("the sandbox directory after destroy: %v", err)
 		}
 	})

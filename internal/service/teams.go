@@ -113,7 +113,7 @@ func validateTeamName(name string) (string, error) {
 // requireUser refuses principals that are not a user's session: teams
 // are a user's business, an API key belongs to one team.
 func requireUser(p Principal) error {
-	if !p.UserID.Valid || p.APIKeyID.Valid {
+	if p.UserID.IsZero() || !p.APIKeyID.IsZero() {
 		return errorf(ErrForbidden, "this needs a user session (Authorization: Bearer <session token>), not an API key")
 	}
 	return nil
@@ -127,7 +127,7 @@ var errTeamNotFound = errorf(ErrNotFound, "team not found")
 // membership returns p's role in the live team id; ErrNotFound when p is
 // not a member or the team is deleted.
 func membership(ctx context.Context, q *db.Queries, p Principal, id pgtype.UUID) (db.Membership, error) {
-	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: p.UserID, TeamID: id})
+	m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: pgUUID(p.UserID), TeamID: id})
 	if errors.Is(err, store.ErrNotFound) {
 		return db.Membership{}, errTeamNotFound
 	}
@@ -187,7 +187,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 			if err != nil {
 				return fmt.Errorf("create team: %w", err)
 			}
-			m, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: p.UserID, TeamID: team.ID, Role: RoleOwner})
+			m, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: team.ID, Role: RoleOwner})
 			if err != nil {
 				return fmt.Errorf("add owner: %w", err)
 			}
@@ -202,7 +202,7 @@ func (t *Teams) Create(ctx context.Context, p Principal, name string) (TeamRole,
 	if err != nil {
 		return TeamRole{}, err
 	}
-	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", userID(p.UserID))
+	t.log.InfoContext(ctx, "team created", "team", teamID(out.Team.ID), "user", p.UserID.String())
 	return out, nil
 }
 
@@ -212,7 +212,7 @@ func (t *Teams) List(ctx context.Context, p Principal) ([]TeamRole, error) {
 	if err := requireUser(p); err != nil {
 		return nil, err
 	}
-	rows, err := t.st.Queries().ListTeamsForUser(ctx, p.UserID)
+	rows, err := t.st.Queries().ListTeamsForUser(ctx, pgUUID(p.UserID))
 	if err != nil {
 		return nil, fmt.Errorf("list teams: %w", err)
 	}
@@ -224,16 +224,16 @@ func (t *Teams) List(ctx context.Context, p Principal) ([]TeamRole, error) {
 }
 
 // Get returns a team p is a member of.
-func (t *Teams) Get(ctx context.Context, p Principal, id pgtype.UUID) (TeamRole, error) {
+func (t *Teams) Get(ctx context.Context, p Principal, id TeamID) (TeamRole, error) {
 	if err := requireUser(p); err != nil {
 		return TeamRole{}, err
 	}
 	q := t.st.Queries()
-	m, err := membership(ctx, q, p, id)
+	m, err := membership(ctx, q, p, pgUUID(id))
 	if err != nil {
 		return TeamRole{}, err
 	}
-	team, err := q.GetTeam(ctx, id)
+	team, err := q.GetTeam(ctx, pgUUID(id))
 	if err != nil {
 		return TeamRole{}, notFound(err, "team")
 	}
@@ -241,7 +241,7 @@ func (t *Teams) Get(ctx context.Context, p Principal, id pgtype.UUID) (TeamRole,
 }
 
 // Rename renames a team (admins and owners). The slug does not change.
-func (t *Teams) Rename(ctx context.Context, p Principal, id pgtype.UUID, name string) (TeamRole, error) {
+func (t *Teams) Rename(ctx context.Context, p Principal, id TeamID, name string) (TeamRole, error) {
 	if err := requireUser(p); err != nil {
 		return TeamRole{}, err
 	}
@@ -251,11 +251,11 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id pgtype.UUID, name st
 	}
 	var out TeamRole
 	err = t.st.Tx(ctx, func(q *db.Queries) error {
-		team, m, err := lockAdmin(ctx, q, p, id, "renaming a team")
+		team, m, err := lockAdmin(ctx, q, p, pgUUID(id), "renaming a team")
 		if err != nil {
 			return err
 		}
-		renamed, err := q.RenameTeam(ctx, db.RenameTeamParams{Name: name, ID: id})
+		renamed, err := q.RenameTeam(ctx, db.RenameTeamParams{Name: name, ID: pgUUID(id)})
 		if err != nil {
 			return notFound(err, "team")
 		}
@@ -263,7 +263,7 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id pgtype.UUID, name st
 		if renamed.Name == team.Name {
 			return nil
 		}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "team", ResourceID: teamID(id),
+		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "team", ResourceID: id.String(),
 			Action: "team.rename", Metadata: map[string]any{"old_name": team.Name, "name": name}})
 	})
 	if err != nil {
@@ -277,12 +277,12 @@ func (t *Teams) Rename(ctx context.Context, p Principal, id pgtype.UUID, name st
 // to another team at once; then every sandbox of the team that is not
 // stopped is destroyed. The team stays deleted when some sandbox cannot
 // be destroyed (TeamDeletion.NotDestroyed counts them).
-func (t *Teams) Delete(ctx context.Context, p Principal, id pgtype.UUID) (TeamDeletion, error) {
+func (t *Teams) Delete(ctx context.Context, p Principal, id TeamID) (TeamDeletion, error) {
 	if err := requireUser(p); err != nil {
 		return TeamDeletion{}, err
 	}
-	return t.deleteTeam(ctx, p, id, func(q *db.Queries) (db.Team, error) {
-		team, m, err := lock(ctx, q, p, id)
+	return t.deleteTeam(ctx, p, pgUUID(id), func(q *db.Queries) (db.Team, error) {
+		team, m, err := lock(ctx, q, p, pgUUID(id))
 		if err != nil {
 			return db.Team{}, err
 		}
@@ -320,10 +320,10 @@ func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, aut
 	if err != nil {
 		return TeamDeletion{}, err
 	}
-	t.log.InfoContext(ctx, "team deleted", "team", teamID(id), "user", userID(p.UserID))
+	t.log.InfoContext(ctx, "team deleted", "team", teamID(id), "user", p.UserID.String())
 	// The team is deleted: no sandbox can be created in it any more
 	// (Create locks the live team), so this sweep sees every one.
-	tp := Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner, ActorName: p.ActorName}
+	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner, ActorName: p.ActorName}
 	n, failed, derr := t.sandboxes.DestroyTeamSandboxes(context.WithoutCancel(ctx), tp)
 	if derr != nil {
 		t.log.ErrorContext(ctx, "destroy the deleted team's sandboxes", "team", teamID(id), "err", derr)
@@ -333,15 +333,15 @@ func (t *Teams) deleteTeam(ctx context.Context, p Principal, id pgtype.UUID, aut
 }
 
 // Members lists a team's members (any member may).
-func (t *Teams) Members(ctx context.Context, p Principal, id pgtype.UUID) ([]Member, error) {
+func (t *Teams) Members(ctx context.Context, p Principal, id TeamID) ([]Member, error) {
 	if err := requireUser(p); err != nil {
 		return nil, err
 	}
 	q := t.st.Queries()
-	if _, err := membership(ctx, q, p, id); err != nil {
+	if _, err := membership(ctx, q, p, pgUUID(id)); err != nil {
 		return nil, err
 	}
-	ms, err := q.ListTeamMembers(ctx, id)
+	ms, err := q.ListTeamMembers(ctx, pgUUID(id))
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
 	}
@@ -352,7 +352,7 @@ func (t *Teams) Members(ctx context.Context, p Principal, id pgtype.UUID) ([]Mem
 // admins and owners may add members and admins, only owners may add
 // owners. An unknown address is ErrNotFound; a member already,
 // ErrConflict.
-func (t *Teams) AddMember(ctx context.Context, p Principal, id pgtype.UUID, email, role string) (Member, error) {
+func (t *Teams) AddMember(ctx context.Context, p Principal, id TeamID, email, role string) (Member, error) {
 	if err := requireUser(p); err != nil {
 		return Member{}, err
 	}
@@ -365,7 +365,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id pgtype.UUID, emai
 	}
 	var out Member
 	err := t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lockAdmin(ctx, q, p, id, "adding members")
+		_, m, err := lockAdmin(ctx, q, p, pgUUID(id), "adding members")
 		if err != nil {
 			return err
 		}
@@ -379,7 +379,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id pgtype.UUID, emai
 		if err != nil {
 			return fmt.Errorf("find user: %w", err)
 		}
-		nm, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: u.ID, TeamID: id, Role: role})
+		nm, err := q.AddTeamMember(ctx, db.AddTeamMemberParams{UserID: u.ID, TeamID: pgUUID(id), Role: role})
 		if errors.Is(err, store.ErrConflict) {
 			return &Error{Kind: ErrConflict, Msg: "this user is a member of the team already", Err: err}
 		}
@@ -387,7 +387,7 @@ func (t *Teams) AddMember(ctx context.Context, p Principal, id pgtype.UUID, emai
 			return fmt.Errorf("add member: %w", err)
 		}
 		out = Member{UserID: u.ID, Email: u.Email, Name: u.Name, Role: role, JoinedAt: nm.CreatedAt}
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
+		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(u.ID),
 			Action: "member.add", Metadata: map[string]any{"email": u.Email, "role": role}})
 	})
 	if err != nil {
@@ -422,7 +422,7 @@ func lastOwner(ctx context.Context, q *db.Queries, team pgtype.UUID) (bool, erro
 // SetMemberRole changes a member's role. Admins manage members and
 // admins; granting or taking away the owner role takes an owner; the last
 // owner cannot be demoted (ErrConflict).
-func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.UUID, role string) (Member, error) {
+func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id TeamID, user UserID, role string) (Member, error) {
 	if err := requireUser(p); err != nil {
 		return Member{}, err
 	}
@@ -431,11 +431,11 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.
 	}
 	var out Member
 	err := t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lockAdmin(ctx, q, p, id, "changing roles")
+		_, m, err := lockAdmin(ctx, q, p, pgUUID(id), "changing roles")
 		if err != nil {
 			return err
 		}
-		tm, u, err := target(ctx, q, id, user)
+		tm, u, err := target(ctx, q, pgUUID(id), pgUUID(user))
 		if err != nil {
 			return err
 		}
@@ -447,17 +447,17 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.
 			return nil
 		}
 		if tm.Role == RoleOwner {
-			if last, err := lastOwner(ctx, q, id); err != nil {
+			if last, err := lastOwner(ctx, q, pgUUID(id)); err != nil {
 				return err
 			} else if last {
 				return errorf(ErrConflict, "the last owner of a team cannot be demoted: make another member owner first")
 			}
 		}
-		if _, err := q.UpdateTeamMemberRole(ctx, db.UpdateTeamMemberRoleParams{Role: role, UserID: user, TeamID: id}); err != nil {
+		if _, err := q.UpdateTeamMemberRole(ctx, db.UpdateTeamMemberRoleParams{Role: role, UserID: pgUUID(user), TeamID: pgUUID(id)}); err != nil {
 			return notFound(err, "member")
 		}
 		out.Role = role
-		return t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(user),
+		return t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.role_change", Metadata: map[string]any{"email": u.Email, "old_role": tm.Role, "role": role}})
 	})
 	if err != nil {
@@ -469,16 +469,16 @@ func (t *Teams) SetMemberRole(ctx context.Context, p Principal, id, user pgtype.
 // RemoveMember removes a member from a team: admins remove members, owners
 // anyone; the last owner cannot be removed (ErrConflict). The API keys the
 // member created in the team are revoked with it.
-func (t *Teams) RemoveMember(ctx context.Context, p Principal, id, user pgtype.UUID) error {
+func (t *Teams) RemoveMember(ctx context.Context, p Principal, id TeamID, user UserID) error {
 	if err := requireUser(p); err != nil {
 		return err
 	}
 	return t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lockAdmin(ctx, q, p, id, "removing members")
+		_, m, err := lockAdmin(ctx, q, p, pgUUID(id), "removing members")
 		if err != nil {
 			return err
 		}
-		tm, u, err := target(ctx, q, id, user)
+		tm, u, err := target(ctx, q, pgUUID(id), pgUUID(user))
 		if err != nil {
 			return err
 		}
@@ -486,50 +486,50 @@ func (t *Teams) RemoveMember(ctx context.Context, p Principal, id, user pgtype.U
 			return errorf(ErrForbidden, "only owners can remove admins and owners")
 		}
 		if tm.Role == RoleOwner {
-			if last, err := lastOwner(ctx, q, id); err != nil {
+			if last, err := lastOwner(ctx, q, pgUUID(id)); err != nil {
 				return err
 			} else if last {
 				return errorf(ErrConflict, "the last owner of a team cannot be removed")
 			}
 		}
-		if n, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: user, TeamID: id}); err != nil {
+		if n, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: pgUUID(user), TeamID: pgUUID(id)}); err != nil {
 			return fmt.Errorf("remove member: %w", err)
 		} else if n == 0 {
 			return errorf(ErrNotFound, "member not found")
 		}
-		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(user),
+		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: user.String(),
 			Action: "member.remove", Metadata: map[string]any{"email": u.Email, "role": tm.Role}}); err != nil {
 			return err
 		}
-		return revokeCreatorKeys(ctx, q, t.audit, id, user, p.Actor(), "member.remove")
+		return revokeCreatorKeys(ctx, q, t.audit, pgUUID(id), pgUUID(user), p.Actor(), "member.remove")
 	})
 }
 
 // Leave takes p out of a team; the last owner cannot leave (ErrConflict).
 // The API keys p created in the team are revoked with it.
-func (t *Teams) Leave(ctx context.Context, p Principal, id pgtype.UUID) error {
+func (t *Teams) Leave(ctx context.Context, p Principal, id TeamID) error {
 	if err := requireUser(p); err != nil {
 		return err
 	}
 	return t.st.Tx(ctx, func(q *db.Queries) error {
-		_, m, err := lock(ctx, q, p, id)
+		_, m, err := lock(ctx, q, p, pgUUID(id))
 		if err != nil {
 			return err
 		}
 		if m.Role == RoleOwner {
-			if last, err := lastOwner(ctx, q, id); err != nil {
+			if last, err := lastOwner(ctx, q, pgUUID(id)); err != nil {
 				return err
 			} else if last {
 				return errorf(ErrConflict, "you are the last owner of this team: make another member owner first, or delete the team")
 			}
 		}
-		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: p.UserID, TeamID: id}); err != nil {
+		if _, err := q.RemoveTeamMember(ctx, db.RemoveTeamMemberParams{UserID: pgUUID(p.UserID), TeamID: pgUUID(id)}); err != nil {
 			return fmt.Errorf("leave: %w", err)
 		}
-		if err := t.audit.Record(ctx, q, id, p.Actor(), AuditEvent{ResourceType: "member", ResourceID: userID(p.UserID),
+		if err := t.audit.Record(ctx, q, pgUUID(id), p.Actor(), AuditEvent{ResourceType: "member", ResourceID: p.UserID.String(),
 			Action: "member.leave", Metadata: map[string]any{"role": m.Role}}); err != nil {
 			return err
 		}
-		return revokeCreatorKeys(ctx, q, t.audit, id, p.UserID, p.Actor(), "member.leave")
+		return revokeCreatorKeys(ctx, q, t.audit, pgUUID(id), pgUUID(p.UserID), p.Actor(), "member.leave")
 	})
 }

@@ -26,10 +26,10 @@ func newTeams(t *testing.T, e *env) *Teams {
 // addMember puts u into team with role, straight into the database.
 func addMember(t *testing.T, e *env, u Principal, team pgtype.UUID, role string) Principal {
 	t.Helper()
-	if _, err := e.st.Queries().AddTeamMember(context.Background(), db.AddTeamMemberParams{UserID: u.UserID, TeamID: team, Role: role}); err != nil {
+	if _, err := e.st.Queries().AddTeamMember(context.Background(), db.AddTeamMemberParams{UserID: pgUUID(u.UserID), TeamID: team, Role: role}); err != nil {
 		t.Fatal(err)
 	}
-	return Principal{UserID: u.UserID, TeamID: team, Role: role, ActorName: u.ActorName}
+	return Principal{UserID: u.UserID, TeamID: teamIDOf(team), Role: role, ActorName: u.ActorName}
 }
 
 func TestTeamLifecycle(t *testing.T) {
@@ -49,17 +49,17 @@ func TestTeamLifecycle(t *testing.T) {
 			t.Errorf("Create(%q) = %v, want ErrInvalid", name, err)
 		}
 	}
-	if _, err := ts.Create(ctx, Principal{TeamID: id, APIKeyID: id}, "x"); !errors.Is(err, ErrForbidden) {
+	if _, err := ts.Create(ctx, Principal{TeamID: teamIDOf(id), APIKeyID: apiKeyIDOf(id)}, "x"); !errors.Is(err, ErrForbidden) {
 		t.Errorf("Create by an API key: %v", err)
 	}
 	list, err := ts.List(ctx, p)
 	if err != nil || len(list) != 2 || list[1].Team.ID != id {
 		t.Fatalf("List = %+v, %v", list, err)
 	}
-	if _, err := ts.Get(ctx, stranger, id); !errors.Is(err, ErrNotFound) {
+	if _, err := ts.Get(ctx, stranger, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get by a stranger: %v", err)
 	}
-	renamed, err := ts.Rename(ctx, p, id, "Research & Development")
+	renamed, err := ts.Rename(ctx, p, teamIDOf(id), "Research & Development")
 	if err != nil || renamed.Team.Name != "Research & Development" || renamed.Team.Slug != tr.Team.Slug {
 		t.Fatalf("Rename = %+v, %v", renamed, err)
 	}
@@ -71,10 +71,10 @@ func TestTeamLifecycle(t *testing.T) {
 	// Members: admin adds a member; the member cannot manage.
 	_, admin := e.signup(t, "admin@example.com")
 	_, member := e.signup(t, "member@example.com")
-	if _, err := ts.AddMember(ctx, p, id, "ADMIN@example.com", RoleAdmin); err != nil {
+	if _, err := ts.AddMember(ctx, p, teamIDOf(id), "ADMIN@example.com", RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
-	admin.TeamID, member.TeamID = id, id
+	admin.TeamID, member.TeamID = teamIDOf(id), teamIDOf(id)
 	for _, tc := range []struct {
 		name  string
 		p     Principal
@@ -91,17 +91,17 @@ func TestTeamLifecycle(t *testing.T) {
 		{"stranger cannot add", stranger, "stranger@example.com", RoleMember, ErrNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ts.AddMember(ctx, tc.p, id, tc.email, tc.role)
+			_, err := ts.AddMember(ctx, tc.p, teamIDOf(id), tc.email, tc.role)
 			if (tc.want == nil) != (err == nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("AddMember = %v, want %v", err, tc.want)
 			}
 		})
 	}
-	ms, err := ts.Members(ctx, member, id)
+	ms, err := ts.Members(ctx, member, teamIDOf(id))
 	if err != nil || len(ms) != 3 {
 		t.Fatalf("Members = %+v, %v", ms, err)
 	}
-	if _, err := ts.Members(ctx, stranger, id); !errors.Is(err, ErrNotFound) {
+	if _, err := ts.Members(ctx, stranger, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Members by a stranger: %v", err)
 	}
 
@@ -125,7 +125,7 @@ func TestTeamLifecycle(t *testing.T) {
 		{"back", admin, p, RoleOwner, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ts.SetMemberRole(ctx, tc.p, id, tc.target.UserID, tc.role)
+			_, err := ts.SetMemberRole(ctx, tc.p, teamIDOf(id), tc.target.UserID, tc.role)
 			if (tc.want == nil) != (err == nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("SetMemberRole = %v, want %v", err, tc.want)
 			}
@@ -133,27 +133,27 @@ func TestTeamLifecycle(t *testing.T) {
 	}
 	// Now p and admin are owners, member a member. A member cannot remove
 	// anyone; of two owners one may leave, the last one may not.
-	if err := ts.RemoveMember(ctx, member, id, p.UserID); !errors.Is(err, ErrForbidden) {
+	if err := ts.RemoveMember(ctx, member, teamIDOf(id), p.UserID); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("member removes the owner: %v", err)
 	}
-	if err := ts.Leave(ctx, admin, id); err != nil {
+	if err := ts.Leave(ctx, admin, teamIDOf(id)); err != nil {
 		t.Fatalf("second owner leaves: %v", err)
 	}
-	if err := ts.Leave(ctx, p, id); !errors.Is(err, ErrConflict) {
+	if err := ts.Leave(ctx, p, teamIDOf(id)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("last owner leaves: %v", err)
 	}
-	if err := ts.RemoveMember(ctx, p, id, p.UserID); !errors.Is(err, ErrConflict) {
+	if err := ts.RemoveMember(ctx, p, teamIDOf(id), p.UserID); !errors.Is(err, ErrConflict) {
 		t.Fatalf("last owner removed: %v", err)
 	}
-	if err := ts.RemoveMember(ctx, p, id, member.UserID); err != nil {
+	if err := ts.RemoveMember(ctx, p, teamIDOf(id), member.UserID); err != nil {
 		t.Fatalf("owner removes a member: %v", err)
 	}
-	if err := ts.Leave(ctx, member, id); !errors.Is(err, ErrNotFound) {
+	if err := ts.Leave(ctx, member, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("removed member leaves: %v", err)
 	}
 
 	// The audit trail, in the team's log, oldest first.
-	logs, _, err := e.acc.audit.List(ctx, Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner}, AuditFilter{Limit: 200})
+	logs, _, err := e.acc.audit.List(ctx, Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}, AuditFilter{Limit: 200})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestOwnerInvariantRace(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := tr.Team.ID
-		pa := Principal{UserID: a.UserID, TeamID: id}
+		pa := Principal{UserID: a.UserID, TeamID: teamIDOf(id)}
 		pb := addMember(t, e, b, id, RoleOwner)
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
@@ -196,11 +196,11 @@ func TestOwnerInvariantRace(t *testing.T) {
 			}()
 		}
 		if round%2 == 0 {
-			op(0, func() error { _, err := ts.SetMemberRole(ctx, pa, id, b.UserID, RoleMember); return err })
-			op(1, func() error { _, err := ts.SetMemberRole(ctx, pb, id, a.UserID, RoleMember); return err })
+			op(0, func() error { _, err := ts.SetMemberRole(ctx, pa, teamIDOf(id), b.UserID, RoleMember); return err })
+			op(1, func() error { _, err := ts.SetMemberRole(ctx, pb, teamIDOf(id), a.UserID, RoleMember); return err })
 		} else {
-			op(0, func() error { return ts.Leave(ctx, pa, id) })
-			op(1, func() error { return ts.Leave(ctx, pb, id) })
+			op(0, func() error { return ts.Leave(ctx, pa, teamIDOf(id)) })
+			op(1, func() error { return ts.Leave(ctx, pb, teamIDOf(id)) })
 		}
 		close(start)
 		wg.Wait()
@@ -234,13 +234,13 @@ func TestTeamDelete(t *testing.T) {
 	}
 	id := tr.Team.ID
 	addMember(t, e, admin, id, RoleAdmin)
-	tp := Principal{UserID: p.UserID, TeamID: id, Role: RoleOwner}
+	tp := Principal{UserID: p.UserID, TeamID: teamIDOf(id), Role: RoleOwner}
 	key, err := e.acc.CreateAPIKey(ctx, tp, "ci")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The doomed team is the owner's default team.
-	if _, err := e.acc.SwitchTeam(ctx, p, id); err != nil {
+	if _, err := e.acc.SwitchTeam(ctx, p, teamIDOf(id)); err != nil {
 		t.Fatal(err)
 	}
 	// A stopped sandbox only: nothing to destroy on the (unreachable) agent.
@@ -248,24 +248,24 @@ func TestTeamDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := ts.Delete(ctx, admin, id); !errors.Is(err, ErrForbidden) {
+	if _, err := ts.Delete(ctx, admin, teamIDOf(id)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("admin deletes: %v", err)
 	}
 	_, stranger := e.signup(t, "x@example.com")
-	if _, err := ts.Delete(ctx, stranger, id); !errors.Is(err, ErrNotFound) {
+	if _, err := ts.Delete(ctx, stranger, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("stranger deletes: %v", err)
 	}
-	res, err := ts.Delete(ctx, p, id)
+	res, err := ts.Delete(ctx, p, teamIDOf(id))
 	if err != nil || res != (TeamDeletion{}) {
 		t.Fatalf("Delete = %+v, %v", res, err)
 	}
 	if _, err := e.acc.AuthenticateAPIKey(ctx, key.Plaintext); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("the deleted team's key still works: %v", err)
 	}
-	if _, err := ts.Get(ctx, p, id); !errors.Is(err, ErrNotFound) {
+	if _, err := ts.Get(ctx, p, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get a deleted team: %v", err)
 	}
-	if _, err := ts.Delete(ctx, p, id); !errors.Is(err, ErrNotFound) {
+	if _, err := ts.Delete(ctx, p, teamIDOf(id)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second Delete: %v", err)
 	}
 	// The login falls back to the user's other team.
@@ -276,7 +276,7 @@ func TestTeamDelete(t *testing.T) {
 
 	// The platform team cannot be deleted, even by an owner of it.
 	plat := addMember(t, e, p, store.PlatformTeamID, RoleOwner)
-	if _, err := ts.Delete(ctx, plat, store.PlatformTeamID); !errors.Is(err, ErrForbidden) {
+	if _, err := ts.Delete(ctx, plat, teamIDOf(store.PlatformTeamID)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("delete the platform team: %v", err)
 	}
 }
@@ -341,15 +341,15 @@ func TestMeSwitchAndSearch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := e.acc.SwitchTeam(ctx, p, tr.Team.ID)
+	sess, err := e.acc.SwitchTeam(ctx, p, teamIDOf(tr.Team.ID))
 	if err != nil || sess.Account.Team.ID != tr.Team.ID || sess.Account.Role != RoleOwner {
 		t.Fatalf("SwitchTeam = %+v, %v", sess.Account, err)
 	}
 	sp, err := e.acc.AuthenticateJWT(ctx, sess.Token)
-	if err != nil || sp.TeamID != tr.Team.ID {
+	if err != nil || sp.TeamID != teamIDOf(tr.Team.ID) {
 		t.Fatalf("switched session: %+v, %v", sp, err)
 	}
-	if u, _ := e.st.Queries().GetUser(ctx, p.UserID); u.DefaultTeamID != tr.Team.ID {
+	if u, _ := e.st.Queries().GetUser(ctx, pgUUID(p.UserID)); u.DefaultTeamID != tr.Team.ID {
 		t.Fatal("default team not moved")
 	}
 	_, other := e.signup(t, "other@example.com")
@@ -363,11 +363,11 @@ func TestMeSwitchAndSearch(t *testing.T) {
 
 	// AuthenticateUser keeps a session alive once its team is gone, with no
 	// team; AuthenticateJWT refuses it.
-	if _, err := ts.Delete(ctx, p, tr.Team.ID); err != nil {
+	if _, err := ts.Delete(ctx, p, teamIDOf(tr.Team.ID)); err != nil {
 		t.Fatal(err)
 	}
 	up, err := e.acc.AuthenticateUser(ctx, sess.Token)
-	if err != nil || up.TeamID.Valid || up.UserID != p.UserID {
+	if err != nil || !up.TeamID.IsZero() || up.UserID != p.UserID {
 		t.Fatalf("AuthenticateUser after the team's deletion = %+v, %v", up, err)
 	}
 	if _, err := e.acc.AuthenticateJWT(ctx, sess.Token); !errors.Is(err, ErrUnauthorized) {
@@ -407,17 +407,17 @@ func TestOAuthLoginService(t *testing.T) {
 		t.Fatalf("password account: %v", err)
 	}
 	// ...its owner links it from a session instead.
-	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pw.UserID)
-	if err != nil || !r.Linked || r.Session.Account.User.ID != pw.UserID {
+	r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "elsewhere@example.com"), pgUUID(pw.UserID))
+	if err != nil || !r.Linked || userIDOf(r.Session.Account.User.ID) != pw.UserID {
 		t.Fatalf("link: %+v, %v", r, err)
 	}
-	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pw.UserID); err != nil || r.Linked {
+	if r, err = e.acc.OAuthLogin(ctx, "github", ghProfile("3", "x@example.com"), pgUUID(pw.UserID)); err != nil || r.Linked {
 		t.Fatalf("link again: %+v, %v", r, err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("1", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link someone else's identity: %v", err)
 	}
-	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pw.UserID); !errors.Is(err, ErrConflict) {
+	if _, err := e.acc.OAuthLogin(ctx, "github", ghProfile("4", "x@example.com"), pgUUID(pw.UserID)); !errors.Is(err, ErrConflict) {
 		t.Fatalf("link a second identity of the provider: %v", err)
 	}
 	// An OAuth-only account (no password) with the verified address is

@@ -35,7 +35,7 @@ func (s *Sandboxes) DestroyTeamSandboxes(ctx context.Context, p Principal) (dest
 		for _, sb := range page {
 			if derr := s.Destroy(ctx, p, sb.ID); derr != nil {
 				failed++
-				errs = append(errs, fmt.Errorf("destroy %s: %w", ID(sb.ID), derr))
+				errs = append(errs, fmt.Errorf("destroy %s: %w", sb.ID.String(), derr))
 				continue
 			}
 			destroyed++

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -18,7 +16,7 @@ import (
 // timeoutSec more (its deadline and idle window only ever grow); a paused
 // one is resumed first (resumed is then true). A stopped, failed or lost
 // sandbox is not found; one in transition is a conflict.
-func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, timeoutSec int32) (sb Sandbox, resumed bool, err error) {
+func (s *Sandboxes) Connect(ctx context.Context, p Principal, id SandboxID, timeoutSec int32) (sb Sandbox, resumed bool, err error) {
 	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
 		return Sandbox{}, false, errorf(ErrInvalid, "timeout: 0 to %d seconds", maxTimeoutSec)
 	}
@@ -39,7 +37,7 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, ti
 		return Sandbox{}, false, errorf(ErrConflict, "the sandbox is %s", row.State)
 	}
 	if timeoutSec > 0 {
-		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		row, err = s.st.Queries().ExtendSandboxTimeout(ctx, db.ExtendSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: timeoutSec})
 		if errors.Is(err, store.ErrNotFound) {
 			return Sandbox{}, false, errorf(ErrConflict, "the sandbox is no longer running")
 		}
@@ -55,7 +53,7 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id pgtype.UUID, ti
 // settled returns a sandbox of p's team once it is not in transition
 // (starting, pausing, resuming), waiting up to a minute for that: a client
 // that saw it paused may connect while the pause is still being recorded.
-func (s *Sandboxes) settled(ctx context.Context, p Principal, id pgtype.UUID) (db.Sandbox, error) {
+func (s *Sandboxes) settled(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, error) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		row, err := s.get(ctx, p, id)
@@ -169,15 +167,15 @@ func (s *Sandboxes) autoResume(ctx context.Context, row db.Sandbox) (db.Sandbox,
 	v, err, _ := s.resumes.Do(key, func() (any, error) {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		p := Principal{TeamID: row.TeamID}
+		p := Principal{TeamID: teamIDOf(row.TeamID)}
 		if row.State == store.SandboxPaused {
-			if _, err := s.Resume(bg, p, row.ID); err != nil && !errors.Is(err, ErrConflict) {
+			if _, err := s.Resume(bg, p, sandboxIDOf(row.ID)); err != nil && !errors.Is(err, ErrConflict) {
 				return nil, err
 			}
 		}
 		// Resumed here, or resuming elsewhere (a conflict): its settled
 		// record.
-		return s.settled(bg, p, row.ID)
+		return s.settled(bg, p, sandboxIDOf(row.ID))
 	})
 	if err != nil {
 		return db.Sandbox{}, err

@@ -7,18 +7,16 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
-	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // Destroy destroys a sandbox of p's team: idempotent (a stopped sandbox
 // is destroyed already; a sandbox the agent does not know is gone).
-func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) error {
+func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) error {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return err
@@ -33,18 +31,18 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 	if err != nil {
 		return err
 	}
-	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(id)}))
+	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id.String()}))
 	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 		return agentError(err, "destroy")
 	}
 	if dr != nil {
-		s.storeMetrics(ctx, id, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+		s.storeMetrics(ctx, pgUUID(id), []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
 	}
-	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: id, Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: pgUUID(id), Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("persist stopped: %w", err)
 	}
-	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
-	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox.destroy"})
+	s.log.InfoContext(ctx, "sandbox destroyed", "sandbox", id.String(), "team", p.TeamID.String())
+	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox.destroy"})
 	return nil
 }
 
@@ -53,7 +51,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id pgtype.UUID) er
 // from[0].
 // check, when not nil, runs in the transaction of the first transition,
 // after it (quota checks: it runs under the team's row lock).
-func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID, from, mid, to string,
+func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, from, mid, to string,
 	check func(q *db.Queries, row db.Sandbox) error,
 	call func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
 	cur, err := s.get(ctx, p, id)
@@ -63,12 +61,12 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		if check != nil {
-			if _, err := q.LockTeam(ctx, p.TeamID); err != nil {
+			if _, err := q.LockTeam(ctx, pgUUID(p.TeamID)); err != nil {
 				return notFound(err, "team")
 			}
 		}
 		var err error
-		if row, err = s.setState(ctx, q, id, State(from), State(mid), ""); err != nil {
+		if row, err = s.setState(ctx, q, pgUUID(id), State(from), State(mid), ""); err != nil {
 			var se *store.StateError
 			if errors.As(err, &se) {
 				return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox is %s, not %s", se.State, from), Err: err}
@@ -93,57 +91,57 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id pgtype.UUID,
 	var a *pb.Sandbox
 	if err == nil {
 		if a, err = call(actx, c, row); err != nil {
-			a, err = s.askAgent(actx, c, id, err, to)
+			a, err = s.askAgent(actx, c, pgUUID(id), err, to)
 		}
 	}
 	if err != nil && c != nil && errors.Is(err, agentclient.ErrConflict) {
-		if died, reason := s.keptWithoutMachine(actx, c, id); died {
+		if died, reason := s.keptWithoutMachine(actx, c, pgUUID(id)); died {
 			// The machine died behind the record's back: the record says so
 			// now (error, disk kept on the host; resuming boots it cold).
-			if _, terr := s.setState(actx, nil, id, State(mid), StateError, truncate("on the host: "+reason, 1024)); terr != nil {
-				s.log.ErrorContext(actx, "persist a sandbox whose machine died", "sandbox", ID(id), "err", terr)
+			if _, terr := s.setState(actx, nil, pgUUID(id), State(mid), StateError, truncate("on the host: "+reason, 1024)); terr != nil {
+				s.log.ErrorContext(actx, "persist a sandbox whose machine died", "sandbox", id.String(), "err", terr)
 			}
-			s.log.WarnContext(actx, "sandbox machine died; record set to error, disk kept", "sandbox", ID(id), "reason", reason)
+			s.log.WarnContext(actx, "sandbox machine died; record set to error, disk kept", "sandbox", id.String(), "reason", reason)
 			return Sandbox{}, &Error{Kind: ErrConflict, Msg: "the sandbox's machine stopped unexpectedly; its disk is kept: resume boots it cold from its disk", Err: err}
 		}
 	}
 	if err != nil {
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if _, terr := s.setState(bg, nil, id, State(mid), State(from), truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
-			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", ID(id), "err", terr)
+		if _, terr := s.setState(bg, nil, pgUUID(id), State(mid), State(from), truncate(op+" failed: "+err.Error(), 1024)); terr != nil {
+			s.log.ErrorContext(bg, "persist the failed "+op, "sandbox", id.String(), "err", terr)
 		}
 		err = agentError(err, op)
-		s.audit.RecordAfter(bg, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox." + op,
+		s.audit.RecordAfter(bg, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op,
 			Status: AuditError, Metadata: map[string]any{"error": PublicText(err)}})
 		return Sandbox{}, err
 	}
 	if to == store.SandboxRunning {
-		row, err = s.persistRunning(ctx, id, mid, a, nil)
+		row, err = s.persistRunning(ctx, pgUUID(id), mid, a, nil)
 	} else {
-		row, err = s.setState(ctx, nil, id, State(mid), State(to), "")
+		row, err = s.setState(ctx, nil, pgUUID(id), State(mid), State(to), "")
 	}
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("persist %s: %w", to, err)
 	}
-	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", ID(id), "team", wireid.Format(wireid.Team, p.TeamID))
-	s.audit.RecordAfter(ctx, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id), Action: "sandbox." + op})
+	s.log.InfoContext(ctx, "sandbox "+to, "sandbox", id.String(), "team", p.TeamID.String())
+	s.audit.RecordAfter(ctx, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(), Action: "sandbox." + op})
 	return s.view(row, a), nil
 }
 
 // Pause pauses a running sandbox of p's team, within its paused and
 // stored quotas (ErrQuota; the sandbox runs on).
-func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+func (s *Sandboxes) Pause(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
 	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		func(q *db.Queries, row db.Sandbox) error {
-			return s.checkStoredQuotas(ctx, q, p.TeamID, true, int64(row.MemoryMB))
+			return s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), true, int64(row.MemoryMB))
 		},
 		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
-			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: ID(id)}))
+			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id.String()}))
 			if err != nil {
 				return nil, err
 			}
-			s.storeMetrics(ctx, id, r.Msg.GetMetrics(), "")
+			s.storeMetrics(ctx, pgUUID(id), r.Msg.GetMetrics(), "")
 			return r.Msg.GetSandbox(), nil
 		}, "pause")
 }
@@ -154,14 +152,14 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id pgtype.UUID) (San
 // A sandbox in error whose host kept its disk (its machine died: see
 // Reconcile) is resumed the same way: the host boots it cold from its
 // disk (its files are there, its memory is not).
-func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+func (s *Sandboxes) Resume(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
 	from := store.SandboxPaused
 	if row, err := s.get(ctx, p, id); err == nil && row.State == store.SandboxError {
 		from = store.SandboxError
 	}
 	return s.transition(ctx, p, id, from, store.SandboxResuming, store.SandboxRunning,
 		func(q *db.Queries, _ db.Sandbox) error {
-			t, err := q.GetTeam(ctx, p.TeamID)
+			t, err := q.GetTeam(ctx, pgUUID(p.TeamID))
 			if err != nil {
 				return notFound(err, "team")
 			}
@@ -170,7 +168,7 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id pgtype.UUID) (Sa
 		func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
 			// The TTL is the control plane's (entering running restarts it
 			// in the record), and so are the egress rules.
-			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: ID(id), Network: rulesToProto(NetworkOf(row))}))
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: id.String(), Network: rulesToProto(NetworkOf(row))}))
 			if err != nil {
 				return nil, err
 			}
@@ -204,7 +202,7 @@ func (s *Sandboxes) PauseAll(ctx context.Context) error {
 	}
 	var first error
 	for _, r := range rows {
-		if _, err := s.Pause(ctx, Principal{TeamID: r.TeamID}, r.ID); err != nil {
+		if _, err := s.Pause(ctx, Principal{TeamID: teamIDOf(r.TeamID)}, sandboxIDOf(r.ID)); err != nil {
 			s.log.ErrorContext(ctx, "pause at shutdown", "sandbox", ID(r.ID), "err", err)
 			if first == nil {
 				first = err

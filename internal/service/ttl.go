@@ -28,7 +28,7 @@ const touchEvery = time.Second
 
 // Ping marks a running sandbox of p's team active (its TTL starts again)
 // on the agent and in the record; ErrConflict unless it is running.
-func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sandbox, error) {
+func (s *Sandboxes) Ping(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
 	row, err := s.get(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, err
@@ -40,10 +40,10 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sand
 	if err != nil {
 		return Sandbox{}, err
 	}
-	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: ID(id)})); err != nil {
+	if _, err := c.PingSandbox(ctx, connect.NewRequest(&pb.PingSandboxRequest{SandboxId: id.String()})); err != nil {
 		return Sandbox{}, agentError(err, "ping")
 	}
-	row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: id, TeamID: p.TeamID})
+	row, err = s.st.Queries().TouchSandbox(ctx, db.TouchSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 	if errors.Is(err, store.ErrNotFound) {
 		// It left running (paused, destroyed) since the check.
 		return Sandbox{}, errorf(ErrConflict, "the sandbox is no longer running")
@@ -51,23 +51,23 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id pgtype.UUID) (Sand
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("ping: %w", err)
 	}
-	s.noteTouched(id, s.now())
+	s.noteTouched(pgUUID(id), s.now())
 	return s.view(row, nil), nil
 }
 
 // SetTimeout gives a sandbox of p's team a new timeout (0: never), counted
 // from now when it runs (from when it next runs otherwise). Refused for a
 // stopped sandbox.
-func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id pgtype.UUID, timeoutSec int32) (Sandbox, error) {
+func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id SandboxID, timeoutSec int32) (Sandbox, error) {
 	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
 		return Sandbox{}, errorf(ErrInvalid, "timeout_sec: 0 to %d", maxTimeoutSec)
 	}
 	var row db.Sandbox
 	err := s.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
-		row, err = q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: id, TeamID: p.TeamID, TimeoutSec: timeoutSec})
+		row, err = q.SetSandboxTimeout(ctx, db.SetSandboxTimeoutParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID), TimeoutSec: timeoutSec})
 		if errors.Is(err, store.ErrNotFound) {
-			cur, gerr := q.GetSandbox(ctx, db.GetSandboxParams{ID: id, TeamID: p.TeamID})
+			cur, gerr := q.GetSandbox(ctx, db.GetSandboxParams{ID: pgUUID(id), TeamID: pgUUID(p.TeamID)})
 			if gerr != nil {
 				return notFound(gerr, "sandbox")
 			}
@@ -76,7 +76,7 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id pgtype.UUID,
 		if err != nil {
 			return fmt.Errorf("set timeout: %w", err)
 		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: ID(id),
+		return s.audit.Record(ctx, q, pgUUID(p.TeamID), p.Actor(), AuditEvent{ResourceType: "sandbox", ResourceID: id.String(),
 			Action: "sandbox.set_timeout", Metadata: map[string]any{"timeout_sec": timeoutSec}})
 	})
 	if err != nil {

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -42,12 +40,12 @@ func (a *Accounts) AuthenticateUser(ctx context.Context, token string) (Principa
 	if err := checkEnabled(u); err != nil {
 		return Principal{}, err
 	}
-	p := Principal{UserID: uid, ActorName: u.Email}
+	p := Principal{UserID: userIDOf(uid), ActorName: u.Email}
 	if tid, err := wireid.Parse(wireid.Team, claims.TeamID); err == nil {
 		m, err := q.GetMembership(ctx, db.GetMembershipParams{UserID: uid, TeamID: tid})
 		switch {
 		case err == nil:
-			p.TeamID, p.Role = tid, m.Role
+			p.TeamID, p.Role = teamIDOf(tid), m.Role
 		case !errors.Is(err, store.ErrNotFound):
 			return Principal{}, fmt.Errorf("authenticate session: %w", err)
 		}
@@ -89,7 +87,7 @@ func (a *Accounts) sessionForUser(ctx context.Context, u db.User) (Session, erro
 
 // SwitchTeam issues a new session token of p's user for team (a team p is
 // a member of: else ErrNotFound) and makes it the user's default team.
-func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team pgtype.UUID) (Session, error) {
+func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team TeamID) (Session, error) {
 	if err := requireUser(p); err != nil {
 		return Session{}, err
 	}
@@ -100,16 +98,16 @@ func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team pgtype.UUID
 	)
 	err := a.st.Tx(ctx, func(q *db.Queries) error {
 		var err error
-		if m, err = membership(ctx, q, p, team); err != nil {
+		if m, err = membership(ctx, q, p, pgUUID(team)); err != nil {
 			return err
 		}
-		if t, err = q.GetTeam(ctx, team); err != nil {
+		if t, err = q.GetTeam(ctx, pgUUID(team)); err != nil {
 			return notFound(err, "team")
 		}
-		if err := q.SetUserDefaultTeam(ctx, db.SetUserDefaultTeamParams{TeamID: team, ID: p.UserID}); err != nil {
+		if err := q.SetUserDefaultTeam(ctx, db.SetUserDefaultTeamParams{TeamID: pgUUID(team), ID: pgUUID(p.UserID)}); err != nil {
 			return fmt.Errorf("default team: %w", err)
 		}
-		if u, err = q.GetUser(ctx, p.UserID); err != nil {
+		if u, err = q.GetUser(ctx, pgUUID(p.UserID)); err != nil {
 			return notFound(err, "user")
 		}
 		return nil
@@ -132,11 +130,11 @@ func (a *Accounts) Me(ctx context.Context, p Principal) (Me, error) {
 		return Me{}, err
 	}
 	q := a.st.Queries()
-	u, err := q.GetUser(ctx, p.UserID)
+	u, err := q.GetUser(ctx, pgUUID(p.UserID))
 	if err != nil {
 		return Me{}, notFound(err, "user")
 	}
-	rows, err := q.ListTeamsForUser(ctx, p.UserID)
+	rows, err := q.ListTeamsForUser(ctx, pgUUID(p.UserID))
 	if err != nil {
 		return Me{}, fmt.Errorf("list teams: %w", err)
 	}
@@ -160,7 +158,7 @@ func (a *Accounts) SetName(ctx context.Context, p Principal, name string) (db.Us
 	if strings.IndexFunc(name, unicode.IsControl) >= 0 {
 		return db.User{}, errorf(ErrInvalid, "name: no control characters")
 	}
-	u, err := a.st.Queries().UpdateUserName(ctx, db.UpdateUserNameParams{Name: name, ID: p.UserID})
+	u, err := a.st.Queries().UpdateUserName(ctx, db.UpdateUserNameParams{Name: name, ID: pgUUID(p.UserID)})
 	if err != nil {
 		return db.User{}, notFound(err, "user")
 	}
@@ -188,7 +186,7 @@ func (a *Accounts) SearchUsers(ctx context.Context, p Principal, prefix string) 
 	if err := requireUser(p); err != nil {
 		return nil, err
 	}
-	if !p.TeamID.Valid || !p.IsTeamAdmin() {
+	if p.TeamID.IsZero() || !p.IsTeamAdmin() {
 		return nil, errorf(ErrForbidden, "searching users needs the admin or owner role in the session's team")
 	}
 	prefix = strings.TrimSpace(prefix)

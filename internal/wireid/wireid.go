@@ -6,6 +6,12 @@
 // exception: their wire ID is the bare 32 hex digits, the [a-z0-9] form
 // that E2B's SDKs, the E2B facade and the host agent (hostagent.v1
 // sandbox_id) all accept, so one sandbox has one ID everywhere.
+//
+// The typed IDs (SandboxID, TeamID, UserID…: ID[K] of a Kind) are what the
+// service speaks in its API; their String is the wire form. They live here,
+// not in the store, so that the API, the E2B facade, the proxy and the
+// service share them without importing the store; the service converts them
+// to database UUIDs only where it calls the store.
 package wireid
 
 import (

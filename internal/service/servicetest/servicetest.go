@@ -84,7 +84,8 @@ func (e *Env) Account(t testing.TB, email string) (service.Principal, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := service.Principal{UserID: a.User.ID, TeamID: a.Team.ID, Role: a.Role, ActorName: email}
+	p := a.Principal()
+	p.ActorName = email
 	k, err := e.Accounts.CreateAPIKey(ctx, p, "test")
 	if err != nil {
 		t.Fatal(err)
