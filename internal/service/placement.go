@@ -208,7 +208,9 @@ func (s *Sandboxes) schedule(ctx context.Context, team db.Team, req CreateSandbo
 			}
 		}
 	}
-	now := s.now()
+	// Heartbeats are stamped with the database's now(), not the service's
+	// clock (which tests move): their freshness is judged in real time.
+	now := time.Now()
 	choice, hosts, err := Decide(ctx, s.st.Queries(), s.sched, sr, now, keep)
 	if err != nil {
 		return nil, scheduler.Choice{}, noHost(err)
@@ -226,7 +228,7 @@ func (s *Sandboxes) lock(ctx context.Context, q *db.Queries, pl *placement, choi
 		row, err := q.LockHostForPlacement(ctx, id)
 		if err == nil {
 			h := scheduler.Locked(row)
-			if s.sched.Admissible(&h, pl.req, s.now()) {
+			if s.sched.Admissible(&h, pl.req, time.Now()) {
 				return id, nil
 			}
 		} else if !errors.Is(err, store.ErrNotFound) {
