@@ -350,8 +350,16 @@ func TestMultiHostCluster(t *testing.T) {
 		if err != nil || json.Unmarshal(b, &creds) != nil || creds.RefreshToken == "" {
 			t.Fatalf("agent 2's credentials: %v", err)
 		}
-		if code := anon.do("POST", "/v1/hosts/refresh", map[string]string{"refresh_token": creds.RefreshToken}, nil); code != 200 {
+		var next struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		if code := anon.do("POST", "/v1/hosts/refresh", map[string]string{"refresh_token": creds.RefreshToken}, &next); code != 200 {
 			t.Fatalf("first refresh: %d", code)
+		}
+		// The successor is used: the old token's grace (a crash before
+		// the agent stored the new one) is over.
+		if code := anon.do("POST", "/v1/hosts/refresh", map[string]string{"refresh_token": next.RefreshToken}, nil); code != 200 {
+			t.Fatalf("refresh with the successor: %d", code)
 		}
 		if code := anon.do("POST", "/v1/hosts/refresh", map[string]string{"refresh_token": creds.RefreshToken}, nil); code != 401 {
 			t.Errorf("replayed refresh token: %d, want 401", code)
