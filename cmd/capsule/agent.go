@@ -45,6 +45,7 @@ flags:
 var agentEnv = map[string]string{
 	"data-dir":           "CAPSULE_DATA_DIR",
 	"run-dir":            "CAPSULE_RUN_DIR",
+	"images-dir":         "CAPSULE_IMAGES_DIR",
 	"listen":             "CAPSULE_AGENT_LISTEN",
 	"token-file":         "CAPSULE_AGENT_TOKEN_FILE",
 	"envd":               "CAPSULE_ENVD",
@@ -93,6 +94,7 @@ func parseAgentFlags(args []string, getenv func(string) string) (*agentOptions, 
 	}
 	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory: images, templates, sandboxes [CAPSULE_DATA_DIR]")
 	fs.StringVar(&o.runDir, "run-dir", "/run/capsule", "runtime directory of the VMMs [CAPSULE_RUN_DIR]")
+	fs.StringVar(&o.imagesDir, "images-dir", "", "directory of the guest image store (default: DATA-DIR; several data directories may share one) [CAPSULE_IMAGES_DIR]")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "address to serve on (cleartext: keep it on a private network) [CAPSULE_AGENT_LISTEN]")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token; created (mode 0600) with a random token if absent (default DATA-DIR/agent.token) [CAPSULE_AGENT_TOKEN_FILE]")
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")

@@ -21,6 +21,11 @@ type hostsBenchOptions struct {
 	fleet    bench.Fleet
 	n        int
 	log      *slog.Logger
+	// cluster runs the 3-host cluster half (root, VMs); clusterN creates
+	// are timed on one node and on the cluster.
+	cluster  bool
+	clusterN int
+	envdBin  string
 }
 
 func parseBenchHostsFlags(args []string) (hostsBenchOptions, error) {
@@ -32,19 +37,22 @@ func parseBenchHostsFlags(args []string) (hostsBenchOptions, error) {
 	fs.IntVar(&o.fleet.Live, "sandboxes", o.fleet.Live, "live sandboxes (running, paused, …) spread over the hosts")
 	fs.IntVar(&o.fleet.Stopped, "stopped", o.fleet.Stopped, "stopped sandboxes (history) on the hosts")
 	fs.IntVar(&o.n, "n", 1000, "scheduling decisions measured")
+	fs.BoolVar(&o.cluster, "cluster", true, "also measure a 3-host cluster of real agents in network namespaces (root): create p50 vs one node, agent kill → host unreachable")
+	fs.IntVar(&o.clusterN, "cluster-n", 6, "creates timed on one node and on the cluster")
+	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images (the cluster)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.fleet.Hosts < 1 || o.fleet.Live < 0 || o.fleet.Stopped < 0 || o.n < 1 {
+	if o.fleet.Hosts < 1 || o.fleet.Live < 0 || o.fleet.Stopped < 0 || o.n < 1 || o.clusterN < 1 {
 		return o, errors.New("bench hosts: -hosts and -n must be positive, -sandboxes and -stopped not negative")
 	}
 	return o, nil
 }
 
 // benchHosts measures the scheduling decision with a fleet in a fresh
-// embedded PostgreSQL (bench.Hosts). The figures of the 3-host cluster
-// (create ratio, agent kill → unreachable, template replication) are not
-// measured yet and are absent from its JSON.
+// embedded PostgreSQL (bench.Hosts) and, with -cluster, the 3-host
+// cluster's figures (benchCluster: create p50 vs one node, agent kill →
+// host unreachable). Template replication is not measured yet.
 func benchHosts(ctx context.Context, o hostsBenchOptions) (map[string]any, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
@@ -75,5 +83,17 @@ func benchHosts(ctx context.Context, o hostsBenchOptions) (map[string]any, error
 	if err := st.Migrate(ctx); err != nil {
 		return nil, err
 	}
-	return bench.Hosts(ctx, st, bench.HostsOptions{Fleet: o.fleet, N: o.n})
+	out, err := bench.Hosts(ctx, st, bench.HostsOptions{Fleet: o.fleet, N: o.n})
+	if err != nil || !o.cluster {
+		return out, err
+	}
+	c, err := benchCluster(ctx, clusterBenchOptions{benchStackOptions: benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir,
+		pgBinDir: o.pgBinDir, log: o.log}, n: o.clusterN})
+	if err != nil {
+		return nil, fmt.Errorf("bench hosts: %w", err)
+	}
+	for k, v := range c {
+		out[k] = v
+	}
+	return out, nil
 }

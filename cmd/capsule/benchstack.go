@@ -30,7 +30,9 @@ type benchStackOptions struct {
 	pgBinDir string
 	// base builds the base image too (the E2B SDK's default template).
 	base bool
-	log  *slog.Logger
+	// apiListen is the API's address (127.0.0.1:0 when empty).
+	apiListen string
+	log       *slog.Logger
 }
 
 // benchStack is the platform running in this process for the benches, the
@@ -44,6 +46,7 @@ type benchStack struct {
 	pool      *agentclient.Pool
 	accounts  *service.Accounts
 	sandboxes *service.Sandboxes
+	hosts     *service.Hosts
 	url       string
 	// sandboxURL is the sandbox traffic listener (the proxy).
 	sandboxURL string
@@ -105,13 +108,17 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	so.defaultCapacity()
-	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, so, o.log)
+	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {
 		return nil, err
 	}
-	b.closers = append(b.closers, stopAgent)
+	b.closers = append(b.closers, hs.stop)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	apiListen := o.apiListen
+	if apiListen == "" {
+		apiListen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", apiListen)
 	if err != nil {
 		return nil, err
 	}
@@ -121,21 +128,27 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, func() { sln.Close() })
-	b.url, b.sandboxURL = "http://"+ln.Addr().String(), "http://"+sln.Addr().String()
+	b.url, b.sandboxURL = "http://"+displayAddr(ln.Addr()), "http://"+sln.Addr().String()
 
 	// The control plane, built as capsule serve builds it; sign-up is open
 	// for the bench's account.
 	cp, err := controlplane.New(ctx, controlplane.Config{
 		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
-		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
-		Signup: service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
+		EmbeddedHosts: []string{service.LocalHost},
+		Signup:        service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
 		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log, SingleReplica: true,
 	})
 	if err != nil {
 		return nil, err
 	}
 	b.closers = append(b.closers, cp.Close)
-	b.st, b.pool, b.accounts, b.sandboxes = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes
+	// The agent registers as capsule serve's does.
+	emb, err := startEmbeddedAgent(ctx, so, hs, cp, o.log)
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, func() { emb.close(o.log) })
+	b.st, b.pool, b.accounts, b.sandboxes, b.hosts = cp.Store, cp.Agents, cp.Accounts, cp.Sandboxes, cp.Hosts
 	if err := cp.Start(ctx); err != nil {
 		return nil, err
 	}

@@ -193,14 +193,19 @@ func serveAgentHandler(addr string, a *agent.Agent, tlsCfg *tls.Config, log *slo
 	if err != nil {
 		return nil, err
 	}
-	s := &servedAgent{agent: a, srv: agent.NewServer(addr, a, log), addr: ln.Addr(), served: make(chan error, 1)}
+	return serveAgentOn(ln, a, tlsCfg, log), nil
+}
+
+// serveAgentOn serves an agent's handler on ln, as serveAgentHandler.
+func serveAgentOn(ln net.Listener, a *agent.Agent, tlsCfg *tls.Config, log *slog.Logger) *servedAgent {
+	s := &servedAgent{agent: a, srv: agent.NewServer(ln.Addr().String(), a, log), addr: ln.Addr(), served: make(chan error, 1)}
 	if tlsCfg != nil {
 		s.srv.TLSConfig = tlsCfg
 		go func() { s.served <- s.srv.ServeTLS(ln, "", "") }()
-		return s, nil
+		return s
 	}
 	go func() { s.served <- s.srv.Serve(ln) }()
-	return s, nil
+	return s
 }
 
 // stop shuts the server down, cutting the calls still in progress (an

@@ -32,7 +32,7 @@ commands:
   bench metrics measure the metrics sampler's CPU and the metrics endpoint (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
-  bench hosts   measure the scheduling decision with 1,000 hosts in a fresh PostgreSQL (prints JSON)
+  bench hosts   measure the scheduling decision with 1,000 hosts, and a 3-host cluster of real agents (prints JSON; root for the cluster)
   image         build, list and remove template images (capsule image help)
   version       print versions
 

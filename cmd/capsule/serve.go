@@ -8,9 +8,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/capsulehq/capsule/internal/agent"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -23,12 +23,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/controlplane"
+	"github.com/capsulehq/capsule/internal/hostapi"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/pgembed"
+	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -52,36 +53,40 @@ flags:
 `
 
 var serveEnv = map[string]string{
-	"listen":               "CAPSULE_LISTEN",
-	"sandbox-listen":       "CAPSULE_SANDBOX_LISTEN",
-	"data-dir":             "CAPSULE_DATA_DIR",
-	"run-dir":              "CAPSULE_RUN_DIR",
-	"images-dir":           "CAPSULE_IMAGES_DIR",
-	"database-url":         "DATABASE_URL",
-	"pg-bin-dir":           "CAPSULE_PG_BIN_DIR",
-	"envd":                 "CAPSULE_ENVD",
-	"base":                 "CAPSULE_AGENT_BASE",
-	"warm-images":          "CAPSULE_AGENT_WARM_IMAGES",
-	"console-log-max-mb":   "CAPSULE_AGENT_CONSOLE_LOG_MAX_MB",
-	"admin-email":          "CAPSULE_ADMIN_EMAIL",
-	"max-vcpus":            "CAPSULE_AGENT_MAX_VCPUS",
-	"max-memory-mb":        "CAPSULE_AGENT_MAX_MEMORY_MB",
-	"disk-headroom-mb":     "CAPSULE_AGENT_DISK_HEADROOM_MB",
-	"quota-paused":         "CAPSULE_QUOTA_PAUSED",
-	"quota-stored-mb":      "CAPSULE_QUOTA_STORED_MB",
-	"net-name":             "CAPSULE_AGENT_NET_NAME",
-	"net-host-cidr":        "CAPSULE_AGENT_NET_HOST_CIDR",
-	"net-link-cidr":        "CAPSULE_AGENT_NET_LINK_CIDR",
-	"net-max-slots":        "CAPSULE_AGENT_NET_MAX_SLOTS",
-	"v":                    "CAPSULE_VERBOSE",
-	"public-url":           "CAPSULE_PUBLIC_URL",
-	"github-client-id":     "CAPSULE_GITHUB_CLIENT_ID",
-	"github-client-secret": "CAPSULE_GITHUB_CLIENT_SECRET",
-	"domain":               "CAPSULE_DOMAIN",
-	"signup":               "CAPSULE_SIGNUP",
-	"trusted-proxies":      "CAPSULE_TRUSTED_PROXIES",
-	"metrics-listen":       "CAPSULE_METRICS_LISTEN",
-	"metrics-token":        "CAPSULE_METRICS_TOKEN",
+	"listen":                  "CAPSULE_LISTEN",
+	"sandbox-listen":          "CAPSULE_SANDBOX_LISTEN",
+	"data-dir":                "CAPSULE_DATA_DIR",
+	"run-dir":                 "CAPSULE_RUN_DIR",
+	"images-dir":              "CAPSULE_IMAGES_DIR",
+	"database-url":            "DATABASE_URL",
+	"pg-bin-dir":              "CAPSULE_PG_BIN_DIR",
+	"envd":                    "CAPSULE_ENVD",
+	"base":                    "CAPSULE_AGENT_BASE",
+	"warm-images":             "CAPSULE_AGENT_WARM_IMAGES",
+	"console-log-max-mb":      "CAPSULE_AGENT_CONSOLE_LOG_MAX_MB",
+	"admin-email":             "CAPSULE_ADMIN_EMAIL",
+	"max-vcpus":               "CAPSULE_AGENT_MAX_VCPUS",
+	"max-memory-mb":           "CAPSULE_AGENT_MAX_MEMORY_MB",
+	"disk-headroom-mb":        "CAPSULE_AGENT_DISK_HEADROOM_MB",
+	"quota-paused":            "CAPSULE_QUOTA_PAUSED",
+	"quota-stored-mb":         "CAPSULE_QUOTA_STORED_MB",
+	"net-name":                "CAPSULE_AGENT_NET_NAME",
+	"net-host-cidr":           "CAPSULE_AGENT_NET_HOST_CIDR",
+	"net-link-cidr":           "CAPSULE_AGENT_NET_LINK_CIDR",
+	"net-max-slots":           "CAPSULE_AGENT_NET_MAX_SLOTS",
+	"v":                       "CAPSULE_VERBOSE",
+	"public-url":              "CAPSULE_PUBLIC_URL",
+	"github-client-id":        "CAPSULE_GITHUB_CLIENT_ID",
+	"github-client-secret":    "CAPSULE_GITHUB_CLIENT_SECRET",
+	"domain":                  "CAPSULE_DOMAIN",
+	"signup":                  "CAPSULE_SIGNUP",
+	"trusted-proxies":         "CAPSULE_TRUSTED_PROXIES",
+	"cpu-overcommit":          "CAPSULE_CPU_OVERCOMMIT",
+	"affinity-weight":         "CAPSULE_AFFINITY_WEIGHT",
+	"host-heartbeat-interval": "CAPSULE_HOST_HEARTBEAT_INTERVAL",
+	"host-unreachable-after":  "CAPSULE_HOST_UNREACHABLE_AFTER",
+	"metrics-listen":          "CAPSULE_METRICS_LISTEN",
+	"metrics-token":           "CAPSULE_METRICS_TOKEN",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -91,10 +96,7 @@ const defaultConfigFile = "/etc/capsule/capsule.yaml"
 type serveOptions struct {
 	hostOptions
 	metricsOptions
-	// onAgent, when set, receives the embedded agent (its Prometheus
-	// collector joins the control plane's).
-	onAgent func(*agent.Agent)
-	listen  string
+	listen string
 	// sandboxListen is the address of the sandbox traffic listener: the
 	// proxy alone, never on the API's origin.
 	sandboxListen         string
@@ -118,6 +120,11 @@ type serveOptions struct {
 	configFile string
 	// quotas are the platform's default team quotas.
 	quotas service.Quotas
+	// cpuOvercommit and affinityWeight tune the scheduler.
+	cpuOvercommit, affinityWeight float64
+	// heartbeatInterval is the agents' heartbeat; unreachableAfter the
+	// silence after which the host monitor marks a host unreachable.
+	heartbeatInterval, unreachableAfter time.Duration
 }
 
 // intFlag and int64Flag parse a non-negative number into *p.
@@ -181,6 +188,10 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.githubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret [CAPSULE_GITHUB_CLIENT_SECRET]")
 	fs.StringVar(&o.signup, "signup", string(service.SignupInvite), "who may sign up: open (anyone), invite (with a team invitation from an owner or admin), closed (nobody; the platform admin is still created on first start) [CAPSULE_SIGNUP]")
 	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs or addresses of the reverse proxies in front of the API; their X-Forwarded-For gives the client address that rate limits see (empty: none is trusted) [CAPSULE_TRUSTED_PROXIES]")
+	fs.Float64Var(&o.cpuOvercommit, "cpu-overcommit", scheduler.DefaultCPUOvercommit, "vCPUs the scheduler places per host CPU (memory and disk are never overcommitted) [CAPSULE_CPU_OVERCOMMIT]")
+	fs.Float64Var(&o.affinityWeight, "affinity-weight", scheduler.DefaultAffinityWeight, "load discount of a host that already holds a sandbox's template (0 to 1; negative: no template affinity) [CAPSULE_AFFINITY_WEIGHT]")
+	fs.DurationVar(&o.heartbeatInterval, "host-heartbeat-interval", hostapi.HeartbeatInterval, "how often host agents are asked to beat (whole seconds) [CAPSULE_HOST_HEARTBEAT_INTERVAL]")
+	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
 	o.metricsOptions.register(fs, "CAPSULE_")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
@@ -236,6 +247,21 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	}
 	if o.capacity.VCPUs < 0 || o.capacity.MemoryMB < 0 || o.diskHeadroomMB < 0 {
 		return nil, errors.New("serve: capacities and the disk headroom must not be negative")
+	}
+	if o.cpuOvercommit <= 0 || math.IsNaN(o.cpuOvercommit) || math.IsInf(o.cpuOvercommit, 0) {
+		return nil, fmt.Errorf("serve: -cpu-overcommit %v: want a ratio above 0", o.cpuOvercommit)
+	}
+	if math.IsNaN(o.affinityWeight) || o.affinityWeight > 1 {
+		return nil, fmt.Errorf("serve: -affinity-weight %v: want at most 1 (negative: no affinity)", o.affinityWeight)
+	}
+	if o.affinityWeight == 0 {
+		o.affinityWeight = -1 // 0 means none, not the scheduler's default
+	}
+	if o.heartbeatInterval < time.Second || o.heartbeatInterval%time.Second != 0 {
+		return nil, fmt.Errorf("serve: -host-heartbeat-interval %v: want whole seconds, at least 1s", o.heartbeatInterval)
+	}
+	if o.unreachableAfter < 2*o.heartbeatInterval {
+		return nil, fmt.Errorf("serve: -host-unreachable-after %v: want at least two heartbeat intervals (%v)", o.unreachableAfter, 2*o.heartbeatInterval)
 	}
 	u, err := url.Parse(o.publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
@@ -326,14 +352,12 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: server secret: %w", err)
 	}
 
-	// The embedded host agent, reached over loopback like a remote one.
-	var embedded *agent.Agent
-	o.onAgent = func(a *agent.Agent) { embedded = a }
-	agentURL, agentToken, stopAgent, err := startEmbeddedAgent(ctx, o, log)
+	// The embedded host's sandbox stack; its agent registers below.
+	hs, err := startHost(ctx, &o.hostOptions, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("serve: %w", err)
 	}
-	defer stopAgent()
+	defer hs.stop()
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -350,8 +374,11 @@ func runServe(ctx context.Context, args []string) (err error) {
 	// E2B facade.
 	cp, err := controlplane.New(ctx, controlplane.Config{
 		DSN: dsn, Secret: []byte(secret),
-		Agents: map[string]agentclient.Endpoint{service.LocalHost: {URL: agentURL, Token: agentToken}},
-		Signup: o.signupMode, Quotas: o.quotas, OAuth: o.oauthConfig(), TrustedProxies: o.proxies,
+		EmbeddedHosts:     []string{service.LocalHost},
+		Scheduler:         scheduler.Config{CPUOvercommit: o.cpuOvercommit, AffinityWeight: o.affinityWeight},
+		Monitor:           service.MonitorConfig{UnreachableAfter: o.unreachableAfter},
+		HeartbeatInterval: o.heartbeatInterval,
+		Signup:            o.signupMode, Quotas: o.quotas, OAuth: o.oauthConfig(), TrustedProxies: o.proxies,
 		Domain: o.domain, SandboxAddr: sln.Addr(), Log: log,
 		// The embedded PostgreSQL is this process's alone (its data
 		// directory is locked): no other replica shares it.
@@ -361,6 +388,13 @@ func runServe(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer cp.Close()
+	// The embedded agent registers as the regular host "local", through
+	// the same path as any other agent (a token, then mutual TLS).
+	emb, err := startEmbeddedAgent(ctx, o, hs, cp, log)
+	if err != nil {
+		return err
+	}
+	defer emb.close(log)
 	if err := bootstrapAdmin(ctx, o, cp.Store, cp.Accounts, log); err != nil {
 		return err
 	}
@@ -371,8 +405,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 	}
 	// Prometheus: the control plane's metrics and the embedded agent's,
 	// on the private listener and, with a scrape token, the API's.
-	if embedded != nil {
-		cp.Telemetry.Registry.MustRegister(embedded.Collector())
+	if emb.served.agent != nil {
+		cp.Telemetry.Registry.MustRegister(emb.served.agent.Collector())
 	}
 	metrics := cp.MetricsHandler(o.metricsToken)
 	stopMetrics, err := o.serveMetrics(ctx, metrics, log)
@@ -441,38 +475,6 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return fmt.Sprintf("127.0.0.1:%d", ap.Port())
-}
-
-// startEmbeddedAgent assembles the host agent as `capsule agent` does
-// (image store, QEMU driver, network slots, sandbox manager) and serves it
-// on a loopback port with a token generated for this run.
-func startEmbeddedAgent(ctx context.Context, o *serveOptions, log *slog.Logger) (url, token string, stop func(), err error) {
-	host, err := startHost(ctx, &o.hostOptions, log)
-	if err != nil {
-		return "", "", nil, fmt.Errorf("serve: %w", err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		host.stop()
-		return "", "", nil, fmt.Errorf("serve: agent token: %w", err)
-	}
-	token = base64.RawURLEncoding.EncodeToString(raw)
-	sa, err := host.serveAgent("127.0.0.1:0", token, o.capacity, log)
-	if err != nil {
-		host.stop()
-		return "", "", nil, fmt.Errorf("serve: embedded agent: %w", err)
-	}
-	if o.onAgent != nil {
-		o.onAgent(sa.agent)
-	}
-	log.InfoContext(ctx, "embedded agent listening", "url", "http://"+sa.addr.String(), "accel", host.driver.Accel())
-	stop = func() {
-		if err := sa.stop(log); err != nil {
-			log.Error("agent serve", "err", err)
-		}
-		host.stop()
-	}
-	return "http://" + sa.addr.String(), token, stop, nil
 }
 
 // bootstrapAdmin creates, on first start (no user yet), a platform admin

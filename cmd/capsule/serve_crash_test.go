@@ -68,6 +68,10 @@ type serveDirs struct {
 	// pool is the network slot pool (hosttest.CrashPool unless a test
 	// sets its own, to run beside the others).
 	pool hosttest.Pool
+	// listenHost is the API's address (127.0.0.1 unless set); args are
+	// added to serve's.
+	listenHost string
+	args       []string
 }
 
 func newServeDirs(t *testing.T) *serveDirs {
@@ -118,12 +122,17 @@ func (d *serveDirs) start(t *testing.T, bin string) *serveProc {
 	port, sport := freeTCPPort(t), freeTCPPort(t)
 	p := &serveProc{t: t, url: fmt.Sprintf("http://127.0.0.1:%d", port), sandboxURL: fmt.Sprintf("http://127.0.0.1:%d", sport),
 		log: &bytes.Buffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", sport),
+	listen := d.listenHost
+	if listen == "" {
+		listen = "127.0.0.1"
+	}
+	args := []string{"serve", "-listen", fmt.Sprintf("%s:%d", listen, port), "-sandbox-listen", fmt.Sprintf("127.0.0.1:%d", sport),
 		"-data-dir", d.data, "-run-dir", d.run, "-images-dir", hosttest.StoreDir,
 		"-base=false", "-warm-images=false", "-domain", "crash.test",
 		"-net-name", d.pool.Name, "-net-host-cidr", d.pool.HostCIDR.String(),
 		"-net-link-cidr", d.pool.LinkCIDR.String(), "-net-max-slots", "8",
-		"-max-vcpus", "8", "-max-memory-mb", "2048")
+		"-max-vcpus", "8", "-max-memory-mb", "2048"}
+	p.cmd = exec.Command(bin, append(args, d.args...)...)
 	p.cmd.Env = append(os.Environ(), "CAPSULE_CONFIG=/dev/null")
 	p.cmd.Stdout, p.cmd.Stderr = syncWriter(p.log), syncWriter(p.log)
 	if err := p.cmd.Start(); err != nil {

@@ -30,6 +30,12 @@ func TestParseServeFlags(t *testing.T) {
 		{name: "sandbox listener set apart", args: []string{"--sandbox-listen", ":9000"}, listen: ":8080", adminEmail: "admin@capsule.local"},
 		{name: "domain with a port", args: []string{"--domain", "sandbox.example.com:443"}, listen: ":8080", adminEmail: "admin@capsule.local"},
 		{name: "domain with a bad port", args: []string{"--domain", "sandbox.example.com:x"}, wantErr: true},
+		{name: "scheduler and monitor settings", args: []string{"--cpu-overcommit", "2", "--affinity-weight", "0.5",
+			"--host-heartbeat-interval", "2s", "--host-unreachable-after", "10s"}, listen: ":8080", adminEmail: "admin@capsule.local"},
+		{name: "no overcommit ratio", args: []string{"--cpu-overcommit", "0"}, wantErr: true},
+		{name: "affinity weight above 1", args: []string{"--affinity-weight", "1.5"}, wantErr: true},
+		{name: "heartbeat under a second", args: []string{"--host-heartbeat-interval", "500ms"}, wantErr: true},
+		{name: "unreachable within two beats", args: []string{"--host-heartbeat-interval", "15s", "--host-unreachable-after", "20s"}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o, err := parseServeFlags(tc.args, func(k string) string { return tc.env[k] }, "")

@@ -62,11 +62,12 @@ RETURNING *;
 DELETE FROM hosts WHERE id = @id;
 
 -- name: RecordHostHeartbeat :one
--- A heartbeat: pending and unreachable hosts become online, draining and
--- offline stay as they are.
+-- A heartbeat: a pending host becomes online; an unreachable one stays
+-- unreachable until the host monitor reconciled its records with its agent
+-- (MarkHostUp); draining and offline stay as they are.
 UPDATE hosts SET
   last_heartbeat_at = now(),
-  status = CASE WHEN status IN ('pending', 'unreachable') THEN 'online' ELSE status END,
+  status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
   version = CASE WHEN @version::text = '' THEN version ELSE @version::text END,
   total_vcpus = @total_vcpus,
   total_memory_mb = @total_memory_mb,

@@ -156,3 +156,11 @@ func (p *Pool) Close() {
 		c.Close()
 	}
 }
+
+// Static lists the hosts registered with Set (not resolved), sorted: the
+// control plane's static agents, reached by a configured endpoint.
+func (p *Pool) Static() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Sorted(maps.Keys(p.static))
+}

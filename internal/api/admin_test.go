@@ -51,8 +51,13 @@ func (e *apiEnv) setAdmin(t *testing.T, u user, admin bool) {
 // database (no VM).
 func (e *apiEnv) sandboxRow(t *testing.T, team, state string) db.Sandbox {
 	t.Helper()
+	// On the static agent's host, as a create would have put it.
+	host, err := e.st.Queries().GetHostByName(context.Background(), service.LocalHost)
+	if err != nil {
+		t.Fatal(err)
+	}
 	row, err := e.st.Queries().InsertSandbox(context.Background(), db.InsertSandboxParams{
-		TeamID: mustUUID(t, wireid.Team, team), Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, Metadata: json.RawMessage(`{}`),
+		TeamID: mustUUID(t, wireid.Team, team), HostID: host.ID, Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, Metadata: json.RawMessage(`{}`),
 	})
 	if err != nil {
 		t.Fatal(err)

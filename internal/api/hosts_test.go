@@ -55,6 +55,11 @@ func newHostAPI(t *testing.T) *hostEnv {
 		return hosts.Resolve(ctx, id)
 	}})
 	t.Cleanup(pool.Close)
+	// A static agent (capsule serve's embedded one of old): the platform
+	// host "local", which cannot be deleted.
+	if err := pool.Set(service.LocalHost, agentclient.Endpoint{URL: "http://127.0.0.1:1", Token: "unused"}); err != nil {
+		t.Fatal(err)
+	}
 	se := servicetest.NewWith(t, "", "", func(c *service.ServicesConfig) {
 		c.Agents = pool
 		c.Now = clk.Now

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/scheduler"
+	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
-	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -117,7 +117,8 @@ type HostsOptions struct {
 
 // Hosts measures the scheduling decision over st (an empty, migrated
 // Capsule database, which it fills with o.Fleet): the candidates query
-// (one round trip) and scheduler.Choose, for a regular team asking for
+// (one round trip) and scheduler.Choose (service.Decide, as a create makes
+// it), for a regular team asking for
 // one of the fleet's templates. It prints nothing; the figures of the
 // 3-host cluster (create ratio, kill → unreachable, replication) are not
 // measured here.
@@ -159,7 +160,7 @@ func Hosts(ctx context.Context, st *store.Store, o HostsOptions) (map[string]any
 		tpl := tpls[i%len(tpls)]
 		req := scheduler.Request{Team: [16]byte{15: 1}, Resources: o.Request, Template: tpl.Bytes, HasTemplate: true}
 		start := time.Now()
-		choice, err := Decide(ctx, st.Queries(), s, req, time.Now())
+		choice, _, err := service.Decide(ctx, st.Queries(), s, req, time.Now(), nil)
 		samples = append(samples, time.Since(start))
 		if err != nil {
 			return nil, fmt.Errorf("bench hosts: decision %d: %w", i, err)
@@ -192,19 +193,4 @@ func heartbeat(ctx context.Context, st *store.Store, interval time.Duration) err
 			}
 		}
 	}
-}
-
-// Decide is one scheduling decision as the service makes it: the
-// candidates of req's host team in one query, then the choice.
-func Decide(ctx context.Context, q db.Querier, s *scheduler.Scheduler, req scheduler.Request, now time.Time) (scheduler.Choice, error) {
-	team := scheduler.HostTeam(req)
-	p := db.ListSchedulingCandidatesParams{TeamID: pgtype.UUID{Bytes: team, Valid: true}}
-	if req.HasTemplate {
-		p.TemplateID = pgtype.UUID{Bytes: req.Template, Valid: true}
-	}
-	rows, err := q.ListSchedulingCandidates(ctx, p)
-	if err != nil {
-		return scheduler.Choice{}, err
-	}
-	return s.Choose(scheduler.Candidates(rows, req), req, now)
 }

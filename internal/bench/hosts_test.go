@@ -11,6 +11,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/scheduler"
+	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -100,7 +101,7 @@ func TestCandidatesQueryPlanAtScale(t *testing.T) {
 
 	req := scheduler.Request{Team: [16]byte{15: 1}, Resources: scheduler.Resources{VCPUs: 2, MemoryMB: 2048, DiskMB: 5120},
 		Template: tpl.Bytes, HasTemplate: true}
-	choice, err := Decide(ctx, st.Queries(), scheduler.New(scheduler.Config{}), req, time.Now())
+	choice, _, err := service.Decide(ctx, st.Queries(), scheduler.New(scheduler.Config{}), req, time.Now(), nil)
 	if err != nil {
 		t.Fatalf("Decide: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/leader"
 	"github.com/capsulehq/capsule/internal/proxy"
+	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/telemetry"
@@ -31,9 +32,24 @@ type Config struct {
 	// Secret is the server secret (sessions, OAuth state, envd and
 	// traffic tokens derive from it).
 	Secret []byte
-	// Agents are the host agents' endpoints by host name, registered once
-	// in the pool that the services and the proxy share.
+	// Agents are static host agents' endpoints by host name (agents that
+	// did not register: a bearer token, no heartbeat of their own),
+	// registered once in the pool that the services and the proxy share;
+	// each is a platform host of that name. Registered hosts need none:
+	// the pool resolves them through the hosts table.
 	Agents map[string]agentclient.Endpoint
+	// EmbeddedHosts name the hosts whose agent runs in this process
+	// (capsule serve's): Shutdown pauses their running sandboxes.
+	EmbeddedHosts []string
+	// Scheduler tunes where sandboxes go: the CPU overcommit ratio, the
+	// template affinity weight.
+	Scheduler scheduler.Config
+	// Monitor tunes the host monitor (how long without a heartbeat makes
+	// a host unreachable, how often it looks).
+	Monitor service.MonitorConfig
+	// HeartbeatInterval is how often registered agents are asked to beat
+	// (hostapi.HeartbeatInterval when zero).
+	HeartbeatInterval time.Duration
 	// Hasher hashes passwords (default auth.DefaultArgon2Params).
 	Hasher *auth.PasswordHasher
 	// Signup is who may sign up (service.SignupInvite when empty).
@@ -121,9 +137,6 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if len(cfg.Agents) == 0 {
-		return nil, errors.New("controlplane: no host agent")
-	}
 	if cfg.SandboxAddr == nil {
 		return nil, errors.New("controlplane: no sandbox listener address")
 	}
@@ -156,7 +169,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		}
 	}
 	svc, err := service.NewServices(ctx, service.ServicesConfig{Store: st, Agents: pool, Secret: cfg.Secret, Hasher: cfg.Hasher,
-		Signup: cfg.Signup, Quotas: cfg.Quotas, Log: log})
+		Signup: cfg.Signup, Quotas: cfg.Quotas, Scheduler: cfg.Scheduler, EmbeddedHosts: cfg.EmbeddedHosts,
+		HeartbeatInterval: cfg.HeartbeatInterval, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -181,9 +195,10 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies, Resolver: proxy.ServiceResolver{
-		Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
-	}}); err != nil {
+	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies,
+		AgentTLS: svc.Hosts.AgentTLS(), Resolver: proxy.ServiceResolver{
+			Sandboxes: svc.Sandboxes, Accounts: svc.Accounts, Agents: pool,
+		}}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
@@ -221,7 +236,9 @@ const BackgroundLeadership = "controlplane.background"
 // Start campaigns for the background loops' leadership until ctx ends,
 // Shutdown or Close. Each term of this replica brings the sandbox records
 // in line with what the agents run (after a crash of either, or of the
-// previous leader) and then runs the TTL reaper. Start returns once the
+// previous leader) and then runs the TTL reaper and the host monitor
+// (service.Monitor: hosts without a heartbeat become unreachable and their
+// sandboxes missing; hosts that beat again are reconciled and online). Start returns once the
 // first term's reconciliation is done (its error, if it failed), or at
 // once when another replica leads.
 func (cp *ControlPlane) Start(ctx context.Context) error {
@@ -257,13 +274,22 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 					return // Start fails and stops the campaign
 				}
 			} // a later term's failure is logged; the loops run
-			done := make(chan struct{})
+			mcfg := cp.cfg.Monitor
+			if mcfg.Log == nil {
+				mcfg.Log = cp.log
+			}
+			var wg sync.WaitGroup
+			wg.Add(2)
 			go func() {
-				defer close(done)
+				defer wg.Done()
+				service.NewMonitor(cp.Sandboxes, mcfg).Run(ctx)
+			}()
+			go func() {
+				defer wg.Done()
 				cp.pruneMetrics(ctx)
 			}()
 			service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(ctx)
-			<-done
+			wg.Wait()
 		})
 	}()
 	cp.mu.Unlock()

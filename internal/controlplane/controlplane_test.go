@@ -36,14 +36,14 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
-// TestNewRefusesIncompleteConfig: without an agent or the sandbox
-// listener's address there is no control plane.
+// TestNewRefusesIncompleteConfig: without the sandbox listener's address
+// or a long enough secret there is no control plane (agents are optional:
+// registered hosts need no configuration).
 func TestNewRefusesIncompleteConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		edit func(*Config)
 	}{
-		{"no agent", func(c *Config) { c.Agents = nil }},
 		{"no sandbox listener", func(c *Config) { c.SandboxAddr = nil }},
 		{"short secret", func(c *Config) { c.Secret = []byte("short") }},
 	} {
@@ -123,7 +123,10 @@ func TestNewWiresOneServer(t *testing.T) {
 			}
 		})
 	}
-	if err := cp.Start(ctx); err == nil {
-		t.Fatal("Start reconciled with an agent that does not answer")
+	// A host whose agent does not answer is skipped by the reconciliation
+	// (the host monitor marks it unreachable once its heartbeat is stale):
+	// the control plane starts all the same.
+	if err := cp.Start(ctx); err != nil {
+		t.Fatalf("Start with an agent that does not answer = %v, want nil", err)
 	}
 }

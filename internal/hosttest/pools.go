@@ -33,7 +33,17 @@ var (
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
 	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
+	// MultiHostPools are cmd/capsule's cluster test: capsule serve's
+	// embedded agent (0) and three agents, each in a network namespace
+	// of its own (1–3).
+	MultiHostPools = [4]Pool{pool("cmh0", 220), pool("cmh1", 222), pool("cmh2", 224), pool("cmh3", 226)}
 )
+
+// MultiHostLinks are the links between the host and the cluster test's
+// agent namespaces: a /30 each out of 198.18.228.0/24 (198.18.229.0/24
+// stays free).
+var MultiHostLinks = Pool{Name: "cmhns", Veth: "cmhn",
+	HostCIDR: netip.MustParsePrefix("198.18.228.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.229.0/24")}
 
 // EgressPool is internal/sandbox's pool for egress rules in real sandboxes.
 var EgressPool = pool("cegr", 190)
@@ -41,12 +51,17 @@ var EgressPool = pool("cegr", 190)
 // reserved are ranges used outside the tests: `capsule bench` (its
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
-	HostCIDR: netip.MustParsePrefix("198.18.96.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.97.0/24")}}
+	HostCIDR: netip.MustParsePrefix("198.18.96.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.97.0/24")},
+	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): three
+	// agents' slot pools and the links of their namespaces.
+	pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
+	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
-	EgressPool, ServiceMetricsPool, HostsIntPool}
+	EgressPool, ServiceMetricsPool, HostsIntPool,
+	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,6 +96,10 @@ type Config struct {
 	// Domain is the sandbox domain: hosts are {port}-{id}.{Domain}.
 	Domain   string
 	Resolver Resolver
+	// AgentTLS is the TLS of https:// agents (registered hosts: the
+	// internal CA as the root, the control plane's client certificate);
+	// nil: the system's roots, no client certificate.
+	AgentTLS *tls.Config
 	// RouteTTL is how long a resolved route is reused (default 2 s; a
 	// negative value: never). Routes only change when a sandbox stops
 	// running, and the agent answers for a sandbox it no longer runs, so a
@@ -169,7 +174,7 @@ func New(cfg Config) (*Handler, error) {
 	h.log = h.log.With("component", "proxy")
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:       h.rewrite,
-		Transport:     newTransport(),
+		Transport:     newTransport(cfg.AgentTLS),
 		FlushInterval: -1,
 		BufferPool:    copyBuffers{},
 		ErrorHandler:  h.forwardError,
@@ -675,8 +680,9 @@ func (h *Handler) forwardError(w http.ResponseWriter, r *http.Request, err error
 	agentproxy.WriteError(w, http.StatusBadGateway, rt.route.SandboxID, 0, agentproxy.MsgSandboxNotFound)
 }
 
-func newTransport() *http.Transport {
+func newTransport(tlsCfg *tls.Config) *http.Transport {
 	return &http.Transport{
+		TLSClientConfig:     tlsCfg,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 256,

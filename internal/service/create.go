@@ -124,8 +124,10 @@ func newUUID() pgtype.UUID {
 	return u
 }
 
-// Create checks the team's quotas, persists the sandbox as starting, asks
-// the agent to create it, and persists it as running. When the agent
+// Create checks the team's quotas, chooses the sandbox's host (the
+// scheduler; ErrUnavailable with its reason when no host can take it),
+// persists the sandbox as starting on that host, asks the host's agent to
+// create it, and persists it as running. When the agent
 // fails, the sandbox is persisted as error (with the reason; it no longer
 // counts against quotas) and destroyed on the agent in case it got that
 // far.
@@ -157,6 +159,16 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
+	team, err := s.st.Queries().GetTeam(ctx, pgUUID(p.TeamID))
+	if err != nil {
+		return Sandbox{}, notFound(err, "team")
+	}
+	// The host: the scheduler's choice over a snapshot of the hosts,
+	// re-checked under the host's row lock below.
+	pl, choice, err := s.schedule(ctx, team, req, tpl)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		t, err := q.LockTeam(ctx, pgUUID(p.TeamID))
@@ -166,8 +178,12 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		if err := s.checkQuotas(ctx, q, t, req.VCPUs, req.MemoryMB); err != nil {
 			return err
 		}
+		hostID, err := s.lock(ctx, q, pl, choice)
+		if err != nil {
+			return err
+		}
 		row, err = q.InsertSandbox(ctx, db.InsertSandboxParams{
-			ID: newID, TeamID: pgUUID(p.TeamID), HostID: s.hostID, Template: req.Template, State: store.SandboxStarting,
+			ID: newID, TeamID: pgUUID(p.TeamID), HostID: hostID, Template: req.Template, State: store.SandboxStarting,
 			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: pgUUID(p.UserID),
 			AutoPause: req.AutoPause == nil || *req.AutoPause, AutoResume: req.AutoResume, AllowPublicTraffic: req.PublicTraffic,
@@ -186,7 +202,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return Sandbox{}, err
 	}
 	id := ID(row.ID)
-	log := s.log.With("sandbox", id, "team", p.TeamID.String())
+	log := s.log.With("sandbox", id, "team", p.TeamID.String(), "host", s.hostKey(row.HostID))
 	fail := func(cause error) (Sandbox, error) {
 		// The request may be gone; the bookkeeping must still happen.
 		bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -194,7 +210,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		if _, err := s.setState(bg, nil, row.ID, StateStarting, StateError, truncate(cause.Error(), 1024)); err != nil {
 			log.ErrorContext(bg, "persist the failed create", "err", err)
 		}
-		if c, err := s.client(bg); err == nil {
+		if c, err := s.agentFor(bg, row.HostID); err == nil {
 			if _, err := c.DestroySandbox(bg, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id})); err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 				log.ErrorContext(bg, "roll back the failed create on the agent", "err", err)
 			}
@@ -204,7 +220,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			Status: AuditError, Metadata: map[string]any{"template": req.Template, "error": PublicText(cause)}})
 		return Sandbox{}, cause
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return fail(err)
 	}
@@ -240,6 +256,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	})
 	if err != nil {
 		return fail(fmt.Errorf("persist running: %w", err))
+	}
+	if tpl.row != nil {
+		s.noteTemplate(ctx, row.HostID, tpl.row.ID, tpl.row.SizeBytes)
 	}
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
 	v := s.view(row, created)

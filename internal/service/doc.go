@@ -22,8 +22,16 @@
 // Sandboxes are persisted before and after every agent call: a sandbox is
 // inserted as starting (after the team's quotas are checked under the
 // team's row lock) before the agent is asked to create it, and becomes
-// running, or error, after. In single-node mode there is one host agent,
-// named "local", reached through an agentclient.Pool like a remote one.
+// running, or error, after. Each sandbox lives on one host (its record's
+// host_id): the scheduler chooses it at create (placement.go: the
+// candidates query, scheduler.Choose, a re-check under the host's row
+// lock in the insert's transaction; 503 with the scheduler's reason when
+// nothing fits) and every later call goes to that host's agent, through
+// one agentclient.Pool (registered hosts by wire ID, mutual TLS; static
+// agents by name). capsule serve's own agent is the registered host
+// "local" (EnsureEmbedded). The host monitor (monitor.go) marks hosts
+// that stopped beating unreachable and their sandboxes missing, and brings
+// them back once their records follow their agent (ReconcileHost).
 //
 // The TTL is the control plane's: a running sandbox's end_at is its last
 // activity plus timeout_sec (create and resume start it, Ping and touch

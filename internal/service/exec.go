@@ -157,7 +157,7 @@ func (s *Sandboxes) running(ctx context.Context, p Principal, id SandboxID) (db.
 	if row.State != store.SandboxRunning {
 		return db.Sandbox{}, nil, errorf(ErrConflict, "the sandbox is %s, not running", row.State)
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return db.Sandbox{}, nil, err
 	}

@@ -53,6 +53,10 @@ type HostsConfig struct {
 	// RegistrationTTL is the lifetime of a registration token
 	// (auth.DefaultHostRegistrationTTL when zero).
 	RegistrationTTL time.Duration
+	// HeartbeatInterval is the interval the heartbeats' answers ask the
+	// agents to beat at (hostapi.HeartbeatInterval when zero; whole
+	// seconds).
+	HeartbeatInterval time.Duration
 	// Now is the clock of token expiry and certificates (time.Now when nil).
 	Now func() time.Time
 	Log *slog.Logger
@@ -83,6 +87,7 @@ type Hosts struct {
 	tokens     *auth.HostTokens
 	audit      *Audit
 	regTTL     time.Duration
+	beatEvery  time.Duration
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -93,12 +98,15 @@ func NewHosts(cfg HostsConfig) (*Hosts, error) {
 		return nil, errors.New("service: hosts need a store, an agent pool and a CA")
 	}
 	h := &Hosts{st: cfg.Store, agents: cfg.Agents, ca: cfg.CA, clientCert: cfg.ClientCert,
-		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, now: cfg.Now, log: cfg.Log}
+		audit: cfg.Audit, regTTL: cfg.RegistrationTTL, beatEvery: cfg.HeartbeatInterval, now: cfg.Now, log: cfg.Log}
 	if h.now == nil {
 		h.now = time.Now
 	}
 	if h.regTTL == 0 {
 		h.regTTL = auth.DefaultHostRegistrationTTL
+	}
+	if h.beatEvery < time.Second {
+		h.beatEvery = hostapi.HeartbeatInterval
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -916,8 +924,9 @@ func validateResources(r hostapi.Resources) bool {
 	return r.VCPUs >= 0 && r.MemoryMB >= 0 && r.DiskMB >= 0
 }
 
-// Heartbeat records a host's report: pending and unreachable hosts become
-// online (draining stays draining), the used resources and sandbox counts
+// Heartbeat records a host's report: a pending host becomes online (an
+// unreachable one stays unreachable until the host monitor reconciled it:
+// Monitor.Pass; draining stays draining), the used resources and sandbox counts
 // are kept, and a CSR gets a new certificate for the declared address. A
 // deleted host is ErrNotFound; an offline one ErrForbidden.
 func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.Heartbeat) (hostapi.HeartbeatResponse, error) {
@@ -985,7 +994,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 	if was != row.Status {
 		h.log.InfoContext(ctx, "host status", "host", hostWireID(id), "from", was, "to", row.Status)
 	}
-	resp := hostapi.HeartbeatResponse{Status: row.Status, IntervalSeconds: int(hostapi.HeartbeatInterval / time.Second)}
+	resp := hostapi.HeartbeatResponse{Status: row.Status, IntervalSeconds: int(h.beatEvery / time.Second)}
 	if cert.PEM != "" {
 		resp.Certificate, resp.CA = cert.PEM, h.ca.CertPEM()
 	}

@@ -90,7 +90,7 @@ func (s *Sandboxes) SetNetwork(ctx context.Context, p Principal, id SandboxID, r
 	if err != nil {
 		return egress.Rules{}, fmt.Errorf("network: %w", err)
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return egress.Rules{}, err
 	}

@@ -8,6 +8,8 @@ import (
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -25,28 +27,64 @@ type ReconcileReport struct {
 	// OrphanTemplates counts snapshot templates the agent kept that no
 	// record owns (deleted).
 	OrphanTemplates int
+	// Unsettled counts records left as they were because the agent's
+	// sandbox was between two states (a pause under way): a returning host
+	// stays unreachable until a later pass sees them settled.
+	Unsettled int
 }
 
-// Reconcile brings the records of the host's sandboxes in line with what
-// its agent runs, after a crash or a restart of either: every state is
-// persisted before and after each agent call, so a record can be left
-// starting, pausing or resuming, or running while the agent paused or
-// lost the sandbox. Records follow the agent (running or paused; error,
-// with the agent's reason, for a sandbox whose machine died and whose
-// disk the agent keeps — resuming it boots it cold); records
-// of sandboxes the agent does not have become missing (error for a
-// create that never finished); sandboxes of the agent without a live
-// record are destroyed. Each change is audited as done by the system.
-// Snapshot templates of the agent that no template record owns (a
-// snapshot whose record was never written: the control plane died
-// after the agent saved it) are deleted.
-//
-// Run it when nothing else acts on the host's sandboxes (at start-up,
-// before serving): it cannot tell a create in flight from one that was
-// interrupted.
+// Reconcile brings the records of every reporting host's sandboxes (online
+// or draining hosts; ReconcileHost each) in line with what its agent runs.
+// A host whose agent cannot be reached is skipped (logged; the monitor
+// marks it unreachable once its heartbeat is stale); the first other
+// error is returned after every host was tried.
 func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 	var rep ReconcileReport
-	c, err := s.client(ctx)
+	hosts, err := s.st.Queries().ListHostsToReconcile(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: list hosts: %w", err)
+	}
+	var first error
+	for _, h := range hosts {
+		r, err := s.ReconcileHost(ctx, h.ID, false)
+		rep.Changed += r.Changed
+		rep.Orphans += r.Orphans
+		rep.OrphanTemplates += r.OrphanTemplates
+		rep.Unsettled += r.Unsettled
+		if errors.Is(err, ErrUnavailable) || errors.Is(err, agentclient.ErrUnavailable) {
+			s.log.WarnContext(ctx, "reconcile: the host's agent is unreachable", "host", s.hostKey(h.ID), "err", err)
+			continue
+		}
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return rep, first
+}
+
+// ReconcileHost brings the records of host's sandboxes in line with what
+// its agent runs, after a crash or a restart of either, or when the host
+// comes back after it was unreachable: every state is persisted before
+// and after each agent call, so a record can be left starting, pausing or
+// resuming, or running while the agent paused or lost the sandbox, or
+// missing while its host was away. Records follow the agent (running or
+// paused; error, with the agent's reason, for a sandbox whose machine
+// died and whose disk the agent keeps — resuming it boots it cold);
+// records of sandboxes the agent does not have become missing (error for
+// a create that never finished) — or stopped when returning, the pass
+// of a host that was unreachable, for which a sandbox the agent no longer
+// has is gone; sandboxes of the agent without a live record are
+// destroyed. Each change is audited as done by the system. Snapshot
+// templates of the agent that no template record owns (a snapshot whose
+// record was never written: the control plane died after the agent saved
+// it) are deleted.
+//
+// Run it when nothing else acts on the host's sandboxes (at the start of a
+// leader's term, before a returning host takes sandboxes again): it
+// cannot tell a create in flight from one that was interrupted.
+func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returning bool) (ReconcileReport, error) {
+	var rep ReconcileReport
+	c, err := s.agentFor(ctx, host)
 	if err != nil {
 		return rep, err
 	}
@@ -58,7 +96,7 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 	for _, a := range resp.Msg.GetSandboxes() {
 		onAgent[a.GetId()] = a
 	}
-	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{
+	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: host, States: []string{
 		store.SandboxStarting, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		store.SandboxResuming, store.SandboxMissing, store.SandboxError,
 	}})
@@ -82,6 +120,8 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			continue
 		case !ok && row.State == store.SandboxStarting:
 			to, reason = store.SandboxError, "the create was interrupted"
+		case !ok && returning:
+			to, reason = store.SandboxStopped, "the host no longer has this sandbox"
 		case !ok:
 			to, reason = store.SandboxMissing, "the host no longer has this sandbox"
 		case a.GetState() == pb.SandboxState_SANDBOX_STATE_RUNNING:
@@ -93,7 +133,8 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			// the disk is kept; resuming boots it cold from that disk.
 			to, reason = store.SandboxError, "on the host: "+a.GetStateReason()
 		default:
-			continue // transitional on the agent: the next start-up sees it settled
+			rep.Unsettled++
+			continue // transitional on the agent: a later pass sees it settled
 		}
 		if row.State == to {
 			if to == store.SandboxRunning && a.GetEnvdUrl() != "" && row.EnvdURL != a.GetEnvdUrl() {
@@ -104,11 +145,17 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 			continue
 		}
 		var err error
-		if to == store.SandboxRunning {
+		switch to {
+		case store.SandboxRunning:
 			// Where its envd is, as a create or resume that finished
 			// would have recorded.
 			_, err = s.persistRunning(ctx, row.ID, row.State, a, nil)
-		} else {
+		case store.SandboxStopped:
+			_, err = s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: row.ID, Reason: reason})
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+		default:
 			_, err = s.setState(ctx, nil, row.ID, State(row.State), State(to), reason)
 		}
 		if err != nil {
@@ -131,7 +178,7 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 		rep.Orphans++
 		s.destroyOnAgent(ctx, c, id, "no live record")
 	}
-	n, err := s.reconcileTemplates(ctx, c)
+	n, err := s.reconcileTemplates(ctx, c, host)
 	rep.OrphanTemplates = n
 	return rep, err
 }
@@ -139,18 +186,43 @@ func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 // reconcileTemplates deletes the agent's snapshot templates (named by a
 // template ID) that no template record of the host owns and returns how
 // many.
-func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client) (int, error) {
+func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client, host pgtype.UUID) (int, error) {
 	resp, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
 	if err != nil {
 		return 0, fmt.Errorf("reconcile: list the agent's templates: %w", err)
 	}
-	rows, err := s.st.Queries().ListTemplatesByHost(ctx, s.hostID)
+	rows, err := s.st.Queries().ListTemplatesByHost(ctx, host)
 	if err != nil {
 		return 0, fmt.Errorf("reconcile: list the host's templates: %w", err)
+	}
+	held, err := s.st.Queries().ListHostTemplatesLRU(ctx, host)
+	if err != nil {
+		return 0, fmt.Errorf("reconcile: list the host's template copies: %w", err)
 	}
 	owned := map[string]bool{}
 	for _, row := range rows {
 		owned[TemplateID(row.ID)] = true
+	}
+	for _, ht := range held {
+		owned[TemplateID(ht.TemplateID)] = true
+	}
+	onAgent := map[string]bool{}
+	for _, t := range resp.Msg.GetTemplates() {
+		onAgent[t.GetName()] = true
+	}
+	// What the host holds, for the scheduler's affinity: its snapshots
+	// that are on the agent, and no copy the agent lost.
+	for _, row := range rows {
+		if onAgent[TemplateID(row.ID)] {
+			s.noteTemplate(ctx, host, row.ID, row.SizeBytes)
+		}
+	}
+	for _, ht := range held {
+		if !onAgent[TemplateID(ht.TemplateID)] {
+			if _, err := s.st.Queries().DeleteHostTemplate(ctx, db.DeleteHostTemplateParams{HostID: host, TemplateID: ht.TemplateID}); err != nil {
+				return 0, fmt.Errorf("reconcile: forget a template the host lost: %w", err)
+			}
+		}
 	}
 	n := 0
 	for _, t := range resp.Msg.GetTemplates() {

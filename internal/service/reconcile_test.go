@@ -65,7 +65,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	// A create interrupted after its first bookkeeping step.
 	interrupted, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: pgUUID(p.TeamID), HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
 		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {
@@ -73,7 +73,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 	// A create interrupted after the agent made the sandbox.
 	madeOnAgent, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{
-		TeamID: pgUUID(p.TeamID), HostID: e.sbx.hostID, Template: "minimal", State: store.SandboxStarting,
+		TeamID: pgUUID(p.TeamID), HostID: e.sbx.StaticHosts()[0], Template: "minimal", State: store.SandboxStarting,
 		VCPUs: 1, MemoryMB: 256, AllowInternetAccess: true, Metadata: json.RawMessage(`{}`), CreatedBy: pgUUID(p.UserID),
 	})
 	if err != nil {

@@ -17,12 +17,15 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/egress"
+	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
-// LocalHost is the name of the single node's host agent.
+// LocalHost is the name of the single node's host: the static agent of
+// the test fixtures, and capsule serve's embedded agent, which registers
+// as a regular host of that name.
 const LocalHost = "local"
 
 // Sandbox defaults when a request leaves them zero.
@@ -43,11 +46,17 @@ var activeStates = []string{store.SandboxStarting, store.SandboxRunning, store.S
 // SandboxesConfig configures NewSandboxes.
 type SandboxesConfig struct {
 	Store *store.Store
-	// Agents reaches the host agents; Host names the one to use.
+	// Agents reaches the host agents: registered hosts by wire ID (the
+	// pool's Resolver), static ones by the name Set registered them under
+	// (each becomes a platform host of that name).
 	Agents *agentclient.Pool
-	// Host is the agent's name in Agents and in the hosts table
-	// (LocalHost when empty).
-	Host string
+	// Scheduler tunes the choice of hosts (the CPU overcommit ratio, the
+	// template affinity weight; zero: the defaults).
+	Scheduler scheduler.Config
+	// EmbeddedHosts name the hosts whose agent runs in this process (capsule
+	// serve's): PauseAll pauses their running sandboxes, as it does the
+	// static hosts'.
+	EmbeddedHosts []string
 	// BuiltinTemplates, when set, are the host's built-in template names
 	// known in advance (tests whose agent is unreachable); otherwise the
 	// service learns them from the agent (GetHostInfo) when it first
@@ -69,9 +78,15 @@ type SandboxesConfig struct {
 type Sandboxes struct {
 	st     *store.Store
 	agents *agentclient.Pool
-	host   string
-	hostID pgtype.UUID
+	sched  *scheduler.Scheduler
 	secret []byte
+	// embedded are EmbeddedHosts.
+	embedded []string
+	// static maps the static hosts' IDs to their names in the pool;
+	// probedAt is when probeStatic last asked them.
+	staticMu sync.Mutex
+	static   map[pgtype.UUID]string
+	probedAt time.Time
 	// envCipher seals the env vars stored with a sandbox.
 	envCipher *auth.FieldCipher
 	quotas    Quotas
@@ -94,8 +109,9 @@ type Sandboxes struct {
 // envVarsPurpose names the key that seals sandboxes.env_vars.
 const envVarsPurpose = "sandbox-env-vars"
 
-// NewSandboxes registers the host (a row of the platform team in hosts,
-// status online) and returns the sandbox service.
+// NewSandboxes registers the pool's static hosts (rows of the platform
+// team in hosts, probed for their resources) and returns the sandbox
+// service.
 func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) {
 	if cfg.Store == nil || cfg.Agents == nil {
 		return nil, errors.New("service: sandboxes need a store and an agent pool")
@@ -107,14 +123,12 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	if err != nil {
 		return nil, fmt.Errorf("service: %w", err)
 	}
-	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, host: cfg.Host, secret: cfg.Secret, envCipher: envCipher,
+	s := &Sandboxes{st: cfg.Store, agents: cfg.Agents, sched: scheduler.New(cfg.Scheduler), secret: cfg.Secret, envCipher: envCipher,
 		quotas: cfg.Quotas, log: cfg.Log, touched: map[pgtype.UUID]time.Time{},
-		builtin: slices.Clone(cfg.BuiltinTemplates), now: cfg.Now}
+		builtin: slices.Clone(cfg.BuiltinTemplates), now: cfg.Now, embedded: slices.Clone(cfg.EmbeddedHosts),
+		static: map[pgtype.UUID]string{}}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.host == "" {
-		s.host = LocalHost
 	}
 	if s.quotas == (Quotas{}) {
 		s.quotas = DefaultQuotas
@@ -126,13 +140,9 @@ func NewSandboxes(ctx context.Context, cfg SandboxesConfig) (*Sandboxes, error) 
 	if s.audit = cfg.Audit; s.audit == nil {
 		s.audit = NewAudit(cfg.Store, cfg.Log)
 	}
-	h, err := cfg.Store.Queries().RegisterHost(ctx, db.RegisterHostParams{
-		TeamID: store.PlatformTeamID, Name: s.host, Labels: json.RawMessage(`{}`),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("service: register host %s: %w", s.host, err)
+	if err := s.registerStatic(ctx); err != nil {
+		return nil, err
 	}
-	s.hostID = h.ID
 	return s, nil
 }
 
@@ -235,13 +245,8 @@ func apiKeyIDOf(u pgtype.UUID) APIKeyID    { return wireid.FromUUID[wireid.KindA
 // ID returns the wire (and agent) ID of a sandbox.
 func ID(id pgtype.UUID) string { return wireid.Format(wireid.Sandbox, id) }
 
-func (s *Sandboxes) client(ctx context.Context) (*agentclient.Client, error) {
-	c, err := s.agents.Get(ctx, s.host)
-	if err != nil {
-		return nil, &Error{Kind: ErrUnavailable, Msg: "the sandbox host is unreachable", Err: err}
-	}
-	return c, nil
-}
+// Scheduler is the scheduler the service places sandboxes with.
+func (s *Sandboxes) Scheduler() *scheduler.Scheduler { return s.sched }
 
 func (s *Sandboxes) view(row db.Sandbox, a *pb.Sandbox) Sandbox {
 	v := sandboxOf(row)

@@ -126,7 +126,7 @@ func (s *Sandboxes) metricsRow(ctx context.Context, p Principal, id SandboxID) (
 // an agent that restarted lost what it had), else from the database.
 func (s *Sandboxes) metricPoints(ctx context.Context, row db.Sandbox, tier string, from, to time.Time) ([]MetricPoint, string, error) {
 	if row.State == store.SandboxRunning {
-		live, err := s.liveMetrics(ctx, row.ID, tier, from, to)
+		live, err := s.liveMetrics(ctx, row.HostID, row.ID, tier, from, to)
 		switch {
 		case err == nil:
 			storedTo := to
@@ -148,8 +148,8 @@ func (s *Sandboxes) metricPoints(ctx context.Context, row db.Sandbox, tier strin
 	return pts, "stored", err
 }
 
-func (s *Sandboxes) liveMetrics(ctx context.Context, id pgtype.UUID, tier string, from, to time.Time) ([]MetricPoint, error) {
-	c, err := s.client(ctx)
+func (s *Sandboxes) liveMetrics(ctx context.Context, host, id pgtype.UUID, tier string, from, to time.Time) ([]MetricPoint, error) {
+	c, err := s.agentFor(ctx, host)
 	if err != nil {
 		return nil, err
 	}

@@ -21,9 +21,10 @@ import (
 var testSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
 
 type env struct {
-	st  *store.Store
-	acc *Accounts
-	sbx *Sandboxes
+	st    *store.Store
+	acc   *Accounts
+	sbx   *Sandboxes
+	hosts *Hosts
 }
 
 // newEnv opens a fresh migrated database. The agent endpoint is a closed
@@ -65,7 +66,7 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 		t.Fatal(err)
 	}
 	acc, sbx := s.Accounts, s.Sandboxes
-	return &env{st: st, acc: acc, sbx: sbx}
+	return &env{st: st, acc: acc, sbx: sbx, hosts: s.Hosts}
 }
 
 // newEnvHost is newEnvAgent over a real agent (hosttest) on the network

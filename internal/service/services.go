@@ -11,6 +11,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/pki"
+	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -36,6 +37,14 @@ type ServicesConfig struct {
 	// service learns them from the agent (GetHostInfo) when it first
 	// needs them.
 	BuiltinTemplates []string
+	// Scheduler tunes where sandboxes go (zero: the defaults).
+	Scheduler scheduler.Config
+	// EmbeddedHosts name the hosts whose agent stops with this process
+	// (SandboxesConfig.EmbeddedHosts).
+	EmbeddedHosts []string
+	// HeartbeatInterval is how often the agents are asked to beat
+	// (HostsConfig.HeartbeatInterval).
+	HeartbeatInterval time.Duration
 	// Now is the clock of sessions, API keys, invitations and sandbox
 	// activity (time.Now when nil).
 	Now func() time.Time
@@ -82,14 +91,15 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		return nil, err
 	}
 	if s.Sandboxes, err = NewSandboxes(ctx, SandboxesConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret,
-		Quotas: cfg.Quotas, BuiltinTemplates: cfg.BuiltinTemplates, Now: cfg.Now, Audit: s.Audit, Log: cfg.Log}); err != nil {
+		Quotas: cfg.Quotas, BuiltinTemplates: cfg.BuiltinTemplates, Now: cfg.Now, Audit: s.Audit, Log: cfg.Log,
+		Scheduler: cfg.Scheduler, EmbeddedHosts: cfg.EmbeddedHosts}); err != nil {
 		return nil, err
 	}
 	if s.CA, err = pki.Load(ctx, cfg.Store.Queries(), cfg.Secret, pki.Options{Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("service: %w", err)
 	}
 	if s.Hosts, err = NewHosts(HostsConfig{Store: cfg.Store, Agents: cfg.Agents, Secret: cfg.Secret, CA: s.CA, Audit: s.Audit,
-		Now: cfg.Now, Log: cfg.Log}); err != nil {
+		HeartbeatInterval: cfg.HeartbeatInterval, Now: cfg.Now, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if s.Teams, err = NewTeams(TeamsConfig{Store: cfg.Store, Sandboxes: s.Sandboxes, Audit: s.Audit, Now: cfg.Now, Log: cfg.Log}); err != nil {

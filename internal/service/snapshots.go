@@ -53,7 +53,7 @@ func (s *Sandboxes) BuiltinTemplates(ctx context.Context) ([]string, error) {
 	if s.builtin != nil {
 		return s.builtin, nil
 	}
-	c, err := s.client(ctx)
+	c, err := s.anyAgent(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +215,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if err := s.checkStoredQuotas(ctx, s.st.Queries(), pgUUID(p.TeamID), false, 0); err != nil {
 		return Snapshot{}, false, err
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, src.HostID)
 	if err != nil {
 		return Snapshot{}, false, err
 	}
@@ -240,7 +240,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	params := db.InsertTemplateParams{
 		ID: newID, TeamID: pgUUID(p.TeamID), Name: req.Name, Kind: store.TemplateSnapshot,
 		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((at.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
-		SizeBytes: int64(at.GetStoredBytes()), HostID: s.hostID, SourceSandboxID: src.ID, Metadata: metaJSON,
+		SizeBytes: int64(at.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: metaJSON,
 		CreatedBy: pgUUID(p.UserID),
 	}
 	if v := at.GetVcpus(); v > 0 {
@@ -275,6 +275,12 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 			}
 			return fmt.Errorf("insert snapshot: %w", err)
 		}
+		// Its host holds it (the scheduler's affinity).
+		if src.HostID.Valid {
+			if err := q.UpsertHostTemplate(ctx, db.UpsertHostTemplateParams{HostID: src.HostID, TemplateID: row.ID, SizeBytes: row.SizeBytes}); err != nil {
+				return fmt.Errorf("record the host's template: %w", err)
+			}
+		}
 		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
 	})
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -285,7 +291,9 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 		return Snapshot{}, false, err
 	}
 	if old != nil {
-		s.deleteAgentTemplate(bg, c, TemplateID(old.ID))
+		if oc, err := s.agentFor(bg, old.HostID); err == nil {
+			s.deleteAgentTemplate(bg, oc, TemplateID(old.ID))
+		}
 	}
 	s.log.InfoContext(ctx, "snapshot created", "snapshot", agentName, "name", req.Name, "sandbox", ID(src.ID),
 		"team", p.TeamID.String(), "replaced", old != nil)
@@ -335,11 +343,16 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 	if !templateRe.MatchString(name) {
 		return errorf(ErrNotFound, "snapshot not found")
 	}
-	c, err := s.client(ctx)
-	if err != nil {
-		return err
-	}
+	var holders []pgtype.UUID
 	return s.st.Tx(ctx, func(q *db.Queries) error {
+		if t, err := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: name}); err == nil && t.TeamID == pgUUID(p.TeamID) {
+			// The hosts that hold its files, read before the delete
+			// takes their host_templates rows with it.
+			holders, err = q.ListTemplateHosts(ctx, t.ID)
+			if err != nil {
+				return fmt.Errorf("the template's hosts: %w", err)
+			}
+		}
 		row, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: name})
 		if errors.Is(err, store.ErrNotFound) {
 			if t, gerr := q.GetTemplate(ctx, db.GetTemplateParams{TeamID: pgUUID(p.TeamID), Name: name}); gerr == nil && t.TeamID == store.PlatformTeamID {
@@ -354,11 +367,30 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 			Action: "snapshot.delete", Metadata: map[string]any{"id": TemplateID(row.ID)}}); err != nil {
 			return err
 		}
-		// The host first, in the transaction: if it cannot delete, the
-		// record stays and the caller can try again.
-		if _, err := c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: TemplateID(row.ID)})); err != nil &&
-			!errors.Is(err, agentclient.ErrNotFound) {
-			return agentError(err, "delete template")
+		// Its home host first, in the transaction: if it cannot delete,
+		// the record stays and the caller can try again. The other
+		// holders' copies are then deleted as well as they can be (a copy
+		// left behind is an orphan the host's reconciliation deletes).
+		c, err := s.agentFor(ctx, row.HostID)
+		if err != nil && row.HostID.Valid {
+			return err
+		}
+		if c != nil {
+			if _, err := c.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: TemplateID(row.ID)})); err != nil &&
+				!errors.Is(err, agentclient.ErrNotFound) {
+				return agentError(err, "delete template")
+			}
+		}
+		for _, h := range holders {
+			if h == row.HostID {
+				continue
+			}
+			if hc, err := s.agentFor(ctx, h); err == nil {
+				if _, err := hc.DeleteTemplate(ctx, connect.NewRequest(&pb.DeleteTemplateRequest{Name: TemplateID(row.ID)})); err != nil &&
+					!errors.Is(err, agentclient.ErrNotFound) {
+					s.log.WarnContext(ctx, "delete a template's copy", "host", hostWireID(h), "template", TemplateID(row.ID), "err", err)
+				}
+			}
 		}
 		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", p.TeamID.String())
 		return nil

@@ -147,7 +147,7 @@ func (s *Sandboxes) WakeTraffic(ctx context.Context, sandboxID string) (TrafficR
 
 func (s *Sandboxes) trafficRoute(sandboxID string, row db.Sandbox, asleep bool) (TrafficRoute, error) {
 	rt := TrafficRoute{
-		SandboxID: sandboxID, Host: s.host, Public: row.AllowPublicTraffic, Asleep: asleep,
+		SandboxID: sandboxID, Host: s.hostKey(row.HostID), Public: row.AllowPublicTraffic, Asleep: asleep,
 		EnvdAccessToken: auth.EnvdAccessToken(s.secret, sandboxID), Team: wireid.Format(wireid.Team, row.TeamID),
 	}
 	if !row.AllowPublicTraffic {
@@ -194,18 +194,18 @@ func (s *Sandboxes) TouchTraffic(ctx context.Context, sandboxID string) {
 	}
 }
 
-// RunningSandboxIDs returns the wire IDs of the host's running sandboxes:
+// RunningSandboxIDs returns the wire IDs of the running sandboxes (of every host):
 // the candidates of a signed file URL that names no sandbox (the proxy
 // keeps them, with their envd tokens, in an index it refreshes at a
 // bounded rate, never per request).
 func (s *Sandboxes) RunningSandboxIDs(ctx context.Context) ([]string, error) {
-	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
+	rows, err := s.st.Queries().ListRunningSandboxIDs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("running sandboxes: %w", err)
 	}
 	ids := make([]string, len(rows))
 	for i, r := range rows {
-		ids[i] = ID(r.ID)
+		ids[i] = ID(r)
 	}
 	return ids, nil
 }

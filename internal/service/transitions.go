@@ -27,7 +27,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 	// A destroy the client walks away from still completes.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer cancel()
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return err
 	}
@@ -54,10 +54,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, from, mid, to string,
 	check func(q *db.Queries, row db.Sandbox) error,
 	call func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error), op string) (Sandbox, error) {
-	if _, err := s.get(ctx, p, id); err != nil {
-		return Sandbox{}, err
-	}
-	c, err := s.client(ctx)
+	cur, err := s.get(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -89,11 +86,15 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer acancel()
 	ctx = actx
-	a, err := call(actx, c, row)
-	if err != nil {
-		a, err = s.askAgent(actx, c, pgUUID(id), err, to)
+	// The agent of the sandbox's host (the quota checks come first).
+	c, err := s.agentFor(actx, cur.HostID)
+	var a *pb.Sandbox
+	if err == nil {
+		if a, err = call(actx, c, row); err != nil {
+			a, err = s.askAgent(actx, c, pgUUID(id), err, to)
+		}
 	}
-	if err != nil && errors.Is(err, agentclient.ErrConflict) {
+	if err != nil && c != nil && errors.Is(err, agentclient.ErrConflict) {
 		if died, reason := s.keptWithoutMachine(actx, c, pgUUID(id)); died {
 			// The machine died behind the record's back: the record says so
 			// now (error, disk kept on the host; resuming boots it cold).
@@ -175,12 +176,29 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id SandboxID) (Sand
 		}, "resume")
 }
 
-// PauseAll pauses every running sandbox of the host (graceful shutdown),
-// through the same path as Pause. It returns the first error.
+// PauseAll pauses every running sandbox of the hosts whose agents stop
+// with this process (graceful shutdown): the static hosts and
+// EmbeddedHosts, through the same path as Pause. It returns the first
+// error.
 func (s *Sandboxes) PauseAll(ctx context.Context) error {
-	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: s.hostID, States: []string{store.SandboxRunning}})
-	if err != nil {
-		return fmt.Errorf("pause all: %w", err)
+	hosts := s.StaticHosts()
+	for _, name := range s.embedded {
+		h, err := s.st.Queries().GetHostByName(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pause all: %w", err)
+		}
+		hosts = append(hosts, h.ID)
+	}
+	var rows []db.Sandbox
+	for _, h := range hosts {
+		r, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: h, States: []string{store.SandboxRunning}})
+		if err != nil {
+			return fmt.Errorf("pause all: %w", err)
+		}
+		rows = append(rows, r...)
 	}
 	var first error
 	for _, r := range rows {

@@ -36,7 +36,7 @@ func (s *Sandboxes) Ping(ctx context.Context, p Principal, id SandboxID) (Sandbo
 	if row.State != store.SandboxRunning {
 		return Sandbox{}, errorf(ErrConflict, "the sandbox is %s, not running", row.State)
 	}
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, row.HostID)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -263,7 +263,7 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 
-	c, err := s.client(ctx)
+	c, err := s.agentFor(ctx, claimed.HostID)
 	if !claimed.AutoPause {
 		return r.destroyExpired(ctx, bg, log, c, err, claimed, meta)
 	}

@@ -541,7 +541,7 @@ func (q *Queries) MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefr
 const recordHostHeartbeat = `-- name: RecordHostHeartbeat :one
 UPDATE hosts SET
   last_heartbeat_at = now(),
-  status = CASE WHEN status IN ('pending', 'unreachable') THEN 'online' ELSE status END,
+  status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
   version = CASE WHEN $1::text = '' THEN version ELSE $1::text END,
   total_vcpus = $2,
   total_memory_mb = $3,
@@ -570,8 +570,9 @@ type RecordHostHeartbeatParams struct {
 	ID               pgtype.UUID `json:"id"`
 }
 
-// A heartbeat: pending and unreachable hosts become online, draining and
-// offline stay as they are.
+// A heartbeat: a pending host becomes online; an unreachable one stays
+// unreachable until the host monitor reconciled its records with its agent
+// (MarkHostUp); draining and offline stay as they are.
 func (q *Queries) RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error) {
 	row := q.db.QueryRow(ctx, recordHostHeartbeat,
 		arg.Version,

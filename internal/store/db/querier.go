@@ -29,6 +29,12 @@ type Querier interface {
 	// match literally. after_email: the last row's lower(email). No password
 	// hashes.
 	AdminListUsers(ctx context.Context, arg AdminListUsersParams) ([]AdminListUsersRow, error)
+	// capsule serve's embedded agent registers as a regular host: the row of
+	// its name (an older server's static "local" row, or its own from an
+	// earlier start) gets the declared loopback address and, when asked, a
+	// new registration token (the agent has no credentials: it registers
+	// again, which revokes the earlier ones). A row of another team: no row.
+	AdoptEmbeddedHost(ctx context.Context, arg AdoptEmbeddedHostParams) (Host, error)
 	// Finds a live key of a live team by the SHA-256 of the presented key and
 	// records its use. The key's creator must still be a member of the key's
 	// team: a key dies with its creator's membership (leaving, removal, a
@@ -96,6 +102,7 @@ type Querier interface {
 	// member and the team is live, else the oldest live membership.
 	GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID) (GetDefaultTeamForUserRow, error)
 	GetHost(ctx context.Context, id pgtype.UUID) (Host, error)
+	GetHostByName(ctx context.Context, name string) (Host, error)
 	GetInternalCA(ctx context.Context) (InternalCa, error)
 	// The user's role in a live team: the basis of every authorization decision.
 	GetMembership(ctx context.Context, arg GetMembershipParams) (Membership, error)
@@ -149,9 +156,18 @@ type Querier interface {
 	ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID) ([]Sandbox, error)
 	// A host's templates, least recently used first (eviction order).
 	ListHostTemplatesLRU(ctx context.Context, hostID pgtype.UUID) ([]HostTemplate, error)
+	// The hosts whose records a new leader reconciles with their agents: those
+	// that report (online, draining).
+	ListHostsToReconcile(ctx context.Context) ([]Host, error)
 	// A team's invitations, newest first (redeemed and expired ones included).
 	ListInvitations(ctx context.Context, teamID pgtype.UUID) ([]TeamInvitation, error)
 	ListOAuthProvidersForUser(ctx context.Context, userID pgtype.UUID) ([]OAuthProvider, error)
+	// Unreachable hosts that beat again (a heartbeat since fresh_seconds): the
+	// monitor reconciles each before it takes sandboxes again.
+	ListReturningHosts(ctx context.Context, freshSeconds float64) ([]Host, error)
+	// Every running sandbox, whatever its host (the traffic proxy's index of
+	// signed file URLs).
+	ListRunningSandboxIDs(ctx context.Context) ([]pgtype.UUID, error)
 	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
 	// first: one range scan of the primary key.
 	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
@@ -210,17 +226,37 @@ type Querier interface {
 	// A heartbeat with the access token access_token_id: the live refresh
 	// token issued with it is used, which ends its predecessor's grace.
 	MarkHostRefreshTokenUsed(ctx context.Context, arg MarkHostRefreshTokenUsedParams) error
+	// The sandboxes of a host that stopped reporting become missing
+	// (reversible): those whose machine runs, or may run, there. A starting
+	// one is left to its create (which fails or finishes on its own).
+	// Leaving running clears envd_url and end_at as UpdateSandboxState does.
+	MarkHostSandboxesDown(ctx context.Context, arg MarkHostSandboxesDownParams) ([]Sandbox, error)
 	// A host stopped answering: its live sandboxes become missing (reversible).
 	MarkHostSandboxesMissing(ctx context.Context, arg MarkHostSandboxesMissingParams) ([]pgtype.UUID, error)
+	// A returning host, reconciled, takes sandboxes again. No row: it is no
+	// longer unreachable (deleted, or marked by another pass).
+	MarkHostUp(ctx context.Context, id pgtype.UUID) (Host, error)
+	// The host monitor (internal/service: monitor.go) and the static hosts
+	// the control plane reaches with a configured endpoint (issue 11.5).
+	// Online hosts without a heartbeat since stale_seconds become
+	// unreachable (draining ones too: they keep sandboxes). Returns the hosts
+	// that changed, each once: of several control planes only the one whose
+	// UPDATE wins sees a host here.
+	MarkHostsDown(ctx context.Context, staleSeconds float64) ([]Host, error)
 	// Final state, from any other state; no deadline, no envd.
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
-	// A heartbeat: pending and unreachable hosts become online, draining and
-	// offline stay as they are.
+	// A heartbeat: a pending host becomes online; an unreachable one stays
+	// unreachable until the host monitor reconciled its records with its agent
+	// (MarkHostUp); draining and offline stay as they are.
 	RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error)
+	// The control plane reached a static host's agent (one it has an endpoint
+	// for, not a registered one): that is its heartbeat, with what the agent
+	// reported. pending becomes online; unreachable stays for the monitor.
+	RecordStaticHostProbe(ctx context.Context, arg RecordStaticHostProbeParams) (Host, error)
 	RedeemInvitation(ctx context.Context, arg RedeemInvitationParams) (int64, error)
 	// An agent announcing itself (on every start): creates the host or updates
 	// the one of that name, and marks it online (a draining host stays
