@@ -16,9 +16,9 @@ import (
 	"log/slog"
 
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
 	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
 	"github.com/riverqueue/river/rivermigrate"
-	"github.com/pressly/goose/v3/lock"
 )
 
 // advisoryLock is a session-level advisory lock that a waiter blocks on
@@ -115,6 +115,7 @@ func UpRiver(ctx context.Context, db *sql.DB, log *slog.Logger) error {
 	}
 	return nil
 }
+
 // Version returns the version of the last applied migration (0: none) and
 // that of the newest embedded one.
 func Version(ctx context.Context, db *sql.DB) (current, latest int64, err error) {

@@ -8,6 +8,11 @@ INSERT INTO build_archives (team_id, sha256, size_bytes, content_bytes, files_ha
 VALUES (@team_id, @sha256, @size_bytes, @content_bytes, sqlc.narg('files_hash'))
 RETURNING *;
 
+-- name: FinishBuildArchive :one
+-- The archive's sums, once its chunks are written.
+UPDATE build_archives SET sha256 = @sha256, size_bytes = @size_bytes, content_bytes = @content_bytes
+WHERE id = @id RETURNING *;
+
 -- name: InsertBuildArchiveChunk :exec
 INSERT INTO build_archive_chunks (archive_id, seq, data) VALUES (@archive_id, @seq, @data);
 

@@ -137,6 +137,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err := req.withShape(tpl); err != nil {
 		return Sandbox{}, err
 	}
+	req.EnvVars = withTemplateEnv(tpl.env, req.EnvVars)
 	meta, err := json.Marshal(orEmpty(req.Metadata))
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("metadata: %w", err)

@@ -282,6 +282,39 @@ func (q *Queries) FinishBuild(ctx context.Context, arg FinishBuildParams) (Build
 	return i, err
 }
 
+const finishBuildArchive = `-- name: FinishBuildArchive :one
+UPDATE build_archives SET sha256 = $1, size_bytes = $2, content_bytes = $3
+WHERE id = $4 RETURNING id, team_id, sha256, size_bytes, content_bytes, files_hash, created_at
+`
+
+type FinishBuildArchiveParams struct {
+	Sha256       []byte      `json:"sha256"`
+	SizeBytes    int64       `json:"size_bytes"`
+	ContentBytes int64       `json:"content_bytes"`
+	ID           pgtype.UUID `json:"id"`
+}
+
+// The archive's sums, once its chunks are written.
+func (q *Queries) FinishBuildArchive(ctx context.Context, arg FinishBuildArchiveParams) (BuildArchive, error) {
+	row := q.db.QueryRow(ctx, finishBuildArchive,
+		arg.Sha256,
+		arg.SizeBytes,
+		arg.ContentBytes,
+		arg.ID,
+	)
+	var i BuildArchive
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.Sha256,
+		&i.SizeBytes,
+		&i.ContentBytes,
+		&i.FilesHash,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const finishBuildStep = `-- name: FinishBuildStep :exec
 UPDATE build_steps SET status = $1, finished_at = now(), exit_code = $2
 WHERE build_id = $3 AND step = $4

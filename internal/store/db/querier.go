@@ -95,6 +95,8 @@ type Querier interface {
 	FindBuildArchiveByFilesHash(ctx context.Context, arg FindBuildArchiveByFilesHashParams) (BuildArchive, error)
 	// The job's running build ends: success, failed or cancelled.
 	FinishBuild(ctx context.Context, arg FinishBuildParams) (Build, error)
+	// The archive's sums, once its chunks are written.
+	FinishBuildArchive(ctx context.Context, arg FinishBuildArchiveParams) (BuildArchive, error)
 	FinishBuildStep(ctx context.Context, arg FinishBuildStepParams) error
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
 	// The platform admin's queries (/v1/admin/…). The caller checks that the
