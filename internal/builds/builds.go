@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,16 +79,17 @@ type Config struct {
 // Service submits, runs and reports template builds. Start it to work
 // builds on this replica; an unstarted Service still accepts builds.
 type Service struct {
-	cfg    Config
-	st     *store.Store
-	river  *river.Client[pgx.Tx]
-	guest  guest
-	sbx    *service.Sandboxes
-	log    *slog.Logger
-	audit  *service.Audit
-	sleep  func(context.Context, time.Duration) error
-	now    func() time.Time
-	maxArc int64
+	cfg     Config
+	st      *store.Store
+	river   *river.Client[pgx.Tx]
+	guest   guest
+	sbx     *service.Sandboxes
+	log     *slog.Logger
+	audit   *service.Audit
+	sleep   func(context.Context, time.Duration) error
+	started atomic.Bool
+	now     func() time.Time
+	maxArc  int64
 }
 
 // New makes the service and its River client (not started).
@@ -157,12 +159,16 @@ func (s *Service) Start(ctx context.Context) error {
 	if err := s.river.Start(ctx); err != nil {
 		return fmt.Errorf("builds: start: %w", err)
 	}
+	s.started.Store(true)
 	return nil
 }
 
 // Stop stops the workers: running builds are interrupted (and requeued for
 // another replica or the next start) when ctx ends first.
 func (s *Service) Stop(ctx context.Context) error {
+	if !s.started.Swap(false) {
+		return nil
+	}
 	err := s.river.Stop(ctx)
 	if err != nil {
 		// Interrupt what still runs, and wait for it to hand its builds back.
@@ -442,6 +448,9 @@ func (s *Service) storeArchive(ctx context.Context, q *db.Queries, team pgtype.U
 	}
 	return a, nil
 }
+
+// ErrArchiveTooLarge is an archive over the size limit.
+var ErrArchiveTooLarge = archive.ErrTooLarge
 
 // IsTooLarge tells an archive refused for its size (the API's 413).
 func IsTooLarge(err error) bool { return errors.Is(err, archive.ErrTooLarge) }

@@ -130,3 +130,25 @@ func (s *Service) Depth(ctx context.Context) (pending, running int64, err error)
 	}
 	return r.Pending, r.Running, nil
 }
+
+// CheckTemplateUnused refuses (ErrConflict) the deletion of p's team's
+// template name while a live sandbox was created from it or a build of it
+// is pending or running.
+func (s *Service) CheckTemplateUnused(ctx context.Context, p service.Principal, name string) error {
+	q := s.st.Queries()
+	n, err := q.CountSandboxesOfTemplate(ctx, db.CountSandboxesOfTemplateParams{Template: name, TeamID: p.TeamID})
+	if err != nil {
+		return fmt.Errorf("builds: template use: %w", err)
+	}
+	if n > 0 {
+		return &service.Error{Kind: service.ErrConflict, Msg: fmt.Sprintf("template %q is in use by %d sandboxes", name, n)}
+	}
+	active, err := q.TemplateBuildsActive(ctx, db.TemplateBuildsActiveParams{TeamID: p.TeamID, TemplateName: name})
+	if err != nil {
+		return fmt.Errorf("builds: template use: %w", err)
+	}
+	if active {
+		return &service.Error{Kind: service.ErrConflict, Msg: fmt.Sprintf("template %q has a build under way", name)}
+	}
+	return nil
+}
