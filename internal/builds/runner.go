@@ -349,13 +349,20 @@ func envMap(env []recipe.EnvVar) map[string]string {
 }
 
 // userScript creates user $NAME when missing (a home; bash when the image
-// has it; useradd, else busybox adduser) with passwordless sudo.
+// has it; useradd, else adduser, else the passwd and group files written
+// directly, as on a busybox image without either) with passwordless sudo.
 const userScript = `set -e
 if ! id -u "$NAME" >/dev/null 2>&1; then
   if command -v useradd >/dev/null 2>&1; then
     if [ -x /bin/bash ]; then useradd --create-home --shell /bin/bash "$NAME"; else useradd --create-home "$NAME"; fi
-  else
+  elif command -v adduser >/dev/null 2>&1; then
     adduser -D "$NAME"
+  else
+    uid=$(awk -F: 'BEGIN { m = 999 } $3 > m && $3 < 60000 { m = $3 } END { print m + 1 }' /etc/passwd)
+    printf '%s:x:%s:%s::/home/%s:/bin/sh\n' "$NAME" "$uid" "$uid" "$NAME" >> /etc/passwd
+    printf '%s:x:%s:\n' "$NAME" "$uid" >> /etc/group
+    mkdir -p "/home/$NAME"
+    chown "$uid:$uid" "/home/$NAME"
   fi
 fi
 passwd -d "$NAME" >/dev/null 2>&1 || true

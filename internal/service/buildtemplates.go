@@ -66,7 +66,17 @@ func (s *Sandboxes) PublishTemplate(ctx context.Context, p Principal, req Publis
 	if src.State != store.SandboxRunning {
 		return Snapshot{}, errorf(ErrConflict, "the sandbox is %s, not running", src.State)
 	}
+	// What the recipe does not set comes from the template it started from.
 	meta := templateMeta{DefaultUser: req.Defaults.User, DefaultWorkdir: req.Defaults.Workdir, Env: req.Defaults.Env, BuildID: req.BuildID}
+	if from, err := s.resolveTemplate(ctx, p.TeamID, src.Template); err == nil {
+		if meta.DefaultUser == "" {
+			meta.DefaultUser = from.defaultUser
+		}
+		if meta.DefaultWorkdir == "" {
+			meta.DefaultWorkdir = from.workdir
+		}
+		meta.Env = withTemplateEnv(from.env, meta.Env)
+	}
 	metaJSON, err := json.Marshal(meta)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("template metadata: %w", err)

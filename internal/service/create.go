@@ -198,7 +198,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	// (the record's end_at), so the agent never pauses behind its back.
 	areq := &pb.CreateSandboxRequest{
 		SandboxId: id, Template: tpl.agentName, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
-		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
+		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser, DefaultWorkdir: tpl.workdir,
 		Egress: internet, Metadata: req.Metadata,
 	}
 	// The create and its bookkeeping outlive a client that leaves: a

@@ -34,8 +34,10 @@ type resolvedTemplate struct {
 	agentName string
 	// defaultUser runs processes when a request names none.
 	defaultUser string
-	// env is set in every sandbox created from it (a built template's).
-	env map[string]string
+	// env is set in every sandbox created from it, and its processes start
+	// in workdir by default (a built template's).
+	env     map[string]string
+	workdir string
 	// row is the template's record (nil for a built-in image).
 	row *db.Template
 }
@@ -94,7 +96,7 @@ func (s *Sandboxes) resolveTemplate(ctx context.Context, team pgtype.UUID, name 
 	if err == nil {
 		var m templateMeta
 		_ = json.Unmarshal(t.Metadata, &m) // written by CreateSnapshot; absent keys are fine
-		return resolvedTemplate{agentName: TemplateID(t.ID), defaultUser: m.DefaultUser, env: m.Env, row: &t}, nil
+		return resolvedTemplate{agentName: TemplateID(t.ID), defaultUser: m.DefaultUser, env: m.Env, workdir: m.DefaultWorkdir, row: &t}, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
 		return resolvedTemplate{}, fmt.Errorf("template %s: %w", name, err)

@@ -696,10 +696,13 @@ type CreateSandboxRequest struct {
 	// user (empty: envd's default, "root").
 	DefaultUser string `protobuf:"bytes,9,opt,name=default_user,json=defaultUser,proto3" json:"default_user,omitempty"`
 	// egress allows connections to the internet.
-	Egress        bool              `protobuf:"varint,10,opt,name=egress,proto3" json:"egress,omitempty"`
-	Metadata      map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Egress   bool              `protobuf:"varint,10,opt,name=egress,proto3" json:"egress,omitempty"`
+	Metadata map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// default_workdir is where processes start when a request names no
+	// directory (empty: the user's home); a built template's WORKDIR.
+	DefaultWorkdir string `protobuf:"bytes,20,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
@@ -807,6 +810,13 @@ func (x *CreateSandboxRequest) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *CreateSandboxRequest) GetDefaultWorkdir() string {
+	if x != nil {
+		return x.DefaultWorkdir
+	}
+	return ""
 }
 
 type CreateSandboxResponse struct {
@@ -3840,7 +3850,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fstate_reason\x18\r \x01(\tR\vstateReason\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x04\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -3854,7 +3864,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fdefault_user\x18\t \x01(\tR\vdefaultUser\x12\x16\n" +
 	"\x06egress\x18\n" +
 	" \x01(\bR\x06egress\x12L\n" +
-	"\bmetadata\x18\v \x03(\v20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x1a:\n" +
+	"\bmetadata\x18\v \x03(\v20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x12'\n" +
+	"\x0fdefault_workdir\x18\x14 \x01(\tR\x0edefaultWorkdir\x1a:\n" +
 	"\fEnvVarsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
