@@ -31,6 +31,7 @@ var (
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
+	BuildsPool          = pool("cbld", 210) // internal/builds: template builds in real VMs
 )
 
 // reserved are ranges used outside the tests: `capsule bench` (its
@@ -40,7 +41,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
-	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool}
+	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
+	BuildsPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",
