@@ -50,8 +50,10 @@ CREATE TABLE builds (
   id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
   team_id          uuid        NOT NULL REFERENCES teams (id),
   template_name    text        NOT NULL CHECK (template_name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$'),
+  -- waiting: an E2B build announced (POST /v3/templates) and not yet
+  -- triggered with its steps; it has no job.
   status           text        NOT NULL DEFAULT 'pending'
-                               CHECK (status IN ('pending', 'running', 'success', 'failed', 'cancelled')),
+                               CHECK (status IN ('waiting', 'pending', 'running', 'success', 'failed', 'cancelled')),
   recipe           text        NOT NULL,
   -- snapshot: a healthcheck makes it a snapshot template; image: disk only.
   kind             text        NOT NULL CHECK (kind IN ('image', 'snapshot')),

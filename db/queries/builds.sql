@@ -163,3 +163,16 @@ SELECT EXISTS (SELECT 1 FROM builds WHERE team_id = @team_id AND template_name =
 -- The live sandboxes created from a template name of a team (a template in use).
 SELECT count(*)::bigint FROM sandboxes
 WHERE template = @template AND team_id = @team_id AND state NOT IN ('stopped');
+
+-- name: TriggerBuild :one
+-- A waiting build gets its recipe and becomes pending.
+UPDATE builds SET recipe = @recipe, kind = @kind, total_steps = @total_steps, status = 'pending',
+                  metadata = @metadata, created_at = now()
+WHERE id = @id AND team_id = @team_id AND status = 'waiting'
+RETURNING *;
+
+-- name: FailWaitingBuild :one
+-- A waiting build that cannot run (an image no registry serves).
+UPDATE builds SET status = 'failed', error = @error, failed_step = @failed_step, finished_at = now()
+WHERE id = @id AND team_id = @team_id AND status = 'waiting'
+RETURNING *;

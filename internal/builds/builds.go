@@ -279,15 +279,9 @@ func (s *Service) Submit(ctx context.Context, p service.Principal, req Submit) (
 	if r.NeedsArchive() && !hasArchive {
 		return Build{}, &service.Error{Kind: service.ErrInvalid, Msg: "recipe: COPY needs an uploaded archive (tar, tar.gz or zip)"}
 	}
-	vcpus, mem := req.VCPUs, req.MemoryMB
-	if vcpus == 0 {
-		vcpus = DefaultVCPUs
-	}
-	if mem == 0 {
-		mem = DefaultMemoryMB
-	}
-	if vcpus < 1 || vcpus > 64 || mem < 128 || mem > 256<<10 {
-		return Build{}, &service.Error{Kind: service.ErrInvalid, Msg: "vcpus: 1 to 64; memory_mb: 128 to 262144"}
+	vcpus, mem, err := shape(req)
+	if err != nil {
+		return Build{}, err
 	}
 	meta, err := json.Marshal(orEmpty(req.Metadata))
 	if err != nil {

@@ -84,7 +84,7 @@ func (a *attempt) run(parent context.Context) (res result) {
 	}
 	if a.b.ArchiveID.Valid {
 		a.logs.system(0, "unpacking the archive")
-		if err := a.unpack(ctx); err != nil {
+		if err := a.unpack(ctx, a.b.ArchiveID, contextDir); err != nil {
 			return result{err: err}
 		}
 	}
@@ -247,8 +247,16 @@ func (a *attempt) step(ctx context.Context, n int, st recipe.Step) (pgtype.Int4,
 		if owner == "" {
 			owner = st.Ctx.User
 		}
+		dir := contextDir
+		if arc, ok := copyArchive(a.b, n); ok {
+			// This step's own archive (E2B's COPY).
+			dir = fmt.Sprintf("%s/context-%d", buildDir, n)
+			if err := a.unpack(ctx, arc, dir); err != nil {
+				return pgtype.Int4{}, err
+			}
+		}
 		cmd = service.ExecCommand{Cmd: copyScript, User: "root", Env: map[string]string{"SRC": st.Src, "DST": st.Path,
-			"OWNER": owner, "MODE": st.Chmod, "CONTEXT": contextDir}}
+			"OWNER": owner, "MODE": st.Chmod, "CONTEXT": dir}}
 		logOutput = true
 	default:
 		return pgtype.Int4{}, &stepError{step: n, line: st.Line, msg: "unknown step " + what}
@@ -267,11 +275,11 @@ func (a *attempt) step(ctx context.Context, n int, st recipe.Step) (pgtype.Int4,
 	return code, ok(exit, n, st.Line, what, timeout)
 }
 
-// unpack puts the build's archive in the sandbox and extracts it into
-// contextDir with the sandbox's tar (the archive was checked on upload).
-func (a *attempt) unpack(ctx context.Context) error {
-	r := &archiveReader{ctx: ctx, q: a.s.st.Queries(), id: a.b.ArchiveID}
-	if _, err := a.exec(ctx, 0, service.ExecCommand{Cmd: "mkdir -p " + contextDir, User: "root", TimeoutSec: 60}, false); err != nil {
+// unpack puts a stored archive in the sandbox and extracts it into dir
+// with the sandbox's tar (the archive was checked on upload).
+func (a *attempt) unpack(ctx context.Context, id pgtype.UUID, dir string) error {
+	r := &archiveReader{ctx: ctx, q: a.s.st.Queries(), id: id}
+	if _, err := a.exec(ctx, 0, service.ExecCommand{Cmd: "mkdir -p " + dir, User: "root", TimeoutSec: 60}, false); err != nil {
 		return classify(err, 0, 0)
 	}
 	if err := a.s.guest.writeFile(ctx, a.p, a.sbx, contextFile, r); err != nil {
@@ -280,7 +288,7 @@ func (a *attempt) unpack(ctx context.Context) error {
 		}
 		return classify(err, 0, 0)
 	}
-	exit, err := a.exec(ctx, 0, service.ExecCommand{Cmd: "tar -xzf " + contextFile + " -C " + contextDir + " && rm -f " + contextFile,
+	exit, err := a.exec(ctx, 0, service.ExecCommand{Cmd: "tar -xzf " + contextFile + " -C " + dir + " && rm -f " + contextFile,
 		User: "root", TimeoutSec: 1800}, false)
 	if err != nil {
 		return classify(err, 0, 0)

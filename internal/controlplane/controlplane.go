@@ -188,7 +188,8 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
-	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain, Log: log}); err != nil {
+	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain, Log: log,
+		Builds: cp.Builds, Secret: cfg.Secret}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	return cp, nil

@@ -192,6 +192,60 @@ func (q *Queries) DeleteUnusedBuildArchives(ctx context.Context, before time.Tim
 	return result.RowsAffected(), nil
 }
 
+const failWaitingBuild = `-- name: FailWaitingBuild :one
+UPDATE builds SET status = 'failed', error = $1, failed_step = $2, finished_at = now()
+WHERE id = $3 AND team_id = $4 AND status = 'waiting'
+RETURNING id, team_id, template_name, status, recipe, kind, vcpus, memory_mb, current_step, total_steps, failed_step, failed_line, error, archive_id, job_id, attempts, max_attempts, cancel_requested, heartbeat_at, sandbox_id, template_id, log_count, metadata, created_by, created_at, started_at, finished_at
+`
+
+type FailWaitingBuildParams struct {
+	Error      string      `json:"error"`
+	FailedStep pgtype.Int4 `json:"failed_step"`
+	ID         pgtype.UUID `json:"id"`
+	TeamID     pgtype.UUID `json:"team_id"`
+}
+
+// A waiting build that cannot run (an image no registry serves).
+func (q *Queries) FailWaitingBuild(ctx context.Context, arg FailWaitingBuildParams) (Build, error) {
+	row := q.db.QueryRow(ctx, failWaitingBuild,
+		arg.Error,
+		arg.FailedStep,
+		arg.ID,
+		arg.TeamID,
+	)
+	var i Build
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.TemplateName,
+		&i.Status,
+		&i.Recipe,
+		&i.Kind,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.CurrentStep,
+		&i.TotalSteps,
+		&i.FailedStep,
+		&i.FailedLine,
+		&i.Error,
+		&i.ArchiveID,
+		&i.JobID,
+		&i.Attempts,
+		&i.MaxAttempts,
+		&i.CancelRequested,
+		&i.HeartbeatAt,
+		&i.SandboxID,
+		&i.TemplateID,
+		&i.LogCount,
+		&i.Metadata,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.StartedAt,
+		&i.FinishedAt,
+	)
+	return i, err
+}
+
 const findBuildArchiveByFilesHash = `-- name: FindBuildArchiveByFilesHash :one
 SELECT id, team_id, sha256, size_bytes, content_bytes, files_hash, created_at FROM build_archives WHERE team_id = $1 AND files_hash = $2
 ORDER BY created_at DESC LIMIT 1
@@ -1061,4 +1115,63 @@ func (q *Queries) TemplateBuildsActive(ctx context.Context, arg TemplateBuildsAc
 	var column_1 bool
 	err := row.Scan(&column_1)
 	return column_1, err
+}
+
+const triggerBuild = `-- name: TriggerBuild :one
+UPDATE builds SET recipe = $1, kind = $2, total_steps = $3, status = 'pending',
+                  metadata = $4, created_at = now()
+WHERE id = $5 AND team_id = $6 AND status = 'waiting'
+RETURNING id, team_id, template_name, status, recipe, kind, vcpus, memory_mb, current_step, total_steps, failed_step, failed_line, error, archive_id, job_id, attempts, max_attempts, cancel_requested, heartbeat_at, sandbox_id, template_id, log_count, metadata, created_by, created_at, started_at, finished_at
+`
+
+type TriggerBuildParams struct {
+	Recipe     string          `json:"recipe"`
+	Kind       string          `json:"kind"`
+	TotalSteps int32           `json:"total_steps"`
+	Metadata   json.RawMessage `json:"metadata"`
+	ID         pgtype.UUID     `json:"id"`
+	TeamID     pgtype.UUID     `json:"team_id"`
+}
+
+// A waiting build gets its recipe and becomes pending.
+func (q *Queries) TriggerBuild(ctx context.Context, arg TriggerBuildParams) (Build, error) {
+	row := q.db.QueryRow(ctx, triggerBuild,
+		arg.Recipe,
+		arg.Kind,
+		arg.TotalSteps,
+		arg.Metadata,
+		arg.ID,
+		arg.TeamID,
+	)
+	var i Build
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.TemplateName,
+		&i.Status,
+		&i.Recipe,
+		&i.Kind,
+		&i.VCPUs,
+		&i.MemoryMB,
+		&i.CurrentStep,
+		&i.TotalSteps,
+		&i.FailedStep,
+		&i.FailedLine,
+		&i.Error,
+		&i.ArchiveID,
+		&i.JobID,
+		&i.Attempts,
+		&i.MaxAttempts,
+		&i.CancelRequested,
+		&i.HeartbeatAt,
+		&i.SandboxID,
+		&i.TemplateID,
+		&i.LogCount,
+		&i.Metadata,
+		&i.CreatedBy,
+		&i.CreatedAt,
+		&i.StartedAt,
+		&i.FinishedAt,
+	)
+	return i, err
 }

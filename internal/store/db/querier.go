@@ -91,6 +91,8 @@ type Querier interface {
 	// An auto-pause refused once too often: the sandbox is left in error, with
 	// its disk kept on the host (nothing is destroyed); no deadline.
 	FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error)
+	// A waiting build that cannot run (an image no registry serves).
+	FailWaitingBuild(ctx context.Context, arg FailWaitingBuildParams) (Build, error)
 	// The team's newest archive uploaded for an E2B files hash.
 	FindBuildArchiveByFilesHash(ctx context.Context, arg FindBuildArchiveByFilesHashParams) (BuildArchive, error)
 	// The job's running build ends: success, failed or cancelled.
@@ -316,6 +318,8 @@ type Querier interface {
 	// TouchSandbox for callers that checked the team already (exec, files):
 	// one UPDATE, no row returned.
 	TouchSandboxByID(ctx context.Context, id pgtype.UUID) (int64, error)
+	// A waiting build gets its recipe and becomes pending.
+	TriggerBuild(ctx context.Context, arg TriggerBuildParams) (Build, error)
 	// An administrator's change of tags and status (the caller checks the
 	// transition).
 	UpdateHostSettings(ctx context.Context, arg UpdateHostSettingsParams) (Host, error)
