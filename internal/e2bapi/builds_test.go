@@ -44,7 +44,7 @@ func TestToRecipe(t *testing.T) {
 		{name: "from a template, start without ready", in: triggerJSON{FromTemplate: "team/app:default", StartCmd: "srv"},
 			want: []string{"FROM app", "START srv", "HEALTHCHECK --interval=2s --timeout=60s --start-period=0 --retries=300 sleep 20"}},
 		{name: "multi-line command", in: triggerJSON{FromTemplate: "base", Steps: []stepJSON{{Type: "RUN", Args: []string{"a\nb"}}}},
-			want: []string{"FROM base", "RUN echo YQpi | base64 -d | sh", "HEALTHCHECK --interval=2s --timeout=60s --start-period=0 --retries=300 true"},
+			want:  []string{"FROM base", "RUN echo YQpi | base64 -d | sh", "HEALTHCHECK --interval=2s --timeout=60s --start-period=0 --retries=300 true"},
 			steps: []int{1}},
 		{name: "an image no registry serves", in: triggerJSON{FromImage: "ubuntu:22.04"}, baseErr: `the image "ubuntu:22.04" cannot be pulled`},
 		{name: "COPY without hash", in: triggerJSON{Steps: []stepJSON{{Type: "COPY", Args: []string{"a", "b"}}}}, err: "filesHash"},
