@@ -104,7 +104,7 @@ func (s *Service) settle(ctx context.Context, a *attempt, res result) error {
 			return fmt.Errorf("builds: finish %s: %w", ID(b.ID), err)
 		}
 		s.auditBuild(ctx, row, status, msg)
-		log.InfoContext(ctx, "build ended", "status", status, "error", msg)
+		log.InfoContext(ctx, "build ended", "status", status, "reason", msg)
 		return nil
 	}
 	switch {
