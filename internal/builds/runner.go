@@ -367,6 +367,7 @@ if ! id -u "$NAME" >/dev/null 2>&1; then
     adduser -D "$NAME"
   else
     uid=$(awk -F: 'BEGIN { m = 999 } $3 > m && $3 < 60000 { m = $3 } END { print m + 1 }' /etc/passwd)
+    for f in /etc/passwd /etc/group; do [ -z "$(tail -c 1 "$f")" ] || echo >> "$f"; done
     printf '%s:x:%s:%s::/home/%s:/bin/sh\n' "$NAME" "$uid" "$uid" "$NAME" >> /etc/passwd
     printf '%s:x:%s:\n' "$NAME" "$uid" >> /etc/group
     mkdir -p "/home/$NAME"
