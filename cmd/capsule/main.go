@@ -102,7 +102,7 @@ func run(ctx context.Context, args []string) error {
 
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("bench: name a benchmark (envd, vm, api, proxy, hosts)")
+		return errors.New("bench: name a benchmark (envd, vm, api, proxy, hosts, build)")
 	}
 	switch args[0] {
 	case "envd":
@@ -170,6 +170,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchHosts(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "build":
+		o, err := parseBenchBuildFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchBuild(ctx, o)
 		if err != nil {
 			return err
 		}

@@ -70,6 +70,8 @@ var serveEnv = map[string]string{
 	"disk-headroom-mb":        "CAPSULE_AGENT_DISK_HEADROOM_MB",
 	"quota-paused":            "CAPSULE_QUOTA_PAUSED",
 	"quota-stored-mb":         "CAPSULE_QUOTA_STORED_MB",
+	"build-workers":           "CAPSULE_BUILD_WORKERS",
+	"build-max-archive-mb":    "CAPSULE_BUILD_MAX_ARCHIVE_MB",
 	"net-name":                "CAPSULE_AGENT_NET_NAME",
 	"net-host-cidr":           "CAPSULE_AGENT_NET_HOST_CIDR",
 	"net-link-cidr":           "CAPSULE_AGENT_NET_LINK_CIDR",
@@ -125,6 +127,9 @@ type serveOptions struct {
 	// heartbeatInterval is the agents' heartbeat; unreachableAfter the
 	// silence after which the host monitor marks a host unreachable.
 	heartbeatInterval, unreachableAfter time.Duration
+	// buildWorkers and buildMaxArchiveMB configure template builds.
+	buildWorkers      int
+	buildMaxArchiveMB int64
 }
 
 // intFlag and int64Flag parse a non-negative number into *p.
@@ -181,6 +186,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.netHostCIDR, "net-host-cidr", "", "per-sandbox host addresses (default "+netslot.DefaultHostCIDR.String()+") [CAPSULE_AGENT_NET_HOST_CIDR]")
 	fs.StringVar(&o.netLinkCIDR, "net-link-cidr", "", "per-sandbox veth links (default "+netslot.DefaultLinkCIDR.String()+") [CAPSULE_AGENT_NET_LINK_CIDR]")
 	fs.IntVar(&o.netMaxSlots, "net-max-slots", 0, "most network slots, hence running sandboxes (default 1024; at most what the CIDRs address) [CAPSULE_AGENT_NET_MAX_SLOTS]")
+	fs.IntVar(&o.buildWorkers, "build-workers", 2, "template builds this control plane runs at once (each replica runs its own workers on the shared queue) [CAPSULE_BUILD_WORKERS]")
+	fs.Int64Var(&o.buildMaxArchiveMB, "build-max-archive-mb", 1024, "size limit (MiB) of a build's archive, uploaded and uncompressed; larger ones are refused with 413 [CAPSULE_BUILD_MAX_ARCHIVE_MB]")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs [CAPSULE_VERBOSE]")
 	fs.StringVar(&o.domain, "domain", "localhost", "sandbox domain: requests for {port}-{sandbox-id}.DOMAIN on the sandbox listener go to that port of the sandbox; DOMAIN may end in :PORT, the port clients reach the sandbox listener at (default: the listener's own, unless 80 or 443) [CAPSULE_DOMAIN]")
 	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "URL at which browsers reach the API (OAuth callbacks) [CAPSULE_PUBLIC_URL]")
@@ -380,6 +387,7 @@ func runServe(ctx context.Context, args []string) (err error) {
 		HeartbeatInterval: o.heartbeatInterval,
 		Signup:            o.signupMode, Quotas: o.quotas, OAuth: o.oauthConfig(), TrustedProxies: o.proxies,
 		Domain: o.domain, SandboxAddr: sln.Addr(), Log: log,
+		Builds: controlplane.BuildsConfig{Workers: o.buildWorkers, MaxArchiveBytes: o.buildMaxArchiveMB << 20},
 		// The embedded PostgreSQL is this process's alone (its data
 		// directory is locked): no other replica shares it.
 		SingleReplica: o.databaseURL == "",

@@ -17,6 +17,8 @@ import (
 
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
+	"github.com/riverqueue/river/rivermigrate"
 )
 
 // advisoryLock is a session-level advisory lock that a waiter blocks on
@@ -57,8 +59,9 @@ const LockID int64 = 0x63617073756c65 // "capsule"
 const TableName = "goose_db_version"
 
 // Up applies every pending migration, holding the advisory lock LockID so
-// that concurrent callers apply each migration once. It is idempotent: with
-// nothing pending it changes nothing. log may be nil.
+// that concurrent callers apply each migration once, then River's (the job
+// queue's tables, river_*: see UpRiver). It is idempotent: with nothing
+// pending it changes nothing. log may be nil.
 func Up(ctx context.Context, db *sql.DB, log *slog.Logger) ([]*goose.MigrationResult, error) {
 	p, err := provider(db, log)
 	if err != nil {
@@ -72,7 +75,45 @@ func Up(ctx context.Context, db *sql.DB, log *slog.Logger) ([]*goose.MigrationRe
 		}
 		return nil, fmt.Errorf("migrations: %w", err)
 	}
+	if err := UpRiver(ctx, db, log); err != nil {
+		return res, err
+	}
 	return res, nil
+}
+
+// RiverLockID serializes River's migrations between processes.
+const RiverLockID = LockID + 1
+
+// UpRiver applies River's pending migrations (its own, versioned in its
+// river_migration table: an upgrade of River brings its migrations with
+// it), holding the session advisory lock RiverLockID so that concurrent
+// callers apply each once.
+func UpRiver(ctx context.Context, db *sql.DB, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := rivermigrate.New(riverdatabasesql.New(db), &rivermigrate.Config{Logger: log})
+	if err != nil {
+		return fmt.Errorf("migrations: river: %w", err)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrations: river: %w", err)
+	}
+	defer conn.Close()
+	lock := advisoryLock{RiverLockID}
+	if err := lock.SessionLock(ctx, conn); err != nil {
+		return err
+	}
+	defer lock.SessionUnlock(context.WithoutCancel(ctx), conn) //nolint:errcheck // the session ends with conn anyway
+	res, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil)
+	if err != nil {
+		return fmt.Errorf("migrations: river: %w", err)
+	}
+	for _, v := range res.Versions {
+		log.Info("migrations: river migration applied", "version", v.Version, "name", v.Name, "duration", v.Duration)
+	}
+	return nil
 }
 
 // Version returns the version of the last applied migration (0: none) and

@@ -64,18 +64,19 @@ func (s *service) GetHostInfo(ctx context.Context, _ *connect.Request[pb.GetHost
 func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.CreateSandboxRequest]) (*connect.Response[pb.CreateSandboxResponse], error) {
 	m := req.Msg
 	info, err := s.a.mgr.Create(ctx, sandbox.CreateOptions{
-		ID:          m.GetSandboxId(),
-		Template:    m.GetTemplate(),
-		VCPUs:       int(m.GetVcpus()),
-		MemoryMB:    int(m.GetMemoryMb()),
-		DiskMB:      int(m.GetDiskMb()),
-		Egress:      m.GetEgress(),
-		Network:     createRules(m),
-		AccessToken: m.GetAccessToken(),
-		DefaultUser: m.GetDefaultUser(),
-		EnvVars:     m.GetEnvVars(),
-		Metadata:    m.GetMetadata(),
-		Timeout:     duration(m.GetTimeout()),
+		ID:             m.GetSandboxId(),
+		Template:       m.GetTemplate(),
+		VCPUs:          int(m.GetVcpus()),
+		MemoryMB:       int(m.GetMemoryMb()),
+		DiskMB:         int(m.GetDiskMb()),
+		Egress:         m.GetEgress(),
+		Network:        createRules(m),
+		AccessToken:    m.GetAccessToken(),
+		DefaultUser:    m.GetDefaultUser(),
+		DefaultWorkdir: m.GetDefaultWorkdir(),
+		EnvVars:        m.GetEnvVars(),
+		Metadata:       m.GetMetadata(),
+		Timeout:        duration(m.GetTimeout()),
 	})
 	if err != nil {
 		return nil, s.a.fail(ctx, err, connect.CodeAlreadyExists)

@@ -137,6 +137,14 @@ func TestAdminRouteAuthorization(t *testing.T) {
 	}
 	e.setAdmin(t, demoted, false)
 
+	// A platform build (queued, never run here) for the build routes.
+	pub, err := q.InsertBuild(ctx, db.InsertBuildParams{ID: mustUUID(t, wireid.Build, "bld-"+strings.Repeat("a", 32)),
+		TeamID: store.PlatformTeamID, TemplateName: "pub", Recipe: "FROM base", Kind: store.TemplateImage, VCPUs: 1,
+		MemoryMB: 512, MaxAttempts: 1, Metadata: []byte(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubBuild := wireid.Format(wireid.Build, pub.ID)
 	refused := []struct {
 		name, cred string
 	}{
@@ -156,6 +164,11 @@ func TestAdminRouteAuthorization(t *testing.T) {
 		"GET /v1/admin/hosts":               {"/v1/admin/hosts", nil, 200},
 		"GET /v1/admin/audit-logs":          {"/v1/admin/audit-logs?team_id=" + owner.team, nil, 200},
 		"GET /v1/admin/sandboxes":           {"/v1/admin/sandboxes", nil, 200},
+		"POST /v1/admin/builds":             {"/v1/admin/builds", map[string]any{"template": "pub", "recipe": "FROM base\nRUN true"}, 202},
+		"GET /v1/admin/builds":              {"/v1/admin/builds", nil, 200},
+		"GET /v1/admin/builds/{id}":         {"/v1/admin/builds/" + pubBuild, nil, 200},
+		"POST /v1/admin/builds/{id}/cancel": {"/v1/admin/builds/" + pubBuild + "/cancel", nil, 202},
+		"GET /v1/admin/builds/{id}/logs":    {"/v1/admin/builds/" + pubBuild + "/logs", nil, 200},
 	}
 	junk := strings.NewReplacer(owner.team, "team-x", member.id, "usr-x")
 	// state is what an admin route may change: the team's BYOC flag and

@@ -14,6 +14,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/builds"
 	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
@@ -24,6 +25,9 @@ const maxBody = 1 << 20
 
 // Config configures New.
 type Config struct {
+	// Builds runs template builds (a new, unstarted one over Store and
+	// Sandboxes when nil: it queues builds for the workers of any replica).
+	Builds    *builds.Service
 	Accounts  *service.Accounts
 	Sandboxes *service.Sandboxes
 	Audit     *service.Audit
@@ -66,6 +70,7 @@ type Server struct {
 	searchUser *auth.Limiter
 	teams      *service.Teams
 	admin      *service.Admin
+	builds     *builds.Service
 	oauth      *oauth.Registry
 	// routes are the registered patterns ("METHOD /path"), in order.
 	routes []string
@@ -76,7 +81,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Accounts == nil || cfg.Sandboxes == nil || cfg.Audit == nil || cfg.Store == nil || cfg.Hosts == nil {
 		return nil, errors.New("api: accounts, sandboxes, audit, hosts and store are required")
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, admin: cfg.Admin, oauth: cfg.OAuth}
+	s := &Server{cfg: cfg, log: cfg.Log, mux: http.NewServeMux(), teams: cfg.Teams, admin: cfg.Admin, builds: cfg.Builds, oauth: cfg.OAuth}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -93,6 +98,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.admin == nil {
 		if s.admin, err = service.NewAdmin(service.AdminConfig{Store: cfg.Store, Teams: s.teams, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
+	if s.builds == nil {
+		if s.builds, err = builds.New(builds.Config{Store: cfg.Store, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 	}
@@ -187,6 +197,7 @@ func (s *Server) register() {
 	s.handle("PATCH /v1/me", s.userAuthed(s.updateMe))
 	s.handle("GET /v1/users/search", s.userAuthed(s.searchUsers))
 	s.registerAdmin()
+	s.registerBuilds()
 	s.handle("GET /v1/auth/oauth/{provider}/login", http.HandlerFunc(s.oauthLogin))
 	s.handle("POST /v1/auth/oauth/{provider}/link", s.userAuthed(s.oauthLink))
 	// A callback costs calls to the provider: limited as logins are.

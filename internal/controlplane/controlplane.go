@@ -16,6 +16,7 @@ import (
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
+	"github.com/capsulehq/capsule/internal/builds"
 	"github.com/capsulehq/capsule/internal/e2bapi"
 	"github.com/capsulehq/capsule/internal/leader"
 	"github.com/capsulehq/capsule/internal/proxy"
@@ -77,7 +78,16 @@ type Config struct {
 	// MetricsCacheFor is how long the sandboxes-by-state gauge keeps a
 	// read of the table (default 5 s).
 	MetricsCacheFor time.Duration
-	Log             *slog.Logger
+	// Builds configures template builds.
+	Builds BuildsConfig
+	Log    *slog.Logger
+}
+
+// BuildsConfig configures template builds (package builds): this
+// replica's workers and the archive size limit (zero: the defaults).
+type BuildsConfig struct {
+	Workers         int
+	MaxArchiveBytes int64
 }
 
 // OAuthConfig configures the OAuth login providers.
@@ -117,6 +127,8 @@ type ControlPlane struct {
 	API   *api.Server
 	Proxy *proxy.Handler
 	E2B   *e2bapi.Handler
+	// Builds runs template builds (its workers start with Start).
+	Builds *builds.Service
 	// SandboxDomain is the sandbox domain the E2B facade answers to the
 	// SDKs (Domain with the sandbox listener's port when it names none).
 	SandboxDomain string
@@ -184,6 +196,10 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		}
 		return out, err
 	}, cfg.MetricsCacheFor)
+	if cp.Builds, err = builds.New(builds.Config{Store: st, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Log: log,
+		Workers: cfg.Builds.Workers, MaxArchiveBytes: cfg.Builds.MaxArchiveBytes}); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
 	providers, states, err := NewOAuth(cfg.OAuth, cfg.Secret)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
@@ -191,7 +207,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	for _, name := range providers.Names() {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
-	if cp.API, err = api.New(api.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
+	if cp.API, err = api.New(api.Config{Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -203,7 +219,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
 	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain,
-		Instrument: cp.Telemetry.Route, Log: log}); err != nil {
+		Instrument: cp.Telemetry.Route, Log: log, Builds: cp.Builds, Secret: cfg.Secret}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	return cp, nil
@@ -307,6 +323,11 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	// Every replica works the build queue.
+	if err := cp.Builds.Start(ctx); err != nil {
+		cp.stopReaper()
+		return fmt.Errorf("controlplane: %w", err)
+	}
 	return nil
 }
 
@@ -342,12 +363,25 @@ func (cp *ControlPlane) stopReaper() {
 // records them as paused. Call it once the listeners stopped.
 func (cp *ControlPlane) Shutdown(ctx context.Context) error {
 	cp.stopReaper()
+	cp.stopBuilds(ctx)
 	return cp.Sandboxes.PauseAll(ctx)
+}
+
+// stopBuilds stops this replica's build workers: the builds they run are
+// interrupted after a short grace, their sandboxes destroyed and the
+// builds requeued for another replica or the next start (package builds).
+func (cp *ControlPlane) stopBuilds(ctx context.Context) {
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := cp.Builds.Stop(sctx); err != nil {
+		cp.log.WarnContext(ctx, "stopping the build workers", "err", err)
+	}
 }
 
 // Close stops the reaper and releases the agent pool and the store.
 func (cp *ControlPlane) Close() {
 	cp.stopReaper()
+	cp.stopBuilds(context.Background())
 	cp.Agents.Close()
 	cp.Store.Close()
 }

@@ -102,8 +102,31 @@
 //     sandbox's open connections within the call; 404 for another team's
 //     or a killed sandbox; rules and egressProxy are 400. The detail's
 //     network shows allowOut and denyOut.
-//   - Not supported: fork, logs and template builds answer 501, not a 404
-//     that the SDK would read as "sandbox not found".
+//   - Template builds (builds.go, over package builds; the SDK's Template
+//     class): POST /v3/templates prepares a waiting build of the name
+//     ("name" or "name:default"; other tags are 400) and answers 202
+//     {templateID (the name), buildID (bld-…)}; GET
+//     /templates/{templateID}/files/{hash} answers 201 {present} or
+//     {present:false, url}: a PUT URL on the request's host, signed with
+//     an HMAC of the team, the hash and an expiry (1 h) under a key derived
+//     from the server secret, which needs no API key; the PUT's tar (gzip
+//     or not) is checked and stored as the team's archive of that hash.
+//     POST /v2/templates/{templateID}/builds/{buildID} turns the steps into
+//     a recipe (internal/recipe): fromImage e2bdev/base (the default) is
+//     FROM base then USER user, fromTemplate is FROM <name>, any other
+//     image fails the build at step "base" (no registry is reachable);
+//     RUN [cmd, user?] (a user of its own switches for that step), COPY
+//     [src, dest, owner?, mode?] from its own uploaded archive (the
+//     glob-free prefix of src), ENV, WORKDIR, USER; startCmd is START and
+//     readyCmd (default: sleep 20 with a start command, else true) the
+//     HEALTHCHECK every 2 s for up to 10 minutes, so every template is a
+//     snapshot, as E2B's are. Multi-line commands run base64-decoded. GET
+//     /templates/{templateID}/builds/{buildID}/status?logsOffset=N answers
+//     waiting, building, ready or error, at most 100 log entries after the
+//     offset (none once drained) and, on error, reason {message, step:
+//     "base", the E2B step's number, or "finalize"}.
+//   - Not supported: fork, logs and template tags answer
+//     501, not a 404 that the SDK would read as "sandbox not found".
 //
 // Request IDs: as the native API (package logctx), every answer echoes the
 // request's X-Request-Id (the client's when well-formed, else a fresh one)

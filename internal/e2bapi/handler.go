@@ -14,6 +14,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/api"
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/builds"
 	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -38,7 +39,11 @@ type Config struct {
 	// Instrument, when set, wraps each route's handler with the pattern
 	// it is registered with (Prometheus, package telemetry).
 	Instrument func(pattern string, h http.Handler) http.Handler
-	Log        *slog.Logger
+	// Builds runs E2B's template builds (nil: their routes answer 501);
+	// Secret signs their upload URLs.
+	Builds *builds.Service
+	Secret []byte
+	Log    *slog.Logger
 }
 
 // Handler serves E2B's control-plane paths.
@@ -126,10 +131,18 @@ func (h *Handler) register() {
 	h.handle("GET /templates/aliases/{alias}", h.authed(h.templateAlias))
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
-	for _, p := range []string{
-		"POST /sandboxes/{id}/fork", "GET /sandboxes/{id}/logs",
-		"GET /v2/sandboxes/{id}/logs", "POST /v3/templates", "POST /v2/templates/{templateID}/builds/{buildID}",
-	} {
+	unsupported := []string{"POST /sandboxes/{id}/fork", "GET /sandboxes/{id}/logs",
+		"GET /v2/sandboxes/{id}/logs"}
+	if h.cfg.Builds != nil && len(h.cfg.Secret) > 0 {
+		h.handle("POST /v3/templates", h.authed(h.createTemplateV3))
+		h.handle("GET /templates/{templateID}/files/{hash}", h.authed(h.templateFile))
+		h.handle("PUT /templates/{templateID}/files/{hash}/upload", http.HandlerFunc(h.uploadTemplateFile))
+		h.handle("POST /v2/templates/{templateID}/builds/{buildID}", h.authed(h.triggerBuild))
+		h.handle("GET /templates/{templateID}/builds/{buildID}/status", h.authed(h.buildStatus))
+	} else {
+		unsupported = append(unsupported, "POST /v3/templates", "POST /v2/templates/{templateID}/builds/{buildID}")
+	}
+	for _, p := range unsupported {
 		h.handle(p, h.authed(h.unsupported))
 	}
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

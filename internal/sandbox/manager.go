@@ -200,8 +200,10 @@ type CreateOptions struct {
 	Egress      bool
 	AccessToken string
 	DefaultUser string
-	EnvVars     map[string]string
-	Metadata    map[string]string
+	// DefaultWorkdir is where processes start by default ("": home).
+	DefaultWorkdir string
+	EnvVars        map[string]string
+	Metadata       map[string]string
 	// Timeout is the idle time after which the sandbox is paused (0: never).
 	Timeout time.Duration
 
@@ -279,7 +281,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		Kernel: tpl.Kernel, Initrd: tpl.Initrd,
 		VCPUs: o.VCPUs, MemoryMB: o.MemoryMB, DiskMB: o.DiskMB, Egress: o.Egress,
 		Network:     cloneRules(o.Network),
-		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser,
+		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser, DefaultWorkdir: o.DefaultWorkdir,
 		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
 		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
 	}
@@ -479,7 +481,7 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	now := m.now().UTC()
 	tok := rec.AccessToken
 	return c.Init(ctx, envdapi.InitRequest{
-		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser,
+		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser, DefaultWorkdir: rec.DefaultWorkdir,
 	})
 }
 

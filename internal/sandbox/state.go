@@ -44,10 +44,12 @@ type record struct {
 	DiskMB   int    `json:"diskMB"`
 	Egress   bool   `json:"egress"`
 	// AccessToken and EnvVars are sealed on disk (Sealed, seal.go).
-	AccessToken string            `json:"-"`
-	DefaultUser string            `json:"defaultUser,omitempty"`
-	EnvVars     map[string]string `json:"-"`
-	Sealed      string            `json:"sealed,omitempty"`
+	AccessToken string `json:"-"`
+	DefaultUser string `json:"defaultUser,omitempty"`
+	// DefaultWorkdir: see CreateOptions.
+	DefaultWorkdir string            `json:"defaultWorkdir,omitempty"`
+	EnvVars        map[string]string `json:"-"`
+	Sealed         string            `json:"sealed,omitempty"`
 	// Plaintext fields of state files written before sealing, read once.
 	LegacyAccessToken string            `json:"accessToken,omitempty"`
 	LegacyEnvVars     map[string]string `json:"envVars,omitempty"`

@@ -142,6 +142,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err := req.withShape(tpl); err != nil {
 		return Sandbox{}, err
 	}
+	req.EnvVars = withTemplateEnv(tpl.env, req.EnvVars)
 	meta, err := json.Marshal(orEmpty(req.Metadata))
 	if err != nil {
 		return Sandbox{}, fmt.Errorf("metadata: %w", err)
@@ -228,7 +229,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	// (the record's end_at), so the agent never pauses behind its back.
 	areq := &pb.CreateSandboxRequest{
 		SandboxId: id, Template: tpl.agentName, Vcpus: uint32(req.VCPUs), MemoryMb: uint32(req.MemoryMB),
-		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser,
+		EnvVars: req.EnvVars, AccessToken: auth.EnvdAccessToken(s.secret, id), DefaultUser: tpl.defaultUser, DefaultWorkdir: tpl.workdir,
 		Egress: internet, Metadata: req.Metadata, Network: req.networkProto(),
 	}
 	// The create and its bookkeeping outlive a client that leaves: a

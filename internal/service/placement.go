@@ -193,8 +193,9 @@ type placement struct {
 
 // schedule chooses the host of a new sandbox of team (isBYOC: on its own
 // hosts) with the machine shape and template of req. A snapshot template
-// lives on the hosts that hold its files (its own host; host_templates):
-// until templates are replicated between hosts, only those are candidates.
+// (or a team's image template, which a build flattened on one host) lives
+// on the hosts that hold its files (its own host; host_templates): until
+// templates are replicated between hosts, only those are candidates.
 func (s *Sandboxes) schedule(ctx context.Context, team db.Team, req CreateSandbox, tpl resolvedTemplate) (*placement, scheduler.Choice, error) {
 	s.probeStatic(ctx, false)
 	sr := scheduler.Request{Team: team.ID.Bytes, BYOC: team.IsBYOC,
@@ -202,7 +203,7 @@ func (s *Sandboxes) schedule(ctx context.Context, team db.Team, req CreateSandbo
 	var keep func(db.ListSchedulingCandidatesRow) bool
 	if t := tpl.row; t != nil {
 		sr.Template, sr.HasTemplate = t.ID.Bytes, true
-		if t.Kind == store.TemplateSnapshot {
+		if t.Kind == store.TemplateSnapshot || t.HostID.Valid {
 			keep = func(r db.ListSchedulingCandidatesRow) bool {
 				return r.HasTemplate || (t.HostID.Valid && r.ID == t.HostID)
 			}

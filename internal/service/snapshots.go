@@ -34,6 +34,10 @@ type resolvedTemplate struct {
 	agentName string
 	// defaultUser runs processes when a request names none.
 	defaultUser string
+	// env is set in every sandbox created from it, and its processes start
+	// in workdir by default (a built template's).
+	env     map[string]string
+	workdir string
 	// row is the template's record (nil for a built-in image).
 	row *db.Template
 }
@@ -41,6 +45,11 @@ type resolvedTemplate struct {
 // templateMeta is what templates.metadata holds for a snapshot.
 type templateMeta struct {
 	DefaultUser string `json:"default_user,omitempty"`
+	// A built template's (PublishTemplate): its default directory, its
+	// environment and the build that made it.
+	DefaultWorkdir string            `json:"default_workdir,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	BuildID        string            `json:"build_id,omitempty"`
 }
 
 // BuiltinTemplates returns the names of the host's built-in images, which
@@ -87,7 +96,7 @@ func (s *Sandboxes) resolveTemplate(ctx context.Context, team pgtype.UUID, name 
 	if err == nil {
 		var m templateMeta
 		_ = json.Unmarshal(t.Metadata, &m) // written by CreateSnapshot; absent keys are fine
-		return resolvedTemplate{agentName: TemplateID(t.ID), defaultUser: m.DefaultUser, row: &t}, nil
+		return resolvedTemplate{agentName: TemplateID(t.ID), defaultUser: m.DefaultUser, env: m.Env, workdir: m.DefaultWorkdir, row: &t}, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
 		return resolvedTemplate{}, fmt.Errorf("template %s: %w", name, err)

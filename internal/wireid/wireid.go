@@ -32,6 +32,8 @@ const (
 	// Template is a template's (snapshot's) ID; also the name the host
 	// agent knows the template by, so two teams' names never collide there.
 	Template = "tpl-"
+	// Build is a template build's ID.
+	Build = "bld-"
 	// Host is a host's ID (also the subject of its access JWT).
 	Host = "host-"
 	// Sandbox has no prefix (see the package doc).

@@ -379,12 +379,13 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 6.
+	// implements (see the file comment); this file describes revision 7.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
 	// resume; revision 6 the metrics history (GetSandboxMetrics' tiers, the
-	// series in the pause and destroy answers, GetHostInfoResponse.sampler).
+	// series in the pause and destroy answers, GetHostInfoResponse.sampler);
+	// revision 7 CreateSandboxRequest.default_workdir (built templates).
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -903,9 +904,13 @@ type CreateSandboxRequest struct {
 	Metadata map[string]string `protobuf:"bytes,11,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// network, when set, are the sandbox's egress rules (egress is then
 	// ignored).
-	Network       *NetworkRules `protobuf:"bytes,12,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network *NetworkRules `protobuf:"bytes,12,opt,name=network,proto3" json:"network,omitempty"`
+	// default_workdir is where processes start when a request names no
+	// directory (empty: the user's home); a built template's WORKDIR
+	// (revision 7).
+	DefaultWorkdir string `protobuf:"bytes,20,opt,name=default_workdir,json=defaultWorkdir,proto3" json:"default_workdir,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateSandboxRequest) Reset() {
@@ -1020,6 +1025,13 @@ func (x *CreateSandboxRequest) GetNetwork() *NetworkRules {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *CreateSandboxRequest) GetDefaultWorkdir() string {
+	if x != nil {
+		return x.DefaultWorkdir
+	}
+	return ""
 }
 
 type CreateSandboxResponse struct {
@@ -4365,7 +4377,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\fNetworkRules\x12%\n" +
 	"\x0eallow_internet\x18\x01 \x01(\bR\rallowInternet\x12\x1b\n" +
 	"\tallow_out\x18\x02 \x03(\tR\ballowOut\x12\x19\n" +
-	"\bdeny_out\x18\x03 \x03(\tR\adenyOut\"\xf9\x04\n" +
+	"\bdeny_out\x18\x03 \x03(\tR\adenyOut\"\xa2\x05\n" +
 	"\x14CreateSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1a\n" +
@@ -4380,7 +4392,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x06egress\x18\n" +
 	" \x01(\bR\x06egress\x12L\n" +
 	"\bmetadata\x18\v \x03(\v20.hostagent.v1.CreateSandboxRequest.MetadataEntryR\bmetadata\x124\n" +
-	"\anetwork\x18\f \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x1a:\n" +
+	"\anetwork\x18\f \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x12'\n" +
+	"\x0fdefault_workdir\x18\x14 \x01(\tR\x0edefaultWorkdir\x1a:\n" +
 	"\fEnvVarsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +

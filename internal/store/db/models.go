@@ -26,6 +26,73 @@ type AuditLog struct {
 	CreatedAt    time.Time       `json:"created_at"`
 }
 
+type Build struct {
+	ID              pgtype.UUID        `json:"id"`
+	TeamID          pgtype.UUID        `json:"team_id"`
+	TemplateName    string             `json:"template_name"`
+	Status          string             `json:"status"`
+	Recipe          string             `json:"recipe"`
+	Kind            string             `json:"kind"`
+	VCPUs           int32              `json:"vcpus"`
+	MemoryMB        int32              `json:"memory_mb"`
+	CurrentStep     int32              `json:"current_step"`
+	TotalSteps      int32              `json:"total_steps"`
+	FailedStep      pgtype.Int4        `json:"failed_step"`
+	FailedLine      pgtype.Int4        `json:"failed_line"`
+	Error           string             `json:"error"`
+	ArchiveID       pgtype.UUID        `json:"archive_id"`
+	JobID           pgtype.Int8        `json:"job_id"`
+	Attempts        int32              `json:"attempts"`
+	MaxAttempts     int32              `json:"max_attempts"`
+	CancelRequested bool               `json:"cancel_requested"`
+	HeartbeatAt     pgtype.Timestamptz `json:"heartbeat_at"`
+	SandboxID       pgtype.UUID        `json:"sandbox_id"`
+	TemplateID      pgtype.UUID        `json:"template_id"`
+	LogCount        int64              `json:"log_count"`
+	Metadata        json.RawMessage    `json:"metadata"`
+	CreatedBy       pgtype.UUID        `json:"created_by"`
+	CreatedAt       time.Time          `json:"created_at"`
+	StartedAt       pgtype.Timestamptz `json:"started_at"`
+	FinishedAt      pgtype.Timestamptz `json:"finished_at"`
+}
+
+type BuildArchive struct {
+	ID           pgtype.UUID `json:"id"`
+	TeamID       pgtype.UUID `json:"team_id"`
+	Sha256       []byte      `json:"sha256"`
+	SizeBytes    int64       `json:"size_bytes"`
+	ContentBytes int64       `json:"content_bytes"`
+	FilesHash    pgtype.Text `json:"files_hash"`
+	CreatedAt    time.Time   `json:"created_at"`
+}
+
+type BuildArchiveChunk struct {
+	ArchiveID pgtype.UUID `json:"archive_id"`
+	Seq       int32       `json:"seq"`
+	Data      []byte      `json:"data"`
+}
+
+type BuildLog struct {
+	BuildID   pgtype.UUID `json:"build_id"`
+	Seq       int64       `json:"seq"`
+	Step      int32       `json:"step"`
+	Stream    string      `json:"stream"`
+	Line      string      `json:"line"`
+	CreatedAt time.Time   `json:"created_at"`
+}
+
+type BuildStep struct {
+	BuildID    pgtype.UUID        `json:"build_id"`
+	Step       int32              `json:"step"`
+	Line       int32              `json:"line"`
+	Kind       string             `json:"kind"`
+	Text       string             `json:"text"`
+	Status     string             `json:"status"`
+	ExitCode   pgtype.Int4        `json:"exit_code"`
+	StartedAt  pgtype.Timestamptz `json:"started_at"`
+	FinishedAt pgtype.Timestamptz `json:"finished_at"`
+}
+
 type Host struct {
 	ID                         pgtype.UUID        `json:"id"`
 	TeamID                     pgtype.UUID        `json:"team_id"`
@@ -216,30 +283,6 @@ type Template struct {
 	CreatedBy       pgtype.UUID     `json:"created_by"`
 	CreatedAt       time.Time       `json:"created_at"`
 	UpdatedAt       time.Time       `json:"updated_at"`
-}
-
-type TemplateBuild struct {
-	ID           pgtype.UUID        `json:"id"`
-	TeamID       pgtype.UUID        `json:"team_id"`
-	TemplateName string             `json:"template_name"`
-	Kind         string             `json:"kind"`
-	Status       string             `json:"status"`
-	BaseTemplate string             `json:"base_template"`
-	Recipe       json.RawMessage    `json:"recipe"`
-	Healthcheck  string             `json:"healthcheck"`
-	VCPUs        int32              `json:"vcpus"`
-	MemoryMB     int32              `json:"memory_mb"`
-	DiskMB       int32              `json:"disk_mb"`
-	CurrentStep  int32              `json:"current_step"`
-	TotalSteps   int32              `json:"total_steps"`
-	Logs         json.RawMessage    `json:"logs"`
-	Error        string             `json:"error"`
-	SandboxID    pgtype.UUID        `json:"sandbox_id"`
-	TemplateID   pgtype.UUID        `json:"template_id"`
-	CreatedBy    pgtype.UUID        `json:"created_by"`
-	CreatedAt    time.Time          `json:"created_at"`
-	StartedAt    pgtype.Timestamptz `json:"started_at"`
-	FinishedAt   pgtype.Timestamptz `json:"finished_at"`
 }
 
 type User struct {

@@ -35,6 +35,8 @@ type Querier interface {
 	// new registration token (the agent has no credentials: it registers
 	// again, which revokes the earlier ones). A row of another team: no row.
 	AdoptEmbeddedHost(ctx context.Context, arg AdoptEmbeddedHostParams) (Host, error)
+	// Reserves n log sequence numbers of the job's build: the last one is returned.
+	AppendBuildLogCount(ctx context.Context, arg AppendBuildLogCountParams) (int64, error)
 	// Finds a live key of a live team by the SHA-256 of the presented key and
 	// records its use. The key's creator must still be a member of the key's
 	// team: a key dies with its creator's membership (leaving, removal, a
@@ -44,6 +46,11 @@ type Querier interface {
 	// a busy key does not turn every request into a write; the returned row
 	// carries the value from before this call.
 	AuthenticateAPIKey(ctx context.Context, keyHash []byte) (AuthenticateAPIKeyRow, error)
+	// The worker is alive; answers whether a cancel was asked.
+	BuildHeartbeat(ctx context.Context, arg BuildHeartbeatParams) (bool, error)
+	CancelPendingBuild(ctx context.Context, id pgtype.UUID) (Build, error)
+	// The job's worker takes its pending build: running, one more attempt.
+	ClaimBuild(ctx context.Context, arg ClaimBuildParams) (Build, error)
 	// The reaper's guarded running -> pausing: only while the sandbox is still
 	// running and still past its deadline at now (activity since the listing,
 	// or another replica's reaper, make it no row).
@@ -52,9 +59,12 @@ type Querier interface {
 	// address (the declared one) is left alone. registered_at is the service's
 	// clock (the access tokens' iat is compared with it).
 	CompleteHostRegistration(ctx context.Context, arg CompleteHostRegistrationParams) (Host, error)
+	CountActiveBuilds(ctx context.Context) (CountActiveBuildsRow, error)
 	// Sandboxes by team and state, stopped ones left out (Prometheus, at
 	// scrape time).
 	CountSandboxesByTeamState(ctx context.Context) ([]CountSandboxesByTeamStateRow, error)
+	// The live sandboxes created from a template name of a team (a template in use).
+	CountSandboxesOfTemplate(ctx context.Context, arg CountSandboxesOfTemplateParams) (int64, error)
 	CountTeamOwners(ctx context.Context, teamID pgtype.UUID) (int64, error)
 	// What a team's sandboxes in the given states hold, for quota checks (run it
 	// after LockTeam in the transaction that inserts the sandbox).
@@ -85,12 +95,23 @@ type Querier interface {
 	DeleteSandboxMetricsExcept(ctx context.Context, arg DeleteSandboxMetricsExceptParams) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
+	// Archives no unfinished build needs, older than the cutoff.
+	DeleteUnusedBuildArchives(ctx context.Context, before time.Time) (int64, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
 	// the least) and the idle window only ever grows. Running sandboxes only.
 	ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error)
 	// An auto-pause refused once too often: the sandbox is left in error, with
 	// its disk kept on the host (nothing is destroyed); no deadline.
 	FailSandboxPausing(ctx context.Context, arg FailSandboxPausingParams) (Sandbox, error)
+	// A waiting build that cannot run (an image no registry serves).
+	FailWaitingBuild(ctx context.Context, arg FailWaitingBuildParams) (Build, error)
+	// The team's newest archive uploaded for an E2B files hash.
+	FindBuildArchiveByFilesHash(ctx context.Context, arg FindBuildArchiveByFilesHashParams) (BuildArchive, error)
+	// The job's running build ends: success, failed or cancelled.
+	FinishBuild(ctx context.Context, arg FinishBuildParams) (Build, error)
+	// The archive's sums, once its chunks are written.
+	FinishBuildArchive(ctx context.Context, arg FinishBuildArchiveParams) (BuildArchive, error)
+	FinishBuildStep(ctx context.Context, arg FinishBuildStepParams) error
 	GetAPIKey(ctx context.Context, arg GetAPIKeyParams) (TeamAPIKey, error)
 	// The platform admin's queries (/v1/admin/…). The caller checks that the
 	// user is an active platform admin (GetActiveAdmin) first.
@@ -98,6 +119,9 @@ type Querier interface {
 	// otherwise. FOR SHARE: a change made as that admin commits only while
 	// the admin is still one (a concurrent demotion or disabling waits).
 	GetActiveAdmin(ctx context.Context, id pgtype.UUID) (User, error)
+	GetBuild(ctx context.Context, id pgtype.UUID) (Build, error)
+	GetBuildArchive(ctx context.Context, id pgtype.UUID) (BuildArchive, error)
+	GetBuildArchiveChunk(ctx context.Context, arg GetBuildArchiveChunkParams) ([]byte, error)
 	// The team a login lands in: users.default_team_id if the user is still a
 	// member and the team is live, else the oldest live membership.
 	GetDefaultTeamForUser(ctx context.Context, userID pgtype.UUID) (GetDefaultTeamForUserRow, error)
@@ -117,6 +141,7 @@ type Querier interface {
 	GetSessionUser(ctx context.Context, arg GetSessionUserParams) (GetSessionUserRow, error)
 	// Soft-deleted teams are not found.
 	GetTeam(ctx context.Context, id pgtype.UUID) (Team, error)
+	GetTeamBuild(ctx context.Context, arg GetTeamBuildParams) (Build, error)
 	GetTeamBySlug(ctx context.Context, slug string) (Team, error)
 	// The template a team means by name: its own, else the public one of that name.
 	GetTemplate(ctx context.Context, arg GetTemplateParams) (Template, error)
@@ -129,6 +154,16 @@ type Querier interface {
 	// An unreachable or offline host that beats again is online; draining stays.
 	HeartbeatHost(ctx context.Context, id pgtype.UUID) (Host, error)
 	InsertAuditLog(ctx context.Context, arg InsertAuditLogParams) (AuditLog, error)
+	InsertBuild(ctx context.Context, arg InsertBuildParams) (Build, error)
+	// Template builds (internal/builds). A build is owned by the River job in
+	// builds.job_id; every change a worker makes names its job, so a job that
+	// lost the build (its worker was presumed dead and the build retried or
+	// failed) changes nothing.
+	InsertBuildArchive(ctx context.Context, arg InsertBuildArchiveParams) (BuildArchive, error)
+	InsertBuildArchiveChunk(ctx context.Context, arg InsertBuildArchiveChunkParams) error
+	// A batch of log lines (arrays of equal length).
+	InsertBuildLogs(ctx context.Context, arg InsertBuildLogsParams) error
+	InsertBuildStep(ctx context.Context, arg InsertBuildStepParams) error
 	InsertHostRefreshToken(ctx context.Context, arg InsertHostRefreshTokenParams) (HostRefreshToken, error)
 	// The first start's CA; another replica's won when no row was inserted.
 	InsertInternalCA(ctx context.Context, arg InsertInternalCAParams) (int64, error)
@@ -149,6 +184,7 @@ type Querier interface {
 	// 200 a page. Each filter list empty: no filter; scopes ['team'] is what a
 	// plain member may see.
 	ListAuditLogs(ctx context.Context, arg ListAuditLogsParams) ([]AuditLog, error)
+	ListBuildSteps(ctx context.Context, buildID pgtype.UUID) ([]BuildStep, error)
 	// Running sandboxes whose TTL has passed at now (the reaper's clock), oldest
 	// deadline first.
 	ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandboxesParams) ([]Sandbox, error)
@@ -191,6 +227,8 @@ type Querier interface {
 	// host_templates' primary key. The sums are of integer columns (bigint
 	// results, not numeric: 2–3× cheaper).
 	ListSchedulingCandidates(ctx context.Context, arg ListSchedulingCandidatesParams) ([]ListSchedulingCandidatesRow, error)
+	// A team's builds, newest first; template_name '' for all of them.
+	ListTeamBuilds(ctx context.Context, arg ListTeamBuildsParams) ([]Build, error)
 	ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host, error)
 	ListTeamMembers(ctx context.Context, teamID pgtype.UUID) ([]ListTeamMembersRow, error)
 	// The user's live teams with the user's role in each, oldest membership first.
@@ -249,6 +287,8 @@ type Querier interface {
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
+	// Log lines after offset (seq > offset), oldest first.
+	ReadBuildLogs(ctx context.Context, arg ReadBuildLogsParams) ([]BuildLog, error)
 	// A heartbeat: a pending host becomes online; an unreachable one stays
 	// unreachable until the host monitor reconciled its records with its agent
 	// (MarkHostUp); draining and offline stay as they are.
@@ -264,6 +304,11 @@ type Querier interface {
 	RegisterHost(ctx context.Context, arg RegisterHostParams) (Host, error)
 	RemoveTeamMember(ctx context.Context, arg RemoveTeamMemberParams) (int64, error)
 	RenameTeam(ctx context.Context, arg RenameTeamParams) (Team, error)
+	RequestBuildCancel(ctx context.Context, id pgtype.UUID) (Build, error)
+	// The job's running build goes back to pending (an attempt that failed for
+	// a reason another attempt may not meet), with the job that retries it.
+	RequeueBuild(ctx context.Context, arg RequeueBuildParams) (Build, error)
+	ResetBuildSteps(ctx context.Context, buildID pgtype.UUID) error
 	// An auto-pause the host refused: back to running with one more failure
 	// and the deadline moved to retry_at (the reaper's back-off).
 	RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausingParams) (Sandbox, error)
@@ -284,6 +329,9 @@ type Querier interface {
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.
 	SearchUsersByEmailPrefix(ctx context.Context, arg SearchUsersByEmailPrefixParams) ([]SearchUsersByEmailPrefixRow, error)
+	SetBuildJob(ctx context.Context, arg SetBuildJobParams) error
+	SetBuildProgress(ctx context.Context, arg SetBuildProgressParams) error
+	SetBuildSandbox(ctx context.Context, arg SetBuildSandboxParams) error
 	SetHostCertificate(ctx context.Context, arg SetHostCertificateParams) error
 	// A new registration token for a host that is still pending (no row
 	// otherwise).
@@ -312,12 +360,22 @@ type Querier interface {
 	// A revoked token has no grace (left): it was accepted once more, or it is
 	// the unused successor that replay replaced; next is its successor now.
 	SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefreshGraceParams) error
+	// Running builds whose worker stopped beating, locked for the sweeper.
+	StaleBuilds(ctx context.Context, before pgtype.Timestamptz) ([]Build, error)
+	StartBuildStep(ctx context.Context, arg StartBuildStepParams) error
+	// The sweeper ends or retries a build it locked: status pending (with the new
+	// job) or failed.
+	SweepBuild(ctx context.Context, arg SweepBuildParams) (Build, error)
+	// Whether a build of this team's template name is pending or running.
+	TemplateBuildsActive(ctx context.Context, arg TemplateBuildsActiveParams) (bool, error)
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)
 	// TouchSandbox for callers that checked the team already (exec, files):
 	// one UPDATE, no row returned.
 	TouchSandboxByID(ctx context.Context, id pgtype.UUID) (int64, error)
+	// A waiting build gets its recipe and becomes pending.
+	TriggerBuild(ctx context.Context, arg TriggerBuildParams) (Build, error)
 	// An administrator's change of tags and status (the caller checks the
 	// transition).
 	UpdateHostSettings(ctx context.Context, arg UpdateHostSettingsParams) (Host, error)
