@@ -349,6 +349,8 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"Team", teamJSON{}, true},
 		{"Account", accountJSON{}, true},
 		{"Session", sessionJSON{}, true},
+		{"CookieSession", cookieSessionJSON{}, true},
+		{"AuthConfig", authConfigJSON{}, true},
 		{"ApiKey", apiKeyJSON{}, true},
 		{"Sandbox", sandboxJSON{}, true},
 		{"AuditLog", auditLogJSON{}, true},
