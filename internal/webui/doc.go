@@ -12,7 +12,8 @@
 // Every answer carries a strict Content-Security-Policy: scripts only from
 // this origin, plus the inline boot script of SvelteKit's shell allowed by
 // its SHA-256 hash, computed here from the embedded shell (so no build step
-// has to keep a list of hashes in sync); nothing may frame the app. The
+// has to keep a list of hashes in sync); styles may be inline (xterm.js
+// writes them at run time); nothing may frame the app. The
 // app's session is a cookie the API sets (see internal/api's session.go):
 // nothing secret is in the pages.
 package webui

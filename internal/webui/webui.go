@@ -55,12 +55,15 @@ func NewFS(files fs.FS) *Handler {
 func (h *Handler) Built() bool { return h.built }
 
 // policy is the Content-Security-Policy with these script hashes allowed.
+// Styles may be inline: xterm.js's renderer writes <style> elements and
+// style attributes at run time (no nonce option), and a style cannot run
+// code; scripts, what an injection would need, stay strict.
 func policy(hashes []string) string {
 	script := "'self'"
 	for _, s := range hashes {
 		script += " '" + s + "'"
 	}
-	return "default-src 'self'; script-src " + script + "; style-src 'self'; img-src 'self' data:; " +
+	return "default-src 'self'; script-src " + script + "; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " +
 		"font-src 'self'; connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; " +
 		"form-action 'self'; frame-ancestors 'none'"
 }
