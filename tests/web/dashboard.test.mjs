@@ -270,19 +270,20 @@ describe('dashboard', { concurrency: false }, () => {
 		await page.reload();
 		const m = page.locator(`[data-testid=member-row][data-email="${member.email}"]`);
 		await m.getByRole('cell', { name: member.name }).waitFor();
-		await m.getByLabel(`Role of ${member.email}`).selectOption('admin');
-		await page.waitForResponse((r) => r.url().includes('/members') && r.request().method() === 'GET');
+		const patched = (r) => r.url().includes('/members/') && r.request().method() === 'PATCH';
+		await Promise.all([page.waitForResponse(patched), m.getByLabel(`Role of ${member.email}`).selectOption('admin')]);
 		await page.reload();
 		assert.equal(await m.getByLabel(`Role of ${member.email}`).inputValue(), 'admin');
-		await m.getByLabel(`Role of ${member.email}`).selectOption('member');
-		await page.waitForResponse((r) => r.url().includes('/members') && r.request().method() === 'GET');
+		await Promise.all([page.waitForResponse(patched), m.getByLabel(`Role of ${member.email}`).selectOption('member')]);
+		await page.reload();
+		assert.equal(await m.getByLabel(`Role of ${member.email}`).inputValue(), 'member');
 		await visit(page, 'team');
 	});
 
 	test('the audit log lists the events', async () => {
 		const page = adminPage;
 		await page.getByRole('link', { name: 'Audit log' }).click();
-		for (const action of ['sandbox.create', 'sandbox.pause', 'sandbox.resume', 'api_key.create', 'api_key.revoke']) {
+		for (const action of ['sandbox.create', 'sandbox.pause', 'sandbox.resume', 'snapshot.create', 'sandbox.destroy', 'api_key.create', 'api_key.revoke', 'invitation.create', 'member.role_change']) {
 			await page.locator(`[data-testid=audit-row][data-action="${action}"]`).first().waitFor();
 		}
 		await page.getByLabel('Resource type').selectOption('api_key');
