@@ -79,6 +79,7 @@ bench: build
 	$(BIN)/capsule bench api
 	$(BIN)/capsule bench proxy
 	$(BIN)/capsule bench hosts
+	@tests/web/run.sh bench
 
 generate:
 	@scripts/generate.sh

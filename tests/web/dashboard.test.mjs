@@ -304,6 +304,43 @@ describe('dashboard', { concurrency: false }, () => {
 		await visit(page, 'admin-audit');
 	});
 
+	test('BYOC: an admin enables it for the team; register a host (token shown once), delete it', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Admin' }).click();
+		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
+		const teamName = me.teams.find((t) => t.id === me.team_id).name;
+		await Promise.all([
+			page.waitForResponse((r) => r.url().includes('/byoc') && r.request().method() === 'PUT'),
+			page.getByLabel(`BYOC for ${teamName}`).check()
+		]);
+		await page.reload(); // the shell reads the team's BYOC flag
+		await page.getByRole('link', { name: 'Hosts' }).click();
+		await page.getByLabel('Host name').fill('web-host');
+		await page.getByLabel('Address (HOST:PORT)').fill('10.9.8.7:7443');
+		await page.getByRole('button', { name: 'Register host' }).click();
+		const cmd = await page.getByTestId('register-command').textContent();
+		assert.match(cmd, /^capsule agent --control-plane http:\/\/\S+ --register \S+ --address 10\.9\.8\.7:7443$/);
+		const row = page.locator('[data-testid=host-row][data-name="web-host"]');
+		await row.waitFor();
+		await visit(page, 'hosts');
+		await row.getByRole('button', { name: 'Delete web-host' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Delete host' });
+		await dialog.getByText('No capsule runs on web-host.').waitFor();
+		await dialog.getByRole('button', { name: 'Delete host' }).click();
+		await row.waitFor({ state: 'detached' });
+	});
+
+	test('settings: change the display name', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Settings' }).click();
+		await page.getByLabel('Display name').fill('Web Admin');
+		await page.getByRole('button', { name: 'Save' }).click();
+		await page.getByRole('status').filter({ hasText: 'Saved.' }).waitFor();
+		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
+		assert.equal(me.user.name, 'Web Admin');
+		await visit(page, 'settings');
+	});
+
 	test('a member cannot see admin pages, and the API refuses too', async () => {
 		const page = pages.member.page;
 		await page.goto(`${base}/dashboard/capsules`);
@@ -330,6 +367,8 @@ describe('dashboard', { concurrency: false }, () => {
 		}
 		await page.keyboard.press('Enter');
 		await page.waitForURL(`${base}/dashboard/team`);
+		await page.locator('[data-testid=member-row]').first().waitFor();
+		await visit(page, 'team-as-member');
 	});
 
 	test('sign out revokes the session on the server', async () => {

@@ -7,6 +7,7 @@
 # phone width go to .ci-artifacts/screenshots (CI keeps that directory).
 #
 #   bash tests/web/run.sh [node --test arguments]
+#   bash tests/web/run.sh bench     the budgets instead (bench.mjs): one JSON object
 #
 # Environment:
 #   CAPSULE_BIN           the capsule binary (default bin/capsule; envd next to it)
@@ -18,7 +19,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-say() { echo "web: $*"; }
+say() { echo "web: $*" >&2; }
 die() {
 	echo "web: FAIL: $*" >&2
 	exit 1
@@ -100,6 +101,12 @@ for ((i = 0; i < 3000; i++)); do # the first start builds the base image (about 
 done
 curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz" || die "capsule serve did not become healthy in 5 minutes"
 say "capsule serve is up"
+
+if [[ ${1:-} == bench ]]; then
+	(cd "$here" && CAPSULE_URL="http://127.0.0.1:$port" CAPSULE_ADMIN_FILE="$work/data/admin.json" CHROMIUM="$chromium" \
+		NODE_NO_WARNINGS=1 node bench.mjs)
+	exit 0
+fi
 
 shots="$root/.ci-artifacts/screenshots"
 rm -rf "$shots"
