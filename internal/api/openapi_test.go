@@ -351,6 +351,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"Session", sessionJSON{}, true},
 		{"CookieSession", cookieSessionJSON{}, true},
 		{"AuthConfig", authConfigJSON{}, true},
+		{"SessionRequest", sessionRequest{}, false},
 		{"ApiKey", apiKeyJSON{}, true},
 		{"Sandbox", sandboxJSON{}, true},
 		{"AuditLog", auditLogJSON{}, true},

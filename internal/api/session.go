@@ -11,6 +11,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/service"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // The dashboard's session: a cookie, never a token in the page's storage.
@@ -135,15 +136,31 @@ type cookieSessionJSON struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// sessionRequest signs in with a password, or exchanges a session token
+// (from an OAuth login's URL fragment) for the cookie.
+type sessionRequest struct {
+	Email    string `json:"email,omitempty"`
+	Password string `json:"password,omitempty"`
+	Token    string `json:"token,omitempty"`
+}
+
 // createSession: POST /v1/auth/session, the dashboard's sign-in.
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 	if !sameOrigin(r) { // login CSRF: signing a victim into the attacker's account
 		s.writeError(w, r, errCrossSite)
 		return
 	}
-	var c credentials
+	var c sessionRequest
 	if err := decode(r, w, &c); err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if c.Token != "" {
+		if c.Email != "" || c.Password != "" {
+			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "send email and password, or token"})
+			return
+		}
+		s.exchangeSession(w, r, c.Token)
 		return
 	}
 	if ok, wait := s.loginEmail.Allow(auth.EmailKey(c.Email)); !ok {
@@ -157,6 +174,28 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) {
 	}
 	s.setSessionCookies(w, r, sess.Token, sess.ExpiresAt)
 	writeJSON(w, http.StatusOK, cookieSessionJSON{accountJSON: accountOf(sess.Account), ExpiresAt: sess.ExpiresAt})
+}
+
+// exchangeSession moves a valid session token into the cookie.
+func (s *Server) exchangeSession(w http.ResponseWriter, r *http.Request, token string) {
+	p, exp, err := s.cfg.Accounts.SessionExpiry(r.Context(), token)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	me, err := s.cfg.Accounts.Me(r.Context(), p)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := cookieSessionJSON{accountJSON: accountJSON{User: userOf(me.User)}, ExpiresAt: exp}
+	for _, t := range me.Teams {
+		if t.Team.ID == p.TeamID {
+			out.Team = &teamJSON{ID: wireid.Format(wireid.Team, t.Team.ID), Name: t.Team.Name, Slug: t.Team.Slug, Role: t.Role}
+		}
+	}
+	s.setSessionCookies(w, r, token, exp)
+	writeJSON(w, http.StatusOK, out)
 }
 
 // deleteSession: DELETE /v1/auth/session, sign out: the session token

@@ -186,6 +186,37 @@ func TestDashboardCookieSession(t *testing.T) {
 			t.Fatalf("a copy of the signed-out cookie still works: %d", code)
 		}
 	})
+	t.Run("a session token moves into the cookie (OAuth landing)", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			body map[string]string
+			want int
+		}{
+			{"garbage token", map[string]string{"token": "not-a-token"}, 401},
+			{"token and password", map[string]string{"token": bearer, "email": "cookie@example.com", "password": "x"}, 400},
+			{"valid token", map[string]string{"token": bearer}, 200},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				x := &cookieClient{e: e, cookies: map[string]*http.Cookie{}}
+				code, body, _ := x.send(t, "POST", "/v1/auth/session", map[string]string{"Origin": x.origin()}, tc.body)
+				if code != tc.want {
+					t.Fatalf("exchange: %d %s, want %d", code, body, tc.want)
+				}
+				if tc.want != 200 {
+					if len(x.cookies) != 0 {
+						t.Fatalf("a refused exchange set cookies: %v", x.cookies)
+					}
+					return
+				}
+				if bytes.Contains(body, []byte(`"token"`)) || x.cookies[sessionCookie] == nil {
+					t.Fatalf("exchange: %s, cookies %v", body, x.cookies)
+				}
+				if code, _, _ := x.send(t, "GET", "/v1/me", nil, nil); code != 200 {
+					t.Fatalf("the exchanged cookie: %d", code)
+				}
+			})
+		}
+	})
 	t.Run("a Bearer token is revoked by logout too", func(t *testing.T) {
 		if code := e.do(t, "GET", "/v1/me", bearer, nil, nil); code != 200 {
 			t.Fatalf("bearer before logout: %d", code)

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -52,4 +53,19 @@ func (a *Accounts) verifySession(ctx context.Context, token string) (auth.Sessio
 		return auth.SessionClaims{}, errorf(ErrUnauthorized, "the session was signed out")
 	}
 	return claims, nil
+}
+
+// SessionExpiry authenticates a session token as AuthenticateUser does and
+// answers when it expires (the dashboard turns a token from an OAuth login
+// into its cookie, which must not outlive the token).
+func (a *Accounts) SessionExpiry(ctx context.Context, token string) (Principal, time.Time, error) {
+	p, err := a.AuthenticateUser(ctx, token)
+	if err != nil {
+		return Principal{}, time.Time{}, err
+	}
+	claims, err := a.sessions.Verify(token)
+	if err != nil {
+		return Principal{}, time.Time{}, &Error{Kind: ErrUnauthorized, Msg: "invalid or expired session token", Err: err}
+	}
+	return p, claims.ExpiresAt, nil
 }
