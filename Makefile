@@ -13,8 +13,13 @@ GOSRC     := $(shell find cmd internal gen -name '*.go' 2>/dev/null) go.mod go.s
 # from npm swagger-ui-dist (gitignored, so a fresh clone makes them here).
 EMBED     := internal/api/openapi.yaml internal/api/apidocs/index.html internal/api/apidocs/capsule-docs.js
 APIDOCS   := internal/api/apidocs/dist/swagger-ui-bundle.js
+# The dashboard (web/app) that internal/webui embeds, built by
+# scripts/webui.sh (cached by the content hash of its inputs).
+WEBUI     := internal/webui/dist/index.html
+WEBSRC    := $(shell find web/app/src web/app/static -type f 2>/dev/null) web/app/package.json \
+             web/app/package-lock.json web/app/svelte.config.js web/app/vite.config.js scripts/webui.sh
 
-.PHONY: deps build run test lint gotest fuzz sdktest sdkfull bench generate check-generated clean
+.PHONY: deps build run test lint gotest fuzz sdktest sdkfull webtest bench generate check-generated clean
 
 deps:
 	@scripts/deps.sh
@@ -27,7 +32,11 @@ $(APIDOCS): scripts/apidocs.sh web/apidocs/package.json web/apidocs/package-lock
 	@scripts/apidocs.sh
 	@touch $@
 
-$(BIN)/capsule: $(GOSRC) $(EMBED) $(APIDOCS)
+$(WEBUI): $(WEBSRC)
+	@scripts/webui.sh
+	@touch $@
+
+$(BIN)/capsule: $(GOSRC) $(EMBED) $(APIDOCS) $(WEBUI)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/capsule
 
 build: $(BIN)/envd $(BIN)/capsule
@@ -56,7 +65,13 @@ sdktest: $(BIN)/envd
 sdkfull: build
 	@tests/e2b-sdk/fullstack/run.sh
 
-test: deps build lint gotest fuzz sdktest sdkfull
+# The dashboard in Debian's chromium (playwright-core) against a real
+# `capsule serve` (real VMs): its flows, axe-core scans, screenshots in
+# .ci-artifacts/screenshots.
+webtest: build
+	@tests/web/run.sh
+
+test: deps build lint gotest fuzz sdktest sdkfull webtest
 
 bench: build
 	$(BIN)/capsule bench envd
@@ -64,6 +79,7 @@ bench: build
 	$(BIN)/capsule bench api
 	$(BIN)/capsule bench proxy
 	$(BIN)/capsule bench hosts
+	@tests/web/run.sh bench
 
 generate:
 	@scripts/generate.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make run` and `make test` need and is missing: Debian
 # packages (scripts/apt-packages.txt), Go modules and npm swagger-ui-dist
-# (scripts/apidocs.sh). Cached by content hash:
+# (scripts/apidocs.sh), the dashboard build (scripts/webui.sh). Cached by content hash:
 # a second run with unchanged inputs does nothing but a few checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,3 +49,5 @@ fi
 
 # The Swagger UI assets capsule embeds at /docs (npm swagger-ui-dist).
 scripts/apidocs.sh
+# The dashboard build that capsule embeds (internal/webui; npm, SvelteKit).
+scripts/webui.sh

@@ -68,7 +68,9 @@ func (s *Server) signup(w http.ResponseWriter, r *http.Request) {
 
 type sessionJSON struct {
 	accountJSON
-	Token     string    `json:"token"`
+	// Token is absent when the session is the dashboard's cookie (a team
+	// switch then sets the new one).
+	Token     string    `json:"token,omitempty"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
 

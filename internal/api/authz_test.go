@@ -18,6 +18,8 @@ var publicRoutes = map[string]bool{
 	"GET /healthz": true, "GET /openapi.yaml": true, "GET /openapi.json": true,
 	"GET /docs": true, "GET /docs/{file...}": true,
 	"POST /v1/auth/signup": true, "POST /v1/auth/login": true,
+	// sign-in of the dashboard; sign-out without a session only clears cookies
+	"POST /v1/auth/session": true, "DELETE /v1/auth/session": true, "GET /v1/auth/config": true,
 	"GET /v1/auth/oauth/{provider}/login": true, "GET /v1/auth/oauth/{provider}/callback": true,
 }
 

@@ -9,7 +9,13 @@
 //
 // Authentication is an API key in X-API-Key or a session JWT in
 // "Authorization: Bearer …"; both resolve to a service.Principal checked
-// against the database. The routes that act for a user rather than in a
+// against the database. The dashboard (internal/webui, served on this
+// origin) holds its session JWT in the HttpOnly, SameSite=Strict cookie
+// capsule_session instead (POST /v1/auth/session signs in, DELETE signs
+// out), used only when neither header is sent and subject to the CSRF rules
+// of session.go (same origin; X-CSRF-Token on unsafe methods). Signing out
+// revokes the token on the server (a denylist by its jti, which every
+// session authentication reads), for a Bearer token too. The routes that act for a user rather than in a
 // team (/v1/teams…, /v1/me, /v1/users/search, /v1/auth/switch-team, OAuth
 // linking) take a session only: an API key, which belongs to one team, is
 // refused with 403, as it is by POST /v1/api-keys and DELETE
@@ -97,8 +103,10 @@
 // which cannot set headers on a WebSocket, offers two subprotocols instead:
 // "capsule.exec.v1" and "capsule.token.<API key or session token>"; the
 // server selects "capsule.exec.v1" (it never echoes the token), and reads
-// the token only when no credential header is present. Cross-origin
-// browser connections are refused (the Origin must be the API's host).
+// the token only when no credential header is present; the dashboard needs
+// neither, its cookie authenticates the handshake. Cross-origin browser
+// connections are refused (the Origin must be the API's host), before the
+// cookie is even read.
 //
 // Files (paths are absolute guest paths, cleaned; ?user= picks the guest
 // user that owns what is written and reads, default the sandbox's):

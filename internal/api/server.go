@@ -46,6 +46,10 @@ type Config struct {
 	OAuthStates *oauth.StateManager
 	// Store answers /healthz (a ping).
 	Store *store.Store
+	// UI, when set, serves the GET and HEAD requests that no route matches
+	// outside /v1 (the dashboard, internal/webui, with its SPA fallback);
+	// everything else unmatched is the JSON 404.
+	UI http.Handler
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
 	// believed (see auth.ClientIP): the per-client rate limits see the
 	// real client behind them. Empty: the peer address is the client.
@@ -152,6 +156,9 @@ func (s *Server) register() {
 	s.handle("GET /docs/{file...}", http.HandlerFunc(s.serveDocs))
 	s.handle("POST /v1/auth/signup", s.signupIP.Middleware(ip)(http.HandlerFunc(s.signup)))
 	s.handle("POST /v1/auth/login", s.loginIP.Middleware(ip)(http.HandlerFunc(s.login)))
+	s.handle("POST /v1/auth/session", s.loginIP.Middleware(ip)(http.HandlerFunc(s.createSession)))
+	s.handle("DELETE /v1/auth/session", http.HandlerFunc(s.deleteSession))
+	s.handle("GET /v1/auth/config", http.HandlerFunc(s.authConfig))
 	s.handle("GET /v1/api-keys", s.authed(s.listKeys))
 	s.handle("POST /v1/api-keys", s.authed(s.createKey))
 	s.handle("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
@@ -204,6 +211,11 @@ func (s *Server) register() {
 	s.handle("GET /v1/auth/oauth/{provider}/callback", s.loginIP.Middleware(ip)(http.HandlerFunc(s.oauthCallback)))
 	s.registerHostRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.UI != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+			r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") {
+			s.cfg.UI.ServeHTTP(w, r)
+			return
+		}
 		writeProblem(w, http.StatusNotFound, "no such route")
 	})
 }
@@ -245,7 +257,8 @@ func (s *Server) authenticate(r *http.Request) (service.Principal, error) {
 }
 
 // authenticateWith authenticates X-API-Key, else a Bearer session token
-// with session.
+// with session, else the dashboard's session cookie (with session too, after
+// the CSRF checks of session.go).
 func (s *Server) authenticateWith(r *http.Request, session func(context.Context, string) (service.Principal, error)) (service.Principal, error) {
 	key, err := auth.APIKeyFromHeader(r.Header)
 	switch {
@@ -256,6 +269,13 @@ func (s *Server) authenticateWith(r *http.Request, session func(context.Context,
 	}
 	if tok, ok := auth.BearerToken(r.Header); ok {
 		return session(r.Context(), tok)
+	}
+	// The dashboard's cookie (session.go), with its CSRF checks.
+	if c, err := r.Cookie(sessionCookie); err == nil && c.Value != "" {
+		if err := checkCookieRequest(r, c.Value); err != nil {
+			return service.Principal{}, err
+		}
+		return session(r.Context(), c.Value)
 	}
 	return service.Principal{}, errNoCredentials
 }

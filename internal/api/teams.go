@@ -286,6 +286,17 @@ func (s *Server) switchTeam(w http.ResponseWriter, r *http.Request, p service.Pr
 		s.writeError(w, r, err)
 		return
 	}
+	if viaCookie(r) {
+		// The dashboard: the new token replaces the cookie, the old one is
+		// revoked, and neither reaches the page's script.
+		old, _ := r.Cookie(sessionCookie)
+		if err := s.cfg.Accounts.RevokeSession(r.Context(), old.Value); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		s.setSessionCookies(w, r, sess.Token, sess.ExpiresAt)
+		sess.Token = ""
+	}
 	writeJSON(w, http.StatusOK, sessionJSON{accountJSON: accountOf(sess.Account), Token: sess.Token, ExpiresAt: sess.ExpiresAt})
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/telemetry"
+	"github.com/capsulehq/capsule/internal/webui"
 )
 
 // Config is what the control plane is built from.
@@ -208,7 +209,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
 	if cp.API, err = api.New(api.Config{Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
-		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, Log: log}); err != nil {
+		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, UI: webui.New(), Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	if cp.Proxy, err = proxy.New(proxy.Config{Domain: bareDomain(cfg.Domain), Log: log, TrustedProxies: cfg.TrustedProxies,

@@ -276,9 +276,9 @@ func (a *Accounts) Login(ctx context.Context, email, password string) (Session, 
 // the token's team (the token's role is only a hint; the principal's role
 // comes from the database).
 func (a *Accounts) AuthenticateJWT(ctx context.Context, token string) (Principal, error) {
-	claims, err := a.sessions.Verify(token)
+	claims, err := a.verifySession(ctx, token)
 	if err != nil {
-		return Principal{}, &Error{Kind: ErrUnauthorized, Msg: "invalid or expired session token", Err: err}
+		return Principal{}, err
 	}
 	uid, err := wireid.Parse(wireid.User, claims.UserID)
 	if err != nil {

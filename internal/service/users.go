@@ -21,9 +21,9 @@ import (
 // refuse a session whose team was left or deleted, so that its user can
 // switch to another team.
 func (a *Accounts) AuthenticateUser(ctx context.Context, token string) (Principal, error) {
-	claims, err := a.sessions.Verify(token)
+	claims, err := a.verifySession(ctx, token)
 	if err != nil {
-		return Principal{}, &Error{Kind: ErrUnauthorized, Msg: "invalid or expired session token", Err: err}
+		return Principal{}, err
 	}
 	uid, err := wireid.Parse(wireid.User, claims.UserID)
 	if err != nil {

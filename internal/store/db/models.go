@@ -170,6 +170,13 @@ type OAuthProvider struct {
 	CreatedAt      time.Time   `json:"created_at"`
 }
 
+type RevokedSession struct {
+	Jti       string      `json:"jti"`
+	UserID    pgtype.UUID `json:"user_id"`
+	ExpiresAt time.Time   `json:"expires_at"`
+	RevokedAt time.Time   `json:"revoked_at"`
+}
+
 type Sandbox struct {
 	ID                  pgtype.UUID        `json:"id"`
 	TeamID              pgtype.UUID        `json:"team_id"`

@@ -84,6 +84,7 @@ type Querier interface {
 	// violation (store.ErrConflict): retry.
 	CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, error)
 	CreateUser(ctx context.Context, arg CreateUserParams) (User, error)
+	DeleteExpiredRevokedSessions(ctx context.Context, expiresAt time.Time) error
 	DeleteHostRecord(ctx context.Context, id pgtype.UUID) (int64, error)
 	// A host no longer holds a template (evicted or deleted).
 	DeleteHostTemplate(ctx context.Context, arg DeleteHostTemplateParams) (int64, error)
@@ -172,6 +173,7 @@ type Querier interface {
 	// A new template of a team with the given id (the host knows its files by
 	// that id); a name the team uses already is a conflict.
 	InsertTemplate(ctx context.Context, arg InsertTemplateParams) (Template, error)
+	IsSessionRevoked(ctx context.Context, jti string) (bool, error)
 	// An identity already linked (to anyone): a unique violation (store.ErrConflict).
 	LinkOAuthProvider(ctx context.Context, arg LinkOAuthProviderParams) (OAuthProvider, error)
 	// The team's live keys, newest first.
@@ -325,6 +327,8 @@ type Querier interface {
 	RevokeHostRefreshToken(ctx context.Context, arg RevokeHostRefreshTokenParams) error
 	// A new registration of the host: the credentials of the old one die.
 	RevokeHostRefreshTokens(ctx context.Context, hostID pgtype.UUID) (int64, error)
+	// (nothing for a deleted user: its tokens are refused anyway)
+	RevokeSession(ctx context.Context, arg RevokeSessionParams) error
 	// The add-member typeahead. LIKE metacharacters (\ % _) in prefix are escaped
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.

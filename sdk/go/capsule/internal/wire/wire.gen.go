@@ -200,6 +200,27 @@ func (e AuditLogStatus) Valid() bool {
 	}
 }
 
+// Defines values for AuthConfigSignup.
+const (
+	Closed AuthConfigSignup = "closed"
+	Invite AuthConfigSignup = "invite"
+	Open   AuthConfigSignup = "open"
+)
+
+// Valid indicates whether the value is a known member of the AuthConfigSignup enum.
+func (e AuthConfigSignup) Valid() bool {
+	switch e {
+	case Closed:
+		return true
+	case Invite:
+		return true
+	case Open:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for BuildKind.
 const (
 	BuildKindImage    BuildKind = "image"
@@ -1123,6 +1144,18 @@ type AuditLogPage struct {
 // AuditWord defines model for AuditWord.
 type AuditWord = string
 
+// AuthConfig defines model for AuthConfig.
+type AuthConfig struct {
+	// OauthProviders the configured OAuth login providers (`github`)
+	OauthProviders []string `json:"oauth_providers"`
+
+	// Signup who may sign up: anyone, holders of a team invitation's token, nobody
+	Signup AuthConfigSignup `json:"signup"`
+}
+
+// AuthConfigSignup who may sign up: anyone, holders of a team invitation's token, nobody
+type AuthConfigSignup string
+
 // Build defines model for Build.
 type Build struct {
 	// Attempts attempts made (an infrastructure failure is retried)
@@ -1216,6 +1249,15 @@ type BuildStepKind string
 
 // BuildStepStatus defines model for BuildStep.Status.
 type BuildStepStatus string
+
+// CookieSession defines model for CookieSession.
+type CookieSession struct {
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// Team the team the session acts in (absent when the user has none)
+	Team *Team `json:"team,omitempty"`
+	User User  `json:"user"`
+}
 
 // CreateApiKeyRequest defines model for CreateApiKeyRequest.
 type CreateApiKeyRequest struct {
@@ -1889,9 +1931,20 @@ type Session struct {
 	// Team the team the token acts in (absent when the user has none)
 	Team *Team `json:"team,omitempty"`
 
-	// Token a JWT for `Authorization: Bearer`
-	Token string `json:"token"`
-	User  User   `json:"user"`
+	// Token a JWT for `Authorization: Bearer`; absent when a team switch was made with the
+	// dashboard's cookie session (the answer then sets the new cookie and the old token is
+	// revoked)
+	Token *string `json:"token,omitempty"`
+	User  User    `json:"user"`
+}
+
+// SessionRequest `email` and `password`, or `token` alone
+type SessionRequest struct {
+	Email    *openapi_types.Email `json:"email,omitempty"`
+	Password *string              `json:"password,omitempty"`
+
+	// Token a session token to keep in the cookie
+	Token *string `json:"token,omitempty"`
 }
 
 // SetMemberRoleRequest defines model for SetMemberRoleRequest.
@@ -2485,6 +2538,9 @@ type CreateApiKeyJSONRequestBody = CreateApiKeyRequest
 // LoginJSONRequestBody defines body for Login for application/json ContentType.
 type LoginJSONRequestBody = LoginRequest
 
+// CreateSessionJSONRequestBody defines body for CreateSession for application/json ContentType.
+type CreateSessionJSONRequestBody = SessionRequest
+
 // SignupJSONRequestBody defines body for Signup for application/json ContentType.
 type SignupJSONRequestBody = SignupRequest
 
@@ -2825,6 +2881,13 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/audit-logs (the `ListAuditLogs` operationId).
 	ListAuditLogs(ctx context.Context, params *ListAuditLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// AuthConfig What sign-in and sign-up offer here
+	//
+	// The sign-up policy and the configured OAuth login providers (for sign-in pages).
+	//
+	// Corresponds with GET /v1/auth/config (the `AuthConfig` operationId).
+	AuthConfig(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// LoginWithBody Log in (a session token for the user's default team)
 	//
 	// Rate limited per client address (20 at once, then 1 every 6 s) and per e-mail address
@@ -2886,6 +2949,45 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/auth/oauth/{provider}/login (the `OauthLogin` operationId).
 	OauthLogin(ctx context.Context, provider OAuthProvider, params *OauthLoginParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteSession Sign out (revoke the session)
+	//
+	// Revokes the session token on the server (the cookie's, or the one sent as
+	// `Authorization: Bearer`): it is refused from then on, until and after its expiry. Clears
+	// the cookies. With no session it only clears the cookies. The cookie's CSRF rules apply.
+	//
+	// Corresponds with DELETE /v1/auth/session (the `DeleteSession` operationId).
+	DeleteSession(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSessionWithBody Sign in the dashboard (the session in a cookie)
+	//
+	// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+	// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+	// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+	// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+	// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+	// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+	// with its own expiry.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+	CreateSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateSession Sign in the dashboard (the session in a cookie)
+	//
+	// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+	// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+	// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+	// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+	// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+	// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+	// with its own expiry.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+	CreateSession(ctx context.Context, body CreateSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// SignupWithBody Create an account, under the server's sign-up policy
 	//
@@ -4151,6 +4253,23 @@ func (c *Client) ListAuditLogs(ctx context.Context, params *ListAuditLogsParams,
 	return c.Client.Do(req)
 }
 
+// AuthConfig What sign-in and sign-up offer here
+//
+// The sign-up policy and the configured OAuth login providers (for sign-in pages).
+//
+// Corresponds with GET /v1/auth/config (the `AuthConfig` operationId).
+func (c *Client) AuthConfig(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuthConfigRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // LoginWithBody Log in (a session token for the user's default team)
 //
 // Rate limited per client address (20 at once, then 1 every 6 s) and per e-mail address
@@ -4253,6 +4372,75 @@ func (c *Client) OauthLink(ctx context.Context, provider OAuthProvider, params *
 // Corresponds with GET /v1/auth/oauth/{provider}/login (the `OauthLogin` operationId).
 func (c *Client) OauthLogin(ctx context.Context, provider OAuthProvider, params *OauthLoginParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewOauthLoginRequest(c.Server, provider, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteSession Sign out (revoke the session)
+//
+// Revokes the session token on the server (the cookie's, or the one sent as
+// `Authorization: Bearer`): it is refused from then on, until and after its expiry. Clears
+// the cookies. With no session it only clears the cookies. The cookie's CSRF rules apply.
+//
+// Corresponds with DELETE /v1/auth/session (the `DeleteSession` operationId).
+func (c *Client) DeleteSession(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteSessionRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSessionWithBody Sign in the dashboard (the session in a cookie)
+//
+// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+// with its own expiry.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+func (c *Client) CreateSessionWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSessionRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateSession Sign in the dashboard (the session in a cookie)
+//
+// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+// with its own expiry.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+func (c *Client) CreateSession(ctx context.Context, body CreateSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateSessionRequest(c.Server, body)
 	if err != nil {
 		return nil, err
 	}
@@ -6976,6 +7164,33 @@ func NewListAuditLogsRequest(server string, params *ListAuditLogsParams) (*http.
 	return req, nil
 }
 
+// NewAuthConfigRequest constructs an http.Request for the AuthConfig method
+func NewAuthConfigRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/auth/config")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewLoginRequest calls the generic Login builder with application/json body
 func NewLoginRequest(server string, body LoginJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -7219,6 +7434,73 @@ func NewOauthLoginRequest(server string, provider OAuthProvider, params *OauthLo
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewDeleteSessionRequest constructs an http.Request for the DeleteSession method
+func NewDeleteSessionRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/auth/session")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateSessionRequest calls the generic CreateSession builder with application/json body
+func NewCreateSessionRequest(server string, body CreateSessionJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateSessionRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewCreateSessionRequestWithBody constructs an http.Request for the CreateSession method, with any body, and a specified content type
+func NewCreateSessionRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/auth/session")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -10184,6 +10466,15 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/audit-logs (the `ListAuditLogs` operationId).
 	ListAuditLogsWithResponse(ctx context.Context, params *ListAuditLogsParams, reqEditors ...RequestEditorFn) (*ListAuditLogsResponse, error)
 
+	// AuthConfigWithResponse What sign-in and sign-up offer here
+	//
+	// The sign-up policy and the configured OAuth login providers (for sign-in pages).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/auth/config (the `AuthConfig` operationId).
+	AuthConfigWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*AuthConfigResponse, error)
+
 	// LoginWithBodyWithResponse Log in (a session token for the user's default team)
 	//
 	// Rate limited per client address (20 at once, then 1 every 6 s) and per e-mail address
@@ -10251,6 +10542,47 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/auth/oauth/{provider}/login (the `OauthLogin` operationId).
 	OauthLoginWithResponse(ctx context.Context, provider OAuthProvider, params *OauthLoginParams, reqEditors ...RequestEditorFn) (*OauthLoginResponse, error)
+
+	// DeleteSessionWithResponse Sign out (revoke the session)
+	//
+	// Revokes the session token on the server (the cookie's, or the one sent as
+	// `Authorization: Bearer`): it is refused from then on, until and after its expiry. Clears
+	// the cookies. With no session it only clears the cookies. The cookie's CSRF rules apply.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/auth/session (the `DeleteSession` operationId).
+	DeleteSessionWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*DeleteSessionResponse, error)
+
+	// CreateSessionWithBodyWithResponse Sign in the dashboard (the session in a cookie)
+	//
+	// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+	// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+	// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+	// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+	// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+	// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+	// with its own expiry.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+	CreateSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSessionResponse, error)
+
+	// CreateSessionWithResponse Sign in the dashboard (the session in a cookie)
+	//
+	// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+	// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+	// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+	// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+	// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+	// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+	// with its own expiry.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+	CreateSessionWithResponse(ctx context.Context, body CreateSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSessionResponse, error)
 
 	// SignupWithBodyWithResponse Create an account, under the server's sign-up policy
 	//
@@ -12566,6 +12898,47 @@ func (r ListAuditLogsResponse) ContentType() string {
 	return ""
 }
 
+type AuthConfigResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AuthConfig
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AuthConfigResponse) GetJSON200() *AuthConfig {
+	return r.JSON200
+}
+
+// GetBody returns the raw response body bytes
+func (r AuthConfigResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AuthConfigResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AuthConfigResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AuthConfigResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // LoginResponse429Headers the declared response headers of an HTTP 429 response for Login
 type LoginResponse429Headers struct {
 	RetryAfter *int
@@ -12859,6 +13232,144 @@ func (r OauthLoginResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r OauthLoginResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteSessionResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DeleteSessionResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CreateSessionResponse200Headers the declared response headers of an HTTP 200 response for CreateSession
+type CreateSessionResponse200Headers struct {
+	SetCookie *string
+}
+
+// CreateSessionResponse429Headers the declared response headers of an HTTP 429 response for CreateSession
+type CreateSessionResponse429Headers struct {
+	RetryAfter *int
+}
+
+type CreateSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *CookieSession
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *CreateSessionResponse200Headers
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *CreateSessionResponse429Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CreateSessionResponse) GetJSON200() *CookieSession {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateSessionResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateSessionResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateSessionResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CreateSessionResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r CreateSessionResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateSessionResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -17907,6 +18418,21 @@ func (c *ClientWithResponses) ListAuditLogsWithResponse(ctx context.Context, par
 	return ParseListAuditLogsResponse(rsp)
 }
 
+// AuthConfigWithResponse What sign-in and sign-up offer here
+//
+// The sign-up policy and the configured OAuth login providers (for sign-in pages).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/auth/config (the `AuthConfig` operationId).
+func (c *ClientWithResponses) AuthConfigWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*AuthConfigResponse, error) {
+	rsp, err := c.AuthConfig(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthConfigResponse(rsp)
+}
+
 // LoginWithBodyWithResponse Log in (a session token for the user's default team)
 //
 // Rate limited per client address (20 at once, then 1 every 6 s) and per e-mail address
@@ -18003,6 +18529,65 @@ func (c *ClientWithResponses) OauthLoginWithResponse(ctx context.Context, provid
 		return nil, err
 	}
 	return ParseOauthLoginResponse(rsp)
+}
+
+// DeleteSessionWithResponse Sign out (revoke the session)
+//
+// Revokes the session token on the server (the cookie's, or the one sent as
+// `Authorization: Bearer`): it is refused from then on, until and after its expiry. Clears
+// the cookies. With no session it only clears the cookies. The cookie's CSRF rules apply.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/auth/session (the `DeleteSession` operationId).
+func (c *ClientWithResponses) DeleteSessionWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*DeleteSessionResponse, error) {
+	rsp, err := c.DeleteSession(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteSessionResponse(rsp)
+}
+
+// CreateSessionWithBodyWithResponse Sign in the dashboard (the session in a cookie)
+//
+// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+// with its own expiry.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+func (c *ClientWithResponses) CreateSessionWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSessionResponse, error) {
+	rsp, err := c.CreateSessionWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSessionResponse(rsp)
+}
+
+// CreateSessionWithResponse Sign in the dashboard (the session in a cookie)
+//
+// As `POST /v1/auth/login` (same rate limits), but the session token is only set in the
+// HttpOnly, SameSite=Strict cookie `capsule_session` (Secure under HTTPS), never in the
+// body, and the cookie `capsule_csrf` (readable by the page) holds the value that the
+// page's unsafe requests must send in `X-CSRF-Token`. A request from another origin
+// (`Origin`, `Sec-Fetch-Site`) is refused. Instead of a password, the body may carry a
+// session token (`{"token"}`, from an OAuth login's URL fragment): it moves into the cookie,
+// with its own expiry.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/auth/session (the `CreateSession` operationId).
+func (c *ClientWithResponses) CreateSessionWithResponse(ctx context.Context, body CreateSessionJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSessionResponse, error) {
+	rsp, err := c.CreateSession(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateSessionResponse(rsp)
 }
 
 // SignupWithBodyWithResponse Create an account, under the server's sign-up policy
@@ -20471,6 +21056,32 @@ func ParseListAuditLogsResponse(rsp *http.Response) (*ListAuditLogsResponse, err
 	return response, nil
 }
 
+// ParseAuthConfigResponse parses an HTTP response from a AuthConfigWithResponse call
+func ParseAuthConfigResponse(rsp *http.Response) (*AuthConfigResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AuthConfigResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AuthConfig
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseLoginResponse parses an HTTP response from a LoginWithResponse call
 func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -20750,6 +21361,126 @@ func ParseOauthLoginResponse(rsp *http.Response) (*OauthLoginResponse, error) {
 			headers.SetCookie = &value
 		}
 		response.Headers302 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeleteSessionResponse parses an HTTP response from a DeleteSessionWithResponse call
+func ParseDeleteSessionResponse(rsp *http.Response) (*DeleteSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCreateSessionResponse parses an HTTP response from a CreateSessionWithResponse call
+func ParseCreateSessionResponse(rsp *http.Response) (*CreateSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest CookieSession
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers CreateSessionResponse200Headers
+		if values := rsp.Header.Values("Set-Cookie"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Set-Cookie", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SetCookie = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 429:
+		var headers CreateSessionResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
 	}
 
 	return response, nil

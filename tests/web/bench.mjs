@@ -1,0 +1,135 @@
+// The dashboard's budgets, measured in Debian's chromium against a real
+// `capsule serve` (run by `tests/web/run.sh bench`, part of `make bench`).
+// Prints ONE JSON object:
+//   first_page_js_gzip_kb     JavaScript the sign-in page loads, gzipped (budget ≤ 250)
+//   capsule_list_1000_render  the capsule list rendering 1,000 capsules, from the
+//                             navigation to the last row in the DOM (budget ≤ 200 ms p50);
+//                             the API's answer is a synthetic page of 1,000 capsules
+//                             (a real server would need 1,000 VMs)
+//   terminal_echo             a keystroke's round trip through the whole stack: the
+//                             terminal's stdin message sent on the exec WebSocket to
+//                             its echo received back (browser → API → agent → VM → back)
+import { readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { chromium } from 'playwright-core';
+
+const base = process.env.CAPSULE_URL;
+const admin = JSON.parse(readFileSync(process.env.CAPSULE_ADMIN_FILE, 'utf8'));
+const RUNS = Number(process.env.BENCH_RUNS || 7);
+const KEYS = Number(process.env.BENCH_KEYS || 40);
+
+function stats(xs) {
+	const s = [...xs].sort((a, b) => a - b);
+	const at = (q) => s[Math.min(s.length - 1, Math.floor(q * s.length))];
+	return { p50_ms: +at(0.5).toFixed(1), p99_ms: +at(0.99).toFixed(1), n: s.length };
+}
+
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+const page = await ctx.newPage();
+page.setDefaultTimeout(60_000);
+const out = {};
+let sandbox = '';
+try {
+	// 1. The first page's JavaScript.
+	const scripts = [];
+	page.on('response', (r) => {
+		if (r.request().resourceType() === 'script') scripts.push(r.body().then((b) => gzipSync(b).length));
+	});
+	await page.goto(`${base}/login`, { waitUntil: 'networkidle' });
+	out.first_page_js_gzip_kb = +((await Promise.all(scripts)).reduce((a, b) => a + b, 0) / 1024).toFixed(1);
+	page.removeAllListeners('response');
+
+	// Sign in.
+	await page.getByLabel('E-mail').fill(admin.email);
+	await page.getByLabel('Password').fill(admin.password);
+	await page.getByRole('button', { name: 'Sign in' }).click();
+	await page.waitForURL(`${base}/dashboard/capsules`);
+
+	// 2. The list with 1,000 capsules.
+	const now = Date.now();
+	const fake = Array.from({ length: 1000 }, (_, i) => ({
+		id: i.toString(16).padStart(32, '0'), template: 'base', state: i % 3 ? 'running' : 'paused', vcpus: 1, memory_mb: 512,
+		timeout_sec: 3600, allow_internet_access: true, allow_public_traffic: false, auto_pause: true, auto_resume: false,
+		metadata: { owner: `user-${i % 17}`, job: `job-${i}` }, created_at: new Date(now - i * 60_000).toISOString()
+	}));
+	const body = JSON.stringify({ sandboxes: fake, next_cursor: '' });
+	const listURL = (u) => u.pathname === '/v1/sandboxes' && u.search === '?limit=200';
+	await page.route(listURL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body }));
+	const render = [];
+	for (let i = 0; i < RUNS; i++) {
+		await page.getByRole('link', { name: 'API keys' }).click();
+		await page.getByRole('heading', { name: 'API keys' }).waitFor();
+		render.push(
+			await page.evaluate(
+				() =>
+					new Promise((resolve) => {
+						const t0 = performance.now();
+						document.querySelector('a[href="/dashboard/capsules"]').click();
+						const poll = () =>
+							document.querySelectorAll('[data-testid=capsule-row]').length === 1000
+								? requestAnimationFrame(() => resolve(performance.now() - t0)) // painted
+								: requestAnimationFrame(poll);
+						poll();
+					})
+			)
+		);
+	}
+	out.capsule_list_1000_render = stats(render);
+	await page.unroute(listURL);
+
+	// 3. The keystroke echo through a real capsule's terminal.
+	const created = await page.evaluate(async () => {
+		const csrf = document.cookie.match(/(?:^|; )capsule_csrf=([^;]*)/)[1];
+		const r = await fetch('/v1/sandboxes', {
+			method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+			body: JSON.stringify({ template: 'base', memory_mb: 512 })
+		});
+		return r.json();
+	});
+	sandbox = created.id;
+	if (!sandbox) throw new Error(`create: ${JSON.stringify(created)}`);
+	await page.addInitScript(() => {
+		// Time each stdin message to the next output message of its socket.
+		const Orig = window.WebSocket;
+		window.__echo = [];
+		window.WebSocket = class extends Orig {
+			constructor(...a) {
+				super(...a);
+				let sent = 0;
+				const send = this.send.bind(this);
+				this.send = (d) => {
+					if (typeof d === 'string' && d.includes('"stdin"')) sent = performance.now();
+					send(d);
+				};
+				this.addEventListener('message', () => {
+					if (sent) window.__echo.push(performance.now() - sent);
+					sent = 0;
+				});
+			}
+		};
+	});
+	await page.goto(`${base}/dashboard/capsules/${sandbox}`);
+	await page.getByTestId('terminal-status').filter({ hasText: 'connected' }).waitFor({ timeout: 120_000 });
+	await page.getByTestId('terminal').click();
+	await page.keyboard.type('echo ');
+	await page.waitForTimeout(1000); // the shell's prompt and the first echoes settle (no state to wait for)
+	await page.evaluate(() => (window.__echo = []));
+	for (let i = 0; i < KEYS; i++) {
+		const before = await page.evaluate(() => window.__echo.length);
+		await page.keyboard.type('x');
+		await page.waitForFunction((n) => window.__echo.length > n, before);
+	}
+	out.terminal_echo = stats(await page.evaluate(() => window.__echo));
+} finally {
+	if (sandbox) {
+		await page
+			.evaluate(async (id) => {
+				const csrf = document.cookie.match(/(?:^|; )capsule_csrf=([^;]*)/)[1];
+				await fetch(`/v1/sandboxes/${id}`, { method: 'DELETE', headers: { 'X-CSRF-Token': csrf } });
+			}, sandbox)
+			.catch(() => {});
+	}
+	await browser.close();
+}
+console.log(JSON.stringify(out));

@@ -1,0 +1,382 @@
+// The dashboard in a real browser (Debian's chromium through
+// playwright-core) against a real `capsule serve` with real VMs: see
+// run.sh. The steps run in order and share the server's state (one admin,
+// one member, capsules).
+import { describe, before, after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+const base = process.env.CAPSULE_URL;
+const admin = JSON.parse(readFileSync(process.env.CAPSULE_ADMIN_FILE, 'utf8'));
+const shots = process.env.SCREENSHOT_DIR;
+const VM = 6 * 60_000; // a VM boots under TCG here: minutes, not seconds
+const widths = [
+	['laptop', { width: 1280, height: 800 }],
+	['phone', { width: 390, height: 844 }]
+];
+const member = { email: 'member@example.com', password: 'member password 1', name: 'Mem Ber' };
+
+let browser;
+const pages = {}; // who → { ctx, page, csp: [], errors: [] }
+
+async function open(who) {
+	const ctx = await browser.newContext({ viewport: widths[0][1], acceptDownloads: true });
+	const page = await ctx.newPage();
+	const rec = { ctx, page, csp: [], errors: [] };
+	// CSP violations, reported by the page itself (the init script runs
+	// outside the page's CSP).
+	await page.exposeFunction('__cspViolation', (v) => rec.csp.push(v));
+	await page.addInitScript(() => {
+		document.addEventListener('securitypolicyviolation', (e) =>
+			window.__cspViolation(`${e.violatedDirective} blocked ${e.blockedURI} (${e.sourceFile}:${e.lineNumber})`)
+		);
+	});
+	page.on('pageerror', (err) => rec.errors.push(String(err)));
+	page.setDefaultTimeout(30_000);
+	pages[who] = rec;
+	return rec;
+}
+
+/** scan runs axe-core on the page: no serious or critical violation. */
+async function scan(page, name) {
+	await page.evaluate(axeSource);
+	const res = await page.evaluate(() =>
+		window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+	);
+	const bad = res.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+	assert.deepEqual(
+		bad.map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')}`),
+		[],
+		`axe on ${name}`
+	);
+}
+
+/** visit scans a page and screenshots it at both widths, in both themes. */
+async function visit(page, name) {
+	for (const theme of ['light', 'dark']) {
+		await page.evaluate((t) => (document.documentElement.dataset.theme = t), theme);
+		for (const [label, size] of widths) {
+			await page.setViewportSize(size);
+			await page.waitForTimeout(100); // layout after the resize (no state to wait for)
+			await scan(page, `${name} (${theme}, ${label})`);
+			await page.screenshot({ path: path.join(shots, `${name}-${label}-${theme}.png`), fullPage: true });
+		}
+	}
+	await page.evaluate(() => (document.documentElement.dataset.theme = localStorage.getItem('capsule-theme') || 'light'));
+	await page.setViewportSize(widths[0][1]);
+}
+
+async function signIn(page, email, password) {
+	await page.goto(`${base}/login`);
+	await page.getByLabel('E-mail').fill(email);
+	await page.getByLabel('Password').fill(password);
+	await page.getByRole('button', { name: 'Sign in' }).click();
+	await page.waitForURL(`${base}/dashboard/capsules`);
+}
+
+function row(page, id) {
+	return page.locator(`[data-testid=capsule-row][data-id="${id}"]`);
+}
+
+async function createCapsule(page, template) {
+	await page.goto(`${base}/dashboard/capsules`);
+	const before = await page.locator('[data-testid=capsule-row]').evaluateAll((rs) => rs.map((r) => r.dataset.id));
+	await page.getByRole('button', { name: /New capsule|Create your first capsule/ }).first().click();
+	const dialog = page.getByRole('dialog', { name: 'New capsule' });
+	await dialog.getByLabel('Template').fill(template);
+	await dialog.getByLabel('Memory (MiB)').fill('512');
+	await dialog.getByRole('button', { name: 'Create' }).click();
+	await dialog.waitFor({ state: 'hidden', timeout: VM });
+	const ids = await page.locator('[data-testid=capsule-row]').evaluateAll((rs) => rs.map((r) => r.dataset.id));
+	const id = ids.find((x) => !before.includes(x));
+	assert.ok(id, 'a new capsule row');
+	await row(page, id).getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: VM });
+	return id;
+}
+
+async function apiAs(page, method, p, body) {
+	return page.evaluate(
+		async ([method, p, body]) => {
+			const csrf = (document.cookie.match(/(?:^|; )capsule_csrf=([^;]*)/) || [])[1] || '';
+			const r = await fetch(p, {
+				method,
+				headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+				body: body ? JSON.stringify(body) : undefined
+			});
+			return { status: r.status, body: await r.text() };
+		},
+		[method, p, body]
+	);
+}
+
+describe('dashboard', { concurrency: false }, () => {
+	let capsule; // the capsule the steps share
+	let adminPage;
+
+	before(async () => {
+		browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+		adminPage = (await open('admin')).page;
+	});
+
+	after(async () => {
+		// Destroy what the steps left (the server's shutdown would too).
+		if (adminPage) {
+			const out = await apiAs(adminPage, 'GET', '/v1/sandboxes').catch(() => null);
+			for (const s of out ? JSON.parse(out.body).sandboxes || [] : []) {
+				await apiAs(adminPage, 'DELETE', `/v1/sandboxes/${s.id}`).catch(() => {});
+			}
+		}
+		for (const rec of Object.values(pages)) {
+			assert.deepEqual(rec.csp, [], 'Content-Security-Policy violations');
+			assert.deepEqual(rec.errors, [], 'uncaught page errors');
+		}
+		await browser?.close();
+	});
+
+	test('sign-in pages', async () => {
+		const page = adminPage;
+		await page.goto(`${base}/`);
+		await page.waitForURL(`${base}/login`);
+		await visit(page, 'login');
+		await page.goto(`${base}/signup`);
+		await page.getByText('Sign-up is by invitation').waitFor();
+		await visit(page, 'signup');
+	});
+
+	test('sign in: the session is an HttpOnly cookie, not in storage', async () => {
+		const page = adminPage;
+		await page.goto(`${base}/login`);
+		await page.getByLabel('E-mail').fill(admin.email);
+		await page.getByLabel('Password').fill('wrong password');
+		await page.getByRole('button', { name: 'Sign in' }).click();
+		await page.getByRole('alert').filter({ hasText: /wrong/i }).waitFor();
+		await signIn(page, admin.email, admin.password);
+		const cookies = await pages.admin.ctx.cookies();
+		const sess = cookies.find((c) => c.name === 'capsule_session');
+		assert.ok(sess && sess.httpOnly && sess.sameSite === 'Strict', `session cookie ${JSON.stringify(sess)}`);
+		const visible = await page.evaluate(() => ({ cookie: document.cookie, storage: JSON.stringify({ ...localStorage, ...sessionStorage }) }));
+		assert.ok(!visible.cookie.includes('capsule_session'), 'the page reads the session cookie');
+		assert.ok(!visible.storage.includes(sess.value), 'the session token is in web storage');
+		// The admin sees the admin entry.
+		await page.getByRole('link', { name: 'Admin' }).waitFor();
+		await page.getByText('No capsules yet.').waitFor();
+		await visit(page, 'capsules-empty');
+	});
+
+	test('create a capsule', { timeout: VM + 60_000 }, async () => {
+		const page = adminPage;
+		capsule = await createCapsule(page, 'base');
+		await page.getByTestId('running-badge').filter({ hasText: /^1$/ }).waitFor();
+		await visit(page, 'capsules');
+	});
+
+	test('terminal: echo hi', { timeout: 3 * 60_000 }, async () => {
+		const page = adminPage;
+		await row(page, capsule).getByRole('link').click();
+		await page.waitForURL(`${base}/dashboard/capsules/${capsule}`);
+		await page.getByTestId('terminal-status').filter({ hasText: 'connected' }).waitFor({ timeout: 60_000 });
+		await page.getByTestId('terminal').click();
+		await page.keyboard.type('echo hi\n');
+		await page.waitForFunction(() =>
+			[...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].some((r) => r.textContent.trim() === 'hi')
+		);
+		await visit(page, 'capsule-terminal');
+	});
+
+	test('files: upload, preview, download, folder, delete', { timeout: 3 * 60_000 }, async () => {
+		const page = adminPage;
+		await page.getByRole('tab', { name: 'Files' }).click();
+		const content = `hello from the dashboard test ${Date.now()}\n`;
+		await page.getByTestId('upload-input').setInputFiles({ name: 'hello.txt', mimeType: 'text/plain', buffer: Buffer.from(content) });
+		const file = page.locator('[data-testid=file-row][data-name="hello.txt"]');
+		await file.waitFor();
+		await file.getByRole('button', { name: 'hello.txt', exact: true }).click();
+		await page.getByTestId('preview').filter({ hasText: content.trim() }).waitFor();
+		const [dl] = await Promise.all([page.waitForEvent('download'), file.getByRole('button', { name: 'Download hello.txt' }).click()]);
+		assert.equal(dl.suggestedFilename(), 'hello.txt');
+		const chunks = [];
+		for await (const c of await dl.createReadStream()) chunks.push(c);
+		assert.equal(Buffer.concat(chunks).toString(), content);
+		await page.getByLabel('New folder name').fill('made-by-test');
+		await page.getByRole('button', { name: 'Create folder' }).click();
+		const dir = page.locator('[data-testid=file-row][data-name="made-by-test"]');
+		await dir.waitFor();
+		await visit(page, 'capsule-files');
+		page.once('dialog', (d) => d.accept());
+		await dir.getByRole('button', { name: 'Delete made-by-test' }).click();
+		await dir.waitFor({ state: 'detached' });
+		await page.getByRole('tab', { name: 'Facts' }).click();
+		await page.getByText('Resources').waitFor();
+		await visit(page, 'capsule-facts');
+	});
+
+	test('pause, resume, snapshot, create from the snapshot', { timeout: 3 * VM }, async () => {
+		const page = adminPage;
+		await page.goto(`${base}/dashboard/capsules`);
+		const r = row(page, capsule);
+		await r.getByRole('button', { name: 'Pause' }).click();
+		await r.getByTestId('state').filter({ hasText: 'paused' }).waitFor({ timeout: VM });
+		await page.getByTestId('running-badge').filter({ hasText: /^0$/ }).waitFor();
+		await r.getByRole('button', { name: 'Resume' }).click();
+		await r.getByTestId('state').filter({ hasText: 'running' }).waitFor({ timeout: VM });
+		await r.getByRole('button', { name: 'Snapshot' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Snapshot capsule' });
+		await dialog.getByLabel('Snapshot name').fill('web-snap');
+		await dialog.getByRole('button', { name: 'Create snapshot' }).click();
+		await page.getByRole('status').filter({ hasText: 'Snapshot “web-snap” created' }).waitFor({ timeout: VM });
+		const fromSnap = await createCapsule(page, 'web-snap');
+		page.once('dialog', (d) => d.accept());
+		await row(page, fromSnap).getByRole('button', { name: 'Destroy' }).click();
+		await row(page, fromSnap).waitFor({ state: 'detached', timeout: VM });
+	});
+
+	test('create and revoke an API key', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'API keys' }).click();
+		await page.getByLabel('Key name').fill('web-test');
+		await page.getByRole('button', { name: 'Create key' }).click();
+		const key = (await page.getByTestId('new-key').textContent()).trim();
+		assert.match(key, /^e2b_[0-9a-f]{40}$/);
+		let resp = await fetch(`${base}/v1/sandboxes`, { headers: { 'X-API-Key': key } });
+		assert.equal(resp.status, 200, 'the new key works');
+		await visit(page, 'keys');
+		page.once('dialog', (d) => d.accept());
+		await page.getByRole('button', { name: 'Revoke web-test' }).click();
+		await page.locator('[data-testid=key-row][data-name="web-test"]').waitFor({ state: 'detached' });
+		resp = await fetch(`${base}/v1/sandboxes`, { headers: { 'X-API-Key': key } });
+		assert.equal(resp.status, 401, 'the revoked key is refused');
+	});
+
+	test('invite a member, who signs up; change their role', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Team' }).click();
+		await page.getByLabel('E-mail').fill(member.email);
+		await page.getByRole('button', { name: 'Add' }).click();
+		const notice = await page.getByRole('status').filter({ hasText: 'invitation created' }).textContent();
+		const link = notice.match(/(http\S+\/signup\?invitation=\S+)/)[1];
+		const mp = (await open('member')).page;
+		await mp.goto(link);
+		await mp.getByLabel('Name').fill(member.name);
+		await mp.getByLabel('E-mail').fill(member.email);
+		await mp.getByLabel('Password').fill(member.password);
+		await mp.getByRole('button', { name: 'Create account' }).click();
+		await mp.waitForURL(`${base}/dashboard/capsules`);
+		await page.reload();
+		const m = page.locator(`[data-testid=member-row][data-email="${member.email}"]`);
+		await m.getByRole('cell', { name: member.name }).waitFor();
+		const patched = (r) => r.url().includes('/members/') && r.request().method() === 'PATCH';
+		await Promise.all([page.waitForResponse(patched), m.getByLabel(`Role of ${member.email}`).selectOption('admin')]);
+		await page.reload();
+		assert.equal(await m.getByLabel(`Role of ${member.email}`).inputValue(), 'admin');
+		await Promise.all([page.waitForResponse(patched), m.getByLabel(`Role of ${member.email}`).selectOption('member')]);
+		await page.reload();
+		assert.equal(await m.getByLabel(`Role of ${member.email}`).inputValue(), 'member');
+		await visit(page, 'team');
+	});
+
+	test('the audit log lists the events', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Audit log' }).click();
+		for (const action of ['sandbox.create', 'sandbox.pause', 'sandbox.resume', 'snapshot.create', 'sandbox.destroy', 'api_key.create', 'api_key.revoke', 'invitation.create', 'member.role_change']) {
+			await page.locator(`[data-testid=audit-row][data-action="${action}"]`).first().waitFor();
+		}
+		await page.getByLabel('Resource type').selectOption('api_key');
+		await page.getByRole('button', { name: 'Filter' }).click();
+		await page.locator('[data-testid=audit-row][data-action="api_key.create"]').first().waitFor();
+		assert.equal(await page.locator('[data-testid=audit-row]:not([data-action^="api_key."])').count(), 0);
+		await visit(page, 'audit');
+	});
+
+	test('admin pages', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Admin' }).click();
+		await page.getByRole('heading', { name: 'Platform administration' }).waitFor();
+		await page.getByRole('cell', { name: member.email }).waitFor();
+		await visit(page, 'admin');
+		await page.getByRole('link', { name: 'Platform audit log' }).click();
+		await page.locator('[data-testid=audit-row]').first().waitFor();
+		await visit(page, 'admin-audit');
+	});
+
+	test('BYOC: an admin enables it for the team; register a host (token shown once), delete it', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Admin' }).click();
+		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
+		const teamName = me.teams.find((t) => t.id === me.team_id).name;
+		await Promise.all([
+			page.waitForResponse((r) => r.url().includes('/byoc') && r.request().method() === 'PUT'),
+			page.getByLabel(`BYOC for ${teamName}`).check()
+		]);
+		await page.reload(); // the shell reads the team's BYOC flag
+		await page.getByRole('link', { name: 'Hosts' }).click();
+		await page.getByLabel('Host name').fill('web-host');
+		await page.getByLabel('Address (HOST:PORT)').fill('10.9.8.7:7443');
+		await page.getByRole('button', { name: 'Register host' }).click();
+		const cmd = await page.getByTestId('register-command').textContent();
+		assert.match(cmd, /^capsule agent --control-plane http:\/\/\S+ --register \S+ --address 10\.9\.8\.7:7443$/);
+		const row = page.locator('[data-testid=host-row][data-name="web-host"]');
+		await row.waitFor();
+		await visit(page, 'hosts');
+		await row.getByRole('button', { name: 'Delete web-host' }).click();
+		const dialog = page.getByRole('dialog', { name: 'Delete host' });
+		await dialog.getByText('No capsule runs on web-host.').waitFor();
+		await dialog.getByRole('button', { name: 'Delete host' }).click();
+		await row.waitFor({ state: 'detached' });
+	});
+
+	test('settings: change the display name', async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Settings' }).click();
+		await page.getByLabel('Display name').fill('Web Admin');
+		await page.getByRole('button', { name: 'Save' }).click();
+		await page.getByRole('status').filter({ hasText: 'Saved.' }).waitFor();
+		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
+		assert.equal(me.user.name, 'Web Admin');
+		await visit(page, 'settings');
+	});
+
+	test('a member cannot see admin pages, and the API refuses too', async () => {
+		const page = pages.member.page;
+		await page.goto(`${base}/dashboard/capsules`);
+		await page.getByRole('link', { name: 'API keys' }).waitFor();
+		assert.equal(await page.getByRole('link', { name: 'Admin' }).count(), 0, 'the member sees the admin entry');
+		await page.goto(`${base}/admin`);
+		await page.waitForURL(`${base}/dashboard/capsules`);
+		for (const p of ['/v1/admin/users', '/v1/admin/teams']) {
+			const r = await apiAs(page, 'GET', p);
+			assert.equal(r.status, 403, `${p} for a member`);
+		}
+	});
+
+	test('keyboard: the skip link and the navigation work without a mouse', async () => {
+		const page = pages.member.page;
+		await page.goto(`${base}/dashboard/keys`);
+		await page.getByRole('heading', { name: 'API keys' }).waitFor();
+		await page.keyboard.press('Tab');
+		assert.equal(await page.evaluate(() => document.activeElement.textContent.trim()), 'Skip to content');
+		// Tab to the Team link and follow it with Enter.
+		for (let i = 0; i < 15; i++) {
+			await page.keyboard.press('Tab');
+			if ((await page.evaluate(() => document.activeElement.textContent.trim())) === 'Team') break;
+		}
+		await page.keyboard.press('Enter');
+		await page.waitForURL(`${base}/dashboard/team`);
+		await page.locator('[data-testid=member-row]').first().waitFor();
+		await visit(page, 'team-as-member');
+	});
+
+	test('sign out revokes the session on the server', async () => {
+		const rec = pages.member;
+		const old = (await rec.ctx.cookies()).find((c) => c.name === 'capsule_session');
+		await rec.page.getByRole('button', { name: 'Sign out' }).first().click();
+		await rec.page.waitForURL(`${base}/login`);
+		const resp = await fetch(`${base}/v1/me`, { headers: { Cookie: `capsule_session=${old.value}` } });
+		assert.equal(resp.status, 401, 'a copy of the signed-out cookie still works');
+	});
+});
