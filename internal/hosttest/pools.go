@@ -38,6 +38,9 @@ var (
 	// embedded agent (0) and three agents, each in a network namespace
 	// of its own (1–3).
 	MultiHostPools = [4]Pool{pool("cmh0", 220), pool("cmh1", 222), pool("cmh2", 224), pool("cmh3", 226)}
+	// ReplicaPools are the two hosts of internal/service's template
+	// replication test.
+	ReplicaPools = [2]Pool{pool("crp1", 156), pool("crp2", 158)}
 )
 
 // MultiHostLinks are the links between the host and the cluster test's
@@ -62,7 +65,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
 	EgressPool, ServiceMetricsPool, HostsIntPool,
-	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool}
+	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool,
+	ReplicaPools[0], ReplicaPools[1]}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

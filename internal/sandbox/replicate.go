@@ -236,7 +236,11 @@ func (m *Manager) ExportTemplate(ctx context.Context, name string, manifest func
 	return nil
 }
 
-// sendFile sends file i's data extents (SEEK_DATA/SEEK_HOLE) and hash.
+// sendFile sends file i's data and hash: every chunkSize window of the
+// file that holds data (SEEK_DATA) goes whole, as one chunk, and windows
+// without any are skipped. A memory image's data is scattered in pages:
+// whole windows keep the chunks few and large, and the receiver leaves
+// the zero pages they carry unwritten (receiveFile), so holes stay holes.
 func sendFile(ctx context.Context, i int, f TemplateFile, buf []byte, chunk func(*TemplateChunk) error) error {
 	fd, err := os.Open(f.src)
 	if err != nil {
@@ -244,7 +248,11 @@ func sendFile(ctx context.Context, i int, f TemplateFile, buf []byte, chunk func
 	}
 	defer fd.Close()
 	h := newFileHash()
-	for off := int64(0); off < f.Size; {
+	window := int64(len(buf))
+	for off := int64(0); off < f.Size; off += window {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		data, err := unix.Seek(int(fd.Fd()), off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
 			break // only a hole is left
@@ -252,26 +260,19 @@ func sendFile(ctx context.Context, i int, f TemplateFile, buf []byte, chunk func
 		if err != nil {
 			return err
 		}
-		end, err := unix.Seek(int(fd.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
+		if data >= off+window {
+			off = data / window * window // the window that holds it
+		}
+		n, err := fd.ReadAt(buf[:min(window, f.Size-off)], off)
+		if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+			return fmt.Errorf("read at %d: %w", off, err)
+		}
+		h.chunk(off, buf[:n])
+		if err := chunk(&TemplateChunk{File: i, Offset: off, Data: buf[:n]}); err != nil {
 			return err
 		}
-		end = min(end, f.Size)
-		for off = data; off < end; {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n, err := fd.ReadAt(buf[:min(int64(len(buf)), end-off)], off)
-			if n > 0 {
-				h.chunk(off, buf[:n])
-				if err := chunk(&TemplateChunk{File: i, Offset: off, Data: buf[:n]}); err != nil {
-					return err
-				}
-				off += int64(n)
-			}
-			if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
-				return fmt.Errorf("read at %d: %w", off, err)
-			}
+		if int64(n) < min(window, f.Size-off) {
+			return fmt.Errorf("read at %d: short read (%d bytes): the file changed", off, n)
 		}
 	}
 	return chunk(&TemplateChunk{File: i, Offset: f.Size, SHA256: h.sum(f.Size)})
@@ -486,13 +487,43 @@ func receiveFile(ctx context.Context, dir string, i int, f TemplateFile, first *
 		if c.Offset < pos || c.Offset+int64(len(c.Data)) > f.Size || len(c.Data) == 0 {
 			return n, nil, fmt.Errorf("%w: chunk at %d+%d (file of %d bytes, at %d)", ErrInvalid, c.Offset, len(c.Data), f.Size, pos)
 		}
-		if _, err := out.WriteAt(c.Data, c.Offset); err != nil {
+		if err := writeSparse(out, c.Data, c.Offset); err != nil {
 			return n, nil, err
 		}
 		h.chunk(c.Offset, c.Data)
 		pos = c.Offset + int64(len(c.Data))
 		n += int64(len(c.Data))
 	}
+}
+
+// zeroPage is a page of zeros: writeSparse does not write those.
+var zeroPage = make([]byte, 4096)
+
+// writeSparse writes data at off into a new file, leaving its all-zero
+// pages unwritten (holes: the file is new and truncated to its size at the
+// end, so they read as zeros).
+func writeSparse(f *os.File, data []byte, off int64) error {
+	for len(data) > 0 {
+		// A run of non-zero pages, written at once.
+		run := 0
+		for run < len(data) {
+			end := min(run+len(zeroPage), len(data))
+			if bytes.Equal(data[run:end], zeroPage[:end-run]) {
+				break
+			}
+			run = end
+		}
+		if run > 0 {
+			if _, err := f.WriteAt(data[:run], off); err != nil {
+				return err
+			}
+			data, off = data[run:], off+int64(run)
+			continue
+		}
+		skip := min(len(zeroPage), len(data))
+		data, off = data[skip:], off+int64(skip)
+	}
+	return nil
 }
 
 // syncPath fsyncs the file at p.
