@@ -196,3 +196,36 @@ func (s *Sandboxes) forgetTemplate(ctx context.Context, host pgtype.UUID, tpl re
 		s.log.WarnContext(ctx, "forget a template copy", "host", s.hostKey(host), "template", tpl.agentName, "err", err)
 	}
 }
+
+// Replication is what ReplicateTemplate copied.
+type Replication struct {
+	// Bytes is the file data sent.
+	Bytes int64
+	// Evicted counts the target's replicas evicted to make room.
+	Evicted int
+}
+
+// ReplicateTemplate copies p's team's template name from its home host to
+// host, replacing a copy host may hold (the on-demand path,
+// ensureTemplate, copies only what is missing). It is what `capsule bench
+// hosts` times; ErrInvalid for a template every host has (a built-in
+// image), ErrNotFound for an unknown name.
+func (s *Sandboxes) ReplicateTemplate(ctx context.Context, p Principal, name string, host pgtype.UUID) (Replication, error) {
+	tpl, err := s.resolveTemplate(ctx, pgUUID(p.TeamID), name)
+	if err != nil {
+		return Replication{}, err
+	}
+	if !tpl.needsFiles() || !tpl.row.HostID.Valid {
+		return Replication{}, errorf(ErrInvalid, "template %q is on every host", name)
+	}
+	if tpl.row.HostID == host {
+		return Replication{}, errorf(ErrInvalid, "template %q was made on that host", name)
+	}
+	resp, err := s.relayTemplate(ctx, tpl.row.HostID, host, tpl.agentName)
+	if err != nil {
+		return Replication{}, err
+	}
+	s.forgetEvicted(ctx, host, resp.GetEvicted())
+	s.noteTemplate(ctx, host, tpl.row.ID, int64(resp.GetTemplate().GetStoredBytes()))
+	return Replication{Bytes: int64(resp.GetBytes()), Evicted: len(resp.GetEvicted())}, nil
+}
