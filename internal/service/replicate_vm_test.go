@@ -48,6 +48,12 @@ func TestTemplateReplicationRealAgents(t *testing.T) {
 		return h.ID
 	}
 	idA, idB := hostID(LocalHost), hostID("b")
+	// A static agent's vCPU capacity (8, overcommitted already) is
+	// recorded as CPUs, which the scheduler multiplies by its overcommit
+	// (4): 2, not 8 (which it would have multiplied again).
+	if h, err := e.st.Queries().GetHostByName(ctx, "b"); err != nil || h.TotalVCPUs != 2 {
+		t.Fatalf("host b's total vCPUs: %d, %v; want 8 vCPUs / 4", h.TotalVCPUs, err)
+	}
 	setStatus := func(name, status string) {
 		t.Helper()
 		if _, err := e.st.Pool().Exec(ctx, `UPDATE hosts SET status = $1 WHERE name = $2`, status, name); err != nil {
