@@ -28,10 +28,12 @@ import (
 // embedded agent (as `capsule serve` builds it: benchStack), and three
 // `capsule agent` processes of this binary, each in a network namespace
 // of its own (nsAgent), registered through the API. Addresses: the
-// agents' links in 198.18.240.0/24, their slot pools in 198.18.232–237
-// (internal/hosttest lists them as reserved).
+// agents' links in 198.18.240.0/24, their slot pools in 198.18.232–237,
+// the embedded host's in 198.18.238–239 (internal/hosttest lists them as
+// reserved).
 var (
 	benchClusterLinks = netip.MustParsePrefix("198.18.240.0/24")
+	benchClusterLocal = nsSlotNet{"cbh0", netip.MustParsePrefix("198.18.238.0/24"), netip.MustParsePrefix("198.18.239.0/24")}
 	benchClusterNets  = [3]nsSlotNet{
 		{"cbh1", netip.MustParsePrefix("198.18.232.0/24"), netip.MustParsePrefix("198.18.233.0/24")},
 		{"cbh2", netip.MustParsePrefix("198.18.234.0/24"), netip.MustParsePrefix("198.18.235.0/24")},
@@ -63,6 +65,9 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 		return nil, err
 	}
 	o.apiListen = "0.0.0.0:0" // the agents reach it from their namespaces
+	// The embedded host has a pool of its own (not capsule-bench's: the
+	// other benches may run meanwhile).
+	o.net = benchClusterLocal
 	b, err := startBenchStack(ctx, o.benchStackOptions, "bench-cluster-")
 	if err != nil {
 		return nil, err

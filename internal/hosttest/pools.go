@@ -56,9 +56,10 @@ var EgressPool = pool("cegr", 190)
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 	HostCIDR: netip.MustParsePrefix("198.18.96.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.97.0/24")},
-	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): three
-	// agents' slot pools and the links of their namespaces.
-	pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
+	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): the
+	// embedded host's and three agents' slot pools and the links of their
+	// namespaces.
+	pool("cbh0", 238), pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
 	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.
