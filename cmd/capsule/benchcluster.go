@@ -247,7 +247,7 @@ func (b *benchStack) call(ctx context.Context, method, path string, in, out any)
 // replicateFill is what the 1 GiB template's sandbox holds in memory: a
 // GiB of a non-zero pattern in a tmpfs (its memory image then has ≈ 1 GiB
 // of data; zero pages would be holes, which cost nothing to copy).
-const replicateFill = `mount -t tmpfs -o size=1100m tmpfs /mnt && yes capsule-replication-bench | head -c 1073741824 > /mnt/fill`
+const replicateFill = `mkdir -p /run/fill && mount -t tmpfs -o size=1100m tmpfs /run/fill && yes capsule-replication-bench | head -c 1073741824 > /run/fill/data`
 
 // benchReplicate times copies of a snapshot template of ≈ 1 GiB (a
 // sandbox with a GiB of data in memory) from the agent that made it to
