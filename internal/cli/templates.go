@@ -12,9 +12,10 @@ func (a *app) templateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "template",
 		Aliases: []string{"templates"},
-		Short:   "List and remove the templates the team can use",
-		Example: "  capsule template list\n  capsule template rm warm-python",
+		Short:   "Build, list and remove the templates the team can use",
+		Example: "  capsule template build web -f Capsulefile --context ./site\n  capsule template list\n  capsule template rm warm-python",
 	}
+	cmd.AddCommand(a.buildCmd(), a.buildLogsCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
