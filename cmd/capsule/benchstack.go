@@ -77,9 +77,12 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
+	// The error returns set b to nil: close what was started through the
+	// stack itself.
+	stack := b
 	defer func() {
 		if err != nil {
-			b.close()
+			stack.close()
 		}
 	}()
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
