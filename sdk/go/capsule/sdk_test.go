@@ -464,7 +464,7 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		}
 	})
 	t.Run("a failing build fails at its step; cancel ends a running one", func(t *testing.T) {
-		b, err := c.Templates.Build(ctx, "sdk-broken", capsule.BuildOptions{Recipe: "FROM minimal\nRUN echo before\nRUN exit 7\n"})
+		b, err := c.Templates.Build(ctx, "sdk-broken", capsule.BuildOptions{Recipe: "FROM minimal\nRUN echo before\nRUN exit 7\n", MemoryMB: 256})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -472,7 +472,7 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		if err != nil || done.Status != "failed" || done.FailedLine != 3 || done.Error == "" {
 			t.Fatalf("the failing build: %+v, %v", done, err)
 		}
-		b, err = c.Templates.Build(ctx, "sdk-slow", capsule.BuildOptions{Recipe: "FROM minimal\nRUN sleep 600\n"})
+		b, err = c.Templates.Build(ctx, "sdk-slow", capsule.BuildOptions{Recipe: "FROM minimal\nRUN sleep 600\n", MemoryMB: 256})
 		if err != nil {
 			t.Fatal(err)
 		}
