@@ -18,5 +18,14 @@ if [ "${CAPSULE_TEST_STRICT:-}" = 1 ] && [ "$skip" != 0 ]; then
   grep -A1 -- '--- SKIP' "$log" >&2
   rc=1
 fi
+# The whole output of each failing top-level test (the filter above keeps
+# only its summary lines), without the VMMs' debug lines, at most 150
+# lines of it each.
+if [ "$fail" != 0 ]; then
+  for name in $(grep -oE '^--- FAIL: [A-Za-z0-9_]+' "$log" | awk '{print $3}' | sort -u); do
+    echo "gotest: output of $name:"
+    awk -v n="$name" '$0 == "=== RUN   " n {on=1} on && !/level=DEBUG/ {print} on && index($0, "--- FAIL: " n " ") == 1 {on=0}' "$log" | tail -150
+  done
+fi
 echo "go: $pass passed, $fail failed, $skip skipped"
 exit "$rc"

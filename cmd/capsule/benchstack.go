@@ -80,7 +80,9 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
-	stack := b // the named result is nil on the error paths
+	// The error returns set b to nil: close what was started through the
+	// stack itself.
+	stack := b
 	defer func() {
 		if err != nil {
 			stack.close()

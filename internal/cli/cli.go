@@ -46,7 +46,7 @@ type app struct {
 
 // Commands are the top-level commands Main serves (cmd/capsule routes
 // them here).
-var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "keys", "completion"}
+var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "templates", "host", "hosts", "keys", "completion"}
 
 // Main runs the client command line args (without the program name) and
 // returns the process' exit code.
@@ -88,7 +88,7 @@ and open shells. CAPSULE_API_URL and CAPSULE_API_KEY override the profile.`,
 	}
 	root.PersistentFlags().StringVar(&a.profile, "profile", "", "configuration profile (default: the current one, or $"+envProfile+")")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON instead of tables")
-	root.AddCommand(a.loginCmd(), a.logoutCmd(), a.sandboxCmd(), a.templateCmd(), a.keysCmd())
+	root.AddCommand(a.loginCmd(), a.logoutCmd(), a.sandboxCmd(), a.templateCmd(), a.hostCmd(), a.keysCmd())
 	root.CompletionOptions.HiddenDefaultCmd = false
 	return root
 }

@@ -59,6 +59,7 @@ func TestScripts(t *testing.T) {
 		t.Fatalf("no scripts: %v", err)
 	}
 	type keys struct{ session, key, other string }
+	admin := s.Admin(t, "cli-admin@example.com")
 	accounts := map[string]keys{}
 	for _, sc := range scripts {
 		name := strings.TrimSuffix(filepath.Base(sc), ".txtar")
@@ -78,6 +79,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("SESSION", k.session)
 			env.Setenv("KEY", k.key)
 			env.Setenv("OTHERKEY", k.other)
+			env.Setenv("ADMIN", admin)
 			env.Setenv(envConfig, filepath.Join(env.WorkDir, "home", "config.yaml"))
 			return nil
 		},

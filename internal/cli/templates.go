@@ -12,9 +12,10 @@ func (a *app) templateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "template",
 		Aliases: []string{"templates"},
-		Short:   "List and remove the templates the team can use",
-		Example: "  capsule template list\n  capsule template rm warm-python",
+		Short:   "Build, list and remove the templates the team can use",
+		Example: "  capsule template build web -f Capsulefile --context ./site\n  capsule template list\n  capsule template rm warm-python",
 	}
+	cmd.AddCommand(a.buildCmd(), a.buildLogsCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -26,7 +27,7 @@ func (a *app) templateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := c.Snapshots.List(cmd.Context())
+			list, err := c.Templates.List(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -43,7 +44,7 @@ func (a *app) templateCmd() *cobra.Command {
 		},
 	}, &cobra.Command{
 		Use:     "rm NAME...",
-		Short:   "Remove the team's snapshots",
+		Short:   "Remove the team's templates (refused while sandboxes created from one run)",
 		Example: "  capsule template rm warm-python",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -52,7 +53,7 @@ func (a *app) templateCmd() *cobra.Command {
 				return err
 			}
 			for _, name := range args {
-				if err := c.Snapshots.Delete(cmd.Context(), name); err != nil {
+				if err := c.Templates.Delete(cmd.Context(), name); err != nil {
 					return fmt.Errorf("rm %s: %w", name, err)
 				}
 				if !a.json {

@@ -43,12 +43,18 @@ func newFixture(t *testing.T) *fixture {
 	f.teamA, f.keyA = e.account(t, "a@example.com")
 	pB, f.keyB = e.account(t, "b@example.com")
 	created := time.Now().Add(-time.Hour)
+	// Every sandbox lives on the static host, whose agent is unreachable.
+	local, err := e.st.Queries().GetHostByName(context.Background(), service.LocalHost)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ins := func(teamID service.TeamID, state, meta string, autoPause bool) string {
 		t.Helper()
 		team := teamUUID(teamID)
 		r, err := e.st.Queries().InsertSandbox(context.Background(), db.InsertSandboxParams{
 			TeamID: team, Template: "minimal", State: state, VCPUs: 1, MemoryMB: 256, TimeoutSec: 60,
 			Metadata: []byte(meta), AutoPause: autoPause, AllowInternetAccess: true, AllowPublicTraffic: true,
+			HostID: local.ID,
 		})
 		if err != nil {
 			t.Fatal(err)

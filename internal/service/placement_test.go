@@ -100,7 +100,7 @@ func TestCreateSchedules(t *testing.T) {
 	})
 	t.Run("BYOC team on its own hosts only", func(t *testing.T) {
 		a, byoc := e.signup(t, "byoc@example.com")
-		if _, err := e.st.Pool().Exec(ctx, `UPDATE teams SET is_byoc = true WHERE id = $1`, a.Team.ID); err != nil {
+		if _, err := e.st.Pool().Exec(ctx, `UPDATE teams SET is_byoc = true WHERE id = $1`, pgUUID(a.Team.ID)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := createdOn(t, byoc, 512); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no_byoc_host") {

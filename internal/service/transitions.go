@@ -27,16 +27,21 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 	// A destroy the client walks away from still completes.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer cancel()
-	c, err := s.agentFor(ctx, row.HostID)
-	if err != nil {
-		return err
-	}
-	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id.String()}))
-	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
-		return agentError(err, "destroy")
-	}
-	if dr != nil {
-		s.storeMetrics(ctx, pgUUID(id), []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+	// A record without a host never reached one (its create failed before
+	// placement) or its host was deleted, with its machines: nothing runs
+	// anywhere to destroy.
+	if row.HostID.Valid {
+		c, err := s.agentFor(ctx, row.HostID)
+		if err != nil {
+			return err
+		}
+		dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: id.String()}))
+		if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
+			return agentError(err, "destroy")
+		}
+		if dr != nil {
+			s.storeMetrics(ctx, pgUUID(id), []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+		}
 	}
 	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: pgUUID(id), Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("persist stopped: %w", err)

@@ -32,6 +32,7 @@ type Stack struct {
 	// SandboxURL is the sandbox traffic listener's.
 	SandboxURL string
 
+	cp       *controlplane.ControlPlane
 	mu       sync.Mutex
 	accounts int
 }
@@ -82,7 +83,25 @@ func Start(t testing.TB, p hosttest.Pool) *Stack {
 		sbx.Close()
 		cp.Close()
 	})
-	return &Stack{URL: api.URL, SandboxURL: sbx.URL}
+	return &Stack{URL: api.URL, SandboxURL: sbx.URL, cp: cp}
+}
+
+// Admin creates a platform admin (as `capsule serve` creates its first
+// one at install, through the service) and returns a session token of
+// the admin's team. Admin calls are then made over HTTP as any other.
+func (s *Stack) Admin(t testing.TB, email string) (session string) {
+	t.Helper()
+	if _, err := s.cp.Accounts.Signup(context.Background(), service.Signup{Email: email, Password: Password, Name: "Admin", IsAdmin: true}); err != nil {
+		t.Fatalf("admin %s: %v", email, err)
+	}
+	var sess struct {
+		Token string `json:"token"`
+	}
+	s.post(t, "203.0.113.251", "/v1/auth/login", "", map[string]string{"email": email, "password": Password}, http.StatusOK, &sess)
+	if sess.Token == "" {
+		t.Fatalf("admin %s: no session token", email)
+	}
+	return sess.Token
 }
 
 // Password is every Account's password.

@@ -39,6 +39,10 @@ type Client struct {
 	Files *FileService
 	// Snapshots manages snapshot templates.
 	Snapshots *SnapshotService
+	// Templates lists templates and builds them from recipes.
+	Templates *TemplateService
+	// Hosts manages the machines sandboxes run on (BYOC teams, admins).
+	Hosts *HostService
 	// Keys manages the team's API keys (needs a session token, or an API
 	// key of the team).
 	Keys *KeyService
@@ -110,6 +114,8 @@ func New(apiURL string, opts ...Option) (*Client, error) {
 	c.Commands = &CommandService{c: c}
 	c.Files = &FileService{c: c}
 	c.Snapshots = &SnapshotService{c: c}
+	c.Templates = &TemplateService{c: c}
+	c.Hosts = &HostService{c: c}
 	c.Keys = &KeyService{c: c}
 	c.Teams = &TeamService{c: c}
 	return c, nil

@@ -106,6 +106,42 @@ func TestSDKAgainstRealStack(t *testing.T) {
 			t.Fatalf("get = %+v, %v", got, err)
 		}
 	})
+	t.Run("metrics: live samples, another team's 404", func(t *testing.T) {
+		var ms capsule.MetricSeries
+		waitFor(t, 30*time.Second, "a metric sample", func() bool {
+			ms, err = c.Sandboxes.Metrics(ctx, sb.ID, capsule.Range5m)
+			return err != nil || len(ms.Points) > 0
+		})
+		if err != nil || ms.Source != "live" || ms.Range != "5m" || ms.Step <= 0 || ms.Points[0].MemRSSBytes <= 0 {
+			t.Fatalf("metrics = %+v, %v", ms, err)
+		}
+		if _, err := c.Sandboxes.Metrics(ctx, sb.ID, "7d"); !errors.Is(err, capsule.ErrInvalid) {
+			t.Fatalf("range 7d: %v", err)
+		}
+		if _, err := other.Sandboxes.Metrics(ctx, sb.ID, ""); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("other team's metrics: %v", err)
+		}
+	})
+	t.Run("network rules: set, read back, refused input changes nothing", func(t *testing.T) {
+		want := capsule.NetworkRules{AllowInternetAccess: false, AllowOut: []string{"10.0.0.0/8", "*.example.com"}, DenyOut: []string{}}
+		got, err := c.Sandboxes.SetNetwork(ctx, sb.ID, want)
+		if err != nil || got.AllowInternetAccess || len(got.AllowOut) != 2 {
+			t.Fatalf("set network = %+v, %v", got, err)
+		}
+		if _, err := c.Sandboxes.SetNetwork(ctx, sb.ID, capsule.NetworkRules{AllowOut: []string{"not a rule!"}}); !errors.Is(err, capsule.ErrInvalid) {
+			t.Fatalf("a bad rule: %v", err)
+		}
+		if _, err := other.Sandboxes.SetNetwork(ctx, sb.ID, capsule.NetworkRules{AllowInternetAccess: true}); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("other team's network: %v", err)
+		}
+		got, err = c.Sandboxes.Network(ctx, sb.ID)
+		if err != nil || got.AllowInternetAccess || strings.Join(got.AllowOut, ",") != "10.0.0.0/8,*.example.com" {
+			t.Fatalf("network = %+v, %v", got, err)
+		}
+		if _, err := c.Sandboxes.SetNetwork(ctx, sb.ID, capsule.NetworkRules{AllowInternetAccess: true}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("run streams output and returns the exit code", func(t *testing.T) {
 		var out, errOut output
 		res, err := c.Commands.Run(ctx, sb.ID, `echo "$GREETING $X"; echo oops >&2; exit 3`, capsule.RunOptions{
@@ -372,6 +408,122 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		}
 		if _, err := ci.Sandboxes.Get(ctx, sb.ID); !errors.Is(err, capsule.ErrUnauthorized) {
 			t.Fatalf("a revoked key: %v", err)
+		}
+	})
+	t.Run("build a template from a recipe and a context directory", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.MkdirAll(dir+"/site", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dir+"/site/index.html", []byte("<h1>from the context</h1>\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("index.html", dir+"/site/home.html"); err != nil {
+			t.Fatal(err)
+		}
+		recipe := "FROM minimal\nCOPY site /srv/site\nRUN echo built-by-sdk > /srv/built.txt && echo step-output\n"
+		b, err := c.Templates.Build(ctx, "sdk-built", capsule.BuildOptions{Recipe: recipe, Context: capsule.ArchiveDir(dir), VCPUs: 1, MemoryMB: 256})
+		if err != nil || b.ID == "" || b.Template != "sdk-built" {
+			t.Fatalf("build = %+v, %v", b, err)
+		}
+		if _, err := other.Templates.GetBuild(ctx, "sdk-built", b.ID); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("other team's build: %v", err)
+		}
+		var log output
+		done, err := c.Templates.FollowBuildLog(ctx, "sdk-built", b.ID, 0, func(l capsule.BuildLogLine) { log.add([]byte(l.Line + "\n")) })
+		if err != nil || done.Status != "success" || !done.Done() {
+			t.Fatalf("build ended %+v, %v\nlog:\n%s", done, err, log.String())
+		}
+		if !strings.Contains(log.String(), "step-output") {
+			t.Fatalf("the RUN step's output is not in the followed log:\n%s", log.String())
+		}
+		builds, err := c.Templates.ListBuilds(ctx, "sdk-built")
+		if err != nil || len(builds) != 1 || builds[0].ID != b.ID {
+			t.Fatalf("builds = %+v, %v", builds, err)
+		}
+		built, err := c.Sandboxes.Create(ctx, capsule.CreateOptions{Template: "sdk-built"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Sandboxes.Kill(context.Background(), built.ID)
+		res, err := c.Commands.Run(ctx, built.ID, "cat /srv/site/home.html /srv/built.txt", capsule.RunOptions{})
+		if err != nil || string(res.Stdout) != "<h1>from the context</h1>\nbuilt-by-sdk\n" {
+			t.Fatalf("the built template's files: %+v, %v", res, err)
+		}
+		if err := c.Templates.Delete(ctx, "sdk-built"); !errors.Is(err, capsule.ErrConflict) {
+			t.Fatalf("deleting a template in use: %v", err)
+		}
+		if err := c.Sandboxes.Kill(ctx, built.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Templates.Delete(ctx, "sdk-built"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Templates.Get(ctx, "sdk-built"); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("the deleted template: %v", err)
+		}
+	})
+	t.Run("a failing build fails at its step; cancel ends a running one", func(t *testing.T) {
+		b, err := c.Templates.Build(ctx, "sdk-broken", capsule.BuildOptions{Recipe: "FROM minimal\nRUN echo before\nRUN exit 7\n", MemoryMB: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done, err := c.Templates.FollowBuildLog(ctx, "sdk-broken", b.ID, 0, func(capsule.BuildLogLine) {})
+		if err != nil || done.Status != "failed" || done.FailedLine != 3 || done.Error == "" {
+			t.Fatalf("the failing build: %+v, %v", done, err)
+		}
+		b, err = c.Templates.Build(ctx, "sdk-slow", capsule.BuildOptions{Recipe: "FROM minimal\nRUN sleep 600\n", MemoryMB: 256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 3*time.Minute, "the slow build to run", func() bool {
+			cur, err := c.Templates.GetBuild(ctx, "sdk-slow", b.ID)
+			return err != nil || cur.Status == "running"
+		})
+		if _, err := c.Templates.CancelBuild(ctx, "sdk-slow", b.ID); err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		done, err = c.Templates.FollowBuildLog(cctx, "sdk-slow", b.ID, 0, func(capsule.BuildLogLine) {})
+		if err != nil || done.Status != "cancelled" {
+			t.Fatalf("the cancelled build: %+v, %v", done, err)
+		}
+	})
+	t.Run("hosts: an admin adds and removes one; a team without BYOC sees none", func(t *testing.T) {
+		admin, err := capsule.New(s.URL, capsule.WithAPIKey(s.Admin(t, "root@example.com")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts, err := admin.Hosts.List(ctx)
+		if err != nil || len(hosts) == 0 {
+			t.Fatalf("the admin's hosts = %+v, %v", hosts, err)
+		}
+		nh, err := admin.Hosts.Create(ctx, capsule.CreateHostOptions{Name: "sdk-node", Type: "regular", Address: "127.0.0.1:7999"})
+		if err != nil || nh.RegistrationToken == "" || nh.Host.Status != "pending" || nh.Host.Name != "sdk-node" {
+			t.Fatalf("create host = %+v, %v", nh, err)
+		}
+		if h, err := admin.Hosts.Get(ctx, nh.Host.ID); err != nil || h.ID != nh.Host.ID {
+			t.Fatalf("get host = %+v, %v", h, err)
+		}
+		user, err := capsule.New(s.URL, capsule.WithAPIKey(session))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if list, err := user.Hosts.List(ctx); err != nil || len(list) != 0 {
+			t.Fatalf("a non-BYOC team's hosts = %+v, %v", list, err)
+		}
+		if _, err := user.Hosts.Create(ctx, capsule.CreateHostOptions{Name: "mine", Type: "regular", Address: "127.0.0.1:7998"}); !errors.Is(err, capsule.ErrForbidden) {
+			t.Fatalf("a user adding a platform host: %v", err)
+		}
+		if _, err := user.Hosts.Get(ctx, nh.Host.ID); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("a user reading a platform host: %v", err)
+		}
+		if _, err := admin.Hosts.Delete(ctx, nh.Host.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Hosts.Get(ctx, nh.Host.ID); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("the deleted host: %v", err)
 		}
 	})
 }
