@@ -7,11 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/service"
@@ -23,10 +28,12 @@ import (
 // embedded agent (as `capsule serve` builds it: benchStack), and three
 // `capsule agent` processes of this binary, each in a network namespace
 // of its own (nsAgent), registered through the API. Addresses: the
-// agents' links in 198.18.240.0/24, their slot pools in 198.18.232–237
-// (internal/hosttest lists them as reserved).
+// agents' links in 198.18.240.0/24, their slot pools in 198.18.232–237,
+// the embedded host's in 198.18.238–239 (internal/hosttest lists them as
+// reserved).
 var (
 	benchClusterLinks = netip.MustParsePrefix("198.18.240.0/24")
+	benchClusterLocal = nsSlotNet{"cbh0", netip.MustParsePrefix("198.18.238.0/24"), netip.MustParsePrefix("198.18.239.0/24")}
 	benchClusterNets  = [3]nsSlotNet{
 		{"cbh1", netip.MustParsePrefix("198.18.232.0/24"), netip.MustParsePrefix("198.18.233.0/24")},
 		{"cbh2", netip.MustParsePrefix("198.18.234.0/24"), netip.MustParsePrefix("198.18.235.0/24")},
@@ -39,6 +46,8 @@ type clusterBenchOptions struct {
 	benchStackOptions
 	// n creates are timed on one node, then on the cluster.
 	n int
+	// replicateN copies of the 1 GiB template are timed (and as many cp).
+	replicateN int
 }
 
 // benchCluster measures, with real agents and VMs (root): the p50 of a
@@ -56,6 +65,9 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 		return nil, err
 	}
 	o.apiListen = "0.0.0.0:0" // the agents reach it from their namespaces
+	// The embedded host has a pool of its own (not capsule-bench's: the
+	// other benches may run meanwhile).
+	o.net = benchClusterLocal
 	b, err := startBenchStack(ctx, o.benchStackOptions, "bench-cluster-")
 	if err != nil {
 		return nil, err
@@ -87,6 +99,7 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 		}
 	}()
 	var hostIDs []string
+	var hostUUIDs []pgtype.UUID
 	for i, net := range benchClusterNets {
 		a, err := newNSAgent(root, i+1, benchClusterLinks, "cbhns", "cbhn", net)
 		if err != nil {
@@ -98,6 +111,7 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 			return nil, err
 		}
 		hostIDs = append(hostIDs, wireid.Format(wireid.Host, h.ID))
+		hostUUIDs = append(hostUUIDs, h.ID)
 		if err := a.start(bin, "http://"+a.hostIP.String()+":"+port, h.RegistrationToken, o.dataDir, "--envd", o.envdBin,
 			"--base=false", "--max-vcpus", "8", "--max-memory-mb", "4096", "--net-max-slots", "16"); err != nil {
 			return nil, err
@@ -131,6 +145,12 @@ func benchCluster(ctx context.Context, o clusterBenchOptions) (map[string]any, e
 	out["create_one_node"], out["create_cluster"] = one, clu
 	out["create_cluster_vs_one_node"] = bench.Round3(clu.P50 / one.P50)
 	out["cluster_hosts"] = len(hostIDs)
+
+	rep, err := b.benchReplicate(ctx, agents, hostUUIDs, o.replicateN)
+	if err != nil {
+		return nil, fmt.Errorf("replication: %w", err)
+	}
+	maps.Copy(out, rep)
 
 	// An agent's SIGKILL → its host unreachable (the default window).
 	agents[0].kill()
@@ -222,4 +242,83 @@ func (b *benchStack) call(ctx context.Context, method, path string, in, out any)
 		return resp.StatusCode, fmt.Errorf("%s %s: %d: %.300s", method, path, resp.StatusCode, data)
 	}
 	return resp.StatusCode, nil
+}
+
+// replicateFill is what the 1 GiB template's sandbox holds in memory: a
+// GiB of a non-zero pattern in a tmpfs (its memory image then has ≈ 1 GiB
+// of data; zero pages would be holes, which cost nothing to copy).
+const replicateFill = `mkdir -p /run/fill && mount -t tmpfs -o size=1100m tmpfs /run/fill && yes capsule-replication-bench | head -c 1073741824 > /run/fill/data`
+
+// benchReplicate times copies of a snapshot template of ≈ 1 GiB (a
+// sandbox with a GiB of data in memory) from the agent that made it to
+// the two others (alternately, replacing the previous copy:
+// Sandboxes.ReplicateTemplate, the relay of a create that needs it), and
+// as many `cp -r` of the template's directory on the same machine, and
+// reports the replication's p50/p99, the bytes sent, and the ratio of the
+// two p50s.
+func (b *benchStack) benchReplicate(ctx context.Context, agents []*nsAgent, hosts []pgtype.UUID, n int) (map[string]any, error) {
+	p := b.account.Principal()
+	sb, err := b.sandboxes.Create(ctx, p, service.CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 1536})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = b.sandboxes.Destroy(context.WithoutCancel(ctx), p, sb.ID) }()
+	res, err := b.sandboxes.Run(ctx, p, sb.ID, service.ExecCommand{Cmd: replicateFill, User: "root", TimeoutSec: 600}, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	if res.ExitCode != 0 {
+		return nil, fmt.Errorf("filling the sandbox: exit %d: %s", res.ExitCode, res.Stderr)
+	}
+	snap, _, err := b.sandboxes.CreateSnapshot(ctx, p, service.CreateSnapshotRequest{SandboxID: sb.ID, Name: "bench-replicate-1gib"})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = b.sandboxes.DeleteSnapshot(context.WithoutCancel(ctx), p, snap.Name) }()
+	var hostID pgtype.UUID
+	sbUUID, _ := sb.ID.UUID()
+	if err := b.st.Pool().QueryRow(ctx, `SELECT host_id FROM sandboxes WHERE id = $1`, pgtype.UUID{Bytes: sbUUID, Valid: true}).Scan(&hostID); err != nil {
+		return nil, err
+	}
+	home := -1
+	for i, h := range hosts {
+		if h == hostID {
+			home = i
+		}
+	}
+	if home < 0 {
+		return nil, errors.New("the template's sandbox is on none of the agents")
+	}
+	dirs, _ := filepath.Glob(filepath.Join(agents[home].data, "templates", snap.ID.String()+"-*"))
+	if len(dirs) != 1 {
+		return nil, fmt.Errorf("the template's directory on its host: %v", dirs)
+	}
+	var reps, cps []time.Duration
+	var sent int64
+	for i := range n {
+		target := hosts[(home+1+i%(len(hosts)-1))%len(hosts)]
+		start := time.Now()
+		r, err := b.sandboxes.ReplicateTemplate(ctx, p, snap.Name, target)
+		if err != nil {
+			return nil, err
+		}
+		reps = append(reps, time.Since(start))
+		sent = r.Bytes
+
+		dst := dirs[0] + ".cp"
+		start = time.Now()
+		out, err := exec.CommandContext(ctx, "cp", "-r", dirs[0], dst).CombinedOutput()
+		cps = append(cps, time.Since(start))
+		_ = os.RemoveAll(dst)
+		if err != nil {
+			return nil, fmt.Errorf("cp: %v: %s", err, out)
+		}
+	}
+	rep, cp := bench.Summarize(reps), bench.Summarize(cps)
+	return map[string]any{
+		"replicate_1gib":             rep,
+		"replicate_1gib_bytes":       sent,
+		"replicate_1gib_cp":          cp,
+		"replicate_1gib_vs_cp_ratio": bench.Round3(rep.P50 / cp.P50),
+	}, nil
 }

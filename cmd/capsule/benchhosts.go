@@ -25,7 +25,9 @@ type hostsBenchOptions struct {
 	// are timed on one node and on the cluster.
 	cluster  bool
 	clusterN int
-	envdBin  string
+	// replicateN copies of the 1 GiB template are timed.
+	replicateN int
+	envdBin    string
 }
 
 func parseBenchHostsFlags(args []string) (hostsBenchOptions, error) {
@@ -39,11 +41,12 @@ func parseBenchHostsFlags(args []string) (hostsBenchOptions, error) {
 	fs.IntVar(&o.n, "n", 1000, "scheduling decisions measured")
 	fs.BoolVar(&o.cluster, "cluster", true, "also measure a 3-host cluster of real agents in network namespaces (root): create p50 vs one node, agent kill → host unreachable")
 	fs.IntVar(&o.clusterN, "cluster-n", 6, "creates timed on one node and on the cluster")
+	fs.IntVar(&o.replicateN, "replicate-n", 4, "copies of the 1 GiB template between two hosts timed (and as many cp)")
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images (the cluster)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.fleet.Hosts < 1 || o.fleet.Live < 0 || o.fleet.Stopped < 0 || o.n < 1 || o.clusterN < 1 {
+	if o.fleet.Hosts < 1 || o.fleet.Live < 0 || o.fleet.Stopped < 0 || o.n < 1 || o.clusterN < 1 || o.replicateN < 1 {
 		return o, errors.New("bench hosts: -hosts and -n must be positive, -sandboxes and -stopped not negative")
 	}
 	return o, nil
@@ -52,7 +55,7 @@ func parseBenchHostsFlags(args []string) (hostsBenchOptions, error) {
 // benchHosts measures the scheduling decision with a fleet in a fresh
 // embedded PostgreSQL (bench.Hosts) and, with -cluster, the 3-host
 // cluster's figures (benchCluster: create p50 vs one node, agent kill →
-// host unreachable). Template replication is not measured yet.
+// host unreachable, the copy of a 1 GiB template between two hosts vs cp).
 func benchHosts(ctx context.Context, o hostsBenchOptions) (map[string]any, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
@@ -88,7 +91,7 @@ func benchHosts(ctx context.Context, o hostsBenchOptions) (map[string]any, error
 		return out, err
 	}
 	c, err := benchCluster(ctx, clusterBenchOptions{benchStackOptions: benchStackOptions{envdBin: o.envdBin, dataDir: o.dataDir,
-		pgBinDir: o.pgBinDir, log: o.log}, n: o.clusterN})
+		pgBinDir: o.pgBinDir, log: o.log}, n: o.clusterN, replicateN: o.replicateN})
 	if err != nil {
 		return nil, fmt.Errorf("bench hosts: %w", err)
 	}

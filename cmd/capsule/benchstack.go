@@ -33,6 +33,9 @@ type benchStackOptions struct {
 	// apiListen is the API's address (127.0.0.1:0 when empty).
 	apiListen string
 	log       *slog.Logger
+	// net is the embedded host's network slot pool (zero: capsule-bench,
+	// interfaces cbv…, 198.18.96.0/24 and 198.18.97.0/24).
+	net nsSlotNet
 }
 
 // benchStack is the platform running in this process for the benches, the
@@ -110,6 +113,10 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		envdBin: o.envdBin, base: o.base, warmImages: true, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
+	if o.net.name != "" {
+		so.netName, so.netVethPrefix = o.net.name, o.net.name+"v"
+		so.netHostCIDR, so.netLinkCIDR = o.net.hostCIDR.String(), o.net.linkCIDR.String()
+	}
 	so.defaultCapacity()
 	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {

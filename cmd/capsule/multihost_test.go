@@ -280,6 +280,66 @@ func TestMultiHostCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a snapshot made on one host starts a sandbox on another", func(t *testing.T) {
+		admin.t = t
+		src := sbs[0]
+		var home *clusterAgent
+		for _, a := range agents[1:] {
+			if where(a.hostID)[src.ID] {
+				home = a
+			}
+		}
+		if home == nil {
+			t.Fatal("the source sandbox is on no agent")
+		}
+		execIn(admin, src.ID, "echo from-"+home.hostID+" > /root/replica-mark; (sleep 7777 >/dev/null 2>&1 &)")
+		var snap struct {
+			ID string `json:"id"`
+		}
+		if code := admin.do("POST", "/v1/snapshots", map[string]any{"sandbox_id": src.ID, "name": "across-hosts"}, &snap); code != 201 {
+			t.Fatalf("snapshot: %d", code)
+		}
+		// Its host drains: the create goes to another, which copies the
+		// template from it.
+		if code := admin.do("PATCH", "/v1/hosts/"+home.hostID, map[string]any{"status": "draining"}, nil); code != 200 {
+			t.Fatalf("drain the snapshot's host: %d", code)
+		}
+		var sb crashSandbox
+		if code := admin.do("POST", "/v1/sandboxes", map[string]any{"template": "across-hosts", "timeout_sec": 3600}, &sb); code != 201 {
+			t.Fatalf("create from the snapshot: %d\n%s", code, srv.logText())
+		}
+		if code := admin.do("PATCH", "/v1/hosts/"+home.hostID, map[string]any{"status": "online"}, nil); code != 200 {
+			t.Fatalf("undrain: %d", code)
+		}
+		var copyHost *clusterAgent
+		for _, a := range agents[1:] {
+			if where(a.hostID)[sb.ID] {
+				copyHost = a
+			}
+		}
+		if copyHost == nil || copyHost == home {
+			t.Fatalf("the sandbox from the snapshot is not on another host")
+		}
+		if got := execIn(admin, sb.ID, "cat /root/replica-mark"); got != "from-"+home.hostID {
+			t.Errorf("the snapshot's file on the other host: %q", got)
+		}
+		if got := execIn(admin, sb.ID, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"); !strings.Contains(got, "sleep 7777") {
+			t.Errorf("the snapshot's process on the other host: %q", got)
+		}
+		if code := admin.do("DELETE", "/v1/sandboxes/"+sb.ID, nil, nil); code != 204 {
+			t.Errorf("destroy: %d", code)
+		}
+		// The deletion reaches both hosts.
+		if code := admin.do("DELETE", "/v1/snapshots/across-hosts", nil, nil); code != 204 {
+			t.Fatalf("delete the snapshot: %d", code)
+		}
+		for _, a := range []*clusterAgent{home, copyHost} {
+			if _, err := os.Stat(filepath.Join(a.data, "templates", snap.ID+".json")); !os.IsNotExist(err) {
+				t.Errorf("host %s still has the template: %v", a.hostID, err)
+			}
+		}
+	})
+
 	var killToUnreachable time.Duration
 	t.Run("SIGKILLed agent: unreachable, missing, then back with nothing lost", func(t *testing.T) {
 		admin.t = t

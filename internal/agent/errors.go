@@ -28,6 +28,9 @@ func classify(err error, conflict connect.Code) (code connect.Code, public bool)
 		return connect.CodeCanceled, true
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.CodeDeadlineExceeded, true
+	case errors.Is(err, sandbox.ErrCorrupt):
+		// A replicated template's data did not match its hash.
+		return connect.CodeDataLoss, true
 	case errors.Is(err, sandbox.ErrConflict):
 		return conflict, true
 	case errors.Is(err, sandbox.ErrNotFound), errors.Is(err, sandbox.ErrInvalid),

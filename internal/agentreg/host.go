@@ -2,6 +2,7 @@ package agentreg
 
 import (
 	"context"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -34,6 +35,13 @@ type ManagerHost struct {
 	DataDir string
 	// DiskHeadroomMB is the free space the data disk keeps (not offered).
 	DiskHeadroomMB int64
+	// CPUs is the machine's CPU count (0: runtime.NumCPU()). The
+	// heartbeat's total vCPUs are these CPUs, as at registration: the
+	// control plane's scheduler applies its own CPU overcommit to them.
+	// The manager's vCPU capacity (max-vcpus) is already an overcommitted
+	// count of vCPUs; reporting it made the scheduler multiply twice. The
+	// manager still refuses what exceeds it (ResourceExhausted).
+	CPUs int
 }
 
 var _ Host = ManagerHost{}
@@ -45,7 +53,7 @@ var _ Host = ManagerHost{}
 func (h ManagerHost) Report() Report {
 	u := h.Manager.Usage()
 	r := Report{
-		Total:     hostapi.Resources{VCPUs: int32(u.Capacity.VCPUs), MemoryMB: int64(u.Capacity.MemoryMB), DiskMB: int64(u.Capacity.DiskMB)},
+		Total:     hostapi.Resources{VCPUs: int32(h.cpus()), MemoryMB: int64(u.Capacity.MemoryMB), DiskMB: int64(u.Capacity.DiskMB)},
 		Used:      hostapi.Resources{VCPUs: int32(u.Used.VCPUs), MemoryMB: int64(u.Used.MemoryMB), DiskMB: int64(u.Used.DiskMB)},
 		Running:   int32(u.Running),
 		Paused:    int32(u.Paused),
@@ -58,6 +66,14 @@ func (h ManagerHost) Report() Report {
 		}
 	}
 	return r
+}
+
+// cpus is CPUs or the machine's count.
+func (h ManagerHost) cpus() int {
+	if h.CPUs > 0 {
+		return h.CPUs
+	}
+	return runtime.NumCPU()
 }
 
 // PauseAll implements Host.

@@ -38,7 +38,9 @@ func TestRealHost(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	cfg := e.config()
-	cfg.Host = agentreg.ManagerHost{Manager: mgr, DataDir: ha.DataDir}
+	// Three CPUs, fewer than the manager's vCPU capacity (overcommitted
+	// already): the heartbeat reports the CPUs.
+	cfg.Host = agentreg.ManagerHost{Manager: mgr, DataDir: ha.DataDir, CPUs: 3}
 	c, err := agentreg.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +132,12 @@ func TestRealHost(t *testing.T) {
 			beat(t, c, nil)
 			if hb := lastBeat(); hb.Running != 1 || hb.Sandboxes != 1 || hb.Used.MemoryMB <= 0 || hb.Total.MemoryMB != 2048 {
 				t.Fatalf("heartbeat %+v", hb)
+			}
+			// The total vCPUs are the machine's CPUs, to which the
+			// scheduler applies its overcommit, not the manager's
+			// capacity (which would be multiplied twice).
+			if hb, vc := lastBeat(), mgr.Usage().Capacity.VCPUs; hb.Total.VCPUs != 3 || vc == 3 {
+				t.Fatalf("heartbeat total vCPUs %d (manager capacity %d), want the 3 CPUs", hb.Total.VCPUs, vc)
 			}
 		}},
 		{"three unreachable beats pause it, memory and files kept", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -73,4 +74,25 @@ func backingFile(path string) (string, error) {
 		return "", fmt.Errorf("%s: backing file name: %w", path, err)
 	}
 	return string(name), nil
+}
+
+// Rebase makes the qcow2 image at path read through backing (a file of
+// format backingFormat, "raw" or "qcow2") without touching its data: only
+// the header's backing file name changes (qemu-img rebase -u). It is how
+// a layer copied to another host, whose backing files live at other
+// paths there, is pointed at their copies; the caller guarantees that the
+// new backing file has the contents of the old one.
+func Rebase(ctx context.Context, path, backing, backingFormat string) error {
+	if _, err := qemuImg(ctx, "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
+		return fmt.Errorf("rebase %s: %w", path, err)
+	}
+	return nil
+}
+
+// Format is "qcow2" for a qcow2 image and "raw" for anything else.
+func Format(path string) string {
+	if isQcow2(path) {
+		return "qcow2"
+	}
+	return "raw"
 }

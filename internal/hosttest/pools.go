@@ -38,6 +38,9 @@ var (
 	// embedded agent (0) and three agents, each in a network namespace
 	// of its own (1–3).
 	MultiHostPools = [4]Pool{pool("cmh0", 220), pool("cmh1", 222), pool("cmh2", 224), pool("cmh3", 226)}
+	// ReplicaPools are the two hosts of internal/service's template
+	// replication test.
+	ReplicaPools = [2]Pool{pool("crp1", 156), pool("crp2", 158)}
 )
 
 // MultiHostLinks are the links between the host and the cluster test's
@@ -53,16 +56,18 @@ var EgressPool = pool("cegr", 190)
 // network pool capsule-bench, interfaces cbv…), which a test may run.
 var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 	HostCIDR: netip.MustParsePrefix("198.18.96.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.97.0/24")},
-	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): three
-	// agents' slot pools and the links of their namespaces.
-	pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
+	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): the
+	// embedded host's and three agents' slot pools and the links of their
+	// namespaces.
+	pool("cbh0", 238), pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
 	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
 	EgressPool, ServiceMetricsPool, HostsIntPool,
-	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool}
+	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool,
+	ReplicaPools[0], ReplicaPools[1]}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

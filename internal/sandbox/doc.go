@@ -32,6 +32,15 @@
 // per snapshot). Keeping parents costs only the bytes of deleted parents
 // while something still uses them, so chains are kept.
 //
+// Replication (replicate.go): ExportTemplate streams a template as a
+// manifest and data chunks, with the layers of its disk's chain that live
+// in other template directories (the image excepted: the importing host
+// has its own, by ID); ImportTemplate writes them into a new directory,
+// checks each file's SHA-256, rebases the layers onto their new paths and
+// publishes the template last, as a replica: the host's cache, whose
+// least recently used entries are evicted when an import needs room,
+// never one a sandbox or another template reads through.
+//
 // Every step that creates something has a rollback, state is persisted
 // durably (fsync of file and directory) before and after each transition,
 // and New recovers what an agent that died left behind without deleting

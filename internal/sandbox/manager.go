@@ -276,6 +276,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if err != nil {
 		return nil, err
 	}
+	m.touchTemplate(tpl)
 	rec := &record{
 		ID: o.ID, State: StateStarting, Template: tpl.Name, ImageID: tpl.ImageID,
 		Kernel: tpl.Kernel, Initrd: tpl.Initrd,

@@ -51,6 +51,9 @@ type Template struct {
 	// LegacyToken is the plaintext token of metadata written before
 	// sealing, read once.
 	LegacyToken string `json:"envdToken,omitempty"`
+	// Replica: the template was imported from another host
+	// (ImportTemplate); the host may evict it when its disk runs low.
+	Replica bool `json:"replica,omitempty"`
 }
 
 func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
@@ -368,6 +371,13 @@ func (m *Manager) collectTemplates() {
 // sandbox being created or destroyed, is no reference): the set may then
 // be incomplete, and nothing must be deleted on its strength.
 func (m *Manager) referencedTemplateDirs() (refs map[string]bool, ok bool) {
+	return m.referencedTemplateDirsExcept("")
+}
+
+// referencedTemplateDirsExcept is referencedTemplateDirs without what the
+// index of template except references (eviction: would its directory
+// still be needed without it).
+func (m *Manager) referencedTemplateDirsExcept(except string) (refs map[string]bool, ok bool) {
 	refs, ok = map[string]bool{}, true
 	root := m.templatesDir() + string(filepath.Separator)
 	mark := func(image string) {
@@ -389,6 +399,9 @@ func (m *Manager) referencedTemplateDirs() (refs map[string]bool, ok bool) {
 		return nil, false
 	}
 	for _, t := range ts {
+		if t.Name == except {
+			continue
+		}
 		if t.Dir != "" {
 			refs[t.Dir] = true
 		}

@@ -225,6 +225,11 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return fail(err)
 	}
+	// A template that lives on other hosts is copied here first (the
+	// copy outlives a client that leaves, like the create).
+	if err := s.ensureTemplate(context.WithoutCancel(ctx), row.HostID, tpl); err != nil {
+		return fail(err)
+	}
 	// No timeout for the agent: the control plane's reaper owns the TTL
 	// (the record's end_at), so the agent never pauses behind its back.
 	areq := &pb.CreateSandboxRequest{
@@ -240,6 +245,14 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	agentStart := time.Now()
 	var created *pb.Sandbox
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
+	if errors.Is(err, agentclient.ErrNotFound) && tpl.needsFiles() {
+		// The host lost its copy (evicted, deleted by hand): forget it,
+		// copy it again, and try once more.
+		s.forgetTemplate(ctx, row.HostID, tpl)
+		if rerr := s.ensureTemplate(ctx, row.HostID, tpl); rerr == nil {
+			resp, err = c.CreateSandbox(ctx, connect.NewRequest(areq))
+		}
+	}
 	if err == nil {
 		created = resp.Msg.GetSandbox()
 	} else {

@@ -62,6 +62,14 @@
 // control plane died in between) is deleted on the host by the start-up
 // reconciliation (Reconcile), which owns the host's tpl- templates.
 //
+// Templates across hosts (replicate.go): a create from a snapshot on a
+// host that lacks its files first copies them there from a holder, the
+// control plane relaying one agent's ExportTemplate into the other's
+// ImportTemplate (hash-checked, atomic on the target), once however many
+// creates ask; host_templates records the copies (the scheduler's
+// affinity, a deletion's fan-out, the owned copies of reconciliation),
+// and forgets those a host evicted from its cache or lost.
+//
 // Storage quotas (Quotas.MaxPausedSandboxes, MaxStoredMB; per team in
 // teams.max_paused_sandboxes and max_stored_mb, NULL: the platform
 // default): a team's paused sandboxes, and the MiB it stores — the memory

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"connectrpc.com/connect"
@@ -132,7 +133,11 @@ func (s *Sandboxes) probeStatic(ctx context.Context, force bool) {
 			}
 			return int64(v)
 		}
-		vcpus := int32(m.GetCapacity().GetVcpus())
+		// The agent's vCPU capacity is a count of vCPUs (overcommitted
+		// already); the hosts table holds CPUs, to which the scheduler
+		// applies its overcommit: the capacity is divided back (rounded
+		// up), or it would be multiplied twice.
+		vcpus := int32(math.Ceil(float64(m.GetCapacity().GetVcpus()) / s.sched.Config().CPUOvercommit))
 		if vcpus == 0 {
 			vcpus = int32(unlimited >> 20)
 		}
@@ -194,25 +199,20 @@ type placement struct {
 // schedule chooses the host of a new sandbox of team (isBYOC: on its own
 // hosts) with the machine shape and template of req. A snapshot template
 // (or a team's image template, which a build flattened on one host) lives
-// on the hosts that hold its files (its own host; host_templates): until
-// templates are replicated between hosts, only those are candidates.
+// on the hosts that hold its files (its own host; host_templates): the
+// scheduler prefers those (affinity), and a create on another host copies
+// the files there first (ensureTemplate, replicate.go).
 func (s *Sandboxes) schedule(ctx context.Context, team db.Team, req CreateSandbox, tpl resolvedTemplate) (*placement, scheduler.Choice, error) {
 	s.probeStatic(ctx, false)
 	sr := scheduler.Request{Team: team.ID.Bytes, BYOC: team.IsBYOC,
 		Resources: scheduler.Resources{VCPUs: int64(req.VCPUs), MemoryMB: int64(req.MemoryMB)}}
-	var keep func(db.ListSchedulingCandidatesRow) bool
 	if t := tpl.row; t != nil {
 		sr.Template, sr.HasTemplate = t.ID.Bytes, true
-		if t.Kind == store.TemplateSnapshot || t.HostID.Valid {
-			keep = func(r db.ListSchedulingCandidatesRow) bool {
-				return r.HasTemplate || (t.HostID.Valid && r.ID == t.HostID)
-			}
-		}
 	}
 	// Heartbeats are stamped with the database's now(), not the service's
 	// clock (which tests move): their freshness is judged in real time.
 	now := time.Now()
-	choice, hosts, err := Decide(ctx, s.st.Queries(), s.sched, sr, now, keep)
+	choice, hosts, err := Decide(ctx, s.st.Queries(), s.sched, sr, now, nil)
 	if err != nil {
 		return nil, scheduler.Choice{}, noHost(err)
 	}

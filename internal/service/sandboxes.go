@@ -100,6 +100,9 @@ type Sandboxes struct {
 	touched map[pgtype.UUID]time.Time
 	// resumes makes concurrent auto-resumes of one sandbox one.
 	resumes singleflight.Group
+	// replications makes concurrent copies of one template to one host
+	// one (replicate.go).
+	replications singleflight.Group
 	// builtin holds the host's built-in template names once learnt
 	// (builtinTemplates).
 	builtinMu sync.Mutex

@@ -108,6 +108,12 @@ const (
 	HostAgentDeleteTemplateProcedure = "/hostagent.v1.HostAgent/DeleteTemplate"
 	// HostAgentListTemplatesProcedure is the fully-qualified name of the HostAgent's ListTemplates RPC.
 	HostAgentListTemplatesProcedure = "/hostagent.v1.HostAgent/ListTemplates"
+	// HostAgentExportTemplateProcedure is the fully-qualified name of the HostAgent's ExportTemplate
+	// RPC.
+	HostAgentExportTemplateProcedure = "/hostagent.v1.HostAgent/ExportTemplate"
+	// HostAgentImportTemplateProcedure is the fully-qualified name of the HostAgent's ImportTemplate
+	// RPC.
+	HostAgentImportTemplateProcedure = "/hostagent.v1.HostAgent/ImportTemplate"
 	// HostAgentExecProcedure is the fully-qualified name of the HostAgent's Exec RPC.
 	HostAgentExecProcedure = "/hostagent.v1.HostAgent/Exec"
 	// HostAgentSendExecInputProcedure is the fully-qualified name of the HostAgent's SendExecInput RPC.
@@ -191,6 +197,25 @@ type HostAgentClient interface {
 	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
 	// ListTemplates lists what sandboxes can be created from on this host.
 	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
+	// ExportTemplate streams a template made by CreateSnapshot or
+	// FlattenRootfs, or imported: first its manifest (what it is and its
+	// files, the layers of its disk's backing chain included down to the
+	// image), then the data of each file in the manifest's order, the last
+	// chunk of each file carrying the SHA-256 of what was sent of it
+	// (TemplateChunk.sha256). NotFound for an unknown template; built-in
+	// images are not exported (every host builds its own, by content).
+	ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest]) (*connect.ServerStreamForClient[v1.ExportTemplateResponse], error)
+	// ImportTemplate receives what ExportTemplate sent: the manifest, then
+	// the chunks. Each file is hashed as it is written and compared with the
+	// sender's hash; the files are fsynced, the disk layers rebased onto
+	// this host's paths (the image by its ID), and the template is
+	// published only when all is in place: DataLoss for a hash mismatch,
+	// InvalidArgument for a malformed stream, FailedPrecondition when the
+	// host lacks the template's image, ResourceExhausted when the disk has
+	// no room even after evicting imported templates (least recently used
+	// first, never one a sandbox reads through). A failed import leaves
+	// nothing behind. A template of the same name is replaced.
+	ImportTemplate(context.Context) *connect.ClientStreamForClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse]
 	// Exec starts a process in a running sandbox and streams its start (with
 	// its pid), output and end. A caller that goes away leaves the process
 	// running (it ends at its timeout, if any); stdin, signals and PTY size go
@@ -327,6 +352,18 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("ListTemplates")),
 			connect.WithClientOptions(opts...),
 		),
+		exportTemplate: connect.NewClient[v1.ExportTemplateRequest, v1.ExportTemplateResponse](
+			httpClient,
+			baseURL+HostAgentExportTemplateProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ExportTemplate")),
+			connect.WithClientOptions(opts...),
+		),
+		importTemplate: connect.NewClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse](
+			httpClient,
+			baseURL+HostAgentImportTemplateProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ImportTemplate")),
+			connect.WithClientOptions(opts...),
+		),
 		exec: connect.NewClient[v1.ExecRequest, v1.ExecResponse](
 			httpClient,
 			baseURL+HostAgentExecProcedure,
@@ -407,6 +444,8 @@ type hostAgentClient struct {
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
 	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
 	listTemplates     *connect.Client[v1.ListTemplatesRequest, v1.ListTemplatesResponse]
+	exportTemplate    *connect.Client[v1.ExportTemplateRequest, v1.ExportTemplateResponse]
+	importTemplate    *connect.Client[v1.ImportTemplateRequest, v1.ImportTemplateResponse]
 	exec              *connect.Client[v1.ExecRequest, v1.ExecResponse]
 	sendExecInput     *connect.Client[v1.SendExecInputRequest, v1.SendExecInputResponse]
 	closeExecInput    *connect.Client[v1.CloseExecInputRequest, v1.CloseExecInputResponse]
@@ -492,6 +531,16 @@ func (c *hostAgentClient) DeleteTemplate(ctx context.Context, req *connect.Reque
 // ListTemplates calls hostagent.v1.HostAgent.ListTemplates.
 func (c *hostAgentClient) ListTemplates(ctx context.Context, req *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error) {
 	return c.listTemplates.CallUnary(ctx, req)
+}
+
+// ExportTemplate calls hostagent.v1.HostAgent.ExportTemplate.
+func (c *hostAgentClient) ExportTemplate(ctx context.Context, req *connect.Request[v1.ExportTemplateRequest]) (*connect.ServerStreamForClient[v1.ExportTemplateResponse], error) {
+	return c.exportTemplate.CallServerStream(ctx, req)
+}
+
+// ImportTemplate calls hostagent.v1.HostAgent.ImportTemplate.
+func (c *hostAgentClient) ImportTemplate(ctx context.Context) *connect.ClientStreamForClient[v1.ImportTemplateRequest, v1.ImportTemplateResponse] {
+	return c.importTemplate.CallClientStream(ctx)
 }
 
 // Exec calls hostagent.v1.HostAgent.Exec.
@@ -604,6 +653,25 @@ type HostAgentHandler interface {
 	DeleteTemplate(context.Context, *connect.Request[v1.DeleteTemplateRequest]) (*connect.Response[v1.DeleteTemplateResponse], error)
 	// ListTemplates lists what sandboxes can be created from on this host.
 	ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error)
+	// ExportTemplate streams a template made by CreateSnapshot or
+	// FlattenRootfs, or imported: first its manifest (what it is and its
+	// files, the layers of its disk's backing chain included down to the
+	// image), then the data of each file in the manifest's order, the last
+	// chunk of each file carrying the SHA-256 of what was sent of it
+	// (TemplateChunk.sha256). NotFound for an unknown template; built-in
+	// images are not exported (every host builds its own, by content).
+	ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest], *connect.ServerStream[v1.ExportTemplateResponse]) error
+	// ImportTemplate receives what ExportTemplate sent: the manifest, then
+	// the chunks. Each file is hashed as it is written and compared with the
+	// sender's hash; the files are fsynced, the disk layers rebased onto
+	// this host's paths (the image by its ID), and the template is
+	// published only when all is in place: DataLoss for a hash mismatch,
+	// InvalidArgument for a malformed stream, FailedPrecondition when the
+	// host lacks the template's image, ResourceExhausted when the disk has
+	// no room even after evicting imported templates (least recently used
+	// first, never one a sandbox reads through). A failed import leaves
+	// nothing behind. A template of the same name is replaced.
+	ImportTemplate(context.Context, *connect.ClientStream[v1.ImportTemplateRequest]) (*connect.Response[v1.ImportTemplateResponse], error)
 	// Exec starts a process in a running sandbox and streams its start (with
 	// its pid), output and end. A caller that goes away leaves the process
 	// running (it ends at its timeout, if any); stdin, signals and PTY size go
@@ -736,6 +804,18 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("ListTemplates")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentExportTemplateHandler := connect.NewServerStreamHandler(
+		HostAgentExportTemplateProcedure,
+		svc.ExportTemplate,
+		connect.WithSchema(hostAgentMethods.ByName("ExportTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentImportTemplateHandler := connect.NewClientStreamHandler(
+		HostAgentImportTemplateProcedure,
+		svc.ImportTemplate,
+		connect.WithSchema(hostAgentMethods.ByName("ImportTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentExecHandler := connect.NewServerStreamHandler(
 		HostAgentExecProcedure,
 		svc.Exec,
@@ -828,6 +908,10 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentDeleteTemplateHandler.ServeHTTP(w, r)
 		case HostAgentListTemplatesProcedure:
 			hostAgentListTemplatesHandler.ServeHTTP(w, r)
+		case HostAgentExportTemplateProcedure:
+			hostAgentExportTemplateHandler.ServeHTTP(w, r)
+		case HostAgentImportTemplateProcedure:
+			hostAgentImportTemplateHandler.ServeHTTP(w, r)
 		case HostAgentExecProcedure:
 			hostAgentExecHandler.ServeHTTP(w, r)
 		case HostAgentSendExecInputProcedure:
@@ -915,6 +999,14 @@ func (UnimplementedHostAgentHandler) DeleteTemplate(context.Context, *connect.Re
 
 func (UnimplementedHostAgentHandler) ListTemplates(context.Context, *connect.Request[v1.ListTemplatesRequest]) (*connect.Response[v1.ListTemplatesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ListTemplates is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ExportTemplate(context.Context, *connect.Request[v1.ExportTemplateRequest], *connect.ServerStream[v1.ExportTemplateResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ExportTemplate is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ImportTemplate(context.Context, *connect.ClientStream[v1.ImportTemplateRequest]) (*connect.Response[v1.ImportTemplateResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ImportTemplate is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) Exec(context.Context, *connect.Request[v1.ExecRequest], *connect.ServerStream[v1.ExecResponse]) error {
