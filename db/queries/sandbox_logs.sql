@@ -16,9 +16,9 @@ SELECT * FROM sandbox_logs WHERE sandbox_id = @sandbox_id;
 DELETE FROM sandbox_logs WHERE saved_at < @before;
 
 -- name: ListSandboxEvents :many
--- A sandbox's lifecycle events (its sandbox.* audit rows), oldest first,
--- at most 1000.
+-- A sandbox's lifecycle events (its audit rows every member may see),
+-- the newest 1000, newest first.
 SELECT * FROM audit_logs
-WHERE team_id = @team_id AND resource_type = 'sandbox' AND resource_id = @resource_id
-ORDER BY created_at, id
+WHERE team_id = @team_id AND resource_type = 'sandbox' AND resource_id = @resource_id AND scope = 'team'
+ORDER BY created_at DESC, id DESC
 LIMIT 1000;

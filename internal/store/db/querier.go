@@ -207,8 +207,8 @@ type Querier interface {
 	// Every running sandbox, whatever its host (the traffic proxy's index of
 	// signed file URLs).
 	ListRunningSandboxIDs(ctx context.Context) ([]pgtype.UUID, error)
-	// A sandbox's lifecycle events (its sandbox.* audit rows), oldest first,
-	// at most 1000.
+	// A sandbox's lifecycle events (its audit rows every member may see),
+	// the newest 1000, newest first.
 	ListSandboxEvents(ctx context.Context, arg ListSandboxEventsParams) ([]AuditLog, error)
 	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
 	// first: one range scan of the primary key.

@@ -30,8 +30,8 @@ func (q *Queries) GetSandboxConsole(ctx context.Context, sandboxID pgtype.UUID) 
 
 const listSandboxEvents = `-- name: ListSandboxEvents :many
 SELECT id, team_id, actor_type, actor_id, actor_name, resource_type, resource_id, action, scope, status, metadata, created_at FROM audit_logs
-WHERE team_id = $1 AND resource_type = 'sandbox' AND resource_id = $2
-ORDER BY created_at, id
+WHERE team_id = $1 AND resource_type = 'sandbox' AND resource_id = $2 AND scope = 'team'
+ORDER BY created_at DESC, id DESC
 LIMIT 1000
 `
 
@@ -40,8 +40,8 @@ type ListSandboxEventsParams struct {
 	ResourceID string      `json:"resource_id"`
 }
 
-// A sandbox's lifecycle events (its sandbox.* audit rows), oldest first,
-// at most 1000.
+// A sandbox's lifecycle events (its audit rows every member may see),
+// the newest 1000, newest first.
 func (q *Queries) ListSandboxEvents(ctx context.Context, arg ListSandboxEventsParams) ([]AuditLog, error) {
 	rows, err := q.db.Query(ctx, listSandboxEvents, arg.TeamID, arg.ResourceID)
 	if err != nil {

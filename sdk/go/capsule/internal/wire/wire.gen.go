@@ -893,6 +893,24 @@ func (e UpdateHostRequestStatus) Valid() bool {
 	}
 }
 
+// Defines values for ListSandboxesParamsOrder.
+const (
+	Asc  ListSandboxesParamsOrder = "asc"
+	Desc ListSandboxesParamsOrder = "desc"
+)
+
+// Valid indicates whether the value is a known member of the ListSandboxesParamsOrder enum.
+func (e ListSandboxesParamsOrder) Valid() bool {
+	switch e {
+	case Asc:
+		return true
+	case Desc:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GetSandboxMetricsParamsRange.
 const (
 	GetSandboxMetricsParamsRangeN10m GetSandboxMetricsParamsRange = "10m"
@@ -2409,12 +2427,25 @@ type ListSandboxesParams struct {
 	// Metadata `key=value`: the sandbox's metadata has this entry (repeat for several, all must match)
 	Metadata *[]string `form:"metadata,omitempty" json:"metadata,omitempty"`
 
+	// Order by creation time (`created_at`, the sandbox's start), then ID: `desc` newest first (the
+	// default) or `asc` oldest first. A cursor continues a listing in its own order only.
+	Order *ListSandboxesParamsOrder `form:"order,omitempty" json:"order,omitempty"`
+
+	// StartedAfter only sandboxes created at or after this time (RFC 3339, offsets and fractions allowed)
+	StartedAfter *time.Time `form:"started_after,omitempty" json:"started_after,omitempty"`
+
+	// Template only sandboxes created from the template of this name (an unknown one lists nothing)
+	Template *string `form:"template,omitempty" json:"template,omitempty"`
+
 	// Limit page size
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
 	// Cursor the `next_cursor` of the previous page
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
+
+// ListSandboxesParamsOrder defines parameters for ListSandboxes.
+type ListSandboxesParamsOrder string
 
 // ExecSandboxStreamParams defines parameters for ExecSandboxStream.
 type ExecSandboxStreamParams struct {
@@ -3223,7 +3254,7 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ListSandboxes The team's sandboxes, newest first, a page at a time
+	// ListSandboxes The team's sandboxes, newest first (or oldest first), a page at a time
 	//
 	// Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 	//
@@ -4905,7 +4936,7 @@ func (c *Client) UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, req
 	return c.Client.Do(req)
 }
 
-// ListSandboxes The team's sandboxes, newest first, a page at a time
+// ListSandboxes The team's sandboxes, newest first (or oldest first), a page at a time
 //
 // Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 //
@@ -8101,6 +8132,42 @@ func NewListSandboxesRequest(server string, params *ListSandboxesParams) (*http.
 
 		}
 
+		if params.Order != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "order", *params.Order, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.StartedAfter != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "started_after", *params.StartedAfter, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Template != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "template", *params.Template, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.Limit != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
@@ -10830,7 +10897,7 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMeWithResponse(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error)
 
-	// ListSandboxesWithResponse The team's sandboxes, newest first, a page at a time
+	// ListSandboxesWithResponse The team's sandboxes, newest first (or oldest first), a page at a time
 	//
 	// Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 	//
@@ -18968,7 +19035,7 @@ func (c *ClientWithResponses) UpdateMeWithResponse(ctx context.Context, body Upd
 	return ParseUpdateMeResponse(rsp)
 }
 
-// ListSandboxesWithResponse The team's sandboxes, newest first, a page at a time
+// ListSandboxesWithResponse The team's sandboxes, newest first (or oldest first), a page at a time
 //
 // Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 //
