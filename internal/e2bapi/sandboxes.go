@@ -260,19 +260,9 @@ func (h *Handler) listV2(w http.ResponseWriter, r *http.Request, p service.Princ
 		}
 		f.Limit = n
 	}
-	switch q.Get("order") {
-	case "", "desc":
-	case "asc":
-		f.Ascending = true
-	default:
-		h.fail(w, r, invalid("order: asc or desc"))
+	if err := listOptions(q, &f); err != nil {
+		h.fail(w, r, err)
 		return
-	}
-	if v := q.Get("startedAfter"); v != "" {
-		if f.StartedAfter, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			h.fail(w, r, invalid("startedAfter: an RFC 3339 time (2006-01-02T15:04:05.999Z07:00)"))
-			return
-		}
 	}
 	if v := q.Get("template"); v != "" {
 		name, ok, err := h.localName(r, p, v)
@@ -299,6 +289,26 @@ func (h *Handler) listV2(w http.ResponseWriter, r *http.Request, p service.Princ
 		w.Header().Set("X-Next-Token", next)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// listOptions reads a listing's order (asc or desc, newest first by
+// default) and startedAfter (RFC 3339, offsets and fractions allowed).
+func listOptions(q url.Values, f *service.ListFilter) error {
+	switch q.Get("order") {
+	case "", "desc":
+	case "asc":
+		f.Ascending = true
+	default:
+		return invalid("order: asc or desc")
+	}
+	if v := q.Get("startedAfter"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return invalid("startedAfter: an RFC 3339 time (2006-01-02T15:04:05.999Z07:00)")
+		}
+		f.StartedAfter = t
+	}
+	return nil
 }
 
 // listV1 is the deprecated listing: every running sandbox, no paging.
