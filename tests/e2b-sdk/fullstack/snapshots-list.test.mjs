@@ -129,7 +129,8 @@ describe('sandbox logs (the CLI\'s GET /sandboxes/{id}/logs; no SDK method calls
   test('console and lifecycle, kept after the kill', async () => {
     const sbx = await create()
     const marker = uniq('console')
-    await sbx.commands.run(`echo '<b>${marker}</b>' > /dev/console`, { user: 'root' })
+    // Through the kernel's log, which prints on the serial console.
+    await sbx.commands.run(`echo '<b>${marker}</b>' > /dev/kmsg`, { user: 'root', timeoutMs: 20_000 })
     const get = async (path) => {
       const res = await fetch(`${CAPSULE_URL}${path}`, { headers: { 'X-API-Key': process.env.E2B_API_KEY } })
       assert.equal(res.headers.get('content-type'), 'application/json')
@@ -143,12 +144,14 @@ describe('sandbox logs (the CLI\'s GET /sandboxes/{id}/logs; no SDK method calls
       if (logs.logs.some((l) => l.line.includes(marker)) || Date.now() > deadline) break
       await new Promise((resolve) => setTimeout(resolve, 250))
     }
-    assert.ok(logs.logs.some((l) => l.line === `<b>${marker}</b>`), JSON.stringify(logs).slice(0, 2000))
+    assert.ok(logs.logs.some((l) => l.line.endsWith(`] <b>${marker}</b>`)), JSON.stringify(logs).slice(0, 2000))
     assert.ok(logs.logEntries.some((l) => l.fields.event === 'sandbox.create'))
     assert.equal(await sbx.kill(), true)
     const v2 = await get(`/v2/sandboxes/${sbx.sandboxId}/logs?search=${encodeURIComponent(marker)}`)
     assert.equal(v2.status, 200)
-    assert.deepEqual(v2.body.logs.map((l) => l.message), [`<b>${marker}</b>`])
+    assert.equal(v2.body.logs.length, 1)
+    assert.ok(v2.body.logs[0].message.endsWith(`] <b>${marker}</b>`), v2.body.logs[0].message)
+    assert.equal(v2.body.logs[0].fields.source, 'console')
     const events = (await get(`/v2/sandboxes/${sbx.sandboxId}/logs?direction=backward&limit=1`)).body.logs
     assert.equal(events[0].fields.event, 'sandbox.destroy')
     assert.equal((await get(`/v2/sandboxes/${'0'.repeat(32)}/logs`)).status, 404)
