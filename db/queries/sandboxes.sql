@@ -22,14 +22,32 @@ SELECT * FROM sandboxes WHERE id = @id;
 -- A team's sandboxes newest first, keyset-paginated on (created_at, id):
 -- pass the last row's created_at and id as after_created_at/after_id for the
 -- next page. states empty: any state; metadata NULL: any metadata, else the
--- sandbox's metadata must contain it (jsonb @>).
+-- sandbox's metadata must contain it (jsonb @>); started_after NULL: any
+-- creation time, else created at or after it; template NULL: any template.
+-- ListSandboxesAsc is the same oldest first.
 SELECT * FROM sandboxes
 WHERE team_id = @team_id
   AND (COALESCE(cardinality(@states::text[]), 0) = 0 OR state = ANY(@states::text[]))
   AND (sqlc.narg('metadata')::jsonb IS NULL OR metadata @> sqlc.narg('metadata')::jsonb)
+  AND (sqlc.narg('started_after')::timestamptz IS NULL OR created_at >= sqlc.narg('started_after')::timestamptz)
+  AND (sqlc.narg('template')::text IS NULL OR template = sqlc.narg('template')::text)
   AND (sqlc.narg('after_created_at')::timestamptz IS NULL
        OR (created_at, id) < (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::uuid))
 ORDER BY created_at DESC, id DESC
+LIMIT @page_size;
+
+-- name: ListSandboxesAsc :many
+-- ListSandboxes oldest first: after_created_at/after_id continue after the
+-- last row of the previous page.
+SELECT * FROM sandboxes
+WHERE team_id = @team_id
+  AND (COALESCE(cardinality(@states::text[]), 0) = 0 OR state = ANY(@states::text[]))
+  AND (sqlc.narg('metadata')::jsonb IS NULL OR metadata @> sqlc.narg('metadata')::jsonb)
+  AND (sqlc.narg('started_after')::timestamptz IS NULL OR created_at >= sqlc.narg('started_after')::timestamptz)
+  AND (sqlc.narg('template')::text IS NULL OR template = sqlc.narg('template')::text)
+  AND (sqlc.narg('after_created_at')::timestamptz IS NULL
+       OR (created_at, id) > (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::uuid))
+ORDER BY created_at ASC, id ASC
 LIMIT @page_size;
 
 -- name: UpdateSandboxState :one

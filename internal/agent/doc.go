@@ -54,4 +54,11 @@
 // with no second call in between. Collector (telemetry.go) is the agent's
 // Prometheus collector: capacity, use, sandboxes by state and the
 // sampler's cost, read at scrape time.
+//
+// Console (console.go, revision 8): GetSandboxConsole answers the tail of a
+// sandbox's serial console log (sandbox.Manager.ConsoleTail: the rotated
+// file's end, then the current file, from a whole line on when cut), in
+// any state; DestroySandbox's answer carries the tail read just before
+// the destroy deletes the log, which the control plane keeps as the
+// sandbox's logs.
 package agent

@@ -89,6 +89,8 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.De
 	// last samples are in the answer (the control plane keeps the 24 h
 	// tier).
 	series, _ := s.a.mgr.Metrics(req.Msg.GetSandboxId())
+	// So is the console's tail (revision 8): the destroy deletes the log.
+	console, truncated, cerr := s.a.mgr.ConsoleTail(req.Msg.GetSandboxId(), sandbox.DefaultConsoleTail)
 	if err := s.a.mgr.Destroy(ctx, req.Msg.GetSandboxId()); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
@@ -96,6 +98,9 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.De
 	out := &pb.DestroySandboxResponse{}
 	if series != nil {
 		out.Metrics = seriesToProto(series, metrics.Tier24h, time.Time{}, time.Time{})
+	}
+	if cerr == nil {
+		out.Console = &pb.ConsoleTail{Data: console, Truncated: truncated}
 	}
 	return connect.NewResponse(out), nil
 }

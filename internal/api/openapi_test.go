@@ -386,6 +386,8 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"BuildStep", buildStepJSON{}, true},
 		{"BuildLogLine", buildLogJSON{}, true},
 		{"BuildLogs", buildLogsJSON{}, true},
+		{"SandboxLogs", sandboxLogsJSON{}, true},
+		{"SandboxLogEntry", sandboxLogEntryJSON{}, true},
 		{"AdminTeam", adminTeamJSON{}, true},
 		{"TeamBYOC", teamBYOCJSON{}, true},
 		{"SetTeamBYOCRequest", enabledJSON{}, false},

@@ -206,7 +206,9 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request, p service
 }
 
 // sandboxFilter parses a sandbox listing's ?state= (multi-value),
-// ?metadata=key=value (repeated), ?limit= and ?cursor=.
+// ?metadata=key=value (repeated), ?order=asc|desc (by creation time,
+// newest first by default), ?started_after= (RFC 3339), ?template=,
+// ?limit= and ?cursor=.
 func sandboxFilter(r *http.Request) (service.ListFilter, error) {
 	q := r.URL.Query()
 	f := service.ListFilter{Cursor: q.Get("cursor")}
@@ -225,6 +227,19 @@ func sandboxFilter(r *http.Request) (service.ListFilter, error) {
 	if f.Limit, err = pageLimit(q); err != nil {
 		return service.ListFilter{}, err
 	}
+	switch q.Get("order") {
+	case "", "desc":
+	case "asc":
+		f.Ascending = true
+	default:
+		return service.ListFilter{}, &service.Error{Kind: service.ErrInvalid, Msg: "order: asc or desc"}
+	}
+	if v := q.Get("started_after"); v != "" {
+		if f.StartedAfter, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			return service.ListFilter{}, &service.Error{Kind: service.ErrInvalid, Msg: "started_after: an RFC 3339 time (2006-01-02T15:04:05.999Z07:00)"}
+		}
+	}
+	f.Template = q.Get("template")
 	return f, nil
 }
 

@@ -171,6 +171,7 @@ func (s *Server) register() {
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
 	s.handle("GET /v1/sandboxes/{id}/metrics", s.authed(s.sandboxMetrics))
+	s.handle("GET /v1/sandboxes/{id}/logs", s.authed(s.sandboxLogs))
 	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
 	s.handle("GET /v1/sandboxes/{id}/network", s.authed(s.getSandboxNetwork))
 	s.handle("PUT /v1/sandboxes/{id}/network", s.authed(s.setSandboxNetwork))

@@ -388,7 +388,9 @@ func (cp *ControlPlane) Close() {
 }
 
 // pruneMetrics deletes stored metric points past their retention
-// (service.MetricsRetention) at start and then every hour, until ctx ends.
+// (service.MetricsRetention), and the stored consoles of destroyed
+// sandboxes past theirs (service.LogsRetention), at start and then every
+// hour, until ctx ends.
 func (cp *ControlPlane) pruneMetrics(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -399,6 +401,13 @@ func (cp *ControlPlane) pruneMetrics(ctx context.Context) {
 			cp.log.ErrorContext(ctx, "prune stored metrics", "err", err)
 		case n > 0:
 			cp.log.InfoContext(ctx, "stored metrics pruned", "points", n)
+		}
+		// The consoles kept of destroyed sandboxes (their logs) too.
+		switch n, err := cp.Sandboxes.PruneLogs(ctx, time.Now().Add(-service.LogsRetention)); {
+		case err != nil && ctx.Err() == nil:
+			cp.log.ErrorContext(ctx, "prune stored sandbox logs", "err", err)
+		case n > 0:
+			cp.log.InfoContext(ctx, "stored sandbox logs pruned", "sandboxes", n)
 		}
 		select {
 		case <-ctx.Done():

@@ -33,9 +33,12 @@
 //     stopped sandbox is 404 (the SDK's kill() returns false), of a failed
 //     or lost one 204 (it is destroyed).
 //   - Templates: templateID is a template name the team can use (its own
-//     snapshot, a public one, a built-in image such as "base"); a ":tag"
-//     suffix is stripped when it is ":default", any other tag names nothing
-//     (404). templateID and alias in responses are that name.
+//     snapshot, a public one, a built-in image such as "base"), in any of
+//     E2B's spellings: "name", "name:default" or "<team slug>/name:default"
+//     (names.go; the team's slug is its namespace, "default" the only
+//     tag). Another namespace or tag names nothing (404 for create and
+//     delete, an empty list for filters). templateID and alias in
+//     responses are the name.
 //   - Create (POST /v2/sandboxes; POST /sandboxes with timeout default 15
 //     and secure, which changes nothing: every sandbox has an envd access
 //     token): answered 201 only once envd runs with /init applied. timeout
@@ -61,12 +64,19 @@
 //     resumed, 201; in transition → 409. memory false (a cold boot) is
 //     served as a memory resume.
 //   - Lists: GET /v2/sandboxes filters by state (running,paused; repeated
-//     or comma-separated) and metadata (E2B's double-encoded form: decode
+//     or comma-separated), metadata (E2B's double-encoded form: decode
 //     the query value once more, split on '&' into key=value pairs, decode
-//     each), pages newest first with limit 1..100 (100) and nextToken,
-//     whose next value is in X-Next-Token only when there is another page.
-//     order=asc, startedAfter and template are refused (400) rather than
-//     ignored. GET /sandboxes lists every running sandbox (metadata filter).
+//     each), startedAfter (RFC 3339 with offsets and fractions: created at
+//     or after it; malformed is 400) and template (a name as above; one
+//     naming nothing lists nothing); order=asc|desc (by start time, then
+//     sandbox ID, so that sandboxes started together keep one order;
+//     default desc) pages with limit 1..100 (100) and nextToken, whose
+//     next value is in X-Next-Token only when there is another page (a
+//     token continues its own order only: 400 otherwise). startedAt is
+//     the sandbox's creation time, what the order and startedAfter use,
+//     so a listed startedAt given back as startedAfter includes it (also
+//     once the JS SDK has cut it to milliseconds). GET /sandboxes lists
+//     every running sandbox (metadata filter).
 //   - endAt is the sandbox's deadline; a paused sandbox's is when it was
 //     paused, a running one without a timeout's is 9999-12-31T23:59:59Z.
 //   - Timeouts: POST /sandboxes/{id}/timeout sets the deadline to now +
@@ -86,13 +96,37 @@
 //     GET /sandboxes/metrics?sandbox_ids=a,b (≤ 100) maps each sandbox to
 //     its sample of the last 10 s; unknown IDs and sandboxes without one
 //     are left out.
-//   - Snapshots: POST /sandboxes/{id}/snapshots makes a snapshot template
-//     of a running sandbox (it keeps running); snapshotID is its name
-//     (usable as templateID; a name given again is taken over by the new
-//     snapshot; none given: "snapshot-" and 12 hex digits). GET /snapshots
-//     lists the team's own by name (sandboxID, name filters; limit,
-//     nextToken paging). DELETE /templates/{templateID} deletes one (204,
-//     404; a public one is 403).
+//   - Snapshots (snapshots.go): POST /sandboxes/{id}/snapshots {name?}
+//     makes a snapshot template of a running sandbox (it keeps running):
+//     201 {snapshotID, names}, snapshotID its full name
+//     "<team slug>/<name>:default" (usable as templateID; names holds it);
+//     a name given again is taken over by the new snapshot; none given:
+//     "snapshot-" and 12 hex digits. GET /snapshots lists the team's own
+//     snapshots of sandboxes (not public templates, not those its builds
+//     made) newest first, then by ID, filtered by sandboxID and name (a
+//     name as above; one naming nothing, or a malformed sandbox ID, lists
+//     nothing), paged by limit (1..100, 100) and nextToken with
+//     X-Next-Token only when there is another page. DELETE
+//     /templates/{templateID} deletes a template of the team by any of
+//     its names, URL-encoded '/' and ':' included (Go's mux decodes the
+//     path value): 204, then 404 (the SDK's deleteSnapshot: true, then
+//     false); a public one is 403.
+//   - Logs (logs.go): GET /sandboxes/{id}/logs?start=&limit= (v1: unix ms,
+//     0..1000, 1000) answers {logs: [{timestamp, line}], logEntries:
+//     [{timestamp, level, message, fields}]} oldest first; GET
+//     /v2/sandboxes/{id}/logs?cursor=&limit=&direction=&level=&search=
+//     answers {logs: [entries]}: cursor unix ms (forward: at or after it,
+//     backward: at or before it), direction forward (oldest first) or
+//     backward, level the least severe of debug, info, warn, error,
+//     search a case-insensitive substring (≤ 256 bytes). Entries are what
+//     service.Sandboxes.Logs has: lifecycle events (fields.source
+//     "lifecycle", fields.event the audit action, fields.actor), envd's
+//     log lines ("envd", their own time and level) and the rest of the
+//     serial console ("console"). A sandbox of the team in any state, a
+//     killed one's too (its console's tail is kept at the destroy); another
+//     team's is 404. Guest output is JSON text only (control characters
+//     and terminal escapes removed, HTML escaped by the encoder,
+//     X-Content-Type-Options nosniff, a CSP that forbids everything).
 //   - Templates: GET /templates lists the built-in images and the team's
 //     and public snapshot templates; GET /templates/aliases/{alias} is
 //     {templateID, public} or 404.
@@ -125,8 +159,8 @@
 //     waiting, building, ready or error, at most 100 log entries after the
 //     offset (none once drained) and, on error, reason {message, step:
 //     "base", the E2B step's number, or "finalize"}.
-//   - Not supported: fork, logs and template tags answer
-//     501, not a 404 that the SDK would read as "sandbox not found".
+//   - Not supported: fork and template tags answer 501, not a 404 that
+//     the SDK would read as "sandbox not found".
 //
 // Request IDs: as the native API (package logctx), every answer echoes the
 // request's X-Request-Id (the client's when well-formed, else a fresh one)

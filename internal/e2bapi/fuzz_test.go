@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/capsulehq/capsule/internal/api"
+	"github.com/capsulehq/capsule/internal/service"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -103,7 +104,7 @@ func FuzzListQuery(f *testing.F) {
 				t.Fatalf("metadata of %q: an empty key", raw)
 			}
 		}
-		check("options", unsupportedListParams(q))
+		check("options", listOptions(q, &service.ListFilter{}))
 	})
 }
 

@@ -234,8 +234,8 @@ func TestListSandboxes(t *testing.T) {
 		})
 	}
 	for _, q := range []string{"?state=stopped", "?state=running,bogus", "?limit=0", "?limit=101", "?limit=x",
-		"?nextToken=garbage", "?metadata=a%3Db%3Dc", "?metadata=novalue", "?order=asc", "?startedAfter=2024-01-01T00:00:00Z",
-		"?template=base"} {
+		"?nextToken=garbage", "?metadata=a%3Db%3Dc", "?metadata=novalue", "?order=up", "?order=ASC", "?startedAfter=yesterday",
+		"?startedAfter=2024-01-01", "?startedAfter=2024-01-01T00:00:00"} {
 		f.do(t, "GET", "/v2/sandboxes"+q, f.keyA, nil).expect(t, 400, nil)
 	}
 
@@ -566,13 +566,23 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	keyB := f.keyB
 	srcA := uuidOf(t, f.running)
 	n := byte(0)
-	mk := func(team pgtype.UUID, name string, src service.SandboxID) {
+	// Made a second apart in this order, but s4 and s5 at the same time
+	// as s3 (a tie: the ID decides, s5 > s4 > s3).
+	made := time.Now().Add(-time.Hour)
+	mk := func(team pgtype.UUID, name string, src service.SandboxID, meta string) {
 		t.Helper()
 		n++
+		if name != "s4" && name != "s5" {
+			made = made.Add(time.Second)
+		}
 		srcBytes, srcValid := src.UUID()
-		if _, err := f.st.Queries().InsertTemplate(ctx, db.InsertTemplateParams{ID: pgtype.UUID{Bytes: [16]byte{15: n}, Valid: true},
+		row, err := f.st.Queries().InsertTemplate(ctx, db.InsertTemplateParams{ID: pgtype.UUID{Bytes: [16]byte{15: n}, Valid: true},
 			TeamID: team, Name: name, Kind: store.TemplateSnapshot, VCPUs: 2, MemoryMB: 512, DiskMB: 128, SizeBytes: 4096,
-			SourceSandboxID: pgtype.UUID{Bytes: srcBytes, Valid: srcValid}, Metadata: []byte(`{}`)}); err != nil {
+			SourceSandboxID: pgtype.UUID{Bytes: srcBytes, Valid: srcValid}, Metadata: []byte(meta)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.st.Pool().Exec(ctx, "UPDATE templates SET created_at = $2 WHERE id = $1", row.ID, made); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -580,11 +590,33 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk(teamUUID(f.teamA.TeamID), "s1", srcA)
-	mk(teamUUID(f.teamA.TeamID), "s2", uuidOf(t, f.running2))
-	mk(teamUUID(f.teamA.TeamID), "s3", srcA)
-	mk(store.PlatformTeamID, "pub", service.SandboxID{})
-	mk(teamUUID(teamB.TeamID), "sb", uuidOf(t, f.otherTeam))
+	mk(teamUUID(f.teamA.TeamID), "s1", srcA, `{}`)
+	mk(teamUUID(f.teamA.TeamID), "s2", uuidOf(t, f.running2), `{}`)
+	mk(teamUUID(f.teamA.TeamID), "s3", srcA, `{}`)
+	mk(teamUUID(f.teamA.TeamID), "s4", srcA, `{}`)
+	mk(teamUUID(f.teamA.TeamID), "s5", uuidOf(t, f.running2), `{}`)
+	mk(store.PlatformTeamID, "pub", service.SandboxID{}, `{}`)
+	mk(teamUUID(teamB.TeamID), "sb", uuidOf(t, f.otherTeam), `{}`)
+	// A template the team's build made is no snapshot.
+	mk(teamUUID(f.teamA.TeamID), "built", service.SandboxID{}, `{"build_id":"bld-x"}`)
+	slugA, err := f.sbx.TeamSlug(ctx, f.teamA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slugB, err := f.sbx.TeamSlug(ctx, teamB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Snapshot IDs are full names: "<team slug>/<name>:default".
+	full := func(slug string, names ...string) []string {
+		var out []string
+		for _, n := range names {
+			out = append(out, slug+"/"+n+":default")
+		}
+		return out
+	}
+	// E2B's SDK puts them in paths with encodeURIComponent.
+	enc := strings.NewReplacer("/", "%2F", ":", "%3A").Replace
 
 	list := func(q, key string) ([]string, string) {
 		t.Helper()
@@ -610,36 +642,49 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 		q    string
 		want []string
 	}{
-		{"", []string{"s1", "s2", "s3"}},
-		{"?sandboxID=" + f.running, []string{"s1", "s3"}},
-		{"?sandboxID=" + f.running2 + "-" + clientID, []string{"s2"}},
-		{"?name=s2:default", []string{"s2"}},
+		// Newest first, the tie by ID.
+		{"", full(slugA, "s5", "s4", "s3", "s2", "s1")},
+		{"?sandboxID=" + f.running, full(slugA, "s4", "s3", "s1")},
+		{"?sandboxID=" + f.running2 + "-" + clientID, full(slugA, "s5", "s2")},
+		{"?sandboxID=nope", nil},
+		{"?sandboxID=" + f.otherTeam, nil},
+		{"?name=s2", full(slugA, "s2")},
+		{"?name=s2:default", full(slugA, "s2")},
+		{"?name=" + enc(slugA+"/s2:default"), full(slugA, "s2")},
+		{"?name=" + enc(slugB+"/s2:default"), nil},
 		{"?name=s2:v1", nil},
 		{"?name=pub", nil},
+		{"?name=sb", nil},
+		{"?name=built", nil},
+		{"?name=unknown", nil},
 	} {
 		if got, next := list(tc.q, f.keyA); !slices.Equal(got, tc.want) || next != "" {
 			t.Fatalf("%q: %v (next %q), want %v", tc.q, got, next, tc.want)
 		}
 	}
-	if got, _ := list("", keyB); !slices.Equal(got, []string{"sb"}) {
+	if got, _ := list("", keyB); !slices.Equal(got, full(slugB, "sb")) {
 		t.Fatalf("team B: %v", got)
 	}
-	var pages []string
-	tok := ""
-	for i := 0; i < 5; i++ {
-		q := "?limit=2"
-		if tok != "" {
-			q += "&nextToken=" + url.QueryEscape(tok)
+	// Pages of 1 and 2 through the tie: every snapshot once, in order,
+	// the last page without a token.
+	for _, limit := range []string{"1", "2"} {
+		var pages []string
+		tok := ""
+		for i := 0; i < 6; i++ {
+			q := "?limit=" + limit
+			if tok != "" {
+				q += "&nextToken=" + url.QueryEscape(tok)
+			}
+			var got []string
+			got, tok = list(q, f.keyA)
+			pages = append(pages, got...)
+			if tok == "" {
+				break
+			}
 		}
-		var got []string
-		got, tok = list(q, f.keyA)
-		pages = append(pages, got...)
-		if tok == "" {
-			break
+		if want := full(slugA, "s5", "s4", "s3", "s2", "s1"); !slices.Equal(pages, want) || tok != "" {
+			t.Fatalf("paged by %s: %v (token %q), want %v", limit, pages, tok, want)
 		}
-	}
-	if !slices.Equal(pages, []string{"s1", "s2", "s3"}) {
-		t.Fatalf("paged: %v", pages)
 	}
 	for _, q := range []string{"?limit=0", "?limit=101", "?nextToken=%21%21"} {
 		f.do(t, "GET", "/snapshots"+q, f.keyA, nil).expect(t, 400, nil)
@@ -656,7 +701,7 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 			t.Fatalf("template %+v", tp)
 		}
 	}
-	for _, want := range append(image.Templates(), "s1", "s2", "s3", "pub") {
+	for _, want := range append(image.Templates(), "s1", "s2", "s3", "s4", "s5", "pub") {
 		if !slices.Contains(names, want) {
 			t.Fatalf("templates %v lack %s", names, want)
 		}
@@ -688,10 +733,12 @@ func TestSnapshotsAndTemplates(t *testing.T) {
 		want int
 	}{
 		{"nope", 404}, {"sb", 404}, {"s1:v2", 404}, {"pub", 403}, {"pub:default", 403},
+		{enc(slugA + "/pub:default"), 403}, {enc(slugB + "/sb:default"), 404}, {enc(slugA + "/sb:default"), 404},
+		{enc(slugA + "/s1:v2"), 404}, {enc("a/b/c"), 404}, {enc(slugA + "/"), 404},
 	} {
 		f.do(t, "DELETE", "/templates/"+tc.id, f.keyA, nil).expect(t, tc.want, nil)
 	}
-	if got, _ := list("", keyB); !slices.Equal(got, []string{"sb"}) {
+	if got, _ := list("", keyB); !slices.Equal(got, full(slugB, "sb")) {
 		t.Fatalf("team B's snapshot after team A's delete: %v", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/capsulehq/capsule/internal/service"
 )
@@ -130,6 +131,19 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Princ
 		h.fail(w, r, err)
 		return
 	}
+	if body.TemplateID != nil && strings.Contains(*body.TemplateID, "/") {
+		// A namespaced name ("<slug>/name:default", a snapshotID).
+		name, ok, err := h.localName(r, p, *body.TemplateID)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		if !ok {
+			h.fail(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(*body.TemplateID) + " not found"})
+			return
+		}
+		body.TemplateID = &name
+	}
 	req, err := createRequest(body, defaultTimeout)
 	if err != nil {
 		h.fail(w, r, err)
@@ -223,8 +237,9 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, p service.Prin
 	writeJSON(w, status, h.sandboxOf(sb))
 }
 
-// listV2: ?state=running,paused&metadata=…&limit=&nextToken=, the next
-// page's cursor in X-Next-Token (only when there is one).
+// listV2: ?state=running,paused&metadata=…&order=&startedAfter=&template=
+// &limit=&nextToken=, the next page's cursor in X-Next-Token (only when
+// there is one).
 func (h *Handler) listV2(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	q := r.URL.Query()
 	f := service.ListFilter{Cursor: q.Get("nextToken"), Limit: maxListLimit}
@@ -245,9 +260,21 @@ func (h *Handler) listV2(w http.ResponseWriter, r *http.Request, p service.Princ
 		}
 		f.Limit = n
 	}
-	if err := unsupportedListParams(q); err != nil {
+	if err := listOptions(q, &f); err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	if v := q.Get("template"); v != "" {
+		name, ok, err := h.localName(r, p, v)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		if !ok { // names no template of the team: no sandbox of it
+			writeJSON(w, http.StatusOK, []listedSandboxJSON{})
+			return
+		}
+		f.Template = name
 	}
 	items, next, err := h.cfg.Sandboxes.List(r.Context(), p, f)
 	if err != nil {
@@ -264,17 +291,22 @@ func (h *Handler) listV2(w http.ResponseWriter, r *http.Request, p service.Princ
 	writeJSON(w, http.StatusOK, out)
 }
 
-// unsupportedListParams refuses list options this server cannot honour
-// rather than answer a different listing: the order is always newest
-// first, and there is no start-time or template filter.
-func unsupportedListParams(q url.Values) error {
-	if o := q.Get("order"); o != "" && o != "desc" {
-		return invalid("order: only desc (newest first) is supported by this server")
+// listOptions reads a listing's order (asc or desc, newest first by
+// default) and startedAfter (RFC 3339, offsets and fractions allowed).
+func listOptions(q url.Values, f *service.ListFilter) error {
+	switch q.Get("order") {
+	case "", "desc":
+	case "asc":
+		f.Ascending = true
+	default:
+		return invalid("order: asc or desc")
 	}
-	for _, k := range []string{"startedAfter", "template"} {
-		if q.Get(k) != "" {
-			return invalid("%s: not supported by this server", k)
+	if v := q.Get("startedAfter"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return invalid("startedAfter: an RFC 3339 time (2006-01-02T15:04:05.999Z07:00)")
 		}
+		f.StartedAfter = t
 	}
 	return nil
 }

@@ -1,9 +1,6 @@
 package e2bapi
 
 import (
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"net/http"
 	"strconv"
@@ -86,118 +83,6 @@ func (h *Handler) metricsMany(w http.ResponseWriter, r *http.Request, p service.
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out})
-}
-
-type snapshotRequestJSON struct {
-	Name string `json:"name"`
-}
-
-// createSnapshot: a snapshot template (memory and disk) of a running
-// sandbox, which goes on running. Its snapshotID is its name, usable as
-// templateID; a name in use is taken over by the new snapshot (E2B points
-// a name at its newest build). Without a name one is made up.
-func (h *Handler) createSnapshot(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	id, _, err := h.visible(r, p)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	var body snapshotRequestJSON
-	if _, err := decode(w, r, &body); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	name := body.Name
-	if name == "" {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		name = "snapshot-" + hex.EncodeToString(b[:])
-	} else if name, err = templateName(name); err != nil {
-		h.fail(w, r, invalid("name: only the tag \"default\" is supported"))
-		return
-	}
-	snap, _, err := h.cfg.Sandboxes.CreateSnapshot(r.Context(), p, service.CreateSnapshotRequest{SandboxID: id, Name: name, Overwrite: true})
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, snapshotInfoJSON{SnapshotID: snap.Name, Names: []string{snap.Name}})
-}
-
-// listSnapshots: the team's own snapshots by name, ?sandboxID= and ?name=
-// filter, ?limit= (1..100, 100) and ?nextToken= page (X-Next-Token when
-// there is a next page).
-func (h *Handler) listSnapshots(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	q := r.URL.Query()
-	limit := maxListLimit
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxListLimit {
-			h.fail(w, r, invalid("limit: 1 to %d", maxListLimit))
-			return
-		}
-		limit = n
-	}
-	var after string
-	if tok := q.Get("nextToken"); tok != "" {
-		b, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || len(b) == 0 {
-			h.fail(w, r, invalid("nextToken: malformed"))
-			return
-		}
-		after = string(b)
-	}
-	source := q.Get("sandboxID")
-	if source != "" {
-		source, _, _ = strings.Cut(source, "-")
-	}
-	name := q.Get("name")
-	if name != "" {
-		var err error
-		if name, err = templateName(name); err != nil {
-			writeJSON(w, http.StatusOK, []snapshotInfoJSON{})
-			return
-		}
-	}
-	all, err := h.cfg.Sandboxes.ListSnapshots(r.Context(), p)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	out := []snapshotInfoJSON{}
-	next := ""
-	for _, s := range all { // by name
-		switch {
-		case s.Public, s.Name <= after && after != "",
-			source != "" && s.SourceSandboxID.String() != source,
-			name != "" && s.Name != name:
-			continue
-		}
-		if len(out) == limit {
-			next = base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].SnapshotID))
-			break
-		}
-		out = append(out, snapshotInfoJSON{SnapshotID: s.Name, Names: []string{s.Name}})
-	}
-	if next != "" {
-		w.Header().Set("X-Next-Token", next)
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// deleteTemplate deletes a snapshot of the team (E2B's deleteSnapshot):
-// 204, 404 when the team has none of that name.
-func (h *Handler) deleteTemplate(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	name, err := templateName(r.PathValue("templateID"))
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	if err := h.cfg.Sandboxes.DeleteSnapshot(r.Context(), p, name); err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
 }
 
 // listTemplates: the built-in images, then the team's and the public

@@ -182,12 +182,16 @@ func TestE2BFlowRealVM(t *testing.T) {
 	var snap snapshotInfoJSON
 	r.expect(t, 201, &snap)
 	checkKeys(t, "SnapshotInfo", r.body, snapshotKeys...)
-	if snap.SnapshotID != "snap1" || !slices.Equal(snap.Names, []string{"snap1"}) {
+	slug, err := e.sbx.TeamSlug(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full := slug + "/snap1:default"; snap.SnapshotID != full || !slices.Equal(snap.Names, []string{full}) {
 		t.Fatalf("snapshot: %+v", snap)
 	}
 	var snaps []snapshotInfoJSON
 	e.do(t, "GET", "/snapshots?sandboxID="+a.SandboxID, key, nil).expect(t, 200, &snaps)
-	if len(snaps) != 1 || snaps[0].SnapshotID != "snap1" {
+	if len(snaps) != 1 || snaps[0].SnapshotID != snap.SnapshotID {
 		t.Fatalf("snapshots: %+v", snaps)
 	}
 	e.do(t, "GET", "/snapshots", keyB, nil).expect(t, 200, &snaps)
@@ -247,9 +251,13 @@ func TestE2BFlowRealVM(t *testing.T) {
 	e.do(t, "GET", "/sandboxes/"+b.SandboxID, key, nil).expect(t, 404, nil)
 	e.do(t, "DELETE", "/sandboxes/"+b.SandboxID, key, nil).expect(t, 404, nil)
 
-	// The snapshot goes; the paused A is killed.
+	// The snapshot goes, by its snapshotID URL-encoded as the SDK sends
+	// it; the paused A is killed.
+	encoded := strings.NewReplacer("/", "%2F", ":", "%3A").Replace(snap.SnapshotID)
+	e.do(t, "DELETE", "/templates/"+encoded, keyB, nil).expect(t, 404, nil)
 	e.do(t, "DELETE", "/templates/snap1", keyB, nil).expect(t, 404, nil)
-	e.do(t, "DELETE", "/templates/snap1", key, nil).expect(t, 204, nil)
+	e.do(t, "DELETE", "/templates/"+encoded, key, nil).expect(t, 204, nil)
+	e.do(t, "DELETE", "/templates/"+encoded, key, nil).expect(t, 404, nil)
 	e.do(t, "DELETE", "/templates/snap1", key, nil).expect(t, 404, nil)
 	e.do(t, "POST", "/v2/sandboxes", key, map[string]any{"templateID": "snap1"}).expect(t, 404, nil)
 	e.do(t, "DELETE", "/sandboxes/"+a.SandboxID, key, nil).expect(t, 204, nil)

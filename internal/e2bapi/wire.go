@@ -143,9 +143,9 @@ func listedOf(sb service.Sandbox) listedSandboxJSON {
 		StartedAt: sb.CreatedAt.UTC(), CPUCount: sb.VCPUs, MemoryMB: sb.MemoryMB, DiskSizeMB: sb.DiskMB,
 		State: state, EnvdVersion: envdapi.Version,
 	}
-	if !sb.StartedAt.IsZero() {
-		out.StartedAt = sb.StartedAt.UTC()
-	}
+	// startedAt is when the sandbox was created (asked for): what list
+	// orders by and startedAfter compares, so that a listed startedAt
+	// given back as startedAfter includes the sandbox.
 	switch {
 	case !sb.EndAt.IsZero():
 		out.EndAt = sb.EndAt.UTC()

@@ -22,6 +22,7 @@ var (
 	APIExecPool         = pool("ctb", 102)
 	ServiceTTLPool      = pool("ctc", 104)    // internal/service: TTL and snapshots
 	E2BPool             = pool("cte", 106)    // internal/e2bapi
+	E2BLogsPool         = pool("ce2", 152)    // internal/e2bapi: sandbox logs
 	ProxyPool           = pool("cpx", 108)    // internal/proxy
 	CrashPool           = pool("ccrash", 124) // cmd/capsule: serve killed at idle, a second serve
 	KillPool            = pool("ckill", 126)  // cmd/capsule: serve killed at each step

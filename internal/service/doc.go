@@ -138,7 +138,13 @@
 // The sandbox lifecycle is split by concern: sandboxes.go (the Sandboxes
 // service and its Sandbox view), create.go (the create request and
 // Create), transitions.go (Destroy, Pause, Resume, PauseAll and the one
-// transition they share), list.go (Get, List and its cursor), quotas.go
-// (Quotas and their checks), sealing.go (the sealed env vars) and
-// agentcalls.go (how an agent call that failed or timed out is settled).
+// transition they share), list.go (Get, List and its cursor: newest or
+// oldest first by creation time then ID, start-time and template
+// filters), snapshotpages.go (ListSnapshotPage: a team's snapshots newest
+// first; TeamSlug), logs.go (Logs: a sandbox's lifecycle events from the
+// audit log, its console from the host or, once destroyed, from
+// sandbox_logs; storeConsole at the destroy, PruneLogs by LogsRetention),
+// quotas.go (Quotas and their checks), sealing.go (the sealed env vars)
+// and agentcalls.go (how an agent call that failed or timed out is
+// settled).
 package service

@@ -41,6 +41,7 @@ func (s *Sandboxes) Destroy(ctx context.Context, p Principal, id SandboxID) erro
 		}
 		if dr != nil {
 			s.storeMetrics(ctx, pgUUID(id), []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+			s.storeConsole(ctx, pgUUID(id), dr.Msg.GetConsole())
 		}
 	}
 	if _, err := s.st.Queries().MarkSandboxStopped(ctx, db.MarkSandboxStoppedParams{ID: pgUUID(id), Reason: "destroyed"}); err != nil && !errors.Is(err, store.ErrNotFound) {

@@ -379,6 +379,7 @@ func (r *Reaper) destroyClaimed(ctx, bg context.Context, log *slog.Logger, c *ag
 	dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(row.ID)}))
 	if err == nil {
 		r.s.storeMetrics(bg, row.ID, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
+		r.s.storeConsole(bg, row.ID, dr.Msg.GetConsole())
 	}
 	if err != nil && !errors.Is(err, agentclient.ErrNotFound) {
 		if _, rerr := q.RevertSandboxPausing(bg, db.RevertSandboxPausingParams{ID: row.ID,

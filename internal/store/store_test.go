@@ -110,7 +110,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 	want := []string{"audit_logs", "build_archive_chunks", "build_archives", "build_logs", "build_steps", "builds",
 		"goose_db_version", "host_refresh_tokens", "host_templates", "hosts", "internal_ca", "oauth_providers",
 		"river_job", "river_leader", "river_migration", "river_notification", "river_queue",
-		"sandbox_metrics", "sandbox_metrics_snapshots", "sandboxes", "team_api_keys", "team_invitations", "teams",
+		"sandbox_logs", "sandbox_metrics", "sandbox_metrics_snapshots", "sandboxes", "team_api_keys", "team_invitations", "teams",
 		"templates", "users", "users_teams"}
 	if strings.Join(tables, " ") != strings.Join(want, " ") {
 		t.Errorf("tables = %v\nwant     %v", tables, want)
@@ -125,7 +125,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 		JOIN information_schema.columns c ON c.table_schema = k.table_schema AND c.table_name = k.table_name AND c.column_name = k.column_name
 		WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = 'public'
 		  AND c.table_name NOT IN ('goose_db_version', 'users_teams', 'sandbox_metrics', 'sandbox_metrics_snapshots', 'internal_ca', 'host_templates',
-		                           'build_archive_chunks', 'build_steps', 'build_logs')
+		                           'build_archive_chunks', 'build_steps', 'build_logs', 'sandbox_logs')
 		  AND c.table_name NOT LIKE 'river\_%'  -- River's own schema
 		  AND NOT (c.data_type = 'uuid' AND c.column_default = 'gen_random_uuid()')`)
 	bad, err = pgx.CollectRows(rows, pgx.RowTo[string])

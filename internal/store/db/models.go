@@ -207,6 +207,13 @@ type Sandbox struct {
 	Network             json.RawMessage    `json:"network"`
 }
 
+type SandboxLog struct {
+	SandboxID pgtype.UUID `json:"sandbox_id"`
+	Console   []byte      `json:"console"`
+	Truncated bool        `json:"truncated"`
+	SavedAt   time.Time   `json:"saved_at"`
+}
+
 type SandboxMetric struct {
 	SandboxID           pgtype.UUID   `json:"sandbox_id"`
 	Tier                string        `json:"tier"`

@@ -136,6 +136,7 @@ type Querier interface {
 	GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox, error)
 	// Not team-scoped: for the control plane's own loops (reaper, reconciler).
 	GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, error)
+	GetSandboxConsole(ctx context.Context, sandboxID pgtype.UUID) (SandboxLog, error)
 	// A session's authentication in one round trip: the user (no row: gone),
 	// whether it is disabled, and its role in the live team team_id (empty: not
 	// a member, or the team is deleted).
@@ -206,14 +207,22 @@ type Querier interface {
 	// Every running sandbox, whatever its host (the traffic proxy's index of
 	// signed file URLs).
 	ListRunningSandboxIDs(ctx context.Context) ([]pgtype.UUID, error)
+	// A sandbox's lifecycle events (its audit rows every member may see),
+	// the newest 1000, newest first.
+	ListSandboxEvents(ctx context.Context, arg ListSandboxEventsParams) ([]AuditLog, error)
 	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
 	// first: one range scan of the primary key.
 	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
 	// next page. states empty: any state; metadata NULL: any metadata, else the
-	// sandbox's metadata must contain it (jsonb @>).
+	// sandbox's metadata must contain it (jsonb @>); started_after NULL: any
+	// creation time, else created at or after it; template NULL: any template.
+	// ListSandboxesAsc is the same oldest first.
 	ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error)
+	// ListSandboxes oldest first: after_created_at/after_id continue after the
+	// last row of the previous page.
+	ListSandboxesAsc(ctx context.Context, arg ListSandboxesAscParams) ([]Sandbox, error)
 	// A host's sandboxes (states empty: any), for reconciliation.
 	ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHostParams) ([]Sandbox, error)
 	// The hosts of team_id (the platform team for a regular team, the team
@@ -229,6 +238,11 @@ type Querier interface {
 	// host_templates' primary key. The sums are of integer columns (bigint
 	// results, not numeric: 2–3× cheaper).
 	ListSchedulingCandidates(ctx context.Context, arg ListSchedulingCandidatesParams) ([]ListSchedulingCandidatesRow, error)
+	// A team's own snapshots of sandboxes (not the templates its builds
+	// made, whose metadata names their build) newest first, keyset-paginated
+	// on (created_at, id) like ListSandboxes; source_sandbox_id and name
+	// NULL: any.
+	ListSnapshotPage(ctx context.Context, arg ListSnapshotPageParams) ([]Template, error)
 	// A team's builds, newest first; template_name '' for all of them.
 	ListTeamBuilds(ctx context.Context, arg ListTeamBuildsParams) ([]Build, error)
 	ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host, error)
@@ -287,6 +301,8 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// Stored consoles saved before the retention's start.
+	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
 	// Log lines after offset (seq > offset), oldest first.
@@ -329,6 +345,9 @@ type Querier interface {
 	RevokeHostRefreshTokens(ctx context.Context, hostID pgtype.UUID) (int64, error)
 	// (nothing for a deleted user: its tokens are refused anyway)
 	RevokeSession(ctx context.Context, arg RevokeSessionParams) error
+	// The console's tail at the sandbox's destroy (a second destroy's, if
+	// any, replaces it).
+	SaveSandboxConsole(ctx context.Context, arg SaveSandboxConsoleParams) error
 	// The add-member typeahead. LIKE metacharacters (\ % _) in prefix are escaped
 	// here, so a prefix matches only literally; the caller enforces a minimum
 	// length. Password hashes are not returned.

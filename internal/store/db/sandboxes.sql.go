@@ -470,16 +470,20 @@ SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
-  AND ($4::timestamptz IS NULL
-       OR (created_at, id) < ($4::timestamptz, $5::uuid))
+  AND ($4::timestamptz IS NULL OR created_at >= $4::timestamptz)
+  AND ($5::text IS NULL OR template = $5::text)
+  AND ($6::timestamptz IS NULL
+       OR (created_at, id) < ($6::timestamptz, $7::uuid))
 ORDER BY created_at DESC, id DESC
-LIMIT $6
+LIMIT $8
 `
 
 type ListSandboxesParams struct {
 	TeamID         pgtype.UUID        `json:"team_id"`
 	States         []string           `json:"states"`
 	Metadata       json.RawMessage    `json:"metadata"`
+	StartedAfter   pgtype.Timestamptz `json:"started_after"`
+	Template       pgtype.Text        `json:"template"`
 	AfterCreatedAt pgtype.Timestamptz `json:"after_created_at"`
 	AfterID        pgtype.UUID        `json:"after_id"`
 	PageSize       int32              `json:"page_size"`
@@ -488,12 +492,99 @@ type ListSandboxesParams struct {
 // A team's sandboxes newest first, keyset-paginated on (created_at, id):
 // pass the last row's created_at and id as after_created_at/after_id for the
 // next page. states empty: any state; metadata NULL: any metadata, else the
-// sandbox's metadata must contain it (jsonb @>).
+// sandbox's metadata must contain it (jsonb @>); started_after NULL: any
+// creation time, else created at or after it; template NULL: any template.
+// ListSandboxesAsc is the same oldest first.
 func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([]Sandbox, error) {
 	rows, err := q.db.Query(ctx, listSandboxes,
 		arg.TeamID,
 		arg.States,
 		arg.Metadata,
+		arg.StartedAfter,
+		arg.Template,
+		arg.AfterCreatedAt,
+		arg.AfterID,
+		arg.PageSize,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.State,
+			&i.VCPUs,
+			&i.MemoryMB,
+			&i.DiskMB,
+			&i.TimeoutSec,
+			&i.AutoPause,
+			&i.AutoResume,
+			&i.AllowInternetAccess,
+			&i.AllowPublicTraffic,
+			&i.Metadata,
+			&i.EnvVars,
+			&i.StateReason,
+			&i.EnvdURL,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.StartedAt,
+			&i.EndAt,
+			&i.LastActiveAt,
+			&i.PausedAt,
+			&i.StoppedAt,
+			&i.PauseFailures,
+			&i.Network,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listSandboxesAsc = `-- name: ListSandboxesAsc :many
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
+WHERE team_id = $1
+  AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
+  AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
+  AND ($4::timestamptz IS NULL OR created_at >= $4::timestamptz)
+  AND ($5::text IS NULL OR template = $5::text)
+  AND ($6::timestamptz IS NULL
+       OR (created_at, id) > ($6::timestamptz, $7::uuid))
+ORDER BY created_at ASC, id ASC
+LIMIT $8
+`
+
+type ListSandboxesAscParams struct {
+	TeamID         pgtype.UUID        `json:"team_id"`
+	States         []string           `json:"states"`
+	Metadata       json.RawMessage    `json:"metadata"`
+	StartedAfter   pgtype.Timestamptz `json:"started_after"`
+	Template       pgtype.Text        `json:"template"`
+	AfterCreatedAt pgtype.Timestamptz `json:"after_created_at"`
+	AfterID        pgtype.UUID        `json:"after_id"`
+	PageSize       int32              `json:"page_size"`
+}
+
+// ListSandboxes oldest first: after_created_at/after_id continue after the
+// last row of the previous page.
+func (q *Queries) ListSandboxesAsc(ctx context.Context, arg ListSandboxesAscParams) ([]Sandbox, error) {
+	rows, err := q.db.Query(ctx, listSandboxesAsc,
+		arg.TeamID,
+		arg.States,
+		arg.Metadata,
+		arg.StartedAfter,
+		arg.Template,
 		arg.AfterCreatedAt,
 		arg.AfterID,
 		arg.PageSize,

@@ -98,6 +98,9 @@ const (
 	// HostAgentGetSandboxMetricsProcedure is the fully-qualified name of the HostAgent's
 	// GetSandboxMetrics RPC.
 	HostAgentGetSandboxMetricsProcedure = "/hostagent.v1.HostAgent/GetSandboxMetrics"
+	// HostAgentGetSandboxConsoleProcedure is the fully-qualified name of the HostAgent's
+	// GetSandboxConsole RPC.
+	HostAgentGetSandboxConsoleProcedure = "/hostagent.v1.HostAgent/GetSandboxConsole"
 	// HostAgentCreateSnapshotProcedure is the fully-qualified name of the HostAgent's CreateSnapshot
 	// RPC.
 	HostAgentCreateSnapshotProcedure = "/hostagent.v1.HostAgent/CreateSnapshot"
@@ -184,6 +187,13 @@ type HostAgentClient interface {
 	// sampling period, so nothing is lost between two calls: PauseSandbox's
 	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
+	// GetSandboxConsole returns the tail of a sandbox's serial console log
+	// (the kernel's and envd's output; revision 8), running, paused or
+	// stopped: at most max_bytes (zero: 256 KiB; at most 1 MiB), starting
+	// at a line when older output is left out. NotFound for an unknown
+	// sandbox. It does not count as activity. DestroySandbox's answer
+	// carries the tail as the sandbox goes.
+	GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -328,6 +338,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
 			connect.WithClientOptions(opts...),
 		),
+		getSandboxConsole: connect.NewClient[v1.GetSandboxConsoleRequest, v1.GetSandboxConsoleResponse](
+			httpClient,
+			baseURL+HostAgentGetSandboxConsoleProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("GetSandboxConsole")),
+			connect.WithClientOptions(opts...),
+		),
 		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
 			httpClient,
 			baseURL+HostAgentCreateSnapshotProcedure,
@@ -440,6 +456,7 @@ type hostAgentClient struct {
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
 	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
 	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
+	getSandboxConsole *connect.Client[v1.GetSandboxConsoleRequest, v1.GetSandboxConsoleResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
 	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
@@ -511,6 +528,11 @@ func (c *hostAgentClient) SetSandboxNetwork(ctx context.Context, req *connect.Re
 // GetSandboxMetrics calls hostagent.v1.HostAgent.GetSandboxMetrics.
 func (c *hostAgentClient) GetSandboxMetrics(ctx context.Context, req *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
 	return c.getSandboxMetrics.CallUnary(ctx, req)
+}
+
+// GetSandboxConsole calls hostagent.v1.HostAgent.GetSandboxConsole.
+func (c *hostAgentClient) GetSandboxConsole(ctx context.Context, req *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error) {
+	return c.getSandboxConsole.CallUnary(ctx, req)
 }
 
 // CreateSnapshot calls hostagent.v1.HostAgent.CreateSnapshot.
@@ -640,6 +662,13 @@ type HostAgentHandler interface {
 	// sampling period, so nothing is lost between two calls: PauseSandbox's
 	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
+	// GetSandboxConsole returns the tail of a sandbox's serial console log
+	// (the kernel's and envd's output; revision 8), running, paused or
+	// stopped: at most max_bytes (zero: 256 KiB; at most 1 MiB), starting
+	// at a line when older output is left out. NotFound for an unknown
+	// sandbox. It does not count as activity. DestroySandbox's answer
+	// carries the tail as the sandbox goes.
+	GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -780,6 +809,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentGetSandboxConsoleHandler := connect.NewUnaryHandler(
+		HostAgentGetSandboxConsoleProcedure,
+		svc.GetSandboxConsole,
+		connect.WithSchema(hostAgentMethods.ByName("GetSandboxConsole")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentCreateSnapshotHandler := connect.NewUnaryHandler(
 		HostAgentCreateSnapshotProcedure,
 		svc.CreateSnapshot,
@@ -900,6 +935,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentSetSandboxNetworkHandler.ServeHTTP(w, r)
 		case HostAgentGetSandboxMetricsProcedure:
 			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
+		case HostAgentGetSandboxConsoleProcedure:
+			hostAgentGetSandboxConsoleHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
 			hostAgentCreateSnapshotHandler.ServeHTTP(w, r)
 		case HostAgentFlattenRootfsProcedure:
@@ -983,6 +1020,10 @@ func (UnimplementedHostAgentHandler) SetSandboxNetwork(context.Context, *connect
 
 func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.GetSandboxMetrics is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.GetSandboxConsole is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {

@@ -671,6 +671,51 @@ func (e MemberRole) Valid() bool {
 	}
 }
 
+// Defines values for SandboxLogEntryLevel.
+const (
+	SandboxLogEntryLevelDebug SandboxLogEntryLevel = "debug"
+	SandboxLogEntryLevelError SandboxLogEntryLevel = "error"
+	SandboxLogEntryLevelInfo  SandboxLogEntryLevel = "info"
+	SandboxLogEntryLevelWarn  SandboxLogEntryLevel = "warn"
+)
+
+// Valid indicates whether the value is a known member of the SandboxLogEntryLevel enum.
+func (e SandboxLogEntryLevel) Valid() bool {
+	switch e {
+	case SandboxLogEntryLevelDebug:
+		return true
+	case SandboxLogEntryLevelError:
+		return true
+	case SandboxLogEntryLevelInfo:
+		return true
+	case SandboxLogEntryLevelWarn:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for SandboxLogEntrySource.
+const (
+	Console   SandboxLogEntrySource = "console"
+	Envd      SandboxLogEntrySource = "envd"
+	Lifecycle SandboxLogEntrySource = "lifecycle"
+)
+
+// Valid indicates whether the value is a known member of the SandboxLogEntrySource enum.
+func (e SandboxLogEntrySource) Valid() bool {
+	switch e {
+	case Console:
+		return true
+	case Envd:
+		return true
+	case Lifecycle:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SandboxMetricSeriesRange.
 const (
 	SandboxMetricSeriesRangeN10m SandboxMetricSeriesRange = "10m"
@@ -887,6 +932,66 @@ func (e UpdateHostRequestStatus) Valid() bool {
 	case UpdateHostRequestStatusDraining:
 		return true
 	case UpdateHostRequestStatusOnline:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ListSandboxesParamsOrder.
+const (
+	Asc  ListSandboxesParamsOrder = "asc"
+	Desc ListSandboxesParamsOrder = "desc"
+)
+
+// Valid indicates whether the value is a known member of the ListSandboxesParamsOrder enum.
+func (e ListSandboxesParamsOrder) Valid() bool {
+	switch e {
+	case Asc:
+		return true
+	case Desc:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetSandboxLogsParamsDirection.
+const (
+	Backward GetSandboxLogsParamsDirection = "backward"
+	Forward  GetSandboxLogsParamsDirection = "forward"
+)
+
+// Valid indicates whether the value is a known member of the GetSandboxLogsParamsDirection enum.
+func (e GetSandboxLogsParamsDirection) Valid() bool {
+	switch e {
+	case Backward:
+		return true
+	case Forward:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetSandboxLogsParamsLevel.
+const (
+	GetSandboxLogsParamsLevelDebug GetSandboxLogsParamsLevel = "debug"
+	GetSandboxLogsParamsLevelError GetSandboxLogsParamsLevel = "error"
+	GetSandboxLogsParamsLevelInfo  GetSandboxLogsParamsLevel = "info"
+	GetSandboxLogsParamsLevelWarn  GetSandboxLogsParamsLevel = "warn"
+)
+
+// Valid indicates whether the value is a known member of the GetSandboxLogsParamsLevel enum.
+func (e GetSandboxLogsParamsLevel) Valid() bool {
+	switch e {
+	case GetSandboxLogsParamsLevelDebug:
+		return true
+	case GetSandboxLogsParamsLevelError:
+		return true
+	case GetSandboxLogsParamsLevelInfo:
+		return true
+	case GetSandboxLogsParamsLevelWarn:
 		return true
 	default:
 		return false
@@ -1871,6 +1976,32 @@ type SandboxGuestMetric struct {
 // SandboxID defines model for SandboxID.
 type SandboxID = string
 
+// SandboxLogEntry defines model for SandboxLogEntry.
+type SandboxLogEntry struct {
+	// Fields structured details (`source`; an event's `event`, `actor` and metadata; envd's key=value pairs)
+	Fields map[string]string    `json:"fields"`
+	Level  SandboxLogEntryLevel `json:"level"`
+
+	// Message text: valid UTF-8 without control characters (but tabs) or terminal escapes
+	Message string                `json:"message"`
+	Source  SandboxLogEntrySource `json:"source"`
+	Time    time.Time             `json:"time"`
+}
+
+// SandboxLogEntryLevel defines model for SandboxLogEntry.Level.
+type SandboxLogEntryLevel string
+
+// SandboxLogEntrySource defines model for SandboxLogEntry.Source.
+type SandboxLogEntrySource string
+
+// SandboxLogs defines model for SandboxLogs.
+type SandboxLogs struct {
+	Logs []SandboxLogEntry `json:"logs"`
+
+	// NextCursor the next page's cursor; empty after the last entry there is now
+	NextCursor string `json:"next_cursor"`
+}
+
 // SandboxMetricPoint defines model for SandboxMetricPoint.
 type SandboxMetricPoint struct {
 	// CpuPct the VMM process' CPU in percent of one host core
@@ -2409,12 +2540,25 @@ type ListSandboxesParams struct {
 	// Metadata `key=value`: the sandbox's metadata has this entry (repeat for several, all must match)
 	Metadata *[]string `form:"metadata,omitempty" json:"metadata,omitempty"`
 
+	// Order by creation time (`created_at`, the sandbox's start), then ID: `desc` newest first (the
+	// default) or `asc` oldest first. A cursor continues a listing in its own order only.
+	Order *ListSandboxesParamsOrder `form:"order,omitempty" json:"order,omitempty"`
+
+	// StartedAfter only sandboxes created at or after this time (RFC 3339, offsets and fractions allowed)
+	StartedAfter *time.Time `form:"started_after,omitempty" json:"started_after,omitempty"`
+
+	// Template only sandboxes created from the template of this name (an unknown one lists nothing)
+	Template *string `form:"template,omitempty" json:"template,omitempty"`
+
 	// Limit page size
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
 	// Cursor the `next_cursor` of the previous page
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
+
+// ListSandboxesParamsOrder defines parameters for ListSandboxes.
+type ListSandboxesParamsOrder string
 
 // ExecSandboxStreamParams defines parameters for ExecSandboxStream.
 type ExecSandboxStreamParams struct {
@@ -2473,6 +2617,31 @@ type ListFilesParams struct {
 	// User the guest user that owns what is written and reads (default the sandbox's)
 	User *GuestUser `form:"user,omitempty" json:"user,omitempty"`
 }
+
+// GetSandboxLogsParams defines parameters for GetSandboxLogs.
+type GetSandboxLogsParams struct {
+	// Since entries at or after this time (`backward`: at or before it); RFC 3339
+	Since     *time.Time                     `form:"since,omitempty" json:"since,omitempty"`
+	Direction *GetSandboxLogsParamsDirection `form:"direction,omitempty" json:"direction,omitempty"`
+
+	// Level entries of this level or a more severe one
+	Level *GetSandboxLogsParamsLevel `form:"level,omitempty" json:"level,omitempty"`
+
+	// Search entries whose message contains this text, ignoring case
+	Search *string `form:"search,omitempty" json:"search,omitempty"`
+
+	// Limit page size
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor the `next_cursor` of the previous page
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// GetSandboxLogsParamsDirection defines parameters for GetSandboxLogs.
+type GetSandboxLogsParamsDirection string
+
+// GetSandboxLogsParamsLevel defines parameters for GetSandboxLogs.
+type GetSandboxLogsParamsLevel string
 
 // GetSandboxMetricsParams defines parameters for GetSandboxMetrics.
 type GetSandboxMetricsParams struct {
@@ -3223,7 +3392,7 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ListSandboxes The team's sandboxes, newest first, a page at a time
+	// ListSandboxes The team's sandboxes, newest first (or oldest first), a page at a time
 	//
 	// Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 	//
@@ -3405,6 +3574,20 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSandboxLogs What the platform recorded of a sandbox, a page at a time
+	//
+	// The sandbox's lifecycle events (`source: lifecycle`: created, paused, resumed, killed, its
+	// timeouts, network changes, from the audit log), envd's log (`envd`: the guest agent's
+	// lines with their own time and level) and the rest of its serial console (`console`: the
+	// kernel's and anything else written there, timed by the last timed line before it), oldest
+	// first (or newest first with `direction=backward`). A sandbox in any state, a destroyed one
+	// too: its destroy keeps the console's last 256 KiB for 30 days. Guest output is text with
+	// control characters and terminal escapes removed, served as JSON only. Reading is not
+	// activity.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/logs (the `GetSandboxLogs` operationId).
+	GetSandboxLogs(ctx context.Context, id SandboxID, params *GetSandboxLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetSandboxMetrics A sandbox's resource use over a range
 	//
@@ -4905,7 +5088,7 @@ func (c *Client) UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, req
 	return c.Client.Do(req)
 }
 
-// ListSandboxes The team's sandboxes, newest first, a page at a time
+// ListSandboxes The team's sandboxes, newest first (or oldest first), a page at a time
 //
 // Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 //
@@ -5228,6 +5411,30 @@ func (c *Client) MakeDirWithBody(ctx context.Context, id SandboxID, contentType 
 // Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 func (c *Client) MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMakeDirRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSandboxLogs What the platform recorded of a sandbox, a page at a time
+//
+// The sandbox's lifecycle events (`source: lifecycle`: created, paused, resumed, killed, its
+// timeouts, network changes, from the audit log), envd's log (`envd`: the guest agent's
+// lines with their own time and level) and the rest of its serial console (`console`: the
+// kernel's and anything else written there, timed by the last timed line before it), oldest
+// first (or newest first with `direction=backward`). A sandbox in any state, a destroyed one
+// too: its destroy keeps the console's last 256 KiB for 30 days. Guest output is text with
+// control characters and terminal escapes removed, served as JSON only. Reading is not
+// activity.
+//
+// Corresponds with GET /v1/sandboxes/{id}/logs (the `GetSandboxLogs` operationId).
+func (c *Client) GetSandboxLogs(ctx context.Context, id SandboxID, params *GetSandboxLogsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSandboxLogsRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -8101,6 +8308,42 @@ func NewListSandboxesRequest(server string, params *ListSandboxesParams) (*http.
 
 		}
 
+		if params.Order != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "order", *params.Order, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.StartedAfter != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "started_after", *params.StartedAfter, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Template != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "template", *params.Template, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.Limit != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
@@ -8747,6 +8990,127 @@ func NewMakeDirRequestWithBody(server string, id SandboxID, contentType string, 
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetSandboxLogsRequest constructs an http.Request for the GetSandboxLogs method
+func NewGetSandboxLogsRequest(server string, id SandboxID, params *GetSandboxLogsParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/logs", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Direction != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "direction", *params.Direction, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Level != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "level", *params.Level, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Search != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "search", *params.Search, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -10830,7 +11194,7 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMeWithResponse(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error)
 
-	// ListSandboxesWithResponse The team's sandboxes, newest first, a page at a time
+	// ListSandboxesWithResponse The team's sandboxes, newest first (or oldest first), a page at a time
 	//
 	// Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 	//
@@ -11026,6 +11390,22 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDirWithResponse(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*MakeDirResponse, error)
+
+	// GetSandboxLogsWithResponse What the platform recorded of a sandbox, a page at a time
+	//
+	// The sandbox's lifecycle events (`source: lifecycle`: created, paused, resumed, killed, its
+	// timeouts, network changes, from the audit log), envd's log (`envd`: the guest agent's
+	// lines with their own time and level) and the rest of its serial console (`console`: the
+	// kernel's and anything else written there, timed by the last timed line before it), oldest
+	// first (or newest first with `direction=backward`). A sandbox in any state, a destroyed one
+	// too: its destroy keeps the console's last 256 KiB for 30 days. Guest output is text with
+	// control characters and terminal escapes removed, served as JSON only. Reading is not
+	// activity.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/logs (the `GetSandboxLogs` operationId).
+	GetSandboxLogsWithResponse(ctx context.Context, id SandboxID, params *GetSandboxLogsParams, reqEditors ...RequestEditorFn) (*GetSandboxLogsResponse, error)
 
 	// GetSandboxMetricsWithResponse A sandbox's resource use over a range
 	//
@@ -15459,6 +15839,89 @@ func (r MakeDirResponse) ContentType() string {
 	return ""
 }
 
+// GetSandboxLogsResponse200Headers the declared response headers of an HTTP 200 response for GetSandboxLogs
+type GetSandboxLogsResponse200Headers struct {
+	XContentTypeOptions *string
+}
+
+type GetSandboxLogsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *SandboxLogs
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetSandboxLogsResponse200Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON200() *SandboxLogs {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetSandboxLogsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSandboxLogsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSandboxLogsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSandboxLogsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSandboxLogsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type GetSandboxMetricsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -18968,7 +19431,7 @@ func (c *ClientWithResponses) UpdateMeWithResponse(ctx context.Context, body Upd
 	return ParseUpdateMeResponse(rsp)
 }
 
-// ListSandboxesWithResponse The team's sandboxes, newest first, a page at a time
+// ListSandboxesWithResponse The team's sandboxes, newest first (or oldest first), a page at a time
 //
 // Items carry neither `envd_url` nor `envd_access_token` (get a sandbox for them).
 //
@@ -19253,6 +19716,28 @@ func (c *ClientWithResponses) MakeDirWithResponse(ctx context.Context, id Sandbo
 		return nil, err
 	}
 	return ParseMakeDirResponse(rsp)
+}
+
+// GetSandboxLogsWithResponse What the platform recorded of a sandbox, a page at a time
+//
+// The sandbox's lifecycle events (`source: lifecycle`: created, paused, resumed, killed, its
+// timeouts, network changes, from the audit log), envd's log (`envd`: the guest agent's
+// lines with their own time and level) and the rest of its serial console (`console`: the
+// kernel's and anything else written there, timed by the last timed line before it), oldest
+// first (or newest first with `direction=backward`). A sandbox in any state, a destroyed one
+// too: its destroy keeps the console's last 256 KiB for 30 days. Guest output is text with
+// control characters and terminal escapes removed, served as JSON only. Reading is not
+// activity.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/logs (the `GetSandboxLogs` operationId).
+func (c *ClientWithResponses) GetSandboxLogsWithResponse(ctx context.Context, id SandboxID, params *GetSandboxLogsParams, reqEditors ...RequestEditorFn) (*GetSandboxLogsResponse, error) {
+	rsp, err := c.GetSandboxLogs(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSandboxLogsResponse(rsp)
 }
 
 // GetSandboxMetricsWithResponse A sandbox's resource use over a range
@@ -23219,6 +23704,80 @@ func ParseMakeDirResponse(rsp *http.Response) (*MakeDirResponse, error) {
 		}
 		response.JSON503 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseGetSandboxLogsResponse parses an HTTP response from a GetSandboxLogsWithResponse call
+func ParseGetSandboxLogsResponse(rsp *http.Response) (*GetSandboxLogsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSandboxLogsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest SandboxLogs
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetSandboxLogsResponse200Headers
+		if values := rsp.Header.Values("X-Content-Type-Options"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Content-Type-Options", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XContentTypeOptions = &value
+		}
+		response.Headers200 = &headers
 	}
 
 	return response, nil
