@@ -98,6 +98,8 @@ const (
 	// HostAgentGetSandboxMetricsProcedure is the fully-qualified name of the HostAgent's
 	// GetSandboxMetrics RPC.
 	HostAgentGetSandboxMetricsProcedure = "/hostagent.v1.HostAgent/GetSandboxMetrics"
+	// HostAgentForkSandboxProcedure is the fully-qualified name of the HostAgent's ForkSandbox RPC.
+	HostAgentForkSandboxProcedure = "/hostagent.v1.HostAgent/ForkSandbox"
 	// HostAgentCreateSnapshotProcedure is the fully-qualified name of the HostAgent's CreateSnapshot
 	// RPC.
 	HostAgentCreateSnapshotProcedure = "/hostagent.v1.HostAgent/CreateSnapshot"
@@ -178,6 +180,17 @@ type HostAgentClient interface {
 	// sampling period, so nothing is lost between two calls: PauseSandbox's
 	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
+	// ForkSandbox makes running copies of a running sandbox (revision 8):
+	// the source's guest is stopped while its memory is saved (the hold) and
+	// goes on; each fork restores that memory lazily and copy-on-write, its
+	// disk is an overlay chained onto a copy of the source's, and it gets
+	// its own network slot and, through /init, its own access token,
+	// environment, hostname and fresh entropy. The answer has one result per
+	// requested fork, in order: each succeeded or failed on its own (a
+	// failed one leaves nothing). The call itself fails (FailedPrecondition
+	// unless the source is running, NotFound, InvalidArgument) only when no
+	// fork was attempted.
+	ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -303,6 +316,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
 			connect.WithClientOptions(opts...),
 		),
+		forkSandbox: connect.NewClient[v1.ForkSandboxRequest, v1.ForkSandboxResponse](
+			httpClient,
+			baseURL+HostAgentForkSandboxProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ForkSandbox")),
+			connect.WithClientOptions(opts...),
+		),
 		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
 			httpClient,
 			baseURL+HostAgentCreateSnapshotProcedure,
@@ -403,6 +422,7 @@ type hostAgentClient struct {
 	setSandboxTimeout *connect.Client[v1.SetSandboxTimeoutRequest, v1.SetSandboxTimeoutResponse]
 	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
 	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
+	forkSandbox       *connect.Client[v1.ForkSandboxRequest, v1.ForkSandboxResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
 	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
@@ -472,6 +492,11 @@ func (c *hostAgentClient) SetSandboxNetwork(ctx context.Context, req *connect.Re
 // GetSandboxMetrics calls hostagent.v1.HostAgent.GetSandboxMetrics.
 func (c *hostAgentClient) GetSandboxMetrics(ctx context.Context, req *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
 	return c.getSandboxMetrics.CallUnary(ctx, req)
+}
+
+// ForkSandbox calls hostagent.v1.HostAgent.ForkSandbox.
+func (c *hostAgentClient) ForkSandbox(ctx context.Context, req *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error) {
+	return c.forkSandbox.CallUnary(ctx, req)
 }
 
 // CreateSnapshot calls hostagent.v1.HostAgent.CreateSnapshot.
@@ -591,6 +616,17 @@ type HostAgentHandler interface {
 	// sampling period, so nothing is lost between two calls: PauseSandbox's
 	// answer carries every tier, DestroySandbox's the 24 h tier.
 	GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error)
+	// ForkSandbox makes running copies of a running sandbox (revision 8):
+	// the source's guest is stopped while its memory is saved (the hold) and
+	// goes on; each fork restores that memory lazily and copy-on-write, its
+	// disk is an overlay chained onto a copy of the source's, and it gets
+	// its own network slot and, through /init, its own access token,
+	// environment, hostname and fresh entropy. The answer has one result per
+	// requested fork, in order: each succeeded or failed on its own (a
+	// failed one leaves nothing). The call itself fails (FailedPrecondition
+	// unless the source is running, NotFound, InvalidArgument) only when no
+	// fork was attempted.
+	ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -712,6 +748,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("GetSandboxMetrics")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentForkSandboxHandler := connect.NewUnaryHandler(
+		HostAgentForkSandboxProcedure,
+		svc.ForkSandbox,
+		connect.WithSchema(hostAgentMethods.ByName("ForkSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentCreateSnapshotHandler := connect.NewUnaryHandler(
 		HostAgentCreateSnapshotProcedure,
 		svc.CreateSnapshot,
@@ -820,6 +862,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentSetSandboxNetworkHandler.ServeHTTP(w, r)
 		case HostAgentGetSandboxMetricsProcedure:
 			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
+		case HostAgentForkSandboxProcedure:
+			hostAgentForkSandboxHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
 			hostAgentCreateSnapshotHandler.ServeHTTP(w, r)
 		case HostAgentFlattenRootfsProcedure:
@@ -899,6 +943,10 @@ func (UnimplementedHostAgentHandler) SetSandboxNetwork(context.Context, *connect
 
 func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect.Request[v1.GetSandboxMetricsRequest]) (*connect.Response[v1.GetSandboxMetricsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.GetSandboxMetrics is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ForkSandbox is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {
