@@ -125,13 +125,14 @@ func (h *Handler) register() {
 	h.handle("GET /sandboxes/metrics", h.authed(h.metricsMany))
 	h.handle("PUT /sandboxes/{id}/network", h.authed(h.updateNetwork))
 	h.handle("POST /sandboxes/{id}/snapshots", h.authed(h.createSnapshot))
+	h.handle("POST /sandboxes/{id}/fork", h.authed(h.fork))
 	h.handle("GET /snapshots", h.authed(h.listSnapshots))
 	h.handle("DELETE /templates/{templateID}", h.authed(h.deleteTemplate))
 	h.handle("GET /templates", h.authed(h.listTemplates))
 	h.handle("GET /templates/aliases/{alias}", h.authed(h.templateAlias))
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
-	unsupported := []string{"POST /sandboxes/{id}/fork", "GET /sandboxes/{id}/logs",
+	unsupported := []string{"GET /sandboxes/{id}/logs",
 		"GET /v2/sandboxes/{id}/logs"}
 	if h.cfg.Builds != nil && len(h.cfg.Secret) > 0 {
 		h.handle("POST /v3/templates", h.authed(h.createTemplateV3))
