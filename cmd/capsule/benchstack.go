@@ -32,6 +32,9 @@ type benchStackOptions struct {
 	base bool
 	// apiListen is the API's address (127.0.0.1:0 when empty).
 	apiListen string
+	// coldImages: no warm snapshots of the images, so that sandboxes of
+	// an image boot cold and share no memory (bench fork's baseline).
+	coldImages bool
 	log       *slog.Logger
 }
 
@@ -104,7 +107,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// network slot pool and sandbox directory (images shared).
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, base: o.base, warmImages: true, netName: "capsule-bench", netVethPrefix: "cbv",
+		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	so.defaultCapacity()

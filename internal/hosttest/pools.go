@@ -29,6 +29,7 @@ var (
 	ServiceChainPool    = pool("cch", 174)  // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176)  // internal/service: a full data disk
 	ServiceMetricsPool  = pool("cmx", 214)  // internal/service: the metrics history
+	ServiceForkPool     = pool("cfk", 150)  // internal/service: forks
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
