@@ -35,7 +35,7 @@ type benchStackOptions struct {
 	// coldImages: no warm snapshots of the images, so that sandboxes of
 	// an image boot cold and share no memory (bench fork's baseline).
 	coldImages bool
-	log       *slog.Logger
+	log        *slog.Logger
 }
 
 // benchStack is the platform running in this process for the benches, the

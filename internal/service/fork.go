@@ -224,4 +224,3 @@ func (s *Sandboxes) failFork(ctx context.Context, log *slog.Logger, c *agentclie
 		log.ErrorContext(bg, "roll back the failed fork on the agent", "fork", ID(row.ID), "err", err)
 	}
 }
-
