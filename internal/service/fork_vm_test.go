@@ -143,29 +143,9 @@ echo $!; while [ ! -s /tmp/tick ]; do sleep 0.05; done`))
 		}
 	})
 
-	t.Run("state carried over", func(t *testing.T) {
-		for _, f := range forks {
-			if got := sh(f, `cat /tmp/mark`); got != "from the source" {
-				t.Errorf("fork %s: /tmp/mark = %q", f.ID, got)
-			}
-			// The source's process runs on in the fork, its counter
-			// continuing from what it had in memory.
-			out := sh(f, `kill -0 `+pid+` && a=$(cat /tmp/tick) && sleep 0.5 && echo $a $(cat /tmp/tick)`)
-			var a, b int
-			if fs := strings.Fields(out); len(fs) == 2 {
-				a, _ = strconv.Atoi(fs[0])
-				b, _ = strconv.Atoi(fs[1])
-			}
-			if a < before || b <= a {
-				t.Errorf("fork %s: the counter went %q (it was %d in the source before the fork)", f.ID, out, before)
-			}
-			if got := sh(f, `printf %s "$FORK_VAR $E2B_SANDBOX_ID"`); got != "inherited "+f.ID.String() {
-				t.Errorf("fork %s: environment %q", f.ID, got)
-			}
-		}
-	})
-
 	t.Run("own identity", func(t *testing.T) {
+		// First, before the guests' kernels reseed on their own timers:
+		// the forks' RNG differs because /init reseeded it.
 		rnd := map[string]string{}
 		hosts := map[string]string{src.ID.String(): srcHost}
 		for _, sb := range []Sandbox{src, forks[0], forks[1]} {
@@ -197,6 +177,28 @@ echo $!; while [ ! -s /tmp/tick ]; do sleep 0.05; done`))
 				t.Errorf("fork %s accepted the source's envd token", f.ID)
 			}
 			c.Close()
+		}
+	})
+
+	t.Run("state carried over", func(t *testing.T) {
+		for _, f := range forks {
+			if got := sh(f, `cat /tmp/mark`); got != "from the source" {
+				t.Errorf("fork %s: /tmp/mark = %q", f.ID, got)
+			}
+			// The source's process runs on in the fork, its counter
+			// continuing from what it had in memory.
+			out := sh(f, `kill -0 `+pid+` && a=$(cat /tmp/tick) && sleep 0.5 && echo $a $(cat /tmp/tick)`)
+			var a, b int
+			if fs := strings.Fields(out); len(fs) == 2 {
+				a, _ = strconv.Atoi(fs[0])
+				b, _ = strconv.Atoi(fs[1])
+			}
+			if a < before || b <= a {
+				t.Errorf("fork %s: the counter went %q (it was %d in the source before the fork)", f.ID, out, before)
+			}
+			if got := sh(f, `printf %s "$FORK_VAR $E2B_SANDBOX_ID"`); got != "inherited "+f.ID.String() {
+				t.Errorf("fork %s: environment %q", f.ID, got)
+			}
 		}
 	})
 
