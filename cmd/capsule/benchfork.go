@@ -68,6 +68,9 @@ func benchFork(ctx context.Context, o forkBenchOptions) (out map[string]any, err
 		return nil, errors.New("bench fork: needs root (the host agent's VMs and network)")
 	}
 	o.base, o.coldImages = o.template == "base", true
+	// Its own network pool (reserved in internal/hosttest): bench fork
+	// may run beside another bench of the stack.
+	o.net = benchNet{"capsule-benchfork", "cbf", "198.18.152.0/24", "198.18.153.0/24"}
 	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-fork-")
 	if err != nil {
 		return nil, err

@@ -35,8 +35,19 @@ type benchStackOptions struct {
 	// coldImages: no warm snapshots of the images, so that sandboxes of
 	// an image boot cold and share no memory (bench fork's baseline).
 	coldImages bool
-	log        *slog.Logger
+	// net names the host agent's network slot pool (name, veth prefix,
+	// host and link CIDRs; zero: capsule-bench, cbv, 198.18.96.0/24,
+	// 198.18.97.0/24), so that two benches can run at once; each is
+	// reserved in internal/hosttest's pool table.
+	net benchNet
+	log *slog.Logger
 }
+
+// benchNet is a bench's network slot pool.
+type benchNet struct{ name, veth, hostCIDR, linkCIDR string }
+
+// defaultBenchNet is the pool of the benches on the stack.
+var defaultBenchNet = benchNet{"capsule-bench", "cbv", "198.18.96.0/24", "198.18.97.0/24"}
 
 // benchStack is the platform running in this process for the benches, the
 // control plane `capsule serve` runs (internal/controlplane: the services,
@@ -80,9 +91,11 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
+	// The failure paths return a nil stack: close the one being built.
+	building := b
 	defer func() {
 		if err != nil {
-			b.close()
+			building.close()
 		}
 	}()
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
@@ -105,10 +118,13 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 
 	// The host agent, as capsule serve embeds it, with the benchmark's own
 	// network slot pool and sandbox directory (images shared).
+	if o.net == (benchNet{}) {
+		o.net = defaultBenchNet
+	}
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
-		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
+		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: o.net.name, netVethPrefix: o.net.veth,
+		netHostCIDR: o.net.hostCIDR, netLinkCIDR: o.net.linkCIDR, netMaxSlots: 32,
 	}}
 	so.defaultCapacity()
 	hs, err := startHost(ctx, &so.hostOptions, o.log)

@@ -57,6 +57,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 	// `capsule bench hosts`' cluster (cmd/capsule/benchcluster.go): three
 	// agents' slot pools and the links of their namespaces.
 	pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
+	// `capsule bench fork`'s own pool (cmd/capsule/benchfork.go).
+	{Name: "capsule-benchfork", Veth: "cbf", HostCIDR: netip.MustParsePrefix("198.18.152.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.153.0/24")},
 	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.
