@@ -71,6 +71,9 @@ func benchFork(ctx context.Context, o forkBenchOptions) (out map[string]any, err
 	// Its own network pool (reserved in internal/hosttest): bench fork
 	// may run beside another bench of the stack.
 	o.net = benchNet{"capsule-benchfork", "cbf", "198.18.152.0/24", "198.18.153.0/24"}
+	// The source and 8 forks (or 8 sandboxes) at once, idle: more vCPUs
+	// than the default 4 per core.
+	o.vcpus = 32
 	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-fork-")
 	if err != nil {
 		return nil, err
@@ -169,10 +172,10 @@ func (b *apiBench) fork(ctx context.Context, id string, count int) (forkAnswer, 
 	if resp.StatusCode != 201 || json.Unmarshal(data, &ans) != nil || len(ans.Forks) != count {
 		return ans, 0, fmt.Errorf("POST /v1/sandboxes/%s/fork: %d: %.300s", id, resp.StatusCode, data)
 	}
-	for _, f := range ans.Forks {
+	for i, f := range ans.Forks {
 		if f.Sandbox == nil || f.Sandbox.State != "running" {
 			_ = b.destroyForks(ans)
-			return ans, 0, fmt.Errorf("a fork failed: %.300s", data)
+			return ans, 0, fmt.Errorf("fork %d of %d failed: %+v", i+1, count, f.Error)
 		}
 	}
 	return ans, el, nil

@@ -126,6 +126,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: o.net.name, netVethPrefix: o.net.veth,
 		netHostCIDR: o.net.hostCIDR, netLinkCIDR: o.net.linkCIDR, netMaxSlots: 32,
 	}}
+	so.capacity.VCPUs = o.vcpus
 	so.defaultCapacity()
 	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {
