@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -74,6 +75,7 @@ func benchFork(ctx context.Context, o forkBenchOptions) (out map[string]any, err
 	// The source and 8 forks (or 8 sandboxes) at once, idle: more vCPUs
 	// than the default 4 per core.
 	o.vcpus = 32
+	o.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-fork-")
 	if err != nil {
 		return nil, err

@@ -40,7 +40,10 @@ type benchStackOptions struct {
 	// 198.18.97.0/24), so that two benches can run at once; each is
 	// reserved in internal/hosttest's pool table.
 	net benchNet
-	log *slog.Logger
+	// vcpus is the host agent\'s vCPU capacity (0: its default, 4 per
+	// core).
+	vcpus int
+	log   *slog.Logger
 }
 
 // benchNet is a bench's network slot pool.
