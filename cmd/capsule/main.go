@@ -161,6 +161,10 @@ func runBench(ctx context.Context, args []string) error {
 		}
 		res, err := benchFork(ctx, o)
 		if err != nil {
+			if len(res) > 0 {
+				b, _ := json.Marshal(res)
+				fmt.Fprintf(os.Stderr, "bench fork: figures before the failure: %s\n", b)
+			}
 			return err
 		}
 		return printJSON(res)
