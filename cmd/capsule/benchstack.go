@@ -32,7 +32,12 @@ type benchStackOptions struct {
 	base bool
 	// apiListen is the API's address (127.0.0.1:0 when empty).
 	apiListen string
-	log       *slog.Logger
+	// coldImages: no warm snapshots of the images, so that sandboxes of
+	// an image boot cold and share no memory (bench fork's baseline).
+	coldImages bool
+	// vcpus is the host agent's vCPU capacity (0: its default).
+	vcpus int
+	log   *slog.Logger
 	// net is the embedded host's network slot pool (zero: capsule-bench,
 	// interfaces cbv…, 198.18.96.0/24 and 198.18.97.0/24).
 	net nsSlotNet
@@ -110,13 +115,14 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// network slot pool and sandbox directory (images shared).
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, base: o.base, warmImages: true, netName: "capsule-bench", netVethPrefix: "cbv",
+		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	if o.net.name != "" {
 		so.netName, so.netVethPrefix = o.net.name, o.net.name+"v"
 		so.netHostCIDR, so.netLinkCIDR = o.net.hostCIDR.String(), o.net.linkCIDR.String()
 	}
+	so.capacity.VCPUs = o.vcpus
 	so.defaultCapacity()
 	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {

@@ -154,6 +154,20 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		return printJSON(res)
+	case "fork":
+		o, err := parseBenchForkFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchFork(ctx, o)
+		if err != nil {
+			if len(res) > 0 {
+				b, _ := json.Marshal(res)
+				fmt.Fprintf(os.Stderr, "bench fork: figures before the failure: %s\n", b)
+			}
+			return err
+		}
+		return printJSON(res)
 	case "metrics":
 		o, err := parseBenchMetricsFlags(args[1:])
 		if err != nil {

@@ -168,6 +168,7 @@ func (s *Server) register() {
 	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
 	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
 	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
+	s.handle("POST /v1/sandboxes/{id}/fork", s.authed(s.forkSandbox))
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
 	s.handle("GET /v1/sandboxes/{id}/metrics", s.authed(s.sandboxMetrics))

@@ -159,8 +159,34 @@
 //     waiting, building, ready or error, at most 100 log entries after the
 //     offset (none once drained) and, on error, reason {message, step:
 //     "base", the E2B step's number, or "finalize"}.
-//   - Not supported: fork and template tags answer 501, not a 404 that
-//     the SDK would read as "sandbox not found".
+//   - Fork (fork.go; the SDK's sandbox.fork() and static Sandbox.fork()):
+//     POST /sandboxes/{id}/fork, body SandboxForkRequest:
+//     timeout → each fork's timeout in seconds (default 15 as in E2B's
+//     schema; ≤ 0 is 400), count → the number of forks (default 1; 1 to
+//     service.MaxForks = 16, where E2B allows 100: more is 400). Answer
+//     201, a JSON array of SandboxForkResult, one per requested fork in
+//     order: {"sandbox": Sandbox} (the object of a create: sandboxID,
+//     templateID and alias = the source's template, clientID, envdVersion,
+//     the fork's own envdAccessToken, trafficAccessToken, domain) or
+//     {"error": {"code": the HTTP status that fork's failure would have
+//     had alone (503 no room on the host, 507 its data disk, 500 with an
+//     error ID), "message"}}; a failed fork leaves nothing running (its
+//     record is in error and not listed). A non-201 answer means no fork
+//     was attempted: 404 for another team's sandbox, a malformed ID, a
+//     killed, failed or lost one (the SDK's SandboxNotFoundError), 409
+//     for a paused or pausing one (E2B forks running sandboxes only), 429
+//     when the forks would take the team past its quotas (each fork is a
+//     sandbox: running count, vCPUs, memory), 503 when the source's host
+//     is unreachable or has no room for them all. Semantics: the source
+//     is held (its guest stopped) while its memory is saved and runs on,
+//     keeping its ID and deadline (a fork is activity); forks run on the
+//     source's host with the source's template, shape, metadata, env vars,
+//     lifecycle (autoPause, autoResume) and network settings, and their
+//     own ID, envd token, hostname (their ID), kernel RNG state (reseeded
+//     by /init) and network slot; their memory is the source's,
+//     copy-on-write, and their disk chains onto the source's.
+//   - Not supported: template tags answer 501, not a 404 that the SDK
+//     would read as "sandbox not found".
 //
 // Request IDs: as the native API (package logctx), every answer echoes the
 // request's X-Request-Id (the client's when well-formed, else a fresh one)

@@ -125,6 +125,7 @@ func (h *Handler) register() {
 	h.handle("GET /sandboxes/metrics", h.authed(h.metricsMany))
 	h.handle("PUT /sandboxes/{id}/network", h.authed(h.updateNetwork))
 	h.handle("POST /sandboxes/{id}/snapshots", h.authed(h.createSnapshot))
+	h.handle("POST /sandboxes/{id}/fork", h.authed(h.fork))
 	h.handle("GET /snapshots", h.authed(h.listSnapshots))
 	h.handle("GET /sandboxes/{id}/logs", h.authed(h.logs))
 	h.handle("GET /v2/sandboxes/{id}/logs", h.authed(h.logsV2))
@@ -133,7 +134,7 @@ func (h *Handler) register() {
 	h.handle("GET /templates/aliases/{alias}", h.authed(h.templateAlias))
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
-	unsupported := []string{"POST /sandboxes/{id}/fork"}
+	var unsupported []string
 	if h.cfg.Builds != nil && len(h.cfg.Secret) > 0 {
 		h.handle("POST /v3/templates", h.authed(h.createTemplateV3))
 		h.handle("GET /templates/{templateID}/files/{hash}", h.authed(h.templateFile))

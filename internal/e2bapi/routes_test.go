@@ -109,7 +109,6 @@ func TestHealthAuthAndRouting(t *testing.T) {
 	// Unknown E2B paths and unsupported features keep the error shape.
 	f.do(t, "GET", "/sandboxes/"+f.running+"/nope", f.keyA, nil).expect(t, 404, nil)
 	f.do(t, "PATCH", "/sandboxes/"+f.running, f.keyA, map[string]any{}).expect(t, 404, nil)
-	f.do(t, "POST", "/sandboxes/"+f.running+"/fork", f.keyA, map[string]any{}).expect(t, 501, nil)
 	f.do(t, "PUT", "/sandboxes/"+f.running+"/network", f.keyA, map[string]any{"allowOut": []string{"not a name"}}).expect(t, 400, nil)
 	f.do(t, "POST", "/sandboxes/"+f.running+"/fork", "", nil).expect(t, 401, nil)
 

@@ -31,5 +31,9 @@
 // The server runs as an ordinary process on a host (tests, benchmarks) or as
 // PID 1 of a guest (see package guestinit); Config.Guest enables the side
 // effects that only make sense inside a guest (setting the clock, installing
-// CA certificates).
+// CA certificates, and Capsule's two fields beyond E2B's: entropy, which is
+// mixed into the kernel's input pool and reseeds its generator at once,
+// RNDADDENTROPY then RNDRESEEDCRNG, so that guests restored from one
+// snapshot, forks and template clones, stop sharing RNG state; and
+// hostname, which a fork gets as its own; identity.go).
 package envd

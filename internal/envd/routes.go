@@ -70,6 +70,10 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if len(req.Entropy) > envdapi.MaxInitEntropyBytes {
+		writeJSONError(w, http.StatusBadRequest, "entropy: at most "+strconv.Itoa(envdapi.MaxInitEntropyBytes)+" bytes")
+		return
+	}
 	if req.DefaultUser != "" {
 		if _, err := lookupAccount(req.DefaultUser); err != nil {
 			writeJSONError(w, http.StatusBadRequest, "unknown defaultUser '"+req.DefaultUser+"'")
@@ -129,6 +133,14 @@ func (s *Server) handleInit(w http.ResponseWriter, r *http.Request) {
 		if req.CABundle != "" {
 			if err := s.installCABundle(req.CABundle); err != nil {
 				s.log.ErrorContext(r.Context(), "install CA bundle", "err", err)
+			}
+		}
+		if err := reseedRNG(req.Entropy); err != nil {
+			s.log.ErrorContext(r.Context(), "reseed the kernel RNG", "err", err)
+		}
+		if req.Hostname != "" {
+			if err := setHostname(req.Hostname); err != nil {
+				s.log.ErrorContext(r.Context(), "set the hostname", "err", err)
 			}
 		}
 	}

@@ -28,7 +28,23 @@ type InitRequest struct {
 	VolumeMounts   []VolumeMount     `json:"volumeMounts,omitempty"`
 	HyperloopIP    string            `json:"hyperloopIP,omitempty"`
 	LifecycleID    string            `json:"lifecycleID,omitempty"`
+
+	// Capsule's own, beyond E2B's fields (an E2B envd ignores them):
+	// Hostname, when set, becomes the guest's hostname (kernel,
+	// /etc/hostname, /etc/hosts); Entropy (base64 in JSON, at most
+	// MaxInitEntropyBytes) is mixed into the guest kernel's entropy pool,
+	// which is then reseeded, so that guests restored from one snapshot
+	// (template clones, forks) do not share their RNG state.
+	Hostname string `json:"hostname,omitempty"`
+	Entropy  []byte `json:"entropy,omitempty"`
 }
+
+// InitEntropyBytes is how much entropy the host sends with each /init;
+// MaxInitEntropyBytes is the most envd accepts.
+const (
+	InitEntropyBytes    = 64
+	MaxInitEntropyBytes = 512
+)
 
 // VolumeMount is an NFS mount requested by /init.
 type VolumeMount struct {

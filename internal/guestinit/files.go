@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostsMarker ends every /etc/hosts line that envd manages, so that a
@@ -165,4 +167,15 @@ func (id identity) apply() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SetHostname sets the hostname of a running guest as Setup does at boot:
+// in the kernel, /etc/hostname and /etc/hosts (where it maps to
+// 127.0.1.1). envd's /init uses it to give a fork its own.
+func SetHostname(hostname string) error {
+	if err := validHostname(hostname); err != nil {
+		return fmt.Errorf("hostname %q: %w", hostname, err)
+	}
+	return identity{etc: "/etc", hostname: hostname,
+		sethostname: func(h string) error { return unix.Sethostname([]byte(h)) }}.apply()
 }

@@ -22,7 +22,7 @@ var (
 	APIExecPool         = pool("ctb", 102)
 	ServiceTTLPool      = pool("ctc", 104)    // internal/service: TTL and snapshots
 	E2BPool             = pool("cte", 106)    // internal/e2bapi
-	E2BLogsPool         = pool("ce2", 152)    // internal/e2bapi: sandbox logs
+	E2BLogsPool         = pool("ce2", 160)    // internal/e2bapi: sandbox logs
 	ProxyPool           = pool("cpx", 108)    // internal/proxy
 	CrashPool           = pool("ccrash", 124) // cmd/capsule: serve killed at idle, a second serve
 	KillPool            = pool("ckill", 126)  // cmd/capsule: serve killed at each step
@@ -30,6 +30,7 @@ var (
 	ServiceChainPool    = pool("cch", 174)  // internal/service: snapshot chains and stored quotas
 	ServiceFullDiskPool = pool("cfp", 176)  // internal/service: a full data disk
 	ServiceMetricsPool  = pool("cmx", 214)  // internal/service: the metrics history
+	ServiceForkPool     = pool("cfk", 150)  // internal/service: forks
 	SDKPool             = pool("csdk", 130) // sdk/go/capsule: the Go SDK against the real stack
 	CLIPool             = pool("ccli", 132) // internal/cli: the command line against the real stack
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
@@ -61,6 +62,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 	// embedded host's and three agents' slot pools and the links of their
 	// namespaces.
 	pool("cbh0", 238), pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
+	// `capsule bench fork`'s own pool (cmd/capsule/benchfork.go).
+	pool("cbf", 152),
 	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.

@@ -41,6 +41,14 @@
 // least recently used entries are evicted when an import needs room,
 // never one a sandbox or another template reads through.
 //
+// Forks (fork.go): Fork saves a running sandbox into a hidden snapshot
+// template ("fork-…", its guest held only while its memory is copied),
+// creates every fork from it as from any snapshot template, and deletes
+// the template's name at once; its files then live exactly as long as a
+// fork's disk chains onto them. Every /init (create, resume, fork) carries
+// fresh entropy that envd feeds to the guest kernel's RNG, and a fork's a
+// hostname of its own.
+//
 // Every step that creates something has a rollback, state is persisted
 // durably (fsync of file and directory) before and after each transition,
 // and New recovers what an agent that died left behind without deleting

@@ -168,6 +168,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		m.stopSampler()
 		return nil, err
 	}
+	// Fork templates a crashed manager left indexed are of no use.
+	m.dropForkTemplates()
 	// Warm-up sandboxes a crashed manager left are of no use.
 	for _, in := range m.List() {
 		if strings.HasPrefix(in.ID, warmSandboxPrefix) {
@@ -211,8 +213,15 @@ type CreateOptions struct {
 	// ignored); nil: egress.Open() when Egress, else egress.Closed().
 	Network *egress.Rules
 
+	// Hostname, when set, is the guest's hostname, set by /init (forks get
+	// their own; others keep their root filesystem's).
+	Hostname string
+
 	// noWarm: a warm-up build's own sandbox (boots cold, starts no build).
 	noWarm bool
+	// from: a fork's hidden template (fork.go), restored instead of
+	// resolving Template, which then only names the source's template.
+	from *Template
 }
 
 // Info describes a sandbox.
@@ -272,9 +281,11 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	if strings.HasPrefix(o.ID, warmSandboxPrefix) && !o.noWarm {
 		return nil, fmt.Errorf("%w: sandbox IDs starting with %q are reserved", ErrInvalid, warmSandboxPrefix)
 	}
-	tpl, err := m.resolveTemplate(ctx, o.Template)
-	if err != nil {
-		return nil, err
+	tpl := o.from
+	if tpl == nil {
+		if tpl, err = m.resolveTemplate(ctx, o.Template); err != nil {
+			return nil, err
+		}
 	}
 	m.touchTemplate(tpl)
 	rec := &record{
@@ -284,7 +295,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		Network:     cloneRules(o.Network),
 		AccessToken: o.AccessToken, DefaultUser: o.DefaultUser, DefaultWorkdir: o.DefaultWorkdir,
 		EnvVars: maps.Clone(o.EnvVars), Metadata: maps.Clone(o.Metadata),
-		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(),
+		TimeoutSec: int(o.Timeout / time.Second), CreatedAt: m.now().UTC(), Hostname: o.Hostname,
+	}
+	if o.from != nil {
+		rec.Template = o.Template // the source's, as E2B_TEMPLATE_ID
 	}
 	if rec.VCPUs == 0 {
 		rec.VCPUs = m.cfg.DefaultVCPUs
@@ -306,7 +320,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	// it; without one, it boots cold and a warm snapshot is built for next
 	// time.
 	image := tpl
-	if !o.noWarm {
+	if !o.noWarm && o.from == nil {
 		if w := m.warmTemplate(tpl, o, rec.VCPUs, rec.MemoryMB); w != nil {
 			tpl = w
 		} else {
@@ -481,8 +495,17 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	env["E2B_TEMPLATE_ID"] = rec.Template
 	now := m.now().UTC()
 	tok := rec.AccessToken
+	// Fresh entropy every time: a guest restored from a snapshot (a
+	// template's clone, a fork, a resumed pause) starts with the RNG
+	// state that was saved, which every other restore of it shares; envd
+	// mixes this in and reseeds the kernel's generator.
+	seed := make([]byte, envdapi.InitEntropyBytes)
+	if _, err := rand.Read(seed); err != nil {
+		return fmt.Errorf("entropy for /init: %w", err)
+	}
 	return c.Init(ctx, envdapi.InitRequest{
 		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser, DefaultWorkdir: rec.DefaultWorkdir,
+		Hostname: rec.Hostname, Entropy: seed,
 	})
 }
 

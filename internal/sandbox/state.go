@@ -72,6 +72,8 @@ type record struct {
 	PendingSnapshot string `json:"pendingSnapshot,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+	// Hostname is the guest's hostname set by /init (CreateOptions).
+	Hostname string `json:"hostname,omitempty"`
 
 	// Network are the egress rules; nil (state files from before rules,
 	// and sandboxes created without) means Egress on or off.

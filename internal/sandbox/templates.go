@@ -54,6 +54,10 @@ type Template struct {
 	// Replica: the template was imported from another host
 	// (ImportTemplate); the host may evict it when its disk runs low.
 	Replica bool `json:"replica,omitempty"`
+
+	// hold is how long the source's guest was stopped while the
+	// template was taken of it running (not persisted).
+	hold time.Duration
 }
 
 func (t *Template) isSnapshot() bool { return t.Kind == KindSnapshot }
@@ -81,7 +85,7 @@ func (m *Manager) resolveTemplate(ctx context.Context, name string) (*Template, 
 	if !ValidTemplateName(name) {
 		return nil, fmt.Errorf("%w: template name %q", ErrInvalid, name)
 	}
-	if isWarm(name) {
+	if isHidden(name) {
 		return nil, fmt.Errorf("%w: template %s", ErrNotFound, name)
 	}
 	if t, err := m.readTemplate(name); err == nil {
@@ -128,7 +132,7 @@ func (m *Manager) Templates() ([]*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(all, func(t *Template) bool { return isWarm(t.Name) }), nil
+	return slices.DeleteFunc(all, func(t *Template) bool { return isHidden(t.Name) }), nil
 }
 
 func (m *Manager) allTemplates() ([]*Template, error) {
@@ -155,19 +159,33 @@ func (m *Manager) allTemplates() ([]*Template, error) {
 // moment of the copy and resumed; a paused one stays paused. An existing
 // template of that name is replaced.
 func (m *Manager) CreateSnapshot(ctx context.Context, id, name string) (*Template, error) {
-	return m.makeTemplate(ctx, id, name, KindSnapshot, false)
+	return m.makeTemplate(ctx, id, name, KindSnapshot, useUser)
 }
 
 // FlattenRootfs makes an image template named name from a sandbox's disk
 // (no memory: sandboxes created from it cold-boot).
 func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*Template, error) {
-	return m.makeTemplate(ctx, id, name, KindImage, false)
+	return m.makeTemplate(ctx, id, name, KindImage, useUser)
 }
 
-// warm marks a warm snapshot (warm.go), whose names users cannot take.
-func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm bool) (tpl *Template, err error) {
-	if !ValidTemplateName(name) || name == "minimal" || name == "base" || isWarm(name) != warm {
-		return nil, fmt.Errorf("%w: template name %q (letters, digits, '-' and '_'; not an image name, not %q…)", ErrInvalid, name, warmPrefix)
+// templateUse says what a template is made for: a user's template, or
+// one of the manager's hidden ones (a warm snapshot, warm.go; a fork's,
+// fork.go), whose names users cannot take.
+type templateUse int
+
+const (
+	useUser templateUse = iota
+	useWarm
+	useFork
+)
+
+// isHidden reports whether name is one of the manager's own templates.
+func isHidden(name string) bool { return isWarm(name) || isFork(name) }
+
+func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, use templateUse) (tpl *Template, err error) {
+	if !ValidTemplateName(name) || name == "minimal" || name == "base" || isHidden(name) != (use != useUser) ||
+		isWarm(name) != (use == useWarm) || isFork(name) != (use == useFork) {
+		return nil, fmt.Errorf("%w: template name %q (letters, digits, '-' and '_'; not an image name, not %q… or %q…)", ErrInvalid, name, warmPrefix, forkPrefix)
 	}
 	b, err := m.lock(id)
 	if err != nil {
@@ -175,7 +193,7 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 	}
 	defer b.op.Unlock()
 	rec := b.snapshotRecord()
-	if rec.State != StateRunning && rec.State != StatePaused {
+	if (rec.State != StateRunning && rec.State != StatePaused) || (use == useFork && rec.State != StateRunning) {
 		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, rec.State)
 	}
 	// The memory (a running machine's) and a copy of the disk's overlay
@@ -218,7 +236,8 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, warm 
 		if err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", id, err)
 		}
-		if !warm { // a warm snapshot's source is destroyed next
+		tpl.hold = snap.Paused
+		if use != useWarm { // a warm snapshot's source is destroyed next
 			m.resyncClock(ctx, b, &rec)
 		}
 		crashPoint("snapshot-saved")

@@ -144,7 +144,7 @@ func (m *Manager) buildWarm(ctx context.Context, tpl *Template, name string, vcp
 			m.log.ErrorContext(dctx, "destroy the warm-up sandbox", "sandbox", id, "err", err)
 		}
 	}()
-	_, err := m.makeTemplate(ctx, id, name, KindSnapshot, true)
+	_, err := m.makeTemplate(ctx, id, name, KindSnapshot, useWarm)
 	return err
 }
 

@@ -70,6 +70,14 @@
 // affinity, a deletion's fan-out, the owned copies of reconciliation),
 // and forgets those a host evicted from its cache or lost.
 //
+// Forks (fork.go) are new sandboxes that start as running copies of a
+// running one, made by its host (agent ForkSandbox) from a hidden
+// snapshot that exists only on that host and only as long as a fork's
+// disk chains onto it: no template record, nothing to delete. Their
+// records, quotas and the host's room are checked in one transaction
+// before the host is asked; each fork then succeeds or fails on its own,
+// and a failed one is recorded in error and destroyed on the host.
+//
 // Storage quotas (Quotas.MaxPausedSandboxes, MaxStoredMB; per team in
 // teams.max_paused_sandboxes and max_stored_mb, NULL: the platform
 // default): a team's paused sandboxes, and the MiB it stores — the memory

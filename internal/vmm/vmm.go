@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"time"
 )
 
 // Accel names how guest code executes.
@@ -100,6 +101,10 @@ type Snapshot struct {
 	// files themselves (resuming a pause in place) or copy-on-write
 	// overlays on them (one per restored machine, for templates).
 	Disks []Disk
+	// Paused is how long the guest was stopped while the snapshot was
+	// taken (with keepRunning, the hold its workload saw); zero when the
+	// snapshot was read from disk rather than taken.
+	Paused time.Duration
 }
 
 // Driver starts machines.

@@ -379,7 +379,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 9.
+	// implements (see the file comment); this file describes revision 10.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -388,7 +388,7 @@ type GetHostInfoResponse struct {
 	// revision 7 CreateSandboxRequest.default_workdir (built templates);
 	// revision 8 GetSandboxConsole and DestroySandboxResponse.console;
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
-	// between hosts).
+	// between hosts); revision 10 ForkSandbox.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -1081,6 +1081,179 @@ func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
 	return nil
 }
 
+type ForkSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sandbox_id is the source.
+	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// forks are the new sandboxes (1 to 32): their IDs, tokens,
+	// environments, metadata, users and egress rules as in
+	// CreateSandboxRequest; template, vcpus, memory_mb and disk_mb are the
+	// source's and ignored here. A fork without network gets the source's
+	// egress rules.
+	Forks         []*CreateSandboxRequest `protobuf:"bytes,2,rep,name=forks,proto3" json:"forks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForkSandboxRequest) Reset() {
+	*x = ForkSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForkSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForkSandboxRequest) ProtoMessage() {}
+
+func (x *ForkSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForkSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ForkSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ForkSandboxRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ForkSandboxRequest) GetForks() []*CreateSandboxRequest {
+	if x != nil {
+		return x.Forks
+	}
+	return nil
+}
+
+type ForkSandboxResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Results []*ForkResult          `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// source_hold is how long the source's guest was stopped.
+	SourceHold    *durationpb.Duration `protobuf:"bytes,2,opt,name=source_hold,json=sourceHold,proto3" json:"source_hold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForkSandboxResponse) Reset() {
+	*x = ForkSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForkSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForkSandboxResponse) ProtoMessage() {}
+
+func (x *ForkSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForkSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ForkSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ForkSandboxResponse) GetResults() []*ForkResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *ForkSandboxResponse) GetSourceHold() *durationpb.Duration {
+	if x != nil {
+		return x.SourceHold
+	}
+	return nil
+}
+
+// ForkResult is one fork's outcome: its sandbox, or why it failed (a
+// Connect code name, such as "resource_exhausted", and a message).
+type ForkResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	ErrorCode     string                 `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForkResult) Reset() {
+	*x = ForkResult{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForkResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForkResult) ProtoMessage() {}
+
+func (x *ForkResult) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForkResult.ProtoReflect.Descriptor instead.
+func (*ForkResult) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ForkResult) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+func (x *ForkResult) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *ForkResult) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 type DestroySandboxRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -1090,7 +1263,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1275,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1288,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -1139,7 +1312,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1324,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1337,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DestroySandboxResponse) GetMetrics() *MetricSeries {
@@ -1194,7 +1367,7 @@ type ConsoleTail struct {
 
 func (x *ConsoleTail) Reset() {
 	*x = ConsoleTail{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1379,7 @@ func (x *ConsoleTail) String() string {
 func (*ConsoleTail) ProtoMessage() {}
 
 func (x *ConsoleTail) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1392,7 @@ func (x *ConsoleTail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleTail.ProtoReflect.Descriptor instead.
 func (*ConsoleTail) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ConsoleTail) GetData() []byte {
@@ -1247,7 +1420,7 @@ type GetSandboxConsoleRequest struct {
 
 func (x *GetSandboxConsoleRequest) Reset() {
 	*x = GetSandboxConsoleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1432,7 @@ func (x *GetSandboxConsoleRequest) String() string {
 func (*GetSandboxConsoleRequest) ProtoMessage() {}
 
 func (x *GetSandboxConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1445,7 @@ func (x *GetSandboxConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxConsoleRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetSandboxConsoleRequest) GetSandboxId() string {
@@ -1298,7 +1471,7 @@ type GetSandboxConsoleResponse struct {
 
 func (x *GetSandboxConsoleResponse) Reset() {
 	*x = GetSandboxConsoleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1483,7 @@ func (x *GetSandboxConsoleResponse) String() string {
 func (*GetSandboxConsoleResponse) ProtoMessage() {}
 
 func (x *GetSandboxConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1496,7 @@ func (x *GetSandboxConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxConsoleResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSandboxConsoleResponse) GetConsole() *ConsoleTail {
@@ -1342,7 +1515,7 @@ type PauseSandboxRequest struct {
 
 func (x *PauseSandboxRequest) Reset() {
 	*x = PauseSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1527,7 @@ func (x *PauseSandboxRequest) String() string {
 func (*PauseSandboxRequest) ProtoMessage() {}
 
 func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1540,7 @@ func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PauseSandboxRequest) GetSandboxId() string {
@@ -1389,7 +1562,7 @@ type PauseSandboxResponse struct {
 
 func (x *PauseSandboxResponse) Reset() {
 	*x = PauseSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1574,7 @@ func (x *PauseSandboxResponse) String() string {
 func (*PauseSandboxResponse) ProtoMessage() {}
 
 func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1587,7 @@ func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
@@ -1446,7 +1619,7 @@ type ResumeSandboxRequest struct {
 
 func (x *ResumeSandboxRequest) Reset() {
 	*x = ResumeSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1631,7 @@ func (x *ResumeSandboxRequest) String() string {
 func (*ResumeSandboxRequest) ProtoMessage() {}
 
 func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1644,7 @@ func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResumeSandboxRequest) GetSandboxId() string {
@@ -1504,7 +1677,7 @@ type ResumeSandboxResponse struct {
 
 func (x *ResumeSandboxResponse) Reset() {
 	*x = ResumeSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1689,7 @@ func (x *ResumeSandboxResponse) String() string {
 func (*ResumeSandboxResponse) ProtoMessage() {}
 
 func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1702,7 @@ func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
@@ -1548,7 +1721,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1733,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1746,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -1592,7 +1765,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1777,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1790,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -1635,7 +1808,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1820,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1833,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 type ListSandboxesResponse struct {
@@ -1673,7 +1846,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1858,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1871,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -1717,7 +1890,7 @@ type PingSandboxRequest struct {
 
 func (x *PingSandboxRequest) Reset() {
 	*x = PingSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1902,7 @@ func (x *PingSandboxRequest) String() string {
 func (*PingSandboxRequest) ProtoMessage() {}
 
 func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1915,7 @@ func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PingSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PingSandboxRequest) GetSandboxId() string {
@@ -1760,7 +1933,7 @@ type PingSandboxResponse struct {
 
 func (x *PingSandboxResponse) Reset() {
 	*x = PingSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1945,7 @@ func (x *PingSandboxResponse) String() string {
 func (*PingSandboxResponse) ProtoMessage() {}
 
 func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1958,7 @@ func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PingSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 type SetSandboxTimeoutRequest struct {
@@ -1799,7 +1972,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1984,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1997,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -1849,7 +2022,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +2034,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2047,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 type GetSandboxMetricsRequest struct {
@@ -1893,7 +2066,7 @@ type GetSandboxMetricsRequest struct {
 
 func (x *GetSandboxMetricsRequest) Reset() {
 	*x = GetSandboxMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2078,7 @@ func (x *GetSandboxMetricsRequest) String() string {
 func (*GetSandboxMetricsRequest) ProtoMessage() {}
 
 func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2091,7 @@ func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetSandboxMetricsRequest) GetSandboxId() string {
@@ -1972,7 +2145,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2157,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2170,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MetricPoint) GetTimestamp() *timestamppb.Timestamp {
@@ -2053,7 +2226,7 @@ type MetricSeries struct {
 
 func (x *MetricSeries) Reset() {
 	*x = MetricSeries{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2238,7 @@ func (x *MetricSeries) String() string {
 func (*MetricSeries) ProtoMessage() {}
 
 func (x *MetricSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2251,7 @@ func (x *MetricSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricSeries.ProtoReflect.Descriptor instead.
 func (*MetricSeries) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MetricSeries) GetTier() MetricTier {
@@ -2120,7 +2293,7 @@ type SandboxMetrics struct {
 
 func (x *SandboxMetrics) Reset() {
 	*x = SandboxMetrics{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2305,7 @@ func (x *SandboxMetrics) String() string {
 func (*SandboxMetrics) ProtoMessage() {}
 
 func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2318,7 @@ func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
 func (*SandboxMetrics) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SandboxMetrics) GetTimestamp() *timestamppb.Timestamp {
@@ -2216,7 +2389,7 @@ type GetSandboxMetricsResponse struct {
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2401,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2414,7 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetSandboxMetricsResponse) GetMetrics() *SandboxMetrics {
@@ -2281,7 +2454,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2466,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2479,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Template) GetName() string {
@@ -2381,7 +2554,7 @@ type ExportTemplateRequest struct {
 
 func (x *ExportTemplateRequest) Reset() {
 	*x = ExportTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2566,7 @@ func (x *ExportTemplateRequest) String() string {
 func (*ExportTemplateRequest) ProtoMessage() {}
 
 func (x *ExportTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2579,7 @@ func (x *ExportTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ExportTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExportTemplateRequest) GetName() string {
@@ -2431,7 +2604,7 @@ type ExportTemplateResponse struct {
 
 func (x *ExportTemplateResponse) Reset() {
 	*x = ExportTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2616,7 @@ func (x *ExportTemplateResponse) String() string {
 func (*ExportTemplateResponse) ProtoMessage() {}
 
 func (x *ExportTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2629,7 @@ func (x *ExportTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ExportTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExportTemplateResponse) GetPart() isExportTemplateResponse_Part {
@@ -2516,7 +2689,7 @@ type ImportTemplateRequest struct {
 
 func (x *ImportTemplateRequest) Reset() {
 	*x = ImportTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2701,7 @@ func (x *ImportTemplateRequest) String() string {
 func (*ImportTemplateRequest) ProtoMessage() {}
 
 func (x *ImportTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2714,7 @@ func (x *ImportTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ImportTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ImportTemplateRequest) GetPart() isImportTemplateRequest_Part {
@@ -2598,7 +2771,7 @@ type ImportTemplateResponse struct {
 
 func (x *ImportTemplateResponse) Reset() {
 	*x = ImportTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2783,7 @@ func (x *ImportTemplateResponse) String() string {
 func (*ImportTemplateResponse) ProtoMessage() {}
 
 func (x *ImportTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2796,7 @@ func (x *ImportTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ImportTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ImportTemplateResponse) GetTemplate() *Template {
@@ -2678,7 +2851,7 @@ type TemplateManifest struct {
 
 func (x *TemplateManifest) Reset() {
 	*x = TemplateManifest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +2863,7 @@ func (x *TemplateManifest) String() string {
 func (*TemplateManifest) ProtoMessage() {}
 
 func (x *TemplateManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +2876,7 @@ func (x *TemplateManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateManifest.ProtoReflect.Descriptor instead.
 func (*TemplateManifest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TemplateManifest) GetName() string {
@@ -2811,7 +2984,7 @@ type TemplateFile struct {
 
 func (x *TemplateFile) Reset() {
 	*x = TemplateFile{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +2996,7 @@ func (x *TemplateFile) String() string {
 func (*TemplateFile) ProtoMessage() {}
 
 func (x *TemplateFile) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +3009,7 @@ func (x *TemplateFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateFile.ProtoReflect.Descriptor instead.
 func (*TemplateFile) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TemplateFile) GetPath() string {
@@ -2892,7 +3065,7 @@ type TemplateChunk struct {
 
 func (x *TemplateChunk) Reset() {
 	*x = TemplateChunk{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2904,7 +3077,7 @@ func (x *TemplateChunk) String() string {
 func (*TemplateChunk) ProtoMessage() {}
 
 func (x *TemplateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2917,7 +3090,7 @@ func (x *TemplateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateChunk.ProtoReflect.Descriptor instead.
 func (*TemplateChunk) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TemplateChunk) GetFile() uint32 {
@@ -2959,7 +3132,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2971,7 +3144,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2984,7 +3157,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -3010,7 +3183,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3022,7 +3195,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3035,7 +3208,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() *Template {
@@ -3055,7 +3228,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3240,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3253,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -3106,7 +3279,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3291,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3304,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FlattenRootfsResponse) GetTemplate() *Template {
@@ -3150,7 +3323,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3162,7 +3335,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3175,7 +3348,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteTemplateRequest) GetName() string {
@@ -3193,7 +3366,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3378,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3391,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 type ListTemplatesRequest struct {
@@ -3229,7 +3402,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3241,7 +3414,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3254,7 +3427,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 type ListTemplatesResponse struct {
@@ -3267,7 +3440,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3452,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3465,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -3312,7 +3485,7 @@ type PtySize struct {
 
 func (x *PtySize) Reset() {
 	*x = PtySize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3324,7 +3497,7 @@ func (x *PtySize) String() string {
 func (*PtySize) ProtoMessage() {}
 
 func (x *PtySize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3337,7 +3510,7 @@ func (x *PtySize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtySize.ProtoReflect.Descriptor instead.
 func (*PtySize) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PtySize) GetCols() uint32 {
@@ -3381,7 +3554,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3393,7 +3566,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3406,7 +3579,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -3487,7 +3660,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3499,7 +3672,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3512,7 +3685,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -3596,7 +3769,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3608,7 +3781,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3621,7 +3794,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -3645,7 +3818,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3830,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3843,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ExecOutput) GetData() isExecOutput_Data {
@@ -3747,7 +3920,7 @@ type ExecEnded struct {
 
 func (x *ExecEnded) Reset() {
 	*x = ExecEnded{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3759,7 +3932,7 @@ func (x *ExecEnded) String() string {
 func (*ExecEnded) ProtoMessage() {}
 
 func (x *ExecEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3772,7 +3945,7 @@ func (x *ExecEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecEnded.ProtoReflect.Descriptor instead.
 func (*ExecEnded) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ExecEnded) GetExitCode() int32 {
@@ -3818,7 +3991,7 @@ type ExecKeepalive struct {
 
 func (x *ExecKeepalive) Reset() {
 	*x = ExecKeepalive{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +4003,7 @@ func (x *ExecKeepalive) String() string {
 func (*ExecKeepalive) ProtoMessage() {}
 
 func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +4016,7 @@ func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecKeepalive.ProtoReflect.Descriptor instead.
 func (*ExecKeepalive) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 type SendExecInputRequest struct {
@@ -3859,7 +4032,7 @@ type SendExecInputRequest struct {
 
 func (x *SendExecInputRequest) Reset() {
 	*x = SendExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3871,7 +4044,7 @@ func (x *SendExecInputRequest) String() string {
 func (*SendExecInputRequest) ProtoMessage() {}
 
 func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3884,7 +4057,7 @@ func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputRequest.ProtoReflect.Descriptor instead.
 func (*SendExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SendExecInputRequest) GetSandboxId() string {
@@ -3923,7 +4096,7 @@ type SendExecInputResponse struct {
 
 func (x *SendExecInputResponse) Reset() {
 	*x = SendExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3935,7 +4108,7 @@ func (x *SendExecInputResponse) String() string {
 func (*SendExecInputResponse) ProtoMessage() {}
 
 func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3948,7 +4121,7 @@ func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputResponse.ProtoReflect.Descriptor instead.
 func (*SendExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 type CloseExecInputRequest struct {
@@ -3961,7 +4134,7 @@ type CloseExecInputRequest struct {
 
 func (x *CloseExecInputRequest) Reset() {
 	*x = CloseExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3973,7 +4146,7 @@ func (x *CloseExecInputRequest) String() string {
 func (*CloseExecInputRequest) ProtoMessage() {}
 
 func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3986,7 +4159,7 @@ func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputRequest.ProtoReflect.Descriptor instead.
 func (*CloseExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CloseExecInputRequest) GetSandboxId() string {
@@ -4011,7 +4184,7 @@ type CloseExecInputResponse struct {
 
 func (x *CloseExecInputResponse) Reset() {
 	*x = CloseExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4023,7 +4196,7 @@ func (x *CloseExecInputResponse) String() string {
 func (*CloseExecInputResponse) ProtoMessage() {}
 
 func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4036,7 +4209,7 @@ func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputResponse.ProtoReflect.Descriptor instead.
 func (*CloseExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 type SignalExecRequest struct {
@@ -4050,7 +4223,7 @@ type SignalExecRequest struct {
 
 func (x *SignalExecRequest) Reset() {
 	*x = SignalExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4062,7 +4235,7 @@ func (x *SignalExecRequest) String() string {
 func (*SignalExecRequest) ProtoMessage() {}
 
 func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4075,7 +4248,7 @@ func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecRequest.ProtoReflect.Descriptor instead.
 func (*SignalExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SignalExecRequest) GetSandboxId() string {
@@ -4107,7 +4280,7 @@ type SignalExecResponse struct {
 
 func (x *SignalExecResponse) Reset() {
 	*x = SignalExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4119,7 +4292,7 @@ func (x *SignalExecResponse) String() string {
 func (*SignalExecResponse) ProtoMessage() {}
 
 func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4132,7 +4305,7 @@ func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecResponse.ProtoReflect.Descriptor instead.
 func (*SignalExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 type ResizeExecRequest struct {
@@ -4146,7 +4319,7 @@ type ResizeExecRequest struct {
 
 func (x *ResizeExecRequest) Reset() {
 	*x = ResizeExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4158,7 +4331,7 @@ func (x *ResizeExecRequest) String() string {
 func (*ResizeExecRequest) ProtoMessage() {}
 
 func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4171,7 +4344,7 @@ func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecRequest.ProtoReflect.Descriptor instead.
 func (*ResizeExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ResizeExecRequest) GetSandboxId() string {
@@ -4203,7 +4376,7 @@ type ResizeExecResponse struct {
 
 func (x *ResizeExecResponse) Reset() {
 	*x = ResizeExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4215,7 +4388,7 @@ func (x *ResizeExecResponse) String() string {
 func (*ResizeExecResponse) ProtoMessage() {}
 
 func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4228,7 +4401,7 @@ func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecResponse.ProtoReflect.Descriptor instead.
 func (*ResizeExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 type WriteFileRequest struct {
@@ -4244,7 +4417,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4429,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4442,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *WriteFileRequest) GetMsg() isWriteFileRequest_Msg {
@@ -4328,7 +4501,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4340,7 +4513,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4353,7 +4526,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *WriteFileHeader) GetSandboxId() string {
@@ -4388,7 +4561,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4400,7 +4573,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4413,7 +4586,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -4442,7 +4615,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4454,7 +4627,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4467,7 +4640,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -4505,7 +4678,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4517,7 +4690,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4530,7 +4703,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ReadFileResponse) GetChunk() []byte {
@@ -4568,7 +4741,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4580,7 +4753,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4593,7 +4766,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *FileEntry) GetName() string {
@@ -4674,7 +4847,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4686,7 +4859,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4699,7 +4872,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -4740,7 +4913,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4752,7 +4925,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4765,7 +4938,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -4788,7 +4961,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4800,7 +4973,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4813,7 +4986,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -4846,7 +5019,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4858,7 +5031,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4871,7 +5044,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -4892,7 +5065,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4904,7 +5077,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4917,7 +5090,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RemoveRequest) GetSandboxId() string {
@@ -4949,7 +5122,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4961,7 +5134,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4974,7 +5147,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
 }
 
 type SetSandboxNetworkRequest struct {
@@ -4987,7 +5160,7 @@ type SetSandboxNetworkRequest struct {
 
 func (x *SetSandboxNetworkRequest) Reset() {
 	*x = SetSandboxNetworkRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4999,7 +5172,7 @@ func (x *SetSandboxNetworkRequest) String() string {
 func (*SetSandboxNetworkRequest) ProtoMessage() {}
 
 func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5012,7 +5185,7 @@ func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SetSandboxNetworkRequest) GetSandboxId() string {
@@ -5037,7 +5210,7 @@ type SetSandboxNetworkResponse struct {
 
 func (x *SetSandboxNetworkResponse) Reset() {
 	*x = SetSandboxNetworkResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5049,7 +5222,7 @@ func (x *SetSandboxNetworkResponse) String() string {
 func (*SetSandboxNetworkResponse) ProtoMessage() {}
 
 func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5062,7 +5235,7 @@ func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -5142,7 +5315,21 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
 	"\x15CreateSandboxResponse\x12/\n" +
-	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"6\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"m\n" +
+	"\x12ForkSandboxRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x128\n" +
+	"\x05forks\x18\x02 \x03(\v2\".hostagent.v1.CreateSandboxRequestR\x05forks\"\x85\x01\n" +
+	"\x13ForkSandboxResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.hostagent.v1.ForkResultR\aresults\x12:\n" +
+	"\vsource_hold\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"sourceHold\"\x81\x01\n" +
+	"\n" +
+	"ForkResult\x12/\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x02 \x01(\tR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\"6\n" +
 	"\x15DestroySandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"\x83\x01\n" +
@@ -5435,7 +5622,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
 	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
-	"\x11FILE_TYPE_SYMLINK\x10\x032\x96\x13\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x032\xea\x13\n" +
 	"\tHostAgent\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n" +
@@ -5449,7 +5636,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x11SetSandboxTimeout\x12&.hostagent.v1.SetSandboxTimeoutRequest\x1a'.hostagent.v1.SetSandboxTimeoutResponse\x12d\n" +
 	"\x11SetSandboxNetwork\x12&.hostagent.v1.SetSandboxNetworkRequest\x1a'.hostagent.v1.SetSandboxNetworkResponse\x12d\n" +
 	"\x11GetSandboxMetrics\x12&.hostagent.v1.GetSandboxMetricsRequest\x1a'.hostagent.v1.GetSandboxMetricsResponse\x12d\n" +
-	"\x11GetSandboxConsole\x12&.hostagent.v1.GetSandboxConsoleRequest\x1a'.hostagent.v1.GetSandboxConsoleResponse\x12[\n" +
+	"\x11GetSandboxConsole\x12&.hostagent.v1.GetSandboxConsoleRequest\x1a'.hostagent.v1.GetSandboxConsoleResponse\x12R\n" +
+	"\vForkSandbox\x12 .hostagent.v1.ForkSandboxRequest\x1a!.hostagent.v1.ForkSandboxResponse\x12[\n" +
 	"\x0eCreateSnapshot\x12#.hostagent.v1.CreateSnapshotRequest\x1a$.hostagent.v1.CreateSnapshotResponse\x12X\n" +
 	"\rFlattenRootfs\x12\".hostagent.v1.FlattenRootfsRequest\x1a#.hostagent.v1.FlattenRootfsResponse\x12[\n" +
 	"\x0eDeleteTemplate\x12#.hostagent.v1.DeleteTemplateRequest\x1a$.hostagent.v1.DeleteTemplateResponse\x12X\n" +
@@ -5482,7 +5670,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(MetricTier)(0),                   // 1: hostagent.v1.MetricTier
@@ -5497,206 +5685,215 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*NetworkRules)(nil),              // 10: hostagent.v1.NetworkRules
 	(*CreateSandboxRequest)(nil),      // 11: hostagent.v1.CreateSandboxRequest
 	(*CreateSandboxResponse)(nil),     // 12: hostagent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),     // 13: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 14: hostagent.v1.DestroySandboxResponse
-	(*ConsoleTail)(nil),               // 15: hostagent.v1.ConsoleTail
-	(*GetSandboxConsoleRequest)(nil),  // 16: hostagent.v1.GetSandboxConsoleRequest
-	(*GetSandboxConsoleResponse)(nil), // 17: hostagent.v1.GetSandboxConsoleResponse
-	(*PauseSandboxRequest)(nil),       // 18: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 19: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 20: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 21: hostagent.v1.ResumeSandboxResponse
-	(*GetSandboxRequest)(nil),         // 22: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 23: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 24: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 25: hostagent.v1.ListSandboxesResponse
-	(*PingSandboxRequest)(nil),        // 26: hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 27: hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 28: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 29: hostagent.v1.SetSandboxTimeoutResponse
-	(*GetSandboxMetricsRequest)(nil),  // 30: hostagent.v1.GetSandboxMetricsRequest
-	(*MetricPoint)(nil),               // 31: hostagent.v1.MetricPoint
-	(*MetricSeries)(nil),              // 32: hostagent.v1.MetricSeries
-	(*SandboxMetrics)(nil),            // 33: hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsResponse)(nil), // 34: hostagent.v1.GetSandboxMetricsResponse
-	(*Template)(nil),                  // 35: hostagent.v1.Template
-	(*ExportTemplateRequest)(nil),     // 36: hostagent.v1.ExportTemplateRequest
-	(*ExportTemplateResponse)(nil),    // 37: hostagent.v1.ExportTemplateResponse
-	(*ImportTemplateRequest)(nil),     // 38: hostagent.v1.ImportTemplateRequest
-	(*ImportTemplateResponse)(nil),    // 39: hostagent.v1.ImportTemplateResponse
-	(*TemplateManifest)(nil),          // 40: hostagent.v1.TemplateManifest
-	(*TemplateFile)(nil),              // 41: hostagent.v1.TemplateFile
-	(*TemplateChunk)(nil),             // 42: hostagent.v1.TemplateChunk
-	(*CreateSnapshotRequest)(nil),     // 43: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 44: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 45: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 46: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 47: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 48: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 49: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 50: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 51: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 52: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 53: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 54: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 55: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 56: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 57: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 58: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 59: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 60: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 61: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 62: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 63: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 64: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 65: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 66: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 67: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 68: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 69: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 70: hostagent.v1.ReadFileResponse
-	(*FileEntry)(nil),                 // 71: hostagent.v1.FileEntry
-	(*ListDirRequest)(nil),            // 72: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 73: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 74: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 75: hostagent.v1.MakeDirResponse
-	(*RemoveRequest)(nil),             // 76: hostagent.v1.RemoveRequest
-	(*RemoveResponse)(nil),            // 77: hostagent.v1.RemoveResponse
-	(*SetSandboxNetworkRequest)(nil),  // 78: hostagent.v1.SetSandboxNetworkRequest
-	(*SetSandboxNetworkResponse)(nil), // 79: hostagent.v1.SetSandboxNetworkResponse
-	nil,                               // 80: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 81: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 82: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 83: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 84: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 85: google.protobuf.Duration
+	(*ForkSandboxRequest)(nil),        // 13: hostagent.v1.ForkSandboxRequest
+	(*ForkSandboxResponse)(nil),       // 14: hostagent.v1.ForkSandboxResponse
+	(*ForkResult)(nil),                // 15: hostagent.v1.ForkResult
+	(*DestroySandboxRequest)(nil),     // 16: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 17: hostagent.v1.DestroySandboxResponse
+	(*ConsoleTail)(nil),               // 18: hostagent.v1.ConsoleTail
+	(*GetSandboxConsoleRequest)(nil),  // 19: hostagent.v1.GetSandboxConsoleRequest
+	(*GetSandboxConsoleResponse)(nil), // 20: hostagent.v1.GetSandboxConsoleResponse
+	(*PauseSandboxRequest)(nil),       // 21: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 22: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 23: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 24: hostagent.v1.ResumeSandboxResponse
+	(*GetSandboxRequest)(nil),         // 25: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 26: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 27: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 28: hostagent.v1.ListSandboxesResponse
+	(*PingSandboxRequest)(nil),        // 29: hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 30: hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 31: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 32: hostagent.v1.SetSandboxTimeoutResponse
+	(*GetSandboxMetricsRequest)(nil),  // 33: hostagent.v1.GetSandboxMetricsRequest
+	(*MetricPoint)(nil),               // 34: hostagent.v1.MetricPoint
+	(*MetricSeries)(nil),              // 35: hostagent.v1.MetricSeries
+	(*SandboxMetrics)(nil),            // 36: hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsResponse)(nil), // 37: hostagent.v1.GetSandboxMetricsResponse
+	(*Template)(nil),                  // 38: hostagent.v1.Template
+	(*ExportTemplateRequest)(nil),     // 39: hostagent.v1.ExportTemplateRequest
+	(*ExportTemplateResponse)(nil),    // 40: hostagent.v1.ExportTemplateResponse
+	(*ImportTemplateRequest)(nil),     // 41: hostagent.v1.ImportTemplateRequest
+	(*ImportTemplateResponse)(nil),    // 42: hostagent.v1.ImportTemplateResponse
+	(*TemplateManifest)(nil),          // 43: hostagent.v1.TemplateManifest
+	(*TemplateFile)(nil),              // 44: hostagent.v1.TemplateFile
+	(*TemplateChunk)(nil),             // 45: hostagent.v1.TemplateChunk
+	(*CreateSnapshotRequest)(nil),     // 46: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 47: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 48: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 49: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 50: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 51: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 52: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 53: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 54: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 55: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 56: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 57: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 58: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 59: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 60: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 61: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 62: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 63: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 64: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 65: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 66: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 67: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 68: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 69: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 70: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 71: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 72: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 73: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 74: hostagent.v1.FileEntry
+	(*ListDirRequest)(nil),            // 75: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 76: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 77: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 78: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 79: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 80: hostagent.v1.RemoveResponse
+	(*SetSandboxNetworkRequest)(nil),  // 81: hostagent.v1.SetSandboxNetworkRequest
+	(*SetSandboxNetworkResponse)(nil), // 82: hostagent.v1.SetSandboxNetworkResponse
+	nil,                               // 83: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 84: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 85: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 86: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 87: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 88: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	8,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
 	8,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	84, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	87, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
 	7,  // 3: hostagent.v1.GetHostInfoResponse.sampler:type_name -> hostagent.v1.SamplerCost
-	85, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
+	88, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
 	0,  // 5: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	80, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	84, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	84, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	83, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	87, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	87, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
 	10, // 9: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkRules
-	85, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	81, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	82, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	88, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	84, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	85, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	10, // 13: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
 	9,  // 14: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	32, // 15: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	15, // 16: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
-	15, // 17: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
-	9,  // 18: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	32, // 19: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	85, // 20: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 21: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
-	9,  // 22: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 23: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 24: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	85, // 25: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 26: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
-	84, // 27: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
-	84, // 28: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
-	84, // 29: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
-	33, // 30: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
-	1,  // 31: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
-	31, // 32: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
-	84, // 33: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
-	33, // 34: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
-	32, // 35: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
-	2,  // 36: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	84, // 37: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	40, // 38: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
-	42, // 39: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
-	40, // 40: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
-	42, // 41: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
-	35, // 42: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
-	2,  // 43: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
-	84, // 44: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
-	41, // 45: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
-	35, // 46: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	35, // 47: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	35, // 48: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	83, // 49: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	51, // 50: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	85, // 51: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	54, // 52: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	55, // 53: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	56, // 54: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	57, // 55: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	3,  // 56: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	51, // 57: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	67, // 58: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	4,  // 59: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	84, // 60: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	71, // 61: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	71, // 62: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	10, // 63: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
-	5,  // 64: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	11, // 65: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	13, // 66: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	18, // 67: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	20, // 68: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	22, // 69: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	24, // 70: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	26, // 71: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	28, // 72: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	78, // 73: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	30, // 74: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	16, // 75: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
-	43, // 76: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	45, // 77: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	47, // 78: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	49, // 79: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	36, // 80: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
-	38, // 81: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
-	52, // 82: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	58, // 83: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	60, // 84: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	62, // 85: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	64, // 86: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	66, // 87: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	69, // 88: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	72, // 89: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	74, // 90: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	76, // 91: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	6,  // 92: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	12, // 93: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	14, // 94: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	19, // 95: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	21, // 96: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	23, // 97: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	25, // 98: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	27, // 99: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	29, // 100: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	79, // 101: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	34, // 102: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	17, // 103: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
-	44, // 104: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	46, // 105: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	48, // 106: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	50, // 107: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	37, // 108: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
-	39, // 109: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
-	53, // 110: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	59, // 111: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	61, // 112: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	63, // 113: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	65, // 114: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	68, // 115: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	70, // 116: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	73, // 117: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	75, // 118: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	77, // 119: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	92, // [92:120] is the sub-list for method output_type
-	64, // [64:92] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	11, // 15: hostagent.v1.ForkSandboxRequest.forks:type_name -> hostagent.v1.CreateSandboxRequest
+	15, // 16: hostagent.v1.ForkSandboxResponse.results:type_name -> hostagent.v1.ForkResult
+	88, // 17: hostagent.v1.ForkSandboxResponse.source_hold:type_name -> google.protobuf.Duration
+	9,  // 18: hostagent.v1.ForkResult.sandbox:type_name -> hostagent.v1.Sandbox
+	35, // 19: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	18, // 20: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
+	18, // 21: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
+	9,  // 22: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	35, // 23: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	88, // 24: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 25: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	9,  // 26: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 27: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 28: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	88, // 29: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	1,  // 30: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
+	87, // 31: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
+	87, // 32: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
+	87, // 33: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
+	36, // 34: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
+	1,  // 35: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
+	34, // 36: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
+	87, // 37: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	36, // 38: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	35, // 39: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
+	2,  // 40: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	87, // 41: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	43, // 42: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
+	45, // 43: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
+	43, // 44: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
+	45, // 45: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
+	38, // 46: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
+	2,  // 47: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
+	87, // 48: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
+	44, // 49: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
+	38, // 50: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	38, // 51: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	38, // 52: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	86, // 53: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	54, // 54: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	88, // 55: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	57, // 56: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	58, // 57: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	59, // 58: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	60, // 59: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	3,  // 60: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	54, // 61: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	70, // 62: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	4,  // 63: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	87, // 64: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	74, // 65: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	74, // 66: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	10, // 67: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
+	5,  // 68: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	11, // 69: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	16, // 70: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	21, // 71: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	23, // 72: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	25, // 73: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	27, // 74: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	29, // 75: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	31, // 76: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	81, // 77: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	33, // 78: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	19, // 79: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
+	13, // 80: hostagent.v1.HostAgent.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	46, // 81: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	48, // 82: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	50, // 83: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	52, // 84: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	39, // 85: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
+	41, // 86: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
+	55, // 87: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	61, // 88: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	63, // 89: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	65, // 90: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	67, // 91: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	69, // 92: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	72, // 93: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	75, // 94: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	77, // 95: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	79, // 96: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	6,  // 97: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	12, // 98: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	17, // 99: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	22, // 100: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	24, // 101: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	26, // 102: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	28, // 103: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	30, // 104: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	32, // 105: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	82, // 106: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	37, // 107: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	20, // 108: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
+	14, // 109: hostagent.v1.HostAgent.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	47, // 110: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	49, // 111: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	51, // 112: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	53, // 113: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	40, // 114: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
+	42, // 115: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
+	56, // 116: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	62, // 117: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	64, // 118: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	66, // 119: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	68, // 120: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	71, // 121: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	73, // 122: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	76, // 123: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	78, // 124: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	80, // 125: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	97, // [97:126] is the sub-list for method output_type
+	68, // [68:97] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5704,37 +5901,37 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[32].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[35].OneofWrappers = []any{
 		(*ExportTemplateResponse_Manifest)(nil),
 		(*ExportTemplateResponse_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[33].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
 		(*ImportTemplateRequest_Manifest)(nil),
 		(*ImportTemplateRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[48].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Ended)(nil),
 		(*ExecResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[50].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[53].OneofWrappers = []any{
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Pty)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[61].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[64].OneofWrappers = []any{
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[65].OneofWrappers = []any{}
+	file_hostagent_v1_hostagent_proto_msgTypes[68].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   79,
+			NumMessages:   82,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -194,7 +194,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 	m.log.Info("machine snapshotted", "dir", dir, "keepRunning", keepRunning, "memory", m.rec.Memory,
 		"save", saved.Sub(stopped).Round(time.Millisecond), "paused", paused.Round(time.Millisecond),
 		"took", time.Since(start).Round(time.Millisecond), "stateBytes", meta.StateBytes, "memoryBytes", meta.MemoryBytes)
-	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks}, nil
+	return vmm.Snapshot{Dir: dir, MemoryMB: meta.MemoryMB, VCPUs: meta.VCPUs, Disks: meta.Disks, Paused: paused}, nil
 }
 
 // diskCopy is a disk that a snapshot copies (src) into its directory

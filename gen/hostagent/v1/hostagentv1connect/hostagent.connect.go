@@ -101,6 +101,8 @@ const (
 	// HostAgentGetSandboxConsoleProcedure is the fully-qualified name of the HostAgent's
 	// GetSandboxConsole RPC.
 	HostAgentGetSandboxConsoleProcedure = "/hostagent.v1.HostAgent/GetSandboxConsole"
+	// HostAgentForkSandboxProcedure is the fully-qualified name of the HostAgent's ForkSandbox RPC.
+	HostAgentForkSandboxProcedure = "/hostagent.v1.HostAgent/ForkSandbox"
 	// HostAgentCreateSnapshotProcedure is the fully-qualified name of the HostAgent's CreateSnapshot
 	// RPC.
 	HostAgentCreateSnapshotProcedure = "/hostagent.v1.HostAgent/CreateSnapshot"
@@ -194,6 +196,17 @@ type HostAgentClient interface {
 	// sandbox. It does not count as activity. DestroySandbox's answer
 	// carries the tail as the sandbox goes.
 	GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error)
+	// ForkSandbox makes running copies of a running sandbox (revision 10):
+	// the source's guest is stopped while its memory is saved (the hold) and
+	// goes on; each fork restores that memory lazily and copy-on-write, its
+	// disk is an overlay chained onto a copy of the source's, and it gets
+	// its own network slot and, through /init, its own access token,
+	// environment, hostname and fresh entropy. The answer has one result per
+	// requested fork, in order: each succeeded or failed on its own (a
+	// failed one leaves nothing). The call itself fails (FailedPrecondition
+	// unless the source is running, NotFound, InvalidArgument) only when no
+	// fork was attempted.
+	ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -344,6 +357,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("GetSandboxConsole")),
 			connect.WithClientOptions(opts...),
 		),
+		forkSandbox: connect.NewClient[v1.ForkSandboxRequest, v1.ForkSandboxResponse](
+			httpClient,
+			baseURL+HostAgentForkSandboxProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ForkSandbox")),
+			connect.WithClientOptions(opts...),
+		),
 		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
 			httpClient,
 			baseURL+HostAgentCreateSnapshotProcedure,
@@ -457,6 +476,7 @@ type hostAgentClient struct {
 	setSandboxNetwork *connect.Client[v1.SetSandboxNetworkRequest, v1.SetSandboxNetworkResponse]
 	getSandboxMetrics *connect.Client[v1.GetSandboxMetricsRequest, v1.GetSandboxMetricsResponse]
 	getSandboxConsole *connect.Client[v1.GetSandboxConsoleRequest, v1.GetSandboxConsoleResponse]
+	forkSandbox       *connect.Client[v1.ForkSandboxRequest, v1.ForkSandboxResponse]
 	createSnapshot    *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
 	flattenRootfs     *connect.Client[v1.FlattenRootfsRequest, v1.FlattenRootfsResponse]
 	deleteTemplate    *connect.Client[v1.DeleteTemplateRequest, v1.DeleteTemplateResponse]
@@ -533,6 +553,11 @@ func (c *hostAgentClient) GetSandboxMetrics(ctx context.Context, req *connect.Re
 // GetSandboxConsole calls hostagent.v1.HostAgent.GetSandboxConsole.
 func (c *hostAgentClient) GetSandboxConsole(ctx context.Context, req *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error) {
 	return c.getSandboxConsole.CallUnary(ctx, req)
+}
+
+// ForkSandbox calls hostagent.v1.HostAgent.ForkSandbox.
+func (c *hostAgentClient) ForkSandbox(ctx context.Context, req *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error) {
+	return c.forkSandbox.CallUnary(ctx, req)
 }
 
 // CreateSnapshot calls hostagent.v1.HostAgent.CreateSnapshot.
@@ -669,6 +694,17 @@ type HostAgentHandler interface {
 	// sandbox. It does not count as activity. DestroySandbox's answer
 	// carries the tail as the sandbox goes.
 	GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error)
+	// ForkSandbox makes running copies of a running sandbox (revision 10):
+	// the source's guest is stopped while its memory is saved (the hold) and
+	// goes on; each fork restores that memory lazily and copy-on-write, its
+	// disk is an overlay chained onto a copy of the source's, and it gets
+	// its own network slot and, through /init, its own access token,
+	// environment, hostname and fresh entropy. The answer has one result per
+	// requested fork, in order: each succeeded or failed on its own (a
+	// failed one leaves nothing). The call itself fails (FailedPrecondition
+	// unless the source is running, NotFound, InvalidArgument) only when no
+	// fork was attempted.
+	ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error)
 	// CreateSnapshot makes a snapshot template (memory and disk) from a
 	// running or paused sandbox, which goes on as it was. A template of the
 	// same name is replaced.
@@ -815,6 +851,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("GetSandboxConsole")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentForkSandboxHandler := connect.NewUnaryHandler(
+		HostAgentForkSandboxProcedure,
+		svc.ForkSandbox,
+		connect.WithSchema(hostAgentMethods.ByName("ForkSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
 	hostAgentCreateSnapshotHandler := connect.NewUnaryHandler(
 		HostAgentCreateSnapshotProcedure,
 		svc.CreateSnapshot,
@@ -937,6 +979,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentGetSandboxMetricsHandler.ServeHTTP(w, r)
 		case HostAgentGetSandboxConsoleProcedure:
 			hostAgentGetSandboxConsoleHandler.ServeHTTP(w, r)
+		case HostAgentForkSandboxProcedure:
+			hostAgentForkSandboxHandler.ServeHTTP(w, r)
 		case HostAgentCreateSnapshotProcedure:
 			hostAgentCreateSnapshotHandler.ServeHTTP(w, r)
 		case HostAgentFlattenRootfsProcedure:
@@ -1024,6 +1068,10 @@ func (UnimplementedHostAgentHandler) GetSandboxMetrics(context.Context, *connect
 
 func (UnimplementedHostAgentHandler) GetSandboxConsole(context.Context, *connect.Request[v1.GetSandboxConsoleRequest]) (*connect.Response[v1.GetSandboxConsoleResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.GetSandboxConsole is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ForkSandbox(context.Context, *connect.Request[v1.ForkSandboxRequest]) (*connect.Response[v1.ForkSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.ForkSandbox is not implemented"))
 }
 
 func (UnimplementedHostAgentHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {

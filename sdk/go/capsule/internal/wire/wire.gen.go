@@ -1650,6 +1650,31 @@ type FileList struct {
 	Entries []FileEntry `json:"entries"`
 }
 
+// ForkRequest defines model for ForkRequest.
+type ForkRequest struct {
+	// Count the number of forks
+	Count *int `json:"count,omitempty"`
+
+	// TimeoutSec each fork's timeout (idle seconds; 0 never); default the source's
+	TimeoutSec *int `json:"timeout_sec,omitempty"`
+}
+
+// ForkResponse defines model for ForkResponse.
+type ForkResponse struct {
+	// Forks one entry per requested fork, in order
+	Forks []ForkResult `json:"forks"`
+
+	// SourceHoldMs how long the source's guest was stopped while its memory was saved
+	SourceHoldMs float32 `json:"source_hold_ms"`
+}
+
+// ForkResult one fork's outcome; exactly one of `sandbox` and `error` is set
+type ForkResult struct {
+	// Error every error's body
+	Error   *Error   `json:"error,omitempty"`
+	Sandbox *Sandbox `json:"sandbox,omitempty"`
+}
+
 // GuestUser a guest user name (absent or empty: the sandbox's default user)
 type GuestUser = string
 
@@ -2746,6 +2771,9 @@ type UploadFilesMultipartRequestBody UploadFilesMultipartBody
 // MakeDirJSONRequestBody defines body for MakeDir for application/json ContentType.
 type MakeDirJSONRequestBody = MakeDirRequest
 
+// ForkSandboxJSONRequestBody defines body for ForkSandbox for application/json ContentType.
+type ForkSandboxJSONRequestBody = ForkRequest
+
 // SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
 type SetSandboxNetworkJSONRequestBody = NetworkRules
 
@@ -3574,6 +3602,42 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ForkSandboxWithBody Make running copies of a running sandbox
+	//
+	// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+	// fork starts from that moment with the same memory, processes and files, shared
+	// copy-on-write with the other forks and chained onto the source's disk, on the source's
+	// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+	// source's template, shape, metadata, environment and network settings, and its own ID,
+	// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+	// diverge from the source and from each other. The answer has one entry per requested
+	// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+	// nothing running). An error status means no fork was attempted. E2B equivalent:
+	// `POST /sandboxes/{id}/fork`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+	ForkSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ForkSandbox Make running copies of a running sandbox
+	//
+	// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+	// fork starts from that moment with the same memory, processes and files, shared
+	// copy-on-write with the other forks and chained onto the source's disk, on the source's
+	// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+	// source's template, shape, metadata, environment and network settings, and its own ID,
+	// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+	// diverge from the source and from each other. The answer has one entry per requested
+	// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+	// nothing running). An error status means no fork was attempted. E2B equivalent:
+	// `POST /sandboxes/{id}/fork`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+	ForkSandbox(ctx context.Context, id SandboxID, body ForkSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetSandboxLogs What the platform recorded of a sandbox, a page at a time
 	//
@@ -5411,6 +5475,62 @@ func (c *Client) MakeDirWithBody(ctx context.Context, id SandboxID, contentType 
 // Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 func (c *Client) MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMakeDirRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ForkSandboxWithBody Make running copies of a running sandbox
+//
+// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+// fork starts from that moment with the same memory, processes and files, shared
+// copy-on-write with the other forks and chained onto the source's disk, on the source's
+// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+// source's template, shape, metadata, environment and network settings, and its own ID,
+// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+// diverge from the source and from each other. The answer has one entry per requested
+// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+// nothing running). An error status means no fork was attempted. E2B equivalent:
+// `POST /sandboxes/{id}/fork`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+func (c *Client) ForkSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkSandboxRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ForkSandbox Make running copies of a running sandbox
+//
+// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+// fork starts from that moment with the same memory, processes and files, shared
+// copy-on-write with the other forks and chained onto the source's disk, on the source's
+// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+// source's template, shape, metadata, environment and network settings, and its own ID,
+// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+// diverge from the source and from each other. The answer has one entry per requested
+// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+// nothing running). An error status means no fork was attempted. E2B equivalent:
+// `POST /sandboxes/{id}/fork`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+func (c *Client) ForkSandbox(ctx context.Context, id SandboxID, body ForkSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewForkSandboxRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -8994,6 +9114,53 @@ func NewMakeDirRequestWithBody(server string, id SandboxID, contentType string, 
 	return req, nil
 }
 
+// NewForkSandboxRequest calls the generic ForkSandbox builder with application/json body
+func NewForkSandboxRequest(server string, id SandboxID, body ForkSandboxJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewForkSandboxRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewForkSandboxRequestWithBody constructs an http.Request for the ForkSandbox method, with any body, and a specified content type
+func NewForkSandboxRequestWithBody(server string, id SandboxID, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/fork", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewGetSandboxLogsRequest constructs an http.Request for the GetSandboxLogs method
 func NewGetSandboxLogsRequest(server string, id SandboxID, params *GetSandboxLogsParams) (*http.Request, error) {
 	var err error
@@ -11390,6 +11557,42 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDirWithResponse(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*MakeDirResponse, error)
+
+	// ForkSandboxWithBodyWithResponse Make running copies of a running sandbox
+	//
+	// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+	// fork starts from that moment with the same memory, processes and files, shared
+	// copy-on-write with the other forks and chained onto the source's disk, on the source's
+	// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+	// source's template, shape, metadata, environment and network settings, and its own ID,
+	// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+	// diverge from the source and from each other. The answer has one entry per requested
+	// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+	// nothing running). An error status means no fork was attempted. E2B equivalent:
+	// `POST /sandboxes/{id}/fork`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+	ForkSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkSandboxResponse, error)
+
+	// ForkSandboxWithResponse Make running copies of a running sandbox
+	//
+	// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+	// fork starts from that moment with the same memory, processes and files, shared
+	// copy-on-write with the other forks and chained onto the source's disk, on the source's
+	// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+	// source's template, shape, metadata, environment and network settings, and its own ID,
+	// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+	// diverge from the source and from each other. The answer has one entry per requested
+	// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+	// nothing running). An error status means no fork was attempted. E2B equivalent:
+	// `POST /sandboxes/{id}/fork`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+	ForkSandboxWithResponse(ctx context.Context, id SandboxID, body ForkSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSandboxResponse, error)
 
 	// GetSandboxLogsWithResponse What the platform recorded of a sandbox, a page at a time
 	//
@@ -15839,6 +16042,103 @@ func (r MakeDirResponse) ContentType() string {
 	return ""
 }
 
+type ForkSandboxResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *ForkResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ForkSandboxResponse) GetJSON201() *ForkResponse {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ForkSandboxResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ForkSandboxResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ForkSandboxResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ForkSandboxResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r ForkSandboxResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r ForkSandboxResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r ForkSandboxResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r ForkSandboxResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ForkSandboxResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ForkSandboxResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ForkSandboxResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ForkSandboxResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetSandboxLogsResponse200Headers the declared response headers of an HTTP 200 response for GetSandboxLogs
 type GetSandboxLogsResponse200Headers struct {
 	XContentTypeOptions *string
@@ -19716,6 +20016,54 @@ func (c *ClientWithResponses) MakeDirWithResponse(ctx context.Context, id Sandbo
 		return nil, err
 	}
 	return ParseMakeDirResponse(rsp)
+}
+
+// ForkSandboxWithBodyWithResponse Make running copies of a running sandbox
+//
+// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+// fork starts from that moment with the same memory, processes and files, shared
+// copy-on-write with the other forks and chained onto the source's disk, on the source's
+// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+// source's template, shape, metadata, environment and network settings, and its own ID,
+// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+// diverge from the source and from each other. The answer has one entry per requested
+// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+// nothing running). An error status means no fork was attempted. E2B equivalent:
+// `POST /sandboxes/{id}/fork`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+func (c *ClientWithResponses) ForkSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ForkSandboxResponse, error) {
+	rsp, err := c.ForkSandboxWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkSandboxResponse(rsp)
+}
+
+// ForkSandboxWithResponse Make running copies of a running sandbox
+//
+// The sandbox is held (its guest stopped) while its memory is saved, then goes on; each
+// fork starts from that moment with the same memory, processes and files, shared
+// copy-on-write with the other forks and chained onto the source's disk, on the source's
+// host. A fork is a new sandbox of the team (it counts against the quotas) with the
+// source's template, shape, metadata, environment and network settings, and its own ID,
+// envd access token, hostname, network slot and kernel RNG state (reseeded). Forks then
+// diverge from the source and from each other. The answer has one entry per requested
+// fork, in order: its sandbox, or the error that prevented it (a failed fork leaves
+// nothing running). An error status means no fork was attempted. E2B equivalent:
+// `POST /sandboxes/{id}/fork`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/fork (the `ForkSandbox` operationId).
+func (c *ClientWithResponses) ForkSandboxWithResponse(ctx context.Context, id SandboxID, body ForkSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*ForkSandboxResponse, error) {
+	rsp, err := c.ForkSandbox(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseForkSandboxResponse(rsp)
 }
 
 // GetSandboxLogsWithResponse What the platform recorded of a sandbox, a page at a time
@@ -23699,6 +24047,88 @@ func ParseMakeDirResponse(rsp *http.Response) (*MakeDirResponse, error) {
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest GuestUnavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseForkSandboxResponse parses an HTTP response from a ForkSandboxWithResponse call
+func ParseForkSandboxResponse(rsp *http.Response) (*ForkSandboxResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ForkSandboxResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest ForkResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
