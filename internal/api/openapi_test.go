@@ -370,6 +370,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"SetMemberRoleRequest", memberRoleJSON{}, false},
 		{"SwitchTeamRequest", switchTeamJSON{}, false},
 		{"SetTimeoutRequest", timeoutJSON{}, false},
+		{"MemoryRequest", memoryJSON{}, false},
 		{"NetworkRules", networkJSON{}, true},
 		{"ExecRequest", execJSON{}, false},
 		{"ExecResult", execResultJSON{}, true},
