@@ -113,7 +113,6 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, p service.Pr
 	}, http.StatusOK)
 }
 
-
 // pingSandbox marks a running sandbox active (409 unless running).
 func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {

@@ -49,10 +49,13 @@ type Timer struct {
 	Stop func() bool
 }
 
-// realTimer is ReaperConfig.NewTimer's default.
-func realTimer(d time.Duration) Timer {
-	t := time.NewTimer(d)
-	return Timer{C: t.C, Stop: t.Stop}
+// realTimerAt is ReaperConfig.TimerAt's default: a time.Timer for the
+// time from now on the reaper's clock to at.
+func realTimerAt(now func() time.Time) func(at time.Time) Timer {
+	return func(at time.Time) Timer {
+		t := time.NewTimer(max(at.Sub(now()), 0))
+		return Timer{C: t.C, Stop: t.Stop}
+	}
 }
 
 // deadlineBell tells this replica's reaper that a deadline changed (its
@@ -123,19 +126,19 @@ func (r *Reaper) Run(ctx context.Context) {
 			r.log.ErrorContext(ctx, "reaper: read the next deadline", "err", err)
 			due = now.Add(r.cfg.Poll)
 		}
-		wait := due.Sub(now)
-		if wait > 0 {
+		pass := due.Before(now.Add(maxWait)) // else only read again
+		if due.After(now) {
 			// ClaimExpiredSandbox wants end_at < now: wake just after.
-			wait += time.Millisecond
+			due = due.Add(time.Millisecond)
 		}
-		timer := r.cfg.NewTimer(max(wait, 0))
+		timer := r.cfg.TimerAt(due)
 		fired := false
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
 		case <-timer.C:
-			fired = due.Before(now.Add(maxWait)) || wait <= 0
+			fired = pass
 		case <-bell:
 			timer.Stop()
 		case <-wake:
@@ -197,7 +200,7 @@ func (r *Reaper) listen(ctx context.Context, wake chan<- struct{}, up chan bool)
 		}
 		report(false)
 		r.log.WarnContext(ctx, "reaper: deadline notifications lost; re-reading deadlines every poll interval", "poll", r.cfg.Poll, "err", err)
-		t := r.cfg.NewTimer(r.cfg.Poll)
+		t := r.cfg.TimerAt(r.cfg.Now().Add(r.cfg.Poll))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -38,11 +38,11 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) NewTimer(d time.Duration) Timer {
+func (c *fakeClock) TimerAt(at time.Time) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{due: c.now.Add(d), c: make(chan time.Time, 1)}
-	if d <= 0 {
+	t := &fakeTimer{due: at, c: make(chan time.Time, 1)}
+	if !at.After(c.now) {
 		t.c <- c.now
 	} else {
 		c.timers = append(c.timers, t)
@@ -115,7 +115,7 @@ func TestReaperSleepsUntilTheNextDeadline(t *testing.T) {
 	// host's and moves only when the test says.
 	clock := newFakeClock(time.Now().Round(0))
 	const retry = 7 * time.Second
-	r := NewReaper(e.sbx, ReaperConfig{Now: clock.Now, NewTimer: clock.NewTimer, MaxWait: 24 * time.Hour, Poll: 24 * time.Hour, Retry: retry})
+	r := NewReaper(e.sbx, ReaperConfig{Now: clock.Now, TimerAt: clock.TimerAt, MaxWait: 24 * time.Hour, Poll: 24 * time.Hour, Retry: retry})
 	var wg sync.WaitGroup
 	wg.Go(func() { r.Run(ctx) })
 	defer wg.Wait()

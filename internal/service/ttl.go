@@ -127,10 +127,10 @@ type ReaperConfig struct {
 	// Now is the reaper's clock (time.Now when nil): a sandbox is expired
 	// when its end_at is before Now().
 	Now func() time.Time
-	// NewTimer makes the timers Run sleeps on (time.NewTimer's when nil):
-	// the deadlines are on Now's clock, so a test that drives Now drives
-	// these too.
-	NewTimer func(d time.Duration) Timer
+	// TimerAt makes the timers Run sleeps on, firing when Now reaches at
+	// (a time.Timer when nil): the deadlines are on Now's clock, so a test
+	// that drives Now drives these too.
+	TimerAt func(at time.Time) Timer
 	// MaxWait is the longest Run sleeps without reading the next deadline
 	// again while it receives the database's deadline notifications (30 s
 	// when zero); Poll is that interval while it does not (1 s when
@@ -165,8 +165,8 @@ func NewReaper(s *Sandboxes, cfg ReaperConfig) *Reaper {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.NewTimer == nil {
-		cfg.NewTimer = realTimer
+	if cfg.TimerAt == nil {
+		cfg.TimerAt = realTimerAt(cfg.Now)
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 30 * time.Second
