@@ -19,8 +19,12 @@ import (
 // which is then dropped: the disk is newer than nothing, and a snapshot
 // older than the disk can never be resumed again.
 
-// syncTimeout bounds the guest's sync before a filesystem-only pause.
-const syncTimeout = time.Minute
+// syncTimeout bounds the guest's sync before a filesystem-only pause;
+// pauseSyncTimeout the best-effort one before a memory pause.
+const (
+	syncTimeout      = time.Minute
+	pauseSyncTimeout = 10 * time.Second
+)
 
 // PauseFilesystem stops a running sandbox after syncing its guest's file
 // systems, keeping its disk only (see above). Pausing a paused sandbox is
