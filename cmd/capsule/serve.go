@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -89,6 +90,9 @@ var serveEnv = map[string]string{
 	"host-unreachable-after":  "CAPSULE_HOST_UNREACHABLE_AFTER",
 	"metrics-listen":          "CAPSULE_METRICS_LISTEN",
 	"metrics-token":           "CAPSULE_METRICS_TOKEN",
+	"tls-cert":                "CAPSULE_TLS_CERT",
+	"tls-key":                 "CAPSULE_TLS_KEY",
+	"tls-dev-ca":              "CAPSULE_TLS_DEV_CA",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -120,6 +124,8 @@ type serveOptions struct {
 	proxies        []netip.Prefix
 	// configFile is the configuration file read ("" when none).
 	configFile string
+	// tls: HTTPS on both listeners (servetls.go).
+	tls tlsOptions
 	// quotas are the platform's default team quotas.
 	quotas service.Quotas
 	// cpuOvercommit and affinityWeight tune the scheduler.
@@ -200,6 +206,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.DurationVar(&o.heartbeatInterval, "host-heartbeat-interval", hostapi.HeartbeatInterval, "how often host agents are asked to beat (whole seconds) [CAPSULE_HOST_HEARTBEAT_INTERVAL]")
 	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
 	o.metricsOptions.register(fs, "CAPSULE_")
+	o.tls.register(fs)
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -284,6 +291,9 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	if o.proxies, err = parsePrefixes(o.trustedProxies); err != nil {
 		return nil, fmt.Errorf("serve: -trusted-proxies: %w", err)
 	}
+	if err := o.tls.check(); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
 	o.defaultCapacity()
 	return o, nil
 }
@@ -357,6 +367,12 @@ func runServe(ctx context.Context, args []string) (err error) {
 	secret, _, err := loadOrCreateToken(filepath.Join(o.dataDir, "server.secret"))
 	if err != nil {
 		return fmt.Errorf("serve: server secret: %w", err)
+	}
+	// HTTPS, when asked: before anything starts, so that a bad
+	// certificate fails the start.
+	tlsConf, err := o.serverTLS(log)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
 	}
 
 	// The embedded host's sandbox stack; its agent registers below.
@@ -432,11 +448,24 @@ func runServe(ctx context.Context, args []string) (err error) {
 	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
 	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	go func() { served <- ssrv.Serve(sln) }()
+	scheme := "http"
+	if tlsConf != nil {
+		scheme = "https"
+		srv.TLSConfig = tlsConf.Clone()
+		// The sandbox listener speaks HTTP/1.1 only: the proxy hands
+		// connections over (WebSocket upgrades), which HTTP/2 cannot.
+		ssrv.TLSConfig = tlsConf.Clone()
+		ssrv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		go func() { served <- srv.ServeTLS(ln, "", "") }()
+		go func() { served <- ssrv.ServeTLS(sln, "", "") }()
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+		go func() { served <- ssrv.Serve(sln) }()
+	}
 	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
-		"sandbox_domain", cp.SandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
-	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
+		"sandbox_domain", cp.SandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies),
+		"tls", tlsConf != nil)
+	fmt.Printf("capsule serve: API on %s://%s, sandbox traffic on %s://%s (Ctrl-C stops it)\n", scheme, displayAddr(ln.Addr()), scheme, displayAddr(sln.Addr()))
 
 	select {
 	case err = <-served:
