@@ -34,7 +34,8 @@ var (
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
 	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
 	BuildsPool          = pool("cbld", 210) // internal/builds: template builds in real VMs
-	LifecyclePool       = pool("clf", 154)  // deadlines, filesystem-only pause, HTTPS sandbox hosts
+	LifecyclePool       = pool("clf", 154)  // internal/service: deadlines, filesystem-only pause, cold resume
+	ServeTLSPool        = pool("ctls", 158) // cmd/capsule: serve's HTTPS with the development CA
 	// MultiHostPools are cmd/capsule's cluster test: capsule serve's
 	// embedded agent (0) and three agents, each in a network namespace
 	// of its own (1–3).
@@ -63,7 +64,7 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, APIExecPool, ServiceTTLPool, E2BPool,
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
 	EgressPool, ServiceMetricsPool, HostsIntPool,
-	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool, LifecyclePool}
+	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool, LifecyclePool, ServeTLSPool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",
