@@ -24,6 +24,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/hostapi"
@@ -93,6 +94,7 @@ var serveEnv = map[string]string{
 	"tls-cert":                "CAPSULE_TLS_CERT",
 	"tls-key":                 "CAPSULE_TLS_KEY",
 	"tls-dev-ca":              "CAPSULE_TLS_DEV_CA",
+	"e2b-rate-limit":          "CAPSULE_E2B_RATE_LIMIT",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -126,6 +128,9 @@ type serveOptions struct {
 	configFile string
 	// tls: HTTPS on both listeners (servetls.go).
 	tls tlsOptions
+	// e2bRateLimit is each team's requests per second on the E2B API
+	// (bursts of two seconds' worth; 0: no limit).
+	e2bRateLimit float64
 	// quotas are the platform's default team quotas.
 	quotas service.Quotas
 	// cpuOvercommit and affinityWeight tune the scheduler.
@@ -207,6 +212,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
 	o.metricsOptions.register(fs, "CAPSULE_")
 	o.tls.register(fs)
+	fs.Float64Var(&o.e2bRateLimit, "e2b-rate-limit", 50, "requests per second each team may send to the E2B API, in bursts of two seconds' worth; past it 429 with Retry-After, which the SDKs wait for (0: no limit) [CAPSULE_E2B_RATE_LIMIT]")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -293,6 +299,9 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	}
 	if err := o.tls.check(); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
+	}
+	if o.e2bRateLimit < 0 || math.IsNaN(o.e2bRateLimit) || math.IsInf(o.e2bRateLimit, 0) {
+		return nil, fmt.Errorf("serve: -e2b-rate-limit %v: want requests per second, 0 for none", o.e2bRateLimit)
 	}
 	o.defaultCapacity()
 	return o, nil
@@ -406,7 +415,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 		Builds: controlplane.BuildsConfig{Workers: o.buildWorkers, MaxArchiveBytes: o.buildMaxArchiveMB << 20},
 		// The embedded PostgreSQL is this process's alone (its data
 		// directory is locked): no other replica shares it.
-		SingleReplica: o.databaseURL == "",
+		SingleReplica:    o.databaseURL == "",
+		E2BTeamRateLimit: teamRateLimit(o.e2bRateLimit),
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -603,4 +613,13 @@ func readConfigFile(path string) ([]configValue, error) {
 		out = append(out, configValue{key: k.Value, value: v.Value, line: k.Line})
 	}
 	return out, nil
+}
+
+// teamRateLimit is the token bucket of perSecond requests in bursts of two
+// seconds' worth (zero: none).
+func teamRateLimit(perSecond float64) auth.RateLimit {
+	if perSecond <= 0 {
+		return auth.RateLimit{}
+	}
+	return auth.RateLimit{Burst: max(1, int(2*perSecond)), Interval: time.Duration(float64(time.Second) / perSecond)}
 }
