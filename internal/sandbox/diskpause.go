@@ -16,15 +16,16 @@ import (
 //
 // ResumeCold (E2B's connect with onResume: 'reboot', which sends memory:
 // false) boots a paused sandbox cold even when it has a memory snapshot,
-// which is then dropped: the disk is newer than nothing, and a snapshot
-// older than the disk can never be resumed again.
+// which is then dropped (a snapshot older than the disk can never be
+// resumed again). A memory pause does not sync the guest (that would
+// delay the pause by seconds, and the guest would run on meanwhile), so
+// its disk alone may lack what the guest had not written back: such a
+// sandbox is restored first, synced and stopped as a filesystem-only
+// pause does, and then booted cold, so nothing written before the pause
+// is lost.
 
-// syncTimeout bounds the guest's sync before a filesystem-only pause;
-// pauseSyncTimeout the best-effort one before a memory pause.
-const (
-	syncTimeout      = time.Minute
-	pauseSyncTimeout = 10 * time.Second
-)
+// syncTimeout bounds the guest's sync before a filesystem-only pause.
+const syncTimeout = time.Minute
 
 // PauseFilesystem stops a running sandbox after syncing its guest's file
 // systems, keeping its disk only (see above). Pausing a paused sandbox is
@@ -36,6 +37,10 @@ func (m *Manager) PauseFilesystem(ctx context.Context, id string) error {
 		return err
 	}
 	defer b.op.Unlock()
+	return m.pauseFilesystemLocked(ctx, b)
+}
+
+func (m *Manager) pauseFilesystemLocked(ctx context.Context, b *box) error {
 	b.mu.Lock()
 	if b.rec.State != StateRunning {
 		st := b.rec.State
@@ -116,6 +121,18 @@ func (m *Manager) ResumeCold(ctx context.Context, id string) (*Info, error) {
 	b.mu.Unlock()
 	if rec.State != StatePaused && rec.State != StateStopped {
 		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, rec.ID, rec.State)
+	}
+	if rec.State == StatePaused && rec.Snapshot != "" {
+		// Its memory may hold writes its disk lacks: restore, sync, stop.
+		if err := m.resumeLocked(ctx, b); err != nil {
+			return nil, err
+		}
+		if err := m.pauseFilesystemLocked(ctx, b); err != nil {
+			return nil, fmt.Errorf("resume %s cold: %w", rec.ID, err)
+		}
+		b.mu.Lock()
+		rec = *b.rec
+		b.mu.Unlock()
 	}
 	if err := m.bootColdLocked(ctx, b, rec, rec.State); err != nil {
 		return nil, err

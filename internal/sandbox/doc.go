@@ -56,9 +56,9 @@
 // Pauses without memory (diskpause.go): PauseFilesystem syncs the guest's
 // file systems and stops its machine, keeping the disk only (record
 // DiskOnly); Resume boots such a sandbox cold. ResumeCold boots a paused
-// sandbox cold even when it has a memory snapshot, which it drops. A
-// memory pause syncs the guest first too (best effort), so that its disk
-// alone is whole for a cold resume.
+// sandbox cold even when it has a memory snapshot, which it drops, after
+// restoring, syncing and stopping it (a memory pause does not sync: its
+// disk alone may lack what the guest had not written back).
 //
 // Metrics: one sampler (package sandbox/metrics) samples every running
 // sandbox every 0.5 s into the sandbox's three-tier history, which lives

@@ -66,14 +66,6 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 		return fmt.Errorf("pause %s: %w", rec.ID, err)
 	}
 	crashPoint("pause-recorded")
-	// The guest's file systems are synced first (best effort): the disk
-	// alone is then whole, should the sandbox be resumed cold from it
-	// (ResumeCold) instead of from this snapshot.
-	sctx, cancel := context.WithTimeout(ctx, pauseSyncTimeout)
-	if res, err := client.Shell(sctx, "sync"); err != nil || res.ExitCode != 0 {
-		m.log.WarnContext(ctx, "sync the guest's file systems before a pause", "sandbox", rec.ID, "err", err)
-	}
-	cancel()
 	snap, err := machine.Snapshot(ctx, snapDir, false)
 	if err != nil {
 		// The machine may still run: back to running, nothing lost.
