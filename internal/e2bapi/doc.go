@@ -79,6 +79,11 @@
 //     sleeps until the next deadline and wakes when one comes earlier
 //     (service/deadlines.go), so setTimeout(5000) has isRunning() false
 //     6 s later.
+//   - Busy: a team past Config.TeamRateLimit (serve's -e2b-rate-limit)
+//     gets 429 with Retry-After in whole seconds (the JS SDK waits and
+//     retries up to 3 times within the request's timeout, then raises
+//     RateLimitError); a quota exceeded is 429 without it (waiting does not
+//     help); no host able to take a sandbox is 503 (ServiceBusyError).
 //   - Pause: 204; already paused (or pausing) 409, which the SDK reads as
 //     false. {"memory": false} (the SDK's pause({keepMemory: false})) is
 //     a filesystem-only pause: the guest's file systems are synced, its
