@@ -40,6 +40,18 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# *.localhost resolves to loopback through libnss-myhostname, once it is on
+# the hosts: line of nsswitch.conf (after files, before dns; added once).
+if [ -f /etc/nsswitch.conf ] && compgen -G '/lib/*/libnss_myhostname.so.2' >/dev/null &&
+  ! grep -Eq '^hosts:.*\bmyhostname\b' /etc/nsswitch.conf; then
+  if [ "$(id -u)" = 0 ]; then
+    sed -i -E '/^hosts:/{/\bfiles\b/!s/$/ myhostname/;s/\bfiles\b/files myhostname/}' /etc/nsswitch.conf
+    echo "deps: added myhostname to the hosts: line of /etc/nsswitch.conf"
+  else
+    echo "deps: note: add myhostname to the hosts: line of /etc/nsswitch.conf (as root) for *.localhost" >&2
+  fi
+fi
+
 gostamp=.cache/gomod.$(cat go.mod go.sum | sha256sum | cut -c1-16)
 if [ ! -f "$gostamp" ]; then
   go mod download

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/hostapi"
@@ -89,6 +91,10 @@ var serveEnv = map[string]string{
 	"host-unreachable-after":  "CAPSULE_HOST_UNREACHABLE_AFTER",
 	"metrics-listen":          "CAPSULE_METRICS_LISTEN",
 	"metrics-token":           "CAPSULE_METRICS_TOKEN",
+	"tls-cert":                "CAPSULE_TLS_CERT",
+	"tls-key":                 "CAPSULE_TLS_KEY",
+	"tls-dev-ca":              "CAPSULE_TLS_DEV_CA",
+	"e2b-rate-limit":          "CAPSULE_E2B_RATE_LIMIT",
 }
 
 // defaultConfigFile is read when it exists and neither -config nor
@@ -120,6 +126,11 @@ type serveOptions struct {
 	proxies        []netip.Prefix
 	// configFile is the configuration file read ("" when none).
 	configFile string
+	// tls: HTTPS on both listeners (servetls.go).
+	tls tlsOptions
+	// e2bRateLimit is each team's requests per second on the E2B API
+	// (bursts of two seconds' worth; 0: no limit).
+	e2bRateLimit float64
 	// quotas are the platform's default team quotas.
 	quotas service.Quotas
 	// cpuOvercommit and affinityWeight tune the scheduler.
@@ -200,6 +211,8 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.DurationVar(&o.heartbeatInterval, "host-heartbeat-interval", hostapi.HeartbeatInterval, "how often host agents are asked to beat (whole seconds) [CAPSULE_HOST_HEARTBEAT_INTERVAL]")
 	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
 	o.metricsOptions.register(fs, "CAPSULE_")
+	o.tls.register(fs)
+	fs.Float64Var(&o.e2bRateLimit, "e2b-rate-limit", 50, "requests per second each team may send to the E2B API, in bursts of two seconds' worth; past it 429 with Retry-After, which the SDKs wait for (0: no limit) [CAPSULE_E2B_RATE_LIMIT]")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -284,6 +297,12 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	if o.proxies, err = parsePrefixes(o.trustedProxies); err != nil {
 		return nil, fmt.Errorf("serve: -trusted-proxies: %w", err)
 	}
+	if err := o.tls.check(); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	if o.e2bRateLimit < 0 || math.IsNaN(o.e2bRateLimit) || math.IsInf(o.e2bRateLimit, 0) {
+		return nil, fmt.Errorf("serve: -e2b-rate-limit %v: want requests per second, 0 for none", o.e2bRateLimit)
+	}
 	o.defaultCapacity()
 	return o, nil
 }
@@ -358,6 +377,12 @@ func runServe(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("serve: server secret: %w", err)
 	}
+	// HTTPS, when asked: before anything starts, so that a bad
+	// certificate fails the start.
+	tlsConf, err := o.serverTLS(log)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 
 	// The embedded host's sandbox stack; its agent registers below.
 	hs, err := startHost(ctx, &o.hostOptions, log)
@@ -390,7 +415,8 @@ func runServe(ctx context.Context, args []string) (err error) {
 		Builds: controlplane.BuildsConfig{Workers: o.buildWorkers, MaxArchiveBytes: o.buildMaxArchiveMB << 20},
 		// The embedded PostgreSQL is this process's alone (its data
 		// directory is locked): no other replica shares it.
-		SingleReplica: o.databaseURL == "",
+		SingleReplica:    o.databaseURL == "",
+		E2BTeamRateLimit: teamRateLimit(o.e2bRateLimit),
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -432,11 +458,24 @@ func runServe(ctx context.Context, args []string) (err error) {
 	ssrv := &http.Server{Handler: cp.SandboxHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: errLog}
 	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	go func() { served <- ssrv.Serve(sln) }()
+	scheme := "http"
+	if tlsConf != nil {
+		scheme = "https"
+		srv.TLSConfig = tlsConf.Clone()
+		// The sandbox listener speaks HTTP/1.1 only: the proxy hands
+		// connections over (WebSocket upgrades), which HTTP/2 cannot.
+		ssrv.TLSConfig = tlsConf.Clone()
+		ssrv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		go func() { served <- srv.ServeTLS(ln, "", "") }()
+		go func() { served <- ssrv.ServeTLS(sln, "", "") }()
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+		go func() { served <- ssrv.Serve(sln) }()
+	}
 	log.InfoContext(ctx, "capsule serve: API listening", "addr", ln.Addr().String(), "sandbox_addr", sln.Addr().String(),
-		"sandbox_domain", cp.SandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies))
-	fmt.Printf("capsule serve: API on http://%s, sandbox traffic on http://%s (Ctrl-C stops it)\n", displayAddr(ln.Addr()), displayAddr(sln.Addr()))
+		"sandbox_domain", cp.SandboxDomain, "data_dir", o.dataDir, "signup", string(o.signupMode), "trusted_proxies", len(o.proxies),
+		"tls", tlsConf != nil)
+	fmt.Printf("capsule serve: API on %s://%s, sandbox traffic on %s://%s (Ctrl-C stops it)\n", scheme, displayAddr(ln.Addr()), scheme, displayAddr(sln.Addr()))
 
 	select {
 	case err = <-served:
@@ -574,4 +613,13 @@ func readConfigFile(path string) ([]configValue, error) {
 		out = append(out, configValue{key: k.Value, value: v.Value, line: k.Line})
 	}
 	return out, nil
+}
+
+// teamRateLimit is the token bucket of perSecond requests in bursts of two
+// seconds' worth (zero: none).
+func teamRateLimit(perSecond float64) auth.RateLimit {
+	if perSecond <= 0 {
+		return auth.RateLimit{}
+	}
+	return auth.RateLimit{Burst: max(1, int(2*perSecond)), Interval: time.Duration(float64(time.Second) / perSecond)}
 }

@@ -128,6 +128,17 @@ WHERE state = 'running' AND end_at IS NOT NULL AND end_at < @now::timestamptz
 ORDER BY end_at, id
 LIMIT @max_results;
 
+-- name: NextSandboxDeadline :one
+-- The reaper's next wake-up at now (its clock): the earliest deadline of a
+-- running sandbox from now on, or horizon when there is none before it;
+-- and whether some running sandbox's deadline has passed already (left by
+-- an earlier pass: its host could not be asked).
+SELECT least(coalesce(min(end_at) FILTER (WHERE end_at >= @now::timestamptz), @horizon::timestamptz),
+    @horizon::timestamptz)::timestamptz AS next_end_at,
+  coalesce(bool_or(end_at < @now::timestamptz), false)::boolean AS expired
+FROM sandboxes
+WHERE state = 'running' AND end_at IS NOT NULL;
+
 -- name: ClaimExpiredSandbox :one
 -- The reaper's guarded running -> pausing: only while the sandbox is still
 -- running and still past its deadline at now (activity since the listing,

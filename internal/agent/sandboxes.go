@@ -107,7 +107,11 @@ func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.De
 
 func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
 	id := req.Msg.GetSandboxId()
-	if err := s.a.mgr.Pause(ctx, id); err != nil {
+	pause := s.a.mgr.Pause
+	if req.Msg.GetFilesystemOnly() {
+		pause = s.a.mgr.PauseFilesystem
+	}
+	if err := pause(ctx, id); err != nil {
 		return nil, s.a.failState(ctx, err)
 	}
 	s.a.proxying.end(id)
@@ -129,7 +133,11 @@ func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.Res
 			return nil, s.a.failState(ctx, err)
 		}
 	}
-	info, err := s.a.mgr.Resume(ctx, id)
+	resume := s.a.mgr.Resume
+	if req.Msg.GetCold() {
+		resume = s.a.mgr.ResumeCold
+	}
+	info, err := resume(ctx, id)
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
 	}

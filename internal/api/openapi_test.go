@@ -373,6 +373,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"ForkRequest", forkJSON{}, false},
 		{"ForkResponse", forksJSON{}, true},
 		{"ForkResult", forkResultJSON{}, true},
+		{"MemoryRequest", memoryJSON{}, false},
 		{"NetworkRules", networkJSON{}, true},
 		{"ExecRequest", execJSON{}, false},
 		{"ExecResult", execResultJSON{}, true},

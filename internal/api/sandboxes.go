@@ -113,18 +113,6 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request, p service.Pr
 	}, http.StatusOK)
 }
 
-func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
-		return s.cfg.Sandboxes.Pause(r.Context(), p, id)
-	}, http.StatusOK)
-}
-
-func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {
-		return s.cfg.Sandboxes.Resume(r.Context(), p, id)
-	}, http.StatusOK)
-}
-
 // pingSandbox marks a running sandbox active (409 unless running).
 func (s *Server) pingSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	s.withSandbox(w, r, p, func(id service.SandboxID) (service.Sandbox, error) {

@@ -71,6 +71,9 @@ type Config struct {
 	SandboxAddr net.Addr
 	// Reaper configures the TTL reaper.
 	Reaper service.ReaperConfig
+	// E2BTeamRateLimit bounds each team's requests to the E2B API (zero:
+	// none; see e2bapi.Config.TeamRateLimit).
+	E2BTeamRateLimit auth.RateLimit
 	// SingleReplica says that no other control plane can share the
 	// database (capsule serve's embedded PostgreSQL): the background
 	// loops' leadership is then taken without the grace period that
@@ -220,7 +223,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
 	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain,
-		Instrument: cp.Telemetry.Route, Log: log, Builds: cp.Builds, Secret: cfg.Secret}); err != nil {
+		Instrument: cp.Telemetry.Route, Log: log, Builds: cp.Builds, Secret: cfg.Secret, TeamRateLimit: cfg.E2BTeamRateLimit}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	return cp, nil

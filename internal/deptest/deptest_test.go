@@ -28,7 +28,7 @@ type rule struct {
 var (
 	controlPlane = []string{"internal/controlplane", "internal/api", "internal/e2bapi", "internal/proxy", "internal/service",
 		"internal/store", "internal/auth", "internal/pki", "internal/agentclient", "internal/wireid", "internal/scheduler", "internal/leader",
-		"internal/telemetry", "internal/recipe", "internal/archive", "internal/builds"}
+		"internal/telemetry", "internal/recipe", "internal/archive", "internal/builds", "internal/servetls"}
 	// testSupport are the test helpers, which link testing (and, for
 	// hosttest, real host code) by design.
 	testSupport = []string{"internal/service/servicetest", "internal/hosttest", "internal/controlplane/cptest",

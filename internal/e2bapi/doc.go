@@ -50,7 +50,7 @@
 //     denyOut ["0.0.0.0/0"] is ALL_TRAFFIC; domains in allowOut need it or
 //     allow_internet_access false, as in E2B); bad rules, network.rules,
 //     network.egressProxy, mcp and volumeMounts are 400; autoPauseMemory false is accepted where E2B accepts
-//     it (pauses always keep memory here); other unknown fields are
+//     it (the auto-pause keeps memory here, a superset); other unknown fields are
 //     ignored. The machine shape is the template's (service defaults for
 //     images).
 //   - Sandbox (create, connect, resume): envdVersion is envdapi.Version,
@@ -61,8 +61,10 @@
 //     are refused at start).
 //   - Connect (v2 and v1): running → 200 and the deadline moves to at
 //     least now + timeout (300 by default in v2, required in v1); paused →
-//     resumed, 201; in transition → 409. memory false (a cold boot) is
-//     served as a memory resume.
+//     resumed, 201; in transition → 409. memory false (the SDK's
+//     onResume: 'reboot') resumes a paused sandbox cold from its disk,
+//     dropping the memory its pause kept (service.ResumeOptions.Cold); a
+//     running one is left running.
 //   - Lists: GET /v2/sandboxes filters by state (running,paused; repeated
 //     or comma-separated), metadata (E2B's double-encoded form: decode
 //     the query value once more, split on '&' into key=value pairs, decode
@@ -83,9 +85,21 @@
 //     timeout (shorter or longer; ≤ 0 is 400). POST …/refreshes moves it to
 //     at least now + duration (0..3600; absent: the sandbox's own timeout).
 //     At the deadline the reaper (service.Reaper) kills or pauses the
-//     sandbox as it was created to.
+//     sandbox as it was created to, within the time a pass takes: it
+//     sleeps until the next deadline and wakes when one comes earlier
+//     (service/deadlines.go), so setTimeout(5000) has isRunning() false
+//     6 s later.
+//   - Busy: a team past Config.TeamRateLimit (serve's -e2b-rate-limit)
+//     gets 429 with Retry-After in whole seconds (the JS SDK waits and
+//     retries up to 3 times within the request's timeout, then raises
+//     RateLimitError); a quota exceeded is 429 without it (waiting does not
+//     help); no host able to take a sandbox is 503 (ServiceBusyError).
 //   - Pause: 204; already paused (or pausing) 409, which the SDK reads as
-//     false. Resume (deprecated): 201 with a Sandbox, 409 unless paused.
+//     false. {"memory": false} (the SDK's pause({keepMemory: false})) is
+//     a filesystem-only pause: the guest's file systems are synced, its
+//     machine stopped, its disk kept; the resume boots cold from it
+//     (service.PauseOptions.FilesystemOnly). Resume (deprecated): 201 with
+//     a Sandbox, 409 unless paused; memory false boots cold.
 //   - Metrics: the sandbox's metrics history (service.Sandboxes.Metrics:
 //     live from the host agent while it runs, stored at its pause while
 //     paused) within start..end (unix seconds; defaults: its creation and

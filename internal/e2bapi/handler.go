@@ -43,12 +43,18 @@ type Config struct {
 	// Secret signs their upload URLs.
 	Builds *builds.Service
 	Secret []byte
-	Log    *slog.Logger
+	// TeamRateLimit bounds each team's authenticated requests (a token
+	// bucket per team; zero: no limit). Past it the answer is 429 with
+	// Retry-After, which the SDKs wait for and retry.
+	TeamRateLimit auth.RateLimit
+	Log           *slog.Logger
 }
 
 // Handler serves E2B's control-plane paths.
 type Handler struct {
-	cfg    Config
+	cfg Config
+	// teams is the per-team rate limiter (nil: none).
+	teams  *auth.Limiter
 	log    *slog.Logger
 	mux    *http.ServeMux
 	domain *string
@@ -71,6 +77,13 @@ func New(cfg Config) (*Handler, error) {
 		}
 	}
 	h := &Handler{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
+	if cfg.TeamRateLimit != (auth.RateLimit{}) {
+		l, err := auth.NewLimiter(auth.LimiterConfig{Limit: cfg.TeamRateLimit})
+		if err != nil {
+			return nil, fmt.Errorf("e2bapi: team rate limit: %w", err)
+		}
+		h.teams = l
+	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -176,6 +189,14 @@ func (h *Handler) authed(next handler) http.HandlerFunc {
 		if err != nil {
 			h.fail(w, r, err)
 			return
+		}
+		if h.teams != nil {
+			// 429 with Retry-After: the SDKs retry after it (JS: up to 3
+			// times within the request's timeout), else RateLimitError.
+			if ok, wait := h.teams.Allow("team:" + p.TeamID.String()); !ok {
+				auth.WriteTooManyRequests(w, wait)
+				return
+			}
 		}
 		next(w, r.WithContext(logctx.WithTeam(r.Context(), p.TeamID.String())), p)
 	}

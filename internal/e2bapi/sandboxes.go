@@ -187,8 +187,9 @@ func (h *Handler) getSandbox(w http.ResponseWriter, r *http.Request, p service.P
 
 type connectJSON struct {
 	Timeout *int32 `json:"timeout"`
-	// Memory false asks for a cold boot from the disk; a resume here
-	// always restores memory.
+	// Memory false (the SDK's onResume: 'reboot') boots a paused sandbox
+	// cold from its disk, dropping its memory; a running one is left as
+	// it is.
 	Memory *bool `json:"memory"`
 }
 
@@ -225,7 +226,8 @@ func (h *Handler) connect(w http.ResponseWriter, r *http.Request, p service.Prin
 		h.fail(w, r, invalid("timeout: must not be negative"))
 		return
 	}
-	sb, resumed, err := h.cfg.Sandboxes.Connect(r.Context(), p, id, timeout)
+	cold := service.ResumeOptions{Cold: body.Memory != nil && !*body.Memory}
+	sb, resumed, err := h.cfg.Sandboxes.ConnectWith(r.Context(), p, id, timeout, cold)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -447,8 +449,8 @@ func (h *Handler) setTimeout(w http.ResponseWriter, r *http.Request, p service.P
 }
 
 type pauseJSON struct {
-	// Memory false asks for a filesystem-only pause: pauses here always
-	// keep memory too.
+	// Memory false asks for a filesystem-only pause: the disk is kept,
+	// the machine stopped, and the resume boots cold.
 	Memory *bool `json:"memory"`
 }
 
@@ -468,7 +470,8 @@ func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p service.Princi
 		h.fail(w, r, &service.Error{Kind: service.ErrConflict, Msg: "the sandbox is already paused"})
 		return
 	}
-	if _, err := h.cfg.Sandboxes.Pause(r.Context(), p, id); err != nil {
+	opts := service.PauseOptions{FilesystemOnly: body.Memory != nil && !*body.Memory}
+	if _, err := h.cfg.Sandboxes.PauseWith(r.Context(), p, id, opts); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -477,6 +480,8 @@ func (h *Handler) pause(w http.ResponseWriter, r *http.Request, p service.Princi
 
 type resumeJSON struct {
 	Timeout *int32 `json:"timeout"`
+	// Memory false boots cold from the disk.
+	Memory *bool `json:"memory"`
 }
 
 // resume (deprecated; the SDKs connect): 201, 409 unless paused.
@@ -502,7 +507,8 @@ func (h *Handler) resume(w http.ResponseWriter, r *http.Request, p service.Princ
 		h.fail(w, r, &service.Error{Kind: service.ErrConflict, Msg: "the sandbox is " + string(sb.State) + ", not paused"})
 		return
 	}
-	sb, resumed, err := h.cfg.Sandboxes.Connect(r.Context(), p, id, timeout)
+	cold := service.ResumeOptions{Cold: body.Memory != nil && !*body.Memory}
+	sb, resumed, err := h.cfg.Sandboxes.ConnectWith(r.Context(), p, id, timeout, cold)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -86,13 +86,23 @@ func (c *Client) WaitHealthy(ctx context.Context, abort <-chan struct{}) error {
 	}
 }
 
-// Init sends POST /init, retrying until it is accepted or ctx ends.
+// Init sends POST /init, retrying until it is accepted or ctx ends. A
+// request's Timestamp (the guest's clock is set to it) moves on with the
+// time spent retrying: each attempt carries the time it is sent, not the
+// first attempt's, which would set the guest's clock behind by the
+// retries.
 func (c *Client) Init(ctx context.Context, req envdapi.InitRequest) error {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
+	start := time.Now()
+	stamped := req.Timestamp
 	for {
+		if stamped != nil {
+			ts := stamped.Add(time.Since(start))
+			req.Timestamp = &ts
+		}
+		body, err := json.Marshal(req)
+		if err != nil {
+			return err
+		}
 		err = c.initOnce(ctx, body)
 		var refused *refusedError
 		if err == nil || errors.As(err, &refused) {

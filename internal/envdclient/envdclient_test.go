@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -185,5 +186,56 @@ func TestClientStreamedUpload(t *testing.T) {
 				t.Fatalf("read back %d bytes (size %d), equal %v, %v", len(back), size, bytes.Equal(back, data), err)
 			}
 		})
+	}
+}
+
+// TestInitRetryCarriesTheTimeItIsSent: an /init that has to be retried
+// (envd not answering yet after a restore; injected here by a front that
+// drops the first attempts) carries the time of the attempt that is
+// accepted, not the first one's: the guest's clock would otherwise be set
+// behind by the retries.
+func TestInitRetryCarriesTheTimeItIsSent(t *testing.T) {
+	srv := envd.New(envd.Config{})
+	defer srv.Close()
+	inner := srv.Handler()
+	var dropped int
+	var got time.Time
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/init" && dropped < 3 {
+			dropped++
+			http.Error(w, "not yet", http.StatusBadGateway)
+			return
+		}
+		if r.URL.Path == "/init" {
+			var req envd.InitRequest
+			b, _ := io.ReadAll(r.Body)
+			if err := json.Unmarshal(b, &req); err != nil || req.Timestamp == nil {
+				t.Errorf("init body %s: %v", b, err)
+			} else {
+				got = *req.Timestamp
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A timestamp in the past, as the agent's clock read before the
+	// attempts began.
+	stamp := time.Now().Add(-time.Hour).UTC()
+	tok := "t"
+	began := time.Now()
+	if err := envdclient.New(ts.URL, "").Init(ctx, envd.InitRequest{AccessToken: &tok, Timestamp: &stamp}); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	if dropped != 3 {
+		t.Fatalf("%d attempts dropped, want 3", dropped)
+	}
+	// Three retries wait at least 50 ms each: the accepted stamp moved on
+	// by that much, and by no more than the whole call took.
+	if moved := got.Sub(stamp); moved < 150*time.Millisecond || moved > took {
+		t.Fatalf("the accepted /init carried the first stamp plus %v (the call took %v); want the retries' time", moved, took)
 	}
 }

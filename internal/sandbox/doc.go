@@ -70,6 +70,13 @@
 // its /init again afterwards (resyncClock); sandboxes created from the
 // template get theirs at create. Why the monotonic clock is not advanced
 // by the pause instead is in package qemu's documentation (Snapshots).
+// Pauses without memory (diskpause.go): PauseFilesystem syncs the guest's
+// file systems and stops its machine, keeping the disk only (record
+// DiskOnly); Resume boots such a sandbox cold. ResumeCold boots a paused
+// sandbox cold even when it has a memory snapshot, which it drops, after
+// restoring, syncing and stopping it (a memory pause does not sync: its
+// disk alone may lack what the guest had not written back).
+//
 // Metrics: one sampler (package sandbox/metrics) samples every running
 // sandbox every 0.5 s into the sandbox's three-tier history, which lives
 // as long as the sandbox on this host (across pauses); Manager.Metrics

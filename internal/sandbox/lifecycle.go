@@ -122,8 +122,9 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	rec := *b.rec
 	b.mu.Unlock()
 	from := rec.State
-	if from == StateStopped {
-		return m.bootStoppedLocked(ctx, b, rec)
+	if from == StateStopped || (from == StatePaused && rec.Snapshot == "") {
+		// Its memory is lost, or was not kept (a filesystem-only pause).
+		return m.bootColdLocked(ctx, b, rec, from)
 	}
 
 	undo, finish, err := m.reserveRestoring(b, &rec, StatePaused)
@@ -153,30 +154,32 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	return nil
 }
 
-// bootStoppedLocked boots a stopped sandbox (its machine died, its
-// memory is lost) cold from its disk: the guest starts afresh on the
-// files it had. Called with b.op held.
-func (m *Manager) bootStoppedLocked(ctx context.Context, b *box, rec record) (err error) {
-	undo, finish, err := m.reserveRestoring(b, &rec, StateStopped)
+// bootColdLocked boots a sandbox cold from its disk: a stopped one (its
+// machine died, its memory is lost), one paused without its memory, or
+// one whose memory snapshot is to be dropped (ResumeCold). The guest
+// starts afresh on the files it had; restore is the state it goes back to
+// on a failure. Called with b.op held.
+func (m *Manager) bootColdLocked(ctx context.Context, b *box, rec record, restore State) (err error) {
+	undo, finish, err := m.reserveRestoring(b, &rec, restore)
 	if err != nil {
 		return err
 	}
 	defer func() { finish(err) }()
 	b.setState(StateStarting)
 	if err := m.start(ctx, b, nil, "", undo); err != nil {
-		return fmt.Errorf("boot stopped sandbox %s: %w", rec.ID, err)
+		return fmt.Errorf("boot sandbox %s cold: %w", rec.ID, err)
 	}
 	b.mu.Lock()
 	old := b.rec.Snapshot
-	b.rec.Snapshot = ""
+	b.rec.Snapshot, b.rec.DiskOnly = "", false
 	r := *b.rec
 	b.mu.Unlock()
+	// A snapshot older than the disk can never be resumed again.
+	_ = m.writeRecord(m.sandboxDir(rec.ID), &r)
 	if old != "" {
-		// A snapshot older than the disk can never be resumed again.
-		_ = m.writeRecord(m.sandboxDir(rec.ID), &r)
 		_ = os.RemoveAll(old)
 	}
-	m.log.InfoContext(ctx, "stopped sandbox booted cold from its disk", "sandbox", rec.ID)
+	m.log.InfoContext(ctx, "sandbox booted cold from its disk", "sandbox", rec.ID, "was", string(restore))
 	return nil
 }
 

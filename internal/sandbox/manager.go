@@ -486,6 +486,13 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 // initEnvd sends envd its /init: the sandbox's environment, access token
 // and the time. Sending it again is harmless (an adopted machine whose
 // resume was interrupted gets it again).
+//
+// The guest sets its clock to the request's time when it handles it, so
+// its clock ends behind by however long the request took to get there: on
+// a freshly restored guest under TCG on a busy host, hundreds of
+// milliseconds. When the call took longer than clockSlack the time is sent
+// again (up to twice), to a guest that now answers quickly; envd steps its
+// clock only forward for a small difference, never back.
 func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *record) error {
 	env := maps.Clone(rec.EnvVars)
 	if env == nil {
@@ -493,21 +500,47 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	}
 	env["E2B_SANDBOX_ID"] = rec.ID
 	env["E2B_TEMPLATE_ID"] = rec.Template
-	now := m.now().UTC()
 	tok := rec.AccessToken
-	// Fresh entropy every time: a guest restored from a snapshot (a
-	// template's clone, a fork, a resumed pause) starts with the RNG
-	// state that was saved, which every other restore of it shares; envd
-	// mixes this in and reseeds the kernel's generator.
-	seed := make([]byte, envdapi.InitEntropyBytes)
-	if _, err := rand.Read(seed); err != nil {
-		return fmt.Errorf("entropy for /init: %w", err)
+	send := func(c *envdclient.Client) (time.Duration, error) {
+		// Fresh entropy every time: a guest restored from a snapshot (a
+		// template's clone, a fork, a resumed pause) starts with the RNG
+		// state that was saved, which every other restore of it shares;
+		// envd mixes this in and reseeds the kernel's generator.
+		seed := make([]byte, envdapi.InitEntropyBytes)
+		if _, err := rand.Read(seed); err != nil {
+			return 0, fmt.Errorf("entropy for /init: %w", err)
+		}
+		now := m.now().UTC()
+		began := time.Now()
+		err := c.Init(ctx, envdapi.InitRequest{
+			EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser, DefaultWorkdir: rec.DefaultWorkdir,
+			Hostname: rec.Hostname, Entropy: seed,
+		})
+		return time.Since(began), err
 	}
-	return c.Init(ctx, envdapi.InitRequest{
-		EnvVars: env, AccessToken: &tok, Timestamp: &now, DefaultUser: rec.DefaultUser, DefaultWorkdir: rec.DefaultWorkdir,
-		Hostname: rec.Hostname, Entropy: seed,
-	})
+	took, err := send(c)
+	if err != nil || took <= clockSlack {
+		return err
+	}
+	// Again with the token the first /init set; best effort: the
+	// sandbox runs, only its clock may be a little late.
+	again := envdclient.New(c.Base(), tok)
+	defer again.Close()
+	for range 2 {
+		if took, err = send(again); err != nil {
+			m.log.WarnContext(ctx, "set the guest's clock again", "sandbox", rec.ID, "err", err)
+			return nil
+		}
+		if took <= clockSlack {
+			break
+		}
+	}
+	return nil
 }
+
+// clockSlack is how late a guest's clock may be set by /init before it is
+// sent again (initEnvd).
+const clockSlack = 100 * time.Millisecond
 
 // resyncClock sets the clock of a guest that goes on after a snapshot
 // (Machine.Snapshot with keepRunning): its clocks stood still while it was

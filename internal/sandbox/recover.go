@@ -127,6 +127,10 @@ func (m *Manager) recoverSandbox(ctx context.Context, rec *record) {
 
 	switch rec.State {
 	case StatePaused:
+		if rec.Snapshot == "" && rec.DiskOnly {
+			m.log.InfoContext(ctx, "adopted paused sandbox (filesystem only)", "sandbox", rec.ID)
+			return
+		}
 		if rec.Snapshot == "" {
 			stop("paused without a snapshot")
 			return

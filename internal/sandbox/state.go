@@ -63,6 +63,9 @@ type record struct {
 	// paused (a new generation per pause).
 	Snapshot   string `json:"snapshot,omitempty"`
 	Generation int    `json:"generation"`
+	// DiskOnly: paused without its memory (PauseFilesystem); resuming
+	// boots it cold from its disk.
+	DiskOnly bool `json:"diskOnly,omitempty"`
 	// VMMPid and SlotIndex describe the running machine, for cleanup.
 	VMMPid    int `json:"vmmPid,omitempty"`
 	SlotIndex int `json:"slotIndex,omitempty"`

@@ -37,7 +37,13 @@
 // activity plus timeout_sec (create and resume start it, Ping and touch
 // push it, SetTimeout replaces it), and the Reaper pauses running
 // sandboxes past it as the system (audit action sandbox.auto_pause); the
-// agent gets no timeout. A failed pause never destroys a sandbox: an
+// agent gets no timeout. The reaper sleeps until the next deadline
+// (deadlines.go: a timer, woken for an earlier deadline by SetTimeout on
+// this replica and by the database's NOTIFY from a trigger on any, with a
+// bounded re-read as the fallback), so a timeout fires at its deadline
+// however it was shortened or lengthened. A pause keeps memory unless
+// asked for the filesystem only, and a resume restores it unless asked to
+// boot cold (pausemodes.go: PauseWith, ResumeWith, ConnectWith). A failed pause never destroys a sandbox: an
 // auto-pause the agent refuses (a full data disk, a failing save) is
 // retried after ReaperConfig.PauseBackoff, doubled per failure
 // (sandboxes.pause_failures), and after PauseRetries refusals the record

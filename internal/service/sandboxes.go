@@ -98,6 +98,8 @@ type Sandboxes struct {
 	// touched is when touch last wrote a sandbox's activity.
 	touchMu sync.Mutex
 	touched map[pgtype.UUID]time.Time
+	// deadlines wakes this replica's reaper when a deadline changes.
+	deadlines deadlineBell
 	// resumes makes concurrent auto-resumes of one sandbox one.
 	resumes singleflight.Group
 	// replications makes concurrent copies of one template to one host

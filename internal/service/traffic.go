@@ -17,6 +17,12 @@ import (
 // one is resumed first (resumed is then true). A stopped, failed or lost
 // sandbox is not found; one in transition is a conflict.
 func (s *Sandboxes) Connect(ctx context.Context, p Principal, id SandboxID, timeoutSec int32) (sb Sandbox, resumed bool, err error) {
+	return s.ConnectWith(ctx, p, id, timeoutSec, ResumeOptions{})
+}
+
+// ConnectWith is Connect with a paused sandbox resumed as o says
+// (pausemodes.go); a running one is left as it is.
+func (s *Sandboxes) ConnectWith(ctx context.Context, p Principal, id SandboxID, timeoutSec int32, o ResumeOptions) (sb Sandbox, resumed bool, err error) {
 	if timeoutSec < 0 || timeoutSec > maxTimeoutSec {
 		return Sandbox{}, false, errorf(ErrInvalid, "timeout: 0 to %d seconds", maxTimeoutSec)
 	}
@@ -27,7 +33,7 @@ func (s *Sandboxes) Connect(ctx context.Context, p Principal, id SandboxID, time
 	switch row.State {
 	case store.SandboxRunning:
 	case store.SandboxPaused:
-		if _, err := s.Resume(ctx, p, id); err != nil {
+		if _, err := s.ResumeWith(ctx, p, id, o); err != nil {
 			return Sandbox{}, false, err
 		}
 		resumed = true

@@ -135,15 +135,20 @@ func (s *Sandboxes) transition(ctx context.Context, p Principal, id SandboxID, f
 	return s.view(row, a), nil
 }
 
-// Pause pauses a running sandbox of p's team, within its paused and
-// stored quotas (ErrQuota; the sandbox runs on).
+// Pause pauses a running sandbox of p's team, its memory kept, within its
+// paused and stored quotas (ErrQuota; the sandbox runs on).
 func (s *Sandboxes) Pause(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
+	return s.PauseWith(ctx, p, id, PauseOptions{})
+}
+
+// PauseWith is Pause as o says (pausemodes.go).
+func (s *Sandboxes) PauseWith(ctx context.Context, p Principal, id SandboxID, o PauseOptions) (Sandbox, error) {
 	return s.transition(ctx, p, id, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		func(q *db.Queries, row db.Sandbox) error {
 			return s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), true, int64(row.MemoryMB))
 		},
 		func(ctx context.Context, c *agentclient.Client, _ db.Sandbox) (*pb.Sandbox, error) {
-			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id.String()}))
+			r, err := c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id.String(), FilesystemOnly: o.FilesystemOnly}))
 			if err != nil {
 				return nil, err
 			}
@@ -159,6 +164,11 @@ func (s *Sandboxes) Pause(ctx context.Context, p Principal, id SandboxID) (Sandb
 // Reconcile) is resumed the same way: the host boots it cold from its
 // disk (its files are there, its memory is not).
 func (s *Sandboxes) Resume(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
+	return s.ResumeWith(ctx, p, id, ResumeOptions{})
+}
+
+// ResumeWith is Resume as o says (pausemodes.go).
+func (s *Sandboxes) ResumeWith(ctx context.Context, p Principal, id SandboxID, o ResumeOptions) (Sandbox, error) {
 	from := store.SandboxPaused
 	if row, err := s.get(ctx, p, id); err == nil && row.State == store.SandboxError {
 		from = store.SandboxError
@@ -174,7 +184,7 @@ func (s *Sandboxes) Resume(ctx context.Context, p Principal, id SandboxID) (Sand
 		func(ctx context.Context, c *agentclient.Client, row db.Sandbox) (*pb.Sandbox, error) {
 			// The TTL is the control plane's (entering running restarts it
 			// in the record), and so are the egress rules.
-			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: id.String(), Network: rulesToProto(NetworkOf(row))}))
+			r, err := c.ResumeSandbox(ctx, connect.NewRequest(&pb.ResumeSandboxRequest{SandboxId: id.String(), Network: rulesToProto(NetworkOf(row)), Cold: o.Cold}))
 			if err != nil {
 				return nil, err
 			}

@@ -82,6 +82,9 @@ func (s *Sandboxes) SetTimeout(ctx context.Context, p Principal, id SandboxID, t
 	if err != nil {
 		return Sandbox{}, err
 	}
+	// This replica's reaper re-reads its next deadline at once (the
+	// database's notification tells every replica's, a moment later).
+	s.deadlines.ring()
 	return s.view(row, nil), nil
 }
 
@@ -124,8 +127,19 @@ type ReaperConfig struct {
 	// Now is the reaper's clock (time.Now when nil): a sandbox is expired
 	// when its end_at is before Now().
 	Now func() time.Time
-	// Interval is the time between passes (5 s when zero).
-	Interval time.Duration
+	// TimerAt makes the timers Run sleeps on, firing when Now reaches at
+	// (a time.Timer when nil): the deadlines are on Now's clock, so a test
+	// that drives Now drives these too.
+	TimerAt func(at time.Time) Timer
+	// MaxWait is the longest Run sleeps without reading the next deadline
+	// again while it receives the database's deadline notifications (30 s
+	// when zero); Poll is that interval while it does not (1 s when
+	// zero). See deadlines.go.
+	MaxWait, Poll time.Duration
+	// Retry is the wait before a pass tries again the expired sandboxes
+	// that the last one left running (their host could not be asked; 5 s
+	// when zero).
+	Retry time.Duration
 	// Batch is the most sandboxes one pass handles (100 when zero).
 	Batch int32
 	// PauseRetries is how many refused auto-pauses in a row leave a
@@ -135,7 +149,8 @@ type ReaperConfig struct {
 	PauseBackoff time.Duration
 }
 
-// Reaper pauses running sandboxes past their TTL (end_at), as the system.
+// Reaper pauses running sandboxes past their TTL (end_at), as the system,
+// at their deadlines (Run, deadlines.go).
 // Several replicas may run one each: a sandbox is claimed with a guarded
 // transition (running and still expired → pausing), so each is paused once
 // and one that is being paused, or was active since, is skipped.
@@ -150,8 +165,17 @@ func NewReaper(s *Sandboxes, cfg ReaperConfig) *Reaper {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = 5 * time.Second
+	if cfg.TimerAt == nil {
+		cfg.TimerAt = realTimerAt(cfg.Now)
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = 30 * time.Second
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = 5 * time.Second
 	}
 	if cfg.Batch <= 0 {
 		cfg.Batch = 100
@@ -163,22 +187,6 @@ func NewReaper(s *Sandboxes, cfg ReaperConfig) *Reaper {
 		cfg.PauseBackoff = 30 * time.Second
 	}
 	return &Reaper{s: s, cfg: cfg, log: s.log.With("component", "reaper")}
-}
-
-// Run runs a pass every interval until ctx ends.
-func (r *Reaper) Run(ctx context.Context) {
-	t := time.NewTicker(r.cfg.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, err := r.Pass(ctx); err != nil && ctx.Err() == nil {
-			r.log.ErrorContext(ctx, "reaper pass", "err", err)
-		}
-	}
 }
 
 // ReapResult counts what a pass did.

@@ -379,7 +379,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 10.
+	// implements (see the file comment); this file describes revision 11.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -388,7 +388,8 @@ type GetHostInfoResponse struct {
 	// revision 7 CreateSandboxRequest.default_workdir (built templates);
 	// revision 8 GetSandboxConsole and DestroySandboxResponse.console;
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
-	// between hosts); revision 10 ForkSandbox.
+	// between hosts); revision 10 ForkSandbox; revision 11
+	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -1507,10 +1508,14 @@ func (x *GetSandboxConsoleResponse) GetConsole() *ConsoleTail {
 }
 
 type PauseSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// filesystem_only keeps the disk only (revision 11): the guest's file
+	// systems are synced and its machine stopped, no memory is saved, and
+	// the resume boots it cold from its disk.
+	FilesystemOnly bool `protobuf:"varint,2,opt,name=filesystem_only,json=filesystemOnly,proto3" json:"filesystem_only,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PauseSandboxRequest) Reset() {
@@ -1548,6 +1553,13 @@ func (x *PauseSandboxRequest) GetSandboxId() string {
 		return x.SandboxId
 	}
 	return ""
+}
+
+func (x *PauseSandboxRequest) GetFilesystemOnly() bool {
+	if x != nil {
+		return x.FilesystemOnly
+	}
+	return false
 }
 
 type PauseSandboxResponse struct {
@@ -1612,7 +1624,10 @@ type ResumeSandboxRequest struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// network, when present, replaces the sandbox's egress rules before it
 	// runs again (the control plane's record is authoritative).
-	Network       *NetworkRules `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
+	Network *NetworkRules `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
+	// cold boots the sandbox from its disk even when it has a memory
+	// snapshot, which is dropped (revision 11).
+	Cold          bool `protobuf:"varint,4,opt,name=cold,proto3" json:"cold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1666,6 +1681,13 @@ func (x *ResumeSandboxRequest) GetNetwork() *NetworkRules {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *ResumeSandboxRequest) GetCold() bool {
+	if x != nil {
+		return x.Cold
+	}
+	return false
 }
 
 type ResumeSandboxResponse struct {
@@ -5344,18 +5366,20 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1b\n" +
 	"\tmax_bytes\x18\x02 \x01(\rR\bmaxBytes\"P\n" +
 	"\x19GetSandboxConsoleResponse\x123\n" +
-	"\aconsole\x18\x01 \x01(\v2\x19.hostagent.v1.ConsoleTailR\aconsole\"4\n" +
+	"\aconsole\x18\x01 \x01(\v2\x19.hostagent.v1.ConsoleTailR\aconsole\"]\n" +
 	"\x13PauseSandboxRequest\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"}\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12'\n" +
+	"\x0ffilesystem_only\x18\x02 \x01(\bR\x0efilesystemOnly\"}\n" +
 	"\x14PauseSandboxResponse\x12/\n" +
 	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\x124\n" +
-	"\ametrics\x18\x02 \x03(\v2\x1a.hostagent.v1.MetricSeriesR\ametrics\"\xa0\x01\n" +
+	"\ametrics\x18\x02 \x03(\v2\x1a.hostagent.v1.MetricSeriesR\ametrics\"\xb4\x01\n" +
 	"\x14ResumeSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x124\n" +
-	"\anetwork\x18\x03 \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\"H\n" +
+	"\anetwork\x18\x03 \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x12\x12\n" +
+	"\x04cold\x18\x04 \x01(\bR\x04cold\"H\n" +
 	"\x15ResumeSandboxResponse\x12/\n" +
 	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"2\n" +
 	"\x11GetSandboxRequest\x12\x1d\n" +

@@ -301,6 +301,11 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	// The reaper's next wake-up at now (its clock): the earliest deadline of a
+	// running sandbox from now on, or horizon when there is none before it;
+	// and whether some running sandbox's deadline has passed already (left by
+	// an earlier pass: its host could not be asked).
+	NextSandboxDeadline(ctx context.Context, arg NextSandboxDeadlineParams) (NextSandboxDeadlineRow, error)
 	// Stored consoles saved before the retention's start.
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.

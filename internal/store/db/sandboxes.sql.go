@@ -776,6 +776,35 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 	return i, err
 }
 
+const nextSandboxDeadline = `-- name: NextSandboxDeadline :one
+SELECT least(coalesce(min(end_at) FILTER (WHERE end_at >= $1::timestamptz), $2::timestamptz),
+    $2::timestamptz)::timestamptz AS next_end_at,
+  coalesce(bool_or(end_at < $1::timestamptz), false)::boolean AS expired
+FROM sandboxes
+WHERE state = 'running' AND end_at IS NOT NULL
+`
+
+type NextSandboxDeadlineParams struct {
+	Now     time.Time `json:"now"`
+	Horizon time.Time `json:"horizon"`
+}
+
+type NextSandboxDeadlineRow struct {
+	NextEndAt time.Time `json:"next_end_at"`
+	Expired   bool      `json:"expired"`
+}
+
+// The reaper's next wake-up at now (its clock): the earliest deadline of a
+// running sandbox from now on, or horizon when there is none before it;
+// and whether some running sandbox's deadline has passed already (left by
+// an earlier pass: its host could not be asked).
+func (q *Queries) NextSandboxDeadline(ctx context.Context, arg NextSandboxDeadlineParams) (NextSandboxDeadlineRow, error) {
+	row := q.db.QueryRow(ctx, nextSandboxDeadline, arg.Now, arg.Horizon)
+	var i NextSandboxDeadlineRow
+	err := row.Scan(&i.NextEndAt, &i.Expired)
+	return i, err
+}
+
 const retrySandboxPausing = `-- name: RetrySandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text,
   pause_failures = pause_failures + 1, end_at = $2::timestamptz

@@ -156,8 +156,19 @@ func (s *SandboxService) Connect(ctx context.Context, id string) (Sandbox, error
 // Pause saves the sandbox's memory and disk and stops its VM; Resume
 // brings it back as it was.
 func (s *SandboxService) Pause(ctx context.Context, id string) (Sandbox, error) {
+	return s.pause(ctx, id, true)
+}
+
+// PauseFilesystemOnly keeps the sandbox's disk only: its VM is stopped
+// after the guest's file systems are synced, and Resume boots it cold from
+// the disk (files kept, processes not).
+func (s *SandboxService) PauseFilesystemOnly(ctx context.Context, id string) (Sandbox, error) {
+	return s.pause(ctx, id, false)
+}
+
+func (s *SandboxService) pause(ctx context.Context, id string, memory bool) (Sandbox, error) {
 	var out wire.Sandbox
-	resp, err := s.c.wire.PauseSandbox(ctx, id)
+	resp, err := s.c.wire.PauseSandbox(ctx, id, wire.MemoryRequest{Memory: &memory})
 	if err := decode(resp, err, http.StatusOK, &out); err != nil {
 		return Sandbox{}, err
 	}
@@ -166,8 +177,18 @@ func (s *SandboxService) Pause(ctx context.Context, id string) (Sandbox, error) 
 
 // Resume restarts a paused sandbox where it stopped.
 func (s *SandboxService) Resume(ctx context.Context, id string) (Sandbox, error) {
+	return s.resume(ctx, id, true)
+}
+
+// ResumeCold boots a paused sandbox cold from its disk, dropping the
+// memory its pause kept (E2B's onResume: 'reboot').
+func (s *SandboxService) ResumeCold(ctx context.Context, id string) (Sandbox, error) {
+	return s.resume(ctx, id, false)
+}
+
+func (s *SandboxService) resume(ctx context.Context, id string, memory bool) (Sandbox, error) {
 	var out wire.Sandbox
-	resp, err := s.c.wire.ResumeSandbox(ctx, id)
+	resp, err := s.c.wire.ResumeSandbox(ctx, id, wire.MemoryRequest{Memory: &memory})
 	if err := decode(resp, err, http.StatusOK, &out); err != nil {
 		return Sandbox{}, err
 	}

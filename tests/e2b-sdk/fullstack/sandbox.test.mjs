@@ -223,6 +223,36 @@ describe('sandbox lifecycle through capsule serve', () => {
     assert.equal(await again.files.read('/tmp/kept'), 'kept across the auto-pause')
   })
 
+  test('setTimeout(5000): 6 s later isRunning() is false (a timer to the deadline, not a poll)', async () => {
+    const sbx = await create()
+    await sbx.setTimeout(5_000)
+    await sleep(6_000)
+    assert.equal(await sbx.isRunning(), false)
+  })
+
+  test('pause({keepMemory: false}) keeps the files only; connect boots it cold', async () => {
+    const sbx = await create()
+    await sbx.files.write('/home/user/kept.txt', 'on the disk')
+    await sbx.commands.run('echo in memory > /dev/shm/gone && sleep 100000', { background: true, timeoutMs: 0 })
+    assert.equal(await sbx.pause({ keepMemory: false }), true)
+    assert.equal((await sbx.getInfo()).state, 'paused')
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await again.files.read('/home/user/kept.txt'), 'on the disk')
+    assert.equal(await again.files.exists('/dev/shm/gone'), false)
+    const procs = await again.commands.list()
+    assert.ok(!procs.some((p) => p.cmd.includes('sleep 100000') || (p.args || []).join(' ').includes('sleep 100000')), JSON.stringify(procs))
+  })
+
+  test("connect with onResume: 'reboot' drops the kept memory, keeps the files", async () => {
+    const sbx = await create()
+    await sbx.files.write('/home/user/kept.txt', 'on the disk')
+    await sbx.commands.run('echo in memory > /dev/shm/gone')
+    assert.equal(await sbx.pause(), true)
+    const again = await Sandbox.connect(sbx.sandboxId, { onResume: 'reboot' })
+    assert.equal(await again.files.read('/home/user/kept.txt'), 'on the disk')
+    assert.equal(await again.files.exists('/dev/shm/gone'), false)
+  })
+
   test('network rules: create with allowOut/denyOut, updateNetwork, DNS through the platform', async () => {
     const { SandboxNotFoundError } = await import('e2b')
     const sbx = await create({ network: { allowOut: ['example.com', '*.pypi.org', '1.1.1.1'], denyOut: ['0.0.0.0/0'] } })

@@ -1933,6 +1933,13 @@ type MemberList struct {
 	Members []Member `json:"members"`
 }
 
+// MemoryRequest optional body of pause and resume
+type MemoryRequest struct {
+	// Memory pause: false keeps the disk only (the resume boots cold); resume: false boots
+	// cold from the disk, dropping the memory that was kept
+	Memory *bool `json:"memory,omitempty"`
+}
+
 // Metadata defines model for Metadata.
 type Metadata map[string]string
 
@@ -2776,6 +2783,12 @@ type ForkSandboxJSONRequestBody = ForkRequest
 
 // SetSandboxNetworkJSONRequestBody defines body for SetSandboxNetwork for application/json ContentType.
 type SetSandboxNetworkJSONRequestBody = NetworkRules
+
+// PauseSandboxJSONRequestBody defines body for PauseSandbox for application/json ContentType.
+type PauseSandboxJSONRequestBody = MemoryRequest
+
+// ResumeSandboxJSONRequestBody defines body for ResumeSandbox for application/json ContentType.
+type ResumeSandboxJSONRequestBody = MemoryRequest
 
 // SetSandboxTimeoutJSONRequestBody defines body for SetSandboxTimeout for application/json ContentType.
 type SetSandboxTimeoutJSONRequestBody = SetTimeoutRequest
@@ -3709,24 +3722,60 @@ type ClientInterface interface {
 	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
 	SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// PauseSandbox Pause a running sandbox (memory and disk kept)
+	// PauseSandboxWithBody Pause a running sandbox (memory and disk kept, or the disk only)
+	//
+	// By default the sandbox's memory and disk are kept: the resume restores it with its
+	// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+	// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+	// memory is saved, and the resume boots it cold from the disk.
+	//
+	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
-	PauseSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	PauseSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PauseSandbox Pause a running sandbox (memory and disk kept, or the disk only)
+	//
+	// By default the sandbox's memory and disk are kept: the resume restores it with its
+	// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+	// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+	// memory is saved, and the resume boots it cold from the disk.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
+	PauseSandbox(ctx context.Context, id SandboxID, body PauseSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// PingSandbox Mark a running sandbox active (its timeout starts again)
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/ping (the `PingSandbox` operationId).
 	PingSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ResumeSandboxWithBody Resume a paused sandbox (within the team's quotas)
+	//
+	// A paused sandbox is restored with its memory. A sandbox in state `error` whose
+	// machine died while its host kept its disk (see its `state_reason`) is booted cold
+	// from that disk: its files are there, its processes and memory are not. So is a
+	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
+	ResumeSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ResumeSandbox Resume a paused sandbox (within the team's quotas)
 	//
 	// A paused sandbox is restored with its memory. A sandbox in state `error` whose
 	// machine died while its host kept its disk (see its `state_reason`) is booted cold
-	// from that disk: its files are there, its processes and memory are not.
+	// from that disk: its files are there, its processes and memory are not. So is a
+	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+	//
+	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
-	ResumeSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ResumeSandbox(ctx context.Context, id SandboxID, body ResumeSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// SetSandboxTimeoutWithBody Give a sandbox a new timeout, counted from now
 	//
@@ -5661,11 +5710,40 @@ func (c *Client) SetSandboxNetwork(ctx context.Context, id SandboxID, body SetSa
 	return c.Client.Do(req)
 }
 
-// PauseSandbox Pause a running sandbox (memory and disk kept)
+// PauseSandboxWithBody Pause a running sandbox (memory and disk kept, or the disk only)
+//
+// By default the sandbox's memory and disk are kept: the resume restores it with its
+// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+// memory is saved, and the resume boots it cold from the disk.
+//
+// Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
-func (c *Client) PauseSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewPauseSandboxRequest(c.Server, id)
+func (c *Client) PauseSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPauseSandboxRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PauseSandbox Pause a running sandbox (memory and disk kept, or the disk only)
+//
+// By default the sandbox's memory and disk are kept: the resume restores it with its
+// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+// memory is saved, and the resume boots it cold from the disk.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
+func (c *Client) PauseSandbox(ctx context.Context, id SandboxID, body PauseSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPauseSandboxRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -5691,15 +5769,42 @@ func (c *Client) PingSandbox(ctx context.Context, id SandboxID, reqEditors ...Re
 	return c.Client.Do(req)
 }
 
+// ResumeSandboxWithBody Resume a paused sandbox (within the team's quotas)
+//
+// A paused sandbox is restored with its memory. A sandbox in state `error` whose
+// machine died while its host kept its disk (see its `state_reason`) is booted cold
+// from that disk: its files are there, its processes and memory are not. So is a
+// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
+func (c *Client) ResumeSandboxWithBody(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewResumeSandboxRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ResumeSandbox Resume a paused sandbox (within the team's quotas)
 //
 // A paused sandbox is restored with its memory. A sandbox in state `error` whose
 // machine died while its host kept its disk (see its `state_reason`) is booted cold
-// from that disk: its files are there, its processes and memory are not.
+// from that disk: its files are there, its processes and memory are not. So is a
+// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+//
+// Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
-func (c *Client) ResumeSandbox(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewResumeSandboxRequest(c.Server, id)
+func (c *Client) ResumeSandbox(ctx context.Context, id SandboxID, body ResumeSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewResumeSandboxRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -9424,8 +9529,19 @@ func NewSetSandboxNetworkRequestWithBody(server string, id SandboxID, contentTyp
 	return req, nil
 }
 
-// NewPauseSandboxRequest constructs an http.Request for the PauseSandbox method
-func NewPauseSandboxRequest(server string, id SandboxID) (*http.Request, error) {
+// NewPauseSandboxRequest calls the generic PauseSandbox builder with application/json body
+func NewPauseSandboxRequest(server string, id SandboxID, body PauseSandboxJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPauseSandboxRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewPauseSandboxRequestWithBody constructs an http.Request for the PauseSandbox method, with any body, and a specified content type
+func NewPauseSandboxRequestWithBody(server string, id SandboxID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -9450,10 +9566,12 @@ func NewPauseSandboxRequest(server string, id SandboxID) (*http.Request, error) 
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -9492,8 +9610,19 @@ func NewPingSandboxRequest(server string, id SandboxID) (*http.Request, error) {
 	return req, nil
 }
 
-// NewResumeSandboxRequest constructs an http.Request for the ResumeSandbox method
-func NewResumeSandboxRequest(server string, id SandboxID) (*http.Request, error) {
+// NewResumeSandboxRequest calls the generic ResumeSandbox builder with application/json body
+func NewResumeSandboxRequest(server string, id SandboxID, body ResumeSandboxJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewResumeSandboxRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewResumeSandboxRequestWithBody constructs an http.Request for the ResumeSandbox method, with any body, and a specified content type
+func NewResumeSandboxRequestWithBody(server string, id SandboxID, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -9518,10 +9647,12 @@ func NewResumeSandboxRequest(server string, id SandboxID) (*http.Request, error)
 		return nil, err
 	}
 
-	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
 	if err != nil {
 		return nil, err
 	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -11670,12 +11801,29 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PUT /v1/sandboxes/{id}/network (the `SetSandboxNetwork` operationId).
 	SetSandboxNetworkWithResponse(ctx context.Context, id SandboxID, body SetSandboxNetworkJSONRequestBody, reqEditors ...RequestEditorFn) (*SetSandboxNetworkResponse, error)
 
-	// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
+	// PauseSandboxWithBodyWithResponse Pause a running sandbox (memory and disk kept, or the disk only)
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// By default the sandbox's memory and disk are kept: the resume restores it with its
+	// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+	// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+	// memory is saved, and the resume boots it cold from the disk.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
-	PauseSandboxWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error)
+	PauseSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error)
+
+	// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept, or the disk only)
+	//
+	// By default the sandbox's memory and disk are kept: the resume restores it with its
+	// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+	// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+	// memory is saved, and the resume boots it cold from the disk.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
+	PauseSandboxWithResponse(ctx context.Context, id SandboxID, body PauseSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error)
 
 	// PingSandboxWithResponse Mark a running sandbox active (its timeout starts again)
 	//
@@ -11684,16 +11832,31 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/sandboxes/{id}/ping (the `PingSandbox` operationId).
 	PingSandboxWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*PingSandboxResponse, error)
 
+	// ResumeSandboxWithBodyWithResponse Resume a paused sandbox (within the team's quotas)
+	//
+	// A paused sandbox is restored with its memory. A sandbox in state `error` whose
+	// machine died while its host kept its disk (see its `state_reason`) is booted cold
+	// from that disk: its files are there, its processes and memory are not. So is a
+	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
+	ResumeSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error)
+
 	// ResumeSandboxWithResponse Resume a paused sandbox (within the team's quotas)
 	//
 	// A paused sandbox is restored with its memory. A sandbox in state `error` whose
 	// machine died while its host kept its disk (see its `state_reason`) is booted cold
-	// from that disk: its files are there, its processes and memory are not.
+	// from that disk: its files are there, its processes and memory are not. So is a
+	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 	//
-	// Returns a wrapper object for the known response body format(s).
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
-	ResumeSandboxWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error)
+	ResumeSandboxWithResponse(ctx context.Context, id SandboxID, body ResumeSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error)
 
 	// SetSandboxTimeoutWithBodyWithResponse Give a sandbox a new timeout, counted from now
 	//
@@ -20172,13 +20335,36 @@ func (c *ClientWithResponses) SetSandboxNetworkWithResponse(ctx context.Context,
 	return ParseSetSandboxNetworkResponse(rsp)
 }
 
-// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept)
+// PauseSandboxWithBodyWithResponse Pause a running sandbox (memory and disk kept, or the disk only)
 //
-// Returns a wrapper object for the known response body format(s).
+// By default the sandbox's memory and disk are kept: the resume restores it with its
+// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+// memory is saved, and the resume boots it cold from the disk.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
-func (c *ClientWithResponses) PauseSandboxWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error) {
-	rsp, err := c.PauseSandbox(ctx, id, reqEditors...)
+func (c *ClientWithResponses) PauseSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error) {
+	rsp, err := c.PauseSandboxWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePauseSandboxResponse(rsp)
+}
+
+// PauseSandboxWithResponse Pause a running sandbox (memory and disk kept, or the disk only)
+//
+// By default the sandbox's memory and disk are kept: the resume restores it with its
+// processes. With `{"memory": false}` only its disk is kept (E2B's filesystem-only
+// pause): the guest's file systems are synced, its machine is stopped, nothing of its
+// memory is saved, and the resume boots it cold from the disk.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/pause (the `PauseSandbox` operationId).
+func (c *ClientWithResponses) PauseSandboxWithResponse(ctx context.Context, id SandboxID, body PauseSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*PauseSandboxResponse, error) {
+	rsp, err := c.PauseSandbox(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -20198,17 +20384,38 @@ func (c *ClientWithResponses) PingSandboxWithResponse(ctx context.Context, id Sa
 	return ParsePingSandboxResponse(rsp)
 }
 
+// ResumeSandboxWithBodyWithResponse Resume a paused sandbox (within the team's quotas)
+//
+// A paused sandbox is restored with its memory. A sandbox in state `error` whose
+// machine died while its host kept its disk (see its `state_reason`) is booted cold
+// from that disk: its files are there, its processes and memory are not. So is a
+// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
+func (c *ClientWithResponses) ResumeSandboxWithBodyWithResponse(ctx context.Context, id SandboxID, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error) {
+	rsp, err := c.ResumeSandboxWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseResumeSandboxResponse(rsp)
+}
+
 // ResumeSandboxWithResponse Resume a paused sandbox (within the team's quotas)
 //
 // A paused sandbox is restored with its memory. A sandbox in state `error` whose
 // machine died while its host kept its disk (see its `state_reason`) is booted cold
-// from that disk: its files are there, its processes and memory are not.
+// from that disk: its files are there, its processes and memory are not. So is a
+// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
+// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 //
-// Returns a wrapper object for the known response body format(s).
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
-func (c *ClientWithResponses) ResumeSandboxWithResponse(ctx context.Context, id SandboxID, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error) {
-	rsp, err := c.ResumeSandbox(ctx, id, reqEditors...)
+func (c *ClientWithResponses) ResumeSandboxWithResponse(ctx context.Context, id SandboxID, body ResumeSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*ResumeSandboxResponse, error) {
+	rsp, err := c.ResumeSandbox(ctx, id, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
