@@ -81,11 +81,11 @@ FROM generate_series(@first::timestamptz, @last::timestamptz, interval '1 hour')
 LEFT JOIN team_stats_hourly h ON h.team_id = @team_id AND h.hour = g.ts
 ORDER BY g.ts;
 
--- name: PruneTeamStats :execrows
+-- name: PruneTeamStats :one
 -- Retention: the samples and hourly maxima older than before.
 WITH raw AS (DELETE FROM team_stats WHERE ts < @before RETURNING 1),
      hourly AS (DELETE FROM team_stats_hourly WHERE hour < @before RETURNING 1)
-SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM hourly);
+SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM hourly))::bigint AS deleted;
 
 -- name: UsedByTeamDay :many
 -- A team use per UTC day within [start_ts, end_ts), from the stored
@@ -166,11 +166,11 @@ LEFT JOIN usage_rollup_days r ON r.day = d.day
 LEFT JOIN team_usage_daily u ON u.team_id = @team_id AND u.day = d.day
 ORDER BY d.day;
 
--- name: PruneUsage :execrows
+-- name: PruneUsage :one
 -- Retention of the rollups: days before before_day.
 WITH usage AS (DELETE FROM team_usage_daily WHERE team_usage_daily.day < @before_day::date RETURNING 1),
      marks AS (DELETE FROM usage_rollup_days WHERE usage_rollup_days.day < @before_day::date RETURNING 1)
-SELECT (SELECT count(*) FROM usage) + (SELECT count(*) FROM marks);
+SELECT ((SELECT count(*) FROM usage) + (SELECT count(*) FROM marks))::bigint AS deleted;
 
 -- name: RunningSandboxesOfTeam :many
 -- A team running sandboxes (live usage reads their newest points from

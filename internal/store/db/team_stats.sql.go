@@ -196,34 +196,32 @@ func (q *Queries) MarkUsageDayRolledUp(ctx context.Context, arg MarkUsageDayRoll
 	return err
 }
 
-const pruneTeamStats = `-- name: PruneTeamStats :execrows
+const pruneTeamStats = `-- name: PruneTeamStats :one
 WITH raw AS (DELETE FROM team_stats WHERE ts < $1 RETURNING 1),
      hourly AS (DELETE FROM team_stats_hourly WHERE hour < $1 RETURNING 1)
-SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM hourly)
+SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM hourly))::bigint AS deleted
 `
 
 // Retention: the samples and hourly maxima older than before.
 func (q *Queries) PruneTeamStats(ctx context.Context, before time.Time) (int64, error) {
-	result, err := q.db.Exec(ctx, pruneTeamStats, before)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := q.db.QueryRow(ctx, pruneTeamStats, before)
+	var deleted int64
+	err := row.Scan(&deleted)
+	return deleted, err
 }
 
-const pruneUsage = `-- name: PruneUsage :execrows
+const pruneUsage = `-- name: PruneUsage :one
 WITH usage AS (DELETE FROM team_usage_daily WHERE team_usage_daily.day < $1::date RETURNING 1),
      marks AS (DELETE FROM usage_rollup_days WHERE usage_rollup_days.day < $1::date RETURNING 1)
-SELECT (SELECT count(*) FROM usage) + (SELECT count(*) FROM marks)
+SELECT ((SELECT count(*) FROM usage) + (SELECT count(*) FROM marks))::bigint AS deleted
 `
 
 // Retention of the rollups: days before before_day.
 func (q *Queries) PruneUsage(ctx context.Context, beforeDay pgtype.Date) (int64, error) {
-	result, err := q.db.Exec(ctx, pruneUsage, beforeDay)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := q.db.QueryRow(ctx, pruneUsage, beforeDay)
+	var deleted int64
+	err := row.Scan(&deleted)
+	return deleted, err
 }
 
 const reservedByTeamDay = `-- name: ReservedByTeamDay :many
