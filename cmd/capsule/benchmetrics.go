@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -10,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/service"
@@ -24,6 +27,9 @@ type metricsBenchOptions struct {
 	n       int // metrics endpoint samples per figure
 	// others is how many other sandboxes' stored histories fill the table.
 	others int
+	// statsTeams and statsDays size the team stats history (teams × days
+	// of 10 s samples) under GET /v1/sandboxes/stats.
+	statsTeams, statsDays int
 }
 
 func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
@@ -35,11 +41,13 @@ func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
 	fs.DurationVar(&o.sampler.Duration, "duration", 30*time.Second, "how long the sampler's CPU time is measured")
 	fs.IntVar(&o.n, "n", 300, "GET /v1/sandboxes/{id}/metrics?range=24h samples per figure")
 	fs.IntVar(&o.others, "others", 200, "other sandboxes whose stored 24 h histories fill sandbox_metrics")
+	fs.IntVar(&o.statsTeams, "stats-teams", 50, "teams whose 10 s team stats samples fill team_stats")
+	fs.IntVar(&o.statsDays, "stats-days", 60, "days of team stats samples per team")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.n < 1 || o.others < 0 {
-		return o, errors.New("bench metrics: -n must be positive, -others not negative")
+	if o.n < 1 || o.others < 0 || o.statsTeams < 1 || o.statsDays < 1 {
+		return o, errors.New("bench metrics: -n, -stats-teams and -stats-days must be positive, -others not negative")
 	}
 	o.sampler.EnvdBin = o.envdBin
 	return o, nil
@@ -49,7 +57,9 @@ func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
 // overhead (bench.SamplerOverhead), and the latency of the control
 // plane's GET /v1/sandboxes/{id}/metrics?range=24h over the API, for a
 // running sandbox (live from its agent) and for a paused one whose full
-// history (every tier) is stored among o.others other histories.
+// history (every tier) is stored among o.others other histories; then the
+// latency of GET /v1/sandboxes/stats?range=30d (and 24h) with o.statsDays
+// days of 10 s team stats samples for o.statsTeams teams stored.
 func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]any, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench metrics: needs root (the host agent's VMs and network)")
@@ -89,7 +99,85 @@ func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]an
 		return out, err
 	}
 	out["stored_rows"] = (o.others + 1) * (1200 + 240 + 288)
+
+	// Team stats: a long history for many teams, the bench's among them.
+	t0 := time.Now()
+	rows, err := b.statsHistory(ctx, o.statsTeams, o.statsDays)
+	if err != nil {
+		return out, fmt.Errorf("team stats history: %w", err)
+	}
+	out["stats_rows"], out["stats_teams"], out["stats_days"] = rows, o.statsTeams, o.statsDays
+	out["stats_fill_s"] = int(time.Since(t0).Seconds())
+	for _, rng := range []string{"30d", "24h"} {
+		if out["stats_endpoint_"+rng], err = b.statsReads(ctx, rng, o.n); err != nil {
+			return out, err
+		}
+	}
 	return out, nil
+}
+
+// statsHistory stores days of 10 s team stats samples for teams teams (the
+// bench's team and others) and their hourly maxima, as the control plane's
+// sampler writes them, and returns how many samples it stored.
+func (b *apiBench) statsHistory(ctx context.Context, teams, days int) (int64, error) {
+	pool := b.st.Pool()
+	now := time.Now().UTC().Truncate(service.TeamStatsInterval)
+	var rows int64
+	for i := range teams {
+		team := b.team.ID
+		if i > 0 {
+			team = pgtype.UUID{Valid: true}
+			if _, err := rand.Read(team.Bytes[:]); err != nil {
+				return rows, err
+			}
+		}
+		tag, err := pool.Exec(ctx, `
+			INSERT INTO team_stats (team_id, ts, running, paused, reserved_vcpus, reserved_memory_mb)
+			SELECT $1, $2::timestamptz - make_interval(secs => g * 10), r, p, r * 2, r * 1024 + p * 256
+			FROM (SELECT g, (random() * 8)::int AS r, (random() * 3)::int AS p FROM generate_series(0, $3::int - 1) AS g) AS x
+			ON CONFLICT DO NOTHING`, team, now, days*24*360)
+		if err != nil {
+			return rows, err
+		}
+		rows += tag.RowsAffected()
+		if _, err := pool.Exec(ctx, `
+			INSERT INTO team_stats_hourly (team_id, hour, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
+			SELECT team_id, date_bin('1 hour', ts, timestamptz '1970-01-01 00:00:00+00'), max(running), max(paused),
+			       max(reserved_vcpus), max(reserved_memory_mb)
+			FROM team_stats WHERE team_id = $1 GROUP BY 1, 2
+			ON CONFLICT (team_id, hour) DO NOTHING`, team); err != nil {
+			return rows, err
+		}
+	}
+	_, err := pool.Exec(ctx, `ANALYZE team_stats; ANALYZE team_stats_hourly`)
+	return rows, err
+}
+
+// statsReads times GET /v1/sandboxes/stats?range=rng.
+func (b *apiBench) statsReads(ctx context.Context, rng string, n int) (bench.Timing, error) {
+	want := int(service.TeamStatsRanges[rng].Span / service.TeamStatsRanges[rng].Step)
+	samples := make([]time.Duration, 0, n)
+	for i := range n + 10 {
+		t0 := time.Now()
+		resp, data, err := b.do(ctx, "GET", "/v1/sandboxes/stats?range="+rng, nil)
+		d := time.Since(t0)
+		if err != nil {
+			return bench.Timing{}, err
+		}
+		var s struct {
+			Peak struct {
+				Running int `json:"running"`
+			} `json:"peak"`
+			Points []json.RawMessage `json:"points"`
+		}
+		if resp.StatusCode != 200 || json.Unmarshal(data, &s) != nil || len(s.Points) != want || s.Peak.Running == 0 {
+			return bench.Timing{}, fmt.Errorf("GET stats?range=%s: %d: %.300s", rng, resp.StatusCode, data)
+		}
+		if i >= 10 { // warm-up
+			samples = append(samples, d)
+		}
+	}
+	return bench.Summarize(samples), nil
 }
 
 // storedHistories inserts n+1 paused sandboxes with every tier of a 24 h
