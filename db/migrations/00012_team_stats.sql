@@ -20,8 +20,13 @@
 -- team_stats), rolled up once a day is over; usage_rollup_days records
 -- which days are rolled up, so that a rollup that did not run for days
 -- catches up on every one of them.
+--
+-- The initial schema's sandbox_metrics_snapshots (the seeds' name, never
+-- used) gives way to team_stats.
 
 -- +goose Up
+DROP TABLE sandbox_metrics_snapshots;
+
 CREATE TABLE team_stats (
   team_id            uuid        NOT NULL,
   ts                 timestamptz NOT NULL,
@@ -62,3 +67,13 @@ DROP TABLE IF EXISTS usage_rollup_days;
 DROP TABLE IF EXISTS team_usage_daily;
 DROP TABLE IF EXISTS team_stats_hourly;
 DROP TABLE IF EXISTS team_stats;
+CREATE TABLE sandbox_metrics_snapshots (
+  team_id            uuid        NOT NULL REFERENCES teams (id),
+  ts                 timestamptz NOT NULL,
+  running_count      integer     NOT NULL DEFAULT 0,
+  paused_count       integer     NOT NULL DEFAULT 0,
+  vcpus_reserved     integer     NOT NULL DEFAULT 0,
+  memory_mb_reserved bigint      NOT NULL DEFAULT 0,
+  PRIMARY KEY (team_id, ts)
+);
+CREATE INDEX sandbox_metrics_snapshots_ts_idx ON sandbox_metrics_snapshots (ts);

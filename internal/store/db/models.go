@@ -224,15 +224,6 @@ type SandboxMetric struct {
 	GuestDiskTotalBytes pgtype.Int8   `json:"guest_disk_total_bytes"`
 }
 
-type SandboxMetricsSnapshot struct {
-	TeamID           pgtype.UUID `json:"team_id"`
-	Ts               time.Time   `json:"ts"`
-	RunningCount     int32       `json:"running_count"`
-	PausedCount      int32       `json:"paused_count"`
-	VCPUsReserved    int32       `json:"vcpus_reserved"`
-	MemoryMBReserved int64       `json:"memory_mb_reserved"`
-}
-
 type Team struct {
 	ID                    pgtype.UUID        `json:"id"`
 	Name                  string             `json:"name"`
