@@ -77,9 +77,10 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
+	stack := b // the returns below set b to nil
 	defer func() {
 		if err != nil {
-			b.close()
+			stack.close()
 		}
 	}()
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
