@@ -30,6 +30,8 @@ type metricsBenchOptions struct {
 	// statsTeams and statsDays size the team stats history (teams × days
 	// of 10 s samples) under GET /v1/sandboxes/stats.
 	statsTeams, statsDays int
+	// noSampler skips the sampler's overhead (the endpoints only).
+	noSampler bool
 }
 
 func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
@@ -41,6 +43,7 @@ func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
 	fs.DurationVar(&o.sampler.Duration, "duration", 30*time.Second, "how long the sampler's CPU time is measured")
 	fs.IntVar(&o.n, "n", 300, "GET /v1/sandboxes/{id}/metrics?range=24h samples per figure")
 	fs.IntVar(&o.others, "others", 200, "other sandboxes whose stored 24 h histories fill sandbox_metrics")
+	fs.BoolVar(&o.noSampler, "no-sampler", false, "skip the host sampler's overhead (measure the endpoints only)")
 	fs.IntVar(&o.statsTeams, "stats-teams", 50, "teams whose 10 s team stats samples fill team_stats")
 	fs.IntVar(&o.statsDays, "stats-days", 60, "days of team stats samples per team")
 	if err := fs.Parse(args); err != nil {
@@ -65,11 +68,13 @@ func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]an
 		return nil, errors.New("bench metrics: needs root (the host agent's VMs and network)")
 	}
 	out = map[string]any{}
-	sampler, err := bench.SamplerOverhead(ctx, o.sampler)
-	if err != nil {
-		return nil, fmt.Errorf("sampler: %w", err)
+	if !o.noSampler {
+		sampler, err := bench.SamplerOverhead(ctx, o.sampler)
+		if err != nil {
+			return nil, fmt.Errorf("sampler: %w", err)
+		}
+		out["sampler"] = sampler
 	}
-	out["sampler"] = sampler
 	if o.log == nil {
 		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
