@@ -77,7 +77,9 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	}
 	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
-	stack := b // the returns below set b to nil
+	// The error returns set b to nil: close what was started through the
+	// stack itself.
+	stack := b
 	defer func() {
 		if err != nil {
 			stack.close()
