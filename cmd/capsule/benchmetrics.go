@@ -9,12 +9,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/bench"
+	"github.com/capsulehq/capsule/internal/controlplane"
+	"github.com/capsulehq/capsule/internal/pgembed"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -32,6 +36,9 @@ type metricsBenchOptions struct {
 	statsTeams, statsDays int
 	// noSampler skips the sampler's overhead (the endpoints only).
 	noSampler bool
+	// statsOnly measures the stats endpoint alone, on a control plane
+	// without a host (it reads PostgreSQL only).
+	statsOnly bool
 }
 
 func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
@@ -43,6 +50,7 @@ func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
 	fs.DurationVar(&o.sampler.Duration, "duration", 30*time.Second, "how long the sampler's CPU time is measured")
 	fs.IntVar(&o.n, "n", 300, "GET /v1/sandboxes/{id}/metrics?range=24h samples per figure")
 	fs.IntVar(&o.others, "others", 200, "other sandboxes whose stored 24 h histories fill sandbox_metrics")
+	fs.BoolVar(&o.statsOnly, "stats-only", false, "measure only the stats endpoint, on a control plane without a host (no root, no VMs)")
 	fs.BoolVar(&o.noSampler, "no-sampler", false, "skip the host sampler's overhead (measure the endpoints only)")
 	fs.IntVar(&o.statsTeams, "stats-teams", 50, "teams whose 10 s team stats samples fill team_stats")
 	fs.IntVar(&o.statsDays, "stats-days", 60, "days of team stats samples per team")
@@ -64,6 +72,9 @@ func parseBenchMetricsFlags(args []string) (metricsBenchOptions, error) {
 // latency of GET /v1/sandboxes/stats?range=30d (and 24h) with o.statsDays
 // days of 10 s team stats samples for o.statsTeams teams stored.
 func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]any, err error) {
+	if o.statsOnly {
+		return benchStatsOnly(ctx, o)
+	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench metrics: needs root (the host agent's VMs and network)")
 	}
@@ -104,21 +115,75 @@ func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]an
 		return out, err
 	}
 	out["stored_rows"] = (o.others + 1) * (1200 + 240 + 288)
+	return out, b.statsFigures(ctx, o, out)
+}
 
+// benchStatsOnly measures the stats endpoint on a control plane built as
+// capsule serve builds it, over an embedded PostgreSQL, with no host (the
+// endpoint reads the database only).
+func benchStatsOnly(ctx context.Context, o metricsBenchOptions) (map[string]any, error) {
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	work, err := os.MkdirTemp("", "capsule-bench-stats-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	if err := os.Chmod(work, 0o755); err != nil { // PostgreSQL's own user reaches it
+		return nil, err
+	}
+	pg, err := pgembed.Start(ctx, pgembed.Config{DataDir: work, BinDir: o.pgBinDir, Logger: o.log})
+	if err != nil {
+		return nil, fmt.Errorf("embedded PostgreSQL: %w", err)
+	}
+	defer pg.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	cp, err := controlplane.New(ctx, controlplane.Config{DSN: pg.DSN(), Secret: []byte("capsule-bench-stats-secret-0123456789abcdef"),
+		Signup: service.SignupOpen, SandboxAddr: ln.Addr(), Log: o.log, SingleReplica: true})
+	if err != nil {
+		return nil, err
+	}
+	defer cp.Close()
+	srv := &http.Server{Handler: cp.APIHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	acc, err := cp.Accounts.Signup(ctx, service.Signup{Email: "bench@capsule.local", Password: "bench-stats-password", Name: "Bench"})
+	if err != nil {
+		return nil, err
+	}
+	key, err := cp.Accounts.CreateAPIKey(ctx, acc.Principal(), "bench")
+	if err != nil {
+		return nil, err
+	}
+	tb, _ := acc.Team.ID.UUID()
+	b := &apiBench{st: cp.Store, url: "http://" + ln.Addr().String(), key: key.Plaintext,
+		team: db.Team{ID: pgtype.UUID{Bytes: tb, Valid: true}}, client: &http.Client{Timeout: time.Minute}}
+	out := map[string]any{}
+	return out, b.statsFigures(ctx, o, out)
+}
+
+// statsFigures stores the team stats history and times the stats
+// endpoint into out.
+func (b *apiBench) statsFigures(ctx context.Context, o metricsBenchOptions, out map[string]any) error {
 	// Team stats: a long history for many teams, the bench's among them.
 	t0 := time.Now()
 	rows, err := b.statsHistory(ctx, o.statsTeams, o.statsDays)
 	if err != nil {
-		return out, fmt.Errorf("team stats history: %w", err)
+		return fmt.Errorf("team stats history: %w", err)
 	}
 	out["stats_rows"], out["stats_teams"], out["stats_days"] = rows, o.statsTeams, o.statsDays
 	out["stats_fill_s"] = int(time.Since(t0).Seconds())
 	for _, rng := range []string{"30d", "24h"} {
 		if out["stats_endpoint_"+rng], err = b.statsReads(ctx, rng, o.n); err != nil {
-			return out, err
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // statsHistory stores days of 10 s team stats samples for teams teams (the
