@@ -417,6 +417,12 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"SandboxMetricSeries", metricSeriesJSON{}, true},
 		{"SandboxMetricPoint", metricPointJSON{}, true},
 		{"SandboxGuestMetric", guestMetricJSON{}, true},
+		{"TeamFigures", teamFiguresJSON{}, true},
+		{"TeamStatsPoint", teamStatsPointJSON{}, true},
+		{"TeamStats", teamStatsJSON{}, true},
+		{"TeamUsageDay", usageDayJSON{}, true},
+		{"TeamUsageTotal", usageTotalJSON{}, true},
+		{"TeamUsage", usageJSON{}, true},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s, _ := schemas[tc.schema].(map[string]any)

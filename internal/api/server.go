@@ -31,6 +31,9 @@ type Config struct {
 	Accounts  *service.Accounts
 	Sandboxes *service.Sandboxes
 	Audit     *service.Audit
+	// Stats answers the team stats and usage (a new one over Store and
+	// Sandboxes, on the real clock, when nil).
+	Stats *service.TeamStats
 	// Teams manages teams and members (a new one over Store, Sandboxes
 	// and Audit when nil).
 	Teams *service.Teams
@@ -75,6 +78,7 @@ type Server struct {
 	teams      *service.Teams
 	admin      *service.Admin
 	builds     *builds.Service
+	stats      *service.TeamStats
 	oauth      *oauth.Registry
 	// routes are the registered patterns ("METHOD /path"), in order.
 	routes []string
@@ -104,6 +108,9 @@ func New(cfg Config) (*Server, error) {
 		if s.admin, err = service.NewAdmin(service.AdminConfig{Store: cfg.Store, Teams: s.teams, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
 			return nil, fmt.Errorf("api: %w", err)
 		}
+	}
+	if s.stats = cfg.Stats; s.stats == nil {
+		s.stats = service.NewTeamStats(cfg.Store, cfg.Sandboxes, nil, s.log)
 	}
 	if s.builds == nil {
 		if s.builds, err = builds.New(builds.Config{Store: cfg.Store, Sandboxes: cfg.Sandboxes, Audit: cfg.Audit, Log: s.log}); err != nil {
@@ -164,6 +171,8 @@ func (s *Server) register() {
 	s.handle("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
 	s.handle("POST /v1/sandboxes", s.authed(s.createSandbox))
 	s.handle("GET /v1/sandboxes", s.authed(s.listSandboxes))
+	s.handle("GET /v1/sandboxes/stats", s.authed(s.teamStats))
+	s.handle("GET /v1/sandboxes/usage", s.authed(s.teamUsage))
 	s.handle("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
 	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
 	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))

@@ -70,6 +70,11 @@ type Config struct {
 	RetryDelay time.Duration
 	// Audit records builds (nil: none).
 	Audit *service.Audit
+	// OnEnd, when set, is told of every build that ends (success, failed,
+	// cancelled), on any path, with how long it took: from its start (its
+	// submission when it never started) to its end. The control plane's
+	// Prometheus histogram (telemetry.ControlPlane.ObserveBuild).
+	OnEnd func(status string, took time.Duration)
 	Log   *slog.Logger
 
 	// guest replaces Sandboxes (tests that inject faults).

@@ -65,4 +65,9 @@
 // Progress is builds.current_step of total_steps; a failed build names the
 // failing step (failed_step: 0 for FROM, 1..N for the steps, N+1 for the
 // finalization: START, healthcheck, template) and its recipe line.
+//
+// Every end of a build — a worker's success, failure or cancel, a cancel
+// before it ran, a failure before it ran, the sweeper's — is audited and
+// reported to Config.OnEnd (the control plane's Prometheus histogram,
+// package telemetry); Service.Depth is the queue's depth for its gauge.
 package builds

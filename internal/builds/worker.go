@@ -148,7 +148,18 @@ func (s *Service) settle(ctx context.Context, a *attempt, res result) error {
 	return err
 }
 
+// auditBuild records a build's end: the audit log, and Config.OnEnd.
 func (s *Service) auditBuild(ctx context.Context, b db.Build, status, msg string) {
+	if s.cfg.OnEnd != nil {
+		start, end := b.CreatedAt, s.now()
+		if b.StartedAt.Valid {
+			start = b.StartedAt.Time
+		}
+		if b.FinishedAt.Valid {
+			end = b.FinishedAt.Time
+		}
+		s.cfg.OnEnd(status, max(end.Sub(start), 0))
+	}
 	if s.audit == nil {
 		return
 	}

@@ -201,9 +201,10 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 		return out, err
 	}, cfg.MetricsCacheFor)
 	if cp.Builds, err = builds.New(builds.Config{Store: st, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Log: log,
-		Workers: cfg.Builds.Workers, MaxArchiveBytes: cfg.Builds.MaxArchiveBytes}); err != nil {
+		Workers: cfg.Builds.Workers, MaxArchiveBytes: cfg.Builds.MaxArchiveBytes, OnEnd: cp.Telemetry.ObserveBuild}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
+	cp.Telemetry.RegisterBuildQueue(cp.Builds.Depth, cfg.MetricsCacheFor)
 	providers, states, err := NewOAuth(cfg.OAuth, cfg.Secret)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
@@ -211,7 +212,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	for _, name := range providers.Names() {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
-	if cp.API, err = api.New(api.Config{Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
+	if cp.API, err = api.New(api.Config{Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Stats: svc.Stats, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, UI: webui.New(), Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -253,12 +254,18 @@ func (cp *ControlPlane) MetricsHandler(token string) http.Handler {
 // database, only its holder reconciles and reaps.
 const BackgroundLeadership = "controlplane.background"
 
+// UsageMaintenanceInterval is how often the leader rolls usage up and
+// prunes the team stats (service.TeamStats.RunMaintenance).
+const UsageMaintenanceInterval = time.Hour
+
 // Start campaigns for the background loops' leadership until ctx ends,
 // Shutdown or Close. Each term of this replica brings the sandbox records
 // in line with what the agents run (after a crash of either, or of the
 // previous leader) and then runs the TTL reaper and the host monitor
 // (service.Monitor: hosts without a heartbeat become unreachable and their
-// sandboxes missing; hosts that beat again are reconciled and online). Start returns once the
+// sandboxes missing; hosts that beat again are reconciled and online),
+// the metrics pruner, the team stats sampler (every 10 s) and the usage
+// rollup and team stats pruner (every hour). Start returns once the
 // first term's reconciliation is done (its error, if it failed), or at
 // once when another replica leads.
 func (cp *ControlPlane) Start(ctx context.Context) error {
@@ -299,7 +306,7 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 				mcfg.Log = cp.log
 			}
 			var wg sync.WaitGroup
-			wg.Add(2)
+			wg.Add(4)
 			go func() {
 				defer wg.Done()
 				service.NewMonitor(cp.Sandboxes, mcfg).Run(ctx)
@@ -307,6 +314,14 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 			go func() {
 				defer wg.Done()
 				cp.pruneMetrics(ctx)
+			}()
+			go func() {
+				defer wg.Done()
+				cp.Stats.RunSampler(ctx)
+			}()
+			go func() {
+				defer wg.Done()
+				cp.Stats.RunMaintenance(ctx, UsageMaintenanceInterval)
 			}()
 			service.NewReaper(cp.Sandboxes, cp.cfg.Reaper).Run(ctx)
 			wg.Wait()

@@ -16,7 +16,11 @@
 // service.NewServices.
 //
 // Lifecycle: New builds everything (opening and migrating the database);
-// Start reconciles the records with the agents and starts the reaper;
-// Shutdown stops the reaper and pauses every running sandbox (so the
+// Start campaigns for the background leadership (package leader); each
+// term reconciles the records with the agents and runs the reaper, the
+// host monitor, the metrics pruner, the team stats sampler (every 10 s)
+// and the usage rollup and team stats pruner (every hour); Start also
+// starts this replica's build workers, which feed the build metrics;
+// Shutdown stops the loops and pauses every running sandbox (so the
 // database records them as paused); Close releases the pool and the store.
 package controlplane

@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/capsulehq/capsule/internal/leader"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/capsulehq/capsule/internal/leader"
+	"github.com/capsulehq/capsule/internal/store"
+	"github.com/capsulehq/capsule/internal/store/db"
 )
 
 // syncBuffer is a log sink safe for concurrent writes.
@@ -47,6 +50,19 @@ func TestBackgroundLoopsRunOnOneReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cp.Close()
+	// A paused sandbox: the team stats sampler records it once this
+	// replica leads.
+	if _, err := cp.Store.Queries().InsertSandbox(ctx, db.InsertSandboxParams{TeamID: store.PlatformTeamID, Template: "minimal",
+		State: store.SandboxPaused, VCPUs: 1, MemoryMB: 512, AllowInternetAccess: true, Metadata: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	samples := func() (n int) {
+		if err := cp.Store.Pool().QueryRow(ctx, `SELECT count(*) FROM team_stats WHERE team_id = $1 AND paused = 1
+			AND reserved_vcpus = 0 AND reserved_memory_mb = 256`, store.PlatformTeamID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
 
 	// The other replica: its own pool and elector, leading first.
 	pool, err := pgxpool.New(ctx, cfg.DSN)
@@ -78,6 +94,9 @@ func TestBackgroundLoopsRunOnOneReplica(t *testing.T) {
 		if strings.Contains(logs.String(), "reconcil") {
 			t.Fatalf("the follower reconciled:\n%s", logs.String())
 		}
+		if n := samples(); n != 0 {
+			t.Fatalf("the follower sampled the team stats (%d samples)", n)
+		}
 	}) {
 		return
 	}
@@ -96,6 +115,14 @@ func TestBackgroundLoopsRunOnOneReplica(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "leader: leading") {
 			t.Fatalf("reconciled without leading; logs:\n%s", logs.String())
+		}
+		// The leader's term runs the team stats sampler (its first sample
+		// at once).
+		for samples() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the leader took no team stats sample; logs:\n%s", logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 }

@@ -147,7 +147,21 @@
 // before the store's conditional UPDATE applies it. Time comes from the
 // injected clock (ServicesConfig.Now, ReaperConfig.Now), never from
 // time.Now directly, where it decides something (expiry, the activity
-// throttle), so tests drive it instead of sleeping.
+// throttle, the team stats' sample slots and usage days), so tests drive
+// it instead of sleeping.
+//
+// Team stats and usage (teamstats.go, TeamStats): a sampler on the leading
+// replica records every 10 s what each team's sandboxes hold (running and
+// paused counts; the vCPUs and memory that starting, running, pausing and
+// resuming sandboxes reserve, and ⌈Σ paused memory / 2⌉: paused ones hold
+// no vCPU) with each hour's maxima; Stats reads a range as bucket maxima
+// (SQL, the 30-day range from the hourly maxima) with "now" read live from
+// the sandboxes table. Usage per UTC day is CPU- and memory-minutes used
+// (the stored 5-minute metric points) and reserved (the samples); RollUp,
+// run hourly with Prune, first stores the running sandboxes' newest points
+// (CheckpointMetrics), then rolls up every day of the 60-day window not
+// rolled up yet, so that a job that stopped for days catches up on all of
+// them; today and days not rolled up yet are computed live.
 //
 // The sandbox lifecycle is split by concern: sandboxes.go (the Sandboxes
 // service and its Sandbox view), create.go (the create request and
@@ -159,6 +173,7 @@
 // audit log, its console from the host or, once destroyed, from
 // sandbox_logs; storeConsole at the destroy, PruneLogs by LogsRetention),
 // quotas.go (Quotas and their checks), sealing.go (the sealed env vars)
-// and agentcalls.go (how an agent call that failed or timed out is
-// settled).
+// agentcalls.go (how an agent call that failed or timed out is
+// settled), sandboxmetrics.go (a sandbox's metrics history) and
+// teamstats.go (team stats and usage).
 package service

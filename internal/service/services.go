@@ -45,8 +45,8 @@ type ServicesConfig struct {
 	// HeartbeatInterval is how often the agents are asked to beat
 	// (HostsConfig.HeartbeatInterval).
 	HeartbeatInterval time.Duration
-	// Now is the clock of sessions, API keys, invitations and sandbox
-	// activity (time.Now when nil).
+	// Now is the clock of sessions, API keys, invitations, sandbox
+	// activity and team stats and usage (time.Now when nil).
 	Now func() time.Time
 	Log *slog.Logger
 }
@@ -67,6 +67,9 @@ type Services struct {
 	// credentials and heartbeats (hosts.go); CA is the internal CA.
 	Hosts *Hosts
 	CA    *pki.CA
+	// Stats are the team stats (the 10 s sampler, GET /v1/sandboxes/stats)
+	// and usage (its daily rollup, GET /v1/sandboxes/usage).
+	Stats *TeamStats
 }
 
 // NewServices builds the services of cfg.
@@ -95,6 +98,7 @@ func NewServices(ctx context.Context, cfg ServicesConfig) (*Services, error) {
 		Scheduler: cfg.Scheduler, EmbeddedHosts: cfg.EmbeddedHosts}); err != nil {
 		return nil, err
 	}
+	s.Stats = NewTeamStats(cfg.Store, s.Sandboxes, cfg.Now, cfg.Log)
 	if s.CA, err = pki.Load(ctx, cfg.Store.Queries(), cfg.Secret, pki.Options{Now: cfg.Now}); err != nil {
 		return nil, fmt.Errorf("service: %w", err)
 	}

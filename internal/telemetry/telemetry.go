@@ -37,7 +37,12 @@ type ControlPlane struct {
 	proxyReqs   *prometheus.CounterVec
 	proxyBytes  *prometheus.CounterVec
 	stateCounts *stateCollector
+	builds      *prometheus.HistogramVec
 }
+
+// BuildQueueDepth reads the template build queue's depth: builds pending
+// and running, over every replica (builds.Service.Depth).
+type BuildQueueDepth func(ctx context.Context) (pending, running int64, err error)
 
 // opsByRoute names the sandbox operations whose latency is a histogram
 // of its own, by the route patterns (native API and E2B facade) that
@@ -79,7 +84,10 @@ func NewControlPlane(states StateCounter, cacheFor time.Duration) *ControlPlane 
 			Help: "Bytes through the sandbox traffic proxy: request bodies in, response bodies out (a hijacked connection counts until it is hijacked)."},
 			[]string{"direction"}),
 	}
-	reg.MustRegister(c.requests, c.duration, c.ops, c.proxyReqs, c.proxyBytes)
+	c.builds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "capsule_build_duration_seconds",
+		Help:    "Template builds by final status: from the build's start (its submission when it never started) to its end.",
+		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600}}, []string{"status"})
+	reg.MustRegister(c.requests, c.duration, c.ops, c.proxyReqs, c.proxyBytes, c.builds)
 	if states != nil {
 		if cacheFor <= 0 {
 			cacheFor = 5 * time.Second
@@ -91,6 +99,61 @@ func NewControlPlane(states StateCounter, cacheFor time.Duration) *ControlPlane 
 		reg.MustRegister(c.stateCounts)
 	}
 	return c
+}
+
+// ObserveBuild records a template build that ended with status after
+// took (builds.Config.OnEnd).
+func (c *ControlPlane) ObserveBuild(status string, took time.Duration) {
+	c.builds.WithLabelValues(status).Observe(took.Seconds())
+}
+
+// RegisterBuildQueue exports the build queue's depth, read by depth at
+// scrape time (cached for cacheFor, default 5 s), as
+// capsule_build_queue_depth{state="pending"|"running"}.
+func (c *ControlPlane) RegisterBuildQueue(depth BuildQueueDepth, cacheFor time.Duration) {
+	if cacheFor <= 0 {
+		cacheFor = 5 * time.Second
+	}
+	c.Registry.MustRegister(&queueCollector{depth: depth, cacheFor: cacheFor,
+		desc: prometheus.NewDesc("capsule_build_queue_depth", "Template builds pending and running (every replica), read from the database at scrape time.",
+			[]string{"state"}, nil),
+		errDesc: prometheus.NewDesc("capsule_build_queue_scrape_error", "1 when the last read of the build queue failed.", nil, nil)})
+}
+
+// queueCollector reads the build queue's depth at scrape time.
+type queueCollector struct {
+	depth         BuildQueueDepth
+	cacheFor      time.Duration
+	desc, errDesc *prometheus.Desc
+
+	mu               sync.Mutex
+	at               time.Time
+	pending, running int64
+	failed           bool
+}
+
+func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- q.desc; ch <- q.errDesc }
+
+func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	q.mu.Lock()
+	if time.Since(q.at) > q.cacheFor {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p, r, err := q.depth(ctx)
+		cancel()
+		q.at, q.failed = time.Now(), err != nil
+		if err == nil {
+			q.pending, q.running = p, r
+		}
+	}
+	p, r, failed := q.pending, q.running, q.failed
+	q.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, float64(p), "pending")
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, float64(r), "running")
+	v := 0.0
+	if failed {
+		v = 1
+	}
+	ch <- prometheus.MustNewConstMetric(q.errDesc, prometheus.GaugeValue, v)
 }
 
 // Route instruments the handler of a route registered with pattern

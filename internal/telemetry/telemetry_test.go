@@ -129,3 +129,38 @@ func TestStateCollectorReportsAFailedRead(t *testing.T) {
 		t.Errorf("a failed read is not reported:\n%s", body)
 	}
 }
+
+func TestBuildQueueCollector(t *testing.T) {
+	fail := atomic.Bool{}
+	cp := NewControlPlane(nil, 0)
+	cp.RegisterBuildQueue(func(context.Context) (int64, int64, error) {
+		if fail.Load() {
+			return 0, 0, errors.New("down")
+		}
+		return 3, 2, nil
+	}, time.Nanosecond)
+	cp.ObserveBuild("success", 90*time.Second)
+	srv := httptest.NewServer(Handler(cp.Registry, ""))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name string
+		fail bool
+		want []string
+	}{
+		{"read", false, []string{`capsule_build_queue_depth{state="pending"} 3`, `capsule_build_queue_depth{state="running"} 2`,
+			"capsule_build_queue_scrape_error 0", `capsule_build_duration_seconds_bucket{status="success",le="60"} 0`,
+			`capsule_build_duration_seconds_bucket{status="success",le="120"} 1`}},
+		// A failed read keeps the last figures and says so.
+		{"failed read", true, []string{`capsule_build_queue_depth{state="pending"} 3`, "capsule_build_queue_scrape_error 1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fail.Store(tc.fail)
+			_, body := scrape(t, srv.URL, "")
+			for _, w := range tc.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("no %q in:\n%s", w, body)
+				}
+			}
+		})
+	}
+}

@@ -231,15 +231,6 @@ type SandboxMetric struct {
 	GuestDiskTotalBytes pgtype.Int8   `json:"guest_disk_total_bytes"`
 }
 
-type SandboxMetricsSnapshot struct {
-	TeamID           pgtype.UUID `json:"team_id"`
-	Ts               time.Time   `json:"ts"`
-	RunningCount     int32       `json:"running_count"`
-	PausedCount      int32       `json:"paused_count"`
-	VCPUsReserved    int32       `json:"vcpus_reserved"`
-	MemoryMBReserved int64       `json:"memory_mb_reserved"`
-}
-
 type Team struct {
 	ID                    pgtype.UUID        `json:"id"`
 	Name                  string             `json:"name"`
@@ -282,6 +273,33 @@ type TeamInvitation struct {
 	RedeemedBy pgtype.UUID        `json:"redeemed_by"`
 }
 
+type TeamStat struct {
+	TeamID           pgtype.UUID `json:"team_id"`
+	Ts               time.Time   `json:"ts"`
+	Running          int32       `json:"running"`
+	Paused           int32       `json:"paused"`
+	ReservedVCPUs    int32       `json:"reserved_vcpus"`
+	ReservedMemoryMB int64       `json:"reserved_memory_mb"`
+}
+
+type TeamStatsHourly struct {
+	TeamID              pgtype.UUID `json:"team_id"`
+	Hour                time.Time   `json:"hour"`
+	RunningMax          int32       `json:"running_max"`
+	PausedMax           int32       `json:"paused_max"`
+	ReservedVcpusMax    int32       `json:"reserved_vcpus_max"`
+	ReservedMemoryMbMax int64       `json:"reserved_memory_mb_max"`
+}
+
+type TeamUsageDaily struct {
+	TeamID                   pgtype.UUID `json:"team_id"`
+	Day                      pgtype.Date `json:"day"`
+	CpuUsedMinutes           float64     `json:"cpu_used_minutes"`
+	MemoryUsedMibMinutes     float64     `json:"memory_used_mib_minutes"`
+	VcpuReservedMinutes      float64     `json:"vcpu_reserved_minutes"`
+	MemoryReservedMibMinutes float64     `json:"memory_reserved_mib_minutes"`
+}
+
 type Template struct {
 	ID              pgtype.UUID     `json:"id"`
 	TeamID          pgtype.UUID     `json:"team_id"`
@@ -297,6 +315,11 @@ type Template struct {
 	CreatedBy       pgtype.UUID     `json:"created_by"`
 	CreatedAt       time.Time       `json:"created_at"`
 	UpdatedAt       time.Time       `json:"updated_at"`
+}
+
+type UsageRollupDay struct {
+	Day      pgtype.Date `json:"day"`
+	RolledAt time.Time   `json:"rolled_at"`
 }
 
 type User struct {

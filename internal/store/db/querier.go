@@ -84,6 +84,8 @@ type Querier interface {
 	// violation (store.ErrConflict): retry.
 	CreateTeam(ctx context.Context, arg CreateTeamParams) (Team, error)
 	CreateUser(ctx context.Context, arg CreateUserParams) (User, error)
+	// The days from first to last not rolled up yet, oldest first.
+	DaysToRollUp(ctx context.Context, arg DaysToRollUpParams) ([]pgtype.Date, error)
 	DeleteExpiredRevokedSessions(ctx context.Context, expiresAt time.Time) error
 	DeleteHostRecord(ctx context.Context, id pgtype.UUID) (int64, error)
 	// A host no longer holds a template (evicted or deleted).
@@ -171,10 +173,15 @@ type Querier interface {
 	InsertInternalCA(ctx context.Context, arg InsertInternalCAParams) (int64, error)
 	// id NULL: generated. end_at is set when the sandbox enters running.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	// One sample of several teams at ts (arrays of equal length); a sample
+	// taken again in the same slot replaces it.
+	InsertTeamStats(ctx context.Context, arg InsertTeamStatsParams) error
 	// A new template of a team with the given id (the host knows its files by
 	// that id); a name the team uses already is a conflict.
 	InsertTemplate(ctx context.Context, arg InsertTemplateParams) (Template, error)
 	IsSessionRevoked(ctx context.Context, jti string) (bool, error)
+	// The time of the newest stored point of a sandbox tier (no rows: none).
+	LatestSandboxMetricTs(ctx context.Context, arg LatestSandboxMetricTsParams) (time.Time, error)
 	// An identity already linked (to anyone): a unique violation (store.ErrConflict).
 	LinkOAuthProvider(ctx context.Context, arg LinkOAuthProviderParams) (OAuthProvider, error)
 	// The team's live keys, newest first.
@@ -255,6 +262,14 @@ type Querier interface {
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
 	// The templates whose files a host keeps (snapshots), for reconciliation.
 	ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error)
+	// Team stats and usage (issue 12; the tables: 00012_team_stats.sql).
+	// Starting, running, pausing and resuming sandboxes reserve their vCPUs
+	// and memory; paused ones no vCPU and ceil(sum of the team paused memory / 2)
+	// (the seeds formula).
+	// What every team sandboxes hold now (teams holding nothing left out).
+	LiveTeamStats(ctx context.Context) ([]LiveTeamStatsRow, error)
+	// What one team sandboxes hold now (zeros when nothing).
+	LiveTeamStatsOf(ctx context.Context, teamID pgtype.UUID) (LiveTeamStatsOfRow, error)
 	// Locks every active platform admin's row, in ID order (two admins
 	// disabling each other serialize here), and returns their IDs.
 	LockActiveAdmins(ctx context.Context) ([]pgtype.UUID, error)
@@ -301,6 +316,7 @@ type Querier interface {
 	MarkSandboxStopped(ctx context.Context, arg MarkSandboxStoppedParams) (Sandbox, error)
 	// Online hosts without a heartbeat in the last stale_seconds become unreachable.
 	MarkStaleHostsUnreachable(ctx context.Context, staleSeconds float64) ([]Host, error)
+	MarkUsageDayRolledUp(ctx context.Context, arg MarkUsageDayRolledUpParams) error
 	// The reaper's next wake-up at now (its clock): the earliest deadline of a
 	// running sandbox from now on, or horizon when there is none before it;
 	// and whether some running sandbox's deadline has passed already (left by
@@ -310,6 +326,10 @@ type Querier interface {
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
+	// Retention: the samples and hourly maxima older than before.
+	PruneTeamStats(ctx context.Context, before time.Time) (int64, error)
+	// Retention of the rollups: days before before_day.
+	PruneUsage(ctx context.Context, beforeDay pgtype.Date) (int64, error)
 	// Log lines after offset (seq > offset), oldest first.
 	ReadBuildLogs(ctx context.Context, arg ReadBuildLogsParams) ([]BuildLog, error)
 	// A heartbeat: a pending host becomes online; an unreachable one stays
@@ -331,6 +351,9 @@ type Querier interface {
 	// The job's running build goes back to pending (an attempt that failed for
 	// a reason another attempt may not meet), with the job that retries it.
 	RequeueBuild(ctx context.Context, arg RequeueBuildParams) (Build, error)
+	// A team reservations per UTC day within [start_ts, end_ts), from its
+	// samples, each worth sample_minutes.
+	ReservedByTeamDay(ctx context.Context, arg ReservedByTeamDayParams) ([]ReservedByTeamDayRow, error)
 	ResetBuildSteps(ctx context.Context, buildID pgtype.UUID) error
 	// An auto-pause the host refused: back to running with one more failure
 	// and the deadline moved to retry_at (the reaper's back-off).
@@ -350,6 +373,15 @@ type Querier interface {
 	RevokeHostRefreshTokens(ctx context.Context, hostID pgtype.UUID) (int64, error)
 	// (nothing for a deleted user: its tokens are refused anyway)
 	RevokeSession(ctx context.Context, arg RevokeSessionParams) error
+	// Rolls the UTC day [start_ts, end_ts) up for every team: use from the
+	// stored 5-minute points (as UsedByTeamDay), reservations from the
+	// samples (as ReservedByTeamDay). Replaces the days rows.
+	RollUpUsageDay(ctx context.Context, arg RollUpUsageDayParams) (int64, error)
+	// Every running sandbox with a host (the metrics checkpoint).
+	RunningSandboxes(ctx context.Context) ([]Sandbox, error)
+	// A team running sandboxes (live usage reads their newest points from
+	// their hosts).
+	RunningSandboxesOfTeam(ctx context.Context, teamID pgtype.UUID) ([]Sandbox, error)
 	// The console's tail at the sandbox's destroy (a second destroy's, if
 	// any, replaces it).
 	SaveSandboxConsole(ctx context.Context, arg SaveSandboxConsoleParams) error
@@ -394,6 +426,15 @@ type Querier interface {
 	// The sweeper ends or retries a build it locked: status pending (with the new
 	// job) or failed.
 	SweepBuild(ctx context.Context, arg SweepBuildParams) (Build, error)
+	// A team hourly maxima from first to last (hours starts; 0 without a
+	// sample).
+	TeamStatsHourlySeries(ctx context.Context, arg TeamStatsHourlySeriesParams) ([]TeamStatsHourlySeriesRow, error)
+	// A team samples in buckets of step from first to last (the buckets
+	// starts), each bucket maximum (0 without a sample): one range scan of the
+	// primary key per bucket.
+	TeamStatsSeries(ctx context.Context, arg TeamStatsSeriesParams) ([]TeamStatsSeriesRow, error)
+	// A team rolled-up days within [first, last].
+	TeamUsageDays(ctx context.Context, arg TeamUsageDaysParams) ([]TeamUsageDaysRow, error)
 	// Whether a build of this team's template name is pending or running.
 	TemplateBuildsActive(ctx context.Context, arg TemplateBuildsActiveParams) (bool, error)
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
@@ -423,9 +464,16 @@ type Querier interface {
 	// (the newest point of a coarse tier is its open bucket, whose mean moves
 	// until it closes). has_guest false: the guest_ columns stay NULL.
 	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
+	// Raises the maxima of the hour of a sample (same arrays).
+	UpsertTeamStatsHourly(ctx context.Context, arg UpsertTeamStatsHourlyParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)
+	// A team use per UTC day within [start_ts, end_ts), from the stored
+	// 5-minute points (tier 24h) of its sandboxes that lived then, except
+	// those in skip: CPU-minutes (the VMM CPU) and memory-MiB-minutes (PSS,
+	// RSS where PSS was not read), each point worth point_minutes.
+	UsedByTeamDay(ctx context.Context, arg UsedByTeamDayParams) ([]UsedByTeamDayRow, error)
 }
 
 var _ Querier = (*Queries)(nil)

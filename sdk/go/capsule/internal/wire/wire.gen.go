@@ -920,6 +920,33 @@ func (e TeamDetailRole) Valid() bool {
 	}
 }
 
+// Defines values for TeamStatsRange.
+const (
+	TeamStatsRangeN1h  TeamStatsRange = "1h"
+	TeamStatsRangeN24h TeamStatsRange = "24h"
+	TeamStatsRangeN30d TeamStatsRange = "30d"
+	TeamStatsRangeN5m  TeamStatsRange = "5m"
+	TeamStatsRangeN6h  TeamStatsRange = "6h"
+)
+
+// Valid indicates whether the value is a known member of the TeamStatsRange enum.
+func (e TeamStatsRange) Valid() bool {
+	switch e {
+	case TeamStatsRangeN1h:
+		return true
+	case TeamStatsRangeN24h:
+		return true
+	case TeamStatsRangeN30d:
+		return true
+	case TeamStatsRangeN5m:
+		return true
+	case TeamStatsRangeN6h:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for UpdateHostRequestStatus.
 const (
 	UpdateHostRequestStatusDraining UpdateHostRequestStatus = "draining"
@@ -950,6 +977,33 @@ func (e ListSandboxesParamsOrder) Valid() bool {
 	case Asc:
 		return true
 	case Desc:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetTeamStatsParamsRange.
+const (
+	GetTeamStatsParamsRangeN1h  GetTeamStatsParamsRange = "1h"
+	GetTeamStatsParamsRangeN24h GetTeamStatsParamsRange = "24h"
+	GetTeamStatsParamsRangeN30d GetTeamStatsParamsRange = "30d"
+	GetTeamStatsParamsRangeN5m  GetTeamStatsParamsRange = "5m"
+	GetTeamStatsParamsRangeN6h  GetTeamStatsParamsRange = "6h"
+)
+
+// Valid indicates whether the value is a known member of the GetTeamStatsParamsRange enum.
+func (e GetTeamStatsParamsRange) Valid() bool {
+	switch e {
+	case GetTeamStatsParamsRangeN1h:
+		return true
+	case GetTeamStatsParamsRangeN24h:
+		return true
+	case GetTeamStatsParamsRangeN30d:
+		return true
+	case GetTeamStatsParamsRangeN5m:
+		return true
+	case GetTeamStatsParamsRangeN6h:
 		return true
 	default:
 		return false
@@ -2247,6 +2301,21 @@ type TeamDetail struct {
 // TeamDetailRole the user's role in the team
 type TeamDetailRole string
 
+// TeamFigures defines model for TeamFigures.
+type TeamFigures struct {
+	// Paused sandboxes paused
+	Paused int `json:"paused"`
+
+	// ReservedMemoryMb MiB: their memory, plus ⌈Σ paused memory / 2⌉
+	ReservedMemoryMb int `json:"reserved_memory_mb"`
+
+	// ReservedVcpus vCPUs of the starting
+	ReservedVcpus int `json:"reserved_vcpus"`
+
+	// Running sandboxes running
+	Running int `json:"running"`
+}
+
 // TeamList defines model for TeamList.
 type TeamList struct {
 	Teams []TeamDetail `json:"teams"`
@@ -2256,6 +2325,75 @@ type TeamList struct {
 type TeamNameRequest struct {
 	// Name trimmed; 1 to 128 bytes, no control characters
 	Name string `json:"name"`
+}
+
+// TeamStats defines model for TeamStats.
+type TeamStats struct {
+	// From the first bucket's start
+	From time.Time   `json:"from"`
+	Now  TeamFigures `json:"now"`
+	Peak TeamFigures `json:"peak"`
+
+	// Points every bucket of the range, oldest first (5m: 30, 1h: 120, 6h: 180, 24h: 288, 30d: 720)
+	Points []TeamStatsPoint `json:"points"`
+	Range  TeamStatsRange   `json:"range"`
+
+	// StepSec the buckets' width: 10, 30, 120, 300 or 3600
+	StepSec int `json:"step_sec"`
+
+	// To now
+	To time.Time `json:"to"`
+}
+
+// TeamStatsRange defines model for TeamStats.Range.
+type TeamStatsRange string
+
+// TeamStatsPoint defines model for TeamStatsPoint.
+type TeamStatsPoint struct {
+	// Paused the bucket's maximum
+	Paused int `json:"paused"`
+
+	// ReservedMemoryMb the bucket's maximum (MiB)
+	ReservedMemoryMb int `json:"reserved_memory_mb"`
+
+	// ReservedVcpus the bucket's maximum
+	ReservedVcpus int `json:"reserved_vcpus"`
+
+	// Running the bucket's maximum
+	Running int `json:"running"`
+
+	// Ts the bucket's start
+	Ts time.Time `json:"ts"`
+}
+
+// TeamUsage defines model for TeamUsage.
+type TeamUsage struct {
+	Days  []TeamUsageDay     `json:"days"`
+	From  openapi_types.Date `json:"from"`
+	To    openapi_types.Date `json:"to"`
+	Total TeamUsageTotal     `json:"total"`
+}
+
+// TeamUsageDay defines model for TeamUsageDay.
+type TeamUsageDay struct {
+	CpuUsedMinutes float32 `json:"cpu_used_minutes"`
+
+	// Date the UTC day
+	Date openapi_types.Date `json:"date"`
+
+	// Live computed now (today
+	Live                     bool    `json:"live"`
+	MemoryReservedMibMinutes float32 `json:"memory_reserved_mib_minutes"`
+	MemoryUsedMibMinutes     float32 `json:"memory_used_mib_minutes"`
+	VcpuReservedMinutes      float32 `json:"vcpu_reserved_minutes"`
+}
+
+// TeamUsageTotal defines model for TeamUsageTotal.
+type TeamUsageTotal struct {
+	CpuUsedMinutes           float32 `json:"cpu_used_minutes"`
+	MemoryReservedMibMinutes float32 `json:"memory_reserved_mib_minutes"`
+	MemoryUsedMibMinutes     float32 `json:"memory_used_mib_minutes"`
+	VcpuReservedMinutes      float32 `json:"vcpu_reserved_minutes"`
 }
 
 // UpdateHostRequest defines model for UpdateHostRequest.
@@ -2591,6 +2729,20 @@ type ListSandboxesParams struct {
 
 // ListSandboxesParamsOrder defines parameters for ListSandboxes.
 type ListSandboxesParamsOrder string
+
+// GetTeamStatsParams defines parameters for GetTeamStats.
+type GetTeamStatsParams struct {
+	Range *GetTeamStatsParamsRange `form:"range,omitempty" json:"range,omitempty"`
+}
+
+// GetTeamStatsParamsRange defines parameters for GetTeamStats.
+type GetTeamStatsParamsRange string
+
+// GetTeamUsageParams defines parameters for GetTeamUsage.
+type GetTeamUsageParams struct {
+	From openapi_types.Date `form:"from" json:"from"`
+	To   openapi_types.Date `form:"to" json:"to"`
+}
 
 // ExecSandboxStreamParams defines parameters for ExecSandboxStream.
 type ExecSandboxStreamParams struct {
@@ -3461,6 +3613,36 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes (the `CreateSandbox` operationId).
 	CreateSandbox(ctx context.Context, body CreateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetTeamStats The team's running sandboxes and reservations over a range
+	//
+	// Every 10 s the control plane records what the team's sandboxes hold: how many run, how
+	// many are paused, and the vCPUs and memory they reserve. Starting, running, pausing and
+	// resuming sandboxes reserve their vCPUs and memory; paused ones reserve no vCPU and half
+	// their memory (⌈Σ paused memory / 2⌉ per team); stopped, failed and lost ones nothing.
+	// The range is read in buckets (`5m`: 10 s, `1h`: 30 s, `6h`: 2 min, `24h`: 5 min,
+	// `30d`: 1 h), each the maximum of its samples, 0 where nothing was held, oldest first; the
+	// last bucket holds now. `now` is read live from the sandboxes, never from a sample
+	// (zeros when nothing runs); `peak` is each figure's highest over the range, now included.
+	// Samples are kept 60 days. Only the caller's team is counted.
+	//
+	// Corresponds with GET /v1/sandboxes/stats (the `GetTeamStats` operationId).
+	GetTeamStats(ctx context.Context, params *GetTeamStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetTeamUsage The team's usage per day
+	//
+	// Per UTC day from `from` to `to` (inclusive; at most 366 days; days after today are left
+	// out): CPU-minutes and memory-MiB-minutes the team's sandboxes **used** — from their
+	// stored 5-minute metric points: the CPU of each sandbox's VMM process (100 % of a core for
+	// a minute is one CPU-minute) and its PSS (its RSS where PSS was not read) — and
+	// vCPU-minutes and memory-MiB-minutes they **reserved**, from the team's 10 s samples (see
+	// `/v1/sandboxes/stats`). Today, and a past day the daily rollup has not covered yet, are
+	// computed live (`live: true`); other past days come from the rollup, which runs every
+	// hour and catches up on every day it missed. Metric points are kept 30 days and samples
+	// 60 days; rolled-up days 400 days. Only the caller's team is counted.
+	//
+	// Corresponds with GET /v1/sandboxes/usage (the `GetTeamUsage` operationId).
+	GetTeamUsage(ctx context.Context, params *GetTeamUsageParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DestroySandbox Destroy a sandbox (idempotent)
 	//
@@ -5250,6 +5432,56 @@ func (c *Client) CreateSandboxWithBody(ctx context.Context, contentType string, 
 // Corresponds with POST /v1/sandboxes (the `CreateSandbox` operationId).
 func (c *Client) CreateSandbox(ctx context.Context, body CreateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewCreateSandboxRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetTeamStats The team's running sandboxes and reservations over a range
+//
+// Every 10 s the control plane records what the team's sandboxes hold: how many run, how
+// many are paused, and the vCPUs and memory they reserve. Starting, running, pausing and
+// resuming sandboxes reserve their vCPUs and memory; paused ones reserve no vCPU and half
+// their memory (⌈Σ paused memory / 2⌉ per team); stopped, failed and lost ones nothing.
+// The range is read in buckets (`5m`: 10 s, `1h`: 30 s, `6h`: 2 min, `24h`: 5 min,
+// `30d`: 1 h), each the maximum of its samples, 0 where nothing was held, oldest first; the
+// last bucket holds now. `now` is read live from the sandboxes, never from a sample
+// (zeros when nothing runs); `peak` is each figure's highest over the range, now included.
+// Samples are kept 60 days. Only the caller's team is counted.
+//
+// Corresponds with GET /v1/sandboxes/stats (the `GetTeamStats` operationId).
+func (c *Client) GetTeamStats(ctx context.Context, params *GetTeamStatsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetTeamStatsRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetTeamUsage The team's usage per day
+//
+// Per UTC day from `from` to `to` (inclusive; at most 366 days; days after today are left
+// out): CPU-minutes and memory-MiB-minutes the team's sandboxes **used** — from their
+// stored 5-minute metric points: the CPU of each sandbox's VMM process (100 % of a core for
+// a minute is one CPU-minute) and its PSS (its RSS where PSS was not read) — and
+// vCPU-minutes and memory-MiB-minutes they **reserved**, from the team's 10 s samples (see
+// `/v1/sandboxes/stats`). Today, and a past day the daily rollup has not covered yet, are
+// computed live (`live: true`); other past days come from the rollup, which runs every
+// hour and catches up on every day it missed. Metric points are kept 30 days and samples
+// 60 days; rolled-up days 400 days. Only the caller's team is counted.
+//
+// Corresponds with GET /v1/sandboxes/usage (the `GetTeamUsage` operationId).
+func (c *Client) GetTeamUsage(ctx context.Context, params *GetTeamUsageParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetTeamUsageRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -8647,6 +8879,118 @@ func NewCreateSandboxRequestWithBody(server string, contentType string, body io.
 	return req, nil
 }
 
+// NewGetTeamStatsRequest constructs an http.Request for the GetTeamStats method
+func NewGetTeamStatsRequest(server string, params *GetTeamStatsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/stats")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Range != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "range", *params.Range, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetTeamUsageRequest constructs an http.Request for the GetTeamUsage method
+func NewGetTeamUsageRequest(server string, params *GetTeamUsageParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/usage")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "from", params.From, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date"}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "to", params.To, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date"}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewDestroySandboxRequest constructs an http.Request for the DestroySandbox method
 func NewDestroySandboxRequest(server string, id SandboxID) (*http.Request, error) {
 	var err error
@@ -11522,6 +11866,40 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes (the `CreateSandbox` operationId).
 	CreateSandboxWithResponse(ctx context.Context, body CreateSandboxJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSandboxResponse, error)
+
+	// GetTeamStatsWithResponse The team's running sandboxes and reservations over a range
+	//
+	// Every 10 s the control plane records what the team's sandboxes hold: how many run, how
+	// many are paused, and the vCPUs and memory they reserve. Starting, running, pausing and
+	// resuming sandboxes reserve their vCPUs and memory; paused ones reserve no vCPU and half
+	// their memory (⌈Σ paused memory / 2⌉ per team); stopped, failed and lost ones nothing.
+	// The range is read in buckets (`5m`: 10 s, `1h`: 30 s, `6h`: 2 min, `24h`: 5 min,
+	// `30d`: 1 h), each the maximum of its samples, 0 where nothing was held, oldest first; the
+	// last bucket holds now. `now` is read live from the sandboxes, never from a sample
+	// (zeros when nothing runs); `peak` is each figure's highest over the range, now included.
+	// Samples are kept 60 days. Only the caller's team is counted.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/stats (the `GetTeamStats` operationId).
+	GetTeamStatsWithResponse(ctx context.Context, params *GetTeamStatsParams, reqEditors ...RequestEditorFn) (*GetTeamStatsResponse, error)
+
+	// GetTeamUsageWithResponse The team's usage per day
+	//
+	// Per UTC day from `from` to `to` (inclusive; at most 366 days; days after today are left
+	// out): CPU-minutes and memory-MiB-minutes the team's sandboxes **used** — from their
+	// stored 5-minute metric points: the CPU of each sandbox's VMM process (100 % of a core for
+	// a minute is one CPU-minute) and its PSS (its RSS where PSS was not read) — and
+	// vCPU-minutes and memory-MiB-minutes they **reserved**, from the team's 10 s samples (see
+	// `/v1/sandboxes/stats`). Today, and a past day the daily rollup has not covered yet, are
+	// computed live (`live: true`); other past days come from the rollup, which runs every
+	// hour and catches up on every day it missed. Metric points are kept 30 days and samples
+	// 60 days; rolled-up days 400 days. Only the caller's team is counted.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/usage (the `GetTeamUsage` operationId).
+	GetTeamUsageWithResponse(ctx context.Context, params *GetTeamUsageParams, reqEditors ...RequestEditorFn) (*GetTeamUsageResponse, error)
 
 	// DestroySandboxWithResponse Destroy a sandbox (idempotent)
 	//
@@ -15339,6 +15717,144 @@ func (r CreateSandboxResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r CreateSandboxResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetTeamStatsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TeamStats
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetTeamStatsResponse) GetJSON200() *TeamStats {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetTeamStatsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetTeamStatsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetTeamStatsResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetTeamStatsResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetTeamStatsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetTeamStatsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetTeamStatsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetTeamStatsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetTeamUsageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TeamUsage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetTeamUsageResponse) GetJSON200() *TeamUsage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetTeamUsageResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetTeamUsageResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetTeamUsageResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r GetTeamUsageResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r GetTeamUsageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetTeamUsageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetTeamUsageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetTeamUsageResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -19943,6 +20459,52 @@ func (c *ClientWithResponses) CreateSandboxWithResponse(ctx context.Context, bod
 	return ParseCreateSandboxResponse(rsp)
 }
 
+// GetTeamStatsWithResponse The team's running sandboxes and reservations over a range
+//
+// Every 10 s the control plane records what the team's sandboxes hold: how many run, how
+// many are paused, and the vCPUs and memory they reserve. Starting, running, pausing and
+// resuming sandboxes reserve their vCPUs and memory; paused ones reserve no vCPU and half
+// their memory (⌈Σ paused memory / 2⌉ per team); stopped, failed and lost ones nothing.
+// The range is read in buckets (`5m`: 10 s, `1h`: 30 s, `6h`: 2 min, `24h`: 5 min,
+// `30d`: 1 h), each the maximum of its samples, 0 where nothing was held, oldest first; the
+// last bucket holds now. `now` is read live from the sandboxes, never from a sample
+// (zeros when nothing runs); `peak` is each figure's highest over the range, now included.
+// Samples are kept 60 days. Only the caller's team is counted.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/stats (the `GetTeamStats` operationId).
+func (c *ClientWithResponses) GetTeamStatsWithResponse(ctx context.Context, params *GetTeamStatsParams, reqEditors ...RequestEditorFn) (*GetTeamStatsResponse, error) {
+	rsp, err := c.GetTeamStats(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetTeamStatsResponse(rsp)
+}
+
+// GetTeamUsageWithResponse The team's usage per day
+//
+// Per UTC day from `from` to `to` (inclusive; at most 366 days; days after today are left
+// out): CPU-minutes and memory-MiB-minutes the team's sandboxes **used** — from their
+// stored 5-minute metric points: the CPU of each sandbox's VMM process (100 % of a core for
+// a minute is one CPU-minute) and its PSS (its RSS where PSS was not read) — and
+// vCPU-minutes and memory-MiB-minutes they **reserved**, from the team's 10 s samples (see
+// `/v1/sandboxes/stats`). Today, and a past day the daily rollup has not covered yet, are
+// computed live (`live: true`); other past days come from the rollup, which runs every
+// hour and catches up on every day it missed. Metric points are kept 30 days and samples
+// 60 days; rolled-up days 400 days. Only the caller's team is counted.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/usage (the `GetTeamUsage` operationId).
+func (c *ClientWithResponses) GetTeamUsageWithResponse(ctx context.Context, params *GetTeamUsageParams, reqEditors ...RequestEditorFn) (*GetTeamUsageResponse, error) {
+	rsp, err := c.GetTeamUsage(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetTeamUsageResponse(rsp)
+}
+
 // DestroySandboxWithResponse Destroy a sandbox (idempotent)
 //
 // Returns a wrapper object for the known response body format(s).
@@ -23516,6 +24078,114 @@ func ParseCreateSandboxResponse(rsp *http.Response) (*CreateSandboxResponse, err
 			headers.ServerTiming = &value
 		}
 		response.Headers201 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetTeamStatsResponse parses an HTTP response from a GetTeamStatsWithResponse call
+func ParseGetTeamStatsResponse(rsp *http.Response) (*GetTeamStatsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetTeamStatsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TeamStats
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetTeamUsageResponse parses an HTTP response from a GetTeamUsageWithResponse call
+func ParseGetTeamUsageResponse(rsp *http.Response) (*GetTeamUsageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetTeamUsageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TeamUsage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
 	}
 
 	return response, nil
