@@ -407,6 +407,32 @@ describe('dashboard', { concurrency: false }, () => {
 		await visit(page, 'admin-audit');
 	});
 
+	test('admin: build a public template, follow its log; every team sees it', { timeout: 3 * VM }, async () => {
+		const page = adminPage;
+		await page.goto(`${base}/admin`);
+		await page.getByRole('link', { name: 'Public templates and builds' }).click();
+		await page.getByRole('heading', { name: 'Public templates' }).waitFor();
+		const marker = `public build ${Date.now()}`;
+		await page.getByLabel('Template name').fill('web-public');
+		await page.getByLabel('Recipe').fill(`FROM base\nRUN echo '${marker}'\n`);
+		await page.getByLabel('Memory (MiB)').fill('512');
+		await page.getByRole('button', { name: 'Start public build' }).click();
+		const b = page.locator('[data-testid=build-row][data-template="web-public"]').first();
+		await b.locator('[data-testid=build-log]').waitFor();
+		await b.locator('[data-testid=build-step] [data-stream=stdout]', { hasText: marker }).waitFor({ timeout: 2 * VM });
+		await b.getByTestId('build-status').filter({ hasText: 'success' }).waitFor({ timeout: 2 * VM });
+		await page.locator('[data-testid=public-template-row][data-name="web-public"]').waitFor();
+		await visit(page, 'admin-templates');
+		// The member's team lists it as public (and cannot delete it).
+		const mp = pages.member.page;
+		await mp.goto(`${base}/dashboard/templates`);
+		const r = mp.locator('[data-testid=template-row][data-name="web-public"]');
+		await r.getByText('public', { exact: true }).waitFor();
+		assert.equal(await r.getByRole('button').count(), 0);
+		// No team deletes a public template, an admin of one neither.
+		assert.equal((await apiAs(page, 'DELETE', '/v1/templates/web-public')).status, 403);
+	});
+
 	test('BYOC: an admin enables it for the team; register a host (token shown once), delete it', async () => {
 		const page = adminPage;
 		await page.getByRole('link', { name: 'Admin' }).click();
