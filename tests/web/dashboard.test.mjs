@@ -64,6 +64,9 @@ async function visit(page, name) {
 		for (const [label, size] of widths) {
 			await page.setViewportSize(size);
 			await page.waitForTimeout(100); // layout after the resize (no state to wait for)
+			// Nothing widens the page past the viewport (wide tables scroll in their own box).
+			const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+			assert.ok(wide <= 0, `${name} (${theme}, ${label}) is ${wide}px wider than the viewport`);
 			await scan(page, `${name} (${theme}, ${label})`);
 			await page.screenshot({ path: path.join(shots, `${name}-${label}-${theme}.png`), fullPage: true });
 		}
