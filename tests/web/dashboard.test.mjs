@@ -194,7 +194,7 @@ describe('dashboard', { concurrency: false }, () => {
 		assert.ok(!visible.cookie.includes('capsule_session'), 'the page reads the session cookie');
 		assert.ok(!visible.storage.includes(sess.value), 'the session token is in web storage');
 		// The admin sees the admin entry.
-		await page.getByRole('link', { name: 'Admin' }).waitFor();
+		await page.getByRole('link', { name: 'Admin', exact: true }).waitFor();
 		await page.getByText('No capsules yet.').waitFor();
 		await visit(page, 'capsules-empty');
 	});
@@ -401,7 +401,7 @@ describe('dashboard', { concurrency: false }, () => {
 
 	test('admin pages', async () => {
 		const page = adminPage;
-		await page.getByRole('link', { name: 'Admin' }).click();
+		await page.getByRole('link', { name: 'Admin', exact: true }).click();
 		await page.getByRole('heading', { name: 'Platform administration' }).waitFor();
 		await page.getByRole('cell', { name: member.email }).waitFor();
 		await visit(page, 'admin');
@@ -438,7 +438,7 @@ describe('dashboard', { concurrency: false }, () => {
 
 	test('BYOC: an admin enables it for the team; register a host (token shown once), delete it', async () => {
 		const page = adminPage;
-		await page.getByRole('link', { name: 'Admin' }).click();
+		await page.getByRole('link', { name: 'Admin', exact: true }).click();
 		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
 		const teamName = me.teams.find((t) => t.id === me.team_id).name;
 		await Promise.all([
@@ -497,7 +497,7 @@ describe('dashboard', { concurrency: false }, () => {
 		const page = pages.member.page;
 		await page.goto(`${base}/dashboard/capsules`);
 		await page.getByRole('link', { name: 'API keys' }).waitFor();
-		assert.equal(await page.getByRole('link', { name: 'Admin' }).count(), 0, 'the member sees the admin entry');
+		assert.equal(await page.getByRole('link', { name: 'Admin', exact: true }).count(), 0, 'the member sees the admin entry');
 		await page.goto(`${base}/admin`);
 		await page.waitForURL(`${base}/dashboard/capsules`);
 		for (const p of ['/v1/admin/users', '/v1/admin/teams']) {
