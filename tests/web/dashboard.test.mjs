@@ -209,7 +209,7 @@ describe('dashboard', { concurrency: false }, () => {
 	test('terminal: echo hi', { timeout: 3 * 60_000 }, async () => {
 		const page = adminPage;
 		await row(page, capsule).getByRole('link').click();
-		await page.waitForURL(`${base}/dashboard/capsules/${capsule}`);
+		await page.waitForURL((u) => u.pathname === `/dashboard/capsules/${capsule}`);
 		await page.getByTestId('terminal-status').filter({ hasText: 'connected' }).waitFor({ timeout: 60_000 });
 		await page.getByTestId('terminal').click();
 		await page.keyboard.type('echo hi\n');
