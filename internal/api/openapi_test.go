@@ -366,6 +366,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"UserHit", userHitJSON{}, true},
 		{"TeamNameRequest", nameBody{}, false},
 		{"UpdateMeRequest", nameBody{}, false},
+		{"ChangePasswordRequest", changePasswordJSON{}, false},
 		{"AddMemberRequest", addMemberJSON{}, false},
 		{"SetMemberRoleRequest", memberRoleJSON{}, false},
 		{"SwitchTeamRequest", switchTeamJSON{}, false},

@@ -339,6 +339,28 @@ func (s *Server) updateMe(w http.ResponseWriter, r *http.Request, p service.Prin
 	writeJSON(w, http.StatusOK, userOf(u))
 }
 
+type changePasswordJSON struct {
+	CurrentPassword string `json:"current_password"`
+	NewPassword     string `json:"new_password"`
+}
+
+// changePassword: {"current_password","new_password"} → 204. A wrong
+// current password is 403 (the session is fine); the route is limited per
+// client address as logins are (guessing the current password through a
+// stolen session is no cheaper than guessing it at the login).
+func (s *Server) changePassword(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	var req changePasswordJSON
+	if err := decode(r, w, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.cfg.Accounts.ChangePassword(r.Context(), p, req.CurrentPassword, req.NewPassword); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
 type userHitJSON struct {
 	ID    string `json:"id"`
 	Email string `json:"email"`

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -353,7 +354,7 @@ func TestTeamAuthorizationMatrix(t *testing.T) {
 	}
 	// The user routes: a session, never an API key.
 	for _, r := range []struct{ method, path string }{
-		{"GET", "/v1/teams"}, {"POST", "/v1/teams"}, {"GET", "/v1/me"}, {"PATCH", "/v1/me"},
+		{"GET", "/v1/teams"}, {"POST", "/v1/teams"}, {"GET", "/v1/me"}, {"PATCH", "/v1/me"}, {"POST", "/v1/me/password"},
 		{"POST", "/v1/auth/switch-team"}, {"GET", "/v1/users/search?email_prefix=abc"},
 	} {
 		if c := e.do(t, r.method, r.path, "", nil, nil); c != 401 {
@@ -430,4 +431,47 @@ func TestUserSearch(t *testing.T) {
 	if c, _ := search(sess.Token, "bulk"); c != 403 {
 		t.Fatalf("member searches: %d, want 403", c)
 	}
+}
+
+// TestChangePassword: the current password must match (a wrong one is 403
+// and the old password keeps working); the new one follows the policy; an
+// API key cannot change it; after a change only the new one signs in.
+func TestChangePassword(t *testing.T) {
+	e := newAPIWith(t, "", "", func(c *Config) { c.LoginEmailLimit = auth.RateLimit{Burst: 100, Interval: time.Hour} })
+	u := e.user(t, "pw@example.com")
+	const old, next = "correct horse battery", "a new and long password"
+	login := func(pw string) int {
+		return e.do(t, "POST", "/v1/auth/login", "", creds{"email": u.email, "password": pw}, nil)
+	}
+	for _, tc := range []struct {
+		name, authz string
+		body        any
+		want        int
+	}{
+		{"wrong current password", u.jwt, map[string]string{"current_password": "not it at all", "new_password": next}, 403},
+		{"new password too short", u.jwt, map[string]string{"current_password": old, "new_password": "short"}, 400},
+		{"unknown field", u.jwt, map[string]string{"current_password": old, "new_password": next, "user_id": "usr-x"}, 400},
+		{"API key", u.key, map[string]string{"current_password": old, "new_password": next}, 403},
+		{"no auth", "", map[string]string{"current_password": old, "new_password": next}, 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if c := e.do(t, "POST", "/v1/me/password", tc.authz, tc.body, nil); c != tc.want {
+				t.Fatalf("change: %d, want %d", c, tc.want)
+			}
+		})
+	}
+	if c := login(old); c != 200 {
+		t.Fatalf("the old password after the refused changes: login %d", c)
+	}
+	t.Run("changed", func(t *testing.T) {
+		if c := e.do(t, "POST", "/v1/me/password", u.jwt, map[string]string{"current_password": old, "new_password": next}, nil); c != 204 {
+			t.Fatalf("change: %d", c)
+		}
+		if c := login(old); c != 401 {
+			t.Errorf("the old password: login %d, want 401", c)
+		}
+		if c := login(next); c != 200 {
+			t.Errorf("the new password: login %d, want 200", c)
+		}
+	})
 }

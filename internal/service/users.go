@@ -11,6 +11,7 @@ import (
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // AuthenticateUser verifies a session token for the routes that act for
@@ -163,6 +164,42 @@ func (a *Accounts) SetName(ctx context.Context, p Principal, name string) (db.Us
 		return db.User{}, notFound(err, "user")
 	}
 	return u, nil
+}
+
+// ChangePassword sets the session's user's password. The current one must
+// match when the user has one (an account made by OAuth has none and may set
+// its first); a wrong one is ErrForbidden (not ErrUnauthorized: the session
+// is fine) and changes nothing. The new one must pass the password policy.
+// Sessions already issued stay valid until they expire or are signed out.
+func (a *Accounts) ChangePassword(ctx context.Context, p Principal, current, next string) error {
+	if err := requireUser(p); err != nil {
+		return err
+	}
+	if err := auth.CheckPasswordPolicy(next); err != nil {
+		return errorf(ErrInvalid, "new password: %v", err)
+	}
+	u, err := a.st.Queries().GetUser(ctx, pgUUID(p.UserID))
+	if err != nil {
+		return notFound(err, "user")
+	}
+	if u.PasswordHash.Valid {
+		ok, _, err := a.hasher.Verify(ctx, current, u.PasswordHash.String)
+		if err != nil {
+			return fmt.Errorf("change password: verify: %w", err)
+		}
+		if !ok {
+			return errorf(ErrForbidden, "the current password is wrong")
+		}
+	}
+	h, err := a.hasher.Hash(ctx, next)
+	if err != nil {
+		return fmt.Errorf("change password: %w", err)
+	}
+	if err := a.st.Queries().SetUserPassword(ctx, db.SetUserPasswordParams{PasswordHash: pgtype.Text{String: h, Valid: true}, ID: u.ID}); err != nil {
+		return fmt.Errorf("change password: %w", err)
+	}
+	a.log.InfoContext(ctx, "password changed", "user", userID(u.ID))
+	return nil
 }
 
 // User search limits.

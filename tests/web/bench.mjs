@@ -6,6 +6,9 @@
 //                             navigation to the last row in the DOM (budget ≤ 200 ms p50);
 //                             the API's answer is a synthetic page of 1,000 capsules
 //                             (a real server would need 1,000 VMs)
+//   capsule_list_1000_render_cpu  the same renders' main-thread CPU time (Chrome's
+//                             ThreadTime metric): what the render costs, less the time the
+//                             renderer waited for a core on a loaded machine
 //   terminal_echo             a keystroke's round trip through the whole stack: the
 //                             terminal's stdin message sent on the exec WebSocket to
 //                             its echo received back (browser → API → agent → VM → back)
@@ -57,9 +60,14 @@ try {
 	const listURL = (u) => u.pathname === '/v1/sandboxes' && u.search === '?limit=200';
 	await page.route(listURL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body }));
 	const render = [];
+	const renderCPU = [];
+	const cdp = await ctx.newCDPSession(page);
+	await cdp.send('Performance.enable', { timeDomain: 'threadTicks' });
+	const threadTime = async () => (await cdp.send('Performance.getMetrics')).metrics.find((m) => m.name === 'ThreadTime').value;
 	for (let i = 0; i < RUNS; i++) {
 		await page.getByRole('link', { name: 'API keys' }).click();
 		await page.getByRole('heading', { name: 'API keys' }).waitFor();
+		const cpu0 = await threadTime();
 		render.push(
 			await page.evaluate(
 				() =>
@@ -74,8 +82,11 @@ try {
 					})
 			)
 		);
+		renderCPU.push((await threadTime() - cpu0) * 1000);
 	}
 	out.capsule_list_1000_render = stats(render);
+	out.capsule_list_1000_render_cpu = stats(renderCPU);
+	await cdp.detach();
 	await page.unroute(listURL);
 
 	// 3. The keystroke echo through a real capsule's terminal.

@@ -71,12 +71,25 @@ export async function api(method, path, body, opts = {}) {
  * progress). onProgress gets a fraction in [0, 1].
  */
 export function upload(path, file, onProgress) {
+	return send('PUT', path, file, onProgress, 'application/octet-stream');
+}
+
+/**
+ * postForm sends a multipart/form-data body (a FormData) with upload
+ * progress; the browser writes the Content-Type with its boundary.
+ */
+export function postForm(path, form, onProgress) {
+	return send('POST', path, form, onProgress);
+}
+
+function send(method, path, body, onProgress, contentType) {
 	return new Promise((resolve, reject) => {
 		const xhr = new XMLHttpRequest();
-		xhr.open('PUT', path);
+		xhr.open(method, path);
 		xhr.withCredentials = true;
 		xhr.setRequestHeader('X-CSRF-Token', csrfToken());
-		xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+		xhr.setRequestHeader('Accept', 'application/json');
+		if (contentType) xhr.setRequestHeader('Content-Type', contentType);
 		xhr.upload.onprogress = (e) => e.lengthComputable && onProgress?.(e.loaded / e.total);
 		xhr.onload = () => {
 			if (xhr.status >= 200 && xhr.status < 300) {
@@ -93,7 +106,7 @@ export function upload(path, file, onProgress) {
 			}
 		};
 		xhr.onerror = () => reject(new ApiError(0, 'network error'));
-		xhr.send(file);
+		xhr.send(body);
 	});
 }
 
@@ -117,6 +130,30 @@ export async function fetchText(path) {
 	const resp = await fetch(path, { credentials: 'same-origin' });
 	if (!resp.ok) throw await errorOf(resp);
 	return resp.text();
+}
+
+/**
+ * streamLines reads a newline-delimited JSON answer as it arrives, calling
+ * onLine with each decoded line; it resolves when the answer ends (or
+ * signal aborts it).
+ */
+export async function streamLines(path, onLine, signal) {
+	const resp = await fetch(path, { credentials: 'same-origin', headers: { Accept: 'application/x-ndjson' }, signal });
+	if (!resp.ok) throw await errorOf(resp);
+	const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+	let buf = '';
+	for (;;) {
+		const { value, done } = await reader.read();
+		if (done) break;
+		buf += value;
+		let nl;
+		while ((nl = buf.indexOf('\n')) >= 0) {
+			const line = buf.slice(0, nl).trim();
+			buf = buf.slice(nl + 1);
+			if (line) onLine(JSON.parse(line));
+		}
+	}
+	if (buf.trim()) onLine(JSON.parse(buf));
 }
 
 export const q = encodeURIComponent;
