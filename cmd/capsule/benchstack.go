@@ -32,6 +32,9 @@ type benchStackOptions struct {
 	base bool
 	// apiListen is the API's address (127.0.0.1:0 when empty).
 	apiListen string
+	// coldImages: no warm snapshots of the images, so that creates of an
+	// image template always boot cold.
+	coldImages bool
 	log       *slog.Logger
 }
 
@@ -47,6 +50,9 @@ type benchStack struct {
 	accounts  *service.Accounts
 	sandboxes *service.Sandboxes
 	hosts     *service.Hosts
+	host      *hostStack
+	// hostDataDir is the host's data directory (sandboxes/, templates/).
+	hostDataDir string
 	url       string
 	// sandboxURL is the sandbox traffic listener (the proxy).
 	sandboxURL string
@@ -104,7 +110,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// network slot pool and sandbox directory (images shared).
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, base: o.base, warmImages: true, netName: "capsule-bench", netVethPrefix: "cbv",
+		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	so.defaultCapacity()
@@ -113,6 +119,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, hs.stop)
+	b.host, b.hostDataDir = hs, so.dataDir
 
 	apiListen := o.apiListen
 	if apiListen == "" {
