@@ -49,6 +49,8 @@ func parseBenchDensityFlags(args []string) (densityBenchOptions, error) {
 	// Creates of an image always boot cold: the cold figure is a cold boot,
 	// and the template is made explicitly.
 	o.coldImages = true
+	// Every sandbox of the bench at once, whatever the cores (1 vCPU each).
+	o.vcpus = 2 * (o.idle + o.conc + 4)
 	return o, nil
 }
 

@@ -35,6 +35,9 @@ type benchStackOptions struct {
 	// coldImages: no warm snapshots of the images, so that creates of an
 	// image template always boot cold.
 	coldImages bool
+	// vcpus is the host's vCPU capacity (0: the agent's default, 4 per
+	// core).
+	vcpus int
 	log       *slog.Logger
 }
 
@@ -113,6 +116,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
+	so.capacity.VCPUs = o.vcpus
 	so.defaultCapacity()
 	hs, err := startHost(ctx, &so.hostOptions, o.log)
 	if err != nil {
