@@ -38,7 +38,7 @@ type benchStackOptions struct {
 	// vcpus is the host's vCPU capacity (0: the agent's default, 4 per
 	// core).
 	vcpus int
-	log       *slog.Logger
+	log   *slog.Logger
 }
 
 // benchStack is the platform running in this process for the benches, the
@@ -56,7 +56,7 @@ type benchStack struct {
 	host      *hostStack
 	// hostDataDir is the host's data directory (sandboxes/, templates/).
 	hostDataDir string
-	url       string
+	url         string
 	// sandboxURL is the sandbox traffic listener (the proxy).
 	sandboxURL string
 	domain     string
