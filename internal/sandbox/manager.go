@@ -457,8 +457,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	client := envdclient.New(base, rec.AccessToken)
 	initClient := client
 	if heldToken != rec.AccessToken {
-		initClient = envdclient.New(base, heldToken)
-		defer initClient.Close()
+		initClient = client.WithToken(heldToken)
 	}
 	if err := client.WaitHealthy(bctx, machine.Done()); err != nil {
 		return fmt.Errorf("%w (console: %s)", err, spec.ConsoleLog)
