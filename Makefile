@@ -77,6 +77,7 @@ bench: build
 	$(BIN)/capsule bench envd
 	$(BIN)/capsule bench vm
 	$(BIN)/capsule bench api
+	$(BIN)/capsule bench density
 	$(BIN)/capsule bench proxy
 	$(BIN)/capsule bench hosts
 	@tests/web/run.sh bench

@@ -216,6 +216,23 @@ func agentTiming(v string) (time.Duration, error) {
 	return 0, fmt.Errorf("no agent;dur in Server-Timing %q", v)
 }
 
+// serverTimings reads every metric of a Server-Timing value that has a
+// duration ("name;dur=12.345, …"), by name.
+func serverTimings(v string) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for m := range strings.SplitSeq(v, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(m), ";")
+		for p := range strings.SplitSeq(params, ";") {
+			if ms, ok := strings.CutPrefix(strings.TrimSpace(p), "dur="); ok {
+				if f, err := strconv.ParseFloat(ms, 64); err == nil && name != "" {
+					out[name] = time.Duration(f * float64(time.Millisecond))
+				}
+			}
+		}
+	}
+	return out
+}
+
 func (b *apiBench) destroy(ctx context.Context, id string) error {
 	resp, data, err := b.do(ctx, "DELETE", "/v1/sandboxes/"+id, nil)
 	if err != nil {

@@ -82,3 +82,58 @@ func TestBenchProxy(t *testing.T) {
 	}
 	t.Logf("%+v", out)
 }
+
+func TestServerTimings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want map[string]time.Duration
+	}{
+		{"empty", "", map[string]time.Duration{}},
+		{"phases", "api;dur=1.5, host-restore;dur=40, total;dur=41.5",
+			map[string]time.Duration{"api": 1500 * time.Microsecond, "host-restore": 40 * time.Millisecond, "total": 41500 * time.Microsecond}},
+		{"without a duration or malformed", "cache;desc=hit, db;dur=x, agent;dur=2", map[string]time.Duration{"agent": 2 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := serverTimings(tc.in)
+			if len(got) != len(tc.want) {
+				t.Fatalf("%q: %v, want %v", tc.in, got, tc.want)
+			}
+			for k, v := range tc.want {
+				if got[k] != v {
+					t.Errorf("%q: %s = %v, want %v", tc.in, k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+// TestBenchDensity runs `capsule bench density` small (256 MiB guests, two
+// idle sandboxes, two concurrent creates) and checks its figures are there
+// and sane: a create's phases come from Server-Timing, a clone of a
+// template costs less than a cold boot.
+func TestBenchDensity(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "qemu-system-x86_64")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	o, err := parseBenchDensityFlags([]string{"-envd", hosttest.Envd(t), "-data-dir", hosttest.StoreDir,
+		"-memory-mib", "256", "-idle", "2", "-n", "2", "-c", "2", "-rounds", "1", "-settle", "1s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := benchDensity(ctx, o)
+	if err != nil {
+		t.Fatalf("%v (so far %v)", err, out)
+	}
+	one, _ := out["create_one"].(bench.Timing)
+	phases, _ := out["create_phases_p50_ms"].(map[string]float64)
+	cold, _ := out["idle_pss_cold_boot_mib"].(float64)
+	clone, _ := out["idle_pss_from_template_mib"].(float64)
+	maxIdle, _ := out["max_idle_512mib_in_16gib"].(int)
+	if one.N != 2 || one.P50 <= 0 || phases["host-restore"] <= 0 || phases["agent"] <= 0 || cold <= 0 || clone <= 0 || clone >= cold ||
+		maxIdle != bench.MaxIdle(16384, clone) || out["failures"] != nil {
+		t.Fatalf("figures: %+v", out)
+	}
+	t.Logf("%+v", out)
+}

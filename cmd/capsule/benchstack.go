@@ -55,7 +55,10 @@ type benchStack struct {
 	accounts  *service.Accounts
 	sandboxes *service.Sandboxes
 	hosts     *service.Hosts
-	url       string
+	host      *hostStack
+	// hostDataDir is the host's data directory (sandboxes/, templates/).
+	hostDataDir string
+	url         string
 	// sandboxURL is the sandbox traffic listener (the proxy).
 	sandboxURL string
 	domain     string
@@ -129,6 +132,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 		return nil, err
 	}
 	b.closers = append(b.closers, hs.stop)
+	b.host, b.hostDataDir = hs, so.dataDir
 
 	apiListen := o.apiListen
 	if apiListen == "" {

@@ -32,6 +32,7 @@ commands:
   bench metrics measure the metrics sampler's CPU and the metrics endpoint (prints JSON; root)
   bench proxy   measure the traffic proxy against direct access to a sandbox's HTTP server (prints JSON; root)
   bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
+  bench density measure sandboxes per host (idle PSS) and ten concurrent creates vs one (prints JSON; root)
   bench hosts   measure the scheduling decision with 1,000 hosts, and a 3-host cluster of real agents (prints JSON; root for the cluster)
   image         build, list and remove template images (capsule image help)
   version       print versions
@@ -102,7 +103,7 @@ func run(ctx context.Context, args []string) error {
 
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("bench: name a benchmark (envd, vm, api, proxy, hosts, build)")
+		return errors.New("bench: name a benchmark (envd, vm, api, density, metrics, proxy, sdk, hosts, build)")
 	}
 	switch args[0] {
 	case "envd":
@@ -194,6 +195,16 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		res, err := benchBuild(ctx, o)
+		if err != nil {
+			return err
+		}
+		return printJSON(res)
+	case "density":
+		o, err := parseBenchDensityFlags(args[1:])
+		if err != nil {
+			return err
+		}
+		res, err := benchDensity(ctx, o)
 		if err != nil {
 			return err
 		}

@@ -194,7 +194,9 @@ func TestAgentLifecycle(t *testing.T) {
 		Metadata:    map[string]string{"team": "t1"},
 		Timeout:     durationpb.New(time.Hour),
 	}
-	sb := must(c.CreateSandbox(ctx, connect.NewRequest(create)))(t, "create").Sandbox
+	created := must(c.CreateSandbox(ctx, connect.NewRequest(create)))(t, "create")
+	checkPhases(t, created.Phases, "prepare", "slot", "boot", "envd", "init", "commit")
+	sb := created.Sandbox
 	if sb.Id != id || sb.State != pb.SandboxState_SANDBOX_STATE_RUNNING || sb.EnvdUrl == "" ||
 		sb.HostAddr == "" || sb.Metadata["team"] != "t1" || sb.Template != "minimal" || sb.Vcpus != 1 || sb.MemoryMb != 256 {
 		t.Fatalf("created: %v", sb)
@@ -370,9 +372,11 @@ func TestAgentLifecycle(t *testing.T) {
 	if strings.Join(names, " ") != "agent-test-tpl/TEMPLATE_KIND_SNAPSHOT/false minimal/TEMPLATE_KIND_IMAGE/true" {
 		t.Fatalf("templates: %v", names)
 	}
-	clone := must(c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{
+	cloned := must(c.CreateSandbox(ctx, connect.NewRequest(&pb.CreateSandboxRequest{
 		Template: "agent-test-tpl", AccessToken: "clone-token",
-	})))(t, "create from the template").Sandbox
+	})))(t, "create from the template")
+	checkPhases(t, cloned.Phases, "prepare", "slot", "restore", "envd", "init", "commit")
+	clone := cloned.Sandbox
 	if clone.Id == "" || clone.Id == id || clone.Template != "agent-test-tpl" || clone.State != pb.SandboxState_SANDBOX_STATE_RUNNING {
 		t.Fatalf("clone: %v", clone)
 	}
@@ -406,5 +410,21 @@ func TestAgentLifecycle(t *testing.T) {
 	hosttest.AssertNoVMM(t, e.runDir, e.dataDir)
 	if strings.Contains(e.logs.String(), "envd-token-") {
 		t.Fatal("an access token was logged")
+	}
+}
+
+// checkPhases asserts that a create answered its phases, in order, each
+// with a duration.
+func checkPhases(t *testing.T, got []*pb.CreatePhase, want ...string) {
+	t.Helper()
+	var names []string
+	for _, p := range got {
+		names = append(names, p.GetName())
+		if p.GetTook() == nil || p.GetTook().AsDuration() < 0 {
+			t.Errorf("phase %s took %v", p.GetName(), p.GetTook())
+		}
+	}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Errorf("create phases %v, want %v", names, want)
 	}
 }

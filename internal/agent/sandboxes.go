@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/gen/hostagent/v1/hostagentv1connect"
@@ -81,7 +82,11 @@ func (s *service) CreateSandbox(ctx context.Context, req *connect.Request[pb.Cre
 	if err != nil {
 		return nil, s.a.fail(ctx, err, connect.CodeAlreadyExists)
 	}
-	return connect.NewResponse(&pb.CreateSandboxResponse{Sandbox: sandboxToProto(info)}), nil
+	out := &pb.CreateSandboxResponse{Sandbox: sandboxToProto(info)}
+	for _, p := range info.Phases {
+		out.Phases = append(out.Phases, &pb.CreatePhase{Name: p.Name, Took: durationpb.New(p.Took)})
+	}
+	return connect.NewResponse(out), nil
 }
 
 func (s *service) DestroySandbox(ctx context.Context, req *connect.Request[pb.DestroySandboxRequest]) (*connect.Response[pb.DestroySandboxResponse], error) {

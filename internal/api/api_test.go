@@ -25,6 +25,8 @@ type apiEnv struct {
 	st  *store.Store
 	h   *Server
 	srv *httptest.Server
+	// header is the last answer's (do).
+	header http.Header
 }
 
 // newAPI serves the API over a fresh database. agentURL/token name the
@@ -82,6 +84,7 @@ func (e *apiEnv) do(t *testing.T, method, path, authz string, body any, out any)
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	e.header = resp.Header
 	data, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode >= 400 {
 		var eb errorBody

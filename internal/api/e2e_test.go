@@ -177,6 +177,14 @@ func TestEndToEndRealVM(t *testing.T) {
 	if c := e.do(t, "POST", "/v1/sandboxes", key, map[string]any{"template": "e2e-snap"}, &clone); c != 201 || clone.State != "running" || clone.ID == sb.ID {
 		t.Fatalf("create from the snapshot: %d %+v", c, clone)
 	}
+	// Server-Timing names every phase of the create, the host's included.
+	var timed []string
+	for m := range strings.SplitSeq(e.header.Get("Server-Timing"), ", ") {
+		timed = append(timed, strings.SplitN(m, ";", 2)[0])
+	}
+	if want := "api template schedule db agent-client agent host-prepare host-slot host-restore host-envd host-init host-commit commit total"; strings.Join(timed, " ") != want {
+		t.Errorf("Server-Timing of a create from a snapshot: %q, want the phases %s", e.header.Get("Server-Timing"), want)
+	}
 	t.Cleanup(func() { e.do(t, "DELETE", "/v1/sandboxes/"+clone.ID, key, nil, nil) })
 	if c := e.raw2(t, "GET", "/v1/sandboxes/"+clone.ID+"/files?path=/data/blob.bin", key, nil, &down); c != 200 || !bytes.Equal(down, payload) {
 		t.Fatalf("the clone's copy of the file: %d, %d bytes", c, len(down))

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/capsulehq/capsule/internal/hostapi"
+	"github.com/capsulehq/capsule/internal/service"
 )
 
 // The OpenAPI document as the tests read it.
@@ -512,12 +513,26 @@ func TestOpenAPIServerTimingHeader(t *testing.T) {
 	if err != nil || pattern == "" {
 		t.Fatalf("components/headers/ServerTimingAgent pattern %q: %v", pattern, err)
 	}
-	for _, d := range []time.Duration{0, 1234567 * time.Nanosecond, 3 * time.Second} {
-		if v := serverTimingAgent(d); !re.MatchString(v) {
-			t.Errorf("%q does not match %q", v, pattern)
-		}
-	}
-	if v := serverTimingAgent(1234567 * time.Nanosecond); v != "agent;dur=1.235" {
-		t.Errorf("1.234567 ms: %q", v)
+	for _, tc := range []struct {
+		name   string
+		phases []service.Phase
+		total  time.Duration
+		want   string
+	}{
+		{"no phases", nil, 0, ""},
+		{"agent only", []service.Phase{{Name: "agent", Took: 1234567 * time.Nanosecond}}, 0, "agent;dur=1.235"},
+		{"with the API's share", []service.Phase{{Name: "db", Took: time.Millisecond}, {Name: "agent", Took: 3 * time.Second},
+			{Name: "host-restore", Took: 2 * time.Second}}, 3002 * time.Millisecond,
+			"api;dur=1.000, db;dur=1.000, agent;dur=3000.000, host-restore;dur=2000.000, total;dur=3002.000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := service.ServerTiming(tc.phases, tc.total)
+			if v != tc.want {
+				t.Errorf("ServerTiming = %q, want %q", v, tc.want)
+			}
+			if v != "" && !re.MatchString(v) {
+				t.Errorf("%q does not match %q", v, pattern)
+			}
+		})
 	}
 }

@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -88,6 +87,7 @@ func sandboxID(r *http.Request) (service.SandboxID, error) {
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	start := time.Now()
 	var req createSandboxJSON
 	if err := decode(r, w, &req); err != nil {
 		s.writeError(w, r, err)
@@ -103,7 +103,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 		s.writeError(w, r, err)
 		return
 	}
-	w.Header().Set("Server-Timing", serverTimingAgent(sb.AgentTime))
+	w.Header().Set("Server-Timing", service.ServerTiming(sb.Phases, time.Since(start)))
 	writeJSON(w, http.StatusCreated, sandboxOf(sb, true))
 }
 
@@ -238,10 +238,4 @@ func writeSandboxList(w http.ResponseWriter, items []service.Sandbox, next strin
 		out[i] = sandboxOf(it, false)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"sandboxes": out, "next_cursor": next})
-}
-
-// serverTimingAgent is the Server-Timing value naming the host agent's
-// share of a request, in milliseconds.
-func serverTimingAgent(d time.Duration) string {
-	return "agent;dur=" + strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
 }

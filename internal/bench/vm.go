@@ -231,7 +231,7 @@ func (b *vmBench) idleMemory(ctx context.Context, out map[string]any, img string
 	}
 	defer b.mgr.Destroy(ctx, info.ID)
 	time.Sleep(3 * time.Second) // let the guest settle
-	pss, err := pssKiB(info.VMMPid)
+	pss, err := PSSKiB(info.VMMPid)
 	if err != nil {
 		return err
 	}
@@ -245,8 +245,9 @@ func (b *vmBench) idleMemory(ctx context.Context, out map[string]any, img string
 	return nil
 }
 
-// pssKiB reads the Pss total of a process.
-func pssKiB(pid int) (int64, error) {
+// PSSKiB reads the Pss total of a process (smaps_rollup): its resident
+// memory with each shared page divided among the processes that map it.
+func PSSKiB(pid int) (int64, error) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
 	if err != nil {
 		return 0, err

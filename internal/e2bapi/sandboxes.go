@@ -126,6 +126,7 @@ func (h *Handler) createV1(w http.ResponseWriter, r *http.Request, p service.Pri
 }
 
 func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Principal, defaultTimeout int32) {
+	start := time.Now()
 	var body newSandboxJSON
 	if _, err := decode(w, r, &body); err != nil {
 		h.fail(w, r, err)
@@ -156,6 +157,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Princ
 		h.fail(w, r, err)
 		return
 	}
+	w.Header().Set("Server-Timing", service.ServerTiming(sb.Phases, time.Since(start)))
 	writeJSON(w, http.StatusCreated, h.sandboxOf(sb))
 }
 

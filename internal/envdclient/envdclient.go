@@ -45,6 +45,17 @@ func New(base, token string) *Client {
 	return c
 }
 
+// WithToken returns a client of the same envd with another access token
+// that shares c's connections (closing either closes both's idle ones):
+// a restored sandbox's /init, sent with the token its envd still holds,
+// reuses the connection of the health check before it.
+func (c *Client) WithToken(token string) *Client {
+	o := &Client{base: c.base, token: token, hc: c.hc}
+	o.proc = processconnect.NewProcessClient(c.hc, c.base, connect.WithInterceptors(tokenInterceptor(token)))
+	o.fs = filesystemconnect.NewFilesystemClient(c.hc, c.base, connect.WithInterceptors(tokenInterceptor(token)))
+	return o
+}
+
 // Base is the URL of the envd.
 func (c *Client) Base() string { return c.base }
 

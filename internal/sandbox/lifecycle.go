@@ -147,7 +147,7 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	})
 	crashPoint("resume-recorded")
 	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
-	if err := m.start(ctx, b, &snap, rec.AccessToken, undo); err != nil {
+	if err := m.start(ctx, b, &snap, rec.AccessToken, undo, nil); err != nil {
 		return fmt.Errorf("resume %s: %w", rec.ID, err)
 	}
 	m.log.InfoContext(ctx, "sandbox resumed", "sandbox", rec.ID)
@@ -166,7 +166,7 @@ func (m *Manager) bootColdLocked(ctx context.Context, b *box, rec record, restor
 	}
 	defer func() { finish(err) }()
 	b.setState(StateStarting)
-	if err := m.start(ctx, b, nil, "", undo); err != nil {
+	if err := m.start(ctx, b, nil, "", undo, nil); err != nil {
 		return fmt.Errorf("boot sandbox %s cold: %w", rec.ID, err)
 	}
 	b.mu.Lock()

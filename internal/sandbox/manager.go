@@ -249,6 +249,10 @@ type Info struct {
 
 	// Network are the sandbox's egress rules.
 	Network egress.Rules `json:"network"`
+
+	// Phases are the steps of the create that returned this Info and
+	// their durations (phases.go); empty elsewhere.
+	Phases []Phase `json:"-"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -266,6 +270,7 @@ func NewID() string {
 
 // Create starts a sandbox and returns once its envd has been initialized.
 func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err error) {
+	clock := newPhaseClock()
 	if o.ID == "" {
 		o.ID = NewID()
 	}
@@ -374,18 +379,22 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
 		rec.RestoredFrom = tpl.Name
 	}
-	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo); err != nil {
+	clock.mark("prepare")
+	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo, clock); err != nil {
 		return nil, err
 	}
 	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil)
-	return m.info(b), nil
+	info = m.info(b)
+	info.Phases = clock.phases
+	return info, nil
 }
 
 // start boots or restores the machine of b, waits for envd and sends
 // /init; on success the sandbox is running and persisted. heldToken is the
 // access token a restored envd still holds (it must be presented to
-// replace it). Called with b.op held.
-func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback) error {
+// replace it). clock, when not nil, records the phases. Called with b.op
+// held.
+func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback, clock *phaseClock) error {
 	rec := b.snapshotRecord()
 	slot, err := m.cfg.Slots.Acquire(ctx)
 	if err != nil {
@@ -439,11 +448,14 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	}
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
+	clock.mark("slot")
 	var machine vmm.Machine
 	if snap != nil {
 		machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
+		clock.mark("restore")
 	} else {
 		machine, err = m.cfg.Driver.Boot(bctx, spec)
+		clock.mark("boot")
 	}
 	if err != nil {
 		return fmt.Errorf("start machine: %w", err)
@@ -460,15 +472,16 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	client := envdclient.New(base, rec.AccessToken)
 	initClient := client
 	if heldToken != rec.AccessToken {
-		initClient = envdclient.New(base, heldToken)
-		defer initClient.Close()
+		initClient = client.WithToken(heldToken)
 	}
 	if err := client.WaitHealthy(bctx, machine.Done()); err != nil {
 		return fmt.Errorf("%w (console: %s)", err, spec.ConsoleLog)
 	}
+	clock.mark("envd")
 	if err := m.initEnvd(bctx, initClient, &rec); err != nil {
 		return err
 	}
+	clock.mark("init")
 
 	b.mu.Lock()
 	b.machine, b.slot, b.client = machine, slot, client
@@ -479,6 +492,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
+	clock.mark("commit")
 	m.running(b, machine)
 	return nil
 }

@@ -132,6 +132,7 @@ func newUUID() pgtype.UUID {
 // counts against quotas) and destroyed on the agent in case it got that
 // far.
 func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) (Sandbox, error) {
+	clock := newPhaseClock()
 	if err := req.normalize(); err != nil {
 		return Sandbox{}, err
 	}
@@ -160,6 +161,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
+	clock.mark("template")
 	team, err := s.st.Queries().GetTeam(ctx, pgUUID(p.TeamID))
 	if err != nil {
 		return Sandbox{}, notFound(err, "team")
@@ -170,6 +172,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
+	clock.mark("schedule")
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		t, err := q.LockTeam(ctx, pgUUID(p.TeamID))
@@ -202,6 +205,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
+	clock.mark("db")
 	id := ID(row.ID)
 	log := s.log.With("sandbox", id, "team", p.TeamID.String(), "host", s.hostKey(row.HostID))
 	fail := func(cause error) (Sandbox, error) {
@@ -242,8 +246,11 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer acancel()
 	ctx = actx
-	agentStart := time.Now()
-	var created *pb.Sandbox
+	clock.mark("agent-client")
+	var (
+		created    *pb.Sandbox
+		hostPhases []*pb.CreatePhase
+	)
 	resp, err := c.CreateSandbox(ctx, connect.NewRequest(areq))
 	if errors.Is(err, agentclient.ErrNotFound) && tpl.needsFiles() {
 		// The host lost its copy (evicted, deleted by hand): forget it,
@@ -254,11 +261,12 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		}
 	}
 	if err == nil {
-		created = resp.Msg.GetSandbox()
+		created, hostPhases = resp.Msg.GetSandbox(), resp.Msg.GetPhases()
 	} else {
 		created, err = s.askAgent(ctx, c, row.ID, err, store.SandboxRunning)
 	}
-	agentTime := time.Since(agentStart)
+	agentTime := clock.mark("agent")
+	clock.hostPhases(hostPhases)
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
@@ -274,8 +282,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if tpl.row != nil {
 		s.noteTemplate(ctx, row.HostID, tpl.row.ID, tpl.row.SizeBytes)
 	}
+	clock.mark("commit")
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
 	v := s.view(row, created)
-	v.AgentTime = agentTime
+	v.AgentTime, v.Phases = agentTime, clock.phases
 	return v, nil
 }

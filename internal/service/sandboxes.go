@@ -201,6 +201,9 @@ type Sandbox struct {
 	// AgentTime is how long the request's host agent call took (set by
 	// Create): the rest of the request's time is the control plane's own.
 	AgentTime time.Duration
+	// Phases are the steps of the request that returned this (set by
+	// Create; timing.go) for its Server-Timing.
+	Phases []Phase
 	// TrafficToken opens the sandbox's ports other than envd's (empty when
 	// they are public).
 	TrafficToken string

@@ -379,7 +379,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 11.
+	// implements (see the file comment); this file describes revision 12.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -389,7 +389,8 @@ type GetHostInfoResponse struct {
 	// revision 8 GetSandboxConsole and DestroySandboxResponse.console;
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
 	// between hosts); revision 10 ForkSandbox; revision 11
-	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold.
+	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold; revision 12
+	// CreateSandboxResponse.phases (the create's steps).
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -1039,8 +1040,13 @@ func (x *CreateSandboxRequest) GetDefaultWorkdir() string {
 }
 
 type CreateSandboxResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	// phases are the steps of the create on the host, in order, with their
+	// durations (revision 12): "prepare", "slot", "restore" or "boot",
+	// "envd", "init", "commit" (package sandbox, Phase). The control plane
+	// adds its own and reports them in Server-Timing.
+	Phases        []*CreatePhase `protobuf:"bytes,10,rep,name=phases,proto3" json:"phases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1082,6 +1088,66 @@ func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
 	return nil
 }
 
+func (x *CreateSandboxResponse) GetPhases() []*CreatePhase {
+	if x != nil {
+		return x.Phases
+	}
+	return nil
+}
+
+// CreatePhase is one step of a create and its duration (revision 12).
+type CreatePhase struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Took          *durationpb.Duration   `protobuf:"bytes,2,opt,name=took,proto3" json:"took,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePhase) Reset() {
+	*x = CreatePhase{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePhase) ProtoMessage() {}
+
+func (x *CreatePhase) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePhase.ProtoReflect.Descriptor instead.
+func (*CreatePhase) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CreatePhase) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreatePhase) GetTook() *durationpb.Duration {
+	if x != nil {
+		return x.Took
+	}
+	return nil
+}
+
 type ForkSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sandbox_id is the source.
@@ -1098,7 +1164,7 @@ type ForkSandboxRequest struct {
 
 func (x *ForkSandboxRequest) Reset() {
 	*x = ForkSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1176,7 @@ func (x *ForkSandboxRequest) String() string {
 func (*ForkSandboxRequest) ProtoMessage() {}
 
 func (x *ForkSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1189,7 @@ func (x *ForkSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ForkSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForkSandboxRequest) GetSandboxId() string {
@@ -1151,7 +1217,7 @@ type ForkSandboxResponse struct {
 
 func (x *ForkSandboxResponse) Reset() {
 	*x = ForkSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1229,7 @@ func (x *ForkSandboxResponse) String() string {
 func (*ForkSandboxResponse) ProtoMessage() {}
 
 func (x *ForkSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1242,7 @@ func (x *ForkSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ForkSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForkSandboxResponse) GetResults() []*ForkResult {
@@ -1206,7 +1272,7 @@ type ForkResult struct {
 
 func (x *ForkResult) Reset() {
 	*x = ForkResult{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1284,7 @@ func (x *ForkResult) String() string {
 func (*ForkResult) ProtoMessage() {}
 
 func (x *ForkResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1297,7 @@ func (x *ForkResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkResult.ProtoReflect.Descriptor instead.
 func (*ForkResult) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ForkResult) GetSandbox() *Sandbox {
@@ -1264,7 +1330,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1342,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1355,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DestroySandboxRequest) GetSandboxId() string {
@@ -1313,7 +1379,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1391,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1404,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DestroySandboxResponse) GetMetrics() *MetricSeries {
@@ -1368,7 +1434,7 @@ type ConsoleTail struct {
 
 func (x *ConsoleTail) Reset() {
 	*x = ConsoleTail{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1446,7 @@ func (x *ConsoleTail) String() string {
 func (*ConsoleTail) ProtoMessage() {}
 
 func (x *ConsoleTail) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1459,7 @@ func (x *ConsoleTail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleTail.ProtoReflect.Descriptor instead.
 func (*ConsoleTail) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConsoleTail) GetData() []byte {
@@ -1421,7 +1487,7 @@ type GetSandboxConsoleRequest struct {
 
 func (x *GetSandboxConsoleRequest) Reset() {
 	*x = GetSandboxConsoleRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1499,7 @@ func (x *GetSandboxConsoleRequest) String() string {
 func (*GetSandboxConsoleRequest) ProtoMessage() {}
 
 func (x *GetSandboxConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1512,7 @@ func (x *GetSandboxConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxConsoleRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSandboxConsoleRequest) GetSandboxId() string {
@@ -1472,7 +1538,7 @@ type GetSandboxConsoleResponse struct {
 
 func (x *GetSandboxConsoleResponse) Reset() {
 	*x = GetSandboxConsoleResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1550,7 @@ func (x *GetSandboxConsoleResponse) String() string {
 func (*GetSandboxConsoleResponse) ProtoMessage() {}
 
 func (x *GetSandboxConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1563,7 @@ func (x *GetSandboxConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxConsoleResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetSandboxConsoleResponse) GetConsole() *ConsoleTail {
@@ -1520,7 +1586,7 @@ type PauseSandboxRequest struct {
 
 func (x *PauseSandboxRequest) Reset() {
 	*x = PauseSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1598,7 @@ func (x *PauseSandboxRequest) String() string {
 func (*PauseSandboxRequest) ProtoMessage() {}
 
 func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1611,7 @@ func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseSandboxRequest) GetSandboxId() string {
@@ -1574,7 +1640,7 @@ type PauseSandboxResponse struct {
 
 func (x *PauseSandboxResponse) Reset() {
 	*x = PauseSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1652,7 @@ func (x *PauseSandboxResponse) String() string {
 func (*PauseSandboxResponse) ProtoMessage() {}
 
 func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1665,7 @@ func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
@@ -1634,7 +1700,7 @@ type ResumeSandboxRequest struct {
 
 func (x *ResumeSandboxRequest) Reset() {
 	*x = ResumeSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1712,7 @@ func (x *ResumeSandboxRequest) String() string {
 func (*ResumeSandboxRequest) ProtoMessage() {}
 
 func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1725,7 @@ func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResumeSandboxRequest) GetSandboxId() string {
@@ -1699,7 +1765,7 @@ type ResumeSandboxResponse struct {
 
 func (x *ResumeSandboxResponse) Reset() {
 	*x = ResumeSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1777,7 @@ func (x *ResumeSandboxResponse) String() string {
 func (*ResumeSandboxResponse) ProtoMessage() {}
 
 func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1790,7 @@ func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
 func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
@@ -1743,7 +1809,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1821,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1834,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSandboxRequest) GetSandboxId() string {
@@ -1787,7 +1853,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1865,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1878,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -1830,7 +1896,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1908,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1921,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
 }
 
 type ListSandboxesResponse struct {
@@ -1868,7 +1934,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +1946,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +1959,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -1912,7 +1978,7 @@ type PingSandboxRequest struct {
 
 func (x *PingSandboxRequest) Reset() {
 	*x = PingSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +1990,7 @@ func (x *PingSandboxRequest) String() string {
 func (*PingSandboxRequest) ProtoMessage() {}
 
 func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2003,7 @@ func (x *PingSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxRequest.ProtoReflect.Descriptor instead.
 func (*PingSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PingSandboxRequest) GetSandboxId() string {
@@ -1955,7 +2021,7 @@ type PingSandboxResponse struct {
 
 func (x *PingSandboxResponse) Reset() {
 	*x = PingSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2033,7 @@ func (x *PingSandboxResponse) String() string {
 func (*PingSandboxResponse) ProtoMessage() {}
 
 func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2046,7 @@ func (x *PingSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingSandboxResponse.ProtoReflect.Descriptor instead.
 func (*PingSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
 }
 
 type SetSandboxTimeoutRequest struct {
@@ -1994,7 +2060,7 @@ type SetSandboxTimeoutRequest struct {
 
 func (x *SetSandboxTimeoutRequest) Reset() {
 	*x = SetSandboxTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2072,7 @@ func (x *SetSandboxTimeoutRequest) String() string {
 func (*SetSandboxTimeoutRequest) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2085,7 @@ func (x *SetSandboxTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetSandboxTimeoutRequest) GetSandboxId() string {
@@ -2044,7 +2110,7 @@ type SetSandboxTimeoutResponse struct {
 
 func (x *SetSandboxTimeoutResponse) Reset() {
 	*x = SetSandboxTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2122,7 @@ func (x *SetSandboxTimeoutResponse) String() string {
 func (*SetSandboxTimeoutResponse) ProtoMessage() {}
 
 func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2135,7 @@ func (x *SetSandboxTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
 }
 
 type GetSandboxMetricsRequest struct {
@@ -2088,7 +2154,7 @@ type GetSandboxMetricsRequest struct {
 
 func (x *GetSandboxMetricsRequest) Reset() {
 	*x = GetSandboxMetricsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2166,7 @@ func (x *GetSandboxMetricsRequest) String() string {
 func (*GetSandboxMetricsRequest) ProtoMessage() {}
 
 func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2179,7 @@ func (x *GetSandboxMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSandboxMetricsRequest) GetSandboxId() string {
@@ -2167,7 +2233,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2245,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2258,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MetricPoint) GetTimestamp() *timestamppb.Timestamp {
@@ -2248,7 +2314,7 @@ type MetricSeries struct {
 
 func (x *MetricSeries) Reset() {
 	*x = MetricSeries{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2326,7 @@ func (x *MetricSeries) String() string {
 func (*MetricSeries) ProtoMessage() {}
 
 func (x *MetricSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2339,7 @@ func (x *MetricSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricSeries.ProtoReflect.Descriptor instead.
 func (*MetricSeries) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MetricSeries) GetTier() MetricTier {
@@ -2315,7 +2381,7 @@ type SandboxMetrics struct {
 
 func (x *SandboxMetrics) Reset() {
 	*x = SandboxMetrics{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2393,7 @@ func (x *SandboxMetrics) String() string {
 func (*SandboxMetrics) ProtoMessage() {}
 
 func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2406,7 @@ func (x *SandboxMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxMetrics.ProtoReflect.Descriptor instead.
 func (*SandboxMetrics) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SandboxMetrics) GetTimestamp() *timestamppb.Timestamp {
@@ -2411,7 +2477,7 @@ type GetSandboxMetricsResponse struct {
 
 func (x *GetSandboxMetricsResponse) Reset() {
 	*x = GetSandboxMetricsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2489,7 @@ func (x *GetSandboxMetricsResponse) String() string {
 func (*GetSandboxMetricsResponse) ProtoMessage() {}
 
 func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2502,7 @@ func (x *GetSandboxMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetSandboxMetricsResponse) GetMetrics() *SandboxMetrics {
@@ -2476,7 +2542,7 @@ type Template struct {
 
 func (x *Template) Reset() {
 	*x = Template{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2554,7 @@ func (x *Template) String() string {
 func (*Template) ProtoMessage() {}
 
 func (x *Template) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2567,7 @@ func (x *Template) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Template.ProtoReflect.Descriptor instead.
 func (*Template) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Template) GetName() string {
@@ -2576,7 +2642,7 @@ type ExportTemplateRequest struct {
 
 func (x *ExportTemplateRequest) Reset() {
 	*x = ExportTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2654,7 @@ func (x *ExportTemplateRequest) String() string {
 func (*ExportTemplateRequest) ProtoMessage() {}
 
 func (x *ExportTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2667,7 @@ func (x *ExportTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ExportTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{34}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ExportTemplateRequest) GetName() string {
@@ -2626,7 +2692,7 @@ type ExportTemplateResponse struct {
 
 func (x *ExportTemplateResponse) Reset() {
 	*x = ExportTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +2704,7 @@ func (x *ExportTemplateResponse) String() string {
 func (*ExportTemplateResponse) ProtoMessage() {}
 
 func (x *ExportTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +2717,7 @@ func (x *ExportTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ExportTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{35}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ExportTemplateResponse) GetPart() isExportTemplateResponse_Part {
@@ -2711,7 +2777,7 @@ type ImportTemplateRequest struct {
 
 func (x *ImportTemplateRequest) Reset() {
 	*x = ImportTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2789,7 @@ func (x *ImportTemplateRequest) String() string {
 func (*ImportTemplateRequest) ProtoMessage() {}
 
 func (x *ImportTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2802,7 @@ func (x *ImportTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ImportTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{36}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ImportTemplateRequest) GetPart() isImportTemplateRequest_Part {
@@ -2793,7 +2859,7 @@ type ImportTemplateResponse struct {
 
 func (x *ImportTemplateResponse) Reset() {
 	*x = ImportTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2805,7 +2871,7 @@ func (x *ImportTemplateResponse) String() string {
 func (*ImportTemplateResponse) ProtoMessage() {}
 
 func (x *ImportTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2818,7 +2884,7 @@ func (x *ImportTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ImportTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{37}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ImportTemplateResponse) GetTemplate() *Template {
@@ -2873,7 +2939,7 @@ type TemplateManifest struct {
 
 func (x *TemplateManifest) Reset() {
 	*x = TemplateManifest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2885,7 +2951,7 @@ func (x *TemplateManifest) String() string {
 func (*TemplateManifest) ProtoMessage() {}
 
 func (x *TemplateManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2898,7 +2964,7 @@ func (x *TemplateManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateManifest.ProtoReflect.Descriptor instead.
 func (*TemplateManifest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{38}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TemplateManifest) GetName() string {
@@ -3006,7 +3072,7 @@ type TemplateFile struct {
 
 func (x *TemplateFile) Reset() {
 	*x = TemplateFile{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3084,7 @@ func (x *TemplateFile) String() string {
 func (*TemplateFile) ProtoMessage() {}
 
 func (x *TemplateFile) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3097,7 @@ func (x *TemplateFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateFile.ProtoReflect.Descriptor instead.
 func (*TemplateFile) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{39}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TemplateFile) GetPath() string {
@@ -3087,7 +3153,7 @@ type TemplateChunk struct {
 
 func (x *TemplateChunk) Reset() {
 	*x = TemplateChunk{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3099,7 +3165,7 @@ func (x *TemplateChunk) String() string {
 func (*TemplateChunk) ProtoMessage() {}
 
 func (x *TemplateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3112,7 +3178,7 @@ func (x *TemplateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateChunk.ProtoReflect.Descriptor instead.
 func (*TemplateChunk) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{40}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TemplateChunk) GetFile() uint32 {
@@ -3154,7 +3220,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3166,7 +3232,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3179,7 +3245,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{41}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateSnapshotRequest) GetSandboxId() string {
@@ -3205,7 +3271,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3217,7 +3283,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3230,7 +3296,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{42}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateSnapshotResponse) GetTemplate() *Template {
@@ -3250,7 +3316,7 @@ type FlattenRootfsRequest struct {
 
 func (x *FlattenRootfsRequest) Reset() {
 	*x = FlattenRootfsRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3262,7 +3328,7 @@ func (x *FlattenRootfsRequest) String() string {
 func (*FlattenRootfsRequest) ProtoMessage() {}
 
 func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[43]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3275,7 +3341,7 @@ func (x *FlattenRootfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsRequest.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{43}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FlattenRootfsRequest) GetSandboxId() string {
@@ -3301,7 +3367,7 @@ type FlattenRootfsResponse struct {
 
 func (x *FlattenRootfsResponse) Reset() {
 	*x = FlattenRootfsResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3379,7 @@ func (x *FlattenRootfsResponse) String() string {
 func (*FlattenRootfsResponse) ProtoMessage() {}
 
 func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3392,7 @@ func (x *FlattenRootfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlattenRootfsResponse.ProtoReflect.Descriptor instead.
 func (*FlattenRootfsResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{44}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FlattenRootfsResponse) GetTemplate() *Template {
@@ -3345,7 +3411,7 @@ type DeleteTemplateRequest struct {
 
 func (x *DeleteTemplateRequest) Reset() {
 	*x = DeleteTemplateRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3357,7 +3423,7 @@ func (x *DeleteTemplateRequest) String() string {
 func (*DeleteTemplateRequest) ProtoMessage() {}
 
 func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +3436,7 @@ func (x *DeleteTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{45}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteTemplateRequest) GetName() string {
@@ -3388,7 +3454,7 @@ type DeleteTemplateResponse struct {
 
 func (x *DeleteTemplateResponse) Reset() {
 	*x = DeleteTemplateResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3400,7 +3466,7 @@ func (x *DeleteTemplateResponse) String() string {
 func (*DeleteTemplateResponse) ProtoMessage() {}
 
 func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[46]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3479,7 @@ func (x *DeleteTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTemplateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{46}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
 }
 
 type ListTemplatesRequest struct {
@@ -3424,7 +3490,7 @@ type ListTemplatesRequest struct {
 
 func (x *ListTemplatesRequest) Reset() {
 	*x = ListTemplatesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3436,7 +3502,7 @@ func (x *ListTemplatesRequest) String() string {
 func (*ListTemplatesRequest) ProtoMessage() {}
 
 func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[47]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3449,7 +3515,7 @@ func (x *ListTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ListTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{47}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
 }
 
 type ListTemplatesResponse struct {
@@ -3462,7 +3528,7 @@ type ListTemplatesResponse struct {
 
 func (x *ListTemplatesResponse) Reset() {
 	*x = ListTemplatesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3540,7 @@ func (x *ListTemplatesResponse) String() string {
 func (*ListTemplatesResponse) ProtoMessage() {}
 
 func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[48]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3553,7 @@ func (x *ListTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ListTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{48}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListTemplatesResponse) GetTemplates() []*Template {
@@ -3507,7 +3573,7 @@ type PtySize struct {
 
 func (x *PtySize) Reset() {
 	*x = PtySize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3519,7 +3585,7 @@ func (x *PtySize) String() string {
 func (*PtySize) ProtoMessage() {}
 
 func (x *PtySize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[49]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3532,7 +3598,7 @@ func (x *PtySize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtySize.ProtoReflect.Descriptor instead.
 func (*PtySize) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{49}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PtySize) GetCols() uint32 {
@@ -3576,7 +3642,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3588,7 +3654,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[50]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3601,7 +3667,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{50}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -3682,7 +3748,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3694,7 +3760,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[51]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3707,7 +3773,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{51}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -3791,7 +3857,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3803,7 +3869,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[52]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3816,7 +3882,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{52}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -3840,7 +3906,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3852,7 +3918,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[53]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3865,7 +3931,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{53}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ExecOutput) GetData() isExecOutput_Data {
@@ -3942,7 +4008,7 @@ type ExecEnded struct {
 
 func (x *ExecEnded) Reset() {
 	*x = ExecEnded{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3954,7 +4020,7 @@ func (x *ExecEnded) String() string {
 func (*ExecEnded) ProtoMessage() {}
 
 func (x *ExecEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[54]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3967,7 +4033,7 @@ func (x *ExecEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecEnded.ProtoReflect.Descriptor instead.
 func (*ExecEnded) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{54}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ExecEnded) GetExitCode() int32 {
@@ -4013,7 +4079,7 @@ type ExecKeepalive struct {
 
 func (x *ExecKeepalive) Reset() {
 	*x = ExecKeepalive{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4025,7 +4091,7 @@ func (x *ExecKeepalive) String() string {
 func (*ExecKeepalive) ProtoMessage() {}
 
 func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[55]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4038,7 +4104,7 @@ func (x *ExecKeepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecKeepalive.ProtoReflect.Descriptor instead.
 func (*ExecKeepalive) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{55}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
 }
 
 type SendExecInputRequest struct {
@@ -4054,7 +4120,7 @@ type SendExecInputRequest struct {
 
 func (x *SendExecInputRequest) Reset() {
 	*x = SendExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4066,7 +4132,7 @@ func (x *SendExecInputRequest) String() string {
 func (*SendExecInputRequest) ProtoMessage() {}
 
 func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[56]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4079,7 +4145,7 @@ func (x *SendExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputRequest.ProtoReflect.Descriptor instead.
 func (*SendExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{56}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SendExecInputRequest) GetSandboxId() string {
@@ -4118,7 +4184,7 @@ type SendExecInputResponse struct {
 
 func (x *SendExecInputResponse) Reset() {
 	*x = SendExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4130,7 +4196,7 @@ func (x *SendExecInputResponse) String() string {
 func (*SendExecInputResponse) ProtoMessage() {}
 
 func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[57]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4143,7 +4209,7 @@ func (x *SendExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendExecInputResponse.ProtoReflect.Descriptor instead.
 func (*SendExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{57}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
 }
 
 type CloseExecInputRequest struct {
@@ -4156,7 +4222,7 @@ type CloseExecInputRequest struct {
 
 func (x *CloseExecInputRequest) Reset() {
 	*x = CloseExecInputRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4168,7 +4234,7 @@ func (x *CloseExecInputRequest) String() string {
 func (*CloseExecInputRequest) ProtoMessage() {}
 
 func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[58]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4181,7 +4247,7 @@ func (x *CloseExecInputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputRequest.ProtoReflect.Descriptor instead.
 func (*CloseExecInputRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{58}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CloseExecInputRequest) GetSandboxId() string {
@@ -4206,7 +4272,7 @@ type CloseExecInputResponse struct {
 
 func (x *CloseExecInputResponse) Reset() {
 	*x = CloseExecInputResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4218,7 +4284,7 @@ func (x *CloseExecInputResponse) String() string {
 func (*CloseExecInputResponse) ProtoMessage() {}
 
 func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[59]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4231,7 +4297,7 @@ func (x *CloseExecInputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseExecInputResponse.ProtoReflect.Descriptor instead.
 func (*CloseExecInputResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{59}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
 }
 
 type SignalExecRequest struct {
@@ -4245,7 +4311,7 @@ type SignalExecRequest struct {
 
 func (x *SignalExecRequest) Reset() {
 	*x = SignalExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4257,7 +4323,7 @@ func (x *SignalExecRequest) String() string {
 func (*SignalExecRequest) ProtoMessage() {}
 
 func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[60]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4270,7 +4336,7 @@ func (x *SignalExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecRequest.ProtoReflect.Descriptor instead.
 func (*SignalExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{60}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SignalExecRequest) GetSandboxId() string {
@@ -4302,7 +4368,7 @@ type SignalExecResponse struct {
 
 func (x *SignalExecResponse) Reset() {
 	*x = SignalExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4314,7 +4380,7 @@ func (x *SignalExecResponse) String() string {
 func (*SignalExecResponse) ProtoMessage() {}
 
 func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[61]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4327,7 +4393,7 @@ func (x *SignalExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalExecResponse.ProtoReflect.Descriptor instead.
 func (*SignalExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{61}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
 }
 
 type ResizeExecRequest struct {
@@ -4341,7 +4407,7 @@ type ResizeExecRequest struct {
 
 func (x *ResizeExecRequest) Reset() {
 	*x = ResizeExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4353,7 +4419,7 @@ func (x *ResizeExecRequest) String() string {
 func (*ResizeExecRequest) ProtoMessage() {}
 
 func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[62]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4366,7 +4432,7 @@ func (x *ResizeExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecRequest.ProtoReflect.Descriptor instead.
 func (*ResizeExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{62}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ResizeExecRequest) GetSandboxId() string {
@@ -4398,7 +4464,7 @@ type ResizeExecResponse struct {
 
 func (x *ResizeExecResponse) Reset() {
 	*x = ResizeExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4410,7 +4476,7 @@ func (x *ResizeExecResponse) String() string {
 func (*ResizeExecResponse) ProtoMessage() {}
 
 func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[63]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4423,7 +4489,7 @@ func (x *ResizeExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeExecResponse.ProtoReflect.Descriptor instead.
 func (*ResizeExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{63}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
 }
 
 type WriteFileRequest struct {
@@ -4439,7 +4505,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4451,7 +4517,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[64]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4464,7 +4530,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{64}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *WriteFileRequest) GetMsg() isWriteFileRequest_Msg {
@@ -4523,7 +4589,7 @@ type WriteFileHeader struct {
 
 func (x *WriteFileHeader) Reset() {
 	*x = WriteFileHeader{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4535,7 +4601,7 @@ func (x *WriteFileHeader) String() string {
 func (*WriteFileHeader) ProtoMessage() {}
 
 func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[65]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4548,7 +4614,7 @@ func (x *WriteFileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileHeader.ProtoReflect.Descriptor instead.
 func (*WriteFileHeader) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{65}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *WriteFileHeader) GetSandboxId() string {
@@ -4583,7 +4649,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4595,7 +4661,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[66]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4608,7 +4674,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{66}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -4637,7 +4703,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4649,7 +4715,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[67]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4662,7 +4728,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{67}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -4700,7 +4766,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4712,7 +4778,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[68]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4725,7 +4791,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{68}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ReadFileResponse) GetChunk() []byte {
@@ -4763,7 +4829,7 @@ type FileEntry struct {
 
 func (x *FileEntry) Reset() {
 	*x = FileEntry{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4775,7 +4841,7 @@ func (x *FileEntry) String() string {
 func (*FileEntry) ProtoMessage() {}
 
 func (x *FileEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[69]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4788,7 +4854,7 @@ func (x *FileEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileEntry.ProtoReflect.Descriptor instead.
 func (*FileEntry) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{69}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *FileEntry) GetName() string {
@@ -4869,7 +4935,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4881,7 +4947,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[70]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4894,7 +4960,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{70}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -4935,7 +5001,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4947,7 +5013,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4960,7 +5026,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -4983,7 +5049,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4995,7 +5061,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5008,7 +5074,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -5041,7 +5107,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5053,7 +5119,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5066,7 +5132,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -5087,7 +5153,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5099,7 +5165,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5112,7 +5178,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RemoveRequest) GetSandboxId() string {
@@ -5144,7 +5210,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5156,7 +5222,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5169,7 +5235,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
 }
 
 type SetSandboxNetworkRequest struct {
@@ -5182,7 +5248,7 @@ type SetSandboxNetworkRequest struct {
 
 func (x *SetSandboxNetworkRequest) Reset() {
 	*x = SetSandboxNetworkRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5194,7 +5260,7 @@ func (x *SetSandboxNetworkRequest) String() string {
 func (*SetSandboxNetworkRequest) ProtoMessage() {}
 
 func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5207,7 +5273,7 @@ func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *SetSandboxNetworkRequest) GetSandboxId() string {
@@ -5232,7 +5298,7 @@ type SetSandboxNetworkResponse struct {
 
 func (x *SetSandboxNetworkResponse) Reset() {
 	*x = SetSandboxNetworkResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5244,7 +5310,7 @@ func (x *SetSandboxNetworkResponse) String() string {
 func (*SetSandboxNetworkResponse) ProtoMessage() {}
 
 func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5257,7 +5323,7 @@ func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{78}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -5335,9 +5401,14 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"{\n" +
 	"\x15CreateSandboxResponse\x12/\n" +
-	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\"m\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.hostagent.v1.SandboxR\asandbox\x121\n" +
+	"\x06phases\x18\n" +
+	" \x03(\v2\x19.hostagent.v1.CreatePhaseR\x06phases\"P\n" +
+	"\vCreatePhase\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x04took\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04took\"m\n" +
 	"\x12ForkSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x128\n" +
@@ -5694,7 +5765,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(MetricTier)(0),                   // 1: hostagent.v1.MetricTier
@@ -5709,215 +5780,218 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*NetworkRules)(nil),              // 10: hostagent.v1.NetworkRules
 	(*CreateSandboxRequest)(nil),      // 11: hostagent.v1.CreateSandboxRequest
 	(*CreateSandboxResponse)(nil),     // 12: hostagent.v1.CreateSandboxResponse
-	(*ForkSandboxRequest)(nil),        // 13: hostagent.v1.ForkSandboxRequest
-	(*ForkSandboxResponse)(nil),       // 14: hostagent.v1.ForkSandboxResponse
-	(*ForkResult)(nil),                // 15: hostagent.v1.ForkResult
-	(*DestroySandboxRequest)(nil),     // 16: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 17: hostagent.v1.DestroySandboxResponse
-	(*ConsoleTail)(nil),               // 18: hostagent.v1.ConsoleTail
-	(*GetSandboxConsoleRequest)(nil),  // 19: hostagent.v1.GetSandboxConsoleRequest
-	(*GetSandboxConsoleResponse)(nil), // 20: hostagent.v1.GetSandboxConsoleResponse
-	(*PauseSandboxRequest)(nil),       // 21: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 22: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 23: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 24: hostagent.v1.ResumeSandboxResponse
-	(*GetSandboxRequest)(nil),         // 25: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 26: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 27: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 28: hostagent.v1.ListSandboxesResponse
-	(*PingSandboxRequest)(nil),        // 29: hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 30: hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 31: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 32: hostagent.v1.SetSandboxTimeoutResponse
-	(*GetSandboxMetricsRequest)(nil),  // 33: hostagent.v1.GetSandboxMetricsRequest
-	(*MetricPoint)(nil),               // 34: hostagent.v1.MetricPoint
-	(*MetricSeries)(nil),              // 35: hostagent.v1.MetricSeries
-	(*SandboxMetrics)(nil),            // 36: hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsResponse)(nil), // 37: hostagent.v1.GetSandboxMetricsResponse
-	(*Template)(nil),                  // 38: hostagent.v1.Template
-	(*ExportTemplateRequest)(nil),     // 39: hostagent.v1.ExportTemplateRequest
-	(*ExportTemplateResponse)(nil),    // 40: hostagent.v1.ExportTemplateResponse
-	(*ImportTemplateRequest)(nil),     // 41: hostagent.v1.ImportTemplateRequest
-	(*ImportTemplateResponse)(nil),    // 42: hostagent.v1.ImportTemplateResponse
-	(*TemplateManifest)(nil),          // 43: hostagent.v1.TemplateManifest
-	(*TemplateFile)(nil),              // 44: hostagent.v1.TemplateFile
-	(*TemplateChunk)(nil),             // 45: hostagent.v1.TemplateChunk
-	(*CreateSnapshotRequest)(nil),     // 46: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 47: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 48: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 49: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 50: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 51: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 52: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 53: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 54: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 55: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 56: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 57: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 58: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 59: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 60: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 61: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 62: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 63: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 64: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 65: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 66: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 67: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 68: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 69: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 70: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 71: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 72: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 73: hostagent.v1.ReadFileResponse
-	(*FileEntry)(nil),                 // 74: hostagent.v1.FileEntry
-	(*ListDirRequest)(nil),            // 75: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 76: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 77: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 78: hostagent.v1.MakeDirResponse
-	(*RemoveRequest)(nil),             // 79: hostagent.v1.RemoveRequest
-	(*RemoveResponse)(nil),            // 80: hostagent.v1.RemoveResponse
-	(*SetSandboxNetworkRequest)(nil),  // 81: hostagent.v1.SetSandboxNetworkRequest
-	(*SetSandboxNetworkResponse)(nil), // 82: hostagent.v1.SetSandboxNetworkResponse
-	nil,                               // 83: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 84: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 85: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 86: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 87: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 88: google.protobuf.Duration
+	(*CreatePhase)(nil),               // 13: hostagent.v1.CreatePhase
+	(*ForkSandboxRequest)(nil),        // 14: hostagent.v1.ForkSandboxRequest
+	(*ForkSandboxResponse)(nil),       // 15: hostagent.v1.ForkSandboxResponse
+	(*ForkResult)(nil),                // 16: hostagent.v1.ForkResult
+	(*DestroySandboxRequest)(nil),     // 17: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 18: hostagent.v1.DestroySandboxResponse
+	(*ConsoleTail)(nil),               // 19: hostagent.v1.ConsoleTail
+	(*GetSandboxConsoleRequest)(nil),  // 20: hostagent.v1.GetSandboxConsoleRequest
+	(*GetSandboxConsoleResponse)(nil), // 21: hostagent.v1.GetSandboxConsoleResponse
+	(*PauseSandboxRequest)(nil),       // 22: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 23: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 24: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 25: hostagent.v1.ResumeSandboxResponse
+	(*GetSandboxRequest)(nil),         // 26: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 27: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 28: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 29: hostagent.v1.ListSandboxesResponse
+	(*PingSandboxRequest)(nil),        // 30: hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 31: hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 32: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 33: hostagent.v1.SetSandboxTimeoutResponse
+	(*GetSandboxMetricsRequest)(nil),  // 34: hostagent.v1.GetSandboxMetricsRequest
+	(*MetricPoint)(nil),               // 35: hostagent.v1.MetricPoint
+	(*MetricSeries)(nil),              // 36: hostagent.v1.MetricSeries
+	(*SandboxMetrics)(nil),            // 37: hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsResponse)(nil), // 38: hostagent.v1.GetSandboxMetricsResponse
+	(*Template)(nil),                  // 39: hostagent.v1.Template
+	(*ExportTemplateRequest)(nil),     // 40: hostagent.v1.ExportTemplateRequest
+	(*ExportTemplateResponse)(nil),    // 41: hostagent.v1.ExportTemplateResponse
+	(*ImportTemplateRequest)(nil),     // 42: hostagent.v1.ImportTemplateRequest
+	(*ImportTemplateResponse)(nil),    // 43: hostagent.v1.ImportTemplateResponse
+	(*TemplateManifest)(nil),          // 44: hostagent.v1.TemplateManifest
+	(*TemplateFile)(nil),              // 45: hostagent.v1.TemplateFile
+	(*TemplateChunk)(nil),             // 46: hostagent.v1.TemplateChunk
+	(*CreateSnapshotRequest)(nil),     // 47: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 48: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 49: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 50: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 51: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 52: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 53: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 54: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 55: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 56: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 57: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 58: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 59: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 60: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 61: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 62: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 63: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 64: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 65: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 66: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 67: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 68: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 69: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 70: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 71: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 72: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 73: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 74: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 75: hostagent.v1.FileEntry
+	(*ListDirRequest)(nil),            // 76: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 77: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 78: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 79: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 80: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 81: hostagent.v1.RemoveResponse
+	(*SetSandboxNetworkRequest)(nil),  // 82: hostagent.v1.SetSandboxNetworkRequest
+	(*SetSandboxNetworkResponse)(nil), // 83: hostagent.v1.SetSandboxNetworkResponse
+	nil,                               // 84: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 85: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 86: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 87: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 88: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 89: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	8,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
 	8,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	87, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	88, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
 	7,  // 3: hostagent.v1.GetHostInfoResponse.sampler:type_name -> hostagent.v1.SamplerCost
-	88, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
+	89, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
 	0,  // 5: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	83, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	87, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	87, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	84, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	88, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	88, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
 	10, // 9: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkRules
-	88, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	84, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	85, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	89, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	85, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	86, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
 	10, // 13: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
 	9,  // 14: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	11, // 15: hostagent.v1.ForkSandboxRequest.forks:type_name -> hostagent.v1.CreateSandboxRequest
-	15, // 16: hostagent.v1.ForkSandboxResponse.results:type_name -> hostagent.v1.ForkResult
-	88, // 17: hostagent.v1.ForkSandboxResponse.source_hold:type_name -> google.protobuf.Duration
-	9,  // 18: hostagent.v1.ForkResult.sandbox:type_name -> hostagent.v1.Sandbox
-	35, // 19: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	18, // 20: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
-	18, // 21: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
-	9,  // 22: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	35, // 23: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	88, // 24: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 25: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
-	9,  // 26: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 27: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 28: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	88, // 29: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 30: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
-	87, // 31: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
-	87, // 32: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
-	87, // 33: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
-	36, // 34: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
-	1,  // 35: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
-	34, // 36: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
-	87, // 37: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
-	36, // 38: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
-	35, // 39: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
-	2,  // 40: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	87, // 41: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	43, // 42: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
-	45, // 43: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
-	43, // 44: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
-	45, // 45: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
-	38, // 46: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
-	2,  // 47: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
-	87, // 48: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
-	44, // 49: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
-	38, // 50: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	38, // 51: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	38, // 52: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	86, // 53: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	54, // 54: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	88, // 55: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	57, // 56: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	58, // 57: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	59, // 58: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	60, // 59: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	3,  // 60: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	54, // 61: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	70, // 62: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	4,  // 63: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	87, // 64: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	74, // 65: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	74, // 66: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	10, // 67: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
-	5,  // 68: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	11, // 69: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	16, // 70: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	21, // 71: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	23, // 72: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	25, // 73: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	27, // 74: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	29, // 75: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	31, // 76: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	81, // 77: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	33, // 78: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	19, // 79: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
-	13, // 80: hostagent.v1.HostAgent.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	46, // 81: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	48, // 82: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	50, // 83: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	52, // 84: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	39, // 85: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
-	41, // 86: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
-	55, // 87: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	61, // 88: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	63, // 89: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	65, // 90: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	67, // 91: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	69, // 92: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	72, // 93: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	75, // 94: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	77, // 95: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	79, // 96: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	6,  // 97: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	12, // 98: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	17, // 99: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	22, // 100: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	24, // 101: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	26, // 102: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	28, // 103: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	30, // 104: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	32, // 105: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	82, // 106: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	37, // 107: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	20, // 108: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
-	14, // 109: hostagent.v1.HostAgent.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	47, // 110: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	49, // 111: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	51, // 112: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	53, // 113: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	40, // 114: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
-	42, // 115: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
-	56, // 116: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	62, // 117: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	64, // 118: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	66, // 119: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	68, // 120: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	71, // 121: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	73, // 122: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	76, // 123: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	78, // 124: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	80, // 125: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	97, // [97:126] is the sub-list for method output_type
-	68, // [68:97] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	13, // 15: hostagent.v1.CreateSandboxResponse.phases:type_name -> hostagent.v1.CreatePhase
+	89, // 16: hostagent.v1.CreatePhase.took:type_name -> google.protobuf.Duration
+	11, // 17: hostagent.v1.ForkSandboxRequest.forks:type_name -> hostagent.v1.CreateSandboxRequest
+	16, // 18: hostagent.v1.ForkSandboxResponse.results:type_name -> hostagent.v1.ForkResult
+	89, // 19: hostagent.v1.ForkSandboxResponse.source_hold:type_name -> google.protobuf.Duration
+	9,  // 20: hostagent.v1.ForkResult.sandbox:type_name -> hostagent.v1.Sandbox
+	36, // 21: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	19, // 22: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
+	19, // 23: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
+	9,  // 24: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	36, // 25: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	89, // 26: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 27: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	9,  // 28: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 29: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	9,  // 30: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	89, // 31: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	1,  // 32: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
+	88, // 33: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
+	88, // 34: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
+	88, // 35: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
+	37, // 36: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
+	1,  // 37: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
+	35, // 38: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
+	88, // 39: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	37, // 40: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	36, // 41: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
+	2,  // 42: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	88, // 43: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	44, // 44: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
+	46, // 45: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
+	44, // 46: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
+	46, // 47: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
+	39, // 48: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
+	2,  // 49: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
+	88, // 50: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
+	45, // 51: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
+	39, // 52: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	39, // 53: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	39, // 54: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	87, // 55: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	55, // 56: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	89, // 57: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	58, // 58: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	59, // 59: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	60, // 60: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	61, // 61: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	3,  // 62: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	55, // 63: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	71, // 64: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	4,  // 65: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	88, // 66: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	75, // 67: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	75, // 68: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	10, // 69: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
+	5,  // 70: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	11, // 71: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	17, // 72: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	22, // 73: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	24, // 74: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	26, // 75: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	28, // 76: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	30, // 77: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	32, // 78: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	82, // 79: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	34, // 80: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	20, // 81: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
+	14, // 82: hostagent.v1.HostAgent.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	47, // 83: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	49, // 84: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	51, // 85: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	53, // 86: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	40, // 87: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
+	42, // 88: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
+	56, // 89: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	62, // 90: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	64, // 91: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	66, // 92: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	68, // 93: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	70, // 94: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	73, // 95: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	76, // 96: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	78, // 97: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	80, // 98: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	6,  // 99: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	12, // 100: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	18, // 101: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	23, // 102: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	25, // 103: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	27, // 104: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	29, // 105: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	31, // 106: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	33, // 107: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	83, // 108: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	38, // 109: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	21, // 110: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
+	15, // 111: hostagent.v1.HostAgent.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	48, // 112: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	50, // 113: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	52, // 114: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	54, // 115: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	41, // 116: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
+	43, // 117: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
+	57, // 118: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	63, // 119: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	65, // 120: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	67, // 121: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	69, // 122: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	72, // 123: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	74, // 124: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	77, // 125: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	79, // 126: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	81, // 127: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	99, // [99:128] is the sub-list for method output_type
+	70, // [70:99] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -5925,37 +5999,37 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[35].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
 		(*ExportTemplateResponse_Manifest)(nil),
 		(*ExportTemplateResponse_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[36].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[37].OneofWrappers = []any{
 		(*ImportTemplateRequest_Manifest)(nil),
 		(*ImportTemplateRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[51].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[52].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Output)(nil),
 		(*ExecResponse_Ended)(nil),
 		(*ExecResponse_Keepalive)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[53].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[54].OneofWrappers = []any{
 		(*ExecOutput_Stdout)(nil),
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Pty)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[64].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[65].OneofWrappers = []any{
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[68].OneofWrappers = []any{}
+	file_hostagent_v1_hostagent_proto_msgTypes[69].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   82,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

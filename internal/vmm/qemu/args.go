@@ -13,6 +13,8 @@ import (
 type qemuCommand struct {
 	spec  vmm.Spec
 	accel vmm.Accel
+	// tbSizeMB sizes TCG's translation cache (0: QEMU's default).
+	tbSizeMB int
 	// cmdline is the guest kernel's command line (see
 	// Driver.kernelCmdline); a restore (incoming) boots no kernel.
 	cmdline string
@@ -43,7 +45,7 @@ func qemuArgs(c qemuCommand) []string {
 	args := []string{
 		"-name", optEscape(spec.ID) + ",process=capsule-vm",
 		"-M", "microvm,acpi=on,memory-backend=" + memBackend,
-		"-accel", string(c.accel),
+		"-accel", accelOption(c),
 		"-cpu", cpuModel(c.accel),
 		"-m", itoa(spec.MemoryMB),
 		"-smp", itoa(spec.VCPUs),
@@ -94,4 +96,13 @@ func memoryObject(c qemuCommand) string {
 		return mem + ",share=on,mem-path=/dev/fd/" + itoa(c.memoryFD)
 	}
 	return mem + ",share=off,mem-path=" + optEscape(c.privateMem)
+}
+
+// accelOption is the -accel value of c: under TCG with the translation
+// cache's size when one is set.
+func accelOption(c qemuCommand) string {
+	if c.accel == vmm.AccelTCG && c.tbSizeMB > 0 {
+		return string(c.accel) + ",tb-size=" + itoa(c.tbSizeMB)
+	}
+	return string(c.accel)
 }

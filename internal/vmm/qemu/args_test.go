@@ -125,6 +125,23 @@ func TestQemuArgs(t *testing.T) {
 				[]string{"-S", "-incoming", "defer"}),
 		},
 		{
+			// The translation cache is sized under TCG, ignored under KVM.
+			name: "TCG translation cache size",
+			cmd: qemuCommand{
+				spec: spec(net, rootfs), accel: vmm.AccelTCG, tbSizeMB: 32,
+				cmdline: "console=ttyS0", memoryFD: 3, tapFD: 4,
+			},
+			want: cat(common("sb-1", "tcg,tb-size=32", "max"), sharedMem, bootArgs("console=ttyS0"), rootfsArgs, tapArgs("4")),
+		},
+		{
+			name: "no translation cache under KVM",
+			cmd: qemuCommand{
+				spec: spec(net, rootfs), accel: vmm.AccelKVM, tbSizeMB: 32,
+				cmdline: "console=ttyS0", memoryFD: 3, tapFD: 4,
+			},
+			want: cat(common("sb-1", vmm.AccelKVM, "host"), sharedMem, bootArgs("console=ttyS0"), rootfsArgs, tapArgs("4")),
+		},
+		{
 			name: "private memory path with a comma is escaped",
 			cmd: qemuCommand{
 				spec:       vmm.Spec{ID: "sb-2", MemoryMB: 512, VCPUs: 2},

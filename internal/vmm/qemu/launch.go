@@ -73,7 +73,7 @@ func (d *Driver) prepare(cfg launchConfig) (rec record, files []*os.File, err er
 		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs, Disks: spec.Disks,
 		ConsoleLog: spec.ConsoleLog, ConsoleMax: spec.ConsoleLogMax, Net: netKind(spec.Net),
 	}
-	qc := qemuCommand{spec: spec, accel: d.accel}
+	qc := qemuCommand{spec: spec, accel: d.accel, tbSizeMB: d.tbSizeMB}
 	if cfg.memfd != nil {
 		rec.Memory, rec.MemoryFD = memShared, addFile(cfg.memfd)
 		qc.memoryFD = rec.MemoryFD
