@@ -27,7 +27,7 @@ func (a *app) sandboxCmd() *cobra.Command {
 	cmd.AddCommand(a.createCmd(), a.listCmd(), a.getCmd(), a.execCmd(), a.shellCmd(), a.cpCmd(),
 		a.lifecycleCmd("pause", "Pause sandboxes: memory and disk saved, the VM stopped", (*capsule.SandboxService).Pause),
 		a.lifecycleCmd("resume", "Resume paused sandboxes where they stopped", (*capsule.SandboxService).Resume),
-		a.killCmd(), a.snapshotCmd(), a.timeoutCmd(), a.metricsCmd())
+		a.killCmd(), a.snapshotCmd(), a.timeoutCmd(), a.metricsCmd(), a.forkCmd(), a.logsCmd())
 	return cmd
 }
 
