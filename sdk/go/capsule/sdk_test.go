@@ -490,6 +490,56 @@ func TestSDKAgainstRealStack(t *testing.T) {
 			t.Fatalf("the cancelled build: %+v, %v", done, err)
 		}
 	})
+	t.Run("fork: running copies that diverge; logs outlive a kill", func(t *testing.T) {
+		if _, err := c.Commands.Run(ctx, sb.ID, "echo before-fork > /root/fork.txt", capsule.RunOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := other.Sandboxes.Fork(ctx, sb.ID, capsule.ForkOptions{}); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("another team's fork: %v", err)
+		}
+		if _, err := c.Sandboxes.Fork(ctx, sb.ID, capsule.ForkOptions{Count: 100}); !errors.Is(err, capsule.ErrInvalid) {
+			t.Fatalf("100 forks: %v", err)
+		}
+		f, err := c.Sandboxes.Fork(ctx, sb.ID, capsule.ForkOptions{Count: 1, Timeout: 5 * time.Minute})
+		if err != nil || len(f.Results) != 1 || f.Results[0].Sandbox == nil || f.SourceHold <= 0 {
+			t.Fatalf("fork = %+v, %v", f, err)
+		}
+		fork := *f.Results[0].Sandbox
+		defer c.Sandboxes.Kill(context.Background(), fork.ID)
+		if fork.ID == sb.ID || fork.State != capsule.StateRunning {
+			t.Fatalf("the fork: %+v", fork)
+		}
+		if _, err := c.Commands.Run(ctx, fork.ID, "echo fork-only > /root/fork.txt", capsule.RunOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := c.Files.Read(ctx, sb.ID, "/root/fork.txt", ""); err != nil || string(b) != "before-fork\n" {
+			t.Fatalf("the source after the fork wrote: %q, %v", b, err)
+		}
+		if err := c.Sandboxes.Kill(ctx, fork.ID); err != nil {
+			t.Fatal(err)
+		}
+		var lifecycle []string
+		for e, err := range c.Sandboxes.Logs(ctx, fork.ID, capsule.LogOptions{PageSize: 5}) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Source == "lifecycle" {
+				lifecycle = append(lifecycle, e.Message)
+			}
+		}
+		if len(lifecycle) < 2 {
+			t.Fatalf("the killed fork's lifecycle log: %q", lifecycle)
+		}
+		n := 0
+		for _, err := range other.Sandboxes.Logs(ctx, fork.ID, capsule.LogOptions{}) {
+			if n++; !errors.Is(err, capsule.ErrNotFound) {
+				t.Fatalf("another team's logs: %v", err)
+			}
+		}
+		if n != 1 {
+			t.Fatalf("another team's logs yielded %d times, want one error", n)
+		}
+	})
 	t.Run("hosts: an admin adds and removes one; a team without BYOC sees none", func(t *testing.T) {
 		admin, err := capsule.New(s.URL, capsule.WithAPIKey(s.Admin(t, "root@example.com")))
 		if err != nil {
