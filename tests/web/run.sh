@@ -92,7 +92,7 @@ say "starting capsule serve on 127.0.0.1:$port (data $work, log $log)"
 "$capsule" serve -listen "127.0.0.1:$port" -sandbox-listen "127.0.0.1:$sandbox_port" -data-dir "$work/data" -run-dir "$work/run" \
 	-images-dir "${CAPSULE_IMAGES_DIR:-/var/lib/capsule}" -domain capsule.test -signup invite \
 	-net-name capsule-web -net-host-cidr 198.18.194.0/24 -net-link-cidr 198.18.195.0/24 -net-max-slots 16 \
-	-max-vcpus 16 -max-memory-mb 8192 >"$log" 2>&1 &
+	-max-vcpus 16 -cpu-overcommit 8 -max-memory-mb 8192 >"$log" 2>&1 &
 serve_pid=$!
 for ((i = 0; i < 3000; i++)); do # the first start builds the base image (about a minute)
 	kill -0 "$serve_pid" 2>/dev/null || die "capsule serve exited during startup"
