@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +21,7 @@ func TestParseAgentFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.listen != "127.0.0.1:7070" || o.dataDir != "/var/lib/capsule" || o.tokenFile != "/var/lib/capsule/agent.token" ||
-		!o.base || o.capacity.VCPUs != 4*runtime.NumCPU() || o.capacity.MemoryMB <= 0 || o.capacity.DiskMB != 0 {
+		!o.base || o.capacity.VCPUs != 0 || o.capacity.MemoryMB <= 0 || o.capacity.DiskMB != 0 {
 		t.Fatalf("defaults: %+v", o)
 	}
 

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"time"
 
@@ -48,12 +47,10 @@ type hostOptions struct {
 	netVethPrefix string
 }
 
-// defaultCapacity fills unset capacities from the host: 4 vCPUs per host
-// CPU and 3/4 of its memory.
+// defaultCapacity fills unset capacities from the host: 3/4 of its
+// memory. vCPUs stay unset unless -max-vcpus declares them: the control
+// plane's scheduler then places its CPUs × its -cpu-overcommit.
 func (o *hostOptions) defaultCapacity() {
-	if o.capacity.VCPUs == 0 {
-		o.capacity.VCPUs = 4 * runtime.NumCPU()
-	}
 	if o.capacity.MemoryMB == 0 {
 		o.capacity.MemoryMB = hostMemoryMB() * 3 / 4
 	}

@@ -188,7 +188,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
 	fs.IntVar(&o.consoleLogMaxMB, "console-log-max-mb", 4, "cap of each sandbox's serial console log in MiB; past it the log is rotated into console.log.1 [CAPSULE_AGENT_CONSOLE_LOG_MAX_MB]")
 	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
-	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs for sandboxes (default 4 per host CPU) [CAPSULE_AGENT_MAX_VCPUS]")
+	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs this host offers to sandboxes, whatever the scheduler's overcommit (default: its CPUs × the control plane's -cpu-overcommit) [CAPSULE_AGENT_MAX_VCPUS]")
 	fs.IntVar(&o.capacity.MemoryMB, "max-memory-mb", 0, "guest memory for sandboxes in MiB (default 3/4 of the host's) [CAPSULE_AGENT_MAX_MEMORY_MB]")
 	fs.Int64Var(&o.diskHeadroomMB, "disk-headroom-mb", 1024, "free space (MiB) the data directory's disk keeps: creates, pauses and snapshots that would leave less are refused (507); 0 turns the check off [CAPSULE_AGENT_DISK_HEADROOM_MB]")
 	fs.Func("quota-paused", fmt.Sprintf("paused sandboxes a team may keep (default %d; a team's own quota wins) [CAPSULE_QUOTA_PAUSED]", service.DefaultQuotas.MaxPausedSandboxes), intFlag(&o.quotas.MaxPausedSandboxes))

@@ -44,6 +44,7 @@ UPDATE hosts SET
   status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
   version = @version,
   total_vcpus = @total_vcpus,
+  max_vcpus = @max_vcpus,
   total_memory_mb = @total_memory_mb,
   total_disk_mb = @total_disk_mb,
   used_vcpus = @used_vcpus,

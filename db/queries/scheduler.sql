@@ -12,7 +12,7 @@
 -- host_templates' primary key. The sums are of integer columns (bigint
 -- results, not numeric: 2–3× cheaper).
 SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
-       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       h.total_vcpus, h.max_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
        r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb,
        EXISTS (SELECT 1 FROM host_templates ht
                WHERE ht.host_id = h.id AND ht.template_id = sqlc.narg('template_id')::uuid) AS has_template
@@ -58,7 +58,7 @@ DELETE FROM host_templates WHERE host_id = @host_id AND template_id = @template_
 -- so two of them never overcommit it together. Sums as in
 -- ListSchedulingCandidates.
 SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
-       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       h.total_vcpus, h.max_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
        r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb
 FROM hosts h
 CROSS JOIN LATERAL (

@@ -485,7 +485,7 @@ func (c *Client) saveCreds(ctx context.Context) {
 // certificate has less than a third of its lifetime left, a CSR.
 func (c *Client) report(ctx context.Context) hostapi.Heartbeat {
 	r := c.cfg.Host.Report()
-	hb := hostapi.Heartbeat{Version: c.cfg.Version, Total: r.Total, Used: r.Used,
+	hb := hostapi.Heartbeat{Version: c.cfg.Version, Total: r.Total, Used: r.Used, MaxVCPUs: r.MaxVCPUs,
 		Running: r.Running, Paused: r.Paused, Sandboxes: r.Sandboxes}
 	if cur := c.cert.Load(); cur != nil && !c.clock.Now().Before(cur.renewAt()) {
 		key, csr, err := newKeyAndCSR(c.cfg.Facts.Address)

@@ -23,7 +23,10 @@ type Host interface {
 
 // Report is a heartbeat's account of the host.
 type Report struct {
-	Total, Used                hostapi.Resources
+	Total, Used hostapi.Resources
+	// MaxVCPUs is the vCPU capacity the host declares (0: none; the
+	// control plane applies its overcommit to Total.VCPUs).
+	MaxVCPUs                   int32
 	Running, Paused, Sandboxes int32
 }
 
@@ -38,9 +41,10 @@ type ManagerHost struct {
 	// CPUs is the machine's CPU count (0: runtime.NumCPU()). The
 	// heartbeat's total vCPUs are these CPUs, as at registration: the
 	// control plane's scheduler applies its own CPU overcommit to them.
-	// The manager's vCPU capacity (max-vcpus) is already an overcommitted
-	// count of vCPUs; reporting it made the scheduler multiply twice. The
-	// manager still refuses what exceeds it (ResourceExhausted).
+	// The manager's vCPU capacity (-max-vcpus), when set, is reported
+	// apart (Report.MaxVCPUs): a count of vCPUs the host declares, which
+	// the scheduler uses instead of CPUs × overcommit, and beyond which
+	// the manager refuses (ResourceExhausted).
 	CPUs int
 }
 
@@ -55,6 +59,7 @@ func (h ManagerHost) Report() Report {
 	r := Report{
 		Total:     hostapi.Resources{VCPUs: int32(h.cpus()), MemoryMB: int64(u.Capacity.MemoryMB), DiskMB: int64(u.Capacity.DiskMB)},
 		Used:      hostapi.Resources{VCPUs: int32(u.Used.VCPUs), MemoryMB: int64(u.Used.MemoryMB), DiskMB: int64(u.Used.DiskMB)},
+		MaxVCPUs:  int32(u.Capacity.VCPUs),
 		Running:   int32(u.Running),
 		Paused:    int32(u.Paused),
 		Sandboxes: int32(u.Sandboxes),

@@ -52,6 +52,7 @@ type hostJSON struct {
 	// (never dialled).
 	ClaimedAddress  string            `json:"claimed_address"`
 	Total           hostResourcesJSON `json:"total"`
+	MaxVCPUs        int32             `json:"max_vcpus"`
 	Used            hostResourcesJSON `json:"used"`
 	Running         int32             `json:"running"`
 	Paused          int32             `json:"paused"`
@@ -76,7 +77,7 @@ func hostOf(h service.Host) hostJSON {
 	return hostJSON{
 		ID: wireid.Format(wireid.Host, h.ID), Name: h.Name, Type: h.Type, TeamID: wireid.Format(wireid.Team, h.TeamID), Address: h.Address,
 		Status: h.Status, Tags: tags, Arch: h.Arch, Version: h.Version, ClaimedAddress: h.ClaimedAddress,
-		Total:   hostResourcesJSON{VCPUs: h.TotalVCPUs, MemoryMB: h.TotalMemoryMB, DiskMB: h.TotalDiskMB},
+		Total: hostResourcesJSON{VCPUs: h.TotalVCPUs, MemoryMB: h.TotalMemoryMB, DiskMB: h.TotalDiskMB}, MaxVCPUs: h.MaxVCPUs,
 		Used:    hostResourcesJSON{VCPUs: h.UsedVCPUs, MemoryMB: h.UsedMemoryMB, DiskMB: h.UsedDiskMB},
 		Running: h.RunningSandboxes, Paused: h.PausedSandboxes, Sandboxes: h.SandboxCount,
 		RegisteredAt:    opt(h.RegisteredAt.Valid, h.RegisteredAt.Time),

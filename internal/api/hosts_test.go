@@ -286,7 +286,7 @@ func TestHostLifecycleOverHTTP(t *testing.T) {
 		}
 	})
 	beat := hostapi.Heartbeat{Version: "test-2", Total: hostapi.Resources{VCPUs: 8, MemoryMB: 16384, DiskMB: 100000},
-		Used: hostapi.Resources{VCPUs: 3, MemoryMB: 2048, DiskMB: 5000}, Running: 2, Paused: 1, Sandboxes: 3}
+		MaxVCPUs: 12, Used: hostapi.Resources{VCPUs: 3, MemoryMB: 2048, DiskMB: 5000}, Running: 2, Paused: 1, Sandboxes: 3}
 	t.Run("heartbeat", func(t *testing.T) {
 		var hb hostapi.HeartbeatResponse
 		if c := e.do(t, "POST", hostapi.PathHeartbeat, reg.AccessToken, beat, &hb); c != 200 {
@@ -297,12 +297,20 @@ func TestHostLifecycleOverHTTP(t *testing.T) {
 		}
 		var h hostJSON
 		e.do(t, "GET", "/v1/hosts/"+hostID, adminJWT, nil, &h)
-		if h.Status != "online" || h.Used != (hostResourcesJSON{VCPUs: 3, MemoryMB: 2048, DiskMB: 5000}) || h.Running != 2 ||
+		if h.Status != "online" || h.MaxVCPUs != 12 || h.Used != (hostResourcesJSON{VCPUs: 3, MemoryMB: 2048, DiskMB: 5000}) || h.Running != 2 ||
 			h.Paused != 1 || h.Sandboxes != 3 || h.Version != "test-2" || h.LastHeartbeatAt == nil {
 			t.Fatalf("host after a heartbeat = %+v", h)
 		}
 		if c := e.do(t, "POST", "/v1/hosts/"+hostID+"/token", adminJWT, nil, nil); c != 409 {
 			t.Fatalf("a new registration token for an online host: %d, want 409", c)
+		}
+		bad := beat
+		bad.MaxVCPUs = -1
+		if c := e.do(t, "POST", hostapi.PathHeartbeat, reg.AccessToken, bad, nil); c != 400 {
+			t.Fatalf("a heartbeat declaring -1 vCPUs: %d, want 400", c)
+		}
+		if row := e.hostRow(t, hostID); row.MaxVCPUs != 12 {
+			t.Fatalf("max_vcpus after a refused heartbeat = %d, want 12", row.MaxVCPUs)
 		}
 	})
 	t.Run("drain and back", func(t *testing.T) {

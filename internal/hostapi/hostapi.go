@@ -145,6 +145,11 @@ type Heartbeat struct {
 	// hold now.
 	Total Resources `json:"total"`
 	Used  Resources `json:"used"`
+	// MaxVCPUs, when above 0, is the vCPU capacity the host declares (its
+	// agent's -max-vcpus); the scheduler places no more than that, and
+	// exactly that whatever its overcommit ratio. Total.VCPUs stays the
+	// machine's CPUs.
+	MaxVCPUs int32 `json:"max_vcpus,omitempty"`
 	// Running, Paused and Sandboxes count the host's sandboxes.
 	Running   int32 `json:"running"`
 	Paused    int32 `json:"paused"`

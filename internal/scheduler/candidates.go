@@ -24,6 +24,7 @@ func Candidates(rows []db.ListSchedulingCandidatesRow, req Request) []Host {
 	for i, r := range rows {
 		h := Host{ID: r.ID.Bytes, Name: r.Name, Team: r.TeamID.Bytes, Status: r.Status,
 			Total:    Resources{VCPUs: int64(r.TotalVCPUs), MemoryMB: r.TotalMemoryMB, DiskMB: r.TotalDiskMB},
+			MaxVCPUs: int64(r.MaxVCPUs),
 			Reserved: Resources{VCPUs: r.ReservedVCPUs, MemoryMB: r.ReservedMemoryMB, DiskMB: r.ReservedDiskMB},
 			Tags:     labels(r.Labels)}
 		if r.LastHeartbeatAt.Valid {
@@ -44,6 +45,7 @@ func Candidates(rows []db.ListSchedulingCandidatesRow, req Request) []Host {
 func Locked(r db.LockHostForPlacementRow) Host {
 	h := Host{ID: r.ID.Bytes, Name: r.Name, Team: r.TeamID.Bytes, Status: r.Status,
 		Total:    Resources{VCPUs: int64(r.TotalVCPUs), MemoryMB: r.TotalMemoryMB, DiskMB: r.TotalDiskMB},
+		MaxVCPUs: int64(r.MaxVCPUs),
 		Reserved: Resources{VCPUs: r.ReservedVCPUs, MemoryMB: r.ReservedMemoryMB, DiskMB: r.ReservedDiskMB},
 		Tags:     labels(r.Labels)}
 	if r.LastHeartbeatAt.Valid {

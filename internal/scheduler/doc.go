@@ -19,10 +19,13 @@
 //     it unreachable yet).
 //   - Tags. A request's tags (key=value) must all be among the host's.
 //   - Admission. Memory and disk are never overcommitted: reserved + request
-//     ≤ total. vCPUs are overcommitted by Config.CPUOvercommit (default 4,
-//     the ratio of `capsule serve -max-vcpus`'s default of 4 vCPUs per host
-//     CPU): reserved + request ≤ ⌊total_vcpus × ratio⌋, where total_vcpus is
-//     the host's CPUs.
+//     ≤ total. vCPUs are overcommitted: reserved + request ≤ the host's
+//     vCPU capacity, which is what the host declares (its agent's
+//     -max-vcpus, hosts.max_vcpus) or else ⌊total_vcpus × ratio⌋, where
+//     total_vcpus is the host's CPUs and the ratio Config.CPUOvercommit
+//     (`capsule serve -cpu-overcommit`, default 4). A declared capacity
+//     wins in both directions: the agent refuses more than it declared, and
+//     an operator who declares more than the ratio gives means it.
 //
 // What a sandbox reserves on its host (Reservation; the candidates query
 // sums the same): in the states that hold a VM or may hold one again at any

@@ -80,6 +80,9 @@ type Host struct {
 	Status        string
 	LastHeartbeat time.Time
 	Total         Resources
+	// MaxVCPUs, when above 0, is the vCPU capacity the host declares (its
+	// agent's -max-vcpus): it replaces Total.VCPUs × the overcommit ratio.
+	MaxVCPUs int64
 	// Reserved is what the sandboxes recorded on the host reserve.
 	Reserved Resources
 	// Tags are the host's labels.
@@ -156,11 +159,14 @@ func New(cfg Config) *Scheduler { return &Scheduler{cfg: cfg.withDefaults()} }
 // Config returns the effective configuration.
 func (s *Scheduler) Config() Config { return s.cfg }
 
-// Capacity is what h offers: its memory and disk, and its CPUs times the
-// overcommit ratio.
+// Capacity is what h offers: its memory and disk, and the vCPUs it
+// declares (MaxVCPUs) or else its CPUs times the overcommit ratio.
 func (s *Scheduler) Capacity(h *Host) Resources {
-	return Resources{VCPUs: int64(math.Floor(float64(h.Total.VCPUs) * s.cfg.CPUOvercommit)),
-		MemoryMB: h.Total.MemoryMB, DiskMB: h.Total.DiskMB}
+	vcpus := int64(math.Floor(float64(h.Total.VCPUs) * s.cfg.CPUOvercommit))
+	if h.MaxVCPUs > 0 {
+		vcpus = h.MaxVCPUs
+	}
+	return Resources{VCPUs: vcpus, MemoryMB: h.Total.MemoryMB, DiskMB: h.Total.DiskMB}
 }
 
 // Eligible reports whether h may take req's sandbox at now, whatever its

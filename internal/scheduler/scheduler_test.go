@@ -42,6 +42,7 @@ func beat(ago time.Duration) func(*Host) {
 func holds(t ID) func(*Host)                { return func(h *Host) { h.Templates = append(h.Templates, t) } }
 func tags(kv map[string]string) func(*Host) { return func(h *Host) { h.Tags = kv } }
 func hid(b byte) func(*Host)                { return func(h *Host) { h.ID = id(b) } }
+func maxVCPUs(n int64) func(*Host)          { return func(h *Host) { h.MaxVCPUs = n } }
 
 func req(cpu, mem, disk int64) Request {
 	return Request{Team: teamA, Resources: Resources{cpu, mem, disk}}
@@ -116,6 +117,12 @@ func TestChoose(t *testing.T) {
 			req: req(1, 512, 0), reason: NotEnoughCPU},
 		{name: "fractional overcommit rounds the capacity down", cfg: Config{CPUOvercommit: 1.6},
 			hosts: []Host{host("p1", reserved(6, 0, 0))}, req: req(1, 512, 0), reason: NotEnoughCPU},
+		{name: "a declared vCPU capacity above the overcommit is placed", cfg: Config{CPUOvercommit: 1},
+			hosts: []Host{host("p1", reserved(15, 0, 0), maxVCPUs(16))}, req: req(1, 512, 0), want: "p1"},
+		{name: "a declared vCPU capacity below the overcommit is not exceeded",
+			hosts: []Host{host("p1", reserved(6, 0, 0), maxVCPUs(6)), host("p2", reserved(15, 0, 0))}, req: req(1, 512, 0), want: "p2"},
+		{name: "a full declared vCPU capacity is refused", hosts: []Host{host("p1", reserved(6, 0, 0), maxVCPUs(6))},
+			req: req(1, 512, 0), reason: NotEnoughCPU},
 		{name: "the reason is what most hosts lack",
 			hosts: []Host{host("p1", reserved(16, 0, 0)), host("p2", reserved(0, 8000, 0)), host("p3", reserved(0, 8000, 0))},
 			req:   req(1, 512, 0), reason: NotEnoughMemory},

@@ -935,7 +935,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 		return hostapi.HeartbeatResponse{}, err
 	}
 	issuedAt := claims.IssuedAt
-	if !validateResources(hb.Total) || !validateResources(hb.Used) || hb.Running < 0 || hb.Paused < 0 || hb.Sandboxes < 0 {
+	if !validateResources(hb.Total) || !validateResources(hb.Used) || hb.MaxVCPUs < 0 || hb.Running < 0 || hb.Paused < 0 || hb.Sandboxes < 0 {
 		return hostapi.HeartbeatResponse{}, errorf(ErrInvalid, "resources and counts must not be negative")
 	}
 	if len(hb.Version) > maxVersionLen || len(hb.CSR) > maxCSRLen {
@@ -976,7 +976,7 @@ func (h *Hosts) Heartbeat(ctx context.Context, accessToken string, hb hostapi.He
 			}
 		}
 		row, err = q.RecordHostHeartbeat(ctx, db.RecordHostHeartbeatParams{ID: id, Version: hb.Version,
-			TotalVCPUs: hb.Total.VCPUs, TotalMemoryMB: hb.Total.MemoryMB, TotalDiskMB: hb.Total.DiskMB,
+			TotalVCPUs: hb.Total.VCPUs, MaxVCPUs: hb.MaxVCPUs, TotalMemoryMB: hb.Total.MemoryMB, TotalDiskMB: hb.Total.DiskMB,
 			UsedVCPUs: hb.Used.VCPUs, UsedMemoryMB: hb.Used.MemoryMB, UsedDiskMB: hb.Used.DiskMB,
 			RunningSandboxes: hb.Running, PausedSandboxes: hb.Paused, SandboxCount: hb.Sandboxes})
 		if err != nil {

@@ -133,16 +133,18 @@ func (s *Sandboxes) probeStatic(ctx context.Context, force bool) {
 			}
 			return int64(v)
 		}
-		// The agent's vCPU capacity is a count of vCPUs (overcommitted
-		// already); the hosts table holds CPUs, to which the scheduler
-		// applies its overcommit: the capacity is divided back (rounded
-		// up), or it would be multiplied twice.
-		vcpus := int32(math.Ceil(float64(m.GetCapacity().GetVcpus()) / s.sched.Config().CPUOvercommit))
+		// The agent's vCPU capacity, when it has one, is the count of
+		// vCPUs it declares (max_vcpus: the scheduler places exactly
+		// that). total_vcpus holds CPUs, which the agent does not report
+		// here: the capacity divided back by the overcommit (rounded up)
+		// stands in for them, for display.
+		maxVCPUs := int32(m.GetCapacity().GetVcpus())
+		vcpus := int32(math.Ceil(float64(maxVCPUs) / s.sched.Config().CPUOvercommit))
 		if vcpus == 0 {
 			vcpus = int32(unlimited >> 20)
 		}
 		if _, err := s.st.Queries().RecordStaticHostProbe(ctx, db.RecordStaticHostProbeParams{ID: id, Version: m.GetAgentVersion(),
-			TotalVCPUs: vcpus, TotalMemoryMB: orUnlimited(m.GetCapacity().GetMemoryMb()), TotalDiskMB: orUnlimited(m.GetCapacity().GetDiskMb()),
+			TotalVCPUs: vcpus, MaxVCPUs: maxVCPUs, TotalMemoryMB: orUnlimited(m.GetCapacity().GetMemoryMb()), TotalDiskMB: orUnlimited(m.GetCapacity().GetDiskMb()),
 			UsedVCPUs: int32(m.GetUsed().GetVcpus()), UsedMemoryMB: int64(m.GetUsed().GetMemoryMb()), UsedDiskMB: int64(m.GetUsed().GetDiskMb()),
 			RunningSandboxes: int32(m.GetRunningSandboxes()), PausedSandboxes: int32(m.GetPausedSandboxes())}); err != nil && !errors.Is(err, store.ErrNotFound) {
 			s.log.WarnContext(ctx, "record a static host's probe", "host", name, "err", err)

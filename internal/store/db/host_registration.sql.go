@@ -25,7 +25,7 @@ UPDATE hosts SET
   cert_serial = $8,
   cert_expires_at = $9
 WHERE id = $10 AND registration_token_used_at IS NULL
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type CompleteHostRegistrationParams struct {
@@ -89,6 +89,7 @@ func (q *Queries) CompleteHostRegistration(ctx context.Context, arg CompleteHost
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -99,7 +100,7 @@ INSERT INTO hosts (team_id, name, address, status, tags, registration_token_hash
                    registration_token_issued_at, registration_token_expires_at, created_by)
 VALUES ($1, $2, $3, 'pending', $4::text[], $5, now(),
         $6::timestamptz, $7)
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type CreateHostRecordParams struct {
@@ -157,6 +158,7 @@ func (q *Queries) CreateHostRecord(ctx context.Context, arg CreateHostRecordPara
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -226,7 +228,7 @@ func (q *Queries) InsertHostRefreshToken(ctx context.Context, arg InsertHostRefr
 }
 
 const listAllHosts = `-- name: ListAllHosts :many
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts ORDER BY name, id
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts ORDER BY name, id
 `
 
 func (q *Queries) ListAllHosts(ctx context.Context) ([]Host, error) {
@@ -269,6 +271,7 @@ func (q *Queries) ListAllHosts(ctx context.Context) ([]Host, error) {
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -335,7 +338,7 @@ func (q *Queries) ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID)
 }
 
 const listTeamHosts = `-- name: ListTeamHosts :many
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE team_id = $1 ORDER BY name, id
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE team_id = $1 ORDER BY name, id
 `
 
 func (q *Queries) ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host, error) {
@@ -378,6 +381,7 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -390,7 +394,7 @@ func (q *Queries) ListTeamHosts(ctx context.Context, teamID pgtype.UUID) ([]Host
 }
 
 const lockHost = `-- name: LockHost :one
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE id = $1 FOR UPDATE
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) LockHost(ctx context.Context, id pgtype.UUID) (Host, error) {
@@ -427,12 +431,13 @@ func (q *Queries) LockHost(ctx context.Context, id pgtype.UUID) (Host, error) {
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
 
 const lockHostByRegistrationToken = `-- name: LockHostByRegistrationToken :one
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE registration_token_hash = $1 FOR UPDATE
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE registration_token_hash = $1 FOR UPDATE
 `
 
 // The host a registration token belongs to, locked for its consumption.
@@ -470,6 +475,7 @@ func (q *Queries) LockHostByRegistrationToken(ctx context.Context, tokenHash []b
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -544,21 +550,23 @@ UPDATE hosts SET
   status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
   version = CASE WHEN $1::text = '' THEN version ELSE $1::text END,
   total_vcpus = $2,
-  total_memory_mb = $3,
-  total_disk_mb = $4,
-  used_vcpus = $5,
-  used_memory_mb = $6,
-  used_disk_mb = $7,
-  running_sandboxes = $8,
-  paused_sandboxes = $9,
-  sandbox_count = $10
-WHERE id = $11
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+  max_vcpus = $3,
+  total_memory_mb = $4,
+  total_disk_mb = $5,
+  used_vcpus = $6,
+  used_memory_mb = $7,
+  used_disk_mb = $8,
+  running_sandboxes = $9,
+  paused_sandboxes = $10,
+  sandbox_count = $11
+WHERE id = $12
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type RecordHostHeartbeatParams struct {
 	Version          string      `json:"version"`
 	TotalVCPUs       int32       `json:"total_vcpus"`
+	MaxVCPUs         int32       `json:"max_vcpus"`
 	TotalMemoryMB    int64       `json:"total_memory_mb"`
 	TotalDiskMB      int64       `json:"total_disk_mb"`
 	UsedVCPUs        int32       `json:"used_vcpus"`
@@ -577,6 +585,7 @@ func (q *Queries) RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbe
 	row := q.db.QueryRow(ctx, recordHostHeartbeat,
 		arg.Version,
 		arg.TotalVCPUs,
+		arg.MaxVCPUs,
 		arg.TotalMemoryMB,
 		arg.TotalDiskMB,
 		arg.UsedVCPUs,
@@ -619,6 +628,7 @@ func (q *Queries) RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbe
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -689,7 +699,7 @@ UPDATE hosts SET
   registration_token_expires_at = $2::timestamptz,
   registration_token_used_at = NULL
 WHERE id = $3 AND status = 'pending'
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type SetHostRegistrationTokenParams struct {
@@ -734,6 +744,7 @@ func (q *Queries) SetHostRegistrationToken(ctx context.Context, arg SetHostRegis
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -758,7 +769,7 @@ func (q *Queries) SpendHostRefreshGrace(ctx context.Context, arg SpendHostRefres
 const updateHostSettings = `-- name: UpdateHostSettings :one
 UPDATE hosts SET tags = $1::text[], status = $2
 WHERE id = $3
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type UpdateHostSettingsParams struct {
@@ -803,6 +814,7 @@ func (q *Queries) UpdateHostSettings(ctx context.Context, arg UpdateHostSettings
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }

@@ -13,7 +13,7 @@ import (
 )
 
 const getHost = `-- name: GetHost :one
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE id = $1
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, id pgtype.UUID) (Host, error) {
@@ -50,6 +50,7 @@ func (q *Queries) GetHost(ctx context.Context, id pgtype.UUID) (Host, error) {
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -59,7 +60,7 @@ UPDATE hosts SET
   last_heartbeat_at = now(),
   status = CASE WHEN status = 'draining' THEN 'draining' ELSE 'online' END
 WHERE id = $1
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 // An unreachable or offline host that beats again is online; draining stays.
@@ -97,12 +98,13 @@ func (q *Queries) HeartbeatHost(ctx context.Context, id pgtype.UUID) (Host, erro
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
 
 const listActiveHosts = `-- name: ListActiveHosts :many
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts
 WHERE status = 'online'
   AND last_heartbeat_at > now() - make_interval(secs => $1::double precision)
 ORDER BY name, id
@@ -150,6 +152,7 @@ func (q *Queries) ListActiveHosts(ctx context.Context, staleSeconds float64) ([]
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -166,7 +169,7 @@ UPDATE hosts SET status = 'unreachable'
 WHERE status = 'online'
   AND (last_heartbeat_at IS NULL
        OR last_heartbeat_at <= now() - make_interval(secs => $1::double precision))
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 // Online hosts without a heartbeat in the last stale_seconds become unreachable.
@@ -210,6 +213,7 @@ func (q *Queries) MarkStaleHostsUnreachable(ctx context.Context, staleSeconds fl
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -237,7 +241,7 @@ ON CONFLICT (name) DO UPDATE SET
   labels            = EXCLUDED.labels,
   last_heartbeat_at = now()
 WHERE hosts.team_id = EXCLUDED.team_id
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type RegisterHostParams struct {
@@ -299,6 +303,7 @@ func (q *Queries) RegisterHost(ctx context.Context, arg RegisterHostParams) (Hos
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }

@@ -124,6 +124,7 @@ type Host struct {
 	CertSerial                 string             `json:"cert_serial"`
 	CertExpiresAt              pgtype.Timestamptz `json:"cert_expires_at"`
 	CreatedBy                  pgtype.UUID        `json:"created_by"`
+	MaxVCPUs                   int32              `json:"max_vcpus"`
 }
 
 type HostRefreshToken struct {

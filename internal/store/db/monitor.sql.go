@@ -24,7 +24,7 @@ UPDATE hosts SET
   registration_token_used_at = CASE WHEN $2::bytea IS NULL THEN registration_token_used_at
                                     ELSE NULL END
 WHERE name = $4 AND team_id = '00000000-0000-0000-0000-000000000000'
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type AdoptEmbeddedHostParams struct {
@@ -78,12 +78,13 @@ func (q *Queries) AdoptEmbeddedHost(ctx context.Context, arg AdoptEmbeddedHostPa
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
 
 const getHostByName = `-- name: GetHostByName :one
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE name = $1
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE name = $1
 `
 
 func (q *Queries) GetHostByName(ctx context.Context, name string) (Host, error) {
@@ -120,12 +121,13 @@ func (q *Queries) GetHostByName(ctx context.Context, name string) (Host, error) 
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
 
 const listHostsToReconcile = `-- name: ListHostsToReconcile :many
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts WHERE status IN ('online', 'draining') ORDER BY name, id
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts WHERE status IN ('online', 'draining') ORDER BY name, id
 `
 
 // The hosts whose records a new leader reconciles with their agents: those
@@ -170,6 +172,7 @@ func (q *Queries) ListHostsToReconcile(ctx context.Context) ([]Host, error) {
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -182,7 +185,7 @@ func (q *Queries) ListHostsToReconcile(ctx context.Context) ([]Host, error) {
 }
 
 const listReturningHosts = `-- name: ListReturningHosts :many
-SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by FROM hosts
+SELECT id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus FROM hosts
 WHERE status = 'unreachable'
   AND last_heartbeat_at > now() - make_interval(secs => $1::double precision)
 ORDER BY name, id
@@ -230,6 +233,7 @@ func (q *Queries) ListReturningHosts(ctx context.Context, freshSeconds float64) 
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -332,7 +336,7 @@ func (q *Queries) MarkHostSandboxesDown(ctx context.Context, arg MarkHostSandbox
 
 const markHostUp = `-- name: MarkHostUp :one
 UPDATE hosts SET status = 'online' WHERE id = $1 AND status = 'unreachable'
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 // A returning host, reconciled, takes sandboxes again. No row: it is no
@@ -371,6 +375,7 @@ func (q *Queries) MarkHostUp(ctx context.Context, id pgtype.UUID) (Host, error) 
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }
@@ -381,7 +386,7 @@ UPDATE hosts SET status = 'unreachable'
 WHERE status IN ('online', 'draining')
   AND (last_heartbeat_at IS NULL
        OR last_heartbeat_at <= now() - make_interval(secs => $1::double precision))
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 // The host monitor (internal/service: monitor.go) and the static hosts
@@ -430,6 +435,7 @@ func (q *Queries) MarkHostsDown(ctx context.Context, staleSeconds float64) ([]Ho
 			&i.CertSerial,
 			&i.CertExpiresAt,
 			&i.CreatedBy,
+			&i.MaxVCPUs,
 		); err != nil {
 			return nil, err
 		}
@@ -447,20 +453,22 @@ UPDATE hosts SET
   status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
   version = $1,
   total_vcpus = $2,
-  total_memory_mb = $3,
-  total_disk_mb = $4,
-  used_vcpus = $5,
-  used_memory_mb = $6,
-  used_disk_mb = $7,
-  running_sandboxes = $8,
-  paused_sandboxes = $9
-WHERE id = $10
-RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by
+  max_vcpus = $3,
+  total_memory_mb = $4,
+  total_disk_mb = $5,
+  used_vcpus = $6,
+  used_memory_mb = $7,
+  used_disk_mb = $8,
+  running_sandboxes = $9,
+  paused_sandboxes = $10
+WHERE id = $11
+RETURNING id, team_id, name, address, status, version, arch, total_vcpus, total_memory_mb, total_disk_mb, labels, registration_token_hash, last_heartbeat_at, created_at, updated_at, tags, claimed_address, registration_token_issued_at, registration_token_expires_at, registration_token_used_at, registered_at, used_vcpus, used_memory_mb, used_disk_mb, running_sandboxes, paused_sandboxes, sandbox_count, cert_serial, cert_expires_at, created_by, max_vcpus
 `
 
 type RecordStaticHostProbeParams struct {
 	Version          string      `json:"version"`
 	TotalVCPUs       int32       `json:"total_vcpus"`
+	MaxVCPUs         int32       `json:"max_vcpus"`
 	TotalMemoryMB    int64       `json:"total_memory_mb"`
 	TotalDiskMB      int64       `json:"total_disk_mb"`
 	UsedVCPUs        int32       `json:"used_vcpus"`
@@ -478,6 +486,7 @@ func (q *Queries) RecordStaticHostProbe(ctx context.Context, arg RecordStaticHos
 	row := q.db.QueryRow(ctx, recordStaticHostProbe,
 		arg.Version,
 		arg.TotalVCPUs,
+		arg.MaxVCPUs,
 		arg.TotalMemoryMB,
 		arg.TotalDiskMB,
 		arg.UsedVCPUs,
@@ -519,6 +528,7 @@ func (q *Queries) RecordStaticHostProbe(ctx context.Context, arg RecordStaticHos
 		&i.CertSerial,
 		&i.CertExpiresAt,
 		&i.CreatedBy,
+		&i.MaxVCPUs,
 	)
 	return i, err
 }

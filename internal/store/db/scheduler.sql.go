@@ -62,7 +62,7 @@ func (q *Queries) ListHostTemplatesLRU(ctx context.Context, hostID pgtype.UUID) 
 
 const listSchedulingCandidates = `-- name: ListSchedulingCandidates :many
 SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
-       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       h.total_vcpus, h.max_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
        r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb,
        EXISTS (SELECT 1 FROM host_templates ht
                WHERE ht.host_id = h.id AND ht.template_id = $1::uuid) AS has_template
@@ -95,6 +95,7 @@ type ListSchedulingCandidatesRow struct {
 	Status           string             `json:"status"`
 	LastHeartbeatAt  pgtype.Timestamptz `json:"last_heartbeat_at"`
 	TotalVCPUs       int32              `json:"total_vcpus"`
+	MaxVCPUs         int32              `json:"max_vcpus"`
 	TotalMemoryMB    int64              `json:"total_memory_mb"`
 	TotalDiskMB      int64              `json:"total_disk_mb"`
 	Labels           json.RawMessage    `json:"labels"`
@@ -132,6 +133,7 @@ func (q *Queries) ListSchedulingCandidates(ctx context.Context, arg ListScheduli
 			&i.Status,
 			&i.LastHeartbeatAt,
 			&i.TotalVCPUs,
+			&i.MaxVCPUs,
 			&i.TotalMemoryMB,
 			&i.TotalDiskMB,
 			&i.Labels,
@@ -177,7 +179,7 @@ func (q *Queries) ListTemplateHosts(ctx context.Context, templateID pgtype.UUID)
 
 const lockHostForPlacement = `-- name: LockHostForPlacement :one
 SELECT h.id, h.name, h.team_id, h.status, h.last_heartbeat_at,
-       h.total_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
+       h.total_vcpus, h.max_vcpus, h.total_memory_mb, h.total_disk_mb, h.labels,
        r.reserved_vcpus, r.reserved_memory_mb, r.reserved_disk_mb
 FROM hosts h
 CROSS JOIN LATERAL (
@@ -203,6 +205,7 @@ type LockHostForPlacementRow struct {
 	Status           string             `json:"status"`
 	LastHeartbeatAt  pgtype.Timestamptz `json:"last_heartbeat_at"`
 	TotalVCPUs       int32              `json:"total_vcpus"`
+	MaxVCPUs         int32              `json:"max_vcpus"`
 	TotalMemoryMB    int64              `json:"total_memory_mb"`
 	TotalDiskMB      int64              `json:"total_disk_mb"`
 	Labels           json.RawMessage    `json:"labels"`
@@ -226,6 +229,7 @@ func (q *Queries) LockHostForPlacement(ctx context.Context, id pgtype.UUID) (Loc
 		&i.Status,
 		&i.LastHeartbeatAt,
 		&i.TotalVCPUs,
+		&i.MaxVCPUs,
 		&i.TotalMemoryMB,
 		&i.TotalDiskMB,
 		&i.Labels,

@@ -1770,6 +1770,9 @@ type Host struct {
 	Id              string     `json:"id"`
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
 
+	// MaxVcpus the vCPUs the host declares it offers (its agent's -max-vcpus), placed as is by the scheduler; 0: total.vcpus (its CPUs) × the control plane's -cpu-overcommit
+	MaxVcpus int `json:"max_vcpus"`
+
 	// Name Examples: host-a
 	Name string `json:"name"`
 
@@ -1834,7 +1837,10 @@ type HostDeletionDeleted bool
 // HostHeartbeat defines model for HostHeartbeat.
 type HostHeartbeat struct {
 	// Csr a PEM CERTIFICATE REQUEST when the agent wants a new certificate
-	Csr       *string       `json:"csr,omitempty"`
+	Csr *string `json:"csr,omitempty"`
+
+	// MaxVcpus the vCPUs the host declares it offers (its agent's -max-vcpus); the scheduler places exactly that many. 0 or absent: total.vcpus (its CPUs) × the control plane's -cpu-overcommit
+	MaxVcpus  *int          `json:"max_vcpus,omitempty"`
 	Paused    int           `json:"paused"`
 	Running   int           `json:"running"`
 	Sandboxes int           `json:"sandboxes"`
