@@ -3,7 +3,6 @@ package builds
 import (
 	"compress/gzip"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -307,7 +306,7 @@ func (s *Service) Submit(ctx context.Context, p service.Principal, req Submit) (
 			kind = store.TemplateSnapshot
 		}
 		b, err := q.InsertBuild(ctx, db.InsertBuildParams{
-			ID: newUUID(), TeamID: pg(p.TeamID), TemplateName: req.Template, Recipe: req.Recipe, Kind: kind,
+			ID: store.NewUUID(), TeamID: pg(p.TeamID), TemplateName: req.Template, Recipe: req.Recipe, Kind: kind,
 			VCPUs: vcpus, MemoryMB: mem, TotalSteps: int32(len(r.Steps)), ArchiveID: archiveID,
 			MaxAttempts: int32(s.cfg.MaxAttempts), Metadata: meta, CreatedBy: pg(p.UserID),
 		})
@@ -466,15 +465,6 @@ func orEmpty(m map[string]any) map[string]any {
 		return map[string]any{}
 	}
 	return m
-}
-
-// newUUID returns a random (version 4) UUID.
-func newUUID() pgtype.UUID {
-	u := pgtype.UUID{Valid: true}
-	_, _ = rand.Read(u.Bytes[:])
-	u.Bytes[6] = u.Bytes[6]&0x0f | 0x40
-	u.Bytes[8] = u.Bytes[8]&0x3f | 0x80
-	return u
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -49,7 +49,7 @@ func (s *Service) Prepare(ctx context.Context, p service.Principal, req Submit) 
 	var b db.Build
 	err = s.inTx(ctx, func(_ pgx.Tx, q *db.Queries) error {
 		var err error
-		b, err = q.InsertBuild(ctx, db.InsertBuildParams{ID: newUUID(), TeamID: pg(p.TeamID), TemplateName: req.Template,
+		b, err = q.InsertBuild(ctx, db.InsertBuildParams{ID: store.NewUUID(), TeamID: pg(p.TeamID), TemplateName: req.Template,
 			Kind: store.TemplateImage, VCPUs: vcpus, MemoryMB: mem, MaxAttempts: int32(s.cfg.MaxAttempts), Metadata: meta,
 			CreatedBy: pg(p.UserID)})
 		if err != nil {

@@ -86,7 +86,7 @@ func (s *Sandboxes) PublishTemplate(ctx context.Context, p Principal, req Publis
 	if err != nil {
 		return Snapshot{}, err
 	}
-	newID := newUUID()
+	newID := store.NewUUID()
 	agentName := TemplateID(newID)
 	auditEv := AuditEvent{ResourceType: "template", ResourceID: req.Name, Action: "template.build",
 		Metadata: map[string]any{"id": agentName, "kind": req.Kind, "build_id": req.BuildID}}

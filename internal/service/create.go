@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
@@ -115,15 +113,6 @@ func (r *CreateSandbox) withShape(tpl resolvedTemplate) error {
 	return nil
 }
 
-// newUUID returns a random (version 4) UUID.
-func newUUID() pgtype.UUID {
-	u := pgtype.UUID{Valid: true}
-	_, _ = rand.Read(u.Bytes[:])
-	u.Bytes[6] = u.Bytes[6]&0x0f | 0x40
-	u.Bytes[8] = u.Bytes[8]&0x3f | 0x80
-	return u
-}
-
 // Create checks the team's quotas, chooses the sandbox's host (the
 // scheduler; ErrUnavailable with its reason when no host can take it),
 // persists the sandbox as starting on that host, asks the host's agent to
@@ -156,7 +145,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if req.Network != nil {
 		internet = req.Network.AllowInternet
 	}
-	newID := newUUID()
+	newID := store.NewUUID()
 	sealedEnv, err := s.sealEnvVars(newID, req.EnvVars)
 	if err != nil {
 		return Sandbox{}, err

@@ -30,7 +30,7 @@ func TestEnsureEmbeddedAdoptsTheOldLocalHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, p := e.signup(t, "embedded@example.com")
-	sb, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: newUUID(), TeamID: pgUUID(p.TeamID), HostID: old.ID,
+	sb, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: store.NewUUID(), TeamID: pgUUID(p.TeamID), HostID: old.ID,
 		Template: "base", State: store.SandboxPaused, VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +66,7 @@ func TestEnsureEmbeddedAdoptsTheOldLocalHost(t *testing.T) {
 		}
 	})
 	t.Run("credentials of another host", func(t *testing.T) {
-		if _, err := e.hosts.EnsureEmbedded(ctx, LocalHost, "127.0.0.1:7003", hostWireID(newUUID())); !errors.Is(err, ErrConflict) {
+		if _, err := e.hosts.EnsureEmbedded(ctx, LocalHost, "127.0.0.1:7003", hostWireID(store.NewUUID())); !errors.Is(err, ErrConflict) {
 			t.Errorf("EnsureEmbedded with another host's credentials = %v, want ErrConflict", err)
 		}
 	})

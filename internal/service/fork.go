@@ -111,7 +111,7 @@ func (s *Sandboxes) Fork(ctx context.Context, p Principal, id SandboxID, req For
 			if err := s.checkQuotas(ctx, q, t, src.VCPUs, src.MemoryMB); err != nil {
 				return err
 			}
-			newID := newUUID()
+			newID := store.NewUUID()
 			sealed, err := s.sealEnvVars(newID, env)
 			if err != nil {
 				return err

@@ -753,7 +753,7 @@ func (h *Hosts) Register(ctx context.Context, req hostapi.RegisterRequest) (host
 		if access, claims, err = h.tokens.IssueAccessToken(hostWireID(row.ID)); err != nil {
 			return fmt.Errorf("issue the access token: %w", err)
 		}
-		family := newUUID()
+		family := store.NewUUID()
 		if _, err := q.InsertHostRefreshToken(ctx, db.InsertHostRefreshTokenParams{HostID: row.ID, TokenHash: refresh.Hash,
 			ExpiresAt: refresh.ExpiresAt, FamilyID: family, AccessTokenID: claims.ID}); err != nil {
 			return fmt.Errorf("store the refresh token: %w", err)

@@ -53,7 +53,7 @@ func TestCreateSchedules(t *testing.T) {
 	_, p := e.signup(t, "sched@example.com")
 	busy := e.addHost(t, store.PlatformTeamID, "a-busy", 4, 2048)
 	idle := e.addHost(t, store.PlatformTeamID, "b-idle", 4, 2048)
-	if _, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: newUUID(), TeamID: pgUUID(p.TeamID), HostID: busy, Template: "base",
+	if _, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: store.NewUUID(), TeamID: pgUUID(p.TeamID), HostID: busy, Template: "base",
 		State: store.SandboxRunning, VCPUs: 1, MemoryMB: 1024, Metadata: []byte(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestMonitorMarksSilentHostsDown(t *testing.T) {
 	silent := e.addHost(t, store.PlatformTeamID, "silent", 4, 4096)
 	fresh := e.addHost(t, store.PlatformTeamID, "fresh", 4, 4096)
 	ins := func(host pgtype.UUID, state string) pgtype.UUID {
-		r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: newUUID(), TeamID: pgUUID(p.TeamID), HostID: host, Template: "base",
+		r, err := e.st.Queries().InsertSandbox(ctx, db.InsertSandboxParams{ID: store.NewUUID(), TeamID: pgUUID(p.TeamID), HostID: host, Template: "base",
 			State: state, VCPUs: 1, MemoryMB: 256, Metadata: []byte(`{}`)})
 		if err != nil {
 			t.Fatal(err)

@@ -56,7 +56,7 @@ func TestReconcileRealAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphanTpl := TemplateID(newUUID())
+	orphanTpl := TemplateID(store.NewUUID())
 	if _, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: pausedBehind.ID.String(), Name: orphanTpl})); err != nil {
 		t.Fatal(err)
 	}

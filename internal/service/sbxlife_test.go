@@ -185,7 +185,7 @@ func TestSnapshotTeamScope(t *testing.T) {
 	b, pb := e.signup(t, "b@example.com")
 	mk := func(team pgtype.UUID, name string, vcpus, mem int32) db.Template {
 		t.Helper()
-		r, err := e.st.Queries().InsertTemplate(ctx, db.InsertTemplateParams{ID: newUUID(), TeamID: team, Name: name,
+		r, err := e.st.Queries().InsertTemplate(ctx, db.InsertTemplateParams{ID: store.NewUUID(), TeamID: team, Name: name,
 			Kind: store.TemplateSnapshot, VCPUs: vcpus, MemoryMB: mem, Metadata: []byte(`{}`), HostID: e.sbx.StaticHosts()[0]})
 		if err != nil {
 			t.Fatal(err)

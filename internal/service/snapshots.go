@@ -228,7 +228,7 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if err != nil {
 		return Snapshot{}, false, err
 	}
-	newID := newUUID()
+	newID := store.NewUUID()
 	agentName := TemplateID(newID)
 	auditEv := AuditEvent{ResourceType: "snapshot", ResourceID: req.Name, Action: "snapshot.create",
 		Metadata: map[string]any{"id": agentName, "sandbox_id": ID(src.ID)}}

@@ -75,7 +75,7 @@ func TestUsers(t *testing.T) {
 	if got := must[db.User](t)(q.GetUserByEmail(ctx(t), "OWNER@Example.COM")); got.ID != u.ID {
 		t.Errorf("GetUserByEmail is case-sensitive: %+v", got)
 	}
-	_, err := q.GetUser(ctx(t), newUUID(t))
+	_, err := q.GetUser(ctx(t), store.NewUUID())
 	mustIs(t, err, store.ErrNotFound)
 	_, err = q.GetUserByEmail(ctx(t), "nobody@example.com")
 	mustIs(t, err, store.ErrNotFound)
@@ -112,7 +112,7 @@ func TestUsers(t *testing.T) {
 	if !renamed.UpdatedAt.After(oauthOnly.UpdatedAt) && !renamed.UpdatedAt.Equal(oauthOnly.UpdatedAt) {
 		t.Errorf("updated_at went back")
 	}
-	_, err = q.UpdateUserName(ctx(t), db.UpdateUserNameParams{ID: newUUID(t), Name: "x"})
+	_, err = q.UpdateUserName(ctx(t), db.UpdateUserNameParams{ID: store.NewUUID(), Name: "x"})
 	mustIs(t, err, store.ErrNotFound)
 	if n := must[int64](t)(q.CountUsers(ctx(t))); n != 2 {
 		t.Errorf("CountUsers = %d", n)
@@ -278,7 +278,7 @@ func TestMembershipsAndDefaultTeam(t *testing.T) {
 	mustIs(t, err, store.ErrConflict)
 	_, err = q.AddTeamMember(ctx(t), db.AddTeamMemberParams{UserID: carol.ID, TeamID: teamA.ID, Role: "superuser"})
 	mustIs(t, err, store.ErrInvalid)
-	_, err = q.AddTeamMember(ctx(t), db.AddTeamMemberParams{UserID: newUUID(t), TeamID: teamA.ID, Role: store.RoleMember})
+	_, err = q.AddTeamMember(ctx(t), db.AddTeamMemberParams{UserID: store.NewUUID(), TeamID: teamA.ID, Role: store.RoleMember})
 	mustIs(t, err, store.ErrConflict) // foreign key
 
 	if got := must[db.Membership](t)(q.GetMembership(ctx(t), db.GetMembershipParams{UserID: bob.ID, TeamID: teamA.ID})); got.Role != "member" {
@@ -468,7 +468,7 @@ func TestSandboxInsertGetAndConstraints(t *testing.T) {
 	q := f.q
 	other := f.mkTeam(t, "Other", pgtype.UUID{})
 	host := must[db.Host](t)(q.RegisterHost(ctx(t), db.RegisterHostParams{TeamID: store.PlatformTeamID, Name: "h1", Labels: jsonRaw(`{}`)}))
-	id := newUUID(t)
+	id := store.NewUUID()
 	sb := must[db.Sandbox](t)(q.InsertSandbox(ctx(t), db.InsertSandboxParams{
 		ID: id, TeamID: f.team.ID, HostID: host.ID, Template: "code-interpreter.v1", State: store.SandboxStarting,
 		VCPUs: 2, MemoryMB: 1024, DiskMB: 4096, TimeoutSec: 300, AutoPause: true, AutoResume: true,
@@ -510,7 +510,7 @@ func TestSandboxInsertGetAndConstraints(t *testing.T) {
 		{"template slash", db.InsertSandboxParams{Template: "a/b"}, store.ErrInvalid},
 		{"metadata array", db.InsertSandboxParams{Metadata: jsonRaw(`[1]`)}, store.ErrInvalid},
 		{"metadata syntax", db.InsertSandboxParams{Metadata: jsonRaw(`{`)}, store.ErrInvalid},
-		{"unknown team", db.InsertSandboxParams{TeamID: newUUID(t)}, store.ErrConflict},
+		{"unknown team", db.InsertSandboxParams{TeamID: store.NewUUID()}, store.ErrConflict},
 	}
 	for _, c := range bad {
 		t.Run(c.name, func(t *testing.T) {
@@ -667,7 +667,7 @@ func TestSandboxStateTransitions(t *testing.T) {
 	if !errors.As(err, &se) || se.State != store.SandboxRunning {
 		t.Errorf("err = %v", err)
 	}
-	_, err = f.st.TransitionSandbox(ctx(t), nil, newUUID(t), []string{store.SandboxRunning}, store.SandboxPaused, "")
+	_, err = f.st.TransitionSandbox(ctx(t), nil, store.NewUUID(), []string{store.SandboxRunning}, store.SandboxPaused, "")
 	mustIs(t, err, store.ErrNotFound)
 	_, err = f.st.TransitionSandbox(ctx(t), nil, sb.ID, []string{store.SandboxRunning}, "asleep", "")
 	mustIs(t, err, store.ErrInvalid)
@@ -1074,7 +1074,7 @@ func TestHosts(t *testing.T) {
 	if got := must[db.Host](t)(q.GetHost(ctx(t), byoc.ID)); got.TeamID != f.team.ID {
 		t.Error("GetHost")
 	}
-	_, err = q.GetHost(ctx(t), newUUID(t))
+	_, err = q.GetHost(ctx(t), store.NewUUID())
 	mustIs(t, err, store.ErrNotFound)
 
 	active := must[[]db.Host](t)(q.ListActiveHosts(ctx(t), 90))
@@ -1109,7 +1109,7 @@ func TestHosts(t *testing.T) {
 	if d := must[db.Host](t)(reg(f.team.ID, "byoc-1", "http://10.0.1.1:5008")); d.Status != store.HostDraining {
 		t.Errorf("draining host re-registered as %s", d.Status)
 	}
-	_, err = q.HeartbeatHost(ctx(t), newUUID(t))
+	_, err = q.HeartbeatHost(ctx(t), store.NewUUID())
 	mustIs(t, err, store.ErrNotFound)
 }
 

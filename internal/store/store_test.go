@@ -3,7 +3,6 @@ package store_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,18 +47,6 @@ func newStore(t *testing.T) *store.Store {
 	}
 	t.Cleanup(st.Close)
 	return st
-}
-
-func newUUID(t *testing.T) pgtype.UUID {
-	t.Helper()
-	var u pgtype.UUID
-	if _, err := rand.Read(u.Bytes[:]); err != nil {
-		t.Fatal(err)
-	}
-	u.Bytes[6] = u.Bytes[6]&0x0f | 0x40
-	u.Bytes[8] = u.Bytes[8]&0x3f | 0x80
-	u.Valid = true
-	return u
 }
 
 func mustIs(t *testing.T, err, target error) {
