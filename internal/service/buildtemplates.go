@@ -3,15 +3,12 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"time"
 
 	"connectrpc.com/connect"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/store"
-	"github.com/capsulehq/capsule/internal/store/db"
 )
 
 // TemplateDefaults are what every sandbox created from a built template
@@ -109,57 +106,12 @@ func (s *Sandboxes) PublishTemplate(ctx context.Context, p Principal, req Publis
 		}
 		at = resp.Msg.GetTemplate()
 	}
-	params := db.InsertTemplateParams{
-		ID: newID, TeamID: pgUUID(p.TeamID), Name: req.Name, Kind: req.Kind,
-		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((at.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
-		SizeBytes: int64(at.GetStoredBytes()), SourceSandboxID: src.ID, Metadata: metaJSON, CreatedBy: pgUUID(p.UserID),
-	}
 	// Both kinds live on the source's host (the scheduler's affinity;
-	// until templates are replicated, the only hosts that start them).
-	params.HostID = src.HostID
-	if v := at.GetVcpus(); v > 0 {
-		params.VCPUs = int32(v)
-	}
-	if m := at.GetMemoryMb(); m > 0 {
-		params.MemoryMB = int32(m)
-	}
-	var row db.Template
-	var old *db.Template
-	err = s.st.Tx(ctx, func(q *db.Queries) error {
-		if _, err := q.LockTeam(ctx, pgUUID(p.TeamID)); err != nil {
-			return notFound(err, "team")
-		}
-		o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: req.Name})
-		switch {
-		case err == nil:
-			old = &o
-			auditEv.Metadata["replaced_id"] = TemplateID(o.ID)
-		case !errors.Is(err, store.ErrNotFound):
-			return fmt.Errorf("replace template: %w", err)
-		}
-		if err := s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), false, (params.SizeBytes+(1<<20-1))>>20); err != nil {
-			return err
-		}
-		if row, err = q.InsertTemplate(ctx, params); err != nil {
-			return fmt.Errorf("insert template: %w", err)
-		}
-		if src.HostID.Valid {
-			if err := q.UpsertHostTemplate(ctx, db.UpsertHostTemplateParams{HostID: src.HostID, TemplateID: row.ID, SizeBytes: row.SizeBytes}); err != nil {
-				return fmt.Errorf("record the host's template: %w", err)
-			}
-		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
-	})
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
+	// other hosts replicate them on demand).
+	row, old, err := s.recordTemplate(ctx, p, c, src, newTemplate{id: newID, name: req.Name, kind: req.Kind,
+		made: at, meta: metaJSON, replace: true, audit: auditEv})
 	if err != nil {
-		s.deleteAgentTemplate(bg, c, agentName)
 		return Snapshot{}, err
-	}
-	if old != nil {
-		if oc, err := s.agentFor(bg, old.HostID); err == nil {
-			s.deleteAgentTemplate(bg, oc, TemplateID(old.ID))
-		}
 	}
 	s.log.InfoContext(ctx, "template built", "template", agentName, "name", req.Name, "kind", req.Kind,
 		"sandbox", ID(src.ID), "team", p.TeamID.String(), "replaced", old != nil)

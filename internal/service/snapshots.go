@@ -245,33 +245,75 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 	if terr := s.touch(ctx, src.ID); terr != nil {
 		s.log.WarnContext(ctx, "sandbox activity", "sandbox", ID(src.ID), "err", terr)
 	}
-	at := resp.Msg.GetTemplate()
+	row, old, err := s.recordTemplate(ctx, p, c, src, newTemplate{id: newID, name: req.Name, kind: store.TemplateSnapshot,
+		made: resp.Msg.GetTemplate(), meta: metaJSON, replace: req.Overwrite, audit: auditEv, replaceAction: "snapshot.overwrite"})
+	if errors.Is(err, store.ErrConflict) {
+		return Snapshot{}, false, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("a snapshot named %q exists: set overwrite to replace it", req.Name), Err: err}
+	}
+	if err != nil {
+		return Snapshot{}, false, err
+	}
+	s.log.InfoContext(ctx, "snapshot created", "snapshot", agentName, "name", req.Name, "sandbox", ID(src.ID),
+		"team", p.TeamID.String(), "replaced", old != nil)
+	return snapshotOf(row), old != nil, nil
+}
+
+// newTemplate is a template a host just made from a sandbox, to record.
+type newTemplate struct {
+	id         pgtype.UUID
+	name, kind string
+	// made is what the agent answered (sizes, and the machine shape of a
+	// snapshot); meta the template's metadata (templateMeta as JSON).
+	made *pb.Template
+	meta []byte
+	// replace deletes the team's template of the same name in the same
+	// transaction (otherwise the name in use is store.ErrConflict).
+	replace bool
+	// audit is recorded with the row; when a template is replaced its ID
+	// goes under "replaced_id", and its action becomes replaceAction when
+	// set.
+	audit         AuditEvent
+	replaceAction string
+}
+
+// recordTemplate records t, made on src's host from src, in one
+// transaction: the team locked, the template of the same name replaced
+// (t.replace), the stored quotas checked with t's size, the row inserted,
+// its host's copy recorded (the scheduler's affinity) and the audit event
+// written. On error the host's new files are deleted (nothing refers to
+// them); after a replace, the old template's files are deleted on the host
+// that holds them. old is the replaced template.
+func (s *Sandboxes) recordTemplate(ctx context.Context, p Principal, c *agentclient.Client, src db.Sandbox, t newTemplate) (db.Template, *db.Template, error) {
 	params := db.InsertTemplateParams{
-		ID: newID, TeamID: pgUUID(p.TeamID), Name: req.Name, Kind: store.TemplateSnapshot,
-		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((at.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
-		SizeBytes: int64(at.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: metaJSON,
+		ID: t.id, TeamID: pgUUID(p.TeamID), Name: t.name, Kind: t.kind,
+		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((t.made.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
+		SizeBytes: int64(t.made.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: t.meta,
 		CreatedBy: pgUUID(p.UserID),
 	}
-	if v := at.GetVcpus(); v > 0 {
+	if v := t.made.GetVcpus(); v > 0 {
 		params.VCPUs = int32(v)
 	}
-	if m := at.GetMemoryMb(); m > 0 {
+	if m := t.made.GetMemoryMb(); m > 0 {
 		params.MemoryMB = int32(m)
 	}
+	ev := t.audit
 	var row db.Template
 	var old *db.Template
-	err = s.st.Tx(ctx, func(q *db.Queries) error {
+	err := s.st.Tx(ctx, func(q *db.Queries) error {
 		if _, err := q.LockTeam(ctx, pgUUID(p.TeamID)); err != nil {
 			return notFound(err, "team")
 		}
-		if req.Overwrite {
-			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: req.Name})
+		if t.replace {
+			o, err := q.DeleteTemplate(ctx, db.DeleteTemplateParams{TeamID: pgUUID(p.TeamID), Name: t.name})
 			switch {
 			case err == nil:
 				old = &o
-				auditEv.Action, auditEv.Metadata["replaced_id"] = "snapshot.overwrite", TemplateID(o.ID)
+				ev.Metadata["replaced_id"] = TemplateID(o.ID)
+				if t.replaceAction != "" {
+					ev.Action = t.replaceAction
+				}
 			case !errors.Is(err, store.ErrNotFound):
-				return fmt.Errorf("replace snapshot: %w", err)
+				return fmt.Errorf("replace template %s: %w", t.name, err)
 			}
 		}
 		if err := s.checkStoredQuotas(ctx, q, pgUUID(p.TeamID), false, (params.SizeBytes+(1<<20-1))>>20); err != nil {
@@ -279,34 +321,27 @@ func (s *Sandboxes) CreateSnapshot(ctx context.Context, p Principal, req CreateS
 		}
 		var err error
 		if row, err = q.InsertTemplate(ctx, params); err != nil {
-			if errors.Is(err, store.ErrConflict) {
-				return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("a snapshot named %q exists: set overwrite to replace it", req.Name), Err: err}
-			}
-			return fmt.Errorf("insert snapshot: %w", err)
+			return fmt.Errorf("insert template %s: %w", t.name, err)
 		}
-		// Its host holds it (the scheduler's affinity).
 		if src.HostID.Valid {
 			if err := q.UpsertHostTemplate(ctx, db.UpsertHostTemplateParams{HostID: src.HostID, TemplateID: row.ID, SizeBytes: row.SizeBytes}); err != nil {
 				return fmt.Errorf("record the host's template: %w", err)
 			}
 		}
-		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), auditEv)
+		return s.audit.Record(ctx, q, p.TeamID, p.Actor(), ev)
 	})
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	if err != nil {
-		// Nothing refers to the new files: delete them.
-		s.deleteAgentTemplate(bg, c, agentName)
-		return Snapshot{}, false, err
+		s.deleteAgentTemplate(bg, c, TemplateID(t.id))
+		return db.Template{}, nil, err
 	}
 	if old != nil {
 		if oc, err := s.agentFor(bg, old.HostID); err == nil {
 			s.deleteAgentTemplate(bg, oc, TemplateID(old.ID))
 		}
 	}
-	s.log.InfoContext(ctx, "snapshot created", "snapshot", agentName, "name", req.Name, "sandbox", ID(src.ID),
-		"team", p.TeamID.String(), "replaced", old != nil)
-	return snapshotOf(row), old != nil, nil
+	return row, old, nil
 }
 
 // deleteAgentTemplate deletes a template's files on the host, logging a
