@@ -233,3 +233,55 @@ func fileEntry(e *fspb.EntryInfo) *pb.FileEntry {
 	}
 	return out
 }
+
+// WatchDir relays envd's watch of a guest directory: its start, then its
+// events (envd's keepalives stay between envd and the agent; the control
+// plane keeps its own clients' connections alive).
+func (s *service) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDirRequest], stream *connect.ServerStream[pb.WatchDirResponse]) error {
+	m := req.Msg
+	if m.GetPath() == "" {
+		return s.a.failState(ctx, invalid("path is required"))
+	}
+	c, err := s.envd(ctx, m.GetSandboxId())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := c.Filesystem().WatchDir(ctx, fsRequest(&fspb.WatchDirRequest{Path: m.GetPath(), Recursive: m.GetRecursive()}, m.GetUser()))
+	if err != nil {
+		return s.a.failState(ctx, err)
+	}
+	defer w.Close()
+	for w.Receive() {
+		var out *pb.WatchDirResponse
+		switch ev := w.Msg().GetEvent().(type) {
+		case *fspb.WatchDirResponse_Start:
+			out = &pb.WatchDirResponse{Started: true}
+		case *fspb.WatchDirResponse_Filesystem:
+			t, ok := fileEventTypes[ev.Filesystem.GetType()]
+			if !ok {
+				continue
+			}
+			out = &pb.WatchDirResponse{Event: &pb.FileEvent{Name: ev.Filesystem.GetName(), Type: t}}
+		default: // keepalive
+			continue
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
+	if err := w.Err(); err != nil && ctx.Err() == nil {
+		return s.a.failState(ctx, err)
+	}
+	return nil
+}
+
+// fileEventTypes maps envd's event types to the contract's.
+var fileEventTypes = map[fspb.EventType]pb.FileEventType{
+	fspb.EventType_EVENT_TYPE_CREATE: pb.FileEventType_FILE_EVENT_TYPE_CREATE,
+	fspb.EventType_EVENT_TYPE_WRITE:  pb.FileEventType_FILE_EVENT_TYPE_WRITE,
+	fspb.EventType_EVENT_TYPE_REMOVE: pb.FileEventType_FILE_EVENT_TYPE_REMOVE,
+	fspb.EventType_EVENT_TYPE_RENAME: pb.FileEventType_FILE_EVENT_TYPE_RENAME,
+	fspb.EventType_EVENT_TYPE_CHMOD:  pb.FileEventType_FILE_EVENT_TYPE_CHMOD,
+}

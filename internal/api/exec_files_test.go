@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,7 @@ func TestExecAndFilesRealVM(t *testing.T) {
 	t.Run("Stream", f.testStream)
 	t.Run("Files", f.testFiles)
 	t.Run("FilesRefused", f.testFilesRefused)
+	t.Run("Watch", f.testWatch)
 }
 
 type sbxFixture struct {
@@ -509,6 +511,105 @@ func (f *sbxFixture) raw(t *testing.T, method, path, key, contentType string, bo
 	return resp, b
 }
 
+// testWatch: a recursive watch sees files made, written, renamed and
+// removed below it, through the API and by a process in the guest, each
+// once, in order; a non-recursive watch sees its own level only; a watch
+// of a missing directory or a file is refused before the answer starts.
+func (f *sbxFixture) testWatch(t *testing.T) {
+	f.sh(t, "rm -rf /tmp/w && mkdir -p /tmp/w/sub")
+	type event = struct{ Type, Name string }
+	watch := func(t *testing.T, q ...string) (<-chan event, func()) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.srv.URL+f.filesURL(f.id, "/watch", q...), nil)
+		req.Header.Set("X-API-Key", f.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			cancel()
+			t.Fatalf("watch: %d %s %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		}
+		events := make(chan event, 64)
+		go func() {
+			defer close(events)
+			defer resp.Body.Close()
+			dec := json.NewDecoder(resp.Body)
+			for {
+				var ev event
+				if dec.Decode(&ev) != nil {
+					return
+				}
+				events <- ev
+			}
+		}()
+		return events, cancel
+	}
+	// next is the next event that is not a keepalive or a write of a
+	// file being filled (one write or several: the guest decides).
+	next := func(t *testing.T, events <-chan event, skip ...event) event {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatal("the watch ended")
+				}
+				if ev.Type == "keepalive" || slices.Contains(skip, ev) {
+					continue
+				}
+				return ev
+			case <-timeout:
+				t.Fatal("no event within 30 s")
+			}
+		}
+	}
+	t.Run("changes below the directory", func(t *testing.T) {
+		events, stop := watch(t, "path", "/tmp/w", "recursive", "true")
+		defer stop()
+		if resp, b := f.raw(t, "PUT", f.filesURL(f.id, "", "path", "/tmp/w/a.txt"), f.key, "", strings.NewReader("hello")); resp.StatusCode != 200 {
+			t.Fatalf("upload: %d %s", resp.StatusCode, b)
+		}
+		if ev := next(t, events); ev != (event{"create", "a.txt"}) {
+			t.Fatalf("after an upload: %+v", ev)
+		}
+		f.sh(t, "echo x > /tmp/w/sub/b.txt && mv /tmp/w/a.txt /tmp/w/c.txt && rm /tmp/w/sub/b.txt")
+		for _, want := range []event{{"create", "sub/b.txt"}, {"rename", "a.txt"}, {"create", "c.txt"}, {"remove", "sub/b.txt"}} {
+			if ev := next(t, events, event{"write", "a.txt"}, event{"write", "sub/b.txt"}); ev != want {
+				t.Fatalf("event %+v, want %+v", ev, want)
+			}
+		}
+	})
+	t.Run("not recursive", func(t *testing.T) {
+		events, stop := watch(t, "path", "/tmp/w")
+		defer stop()
+		f.sh(t, "echo x > /tmp/w/sub/deep.txt && echo y > /tmp/w/top.txt")
+		if ev := next(t, events, event{"write", "top.txt"}); ev != (event{"create", "top.txt"}) {
+			t.Fatalf("a non-recursive watch saw %+v first", ev)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		q    []string
+		want int
+	}{
+		{"a missing directory", []string{"path", "/tmp/nowhere"}, 404},
+		{"a file", []string{"path", "/tmp/w/c.txt"}, 400},
+		{"recursive not a boolean", []string{"path", "/tmp/w", "recursive", "yes please"}, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if c := f.do(t, "GET", f.filesURL(f.id, "/watch", tc.q...), f.key, nil, nil); c != tc.want {
+				t.Fatalf("%d, want %d", c, tc.want)
+			}
+		})
+	}
+}
+
 func (f *sbxFixture) filesURL(id, route string, q ...string) string {
 	v := url.Values{}
 	for i := 0; i+1 < len(q); i += 2 {
@@ -671,6 +772,7 @@ func (f *sbxFixture) testFilesRefused(t *testing.T) {
 			{"GET", f.filesURL(id, "/list", "path", dir), "", nil},
 			{"POST", "/v1/sandboxes/" + id + "/files/mkdir", "application/json", text(string(mkdir))},
 			{"DELETE", f.filesURL(id, "", "path", file), "", nil},
+			{"GET", f.filesURL(id, "/watch", "path", dir), "", nil},
 		}
 	}
 	check := func(t *testing.T, r req, key string, want int) {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"io"
 	"mime"
@@ -222,4 +223,89 @@ func (s *Server) pathSandbox(w http.ResponseWriter, r *http.Request) (service.Sa
 		return service.SandboxID{}, false
 	}
 	return b, true
+}
+
+// fileEventJSON is one line of watchFiles' answer.
+type fileEventJSON struct {
+	// Type is "create", "write", "remove", "rename" or "chmod", or
+	// "keepalive" on a quiet watch (no name).
+	Type string `json:"type"`
+	Name string `json:"name,omitempty"`
+}
+
+// watchKeepalive is how long a quiet watch waits before a keepalive line
+// (proxies close connections idle for a minute or more).
+const watchKeepalive = 15 * time.Second
+
+// watchFiles streams the changes under a guest directory, one JSON line
+// (fileEventJSON) per change (application/x-ndjson), from the moment the
+// watch is in place (the answer's headers) until the client leaves or the
+// sandbox stops running. ?recursive=true watches the directories below.
+func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	id, ok := s.pathSandbox(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	recursive := false
+	if v := q.Get("recursive"); v != "" {
+		var err error
+		if recursive, err = strconv.ParseBool(v); err != nil {
+			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "recursive: want true or false"})
+			return
+		}
+	}
+	watch, err := s.cfg.Sandboxes.WatchDir(r.Context(), p, id, q.Get("path"), q.Get("user"), recursive)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer watch.Close()
+	events := make(chan service.FileEvent)
+	go func() {
+		defer close(events)
+		for {
+			ev, err := watch.Next()
+			if err != nil {
+				return
+			}
+			select {
+			case events <- ev:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	flush := func() {
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	flush()
+	enc := json.NewEncoder(w)
+	keepalive := time.NewTicker(watchKeepalive)
+	defer keepalive.Stop()
+	for {
+		var line fileEventJSON
+		select {
+		case <-r.Context().Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return // the watch ended: so does the answer
+			}
+			line = fileEventJSON{Type: ev.Type, Name: ev.Name}
+			keepalive.Reset(watchKeepalive)
+		case <-keepalive.C:
+			line = fileEventJSON{Type: "keepalive"}
+		}
+		if enc.Encode(line) != nil {
+			return
+		}
+		flush()
+	}
 }

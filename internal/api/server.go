@@ -196,6 +196,7 @@ func (s *Server) register() {
 	s.handle("GET /v1/sandboxes/{id}/files", s.authed(s.downloadFile))
 	s.handle("DELETE /v1/sandboxes/{id}/files", s.authed(s.removeFile))
 	s.handle("GET /v1/sandboxes/{id}/files/list", s.authed(s.listFiles))
+	s.handle("GET /v1/sandboxes/{id}/files/watch", s.authed(s.watchFiles))
 	s.handle("POST /v1/sandboxes/{id}/files/mkdir", s.authed(s.makeDir))
 	s.handle("POST /v1/teams", s.userAuthed(s.createTeam))
 	s.handle("GET /v1/teams", s.userAuthed(s.listTeams))

@@ -355,3 +355,89 @@ func (s *Sandboxes) RemoveFile(ctx context.Context, p Principal, id SandboxID, f
 	}
 	return nil
 }
+
+// FileEvent is one change under a watched guest directory.
+type FileEvent struct {
+	// Name is the changed entry's path relative to the watched directory.
+	Name string
+	// Type is what happened: FileCreated, FileWritten, FileRemoved,
+	// FileRenamed or FileChmod.
+	Type string
+}
+
+// The types of FileEvent.
+const (
+	FileCreated = "create"
+	FileWritten = "write"
+	FileRemoved = "remove"
+	FileRenamed = "rename"
+	FileChmod   = "chmod"
+)
+
+var fileEventNames = map[pb.FileEventType]string{
+	pb.FileEventType_FILE_EVENT_TYPE_CREATE: FileCreated,
+	pb.FileEventType_FILE_EVENT_TYPE_WRITE:  FileWritten,
+	pb.FileEventType_FILE_EVENT_TYPE_REMOVE: FileRemoved,
+	pb.FileEventType_FILE_EVENT_TYPE_RENAME: FileRenamed,
+	pb.FileEventType_FILE_EVENT_TYPE_CHMOD:  FileChmod,
+}
+
+// DirWatch is a watch of a guest directory, in place when WatchDir
+// returns it; Close it.
+type DirWatch struct {
+	stream *connect.ServerStreamForClient[pb.WatchDirResponse]
+	cancel context.CancelFunc
+}
+
+// Next blocks for the next change. io.EOF: the watch ended (the sandbox
+// stopped running, or the caller's context ended).
+func (w *DirWatch) Next() (FileEvent, error) {
+	for w.stream.Receive() {
+		ev := w.stream.Msg().GetEvent()
+		if t, ok := fileEventNames[ev.GetType()]; ok {
+			return FileEvent{Name: ev.GetName(), Type: t}, nil
+		}
+	}
+	if err := w.stream.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return FileEvent{}, guestError(err, "watch directory")
+	}
+	return FileEvent{}, io.EOF
+}
+
+// Close ends the watch.
+func (w *DirWatch) Close() error {
+	w.cancel()
+	return w.stream.Close()
+}
+
+// WatchDir watches the guest directory dirPath of a running sandbox of p's
+// team (and the directories below it when recursive), as user. It returns
+// once the watch is in place: a change made after that is seen. A missing
+// directory is ErrNotFound, a file ErrInvalid.
+func (s *Sandboxes) WatchDir(ctx context.Context, p Principal, id SandboxID, dirPath, user string, recursive bool) (*DirWatch, error) {
+	dirPath, err := fileArgs(dirPath, user)
+	if err != nil {
+		return nil, err
+	}
+	_, c, err := s.running(ctx, p, id)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	st, err := c.WatchDir(wctx, connect.NewRequest(&pb.WatchDirRequest{SandboxId: id.String(), Path: dirPath, Recursive: recursive, User: user}))
+	if err != nil {
+		cancel()
+		return nil, guestError(err, "watch directory")
+	}
+	w := &DirWatch{stream: st, cancel: cancel}
+	// The first message says the watch is in place, or why not.
+	if !st.Receive() || !st.Msg().GetStarted() {
+		err := st.Err()
+		_ = w.Close()
+		if err == nil {
+			err = errors.New("the agent's watch ended before it started")
+		}
+		return nil, guestError(err, "watch directory")
+	}
+	return w, nil
+}

@@ -338,6 +338,64 @@ func (FileType) EnumDescriptor() ([]byte, []int) {
 	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
 }
 
+type FileEventType int32
+
+const (
+	FileEventType_FILE_EVENT_TYPE_UNSPECIFIED FileEventType = 0
+	FileEventType_FILE_EVENT_TYPE_CREATE      FileEventType = 1
+	FileEventType_FILE_EVENT_TYPE_WRITE       FileEventType = 2
+	FileEventType_FILE_EVENT_TYPE_REMOVE      FileEventType = 3
+	FileEventType_FILE_EVENT_TYPE_RENAME      FileEventType = 4
+	FileEventType_FILE_EVENT_TYPE_CHMOD       FileEventType = 5
+)
+
+// Enum value maps for FileEventType.
+var (
+	FileEventType_name = map[int32]string{
+		0: "FILE_EVENT_TYPE_UNSPECIFIED",
+		1: "FILE_EVENT_TYPE_CREATE",
+		2: "FILE_EVENT_TYPE_WRITE",
+		3: "FILE_EVENT_TYPE_REMOVE",
+		4: "FILE_EVENT_TYPE_RENAME",
+		5: "FILE_EVENT_TYPE_CHMOD",
+	}
+	FileEventType_value = map[string]int32{
+		"FILE_EVENT_TYPE_UNSPECIFIED": 0,
+		"FILE_EVENT_TYPE_CREATE":      1,
+		"FILE_EVENT_TYPE_WRITE":       2,
+		"FILE_EVENT_TYPE_REMOVE":      3,
+		"FILE_EVENT_TYPE_RENAME":      4,
+		"FILE_EVENT_TYPE_CHMOD":       5,
+	}
+)
+
+func (x FileEventType) Enum() *FileEventType {
+	p := new(FileEventType)
+	*p = x
+	return p
+}
+
+func (x FileEventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FileEventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_hostagent_v1_hostagent_proto_enumTypes[5].Descriptor()
+}
+
+func (FileEventType) Type() protoreflect.EnumType {
+	return &file_hostagent_v1_hostagent_proto_enumTypes[5]
+}
+
+func (x FileEventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FileEventType.Descriptor instead.
+func (FileEventType) EnumDescriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
+}
+
 type GetHostInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -379,7 +437,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 12.
+	// implements (see the file comment); this file describes revision 16.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -390,7 +448,7 @@ type GetHostInfoResponse struct {
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
 	// between hosts); revision 10 ForkSandbox; revision 11
 	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold; revision 12
-	// CreateSandboxResponse.phases (the create's steps).
+	// CreateSandboxResponse.phases (the create's steps); revision 16 WatchDir.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -4920,6 +4978,185 @@ func (x *FileEntry) GetGroup() string {
 	return ""
 }
 
+type WatchDirRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// path: absolute, or relative to the user's home directory.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// recursive watches the directories below path too (names are then
+	// relative to path, with slashes).
+	Recursive bool `protobuf:"varint,3,opt,name=recursive,proto3" json:"recursive,omitempty"`
+	// user watches; empty means the sandbox's default user.
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDirRequest) Reset() {
+	*x = WatchDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDirRequest) ProtoMessage() {}
+
+func (x *WatchDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDirRequest.ProtoReflect.Descriptor instead.
+func (*WatchDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *WatchDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *WatchDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *WatchDirRequest) GetRecursive() bool {
+	if x != nil {
+		return x.Recursive
+	}
+	return false
+}
+
+func (x *WatchDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type WatchDirResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// started is set on the first message only: the watch is in place.
+	Started       bool       `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	Event         *FileEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDirResponse) Reset() {
+	*x = WatchDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDirResponse) ProtoMessage() {}
+
+func (x *WatchDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDirResponse.ProtoReflect.Descriptor instead.
+func (*WatchDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *WatchDirResponse) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
+}
+
+func (x *WatchDirResponse) GetEvent() *FileEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// FileEvent is one change under a watched directory.
+type FileEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the changed entry's path relative to the watched directory.
+	Name          string        `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type          FileEventType `protobuf:"varint,2,opt,name=type,proto3,enum=hostagent.v1.FileEventType" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileEvent) Reset() {
+	*x = FileEvent{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileEvent) ProtoMessage() {}
+
+func (x *FileEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileEvent.ProtoReflect.Descriptor instead.
+func (*FileEvent) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *FileEvent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileEvent) GetType() FileEventType {
+	if x != nil {
+		return x.Type
+	}
+	return FileEventType_FILE_EVENT_TYPE_UNSPECIFIED
+}
+
 type ListDirRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
@@ -4935,7 +5172,7 @@ type ListDirRequest struct {
 
 func (x *ListDirRequest) Reset() {
 	*x = ListDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4947,7 +5184,7 @@ func (x *ListDirRequest) String() string {
 func (*ListDirRequest) ProtoMessage() {}
 
 func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[71]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4960,7 +5197,7 @@ func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
 func (*ListDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{71}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ListDirRequest) GetSandboxId() string {
@@ -5001,7 +5238,7 @@ type ListDirResponse struct {
 
 func (x *ListDirResponse) Reset() {
 	*x = ListDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5013,7 +5250,7 @@ func (x *ListDirResponse) String() string {
 func (*ListDirResponse) ProtoMessage() {}
 
 func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[72]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5026,7 +5263,7 @@ func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
 func (*ListDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{72}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListDirResponse) GetEntries() []*FileEntry {
@@ -5049,7 +5286,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5061,7 +5298,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[73]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5074,7 +5311,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{73}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *MakeDirRequest) GetSandboxId() string {
@@ -5107,7 +5344,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5119,7 +5356,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[74]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5132,7 +5369,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{74}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *MakeDirResponse) GetEntry() *FileEntry {
@@ -5153,7 +5390,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5165,7 +5402,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[75]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5178,7 +5415,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{75}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RemoveRequest) GetSandboxId() string {
@@ -5210,7 +5447,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5222,7 +5459,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[76]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5235,7 +5472,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{76}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{79}
 }
 
 type SetSandboxNetworkRequest struct {
@@ -5248,7 +5485,7 @@ type SetSandboxNetworkRequest struct {
 
 func (x *SetSandboxNetworkRequest) Reset() {
 	*x = SetSandboxNetworkRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5260,7 +5497,7 @@ func (x *SetSandboxNetworkRequest) String() string {
 func (*SetSandboxNetworkRequest) ProtoMessage() {}
 
 func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[77]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5273,7 +5510,7 @@ func (x *SetSandboxNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkRequest.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{77}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SetSandboxNetworkRequest) GetSandboxId() string {
@@ -5298,7 +5535,7 @@ type SetSandboxNetworkResponse struct {
 
 func (x *SetSandboxNetworkResponse) Reset() {
 	*x = SetSandboxNetworkResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5310,7 +5547,7 @@ func (x *SetSandboxNetworkResponse) String() string {
 func (*SetSandboxNetworkResponse) ProtoMessage() {}
 
 func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[78]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5323,7 +5560,7 @@ func (x *SetSandboxNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSandboxNetworkResponse.ProtoReflect.Descriptor instead.
 func (*SetSandboxNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{78}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{81}
 }
 
 var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
@@ -5663,7 +5900,19 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"modifiedAt\x12%\n" +
 	"\x0esymlink_target\x18\a \x01(\tR\rsymlinkTarget\x12\x14\n" +
 	"\x05owner\x18\b \x01(\tR\x05owner\x12\x14\n" +
-	"\x05group\x18\t \x01(\tR\x05group\"m\n" +
+	"\x05group\x18\t \x01(\tR\x05group\"v\n" +
+	"\x0fWatchDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n" +
+	"\trecursive\x18\x03 \x01(\bR\trecursive\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"[\n" +
+	"\x10WatchDirResponse\x12\x18\n" +
+	"\astarted\x18\x01 \x01(\bR\astarted\x12-\n" +
+	"\x05event\x18\x02 \x01(\v2\x17.hostagent.v1.FileEventR\x05event\"P\n" +
+	"\tFileEvent\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x1b.hostagent.v1.FileEventTypeR\x04type\"m\n" +
 	"\x0eListDirRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
@@ -5717,7 +5966,14 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x15FILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eFILE_TYPE_FILE\x10\x01\x12\x17\n" +
 	"\x13FILE_TYPE_DIRECTORY\x10\x02\x12\x15\n" +
-	"\x11FILE_TYPE_SYMLINK\x10\x032\xea\x13\n" +
+	"\x11FILE_TYPE_SYMLINK\x10\x03*\xba\x01\n" +
+	"\rFileEventType\x12\x1f\n" +
+	"\x1bFILE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16FILE_EVENT_TYPE_CREATE\x10\x01\x12\x19\n" +
+	"\x15FILE_EVENT_TYPE_WRITE\x10\x02\x12\x1a\n" +
+	"\x16FILE_EVENT_TYPE_REMOVE\x10\x03\x12\x1a\n" +
+	"\x16FILE_EVENT_TYPE_RENAME\x10\x04\x12\x19\n" +
+	"\x15FILE_EVENT_TYPE_CHMOD\x10\x052\xb7\x14\n" +
 	"\tHostAgent\x12R\n" +
 	"\vGetHostInfo\x12 .hostagent.v1.GetHostInfoRequest\x1a!.hostagent.v1.GetHostInfoResponse\x12X\n" +
 	"\rCreateSandbox\x12\".hostagent.v1.CreateSandboxRequest\x1a#.hostagent.v1.CreateSandboxResponse\x12[\n" +
@@ -5750,7 +6006,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\bReadFile\x12\x1d.hostagent.v1.ReadFileRequest\x1a\x1e.hostagent.v1.ReadFileResponse0\x01\x12F\n" +
 	"\aListDir\x12\x1c.hostagent.v1.ListDirRequest\x1a\x1d.hostagent.v1.ListDirResponse\x12F\n" +
 	"\aMakeDir\x12\x1c.hostagent.v1.MakeDirRequest\x1a\x1d.hostagent.v1.MakeDirResponse\x12C\n" +
-	"\x06Remove\x12\x1b.hostagent.v1.RemoveRequest\x1a\x1c.hostagent.v1.RemoveResponseB;Z9github.com/capsulehq/capsule/gen/hostagent/v1;hostagentv1b\x06proto3"
+	"\x06Remove\x12\x1b.hostagent.v1.RemoveRequest\x1a\x1c.hostagent.v1.RemoveResponse\x12K\n" +
+	"\bWatchDir\x12\x1d.hostagent.v1.WatchDirRequest\x1a\x1e.hostagent.v1.WatchDirResponse0\x01B;Z9github.com/capsulehq/capsule/gen/hostagent/v1;hostagentv1b\x06proto3"
 
 var (
 	file_hostagent_v1_hostagent_proto_rawDescOnce sync.Once
@@ -5764,234 +6021,242 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 	return file_hostagent_v1_hostagent_proto_rawDescData
 }
 
-var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),                 // 0: hostagent.v1.SandboxState
 	(MetricTier)(0),                   // 1: hostagent.v1.MetricTier
 	(TemplateKind)(0),                 // 2: hostagent.v1.TemplateKind
 	(Signal)(0),                       // 3: hostagent.v1.Signal
 	(FileType)(0),                     // 4: hostagent.v1.FileType
-	(*GetHostInfoRequest)(nil),        // 5: hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),       // 6: hostagent.v1.GetHostInfoResponse
-	(*SamplerCost)(nil),               // 7: hostagent.v1.SamplerCost
-	(*Resources)(nil),                 // 8: hostagent.v1.Resources
-	(*Sandbox)(nil),                   // 9: hostagent.v1.Sandbox
-	(*NetworkRules)(nil),              // 10: hostagent.v1.NetworkRules
-	(*CreateSandboxRequest)(nil),      // 11: hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),     // 12: hostagent.v1.CreateSandboxResponse
-	(*CreatePhase)(nil),               // 13: hostagent.v1.CreatePhase
-	(*ForkSandboxRequest)(nil),        // 14: hostagent.v1.ForkSandboxRequest
-	(*ForkSandboxResponse)(nil),       // 15: hostagent.v1.ForkSandboxResponse
-	(*ForkResult)(nil),                // 16: hostagent.v1.ForkResult
-	(*DestroySandboxRequest)(nil),     // 17: hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),    // 18: hostagent.v1.DestroySandboxResponse
-	(*ConsoleTail)(nil),               // 19: hostagent.v1.ConsoleTail
-	(*GetSandboxConsoleRequest)(nil),  // 20: hostagent.v1.GetSandboxConsoleRequest
-	(*GetSandboxConsoleResponse)(nil), // 21: hostagent.v1.GetSandboxConsoleResponse
-	(*PauseSandboxRequest)(nil),       // 22: hostagent.v1.PauseSandboxRequest
-	(*PauseSandboxResponse)(nil),      // 23: hostagent.v1.PauseSandboxResponse
-	(*ResumeSandboxRequest)(nil),      // 24: hostagent.v1.ResumeSandboxRequest
-	(*ResumeSandboxResponse)(nil),     // 25: hostagent.v1.ResumeSandboxResponse
-	(*GetSandboxRequest)(nil),         // 26: hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),        // 27: hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),      // 28: hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),     // 29: hostagent.v1.ListSandboxesResponse
-	(*PingSandboxRequest)(nil),        // 30: hostagent.v1.PingSandboxRequest
-	(*PingSandboxResponse)(nil),       // 31: hostagent.v1.PingSandboxResponse
-	(*SetSandboxTimeoutRequest)(nil),  // 32: hostagent.v1.SetSandboxTimeoutRequest
-	(*SetSandboxTimeoutResponse)(nil), // 33: hostagent.v1.SetSandboxTimeoutResponse
-	(*GetSandboxMetricsRequest)(nil),  // 34: hostagent.v1.GetSandboxMetricsRequest
-	(*MetricPoint)(nil),               // 35: hostagent.v1.MetricPoint
-	(*MetricSeries)(nil),              // 36: hostagent.v1.MetricSeries
-	(*SandboxMetrics)(nil),            // 37: hostagent.v1.SandboxMetrics
-	(*GetSandboxMetricsResponse)(nil), // 38: hostagent.v1.GetSandboxMetricsResponse
-	(*Template)(nil),                  // 39: hostagent.v1.Template
-	(*ExportTemplateRequest)(nil),     // 40: hostagent.v1.ExportTemplateRequest
-	(*ExportTemplateResponse)(nil),    // 41: hostagent.v1.ExportTemplateResponse
-	(*ImportTemplateRequest)(nil),     // 42: hostagent.v1.ImportTemplateRequest
-	(*ImportTemplateResponse)(nil),    // 43: hostagent.v1.ImportTemplateResponse
-	(*TemplateManifest)(nil),          // 44: hostagent.v1.TemplateManifest
-	(*TemplateFile)(nil),              // 45: hostagent.v1.TemplateFile
-	(*TemplateChunk)(nil),             // 46: hostagent.v1.TemplateChunk
-	(*CreateSnapshotRequest)(nil),     // 47: hostagent.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 48: hostagent.v1.CreateSnapshotResponse
-	(*FlattenRootfsRequest)(nil),      // 49: hostagent.v1.FlattenRootfsRequest
-	(*FlattenRootfsResponse)(nil),     // 50: hostagent.v1.FlattenRootfsResponse
-	(*DeleteTemplateRequest)(nil),     // 51: hostagent.v1.DeleteTemplateRequest
-	(*DeleteTemplateResponse)(nil),    // 52: hostagent.v1.DeleteTemplateResponse
-	(*ListTemplatesRequest)(nil),      // 53: hostagent.v1.ListTemplatesRequest
-	(*ListTemplatesResponse)(nil),     // 54: hostagent.v1.ListTemplatesResponse
-	(*PtySize)(nil),                   // 55: hostagent.v1.PtySize
-	(*ExecRequest)(nil),               // 56: hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),              // 57: hostagent.v1.ExecResponse
-	(*ExecStarted)(nil),               // 58: hostagent.v1.ExecStarted
-	(*ExecOutput)(nil),                // 59: hostagent.v1.ExecOutput
-	(*ExecEnded)(nil),                 // 60: hostagent.v1.ExecEnded
-	(*ExecKeepalive)(nil),             // 61: hostagent.v1.ExecKeepalive
-	(*SendExecInputRequest)(nil),      // 62: hostagent.v1.SendExecInputRequest
-	(*SendExecInputResponse)(nil),     // 63: hostagent.v1.SendExecInputResponse
-	(*CloseExecInputRequest)(nil),     // 64: hostagent.v1.CloseExecInputRequest
-	(*CloseExecInputResponse)(nil),    // 65: hostagent.v1.CloseExecInputResponse
-	(*SignalExecRequest)(nil),         // 66: hostagent.v1.SignalExecRequest
-	(*SignalExecResponse)(nil),        // 67: hostagent.v1.SignalExecResponse
-	(*ResizeExecRequest)(nil),         // 68: hostagent.v1.ResizeExecRequest
-	(*ResizeExecResponse)(nil),        // 69: hostagent.v1.ResizeExecResponse
-	(*WriteFileRequest)(nil),          // 70: hostagent.v1.WriteFileRequest
-	(*WriteFileHeader)(nil),           // 71: hostagent.v1.WriteFileHeader
-	(*WriteFileResponse)(nil),         // 72: hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),           // 73: hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),          // 74: hostagent.v1.ReadFileResponse
-	(*FileEntry)(nil),                 // 75: hostagent.v1.FileEntry
-	(*ListDirRequest)(nil),            // 76: hostagent.v1.ListDirRequest
-	(*ListDirResponse)(nil),           // 77: hostagent.v1.ListDirResponse
-	(*MakeDirRequest)(nil),            // 78: hostagent.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),           // 79: hostagent.v1.MakeDirResponse
-	(*RemoveRequest)(nil),             // 80: hostagent.v1.RemoveRequest
-	(*RemoveResponse)(nil),            // 81: hostagent.v1.RemoveResponse
-	(*SetSandboxNetworkRequest)(nil),  // 82: hostagent.v1.SetSandboxNetworkRequest
-	(*SetSandboxNetworkResponse)(nil), // 83: hostagent.v1.SetSandboxNetworkResponse
-	nil,                               // 84: hostagent.v1.Sandbox.MetadataEntry
-	nil,                               // 85: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                               // 86: hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                               // 87: hostagent.v1.ExecRequest.EnvsEntry
-	(*timestamppb.Timestamp)(nil),     // 88: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 89: google.protobuf.Duration
+	(FileEventType)(0),                // 5: hostagent.v1.FileEventType
+	(*GetHostInfoRequest)(nil),        // 6: hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),       // 7: hostagent.v1.GetHostInfoResponse
+	(*SamplerCost)(nil),               // 8: hostagent.v1.SamplerCost
+	(*Resources)(nil),                 // 9: hostagent.v1.Resources
+	(*Sandbox)(nil),                   // 10: hostagent.v1.Sandbox
+	(*NetworkRules)(nil),              // 11: hostagent.v1.NetworkRules
+	(*CreateSandboxRequest)(nil),      // 12: hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),     // 13: hostagent.v1.CreateSandboxResponse
+	(*CreatePhase)(nil),               // 14: hostagent.v1.CreatePhase
+	(*ForkSandboxRequest)(nil),        // 15: hostagent.v1.ForkSandboxRequest
+	(*ForkSandboxResponse)(nil),       // 16: hostagent.v1.ForkSandboxResponse
+	(*ForkResult)(nil),                // 17: hostagent.v1.ForkResult
+	(*DestroySandboxRequest)(nil),     // 18: hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),    // 19: hostagent.v1.DestroySandboxResponse
+	(*ConsoleTail)(nil),               // 20: hostagent.v1.ConsoleTail
+	(*GetSandboxConsoleRequest)(nil),  // 21: hostagent.v1.GetSandboxConsoleRequest
+	(*GetSandboxConsoleResponse)(nil), // 22: hostagent.v1.GetSandboxConsoleResponse
+	(*PauseSandboxRequest)(nil),       // 23: hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),      // 24: hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),      // 25: hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),     // 26: hostagent.v1.ResumeSandboxResponse
+	(*GetSandboxRequest)(nil),         // 27: hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),        // 28: hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),      // 29: hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),     // 30: hostagent.v1.ListSandboxesResponse
+	(*PingSandboxRequest)(nil),        // 31: hostagent.v1.PingSandboxRequest
+	(*PingSandboxResponse)(nil),       // 32: hostagent.v1.PingSandboxResponse
+	(*SetSandboxTimeoutRequest)(nil),  // 33: hostagent.v1.SetSandboxTimeoutRequest
+	(*SetSandboxTimeoutResponse)(nil), // 34: hostagent.v1.SetSandboxTimeoutResponse
+	(*GetSandboxMetricsRequest)(nil),  // 35: hostagent.v1.GetSandboxMetricsRequest
+	(*MetricPoint)(nil),               // 36: hostagent.v1.MetricPoint
+	(*MetricSeries)(nil),              // 37: hostagent.v1.MetricSeries
+	(*SandboxMetrics)(nil),            // 38: hostagent.v1.SandboxMetrics
+	(*GetSandboxMetricsResponse)(nil), // 39: hostagent.v1.GetSandboxMetricsResponse
+	(*Template)(nil),                  // 40: hostagent.v1.Template
+	(*ExportTemplateRequest)(nil),     // 41: hostagent.v1.ExportTemplateRequest
+	(*ExportTemplateResponse)(nil),    // 42: hostagent.v1.ExportTemplateResponse
+	(*ImportTemplateRequest)(nil),     // 43: hostagent.v1.ImportTemplateRequest
+	(*ImportTemplateResponse)(nil),    // 44: hostagent.v1.ImportTemplateResponse
+	(*TemplateManifest)(nil),          // 45: hostagent.v1.TemplateManifest
+	(*TemplateFile)(nil),              // 46: hostagent.v1.TemplateFile
+	(*TemplateChunk)(nil),             // 47: hostagent.v1.TemplateChunk
+	(*CreateSnapshotRequest)(nil),     // 48: hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 49: hostagent.v1.CreateSnapshotResponse
+	(*FlattenRootfsRequest)(nil),      // 50: hostagent.v1.FlattenRootfsRequest
+	(*FlattenRootfsResponse)(nil),     // 51: hostagent.v1.FlattenRootfsResponse
+	(*DeleteTemplateRequest)(nil),     // 52: hostagent.v1.DeleteTemplateRequest
+	(*DeleteTemplateResponse)(nil),    // 53: hostagent.v1.DeleteTemplateResponse
+	(*ListTemplatesRequest)(nil),      // 54: hostagent.v1.ListTemplatesRequest
+	(*ListTemplatesResponse)(nil),     // 55: hostagent.v1.ListTemplatesResponse
+	(*PtySize)(nil),                   // 56: hostagent.v1.PtySize
+	(*ExecRequest)(nil),               // 57: hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),              // 58: hostagent.v1.ExecResponse
+	(*ExecStarted)(nil),               // 59: hostagent.v1.ExecStarted
+	(*ExecOutput)(nil),                // 60: hostagent.v1.ExecOutput
+	(*ExecEnded)(nil),                 // 61: hostagent.v1.ExecEnded
+	(*ExecKeepalive)(nil),             // 62: hostagent.v1.ExecKeepalive
+	(*SendExecInputRequest)(nil),      // 63: hostagent.v1.SendExecInputRequest
+	(*SendExecInputResponse)(nil),     // 64: hostagent.v1.SendExecInputResponse
+	(*CloseExecInputRequest)(nil),     // 65: hostagent.v1.CloseExecInputRequest
+	(*CloseExecInputResponse)(nil),    // 66: hostagent.v1.CloseExecInputResponse
+	(*SignalExecRequest)(nil),         // 67: hostagent.v1.SignalExecRequest
+	(*SignalExecResponse)(nil),        // 68: hostagent.v1.SignalExecResponse
+	(*ResizeExecRequest)(nil),         // 69: hostagent.v1.ResizeExecRequest
+	(*ResizeExecResponse)(nil),        // 70: hostagent.v1.ResizeExecResponse
+	(*WriteFileRequest)(nil),          // 71: hostagent.v1.WriteFileRequest
+	(*WriteFileHeader)(nil),           // 72: hostagent.v1.WriteFileHeader
+	(*WriteFileResponse)(nil),         // 73: hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),           // 74: hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),          // 75: hostagent.v1.ReadFileResponse
+	(*FileEntry)(nil),                 // 76: hostagent.v1.FileEntry
+	(*WatchDirRequest)(nil),           // 77: hostagent.v1.WatchDirRequest
+	(*WatchDirResponse)(nil),          // 78: hostagent.v1.WatchDirResponse
+	(*FileEvent)(nil),                 // 79: hostagent.v1.FileEvent
+	(*ListDirRequest)(nil),            // 80: hostagent.v1.ListDirRequest
+	(*ListDirResponse)(nil),           // 81: hostagent.v1.ListDirResponse
+	(*MakeDirRequest)(nil),            // 82: hostagent.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),           // 83: hostagent.v1.MakeDirResponse
+	(*RemoveRequest)(nil),             // 84: hostagent.v1.RemoveRequest
+	(*RemoveResponse)(nil),            // 85: hostagent.v1.RemoveResponse
+	(*SetSandboxNetworkRequest)(nil),  // 86: hostagent.v1.SetSandboxNetworkRequest
+	(*SetSandboxNetworkResponse)(nil), // 87: hostagent.v1.SetSandboxNetworkResponse
+	nil,                               // 88: hostagent.v1.Sandbox.MetadataEntry
+	nil,                               // 89: hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                               // 90: hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                               // 91: hostagent.v1.ExecRequest.EnvsEntry
+	(*timestamppb.Timestamp)(nil),     // 92: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 93: google.protobuf.Duration
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
-	8,  // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
-	8,  // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
-	88, // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
-	7,  // 3: hostagent.v1.GetHostInfoResponse.sampler:type_name -> hostagent.v1.SamplerCost
-	89, // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
-	0,  // 5: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
-	84, // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
-	88, // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	88, // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
-	10, // 9: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkRules
-	89, // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	85, // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	86, // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
-	10, // 13: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
-	9,  // 14: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	13, // 15: hostagent.v1.CreateSandboxResponse.phases:type_name -> hostagent.v1.CreatePhase
-	89, // 16: hostagent.v1.CreatePhase.took:type_name -> google.protobuf.Duration
-	11, // 17: hostagent.v1.ForkSandboxRequest.forks:type_name -> hostagent.v1.CreateSandboxRequest
-	16, // 18: hostagent.v1.ForkSandboxResponse.results:type_name -> hostagent.v1.ForkResult
-	89, // 19: hostagent.v1.ForkSandboxResponse.source_hold:type_name -> google.protobuf.Duration
-	9,  // 20: hostagent.v1.ForkResult.sandbox:type_name -> hostagent.v1.Sandbox
-	36, // 21: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	19, // 22: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
-	19, // 23: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
-	9,  // 24: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	36, // 25: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
-	89, // 26: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 27: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
-	9,  // 28: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 29: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
-	9,  // 30: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
-	89, // 31: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 32: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
-	88, // 33: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
-	88, // 34: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
-	88, // 35: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
-	37, // 36: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
-	1,  // 37: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
-	35, // 38: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
-	88, // 39: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
-	37, // 40: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
-	36, // 41: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
-	2,  // 42: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
-	88, // 43: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
-	44, // 44: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
-	46, // 45: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
-	44, // 46: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
-	46, // 47: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
-	39, // 48: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
-	2,  // 49: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
-	88, // 50: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
-	45, // 51: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
-	39, // 52: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
-	39, // 53: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
-	39, // 54: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
-	87, // 55: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
-	55, // 56: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
-	89, // 57: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	58, // 58: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
-	59, // 59: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
-	60, // 60: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
-	61, // 61: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
-	3,  // 62: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
-	55, // 63: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
-	71, // 64: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
-	4,  // 65: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
-	88, // 66: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
-	75, // 67: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
-	75, // 68: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
-	10, // 69: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
-	5,  // 70: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
-	11, // 71: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
-	17, // 72: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
-	22, // 73: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
-	24, // 74: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
-	26, // 75: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
-	28, // 76: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
-	30, // 77: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
-	32, // 78: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
-	82, // 79: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
-	34, // 80: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
-	20, // 81: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
-	14, // 82: hostagent.v1.HostAgent.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
-	47, // 83: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
-	49, // 84: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
-	51, // 85: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
-	53, // 86: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
-	40, // 87: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
-	42, // 88: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
-	56, // 89: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
-	62, // 90: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
-	64, // 91: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
-	66, // 92: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
-	68, // 93: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
-	70, // 94: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
-	73, // 95: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
-	76, // 96: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
-	78, // 97: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
-	80, // 98: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
-	6,  // 99: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
-	12, // 100: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
-	18, // 101: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
-	23, // 102: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
-	25, // 103: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
-	27, // 104: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
-	29, // 105: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
-	31, // 106: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
-	33, // 107: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
-	83, // 108: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
-	38, // 109: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
-	21, // 110: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
-	15, // 111: hostagent.v1.HostAgent.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
-	48, // 112: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
-	50, // 113: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
-	52, // 114: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
-	54, // 115: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
-	41, // 116: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
-	43, // 117: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
-	57, // 118: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
-	63, // 119: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
-	65, // 120: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
-	67, // 121: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
-	69, // 122: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
-	72, // 123: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
-	74, // 124: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
-	77, // 125: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
-	79, // 126: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
-	81, // 127: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
-	99, // [99:128] is the sub-list for method output_type
-	70, // [70:99] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	9,   // 0: hostagent.v1.GetHostInfoResponse.capacity:type_name -> hostagent.v1.Resources
+	9,   // 1: hostagent.v1.GetHostInfoResponse.used:type_name -> hostagent.v1.Resources
+	92,  // 2: hostagent.v1.GetHostInfoResponse.started_at:type_name -> google.protobuf.Timestamp
+	8,   // 3: hostagent.v1.GetHostInfoResponse.sampler:type_name -> hostagent.v1.SamplerCost
+	93,  // 4: hostagent.v1.SamplerCost.cpu:type_name -> google.protobuf.Duration
+	0,   // 5: hostagent.v1.Sandbox.state:type_name -> hostagent.v1.SandboxState
+	88,  // 6: hostagent.v1.Sandbox.metadata:type_name -> hostagent.v1.Sandbox.MetadataEntry
+	92,  // 7: hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 8: hostagent.v1.Sandbox.last_active_at:type_name -> google.protobuf.Timestamp
+	11,  // 9: hostagent.v1.Sandbox.network:type_name -> hostagent.v1.NetworkRules
+	93,  // 10: hostagent.v1.CreateSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	89,  // 11: hostagent.v1.CreateSandboxRequest.env_vars:type_name -> hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	90,  // 12: hostagent.v1.CreateSandboxRequest.metadata:type_name -> hostagent.v1.CreateSandboxRequest.MetadataEntry
+	11,  // 13: hostagent.v1.CreateSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	10,  // 14: hostagent.v1.CreateSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	14,  // 15: hostagent.v1.CreateSandboxResponse.phases:type_name -> hostagent.v1.CreatePhase
+	93,  // 16: hostagent.v1.CreatePhase.took:type_name -> google.protobuf.Duration
+	12,  // 17: hostagent.v1.ForkSandboxRequest.forks:type_name -> hostagent.v1.CreateSandboxRequest
+	17,  // 18: hostagent.v1.ForkSandboxResponse.results:type_name -> hostagent.v1.ForkResult
+	93,  // 19: hostagent.v1.ForkSandboxResponse.source_hold:type_name -> google.protobuf.Duration
+	10,  // 20: hostagent.v1.ForkResult.sandbox:type_name -> hostagent.v1.Sandbox
+	37,  // 21: hostagent.v1.DestroySandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	20,  // 22: hostagent.v1.DestroySandboxResponse.console:type_name -> hostagent.v1.ConsoleTail
+	20,  // 23: hostagent.v1.GetSandboxConsoleResponse.console:type_name -> hostagent.v1.ConsoleTail
+	10,  // 24: hostagent.v1.PauseSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	37,  // 25: hostagent.v1.PauseSandboxResponse.metrics:type_name -> hostagent.v1.MetricSeries
+	93,  // 26: hostagent.v1.ResumeSandboxRequest.timeout:type_name -> google.protobuf.Duration
+	11,  // 27: hostagent.v1.ResumeSandboxRequest.network:type_name -> hostagent.v1.NetworkRules
+	10,  // 28: hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	10,  // 29: hostagent.v1.GetSandboxResponse.sandbox:type_name -> hostagent.v1.Sandbox
+	10,  // 30: hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> hostagent.v1.Sandbox
+	93,  // 31: hostagent.v1.SetSandboxTimeoutRequest.timeout:type_name -> google.protobuf.Duration
+	1,   // 32: hostagent.v1.GetSandboxMetricsRequest.tier:type_name -> hostagent.v1.MetricTier
+	92,  // 33: hostagent.v1.GetSandboxMetricsRequest.from:type_name -> google.protobuf.Timestamp
+	92,  // 34: hostagent.v1.GetSandboxMetricsRequest.to:type_name -> google.protobuf.Timestamp
+	92,  // 35: hostagent.v1.MetricPoint.timestamp:type_name -> google.protobuf.Timestamp
+	38,  // 36: hostagent.v1.MetricPoint.guest:type_name -> hostagent.v1.SandboxMetrics
+	1,   // 37: hostagent.v1.MetricSeries.tier:type_name -> hostagent.v1.MetricTier
+	36,  // 38: hostagent.v1.MetricSeries.points:type_name -> hostagent.v1.MetricPoint
+	92,  // 39: hostagent.v1.SandboxMetrics.timestamp:type_name -> google.protobuf.Timestamp
+	38,  // 40: hostagent.v1.GetSandboxMetricsResponse.metrics:type_name -> hostagent.v1.SandboxMetrics
+	37,  // 41: hostagent.v1.GetSandboxMetricsResponse.series:type_name -> hostagent.v1.MetricSeries
+	2,   // 42: hostagent.v1.Template.kind:type_name -> hostagent.v1.TemplateKind
+	92,  // 43: hostagent.v1.Template.created_at:type_name -> google.protobuf.Timestamp
+	45,  // 44: hostagent.v1.ExportTemplateResponse.manifest:type_name -> hostagent.v1.TemplateManifest
+	47,  // 45: hostagent.v1.ExportTemplateResponse.chunk:type_name -> hostagent.v1.TemplateChunk
+	45,  // 46: hostagent.v1.ImportTemplateRequest.manifest:type_name -> hostagent.v1.TemplateManifest
+	47,  // 47: hostagent.v1.ImportTemplateRequest.chunk:type_name -> hostagent.v1.TemplateChunk
+	40,  // 48: hostagent.v1.ImportTemplateResponse.template:type_name -> hostagent.v1.Template
+	2,   // 49: hostagent.v1.TemplateManifest.kind:type_name -> hostagent.v1.TemplateKind
+	92,  // 50: hostagent.v1.TemplateManifest.created_at:type_name -> google.protobuf.Timestamp
+	46,  // 51: hostagent.v1.TemplateManifest.files:type_name -> hostagent.v1.TemplateFile
+	40,  // 52: hostagent.v1.CreateSnapshotResponse.template:type_name -> hostagent.v1.Template
+	40,  // 53: hostagent.v1.FlattenRootfsResponse.template:type_name -> hostagent.v1.Template
+	40,  // 54: hostagent.v1.ListTemplatesResponse.templates:type_name -> hostagent.v1.Template
+	91,  // 55: hostagent.v1.ExecRequest.envs:type_name -> hostagent.v1.ExecRequest.EnvsEntry
+	56,  // 56: hostagent.v1.ExecRequest.pty:type_name -> hostagent.v1.PtySize
+	93,  // 57: hostagent.v1.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	59,  // 58: hostagent.v1.ExecResponse.started:type_name -> hostagent.v1.ExecStarted
+	60,  // 59: hostagent.v1.ExecResponse.output:type_name -> hostagent.v1.ExecOutput
+	61,  // 60: hostagent.v1.ExecResponse.ended:type_name -> hostagent.v1.ExecEnded
+	62,  // 61: hostagent.v1.ExecResponse.keepalive:type_name -> hostagent.v1.ExecKeepalive
+	3,   // 62: hostagent.v1.SignalExecRequest.signal:type_name -> hostagent.v1.Signal
+	56,  // 63: hostagent.v1.ResizeExecRequest.size:type_name -> hostagent.v1.PtySize
+	72,  // 64: hostagent.v1.WriteFileRequest.header:type_name -> hostagent.v1.WriteFileHeader
+	4,   // 65: hostagent.v1.FileEntry.type:type_name -> hostagent.v1.FileType
+	92,  // 66: hostagent.v1.FileEntry.modified_at:type_name -> google.protobuf.Timestamp
+	79,  // 67: hostagent.v1.WatchDirResponse.event:type_name -> hostagent.v1.FileEvent
+	5,   // 68: hostagent.v1.FileEvent.type:type_name -> hostagent.v1.FileEventType
+	76,  // 69: hostagent.v1.ListDirResponse.entries:type_name -> hostagent.v1.FileEntry
+	76,  // 70: hostagent.v1.MakeDirResponse.entry:type_name -> hostagent.v1.FileEntry
+	11,  // 71: hostagent.v1.SetSandboxNetworkRequest.network:type_name -> hostagent.v1.NetworkRules
+	6,   // 72: hostagent.v1.HostAgent.GetHostInfo:input_type -> hostagent.v1.GetHostInfoRequest
+	12,  // 73: hostagent.v1.HostAgent.CreateSandbox:input_type -> hostagent.v1.CreateSandboxRequest
+	18,  // 74: hostagent.v1.HostAgent.DestroySandbox:input_type -> hostagent.v1.DestroySandboxRequest
+	23,  // 75: hostagent.v1.HostAgent.PauseSandbox:input_type -> hostagent.v1.PauseSandboxRequest
+	25,  // 76: hostagent.v1.HostAgent.ResumeSandbox:input_type -> hostagent.v1.ResumeSandboxRequest
+	27,  // 77: hostagent.v1.HostAgent.GetSandbox:input_type -> hostagent.v1.GetSandboxRequest
+	29,  // 78: hostagent.v1.HostAgent.ListSandboxes:input_type -> hostagent.v1.ListSandboxesRequest
+	31,  // 79: hostagent.v1.HostAgent.PingSandbox:input_type -> hostagent.v1.PingSandboxRequest
+	33,  // 80: hostagent.v1.HostAgent.SetSandboxTimeout:input_type -> hostagent.v1.SetSandboxTimeoutRequest
+	86,  // 81: hostagent.v1.HostAgent.SetSandboxNetwork:input_type -> hostagent.v1.SetSandboxNetworkRequest
+	35,  // 82: hostagent.v1.HostAgent.GetSandboxMetrics:input_type -> hostagent.v1.GetSandboxMetricsRequest
+	21,  // 83: hostagent.v1.HostAgent.GetSandboxConsole:input_type -> hostagent.v1.GetSandboxConsoleRequest
+	15,  // 84: hostagent.v1.HostAgent.ForkSandbox:input_type -> hostagent.v1.ForkSandboxRequest
+	48,  // 85: hostagent.v1.HostAgent.CreateSnapshot:input_type -> hostagent.v1.CreateSnapshotRequest
+	50,  // 86: hostagent.v1.HostAgent.FlattenRootfs:input_type -> hostagent.v1.FlattenRootfsRequest
+	52,  // 87: hostagent.v1.HostAgent.DeleteTemplate:input_type -> hostagent.v1.DeleteTemplateRequest
+	54,  // 88: hostagent.v1.HostAgent.ListTemplates:input_type -> hostagent.v1.ListTemplatesRequest
+	41,  // 89: hostagent.v1.HostAgent.ExportTemplate:input_type -> hostagent.v1.ExportTemplateRequest
+	43,  // 90: hostagent.v1.HostAgent.ImportTemplate:input_type -> hostagent.v1.ImportTemplateRequest
+	57,  // 91: hostagent.v1.HostAgent.Exec:input_type -> hostagent.v1.ExecRequest
+	63,  // 92: hostagent.v1.HostAgent.SendExecInput:input_type -> hostagent.v1.SendExecInputRequest
+	65,  // 93: hostagent.v1.HostAgent.CloseExecInput:input_type -> hostagent.v1.CloseExecInputRequest
+	67,  // 94: hostagent.v1.HostAgent.SignalExec:input_type -> hostagent.v1.SignalExecRequest
+	69,  // 95: hostagent.v1.HostAgent.ResizeExec:input_type -> hostagent.v1.ResizeExecRequest
+	71,  // 96: hostagent.v1.HostAgent.WriteFile:input_type -> hostagent.v1.WriteFileRequest
+	74,  // 97: hostagent.v1.HostAgent.ReadFile:input_type -> hostagent.v1.ReadFileRequest
+	80,  // 98: hostagent.v1.HostAgent.ListDir:input_type -> hostagent.v1.ListDirRequest
+	82,  // 99: hostagent.v1.HostAgent.MakeDir:input_type -> hostagent.v1.MakeDirRequest
+	84,  // 100: hostagent.v1.HostAgent.Remove:input_type -> hostagent.v1.RemoveRequest
+	77,  // 101: hostagent.v1.HostAgent.WatchDir:input_type -> hostagent.v1.WatchDirRequest
+	7,   // 102: hostagent.v1.HostAgent.GetHostInfo:output_type -> hostagent.v1.GetHostInfoResponse
+	13,  // 103: hostagent.v1.HostAgent.CreateSandbox:output_type -> hostagent.v1.CreateSandboxResponse
+	19,  // 104: hostagent.v1.HostAgent.DestroySandbox:output_type -> hostagent.v1.DestroySandboxResponse
+	24,  // 105: hostagent.v1.HostAgent.PauseSandbox:output_type -> hostagent.v1.PauseSandboxResponse
+	26,  // 106: hostagent.v1.HostAgent.ResumeSandbox:output_type -> hostagent.v1.ResumeSandboxResponse
+	28,  // 107: hostagent.v1.HostAgent.GetSandbox:output_type -> hostagent.v1.GetSandboxResponse
+	30,  // 108: hostagent.v1.HostAgent.ListSandboxes:output_type -> hostagent.v1.ListSandboxesResponse
+	32,  // 109: hostagent.v1.HostAgent.PingSandbox:output_type -> hostagent.v1.PingSandboxResponse
+	34,  // 110: hostagent.v1.HostAgent.SetSandboxTimeout:output_type -> hostagent.v1.SetSandboxTimeoutResponse
+	87,  // 111: hostagent.v1.HostAgent.SetSandboxNetwork:output_type -> hostagent.v1.SetSandboxNetworkResponse
+	39,  // 112: hostagent.v1.HostAgent.GetSandboxMetrics:output_type -> hostagent.v1.GetSandboxMetricsResponse
+	22,  // 113: hostagent.v1.HostAgent.GetSandboxConsole:output_type -> hostagent.v1.GetSandboxConsoleResponse
+	16,  // 114: hostagent.v1.HostAgent.ForkSandbox:output_type -> hostagent.v1.ForkSandboxResponse
+	49,  // 115: hostagent.v1.HostAgent.CreateSnapshot:output_type -> hostagent.v1.CreateSnapshotResponse
+	51,  // 116: hostagent.v1.HostAgent.FlattenRootfs:output_type -> hostagent.v1.FlattenRootfsResponse
+	53,  // 117: hostagent.v1.HostAgent.DeleteTemplate:output_type -> hostagent.v1.DeleteTemplateResponse
+	55,  // 118: hostagent.v1.HostAgent.ListTemplates:output_type -> hostagent.v1.ListTemplatesResponse
+	42,  // 119: hostagent.v1.HostAgent.ExportTemplate:output_type -> hostagent.v1.ExportTemplateResponse
+	44,  // 120: hostagent.v1.HostAgent.ImportTemplate:output_type -> hostagent.v1.ImportTemplateResponse
+	58,  // 121: hostagent.v1.HostAgent.Exec:output_type -> hostagent.v1.ExecResponse
+	64,  // 122: hostagent.v1.HostAgent.SendExecInput:output_type -> hostagent.v1.SendExecInputResponse
+	66,  // 123: hostagent.v1.HostAgent.CloseExecInput:output_type -> hostagent.v1.CloseExecInputResponse
+	68,  // 124: hostagent.v1.HostAgent.SignalExec:output_type -> hostagent.v1.SignalExecResponse
+	70,  // 125: hostagent.v1.HostAgent.ResizeExec:output_type -> hostagent.v1.ResizeExecResponse
+	73,  // 126: hostagent.v1.HostAgent.WriteFile:output_type -> hostagent.v1.WriteFileResponse
+	75,  // 127: hostagent.v1.HostAgent.ReadFile:output_type -> hostagent.v1.ReadFileResponse
+	81,  // 128: hostagent.v1.HostAgent.ListDir:output_type -> hostagent.v1.ListDirResponse
+	83,  // 129: hostagent.v1.HostAgent.MakeDir:output_type -> hostagent.v1.MakeDirResponse
+	85,  // 130: hostagent.v1.HostAgent.Remove:output_type -> hostagent.v1.RemoveResponse
+	78,  // 131: hostagent.v1.HostAgent.WatchDir:output_type -> hostagent.v1.WatchDirResponse
+	102, // [102:132] is the sub-list for method output_type
+	72,  // [72:102] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -6028,8 +6293,8 @@ func file_hostagent_v1_hostagent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   83,
+			NumEnums:      6,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2,6 +2,8 @@ package capsule
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -112,4 +114,72 @@ func (s *FileService) MakeDir(ctx context.Context, sandboxID, path, user string)
 func (s *FileService) Remove(ctx context.Context, sandboxID, path, user string) error {
 	resp, err := s.c.wire.RemoveFile(ctx, sandboxID, &wire.RemoveFileParams{Path: path, User: ptrOrNil(user)})
 	return decode(resp, err, http.StatusNoContent, nil)
+}
+
+// FileEvent is one change under a watched directory.
+type FileEvent struct {
+	// Op is what happened: "create", "write", "remove", "rename" (the
+	// old name; the new one comes as a create) or "chmod".
+	Op string `json:"type"`
+	// Name is the entry's path relative to the watched directory.
+	Name string `json:"name"`
+}
+
+// WatchOptions tune FileService.Watch.
+type WatchOptions struct {
+	// Recursive watches the directories below too.
+	Recursive bool
+	// User is the guest user who watches ("": the sandbox's).
+	User string
+}
+
+// DirWatcher is a watch of a guest directory (FileService.Watch): read
+// its changes with Next, then Close it.
+type DirWatcher struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+// ErrWatchEnded is Next's error once the watch has ended: the sandbox
+// stopped running (a pause ends it too) or the watcher was closed.
+var ErrWatchEnded = errors.New("capsule: the watch ended")
+
+// Next blocks for the next change. It returns ErrWatchEnded when the
+// watch ends, and ctx's error (from Watch) when that ends first.
+func (w *DirWatcher) Next() (FileEvent, error) {
+	for {
+		var ev FileEvent
+		if err := w.dec.Decode(&ev); err != nil {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return FileEvent{}, err
+			}
+			return FileEvent{}, ErrWatchEnded
+		}
+		if ev.Op != "keepalive" {
+			return ev, nil
+		}
+	}
+}
+
+// Close ends the watch.
+func (w *DirWatcher) Close() error { return w.body.Close() }
+
+// Watch watches the guest directory dir of a running sandbox. It returns
+// once the watch is in place: every change made after that comes out of
+// Next, in order. A watch lasts until ctx ends, Close, or the sandbox
+// stops running; it is not activity (it does not hold off the sandbox's
+// timeout).
+func (s *FileService) Watch(ctx context.Context, sandboxID, dir string, opts WatchOptions) (*DirWatcher, error) {
+	p := &wire.WatchFilesParams{Path: dir, User: ptrOrNil(opts.User)}
+	if opts.Recursive {
+		p.Recursive = &opts.Recursive
+	}
+	resp, err := s.c.wire.WatchFiles(ctx, sandboxID, p)
+	if err != nil {
+		return nil, fmt.Errorf("capsule: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFrom(resp)
+	}
+	return &DirWatcher{body: resp.Body, dec: json.NewDecoder(resp.Body)}, nil
 }

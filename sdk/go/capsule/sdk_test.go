@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -279,6 +280,41 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		}
 		if _, err := c.Files.Write(ctx, sb.ID, "/root/keep.txt", "", strings.NewReader("kept\n")); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("watch a directory", func(t *testing.T) {
+		if _, err := c.Files.Watch(ctx, sb.ID, "/root/nowhere", capsule.WatchOptions{}); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("watch a missing directory: %v", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		w, err := c.Files.Watch(wctx, sb.ID, "/root/sdk", capsule.WatchOptions{Recursive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		if _, err := c.Files.Write(ctx, sb.ID, "/root/sdk/sub/w.txt", "", strings.NewReader("w")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Files.Remove(ctx, sb.ID, "/root/sdk/sub/w.txt", ""); err != nil {
+			t.Fatal(err)
+		}
+		var got []capsule.FileEvent
+		for len(got) < 2 {
+			ev, err := w.Next()
+			if err != nil {
+				t.Fatalf("after %+v: %v", got, err)
+			}
+			if ev.Op != "write" {
+				got = append(got, ev)
+			}
+		}
+		if want := []capsule.FileEvent{{Op: "create", Name: "sub/w.txt"}, {Op: "remove", Name: "sub/w.txt"}}; !slices.Equal(got, want) {
+			t.Fatalf("events %+v, want %+v", got, want)
+		}
+		w.Close()
+		if _, err := w.Next(); err == nil {
+			t.Fatal("Next after Close found an event")
 		}
 	})
 	t.Run("timeout and keep-alive", func(t *testing.T) {

@@ -140,6 +140,8 @@ const (
 	HostAgentMakeDirProcedure = "/hostagent.v1.HostAgent/MakeDir"
 	// HostAgentRemoveProcedure is the fully-qualified name of the HostAgent's Remove RPC.
 	HostAgentRemoveProcedure = "/hostagent.v1.HostAgent/Remove"
+	// HostAgentWatchDirProcedure is the fully-qualified name of the HostAgent's WatchDir RPC.
+	HostAgentWatchDirProcedure = "/hostagent.v1.HostAgent/WatchDir"
 )
 
 // HostAgentClient is a client for the hostagent.v1.HostAgent service.
@@ -272,6 +274,13 @@ type HostAgentClient interface {
 	// Remove deletes a file, a symlink or a directory with all it holds
 	// (revision 2). NotFound when nothing is at the path.
 	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
+	// WatchDir streams the changes under a directory of a running sandbox
+	// (revision 16): a first message with started set once the watch is in
+	// place (nothing changed before it is missed after it), then one event
+	// per change. NotFound when the directory does not exist,
+	// InvalidArgument when the path is not a directory. The stream ends
+	// when the client leaves or the sandbox stops running.
+	WatchDir(context.Context, *connect.Request[v1.WatchDirRequest]) (*connect.ServerStreamForClient[v1.WatchDirResponse], error)
 }
 
 // NewHostAgentClient constructs a client for the hostagent.v1.HostAgent service. By default, it
@@ -459,6 +468,12 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("Remove")),
 			connect.WithClientOptions(opts...),
 		),
+		watchDir: connect.NewClient[v1.WatchDirRequest, v1.WatchDirResponse](
+			httpClient,
+			baseURL+HostAgentWatchDirProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("WatchDir")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -493,6 +508,7 @@ type hostAgentClient struct {
 	listDir           *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
 	makeDir           *connect.Client[v1.MakeDirRequest, v1.MakeDirResponse]
 	remove            *connect.Client[v1.RemoveRequest, v1.RemoveResponse]
+	watchDir          *connect.Client[v1.WatchDirRequest, v1.WatchDirResponse]
 }
 
 // GetHostInfo calls hostagent.v1.HostAgent.GetHostInfo.
@@ -640,6 +656,11 @@ func (c *hostAgentClient) Remove(ctx context.Context, req *connect.Request[v1.Re
 	return c.remove.CallUnary(ctx, req)
 }
 
+// WatchDir calls hostagent.v1.HostAgent.WatchDir.
+func (c *hostAgentClient) WatchDir(ctx context.Context, req *connect.Request[v1.WatchDirRequest]) (*connect.ServerStreamForClient[v1.WatchDirResponse], error) {
+	return c.watchDir.CallServerStream(ctx, req)
+}
+
 // HostAgentHandler is an implementation of the hostagent.v1.HostAgent service.
 type HostAgentHandler interface {
 	// GetHostInfo describes the host: versions, accelerator, capacity and
@@ -770,6 +791,13 @@ type HostAgentHandler interface {
 	// Remove deletes a file, a symlink or a directory with all it holds
 	// (revision 2). NotFound when nothing is at the path.
 	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
+	// WatchDir streams the changes under a directory of a running sandbox
+	// (revision 16): a first message with started set once the watch is in
+	// place (nothing changed before it is missed after it), then one event
+	// per change. NotFound when the directory does not exist,
+	// InvalidArgument when the path is not a directory. The stream ends
+	// when the client leaves or the sandbox stops running.
+	WatchDir(context.Context, *connect.Request[v1.WatchDirRequest], *connect.ServerStream[v1.WatchDirResponse]) error
 }
 
 // NewHostAgentHandler builds an HTTP handler from the service implementation. It returns the path
@@ -953,6 +981,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("Remove")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentWatchDirHandler := connect.NewServerStreamHandler(
+		HostAgentWatchDirProcedure,
+		svc.WatchDir,
+		connect.WithSchema(hostAgentMethods.ByName("WatchDir")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/hostagent.v1.HostAgent/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentGetHostInfoProcedure:
@@ -1013,6 +1047,8 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentMakeDirHandler.ServeHTTP(w, r)
 		case HostAgentRemoveProcedure:
 			hostAgentRemoveHandler.ServeHTTP(w, r)
+		case HostAgentWatchDirProcedure:
+			hostAgentWatchDirHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1136,4 +1172,8 @@ func (UnimplementedHostAgentHandler) MakeDir(context.Context, *connect.Request[v
 
 func (UnimplementedHostAgentHandler) Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.Remove is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) WatchDir(context.Context, *connect.Request[v1.WatchDirRequest], *connect.ServerStream[v1.WatchDirResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("hostagent.v1.HostAgent.WatchDir is not implemented"))
 }

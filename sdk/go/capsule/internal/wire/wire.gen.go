@@ -506,6 +506,36 @@ func (e FileEntryType) Valid() bool {
 	}
 }
 
+// Defines values for FileEventType.
+const (
+	Chmod     FileEventType = "chmod"
+	Create    FileEventType = "create"
+	Keepalive FileEventType = "keepalive"
+	Remove    FileEventType = "remove"
+	Rename    FileEventType = "rename"
+	Write     FileEventType = "write"
+)
+
+// Valid indicates whether the value is a known member of the FileEventType enum.
+func (e FileEventType) Valid() bool {
+	switch e {
+	case Chmod:
+		return true
+	case Create:
+		return true
+	case Keepalive:
+		return true
+	case Remove:
+		return true
+	case Rename:
+		return true
+	case Write:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for HealthStatus.
 const (
 	Ok HealthStatus = "ok"
@@ -1699,6 +1729,16 @@ type FileEntry struct {
 // FileEntryType `other`: a device, socket or pipe
 type FileEntryType string
 
+// FileEvent a change under a watched directory (one line of `GET /v1/sandboxes/{id}/files/watch`)
+type FileEvent struct {
+	// Name the entry's path relative to the watched directory (absent on a keepalive)
+	Name *string       `json:"name,omitempty"`
+	Type FileEventType `json:"type"`
+}
+
+// FileEventType defines model for FileEvent.Type.
+type FileEventType string
+
 // FileInfo defines model for FileInfo.
 type FileInfo struct {
 	// Path the file's absolute guest path
@@ -2817,6 +2857,18 @@ type ListFilesParams struct {
 	User *GuestUser `form:"user,omitempty" json:"user,omitempty"`
 }
 
+// WatchFilesParams defines parameters for WatchFiles.
+type WatchFilesParams struct {
+	// Path the absolute guest directory (cleaned)
+	Path string `form:"path" json:"path"`
+
+	// Recursive watch the directories below `path` too (names are then relative paths)
+	Recursive *bool `form:"recursive,omitempty" json:"recursive,omitempty"`
+
+	// User the guest user that owns what is written and reads (default the sandbox's)
+	User *GuestUser `form:"user,omitempty" json:"user,omitempty"`
+}
+
 // GetSandboxLogsParams defines parameters for GetSandboxLogs.
 type GetSandboxLogsParams struct {
 	// Since entries at or after this time (`backward`: at or before it); RFC 3339
@@ -3839,6 +3891,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// WatchFiles Watch a directory
+	//
+	// The changes under a guest directory as they happen: one JSON object per line
+	// (`application/x-ndjson`). The answer starts once the watch is in place, so a change made
+	// after its headers arrive is seen. A quiet watch sends `{"type":"keepalive"}` every 15 s.
+	// The answer ends when the client leaves or the sandbox stops running (a pause ends it too).
+	// A watch is not activity: it does not keep the sandbox from its timeout.
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/watch (the `WatchFiles` operationId).
+	WatchFiles(ctx context.Context, id SandboxID, params *WatchFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ForkSandboxWithBody Make running copies of a running sandbox
 	//
@@ -5842,6 +5905,27 @@ func (c *Client) MakeDirWithBody(ctx context.Context, id SandboxID, contentType 
 // Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 func (c *Client) MakeDir(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMakeDirRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// WatchFiles Watch a directory
+//
+// The changes under a guest directory as they happen: one JSON object per line
+// (`application/x-ndjson`). The answer starts once the watch is in place, so a change made
+// after its headers arrive is seen. A quiet watch sends `{"type":"keepalive"}` every 15 s.
+// The answer ends when the client leaves or the sandbox stops running (a pause ends it too).
+// A watch is not activity: it does not keep the sandbox from its timeout.
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/watch (the `WatchFiles` operationId).
+func (c *Client) WatchFiles(ctx context.Context, id SandboxID, params *WatchFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewWatchFilesRequest(c.Server, id, params)
 	if err != nil {
 		return nil, err
 	}
@@ -9689,6 +9773,87 @@ func NewMakeDirRequestWithBody(server string, id SandboxID, contentType string, 
 	return req, nil
 }
 
+// NewWatchFilesRequest constructs an http.Request for the WatchFiles method
+func NewWatchFilesRequest(server string, id SandboxID, params *WatchFilesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/sandboxes/%s/files/watch", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Recursive != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "recursive", *params.Recursive, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.User != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "user", *params.User, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewForkSandboxRequest calls the generic ForkSandbox builder with application/json body
 func NewForkSandboxRequest(server string, id SandboxID, body ForkSandboxJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -12216,6 +12381,19 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/files/mkdir (the `MakeDir` operationId).
 	MakeDirWithResponse(ctx context.Context, id SandboxID, body MakeDirJSONRequestBody, reqEditors ...RequestEditorFn) (*MakeDirResponse, error)
+
+	// WatchFilesWithResponse Watch a directory
+	//
+	// The changes under a guest directory as they happen: one JSON object per line
+	// (`application/x-ndjson`). The answer starts once the watch is in place, so a change made
+	// after its headers arrive is seen. A quiet watch sends `{"type":"keepalive"}` every 15 s.
+	// The answer ends when the client leaves or the sandbox stops running (a pause ends it too).
+	// A watch is not activity: it does not keep the sandbox from its timeout.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/sandboxes/{id}/files/watch (the `WatchFiles` operationId).
+	WatchFilesWithResponse(ctx context.Context, id SandboxID, params *WatchFilesParams, reqEditors ...RequestEditorFn) (*WatchFilesResponse, error)
 
 	// ForkSandboxWithBodyWithResponse Make running copies of a running sandbox
 	//
@@ -16947,6 +17125,89 @@ func (r MakeDirResponse) ContentType() string {
 	return ""
 }
 
+type WatchFilesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *GuestForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *GuestConflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *GuestUnavailable
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r WatchFilesResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r WatchFilesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r WatchFilesResponse) GetJSON403() *GuestForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r WatchFilesResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r WatchFilesResponse) GetJSON409() *GuestConflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r WatchFilesResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r WatchFilesResponse) GetJSON503() *GuestUnavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r WatchFilesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r WatchFilesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r WatchFilesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r WatchFilesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ForkSandboxResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -21003,6 +21264,25 @@ func (c *ClientWithResponses) MakeDirWithResponse(ctx context.Context, id Sandbo
 		return nil, err
 	}
 	return ParseMakeDirResponse(rsp)
+}
+
+// WatchFilesWithResponse Watch a directory
+//
+// The changes under a guest directory as they happen: one JSON object per line
+// (`application/x-ndjson`). The answer starts once the watch is in place, so a change made
+// after its headers arrive is seen. A quiet watch sends `{"type":"keepalive"}` every 15 s.
+// The answer ends when the client leaves or the sandbox stops running (a pause ends it too).
+// A watch is not activity: it does not keep the sandbox from its timeout.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/sandboxes/{id}/files/watch (the `WatchFiles` operationId).
+func (c *ClientWithResponses) WatchFilesWithResponse(ctx context.Context, id SandboxID, params *WatchFilesParams, reqEditors ...RequestEditorFn) (*WatchFilesResponse, error) {
+	rsp, err := c.WatchFiles(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseWatchFilesResponse(rsp)
 }
 
 // ForkSandboxWithBodyWithResponse Make running copies of a running sandbox
@@ -25242,6 +25522,74 @@ func ParseMakeDirResponse(rsp *http.Response) (*MakeDirResponse, error) {
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
 		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest GuestUnavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseWatchFilesResponse parses an HTTP response from a WatchFilesWithResponse call
+func ParseWatchFilesResponse(rsp *http.Response) (*WatchFilesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &WatchFilesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest GuestForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest GuestConflict
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
