@@ -117,6 +117,33 @@ func (a *app) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
+// each applies op to every argument in turn, stopping at the first
+// failure (named after verb and the argument). On a terminal each success
+// is a line "ARG VERB" (op's note after it, in parentheses, when it has
+// one); with --json the whole answer is {VERB: [ARGS]}.
+func (a *app) each(cmd *cobra.Command, args []string, verb string, op func(ctx context.Context, c *capsule.Client, arg string) (note string, err error)) error {
+	c, err := a.newClient()
+	if err != nil {
+		return err
+	}
+	for _, arg := range args {
+		note, err := op(cmd.Context(), c, arg)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", verb, arg, err)
+		}
+		if !a.json {
+			if note != "" {
+				note = " (" + note + ")"
+			}
+			fmt.Fprintf(a.stdio.Out, "%s %s%s\n", arg, verb, note)
+		}
+	}
+	if a.json {
+		return a.printJSON(map[string][]string{verb: args})
+	}
+	return nil
+}
+
 // explain turns an error into a message that says what to do.
 func explain(err error) string {
 	msg := strings.TrimPrefix(err.Error(), "capsule: ")

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -109,23 +110,10 @@ func (a *app) hostRmCmd() *cobra.Command {
 		Example: "  capsule host rm host-3f9a0c1d2b4e4a6f8e0c1d2b4e4a6f8e",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			for _, id := range args {
-				n, err := c.Hosts.Delete(cmd.Context(), id, force)
-				if err != nil {
-					return fmt.Errorf("rm %s: %w", id, err)
-				}
-				if !a.json {
-					fmt.Fprintf(a.stdio.Out, "%s removed (%d sandboxes stopped)\n", id, n)
-				}
-			}
-			if a.json {
-				return a.printJSON(map[string][]string{"removed": args})
-			}
-			return nil
+			return a.each(cmd, args, "removed", func(ctx context.Context, c *capsule.Client, id string) (string, error) {
+				n, err := c.Hosts.Delete(ctx, id, force)
+				return fmt.Sprintf("%d sandboxes stopped", n), err
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "destroy the hosts' sandboxes (without it, a host with sandboxes is refused)")

@@ -262,22 +262,9 @@ func (a *app) killCmd() *cobra.Command {
 		Example: "  capsule sandbox kill 3f9a0c1d2b4e4a6f8e0c1d2b4e4a6f8e",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			for _, id := range args {
-				if err := c.Sandboxes.Kill(cmd.Context(), id); err != nil {
-					return fmt.Errorf("kill %s: %w", id, err)
-				}
-				if !a.json {
-					fmt.Fprintf(a.stdio.Out, "%s killed\n", id)
-				}
-			}
-			if a.json {
-				return a.printJSON(map[string][]string{"killed": args})
-			}
-			return nil
+			return a.each(cmd, args, "killed", func(ctx context.Context, c *capsule.Client, id string) (string, error) {
+				return "", c.Sandboxes.Kill(ctx, id)
+			})
 		},
 	}
 }

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
+	"github.com/capsulehq/capsule/sdk/go/capsule"
 	"github.com/spf13/cobra"
 )
 
@@ -48,22 +50,9 @@ func (a *app) templateCmd() *cobra.Command {
 		Example: "  capsule template rm warm-python",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			for _, name := range args {
-				if err := c.Templates.Delete(cmd.Context(), name); err != nil {
-					return fmt.Errorf("rm %s: %w", name, err)
-				}
-				if !a.json {
-					fmt.Fprintf(a.stdio.Out, "%s removed\n", name)
-				}
-			}
-			if a.json {
-				return a.printJSON(map[string][]string{"removed": args})
-			}
-			return nil
+			return a.each(cmd, args, "removed", func(ctx context.Context, c *capsule.Client, name string) (string, error) {
+				return "", c.Templates.Delete(ctx, name)
+			})
 		},
 	})
 	return cmd
