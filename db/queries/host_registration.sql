@@ -62,7 +62,8 @@ RETURNING *;
 DELETE FROM hosts WHERE id = @id;
 
 -- name: RecordHostHeartbeat :one
--- A heartbeat: a pending host becomes online; an unreachable one stays
+-- A heartbeat (a registered agent's, or the control plane's probe of a
+-- static host's agent): a pending host becomes online; an unreachable one stays
 -- unreachable until the host monitor reconciled its records with its agent
 -- (MarkHostUp); draining and offline stay as they are.
 UPDATE hosts SET

@@ -35,26 +35,6 @@ ORDER BY name, id;
 UPDATE hosts SET status = 'online' WHERE id = @id AND status = 'unreachable'
 RETURNING *;
 
--- name: RecordStaticHostProbe :one
--- The control plane reached a static host's agent (one it has an endpoint
--- for, not a registered one): that is its heartbeat, with what the agent
--- reported. pending becomes online; unreachable stays for the monitor.
-UPDATE hosts SET
-  last_heartbeat_at = now(),
-  status = CASE WHEN status = 'pending' THEN 'online' ELSE status END,
-  version = @version,
-  total_vcpus = @total_vcpus,
-  max_vcpus = @max_vcpus,
-  total_memory_mb = @total_memory_mb,
-  total_disk_mb = @total_disk_mb,
-  used_vcpus = @used_vcpus,
-  used_memory_mb = @used_memory_mb,
-  used_disk_mb = @used_disk_mb,
-  running_sandboxes = @running_sandboxes,
-  paused_sandboxes = @paused_sandboxes
-WHERE id = @id
-RETURNING *;
-
 -- name: GetHostByName :one
 SELECT * FROM hosts WHERE name = @name;
 

@@ -143,10 +143,12 @@ func (s *Sandboxes) probeStatic(ctx context.Context, force bool) {
 		if vcpus == 0 {
 			vcpus = int32(unlimited >> 20)
 		}
-		if _, err := s.st.Queries().RecordStaticHostProbe(ctx, db.RecordStaticHostProbeParams{ID: id, Version: m.GetAgentVersion(),
+		// The probe is the static host's heartbeat.
+		if _, err := s.st.Queries().RecordHostHeartbeat(ctx, db.RecordHostHeartbeatParams{ID: id, Version: m.GetAgentVersion(),
 			TotalVCPUs: vcpus, MaxVCPUs: maxVCPUs, TotalMemoryMB: orUnlimited(m.GetCapacity().GetMemoryMb()), TotalDiskMB: orUnlimited(m.GetCapacity().GetDiskMb()),
 			UsedVCPUs: int32(m.GetUsed().GetVcpus()), UsedMemoryMB: int64(m.GetUsed().GetMemoryMb()), UsedDiskMB: int64(m.GetUsed().GetDiskMb()),
-			RunningSandboxes: int32(m.GetRunningSandboxes()), PausedSandboxes: int32(m.GetPausedSandboxes())}); err != nil && !errors.Is(err, store.ErrNotFound) {
+			RunningSandboxes: int32(m.GetRunningSandboxes()), PausedSandboxes: int32(m.GetPausedSandboxes()),
+			SandboxCount: int32(m.GetRunningSandboxes() + m.GetPausedSandboxes())}); err != nil && !errors.Is(err, store.ErrNotFound) {
 			s.log.WarnContext(ctx, "record a static host's probe", "host", name, "err", err)
 		}
 	}

@@ -578,7 +578,8 @@ type RecordHostHeartbeatParams struct {
 	ID               pgtype.UUID `json:"id"`
 }
 
-// A heartbeat: a pending host becomes online; an unreachable one stays
+// A heartbeat (a registered agent's, or the control plane's probe of a
+// static host's agent): a pending host becomes online; an unreachable one stays
 // unreachable until the host monitor reconciled its records with its agent
 // (MarkHostUp); draining and offline stay as they are.
 func (q *Queries) RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error) {

@@ -332,14 +332,11 @@ type Querier interface {
 	PruneUsage(ctx context.Context, beforeDay pgtype.Date) (int64, error)
 	// Log lines after offset (seq > offset), oldest first.
 	ReadBuildLogs(ctx context.Context, arg ReadBuildLogsParams) ([]BuildLog, error)
-	// A heartbeat: a pending host becomes online; an unreachable one stays
+	// A heartbeat (a registered agent's, or the control plane's probe of a
+	// static host's agent): a pending host becomes online; an unreachable one stays
 	// unreachable until the host monitor reconciled its records with its agent
 	// (MarkHostUp); draining and offline stay as they are.
 	RecordHostHeartbeat(ctx context.Context, arg RecordHostHeartbeatParams) (Host, error)
-	// The control plane reached a static host's agent (one it has an endpoint
-	// for, not a registered one): that is its heartbeat, with what the agent
-	// reported. pending becomes online; unreachable stays for the monitor.
-	RecordStaticHostProbe(ctx context.Context, arg RecordStaticHostProbeParams) (Host, error)
 	RedeemInvitation(ctx context.Context, arg RedeemInvitationParams) (int64, error)
 	// An agent announcing itself (on every start): creates the host or updates
 	// the one of that name, and marks it online (a draining host stays
