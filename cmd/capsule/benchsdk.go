@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -58,6 +59,9 @@ func benchSDK(ctx context.Context, o sdkBenchOptions) (map[string]any, error) {
 	}
 	so := o.benchStackOptions
 	so.base = true
+	// Its own network pool (reserved in internal/hosttest): bench sdk may
+	// run beside another bench of the stack.
+	so.net = nsSlotNet{"cbs", netip.MustParsePrefix("198.18.246.0/24"), netip.MustParsePrefix("198.18.247.0/24")}
 	stack, err := startBenchStack(ctx, so, "bench-sdk-")
 	if err != nil {
 		return nil, err

@@ -66,6 +66,8 @@ var reserved = []Pool{{Name: "capsule-bench", Veth: "cbv",
 	pool("cbh0", 238), pool("cbh1", 232), pool("cbh2", 234), pool("cbh3", 236),
 	// `capsule bench fork`'s own pool (cmd/capsule/benchfork.go).
 	pool("cbf", 152),
+	// `capsule bench sdk`'s own pool (cmd/capsule/benchsdk.go).
+	pool("cbs", 246),
 	{Name: "cbhns", Veth: "cbhn", HostCIDR: netip.MustParsePrefix("198.18.240.0/24"), LinkCIDR: netip.MustParsePrefix("198.18.241.0/24")}}
 
 // pools is the table TestPoolsDisjoint checks.
