@@ -7,9 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/capsulehq/capsule/internal/telemetry"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -18,6 +15,10 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/capsulehq/capsule/internal/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/capsulehq/capsule/internal/agent"
 	"github.com/capsulehq/capsule/internal/image"

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -58,6 +57,7 @@ type apiBench struct {
 	key    string
 	team   db.Team
 	client *http.Client
+	log    *slog.Logger
 }
 
 // benchAPI measures the control plane: GET /v1/sandboxes (default page)
@@ -66,18 +66,12 @@ type apiBench struct {
 // API reports in Server-Timing) creating from a snapshot template of
 // "minimal".
 func benchAPI(ctx context.Context, o apiBenchOptions) (out map[string]any, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("bench api: needs root (the host agent's VMs and network)")
-	}
-	if o.log == nil {
-		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-api-")
+	stack, b, err := startAPIBench(ctx, "api", o.benchStackOptions)
 	if err != nil {
 		return nil, err
 	}
 	defer stack.close()
-	b := &apiBench{o: o, st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	b.o = o
 	acc := stack.account
 
 	out = map[string]any{"rows": o.rows}
@@ -269,7 +263,7 @@ func (b *apiBench) creates(ctx context.Context, out map[string]any) error {
 			err = fmt.Errorf("%d: %.200s", resp.StatusCode, data)
 		}
 		if err != nil {
-			b.o.log.Warn("delete the benchmark template", "err", err)
+			b.log.Warn("delete the benchmark template", "err", err)
 		}
 	}()
 	var totals, agents, overheads []time.Duration

@@ -66,7 +66,7 @@ func TestBenchProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	o, err := parseBenchProxyFlags([]string{"-envd", hosttest.Envd(t), "-data-dir", hosttest.StoreDir,
-		"-c", "2", "-d", "300ms", "-rounds", "1", "-sdk", ""})
+		"-c", "2", "-d", "1s", "-rounds", "1", "-sdk", ""})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -82,21 +81,15 @@ type densityBench struct {
 //     them paused;
 //   - max_idle_512mib_in_16gib: o.hostMiB over that mean (bench.MaxIdle).
 func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]any, err error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("bench density: needs root (the host agent's VMs and network)")
+	if o.log == nil && o.verbose {
+		o.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	if o.log == nil {
-		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-		if o.verbose {
-			o.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		}
-	}
-	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-density-")
+	stack, api, err := startAPIBench(ctx, "density", o.benchStackOptions)
 	if err != nil {
 		return nil, err
 	}
 	defer stack.close()
-	b := &densityBench{o: o, stack: stack, api: &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}}
+	b := &densityBench{o: o, stack: stack, api: api}
 	// The team may run every sandbox of the bench at once.
 	if _, err := stack.st.Pool().Exec(ctx, `UPDATE teams SET max_running_sandboxes = $2, max_total_memory_mb = $3, max_total_vcpus = $4 WHERE id = $1`,
 		stack.team.ID, o.idle+o.conc+4, (o.idle+o.conc+4)*o.memoryMB, 4*(o.idle+o.conc+4)); err != nil {

@@ -65,17 +65,13 @@ type roundResult struct {
 // listener) and straight at the guest's address from the host, in
 // interleaved rounds of o.workers concurrent clients.
 func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("bench proxy: needs root (the host agent's VMs and network)")
-	}
 	so := o.benchStackOptions
 	so.base = o.sdkDir != ""
-	stack, err := startBenchStack(ctx, so, "bench-proxy-")
+	stack, b, err := startAPIBench(ctx, "proxy", so)
 	if err != nil {
 		return nil, err
 	}
 	defer stack.close()
-	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
 	resp, data, err := b.do(ctx, "POST", "/v1/sandboxes", []byte(`{"template":"minimal","memory_mb":256,"allow_public_traffic":true}`))
 	if err != nil {
 		return nil, err

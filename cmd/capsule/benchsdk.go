@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"slices"
 	"time"
 
@@ -54,15 +53,12 @@ func parseBenchSDKFlags(args []string) (sdkBenchOptions, error) {
 // copying a file up and down against the raw files API with the same
 // HTTP client settings.
 func benchSDK(ctx context.Context, o sdkBenchOptions) (map[string]any, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("bench sdk: needs root (the host agent's VMs and network)")
-	}
 	so := o.benchStackOptions
 	so.base = true
 	// Its own network pool (reserved in internal/hosttest): bench sdk may
 	// run beside another bench of the stack.
 	so.net = nsSlotNet{"cbs", netip.MustParsePrefix("198.18.246.0/24"), netip.MustParsePrefix("198.18.247.0/24")}
-	stack, err := startBenchStack(ctx, so, "bench-sdk-")
+	stack, _, err := startAPIBench(ctx, "sdk", so)
 	if err != nil {
 		return nil, err
 	}

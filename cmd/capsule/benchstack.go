@@ -66,7 +66,9 @@ type benchStack struct {
 	team       db.Team
 	account    service.Account
 	client     *http.Client
-	closers    []func()
+	// log is the stack's logger (discarding unless the bench gave one).
+	log     *slog.Logger
+	closers []func()
 }
 
 // flags registers the options every bench of the stack takes.
@@ -82,11 +84,30 @@ func (b *benchStack) close() {
 	}
 }
 
+// startAPIBench opens every bench that drives a stack through its API:
+// root (the agent's VMs and network), the stack (its directory named after
+// the bench), and a client of its API.
+func startAPIBench(ctx context.Context, name string, o benchStackOptions) (*benchStack, *apiBench, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil, fmt.Errorf("bench %s: needs root (the host agent's VMs and network)", name)
+	}
+	stack, err := startBenchStack(ctx, o, "bench-"+name+"-")
+	if err != nil {
+		return nil, nil, err
+	}
+	return stack, stack.api(), nil
+}
+
+// api is a client of the stack's API as its bench account.
+func (b *benchStack) api() *apiBench {
+	return &apiBench{st: b.st, agents: b.pool, url: b.url, key: b.key, team: b.team, client: b.client, log: b.log}
+}
+
 func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b *benchStack, err error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	b = &benchStack{domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
+	b = &benchStack{log: o.log, domain: "localhost", client: &http.Client{Timeout: 2 * time.Minute,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}}
 	// The error returns set b to nil: close what was started through the
 	// stack itself.

@@ -36,7 +36,7 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stack.close()
-	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	b := stack.api()
 	resp, data, err := b.do(ctx, "POST", "/v1/sandboxes", []byte(`{"template":"minimal","memory_mb":256}`))
 	if err != nil {
 		t.Fatal(err)
