@@ -786,12 +786,14 @@ func (f *sbxFixture) testReattach(t *testing.T) {
 		f.waitDead(t, fmt.Sprint(pm.PID))
 	})
 
-	var again *wsClient
+	// The attached connection outlives its subtest (the next one takes it
+	// over): dialled here, its t set to the subtest's.
+	again, _, err := f.attach(t, f.id, pid, f.key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Run("attach: the scrollback, then the same shell", func(t *testing.T) {
-		again, _, err = f.attach(t, f.id, pid, f.key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		again.t = t
 		if m := again.recv(); m.Type != "attached" || fmt.Sprint(m.PID) != pid {
 			t.Fatalf("%+v", m)
 		}
@@ -804,6 +806,7 @@ func (f *sbxFixture) testReattach(t *testing.T) {
 	})
 
 	t.Run("a second attach takes over", func(t *testing.T) {
+		again.t = t
 		third, _, err := f.attach(t, f.id, pid, f.key)
 		if err != nil {
 			t.Fatal(err)
