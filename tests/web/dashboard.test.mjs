@@ -455,8 +455,8 @@ describe('dashboard', { concurrency: false }, () => {
 		await page.waitForURL(`${base}/dashboard/usage`);
 		const today = new Date().toISOString().slice(0, 10);
 		// The default range: the last 30 days, today included.
-		assert.equal(await page.getByLabel('To').inputValue(), today);
-		assert.equal(await page.getByLabel('From').inputValue(), new Date(Date.now() - 29 * 86400e3).toISOString().slice(0, 10));
+		assert.equal(await page.getByLabel('To', { exact: true }).inputValue(), today);
+		assert.equal(await page.getByLabel('From', { exact: true }).inputValue(), new Date(Date.now() - 29 * 86400e3).toISOString().slice(0, 10));
 		const row = page.locator(`[data-testid=usage-row][data-date="${today}"]`);
 		await row.waitFor();
 		// Today's capsules reserved vCPU- and memory-minutes (from the 10 s samples).
@@ -475,8 +475,8 @@ describe('dashboard', { concurrency: false }, () => {
 		assert.ok(painted > 500, `the usage chart is blank (${painted} painted pixels)`);
 		await visit(page, 'usage');
 		// A range before the team existed: the empty state; the range is in the URL.
-		await page.getByLabel('From').fill('2020-01-01');
-		await page.getByLabel('To').fill('2020-01-31');
+		await page.getByLabel('From', { exact: true }).fill('2020-01-01');
+		await page.getByLabel('To', { exact: true }).fill('2020-01-31');
 		await page.getByRole('button', { name: 'Show' }).click();
 		await page.getByTestId('usage-empty').waitFor();
 		await page.waitForURL(/from=2020-01-01&to=2020-01-31/);
