@@ -372,6 +372,43 @@ describe('dashboard', { concurrency: false }, () => {
 		await visit(page, 'capsule-stats');
 	});
 
+	test('the capsule list with 1,000 capsules is windowed: few rows in the DOM, every row reachable by scrolling', async () => {
+		const page = adminPage;
+		const now = Date.now();
+		const fake = Array.from({ length: 1000 }, (_, i) => ({
+			id: i.toString(16).padStart(32, '0'), template: 'base', state: i % 3 ? 'running' : 'paused', vcpus: 1, memory_mb: 512,
+			timeout_sec: 3600, allow_internet_access: true, allow_public_traffic: false, auto_pause: true, auto_resume: false,
+			metadata: { owner: `user-${i % 17}`, job: `job-${i}` }, created_at: new Date(now - i * 60_000).toISOString()
+		}));
+		const listURL = (u) => u.pathname === '/v1/sandboxes' && u.search === '?limit=200';
+		await page.route(listURL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ sandboxes: fake, next_cursor: '' }) }));
+		try {
+			await page.goto(`${base}/dashboard/capsules`);
+			const list = page.getByTestId('capsule-list');
+			await page.locator('[data-testid=capsule-list][data-rows="1000"]').waitFor();
+			assert.equal(await list.getAttribute('aria-rowcount'), '1001');
+			await row(page, fake[0].id).waitFor();
+			const rendered = () => page.locator('[data-testid=capsule-row]').count();
+			assert.ok((await rendered()) <= 60, `${await rendered()} rows in the DOM`);
+			// The page is as tall as all the rows: scrolling reaches the last one.
+			await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight));
+			await row(page, fake[999].id).waitFor();
+			assert.equal(await row(page, fake[999].id).getAttribute('aria-rowindex'), '1001');
+			assert.ok((await rendered()) <= 60, `${await rendered()} rows in the DOM at the end`);
+			// The middle, and back to the top.
+			await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight / 2));
+			await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=capsule-row]')].some((r) => Number(r.getAttribute('aria-rowindex')) > 400 && Number(r.getAttribute('aria-rowindex')) < 600));
+			await page.evaluate(() => window.scrollTo(0, 0));
+			await row(page, fake[0].id).waitFor();
+			// Rows are ordered and contiguous in the DOM.
+			const idx = await page.locator('[data-testid=capsule-row]').evaluateAll((rs) => rs.map((r) => Number(r.getAttribute('aria-rowindex'))));
+			assert.deepEqual(idx, idx.map((_, i) => idx[0] + i));
+			await visit(page, 'capsules-1000');
+		} finally {
+			await page.unroute(listURL);
+		}
+	});
+
 	test('pause, resume, snapshot, create from the snapshot', { timeout: 3 * VM }, async () => {
 		const page = adminPage;
 		await page.goto(`${base}/dashboard/capsules`);
