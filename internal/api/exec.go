@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -119,6 +120,9 @@ type wsClientMessage struct {
 	Signal string `json:"signal"`
 	Cols   uint32 `json:"cols"`
 	Rows   uint32 `json:"rows"`
+	// KeepSec keeps a terminal that long after the connection ends, for
+	// an attach (?pid=).
+	KeepSec int32 `json:"keep_sec"`
 }
 
 // wsServerMessage is any server message.
@@ -171,19 +175,34 @@ func wsProtocolToken(r *http.Request) string {
 }
 
 // execStream: GET /v1/sandboxes/{id}/exec/stream, the WebSocket exec (see
-// the package documentation for its protocol).
+// the package documentation for its protocol). With ?pid= it attaches to a
+// kept terminal instead of starting a process.
 func (s *Server) execStream(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	id, ok := s.pathSandbox(w, r)
 	if !ok {
 		return
 	}
 	// Refuse with an HTTP status while one can still be sent.
-	if err := s.cfg.Sandboxes.CheckRunning(r.Context(), p, id); err != nil {
+	var attach *service.TerminalConn
+	if v := r.URL.Query().Get("pid"); v != "" {
+		pid, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || pid == 0 {
+			s.writeError(w, r, &service.Error{Kind: service.ErrInvalid, Msg: "pid: a process id (a positive integer)"})
+			return
+		}
+		if attach, err = s.cfg.Sandboxes.AttachTerminal(r.Context(), p, id, uint32(pid)); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	} else if err := s.cfg.Sandboxes.CheckRunning(r.Context(), p, id); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{wsProtocol}})
 	if err != nil {
+		if attach != nil {
+			attach.Detach()
+		}
 		return // Accept answered
 	}
 	defer conn.CloseNow()
@@ -192,26 +211,52 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, p service.Pr
 	defer cancel()
 
 	ws := &wsSession{s: s, r: r, conn: conn}
-	start, err := ws.readStart(ctx)
-	if err != nil {
-		ws.fail(ctx, err)
-		return
-	}
-	var pty *service.PTYSize
-	if start.PTY != nil {
-		pty = &service.PTYSize{Cols: start.PTY.Cols, Rows: start.PTY.Rows}
-	}
-	stdin := start.Stdin == nil || *start.Stdin
-	pr, err := s.cfg.Sandboxes.StartExec(ctx, p, id, start.command(), stdin, pty)
-	if err != nil {
-		ws.fail(ctx, err)
-		return
-	}
-	// Close kills the process unless it ended; cancel first so that the
-	// reader stops.
-	defer pr.Close()
-	if err := ws.send(ctx, wsServerMessage{Type: "started", PID: pr.PID}); err != nil {
-		return
+	var pr execProcess
+	if attach != nil {
+		pr = attach
+		defer attach.Detach()
+		if err := ws.send(ctx, wsServerMessage{Type: "attached", PID: attach.PID}); err != nil {
+			return
+		}
+	} else {
+		start, err := ws.readStart(ctx)
+		if err != nil {
+			ws.fail(ctx, err)
+			return
+		}
+		var pty *service.PTYSize
+		if start.PTY != nil {
+			pty = &service.PTYSize{Cols: start.PTY.Cols, Rows: start.PTY.Rows}
+		}
+		stdin := start.Stdin == nil || *start.Stdin
+		var pid uint32
+		switch {
+		case start.KeepSec != 0 && (pty == nil || !stdin):
+			ws.fail(ctx, &service.Error{Kind: service.ErrInvalid, Msg: "keep_sec: only a terminal (pty, stdin open) is kept"})
+			return
+		case start.KeepSec != 0:
+			tc, err := s.cfg.Sandboxes.StartTerminal(ctx, p, id, start.command(), *pty, time.Duration(start.KeepSec)*time.Second)
+			if err != nil {
+				ws.fail(ctx, err)
+				return
+			}
+			// Detach leaves the terminal for the next attach.
+			defer tc.Detach()
+			pr, pid = tc, tc.PID
+		default:
+			proc, err := s.cfg.Sandboxes.StartExec(ctx, p, id, start.command(), stdin, pty)
+			if err != nil {
+				ws.fail(ctx, err)
+				return
+			}
+			// Close kills the process unless it ended; cancel first so that
+			// the reader stops.
+			defer proc.Close()
+			pr, pid = streamedProcess{proc}, proc.PID
+		}
+		if err := ws.send(ctx, wsServerMessage{Type: "started", PID: pid}); err != nil {
+			return
+		}
 	}
 
 	var wg sync.WaitGroup
@@ -223,9 +268,16 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, p service.Pr
 
 	// Output goes to the client one message at a time: a slow client
 	// slows the process' output down to its pace (nothing buffers), and
-	// one that takes nothing for wsWriteTimeout is dropped.
+	// one that takes nothing for wsWriteTimeout is dropped. (A kept
+	// terminal's output is read into its scrollback: a slow client skips
+	// what falls out of it.)
 	for {
-		ev, err := pr.Next()
+		ev, err := pr.Next(ctx)
+		if errors.Is(err, service.ErrTakenOver) {
+			_ = ws.send(ctx, wsServerMessage{Type: "detached", Message: "another connection attached to the terminal"})
+			_ = conn.Close(websocket.StatusNormalClosure, "")
+			return
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				ws.fail(ctx, err)
@@ -253,6 +305,22 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, p service.Pr
 		}
 	}
 }
+
+// execProcess is what the stream reads and drives: a process it started,
+// or a kept terminal.
+type execProcess interface {
+	Next(ctx context.Context) (service.ExecEvent, error)
+	SendInput(ctx context.Context, data []byte) error
+	CloseInput(ctx context.Context) error
+	Signal(ctx context.Context, name string) error
+	Resize(ctx context.Context, sz service.PTYSize) error
+}
+
+// streamedProcess is a process whose stream ends with the connection's
+// context (its Next needs none).
+type streamedProcess struct{ *service.Process }
+
+func (p streamedProcess) Next(context.Context) (service.ExecEvent, error) { return p.Process.Next() }
 
 type wsSession struct {
 	s    *Server
@@ -315,7 +383,7 @@ func (ws *wsSession) readStart(ctx context.Context) (wsClientMessage, error) {
 // readLoop forwards the client's messages to the process until the
 // connection ends. A bad message is answered with an error message; the
 // stream goes on.
-func (ws *wsSession) readLoop(ctx context.Context, pr *service.Process) {
+func (ws *wsSession) readLoop(ctx context.Context, pr execProcess) {
 	for {
 		m, err := ws.read(ctx)
 		var se *service.Error

@@ -452,6 +452,9 @@ func (f *sbxFixture) testStream(t *testing.T) {
 			{"type": "stdin", "data": []byte("x")},
 			{"type": "start", "cmd": "true", "pty": map[string]int{"cols": 0, "rows": 10}},
 			{"type": "start", "cmd": "true", "surprise": 1},
+			{"type": "start", "cmd": "true", "keep_sec": 60},
+			{"type": "start", "cmd": "sh", "pty": map[string]int{"cols": 80, "rows": 24}, "keep_sec": 3601},
+			{"type": "start", "cmd": "sh", "pty": map[string]int{"cols": 80, "rows": 24}, "keep_sec": -1},
 		} {
 			c, _, err := f.dial(t, f.id, nil)
 			if err != nil {
@@ -466,6 +469,7 @@ func (f *sbxFixture) testStream(t *testing.T) {
 			}
 		}
 	})
+	t.Run("reattach a kept terminal", f.testReattach)
 	t.Run("refused", func(t *testing.T) {
 		for _, tc := range []struct {
 			name string
@@ -815,4 +819,140 @@ func (f *sbxFixture) testFilesRefused(t *testing.T) {
 	if got := f.sh(t, "ls -A /tmp/refused /tmp | grep -c escape; ls -A /tmp/refused"); got != "0\nkeep\n" {
 		t.Fatalf("a refused request changed the guest: %q", got)
 	}
+}
+
+// attachURL dials the exec stream of sandbox id with ?pid=.
+func (f *sbxFixture) attach(t *testing.T, id, pid, key string) (*wsClient, *http.Response, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	opts := &websocket.DialOptions{HTTPHeader: http.Header{"X-API-Key": {key}}}
+	conn, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(f.srv.URL, "http")+"/v1/sandboxes/"+id+"/exec/stream?pid="+url.QueryEscape(pid), opts)
+	if err != nil {
+		return nil, resp, err
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	conn.SetReadLimit(4 << 20)
+	return &wsClient{t: t, conn: conn, ctx: ctx}, resp, nil
+}
+
+// testReattach: a kept terminal outlives its connection; an attach by pid
+// gets its scrollback and the same shell; a second attach takes it over;
+// another team's key (and a pid that is no kept terminal) is refused; the
+// terminal nobody attaches to is killed after its keep time.
+func (f *sbxFixture) testReattach(t *testing.T) {
+	c, _, err := f.dial(t, f.id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.send(map[string]any{"type": "start", "argv": []string{"sh"}, "pty": map[string]int{"cols": 100, "rows": 30}, "env": map[string]string{"PS1": "$ "}, "keep_sec": 3})
+	m := c.recv()
+	if m.Type != "started" || m.PID == 0 {
+		t.Fatalf("%+v", m)
+	}
+	pid := fmt.Sprint(m.PID)
+	c.send(map[string]any{"type": "stdin", "data": []byte("echo before-$((6*7))\n")})
+	c.untilOutput("before-42")
+	c.conn.CloseNow()
+	if out := f.sh(t, "kill -0 "+pid+" && echo alive"); out != "alive\n" {
+		t.Fatalf("the kept terminal died with its connection: %q", out)
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		// A plain streamed process is not kept: it has no attach.
+		plain, _, err := f.dial(t, f.id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain.send(map[string]any{"type": "start", "cmd": "exec sleep 600"})
+		pm := plain.recv()
+		for _, tc := range []struct {
+			name, id, pid, key string
+			want               int
+		}{
+			{"another team's key, the terminal's sandbox and pid", f.id, pid, f.other, 404},
+			{"no kept terminal with that pid", f.id, "999999", f.key, 404},
+			{"a process that is not kept", f.id, fmt.Sprint(pm.PID), f.key, 404},
+			{"not a pid", f.id, "abc", f.key, 400},
+			{"pid 0", f.id, "0", f.key, 400},
+			{"a paused sandbox", f.paused, pid, f.key, 409},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				_, resp, err := f.attach(t, tc.id, tc.pid, tc.key)
+				if err == nil || resp == nil || resp.StatusCode != tc.want {
+					t.Fatalf("%v %v, want %d", resp, err, tc.want)
+				}
+			})
+		}
+		plain.conn.CloseNow()
+		f.waitDead(t, fmt.Sprint(pm.PID))
+	})
+
+	// The attached connection outlives its subtest (the next one takes it
+	// over): dialled here, its t set to the subtest's.
+	again, _, err := f.attach(t, f.id, pid, f.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("attach: the scrollback, then the same shell", func(t *testing.T) {
+		again.t = t
+		if m := again.recv(); m.Type != "attached" || fmt.Sprint(m.PID) != pid {
+			t.Fatalf("%+v", m)
+		}
+		again.untilOutput("before-42") // the scrollback
+		again.send(map[string]any{"type": "resize", "cols": 120, "rows": 40})
+		again.send(map[string]any{"type": "stdin", "data": []byte("echo pid-$$; stty size\n")})
+		if out := again.untilOutput("40 120"); !strings.Contains(out, "pid-"+pid) {
+			t.Fatalf("another shell answers: %q", out)
+		}
+	})
+
+	t.Run("a second attach takes over", func(t *testing.T) {
+		again.t = t
+		third, _, err := f.attach(t, f.id, pid, f.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := third.recv(); m.Type != "attached" {
+			t.Fatalf("%+v", m)
+		}
+		for {
+			m := again.recv()
+			if m.Type == "detached" {
+				break
+			}
+			if m.Type != "pty" {
+				t.Fatalf("the first connection got %+v", m)
+			}
+		}
+		again.closedNormally()
+		third.send(map[string]any{"type": "stdin", "data": []byte("echo third-$((7*6))\n")})
+		third.untilOutput("third-42")
+		third.conn.CloseNow()
+	})
+
+	t.Run("killed after its keep time", func(t *testing.T) {
+		f.waitDead(t, pid)
+		_, resp, err := f.attach(t, f.id, pid, f.key)
+		if err == nil || resp == nil || resp.StatusCode != 404 {
+			t.Fatalf("attach after the end: %v %v", resp, err)
+		}
+	})
+
+	t.Run("exit ends it", func(t *testing.T) {
+		c, _, err := f.dial(t, f.id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.send(map[string]any{"type": "start", "argv": []string{"sh"}, "pty": map[string]int{"cols": 80, "rows": 24}, "keep_sec": 60})
+		m := c.recv()
+		c.send(map[string]any{"type": "stdin", "data": []byte("exit 3\n")})
+		if x, _ := c.until("exit"); x.ExitCode == nil || *x.ExitCode != 3 {
+			t.Fatalf("exit: %+v", x)
+		}
+		c.closedNormally()
+		if _, resp, err := f.attach(t, f.id, fmt.Sprint(m.PID), f.key); err == nil || resp == nil || resp.StatusCode != 404 {
+			t.Fatalf("attach to an exited terminal: %v %v", resp, err)
+		}
+	})
 }

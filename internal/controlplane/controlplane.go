@@ -383,6 +383,7 @@ func (cp *ControlPlane) stopReaper() {
 func (cp *ControlPlane) Shutdown(ctx context.Context) error {
 	cp.stopReaper()
 	cp.stopBuilds(ctx)
+	cp.Sandboxes.CloseTerminals()
 	return cp.Sandboxes.PauseAll(ctx)
 }
 

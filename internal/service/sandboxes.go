@@ -109,6 +109,9 @@ type Sandboxes struct {
 	// (builtinTemplates).
 	builtinMu sync.Mutex
 	builtin   []string
+	// terms are the kept terminals (terminals.go).
+	termMu sync.Mutex
+	terms  map[terminalKey]*terminal
 }
 
 // envVarsPurpose names the key that seals sandboxes.env_vars.

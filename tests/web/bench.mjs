@@ -3,9 +3,18 @@
 // Prints ONE JSON object:
 //   first_page_js_gzip_kb     JavaScript the sign-in page loads, gzipped (budget ≤ 250)
 //   capsule_list_1000_render  the capsule list rendering 1,000 capsules, from the
-//                             navigation to the last row in the DOM (budget ≤ 200 ms p50);
-//                             the API's answer is a synthetic page of 1,000 capsules
-//                             (a real server would need 1,000 VMs)
+//                             navigation to the list painted (budget ≤ 200 ms p50): the
+//                             list is windowed, so "rendered" is the table holding all
+//                             1,000 (its height, aria-rowcount) with the rows of the
+//                             viewport in the DOM, then a frame; the API's answer is a
+//                             synthetic page of 1,000 capsules (a real server would need
+//                             1,000 VMs), answered in the page (its fetch of that URL returns
+//                             the JSON text, which the app parses as any answer)
+//   capsule_list_1000_render_routed  the same with the answer sent through playwright's
+//                             page.route (a round trip browser → CDP → node → browser per
+//                             answer: on a loaded machine mostly the harness's latency)
+//   capsule_list_1000_scroll_end  from a jump to the bottom of that list to its last row
+//                             in the DOM and painted (the window follows the scroll)
 //   capsule_list_1000_render_cpu  the same renders' main-thread CPU time (Chrome's
 //                             ThreadTime metric): what the render costs, less the time the
 //                             renderer waited for a core on a loaded machine
@@ -61,32 +70,73 @@ try {
 	await page.route(listURL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body }));
 	const render = [];
 	const renderCPU = [];
+	const scrollEnd = [];
+	const routed = [];
 	const cdp = await ctx.newCDPSession(page);
 	await cdp.send('Performance.enable', { timeDomain: 'threadTicks' });
 	const threadTime = async () => (await cdp.send('Performance.getMetrics')).metrics.find((m) => m.name === 'ThreadTime').value;
+	const inPage = (on, text) =>
+		page.evaluate(
+			([on, text]) => {
+				window.__realFetch ||= window.fetch;
+				window.fetch = on
+					? (input, init) =>
+							String(input) === '/v1/sandboxes?limit=200'
+								? Promise.resolve(new Response(text, { status: 200, headers: { 'Content-Type': 'application/json' } }))
+								: window.__realFetch(input, init)
+					: window.__realFetch;
+			},
+			[on, text]
+		);
+	const navigate = () =>
+		page.evaluate(
+			() =>
+				new Promise((resolve) => {
+					const t0 = performance.now();
+					document.querySelector('a[href="/dashboard/capsules"]').click();
+					const poll = () =>
+						document.querySelector('[data-testid=capsule-list]')?.dataset.rows === '1000' &&
+						document.querySelector('[data-testid=capsule-row]')
+							? requestAnimationFrame(() => resolve(performance.now() - t0)) // painted
+							: requestAnimationFrame(poll);
+					poll();
+				})
+		);
+	for (let i = 0; i < RUNS; i++) {
+		await page.getByRole('link', { name: 'API keys' }).click();
+		await page.getByRole('heading', { name: 'API keys' }).waitFor();
+		routed.push(await navigate());
+	}
+	await inPage(true, body);
 	for (let i = 0; i < RUNS; i++) {
 		await page.getByRole('link', { name: 'API keys' }).click();
 		await page.getByRole('heading', { name: 'API keys' }).waitFor();
 		const cpu0 = await threadTime();
-		render.push(
+		render.push(await navigate());
+		renderCPU.push((await threadTime() - cpu0) * 1000);
+		scrollEnd.push(
 			await page.evaluate(
-				() =>
+				(lastID) =>
 					new Promise((resolve) => {
 						const t0 = performance.now();
-						document.querySelector('a[href="/dashboard/capsules"]').click();
+						window.scrollTo(0, document.documentElement.scrollHeight);
 						const poll = () =>
-							document.querySelectorAll('[data-testid=capsule-row]').length === 1000
-								? requestAnimationFrame(() => resolve(performance.now() - t0)) // painted
+							document.querySelector(`[data-testid=capsule-row][data-id="${lastID}"]`)
+								? requestAnimationFrame(() => resolve(performance.now() - t0))
 								: requestAnimationFrame(poll);
 						poll();
-					})
+					}),
+				fake.at(-1).id
 			)
 		);
-		renderCPU.push((await threadTime() - cpu0) * 1000);
+		await page.evaluate(() => window.scrollTo(0, 0));
 	}
 	out.capsule_list_1000_render = stats(render);
 	out.capsule_list_1000_render_cpu = stats(renderCPU);
+	out.capsule_list_1000_render_routed = stats(routed);
+	out.capsule_list_1000_scroll_end = stats(scrollEnd);
 	await cdp.detach();
+	await inPage(false);
 	await page.unroute(listURL);
 
 	// 3. The keystroke echo through a real capsule's terminal.

@@ -219,6 +219,55 @@ describe('dashboard', { concurrency: false }, () => {
 		await visit(page, 'capsule-terminal');
 	});
 
+	test('terminal: after a reload, the same shell with its scrollback', { timeout: 3 * 60_000 }, async () => {
+		const page = adminPage;
+		const rowsMatching = (re) =>
+			page.evaluate(
+				(src) => [...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].map((r) => r.textContent.trim()).filter((t) => new RegExp(src).test(t)),
+				re.source
+			);
+		await page.getByTestId('terminal').click();
+		await page.keyboard.type('echo pid-$$\n');
+		await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].some((r) => /^pid-\d+$/.test(r.textContent.trim())));
+		const [line] = await rowsMatching(/^pid-\d+$/);
+		const pid = line.slice(4);
+		// The shell's pid is kept per capsule in sessionStorage (not a secret).
+		assert.equal(await page.evaluate((id) => sessionStorage.getItem(`capsule-terminal:${id}`), capsule), pid);
+		await page.reload();
+		await page.getByTestId('terminal-status').filter({ hasText: 'connected' }).waitFor({ timeout: 60_000 });
+		// The earlier output is back (the server's scrollback)…
+		await page.waitForFunction(
+			(pid) => {
+				const rows = [...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].map((r) => r.textContent.trim());
+				return rows.includes('hi') && rows.includes(`pid-${pid}`);
+			},
+			pid,
+			{ timeout: 30_000 }
+		);
+		// …and the same shell answers.
+		await page.getByTestId('terminal').click();
+		await page.keyboard.type('echo again-$$\n');
+		await page.waitForFunction(
+			(pid) => [...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].some((r) => r.textContent.trim() === `again-${pid}`),
+			pid,
+			{ timeout: 30_000 }
+		);
+		// A shell that is gone: the saved pid is refused and a new shell starts.
+		await page.evaluate((id) => sessionStorage.setItem(`capsule-terminal:${id}`, '999999'), capsule);
+		await page.reload();
+		await page.getByTestId('terminal-status').filter({ hasText: 'connected' }).waitFor({ timeout: 60_000 });
+		await page.waitForFunction((id) => /^\d+$/.test(sessionStorage.getItem(`capsule-terminal:${id}`) || '') && sessionStorage.getItem(`capsule-terminal:${id}`) !== '999999', capsule);
+		const fresh = await page.evaluate((id) => sessionStorage.getItem(`capsule-terminal:${id}`), capsule);
+		assert.notEqual(fresh, pid, 'a new shell has a new pid');
+		await page.getByTestId('terminal').click();
+		await page.keyboard.type('echo new-$$\n');
+		await page.waitForFunction(
+			(pid) => [...document.querySelectorAll('[data-testid=terminal] .xterm-rows > div')].some((r) => r.textContent.trim() === `new-${pid}`),
+			fresh,
+			{ timeout: 30_000 }
+		);
+	});
+
 	test('files: upload, preview, download, folder, delete', { timeout: 3 * 60_000 }, async () => {
 		const page = adminPage;
 		await page.getByRole('tab', { name: 'Files' }).click();
@@ -271,6 +320,95 @@ describe('dashboard', { concurrency: false }, () => {
 		await page.getByRole('button', { name: '5m', exact: true, pressed: true }).waitFor();
 		await page.getByTestId('metrics').waitFor();
 		await visit(page, 'capsule-metrics');
+	});
+
+	test('capsules stats: the cards and charts draw with data, the range is in the URL, polling is silent', { timeout: 3 * 60_000 }, async () => {
+		const page = adminPage;
+		await page.goto(`${base}/dashboard/capsules`);
+		await page.getByRole('link', { name: 'Stats', exact: true }).click();
+		await page.waitForURL(`${base}/dashboard/capsules/stats`);
+		await page.getByRole('heading', { name: 'Capsule stats' }).waitFor();
+		await page.getByRole('button', { name: '5m', exact: true }).click();
+		await page.waitForURL(/[?&]range=5m/);
+		await page.locator('[data-testid=stats][data-range="5m"]').waitFor();
+		await page.getByTestId('live-badge').filter({ hasText: 'Live' }).waitFor();
+		// One capsule runs: Now is read live, and a 10 s sample soon holds it.
+		const card = (k) => page.getByTestId(`card-${k}`);
+		await card('running').getByTestId('now').filter({ hasText: /^1$/ }).waitFor();
+		await card('vcpus').getByTestId('now').filter({ hasText: /^1$/ }).waitFor();
+		await card('memory').getByTestId('now').filter({ hasText: /^512 MiB$/ }).waitFor();
+		await card('running').getByTestId('peak').filter({ hasText: /^[1-9]\d*$/ }).waitFor();
+		// The charts have datasets with points, a bucket holds the running capsule, and they painted.
+		await page.waitForFunction(() => Number(document.querySelector('[data-testid=stats]')?.dataset.points) >= 2 * 30, null, { timeout: 60_000 });
+		await page.waitForFunction(() => Number(document.querySelector('[data-testid=stats]')?.dataset.runningMax) >= 1, null, { timeout: 60_000 });
+		for (const chart of ['count', 'resources']) {
+			const painted = await page.getByTestId(`chart-${chart}`).evaluate((c) => {
+				const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+				let n = 0;
+				for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+				return n;
+			});
+			assert.ok(painted > 500, `the ${chart} chart is blank (${painted} painted pixels)`);
+		}
+		// Polling is silent: two more answers arrive, the loading state never shows again.
+		await page.evaluate(() => {
+			window.__skeletons = 0;
+			new MutationObserver(() => {
+				if (document.querySelector('[aria-label="Loading stats"]')) window.__skeletons++;
+			}).observe(document.body, { childList: true, subtree: true });
+		});
+		const isStats = (r) => new URL(r.url()).pathname === '/v1/sandboxes/stats';
+		await page.waitForResponse(isStats, { timeout: 30_000 });
+		await page.waitForResponse(isStats, { timeout: 30_000 });
+		// A range switch keeps the old charts until the new answer.
+		await page.getByRole('button', { name: '1h', exact: true }).click();
+		await page.locator('[data-testid=stats][data-range="1h"]').waitFor();
+		await page.waitForURL(/[?&]range=1h/);
+		assert.equal(await page.evaluate(() => window.__skeletons), 0, 'the loading state showed after the first answer');
+		// A reload keeps the range (it is in the URL).
+		await page.reload();
+		await page.getByRole('button', { name: '1h', exact: true, pressed: true }).waitFor();
+		await page.getByTestId('chart-count').waitFor();
+		await visit(page, 'capsule-stats');
+	});
+
+	test('the capsule list with 1,000 capsules is windowed: few rows in the DOM, every row reachable by scrolling', async () => {
+		const page = adminPage;
+		const now = Date.now();
+		const fake = Array.from({ length: 1000 }, (_, i) => ({
+			id: i.toString(16).padStart(32, '0'), template: 'base', state: i % 3 ? 'running' : 'paused', vcpus: 1, memory_mb: 512,
+			timeout_sec: 3600, allow_internet_access: true, allow_public_traffic: false, auto_pause: true, auto_resume: false,
+			metadata: { owner: `user-${i % 17}`, job: `job-${i}` }, created_at: new Date(now - i * 60_000).toISOString()
+		}));
+		const listURL = (u) => u.pathname === '/v1/sandboxes' && u.search === '?limit=200';
+		await page.route(listURL, (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ sandboxes: fake, next_cursor: '' }) }));
+		try {
+			await page.goto(`${base}/dashboard/capsules`);
+			const list = page.getByTestId('capsule-list');
+			await page.locator('[data-testid=capsule-list][data-rows="1000"]').waitFor();
+			assert.equal(await list.getAttribute('aria-rowcount'), '1001');
+			await row(page, fake[0].id).waitFor();
+			const rendered = () => page.locator('[data-testid=capsule-row]').count();
+			assert.ok((await rendered()) <= 60, `${await rendered()} rows in the DOM`);
+			// The page is as tall as all the rows: scrolling reaches the last one.
+			await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight));
+			await row(page, fake[999].id).waitFor();
+			assert.equal(await row(page, fake[999].id).getAttribute('aria-rowindex'), '1001');
+			assert.ok((await rendered()) <= 60, `${await rendered()} rows in the DOM at the end`);
+			// The middle, and back to the top.
+			await page.evaluate(() => window.scrollTo(0, document.documentElement.scrollHeight / 2));
+			await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=capsule-row]')].some((r) => Number(r.getAttribute('aria-rowindex')) > 400 && Number(r.getAttribute('aria-rowindex')) < 600));
+			await page.evaluate(() => window.scrollTo(0, 0));
+			await row(page, fake[0].id).waitFor();
+			// Rows are ordered and contiguous in the DOM.
+			const idx = await page.locator('[data-testid=capsule-row]').evaluateAll((rs) => rs.map((r) => Number(r.getAttribute('aria-rowindex'))));
+			assert.deepEqual(idx, idx.map((_, i) => idx[0] + i));
+			// (The full page is 44,000 px tall: the scan and one viewport's screenshot.)
+			await scan(page, 'capsules-1000');
+			await page.screenshot({ path: path.join(shots, 'capsules-1000-laptop-light.png') });
+		} finally {
+			await page.unroute(listURL);
+		}
 	});
 
 	test('pause, resume, snapshot, create from the snapshot', { timeout: 3 * VM }, async () => {
@@ -348,6 +486,40 @@ describe('dashboard', { concurrency: false }, () => {
 		await page.locator('[data-testid=audit-row][data-action="api_key.create"]').first().waitFor();
 		assert.equal(await page.locator('[data-testid=audit-row]:not([data-action^="api_key."])').count(), 0);
 		await visit(page, 'audit');
+	});
+
+	test('usage: the days the team used, in a chart and a table; an empty range', { timeout: 2 * 60_000 }, async () => {
+		const page = adminPage;
+		await page.getByRole('link', { name: 'Usage', exact: true }).click();
+		await page.waitForURL(`${base}/dashboard/usage`);
+		const today = new Date().toISOString().slice(0, 10);
+		// The default range: the last 30 days, today included.
+		assert.equal(await page.getByLabel('To', { exact: true }).inputValue(), today);
+		assert.equal(await page.getByLabel('From', { exact: true }).inputValue(), new Date(Date.now() - 29 * 86400e3).toISOString().slice(0, 10));
+		const row = page.locator(`[data-testid=usage-row][data-date="${today}"]`);
+		await row.waitFor();
+		// Today's capsules reserved vCPU- and memory-minutes (from the 10 s samples).
+		const cells = await row.locator('td').allTextContents();
+		assert.equal(cells.length, 4);
+		assert.ok(Number(cells[1].replace(/,/g, '')) > 0, `vCPU reserved today: ${cells}`);
+		assert.ok(Number(cells[3].replace(/,/g, '')) > 0, `memory reserved today: ${cells}`);
+		await page.getByTestId('usage-total').waitFor();
+		await page.waitForFunction(() => Number(document.querySelector('[data-testid=chart-usage]')?.dataset.points) >= 4 * 30);
+		const painted = await page.getByTestId('chart-usage').evaluate((c) => {
+			const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+			let n = 0;
+			for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+			return n;
+		});
+		assert.ok(painted > 500, `the usage chart is blank (${painted} painted pixels)`);
+		await visit(page, 'usage');
+		// A range before the team existed: the empty state; the range is in the URL.
+		await page.getByLabel('From', { exact: true }).fill('2020-01-01');
+		await page.getByLabel('To', { exact: true }).fill('2020-01-31');
+		await page.getByRole('button', { name: 'Show' }).click();
+		await page.getByTestId('usage-empty').waitFor();
+		await page.waitForURL(/from=2020-01-01&to=2020-01-31/);
+		await visit(page, 'usage-empty');
 	});
 
 	test('templates: build from a recipe and an archive, watch its log stream live, delete; cancel a build', { timeout: 4 * VM }, async () => {
