@@ -223,6 +223,33 @@ describe('sandbox lifecycle through capsule serve', () => {
     assert.equal(await again.files.read('/tmp/kept'), 'kept across the auto-pause')
   })
 
+  test("onTimeout {action: 'pause', keepMemory: false}: the timeout's pause keeps the files only", async () => {
+    const sbx = await create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })
+    await sbx.files.write('/home/user/kept.txt', 'on the disk')
+    await sbx.commands.run('echo in memory > /dev/shm/gone && sleep 100000', { background: true, timeoutMs: 0 })
+    const info = await sbx.getInfo()
+    assert.equal(info.lifecycle.onTimeout, 'pause')
+    await sbx.setTimeout(2_000)
+    await waitFor(async () => (await sbx.getInfo()).state === 'paused', { timeoutMs: 60_000, what: 'the auto-pause' })
+    // The resume boots it cold from its disk: the files are there, the
+    // memory (a tmpfs file, the sleeping process) is not.
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await again.files.read('/home/user/kept.txt'), 'on the disk')
+    assert.equal(await again.files.exists('/dev/shm/gone'), false)
+    const procs = await again.commands.list()
+    assert.ok(!procs.some((p) => p.cmd.includes('sleep 100000') || (p.args || []).join(' ').includes('sleep 100000')), JSON.stringify(procs))
+  })
+
+  test("onTimeout {action: 'pause', keepMemory: false} with autoResume is refused by the SDK, and by the server", async () => {
+    await assert.rejects(create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false }, autoResume: true } }), /keepMemory/)
+    const res = await fetch(`${CAPSULE_URL}/v2/sandboxes`, {
+      method: 'POST',
+      headers: { 'X-API-KEY': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ templateID: TEMPLATE, autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }),
+    })
+    assert.equal(res.status, 400)
+  })
+
   test('setTimeout(5000): 6 s later isRunning() is false (a timer to the deadline, not a poll)', async () => {
     const sbx = await create()
     await sbx.setTimeout(5_000)
