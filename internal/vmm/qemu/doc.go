@@ -149,7 +149,13 @@
 // the guest's CLOCK_MONOTONIC does not count the pause, pending timers
 // keep what they had left and fire after it (measured: a `sleep 2` started
 // just before a 3 s pause took 2.0–2.3 s of guest monotonic time; a
-// `sleep 0.1` loop's only long gap is the one across the pause). This is
+// `sleep 0.1` loop's only long gap is the one across the pause). On a
+// loaded host (load average 10–20 on 2 cores) the same script took 2.7–3.1
+// s across a pause against 2.2 s in a guest that had been running: a
+// restored guest's code is translated afresh by TCG (its translation
+// cache is not part of a snapshot), and that time passes on the guest's
+// clock. The platform adds none: the guest runs again before the resume
+// returns (sandbox's TestBackgroundSleepAcrossPause logs the timeline). This is
 // the semantics of a suspended Linux machine and of Firecracker's default
 // restore. Advancing both clocks by the pause instead (rewriting the timer
 // section on restore) was rejected: the guest's clocksource is the TSC
