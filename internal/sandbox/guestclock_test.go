@@ -129,6 +129,27 @@ func guestBootTime(t *testing.T, ctx context.Context, c *envdclient.Client) time
 	return g.Add(-time.Duration(u * float64(time.Second)))
 }
 
+// snapshotStopped reads when the guest was stopped from the snapshot.json
+// of the sandbox whose directory is dir.
+func snapshotStopped(t *testing.T, dir string) time.Time {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "snapshot-*", "snapshot.json"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("the snapshot of %s: %v %v", dir, files, err)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Stopped time.Time `json:"stopped"`
+	}
+	if err := json.Unmarshal(b, &meta); err != nil || meta.Stopped.IsZero() {
+		t.Fatalf("snapshot.json has no stop time: %s (%v)", b, err)
+	}
+	return meta.Stopped
+}
+
 // fileMtime is path's modification time in the guest.
 func fileMtime(t *testing.T, ctx context.Context, c *envdclient.Client, path string) time.Time {
 	t.Helper()
@@ -159,7 +180,7 @@ func TestBackgroundSleepAcrossPause(t *testing.T) {
 	// guest's boot time (wall clock minus CLOCK_MONOTONIC) before the
 	// pause and after the resume, which maps guest monotonic readings to
 	// host times (the resume's /init steps the wall clock to the host's).
-	var pauseStart, pauseEnd, resumeStart, resumed time.Time
+	var pauseStart, pauseEnd, stopped, resumeStart, resumed time.Time
 	var bootBefore time.Time
 	var baseline float64
 	const pausedFor = 4 * time.Second // longer than the sleep
@@ -182,6 +203,7 @@ func TestBackgroundSleepAcrossPause(t *testing.T) {
 			t.Fatalf("pause: %v", err)
 		}
 		pauseEnd = time.Now()
+		stopped = snapshotStopped(t, filepath.Join(e.dataDir, "sandboxes", info.ID))
 		// The scenario is a pause longer than the timer: a guest clock
 		// that counted it would end the sleep at once, one that lost the
 		// timer never.
@@ -236,21 +258,27 @@ func TestBackgroundSleepAcrossPause(t *testing.T) {
 		// boot time after the resume gives.
 		bootAfter := guestBootTime(t, ctx, c)
 		at := func(boot time.Time, up float64) time.Time { return boot.Add(time.Duration(up * float64(time.Second))) }
-		stopLo, stopHi := pauseStart.Sub(bootBefore).Seconds(), pauseEnd.Sub(bootBefore).Seconds()
-		cont, contLate := at(bootAfter, stopLo), at(bootAfter, stopHi)
+		// The guest's monotonic clock at the stop (snapshot.json's
+		// "stopped", in host time), and the host time at which it went on
+		// from there (cont).
+		stop := stopped.Sub(bootBefore).Seconds()
+		cont := at(bootAfter, stop)
 		written := at(bootAfter, b)
 		if mtime := fileMtime(t, ctx, c, "/tmp/f"); mtime.Sub(written).Abs() > 100*time.Millisecond {
 			// Written before the resume's /init set the clock.
 			t.Logf("note: /tmp/f's mtime %v is %v off its time from the monotonic clock", mtime, mtime.Sub(written))
 		}
-		t.Logf("timeline (host time, ms): sleep ran %.0f–%.0f before the stop; the pause call took %.0f; "+
-			"the guest went on %.0f–%.0f after the resume call began and returned %.0f–%.0f after that; "+
-			"%.0f–%.0f of the script were left at the stop; it took %.0f of guest time (%.0f without a pause: "+
+		t.Logf("timeline (ms): the script ran %.0f before the guest stopped (%.0f into the pause call of %.0f); "+
+			"the guest went on %.0f after the resume call began, which returned %.0f after that; "+
+			"%.0f of the script were left at the stop; it took %.0f of guest time (%.0f without a pause: "+
 			"%.0f more after a restore); the file was written %.0f after the resume returned and seen %.0f after that",
-			(stopLo-a)*1000, (stopHi-a)*1000, ms(pauseEnd.Sub(pauseStart)),
-			ms(cont.Sub(resumeStart)), ms(contLate.Sub(resumeStart)), ms(resumed.Sub(contLate)), ms(resumed.Sub(cont)),
-			(b-stopHi)*1000, (b-stopLo)*1000, took*1000, baseline*1000, (took-baseline)*1000,
+			(stop-a)*1000, ms(stopped.Sub(pauseStart)), ms(pauseEnd.Sub(pauseStart)),
+			ms(cont.Sub(resumeStart)), ms(resumed.Sub(cont)),
+			(b-stop)*1000, took*1000, baseline*1000, (took-baseline)*1000,
 			ms(written.Sub(resumed)), ms(seen.Sub(written)))
+		if stopped.Before(pauseStart) || stopped.After(pauseEnd) {
+			t.Errorf("the snapshot's stop %v is outside the pause call (%v to %v)", stopped, pauseStart, pauseEnd)
+		}
 		// The issue's bound is the file 2 s after the resume. The
 		// platform's share: the guest runs again (cont) before the resume
 		// returns, and from cont on it only has what was left of the
@@ -260,7 +288,10 @@ func TestBackgroundSleepAcrossPause(t *testing.T) {
 		// goes past 2 s is the guest's own slowness (the script's guest
 		// time beyond 2 s: TCG runs a freshly restored guest's code
 		// untranslated; the baseline shows the rest).
-		if left := time.Duration((b - stopLo) * float64(time.Second)); written.Sub(resumed) > left+50*time.Millisecond {
+		if cont.After(resumed.Add(50 * time.Millisecond)) {
+			t.Errorf("the guest went on %v after the resume returned", cont.Sub(resumed))
+		}
+		if left := time.Duration((b - stop) * float64(time.Second)); written.Sub(resumed) > left+50*time.Millisecond {
 			t.Errorf("the file was written %v after the resume returned, more than the %v of the script left at the stop", written.Sub(resumed), left)
 		}
 	}) {
