@@ -175,7 +175,13 @@ describe('sandbox lifecycle through capsule serve', () => {
     // It finishes: about two seconds later on an idle machine (TCG runs a
     // freshly restored guest slowly, the more so on a loaded host).
     await waitFor(async () => (await again.files.read('f')) === 'done\n', { timeoutMs: 60_000, what: 'f, written by the sleeper' })
-    console.log(`sleeper finished ${Date.now() - resumed} ms after the resume`)
+    const seen = Date.now()
+    // When it was written: the file's mtime, on the guest's wall clock,
+    // which the resume set to the host's (the same machine's clock as
+    // Date.now() here); the rest until seen is this polling through the
+    // proxy.
+    const written = Math.round(Number((await again.commands.run('date +%s.%N -r f')).stdout.trim()) * 1000)
+    console.log(`sleeper wrote f ${written - resumed} ms after the resume returned; seen ${seen - resumed} ms after it`)
     const handle = await again.commands.connect(cmd.pid)
     assert.equal((await handle.wait()).exitCode, 0)
   })
