@@ -212,7 +212,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.DurationVar(&o.unreachableAfter, "host-unreachable-after", hostapi.UnreachableAfter, "time without a heartbeat after which a host is unreachable and its sandboxes missing [CAPSULE_HOST_UNREACHABLE_AFTER]")
 	o.metricsOptions.register(fs, "CAPSULE_")
 	o.tls.register(fs)
-	fs.Float64Var(&o.e2bRateLimit, "e2b-rate-limit", 50, "requests per second each team may send to the E2B API, in bursts of two seconds' worth; past it 429 with Retry-After, which the SDKs wait for (0: no limit) [CAPSULE_E2B_RATE_LIMIT]")
+	fs.Float64Var(&o.e2bRateLimit, "e2b-rate-limit", 50, "requests per second each team may send to the E2B API and the /v1 sandbox lifecycle routes (one budget), in bursts of two seconds' worth; past it 429 with Retry-After, which the SDKs wait for (0: no limit) [CAPSULE_E2B_RATE_LIMIT]")
 	fs.StringVar(&o.configFile, "config", "", "YAML configuration file, keys named as these flags (default "+defaultConfigFile+" when it exists) [CAPSULE_CONFIG]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

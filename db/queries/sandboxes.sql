@@ -2,10 +2,10 @@
 -- id NULL: generated. end_at is set when the sandbox enters running.
 INSERT INTO sandboxes (
   id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec,
-  auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
+  auto_pause, auto_pause_memory, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
 ) VALUES (
   COALESCE(sqlc.narg('id')::uuid, gen_random_uuid()), @team_id, sqlc.narg('host_id'), @template, @state,
-  @vcpus, @memory_mb, @disk_mb, @timeout_sec, @auto_pause, @auto_resume, @allow_internet_access,
+  @vcpus, @memory_mb, @disk_mb, @timeout_sec, @auto_pause, @auto_pause_memory, @auto_resume, @allow_internet_access,
   @allow_public_traffic, @metadata, sqlc.narg('env_vars'), sqlc.narg('created_by')
 )
 RETURNING *;

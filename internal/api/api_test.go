@@ -235,6 +235,8 @@ func TestSandboxAuthorization(t *testing.T) {
 		{"bad template", "POST", "/v1/sandboxes", keyA, map[string]any{"template": "../x"}, 400},
 		{"bad vcpus type", "POST", "/v1/sandboxes", keyA, `{"vcpus":"two"}`, 400},
 		{"unknown field", "POST", "/v1/sandboxes", keyA, `{"cpus":2}`, 400},
+		{"pause without memory, no auto-pause", "POST", "/v1/sandboxes", keyA, map[string]any{"auto_pause": false, "auto_pause_memory": false}, 400},
+		{"pause without memory, auto-resume", "POST", "/v1/sandboxes", keyA, map[string]any{"auto_pause_memory": false, "auto_resume": true}, 400},
 		{"over quota", "POST", "/v1/sandboxes", keyA, map[string]any{"vcpus": 64}, 429},
 		{"bad state filter", "GET", "/v1/sandboxes?state=zombie", keyA, nil, 400},
 		{"bad limit", "GET", "/v1/sandboxes?limit=-1", keyA, nil, 400},

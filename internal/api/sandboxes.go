@@ -19,6 +19,9 @@ type createSandboxJSON struct {
 	Internet   *bool             `json:"allow_internet_access"`
 	// AutoPause: pause at the timeout (default), else destroy.
 	AutoPause *bool `json:"auto_pause"`
+	// AutoPauseMemory: the timeout's pause keeps the memory (default);
+	// false keeps the disk only (the resume boots cold).
+	AutoPauseMemory *bool `json:"auto_pause_memory"`
 	// AutoResume: proxied traffic resumes the sandbox when paused.
 	AutoResume bool `json:"auto_resume"`
 	// PublicTraffic opens the sandbox's ports (not envd's) to anyone.
@@ -39,6 +42,7 @@ type sandboxJSON struct {
 	AllowInternetAccess bool              `json:"allow_internet_access"`
 	AllowPublicTraffic  bool              `json:"allow_public_traffic"`
 	AutoPause           bool              `json:"auto_pause"`
+	AutoPauseMemory     bool              `json:"auto_pause_memory"`
 	AutoResume          bool              `json:"auto_resume"`
 	Metadata            map[string]string `json:"metadata"`
 	CreatedAt           time.Time         `json:"created_at"`
@@ -65,8 +69,8 @@ func sandboxOf(sb service.Sandbox, withToken bool) sandboxJSON {
 	out := sandboxJSON{
 		ID: sb.ID.String(), Template: sb.Template, State: string(sb.State), StateReason: sb.StateReason,
 		VCPUs: sb.VCPUs, MemoryMB: sb.MemoryMB, TimeoutSec: sb.TimeoutSec, AllowInternetAccess: sb.AllowInternetAccess,
-		AllowPublicTraffic: sb.AllowPublicTraffic, AutoPause: sb.AutoPause, AutoResume: sb.AutoResume,
-		CreatedAt: sb.CreatedAt, EnvdURL: sb.EnvdURL,
+		AllowPublicTraffic: sb.AllowPublicTraffic, AutoPause: sb.AutoPause, AutoPauseMemory: sb.AutoPauseMemory,
+		AutoResume: sb.AutoResume, CreatedAt: sb.CreatedAt, EnvdURL: sb.EnvdURL,
 		StartedAt: timePtr(sb.StartedAt), EndAt: timePtr(sb.EndAt),
 		PausedAt: timePtr(sb.PausedAt), StoppedAt: timePtr(sb.StoppedAt), Metadata: sb.Metadata,
 	}
@@ -97,7 +101,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request, p service
 		Template: req.Template, VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 		EnvVars: req.EnvVars, Metadata: req.Metadata, Internet: req.Internet,
 		AutoPause: req.AutoPause, AutoResume: req.AutoResume, PublicTraffic: req.PublicTraffic,
-		Network: req.createNetwork(),
+		PauseWithoutMemory: req.AutoPauseMemory != nil && !*req.AutoPauseMemory,
+		Network:            req.createNetwork(),
 	})
 	if err != nil {
 		s.writeError(w, r, err)

@@ -60,6 +60,12 @@ type Config struct {
 	// LoginLimit, LoginEmailLimit, SignupLimit and SearchLimit (user
 	// search, per user) default to the auth package's suggestions.
 	LoginLimit, LoginEmailLimit, SignupLimit, SearchLimit auth.RateLimit
+	// TeamLimiter bounds each team's requests to the routes that create
+	// sandboxes or change their lifecycle (create, fork, destroy, pause,
+	// resume, timeout, network, snapshots; keys auth.TeamKey): past it 429
+	// with Retry-After. The control plane shares it with the E2B API.
+	// Nil: no limit.
+	TeamLimiter *auth.Limiter
 	// Instrument, when set, wraps each route's handler with the pattern
 	// it is registered with (Prometheus, package telemetry).
 	Instrument func(pattern string, h http.Handler) http.Handler
@@ -169,26 +175,26 @@ func (s *Server) register() {
 	s.handle("GET /v1/api-keys", s.authed(s.listKeys))
 	s.handle("POST /v1/api-keys", s.authed(s.createKey))
 	s.handle("DELETE /v1/api-keys/{id}", s.authed(s.revokeKey))
-	s.handle("POST /v1/sandboxes", s.authed(s.createSandbox))
+	s.handle("POST /v1/sandboxes", s.authed(s.teamLimited(s.createSandbox)))
 	s.handle("GET /v1/sandboxes", s.authed(s.listSandboxes))
 	s.handle("GET /v1/sandboxes/stats", s.authed(s.teamStats))
 	s.handle("GET /v1/sandboxes/usage", s.authed(s.teamUsage))
 	s.handle("GET /v1/sandboxes/{id}", s.authed(s.getSandbox))
-	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.destroySandbox))
-	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.pauseSandbox))
-	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.resumeSandbox))
-	s.handle("POST /v1/sandboxes/{id}/fork", s.authed(s.forkSandbox))
+	s.handle("DELETE /v1/sandboxes/{id}", s.authed(s.teamLimited(s.destroySandbox)))
+	s.handle("POST /v1/sandboxes/{id}/pause", s.authed(s.teamLimited(s.pauseSandbox)))
+	s.handle("POST /v1/sandboxes/{id}/resume", s.authed(s.teamLimited(s.resumeSandbox)))
+	s.handle("POST /v1/sandboxes/{id}/fork", s.authed(s.teamLimited(s.forkSandbox)))
 	s.handle("GET /v1/audit-logs", s.userAuthed(s.listAuditLogs))
 	s.handle("POST /v1/sandboxes/{id}/ping", s.authed(s.pingSandbox))
 	s.handle("GET /v1/sandboxes/{id}/metrics", s.authed(s.sandboxMetrics))
 	s.handle("GET /v1/sandboxes/{id}/logs", s.authed(s.sandboxLogs))
-	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.setSandboxTimeout))
+	s.handle("POST /v1/sandboxes/{id}/timeout", s.authed(s.teamLimited(s.setSandboxTimeout)))
 	s.handle("GET /v1/sandboxes/{id}/network", s.authed(s.getSandboxNetwork))
-	s.handle("PUT /v1/sandboxes/{id}/network", s.authed(s.setSandboxNetwork))
-	s.handle("POST /v1/snapshots", s.authed(s.createSnapshot))
+	s.handle("PUT /v1/sandboxes/{id}/network", s.authed(s.teamLimited(s.setSandboxNetwork)))
+	s.handle("POST /v1/snapshots", s.authed(s.teamLimited(s.createSnapshot)))
 	s.handle("GET /v1/snapshots", s.authed(s.listSnapshots))
 	s.handle("GET /v1/snapshots/{name}", s.authed(s.getSnapshot))
-	s.handle("DELETE /v1/snapshots/{name}", s.authed(s.deleteSnapshot))
+	s.handle("DELETE /v1/snapshots/{name}", s.authed(s.teamLimited(s.deleteSnapshot)))
 	s.handle("POST /v1/sandboxes/{id}/exec", s.authed(s.execSync))
 	s.handle("GET /v1/sandboxes/{id}/exec/stream", s.wsAuthed(s.execStream))
 	s.handle("PUT /v1/sandboxes/{id}/files", s.authed(s.uploadFile))
@@ -260,6 +266,22 @@ func (s *Server) authed(h handler) http.HandlerFunc {
 			return
 		}
 		h(w, r.WithContext(logctx.WithTeam(r.Context(), p.TeamID.String())), p)
+	}
+}
+
+// teamLimited takes a token of the principal's team from the shared team
+// limiter (Config.TeamLimiter) before h runs: past the limit 429 with
+// Retry-After, the same answer as the E2B API's.
+func (s *Server) teamLimited(h handler) handler {
+	if s.cfg.TeamLimiter == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request, p service.Principal) {
+		if ok, wait := s.cfg.TeamLimiter.Allow(auth.TeamKey(p.TeamID.String())); !ok {
+			auth.WriteTooManyRequests(w, wait)
+			return
+		}
+		h(w, r, p)
 	}
 }
 

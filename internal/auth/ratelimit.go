@@ -236,6 +236,11 @@ func (l *Limiter) Middleware(key func(r *http.Request) (k string, ok bool)) func
 	}
 }
 
+// TeamKey is the Limiter key of a team's requests: the E2B API and the
+// /v1 sandbox lifecycle routes take their tokens from one bucket per team
+// when they share a Limiter.
+func TeamKey(team string) string { return "team:" + team }
+
 // IPKeyFunc returns a key function for Middleware that limits per client
 // address (see ClientIP and IPKey). Requests whose address cannot be
 // determined share the key "ip:unknown".

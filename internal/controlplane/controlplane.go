@@ -71,8 +71,10 @@ type Config struct {
 	SandboxAddr net.Addr
 	// Reaper configures the TTL reaper.
 	Reaper service.ReaperConfig
-	// E2BTeamRateLimit bounds each team's requests to the E2B API (zero:
-	// none; see e2bapi.Config.TeamRateLimit).
+	// E2BTeamRateLimit bounds each team's requests to the E2B API and to
+	// the /v1 routes that create sandboxes or change their lifecycle, one
+	// bucket per team across both (zero: none; see
+	// e2bapi.Config.TeamLimiter and api.Config.TeamLimiter).
 	E2BTeamRateLimit auth.RateLimit
 	// SingleReplica says that no other control plane can share the
 	// database (capsule serve's embedded PostgreSQL): the background
@@ -212,7 +214,14 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	for _, name := range providers.Names() {
 		log.InfoContext(ctx, "OAuth login enabled", "provider", name, "callback", cfg.OAuth.PublicURL+"/v1/auth/oauth/"+name+"/callback")
 	}
-	if cp.API, err = api.New(api.Config{Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Stats: svc.Stats, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
+	// One per-team limiter for the E2B API and the /v1 lifecycle routes.
+	var teamLimiter *auth.Limiter
+	if cfg.E2BTeamRateLimit != (auth.RateLimit{}) {
+		if teamLimiter, err = auth.NewLimiter(auth.LimiterConfig{Limit: cfg.E2BTeamRateLimit}); err != nil {
+			return nil, fmt.Errorf("controlplane: team rate limit: %w", err)
+		}
+	}
+	if cp.API, err = api.New(api.Config{TeamLimiter: teamLimiter, Builds: cp.Builds, Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Stats: svc.Stats, Audit: svc.Audit, Teams: svc.Teams, Admin: svc.Admin, Hosts: svc.Hosts, Store: st,
 		OAuth: providers, OAuthStates: states, TrustedProxies: cfg.TrustedProxies, Instrument: cp.Telemetry.Route, UI: webui.New(), Log: log}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
@@ -224,7 +233,7 @@ func New(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	}
 	cp.SandboxDomain = advertisedDomain(cfg.Domain, cfg.SandboxAddr)
 	if cp.E2B, err = e2bapi.New(e2bapi.Config{Accounts: svc.Accounts, Sandboxes: svc.Sandboxes, Domain: cp.SandboxDomain,
-		Instrument: cp.Telemetry.Route, Log: log, Builds: cp.Builds, Secret: cfg.Secret, TeamRateLimit: cfg.E2BTeamRateLimit}); err != nil {
+		Instrument: cp.Telemetry.Route, Log: log, Builds: cp.Builds, Secret: cfg.Secret, TeamLimiter: teamLimiter}); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	return cp, nil

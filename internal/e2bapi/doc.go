@@ -49,9 +49,12 @@
 //     rules (package egress: CIDRs, IPs, domain names and "*.domain";
 //     denyOut ["0.0.0.0/0"] is ALL_TRAFFIC; domains in allowOut need it or
 //     allow_internet_access false, as in E2B); bad rules, network.rules,
-//     network.egressProxy, mcp and volumeMounts are 400; autoPauseMemory false is accepted where E2B accepts
-//     it (the auto-pause keeps memory here, a superset); other unknown fields are
-//     ignored. The machine shape is the template's (service defaults for
+//     network.egressProxy, mcp and volumeMounts are 400; autoPauseMemory false (the SDK's
+//     lifecycle.onTimeout {action: 'pause', keepMemory: false}) is stored
+//     with the sandbox (service.CreateSandbox.PauseWithoutMemory) and the
+//     timeout's pause then keeps the disk only (the resume boots cold);
+//     without autoPause, or with autoResume, it is 400 as in E2B; other
+//     unknown fields are ignored. The machine shape is the template's (service defaults for
 //     images).
 //   - Sandbox (create, connect, resume): envdVersion is envdapi.Version,
 //     envdAccessToken the service's HMAC of the sandbox ID (stable for its
@@ -89,8 +92,9 @@
 //     sleeps until the next deadline and wakes when one comes earlier
 //     (service/deadlines.go), so setTimeout(5000) has isRunning() false
 //     6 s later.
-//   - Busy: a team past Config.TeamRateLimit (serve's -e2b-rate-limit)
-//     gets 429 with Retry-After in whole seconds (the JS SDK waits and
+//   - Busy: a team past its rate (Config.TeamLimiter, shared with the /v1
+//     sandbox lifecycle routes, or Config.TeamRateLimit; serve's
+//     -e2b-rate-limit) gets 429 with Retry-After in whole seconds (the JS SDK waits and
 //     retries up to 3 times within the request's timeout, then raises
 //     RateLimitError); a quota exceeded is 429 without it (waiting does not
 //     help); no host able to take a sandbox is 503 (ServiceBusyError).

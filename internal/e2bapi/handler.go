@@ -47,7 +47,12 @@ type Config struct {
 	// bucket per team; zero: no limit). Past it the answer is 429 with
 	// Retry-After, which the SDKs wait for and retry.
 	TeamRateLimit auth.RateLimit
-	Log           *slog.Logger
+	// TeamLimiter, when set, is used instead of one of TeamRateLimit's: a
+	// limiter shared with the /v1 API's sandbox lifecycle routes (keys
+	// auth.TeamKey), so that a team's requests count once whichever API
+	// they use.
+	TeamLimiter *auth.Limiter
+	Log         *slog.Logger
 }
 
 // Handler serves E2B's control-plane paths.
@@ -77,7 +82,7 @@ func New(cfg Config) (*Handler, error) {
 		}
 	}
 	h := &Handler{cfg: cfg, log: cfg.Log, mux: http.NewServeMux()}
-	if cfg.TeamRateLimit != (auth.RateLimit{}) {
+	if h.teams = cfg.TeamLimiter; h.teams == nil && cfg.TeamRateLimit != (auth.RateLimit{}) {
 		l, err := auth.NewLimiter(auth.LimiterConfig{Limit: cfg.TeamRateLimit})
 		if err != nil {
 			return nil, fmt.Errorf("e2bapi: team rate limit: %w", err)
@@ -193,7 +198,7 @@ func (h *Handler) authed(next handler) http.HandlerFunc {
 		if h.teams != nil {
 			// 429 with Retry-After: the SDKs retry after it (JS: up to 3
 			// times within the request's timeout), else RateLimitError.
-			if ok, wait := h.teams.Allow("team:" + p.TeamID.String()); !ok {
+			if ok, wait := h.teams.Allow(auth.TeamKey(p.TeamID.String())); !ok {
 				auth.WriteTooManyRequests(w, wait)
 				return
 			}

@@ -88,9 +88,9 @@ func createRequest(req newSandboxJSON, defaultTimeout int32) (service.CreateSand
 	}
 	autoPause := req.AutoPause != nil && *req.AutoPause
 	autoResume := req.AutoResume != nil && req.AutoResume.Enabled
-	if req.AutoPauseMemory != nil && !*req.AutoPauseMemory {
-		// Pauses here always keep memory, a superset of a filesystem-only
-		// pause; only E2B's invalid combinations are refused.
+	withoutMemory := req.AutoPauseMemory != nil && !*req.AutoPauseMemory
+	if withoutMemory {
+		// Stored: the timeout's pause then keeps the disk only.
 		switch {
 		case !autoPause:
 			return service.CreateSandbox{}, invalid("autoPauseMemory: false needs autoPause")
@@ -101,6 +101,7 @@ func createRequest(req newSandboxJSON, defaultTimeout int32) (service.CreateSand
 	out := service.CreateSandbox{
 		Template: name, TimeoutSec: timeout, EnvVars: req.EnvVars, Metadata: req.Metadata,
 		Internet: req.AllowInternetAccess, AutoPause: &autoPause, AutoResume: autoResume, PublicTraffic: true,
+		PauseWithoutMemory: withoutMemory,
 	}
 	if n := req.Network; n != nil {
 		if n.AllowPublicTraffic != nil {

@@ -34,6 +34,9 @@ type CreateSandbox struct {
 	// AutoPause: at its timeout the sandbox is paused (nil: true), else
 	// destroyed (E2B's default).
 	AutoPause *bool
+	// PauseWithoutMemory: the timeout's pause keeps the disk only (a
+	// filesystem-only pause; the resume boots cold). Needs AutoPause.
+	PauseWithoutMemory bool
 	// AutoResume: traffic through the proxy resumes the sandbox when it is
 	// paused.
 	AutoResume bool
@@ -89,6 +92,14 @@ func (r *CreateSandbox) normalize() error {
 			return errorf(ErrInvalid, "env_vars: invalid name %q", k)
 		}
 	}
+	if r.PauseWithoutMemory && r.AutoPause != nil && !*r.AutoPause {
+		return errorf(ErrInvalid, "a pause without memory at the timeout needs auto_pause")
+	}
+	if r.PauseWithoutMemory && r.AutoResume {
+		// Traffic would resume it by a cold boot, losing its processes
+		// under the caller's feet (E2B refuses the combination too).
+		return errorf(ErrInvalid, "a pause without memory at the timeout cannot be combined with auto_resume")
+	}
 	return validateMetadata(r.Metadata)
 }
 
@@ -138,6 +149,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 		return Sandbox{}, fmt.Errorf("metadata: %w", err)
 	}
 	internet := req.Internet == nil || *req.Internet
+	autoPause := req.AutoPause == nil || *req.AutoPause
 	netJSON, err := req.network()
 	if err != nil {
 		return Sandbox{}, err
@@ -179,7 +191,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 			ID: newID, TeamID: pgUUID(p.TeamID), HostID: hostID, Template: req.Template, State: store.SandboxStarting,
 			VCPUs: req.VCPUs, MemoryMB: req.MemoryMB, TimeoutSec: req.TimeoutSec,
 			AllowInternetAccess: internet, Metadata: meta, EnvVars: sealedEnv, CreatedBy: pgUUID(p.UserID),
-			AutoPause: req.AutoPause == nil || *req.AutoPause, AutoResume: req.AutoResume, AllowPublicTraffic: req.PublicTraffic,
+			AutoPause: autoPause, AutoPauseMemory: !req.PauseWithoutMemory, AutoResume: req.AutoResume, AllowPublicTraffic: req.PublicTraffic,
 		})
 		if err != nil {
 			return fmt.Errorf("insert sandbox: %w", err)

@@ -120,7 +120,7 @@ func (s *Sandboxes) Fork(ctx context.Context, p Principal, id SandboxID, req For
 				ID: newID, TeamID: src.TeamID, HostID: src.HostID, Template: src.Template, State: store.SandboxStarting,
 				VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, TimeoutSec: req.TimeoutSec,
 				AllowInternetAccess: src.AllowInternetAccess, Metadata: src.Metadata, EnvVars: sealed, CreatedBy: pgUUID(p.UserID),
-				AutoPause: src.AutoPause, AutoResume: src.AutoResume, AllowPublicTraffic: src.AllowPublicTraffic,
+				AutoPause: src.AutoPause, AutoPauseMemory: src.AutoPauseMemory, AutoResume: src.AutoResume, AllowPublicTraffic: src.AllowPublicTraffic,
 			})
 			if err != nil {
 				return fmt.Errorf("insert sandbox: %w", err)

@@ -19,7 +19,8 @@ import (
 // shortened at that deadline (E2B's setTimeout then isRunning); a
 // filesystem-only pause keeps the disk and nothing of the memory, and the
 // resume boots cold from it; a cold resume of a memory pause drops the
-// memory and keeps the files.
+// memory and keeps the files; the timeout's pause keeps the memory or
+// not as the sandbox was created (E2B's autoPauseMemory).
 func TestLifecycleRealAgent(t *testing.T) {
 	e, _ := newEnvHost(t, hosttest.LifecyclePool)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -99,6 +100,61 @@ func TestLifecycleRealAgent(t *testing.T) {
 			t.Fatalf("left running %v after its deadline, want within a second", claimed)
 		}
 	})
+
+	// E2B's lifecycle.onTimeout {action: 'pause', keepMemory}: the
+	// timeout's pause keeps what the sandbox was created to keep.
+	for _, tc := range []struct {
+		name       string
+		keepMemory bool
+	}{
+		{"autoPauseMemory false: the timeout's pause keeps the disk only; the resume boots cold", false},
+		{"autoPauseMemory true: the timeout's pause keeps the memory; the processes go on", true},
+	} {
+		testenv.Step(&t, tc.name, func(t *testing.T) {
+			yes := true
+			sb, err := e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256, TimeoutSec: 600,
+				AutoPause: &yes, PauseWithoutMemory: !tc.keepMemory})
+			if err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
+			if got, err := e.sbx.Get(ctx, p, sb.ID); err != nil || got.AutoPauseMemory != tc.keepMemory {
+				t.Fatalf("stored auto_pause_memory = %v (%v), want %v", got.AutoPauseMemory, err, tc.keepMemory)
+			}
+			markers(t, envd(t, sb))
+			rctx, rcancel := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			wg.Go(func() { NewReaper(e.sbx, ReaperConfig{}).Run(rctx) })
+			defer wg.Wait()
+			defer rcancel()
+			set, err := e.sbx.SetTimeout(ctx, p, sb.ID, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			row := sandboxRow(t, e, pgUUID(sb.ID))
+			for row.State != store.SandboxPaused && time.Now().Before(set.EndAt.Add(2*time.Minute)) {
+				select {
+				case <-ctx.Done():
+					t.Fatal(ctx.Err())
+				case <-time.After(50 * time.Millisecond):
+				}
+				row = sandboxRow(t, e, pgUUID(sb.ID))
+			}
+			if row.State != store.SandboxPaused {
+				t.Fatalf("after its timeout the sandbox is %s (%q), want paused", row.State, row.StateReason)
+			}
+			rcancel()
+			resumed, err := e.sbx.Resume(ctx, p, sb.ID)
+			if err != nil {
+				t.Fatalf("Resume: %v", err)
+			}
+			disk, memory, process := survived(t, envd(t, resumed))
+			if !disk || memory != tc.keepMemory || process != tc.keepMemory {
+				t.Fatalf("after the timeout's pause: disk file %v, memory file %v, process %v; want the disk file, and the others %v",
+					disk, memory, process, tc.keepMemory)
+			}
+		})
+	}
 
 	testenv.Step(&t, "a filesystem-only pause keeps the disk only; the resume boots cold", func(t *testing.T) {
 		sb := create(t, true)

@@ -176,12 +176,15 @@ type Sandbox struct {
 	State    State
 	// StateReason says why the sandbox entered its state (empty when
 	// nothing needs saying).
-	StateReason         string
-	VCPUs               int32
-	MemoryMB            int32
-	DiskMB              int32
-	TimeoutSec          int32
-	AutoPause           bool
+	StateReason string
+	VCPUs       int32
+	MemoryMB    int32
+	DiskMB      int32
+	TimeoutSec  int32
+	AutoPause   bool
+	// AutoPauseMemory: the timeout's pause keeps the memory (false: a
+	// filesystem-only pause).
+	AutoPauseMemory     bool
 	AutoResume          bool
 	AllowInternetAccess bool
 	AllowPublicTraffic  bool
@@ -222,7 +225,7 @@ func sandboxOf(row db.Sandbox) Sandbox {
 		ID: sandboxIDOf(row.ID), TeamID: teamIDOf(row.TeamID), HostID: hostIDOf(row.HostID),
 		Template: row.Template, State: State(row.State), StateReason: row.StateReason,
 		VCPUs: row.VCPUs, MemoryMB: row.MemoryMB, DiskMB: row.DiskMB, TimeoutSec: row.TimeoutSec,
-		AutoPause: row.AutoPause, AutoResume: row.AutoResume,
+		AutoPause: row.AutoPause, AutoPauseMemory: row.AutoPauseMemory, AutoResume: row.AutoResume,
 		AllowInternetAccess: row.AllowInternetAccess, AllowPublicTraffic: row.AllowPublicTraffic,
 		Metadata: md, Network: NetworkOf(row), CreatedBy: userIDOf(row.CreatedBy),
 		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt, StartedAt: timeOf(row.StartedAt), EndAt: timeOf(row.EndAt),

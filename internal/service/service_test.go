@@ -237,6 +237,8 @@ func TestCreateRefusals(t *testing.T) {
 		{"negative vcpus", CreateSandbox{VCPUs: -1}, ErrInvalid},
 		{"negative timeout", CreateSandbox{TimeoutSec: -1}, ErrInvalid},
 		{"bad env name", CreateSandbox{EnvVars: map[string]string{"A=B": "x"}}, ErrInvalid},
+		{"pause without memory, no auto-pause", CreateSandbox{AutoPause: new(bool), PauseWithoutMemory: true}, ErrInvalid},
+		{"pause without memory, auto-resume", CreateSandbox{PauseWithoutMemory: true, AutoResume: true}, ErrInvalid},
 		{"vcpus per sandbox", CreateSandbox{VCPUs: 5}, ErrQuota},
 		{"memory per sandbox", CreateSandbox{MemoryMB: 4096}, ErrQuota},
 		{"total vcpus", CreateSandbox{VCPUs: 3}, ErrQuota},

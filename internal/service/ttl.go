@@ -280,7 +280,9 @@ func (r *Reaper) reap(ctx context.Context, row db.Sandbox, now time.Time) reapOu
 	}
 	if err == nil {
 		var pr *connect.Response[pb.PauseSandboxResponse]
-		if pr, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id})); err == nil {
+		// autoPauseMemory: false (E2B) keeps the disk only.
+		meta["memory"] = claimed.AutoPauseMemory
+		if pr, err = c.PauseSandbox(ctx, connect.NewRequest(&pb.PauseSandboxRequest{SandboxId: id, FilesystemOnly: !claimed.AutoPauseMemory})); err == nil {
 			s.storeMetrics(bg, row.ID, pr.Msg.GetMetrics(), "")
 		}
 	}

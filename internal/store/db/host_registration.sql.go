@@ -284,7 +284,7 @@ func (q *Queries) ListAllHosts(ctx context.Context) ([]Host, error) {
 }
 
 const listHostLiveSandboxes = `-- name: ListHostLiveSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE host_id = $1 AND state <> 'stopped'
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes WHERE host_id = $1 AND state <> 'stopped'
 ORDER BY created_at, id
 `
 
@@ -326,6 +326,7 @@ func (q *Queries) ListHostLiveSandboxes(ctx context.Context, hostID pgtype.UUID)
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}

@@ -206,6 +206,7 @@ type Sandbox struct {
 	StoppedAt           pgtype.Timestamptz `json:"stopped_at"`
 	PauseFailures       int32              `json:"pause_failures"`
 	Network             json.RawMessage    `json:"network"`
+	AutoPauseMemory     bool               `json:"auto_pause_memory"`
 }
 
 type SandboxLog struct {

@@ -274,7 +274,7 @@ func (q *Queries) ListRunningSandboxIDs(ctx context.Context) ([]pgtype.UUID, err
 const markHostSandboxesDown = `-- name: MarkHostSandboxesDown :many
 UPDATE sandboxes SET state = 'missing', state_reason = $1::text, envd_url = '', end_at = NULL
 WHERE host_id = $2 AND state IN ('running', 'pausing', 'paused', 'resuming')
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type MarkHostSandboxesDownParams struct {
@@ -323,6 +323,7 @@ func (q *Queries) MarkHostSandboxesDown(ctx context.Context, arg MarkHostSandbox
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}

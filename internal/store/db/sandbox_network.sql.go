@@ -15,7 +15,7 @@ import (
 const setSandboxNetwork = `-- name: SetSandboxNetwork :one
 UPDATE sandboxes SET network = $1, allow_internet_access = $2
 WHERE id = $3 AND team_id = $4
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type SetSandboxNetworkParams struct {
@@ -62,6 +62,7 @@ func (q *Queries) SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkPa
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }

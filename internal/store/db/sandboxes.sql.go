@@ -16,7 +16,7 @@ import (
 const claimExpiredSandbox = `-- name: ClaimExpiredSandbox :one
 UPDATE sandboxes SET state = 'pausing', state_reason = $1::text
 WHERE id = $2 AND state = 'running' AND end_at IS NOT NULL AND end_at < $3::timestamptz
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type ClaimExpiredSandboxParams struct {
@@ -59,6 +59,7 @@ func (q *Queries) ClaimExpiredSandbox(ctx context.Context, arg ClaimExpiredSandb
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -139,7 +140,7 @@ UPDATE sandboxes SET
   timeout_sec = GREATEST(timeout_sec, $1::integer),
   end_at = GREATEST(COALESCE(end_at, now()), now() + make_interval(secs => $1::integer))
 WHERE id = $2 AND team_id = $3 AND state = 'running' AND $1::integer > 0
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type ExtendSandboxTimeoutParams struct {
@@ -181,6 +182,7 @@ func (q *Queries) ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTim
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -189,7 +191,7 @@ const failSandboxPausing = `-- name: FailSandboxPausing :one
 UPDATE sandboxes SET state = 'error', state_reason = $1::text,
   pause_failures = pause_failures + 1, end_at = NULL
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type FailSandboxPausingParams struct {
@@ -230,12 +232,13 @@ func (q *Queries) FailSandboxPausing(ctx context.Context, arg FailSandboxPausing
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
 
 const getSandbox = `-- name: GetSandbox :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE id = $1 AND team_id = $2
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes WHERE id = $1 AND team_id = $2
 `
 
 type GetSandboxParams struct {
@@ -275,12 +278,13 @@ func (q *Queries) GetSandbox(ctx context.Context, arg GetSandboxParams) (Sandbox
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
 
 const getSandboxByID = `-- name: GetSandboxByID :one
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE id = $1
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes WHERE id = $1
 `
 
 // Not team-scoped: for the control plane's own loops (reaper, reconciler).
@@ -315,6 +319,7 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -322,13 +327,13 @@ func (q *Queries) GetSandboxByID(ctx context.Context, id pgtype.UUID) (Sandbox, 
 const insertSandbox = `-- name: InsertSandbox :one
 INSERT INTO sandboxes (
   id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec,
-  auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
+  auto_pause, auto_pause_memory, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, created_by
 ) VALUES (
   COALESCE($1::uuid, gen_random_uuid()), $2, $3, $4, $5,
-  $6, $7, $8, $9, $10, $11, $12,
-  $13, $14, $15, $16
+  $6, $7, $8, $9, $10, $11, $12, $13,
+  $14, $15, $16, $17
 )
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type InsertSandboxParams struct {
@@ -342,6 +347,7 @@ type InsertSandboxParams struct {
 	DiskMB              int32           `json:"disk_mb"`
 	TimeoutSec          int32           `json:"timeout_sec"`
 	AutoPause           bool            `json:"auto_pause"`
+	AutoPauseMemory     bool            `json:"auto_pause_memory"`
 	AutoResume          bool            `json:"auto_resume"`
 	AllowInternetAccess bool            `json:"allow_internet_access"`
 	AllowPublicTraffic  bool            `json:"allow_public_traffic"`
@@ -363,6 +369,7 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		arg.DiskMB,
 		arg.TimeoutSec,
 		arg.AutoPause,
+		arg.AutoPauseMemory,
 		arg.AutoResume,
 		arg.AllowInternetAccess,
 		arg.AllowPublicTraffic,
@@ -399,12 +406,13 @@ func (q *Queries) InsertSandbox(ctx context.Context, arg InsertSandboxParams) (S
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
 
 const listExpiredSandboxes = `-- name: ListExpiredSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes
 WHERE state = 'running' AND end_at IS NOT NULL AND end_at < $1::timestamptz
 ORDER BY end_at, id
 LIMIT $2
@@ -454,6 +462,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}
@@ -466,7 +475,7 @@ func (q *Queries) ListExpiredSandboxes(ctx context.Context, arg ListExpiredSandb
 }
 
 const listSandboxes = `-- name: ListSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -541,6 +550,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}
@@ -553,7 +563,7 @@ func (q *Queries) ListSandboxes(ctx context.Context, arg ListSandboxesParams) ([
 }
 
 const listSandboxesAsc = `-- name: ListSandboxesAsc :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes
 WHERE team_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
   AND ($3::jsonb IS NULL OR metadata @> $3::jsonb)
@@ -624,6 +634,7 @@ func (q *Queries) ListSandboxesAsc(ctx context.Context, arg ListSandboxesAscPara
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}
@@ -636,7 +647,7 @@ func (q *Queries) ListSandboxesAsc(ctx context.Context, arg ListSandboxesAscPara
 }
 
 const listSandboxesByHost = `-- name: ListSandboxesByHost :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes
 WHERE host_id = $1
   AND (COALESCE(cardinality($2::text[]), 0) = 0 OR state = ANY($2::text[]))
 ORDER BY created_at, id
@@ -685,6 +696,7 @@ func (q *Queries) ListSandboxesByHost(ctx context.Context, arg ListSandboxesByHo
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}
@@ -732,7 +744,7 @@ const markSandboxStopped = `-- name: MarkSandboxStopped :one
 UPDATE sandboxes SET state = 'stopped', state_reason = $1::text, stopped_at = now(),
   end_at = NULL, envd_url = ''
 WHERE id = $2 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type MarkSandboxStoppedParams struct {
@@ -772,6 +784,7 @@ func (q *Queries) MarkSandboxStopped(ctx context.Context, arg MarkSandboxStopped
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -809,7 +822,7 @@ const retrySandboxPausing = `-- name: RetrySandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text,
   pause_failures = pause_failures + 1, end_at = $2::timestamptz
 WHERE id = $3 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type RetrySandboxPausingParams struct {
@@ -851,6 +864,7 @@ func (q *Queries) RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausi
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -858,7 +872,7 @@ func (q *Queries) RetrySandboxPausing(ctx context.Context, arg RetrySandboxPausi
 const revertSandboxPausing = `-- name: RevertSandboxPausing :one
 UPDATE sandboxes SET state = 'running', state_reason = $1::text
 WHERE id = $2 AND state = 'pausing'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type RevertSandboxPausingParams struct {
@@ -899,6 +913,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -906,7 +921,7 @@ func (q *Queries) RevertSandboxPausing(ctx context.Context, arg RevertSandboxPau
 const setSandboxEnvdURL = `-- name: SetSandboxEnvdURL :one
 UPDATE sandboxes SET envd_url = $1::text
 WHERE id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type SetSandboxEnvdURLParams struct {
@@ -947,12 +962,13 @@ func (q *Queries) SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLPa
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
 
 const setSandboxHost = `-- name: SetSandboxHost :one
-UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+UPDATE sandboxes SET host_id = $1 WHERE id = $2 RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type SetSandboxHostParams struct {
@@ -991,6 +1007,7 @@ func (q *Queries) SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) 
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -1001,7 +1018,7 @@ UPDATE sandboxes SET
   end_at = CASE WHEN $1::integer > 0 AND state = 'running'
                 THEN now() + make_interval(secs => $1::integer) ELSE NULL END
 WHERE id = $2 AND team_id = $3 AND state <> 'stopped'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type SetSandboxTimeoutParams struct {
@@ -1043,6 +1060,7 @@ func (q *Queries) SetSandboxTimeout(ctx context.Context, arg SetSandboxTimeoutPa
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -1052,7 +1070,7 @@ UPDATE sandboxes SET
   last_active_at = now(),
   end_at = CASE WHEN timeout_sec > 0 THEN now() + make_interval(secs => timeout_sec) ELSE end_at END
 WHERE id = $1 AND team_id = $2 AND state = 'running'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type TouchSandboxParams struct {
@@ -1093,6 +1111,7 @@ func (q *Queries) TouchSandbox(ctx context.Context, arg TouchSandboxParams) (San
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }
@@ -1129,7 +1148,7 @@ UPDATE sandboxes SET
   stopped_at     = CASE WHEN $1::text = 'stopped' THEN now() ELSE stopped_at END,
   pause_failures = CASE WHEN $1::text = 'paused' THEN 0 ELSE pause_failures END
 WHERE id = $3 AND state = ANY($4::text[])
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type UpdateSandboxStateParams struct {
@@ -1181,6 +1200,7 @@ func (q *Queries) UpdateSandboxState(ctx context.Context, arg UpdateSandboxState
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }

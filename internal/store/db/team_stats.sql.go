@@ -325,7 +325,7 @@ func (q *Queries) RollUpUsageDay(ctx context.Context, arg RollUpUsageDayParams) 
 }
 
 const runningSandboxes = `-- name: RunningSandboxes :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE state = 'running' AND host_id IS NOT NULL ORDER BY id
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes WHERE state = 'running' AND host_id IS NOT NULL ORDER BY id
 `
 
 // Every running sandbox with a host (the metrics checkpoint).
@@ -366,6 +366,7 @@ func (q *Queries) RunningSandboxes(ctx context.Context) ([]Sandbox, error) {
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}
@@ -378,7 +379,7 @@ func (q *Queries) RunningSandboxes(ctx context.Context) ([]Sandbox, error) {
 }
 
 const runningSandboxesOfTeam = `-- name: RunningSandboxesOfTeam :many
-SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network FROM sandboxes WHERE team_id = $1 AND state = 'running' ORDER BY id
+SELECT id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory FROM sandboxes WHERE team_id = $1 AND state = 'running' ORDER BY id
 `
 
 // A team running sandboxes (live usage reads their newest points from
@@ -420,6 +421,7 @@ func (q *Queries) RunningSandboxesOfTeam(ctx context.Context, teamID pgtype.UUID
 			&i.StoppedAt,
 			&i.PauseFailures,
 			&i.Network,
+			&i.AutoPauseMemory,
 		); err != nil {
 			return nil, err
 		}

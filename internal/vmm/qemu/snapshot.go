@@ -59,6 +59,7 @@ type snapshotMeta struct {
 	StateBytes  int64     `json:"stateBytes"`
 	MemoryBytes int64     `json:"memoryBytes"` // allocated
 	Paused      float64   `json:"pausedSeconds"`
+	Stopped     time.Time `json:"stopped,omitzero"` // the guest stopped (QMP stop returned); its clocks stand there
 	Created     time.Time `json:"created"`
 }
 
@@ -155,6 +156,7 @@ func (m *Machine) snapshot(ctx context.Context, dir string, keepRunning bool) (_
 		return vmm.Snapshot{}, err
 	}
 	stopped := time.Now()
+	meta.Stopped = stopped.UTC()
 	resumed := false
 	defer func() {
 		if err != nil && !resumed && !m.exited() {

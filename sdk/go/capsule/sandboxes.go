@@ -44,6 +44,7 @@ type Sandbox struct {
 	AllowInternetAccess bool              `json:"allow_internet_access"`
 	AllowPublicTraffic  bool              `json:"allow_public_traffic"`
 	AutoPause           bool              `json:"auto_pause"`
+	AutoPauseMemory     bool              `json:"auto_pause_memory"` // false: the timeout's pause keeps the disk only
 	AutoResume          bool              `json:"auto_resume"`
 	Metadata            map[string]string `json:"metadata"`
 	CreatedAt           time.Time         `json:"created_at"`
@@ -74,7 +75,7 @@ func sandboxFrom(w wire.Sandbox) Sandbox {
 		ID: w.Id, Template: w.Template, State: State(w.State), StateReason: deref(w.StateReason),
 		VCPUs: w.Vcpus, MemoryMB: w.MemoryMb, Timeout: time.Duration(w.TimeoutSec) * time.Second,
 		AllowInternetAccess: w.AllowInternetAccess, AllowPublicTraffic: w.AllowPublicTraffic,
-		AutoPause: w.AutoPause, AutoResume: w.AutoResume, Metadata: w.Metadata, CreatedAt: w.CreatedAt,
+		AutoPause: w.AutoPause, AutoPauseMemory: w.AutoPauseMemory, AutoResume: w.AutoResume, Metadata: w.Metadata, CreatedAt: w.CreatedAt,
 		StartedAt: deref(w.StartedAt), EndAt: deref(w.EndAt), PausedAt: deref(w.PausedAt), StoppedAt: deref(w.StoppedAt),
 		EnvdAccessToken: deref(w.EnvdAccessToken), TrafficAccessToken: deref(w.TrafficAccessToken),
 	}
@@ -101,6 +102,9 @@ type CreateOptions struct {
 	// AutoPause: at its timeout the sandbox is paused (nil: true), else
 	// destroyed.
 	AutoPause *bool
+	// PauseWithoutMemory: the timeout's pause keeps the disk only (the
+	// resume boots cold; E2B's autoPauseMemory false). Not with AutoResume.
+	PauseWithoutMemory bool
 	// AutoResume: traffic through the proxy resumes the sandbox when it is
 	// paused.
 	AutoResume bool
@@ -115,6 +119,10 @@ func (s *SandboxService) Create(ctx context.Context, opts CreateOptions) (Sandbo
 		Template: ptrOrNil(opts.Template), Vcpus: ptrOrNil(opts.VCPUs), MemoryMb: ptrOrNil(opts.MemoryMB),
 		TimeoutSec: ptrOrNil(seconds(opts.Timeout)), AllowInternetAccess: opts.AllowInternetAccess,
 		AllowPublicTraffic: ptrOrNil(opts.AllowPublicTraffic), AutoPause: opts.AutoPause, AutoResume: ptrOrNil(opts.AutoResume),
+	}
+	if opts.PauseWithoutMemory {
+		no := false
+		req.AutoPauseMemory = &no
 	}
 	if opts.EnvVars != nil {
 		req.EnvVars = &opts.EnvVars

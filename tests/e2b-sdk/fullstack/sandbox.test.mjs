@@ -175,7 +175,13 @@ describe('sandbox lifecycle through capsule serve', () => {
     // It finishes: about two seconds later on an idle machine (TCG runs a
     // freshly restored guest slowly, the more so on a loaded host).
     await waitFor(async () => (await again.files.read('f')) === 'done\n', { timeoutMs: 60_000, what: 'f, written by the sleeper' })
-    console.log(`sleeper finished ${Date.now() - resumed} ms after the resume`)
+    const seen = Date.now()
+    // When it was written: the file's mtime, on the guest's wall clock,
+    // which the resume set to the host's (the same machine's clock as
+    // Date.now() here); the rest until seen is this polling through the
+    // proxy.
+    const written = Math.round(Number((await again.commands.run('date +%s.%N -r f')).stdout.trim()) * 1000)
+    console.log(`sleeper wrote f ${written - resumed} ms after the resume returned; seen ${seen - resumed} ms after it`)
     const handle = await again.commands.connect(cmd.pid)
     assert.equal((await handle.wait()).exitCode, 0)
   })
@@ -221,6 +227,33 @@ describe('sandbox lifecycle through capsule serve', () => {
     await waitFor(async () => (await sbx.getInfo()).state === 'paused', { timeoutMs: 30_000, what: 'the auto-pause' })
     const again = await Sandbox.connect(sbx.sandboxId)
     assert.equal(await again.files.read('/tmp/kept'), 'kept across the auto-pause')
+  })
+
+  test("onTimeout {action: 'pause', keepMemory: false}: the timeout's pause keeps the files only", async () => {
+    const sbx = await create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })
+    await sbx.files.write('/home/user/kept.txt', 'on the disk')
+    await sbx.commands.run('echo in memory > /dev/shm/gone && sleep 100000', { background: true, timeoutMs: 0 })
+    const info = await sbx.getInfo()
+    assert.equal(info.lifecycle.onTimeout, 'pause')
+    await sbx.setTimeout(2_000)
+    await waitFor(async () => (await sbx.getInfo()).state === 'paused', { timeoutMs: 60_000, what: 'the auto-pause' })
+    // The resume boots it cold from its disk: the files are there, the
+    // memory (a tmpfs file, the sleeping process) is not.
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await again.files.read('/home/user/kept.txt'), 'on the disk')
+    assert.equal(await again.files.exists('/dev/shm/gone'), false)
+    const procs = await again.commands.list()
+    assert.ok(!procs.some((p) => p.cmd.includes('sleep 100000') || (p.args || []).join(' ').includes('sleep 100000')), JSON.stringify(procs))
+  })
+
+  test("onTimeout {action: 'pause', keepMemory: false} with autoResume is refused by the SDK, and by the server", async () => {
+    await assert.rejects(create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false }, autoResume: true } }), /keepMemory/)
+    const res = await fetch(`${CAPSULE_URL}/v2/sandboxes`, {
+      method: 'POST',
+      headers: { 'X-API-KEY': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ templateID: TEMPLATE, autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }),
+    })
+    assert.equal(res.status, 400)
   })
 
   test('setTimeout(5000): 6 s later isRunning() is false (a timer to the deadline, not a poll)', async () => {

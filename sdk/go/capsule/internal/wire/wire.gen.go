@@ -1515,6 +1515,9 @@ type CreateSandboxRequest struct {
 	// AutoPause at its timeout the sandbox is paused; false destroys it instead
 	AutoPause *bool `json:"auto_pause,omitempty"`
 
+	// AutoPauseMemory the timeout's pause keeps the sandbox's memory (its processes go on after the resume); false keeps its disk only and the resume boots it cold. false needs auto_pause and excludes auto_resume (400)
+	AutoPauseMemory *bool `json:"auto_pause_memory,omitempty"`
+
 	// AutoResume traffic through the sandbox proxy resumes the sandbox when it is paused
 	AutoResume *bool              `json:"auto_resume,omitempty"`
 	EnvVars    *map[string]string `json:"env_vars,omitempty"`
@@ -2072,6 +2075,9 @@ type Sandbox struct {
 
 	// AutoPause paused at its timeout (else destroyed)
 	AutoPause bool `json:"auto_pause"`
+
+	// AutoPauseMemory the timeout's pause keeps the memory (false: the disk only; the resume boots cold)
+	AutoPauseMemory bool `json:"auto_pause_memory"`
 
 	// AutoResume resumed by traffic when paused
 	AutoResume bool       `json:"auto_resume"`
