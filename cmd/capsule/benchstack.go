@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -19,7 +18,6 @@ import (
 	"github.com/capsulehq/capsule/internal/controlplane"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/pgembed"
-	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
@@ -174,18 +172,12 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	b.url, b.sandboxURL = "http://"+displayAddr(ln.Addr()), "http://"+sln.Addr().String()
 
 	// The control plane, built as capsule serve builds it; sign-up is open
-	// for the bench's account. The scheduler places as many vCPUs as the
-	// agent offers (it multiplies the host's CPUs by the overcommit).
-	overcommit := scheduler.DefaultCPUOvercommit
-	if o.vcpus > 0 {
-		overcommit = max(overcommit, float64(o.vcpus)/float64(runtime.NumCPU()))
-	}
+	// for the bench's account.
 	cp, err := controlplane.New(ctx, controlplane.Config{
 		DSN: pg.DSN(), Secret: []byte("capsule-bench-api-secret-0123456789abcdef"),
 		EmbeddedHosts: []string{service.LocalHost},
 		Signup:        service.SignupOpen, OAuth: controlplane.OAuthConfig{PublicURL: b.url},
 		Domain: b.domain, SandboxAddr: sln.Addr(), Quotas: benchQuotas(), Log: o.log, SingleReplica: true,
-		Scheduler: scheduler.Config{CPUOvercommit: overcommit},
 	})
 	if err != nil {
 		return nil, err

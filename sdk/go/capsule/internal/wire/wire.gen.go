@@ -454,17 +454,23 @@ func (e ExecStreamClientMessageType) Valid() bool {
 
 // Defines values for ExecStreamServerMessageType.
 const (
-	ExecStreamServerMessageTypeError   ExecStreamServerMessageType = "error"
-	ExecStreamServerMessageTypeExit    ExecStreamServerMessageType = "exit"
-	ExecStreamServerMessageTypePty     ExecStreamServerMessageType = "pty"
-	ExecStreamServerMessageTypeStarted ExecStreamServerMessageType = "started"
-	ExecStreamServerMessageTypeStderr  ExecStreamServerMessageType = "stderr"
-	ExecStreamServerMessageTypeStdout  ExecStreamServerMessageType = "stdout"
+	ExecStreamServerMessageTypeAttached ExecStreamServerMessageType = "attached"
+	ExecStreamServerMessageTypeDetached ExecStreamServerMessageType = "detached"
+	ExecStreamServerMessageTypeError    ExecStreamServerMessageType = "error"
+	ExecStreamServerMessageTypeExit     ExecStreamServerMessageType = "exit"
+	ExecStreamServerMessageTypePty      ExecStreamServerMessageType = "pty"
+	ExecStreamServerMessageTypeStarted  ExecStreamServerMessageType = "started"
+	ExecStreamServerMessageTypeStderr   ExecStreamServerMessageType = "stderr"
+	ExecStreamServerMessageTypeStdout   ExecStreamServerMessageType = "stdout"
 )
 
 // Valid indicates whether the value is a known member of the ExecStreamServerMessageType enum.
 func (e ExecStreamServerMessageType) Valid() bool {
 	switch e {
+	case ExecStreamServerMessageTypeAttached:
+		return true
+	case ExecStreamServerMessageTypeDetached:
+		return true
 	case ExecStreamServerMessageTypeError:
 		return true
 	case ExecStreamServerMessageTypeExit:
@@ -1620,8 +1626,8 @@ type ExecResult struct {
 }
 
 // ExecStreamClientMessage A client message of `GET /v1/sandboxes/{id}/exec/stream`; `type` says which fields count.
-// `start` (first, once): `cmd` | `argv`, `env`, `cwd`, `user`, `pty`, `timeout_sec`,
-// `stdin`. `stdin`: `data`. `close_stdin`: none. `signal`: `signal`. `resize`: `cols`,
+// `start` (first, once; none after `?pid=`): `cmd` | `argv`, `env`, `cwd`, `user`, `pty`,
+// `timeout_sec`, `stdin`, `keep_sec`. `stdin`: `data`. `close_stdin`: none. `signal`: `signal`. `resize`: `cols`,
 // `rows`. Unknown fields are refused.
 type ExecStreamClientMessage struct {
 	// Argv start: a program (looked up in PATH) and its arguments
@@ -1641,6 +1647,9 @@ type ExecStreamClientMessage struct {
 
 	// Env start: added to the sandbox's environment
 	Env *map[string]string `json:"env,omitempty"`
+
+	// KeepSec start, with a pty: a kept terminal, which outlives the connection this long for an attach (`?pid=`)
+	KeepSec *int `json:"keep_sec,omitempty"`
 
 	// Pty start: run the process on a terminal of this size
 	Pty *ExecStreamPTY `json:"pty,omitempty"`
@@ -1675,8 +1684,8 @@ type ExecStreamPTY struct {
 }
 
 // ExecStreamServerMessage A server message of `GET /v1/sandboxes/{id}/exec/stream`; `type` says which fields are
-// set. `started`: `pid`. `stdout`, `stderr`, `pty`: `data`. `exit`: `exit_code`, `signal`,
-// `timed_out`, `error`. `error`: `code`, `message`.
+// set. `started`, `attached`: `pid`. `stdout`, `stderr`, `pty`: `data`. `exit`: `exit_code`,
+// `signal`, `timed_out`, `error`. `error`: `code`, `message`. `detached`: `message`.
 type ExecStreamServerMessage struct {
 	// Code error: the HTTP status the same failure would have
 	Code *int `json:"code,omitempty"`
@@ -1690,10 +1699,10 @@ type ExecStreamServerMessage struct {
 	// ExitCode exit: the exit status; -1 when a signal ended the process
 	ExitCode *int `json:"exit_code,omitempty"`
 
-	// Message error: what went wrong
+	// Message error: what went wrong; detached: why the connection ends
 	Message *string `json:"message,omitempty"`
 
-	// Pid started: the process' ID in the guest
+	// Pid started, attached: the process' ID in the guest
 	Pid *int `json:"pid,omitempty"`
 
 	// Signal exit: the signal that ended the process
@@ -2807,6 +2816,9 @@ type GetTeamUsageParams struct {
 
 // ExecSandboxStreamParams defines parameters for ExecSandboxStream.
 type ExecSandboxStreamParams struct {
+	// Pid attach to the kept terminal with this pid (see above) instead of starting a process
+	Pid *int `form:"pid,omitempty" json:"pid,omitempty"`
+
 	// SecWebSocketProtocol `capsule.exec.v1` (selected by the server when offered) and, for a client that
 	// cannot set headers, `capsule.token.<API key or session token>`
 	SecWebSocketProtocol *[]string `json:"Sec-WebSocket-Protocol,omitempty"`
@@ -3829,7 +3841,21 @@ type ClientInterface interface {
 	// Output is sent one message at a time as the process makes it: a slow client slows the
 	// process' output down, nothing is buffered beyond a message. A client that takes nothing
 	// for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-	// connection ends before the process, the process is killed.
+	// connection ends before the process, the process is killed — unless it is a kept terminal.
+	//
+	// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
+	// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
+	// seconds waiting for another connection, then is killed. The control plane reads its
+	// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
+	// (the `started` message's) sends no start message: it attaches to that terminal of the
+	// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
+	// live output, and drives it with the same client messages (send a `resize` first: the
+	// terminal keeps its last size). A terminal has one connection at a time: the previous
+	// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
+	// back-pressured: a client slower than the process skips what fell out of the
+	// scrollback. No kept terminal with that pid in that sandbox (it ended, it was not kept,
+	// or the sandbox is another team's) is a 404 before the upgrade. Kept terminals live in
+	// the memory of the control-plane replica that started them; its shutdown kills them.
 	//
 	// **Refusals before the upgrade** are plain HTTP answers: 401, 403, 404, 409 and 503 in
 	// the JSON error shape (below); a request that is not a valid WebSocket handshake (426,
@@ -5772,7 +5798,21 @@ func (c *Client) ExecSandbox(ctx context.Context, id SandboxID, body ExecSandbox
 // Output is sent one message at a time as the process makes it: a slow client slows the
 // process' output down, nothing is buffered beyond a message. A client that takes nothing
 // for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-// connection ends before the process, the process is killed.
+// connection ends before the process, the process is killed — unless it is a kept terminal.
+//
+// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
+// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
+// seconds waiting for another connection, then is killed. The control plane reads its
+// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
+// (the `started` message's) sends no start message: it attaches to that terminal of the
+// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
+// live output, and drives it with the same client messages (send a `resize` first: the
+// terminal keeps its last size). A terminal has one connection at a time: the previous
+// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
+// back-pressured: a client slower than the process skips what fell out of the
+// scrollback. No kept terminal with that pid in that sandbox (it ended, it was not kept,
+// or the sandbox is another team's) is a 404 before the upgrade. Kept terminals live in
+// the memory of the control-plane replica that started them; its shutdown kills them.
 //
 // **Refusals before the upgrade** are plain HTTP answers: 401, 403, 404, 409 and 503 in
 // the JSON error shape (below); a request that is not a valid WebSocket handshake (426,
@@ -9348,6 +9388,33 @@ func NewExecSandboxStreamRequest(server string, id SandboxID, params *ExecSandbo
 		return nil, err
 	}
 
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Pid != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "pid", *params.Pid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
@@ -12311,7 +12378,21 @@ type ClientWithResponsesInterface interface {
 	// Output is sent one message at a time as the process makes it: a slow client slows the
 	// process' output down, nothing is buffered beyond a message. A client that takes nothing
 	// for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-	// connection ends before the process, the process is killed.
+	// connection ends before the process, the process is killed — unless it is a kept terminal.
+	//
+	// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
+	// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
+	// seconds waiting for another connection, then is killed. The control plane reads its
+	// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
+	// (the `started` message's) sends no start message: it attaches to that terminal of the
+	// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
+	// live output, and drives it with the same client messages (send a `resize` first: the
+	// terminal keeps its last size). A terminal has one connection at a time: the previous
+	// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
+	// back-pressured: a client slower than the process skips what fell out of the
+	// scrollback. No kept terminal with that pid in that sandbox (it ended, it was not kept,
+	// or the sandbox is another team's) is a 404 before the upgrade. Kept terminals live in
+	// the memory of the control-plane replica that started them; its shutdown kills them.
 	//
 	// **Refusals before the upgrade** are plain HTTP answers: 401, 403, 404, 409 and 503 in
 	// the JSON error shape (below); a request that is not a valid WebSocket handshake (426,
@@ -21147,7 +21228,21 @@ func (c *ClientWithResponses) ExecSandboxWithResponse(ctx context.Context, id Sa
 // Output is sent one message at a time as the process makes it: a slow client slows the
 // process' output down, nothing is buffered beyond a message. A client that takes nothing
 // for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-// connection ends before the process, the process is killed.
+// connection ends before the process, the process is killed — unless it is a kept terminal.
+//
+// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
+// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
+// seconds waiting for another connection, then is killed. The control plane reads its
+// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
+// (the `started` message's) sends no start message: it attaches to that terminal of the
+// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
+// live output, and drives it with the same client messages (send a `resize` first: the
+// terminal keeps its last size). A terminal has one connection at a time: the previous
+// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
+// back-pressured: a client slower than the process skips what fell out of the
+// scrollback. No kept terminal with that pid in that sandbox (it ended, it was not kept,
+// or the sandbox is another team's) is a 404 before the upgrade. Kept terminals live in
+// the memory of the control-plane replica that started them; its shutdown kills them.
 //
 // **Refusals before the upgrade** are plain HTTP answers: 401, 403, 404, 409 and 503 in
 // the JSON error shape (below); a request that is not a valid WebSocket handshake (426,
