@@ -251,7 +251,9 @@ func (s *AdminService) Sandboxes(ctx context.Context, opts ListOptions) iter.Seq
 // which every team can use), as TemplateService.Build does for a team's.
 func (s *AdminService) Build(ctx context.Context, name string, opts BuildOptions) (Build, error) {
 	return submitBuild(opts, name,
-		func(body wire.CreateBuildRequest) (*http.Response, error) { return s.c.wire.AdminCreateBuild(ctx, body) },
+		func(body wire.CreateBuildRequest) (*http.Response, error) {
+			return s.c.wire.AdminCreateBuild(ctx, body)
+		},
 		func(contentType string, body io.Reader) (*http.Response, error) {
 			return s.c.wire.AdminCreateBuildWithBody(ctx, contentType, body)
 		})

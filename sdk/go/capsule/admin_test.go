@@ -117,10 +117,13 @@ func TestTeamsAndAdminAgainstControlPlane(t *testing.T) {
 	}
 	t.Run("bad input is ErrInvalid", func(t *testing.T) {
 		for name, err := range map[string]error{
-			"empty name":   func() error { _, err := owner.Teams.Rename(ctx, team.ID, "  "); return err }(),
-			"bad address":  func() error { _, err := owner.Teams.AddMember(ctx, team.ID, "not-an-address", ""); return err }(),
-			"bad role":     func() error { _, err := owner.Teams.AddMember(ctx, team.ID, "member@example.com", "boss"); return err }(),
-			"bad invitee":  func() error { _, err := owner.Teams.Invite(ctx, team.ID, capsule.InviteOptions{Email: "@"}); return err }(),
+			"empty name":  func() error { _, err := owner.Teams.Rename(ctx, team.ID, "  "); return err }(),
+			"bad address": func() error { _, err := owner.Teams.AddMember(ctx, team.ID, "not-an-address", ""); return err }(),
+			"bad role":    func() error { _, err := owner.Teams.AddMember(ctx, team.ID, "member@example.com", "boss"); return err }(),
+			"bad invitee": func() error {
+				_, err := owner.Teams.Invite(ctx, team.ID, capsule.InviteOptions{Email: "@"})
+				return err
+			}(),
 			"short prefix": func() error { _, err := owner.Teams.SearchUsers(ctx, "ow"); return err }(),
 		} {
 			if !errors.Is(err, capsule.ErrInvalid) {
@@ -130,15 +133,18 @@ func TestTeamsAndAdminAgainstControlPlane(t *testing.T) {
 	})
 	t.Run("another team's is ErrNotFound", func(t *testing.T) {
 		for name, err := range map[string]error{
-			"get":         func() error { _, err := outsider.Teams.Get(ctx, team.ID); return err }(),
-			"rename":      func() error { _, err := outsider.Teams.Rename(ctx, team.ID, "mine"); return err }(),
-			"delete":      func() error { _, err := outsider.Teams.Delete(ctx, team.ID); return err }(),
-			"members":     func() error { _, err := outsider.Teams.Members(ctx, team.ID); return err }(),
-			"add member":  func() error { _, err := outsider.Teams.AddMember(ctx, team.ID, "outsider@example.com", ""); return err }(),
-			"set role":    func() error { _, err := outsider.Teams.SetRole(ctx, team.ID, me.User.ID, "member"); return err }(),
-			"remove":      func() error { return outsider.Teams.RemoveMember(ctx, team.ID, me.User.ID) }(),
-			"leave":       func() error { return outsider.Teams.Leave(ctx, team.ID) }(),
-			"invite":      func() error { _, err := outsider.Teams.Invite(ctx, team.ID, capsule.InviteOptions{Email: "x@example.com"}); return err }(),
+			"get":        func() error { _, err := outsider.Teams.Get(ctx, team.ID); return err }(),
+			"rename":     func() error { _, err := outsider.Teams.Rename(ctx, team.ID, "mine"); return err }(),
+			"delete":     func() error { _, err := outsider.Teams.Delete(ctx, team.ID); return err }(),
+			"members":    func() error { _, err := outsider.Teams.Members(ctx, team.ID); return err }(),
+			"add member": func() error { _, err := outsider.Teams.AddMember(ctx, team.ID, "outsider@example.com", ""); return err }(),
+			"set role":   func() error { _, err := outsider.Teams.SetRole(ctx, team.ID, me.User.ID, "member"); return err }(),
+			"remove":     func() error { return outsider.Teams.RemoveMember(ctx, team.ID, me.User.ID) }(),
+			"leave":      func() error { return outsider.Teams.Leave(ctx, team.ID) }(),
+			"invite": func() error {
+				_, err := outsider.Teams.Invite(ctx, team.ID, capsule.InviteOptions{Email: "x@example.com"})
+				return err
+			}(),
 			"invitations": func() error { _, err := outsider.Teams.Invitations(ctx, team.ID); return err }(),
 			"switch":      func() error { _, err := outsider.Teams.Switch(ctx, team.ID); return err }(),
 		} {
@@ -296,8 +302,11 @@ func TestTeamsAndAdminAgainstControlPlane(t *testing.T) {
 			"hosts":       iterErr(member.Admin.Hosts(ctx, capsule.PageOptions{})),
 			"audit":       iterErr(member.Admin.AuditLog(ctx, capsule.AdminAuditLogOptions{})),
 			"sandboxes":   iterErr(member.Admin.Sandboxes(ctx, capsule.ListOptions{})),
-			"build":       func() error { _, err := member.Admin.Build(ctx, "mine", capsule.BuildOptions{Recipe: "FROM minimal\n"}); return err }(),
-			"builds":      iterErr(member.Admin.Builds(ctx, capsule.PageOptions{})),
+			"build": func() error {
+				_, err := member.Admin.Build(ctx, "mine", capsule.BuildOptions{Recipe: "FROM minimal\n"})
+				return err
+			}(),
+			"builds": iterErr(member.Admin.Builds(ctx, capsule.PageOptions{})),
 		}
 		for name, err := range calls {
 			if !errors.Is(err, capsule.ErrForbidden) {

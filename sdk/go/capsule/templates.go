@@ -117,7 +117,9 @@ type BuildLogLine struct {
 // template when it succeeds).
 func (s *TemplateService) Build(ctx context.Context, name string, opts BuildOptions) (Build, error) {
 	return submitBuild(opts, "",
-		func(body wire.CreateBuildRequest) (*http.Response, error) { return s.c.wire.CreateBuild(ctx, name, body) },
+		func(body wire.CreateBuildRequest) (*http.Response, error) {
+			return s.c.wire.CreateBuild(ctx, name, body)
+		},
 		func(contentType string, body io.Reader) (*http.Response, error) {
 			return s.c.wire.CreateBuildWithBody(ctx, name, contentType, body)
 		})
