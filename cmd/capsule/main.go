@@ -42,6 +42,9 @@ client commands (through the API; capsule login first; capsule <command> --help)
   sandbox       create, list, get, exec, shell, cp, pause, resume, snapshot, timeout, kill
   template      list and remove templates
   keys          create, list and revoke API keys
+  host          list, add and remove sandbox hosts (BYOC teams, admins)
+  team          create, rename, delete, switch teams; members, invitations, audit log
+  admin         every team, user and host, the platform audit log (platform admins)
   completion    shell completion for bash, zsh, fish, powershell
 `
 
