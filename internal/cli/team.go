@@ -86,11 +86,21 @@ func pickTeam(ctx context.Context, c *capsule.Client, ref string) (capsule.Team,
 	}
 	switch len(found) {
 	case 0:
+		if isTeamID(ref) {
+			// The platform says what it is (another team's is not found).
+			return capsule.Team{ID: ref, Name: ref}, nil
+		}
 		return capsule.Team{}, &hinted{fmt.Errorf("no team %q among yours", ref), "`capsule team list` shows your teams"}
 	case 1:
 		return found[0], nil
 	}
 	return capsule.Team{}, fmt.Errorf("%d of your teams are called %q: name it by its ID or slug", len(found), ref)
+}
+
+// isTeamID reports whether s has the shape of a team ID.
+func isTeamID(s string) bool {
+	hex := strings.TrimPrefix(s, "team-")
+	return len(s) == len("team-")+32 && hex != s && strings.Trim(hex, "0123456789abcdef") == ""
 }
 
 func (a *app) teamListCmd() *cobra.Command {
