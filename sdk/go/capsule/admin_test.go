@@ -524,10 +524,26 @@ func TestAdminBuildsAgainstRealStack(t *testing.T) {
 			t.Fatalf("templates = %+v, %v", list, err)
 		}
 	})
-	t.Run("a slow build is cancelled; an ended one is ErrConflict", func(t *testing.T) {
+	t.Run("a slow build runs in a platform sandbox, is cancelled; an ended one is ErrConflict", func(t *testing.T) {
 		b, err := admin.Admin.Build(ctx, "sdk-public-slow", capsule.BuildOptions{Recipe: "FROM minimal\nRUN sleep 600\n", MemoryMB: 256})
 		if err != nil {
 			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Minute, "the slow build's RUN step", func() bool {
+			b, err = admin.Admin.GetBuild(ctx, b.ID)
+			return err != nil || b.Done() || (b.Status == "running" && b.CurrentStep >= 1)
+		})
+		if err != nil || b.Status != "running" {
+			t.Fatalf("slow build = %+v, %v", b, err)
+		}
+		// Its sandbox is the platform team's: listed for admins, not for a team.
+		mine := capsule.ListOptions{Metadata: map[string]string{"capsule_build": b.ID}, PageSize: 1}
+		sbxs := collect(t, admin.Admin.Sandboxes(ctx, mine))
+		if len(sbxs) != 1 || sbxs[0].State != capsule.StateRunning {
+			t.Fatalf("the build's sandbox among the platform's = %+v", sbxs)
+		}
+		if theirs := collect(t, owner.Sandboxes.List(ctx, mine)); len(theirs) != 0 {
+			t.Fatalf("a team lists the platform's build sandbox: %+v", theirs)
 		}
 		if c, err := admin.Admin.CancelBuild(ctx, b.ID); err != nil || c.ID != b.ID {
 			t.Fatalf("cancel = %+v, %v", c, err)
