@@ -647,6 +647,9 @@ admins and owners also the administrative ones (API keys, members…).`,
 		Example: "  capsule team audit --limit 20\n  capsule team audit --action member.add,member.remove --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("team") {
+				return errors.New("the audit log is the session's team's: `capsule team switch TEAM` first")
+			}
 			c, err := a.newClient()
 			if err != nil {
 				return err

@@ -93,8 +93,8 @@ type AdminUser struct {
 	Admin      bool       `json:"is_admin"`
 	Disabled   bool       `json:"disabled"`
 	DisabledAt *time.Time `json:"disabled_at,omitempty"`
-	// Teams counts the user's live teams (0 in the answer of
-	// SetUserDisabled).
+	// Teams counts the user's live teams. (The answer of
+	// SetUserDisabled has no Name, Teams nor CreatedAt.)
 	Teams     int       `json:"team_count"`
 	CreatedAt time.Time `json:"created_at,omitzero"`
 }
