@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -260,6 +261,9 @@ func (a *app) switchTeam(ctx context.Context, c *capsule.Client, t capsule.Team)
 	cfg.Profiles[name] = p
 	if err := cfg.save(path); err != nil {
 		return sess, fmt.Errorf("saving %s: %w", path, err)
+	}
+	if os.Getenv(envAPIKey) != "" {
+		fmt.Fprintf(a.stdio.Err, "warning: %s overrides the profile: unset it to act in team %s\n", envAPIKey, t.Name)
 	}
 	return sess, nil
 }
