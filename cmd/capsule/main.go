@@ -49,7 +49,7 @@ client commands (through the API; capsule login first; capsule <command> --help)
 `
 
 func main() {
-	// The client commands (login, sandbox, template, keys, completion)
+	// The client commands (cli.Commands: login, sandbox, team, admin…)
 	// handle their own signals: Ctrl-C during exec goes to the sandbox.
 	if len(os.Args) > 1 && slices.Contains(cli.Commands, os.Args[1]) {
 		os.Exit(cli.Main(context.Background(), os.Args[1:], cli.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))

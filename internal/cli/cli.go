@@ -47,8 +47,10 @@ type app struct {
 }
 
 // Commands are the top-level commands Main serves (cmd/capsule routes
-// them here).
-var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "templates", "host", "hosts", "keys", "team", "teams", "admin", "completion"}
+// them here), with their aliases and cobra's hidden completion requests
+// (what the completion scripts run on every TAB).
+var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "templates", "host", "hosts", "keys", "team", "teams", "admin",
+	"completion", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd}
 
 // Main runs the client command line args (without the program name) and
 // returns the process' exit code.
