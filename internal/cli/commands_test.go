@@ -36,3 +36,23 @@ func TestCommandsRouteEveryClientCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryCommandHasHelpWithExamples walks the command tree: every
+// command a person runs has a short description and examples in --help.
+func TestEveryCommandHasHelpWithExamples(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			t.Run(sub.CommandPath(), func(t *testing.T) {
+				if sub.Short == "" || sub.Example == "" {
+					t.Errorf("%q has no short description or no examples", sub.CommandPath())
+				}
+			})
+			walk(sub)
+		}
+	}
+	walk((&app{}).root())
+}
