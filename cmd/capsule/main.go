@@ -42,11 +42,14 @@ client commands (through the API; capsule login first; capsule <command> --help)
   sandbox       create, list, get, exec, shell, cp, pause, resume, snapshot, timeout, kill
   template      list and remove templates
   keys          create, list and revoke API keys
+  host          list, add and remove sandbox hosts (BYOC teams, admins)
+  team          create, rename, delete, switch teams; members, invitations, audit log
+  admin         every team, user and host, the platform audit log (platform admins)
   completion    shell completion for bash, zsh, fish, powershell
 `
 
 func main() {
-	// The client commands (login, sandbox, template, keys, completion)
+	// The client commands (cli.Commands: login, sandbox, team, admin…)
 	// handle their own signals: Ctrl-C during exec goes to the sandbox.
 	if len(os.Args) > 1 && slices.Contains(cli.Commands, os.Args[1]) {
 		os.Exit(cli.Main(context.Background(), os.Args[1:], cli.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))

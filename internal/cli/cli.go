@@ -1,6 +1,8 @@
 // Package cli is `capsule`'s client command line: login with named
 // profiles, sandboxes (create, list, get, exec, shell, cp, pause, resume,
-// snapshot, timeout, kill), templates, API keys and shell completion. It is
+// snapshot, timeout, kill), templates, API keys, hosts, teams (members,
+// invitations, switching, the audit log), the platform's administration
+// and shell completion. It is
 // built on the Go SDK (sdk/go/capsule) and links nothing of the server: it
 // speaks only the public API.
 //
@@ -45,8 +47,10 @@ type app struct {
 }
 
 // Commands are the top-level commands Main serves (cmd/capsule routes
-// them here).
-var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "templates", "host", "hosts", "keys", "completion"}
+// them here), with their aliases and cobra's hidden completion requests
+// (what the completion scripts run on every TAB).
+var Commands = []string{"login", "logout", "sandbox", "sbx", "template", "templates", "host", "hosts", "keys", "team", "teams", "admin",
+	"completion", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd}
 
 // Main runs the client command line args (without the program name) and
 // returns the process' exit code.
@@ -88,7 +92,7 @@ and open shells. CAPSULE_API_URL and CAPSULE_API_KEY override the profile.`,
 	}
 	root.PersistentFlags().StringVar(&a.profile, "profile", "", "configuration profile (default: the current one, or $"+envProfile+")")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON instead of tables")
-	root.AddCommand(a.loginCmd(), a.logoutCmd(), a.sandboxCmd(), a.templateCmd(), a.hostCmd(), a.keysCmd())
+	root.AddCommand(a.loginCmd(), a.logoutCmd(), a.sandboxCmd(), a.templateCmd(), a.hostCmd(), a.keysCmd(), a.teamCmd(), a.adminCmd())
 	root.CompletionOptions.HiddenDefaultCmd = false
 	return root
 }
@@ -147,11 +151,17 @@ func (a *app) each(cmd *cobra.Command, args []string, verb string, op func(ctx c
 // explain turns an error into a message that says what to do.
 func explain(err error) string {
 	msg := strings.TrimPrefix(err.Error(), "capsule: ")
+	var h *hinted
+	if errors.As(err, &h) {
+		return msg + "\n  " + h.hint
+	}
 	switch {
 	case errors.Is(err, capsule.ErrUnauthorized):
 		return msg + "\n  the API key was refused: run `capsule login` with a valid key"
 	case errors.Is(err, capsule.ErrNotFound):
 		return msg + "\n  `capsule sandbox list` shows your team's sandboxes"
+	case errors.Is(err, capsule.ErrForbidden):
+		return msg + "\n  team and admin commands need a user's session token (capsule login --api-key \"$SESSION_TOKEN\"), admin ones a platform admin's; some need a team role you do not have"
 	case errors.Is(err, capsule.ErrQuota):
 		return msg + "\n  a quota of your team refuses it: pause or kill sandboxes you no longer need"
 	case errors.Is(err, capsule.ErrUnavailable):

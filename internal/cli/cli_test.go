@@ -48,27 +48,41 @@ func (s stopsPostgres) Run() int {
 	return code
 }
 
-// TestScripts runs testdata/script/*.txtar against a real platform: each
-// script gets $URL, $SESSION and $KEY (a session token and an API key of
-// its own team), $OTHERKEY (another team's) and its own configuration
-// file.
+// TestScripts runs testdata/script/*.txtar against a real platform with
+// a sandbox host (see runScripts).
 func TestScripts(t *testing.T) {
-	s := cptest.Start(t, hosttest.CLIPool)
-	scripts, err := filepath.Glob(filepath.Join("testdata", "script", "*.txtar"))
+	runScripts(t, cptest.Start(t, hosttest.CLIPool), filepath.Join("testdata", "script"))
+}
+
+// TestTeamScripts runs testdata/teams/*.txtar (teams, members,
+// invitations, the admin commands: nothing that needs a sandbox) against
+// a real control plane and PostgreSQL without a host agent.
+func TestTeamScripts(t *testing.T) {
+	runScripts(t, cptest.StartControlPlane(t), filepath.Join("testdata", "teams"))
+}
+
+// runScripts runs dir's scripts against s: each script gets $URL,
+// $SESSION and $KEY (a session token and an API key of its own team,
+// whose user is $EMAIL), $OTHERSESSION and $OTHERKEY (another user's,
+// $OTHEREMAIL, of another team), $ADMIN (a platform admin's session) and
+// its own configuration file.
+func runScripts(t *testing.T, s *cptest.Stack, dir string) {
+	scripts, err := filepath.Glob(filepath.Join(dir, "*.txtar"))
 	if err != nil || len(scripts) == 0 {
 		t.Fatalf("no scripts: %v", err)
 	}
-	type keys struct{ session, key, other string }
+	type account struct{ email, session, key, otherEmail, otherSession, other string }
 	admin := s.Admin(t, "cli-admin@example.com")
-	accounts := map[string]keys{}
+	accounts := map[string]account{}
 	for _, sc := range scripts {
 		name := strings.TrimSuffix(filepath.Base(sc), ".txtar")
-		session, key := s.Account(t, name+"@example.com")
-		_, other := s.Account(t, name+"-other@example.com")
-		accounts[name] = keys{session, key, other}
+		a := account{email: name + "@example.com", otherEmail: name + "-other@example.com"}
+		a.session, a.key = s.Account(t, a.email)
+		a.otherSession, a.other = s.Account(t, a.otherEmail)
+		accounts[name] = a
 	}
 	testscript.Run(t, testscript.Params{
-		Dir: filepath.Join("testdata", "script"),
+		Dir: dir,
 		Setup: func(env *testscript.Env) error {
 			name := strings.TrimPrefix(filepath.Base(env.WorkDir), "script-")
 			k, ok := accounts[name]
@@ -76,8 +90,11 @@ func TestScripts(t *testing.T) {
 				return fmt.Errorf("no account for script %q", name)
 			}
 			env.Setenv("URL", s.URL)
+			env.Setenv("EMAIL", k.email)
 			env.Setenv("SESSION", k.session)
 			env.Setenv("KEY", k.key)
+			env.Setenv("OTHEREMAIL", k.otherEmail)
+			env.Setenv("OTHERSESSION", k.otherSession)
 			env.Setenv("OTHERKEY", k.other)
 			env.Setenv("ADMIN", admin)
 			env.Setenv(envConfig, filepath.Join(env.WorkDir, "home", "config.yaml"))

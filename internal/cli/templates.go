@@ -68,6 +68,7 @@ func (a *app) keysCmd() *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List the team's API keys (never their secret)",
+		Example: "  capsule keys list\n  capsule keys list --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.newClient()

@@ -3,6 +3,10 @@
 // root `capsule serve` uses, over a real PostgreSQL (pgtest), with a real
 // host agent running QEMU sandboxes (hosttest), on loopback listeners.
 // Clients reach it only over HTTP, as a user's program would.
+//
+// StartControlPlane is the same platform without a host agent, for the
+// tests of what needs no sandbox (teams, members, invitations, admin
+// calls, the audit log): it starts in a second where Start boots a VM.
 package cptest
 
 import (
@@ -43,8 +47,22 @@ type Stack struct {
 // CAPSULE_TEST_STRICT=1).
 func Start(t testing.TB, p hosttest.Pool) *Stack {
 	t.Helper()
-	ctx := context.Background()
 	agent := hosttest.StartAgent(t, p)
+	return start(t, map[string]agentclient.Endpoint{service.LocalHost: agent.Endpoint()})
+}
+
+// StartControlPlane runs a platform for t without any host agent: its API
+// answers everything but what needs a running sandbox host; hosts added
+// through the API stay pending. Without PostgreSQL
+// the test is skipped (failed under CAPSULE_TEST_STRICT=1).
+func StartControlPlane(t testing.TB) *Stack {
+	t.Helper()
+	return start(t, nil)
+}
+
+func start(t testing.TB, agents map[string]agentclient.Endpoint) *Stack {
+	t.Helper()
+	ctx := context.Background()
 	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +73,7 @@ func Start(t testing.TB, p hosttest.Pool) *Stack {
 	}
 	cp, err := controlplane.New(ctx, controlplane.Config{
 		DSN: pgtest.StartForTest(t), Secret: []byte("0123456789abcdef0123456789abcdef-cptest"), Hasher: hasher,
-		Signup: service.SignupOpen, Agents: map[string]agentclient.Endpoint{service.LocalHost: agent.Endpoint()},
+		Signup: service.SignupOpen, Agents: agents,
 		OAuth: controlplane.OAuthConfig{PublicURL: "http://localhost"}, Domain: "localhost", SandboxAddr: sbxLn.Addr(),
 		// The test is the reverse proxy: each Account signs up from an
 		// address of its own, as distinct users do, so that the per-client

@@ -46,8 +46,12 @@ type Client struct {
 	// Keys manages the team's API keys (needs a session token, or an API
 	// key of the team).
 	Keys *KeyService
-	// Teams reads the teams of the user (needs a session token).
+	// Teams manages the user's teams, members, invitations and reads the
+	// team's audit log (needs a session token).
 	Teams *TeamService
+	// Admin administers the platform (needs a platform admin's session
+	// token).
+	Admin *AdminService
 
 	base  *url.URL
 	token string
@@ -118,6 +122,7 @@ func New(apiURL string, opts ...Option) (*Client, error) {
 	c.Hosts = &HostService{c: c}
 	c.Keys = &KeyService{c: c}
 	c.Teams = &TeamService{c: c}
+	c.Admin = &AdminService{c: c}
 	return c, nil
 }
 

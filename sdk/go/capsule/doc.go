@@ -1,7 +1,8 @@
 // Package capsule is the Go SDK of Capsule, the self-hosted microVM sandbox
 // platform: create sandboxes, run commands in them (streamed, with stdin
 // and signals, or in a terminal), move files in and out, pause and resume
-// them, snapshot them, and manage API keys and teams.
+// them, snapshot them, build templates, and manage API keys, teams and
+// (for platform admins) the platform.
 //
 // A client needs the platform's API URL and a team API key, from the
 // arguments or from the environment (CAPSULE_API_URL, CAPSULE_API_KEY):
@@ -16,13 +17,41 @@
 // Every call takes a context: cancelling it abandons the call (a running
 // command started by Run or Start is killed when its context ends).
 //
+// # Teams and administration
+//
+// Client.Teams manages the user's teams (create, rename, delete, and
+// Switch, which returns a session token acting in another team), their
+// members (added by e-mail address, roles, removal, leaving), invitations,
+// user search and the team's audit log. Client.Admin is for platform
+// admins: every team (BYOC, deletion), user (disable, enable) and host
+// with its team's name, the platform-wide audit log, the platform team's
+// sandboxes and the public templates' builds (submitted as
+// Templates.Build submits a team's). Both need a user's session token
+// (from a login), not a team API key: a key is refused with ErrForbidden,
+// as a member's admin call is.
+//
+// # Paging
+//
+// A listing that the platform pages (Sandboxes.List, Sandboxes.Logs,
+// Teams.AuditLog, the Admin listings) is an iterator: pages are fetched as
+// the range loop goes, breaking out of the loop stops fetching, and an
+// error ends the loop, yielded once:
+//
+//	for e, err := range c.Teams.AuditLog(ctx, capsule.AuditLogOptions{}) {
+//		if err != nil {
+//			return err
+//		}
+//		fmt.Println(e.CreatedAt, e.ActorName, e.Action)
+//	}
+//
 // # Errors
 //
 // A refusal of the platform is an *APIError with the HTTP status, the
 // platform's message and the request ID. Test its class with errors.Is
 // against ErrNotFound, ErrConflict, ErrInvalid, ErrUnauthorized,
 // ErrForbidden, ErrQuota, ErrUnavailable and ErrInsufficientStorage.
-// Another team's sandbox is ErrNotFound, as one that never existed.
+// Another team's sandbox (or team, member, invitation or build) is
+// ErrNotFound, as one that never existed.
 //
 // # Retries
 //

@@ -112,3 +112,71 @@ func ExampleAPIError() {
 		}
 	}
 }
+
+// Set up a team: create it, act in it, add a registered colleague and
+// invite a newcomer. Team calls need a user's session token (the token of
+// a login), not a team API key.
+func ExampleTeamService_Create() {
+	ctx := context.Background()
+	c, _ := capsule.New(os.Getenv("CAPSULE_API_URL"), capsule.WithAPIKey(os.Getenv("CAPSULE_SESSION")))
+	team, err := c.Teams.Create(ctx, "Research")
+	if err != nil {
+		log.Fatal(err)
+	}
+	sess, err := c.Teams.Switch(ctx, team.ID) // a session acting in the new team
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, _ = capsule.New(c.URL(), capsule.WithAPIKey(sess.Token))
+	if _, err := c.Teams.AddMember(ctx, team.ID, "alice@example.com", capsule.RoleAdmin); errors.Is(err, capsule.ErrNotFound) {
+		// Nobody registered with it: invite the address instead.
+		inv, err := c.Teams.Invite(ctx, team.ID, capsule.InviteOptions{Email: "alice@example.com", Role: capsule.RoleAdmin})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("send this to alice:", inv.Token)
+	}
+}
+
+// Read who did what in the team, newest first: the pages are fetched as
+// the loop goes, and stopping the loop stops fetching.
+func ExampleTeamService_AuditLog() {
+	ctx := context.Background()
+	c, _ := capsule.New(os.Getenv("CAPSULE_API_URL"), capsule.WithAPIKey(os.Getenv("CAPSULE_SESSION")))
+	n := 0
+	for e, err := range c.Teams.AuditLog(ctx, capsule.AuditLogOptions{Actions: []string{"member.add", "member.remove"}}) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(e.CreatedAt.Format(time.DateTime), e.ActorName, e.Action, e.ResourceID)
+		if n++; n == 20 {
+			break
+		}
+	}
+}
+
+// As a platform admin, disable every user of a domain and list the hosts
+// of the teams that bring their own.
+func ExampleAdminService_Users() {
+	ctx := context.Background()
+	c, _ := capsule.New(os.Getenv("CAPSULE_API_URL"), capsule.WithAPIKey(os.Getenv("CAPSULE_ADMIN_SESSION")))
+	for u, err := range c.Admin.Users(ctx, capsule.UserListOptions{EmailPrefix: "intern-"}) {
+		if errors.Is(err, capsule.ErrForbidden) {
+			log.Fatal("not a platform admin's session")
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		if _, err := c.Admin.SetUserDisabled(ctx, u.ID, true); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for h, err := range c.Admin.Hosts(ctx, capsule.PageOptions{}) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		if h.BYOC {
+			fmt.Println(h.Name, h.TeamName, h.Status)
+		}
+	}
+}

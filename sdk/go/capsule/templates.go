@@ -116,9 +116,24 @@ type BuildLogLine struct {
 // Build queues a build of the team's template name (it replaces the
 // template when it succeeds).
 func (s *TemplateService) Build(ctx context.Context, name string, opts BuildOptions) (Build, error) {
+	return submitBuild(opts, "",
+		func(body wire.CreateBuildRequest) (*http.Response, error) {
+			return s.c.wire.CreateBuild(ctx, name, body)
+		},
+		func(contentType string, body io.Reader) (*http.Response, error) {
+			return s.c.wire.CreateBuildWithBody(ctx, name, contentType, body)
+		})
+}
+
+// submitBuild sends a build request: as JSON without a build context, as
+// a multipart form streaming the archive with one. template, when not "",
+// names the template in the body (the admin route has no name in its
+// path).
+func submitBuild(opts BuildOptions, template string, viaJSON func(wire.CreateBuildRequest) (*http.Response, error),
+	viaForm func(contentType string, body io.Reader) (*http.Response, error)) (Build, error) {
 	var out wire.Build
 	if opts.Context == nil {
-		resp, err := s.c.wire.CreateBuild(ctx, name, wire.CreateBuildRequest{Recipe: opts.Recipe,
+		resp, err := viaJSON(wire.CreateBuildRequest{Recipe: opts.Recipe, Template: ptrOrNil(template),
 			Vcpus: ptrOrNil(opts.VCPUs), MemoryMb: ptrOrNil(opts.MemoryMB)})
 		if err := decode(resp, err, http.StatusAccepted, &out); err != nil {
 			return Build{}, err
@@ -129,18 +144,21 @@ func (s *TemplateService) Build(ctx context.Context, name string, opts BuildOpti
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	go func() {
-		pw.CloseWithError(writeBuildForm(mw, opts))
+		pw.CloseWithError(writeBuildForm(mw, template, opts))
 	}()
 	defer pr.Close()
-	resp, err := s.c.wire.CreateBuildWithBody(ctx, name, mw.FormDataContentType(), pr)
+	resp, err := viaForm(mw.FormDataContentType(), pr)
 	if err := decode(resp, err, http.StatusAccepted, &out); err != nil {
 		return Build{}, err
 	}
 	return buildFrom(out), nil
 }
 
-func writeBuildForm(mw *multipart.Writer, opts BuildOptions) error {
+func writeBuildForm(mw *multipart.Writer, template string, opts BuildOptions) error {
 	fields := [][2]string{{"recipe", opts.Recipe}}
+	if template != "" {
+		fields = append(fields, [2]string{"template", template})
+	}
 	if opts.VCPUs > 0 {
 		fields = append(fields, [2]string{"vcpus", strconv.Itoa(opts.VCPUs)})
 	}
