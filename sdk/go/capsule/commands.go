@@ -149,8 +149,8 @@ type Process struct {
 	err    error
 }
 
-// dial opens the exec stream of sandboxID.
-func (c *Client) dial(ctx context.Context, sandboxID string) (*websocket.Conn, error) {
+// dial opens the exec stream of sandboxID (with query, when not empty).
+func (c *Client) dial(ctx context.Context, sandboxID string, query url.Values) (*websocket.Conn, error) {
 	u := *c.base
 	switch u.Scheme {
 	case "https":
@@ -159,6 +159,7 @@ func (c *Client) dial(ctx context.Context, sandboxID string) (*websocket.Conn, e
 		u.Scheme = "ws"
 	}
 	u.Path += "/v1/sandboxes/" + url.PathEscape(sandboxID) + "/exec/stream"
+	u.RawQuery = query.Encode()
 	h := http.Header{}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://x/", nil)
 	_ = c.authorize(ctx, req)
@@ -181,7 +182,7 @@ func (c *Client) dial(ctx context.Context, sandboxID string) (*websocket.Conn, e
 // start opens a stream, sends the start message and waits for "started".
 func (s *CommandService) start(ctx context.Context, sandboxID string, m wire.ExecStreamClientMessage, o CommandOptions,
 	stdin bool, pty *wire.ExecStreamPTY) (*Process, error) {
-	conn, err := s.c.dial(ctx, sandboxID)
+	conn, err := s.c.dial(ctx, sandboxID, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +270,9 @@ func (p *Process) readLoop(ctx context.Context, o CommandOptions) {
 			// A refused message (stdin after close, a bad signal…), or
 			// the failure that ends the stream.
 			lastErr = &APIError{Status: deref(m.Code), Message: deref(m.Message)}
+		case wire.ExecStreamServerMessageTypeDetached:
+			// A kept terminal another connection attached to.
+			lastErr = ErrDetached
 		}
 	}
 }

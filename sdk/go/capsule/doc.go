@@ -17,6 +17,18 @@
 // Every call takes a context: cancelling it abandons the call (a running
 // command started by Run or Start is killed when its context ends).
 //
+// # Terminals
+//
+// Commands.StartPTY runs a shell on a pseudo-terminal. With
+// PTYOptions.Keep the shell outlives its session (a closed program, a
+// broken network) for that long, and Commands.AttachPTY takes it back by
+// its PID with the output written meanwhile:
+//
+//	term, err := c.Commands.StartPTY(ctx, sbx.ID, capsule.PTYOptions{Keep: 10 * time.Minute})
+//	pid := term.PID
+//	// … later, from another process:
+//	term, err = c.Commands.AttachPTY(ctx, sbx.ID, pid, capsule.CommandOptions{OnStdout: show})
+//
 // # Teams and administration
 //
 // Client.Teams manages the user's teams (create, rename, delete, and

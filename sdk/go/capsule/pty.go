@@ -2,7 +2,11 @@ package capsule
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
+	"strconv"
+	"time"
 
 	"github.com/capsulehq/capsule/sdk/go/capsule/internal/wire"
 )
@@ -21,7 +25,16 @@ type PTYOptions struct {
 	// (stdout and stderr together, with the terminal's escapes) goes to
 	// OnStdout.
 	CommandOptions
+	// Keep, when set (1 s to 1 h), keeps the terminal when its connection
+	// ends (ctx, Close, a broken network) for that long: AttachPTY takes
+	// it back, with the output it wrote meanwhile (its last 256 KiB).
+	// Without Keep, the end of the connection kills the process.
+	Keep time.Duration
 }
+
+// ErrDetached ends a kept terminal's session when another one attached to
+// it (Wait's error).
+var ErrDetached = errors.New("capsule: another session attached to the terminal")
 
 // Terminal is a process on a pseudo-terminal in a sandbox: what is
 // written to it is typed, and its output goes to PTYOptions.OnStdout.
@@ -47,11 +60,53 @@ func (s *CommandService) StartPTY(ctx context.Context, sandboxID string, opts PT
 	if cmd == "" {
 		cmd = DefaultShell
 	}
-	p, err := s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Cmd: &cmd}, opts.CommandOptions, true,
-		&wire.ExecStreamPTY{Cols: cols, Rows: rows})
+	m := wire.ExecStreamClientMessage{Cmd: &cmd}
+	if opts.Keep != 0 {
+		if opts.Keep < time.Second || opts.Keep > time.Hour {
+			return nil, fmt.Errorf("capsule: terminal kept %v: 1 s to 1 h: %w", opts.Keep, ErrInvalid)
+		}
+		keep := seconds(opts.Keep)
+		m.KeepSec = &keep
+	}
+	p, err := s.start(ctx, sandboxID, m, opts.CommandOptions, true, &wire.ExecStreamPTY{Cols: cols, Rows: rows})
 	if err != nil {
 		return nil, err
 	}
+	return &Terminal{Process: p, ctx: ctx}, nil
+}
+
+// AttachPTY takes back the kept terminal pid (started with PTYOptions.Keep)
+// of a running sandbox: its output since it started (the last 256 KiB)
+// goes to o.OnStdout first, then what it writes. A session attached
+// before ends with ErrDetached. A terminal that ended, was not kept, or is
+// not in this sandbox is ErrNotFound. The terminal is kept again for its
+// keep time when this session ends.
+func (s *CommandService) AttachPTY(ctx context.Context, sandboxID string, pid int, o CommandOptions) (*Terminal, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("capsule: pid %d: %w", pid, ErrInvalid)
+	}
+	conn, err := s.c.dial(ctx, sandboxID, url.Values{"pid": {strconv.Itoa(pid)}})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p := &Process{conn: conn, cancel: cancel, done: make(chan struct{})}
+	var first wire.ExecStreamServerMessage
+	if err := readMessage(pctx, conn, &first); err != nil {
+		p.close()
+		return nil, err
+	}
+	switch first.Type {
+	case wire.ExecStreamServerMessageTypeAttached:
+		p.PID = deref(first.Pid)
+	case wire.ExecStreamServerMessageTypeError:
+		p.close()
+		return nil, &APIError{Status: deref(first.Code), Message: deref(first.Message)}
+	default:
+		p.close()
+		return nil, fmt.Errorf("capsule: exec stream: %q before attached", first.Type)
+	}
+	go p.readLoop(pctx, o)
 	return &Terminal{Process: p, ctx: ctx}, nil
 }
 

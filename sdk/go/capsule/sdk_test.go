@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"slices"
@@ -239,6 +240,42 @@ func TestSDKAgainstRealStack(t *testing.T) {
 		res, err := term.Wait(ctx)
 		if err != nil || res.ExitCode != 5 || !strings.Contains(out.String(), "40 120") {
 			t.Fatalf("terminal = %+v %q, %v", res, out.String(), err)
+		}
+	})
+	t.Run("kept terminal: attach after the session ends, same shell and scrollback", func(t *testing.T) {
+		var out output
+		sctx, end := context.WithCancel(ctx)
+		term, err := c.Commands.StartPTY(sctx, sb.ID, capsule.PTYOptions{Cmd: "sh", Keep: time.Minute,
+			CommandOptions: capsule.CommandOptions{OnStdout: out.add}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := term.PID
+		if _, err := term.Write([]byte("echo before-$$\n")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, "before-", func() bool { return strings.Contains(out.String(), fmt.Sprintf("before-%d", pid)) })
+		end() // the connection goes; the shell stays
+		<-term.Done()
+		if _, err := other.Commands.AttachPTY(ctx, sb.ID, pid, capsule.CommandOptions{}); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("another team attaches: %v", err)
+		}
+		var again output
+		term2, err := c.Commands.AttachPTY(ctx, sb.ID, pid, capsule.CommandOptions{OnStdout: again.add})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer term2.Close()
+		if _, err := term2.Write([]byte("echo after-$$; exit 3\n")); err != nil {
+			t.Fatal(err)
+		}
+		res, err := term2.Wait(ctx)
+		if err != nil || res.ExitCode != 3 || term2.PID != pid ||
+			!strings.Contains(again.String(), fmt.Sprintf("before-%d", pid)) || !strings.Contains(again.String(), fmt.Sprintf("after-%d", pid)) {
+			t.Fatalf("attached terminal = %+v pid %d %q, %v", res, term2.PID, again.String(), err)
+		}
+		if _, err := c.Commands.AttachPTY(ctx, sb.ID, pid, capsule.CommandOptions{}); !errors.Is(err, capsule.ErrNotFound) {
+			t.Fatalf("attach to an ended terminal: %v", err)
 		}
 	})
 	t.Run("files", func(t *testing.T) {
