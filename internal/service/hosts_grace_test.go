@@ -12,11 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/hostapi"
-	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -33,22 +29,7 @@ type graceEnv struct {
 func newGraceEnv(t *testing.T) *graceEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, pgtest.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
-	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen,
-		BuiltinTemplates: image.Templates()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, s := testServices(t, nil, nil)
 	a, err := s.Accounts.Signup(ctx, Signup{Email: "root@example.com", Password: "correct horse battery", Name: "Root"})
 	if err != nil {
 		t.Fatal(err)

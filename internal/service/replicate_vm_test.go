@@ -15,10 +15,8 @@ import (
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/hosttest"
-	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
@@ -234,26 +232,10 @@ func TestTemplateReplicationRealAgents(t *testing.T) {
 // newEnvHosts is newEnvAgent with several static agents (name → URL).
 func newEnvHosts(t *testing.T, agents map[string]string) *env {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, pgtest.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
+	eps := make(map[string]agentclient.Endpoint, len(agents))
 	for name, url := range agents {
-		if err := pool.Set(name, agentclient.Endpoint{URL: url, Token: hosttest.AgentToken}); err != nil {
-			t.Fatal(err)
-		}
+		eps[name] = agentclient.Endpoint{URL: url, Token: hosttest.AgentToken}
 	}
-	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, s := testServices(t, eps, nil)
 	return &env{st: st, acc: s.Accounts, sbx: s.Sandboxes, hosts: s.Hosts}
 }

@@ -41,6 +41,17 @@ const unreachable = "http://127.0.0.1:1"
 // newEnvAgent is newEnv with the agent at url.
 func newEnvAgent(t *testing.T, url, token string) *env {
 	t.Helper()
+	st, s := testServices(t, map[string]agentclient.Endpoint{LocalHost: {URL: url, Token: token}}, nil)
+	return &env{st: st, acc: s.Accounts, sbx: s.Sandboxes, hosts: s.Hosts}
+}
+
+// testServices builds the services, as every test of the package does,
+// over a fresh migrated database: open sign-up, a cheap password hash,
+// the static agents given (host name → endpoint; an agent at unreachable
+// or none: the built-in templates an agent would report are given
+// instead), and what edit changes of the configuration (nil: nothing).
+func testServices(t *testing.T, agents map[string]agentclient.Endpoint, edit func(*ServicesConfig)) (*store.Store, *Services) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, pgtest.StartForTest(t))
 	if err != nil {
@@ -53,20 +64,25 @@ func newEnvAgent(t *testing.T, url, token string) *env {
 	}
 	pool := agentclient.NewPool(agentclient.Options{})
 	t.Cleanup(pool.Close)
-	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: url, Token: token}); err != nil {
-		t.Fatal(err)
+	reachable := false
+	for name, ep := range agents {
+		if err := pool.Set(name, ep); err != nil {
+			t.Fatal(err)
+		}
+		reachable = reachable || ep.URL != unreachable
 	}
 	cfg := ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen}
-	if url == unreachable {
-		// No agent to ask: the built-in templates an agent would report.
+	if !reachable {
 		cfg.BuiltinTemplates = image.Templates()
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	s, err := NewServices(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, sbx := s.Accounts, s.Sandboxes
-	return &env{st: st, acc: acc, sbx: sbx, hosts: s.Hosts}
+	return st, s
 }
 
 // newEnvHost is newEnvAgent over a real agent (hosttest) on the network

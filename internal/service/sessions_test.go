@@ -9,9 +9,6 @@ import (
 
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
-	"github.com/capsulehq/capsule/internal/store"
 )
 
 // TestRevokeSession: a revoked session token is refused by both session
@@ -25,26 +22,10 @@ func TestRevokeSession(t *testing.T) {
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
 
-	st, err := store.Open(ctx, pgtest.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
-	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: unreachable, Token: "unused"}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen,
-		BuiltinTemplates: image.Templates(), Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, s := testServices(t, map[string]agentclient.Endpoint{LocalHost: {URL: unreachable, Token: "unused"}},
+		func(c *ServicesConfig) { c.Now = now })
 	acc := s.Accounts
+	var err error
 	// The tokens' clock is the test's too (issue, expiry, verification).
 	if acc.sessions, err = auth.NewSessionManager(auth.SessionConfig{Secret: testSecret, Now: now}); err != nil {
 		t.Fatal(err)

@@ -12,9 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/agentclient"
-	"github.com/capsulehq/capsule/internal/auth"
-	"github.com/capsulehq/capsule/internal/image"
-	"github.com/capsulehq/capsule/internal/pgembed/pgtest"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -151,26 +148,9 @@ type statsEnv struct {
 func newStatsEnv(t *testing.T, n int) *statsEnv {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, pgtest.StartForTest(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	hasher, err := auth.NewPasswordHasher(auth.Argon2Params{Memory: 8192, Time: 1, Threads: 1, SaltLen: 16, KeyLen: 32}, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := agentclient.NewPool(agentclient.Options{})
-	t.Cleanup(pool.Close)
-	if err := pool.Set(LocalHost, agentclient.Endpoint{URL: unreachable, Token: "unused"}); err != nil {
-		t.Fatal(err)
-	}
 	clk := &testClock{t: statsD0}
-	svc, err := NewServices(ctx, ServicesConfig{Store: st, Agents: pool, Secret: testSecret, Hasher: hasher, Signup: SignupOpen,
-		BuiltinTemplates: image.Templates(), Now: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, svc := testServices(t, map[string]agentclient.Endpoint{LocalHost: {URL: unreachable, Token: "unused"}},
+		func(c *ServicesConfig) { c.Now = clk.Now })
 	e := &statsEnv{st: st, svc: svc, clk: clk}
 	for i := range n {
 		a, err := svc.Accounts.Signup(ctx, Signup{Email: fmt.Sprintf("team%d@example.com", i), Password: "correct horse battery"})
