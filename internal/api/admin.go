@@ -132,10 +132,7 @@ func (s *Server) adminDeleteTeam(w http.ResponseWriter, r *http.Request, p servi
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"id": id.String(), "deleted": true,
-		"sandboxes_destroyed": res.Destroyed, "sandboxes_not_destroyed": res.NotDestroyed,
-	})
+	writeJSON(w, http.StatusOK, teamDeletedJSON(id, res))
 }
 
 type adminUserJSON struct {

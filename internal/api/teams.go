@@ -152,10 +152,17 @@ func (s *Server) deleteTeam(w http.ResponseWriter, r *http.Request, p service.Pr
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSON(w, http.StatusOK, teamDeletedJSON(id, res))
+}
+
+// teamDeletedJSON answers a team's deletion: how many of its sandboxes
+// were destroyed and how many could not be (the team is deleted either
+// way).
+func teamDeletedJSON(id service.TeamID, res service.TeamDeletion) map[string]any {
+	return map[string]any{
 		"id": id.String(), "deleted": true,
 		"sandboxes_destroyed": res.Destroyed, "sandboxes_not_destroyed": res.NotDestroyed,
-	})
+	}
 }
 
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request, p service.Principal) {

@@ -75,14 +75,7 @@ func NewAccounts(cfg AccountsConfig) (*Accounts, error) {
 	if cfg.Store == nil || cfg.Hasher == nil || cfg.Sessions == nil {
 		return nil, errors.New("service: accounts need a store, a password hasher and a session manager")
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.Default()
-	}
-	audit := cfg.Audit
-	if audit == nil {
-		audit = NewAudit(cfg.Store, log)
-	}
+	log, audit := logAndAudit(cfg.Store, cfg.Log, cfg.Audit)
 	policy := cfg.Signup
 	if policy == "" {
 		policy = SignupInvite

@@ -54,14 +54,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	if cfg.Store == nil || cfg.Teams == nil || cfg.Sandboxes == nil {
 		return nil, errors.New("service: admin needs a store, the teams and the sandbox service")
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.Default()
-	}
-	audit := cfg.Audit
-	if audit == nil {
-		audit = NewAudit(cfg.Store, log)
-	}
+	log, audit := logAndAudit(cfg.Store, cfg.Log, cfg.Audit)
 	return &Admin{st: cfg.Store, teams: cfg.Teams, sandboxes: cfg.Sandboxes, audit: audit, log: log.With("component", "admin")}, nil
 }
 

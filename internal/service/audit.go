@@ -221,3 +221,15 @@ func orEmptySlice(s []string) []string {
 	}
 	return s
 }
+
+// logAndAudit are a service's logger and audit recorder: those given, or
+// slog's default and a recorder over st.
+func logAndAudit(st *store.Store, log *slog.Logger, audit *Audit) (*slog.Logger, *Audit) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if audit == nil {
+		audit = NewAudit(st, log)
+	}
+	return log, audit
+}

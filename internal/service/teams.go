@@ -51,14 +51,7 @@ func NewTeams(cfg TeamsConfig) (*Teams, error) {
 	if cfg.Store == nil || cfg.Sandboxes == nil {
 		return nil, errors.New("service: teams need a store and the sandbox service")
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.Default()
-	}
-	audit := cfg.Audit
-	if audit == nil {
-		audit = NewAudit(cfg.Store, log)
-	}
+	log, audit := logAndAudit(cfg.Store, cfg.Log, cfg.Audit)
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
