@@ -97,8 +97,8 @@
 // agent, envd and the process' pipes apply back-pressure) and nothing is
 // buffered beyond a message; a client that takes nothing for a minute, or
 // does not answer pings (every 30 s), is dropped. When the connection ends
-// before the process, the process is killed — unless it is a kept terminal:
-// a start message with a pty and "keep_sec" (1 to 3600) keeps the process
+// before the process, the process is killed — unless it is kept: a start
+// message with "keep_sec" (1 to 3600; a terminal or not) keeps the process
 // that long after the connection ends, its output read into a 256 KiB
 // scrollback; a connection with ?pid=<pid> sends no start message, gets
 // {"type":"attached","pid":…}, the scrollback, then the live output (the

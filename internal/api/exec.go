@@ -231,11 +231,8 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, p service.Pr
 		stdin := start.Stdin == nil || *start.Stdin
 		var pid uint32
 		switch {
-		case start.KeepSec != 0 && (pty == nil || !stdin):
-			ws.fail(ctx, &service.Error{Kind: service.ErrInvalid, Msg: "keep_sec: only a terminal (pty, stdin open) is kept"})
-			return
 		case start.KeepSec != 0:
-			tc, err := s.cfg.Sandboxes.StartTerminal(ctx, p, id, start.command(), *pty, time.Duration(start.KeepSec)*time.Second)
+			tc, err := s.cfg.Sandboxes.StartTerminal(ctx, p, id, start.command(), stdin, pty, time.Duration(start.KeepSec)*time.Second)
 			if err != nil {
 				ws.fail(ctx, err)
 				return

@@ -452,7 +452,6 @@ func (f *sbxFixture) testStream(t *testing.T) {
 			{"type": "stdin", "data": []byte("x")},
 			{"type": "start", "cmd": "true", "pty": map[string]int{"cols": 0, "rows": 10}},
 			{"type": "start", "cmd": "true", "surprise": 1},
-			{"type": "start", "cmd": "true", "keep_sec": 60},
 			{"type": "start", "cmd": "sh", "pty": map[string]int{"cols": 80, "rows": 24}, "keep_sec": 3601},
 			{"type": "start", "cmd": "sh", "pty": map[string]int{"cols": 80, "rows": 24}, "keep_sec": -1},
 		} {

@@ -41,7 +41,8 @@ type terminalKey struct {
 	pid     uint32
 }
 
-// terminal is a kept PTY process and its scrollback.
+// terminal is a kept process (on a terminal, or with stdout and stderr)
+// and its scrollback.
 type terminal struct {
 	s    *Sandboxes
 	key  terminalKey
@@ -49,9 +50,11 @@ type terminal struct {
 	keep time.Duration
 
 	mu sync.Mutex
-	// buf holds the output bytes [end-len(buf), end).
-	buf []byte
-	end int64
+	// out holds the output bytes [end-size, end) as the process wrote
+	// them (a chunk per event, each of its stream).
+	out  []outChunk
+	size int
+	end  int64
 	// exit (or err) is the process' end, once the pump read it.
 	exit *ExecExit
 	err  error
@@ -67,6 +70,34 @@ type terminal struct {
 	gone     bool
 }
 
+// outChunk is output of one stream (a terminal's, stdout or stderr) that
+// starts at byte at of the process' whole output.
+type outChunk struct {
+	at     int64
+	stream execStream
+	data   []byte
+}
+
+type execStream uint8
+
+const (
+	streamPTY execStream = iota
+	streamStdout
+	streamStderr
+)
+
+// event is the chunk's bytes from from on, at most terminalChunk of them.
+func (c outChunk) event(from int64) ExecEvent {
+	data := append([]byte(nil), c.data[from-c.at:min(int64(len(c.data)), from-c.at+terminalChunk)]...)
+	switch c.stream {
+	case streamStdout:
+		return ExecEvent{Stdout: data}
+	case streamStderr:
+		return ExecEvent{Stderr: data}
+	}
+	return ExecEvent{PTY: data}
+}
+
 // TerminalConn is one connection's view of a kept terminal: its events
 // (Next) and its input.
 type TerminalConn struct {
@@ -76,18 +107,21 @@ type TerminalConn struct {
 	pos int64
 }
 
-// StartTerminal starts cmd on a terminal of size pty in a running sandbox
-// of p's team, kept keep (1 s to MaxTerminalKeepSec) after its last
-// connection ends, and attaches to it. The process outlives ctx.
-func (s *Sandboxes) StartTerminal(ctx context.Context, p Principal, id SandboxID, cmd ExecCommand, pty PTYSize, keep time.Duration) (*TerminalConn, error) {
+// StartTerminal starts cmd in a running sandbox of p's team, on a
+// terminal of size pty (nil: with stdout and stderr apart; stdin open or
+// not), kept keep (1 s to MaxTerminalKeepSec) after its last connection
+// ends, and attaches to it. The process outlives ctx.
+func (s *Sandboxes) StartTerminal(ctx context.Context, p Principal, id SandboxID, cmd ExecCommand, stdin bool, pty *PTYSize, keep time.Duration) (*TerminalConn, error) {
 	if keep < time.Second || keep > MaxTerminalKeepSec*time.Second {
 		return nil, errorf(ErrInvalid, "keep_sec: 1 to %d seconds", MaxTerminalKeepSec)
 	}
 	if err := cmd.normalize(0, MaxStreamTimeoutSec); err != nil {
 		return nil, err
 	}
-	if err := validPTY(&pty); err != nil {
-		return nil, err
+	if pty != nil {
+		if err := validPTY(pty); err != nil {
+			return nil, err
+		}
 	}
 	row, _, err := s.running(ctx, p, id)
 	if err != nil {
@@ -98,7 +132,7 @@ func (s *Sandboxes) StartTerminal(ctx context.Context, p Principal, id SandboxID
 	}
 	// The stream is not the caller's: it ends with the process (or the
 	// keep time), not with the request.
-	pr, err := s.startExec(context.WithoutCancel(ctx), p, id, cmd, true, &pty)
+	pr, err := s.startExec(context.WithoutCancel(ctx), p, id, cmd, stdin, pty)
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +233,7 @@ func (t *terminal) attach() *TerminalConn {
 	t.gen++
 	t.owner = t.gen
 	t.notifyLocked()
-	return &TerminalConn{PID: t.pr.PID, t: t, gen: t.gen, pos: t.end - int64(len(t.buf))}
+	return &TerminalConn{PID: t.pr.PID, t: t, gen: t.gen, pos: t.end - int64(t.size)}
 }
 
 func (t *terminal) detachedAt() time.Time {
@@ -219,15 +253,7 @@ func (t *terminal) pump() {
 		case ev.Exit != nil:
 			t.exit = ev.Exit
 		default:
-			data := ev.PTY
-			if data == nil {
-				data = append(ev.Stdout, ev.Stderr...)
-			}
-			t.buf = append(t.buf, data...)
-			t.end += int64(len(data))
-			if over := len(t.buf) - TerminalScrollback; over > 0 {
-				t.buf = append(t.buf[:0:0], t.buf[over:]...)
-			}
+			t.keepOutput(ev)
 		}
 		t.notifyLocked()
 		done := t.err != nil || t.exit != nil
@@ -237,6 +263,35 @@ func (t *terminal) pump() {
 			t.pr.Close() // the stream; kills the process unless it ended
 			return
 		}
+	}
+}
+
+// keepOutput appends ev's output to the scrollback, dropping what falls
+// out of its TerminalScrollback bytes. t.mu is held.
+func (t *terminal) keepOutput(ev ExecEvent) {
+	c := outChunk{at: t.end, stream: streamPTY, data: ev.PTY}
+	switch {
+	case ev.Stdout != nil:
+		c.stream, c.data = streamStdout, ev.Stdout
+	case ev.Stderr != nil:
+		c.stream, c.data = streamStderr, ev.Stderr
+	}
+	if len(c.data) == 0 {
+		return
+	}
+	t.out = append(t.out, c)
+	t.size += len(c.data)
+	t.end += int64(len(c.data))
+	for t.size > TerminalScrollback {
+		first := &t.out[0]
+		if over := t.size - TerminalScrollback; over < len(first.data) {
+			first.data = first.data[over:]
+			first.at += int64(over)
+			t.size -= over
+			break
+		}
+		t.size -= len(first.data)
+		t.out = t.out[1:]
 	}
 }
 
@@ -279,17 +334,18 @@ func (c *TerminalConn) Next(ctx context.Context) (ExecEvent, error) {
 			t.mu.Unlock()
 			return ExecEvent{}, ErrTakenOver
 		}
-		start := t.end - int64(len(t.buf))
+		start := t.end - int64(t.size)
 		if c.pos < start {
 			c.pos = start // the output it missed is out of the scrollback
 		}
 		if c.pos < t.end {
-			from := c.pos - start
-			to := min(int64(len(t.buf)), from+terminalChunk)
-			data := append([]byte(nil), t.buf[from:to]...)
-			c.pos += to - from
+			// The chunk that holds c.pos: the last that starts at or
+			// before it.
+			i := sort.Search(len(t.out), func(i int) bool { return t.out[i].at > c.pos }) - 1
+			ev := t.out[i].event(c.pos)
+			c.pos += int64(len(ev.PTY) + len(ev.Stdout) + len(ev.Stderr))
 			t.mu.Unlock()
-			return ExecEvent{PTY: data}, nil
+			return ev, nil
 		}
 		if t.exit != nil {
 			x := *t.exit

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
@@ -61,6 +62,24 @@ type StartOptions struct {
 	// Stdin keeps the process' input open for SendStdin (else it is
 	// closed at once).
 	Stdin bool
+	// Keep, when set (1 s to 1 h), keeps the process when its connection
+	// ends (ctx, Close, a broken network) for that long: Attach takes it
+	// back, with the output it wrote meanwhile (the last 256 KiB, stdout
+	// and stderr apart). Without Keep, the end of the connection kills
+	// the process.
+	Keep time.Duration
+}
+
+// keepSec is the start message's keep_sec for keep (nil: not kept).
+func keepSec(keep time.Duration) (*int, error) {
+	if keep == 0 {
+		return nil, nil
+	}
+	if keep < time.Second || keep > time.Hour {
+		return nil, fmt.Errorf("capsule: process kept %v: 1 s to 1 h: %w", keep, ErrInvalid)
+	}
+	s := seconds(keep)
+	return &s, nil
 }
 
 // CommandResult is how a process ended.
@@ -122,7 +141,11 @@ func tee(buf *bytes.Buffer, fn func([]byte)) func([]byte) {
 // returns once it runs. Its output goes to the callbacks; Wait returns its
 // end. Cancelling ctx kills it.
 func (s *CommandService) Start(ctx context.Context, sandboxID, cmd string, opts StartOptions) (*Process, error) {
-	return s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Cmd: &cmd}, opts.CommandOptions, opts.Stdin, nil)
+	keep, err := keepSec(opts.Keep)
+	if err != nil {
+		return nil, err
+	}
+	return s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Cmd: &cmd, KeepSec: keep}, opts.CommandOptions, opts.Stdin, nil)
 }
 
 // StartArgv is Start with a program and its arguments instead of a shell
@@ -131,7 +154,47 @@ func (s *CommandService) StartArgv(ctx context.Context, sandboxID string, argv [
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("capsule: an empty argv: %w", ErrInvalid)
 	}
-	return s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Argv: &argv}, opts.CommandOptions, opts.Stdin, nil)
+	keep, err := keepSec(opts.Keep)
+	if err != nil {
+		return nil, err
+	}
+	return s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Argv: &argv, KeepSec: keep}, opts.CommandOptions, opts.Stdin, nil)
+}
+
+// Attach takes back the kept process pid (started with StartOptions.Keep
+// or PTYOptions.Keep) of a running sandbox: its output since it started
+// (the last 256 KiB) goes to o's callbacks first, then what it writes;
+// Wait returns its end. A connection attached before ends with
+// ErrDetached. A process that ended, was not kept, or is not in this
+// sandbox is ErrNotFound. The process is kept again for its keep time
+// when this connection ends.
+func (s *CommandService) Attach(ctx context.Context, sandboxID string, pid int, o CommandOptions) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("capsule: pid %d: %w", pid, ErrInvalid)
+	}
+	conn, err := s.c.dial(ctx, sandboxID, url.Values{"pid": {strconv.Itoa(pid)}})
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p := &Process{conn: conn, cancel: cancel, done: make(chan struct{})}
+	var first wire.ExecStreamServerMessage
+	if err := readMessage(pctx, conn, &first); err != nil {
+		p.close()
+		return nil, err
+	}
+	switch first.Type {
+	case wire.ExecStreamServerMessageTypeAttached:
+		p.PID = deref(first.Pid)
+	case wire.ExecStreamServerMessageTypeError:
+		p.close()
+		return nil, &APIError{Status: deref(first.Code), Message: deref(first.Message)}
+	default:
+		p.close()
+		return nil, fmt.Errorf("capsule: exec stream: %q before attached", first.Type)
+	}
+	go p.readLoop(pctx, o)
+	return p, nil
 }
 
 // Process is a process started by Start or a terminal session's shell.

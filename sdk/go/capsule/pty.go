@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/capsulehq/capsule/sdk/go/capsule/internal/wire"
@@ -60,53 +58,25 @@ func (s *CommandService) StartPTY(ctx context.Context, sandboxID string, opts PT
 	if cmd == "" {
 		cmd = DefaultShell
 	}
-	m := wire.ExecStreamClientMessage{Cmd: &cmd}
-	if opts.Keep != 0 {
-		if opts.Keep < time.Second || opts.Keep > time.Hour {
-			return nil, fmt.Errorf("capsule: terminal kept %v: 1 s to 1 h: %w", opts.Keep, ErrInvalid)
-		}
-		keep := seconds(opts.Keep)
-		m.KeepSec = &keep
+	keep, err := keepSec(opts.Keep)
+	if err != nil {
+		return nil, err
 	}
-	p, err := s.start(ctx, sandboxID, m, opts.CommandOptions, true, &wire.ExecStreamPTY{Cols: cols, Rows: rows})
+	p, err := s.start(ctx, sandboxID, wire.ExecStreamClientMessage{Cmd: &cmd, KeepSec: keep}, opts.CommandOptions, true,
+		&wire.ExecStreamPTY{Cols: cols, Rows: rows})
 	if err != nil {
 		return nil, err
 	}
 	return &Terminal{Process: p, ctx: ctx}, nil
 }
 
-// AttachPTY takes back the kept terminal pid (started with PTYOptions.Keep)
-// of a running sandbox: its output since it started (the last 256 KiB)
-// goes to o.OnStdout first, then what it writes. A session attached
-// before ends with ErrDetached. A terminal that ended, was not kept, or is
-// not in this sandbox is ErrNotFound. The terminal is kept again for its
-// keep time when this session ends.
+// AttachPTY takes back the kept terminal pid (started with
+// PTYOptions.Keep) of a running sandbox, as Attach does.
 func (s *CommandService) AttachPTY(ctx context.Context, sandboxID string, pid int, o CommandOptions) (*Terminal, error) {
-	if pid <= 0 {
-		return nil, fmt.Errorf("capsule: pid %d: %w", pid, ErrInvalid)
-	}
-	conn, err := s.c.dial(ctx, sandboxID, url.Values{"pid": {strconv.Itoa(pid)}})
+	p, err := s.Attach(ctx, sandboxID, pid, o)
 	if err != nil {
 		return nil, err
 	}
-	pctx, cancel := context.WithCancel(ctx)
-	p := &Process{conn: conn, cancel: cancel, done: make(chan struct{})}
-	var first wire.ExecStreamServerMessage
-	if err := readMessage(pctx, conn, &first); err != nil {
-		p.close()
-		return nil, err
-	}
-	switch first.Type {
-	case wire.ExecStreamServerMessageTypeAttached:
-		p.PID = deref(first.Pid)
-	case wire.ExecStreamServerMessageTypeError:
-		p.close()
-		return nil, &APIError{Status: deref(first.Code), Message: deref(first.Message)}
-	default:
-		p.close()
-		return nil, fmt.Errorf("capsule: exec stream: %q before attached", first.Type)
-	}
-	go p.readLoop(pctx, o)
 	return &Terminal{Process: p, ctx: ctx}, nil
 }
 

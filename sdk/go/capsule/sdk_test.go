@@ -278,6 +278,33 @@ func TestSDKAgainstRealStack(t *testing.T) {
 			t.Fatalf("attach to an ended terminal: %v", err)
 		}
 	})
+	t.Run("kept background command: attach with stdout and stderr apart, then its input", func(t *testing.T) {
+		var out output
+		sctx, end := context.WithCancel(ctx)
+		pr, err := c.Commands.Start(sctx, sb.ID, "echo out1; echo err1 >&2; read x; echo got-$x", capsule.StartOptions{
+			Stdin: true, Keep: time.Minute, CommandOptions: capsule.CommandOptions{OnStdout: out.add}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := pr.PID
+		waitFor(t, 30*time.Second, "out1", func() bool { return strings.Contains(out.String(), "out1") })
+		end()
+		<-pr.Done()
+		var out2, errs2 output
+		pr2, err := c.Commands.Attach(ctx, sb.ID, pid, capsule.CommandOptions{OnStdout: out2.add, OnStderr: errs2.add})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pr2.Close()
+		waitFor(t, 30*time.Second, "the replayed output", func() bool { return out2.String() == "out1\n" && errs2.String() == "err1\n" })
+		if err := pr2.SendStdin(ctx, []byte("yes\n")); err != nil {
+			t.Fatal(err)
+		}
+		res, err := pr2.Wait(ctx)
+		if err != nil || res.ExitCode != 0 || out2.String() != "out1\ngot-yes\n" || errs2.String() != "err1\n" {
+			t.Fatalf("attached command = %+v %q %q, %v", res, out2.String(), errs2.String(), err)
+		}
+	})
 	t.Run("files", func(t *testing.T) {
 		data := make([]byte, 5<<20)
 		_, _ = rand.Read(data)
