@@ -27,6 +27,9 @@ type ReconcileReport struct {
 	// OrphanTemplates counts snapshot templates the agent kept that no
 	// record owns (deleted).
 	OrphanTemplates int
+	// Moves counts interrupted moves of paused sandboxes finished or
+	// rolled back (RecoverMoves).
+	Moves int
 	// Unsettled counts records left as they were because the agent's
 	// sandbox was between two states (a pause under way): a returning host
 	// stays unreachable until a later pass sees them settled.
@@ -40,6 +43,12 @@ type ReconcileReport struct {
 // error is returned after every host was tried.
 func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 	var rep ReconcileReport
+	// Moves a dead control plane left half done come first (move.go).
+	moved, err := s.RecoverMoves(ctx)
+	rep.Moves = moved
+	if err != nil {
+		s.log.WarnContext(ctx, "reconcile: moves left unsettled (a later pass retries)", "err", err)
+	}
 	hosts, err := s.st.Queries().ListHostsToReconcile(ctx)
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: list hosts: %w", err)
@@ -96,6 +105,17 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 	for _, a := range resp.Msg.GetSandboxes() {
 		onAgent[a.GetId()] = a
 	}
+	// Sandboxes being moved from or to this host are the move's
+	// (RecoverMoves settles the moves that were interrupted).
+	moving, err := s.st.Queries().ListSandboxMovesOfHost(ctx, host)
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: list the moves: %w", err)
+	}
+	inMove := map[string]bool{}
+	for _, m := range moving {
+		inMove[ID(m)] = true
+		delete(onAgent, ID(m))
+	}
 	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: host, States: []string{
 		store.SandboxStarting, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		store.SandboxResuming, store.SandboxMissing, store.SandboxError,
@@ -105,6 +125,9 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 	}
 	for _, row := range rows {
 		id := ID(row.ID)
+		if inMove[id] {
+			continue
+		}
 		a, ok := onAgent[id]
 		delete(onAgent, id)
 		var to, reason string
