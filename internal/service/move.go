@@ -104,16 +104,16 @@ func (s *Sandboxes) movable(ctx context.Context, row db.Sandbox, o ResumeOptions
 	return row.State == store.SandboxPaused && !o.Cold && s.drainingHost(ctx, row.HostID)
 }
 
-// moveAndResume moves paused sandbox id of p's team off its draining host
-// and resumes it on another (see the comment at the top of this file).
-func (s *Sandboxes) moveAndResume(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
+// beginMove is step 1 of a move of paused sandbox id of p's team: it
+// returns the record (resuming, on the target) and the move.
+func (s *Sandboxes) beginMove(ctx context.Context, p Principal, id SandboxID) (db.Sandbox, db.SandboxMove, error) {
 	cur, err := s.get(ctx, p, id)
 	if err != nil {
-		return Sandbox{}, err
+		return db.Sandbox{}, db.SandboxMove{}, err
 	}
 	team, err := s.st.Queries().GetTeam(ctx, pgUUID(p.TeamID))
 	if err != nil {
-		return Sandbox{}, notFound(err, "team")
+		return db.Sandbox{}, db.SandboxMove{}, notFound(err, "team")
 	}
 	from := cur.HostID
 	sr := scheduler.Request{Team: team.ID.Bytes, BYOC: team.IsBYOC,
@@ -121,7 +121,7 @@ func (s *Sandboxes) moveAndResume(ctx context.Context, p Principal, id SandboxID
 	now := time.Now()
 	choice, hosts, err := Decide(ctx, s.st.Queries(), s.sched, sr, now, func(r db.ListSchedulingCandidatesRow) bool { return r.ID != from })
 	if err != nil {
-		return Sandbox{}, noHost(err)
+		return db.Sandbox{}, db.SandboxMove{}, noHost(err)
 	}
 	pl := &placement{req: sr, hosts: hosts, now: now}
 	mv := db.SandboxMove{SandboxID: cur.ID, FromHost: from, Template: moveTemplateName(cur.ID)}
@@ -153,9 +153,17 @@ func (s *Sandboxes) moveAndResume(ctx context.Context, p Principal, id SandboxID
 		return q.InsertSandboxMove(ctx, db.InsertSandboxMoveParams{SandboxID: mv.SandboxID, FromHost: mv.FromHost,
 			ToHost: mv.ToHost, Template: mv.Template})
 	})
+	return row, mv, err
+}
+
+// moveAndResume moves paused sandbox id of p's team off its draining host
+// and resumes it on another (see the comment at the top of this file).
+func (s *Sandboxes) moveAndResume(ctx context.Context, p Principal, id SandboxID) (Sandbox, error) {
+	row, mv, err := s.beginMove(ctx, p, id)
 	if err != nil {
 		return Sandbox{}, err
 	}
+	from := mv.FromHost
 	// The move and its bookkeeping outlive a client that leaves.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replicateTimeout)
 	defer cancel()
