@@ -65,7 +65,7 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 	}
 	envd := func(sb Sandbox) *envdclient.Client {
 		c := envdclient.New(sb.EnvdURL, sb.EnvdAccessToken)
-		t.Cleanup(c.Close)
+		t.Cleanup(c.Close) // the test's
 		return c
 	}
 	value := make([]byte, 12)
@@ -113,6 +113,7 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 
 	var sb Sandbox
 	var pid string
+	top := t
 	// paused: the sandbox is paused on h, intact, and its record says so.
 	paused := func(t *testing.T, h pgtype.UUID) {
 		t.Helper()
@@ -163,7 +164,7 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 			if sb, err = e.sbx.Create(ctx, p, CreateSandbox{Template: "minimal", VCPUs: 1, MemoryMB: 256}); err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
+			top.Cleanup(func() { _ = e.sbx.Destroy(context.Background(), p, sb.ID) })
 			if _, err := envd(sb).Shell(ctx, `printf 'written on A' > /root/mark; (MOVE_VALUE=`+secret+` sleep 8888 >/dev/null 2>&1 &)`); err != nil {
 				t.Fatal(err)
 			}
