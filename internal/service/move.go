@@ -281,9 +281,13 @@ func (s *Sandboxes) cleanUpMove(ctx context.Context, mv db.SandboxMove, done boo
 	}
 	if c, err := s.agentFor(ctx, gone); err != nil {
 		errs = append(errs, err)
-	} else if _, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(mv.SandboxID)})); err != nil &&
+	} else if dr, err := c.DestroySandbox(ctx, connect.NewRequest(&pb.DestroySandboxRequest{SandboxId: ID(mv.SandboxID)})); err != nil &&
 		!errors.Is(err, agentclient.ErrNotFound) {
 		errs = append(errs, fmt.Errorf("destroy the sandbox on %s: %w", s.hostKey(gone), err))
+	} else if done && dr != nil {
+		// The history the old host sampled stays (its pause stored every
+		// tier; this is the 24 h tier up to its end there).
+		s.storeMetrics(ctx, mv.SandboxID, []*pb.MetricSeries{dr.Msg.GetMetrics()}, MetricTier24h)
 	}
 	for _, h := range []pgtype.UUID{mv.ToHost, mv.FromHost} {
 		c, err := s.agentFor(ctx, h)
