@@ -116,6 +116,7 @@ func (s *Sandboxes) beginMove(ctx context.Context, p Principal, id SandboxID) (d
 		return db.Sandbox{}, db.SandboxMove{}, notFound(err, "team")
 	}
 	from := cur.HostID
+	s.probeStatic(ctx, false)
 	sr := scheduler.Request{Team: team.ID.Bytes, BYOC: team.IsBYOC,
 		Resources: scheduler.Resources{VCPUs: int64(cur.VCPUs), MemoryMB: int64(cur.MemoryMB)}}
 	now := time.Now()

@@ -20,9 +20,10 @@ import (
 
 // TestMovePausedSandboxRealAgents: two real agents (hosts "local" = A and
 // "b" = B). A sandbox on A gets a file and a process holding a random
-// value in its memory, and is paused; A drains. A move that fails after
-// B made the sandbox (an injected fault) is rolled back: the sandbox is
-// paused on A, intact, and B holds nothing of it. The resume then moves
+// value in its memory, and is paused; A drains. With no other host to
+// take it the resume fails (503) and changes nothing; a move that fails
+// after the copy or after B made the sandbox (injected faults) is rolled
+// back: the sandbox is paused on A, intact, and B holds nothing of it. The resume then moves
 // it: it runs on B with A's file and A's process (same pid, the value in
 // its memory), and A holds nothing of it (no sandbox, no template, no
 // directory). A move interrupted as by a control plane that died (after
@@ -175,19 +176,29 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 			pause(t)
 			paused(t, idA)
 		}},
+		{"with no other host to take it, the resume fails and the sandbox stays", func(t *testing.T) {
+			setStatus(LocalHost, store.HostDraining)
+			setStatus("b", store.HostDraining)
+			if _, err := e.sbx.Resume(ctx, p, sb.ID); !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("resume with every host draining: %v, want ErrUnavailable", err)
+			}
+			paused(t, idA)
+		}},
 		{"a move that fails after B made the sandbox is rolled back", func(t *testing.T) {
 			drain(idA)
 			for _, step := range []string{"copy", "commit"} {
+				fired := false
 				moveHook = func(s string) error {
 					if s == step {
+						fired = true
 						return errors.New("injected fault at " + s)
 					}
 					return nil
 				}
 				_, err := e.sbx.Resume(ctx, p, sb.ID)
 				moveHook = nil
-				if !errors.Is(err, ErrUnavailable) {
-					t.Fatalf("resume with a fault at %s: %v, want ErrUnavailable", step, err)
+				if !fired || !errors.Is(err, ErrUnavailable) {
+					t.Fatalf("resume with a fault at %s (reached: %v): %v, want ErrUnavailable", step, fired, err)
 				}
 				paused(t, idA)
 			}
@@ -206,16 +217,18 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 			if err != nil || mv.ToHost != idA {
 				t.Fatalf("begin the move: %v (to %s)", err, names[mv.ToHost])
 			}
+			fired := false
 			moveHook = func(s string) error {
 				if s == "adopt" {
+					fired = true
 					return errors.New("the control plane dies")
 				}
 				return nil
 			}
 			_, err = e.sbx.runMove(ctx, row, mv)
 			moveHook = nil
-			if err == nil {
-				t.Fatal("the interrupted move went through")
+			if !fired || err == nil {
+				t.Fatalf("the interrupted move: reached the adoption %v, %v", fired, err)
 			}
 			if _, err := e.sbx.Reconcile(ctx); err != nil {
 				t.Fatal(err)
