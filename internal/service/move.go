@@ -16,6 +16,7 @@ import (
 	"github.com/capsulehq/capsule/internal/scheduler"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
+	"github.com/capsulehq/capsule/internal/wireid"
 )
 
 // Moves of paused sandboxes off draining hosts (issue 11.6).
@@ -369,4 +370,49 @@ func (s *Sandboxes) RecoverMoves(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, errors.Join(errs...)
+}
+
+// Evacuation is what Evacuate did with a draining host's paused
+// sandboxes.
+type Evacuation struct {
+	// Moved are the sandboxes now paused on another host.
+	Moved []SandboxID
+	// Failed are those that could not be moved (they stay paused where
+	// they were, or — when only the pause on the new host failed — run
+	// there), with why.
+	Failed map[SandboxID]error
+}
+
+// Evacuate moves every paused sandbox of draining host to other hosts,
+// each as a resume moves it (moveAndResume) and then paused again on its
+// new host, for p (who must be allowed to manage the host: the caller
+// checks, e.g. Hosts.Update draining it). A sandbox paused without its
+// memory, or one that no other host can take, stays where it is
+// (Failed). ErrConflict when the host is not draining.
+func (s *Sandboxes) Evacuate(ctx context.Context, p Principal, hostID wireid.HostID) (Evacuation, error) {
+	host := pgUUID(hostID)
+	if !s.drainingHost(ctx, host) {
+		return Evacuation{}, errorf(ErrConflict, "the host is not draining")
+	}
+	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: host, States: []string{store.SandboxPaused}})
+	if err != nil {
+		return Evacuation{}, fmt.Errorf("evacuate: %w", err)
+	}
+	out := Evacuation{Moved: []SandboxID{}, Failed: map[SandboxID]error{}}
+	for _, row := range rows {
+		id := sandboxIDOf(row.ID)
+		// Each move acts for the sandbox's team, recorded as p's doing.
+		tp := Principal{TeamID: teamIDOf(row.TeamID), UserID: p.UserID, APIKeyID: p.APIKeyID, ActorName: p.ActorName}
+		if _, err := s.moveAndResume(ctx, tp, id); err != nil {
+			out.Failed[id] = err
+			continue
+		}
+		if _, err := s.Pause(ctx, tp, id); err != nil {
+			out.Failed[id] = fmt.Errorf("moved, but not paused again on its new host: %w", err)
+			continue
+		}
+		out.Moved = append(out.Moved, id)
+	}
+	s.log.InfoContext(ctx, "paused sandboxes evacuated from a draining host", "host", s.hostKey(host), "moved", len(out.Moved), "failed", len(out.Failed))
+	return out, nil
 }

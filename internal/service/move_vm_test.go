@@ -28,7 +28,8 @@ import (
 // its memory), and A holds nothing of it (no sandbox, no template, no
 // directory). A move interrupted as by a control plane that died (after
 // the copy; after the adoption) is rolled back or finished by the next
-// reconciliation.
+// reconciliation. Evacuating a draining host moves its paused sandboxes
+// to the other, paused.
 func TestMovePausedSandboxRealAgents(t *testing.T) {
 	hostA := hosttest.StartAgent(t, hosttest.MovePools[0])
 	hostB := hosttest.StartAgent(t, hosttest.MovePools[1])
@@ -252,6 +253,23 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 				t.Fatal(err)
 			}
 			runsOn(t, got, idA)
+		}},
+		{"evacuating a draining host moves its paused sandboxes, paused", func(t *testing.T) {
+			pause(t)
+			if _, err := e.sbx.Evacuate(ctx, p, hostIDOf(idA)); !errors.Is(err, ErrConflict) {
+				t.Fatalf("evacuate a host that is not draining: %v, want ErrConflict", err)
+			}
+			drain(idA)
+			ev, err := e.sbx.Evacuate(ctx, p, hostIDOf(idA))
+			if err != nil || len(ev.Failed) != 0 || !slices.Equal(ev.Moved, []SandboxID{sb.ID}) {
+				t.Fatalf("evacuate: %+v, %v; want the sandbox moved", ev, err)
+			}
+			paused(t, idB)
+			got, err := e.sbx.Resume(ctx, p, sb.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runsOn(t, got, idB)
 		}},
 	}
 	for _, s := range steps {
