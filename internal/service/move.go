@@ -265,10 +265,21 @@ func (s *Sandboxes) finishMove(ctx context.Context, mv db.SandboxMove, a *pb.San
 		}
 		return nil
 	})
+	var se *store.StateError
+	if errors.As(err, &se) {
+		// The record left resuming meanwhile (destroyed during the move):
+		// nothing of the move is wanted on either host.
+		_ = s.cleanUpMove(ctx, mv, true) // logged
+		_ = s.cleanUpMove(ctx, mv, false)
+		if derr := s.st.Queries().DeleteSandboxMove(ctx, mv.SandboxID); derr != nil {
+			return row, errors.Join(err, derr)
+		}
+		return row, &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the sandbox became %s during its move", se.State), Err: err}
+	}
 	if err != nil {
 		return row, err
 	}
-	s.cleanUpMove(ctx, mv, true)
+	_ = s.cleanUpMove(ctx, mv, true) // logged; a left-over is the next reconciliation's
 	return row, nil
 }
 

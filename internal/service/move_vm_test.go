@@ -29,7 +29,8 @@ import (
 // directory). A move interrupted as by a control plane that died (after
 // the copy; after the adoption) is rolled back or finished by the next
 // reconciliation. Evacuating a draining host moves its paused sandboxes
-// to the other, paused.
+// to the other, paused. A move's template left behind (a failed clean-up)
+// is deleted by the reconciliation.
 func TestMovePausedSandboxRealAgents(t *testing.T) {
 	hostA := hosttest.StartAgent(t, hosttest.MovePools[0])
 	hostB := hosttest.StartAgent(t, hosttest.MovePools[1])
@@ -270,6 +271,26 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 				t.Fatal(err)
 			}
 			runsOn(t, got, idB)
+		}},
+		{"a move's template left behind is deleted by the reconciliation", func(t *testing.T) {
+			// As a clean-up that failed would leave it.
+			if _, err := hostB.Manager.CreateSnapshot(ctx, sb.ID.String(), moveTemplateName(pgUUID(sb.ID))); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := e.sbx.Reconcile(ctx)
+			if err != nil || rep.OrphanTemplates != 1 {
+				t.Fatalf("reconcile: %+v, %v; want the move's template deleted", rep, err)
+			}
+			holdsNothing(t, idA, sb.ID)
+			tpls, err := hostB.Manager.Templates()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tpl := range tpls {
+				if strings.HasPrefix(tpl.Name, "mv") {
+					t.Fatalf("host B still lists %s", tpl.Name)
+				}
+			}
 		}},
 	}
 	for _, s := range steps {

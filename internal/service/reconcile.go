@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -201,7 +202,7 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 		rep.Orphans++
 		s.destroyOnAgent(ctx, c, id, "no live record")
 	}
-	n, err := s.reconcileTemplates(ctx, c, host)
+	n, err := s.reconcileTemplates(ctx, c, host, inMove)
 	rep.OrphanTemplates = n
 	return rep, err
 }
@@ -209,7 +210,7 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 // reconcileTemplates deletes the agent's snapshot templates (named by a
 // template ID) that no template record of the host owns and returns how
 // many.
-func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client, host pgtype.UUID) (int, error) {
+func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client, host pgtype.UUID, inMove map[string]bool) (int, error) {
 	resp, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
 	if err != nil {
 		return 0, fmt.Errorf("reconcile: list the agent's templates: %w", err)
@@ -250,6 +251,14 @@ func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Clien
 	n := 0
 	for _, t := range resp.Msg.GetTemplates() {
 		name := t.GetName()
+		if sb, ok := strings.CutPrefix(name, "mv"); ok && moveTemplateName(sandboxUUID(sb)) == name && !inMove[sb] {
+			// A move's template that outlived its move (its clean-up
+			// failed): nothing needs it.
+			n++
+			s.log.WarnContext(ctx, "a finished move's template deleted", "sandbox", sb)
+			s.deleteAgentTemplate(ctx, c, name)
+			continue
+		}
 		if _, err := wireid.Parse(wireid.Template, name); err != nil || owned[name] {
 			continue // a built-in or hidden template of the agent's, or a snapshot's
 		}
@@ -258,6 +267,15 @@ func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Clien
 		s.deleteAgentTemplate(ctx, c, name)
 	}
 	return n, nil
+}
+
+// sandboxUUID parses a sandbox's wire ID (invalid when it is not one).
+func sandboxUUID(s string) pgtype.UUID {
+	id, err := wireid.Parse(wireid.Sandbox, s)
+	if err != nil {
+		return pgtype.UUID{}
+	}
+	return id
 }
 
 // keptOnAgent: the agent keeps the sandbox's disk but runs no machine
