@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ func (s *Server) registerHostRoutes() {
 	s.handle("DELETE /v1/hosts/{id}", s.userAuthed(s.deleteHost))
 	s.handle("GET /v1/hosts/{id}/delete-preview", s.userAuthed(s.hostDeletePreview))
 	s.handle("POST /v1/hosts/{id}/token", s.userAuthed(s.regenerateHostToken))
+	s.handle("POST /v1/hosts/{id}/drain", s.userAuthed(s.drainHost))
 }
 
 type hostResourcesJSON struct {
@@ -191,6 +193,49 @@ func (s *Server) updateHost(w http.ResponseWriter, r *http.Request, p service.Pr
 		return
 	}
 	writeJSON(w, http.StatusOK, hostOf(h))
+}
+
+// hostEvacuationJSON is what POST /v1/hosts/{id}/drain answers.
+type hostEvacuationJSON struct {
+	Host   hostJSON                `json:"host"`
+	Moved  []string                `json:"moved"`
+	Failed []hostEvacuationFailure `json:"failed"`
+}
+
+type hostEvacuationFailure struct {
+	SandboxID string `json:"sandbox_id"`
+	Error     string `json:"error"`
+}
+
+// drainHost: POST /v1/hosts/{id}/drain — the host drains (as PATCH
+// {"status":"draining"}: who may manage it) and its paused sandboxes move
+// to other hosts, paused (service.Sandboxes.Evacuate).
+func (s *Server) drainHost(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	id, err := typedPathID[wireid.KindHost](r, "id", "host")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	draining := "draining"
+	h, err := s.cfg.Hosts.Update(r.Context(), p, id, service.UpdateHost{Status: &draining})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ev, err := s.cfg.Sandboxes.Evacuate(r.Context(), p, id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := hostEvacuationJSON{Host: hostOf(h), Moved: make([]string, len(ev.Moved)), Failed: []hostEvacuationFailure{}}
+	for i, sb := range ev.Moved {
+		out.Moved[i] = sb.String()
+	}
+	for sb, err := range ev.Failed {
+		out.Failed = append(out.Failed, hostEvacuationFailure{SandboxID: sb.String(), Error: service.PublicText(err)})
+	}
+	slices.SortFunc(out.Failed, func(a, b hostEvacuationFailure) int { return strings.Compare(a.SandboxID, b.SandboxID) })
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) hostDeletePreview(w http.ResponseWriter, r *http.Request, p service.Principal) {

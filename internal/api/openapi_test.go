@@ -409,6 +409,7 @@ func TestOpenAPISchemasMatchJSONTypes(t *testing.T) {
 		{"UpdateHostRequest", updateHostJSON{}, false},
 		{"HostSandbox", hostSandboxJSON{}, true},
 		{"HostDeletion", hostDeletionJSON{}, true},
+		{"HostEvacuation", hostEvacuationJSON{}, true},
 		{"HostRegisterRequest", hostapi.RegisterRequest{}, false},
 		{"HostRegisterResponse", hostapi.RegisterResponse{}, true},
 		{"HostCredentials", hostapi.Credentials{}, true},

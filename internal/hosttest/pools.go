@@ -45,6 +45,9 @@ var (
 	// ReplicaPools are the two hosts of internal/service's template
 	// replication test.
 	ReplicaPools = [2]Pool{pool("crp1", 156), pool("crp2", 158)}
+	// MovePools are the two hosts of internal/service's test of paused
+	// sandboxes moved off a draining host.
+	MovePools = [2]Pool{pool("cdr0", 178), pool("cdr1", 180)}
 )
 
 // MultiHostLinks are the links between the host and the cluster test's
@@ -75,7 +78,7 @@ var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, A
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
 	EgressPool, ServiceMetricsPool, HostsIntPool,
 	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool,
-	ReplicaPools[0], ReplicaPools[1], LifecyclePool, ServeTLSPool}
+	ReplicaPools[0], ReplicaPools[1], LifecyclePool, ServeTLSPool, MovePools[0], MovePools[1]}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -26,7 +26,9 @@
 // host_id): the scheduler chooses it at create (placement.go: the
 // candidates query, scheduler.Choose, a re-check under the host's row
 // lock in the insert's transaction; 503 with the scheduler's reason when
-// nothing fits) and every later call goes to that host's agent, through
+// nothing fits) and every later call goes to that host's agent (a paused
+// sandbox resumed while its host drains is moved, files and all, to
+// another host first: move.go), through
 // one agentclient.Pool (registered hosts by wire ID, mutual TLS; static
 // agents by name). capsule serve's own agent is the registered host
 // "local" (EnsureEmbedded). The host monitor (monitor.go) marks hosts

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -27,6 +28,9 @@ type ReconcileReport struct {
 	// OrphanTemplates counts snapshot templates the agent kept that no
 	// record owns (deleted).
 	OrphanTemplates int
+	// Moves counts interrupted moves of paused sandboxes finished or
+	// rolled back (RecoverMoves).
+	Moves int
 	// Unsettled counts records left as they were because the agent's
 	// sandbox was between two states (a pause under way): a returning host
 	// stays unreachable until a later pass sees them settled.
@@ -40,6 +44,12 @@ type ReconcileReport struct {
 // error is returned after every host was tried.
 func (s *Sandboxes) Reconcile(ctx context.Context) (ReconcileReport, error) {
 	var rep ReconcileReport
+	// Moves a dead control plane left half done come first (move.go).
+	moved, err := s.RecoverMoves(ctx)
+	rep.Moves = moved
+	if err != nil {
+		s.log.WarnContext(ctx, "reconcile: moves left unsettled (a later pass retries)", "err", err)
+	}
 	hosts, err := s.st.Queries().ListHostsToReconcile(ctx)
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: list hosts: %w", err)
@@ -96,6 +106,17 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 	for _, a := range resp.Msg.GetSandboxes() {
 		onAgent[a.GetId()] = a
 	}
+	// Sandboxes being moved from or to this host are the move's
+	// (RecoverMoves settles the moves that were interrupted).
+	moving, err := s.st.Queries().ListSandboxMovesOfHost(ctx, host)
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: list the moves: %w", err)
+	}
+	inMove := map[string]bool{}
+	for _, m := range moving {
+		inMove[ID(m)] = true
+		delete(onAgent, ID(m))
+	}
 	rows, err := s.st.Queries().ListSandboxesByHost(ctx, db.ListSandboxesByHostParams{HostID: host, States: []string{
 		store.SandboxStarting, store.SandboxRunning, store.SandboxPausing, store.SandboxPaused,
 		store.SandboxResuming, store.SandboxMissing, store.SandboxError,
@@ -105,6 +126,9 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 	}
 	for _, row := range rows {
 		id := ID(row.ID)
+		if inMove[id] {
+			continue
+		}
 		a, ok := onAgent[id]
 		delete(onAgent, id)
 		var to, reason string
@@ -178,7 +202,7 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 		rep.Orphans++
 		s.destroyOnAgent(ctx, c, id, "no live record")
 	}
-	n, err := s.reconcileTemplates(ctx, c, host)
+	n, err := s.reconcileTemplates(ctx, c, host, inMove)
 	rep.OrphanTemplates = n
 	return rep, err
 }
@@ -186,7 +210,7 @@ func (s *Sandboxes) ReconcileHost(ctx context.Context, host pgtype.UUID, returni
 // reconcileTemplates deletes the agent's snapshot templates (named by a
 // template ID) that no template record of the host owns and returns how
 // many.
-func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client, host pgtype.UUID) (int, error) {
+func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Client, host pgtype.UUID, inMove map[string]bool) (int, error) {
 	resp, err := c.ListTemplates(ctx, connect.NewRequest(&pb.ListTemplatesRequest{}))
 	if err != nil {
 		return 0, fmt.Errorf("reconcile: list the agent's templates: %w", err)
@@ -227,6 +251,14 @@ func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Clien
 	n := 0
 	for _, t := range resp.Msg.GetTemplates() {
 		name := t.GetName()
+		if sb, ok := strings.CutPrefix(name, "mv"); ok && moveTemplateName(sandboxUUID(sb)) == name && !inMove[sb] {
+			// A move's template that outlived its move (its clean-up
+			// failed): nothing needs it.
+			n++
+			s.log.WarnContext(ctx, "a finished move's template deleted", "sandbox", sb)
+			s.deleteAgentTemplate(ctx, c, name)
+			continue
+		}
 		if _, err := wireid.Parse(wireid.Template, name); err != nil || owned[name] {
 			continue // a built-in or hidden template of the agent's, or a snapshot's
 		}
@@ -235,6 +267,15 @@ func (s *Sandboxes) reconcileTemplates(ctx context.Context, c *agentclient.Clien
 		s.deleteAgentTemplate(ctx, c, name)
 	}
 	return n, nil
+}
+
+// sandboxUUID parses a sandbox's wire ID (invalid when it is not one).
+func sandboxUUID(s string) pgtype.UUID {
+	id, err := wireid.Parse(wireid.Sandbox, s)
+	if err != nil {
+		return pgtype.UUID{}
+	}
+	return id
 }
 
 // keptOnAgent: the agent keeps the sandbox's disk but runs no machine

@@ -18,7 +18,9 @@ import (
 // through the metrics history: a sandbox that burns CPU shows it in the
 // live series within 2 s of sample time, its VMM's memory grows after the
 // guest fills 64 MiB; paused, the same series comes from the database,
-// unchanged; resumed, it continues live; another team's read is not found;
+// unchanged; resumed, it continues live, and the maintenance job's
+// checkpoint (CheckpointMetrics) stores its 24 h tier while it runs, as
+// read live; another team's read is not found;
 // destroyed, it is not found and only its 24 h tier stays stored; a range
 // read of the stored history is one primary-key range scan that reads only
 // the rows of its range.
@@ -169,6 +171,45 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 		if ms.Source != "live" || len(ms.Points) == 0 || !samePoint(ms.Points[0], live["10m"].Points[0]) {
 			t.Fatalf("after resume: source %s, %d points, first %+v (before the pause %+v)", ms.Source, len(ms.Points),
 				ms.Points[0], live["10m"].Points[0])
+		}
+	})
+	t.Run("a running sandbox's 24 h tier is checkpointed to the database", func(t *testing.T) {
+		// What the pause stored goes: the checkpoint alone must store it.
+		if _, err := e.st.Pool().Exec(ctx, `DELETE FROM sandbox_metrics WHERE sandbox_id = $1 AND tier = '24h'`, pgUUID(sb.ID)); err != nil {
+			t.Fatal(err)
+		}
+		was := series(t, "24h")
+		if was.Source != "live" || len(was.Points) == 0 {
+			t.Fatalf("24h before the checkpoint: source %s, %d points", was.Source, len(was.Points))
+		}
+		stored := func() []MetricPoint {
+			t.Helper()
+			pts, err := e.sbx.storedMetrics(ctx, pgUUID(sb.ID), MetricTier24h, was.Points[0].Timestamp.Add(-time.Hour), time.Now().Add(time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pts
+		}
+		for i := range 2 { // a second checkpoint stores the same buckets again
+			if err := e.sbx.CheckpointMetrics(ctx); err != nil {
+				t.Fatalf("CheckpointMetrics #%d: %v", i+1, err)
+			}
+			got := stored()
+			if len(got) < len(was.Points) || len(got) > len(was.Points)+1 {
+				t.Fatalf("checkpoint #%d stored %d points; %d read live before", i+1, len(got), len(was.Points))
+			}
+			// Every closed bucket read live is stored as it was; the open
+			// one (the last) is stored at its time, its mean as it was
+			// at the checkpoint.
+			for j, w := range was.Points {
+				if j == len(was.Points)-1 {
+					if !got[j].Timestamp.Truncate(time.Microsecond).Equal(w.Timestamp.Truncate(time.Microsecond)) {
+						t.Fatalf("checkpoint #%d: the open bucket stored at %v, live at %v", i+1, got[j].Timestamp, w.Timestamp)
+					}
+				} else if !samePoint(got[j], w) {
+					t.Fatalf("checkpoint #%d point %d: stored %+v, live %+v", i+1, j, got[j], w)
+				}
+			}
 		}
 	})
 	t.Run("a range read scans only its rows of the primary key", func(t *testing.T) {

@@ -21,14 +21,18 @@ import (
 //
 // A sampler on the replica that leads the background loops records every
 // 10 s what each team's sandboxes hold (team_stats: running and paused
-// counts, reserved vCPUs and memory) and keeps each hour's maxima in step
-// (team_stats_hourly). Starting, running, pausing and resuming sandboxes
+// counts, reserved vCPUs and memory) and keeps each 5-minute bucket's and
+// each hour's maxima in step (team_stats_5m, team_stats_hourly: rollups
+// of the same job, pruned with the samples). Starting, running, pausing and resuming sandboxes
 // reserve their vCPUs and memory; paused ones no vCPU and half their
 // memory, ⌈Σ paused memory / 2⌉ per team (the seeds' formula). A team
 // holding nothing gets no row: an absent sample is zero. GET
-// /v1/sandboxes/stats reads a range as bucket maxima, downsampled in SQL
-// (30 d from the hourly maxima), and the "now" figures live from the
-// sandboxes table.
+// /v1/sandboxes/stats reads a range as bucket maxima: the 24 h range (5-
+// minute buckets) from the 5-minute rollup, 30 d (hourly buckets) from the
+// hourly one, each an index range scan of the buckets that had a sample
+// (at most 288 and 720 rows; the others are zeros, filled in Go), the
+// shorter ranges downsampled in SQL from the samples (at most 2 160 rows);
+// the "now" figures live from the sandboxes table.
 //
 // Usage per UTC day: CPU-minutes and memory-MiB-minutes used, from the
 // stored 5-minute points of the sandboxes' metrics (sandbox_metrics tier
@@ -166,6 +170,10 @@ func (s *TeamStats) Sample(ctx context.Context) (int, error) {
 			VCPUs: vcpus, MemoryMB: mem}); err != nil {
 			return err
 		}
+		if err := q.UpsertTeamStats5m(ctx, db.UpsertTeamStats5mParams{Bucket: ts.Truncate(5 * time.Minute), TeamIds: ids,
+			Running: running, Paused: paused, VCPUs: vcpus, MemoryMB: mem}); err != nil {
+			return err
+		}
 		return q.UpsertTeamStatsHourly(ctx, db.UpsertTeamStatsHourlyParams{Hour: ts.Truncate(time.Hour), TeamIds: ids,
 			Running: running, Paused: paused, VCPUs: vcpus, MemoryMB: mem})
 	})
@@ -205,16 +213,25 @@ func (s *TeamStats) Stats(ctx context.Context, p Principal, rng string) (TeamSta
 	first := last.Add(-(r.Span/r.Step - 1) * r.Step)
 	out := TeamStatsSeries{Range: rng, Step: r.Step, From: first, To: now}
 	q := s.st.Queries()
-	if rng == "30d" {
-		rows, err := q.TeamStatsHourlySeries(ctx, db.TeamStatsHourlySeriesParams{First: first, Last: last, TeamID: team})
+	var rollup []TeamStatsPoint // the buckets with a sample, from a rollup
+	switch r.Step {
+	case time.Hour:
+		rows, err := q.TeamStatsHourlyRange(ctx, db.TeamStatsHourlyRangeParams{TeamID: team, First: first, Last: last})
 		if err != nil {
 			return TeamStatsSeries{}, fmt.Errorf("team stats: %w", err)
 		}
-		out.Points = make([]TeamStatsPoint, len(rows))
-		for i, r := range rows {
-			out.Points[i] = TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}}
+		for _, r := range rows {
+			rollup = append(rollup, TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}})
 		}
-	} else {
+	case 5 * time.Minute:
+		rows, err := q.TeamStats5mRange(ctx, db.TeamStats5mRangeParams{TeamID: team, First: first, Last: last})
+		if err != nil {
+			return TeamStatsSeries{}, fmt.Errorf("team stats: %w", err)
+		}
+		for _, r := range rows {
+			rollup = append(rollup, TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}})
+		}
+	default:
 		rows, err := q.TeamStatsSeries(ctx, db.TeamStatsSeriesParams{First: first, Last: last, TeamID: team,
 			Step: pgtype.Interval{Microseconds: r.Step.Microseconds(), Valid: true}})
 		if err != nil {
@@ -224,6 +241,9 @@ func (s *TeamStats) Stats(ctx context.Context, p Principal, rng string) (TeamSta
 		for i, r := range rows {
 			out.Points[i] = TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}}
 		}
+	}
+	if out.Points == nil {
+		out.Points = fillBuckets(first, last, r.Step, rollup)
 	}
 	live, err := q.LiveTeamStatsOf(ctx, team)
 	if err != nil {
@@ -235,6 +255,25 @@ func (s *TeamStats) Stats(ctx context.Context, p Principal, rng string) (TeamSta
 		out.Peak = out.Peak.max(pt.TeamFigures)
 	}
 	return out, nil
+}
+
+// fillBuckets returns the buckets from first to last (step apart), each
+// with the figures of the point of rows (ordered by time) at its start,
+// zeros where rows has none: a rollup stores only the buckets that had a
+// sample.
+func fillBuckets(first, last time.Time, step time.Duration, rows []TeamStatsPoint) []TeamStatsPoint {
+	out := make([]TeamStatsPoint, 0, int(last.Sub(first)/step)+1)
+	for ts := first; !ts.After(last); ts = ts.Add(step) {
+		pt := TeamStatsPoint{Timestamp: ts}
+		for len(rows) > 0 && rows[0].Timestamp.Before(ts) {
+			rows = rows[1:]
+		}
+		if len(rows) > 0 && rows[0].Timestamp.Equal(ts) {
+			pt.TeamFigures = rows[0].TeamFigures
+		}
+		out = append(out, pt)
+	}
+	return out
 }
 
 // dayOf is the UTC day of t (its midnight).

@@ -481,6 +481,10 @@ func TestTeamStatsPrune(t *testing.T) {
 			Running: args.Running, Paused: args.Paused, VCPUs: args.VCPUs, MemoryMB: args.MemoryMB}); err != nil {
 			t.Fatal(err)
 		}
+		if err := q.UpsertTeamStats5m(ctx, db.UpsertTeamStats5mParams{Bucket: ts.Truncate(5 * time.Minute), TeamIds: args.TeamIds,
+			Running: args.Running, Paused: args.Paused, VCPUs: args.VCPUs, MemoryMB: args.MemoryMB}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, d := range []time.Time{dayOf(now).AddDate(0, 0, -UsageRetentionDays-1), dayOf(now).AddDate(0, 0, -10)} {
 		if _, err := e.st.Pool().Exec(ctx, `INSERT INTO team_usage_daily VALUES ($1, $2, 1, 1, 1, 1)`, team, d); err != nil {
@@ -491,13 +495,13 @@ func TestTeamStatsPrune(t *testing.T) {
 		}
 	}
 	n, err := e.svc.Stats.Prune(ctx)
-	if err != nil || n != 4 {
-		t.Fatalf("Prune = %d, %v; want 4 rows (a sample, an hour, a rollup, its mark)", n, err)
+	if err != nil || n != 5 {
+		t.Fatalf("Prune = %d, %v; want 5 rows (a sample, its 5 minutes, its hour, a rollup, its mark)", n, err)
 	}
 	for _, c := range []struct {
 		table string
 		want  int
-	}{{"team_stats", 1}, {"team_stats_hourly", 1}, {"team_usage_daily", 1}, {"usage_rollup_days", 1}} {
+	}{{"team_stats", 1}, {"team_stats_5m", 1}, {"team_stats_hourly", 1}, {"team_usage_daily", 1}, {"usage_rollup_days", 1}} {
 		var got int
 		if err := e.st.Pool().QueryRow(ctx, "SELECT count(*) FROM "+c.table).Scan(&got); err != nil || got != c.want {
 			t.Errorf("%s: %d rows, %v; want %d", c.table, got, err, c.want)

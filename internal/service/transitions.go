@@ -160,6 +160,9 @@ func (s *Sandboxes) PauseWith(ctx context.Context, p Principal, id SandboxID, o 
 // Resume resumes a paused sandbox of p's team, within its quotas (checked
 // under the team's row lock, in the transaction that marks it resuming).
 //
+// A paused sandbox whose host is draining is moved with its files to
+// another host and resumed there (move.go).
+//
 // A sandbox in error whose host kept its disk (its machine died: see
 // Reconcile) is resumed the same way: the host boots it cold from its
 // disk (its files are there, its memory is not).
@@ -172,6 +175,10 @@ func (s *Sandboxes) ResumeWith(ctx context.Context, p Principal, id SandboxID, o
 	from := store.SandboxPaused
 	if row, err := s.get(ctx, p, id); err == nil && row.State == store.SandboxError {
 		from = store.SandboxError
+	} else if err == nil && s.movable(ctx, row, o) {
+		// Its host is draining: the sandbox moves, with its files, to a
+		// host the scheduler chooses and resumes there (move.go).
+		return s.moveAndResume(ctx, p, id)
 	}
 	return s.transition(ctx, p, id, from, store.SandboxResuming, store.SandboxRunning,
 		func(q *db.Queries, _ db.Sandbox) error {

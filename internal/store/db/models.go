@@ -233,6 +233,14 @@ type SandboxMetric struct {
 	GuestDiskTotalBytes pgtype.Int8   `json:"guest_disk_total_bytes"`
 }
 
+type SandboxMove struct {
+	SandboxID pgtype.UUID `json:"sandbox_id"`
+	FromHost  pgtype.UUID `json:"from_host"`
+	ToHost    pgtype.UUID `json:"to_host"`
+	Template  string      `json:"template"`
+	StartedAt time.Time   `json:"started_at"`
+}
+
 type Team struct {
 	ID                    pgtype.UUID        `json:"id"`
 	Name                  string             `json:"name"`
@@ -282,6 +290,15 @@ type TeamStat struct {
 	Paused           int32       `json:"paused"`
 	ReservedVCPUs    int32       `json:"reserved_vcpus"`
 	ReservedMemoryMB int64       `json:"reserved_memory_mb"`
+}
+
+type TeamStats5m struct {
+	TeamID              pgtype.UUID `json:"team_id"`
+	Bucket              time.Time   `json:"bucket"`
+	RunningMax          int32       `json:"running_max"`
+	PausedMax           int32       `json:"paused_max"`
+	ReservedVcpusMax    int32       `json:"reserved_vcpus_max"`
+	ReservedMemoryMbMax int64       `json:"reserved_memory_mb_max"`
 }
 
 type TeamStatsHourly struct {

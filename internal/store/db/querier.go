@@ -96,6 +96,7 @@ type Querier interface {
 	// Drops a sandbox's tiers other than keep_tier (a destroyed sandbox keeps
 	// its 24 h tier only).
 	DeleteSandboxMetricsExcept(ctx context.Context, arg DeleteSandboxMetricsExceptParams) error
+	DeleteSandboxMove(ctx context.Context, sandboxID pgtype.UUID) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
 	// Archives no unfinished build needs, older than the cutoff.
@@ -173,6 +174,9 @@ type Querier interface {
 	InsertInternalCA(ctx context.Context, arg InsertInternalCAParams) (int64, error)
 	// id NULL: generated. end_at is set when the sandbox enters running.
 	InsertSandbox(ctx context.Context, arg InsertSandboxParams) (Sandbox, error)
+	// Moves of paused sandboxes off draining hosts (issue 11.6; the table:
+	// 00017_moves_and_stats_rollups.sql).
+	InsertSandboxMove(ctx context.Context, arg InsertSandboxMoveParams) error
 	// One sample of several teams at ts (arrays of equal length); a sample
 	// taken again in the same slot replaces it.
 	InsertTeamStats(ctx context.Context, arg InsertTeamStatsParams) error
@@ -220,6 +224,12 @@ type Querier interface {
 	// The points of one tier of a sandbox within [from_ts, to_ts], oldest
 	// first: one range scan of the primary key.
 	ListSandboxMetrics(ctx context.Context, arg ListSandboxMetricsParams) ([]SandboxMetric, error)
+	// The moves in progress (a control plane that restarts finishes or rolls
+	// them back), oldest first.
+	ListSandboxMoves(ctx context.Context) ([]SandboxMove, error)
+	// The sandboxes being moved from or to host (its reconciliation leaves
+	// them to the move).
+	ListSandboxMovesOfHost(ctx context.Context, hostID pgtype.UUID) ([]pgtype.UUID, error)
 	// A team's sandboxes newest first, keyset-paginated on (created_at, id):
 	// pass the last row's created_at and id as after_created_at/after_id for the
 	// next page. states empty: any state; metadata NULL: any metadata, else the
@@ -326,7 +336,7 @@ type Querier interface {
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
-	// Retention: the samples and hourly maxima older than before.
+	// Retention: the samples, 5-minute and hourly maxima older than before.
 	PruneTeamStats(ctx context.Context, before time.Time) (int64, error)
 	// Retention of the rollups: days before before_day.
 	PruneUsage(ctx context.Context, beforeDay pgtype.Date) (int64, error)
@@ -397,6 +407,8 @@ type Querier interface {
 	// running).
 	SetSandboxEnvdURL(ctx context.Context, arg SetSandboxEnvdURLParams) (Sandbox, error)
 	SetSandboxHost(ctx context.Context, arg SetSandboxHostParams) (Sandbox, error)
+	// A moved sandbox's new host, set while it is resuming there.
+	SetSandboxMovedHost(ctx context.Context, arg SetSandboxMovedHostParams) (Sandbox, error)
 	// Replaces a sandbox's egress rules (allow_internet_access follows them).
 	SetSandboxNetwork(ctx context.Context, arg SetSandboxNetworkParams) (Sandbox, error)
 	// A new timeout counted from now; 0 clears the TTL. Only a running sandbox
@@ -423,9 +435,12 @@ type Querier interface {
 	// The sweeper ends or retries a build it locked: status pending (with the new
 	// job) or failed.
 	SweepBuild(ctx context.Context, arg SweepBuildParams) (Build, error)
-	// A team hourly maxima from first to last (hours starts; 0 without a
-	// sample).
-	TeamStatsHourlySeries(ctx context.Context, arg TeamStatsHourlySeriesParams) ([]TeamStatsHourlySeriesRow, error)
+	// A team 5-minute maxima of the buckets from first to last (as
+	// TeamStatsHourlyRange).
+	TeamStats5mRange(ctx context.Context, arg TeamStats5mRangeParams) ([]TeamStats5mRangeRow, error)
+	// A team hourly maxima of the hours from first to last (an index range
+	// scan: the hours without a sample have no row, and are zeros).
+	TeamStatsHourlyRange(ctx context.Context, arg TeamStatsHourlyRangeParams) ([]TeamStatsHourlyRangeRow, error)
 	// A team samples in buckets of step from first to last (the buckets
 	// starts), each bucket maximum (0 without a sample): one range scan of the
 	// primary key per bucket.
@@ -461,6 +476,8 @@ type Querier interface {
 	// (the newest point of a coarse tier is its open bucket, whose mean moves
 	// until it closes). has_guest false: the guest_ columns stay NULL.
 	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
+	// Raises the maxima of the 5-minute bucket of a sample (same arrays).
+	UpsertTeamStats5m(ctx context.Context, arg UpsertTeamStats5mParams) error
 	// Raises the maxima of the hour of a sample (same arrays).
 	UpsertTeamStatsHourly(ctx context.Context, arg UpsertTeamStatsHourlyParams) error
 	// Creates the team's template, or overwrites the one of the same name in place

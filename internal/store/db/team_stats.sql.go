@@ -198,11 +198,12 @@ func (q *Queries) MarkUsageDayRolledUp(ctx context.Context, arg MarkUsageDayRoll
 
 const pruneTeamStats = `-- name: PruneTeamStats :one
 WITH raw AS (DELETE FROM team_stats WHERE ts < $1 RETURNING 1),
+     fine AS (DELETE FROM team_stats_5m WHERE bucket < $1 RETURNING 1),
      hourly AS (DELETE FROM team_stats_hourly WHERE hour < $1 RETURNING 1)
-SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM hourly))::bigint AS deleted
+SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM fine) + (SELECT count(*) FROM hourly))::bigint AS deleted
 `
 
-// Retention: the samples and hourly maxima older than before.
+// Retention: the samples, 5-minute and hourly maxima older than before.
 func (q *Queries) PruneTeamStats(ctx context.Context, before time.Time) (int64, error) {
 	row := q.db.QueryRow(ctx, pruneTeamStats, before)
 	var deleted int64
@@ -433,24 +434,21 @@ func (q *Queries) RunningSandboxesOfTeam(ctx context.Context, teamID pgtype.UUID
 	return items, nil
 }
 
-const teamStatsHourlySeries = `-- name: TeamStatsHourlySeries :many
-SELECT g.ts::timestamptz AS ts,
-       coalesce(h.running_max, 0)::integer AS running,
-       coalesce(h.paused_max, 0)::integer AS paused,
-       coalesce(h.reserved_vcpus_max, 0)::integer AS reserved_vcpus,
-       coalesce(h.reserved_memory_mb_max, 0)::bigint AS reserved_memory_mb
-FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 hour') AS g(ts)
-LEFT JOIN team_stats_hourly h ON h.team_id = $3 AND h.hour = g.ts
-ORDER BY g.ts
+const teamStats5mRange = `-- name: TeamStats5mRange :many
+SELECT bucket AS ts, running_max AS running, paused_max AS paused,
+       reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
+FROM team_stats_5m
+WHERE team_id = $1 AND bucket >= $2 AND bucket <= $3
+ORDER BY bucket
 `
 
-type TeamStatsHourlySeriesParams struct {
+type TeamStats5mRangeParams struct {
+	TeamID pgtype.UUID `json:"team_id"`
 	First  time.Time   `json:"first"`
 	Last   time.Time   `json:"last"`
-	TeamID pgtype.UUID `json:"team_id"`
 }
 
-type TeamStatsHourlySeriesRow struct {
+type TeamStats5mRangeRow struct {
 	Ts               time.Time `json:"ts"`
 	Running          int32     `json:"running"`
 	Paused           int32     `json:"paused"`
@@ -458,17 +456,67 @@ type TeamStatsHourlySeriesRow struct {
 	ReservedMemoryMB int64     `json:"reserved_memory_mb"`
 }
 
-// A team hourly maxima from first to last (hours starts; 0 without a
-// sample).
-func (q *Queries) TeamStatsHourlySeries(ctx context.Context, arg TeamStatsHourlySeriesParams) ([]TeamStatsHourlySeriesRow, error) {
-	rows, err := q.db.Query(ctx, teamStatsHourlySeries, arg.First, arg.Last, arg.TeamID)
+// A team 5-minute maxima of the buckets from first to last (as
+// TeamStatsHourlyRange).
+func (q *Queries) TeamStats5mRange(ctx context.Context, arg TeamStats5mRangeParams) ([]TeamStats5mRangeRow, error) {
+	rows, err := q.db.Query(ctx, teamStats5mRange, arg.TeamID, arg.First, arg.Last)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []TeamStatsHourlySeriesRow{}
+	items := []TeamStats5mRangeRow{}
 	for rows.Next() {
-		var i TeamStatsHourlySeriesRow
+		var i TeamStats5mRangeRow
+		if err := rows.Scan(
+			&i.Ts,
+			&i.Running,
+			&i.Paused,
+			&i.ReservedVCPUs,
+			&i.ReservedMemoryMB,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const teamStatsHourlyRange = `-- name: TeamStatsHourlyRange :many
+SELECT hour AS ts, running_max AS running, paused_max AS paused,
+       reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
+FROM team_stats_hourly
+WHERE team_id = $1 AND hour >= $2 AND hour <= $3
+ORDER BY hour
+`
+
+type TeamStatsHourlyRangeParams struct {
+	TeamID pgtype.UUID `json:"team_id"`
+	First  time.Time   `json:"first"`
+	Last   time.Time   `json:"last"`
+}
+
+type TeamStatsHourlyRangeRow struct {
+	Ts               time.Time `json:"ts"`
+	Running          int32     `json:"running"`
+	Paused           int32     `json:"paused"`
+	ReservedVCPUs    int32     `json:"reserved_vcpus"`
+	ReservedMemoryMB int64     `json:"reserved_memory_mb"`
+}
+
+// A team hourly maxima of the hours from first to last (an index range
+// scan: the hours without a sample have no row, and are zeros).
+func (q *Queries) TeamStatsHourlyRange(ctx context.Context, arg TeamStatsHourlyRangeParams) ([]TeamStatsHourlyRangeRow, error) {
+	rows, err := q.db.Query(ctx, teamStatsHourlyRange, arg.TeamID, arg.First, arg.Last)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TeamStatsHourlyRangeRow{}
+	for rows.Next() {
+		var i TeamStatsHourlyRangeRow
 		if err := rows.Scan(
 			&i.Ts,
 			&i.Running,
@@ -600,6 +648,43 @@ func (q *Queries) TeamUsageDays(ctx context.Context, arg TeamUsageDaysParams) ([
 		return nil, err
 	}
 	return items, nil
+}
+
+const upsertTeamStats5m = `-- name: UpsertTeamStats5m :exec
+INSERT INTO team_stats_5m (team_id, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
+SELECT t.team_id, $1::timestamptz, t.running, t.paused, t.vcpus, t.mem
+FROM (
+  SELECT unnest($2::uuid[]) AS team_id, unnest($3::integer[]) AS running,
+         unnest($4::integer[]) AS paused, unnest($5::integer[]) AS vcpus,
+         unnest($6::bigint[]) AS mem
+) AS t
+ON CONFLICT (team_id, bucket) DO UPDATE SET
+  running_max = greatest(team_stats_5m.running_max, EXCLUDED.running_max),
+  paused_max = greatest(team_stats_5m.paused_max, EXCLUDED.paused_max),
+  reserved_vcpus_max = greatest(team_stats_5m.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
+  reserved_memory_mb_max = greatest(team_stats_5m.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max)
+`
+
+type UpsertTeamStats5mParams struct {
+	Bucket   time.Time     `json:"bucket"`
+	TeamIds  []pgtype.UUID `json:"team_ids"`
+	Running  []int32       `json:"running"`
+	Paused   []int32       `json:"paused"`
+	VCPUs    []int32       `json:"vcpus"`
+	MemoryMB []int64       `json:"memory_mb"`
+}
+
+// Raises the maxima of the 5-minute bucket of a sample (same arrays).
+func (q *Queries) UpsertTeamStats5m(ctx context.Context, arg UpsertTeamStats5mParams) error {
+	_, err := q.db.Exec(ctx, upsertTeamStats5m,
+		arg.Bucket,
+		arg.TeamIds,
+		arg.Running,
+		arg.Paused,
+		arg.VCPUs,
+		arg.MemoryMB,
+	)
+	return err
 }
 
 const upsertTeamStatsHourly = `-- name: UpsertTeamStatsHourly :exec

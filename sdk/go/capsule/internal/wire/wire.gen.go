@@ -1886,6 +1886,19 @@ type HostDeletion struct {
 // HostDeletionDeleted defines model for HostDeletion.Deleted.
 type HostDeletionDeleted bool
 
+// HostEvacuation defines model for HostEvacuation.
+type HostEvacuation struct {
+	// Failed the sandboxes that could not be moved (still paused on this host)
+	Failed []struct {
+		Error     string `json:"error"`
+		SandboxId string `json:"sandbox_id"`
+	} `json:"failed"`
+	Host Host `json:"host"`
+
+	// Moved the sandboxes now paused on other hosts
+	Moved []string `json:"moved"`
+}
+
 // HostHeartbeat defines model for HostHeartbeat.
 type HostHeartbeat struct {
 	// Csr a PEM CERTIFICATE REQUEST when the agent wants a new certificate
@@ -3621,7 +3634,8 @@ type ClientInterface interface {
 	// UpdateHostWithBody Change a host's tags, or drain it and back (session only)
 	//
 	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// running, and its paused sandboxes move to other hosts when they are resumed) or a
+	// `draining` one `online` again; any other change of status is 409. Absent
 	// fields stay as they are.
 	//
 	// Takes any type of body and a specified content type.
@@ -3632,7 +3646,8 @@ type ClientInterface interface {
 	// UpdateHost Change a host's tags, or drain it and back (session only)
 	//
 	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// running, and its paused sandboxes move to other hosts when they are resumed) or a
+	// `draining` one `online` again; any other change of status is 409. Absent
 	// fields stay as they are.
 	//
 	// Takes a body of the `application/json` content type.
@@ -3644,6 +3659,18 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
 	PreviewHostDeletion(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DrainHost Drain a host and move its paused sandboxes to other hosts (session only)
+	//
+	// The host becomes `draining` (as `PATCH {"status": "draining"}`, by whoever may manage
+	// it; a draining host stays so) and each of its paused sandboxes is moved with its files
+	// to a host the scheduler chooses and paused again there (as a resume on a draining host
+	// moves it). A sandbox that cannot be moved (paused without its memory, no other host
+	// fits) stays paused where it is and is listed under `failed`. Running sandboxes keep
+	// running; they move when they are paused and resumed.
+	//
+	// Corresponds with POST /v1/hosts/{id}/drain (the `DrainHost` operationId).
+	DrainHost(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RegenerateHostToken A new registration token for a pending host (session only)
 	//
@@ -4078,6 +4105,12 @@ type ClientInterface interface {
 	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 	//
+	// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+	// disk and its backing chain), to another host the scheduler chooses and resumed there
+	// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+	// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+	// its host.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
@@ -4090,6 +4123,12 @@ type ClientInterface interface {
 	// from that disk: its files are there, its processes and memory are not. So is a
 	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+	//
+	// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+	// disk and its backing chain), to another host the scheduler chooses and resumed there
+	// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+	// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+	// its host.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -5398,7 +5437,8 @@ func (c *Client) GetHost(ctx context.Context, id HostID, reqEditors ...RequestEd
 // UpdateHostWithBody Change a host's tags, or drain it and back (session only)
 //
 // `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// running, and its paused sandboxes move to other hosts when they are resumed) or a
+// `draining` one `online` again; any other change of status is 409. Absent
 // fields stay as they are.
 //
 // Takes any type of body and a specified content type.
@@ -5419,7 +5459,8 @@ func (c *Client) UpdateHostWithBody(ctx context.Context, id HostID, contentType 
 // UpdateHost Change a host's tags, or drain it and back (session only)
 //
 // `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// running, and its paused sandboxes move to other hosts when they are resumed) or a
+// `draining` one `online` again; any other change of status is 409. Absent
 // fields stay as they are.
 //
 // Takes a body of the `application/json` content type.
@@ -5442,6 +5483,28 @@ func (c *Client) UpdateHost(ctx context.Context, id HostID, body UpdateHostJSONR
 // Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
 func (c *Client) PreviewHostDeletion(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPreviewHostDeletionRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DrainHost Drain a host and move its paused sandboxes to other hosts (session only)
+//
+// The host becomes `draining` (as `PATCH {"status": "draining"}`, by whoever may manage
+// it; a draining host stays so) and each of its paused sandboxes is moved with its files
+// to a host the scheduler chooses and paused again there (as a resume on a draining host
+// moves it). A sandbox that cannot be moved (paused without its memory, no other host
+// fits) stays paused where it is and is listed under `failed`. Running sandboxes keep
+// running; they move when they are paused and resumed.
+//
+// Corresponds with POST /v1/hosts/{id}/drain (the `DrainHost` operationId).
+func (c *Client) DrainHost(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDrainHostRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -6225,6 +6288,12 @@ func (c *Client) PingSandbox(ctx context.Context, id SandboxID, reqEditors ...Re
 // sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 // (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 //
+// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+// disk and its backing chain), to another host the scheduler chooses and resumed there
+// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+// its host.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
@@ -6247,6 +6316,12 @@ func (c *Client) ResumeSandboxWithBody(ctx context.Context, id SandboxID, conten
 // from that disk: its files are there, its processes and memory are not. So is a
 // sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 // (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+//
+// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+// disk and its backing chain), to another host the scheduler chooses and resumed there
+// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+// its host.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -8821,6 +8896,40 @@ func NewPreviewHostDeletionRequest(server string, id HostID) (*http.Request, err
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDrainHostRequest constructs an http.Request for the DrainHost method
+func NewDrainHostRequest(server string, id HostID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/hosts/%s/drain", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -12142,7 +12251,8 @@ type ClientWithResponsesInterface interface {
 	// UpdateHostWithBodyWithResponse Change a host's tags, or drain it and back (session only)
 	//
 	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// running, and its paused sandboxes move to other hosts when they are resumed) or a
+	// `draining` one `online` again; any other change of status is 409. Absent
 	// fields stay as they are.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -12153,7 +12263,8 @@ type ClientWithResponsesInterface interface {
 	// UpdateHostWithResponse Change a host's tags, or drain it and back (session only)
 	//
 	// `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-	// running) or a `draining` one `online` again; any other change of status is 409. Absent
+	// running, and its paused sandboxes move to other hosts when they are resumed) or a
+	// `draining` one `online` again; any other change of status is 409. Absent
 	// fields stay as they are.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
@@ -12167,6 +12278,20 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/hosts/{id}/delete-preview (the `PreviewHostDeletion` operationId).
 	PreviewHostDeletionWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*PreviewHostDeletionResponse, error)
+
+	// DrainHostWithResponse Drain a host and move its paused sandboxes to other hosts (session only)
+	//
+	// The host becomes `draining` (as `PATCH {"status": "draining"}`, by whoever may manage
+	// it; a draining host stays so) and each of its paused sandboxes is moved with its files
+	// to a host the scheduler chooses and paused again there (as a resume on a draining host
+	// moves it). A sandbox that cannot be moved (paused without its memory, no other host
+	// fits) stays paused where it is and is listed under `failed`. Running sandboxes keep
+	// running; they move when they are paused and resumed.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/hosts/{id}/drain (the `DrainHost` operationId).
+	DrainHostWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*DrainHostResponse, error)
 
 	// RegenerateHostTokenWithResponse A new registration token for a pending host (session only)
 	//
@@ -12633,6 +12758,12 @@ type ClientWithResponsesInterface interface {
 	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 	//
+	// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+	// disk and its backing chain), to another host the scheduler chooses and resumed there
+	// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+	// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+	// its host.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
@@ -12645,6 +12776,12 @@ type ClientWithResponsesInterface interface {
 	// from that disk: its files are there, its processes and memory are not. So is a
 	// sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 	// (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+	//
+	// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+	// disk and its backing chain), to another host the scheduler chooses and resumed there
+	// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+	// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+	// its host.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -15745,6 +15882,82 @@ func (r PreviewHostDeletionResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r PreviewHostDeletionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DrainHostResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *HostEvacuation
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *HostForbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *HostNotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DrainHostResponse) GetJSON200() *HostEvacuation {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DrainHostResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DrainHostResponse) GetJSON403() *HostForbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DrainHostResponse) GetJSON404() *HostNotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DrainHostResponse) GetJSON409() *Conflict {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r DrainHostResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r DrainHostResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DrainHostResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DrainHostResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DrainHostResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -20884,7 +21097,8 @@ func (c *ClientWithResponses) GetHostWithResponse(ctx context.Context, id HostID
 // UpdateHostWithBodyWithResponse Change a host's tags, or drain it and back (session only)
 //
 // `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// running, and its paused sandboxes move to other hosts when they are resumed) or a
+// `draining` one `online` again; any other change of status is 409. Absent
 // fields stay as they are.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -20901,7 +21115,8 @@ func (c *ClientWithResponses) UpdateHostWithBodyWithResponse(ctx context.Context
 // UpdateHostWithResponse Change a host's tags, or drain it and back (session only)
 //
 // `status` makes an `online` host `draining` (it takes no new sandboxes; those it has keep
-// running) or a `draining` one `online` again; any other change of status is 409. Absent
+// running, and its paused sandboxes move to other hosts when they are resumed) or a
+// `draining` one `online` again; any other change of status is 409. Absent
 // fields stay as they are.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
@@ -20926,6 +21141,26 @@ func (c *ClientWithResponses) PreviewHostDeletionWithResponse(ctx context.Contex
 		return nil, err
 	}
 	return ParsePreviewHostDeletionResponse(rsp)
+}
+
+// DrainHostWithResponse Drain a host and move its paused sandboxes to other hosts (session only)
+//
+// The host becomes `draining` (as `PATCH {"status": "draining"}`, by whoever may manage
+// it; a draining host stays so) and each of its paused sandboxes is moved with its files
+// to a host the scheduler chooses and paused again there (as a resume on a draining host
+// moves it). A sandbox that cannot be moved (paused without its memory, no other host
+// fits) stays paused where it is and is listed under `failed`. Running sandboxes keep
+// running; they move when they are paused and resumed.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/hosts/{id}/drain (the `DrainHost` operationId).
+func (c *ClientWithResponses) DrainHostWithResponse(ctx context.Context, id HostID, reqEditors ...RequestEditorFn) (*DrainHostResponse, error) {
+	rsp, err := c.DrainHost(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDrainHostResponse(rsp)
 }
 
 // RegenerateHostTokenWithResponse A new registration token for a pending host (session only)
@@ -21597,6 +21832,12 @@ func (c *ClientWithResponses) PingSandboxWithResponse(ctx context.Context, id Sa
 // sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 // (E2B's `onResume: 'reboot'`): its kept memory is dropped.
 //
+// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+// disk and its backing chain), to another host the scheduler chooses and resumed there
+// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+// its host.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/sandboxes/{id}/resume (the `ResumeSandbox` operationId).
@@ -21615,6 +21856,12 @@ func (c *ClientWithResponses) ResumeSandboxWithBodyWithResponse(ctx context.Cont
 // from that disk: its files are there, its processes and memory are not. So is a
 // sandbox paused with `{"memory": false}`, and one resumed with `{"memory": false}`
 // (E2B's `onResume: 'reboot'`): its kept memory is dropped.
+//
+// A paused sandbox whose host is `draining` is moved, with its files (memory snapshot,
+// disk and its backing chain), to another host the scheduler chooses and resumed there
+// (so is an auto-resume); it keeps its ID, access token, files, processes and memory.
+// When the move fails (no other host fits: 503) the sandbox stays paused and intact on
+// its host.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -24395,6 +24642,67 @@ func ParsePreviewHostDeletionResponse(rsp *http.Response) (*PreviewHostDeletionR
 			return nil, err
 		}
 		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDrainHostResponse parses an HTTP response from a DrainHostWithResponse call
+func ParseDrainHostResponse(rsp *http.Response) (*DrainHostResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DrainHostResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest HostEvacuation
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest HostForbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest HostNotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest InternalError
