@@ -106,7 +106,7 @@ func (q *Queries) ListSandboxMovesOfHost(ctx context.Context, hostID pgtype.UUID
 const setSandboxMovedHost = `-- name: SetSandboxMovedHost :one
 UPDATE sandboxes SET host_id = $1, updated_at = now()
 WHERE id = $2 AND state = 'resuming'
-RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mb, disk_mb, timeout_sec, auto_pause, auto_resume, allow_internet_access, allow_public_traffic, metadata, env_vars, state_reason, envd_url, created_by, created_at, updated_at, started_at, end_at, last_active_at, paused_at, stopped_at, pause_failures, network, auto_pause_memory
 `
 
 type SetSandboxMovedHostParams struct {
@@ -146,6 +146,7 @@ func (q *Queries) SetSandboxMovedHost(ctx context.Context, arg SetSandboxMovedHo
 		&i.StoppedAt,
 		&i.PauseFailures,
 		&i.Network,
+		&i.AutoPauseMemory,
 	)
 	return i, err
 }

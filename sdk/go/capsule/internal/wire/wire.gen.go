@@ -1648,7 +1648,7 @@ type ExecStreamClientMessage struct {
 	// Env start: added to the sandbox's environment
 	Env *map[string]string `json:"env,omitempty"`
 
-	// KeepSec start, with a pty: a kept terminal, which outlives the connection this long for an attach (`?pid=`)
+	// KeepSec start: a kept process (a terminal with `pty`), which outlives the connection this long for an attach (`?pid=`)
 	KeepSec *int `json:"keep_sec,omitempty"`
 
 	// Pty start: run the process on a terminal of this size
@@ -3868,15 +3868,16 @@ type ClientInterface interface {
 	// Output is sent one message at a time as the process makes it: a slow client slows the
 	// process' output down, nothing is buffered beyond a message. A client that takes nothing
 	// for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-	// connection ends before the process, the process is killed — unless it is a kept terminal.
+	// connection ends before the process, the process is killed — unless it is kept.
 	//
-	// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
-	// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
-	// seconds waiting for another connection, then is killed. The control plane reads its
-	// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
-	// (the `started` message's) sends no start message: it attaches to that terminal of the
-	// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
-	// live output, and drives it with the same client messages (send a `resize` first: the
+	// **Kept processes and reattach.** A start message with `keep_sec` (1 to 3600) starts a
+	// kept process (a terminal with `pty`, or a background command with its stdout and stderr):
+	// when the connection ends, the process goes on for `keep_sec` seconds waiting for another
+	// connection, then is killed. The control plane reads its output all along into a
+	// scrollback of the last 256 KiB. A connection with `?pid=<pid>` (the `started` message's)
+	// sends no start message: it attaches to that process of the sandbox, gets
+	// `{"type":"attached","pid":…}`, the scrollback as `pty` (or `stdout` and `stderr`, in the
+	// order they were written) messages, then the live output, and drives it with the same client messages (send a `resize` first: the
 	// terminal keeps its last size). A terminal has one connection at a time: the previous
 	// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
 	// back-pressured: a client slower than the process skips what fell out of the
@@ -5861,15 +5862,16 @@ func (c *Client) ExecSandbox(ctx context.Context, id SandboxID, body ExecSandbox
 // Output is sent one message at a time as the process makes it: a slow client slows the
 // process' output down, nothing is buffered beyond a message. A client that takes nothing
 // for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-// connection ends before the process, the process is killed — unless it is a kept terminal.
+// connection ends before the process, the process is killed — unless it is kept.
 //
-// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
-// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
-// seconds waiting for another connection, then is killed. The control plane reads its
-// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
-// (the `started` message's) sends no start message: it attaches to that terminal of the
-// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
-// live output, and drives it with the same client messages (send a `resize` first: the
+// **Kept processes and reattach.** A start message with `keep_sec` (1 to 3600) starts a
+// kept process (a terminal with `pty`, or a background command with its stdout and stderr):
+// when the connection ends, the process goes on for `keep_sec` seconds waiting for another
+// connection, then is killed. The control plane reads its output all along into a
+// scrollback of the last 256 KiB. A connection with `?pid=<pid>` (the `started` message's)
+// sends no start message: it attaches to that process of the sandbox, gets
+// `{"type":"attached","pid":…}`, the scrollback as `pty` (or `stdout` and `stderr`, in the
+// order they were written) messages, then the live output, and drives it with the same client messages (send a `resize` first: the
 // terminal keeps its last size). A terminal has one connection at a time: the previous
 // one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
 // back-pressured: a client slower than the process skips what fell out of the
@@ -12503,15 +12505,16 @@ type ClientWithResponsesInterface interface {
 	// Output is sent one message at a time as the process makes it: a slow client slows the
 	// process' output down, nothing is buffered beyond a message. A client that takes nothing
 	// for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-	// connection ends before the process, the process is killed — unless it is a kept terminal.
+	// connection ends before the process, the process is killed — unless it is kept.
 	//
-	// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
-	// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
-	// seconds waiting for another connection, then is killed. The control plane reads its
-	// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
-	// (the `started` message's) sends no start message: it attaches to that terminal of the
-	// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
-	// live output, and drives it with the same client messages (send a `resize` first: the
+	// **Kept processes and reattach.** A start message with `keep_sec` (1 to 3600) starts a
+	// kept process (a terminal with `pty`, or a background command with its stdout and stderr):
+	// when the connection ends, the process goes on for `keep_sec` seconds waiting for another
+	// connection, then is killed. The control plane reads its output all along into a
+	// scrollback of the last 256 KiB. A connection with `?pid=<pid>` (the `started` message's)
+	// sends no start message: it attaches to that process of the sandbox, gets
+	// `{"type":"attached","pid":…}`, the scrollback as `pty` (or `stdout` and `stderr`, in the
+	// order they were written) messages, then the live output, and drives it with the same client messages (send a `resize` first: the
 	// terminal keeps its last size). A terminal has one connection at a time: the previous
 	// one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
 	// back-pressured: a client slower than the process skips what fell out of the
@@ -21463,15 +21466,16 @@ func (c *ClientWithResponses) ExecSandboxWithResponse(ctx context.Context, id Sa
 // Output is sent one message at a time as the process makes it: a slow client slows the
 // process' output down, nothing is buffered beyond a message. A client that takes nothing
 // for a minute, or does not answer pings (every 30 s, within 20 s), is dropped. When the
-// connection ends before the process, the process is killed — unless it is a kept terminal.
+// connection ends before the process, the process is killed — unless it is kept.
 //
-// **Kept terminals and reattach.** A start message with `pty` and `keep_sec` (1 to 3600)
-// starts a kept terminal: when the connection ends, the process goes on for `keep_sec`
-// seconds waiting for another connection, then is killed. The control plane reads its
-// output all along into a scrollback of the last 256 KiB. A connection with `?pid=<pid>`
-// (the `started` message's) sends no start message: it attaches to that terminal of the
-// sandbox, gets `{"type":"attached","pid":…}`, the scrollback as `pty` messages, then the
-// live output, and drives it with the same client messages (send a `resize` first: the
+// **Kept processes and reattach.** A start message with `keep_sec` (1 to 3600) starts a
+// kept process (a terminal with `pty`, or a background command with its stdout and stderr):
+// when the connection ends, the process goes on for `keep_sec` seconds waiting for another
+// connection, then is killed. The control plane reads its output all along into a
+// scrollback of the last 256 KiB. A connection with `?pid=<pid>` (the `started` message's)
+// sends no start message: it attaches to that process of the sandbox, gets
+// `{"type":"attached","pid":…}`, the scrollback as `pty` (or `stdout` and `stderr`, in the
+// order they were written) messages, then the live output, and drives it with the same client messages (send a `resize` first: the
 // terminal keeps its last size). A terminal has one connection at a time: the previous
 // one gets `{"type":"detached"}` and a normal close. A kept terminal's output is not
 // back-pressured: a client slower than the process skips what fell out of the
