@@ -82,7 +82,7 @@ func benchFork(ctx context.Context, o forkBenchOptions) (out map[string]any, err
 		return nil, err
 	}
 	defer stack.close()
-	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	b := stack.api()
 	out = map[string]any{"template": o.template}
 
 	src, _, _, err := b.create(ctx, o.template)

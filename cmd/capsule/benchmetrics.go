@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -87,15 +86,12 @@ func benchMetrics(ctx context.Context, o metricsBenchOptions) (out map[string]an
 		}
 		out["sampler"] = sampler
 	}
-	if o.log == nil {
-		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
 	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-metrics-")
 	if err != nil {
 		return nil, err
 	}
 	defer stack.close()
-	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
+	b := stack.api()
 
 	// Paused: a full history stored, among others'.
 	paused, err := b.storedHistories(ctx, o.others)
