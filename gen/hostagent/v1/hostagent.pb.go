@@ -437,7 +437,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 16.
+	// implements (see the file comment); this file describes revision 13.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -448,7 +448,7 @@ type GetHostInfoResponse struct {
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
 	// between hosts); revision 10 ForkSandbox; revision 11
 	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold; revision 12
-	// CreateSandboxResponse.phases (the create's steps); revision 16 WatchDir.
+	// CreateSandboxResponse.phases (the create's steps); revision 13 WatchDir.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`

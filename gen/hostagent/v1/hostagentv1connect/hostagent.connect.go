@@ -275,7 +275,7 @@ type HostAgentClient interface {
 	// (revision 2). NotFound when nothing is at the path.
 	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
 	// WatchDir streams the changes under a directory of a running sandbox
-	// (revision 16): a first message with started set once the watch is in
+	// (revision 13): a first message with started set once the watch is in
 	// place (nothing changed before it is missed after it), then one event
 	// per change. NotFound when the directory does not exist,
 	// InvalidArgument when the path is not a directory. The stream ends
@@ -792,7 +792,7 @@ type HostAgentHandler interface {
 	// (revision 2). NotFound when nothing is at the path.
 	Remove(context.Context, *connect.Request[v1.RemoveRequest]) (*connect.Response[v1.RemoveResponse], error)
 	// WatchDir streams the changes under a directory of a running sandbox
-	// (revision 16): a first message with started set once the watch is in
+	// (revision 13): a first message with started set once the watch is in
 	// place (nothing changed before it is missed after it), then one event
 	// per change. NotFound when the directory does not exist,
 	// InvalidArgument when the path is not a directory. The stream ends
