@@ -133,7 +133,7 @@ func (a *attempt) run(parent context.Context) (res result) {
 		return result{err: classify(err, fin, 0), step: fin}
 	}
 	a.logs.system(fin, "making the %s template %q", kind, a.b.TemplateName)
-	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](id), Name: a.b.TemplateName, Kind: kind, BuildID: ID(a.b.ID),
+	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](id), Name: a.b.TemplateName, Kind: kind, BuildID: ID(a.b.ID), Tags: Tags(a.b),
 		Defaults: service.TemplateDefaults{User: r.User, Workdir: r.Workdir, Env: envMap(r.Env)}})
 	if err != nil {
 		return result{err: classify(err, fin, 0), step: fin}

@@ -401,6 +401,12 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 				}
 			}
 		}
+		// Its hidden tagged versions go with it (templatetags.go).
+		versions, err := deleteVersions(ctx, q, pgUUID(p.TeamID), name)
+		if err != nil {
+			return err
+		}
+		s.deleteTemplateFiles(ctx, versions)
 		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", p.TeamID.String())
 		return nil
 	})
