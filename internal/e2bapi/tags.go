@@ -98,9 +98,21 @@ type templateTagJSON struct {
 	CreatedAt time.Time `json:"createdAt"`
 }
 
+// templateAliasOrTags serves GET /templates/aliases/{alias}
+// (templateAlias) and GET /templates/{templateID}/tags (templateTags).
+func (h *Handler) templateAliasOrTags(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	switch id, what := r.PathValue("templateID"), r.PathValue("what"); {
+	case id == "aliases":
+		h.templateAlias(w, r, p, what)
+	case what == "tags":
+		h.templateTags(w, r, p, id)
+	default:
+		writeError(w, http.StatusNotFound, "no such route")
+	}
+}
+
 // templateTags: GET /templates/{templateID}/tags → [{tag, buildID, createdAt}].
-func (h *Handler) templateTags(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	ref := r.PathValue("templateID")
+func (h *Handler) templateTags(w http.ResponseWriter, r *http.Request, p service.Principal, ref string) {
 	name, _, ok, err := h.tagRef(r, p, ref)
 	if err != nil {
 		h.fail(w, r, err)
