@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -20,9 +21,10 @@ import (
 // VMM, no live sandbox row, no network slot). Network slot pool
 // hosttest.BuildKillPool.
 
-// killBuildRecipe has a RUN step long enough to be killed in.
+// killBuildRecipe has a RUN step long enough to be killed in (its name
+// makes each build's steps its own: the layer cache would skip them).
 const killBuildRecipe = `FROM minimal
-RUN echo step-one-started; sleep 25; echo step-one-done
+RUN echo step-one-started; sleep 25; echo step-one-done # %s
 RUN echo built > /root/built.txt
 `
 
@@ -171,7 +173,7 @@ func TestServeKilledMidBuild(t *testing.T) {
 	submit := func(t *testing.T, tpl string) string {
 		t.Helper()
 		var b killBuild
-		if code := r.call(t, "POST", "/v1/templates/"+tpl+"/builds", map[string]any{"recipe": killBuildRecipe, "memory_mb": 256, "vcpus": 1}, &b); code != http.StatusAccepted {
+		if code := r.call(t, "POST", "/v1/templates/"+tpl+"/builds", map[string]any{"recipe": fmt.Sprintf(killBuildRecipe, tpl), "memory_mb": 256, "vcpus": 1}, &b); code != http.StatusAccepted {
 			t.Fatalf("submit: %d\n%s", code, r.srv.logText())
 		}
 		return b.ID
