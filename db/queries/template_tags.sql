@@ -75,3 +75,11 @@ SELECT t.* FROM build_layers l JOIN templates t ON t.id = l.template_id
 WHERE l.team_id = @team_id
 ORDER BY l.last_used_at DESC, l.created_at DESC
 OFFSET @keep;
+
+-- name: OrphanLayerTemplates :many
+-- The team's hidden layer templates no build_layers row names (their build
+-- died between the template and its record), older than the cutoff.
+SELECT t.* FROM templates t
+WHERE t.team_id = @team_id AND t.hidden AND NOT (t.metadata ? 'version_of')
+  AND t.created_at < @before
+  AND NOT EXISTS (SELECT 1 FROM build_layers l WHERE l.template_id = t.id);

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -150,7 +151,13 @@ func (a *attempt) saveLayer(ctx context.Context, hashes [][]byte, steps int) {
 		log.WarnContext(ctx, "layer eviction", "err", err)
 		return
 	}
-	for _, t := range old {
+	// Layers whose build died between the template and its record.
+	orphans, err := q.OrphanLayerTemplates(ctx, db.OrphanLayerTemplatesParams{TeamID: a.b.TeamID,
+		Before: s.now().Add(-time.Hour)})
+	if err != nil {
+		log.WarnContext(ctx, "orphan layers", "err", err)
+	}
+	for _, t := range append(old, orphans...) {
 		a.dropLayer(ctx, t.Name)
 	}
 }

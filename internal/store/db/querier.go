@@ -339,6 +339,9 @@ type Querier interface {
 	// and whether some running sandbox's deadline has passed already (left by
 	// an earlier pass: its host could not be asked).
 	NextSandboxDeadline(ctx context.Context, arg NextSandboxDeadlineParams) (NextSandboxDeadlineRow, error)
+	// The team's hidden layer templates no build_layers row names (their build
+	// died between the template and its record), older than the cutoff.
+	OrphanLayerTemplates(ctx context.Context, arg OrphanLayerTemplatesParams) ([]Template, error)
 	// Stored consoles saved before the retention's start.
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.

@@ -7,6 +7,7 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -282,6 +283,56 @@ func (q *Queries) ListTemplateTags(ctx context.Context, arg ListTemplateTagsPara
 			&i.TemplateID,
 			&i.BuildID,
 			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const orphanLayerTemplates = `-- name: OrphanLayerTemplates :many
+SELECT t.id, t.team_id, t.name, t.kind, t.vcpus, t.memory_mb, t.disk_mb, t.size_bytes, t.host_id, t.source_sandbox_id, t.metadata, t.created_by, t.created_at, t.updated_at, t.hidden FROM templates t
+WHERE t.team_id = $1 AND t.hidden AND NOT (t.metadata ? 'version_of')
+  AND t.created_at < $2
+  AND NOT EXISTS (SELECT 1 FROM build_layers l WHERE l.template_id = t.id)
+`
+
+type OrphanLayerTemplatesParams struct {
+	TeamID pgtype.UUID `json:"team_id"`
+	Before time.Time   `json:"before"`
+}
+
+// The team's hidden layer templates no build_layers row names (their build
+// died between the template and its record), older than the cutoff.
+func (q *Queries) OrphanLayerTemplates(ctx context.Context, arg OrphanLayerTemplatesParams) ([]Template, error) {
+	rows, err := q.db.Query(ctx, orphanLayerTemplates, arg.TeamID, arg.Before)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Template{}
+	for rows.Next() {
+		var i Template
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Kind,
+			&i.VCPUs,
+			&i.MemoryMB,
+			&i.DiskMB,
+			&i.SizeBytes,
+			&i.HostID,
+			&i.SourceSandboxID,
+			&i.Metadata,
+			&i.CreatedBy,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.Hidden,
 		); err != nil {
 			return nil, err
 		}
