@@ -3,9 +3,10 @@
 -- name: SetTemplateHidden :exec
 -- Renames a template row and hides or shows it (a version that stops or
 -- becomes its template's default; version_of: the template it is a version
--- of, kept in its metadata).
+-- of, kept in its metadata; '' for a build layer).
 UPDATE templates SET name = @name, hidden = @hidden,
-  metadata = metadata || jsonb_build_object('version_of', @version_of::text)
+  metadata = CASE WHEN @version_of::text = '' THEN metadata
+                  ELSE metadata || jsonb_build_object('version_of', @version_of::text) END
 WHERE id = @id;
 
 -- name: SetTemplateTag :one

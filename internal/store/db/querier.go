@@ -433,7 +433,7 @@ type Querier interface {
 	// E2B's template tags and the build layer cache (migration 00015).
 	// Renames a template row and hides or shows it (a version that stops or
 	// becomes its template's default; version_of: the template it is a version
-	// of, kept in its metadata).
+	// of, kept in its metadata; '' for a build layer).
 	SetTemplateHidden(ctx context.Context, arg SetTemplateHiddenParams) error
 	// Points a tag of the team's template name at a version; returns the
 	// version it named before (the same when it is new).

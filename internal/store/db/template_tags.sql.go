@@ -347,7 +347,8 @@ func (q *Queries) OrphanLayerTemplates(ctx context.Context, arg OrphanLayerTempl
 const setTemplateHidden = `-- name: SetTemplateHidden :exec
 
 UPDATE templates SET name = $1, hidden = $2,
-  metadata = metadata || jsonb_build_object('version_of', $3::text)
+  metadata = CASE WHEN $3::text = '' THEN metadata
+                  ELSE metadata || jsonb_build_object('version_of', $3::text) END
 WHERE id = $4
 `
 
@@ -361,7 +362,7 @@ type SetTemplateHiddenParams struct {
 // E2B's template tags and the build layer cache (migration 00015).
 // Renames a template row and hides or shows it (a version that stops or
 // becomes its template's default; version_of: the template it is a version
-// of, kept in its metadata).
+// of, kept in its metadata; ” for a build layer).
 func (q *Queries) SetTemplateHidden(ctx context.Context, arg SetTemplateHiddenParams) error {
 	_, err := q.db.Exec(ctx, setTemplateHidden,
 		arg.Name,
