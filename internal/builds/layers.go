@@ -123,7 +123,7 @@ func (a *attempt) cachedLayer(ctx context.Context, hashes [][]byte) (steps int, 
 	return int(l.Steps), l.TemplateName, nil
 }
 
-// saveLayer saves the sandbox's disk after steps as the layer of
+// saveLayer snapshots the sandbox after steps as the layer of
 // hashes[steps-1], and evicts the team's least recently used layers over
 // LayerKeep. A failure is logged: the build goes on without it.
 func (a *attempt) saveLayer(ctx context.Context, hashes [][]byte, steps int) {
