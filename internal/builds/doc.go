@@ -65,12 +65,12 @@
 // # Layer cache
 //
 // Identical step prefixes reuse a cached layer (layers.go): after its
-// steps a build saves its sandbox's disk as a hidden image template of its
-// team, keyed by the hash of its FROM template's version and its steps
-// (COPY: with its archive's sha256); a later build of the team boots from
-// the deepest cached prefix of its steps and skips them. Never across
-// teams; a rebuilt FROM misses; not FROM a snapshot template; LayerKeep
-// per team, least recently used evicted (docs/builds.md).
+// steps a build snapshots its sandbox as a hidden snapshot template of its
+// team, keyed by the hash of its FROM template's version, its shape and its
+// steps (COPY: with its archive's sha256); a later build of the team
+// starts from the deepest cached prefix of its steps and skips them.
+// Never across teams; a rebuilt FROM misses; LayerKeep per team, least
+// recently used evicted (docs/builds.md).
 //
 // Progress is builds.current_step of total_steps; a failed build names the
 // failing step (failed_step: 0 for FROM, 1..N for the steps, N+1 for the

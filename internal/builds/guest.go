@@ -7,7 +7,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/capsulehq/capsule/internal/service"
-	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
@@ -80,11 +79,6 @@ func (g serviceGuest) templateVersion(ctx context.Context, p service.Principal, 
 		return "", err
 	}
 	if ref.Snapshot != nil {
-		if ref.Snapshot.Kind == store.TemplateSnapshot {
-			// Its processes run in a build of it; a layer (a disk)
-			// would lose them: no cache.
-			return "", nil
-		}
 		return "template:" + ref.Snapshot.ID.String(), nil
 	}
 	return "builtin:" + name, nil

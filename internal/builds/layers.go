@@ -19,35 +19,29 @@ import (
 	"github.com/capsulehq/capsule/internal/wireid"
 )
 
-// The layer cache. After its steps succeed, a build saves its sandbox's
-// disk (its own files removed) as a hidden image template
-// (service.PublishTemplate with Layer), recorded in build_layers under the
-// hash of its step prefix: the FROM template's version (a template's row
-// ID, which every rebuild changes; a built-in image's name) and, chained
-// step by step, each step's kind, text and context (user, directory,
-// environment) and, for a COPY, the sha256 of its archive. A later build
-// of the same team computes the hash of each of its prefixes and starts
-// from the deepest one cached: its build sandbox boots from that layer and
-// the cached steps are skipped.
+// The layer cache. After its steps succeed, a build snapshots its
+// sandbox (memory and disk, its own files removed: service.PublishTemplate
+// with Layer) as a hidden snapshot template, recorded in build_layers
+// under the hash of its step prefix: the FROM template's version (a
+// template's row ID, which every rebuild changes; a built-in image's
+// name), the build's shape (a snapshot restores with its own) and,
+// chained step by step, each step's kind, text and context (user,
+// directory, environment) and, for a COPY, the sha256 of its archive. A
+// later build of the same team computes the hash of each of its prefixes
+// and starts from the deepest one cached: its build sandbox is restored
+// from that layer, in the state the cached steps left (files and running
+// processes alike), and those steps are skipped.
 //
 // Soundness: a layer is keyed by its team (another team's build never
 // looks it up, so no file of one team reaches another's template); a FROM
 // template rebuilt or replaced has a new row ID, so its old layers are
 // never hit again and age out; the build's archive content is in the hash
-// of every COPY; a layer is a disk, so a build FROM a snapshot template
-// (whose processes run in its build sandbox) is not cached, and processes
-// a cached RUN step started are not in it (use START). Concurrency: two
-// builds may save the same prefix; the first insert wins and the other
-// deletes its own copy. A layer evicted while a build boots from it makes
-// that create fail as not found: the build then starts from FROM. Each
-// team keeps LayerKeep layers, least recently used evicted; they count
-// against its stored quotas (a layer that does not fit is not saved, the
-// build goes on).
-//
-// (Layers as snapshot templates — memory and disk, restored instead of
-// booted — were tried: a START and HEALTHCHECK after the live snapshot of
-// the build sandbox of base failed in capsule bench build; see
-// docs/builds.md.)
+// of every COPY. Concurrency: two builds may save the same prefix; the
+// first insert wins and the other deletes its own copy. A layer evicted
+// while a build starts from it makes that create fail as not found: the
+// build then starts from FROM. Each team keeps LayerKeep layers, least
+// recently used evicted; they count against its stored quotas (a layer
+// that does not fit is not saved, the build goes on).
 
 // LayerKeep is how many layers a team keeps.
 const LayerKeep = 4
@@ -59,7 +53,7 @@ func (a *attempt) layerHashes(ctx context.Context, r *recipe.Recipe) ([][]byte, 
 	if err != nil || from == "" {
 		return nil, err
 	}
-	h := sha256.Sum256([]byte("capsule-layer-v1\x00" + from))
+	h := sha256.Sum256(fmt.Appendf(nil, "capsule-layer-v2\x00%s\x00%d\x00%d", from, a.b.VCPUs, a.b.MemoryMB))
 	prev := h[:]
 	out := make([][]byte, 0, len(r.Steps))
 	for i, st := range r.Steps {
@@ -129,7 +123,7 @@ func (a *attempt) cachedLayer(ctx context.Context, hashes [][]byte) (steps int, 
 	return int(l.Steps), l.TemplateName, nil
 }
 
-// saveLayer saves the sandbox's disk after steps as the layer of
+// saveLayer snapshots the sandbox after steps as the layer of
 // hashes[steps-1], and evicts the team's least recently used layers over
 // LayerKeep. A failure is logged: the build goes on without it.
 func (a *attempt) saveLayer(ctx context.Context, hashes [][]byte, steps int) {
@@ -138,7 +132,7 @@ func (a *attempt) saveLayer(ctx context.Context, hashes [][]byte, steps int) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
 	log := s.log.With("build", ID(a.b.ID), "team", wireid.Format(wireid.Team, a.b.TeamID))
-	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](a.sbx), Kind: store.TemplateImage,
+	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](a.sbx), Kind: store.TemplateSnapshot,
 		Layer: true, BuildID: ID(a.b.ID)})
 	if err != nil {
 		log.WarnContext(ctx, "layer not cached", "err", err)
