@@ -4,7 +4,7 @@
 -- on (created_at, id) like ListSandboxes; source_sandbox_id and name
 -- NULL: any.
 SELECT * FROM templates
-WHERE team_id = @team_id AND kind = 'snapshot' AND NOT (metadata ? 'build_id')
+WHERE team_id = @team_id AND kind = 'snapshot' AND NOT (metadata ? 'build_id') AND NOT hidden
   AND (sqlc.narg('source_sandbox_id')::uuid IS NULL OR source_sandbox_id = sqlc.narg('source_sandbox_id')::uuid)
   AND (sqlc.narg('name')::text IS NULL OR name = sqlc.narg('name')::text)
   AND (sqlc.narg('after_created_at')::timestamptz IS NULL

@@ -25,9 +25,10 @@ ORDER BY (team_id = @team_id) DESC
 LIMIT 1;
 
 -- name: ListTemplates :many
--- The team's templates and the public ones, by name (the team's first on a tie).
+-- The team's templates and the public ones, by name (the team's first on a
+-- tie); hidden rows (tagged versions, build layers) are not listed.
 SELECT * FROM templates
-WHERE team_id IN (@team_id, '00000000-0000-0000-0000-000000000000')
+WHERE team_id IN (@team_id, '00000000-0000-0000-0000-000000000000') AND NOT hidden
 ORDER BY name, (team_id = @team_id) DESC;
 
 -- name: DeleteTemplate :one

@@ -62,6 +62,16 @@
 // that name, with the recipe's last USER, WORKDIR and ENV as defaults
 // (service.PublishTemplate).
 //
+// # Layer cache
+//
+// Identical step prefixes reuse a cached layer (layers.go): after its
+// steps a build snapshots its sandbox as a hidden snapshot template of its
+// team, keyed by the hash of its FROM template's version, its shape and its
+// steps (COPY: with its archive's sha256); a later build of the team
+// starts from the deepest cached prefix of its steps and skips them.
+// Never across teams; a rebuilt FROM misses; LayerKeep per team, least
+// recently used evicted (docs/builds.md).
+//
 // Progress is builds.current_step of total_steps; a failed build names the
 // failing step (failed_step: 0 for FROM, 1..N for the steps, N+1 for the
 // finalization: START, healthcheck, template) and its recipe line.

@@ -21,6 +21,10 @@ type guest interface {
 	writeFile(ctx context.Context, p service.Principal, id pgtype.UUID, path string, r io.Reader) error
 	destroy(ctx context.Context, p service.Principal, id pgtype.UUID) error
 	publish(ctx context.Context, p service.Principal, req service.PublishTemplate) (pgtype.UUID, error)
+	// templateVersion identifies the version of the template a name
+	// means ("" unknown: no layer cache).
+	templateVersion(ctx context.Context, p service.Principal, name string) (string, error)
+	deleteTemplate(ctx context.Context, p service.Principal, name string) error
 }
 
 type serviceGuest struct{ s *service.Sandboxes }
@@ -67,4 +71,19 @@ func (g serviceGuest) destroy(ctx context.Context, p service.Principal, id pgtyp
 func (g serviceGuest) publish(ctx context.Context, p service.Principal, req service.PublishTemplate) (pgtype.UUID, error) {
 	t, err := g.s.PublishTemplate(ctx, p, req)
 	return pg(t.ID), err
+}
+
+func (g serviceGuest) templateVersion(ctx context.Context, p service.Principal, name string) (string, error) {
+	ref, err := g.s.LookupTemplate(ctx, p, name)
+	if err != nil {
+		return "", err
+	}
+	if ref.Snapshot != nil {
+		return "template:" + ref.Snapshot.ID.String(), nil
+	}
+	return "builtin:" + name, nil
+}
+
+func (g serviceGuest) deleteTemplate(ctx context.Context, p service.Principal, name string) error {
+	return g.s.DeleteSnapshot(ctx, p, name)
 }

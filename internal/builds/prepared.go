@@ -145,6 +145,21 @@ func (s *Service) FailWaiting(ctx context.Context, p service.Principal, id pgtyp
 	return Build{Build: b}, nil
 }
 
+// MetaTags is the builds.metadata key of the tags a build's template
+// version gets (E2B's "name:tag" and tags; none: "default").
+const MetaTags = "tags"
+
+// Tags are the tags a build's version gets (nil: "default").
+func Tags(b db.Build) []string {
+	var m struct {
+		Tags []string `json:"tags"`
+	}
+	if json.Unmarshal(b.Metadata, &m) != nil {
+		return nil
+	}
+	return m.Tags
+}
+
 // copyArchive is the archive of COPY step n of a build, if it has its own.
 func copyArchive(b db.Build, n int) (pgtype.UUID, bool) {
 	var m map[string]json.RawMessage

@@ -102,6 +102,14 @@ func (g *fakeGuest) publish(ctx context.Context, p service.Principal, req servic
 	return t.Template.ID, err
 }
 
+// templateVersion: the fake has no template versions (no layer cache;
+// TestLayerCacheInVMs tests it in real VMs).
+func (g *fakeGuest) templateVersion(context.Context, service.Principal, string) (string, error) {
+	return "", nil
+}
+
+func (g *fakeGuest) deleteTemplate(context.Context, service.Principal, string) error { return nil }
+
 func (g *fakeGuest) snapshot() (created, destroyed int, cmds []service.ExecCommand) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

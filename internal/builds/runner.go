@@ -66,13 +66,37 @@ func (a *attempt) run(parent context.Context) (res result) {
 	}()
 	go a.beat(ctx, cancel, done)
 
+	// The layer cache (layers.go): the deepest cached prefix of the steps.
+	hashes, err := a.layerHashes(ctx, r)
+	if err != nil && !errdefs.IsNotFound(err) {
+		s.log.WarnContext(ctx, "layer cache: hashes", "build", ID(a.b.ID), "err", err)
+	}
+	cached, layer, err := a.cachedLayer(ctx, hashes)
+	if err != nil {
+		s.log.WarnContext(ctx, "layer cache: lookup", "build", ID(a.b.ID), "err", err)
+		cached = 0
+	}
+
 	// FROM: the build sandbox.
 	vcpus, mem := a.b.VCPUs, a.b.MemoryMB
-	a.logs.system(0, "FROM %s: creating the build sandbox (%d vCPUs, %d MiB)", r.From, vcpus, mem)
 	internet := true
 	autoPause := false
-	id, err := s.guest.create(ctx, a.p, service.CreateSandbox{Template: r.From, VCPUs: vcpus, MemoryMB: mem,
-		Metadata: map[string]string{MetadataKey: ID(a.b.ID)}, Internet: &internet, AutoPause: &autoPause})
+	create := func(from string) (pgtype.UUID, error) {
+		return s.guest.create(ctx, a.p, service.CreateSandbox{Template: from, VCPUs: vcpus, MemoryMB: mem,
+			Metadata: map[string]string{MetadataKey: ID(a.b.ID)}, Internet: &internet, AutoPause: &autoPause})
+	}
+	var id pgtype.UUID
+	if cached > 0 {
+		a.logs.system(0, "FROM %s: steps 1-%d are cached; creating the build sandbox from their layer (%d vCPUs, %d MiB)", r.From, cached, vcpus, mem)
+		if id, err = create(layer); errdefs.IsNotFound(err) {
+			a.logs.system(0, "the cached layer is gone: building every step")
+			cached = 0
+		}
+	}
+	if cached == 0 {
+		a.logs.system(0, "FROM %s: creating the build sandbox (%d vCPUs, %d MiB)", r.From, vcpus, mem)
+		id, err = create(r.From)
+	}
 	if err != nil {
 		if errdefs.IsNotFound(err) {
 			return result{err: &stepError{step: 0, line: r.FromLine, msg: fmt.Sprintf("FROM: template %q not found", r.From)}}
@@ -83,7 +107,7 @@ func (a *attempt) run(parent context.Context) (res result) {
 	if err := s.st.Queries().SetBuildSandbox(ctx, db.SetBuildSandboxParams{ID: a.b.ID, JobID: pgtype.Int8{Int64: a.job, Valid: true}, SandboxID: id}); err != nil {
 		return result{err: fmt.Errorf("builds: record sandbox: %w", err)}
 	}
-	if a.b.ArchiveID.Valid {
+	if a.b.ArchiveID.Valid && needsContext(a.b, r, cached) {
 		a.logs.system(0, "unpacking the archive")
 		if err := a.unpack(ctx, a.b.ArchiveID, contextDir); err != nil {
 			return result{err: err}
@@ -93,6 +117,11 @@ func (a *attempt) run(parent context.Context) (res result) {
 		n := i + 1
 		if err := s.st.Queries().SetBuildProgress(ctx, db.SetBuildProgressParams{ID: a.b.ID, JobID: pgtype.Int8{Int64: a.job, Valid: true}, CurrentStep: int32(n)}); err != nil {
 			return result{err: fmt.Errorf("builds: progress: %w", err), step: n}
+		}
+		if n <= cached {
+			a.logs.system(n, "step %d/%d (line %d): cached: %s", n, len(r.Steps), st.Line, truncate(st.Text, 1000))
+			_ = s.st.Queries().FinishBuildStep(ctx, db.FinishBuildStepParams{BuildID: a.b.ID, Step: int32(n), Status: StatusSuccess})
+			continue
 		}
 		_ = s.st.Queries().StartBuildStep(ctx, db.StartBuildStepParams{BuildID: a.b.ID, Step: int32(n)})
 		a.logs.system(n, "step %d/%d (line %d): %s", n, len(r.Steps), st.Line, truncate(st.Text, 1000))
@@ -111,8 +140,18 @@ func (a *attempt) run(parent context.Context) (res result) {
 			return result{err: err, step: n}
 		}
 	}
-	// Finalize: START and the healthcheck, then the template.
+	// Finalize: the layer of all the steps (without the build's files),
+	// START and the healthcheck, then the template.
 	fin := len(r.Steps) + 1
+	if len(hashes) == len(r.Steps) && len(r.Steps) > cached {
+		if _, err := a.exec(ctx, fin, service.ExecCommand{Cmd: "rm -rf " + buildDir + "; sync", User: "root", TimeoutSec: 300}, false); err != nil {
+			return result{err: classify(err, fin, 0), step: fin}
+		}
+		a.saveLayer(ctx, hashes, len(r.Steps))
+		if err := context.Cause(ctx); err != nil {
+			return result{err: err, step: fin}
+		}
+	}
 	final := r.Final()
 	kind := store.TemplateImage
 	if r.Healthcheck != nil {
@@ -133,7 +172,7 @@ func (a *attempt) run(parent context.Context) (res result) {
 		return result{err: classify(err, fin, 0), step: fin}
 	}
 	a.logs.system(fin, "making the %s template %q", kind, a.b.TemplateName)
-	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](id), Name: a.b.TemplateName, Kind: kind, BuildID: ID(a.b.ID),
+	tpl, err := s.guest.publish(ctx, a.p, service.PublishTemplate{SandboxID: idOf[wireid.KindSandbox](id), Name: a.b.TemplateName, Kind: kind, BuildID: ID(a.b.ID), Tags: Tags(a.b),
 		Defaults: service.TemplateDefaults{User: r.User, Workdir: r.Workdir, Env: envMap(r.Env)}})
 	if err != nil {
 		return result{err: classify(err, fin, 0), step: fin}
@@ -344,6 +383,17 @@ func (a *attempt) healthcheck(ctx context.Context, n int, c recipe.Context, hc *
 			return err
 		}
 	}
+}
+
+// needsContext reports whether a step after the cached ones copies from
+// the build's archive.
+func needsContext(b db.Build, r *recipe.Recipe, cached int) bool {
+	for i, st := range r.Steps {
+		if _, own := copyArchive(b, i+1); i >= cached && st.Kind == recipe.Copy && !own {
+			return true
+		}
+	}
+	return false
 }
 
 func envMap(env []recipe.EnvVar) map[string]string {

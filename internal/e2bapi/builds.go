@@ -54,20 +54,30 @@ type createTemplateJSON struct {
 	MemoryMB int32    `json:"memoryMB"`
 }
 
-// buildTemplateName is a template name of a build: "name" or
-// "name:default" (the only tag); anything else is 400.
-func buildTemplateName(ref string) (string, error) {
+// buildTemplateName is the template name and tags of a build: "name" or
+// "name:tag", plus the request's tags (none: "default"); a bad name or tag
+// is 400.
+func buildTemplateName(ref string, extra []string) (string, []string, error) {
 	name, tag, ok := strings.Cut(ref, ":")
-	if ok && tag != "default" {
-		return "", invalid("name: only the tag \"default\" is supported, not %q", tag)
-	}
 	if err := builds.ValidateTemplateName(name); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return name, nil
+	var tags []string
+	if ok {
+		if tag == "" {
+			return "", nil, invalid("name: %q has an empty tag", ref)
+		}
+		tags = append(tags, tag)
+	}
+	tags, err := service.NormalizeTags(append(tags, extra...))
+	if err != nil {
+		return "", nil, err
+	}
+	return name, tags, nil
 }
 
-// createTemplateV3: a waiting build of a template (202).
+// createTemplateV3: a waiting build of a template (202), of the tags of
+// its name ("name:tag") and its tags field.
 func (h *Handler) createTemplateV3(w http.ResponseWriter, r *http.Request, p service.Principal) {
 	var req createTemplateJSON
 	if _, err := decode(w, r, &req); err != nil {
@@ -78,23 +88,18 @@ func (h *Handler) createTemplateV3(w http.ResponseWriter, r *http.Request, p ser
 	if ref == "" {
 		ref = req.Alias
 	}
-	name, err := buildTemplateName(ref)
+	name, tags, err := buildTemplateName(ref, req.Tags)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	for _, tag := range req.Tags {
-		if tag != "default" {
-			h.fail(w, r, invalid("tags: only the tag \"default\" is supported"))
-			return
-		}
-	}
-	b, err := h.cfg.Builds.Prepare(r.Context(), p, builds.Submit{Template: name, VCPUs: req.CPUCount, MemoryMB: req.MemoryMB})
+	b, err := h.cfg.Builds.Prepare(r.Context(), p, builds.Submit{Template: name, VCPUs: req.CPUCount, MemoryMB: req.MemoryMB,
+		Metadata: map[string]any{builds.MetaTags: tags}})
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"templateID": name, "buildID": builds.ID(b.ID), "tags": []string{"default"},
+	writeJSON(w, http.StatusAccepted, map[string]any{"templateID": name, "buildID": builds.ID(b.ID), "tags": tags,
 		"names": []string{name}, "aliases": []string{name}, "public": false})
 }
 
@@ -398,7 +403,11 @@ func (h *Handler) triggerBuild(w http.ResponseWriter, r *http.Request, p service
 		}
 		arcs[step] = id
 	}
-	if _, err := h.cfg.Builds.Trigger(r.Context(), p, b.ID, rec.text, arcs, map[string]any{"e2b_steps": rec.steps}); err != nil {
+	meta := map[string]any{"e2b_steps": rec.steps}
+	if tags := builds.Tags(b.Build); len(tags) > 0 {
+		meta[builds.MetaTags] = tags
+	}
+	if _, err := h.cfg.Builds.Trigger(r.Context(), p, b.ID, rec.text, arcs, meta); err != nil {
 		h.fail(w, r, err)
 		return
 	}

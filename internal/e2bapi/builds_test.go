@@ -128,7 +128,7 @@ func TestTemplateBuildFlow(t *testing.T) {
 	if created.TemplateID != "app" || !strings.HasPrefix(created.BuildID, wireid.Build) {
 		t.Fatalf("created %+v", created)
 	}
-	for _, bad := range []string{"app:invalid-tag", "app:", ""} {
+	for _, bad := range []string{":invalid-tag", "app:", "", "app:-x", "app:a/b"} {
 		if c := e.do(t, "POST", "/v3/templates", key, map[string]any{"name": bad}).status; c < 400 || c >= 500 {
 			t.Errorf("name %q: %d, want 4xx", bad, c)
 		}

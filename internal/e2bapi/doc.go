@@ -35,10 +35,11 @@
 //   - Templates: templateID is a template name the team can use (its own
 //     snapshot, a public one, a built-in image such as "base"), in any of
 //     E2B's spellings: "name", "name:default" or "<team slug>/name:default"
-//     (names.go; the team's slug is its namespace, "default" the only
-//     tag). Another namespace or tag names nothing (404 for create and
-//     delete, an empty list for filters). templateID and alias in
-//     responses are the name.
+//     (names.go; the team's slug is its namespace, "default" the tag of
+//     the template itself). Create also takes "[<slug>/]name:tag", the
+//     version the tag names (tags.go); elsewhere another namespace or tag
+//     names nothing (404 for create and delete, an empty list for
+//     filters). templateID and alias in responses are the name.
 //   - Create (POST /v2/sandboxes; POST /sandboxes with timeout default 15
 //     and secure, which changes nothing: every sandbox has an envd access
 //     token): answered 201 only once envd runs with /init applied. timeout
@@ -147,7 +148,18 @@
 //     X-Content-Type-Options nosniff, a CSP that forbids everything).
 //   - Templates: GET /templates lists the built-in images and the team's
 //     and public snapshot templates; GET /templates/aliases/{alias} is
-//     {templateID, public} or 404.
+//     {templateID, public} (also for a name that only has tagged
+//     versions: Template.exists) or 404.
+//   - Tags (tags.go, over service's template tags; Template.assignTags,
+//     removeTags, getTags): POST /templates/tags {target "name:tag", tags}
+//     points the tags at the version target names (201 {buildID, tags};
+//     "default" makes it the template itself); DELETE /templates/tags
+//     {name, tags} removes them (204; "default" is 400, a tag the template
+//     lacks 404), a hidden version no tag names any more is deleted; GET
+//     /templates/{templateID}/tags is [{tag, buildID, createdAt}]. The GET
+//     routes share one mux pattern (Go's mux sees /templates/aliases/x and
+//     /templates/x/tags as overlapping). Bad tags are 400, another team's
+//     template 404.
 //   - PUT /sandboxes/{id}/network {allowOut, denyOut,
 //     allow_internet_access} replaces the egress rules (left out: cleared;
 //     allow_internet_access left out is true): 204, applied to a running
@@ -156,8 +168,11 @@
 //     network shows allowOut and denyOut.
 //   - Template builds (builds.go, over package builds; the SDK's Template
 //     class): POST /v3/templates prepares a waiting build of the name
-//     ("name" or "name:default"; other tags are 400) and answers 202
-//     {templateID (the name), buildID (bld-…)}; GET
+//     ("name" or "name:tag", plus the tags field; none: "default"; an
+//     empty name or tag is 400) and answers 202 {templateID (the name),
+//     buildID (bld-…), tags}: the built version gets those tags (with
+//     "default" it replaces the template, else it is a hidden version
+//     only its tags name); GET
 //     /templates/{templateID}/files/{hash} answers 201 {present} or
 //     {present:false, url}: a PUT URL on the request's host, signed with
 //     an HMAC of the team, the hash and an expiry (1 h) under a key derived

@@ -149,7 +149,11 @@ func (h *Handler) register() {
 	h.handle("GET /v2/sandboxes/{id}/logs", h.authed(h.logsV2))
 	h.handle("DELETE /templates/{templateID}", h.authed(h.deleteTemplate))
 	h.handle("GET /templates", h.authed(h.listTemplates))
-	h.handle("GET /templates/aliases/{alias}", h.authed(h.templateAlias))
+	// GET /templates/aliases/{alias} and GET /templates/{templateID}/tags
+	// overlap for Go's mux: one pattern, dispatched (tags.go).
+	h.handle("GET /templates/{templateID}/{what}", h.authed(h.templateAliasOrTags))
+	h.handle("POST /templates/tags", h.authed(h.assignTags))
+	h.handle("DELETE /templates/tags", h.authed(h.removeTags))
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
 	var unsupported []string

@@ -55,8 +55,9 @@ func isSet(raw json.RawMessage) bool {
 	return true
 }
 
-// templateName strips E2B's ":tag" from a template reference; only the
-// "default" tag exists here (any other names nothing: 404).
+// templateName strips E2B's ":default" from a template reference; other
+// tags are resolved before (create: Sandboxes.ResolveTemplateTag) and name
+// nothing here (404).
 func templateName(ref string) (string, error) {
 	name, tag, ok := strings.Cut(ref, ":")
 	if ok && tag != "default" {
@@ -132,6 +133,26 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Princ
 	if _, err := decode(w, r, &body); err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	if body.TemplateID != nil {
+		// A tagged version ("[<slug>/]name:tag"): the template row its tag names.
+		if base, tag, ok := strings.Cut(*body.TemplateID, ":"); ok && tag != defaultTag {
+			name, ok, err := h.localName(r, p, base)
+			if err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			if !ok {
+				h.fail(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(*body.TemplateID) + " not found"})
+				return
+			}
+			resolved, err := h.cfg.Sandboxes.ResolveTemplateTag(r.Context(), p, name, tag)
+			if err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			body.TemplateID = &resolved
+		}
 	}
 	if body.TemplateID != nil && strings.Contains(*body.TemplateID, "/") {
 		// A namespaced name ("<slug>/name:default", a snapshotID).

@@ -124,10 +124,15 @@ func (h *Handler) listTemplates(w http.ResponseWriter, r *http.Request, p servic
 
 // templateAlias: {templateID, public} of a template the team can create
 // sandboxes from; 404 otherwise.
-func (h *Handler) templateAlias(w http.ResponseWriter, r *http.Request, p service.Principal) {
-	ref, err := h.cfg.Sandboxes.LookupTemplate(r.Context(), p, r.PathValue("alias"))
+func (h *Handler) templateAlias(w http.ResponseWriter, r *http.Request, p service.Principal, alias string) {
+	// A name with only tagged versions exists too (Template.exists).
+	ref, ok, err := h.cfg.Sandboxes.TemplateNameExists(r.Context(), p, alias)
 	if err != nil {
 		h.fail(w, r, err)
+		return
+	}
+	if !ok {
+		h.fail(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(alias) + " not found"})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"templateID": ref.Name, "public": ref.Public})

@@ -36,6 +36,8 @@ var (
 	AgentRegPool        = pool("creg", 188) // internal/agentreg: outage pause with a real manager
 	HostsIntPool        = pool("chi", 192)  // cmd/capsule: a registered agent process and a real control plane
 	BuildsPool          = pool("cbld", 210) // internal/builds: template builds in real VMs
+	BuildKillPool       = pool("cbk", 164)  // cmd/capsule: serve killed mid-build
+	BuildCachePool      = pool("cbk2", 166) // internal/builds: the layer cache in real VMs
 	LifecyclePool       = pool("clf", 154)  // internal/service: deadlines, filesystem-only pause, cold resume
 	ServeTLSPool        = pool("ctls", 162) // cmd/capsule: serve's HTTPS with the development CA
 	// MultiHostPools are cmd/capsule's cluster test: capsule serve's
@@ -78,7 +80,7 @@ var pools = []Pool{SandboxPool, AgentPool, ServicePool, APIPool, APITeamsPool, A
 	ProxyPool, CrashPool, KillPool, APIDiskPool, ServiceChainPool, ServiceFullDiskPool, SDKPool, CLIPool, AgentRegPool,
 	EgressPool, ServiceMetricsPool, HostsIntPool,
 	MultiHostPools[0], MultiHostPools[1], MultiHostPools[2], MultiHostPools[3], MultiHostLinks, BuildsPool,
-	ReplicaPools[0], ReplicaPools[1], LifecyclePool, ServeTLSPool, MovePools[0], MovePools[1]}
+	ReplicaPools[0], ReplicaPools[1], LifecyclePool, ServeTLSPool, MovePools[0], MovePools[1], BuildKillPool, BuildCachePool}
 
 func pool(name string, n int) Pool {
 	return Pool{Name: name, Veth: name + "v",

@@ -284,18 +284,7 @@ type newTemplate struct {
 // them); after a replace, the old template's files are deleted on the host
 // that holds them. old is the replaced template.
 func (s *Sandboxes) recordTemplate(ctx context.Context, p Principal, c *agentclient.Client, src db.Sandbox, t newTemplate) (db.Template, *db.Template, error) {
-	params := db.InsertTemplateParams{
-		ID: t.id, TeamID: pgUUID(p.TeamID), Name: t.name, Kind: t.kind,
-		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((t.made.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
-		SizeBytes: int64(t.made.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: t.meta,
-		CreatedBy: pgUUID(p.UserID),
-	}
-	if v := t.made.GetVcpus(); v > 0 {
-		params.VCPUs = int32(v)
-	}
-	if m := t.made.GetMemoryMb(); m > 0 {
-		params.MemoryMB = int32(m)
-	}
+	params := templateParams(p, src, t.id, t.name, t.kind, t.made, t.meta)
 	ev := t.audit
 	var row db.Template
 	var old *db.Template
@@ -342,6 +331,25 @@ func (s *Sandboxes) recordTemplate(ctx context.Context, p Principal, c *agentcli
 		}
 	}
 	return row, old, nil
+}
+
+// templateParams is the row of a template made on src's host from src:
+// the agent's answer made gives its sizes (and a snapshot's machine
+// shape, which may differ from the record's).
+func templateParams(p Principal, src db.Sandbox, id pgtype.UUID, name, kind string, made *pb.Template, meta []byte) db.InsertTemplateParams {
+	params := db.InsertTemplateParams{
+		ID: id, TeamID: pgUUID(p.TeamID), Name: name, Kind: kind,
+		VCPUs: src.VCPUs, MemoryMB: src.MemoryMB, DiskMB: int32((made.GetDiskSizeBytes() + 1<<20 - 1) >> 20),
+		SizeBytes: int64(made.GetStoredBytes()), HostID: src.HostID, SourceSandboxID: src.ID, Metadata: meta,
+		CreatedBy: pgUUID(p.UserID),
+	}
+	if v := made.GetVcpus(); v > 0 {
+		params.VCPUs = int32(v)
+	}
+	if m := made.GetMemoryMb(); m > 0 {
+		params.MemoryMB = int32(m)
+	}
+	return params
 }
 
 // deleteAgentTemplate deletes a template's files on the host, logging a
@@ -436,6 +444,12 @@ func (s *Sandboxes) DeleteSnapshot(ctx context.Context, p Principal, name string
 				}
 			}
 		}
+		// Its hidden tagged versions go with it (templatetags.go).
+		versions, err := deleteVersions(ctx, q, pgUUID(p.TeamID), name)
+		if err != nil {
+			return err
+		}
+		s.deleteTemplateFiles(ctx, versions)
 		s.log.InfoContext(ctx, "snapshot deleted", "snapshot", TemplateID(row.ID), "name", name, "team", p.TeamID.String())
 		return nil
 	})

@@ -94,11 +94,11 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"audit_logs", "build_archive_chunks", "build_archives", "build_logs", "build_steps", "builds",
+	want := []string{"audit_logs", "build_archive_chunks", "build_archives", "build_layers", "build_logs", "build_steps", "builds",
 		"goose_db_version", "host_refresh_tokens", "host_templates", "hosts", "internal_ca", "oauth_providers",
 		"revoked_sessions", "river_job", "river_leader", "river_migration", "river_notification", "river_queue",
 		"sandbox_logs", "sandbox_metrics", "sandbox_moves", "sandboxes", "team_api_keys", "team_invitations",
-		"team_stats", "team_stats_5m", "team_stats_hourly", "team_usage_daily", "teams", "templates", "usage_rollup_days",
+		"team_stats", "team_stats_5m", "team_stats_hourly", "team_usage_daily", "teams", "template_tags", "templates", "usage_rollup_days",
 		"users", "users_teams"}
 	if strings.Join(tables, " ") != strings.Join(want, " ") {
 		t.Errorf("tables = %v\nwant     %v", tables, want)
@@ -107,7 +107,8 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 	// (internal_ca is a single row: its key is the constant 1; revoked
 	// sessions are keyed by their token's ID; the team stats and usage
 	// tables are series keyed by team and time; a move is keyed by its
-	// sandbox).
+	// sandbox; a template's tags are keyed by team, name and tag, the
+	// build layers by team and hash).
 	var bad []string
 	rows, _ = st.Pool().Query(ctx(t), `
 		SELECT c.table_name || '.' || c.column_name || ' ' || c.data_type || ' ' || coalesce(c.column_default, '')
@@ -118,7 +119,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 		  AND c.table_name NOT IN ('goose_db_version', 'users_teams', 'sandbox_metrics', 'internal_ca', 'host_templates',
 		                           'build_archive_chunks', 'build_steps', 'build_logs', 'revoked_sessions', 'sandbox_logs',
 		                           'team_stats', 'team_stats_5m', 'team_stats_hourly', 'team_usage_daily', 'usage_rollup_days',
-		                           'sandbox_moves')
+		                           'sandbox_moves', 'template_tags', 'build_layers')
 		  AND c.table_name NOT LIKE 'river\_%'  -- River's own schema
 		  AND NOT (c.data_type = 'uuid' AND c.column_default = 'gen_random_uuid()')`)
 	bad, err = pgx.CollectRows(rows, pgx.RowTo[string])

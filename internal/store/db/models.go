@@ -72,6 +72,15 @@ type BuildArchiveChunk struct {
 	Data      []byte      `json:"data"`
 }
 
+type BuildLayer struct {
+	TeamID     pgtype.UUID `json:"team_id"`
+	PrefixHash []byte      `json:"prefix_hash"`
+	Steps      int32       `json:"steps"`
+	TemplateID pgtype.UUID `json:"template_id"`
+	CreatedAt  time.Time   `json:"created_at"`
+	LastUsedAt time.Time   `json:"last_used_at"`
+}
+
 type BuildLog struct {
 	BuildID   pgtype.UUID `json:"build_id"`
 	Seq       int64       `json:"seq"`
@@ -334,6 +343,16 @@ type Template struct {
 	CreatedBy       pgtype.UUID     `json:"created_by"`
 	CreatedAt       time.Time       `json:"created_at"`
 	UpdatedAt       time.Time       `json:"updated_at"`
+	Hidden          bool            `json:"hidden"`
+}
+
+type TemplateTag struct {
+	TeamID     pgtype.UUID `json:"team_id"`
+	Name       string      `json:"name"`
+	Tag        string      `json:"tag"`
+	TemplateID pgtype.UUID `json:"template_id"`
+	BuildID    pgtype.UUID `json:"build_id"`
+	CreatedAt  time.Time   `json:"created_at"`
 }
 
 type UsageRollupDay struct {

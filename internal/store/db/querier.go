@@ -73,6 +73,8 @@ type Querier interface {
 	// paused sandboxes (count, and their memory, which a pause writes out) and
 	// the bytes of its snapshot templates.
 	CountTeamStoredUsage(ctx context.Context, teamID pgtype.UUID) (CountTeamStoredUsageRow, error)
+	// How many tags name a version, other than except_tag.
+	CountTemplateTagsOf(ctx context.Context, arg CountTemplateTagsOfParams) (int64, error)
 	CountUsers(ctx context.Context) (int64, error)
 	CreateAPIKey(ctx context.Context, arg CreateAPIKeyParams) (TeamAPIKey, error)
 	// Hosts created by an administrator and registered by their agent (issue 11).
@@ -99,8 +101,14 @@ type Querier interface {
 	DeleteSandboxMove(ctx context.Context, sandboxID pgtype.UUID) error
 	// Only the team's own templates (public ones belong to the platform team).
 	DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) (Template, error)
+	DeleteTemplateTags(ctx context.Context, arg DeleteTemplateTagsParams) ([]pgtype.UUID, error)
+	// The team's hidden versions of a template name no tag names any more
+	// (all of them when all is set: the template is deleted).
+	DeleteUntaggedVersions(ctx context.Context, arg DeleteUntaggedVersionsParams) ([]Template, error)
 	// Archives no unfinished build needs, older than the cutoff.
 	DeleteUnusedBuildArchives(ctx context.Context, before time.Time) (int64, error)
+	// The team's layers beyond the keep most recently used, with their rows.
+	EvictableBuildLayers(ctx context.Context, arg EvictableBuildLayersParams) ([]Template, error)
 	// E2B's connect: the deadline only ever moves later (now + timeout_sec at
 	// the least) and the idle window only ever grows. Running sandboxes only.
 	ExtendSandboxTimeout(ctx context.Context, arg ExtendSandboxTimeoutParams) (Sandbox, error)
@@ -111,6 +119,8 @@ type Querier interface {
 	FailWaitingBuild(ctx context.Context, arg FailWaitingBuildParams) (Build, error)
 	// The team's newest archive uploaded for an E2B files hash.
 	FindBuildArchiveByFilesHash(ctx context.Context, arg FindBuildArchiveByFilesHashParams) (BuildArchive, error)
+	// The team's deepest cached layer among prefix hashes.
+	FindBuildLayer(ctx context.Context, arg FindBuildLayerParams) (FindBuildLayerRow, error)
 	// The job's running build ends: success, failed or cancelled.
 	FinishBuild(ctx context.Context, arg FinishBuildParams) (Build, error)
 	// The archive's sums, once its chunks are written.
@@ -144,6 +154,8 @@ type Querier interface {
 	// whether it is disabled, and its role in the live team team_id (empty: not
 	// a member, or the team is deleted).
 	GetSessionUser(ctx context.Context, arg GetSessionUserParams) (GetSessionUserRow, error)
+	// The version a tag names: the team's own tag, else the platform's.
+	GetTaggedTemplate(ctx context.Context, arg GetTaggedTemplateParams) (Template, error)
 	// Soft-deleted teams are not found.
 	GetTeam(ctx context.Context, id pgtype.UUID) (Team, error)
 	GetTeamBuild(ctx context.Context, arg GetTeamBuildParams) (Build, error)
@@ -166,6 +178,9 @@ type Querier interface {
 	// failed) changes nothing.
 	InsertBuildArchive(ctx context.Context, arg InsertBuildArchiveParams) (BuildArchive, error)
 	InsertBuildArchiveChunk(ctx context.Context, arg InsertBuildArchiveChunkParams) error
+	// A layer for a prefix (nothing when one exists already: a concurrent build
+	// cached it first).
+	InsertBuildLayer(ctx context.Context, arg InsertBuildLayerParams) (int64, error)
 	// A batch of log lines (arrays of equal length).
 	InsertBuildLogs(ctx context.Context, arg InsertBuildLogsParams) error
 	InsertBuildStep(ctx context.Context, arg InsertBuildStepParams) error
@@ -268,7 +283,9 @@ type Querier interface {
 	ListTeamsForUser(ctx context.Context, userID pgtype.UUID) ([]ListTeamsForUserRow, error)
 	// The hosts that hold a template.
 	ListTemplateHosts(ctx context.Context, templateID pgtype.UUID) ([]pgtype.UUID, error)
-	// The team's templates and the public ones, by name (the team's first on a tie).
+	ListTemplateTags(ctx context.Context, arg ListTemplateTagsParams) ([]TemplateTag, error)
+	// The team's templates and the public ones, by name (the team's first on a
+	// tie); hidden rows (tagged versions, build layers) are not listed.
 	ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error)
 	// The templates whose files a host keeps (snapshots), for reconciliation.
 	ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) ([]Template, error)
@@ -332,6 +349,9 @@ type Querier interface {
 	// and whether some running sandbox's deadline has passed already (left by
 	// an earlier pass: its host could not be asked).
 	NextSandboxDeadline(ctx context.Context, arg NextSandboxDeadlineParams) (NextSandboxDeadlineRow, error)
+	// The team's hidden layer templates no build_layers row names (their build
+	// died between the template and its record), older than the cutoff.
+	OrphanLayerTemplates(ctx context.Context, arg OrphanLayerTemplatesParams) ([]Template, error)
 	// Stored consoles saved before the retention's start.
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.
@@ -419,6 +439,14 @@ type Querier interface {
 	SetTeamQuotas(ctx context.Context, arg SetTeamQuotasParams) (Team, error)
 	// The paused-sandboxes and stored-MiB quotas; NULL: the platform default.
 	SetTeamStorageQuotas(ctx context.Context, arg SetTeamStorageQuotasParams) (Team, error)
+	// E2B's template tags and the build layer cache (migration 00020).
+	// Renames a template row and hides or shows it (a version that stops or
+	// becomes its template's default; version_of: the template it is a version
+	// of, kept in its metadata; '' for a build layer).
+	SetTemplateHidden(ctx context.Context, arg SetTemplateHiddenParams) error
+	// Points a tag of the team's template name at a version; returns the
+	// version it named before (the same when it is new).
+	SetTemplateTag(ctx context.Context, arg SetTemplateTagParams) (pgtype.UUID, error)
 	SetUserAdmin(ctx context.Context, arg SetUserAdminParams) error
 	SetUserDefaultTeam(ctx context.Context, arg SetUserDefaultTeamParams) error
 	// disabled: disabled since now (kept when disabled already); else enabled.
@@ -449,6 +477,9 @@ type Querier interface {
 	TeamUsageDays(ctx context.Context, arg TeamUsageDaysParams) ([]TeamUsageDaysRow, error)
 	// Whether a build of this team's template name is pending or running.
 	TemplateBuildsActive(ctx context.Context, arg TemplateBuildsActiveParams) (bool, error)
+	// Whether the team has any tag of a template name.
+	TemplateHasTags(ctx context.Context, arg TemplateHasTagsParams) (bool, error)
+	TouchBuildLayer(ctx context.Context, arg TouchBuildLayerParams) error
 	// Activity (ping, exec, file access) of a running sandbox: restarts its
 	// inactivity TTL.
 	TouchSandbox(ctx context.Context, arg TouchSandboxParams) (Sandbox, error)

@@ -12,8 +12,8 @@ import (
 )
 
 const listSnapshotPage = `-- name: ListSnapshotPage :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates
-WHERE team_id = $1 AND kind = 'snapshot' AND NOT (metadata ? 'build_id')
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden FROM templates
+WHERE team_id = $1 AND kind = 'snapshot' AND NOT (metadata ? 'build_id') AND NOT hidden
   AND ($2::uuid IS NULL OR source_sandbox_id = $2::uuid)
   AND ($3::text IS NULL OR name = $3::text)
   AND ($4::timestamptz IS NULL
@@ -66,6 +66,7 @@ func (q *Queries) ListSnapshotPage(ctx context.Context, arg ListSnapshotPagePara
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Hidden,
 		); err != nil {
 			return nil, err
 		}

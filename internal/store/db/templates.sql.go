@@ -13,7 +13,7 @@ import (
 )
 
 const deleteTemplate = `-- name: DeleteTemplate :one
-DELETE FROM templates WHERE team_id = $1 AND name = $2 RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at
+DELETE FROM templates WHERE team_id = $1 AND name = $2 RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden
 `
 
 type DeleteTemplateParams struct {
@@ -40,12 +40,13 @@ func (q *Queries) DeleteTemplate(ctx context.Context, arg DeleteTemplateParams) 
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Hidden,
 	)
 	return i, err
 }
 
 const getTemplate = `-- name: GetTemplate :one
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden FROM templates
 WHERE name = $1 AND team_id IN ($2, '00000000-0000-0000-0000-000000000000')
 ORDER BY (team_id = $2) DESC
 LIMIT 1
@@ -75,6 +76,7 @@ func (q *Queries) GetTemplate(ctx context.Context, arg GetTemplateParams) (Templ
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Hidden,
 	)
 	return i, err
 }
@@ -84,7 +86,7 @@ INSERT INTO templates (id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_
                        source_sandbox_id, metadata, created_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
         $10, $11, $12)
-RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at
+RETURNING id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden
 `
 
 type InsertTemplateParams struct {
@@ -135,17 +137,19 @@ func (q *Queries) InsertTemplate(ctx context.Context, arg InsertTemplateParams) 
 		&i.CreatedBy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Hidden,
 	)
 	return i, err
 }
 
 const listTemplates = `-- name: ListTemplates :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates
-WHERE team_id IN ($1, '00000000-0000-0000-0000-000000000000')
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden FROM templates
+WHERE team_id IN ($1, '00000000-0000-0000-0000-000000000000') AND NOT hidden
 ORDER BY name, (team_id = $1) DESC
 `
 
-// The team's templates and the public ones, by name (the team's first on a tie).
+// The team's templates and the public ones, by name (the team's first on a
+// tie); hidden rows (tagged versions, build layers) are not listed.
 func (q *Queries) ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Template, error) {
 	rows, err := q.db.Query(ctx, listTemplates, teamID)
 	if err != nil {
@@ -170,6 +174,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Temp
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Hidden,
 		); err != nil {
 			return nil, err
 		}
@@ -182,7 +187,7 @@ func (q *Queries) ListTemplates(ctx context.Context, teamID pgtype.UUID) ([]Temp
 }
 
 const listTemplatesByHost = `-- name: ListTemplatesByHost :many
-SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at FROM templates WHERE host_id = $1 ORDER BY id
+SELECT id, team_id, name, kind, vcpus, memory_mb, disk_mb, size_bytes, host_id, source_sandbox_id, metadata, created_by, created_at, updated_at, hidden FROM templates WHERE host_id = $1 ORDER BY id
 `
 
 // The templates whose files a host keeps (snapshots), for reconciliation.
@@ -210,6 +215,7 @@ func (q *Queries) ListTemplatesByHost(ctx context.Context, hostID pgtype.UUID) (
 			&i.CreatedBy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Hidden,
 		); err != nil {
 			return nil, err
 		}
@@ -236,7 +242,7 @@ ON CONFLICT (team_id, name) DO UPDATE SET
   source_sandbox_id = EXCLUDED.source_sandbox_id,
   metadata          = EXCLUDED.metadata,
   created_by        = EXCLUDED.created_by
-RETURNING templates.id, templates.team_id, templates.name, templates.kind, templates.vcpus, templates.memory_mb, templates.disk_mb, templates.size_bytes, templates.host_id, templates.source_sandbox_id, templates.metadata, templates.created_by, templates.created_at, templates.updated_at, (xmax = 0)::boolean AS inserted
+RETURNING templates.id, templates.team_id, templates.name, templates.kind, templates.vcpus, templates.memory_mb, templates.disk_mb, templates.size_bytes, templates.host_id, templates.source_sandbox_id, templates.metadata, templates.created_by, templates.created_at, templates.updated_at, templates.hidden, (xmax = 0)::boolean AS inserted
 `
 
 type UpsertTemplateParams struct {
@@ -290,6 +296,7 @@ func (q *Queries) UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) 
 		&i.Template.CreatedBy,
 		&i.Template.CreatedAt,
 		&i.Template.UpdatedAt,
+		&i.Template.Hidden,
 		&i.Inserted,
 	)
 	return i, err

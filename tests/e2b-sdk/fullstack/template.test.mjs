@@ -62,3 +62,39 @@ test('an image no registry serves fails at its base step', { timeout: 120_000 },
   await assert.rejects(Template.build(template, `sdk-ubuntu-${Date.now().toString(36)}`),
     (err) => /no container registry/.test(err.message))
 })
+
+test('tags: a build of name:tag, Sandbox.create by tag, assignTags, removeTags, getTags, exists', { timeout: 1_200_000 }, async () => {
+  const name = `sdk-tags-${Date.now().toString(36)}`
+  const template = Template().fromTemplate('base').runCmd('echo tagged-v1 > /tmp/version.txt')
+  const info = await Template.build(template, `${name}:v1`, { cpuCount: 1, memoryMB: 512 })
+  assert.deepEqual(info.tags, ['v1'])
+  // Only a tagged version: the name exists, but "name" alone (the
+  // default tag) names nothing.
+  assert.ok(await Template.exists(name), 'Template.exists of a name with a tagged version')
+  await assert.rejects(Sandbox.create(name, { timeoutMs: 60_000 }))
+
+  const read = async (ref) => {
+    const sbx = await Sandbox.create(ref, { timeoutMs: 300_000 })
+    created.push(sbx)
+    try {
+      return (await sbx.commands.run('cat /tmp/version.txt')).stdout.trim()
+    } finally {
+      await sbx.kill()
+    }
+  }
+  assert.equal(await read(`${name}:v1`), 'tagged-v1')
+
+  const assigned = await Template.assignTags(`${name}:v1`, ['prod', 'default'])
+  assert.deepEqual(assigned.tags, ['prod', 'default'])
+  assert.ok(assigned.buildId, 'the tagged version names its build')
+  assert.equal(await read(`${name}:prod`), 'tagged-v1')
+  assert.equal(await read(name), 'tagged-v1')
+  const tags = (await Template.getTags(name)).map((t) => t.tag).sort()
+  assert.deepEqual(tags, ['default', 'prod', 'v1'])
+
+  await Template.removeTags(name, 'v1')
+  assert.deepEqual((await Template.getTags(name)).map((t) => t.tag).sort(), ['default', 'prod'])
+  await assert.rejects(Sandbox.create(`${name}:v1`, { timeoutMs: 60_000 }))
+  await assert.rejects(Template.removeTags(name, 'default'))
+  await assert.rejects(Template.assignTags(`${name}:nope`, 'x'))
+})
