@@ -9,3 +9,6 @@ SELECT * FROM oauth_providers WHERE provider = @provider AND provider_user_id = 
 
 -- name: ListOAuthProvidersForUser :many
 SELECT * FROM oauth_providers WHERE user_id = @user_id ORDER BY provider;
+
+-- name: DeleteOAuthProvider :execrows
+DELETE FROM oauth_providers WHERE user_id = @user_id AND provider = @provider;

@@ -16,8 +16,8 @@
 // of session.go (same origin; X-CSRF-Token on unsafe methods). Signing out
 // revokes the token on the server (a denylist by its jti, which every
 // session authentication reads), for a Bearer token too. The routes that act for a user rather than in a
-// team (/v1/teams…, /v1/me, /v1/users/search, /v1/auth/switch-team, OAuth
-// linking) take a session only: an API key, which belongs to one team, is
+// team (/v1/teams…, /v1/me…, /v1/users/search, /v1/auth/switch-team, OAuth
+// linking and unlinking) take a session only: an API key, which belongs to one team, is
 // refused with 403, as it is by POST /v1/api-keys and DELETE
 // /v1/api-keys/{id} (a leaked key mints or revokes no keys). A team route
 // acts on the team of its path, with the

@@ -19,6 +19,8 @@ import (
 //	GET  /v1/auth/oauth/{provider}/login?redirect=/path  → 302 to the provider
 //	POST /v1/auth/oauth/{provider}/link?redirect=/path   → {"url": …} (session only)
 //	GET  /v1/auth/oauth/{provider}/callback?code&state  → 302 to the redirect
+//	DELETE /v1/me/oauth/{provider}                      → 204 (session only; teams.go's unlinkOAuth:
+//	     404 when not linked, 409 when the user has no password)
 //
 // The state cookie (oauth.StateManager: signed, single use, 10 minutes)
 // carries, under its MAC, where to go afterwards and, for a linking flow,

@@ -385,3 +385,78 @@ func TestOAuthRegistrationRaceHTTP(t *testing.T) {
 }
 
 func decodeBody(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
+
+// TestOAuthUnlink: DELETE /v1/me/oauth/github removes a linked identity
+// (GitHub no longer signs that user in, the session's team audits it);
+// not linked is 404; a user without a password (made by GitHub sign-in)
+// is refused with 409 and keeps its identity.
+func TestOAuthUnlink(t *testing.T) {
+	e := newOAuthAPI(t)
+	pw := e.user(t, "pw@example.com")
+	if l := e.callback(t, e.authorize(t, e.start(t, "github", "", pw.jwt), "pwowner", false)); l.frag.Get("linked") != "github" {
+		t.Fatalf("link: %+v", l)
+	}
+	oc := e.login(t, "", "octocat") // a new account: no password
+	ocJWT := oc.frag.Get("token")
+	if ocJWT == "" {
+		t.Fatalf("octocat sign-in: %+v", oc)
+	}
+
+	t.Run("me shows the link", func(t *testing.T) {
+		me := e.me(t, pw.jwt)
+		if !me.HasPassword || len(me.OAuth) != 1 || me.OAuth[0].Provider != "github" || me.OAuth[0].Email != "pw@example.com" {
+			t.Fatalf("me: %+v", me)
+		}
+		if me := e.me(t, ocJWT); me.HasPassword || len(me.OAuth) != 1 {
+			t.Fatalf("octocat me: %+v", me)
+		}
+	})
+	t.Run("no password: 409, nothing changes", func(t *testing.T) {
+		var p errorBody
+		if c := e.do(t, "DELETE", "/v1/me/oauth/github", ocJWT, nil, &p); c != 409 || !strings.Contains(p.Message, "password") {
+			t.Fatalf("unlink without a password: %d %+v", c, p)
+		}
+		if me := e.me(t, ocJWT); len(me.OAuth) != 1 {
+			t.Fatalf("identity gone: %+v", me)
+		}
+		if l := e.login(t, "", "octocat"); e.me(t, l.frag.Get("token")).User.ID != e.me(t, ocJWT).User.ID {
+			t.Fatalf("GitHub no longer signs octocat in: %+v", l)
+		}
+	})
+	t.Run("an API key cannot unlink", func(t *testing.T) {
+		if c := e.do(t, "DELETE", "/v1/me/oauth/github", pw.key, nil, nil); c != 403 {
+			t.Fatalf("API key: %d, want 403", c)
+		}
+	})
+	t.Run("unlink works", func(t *testing.T) {
+		if c := e.do(t, "DELETE", "/v1/me/oauth/github", pw.jwt, nil, nil); c != 204 {
+			t.Fatalf("unlink: %d", c)
+		}
+		if me := e.me(t, pw.jwt); len(me.OAuth) != 0 {
+			t.Fatalf("still linked: %+v", me)
+		}
+		// GitHub no longer signs into the account: the address belongs to a
+		// password account, so the login is the auto-link conflict again.
+		if l := e.login(t, "", "pwowner"); l.frag.Get("error") != "conflict" || l.frag.Get("token") != "" {
+			t.Fatalf("login after unlink: %+v", l)
+		}
+		var audit struct {
+			Items []struct {
+				Action     string         `json:"action"`
+				ResourceID string         `json:"resource_id"`
+				Metadata   map[string]any `json:"metadata"`
+			} `json:"audit_logs"`
+		}
+		if c := e.do(t, "GET", "/v1/audit-logs?action=user.oauth_unlink", pw.jwt, nil, &audit); c != 200 ||
+			len(audit.Items) != 1 || audit.Items[0].ResourceID != pw.id || audit.Items[0].Metadata["provider"] != "github" {
+			t.Fatalf("audit: %d %+v", c, audit)
+		}
+	})
+	t.Run("not linked: 404", func(t *testing.T) {
+		for _, path := range []string{"/v1/me/oauth/github", "/v1/me/oauth/gitlab", "/v1/me/oauth/NOT%20A%20NAME"} {
+			if c := e.do(t, "DELETE", path, pw.jwt, nil, nil); c != 404 {
+				t.Errorf("%s: %d, want 404", path, c)
+			}
+		}
+	})
+}

@@ -221,6 +221,7 @@ func (s *Server) register() {
 	s.handle("GET /v1/me", s.userAuthed(s.getMe))
 	s.handle("PATCH /v1/me", s.userAuthed(s.updateMe))
 	s.handle("POST /v1/me/password", s.loginIP.Middleware(ip)(s.userAuthed(s.changePassword)))
+	s.handle("DELETE /v1/me/oauth/{provider}", s.userAuthed(s.unlinkOAuth))
 	s.handle("GET /v1/users/search", s.userAuthed(s.searchUsers))
 	s.registerAdmin()
 	s.registerBuilds()

@@ -313,6 +313,18 @@ type meJSON struct {
 	// TeamID is the session's team ("" when it has none, e.g. after the
 	// team was deleted: switch to another).
 	TeamID string `json:"team_id"`
+	// HasPassword: the user can sign in with a password (an account made
+	// by OAuth sign-in has none until it sets one).
+	HasPassword bool `json:"has_password"`
+	// OAuth lists the user's linked OAuth identities.
+	OAuth []oauthIdentityJSON `json:"oauth"`
+}
+
+// oauthIdentityJSON is one linked OAuth identity.
+type oauthIdentityJSON struct {
+	Provider string    `json:"provider"`
+	Email    string    `json:"email"`
+	LinkedAt time.Time `json:"linked_at"`
 }
 
 func userOf(u db.User) userJSON {
@@ -325,7 +337,11 @@ func (s *Server) getMe(w http.ResponseWriter, r *http.Request, p service.Princip
 		s.writeError(w, r, err)
 		return
 	}
-	out := meJSON{User: userOf(me.User), Teams: teamsOf(me.Teams)}
+	out := meJSON{User: userOf(me.User), Teams: teamsOf(me.Teams), HasPassword: me.User.PasswordHash.Valid,
+		OAuth: make([]oauthIdentityJSON, len(me.Identities))}
+	for i, id := range me.Identities {
+		out.OAuth[i] = oauthIdentityJSON{Provider: id.Provider, Email: id.Email, LinkedAt: id.CreatedAt}
+	}
 	if !p.TeamID.IsZero() {
 		out.TeamID = p.TeamID.String()
 	}
@@ -344,6 +360,18 @@ func (s *Server) updateMe(w http.ResponseWriter, r *http.Request, p service.Prin
 		return
 	}
 	writeJSON(w, http.StatusOK, userOf(u))
+}
+
+// unlinkOAuth removes the user's identity at the path's provider → 204;
+// 404 when none is linked, 409 when the user has no password (the
+// identity is its only way in). The provider need not be configured any
+// more: an identity of a provider since switched off can still go.
+func (s *Server) unlinkOAuth(w http.ResponseWriter, r *http.Request, p service.Principal) {
+	if err := s.cfg.Accounts.UnlinkOAuth(r.Context(), p, r.PathValue("provider")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 type changePasswordJSON struct {

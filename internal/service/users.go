@@ -8,6 +8,7 @@ import (
 	"unicode"
 
 	"github.com/capsulehq/capsule/internal/auth"
+	"github.com/capsulehq/capsule/internal/auth/oauth"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 	"github.com/capsulehq/capsule/internal/wireid"
@@ -123,6 +124,8 @@ func (a *Accounts) SwitchTeam(ctx context.Context, p Principal, team TeamID) (Se
 type Me struct {
 	User  db.User
 	Teams []TeamRole
+	// Identities are the user's linked OAuth identities (by provider).
+	Identities []db.OAuthProvider
 }
 
 // Me returns p's user and its live teams (with p's role in each).
@@ -143,7 +146,60 @@ func (a *Accounts) Me(ctx context.Context, p Principal) (Me, error) {
 	for i, r := range rows {
 		out.Teams[i] = TeamRole{Team: teamView(r.Team), Role: r.Role, JoinedAt: r.JoinedAt}
 	}
+	if out.Identities, err = q.ListOAuthProvidersForUser(ctx, u.ID); err != nil {
+		return Me{}, fmt.Errorf("list identities: %w", err)
+	}
 	return out, nil
+}
+
+// UnlinkOAuth removes p's identity at provider. Not linked is ErrNotFound;
+// a user without a password is ErrConflict (the identity is its only way
+// in: unlinking would lock it out; it sets a password first). The removal
+// is audited (action "user.oauth_unlink", admin scope) in the session's
+// team when it has one, in the same transaction; the user row is locked
+// so that a concurrent password change or link is ordered with it.
+func (a *Accounts) UnlinkOAuth(ctx context.Context, p Principal, provider string) error {
+	if err := requireUser(p); err != nil {
+		return err
+	}
+	if !oauth.ValidProviderName(provider) {
+		return errorf(ErrNotFound, "no such provider")
+	}
+	err := a.st.Tx(ctx, func(q *db.Queries) error {
+		u, err := q.LockUser(ctx, pgUUID(p.UserID))
+		if err != nil {
+			return notFound(err, "user")
+		}
+		ids, err := q.ListOAuthProvidersForUser(ctx, u.ID)
+		if err != nil {
+			return fmt.Errorf("list identities: %w", err)
+		}
+		var ident *db.OAuthProvider
+		for i := range ids {
+			if ids[i].Provider == provider {
+				ident = &ids[i]
+			}
+		}
+		if ident == nil {
+			return errorf(ErrNotFound, "no %s account is linked to yours", provider)
+		}
+		if !u.PasswordHash.Valid {
+			return errorf(ErrConflict, "your account has no password: %s is your only way to sign in; set a password first, then unlink it", provider)
+		}
+		if _, err := q.DeleteOAuthProvider(ctx, db.DeleteOAuthProviderParams{UserID: u.ID, Provider: provider}); err != nil {
+			return fmt.Errorf("unlink: %w", err)
+		}
+		if p.TeamID.IsZero() {
+			return nil
+		}
+		return a.audit.Record(ctx, q, p.TeamID, p.Actor(), AuditEvent{ResourceType: "user", ResourceID: userID(u.ID),
+			Action: "user.oauth_unlink", Scope: ScopeAdmin, Metadata: map[string]any{"provider": provider, "email": ident.Email}})
+	})
+	if err != nil {
+		return err
+	}
+	a.log.InfoContext(ctx, "oauth identity unlinked", "provider", provider, "user", p.UserID.String())
+	return nil
 }
 
 // SetName sets p's display name: trimmed, at most 128 bytes, no control

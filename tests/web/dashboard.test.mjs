@@ -608,6 +608,36 @@ describe('dashboard', { concurrency: false }, () => {
 		assert.equal((await apiAs(page, 'DELETE', '/v1/templates/web-public')).status, 403);
 	});
 
+	test("admin: the platform team's capsules list the public build's VM", async () => {
+		const page = adminPage;
+		await page.goto(`${base}/admin`);
+		await page.getByRole('link', { name: "Platform team's capsules" }).click();
+		await page.getByRole('heading', { name: "Platform team's capsules" }).waitFor();
+		// The public build ran in a capsule of the platform team, destroyed
+		// after the build: hidden until destroyed capsules are shown.
+		const builds = JSON.parse((await apiAs(page, 'GET', '/v1/admin/builds?limit=50')).body).builds;
+		const build = builds.find((b) => b.template === 'web-public' && b.status === 'success');
+		assert.ok(build, 'the public build');
+		const listed = JSON.parse((await apiAs(page, 'GET', '/v1/admin/sandboxes?limit=200')).body).sandboxes;
+		const vm = listed.find((s) => Object.values(s.metadata || {}).includes(build.id));
+		assert.ok(vm, `a platform capsule of build ${build.id}: ${JSON.stringify(listed)}`);
+		assert.equal(vm.state, 'stopped');
+		// Nothing of another team: the admin's own team's capsule is not listed.
+		assert.ok(!listed.some((s) => s.id === capsule), "the admin's team's capsule is listed");
+		await page.getByText('The platform team has no live capsules.').waitFor();
+		await visit(page, 'admin-capsules-empty');
+		await page.getByLabel('Show destroyed capsules').check();
+		const r = row(page, vm.id);
+		await r.getByTestId('state').filter({ hasText: 'stopped' }).waitFor();
+		await r.getByText(vm.template, { exact: true }).waitFor();
+		await r.getByText(`${vm.vcpus} vCPU · ${vm.memory_mb} MiB`).waitFor();
+		assert.equal(await r.getByRole('link').count(), 0, 'a platform capsule links to the team capsule page');
+		assert.equal(await r.getByRole('button').count(), 0, 'a platform capsule has actions');
+		const shown = await page.locator('[data-testid=capsule-row]').evaluateAll((rs) => rs.map((x) => x.dataset.id));
+		assert.deepEqual(shown.sort(), listed.map((s) => s.id).sort(), 'the page lists what the API lists');
+		await visit(page, 'admin-capsules');
+	});
+
 	test('BYOC: an admin enables it for the team; register a host (token shown once), delete it', async () => {
 		const page = adminPage;
 		await page.getByRole('link', { name: 'Admin', exact: true }).click();
@@ -663,6 +693,24 @@ describe('dashboard', { concurrency: false }, () => {
 		assert.equal(await login(admin.password), 401, 'the old password after the change');
 		assert.equal(await login(next), 200, 'the new password');
 		await visit(page, 'settings');
+	});
+
+	test('settings: GitHub is not linked (nor configured): no unlink button; the API refuses an unlink', async () => {
+		const page = adminPage;
+		await page.goto(`${base}/dashboard/settings`);
+		const gh = page.getByTestId('github');
+		await gh.getByText('Not linked.').waitFor();
+		await gh.getByText('GitHub sign-in is not configured on this server.').waitFor();
+		assert.equal(await gh.getByRole('button').count(), 0, 'a link or unlink button without GitHub');
+		const me = JSON.parse((await apiAs(page, 'GET', '/v1/me')).body);
+		assert.deepEqual(me.oauth, []);
+		assert.equal(me.has_password, true);
+		// Unlinking what is not linked: 404, and nothing changed.
+		const r = await apiAs(page, 'DELETE', '/v1/me/oauth/github');
+		assert.equal(r.status, 404, r.body);
+		assert.match(JSON.parse(r.body).message, /no github account is linked/);
+		assert.deepEqual(JSON.parse((await apiAs(page, 'GET', '/v1/me')).body).oauth, []);
+		await visit(page, 'settings-github');
 	});
 
 	test('a member cannot see admin pages, and the API refuses too', async () => {

@@ -11,6 +11,23 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const deleteOAuthProvider = `-- name: DeleteOAuthProvider :execrows
+DELETE FROM oauth_providers WHERE user_id = $1 AND provider = $2
+`
+
+type DeleteOAuthProviderParams struct {
+	UserID   pgtype.UUID `json:"user_id"`
+	Provider string      `json:"provider"`
+}
+
+func (q *Queries) DeleteOAuthProvider(ctx context.Context, arg DeleteOAuthProviderParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deleteOAuthProvider, arg.UserID, arg.Provider)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const getOAuthProvider = `-- name: GetOAuthProvider :one
 SELECT id, user_id, provider, provider_user_id, email, created_at FROM oauth_providers WHERE provider = $1 AND provider_user_id = $2
 `

@@ -92,6 +92,7 @@ type Querier interface {
 	DeleteHostRecord(ctx context.Context, id pgtype.UUID) (int64, error)
 	// A host no longer holds a template (evicted or deleted).
 	DeleteHostTemplate(ctx context.Context, arg DeleteHostTemplateParams) (int64, error)
+	DeleteOAuthProvider(ctx context.Context, arg DeleteOAuthProviderParams) (int64, error)
 	// Revokes an invitation not yet redeemed (a redeemed one is history).
 	DeletePendingInvitation(ctx context.Context, arg DeletePendingInvitationParams) (TeamInvitation, error)
 	DeleteSandbox(ctx context.Context, arg DeleteSandboxParams) (int64, error)

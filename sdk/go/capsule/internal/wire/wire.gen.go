@@ -2042,6 +2042,12 @@ type MakeDirRequest struct {
 
 // Me defines model for Me.
 type Me struct {
+	// HasPassword the user can sign in with a password (an account made by OAuth sign-in has none until it sets one)
+	HasPassword bool `json:"has_password"`
+
+	// Oauth the user's linked OAuth identities, by provider
+	Oauth []OAuthIdentity `json:"oauth"`
+
 	// TeamId the session's team; `""` when it has none (left or deleted: switch to another)
 	TeamId string `json:"team_id"`
 
@@ -2082,6 +2088,14 @@ type NetworkRules struct {
 	AllowInternetAccess *bool    `json:"allow_internet_access,omitempty"`
 	AllowOut            []string `json:"allow_out"`
 	DenyOut             []string `json:"deny_out"`
+}
+
+// OAuthIdentity defines model for OAuthIdentity.
+type OAuthIdentity struct {
+	// Email the address the provider vouched for when linking
+	Email    string    `json:"email"`
+	LinkedAt time.Time `json:"linked_at"`
+	Provider string    `json:"provider"`
 }
 
 // OAuthLinkStart defines model for OAuthLinkStart.
@@ -3699,6 +3713,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UnlinkOAuth Unlink the user's identity at an OAuth provider (session only)
+	//
+	// Removes the link made by `POST /v1/auth/oauth/{provider}/link` (or by an OAuth sign-in):
+	// the provider no longer signs this user in. Refused with 409, changing nothing, when the
+	// user has no password (an account made by OAuth sign-in: the identity is its only way in;
+	// it sets a password first). The provider need not be configured on the server any more.
+	// Audited as `user.oauth_unlink` (admin scope) in the session's team.
+	//
+	// Corresponds with DELETE /v1/me/oauth/{provider} (the `UnlinkOAuth` operationId).
+	UnlinkOAuth(ctx context.Context, provider string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ChangePasswordWithBody Change the user's password (session only)
 	//
@@ -5574,6 +5599,27 @@ func (c *Client) UpdateMeWithBody(ctx context.Context, contentType string, body 
 // Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 func (c *Client) UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewUpdateMeRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UnlinkOAuth Unlink the user's identity at an OAuth provider (session only)
+//
+// Removes the link made by `POST /v1/auth/oauth/{provider}/link` (or by an OAuth sign-in):
+// the provider no longer signs this user in. Refused with 409, changing nothing, when the
+// user has no password (an account made by OAuth sign-in: the identity is its only way in;
+// it sets a password first). The provider need not be configured on the server any more.
+// Audited as `user.oauth_unlink` (admin scope) in the session's team.
+//
+// Corresponds with DELETE /v1/me/oauth/{provider} (the `UnlinkOAuth` operationId).
+func (c *Client) UnlinkOAuth(ctx context.Context, provider string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUnlinkOAuthRequest(c.Server, provider)
 	if err != nil {
 		return nil, err
 	}
@@ -9040,6 +9086,40 @@ func NewUpdateMeRequestWithBody(server string, contentType string, body io.Reade
 	return req, nil
 }
 
+// NewUnlinkOAuthRequest constructs an http.Request for the UnlinkOAuth method
+func NewUnlinkOAuthRequest(server string, provider string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "provider", provider, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/me/oauth/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewChangePasswordRequest calls the generic ChangePassword builder with application/json body
 func NewChangePasswordRequest(server string, body ChangePasswordJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -12326,6 +12406,19 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/me (the `UpdateMe` operationId).
 	UpdateMeWithResponse(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error)
+
+	// UnlinkOAuthWithResponse Unlink the user's identity at an OAuth provider (session only)
+	//
+	// Removes the link made by `POST /v1/auth/oauth/{provider}/link` (or by an OAuth sign-in):
+	// the provider no longer signs this user in. Refused with 409, changing nothing, when the
+	// user has no password (an account made by OAuth sign-in: the identity is its only way in;
+	// it sets a password first). The provider need not be configured on the server any more.
+	// Audited as `user.oauth_unlink` (admin scope) in the session's team.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/me/oauth/{provider} (the `UnlinkOAuth` operationId).
+	UnlinkOAuthWithResponse(ctx context.Context, provider string, reqEditors ...RequestEditorFn) (*UnlinkOAuthResponse, error)
 
 	// ChangePasswordWithBodyWithResponse Change the user's password (session only)
 	//
@@ -16168,6 +16261,75 @@ func (r UpdateMeResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r UpdateMeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type UnlinkOAuthResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *NeedsSession
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON500 the response for an HTTP 500 `application/json` response
+	JSON500 *InternalError
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r UnlinkOAuthResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r UnlinkOAuthResponse) GetJSON403() *NeedsSession {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r UnlinkOAuthResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r UnlinkOAuthResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON500 returns the response for an HTTP 500 `application/json` response
+func (r UnlinkOAuthResponse) GetJSON500() *InternalError {
+	return r.JSON500
+}
+
+// GetBody returns the raw response body bytes
+func (r UnlinkOAuthResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UnlinkOAuthResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UnlinkOAuthResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UnlinkOAuthResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -21222,6 +21384,25 @@ func (c *ClientWithResponses) UpdateMeWithResponse(ctx context.Context, body Upd
 	return ParseUpdateMeResponse(rsp)
 }
 
+// UnlinkOAuthWithResponse Unlink the user's identity at an OAuth provider (session only)
+//
+// Removes the link made by `POST /v1/auth/oauth/{provider}/link` (or by an OAuth sign-in):
+// the provider no longer signs this user in. Refused with 409, changing nothing, when the
+// user has no password (an account made by OAuth sign-in: the identity is its only way in;
+// it sets a password first). The provider need not be configured on the server any more.
+// Audited as `user.oauth_unlink` (admin scope) in the session's team.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/me/oauth/{provider} (the `UnlinkOAuth` operationId).
+func (c *ClientWithResponses) UnlinkOAuthWithResponse(ctx context.Context, provider string, reqEditors ...RequestEditorFn) (*UnlinkOAuthResponse, error) {
+	rsp, err := c.UnlinkOAuth(ctx, provider, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUnlinkOAuthResponse(rsp)
+}
+
 // ChangePasswordWithBodyWithResponse Change the user's password (session only)
 //
 // The current password must match when the user has one (an account made by OAuth sign-in
@@ -24869,6 +25050,63 @@ func ParseUpdateMeResponse(rsp *http.Response) (*UpdateMeResponse, error) {
 			return nil, err
 		}
 		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
+		var dest InternalError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON500 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseUnlinkOAuthResponse parses an HTTP response from a UnlinkOAuthWithResponse call
+func ParseUnlinkOAuthResponse(rsp *http.Response) (*UnlinkOAuthResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UnlinkOAuthResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest NeedsSession
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 500:
 		var dest InternalError
