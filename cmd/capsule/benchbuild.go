@@ -6,9 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -52,21 +49,15 @@ HEALTHCHECK --interval=1s --timeout=5s --start-period=30s python3 -c 'import url
 
 // benchBuild measures template builds through the API of a control plane
 // running in this process: the duration of the 5-step recipe (queued to
-// success), first built and rebuilt unchanged (the layer cache), and the latency of POST /v1/sandboxes from the built snapshot
-// template against from base (their ratio: the issue wants ≤ 1.2).
+// success), first built and rebuilt unchanged (the layer cache), and the
+// latency of POST /v1/sandboxes from the built snapshot template against
+// from base (their ratio: the issue wants ≤ 1.2).
 func benchBuild(ctx context.Context, o buildBenchOptions) (map[string]any, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("bench build: needs root (the host agent's VMs and network)")
-	}
-	if o.log == nil {
-		o.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	stack, err := startBenchStack(ctx, o.benchStackOptions, "bench-build-")
+	stack, b, err := startAPIBench(ctx, "build", o.benchStackOptions)
 	if err != nil {
 		return nil, err
 	}
 	defer stack.close()
-	b := &apiBench{st: stack.st, agents: stack.pool, url: stack.url, key: stack.key, team: stack.team, client: stack.client}
 	// Each round builds a recipe of its own (its ENV differs: no cached
 	// layer), then rebuilds it unchanged (its 5 steps come from the layer
 	// cache; START, the healthcheck and the snapshot still run).
