@@ -32,30 +32,15 @@ import (
 // to the other, paused. A move's template left behind (a failed clean-up)
 // is deleted by the reconciliation.
 func TestMovePausedSandboxRealAgents(t *testing.T) {
-	hostA := hosttest.StartAgent(t, hosttest.MovePools[0])
-	hostB := hosttest.StartAgent(t, hosttest.MovePools[1])
-	e := newEnvHosts(t, map[string]string{LocalHost: hostA.URL, "b": hostB.URL})
+	h2 := newTwoHostEnv(t, hosttest.MovePools)
+	e, hostA, hostB, idA, idB := h2.env, h2.a, h2.b, h2.idA, h2.idB
+	setStatus := func(name, status string) { t.Helper(); h2.setStatus(t, name, status) }
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "mover@example.com")
-	hostID := func(name string) pgtype.UUID {
-		t.Helper()
-		h, err := e.st.Queries().GetHostByName(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h.ID
-	}
-	idA, idB := hostID(LocalHost), hostID("b")
 	agents := map[pgtype.UUID]*hosttest.Agent{idA: hostA, idB: hostB}
 	names := map[pgtype.UUID]string{idA: "A", idB: "B"}
 	other := map[pgtype.UUID]pgtype.UUID{idA: idB, idB: idA}
-	setStatus := func(name, status string) {
-		t.Helper()
-		if _, err := e.st.Pool().Exec(ctx, `UPDATE hosts SET status = $1 WHERE name = $2`, status, name); err != nil {
-			t.Fatal(err)
-		}
-	}
 	drain := func(h pgtype.UUID) {
 		t.Helper()
 		for id, name := range map[pgtype.UUID]string{idA: LocalHost, idB: "b"} {

@@ -30,33 +30,17 @@ import (
 // relay) is refused by B, which keeps nothing of it, and the next create
 // copies it cleanly. Deleting the template reaches both hosts.
 func TestTemplateReplicationRealAgents(t *testing.T) {
-	hostA := hosttest.StartAgent(t, hosttest.ReplicaPools[0])
-	hostB := hosttest.StartAgent(t, hosttest.ReplicaPools[1])
-	e := newEnvHosts(t, map[string]string{LocalHost: hostA.URL, "b": hostB.URL})
+	h2 := newTwoHostEnv(t, hosttest.ReplicaPools)
+	e, hostA, hostB, idA, idB := h2.env, h2.a, h2.b, h2.idA, h2.idB
+	setStatus := func(name, status string) { t.Helper(); h2.setStatus(t, name, status) }
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	_, p := e.signup(t, "replica@example.com")
-
-	hostID := func(name string) pgtype.UUID {
-		t.Helper()
-		h, err := e.st.Queries().GetHostByName(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h.ID
-	}
-	idA, idB := hostID(LocalHost), hostID("b")
-	// A static agent's vCPU capacity (8, overcommitted already) is
-	// recorded as CPUs, which the scheduler multiplies by its overcommit
-	// (4): 2, not 8 (which it would have multiplied again).
-	if h, err := e.st.Queries().GetHostByName(ctx, "b"); err != nil || h.TotalVCPUs != 2 {
-		t.Fatalf("host b's total vCPUs: %d, %v; want 8 vCPUs / 4", h.TotalVCPUs, err)
-	}
-	setStatus := func(name, status string) {
-		t.Helper()
-		if _, err := e.st.Pool().Exec(ctx, `UPDATE hosts SET status = $1 WHERE name = $2`, status, name); err != nil {
-			t.Fatal(err)
-		}
+	// A static agent's vCPU capacity (8) is the vCPUs it declares
+	// (max_vcpus, placed as is); total_vcpus stands in for its CPUs (8
+	// divided back by the overcommit, 4).
+	if h, err := e.st.Queries().GetHostByName(ctx, "b"); err != nil || h.TotalVCPUs != 2 || h.MaxVCPUs != 8 {
+		t.Fatalf("host b's vCPUs: total %d, declared %d, %v; want 2 and 8", h.TotalVCPUs, h.MaxVCPUs, err)
 	}
 	envd := func(sb Sandbox) *envdclient.Client {
 		c := envdclient.New(sb.EnvdURL, sb.EnvdAccessToken)
@@ -226,6 +210,36 @@ func TestTemplateReplicationRealAgents(t *testing.T) {
 		if !t.Run(s.name, s.run) {
 			t.FailNow()
 		}
+	}
+}
+
+// twoHostEnv is an env over two real agents: the static hosts "local" (A,
+// on the first pool) and "b" (B).
+type twoHostEnv struct {
+	*env
+	a, b     *hosttest.Agent
+	idA, idB pgtype.UUID
+}
+
+func newTwoHostEnv(t *testing.T, pools [2]hosttest.Pool) *twoHostEnv {
+	t.Helper()
+	h := &twoHostEnv{a: hosttest.StartAgent(t, pools[0]), b: hosttest.StartAgent(t, pools[1])}
+	h.env = newEnvHosts(t, map[string]string{LocalHost: h.a.URL, "b": h.b.URL})
+	for name, id := range map[string]*pgtype.UUID{LocalHost: &h.idA, "b": &h.idB} {
+		row, err := h.st.Queries().GetHostByName(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*id = row.ID
+	}
+	return h
+}
+
+// setStatus sets the status of the host name.
+func (h *twoHostEnv) setStatus(t *testing.T, name, status string) {
+	t.Helper()
+	if _, err := h.st.Pool().Exec(context.Background(), `UPDATE hosts SET status = $1 WHERE name = $2`, status, name); err != nil {
+		t.Fatal(err)
 	}
 }
 
