@@ -79,6 +79,15 @@ func (a *nsAgent) address() string { return a.ip.String() + ":7070" }
 func (a *nsAgent) remove() {
 	_ = exec.Command("ip", "link", "del", a.hostVeth).Run()
 	_ = exec.Command("ip", "netns", "del", a.ns).Run()
+	// An agent killed last (SIGKILL) left its slots' namespaces, which
+	// its next start would have cleaned.
+	if out, err := exec.Command("ip", "netns", "list").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if name, _, _ := strings.Cut(line, " "); strings.HasPrefix(name, a.slots.name+"-") {
+				_ = exec.Command("ip", "netns", "del", name).Run()
+			}
+		}
+	}
 }
 
 // setLink takes the link to the machine up or down (down: the control
