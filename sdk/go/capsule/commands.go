@@ -176,22 +176,37 @@ func (s *CommandService) Attach(ctx context.Context, sandboxID string, pid int, 
 	if err != nil {
 		return nil, err
 	}
+	return newProcess(ctx, conn, nil, wire.ExecStreamServerMessageTypeAttached, o)
+}
+
+// newProcess runs the opening of an exec stream: start (nil: none, an
+// attach) is sent, then the first answer must be want (started or
+// attached), which gives the PID; the output then goes to o's callbacks.
+// The stream is closed on failure.
+func newProcess(ctx context.Context, conn *websocket.Conn, start *wire.ExecStreamClientMessage, want wire.ExecStreamServerMessageType,
+	o CommandOptions) (*Process, error) {
 	pctx, cancel := context.WithCancel(ctx)
 	p := &Process{conn: conn, cancel: cancel, done: make(chan struct{})}
+	if start != nil {
+		if err := p.send(pctx, *start); err != nil {
+			p.close()
+			return nil, err
+		}
+	}
 	var first wire.ExecStreamServerMessage
 	if err := readMessage(pctx, conn, &first); err != nil {
 		p.close()
 		return nil, err
 	}
 	switch first.Type {
-	case wire.ExecStreamServerMessageTypeAttached:
+	case want:
 		p.PID = deref(first.Pid)
 	case wire.ExecStreamServerMessageTypeError:
 		p.close()
 		return nil, &APIError{Status: deref(first.Code), Message: deref(first.Message)}
 	default:
 		p.close()
-		return nil, fmt.Errorf("capsule: exec stream: %q before attached", first.Type)
+		return nil, fmt.Errorf("capsule: exec stream: %q before %s", first.Type, want)
 	}
 	go p.readLoop(pctx, o)
 	return p, nil
@@ -260,29 +275,7 @@ func (s *CommandService) start(ctx context.Context, sandboxID string, m wire.Exe
 		secs := seconds(o.Timeout)
 		m.TimeoutSec = &secs
 	}
-	pctx, cancel := context.WithCancel(ctx)
-	p := &Process{conn: conn, cancel: cancel, done: make(chan struct{})}
-	if err := p.send(pctx, m); err != nil {
-		p.close()
-		return nil, err
-	}
-	var first wire.ExecStreamServerMessage
-	if err := readMessage(pctx, conn, &first); err != nil {
-		p.close()
-		return nil, err
-	}
-	switch first.Type {
-	case wire.ExecStreamServerMessageTypeStarted:
-		p.PID = deref(first.Pid)
-	case wire.ExecStreamServerMessageTypeError:
-		p.close()
-		return nil, &APIError{Status: deref(first.Code), Message: deref(first.Message)}
-	default:
-		p.close()
-		return nil, fmt.Errorf("capsule: exec stream: %q before started", first.Type)
-	}
-	go p.readLoop(pctx, o)
-	return p, nil
+	return newProcess(ctx, conn, &m, wire.ExecStreamServerMessageTypeStarted, o)
 }
 
 func readMessage(ctx context.Context, conn *websocket.Conn, m *wire.ExecStreamServerMessage) error {
