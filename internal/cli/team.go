@@ -57,12 +57,23 @@ session's current team unless --team names another (its ID, name or slug).
   capsule team remove alice@example.com`,
 	}
 	cmd.PersistentFlags().StringVar(&team, "team", "", "the team to act on: ID, name or slug (default: the session's)")
-	pick := func(ctx context.Context, c *capsule.Client) (capsule.Team, error) { return pickTeam(ctx, c, team) }
+	pick := func(ctx context.Context) (*capsule.Client, capsule.Team, error) {
+		c, err := a.newClient()
+		if err != nil {
+			return nil, capsule.Team{}, err
+		}
+		t, err := pickTeam(ctx, c, team)
+		return c, t, err
+	}
 	cmd.AddCommand(a.teamListCmd(), a.teamCreateCmd(), a.teamRenameCmd(pick), a.teamRmCmd(), a.teamSwitchCmd(),
 		a.teamMembersCmd(pick), a.teamRemoveCmd(pick), a.teamLeaveCmd(pick), a.teamInviteCmd(pick), a.teamInvitesCmd(pick),
 		a.teamAuditCmd())
 	return cmd
 }
+
+// teamPicker is a client of the profile and the team a command acts on
+// (--team, or the session's).
+type teamPicker func(ctx context.Context) (*capsule.Client, capsule.Team, error)
 
 // pickTeam finds the user's team named by ref (ID, name or slug; "" the
 // session's).
@@ -172,18 +183,14 @@ func (a *app) teamCreateCmd() *cobra.Command {
 	return cmd
 }
 
-func (a *app) teamRenameCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamRenameCmd(pick teamPicker) *cobra.Command {
 	return &cobra.Command{
 		Use:     "rename NEW-NAME",
 		Short:   "Rename the team (admins and owners; its slug stays)",
 		Example: "  capsule team rename 'Research & Development'\n  capsule team rename Platform --team 3f9a0c1d2b4e",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -313,7 +320,7 @@ func memberOf(ctx context.Context, c *capsule.Client, teamID, ref string) (capsu
 	return capsule.Member{}, &hinted{fmt.Errorf("%s is not a member of the team", ref), "`capsule team members` lists them"}
 }
 
-func (a *app) teamMembersCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamMembersCmd(pick teamPicker) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "members",
 		Aliases: []string{"member"},
@@ -323,11 +330,7 @@ func (a *app) teamMembersCmd(pick func(context.Context, *capsule.Client) (capsul
   capsule team members role alice@example.com owner`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -355,11 +358,7 @@ address nobody registered is refused: invite it (capsule team invite EMAIL).`,
 		Example: "  capsule team members add alice@example.com\n  capsule team members add bob@example.com --role admin",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -391,11 +390,7 @@ address nobody registered is refused: invite it (capsule team invite EMAIL).`,
 		Args:      cobra.ExactArgs(2),
 		ValidArgs: []string{capsule.RoleMember, capsule.RoleAdmin, capsule.RoleOwner},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -417,18 +412,14 @@ address nobody registered is refused: invite it (capsule team invite EMAIL).`,
 	return cmd
 }
 
-func (a *app) teamRemoveCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamRemoveCmd(pick teamPicker) *cobra.Command {
 	return &cobra.Command{
 		Use:     "remove USER...",
 		Short:   "Remove members from the team (by user ID or e-mail address)",
 		Example: "  capsule team remove alice@example.com",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -454,18 +445,14 @@ func (a *app) teamRemoveCmd(pick func(context.Context, *capsule.Client) (capsule
 	}
 }
 
-func (a *app) teamLeaveCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamLeaveCmd(pick teamPicker) *cobra.Command {
 	return &cobra.Command{
 		Use:     "leave",
 		Short:   "Leave the team (the last owner cannot)",
 		Example: "  capsule team leave --team Research",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -481,7 +468,7 @@ func (a *app) teamLeaveCmd(pick func(context.Context, *capsule.Client) (capsule.
 	}
 }
 
-func (a *app) teamInviteCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamInviteCmd(pick teamPicker) *cobra.Command {
 	var o capsule.InviteOptions
 	cmd := &cobra.Command{
 		Use:   "invite EMAIL",
@@ -493,11 +480,7 @@ user with capsule team members add). The invitee signs up with the token printed
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Email = args[0]
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -522,7 +505,7 @@ user with capsule team members add). The invitee signs up with the token printed
 	return cmd
 }
 
-func (a *app) teamInvitesCmd(pick func(context.Context, *capsule.Client) (capsule.Team, error)) *cobra.Command {
+func (a *app) teamInvitesCmd(pick teamPicker) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "invitations",
 		Aliases: []string{"invites"},
@@ -530,11 +513,7 @@ func (a *app) teamInvitesCmd(pick func(context.Context, *capsule.Client) (capsul
 		Example: "  capsule team invitations\n  capsule team invitations revoke inv-3f9a0c1d2b4e4a6f8e0c1d2b4e4a6f8e",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -559,11 +538,7 @@ func (a *app) teamInvitesCmd(pick func(context.Context, *capsule.Client) (capsul
 		Example: "  capsule team invitations revoke inv-3f9a0c1d2b4e4a6f8e0c1d2b4e4a6f8e",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.newClient()
-			if err != nil {
-				return err
-			}
-			t, err := pick(cmd.Context(), c)
+			c, t, err := pick(cmd.Context())
 			if err != nil {
 				return err
 			}
