@@ -25,6 +25,7 @@ import (
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/image"
 	"github.com/capsulehq/capsule/internal/netslot"
+	"github.com/capsulehq/capsule/internal/phase"
 	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
@@ -270,7 +271,7 @@ func NewID() string {
 
 // Create starts a sandbox and returns once its envd has been initialized.
 func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err error) {
-	clock := newPhaseClock()
+	clock := phase.Start()
 	if o.ID == "" {
 		o.ID = NewID()
 	}
@@ -379,13 +380,13 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		snap = &vmm.Snapshot{Dir: tpl.Snapshot, VCPUs: tpl.VCPUs, MemoryMB: tpl.MemoryMB}
 		rec.RestoredFrom = tpl.Name
 	}
-	clock.mark("prepare")
+	clock.Mark("prepare")
 	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo, clock); err != nil {
 		return nil, err
 	}
 	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil)
 	info = m.info(b)
-	info.Phases = clock.phases
+	info.Phases = clock.Phases()
 	return info, nil
 }
 
@@ -394,7 +395,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 // access token a restored envd still holds (it must be presented to
 // replace it). clock, when not nil, records the phases. Called with b.op
 // held.
-func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback, clock *phaseClock) error {
+func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback, clock *phase.Clock) error {
 	rec := b.snapshotRecord()
 	slot, err := m.cfg.Slots.Acquire(ctx)
 	if err != nil {
@@ -448,14 +449,14 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	}
 	bctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
-	clock.mark("slot")
+	clock.Mark("slot")
 	var machine vmm.Machine
 	if snap != nil {
 		machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
-		clock.mark("restore")
+		clock.Mark("restore")
 	} else {
 		machine, err = m.cfg.Driver.Boot(bctx, spec)
-		clock.mark("boot")
+		clock.Mark("boot")
 	}
 	if err != nil {
 		return fmt.Errorf("start machine: %w", err)
@@ -477,11 +478,11 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := client.WaitHealthy(bctx, machine.Done()); err != nil {
 		return fmt.Errorf("%w (console: %s)", err, spec.ConsoleLog)
 	}
-	clock.mark("envd")
+	clock.Mark("envd")
 	if err := m.initEnvd(bctx, initClient, &rec); err != nil {
 		return err
 	}
-	clock.mark("init")
+	clock.Mark("init")
 
 	b.mu.Lock()
 	b.machine, b.slot, b.client = machine, slot, client
@@ -492,7 +493,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
-	clock.mark("commit")
+	clock.Mark("commit")
 	m.running(b, machine)
 	return nil
 }

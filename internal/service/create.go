@@ -14,6 +14,7 @@ import (
 	"github.com/capsulehq/capsule/internal/agentclient"
 	"github.com/capsulehq/capsule/internal/auth"
 	"github.com/capsulehq/capsule/internal/egress"
+	"github.com/capsulehq/capsule/internal/phase"
 	"github.com/capsulehq/capsule/internal/store"
 	"github.com/capsulehq/capsule/internal/store/db"
 )
@@ -132,7 +133,7 @@ func (r *CreateSandbox) withShape(tpl resolvedTemplate) error {
 // counts against quotas) and destroyed on the agent in case it got that
 // far.
 func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) (Sandbox, error) {
-	clock := newPhaseClock()
+	clock := phase.Start()
 	if err := req.normalize(); err != nil {
 		return Sandbox{}, err
 	}
@@ -162,7 +163,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
-	clock.mark("template")
+	clock.Mark("template")
 	team, err := s.st.Queries().GetTeam(ctx, pgUUID(p.TeamID))
 	if err != nil {
 		return Sandbox{}, notFound(err, "team")
@@ -173,7 +174,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
-	clock.mark("schedule")
+	clock.Mark("schedule")
 	var row db.Sandbox
 	err = s.st.Tx(ctx, func(q *db.Queries) error {
 		t, err := q.LockTeam(ctx, pgUUID(p.TeamID))
@@ -206,7 +207,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if err != nil {
 		return Sandbox{}, err
 	}
-	clock.mark("db")
+	clock.Mark("db")
 	id := ID(row.ID)
 	log := s.log.With("sandbox", id, "team", p.TeamID.String(), "host", s.hostKey(row.HostID))
 	fail := func(cause error) (Sandbox, error) {
@@ -247,7 +248,7 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), agentCallTimeout)
 	defer acancel()
 	ctx = actx
-	clock.mark("agent-client")
+	clock.Mark("agent-client")
 	var (
 		created    *pb.Sandbox
 		hostPhases []*pb.CreatePhase
@@ -266,8 +267,8 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	} else {
 		created, err = s.askAgent(ctx, c, row.ID, err, store.SandboxRunning)
 	}
-	agentTime := clock.mark("agent")
-	clock.hostPhases(hostPhases)
+	agentTime := clock.Mark("agent")
+	addHostPhases(clock, hostPhases)
 	if err != nil {
 		return fail(agentError(err, "create"))
 	}
@@ -283,9 +284,9 @@ func (s *Sandboxes) Create(ctx context.Context, p Principal, req CreateSandbox) 
 	if tpl.row != nil {
 		s.noteTemplate(ctx, row.HostID, tpl.row.ID, tpl.row.SizeBytes)
 	}
-	clock.mark("commit")
+	clock.Mark("commit")
 	log.InfoContext(ctx, "sandbox created", "template", req.Template, "vcpus", req.VCPUs, "memory_mb", req.MemoryMB)
 	v := s.view(row, created)
-	v.AgentTime, v.Phases = agentTime, clock.phases
+	v.AgentTime, v.Phases = agentTime, clock.Phases()
 	return v, nil
 }

@@ -49,8 +49,8 @@ func overlap(a, b, c, d time.Time) float64 {
 // statsD0 is the first day of the tests' timeline (UTC midnight).
 var statsD0 = time.Date(2031, 3, 1, 0, 0, 0, 0, time.UTC)
 
-// phase is a stretch of a sandbox's life in one state: [from, to).
-type phase struct {
+// stretch is a stretch of a sandbox's life in one state: [from, to).
+type stretch struct {
 	from, to time.Time
 	state    string
 }
@@ -59,7 +59,7 @@ type phase struct {
 type life struct {
 	team         int
 	vcpus, mem   int32
-	phases       []phase
+	phases       []stretch
 	cpuPct       float64 // the VMM's CPU while running
 	pssMiB       int64   // its PSS while running (0: only RSS was read)
 	rssMiB       int64
@@ -329,14 +329,14 @@ func TestTeamStatsAndUsage(t *testing.T) {
 	lives := []*life{
 		// Team 0: one sandbox across midnight, paused and resumed; one
 		// that starts and runs after midnight; one on day 2.
-		{team: 0, vcpus: 2, mem: 1024, cpuPct: 50, pssMiB: 300, rssMiB: 700, phases: []phase{
+		{team: 0, vcpus: 2, mem: 1024, cpuPct: 50, pssMiB: 300, rssMiB: 700, phases: []stretch{
 			{day(0, "23:00"), day(1, "00:30"), run}, {day(1, "00:30"), day(1, "01:00"), pause}, {day(1, "01:00"), day(1, "01:20"), run}}},
-		{team: 0, vcpus: 1, mem: 512, cpuPct: 25, pssMiB: 100, rssMiB: 400, phases: []phase{
+		{team: 0, vcpus: 1, mem: 512, cpuPct: 25, pssMiB: 100, rssMiB: 400, phases: []stretch{
 			{day(1, "00:00"), day(1, "00:05"), start}, {day(1, "00:05"), day(1, "00:40"), run}}},
-		{team: 0, vcpus: 4, mem: 2048, cpuPct: 100, pssMiB: 1000, rssMiB: 1200, phases: []phase{
+		{team: 0, vcpus: 4, mem: 2048, cpuPct: 100, pssMiB: 1000, rssMiB: 1200, phases: []stretch{
 			{day(2, "12:00"), day(2, "12:30"), run}}},
 		// Team 1: one sandbox across midnight (no PSS read: its RSS counts).
-		{team: 1, vcpus: 1, mem: 256, cpuPct: 10, rssMiB: 100, phases: []phase{
+		{team: 1, vcpus: 1, mem: 256, cpuPct: 10, rssMiB: 100, phases: []stretch{
 			{day(0, "23:30"), day(1, "00:10"), run}}},
 	}
 	for _, l := range lives {

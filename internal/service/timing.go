@@ -6,13 +6,11 @@ import (
 	"time"
 
 	pb "github.com/capsulehq/capsule/gen/hostagent/v1"
+	"github.com/capsulehq/capsule/internal/phase"
 )
 
 // Phase is one step of a request and how long it took.
-type Phase struct {
-	Name string
-	Took time.Duration
-}
+type Phase = phase.Phase
 
 // Create's phases, in order: "template" (the template resolved, the
 // request checked, env vars sealed), "schedule" (the team read and the
@@ -22,28 +20,11 @@ type Phase struct {
 // prepare, slot, restore or boot, envd, init, commit), and "commit" (the
 // record marked running with its audit entry).
 
-// phaseClock records phases as marks.
-type phaseClock struct {
-	last   time.Time
-	phases []Phase
-}
-
-func newPhaseClock() *phaseClock { return &phaseClock{last: time.Now()} }
-
-// mark ends the phase name now and returns its duration.
-func (c *phaseClock) mark(name string) time.Duration {
-	now := time.Now()
-	d := now.Sub(c.last)
-	c.phases = append(c.phases, Phase{Name: name, Took: d})
-	c.last = now
-	return d
-}
-
-// hostPhases appends an agent's create phases, named "host-<name>".
-func (c *phaseClock) hostPhases(ps []*pb.CreatePhase) {
+// addHostPhases adds an agent's create phases to c, named "host-<name>".
+func addHostPhases(c *phase.Clock, ps []*pb.CreatePhase) {
 	for _, p := range ps {
 		if name := p.GetName(); name != "" && serverTimingToken(name) {
-			c.phases = append(c.phases, Phase{Name: "host-" + name, Took: p.GetTook().AsDuration()})
+			c.Add(Phase{Name: "host-" + name, Took: p.GetTook().AsDuration()})
 		}
 	}
 }
