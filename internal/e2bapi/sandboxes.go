@@ -134,35 +134,34 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, p service.Princ
 		h.fail(w, r, err)
 		return
 	}
+	// localName is the team's own name of ref, or an error (not found
+	// when ref names nothing of the team's).
+	localName := func(ref string) (string, error) {
+		name, ok, err := h.localName(r, p, ref)
+		if err == nil && !ok {
+			err = &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(*body.TemplateID) + " not found"}
+		}
+		return name, err
+	}
 	if body.TemplateID != nil {
 		// A tagged version ("[<slug>/]name:tag"): the template row its tag names.
 		if base, tag, ok := strings.Cut(*body.TemplateID, ":"); ok && tag != defaultTag {
-			name, ok, err := h.localName(r, p, base)
+			name, err := localName(base)
+			if err == nil {
+				name, err = h.cfg.Sandboxes.ResolveTemplateTag(r.Context(), p, name, tag)
+			}
 			if err != nil {
 				h.fail(w, r, err)
 				return
 			}
-			if !ok {
-				h.fail(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(*body.TemplateID) + " not found"})
-				return
-			}
-			resolved, err := h.cfg.Sandboxes.ResolveTemplateTag(r.Context(), p, name, tag)
-			if err != nil {
-				h.fail(w, r, err)
-				return
-			}
-			body.TemplateID = &resolved
+			body.TemplateID = &name
 		}
 	}
 	if body.TemplateID != nil && strings.Contains(*body.TemplateID, "/") {
 		// A namespaced name ("<slug>/name:default", a snapshotID).
-		name, ok, err := h.localName(r, p, *body.TemplateID)
+		name, err := localName(*body.TemplateID)
 		if err != nil {
 			h.fail(w, r, err)
-			return
-		}
-		if !ok {
-			h.fail(w, r, &service.Error{Kind: service.ErrNotFound, Msg: "template " + strconv.Quote(*body.TemplateID) + " not found"})
 			return
 		}
 		body.TemplateID = &name
