@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -63,15 +63,10 @@ func (a *app) adminTeamsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSLUG\tBYOC\tMEMBERS\tSANDBOXES\tCREATED")
-			for _, t := range list {
+			return printList(a, list, "ID\tNAME\tSLUG\tBYOC\tMEMBERS\tSANDBOXES\tCREATED", func(tw io.Writer, i int) {
+				t := list[i]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%d\t%s\n", t.ID, t.Name, t.Slug, t.BYOC, t.Members, t.Sandboxes, t.CreatedAt.Local().Format(time.DateOnly))
-			}
-			return tw.Flush()
+			})
 		},
 	}
 	cmd.AddCommand(&cobra.Command{
@@ -190,15 +185,10 @@ func (a *app) adminUsersCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tEMAIL\tNAME\tADMIN\tDISABLED\tTEAMS\tCREATED")
-			for _, u := range list {
+			return printList(a, list, "ID\tEMAIL\tNAME\tADMIN\tDISABLED\tTEAMS\tCREATED", func(tw io.Writer, i int) {
+				u := list[i]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%d\t%s\n", u.ID, u.Email, u.Name, u.Admin, u.Disabled, u.Teams, u.CreatedAt.Local().Format(time.DateOnly))
-			}
-			return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().StringVar(&prefix, "email", "", "only users whose e-mail address starts with this")
@@ -256,12 +246,8 @@ func (a *app) adminHostsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tTEAM\tTYPE\tSTATUS\tADDRESS\tVCPUS\tMEMORY\tSANDBOXES\tHEARTBEAT")
-			for _, h := range list {
+			return printList(a, list, "ID\tNAME\tTEAM\tTYPE\tSTATUS\tADDRESS\tVCPUS\tMEMORY\tSANDBOXES\tHEARTBEAT", func(tw io.Writer, i int) {
+				h := list[i]
 				kind, beat := "regular", "-"
 				if h.BYOC {
 					kind = "byoc"
@@ -271,8 +257,7 @@ func (a *app) adminHostsCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d MiB\t%d\t%s\n", h.ID, h.Name, h.TeamName, kind, h.Status, h.Address,
 					h.Total.VCPUs, h.Total.MemoryMB, h.Sandboxes, beat)
-			}
-			return tw.Flush()
+			})
 		},
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -119,6 +120,20 @@ func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.stdio.Out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printList prints list: as JSON with --json, else as a table with the
+// tab-separated header and a line row writes for each item (by index).
+func printList[T any](a *app, list []T, header string, row func(tw io.Writer, i int)) error {
+	if a.json {
+		return a.printJSON(list)
+	}
+	tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for i := range list {
+		row(tw, i)
+	}
+	return tw.Flush()
 }
 
 // each applies op to every argument in turn, stopping at the first

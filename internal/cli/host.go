@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -42,20 +43,15 @@ for an admin. These calls need a user's session token in the profile (capsule lo
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tTYPE\tSTATUS\tADDRESS\tVCPUS\tMEMORY\tSANDBOXES\tHEARTBEAT")
-			for _, h := range list {
+			return printList(a, list, "ID\tNAME\tTYPE\tSTATUS\tADDRESS\tVCPUS\tMEMORY\tSANDBOXES\tHEARTBEAT", func(tw io.Writer, i int) {
+				h := list[i]
 				beat := "-"
 				if h.LastHeartbeatAt != nil {
 					beat = time.Since(*h.LastHeartbeatAt).Round(time.Second).String() + " ago"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\t%d/%d MiB\t%d\t%s\n", h.ID, h.Name, h.Type, h.Status, h.Address,
 					h.Used.VCPUs, h.Total.VCPUs, h.Used.MemoryMB, h.Total.MemoryMB, h.Sandboxes, beat)
-			}
-			return tw.Flush()
+			})
 		},
 	}, a.hostAddCmd(), a.hostRmCmd())
 	return cmd

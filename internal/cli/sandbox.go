@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -139,16 +140,11 @@ func (a *app) listCmd() *cobra.Command {
 					break
 				}
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTEMPLATE\tSTATE\tVCPUS\tMEMORY\tAGE\tMETADATA")
-			for _, sb := range list {
+			return printList(a, list, "ID\tTEMPLATE\tSTATE\tVCPUS\tMEMORY\tAGE\tMETADATA", func(tw io.Writer, i int) {
+				sb := list[i]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\n", sb.ID, sb.Template, sb.State, sb.VCPUs, sb.MemoryMB,
 					age(time.Since(sb.CreatedAt)), metadata(sb.Metadata))
-			}
-			return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().StringArrayVar(&states, "state", nil, "only sandboxes in this state (repeatable): running, paused, stopped…")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -338,15 +339,10 @@ func (a *app) teamMembersCmd(pick teamPicker) *cobra.Command {
 			if err != nil {
 				return teamHint(err)
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "USER\tEMAIL\tNAME\tROLE\tJOINED")
-			for _, m := range list {
+			return printList(a, list, "USER\tEMAIL\tNAME\tROLE\tJOINED", func(tw io.Writer, i int) {
+				m := list[i]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.UserID, m.Email, m.Name, m.Role, m.JoinedAt.Local().Format(time.DateOnly))
-			}
-			return tw.Flush()
+			})
 		},
 	}
 	var role string
@@ -521,15 +517,10 @@ func (a *app) teamInvitesCmd(pick teamPicker) *cobra.Command {
 			if err != nil {
 				return teamHint(err)
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tEMAIL\tROLE\tSTATUS\tEXPIRES")
-			for _, i := range list {
+			return printList(a, list, "ID\tEMAIL\tROLE\tSTATUS\tEXPIRES", func(tw io.Writer, n int) {
+				i := list[n]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.ID, i.Email, i.Role, i.Status, i.ExpiresAt.Local().Format(time.DateTime))
-			}
-			return tw.Flush()
+			})
 		},
 	}
 	cmd.AddCommand(&cobra.Command{

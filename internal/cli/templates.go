@@ -3,7 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/capsulehq/capsule/sdk/go/capsule"
@@ -33,16 +33,11 @@ func (a *app) templateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tKIND\tVCPUS\tMEMORY\tSIZE\tPUBLIC\tCREATED")
-			for _, s := range list {
+			return printList(a, list, "NAME\tKIND\tVCPUS\tMEMORY\tSIZE\tPUBLIC\tCREATED", func(tw io.Writer, i int) {
+				s := list[i]
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d MiB\t%s\t%v\t%s\n", s.Name, s.Kind, s.VCPUs, s.MemoryMB, size(s.SizeBytes), s.Public,
 					s.CreatedAt.Local().Format(time.DateTime))
-			}
-			return tw.Flush()
+			})
 		},
 	}, &cobra.Command{
 		Use:     "rm NAME...",
@@ -79,19 +74,14 @@ func (a *app) keysCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.json {
-				return a.printJSON(keys)
-			}
-			tw := tabwriter.NewWriter(a.stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tPREFIX\tCREATED\tLAST USED")
-			for _, k := range keys {
+			return printList(a, keys, "ID\tNAME\tPREFIX\tCREATED\tLAST USED", func(tw io.Writer, i int) {
+				k := keys[i]
 				last := "never"
 				if !k.LastUsedAt.IsZero() {
 					last = k.LastUsedAt.Local().Format(time.DateTime)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Prefix, k.CreatedAt.Local().Format(time.DateTime), last)
-			}
-			return tw.Flush()
+			})
 		},
 	}, &cobra.Command{
 		Use:     "create NAME",
