@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"syscall"
 
@@ -34,6 +35,8 @@ commands:
   bench sdk     measure the Go SDK: create → first command vs the E2B JS SDK, cp vs the raw API (prints JSON; root)
   bench density measure sandboxes per host (idle PSS) and ten concurrent creates vs one (prints JSON; root)
   bench hosts   measure the scheduling decision with 1,000 hosts, and a 3-host cluster of real agents (prints JSON; root for the cluster)
+  bench build   measure template builds: a cached rebuild vs a cold one (prints JSON; root)
+                (bench -cpuprofile FILE NAME …: a CPU profile of the bench's process)
   image         build, list and remove template images (capsule image help)
   version       print versions
 
@@ -105,6 +108,20 @@ func run(ctx context.Context, args []string) error {
 }
 
 func runBench(ctx context.Context, args []string) error {
+	// Flags of bench itself come before the benchmark's name.
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the control plane and agent of the in-process benches) to `file`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	args = fs.Args()
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if len(args) == 0 {
 		return errors.New("bench: name a benchmark (envd, vm, api, density, metrics, proxy, sdk, hosts, build)")
 	}
@@ -239,4 +256,23 @@ func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// startCPUProfile profiles this process's CPU into path until the
+// returned function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: CPU profile: %v\n", err)
+		}
+	}, nil
 }
