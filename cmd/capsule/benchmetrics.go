@@ -191,15 +191,15 @@ func (b *apiBench) statsFigures(ctx context.Context, o metricsBenchOptions, out 
 func (b *apiBench) statsPlans(ctx context.Context) (map[string]any, error) {
 	now := time.Now().UTC()
 	out := map[string]any{}
-	for _, c := range []struct{ rng, table, key string }{{"30d", "team_stats_hourly", "hour"}, {"24h", "team_stats_5m", "bucket"}} {
-		r := service.TeamStatsRanges[c.rng]
+	for _, rng := range []string{"30d", "24h"} {
+		r := service.TeamStatsRanges[rng]
 		last := now.Truncate(r.Step)
 		first := last.Add(-(r.Span/r.Step - 1) * r.Step)
 		var raw []byte
-		if err := b.st.Pool().QueryRow(ctx, fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
-			SELECT %[2]s, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max
-			FROM %[1]s WHERE team_id = $1 AND %[2]s >= $2 AND %[2]s <= $3 ORDER BY %[2]s`, c.table, c.key),
-			b.team.ID, first, last).Scan(&raw); err != nil {
+		if err := b.st.Pool().QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+			SELECT bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max
+			FROM team_stats_rollup WHERE team_id = $1 AND step_s = $2 AND bucket >= $3 AND bucket <= $4 ORDER BY bucket`,
+			b.team.ID, int(r.Step/time.Second), first, last).Scan(&raw); err != nil {
 			return nil, err
 		}
 		var plans []struct {
@@ -207,7 +207,7 @@ func (b *apiBench) statsPlans(ctx context.Context) (map[string]any, error) {
 			ExecutionTime float64        `json:"Execution Time"`
 		}
 		if err := json.Unmarshal(raw, &plans); err != nil || len(plans) != 1 {
-			return nil, fmt.Errorf("EXPLAIN of the %s range: %v", c.rng, err)
+			return nil, fmt.Errorf("EXPLAIN of the %s range: %v", rng, err)
 		}
 		var rows, blocks float64
 		var nodes []string
@@ -229,14 +229,14 @@ func (b *apiBench) statsPlans(ctx context.Context) (map[string]any, error) {
 			}
 		}
 		walk(plans[0].Plan)
-		out[c.rng] = map[string]any{"rows_read": int(rows), "blocks": int(blocks), "nodes": strings.Join(nodes, ">"),
+		out[rng] = map[string]any{"rows_read": int(rows), "blocks": int(blocks), "nodes": strings.Join(nodes, ">"),
 			"execution_ms": bench.Round4(plans[0].ExecutionTime)}
 	}
 	return out, nil
 }
 
 // statsHistory stores days of 10 s team stats samples for teams teams (the
-// bench's team and others) and their hourly maxima, as the control plane's
+// bench's team and others) and their rollups' maxima, as the control plane's
 // sampler writes them, and returns how many samples it stored.
 func (b *apiBench) statsHistory(ctx context.Context, teams, days int) (int64, error) {
 	pool := b.st.Pool()
@@ -259,13 +259,13 @@ func (b *apiBench) statsHistory(ctx context.Context, teams, days int) (int64, er
 			return rows, err
 		}
 		rows += tag.RowsAffected()
-		for _, rollup := range []struct{ table, key, width string }{{"team_stats_5m", "bucket", "5 minutes"}, {"team_stats_hourly", "hour", "1 hour"}} {
-			if _, err := pool.Exec(ctx, fmt.Sprintf(`
-				INSERT INTO %[1]s (team_id, %[2]s, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
-				SELECT team_id, date_bin('%[3]s', ts, timestamptz '1970-01-01 00:00:00+00'), max(running), max(paused),
-				       max(reserved_vcpus), max(reserved_memory_mb)
-				FROM team_stats WHERE team_id = $1 GROUP BY 1, 2
-				ON CONFLICT (team_id, %[2]s) DO NOTHING`, rollup.table, rollup.key, rollup.width), team); err != nil {
+		for _, width := range []time.Duration{5 * time.Minute, time.Hour} {
+			if _, err := pool.Exec(ctx, `
+				INSERT INTO team_stats_rollup (team_id, step_s, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
+				SELECT team_id, $2::int, date_bin(make_interval(secs => $2::int), ts, timestamptz '1970-01-01 00:00:00+00'), max(running),
+				       max(paused), max(reserved_vcpus), max(reserved_memory_mb)
+				FROM team_stats WHERE team_id = $1 GROUP BY 1, 2, 3
+				ON CONFLICT (team_id, step_s, bucket) DO NOTHING`, team, int(width/time.Second)); err != nil {
 				return rows, err
 			}
 		}
@@ -273,7 +273,7 @@ func (b *apiBench) statsHistory(ctx context.Context, teams, days int) (int64, er
 	// Vacuumed and analyzed as tables that lived 60 days would be:
 	// autovacuum, woken by 26 M fresh rows, would otherwise work through
 	// them during the timed reads.
-	for _, stmt := range []string{"VACUUM (ANALYZE) team_stats", "VACUUM (ANALYZE) team_stats_5m", "VACUUM (ANALYZE) team_stats_hourly"} {
+	for _, stmt := range []string{"VACUUM (ANALYZE) team_stats", "VACUUM (ANALYZE) team_stats_rollup"} {
 		if _, err := pool.Exec(ctx, stmt); err != nil {
 			return rows, fmt.Errorf("%s: %w", stmt, err)
 		}

@@ -40,35 +40,25 @@ ON CONFLICT (team_id, ts) DO UPDATE SET
   running = EXCLUDED.running, paused = EXCLUDED.paused,
   reserved_vcpus = EXCLUDED.reserved_vcpus, reserved_memory_mb = EXCLUDED.reserved_memory_mb;
 
--- name: UpsertTeamStatsHourly :exec
--- Raises the maxima of the hour of a sample (same arrays).
-INSERT INTO team_stats_hourly (team_id, hour, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
-SELECT t.team_id, @hour::timestamptz, t.running, t.paused, t.vcpus, t.mem
+-- name: UpsertTeamStatsRollup :exec
+-- Raises the maxima of the buckets of a sample (same arrays) in every
+-- rollup: each step_s (a width in seconds) with the bucket of the sample
+-- in that width (step_s and bucket arrays of equal length).
+INSERT INTO team_stats_rollup (team_id, step_s, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
+SELECT t.team_id, r.step_s, r.bucket, t.running, t.paused, t.vcpus, t.mem
 FROM (
   SELECT unnest(@team_ids::uuid[]) AS team_id, unnest(@running::integer[]) AS running,
          unnest(@paused::integer[]) AS paused, unnest(@vcpus::integer[]) AS vcpus,
          unnest(@memory_mb::bigint[]) AS mem
 ) AS t
-ON CONFLICT (team_id, hour) DO UPDATE SET
-  running_max = greatest(team_stats_hourly.running_max, EXCLUDED.running_max),
-  paused_max = greatest(team_stats_hourly.paused_max, EXCLUDED.paused_max),
-  reserved_vcpus_max = greatest(team_stats_hourly.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
-  reserved_memory_mb_max = greatest(team_stats_hourly.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max);
-
--- name: UpsertTeamStats5m :exec
--- Raises the maxima of the 5-minute bucket of a sample (same arrays).
-INSERT INTO team_stats_5m (team_id, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
-SELECT t.team_id, @bucket::timestamptz, t.running, t.paused, t.vcpus, t.mem
-FROM (
-  SELECT unnest(@team_ids::uuid[]) AS team_id, unnest(@running::integer[]) AS running,
-         unnest(@paused::integer[]) AS paused, unnest(@vcpus::integer[]) AS vcpus,
-         unnest(@memory_mb::bigint[]) AS mem
-) AS t
-ON CONFLICT (team_id, bucket) DO UPDATE SET
-  running_max = greatest(team_stats_5m.running_max, EXCLUDED.running_max),
-  paused_max = greatest(team_stats_5m.paused_max, EXCLUDED.paused_max),
-  reserved_vcpus_max = greatest(team_stats_5m.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
-  reserved_memory_mb_max = greatest(team_stats_5m.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max);
+CROSS JOIN (
+  SELECT unnest(@step_s::integer[]) AS step_s, unnest(@buckets::timestamptz[]) AS bucket
+) AS r
+ON CONFLICT (team_id, step_s, bucket) DO UPDATE SET
+  running_max = greatest(team_stats_rollup.running_max, EXCLUDED.running_max),
+  paused_max = greatest(team_stats_rollup.paused_max, EXCLUDED.paused_max),
+  reserved_vcpus_max = greatest(team_stats_rollup.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
+  reserved_memory_mb_max = greatest(team_stats_rollup.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max);
 
 -- name: TeamStatsSeries :many
 -- A team samples in buckets of step from first to last (the buckets
@@ -84,30 +74,21 @@ LEFT JOIN team_stats s ON s.team_id = @team_id AND s.ts >= g.ts AND s.ts < g.ts 
 GROUP BY g.ts
 ORDER BY g.ts;
 
--- name: TeamStatsHourlyRange :many
--- A team hourly maxima of the hours from first to last (an index range
--- scan: the hours without a sample have no row, and are zeros).
-SELECT hour AS ts, running_max AS running, paused_max AS paused,
-       reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
-FROM team_stats_hourly
-WHERE team_id = @team_id AND hour >= @first AND hour <= @last
-ORDER BY hour;
-
--- name: TeamStats5mRange :many
--- A team 5-minute maxima of the buckets from first to last (as
--- TeamStatsHourlyRange).
+-- name: TeamStatsRollupRange :many
+-- A team maxima of the buckets of width step_s from first to last (an
+-- index range scan: the buckets without a sample have no row, and are
+-- zeros).
 SELECT bucket AS ts, running_max AS running, paused_max AS paused,
        reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
-FROM team_stats_5m
-WHERE team_id = @team_id AND bucket >= @first AND bucket <= @last
+FROM team_stats_rollup
+WHERE team_id = @team_id AND step_s = @step_s AND bucket >= @first AND bucket <= @last
 ORDER BY bucket;
 
 -- name: PruneTeamStats :one
--- Retention: the samples, 5-minute and hourly maxima older than before.
+-- Retention: the samples and the rollups' maxima older than before.
 WITH raw AS (DELETE FROM team_stats WHERE ts < @before RETURNING 1),
-     fine AS (DELETE FROM team_stats_5m WHERE bucket < @before RETURNING 1),
-     hourly AS (DELETE FROM team_stats_hourly WHERE hour < @before RETURNING 1)
-SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM fine) + (SELECT count(*) FROM hourly))::bigint AS deleted;
+     rollup AS (DELETE FROM team_stats_rollup WHERE bucket < @before RETURNING 1)
+SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM rollup))::bigint AS deleted;
 
 -- name: UsedByTeamDay :many
 -- A team use per UTC day within [start_ts, end_ts), from the stored

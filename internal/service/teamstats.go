@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -22,9 +23,9 @@ import (
 // A sampler on the replica that leads the background loops records every
 // 10 s what each team's sandboxes hold (team_stats: running and paused
 // counts, reserved vCPUs and memory) and keeps each 5-minute bucket's and
-// each hour's maxima in step (team_stats_5m, team_stats_hourly: rollups
-// of the same job, pruned with the samples). Starting, running, pausing and resuming sandboxes
-// reserve their vCPUs and memory; paused ones no vCPU and half their
+// each hour's maxima in step (team_stats_rollup, keyed by the bucket's
+// width; pruned with the samples). Starting, running, pausing and
+// resuming sandboxes reserve their vCPUs and memory; paused ones no vCPU and half their
 // memory, ⌈Σ paused memory / 2⌉ per team (the seeds' formula). A team
 // holding nothing gets no row: an absent sample is zero. GET
 // /v1/sandboxes/stats reads a range as bucket maxima: the 24 h range (5-
@@ -70,6 +71,10 @@ var TeamStatsRanges = map[string]struct {
 	"6h": {6 * time.Hour, 2 * time.Minute}, "24h": {24 * time.Hour, 5 * time.Minute},
 	"30d": {30 * 24 * time.Hour, time.Hour},
 }
+
+// rollupSteps are the bucket widths the sampler keeps maxima of
+// (team_stats_rollup), for the ranges read in them (24h and 30d).
+var rollupSteps = []time.Duration{5 * time.Minute, time.Hour}
 
 // TeamFigures are what a team's sandboxes hold at a time (or a bucket's
 // maxima).
@@ -150,7 +155,8 @@ func NewTeamStats(st *store.Store, sbx *Sandboxes, now func() time.Time, log *sl
 
 // Sample records what every team's sandboxes hold now, in the current
 // 10 s slot (a second sample in the same slot replaces the first), and
-// raises the hour's maxima. It returns how many teams it recorded.
+// raises the maxima of its buckets in the rollups. It returns how many
+// teams it recorded.
 func (s *TeamStats) Sample(ctx context.Context) (int, error) {
 	ts := s.now().UTC().Truncate(TeamStatsInterval)
 	rows, err := s.st.Queries().LiveTeamStats(ctx)
@@ -170,12 +176,12 @@ func (s *TeamStats) Sample(ctx context.Context) (int, error) {
 			VCPUs: vcpus, MemoryMB: mem}); err != nil {
 			return err
 		}
-		if err := q.UpsertTeamStats5m(ctx, db.UpsertTeamStats5mParams{Bucket: ts.Truncate(5 * time.Minute), TeamIds: ids,
-			Running: running, Paused: paused, VCPUs: vcpus, MemoryMB: mem}); err != nil {
-			return err
+		steps, buckets := make([]int32, len(rollupSteps)), make([]time.Time, len(rollupSteps))
+		for i, step := range rollupSteps {
+			steps[i], buckets[i] = int32(step/time.Second), ts.Truncate(step)
 		}
-		return q.UpsertTeamStatsHourly(ctx, db.UpsertTeamStatsHourlyParams{Hour: ts.Truncate(time.Hour), TeamIds: ids,
-			Running: running, Paused: paused, VCPUs: vcpus, MemoryMB: mem})
+		return q.UpsertTeamStatsRollup(ctx, db.UpsertTeamStatsRollupParams{TeamIds: ids, Running: running, Paused: paused,
+			VCPUs: vcpus, MemoryMB: mem, StepS: steps, Buckets: buckets})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("team stats: %w", err)
@@ -214,24 +220,16 @@ func (s *TeamStats) Stats(ctx context.Context, p Principal, rng string) (TeamSta
 	out := TeamStatsSeries{Range: rng, Step: r.Step, From: first, To: now}
 	q := s.st.Queries()
 	var rollup []TeamStatsPoint // the buckets with a sample, from a rollup
-	switch r.Step {
-	case time.Hour:
-		rows, err := q.TeamStatsHourlyRange(ctx, db.TeamStatsHourlyRangeParams{TeamID: team, First: first, Last: last})
+	if slices.Contains(rollupSteps, r.Step) {
+		rows, err := q.TeamStatsRollupRange(ctx, db.TeamStatsRollupRangeParams{TeamID: team, StepS: int32(r.Step / time.Second),
+			First: first, Last: last})
 		if err != nil {
 			return TeamStatsSeries{}, fmt.Errorf("team stats: %w", err)
 		}
 		for _, r := range rows {
 			rollup = append(rollup, TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}})
 		}
-	case 5 * time.Minute:
-		rows, err := q.TeamStats5mRange(ctx, db.TeamStats5mRangeParams{TeamID: team, First: first, Last: last})
-		if err != nil {
-			return TeamStatsSeries{}, fmt.Errorf("team stats: %w", err)
-		}
-		for _, r := range rows {
-			rollup = append(rollup, TeamStatsPoint{r.Ts.UTC(), TeamFigures{r.Running, r.Paused, r.ReservedVCPUs, r.ReservedMemoryMB}})
-		}
-	default:
+	} else {
 		rows, err := q.TeamStatsSeries(ctx, db.TeamStatsSeriesParams{First: first, Last: last, TeamID: team,
 			Step: pgtype.Interval{Microseconds: r.Step.Microseconds(), Valid: true}})
 		if err != nil {

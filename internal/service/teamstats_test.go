@@ -477,12 +477,9 @@ func TestTeamStatsPrune(t *testing.T) {
 		if err := q.InsertTeamStats(ctx, args); err != nil {
 			t.Fatal(err)
 		}
-		if err := q.UpsertTeamStatsHourly(ctx, db.UpsertTeamStatsHourlyParams{Hour: ts.Truncate(time.Hour), TeamIds: args.TeamIds,
-			Running: args.Running, Paused: args.Paused, VCPUs: args.VCPUs, MemoryMB: args.MemoryMB}); err != nil {
-			t.Fatal(err)
-		}
-		if err := q.UpsertTeamStats5m(ctx, db.UpsertTeamStats5mParams{Bucket: ts.Truncate(5 * time.Minute), TeamIds: args.TeamIds,
-			Running: args.Running, Paused: args.Paused, VCPUs: args.VCPUs, MemoryMB: args.MemoryMB}); err != nil {
+		if err := q.UpsertTeamStatsRollup(ctx, db.UpsertTeamStatsRollupParams{TeamIds: args.TeamIds, Running: args.Running,
+			Paused: args.Paused, VCPUs: args.VCPUs, MemoryMB: args.MemoryMB, StepS: []int32{300, 3600},
+			Buckets: []time.Time{ts.Truncate(5 * time.Minute), ts.Truncate(time.Hour)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -501,7 +498,7 @@ func TestTeamStatsPrune(t *testing.T) {
 	for _, c := range []struct {
 		table string
 		want  int
-	}{{"team_stats", 1}, {"team_stats_5m", 1}, {"team_stats_hourly", 1}, {"team_usage_daily", 1}, {"usage_rollup_days", 1}} {
+	}{{"team_stats", 1}, {"team_stats_rollup", 2}, {"team_usage_daily", 1}, {"usage_rollup_days", 1}} {
 		var got int
 		if err := e.st.Pool().QueryRow(ctx, "SELECT count(*) FROM "+c.table).Scan(&got); err != nil || got != c.want {
 			t.Errorf("%s: %d rows, %v; want %d", c.table, got, err, c.want)

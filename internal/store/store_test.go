@@ -98,7 +98,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 		"goose_db_version", "host_refresh_tokens", "host_templates", "hosts", "internal_ca", "oauth_providers",
 		"revoked_sessions", "river_job", "river_leader", "river_migration", "river_notification", "river_queue",
 		"sandbox_logs", "sandbox_metrics", "sandbox_moves", "sandboxes", "team_api_keys", "team_invitations",
-		"team_stats", "team_stats_5m", "team_stats_hourly", "team_usage_daily", "teams", "template_tags", "templates", "usage_rollup_days",
+		"team_stats", "team_stats_rollup", "team_usage_daily", "teams", "template_tags", "templates", "usage_rollup_days",
 		"users", "users_teams"}
 	if strings.Join(tables, " ") != strings.Join(want, " ") {
 		t.Errorf("tables = %v\nwant     %v", tables, want)
@@ -118,7 +118,7 @@ func TestMigrateFromScratchAndIdempotent(t *testing.T) {
 		WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = 'public'
 		  AND c.table_name NOT IN ('goose_db_version', 'users_teams', 'sandbox_metrics', 'internal_ca', 'host_templates',
 		                           'build_archive_chunks', 'build_steps', 'build_logs', 'revoked_sessions', 'sandbox_logs',
-		                           'team_stats', 'team_stats_5m', 'team_stats_hourly', 'team_usage_daily', 'usage_rollup_days',
+		                           'team_stats', 'team_stats_rollup', 'team_usage_daily', 'usage_rollup_days',
 		                           'sandbox_moves', 'template_tags', 'build_layers')
 		  AND c.table_name NOT LIKE 'river\_%'  -- River's own schema
 		  AND NOT (c.data_type = 'uuid' AND c.column_default = 'gen_random_uuid()')`)

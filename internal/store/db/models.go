@@ -301,18 +301,10 @@ type TeamStat struct {
 	ReservedMemoryMB int64       `json:"reserved_memory_mb"`
 }
 
-type TeamStats5m struct {
+type TeamStatsRollup struct {
 	TeamID              pgtype.UUID `json:"team_id"`
+	StepS               int32       `json:"step_s"`
 	Bucket              time.Time   `json:"bucket"`
-	RunningMax          int32       `json:"running_max"`
-	PausedMax           int32       `json:"paused_max"`
-	ReservedVcpusMax    int32       `json:"reserved_vcpus_max"`
-	ReservedMemoryMbMax int64       `json:"reserved_memory_mb_max"`
-}
-
-type TeamStatsHourly struct {
-	TeamID              pgtype.UUID `json:"team_id"`
-	Hour                time.Time   `json:"hour"`
 	RunningMax          int32       `json:"running_max"`
 	PausedMax           int32       `json:"paused_max"`
 	ReservedVcpusMax    int32       `json:"reserved_vcpus_max"`

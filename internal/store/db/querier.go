@@ -357,7 +357,7 @@ type Querier interface {
 	PruneSandboxLogs(ctx context.Context, before time.Time) (int64, error)
 	// Retention: drops every point older than before.
 	PruneSandboxMetrics(ctx context.Context, before time.Time) (int64, error)
-	// Retention: the samples, 5-minute and hourly maxima older than before.
+	// Retention: the samples and the rollups' maxima older than before.
 	PruneTeamStats(ctx context.Context, before time.Time) (int64, error)
 	// Retention of the rollups: days before before_day.
 	PruneUsage(ctx context.Context, beforeDay pgtype.Date) (int64, error)
@@ -464,12 +464,10 @@ type Querier interface {
 	// The sweeper ends or retries a build it locked: status pending (with the new
 	// job) or failed.
 	SweepBuild(ctx context.Context, arg SweepBuildParams) (Build, error)
-	// A team 5-minute maxima of the buckets from first to last (as
-	// TeamStatsHourlyRange).
-	TeamStats5mRange(ctx context.Context, arg TeamStats5mRangeParams) ([]TeamStats5mRangeRow, error)
-	// A team hourly maxima of the hours from first to last (an index range
-	// scan: the hours without a sample have no row, and are zeros).
-	TeamStatsHourlyRange(ctx context.Context, arg TeamStatsHourlyRangeParams) ([]TeamStatsHourlyRangeRow, error)
+	// A team maxima of the buckets of width step_s from first to last (an
+	// index range scan: the buckets without a sample have no row, and are
+	// zeros).
+	TeamStatsRollupRange(ctx context.Context, arg TeamStatsRollupRangeParams) ([]TeamStatsRollupRangeRow, error)
 	// A team samples in buckets of step from first to last (the buckets
 	// starts), each bucket maximum (0 without a sample): one range scan of the
 	// primary key per bucket.
@@ -508,10 +506,10 @@ type Querier interface {
 	// (the newest point of a coarse tier is its open bucket, whose mean moves
 	// until it closes). has_guest false: the guest_ columns stay NULL.
 	UpsertSandboxMetrics(ctx context.Context, arg UpsertSandboxMetricsParams) error
-	// Raises the maxima of the 5-minute bucket of a sample (same arrays).
-	UpsertTeamStats5m(ctx context.Context, arg UpsertTeamStats5mParams) error
-	// Raises the maxima of the hour of a sample (same arrays).
-	UpsertTeamStatsHourly(ctx context.Context, arg UpsertTeamStatsHourlyParams) error
+	// Raises the maxima of the buckets of a sample (same arrays) in every
+	// rollup: each step_s (a width in seconds) with the bucket of the sample
+	// in that width (step_s and bucket arrays of equal length).
+	UpsertTeamStatsRollup(ctx context.Context, arg UpsertTeamStatsRollupParams) error
 	// Creates the team's template, or overwrites the one of the same name in place
 	// (same id, new contents). inserted tells which happened.
 	UpsertTemplate(ctx context.Context, arg UpsertTemplateParams) (UpsertTemplateRow, error)

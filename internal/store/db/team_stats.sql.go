@@ -198,12 +198,11 @@ func (q *Queries) MarkUsageDayRolledUp(ctx context.Context, arg MarkUsageDayRoll
 
 const pruneTeamStats = `-- name: PruneTeamStats :one
 WITH raw AS (DELETE FROM team_stats WHERE ts < $1 RETURNING 1),
-     fine AS (DELETE FROM team_stats_5m WHERE bucket < $1 RETURNING 1),
-     hourly AS (DELETE FROM team_stats_hourly WHERE hour < $1 RETURNING 1)
-SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM fine) + (SELECT count(*) FROM hourly))::bigint AS deleted
+     rollup AS (DELETE FROM team_stats_rollup WHERE bucket < $1 RETURNING 1)
+SELECT ((SELECT count(*) FROM raw) + (SELECT count(*) FROM rollup))::bigint AS deleted
 `
 
-// Retention: the samples, 5-minute and hourly maxima older than before.
+// Retention: the samples and the rollups' maxima older than before.
 func (q *Queries) PruneTeamStats(ctx context.Context, before time.Time) (int64, error) {
 	row := q.db.QueryRow(ctx, pruneTeamStats, before)
 	var deleted int64
@@ -434,21 +433,22 @@ func (q *Queries) RunningSandboxesOfTeam(ctx context.Context, teamID pgtype.UUID
 	return items, nil
 }
 
-const teamStats5mRange = `-- name: TeamStats5mRange :many
+const teamStatsRollupRange = `-- name: TeamStatsRollupRange :many
 SELECT bucket AS ts, running_max AS running, paused_max AS paused,
        reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
-FROM team_stats_5m
-WHERE team_id = $1 AND bucket >= $2 AND bucket <= $3
+FROM team_stats_rollup
+WHERE team_id = $1 AND step_s = $2 AND bucket >= $3 AND bucket <= $4
 ORDER BY bucket
 `
 
-type TeamStats5mRangeParams struct {
+type TeamStatsRollupRangeParams struct {
 	TeamID pgtype.UUID `json:"team_id"`
+	StepS  int32       `json:"step_s"`
 	First  time.Time   `json:"first"`
 	Last   time.Time   `json:"last"`
 }
 
-type TeamStats5mRangeRow struct {
+type TeamStatsRollupRangeRow struct {
 	Ts               time.Time `json:"ts"`
 	Running          int32     `json:"running"`
 	Paused           int32     `json:"paused"`
@@ -456,67 +456,23 @@ type TeamStats5mRangeRow struct {
 	ReservedMemoryMB int64     `json:"reserved_memory_mb"`
 }
 
-// A team 5-minute maxima of the buckets from first to last (as
-// TeamStatsHourlyRange).
-func (q *Queries) TeamStats5mRange(ctx context.Context, arg TeamStats5mRangeParams) ([]TeamStats5mRangeRow, error) {
-	rows, err := q.db.Query(ctx, teamStats5mRange, arg.TeamID, arg.First, arg.Last)
+// A team maxima of the buckets of width step_s from first to last (an
+// index range scan: the buckets without a sample have no row, and are
+// zeros).
+func (q *Queries) TeamStatsRollupRange(ctx context.Context, arg TeamStatsRollupRangeParams) ([]TeamStatsRollupRangeRow, error) {
+	rows, err := q.db.Query(ctx, teamStatsRollupRange,
+		arg.TeamID,
+		arg.StepS,
+		arg.First,
+		arg.Last,
+	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []TeamStats5mRangeRow{}
+	items := []TeamStatsRollupRangeRow{}
 	for rows.Next() {
-		var i TeamStats5mRangeRow
-		if err := rows.Scan(
-			&i.Ts,
-			&i.Running,
-			&i.Paused,
-			&i.ReservedVCPUs,
-			&i.ReservedMemoryMB,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const teamStatsHourlyRange = `-- name: TeamStatsHourlyRange :many
-SELECT hour AS ts, running_max AS running, paused_max AS paused,
-       reserved_vcpus_max AS reserved_vcpus, reserved_memory_mb_max AS reserved_memory_mb
-FROM team_stats_hourly
-WHERE team_id = $1 AND hour >= $2 AND hour <= $3
-ORDER BY hour
-`
-
-type TeamStatsHourlyRangeParams struct {
-	TeamID pgtype.UUID `json:"team_id"`
-	First  time.Time   `json:"first"`
-	Last   time.Time   `json:"last"`
-}
-
-type TeamStatsHourlyRangeRow struct {
-	Ts               time.Time `json:"ts"`
-	Running          int32     `json:"running"`
-	Paused           int32     `json:"paused"`
-	ReservedVCPUs    int32     `json:"reserved_vcpus"`
-	ReservedMemoryMB int64     `json:"reserved_memory_mb"`
-}
-
-// A team hourly maxima of the hours from first to last (an index range
-// scan: the hours without a sample have no row, and are zeros).
-func (q *Queries) TeamStatsHourlyRange(ctx context.Context, arg TeamStatsHourlyRangeParams) ([]TeamStatsHourlyRangeRow, error) {
-	rows, err := q.db.Query(ctx, teamStatsHourlyRange, arg.TeamID, arg.First, arg.Last)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []TeamStatsHourlyRangeRow{}
-	for rows.Next() {
-		var i TeamStatsHourlyRangeRow
+		var i TeamStatsRollupRangeRow
 		if err := rows.Scan(
 			&i.Ts,
 			&i.Running,
@@ -650,76 +606,46 @@ func (q *Queries) TeamUsageDays(ctx context.Context, arg TeamUsageDaysParams) ([
 	return items, nil
 }
 
-const upsertTeamStats5m = `-- name: UpsertTeamStats5m :exec
-INSERT INTO team_stats_5m (team_id, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
-SELECT t.team_id, $1::timestamptz, t.running, t.paused, t.vcpus, t.mem
+const upsertTeamStatsRollup = `-- name: UpsertTeamStatsRollup :exec
+INSERT INTO team_stats_rollup (team_id, step_s, bucket, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
+SELECT t.team_id, r.step_s, r.bucket, t.running, t.paused, t.vcpus, t.mem
 FROM (
-  SELECT unnest($2::uuid[]) AS team_id, unnest($3::integer[]) AS running,
-         unnest($4::integer[]) AS paused, unnest($5::integer[]) AS vcpus,
-         unnest($6::bigint[]) AS mem
+  SELECT unnest($1::uuid[]) AS team_id, unnest($2::integer[]) AS running,
+         unnest($3::integer[]) AS paused, unnest($4::integer[]) AS vcpus,
+         unnest($5::bigint[]) AS mem
 ) AS t
-ON CONFLICT (team_id, bucket) DO UPDATE SET
-  running_max = greatest(team_stats_5m.running_max, EXCLUDED.running_max),
-  paused_max = greatest(team_stats_5m.paused_max, EXCLUDED.paused_max),
-  reserved_vcpus_max = greatest(team_stats_5m.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
-  reserved_memory_mb_max = greatest(team_stats_5m.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max)
+CROSS JOIN (
+  SELECT unnest($6::integer[]) AS step_s, unnest($7::timestamptz[]) AS bucket
+) AS r
+ON CONFLICT (team_id, step_s, bucket) DO UPDATE SET
+  running_max = greatest(team_stats_rollup.running_max, EXCLUDED.running_max),
+  paused_max = greatest(team_stats_rollup.paused_max, EXCLUDED.paused_max),
+  reserved_vcpus_max = greatest(team_stats_rollup.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
+  reserved_memory_mb_max = greatest(team_stats_rollup.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max)
 `
 
-type UpsertTeamStats5mParams struct {
-	Bucket   time.Time     `json:"bucket"`
+type UpsertTeamStatsRollupParams struct {
 	TeamIds  []pgtype.UUID `json:"team_ids"`
 	Running  []int32       `json:"running"`
 	Paused   []int32       `json:"paused"`
 	VCPUs    []int32       `json:"vcpus"`
 	MemoryMB []int64       `json:"memory_mb"`
+	StepS    []int32       `json:"step_s"`
+	Buckets  []time.Time   `json:"buckets"`
 }
 
-// Raises the maxima of the 5-minute bucket of a sample (same arrays).
-func (q *Queries) UpsertTeamStats5m(ctx context.Context, arg UpsertTeamStats5mParams) error {
-	_, err := q.db.Exec(ctx, upsertTeamStats5m,
-		arg.Bucket,
+// Raises the maxima of the buckets of a sample (same arrays) in every
+// rollup: each step_s (a width in seconds) with the bucket of the sample
+// in that width (step_s and bucket arrays of equal length).
+func (q *Queries) UpsertTeamStatsRollup(ctx context.Context, arg UpsertTeamStatsRollupParams) error {
+	_, err := q.db.Exec(ctx, upsertTeamStatsRollup,
 		arg.TeamIds,
 		arg.Running,
 		arg.Paused,
 		arg.VCPUs,
 		arg.MemoryMB,
-	)
-	return err
-}
-
-const upsertTeamStatsHourly = `-- name: UpsertTeamStatsHourly :exec
-INSERT INTO team_stats_hourly (team_id, hour, running_max, paused_max, reserved_vcpus_max, reserved_memory_mb_max)
-SELECT t.team_id, $1::timestamptz, t.running, t.paused, t.vcpus, t.mem
-FROM (
-  SELECT unnest($2::uuid[]) AS team_id, unnest($3::integer[]) AS running,
-         unnest($4::integer[]) AS paused, unnest($5::integer[]) AS vcpus,
-         unnest($6::bigint[]) AS mem
-) AS t
-ON CONFLICT (team_id, hour) DO UPDATE SET
-  running_max = greatest(team_stats_hourly.running_max, EXCLUDED.running_max),
-  paused_max = greatest(team_stats_hourly.paused_max, EXCLUDED.paused_max),
-  reserved_vcpus_max = greatest(team_stats_hourly.reserved_vcpus_max, EXCLUDED.reserved_vcpus_max),
-  reserved_memory_mb_max = greatest(team_stats_hourly.reserved_memory_mb_max, EXCLUDED.reserved_memory_mb_max)
-`
-
-type UpsertTeamStatsHourlyParams struct {
-	Hour     time.Time     `json:"hour"`
-	TeamIds  []pgtype.UUID `json:"team_ids"`
-	Running  []int32       `json:"running"`
-	Paused   []int32       `json:"paused"`
-	VCPUs    []int32       `json:"vcpus"`
-	MemoryMB []int64       `json:"memory_mb"`
-}
-
-// Raises the maxima of the hour of a sample (same arrays).
-func (q *Queries) UpsertTeamStatsHourly(ctx context.Context, arg UpsertTeamStatsHourlyParams) error {
-	_, err := q.db.Exec(ctx, upsertTeamStatsHourly,
-		arg.Hour,
-		arg.TeamIds,
-		arg.Running,
-		arg.Paused,
-		arg.VCPUs,
-		arg.MemoryMB,
+		arg.StepS,
+		arg.Buckets,
 	)
 	return err
 }
