@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -82,29 +81,7 @@ func (m *Manager) pauseFilesystemLocked(ctx context.Context, b *box) error {
 	// Synced: every block the guest wrote has been flushed to the disk
 	// image (virtio-blk flushes reach the host file), so stopping the
 	// machine loses nothing on disk.
-	m.sampler.Remove(rec.ID)
-	_ = machine.Kill(ctx)
-	client.Close()
-	if err := m.cfg.Slots.Release(ctx, slot); err != nil {
-		m.log.ErrorContext(ctx, "release network slot", "sandbox", rec.ID, "err", err)
-	}
-	_ = os.RemoveAll(m.runDir(rec.ID))
-	m.release(&rec, false)
-
-	b.mu.Lock()
-	old := b.rec.Snapshot
-	b.machine, b.slot, b.client = nil, nil, nil
-	b.rec.State, b.rec.Snapshot, b.rec.DiskOnly, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StatePaused, "", true, 0, 0, ""
-	rec = *b.rec
-	b.mu.Unlock()
-	if err := m.writeRecord(dir, &rec); err != nil {
-		return err
-	}
-	if old != "" {
-		_ = os.RemoveAll(old)
-	}
-	m.log.InfoContext(ctx, "sandbox paused, filesystem only", "sandbox", rec.ID, "took", m.now().Sub(started))
-	return nil
+	return m.finishPause(ctx, b, rec, machine, slot, client, "", started)
 }
 
 // ResumeCold boots a paused sandbox cold from its disk, dropping its

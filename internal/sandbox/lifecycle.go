@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/vmm"
 )
 
@@ -74,7 +76,19 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 		return fmt.Errorf("pause %s: %w", rec.ID, err)
 	}
 	crashPoint("pause-snapshotted")
-	_ = machine.Kill(ctx) // the VMM exits after saving; make sure
+	return m.finishPause(ctx, b, rec, machine, slot, client, snap.Dir, started)
+}
+
+// finishPause ends a pause of rec's box once what the pause keeps is safe
+// (its memory snapshot written to snapshot, or, with snapshot empty, the
+// guest's file systems synced): the machine stops (the VMM exits after
+// saving; this makes sure), its slot, run directory and reservation go,
+// and the record says paused with snapshot before the previous snapshot
+// is removed.
+func (m *Manager) finishPause(ctx context.Context, b *box, rec record, machine vmm.Machine, slot *netslot.Slot,
+	client *envdclient.Client, snapshot string, started time.Time) error {
+	m.sampler.Remove(rec.ID)
+	_ = machine.Kill(ctx)
 	client.Close()
 	if err := m.cfg.Slots.Release(ctx, slot); err != nil {
 		m.log.ErrorContext(ctx, "release network slot", "sandbox", rec.ID, "err", err)
@@ -82,19 +96,23 @@ func (m *Manager) pauseLocked(ctx context.Context, b *box) error {
 	_ = os.RemoveAll(m.runDir(rec.ID))
 	m.release(&rec, false)
 
-	old := rec.Snapshot
 	b.mu.Lock()
+	old := b.rec.Snapshot
 	b.machine, b.slot, b.client = nil, nil, nil
-	b.rec.State, b.rec.Snapshot, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StatePaused, snap.Dir, 0, 0, ""
+	b.rec.State, b.rec.Snapshot, b.rec.DiskOnly, b.rec.VMMPid, b.rec.SlotIndex, b.rec.PendingSnapshot = StatePaused, snapshot, snapshot == "", 0, 0, ""
 	rec = *b.rec
 	b.mu.Unlock()
-	if err := m.writeRecord(dir, &rec); err != nil {
+	if err := m.writeRecord(m.sandboxDir(rec.ID), &rec); err != nil {
 		return err
 	}
-	if old != "" && old != snap.Dir {
+	if old != "" && old != snapshot {
 		_ = os.RemoveAll(old)
 	}
-	m.log.InfoContext(ctx, "sandbox paused", "sandbox", rec.ID, "took", m.now().Sub(started))
+	how := "sandbox paused"
+	if snapshot == "" {
+		how = "sandbox paused, filesystem only"
+	}
+	m.log.InfoContext(ctx, how, "sandbox", rec.ID, "took", m.now().Sub(started))
 	return nil
 }
 
