@@ -220,7 +220,7 @@ func timeUpload(ctx context.Context, hc *http.Client, base, src, dst string, siz
 			return err
 		}
 		defer f.Close()
-		return upload(ctx, hc, base, dst, f)
+		return uploadSized(ctx, hc, base, dst, f, size)
 	})
 	if err != nil {
 		return 0, err
@@ -262,9 +262,16 @@ func median(d []time.Duration) time.Duration {
 }
 
 func upload(ctx context.Context, hc *http.Client, base, path string, body io.Reader) error {
+	return uploadSized(ctx, hc, base, path, body, -1)
+}
+
+func uploadSized(ctx context.Context, hc *http.Client, base, path string, body io.Reader, size int64) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/files?path="+url.QueryEscape(path), body)
 	if err != nil {
 		return err
+	}
+	if size >= 0 {
+		req.ContentLength = size
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := hc.Do(req)
@@ -292,7 +299,7 @@ func download(ctx context.Context, hc *http.Client, base, path string, w io.Writ
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("download: HTTP %d", resp.StatusCode)
 	}
-	_, err = io.Copy(w, resp.Body)
+	_, err = io.CopyBuffer(struct{ io.Writer }{w}, resp.Body, make([]byte, 1<<20))
 	return err
 }
 
