@@ -173,7 +173,8 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 // connection over, on a raw connection: the reply comes on it, says
 // Connection: close and carries the headers set before (CORS); an Expect:
 // 100-continue is answered; a body that ends short is a 400 on that
-// connection and leaves no file; a small upload keeps the connection.
+// connection and leaves no file; the file belongs to the upload's user; a
+// small upload keeps the connection.
 func TestFilesSplicedUpload(t *testing.T) {
 	e := newFSEnv(t)
 	data := make([]byte, 5<<20+12345)
@@ -251,6 +252,21 @@ func TestFilesSplicedUpload(t *testing.T) {
 		wantError(t, resp.StatusCode, body, http.StatusBadRequest, "cannot read request body: unexpected EOF")
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Fatalf("after the short upload: stat %v, want no file", err)
+		}
+	})
+	t.Run("owned by the user", func(t *testing.T) {
+		u := otherUser(t)
+		p := e.path("owned", "dir", "big.bin")
+		resp, body := do(t, http.MethodPost, e.filesURL("path", p, "username", u.Username), bytes.NewReader(data),
+			map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode != http.StatusOK || !resp.Close {
+			t.Fatalf("upload: %d close=%v: %s", resp.StatusCode, resp.Close, body)
+		}
+		stored(t, p, data)
+		for _, q := range []string{e.path("owned"), e.path("owned", "dir"), p} {
+			if uid, gid := owner(t, q); uid != u.Uid || gid != u.Gid {
+				t.Errorf("%s owned by %s:%s, want %s:%s", q, uid, gid, u.Uid, u.Gid)
+			}
 		}
 	})
 	t.Run("small body keeps the connection", func(t *testing.T) {
