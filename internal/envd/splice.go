@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -79,6 +80,9 @@ func (b *splicedBody) fillFile(f *os.File) (bodyErr, fileErr error) {
 		}
 	}
 	copyBufPool.Put(bp)
+	if errors.Is(err, io.EOF) && int64(n) == b.size {
+		return nil, nil // all of it in the first read
+	}
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -110,8 +114,11 @@ func (b *splicedBody) fillFile(f *os.File) (bodyErr, fileErr error) {
 		// os.File.ReadFrom splices from an io.LimitedReader of a TCP conn.
 		m, err = f.ReadFrom(&io.LimitedReader{R: tc, N: left})
 		if err != nil {
-			// splice does not tell which side failed; the file's write
-			// error is the likelier, the socket's shows as a short count.
+			// splice does not say which side failed: a connection's
+			// failure is the client's, anything else the file's.
+			if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, net.ErrClosed) {
+				return err, nil
+			}
 			return nil, err
 		}
 	} else {

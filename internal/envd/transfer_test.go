@@ -127,10 +127,12 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 	for _, tc := range []struct {
 		name, contentType string
 		prefix            string
+		reset             bool // cut with a reset (RST) rather than a close (FIN)
 	}{
-		{"raw", "application/octet-stream", ""},
+		{"raw", "application/octet-stream", "", false},
+		{"raw reset", "application/octet-stream", "", true},
 		{"multipart", "multipart/form-data; boundary=" + boundary,
-			"--" + boundary + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n"},
+			"--" + boundary + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.name, "partial.bin")
@@ -158,6 +160,11 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 					t.Fatal("the upload never reached the file")
 				}
 				time.Sleep(5 * time.Millisecond)
+			}
+			if tc.reset {
+				if err := conn.(*net.TCPConn).SetLinger(0); err != nil {
+					t.Fatal(err)
+				}
 			}
 			conn.Close()
 			<-handled
