@@ -180,7 +180,10 @@ const throughputRounds = 5
 // into the file), an upload of unknown length (chunked, as the host
 // agent's streamed uploads are: read through envd's 256 KiB buffers), and
 // a download (envd sends it with sendfile(2)) written through a 1 MiB
-// buffer.
+// buffer. The net/http client copies what it receives twice (socket to
+// buffer, buffer to file); the download_spliced figures take the same
+// download with a client that splices the body from its socket into the
+// file, as envd does with uploads: what envd's side allows.
 func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int) (map[string]any, error) {
 	src := filepath.Join(dir, "big.src")
 	if err := writeRandomFile(src, int64(mib)<<20); err != nil {
@@ -191,7 +194,7 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 
 	// Interleaved rounds; the median of each is reported, so that a
 	// one-off stall (writeback, another process) does not decide the ratio.
-	var catT, upT, chunkedT, downT []time.Duration
+	var catT, upT, chunkedT, downT, splicedT []time.Duration
 	for range throughputRounds {
 		d, err := timeCat(ctx, src, filepath.Join(dir, "big.cat"))
 		if err != nil {
@@ -210,18 +213,25 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 			return nil, fmt.Errorf("download: %w", err)
 		}
 		downT = append(downT, d)
+		if d, err = timeSplicedDownload(ctx, base, src, filepath.Join(dir, "big.spliced"), int64(size)); err != nil {
+			return nil, fmt.Errorf("spliced download: %w", err)
+		}
+		splicedT = append(splicedT, d)
 	}
 	catTime, upTime, chunkedTime, downTime := median(catT), median(upT), median(chunkedT), median(downT)
+	splicedTime := median(splicedT)
 
 	return map[string]any{
-		"file_size_mib":                    mib,
-		"cat_mib_per_s":                    Round3(rate(catTime)),
-		"upload_mib_per_s":                 Round3(rate(upTime)),
-		"upload_chunked_mib_per_s":         Round3(rate(chunkedTime)),
-		"download_mib_per_s":               Round3(rate(downTime)),
-		"upload_vs_cat_throughput":         Round3(catTime.Seconds() / upTime.Seconds()),
-		"upload_chunked_vs_cat_throughput": Round3(catTime.Seconds() / chunkedTime.Seconds()),
-		"download_vs_cat_throughput":       Round3(catTime.Seconds() / downTime.Seconds()),
+		"file_size_mib":                      mib,
+		"cat_mib_per_s":                      Round3(rate(catTime)),
+		"upload_mib_per_s":                   Round3(rate(upTime)),
+		"upload_chunked_mib_per_s":           Round3(rate(chunkedTime)),
+		"download_mib_per_s":                 Round3(rate(downTime)),
+		"upload_vs_cat_throughput":           Round3(catTime.Seconds() / upTime.Seconds()),
+		"upload_chunked_vs_cat_throughput":   Round3(catTime.Seconds() / chunkedTime.Seconds()),
+		"download_vs_cat_throughput":         Round3(catTime.Seconds() / downTime.Seconds()),
+		"download_spliced_mib_per_s":         Round3(rate(splicedTime)),
+		"download_spliced_vs_cat_throughput": Round3(catTime.Seconds() / splicedTime.Seconds()),
 	}, nil
 }
 
@@ -267,6 +277,56 @@ func timeDownload(ctx context.Context, hc *http.Client, base, src, dst string, s
 		}
 		defer f.Close()
 		return download(ctx, hc, base, src, f)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return d, checkSize(dst, size)
+}
+
+// timeSplicedDownload downloads src into dst over a connection of its own,
+// splicing the body from the socket into the file (os.File.ReadFrom of a
+// TCP connection).
+func timeSplicedDownload(ctx context.Context, base, src, dst string, size int64) (time.Duration, error) {
+	defer os.Remove(dst)
+	u, err := url.Parse(base)
+	if err != nil {
+		return 0, err
+	}
+	d, err := timed(func() error {
+		var dialer net.Dialer
+		conn, err := dialer.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/files?path="+url.QueryEscape(src), nil)
+		if err != nil {
+			return err
+		}
+		req.Close = true
+		if err := req.Write(conn); err != nil {
+			return err
+		}
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || resp.ContentLength != size || len(resp.TransferEncoding) > 0 {
+			return fmt.Errorf("download: HTTP %d, length %d, transfer encoding %v", resp.StatusCode, resp.ContentLength, resp.TransferEncoding)
+		}
+		f, err := os.Create(dst)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		buffered := int64(br.Buffered())
+		if _, err := io.CopyN(f, br, buffered); err != nil {
+			return err
+		}
+		_, err = f.ReadFrom(&io.LimitedReader{R: conn.(*net.TCPConn), N: size - buffered})
+		return err
 	})
 	if err != nil {
 		return 0, err
