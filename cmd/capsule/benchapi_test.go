@@ -66,7 +66,7 @@ func TestBenchProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	o, err := parseBenchProxyFlags([]string{"-envd", hosttest.Envd(t), "-data-dir", hosttest.StoreDir,
-		"-c", "2", "-d", "1s", "-rounds", "1", "-sdk", ""})
+		"-c", "2", "-d", "1s", "-rounds", "1", "-sdk", "", "-file-mib", "8", "-file-rounds", "1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +79,16 @@ func TestBenchProxy(t *testing.T) {
 	ratio, _ := out["proxy_throughput_ratio"].(float64)
 	if pl.N < 10 || dl.N < 10 || ratio <= 0 || ratio > 5 {
 		t.Fatalf("figures: %+v", out)
+	}
+	// The transfers checked their bytes; each path has its rates.
+	for _, p := range []string{"direct", "proxy", "api"} {
+		for _, dir := range []string{"upload", "download"} {
+			rate, _ := out[p+"_"+dir+"_mib_per_s"].(float64)
+			vsCat, _ := out[p+"_"+dir+"_vs_cat_throughput"].(float64)
+			if rate <= 0 || vsCat <= 0 {
+				t.Errorf("%s %s: %v MiB/s, %v of cat", p, dir, out[p+"_"+dir+"_mib_per_s"], out[p+"_"+dir+"_vs_cat_throughput"])
+			}
+		}
 	}
 	t.Logf("%+v", out)
 }

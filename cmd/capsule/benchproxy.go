@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +34,9 @@ type proxyBenchOptions struct {
 	// ("": the SDK figure is not measured); sdkN is its number of samples.
 	sdkDir string
 	sdkN   int
+	// fileMiB is the size of the transfer figures' file (0: not measured);
+	// fileRounds their number of rounds.
+	fileMiB, fileRounds int
 }
 
 func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
@@ -44,11 +48,13 @@ func parseBenchProxyFlags(args []string) (proxyBenchOptions, error) {
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds per path (interleaved; the median round counts)")
 	fs.StringVar(&o.sdkDir, "sdk", "tests/e2b-sdk", `directory of the E2B JS SDK suite (node_modules, fullstack/bench-create.mjs) for the SDK create → first command figure ("": skip it)`)
 	fs.IntVar(&o.sdkN, "sdk-n", 10, "SDK create → first command samples")
+	fs.IntVar(&o.fileMiB, "file-mib", 64, "size in MiB of the file moved in and out of the sandbox for the transfer figures (0: skip them)")
+	fs.IntVar(&o.fileRounds, "file-rounds", 3, "rounds of the transfer figures (the median counts)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.workers < 1 || o.duration <= 0 || o.rounds < 1 {
-		return o, errors.New("bench proxy: -c, -d and -rounds must be positive")
+	if o.workers < 1 || o.duration <= 0 || o.rounds < 1 || o.fileMiB < 0 || o.fileRounds < 1 {
+		return o, errors.New("bench proxy: -c, -d, -rounds and -file-rounds must be positive, -file-mib not negative")
 	}
 	return o, nil
 }
@@ -63,7 +69,9 @@ type roundResult struct {
 // of GET /health on a sandbox's envd (an HTTP server in the guest, with
 // keep-alive) through the proxy (the E2B routing headers on the sandbox
 // listener) and straight at the guest's address from the host, in
-// interleaved rounds of o.workers concurrent clients.
+// interleaved rounds of o.workers concurrent clients; then file transfers
+// in and out of the sandbox straight, through the proxy and through the
+// /v1 files API (fileTransfers).
 func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error) {
 	so := o.benchStackOptions
 	so.base = o.sdkDir != ""
@@ -77,8 +85,9 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 		return nil, err
 	}
 	var sb struct {
-		ID      string `json:"id"`
-		EnvdURL string `json:"envd_url"`
+		ID        string `json:"id"`
+		EnvdURL   string `json:"envd_url"`
+		EnvdToken string `json:"envd_access_token"`
 	}
 	if resp.StatusCode != 201 || json.Unmarshal(data, &sb) != nil || sb.EnvdURL == "" {
 		return nil, fmt.Errorf("POST /v1/sandboxes: %d: %.300s", resp.StatusCode, data)
@@ -124,6 +133,13 @@ func benchProxy(ctx context.Context, o proxyBenchOptions) (map[string]any, error
 		"proxy_latency":          bench.Summarize(pm.latencies),
 		"direct_latency":         bench.Summarize(dm.latencies),
 		"concurrency":            o.workers,
+	}
+	if o.fileMiB > 0 {
+		tr, err := fileTransfers(ctx, stack, b, sb.ID, sb.EnvdURL, sb.EnvdToken, o.fileMiB, o.fileRounds)
+		if err != nil {
+			return out, fmt.Errorf("transfers: %w", err)
+		}
+		maps.Copy(out, tr)
 	}
 	if o.sdkDir != "" {
 		t, err := sdkCreateToFirstCommand(ctx, o, stack)

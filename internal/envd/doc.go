@@ -13,12 +13,19 @@
 //     gzip request bodies), metadata.go (X-Metadata-* headers stored as
 //     user.e2b.* xattrs), and files.go (their REST errors, user and path
 //     resolution, and the pooled 256 KiB copy buffers); their signatures are
-//     checked in auth.go. Transfers avoid small copies: an upload is written
-//     to its file in full 256 KiB buffers, a multipart body is parsed behind
-//     a 256 KiB reader (mime/multipart's own is 4 KiB), and a regular file
-//     is downloaded with http.ServeContent straight on the connection's
-//     ResponseWriter, which sends it with sendfile(2) — wrapping that
-//     ResponseWriter would lose it.
+//     checked in auth.go. Transfers avoid copies: a raw upload of announced
+//     length (≥ 1 MiB, plain HTTP/1.x, no content coding) is spliced from
+//     the socket into its file (splice.go: the connection is taken over
+//     once the file is open, the body moves with splice(2) without passing
+//     through envd's memory, and the reply closes the connection); other
+//     uploads are written to their file in full 256 KiB buffers, a
+//     multipart body is parsed behind a 256 KiB reader (mime/multipart's
+//     own is 4 KiB), and a regular file is downloaded with
+//     http.ServeContent straight on the connection's ResponseWriter, which
+//     sends it with sendfile(2) — wrapping that ResponseWriter would lose
+//     it. Uploads are not fsynced (as E2B's are not): a file is complete
+//     when the reply says so, durable when the guest's page cache is
+//     written back.
 //
 // Server holds the mutable agent state that POST /init sets (access token,
 // global environment, default user and workdir). Every request passes through

@@ -54,6 +54,13 @@ func fsHTTPError(cause error, c fsFailure) *httpError {
 // replyError writes err as envd's REST error body; causes of server-side
 // failures are logged, never sent.
 func (s *Server) replyError(w http.ResponseWriter, r *http.Request, err error) {
+	he := s.logError(r, err)
+	writeJSONError(w, he.status, he.msg)
+}
+
+// logError classifies err as an *httpError (anything else is an internal
+// error) and logs the cause of a server-side failure.
+func (s *Server) logError(r *http.Request, err error) *httpError {
 	var he *httpError
 	if !errors.As(err, &he) {
 		he = &httpError{status: http.StatusInternalServerError, msg: "internal error", cause: err}
@@ -62,7 +69,7 @@ func (s *Server) replyError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.ErrorContext(r.Context(), "files request failed",
 			"method", r.Method, "url", r.URL.Path, "status", he.status, "err", he.cause)
 	}
-	writeJSONError(w, he.status, he.msg)
+	return he
 }
 
 // filesUser authorizes a /files request for op ("read" or "write") and

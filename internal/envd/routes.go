@@ -19,7 +19,12 @@ import (
 
 // writeJSONError writes envd's REST error shape {"code":status,"message":msg}.
 func writeJSONError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]any{"code": status, "message": msg})
+	writeJSON(w, status, errorBody(status, msg))
+}
+
+// errorBody is envd's REST error shape.
+func errorBody(status int, msg string) map[string]any {
+	return map[string]any{"code": status, "message": msg}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

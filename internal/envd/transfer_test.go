@@ -127,10 +127,12 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 	for _, tc := range []struct {
 		name, contentType string
 		prefix            string
+		reset             bool // cut with a reset (RST) rather than a close (FIN)
 	}{
-		{"raw", "application/octet-stream", ""},
+		{"raw", "application/octet-stream", "", false},
+		{"raw reset", "application/octet-stream", "", true},
 		{"multipart", "multipart/form-data; boundary=" + boundary,
-			"--" + boundary + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n"},
+			"--" + boundary + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.name, "partial.bin")
@@ -159,6 +161,11 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
+			if tc.reset {
+				if err := conn.(*net.TCPConn).SetLinger(0); err != nil {
+					t.Fatal(err)
+				}
+			}
 			conn.Close()
 			<-handled
 			if _, err := os.Stat(p); !os.IsNotExist(err) {
@@ -166,4 +173,123 @@ func TestFilesInterruptedUploadLeavesNoFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFilesSplicedUpload drives large raw uploads of announced length,
+// which envd splices from the socket into the file after taking the
+// connection over, on a raw connection: the reply comes on it, says
+// Connection: close and carries the headers set before (CORS); an Expect:
+// 100-continue is answered; a body that ends short is a 400 on that
+// connection and leaves no file; the file belongs to the upload's user; a
+// small upload keeps the connection.
+func TestFilesSplicedUpload(t *testing.T) {
+	e := newFSEnv(t)
+	data := make([]byte, 5<<20+12345)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	addr := e.url[len("http://"):]
+	send := func(t *testing.T, conn net.Conn, p string, length int, extra string) {
+		t.Helper()
+		_, err := fmt.Fprintf(conn, "POST /files?path=%s HTTP/1.1\r\nHost: envd\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n%s\r\n",
+			url.QueryEscape(p), length, extra)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dial := func(t *testing.T) (net.Conn, *bufio.Reader) {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn, bufio.NewReader(conn)
+	}
+	readReply := func(t *testing.T, br *bufio.Reader) (*http.Response, string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, string(body)
+	}
+	stored := func(t *testing.T, p string, want []byte) {
+		t.Helper()
+		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("stored file: %d bytes, equal %v, %v", len(got), bytes.Equal(got, want), err)
+		}
+	}
+
+	t.Run("expect 100-continue and CORS", func(t *testing.T) {
+		conn, br := dial(t)
+		p := e.path("continue", "big.bin")
+		send(t, conn, p, len(data), "Expect: 100-continue\r\nOrigin: https://app.example\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusContinue {
+			t.Fatalf("before the body: %v %v, want 100 Continue", resp, err)
+		}
+		if _, err := conn.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := readReply(t, br)
+		if resp.StatusCode != http.StatusOK || !resp.Close || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+			t.Fatalf("reply %d close=%v headers %v: %s", resp.StatusCode, resp.Close, resp.Header, body)
+		}
+		if r := decodeReply(t, body); len(r) != 1 || r[0].Path != p {
+			t.Fatalf("reply %s", body)
+		}
+		stored(t, p, data)
+	})
+	t.Run("short body", func(t *testing.T) {
+		conn, br := dial(t)
+		p := e.path("short", "big.bin")
+		send(t, conn, p, len(data), "")
+		if _, err := conn.Write(data[:3<<20]); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := readReply(t, br)
+		wantError(t, resp.StatusCode, body, http.StatusBadRequest, "cannot read request body: unexpected EOF")
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("after the short upload: stat %v, want no file", err)
+		}
+	})
+	t.Run("owned by the user", func(t *testing.T) {
+		u := otherUser(t)
+		p := e.path("owned", "dir", "big.bin")
+		resp, body := do(t, http.MethodPost, e.filesURL("path", p, "username", u.Username), bytes.NewReader(data),
+			map[string]string{"Content-Type": "application/octet-stream"})
+		if resp.StatusCode != http.StatusOK || !resp.Close {
+			t.Fatalf("upload: %d close=%v: %s", resp.StatusCode, resp.Close, body)
+		}
+		stored(t, p, data)
+		for _, q := range []string{e.path("owned"), e.path("owned", "dir"), p} {
+			if uid, gid := owner(t, q); uid != u.Uid || gid != u.Gid {
+				t.Errorf("%s owned by %s:%s, want %s:%s", q, uid, gid, u.Uid, u.Gid)
+			}
+		}
+	})
+	t.Run("small body keeps the connection", func(t *testing.T) {
+		conn, br := dial(t)
+		small := data[:64<<10]
+		for i := range 2 {
+			p := e.path("small", strconv.Itoa(i))
+			send(t, conn, p, len(small), "")
+			if _, err := conn.Write(small); err != nil {
+				t.Fatal(err)
+			}
+			resp, body := readReply(t, br)
+			if resp.StatusCode != http.StatusOK || resp.Close {
+				t.Fatalf("upload %d: %d close=%v: %s", i, resp.StatusCode, resp.Close, body)
+			}
+			stored(t, p, small)
+		}
+	})
 }

@@ -31,26 +31,34 @@ func newUploadedFile(p string, md map[string]string) uploadedFile {
 
 // handleUpload serves POST /files (spec §7.3).
 func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
-	files, err := s.upload(r)
-	if err != nil {
+	files, sb, err := s.upload(w, r)
+	switch {
+	case sb != nil && sb.hijacked() && err != nil:
+		he := s.logError(r, err)
+		sb.reply(he.status, errorBody(he.status, he.msg), false)
+	case sb != nil && sb.hijacked():
+		sb.reply(http.StatusOK, files, true)
+	case err != nil:
 		s.replyError(w, r, err)
-		return
+	default:
+		writeJSON(w, http.StatusOK, files)
 	}
-	writeJSON(w, http.StatusOK, files)
 }
 
-func (s *Server) upload(r *http.Request) ([]uploadedFile, error) {
+// upload stores the files of r. A large raw body may be spliced into its
+// file (splicedBody); the reply then goes out through the returned body.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) (_ []uploadedFile, sb *splicedBody, _ error) {
 	a, err := s.filesUser(r, "write")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	md, err := parseMetadata(r.Header)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	body, err := decodedBody(r)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	u := &uploader{s: s, a: a, md: md, seen: map[string]bool{}}
 	target := r.URL.Query().Get("path")
@@ -59,7 +67,7 @@ func (s *Server) upload(r *http.Request) ([]uploadedFile, error) {
 	switch {
 	case err == nil && strings.HasPrefix(mt, "multipart/"):
 		if params["boundary"] == "" {
-			return nil, badRequest("multipart body without boundary")
+			return nil, nil, badRequest("multipart body without boundary")
 		}
 		br := partReaderPool.Get().(*bufio.Reader)
 		br.Reset(body)
@@ -68,16 +76,19 @@ func (s *Server) upload(r *http.Request) ([]uploadedFile, error) {
 		partReaderPool.Put(br)
 	case err == nil && mt == "application/octet-stream":
 		if target == "" {
-			return nil, badRequest("the path query parameter is required for application/octet-stream uploads")
+			return nil, nil, badRequest("the path query parameter is required for application/octet-stream uploads")
+		}
+		if sb = newSplicedBody(w, r); sb != nil {
+			body = sb
 		}
 		err = u.store(target, body)
 	default:
-		return nil, badRequest("unsupported content type '%s'", ct)
+		return nil, nil, badRequest("unsupported content type '%s'", ct)
 	}
 	if err != nil {
-		return nil, err
+		return nil, sb, err
 	}
-	return u.stored, nil
+	return u.stored, sb, nil
 }
 
 // uploader stores the files of one upload request.
@@ -175,17 +186,47 @@ func writeUserFile(p string, a *account, src io.Reader, md map[string]string) (e
 	if err := replaceMetadata(f, md); err != nil {
 		return metadataError(p, err)
 	}
-	body := &bodyReader{r: src}
-	if _, err := copyBuffered(f, body); err != nil {
-		if body.err != nil {
-			return bodyError(body.err)
-		}
-		return fsHTTPError(err, classifyFSError("write", p, err))
+	if err := fillFile(f, src); err != nil {
+		return fileError(p, err)
 	}
 	if err := f.Close(); err != nil {
 		return fsHTTPError(err, classifyFSError("write", p, err))
 	}
 	return nil
+}
+
+// fillFile writes src to f: spliced from the socket when src is a
+// splicedBody, else through a copy buffer. A failure of src is returned
+// as a *bodyFailure.
+func fillFile(f *os.File, src io.Reader) error {
+	if sb, ok := src.(*splicedBody); ok {
+		bodyErr, fileErr := sb.fillFile(f)
+		if bodyErr != nil {
+			return &bodyFailure{bodyErr}
+		}
+		return fileErr
+	}
+	body := &bodyReader{r: src}
+	if _, err := copyBuffered(f, body); err != nil {
+		if body.err != nil {
+			return &bodyFailure{body.err}
+		}
+		return err
+	}
+	return nil
+}
+
+// bodyFailure is a failed or cut request body.
+type bodyFailure struct{ err error }
+
+func (e *bodyFailure) Error() string { return e.err.Error() }
+
+// fileError reports a failure of fillFile on p.
+func fileError(p string, err error) error {
+	if bf, ok := err.(*bodyFailure); ok {
+		return bodyError(bf.err)
+	}
+	return fsHTTPError(err, classifyFSError("write", p, err))
 }
 
 // createOwnedOrTruncate is createOrTruncate, except that a file it creates
