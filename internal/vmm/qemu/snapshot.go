@@ -53,6 +53,9 @@ type snapshotMeta struct {
 	Disks       []vmm.Disk `json:"disks"`
 	Net         string     `json:"net,omitempty"`
 	MAC         string     `json:"mac,omitempty"`
+	// Balloon: the machine had the virtio-balloon device, so the device
+	// state holds one and its restores add it.
+	Balloon bool `json:"balloon,omitempty"`
 	// Source is how the saved machine's RAM was mapped (memShared or
 	// memPrivate), which decided how the memory file was written.
 	Source      string    `json:"source"`
@@ -211,7 +214,8 @@ func (m *Machine) newSnapshotMeta(dir string, keepRunning bool) (*snapshotMeta, 
 	meta := &snapshotMeta{
 		Format: snapshotFormat, QEMUVersion: m.d.version, Accel: m.rec.Accel, CPU: cpuModel(m.rec.Accel),
 		MemoryMB: m.rec.MemoryMB, VCPUs: m.rec.VCPUs, Net: m.rec.Net, MAC: m.rec.MAC, Source: m.rec.Memory,
-		State: "state-" + gen, Memory: "memory-" + gen,
+		Balloon: m.rec.Balloon,
+		State:   "state-" + gen, Memory: "memory-" + gen,
 	}
 	var copies []diskCopy
 	for i, dk := range m.rec.Disks {
