@@ -13,7 +13,8 @@
 // VIRTIO_MMIO_CMDLINE_DEVICES), and a virtio-net-device on the TAP
 // descriptor of Spec.Net (-netdev tap,fd=N, passed with ExtraFiles) or,
 // with Options.UserNet, on QEMU's user-mode network with envd's port 49983
-// forwarded from 127.0.0.1 (tests and development hosts only). QEMU runs
+// forwarded from 127.0.0.1 (tests and development hosts only), and last a
+// virtio-balloon-device with free-page reporting (see Memory). QEMU runs
 // in its own process group with -sandbox on (no spawning, no privilege
 // changes), -no-reboot (a guest reboot or poweroff ends the process and
 // closes Done) and its working directory in Spec.Dir.
