@@ -221,10 +221,11 @@
 // smaller than 2 MiB; a lower reporting order (0, set through sysfs at
 // run time) gave nothing more within 15 s here.
 //
-// The balloon is part of the device state, so a snapshot records whether
-// its machine had one (snapshot.json "balloon") and its restores add the
-// device exactly then; snapshots of machines without one restore as
-// before.
+// The balloon is part of the device state, so a snapshot says whether its
+// machine had one — by its format: capsule-qemu-snapshot/2 (also
+// "balloon": true), which an agent from before the balloon refuses by
+// name — and its restores add the device exactly then; /1 snapshots, of
+// machines without one, restore as before.
 //
 // The danger, and the guard. QEMU 7.2 discards guest RAM (free-page
 // reports, and the inflate queue, which any guest can fill with the
