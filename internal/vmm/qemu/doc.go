@@ -211,13 +211,16 @@
 // command line cannot lower it) and QEMU discards them: on the shared
 // memfd a hole punch, so the pages go back to the host and stay out of
 // every snapshot taken from the memfd (holes are skipped). Measured with
-// `capsule bench density` (512 MiB guests of "minimal", TCG, 4 idle
-// clones, the same loaded machine back to back): a cold boot's memfd
-// holds ≈ 104 MiB instead of ≈ 132, its VMM ≈ 190–199 MiB PSS instead of
-// ≈ 213–219; a template's memory file ≈ 88–95 MiB instead of ≈ 110, and
-// a pause's the same. What remains in the memfd is what the guest uses
+// `capsule bench density -idle 10` and `capsule bench vm` (512 MiB guests
+// of "minimal", TCG, with and without the balloon back to back on the
+// same 2-core machine at load 2.5–4): an idle cold boot's VMM holds
+// ≈ 199 MiB PSS instead of ≈ 232 (bench vm: 180 instead of 216), its
+// memfd ≈ 104 MiB instead of ≈ 132; a template's memory file ≈ 97 MiB
+// instead of ≈ 115, and a pause's the same; clones are unchanged (≈ 42
+// MiB: see the guard below). What remains in the memfd is what the guest uses
 // (≈ 43 MiB: slab, page cache, processes), the memory the kernel reserved
-// at boot (≈ 32 MiB of 512: its image, struct pages) and free blocks
+// at boot (≈ 43 MiB of 512 are outside its MemTotal: its image, struct
+// pages) as far as it was touched, and free blocks
 // smaller than 2 MiB; a lower reporting order (0, set through sysfs at
 // run time) gave nothing more within 15 s here.
 //
@@ -241,7 +244,9 @@
 // starts those VMMs, since Go has no hook between fork and exec). The
 // punch fails, QEMU skips the discard and logs "ram_block_discard_range:
 // Failed to fallocate"; the file is never changed, and the clone keeps
-// the pages its guest reported. Its disks lose fallocate too: discards
+// the pages its guest reported (one line in qemu.log per failed discard,
+// a few per 100 MiB a clone frees; the log is not capped, as before). Its
+// disks lose fallocate too: discards
 // read as unsupported (ignored) and write-zeroes fall back to writing
 // zeros. Shared-memory machines (boots, CopyMemory restores) are not
 // filtered: their memfd is theirs alone. TestBalloonCannotPunchTemplate
