@@ -244,8 +244,8 @@
 // starts those VMMs, since Go has no hook between fork and exec). The
 // punch fails, QEMU skips the discard and logs "ram_block_discard_range:
 // Failed to fallocate"; the file is never changed, and the clone keeps
-// the pages its guest reported (one line in qemu.log per failed discard,
-// a few per 100 MiB a clone frees; the log is not capped, as before). Its
+// the pages its guest reported (one line in qemu.log per failed discard:
+// per 2–4 MiB block a clone frees; the log is not capped, as before). Its
 // disks lose fallocate too: discards
 // read as unsupported (ignored) and write-zeroes fall back to writing
 // zeros. Shared-memory machines (boots, CopyMemory restores) are not
