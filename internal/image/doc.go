@@ -10,7 +10,9 @@
 // artifact of that key:
 //
 //   - kernel: the bzImage and the kernel modules the guest needs
-//     (GuestModules and their dependencies, read from each module's ELF
+//     (GuestModules: virtio transport, block, net and balloon — whose
+//     free-page reporting returns the pages the guest frees to the host,
+//     see package qemu — and their dependencies, read from each module's ELF
 //     .modinfo, with a modules.order in dependency order). Key: the apt
 //     package name and version (resolved with apt-cache, remembered while
 //     the apt lists are unchanged), or the hash of a given .deb or bzImage

@@ -12,9 +12,11 @@ import (
 
 // GuestModules are the kernel modules a guest needs for QEMU's microvm
 // machine (virtio-mmio transport discovered through ACPI, virtio block
-// for the rootfs, virtio net). Their dependencies are added from each
-// module's .modinfo; a module the kernel has built in is skipped.
-var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net"}
+// for the rootfs, virtio net, and virtio balloon, whose free-page
+// reporting hands the pages the guest frees back to the host: see package
+// qemu, Memory). Their dependencies are added from each module's .modinfo;
+// a module the kernel has built in is skipped.
+var GuestModules = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_balloon"}
 
 // moduleFile is a kernel module file and what it depends on.
 type moduleFile struct {

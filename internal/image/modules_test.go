@@ -16,16 +16,17 @@ import (
 func TestModuleClosure(t *testing.T) {
 	// A fake module graph: paths are "/m/<name>.ko", deps come from a map.
 	graph := map[string][]string{
-		"virtio_mmio":  {"virtio", "virtio_ring"},
-		"virtio_blk":   {"virtio", "virtio_ring"},
-		"virtio_net":   {"net_failover", "virtio", "virtio_ring"},
-		"net_failover": {"failover"},
-		"virtio":       {"virtio_ring"},
-		"virtio_ring":  nil,
-		"failover":     nil,
-		"loop_a":       {"loop_b"},
-		"loop_b":       {"loop_a"},
-		"broken":       {"absent"},
+		"virtio_mmio":    {"virtio", "virtio_ring"},
+		"virtio_blk":     {"virtio", "virtio_ring"},
+		"virtio_net":     {"net_failover", "virtio", "virtio_ring"},
+		"virtio_balloon": {"virtio", "virtio_ring"},
+		"net_failover":   {"failover"},
+		"virtio":         {"virtio_ring"},
+		"virtio_ring":    nil,
+		"failover":       nil,
+		"loop_a":         {"loop_b"},
+		"loop_b":         {"loop_a"},
+		"broken":         {"absent"},
 	}
 	idx := map[string]string{}
 	for n := range graph {
@@ -43,7 +44,7 @@ func TestModuleClosure(t *testing.T) {
 		{
 			name:  "guest modules",
 			want:  GuestModules,
-			order: []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net"},
+			order: []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon"},
 		},
 		{name: "built in is skipped", want: []string{"ext4", "virtio"}, order: []string{"virtio_ring", "virtio"}},
 		{name: "dashes are underscores", want: []string{"virtio-ring"}, order: []string{"virtio_ring"}},
@@ -107,7 +108,7 @@ func TestKernelFromDebianPackage(t *testing.T) {
 	}
 
 	wantSet := map[string]bool{}
-	for _, m := range []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net"} {
+	for _, m := range []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net", "virtio_balloon"} {
 		wantSet[m+".ko"] = true
 	}
 	order, err := os.ReadFile(filepath.Join(k.modulesDir(), modulesOrder))

@@ -35,6 +35,10 @@ type qemuCommand struct {
 	// configuration section.
 	incoming    bool
 	devicesOnly bool
+	// balloon adds the virtio-balloon device with free-page reporting
+	// (see the package documentation, Memory): every cold boot has one,
+	// and a restore has one when the snapshot's machine had.
+	balloon bool
 }
 
 // qemuArgs is the QEMU command line of c, without the binary. Sockets are
@@ -78,6 +82,11 @@ func qemuArgs(c qemuCommand) []string {
 			args = append(args, "-netdev", fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d", c.hostPort, EnvdPort))
 		}
 		args = append(args, "-device", "virtio-net-device,netdev=n0,mac="+spec.Net.MAC)
+	}
+	if c.balloon {
+		// Last, so that the other devices keep the transports they had
+		// before machines had a balloon.
+		args = append(args, "-device", "virtio-balloon-device,free-page-reporting=on")
 	}
 	if c.incoming {
 		// -S: the guest stays stopped after the load until cont.

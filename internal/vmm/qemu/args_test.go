@@ -97,6 +97,34 @@ func TestQemuArgs(t *testing.T) {
 			}),
 		},
 		{
+			// Free-page reporting: the balloon comes after every other
+			// device, so those keep their virtio-mmio transports.
+			name: "cold boot with the balloon",
+			cmd: qemuCommand{
+				spec: spec(net, rootfs), accel: vmm.AccelTCG,
+				cmdline: "console=ttyS0", memoryFD: 3, tapFD: 4, balloon: true,
+			},
+			want: cat(common("sb-1", vmm.AccelTCG, "max"), sharedMem, bootArgs("console=ttyS0"), rootfsArgs, tapArgs("4"),
+				[]string{"-device", "virtio-balloon-device,free-page-reporting=on"}),
+		},
+		{
+			// A restore's balloon (its snapshot had one) comes before the
+			// incoming flags.
+			name: "restore of a machine with the balloon",
+			cmd: qemuCommand{
+				spec: spec(net, rootfs), accel: vmm.AccelKVM,
+				privateMem: "/data/templates/t1/memory-1", tapFD: 3,
+				incoming: true, devicesOnly: true, balloon: true,
+			},
+			want: cat(common("sb-1", vmm.AccelKVM, "host"), []string{
+				"-object", "memory-backend-file,id=mem,size=512M,share=off,mem-path=/data/templates/t1/memory-1",
+			}, rootfsArgs, tapArgs("3"), []string{
+				"-device", "virtio-balloon-device,free-page-reporting=on",
+				"-S", "-incoming", "defer",
+				"-global", "migration.send-configuration=off",
+			}),
+		},
+		{
 			// The snapshot's memory file is mapped copy-on-write; the
 			// device state comes later through migrate-incoming.
 			name: "restore from a template snapshot with private memory",

@@ -13,7 +13,8 @@
 // VIRTIO_MMIO_CMDLINE_DEVICES), and a virtio-net-device on the TAP
 // descriptor of Spec.Net (-netdev tap,fd=N, passed with ExtraFiles) or,
 // with Options.UserNet, on QEMU's user-mode network with envd's port 49983
-// forwarded from 127.0.0.1 (tests and development hosts only). QEMU runs
+// forwarded from 127.0.0.1 (tests and development hosts only), and last a
+// virtio-balloon-device with free-page reporting (see Memory). QEMU runs
 // in its own process group with -sandbox on (no spawning, no privilege
 // changes), -no-reboot (a guest reboot or poweroff ends the process and
 // closes Done) and its working directory in Spec.Dir.
@@ -200,19 +201,74 @@
 // running at once is flushed and retranslated over and over. 32 MiB is
 // the default; Options.TBSizeMB changes it for heavier workloads.
 //
-// Free-page reporting (virtio-balloon with free-page-reporting=on, which
-// would hand the pages a guest frees back to the host and keep them out of
-// snapshots) is deliberately not used: on QEMU 7.2 a balloon discard of
-// RAM backed by a file punches a hole in that file even when it is mapped
-// MAP_PRIVATE (ram_block_discard_range; newer QEMUs only warn about it).
-// A clone restored from a template maps the template's memory file
-// privately, so any balloon device in a clone — which every clone of a
-// template made from a machine with one would need, for its device state
-// to load — would let the guest, through the inflate queue as much as
-// through reports, zero pages of the template's file under every other
-// sandbox restored from it. It becomes possible with a QEMU that opens a
-// private mapping's file read-only (8.2's fallback for files it cannot
-// write) or with guest RAM restored through userfaultfd.
+// Free-page reporting. Every cold-booted machine has a virtio-balloon
+// device with free-page-reporting=on (the last device on the command line,
+// so that the others keep their virtio-mmio transports; Options.NoBalloon
+// leaves it out), and the guest loads virtio_balloon from the initramfs
+// (package image, GuestModules). The guest then reports the free blocks
+// of its buddy allocator of at least 2 MiB (pageblock order; Debian 12's
+// 6.1 kernel sets the order when the driver registers, so the kernel
+// command line cannot lower it) and QEMU discards them: on the shared
+// memfd a hole punch, so the pages go back to the host and stay out of
+// every snapshot taken from the memfd (holes are skipped). Measured with
+// `capsule bench density -idle 10` and `capsule bench vm` (512 MiB guests
+// of "minimal", TCG, with and without the balloon back to back on the
+// same 2-core machine at load 2.5–4): an idle cold boot's VMM holds
+// ≈ 199 MiB PSS instead of ≈ 232 (bench vm: 180 instead of 216), its
+// memfd ≈ 104 MiB instead of ≈ 132; a template's memory file ≈ 97 MiB
+// instead of ≈ 115, and a pause's the same; clones are unchanged (≈ 42
+// MiB: see the guard below). What remains in the memfd is what the guest uses
+// (≈ 43 MiB: slab, page cache, processes), the memory the kernel reserved
+// at boot (≈ 43 MiB of 512 are outside its MemTotal: its image, struct
+// pages) as far as it was touched, and free blocks
+// smaller than 2 MiB; a lower reporting order (0, set through sysfs at
+// run time) gave nothing more within 15 s here.
+//
+// The balloon is part of the device state, so a snapshot says whether its
+// machine had one — by its format: capsule-qemu-snapshot/2 (also
+// "balloon": true), which an agent from before the balloon refuses by
+// name — and its restores add the device exactly then; /1 snapshots, of
+// machines without one, restore as before.
+//
+// The danger, and the guard. QEMU 7.2 discards guest RAM (free-page
+// reports, and the inflate queue, which any guest can fill with the
+// device present) with ram_block_discard_range, which punches a hole in
+// the RAM's file whenever it has one, even one mapped MAP_PRIVATE (newer
+// QEMUs only warn about it), and only then drops the mapping's pages. A
+// clone restored lazily maps the template's memory file privately, so a
+// guest freeing memory — or a hostile one filling the inflate queue —
+// would zero pages of that file under every other clone of the template.
+// Hence every VMM whose RAM is private (record "memory": "private") is
+// started with a seccomp filter under which fallocate(2) fails with
+// EOPNOTSUPP (guard.go: the filter lives on one locked OS thread that
+// starts those VMMs, since Go has no hook between fork and exec). The
+// punch fails, QEMU skips the discard and logs "ram_block_discard_range:
+// Failed to fallocate"; the file is never changed, and the clone keeps
+// the pages its guest reported (one line in qemu.log per failed discard:
+// per 2–4 MiB block a clone frees; the log is not capped, as before). Its
+// disks lose fallocate too: discards
+// read as unsupported (ignored) and write-zeroes fall back to writing
+// zeros. Shared-memory machines (boots, CopyMemory restores) are not
+// filtered: their memfd is theirs alone. TestBalloonCannotPunchTemplate
+// performs the attack: a template with 64 MiB of data in guest RAM, a
+// clone that frees it — QEMU's log shows the failed punches, the
+// template's file keeps its hash and allocation and another clone reads
+// the data intact — and the same clone unguarded, on a copy of the
+// template, which punches tens of MiB of holes into the copy.
+//
+// Where the rest of an idle machine goes (smaps, same setup): a cold boot
+// holds, beside its guest RAM, the 32 MiB translation cache (full), the
+// kernel image QEMU keeps for fw_cfg (≈ 14 MiB, anonymous), the mapped
+// initramfs (≈ 10 MiB, shared with other cold boots of the image), QEMU's
+// binary and libraries (≈ 12 MiB, mostly shared), its heap and thread
+// arenas (≈ 10 MiB). A clone holds ≈ 16 MiB of translation cache (the
+// code run since the restore, in 2 MiB huge pages), its share of the
+// template's pages (≈ 35 MiB mapped, shared by every clone), ≈ 2 MiB of
+// copy-on-write pages, QEMU's heap and arenas (≈ 7 MiB), the translation
+// hash table and the softmmu TLB (≈ 4 MiB) and its libraries' private
+// pages (≈ 4 MiB). A 16 MiB translation cache saved 16 MiB in a cold boot
+// but made commands run again 3–9× slower (a shell loop 1.1 s instead of
+// 0.4, ten short pipelines 1.9 s instead of 0.2): it stays at 32.
 //
 // # Accelerator and deterministic boots
 //

@@ -56,6 +56,11 @@ type Options struct {
 	// tcg,tb-size=): 0 means DefaultTBSizeMB, a negative value QEMU's own
 	// default (1 GiB on QEMU 7.2). Unused under KVM.
 	TBSizeMB int
+	// NoBalloon boots machines without the virtio-balloon device, whose
+	// free-page reporting hands the pages a guest frees back to the host
+	// (see the package documentation, Memory). Restores follow their
+	// snapshot.
+	NoBalloon bool
 	// Logger receives the driver's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -69,7 +74,11 @@ type Driver struct {
 	userNet     bool
 	pdeathsig   bool
 	tbSizeMB    int
-	log         *slog.Logger
+	noBalloon   bool
+	// unguarded starts VMMs with private RAM without the fallocate guard
+	// (guard.go): only for the test that shows what the guard prevents.
+	unguarded bool
+	log       *slog.Logger
 
 	// streamSnapshots makes snapshots use a migration stream instead of
 	// device state alone: set when QEMU lacks the command, or by tests.
@@ -100,7 +109,7 @@ func New(ctx context.Context, opts Options) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{binary: path, version: version, userNet: opts.UserNet, pdeathsig: opts.DieWithParent, log: log.With("vmm", "qemu")}
+	d := &Driver{binary: path, version: version, userNet: opts.UserNet, pdeathsig: opts.DieWithParent, noBalloon: opts.NoBalloon, log: log.With("vmm", "qemu")}
 	switch {
 	case opts.TBSizeMB == 0:
 		d.tbSizeMB = DefaultTBSizeMB

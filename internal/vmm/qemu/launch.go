@@ -28,6 +28,16 @@ type launchConfig struct {
 	meta       *snapshotMeta
 }
 
+// balloon says whether the machine of cfg gets the virtio-balloon device:
+// a boot unless the driver has it off, a restore when the snapshot's
+// machine had it (its device state must match).
+func (d *Driver) balloon(cfg launchConfig) bool {
+	if cfg.incoming != nil {
+		return cfg.meta.Balloon
+	}
+	return !d.noBalloon
+}
+
 // errPortBusy is a user-mode network forward whose port was taken between
 // choosing it and QEMU binding it.
 var errPortBusy = errors.New("host forward port busy")
@@ -72,8 +82,9 @@ func (d *Driver) prepare(cfg launchConfig) (rec record, files []*os.File, err er
 		Version: recordVersion, ID: spec.ID, Binary: d.binary, Accel: d.accel,
 		MemoryMB: spec.MemoryMB, VCPUs: spec.VCPUs, Disks: spec.Disks,
 		ConsoleLog: spec.ConsoleLog, ConsoleMax: spec.ConsoleLogMax, Net: netKind(spec.Net),
+		Balloon: d.balloon(cfg),
 	}
-	qc := qemuCommand{spec: spec, accel: d.accel, tbSizeMB: d.tbSizeMB}
+	qc := qemuCommand{spec: spec, accel: d.accel, tbSizeMB: d.tbSizeMB, balloon: rec.Balloon}
 	if cfg.memfd != nil {
 		rec.Memory, rec.MemoryFD = memShared, addFile(cfg.memfd)
 		qc.memoryFD = rec.MemoryFD
@@ -153,7 +164,12 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 		return nil, err
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	startCmd := cmd.Start
+	if rec.Memory == memPrivate && !d.unguarded {
+		// A snapshot's file mapped privately: see guard.go.
+		startCmd = func() error { return startGuarded(cmd) }
+	}
+	if err := startCmd(); err != nil {
 		con.close(0)
 		if memfd != nil {
 			memfd.Close()

@@ -47,7 +47,10 @@ type record struct {
 	HostForward string     `json:"hostForward,omitempty"`
 	ConsoleLog  string     `json:"consoleLog"`
 	ConsoleMax  int64      `json:"consoleMax,omitempty"` // 0: vmm.DefaultConsoleLogMax
-	Started     time.Time  `json:"started"`
+	// Balloon: the machine has the virtio-balloon device (free-page
+	// reporting), which its snapshots must have too.
+	Balloon bool      `json:"balloon,omitempty"`
+	Started time.Time `json:"started"`
 }
 
 const recordVersion = 1

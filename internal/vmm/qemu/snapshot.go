@@ -26,8 +26,15 @@ import (
 // snapshot whole (snapshot.json is renamed last).
 const snapMetaFile = "snapshot.json"
 
-// snapshotFormat identifies the layout described in the package doc.
-const snapshotFormat = "capsule-qemu-snapshot/1"
+// snapshotFormat identifies the layout described in the package doc;
+// snapshotFormatBalloon is the same of a machine with the virtio-balloon
+// device, whose device state only a restore with that device loads: an
+// agent that predates the balloon refuses it by its format instead of
+// failing in QEMU.
+const (
+	snapshotFormat        = "capsule-qemu-snapshot/1"
+	snapshotFormatBalloon = "capsule-qemu-snapshot/2"
+)
 
 // State file formats.
 const (
@@ -53,6 +60,10 @@ type snapshotMeta struct {
 	Disks       []vmm.Disk `json:"disks"`
 	Net         string     `json:"net,omitempty"`
 	MAC         string     `json:"mac,omitempty"`
+	// Balloon: the machine had the virtio-balloon device, so the device
+	// state holds one and its restores add it. Read from Format
+	// (snapshotFormatBalloon), written for people.
+	Balloon bool `json:"balloon,omitempty"`
 	// Source is how the saved machine's RAM was mapped (memShared or
 	// memPrivate), which decided how the memory file was written.
 	Source      string    `json:"source"`
@@ -72,7 +83,10 @@ func readSnapshotMeta(dir string) (*snapshotMeta, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%s: %w", snapMetaFile, err)
 	}
-	if m.Format != snapshotFormat {
+	switch m.Format {
+	case snapshotFormat, snapshotFormatBalloon:
+		m.Balloon = m.Format == snapshotFormatBalloon
+	default:
 		return nil, fmt.Errorf("%s: unsupported format %q", snapMetaFile, m.Format)
 	}
 	if m.StateFormat != stateDevices && m.StateFormat != stateMigration {
@@ -211,7 +225,11 @@ func (m *Machine) newSnapshotMeta(dir string, keepRunning bool) (*snapshotMeta, 
 	meta := &snapshotMeta{
 		Format: snapshotFormat, QEMUVersion: m.d.version, Accel: m.rec.Accel, CPU: cpuModel(m.rec.Accel),
 		MemoryMB: m.rec.MemoryMB, VCPUs: m.rec.VCPUs, Net: m.rec.Net, MAC: m.rec.MAC, Source: m.rec.Memory,
-		State: "state-" + gen, Memory: "memory-" + gen,
+		Balloon: m.rec.Balloon,
+		State:   "state-" + gen, Memory: "memory-" + gen,
+	}
+	if meta.Balloon {
+		meta.Format = snapshotFormatBalloon
 	}
 	var copies []diskCopy
 	for i, dk := range m.rec.Disks {
