@@ -51,7 +51,8 @@ func (d *Driver) Adopt(ctx context.Context, dir string) (*Machine, error) {
 		}
 		return fail(err)
 	}
-	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, console: con, done: make(chan struct{})}
+	m := &Machine{d: d, log: log, dir: dir, rec: rec, pidfd: pidfd, qmp: qmp, memfd: memfd, console: con,
+		logCap: capLog(filepath.Join(dir, qemuLogFile)), done: make(chan struct{})}
 	go m.watchPidfd()
 	go m.watchEvents()
 	if err := m.resumeInterrupted(qctx); err != nil {

@@ -245,10 +245,11 @@
 // punch fails, QEMU skips the discard and logs "ram_block_discard_range:
 // Failed to fallocate"; the file is never changed, and the clone keeps
 // the pages its guest reported (one line in qemu.log per failed discard:
-// per 2–4 MiB block a clone frees; the log is not capped, as before). Its
-// disks lose fallocate too: discards
-// read as unsupported (ignored) and write-zeroes fall back to writing
-// zeros. Shared-memory machines (boots, CopyMemory restores) are not
+// per 2–4 MiB block a clone frees, and as many as a hostile guest's
+// balloon asks for; qemu.log is therefore capped: cut back to its first
+// 256 KiB whenever it passes 4 MiB, qemulog.go). Its disks lose fallocate
+// too: discards read as unsupported (ignored) and write-zeroes fall back
+// to writing zeros. Shared-memory machines (boots, CopyMemory restores) are not
 // filtered: their memfd is theirs alone. TestBalloonCannotPunchTemplate
 // performs the attack: a template with 64 MiB of data in guest RAM, a
 // clone that frees it — QEMU's log shows the failed punches, the

@@ -181,6 +181,7 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	m := &Machine{
 		d: d, log: mlog, dir: spec.Dir, rec: rec,
 		proc: cmd.Process, pidfd: -1, memfd: memfd, console: con, done: make(chan struct{}),
+		logCap: capLog(filepath.Join(spec.Dir, qemuLogFile)),
 	}
 	go func() { m.finish(cmd.Wait()) }()
 

@@ -41,6 +41,9 @@ type Machine struct {
 	// console copies the serial console into its log; set before the
 	// exit watcher starts.
 	console *console
+	// logCap keeps qemu.log under its cap (qemulog.go); set before the
+	// exit watcher starts.
+	logCap *logCap
 
 	opMu sync.Mutex // one Snapshot at a time
 
@@ -141,6 +144,9 @@ func (m *Machine) finish(err error) {
 			// What QEMU wrote before it exited is still to be read.
 			m.console.close(2 * time.Second)
 		}
+		if m.logCap != nil {
+			m.logCap.close()
+		}
 		removeRuntimeFiles(m.dir, m.rec.PID)
 		m.log.Info("machine exited", "pid", m.rec.PID, "shutdown", reason, "err", err)
 		close(m.done)
@@ -163,6 +169,9 @@ func (m *Machine) Detach() {
 	}
 	if m.console != nil {
 		m.console.close(0)
+	}
+	if m.logCap != nil {
+		m.logCap.close()
 	}
 }
 
