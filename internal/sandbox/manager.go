@@ -574,6 +574,7 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 		return time.Since(began), err
 	}
 	took, err := send(c)
+	m.log.DebugContext(ctx, "envd init", "sandbox", rec.ID, "took", took, "err", err)
 	if err != nil || took <= clockSlack {
 		return err
 	}
@@ -583,7 +584,9 @@ func (m *Manager) initEnvd(ctx context.Context, c *envdclient.Client, rec *recor
 	// may be a little late.
 	again := c.WithToken(tok)
 	for range 2 {
-		if took, err = send(again); err != nil {
+		took, err = send(again)
+		m.log.DebugContext(ctx, "envd init again", "sandbox", rec.ID, "took", took, "err", err)
+		if err != nil {
 			m.log.WarnContext(ctx, "set the guest's clock again", "sandbox", rec.ID, "err", err)
 			return nil
 		}
