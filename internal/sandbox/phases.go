@@ -6,9 +6,7 @@ import "github.com/capsulehq/capsule/internal/phase"
 // in order: "prepare" (template, admission, the sandbox directory, the
 // disk overlay, the first record), "slot" (a network slot with its rules
 // and TAP), "restore" or "boot" (the VMM until the guest runs), "envd"
-// (until envd answers /health; nothing after a restore, whose envd was
-// answering when it was saved: its /init is the first request), "init"
-// (envd's /init, retried until the guest answers) and "commit" (the
+// (until envd answers /health), "init" (envd's /init) and "commit" (the
 // running record written durably). Info.Phases carries them to the agent,
 // which returns them to the control plane (Server-Timing).
 type Phase = phase.Phase
