@@ -81,12 +81,7 @@ func qemuArgs(c qemuCommand) []string {
 	}
 	if c.incoming {
 		// -S: the guest stays stopped after the load until cont.
-		// No self-announcement after the load: QEMU would have the
-		// guest send gratuitous ARPs for half a second, for peers that
-		// have nothing to relearn (a slot's MACs never change, see
-		// package netslot), and under TCG a restored guest translates
-		// that code anew: measured ≈ 0.1 s of CPU per restore.
-		args = append(args, "-S", "-incoming", "defer", "-global", "migration.announce-rounds=0")
+		args = append(args, "-S", "-incoming", "defer")
 		if c.devicesOnly {
 			args = append(args, "-global", "migration.send-configuration=off")
 		}

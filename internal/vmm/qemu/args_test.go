@@ -108,7 +108,7 @@ func TestQemuArgs(t *testing.T) {
 			want: cat(common("sb-1", vmm.AccelKVM, "host"), []string{
 				"-object", "memory-backend-file,id=mem,size=512M,share=off,mem-path=/data/templates/t1/memory-20261207T041500-abcd",
 			}, rootfsArgs, tapArgs("3"), []string{
-				"-S", "-incoming", "defer", "-global", "migration.announce-rounds=0",
+				"-S", "-incoming", "defer",
 				"-global", "migration.send-configuration=off",
 			}),
 		},
@@ -122,7 +122,7 @@ func TestQemuArgs(t *testing.T) {
 				cmdline: "ignored on restore", memoryFD: 3, hostPort: 40124, incoming: true,
 			},
 			want: cat(common("sb-1", vmm.AccelTCG, "max"), sharedMem, rootfsArgs, userNetArgs("40124"),
-				[]string{"-S", "-incoming", "defer", "-global", "migration.announce-rounds=0"}),
+				[]string{"-S", "-incoming", "defer"}),
 		},
 		{
 			// The translation cache is sized under TCG, ignored under KVM.
@@ -150,7 +150,7 @@ func TestQemuArgs(t *testing.T) {
 			},
 			want: cat(common("sb-2", vmm.AccelTCG, "max"), []string{
 				"-object", "memory-backend-file,id=mem,size=512M,share=off,mem-path=/data/a,,b/memory",
-				"-S", "-incoming", "defer", "-global", "migration.announce-rounds=0",
+				"-S", "-incoming", "defer",
 			}),
 		},
 	}
