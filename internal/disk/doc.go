@@ -6,7 +6,10 @@
 //	qemu-img create -f qcow2 -F raw -b <absolute base> <overlay> [size]
 //
 // which writes only qcow2 metadata (a few hundred KiB), so creating a
-// sandbox's disk costs the same whatever the template's size. The guest's
+// sandbox's disk costs the same whatever the template's size. Overlays
+// does the same without a qemu-img process per disk: it keeps the bytes
+// of the first overlay made of each base and size (an overlay holds
+// nothing of its own path or of the time) and writes copies of them. The guest's
 // writes land in the overlay; the base image is only read and must never
 // change while overlays use it (the image store never rewrites an
 // artifact). An overlay may be given a larger virtual size than its base;

@@ -105,7 +105,7 @@ func (c *Client) WaitHealthy(ctx context.Context, abort <-chan struct{}) error {
 func (c *Client) Init(ctx context.Context, req envdapi.InitRequest) error {
 	start := time.Now()
 	stamped := req.Timestamp
-	for {
+	for wait := initRetryMin; ; wait = min(2*wait, initRetryMax) {
 		if stamped != nil {
 			ts := stamped.Add(time.Since(start))
 			req.Timestamp = &ts
@@ -122,10 +122,17 @@ func (c *Client) Init(ctx context.Context, req envdapi.InitRequest) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("envd init: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(wait):
 		}
 	}
 }
+
+// Init's pauses between attempts: short at first (a restored guest's
+// network answers within milliseconds), longer while it does not.
+const (
+	initRetryMin = 5 * time.Millisecond
+	initRetryMax = 50 * time.Millisecond
+)
 
 func (c *Client) initOnce(ctx context.Context, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/init", bytes.NewReader(body))

@@ -22,7 +22,10 @@
 // each tick starts at most one request per sandbox (with a timeout of two
 // intervals) in a goroutine of its own, and the next sample takes its
 // answer if it arrived and is fresh; a failed or slow read leaves the
-// guest fields of the sample empty (Point.HasGuest false).
+// guest fields of the sample empty (Point.HasGuest false). No guest read
+// is made before a target's GuestAfter: package sandbox starts them 2 s
+// after a sandbox starts, since under TCG every request costs a guest
+// that was just restored the translation of the code it runs.
 //
 // Tiers (Series): tier 0 keeps 10 minutes at 0.5 s (1200 points), tier 1
 // 2 hours of 30 s averages (240), tier 2 24 hours of 5 min averages (288).

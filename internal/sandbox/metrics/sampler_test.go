@@ -58,6 +58,44 @@ func TestParseRollup(t *testing.T) {
 	}
 }
 
+// TestSamplerGuestAfter: a target's guest is not read before its
+// GuestAfter, and is read at every sample from then on.
+func TestSamplerGuestAfter(t *testing.T) {
+	var reads atomic.Int32
+	counted := func(ctx context.Context) (*envdapi.Metrics, error) {
+		reads.Add(1)
+		return &envdapi.Metrics{CPUCount: 1, MemTotal: 256 << 20}, nil
+	}
+	s := New(Config{})
+	later := NewSeries()
+	start := time.Now()
+	if err := s.Add(Target{ID: "later", PID: os.Getpid(), Guest: counted, Series: later, GuestAfter: start.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Remove("later")
+	for _, step := range []struct {
+		name  string
+		at    time.Time
+		reads int32
+	}{
+		{"before", start, 0},
+		{"just before", start.Add(time.Minute - time.Millisecond), 0},
+		{"at GuestAfter", start.Add(time.Minute), 1},
+		{"after", start.Add(2 * time.Minute), 2},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			s.SampleAll(step.at)
+			s.WaitGuest()
+			if got := reads.Load(); got != step.reads {
+				t.Errorf("%d guest reads, want %d", got, step.reads)
+			}
+			if p, ok := later.Last(); !ok || (step.reads == 0 && p.HasGuest) {
+				t.Errorf("sample %+v (ok %v), want one without guest figures", p, ok)
+			}
+		})
+	}
+}
+
 // TestSamplerReadsTheProcess samples this test's own process: its CPU
 // while a goroutine burns it, its memory after an allocation, the
 // allocated (not apparent) size of a sparse "overlay", and the guest's
