@@ -41,21 +41,27 @@ func TestQEMULogCapped(t *testing.T) {
 			time.Sleep(time.Millisecond) // QEMU logs as its guest asks; the watcher runs meanwhile
 		}
 	}
-	last := fmt.Sprintf("the last line %d\n", written)
-	if _, err := w.WriteString(last); err != nil {
-		t.Fatal(err)
-	}
-	// One more look at it settles the size.
+	// Once the watcher has cut it back under its cap, QEMU's next line
+	// lands after the cut.
 	deadline := time.Now().Add(5 * time.Second)
-	var data []byte
 	for {
-		if data, err = os.ReadFile(path); err != nil {
+		fi, err := os.Stat(path)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if int64(len(data)) <= limit || time.Now().After(deadline) {
+		if fi.Size() <= limit || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	last := fmt.Sprintf("the last line, after %d bytes\n", written)
+	if _, err := w.WriteString(last); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a few looks of the watcher
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, step := range []struct {
 		name string
