@@ -104,7 +104,12 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 		waitFor(t, "VMM CPU above 30 %", started, func(pt MetricPoint) bool { return pt.CPUPct > 30 })
 	})
 	t.Run("memory grows after the guest fills 64 MiB", func(t *testing.T) {
-		before := waitFor(t, "a sample", time.Now(), func(MetricPoint) bool { return true })
+		// The sampler reads PSS only every 30 s (RSS every sample), and a
+		// cold-booted guest gives pages back (free-page reporting): a
+		// sample's PSS may be older and higher than its RSS. The baseline
+		// is the first sample after a fresh PSS read.
+		first := waitFor(t, "a sample", time.Now(), func(MetricPoint) bool { return true })
+		before := waitFor(t, "a fresh PSS reading", first.Timestamp, func(pt MetricPoint) bool { return pt.MemPSS != first.MemPSS })
 		res, err := envd.Shell(ctx, `mkdir -p /mnt/fill && mount -t tmpfs -o size=128m tmpfs /mnt/fill && dd if=/dev/zero of=/mnt/fill/x bs=1M count=64 2>&1`)
 		if err != nil || res.ExitCode != 0 {
 			t.Fatalf("fill: %v %+v", err, res)
@@ -126,6 +131,7 @@ func TestSandboxMetricsRealAgent(t *testing.T) {
 			t.Logf("the VMM's RSS was %d MiB before the fill: 48 MiB of the guest's 256 MiB may have been resident already", before.MemRSS>>20)
 			return
 		}
+		t.Logf("before the fill: RSS %d MiB, PSS %d MiB", before.MemRSS>>20, before.MemPSS>>20)
 		waitFor(t, "RSS and PSS up by 48 MiB", filled, func(pt MetricPoint) bool {
 			return pt.MemRSS-before.MemRSS >= 48<<20 && pt.MemPSS-before.MemPSS >= 48<<20
 		})
