@@ -19,7 +19,7 @@ import (
 // onto their source's disk). sizeBytes is the overlay's virtual size: 0
 // means the base's size; a smaller size than the base's is an error. path
 // must not exist; its directory must.
-func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err error) {
+func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) error {
 	absBase, err := filepath.Abs(base)
 	if err != nil {
 		return fmt.Errorf("create overlay %s: %w", path, err)
@@ -42,26 +42,15 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err
 	if sizeBytes < 0 || (sizeBytes > 0 && sizeBytes < baseSize) {
 		return fmt.Errorf("create overlay %s: size %d is smaller than the base's %d bytes", path, sizeBytes, baseSize)
 	}
-	if err := absent(path); err != nil {
-		return fmt.Errorf("create overlay: %w", err)
-	}
-	tmp, err := tempNextTo(path)
-	if err != nil {
+	if err := createNew(ctx, path, func(tmp string) error {
+		args := []string{"create", "-q", "-f", "qcow2", "-F", format, "-b", absBase, tmp}
+		if sizeBytes > 0 {
+			args = append(args, strconv.FormatInt(sizeBytes, 10))
+		}
+		_, err := qemuImg(ctx, args...)
+		return err
+	}); err != nil {
 		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	defer rollback(ctx, &err, tmp)
-	args := []string{"create", "-q", "-f", "qcow2", "-F", format, "-b", absBase, tmp}
-	if sizeBytes > 0 {
-		args = append(args, strconv.FormatInt(sizeBytes, 10))
-	}
-	if _, err := qemuImg(ctx, args...); err != nil {
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	if err := syncFile(tmp); err != nil {
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	if err := renameNoReplace(tmp, path); err != nil {
-		return fmt.Errorf("create overlay: %w", err)
 	}
 	slog.DebugContext(ctx, "overlay created", "path", path, "base", absBase)
 	return nil
@@ -70,27 +59,16 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) (err
 // Flatten writes the content of the disk image src (an overlay with its
 // backing chain, or any image qemu-img reads) to a new sparse raw image
 // at dst, which must not exist. src must not be in use by a running VM.
-func Flatten(ctx context.Context, src, dst string) (err error) {
+func Flatten(ctx context.Context, src, dst string) error {
 	info, err := Inspect(ctx, src)
 	if err != nil {
 		return fmt.Errorf("flatten %s: %w", src, err)
 	}
-	if err := absent(dst); err != nil {
-		return fmt.Errorf("flatten %s: %w", src, err)
-	}
-	tmp, err := tempNextTo(dst)
-	if err != nil {
-		return fmt.Errorf("flatten %s: %w", src, err)
-	}
-	defer rollback(ctx, &err, tmp)
 	// convert skips zero clusters (-S 4k by default), so holes stay holes.
-	if _, err := qemuImg(ctx, "convert", "-f", info.Format, "-O", "raw", src, tmp); err != nil {
-		return fmt.Errorf("flatten %s: %w", src, err)
-	}
-	if err := syncFile(tmp); err != nil {
-		return fmt.Errorf("flatten %s: %w", src, err)
-	}
-	if err := renameNoReplace(tmp, dst); err != nil {
+	if err := createNew(ctx, dst, func(tmp string) error {
+		_, err := qemuImg(ctx, "convert", "-f", info.Format, "-O", "raw", src, tmp)
+		return err
+	}); err != nil {
 		return fmt.Errorf("flatten %s: %w", src, err)
 	}
 	slog.DebugContext(ctx, "disk flattened", "src", src, "dst", dst)
@@ -103,6 +81,28 @@ func Remove(path string) error {
 		return fmt.Errorf("remove disk: %w", err)
 	}
 	return nil
+}
+
+// createNew makes the file path, which must not exist, durably: fill
+// writes it as a temporary file next to it, which is synced and renamed
+// into place without replacing anything (fs.ErrExist when path appeared
+// meanwhile), or removed on any failure.
+func createNew(ctx context.Context, path string, fill func(tmp string) error) (err error) {
+	if err := absent(path); err != nil {
+		return err
+	}
+	tmp, err := tempNextTo(path)
+	if err != nil {
+		return err
+	}
+	defer rollback(ctx, &err, tmp)
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := syncFile(tmp); err != nil {
+		return err
+	}
+	return renameNoReplace(tmp, path)
 }
 
 // absent fails with fs.ErrExist when path exists.

@@ -92,31 +92,9 @@ func overlayKeyOf(base string, sizeBytes int64) (overlayKey, bool) {
 
 // writeOverlay writes data to a new file at path, durably and without
 // replacing anything.
-func writeOverlay(ctx context.Context, path string, data []byte) (err error) {
-	if err := absent(path); err != nil {
-		return fmt.Errorf("create overlay: %w", err)
-	}
-	tmp, err := tempNextTo(path)
-	if err != nil {
+func writeOverlay(ctx context.Context, path string, data []byte) error {
+	if err := createNew(ctx, path, func(tmp string) error { return os.WriteFile(tmp, data, 0) }); err != nil {
 		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	defer rollback(ctx, &err, tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	if err := renameNoReplace(tmp, path); err != nil {
-		return fmt.Errorf("create overlay: %w", err)
 	}
 	return nil
 }
