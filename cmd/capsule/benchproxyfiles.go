@@ -9,9 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/capsulehq/capsule/internal/bench"
@@ -111,12 +109,11 @@ func fileTransfers(ctx context.Context, stack *benchStack, b *apiBench, id, envd
 
 	times := map[string][]time.Duration{}
 	for range rounds {
-		t0 := time.Now()
-		if err := exec.CommandContext(ctx, "sh", "-c", `cat "$1" > "$2"`, "sh", src, filepath.Join(dir, "dst")).Run(); err != nil {
+		d, err := bench.TimeCat(ctx, src, filepath.Join(dir, "dst"))
+		if err != nil {
 			return nil, fmt.Errorf("cat: %w", err)
 		}
-		times["cat"] = append(times["cat"], time.Since(t0))
-		_ = os.Remove(filepath.Join(dir, "dst"))
+		times["cat"] = append(times["cat"], d)
 		for _, p := range []transferPath{direct, proxied, api} {
 			d, err := timeTransfer(ctx, client, func() (*http.Request, error) { return p.upload(ctx, data) }, p.uploadAnswers, nil)
 			if err != nil {
@@ -134,11 +131,7 @@ func fileTransfers(ctx context.Context, stack *benchStack, b *apiBench, id, envd
 			times[p.name+"_download"] = append(times[p.name+"_download"], d)
 		}
 	}
-	med := func(k string) time.Duration {
-		s := slices.Clone(times[k])
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
+	med := func(k string) time.Duration { return bench.Median(times[k]) }
 	cat := med("cat")
 	out := map[string]any{
 		"transfer_file_mib":      mib,

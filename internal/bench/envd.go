@@ -196,7 +196,7 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 	// one-off stall (writeback, another process) does not decide the ratio.
 	var catT, upT, chunkedT, downT, splicedT []time.Duration
 	for range throughputRounds {
-		d, err := timeCat(ctx, src, filepath.Join(dir, "big.cat"))
+		d, err := TimeCat(ctx, src, filepath.Join(dir, "big.cat"))
 		if err != nil {
 			return nil, fmt.Errorf("cat: %w", err)
 		}
@@ -218,8 +218,8 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 		}
 		splicedT = append(splicedT, d)
 	}
-	catTime, upTime, chunkedTime, downTime := median(catT), median(upT), median(chunkedT), median(downT)
-	splicedTime := median(splicedT)
+	catTime, upTime, chunkedTime, downTime := Median(catT), Median(upT), Median(chunkedT), Median(downT)
+	splicedTime := Median(splicedT)
 
 	return map[string]any{
 		"file_size_mib":                      mib,
@@ -235,7 +235,9 @@ func throughput(ctx context.Context, hc *http.Client, base, dir string, mib int)
 	}, nil
 }
 
-func timeCat(ctx context.Context, src, dst string) (time.Duration, error) {
+// TimeCat times `cat src > dst` (the reference of the transfer figures)
+// and removes dst.
+func TimeCat(ctx context.Context, src, dst string) (time.Duration, error) {
 	defer os.Remove(dst)
 	return timed(func() error {
 		return exec.CommandContext(ctx, "sh", "-c", `cat "$1" > "$2"`, "sh", src, dst).Run()
@@ -347,7 +349,8 @@ func checkSize(path string, want int64) error {
 	return nil
 }
 
-func median(d []time.Duration) time.Duration {
+// Median is the median of d (d is not reordered).
+func Median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2]
