@@ -145,6 +145,9 @@ func (p *Pool) setupInside(pl plan) error {
 	if err := netlink.LinkSetUp(tap); err != nil {
 		return fmt.Errorf("bring %s up: %w", tapName, err)
 	}
+	if err := setGuestNeigh(pl); err != nil {
+		return err
+	}
 	cc, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
@@ -152,6 +155,32 @@ func (p *Pool) setupInside(pl plan) error {
 	pl.addSlotTable(cc, p.cfg.Name, p.cfg.DNS, policyOf(p.cfg.EgressDefault))
 	if err := cc.Flush(); err != nil {
 		return fmt.Errorf("install slot nftables table: %w", err)
+	}
+	return nil
+}
+
+// setGuestNeigh makes the guest's MAC a permanent neighbour entry on the
+// slot's TAP (run inside the namespace). The guest's address and MAC are
+// the same in every slot, so the namespace never has to resolve them: the
+// first packet to a restored guest goes out at once, and the VMM need not
+// announce the guest after a restore (see package qemu, Restore), which
+// would wake the guest for work of its own. The entry survives the TAP
+// losing its carrier when a VMM lets go of it; NeighSet replaces an entry
+// that is there, so calling it again is harmless.
+func setGuestNeigh(pl plan) error {
+	tap, err := netlink.LinkByName(tapName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", tapName, err)
+	}
+	n := &netlink.Neigh{
+		LinkIndex:    tap.Attrs().Index,
+		Family:       netlink.FAMILY_V4,
+		State:        netlink.NUD_PERMANENT,
+		IP:           net.IP(pl.guest.AsSlice()),
+		HardwareAddr: macFor(pl.guest),
+	}
+	if err := netlink.NeighSet(n); err != nil {
+		return fmt.Errorf("neighbour %s on %s: %w", pl.guest, tapName, err)
 	}
 	return nil
 }

@@ -248,6 +248,79 @@ func TestAcquireReleaseReuse(t *testing.T) {
 	}
 }
 
+// TestGuestNeighbourIsPermanent: the slot's namespace holds the guest's
+// MAC from the start (a restored guest is not announced), keeps it while
+// VMMs come and go on the TAP, and a release puts it back when it is
+// missing (a slot made by an older agent).
+func TestGuestNeighbourIsPermanent(t *testing.T) {
+	p := newTestPool(t, nil)
+	ctx := context.Background()
+	s := acquire(t, p)
+	steps := []struct {
+		name string
+		do   func() error
+		want bool
+	}{
+		{"new slot", func() error { return nil }, true},
+		{"a VMM opened and closed the TAP", func() error {
+			f, err := s.OpenTap()
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}, true},
+		{"removed by hand", func() error {
+			return inNetNS(s.NetNSPath, func() error {
+				tap, err := netlink.LinkByName(tapName)
+				if err != nil {
+					return err
+				}
+				return netlink.NeighDel(&netlink.Neigh{LinkIndex: tap.Attrs().Index, Family: netlink.FAMILY_V4, IP: net.IP(s.GuestAddr.AsSlice())})
+			})
+		}, false},
+		{"released and acquired again", func() error {
+			if err := p.Release(ctx, s); err != nil {
+				return err
+			}
+			if again := acquire(t, p); again != s {
+				t.Fatalf("slot %d not reused", s.Index)
+			}
+			return nil
+		}, true},
+	}
+	for _, step := range steps {
+		if err := step.do(); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		var found bool
+		err := inNetNS(s.NetNSPath, func() error {
+			tap, err := netlink.LinkByName(tapName)
+			if err != nil {
+				return err
+			}
+			ns, err := netlink.NeighList(tap.Attrs().Index, netlink.FAMILY_V4)
+			if err != nil {
+				return err
+			}
+			for _, n := range ns {
+				if n.IP.Equal(net.IP(s.GuestAddr.AsSlice())) {
+					if n.State != netlink.NUD_PERMANENT || n.HardwareAddr.String() != s.MAC {
+						t.Errorf("%s: neighbour %s is %s state %#x, want %s permanent", step.name, n.IP, n.HardwareAddr, n.State, s.MAC)
+					}
+					found = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if found != step.want {
+			t.Errorf("%s: guest neighbour present %v, want %v", step.name, found, step.want)
+		}
+	}
+}
+
 func TestOpenTapPersistentAndExclusive(t *testing.T) {
 	p := newTestPool(t, nil)
 	s := acquire(t, p)

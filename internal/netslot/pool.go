@@ -304,7 +304,9 @@ func (s *Slot) reset(ctx context.Context) error {
 		return err
 	}
 	log := s.pool.log.With("slot", s.Index)
-	if err := inNetNS(s.NetNSPath, func() error { flushFlows(log); return nil }); err != nil {
+	// A slot kept from an older agent may lack the guest's neighbour entry.
+	pl := s.pool.cfg.plan(s.Index)
+	if err := inNetNS(s.NetNSPath, func() error { flushFlows(log); return setGuestNeigh(pl) }); err != nil {
 		return err
 	}
 	forgetHostFlows(log, s.HostAddr)

@@ -94,6 +94,12 @@ func qemuArgs(c qemuCommand) []string {
 		if c.devicesOnly {
 			args = append(args, "-global", "migration.send-configuration=off")
 		}
+		if spec.Net != nil && c.tapFD != 0 {
+			// No announcement after the load: the tap's side holds the
+			// guest's MAC as a permanent neighbour (package netslot), and
+			// announcing would wake the guest for rounds of TCG work.
+			args = append(args, "-global", "migration.announce-rounds=0")
+		}
 	}
 	return args
 }

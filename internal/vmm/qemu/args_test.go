@@ -122,6 +122,7 @@ func TestQemuArgs(t *testing.T) {
 				"-device", "virtio-balloon-device,free-page-reporting=on",
 				"-S", "-incoming", "defer",
 				"-global", "migration.send-configuration=off",
+				"-global", "migration.announce-rounds=0",
 			}),
 		},
 		{
@@ -138,6 +139,7 @@ func TestQemuArgs(t *testing.T) {
 			}, rootfsArgs, tapArgs("3"), []string{
 				"-S", "-incoming", "defer",
 				"-global", "migration.send-configuration=off",
+				"-global", "migration.announce-rounds=0",
 			}),
 		},
 		{
