@@ -95,7 +95,7 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		stack.team.ID, o.idle+o.conc+4, (o.idle+o.conc+4)*o.memoryMB, 4*(o.idle+o.conc+4)); err != nil {
 		return nil, fmt.Errorf("raise the team's limits: %w", err)
 	}
-	out = map[string]any{"memory_mib": o.memoryMB, "accel": string(stack.host.driver.Accel()), "settle_s": o.settle.Seconds()}
+	out = map[string]any{"memory_mib": o.memoryMB, "accel": string(stack.host.driver.Accel()), "settle_s": o.settle.Seconds(), "prepared_vmms": o.preparedVMMs}
 
 	// Cold boot.
 	cold, err := b.create(ctx, "minimal", o.memoryMB)

@@ -35,6 +35,8 @@ type benchStackOptions struct {
 	// coldImages: no warm snapshots of the images, so that sandboxes of
 	// an image boot cold and share no memory (bench fork's baseline).
 	coldImages bool
+	// preparedVMMs is the host's -prepared-vmms.
+	preparedVMMs int
 	// vcpus is the host agent's vCPU capacity (0: its default).
 	vcpus int
 	log   *slog.Logger
@@ -76,6 +78,7 @@ func (o *benchStackOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
 	fs.StringVar(&o.dataDir, "data-dir", image.DefaultDataDir, "data directory (its image store is reused)")
 	fs.StringVar(&o.pgBinDir, "pg-bin-dir", "", "directory of initdb and postgres (default: the newest installed)")
+	fs.IntVar(&o.preparedVMMs, "prepared-vmms", 2, "the host's -prepared-vmms: VMMs kept started per snapshot template and shape (0: none)")
 }
 
 func (b *benchStack) close() {
@@ -139,7 +142,7 @@ func startBenchStack(ctx context.Context, o benchStackOptions, prefix string) (b
 	// network slot pool and sandbox directory (images shared).
 	so := &serveOptions{hostOptions: hostOptions{
 		dataDir: filepath.Join(work, "host"), runDir: filepath.Join(work, "run"), imagesDir: o.dataDir,
-		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, netName: "capsule-bench", netVethPrefix: "cbv",
+		envdBin: o.envdBin, base: o.base, warmImages: !o.coldImages, preparedVMMs: o.preparedVMMs, netName: "capsule-bench", netVethPrefix: "cbv",
 		netHostCIDR: "198.18.96.0/24", netLinkCIDR: "198.18.97.0/24", netMaxSlots: 32,
 	}}
 	if o.net.name != "" {

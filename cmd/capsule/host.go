@@ -32,6 +32,8 @@ type hostOptions struct {
 	envdBin    string
 	base       bool
 	warmImages bool
+	// preparedVMMs: VMMs kept started per snapshot template and shape.
+	preparedVMMs int
 	// consoleLogMaxMB caps each sandbox's console log (MiB).
 	consoleLogMaxMB int
 	capacity        sandbox.Capacity
@@ -118,7 +120,7 @@ func startHost(ctx context.Context, o *hostOptions, log *slog.Logger) (*hostStac
 	}
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		DataDir: o.dataDir, RunDir: o.runDir, Driver: driver, Images: images, Slots: slots,
-		Capacity: o.capacity, DiskHeadroomMB: o.diskHeadroomMB, WarmImages: o.warmImages, ConsoleLogMax: int64(o.consoleLogMaxMB) << 20, Log: log,
+		Capacity: o.capacity, DiskHeadroomMB: o.diskHeadroomMB, WarmImages: o.warmImages, PreparedVMMs: o.preparedVMMs, ConsoleLogMax: int64(o.consoleLogMaxMB) << 20, Log: log,
 	})
 	if err != nil {
 		_ = slots.Close(context.Background())

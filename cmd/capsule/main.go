@@ -147,6 +147,7 @@ func runBench(ctx context.Context, args []string) error {
 		fs.StringVar(&o.EnvdBin, "envd", siblingBinary("envd"), "envd binary for the guest images")
 		fs.StringVar(&o.DataDir, "data-dir", "/var/lib/capsule", "data directory (its image store is reused)")
 		fs.IntVar(&o.Runs, "n", 5, "samples per figure")
+		fs.IntVar(&o.PreparedVMMs, "prepared-vmms", 2, "the host's -prepared-vmms: VMMs kept started per snapshot template and shape (0: none)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}

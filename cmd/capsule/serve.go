@@ -186,6 +186,7 @@ func parseServeFlags(args []string, getenv func(string) string, defaultConfig st
 	fs.StringVar(&o.envdBin, "envd", siblingBinary("envd"), "envd binary (static) for the guest images [CAPSULE_ENVD]")
 	fs.BoolVar(&o.base, "base", true, "build the base image at start (about a minute the first time, then cached) [CAPSULE_AGENT_BASE]")
 	fs.BoolVar(&o.warmImages, "warm-images", true, "keep a memory snapshot of each image per machine shape, so that creates restore instead of booting cold [CAPSULE_AGENT_WARM_IMAGES]")
+	fs.IntVar(&o.preparedVMMs, "prepared-vmms", 2, "VMMs kept started for each snapshot template and machine shape created from in the last 10 minutes, waiting to restore it, so that creates skip QEMU's start-up (0: none) [CAPSULE_AGENT_PREPARED_VMMS]")
 	fs.IntVar(&o.consoleLogMaxMB, "console-log-max-mb", 4, "cap of each sandbox's serial console log in MiB; past it the log is rotated into console.log.1 [CAPSULE_AGENT_CONSOLE_LOG_MAX_MB]")
 	fs.StringVar(&o.adminEmail, "admin-email", "admin@capsule.local", "e-mail address of the platform admin created on first start [CAPSULE_ADMIN_EMAIL]")
 	fs.IntVar(&o.capacity.VCPUs, "max-vcpus", 0, "vCPUs this host offers to sandboxes, whatever the scheduler's overcommit (default: its CPUs × the control plane's -cpu-overcommit) [CAPSULE_AGENT_MAX_VCPUS]")

@@ -28,7 +28,9 @@ type VMOptions struct {
 	// directory below it and are removed at the end.
 	DataDir string
 	Runs    int
-	Log     *slog.Logger
+	// PreparedVMMs is the manager's Config.PreparedVMMs.
+	PreparedVMMs int
+	Log          *slog.Logger
 }
 
 // VM measures the sandbox lifecycle on this host: cold boot, create from a
@@ -72,6 +74,7 @@ func VM(ctx context.Context, o VMOptions) (map[string]any, error) {
 	defer os.RemoveAll(work)
 	mgr, err := sandbox.New(ctx, sandbox.Config{
 		DataDir: work, RunDir: filepath.Join(work, "run"), Driver: driver, Images: images, Slots: pool, Log: o.Log,
+		PreparedVMMs: o.PreparedVMMs,
 	})
 	if err != nil {
 		return nil, err
@@ -79,7 +82,7 @@ func VM(ctx context.Context, o VMOptions) (map[string]any, error) {
 	defer mgr.Shutdown(context.Background())
 
 	b := &vmBench{mgr: mgr, runs: o.Runs}
-	out := map[string]any{"accel": string(driver.Accel()), "runs": o.Runs}
+	out := map[string]any{"accel": string(driver.Accel()), "runs": o.Runs, "prepared_vmms": o.PreparedVMMs}
 	steps := []struct {
 		name string
 		fn   func(context.Context, map[string]any) error

@@ -6,3 +6,18 @@ func SetDiskHeadroom(m *Manager, mb int64) { m.headroomMB.Store(mb) }
 
 // SetCrashHook sets the hook called at each crash point (tests only).
 func SetCrashHook(f func(point string)) { crashHook = f }
+
+// AbandonPrepared stops m's pool of prepared VMMs from filling and lets
+// go of its VMMs without stopping them, as a killed agent would leave
+// them (tests only).
+func AbandonPrepared(m *Manager) {
+	m.prepared.mu.Lock()
+	m.prepared.closed = true
+	for _, set := range m.prepared.pools {
+		m.prepared.release(set) // their watchers return; nothing is discarded
+	}
+	m.prepared.pools = map[preparedKey]*preparedSet{}
+	m.prepared.mu.Unlock()
+	m.prepared.cancel()
+	m.prepared.wg.Wait()
+}

@@ -165,7 +165,7 @@ func (m *Manager) resumeLocked(ctx context.Context, b *box) (err error) {
 	})
 	crashPoint("resume-recorded")
 	snap := vmm.Snapshot{Dir: rec.Snapshot, VCPUs: rec.VCPUs, MemoryMB: rec.MemoryMB}
-	if err := m.start(ctx, b, &snap, rec.AccessToken, undo, nil); err != nil {
+	if err := m.start(ctx, b, &snap, rec.AccessToken, undo, nil, nil); err != nil {
 		return fmt.Errorf("resume %s: %w", rec.ID, err)
 	}
 	m.log.InfoContext(ctx, "sandbox resumed", "sandbox", rec.ID)
@@ -184,7 +184,7 @@ func (m *Manager) bootColdLocked(ctx context.Context, b *box, rec record, restor
 	}
 	defer func() { finish(err) }()
 	b.setState(StateStarting)
-	if err := m.start(ctx, b, nil, "", undo, nil); err != nil {
+	if err := m.start(ctx, b, nil, "", undo, nil, nil); err != nil {
 		return fmt.Errorf("boot sandbox %s cold: %w", rec.ID, err)
 	}
 	b.mu.Lock()
@@ -294,6 +294,7 @@ const destroyPrefix = ".destroying-"
 // Manager on the same DataDir recovers them.
 func (m *Manager) Close() {
 	m.warm.stop()
+	m.prepared.close()
 	m.stopReaper()
 	<-m.reaperDone
 	m.stopSampler()
@@ -320,6 +321,7 @@ func (m *Manager) reap(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		m.prepared.expire(m.now())
 		for _, id := range m.idle() {
 			err := m.Pause(ctx, id)
 			switch {

@@ -58,6 +58,11 @@ type Config struct {
 	// per machine shape, so that creates restore instead of booting
 	// (warm.go).
 	WarmImages bool
+	// PreparedVMMs is how many VMMs the manager keeps started, for each
+	// snapshot template and machine shape created from in the last ten
+	// minutes, waiting to restore it (prepared.go); 0: none. It needs a
+	// driver that is a vmm.Preparer.
+	PreparedVMMs int
 	// MetricsInterval is the sampling interval of the running sandboxes'
 	// metrics (default 500 ms; metrics.go).
 	MetricsInterval time.Duration
@@ -95,6 +100,7 @@ type Manager struct {
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
 	warm       *warmer
+	prepared   *preparedPool
 
 	sampler     *metrics.Sampler
 	stopSampler func()
@@ -124,6 +130,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Driver == nil || cfg.Images == nil || cfg.Slots == nil {
 		return nil, errors.New("sandbox: Driver, Images and Slots are required")
 	}
+	if cfg.PreparedVMMs < 0 {
+		return nil, fmt.Errorf("sandbox: negative number of prepared VMMs %d", cfg.PreparedVMMs)
+	}
 	if cfg.ConsoleLogMax < 0 {
 		return nil, fmt.Errorf("sandbox: negative console log cap %d", cfg.ConsoleLogMax)
 	}
@@ -150,6 +159,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	cfg.DataDir = dataDir
 	m := &Manager{cfg: cfg, log: cfg.Log, now: cfg.Now, boxes: map[string]*box{}, orphans: map[string]bool{}, warm: newWarmer()}
+	m.prepared = newPreparedPool(m, cfg.PreparedVMMs)
 	m.headroomMB.Store(cfg.DiskHeadroomMB)
 	if m.log == nil {
 		m.log = slog.Default()
@@ -368,12 +378,38 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	undo.add("release capacity", func() error { m.release(rec, true); return nil })
 
 	dir := m.sandboxDir(o.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("sandbox dir: %w", err)
+	var pv *preparedVM
+	if tpl.isSnapshot() && m.preparer() != nil {
+		key := preparedKey{
+			template: tpl.Name, snapshot: tpl.Snapshot, rootfs: tpl.Rootfs,
+			vcpus: rec.VCPUs, memoryMB: rec.MemoryMB, diskMB: rec.DiskMB,
+		}
+		pv = m.prepared.take(key)
+		defer m.prepared.fill(key)
 	}
-	undo.add("remove sandbox dir", func() error { return os.RemoveAll(dir) })
-	if err := m.overlays.Create(ctx, tpl.Rootfs, m.diskPath(o.ID), int64(rec.DiskMB)<<20); err != nil {
-		return nil, err
+	if pv != nil {
+		// Its overlay's directory becomes the sandbox's.
+		if err := os.Rename(pv.dir, dir); err != nil {
+			m.prepared.discard(pv)
+			return nil, fmt.Errorf("sandbox dir: %w", err)
+		}
+		pv.dir = dir
+		undo.add("remove sandbox dir", func() error { return os.RemoveAll(dir) })
+		undo.add("discard the prepared VMM", func() error {
+			if pv.started {
+				return nil // start's own steps undo it
+			}
+			m.prepared.discard(pv)
+			return nil
+		})
+	} else {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("sandbox dir: %w", err)
+		}
+		undo.add("remove sandbox dir", func() error { return os.RemoveAll(dir) })
+		if err := m.overlays.Create(ctx, tpl.Rootfs, m.diskPath(o.ID), int64(rec.DiskMB)<<20); err != nil {
+			return nil, err
+		}
 	}
 	if err := m.writeRecord(dir, rec); err != nil {
 		return nil, err
@@ -385,10 +421,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 		rec.RestoredFrom = tpl.Name
 	}
 	clock.Mark("prepare")
-	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo, clock); err != nil {
+	if err := m.start(ctx, b, snap, tpl.EnvdToken, &undo, clock, pv); err != nil {
 		return nil, err
 	}
-	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil)
+	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil, "prepared", pv != nil)
 	info = m.info(b)
 	info.Phases = clock.Phases()
 	return info, nil
@@ -399,13 +435,22 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 // access token a restored envd still holds (it must be presented to
 // replace it). clock, when not nil, records the phases. Called with b.op
 // held.
-func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback, clock *phase.Clock) error {
+func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldToken string, undo *rollback, clock *phase.Clock, pv *preparedVM) error {
 	rec := b.snapshotRecord()
-	slot, err := m.cfg.Slots.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
+	var slot *netslot.Slot
+	if pv != nil {
+		slot, pv.started = pv.slot, true
+	} else {
+		var err error
+		if slot, err = m.cfg.Slots.Acquire(ctx); err != nil {
+			return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
+		}
 	}
 	undo.add("release network slot", func() error { return m.cfg.Slots.Release(context.Background(), slot) })
+	if pv != nil {
+		// Before the slot's release, which fails while a VMM holds its TAP.
+		undo.add("discard the prepared VMM", func() error { return pv.p.Discard(context.Background()) })
+	}
 	// The slot is recorded before the machine starts: an agent that dies
 	// from here on finds it again with the machine (recover adopts both).
 	b.mu.Lock()
@@ -424,16 +469,19 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	if err := slot.SetRules(ctx, rec.rules()); err != nil {
 		return err
 	}
-	tap, err := slot.OpenTap()
-	if err != nil {
-		return err
-	}
-	defer tap.Close()
-
 	rd := m.runDir(rec.ID)
-	if err := os.MkdirAll(rd, 0o700); err != nil {
-		return err
+	var tap *os.File
+	if pv == nil {
+		var err error
+		if tap, err = slot.OpenTap(); err != nil {
+			return err
+		}
+		defer tap.Close()
+		if err := os.MkdirAll(rd, 0o700); err != nil {
+			return err
+		}
 	}
+	// A prepared VMM's runtime directory is renamed to rd by its Start.
 	undo.add("remove run dir", func() error { return os.RemoveAll(rd) })
 	spec := vmm.Spec{
 		ID:            rec.ID,
@@ -455,10 +503,20 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	defer cancel()
 	clock.Mark("slot")
 	var machine vmm.Machine
-	if snap != nil {
+	var err error
+	switch {
+	case pv != nil:
+		machine, err = pv.p.Start(bctx, spec)
+		if errors.Is(err, vmm.ErrStale) && snap != nil {
+			// Its VMM is gone: restore the usual way, in the same slot.
+			m.log.WarnContext(ctx, "the prepared VMM's snapshot was replaced; restoring afresh", "sandbox", rec.ID, "err", err)
+			machine, err = m.restoreInSlot(bctx, spec, *snap, slot)
+		}
+		clock.Mark("restore")
+	case snap != nil:
 		machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
 		clock.Mark("restore")
-	} else {
+	default:
 		machine, err = m.cfg.Driver.Boot(bctx, spec)
 		clock.Mark("boot")
 	}
@@ -512,6 +570,20 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	clock.Mark("commit")
 	m.running(b, machine)
 	return nil
+}
+
+// restoreInSlot restores snap as spec with slot's TAP.
+func (m *Manager) restoreInSlot(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot, slot *netslot.Slot) (vmm.Machine, error) {
+	tap, err := slot.OpenTap()
+	if err != nil {
+		return nil, err
+	}
+	defer tap.Close()
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	spec.Net = &vmm.NetAttachment{Tap: tap, MAC: slot.MAC}
+	return m.cfg.Driver.Restore(ctx, spec, snap)
 }
 
 // contextUntil is ctx, also cancelled when done closes; stop releases it.
@@ -630,7 +702,10 @@ func (m *Manager) cmdline(rec record, slot *netslot.Slot) string {
 	return strings.Join(parts, " ")
 }
 
-func (m *Manager) diskPath(id string) string { return filepath.Join(m.sandboxDir(id), "rootfs.qcow2") }
+// diskFile is a sandbox's disk in its directory.
+const diskFile = "rootfs.qcow2"
+
+func (m *Manager) diskPath(id string) string { return filepath.Join(m.sandboxDir(id), diskFile) }
 
 // watchMachine notices a VMM that exits on its own (guest poweroff, VMM
 // crash or kill) and releases what the machine held; the sandbox stays,

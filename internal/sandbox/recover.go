@@ -27,8 +27,9 @@ import (
 //   - an unreadable state file is set aside and the sandbox is listed in
 //     state error with its directory kept.
 //
-// Runtime directories without a sandbox, network slots no adopted machine
-// uses and template directories no template or sandbox uses are removed.
+// Runtime directories without a sandbox (their VMMs killed), prepared
+// VMMs' overlays, network slots no adopted machine uses and template
+// directories no template or sandbox uses are removed.
 func (m *Manager) recover(ctx context.Context) error {
 	entries, err := os.ReadDir(m.sandboxesDir())
 	if err != nil {
@@ -68,6 +69,11 @@ func (m *Manager) recover(ctx context.Context) error {
 				_ = os.RemoveAll(dir)
 			}
 		}
+	}
+	// The overlays of prepared VMMs (killed above with their runtime
+	// directories): no user data.
+	if err := os.RemoveAll(m.preparedDir()); err != nil {
+		m.log.ErrorContext(ctx, "remove the prepared VMMs' overlays", "err", err)
 	}
 	if err := m.cfg.Slots.DropUnclaimed(ctx); err != nil {
 		m.log.ErrorContext(ctx, "remove network slots no machine uses", "err", err)

@@ -342,6 +342,10 @@ func (m *Manager) DeleteTemplate(name string) error {
 // it (collectTemplates), which may be now or when the last sandbox or
 // template chained onto it goes.
 func (m *Manager) dropTemplateDir(dir string) {
+	if dir != "" {
+		// Prepared VMMs map its memory and back onto its disk.
+		m.prepared.dropDir(dir)
+	}
 	if dir == "" {
 		return
 	}

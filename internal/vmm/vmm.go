@@ -144,6 +144,38 @@ type Adopter interface {
 	SnapshotComplete(dir string) bool
 }
 
+// Preparer is a Driver that can start a restore's VMM ahead of time:
+// Prepare does everything Restore does (the process, its devices, the
+// snapshot's memory mapped) except load the snapshot's device state and
+// run the guest, and Prepared.Start does that later. A warm pool of
+// prepared machines takes the VMM's start-up (tens of milliseconds of CPU
+// and a process exec) off the create path.
+type Preparer interface {
+	Prepare(ctx context.Context, spec Spec, snap Snapshot) (Prepared, error)
+}
+
+// Prepared is a VMM started for a restore whose guest has not run yet.
+type Prepared interface {
+	// Start loads the snapshot and runs the guest. spec must describe the
+	// prepared machine, except for ID, Dir, ConsoleLog and the disks'
+	// paths: the runtime directory is moved to spec.Dir (which must not
+	// exist, on the same filesystem), the console goes to spec.ConsoleLog,
+	// and the disks are recorded at their new paths (the caller renamed
+	// the files; the VMM keeps them open). It fails with ErrStale when the
+	// snapshot in snap.Dir was replaced since Prepare. When Start fails
+	// the VMM is gone.
+	Start(ctx context.Context, spec Spec) (Machine, error)
+	// Discard stops the VMM. Discarding twice, or after Start, does
+	// nothing.
+	Discard(ctx context.Context) error
+	// Done is closed when the VMM has exited.
+	Done() <-chan struct{}
+}
+
+// ErrStale is returned by Prepared.Start when the snapshot it was prepared
+// from has been replaced.
+var ErrStale = errors.New("vmm: the prepared snapshot was replaced")
+
 // Machine is a running VMM process.
 type Machine interface {
 	// PID is the VMM process (for metrics and cleanup).

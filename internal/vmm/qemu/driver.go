@@ -173,28 +173,45 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 // Restore starts a machine from a snapshot (see package doc).
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (vmm.Machine, error) {
 	start := time.Now()
+	cfg, err := d.restoreConfig(spec, snap)
+	if err != nil {
+		return nil, err
+	}
+	defer cfg.incoming.Close()
+	m, err := d.launch(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: restore %s: %w", cfg.spec.ID, err)
+	}
+	d.log.Info("machine restored", "machine", cfg.spec.ID, "snapshot", snap.Dir, "copyMemory", cfg.spec.CopyMemory, "took", time.Since(start).Round(time.Millisecond))
+	return m, nil
+}
+
+// restoreConfig checks a restore of snap for spec and opens what it needs:
+// the state file (the caller closes cfg.incoming once the VMM started)
+// and, with CopyMemory, a memfd holding the snapshot's memory.
+func (d *Driver) restoreConfig(spec vmm.Spec, snap vmm.Snapshot) (cfg launchConfig, err error) {
 	spec = ownSpec(spec)
 	meta, err := readSnapshotMeta(snap.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
+		return cfg, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
 	}
 	if err := d.checkRestore(&spec, meta); err != nil {
-		return nil, fmt.Errorf("qemu: restore %s from %s: %w", spec.ID, snap.Dir, err)
+		return cfg, fmt.Errorf("qemu: restore %s from %s: %w", spec.ID, snap.Dir, err)
 	}
 	if err := d.checkSpec(&spec, false); err != nil {
-		return nil, err
+		return cfg, err
 	}
 	state, err := os.Open(filepath.Join(snap.Dir, meta.State))
 	if err != nil {
-		return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
+		return cfg, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
 	}
-	defer state.Close()
-	cfg := launchConfig{spec: spec, incoming: state, meta: meta}
+	cfg = launchConfig{spec: spec, incoming: state, meta: meta}
 	memPath := filepath.Join(snap.Dir, meta.Memory)
 	if spec.CopyMemory {
 		src, err := os.Open(memPath)
 		if err != nil {
-			return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
+			state.Close()
+			return cfg, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
 		}
 		mem, err := newMemfd("capsule-"+spec.ID, int64(spec.MemoryMB)<<20)
 		if err == nil {
@@ -205,22 +222,19 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) 
 		}
 		src.Close()
 		if err != nil {
-			return nil, fmt.Errorf("qemu: restore %s: copy memory: %w", spec.ID, err)
+			state.Close()
+			return cfg, fmt.Errorf("qemu: restore %s: copy memory: %w", spec.ID, err)
 		}
 		cfg.memfd = mem
 	} else {
 		abs, err := filepath.Abs(memPath)
 		if err != nil {
-			return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
+			state.Close()
+			return cfg, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
 		}
 		cfg.privateMem = abs
 	}
-	m, err := d.launch(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
-	}
-	d.log.Info("machine restored", "machine", spec.ID, "snapshot", snap.Dir, "copyMemory", spec.CopyMemory, "took", time.Since(start).Round(time.Millisecond))
-	return m, nil
+	return cfg, nil
 }
 
 // ownSpec copies what spec points to that the driver fills in, so that

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +27,9 @@ type launchConfig struct {
 	privateMem string
 	incoming   *os.File // migration stream to load
 	meta       *snapshotMeta
+	// prepare starts the VMM of a restore without loading incoming: a
+	// prepared machine's Start does (prepared.go).
+	prepare bool
 }
 
 // balloon says whether the machine of cfg gets the virtio-balloon device:
@@ -120,6 +124,20 @@ func (d *Driver) prepare(cfg launchConfig) (rec record, files []*os.File, err er
 		qc.incoming = true
 		qc.devicesOnly = cfg.meta.StateFormat == stateDevices
 	}
+	if cfg.prepare {
+		// QEMU opens its disks again by name when the guest first runs
+		// (activating them after the incoming migration), and the caller
+		// may rename them before Start: QEMU gets links in its runtime
+		// directory, relative to its working directory, which Start
+		// points at the new paths (prepared.go).
+		qc.spec.Disks = slices.Clone(spec.Disks)
+		for i, dk := range spec.Disks {
+			if err := linkDisk(spec.Dir, i, dk.Path); err != nil {
+				return record{}, nil, err
+			}
+			qc.spec.Disks[i].Path = diskLink(i)
+		}
+	}
 	rec.Args = qemuArgs(qc)
 	return rec, files, nil
 }
@@ -213,7 +231,13 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	}
 	go m.watchEvents()
 	if cfg.incoming != nil {
-		if err := m.loadIncoming(qctx, len(files)+2); err != nil {
+		fd := len(files) + 2
+		if cfg.prepare {
+			m.incomingFD = fd
+			m.log.Info("machine prepared", "pid", rec.PID, "accel", d.accel, "took", time.Since(start).Round(time.Millisecond))
+			return m, nil
+		}
+		if err := m.loadIncoming(qctx, fd); err != nil {
 			return fail(err)
 		}
 	}

@@ -39,11 +39,14 @@ type Machine struct {
 	qmp   *qmpClient
 	memfd *os.File // shared memory; nil for a private mapping
 	// console copies the serial console into its log; set before the
-	// exit watcher starts.
+	// exit watcher starts (and replaced, under stateMu, by a prepared
+	// machine's Start, as dir is).
 	console *console
-	// logCap keeps qemu.log under its cap (qemulog.go); set before the
-	// exit watcher starts.
+	// logCap keeps qemu.log under its cap (qemulog.go); as console.
 	logCap *logCap
+	// incomingFD is the descriptor of the migration stream a prepared
+	// machine loads when it starts (0: none).
+	incomingFD int
 
 	opMu sync.Mutex // one Snapshot at a time
 
@@ -65,7 +68,11 @@ func (m *Machine) PID() int { return m.rec.PID }
 func (m *Machine) ID() string { return m.rec.ID }
 
 // Dir is the machine's runtime directory.
-func (m *Machine) Dir() string { return m.dir }
+func (m *Machine) Dir() string {
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	return m.dir
+}
 
 // Done is closed when the QEMU process has exited.
 func (m *Machine) Done() <-chan struct{} { return m.done }
@@ -130,6 +137,8 @@ func (m *Machine) finish(err error) {
 		m.finished = true
 		reason := m.shutdown
 		qmp, memfd := m.qmp, m.memfd
+		// A prepared machine's Start moves these (prepared.go).
+		con, lc, dir := m.console, m.logCap, m.dir
 		m.stateMu.Unlock()
 		if qmp != nil {
 			qmp.Close()
@@ -140,14 +149,14 @@ func (m *Machine) finish(err error) {
 		if m.pidfd >= 0 {
 			unix.Close(m.pidfd)
 		}
-		if m.console != nil {
+		if con != nil {
 			// What QEMU wrote before it exited is still to be read.
-			m.console.close(2 * time.Second)
+			con.close(2 * time.Second)
 		}
-		if m.logCap != nil {
-			m.logCap.close()
+		if lc != nil {
+			lc.close()
 		}
-		removeRuntimeFiles(m.dir, m.rec.PID)
+		removeRuntimeFiles(dir, m.rec.PID)
 		m.log.Info("machine exited", "pid", m.rec.PID, "shutdown", reason, "err", err)
 		close(m.done)
 	})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -549,11 +550,16 @@ func (s *suite) testTemplate(t *testing.T) {
 	}) {
 		return
 	}
+	var (
+		snap2 vmm.Snapshot
+		m2    vmm.Machine
+	)
 	if !e.step("a restored machine is a template source too", func(t *testing.T) {
-		snap2, err := cloneMs[0].Snapshot(e.ctx, filepath.Join(e.dir, "template-2"), true)
+		var err error
+		snap2, err = cloneMs[0].Snapshot(e.ctx, filepath.Join(e.dir, "template-2"), true)
 		e.must(err)
 		root := e.overlay("second-root.qcow2", snap2.Disks[0])
-		m2 := e.restore("second", snap2, []vmm.Disk{root}, false)
+		m2 = e.restore("second", snap2, []vmm.Disk{root}, false)
 		c2 := e.envd(m2)
 		e.wantFile(c2, "/root/mine", "0\n")
 		e.wantFile(c2, "/dev/shm/mine", "0")
@@ -563,6 +569,25 @@ func (s *suite) testTemplate(t *testing.T) {
 	}) {
 		return
 	}
+	if pr, ok := s.d.(vmm.Preparer); ok {
+		if !e.step("a prepared restore starts later as another machine", func(t *testing.T) {
+			e.preparedRestore(pr, snap, pid, atSnapshot)
+		}) {
+			return
+		}
+		if !e.step("a prepared restore of a replaced snapshot is refused", func(t *testing.T) {
+			root := e.overlay("stale-root.qcow2", snap2.Disks[0])
+			p := e.prepare(pr, e.spec("stale", []vmm.Disk{root}), snap2)
+			_, err := m2.Snapshot(e.ctx, snap2.Dir, true) // replaces it
+			e.must(err)
+			if _, err := p.Start(e.ctx, e.spec("stale-started", []vmm.Disk{root})); !errors.Is(err, vmm.ErrStale) {
+				t.Fatalf("Start after the snapshot was replaced: %v, want ErrStale", err)
+			}
+			e.waitGone(p.Done(), "the refused prepared machine")
+		}) {
+			return
+		}
+	}
 	e.step("restores leave the snapshot unchanged", func(t *testing.T) {
 		for _, m := range e.machines {
 			e.must(m.Kill(e.ctx))
@@ -571,6 +596,80 @@ func (s *suite) testTemplate(t *testing.T) {
 			t.Fatalf("restores modified the snapshot:\nbefore %v\nafter  %v", sums, after)
 		}
 	})
+}
+
+// prepare prepares a restore of snap as spec; the test discards it at the
+// end unless it started.
+func (e *env) prepare(pr vmm.Preparer, spec vmm.Spec, snap vmm.Snapshot) vmm.Prepared {
+	e.t.Helper()
+	p, err := pr.Prepare(e.ctx, spec, snap)
+	if err != nil {
+		e.t.Fatalf("prepare %s from %s: %v", spec.ID, snap.Dir, err)
+	}
+	e.root.Cleanup(func() {
+		if err := p.Discard(context.Background()); err != nil {
+			e.root.Errorf("discard prepared %s: %v", spec.ID, err)
+		}
+	})
+	return p
+}
+
+// waitGone waits until done closes (a VMM exited).
+func (e *env) waitGone(done <-chan struct{}, what string) {
+	e.t.Helper()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("%s still runs", what)
+	}
+}
+
+// preparedRestore prepares a restore of snap, renames its disk and starts
+// it under another name and directory, as a warm pool does: the guest is
+// the snapshot's, works, and can be snapshotted from its new disk path.
+// Discarding a started machine leaves it running; a prepared machine that
+// is discarded exits.
+func (e *env) preparedRestore(pr vmm.Preparer, snap vmm.Snapshot, pid uint32, atSnapshot int) {
+	t := e.t
+	root := e.overlay("prep-root.qcow2", snap.Disks[0])
+	spec := e.spec("prep", []vmm.Disk{root})
+	p := e.prepare(pr, spec, snap)
+	moved := filepath.Join(e.dir, "prep-moved-root.qcow2")
+	e.must(os.Rename(root.Path, moved))
+	final := e.spec("prepared", []vmm.Disk{{Path: moved, Format: root.Format}})
+	t0 := time.Now()
+	m, err := p.Start(e.ctx, final)
+	e.must(err)
+	e.track(m)
+	started := time.Since(t0)
+	if _, err := os.Stat(spec.Dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the prepared runtime directory %s is still there (%v)", spec.Dir, err)
+	}
+	c := e.envd(m)
+	t.Logf("prepared machine: Start %v, to envd health %v", started.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	e.wantFile(c, "/dev/shm/saved", "in memory")
+	e.wantFile(c, "/root/saved", "saved\n")
+	e.wantNoFile(c, "/root/mine")
+	e.checkCounter(c, pid, atSnapshot)
+	e.mustRun(c, "echo prepared > /root/prepared && sync")
+	snap3, err := m.Snapshot(e.ctx, filepath.Join(e.dir, "template-3"), true)
+	e.must(err)
+	m3 := e.restore("third", snap3, []vmm.Disk{e.overlay("third-root.qcow2", snap3.Disks[0])}, false)
+	e.wantFile(e.envd(m3), "/root/prepared", "prepared\n")
+	e.must(p.Discard(e.ctx))
+	select {
+	case <-m.Done():
+		t.Fatal("Discard after Start stopped the machine")
+	default:
+	}
+	e.mustRun(c, "true")
+
+	q := e.prepare(pr, e.spec("prep-discarded", []vmm.Disk{e.overlay("prep-discarded-root.qcow2", snap.Disks[0])}), snap)
+	e.must(q.Discard(e.ctx))
+	e.waitGone(q.Done(), "a discarded prepared machine")
+	if _, err := q.Start(e.ctx, e.spec("prep-discarded-2", nil)); err == nil {
+		t.Error("a discarded prepared machine started")
+	}
 }
 
 // hashDir returns name → size/mtime/sha256 of every file in dir.

@@ -1,0 +1,199 @@
+package sandbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/capsulehq/capsule/internal/envdclient"
+	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/sandbox"
+)
+
+// preparedPIDs returns the VMM pids of the prepared VMMs in runDir (from
+// their records).
+func preparedPIDs(t *testing.T, runDir string) []int {
+	t.Helper()
+	ents, _ := os.ReadDir(runDir)
+	var pids []int
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "prepared-") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(runDir, e.Name(), "vmm.json"))
+		if err != nil {
+			continue // being written or removed
+		}
+		var rec struct {
+			PID int `json:"pid"`
+		}
+		if json.Unmarshal(b, &rec) == nil && rec.PID > 0 {
+			pids = append(pids, rec.PID)
+		}
+	}
+	return pids
+}
+
+// waitPrepared waits until runDir holds n prepared VMMs and returns their
+// pids.
+func waitPrepared(t *testing.T, runDir string, n int) []int {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		pids := preparedPIDs(t, runDir)
+		if len(pids) == n {
+			return pids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d prepared VMMs in %s, want %d", len(pids), runDir, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestPreparedVMMs: with PreparedVMMs, the first create of a snapshot
+// template leaves VMMs prepared for the next ones, which take them (their
+// VMM is one of those) and are sandboxes like any other: their own
+// identity, a disk that survives a pause and a resume. Deleting the
+// template discards its prepared VMMs; a restarted agent kills the ones a
+// dead agent left and removes their disks.
+func TestPreparedVMMs(t *testing.T) {
+	e := newEnv(t)
+	e.mgr.Close()
+	mk := func(t *testing.T) *sandbox.Manager {
+		m, err := sandbox.New(context.Background(), sandbox.Config{
+			DataDir: e.dataDir, RunDir: e.runDir,
+			Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
+			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, PreparedVMMs: 2,
+		})
+		if err != nil {
+			t.Fatalf("manager: %v", err)
+		}
+		return m
+	}
+	e.mgr = mk(t)
+	ctx := testCtx(t, 8*time.Minute)
+	var ready []int
+	var taken *sandbox.Info
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"the first create of a template leaves two VMMs prepared", func(t *testing.T) {
+			src, c := e.create(ctx, sandbox.CreateOptions{})
+			sh(t, ctx, c, "echo from-template > /root/tpl.txt && sync")
+			if _, err := e.mgr.CreateSnapshot(ctx, src.ID, "prep-tpl"); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.mgr.Destroy(ctx, src.ID); err != nil {
+				t.Fatal(err)
+			}
+			if pids := preparedPIDs(t, e.runDir); len(pids) != 0 {
+				t.Fatalf("VMMs prepared before any create of the template: %v", pids)
+			}
+			first, c := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl"})
+			if got := sh(t, ctx, c, "cat /root/tpl.txt"); got != "from-template" {
+				t.Fatalf("first clone: %q", got)
+			}
+			ready = waitPrepared(t, e.runDir, 2)
+			if slices.Contains(ready, first.VMMPid) {
+				t.Fatalf("the first create's VMM %d is listed as prepared", first.VMMPid)
+			}
+		}},
+		{"the next create takes one, and the pool is topped up", func(t *testing.T) {
+			var c *envdclient.Client
+			taken, c = e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl", EnvVars: map[string]string{"MINE": "yes"}})
+			if !slices.Contains(ready, taken.VMMPid) {
+				t.Fatalf("create's VMM %d is none of the prepared %v", taken.VMMPid, ready)
+			}
+			if got, want := sh(t, ctx, c, `echo "$E2B_SANDBOX_ID $MINE $(cat /root/tpl.txt)"`), taken.ID+" yes from-template"; got != want {
+				t.Fatalf("clone of a prepared VMM: %q, want %q", got, want)
+			}
+			if _, err := os.Stat(filepath.Join(e.runDir, taken.ID, "vmm.json")); err != nil {
+				t.Fatalf("the sandbox's runtime directory: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(e.dataDir, "sandboxes", taken.ID, "rootfs.qcow2")); err != nil {
+				t.Fatalf("the sandbox's disk: %v", err)
+			}
+			waitPrepared(t, e.runDir, 2)
+		}},
+		{"its disk survives a pause and a resume", func(t *testing.T) {
+			sh(t, ctx, mustClient(t, e, taken.ID), "echo kept > /root/kept.txt && sync")
+			if err := e.mgr.Pause(ctx, taken.ID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.mgr.Resume(ctx, taken.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := sh(t, ctx, mustClient(t, e, taken.ID), "cat /root/kept.txt /root/tpl.txt"); got != "kept\nfrom-template" {
+				t.Fatalf("after pause and resume: %q", got)
+			}
+		}},
+		{"deleting the template discards its prepared VMMs", func(t *testing.T) {
+			before := preparedPIDs(t, e.runDir)
+			if err := e.mgr.DeleteTemplate("prep-tpl"); err != nil {
+				t.Fatal(err)
+			}
+			waitPrepared(t, e.runDir, 0)
+			for _, pid := range before {
+				if processAlive(pid) {
+					t.Errorf("prepared VMM %d still runs", pid)
+				}
+			}
+			if ents, _ := os.ReadDir(filepath.Join(e.dataDir, "prepared")); len(ents) != 0 {
+				t.Errorf("prepared overlays left: %d", len(ents))
+			}
+		}},
+		{"a restarted agent kills what a dead one prepared", func(t *testing.T) {
+			src, _ := e.create(ctx, sandbox.CreateOptions{})
+			if _, err := e.mgr.CreateSnapshot(ctx, src.ID, "prep-tpl-2"); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{src.ID, taken.ID} {
+				if err := e.mgr.Destroy(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			info, _ := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl-2"})
+			if err := e.mgr.Destroy(ctx, info.ID); err != nil {
+				t.Fatal(err)
+			}
+			left := waitPrepared(t, e.runDir, 2)
+			sandbox.AbandonPrepared(e.mgr) // as if the agent died
+			e.mgr.Close()
+			e.mgr = mk(t)
+			for _, pid := range left {
+				if processAlive(pid) {
+					t.Errorf("the dead agent's prepared VMM %d still runs", pid)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(e.dataDir, "prepared")); !os.IsNotExist(err) {
+				t.Errorf("prepared overlays of the dead agent: %v", err)
+			}
+			if pids := preparedPIDs(t, e.runDir); len(pids) != 0 {
+				t.Errorf("prepared VMMs after the restart: %v", pids)
+			}
+		}},
+	}
+	for _, s := range steps {
+		if !e.step(s.name, s.run) {
+			return
+		}
+	}
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// A zombie is gone for our purposes.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
+}
