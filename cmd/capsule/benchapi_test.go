@@ -154,8 +154,10 @@ func TestBenchDensity(t *testing.T) {
 	selfOne, _ := out["create_one_capsule_cpu_ms"].(float64)
 	ten, _ := out["create_ten_concurrent"].(map[string]any)
 	cpuEach, _ := ten["cpu_ms_per_create"].(float64)
+	vmmEach, _ := ten["vmm_cpu_ms_per_create"].(float64)
+	selfEach, _ := ten["capsule_cpu_ms_per_create"].(float64)
 	floor, _ := out["ten_concurrent_floor_vs_one"].(float64)
-	if cpuOne <= 0 || vmmOne <= 0 || selfOne <= 0 || cpuEach <= 0 ||
+	if cpuOne <= 0 || vmmOne <= 0 || selfOne <= 0 || cpuEach <= 0 || vmmEach <= 0 || selfEach <= 0 ||
 		floor != bench.CPUFloorRatio(time.Duration(cpuEach*float64(time.Millisecond)), 2, runtime.NumCPU(), time.Duration(one.P50*float64(time.Millisecond))) {
 		t.Fatalf("CPU figures: %+v", out)
 	}

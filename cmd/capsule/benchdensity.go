@@ -83,7 +83,9 @@ type densityBench struct {
 //     when the create returned; create_one_capsule_cpu_ms, that of this
 //     process (control plane, host agent, the bench's client);
 //     create_ten_concurrent.cpu_ms_per_create, the busy CPU of the median
-//     round over o.c; ten_concurrent_floor_vs_one, the least ratio that
+//     round over o.c (vmm_cpu_ms_per_create: its VMMs' CPU when the round
+//     ended, capsule_cpu_ms_per_create: this process', both over o.c);
+//     ten_concurrent_floor_vs_one, the least ratio that
 //     CPU alone allows: o.c creates need o.c × that CPU, which the cores
 //     give in no less than o.c × cpu / cores of wall time
 //     (bench.CPUFloorRatio);
@@ -193,8 +195,9 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 	out["create_one_cpu_ms"] = bench.MS(bench.Median(cpuOne))
 	out["create_one_vmm_cpu_ms"] = bench.MS(bench.Median(vmmOne))
 	out["create_one_capsule_cpu_ms"] = bench.MS(bench.Median(selfOne))
-	// A round's wall time and the machine's busy CPU over it.
-	type round struct{ wall, cpu time.Duration }
+	// A round's wall time, the machine's busy CPU over it, this process'
+	// and that of the round's VMMs when it ended.
+	type round struct{ wall, cpu, self, vmm time.Duration }
 	var rounds []round
 	var each []time.Duration
 	// failures are the creates that failed (recorded, not fatal: see below).
@@ -205,23 +208,31 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		}
 	}()
 	for range o.rounds {
-		created := make([]string, o.conc)
-		busy0, err := bench.BusyCPU()
+		created := make([]densitySandbox, o.conc)
+		busy0, self0, err := cpuNow()
 		if err != nil {
 			return out, err
 		}
 		wall, d, err := bench.Concurrent(ctx, o.conc, func(ctx context.Context, i int) error {
 			sb, err := b.create(ctx, template, 0)
-			created[i] = sb.ID
+			created[i] = sb
 			return err
 		})
-		busy1, cerr := bench.BusyCPU()
+		busy1, self1, cerr := cpuNow()
+		var vmm time.Duration
+		for _, sb := range created {
+			if cerr == nil && sb.agentID != "" {
+				var c time.Duration
+				c, cerr = b.vmmCPU(sb)
+				vmm += c
+			}
+		}
 		if cerr != nil && err == nil {
 			err = cerr
 		}
-		for _, id := range created {
-			if id != "" {
-				if derr := b.api.destroy(ctx, id); derr != nil && err == nil {
+		for _, sb := range created {
+			if sb.ID != "" {
+				if derr := b.api.destroy(ctx, sb.ID); derr != nil && err == nil {
 					err = derr
 				}
 			}
@@ -232,14 +243,15 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 			failures = append(failures, fmt.Sprintf("concurrent creates: %v", err))
 			continue
 		}
-		rounds, each = append(rounds, round{wall, busy1 - busy0}), append(each, d...)
+		rounds, each = append(rounds, round{wall, busy1 - busy0, self1 - self0, vmm}), append(each, d...)
 	}
 	if len(rounds) > 0 {
 		slices.SortFunc(rounds, func(a, b round) int { return cmp.Compare(a.wall, b.wall) })
 		median := rounds[len(rounds)/2]
-		cpuEach := median.cpu / time.Duration(o.conc)
+		n := time.Duration(o.conc)
+		cpuEach := median.cpu / n
 		out["create_ten_concurrent"] = map[string]any{"wall_ms": bench.MS(median.wall), "each": bench.Summarize(each), "rounds": len(rounds),
-			"cpu_ms_per_create": bench.MS(cpuEach)}
+			"cpu_ms_per_create": bench.MS(cpuEach), "vmm_cpu_ms_per_create": bench.MS(median.vmm / n), "capsule_cpu_ms_per_create": bench.MS(median.self / n)}
 		if one.P50 > 0 {
 			out["ten_concurrent_creates_vs_one"] = bench.Round3(bench.MS(median.wall) / one.P50)
 			oneWall := time.Duration(one.P50 * float64(time.Millisecond))
