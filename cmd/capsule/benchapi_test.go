@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"math"
+	"runtime"
 	"testing"
 	"time"
 
@@ -144,6 +146,33 @@ func TestBenchDensity(t *testing.T) {
 	if one.N != 2 || one.P50 <= 0 || phases["host-restore"] <= 0 || phases["agent"] <= 0 || cold <= 0 || clone <= 0 || clone >= cold ||
 		maxIdle != bench.MaxIdle(16384, clone) || out["failures"] != nil {
 		t.Fatalf("figures: %+v", out)
+	}
+	// Where a create's CPU goes, and the ratio the concurrent creates'
+	// CPU allows.
+	cpuOne, _ := out["create_one_cpu_ms"].(float64)
+	vmmOne, _ := out["create_one_vmm_cpu_ms"].(float64)
+	selfOne, _ := out["create_one_capsule_cpu_ms"].(float64)
+	ten, _ := out["create_ten_concurrent"].(map[string]any)
+	cpuEach, _ := ten["cpu_ms_per_create"].(float64)
+	vmmEach, _ := ten["vmm_cpu_ms_per_create"].(float64)
+	selfEach, _ := ten["capsule_cpu_ms_per_create"].(float64)
+	floor, _ := out["ten_concurrent_floor_vs_one"].(float64)
+	if cpuOne <= 0 || vmmOne <= 0 || selfOne <= 0 || cpuEach <= 0 || vmmEach <= 0 || selfEach <= 0 ||
+		floor != bench.CPUFloorRatio(time.Duration(cpuEach*float64(time.Millisecond)), 2, runtime.NumCPU(), time.Duration(one.P50*float64(time.Millisecond))) {
+		t.Fatalf("CPU figures: %+v", out)
+	}
+	// Where an idle clone's PSS goes: the categories add up to its PSS
+	// (read from smaps_rollup just before; a few KiB of rounding per
+	// mapping and what changed in between), its RAM is the template's
+	// file, TCG's code buffer is there.
+	breakdown, _ := out["idle_pss_breakdown_mib"].(map[string]float64)
+	var sum float64
+	for _, v := range breakdown {
+		sum += v
+	}
+	if len(breakdown) != 6 || math.Abs(sum-clone) > 0.05*clone || breakdown["guest_ram"] <= 0 || breakdown["translation_cache"] <= 0 ||
+		breakdown["qemu_binary"] <= 0 || breakdown["libraries"] <= 0 || breakdown["heap"] <= 0 {
+		t.Fatalf("PSS breakdown %v (sum %g) of a %g MiB clone", breakdown, sum, clone)
 	}
 	t.Logf("%+v", out)
 }

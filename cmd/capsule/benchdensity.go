@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"time"
 
@@ -75,8 +77,22 @@ type densityBench struct {
 //     create_ten_concurrent: the wall time of o.c creates at once (the
 //     median of o.rounds rounds); ten_concurrent_creates_vs_one: the
 //     second over the p50 of the first;
+//   - where a create's CPU goes: create_one_cpu_ms, the machine's busy
+//     CPU (/proc/stat, every process) over one create, median of the
+//     sequential ones; create_one_vmm_cpu_ms, the CPU its VMM had used
+//     when the create returned; create_one_capsule_cpu_ms, that of this
+//     process (control plane, host agent, the bench's client);
+//     create_ten_concurrent.cpu_ms_per_create, the busy CPU of the median
+//     round over o.c (vmm_cpu_ms_per_create: its VMMs' CPU when the round
+//     ended, capsule_cpu_ms_per_create: this process', both over o.c);
+//     ten_concurrent_floor_vs_one, the least ratio that
+//     CPU alone allows: o.c creates need o.c × that CPU, which the cores
+//     give in no less than o.c × cpu / cores of wall time
+//     (bench.CPUFloorRatio);
 //   - idle_pss_from_template_mib: the mean PSS of o.idle sandboxes
-//     restored from the template, all idle for o.settle;
+//     restored from the template, all idle for o.settle, and
+//     idle_pss_breakdown_mib where it goes (bench.PSSBreakdown; the same
+//     for the cold-booted sandbox: idle_pss_cold_boot_breakdown_mib);
 //     pause_memory_mib: the allocated size of the memory file of one of
 //     them paused;
 //   - max_idle_512mib_in_16gib: o.hostMiB over that mean (bench.MaxIdle).
@@ -95,7 +111,7 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		stack.team.ID, o.idle+o.conc+4, (o.idle+o.conc+4)*o.memoryMB, 4*(o.idle+o.conc+4)); err != nil {
 		return nil, fmt.Errorf("raise the team's limits: %w", err)
 	}
-	out = map[string]any{"memory_mib": o.memoryMB, "accel": string(stack.host.driver.Accel()), "settle_s": o.settle.Seconds(), "prepared_vmms": o.preparedVMMs}
+	out = map[string]any{"memory_mib": o.memoryMB, "accel": string(stack.host.driver.Accel()), "settle_s": o.settle.Seconds(), "cores": runtime.NumCPU(), "prepared_vmms": o.preparedVMMs}
 
 	// Cold boot.
 	cold, err := b.create(ctx, "minimal", o.memoryMB)
@@ -105,11 +121,12 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 	if err := b.idleFor(ctx); err != nil {
 		return out, err
 	}
-	pss, err := b.pss(cold)
+	pss, breakdown, err := b.pss(cold)
 	if err != nil {
 		return out, err
 	}
 	out["idle_pss_cold_boot_mib"] = pss
+	out["idle_pss_cold_boot_breakdown_mib"] = breakdown.MiB()
 	// The template, made of the cold sandbox.
 	const template = "bench-density"
 	before, err := stack.host.mgr.Templates()
@@ -139,15 +156,28 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 	}
 
 	// One create at a time, then o.conc at once.
-	var singles []time.Duration
+	var singles, cpuOne, vmmOne, selfOne []time.Duration
 	phases := map[string][]time.Duration{}
 	for range o.single {
+		busy0, self0, err := cpuNow()
+		if err != nil {
+			return out, err
+		}
 		t0 := time.Now()
 		sb, err := b.create(ctx, template, 0)
 		if err != nil {
 			return out, err
 		}
-		singles = append(singles, time.Since(t0))
+		wall := time.Since(t0)
+		busy1, self1, err := cpuNow()
+		if err != nil {
+			return out, err
+		}
+		vmm, err := b.vmmCPU(sb)
+		if err != nil {
+			return out, err
+		}
+		singles, cpuOne, selfOne, vmmOne = append(singles, wall), append(cpuOne, busy1-busy0), append(selfOne, self1-self0), append(vmmOne, vmm)
 		for k, v := range sb.timing {
 			phases[k] = append(phases[k], v)
 		}
@@ -162,7 +192,13 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		phaseOut[k] = bench.Summarize(v).P50
 	}
 	out["create_phases_p50_ms"] = phaseOut
-	var walls []time.Duration
+	out["create_one_cpu_ms"] = bench.MS(bench.Median(cpuOne))
+	out["create_one_vmm_cpu_ms"] = bench.MS(bench.Median(vmmOne))
+	out["create_one_capsule_cpu_ms"] = bench.MS(bench.Median(selfOne))
+	// A round's wall time, the machine's busy CPU over it, this process'
+	// and that of the round's VMMs when it ended.
+	type round struct{ wall, cpu, self, vmm time.Duration }
+	var rounds []round
 	var each []time.Duration
 	// failures are the creates that failed (recorded, not fatal: see below).
 	var failures []string
@@ -172,15 +208,31 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		}
 	}()
 	for range o.rounds {
-		created := make([]string, o.conc)
+		created := make([]densitySandbox, o.conc)
+		busy0, self0, err := cpuNow()
+		if err != nil {
+			return out, err
+		}
 		wall, d, err := bench.Concurrent(ctx, o.conc, func(ctx context.Context, i int) error {
 			sb, err := b.create(ctx, template, 0)
-			created[i] = sb.ID
+			created[i] = sb
 			return err
 		})
-		for _, id := range created {
-			if id != "" {
-				if derr := b.api.destroy(ctx, id); derr != nil && err == nil {
+		busy1, self1, cerr := cpuNow()
+		var vmm time.Duration
+		for _, sb := range created {
+			if cerr == nil && sb.agentID != "" {
+				var c time.Duration
+				c, cerr = b.vmmCPU(sb)
+				vmm += c
+			}
+		}
+		if cerr != nil && err == nil {
+			err = cerr
+		}
+		for _, sb := range created {
+			if sb.ID != "" {
+				if derr := b.api.destroy(ctx, sb.ID); derr != nil && err == nil {
 					err = derr
 				}
 			}
@@ -191,14 +243,19 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 			failures = append(failures, fmt.Sprintf("concurrent creates: %v", err))
 			continue
 		}
-		walls, each = append(walls, wall), append(each, d...)
+		rounds, each = append(rounds, round{wall, busy1 - busy0, self1 - self0, vmm}), append(each, d...)
 	}
-	if len(walls) > 0 {
-		slices.Sort(walls)
-		wall := walls[len(walls)/2]
-		out["create_ten_concurrent"] = map[string]any{"wall_ms": bench.Summarize([]time.Duration{wall}).P50, "each": bench.Summarize(each), "rounds": len(walls)}
+	if len(rounds) > 0 {
+		slices.SortFunc(rounds, func(a, b round) int { return cmp.Compare(a.wall, b.wall) })
+		median := rounds[len(rounds)/2]
+		n := time.Duration(o.conc)
+		cpuEach := median.cpu / n
+		out["create_ten_concurrent"] = map[string]any{"wall_ms": bench.MS(median.wall), "each": bench.Summarize(each), "rounds": len(rounds),
+			"cpu_ms_per_create": bench.MS(cpuEach), "vmm_cpu_ms_per_create": bench.MS(median.vmm / n), "capsule_cpu_ms_per_create": bench.MS(median.self / n)}
 		if one.P50 > 0 {
-			out["ten_concurrent_creates_vs_one"] = bench.Round3(bench.Summarize([]time.Duration{wall}).P50 / one.P50)
+			out["ten_concurrent_creates_vs_one"] = bench.Round3(bench.MS(median.wall) / one.P50)
+			oneWall := time.Duration(one.P50 * float64(time.Millisecond))
+			out["ten_concurrent_floor_vs_one"] = bench.CPUFloorRatio(cpuEach, o.conc, runtime.NumCPU(), oneWall)
 		}
 	}
 
@@ -224,15 +281,23 @@ func benchDensity(ctx context.Context, o densityBenchOptions) (out map[string]an
 		return out, err
 	}
 	var sum float64
+	sums := map[string]float64{}
 	for _, sb := range idle {
-		p, err := b.pss(sb)
+		p, breakdown, err := b.pss(sb)
 		if err != nil {
 			return out, err
 		}
 		sum += p
+		for k, v := range breakdown.MiB() {
+			sums[k] += v
+		}
 	}
 	mean := bench.Round3(sum / float64(len(idle)))
 	out["idle_pss_from_template_mib"] = mean
+	for k, v := range sums {
+		sums[k] = bench.Round3(v / float64(len(idle)))
+	}
+	out["idle_pss_breakdown_mib"] = sums
 	out["idle_sandboxes"] = len(idle)
 	out["max_idle_512mib_in_16gib"] = bench.MaxIdle(o.hostMiB, mean)
 	out["max_idle_method"] = fmt.Sprintf("floor(%g MiB / idle_pss_from_template_mib)", o.hostMiB)
@@ -284,17 +349,44 @@ func (b *densityBench) create(ctx context.Context, template string, memoryMB int
 	return out, nil
 }
 
-// pss is the PSS of a sandbox's VMM in MiB.
-func (b *densityBench) pss(sb densitySandbox) (float64, error) {
+// pss is the PSS of a sandbox's VMM in MiB (smaps_rollup) and where it
+// goes (smaps, read right after).
+func (b *densityBench) pss(sb densitySandbox) (float64, bench.PSSBreakdown, error) {
+	in, err := b.stack.host.mgr.Get(sb.agentID)
+	if err != nil {
+		return 0, bench.PSSBreakdown{}, err
+	}
+	kib, err := bench.PSSKiB(in.VMMPid)
+	if err != nil {
+		return 0, bench.PSSBreakdown{}, fmt.Errorf("PSS of %s: %w", sb.ID, err)
+	}
+	breakdown, err := bench.ReadPSSBreakdown(in.VMMPid, int64(in.MemoryMB)<<20)
+	if err != nil {
+		return 0, breakdown, fmt.Errorf("PSS of %s: %w", sb.ID, err)
+	}
+	return bench.Round3(float64(kib) / 1024), breakdown, nil
+}
+
+// vmmCPU is the CPU time a sandbox's VMM has used so far.
+func (b *densityBench) vmmCPU(sb densitySandbox) (time.Duration, error) {
 	in, err := b.stack.host.mgr.Get(sb.agentID)
 	if err != nil {
 		return 0, err
 	}
-	kib, err := bench.PSSKiB(in.VMMPid)
+	cpu, err := bench.ProcessCPU(in.VMMPid)
 	if err != nil {
-		return 0, fmt.Errorf("PSS of %s: %w", sb.ID, err)
+		return 0, fmt.Errorf("CPU of the VMM of %s: %w", sb.ID, err)
 	}
-	return bench.Round3(float64(kib) / 1024), nil
+	return cpu, nil
+}
+
+// cpuNow is the machine's busy CPU and this process' CPU so far.
+func cpuNow() (busy, self time.Duration, err error) {
+	if busy, err = bench.BusyCPU(); err != nil {
+		return 0, 0, err
+	}
+	self, err = bench.ProcessCPU(os.Getpid())
+	return busy, self, err
 }
 
 func (b *densityBench) idleFor(ctx context.Context) error {
