@@ -12,7 +12,10 @@
 // keeps a hidden snapshot template of each image per machine shape
 // ("warm-<image>-<vcpus>c<mem>m-<image id>", built in the background after
 // the first cold create), so that creates of an image restore instead of
-// booting (warm.go).
+// booting (warm.go). With Config.PreparedVMMs it keeps VMMs started for
+// each snapshot template and shape created from lately, each with its
+// slot and disk overlay, waiting to load the snapshot: a create takes one
+// and skips QEMU's start-up (prepared.go).
 //
 // Template chains. A snapshot template's disk is a copy of its source
 // sandbox's qcow2 overlay, which backs onto the template that sandbox was

@@ -107,11 +107,14 @@
 // state, which has no configuration section; QEMU then logs "Expected
 // vmdescription section, but got 0", which is harmless), the memory
 // backend in the mode Spec.CopyMemory asks for, migrate-incoming from the
-// state file, cont. QEMU's self-announcement after the load stays on:
-// without it (migration.announce-rounds=0) a restored guest's TCG work
-// drops by ≈ 0.1 s of CPU, but the host's first request reaches it
-// ≈ 80 ms later (measured with `capsule bench density`; the slot's
-// namespace then has to resolve the guest's MAC itself). The state holds no guest page, so the guest's memory
+// state file, cont. A guest on a TAP is not announced after the load
+// (migration.announce-rounds=0): announcing woke the restored guest for
+// rounds of gratuitous ARP, ≈ 0.1 s of TCG work per restore, and the
+// network slot holds the guest's fixed MAC as a permanent neighbour
+// (package netslot), so the host's first packet needs no ARP either.
+// Driver.Prepare (a vmm.Preparer) runs the first half ahead of time, at
+// nice 19, and its Start the second (prepared.go): a warm pool's create
+// skips QEMU's start-up. The state holds no guest page, so the guest's memory
 // is whatever the backend maps, and no ROM is written into it while a
 // migration is incoming. A restored machine can be snapshotted and
 // restored again any number of times (the conformance suite runs 20

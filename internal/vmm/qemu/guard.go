@@ -33,44 +33,78 @@ import (
 // exits, which also keeps Options.DieWithParent (a parent-death signal
 // sent when the starting thread exits) from killing those VMMs.
 
-// guardedStart is a request to the guard thread.
-type guardedStart struct {
+// Starter threads. The same thread trick sets a VMM's priority from its
+// first instruction: a prepared machine's QEMU (prepared.go) is started
+// from a thread whose nice value is preparedNice, which the child
+// inherits, so that its start-up only takes CPU the running guests leave.
+// Each kind of start (guarded or not, nice value) has its own thread, set
+// up once and never unlocked.
+
+// starterKind is how a starter thread is set up.
+type starterKind struct {
+	guard bool // the fallocate filter
+	nice  int  // the thread's nice value
+}
+
+// startRequest is a request to a starter thread.
+type startRequest struct {
 	cmd  *exec.Cmd
 	done chan error
 }
 
+type starter struct {
+	err  error // the thread could not be set up
+	reqs chan startRequest
+}
+
 var (
-	guardOnce  sync.Once
-	guardErr   error
-	guardStart chan guardedStart
+	startersMu sync.Mutex
+	starters   = map[starterKind]*starter{}
 )
 
 // startGuarded starts cmd with fallocate(2) denied (see above).
-func startGuarded(cmd *exec.Cmd) error {
-	guardOnce.Do(func() {
+func startGuarded(cmd *exec.Cmd) error { return startFrom(starterKind{guard: true}, cmd) }
+
+// startFrom starts cmd from the starter thread of kind, made on first use.
+func startFrom(kind starterKind, cmd *exec.Cmd) error {
+	startersMu.Lock()
+	s := starters[kind]
+	if s == nil {
+		s = &starter{reqs: make(chan startRequest)}
 		ready := make(chan error)
-		guardStart = make(chan guardedStart)
-		go guardThread(ready)
-		guardErr = <-ready
-	})
-	if guardErr != nil {
-		return fmt.Errorf("fallocate guard: %w", guardErr)
+		go s.run(kind, ready)
+		s.err = <-ready
+		starters[kind] = s
 	}
-	req := guardedStart{cmd: cmd, done: make(chan error, 1)}
-	guardStart <- req
+	startersMu.Unlock()
+	if s.err != nil {
+		return fmt.Errorf("starter thread %+v: %w", kind, s.err)
+	}
+	req := startRequest{cmd: cmd, done: make(chan error, 1)}
+	s.reqs <- req
 	return <-req.done
 }
 
-// guardThread filters its own thread and starts what it is asked to, for
-// ever.
-func guardThread(ready chan<- error) {
-	runtime.LockOSThread() // never unlocked: the thread is filtered for good
-	if err := denyFallocate(); err != nil {
-		ready <- err
-		return // the locked thread exits with the goroutine
+// run sets up its own thread as kind says and starts what it is asked
+// to, for ever. When the set-up fails the locked goroutine returns and
+// its thread exits with it.
+func (s *starter) run(kind starterKind, ready chan<- error) {
+	runtime.LockOSThread() // never unlocked: the thread is set up for good
+	if kind.guard {
+		if err := denyFallocate(); err != nil {
+			ready <- err
+			return
+		}
+	}
+	if kind.nice != 0 {
+		// PRIO_PROCESS with who 0 is the calling thread on Linux.
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, kind.nice); err != nil {
+			ready <- fmt.Errorf("nice %d: %w", kind.nice, err)
+			return
+		}
 	}
 	close(ready)
-	for req := range guardStart {
+	for req := range s.reqs {
 		req.done <- req.cmd.Start()
 	}
 }

@@ -183,9 +183,14 @@ func (d *Driver) start(ctx context.Context, cfg launchConfig) (*Machine, error) 
 	}
 	start := time.Now()
 	startCmd := cmd.Start
-	if rec.Memory == memPrivate && !d.unguarded {
-		// A snapshot's file mapped privately: see guard.go.
-		startCmd = func() error { return startGuarded(cmd) }
+	// A snapshot's file mapped privately is guarded, and a prepared
+	// machine starts at a low priority: see guard.go.
+	kind := starterKind{guard: rec.Memory == memPrivate && !d.unguarded}
+	if cfg.prepare {
+		kind.nice = preparedNice
+	}
+	if kind != (starterKind{}) {
+		startCmd = func() error { return startFrom(kind, cmd) }
 	}
 	if err := startCmd(); err != nil {
 		con.close(0)

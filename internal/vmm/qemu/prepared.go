@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/capsulehq/capsule/internal/vmm"
 )
@@ -33,6 +36,30 @@ import (
 // directory cleans it.
 
 var _ vmm.Preparer = (*Driver)(nil)
+
+// preparedNice is the nice value a prepared machine's QEMU starts with
+// and keeps until its Start: filling a pool must not slow the guests that
+// run (a create's guest is busiest right after its restore).
+const preparedNice = 19
+
+// renice sets the nice value of every thread of the machine's process.
+func (m *Machine) renice(nice int) error {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", m.rec.PID))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("thread %d: %w", tid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Prepare starts the VMM of a restore of snap for spec without loading the
 // snapshot; the returned machine's Start does. spec.CopyMemory is refused:
@@ -126,6 +153,10 @@ func (p *prepared) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error
 		if err := m.move(spec); err != nil {
 			return fail(err)
 		}
+	}
+	if err := m.renice(0); err != nil {
+		// It runs, at a low priority: slower, not wrong.
+		m.log.Warn("prepared machine keeps its low priority", "err", err)
 	}
 	moved := time.Since(start)
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
