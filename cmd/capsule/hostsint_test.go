@@ -267,7 +267,7 @@ func TestRegisteredAgentEndToEnd(t *testing.T) {
 			t.Fatalf("the deleted host: %v", err)
 		}
 		// It destroyed its sandbox before it exited, and its credentials.
-		if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+sandboxID).Output(); len(out) > 0 {
+		if out := hosttest.SandboxVMMs(sandboxID); len(out) > 0 {
 			t.Fatalf("the sandbox's VMM outlived the agent: %s", out)
 		}
 		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), dirs.pool.Name+"-") {

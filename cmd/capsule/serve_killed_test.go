@@ -308,7 +308,7 @@ func (r *killRig) gone(t *testing.T, id string) {
 			t.Errorf("destroyed sandbox %s left %s", id, p)
 		}
 	}
-	if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+id).Output(); len(out) > 0 {
+	if out := hosttest.SandboxVMMs(id); len(out) > 0 {
 		t.Errorf("destroyed sandbox %s left its VMM: %s", id, out)
 	}
 }

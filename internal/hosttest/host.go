@@ -160,6 +160,32 @@ func AssertNoVMM(t testing.TB, dirs ...string) {
 	}
 }
 
+// SandboxVMMs returns the QEMU processes of sandbox id, as "pid command
+// line" lines: those whose command line names it (a cold boot or a
+// restore) or whose working directory is its runtime directory (a VMM
+// prepared ahead names its own directory, renamed to the sandbox's when a
+// create took it).
+func SandboxVMMs(id string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		pid := e.Name()
+		if pid == "" || pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+		if err != nil || !bytes.Contains(b, []byte("qemu-system")) {
+			continue
+		}
+		cmdline := string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		cwd, _ := os.Readlink(filepath.Join("/proc", pid, "cwd"))
+		if strings.Contains(cmdline, id) || filepath.Base(cwd) == id {
+			out = append(out, pid+" "+cmdline)
+		}
+	}
+	return out
+}
+
 // AssertNoSlots fails t if a network namespace or host interface of the
 // pool p is left.
 func AssertNoSlots(t testing.TB, p Pool) {

@@ -442,7 +442,12 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		slot, pv.started = pv.slot, true
 	} else {
 		var err error
-		if slot, err = m.cfg.Slots.Acquire(ctx); err != nil {
+		slot, err = m.cfg.Slots.Acquire(ctx)
+		for errors.Is(err, netslot.ErrExhausted) && m.prepared.evictOne() {
+			// Prepared VMMs never keep a sandbox from a slot.
+			slot, err = m.cfg.Slots.Acquire(ctx)
+		}
+		if err != nil {
 			return fmt.Errorf("%w: network slot: %v", ErrCapacity, err)
 		}
 	}

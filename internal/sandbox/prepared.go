@@ -32,8 +32,9 @@ import (
 // preparedIdle without a create. Prepared VMMs hold no user data: a
 // restarted agent kills them (their runtime directories belong to no
 // sandbox) and removes their overlays (preparedDir). They are not counted
-// as sandboxes by the capacity checks: each holds a slot and QEMU's own
-// memory (its guest has not run, so none of the template's pages).
+// as sandboxes by the capacity checks: each holds a slot, which a create
+// that finds no free slot takes (evictOne), and QEMU's own memory (its
+// guest has not run, so none of the template's pages).
 
 // preparedIdle is how long a template's pool outlives its last create.
 const preparedIdle = 10 * time.Minute
@@ -155,7 +156,12 @@ func (pp *preparedPool) fill(key preparedKey) {
 			pp.fillMu.Lock()
 			pv, err := pp.m.prepareVM(pp.ctx, key)
 			pp.fillMu.Unlock()
-			if err != nil {
+			switch {
+			case err == nil:
+			case errors.Is(err, netslot.ErrExhausted):
+				pp.m.log.Info("no network slot to spare for a prepared VMM", "template", key.template)
+				return
+			default:
 				if pp.ctx.Err() == nil {
 					pp.m.log.Warn("prepare a VMM for the template's next create", "template", key.template, "err", err)
 				}
@@ -201,6 +207,30 @@ func (pp *preparedPool) watch(key preparedKey, set *preparedSet, pv *preparedVM)
 	pp.m.log.Warn("a prepared VMM exited; dropped", "template", key.template, "vmm", pv.id)
 	pp.discard(pv)
 	pp.fill(key)
+}
+
+// evictOne discards one prepared VMM, of the pool used least lately, to
+// free its network slot for a sandbox; false when there is none.
+func (pp *preparedPool) evictOne() bool {
+	pp.mu.Lock()
+	var victim *preparedSet
+	for _, set := range pp.pools {
+		if len(set.ready) > 0 && (victim == nil || set.used.Before(victim.used)) {
+			victim = set
+		}
+	}
+	if victim == nil {
+		pp.mu.Unlock()
+		return false
+	}
+	n := len(victim.ready) - 1
+	pv := victim.ready[n]
+	victim.ready = victim.ready[:n]
+	close(pv.taken)
+	pp.mu.Unlock()
+	pp.m.log.Info("discarded a prepared VMM for its network slot", "vmm", pv.id)
+	pp.discard(pv)
+	return true
 }
 
 // expire drops the pools no create used for preparedIdle.

@@ -3,6 +3,7 @@ package sandbox_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -60,7 +62,8 @@ func waitPrepared(t *testing.T, runDir string, n int) []int {
 // TestPreparedVMMs: with PreparedVMMs, the first create of a snapshot
 // template leaves VMMs prepared for the next ones, which take them (their
 // VMM is one of those) and are sandboxes like any other: their own
-// identity, a disk that survives a pause and a resume. Deleting the
+// identity, a disk that survives a pause and a resume. A create that
+// finds every network slot taken gets a prepared VMM's. Deleting the
 // template discards its prepared VMMs; a restarted agent kills the ones a
 // dead agent left and removes their disks.
 func TestPreparedVMMs(t *testing.T) {
@@ -122,6 +125,38 @@ func TestPreparedVMMs(t *testing.T) {
 				t.Fatalf("the sandbox's disk: %v", err)
 			}
 			waitPrepared(t, e.runDir, 2)
+		}},
+		{"prepared VMMs give up their slots to creates", func(t *testing.T) {
+			waitPrepared(t, e.runDir, 2)
+			var held []*netslot.Slot
+			defer func() {
+				for _, s := range held {
+					if err := e.pool.Release(context.Background(), s); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+			for {
+				s, err := e.pool.Acquire(ctx)
+				if errors.Is(err, netslot.ErrExhausted) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, s)
+			}
+			// Every slot is taken: this cold boot gets a prepared VMM's.
+			info, c := e.create(ctx, sandbox.CreateOptions{})
+			if got := sh(t, ctx, c, "echo up"); got != "up" {
+				t.Fatalf("create with every slot taken: %q", got)
+			}
+			if n := len(preparedPIDs(t, e.runDir)); n != 1 {
+				t.Errorf("%d prepared VMMs left, want 1", n)
+			}
+			if err := e.mgr.Destroy(ctx, info.ID); err != nil {
+				t.Fatal(err)
+			}
 		}},
 		{"its disk survives a pause and a resume", func(t *testing.T) {
 			sh(t, ctx, mustClient(t, e, taken.ID), "echo kept > /root/kept.txt && sync")

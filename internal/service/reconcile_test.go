@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -157,16 +156,15 @@ func TestReconcileRealAgent(t *testing.T) {
 	}
 }
 
-// killVMM kills the QEMU process of sandbox id (its command line names
-// the sandbox's directory).
+// killVMM kills the QEMU process of sandbox id.
 func killVMM(t *testing.T, id string) {
 	t.Helper()
-	out, err := exec.Command("pgrep", "-f", "qemu-system.*/sandboxes/"+id+"/").Output()
-	if err != nil {
-		t.Fatalf("find the VMM of %s: %v", id, err)
+	vmms := hosttest.SandboxVMMs(id)
+	if len(vmms) == 0 {
+		t.Fatalf("found no VMM of %s", id)
 	}
-	for _, f := range strings.Fields(string(out)) {
-		pid, _ := strconv.Atoi(f)
+	for _, line := range vmms {
+		pid, _ := strconv.Atoi(strings.Fields(line)[0])
 		if pid > 0 {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
