@@ -380,10 +380,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	dir := m.sandboxDir(o.ID)
 	var pv *preparedVM
 	if tpl.isSnapshot() && m.preparer() != nil {
-		key := preparedKey{
-			template: tpl.Name, snapshot: tpl.Snapshot, rootfs: tpl.Rootfs,
-			vcpus: rec.VCPUs, memoryMB: rec.MemoryMB, diskMB: rec.DiskMB,
-		}
+		key := m.preparedKey(tpl, rec.VCPUs, rec.MemoryMB, rec.DiskMB)
 		pv = m.prepared.take(key)
 		defer m.prepared.fill(key)
 	}

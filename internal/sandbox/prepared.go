@@ -26,7 +26,8 @@ import (
 // and Prepared.Start loads the snapshot and runs the guest. The pool is
 // then topped up in the background, one VMM at a time.
 //
-// A template's pool is made by its first create (which finds it empty),
+// A template's pool is made when it is saved (a snapshot template, not a
+// fork's) or by its first create (which finds it empty),
 // emptied when the template's directory is given up (deleted or replaced:
 // dropTemplateDir), and dropped after
 // preparedIdle without a create. Prepared VMMs hold no user data: a
@@ -92,6 +93,34 @@ func (m *Manager) preparer() vmm.Preparer {
 	}
 	p, _ := m.cfg.Driver.(vmm.Preparer)
 	return p
+}
+
+// prepareFor starts a pool of prepared VMMs for creates of snapshot
+// template tpl with a shape, unless prepared VMMs are off or it has one.
+func (m *Manager) prepareFor(tpl *Template, vcpus, memoryMB, diskMB int) {
+	if m.preparer() == nil || !tpl.isSnapshot() {
+		return
+	}
+	key := m.preparedKey(tpl, vcpus, memoryMB, diskMB)
+	pp := m.prepared
+	pp.mu.Lock()
+	if pp.closed {
+		pp.mu.Unlock()
+		return
+	}
+	if pp.pools[key] == nil {
+		pp.pools[key] = &preparedSet{used: m.now()}
+	}
+	pp.mu.Unlock()
+	pp.fill(key)
+}
+
+// preparedKey is the key of creates of tpl with a shape.
+func (m *Manager) preparedKey(tpl *Template, vcpus, memoryMB, diskMB int) preparedKey {
+	return preparedKey{
+		template: tpl.Name, snapshot: tpl.Snapshot, rootfs: tpl.Rootfs,
+		vcpus: vcpus, memoryMB: memoryMB, diskMB: diskMB,
+	}
 }
 
 // take returns a prepared VMM for key, or nil. The caller tops the pool

@@ -59,9 +59,9 @@ func waitPrepared(t *testing.T, runDir string, n int) []int {
 	}
 }
 
-// TestPreparedVMMs: with PreparedVMMs, the first create of a snapshot
-// template leaves VMMs prepared for the next ones, which take them (their
-// VMM is one of those) and are sandboxes like any other: their own
+// TestPreparedVMMs: with PreparedVMMs, saving a snapshot template
+// prepares VMMs for its creates, which take them (their VMM is one of
+// those; the pool is topped up) and are sandboxes like any other: their own
 // identity, a disk that survives a pause and a resume. A create that
 // finds every network slot taken gets a prepared VMM's. Deleting the
 // template discards its prepared VMMs; a restarted agent kills the ones a
@@ -88,43 +88,43 @@ func TestPreparedVMMs(t *testing.T) {
 		name string
 		run  func(t *testing.T)
 	}{
-		{"the first create of a template leaves two VMMs prepared", func(t *testing.T) {
+		{"saving a snapshot template prepares two VMMs", func(t *testing.T) {
 			src, c := e.create(ctx, sandbox.CreateOptions{})
 			sh(t, ctx, c, "echo from-template > /root/tpl.txt && sync")
+			if pids := preparedPIDs(t, e.runDir); len(pids) != 0 {
+				t.Fatalf("VMMs prepared for an image: %v", pids)
+			}
 			if _, err := e.mgr.CreateSnapshot(ctx, src.ID, "prep-tpl"); err != nil {
 				t.Fatal(err)
 			}
 			if err := e.mgr.Destroy(ctx, src.ID); err != nil {
 				t.Fatal(err)
 			}
-			if pids := preparedPIDs(t, e.runDir); len(pids) != 0 {
-				t.Fatalf("VMMs prepared before any create of the template: %v", pids)
-			}
-			first, c := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl"})
-			if got := sh(t, ctx, c, "cat /root/tpl.txt"); got != "from-template" {
-				t.Fatalf("first clone: %q", got)
-			}
 			ready = waitPrepared(t, e.runDir, 2)
-			if slices.Contains(ready, first.VMMPid) {
-				t.Fatalf("the first create's VMM %d is listed as prepared", first.VMMPid)
-			}
 		}},
-		{"the next create takes one, and the pool is topped up", func(t *testing.T) {
-			var c *envdclient.Client
-			taken, c = e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl", EnvVars: map[string]string{"MINE": "yes"}})
-			if !slices.Contains(ready, taken.VMMPid) {
-				t.Fatalf("create's VMM %d is none of the prepared %v", taken.VMMPid, ready)
+		{"creates take them, and the pool is topped up", func(t *testing.T) {
+			for i := range 2 {
+				var c *envdclient.Client
+				taken, c = e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl", EnvVars: map[string]string{"MINE": "yes"}})
+				if !slices.Contains(ready, taken.VMMPid) {
+					t.Fatalf("create %d: its VMM %d is none of the prepared %v", i, taken.VMMPid, ready)
+				}
+				if got, want := sh(t, ctx, c, `echo "$E2B_SANDBOX_ID $MINE $(cat /root/tpl.txt)"`), taken.ID+" yes from-template"; got != want {
+					t.Fatalf("clone of a prepared VMM: %q, want %q", got, want)
+				}
+				if _, err := os.Stat(filepath.Join(e.runDir, taken.ID, "vmm.json")); err != nil {
+					t.Fatalf("the sandbox's runtime directory: %v", err)
+				}
+				if _, err := os.Stat(filepath.Join(e.dataDir, "sandboxes", taken.ID, "rootfs.qcow2")); err != nil {
+					t.Fatalf("the sandbox's disk: %v", err)
+				}
+				ready = waitPrepared(t, e.runDir, 2)
+				if i == 0 {
+					if err := e.mgr.Destroy(ctx, taken.ID); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
-			if got, want := sh(t, ctx, c, `echo "$E2B_SANDBOX_ID $MINE $(cat /root/tpl.txt)"`), taken.ID+" yes from-template"; got != want {
-				t.Fatalf("clone of a prepared VMM: %q, want %q", got, want)
-			}
-			if _, err := os.Stat(filepath.Join(e.runDir, taken.ID, "vmm.json")); err != nil {
-				t.Fatalf("the sandbox's runtime directory: %v", err)
-			}
-			if _, err := os.Stat(filepath.Join(e.dataDir, "sandboxes", taken.ID, "rootfs.qcow2")); err != nil {
-				t.Fatalf("the sandbox's disk: %v", err)
-			}
-			waitPrepared(t, e.runDir, 2)
 		}},
 		{"prepared VMMs give up their slots to creates", func(t *testing.T) {
 			waitPrepared(t, e.runDir, 2)

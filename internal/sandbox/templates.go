@@ -285,6 +285,10 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, use t
 	if err := m.publishTemplate(tpl); err != nil {
 		return nil, err
 	}
+	if kind == KindSnapshot && use != useFork {
+		// Its first creates are likely soon (forks take theirs at once).
+		m.prepareFor(tpl, tpl.VCPUs, tpl.MemoryMB, tpl.diskMB())
+	}
 	m.log.InfoContext(ctx, "template saved", "name", name, "kind", kind, "from", rec.ID, "state", rec.State)
 	return tpl, nil
 }
