@@ -268,6 +268,9 @@ type Info struct {
 	// Phases are the steps of the create that returned this Info and
 	// their durations (phases.go); empty elsewhere.
 	Phases []Phase `json:"-"`
+	// Prepared says that the create that returned this Info took a VMM
+	// prepared ahead (prepared.go).
+	Prepared bool `json:"-"`
 }
 
 var idRe = regexp.MustCompile(`^[a-z0-9]{1,63}$`)
@@ -379,7 +382,8 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 
 	dir := m.sandboxDir(o.ID)
 	var pv *preparedVM
-	if tpl.isSnapshot() && m.preparer() != nil {
+	if tpl.isSnapshot() && m.preparer() != nil && o.from == nil {
+		// (A fork's template serves its forks once: no pool.)
 		key := m.preparedKey(tpl, rec.VCPUs, rec.MemoryMB, rec.DiskMB)
 		pv = m.prepared.take(key)
 		defer m.prepared.fill(key)
@@ -423,7 +427,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (info *Info, err 
 	}
 	m.log.InfoContext(ctx, "sandbox created", "sandbox", o.ID, "template", tpl.Name, "restored", snap != nil, "prepared", pv != nil)
 	info = m.info(b)
-	info.Phases = clock.Phases()
+	info.Phases, info.Prepared = clock.Phases(), pv != nil
 	return info, nil
 }
 
