@@ -21,3 +21,17 @@ func AbandonPrepared(m *Manager) {
 	m.prepared.cancel()
 	m.prepared.wg.Wait()
 }
+
+// PreparedPIDs returns the VMM pids of m's prepared VMMs that are ready
+// for a create (tests only).
+func PreparedPIDs(m *Manager) []int {
+	m.prepared.mu.Lock()
+	defer m.prepared.mu.Unlock()
+	var out []int
+	for _, set := range m.prepared.pools {
+		for _, pv := range set.ready {
+			out = append(out, pv.p.PID())
+		}
+	}
+	return out
+}

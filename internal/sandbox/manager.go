@@ -455,7 +455,10 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	undo.add("release network slot", func() error { return m.cfg.Slots.Release(context.Background(), slot) })
 	if pv != nil {
 		// Before the slot's release, which fails while a VMM holds its TAP.
-		undo.add("discard the prepared VMM", func() error { return pv.p.Discard(context.Background()) })
+		undo.add("discard the prepared VMM", func() error {
+			err := pv.p.Discard(context.Background())
+			return errors.Join(err, os.RemoveAll(m.runDir(pv.id))) // unless Start moved it
+		})
 	}
 	// The slot is recorded before the machine starts: an agent that dies
 	// from here on finds it again with the machine (recover adopts both).
@@ -513,9 +516,11 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	switch {
 	case pv != nil:
 		machine, err = pv.p.Start(bctx, spec)
-		if errors.Is(err, vmm.ErrStale) && snap != nil {
-			// Its VMM is gone: restore the usual way, in the same slot.
-			m.log.WarnContext(ctx, "the prepared VMM's snapshot was replaced; restoring afresh", "sandbox", rec.ID, "err", err)
+		if err != nil && snap != nil && bctx.Err() == nil {
+			// Its VMM is gone (it exited, or its snapshot was replaced):
+			// restore the usual way, in the same slot.
+			m.log.WarnContext(ctx, "the prepared VMM did not start; restoring afresh", "sandbox", rec.ID, "err", err)
+			_ = os.RemoveAll(m.runDir(pv.id))
 			machine, err = m.restoreInSlot(bctx, spec, *snap, slot)
 		}
 		clock.Mark("restore")

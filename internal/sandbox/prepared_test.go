@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,18 +43,21 @@ func preparedPIDs(t *testing.T, runDir string) []int {
 	return pids
 }
 
-// waitPrepared waits until runDir holds n prepared VMMs and returns their
-// pids.
-func waitPrepared(t *testing.T, runDir string, n int) []int {
+// waitPrepared waits until e's manager has n prepared VMMs ready, and
+// their runtime directories are all runDir holds, and returns their pids.
+func waitPrepared(t *testing.T, e *env, n int) []int {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		pids := preparedPIDs(t, runDir)
-		if len(pids) == n {
+		pids := sandbox.PreparedPIDs(e.mgr)
+		onDisk := preparedPIDs(t, e.runDir)
+		slices.Sort(pids)
+		slices.Sort(onDisk)
+		if len(pids) == n && slices.Equal(pids, onDisk) {
 			return pids
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d prepared VMMs in %s, want %d", len(pids), runDir, n)
+			t.Fatalf("prepared VMMs ready %v, in %s %v; want %d", pids, e.runDir, onDisk, n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -100,7 +104,7 @@ func TestPreparedVMMs(t *testing.T) {
 			if err := e.mgr.Destroy(ctx, src.ID); err != nil {
 				t.Fatal(err)
 			}
-			ready = waitPrepared(t, e.runDir, 2)
+			ready = waitPrepared(t, e, 2)
 		}},
 		{"creates take them, and the pool is topped up", func(t *testing.T) {
 			for i := range 2 {
@@ -118,7 +122,7 @@ func TestPreparedVMMs(t *testing.T) {
 				if _, err := os.Stat(filepath.Join(e.dataDir, "sandboxes", taken.ID, "rootfs.qcow2")); err != nil {
 					t.Fatalf("the sandbox's disk: %v", err)
 				}
-				ready = waitPrepared(t, e.runDir, 2)
+				ready = waitPrepared(t, e, 2)
 				if i == 0 {
 					if err := e.mgr.Destroy(ctx, taken.ID); err != nil {
 						t.Fatal(err)
@@ -126,8 +130,36 @@ func TestPreparedVMMs(t *testing.T) {
 				}
 			}
 		}},
+		{"a prepared VMM that dies is replaced", func(t *testing.T) {
+			ready = waitPrepared(t, e, 2)
+			if err := syscall.Kill(ready[0], syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(time.Minute)
+			for {
+				now := sandbox.PreparedPIDs(e.mgr)
+				if len(now) == 2 && !slices.Contains(now, ready[0]) {
+					ready = now
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("prepared VMMs %v after %d died", now, ready[0])
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			info, c := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl"})
+			if !info.Prepared || !slices.Contains(ready, info.VMMPid) {
+				t.Fatalf("create after a death: prepared %v, VMM %d of %v", info.Prepared, info.VMMPid, ready)
+			}
+			if got := sh(t, ctx, c, "cat /root/tpl.txt"); got != "from-template" {
+				t.Fatalf("clone: %q", got)
+			}
+			if err := e.mgr.Destroy(ctx, info.ID); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"prepared VMMs give up their slots to creates", func(t *testing.T) {
-			waitPrepared(t, e.runDir, 2)
+			waitPrepared(t, e, 2)
 			var held []*netslot.Slot
 			defer func() {
 				for _, s := range held {
@@ -175,7 +207,7 @@ func TestPreparedVMMs(t *testing.T) {
 			if err := e.mgr.DeleteTemplate("prep-tpl"); err != nil {
 				t.Fatal(err)
 			}
-			waitPrepared(t, e.runDir, 0)
+			waitPrepared(t, e, 0)
 			for _, pid := range before {
 				if processAlive(pid) {
 					t.Errorf("prepared VMM %d still runs", pid)
@@ -199,7 +231,7 @@ func TestPreparedVMMs(t *testing.T) {
 			if err := e.mgr.Destroy(ctx, info.ID); err != nil {
 				t.Fatal(err)
 			}
-			left := waitPrepared(t, e.runDir, 2)
+			left := waitPrepared(t, e, 2)
 			sandbox.AbandonPrepared(e.mgr) // as if the agent died
 			e.mgr.Close()
 			e.mgr = mk(t)

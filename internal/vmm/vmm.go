@@ -170,6 +170,8 @@ type Prepared interface {
 	Discard(ctx context.Context) error
 	// Done is closed when the VMM has exited.
 	Done() <-chan struct{}
+	// PID is the VMM process.
+	PID() int
 }
 
 // ErrStale is returned by Prepared.Start when the snapshot it was prepared

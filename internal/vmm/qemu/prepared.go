@@ -95,6 +95,8 @@ type prepared struct {
 
 func (p *prepared) Done() <-chan struct{} { return p.m.Done() }
 
+func (p *prepared) PID() int { return p.m.PID() }
+
 // Discard kills the VMM unless Start took it.
 func (p *prepared) Discard(ctx context.Context) error {
 	p.mu.Lock()
