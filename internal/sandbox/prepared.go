@@ -134,8 +134,9 @@ func (pp *preparedPool) take(key preparedKey) *preparedVM {
 	}
 	var drop []*preparedVM
 	for k, set := range pp.pools {
-		// The template was replaced: its old VMMs restore what it was.
-		if k.template == key.template && k != key {
+		// The template was replaced: its old VMMs restore what it was
+		// (other shapes of the same template keep theirs).
+		if k.template == key.template && (k.snapshot != key.snapshot || k.rootfs != key.rootfs) {
 			drop = append(drop, set.ready...)
 			delete(pp.pools, k)
 		}
