@@ -16,6 +16,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/bench"
 	"github.com/capsulehq/capsule/internal/sandbox"
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 )
 
 // densityBenchOptions configures `capsule bench density`.
@@ -373,7 +374,7 @@ func (b *densityBench) vmmCPU(sb densitySandbox) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	cpu, err := bench.ProcessCPU(in.VMMPid)
+	cpu, err := metrics.ProcessCPU(in.VMMPid)
 	if err != nil {
 		return 0, fmt.Errorf("CPU of the VMM of %s: %w", sb.ID, err)
 	}
@@ -385,7 +386,7 @@ func cpuNow() (busy, self time.Duration, err error) {
 	if busy, err = bench.BusyCPU(); err != nil {
 		return 0, 0, err
 	}
-	self, err = bench.ProcessCPU(os.Getpid())
+	self, err = metrics.ProcessCPU(os.Getpid())
 	return busy, self, err
 }
 

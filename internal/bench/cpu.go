@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -66,39 +65,6 @@ func parseBusyCPU(r io.Reader) (time.Duration, error) {
 		return 0, err
 	}
 	return 0, errors.New("/proc/stat: no cpu line")
-}
-
-// ProcessCPU is the CPU time a process has used (utime + stime of
-// /proc/<pid>/stat, its threads included, its waited-for children not).
-func ProcessCPU(pid int) (time.Duration, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	return parseProcessCPU(data)
-}
-
-// parseProcessCPU reads fields 14 (utime) and 15 (stime) of a
-// /proc/<pid>/stat line. The command (field 2) is in parentheses and may
-// hold spaces and parentheses: fields are counted after the last ')'.
-func parseProcessCPU(data []byte) (time.Duration, error) {
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, errors.New("/proc/<pid>/stat: no command field")
-	}
-	f := strings.Fields(string(data[i+1:])) // fields 3, 4, …
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/<pid>/stat: %d fields after the command, want ≥ 13", len(f))
-	}
-	var ticks uint64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/<pid>/stat: utime/stime: %w", err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * clockTick, nil
 }
 
 // CPUFloorRatio is the least ratio of the wall time of n creates at once

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/capsulehq/capsule/internal/sandbox/metrics"
 )
 
 func TestParseBusyCPU(t *testing.T) {
@@ -40,39 +42,12 @@ func TestParseBusyCPU(t *testing.T) {
 	}
 }
 
-func TestParseProcessCPU(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		in   string
-		want time.Duration // 0: an error
-	}{
-		{"qemu", "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194624 51234 0 12 0 321 79 0 0 20 0 5 0 1234 1000 2000\n", 400 * 10 * time.Millisecond},
-		{"parentheses and spaces in the command", "7 (a) b (c)) R 1 7 7 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 9 1 2\n", 11 * 10 * time.Millisecond},
-		{"too short", "7 (a) R 1 7 7 0 -1 0 0 0 0 0 5\n", 0},
-		{"no command", "7 a R 1 7 7 0 -1 0 0 0 0 0 5 6 0\n", 0},
-		{"not a number", "7 (a) R 1 7 7 0 -1 0 0 0 0 0 5 x 0 0\n", 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseProcessCPU([]byte(tc.in))
-			if tc.want == 0 {
-				if err == nil {
-					t.Fatalf("parseProcessCPU = %v, want an error", got)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("parseProcessCPU = %v, %v; want %v", got, err, tc.want)
-			}
-		})
-	}
-}
-
 // TestCPUGrowsWhileSpinning spins a goroutine until this process has used
 // 300 ms more CPU, and checks the machine's busy CPU grew at least about
 // as much and no more than its cores could give over the wall time.
 func TestCPUGrowsWhileSpinning(t *testing.T) {
 	const spin = 300 * time.Millisecond
-	self0, err := ProcessCPU(os.Getpid())
+	self0, err := metrics.ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +74,7 @@ func TestCPUGrowsWhileSpinning(t *testing.T) {
 	}()
 	var self1 time.Duration
 	for self1-self0 < spin && time.Since(t0) < time.Minute {
-		if self1, err = ProcessCPU(os.Getpid()); err != nil {
+		if self1, err = metrics.ProcessCPU(os.Getpid()); err != nil {
 			t.Fatal(err)
 		}
 	}

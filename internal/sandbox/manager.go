@@ -479,17 +479,6 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		return err
 	}
 	rd := m.runDir(rec.ID)
-	var tap *os.File
-	if pv == nil {
-		var err error
-		if tap, err = slot.OpenTap(); err != nil {
-			return err
-		}
-		defer tap.Close()
-		if err := os.MkdirAll(rd, 0o700); err != nil {
-			return err
-		}
-	}
 	// A prepared VMM's runtime directory is renamed to rd by its Start.
 	undo.add("remove run dir", func() error { return os.RemoveAll(rd) })
 	spec := vmm.Spec{
@@ -501,7 +490,7 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 		VCPUs:         rec.VCPUs,
 		MemoryMB:      rec.MemoryMB,
 		Disks:         []vmm.Disk{{Path: m.diskPath(rec.ID), Format: "qcow2"}},
-		Net:           &vmm.NetAttachment{Tap: tap, MAC: slot.MAC},
+		Net:           &vmm.NetAttachment{MAC: slot.MAC}, // the TAP: below
 		ConsoleLog:    filepath.Join(m.sandboxDir(rec.ID), "console.log"),
 		ConsoleLogMax: m.cfg.ConsoleLogMax,
 		// A resumed sandbox gets its own copy of its memory: its next
@@ -513,22 +502,36 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	clock.Mark("slot")
 	var machine vmm.Machine
 	var err error
-	switch {
-	case pv != nil:
+	if pv != nil {
+		// Its VMM has the slot's TAP already.
 		machine, err = pv.p.Start(bctx, spec)
 		if err != nil && snap != nil && bctx.Err() == nil {
 			// Its VMM is gone (it exited, or its snapshot was replaced):
 			// restore the usual way, in the same slot.
 			m.log.WarnContext(ctx, "the prepared VMM did not start; restoring afresh", "sandbox", rec.ID, "err", err)
 			_ = os.RemoveAll(m.runDir(pv.id))
-			machine, err = m.restoreInSlot(bctx, spec, *snap, slot)
+			machine, err = nil, nil
 		}
+	}
+	if machine == nil && err == nil {
+		var tap *os.File
+		if tap, err = slot.OpenTap(); err != nil {
+			return err
+		}
+		defer tap.Close()
+		if err := os.MkdirAll(rd, 0o700); err != nil {
+			return err
+		}
+		spec.Net.Tap = tap
+		if snap != nil {
+			machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
+		} else {
+			machine, err = m.cfg.Driver.Boot(bctx, spec)
+		}
+	}
+	if snap != nil {
 		clock.Mark("restore")
-	case snap != nil:
-		machine, err = m.cfg.Driver.Restore(bctx, spec, *snap)
-		clock.Mark("restore")
-	default:
-		machine, err = m.cfg.Driver.Boot(bctx, spec)
+	} else {
 		clock.Mark("boot")
 	}
 	if err != nil {
@@ -581,20 +584,6 @@ func (m *Manager) start(ctx context.Context, b *box, snap *vmm.Snapshot, heldTok
 	clock.Mark("commit")
 	m.running(b, machine)
 	return nil
-}
-
-// restoreInSlot restores snap as spec with slot's TAP.
-func (m *Manager) restoreInSlot(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot, slot *netslot.Slot) (vmm.Machine, error) {
-	tap, err := slot.OpenTap()
-	if err != nil {
-		return nil, err
-	}
-	defer tap.Close()
-	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	spec.Net = &vmm.NetAttachment{Tap: tap, MAC: slot.MAC}
-	return m.cfg.Driver.Restore(ctx, spec, snap)
 }
 
 // contextUntil is ctx, also cancelled when done closes; stop releases it.

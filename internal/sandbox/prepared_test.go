@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdclient"
-	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/netslot"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
@@ -74,15 +73,7 @@ func TestPreparedVMMs(t *testing.T) {
 	e := newEnv(t)
 	e.mgr.Close()
 	mk := func(t *testing.T) *sandbox.Manager {
-		m, err := sandbox.New(context.Background(), sandbox.Config{
-			DataDir: e.dataDir, RunDir: e.runDir,
-			Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
-			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, PreparedVMMs: 2,
-		})
-		if err != nil {
-			t.Fatalf("manager: %v", err)
-		}
-		return m
+		return e.manager(t, func(c *sandbox.Config) { c.PreparedVMMs = 2 })
 	}
 	e.mgr = mk(t)
 	ctx := testCtx(t, 8*time.Minute)

@@ -67,13 +67,19 @@ func newPool(t *testing.T) *netslot.Pool {
 	return hosttest.NewSlots(t, testPool, nil)
 }
 
-func (e *env) manager(t *testing.T) *sandbox.Manager {
+// manager makes a manager of e's directories and slots; mods change its
+// configuration first.
+func (e *env) manager(t *testing.T, mods ...func(*sandbox.Config)) *sandbox.Manager {
 	t.Helper()
-	m, err := sandbox.New(context.Background(), sandbox.Config{
+	cfg := sandbox.Config{
 		DataDir: e.dataDir, RunDir: e.runDir,
 		Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
 		Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096},
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	m, err := sandbox.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("manager: %v", err)
 	}

@@ -1,7 +1,6 @@
 package sandbox_test
 
 import (
-	"context"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/capsulehq/capsule/internal/envdclient"
-	"github.com/capsulehq/capsule/internal/hosttest"
 	"github.com/capsulehq/capsule/internal/sandbox"
 )
 
@@ -22,15 +20,7 @@ func TestWarmSnapshots(t *testing.T) {
 	e := newEnv(t)
 	e.mgr.Close()
 	mk := func(t *testing.T) *sandbox.Manager {
-		m, err := sandbox.New(context.Background(), sandbox.Config{
-			DataDir: e.dataDir, RunDir: e.runDir,
-			Driver: hosttest.Driver(t), Images: hosttest.Images(t), Slots: e.pool,
-			Capacity: sandbox.Capacity{VCPUs: 16, MemoryMB: 4096}, WarmImages: true,
-		})
-		if err != nil {
-			t.Fatalf("manager: %v", err)
-		}
-		return m
+		return e.manager(t, func(c *sandbox.Config) { c.WarmImages = true })
 	}
 	e.mgr = mk(t)
 	ctx := testCtx(t, 6*time.Minute)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
@@ -75,6 +76,20 @@ func (p *proc) cpuTicks() (uint64, error) {
 		return 0, err
 	}
 	return parseStatTicks(b)
+}
+
+// ProcessCPU is the CPU time process pid has used (utime + stime of
+// /proc/<pid>/stat, its threads included, its waited-for children not).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	ticks, err := parseStatTicks(b)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
 // parseStatTicks reads fields 14 (utime) and 15 (stime) of a

@@ -26,6 +26,11 @@ func TestParseStatTicks(t *testing.T) {
 		{"truncated", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 10", 0, false},
 		{"no command", "garbage", 0, false},
 		{"not a number", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 1x 20 0", 0, false},
+		{"qemu", "4242 (qemu-system-x86) S 1 4242 4242 0 -1 4194624 51234 0 12 0 321 79 0 0 20 0 5 0 1234 1000 2000\n", 400, true},
+		{"parentheses and spaces in the command", "7 (a) b (c)) R 1 7 7 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 9 1 2\n", 11, true},
+		{"too short", "7 (a) R 1 7 7 0 -1 0 0 0 0 0 5\n", 0, false},
+		{"no parentheses", "7 a R 1 7 7 0 -1 0 0 0 0 0 5 6 0\n", 0, false},
+		{"stime not a number", "7 (a) R 1 7 7 0 -1 0 0 0 0 0 5 x 0 0\n", 0, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
