@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Limits of a recipe. A recipe over them is refused with an Error.
@@ -180,14 +181,18 @@ func split(src string) ([]line, *Error) {
 		if start == 0 && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
 			continue
 		}
-		body := strings.TrimRight(row, " \t")
+		// Trim the same white space TrimSpace does, so that a joined
+		// instruction never ends in a backslash it did not continue with
+		// ("RUN \\\r\r" would otherwise be a RUN of one backslash, which
+		// Format could not write back).
+		body := strings.TrimRightFunc(row, unicode.IsSpace)
 		cont := strings.HasSuffix(body, `\`)
 		if cont {
 			body = strings.TrimSuffix(body, `\`)
 		}
 		if start == 0 {
 			start = n
-			body = strings.TrimLeft(body, " \t")
+			body = strings.TrimLeftFunc(body, unicode.IsSpace)
 		}
 		cur.WriteString(body)
 		if !cont {
