@@ -41,6 +41,7 @@ func sandboxToProto(in *sandbox.Info) *pb.Sandbox {
 		HostAddr:     in.HostAddr,
 		StateReason:  in.StateReason,
 		Network:      rulesToProto(in.Network),
+		DiskOnly:     in.DiskOnly,
 	}
 }
 

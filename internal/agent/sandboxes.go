@@ -189,7 +189,11 @@ func (s *service) SetSandboxTimeout(ctx context.Context, req *connect.Request[pb
 }
 
 func (s *service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
-	t, err := s.a.mgr.CreateSnapshot(ctx, req.Msg.GetSandboxId(), req.Msg.GetName())
+	save := s.a.mgr.CreateSnapshot
+	if req.Msg.GetDiskOnly() {
+		save = s.a.mgr.SaveDisk
+	}
+	t, err := save(ctx, req.Msg.GetSandboxId(), req.Msg.GetName())
 	if err != nil {
 		return nil, s.a.failState(ctx, err)
 	}

@@ -261,6 +261,9 @@ type Info struct {
 	VMMPid       int    `json:"vmmPid,omitempty"`
 	// StateReason says why a sandbox is stopped or in error.
 	StateReason string `json:"stateReason,omitempty"`
+	// DiskOnly: paused without its memory (PauseFilesystem); resuming it
+	// boots it cold.
+	DiskOnly bool `json:"diskOnly,omitempty"`
 
 	// Network are the sandbox's egress rules.
 	Network egress.Rules `json:"network"`
@@ -892,7 +895,7 @@ func (m *Manager) info(b *box) *Info {
 		ID: r.ID, State: r.State, Template: r.Template, VCPUs: r.VCPUs, MemoryMB: r.MemoryMB,
 		DiskMB: r.DiskMB, Egress: r.Egress, Network: r.rules(), Metadata: maps.Clone(r.Metadata),
 		CreatedAt: r.CreatedAt, LastActive: b.lastActive, RestoredFrom: r.RestoredFrom,
-		StateReason: r.StateReason,
+		StateReason: r.StateReason, DiskOnly: r.State == StatePaused && r.DiskOnly,
 	}
 	if r.State == StateRunning && b.slot != nil {
 		in.HostAddr = b.slot.HostAddr.String()

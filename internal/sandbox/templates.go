@@ -168,6 +168,20 @@ func (m *Manager) FlattenRootfs(ctx context.Context, id, name string) (*Template
 	return m.makeTemplate(ctx, id, name, KindImage, useUser)
 }
 
+// SaveDisk makes an image template named name from the disk of a sandbox
+// paused without its memory (PauseFilesystem): a copy of the disk's top
+// layer, over the layers it reads through (not flattened: it costs what
+// the sandbox wrote, and moves as a template's chain does, replicate.go).
+// Sandboxes created from it boot cold with the sandbox's files. Any other
+// sandbox is a conflict: a running one's disk is in use, and a paused
+// one's memory holds what its guest had not written back yet.
+func (m *Manager) SaveDisk(ctx context.Context, id, name string) (*Template, error) {
+	return m.makeTemplate(ctx, id, name, kindDisk, useUser)
+}
+
+// kindDisk asks makeTemplate for SaveDisk's template (of kind KindImage).
+const kindDisk = "disk"
+
 // templateUse says what a template is made for: a user's template, or
 // one of the manager's hidden ones (a warm snapshot, warm.go; a fork's,
 // fork.go), whose names users cannot take.
@@ -196,11 +210,18 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, use t
 	if (rec.State != StateRunning && rec.State != StatePaused) || (use == useFork && rec.State != StateRunning) {
 		return nil, fmt.Errorf("%w: sandbox %s is %s", ErrConflict, id, rec.State)
 	}
+	diskOnly := rec.State == StatePaused && rec.Snapshot == ""
+	switch {
+	case kind == KindSnapshot && diskOnly:
+		return nil, fmt.Errorf("%w: sandbox %s was paused without its memory: there is no machine to snapshot (save its disk instead)", ErrConflict, id)
+	case kind == kindDisk && !diskOnly:
+		return nil, fmt.Errorf("%w: sandbox %s is %s with its memory: only the disk of a sandbox paused without its memory is saved alone", ErrConflict, id, rec.State)
+	}
 	// The memory (a running machine's) and a copy of the disk's overlay
 	// (a flattened image template holds the whole disk: its virtual size
 	// bounds it).
 	need := allocatedMB(m.diskPath(id))
-	if kind == KindImage {
+	if kind == KindImage { // (a disk save copies the top layer only)
 		need = int64(rec.DiskMB)
 	}
 	if rec.State == StateRunning {
@@ -254,6 +275,17 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, use t
 	}
 
 	switch kind {
+	case kindDisk:
+		tpl.Kind = KindImage
+		tpl.Rootfs = filepath.Join(dir, "rootfs.qcow2")
+		if err := copyFile(diskNow, tpl.Rootfs); err != nil {
+			return nil, err
+		}
+		info, err := disk.Inspect(ctx, tpl.Rootfs)
+		if err != nil {
+			return nil, err
+		}
+		tpl.RootfsSize = info.VirtualSize
 	case KindSnapshot:
 		tpl.Snapshot, tpl.VCPUs, tpl.MemoryMB, tpl.EnvdToken = snapDir, rec.VCPUs, rec.MemoryMB, rec.AccessToken
 		// Sandboxes chain their overlays onto a frozen copy of the disk.

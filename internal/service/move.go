@@ -34,7 +34,11 @@ import (
 //     sandbox_moves — before anything is made on either host.
 //  2. The old host saves the paused sandbox as a hidden snapshot template
 //     (moveTemplateName: its memory snapshot, linked, and a copy of its
-//     disk; agent CreateSnapshot of a paused sandbox).
+//     disk; agent CreateSnapshot of a paused sandbox). A sandbox paused
+//     without its memory (a filesystem-only pause: the agent's
+//     Sandbox.disk_only) is saved as its disk alone (CreateSnapshot with
+//     disk_only: an image template whose disk is a copy of the sandbox's
+//     top layer, over the layers it reads through).
 //  3. The control plane relays that template from the old host to the
 //     target over the agent contract (ExportTemplate → ImportTemplate, as
 //     template replication does, replicate.go): the disk's whole backing
@@ -44,6 +48,8 @@ import (
 //     from that template, with the record's shape, environment, access
 //     token, metadata and network rules, restores its machine — the
 //     processes and memory as they were paused, the files — and runs it.
+//     A sandbox moved as its disk alone boots cold there, with its files,
+//     as its resume would have on the old host.
 //  5. The record is running on the target (one transaction with the move
 //     row's deletion and the audit record).
 //  6. Only then is the sandbox destroyed on the old host and the move's
@@ -67,10 +73,10 @@ import (
 // reconciliation settles it; the reconciliation of a host leaves the
 // records and machines of sandboxes being moved to the move.
 //
-// A cold resume drops the memory: it resumes on the draining host. A
-// sandbox paused without its memory (filesystem-only) has no memory
-// snapshot for step 2, so its move fails and it stays paused (not moved
-// yet).
+// A cold resume of a sandbox paused with its memory drops that memory on
+// the old host, which must first restore the machine to sync its disk
+// (see the agent's ResumeCold): it resumes there, draining or not. A cold
+// resume of one paused without its memory moves it as any resume does.
 
 // moveTemplateName is the name of the hidden snapshot template that
 // carries sandbox id's files during its move ("mv" and its hex ID: not
@@ -100,9 +106,30 @@ func (s *Sandboxes) drainingHost(ctx context.Context, host pgtype.UUID) bool {
 }
 
 // movable reports whether a resume of row (with o) moves it: it is paused
-// on a draining host, and its memory is to be kept.
+// on a draining host, and its memory is to be kept or it has none.
 func (s *Sandboxes) movable(ctx context.Context, row db.Sandbox, o ResumeOptions) bool {
-	return row.State == store.SandboxPaused && !o.Cold && s.drainingHost(ctx, row.HostID)
+	if row.State != store.SandboxPaused || !s.drainingHost(ctx, row.HostID) {
+		return false
+	}
+	if !o.Cold {
+		return true
+	}
+	diskOnly, err := s.pausedDiskOnly(ctx, row.HostID, row.ID)
+	return err == nil && diskOnly
+}
+
+// pausedDiskOnly reports whether sandbox id, paused on host, was paused
+// without its memory (its host says so).
+func (s *Sandboxes) pausedDiskOnly(ctx context.Context, host, id pgtype.UUID) (bool, error) {
+	c, err := s.agentFor(ctx, host)
+	if err != nil {
+		return false, err
+	}
+	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)}))
+	if err != nil {
+		return false, agentError(err, "read the paused sandbox")
+	}
+	return resp.Msg.GetSandbox().GetDiskOnly(), nil
 }
 
 // beginMove is step 1 of a move of paused sandbox id of p's team: it
@@ -207,10 +234,14 @@ func (s *Sandboxes) runMove(ctx context.Context, row db.Sandbox, mv db.SandboxMo
 	if err != nil {
 		return nil, err
 	}
+	diskOnly, err := s.pausedDiskOnly(ctx, mv.FromHost, row.ID)
+	if err != nil {
+		return nil, err
+	}
 	if err := moveStep("snapshot"); err != nil {
 		return nil, err
 	}
-	if _, err := src.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(row.ID), Name: mv.Template})); err != nil {
+	if _, err := src.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: ID(row.ID), Name: mv.Template, DiskOnly: diskOnly})); err != nil {
 		return nil, agentError(err, "save the paused sandbox for its move")
 	}
 	if err := moveStep("copy"); err != nil {
@@ -396,10 +427,10 @@ type Evacuation struct {
 
 // Evacuate moves every paused sandbox of draining host to other hosts,
 // each as a resume moves it (moveAndResume) and then paused again on its
-// new host, for p (who must be allowed to manage the host: the caller
-// checks, e.g. Hosts.Update draining it). A sandbox paused without its
-// memory, or one that no other host can take, stays where it is
-// (Failed). ErrConflict when the host is not draining.
+// new host as it was paused before (with its memory or without), for p
+// (who must be allowed to manage the host: the caller checks, e.g.
+// Hosts.Update draining it). One that no other host can take stays where
+// it is (Failed). ErrConflict when the host is not draining.
 func (s *Sandboxes) Evacuate(ctx context.Context, p Principal, hostID wireid.HostID) (Evacuation, error) {
 	host := pgUUID(hostID)
 	if !s.drainingHost(ctx, host) {
@@ -414,11 +445,16 @@ func (s *Sandboxes) Evacuate(ctx context.Context, p Principal, hostID wireid.Hos
 		id := sandboxIDOf(row.ID)
 		// Each move acts for the sandbox's team, recorded as p's doing.
 		tp := Principal{TeamID: teamIDOf(row.TeamID), UserID: p.UserID, APIKeyID: p.APIKeyID, ActorName: p.ActorName}
+		diskOnly, err := s.pausedDiskOnly(ctx, host, row.ID)
+		if err != nil {
+			out.Failed[id] = err
+			continue
+		}
 		if _, err := s.moveAndResume(ctx, tp, id); err != nil {
 			out.Failed[id] = err
 			continue
 		}
-		if _, err := s.Pause(ctx, tp, id); err != nil {
+		if _, err := s.PauseWith(ctx, tp, id, PauseOptions{FilesystemOnly: diskOnly}); err != nil {
 			out.Failed[id] = fmt.Errorf("moved, but not paused again on its new host: %w", err)
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/envdclient"
 	"github.com/capsulehq/capsule/internal/hosttest"
+	"github.com/capsulehq/capsule/internal/sandbox"
 	"github.com/capsulehq/capsule/internal/store"
 )
 
@@ -30,7 +31,9 @@ import (
 // the copy; after the adoption) is rolled back or finished by the next
 // reconciliation. Evacuating a draining host moves its paused sandboxes
 // to the other, paused. A move's template left behind (a failed clean-up)
-// is deleted by the reconciliation.
+// is deleted by the reconciliation. A sandbox paused without its memory
+// moves too: a resume (plain, or cold) boots it on the other host with
+// its files, and an evacuation leaves it paused there without its memory.
 func TestMovePausedSandboxRealAgents(t *testing.T) {
 	h2 := newTwoHostEnv(t, hosttest.MovePools)
 	e, hostA, hostB, idA, idB := h2.env, h2.a, h2.b, h2.idA, h2.idB
@@ -141,6 +144,37 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 		if _, err := e.sbx.Pause(ctx, p, sb.ID); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// pauseDiskOnly pauses the sandbox without its memory, on h.
+	pauseDiskOnly := func(t *testing.T, h pgtype.UUID) {
+		t.Helper()
+		if _, err := e.sbx.PauseWith(ctx, p, sb.ID, PauseOptions{FilesystemOnly: true}); err != nil {
+			t.Fatal(err)
+		}
+		if info, err := agents[h].Manager.Get(sb.ID.String()); err != nil || !info.DiskOnly {
+			t.Fatalf("on host %s: %+v, %v; want paused without its memory", names[h], info, err)
+		}
+	}
+	// bootedColdOn: the sandbox runs on h with its file, booted afresh
+	// (the process is gone), and the other host holds nothing of it.
+	bootedColdOn := func(t *testing.T, got Sandbox, h pgtype.UUID) {
+		t.Helper()
+		row := sandboxRow(t, e, pgUUID(sb.ID))
+		if row.State != store.SandboxRunning || row.HostID != h {
+			t.Fatalf("record %s on %s, want running on %s", row.State, names[row.HostID], names[h])
+		}
+		sb = got
+		if sb.EnvdURL == "" {
+			sb.EnvdURL = row.EnvdURL
+		}
+		if f, err := envd(sb).ReadFile(ctx, "/root/mark"); err != nil || string(f) != "written on A" {
+			t.Fatalf("A's file: %q, %v", f, err)
+		}
+		if got, _ := memoryState(t, sb); got != "" {
+			t.Fatalf("A's process %s survived a cold boot", got)
+		}
+		holdsNothing(t, other[h], sb.ID)
+		noMoves(t)
 	}
 	steps := []struct {
 		name string
@@ -276,6 +310,41 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 					t.Fatalf("host B still lists %s", tpl.Name)
 				}
 			}
+		}},
+		{"a sandbox paused without its memory moves and boots cold with its files", func(t *testing.T) {
+			if _, err := hostB.Manager.SaveDisk(ctx, sb.ID.String(), "disk-of-running"); !errors.Is(err, sandbox.ErrConflict) {
+				t.Fatalf("save the disk of a running sandbox: %v, want ErrConflict", err)
+			}
+			pauseDiskOnly(t, idB)
+			if _, err := hostB.Manager.CreateSnapshot(ctx, sb.ID.String(), "snapshot-of-disk-only"); !errors.Is(err, sandbox.ErrConflict) {
+				t.Fatalf("snapshot a sandbox paused without its memory: %v, want ErrConflict", err)
+			}
+			drain(idB)
+			got, err := e.sbx.Resume(ctx, p, sb.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bootedColdOn(t, got, idA)
+		}},
+		{"evacuating a draining host moves a sandbox paused without its memory, paused so", func(t *testing.T) {
+			pauseDiskOnly(t, idA)
+			drain(idA)
+			ev, err := e.sbx.Evacuate(ctx, p, hostIDOf(idA))
+			if err != nil || len(ev.Failed) != 0 || !slices.Equal(ev.Moved, []SandboxID{sb.ID}) {
+				t.Fatalf("evacuate: %+v, %v; want the sandbox moved", ev, err)
+			}
+			paused(t, idB)
+			if info, err := hostB.Manager.Get(sb.ID.String()); err != nil || !info.DiskOnly {
+				t.Fatalf("on host B: %+v, %v; want paused without its memory", info, err)
+			}
+		}},
+		{"a cold resume on a draining host moves a sandbox paused without its memory", func(t *testing.T) {
+			drain(idB)
+			got, err := e.sbx.ResumeWith(ctx, p, sb.ID, ResumeOptions{Cold: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bootedColdOn(t, got, idA)
 		}},
 	}
 	for _, s := range steps {

@@ -437,7 +437,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 13.
+	// implements (see the file comment); this file describes revision 14.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -448,7 +448,9 @@ type GetHostInfoResponse struct {
 	// revision 9 ExportTemplate and ImportTemplate (templates replicated
 	// between hosts); revision 10 ForkSandbox; revision 11
 	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold; revision 12
-	// CreateSandboxResponse.phases (the create's steps); revision 13 WatchDir.
+	// CreateSandboxResponse.phases (the create's steps); revision 13 WatchDir;
+	// revision 14 Sandbox.disk_only and CreateSnapshotRequest.disk_only (a
+	// sandbox paused without its memory moves off a draining host).
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -741,7 +743,10 @@ type Sandbox struct {
 	// state_reason says why a sandbox is stopped or in error.
 	StateReason string `protobuf:"bytes,13,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
 	// network are its egress rules.
-	Network       *NetworkRules `protobuf:"bytes,14,opt,name=network,proto3" json:"network,omitempty"`
+	Network *NetworkRules `protobuf:"bytes,14,opt,name=network,proto3" json:"network,omitempty"`
+	// disk_only: paused without its memory (a filesystem-only pause);
+	// resuming it boots it cold (revision 14).
+	DiskOnly      bool `protobuf:"varint,15,opt,name=disk_only,json=diskOnly,proto3" json:"disk_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -872,6 +877,13 @@ func (x *Sandbox) GetNetwork() *NetworkRules {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *Sandbox) GetDiskOnly() bool {
+	if x != nil {
+		return x.DiskOnly
+	}
+	return false
 }
 
 // NetworkRules are a sandbox's egress rules (package egress of the agent
@@ -3271,7 +3283,13 @@ type CreateSnapshotRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	// name of the template (not "minimal" or "base").
-	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// disk_only saves the disk of a sandbox paused without its memory
+	// (revision 14): an image template whose disk is a copy of the
+	// sandbox's top layer over the layers it reads through; sandboxes made
+	// from it boot cold with its files. FailedPrecondition for any other
+	// sandbox, and, without disk_only, for one paused without its memory.
+	DiskOnly      bool `protobuf:"varint,3,opt,name=disk_only,json=diskOnly,proto3" json:"disk_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3318,6 +3336,13 @@ func (x *CreateSnapshotRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *CreateSnapshotRequest) GetDiskOnly() bool {
+	if x != nil {
+		return x.DiskOnly
+	}
+	return false
 }
 
 type CreateSnapshotResponse struct {
@@ -5592,7 +5617,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1b\n" +
 	"\tmemory_mb\x18\x02 \x01(\x04R\bmemoryMb\x12\x17\n" +
-	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xd7\x04\n" +
+	"\adisk_mb\x18\x03 \x01(\x04R\x06diskMb\"\xf4\x04\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.hostagent.v1.SandboxStateR\x05state\x12\x1a\n" +
@@ -5609,7 +5634,8 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\benvd_url\x18\v \x01(\tR\aenvdUrl\x12\x1b\n" +
 	"\thost_addr\x18\f \x01(\tR\bhostAddr\x12!\n" +
 	"\fstate_reason\x18\r \x01(\tR\vstateReason\x124\n" +
-	"\anetwork\x18\x0e \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x1a;\n" +
+	"\anetwork\x18\x0e \x01(\v2\x1a.hostagent.v1.NetworkRulesR\anetwork\x12\x1b\n" +
+	"\tdisk_only\x18\x0f \x01(\bR\bdiskOnly\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
@@ -5788,11 +5814,12 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x04file\x18\x01 \x01(\rR\x04file\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
-	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"J\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"g\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"L\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tdisk_only\x18\x03 \x01(\bR\bdiskOnly\"L\n" +
 	"\x16CreateSnapshotResponse\x122\n" +
 	"\btemplate\x18\x01 \x01(\v2\x16.hostagent.v1.TemplateR\btemplate\"I\n" +
 	"\x14FlattenRootfsRequest\x12\x1d\n" +
