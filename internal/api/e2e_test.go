@@ -60,7 +60,7 @@ func TestEndToEndRealVM(t *testing.T) {
 		t.Fatalf("exec: %d %+v", c, ex)
 	}
 	if c := e.do(t, "POST", base+"/exec", key, map[string]any{
-		"cmd": `setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 &`,
+		"cmd": `setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 &`,
 	}, &ex); c != 200 || ex.ExitCode != 0 {
 		t.Fatalf("background counter: %d %+v", c, ex)
 	}

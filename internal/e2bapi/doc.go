@@ -218,8 +218,9 @@
 //     own ID, envd token, hostname (their ID), kernel RNG state (reseeded
 //     by /init) and network slot; their memory is the source's,
 //     copy-on-write, and their disk chains onto the source's.
-//   - Not supported: template tags answer 501, not a 404 that the SDK
-//     would read as "sandbox not found".
+//   - Not supported: volumes. The /volumes routes answer 501, not a 404
+//     that the SDK would read as "volume not found" (or, for a delete, as
+//     done), and a create's volumeMounts is 400.
 //
 // Request IDs: as the native API (package logctx), every answer echoes the
 // request's X-Request-Id (the client's when well-formed, else a fresh one)

@@ -102,7 +102,7 @@ func New(cfg Config) (*Handler, error) {
 
 // prefixes are the first path segments of E2B's routes; none is one of the
 // native API's (/v1, /healthz, /docs, /openapi.*).
-var prefixes = []string{"sandboxes", "v2", "v3", "snapshots", "templates", "health"}
+var prefixes = []string{"sandboxes", "v2", "v3", "snapshots", "templates", "volumes", "health"}
 
 // Matches reports whether r is for the E2B facade (by its first path
 // segment), so that one listener serves it beside the native API.
@@ -156,7 +156,10 @@ func (h *Handler) register() {
 	h.handle("DELETE /templates/tags", h.authed(h.removeTags))
 	// E2B features this server does not have: a clear 501 rather than a
 	// 404 the SDK would read as "sandbox not found".
-	var unsupported []string
+	// Volumes (E2B's Volume: named storage mounted into sandboxes) are
+	// not built: with a 404, the SDK's Volume.getInfo would say "volume
+	// not found" and Volume.destroy "false", as if the call had worked.
+	unsupported := []string{"POST /volumes", "GET /volumes", "GET /volumes/{volumeID}", "DELETE /volumes/{volumeID}"}
 	if h.cfg.Builds != nil && len(h.cfg.Secret) > 0 {
 		h.handle("POST /v3/templates", h.authed(h.createTemplateV3))
 		h.handle("GET /templates/{templateID}/files/{hash}", h.authed(h.templateFile))

@@ -111,13 +111,19 @@ func TestHealthAuthAndRouting(t *testing.T) {
 	f.do(t, "PATCH", "/sandboxes/"+f.running, f.keyA, map[string]any{}).expect(t, 404, nil)
 	f.do(t, "PUT", "/sandboxes/"+f.running+"/network", f.keyA, map[string]any{"allowOut": []string{"not a name"}}).expect(t, 400, nil)
 	f.do(t, "POST", "/sandboxes/"+f.running+"/fork", "", nil).expect(t, 401, nil)
+	// Volumes are not built: 501, never a 404 the SDK reads as an answer.
+	f.do(t, "POST", "/volumes", f.keyA, map[string]any{"name": "data"}).expect(t, 501, nil)
+	f.do(t, "GET", "/volumes", f.keyA, nil).expect(t, 501, nil)
+	f.do(t, "GET", "/volumes/vol1", f.keyA, nil).expect(t, 501, nil)
+	f.do(t, "DELETE", "/volumes/vol1", f.keyA, nil).expect(t, 501, nil)
+	f.do(t, "GET", "/volumes/vol1", "", nil).expect(t, 401, nil)
 
 	for _, tc := range []struct {
 		path string
 		want bool
 	}{
 		{"/sandboxes", true}, {"/sandboxes/x/pause", true}, {"/v2/sandboxes", true}, {"/snapshots", true},
-		{"/templates/aliases/base", true}, {"/health", true}, {"/v3/templates", true},
+		{"/templates/aliases/base", true}, {"/health", true}, {"/v3/templates", true}, {"/volumes/v", true},
 		{"/v1/sandboxes", false}, {"/healthz", false}, {"/docs", false}, {"/openapi.yaml", false}, {"/", false},
 		{"/sandboxesx", false},
 	} {

@@ -90,7 +90,7 @@ func TestE2BFlowRealVM(t *testing.T) {
 	if got := shell(ca, `echo "$GREETING"`); got != "hello" {
 		t.Fatalf("env var: %q", got)
 	}
-	shell(ca, `setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 &`)
+	shell(ca, `setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done' </dev/null >/dev/null 2>&1 &`)
 
 	r, d := info(a.SandboxID, key)
 	r.expect(t, 200, nil)

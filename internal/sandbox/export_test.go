@@ -22,6 +22,9 @@ func AbandonPrepared(m *Manager) {
 	m.prepared.wg.Wait()
 }
 
+// MaxYoungDeaths is maxYoungDeaths.
+const MaxYoungDeaths = maxYoungDeaths
+
 // PreparedPIDs returns the VMM pids of m's prepared VMMs that are ready
 // for a create (tests only).
 func PreparedPIDs(m *Manager) []int {

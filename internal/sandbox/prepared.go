@@ -40,6 +40,16 @@ import (
 // preparedIdle is how long a template's pool outlives its last create.
 const preparedIdle = 10 * time.Minute
 
+// A prepared VMM that exits is replaced at once, unless the pool's VMMs
+// keep dying young: after maxYoungDeaths in a row that lived less than
+// preparedYoung, the pool is refilled by its next create only (what
+// kills them, e.g. the host's OOM killer, would otherwise meet a new
+// QEMU every second).
+const (
+	preparedYoung  = time.Minute
+	maxYoungDeaths = 3
+)
+
 // preparedKey is what a prepared VMM was made for.
 type preparedKey struct {
 	template, snapshot, rootfs string
@@ -54,6 +64,7 @@ type preparedVM struct {
 	p    vmm.Prepared
 
 	taken chan struct{} // closed when a create takes it or it is dropped
+	born  time.Time     // when it was prepared
 	// started is set by start once the slot is the sandbox's.
 	started bool
 }
@@ -77,6 +88,7 @@ type preparedSet struct {
 	ready   []*preparedVM
 	filling bool
 	used    time.Time
+	young   int // prepared VMMs in a row that died young (see maxYoungDeaths)
 }
 
 func newPreparedPool(m *Manager, per int) *preparedPool {
@@ -152,6 +164,7 @@ func (pp *preparedPool) take(key preparedKey) *preparedVM {
 		pv = set.ready[0]
 		set.ready = set.ready[1:]
 		close(pv.taken)
+		set.young = 0
 	}
 	pp.mu.Unlock()
 	pp.discardAll(drop)
@@ -233,10 +246,18 @@ func (pp *preparedPool) watch(key preparedKey, set *preparedSet, pv *preparedVM)
 		}
 	}
 	close(pv.taken)
+	if pp.m.now().Sub(pv.born) < preparedYoung {
+		set.young++
+	} else {
+		set.young = 0
+	}
+	refill := set.young <= maxYoungDeaths
 	pp.mu.Unlock()
-	pp.m.log.Warn("a prepared VMM exited; dropped", "template", key.template, "vmm", pv.id)
+	pp.m.log.Warn("a prepared VMM exited; dropped", "template", key.template, "vmm", pv.id, "refill", refill)
 	pp.discard(pv)
-	pp.fill(key)
+	if refill {
+		pp.fill(key)
+	}
 }
 
 // evictOne discards one prepared VMM, of the pool used least lately, to
@@ -395,5 +416,5 @@ func (m *Manager) prepareVM(ctx context.Context, key preparedKey) (pv *preparedV
 	if err != nil {
 		return nil, err
 	}
-	return &preparedVM{id: id, dir: dir, slot: slot, p: p, taken: make(chan struct{})}, nil
+	return &preparedVM{id: id, dir: dir, slot: slot, p: p, taken: make(chan struct{}), born: m.now()}, nil
 }

@@ -121,33 +121,62 @@ func TestPreparedVMMs(t *testing.T) {
 				}
 			}
 		}},
-		{"a prepared VMM that dies is replaced", func(t *testing.T) {
+		{"a prepared VMM that dies is replaced, unless they keep dying young", func(t *testing.T) {
+			// kill kills a prepared VMM and waits for its replacement.
+			kill := func(t *testing.T) {
+				t.Helper()
+				ready = waitPrepared(t, e, 2)
+				if err := syscall.Kill(ready[0], syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				deadline := time.Now().Add(time.Minute)
+				for {
+					now := sandbox.PreparedPIDs(e.mgr)
+					if len(now) == 2 && !slices.Contains(now, ready[0]) {
+						ready = now
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("prepared VMMs %v after %d died", now, ready[0])
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			createFromPool := func(t *testing.T) {
+				t.Helper()
+				info, c := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl"})
+				if !info.Prepared || !slices.Contains(ready, info.VMMPid) {
+					t.Fatalf("create after a death: prepared %v, VMM %d of %v", info.Prepared, info.VMMPid, ready)
+				}
+				if got := sh(t, ctx, c, "cat /root/tpl.txt"); got != "from-template" {
+					t.Fatalf("clone: %q", got)
+				}
+				if err := e.mgr.Destroy(ctx, info.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			kill(t)
+			createFromPool(t) // (a create resets the count of young deaths)
+			for range sandbox.MaxYoungDeaths {
+				kill(t)
+			}
+			// One more young death: no replacement until a create.
 			ready = waitPrepared(t, e, 2)
 			if err := syscall.Kill(ready[0], syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(time.Minute)
-			for {
-				now := sandbox.PreparedPIDs(e.mgr)
-				if len(now) == 2 && !slices.Contains(now, ready[0]) {
-					ready = now
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("prepared VMMs %v after %d died", now, ready[0])
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+				if now := sandbox.PreparedPIDs(e.mgr); len(now) == 2 && !slices.Contains(now, ready[0]) {
+					t.Fatalf("the pool was refilled after %d young deaths in a row: %v", sandbox.MaxYoungDeaths+1, now)
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			info, c := e.create(ctx, sandbox.CreateOptions{Template: "prep-tpl"})
-			if !info.Prepared || !slices.Contains(ready, info.VMMPid) {
-				t.Fatalf("create after a death: prepared %v, VMM %d of %v", info.Prepared, info.VMMPid, ready)
+			if now := sandbox.PreparedPIDs(e.mgr); len(now) != 1 {
+				t.Fatalf("prepared VMMs %v, want the one left", now)
 			}
-			if got := sh(t, ctx, c, "cat /root/tpl.txt"); got != "from-template" {
-				t.Fatalf("clone: %q", got)
-			}
-			if err := e.mgr.Destroy(ctx, info.ID); err != nil {
-				t.Fatal(err)
-			}
+			ready = sandbox.PreparedPIDs(e.mgr)
+			createFromPool(t)
+			ready = waitPrepared(t, e, 2) // the create refilled the pool
 		}},
 		{"prepared VMMs give up their slots to creates", func(t *testing.T) {
 			waitPrepared(t, e, 2)
