@@ -140,10 +140,17 @@ type identity struct {
 }
 
 // apply sets the hostname (kernel, /etc/hostname, /etc/hosts) and
-// /etc/resolv.conf. Each step runs whatever the others did; failures are
-// collected.
+// /etc/resolv.conf. Without a hostname of its own, the kernel's is the
+// root filesystem's /etc/hostname, as a distribution's init would set it
+// (else it stays "(none)", which sudo and resolvers trip on). Each step
+// runs whatever the others did; failures are collected.
 func (id identity) apply() error {
 	var errs []error
+	if id.hostname == "" && id.sethostname != nil {
+		if err := id.keepHostname(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if id.hostname != "" {
 		if id.sethostname != nil {
 			if err := id.sethostname(id.hostname); err != nil {
@@ -167,6 +174,31 @@ func (id identity) apply() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// keepHostname sets the kernel's hostname to /etc/hostname's (its first
+// line; nothing when the file is absent or empty).
+func (id identity) keepHostname() error {
+	path := filepath.Join(id.etc, "hostname")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	h := strings.TrimSpace(line)
+	if h == "" {
+		return nil
+	}
+	if err := validHostname(h); err != nil {
+		return fmt.Errorf("%s: hostname %q: %w", path, h, err)
+	}
+	if err := id.sethostname(h); err != nil {
+		return fmt.Errorf("set hostname %q (from %s): %w", h, path, err)
+	}
+	return nil
 }
 
 // SetHostname sets the hostname of a running guest as Setup does at boot:

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -135,6 +136,37 @@ func TestIdentityApply(t *testing.T) {
 	}
 	if _, err := os.Stat(empty.etc); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("etc created without anything to write: %v", err)
+	}
+
+	// No hostname of its own: the kernel's is the root filesystem's, and
+	// no file changes.
+	for _, tc := range []struct {
+		name, file string
+		want       []string
+		wantErr    bool
+	}{
+		{"a hostname", "capsule\n", []string{"capsule"}, false},
+		{"blanks around it, a second line", "  box-1 \nother\n", []string{"box-1"}, false},
+		{"an empty file", "\n", nil, false},
+		{"no hostname there", "bad name!\n", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			keep := identity{etc: t.TempDir(), sethostname: func(h string) error { got = append(got, h); return nil }}
+			path := filepath.Join(keep.etc, "hostname")
+			if err := os.WriteFile(path, []byte(tc.file), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := keep.apply(); (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
+				t.Fatalf("apply: %v, sethostname %q; want error %v, %q", err, got, tc.wantErr, tc.want)
+			}
+			if b, _ := os.ReadFile(path); string(b) != tc.file {
+				t.Errorf("/etc/hostname became %q", b)
+			}
+			if ents, _ := os.ReadDir(keep.etc); len(ents) != 1 {
+				t.Errorf("files written: %v", ents)
+			}
+		})
 	}
 
 	// Failures are collected, and the other steps still run.
