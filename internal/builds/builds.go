@@ -18,6 +18,7 @@ import (
 
 	"github.com/capsulehq/capsule/internal/archive"
 	"github.com/capsulehq/capsule/internal/errdefs"
+	"github.com/capsulehq/capsule/internal/logctx"
 	"github.com/capsulehq/capsule/internal/recipe"
 	"github.com/capsulehq/capsule/internal/service"
 	"github.com/capsulehq/capsule/internal/store"
@@ -148,7 +149,9 @@ func New(cfg Config) (*Service, error) {
 		MaxAttempts:          1,
 		JobTimeout:           -1,
 		RescueStuckJobsAfter: 24 * time.Hour,
-		Logger:               cfg.Log.With("component", "river"),
+		// River logs routine Info records (its producers' job counts)
+		// every few seconds: only its warnings and errors are kept.
+		Logger: logctx.AtLeast(cfg.Log, slog.LevelWarn).With("component", "river"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("builds: river: %w", err)

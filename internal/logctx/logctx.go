@@ -198,3 +198,36 @@ func (h *Handler) WithGroup(name string) slog.Handler {
 	c.next = h.next.WithGroup(name)
 	return &c
 }
+
+// AtLeast returns l passing on only records at level min or above: for a
+// library whose Info records are routine chatter (River logs its
+// producers' job counts every few seconds), so that its warnings and
+// errors still reach the log and the rest does not bury the platform's own.
+func AtLeast(l *slog.Logger, min slog.Level) *slog.Logger {
+	return slog.New(minLevel{next: l.Handler(), min: min})
+}
+
+// minLevel is AtLeast's handler.
+type minLevel struct {
+	next slog.Handler
+	min  slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.next.Enabled(ctx, l)
+}
+
+func (h minLevel) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < h.min {
+		return nil
+	}
+	return h.next.Handle(ctx, r)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{next: h.next.WithAttrs(as), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{next: h.next.WithGroup(name), min: h.min}
+}

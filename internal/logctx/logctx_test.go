@@ -168,3 +168,36 @@ func TestMiddleware(t *testing.T) {
 		})
 	}
 }
+
+// TestAtLeast: records under the level are dropped, the others pass with
+// the logger's attributes and groups.
+func TestAtLeast(t *testing.T) {
+	var buf bytes.Buffer
+	base := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	l := AtLeast(base, slog.LevelWarn).With("component", "river").WithGroup("g")
+	for _, tc := range []struct {
+		name  string
+		level slog.Level
+		pass  bool
+	}{
+		{"debug", slog.LevelDebug, false},
+		{"info", slog.LevelInfo, false},
+		{"warn", slog.LevelWarn, true},
+		{"error", slog.LevelError, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf.Reset()
+			if got := l.Enabled(context.Background(), tc.level); got != tc.pass {
+				t.Errorf("Enabled = %v, want %v", got, tc.pass)
+			}
+			l.Log(context.Background(), tc.level, "msg", "k", "v")
+			out := buf.String()
+			if (out != "") != tc.pass {
+				t.Fatalf("logged %q, want a record: %v", out, tc.pass)
+			}
+			if tc.pass && (!strings.Contains(out, "component=river") || !strings.Contains(out, "g.k=v")) {
+				t.Errorf("record without the logger's attributes and group: %q", out)
+			}
+		})
+	}
+}
