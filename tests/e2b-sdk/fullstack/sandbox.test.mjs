@@ -146,7 +146,7 @@ describe('sandbox lifecycle through capsule serve', () => {
 
   test('pause, then connect: memory intact (a background process keeps counting)', async () => {
     const sbx = await create()
-    await sbx.commands.run(`bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done'`, { background: true, timeoutMs: 0 })
+    await sbx.commands.run(`bash -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done'`, { background: true, timeoutMs: 0 })
     await sleep(1500)
     const before = Number((await sbx.files.read('/tmp/counter')).trim())
     assert.ok(before > 0)
