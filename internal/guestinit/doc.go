@@ -48,7 +48,8 @@
 // from capsule.dns=a,b when given; the hostname (capsule.hostname=, else
 // the ip= field) is set in the kernel, /etc/hostname and /etc/hosts, where
 // the lines envd writes end in "# capsule" and are replaced on the next
-// boot. Files are replaced atomically (temporary file and rename), which
+// boot; without either, the kernel's hostname is /etc/hostname's (as a
+// distribution's init sets it; else it would stay "(none)"). Files are replaced atomically (temporary file and rename), which
 // also replaces a resolv.conf symlink instead of writing through it.
 // Every capsule.<key>=<value> parameter is available as
 // (*System).Param(key); envd uses sandbox_id and template_id.
