@@ -275,20 +275,14 @@ func (m *Manager) makeTemplate(ctx context.Context, id, name, kind string, use t
 	}
 
 	switch kind {
-	case kindDisk:
-		tpl.Kind = KindImage
-		tpl.Rootfs = filepath.Join(dir, "rootfs.qcow2")
-		if err := copyFile(diskNow, tpl.Rootfs); err != nil {
-			return nil, err
+	case KindSnapshot, kindDisk:
+		if kind == KindSnapshot {
+			tpl.Snapshot, tpl.VCPUs, tpl.MemoryMB, tpl.EnvdToken = snapDir, rec.VCPUs, rec.MemoryMB, rec.AccessToken
+		} else {
+			tpl.Kind = KindImage // whose disk is layered, not flattened
 		}
-		info, err := disk.Inspect(ctx, tpl.Rootfs)
-		if err != nil {
-			return nil, err
-		}
-		tpl.RootfsSize = info.VirtualSize
-	case KindSnapshot:
-		tpl.Snapshot, tpl.VCPUs, tpl.MemoryMB, tpl.EnvdToken = snapDir, rec.VCPUs, rec.MemoryMB, rec.AccessToken
-		// Sandboxes chain their overlays onto a frozen copy of the disk.
+		// Sandboxes chain their overlays onto a frozen copy of the disk
+		// (a paused sandbox's is copied: it may be resumed).
 		tpl.Rootfs = diskNow
 		if rec.State == StatePaused {
 			tpl.Rootfs = filepath.Join(dir, "rootfs.qcow2")

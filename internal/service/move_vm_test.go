@@ -120,7 +120,9 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 	}
 	// runsOn: the sandbox runs on h with its file and process, and the
 	// other host holds nothing of it.
-	runsOn := func(t *testing.T, got Sandbox, h pgtype.UUID) {
+	// runsWithFileOn: the sandbox runs on h with A's file, and the other
+	// host holds nothing of it.
+	runsWithFileOn := func(t *testing.T, got Sandbox, h pgtype.UUID) {
 		t.Helper()
 		row := sandboxRow(t, e, pgUUID(sb.ID))
 		if row.State != store.SandboxRunning || row.HostID != h {
@@ -133,11 +135,16 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 		if f, err := envd(sb).ReadFile(ctx, "/root/mark"); err != nil || string(f) != "written on A" {
 			t.Fatalf("A's file: %q, %v", f, err)
 		}
+		holdsNothing(t, other[h], sb.ID)
+		noMoves(t)
+	}
+	// runsOn: runsWithFileOn, and A's process runs with its memory.
+	runsOn := func(t *testing.T, got Sandbox, h pgtype.UUID) {
+		t.Helper()
+		runsWithFileOn(t, got, h)
 		if got, ok := memoryState(t, sb); got != pid || !ok {
 			t.Fatalf("A's process: pid %q (want %q), value in memory %v", got, pid, ok)
 		}
-		holdsNothing(t, other[h], sb.ID)
-		noMoves(t)
 	}
 	pause := func(t *testing.T) {
 		t.Helper()
@@ -155,26 +162,13 @@ func TestMovePausedSandboxRealAgents(t *testing.T) {
 			t.Fatalf("on host %s: %+v, %v; want paused without its memory", names[h], info, err)
 		}
 	}
-	// bootedColdOn: the sandbox runs on h with its file, booted afresh
-	// (the process is gone), and the other host holds nothing of it.
+	// bootedColdOn: runsWithFileOn, booted afresh (the process is gone).
 	bootedColdOn := func(t *testing.T, got Sandbox, h pgtype.UUID) {
 		t.Helper()
-		row := sandboxRow(t, e, pgUUID(sb.ID))
-		if row.State != store.SandboxRunning || row.HostID != h {
-			t.Fatalf("record %s on %s, want running on %s", row.State, names[row.HostID], names[h])
-		}
-		sb = got
-		if sb.EnvdURL == "" {
-			sb.EnvdURL = row.EnvdURL
-		}
-		if f, err := envd(sb).ReadFile(ctx, "/root/mark"); err != nil || string(f) != "written on A" {
-			t.Fatalf("A's file: %q, %v", f, err)
-		}
+		runsWithFileOn(t, got, h)
 		if got, _ := memoryState(t, sb); got != "" {
 			t.Fatalf("A's process %s survived a cold boot", got)
 		}
-		holdsNothing(t, other[h], sb.ID)
-		noMoves(t)
 	}
 	steps := []struct {
 		name string
