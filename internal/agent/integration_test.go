@@ -111,8 +111,13 @@ func shell(t *testing.T, ctx context.Context, c *agentclient.Client, id, script 
 }
 
 func writeFile(ctx context.Context, c *agentclient.Client, id, path string, data []byte, chunk int) (*pb.WriteFileResponse, error) {
+	return writeFileSized(ctx, c, id, path, data, chunk, nil)
+}
+
+// writeFileSized is writeFile with the header's size (nil: none).
+func writeFileSized(ctx context.Context, c *agentclient.Client, id, path string, data []byte, chunk int, size *uint64) (*pb.WriteFileResponse, error) {
 	ws := c.WriteFile(ctx)
-	if err := ws.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{SandboxId: id, Path: path}}}); err != nil {
+	if err := ws.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{SandboxId: id, Path: path, Size: size}}}); err != nil {
 		_, err = ws.CloseAndReceive()
 		return nil, err
 	}
@@ -303,7 +308,40 @@ func TestAgentLifecycle(t *testing.T) {
 	if sum := shell(t, ctx, c, id, "wc -c < /root/dir/blob.bin"); sum != fmt.Sprint(len(data)) {
 		t.Fatalf("size in the guest: %s", sum)
 	}
-	if _, err := writeFile(ctx, c, id, "/root/empty", nil, 1); err != nil {
+	// With its size announced, the same content (envd splices it: over
+	// 1 MiB); a size the stream does not match is refused, and the new
+	// file is not left behind.
+	size := func(n int) *uint64 { u := uint64(n); return &u }
+	wres, err = writeFileSized(ctx, c, id, "/root/dir/sized.bin", data, 1<<20, size(len(data)))
+	if err != nil || wres.BytesWritten != uint64(len(data)) {
+		t.Fatalf("sized write: %v %v", wres, err)
+	}
+	if got, _, err := readFile(ctx, c, id, "/root/dir/sized.bin"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("sized write read back: %d bytes (want %d), %v", len(got), len(data), err)
+	}
+	for _, tc := range []struct {
+		name string
+		size int
+	}{
+		{"a content shorter than its size", len(data) + 1},
+		{"a content longer than its size", len(data) - 1},
+		{"a content longer than its size, by whole chunks", 3 << 20},
+		{"a content where none was announced", 0},
+	} {
+		_, err := writeFileSized(ctx, c, id, "/root/dir/mismatch.bin", data, 1<<20, size(tc.size))
+		wantErr(t, tc.name, err, agentclient.ErrInvalid)
+		// (envd removes the file once it sees the request cut short.)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			out := shell(t, ctx, c, id, "ls /root/dir")
+			if out == "blob.bin\nsized.bin" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s: /root/dir holds %q", tc.name, out)
+			}
+		}
+	}
+	if _, err := writeFileSized(ctx, c, id, "/root/empty", nil, 1, size(0)); err != nil {
 		t.Fatal(err)
 	}
 	if got, _, err := readFile(ctx, c, id, "/root/empty"); err != nil || len(got) != 0 {

@@ -45,7 +45,7 @@ func (s *Server) uploadFile(w http.ResponseWriter, r *http.Request, p service.Pr
 		return
 	}
 	q := r.URL.Query()
-	fi, err := s.cfg.Sandboxes.WriteFile(r.Context(), p, id, q.Get("path"), q.Get("user"), r.Body)
+	fi, err := s.cfg.Sandboxes.WriteFile(r.Context(), p, id, q.Get("path"), q.Get("user"), r.Body, r.ContentLength)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

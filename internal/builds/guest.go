@@ -60,7 +60,7 @@ func (g serviceGuest) exec(ctx context.Context, p service.Principal, id pgtype.U
 }
 
 func (g serviceGuest) writeFile(ctx context.Context, p service.Principal, id pgtype.UUID, path string, r io.Reader) error {
-	_, err := g.s.WriteFile(ctx, p, idOf[wireid.KindSandbox](id), path, "root", r)
+	_, err := g.s.WriteFile(ctx, p, idOf[wireid.KindSandbox](id), path, "root", r, -1)
 	return err
 }
 

@@ -46,11 +46,27 @@ func (e *StatusError) Error() string {
 // Upload writes data to path as user (empty: the default user) and returns
 // the absolute path envd wrote.
 func (c *Client) Upload(ctx context.Context, path, user string, data io.Reader) (string, error) {
+	return c.UploadSized(ctx, path, user, data, -1)
+}
+
+// UploadSized is Upload of data whose length is size bytes (-1: unknown).
+// A known length goes out as the request's Content-Length, which lets
+// envd splice a large content from its socket into the file; data must
+// then hold exactly size bytes (fewer fail the upload).
+func (c *Client) UploadSized(ctx context.Context, path, user string, data io.Reader, size int64) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.filesURL(path, user), data)
 	if err != nil {
 		return "", err
 	}
-	if req.GetBody == nil && req.Body != nil && req.Body != http.NoBody {
+	switch {
+	case size >= 0:
+		req.ContentLength = size
+		if size == 0 {
+			req.Body = http.NoBody
+		} else if req.GetBody == nil {
+			req.Body = io.NopCloser(bulkReader{data})
+		}
+	case req.GetBody == nil && req.Body != nil && req.Body != http.NoBody:
 		// A stream of unknown length goes out chunked, a chunk per
 		// io.Copy buffer (32 KiB) unless the body copies itself.
 		req.Body = io.NopCloser(bulkReader{data})

