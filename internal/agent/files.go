@@ -54,9 +54,9 @@ func (s *service) WriteFile(ctx context.Context, stream *connect.ClientStream[pb
 	// A known size goes to envd as the upload's length (it then splices a
 	// large one into the file); the stream must carry exactly that. As
 	// envd completes the file with its last byte, the chunk that reaches
-	// the size is held back until the stream has ended (pending), and an
-	// empty upload starts only then: a stream longer than its size
-	// completes nothing.
+	// the size is held back until the stream has ended (pending), so a
+	// stream longer than its size completes nothing. (An empty upload
+	// goes out chunked: its end then waits for the stream's too.)
 	size := int64(-1)
 	if h.Size != nil {
 		if h.GetSize() > math.MaxInt64 {
@@ -64,17 +64,16 @@ func (s *service) WriteFile(ctx context.Context, stream *connect.ClientStream[pb
 		}
 		size = int64(h.GetSize())
 	}
-	upload := func() {
-		go func() {
-			path, err := c.UploadSized(uctx, h.GetPath(), h.GetUser(), pr, size)
-			// Unblock the writer if envd answered before reading everything.
-			_ = pr.CloseWithError(errUploadStopped)
-			done <- result{path, err}
-		}()
+	announced := size
+	if size == 0 {
+		announced = -1
 	}
-	if size != 0 {
-		upload()
-	}
+	go func() {
+		path, err := c.UploadSized(uctx, h.GetPath(), h.GetUser(), pr, announced)
+		// Unblock the writer if envd answered before reading everything.
+		_ = pr.CloseWithError(errUploadStopped)
+		done <- result{path, err}
+	}()
 	var written uint64
 	var recvErr error
 	var pending []byte
@@ -108,12 +107,6 @@ func (s *service) WriteFile(ctx context.Context, stream *connect.ClientStream[pb
 	}
 	if recvErr == nil && !stopped && size >= 0 && written+uint64(len(pending)) != uint64(size) {
 		recvErr = invalid("the content ended after %d of its %d bytes", written, size)
-	}
-	if size == 0 {
-		if recvErr != nil {
-			return nil, s.a.failState(ctx, recvErr) // nothing was started
-		}
-		upload()
 	}
 	if recvErr == nil && pending != nil {
 		if _, err := pw.Write(pending); err == nil {

@@ -114,17 +114,17 @@ func (s *Sandboxes) movable(ctx context.Context, row db.Sandbox, o ResumeOptions
 	if !o.Cold {
 		return true
 	}
-	diskOnly, err := s.pausedDiskOnly(ctx, row.HostID, row.ID)
+	c, err := s.agentFor(ctx, row.HostID)
+	if err != nil {
+		return false
+	}
+	diskOnly, err := pausedDiskOnly(ctx, c, row.ID)
 	return err == nil && diskOnly
 }
 
-// pausedDiskOnly reports whether sandbox id, paused on host, was paused
-// without its memory (its host says so).
-func (s *Sandboxes) pausedDiskOnly(ctx context.Context, host, id pgtype.UUID) (bool, error) {
-	c, err := s.agentFor(ctx, host)
-	if err != nil {
-		return false, err
-	}
+// pausedDiskOnly reports whether sandbox id, paused on the host of agent
+// c, was paused without its memory (the host says so).
+func pausedDiskOnly(ctx context.Context, c *agentclient.Client, id pgtype.UUID) (bool, error) {
 	resp, err := c.GetSandbox(ctx, connect.NewRequest(&pb.GetSandboxRequest{SandboxId: ID(id)}))
 	if err != nil {
 		return false, agentError(err, "read the paused sandbox")
@@ -234,7 +234,7 @@ func (s *Sandboxes) runMove(ctx context.Context, row db.Sandbox, mv db.SandboxMo
 	if err != nil {
 		return nil, err
 	}
-	diskOnly, err := s.pausedDiskOnly(ctx, mv.FromHost, row.ID)
+	diskOnly, err := pausedDiskOnly(ctx, src, row.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -441,11 +441,16 @@ func (s *Sandboxes) Evacuate(ctx context.Context, p Principal, hostID wireid.Hos
 		return Evacuation{}, fmt.Errorf("evacuate: %w", err)
 	}
 	out := Evacuation{Moved: []SandboxID{}, Failed: map[SandboxID]error{}}
+	src, srcErr := s.agentFor(ctx, host)
 	for _, row := range rows {
 		id := sandboxIDOf(row.ID)
 		// Each move acts for the sandbox's team, recorded as p's doing.
 		tp := Principal{TeamID: teamIDOf(row.TeamID), UserID: p.UserID, APIKeyID: p.APIKeyID, ActorName: p.ActorName}
-		diskOnly, err := s.pausedDiskOnly(ctx, host, row.ID)
+		if srcErr != nil {
+			out.Failed[id] = srcErr
+			continue
+		}
+		diskOnly, err := pausedDiskOnly(ctx, src, row.ID)
 		if err != nil {
 			out.Failed[id] = err
 			continue
